@@ -1,0 +1,56 @@
+# copymachine — set-up, tests and one target per effect.
+#   make setup                      copymachine + sd-scripts (submodule) + its own venv with torch
+#   make test                       the fast suite (no GPU, no sd-scripts, no weights needed)
+#   make test-integration           the suite against the real sd-scripts at vendor/sd-scripts
+#   make outline BASE=model.safetensors [IMAGE=src.png] [OUT=runs/name] [ARGS="--max-steps 10"]
+
+PYTHON     ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+SD_SCRIPTS ?= vendor/sd-scripts
+SD_VENV    ?= $(SD_SCRIPTS)/venv
+# The torch that fits your GPU, e.g. TORCH="torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124"
+TORCH      ?= torch torchvision
+EFFECTS    := outline flat contrast posterize jpeg
+
+.PHONY: setup venv sd-scripts test test-integration all $(EFFECTS) clean
+
+$(BIN)/copymachine: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/copymachine
+
+# sd-scripts: the pinned submodule, and its own Python environment (torch + its requirements)
+sd-scripts:
+	@if [ ! -f $(SD_SCRIPTS)/train_network.py ]; then \
+		git submodule update --init $(SD_SCRIPTS) || { echo "could not fetch sd-scripts; check it out at $(SD_SCRIPTS) or set SD_SCRIPTS=/path/to/sd-scripts"; exit 1; }; fi
+	@if [ ! -x $(SD_VENV)/bin/python ]; then $(PYTHON) -m venv $(SD_VENV); fi
+	$(SD_VENV)/bin/python -m pip install -q $(TORCH)
+	cd $(SD_SCRIPTS) && venv_py=$(abspath $(SD_VENV))/bin/python && $$venv_py -m pip install -q -r requirements.txt
+
+setup: venv sd-scripts
+	@$(BIN)/copymachine doctor --sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python || true
+
+# pytest exits 5 when it collects no test: that is not a failure of the suite.
+test: venv
+	$(BIN)/python -m pytest -q -m "not integration" -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+test-integration: venv
+	SD_SCRIPTS=$(abspath $(SD_SCRIPTS)) SD_SCRIPTS_PYTHON=$(abspath $(SD_VENV))/bin/python \
+		$(BIN)/python -m pytest -v -m integration -p no:cacheprovider tests/integration; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+$(EFFECTS): venv
+	@test -n "$(BASE)" || { echo "usage: make $@ BASE=model.safetensors [IMAGE=src.png] [OUT=runs/name] [ARGS=...]"; exit 2; }
+	$(BIN)/copymachine train --effect $@ --base "$(BASE)" $(if $(IMAGE),--image "$(IMAGE)") $(if $(OUT),--out "$(OUT)") \
+		--sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
+
+all: venv
+	@test -n "$(BASE)" || { echo "usage: make all BASE=model.safetensors [IMAGE=src.png] [ARGS=...]"; exit 2; }
+	$(BIN)/copymachine train --effect all --base "$(BASE)" $(if $(IMAGE),--image "$(IMAGE)") $(if $(OUT),--out "$(OUT)") \
+		--sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from copymachine.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""The `copymachine` command: a click group; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from copymachine import __version__
+from copymachine.errors import EXIT_INTERRUPTED, CopymachineError
+
+
+class CopymachineGroup(click.Group):
+    """Turns user errors into one line on stderr and a documented exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CopymachineError as e:
+            click.echo(f"copymachine: error: {e.message}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("copymachine: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=CopymachineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="copymachine")
+def cli():
+    """Turn one image and one edit of it into a slider LoRA (the copy-machine LoRA method),
+    by driving kohya-ss sd-scripts."""
+
+
+# Each module adds its commands to `cli` when imported.
+COMMAND_MODULES: list[str] = []
+
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"copymachine.cli.{name}")
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="copymachine")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Errors a user can cause, each with its documented exit code.
+
+Every error the user can fix ends the command with one line on stderr and the exit code below;
+no traceback. The README's troubleshooting table lists them.
+"""
+
+from __future__ import annotations
+
+# Exit codes (documented in README "Troubleshooting").
+EXIT_OK = 0
+EXIT_ENGINE = 1  # an sd-scripts stage failed (non-zero exit, missing output, NaN loss, out of memory)
+EXIT_USAGE = 2  # bad command line (click's own code for usage errors)
+EXIT_INPUT = 3  # a bad input file: model, image, edited image, recipe file
+EXIT_ENVIRONMENT = 4  # sd-scripts or its Python not found or incomplete
+EXIT_OUTPUT = 5  # output path exists, not writable, or not enough disk space
+EXIT_BUSY = 6  # another run holds the lock on the same cache or run folder
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class CopymachineError(Exception):
+    """An error with a one-line message for the user and an exit code."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InputError(CopymachineError):
+    exit_code = EXIT_INPUT
+
+
+class EnvironmentProblem(CopymachineError):
+    exit_code = EXIT_ENVIRONMENT
+
+
+class EngineError(CopymachineError):
+    exit_code = EXIT_ENGINE
+
+
+class OutputError(CopymachineError):
+    exit_code = EXIT_OUTPUT
+
+
+class BusyError(CopymachineError):
+    exit_code = EXIT_BUSY
