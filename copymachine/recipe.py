@@ -1,0 +1,288 @@
+"""The recipe: every number of the copy-machine memo, in one place, each named.
+
+The memo is `shared/seed/copy-machine-lora.en.md` (original: `copy-machine-lora.ja.txt`).
+Each default below cites the memo step it comes from; the few choices the memo does not make
+are marked "copymachine's choice". A recipe is overridden, key by key, from a TOML file
+(`--recipe FILE`, same sections and keys as `Recipe.to_dict()`) and from the command line
+(`--set section.key=value` and the shorthand options of `copymachine train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from copymachine.errors import InputError
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """One LoRA training (memo step 2 for the copy LoRA, step 5 for the effect LoRA)."""
+
+    network_module: str = "networks.lora"  # step 2: network module networks.lora
+    network_dim: int = 64  # step 2: dim 64
+    network_alpha: float = 32.0  # step 2: alpha 32
+    optimizer: str = "AdamW"  # step 2: optimizer AdamW
+    learning_rate: float = 1e-4  # step 2: learning rate 0.0001
+    repeats: int = 512  # step 2: repeats 512
+    epochs: int = 6  # step 2: epochs 6 (512 x 6 = 3072 steps with one image)
+    warmup_steps: int = 500  # step 2: warmup steps 500
+    # The memo's warmup needs a scheduler that accepts it: sd-scripts' `constant` rejects warmup.
+    lr_scheduler: str = "constant_with_warmup"
+    shuffle_caption: bool = True  # step 2: shuffle captions True
+    keep_tokens: int = 0  # step 2: keep tokens 0
+    batch_size: int = 1  # copymachine's choice: one image, batch 1 (the memo's step count implies it)
+    seed: int = 1  # copymachine's choice: a fixed seed, so a re-run trains the same way
+    save_precision: str = "float"  # copymachine's choice: the LoRA is merged at float (step 3)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps with one training image: repeats x epochs / batch size."""
+        return self.repeats * self.epochs // self.batch_size
+
+
+@dataclass(frozen=True)
+class MergeRecipe:
+    """Step 3: merge_lora.py --ratios 1 --precision float --save_precision float."""
+
+    ratio: float = 1.0
+    precision: str = "float"
+    save_precision: str = "float"
+
+
+@dataclass(frozen=True)
+class ResizeRecipe:
+    """Step 9: resize_lora.py --new_rank 8 --save_precision fp16 (rank 0 keeps the trained rank)."""
+
+    rank: int = 8
+    save_precision: str = "fp16"
+
+
+@dataclass(frozen=True)
+class GenerateRecipe:
+    """Step 1: generate the original image with the base model ("anything will do").
+
+    The memo gives no prompt or sampler settings: these are copymachine's choices.
+    """
+
+    prompt: str = "1girl, solo, upper body, looking at viewer, simple background"
+    negative_prompt: str = "lowres, bad anatomy, worst quality, low quality"
+    seed: int = 1
+    steps: int = 28
+    sampler: str = "euler_a"
+    scale: float = 7.0
+    width: int = 512  # step 2: "resolution equal to the original image (512)"
+    height: int = 512
+
+
+@dataclass(frozen=True)
+class CaptionRecipe:
+    """Captions: the same text for the original and the edited image.
+
+    The memo tagged with WD14; the effect must not leak into the captions, so by default
+    one fixed caption is used for both images (copymachine's choice).
+    """
+
+    text: str = "1girl"
+
+
+# Step 5 and the memo's results: dim 64 / alpha 32, 4096 steps; flat and jpeg were weak and were
+# retrained with dim 128 / alpha 64 / 5120 steps.
+EFFECT_TRAINING = TrainingRecipe(epochs=8)  # 512 x 8 = 4096 steps
+RETRAINED_EFFECT_TRAINING = TrainingRecipe(network_dim=128, network_alpha=64.0, epochs=10)  # 5120 steps
+RETRAINED_EFFECTS = ("flat", "jpeg")
+
+
+def _default_effect_overrides() -> dict[str, TrainingRecipe]:
+    return {name: RETRAINED_EFFECT_TRAINING for name in RETRAINED_EFFECTS}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The whole method's numbers. `effect_overrides` holds per-effect training recipes."""
+
+    copy: TrainingRecipe = field(default_factory=TrainingRecipe)
+    effect: TrainingRecipe = EFFECT_TRAINING
+    effect_overrides: dict[str, TrainingRecipe] = field(default_factory=_default_effect_overrides)
+    merge: MergeRecipe = field(default_factory=MergeRecipe)
+    resize: ResizeRecipe = field(default_factory=ResizeRecipe)
+    generate: GenerateRecipe = field(default_factory=GenerateRecipe)
+    caption: CaptionRecipe = field(default_factory=CaptionRecipe)
+
+    def effect_training(self, effect: str) -> TrainingRecipe:
+        return self.effect_overrides.get(effect, self.effect)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "effect_overrides":
+                continue
+            d[f.name] = dataclasses.asdict(getattr(self, f.name))
+        for name, training in sorted(self.effect_overrides.items()):
+            d[f"effect.{name}"] = dataclasses.asdict(training)
+        return d
+
+
+MEMO = Recipe()
+
+# Sections a recipe file or --set may name, and the dataclass behind each.
+_SECTIONS: dict[str, type] = {
+    "copy": TrainingRecipe,
+    "effect": TrainingRecipe,
+    "merge": MergeRecipe,
+    "resize": ResizeRecipe,
+    "generate": GenerateRecipe,
+    "caption": CaptionRecipe,
+}
+
+
+def _section_type(section: str) -> type:
+    if section in _SECTIONS:
+        return _SECTIONS[section]
+    if section.startswith("effect.") and section.count(".") == 1 and section.split(".")[1]:
+        return TrainingRecipe
+    valid = ", ".join(list(_SECTIONS) + ["effect.<name>"])
+    raise InputError(f"unknown recipe section [{section}]; valid sections: {valid}")
+
+
+def _convert(section: str, key: str, value: Any, target: type) -> Any:
+    """Convert a value (a TOML value, or a string from --set) to the field's type."""
+    where = f"{section}.{key}"
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise InputError(f"recipe {where} must be true or false, not {value!r}")
+    if target is int:
+        if isinstance(value, bool):
+            raise InputError(f"recipe {where} must be a whole number, not {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise InputError(f"recipe {where} must be a whole number, not {value!r}") from None
+    if target is float:
+        if isinstance(value, bool):
+            raise InputError(f"recipe {where} must be a number, not {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"recipe {where} must be a number, not {value!r}") from None
+    if not isinstance(value, str):
+        raise InputError(f"recipe {where} must be a string, not {value!r}")
+    return value
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    types = {"int": int, "float": float, "bool": bool, "str": str}
+    return {f.name: types[f.type if isinstance(f.type, str) else f.type.__name__] for f in fields(cls)}
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, dict[str, Any]], source: str) -> Recipe:
+    """Return `recipe` with `{section: {key: value}}` applied; unknown keys name the valid ones."""
+    sections = {f.name: getattr(recipe, f.name) for f in fields(recipe) if f.name != "effect_overrides"}
+    effect_overrides = dict(recipe.effect_overrides)
+    for section, values in overrides.items():
+        cls = _section_type(section)
+        if not isinstance(values, dict):
+            raise InputError(f"{source}: [{section}] must be a table of keys")
+        types = _field_types(cls)
+        unknown = sorted(set(values) - set(types))
+        if unknown:
+            raise InputError(
+                f"{source}: unknown key {section}.{unknown[0]}; valid keys in [{section}]: {', '.join(types)}"
+            )
+        changes = {k: _convert(section, k, v, types[k]) for k, v in values.items()}
+        if section.startswith("effect."):
+            name = section.split(".", 1)[1]
+            effect_overrides[name] = replace(effect_overrides.get(name, sections["effect"]), **changes)
+        else:
+            sections[section] = replace(sections[section], **changes)
+    result = Recipe(effect_overrides=effect_overrides, **sections)
+    _validate(result, source)
+    return result
+
+
+def _validate(recipe: Recipe, source: str) -> None:
+    trainings = {"copy": recipe.copy, "effect": recipe.effect}
+    trainings.update({f"effect.{k}": v for k, v in recipe.effect_overrides.items()})
+    for name, t in trainings.items():
+        for key in ("network_dim", "repeats", "epochs", "batch_size"):
+            if getattr(t, key) < 1:
+                raise InputError(f"{source}: recipe {name}.{key} must be at least 1")
+        if t.warmup_steps < 0:
+            raise InputError(f"{source}: recipe {name}.warmup_steps must not be negative")
+        if t.lr_scheduler == "constant" and t.warmup_steps:
+            raise InputError(
+                f"{source}: recipe {name}: sd-scripts' 'constant' scheduler rejects warmup; "
+                "use 'constant_with_warmup' or set warmup_steps = 0"
+            )
+        if t.save_precision not in PRECISIONS:
+            raise InputError(f"{source}: recipe {name}.save_precision must be one of {', '.join(PRECISIONS)}")
+    for key in ("precision", "save_precision"):
+        if getattr(recipe.merge, key) not in PRECISIONS:
+            raise InputError(f"{source}: recipe merge.{key} must be one of {', '.join(PRECISIONS)}")
+    if recipe.resize.save_precision not in PRECISIONS:
+        raise InputError(f"{source}: recipe resize.save_precision must be one of {', '.join(PRECISIONS)}")
+    if recipe.resize.rank < 0:
+        raise InputError(f"{source}: recipe resize.rank must be 0 (keep) or more")
+
+
+PRECISIONS = ("float", "fp16", "bf16")
+
+
+def load_recipe_file(path: Path, base: Recipe = MEMO) -> Recipe:
+    """Read a recipe TOML file (sections and keys as in `Recipe.to_dict()`)."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"recipe file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read recipe file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"recipe file {path} is not valid TOML: {e}") from None
+    overrides: dict[str, dict[str, Any]] = {}
+    for section, values in data.items():
+        if section == "effect" and isinstance(values, dict):
+            plain = {k: v for k, v in values.items() if not isinstance(v, dict)}
+            overrides["effect"] = plain
+            for name, sub in values.items():
+                if isinstance(sub, dict):
+                    overrides[f"effect.{name}"] = sub
+        else:
+            overrides[section] = values
+    return apply_overrides(base, overrides, str(path))
+
+
+def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, str]]:
+    """`--set section.key=value` items (section may be `effect.flat`) to override tables."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().rpartition(".")
+        if not sep or not dot or not section or not key:
+            raise InputError(f"--set expects section.key=value (e.g. copy.network_dim=32), not {item!r}")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def render_recipe_toml(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as TOML-ready data (the format `--recipe` reads)."""
+    d = recipe.to_dict()
+    effect = d.pop("effect")
+    for key in [k for k in d if k.startswith("effect.")]:
+        effect[key.split(".", 1)[1]] = d.pop(key)
+    d["effect"] = effect
+    return d
