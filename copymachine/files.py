@@ -1,0 +1,163 @@
+"""Files: atomic writes and content hashes (with a cache so multi-GB models are hashed once)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+_CHUNK = 8 * 1024 * 1024
+
+
+def _tmp_sibling(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    A crash or error leaves `path` as it was (absent or the old file) and no partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    # newline="\n": the same bytes on Windows, so configs and manifests hash the same everywhere.
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def move_into_place(src: Path, dst: Path) -> None:
+    """Move a finished file to its final path in one rename (copy + rename across devices)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+    except OSError:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        src.unlink()
+    _fsync_dir(dst.parent)
+
+
+def copy_into_place(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sha256_json(data: Any) -> str:
+    return sha256_text(json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+
+
+class HashCache:
+    """sha256 of files, remembered by (absolute path, size, mtime) in a JSON file.
+
+    Hashing a 4 GB checkpoint takes ~10 s; a re-run must not pay that for every input.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        if path is not None and path.exists():
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict):
+                    self._data = loaded
+            except (OSError, ValueError):
+                self._data = {}  # a damaged cache only costs re-hashing
+
+    def sha256(self, path: Path) -> str:
+        path = Path(path).resolve()
+        st = path.stat()
+        key = str(path)
+        with self._lock:
+            entry = self._data.get(key)
+            if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+                return entry["sha256"]
+        digest = sha256_file(path)
+        self.remember(path, digest, st)
+        return digest
+
+    def remember(self, path: Path, digest: str, st: os.stat_result | None = None) -> None:
+        path = Path(path).resolve()
+        st = st or path.stat()
+        with self._lock:
+            self._data[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+            self._dirty = True
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        with self._lock:
+            data = dict(self._data)
+            self._dirty = False
+        try:
+            atomic_write_json(self.path, data)
+        except OSError:
+            pass  # the cache is an optimisation; a read-only folder must not stop a run
+
+
+def free_bytes(path: Path) -> int:
+    """Free disk space at `path` (or its nearest existing parent)."""
+    p = Path(path).resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free

@@ -1,0 +1,223 @@
+"""safetensors files: headers, tensors (F32/F16/BF16 without torch), and LoRA validation.
+
+copymachine's own process never unpickles anything and never imports torch: a safetensors
+file is an 8-byte header length, a JSON header, then raw little-endian tensor bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from copymachine.errors import InputError
+
+_MAX_HEADER = 100 * 1024 * 1024
+
+_DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # widened to float32 on read
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+
+
+class NotSafetensors(InputError):
+    pass
+
+
+@dataclass
+class SafetensorsFile:
+    path: Path
+    header_size: int
+    tensors: dict[str, dict[str, Any]]  # name -> {"dtype", "shape", "data_offsets"}
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_size
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def read(self, name: str) -> np.ndarray:
+        """One tensor as a numpy array (BF16 widened to float32)."""
+        info = self.tensors[name]
+        dtype_name = info["dtype"]
+        if dtype_name not in _DTYPES:
+            raise InputError(f"{self.path}: tensor {name} has unsupported dtype {dtype_name}")
+        start, end = info["data_offsets"]
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + start)
+            raw = f.read(end - start)
+        arr = np.frombuffer(raw, dtype=_DTYPES[dtype_name])
+        if dtype_name == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        return arr.reshape(info["shape"])
+
+
+def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
+    """Parse and check a safetensors header; raises InputError naming the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{what} is not a file: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise NotSafetensors(f"{what} is empty (0 bytes): {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise NotSafetensors(f"{what} is not a safetensors file (too short): {path}")
+        (n,) = struct.unpack("<Q", head)
+        if n < 2 or n > _MAX_HEADER or 8 + n > size:
+            raise NotSafetensors(f"{what} is not a safetensors file (no valid header): {path}")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise NotSafetensors(f"{what} is not a safetensors file (header is not JSON): {path}") from None
+    if not isinstance(header, dict):
+        raise NotSafetensors(f"{what} is not a safetensors file: {path}")
+    metadata = header.pop("__metadata__", None) or {}
+    tensors: dict[str, dict[str, Any]] = {}
+    end_max = 0
+    for name, info in header.items():
+        if not isinstance(info, dict) or "data_offsets" not in info or "shape" not in info:
+            raise NotSafetensors(f"{what} is not a safetensors file (bad entry {name!r}): {path}")
+        tensors[name] = info
+        end_max = max(end_max, int(info["data_offsets"][1]))
+    if 8 + n + end_max > size:
+        missing = 8 + n + end_max - size
+        raise InputError(f"{what} is truncated ({missing} bytes missing; copy or download it again): {path}")
+    return SafetensorsFile(path=path, header_size=n, tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()})
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write numpy arrays (F32/F16) as safetensors; the caller makes it atomic if needed."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    blobs = []
+    rev = {v: k for k, v in _DTYPES.items() if k != "BF16"}
+    for name, arr in tensors.items():
+        arr = np.asarray(arr)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")  # (np.ascontiguousarray would turn a 0-d alpha into 1-d)
+        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        arr = arr.astype(dt, copy=False)
+        key = rev.get(np.dtype(dt.str.replace("=", "<")))
+        if key is None:
+            raise ValueError(f"cannot write dtype {arr.dtype}")
+        data = arr.tobytes()
+        header[name] = {"dtype": key, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    _write(path, header, blobs)
+
+
+def _write(path: Path, header: dict[str, Any], blobs: Iterable[bytes]) -> None:
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # align the data like the reference implementation
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for blob in blobs:
+            f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def copy_with_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
+    """Copy a safetensors file byte for byte, adding/replacing metadata keys."""
+    st = read_safetensors(src)
+    header: dict[str, Any] = {"__metadata__": {**st.metadata, **{k: str(v) for k, v in extra.items()}}}
+    header.update(st.tensors)
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.write(struct.pack("<Q", len(raw)))
+        fout.write(raw)
+        fin.seek(st.data_start)
+        while chunk := fin.read(8 * 1024 * 1024):
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+# --- LoRA files (kohya-ss networks.lora format) ---------------------------------------------
+
+_LORA_KEY = re.compile(r"^(lora_(?:unet|te\d?)_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+
+
+@dataclass
+class LoraSummary:
+    path: Path
+    modules: dict[str, dict[str, Any]]  # module name -> {"rank", "alpha", "dtype"}
+    metadata: dict[str, str]
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted({m["rank"] for m in self.modules.values()})
+
+    @property
+    def unet_modules(self) -> int:
+        return sum(1 for n in self.modules if n.startswith("lora_unet_"))
+
+    @property
+    def text_encoder_modules(self) -> int:
+        return sum(1 for n in self.modules if n.startswith("lora_te"))
+
+
+def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
+    """Read a kohya LoRA's structure from its header: modules, ranks, alphas (header + alphas)."""
+    st = read_safetensors(path, what)
+    modules: dict[str, dict[str, Any]] = {}
+    foreign = []
+    for key in st.tensors:
+        m = _LORA_KEY.match(key)
+        if not m:
+            foreign.append(key)
+            continue
+        modules.setdefault(m.group(1), {})[m.group(2)] = st.tensors[key]
+    if not modules:
+        sample = ", ".join(list(st.tensors)[:3]) or "no tensors"
+        raise InputError(f"{what} is not a kohya LoRA (no lora_unet_/lora_te keys; found {sample}): {path}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, parts in modules.items():
+        if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
+            raise InputError(f"{what} is incomplete: module {name} lacks lora_down or lora_up: {path}")
+        down = parts["lora_down.weight"]
+        rank = int(down["shape"][0])
+        alpha = float(st.read(f"{name}.alpha").reshape(-1)[0]) if "alpha" in parts else float(rank)
+        out[name] = {"rank": rank, "alpha": alpha, "dtype": down["dtype"]}
+    return LoraSummary(path=Path(path), modules=out, metadata=st.metadata)
+
+
+def validate_lora(path: Path, what: str = "LoRA", expected_rank: int | None = None) -> LoraSummary:
+    """A LoRA file loads, has kohya keys, the expected rank and only finite values."""
+    summary = summarize_lora(path, what)
+    if expected_rank is not None:
+        wrong = [n for n, m in summary.modules.items() if m["rank"] > expected_rank]
+        if wrong:
+            raise InputError(f"{what} has rank {summary.modules[wrong[0]]['rank']} in {wrong[0]}, expected at most {expected_rank}: {path}")
+    st = read_safetensors(path, what)
+    for key in st.tensors:
+        arr = st.read(key)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InputError(f"{what} holds NaN or infinite values ({key}): {path}")
+    return summary
