@@ -22,10 +22,12 @@ class CopymachineError(Exception):
 
     exit_code = EXIT_INPUT
 
-    def __init__(self, message: str, exit_code: int | None = None):
+    def __init__(self, message: str, exit_code: int | None = None, details: list[str] | None = None):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+        # Lines shown under the message (e.g. the last lines of an sd-scripts log).
+        self.details = list(details or [])
 
     @property
     def message(self) -> str:

@@ -18,6 +18,8 @@ class CopymachineGroup(click.Group):
             return super().invoke(ctx)
         except CopymachineError as e:
             click.echo(f"copymachine: error: {e.message}", err=True)
+            for line in e.details:
+                click.echo(f"  | {line}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("copymachine: interrupted", err=True)

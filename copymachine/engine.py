@@ -1,0 +1,265 @@
+"""The sd-scripts engine: where it is, which Python runs it, what that Python has, how to call it.
+
+Found from `--sd-scripts PATH`, then `$SD_SCRIPTS`, then `vendor/sd-scripts` (the git submodule).
+Its Python is `--python`, then `$SD_SCRIPTS_PYTHON`, then the `venv` inside the sd-scripts folder
+(where sd-scripts' own install instructions put it), then the Python running copymachine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from copymachine.errors import EnvironmentProblem
+
+PINNED_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
+PINNED_URL = "https://github.com/kohya-ss/sd-scripts"
+
+# Modules sd-scripts imports (requirements.txt, plus torch/torchvision that users install).
+REQUIRED_MODULES = (
+    "torch",
+    "torchvision",
+    "accelerate",
+    "transformers",
+    "diffusers",
+    "safetensors",
+    "toml",
+    "voluptuous",
+    "imagesize",
+    "einops",
+    "cv2",
+    "library",
+)
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+_PROBE = r"""
+import importlib.util, json, sys
+mods = json.loads(sys.argv[1])
+missing = []
+for m in mods:
+    try:
+        if importlib.util.find_spec(m) is None:
+            missing.append(m)
+    except (ImportError, ValueError):
+        missing.append(m)
+info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing}
+if "torch" not in missing:
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["cuda"] = bool(torch.cuda.is_available())
+        if info["cuda"]:
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            info["bf16"] = bool(torch.cuda.is_bf16_supported())
+            free, total = torch.cuda.mem_get_info(0)
+            info["vram_free"] = int(free)
+            info["vram_total"] = int(total)
+    except Exception as e:
+        info["torch_error"] = f"{type(e).__name__}: {e}"
+print("COPYMACHINE_PROBE " + json.dumps(info))
+"""
+
+
+@dataclass
+class Probe:
+    """What the sd-scripts Python has."""
+
+    python_version: str
+    missing: list[str]
+    torch: str | None = None
+    cuda: bool = False
+    gpus: list[str] = field(default_factory=list)
+    bf16: bool = False
+    vram_free: int | None = None
+    vram_total: int | None = None
+    torch_error: str | None = None
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.cuda else "cpu"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Engine:
+    root: Path
+    python: str
+    commit: str | None
+
+    @property
+    def pinned(self) -> bool:
+        return self.commit == PINNED_COMMIT
+
+    def script(self, relative: str) -> Path:
+        return self.root / relative
+
+    def env(self, offline: bool = False) -> dict[str, str]:
+        """Environment for every sd-scripts call."""
+        env = dict(os.environ)
+        # networks/*.py import `library` from the sd-scripts root.
+        env["PYTHONPATH"] = os.pathsep.join([str(self.root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["PYTHONUNBUFFERED"] = "1"  # live progress through the pipe
+        env["PYTHONIOENCODING"] = "utf-8"  # Japanese paths in logs on Windows consoles
+        env["PYTHONUTF8"] = "1"
+        env["COLUMNS"] = "250"  # rich wraps its log table at 80 columns on a pipe otherwise
+        env.setdefault("TERM", "dumb")
+        if offline:
+            env["HF_HUB_OFFLINE"] = "1"
+            env["TRANSFORMERS_OFFLINE"] = "1"
+        return env
+
+    def launch_training(self, script: str, config: Path, mixed_precision: str) -> list[str]:
+        """`accelerate launch` of a training script, with every launch option given so that no
+        `accelerate config` file is needed and none is asked for."""
+        return [
+            self.python,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_cpu_threads_per_process",
+            "1",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            mixed_precision,
+            "--dynamo_backend",
+            "no",
+            str(self.script(script)),
+            "--config_file",
+            str(config),
+        ]
+
+    def run_script(self, script: str, args: list[str]) -> list[str]:
+        return [self.python, str(self.script(script)), *args]
+
+    def probe(self, modules: tuple[str, ...] = REQUIRED_MODULES) -> Probe:
+        """Ask the sd-scripts Python which modules it lacks and whether it sees a GPU."""
+        try:
+            proc = subprocess.run(
+                [self.python, "-c", _PROBE, json.dumps(list(modules))],
+                cwd=self.root,
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                timeout=300,
+            )
+        except FileNotFoundError:
+            raise EnvironmentProblem(f"the Python for sd-scripts was not found: {self.python} (set --python or $SD_SCRIPTS_PYTHON)") from None
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot run the Python for sd-scripts ({self.python}): {e}") from None
+        except subprocess.TimeoutExpired:
+            raise EnvironmentProblem(f"the Python for sd-scripts did not answer within 5 minutes: {self.python}") from None
+        for line in proc.stdout.splitlines():
+            if line.startswith("COPYMACHINE_PROBE "):
+                data = json.loads(line.split(" ", 1)[1])
+                return Probe(
+                    python_version=data["python"],
+                    missing=data["missing"],
+                    torch=data.get("torch"),
+                    cuda=data.get("cuda", False),
+                    gpus=data.get("gpus", []),
+                    bf16=data.get("bf16", False),
+                    vram_free=data.get("vram_free"),
+                    vram_total=data.get("vram_total"),
+                    torch_error=data.get("torch_error"),
+                )
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) failed to start: {last}")
+
+    def require(self, probe: Probe) -> None:
+        """Refuse to start when the sd-scripts Python lacks something a stage will import."""
+        if probe.missing:
+            names = ", ".join(probe.missing)
+            hint = "install sd-scripts' requirements into it: pip install -r requirements.txt (and torch)"
+            if probe.missing == ["library"]:
+                hint = f"run `pip install -e .` in {self.root} (sd-scripts' own package)"
+            raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) lacks {names}; {hint}")
+        if probe.torch_error:
+            raise EnvironmentProblem(f"torch fails to import in the Python for sd-scripts ({self.python}): {probe.torch_error}")
+
+
+def find_sd_scripts(option: str | os.PathLike | None) -> Path:
+    """--sd-scripts, then $SD_SCRIPTS, then vendor/sd-scripts (beside copymachine, or in the cwd)."""
+    tried: list[str] = []
+    candidates: list[tuple[str, Path]] = []
+    if option:
+        candidates.append(("--sd-scripts", Path(option)))
+    elif os.environ.get("SD_SCRIPTS"):
+        candidates.append(("$SD_SCRIPTS", Path(os.environ["SD_SCRIPTS"])))
+    else:
+        candidates.append(("vendor/sd-scripts", _PACKAGE_ROOT / "vendor" / "sd-scripts"))
+        candidates.append(("vendor/sd-scripts", Path.cwd() / "vendor" / "sd-scripts"))
+    for source, path in candidates:
+        path = path.expanduser()
+        if (path / "train_network.py").is_file() and (path / "networks").is_dir():
+            return path.resolve()
+        tried.append(f"{path} ({source})")
+    if option or os.environ.get("SD_SCRIPTS"):
+        raise EnvironmentProblem(f"sd-scripts not found at {tried[0]}: no train_network.py there")
+    raise EnvironmentProblem(
+        "sd-scripts not found: point --sd-scripts or $SD_SCRIPTS at your checkout, "
+        f"or run `git submodule update --init vendor/sd-scripts` (pinned at {PINNED_COMMIT[:8]})"
+    )
+
+
+def find_python(option: str | None, root: Path) -> str:
+    """--python, then $SD_SCRIPTS_PYTHON, then <sd-scripts>/venv, then this Python."""
+    if option:
+        return str(option)
+    if os.environ.get("SD_SCRIPTS_PYTHON"):
+        return os.environ["SD_SCRIPTS_PYTHON"]
+    for venv_python in (root / "venv" / "bin" / "python", root / "venv" / "Scripts" / "python.exe"):
+        if venv_python.is_file():
+            return str(venv_python)
+    return sys.executable
+
+
+def read_git_commit(root: Path) -> str | None:
+    """HEAD of a git checkout without running git (a .git folder, or a .git file of a
+    submodule/worktree); None when `root` is not a git checkout."""
+    dot_git = root / ".git"
+    try:
+        if dot_git.is_file():
+            text = dot_git.read_text(encoding="utf-8").strip()
+            if not text.startswith("gitdir:"):
+                return None
+            git_dir = (root / text.split(":", 1)[1].strip()).resolve()
+        elif dot_git.is_dir():
+            git_dir = dot_git
+        else:
+            return None
+        head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
+        if not head.startswith("ref:"):
+            return head or None
+        ref = head.split(":", 1)[1].strip()
+        common = git_dir
+        if (git_dir / "commondir").is_file():
+            common = (git_dir / (git_dir / "commondir").read_text(encoding="utf-8").strip()).resolve()
+        for base in (git_dir, common):
+            if (base / ref).is_file():
+                return (base / ref).read_text(encoding="utf-8").strip()
+        packed = common / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text(encoding="utf-8").splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref:
+                    return parts[0]
+    except OSError:
+        return None
+    return None
+
+
+def locate(sd_scripts: str | os.PathLike | None = None, python: str | None = None) -> Engine:
+    root = find_sd_scripts(sd_scripts)
+    return Engine(root=root, python=find_python(python, root), commit=read_git_commit(root))

@@ -1,0 +1,261 @@
+"""Running one sd-scripts command: argument list in, full log to a file, live progress out.
+
+sd-scripts prints through rich on stderr and draws tqdm bars with carriage returns; the runner
+reads stdout and stderr as one stream, writes every byte to the stage's log, splits the stream
+on CR and LF, and parses the `steps:` bar into step / total / rate / loss. It also watches for
+the failures sd-scripts does not turn into an exit code (NaN loss) and for out-of-memory.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+# tqdm: "steps:  42%|####      | 420/1000 [05:12<07:11,  1.34it/s, avr_loss=0.0873]"
+_TQDM = re.compile(
+    r"(?:(?P<desc>[A-Za-z][\w ]*):\s*)?(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
+    r"\[(?P<elapsed>[^<\]]*)(?:<(?P<eta>[^,\]]*))?(?:,\s*(?P<rate>[\d.?]+\s*(?:it/s|s/it)))?(?:,\s*(?P<post>[^\]]*))?\]"
+)
+_LOSS = re.compile(r"(?:avr_loss|loss)=(?P<loss>[-+\w.]+)")
+_OOM = re.compile(r"(CUDA out of memory|OutOfMemoryError|out of memory|DefaultCPUAllocator: can't allocate memory)", re.I)
+_NAN_LINE = re.compile(r"NaN detected|nan found|loss is nan", re.I)
+
+
+@dataclass
+class Progress:
+    step: int
+    total: int
+    desc: str = ""
+    rate: str = ""
+    eta: str = ""
+    loss: float | None = None
+
+
+@dataclass
+class StreamWatcher:
+    """Reads sd-scripts' output segment by segment (split on CR and LF)."""
+
+    on_progress: Callable[[Progress], None] | None = None
+    tail: deque = field(default_factory=lambda: deque(maxlen=40))
+    last_progress: Progress | None = None
+    nan: bool = False
+    oom: bool = False
+    _last_bar_line: str = ""
+
+    def feed(self, segment: str) -> None:
+        text = segment.strip()
+        if not text:
+            return
+        m = _TQDM.search(text)
+        if m:
+            loss = None
+            lm = _LOSS.search(m.group("post") or "")
+            if lm:
+                try:
+                    loss = float(lm.group("loss"))
+                except ValueError:
+                    loss = None
+                if lm.group("loss").lower() in ("nan", "inf", "-inf") or (loss is not None and loss != loss):
+                    self.nan = True
+            p = Progress(
+                step=int(m.group("n")),
+                total=int(m.group("total")),
+                desc=(m.group("desc") or "").strip(),
+                rate=(m.group("rate") or "").replace(" ", ""),
+                eta=(m.group("eta") or "").strip(),
+                loss=loss,
+            )
+            self.last_progress = p
+            self._last_bar_line = text
+            if self.on_progress:
+                self.on_progress(p)
+            return
+        if _OOM.search(text):
+            self.oom = True
+        if _NAN_LINE.search(text):
+            self.nan = True
+        self.tail.append(text)
+
+    def tail_lines(self, n: int = 15) -> list[str]:
+        lines = list(self.tail)[-n:]
+        if self._last_bar_line and (not lines or lines[-1] != self._last_bar_line):
+            lines.append(self._last_bar_line)
+        return lines
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    duration_s: float
+    watcher: StreamWatcher
+    log_path: Path
+
+
+def _split_segments(buffer: str) -> tuple[list[str], str]:
+    parts = re.split(r"[\r\n]", buffer)
+    return parts[:-1], parts[-1]
+
+
+def _popen_options() -> dict:
+    if os.name == "nt":  # pragma: no cover - Windows
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    # Its own process group: Ctrl-C reaches copymachine, which stops the whole group cleanly,
+    # and a later run can end an orphaned group (see pipeline's lock).
+    return {"start_new_session": True}
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Ask the child (and its children) to stop, then insist."""
+    if proc.poll() is not None:
+        return
+    if os.name == "nt":  # pragma: no cover - Windows
+        try:
+            proc.send_signal(signal.CTRL_BREAK_EVENT)
+            proc.wait(timeout=grace_s)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+        return
+    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            # The leader is gone; members of its group may still be winding down.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_command(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_spawn: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Run `argv` (a list, never a shell string), streaming output into `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    watcher = StreamWatcher(on_progress=on_progress)
+    start = time.monotonic()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with open(log_path, "ab") as log:
+        log.write(f"$ {subprocess.list2cmdline(argv) if os.name == 'nt' else _posix_join(argv)}\n".encode("utf-8"))
+        log.write(f"# cwd: {cwd}\n# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode("utf-8"))
+        log.flush()
+        proc = subprocess.Popen(
+            argv,
+            cwd=str(cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            **_popen_options(),
+        )
+        if on_spawn:
+            on_spawn(proc.pid)
+        pending = ""
+        try:
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                log.write(chunk)
+                log.flush()
+                pending += decoder.decode(chunk)
+                segments, pending = _split_segments(pending)
+                for seg in segments:
+                    watcher.feed(seg)
+            pending += decoder.decode(b"", final=True)
+            if pending:
+                watcher.feed(pending)
+            returncode = proc.wait()
+        except BaseException:
+            stop_process_group(proc)
+            raise
+        finally:
+            if proc.stdout:
+                proc.stdout.close()
+        duration = time.monotonic() - start
+        log.write(f"\n# exit code {returncode} after {duration:.1f} s\n".encode("utf-8"))
+    return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path)
+
+
+def _posix_join(argv: list[str]) -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def command_line(argv: list[str]) -> str:
+    """A copy-pasteable command line for this platform's shell."""
+    if os.name == "nt":  # pragma: no cover - Windows
+        return subprocess.list2cmdline(argv)
+    return _posix_join(argv)
+
+
+def process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # pragma: no cover - Windows
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
+        if handle:
+            ctypes.windll.kernel32.CloseHandle(handle)
+            return True
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_orphaned_group(pgid: int, marker: str) -> bool:
+    """End a process group left behind by a killed copymachine, if it still runs sd-scripts.
+
+    `marker` (the sd-scripts root) must appear in the leader's command line, so an unrelated
+    process that happens to reuse the number is never touched. Linux only; elsewhere False.
+    """
+    if os.name != "posix" or not Path(f"/proc/{pgid}/cmdline").exists():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return False
+    if marker not in cmdline:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def is_tty(stream=None) -> bool:
+    stream = stream or sys.stderr
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
