@@ -6,6 +6,7 @@ the options they need, and every stage asks the family.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ class Family:
     merge_options: tuple[str, ...] = ()  # extra merge script options
     extract_options: tuple[str, ...] = ()  # extra extract_lora_from_models.py options
     default_size: int = 512
+
+    def as_params(self) -> dict[str, Any]:
+        """The family as JSON-able stage parameters."""
+        d = dataclasses.asdict(self)
+        d["merge_options"] = list(self.merge_options)
+        d["extract_options"] = list(self.extract_options)
+        return d
 
 
 SD1 = Family(
@@ -109,8 +117,9 @@ def detect_family(keys: list[str] | set[str]) -> tuple[Family | None, str]:
     return None, f"an unknown architecture (first keys: {sample})"
 
 
-def inspect_base_model(path: Path) -> ModelInfo:
-    """Check that `path` is a single-file checkpoint of a supported family."""
+def inspect_base_model(path: Path, for_training: bool = True) -> ModelInfo:
+    """Check that `path` is a single-file checkpoint of a known family (one copymachine trains,
+    unless `for_training` is False: the merge/extract tools take any family sd-scripts does)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(
@@ -125,9 +134,27 @@ def inspect_base_model(path: Path) -> ModelInfo:
     family, what = detect_family(st.keys())
     if family is None:
         raise InputError(f"base model is not a Stable Diffusion checkpoint copymachine knows: found {what}: {path}")
-    if not family.supported:
+    if for_training and not family.supported:
         raise InputError(
             f"base model is {family.label}, which this version of copymachine does not train yet "
             f"(supported: {', '.join(f.label for f in FAMILIES.values() if f.supported)}): {path}"
         )
     return ModelInfo(path=path, family=family, size_bytes=path.stat().st_size, tensor_count=len(st.tensors))
+
+
+# ss_base_model_version values sd-scripts writes, by family
+_LORA_VERSIONS = {"sd_v1": "sd1", "sd_v1_v": "sd1", "sd_v2": "sd2", "sd_v2_v": "sd2", "sdxl_base_v1-0": "sdxl"}
+
+
+def lora_family(keys: list[str], metadata: dict[str, str]) -> Family | None:
+    """A LoRA's base family: from sd-scripts' metadata, else from its key prefixes."""
+    version = metadata.get("ss_base_model_version")
+    if version in _LORA_VERSIONS:
+        return FAMILIES[_LORA_VERSIONS[version]]
+    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys):
+        return SDXL
+    if any(k.startswith("lora_unet_input_blocks_") for k in keys):
+        return SDXL
+    if any(k.startswith(("lora_te_", "lora_unet_down_blocks_")) for k in keys):
+        return SD1 if metadata.get("ss_v2") != "True" else SD2
+    return None

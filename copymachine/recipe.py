@@ -67,6 +67,31 @@ class ResizeRecipe:
 
 
 @dataclass(frozen=True)
+class SvdMergeRecipe:
+    """Difference extraction, step 5: svd_merge_lora.py --ratios 1 -1 --new_rank 8
+    --precision float --save_precision fp16 (also the exact route for combining LoRAs)."""
+
+    rank: int = 8
+    precision: str = "float"
+    save_precision: str = "fp16"
+
+
+@dataclass(frozen=True)
+class CombineRecipe:
+    """Memo steps 6-9: several source images, each with its own effect LoRA, combined.
+
+    The memo merges the effect LoRAs into the base model (step 7) and extracts the LoRA of
+    base -> merged model (step 8), then resizes (step 9); it gives no ratios. copymachine
+    weights each image's LoRA 1/n (normalize = true), so n images give one image's strength.
+    """
+
+    normalize: bool = True
+    extract_dim: int = 64  # step 8 extracts at the trained dim; step 9 resizes to resize.rank
+    min_diff: float = 0.01  # extract_lora_from_models.py's own default, named here
+    precision: str = "float"
+
+
+@dataclass(frozen=True)
 class GenerateRecipe:
     """Step 1: generate the original image with the base model ("anything will do").
 
@@ -99,6 +124,8 @@ class CaptionRecipe:
 EFFECT_TRAINING = TrainingRecipe(epochs=8)  # 512 x 8 = 4096 steps
 RETRAINED_EFFECT_TRAINING = TrainingRecipe(network_dim=128, network_alpha=64.0, epochs=10)  # 5120 steps
 RETRAINED_EFFECTS = ("flat", "jpeg")
+# The difference-extraction method's over-fitted LoRAs A and B: "4096 steps" (512 x 8).
+DIFF_TRAINING = TrainingRecipe(epochs=8)
 
 
 def _default_effect_overrides() -> dict[str, TrainingRecipe]:
@@ -112,8 +139,11 @@ class Recipe:
     copy: TrainingRecipe = field(default_factory=TrainingRecipe)
     effect: TrainingRecipe = EFFECT_TRAINING
     effect_overrides: dict[str, TrainingRecipe] = field(default_factory=_default_effect_overrides)
+    diff: TrainingRecipe = DIFF_TRAINING
     merge: MergeRecipe = field(default_factory=MergeRecipe)
     resize: ResizeRecipe = field(default_factory=ResizeRecipe)
+    svd: SvdMergeRecipe = field(default_factory=SvdMergeRecipe)
+    combine: CombineRecipe = field(default_factory=CombineRecipe)
     generate: GenerateRecipe = field(default_factory=GenerateRecipe)
     caption: CaptionRecipe = field(default_factory=CaptionRecipe)
 
@@ -137,8 +167,11 @@ MEMO = Recipe()
 _SECTIONS: dict[str, type] = {
     "copy": TrainingRecipe,
     "effect": TrainingRecipe,
+    "diff": TrainingRecipe,
     "merge": MergeRecipe,
     "resize": ResizeRecipe,
+    "svd": SvdMergeRecipe,
+    "combine": CombineRecipe,
     "generate": GenerateRecipe,
     "caption": CaptionRecipe,
 }
@@ -216,7 +249,7 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, dict[str, Any]], source
 
 
 def _validate(recipe: Recipe, source: str) -> None:
-    trainings = {"copy": recipe.copy, "effect": recipe.effect}
+    trainings = {"copy": recipe.copy, "effect": recipe.effect, "diff": recipe.diff}
     trainings.update({f"effect.{k}": v for k, v in recipe.effect_overrides.items()})
     for name, t in trainings.items():
         for key in ("network_dim", "repeats", "epochs", "batch_size"):
@@ -238,6 +271,13 @@ def _validate(recipe: Recipe, source: str) -> None:
         raise InputError(f"{source}: recipe resize.save_precision must be one of {', '.join(PRECISIONS)}")
     if recipe.resize.rank < 0:
         raise InputError(f"{source}: recipe resize.rank must be 0 (keep) or more")
+    for key in ("precision", "save_precision"):
+        if getattr(recipe.svd, key) not in PRECISIONS:
+            raise InputError(f"{source}: recipe svd.{key} must be one of {', '.join(PRECISIONS)}")
+    if recipe.svd.precision != "float":
+        raise InputError(f"{source}: recipe svd.precision must be float (svd_merge_lora.py's SVD needs fp32)")
+    if recipe.svd.rank < 1 or recipe.combine.extract_dim < 1:
+        raise InputError(f"{source}: recipe svd.rank and combine.extract_dim must be at least 1")
 
 
 PRECISIONS = ("float", "fp16", "bf16")

@@ -71,3 +71,9 @@ def test_recipe_file_round_trip(tmp_path):
     path.write_text("[copy]\nnetwork_dim = \n", encoding="utf-8")
     with pytest.raises(InputError, match="not valid TOML"):
         load_recipe_file(path)
+
+
+def test_difference_extraction_numbers_are_the_memos():
+    assert MEMO.diff.steps == 4096 and MEMO.diff.keep_tokens == 0
+    assert (MEMO.diff.network_dim, MEMO.diff.network_alpha) == (64, 32.0)
+    assert (MEMO.svd.rank, MEMO.svd.precision, MEMO.svd.save_precision) == (8, "float", "fp16")

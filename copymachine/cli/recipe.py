@@ -15,8 +15,11 @@ HEADER = """\
 # Use with: copymachine train --recipe THIS.toml ...   Keep only the keys you change.
 # [copy]          memo step 2, the copy LoRA (steps = repeats x epochs = 3072)
 # [effect]        memo step 5, the effect LoRA (4096 steps); [effect.flat] / [effect.jpeg]: the memo's retrain
+# [diff]          difference extraction: the over-fitted LoRAs A and B (4096 steps)
 # [merge]         memo step 3, merge_lora.py into the base model
 # [resize]        memo step 9, resize_lora.py (rank 0 keeps the trained rank)
+# [svd]           svd_merge_lora.py: difference extraction step 5, and the exact combine route
+# [combine]       memo steps 6-8: several images' LoRAs merged into the model and extracted
 # [generate]      memo step 1, when no --image is given (copymachine's choices: the memo gives none)
 # [caption]       the caption of both training images
 """

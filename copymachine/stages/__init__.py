@@ -1,0 +1,171 @@
+"""Stage kinds: one module per step of the method, each knowing how to produce its outputs.
+
+A kind writes every output to `ctx.scratch_output(name)` (a scratch folder beside the final
+files); the pipeline checks that each exists and is valid, then moves it into place in one
+rename. A kind never writes a final path itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from copymachine.errors import EngineError
+
+if TYPE_CHECKING:
+    from copymachine.engine import Engine, Probe
+    from copymachine.files import HashCache
+    from copymachine.plan import Plan, Stage
+    from copymachine.progress import Reporter
+
+KIND_MODULES = (
+    "generate_image",
+    "import_image",
+    "captions",
+    "edit_image",
+    "train_lora",
+    "merge_model",
+    "svd_merge",
+    "extract_lora",
+    "resize_lora",
+    "finalize",
+)
+
+
+@dataclass
+class Settings:
+    """How this machine runs sd-scripts (not part of any stage's key unless a kind says so)."""
+
+    engine: "Engine | None"
+    probe: "Probe | None"
+    mixed_precision: str = "no"
+    device: str = "cpu"
+    tokenizer_cache_dir: Path | None = None
+    offline: bool = False
+    training_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    plan: "Plan"
+    stage: "Stage"
+    settings: Settings
+    reporter: "Reporter"
+    hashes: "HashCache"
+    log_path: Path
+    dry_run: bool = False
+    on_child: Callable[[int | None], None] | None = None
+    commands: list[list[str]] = field(default_factory=list)
+
+    @property
+    def scratch(self) -> Path:
+        return self.stage.workdir / ".partial" / self.stage.slug
+
+    def scratch_output(self, name: str) -> Path:
+        """Where the kind writes output `name` (same file name as the final one)."""
+        return self.scratch / self.stage.outputs[name].name
+
+    @property
+    def engine(self) -> "Engine":
+        if self.settings.engine is None:
+            raise EngineError("internal: this stage needs sd-scripts but none was located")
+        return self.settings.engine
+
+    def run(self, argv: list[str], what: str, expected: list[Path] | None = None) -> None:
+        """Run one sd-scripts command, or in a dry run only record it."""
+        from copymachine.runner import run_command
+
+        self.commands.append(argv)
+        if self.dry_run:
+            return
+        env = self.engine.env(offline=self.settings.offline)
+        self.reporter.command(argv)
+
+        def spawned(pid: int) -> None:
+            if self.on_child:
+                self.on_child(pid)
+
+        try:
+            result = run_command(
+                argv,
+                cwd=self.engine.root,
+                env=env,
+                log_path=self.log_path,
+                on_progress=self.reporter.progress,
+                on_spawn=spawned,
+            )
+        finally:
+            self.reporter.end_progress()
+            if self.on_child:
+                self.on_child(None)
+        check_result(self.stage, what, result, expected or [])
+
+
+def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> None:
+    """Turn sd-scripts' ways of failing into one clear message with the log's tail."""
+    w = result.watcher
+    where = f"stage '{stage.title}' ({what})"
+    tail = w.tail_lines(12)
+    if w.oom:
+        raise EngineError(
+            f"{where} ran out of memory; close other programs, use a smaller --resolution, or --low-vram where offered. Log: {result.log_path}",
+            details=tail,
+        )
+    if result.returncode != 0:
+        raise EngineError(f"{where} failed with exit code {result.returncode}. Log: {result.log_path}", details=tail)
+    if w.nan:
+        raise EngineError(
+            f"{where} produced NaN loss (training diverged); lower the learning rate or use bf16/fp32. Log: {result.log_path}",
+            details=tail,
+        )
+    missing = [p for p in expected if not p.exists()]
+    if missing:
+        raise EngineError(
+            f"{where} exited 0 but wrote no {missing[0].name} (sd-scripts does that when it finds no images). Log: {result.log_path}",
+            details=tail,
+        )
+
+
+class StageKind:
+    """What every kind provides. `version` goes into stage keys: bump it when a kind starts
+    producing different results for the same inputs."""
+
+    kind = ""
+    version = 1
+    needs_engine = False
+
+    def execute(self, stage: "Stage", ctx: StageContext) -> None:
+        raise NotImplementedError
+
+    def validate(self, stage: "Stage", name: str, path: Path, ctx: StageContext) -> dict[str, Any]:
+        """Check one produced file before it is moved into place; return facts for the manifest."""
+        return {}
+
+    def describe(self, stage: "Stage") -> str:
+        """One line for the plan listing."""
+        return stage.title
+
+
+_KINDS: dict[str, StageKind] = {}
+
+
+def kinds() -> dict[str, StageKind]:
+    if not _KINDS:
+        for module_name in KIND_MODULES:
+            module = importlib.import_module(f"copymachine.stages.{module_name}")
+            kind: StageKind = module.KIND
+            _KINDS[kind.kind] = kind
+    return _KINDS
+
+
+def kind_versions() -> dict[str, int]:
+    return {name: k.version for name, k in kinds().items()}
+
+
+def reset_scratch(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)

@@ -1,0 +1,96 @@
+"""Options and set-up shared by the commands that run sd-scripts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from copymachine import engine as engine_mod
+from copymachine.errors import EnvironmentProblem
+from copymachine.progress import Reporter
+from copymachine.stages import Settings
+
+
+def engine_options(f: Callable) -> Callable:
+    """--sd-scripts, --python, --device, --tokenizer-cache-dir, --offline."""
+    options = [
+        click.option(
+            "--sd-scripts",
+            "sd_scripts",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Your sd-scripts checkout. Default: $SD_SCRIPTS, else vendor/sd-scripts (the submodule).",
+        ),
+        click.option(
+            "--python",
+            "python",
+            help="The Python that runs sd-scripts. Default: $SD_SCRIPTS_PYTHON, else <sd-scripts>/venv, else this one.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cuda", "cpu"]),
+            default="auto",
+            show_default=True,
+            help="Where sd-scripts trains. auto: the GPU when its torch sees one (bf16, or fp16 without bf16), else the CPU (fp32).",
+        ),
+        click.option(
+            "--tokenizer-cache-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Folder with the CLIP tokenizer(s), handed to every sd-scripts call that takes --tokenizer_cache_dir (offline machines).",
+        ),
+        click.option("--offline", is_flag=True, help="No hub access: sets HF_HUB_OFFLINE=1 for sd-scripts."),
+        click.option("-v", "--verbose", is_flag=True, help="Also print each sd-scripts command line."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def make_settings(
+    sd_scripts: Path | None,
+    python: str | None,
+    device: str,
+    tokenizer_cache_dir: Path | None,
+    offline: bool,
+    reporter: Reporter,
+    require: bool = True,
+) -> Settings:
+    """Locate sd-scripts, ask its Python what it has, and choose precision for the device."""
+    engine = engine_mod.locate(sd_scripts, python)
+    if engine.commit and not engine.pinned:
+        reporter.warn(
+            f"sd-scripts at {engine.root} is at commit {engine.commit[:8]}, not the pinned "
+            f"{engine_mod.PINNED_COMMIT[:8]}; copymachine is tested against the pinned one"
+        )
+    elif engine.commit is None:
+        reporter.warn(f"sd-scripts at {engine.root} is not a git checkout; cannot tell its commit")
+    if tokenizer_cache_dir is not None and not Path(tokenizer_cache_dir).is_dir():
+        raise EnvironmentProblem(f"--tokenizer-cache-dir is not a folder: {tokenizer_cache_dir}")
+    try:
+        probe = engine.probe()
+    except EnvironmentProblem:
+        if require:
+            raise
+        probe = None
+    if probe is not None and require:
+        engine.require(probe)
+    cuda = bool(probe and probe.cuda)
+    if device == "cuda" and not cuda:
+        raise EnvironmentProblem(f"--device cuda, but the torch of {engine.python} sees no CUDA GPU")
+    use_cuda = cuda and device != "cpu"
+    if use_cuda:
+        mixed_precision = "bf16" if probe.bf16 else "fp16"  # type: ignore[union-attr]
+    else:
+        mixed_precision = "no"
+    return Settings(
+        engine=engine,
+        probe=probe,
+        mixed_precision=mixed_precision,
+        device="cuda" if use_cuda else "cpu",
+        tokenizer_cache_dir=Path(tokenizer_cache_dir).resolve() if tokenizer_cache_dir else None,
+        offline=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
+        # one image: no data loader worker processes needed
+        training_options={"max_data_loader_n_workers": 0},
+    )

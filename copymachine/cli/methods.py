@@ -1,0 +1,225 @@
+"""`copymachine train` (the copy-machine method) and `copymachine diff` (difference extraction)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from copymachine import effects as effect_registry
+from copymachine.cli import cli
+from copymachine.cli.common import engine_options, make_settings
+from copymachine.errors import InputError
+from copymachine.files import HashCache
+from copymachine.methods import COPY_MACHINE, CUSTOM, DIFFERENCE, Request, default_cache, images_in, make_sources, match_edits, plan, run_folder
+from copymachine.models import inspect_base_model
+from copymachine.pipeline import Pipeline
+from copymachine.progress import Reporter
+from copymachine.recipe import MEMO, apply_overrides, load_recipe_file, parse_set_options
+
+
+def resolve_effects(effects: tuple[str, ...], has_edits: bool) -> list[str]:
+    names = effect_registry.names()
+    chosen: list[str] = []
+    for effect in effects or ((CUSTOM,) if has_edits else ()):
+        if effect == "all":
+            chosen += [n for n in names if n not in chosen]
+        elif effect == CUSTOM or effect in names:
+            if effect not in chosen:
+                chosen.append(effect)
+        else:
+            raise InputError(f"unknown effect {effect!r}; choose from {', '.join(names)}, all, or custom (with --edited)")
+    if not chosen:
+        raise InputError(f"name an effect (--effect {', '.join(names)}, all) or give your own edit with --edited")
+    if CUSTOM in chosen and not has_edits:
+        raise InputError("--effect custom needs your edited image: --edited EDIT.png (or --edited-dir)")
+    if has_edits and CUSTOM not in chosen:
+        raise InputError("--edited / --edited-dir are your own edits: use them with --effect custom (or leave --effect out)")
+    return chosen
+
+
+def split_set_options(items: tuple[str, ...]) -> tuple[dict, dict]:
+    """--set takes recipe keys (copy.network_dim=32) and effect parameters (outline.radius=2)."""
+    recipe_sets, effect_sets = {}, {}
+    for section, values in parse_set_options(items).items():
+        if section in effect_registry.names():
+            effect_sets[section] = values
+        else:
+            recipe_sets[section] = values
+    return recipe_sets, effect_sets
+
+
+def parse_absorb(items: tuple[str, ...]) -> list[tuple[Path, float]]:
+    """STYLE.safetensors[:RATIO]; a Windows drive letter is not a ratio."""
+    out = []
+    for item in items:
+        path, ratio = item, 1.0
+        head, sep, tail = item.rpartition(":")
+        if sep and head:
+            try:
+                ratio = float(tail)
+                path = head
+            except ValueError:
+                pass
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"--absorb: style LoRA not found: {p}")
+        out.append((p, ratio))
+    return out
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{what} is not a file: {path}")
+
+
+def method_options(f):
+    """The options `train` and `diff` share (their effect on a run is the same)."""
+    options = [
+        click.option("--effect", "effects", multiple=True, metavar="EFFECT", help="outline, flat, contrast, posterize, jpeg, all, or custom (with --edited). Repeatable."),
+        click.option("--base", required=True, type=click.Path(path_type=Path), help="Base model: a single-file SD checkpoint (.safetensors)."),
+        click.option("--image", "images", multiple=True, type=click.Path(path_type=Path), help="An original image; repeat for several (memo step 6). Default: generate one with the base model."),
+        click.option("--images", "images_dir", type=click.Path(path_type=Path), help="A folder of original images (instead of --image)."),
+        click.option("--edited", "edited", multiple=True, type=click.Path(path_type=Path), help="Your own edit of --image (effect custom), one per --image, checked for size and alignment first."),
+        click.option("--edited-dir", type=click.Path(path_type=Path), help="A folder of your edits of --images, matched by file name."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder. Default: runs/<image name>."),
+        click.option("--name", help="File name of the final LoRA. Default: <run folder name>-<effect>."),
+        click.option("--caption", help="Caption of both training images (the same text for both). Default: the recipe's."),
+        click.option("--prompt", help="Prompt for a generated original image (when no image is given)."),
+        click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, path_type=Path), help="Recipe TOML overriding the memo's numbers (see `copymachine recipe`)."),
+        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one number (copy.network_dim=32, effect.epochs=4, resize.rank=4) or an effect parameter (outline.radius=2). Repeatable."),
+        click.option("--amount", type=float, default=1.0, show_default=True, help="Strength of a built-in edit: original + AMOUNT x (edit - original)."),
+        click.option("--resolution", type=click.IntRange(64, 4096), help="Train at this size (longer side) instead of the image's own; for quick test runs."),
+        click.option("--max-steps", type=click.IntRange(1), help="Cap every training at this many steps (warmup scaled alike); for quick test runs."),
+        click.option("--rank", type=click.IntRange(0), help="Rank of the final LoRA (memo: 8). 0 keeps the trained rank (train only)."),
+        click.option("--combine", type=click.Choice(["merge", "svd"]), help="How several images' LoRAs are combined: merge = the memo's steps 7-9 (merge into the model, extract, resize); svd = svd_merge_lora.py, exact and cheaper."),
+        click.option("--absorb", multiple=True, metavar="STYLE.safetensors[:RATIO]", help="Merge a style LoRA into the base model first; every training uses the result (the memo's tip). Repeatable."),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where shared stages (copy LoRAs, copy models, LoRA A) are kept. Default: $COPYMACHINE_CACHE, else <run folder>/../_cache."),
+        click.option("--dry-run", is_flag=True, help="Write the configs and print every command; run nothing."),
+        click.option("--no-wait", is_flag=True, help="Exit at once (code 6) instead of waiting when another run holds the run folder or a cache entry."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return engine_options(f)
+
+
+def run_method(method: str, o: dict, sign: str = "edit") -> None:
+    reporter = Reporter(verbose=o["verbose"])
+    if o["images"] and o["images_dir"]:
+        raise InputError("give --image or --images, not both")
+    if o["edited"] and o["edited_dir"]:
+        raise InputError("give --edited or --edited-dir, not both")
+    images = images_in(o["images_dir"]) if o["images_dir"] else list(o["images"])
+    for path in images:
+        _check_file(path, "image")
+    edited = match_edits(images, o["edited_dir"]) if o["edited_dir"] else list(o["edited"])
+    for path in edited:
+        _check_file(path, "edited image")
+    if edited and not images:
+        raise InputError("--edited is an edit of your --image: give the original too")
+    effects = resolve_effects(o["effects"], bool(edited))
+    model = inspect_base_model(o["base"])
+
+    recipe = load_recipe_file(o["recipe_file"], MEMO) if o["recipe_file"] else MEMO
+    recipe_sets, effect_sets = split_set_options(o["sets"])
+    shorthand: dict[str, dict] = {}
+    if o["caption"] is not None:
+        shorthand["caption"] = {"text": o["caption"]}
+    if o["prompt"] is not None:
+        shorthand["generate"] = {"prompt": o["prompt"]}
+    if o["rank"] is not None:
+        if method == DIFFERENCE and o["rank"] == 0:
+            raise InputError("--rank 0 keeps a trained rank; difference extraction makes a new LoRA: give its rank (memo: 8)")
+        shorthand["svd" if method == DIFFERENCE else "resize"] = {"rank": o["rank"]}
+    for section, values in shorthand.items():
+        recipe_sets.setdefault(section, {}).update(values)
+    if recipe_sets:
+        recipe = apply_overrides(recipe, recipe_sets, "--set")
+    for effect in effect_sets:
+        if effect not in effects:
+            raise InputError(f"--set {effect}.… sets a parameter of {effect}, which this run does not train")
+
+    settings = make_settings(o["sd_scripts"], o["python"], o["device"], o["tokenizer_cache_dir"], o["offline"], reporter, require=not o["dry_run"])
+    request = Request(
+        method=method,
+        base=o["base"],
+        family=model.family,
+        effects=effects,
+        recipe=recipe,
+        sources=make_sources(images, edited),
+        out=o["out"],
+        name=o["name"],
+        cache_dir=o["cache_dir"],
+        effect_params=effect_sets,
+        amount=o["amount"],
+        resolution=o["resolution"],
+        max_steps=o["max_steps"],
+        absorb=parse_absorb(o["absorb"]),
+        combine=o["combine"],
+        sign=sign,
+    )
+    run_dir = run_folder(request).resolve()
+    hashes = HashCache(default_cache(run_dir, o["cache_dir"]).resolve() / "hashes.json")
+    the_plan = plan(request, settings, hashes)
+    reporter.info(
+        f"copymachine {method}: {model.family.label} base {o['base'].name}; {len(request.sources)} image(s); "
+        f"effects: {', '.join(effects)}; run folder {the_plan.run_dir}; device {settings.device}"
+        + (f" ({settings.mixed_precision})" if settings.mixed_precision != "no" else "")
+    )
+    Pipeline(the_plan, settings, reporter, hashes).run(dry_run=o["dry_run"], wait=not o["no_wait"])
+    hashes.save()
+    if o["dry_run"]:
+        return
+    for path in the_plan.finals.values():
+        click.echo(str(path))
+    reporter.info(f"done: {len(the_plan.finals)} LoRA(s) in {the_plan.run_dir}; manifest: {the_plan.run_dir / 'manifest.json'}")
+
+
+@cli.command()
+@method_options
+def train(**options):
+    """Train a slider LoRA with the copy-machine method (memo steps 1-5, 9).
+
+    \b
+    1. original image   --image, or generated from the base model
+    2. edit             a built-in effect, or your --edited image (checked first)
+    3. captions         one fixed caption, the same for both images
+    4. copy LoRA        over-fit on the original (dim 64, 3072 steps), cached
+    5. copy model       the copy LoRA merged into the base model, cached
+    6. effect LoRA      trained on the copy model with the edited image
+    7. resize           to rank 8 -> <run folder>/<name>.safetensors
+
+    With several images (--image a.png --image b.png, or --images DIR) each gets its own copy
+    machine and effect LoRA, combined by the memo's steps 7-9 (or --combine svd).
+    Re-running the same command skips every finished stage; a killed run resumes.
+
+    \b
+    Examples:
+      copymachine train --effect outline --base sd15.safetensors --image girl.png
+      copymachine train --edited girl-inked.png --image girl.png --base sd15.safetensors
+      copymachine train --effect all --base sd15.safetensors --image girl.png --image cat.png
+      copymachine train --effect flat --base sd15.safetensors --dry-run
+    """
+    run_method(COPY_MACHINE, options)
+
+
+@cli.command()
+@method_options
+@click.option("--sign", type=click.Choice(["edit", "memo"]), default="edit", show_default=True, help="edit: positive strength = more of the edit (B - A). memo: the memo's ratios 1 -1 (A - B), where positive strength removes the edit.")
+def diff(sign, **options):
+    """Train a slider LoRA with the difference-extraction method (差分抽出法).
+
+    \b
+    1. LoRA A   over-fitted copy of the original (4096 steps) on the base model, cached
+    2. LoRA B   over-fitted copy of the edited image, same recipe
+    3. svd_merge_lora.py --ratios 1 -1 --new_rank 8 --precision float --save_precision fp16
+
+    Positive strength = more of the edit (B - A); --sign memo gives the memo's A - B.
+
+    \b
+    Example:
+      copymachine diff --effect outline --base sd15.safetensors --image girl.png
+    """
+    run_method(DIFFERENCE, options, sign=sign)

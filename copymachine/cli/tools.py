@@ -1,0 +1,185 @@
+"""`copymachine merge | svd-merge | extract | resize`: sd-scripts' LoRA tools with our checks.
+
+Each is a one-stage plan run by the same pipeline as `train`: the output is written under a
+scratch name and renamed when complete, the log and a manifest go to `<out folder>/.copymachine/`,
+and re-running the same command with unchanged inputs does nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from copymachine.cli import cli
+from copymachine.cli.common import engine_options, make_settings
+from copymachine.errors import InputError
+from copymachine.files import HashCache
+from copymachine.lorafile import summarize_lora
+from copymachine.models import Family, inspect_base_model, lora_family
+from copymachine.pipeline import Pipeline
+from copymachine.plan import Planner
+from copymachine.progress import Reporter
+from copymachine.recipe import MEMO, PRECISIONS
+from copymachine.stages import kind_versions
+from copymachine.stages.merge_model import lora_input_name
+
+
+def parse_weighted(item: str) -> tuple[Path, float]:
+    """LORA.safetensors[:RATIO] (a Windows drive letter is not a ratio)."""
+    head, sep, tail = item.rpartition(":")
+    if sep and head:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(item), 1.0
+
+
+def check_loras(items: tuple[str, ...], family: Family | None = None) -> tuple[list[tuple[Path, float, int]], Family | None]:
+    """Each input exists and is a kohya LoRA; all are of one base family (and `family`'s)."""
+    out = []
+    for item in items:
+        path, ratio = parse_weighted(item)
+        summary = summarize_lora(path)
+        fam = lora_family(list(summary.modules), summary.metadata)
+        if family is not None and fam is not None and fam.name != family.name:
+            raise InputError(f"{path} is a {fam.label} LoRA, but the others are {family.label}")
+        family = family or fam
+        out.append((path, ratio, max(summary.ranks)))
+    return out, family
+
+
+def explain(terms: list[tuple[Path, float, int]]) -> str:
+    parts = []
+    for path, ratio, _ in terms:
+        sign = "-" if ratio < 0 else "+"
+        parts.append(f"{sign} {abs(ratio):g} x {path.name}")
+    text = " ".join(parts)
+    return text[2:] if text.startswith("+ ") else text
+
+
+def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: dict[str, Path], params: dict, settings, reporter) -> None:
+    out = out.resolve()
+    if out.suffix.lower() != ".safetensors":
+        raise InputError(f"--out must end in .safetensors: {out}")
+    if out.exists() and out.is_dir():
+        raise InputError(f"--out is a folder: {out}")
+    hashes = HashCache(out.parent / ".copymachine" / "hashes.json")
+    planner = Planner(out.parent / ".copymachine", out.parent / ".copymachine", hashes, kind_versions())
+    planner.plan.manifest_name = f"{out.stem}.manifest.json"
+    planner.add(
+        name,
+        kind,
+        title,
+        inputs={k: planner.external(v.resolve()) for k, v in inputs.items()},
+        params=params,
+        outputs={output: out.name},
+        workdir=out.parent,
+    )
+    Pipeline(planner.plan, settings, reporter, hashes).run()
+    click.echo(str(out))
+
+
+_out = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The file to write (.safetensors); written whole or not at all.")
+
+
+@cli.command()
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="The checkpoint to merge into.")
+@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]", help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.merge.precision, show_default=True, help="dtype the merge is computed in.")
+@click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.merge.save_precision, show_default=True, help="dtype of the saved model (float: ~4 GB for SD1.5).")
+@_out
+@engine_options
+def merge(base, loras, precision, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
+    """Merge LoRAs into a checkpoint (merge_lora.py; sdxl_merge_lora.py for SDXL).
+
+    W += ratio x up @ down x alpha / rank for every LoRA: exact and linear in the ratio.
+    Merging LoRA into LoRA is not offered: merge_lora.py then squares each ratio and loses the
+    sign; use `copymachine svd-merge`.
+
+    \b
+    Example:
+      copymachine merge --base sd15.safetensors --lora style.safetensors:0.8 --out sd15-style.safetensors
+    """
+    reporter = Reporter(verbose=verbose)
+    model = inspect_base_model(base, for_training=False)
+    terms, _ = check_loras(loras, model.family)
+    reporter.info(f"merge: {model.path.name} + ({explain(terms)})")
+    settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
+    inputs = {"base": base, **{lora_input_name(i): p for i, (p, _, _) in enumerate(terms)}}
+    params = {"family": model.family.as_params(), "ratios": [r for _, r, _ in terms], "precision": precision, "save_precision": save_precision}
+    _run_tool(out, "merge", "merge_model", "model", f"merge into {model.path.name}", inputs, params, settings, reporter)
+
+
+@cli.command("svd-merge")
+@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]", help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+@click.option("--rank", type=click.IntRange(1), default=MEMO.svd.rank, show_default=True, help="Rank of the result.")
+@click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.svd.save_precision, show_default=True)
+@_out
+@engine_options
+def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
+    """Combine LoRAs exactly (svd_merge_lora.py): sum of ratio x delta-W, then SVD to a rank.
+
+    Ratios may be negative: `--lora B.safetensors:1 --lora A.safetensors:-1` is B - A, the
+    difference-extraction method, where positive strength gives more of what B has over A.
+
+    \b
+    Example:
+      copymachine svd-merge --lora edited.safetensors:1 --lora original.safetensors:-1 --rank 8 --out slider.safetensors
+    """
+    reporter = Reporter(verbose=verbose)
+    terms, _ = check_loras(loras)
+    reporter.info(f"svd-merge: result = {explain(terms)}, rank {rank} (computed at float)")
+    settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
+    inputs = {lora_input_name(i): p for i, (p, _, _) in enumerate(terms)}
+    params = {"ratios": [r for _, r, _ in terms], "labels": [p.name for p, _, _ in terms], "rank": rank, "precision": "float", "save_precision": save_precision, "device": settings.device}
+    _run_tool(out, "svd-merge", "svd_merge", "lora", "svd merge", inputs, params, settings, reporter)
+
+
+@cli.command()
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="The original checkpoint.")
+@click.option("--tuned", required=True, type=click.Path(path_type=Path), help="The changed checkpoint (the LoRA is tuned - base).")
+@click.option("--dim", type=click.IntRange(1), default=MEMO.combine.extract_dim, show_default=True, help="Rank of the extracted LoRA.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.combine.precision, show_default=True, help="dtype to load and save in.")
+@_out
+@engine_options
+def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
+    """Extract the LoRA of base -> tuned (extract_lora_from_models.py; memo step 8).
+
+    \b
+    Example:
+      copymachine extract --base sd15.safetensors --tuned processed.safetensors --dim 64 --out effect.safetensors
+    """
+    reporter = Reporter(verbose=verbose)
+    a = inspect_base_model(base, for_training=False)
+    b = inspect_base_model(tuned, for_training=False)
+    if a.family.name != b.family.name:
+        raise InputError(f"--base is {a.family.label} but --tuned is {b.family.label}: both must be of one family")
+    settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
+    params = {"family": a.family.as_params(), "dim": dim, "min_diff": MEMO.combine.min_diff, "precision": precision, "device": settings.device}
+    _run_tool(out, "extract", "extract_lora", "lora", f"extract {b.path.name} - {a.path.name}", {"original": base, "tuned": tuned}, params, settings, reporter)
+
+
+@cli.command()
+@click.argument("lora", type=click.Path(path_type=Path))
+@click.option("--rank", type=click.IntRange(1), default=MEMO.resize.rank, show_default=True, help="New rank; at most the LoRA's own.")
+@click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.resize.save_precision, show_default=True)
+@_out
+@engine_options
+def resize(lora, rank, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
+    """Resize a LoRA's rank (resize_lora.py --new_rank; memo step 9). Runs on the CPU, where
+    sd-scripts' resize is known good (on CUDA it has written corrupt files, issue #904).
+
+    \b
+    Example:
+      copymachine resize effect.safetensors --rank 8 --out effect-r8.safetensors
+    """
+    reporter = Reporter(verbose=verbose)
+    terms, _ = check_loras((str(lora),))
+    path, _, have = terms[0]
+    if rank > have:
+        raise InputError(f"--rank {rank} is above the LoRA's rank {have}: resizing only reduces rank")
+    settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
+    params = {"rank": rank, "save_precision": save_precision, "device": "cpu"}
+    _run_tool(out, "resize", "resize_lora", "lora", f"resize {path.name} to rank {rank}", {"lora": path}, params, settings, reporter)

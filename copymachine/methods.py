@@ -1,0 +1,522 @@
+"""The methods of the memo as plans: which stages, in which order, with which parameters.
+
+- copy-machine (`copymachine train`): memo steps 1-5, the optional steps 6-9, and step 9's resize.
+- difference extraction (`copymachine diff`): LoRA A on the original, LoRA B on the edit, B - A.
+- the style-absorb tip (`--absorb`): style LoRAs merged into the base before any training.
+
+Data flows one way: the CLI builds a `Request`, `plan()` turns it into a `Plan` of stages, the
+pipeline runs it. Sign convention for every method: positive strength = more of the edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from copymachine import effects as effect_registry
+from copymachine.errors import InputError
+from copymachine.files import HashCache
+from copymachine.models import Family
+from copymachine.plan import FileRef, Plan, Planner
+from copymachine.recipe import Recipe, TrainingRecipe
+from copymachine.stages import Settings, kind_versions
+from copymachine.stages.merge_model import lora_input_name
+
+CUSTOM = "custom"
+COPY_MACHINE = "copy-machine"
+DIFFERENCE = "difference-extraction"
+MIN_SIDE = 64
+STEP = 64  # SD's U-Net halves the latent three times: image sides must be multiples of 64
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SIGNS = {"edit": 1.0, "memo": -1.0}  # edit: + = more of the edit; memo: the memo's ratios 1 -1
+
+
+@dataclass
+class Source:
+    """One source image and, for effect custom, the user's edit of it."""
+
+    image: Path | None  # None: generate it (memo step 1)
+    edited: Path | None = None
+    id: str = ""  # "" when the run has one image; else a unique name (the file's stem)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.id}/" if self.id else ""
+
+
+@dataclass
+class Request:
+    method: str
+    base: Path
+    family: Family
+    effects: list[str]
+    recipe: Recipe
+    sources: list[Source]
+    out: Path | None = None
+    name: str | None = None
+    cache_dir: Path | None = None
+    effect_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    amount: float = 1.0
+    resolution: int | None = None
+    max_steps: int | None = None
+    absorb: list[tuple[Path, float]] = field(default_factory=list)
+    combine: str | None = None  # "merge" (memo steps 7-9) | "svd"; None: the method's default
+    sign: str = "edit"
+
+
+def training_size(width: int, height: int, resolution: int | None) -> tuple[int, int]:
+    """The size the LoRAs train at: the image's own size (memo: resolution = the image's, 512),
+    scaled so the longer side is `resolution` when given, each side a multiple of 64."""
+    scale = resolution / max(width, height) if resolution else 1.0
+
+    def side(v: int) -> int:
+        return max(MIN_SIDE, int(round(v * scale / STEP)) * STEP)
+
+    return side(width), side(height)
+
+
+def make_sources(images: list[Path], edited: list[Path]) -> list[Source]:
+    """Pair images with their edits and give each a unique id when there are several."""
+    if edited and len(edited) != len(images):
+        raise InputError(f"{len(images)} image(s) but {len(edited)} edited image(s): give one --edited per --image, in the same order")
+    if not images:
+        return [Source(image=None)]
+    sources = [Source(image=img, edited=edited[i] if edited else None) for i, img in enumerate(images)]
+    if len(sources) > 1:
+        seen: dict[str, int] = {}
+        for s in sources:
+            stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in s.image.stem) or "image"  # type: ignore[union-attr]
+            seen[stem] = seen.get(stem, 0) + 1
+            s.id = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+    return sources
+
+
+def images_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InputError(f"--images is not a folder: {folder}")
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return found
+
+
+def match_edits(images: list[Path], folder: Path) -> list[Path]:
+    """Custom edits for `images` from `folder`, matched by file name (any image suffix)."""
+    if not folder.is_dir():
+        raise InputError(f"--edited-dir is not a folder: {folder}")
+    by_stem = {p.stem: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    missing = [img.name for img in images if img.stem not in by_stem]
+    if missing:
+        raise InputError(f"--edited-dir {folder} has no edit named like {missing[0]} (edits are matched by file name)")
+    return [by_stem[img.stem] for img in images]
+
+
+def run_folder(request: Request) -> Path:
+    if request.out:
+        return Path(request.out)
+    first = request.sources[0].image
+    stem = first.stem if first else f"generated-s{request.recipe.generate.seed}"
+    if len(request.sources) > 1:
+        stem += f"-and-{len(request.sources) - 1}"
+    return Path("runs") / (stem if request.method == COPY_MACHINE else f"{stem}-diff")
+
+
+def default_cache(run_dir: Path, option: Path | None) -> Path:
+    if option:
+        return Path(option)
+    if os.environ.get("COPYMACHINE_CACHE"):
+        return Path(os.environ["COPYMACHINE_CACHE"])
+    return run_dir.parent / "_cache"
+
+
+def final_name(request: Request, run_dir: Path, effect: str) -> str:
+    if request.name and len(request.effects) == 1:
+        return request.name
+    return f"{request.name or run_dir.name}-{effect}"
+
+
+def _source_size(source: Source, recipe: Recipe) -> tuple[int, int]:
+    if source.image is None:
+        return recipe.generate.width, recipe.generate.height
+    try:
+        with Image.open(source.image) as im:
+            return im.size
+    except OSError:
+        raise InputError(f"image is not a readable image file: {source.image}") from None
+
+
+class _Builder:
+    """Plans one request; a method is a sequence of calls to these helpers."""
+
+    def __init__(self, request: Request, settings: Settings, hashes: HashCache):
+        self.request = request
+        self.settings = settings
+        self.recipe = request.recipe
+        self.family = request.family
+        self.run_dir = run_folder(request).resolve()
+        self.cache_dir = default_cache(self.run_dir, request.cache_dir).resolve()
+        self.planner = Planner(self.run_dir, self.cache_dir, hashes, kind_versions())
+        self.plan: Plan = self.planner.plan
+        self.base = self.planner.external(request.base.resolve())
+        self.training_base = self.base
+        self.originals: dict[str, FileRef] = {}
+        self.edits: dict[tuple[str, str], FileRef] = {}
+        self.captions: dict[str, str] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}
+
+    def add(self, *args, **kwargs):
+        return self.planner.add(*args, **kwargs)
+
+    def ref(self, stage: str, output: str) -> FileRef:
+        return self.plan.ref(stage, output)
+
+    def source_dir(self, source: Source) -> Path:
+        return self.run_dir / source.id if source.id else self.run_dir
+
+    # --- shared steps ------------------------------------------------------------------
+
+    def absorb(self) -> None:
+        """The tip: style LoRAs merged into the base model; every training uses the result."""
+        if not self.request.absorb:
+            return
+        inputs = {"base": self.base}
+        for i, (path, _ratio) in enumerate(self.request.absorb):
+            inputs[lora_input_name(i)] = self.planner.external(path.resolve())
+        self.add(
+            "absorbed-model",
+            "merge_model",
+            "style absorbed into the base model",
+            inputs=inputs,
+            params={"family": self.family.as_params(), "ratios": [r for _, r in self.request.absorb], **self._merge_precision()},
+            outputs={"model": "absorbed-model.safetensors"},
+            shared_as="absorbed-model",
+        )
+        self.training_base = self.ref("absorbed-model", "model")
+
+    def original(self, source: Source) -> None:
+        """Memo step 1: the user's image, or one generated from the base model."""
+        if source.image is None:
+            g = self.recipe.generate
+            self.add(
+                f"{source.prefix}generate",
+                "generate_image",
+                "original image (generated)",
+                inputs={"base": self.base},
+                params={
+                    "family_flag": self.family.gen_flag,
+                    **dataclasses.asdict(g),
+                    "precision": self.settings.mixed_precision if self.settings.mixed_precision != "no" else "float",
+                },
+                outputs={"image": "generated.png", "prompt": "prompt.txt"},
+                shared_as="generated",
+            )
+            image: FileRef = self.ref(f"{source.prefix}generate", "image")
+        else:
+            image = self.planner.external(source.image.resolve())
+        title = f"{source.id}: original image" if source.id else "original image"
+        self.add(f"{source.prefix}original", "import_image", title, inputs={"source": image}, params={}, outputs={"image": "original.png"}, workdir=self.source_dir(source))
+        self.originals[source.id] = self.ref(f"{source.prefix}original", "image")
+        self.sizes[source.id] = training_size(*_source_size(source, self.recipe), self.request.resolution)
+
+    def edit(self, source: Source, effect: str) -> None:
+        """Memo step 4, before any training, so a bad edit stops the run at once."""
+        inputs = {"original": self.originals[source.id]}
+        if effect == CUSTOM:
+            if source.edited is None:
+                raise InputError(f"effect custom needs an edited image for {source.image}")
+            inputs["edited"] = self.planner.external(source.edited.resolve())
+            params: dict[str, Any] = {"effect": CUSTOM, "effect_params": {}, "amount": 1.0}
+        else:
+            params = {
+                "effect": effect,
+                "effect_params": effect_registry.resolve_params(effect, self.request.effect_params.get(effect, {})),
+                "amount": self.request.amount,
+            }
+        name = f"{source.prefix}{effect}/edit"
+        self.add(
+            name,
+            "edit_image",
+            f"{source.prefix}{effect}: edited image",
+            inputs=inputs,
+            params=params,
+            outputs={"image": "edited.png", "compare": "compare.png", "check": "check.json"},
+            workdir=self.source_dir(source) / effect,
+        )
+        self.edits[(source.id, effect)] = self.ref(name, "image")
+
+    def caption(self, source: Source) -> None:
+        """One caption file per training image: the same text for the original and the edit."""
+        name = f"{source.prefix}captions"
+        self.add(
+            name,
+            "captions",
+            f"{source.prefix}captions",
+            inputs={},
+            params={"method": "fixed", "text": self.recipe.caption.text},
+            outputs={"original": "original.txt", "edited": "edited.txt"},
+            workdir=self.source_dir(source) / "captions",
+        )
+        self.captions[source.id] = name
+
+    def train(self, name: str, title: str, training: TrainingRecipe, source: Source, base: FileRef, image: FileRef, caption: str, output: str, **where) -> FileRef:
+        self.add(
+            name,
+            "train_lora",
+            title,
+            inputs={"base": base, "image": image, "caption": self.ref(self.captions[source.id], caption)},
+            params=self._training_params(training, self.sizes[source.id]),
+            outputs={"lora": output},
+            **where,
+        )
+        return self.ref(name, "lora")
+
+    def _training_params(self, training: TrainingRecipe, size: tuple[int, int]) -> dict[str, Any]:
+        steps = training.steps
+        max_train_steps = None
+        warmup = training.warmup_steps
+        if self.request.max_steps is not None and self.request.max_steps < steps:
+            max_train_steps = self.request.max_steps
+            # keep the recipe's shape: the same share of the run warms up
+            warmup = int(training.warmup_steps * self.request.max_steps / steps)
+        return {
+            "family": self.family.as_params(),
+            "training": dataclasses.asdict(training),
+            "size": list(size),
+            "max_train_steps": max_train_steps,
+            "warmup_steps": warmup,
+            "mixed_precision": self.settings.mixed_precision,
+            "training_options": dict(self.settings.training_options),
+        }
+
+    def _merge_precision(self) -> dict[str, str]:
+        return {"precision": self.recipe.merge.precision, "save_precision": self.recipe.merge.save_precision}
+
+    # --- combining and finishing -------------------------------------------------------
+
+    def svd_merge(self, name: str, title: str, terms: list[tuple[FileRef, float, str]], rank: int, workdir: Path, output: str) -> FileRef:
+        svd = self.recipe.svd
+        self.add(
+            name,
+            "svd_merge",
+            title,
+            inputs={lora_input_name(i): ref for i, (ref, _, _) in enumerate(terms)},
+            params={
+                "ratios": [r for _, r, _ in terms],
+                "labels": [label for _, _, label in terms],
+                "rank": rank,
+                "precision": svd.precision,
+                "save_precision": svd.save_precision,
+                "device": self.settings.device,
+            },
+            outputs={"lora": output},
+            workdir=workdir,
+        )
+        return self.ref(name, "lora")
+
+    def merge_route(self, effect: str, terms: list[tuple[FileRef, float, str]], workdir: Path) -> FileRef:
+        """Memo steps 7-8: the LoRAs merged into the base model (the processed model), then the
+        LoRA of base -> processed model extracted."""
+        inputs = {"base": self.training_base}
+        inputs.update({lora_input_name(i): ref for i, (ref, _, _) in enumerate(terms)})
+        self.add(
+            f"{effect}/processed-model",
+            "merge_model",
+            f"{effect}: processed model (step 7)",
+            inputs=inputs,
+            params={"family": self.family.as_params(), "ratios": [r for _, r, _ in terms], **self._merge_precision()},
+            outputs={"model": "processed-model.safetensors"},
+            workdir=workdir,
+        )
+        c = self.recipe.combine
+        self.add(
+            f"{effect}/extract",
+            "extract_lora",
+            f"{effect}: LoRA of base -> processed model (step 8)",
+            inputs={"original": self.training_base, "tuned": self.ref(f"{effect}/processed-model", "model")},
+            params={"family": self.family.as_params(), "dim": c.extract_dim, "min_diff": c.min_diff, "precision": c.precision, "device": self.settings.device},
+            outputs={"lora": f"extracted-r{c.extract_dim}.safetensors"},
+            workdir=workdir,
+        )
+        return self.ref(f"{effect}/extract", "lora")
+
+    def resize(self, effect: str, lora: FileRef, from_rank: int, rank: int, workdir: Path) -> FileRef:
+        """Memo step 9: resize_lora.py to `rank` (0 keeps the rank). It runs on the CPU: on CUDA
+        it has written corrupt files (sd-scripts issue #904)."""
+        if not rank or rank >= from_rank:
+            return lora
+        self.add(
+            f"{effect}/resize",
+            "resize_lora",
+            f"{effect}: resize to rank {rank}",
+            inputs={"lora": lora},
+            params={"rank": rank, "save_precision": self.recipe.resize.save_precision, "device": "cpu"},
+            outputs={"lora": f"lora-r{rank}.safetensors"},
+            workdir=workdir,
+        )
+        return self.ref(f"{effect}/resize", "lora")
+
+    def finalize(self, effect: str, lora: FileRef, method: str, trainings: dict[str, Any]) -> None:
+        inputs = {"lora": lora}
+        for i, source in enumerate(self.request.sources):
+            inputs[f"original{i:03d}"] = self.originals[source.id]
+            inputs[f"edited{i:03d}"] = self.edits[(source.id, effect)]
+        first_edit = self.plan.stage(f"{self.request.sources[0].prefix}{effect}/edit")
+        name = final_name(self.request, self.run_dir, effect)
+        self.add(
+            f"{effect}/final",
+            "finalize",
+            f"{effect}: final LoRA",
+            inputs=inputs,
+            params={
+                "method": method,
+                "effect": effect,
+                "effect_params": first_edit.params["effect_params"],
+                "amount": first_edit.params["amount"],
+                "sign": self.request.sign,
+                "recipe": trainings,
+                "absorbed": [[p.name, r] for p, r in self.request.absorb],
+                "sd_scripts_commit": self.settings.engine.commit if self.settings.engine else None,
+            },
+            outputs={"lora": f"{name}.safetensors"},
+            workdir=self.run_dir,
+        )
+        self.plan.finals[effect] = self.run_dir / f"{name}.safetensors"
+
+    def weight(self) -> float:
+        n = len(self.request.sources)
+        return 1.0 / n if self.recipe.combine.normalize else 1.0
+
+    def info(self, method: str) -> None:
+        r = self.request
+        self.plan.info.update(
+            {
+                "method": method,
+                "base": str(r.base),
+                "family": self.family.name,
+                "images": [str(s.image) if s.image else None for s in r.sources],
+                "edited": [str(s.edited) if s.edited else None for s in r.sources],
+                "effects": r.effects,
+                "combine": r.combine,
+                "sign": r.sign,
+                "absorb": [[str(p), ratio] for p, ratio in r.absorb],
+                "training_sizes": {s.id or "original": list(self.sizes[s.id]) for s in r.sources},
+                "recipe": self.recipe.to_dict(),
+                "cache_dir": str(self.cache_dir),
+            }
+        )
+
+
+def _prepare(b: _Builder) -> None:
+    b.absorb()
+    for source in b.request.sources:
+        b.original(source)
+        for effect in b.request.effects:
+            b.edit(source, effect)
+        b.caption(source)
+
+
+def plan_copy_machine(request: Request, settings: Settings, hashes: HashCache) -> Plan:
+    """Memo steps 1-5 per image, 6-9 when there are several, 9 (resize) always."""
+    b = _Builder(request, settings, hashes)
+    _prepare(b)
+    effect_loras: dict[str, list[FileRef]] = {e: [] for e in request.effects}
+    for source in request.sources:
+        # steps 2-3, the copy machine: shared by every effect and run with the same inputs
+        copy_lora = b.train(f"{source.prefix}copy-lora", f"{source.prefix}copy LoRA", b.recipe.copy, source, b.training_base, b.originals[source.id], "original", "copy-lora.safetensors", shared_as="copy-lora")
+        b.add(
+            f"{source.prefix}copy-model",
+            "merge_model",
+            f"{source.prefix}copy model",
+            inputs={"base": b.training_base, lora_input_name(0): copy_lora},
+            params={"family": b.family.as_params(), "ratios": [b.recipe.merge.ratio], **b._merge_precision()},
+            outputs={"model": "copy-model.safetensors"},
+            shared_as="copy-model",
+        )
+        for effect in request.effects:
+            lora = b.train(
+                f"{source.prefix}{effect}/effect-lora",
+                f"{source.prefix}{effect}: effect LoRA",
+                b.recipe.effect_training(effect),
+                source,
+                b.ref(f"{source.prefix}copy-model", "model"),
+                b.edits[(source.id, effect)],
+                "edited",
+                "effect-lora.safetensors",
+                workdir=b.source_dir(source) / effect,
+            )
+            effect_loras[effect].append(lora)
+    combine = request.combine or ("merge" if len(request.sources) > 1 else None)
+    for effect in request.effects:
+        training = b.recipe.effect_training(effect)
+        workdir = b.run_dir / effect
+        loras = effect_loras[effect]
+        if combine is None:
+            lora, rank = loras[0], training.network_dim
+        else:
+            terms = [(ref, b.weight(), s.id or "effect") for ref, s in zip(loras, request.sources)]
+            if combine == "svd":
+                rank = b.recipe.resize.rank or training.network_dim
+                lora = b.svd_merge(f"{effect}/svd-merge", f"{effect}: effect LoRAs combined (svd_merge_lora)", terms, rank, workdir, f"combined-r{rank}.safetensors")
+            else:
+                lora, rank = b.merge_route(effect, terms, workdir), b.recipe.combine.extract_dim
+        lora = b.resize(effect, lora, rank, b.recipe.resize.rank, workdir)
+        b.finalize(effect, lora, COPY_MACHINE, {"copy": dataclasses.asdict(b.recipe.copy), "effect": dataclasses.asdict(training), "resize": dataclasses.asdict(b.recipe.resize), "combine": combine})
+    b.info(COPY_MACHINE)
+    return b.plan
+
+
+def plan_difference(request: Request, settings: Settings, hashes: HashCache) -> Plan:
+    """Difference extraction: A = copy LoRA of the original, B = copy LoRA of the edit, both on
+    the base model; the result is B - A (memo: A - B, `--sign memo`), by svd_merge_lora.py."""
+    b = _Builder(request, settings, hashes)
+    _prepare(b)
+    sign = SIGNS[request.sign]
+    terms_by_effect: dict[str, list[tuple[FileRef, float, str]]] = {e: [] for e in request.effects}
+    for source in request.sources:
+        # LoRA A depends only on base + image + caption + recipe: shared by every effect
+        lora_a = b.train(f"{source.prefix}lora-a", f"{source.prefix}LoRA A (original)", b.recipe.diff, source, b.training_base, b.originals[source.id], "original", "lora-a.safetensors", shared_as="copy-lora")
+        for effect in request.effects:
+            lora_b = b.train(
+                f"{source.prefix}{effect}/lora-b",
+                f"{source.prefix}{effect}: LoRA B (edited)",
+                b.recipe.diff,
+                source,
+                b.training_base,
+                b.edits[(source.id, effect)],
+                "edited",
+                "lora-b.safetensors",
+                workdir=b.source_dir(source) / effect,
+            )
+            w = b.weight()
+            label = f"{source.id}:" if source.id else ""
+            terms_by_effect[effect] += [(lora_a, -sign * w, f"{label}A"), (lora_b, sign * w, f"{label}B")]
+    combine = request.combine or "svd"
+    rank = b.recipe.svd.rank
+    for effect in request.effects:
+        workdir = b.run_dir / effect
+        terms = terms_by_effect[effect]
+        if combine == "svd":
+            lora = b.svd_merge(f"{effect}/svd-merge", f"{effect}: difference B - A" if sign > 0 else f"{effect}: difference A - B (memo sign)", terms, rank, workdir, f"diff-r{rank}.safetensors")
+        else:
+            lora = b.merge_route(effect, terms, workdir)
+            lora = b.resize(effect, lora, b.recipe.combine.extract_dim, rank, workdir)
+        b.finalize(effect, lora, DIFFERENCE, {"diff": dataclasses.asdict(b.recipe.diff), "svd": dataclasses.asdict(b.recipe.svd), "combine": combine})
+    b.info(DIFFERENCE)
+    return b.plan
+
+
+def plan(request: Request, settings: Settings, hashes: HashCache) -> Plan:
+    if request.combine not in (None, "merge", "svd"):
+        raise InputError(f"--combine must be merge or svd, not {request.combine!r}")
+    if request.sign not in SIGNS:
+        raise InputError(f"--sign must be edit or memo, not {request.sign!r}")
+    if request.method == COPY_MACHINE:
+        return plan_copy_machine(request, settings, hashes)
+    if request.method == DIFFERENCE:
+        return plan_difference(request, settings, hashes)
+    raise ValueError(request.method)

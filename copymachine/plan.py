@@ -1,0 +1,136 @@
+"""Plans: the stages of a run, each with its inputs, parameters and outputs.
+
+A stage's *key* is a hash of what determines its result: its kind, its parameters, the content
+(sha256) of external input files, and the keys of the stages whose outputs it consumes. Keys are
+known before anything runs, so `--dry-run` prints real paths, and shared stages (the copy LoRA
+and copy model, which depend only on base + image + caption + recipe) live in the cache under
+their key, where every run and every effect finds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from copymachine.files import HashCache, sha256_json
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """An input: an external file, or the output `output` of the stage `producer`."""
+
+    path: Path
+    producer: str | None = None
+    output: str | None = None
+
+    @property
+    def external(self) -> bool:
+        return self.producer is None
+
+
+@dataclass
+class Stage:
+    name: str  # unique in the plan: "copy-lora", "outline/effect-lora"
+    kind: str  # the module in copymachine/stages/ that runs it
+    title: str  # what the user reads
+    workdir: Path
+    inputs: dict[str, FileRef]
+    params: dict[str, Any]
+    outputs: dict[str, Path]
+    shared: bool = False
+    key: str = ""
+    after: tuple[str, ...] = ()  # stages that must run first without passing a file
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace("/", "--")
+
+    def input(self, name: str) -> Path:
+        return self.inputs[name].path
+
+    def output(self, name: str) -> Path:
+        return self.outputs[name]
+
+
+@dataclass
+class Plan:
+    run_dir: Path
+    cache_dir: Path
+    stages: list[Stage] = field(default_factory=list)
+    finals: dict[str, Path] = field(default_factory=dict)  # effect -> final LoRA
+    info: dict[str, Any] = field(default_factory=dict)  # what the manifest records about the run
+    manifest_name: str = "manifest.json"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / self.manifest_name
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def ref(self, stage_name: str, output: str) -> FileRef:
+        s = self.stage(stage_name)
+        return FileRef(path=s.outputs[output], producer=s.name, output=output)
+
+
+class Planner:
+    """Adds stages in dependency order, computing each key as it goes."""
+
+    def __init__(self, run_dir: Path, cache_dir: Path, hashes: HashCache, kind_versions: dict[str, int]):
+        self.plan = Plan(run_dir=run_dir, cache_dir=cache_dir)
+        self.hashes = hashes
+        self.kind_versions = kind_versions
+
+    def external(self, path: Path) -> FileRef:
+        return FileRef(path=Path(path))
+
+    def add(
+        self,
+        name: str,
+        kind: str,
+        title: str,
+        inputs: dict[str, FileRef],
+        params: dict[str, Any],
+        outputs: dict[str, str],
+        workdir: Path | None = None,
+        shared_as: str | None = None,
+        after: tuple[str, ...] = (),
+    ) -> Stage:
+        """`outputs` maps output names to file names inside the stage's folder.
+
+        A shared stage (`shared_as="copy-lora"`) lives in `<cache>/<shared_as>/<key>/`.
+        """
+        if any(s.name == name for s in self.plan.stages):
+            raise ValueError(f"stage {name} planned twice")
+        key = self._key(kind, params, inputs)
+        if shared_as:
+            workdir = self.plan.cache_dir / shared_as / key[:16]
+        assert workdir is not None
+        stage = Stage(
+            name=name,
+            kind=kind,
+            title=title,
+            workdir=workdir,
+            inputs=inputs,
+            params=params,
+            outputs={k: workdir / v for k, v in outputs.items()},
+            shared=shared_as is not None,
+            key=key,
+            after=after,
+        )
+        self.plan.stages.append(stage)
+        return stage
+
+    def _key(self, kind: str, params: dict[str, Any], inputs: dict[str, FileRef]) -> str:
+        identity: dict[str, Any] = {}
+        for name, ref in sorted(inputs.items()):
+            if ref.external:
+                identity[name] = {"sha256": self.hashes.sha256(ref.path)}
+            else:
+                producer = self.plan.stage(ref.producer)  # type: ignore[arg-type]
+                identity[name] = {"stage": producer.key, "output": ref.output}
+        return sha256_json({"kind": kind, "version": self.kind_versions.get(kind, 1), "params": params, "inputs": identity})

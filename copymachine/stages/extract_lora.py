@@ -1,0 +1,43 @@
+"""Stage (memo step 8): the LoRA of base -> processed model, by extract_lora_from_models.py
+(an SVD of the weight difference)."""
+
+from __future__ import annotations
+
+from copymachine.lorafile import validate_lora
+from copymachine.stages import StageContext, StageKind
+
+
+class ExtractLora(StageKind):
+    kind = "extract_lora"
+    needs_engine = True
+
+    def execute(self, stage, ctx: StageContext) -> None:
+        p = stage.params
+        out = ctx.scratch_output("lora")
+        args = [
+            "--model_org",
+            str(stage.input("original")),
+            "--model_tuned",
+            str(stage.input("tuned")),
+            "--save_to",
+            str(out),
+            "--dim",
+            str(p["dim"]),
+            "--min_diff",
+            repr(float(p["min_diff"])),
+            "--load_precision",
+            p["precision"],
+            "--save_precision",
+            p["precision"],
+            "--device",
+            p["device"],
+            *p["family"]["extract_options"],
+        ]
+        ctx.run(ctx.engine.run_script("networks/extract_lora_from_models.py", args), "extract_lora_from_models.py", expected=[out])
+
+    def validate(self, stage, name, path, ctx):
+        s = validate_lora(path, "extracted LoRA", expected_rank=stage.params["dim"])
+        return {"ranks": s.ranks, "unet_modules": s.unet_modules, "text_encoder_modules": s.text_encoder_modules}
+
+
+KIND = ExtractLora()

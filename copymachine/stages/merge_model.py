@@ -1,0 +1,65 @@
+"""Stage: merge LoRAs into a checkpoint with merge_lora.py (sdxl_merge_lora.py for SDXL).
+
+Memo step 3, the copy model: --sd_model BASE --models COPY --ratios 1 --precision float
+--save_precision float. Also step 7 (the processed model: every image's effect LoRA merged
+into the base) and the style-absorb tip. Merging into a checkpoint is exact and linear in the
+ratio, negative ratios included; copymachine never uses it to merge LoRA into LoRA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from copymachine.errors import EngineError
+from copymachine.lorafile import read_safetensors
+from copymachine.models import detect_family
+from copymachine.stages import StageContext, StageKind
+
+
+class MergeModel(StageKind):
+    kind = "merge_model"
+    needs_engine = True
+
+    def execute(self, stage, ctx: StageContext) -> None:
+        p = stage.params
+        out = ctx.scratch_output("model")
+        loras = lora_inputs(stage)
+        args = [
+            "--sd_model",
+            str(stage.input("base")),
+            "--models",
+            *loras,
+            "--ratios",
+            *[_num(r) for r in p["ratios"]],
+            "--precision",
+            p["precision"],
+            "--save_precision",
+            p["save_precision"],
+            "--save_to",
+            str(out),
+            *p["family"]["merge_options"],
+        ]
+        ctx.run(ctx.engine.run_script(p["family"]["merge_script"], args), Path(p["family"]["merge_script"]).name, expected=[out])
+
+    def validate(self, stage, name, path, ctx):
+        st = read_safetensors(path, "merged model")
+        family, what = detect_family(st.keys())
+        if family is None or family.name != stage.params["family"]["name"]:
+            raise EngineError(f"the merged model at {path} is not a {stage.params['family']['label']} checkpoint (found {what})")
+        return {"tensors": len(st.tensors)}
+
+
+def _num(x: float) -> str:
+    return repr(float(x))
+
+
+def lora_input_name(i: int) -> str:
+    return f"lora{i:03d}"
+
+
+def lora_inputs(stage) -> list[str]:
+    """The stage's LoRA inputs in order (named lora000, lora001, ... by the planner)."""
+    return [str(stage.input(name)) for name in sorted(stage.inputs) if name.startswith("lora")]
+
+
+KIND = MergeModel()

@@ -1,0 +1,35 @@
+"""Stage (memo step 9): resize the LoRA's rank with resize_lora.py (--new_rank 8 --save_precision fp16)."""
+
+from __future__ import annotations
+
+from copymachine.lorafile import validate_lora
+from copymachine.stages import StageContext, StageKind
+
+
+class ResizeLora(StageKind):
+    kind = "resize_lora"
+    needs_engine = True
+
+    def execute(self, stage, ctx: StageContext) -> None:
+        p = stage.params
+        out = ctx.scratch_output("lora")
+        args = [
+            "--model",
+            str(stage.input("lora")),
+            "--save_to",
+            str(out),
+            "--new_rank",
+            str(p["rank"]),
+            "--save_precision",
+            p["save_precision"],
+            "--device",
+            p["device"],
+        ]
+        ctx.run(ctx.engine.run_script("networks/resize_lora.py", args), "resize_lora.py", expected=[out])
+
+    def validate(self, stage, name, path, ctx):
+        s = validate_lora(path, "resized LoRA", expected_rank=stage.params["rank"])
+        return {"ranks": s.ranks, "modules": len(s.modules)}
+
+
+KIND = ResizeLora()
