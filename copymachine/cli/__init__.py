@@ -32,7 +32,7 @@ def cli():
 
 
 # Each module adds its commands to `cli` when imported.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["edit"]
 
 
 def _register() -> None:
