@@ -40,8 +40,9 @@ PARAMS: dict[str, Param] = {
 
 L0_BETA_MAX = 1e5
 MEDIAN_HISTOGRAM_SEGMENTS = 1 << 14  # above this many segments, medians are found by sorting
+INNER_SHARE = 0.5  # a segment's fill comes from its pixels at least this deep (share of its deepest)
 THIN_INTERIOR = 0.2  # share of a segment's pixels with no other segment beside them: less is "thin"
-THIN_MERGE_DISTANCE = 24.0  # mean |ΔR|+|ΔG|+|ΔB| across the boundary below which a thin strip merges
+THIN_MERGE_DISTANCE = 24.0  # mean |ΔR|+|ΔG|+|ΔB| (strip colour to the pixels beside it) to merge
 
 
 def segment_medians(rgb: np.ndarray, labels: np.ndarray, use: np.ndarray) -> np.ndarray:
@@ -102,9 +103,10 @@ def merge_thin_segments(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
     Felzenszwalb's Gaussian pre-smoothing blurs every sharp boundary, and the blurred pixels can
     form thin strips of their own along it; filled with their own median they would draw a rim
-    beside every line. A thin segment joins the neighbouring (not thin) segment whose pixels across
-    the shared boundary are closest in colour, when that difference is below THIN_MERGE_DISTANCE,
-    so a genuinely thin detail (an eye's white rim) stays.
+    beside every line. A thin segment joins the neighbouring (not thin) segment whose pixels just
+    across the shared boundary are closest to the thin segment's mean colour, when that difference
+    is below THIN_MERGE_DISTANCE: the strip continues the neighbour. A genuinely thin detail (an
+    eye's white rim, a highlight) differs from what lies beside it and stays.
     """
     n = int(labels.max()) + 1
     same_h = labels[:, 1:] == labels[:, :-1]
@@ -115,15 +117,20 @@ def merge_thin_segments(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     interior[1:, :] &= same_v
     interior[:-1, :] &= same_v
     # A strip w px wide has about (w-2)/w of its pixels inside; below THIN_INTERIOR it is ~2 px wide.
-    thin = np.bincount(labels[interior], minlength=n) < THIN_INTERIOR * np.bincount(labels.ravel(), minlength=n)
+    sizes = np.bincount(labels.ravel(), minlength=n)
+    thin = np.bincount(labels[interior], minlength=n) < THIN_INTERIOR * sizes
     if not thin.any():
         return labels
-    img = image.astype(np.int32)
-    a = np.concatenate([labels[:, :-1][~same_h], labels[:-1, :][~same_v]])
-    b = np.concatenate([labels[:, 1:][~same_h], labels[1:, :][~same_v]])
-    d = np.concatenate([np.abs(img[:, :-1] - img[:, 1:]).sum(axis=-1)[~same_h],
-                        np.abs(img[:-1, :] - img[1:, :]).sum(axis=-1)[~same_v]]).astype(np.float64)
-    src, dst, diff = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([d, d])
+    img = image.astype(np.float64)
+    means = np.stack([np.bincount(labels.ravel(), weights=img[..., c].ravel(), minlength=n) for c in range(3)], axis=1)
+    means /= np.maximum(sizes, 1)[:, None]
+    # each boundary pixel pair, both ways: (segment, neighbouring segment, pixel on the neighbour's side)
+    left, right = labels[:, :-1][~same_h], labels[:, 1:][~same_h]
+    up, down = labels[:-1, :][~same_v], labels[1:, :][~same_v]
+    src = np.concatenate([left, right, up, down])
+    dst = np.concatenate([right, left, down, up])
+    across = np.concatenate([img[:, 1:][~same_h], img[:, :-1][~same_h], img[1:, :][~same_v], img[:-1, :][~same_v]])
+    diff = np.abs(means[src] - across).sum(axis=1)
     keep = thin[src] & ~thin[dst]
     if not keep.any():
         return labels
@@ -137,12 +144,27 @@ def merge_thin_segments(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return mapping[labels]
 
 
+def inner_half(labels: np.ndarray) -> np.ndarray:
+    """The pixels in the inner half of their segment (by distance to its boundary).
+
+    A segment's fill colour is taken from these, so the antialiased ramp around a thin light stroke
+    (a highlight) does not pull its colour towards the background.
+    """
+    lab = labels.astype(np.float64)
+    square = np.ones((3, 3), np.uint8)
+    edge = cv2.dilate(lab, square) != cv2.erode(lab, square)
+    depth = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
+    deepest = np.zeros(int(labels.max()) + 1, np.float32)
+    np.maximum.at(deepest, labels.ravel(), depth.ravel())
+    return depth >= INNER_SHARE * deepest[labels]
+
+
 def segment_fill(clean: np.ndarray, params: dict, holes: np.ndarray) -> np.ndarray:
     from skimage.segmentation import felzenszwalb
 
     labels = felzenszwalb(clean, scale=params["scale"], sigma=params["sigma"], min_size=params["min_size"], channel_axis=-1)
     labels = merge_thin_segments(clean, labels)
-    flat = segment_medians(clean, labels, ~holes)[labels]
+    flat = segment_medians(clean, labels, ~holes & inner_half(labels))[labels]
     return restore_antialiasing(clean, flat, labels) if params["antialias"] else flat
 
 
