@@ -82,25 +82,42 @@ def _pyramid(image: np.ndarray) -> list[np.ndarray]:
     return levels[::-1]  # coarse first
 
 
-def ecc_align(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """Affine warp (2×3) mapping original pixel coordinates onto the edited image, and the final
-    ECC correlation; None when the fit does not converge at some level or matches nothing."""
+def _ecc(template: np.ndarray, image: np.ndarray, warp: np.ndarray, motion: int) -> tuple[float, np.ndarray] | None:
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPS)
+    try:
+        rho, fitted = cv2.findTransformECC(template, image, warp.copy(), motion, criteria, None, ECC_GAUSS)
+    except cv2.error:  # "iterations do not converge"
+        return None
+    if not (math.isfinite(rho) and np.all(np.isfinite(fitted))):
+        return None
+    return float(rho), fitted
+
+
+def ecc_align(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Affine warp (2×3) mapping original pixel coordinates onto the edited image, and its ECC
+    correlation; None when no fit converges or the best one matches nothing.
+
+    On every pyramid level, coarse to fine, both a translation and a full affine fit start from
+    the previous level's result, and the affine one is kept only when it correlates at least as
+    well: on sparse pictures (a few thin lines on a flat ground) the affine fit alone can wander
+    off. A level where neither converges to a useful correlation passes its start on to the next.
+    """
     warp = np.eye(2, 3, dtype=np.float32)
-    rho = 0.0
+    rho = None
     for i, (a, b) in enumerate(zip(_pyramid(_grey(original)), _pyramid(_grey(edited)))):
         if i:
             warp[:, 2] *= 2.0  # pyrDown halves coordinates about pixel 0: only the translation scales
-        try:
-            rho, warp = cv2.findTransformECC(a, b, warp, cv2.MOTION_AFFINE, criteria, None, ECC_GAUSS)
-        except cv2.error:
-            return None
-        if not np.all(np.isfinite(warp)):
-            return None
+        shift_only = np.eye(2, 3, dtype=np.float32)
+        shift_only[:, 2] = warp[:, 2]
+        fits = [f for f in (_ecc(a, b, shift_only, cv2.MOTION_TRANSLATION), _ecc(a, b, warp, cv2.MOTION_AFFINE))
+                if f and f[0] >= ECC_MIN_CORRELATION]
+        rho = None
+        if fits:
+            rho, warp = max(fits, key=lambda f: f[0])  # ties keep the translation (listed first)
     h, w = original.shape[:2]
-    if rho < ECC_MIN_CORRELATION or corner_shift(warp, w, h) > ECC_MAX_SHIFT_FRACTION * max(w, h):
+    if rho is None or rho < ECC_MIN_CORRELATION or corner_shift(warp, w, h) > ECC_MAX_SHIFT_FRACTION * max(w, h):
         return None
-    return warp, float(rho)
+    return warp, rho
 
 
 def corner_shift(warp: np.ndarray, width: int, height: int) -> float:
