@@ -2,6 +2,7 @@
 #   make setup                      copymachine + sd-scripts (submodule) + its own venv with torch
 #   make test                       the fast suite (no GPU, no sd-scripts, no weights needed)
 #   make test-integration           the suite against the real sd-scripts at vendor/sd-scripts
+#   make bench-effects              time the built-in image edits at 512² and 1024²
 #   make outline BASE=model.safetensors [IMAGE=src.png] [OUT=runs/name] [ARGS="--max-steps 10"]
 
 PYTHON     ?= python3
@@ -13,7 +14,7 @@ SD_VENV    ?= $(SD_SCRIPTS)/venv
 TORCH      ?= torch torchvision
 EFFECTS    := outline flat contrast posterize jpeg
 
-.PHONY: setup venv sd-scripts test test-integration all $(EFFECTS) clean
+.PHONY: setup venv sd-scripts test test-integration bench-effects all $(EFFECTS) clean
 
 $(BIN)/copymachine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,10 @@ test: venv
 test-integration: venv
 	SD_SCRIPTS=$(abspath $(SD_SCRIPTS)) SD_SCRIPTS_PYTHON=$(abspath $(SD_VENV))/bin/python \
 		$(BIN)/python -m pytest -v -m integration -p no:cacheprovider tests/integration; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# Timing of the built-in image edits at 512² and 1024² (a table, not a test).
+bench-effects: venv
+	$(BIN)/python benchmarks/bench_effects.py
 
 $(EFFECTS): venv
 	@test -n "$(BASE)" || { echo "usage: make $@ BASE=model.safetensors [IMAGE=src.png] [OUT=runs/name] [ARGS=...]"; exit 2; }

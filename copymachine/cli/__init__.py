@@ -34,7 +34,7 @@ def cli():
 
 
 # Each module adds its commands to `cli` when imported.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["edit"]
 
 
 def _register() -> None:

@@ -1,0 +1,296 @@
+"""Is an edited image a usable training target for the effect LoRA?
+
+The effect LoRA learns everything that differs between the original and the edited image. So the
+edit must be the same picture at the same size, not moved by even a pixel, and different enough to
+learn from. `check_pair` measures:
+
+1. size: identical, or else refused (an exact multiple gets a hint how to reduce it exactly);
+2. alignment: an affine ECC fit (OpenCV findTransformECC, coarse to fine on an image pyramid) and
+   how far it moves the image corners; ECC's correlation ignores brightness and contrast changes,
+   so a tone edit does not disturb it. No convergence means "not the same picture";
+3. strength: PSNR, SSIM and the share of pixels whose colour changed noticeably (CIE76 ΔE > 2.3,
+   about one just-noticeable difference).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from copymachine.images import save_png, to_rgb
+
+# Alignment: the largest movement of an image corner under the fitted affine warp, in pixels,
+# compared after rounding to 0.1 px (the precision the fit is good to).
+SHIFT_WARN_PX = 1.0
+SHIFT_REFUSE_PX = 3.0
+# Strength.
+WEAK_PSNR_DB = 45.0  # above: the edit is too weak to learn
+WEAK_CHANGED_FRACTION = 0.005  # below: too few pixels changed
+DIFFERENT_SSIM = 0.5  # below: the edit changes the picture, not just a property of it
+CHANGED_DELTA_E = 2.3  # CIE76 ΔE above which a pixel counts as changed (≈ 1 JND)
+# The ECC fit.
+ECC_LEVELS = 3  # pyramid levels at most
+ECC_MIN_SIDE = 64  # px: no pyramid level smaller than this
+ECC_ITERATIONS = 100
+ECC_EPS = 1e-5
+ECC_GAUSS = 5  # Gaussian pre-filter size inside findTransformECC (odd)
+# A fit that "converges" with a weak correlation, or by moving the picture by a quarter of its size,
+# has matched nothing: the built-in edits reach 0.9 or more, unrelated pictures about 0.35.
+ECC_MIN_CORRELATION = 0.5
+ECC_MAX_SHIFT_FRACTION = 0.25
+
+
+@dataclass
+class PairReport:
+    size_ok: bool
+    corner_shift_px: float | None  # None: sizes differ or ECC did not converge
+    psnr_db: float | None  # inf for identical images; None when sizes differ
+    ssim: float | None
+    changed_fraction: float | None
+    verdict: str  # "ok" | "warn" | "refuse"
+    messages: list[str] = field(default_factory=list)
+    original_size: tuple[int, int] = (0, 0)
+    edited_size: tuple[int, int] = (0, 0)
+    mean_delta_e: float | None = None
+    ecc_correlation: float | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-serialisable (an infinite PSNR becomes null, with `identical` true)."""
+        d = asdict(self)
+        d["original_size"] = list(self.original_size)
+        d["edited_size"] = list(self.edited_size)
+        d["identical"] = self.psnr_db is not None and math.isinf(self.psnr_db)
+        for key, value in d.items():
+            if isinstance(value, float):
+                d[key] = round(value, 4) if math.isfinite(value) else None
+        return d
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+
+
+def _pyramid(image: np.ndarray) -> list[np.ndarray]:
+    levels = [image]
+    while len(levels) < ECC_LEVELS and min(levels[-1].shape[:2]) // 2 >= ECC_MIN_SIDE:
+        levels.append(cv2.pyrDown(levels[-1]))
+    return levels[::-1]  # coarse first
+
+
+def _ecc(template: np.ndarray, image: np.ndarray, warp: np.ndarray, motion: int) -> tuple[float, np.ndarray] | None:
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPS)
+    try:
+        rho, fitted = cv2.findTransformECC(template, image, warp.copy(), motion, criteria, None, ECC_GAUSS)
+    except cv2.error:  # "iterations do not converge"
+        return None
+    if not (math.isfinite(rho) and np.all(np.isfinite(fitted))):
+        return None
+    return float(rho), fitted
+
+
+def ecc_align(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Affine warp (2×3) mapping original pixel coordinates onto the edited image, and its ECC
+    correlation; None when no fit converges or the best one matches nothing.
+
+    On every pyramid level, coarse to fine, both a translation and a full affine fit start from
+    the previous level's result, and the affine one is kept only when it correlates at least as
+    well: on sparse pictures (a few thin lines on a flat ground) the affine fit alone can wander
+    off. A level where neither converges to a useful correlation passes its start on to the next.
+    """
+    warp = np.eye(2, 3, dtype=np.float32)
+    rho = None
+    for i, (a, b) in enumerate(zip(_pyramid(_grey(original)), _pyramid(_grey(edited)))):
+        if i:
+            warp[:, 2] *= 2.0  # pyrDown halves coordinates about pixel 0: only the translation scales
+        shift_only = np.eye(2, 3, dtype=np.float32)
+        shift_only[:, 2] = warp[:, 2]
+        fits = [f for f in (_ecc(a, b, shift_only, cv2.MOTION_TRANSLATION), _ecc(a, b, warp, cv2.MOTION_AFFINE))
+                if f and f[0] >= ECC_MIN_CORRELATION]
+        rho = None
+        if fits:
+            rho, warp = max(fits, key=lambda f: f[0])  # ties keep the translation (listed first)
+    h, w = original.shape[:2]
+    if rho is None or rho < ECC_MIN_CORRELATION or corner_shift(warp, w, h) > ECC_MAX_SHIFT_FRACTION * max(w, h):
+        return None
+    return warp, rho
+
+
+def corner_shift(warp: np.ndarray, width: int, height: int) -> float:
+    """How far the warp moves the outer corners of the image, at most, in pixels."""
+    corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [-0.5, height - 0.5], [width - 0.5, height - 0.5]])
+    moved = corners @ warp[:, :2].T.astype(np.float64) + warp[:, 2].astype(np.float64)
+    return float(np.max(np.hypot(*(moved - corners).T)))
+
+
+def delta_e(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """CIE76 colour difference per pixel (H×W float32)."""
+    lab_a = cv2.cvtColor(a.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    lab_b = cv2.cvtColor(b.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    return np.sqrt(((lab_a - lab_b) ** 2).sum(axis=2))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255))
+
+
+def _size_message(original: tuple[int, int], edited: tuple[int, int], name: str) -> str:
+    (ow, oh), (ew, eh) = original, edited
+    sizes = f"edited {ew}x{eh}, original {ow}x{oh}"
+    if ew % ow == 0 and eh % oh == 0 and ew // ow == eh // oh:
+        k = ew // ow
+        return (f"size differs ({sizes}): the edit is exactly {k}x the original; shrink it by averaging "
+                f"{k}x{k} blocks, e.g. python -c \"from PIL import Image; Image.open('{name}').reduce({k}).save('{_stem(name)}-{ow}.png')\" "
+                f"(any other resize moves pixels)")
+    if ow % ew == 0 and oh % eh == 0 and ow // ew == oh // eh:
+        k = ow // ew
+        return (f"size differs ({sizes}): the original is exactly {k}x the edit; make the edit at full size, "
+                f"or shrink the original the same way: Image.open('ORIGINAL').reduce({k})")
+    return f"size differs ({sizes}): make the edit on the original at its size, without cropping or resizing"
+
+
+def _stem(name: str) -> str:
+    return name[:-4] if name.lower().endswith(".png") else name
+
+
+def _rounded(x: float) -> float:
+    return math.floor(x * 10.0 + 0.5) / 10.0
+
+
+def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str = "EDITED.png") -> PairReport:
+    """Compare an edited image with its original; see the module text for what is measured.
+
+    `edited_name` only appears in the hint printed for an edit at an exact multiple of the size.
+    """
+    a = np.asarray(to_rgb(original), np.uint8)
+    b = np.asarray(to_rgb(edited), np.uint8)
+    sizes = {"original_size": original.size, "edited_size": edited.size}
+    if a.shape != b.shape:
+        return PairReport(False, None, None, None, None, "refuse", [_size_message(original.size, edited.size, edited_name)], **sizes)
+
+    de = delta_e(a, b)
+    report = PairReport(
+        size_ok=True,
+        corner_shift_px=None,
+        psnr_db=psnr(a, b),
+        ssim=ssim(a, b) if min(a.shape[:2]) >= 7 else None,
+        changed_fraction=float(np.mean(de > CHANGED_DELTA_E)),
+        verdict="ok",
+        mean_delta_e=float(de.mean()),
+        **sizes,
+    )
+    refuse, warn = [], []
+    if math.isinf(report.psnr_db):
+        report.corner_shift_px = 0.0
+        refuse.append("the edited image is identical to the original: there is nothing for the effect LoRA to learn")
+    else:
+        fit = ecc_align(a, b)
+        if fit is None:
+            refuse.append("not the same picture: the alignment fit found no match (an unrelated image, or an edit "
+                          "that changed the picture itself); edit a copy of the original, in place")
+        else:
+            warp, report.ecc_correlation = fit
+            report.corner_shift_px = corner_shift(warp, a.shape[1], a.shape[0])
+            shift = _rounded(report.corner_shift_px)
+            moved = (f"the edit is out of alignment: its corners move {report.corner_shift_px:.1f} px against the "
+                     f"original (an offset, rotation, crop or resize); ")
+            if shift >= SHIFT_REFUSE_PX:
+                refuse.append(moved + f"above {SHIFT_REFUSE_PX:g} px the LoRA would learn the shift; "
+                              "redo the edit on the original without moving, rotating or resizing it")
+            elif shift >= SHIFT_WARN_PX:
+                warn.append(moved + "the LoRA may learn a shift; check that the edit tool did not move the layer")
+        if report.psnr_db > WEAK_PSNR_DB or report.changed_fraction < WEAK_CHANGED_FRACTION:
+            warn.append(f"edit too weak: PSNR {report.psnr_db:.1f} dB, {report.changed_fraction:.2%} of pixels "
+                        f"changed noticeably (want PSNR <= {WEAK_PSNR_DB:g} dB and >= {WEAK_CHANGED_FRACTION:.1%}); "
+                        "make the edit stronger")
+        if report.ssim is not None and report.ssim < DIFFERENT_SSIM:
+            warn.append(f"edit too different: SSIM {report.ssim:.2f} (< {DIFFERENT_SSIM:g}); the LoRA will learn a "
+                        "new picture rather than an effect; make the edit milder")
+    report.messages = refuse + warn
+    report.verdict = "refuse" if refuse else "warn" if warn else "ok"
+    return report
+
+
+def format_report(report: PairReport, original_name: str = "original", edited_name: str = "edited") -> str:
+    """The report as a user reads it: one measurement per line, then the verdict and its reasons."""
+    ow, oh = report.original_size
+    ew, eh = report.edited_size
+    lines = [f"original   {original_name} ({ow}x{oh})", f"edited     {edited_name} ({ew}x{eh})"]
+    lines.append(f"size       {'same' if report.size_ok else 'DIFFERENT'}")
+    if report.size_ok:
+        if report.corner_shift_px is not None:
+            lines.append(f"alignment  corners move {report.corner_shift_px:.2f} px "
+                         f"(warn from {SHIFT_WARN_PX:g}, refuse from {SHIFT_REFUSE_PX:g})")
+        else:
+            lines.append("alignment  no fit")
+        psnr_text = "identical" if math.isinf(report.psnr_db) else f"{report.psnr_db:.1f} dB"
+        lines.append(f"PSNR       {psnr_text}")
+        if report.ssim is not None:
+            lines.append(f"SSIM       {report.ssim:.3f}")
+        lines.append(f"changed    {report.changed_fraction:.1%} of pixels (colour difference dE > {CHANGED_DELTA_E:g})")
+    lines.append(f"verdict    {report.verdict}")
+    lines.extend(f"  - {m}" for m in report.messages)
+    return "\n".join(lines)
+
+
+# --- the compare sheet ------------------------------------------------------------------------
+
+SHEET_MARGIN = 12
+SHEET_BACKGROUND = (255, 255, 255)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font only
+        return ImageFont.load_default()
+
+
+def _centred_text(draw: ImageDraw.ImageDraw, centre: tuple[int, int], text: str, font) -> None:
+    # textbbox rather than anchor="mm": the bitmap font of old Pillow has no anchors.
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((centre[0] - (left + right) // 2, centre[1] - (top + bottom) // 2), text, fill=(0, 0, 0), font=font)
+
+
+def heat_map(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, float]:
+    """ΔE per pixel as an inferno heat map (black = unchanged) on a square-root scale up to the
+    99.5th percentile (at least 5), so small changes show; returns the image and the scale's top."""
+    de = delta_e(original, edited)
+    top = max(5.0, float(np.percentile(de, 99.5)))
+    level = np.sqrt(np.clip(de / top, 0.0, 1.0))
+    grey = np.floor(level * 255.0 + 0.5).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB), top
+
+
+def compare_sheet(original: Image.Image, edited: Image.Image, path: str | os.PathLike, title: str | None = None) -> None:
+    """Write original | edit | difference heat map side by side, labelled, as a PNG (atomically)."""
+    a = np.asarray(to_rgb(original), np.uint8)
+    b = np.asarray(to_rgb(edited), np.uint8)
+    if a.shape != b.shape:
+        raise ValueError(f"compare_sheet needs images of one size, got {original.size} and {edited.size}")
+    heat, top = heat_map(a, b)
+    h, w = a.shape[:2]
+    font = _font(max(12, min(24, w // 24)))
+    label_h = int(font.getbbox("Ag")[3]) + SHEET_MARGIN + 4
+    title_h = label_h if title else 0
+    sheet = Image.new("RGB", (3 * w + 4 * SHEET_MARGIN, title_h + h + label_h + SHEET_MARGIN), SHEET_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        _centred_text(draw, (sheet.width // 2, title_h // 2 + 2), title, font)
+    labels = ("original", "edit", f"difference (dE 0-{top:.0f}, sqrt scale)")
+    for i, (panel, label) in enumerate(zip((a, b, heat), labels)):
+        x = SHEET_MARGIN + i * (w + SHEET_MARGIN)
+        sheet.paste(Image.fromarray(panel, "RGB"), (x, title_h))
+        _centred_text(draw, (x + w // 2, title_h + h + label_h // 2 + 2), label, font)
+    save_png(sheet, path)

@@ -1,0 +1,43 @@
+"""contrast: more contrast.
+
+linear (default): Pillow's ImageEnhance.Contrast, the classic slider: every channel is pushed away
+from the image's mean grey by `factor`; whites and blacks clip, colours get more saturated.
+scurve: a sigmoid look-up table on each channel, rescaled so 0 stays 0 and 255 stays 255: similar
+look, smooth roll-off into the highlights and shadows, no hard clipping.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from copymachine.effects.base import Effect, Param, mode_param, to_uint8
+
+PARAMS: dict[str, Param] = {
+    "mode": mode_param(("linear", "scurve"), "linear: contrast about the mean grey (clips); scurve: sigmoid curve (no clipping)"),
+    "factor": Param(1.5, float, "linear: contrast multiplier (1 = unchanged, 1.3-2.0 useful)", min=0.0, max=10.0),
+    "gain": Param(8.0, float, "scurve: steepness of the curve (higher = stronger)", min=0.1, max=50.0),
+    "midpoint": Param(0.5, float, "scurve: the level (0-1) that stays put and where the curve is steepest", min=0.05, max=0.95),
+}
+
+
+def scurve_lut(gain: float, midpoint: float) -> np.ndarray:
+    x = np.arange(256, dtype=np.float64) / 255.0
+    s = 1.0 / (1.0 + np.exp(-gain * (x - midpoint)))
+    lo, hi = s[0], s[-1]
+    return to_uint8((s - lo) / (hi - lo) * 255.0)
+
+
+def run(rgb: np.ndarray, params: dict) -> np.ndarray:
+    if params["mode"] == "scurve":
+        return scurve_lut(params["gain"], params["midpoint"])[rgb]
+    image = Image.fromarray(rgb, "RGB")
+    return np.asarray(ImageEnhance.Contrast(image).enhance(params["factor"]))
+
+
+EFFECT = Effect(
+    name="contrast",
+    summary="higher contrast: linear about the mean grey (default) or an S-curve without clipping",
+    params=PARAMS,
+    run=run,
+)

@@ -1,0 +1,64 @@
+"""jpeg: JPEG compression artefacts (8×8 blocking, ringing around lines, colour bleeding).
+
+single (default): one re-encode at `quality` with Pillow's libjpeg; the decoded pixels are the
+result (stored as PNG by the caller). Blocks start at the top-left pixel, so nothing moves.
+passes: several re-encodes at *different* qualities; repeating one quality changes almost nothing
+after the first pass, changing it stacks new artefacts.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from copymachine.effects.base import Effect, Param, mode_param
+
+SUBSAMPLING = ("4:2:0", "4:2:2", "4:4:4")
+
+
+def parse_qualities(text: str) -> list[int]:
+    return [int(part) for part in text.replace(" ", "").split(",") if part]
+
+
+def _check_qualities(text: str) -> str | None:
+    try:
+        qualities = parse_qualities(text)
+    except ValueError:
+        qualities = []
+    if not qualities or any(not 1 <= q <= 95 for q in qualities):
+        return "must be a comma-separated list of JPEG qualities 1-95, e.g. 15,10,20,8"
+    return None
+
+
+PARAMS: dict[str, Param] = {
+    "mode": mode_param(("single", "passes"), "single: one re-encode at `quality`; passes: re-encode at each of `qualities` in turn"),
+    "quality": Param(10, int, "single: JPEG quality (5 very strong, 10 strong, 30 mild)", min=1, max=95),
+    "subsampling": Param("4:2:0", str, "chroma subsampling (4:2:0 bleeds colour, 4:4:4 keeps it)", choices=SUBSAMPLING),
+    "qualities": Param("15,10,20,8", str, "passes: the qualities, in order", validate=_check_qualities),
+}
+
+
+def encode_decode(image: Image.Image, quality: int, subsampling: str) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality, subsampling=subsampling, optimize=False)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
+def run(rgb: np.ndarray, params: dict) -> np.ndarray:
+    qualities = parse_qualities(params["qualities"]) if params["mode"] == "passes" else [params["quality"]]
+    image = Image.fromarray(rgb, "RGB")
+    for quality in qualities:
+        image = encode_decode(image, quality, params["subsampling"])
+    return np.asarray(image)
+
+
+EFFECT = Effect(
+    name="jpeg",
+    summary="JPEG artefacts: one re-encode at low quality (default) or passes at changing qualities",
+    params=PARAMS,
+    run=run,
+)

@@ -1,0 +1,94 @@
+"""The line-art mask shared by `outline` (which thickens it) and `flat` (which keeps it), and the
+helpers `flat` uses to take the line art off before flattening and lay it back on after.
+
+A pixel is line art when it is dark *and* belongs to a thin stroke. Thinness is measured with a
+black-hat (closing minus image) on the luma: a stroke narrower than the structuring element is
+filled by the closing and stands out, while a large dark fill (a pupil, dark hair) is not, so it
+stays out of the mask. Both tests ramp softly, so antialiased line edges get a partial weight.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from copymachine.effects.base import Param, blend
+
+# The line-mask parameters, exposed by every effect that uses the mask.
+LINE_PARAMS: dict[str, Param] = {
+    "line_dark": Param(90, int, "luma at or below which a pixel counts as fully dark ink", min=0, max=255),
+    "line_soft": Param(40, int, "luma range above line_dark over which darkness fades to none", min=1, max=255),
+    "line_radius": Param(3, int, "black-hat radius: strokes thinner than about 2r+1 px count as line art", min=1, max=15),
+    "line_contrast": Param(25, int, "how much darker than its surroundings a stroke must be (luma)", min=1, max=255),
+}
+
+
+def ellipse(radius: int) -> np.ndarray:
+    """An odd, centred elliptical structuring element of the given radius (size 2r+1)."""
+    size = 2 * int(radius) + 1
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma as uint8 (what OpenCV's RGB→GRAY computes)."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def line_mask(rgb: np.ndarray, params: dict) -> np.ndarray:
+    """Soft line-art mask in [0, 1] (float32, H×W) from the `line_*` entries of `params`."""
+    y = luma(rgb)
+    dark, soft = params["line_dark"], params["line_soft"]
+    darkness = np.clip((dark + soft - y.astype(np.float32)) / soft, 0.0, 1.0)
+    blackhat = cv2.morphologyEx(y, cv2.MORPH_BLACKHAT, ellipse(params["line_radius"])).astype(np.float32)
+    t = float(params["line_contrast"])
+    thinness = np.clip(blackhat / t - 0.5, 0.0, 1.0)  # 0 below t/2, 1 from 1.5 t
+    return darkness * thinness
+
+
+
+# --- taking the line art off an image and putting it back (used by `flat`) --------------------
+
+LINE_EPS = 0.05  # line-mask level above which a pixel holds some ink
+FRINGE_PX = 2  # how far beside a line antialiasing can reach
+FRINGE_DARKER = 4  # luma: a pixel beside a line this much darker than the clean colour is line fringe
+
+
+def nearest_fill(rgb: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """Each hole pixel takes the colour of the nearest pixel that is not a hole."""
+    out = rgb.copy()
+    if not holes.any() or holes.all():
+        return out
+    _, nearest = cv2.distanceTransformWithLabels(holes.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    sources = np.flatnonzero(~holes.ravel())  # DIST_LABEL_PIXEL numbers the non-hole pixels 1..n in scan order
+    flat = out.reshape(-1, 3)
+    hole_index = np.flatnonzero(holes.ravel())
+    flat[hole_index] = flat[sources[nearest.ravel()[hole_index] - 1]]
+    return out
+
+
+def line_holes(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The pixels that belong to the line art: some ink in the mask, plus the antialiased fringe
+    beside it (a pixel within FRINGE_PX of a line that is darker than the clean colour beyond)."""
+    ink = mask > LINE_EPS
+    beside = cv2.dilate(ink.astype(np.uint8), ellipse(FRINGE_PX)).astype(bool) & ~ink
+    clean = nearest_fill(rgb, cv2.dilate(ink.astype(np.uint8), ellipse(FRINGE_PX + 1)).astype(bool))
+    darker = luma(rgb).astype(np.int16) < luma(clean).astype(np.int16) - FRINGE_DARKER
+    return ink | (beside & darker)
+
+
+def recomposite_lines(original: np.ndarray, background: np.ndarray, holes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Lay the original line art over a new background.
+
+    In the line pixels (`holes`) the ink colour is the darkest nearby colour and its coverage is
+    the original pixel's position between the new background and the ink (a projection), so
+    antialiased edges keep their softness over the new fill; the dark core (`mask`) is the original.
+    """
+    out = background.copy()
+    ys, xs = np.nonzero(holes)
+    if len(ys):
+        ink = cv2.erode(original, ellipse(2))[ys, xs].astype(np.float32)
+        bg = background[ys, xs].astype(np.float32)
+        span = ink - bg
+        coverage = ((original[ys, xs].astype(np.float32) - bg) * span).sum(axis=1) / np.maximum((span * span).sum(axis=1), 1e-6)
+        out[ys, xs] = blend(bg, ink, np.clip(coverage, 0.0, 1.0))
+    return blend(out, original, mask)

@@ -1,0 +1,200 @@
+"""Reading and writing the images copymachine works on.
+
+Everything downstream (the effects, the check, training) sees one kind of image: 8-bit RGB, the
+way it would look on screen (EXIF orientation applied, transparency composited onto a background),
+at the size it was stored at. Output is always an RGB PNG written atomically with bytes that depend
+only on the pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
+
+from copymachine.errors import InputError, OutputError
+
+RGB = tuple[int, int, int]
+WHITE: RGB = (255, 255, 255)
+
+# Modes that carry an alpha channel (premultiplied ones included).
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+# Bits per sample for the modes Pillow reports; PNG and TIFF are looked up in the file itself.
+_MODE_BITS = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
+
+
+def parse_color(text: str) -> RGB:
+    """`white`, `#rrggbb`, `#rgb`, `rgb(1,2,3)`: any colour Pillow knows, as an RGB triple."""
+    try:
+        value = ImageColor.getrgb(text.strip())
+    except (ValueError, AttributeError):
+        raise InputError(f"unknown colour {text!r}: use a name such as 'white' or a hex value such as '#808080'") from None
+    return tuple(value[:3])  # type: ignore[return-value]
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not an image")
+    try:
+        return Image.open(p)
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, ...)") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{p}: refused by Pillow as a possible decompression bomb ({e})") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot be read ({e})") from None
+
+
+def _frames(im: Image.Image) -> int:
+    return int(getattr(im, "n_frames", 1) or 1)
+
+
+def _is_multiframe(im: Image.Image) -> bool:
+    # An MPO (phone/camera JPEG) stores the photo plus preview or stereo frames: the first frame
+    # is the picture itself, so it is not treated as an animation.
+    return _frames(im) > 1 and im.format != "MPO"
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    # signature (8) + IHDR length (4) + b"IHDR" (4) + width (4) + height (4) + bit depth (1)
+    if len(head) >= 25 and head[12:16] == b"IHDR":
+        return struct.unpack("B", head[24:25])[0]
+    return None
+
+
+def _bit_depth(path: Path, im: Image.Image) -> int:
+    if im.format == "PNG":
+        depth = _png_bit_depth(path)
+        if depth:
+            return depth
+    if im.format == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(258)
+        if bits:
+            return int(bits[0] if isinstance(bits, tuple) else bits)
+    return _MODE_BITS.get(im.mode, 8)
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a broken EXIF block is not worth refusing the image for
+        return 1
+
+
+def image_info(path: str | os.PathLike) -> dict:
+    """What the file holds, without decoding all of it: for callers that want to warn.
+
+    `size` is the size after EXIF orientation (what `load_rgb` returns); `stored_size` is the size
+    in the file.
+    """
+    p = Path(path)
+    with _open(p) as im:
+        w, h = im.size
+        orientation = _orientation(im)
+        oriented = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        return {
+            "path": str(p),
+            "format": im.format,
+            "mode": im.mode,
+            "size": list(oriented),
+            "stored_size": [w, h],
+            "frames": _frames(im),
+            "has_alpha": im.mode in _ALPHA_MODES or "transparency" in im.info,
+            "bit_depth": _bit_depth(p, im),
+            "orientation": orientation,
+        }
+
+
+def _scale_to_8bit(im: Image.Image) -> Image.Image:
+    """16/32-bit integer and float grey images → 8-bit L (Pillow's own convert clips instead of scaling)."""
+    a = np.asarray(im)
+    if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255):
+        scaled = np.floor(a.astype(np.float64) / 257.0 + 0.5)
+    elif im.mode == "F" and a.size and np.nanmax(a) <= 1.0:
+        scaled = np.floor(np.nan_to_num(a.astype(np.float64)) * 255.0 + 0.5)
+    else:
+        scaled = np.nan_to_num(a.astype(np.float64))
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(im: Image.Image, background: RGB = WHITE) -> Image.Image:
+    """Any Pillow image → 8-bit RGB; transparent pixels are composited onto `background`."""
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        im = _scale_to_8bit(im)
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if im.mode != "RGB":
+        return im.convert("RGB")
+    return im
+
+
+def load_rgb(path: str | os.PathLike, background: RGB = WHITE) -> Image.Image:
+    """Open an image as 8-bit RGB, oriented as EXIF says, alpha composited onto `background`.
+
+    Raises InputError (one line naming the file) when the file is missing, is not an image, is
+    truncated or corrupt, or is animated.
+    """
+    p = Path(path)
+    with _open(p) as im:
+        if _is_multiframe(im):
+            raise InputError(f"{p}: has {_frames(im)} frames (animated); save the one frame you want as a PNG")
+        try:
+            im.load()
+            oriented = ImageOps.exif_transpose(im)
+            rgb = to_rgb(oriented if oriented is not None else im, background)
+            rgb.load()
+        except Image.DecompressionBombError as e:
+            raise InputError(f"{p}: refused by Pillow as a possible decompression bomb ({e})") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise InputError(f"{p}: truncated or corrupt image ({e})") from None
+    # A fresh image: no info dict (ICC, EXIF, DPI) travels on to the output.
+    return Image.frombytes("RGB", rgb.size, rgb.tobytes())
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+    """Write `image` as an RGB PNG, atomically (temporary name in the same folder, then rename).
+
+    The bytes depend only on the pixels: no metadata, no timestamps.
+    """
+    p = Path(path)
+    rgb = to_rgb(image)
+    clean = Image.frombytes("RGB", rgb.size, rgb.tobytes())
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{p}: folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OutputError(f"{p}: cannot write in {folder} ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            clean.save(f, format="PNG", compress_level=6)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual permissions
+        os.replace(tmp, p)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
