@@ -179,7 +179,7 @@ class Pipeline:
             return False
         kind = kinds()[stage.kind]
         log_path = self.plan.run_dir / "logs" / f"{stage.slug}.log"
-        self.reporter.stage_start(index, total, kind.describe(stage), str(log_path))
+        self.reporter.stage_start(index, total, kind.describe(stage), str(log_path) if kind.needs_engine else None)
         self.manifest.update(stage, "running")
         self.manifest.save()
         try:

@@ -49,9 +49,9 @@ class Reporter:
         self.warnings.append(text)
         self._print(f"warning: {text}")
 
-    def stage_start(self, index: int, total: int, description: str, log: str) -> None:
+    def stage_start(self, index: int, total: int, description: str, log: str | None) -> None:
         self._last_decile = -1
-        self._print(f"[{index}/{total}] {description}  (log: {log})")
+        self._print(f"[{index}/{total}] {description}" + (f"  (log: {log})" if log else ""))
 
     def stage_skip(self, index: int, total: int, title: str, where: str) -> None:
         self._print(f"[{index}/{total}] {title}: up to date, skipped ({where})")
@@ -68,7 +68,7 @@ class Reporter:
         if label == "steps":
             label = "step"
         parts = [f"{label} {p.step}/{p.total}"]
-        if p.rate:
+        if p.rate and "?" not in p.rate:
             parts.append(p.rate)
         if p.loss is not None:
             parts.append(f"loss {p.loss:.4f}")

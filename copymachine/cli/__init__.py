@@ -34,7 +34,7 @@ def cli():
 
 
 # Each module adds its commands to `cli` when imported.
-COMMAND_MODULES: list[str] = ["edit"]
+COMMAND_MODULES: list[str] = ["methods", "edit", "tools", "recipe"]
 
 
 def _register() -> None:

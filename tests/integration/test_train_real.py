@@ -83,7 +83,8 @@ def custom_args(ws) -> list[str]:
 
 def check_final_lora(path: Path) -> dict[str, str]:
     summary = validate_lora(path, expected_rank=8)  # kohya keys, finite values
-    assert summary.ranks == [8]
+    # resize_lora.py gives rank 1 to modules whose weights are all zero (after 3 steps, many)
+    assert max(summary.ranks) == 8 and set(summary.ranks) <= {1, 8}
     assert summary.unet_modules == 192 and summary.text_encoder_modules == 72
     st = read_safetensors(path)
     for key in st.tensors:
@@ -178,7 +179,7 @@ def test_generated_original(workspace, sd_scripts_dir, sd_python, random_sd15, t
     """Stage 1 without --image: gen_img.py makes the original (2 sampling steps)."""
     from copymachine.cli.common import make_settings
     from copymachine.files import HashCache
-    from copymachine.methods import TrainRequest, plan_train
+    from copymachine.methods import COPY_MACHINE, Request, make_sources, plan
     from copymachine.models import inspect_base_model
     from copymachine.pipeline import Pipeline
     from copymachine.progress import Reporter
@@ -188,20 +189,21 @@ def test_generated_original(workspace, sd_scripts_dir, sd_python, random_sd15, t
     reporter = Reporter()
     settings = make_settings(sd_scripts_dir, str(sd_python), "cpu", tokenizer_cache_dir, True, reporter)
     recipe = apply_overrides(MEMO, {"generate": {"width": 64, "height": 64, "steps": 2}}, "test")
-    request = TrainRequest(
+    request = Request(
+        method=COPY_MACHINE,
         base=random_sd15,
         family=inspect_base_model(random_sd15).family,
-        effects=["custom"],
+        effects=["contrast"],
         recipe=recipe,
-        edited=ws["edited"],
+        sources=make_sources([], []),
         out=ws["root"] / "runs" / "generated",
         cache_dir=ws["root"] / "cache",
     )
     hashes = HashCache(None)
-    plan = plan_train(request, settings, hashes)
-    plan.stages = plan.stages[:2]  # generate + import
-    Pipeline(plan, settings, reporter, hashes, argv=["test"]).run()
-    image = Image.open(plan.stage("original").outputs["image"])
+    the_plan = plan(request, settings, hashes)
+    the_plan.stages = the_plan.stages[:2]  # generate + import
+    Pipeline(the_plan, settings, reporter, hashes, argv=["test"]).run()
+    image = Image.open(the_plan.stage("original").outputs["image"])
     assert image.size == (64, 64) and image.mode == "RGB"
     assert np.asarray(image).std() > 0  # random weights give colour noise, not a blank
-    assert "--d 1" in plan.stage("generate").outputs["prompt"].read_text(encoding="utf-8")
+    assert "--d 1" in the_plan.stage("generate").outputs["prompt"].read_text(encoding="utf-8")
