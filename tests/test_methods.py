@@ -1,0 +1,230 @@
+"""Planning the methods: which stages, what is shared and cached, ratios and signs, command lines
+(taken from dry runs: no sd-scripts runs here)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from copymachine.engine import Engine
+from copymachine.errors import InputError
+from copymachine.files import HashCache
+from copymachine.lorafile import write_safetensors
+from copymachine.methods import COPY_MACHINE, DIFFERENCE, Request, make_sources, match_edits, plan, training_size
+from copymachine.models import SD1
+from copymachine.pipeline import Pipeline
+from copymachine.progress import Reporter
+from copymachine.recipe import MEMO
+from copymachine.stages import Settings
+
+SD1_KEYS = [
+    "model.diffusion_model.input_blocks.0.0.weight",
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+]
+
+
+@pytest.fixture
+def env(tmp_path):
+    base = tmp_path / "base model.safetensors"
+    write_safetensors(base, {k: np.zeros(2, np.float16) for k in SD1_KEYS})
+    images = []
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
+        p = tmp_path / f"img{i}.png"
+        Image.new("RGB", (512, 512), colour).save(p)
+        images.append(p)
+    sd = tmp_path / "sd-scripts"
+    (sd / "networks").mkdir(parents=True)
+    (sd / "train_network.py").write_text("")
+    settings = Settings(engine=Engine(root=sd, python="python3", commit=None), probe=None)
+    return {"tmp": tmp_path, "base": base, "images": images, "settings": settings}
+
+
+def make(env, method=COPY_MACHINE, effects=("outline",), images=1, out="run", **kw):
+    request = Request(
+        method=method,
+        base=env["base"],
+        family=SD1,
+        effects=list(effects),
+        recipe=kw.pop("recipe", MEMO),
+        sources=kw.pop("sources", None) or make_sources(env["images"][:images], []),
+        out=env["tmp"] / out,
+        cache_dir=env["tmp"] / "cache",
+        **kw,
+    )
+    return plan(request, env["settings"], HashCache(None))
+
+
+def names(p):
+    return [s.name for s in p.stages]
+
+
+def test_copy_machine_single_image(env):
+    p = make(env)
+    assert names(p) == ["original", "outline/edit", "captions", "copy-lora", "copy-model", "outline/effect-lora", "outline/resize", "outline/final"]
+    cache = env["tmp"] / "cache"
+    assert p.stage("copy-lora").workdir.parent == cache / "copy-lora"
+    assert p.stage("copy-model").workdir.parent == cache / "copy-model"
+    assert p.finals == {"outline": env["tmp"] / "run" / "run-outline.safetensors"}
+    effect = p.stage("outline/effect-lora")
+    assert effect.inputs["base"].producer == "copy-model"  # trained on the copy model
+    assert effect.inputs["image"].producer == "outline/edit"
+    assert p.stage("copy-lora").inputs["caption"].output == "original" and effect.inputs["caption"].output == "edited"
+    assert p.stage("copy-lora").params["training"]["epochs"] == 6
+    assert effect.params["training"]["epochs"] == 8  # 4096 steps
+
+
+def test_the_copy_machine_is_shared_by_effects_and_runs(env):
+    a = make(env, effects=("outline",), out="a")
+    b = make(env, effects=("flat", "contrast"), out="b")
+    assert a.stage("copy-lora").key == b.stage("copy-lora").key
+    assert a.stage("copy-model").outputs == b.stage("copy-model").outputs
+    assert names(b).count("copy-lora") == 1
+    assert b.stage("flat/effect-lora").params["training"]["network_dim"] == 128  # the memo's retrain
+    assert b.stage("contrast/effect-lora").params["training"]["network_dim"] == 64
+    # the caption is part of the copy LoRA's identity
+    c = make(env, out="c", recipe=MEMO.__class__(caption=MEMO.caption.__class__(text="a cat")))
+    assert c.stage("copy-lora").key != a.stage("copy-lora").key
+
+
+def test_rank_zero_keeps_the_trained_rank(env):
+    from dataclasses import replace
+
+    p = make(env, recipe=replace(MEMO, resize=replace(MEMO.resize, rank=0)))
+    assert "outline/resize" not in names(p)
+    assert p.stage("outline/final").inputs["lora"].producer == "outline/effect-lora"
+
+
+def test_max_steps_and_resolution(env):
+    p = make(env, resolution=64, max_steps=3)
+    params = p.stage("copy-lora").params
+    assert params["size"] == [64, 64] and params["max_train_steps"] == 3
+    assert params["warmup_steps"] == 0  # 500/3072 of 3 steps
+    assert training_size(500, 300, None) == (512, 320)
+    assert training_size(1024, 768, 512) == (512, 384)
+    assert training_size(32, 32, None) == (64, 64)
+
+
+def test_two_images_memo_route(env):
+    p = make(env, images=2)
+    n = names(p)
+    assert n.count("img0/copy-lora") == 1 and n.count("img1/copy-lora") == 1
+    assert "outline/processed-model" in n and "outline/extract" in n and "outline/resize" in n
+    merge = p.stage("outline/processed-model")
+    assert merge.params["ratios"] == [0.5, 0.5]  # each image weighted 1/n
+    assert [merge.inputs[k].producer for k in sorted(merge.inputs) if k.startswith("lora")] == ["img0/outline/effect-lora", "img1/outline/effect-lora"]
+    assert merge.inputs["base"].external  # merged into the base model (step 7)
+    extract = p.stage("outline/extract")
+    assert extract.inputs["original"].external and extract.inputs["tuned"].producer == "outline/processed-model"
+    assert p.stage("outline/resize").inputs["lora"].producer == "outline/extract"
+    assert p.stage("img0/original").workdir == env["tmp"] / "run" / "img0"
+
+
+def test_two_images_svd_route(env):
+    p = make(env, images=2, combine="svd")
+    assert "outline/processed-model" not in names(p)
+    svd = p.stage("outline/svd-merge")
+    assert svd.params["ratios"] == [0.5, 0.5] and svd.params["rank"] == 8
+    assert "outline/resize" not in names(p)  # already at rank 8
+
+
+def test_difference_extraction_signs(env):
+    p = make(env, method=DIFFERENCE, effects=("outline", "flat"))
+    n = names(p)
+    assert "lora-a" in n and "outline/lora-b" in n and "flat/lora-b" in n and "copy-model" not in n
+    assert p.stage("lora-a").workdir.parent == env["tmp"] / "cache" / "copy-lora"  # shared by every effect
+    assert p.stage("lora-a").params["training"]["epochs"] == 8  # 4096 steps
+    assert p.stage("outline/lora-b").inputs["base"].external  # B trains on the base model too
+    svd = p.stage("outline/svd-merge")
+    models = [svd.inputs[k].producer for k in sorted(svd.inputs)]
+    assert models == ["lora-a", "outline/lora-b"]
+    assert svd.params["ratios"] == [-1.0, 1.0]  # B - A: positive = more of the edit
+    memo = make(env, method=DIFFERENCE, sign="memo", out="memo")
+    assert memo.stage("outline/svd-merge").params["ratios"] == [1.0, -1.0]  # the memo's --ratios 1 -1
+    assert memo.stage("lora-a").key == p.stage("lora-a").key
+    assert p.stage("outline/svd-merge").params["rank"] == 8
+
+
+def test_difference_with_two_images_and_merge_route(env):
+    p = make(env, method=DIFFERENCE, images=2, combine="merge")
+    merge = p.stage("outline/processed-model")
+    assert merge.params["ratios"] == [-0.5, 0.5, -0.5, 0.5]
+    assert p.stage("outline/resize").params["rank"] == 8
+
+
+def test_absorb(env):
+    style = env["tmp"] / "style.safetensors"
+    write_safetensors(style, {"lora_unet_a.lora_down.weight": np.zeros((4, 2), np.float16), "lora_unet_a.lora_up.weight": np.zeros((2, 4), np.float16)})
+    p = make(env, absorb=[(style, 0.7)])
+    absorbed = p.stage("absorbed-model")
+    assert absorbed.params["ratios"] == [0.7]
+    assert absorbed.workdir.parent == env["tmp"] / "cache" / "absorbed-model"
+    assert p.stage("copy-lora").inputs["base"].producer == "absorbed-model"
+    assert p.stage("copy-model").inputs["base"].producer == "absorbed-model"
+    plain = make(env, out="plain")
+    assert plain.stage("copy-lora").key != p.stage("copy-lora").key
+
+
+def test_sources_and_edits(env, tmp_path):
+    s = make_sources([Path("a/x.png"), Path("b/x.png"), Path("c/y z.png")], [])
+    assert [x.id for x in s] == ["x", "x-2", "y_z"]
+    assert make_sources([Path("a.png")], [])[0].id == ""
+    with pytest.raises(InputError, match="one --edited per --image"):
+        make_sources([Path("a.png"), Path("b.png")], [Path("e.png")])
+    edits = tmp_path / "edits"
+    edits.mkdir()
+    (edits / "img0.jpg").write_bytes(b"x")
+    assert match_edits([tmp_path / "img0.png"], edits) == [edits / "img0.jpg"]
+    with pytest.raises(InputError, match="no edit named like img1.png"):
+        match_edits([tmp_path / "img0.png", tmp_path / "img1.png"], edits)
+
+
+def _printed_commands(p, settings, capsys) -> list[list[str]]:
+    Pipeline(p, settings, Reporter(live=False), HashCache(None), argv=["t"]).run(dry_run=True)
+    out = capsys.readouterr().out
+    return [shlex.split(line) for line in out.splitlines() if line and not line.startswith("#")]
+
+
+def _find(commands, script):
+    found = [c for c in commands if any(a.endswith(script) for a in c)]
+    assert found, f"no {script} command"
+    return found
+
+
+def test_dry_run_command_lines_of_copy_machine(env, capsys):
+    commands = _printed_commands(make(env), env["settings"], capsys)
+    train = _find(commands, "train_network.py")
+    assert len(train) == 2
+    assert train[0][:3] == ["python3", "-m", "accelerate.commands.launch"] and train[0][-2] == "--config_file"
+    merge = _find(commands, "merge_lora.py")[0]
+    assert merge[merge.index("--ratios") + 1] == "1.0"
+    assert merge[merge.index("--precision") + 1] == "float" and merge[merge.index("--save_precision") + 1] == "float"
+    assert merge[merge.index("--sd_model") + 1] == str(env["base"].resolve())
+    resize = _find(commands, "resize_lora.py")[0]
+    assert resize[resize.index("--new_rank") + 1] == "8" and resize[resize.index("--save_precision") + 1] == "fp16"
+    assert resize[resize.index("--device") + 1] == "cpu"
+    # the configs were written and name the real paths
+    config = Path(train[0][-1])
+    assert config.is_file() and str(env["base"].resolve()) in config.read_text(encoding="utf-8")
+
+
+def test_dry_run_command_lines_of_difference(env, capsys):
+    commands = _printed_commands(make(env, method=DIFFERENCE), env["settings"], capsys)
+    svd = _find(commands, "svd_merge_lora.py")[0]
+    i = svd.index("--models")
+    assert svd[i + 1].endswith("lora-a.safetensors") and svd[i + 2].endswith("lora-b.safetensors")
+    assert svd[svd.index("--ratios") + 1 : svd.index("--ratios") + 3] == ["-1.0", "1.0"]
+    for option, value in (("--new_rank", "8"), ("--precision", "float"), ("--save_precision", "fp16"), ("--device", "cpu")):
+        assert svd[svd.index(option) + 1] == value
+
+
+def test_dry_run_command_lines_of_the_memo_route(env, capsys):
+    commands = _printed_commands(make(env, images=2), env["settings"], capsys)
+    extract = _find(commands, "extract_lora_from_models.py")[0]
+    assert extract[extract.index("--dim") + 1] == "64"
+    merges = _find(commands, "merge_lora.py")
+    processed = [m for m in merges if "processed-model.safetensors" in m[m.index("--save_to") + 1]][0]
+    assert processed[processed.index("--ratios") + 1 : processed.index("--ratios") + 3] == ["0.5", "0.5"]
