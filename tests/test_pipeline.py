@@ -4,7 +4,6 @@ the manifest. (Runs of the real stage kinds against the fake sd-scripts are in t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
