@@ -1,0 +1,126 @@
+"""Dump real key names as data for the fake: checkpoint keys and LoRA module names.
+
+Run once with the sd-scripts Python:
+
+    vendor/sd-scripts/venv/bin/python tests/fake_sdscripts/dump_modules.py --sd-scripts vendor/sd-scripts
+
+No weights are allocated: the models are built on the meta device (accelerate.init_empty_weights),
+written through sd-scripts' own single-file savers with ``save_file`` intercepted (so the key names
+and shapes are exactly what the saver writes), and sd-scripts' networks/lora.py ``create_network``
+is run on them to list the LoRA modules it creates (names, layer kind, in/out sizes), with and
+without ``conv_dim``.
+
+Writes tests/fake_sdscripts/data/{sd15,sd2,sdxl}_checkpoint_keys.json and
+tests/fake_sdscripts/data/lora_modules_{sd15,sdxl}.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sd-scripts", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=HERE / "data")
+    args = ap.parse_args()
+    sd = args.sd_scripts.resolve()
+    sys.path[:0] = [str(sd), str(sd / "networks")]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=sd, capture_output=True, text=True).stdout.strip()
+
+    import torch
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    import lora
+    from library import model_util, sdxl_model_util, sdxl_original_unet
+    from library.original_unet import UNet2DConditionModel
+
+    captured = {}
+
+    def fake_save_file(state_dict, path, metadata=None):
+        captured["sd"] = state_dict
+
+    model_util.save_file = fake_save_file
+    sdxl_model_util.save_file = fake_save_file
+
+    def te_cfg(hidden, inter, layers, heads, act, proj):
+        return CLIPTextConfig(
+            vocab_size=49408, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+            num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, layer_norm_eps=1e-05,
+            dropout=0.0, attention_dropout=0.0, initializer_range=0.02, initializer_factor=1.0,
+            pad_token_id=1, bos_token_id=0, eos_token_id=2, model_type="clip_text_model", projection_dim=proj,
+        )  # the configs library/model_util.py and library/sdxl_model_util.py use when loading
+
+    def keys_of(sd_dict):
+        return {k: list(v.shape) for k, v in sd_dict.items()}
+
+    def write(name, obj):
+        obj = {"_about": f"dumped by tests/fake_sdscripts/dump_modules.py from sd-scripts {commit}", **obj}
+        (args.out / name).write_text(json.dumps(obj, indent=0) + "\n")
+        print("wrote", args.out / name)
+
+    models = {}
+    with init_empty_weights():
+        for v2 in (False, True):
+            unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(v2, use_linear_projection_in_v2=v2))
+            vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
+            te = CLIPTextModel._from_config(
+                te_cfg(1024, 4096, 23, 16, "gelu", 512) if v2 else te_cfg(768, 3072, 12, 12, "quick_gelu", 768)
+            )
+            model_util.save_stable_diffusion_checkpoint(v2, "x.safetensors", te, unet, None, 0, 0, None, None, vae)
+            name = "sd2" if v2 else "sd15"
+            write(f"{name}_checkpoint_keys.json", {"format": "single-file checkpoint as sd-scripts' saver writes it (library/model_util.py save_stable_diffusion_checkpoint, v2=%s)" % v2, "keys": keys_of(captured["sd"])})
+            models[name] = (te, vae, unet)
+
+        xl_unet = sdxl_original_unet.SdxlUNet2DConditionModel()
+        te1 = CLIPTextModel._from_config(te_cfg(768, 3072, 12, 12, "quick_gelu", 768))
+        te2 = CLIPTextModelWithProjection(te_cfg(1280, 5120, 32, 20, "gelu", 1280))
+        vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
+        sdxl_model_util.save_stable_diffusion_checkpoint("x.safetensors", te1, te2, xl_unet, 0, 0, None, vae, torch.tensor(4.6), None, None)
+        write("sdxl_checkpoint_keys.json", {"format": "single-file checkpoint as sd-scripts' saver writes it (library/sdxl_model_util.py save_stable_diffusion_checkpoint)", "keys": keys_of(captured["sd"])})
+        models["sdxl"] = ([te1, te2], vae, xl_unet)
+
+    def modules_of(net):
+        out = []
+        for m in list(net.text_encoder_loras) + list(net.unet_loras):
+            down = m.lora_down
+            if isinstance(down, torch.nn.Conv2d):
+                kind, k = "conv2d", list(down.kernel_size)
+                in_dim, out_dim = down.in_channels, m.lora_up.out_channels
+            else:
+                kind, k = "linear", None
+                in_dim, out_dim = down.in_features, m.lora_up.out_features
+            out.append({"name": m.lora_name, "kind": kind, "kernel": k, "in": in_dim, "out": out_dim})
+        return out
+
+    for name in ("sd15", "sdxl"):
+        te, vae, unet = models[name]
+        plain = lora.create_network(1.0, 4, 1.0, vae, te, unet)
+        conv = lora.create_network(1.0, 4, 1.0, vae, te, unet, conv_dim=4, conv_alpha=1)
+        plain_mods = modules_of(plain)
+        plain_names = {m["name"] for m in plain_mods}
+        write(
+            f"lora_modules_{name}.json",
+            {
+                "format": "modules networks/lora.py create_network makes (LoRAModule.lora_name, layer kind, real in/out sizes); 'conv_only' are the extra modules with network_args conv_dim",
+                "modules": plain_mods,
+                "conv_only": [m for m in modules_of(conv) if m["name"] not in plain_names],
+                "counts": {"te": len(plain.text_encoder_loras), "unet": len(plain.unet_loras), "unet_with_conv": len(conv.unet_loras)},
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
