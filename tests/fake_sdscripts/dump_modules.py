@@ -91,7 +91,33 @@ def main() -> int:
         write("sdxl_checkpoint_keys.json", {"format": "single-file checkpoint as sd-scripts' saver writes it (library/sdxl_model_util.py save_stable_diffusion_checkpoint)", "keys": keys_of(captured["sd"])})
         models["sdxl"] = ([te1, te2], vae, xl_unet)
 
-    def modules_of(net):
+    import re
+
+    def ckpt_key_map(name, te, unet):
+        """id(org module) -> the checkpoint key of the weight it holds, as the savers name it."""
+        ids = {}
+        if name == "sd15":
+            hf_to_sd = {hf: sdk for sdk, hf in model_util.convert_unet_state_dict_to_sd(False, {k: k for k in unet.state_dict()}).items()}
+            for n, mod in unet.named_modules():
+                if n + ".weight" in hf_to_sd:
+                    ids[id(mod)] = "model.diffusion_model." + hf_to_sd[n + ".weight"]
+            for n, mod in te.named_modules():
+                ids[id(mod)] = "cond_stage_model.transformer." + n + ".weight"
+        else:
+            for n, mod in unet.named_modules():
+                ids[id(mod)] = "model.diffusion_model." + n + ".weight"
+            for n, mod in te[0].named_modules():
+                ids[id(mod)] = "conditioner.embedders.0.transformer." + n + ".weight"
+            for n, mod in te[1].named_modules():
+                # library/sdxl_model_util.py convert_text_encoder_2_state_dict_to_sdxl: q/k/v are fused into
+                # attn.in_proj_weight (no single key); out_proj, fc1 and fc2 keep a key of their own
+                m = re.match(r"text_model\.encoder\.layers\.(\d+)\.(self_attn\.out_proj|mlp\.fc1|mlp\.fc2)$", n)
+                if m:
+                    part = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}[m.group(2)]
+                    ids[id(mod)] = f"conditioner.embedders.1.model.transformer.resblocks.{m.group(1)}.{part}.weight"
+        return ids
+
+    def modules_of(net, keymap, ckpt_keys):
         out = []
         for m in list(net.text_encoder_loras) + list(net.unet_loras):
             down = m.lora_down
@@ -101,21 +127,25 @@ def main() -> int:
             else:
                 kind, k = "linear", None
                 in_dim, out_dim = down.in_features, m.lora_up.out_features
-            out.append({"name": m.lora_name, "kind": kind, "kernel": k, "in": in_dim, "out": out_dim})
+            key = keymap.get(id(m.org_module))
+            assert key is None or key in ckpt_keys, key
+            out.append({"name": m.lora_name, "kind": kind, "kernel": k, "in": in_dim, "out": out_dim, "ckpt_key": key})
         return out
 
     for name in ("sd15", "sdxl"):
         te, vae, unet = models[name]
         plain = lora.create_network(1.0, 4, 1.0, vae, te, unet)
         conv = lora.create_network(1.0, 4, 1.0, vae, te, unet, conv_dim=4, conv_alpha=1)
-        plain_mods = modules_of(plain)
+        keymap = ckpt_key_map(name, te, unet)
+        ckpt_keys = json.loads((args.out / f"{name}_checkpoint_keys.json").read_text())["keys"]
+        plain_mods = modules_of(plain, keymap, ckpt_keys)
         plain_names = {m["name"] for m in plain_mods}
         write(
             f"lora_modules_{name}.json",
             {
-                "format": "modules networks/lora.py create_network makes (LoRAModule.lora_name, layer kind, real in/out sizes); 'conv_only' are the extra modules with network_args conv_dim",
+                "format": "modules networks/lora.py create_network makes (LoRAModule.lora_name, layer kind, real in/out sizes, ckpt_key = the single-file checkpoint weight it changes or null); 'conv_only' are the extra modules with network_args conv_dim",
                 "modules": plain_mods,
-                "conv_only": [m for m in modules_of(conv) if m["name"] not in plain_names],
+                "conv_only": [m for m in modules_of(conv, keymap, ckpt_keys) if m["name"] not in plain_names],
                 "counts": {"te": len(plain.text_encoder_loras), "unet": len(plain.unet_loras), "unet_with_conv": len(conv.unet_loras)},
             },
         )
