@@ -12,7 +12,7 @@ from library.strategy_sd import SdTokenizeStrategy
 s = SdTokenizeStrategy(False, None, tokenizer_cache_dir=sys.argv[1])
 tok = s.tokenizer
 ids = tok("a photo of a cat").input_ids
-padded = s.tokenize("a photo of a cat")[0][0].tolist()
+padded = s.tokenize("a photo of a cat")[0].reshape(-1).tolist()  # shape (1, 1, 77)
 print(json.dumps({"ids": ids, "padded": padded, "pad": tok.pad_token_id, "eos": tok.eos_token_id, "max": tok.model_max_length}))
 """
 
