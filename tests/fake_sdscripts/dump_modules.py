@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Python put this folder first on sys.path; its fake accelerate/ and library/ would shadow the real ones.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
 def main() -> int:
@@ -40,7 +42,10 @@ def main() -> int:
     import torch
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    sys.path.insert(0, str(HERE.parent / "integration"))
+    from build_fixtures import clip_text_config  # the configs sd-scripts' loaders build
 
     import lora
     from library import model_util, sdxl_model_util, sdxl_original_unet
@@ -53,14 +58,6 @@ def main() -> int:
 
     model_util.save_file = fake_save_file
     sdxl_model_util.save_file = fake_save_file
-
-    def te_cfg(hidden, inter, layers, heads, act, proj):
-        return CLIPTextConfig(
-            vocab_size=49408, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-            num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, layer_norm_eps=1e-05,
-            dropout=0.0, attention_dropout=0.0, initializer_range=0.02, initializer_factor=1.0,
-            pad_token_id=1, bos_token_id=0, eos_token_id=2, model_type="clip_text_model", projection_dim=proj,
-        )  # the configs library/model_util.py and library/sdxl_model_util.py use when loading
 
     def keys_of(sd_dict):
         return {k: list(v.shape) for k, v in sd_dict.items()}
@@ -76,7 +73,7 @@ def main() -> int:
             unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(v2, use_linear_projection_in_v2=v2))
             vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
             te = CLIPTextModel._from_config(
-                te_cfg(1024, 4096, 23, 16, "gelu", 512) if v2 else te_cfg(768, 3072, 12, 12, "quick_gelu", 768)
+                clip_text_config(1024, 4096, 23, 16, "gelu", 512) if v2 else clip_text_config()
             )
             model_util.save_stable_diffusion_checkpoint(v2, "x.safetensors", te, unet, None, 0, 0, None, None, vae)
             name = "sd2" if v2 else "sd15"
@@ -84,8 +81,8 @@ def main() -> int:
             models[name] = (te, vae, unet)
 
         xl_unet = sdxl_original_unet.SdxlUNet2DConditionModel()
-        te1 = CLIPTextModel._from_config(te_cfg(768, 3072, 12, 12, "quick_gelu", 768))
-        te2 = CLIPTextModelWithProjection(te_cfg(1280, 5120, 32, 20, "gelu", 1280))
+        te1 = CLIPTextModel._from_config(clip_text_config())
+        te2 = CLIPTextModelWithProjection(clip_text_config(1280, 5120, 32, 20, "gelu", 1280))
         vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
         sdxl_model_util.save_stable_diffusion_checkpoint("x.safetensors", te1, te2, xl_unet, 0, 0, None, vae, torch.tensor(4.6), None, None)
         write("sdxl_checkpoint_keys.json", {"format": "single-file checkpoint as sd-scripts' saver writes it (library/sdxl_model_util.py save_stable_diffusion_checkpoint)", "keys": keys_of(captured["sd"])})

@@ -21,6 +21,19 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Python put this folder first on sys.path; its fake accelerate/ and library/ would shadow the real ones.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+
+def _fake_common():
+    """The fake's shared module, loaded by path: putting HERE on sys.path would shadow the real accelerate."""
+    spec = importlib.util.spec_from_file_location("copymachine_fake_common", HERE / "_fake" / "common.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+jsonable = _fake_common().jsonable
 
 # script path (relative to the sd-scripts root) -> fake tree path; all expose setup_parser()
 SCRIPTS = [
@@ -34,16 +47,6 @@ SCRIPTS = [
     "networks/extract_lora_from_models.py",
     "finetune/tag_images_by_wd14_tagger.py",
 ]
-
-
-def jsonable(v):
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    return repr(v)
 
 
 def type_name(t) -> str | None:

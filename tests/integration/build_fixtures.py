@@ -215,28 +215,17 @@ def _torch():
     return torch
 
 
-def _sd15_configs():
+def clip_text_config(hidden=768, inter=3072, layers=12, heads=12, act="quick_gelu", proj=768):
+    """The CLIPTextConfig sd-scripts builds when it loads a single-file checkpoint (library/model_util.py
+    load_models_from_stable_diffusion_checkpoint for v1; library/sdxl_model_util.py for SDXL's
+    encoders: the defaults are CLIP-L, SDXL's second one is 1280/5120/32/20/gelu/1280)."""
     from transformers import CLIPTextConfig
 
-    # The same text-encoder config library/model_util.py load_models_from_stable_diffusion_checkpoint builds (v1).
     return CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-05,
-        dropout=0.0,
-        attention_dropout=0.0,
-        initializer_range=0.02,
-        initializer_factor=1.0,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        model_type="clip_text_model",
-        projection_dim=768,
+        vocab_size=49408, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, layer_norm_eps=1e-05,
+        dropout=0.0, attention_dropout=0.0, initializer_range=0.02, initializer_factor=1.0,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, model_type="clip_text_model", projection_dim=proj,
     )
 
 
@@ -250,7 +239,7 @@ def build_sd15(path: Path) -> None:
 
     unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False))
     vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
-    te = CLIPTextModel._from_config(_sd15_configs())
+    te = CLIPTextModel._from_config(clip_text_config())
     meta = {"copymachine.fixture": "sd15-random", "copymachine.fixture_version": FIXTURE_VERSION}
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.safetensors")
     n = model_util.save_stable_diffusion_checkpoint(False, str(tmp), te, unet, None, 0, 0, meta, torch.float16, vae)
@@ -261,34 +250,14 @@ def build_sd15(path: Path) -> None:
 def build_sdxl(path: Path) -> None:
     torch = _torch()
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from library import model_util, sdxl_model_util, sdxl_original_unet
 
     # Built one part at a time and halved at once, to keep the peak low (the fp32 U-Net alone is ~10 GB).
     unet = sdxl_original_unet.SdxlUNet2DConditionModel().to(torch.float16)
-    te1 = CLIPTextModel._from_config(_sd15_configs()).to(torch.float16)
-    # text encoder 2: the config library/sdxl_model_util.py load_models_from_sdxl_checkpoint builds
-    te2_cfg = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=1280,
-        intermediate_size=5120,
-        num_hidden_layers=32,
-        num_attention_heads=20,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        layer_norm_eps=1e-05,
-        dropout=0.0,
-        attention_dropout=0.0,
-        initializer_range=0.02,
-        initializer_factor=1.0,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        model_type="clip_text_model",
-        projection_dim=1280,
-    )
-    te2 = CLIPTextModelWithProjection(te2_cfg).to(torch.float16)
+    te1 = CLIPTextModel._from_config(clip_text_config()).to(torch.float16)
+    te2 = CLIPTextModelWithProjection(clip_text_config(1280, 5120, 32, 20, "gelu", 1280)).to(torch.float16)
     vae = AutoencoderKL(**model_util.create_vae_diffusers_config()).to(torch.float16)
     logit_scale = torch.tensor(4.6052, dtype=torch.float16)  # ln(100), as in CLIP
     meta = {"copymachine.fixture": "sdxl-random", "copymachine.fixture_version": FIXTURE_VERSION}

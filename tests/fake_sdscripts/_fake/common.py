@@ -188,6 +188,13 @@ class FakeRun:
             f.flush()
             fcntl.flock(f, fcntl.LOCK_UN)
 
+    def parse(self, parser: argparse.ArgumentParser, namespace=None):
+        """argparse on this call's argv; its errors (usage + exit 2) and --help end the call, recorded."""
+        try:
+            return parser.parse_args(self.argv, namespace=namespace)
+        except SystemExit as e:
+            self.exit(e.code if isinstance(e.code, int) else 1)
+
     def guard(self, fn, *a, **kw):
         """Run the script body; an unexpected exception still gets recorded (exit 1, like Python)."""
         try:
@@ -246,6 +253,20 @@ class FakeRun:
             os.kill(os.getpid(), signal.SIGKILL)
         path.write_bytes(data)
         self.output(path)
+
+
+def run_main(script: str, body) -> None:
+    """The common frame of a fake script: count and record the call, parse argv against the pinned
+    options, apply an early injected failure, then body(run, args)."""
+    run = FakeRun(script)
+
+    def go():
+        args = run.parse(build_parser(script))
+        run.set(args=namespace_json(args))
+        run.maybe_fail_early()
+        body(run, args)
+
+    run.guard(go)
 
 
 def _count_call(stem: str) -> int:

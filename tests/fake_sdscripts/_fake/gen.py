@@ -20,18 +20,10 @@ from .common import Console, FakeRun, crash
 
 
 def main(script: str) -> None:
-    run = FakeRun(script)
-    run.guard(_main, run, script)
+    common.run_main(script, lambda run, args: _main(run, args, script))
 
 
-def _main(run: FakeRun, script: str) -> None:
-    parser = common.build_parser(script)
-    try:
-        args = parser.parse_args(run.argv)
-    except SystemExit as e:
-        run.exit(e.code if isinstance(e.code, int) else 1)
-    run.set(args=common.namespace_json(args))
-    run.maybe_fail_early()
+def _main(run: FakeRun, args, script: str) -> None:
     con = Console()
     if not args.ckpt or not os.path.exists(args.ckpt):
         crash(run, f"OSError: {args.ckpt} is not a local file (copymachine fake)")

@@ -22,18 +22,10 @@ MIN_SV = 1e-6  # (code: resize_lora.py)
 
 
 def main(script: str) -> None:
-    run = FakeRun(script)
-    run.guard(_main, run, script)
+    common.run_main(script, lambda run, args: _main(run, args, script))
 
 
-def _main(run: FakeRun, script: str) -> None:
-    parser = common.build_parser(script)
-    try:
-        args = parser.parse_args(run.argv)
-    except SystemExit as e:
-        run.exit(e.code if isinstance(e.code, int) else 1)
-    run.set(args=common.namespace_json(args))
-    run.maybe_fail_early()
+def _main(run: FakeRun, args, script: str) -> None:
     con = Console()  # these scripts never re-init logging from args: always Rich on stderr
     stem = Path(script).stem
     {
@@ -125,6 +117,18 @@ def _minimum_meta(v2, base_model, dim: str, alpha: str, network_args: dict | Non
     return m
 
 
+def _each_model(args, run: FakeRun, con: Console, where: str, first: dict):
+    """Load the --models in turn, logging "loading: <path>" as the real scripts do; `first` gets
+    ss_v2 / ss_base_model_version from the first model that has them (the real scripts' rule)."""
+    for model, ratio in zip(args.models, args.ratios):
+        con.info(f"loading: {model}", where)
+        sd, meta = _load(model, run, con)
+        for key in ("ss_v2", "ss_base_model_version"):
+            if first.get(key) is None:
+                first[key] = meta.get(key)
+        yield sd, ratio
+
+
 def _title(path) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
@@ -195,13 +199,8 @@ def _merge_lora_to_lora(args, run, con, sdxl, save_p) -> None:
     """(code: merge_lora.py merge_lora_models) up and down are summed separately, each scaled by
     sqrt(alpha/base_alpha)·ratio, the up side by its absolute value: not the sum of the ΔW, and a single
     model's ΔW is scaled by ratio·|ratio|."""
-    base_alphas, base_dims, merged = {}, {}, {}
-    v2 = base_model = None
-    for model, ratio in zip(args.models, args.ratios):
-        con.info(f"loading: {model}", "merge_lora.py")
-        sd, meta = _load(model, run, con)
-        v2 = v2 if v2 is not None else meta.get("ss_v2")
-        base_model = base_model if base_model is not None else meta.get("ss_base_model_version")
+    base_alphas, base_dims, merged, first = {}, {}, {}, {}
+    for sd, ratio in _each_model(args, run, con, "merge_lora.py", first):
         alphas, dims = {}, {}
         for k, v in sd.items():
             if "alpha" in k:
@@ -236,6 +235,7 @@ def _merge_lora_to_lora(args, run, con, sdxl, save_p) -> None:
         merged[n + ".alpha"] = np.array(a, dtype=np.float32)
     dims = sorted(set(base_dims.values()))
     alphas = sorted(set(base_alphas.values()))
+    v2, base_model = first.get("ss_v2"), first.get("ss_base_model_version")
     meta = _minimum_meta(v2, base_model, f"{dims[0]}" if len(dims) == 1 else "Dynamic", f"{alphas[0]}" if len(alphas) == 1 else "Dynamic", None)
     tensors = {k: common.as_precision(v, save_p) for k, v in merged.items()}
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = common.sshs_hashes(tensors, meta)
@@ -257,18 +257,15 @@ def svd_merge_lora(args, run: FakeRun, con: Console, sdxl: bool = False) -> None
     new_conv_rank = args.new_conv_rank if args.new_conv_rank is not None else args.new_rank
     con.info(f"new rank: {args.new_rank}, new conv rank: {new_conv_rank}", "svd_merge_lora.py")
     merged: dict[str, np.ndarray] = {}
-    v2 = base_model = None
-    for model, ratio in zip(args.models, args.ratios):
-        con.info(f"loading: {model}", "svd_merge_lora.py")
-        sd, meta = _load(model, run, con)
-        v2 = v2 if v2 is not None else meta.get("ss_v2")
-        base_model = base_model if base_model is not None else meta.get("ss_base_model_version")
+    first: dict = {}
+    for sd, ratio in _each_model(args, run, con, "svd_merge_lora.py", first):
         con.info("merging...", "svd_merge_lora.py")
         for name, (down, up, alpha) in _modules(sd).items():
             dim = down.shape[0]
             scale = (alpha if alpha is not None else dim) / dim
             d = ratio * _delta(down, up) * scale
             merged[name] = merged[name] + d if name in merged else d
+    v2, base_model = first.get("ss_v2"), first.get("ss_base_model_version")
     con.info("extract new lora...", "svd_merge_lora.py")
     out = {}
     for name, mat in merged.items():

@@ -46,11 +46,7 @@ def _main(run: FakeRun, script: str) -> None:
     sdxl = script.startswith("sdxl")
     rich = Console()
     parser = common.build_parser(script)
-    try:
-        args = parser.parse_args(run.argv)
-        args = read_config_from_file(args, parser, run, rich)
-    except SystemExit as e:
-        run.exit(e.code if isinstance(e.code, int) else 1)
+    args = read_config_from_file(run.parse(parser), parser, run, rich)
     run.set(args=common.namespace_json(args))
     run.maybe_fail_early()
 
@@ -163,7 +159,7 @@ def read_config_from_file(args, parser, run: FakeRun, con: Console):
         else:
             flat[k] = v
     run.set(config_file=str(Path(path).resolve()), config=flat)
-    args = parser.parse_args(run.argv, namespace=argparse.Namespace(**flat))
+    args = run.parse(parser, namespace=argparse.Namespace(**flat))
     args.config_file = os.path.splitext(args.config_file)[0]
     return args
 
