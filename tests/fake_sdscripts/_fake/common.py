@@ -318,7 +318,7 @@ def traceback_lines(script: str, last: str) -> None:
     """A Python-looking traceback on stderr, ending in the exception line."""
     print("Traceback (most recent call last):", file=sys.stderr)
     print(f'  File "{ROOT / script}", line 1, in <module>', file=sys.stderr)
-    print(f"    (copymachine fake sd-scripts)", file=sys.stderr)
+    print("    (copymachine fake sd-scripts)", file=sys.stderr)
     print(last, file=sys.stderr, flush=True)
 
 

@@ -97,7 +97,7 @@ def _main(run: FakeRun, script: str) -> None:
     bs = datasets[0]["batch_size"]
     print("running training / 学習開始")
     print(f"  num train images * repeats / 学習画像の数×繰り返し回数: {n_train}")
-    print(f"  num validation images * repeats / 学習画像の数×繰り返し回数: 0")
+    print("  num validation images * repeats / 学習画像の数×繰り返し回数: 0")
     print(f"  num reg images / 正則化画像の数: {n_reg}")
     print(f"  num batches per epoch / 1epochのバッチ数: {batches}")
     print(f"  num epochs / epoch数: {epochs}")
