@@ -31,6 +31,10 @@ sd-scripts:
 	@if [ ! -x $(SD_VENV)/bin/python ]; then $(PYTHON) -m venv $(SD_VENV); fi
 	$(SD_VENV)/bin/python -m pip install -q $(TORCH)
 	cd $(SD_SCRIPTS) && venv_py=$(abspath $(SD_VENV))/bin/python && $$venv_py -m pip install -q -r requirements.txt
+	@cd $(SD_SCRIPTS) && $(abspath $(SD_VENV))/bin/python -c "import torch, torchvision, accelerate, transformers, diffusers, library" \
+		|| { echo "sd-scripts' Python cannot import its modules (see above); a torch/torchvision pair that does not fit is the usual cause"; exit 1; }
+	@cd $(SD_SCRIPTS) && $(abspath $(SD_VENV))/bin/python -c "import cv2" 2>/dev/null \
+		|| { echo "opencv-python cannot load (it links libGL.so.1 and libglib-2.0): apt-get install libgl1 libglib2.0-0, or in $(SD_VENV): pip uninstall -y opencv-python && pip install opencv-python-headless==4.10.0.84"; exit 1; }
 
 setup: venv sd-scripts
 	@$(BIN)/copymachine doctor --sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python || true

@@ -1,0 +1,9 @@
+# Fake of sd-scripts' networks/svd_merge_lora.py for copymachine's fast tests (tests/fake_sdscripts/README.md). No torch.
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _fake.lora_tools import main  # noqa: E402
+
+if __name__ == "__main__":
+    main("networks/svd_merge_lora.py")
