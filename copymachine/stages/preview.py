@@ -130,7 +130,7 @@ class Preview(StageKind):
     def validate(self, stage, name, path, ctx) -> dict[str, Any]:
         with Image.open(path) as im:
             size = im.size
-        return {"size": list(size)} if name == "sheet" else {}
+        return {"pixels": list(size)} if name == "sheet" else {}
 
     def describe(self, stage) -> str:
         p = stage.params
