@@ -269,6 +269,10 @@ class Pipeline:
             stamp["log"] = str(stage.workdir / f"{stage.slug}.log")
         atomic_write_json(stamp_file, stamp)
         shutil.rmtree(ctx.scratch, ignore_errors=True)
+        try:
+            ctx.scratch.parent.rmdir()  # .partial/, when no other stage is under way there
+        except OSError:
+            pass
         return stamp
 
     def _dry_run(self) -> None:

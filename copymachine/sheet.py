@@ -99,6 +99,22 @@ def fit_text(fonts: Fonts, text: str, max_width: int, size: int, min_size: int =
     return font, (text.rstrip() + ELLIPSIS) if text else ""
 
 
+def wrap_text(fonts: Fonts, text: str, max_width: int, size: int, max_lines: int = 3) -> list[str]:
+    """Greedy word wrap at `size` into at most `max_lines` lines; what is left over joins the
+    last line (which `fit_text` then shrinks or shortens)."""
+    font = fonts.get(size)
+    words = fonts.text(text).split()
+    lines: list[str] = []
+    for word in words:
+        if lines and len(lines) <= max_lines and text_width(font, f"{lines[-1]} {word}") <= max_width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + [" ".join(lines[max_lines - 1 :])]
+    return lines or [""]
+
+
 def draw_centred(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, font, fill=INK) -> None:
     # textbbox rather than anchor="mm": the bitmap font of old Pillow has no anchors.
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
@@ -213,12 +229,13 @@ def contact_sheet(
     fonts = Fonts(font)
     size = font_size or max(12, min(20, cell[0] // 10))
     line_h = line_height(fonts.get(size))
-    header_lines = max((len(c) for c in col_labels), default=0)
-    label_lines = max((len(r) for r in row_labels), default=0)
     label_width = 0
-    if label_lines:
+    if row_labels:
         longest = max(text_width(fonts.get(size), fonts.text(line)) for r in row_labels for line in r)
         label_width = min(max(longest + 8, cell[0] // 2), int(cell[0] * 1.25))
+        row_labels = [[w for line in r for w in wrap_text(fonts, line, label_width - 8, size)] for r in row_labels]
+    col_labels = [[w for line in c for w in wrap_text(fonts, line, cell[0] - 8, size, max_lines=2)] for c in col_labels]
+    header_lines = max((len(c) for c in col_labels), default=0)
     layout = SheetLayout(
         rows=rows,
         cols=cols,

@@ -245,6 +245,7 @@ def test_preview_command_writes_the_sheet_beside_the_lora(tmp_path, cli_env):
     assert cells == sorted(f"prompt{p}-seed4-m{m}.png" for p in (1, 2) for m in ("-1", "0", "0.5"))
     image = Image.open(sheet)
     assert image.width > 3 * 128 + 64 and image.height > 2 * 128
+    assert sorted(p.name for p in folder.iterdir()) == [".copymachine", ".stages", "slider a-preview", "slider a-preview.png", "slider a.safetensors"]
     argv = cli_env.calls[0]
     assert argv[argv.index("--network_weights") + 1] == str(lora)
     prompts = Path(argv[argv.index("--from_file") + 1])
