@@ -39,6 +39,9 @@ class FakeEngine:
     def run_script(self, script, args):
         return [self.python, str(self.root / script), *args]
 
+    def launch_training(self, script, config, mixed_precision):
+        return [self.python, "-m", "accelerate.commands.launch", str(self.root / script), "--config_file", str(config)]
+
 
 class FakeScripts:
     """Plays gen_img.py (one image per prompt-file line, named by --f), svd_merge_lora.py and
@@ -146,6 +149,17 @@ def test_diff_checks_lora_a_on_the_base(tmp_path, scene_path):
     assert names.index("copy-check") == names.index("lora-a") + 1 < names.index("outline/lora-b")
     check = p.stage("copy-check")
     assert check.inputs["lora"].producer == "lora-a" and check.inputs["model"].external
+
+
+def test_dry_run_prints_the_check_and_preview_commands(tmp_path, scene_path, scripts, capsys):
+    p = plan(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), settings(), HashCache(None))
+    Pipeline(p, settings(), Reporter(live=False), HashCache(None), argv=["test"]).run(dry_run=True)
+    out = capsys.readouterr().out
+    assert "copy check" in out and "strength sweep" in out
+    assert sum(1 for line in out.splitlines() if line.startswith("python /sd-scripts/gen_img.py")) == 2
+    assert not scripts.calls and not (p.run_dir / "copy-check" / "copy-1.png").exists()
+    prompts = (p.run_dir / "copy-check" / "config" / "copy-check-prompts.txt").read_text(encoding="utf-8")
+    assert prompts.startswith("{caption} --w 64 --h 64 --d 1 --s 20")
 
 
 # --- the copy check -------------------------------------------------------------------------

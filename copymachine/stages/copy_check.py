@@ -64,7 +64,11 @@ class CopyCheck(StageKind):
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.params
-        caption = stage.input("caption").read_text(encoding="utf-8").strip() if "caption" in stage.inputs else ""
+        caption = ""
+        if "caption" in stage.inputs:
+            path = stage.input("caption")
+            # a dry run plans before the captions exist: the prompt file shows the placeholder
+            caption = path.read_text(encoding="utf-8").strip() if path.is_file() else CAPTION_PLACEHOLDER
         lines = prompt_lines(p, caption)
         prompt_file = stage.workdir / "config" / f"{stage.slug}-prompts.txt"
         atomic_write_text(prompt_file, render_prompt_file(lines))
