@@ -436,13 +436,19 @@ class _Builder:
         model = self.request.preview_model
         if model is None:
             return
+        font = Path(self.recipe.preview.font) if self.recipe.preview.font else None
+        if font is not None and not font.is_file():
+            raise InputError(f"preview.font not found: {font}")
         for effect, final in self.plan.finals.items():
             params = preview_params(self.recipe.preview, self.family, self._gen_precision())
+            inputs = {"lora": self.ref(f"{effect}/final", "lora"), "model": self.planner.external(model.resolve())}
+            if font is not None:
+                inputs["font"] = self.planner.external(font.resolve())
             self.add(
                 f"{effect}/preview",
                 "preview",
                 f"{effect}: strength sweep on {model.name}",
-                inputs={"lora": self.ref(f"{effect}/final", "lora"), "model": self.planner.external(model.resolve())},
+                inputs=inputs,
                 params=params,
                 outputs=preview_outputs(params, final.stem),
                 workdir=self.run_dir,

@@ -161,6 +161,7 @@ class PreviewRecipe:
     sampler: str = "euler_a"
     scale: float = 7.0
     negative_prompt: str = GenerateRecipe.negative_prompt
+    font: str = ""  # a .ttf/.otf for the labels ("": Pillow's built-in font, ASCII only)
 
 
 # Step 5 and the memo's results: dim 64 / alpha 32, 4096 steps; flat and jpeg were weak and were

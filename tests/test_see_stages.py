@@ -137,6 +137,20 @@ def test_train_plan_checks_the_copy_model_and_previews_at_the_end(tmp_path, scen
     assert other.stage("copy-check").key == check.key and other.stage("copy-check").gate == {"min_ssim": 0.95}
 
 
+def test_preview_font_is_an_input(tmp_path, scene_path):
+    from copymachine.errors import InputError
+    from copymachine.recipe import apply_overrides
+
+    font = tmp_path / "font.ttf"
+    font.write_bytes(b"font")
+    recipe = apply_overrides(MEMO, {"preview": {"font": str(font)}}, "test")
+    p = plan(dataclasses.replace(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), recipe=recipe), settings(), HashCache(None))
+    assert p.stage("outline/preview").inputs["font"].path == font.resolve()
+    recipe = apply_overrides(MEMO, {"preview": {"font": str(tmp_path / "none.ttf")}}, "test")
+    with pytest.raises(InputError, match="preview.font not found"):
+        plan(dataclasses.replace(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), recipe=recipe), settings(), HashCache(None))
+
+
 def test_no_copy_check_plans_none(tmp_path, scene_path):
     p = plan(request(tmp_path, scene_path, copy_check=False), settings(), HashCache(None))
     assert not [s for s in p.stages if s.kind in ("copy_check", "preview")]

@@ -84,7 +84,7 @@ def _numbers(text: str, kind: type, option: str) -> list:
 @click.option("--seed", "seeds", multiple=True, type=int, help=f"A seed; repeat for several (rows: prompt x seed). Default: {MEMO.preview.seeds}.")
 @click.option("--size", type=click.IntRange(64, 4096), help="Image side in pixels (a multiple of 64). Default: the model family's (512 for SD1).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=MEMO.preview.steps, show_default=True, help="Sampling steps.")
-@click.option("--font", type=click.Path(dir_okay=False, path_type=Path), help="A .ttf/.otf font for the labels (the built-in one is ASCII only).")
+@click.option("--font", type=click.Path(dir_okay=False, path_type=Path), help="A .ttf/.otf font for the labels (the built-in one is ASCII only; for train: --set preview.font=FILE).")
 @engine_options
 def preview(lora, model, strengths, prompts, seeds, size, steps, font, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Render a strength sweep of LORA on MODEL: a labelled contact sheet (rows: prompt x seed;
