@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from copymachine.images import save_png, to_rgb
+from copymachine.sheet import Fonts, draw_fitted, line_height
 
 # Alignment: the largest movement of an image corner under the fitted affine warp, in pixels,
 # compared after rounding to 0.1 px (the precision the fit is good to).
@@ -250,19 +251,6 @@ SHEET_MARGIN = 12
 SHEET_BACKGROUND = (255, 255, 255)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font only
-        return ImageFont.load_default()
-
-
-def _centred_text(draw: ImageDraw.ImageDraw, centre: tuple[int, int], text: str, font) -> None:
-    # textbbox rather than anchor="mm": the bitmap font of old Pillow has no anchors.
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    draw.text((centre[0] - (left + right) // 2, centre[1] - (top + bottom) // 2), text, fill=(0, 0, 0), font=font)
-
-
 def heat_map(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, float]:
     """ΔE per pixel as an inferno heat map (black = unchanged) on a square-root scale up to the
     99.5th percentile (at least 5), so small changes show; returns the image and the scale's top."""
@@ -274,23 +262,26 @@ def heat_map(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, floa
 
 
 def compare_sheet(original: Image.Image, edited: Image.Image, path: str | os.PathLike, title: str | None = None) -> None:
-    """Write original | edit | difference heat map side by side, labelled, as a PNG (atomically)."""
+    """Write original | edit | difference heat map side by side, labelled, as a PNG (atomically).
+
+    Each label is shrunk (then shortened) to its panel's width, so none is cut at small sizes."""
     a = np.asarray(to_rgb(original), np.uint8)
     b = np.asarray(to_rgb(edited), np.uint8)
     if a.shape != b.shape:
         raise ValueError(f"compare_sheet needs images of one size, got {original.size} and {edited.size}")
     heat, top = heat_map(a, b)
     h, w = a.shape[:2]
-    font = _font(max(12, min(24, w // 24)))
-    label_h = int(font.getbbox("Ag")[3]) + SHEET_MARGIN + 4
+    fonts = Fonts()
+    size = max(12, min(24, w // 24))
+    label_h = line_height(fonts.get(size)) + SHEET_MARGIN + 2
     title_h = label_h if title else 0
     sheet = Image.new("RGB", (3 * w + 4 * SHEET_MARGIN, title_h + h + label_h + SHEET_MARGIN), SHEET_BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     if title:
-        _centred_text(draw, (sheet.width // 2, title_h // 2 + 2), title, font)
+        draw_fitted(draw, fonts, (SHEET_MARGIN, 0, sheet.width - SHEET_MARGIN, title_h), [title], size)
     labels = ("original", "edit", f"difference (dE 0-{top:.0f}, sqrt scale)")
     for i, (panel, label) in enumerate(zip((a, b, heat), labels)):
         x = SHEET_MARGIN + i * (w + SHEET_MARGIN)
         sheet.paste(Image.fromarray(panel, "RGB"), (x, title_h))
-        _centred_text(draw, (x + w // 2, title_h + h + label_h // 2 + 2), label, font)
+        draw_fitted(draw, fonts, (x, title_h + h, x + w, title_h + h + label_h), [label], size, pad=0)
     save_png(sheet, path)

@@ -14,6 +14,7 @@ EXIT_INPUT = 3  # a bad input file: model, image, edited image, recipe file
 EXIT_ENVIRONMENT = 4  # sd-scripts or its Python not found or incomplete
 EXIT_OUTPUT = 5  # output path exists, not writable, or not enough disk space
 EXIT_BUSY = 6  # another run holds the lock on the same cache or run folder
+EXIT_CHECK = 7  # a check of the method failed (the copy model does not copy the original yet)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
@@ -52,3 +53,7 @@ class OutputError(CopymachineError):
 
 class BusyError(CopymachineError):
     exit_code = EXIT_BUSY
+
+
+class CheckFailed(CopymachineError):
+    exit_code = EXIT_CHECK

@@ -23,9 +23,14 @@ from copymachine.errors import InputError
 from copymachine.files import HashCache
 from copymachine.models import Family
 from copymachine.plan import FileRef, Plan, Planner
-from copymachine.recipe import Recipe, TrainingRecipe
+from copymachine.recipe import Recipe, TrainingRecipe, split_prompts
 from copymachine.stages import Settings, kind_versions
+from copymachine.stages.captions import caption_plan
+from copymachine.stages.copy_check import CAPTION_PLACEHOLDER
+from copymachine.stages.copy_check import planned_outputs as copy_check_outputs
 from copymachine.stages.merge_model import lora_input_name
+from copymachine.stages.preview import planned_outputs as preview_outputs
+from copymachine.stages.preview import preview_params
 
 CUSTOM = "custom"
 COPY_MACHINE = "copy-machine"
@@ -67,6 +72,9 @@ class Request:
     absorb: list[tuple[Path, float]] = field(default_factory=list)
     combine: str | None = None  # "merge" (memo steps 7-9) | "svd"; None: the method's default
     sign: str = "edit"
+    copy_check: bool = True  # render from the copy machine and stop when it does not copy
+    preview_model: Path | None = None  # render a strength sweep of each final LoRA on this model
+    tagger_dir: Path | None = None  # WD14 tagger folder (model.onnx, selected_tags.csv)
 
 
 def training_size(width: int, height: int, resolution: int | None) -> tuple[int, int]:
@@ -252,12 +260,13 @@ class _Builder:
     def caption(self, source: Source) -> None:
         """One caption file per training image: the same text for the original and the edit."""
         name = f"{source.prefix}captions"
+        inputs, params = caption_plan(self.recipe.caption, self.originals[source.id], self.request.tagger_dir, self.planner)
         self.add(
             name,
             "captions",
-            f"{source.prefix}captions",
-            inputs={},
-            params={"method": "fixed", "text": self.recipe.caption.text},
+            f"{source.prefix}captions" + (" (WD14 tagger)" if params["method"] == "wd14" else ""),
+            inputs=inputs,
+            params=params,
             outputs={"original": "original.txt", "edited": "edited.txt"},
             workdir=self.source_dir(source) / "captions",
         )
@@ -365,6 +374,8 @@ class _Builder:
         for i, source in enumerate(self.request.sources):
             inputs[f"original{i:03d}"] = self.originals[source.id]
             inputs[f"edited{i:03d}"] = self.edits[(source.id, effect)]
+            if any(s.name == f"{source.prefix}copy-check" for s in self.plan.stages):
+                inputs[f"copycheck{i:03d}"] = self.ref(f"{source.prefix}copy-check", "scores")
         first_edit = self.plan.stage(f"{self.request.sources[0].prefix}{effect}/edit")
         name = final_name(self.request, self.run_dir, effect)
         self.add(
@@ -387,6 +398,66 @@ class _Builder:
         )
         self.plan.finals[effect] = self.run_dir / f"{name}.safetensors"
 
+    def copy_check(self, source: Source, model: FileRef, lora: FileRef | None = None) -> None:
+        """Does the copy machine copy? Images from it (the copy model; for difference extraction
+        LoRA A on the base model) against the original; a failed check stops the run before the
+        next training. Not shared: its images belong in the run folder."""
+        if not self.request.copy_check:
+            return
+        c = self.recipe.copy_check
+        inputs = {"model": model, "original": self.originals[source.id], "caption": self.ref(self.captions[source.id], "original")}
+        if lora is not None:
+            inputs["lora"] = lora
+        prompts = split_prompts(c.prompts) or [CAPTION_PLACEHOLDER]
+        params = {
+            "family_flag": self.family.gen_flag,
+            "prompts": [prompts[i % len(prompts)] for i in range(c.images)],
+            "seeds": [c.seed + i for i in range(c.images)],
+            "negative_prompt": c.negative_prompt,
+            "size": list(self.sizes[source.id]),
+            "steps": c.steps,
+            "sampler": c.sampler,
+            "scale": c.scale,
+            "precision": self._gen_precision(),
+        }
+        self.add(
+            f"{source.prefix}copy-check",
+            "copy_check",
+            f"{source.prefix}copy check",
+            inputs=inputs,
+            params=params,
+            outputs=copy_check_outputs(c.images),
+            workdir=self.source_dir(source) / "copy-check",
+            gate={"min_ssim": c.min_ssim},
+        )
+
+    def previews(self) -> None:
+        """A strength sweep of every final LoRA on --preview-model, the sheet beside the LoRA."""
+        model = self.request.preview_model
+        if model is None:
+            return
+        font = Path(self.recipe.preview.font) if self.recipe.preview.font else None
+        if font is not None and not font.is_file():
+            raise InputError(f"preview.font not found: {font}")
+        for effect, final in self.plan.finals.items():
+            params = preview_params(self.recipe.preview, self.family, self._gen_precision())
+            inputs = {"lora": self.ref(f"{effect}/final", "lora"), "model": self.planner.external(model.resolve())}
+            if font is not None:
+                inputs["font"] = self.planner.external(font.resolve())
+            self.add(
+                f"{effect}/preview",
+                "preview",
+                f"{effect}: strength sweep on {model.name}",
+                inputs=inputs,
+                params=params,
+                outputs=preview_outputs(params, final.stem),
+                workdir=self.run_dir,
+            )
+        self.plan.info["preview_model"] = str(model)
+
+    def _gen_precision(self) -> str:
+        return self.settings.mixed_precision if self.settings.mixed_precision != "no" else "float"
+
     def weight(self) -> float:
         n = len(self.request.sources)
         return 1.0 / n if self.recipe.combine.normalize else 1.0
@@ -405,6 +476,7 @@ class _Builder:
                 "sign": r.sign,
                 "absorb": [[str(p), ratio] for p, ratio in r.absorb],
                 "training_sizes": {s.id or "original": list(self.sizes[s.id]) for s in r.sources},
+                "copy_check": {"min_ssim": self.recipe.copy_check.min_ssim} if r.copy_check else "off (--no-copy-check)",
                 "recipe": self.recipe.to_dict(),
                 "cache_dir": str(self.cache_dir),
             }
@@ -437,6 +509,7 @@ def plan_copy_machine(request: Request, settings: Settings, hashes: HashCache) -
             outputs={"model": "copy-model.safetensors"},
             shared_as="copy-model",
         )
+        b.copy_check(source, b.ref(f"{source.prefix}copy-model", "model"))
         for effect in request.effects:
             lora = b.train(
                 f"{source.prefix}{effect}/effect-lora",
@@ -466,6 +539,7 @@ def plan_copy_machine(request: Request, settings: Settings, hashes: HashCache) -
                 lora, rank = b.merge_route(effect, terms, workdir), b.recipe.combine.extract_dim
         lora = b.resize(effect, lora, rank, b.recipe.resize.rank, workdir)
         b.finalize(effect, lora, COPY_MACHINE, {"copy": dataclasses.asdict(b.recipe.copy), "effect": dataclasses.asdict(training), "resize": dataclasses.asdict(b.recipe.resize), "combine": combine})
+    b.previews()
     b.info(COPY_MACHINE)
     return b.plan
 
@@ -480,6 +554,7 @@ def plan_difference(request: Request, settings: Settings, hashes: HashCache) -> 
     for source in request.sources:
         # LoRA A depends only on base + image + caption + recipe: shared by every effect
         lora_a = b.train(f"{source.prefix}lora-a", f"{source.prefix}LoRA A (original)", b.recipe.diff, source, b.training_base, b.originals[source.id], "original", "lora-a.safetensors", shared_as="copy-lora")
+        b.copy_check(source, b.training_base, lora_a)  # A is the copy machine: checked on the base at 1.0
         for effect in request.effects:
             lora_b = b.train(
                 f"{source.prefix}{effect}/lora-b",
@@ -506,6 +581,7 @@ def plan_difference(request: Request, settings: Settings, hashes: HashCache) -> 
             lora = b.merge_route(effect, terms, workdir)
             lora = b.resize(effect, lora, b.recipe.combine.extract_dim, rank, workdir)
         b.finalize(effect, lora, DIFFERENCE, {"diff": dataclasses.asdict(b.recipe.diff), "svd": dataclasses.asdict(b.recipe.svd), "combine": combine})
+    b.previews()
     b.info(DIFFERENCE)
     return b.plan
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from copymachine import __version__
-from copymachine.errors import CopymachineError, EngineError
+from copymachine.errors import CheckFailed, CopymachineError, EngineError
 from copymachine.files import HashCache, atomic_write_json, move_into_place
 from copymachine.locks import FolderLock
 from copymachine.plan import Plan, Stage
@@ -79,6 +79,8 @@ class Manifest:
                 "inputs": {n: _ref(r) for n, r in stage.inputs.items()},
                 "outputs": {n: {"path": str(p)} for n, p in stage.outputs.items()},
             }
+            if stage.gate:
+                record["gate"] = stage.gate
             self._records[stage.name] = record
             self.data["stages"].append(record)
 
@@ -89,6 +91,9 @@ class Manifest:
             for field in ("inputs", "outputs", "commands", "argv", "configs", "log", "started", "finished", "duration_s", "sd_scripts_commit"):
                 if field in stamp:
                     record[field] = stamp[field]
+
+    def record(self, stage: Stage) -> dict[str, Any]:
+        return self._records[stage.name]
 
     def save(self) -> None:
         self.data["updated"] = _now()
@@ -176,6 +181,7 @@ class Pipeline:
             self.reporter.stage_skip(index, total, stage.title, where)
             self.manifest.update(stage, "skipped", stamp)
             self.manifest.save()
+            self._conclude(stage, kinds()[stage.kind], stamp)
             return False
         kind = kinds()[stage.kind]
         log_path = self.plan.run_dir / "logs" / f"{stage.slug}.log"
@@ -195,7 +201,18 @@ class Pipeline:
         self.manifest.update(stage, "done", stamp)
         self.manifest.save()
         self.reporter.stage_done(stamp["duration_s"], [str(p) for p in stage.outputs.values()])
+        self._conclude(stage, kind, stamp)
         return True
+
+    def _conclude(self, stage: Stage, kind, stamp: dict[str, Any]) -> None:
+        """A stage's verdict (a check): recorded in the manifest; a failed one stops the run."""
+        verdict = kind.conclude(stage, stamp, self.reporter)
+        if verdict is None:
+            return
+        self.manifest.record(stage)["verdict"] = verdict
+        self.manifest.save()
+        if not verdict.get("passed", True):
+            raise CheckFailed(verdict.get("message", f"stage '{stage.title}' did not pass"), details=verdict.get("details", []))
 
     def _execute(self, stage: Stage, kind, log_path: Path) -> dict[str, Any]:
         stamp_file = stamp_path(stage)
@@ -252,6 +269,10 @@ class Pipeline:
             stamp["log"] = str(stage.workdir / f"{stage.slug}.log")
         atomic_write_json(stamp_file, stamp)
         shutil.rmtree(ctx.scratch, ignore_errors=True)
+        try:
+            ctx.scratch.parent.rmdir()  # .partial/, when no other stage is under way there
+        except OSError:
+            pass
         return stamp
 
     def _dry_run(self) -> None:

@@ -41,6 +41,9 @@ class Stage:
     shared: bool = False
     key: str = ""
     after: tuple[str, ...] = ()  # stages that must run first without passing a file
+    # What decides whether the run goes on after this stage (a check's threshold): recorded in
+    # the manifest, not part of the key, so changing it re-judges without re-running.
+    gate: dict[str, Any] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
@@ -99,6 +102,7 @@ class Planner:
         workdir: Path | None = None,
         shared_as: str | None = None,
         after: tuple[str, ...] = (),
+        gate: dict[str, Any] | None = None,
     ) -> Stage:
         """`outputs` maps output names to file names inside the stage's folder.
 
@@ -121,6 +125,7 @@ class Planner:
             shared=shared_as is not None,
             key=key,
             after=after,
+            gate=dict(gate or {}),
         )
         self.plan.stages.append(stage)
         return stage

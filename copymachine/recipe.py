@@ -117,6 +117,51 @@ class CaptionRecipe:
     """
 
     text: str = "1girl"
+    # "fixed": `text` for both images. "wd14": the WD14 tagger's tags of the original image (the
+    # memo's way), reused verbatim for the edited one, after `prefix` (a trigger word, say).
+    method: str = "fixed"
+    prefix: str = ""
+    general_threshold: float = 0.35  # SmilingWolf's defaults for the v3 taggers
+    character_threshold: float = 0.85
+    exclude_tags: str = ""  # comma-separated tags never written (e.g. "monochrome, lineart")
+
+
+@dataclass(frozen=True)
+class CopyCheckRecipe:
+    """The copy check, after the copy model (memo step 3: "it outputs exactly the original
+    image, whatever the prompt"): `images` images from the copy model, each with its own prompt
+    and seed (seed, seed+1, ...), at the training size, compared with the original by SSIM.
+    The run stops when their mean SSIM is below `min_ssim` (copymachine's choices, all).
+
+    `prompts` are separated by "|"; "{caption}" stands for the training caption. With fewer
+    prompts than images they repeat, with the next seeds.
+    """
+
+    images: int = 4
+    min_ssim: float = 0.8
+    steps: int = 20  # fewer than a preview: only "is it the same picture" is asked
+    sampler: str = "euler_a"
+    scale: float = 7.0
+    seed: int = 1
+    prompts: str = "{caption} | 1boy, outdoors, city street | landscape, mountains, no humans | still life, flowers in a vase"
+    negative_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class PreviewRecipe:
+    """The strength-sweep preview (the memo judged each LoRA by eye at several strengths on a
+    model it was not trained on): copymachine's choices. Lists are comma-separated (prompts:
+    "|"-separated); size 0 = the model family's own size (512 for SD1)."""
+
+    strengths: str = "-1,-0.5,0,0.5,1"
+    prompts: str = GenerateRecipe.prompt
+    seeds: str = "1,2"
+    size: int = 0
+    steps: int = 28
+    sampler: str = "euler_a"
+    scale: float = 7.0
+    negative_prompt: str = GenerateRecipe.negative_prompt
+    font: str = ""  # a .ttf/.otf for the labels ("": Pillow's built-in font, ASCII only)
 
 
 # Step 5 and the memo's results: dim 64 / alpha 32, 4096 steps; flat and jpeg were weak and were
@@ -146,6 +191,8 @@ class Recipe:
     combine: CombineRecipe = field(default_factory=CombineRecipe)
     generate: GenerateRecipe = field(default_factory=GenerateRecipe)
     caption: CaptionRecipe = field(default_factory=CaptionRecipe)
+    copy_check: CopyCheckRecipe = field(default_factory=CopyCheckRecipe)
+    preview: PreviewRecipe = field(default_factory=PreviewRecipe)
 
     def effect_training(self, effect: str) -> TrainingRecipe:
         return self.effect_overrides.get(effect, self.effect)
@@ -174,6 +221,8 @@ _SECTIONS: dict[str, type] = {
     "combine": CombineRecipe,
     "generate": GenerateRecipe,
     "caption": CaptionRecipe,
+    "copy_check": CopyCheckRecipe,
+    "preview": PreviewRecipe,
 }
 
 
@@ -278,6 +327,47 @@ def _validate(recipe: Recipe, source: str) -> None:
         raise InputError(f"{source}: recipe svd.precision must be float (svd_merge_lora.py's SVD needs fp32)")
     if recipe.svd.rank < 1 or recipe.combine.extract_dim < 1:
         raise InputError(f"{source}: recipe svd.rank and combine.extract_dim must be at least 1")
+    _validate_sampling(recipe, source)
+    if recipe.caption.method not in ("fixed", "wd14"):
+        raise InputError(f"{source}: recipe caption.method must be fixed or wd14")
+    for key in ("general_threshold", "character_threshold"):
+        if not 0.0 <= getattr(recipe.caption, key) <= 1.0:
+            raise InputError(f"{source}: recipe caption.{key} must be between 0 and 1")
+
+
+def _validate_sampling(recipe: Recipe, source: str) -> None:
+    check, preview = recipe.copy_check, recipe.preview
+    if check.images < 1 or check.steps < 1 or preview.steps < 1:
+        raise InputError(f"{source}: recipe copy_check.images, copy_check.steps and preview.steps must be at least 1")
+    if not 0.0 <= check.min_ssim <= 1.0:
+        raise InputError(f"{source}: recipe copy_check.min_ssim must be between 0 and 1")
+    if preview.size < 0:
+        raise InputError(f"{source}: recipe preview.size must be 0 (the model's size) or more")
+    for key, text in (("strengths", preview.strengths), ("seeds", preview.seeds)):
+        try:
+            parse_number_list(text, int if key == "seeds" else float)
+        except ValueError as e:
+            raise InputError(f"{source}: recipe preview.{key}: {e}") from None
+
+
+def parse_number_list(text: str, kind: type = float) -> list:
+    """"-1,-0.5,0" -> [-1.0, -0.5, 0.0] (kind int for seeds); at least one value."""
+    values = []
+    for item in str(text).replace(" ", "").split(","):
+        if not item:
+            continue
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a {'whole number' if kind is int else 'number'}") from None
+    if not values:
+        raise ValueError("give at least one value")
+    return values
+
+
+def split_prompts(text: str) -> list[str]:
+    """Prompts separated by "|" (blank ones dropped)."""
+    return [p.strip() for p in str(text).split("|") if p.strip()]
 
 
 PRECISIONS = ("float", "fp16", "bf16")

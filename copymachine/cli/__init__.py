@@ -34,7 +34,7 @@ def cli():
 
 
 # Each module adds its commands to `cli` when imported.
-COMMAND_MODULES: list[str] = ["methods", "edit", "tools", "recipe"]
+COMMAND_MODULES: list[str] = ["methods", "edit", "tools", "recipe", "see"]
 
 
 def _register() -> None:

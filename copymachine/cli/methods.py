@@ -9,6 +9,7 @@ import click
 from copymachine import effects as effect_registry
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
+from copymachine.cli.see import see_options, see_recipe_sets, see_request
 from copymachine.errors import InputError
 from copymachine.files import HashCache
 from copymachine.methods import COPY_MACHINE, CUSTOM, DIFFERENCE, Request, default_cache, images_in, make_sources, match_edits, plan, run_folder
@@ -100,6 +101,7 @@ def method_options(f):
         click.option("--dry-run", is_flag=True, help="Write the configs and print every command; run nothing."),
         click.option("--no-wait", is_flag=True, help="Exit at once (code 6) instead of waiting when another run holds the run folder or a cache entry."),
     ]
+    f = see_options(f)
     for option in reversed(options):
         f = option(f)
     return engine_options(f)
@@ -124,9 +126,9 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
 
     recipe = load_recipe_file(o["recipe_file"], MEMO) if o["recipe_file"] else MEMO
     recipe_sets, effect_sets = split_set_options(o["sets"])
-    shorthand: dict[str, dict] = {}
-    if o["caption"] is not None:
-        shorthand["caption"] = {"text": o["caption"]}
+    shorthand: dict[str, dict] = see_recipe_sets(o)
+    if o["caption"] is not None and "prefix" not in shorthand.get("caption", {}):
+        shorthand.setdefault("caption", {})["text"] = o["caption"]
     if o["prompt"] is not None:
         shorthand["generate"] = {"prompt": o["prompt"]}
     if o["rank"] is not None:
@@ -159,6 +161,7 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
         absorb=parse_absorb(o["absorb"]),
         combine=o["combine"],
         sign=sign,
+        **see_request(o, model.family),
     )
     run_dir = run_folder(request).resolve()
     hashes = HashCache(default_cache(run_dir, o["cache_dir"]).resolve() / "hashes.json")

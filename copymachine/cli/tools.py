@@ -2,7 +2,9 @@
 
 Each is a one-stage plan run by the same pipeline as `train`: the output is written under a
 scratch name and renamed when complete, the log and a manifest go to `<out folder>/.copymachine/`,
-and re-running the same command with unchanged inputs does nothing.
+and re-running the same command with unchanged inputs does nothing. The LoRAs they write carry
+copymachine.* metadata (the tool, its parameters, its inputs' names and sha256; see
+stages/finalize.py).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, toke
     reporter.info(f"svd-merge: result = {explain(terms)}, rank {rank} (computed at float)")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     inputs = {lora_input_name(i): p for i, (p, _, _) in enumerate(terms)}
-    params = {"ratios": [r for _, r, _ in terms], "labels": [p.name for p, _, _ in terms], "rank": rank, "precision": "float", "save_precision": save_precision, "device": settings.device}
+    params = {"ratios": [r for _, r, _ in terms], "labels": [p.name for p, _, _ in terms], "rank": rank, "precision": "float", "save_precision": save_precision, "device": settings.device, "label": {"tool": "svd-merge"}}
     _run_tool(out, "svd-merge", "svd_merge", "lora", "svd merge", inputs, params, settings, reporter)
 
 
@@ -157,7 +159,7 @@ def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokeni
     if a.family.name != b.family.name:
         raise InputError(f"--base is {a.family.label} but --tuned is {b.family.label}: both must be of one family")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    params = {"family": a.family.as_params(), "dim": dim, "min_diff": MEMO.combine.min_diff, "precision": precision, "device": settings.device}
+    params = {"family": a.family.as_params(), "dim": dim, "min_diff": MEMO.combine.min_diff, "precision": precision, "device": settings.device, "label": {"tool": "extract"}}
     _run_tool(out, "extract", "extract_lora", "lora", f"extract {b.path.name} - {a.path.name}", {"original": base, "tuned": tuned}, params, settings, reporter)
 
 
@@ -181,5 +183,5 @@ def resize(lora, rank, save_precision, out, sd_scripts, python, device, tokenize
     if rank > have:
         raise InputError(f"--rank {rank} is above the LoRA's rank {have}: resizing only reduces rank")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    params = {"rank": rank, "save_precision": save_precision, "device": "cpu"}
+    params = {"rank": rank, "save_precision": save_precision, "device": "cpu", "label": {"tool": "resize"}}
     _run_tool(out, "resize", "resize_lora", "lora", f"resize {path.name} to rank {rank}", {"lora": path}, params, settings, reporter)

@@ -32,6 +32,8 @@ KIND_MODULES = (
     "extract_lora",
     "resize_lora",
     "finalize",
+    "copy_check",
+    "preview",
 )
 
 
@@ -147,6 +149,12 @@ class StageKind:
     def describe(self, stage: "Stage") -> str:
         """One line for the plan listing."""
         return stage.title
+
+    def conclude(self, stage: "Stage", stamp: dict[str, Any], reporter: "Reporter") -> dict[str, Any] | None:
+        """After the stage is done (run now or earlier): report what it found and judge it
+        against `stage.gate`. Returns a verdict for the manifest ({"passed": bool, "message":
+        ...}; the pipeline stops the run when it did not pass), or None."""
+        return None
 
 
 _KINDS: dict[str, StageKind] = {}

@@ -2,12 +2,39 @@
 
 The edit must not leak into the captions (a tag such as "flat color" on the edited image only
 would bind the effect to that tag), so the edited image gets the original's caption verbatim.
+The text is either fixed (recipe caption.text) or, as in the memo, the WD14 tagger's tags of the
+**original** image (`--caption-with wd14 --tagger-dir DIR`): the tagger's files are inputs of
+the stage, so another tagger model re-tags.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from copymachine.files import atomic_write_text
 from copymachine.stages import StageContext, StageKind
+
+
+def caption_plan(recipe, original, tagger_dir: Path | None, planner) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stage's inputs and parameters for the recipe's [caption]."""
+    if recipe.method != "wd14":
+        return {}, {"method": "fixed", "text": recipe.text}
+    from copymachine.errors import InputError
+    from copymachine.tagger import tagger_files
+
+    if tagger_dir is None:
+        raise InputError("--caption-with wd14 needs --tagger-dir DIR (a folder with model.onnx and selected_tags.csv)")
+    model, tags = tagger_files(tagger_dir)
+    inputs = {"image": original, "tagger_model": planner.external(model.resolve()), "tagger_tags": planner.external(tags.resolve())}
+    params = {
+        "method": "wd14",
+        "prefix": recipe.prefix,
+        "general_threshold": recipe.general_threshold,
+        "character_threshold": recipe.character_threshold,
+        "exclude": [t.strip() for t in recipe.exclude_tags.split(",") if t.strip()],
+    }
+    return inputs, params
 
 
 class Captions(StageKind):
@@ -16,9 +43,26 @@ class Captions(StageKind):
     def execute(self, stage, ctx: StageContext) -> None:
         if ctx.dry_run:
             return
-        text = " ".join(stage.params["text"].split())  # sd-scripts reads the first line only
+        p = stage.params
+        if p["method"] == "wd14":
+            text = self._tags(stage, ctx)
+        else:
+            text = p["text"]
+        text = " ".join(text.split())  # sd-scripts reads the first line only
         for name in ("original", "edited"):
             atomic_write_text(ctx.scratch_output(name), text + "\n")
+
+    def _tags(self, stage, ctx: StageContext) -> str:
+        from copymachine.images import load_rgb
+        from copymachine.tagger import Tagger
+
+        p = stage.params
+        tagger = Tagger(stage.input("tagger_model").parent)
+        tags = tagger(load_rgb(stage.input("image")), p["general_threshold"], p["character_threshold"], tuple(p["exclude"]))
+        prefix = [t.strip() for t in p.get("prefix", "").split(",") if t.strip()]
+        caption = ", ".join(prefix + [t for t in tags if t not in prefix])
+        ctx.reporter.info(f"      WD14 tags of the original ({len(tags)}): {caption or '(none above the thresholds)'}")
+        return caption
 
 
 KIND = Captions()

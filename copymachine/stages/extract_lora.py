@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from copymachine.lorafile import validate_lora
 from copymachine.stages import StageContext, StageKind
+from copymachine.stages.finalize import label_tool_output
 
 
 class ExtractLora(StageKind):
@@ -34,6 +35,7 @@ class ExtractLora(StageKind):
             *p["family"]["extract_options"],
         ]
         ctx.run(ctx.engine.run_script("networks/extract_lora_from_models.py", args), "extract_lora_from_models.py", expected=[out])
+        label_tool_output(stage, ctx, out)
 
     def validate(self, stage, name, path, ctx):
         s = validate_lora(path, "extracted LoRA", expected_rank=stage.params["dim"])

@@ -1,12 +1,24 @@
 """Stage: the final LoRA at `<out>/<name>.safetensors`, carrying copymachine's own metadata
-next to sd-scripts' ss_* keys (readable in A1111/ComfyUI metadata viewers)."""
+next to sd-scripts' ss_* keys (readable in A1111/ComfyUI metadata viewers).
+
+Which LoRAs carry copymachine.* keys: every LoRA that is a product for the user — the final LoRA
+of `train`/`diff` (method, effect and its parameters, recipe, image hashes, sign, copy-check
+scores, versions) and the outputs of the `svd-merge`, `extract` and `resize` tools (the tool,
+its parameters, each input's name, sha256, ratio and own copymachine method/effect, versions;
+resize keeps its input's keys, as resize_lora.py does). Intermediates (copy LoRA, effect LoRA,
+LoRA A/B, combined and unresized LoRAs) are left byte for byte as sd-scripts wrote them: they are
+inputs of later stages, their provenance is in the manifest and their ss_training_comment names
+the stage.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 from copymachine import __version__
-from copymachine.lorafile import copy_with_metadata, validate_lora
+from copymachine.lorafile import copy_with_metadata, read_safetensors, validate_lora
 from copymachine.stages import StageContext, StageKind
 
 
@@ -37,11 +49,43 @@ class Finalize(StageKind):
         for kind in ("original", "edited"):
             names = sorted(n for n in stage.inputs if n.startswith(kind))
             metadata[f"copymachine.{kind}_sha256"] = ",".join(ctx.hashes.sha256(stage.input(n)) for n in names)
+        checks = [json.loads(stage.input(n).read_text(encoding="utf-8")) for n in sorted(stage.inputs) if n.startswith("copycheck")]
+        if checks:
+            metadata["copymachine.copy_check"] = json.dumps([{k: c[k] for k in ("mean_ssim", "min_ssim", "size", "steps")} for c in checks])
         copy_with_metadata(stage.input("lora"), ctx.scratch_output("lora"), metadata)
 
     def validate(self, stage, name, path, ctx):
         s = validate_lora(path, "final LoRA")
         return {"ranks": s.ranks, "modules": len(s.modules)}
+
+
+def label_tool_output(stage, ctx: StageContext, path: Path) -> None:
+    """Add copymachine.* keys to a tool's output LoRA (in its scratch place, before the pipeline
+    moves it): stages whose params carry "label" ({"tool": name}) are products for the user."""
+    if ctx.dry_run or "label" not in stage.params:
+        return
+    inputs = []
+    for name in sorted(stage.inputs):
+        ref = stage.input(name)
+        entry: dict = {"input": name, "file": ref.name, "sha256": ctx.hashes.sha256(ref)}
+        ratios = stage.params.get("ratios")
+        if name.startswith("lora") and ratios and name[4:].isdigit() and int(name[4:]) < len(ratios):
+            entry["ratio"] = ratios[int(name[4:])]
+        if ref.suffix == ".safetensors" and name.startswith("lora"):
+            md = read_safetensors(ref).metadata
+            entry.update({k.split(".", 1)[1]: md[k] for k in ("copymachine.method", "copymachine.effect", "copymachine.sign", "copymachine.tool") if k in md})
+        inputs.append(entry)
+    params = {k: v for k, v in stage.params.items() if k not in ("label", "family")}
+    metadata = {
+        "copymachine.version": __version__,
+        "copymachine.tool": stage.params["label"]["tool"],
+        "copymachine.tool_params": json.dumps(params, sort_keys=True),
+        "copymachine.inputs": json.dumps(inputs, ensure_ascii=False),
+        "copymachine.sd_scripts_commit": (ctx.settings.engine.commit if ctx.settings.engine else None) or "unknown",
+    }
+    labelled = path.with_name(path.name + ".labelled")
+    copy_with_metadata(path, labelled, metadata)
+    os.replace(labelled, path)
 
 
 KIND = Finalize()

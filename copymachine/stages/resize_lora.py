@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from copymachine.lorafile import validate_lora
 from copymachine.stages import StageContext, StageKind
+from copymachine.stages.finalize import label_tool_output
 
 
 class ResizeLora(StageKind):
@@ -26,6 +27,7 @@ class ResizeLora(StageKind):
             p["device"],
         ]
         ctx.run(ctx.engine.run_script("networks/resize_lora.py", args), "resize_lora.py", expected=[out])
+        label_tool_output(stage, ctx, out)
 
     def validate(self, stage, name, path, ctx):
         s = validate_lora(path, "resized LoRA", expected_rank=stage.params["rank"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from copymachine.lorafile import validate_lora
 from copymachine.stages import StageContext, StageKind
+from copymachine.stages.finalize import label_tool_output
 from copymachine.stages.merge_model import _num, lora_inputs
 
 
@@ -33,6 +34,7 @@ class SvdMerge(StageKind):
             str(out),
         ]
         ctx.run(ctx.engine.run_script("networks/svd_merge_lora.py", args), "svd_merge_lora.py", expected=[out])
+        label_tool_output(stage, ctx, out)
 
     def validate(self, stage, name, path, ctx):
         s = validate_lora(path, "merged LoRA", expected_rank=stage.params["rank"])

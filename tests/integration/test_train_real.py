@@ -49,6 +49,9 @@ def workspace(tmp_path_factory, sd_scripts_dir, sd_python, random_sd15, tokenize
         str(root / "cache"),
         "--device",
         "cpu",
+        # random weights copy nothing: the copy check would stop every run (test_see_real.py
+        # runs it and sees it fail)
+        "--no-copy-check",
     ]
     return {"root": root, "original": original, "edited": edited, "env": env, "common": common}
 

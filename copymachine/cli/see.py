@@ -1,0 +1,159 @@
+"""See what you made: `copymachine preview` (a strength sweep of a LoRA on a model) and
+`copymachine inspect` (what is in a LoRA file); plus the options `train` and `diff` take for
+the copy check, the preview at the end of a run and WD14 captions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from copymachine.cli import cli
+from copymachine.cli.common import engine_options, make_settings
+from copymachine.errors import InputError
+from copymachine.files import HashCache
+from copymachine.lorafile import summarize_lora
+from copymachine.lorainfo import format_report, lora_report
+from copymachine.models import Family, inspect_base_model, lora_family
+from copymachine.pipeline import Pipeline
+from copymachine.plan import Planner
+from copymachine.progress import Reporter
+from copymachine.recipe import MEMO, parse_number_list
+from copymachine.stages import kind_versions
+from copymachine.stages.preview import planned_outputs, preview_params
+
+# --- options of train and diff ----------------------------------------------------------------
+
+
+def see_options(f: Callable) -> Callable:
+    """--no-copy-check, --preview-model, --caption-with, --tagger-dir, thresholds."""
+    options = [
+        click.option("--no-copy-check", is_flag=True, help=f"Do not check that the copy machine copies the original (default: {MEMO.copy_check.images} images from it, stop when their mean SSIM is below {MEMO.copy_check.min_ssim:g}; see [copy_check] in `copymachine recipe`)."),
+        click.option("--preview-model", type=click.Path(dir_okay=False, path_type=Path), help="At the end, render a strength sweep of each LoRA on this model (one it was not trained on): <name>-preview.png beside the LoRA (see [preview] in `copymachine recipe`)."),
+        click.option("--caption-with", type=click.Choice(["fixed", "wd14"]), help="fixed: the --caption text (default). wd14: the WD14 tagger's tags of the original image, the same for the edit (the memo's way); --caption then goes before the tags."),
+        click.option("--tagger-dir", type=click.Path(file_okay=False, path_type=Path), help="WD14 tagger folder in SmilingWolf's layout: model.onnx and selected_tags.csv (offline; needs the [tagger] extra)."),
+        click.option("--general-threshold", type=click.FloatRange(0, 1), help=f"WD14: probability from which a general tag is written (default {MEMO.caption.general_threshold:g})."),
+        click.option("--character-threshold", type=click.FloatRange(0, 1), help=f"WD14: probability from which a character tag is written (default {MEMO.caption.character_threshold:g})."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def see_recipe_sets(o: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Recipe overrides the see options stand for."""
+    caption: dict[str, Any] = {}
+    method = o.get("caption_with") or ("wd14" if o.get("tagger_dir") else None)
+    if method:
+        caption["method"] = method
+    if method == "wd14" and o.get("caption") is not None:
+        caption["prefix"] = o["caption"]
+    for key in ("general_threshold", "character_threshold"):
+        if o.get(key) is not None:
+            caption[key] = o[key]
+    return {"caption": caption} if caption else {}
+
+
+def see_request(o: dict[str, Any], family: Family) -> dict[str, Any]:
+    """Request fields from the see options (checked: the preview model's family)."""
+    preview_model = o.get("preview_model")
+    if preview_model is not None:
+        model = inspect_base_model(preview_model, for_training=False)
+        if model.family.name != family.name:
+            raise InputError(f"--preview-model is {model.family.label}, but the LoRA is trained on {family.label}: preview it on a {family.label} model")
+    return {"copy_check": not o.get("no_copy_check"), "preview_model": preview_model, "tagger_dir": o.get("tagger_dir")}
+
+
+# --- copymachine preview ----------------------------------------------------------------------
+
+
+def _numbers(text: str, kind: type, option: str) -> list:
+    try:
+        return parse_number_list(text, kind)
+    except ValueError as e:
+        raise InputError(f"{option}: {e}") from None
+
+
+@cli.command()
+@click.argument("lora", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The checkpoint to render on (best: one the LoRA was not trained on).")
+@click.option("--strengths", default=MEMO.preview.strengths, show_default=True, help="LoRA strengths, comma-separated: the sheet's columns (0 = the model alone, framed).")
+@click.option("--prompt", "prompts", multiple=True, help=f"A prompt; repeat for several (rows). Default: {MEMO.preview.prompts!r}.")
+@click.option("--seed", "seeds", multiple=True, type=int, help=f"A seed; repeat for several (rows: prompt x seed). Default: {MEMO.preview.seeds}.")
+@click.option("--size", type=click.IntRange(64, 4096), help="Image side in pixels (a multiple of 64). Default: the model family's (512 for SD1).")
+@click.option("--steps", type=click.IntRange(1, 1000), default=MEMO.preview.steps, show_default=True, help="Sampling steps.")
+@click.option("--font", type=click.Path(dir_okay=False, path_type=Path), help="A .ttf/.otf font for the labels (the built-in one is ASCII only; for train: --set preview.font=FILE).")
+@engine_options
+def preview(lora, model, strengths, prompts, seeds, size, steps, font, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
+    """Render a strength sweep of LORA on MODEL: a labelled contact sheet (rows: prompt x seed;
+    columns: strengths; the 0 column framed) written beside the LoRA as <name>-preview.png, and
+    the single images in <name>-preview/.
+
+    gen_img.py runs once, the LoRA loaded once (unmerged); each image is one prompt-file line with
+    its own strength (--am) and seed (--d). Re-running with the same inputs does nothing.
+
+    \b
+    Example:
+      copymachine preview runs/girl/girl-outline.safetensors --model other-sd15.safetensors --seed 1 --seed 2
+    """
+    reporter = Reporter(verbose=verbose)
+    lora = lora.resolve()
+    summary = summarize_lora(lora)
+    lora_fam = lora_family(list(summary.modules), summary.metadata)
+    checkpoint = inspect_base_model(model, for_training=False)
+    if lora_fam is not None and lora_fam.name != checkpoint.family.name:
+        raise InputError(f"{lora.name} is a {lora_fam.label} LoRA but --model is {checkpoint.family.label}")
+    if size is not None and size % 64:
+        raise InputError(f"--size must be a multiple of 64, not {size}")
+    if font is not None and not font.is_file():
+        raise InputError(f"--font not found: {font}")
+    settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
+    precision = settings.mixed_precision if settings.mixed_precision != "no" else "float"
+    params = preview_params(
+        MEMO.preview,
+        checkpoint.family,
+        precision,
+        strengths=_numbers(strengths, float, "--strengths"),
+        prompts=list(prompts),
+        seeds=list(seeds),
+        size=size,
+        steps=steps,
+    )
+    folder = lora.parent
+    state = folder / ".copymachine"
+    hashes = HashCache(state / "hashes.json")
+    planner = Planner(state, state, hashes, kind_versions())
+    planner.plan.manifest_name = f"{lora.stem}-preview.manifest.json"
+    inputs = {"lora": planner.external(lora), "model": planner.external(checkpoint.path.resolve())}
+    if font is not None:
+        inputs["font"] = planner.external(font.resolve())
+    stage = planner.add("preview", "preview", f"strength sweep of {lora.name} on {checkpoint.path.name}", inputs=inputs, params=params, outputs=planned_outputs(params, lora.stem), workdir=folder)
+    n = len(params["prompts"]) * len(params["seeds"]) * len(params["strengths"])
+    reporter.info(f"preview: {n} images ({len(params['prompts'])} prompt(s) x {len(params['seeds'])} seed(s) x {len(params['strengths'])} strengths) at {params['size'][0]} px, {params['steps']} steps")
+    Pipeline(planner.plan, settings, reporter, hashes).run()
+    hashes.save()
+    click.echo(str(stage.outputs["sheet"]))
+
+
+# --- copymachine inspect ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("lora", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Everything as JSON (long metadata whole).")
+def inspect(lora, as_json):
+    """What is in a kohya LoRA: rank(s) and alpha(s), module counts (U-Net / text encoder), base
+    model version, sd-scripts' ss_* training metadata, copymachine's metadata and the weight norm
+    of each block (TE, IN00-IN11, MID, OUT00-OUT11). Reads the file only; needs no sd-scripts.
+
+    \b
+    Example:
+      copymachine inspect runs/girl/girl-outline.safetensors
+    """
+    report = lora_report(lora)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_report(report))

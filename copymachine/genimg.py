@@ -1,0 +1,94 @@
+"""Calling sd-scripts' gen_img.py: prompt files and command lines.
+
+Every image is one line of a `--from_file` prompt file carrying its own seed (`--d`), file name
+(`--f`), size, steps and scale, and, when a LoRA is loaded, its own multiplier (`--am`): so one
+gen_img.py run loads the model (and the LoRA, unmerged) once and renders a whole sweep.
+`--seed` is never passed: with a one-line prompt file it crashes gen_img.py. The model family
+flag (`--v1`/`--v2`/`--sdxl`) is always passed: gen_img.py otherwise guesses SDXL from the file
+size. `--network_merge` is never used: it bakes one multiplier in and disables `--am`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def clean_prompt(text: str) -> str:
+    """One line that gen_img.py reads back as it was written: it splits each line on " --"."""
+    return " ".join(text.replace(" --", " -").split())
+
+
+@dataclass(frozen=True)
+class PromptLine:
+    prompt: str
+    file_name: str
+    width: int
+    height: int
+    seed: int
+    steps: int
+    scale: float
+    negative_prompt: str = ""
+    multiplier: float | None = None  # --am: the LoRA's strength for this image
+
+    def render(self) -> str:
+        line = clean_prompt(self.prompt)
+        if self.negative_prompt:
+            line += f" --n {clean_prompt(self.negative_prompt)}"
+        line += f" --w {self.width} --h {self.height} --d {self.seed} --s {self.steps} --l {self.scale}"
+        if self.multiplier is not None:
+            line += f" --am {format_multiplier(self.multiplier)}"
+        return line + f" --f {self.file_name}"
+
+
+def format_multiplier(m: float) -> str:
+    """gen_img.py reads --am with the pattern [\\d.\\-,]+: plain decimals, no exponent, no '+'."""
+    text = f"{float(m):.6f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def render_prompt_file(lines: list[PromptLine]) -> str:
+    names = [line.file_name for line in lines]
+    if len(set(names)) != len(names):
+        raise ValueError("gen_img.py prompt lines need distinct file names")
+    for name in names:
+        if " " in name or "/" in name or "\\" in name or not name.endswith(".png"):
+            raise ValueError(f"gen_img.py output name must be a plain .png name without spaces: {name!r}")
+    return "".join(line.render() + "\n" for line in lines)
+
+
+def gen_img_args(
+    checkpoint: Path,
+    family_flag: str,
+    outdir: Path,
+    prompt_file: Path,
+    sampler: str,
+    precision: str | None = None,
+    tokenizer_cache_dir: Path | None = None,
+    loras: list[Path] | None = None,
+) -> list[str]:
+    """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, at 1.0
+    unless a line's --am says otherwise)."""
+    args = [
+        "--ckpt",
+        str(checkpoint),
+        family_flag,
+        "--outdir",
+        str(outdir),
+        "--from_file",
+        str(prompt_file),
+        "--sampler",
+        sampler,
+        "--images_per_prompt",
+        "1",
+        "--batch_size",
+        "1",
+    ]
+    if precision in ("fp16", "bf16"):
+        args.append(f"--{precision}")
+    if tokenizer_cache_dir:
+        args += ["--tokenizer_cache_dir", str(tokenizer_cache_dir)]
+    if loras:
+        args += ["--network_module", *["networks.lora"] * len(loras), "--network_weights", *[str(p) for p in loras]]
+        args += ["--network_mul", *["1.0"] * len(loras)]
+    return args

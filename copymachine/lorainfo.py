@@ -1,0 +1,139 @@
+"""`copymachine inspect`: what is in a kohya LoRA file, read from its header and tensors (no torch).
+
+Ranks and alphas, module counts (U-Net / text encoder), the base model version, sd-scripts'
+ss_* training metadata, copymachine's own keys, and the weight norm of every block: the
+Frobenius norm of the block's weight change, scale x up @ down with scale = alpha / rank, summed
+over its modules (sqrt of the sum of squares). Blocks are named as LoRA Block Weight names them:
+TE (TE1/TE2 for SDXL), IN00-IN11, MID, OUT00-OUT11.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from copymachine.lorafile import read_safetensors, summarize_lora
+from copymachine.models import lora_family
+
+# Keys whose values are long JSON documents: summarised in the text report, whole in --json.
+LONG_KEYS = ("ss_datasets", "ss_tag_frequency", "ss_dataset_dirs", "ss_bucket_info", "ss_reg_dataset_dirs")
+
+_SD1_BLOCK = re.compile(r"^lora_unet_(down|up)_blocks_(\d+)_(attentions|resnets|downsamplers|upsamplers)_(\d+)_")
+_SDXL_BLOCK = re.compile(r"^lora_unet_(input|output)_blocks_(\d+)_")
+
+
+def block_of(module: str) -> str:
+    """The block a module belongs to (LoRA Block Weight's names)."""
+    if module.startswith("lora_te1_"):
+        return "TE1"
+    if module.startswith("lora_te2_"):
+        return "TE2"
+    if module.startswith("lora_te"):
+        return "TE"
+    if module.startswith(("lora_unet_mid_block_", "lora_unet_middle_block_")):
+        return "MID"
+    m = _SD1_BLOCK.match(module)
+    if m:
+        side, block, part, index = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+        if side == "down":
+            return f"IN{3 * block + (3 if part == 'downsamplers' else index + 1):02d}"
+        return f"OUT{3 * block + (2 if part == 'upsamplers' else index):02d}"
+    m = _SDXL_BLOCK.match(module)
+    if m:
+        return f"{'IN' if m.group(1) == 'input' else 'OUT'}{int(m.group(2)):02d}"
+    return "other"
+
+
+def _block_order(name: str) -> tuple[int, int]:
+    order = {"TE": 0, "TE1": 0, "TE2": 1, "MID": 3, "other": 5}
+    if name in order:
+        return order[name], 0
+    if name.startswith("IN"):
+        return 2, int(name[2:])
+    return 4, int(name[3:])
+
+
+def delta_norm(down: np.ndarray, up: np.ndarray, alpha: float) -> float:
+    """||alpha/rank * up @ down||_F without forming the product (rank x rank matrices only)."""
+    rank = down.shape[0]
+    d = down.reshape(rank, -1).astype(np.float64)
+    u = up.reshape(up.shape[0], rank).astype(np.float64)
+    squared = float(np.sum((u.T @ u) * (d @ d.T)))
+    return abs(alpha / rank) * math.sqrt(max(squared, 0.0))
+
+
+def lora_report(path: Path) -> dict[str, Any]:
+    summary = summarize_lora(path)
+    st = read_safetensors(path)
+    md = summary.metadata
+    family = lora_family(list(summary.modules), md)
+    blocks: dict[str, dict[str, float]] = {}
+    for name, info in summary.modules.items():
+        norm = delta_norm(st.read(f"{name}.lora_down.weight"), st.read(f"{name}.lora_up.weight"), info["alpha"])
+        b = blocks.setdefault(block_of(name), {"modules": 0, "sq": 0.0})
+        b["modules"] += 1
+        b["sq"] += norm * norm
+    ranks = Counter(m["rank"] for m in summary.modules.values())
+    alphas = Counter(m["alpha"] for m in summary.modules.values())
+    return {
+        "file": str(path),
+        "size_bytes": Path(path).stat().st_size,
+        "modules": len(summary.modules),
+        "unet_modules": summary.unet_modules,
+        "text_encoder_modules": summary.text_encoder_modules,
+        "ranks": {str(r): n for r, n in sorted(ranks.items())},
+        "alphas": {f"{a:g}": n for a, n in sorted(alphas.items())},
+        "dtypes": sorted({m["dtype"] for m in summary.modules.values()}),
+        "base_model": {
+            "version": md.get("ss_base_model_version"),
+            "family": family.label if family else None,
+            "from": "metadata" if md.get("ss_base_model_version") else "module names",
+        },
+        "blocks": [
+            {"block": name, "modules": int(b["modules"]), "norm": round(math.sqrt(b["sq"]), 6)}
+            for name, b in sorted(blocks.items(), key=lambda kv: _block_order(kv[0]))
+        ],
+        "copymachine": {k: v for k, v in sorted(md.items()) if k.startswith("copymachine.")},
+        "ss": {k: v for k, v in sorted(md.items()) if k.startswith("ss_")},
+        "other_metadata": {k: v for k, v in sorted(md.items()) if not k.startswith(("ss_", "copymachine."))},
+    }
+
+
+def _short(key: str, value: str, width: int = 100) -> str:
+    if key in LONG_KEYS:
+        try:
+            parsed = json.loads(value)
+            return f"({type(parsed).__name__} of {len(parsed)}; --json shows it whole)"
+        except ValueError:
+            pass
+    value = value.replace("\n", " ")
+    return value if len(value) <= width else value[: width - 3] + "..."
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"{r['file']}  ({r['size_bytes'] / 1e6:.1f} MB)"]
+    base = r["base_model"]
+    lines.append(f"base model  {base['family'] or 'unknown'}" + (f" ({base['version']})" if base["version"] else f" (from {base['from']})"))
+    lines.append(f"modules     {r['modules']}: U-Net {r['unet_modules']}, text encoder {r['text_encoder_modules']}")
+    lines.append("rank        " + ", ".join(f"{k} ({n} modules)" for k, n in r["ranks"].items()))
+    lines.append("alpha       " + ", ".join(f"{k} ({n} modules)" for k, n in r["alphas"].items()))
+    lines.append(f"dtype       {', '.join(r['dtypes'])}")
+    lines.append("")
+    lines.append("block weight norms (||alpha/rank * up @ down||, per block)")
+    top = max((b["norm"] for b in r["blocks"]), default=0.0) or 1.0
+    for b in r["blocks"]:
+        bar = "#" * round(30 * b["norm"] / top)
+        lines.append(f"  {b['block']:<6} {b['norm']:>10.4f}  {b['modules']:>3} modules  {bar}")
+    for title, key in (("copymachine metadata", "copymachine"), ("sd-scripts training metadata (ss_*)", "ss"), ("other metadata", "other_metadata")):
+        lines.append("")
+        items = r[key]
+        lines.append(f"{title}" + ("" if items else ": none"))
+        for k, v in items.items():
+            lines.append(f"  {k} = {_short(k, v)}")
+    return "\n".join(lines)

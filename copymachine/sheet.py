@@ -1,0 +1,262 @@
+"""Contact sheets with Pillow only: a grid of images with a title, column headers, row labels and
+a frame around chosen columns (the strength-0 column of a preview).
+
+Labels use Pillow's built-in scalable font (`ImageFont.load_default(size=...)`, Aileron, ASCII
+only) unless a font file is given; with the built-in font, non-ASCII text is transliterated or
+shown as "?" rather than as boxes. Every label is shrunk, then shortened with "...", to fit its
+box: a label is never cut off at the edge of the sheet.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+BACKGROUND = (255, 255, 255)
+INK = (0, 0, 0)
+FRAME = (220, 30, 30)
+MIN_FONT = 9  # px: labels are not shrunk below this; they are shortened instead
+ELLIPSIS = "..."
+
+
+class Fonts:
+    """Fonts of one family at any size: the built-in one, or a TrueType/OpenType file."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = str(path) if path else None
+        self._cache: dict[int, ImageFont.ImageFont] = {}
+
+    @property
+    def scalable(self) -> bool:
+        return self.path is not None or _builtin_scalable()
+
+    def get(self, size: int) -> ImageFont.ImageFont:
+        size = max(1, int(size))
+        if size not in self._cache:
+            if self.path:
+                self._cache[size] = ImageFont.truetype(self.path, size)
+            else:
+                try:
+                    self._cache[size] = ImageFont.load_default(size=size)
+                except TypeError:  # Pillow < 10.1: one fixed bitmap font
+                    self._cache[size] = ImageFont.load_default()
+        return self._cache[size]
+
+    def text(self, text: str) -> str:
+        """What can be drawn: the built-in font has ASCII only."""
+        return text if self.path else ascii_label(text)
+
+
+def _builtin_scalable() -> bool:
+    try:
+        ImageFont.load_default(size=12)
+        return True
+    except TypeError:
+        return False
+
+
+def ascii_label(text: str) -> str:
+    """ASCII for the built-in font: accents dropped (é -> e), other characters as '?'."""
+    out = []
+    for ch in unicodedata.normalize("NFKD", text):
+        if ord(ch) < 128:
+            out.append(ch if ch.isprintable() else " ")
+        elif not unicodedata.combining(ch):
+            out.append("?")
+    return "".join(out)
+
+
+def text_width(font: ImageFont.ImageFont, text: str) -> int:
+    left, _, right, _ = font.getbbox(text) if text else (0, 0, 0, 0)
+    return int(right - min(left, 0))
+
+
+def line_height(font: ImageFont.ImageFont) -> int:
+    _, top, _, bottom = font.getbbox("Ag|")
+    return int(bottom - min(top, 0)) + 2
+
+
+def fit_text(fonts: Fonts, text: str, max_width: int, size: int, min_size: int = MIN_FONT) -> tuple[ImageFont.ImageFont, str]:
+    """The largest font (at most `size`, at least `min_size`) at which `text` fits `max_width`;
+    if it does not fit even at `min_size`, the text is shortened with '...'."""
+    text = fonts.text(text)
+    if fonts.scalable:
+        for s in range(int(size), int(min_size) - 1, -1):
+            font = fonts.get(s)
+            if text_width(font, text) <= max_width:
+                return font, text
+        font = fonts.get(min_size)
+    else:
+        font = fonts.get(size)
+    if text_width(font, text) <= max_width:
+        return font, text
+    while text and text_width(font, text + ELLIPSIS) > max_width:
+        text = text[:-1]
+    return font, (text.rstrip() + ELLIPSIS) if text else ""
+
+
+def wrap_text(fonts: Fonts, text: str, max_width: int, size: int, max_lines: int = 3) -> list[str]:
+    """Greedy word wrap at `size` into at most `max_lines` lines; what is left over joins the
+    last line (which `fit_text` then shrinks or shortens)."""
+    font = fonts.get(size)
+    words = fonts.text(text).split()
+    lines: list[str] = []
+    for word in words:
+        if lines and len(lines) <= max_lines and text_width(font, f"{lines[-1]} {word}") <= max_width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + [" ".join(lines[max_lines - 1 :])]
+    return lines or [""]
+
+
+def draw_centred(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, font, fill=INK) -> None:
+    # textbbox rather than anchor="mm": the bitmap font of old Pillow has no anchors.
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((round(centre[0] - (left + right) / 2), round(centre[1] - (top + bottom) / 2)), text, fill=fill, font=font)
+
+
+def draw_fitted(draw: ImageDraw.ImageDraw, fonts: Fonts, box: tuple[int, int, int, int], lines: Sequence[str], size: int, pad: int = 4) -> None:
+    """Draw lines centred in `box`, one under the other, each shrunk/shortened to its width."""
+    x0, y0, x1, y1 = box
+    if not lines:
+        return
+    fitted = [fit_text(fonts, line, max(1, x1 - x0 - 2 * pad), size) for line in lines]
+    heights = [line_height(f) for f, _ in fitted]
+    y = (y0 + y1) / 2 - sum(heights) / 2
+    for (font, text), h in zip(fitted, heights):
+        draw_centred(draw, ((x0 + x1) / 2, y + h / 2), text, font)
+        y += h
+
+
+@dataclass(frozen=True)
+class SheetLayout:
+    """Where everything goes on a sheet of `rows` x `cols` cells of `cell` pixels."""
+
+    rows: int
+    cols: int
+    cell: tuple[int, int]
+    label_width: int  # the row-label column at the left (0: none)
+    header_height: int  # column headers above the grid (0: none)
+    title_height: int = 0
+    margin: int = 12
+    gap: int = 8
+    footer_height: int = 0
+
+    @property
+    def grid_origin(self) -> tuple[int, int]:
+        x = self.margin + (self.label_width + self.gap if self.label_width else 0)
+        y = self.margin + self.title_height + self.header_height
+        return x, y
+
+    def cell_box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        if not (0 <= row < self.rows and 0 <= col < self.cols):
+            raise IndexError((row, col))
+        gx, gy = self.grid_origin
+        w, h = self.cell
+        x = gx + col * (w + self.gap)
+        y = gy + row * (h + self.gap)
+        return x, y, x + w, y + h
+
+    def header_box(self, col: int) -> tuple[int, int, int, int]:
+        x0, y0, x1, _ = self.cell_box(0, col)
+        return x0, y0 - self.header_height, x1, y0
+
+    def row_label_box(self, row: int) -> tuple[int, int, int, int]:
+        _, y0, _, y1 = self.cell_box(row, 0)
+        return self.margin, y0, self.margin + self.label_width, y1
+
+    def title_box(self) -> tuple[int, int, int, int]:
+        return self.margin, self.margin, self.size[0] - self.margin, self.margin + self.title_height
+
+    def column_frame(self, col: int, width: int = 3) -> tuple[int, int, int, int]:
+        """The frame around a whole column (header included), `width` px outside the cells."""
+        x0, y0, x1, _ = self.header_box(col)
+        _, _, _, y1 = self.cell_box(self.rows - 1, col)
+        o = width + 1
+        return x0 - o, y0 - o + 2, x1 + o - 1, y1 + o - 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        gx, gy = self.grid_origin
+        w, h = self.cell
+        width = gx + self.cols * w + (self.cols - 1) * self.gap + self.margin
+        height = gy + self.rows * h + (self.rows - 1) * self.gap + self.footer_height + self.margin
+        return width, height
+
+
+def display_size(size: tuple[int, int], largest: int = 512, smallest: int = 128) -> tuple[int, int]:
+    """The size an image is shown at on a sheet: its own, scaled into [smallest, largest]."""
+    w, h = size
+    scale = 1.0
+    if max(w, h) > largest:
+        scale = largest / max(w, h)
+    elif max(w, h) < smallest:
+        scale = smallest / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _fit_cell(image: Image.Image, cell: tuple[int, int]) -> Image.Image:
+    if image.size == cell:
+        return image
+    # display only: nearest neighbour when enlarging (pixels stay visible), Lanczos when reducing
+    method = Image.Resampling.NEAREST if image.width < cell[0] else Image.Resampling.LANCZOS
+    return image.convert("RGB").resize(cell, method)
+
+
+def contact_sheet(
+    cells: Sequence[Sequence[Image.Image | None]],
+    col_labels: Sequence[Sequence[str]] = (),
+    row_labels: Sequence[Sequence[str]] = (),
+    title: str | None = None,
+    framed_cols: Sequence[int] = (),
+    font: str | Path | None = None,
+    cell: tuple[int, int] | None = None,
+    font_size: int | None = None,
+) -> tuple[Image.Image, SheetLayout]:
+    """A labelled grid. `cells[row][col]` (None: left blank); each label is a list of lines."""
+    rows = len(cells)
+    cols = max((len(r) for r in cells), default=0)
+    if not rows or not cols:
+        raise ValueError("a sheet needs at least one cell")
+    first = next(im for r in cells for im in r if im is not None)
+    cell = cell or display_size(first.size)
+    fonts = Fonts(font)
+    size = font_size or max(12, min(20, cell[0] // 10))
+    line_h = line_height(fonts.get(size))
+    label_width = 0
+    if row_labels:
+        longest = max(text_width(fonts.get(size), fonts.text(line)) for r in row_labels for line in r)
+        label_width = min(max(longest + 8, cell[0] // 2), int(cell[0] * 1.25))
+        row_labels = [[w for line in r for w in wrap_text(fonts, line, label_width - 8, size)] for r in row_labels]
+    col_labels = [[w for line in c for w in wrap_text(fonts, line, cell[0] - 8, size, max_lines=2)] for c in col_labels]
+    header_lines = max((len(c) for c in col_labels), default=0)
+    layout = SheetLayout(
+        rows=rows,
+        cols=cols,
+        cell=cell,
+        label_width=label_width,
+        header_height=header_lines * line_h + 6 if header_lines else 0,
+        title_height=line_h + 6 if title else 0,
+    )
+    sheet = Image.new("RGB", layout.size, BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw_fitted(draw, fonts, layout.title_box(), [title], size)
+    for c, lines in enumerate(col_labels[:cols]):
+        draw_fitted(draw, fonts, layout.header_box(c), lines, size)
+    for r, lines in enumerate(row_labels[:rows]):
+        draw_fitted(draw, fonts, layout.row_label_box(r), lines, size)
+    for r, row in enumerate(cells):
+        for c, image in enumerate(row):
+            if image is not None:
+                x0, y0, _, _ = layout.cell_box(r, c)
+                sheet.paste(_fit_cell(image, cell), (x0, y0))
+    for c in framed_cols:
+        draw.rectangle(layout.column_frame(c), outline=FRAME, width=3)
+    return sheet, layout

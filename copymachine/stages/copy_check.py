@@ -1,0 +1,155 @@
+"""Stage: the copy check. Does the copy machine really copy?
+
+The copy-machine method works only if the copy model "outputs exactly the original image,
+whatever the prompt" (memo step 3): then all the effect LoRA can learn is the edit. This stage
+renders a few images from the copy model, each with its own prompt and seed, in one gen_img.py
+run at the training size, and measures how close each is to the original (SSIM; LPIPS too when
+the `lpips` extra is installed). It writes the images, a sheet (the original, then each image
+with its prompt and score) and the scores; the run stops when the mean SSIM is below the gate's
+`min_ssim` (recipe copy_check.min_ssim, default 0.8), unless `--no-copy-check`.
+
+For difference extraction there is no copy model: LoRA A is the copy machine, and it is checked
+loaded on the base model at strength 1 (the same weights a merge would give, without writing a
+4 GB model).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+from PIL import Image
+
+from copymachine.files import atomic_write_json, atomic_write_text
+from copymachine.genimg import PromptLine, gen_img_args, render_prompt_file
+from copymachine.images import load_rgb, save_png
+from copymachine.sheet import contact_sheet
+from copymachine.similarity import Lpips, reference_at, ssim_score
+from copymachine.stages import StageContext, StageKind
+
+CAPTION_PLACEHOLDER = "{caption}"  # in a prompt: the caption the copy LoRA was trained with
+ADVICE = "train the copy LoRA longer (--set copy.epochs=N) or check the captions"
+
+
+def image_output(i: int) -> str:
+    return f"image{i:02d}"
+
+
+def planned_outputs(n: int) -> dict[str, str]:
+    """The stage's outputs for `n` images (file names in its folder)."""
+    return {"sheet": "copy-check.png", "scores": "copy-check.json", **{image_output(i): f"copy-{i + 1}.png" for i in range(n)}}
+
+
+def prompt_lines(p: dict[str, Any], caption: str = "") -> list[PromptLine]:
+    width, height = p["size"]
+    return [
+        PromptLine(
+            prompt=prompt.replace(CAPTION_PLACEHOLDER, caption),
+            negative_prompt=p.get("negative_prompt", ""),
+            file_name=f"copy-{i + 1}.png",
+            width=width,
+            height=height,
+            seed=seed,
+            steps=p["steps"],
+            scale=p["scale"],
+        )
+        for i, (prompt, seed) in enumerate(zip(p["prompts"], p["seeds"]))
+    ]
+
+
+class CopyCheck(StageKind):
+    kind = "copy_check"
+    needs_engine = True
+
+    def execute(self, stage, ctx: StageContext) -> None:
+        p = stage.params
+        caption = ""
+        if "caption" in stage.inputs:
+            path = stage.input("caption")
+            # a dry run plans before the captions exist: the prompt file shows the placeholder
+            caption = path.read_text(encoding="utf-8").strip() if path.is_file() else CAPTION_PLACEHOLDER
+        lines = prompt_lines(p, caption)
+        prompt_file = stage.workdir / "config" / f"{stage.slug}-prompts.txt"
+        atomic_write_text(prompt_file, render_prompt_file(lines))
+        loras = [stage.input("lora")] if "lora" in stage.inputs else None
+        args = gen_img_args(stage.input("model"), p["family_flag"], ctx.scratch, prompt_file, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, loras)
+        images = [ctx.scratch_output(image_output(i)) for i in range(len(lines))]
+        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images)
+        if ctx.dry_run:
+            return
+        reference = reference_at(load_rgb(stage.input("original")), tuple(p["size"]))
+        lpips = Lpips.load()
+        results = []
+        for line, path in zip(lines, images):
+            image = load_rgb(path)
+            results.append(
+                {
+                    "file": stage.outputs[image_output(len(results))].name,
+                    "prompt": line.prompt,
+                    "seed": line.seed,
+                    "ssim": round(ssim_score(reference, image), 4),
+                    "lpips": _round(lpips.distance(reference, image)),
+                }
+            )
+        ssims = [r["ssim"] for r in results]
+        scores = {
+            "size": list(p["size"]),
+            "steps": p["steps"],
+            "sampler": p["sampler"],
+            "model": stage.input("model").name,
+            "lora": stage.input("lora").name if loras else None,
+            "images": results,
+            "mean_ssim": round(statistics.fmean(ssims), 4),
+            "min_ssim": min(ssims),
+            "lpips": "measured" if lpips.available else lpips.reason,
+        }
+        atomic_write_json(ctx.scratch_output("scores"), scores)
+        columns = [[reference] + [load_rgb(path) for path in images]]
+        labels = [["original", f"{p['size'][0]}x{p['size'][1]}"]]
+        for r in results:
+            score = f"SSIM {r['ssim']:.3f}" + (f"  LPIPS {r['lpips']:.3f}" if r["lpips"] is not None else "")
+            labels.append([f"seed {r['seed']}: {r['prompt'] or '(empty prompt)'}", score])
+        sheet, _ = contact_sheet(columns, col_labels=labels, title=f"copy check: {scores['lora'] or scores['model']}  (mean SSIM {scores['mean_ssim']:.3f})")
+        save_png(sheet, ctx.scratch_output("sheet"))
+
+    def validate(self, stage, name, path, ctx) -> dict[str, Any]:
+        if name == "scores":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {k: data[k] for k in ("mean_ssim", "min_ssim")} | {"ssim": [r["ssim"] for r in data["images"]], "lpips": [r["lpips"] for r in data["images"]]}
+        if name == "sheet" or name.startswith("image"):
+            with Image.open(path) as im:
+                im.verify()
+        return {}
+
+    def conclude(self, stage, stamp, reporter) -> dict[str, Any] | None:
+        facts = stamp.get("outputs", {}).get("scores", {})
+        if "mean_ssim" not in facts:
+            return None
+        threshold = float(stage.gate.get("min_ssim", 0.0))
+        what = "LoRA A on the base model" if "lora" in stage.inputs else "the copy model"
+        scores = ", ".join(f"{s:.3f}" for s in facts["ssim"])
+        lpips = [x for x in facts.get("lpips") or [] if x is not None]
+        lpips_text = f"; LPIPS {', '.join(f'{x:.3f}' for x in lpips)}" if lpips else ""
+        passed = facts["mean_ssim"] >= threshold
+        sheet = stage.outputs["sheet"]
+        reporter.info(
+            f"      copy check ({what} vs the original): SSIM {scores} (mean {facts['mean_ssim']:.3f}, "
+            f"need >= {threshold:g}){lpips_text} -> {'copies' if passed else 'does NOT copy'}; sheet: {sheet}"
+        )
+        verdict: dict[str, Any] = {"passed": passed, "mean_ssim": facts["mean_ssim"], "min_ssim_required": threshold}
+        if not passed:
+            subject = "LoRA A" if "lora" in stage.inputs else "the copy model"
+            verdict["message"] = (
+                f"{subject} does not copy yet: mean SSIM {facts['mean_ssim']:.3f} against the original "
+                f"(need >= {threshold:g}); {ADVICE}. Look at {sheet}; "
+                "--no-copy-check goes on anyway, --set copy_check.min_ssim=X changes the bar"
+            )
+        return verdict
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+KIND = CopyCheck()

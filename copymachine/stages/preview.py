@@ -1,0 +1,141 @@
+"""Stage: the strength-sweep preview of a LoRA on a model (the memo judged its LoRAs by eye, at
+several strengths, on a model they were not trained on).
+
+One gen_img.py run loads the model and the LoRA (unmerged) once; each cell is one prompt-file
+line with its own multiplier (`--am`) and seed (`--d`). The sheet has one row per prompt x seed
+and one column per strength, the strength-0 column (the model alone) framed; it is written next
+to the LoRA as `<name>-preview.png`, the single images in `<name>-preview/`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from copymachine.files import atomic_write_text
+from copymachine.genimg import PromptLine, format_multiplier, gen_img_args, render_prompt_file
+from copymachine.images import load_rgb, save_png
+from copymachine.sheet import contact_sheet
+from copymachine.stages import StageContext, StageKind
+
+
+def _unique(values: list) -> list:
+    return list(dict.fromkeys(values))
+
+
+def preview_params(recipe, family, precision: str, **overrides) -> dict[str, Any]:
+    """Stage parameters from the recipe's [preview] (`overrides`: strengths, prompts, seeds,
+    size, steps as the preview command's options give them). Duplicates are dropped."""
+    from copymachine.recipe import parse_number_list, split_prompts
+
+    strengths = overrides.get("strengths") or parse_number_list(recipe.strengths, float)
+    prompts = overrides.get("prompts") or split_prompts(recipe.prompts) or [""]
+    seeds = overrides.get("seeds") or parse_number_list(recipe.seeds, int)
+    side = overrides.get("size") or recipe.size or family.default_size
+    return {
+        "family_flag": family.gen_flag,
+        "strengths": _unique([float(s) for s in strengths]),
+        "prompts": _unique(list(prompts)),
+        "seeds": _unique([int(s) for s in seeds]),
+        "size": [int(side), int(side)],
+        "steps": int(overrides.get("steps") or recipe.steps),
+        "sampler": recipe.sampler,
+        "scale": recipe.scale,
+        "negative_prompt": recipe.negative_prompt,
+        "precision": precision,
+    }
+
+
+def cells(p: dict[str, Any]) -> list[tuple[int, int, int, float]]:
+    """(row, column, seed, strength) of every cell, rows = prompt x seed, columns = strengths."""
+    out = []
+    row = 0
+    for _prompt in p["prompts"]:
+        for seed in p["seeds"]:
+            for col, strength in enumerate(p["strengths"]):
+                out.append((row, col, seed, strength))
+            row += 1
+    return out
+
+
+def cell_output(row: int, col: int) -> str:
+    return f"cell-r{row:02d}-c{col:02d}"
+
+
+def cell_file(p: dict[str, Any], row: int, col: int) -> str:
+    seed = p["seeds"][row % len(p["seeds"])]
+    prompt = row // len(p["seeds"]) + 1
+    return f"prompt{prompt}-seed{seed}-m{format_multiplier(p['strengths'][col])}.png"
+
+
+def planned_outputs(p: dict[str, Any], stem: str) -> dict[str, str]:
+    """The stage's outputs: the sheet beside the LoRA, the cells in `<stem>-preview/`."""
+    outputs = {"sheet": f"{stem}-preview.png"}
+    for row, col, _, _ in cells(p):
+        outputs[cell_output(row, col)] = f"{stem}-preview/{cell_file(p, row, col)}"
+    return outputs
+
+
+def strength_label(s: float) -> str:
+    return "0 (off)" if s == 0 else f"{s:+g}"
+
+
+def prompt_lines(p: dict[str, Any]) -> list[PromptLine]:
+    width, height = p["size"]
+    return [
+        PromptLine(
+            prompt=p["prompts"][row // len(p["seeds"])],
+            negative_prompt=p.get("negative_prompt", ""),
+            file_name=cell_file(p, row, col),
+            width=width,
+            height=height,
+            seed=seed,
+            steps=p["steps"],
+            scale=p["scale"],
+            multiplier=strength,
+        )
+        for row, col, seed, strength in cells(p)
+    ]
+
+
+class Preview(StageKind):
+    kind = "preview"
+    needs_engine = True
+
+    def execute(self, stage, ctx: StageContext) -> None:
+        p = stage.params
+        # the run's config folder (for `copymachine preview`, <LoRA folder>/.copymachine/config):
+        # nothing but the sheet and the images lands beside the user's LoRA
+        prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
+        atomic_write_text(prompt_file, render_prompt_file(prompt_lines(p)))
+        args = gen_img_args(stage.input("model"), p["family_flag"], ctx.scratch, prompt_file, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, [stage.input("lora")])
+        layout = cells(p)
+        files = {(row, col): ctx.scratch_output(cell_output(row, col)) for row, col, _, _ in layout}
+        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=list(files.values()))
+        if ctx.dry_run:
+            return
+        rows = len(p["prompts"]) * len(p["seeds"])
+        grid: list[list[Image.Image | None]] = [[None] * len(p["strengths"]) for _ in range(rows)]
+        for (row, col), path in files.items():
+            grid[row][col] = load_rgb(path)
+        row_labels = [[p["prompts"][r // len(p["seeds"])], f"seed {p['seeds'][r % len(p['seeds'])]}"] for r in range(rows)]
+        col_labels = [[strength_label(s)] for s in p["strengths"]]
+        framed = [c for c, s in enumerate(p["strengths"]) if s == 0]
+        title = f"{stage.input('lora').name} on {stage.input('model').name}  ({p['size'][0]}x{p['size'][1]}, {p['steps']} steps, {p['sampler']})"
+        font = stage.input("font") if "font" in stage.inputs else None
+        sheet, _ = contact_sheet(grid, col_labels=col_labels, row_labels=row_labels, title=title, framed_cols=framed, font=font)
+        save_png(sheet, ctx.scratch_output("sheet"))
+
+    def validate(self, stage, name, path, ctx) -> dict[str, Any]:
+        with Image.open(path) as im:
+            size = im.size
+        return {"pixels": list(size)} if name == "sheet" else {}
+
+    def describe(self, stage) -> str:
+        p = stage.params
+        n = len(p["prompts"]) * len(p["seeds"])
+        return f"{stage.title}: gen_img.py, {n} row(s) x {len(p['strengths'])} strengths at {p['size'][0]}x{p['size'][1]}"
+
+
+KIND = Preview()
