@@ -235,15 +235,21 @@ class Pipeline:
             if not ref.path.is_file():
                 raise EngineError(f"stage '{stage.title}': its input {name} is missing: {ref.path}")
             inputs[name] = {"path": str(ref.path), "sha256": self.hashes.sha256(ref.path)}
-        kind.execute(stage, ctx)
+        try:
+            kind.execute(stage, ctx)
+            produced = {}
+            for name in stage.outputs:
+                path = ctx.scratch_output(name)
+                if not path.is_file():
+                    raise EngineError(f"stage '{stage.title}' finished without writing {path.name}. Log: {log_path}")
+                facts = kind.validate(stage, name, path, ctx)
+                produced[name] = (path, facts)
+        except BaseException:
+            # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept:
+            # the log holds what went wrong, and the next run starts the stage afresh
+            shutil.rmtree(ctx.scratch, ignore_errors=True)
+            raise
         outputs: dict[str, Any] = {}
-        produced = {}
-        for name in stage.outputs:
-            path = ctx.scratch_output(name)
-            if not path.is_file():
-                raise EngineError(f"stage '{stage.title}' finished without writing {path.name}. Log: {log_path}")
-            facts = kind.validate(stage, name, path, ctx)
-            produced[name] = (path, facts)
         for name, (path, facts) in produced.items():
             final = stage.outputs[name]
             move_into_place(path, final)

@@ -19,3 +19,49 @@ def scene_path(scene, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("scene") / "original.png"
     scene.image.save(path)
     return path
+
+
+FAKE_ROOT = Path(__file__).parent / "fake_sdscripts"
+
+
+class FakeEngine:
+    """The recording fake of sd-scripts, set up for one test: a fake base checkpoint, an offline
+    tokenizer folder, its call log, and the options every run command needs."""
+
+    def __init__(self, tmp: Path, monkeypatch):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("fake_make_checkpoint", FAKE_ROOT / "make_checkpoint.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.make_checkpoint = module.make_checkpoint
+        self.tmp = tmp
+        self.root = FAKE_ROOT.resolve()
+        self.base = Path(self.make_checkpoint(tmp / "base model.safetensors", family="sd15", seed=0))
+        self.tokenizers = tmp / "tokenizers"
+        (self.tokenizers / "openai_clip-vit-large-patch14").mkdir(parents=True)
+        self.log = tmp / "fake-calls.jsonl"
+        monkeypatch.setenv("COPYMACHINE_FAKE_LOG", str(self.log))
+        monkeypatch.delenv("COPYMACHINE_FAKE_FAIL", raising=False)
+        monkeypatch.delenv("SD_SCRIPTS", raising=False)
+        monkeypatch.delenv("SD_SCRIPTS_PYTHON", raising=False)
+        monkeypatch.delenv("COPYMACHINE_CACHE", raising=False)
+
+    @property
+    def engine_args(self) -> list[str]:
+        return ["--sd-scripts", str(self.root), "--python", sys.executable, "--tokenizer-cache-dir", str(self.tokenizers), "--offline"]
+
+    def calls(self) -> list[dict]:
+        import json
+
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def scripts(self) -> list[str]:
+        return [Path(c["script"]).name for c in self.calls()]
+
+
+@pytest.fixture
+def fake_engine(tmp_path, monkeypatch) -> FakeEngine:
+    return FakeEngine(tmp_path, monkeypatch)

@@ -64,7 +64,7 @@ def names(p):
 
 def test_copy_machine_single_image(env):
     p = make(env)
-    assert names(p) == ["original", "outline/edit", "captions", "copy-lora", "copy-model", "outline/effect-lora", "outline/resize", "outline/final"]
+    assert names(p) == ["original", "outline/edit", "captions", "copy-lora", "copy-model", "copy-check", "outline/effect-lora", "outline/resize", "outline/final"]
     cache = env["tmp"] / "cache"
     assert p.stage("copy-lora").workdir.parent == cache / "copy-lora"
     assert p.stage("copy-model").workdir.parent == cache / "copy-model"

@@ -9,14 +9,12 @@ Environment:
   SD_SCRIPTS_PYTHON        its Python (default: <SD_SCRIPTS>/venv/bin/python)
   COPYMACHINE_TEST_CACHE   fixture cache (default: ~/.cache/copymachine-integration)
 
-Heavy runs of the real scripts share one lock with anyone else on the machine:
-``flock /tmp/copymachine-heavy.lock`` (see ``heavy_cmd``).
+The suite peaks at ~13 GB (merge, extract): run one integration suite at a time on a machine.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,7 +23,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BUILD_FIXTURES = HERE / "build_fixtures.py"
-HEAVY_LOCK = "/tmp/copymachine-heavy.lock"
 REQUIRED_MODULES = ("torch", "torchvision", "accelerate", "transformers", "diffusers", "library")
 
 
@@ -82,13 +79,8 @@ def fixture_cache() -> Path:
     return d.resolve()
 
 
-def heavy_cmd(cmd: list[str]) -> list[str]:
-    """Wrap a heavy command in the machine-wide lock when flock exists."""
-    return (["flock", HEAVY_LOCK] + cmd) if shutil.which("flock") else cmd
-
-
 def _build(sd_python: Path, sd_scripts_dir: Path, cache: Path, *extra: str) -> None:
-    cmd = heavy_cmd([str(sd_python), str(BUILD_FIXTURES), "--sd-scripts", str(sd_scripts_dir), "--out", str(cache), *extra])
+    cmd = [str(sd_python), str(BUILD_FIXTURES), "--sd-scripts", str(sd_scripts_dir), "--out", str(cache), *extra]
     r = subprocess.run(cmd, cwd=sd_scripts_dir, capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         pytest.fail(f"building fixtures failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
@@ -121,12 +113,10 @@ def sd_env(sd_scripts_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def run_sd(sd_python: Path, sd_scripts_dir: Path, sd_env: dict):
-    """run_sd(code, *args, heavy=False) runs a snippet inside sd-scripts' Python (cwd = its root)."""
+    """run_sd(code, *args) runs a snippet inside sd-scripts' Python (cwd = its root)."""
 
-    def run(code: str, *args: str, heavy: bool = False, timeout: int = 1800) -> subprocess.CompletedProcess:
+    def run(code: str, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
         cmd = [str(sd_python), "-c", code, *args]
-        return subprocess.run(
-            heavy_cmd(cmd) if heavy else cmd, cwd=sd_scripts_dir, capture_output=True, text=True, env=sd_env, timeout=timeout
-        )
+        return subprocess.run(cmd, cwd=sd_scripts_dir, capture_output=True, text=True, env=sd_env, timeout=timeout)
 
     return run

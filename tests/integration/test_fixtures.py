@@ -36,7 +36,7 @@ def test_tokenizer_encodes_through_sd_scripts(run_sd, tokenizer_cache_dir):
 
 
 def test_checkpoint_loads_with_all_keys_matched(run_sd, random_sd15):
-    r = run_sd(LOAD, str(random_sd15), heavy=True)
+    r = run_sd(LOAD, str(random_sd15))
     assert r.returncode == 0, r.stderr[-3000:]
     # u-net, vae and text encoder: "loading u-net: <All keys matched successfully>" (COLUMNS=200: no wrapping)
     assert r.stderr.count("All keys matched") == 3, r.stderr[-3000:]

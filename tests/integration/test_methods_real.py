@@ -25,7 +25,7 @@ def ws(tmp_path_factory, sd_scripts_dir, sd_python, random_sd15, tokenizer_cache
     second = root / "second.png"
     Image.open(first).transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(90).save(second)
     engine = ["--sd-scripts", str(sd_scripts_dir), "--python", str(sd_python), "--device", "cpu", "--tokenizer-cache-dir", str(tokenizer_cache_dir)]
-    common = ["--base", str(random_sd15), "--resolution", "64", "--max-steps", "3", "--cache-dir", str(root / "cache"), *engine]
+    common = ["--base", str(random_sd15), "--resolution", "64", "--max-steps", "3", "--cache-dir", str(root / "cache"), "--no-copy-check", *engine]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     return {"root": root, "first": first, "second": second, "common": common, "engine": engine, "env": env}
 

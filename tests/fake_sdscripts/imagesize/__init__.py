@@ -1,0 +1,2 @@
+"""Stand-in for imagesize in the fake sd-scripts tree: copymachine's pre-flight only asks whether it
+is importable (importlib.util.find_spec); the fake scripts never import it."""

@@ -1,0 +1,249 @@
+"""`copymachine train / diff / merge / svd-merge / extract / resize` end to end through click's
+CliRunner, with the recording fake of sd-scripts standing in for the real engine (subprocesses,
+real argument lists, real config files; the fake rejects any option the pinned scripts reject)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageEnhance
+
+from copymachine.cli import cli
+from copymachine.errors import EXIT_ENGINE, EXIT_INPUT
+from copymachine.lorafile import read_safetensors, validate_lora
+
+
+@pytest.fixture
+def images(tmp_path, scene):
+    folder = tmp_path / "画像 'quoted' 100%"
+    folder.mkdir()
+    small = scene.image.resize((128, 128), Image.Resampling.LANCZOS)
+    original = folder / "original.png"
+    small.save(original)
+    edited = folder / "edited.png"
+    ImageEnhance.Contrast(small).enhance(1.6).save(edited)
+    second = folder / "second.png"
+    small.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(second)
+    return {"original": original, "edited": edited, "second": second, "folder": folder}
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def train_args(fake_engine, images, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--base",
+        str(fake_engine.base),
+        "--image",
+        str(images["original"]),
+        "--out",
+        str(out),
+        "--resolution",
+        "64",
+        "--max-steps",
+        "3",
+        "--no-copy-check",
+        *fake_engine.engine_args,
+        *extra,
+    ]
+
+
+def manifest(run_dir: Path) -> dict[str, dict]:
+    data = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    return {s["name"]: s for s in data["stages"]}
+
+
+def test_train_custom_edit_end_to_end_then_resume(fake_engine, images, tmp_path):
+    out = tmp_path / "runs" / 'my "run"'
+    args = train_args(fake_engine, images, out, "--edited", str(images["edited"]))
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    final = out / 'my "run"-custom.safetensors'
+    assert result.stdout.strip().splitlines()[-1] == str(final)
+    summary = validate_lora(final, expected_rank=8)
+    assert summary.ranks == [8] and summary.unet_modules == 192 and summary.text_encoder_modules == 72
+    assert read_safetensors(final).metadata["copymachine.effect"] == "custom"
+
+    scripts = fake_engine.scripts()
+    assert scripts == ["train_network.py", "merge_lora.py", "train_network.py", "resize_lora.py"]
+    copy_call, effect_call = [c for c in fake_engine.calls() if c["script"].endswith("train_network.py")]
+    # what sd-scripts was given: the memo's numbers, the right types, one image with its caption
+    cfg = copy_call["config"]
+    assert cfg["network_dim"] == 64 and cfg["network_alpha"] == 32.0 and cfg["optimizer_type"] == "AdamW"
+    assert cfg["lr_scheduler"] == "constant_with_warmup" and cfg["resolution"] == "64,64"
+    assert cfg["max_train_steps"] == 3 and copy_call["steps"] == 3
+    assert cfg["pretrained_model_name_or_path"] == str(fake_engine.base.resolve())
+    assert effect_call["config"]["pretrained_model_name_or_path"].endswith("copy-model.safetensors")
+    assert copy_call["dataset_config"]["datasets"][0]["subsets"][0]["num_repeats"] == 512
+    assert copy_call["num_train_images"] == 512  # one image x 512 repeats, as sd-scripts counts
+    # identical captions reached both trainings
+    captions = [Path(c["dataset_config"]["datasets"][0]["subsets"][0]["image_dir"]) / "image.txt" for c in (copy_call, effect_call)]
+    assert captions[0].read_text(encoding="utf-8") == captions[1].read_text(encoding="utf-8")
+
+    stages = manifest(out)
+    assert all(s["status"] == "done" for s in stages.values())
+    assert stages["copy-lora"]["outputs"]["lora"]["ranks"] == [64]
+    assert "step 3/3" in result.output
+
+    # the same command again trains nothing
+    before = len(fake_engine.calls())
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert len(fake_engine.calls()) == before
+    assert result.output.count("up to date, skipped") == len(stages)
+
+    # a changed parameter re-runs that stage and what depends on it
+    result = invoke(args + ["--rank", "4"])
+    assert result.exit_code == 0, result.output
+    assert fake_engine.scripts()[before:] == ["resize_lora.py"]
+    assert validate_lora(final).ranks == [4]
+
+
+def test_two_effects_train_the_copy_machine_once(fake_engine, images, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(train_args(fake_engine, images, out, "--effect", "outline", "--effect", "contrast"))
+    assert result.exit_code == 0, result.output
+    assert fake_engine.scripts().count("merge_lora.py") == 1
+    assert fake_engine.scripts().count("train_network.py") == 3
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["run-contrast.safetensors", "run-outline.safetensors"]
+    # another run of another effect of the same image finds the copy machine in the cache
+    result = invoke(train_args(fake_engine, images, tmp_path / "run2", "--effect", "flat"))
+    assert result.exit_code == 0, result.output
+    assert fake_engine.scripts().count("merge_lora.py") == 1
+    flat = [c for c in fake_engine.calls() if c["script"].endswith("train_network.py")][-1]
+    assert flat["config"]["network_dim"] == 128  # the memo's retrain of flat
+
+
+def test_difference_extraction_sign(fake_engine, images, tmp_path):
+    out = tmp_path / "diff"
+    base = ["diff", "--base", str(fake_engine.base), "--image", str(images["original"]), "--edited", str(images["edited"]), "--out", str(out), "--resolution", "64", "--max-steps", "3", "--no-copy-check", *fake_engine.engine_args]
+    result = invoke(base)
+    assert result.exit_code == 0, result.output
+    svd = [c for c in fake_engine.calls() if c["script"].endswith("svd_merge_lora.py")][0]
+    a, b = svd["args"]["models"]
+    assert a.endswith("lora-a.safetensors") and b.endswith("lora-b.safetensors")
+    assert svd["args"]["ratios"] == [-1.0, 1.0] and svd["args"]["new_rank"] == 8
+    final = Path(result.stdout.strip().splitlines()[-1])
+
+    def delta(path, module="lora_unet_mid_block_attentions_0_proj_in"):
+        st = read_safetensors(path)
+        down, up = st.read(f"{module}.lora_down.weight"), st.read(f"{module}.lora_up.weight")
+        alpha = float(st.read(f"{module}.alpha").reshape(-1)[0])
+        return (up.astype(np.float64).reshape(up.shape[0], -1) @ down.astype(np.float64).reshape(down.shape[0], -1)) * alpha / down.shape[0]
+
+    u, sv, vh = np.linalg.svd(delta(b) - delta(a), full_matrices=False)
+    target = (u[:, :8] * sv[:8]) @ vh[:8]  # the rank-8 truncation of B - A
+    got = delta(final)
+    cos = float((target.ravel() @ got.ravel()) / (np.linalg.norm(target) * np.linalg.norm(got)))
+    assert cos > 0.95
+    result = invoke(base + ["--sign", "memo", "--name", "memo"])
+    assert result.exit_code == 0, result.output
+    memo = delta(out / "memo.safetensors")
+    assert float((target.ravel() @ memo.ravel()) / (np.linalg.norm(target) * np.linalg.norm(memo))) < -0.95
+
+
+def test_two_images_by_the_memo_route_and_svd(fake_engine, images, tmp_path):
+    out = tmp_path / "two"
+    args = train_args(fake_engine, images, out, "--image", str(images["second"]), "--effect", "contrast")
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    scripts = fake_engine.scripts()
+    assert scripts.count("train_network.py") == 4 and "extract_lora_from_models.py" in scripts
+    processed = [c for c in fake_engine.calls() if c["script"].endswith("merge_lora.py")][-1]
+    assert processed["args"]["ratios"] == [0.5, 0.5]
+    before = len(scripts)
+    result = invoke(args + ["--combine", "svd", "--name", "svd"])
+    assert result.exit_code == 0, result.output
+    assert fake_engine.scripts()[before:] == ["svd_merge_lora.py"]
+    assert validate_lora(out / "svd.safetensors").ranks == [8]
+
+
+def test_dry_run_prints_commands_and_runs_nothing(fake_engine, images, tmp_path):
+    result = invoke(train_args(fake_engine, images, tmp_path / "dry", "--effect", "outline", "--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert fake_engine.calls() == []
+    assert result.stdout.count("accelerate.commands.launch") == 2
+    assert "merge_lora.py" in result.stdout and "resize_lora.py" in result.stdout
+    assert not (tmp_path / "dry" / "dry-outline.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("no-output", "exited 0 but wrote no copy-lora.safetensors"),
+        ("nan", "NaN loss"),
+        ("oom", "ran out of memory"),
+        ("exit1", "failed with exit code 1"),
+    ],
+)
+def test_sd_scripts_failures_become_one_clear_message(fake_engine, images, tmp_path, monkeypatch, mode, message):
+    monkeypatch.setenv("COPYMACHINE_FAKE_FAIL", f"train_network:{mode}")
+    out = tmp_path / "fail"
+    result = invoke(train_args(fake_engine, images, out, "--effect", "contrast"))
+    assert result.exit_code == EXIT_ENGINE
+    lines = [line for line in result.stderr.splitlines() if line.startswith("copymachine: error:")]
+    assert len(lines) == 1 and message in lines[0] and "copy LoRA" in lines[0]
+    assert str(out / "logs" / "copy-lora.log") in lines[0]
+    assert "  | " in result.stderr  # the log's last lines
+    assert "Traceback" not in result.stderr.split("copymachine: error:")[0].split("\n")[-1]
+    assert not list((tmp_path / "_cache").rglob("copy-lora.safetensors"))
+    assert manifest(out)["copy-lora"]["status"] == "failed"
+    # the next run, without the fault, finishes
+    monkeypatch.delenv("COPYMACHINE_FAKE_FAIL")
+    result = invoke(train_args(fake_engine, images, out, "--effect", "contrast"))
+    assert result.exit_code == 0, result.output
+
+
+def test_misaligned_custom_edit_is_refused_before_training(fake_engine, images, tmp_path):
+    shifted = tmp_path / "shifted.png"
+    im = Image.open(images["edited"])
+    Image.fromarray(np.roll(np.asarray(im), (5, 4), axis=(0, 1))).save(shifted)
+    result = invoke(train_args(fake_engine, images, tmp_path / "r", "--edited", str(shifted)))
+    assert result.exit_code == EXIT_INPUT
+    assert "your edit cannot be used" in result.stderr
+    assert fake_engine.calls() == []
+
+
+def test_tool_commands(fake_engine, images, tmp_path):
+    result = invoke(train_args(fake_engine, images, tmp_path / "r", "--effect", "contrast", "--rank", "0"))
+    assert result.exit_code == 0, result.output
+    lora = Path(result.stdout.strip().splitlines()[-1])
+    eng = fake_engine.engine_args
+
+    resized = tmp_path / "tools" / "r4.safetensors"
+    result = invoke(["resize", str(lora), "--rank", "4", "--out", str(resized), *eng])
+    assert result.exit_code == 0, result.output
+    assert validate_lora(resized).ranks == [4]
+    result = invoke(["resize", str(lora), "--rank", "128", "--out", str(resized), *eng])
+    assert result.exit_code == EXIT_INPUT and "above the LoRA's rank 64" in result.stderr
+
+    merged = tmp_path / "tools" / "merged.safetensors"
+    result = invoke(["merge", "--base", str(fake_engine.base), "--lora", f"{resized}:0.5", "--out", str(merged), *eng])
+    assert result.exit_code == 0, result.output
+    assert "merge: base model.safetensors + (0.5 x r4.safetensors)" in result.stderr
+    assert read_safetensors(merged).keys() == read_safetensors(fake_engine.base).keys()
+
+    extracted = tmp_path / "tools" / "extracted.safetensors"
+    result = invoke(["extract", "--base", str(fake_engine.base), "--tuned", str(merged), "--dim", "4", "--out", str(extracted), *eng])
+    assert result.exit_code == 0, result.output
+    assert max(validate_lora(extracted).ranks) <= 4
+
+    diff = tmp_path / "tools" / "diff.safetensors"
+    result = invoke(["svd-merge", "--lora", f"{lora}:1", "--lora", f"{resized}:-1", "--rank", "2", "--out", str(diff), *eng])
+    assert result.exit_code == 0, result.output
+    assert "result = 1 x " in result.stderr and "- 1 x r4.safetensors" in result.stderr
+    assert validate_lora(diff).ranks == [2]
+
+    # re-running a tool with unchanged inputs does nothing; a LoRA of another family is refused
+    before = len(fake_engine.calls())
+    assert invoke(["svd-merge", "--lora", f"{lora}:1", "--lora", f"{resized}:-1", "--rank", "2", "--out", str(diff), *eng]).exit_code == 0
+    assert len(fake_engine.calls()) == before
+    xl = Path(fake_engine.make_checkpoint(tmp_path / "xl.safetensors", family="sdxl"))
+    result = invoke(["merge", "--base", str(xl), "--lora", str(resized), "--out", str(tmp_path / "x.safetensors"), *eng])
+    assert result.exit_code == EXIT_INPUT and "is a Stable Diffusion 1.x LoRA, but the others are SDXL" in result.stderr
