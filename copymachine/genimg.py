@@ -66,6 +66,7 @@ def gen_img_args(
     precision: str | None = None,
     tokenizer_cache_dir: Path | None = None,
     loras: list[Path] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
     """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, at 1.0
     unless a line's --am says otherwise)."""
@@ -91,4 +92,4 @@ def gen_img_args(
     if loras:
         args += ["--network_module", *["networks.lora"] * len(loras), "--network_weights", *[str(p) for p in loras]]
         args += ["--network_mul", *["1.0"] * len(loras)]
-    return args
+    return args + list(extra)

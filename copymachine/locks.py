@@ -78,19 +78,22 @@ class FolderLock:
         self.fd = fd
         previous = self.holder()
         # The previous holder is dead (we hold the lock); end what it left running.
-        pgid = previous.get("child_pgid")
-        if pgid and previous.get("pid") != os.getpid() and marker and not process_alive(previous.get("pid", -1)):
-            kill_orphaned_group(int(pgid), marker)
+        if previous.get("pid") != os.getpid() and marker and not process_alive(previous.get("pid", -1)):
+            for pgid in previous.get("child_pgids", []):
+                kill_orphaned_group(int(pgid), marker)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
         self._write()
 
-    def set_child(self, pgid: int | None) -> None:
+    def set_child(self, pgid: int, alive: bool) -> None:
+        """Record (or forget) an sd-scripts process group started under this lock."""
         if self.fd is None:
             return
-        if pgid is None:
-            self.info.pop("child_pgid", None)
+        pgids = set(self.info.get("child_pgids", []))
+        if alive:
+            pgids.add(pgid)
         else:
-            self.info["child_pgid"] = pgid
+            pgids.discard(pgid)
+        self.info["child_pgids"] = sorted(pgids)
         self._write()
 
     def _write(self) -> None:
@@ -104,7 +107,7 @@ class FolderLock:
         if self.fd is None:
             return
         try:
-            self.info.pop("child_pgid", None)
+            self.info.pop("child_pgids", None)
             self._write()
             _unlock(self.fd)
         finally:

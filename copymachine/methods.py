@@ -218,7 +218,7 @@ class _Builder:
                 params={
                     "family_flag": self.family.gen_flag,
                     **dataclasses.asdict(g),
-                    "precision": self.settings.mixed_precision if self.settings.mixed_precision != "no" else "float",
+                    "precision": self._gen_precision(),
                 },
                 outputs={"image": "generated.png", "prompt": "prompt.txt"},
                 shared_as="generated",
@@ -294,13 +294,19 @@ class _Builder:
             warmup = int(training.warmup_steps * self.request.max_steps / steps)
         return {
             "family": self.family.as_params(),
-            "training": dataclasses.asdict(training),
+            "training": self._training_dict(training),
             "size": list(size),
             "max_train_steps": max_train_steps,
             "warmup_steps": warmup,
             "mixed_precision": self.settings.mixed_precision,
             "training_options": dict(self.settings.training_options),
         }
+
+    def _training_dict(self, training: TrainingRecipe) -> dict[str, Any]:
+        d = dataclasses.asdict(training)
+        if self.settings.profile.optimizer:  # the low-VRAM profile's 8-bit AdamW
+            d["optimizer"] = self.settings.profile.optimizer
+        return d
 
     def _merge_precision(self) -> dict[str, str]:
         return {"precision": self.recipe.merge.precision, "save_precision": self.recipe.merge.save_precision}
@@ -456,7 +462,7 @@ class _Builder:
         self.plan.info["preview_model"] = str(model)
 
     def _gen_precision(self) -> str:
-        return self.settings.mixed_precision if self.settings.mixed_precision != "no" else "float"
+        return self.settings.profile.gen_precision
 
     def weight(self) -> float:
         n = len(self.request.sources)

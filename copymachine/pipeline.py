@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from copymachine.files import HashCache, atomic_write_json, move_into_place
 from copymachine.locks import FolderLock
 from copymachine.plan import Plan, Stage
 from copymachine.progress import Reporter
-from copymachine.runner import command_line
+from copymachine.runner import command_line, stop_group
 from copymachine.stages import Settings, StageContext, kinds, reset_scratch
 
 
@@ -66,6 +69,7 @@ class Manifest:
             "stages": [],
         }
         self._records: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()
         for stage in plan.stages:
             record = {
                 "name": stage.name,
@@ -84,20 +88,36 @@ class Manifest:
             self._records[stage.name] = record
             self.data["stages"].append(record)
 
-    def update(self, stage: Stage, status: str, stamp: dict[str, Any] | None = None) -> None:
-        record = self._records[stage.name]
-        record["status"] = status
-        if stamp:
-            for field in ("inputs", "outputs", "commands", "argv", "configs", "log", "started", "finished", "duration_s", "sd_scripts_commit"):
-                if field in stamp:
-                    record[field] = stamp[field]
+    def update(self, stage: Stage, status: str, stamp: dict[str, Any] | None = None, **extra: Any) -> None:
+        """Record a stage's status (and its stamp's facts), then write the manifest."""
+        with self._lock:
+            record = self._records[stage.name]
+            record["status"] = status
+            if stamp:
+                for field in ("inputs", "outputs", "commands", "argv", "configs", "log", "started", "finished", "duration_s", "sd_scripts_commit"):
+                    if field in stamp:
+                        record[field] = stamp[field]
+            record.update(extra)
+            self.save()
 
     def record(self, stage: Stage) -> dict[str, Any]:
         return self._records[stage.name]
 
     def save(self) -> None:
-        self.data["updated"] = _now()
-        atomic_write_json(self.path, self.data)
+        with self._lock:
+            self.data["updated"] = _now()
+            atomic_write_json(self.path, self.data)
+
+
+def _ancestors(name: str, deps: dict[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(deps.get(name, ()))
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(deps.get(n, ()))
+    return seen
 
 
 def _ref(ref) -> dict[str, Any]:
@@ -115,6 +135,8 @@ class Pipeline:
         self.hashes = hashes
         self.manifest = Manifest(plan, settings, argv or sys.argv)
         self._locks: list[FolderLock] = []
+        self._children: set[int] = set()
+        self._mutex = threading.RLock()  # locks, children, manifest: stages finish on worker threads
 
     # --- what is done -------------------------------------------------------------------
 
@@ -141,66 +163,178 @@ class Pipeline:
     def _marker(self) -> str:
         return str(self.settings.engine.root) if self.settings.engine else ""
 
-    def _on_child(self, pgid: int | None) -> None:
-        for lock in self._locks:
-            lock.set_child(pgid)
+    def _on_child(self, pgid: int, alive: bool) -> None:
+        with self._mutex:
+            if alive:
+                self._children.add(pgid)
+            else:
+                self._children.discard(pgid)
+            for lock in self._locks:
+                lock.set_child(pgid, alive)
 
-    def run(self, dry_run: bool = False, wait: bool = True) -> list[Stage]:
-        """Run every stage that is not done; returns the stages that ran."""
-        ran: list[Stage] = []
+    def dependencies(self) -> dict[str, set[str]]:
+        """What each stage waits for: the stages whose outputs it reads, its `after`, and every
+        gate (a check) planned before it — a failed check stops the trainings after it."""
+        names = {s.name for s in self.plan.stages}
+        deps: dict[str, set[str]] = {}
+        gates: list[str] = []
+        for stage in self.plan.stages:
+            d = {ref.producer for ref in stage.inputs.values() if ref.producer} | set(stage.after) | set(gates)
+            deps[stage.name] = d & names
+            if getattr(stage, "gate", None):
+                gates.append(stage.name)
+        return deps
+
+    def _results(self, deps: dict[str, set[str]]) -> dict[str, set[str]]:
+        """For each stage, the end products (stages nothing depends on) it leads to."""
+        dependents: dict[str, set[str]] = {s.name: set() for s in self.plan.stages}
+        for name, d in deps.items():
+            for dep in d:
+                dependents[dep].add(name)
+        reach: dict[str, set[str]] = {}
+        for stage in reversed(self.plan.stages):
+            below = dependents[stage.name]
+            reach[stage.name] = set().union(*(reach[n] for n in below)) if below else {stage.name}
+        return reach
+
+    def run(self, dry_run: bool = False, wait: bool = True, jobs: int = 1) -> list[Stage]:
+        """Run every stage that is not done, up to `jobs` at once; returns the stages that ran.
+
+        A stage starts when what it depends on is done. A failed stage stops only what depends
+        on it: the other effects of the run go on, and the first failure is raised at the end
+        (after a summary, when the run makes several LoRAs)."""
         if dry_run:
             self._dry_run()
-            return ran
+            return []
+        jobs = max(1, jobs)
+        self.reporter.parallel = jobs > 1
         run_lock = FolderLock(self.plan.run_dir, f"run folder {self.plan.run_dir}")
         run_lock.acquire(wait=wait, on_wait=lambda h: self.reporter.info(f"waiting for the run folder lock ({h.get('command', 'another copymachine')})"), marker=self._marker())
         self._locks = [run_lock]
+        index = {s.name: i for i, s in enumerate(self.plan.stages, 1)}
+        deps = self.dependencies()
+        reach = self._results(deps)
+        state = {s.name: "pending" for s in self.plan.stages}
+        failures: list[tuple[Stage, BaseException]] = []
+        ran: list[Stage] = []
+        running: dict[Future, Stage] = {}
+        free_gpus = list(range(self.settings.gpus)) if self.settings.gpus > 1 and jobs > 1 else []
+        gpu_of: dict[str, int] = {}
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage")
         try:
-            total = len(self.plan.stages)
-            for index, stage in enumerate(self.plan.stages, 1):
-                if stage.shared:
-                    lock = FolderLock(stage.workdir, f"cache entry {stage.workdir}")
-                    lock.acquire(wait=wait, on_wait=lambda h: self.reporter.info(f"waiting for another run building {stage.title} ({h.get('command', '')})"), marker=self._marker())
-                    self._locks.append(lock)
-                    try:
-                        if self._run_stage(index, total, stage):
+            while True:
+                for stage in self.plan.stages:
+                    if state[stage.name] == "pending" and any(state[d] in ("failed", "blocked") for d in deps[stage.name]):
+                        state[stage.name] = "blocked"
+                lost = {n for n, st in state.items() if st in ("failed", "blocked")}
+                for stage in self.plan.stages:
+                    if len(running) >= jobs:
+                        break
+                    name = stage.name
+                    if state[name] != "pending" or not all(state[d] == "done" for d in deps[name]):
+                        continue
+                    if not (reach[name] - lost):
+                        continue  # everything it leads to has failed already
+                    state[name] = "running"
+                    gpu = free_gpus.pop(0) if free_gpus and kinds()[stage.kind].needs_engine else None
+                    if gpu is not None:
+                        gpu_of[name] = gpu
+                    running[pool.submit(self._run_locked, index[name], len(index), stage, wait, gpu)] = stage
+                if not running:
+                    break
+                finished, _ = futures_wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    stage = running.pop(future)
+                    if stage.name in gpu_of:
+                        free_gpus.append(gpu_of.pop(stage.name))
+                    error = future.exception()
+                    if error is None:
+                        state[stage.name] = "done"
+                        if future.result():
                             ran.append(stage)
-                    finally:
-                        self._locks.remove(lock)
-                        lock.release()
-                elif self._run_stage(index, total, stage):
-                    ran.append(stage)
+                    else:
+                        state[stage.name] = "failed"
+                        failures.append((stage, error))
+                        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit
+                            raise error
+        except BaseException:
+            self._stop_children()
+            for future in running:
+                try:
+                    future.result(timeout=60)
+                except BaseException:
+                    pass
+            raise
         finally:
+            pool.shutdown(wait=True)
             self.hashes.save()
             run_lock.release()
+        if failures:
+            if len(self.plan.finals) > 1:
+                self.reporter.summary(self._summary(state, failures))
+            raise failures[0][1]
         return ran
 
-    def _run_stage(self, index: int, total: int, stage: Stage) -> bool:
+    def _stop_children(self) -> None:
+        """Ctrl-C (or a crash) in copymachine: stop every running sd-scripts group cleanly."""
+        with self._mutex:
+            children = list(self._children)
+        for pgid in children:
+            stop_group(pgid)
+
+    def _summary(self, state: dict[str, str], failures: list[tuple[Stage, BaseException]]) -> list[tuple[str, str]]:
+        failed = {stage.name: error for stage, error in failures}
+        deps = self.dependencies()
+        rows = []
+        for effect, path in self.plan.finals.items():
+            final = f"{effect}/final"
+            if state.get(final) == "done":
+                rows.append((effect, str(path)))
+                continue
+            needed = _ancestors(final, deps) | {final}
+            cause = next((n for n in failed if n in needed), None)
+            if cause:
+                rows.append((effect, f"failed in '{self.plan.stage(cause).title}': {failed[cause]}"))
+            else:
+                rows.append((effect, "not run: a stage it needs failed"))
+        return rows
+
+    def _run_locked(self, index: int, total: int, stage: Stage, wait: bool, gpu: int | None) -> bool:
+        if not stage.shared:
+            return self._run_stage(index, total, stage, gpu)
+        lock = FolderLock(stage.workdir, f"cache entry {stage.workdir}")
+        lock.acquire(wait=wait, on_wait=lambda h: self.reporter.info(f"waiting for another run building {stage.title} ({h.get('command', '')})"), marker=self._marker())
+        with self._mutex:
+            self._locks.append(lock)
+        try:
+            return self._run_stage(index, total, stage, gpu)
+        finally:
+            with self._mutex:
+                self._locks.remove(lock)
+            lock.release()
+
+    def _run_stage(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
         stamp = self.done_stamp(stage)
         if stamp:
             where = str(stage.workdir) if stage.shared else ", ".join(p.name for p in stage.outputs.values())
             self.reporter.stage_skip(index, total, stage.title, where)
             self.manifest.update(stage, "skipped", stamp)
-            self.manifest.save()
             self._conclude(stage, kinds()[stage.kind], stamp)
             return False
         kind = kinds()[stage.kind]
         log_path = self.plan.run_dir / "logs" / f"{stage.slug}.log"
         self.reporter.stage_start(index, total, kind.describe(stage), str(log_path) if kind.needs_engine else None)
         self.manifest.update(stage, "running")
-        self.manifest.save()
         try:
-            stamp = self._execute(stage, kind, log_path)
+            stamp = self._execute(stage, kind, log_path, gpu)
         except CopymachineError:
             self.manifest.update(stage, "failed")
-            self.manifest.save()
             raise
         except KeyboardInterrupt:
             self.manifest.update(stage, "interrupted")
-            self.manifest.save()
             raise
         self.manifest.update(stage, "done", stamp)
-        self.manifest.save()
-        self.reporter.stage_done(stamp["duration_s"], [str(p) for p in stage.outputs.values()])
+        self.reporter.stage_done(stage.title, stamp["duration_s"], [str(p) for p in stage.outputs.values()])
         self._conclude(stage, kind, stamp)
         return True
 
@@ -209,12 +343,11 @@ class Pipeline:
         verdict = kind.conclude(stage, stamp, self.reporter)
         if verdict is None:
             return
-        self.manifest.record(stage)["verdict"] = verdict
-        self.manifest.save()
+        self.manifest.update(stage, self.manifest.record(stage)["status"], verdict=verdict)
         if not verdict.get("passed", True):
             raise CheckFailed(verdict.get("message", f"stage '{stage.title}' did not pass"), details=verdict.get("details", []))
 
-    def _execute(self, stage: Stage, kind, log_path: Path) -> dict[str, Any]:
+    def _execute(self, stage: Stage, kind, log_path: Path, gpu: int | None = None) -> dict[str, Any]:
         stamp_file = stamp_path(stage)
         if stamp_file.exists():
             stamp_file.unlink()  # what is at the final paths is not trusted until the new stamp
@@ -226,6 +359,7 @@ class Pipeline:
             hashes=self.hashes,
             log_path=log_path,
             on_child=self._on_child,
+            gpu=gpu,
         )
         reset_scratch(ctx.scratch)
         started = _now()
@@ -290,7 +424,6 @@ class Pipeline:
             stamp = self.done_stamp(stage, check_inputs=all(r.path.is_file() for r in stage.inputs.values()))
             if stamp:
                 out.write(f"# [{index}/{total}] {stage.title}: up to date ({stage.workdir})\n")
-                self.manifest.update(stage, "skipped", stamp)
                 continue
             ctx = StageContext(
                 plan=self.plan, stage=stage, settings=self.settings, reporter=self.reporter, hashes=self.hashes, log_path=Path(), dry_run=True

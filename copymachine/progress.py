@@ -7,7 +7,9 @@ On a terminal the progress line redraws in place; on a pipe or in a log it print
 
 from __future__ import annotations
 
+import shutil
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -30,17 +32,21 @@ class Reporter:
         self.stream = stream or sys.stderr
         self.verbose = verbose
         self.live = is_tty(self.stream) if live is None else live
+        self.parallel = False  # several stages run at once: name them on every line
+        self._lock = threading.RLock()
         self._last_draw = 0.0
-        self._last_decile = -1
+        self._deciles: dict[str, int] = {}
+        self._jobs: dict[str, Progress] = {}
         self._drawn = False
         self.warnings: list[str] = []
 
     def _print(self, text: str) -> None:
-        if self._drawn:
-            self.stream.write("\r\033[K")
-            self._drawn = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        with self._lock:
+            if self._drawn:
+                self.stream.write("\r\033[K")
+                self._drawn = False
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def info(self, text: str) -> None:
         self._print(text)
@@ -50,20 +56,21 @@ class Reporter:
         self._print(f"warning: {text}")
 
     def stage_start(self, index: int, total: int, description: str, log: str | None) -> None:
-        self._last_decile = -1
         self._print(f"[{index}/{total}] {description}" + (f"  (log: {log})" if log else ""))
 
     def stage_skip(self, index: int, total: int, title: str, where: str) -> None:
         self._print(f"[{index}/{total}] {title}: up to date, skipped ({where})")
 
-    def stage_done(self, seconds: float, outputs: list[str]) -> None:
-        self._print(f"      done in {_duration(seconds)} -> {', '.join(outputs)}")
+    def stage_done(self, title: str, seconds: float, outputs: list[str]) -> None:
+        who = f"{title}: " if self.parallel else ""
+        self._print(f"      {who}done in {_duration(seconds)} -> {', '.join(outputs)}")
 
     def command(self, argv: list[str]) -> None:
         if self.verbose:
             self._print(f"      $ {command_line(argv)}")
 
-    def progress(self, p: Progress) -> None:
+    @staticmethod
+    def _describe(p: Progress) -> str:
         label = p.desc or "progress"
         if label == "steps":
             label = "step"
@@ -74,23 +81,44 @@ class Reporter:
             parts.append(f"loss {p.loss:.4f}")
         if p.eta and p.eta != "?":
             parts.append(f"eta {p.eta}")
-        text = "      " + " · ".join(parts)
-        if self.live:
-            now = time.monotonic()
-            if now - self._last_draw < 0.2 and p.step != p.total:
-                return
-            self._last_draw = now
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
-            self._drawn = True
-            return
-        decile = (10 * p.step // p.total) if p.total else 0
-        if p.desc == "steps" and decile != self._last_decile:
-            self._last_decile = decile
-            self._print(text)
+        return " · ".join(parts)
 
-    def end_progress(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+    def progress(self, p: Progress, job: str = "") -> None:
+        """Live progress of one running stage (`job`); several jobs share one line on a terminal."""
+        with self._lock:
+            self._jobs[job] = p
+            if self.live:
+                now = time.monotonic()
+                if now - self._last_draw < 0.2 and p.step != p.total:
+                    return
+                self._last_draw = now
+                if len(self._jobs) == 1 and not self.parallel:
+                    text = "      " + self._describe(p)
+                else:
+                    text = "      " + " | ".join(f"{name}: {q.step}/{q.total}" + (f" {q.rate}" if q.rate and "?" not in q.rate else "") for name, q in self._jobs.items())
+                width = shutil.get_terminal_size((120, 24)).columns
+                self.stream.write("\r\033[K" + text[: width - 1])
+                self.stream.flush()
+                self._drawn = True
+                return
+            decile = (10 * p.step // p.total) if p.total else 0
+            if p.desc == "steps" and decile != self._deciles.get(job, -1):
+                self._deciles[job] = decile
+                who = f"{job}: " if self.parallel else ""
+                self._print(f"      {who}{self._describe(p)}")
+
+    def end_progress(self, job: str = "") -> None:
+        with self._lock:
+            self._jobs.pop(job, None)
+            self._deciles.pop(job, None)
+            if self._drawn and not self._jobs:
+                self.stream.write("\n")
+                self.stream.flush()
+                self._drawn = False
+
+    def summary(self, rows: list[tuple[str, str]]) -> None:
+        """One line per result at the end of a run of several effects."""
+        width = max(len(name) for name, _ in rows)
+        self._print("summary:")
+        for name, result in rows:
+            self._print(f"  {name.ljust(width)}  {result}")

@@ -124,21 +124,44 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()
         return
-    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+    stop_group(proc.pid, grace_s, wait=lambda t: _waited(proc, t))
+
+
+def _waited(proc: subprocess.Popen, timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def stop_group(pgid: int, grace_s: float = 10.0, wait: Callable[[float], bool] | None = None) -> None:
+    """SIGINT to a process group (sd-scripts stops like on Ctrl-C), then SIGTERM, then SIGKILL.
+    `wait(t)` says whether the group's leader ended within t seconds (default: the group)."""
+    wait = wait or (lambda t: _group_gone(pgid, t))
+    for sig, patience in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
         except ProcessLookupError:
             return
-        try:
-            proc.wait(timeout=wait)
+        if wait(patience):
             # The leader is gone; members of its group may still be winding down.
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def run_command(

@@ -9,6 +9,7 @@ from typing import Callable
 import click
 
 from copymachine import engine as engine_mod
+from copymachine import profiles
 from copymachine.errors import EnvironmentProblem
 from copymachine.progress import Reporter
 from copymachine.stages import Settings
@@ -56,8 +57,10 @@ def make_settings(
     offline: bool,
     reporter: Reporter,
     require: bool = True,
+    low_vram: bool = False,
 ) -> Settings:
-    """Locate sd-scripts, ask its Python what it has, and choose precision for the device."""
+    """Locate sd-scripts, ask its Python what it has, and choose the device profile
+    (copymachine/profiles.py): the GPU profile when its torch sees a CUDA GPU, else the CPU."""
     engine = engine_mod.locate(sd_scripts, python)
     if engine.commit and not engine.pinned:
         reporter.warn(
@@ -80,17 +83,14 @@ def make_settings(
     if device == "cuda" and not cuda:
         raise EnvironmentProblem(f"--device cuda, but the torch of {engine.python} sees no CUDA GPU")
     use_cuda = cuda and device != "cpu"
-    if use_cuda:
-        mixed_precision = "bf16" if probe.bf16 else "fp16"  # type: ignore[union-attr]
-    else:
-        mixed_precision = "no"
+    if low_vram and not use_cuda:
+        reporter.warn("--low-vram has no effect on the CPU: training there uses no GPU memory")
+    profile = profiles.gpu_profile(bool(probe.bf16), low_vram) if use_cuda else profiles.CPU  # type: ignore[union-attr]
     return Settings(
         engine=engine,
         probe=probe,
-        mixed_precision=mixed_precision,
-        device="cuda" if use_cuda else "cpu",
+        profile=profile,
         tokenizer_cache_dir=Path(tokenizer_cache_dir).resolve() if tokenizer_cache_dir else None,
         offline=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
-        # one image: no data loader worker processes needed
-        training_options={"max_data_loader_n_workers": 0},
+        gpus=len(probe.gpus) if use_cuda else 0,  # type: ignore[union-attr]
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from copymachine import effects as effect_registry
+from copymachine import profiles
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
 from copymachine.cli.see import see_options, see_recipe_sets, see_request
@@ -98,6 +99,8 @@ def method_options(f):
         click.option("--combine", type=click.Choice(["merge", "svd"]), help="How several images' LoRAs are combined: merge = the memo's steps 7-9 (merge into the model, extract, resize); svd = svd_merge_lora.py, exact and cheaper."),
         click.option("--absorb", multiple=True, metavar="STYLE.safetensors[:RATIO]", help="Merge a style LoRA into the base model first; every training uses the result (the memo's tip). Repeatable."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where shared stages (copy LoRAs, copy models, LoRA A) are kept. Default: $COPYMACHINE_CACHE, else <run folder>/../_cache."),
+        click.option("--jobs", type=click.IntRange(1), help="Trainings run side by side (several effects or images): one per GPU on a multi-GPU machine, else as many as the GPU's free memory holds (default); CPU runs stay sequential."),
+        click.option("--low-vram", is_flag=True, help="For 8 GB cards: gradient checkpointing, 8-bit AdamW, latents cached on disk. Opt-in: the memo trains with plain AdamW."),
         click.option("--dry-run", is_flag=True, help="Write the configs and print every command; run nothing."),
         click.option("--no-wait", is_flag=True, help="Exit at once (code 6) instead of waiting when another run holds the run folder or a cache entry."),
     ]
@@ -143,7 +146,7 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
         if effect not in effects:
             raise InputError(f"--set {effect}.… sets a parameter of {effect}, which this run does not train")
 
-    settings = make_settings(o["sd_scripts"], o["python"], o["device"], o["tokenizer_cache_dir"], o["offline"], reporter, require=not o["dry_run"])
+    settings = make_settings(o["sd_scripts"], o["python"], o["device"], o["tokenizer_cache_dir"], o["offline"], reporter, require=not o["dry_run"], low_vram=o["low_vram"])
     request = Request(
         method=method,
         base=o["base"],
@@ -168,10 +171,20 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
     the_plan = plan(request, settings, hashes)
     reporter.info(
         f"copymachine {method}: {model.family.label} base {o['base'].name}; {len(request.sources)} image(s); "
-        f"effects: {', '.join(effects)}; run folder {the_plan.run_dir}; device {settings.device}"
+        f"effects: {', '.join(effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"
         + (f" ({settings.mixed_precision})" if settings.mixed_precision != "no" else "")
     )
-    Pipeline(the_plan, settings, reporter, hashes).run(dry_run=o["dry_run"], wait=not o["no_wait"])
+    trainings = len(request.effects) * len(request.sources)
+    if settings.device == "cpu":
+        if o["jobs"] and o["jobs"] > 1:
+            reporter.warn("--jobs: CPU runs stay sequential (parallel trainings would only share the same cores)")
+        jobs = 1
+    else:
+        vram = settings.probe.vram_free if settings.probe else None
+        jobs = o["jobs"] or profiles.default_jobs(model.family.name, o["low_vram"], settings.gpus, vram, trainings)
+        if jobs > 1:
+            reporter.info(f"{jobs} trainings side by side" + (f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"))
+    Pipeline(the_plan, settings, reporter, hashes).run(dry_run=o["dry_run"], wait=not o["no_wait"], jobs=jobs)
     hashes.save()
     if o["dry_run"]:
         return

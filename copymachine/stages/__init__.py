@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from copymachine.errors import EngineError
+from copymachine.profiles import CPU, Profile
 
 if TYPE_CHECKING:
     from copymachine.engine import Engine, Probe
@@ -39,15 +40,28 @@ KIND_MODULES = (
 
 @dataclass
 class Settings:
-    """How this machine runs sd-scripts (not part of any stage's key unless a kind says so)."""
+    """How this machine runs sd-scripts: the engine, the device profile, parallel jobs.
+    Only what changes results (precision, the profile's training options) enters stage keys."""
 
     engine: "Engine | None"
     probe: "Probe | None"
-    mixed_precision: str = "no"
-    device: str = "cpu"
+    profile: Profile = CPU
     tokenizer_cache_dir: Path | None = None
     offline: bool = False
-    training_options: dict[str, Any] = field(default_factory=dict)
+    jobs: int = 1
+    gpus: int = 0  # CUDA devices; with several, each parallel job gets its own
+
+    @property
+    def mixed_precision(self) -> str:
+        return self.profile.mixed_precision
+
+    @property
+    def device(self) -> str:
+        return self.profile.device
+
+    @property
+    def training_options(self) -> dict[str, Any]:
+        return self.profile.training_options
 
 
 @dataclass
@@ -59,7 +73,8 @@ class StageContext:
     hashes: "HashCache"
     log_path: Path
     dry_run: bool = False
-    on_child: Callable[[int | None], None] | None = None
+    on_child: Callable[[int, bool], None] | None = None  # (process group, alive)
+    gpu: int | None = None  # CUDA device of this job, when each parallel job has its own
     commands: list[list[str]] = field(default_factory=list)
 
     @property
@@ -84,11 +99,17 @@ class StageContext:
         if self.dry_run:
             return
         env = self.engine.env(offline=self.settings.offline)
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
         self.reporter.command(argv)
+        children: list[int] = []
 
         def spawned(pid: int) -> None:
+            children.append(pid)
             if self.on_child:
-                self.on_child(pid)
+                self.on_child(pid, True)
+
+        job = self.stage.title
 
         try:
             result = run_command(
@@ -96,13 +117,14 @@ class StageContext:
                 cwd=self.engine.root,
                 env=env,
                 log_path=self.log_path,
-                on_progress=self.reporter.progress,
+                on_progress=lambda p: self.reporter.progress(p, job),
                 on_spawn=spawned,
             )
         finally:
-            self.reporter.end_progress()
+            self.reporter.end_progress(job)
             if self.on_child:
-                self.on_child(None)
+                for pid in children:
+                    self.on_child(pid, False)
         check_result(self.stage, what, result, expected or [])
 
 

@@ -73,7 +73,7 @@ class CopyCheck(StageKind):
         prompt_file = stage.workdir / "config" / f"{stage.slug}-prompts.txt"
         atomic_write_text(prompt_file, render_prompt_file(lines))
         loras = [stage.input("lora")] if "lora" in stage.inputs else None
-        args = gen_img_args(stage.input("model"), p["family_flag"], ctx.scratch, prompt_file, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, loras)
+        args = gen_img_args(stage.input("model"), p["family_flag"], ctx.scratch, prompt_file, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, loras, extra=ctx.settings.profile.gen_options)
         images = [ctx.scratch_output(image_output(i)) for i in range(len(lines))]
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images)
         if ctx.dry_run:

@@ -34,7 +34,7 @@ class GenerateImage(StageKind):
         out = ctx.scratch_output("image")
         prompts = stage.workdir / "config" / f"{stage.slug}-prompt.txt"
         atomic_write_text(prompts, prompt_line(p, out.name) + "\n")
-        args = gen_img_args(stage.input("base"), p["family_flag"], ctx.scratch, prompts, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir)
+        args = gen_img_args(stage.input("base"), p["family_flag"], ctx.scratch, prompts, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, extra=ctx.settings.profile.gen_options)
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=[out])
         if not ctx.dry_run:
             atomic_write_text(ctx.scratch_output("prompt"), prompt_line(p, out.name) + "\n")

@@ -141,6 +141,9 @@ def jsonable(v):
 # recording and failure injection
 
 
+RECORDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CUDA_VISIBLE_DEVICES", "COLUMNS", "PYTHONIOENCODING")
+
+
 class FakeRun:
     """One call of one fake script: counts the call, knows its injected failure, records it once."""
 
@@ -155,6 +158,8 @@ class FakeRun:
             "pid": os.getpid(),
             "started": time.time(),
             "outputs": [],
+            # what the caller set for sd-scripts (offline hub, the GPU of a parallel job, console)
+            "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
         }
         if os.environ.get(ENV_LAUNCHER):
             self.record["launcher"] = json.loads(os.environ[ENV_LAUNCHER])

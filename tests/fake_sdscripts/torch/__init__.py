@@ -1,6 +1,7 @@
 """Stand-in for torch in the fake sd-scripts tree: copymachine's pre-flight imports torch to ask
 for its version and whether it sees a CUDA GPU; the fake scripts themselves never import it.
-`COPYMACHINE_FAKE_CUDA=1` makes it report one GPU (bf16-capable), to test the GPU profile."""
+`COPYMACHINE_FAKE_CUDA=N` makes it report N GPUs (bf16-capable, 70 of 80 GiB free), to test the
+GPU profile and parallel jobs."""
 
 import os
 
@@ -10,11 +11,11 @@ __version__ = "0.0+fake"
 class cuda:
     @staticmethod
     def is_available() -> bool:
-        return os.environ.get("COPYMACHINE_FAKE_CUDA") == "1"
+        return cuda.device_count() > 0
 
     @staticmethod
     def device_count() -> int:
-        return 1 if cuda.is_available() else 0
+        return int(os.environ.get("COPYMACHINE_FAKE_CUDA") or 0)
 
     @staticmethod
     def get_device_name(index: int = 0) -> str:
