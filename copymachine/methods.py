@@ -148,9 +148,9 @@ def final_name(request: Request, run_dir: Path, effect: str) -> str:
     return f"{request.name or run_dir.name}-{effect}"
 
 
-def _source_size(source: Source, recipe: Recipe) -> tuple[int, int]:
+def _source_size(source: Source, recipe: Recipe, family: Family) -> tuple[int, int]:
     if source.image is None:
-        return recipe.generate.width, recipe.generate.height
+        return recipe.generate.size(family.default_size)
     try:
         with Image.open(source.image) as im:
             return im.size
@@ -218,6 +218,7 @@ class _Builder:
                 params={
                     "family_flag": self.family.gen_flag,
                     **dataclasses.asdict(g),
+                    **dict(zip(("width", "height"), g.size(self.family.default_size))),
                     "precision": self._gen_precision(),
                 },
                 outputs={"image": "generated.png", "prompt": "prompt.txt"},
@@ -229,7 +230,7 @@ class _Builder:
         title = f"{source.id}: original image" if source.id else "original image"
         self.add(f"{source.prefix}original", "import_image", title, inputs={"source": image}, params={}, outputs={"image": "original.png"}, workdir=self.source_dir(source))
         self.originals[source.id] = self.ref(f"{source.prefix}original", "image")
-        self.sizes[source.id] = training_size(*_source_size(source, self.recipe), self.request.resolution)
+        self.sizes[source.id] = training_size(*_source_size(source, self.recipe, self.family), self.request.resolution)
 
     def edit(self, source: Source, effect: str) -> None:
         """Memo step 4, before any training, so a bad edit stops the run at once."""

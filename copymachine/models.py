@@ -30,12 +30,15 @@ class Family:
     merge_options: tuple[str, ...] = ()  # extra merge script options
     extract_options: tuple[str, ...] = ()  # extra extract_lora_from_models.py options
     default_size: int = 512
+    # folders sd-scripts looks for in --tokenizer_cache_dir (library/strategy_sd.py, strategy_sdxl.py)
+    tokenizers: tuple[str, ...] = ("openai_clip-vit-large-patch14",)
 
     def as_params(self) -> dict[str, Any]:
         """The family as JSON-able stage parameters."""
         d = dataclasses.asdict(self)
         d["merge_options"] = list(self.merge_options)
         d["extract_options"] = list(self.extract_options)
+        d["tokenizers"] = list(self.tokenizers)
         return d
 
 
@@ -61,6 +64,10 @@ SD2 = Family(
     merge_options=("--v2",),
     extract_options=("--v2",),
 )
+# SDXL: sdxl_train_network.py / sdxl_merge_lora.py / gen_img.py --sdxl / extract --sdxl; the
+# LoRA tools (svd_merge_lora.py, resize_lora.py) work on its keys as they are. SDXL-specific
+# training choice: no_half_vae (the SDXL VAE overflows in fp16 and gives NaN latents; sd-scripts
+# issues #653, #881). The memo's numbers are unchanged; the resolution is the image's (1024).
 SDXL = Family(
     name="sdxl",
     label="SDXL",
@@ -68,9 +75,10 @@ SDXL = Family(
     merge_script="networks/sdxl_merge_lora.py",
     gen_flag="--sdxl",
     base_model_version="sdxl_base_v1-0",
-    supported=False,
+    training_options={"no_half_vae": True},
     extract_options=("--sdxl",),
     default_size=1024,
+    tokenizers=("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"),
 )
 
 FAMILIES = {f.name: f for f in (SD1, SD2, SDXL)}

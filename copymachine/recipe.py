@@ -104,8 +104,13 @@ class GenerateRecipe:
     steps: int = 28
     sampler: str = "euler_a"
     scale: float = 7.0
-    width: int = 512  # step 2: "resolution equal to the original image (512)"
-    height: int = 512
+    # 0: the base model's own size, 512 for SD1.x (memo step 2: "resolution equal to the
+    # original image (512)"), 1024 for SDXL
+    width: int = 0
+    height: int = 0
+
+    def size(self, native: int) -> tuple[int, int]:
+        return self.width or native, self.height or native
 
 
 @dataclass(frozen=True)

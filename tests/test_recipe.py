@@ -29,7 +29,7 @@ def test_effect_lora_numbers_are_the_memos():
 def test_merge_and_resize_numbers_are_the_memos():
     assert (MEMO.merge.ratio, MEMO.merge.precision, MEMO.merge.save_precision) == (1.0, "float", "float")
     assert (MEMO.resize.rank, MEMO.resize.save_precision) == (8, "fp16")
-    assert (MEMO.generate.width, MEMO.generate.height) == (512, 512)
+    assert MEMO.generate.size(512) == (512, 512)  # the base model's own size: 512 for SD1.x
 
 
 def test_set_options_convert_types():

@@ -94,3 +94,22 @@ def make_settings(
         offline=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
         gpus=len(probe.gpus) if use_cuda else 0,  # type: ignore[union-attr]
     )
+
+
+def check_tokenizers(settings: Settings, family, reporter: Reporter) -> None:
+    """sd-scripts loads its CLIP tokenizer(s) from --tokenizer-cache-dir, else from the hub: name
+    a missing one now instead of letting the hub error (or, offline, a misleading protobuf
+    ImportError) surface minutes later."""
+    folder = settings.tokenizer_cache_dir
+    if folder is None:
+        if settings.offline:
+            reporter.warn(
+                f"offline without --tokenizer-cache-dir: sd-scripts needs the tokenizer(s) {', '.join(family.tokenizers)} "
+                "in the Hugging Face cache, or it fails"
+            )
+        return
+    missing = [name for name in family.tokenizers if not (folder / name).is_dir()]
+    if missing and settings.offline:
+        raise EnvironmentProblem(f"--tokenizer-cache-dir {folder} lacks {', '.join(missing)} ({family.label} needs {', '.join(family.tokenizers)}); offline, sd-scripts cannot fetch it")
+    if missing:
+        reporter.warn(f"--tokenizer-cache-dir {folder} lacks {', '.join(missing)}: sd-scripts will download it there from the hub")

@@ -9,7 +9,7 @@ import click
 from copymachine import effects as effect_registry
 from copymachine import profiles
 from copymachine.cli import cli
-from copymachine.cli.common import engine_options, make_settings
+from copymachine.cli.common import check_tokenizers, engine_options, make_settings
 from copymachine.cli.see import see_options, see_recipe_sets, see_request
 from copymachine.errors import InputError
 from copymachine.files import HashCache
@@ -147,6 +147,7 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
             raise InputError(f"--set {effect}.… sets a parameter of {effect}, which this run does not train")
 
     settings = make_settings(o["sd_scripts"], o["python"], o["device"], o["tokenizer_cache_dir"], o["offline"], reporter, require=not o["dry_run"], low_vram=o["low_vram"])
+    check_tokenizers(settings, model.family, reporter)
     request = Request(
         method=method,
         base=o["base"],

@@ -1,0 +1,82 @@
+"""SDXL: the same commands, run folder and resume, with SDXL's scripts and options (against the fake)."""
+
+from __future__ import annotations
+
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from copymachine.cli import cli
+from copymachine.errors import EXIT_ENVIRONMENT
+from copymachine.lorafile import validate_lora
+
+
+@pytest.fixture
+def sdxl(fake_engine, tmp_path, scene):
+    base = fake_engine.make_checkpoint(tmp_path / "sdxl base.safetensors", family="sdxl", seed=0)
+    (fake_engine.tokenizers / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k").mkdir()
+    image = tmp_path / "original.png"
+    scene.image.resize((128, 128), Image.Resampling.LANCZOS).save(image)
+    second = tmp_path / "second.png"
+    scene.image.resize((128, 128)).rotate(90).save(second)
+    return {"base": base, "image": image, "second": second}
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def common(fake_engine, sdxl, out):
+    return ["--base", str(sdxl["base"]), "--image", str(sdxl["image"]), "--out", str(out), "--resolution", "64", "--max-steps", "3", "--no-copy-check", *fake_engine.engine_args]
+
+
+def test_train_uses_the_sdxl_scripts(fake_engine, sdxl, tmp_path):
+    out = tmp_path / "xl"
+    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, out)])
+    assert result.exit_code == 0, result.output
+    assert "SDXL base" in result.output
+    assert fake_engine.scripts() == ["sdxl_train_network.py", "sdxl_merge_lora.py", "sdxl_train_network.py", "resize_lora.py"]
+    copy = fake_engine.calls()[0]
+    assert copy["config"]["no_half_vae"] is True
+    assert "v2" not in copy["config"]
+    merge = fake_engine.calls()[1]
+    assert "v2" not in merge["argv"] and merge["args"]["precision"] == "float"
+    final = out / "xl-contrast.safetensors"
+    summary = validate_lora(final, expected_rank=8)
+    assert any(m.startswith("lora_te1_") for m in summary.modules) and any(m.startswith("lora_te2_") for m in summary.modules)
+    # the same resume
+    before = len(fake_engine.calls())
+    assert invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, out)]).exit_code == 0
+    assert len(fake_engine.calls()) == before
+
+
+def test_diff_and_the_memo_route_with_sdxl(fake_engine, sdxl, tmp_path):
+    result = invoke(["diff", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert fake_engine.scripts() == ["sdxl_train_network.py", "sdxl_train_network.py", "svd_merge_lora.py"]
+    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "two"), "--image", str(sdxl["second"])])
+    assert result.exit_code == 0, result.output
+    extract = [c for c in fake_engine.calls() if c["script"].endswith("extract_lora_from_models.py")][0]
+    assert "--sdxl" in extract["argv"]
+
+
+def test_generated_original_uses_gen_img_sdxl_at_1024(fake_engine, sdxl, tmp_path):
+    result = invoke(["train", "--effect", "contrast", "--base", str(sdxl["base"]), "--out", str(tmp_path / "g"), "--dry-run", *fake_engine.engine_args])
+    assert result.exit_code == 0, result.output
+    gen = [line for line in result.stdout.splitlines() if "gen_img.py" in line][0]
+    assert "--sdxl" in gen.split()
+    prompt_file = tmp_path / "_cache" / "generated"
+    line = next(prompt_file.rglob("*prompt.txt")).read_text(encoding="utf-8")
+    assert "--w 1024 --h 1024" in line
+    manifest_info = [line for line in result.stdout.splitlines() if "train_network.py" in line]
+    assert all("sdxl_train_network.py" in m for m in manifest_info)
+    assert "1024x1024" in result.stdout
+
+
+def test_offline_without_the_second_tokenizer_is_named(fake_engine, sdxl, tmp_path):
+    (fake_engine.tokenizers / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k").rmdir()
+    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "t")])
+    assert result.exit_code == EXIT_ENVIRONMENT
+    assert "lacks laion_CLIP-ViT-bigG-14-laion2B-39B-b160k" in result.output and "SDXL needs" in result.output
+    assert fake_engine.calls() == []
