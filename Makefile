@@ -14,7 +14,7 @@ SD_VENV    ?= $(SD_SCRIPTS)/venv
 TORCH      ?= torch torchvision
 EFFECTS    := outline flat contrast posterize jpeg
 
-.PHONY: setup venv sd-scripts test test-integration bench-effects all $(EFFECTS) clean
+.PHONY: setup venv sd-scripts test test-integration bench bench-effects all $(EFFECTS) clean
 
 $(BIN)/copymachine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,13 @@ $(EFFECTS): venv
 all: venv
 	@test -n "$(BASE)" || { echo "usage: make all BASE=model.safetensors [IMAGE=src.png] [ARGS=...]"; exit 2; }
 	$(BIN)/copymachine train --effect all --base "$(BASE)" $(if $(IMAGE),--image "$(IMAGE)") $(if $(OUT),--out "$(OUT)") \
+		--sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
+
+# Benchmark (not a test): copymachine vs the same sd-scripts commands by hand -> docs/benchmarks.md
+#   make bench BASE=model.safetensors [IMAGE=picture.png] [ARGS="--resolution 64 --max-steps 3 --tokenizer-cache-dir DIR --offline"]
+bench: venv
+	@test -n "$(BASE)" || { echo "usage: make bench BASE=model.safetensors [IMAGE=...] [ARGS=...]"; exit 2; }
+	$(BIN)/python benchmarks/bench_pipeline.py --base "$(BASE)" $(if $(IMAGE),--image "$(IMAGE)") \
 		--sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
 
 clean:
