@@ -41,7 +41,7 @@ def resolve_effects(effects: tuple[str, ...], has_edits: bool) -> list[str]:
 
 
 def split_set_options(items: tuple[str, ...]) -> tuple[dict, dict]:
-    """--set takes recipe keys (copy.network_dim=32) and effect parameters (outline.radius=2)."""
+    """--set takes recipe keys (copy.network_dim=32) and effect parameters (outline.width=2)."""
     recipe_sets, effect_sets = {}, {}
     for section, values in parse_set_options(items).items():
         if section in effect_registry.names():
@@ -91,7 +91,7 @@ def method_options(f):
         click.option("--caption", help="Caption of both training images (the same text for both). Default: the recipe's."),
         click.option("--prompt", help="Prompt for a generated original image (when no image is given)."),
         click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, path_type=Path), help="Recipe TOML overriding the memo's numbers (see `copymachine recipe`)."),
-        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one number (copy.network_dim=32, effect.epochs=4, resize.rank=4) or an effect parameter (outline.radius=2). Repeatable."),
+        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one number (copy.network_dim=32, effect.epochs=4, resize.rank=4) or an effect parameter (outline.width=2). Repeatable."),
         click.option("--amount", type=float, default=1.0, show_default=True, help="Strength of a built-in edit: original + AMOUNT x (edit - original)."),
         click.option("--resolution", type=click.IntRange(64, 4096), help="Train at this size (longer side) instead of the image's own; for quick test runs."),
         click.option("--max-steps", type=click.IntRange(1), help="Cap every training at this many steps (warmup scaled alike); for quick test runs."),
