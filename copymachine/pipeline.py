@@ -94,7 +94,7 @@ class Manifest:
             record = self._records[stage.name]
             record["status"] = status
             if stamp:
-                for field in ("inputs", "outputs", "commands", "argv", "configs", "log", "started", "finished", "duration_s", "sd_scripts_commit"):
+                for field in ("inputs", "outputs", "commands", "argv", "configs", "log", "started", "finished", "duration_s", "peak_memory_gib", "sd_scripts_commit"):
                     if field in stamp:
                         record[field] = stamp[field]
             record.update(extra)
@@ -334,7 +334,7 @@ class Pipeline:
             self.manifest.update(stage, "interrupted")
             raise
         self.manifest.update(stage, "done", stamp)
-        self.reporter.stage_done(stage.title, stamp["duration_s"], [str(p) for p in stage.outputs.values()])
+        self.reporter.stage_done(stage.title, stamp["duration_s"], [str(p) for p in stage.outputs.values()], stamp.get("peak_memory_gib"))
         self._conclude(stage, kind, stamp)
         return True
 
@@ -402,6 +402,7 @@ class Pipeline:
             "started": started,
             "finished": _now(),
             "duration_s": round(time.monotonic() - t0, 2),
+            "peak_memory_gib": round(ctx.peak_rss / 2**30, 2) if ctx.peak_rss else None,
             "sd_scripts_commit": self.settings.engine.commit if (kind.needs_engine and self.settings.engine) else None,
         }
         if stage.shared and log_path.exists():

@@ -61,9 +61,10 @@ class Reporter:
     def stage_skip(self, index: int, total: int, title: str, where: str) -> None:
         self._print(f"[{index}/{total}] {title}: up to date, skipped ({where})")
 
-    def stage_done(self, title: str, seconds: float, outputs: list[str]) -> None:
+    def stage_done(self, title: str, seconds: float, outputs: list[str], peak_gib: float | None = None) -> None:
         who = f"{title}: " if self.parallel else ""
-        self._print(f"      {who}done in {_duration(seconds)} -> {', '.join(outputs)}")
+        peak = f" (peak memory {peak_gib:.1f} GiB)" if peak_gib else ""
+        self._print(f"      {who}done in {_duration(seconds)}{peak} -> {', '.join(outputs)}")
 
     def command(self, argv: list[str]) -> None:
         if self.verbose:

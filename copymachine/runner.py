@@ -98,6 +98,18 @@ class RunResult:
     duration_s: float
     watcher: StreamWatcher
     log_path: Path
+    peak_rss: int | None = None  # bytes: the largest process of the command's tree (POSIX)
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, int | None]:
+    """Wait for the child; on POSIX also read its peak memory (wait4's rusage covers the
+    child's waited-for descendants too, e.g. the training under `accelerate launch`)."""
+    if not hasattr(os, "wait4"):  # pragma: no cover - Windows
+        return proc.wait(), None
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return proc.returncode, usage.ru_maxrss * scale
 
 
 def _split_segments(buffer: str) -> tuple[list[str], str]:
@@ -210,7 +222,7 @@ def run_command(
             pending += decoder.decode(b"", final=True)
             if pending:
                 watcher.feed(pending)
-            returncode = proc.wait()
+            returncode, peak_rss = _wait(proc)
         except BaseException:
             stop_process_group(proc)
             raise
@@ -218,8 +230,9 @@ def run_command(
             if proc.stdout:
                 proc.stdout.close()
         duration = time.monotonic() - start
-        log.write(f"\n# exit code {returncode} after {duration:.1f} s\n".encode("utf-8"))
-    return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path)
+        peak = f", peak memory {peak_rss / 2**30:.1f} GiB" if peak_rss else ""
+        log.write(f"\n# exit code {returncode} after {duration:.1f} s{peak}\n".encode("utf-8"))
+    return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path, peak_rss=peak_rss)
 
 
 def _posix_join(argv: list[str]) -> str:

@@ -74,3 +74,13 @@ def test_watcher_parses_slow_rates_and_unlabelled_bars():
     assert (p.step, p.rate, p.eta, p.loss) == (420, "2.34s/it", "07:11", 0.0873)
     w.feed(" 50%|#####     | 1/2 [00:01<00:01,  1.20it/s]")
     assert w.last_progress.desc == "" and w.last_progress.step == 1
+
+
+def test_peak_memory_of_the_command_tree(tmp_path):
+    # a child that holds ~200 MB in a grandchild: the peak is the grandchild's
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'b = bytearray(200 * 2**20); b[::4096] = b\"x\" * len(b[::4096])'])"
+    result, _ = _run(tmp_path, code)
+    assert result.returncode == 0
+    if hasattr(__import__("os"), "wait4"):
+        assert result.peak_rss > 180 * 2**20
+        assert "peak memory" in (tmp_path / "logs" / "x.log").read_text(encoding="utf-8")

@@ -76,6 +76,7 @@ class StageContext:
     on_child: Callable[[int, bool], None] | None = None  # (process group, alive)
     gpu: int | None = None  # CUDA device of this job, when each parallel job has its own
     commands: list[list[str]] = field(default_factory=list)
+    peak_rss: int = 0  # bytes: the largest sd-scripts process this stage ran
 
     @property
     def scratch(self) -> Path:
@@ -125,6 +126,7 @@ class StageContext:
             if self.on_child:
                 for pid in children:
                     self.on_child(pid, False)
+        self.peak_rss = max(self.peak_rss, result.peak_rss or 0)
         check_result(self.stage, what, result, expected or [])
 
 

@@ -109,7 +109,7 @@ def test_custom_edit_end_to_end(workspace):
     assert (run_dir / "captions" / "original.txt").read_bytes() == (run_dir / "captions" / "edited.txt").read_bytes()
     # stage log lines and live progress reached the user
     assert "[5/8] copy model" in result.stderr and "step 3/3" in result.stderr
-    print(f"\nfirst run wall {wall:.1f} s; stages: " + ", ".join(f"{n} {s['duration_s']:.1f}s" for n, s in stages.items()))
+    print(f"\nfirst run wall {wall:.1f} s; stages: " + ", ".join(f"{n} {s['duration_s']:.1f}s/{s.get('peak_memory_gib') or 0:.1f}GiB" for n, s in stages.items()))
 
 
 def test_rerun_trains_nothing(workspace):
