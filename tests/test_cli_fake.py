@@ -247,3 +247,13 @@ def test_tool_commands(fake_engine, images, tmp_path):
     xl = Path(fake_engine.make_checkpoint(tmp_path / "xl.safetensors", family="sdxl"))
     result = invoke(["merge", "--base", str(xl), "--lora", str(resized), "--out", str(tmp_path / "x.safetensors"), *eng])
     assert result.exit_code == EXIT_INPUT and "is a Stable Diffusion 1.x LoRA, but the others are SDXL" in result.stderr
+
+
+def test_a_killed_merge_is_named_as_out_of_memory(fake_engine, images, tmp_path, monkeypatch):
+    # the kernel's OOM killer ends sd-scripts with SIGKILL (seen here: sdxl_merge_lora.py, exit -9)
+    monkeypatch.setenv("COPYMACHINE_FAKE_FAIL", "merge_lora:die-mid-write")
+    result = invoke(train_args(fake_engine, images, tmp_path / "oom", "--effect", "contrast"))
+    assert result.exit_code == EXIT_ENGINE
+    line = [x for x in result.stderr.splitlines() if x.startswith("copymachine: error:")][0]
+    assert "copy model" in line and "was killed (SIGKILL)" in line and "out of memory" in line
+    assert not list((tmp_path / "_cache" / "copy-model").rglob("*.safetensors"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -140,6 +141,14 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
             f"{where} ran out of memory; close other programs, use a smaller --resolution, or --low-vram where offered. Log: {result.log_path}",
             details=tail,
         )
+    if result.returncode < 0 or result.returncode == 137:  # killed by a signal (137: a shell's 128 + SIGKILL)
+        number = -result.returncode if result.returncode < 0 else 9
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        cause = "; the system most likely ran out of memory (RAM): close other programs or use a machine with more" if number == signal.SIGKILL else ""
+        raise EngineError(f"{where} was killed ({name}){cause}. Log: {result.log_path}", details=tail)
     if result.returncode != 0:
         raise EngineError(f"{where} failed with exit code {result.returncode}. Log: {result.log_path}", details=tail)
     if w.nan:

@@ -129,10 +129,20 @@ def main() -> int:
             out.append({"name": m.lora_name, "kind": kind, "kernel": k, "in": in_dim, "out": out_dim, "ckpt_key": key})
         return out
 
+    # networks/lora.py extends LoRANetwork.UNET_TARGET_REPLACE_MODULE *in place* (`+=` on the class
+    # list) when a network has conv_dim: after one such network, every later network in the same
+    # process also wraps the ResBlock linears. Restore the list before each network (a training run
+    # is a fresh process and never sees this).
+    targets = list(lora.LoRANetwork.UNET_TARGET_REPLACE_MODULE)
+
+    def network(*args, **kwargs):
+        lora.LoRANetwork.UNET_TARGET_REPLACE_MODULE = list(targets)
+        return lora.create_network(*args, **kwargs)
+
     for name in ("sd15", "sdxl"):
         te, vae, unet = models[name]
-        plain = lora.create_network(1.0, 4, 1.0, vae, te, unet)
-        conv = lora.create_network(1.0, 4, 1.0, vae, te, unet, conv_dim=4, conv_alpha=1)
+        plain = network(1.0, 4, 1.0, vae, te, unet)
+        conv = network(1.0, 4, 1.0, vae, te, unet, conv_dim=4, conv_alpha=1)
         keymap = ckpt_key_map(name, te, unet)
         ckpt_keys = json.loads((args.out / f"{name}_checkpoint_keys.json").read_text())["keys"]
         plain_mods = modules_of(plain, keymap, ckpt_keys)
