@@ -19,11 +19,11 @@ from typing import Any
 
 from copymachine import __version__
 from copymachine.errors import CheckFailed, CopymachineError, EngineError
-from copymachine.files import HashCache, atomic_write_json, move_into_place
+from copymachine.files import HashCache, atomic_write_json, move_into_place, remove_stale_temps
 from copymachine.locks import FolderLock
 from copymachine.plan import Plan, Stage
 from copymachine.progress import Reporter
-from copymachine.runner import command_line
+from copymachine.runner import command_line, log_tail
 from copymachine.stages import Settings, StageContext, kinds, reset_scratch
 
 
@@ -107,6 +107,31 @@ def _ref(ref) -> dict[str, Any]:
     return d
 
 
+def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log_path: Path) -> dict[str, Any]:
+    """A stage's output that does not validate (NaN weights, wrong rank, truncated) is the
+    stage's failure, reported like the engine's own: stage, log, the log's last lines."""
+    try:
+        return kind.validate(stage, name, path, ctx)
+    except CopymachineError as e:
+        if not kind.needs_engine:
+            raise
+        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {log_path}", details=log_tail(log_path)) from None
+
+
+def _tidy(stage: Stage) -> None:
+    """What a run killed in this stage left behind (its lock is held): its scratch folder, a
+    .partial folder emptied but not removed, temporary files of interrupted writes."""
+    scratch = stage.workdir / ".partial" / stage.slug
+    if scratch.exists():
+        shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        scratch.parent.rmdir()
+    except OSError:
+        pass
+    for folder in (stage.workdir, stage.workdir / ".stages", stage.workdir / "config"):
+        remove_stale_temps(folder)
+
+
 class Pipeline:
     def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, argv: list[str] | None = None):
         self.plan = plan
@@ -154,6 +179,7 @@ class Pipeline:
         run_lock = FolderLock(self.plan.run_dir, f"run folder {self.plan.run_dir}")
         run_lock.acquire(wait=wait, on_wait=lambda h: self.reporter.info(f"waiting for the run folder lock ({h.get('command', 'another copymachine')})"), marker=self._marker())
         self._locks = [run_lock]
+        remove_stale_temps(self.plan.run_dir)  # an interrupted manifest write
         try:
             total = len(self.plan.stages)
             for index, stage in enumerate(self.plan.stages, 1):
@@ -175,6 +201,7 @@ class Pipeline:
         return ran
 
     def _run_stage(self, index: int, total: int, stage: Stage) -> bool:
+        _tidy(stage)
         stamp = self.done_stamp(stage)
         if stamp:
             where = str(stage.workdir) if stage.shared else ", ".join(p.name for p in stage.outputs.values())
@@ -242,7 +269,7 @@ class Pipeline:
                 path = ctx.scratch_output(name)
                 if not path.is_file():
                     raise EngineError(f"stage '{stage.title}' finished without writing {path.name}. Log: {log_path}")
-                facts = kind.validate(stage, name, path, ctx)
+                facts = _validated(kind, stage, name, path, ctx, log_path)
                 produced[name] = (path, facts)
         except BaseException:
             # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept:

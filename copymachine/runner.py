@@ -114,7 +114,27 @@ def _popen_options() -> dict:
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """Ask the child (and its children) to stop, then insist."""
+    """Ask the child (and its children) to stop, then insist. A second Ctrl-C while it winds
+    down ends it at once: the child never outlives copymachine."""
+    try:
+        _stop_process_group(proc, grace_s)
+    except KeyboardInterrupt:
+        _kill_group(proc)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        if os.name == "nt":  # pragma: no cover - Windows
+            proc.kill()
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5.0)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def _stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
     if proc.poll() is not None:
         return
     if os.name == "nt":  # pragma: no cover - Windows
@@ -197,6 +217,19 @@ def run_command(
         duration = time.monotonic() - start
         log.write(f"\n# exit code {returncode} after {duration:.1f} s\n".encode("utf-8"))
     return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path)
+
+
+def log_tail(log_path: Path, n: int = 12) -> list[str]:
+    """The last `n` non-empty lines of a stage log (split on CR and LF, as the watcher does)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    lines = [line.strip() for line in re.split(r"[\r\n]", text)]
+    return [line for line in lines if line][-n:]
 
 
 def _posix_join(argv: list[str]) -> str:

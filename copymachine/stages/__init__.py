@@ -116,6 +116,10 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
             f"{where} ran out of memory; close other programs, use a smaller --resolution, or --low-vram where offered. Log: {result.log_path}",
             details=tail,
         )
+    killed_by = _killed_by(result.returncode, tail)
+    if killed_by:
+        hint = " (the system's out-of-memory killer does this when RAM runs out: close other programs, or add swap)" if killed_by == "SIGKILL" else ""
+        raise EngineError(f"{where} was killed by {killed_by}{hint}. Log: {result.log_path}", details=tail)
     if result.returncode != 0:
         raise EngineError(f"{where} failed with exit code {result.returncode}. Log: {result.log_path}", details=tail)
     if w.nan:
@@ -129,6 +133,24 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
             f"{where} exited 0 but wrote no {missing[0].name} (sd-scripts does that when it finds no images). Log: {result.log_path}",
             details=tail,
         )
+
+
+def _killed_by(returncode: int, tail: list[str]) -> str | None:
+    """The signal that ended sd-scripts: its own exit status, or (under `accelerate launch`,
+    which exits 1) the launcher's `died with <Signals.SIGKILL: 9>`."""
+    import re
+    import signal
+
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    for line in tail:
+        m = re.search(r"died with <Signals\.(SIG[A-Z0-9]+)", line)
+        if m:
+            return m.group(1)
+    return None
 
 
 class StageKind:
