@@ -118,16 +118,21 @@ def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log
         raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {log_path}", details=log_tail(log_path)) from None
 
 
+def _remove_if_empty(folder: Path) -> None:
+    """.partial/, when no other stage is under way there."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def _tidy(stage: Stage) -> None:
     """What a run killed in this stage left behind (its lock is held): its scratch folder, a
     .partial folder emptied but not removed, temporary files of interrupted writes."""
     scratch = stage.workdir / ".partial" / stage.slug
     if scratch.exists():
         shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        scratch.parent.rmdir()
-    except OSError:
-        pass
+    _remove_if_empty(scratch.parent)
     for folder in (stage.workdir, stage.workdir / ".stages", stage.workdir / "config"):
         remove_stale_temps(folder)
 
@@ -275,6 +280,7 @@ class Pipeline:
             # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept:
             # the log holds what went wrong, and the next run starts the stage afresh
             shutil.rmtree(ctx.scratch, ignore_errors=True)
+            _remove_if_empty(ctx.scratch.parent)
             raise
         outputs: dict[str, Any] = {}
         for name, (path, facts) in produced.items():
@@ -302,10 +308,7 @@ class Pipeline:
             stamp["log"] = str(stage.workdir / f"{stage.slug}.log")
         atomic_write_json(stamp_file, stamp)
         shutil.rmtree(ctx.scratch, ignore_errors=True)
-        try:
-            ctx.scratch.parent.rmdir()  # .partial/, when no other stage is under way there
-        except OSError:
-            pass
+        _remove_if_empty(ctx.scratch.parent)
         return stamp
 
     def _dry_run(self) -> None:
