@@ -51,6 +51,18 @@ class FakeEngine:
     def engine_args(self) -> list[str]:
         return ["--sd-scripts", str(self.root), "--python", sys.executable, "--tokenizer-cache-dir", str(self.tokenizers), "--offline"]
 
+    def tree_copy(self, dest: Path, without: str = "", commit: str = "") -> Path:
+        """The fake sd-scripts tree as symlinks at `dest`, optionally without one of its entries
+        (a module its Python then lacks), as a git checkout at `commit`."""
+        dest.mkdir(parents=True)
+        for entry in self.root.iterdir():
+            if entry.name != without:
+                (dest / entry.name).symlink_to(entry)
+        if commit:
+            (dest / ".git").mkdir()
+            (dest / ".git" / "HEAD").write_text(commit + "\n", encoding="utf-8")
+        return dest
+
     def calls(self) -> list[dict]:
         import json
 

@@ -4,7 +4,7 @@ Checks, in order: sd-scripts (found, commit, pinned or not), its Python and the 
 imports, torch and the GPU it sees, RAM and free disk against what a run needs, write access to
 the run and cache folders, the tokenizer for offline use. One line per check; exit 0 when
 nothing would stop a run (warnings allowed), else the exit code of the first blocking problem
-(4: sd-scripts or its Python, 5: disk or write access).
+(4: sd-scripts, its Python or too little RAM; 5: disk space or write access; 3: a bad --base).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _memory(doc: Doctor) -> None:
         return
     text = f"{preflight.human(total)} ({preflight.human(available or 0)} available, swap {preflight.human(swap)}); merging peaks at ~{preflight.human(need)} for SD1.5, ~{preflight.human(xl)} for SDXL (float)"
     if total + swap < need:
-        doc.add(FAIL, "RAM", text + ": not enough for the copy model's merge", EXIT_OUTPUT)
+        doc.add(FAIL, "RAM", text + ": not enough for the copy model's merge", EXIT_ENVIRONMENT)
     elif total < need or (available is not None and available < need):
         doc.add(WARN, "RAM", text + ": close other programs during the merge, or it will swap")
     else:
