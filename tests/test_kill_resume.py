@@ -21,8 +21,8 @@ from killharness import PHASES, KillHarness, Report, Scenario
 
 SEED = int(os.environ.get("COPYMACHINE_KILL_SEED") or 20260207)
 KILLS = int(os.environ.get("COPYMACHINE_KILLS") or 22)
-STEP_SECONDS = 0.1  # 3 steps per training: ~0.3 s of training to land in
-WRITE_SECONDS = 0.2  # every sd-scripts output written in 10 pieces over this long
+STEP_SECONDS = 0.08  # 3 steps per training: ~0.25 s of training to land in
+WRITE_SECONDS = 0.15  # every sd-scripts output written in 10 pieces over this long
 TARGETS = {"train": ("training", "merge", "write", "other", "any"), "diff": ("training", "write", "other", "any")}
 CRASHES = {"train": ("train_network", "merge_lora"), "diff": ("svd_merge_lora",)}
 # The first attempts of each method aim at every phase: for train, start-up and the copy LoRA's
