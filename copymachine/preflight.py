@@ -210,7 +210,7 @@ def _differences(previous: dict[str, Any], current: dict[str, Any], prev_run: di
     return out
 
 
-def _made_here(final: Path, run_dir: Path, manifest: dict[str, Any] | None, hashes: HashCache) -> bool:
+def made_here(final: Path, run_dir: Path, manifest: dict[str, Any] | None, hashes: HashCache) -> bool:
     """Did copymachine write this final LoRA in this run folder? Its stage's stamp records its
     sha256; a run killed between moving it into place and writing the stamp still lists it in the
     manifest's finals."""
@@ -266,7 +266,7 @@ def check_output(plan, identity: dict[str, Any], hashes: HashCache, force: bool)
         if final.exists() and not force:
             if final.is_dir():
                 raise OutputError(f"the final LoRA's path {final} is a folder; use another --name or --out")
-            if not _made_here(final, run_dir, manifest, hashes):
+            if not made_here(final, run_dir, manifest, hashes):
                 raise OutputError(f"{final} exists and was not made by this run; use another --name or --out, or --force to replace it")
 
 

@@ -443,3 +443,18 @@ def test_two_runs_on_the_same_cache(fake_engine, image, tmp_path):
     assert waiting.returncode == 0, waiting.stderr
     assert "waiting for another run building copy LoRA" in waiting.stderr
     assert "copy LoRA: up to date, skipped" in waiting.stderr and "copy model: up to date, skipped" in waiting.stderr
+
+
+def test_tool_output_path_holding_another_file(fake_engine, small_lora, tmp_path):
+    """`copymachine resize/merge/extract/svd-merge --out FILE` replaces only what it made, unless --force."""
+    lora = small_lora(tmp_path / "in.safetensors")
+    out = tmp_path / "mine.safetensors"
+    out.write_bytes(b"my own file")
+    command = ["resize", lora, "--rank", "2", "--out", out, *fake_engine.engine_args]
+    result = invoke(command)
+    assert result.exit_code == EXIT_OUTPUT
+    assert error_line(result) == f"copymachine: error: {out} exists and was not made by copymachine resize; use another --out, or --force to replace it"
+    assert out.read_bytes() == b"my own file"
+    assert invoke(command + ["--force"]).exit_code == 0
+    assert invoke(command[:2] + ["--rank", "3"] + command[4:]).exit_code == 0  # its own output: replaced without --force
+    validate_lora(out, expected_rank=3)

@@ -10,12 +10,10 @@ import tokenize
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from copymachine.cli import cli
-from copymachine.lorafile import write_safetensors
 from copymachine.render import render
 
 PACKAGE = Path(__file__).resolve().parents[1] / "copymachine"
@@ -108,19 +106,8 @@ def test_hostile_strings_round_trip_through_both_templates(tmp_path):
     assert "d" not in data and "x" not in data  # nothing injected
 
 
-def _lora(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for name in ("lora_unet_mid_block_attentions_0_proj_in", "lora_te_text_model_encoder_layers_0_mlp_fc1"):
-        tensors[f"{name}.lora_down.weight"] = rng.normal(size=(4, 16)).astype(np.float16)
-        tensors[f"{name}.lora_up.weight"] = rng.normal(size=(16, 4)).astype(np.float16)
-        tensors[f"{name}.alpha"] = np.array(4.0, np.float16)
-    write_safetensors(path, tensors, {"ss_base_model_version": "sd_v1", "ss_network_dim": "4", "ss_network_alpha": "4.0"})
-    return path
-
-
 @pytest.mark.parametrize("offline", [True, False], ids=["--offline", "online"])
-def test_offline_reaches_sd_scripts_and_copymachine_never_connects(fake_engine, tmp_path, monkeypatch, offline):
+def test_offline_reaches_sd_scripts_and_copymachine_never_connects(fake_engine, small_lora, tmp_path, monkeypatch, offline):
     def no_network(*a, **k):
         raise AssertionError("copymachine's own process tried to reach the network")
 
@@ -130,7 +117,7 @@ def test_offline_reaches_sd_scripts_and_copymachine_never_connects(fake_engine, 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     engine = [a for a in fake_engine.engine_args if offline or a != "--offline"]
-    lora = _lora(tmp_path / "in.safetensors")
+    lora = small_lora(tmp_path / "in.safetensors")
     result = CliRunner().invoke(cli, ["resize", str(lora), "--rank", "2", "--out", str(tmp_path / "out.safetensors"), *engine], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     (call,) = fake_engine.calls()
