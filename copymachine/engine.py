@@ -40,6 +40,7 @@ REQUIRED_MODULES = (
 )
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+OWNER_VARIABLE = "COPYMACHINE_PARENT_PID"
 
 _PROBE = r"""
 import importlib.util, json, sys
@@ -123,6 +124,8 @@ class Engine:
         env["PYTHONIOENCODING"] = "utf-8"  # Japanese paths in logs on Windows consoles
         env["PYTHONUTF8"] = "1"
         env["COLUMNS"] = "250"  # rich wraps its log table at 80 columns on a pipe otherwise
+        # who started it: a later run ends what a killed copymachine left running (locks.py)
+        env[OWNER_VARIABLE] = str(os.getpid())
         env.setdefault("TERM", "dumb")
         if offline:
             env["HF_HUB_OFFLINE"] = "1"

@@ -286,6 +286,35 @@ def kill_orphaned_group(pgid: int, marker: str) -> bool:
     return True
 
 
+def kill_orphans_of(owner_pid: int, marker: str, variable: str = "COPYMACHINE_PARENT_PID") -> list[int]:
+    """End the process groups of sd-scripts processes a dead copymachine (`owner_pid`) started:
+    those whose environment names it (the engine sets `variable`) and whose command line names
+    the sd-scripts root. Catches what the lock does not name (a kill between starting the child
+    and recording it). Linux only; elsewhere nothing."""
+    if os.name != "posix" or not Path("/proc").is_dir() or not marker:
+        return []
+    needle = f"{variable}={owner_pid}".encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            if needle not in environ:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            if marker not in cmdline:
+                continue
+            pgid = os.getpgid(int(entry.name))
+            if pgid == os.getpgrp():
+                continue
+            os.killpg(pgid, signal.SIGKILL)
+            killed.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return killed
+
+
 def is_tty(stream=None) -> bool:
     stream = stream or sys.stderr
     try:
