@@ -277,7 +277,7 @@ class KillHarness:
         self.timeout_s = timeout_s
         self.deep = deep
         self.log = log
-        self._orphans: list[int] = []
+        self.orphans: list[int] = []
         self.schedule: list[str] = []  # targets to aim at first (then random among the scenario's)
 
     def cover(self, groups: list[list[str]]) -> None:
@@ -311,7 +311,7 @@ class KillHarness:
         """Run once, SIGKILL copymachine when `target` comes (after a random delay). Returns
         (killed, phase at the kill or 'completed')."""
         before = stamps(scenario.roots)
-        orphans_before = [p for p in self._orphans if alive(p)]
+        orphans_before = [p for p in self.orphans if alive(p)]
         self.report.attempts += 1
         proc = self._start(scenario)
         t0 = time.monotonic()
@@ -340,7 +340,7 @@ class KillHarness:
                 if proc.returncode == -signal.SIGKILL:
                     killed = True
                     if child:
-                        self._orphans.append(child)
+                        self.orphans.append(child)
                 break
             time.sleep(0.01)
         out, err = proc.communicate()
@@ -357,7 +357,7 @@ class KillHarness:
     def crash(self, scenario: Scenario, stem: str) -> None:
         """Run once with sd-scripts' `stem` dying mid-write: one clear error, nothing broken."""
         before = stamps(scenario.roots)
-        orphans_before = [p for p in self._orphans if alive(p)]
+        orphans_before = [p for p in self.orphans if alive(p)]
         self.report.attempts += 1
         proc = self._start(scenario, {"COPYMACHINE_FAKE_FAIL": f"{stem}:die-mid-write"})
         try:
@@ -385,7 +385,7 @@ class KillHarness:
             for pid in orphans_before:
                 assert not alive(pid), f"{scenario.name}: orphaned sd-scripts {pid} ({cmdline(pid)[:200]}) still runs after the next run started"
                 self.report.orphans_ended += 1
-                self._orphans.remove(pid)
+                self.orphans.remove(pid)
         return state
 
     def soak(self, scenario: Scenario, max_kills: int) -> int:
@@ -411,7 +411,7 @@ class KillHarness:
             validate_file(Path(scenario.final), deep=True)
         manifest = json.loads((scenario.run_dir / "manifest.json").read_text(encoding="utf-8"))
         assert all(s["status"] in ("done", "skipped") for s in manifest["stages"]), [(s["name"], s["status"]) for s in manifest["stages"]]
-        for pid in self._orphans:
+        for pid in self.orphans:
             assert not alive(pid), f"orphaned sd-scripts {pid} still runs after the run completed"
         _, temps = final_files(scenario.roots)
         self.report.temps_left += len(temps)
