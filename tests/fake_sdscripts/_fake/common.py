@@ -297,6 +297,7 @@ def _count_call(stem: str) -> int:
         f.seek(0)
         f.truncate()
         f.write(json.dumps(counts))
+        f.flush()  # before unlocking: in "a+" mode a later flush would append after the next writer's counts
         fcntl.flock(f, fcntl.LOCK_UN)
     return counts[stem]
 
