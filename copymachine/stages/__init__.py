@@ -8,7 +8,9 @@ rename. A kind never writes a final path itself.
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -138,9 +140,6 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
 def _killed_by(returncode: int, tail: list[str]) -> str | None:
     """The signal that ended sd-scripts: its own exit status, or (under `accelerate launch`,
     which exits 1) the launcher's `died with <Signals.SIGKILL: 9>`."""
-    import re
-    import signal
-
     if returncode < 0:
         try:
             return signal.Signals(-returncode).name
