@@ -56,10 +56,11 @@ def _terminate(signum, frame) -> None:
 
 
 def main() -> None:
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, _terminate)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, _terminate)
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        # an ignored signal stays ignored (`nohup copymachine ...` must survive its terminal)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _terminate)
     cli(prog_name="copymachine")
 
 
