@@ -6,7 +6,7 @@ checks that every file at a final path loads, the manifest matches the disk, no 
 was redone and the orphaned sd-scripts of the last kill no longer runs. The paths have spaces,
 quotes, a backslash, a percent sign and Japanese characters in them.
 
-Wall time on 2 CPU cores: about 2.5 minutes (measured 144 s: four trainings of 3 steps at 64 px
+Wall time on 2 CPU cores: about 2.5 minutes (measured 135 s and 144 s: four trainings of 3 steps at 64 px
 started, three merges started, one finished). Peak memory: one merge (13.4 GB); the next run ends an orphaned
 merge before it starts its own.
 """
