@@ -20,6 +20,9 @@ from copymachine.errors import EnvironmentProblem
 PINNED_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
 PINNED_URL = "https://github.com/kohya-ss/sd-scripts"
 
+# Distributions whose versions the probe reports (doctor prints them).
+REPORTED_DISTRIBUTIONS = ("torch", "torchvision", "accelerate", "transformers", "diffusers", "safetensors", "bitsandbytes", "xformers")
+
 # Modules sd-scripts imports (requirements.txt, plus torch/torchvision that users install).
 REQUIRED_MODULES = (
     "torch",
@@ -37,6 +40,7 @@ REQUIRED_MODULES = (
 )
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+OWNER_VARIABLE = "COPYMACHINE_PARENT_PID"
 
 _PROBE = r"""
 import importlib.util, json, sys
@@ -48,7 +52,16 @@ for m in mods:
             missing.append(m)
     except (ImportError, ValueError):
         missing.append(m)
-info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing}
+info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing, "versions": {}}
+try:
+    import importlib.metadata as md
+    for dist in json.loads(sys.argv[2]) if len(sys.argv) > 2 else []:
+        try:
+            info["versions"][dist] = md.version(dist)
+        except Exception:
+            pass
+except ImportError:
+    pass
 if "torch" not in missing:
     try:
         import torch
@@ -79,6 +92,7 @@ class Probe:
     vram_free: int | None = None
     vram_total: int | None = None
     torch_error: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def device(self) -> str:
@@ -110,6 +124,8 @@ class Engine:
         env["PYTHONIOENCODING"] = "utf-8"  # Japanese paths in logs on Windows consoles
         env["PYTHONUTF8"] = "1"
         env["COLUMNS"] = "250"  # rich wraps its log table at 80 columns on a pipe otherwise
+        # who started it: a later run ends what a killed copymachine left running (locks.py)
+        env[OWNER_VARIABLE] = str(os.getpid())
         env.setdefault("TERM", "dumb")
         if offline:
             env["HF_HUB_OFFLINE"] = "1"
@@ -145,7 +161,7 @@ class Engine:
         """Ask the sd-scripts Python which modules it lacks and whether it sees a GPU."""
         try:
             proc = subprocess.run(
-                [self.python, "-c", _PROBE, json.dumps(list(modules))],
+                [self.python, "-c", _PROBE, json.dumps(list(modules)), json.dumps(list(REPORTED_DISTRIBUTIONS))],
                 cwd=self.root,
                 env=self.env(),
                 capture_output=True,
@@ -173,6 +189,7 @@ class Engine:
                     vram_free=data.get("vram_free"),
                     vram_total=data.get("vram_total"),
                     torch_error=data.get("torch_error"),
+                    versions=data.get("versions", {}),
                 )
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) failed to start: {last}")
@@ -213,12 +230,21 @@ def find_sd_scripts(option: str | os.PathLike | None) -> Path:
     )
 
 
+def _absolute_python(python: str) -> str:
+    """A relative path (`venv/bin/python`) is relative to where copymachine was started, but
+    sd-scripts runs with its own root as the working folder: make it absolute. Not resolved (a
+    venv's python is a symlink whose target is outside the venv). A bare name stays a PATH lookup."""
+    if os.sep in python or (os.altsep and os.altsep in python):
+        return str(Path(python).expanduser().absolute())
+    return python
+
+
 def find_python(option: str | None, root: Path) -> str:
     """--python, then $SD_SCRIPTS_PYTHON, then <sd-scripts>/venv, then this Python."""
     if option:
-        return str(option)
+        return _absolute_python(str(option))
     if os.environ.get("SD_SCRIPTS_PYTHON"):
-        return os.environ["SD_SCRIPTS_PYTHON"]
+        return _absolute_python(os.environ["SD_SCRIPTS_PYTHON"])
     for venv_python in (root / "venv" / "bin" / "python", root / "venv" / "Scripts" / "python.exe"):
         if venv_python.is_file():
             return str(venv_python)

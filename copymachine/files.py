@@ -6,9 +6,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,6 +56,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(?:partial|tmp)$")
+
+
+# Temporary files older than this process were left by an earlier, killed one.
+_PROCESS_STARTED = time.time()
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temporary files that writes killed mid-way left in `folder` (`.NAME.XXXXXXXX.partial`
+    of atomic_path, `.NAME.XXXXXXXX.tmp` of images.save_png), when older than this process (so a
+    write under way in another thread is left alone). Only call it holding the folder's lock."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if _STALE_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime >= _PROCESS_STARTED:
+                    continue
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

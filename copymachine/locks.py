@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from copymachine.errors import BusyError
-from copymachine.runner import kill_orphaned_group, process_alive
+from copymachine.runner import kill_orphaned_group, kill_orphans_of, process_alive
 
 if os.name == "nt":  # pragma: no cover - Windows
     import msvcrt
@@ -78,9 +78,12 @@ class FolderLock:
         self.fd = fd
         previous = self.holder()
         # The previous holder is dead (we hold the lock); end what it left running.
-        if previous.get("pid") != os.getpid() and marker and not process_alive(previous.get("pid", -1)):
+        owner = previous.get("pid")
+        same_host = previous.get("host") in (None, socket.gethostname())  # pids mean nothing elsewhere
+        if owner and owner != os.getpid() and marker and same_host and not process_alive(owner):
             for pgid in previous.get("child_pgids", []):
                 kill_orphaned_group(int(pgid), marker)
+            kill_orphans_of(int(owner), marker)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
         self._write()
 

@@ -22,11 +22,11 @@ from typing import Any
 
 from copymachine import __version__
 from copymachine.errors import CheckFailed, CopymachineError, EngineError
-from copymachine.files import HashCache, atomic_write_json, move_into_place
+from copymachine.files import HashCache, atomic_write_json, move_into_place, remove_stale_temps
 from copymachine.locks import FolderLock
 from copymachine.plan import Plan, Stage
 from copymachine.progress import Reporter
-from copymachine.runner import command_line, stop_group
+from copymachine.runner import command_line, log_tail, stop_group
 from copymachine.stages import Settings, StageContext, kinds, reset_scratch
 
 
@@ -127,6 +127,36 @@ def _ref(ref) -> dict[str, Any]:
     return d
 
 
+def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log_path: Path) -> dict[str, Any]:
+    """A stage's output that does not validate (NaN weights, wrong rank, truncated) is the
+    stage's failure, reported like the engine's own: stage, log, the log's last lines."""
+    try:
+        return kind.validate(stage, name, path, ctx)
+    except CopymachineError as e:
+        if not kind.needs_engine:
+            raise
+        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {log_path}", details=log_tail(log_path)) from None
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """.partial/, when no other stage is under way there."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _tidy(stage: Stage) -> None:
+    """What a run killed in this stage left behind (its lock is held): its scratch folder, a
+    .partial folder emptied but not removed, temporary files of interrupted writes."""
+    scratch = stage.workdir / ".partial" / stage.slug
+    if scratch.exists():
+        shutil.rmtree(scratch, ignore_errors=True)
+    _remove_if_empty(scratch.parent)
+    for folder in (stage.workdir, stage.workdir / ".stages", stage.workdir / "config"):
+        remove_stale_temps(folder)
+
+
 class Pipeline:
     def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, argv: list[str] | None = None):
         self.plan = plan
@@ -136,6 +166,7 @@ class Pipeline:
         self.manifest = Manifest(plan, settings, argv or sys.argv)
         self._locks: list[FolderLock] = []
         self._children: set[int] = set()
+        self._interrupted = False
         self._mutex = threading.RLock()  # locks, children, manifest: stages finish on worker threads
 
     # --- what is done -------------------------------------------------------------------
@@ -211,6 +242,7 @@ class Pipeline:
         run_lock = FolderLock(self.plan.run_dir, f"run folder {self.plan.run_dir}")
         run_lock.acquire(wait=wait, on_wait=lambda h: self.reporter.info(f"waiting for the run folder lock ({h.get('command', 'another copymachine')})"), marker=self._marker())
         self._locks = [run_lock]
+        remove_stale_temps(self.plan.run_dir)  # an interrupted manifest write
         index = {s.name: i for i, s in enumerate(self.plan.stages, 1)}
         deps = self.dependencies()
         reach = self._results(deps)
@@ -277,6 +309,7 @@ class Pipeline:
 
     def _stop_children(self) -> None:
         """Ctrl-C (or a crash) in copymachine: stop every running sd-scripts group cleanly."""
+        self._interrupted = True
         with self._mutex:
             children = list(self._children)
         for pgid in children:
@@ -314,6 +347,7 @@ class Pipeline:
             lock.release()
 
     def _run_stage(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
+        _tidy(stage)
         stamp = self.done_stamp(stage)
         if stamp:
             where = str(stage.workdir) if stage.shared else ", ".join(p.name for p in stage.outputs.values())
@@ -328,7 +362,8 @@ class Pipeline:
         try:
             stamp = self._execute(stage, kind, log_path, gpu)
         except CopymachineError:
-            self.manifest.update(stage, "failed")
+            # sd-scripts stopped because copymachine was interrupted is not a failure of the stage
+            self.manifest.update(stage, "interrupted" if self._interrupted else "failed")
             raise
         except KeyboardInterrupt:
             self.manifest.update(stage, "interrupted")
@@ -376,12 +411,13 @@ class Pipeline:
                 path = ctx.scratch_output(name)
                 if not path.is_file():
                     raise EngineError(f"stage '{stage.title}' finished without writing {path.name}. Log: {log_path}")
-                facts = kind.validate(stage, name, path, ctx)
+                facts = _validated(kind, stage, name, path, ctx, log_path)
                 produced[name] = (path, facts)
         except BaseException:
             # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept:
             # the log holds what went wrong, and the next run starts the stage afresh
             shutil.rmtree(ctx.scratch, ignore_errors=True)
+            _remove_if_empty(ctx.scratch.parent)
             raise
         outputs: dict[str, Any] = {}
         for name, (path, facts) in produced.items():
@@ -410,10 +446,7 @@ class Pipeline:
             stamp["log"] = str(stage.workdir / f"{stage.slug}.log")
         atomic_write_json(stamp_file, stamp)
         shutil.rmtree(ctx.scratch, ignore_errors=True)
-        try:
-            ctx.scratch.parent.rmdir()  # .partial/, when no other stage is under way there
-        except OSError:
-            pass
+        _remove_if_empty(ctx.scratch.parent)
         return stamp
 
     def _dry_run(self) -> None:

@@ -1,8 +1,9 @@
 """Rendering sd-scripts configs from the Jinja templates in templates/.
 
-Every value reaches the TOML through the `toml` filter, which writes it with a TOML library
-(tomli-w): a Windows path such as G:\\sd\\x.safetensors, a quote or a Japanese name arrives at
-sd-scripts unchanged. Nothing is pasted into TOML as raw text.
+Every value reaches the TOML through the `toml` filter and every key through `toml_key`, which
+write them with a TOML library (tomli-w): a Windows path such as G:\\sd\\x.safetensors, a quote, a
+newline or a Japanese name arrives at sd-scripts unchanged. Nothing is pasted into TOML as raw
+text (tests/test_security.py checks every template).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def toml_value(value: Any) -> str:
     return line[len(prefix) : -1]
 
 
+def toml_key(key: Any) -> str:
+    """A key written by tomli-w: bare when it is a plain option name, quoted otherwise."""
+    line = tomli_w.dumps({str(key): 0})
+    assert line.endswith(" = 0\n"), line
+    return line[: -len(" = 0\n")]
+
+
 def _environment() -> jinja2.Environment:
     loader = jinja2.FunctionLoader(_load_template)
     env = jinja2.Environment(
@@ -46,6 +54,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["toml"] = toml_value
+    env.filters["toml_key"] = toml_key
     return env
 
 

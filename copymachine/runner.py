@@ -126,7 +126,27 @@ def _popen_options() -> dict:
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """Ask the child (and its children) to stop, then insist."""
+    """Ask the child (and its children) to stop, then insist. A second Ctrl-C while it winds
+    down ends it at once: the child never outlives copymachine."""
+    try:
+        _stop_process_group(proc, grace_s)
+    except KeyboardInterrupt:
+        _kill_group(proc)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        if os.name == "nt":  # pragma: no cover - Windows
+            proc.kill()
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5.0)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def _stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
     if proc.poll() is not None:
         return
     if os.name == "nt":  # pragma: no cover - Windows
@@ -235,6 +255,19 @@ def run_command(
     return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path, peak_rss=peak_rss)
 
 
+def log_tail(log_path: Path, n: int = 12) -> list[str]:
+    """The last `n` non-empty lines of a stage log (split on CR and LF, as the watcher does)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    lines = [line.strip() for line in re.split(r"[\r\n]", text)]
+    return [line for line in lines if line][-n:]
+
+
 def _posix_join(argv: list[str]) -> str:
     import shlex
 
@@ -287,6 +320,35 @@ def kill_orphaned_group(pgid: int, marker: str) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def kill_orphans_of(owner_pid: int, marker: str, variable: str = "COPYMACHINE_PARENT_PID") -> list[int]:
+    """End the process groups of sd-scripts processes a dead copymachine (`owner_pid`) started:
+    those whose environment names it (the engine sets `variable`) and whose command line names
+    the sd-scripts root. Catches what the lock does not name (a kill between starting the child
+    and recording it). Linux only; elsewhere nothing."""
+    if os.name != "posix" or not Path("/proc").is_dir() or not marker:
+        return []
+    needle = f"{variable}={owner_pid}".encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            if needle not in environ:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            if marker not in cmdline:
+                continue
+            pgid = os.getpgid(int(entry.name))
+            if pgid == os.getpgrp():
+                continue
+            os.killpg(pgid, signal.SIGKILL)
+            killed.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return killed
 
 
 def is_tty(stream=None) -> bool:

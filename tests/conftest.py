@@ -51,6 +51,18 @@ class FakeEngine:
     def engine_args(self) -> list[str]:
         return ["--sd-scripts", str(self.root), "--python", sys.executable, "--tokenizer-cache-dir", str(self.tokenizers), "--offline"]
 
+    def tree_copy(self, dest: Path, without: str = "", commit: str = "") -> Path:
+        """The fake sd-scripts tree as symlinks at `dest`, optionally without one of its entries
+        (a module its Python then lacks), as a git checkout at `commit`."""
+        dest.mkdir(parents=True)
+        for entry in self.root.iterdir():
+            if entry.name != without:
+                (dest / entry.name).symlink_to(entry)
+        if commit:
+            (dest / ".git").mkdir()
+            (dest / ".git" / "HEAD").write_text(commit + "\n", encoding="utf-8")
+        return dest
+
     def calls(self) -> list[dict]:
         import json
 
@@ -65,3 +77,23 @@ class FakeEngine:
 @pytest.fixture
 def fake_engine(tmp_path, monkeypatch) -> FakeEngine:
     return FakeEngine(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def small_lora():
+    """small_lora(path): a two-module kohya LoRA (rank 4, SD1.x metadata) written at `path`."""
+    import numpy as np
+
+    from copymachine.lorafile import write_safetensors
+
+    def make(path: Path) -> Path:
+        rng = np.random.default_rng(0)
+        tensors = {}
+        for name in ("lora_unet_mid_block_attentions_0_proj_in", "lora_te_text_model_encoder_layers_0_mlp_fc1"):
+            tensors[f"{name}.lora_down.weight"] = rng.normal(size=(4, 16)).astype(np.float16)
+            tensors[f"{name}.lora_up.weight"] = rng.normal(size=(16, 4)).astype(np.float16)
+            tensors[f"{name}.alpha"] = np.array(4.0, np.float16)
+        write_safetensors(path, tensors, {"ss_base_model_version": "sd_v1", "ss_network_dim": "4", "ss_network_alpha": "4.0"})
+        return path
+
+    return make

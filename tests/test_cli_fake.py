@@ -255,5 +255,5 @@ def test_a_killed_merge_is_named_as_out_of_memory(fake_engine, images, tmp_path,
     result = invoke(train_args(fake_engine, images, tmp_path / "oom", "--effect", "contrast"))
     assert result.exit_code == EXIT_ENGINE
     line = [x for x in result.stderr.splitlines() if x.startswith("copymachine: error:")][0]
-    assert "copy model" in line and "was killed (SIGKILL)" in line and "out of memory" in line
+    assert "copy model" in line and "was killed by SIGKILL" in line and "out-of-memory killer" in line
     assert not list((tmp_path / "_cache" / "copy-model").rglob("*.safetensors"))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
 
 from copymachine import __version__
 from copymachine.errors import EXIT_INTERRUPTED, CopymachineError
+
+RESUME_HINT = "sd-scripts was stopped and every finished stage is kept: run the same command again to resume"
 
 
 class CopymachineGroup(click.Group):
@@ -22,7 +25,7 @@ class CopymachineGroup(click.Group):
                 click.echo(f"  | {line}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("copymachine: interrupted", err=True)
+            click.echo(f"copymachine: interrupted; {RESUME_HINT}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
 
 
@@ -34,7 +37,7 @@ def cli():
 
 
 # Each module adds its commands to `cli` when imported.
-COMMAND_MODULES: list[str] = ["methods", "edit", "tools", "recipe", "see"]
+COMMAND_MODULES: list[str] = ["methods", "edit", "tools", "recipe", "see", "doctor"]
 
 
 def _register() -> None:
@@ -47,7 +50,17 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum, frame) -> None:
+    # `kill PID`, a closing terminal, `docker stop`: stop sd-scripts as Ctrl-C does
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        # an ignored signal stays ignored (`nohup copymachine ...` must survive its terminal)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _terminate)
     cli(prog_name="copymachine")
 
 

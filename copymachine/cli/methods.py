@@ -7,14 +7,13 @@ from pathlib import Path
 import click
 
 from copymachine import effects as effect_registry
-from copymachine import profiles
+from copymachine import preflight, profiles
 from copymachine.cli import cli
 from copymachine.cli.common import check_tokenizers, engine_options, make_settings
 from copymachine.cli.see import see_options, see_recipe_sets, see_request
 from copymachine.errors import InputError
 from copymachine.files import HashCache
 from copymachine.methods import COPY_MACHINE, CUSTOM, DIFFERENCE, Request, default_cache, images_in, make_sources, match_edits, plan, run_folder
-from copymachine.models import inspect_base_model
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, apply_overrides, load_recipe_file, parse_set_options
@@ -103,6 +102,8 @@ def method_options(f):
         click.option("--low-vram", is_flag=True, help="For 8 GB cards: gradient checkpointing, 8-bit AdamW, latents cached on disk. Opt-in: the memo trains with plain AdamW."),
         click.option("--dry-run", is_flag=True, help="Write the configs and print every command; run nothing."),
         click.option("--no-wait", is_flag=True, help="Exit at once (code 6) instead of waiting when another run holds the run folder or a cache entry."),
+        click.option("--force", is_flag=True, help="Write into a run folder that holds another run (or files copymachine did not make), replacing what it writes there."),
+        click.option("--allow-pickle", is_flag=True, help="Accept a pickle checkpoint (.ckpt) as --base: copymachine does not open it (assumes SD1.x); sd-scripts loads it with torch. Only for files you trust."),
     ]
     f = see_options(f)
     for option in reversed(options):
@@ -125,7 +126,8 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
     if edited and not images:
         raise InputError("--edited is an edit of your --image: give the original too")
     effects = resolve_effects(o["effects"], bool(edited))
-    model = inspect_base_model(o["base"])
+    model = preflight.check_base_model(o["base"], reporter, allow_pickle=o["allow_pickle"])
+    preflight.check_images(images, edited, o["resolution"], reporter)
 
     recipe = load_recipe_file(o["recipe_file"], MEMO) if o["recipe_file"] else MEMO
     recipe_sets, effect_sets = split_set_options(o["sets"])
@@ -168,8 +170,17 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
         **see_request(o, model.family),
     )
     run_dir = run_folder(request).resolve()
-    hashes = HashCache(default_cache(run_dir, o["cache_dir"]).resolve() / "hashes.json")
+    cache_dir = default_cache(run_dir, o["cache_dir"]).resolve()
+    if not o["dry_run"]:
+        preflight.check_writable({"cache folder": cache_dir})
+    hashes = HashCache(cache_dir / "hashes.json")
     the_plan = plan(request, settings, hashes)
+    if not o["dry_run"]:
+        identity = preflight.run_identity(request, hashes)
+        preflight.check_output(the_plan, identity, hashes, force=o["force"])
+        preflight.check_writable({"run folder": the_plan.run_dir})
+        the_plan.info["identity"] = identity
+        the_plan.info["disk_space"] = preflight.check_space(the_plan, model, reporter)
     reporter.info(
         f"copymachine {method}: {model.family.label} base {o['base'].name}; {len(request.sources)} image(s); "
         f"effects: {', '.join(effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"

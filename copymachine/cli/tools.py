@@ -15,10 +15,11 @@ import click
 
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
-from copymachine.errors import InputError
+from copymachine import preflight
+from copymachine.errors import InputError, OutputError
 from copymachine.files import HashCache
 from copymachine.lorafile import summarize_lora
-from copymachine.models import Family, inspect_base_model, lora_family
+from copymachine.models import Family, ModelInfo, inspect_base_model, lora_family
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
@@ -61,13 +62,17 @@ def explain(terms: list[tuple[Path, float, int]]) -> str:
     return text[2:] if text.startswith("+ ") else text
 
 
-def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: dict[str, Path], params: dict, settings, reporter) -> None:
+def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: dict[str, Path], params: dict, settings, reporter, model: ModelInfo | None = None) -> None:
     out = out.resolve()
     if out.suffix.lower() != ".safetensors":
         raise InputError(f"--out must end in .safetensors: {out}")
     if out.exists() and out.is_dir():
         raise InputError(f"--out is a folder: {out}")
+    preflight.check_writable({"output folder": out.parent})
     hashes = HashCache(out.parent / ".copymachine" / "hashes.json")
+    force = click.get_current_context().meta.get(_FORCE, False)
+    if out.exists() and not force and not preflight.made_here(out, out.parent, None, hashes):
+        raise OutputError(f"{out} exists and was not made by copymachine {name}; use another --out, or --force to replace it")
     planner = Planner(out.parent / ".copymachine", out.parent / ".copymachine", hashes, kind_versions())
     planner.plan.manifest_name = f"{out.stem}.manifest.json"
     planner.add(
@@ -79,11 +84,25 @@ def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: 
         outputs={output: out.name},
         workdir=out.parent,
     )
+    if model is not None:
+        preflight.check_space(planner.plan, model, reporter)
     Pipeline(planner.plan, settings, reporter, hashes).run()
     click.echo(str(out))
 
 
-_out = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The file to write (.safetensors); written whole or not at all.")
+_FORCE = "copymachine.force"
+
+
+def _out(f):
+    """--out FILE and --force (kept in the context: the commands do not take it as a parameter)."""
+    f = click.option(
+        "--force",
+        is_flag=True,
+        expose_value=False,
+        callback=lambda ctx, param, value: ctx.meta.__setitem__(_FORCE, value),
+        help="Replace --out when it holds a file copymachine did not make.",
+    )(f)
+    return click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The file to write (.safetensors); written whole or not at all.")(f)
 
 
 @cli.command()
@@ -111,7 +130,7 @@ def merge(base, loras, precision, save_precision, out, sd_scripts, python, devic
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     inputs = {"base": base, **{lora_input_name(i): p for i, (p, _, _) in enumerate(terms)}}
     params = {"family": model.family.as_params(), "ratios": [r for _, r, _ in terms], "precision": precision, "save_precision": save_precision}
-    _run_tool(out, "merge", "merge_model", "model", f"merge into {model.path.name}", inputs, params, settings, reporter)
+    _run_tool(out, "merge", "merge_model", "model", f"merge into {model.path.name}", inputs, params, settings, reporter, model=model)
 
 
 @cli.command("svd-merge")

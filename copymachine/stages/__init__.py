@@ -8,6 +8,7 @@ rename. A kind never writes a final path itself.
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import signal
 from dataclasses import dataclass, field
@@ -141,14 +142,10 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
             f"{where} ran out of memory; close other programs, use a smaller --resolution, or --low-vram where offered. Log: {result.log_path}",
             details=tail,
         )
-    if result.returncode < 0 or result.returncode == 137:  # killed by a signal (137: a shell's 128 + SIGKILL)
-        number = -result.returncode if result.returncode < 0 else 9
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = f"signal {number}"
-        cause = "; the system most likely ran out of memory (RAM): close other programs or use a machine with more" if number == signal.SIGKILL else ""
-        raise EngineError(f"{where} was killed ({name}){cause}. Log: {result.log_path}", details=tail)
+    killed_by = _killed_by(result.returncode, tail)
+    if killed_by:
+        hint = " (the system's out-of-memory killer does this when RAM runs out: close other programs, or add swap)" if killed_by == "SIGKILL" else ""
+        raise EngineError(f"{where} was killed by {killed_by}{hint}. Log: {result.log_path}", details=tail)
     if result.returncode != 0:
         raise EngineError(f"{where} failed with exit code {result.returncode}. Log: {result.log_path}", details=tail)
     if w.nan:
@@ -162,6 +159,21 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
             f"{where} exited 0 but wrote no {missing[0].name} (sd-scripts does that when it finds no images). Log: {result.log_path}",
             details=tail,
         )
+
+
+def _killed_by(returncode: int, tail: list[str]) -> str | None:
+    """The signal that ended sd-scripts: its own exit status, or (under `accelerate launch`,
+    which exits 1) the launcher's `died with <Signals.SIGKILL: 9>`."""
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    for line in tail:
+        m = re.search(r"died with <Signals\.(SIG[A-Z0-9]+)", line)
+        if m:
+            return m.group(1)
+    return None
 
 
 class StageKind:
@@ -209,4 +221,10 @@ def kind_versions() -> dict[str, int]:
 def reset_scratch(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
+    for _ in range(5):
+        try:
+            path.mkdir(parents=True)
+            return
+        except FileNotFoundError:
+            continue  # a parallel stage removed the emptied .partial/ between the two mkdirs
     path.mkdir(parents=True)

@@ -30,6 +30,9 @@ OPTIONS_FILE = ROOT / "options.json"
 ENV_LOG = "COPYMACHINE_FAKE_LOG"
 ENV_FAIL = "COPYMACHINE_FAKE_FAIL"
 ENV_STEP_SECONDS = "COPYMACHINE_FAKE_STEP_SECONDS"
+ENV_WRITE_SECONDS = "COPYMACHINE_FAKE_WRITE_SECONDS"
+# Environment variables a call records (what copymachine hands sd-scripts about the network).
+RECORDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "CUDA_VISIBLE_DEVICES", "COLUMNS", "PYTHONIOENCODING")
 ENV_STATE = "COPYMACHINE_FAKE_STATE"
 ENV_LAUNCHER = "COPYMACHINE_FAKE_LAUNCHER"  # set by the fake accelerate launch for its child
 
@@ -139,9 +142,6 @@ def jsonable(v):
 
 # --------------------------------------------------------------------------------------------------
 # recording and failure injection
-
-
-RECORDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CUDA_VISIBLE_DEVICES", "COLUMNS", "PYTHONIOENCODING")
 
 
 class FakeRun:
@@ -256,7 +256,17 @@ class FakeRun:
             sys.stdout.flush()
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        path.write_bytes(data)
+        seconds = write_seconds()
+        if seconds:  # written in pieces at the final path, as a large real save is (to kill it mid-write)
+            pieces = 10
+            step = -(-len(data) // pieces)
+            with open(path, "wb") as f:
+                for i in range(0, len(data), step):
+                    f.write(data[i : i + step])
+                    f.flush()
+                    time.sleep(seconds / pieces)
+        else:
+            path.write_bytes(data)
         self.output(path)
 
 
@@ -288,6 +298,7 @@ def _count_call(stem: str) -> int:
         f.seek(0)
         f.truncate()
         f.write(json.dumps(counts))
+        f.flush()  # before unlocking: in "a+" mode a later flush would append after the next writer's counts
         fcntl.flock(f, fcntl.LOCK_UN)
     return counts[stem]
 
@@ -315,6 +326,13 @@ def failure_for(stem: str, call_no: int) -> str | None:
 def step_seconds() -> float:
     try:
         return float(os.environ.get(ENV_STEP_SECONDS) or 0)
+    except ValueError:
+        return 0.0
+
+
+def write_seconds() -> float:
+    try:
+        return float(os.environ.get(ENV_WRITE_SECONDS) or 0)
     except ValueError:
         return 0.0
 

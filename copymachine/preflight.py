@@ -1,0 +1,423 @@
+"""Pre-flight: everything that can be checked before the first stage runs.
+
+A run takes tens of minutes to hours; a wrong file, a full disk or an output path that holds
+something else must stop it at once, with one line that says what is wrong and what to do, and
+without touching anything. Checked here, in this order (the CLI calls them):
+
+- the base model: a single-file safetensors checkpoint of a family copymachine trains; a pickle
+  (.ckpt) only with --allow-pickle, and then copymachine does not open it (sd-scripts does);
+- the images: readable, one frame, not tiny, not huge (without --resolution); sizes that are
+  not multiples of 64 and colour modes that are converted get a note saying what happens;
+- the output: the run folder holds this run or nothing (another run, or files copymachine did
+  not make, need --force), a final LoRA path holds nothing copymachine did not make, and the run
+  and cache folders are writable;
+- disk space: what the stages still to run will write, against the free space of each disk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from copymachine.errors import InputError, OutputError
+from copymachine.files import HashCache, free_bytes
+from copymachine.images import image_info, load_rgb
+from copymachine.lorafile import read_safetensors
+from copymachine.models import SD1, ModelInfo, inspect_base_model
+from copymachine.progress import Reporter
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+MIN_IMAGE_SIDE = 64  # px: SD's latent is 1/8 of the image; below 64 px there is nothing to learn
+MAX_IMAGE_SIDE = 4096  # px: the memo trains at the image's own size; above this, --resolution
+GB = 1024**3
+MB = 1024**2
+
+# Parameters of a whole checkpoint (used when a pickle cannot be read) and of a networks.lora
+# LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
+# SD1.5: 1.07e9 parameters (the copy model at float is 4.27 GB, docs/engine-notes.md); its
+# dim-64 LoRA is 151 MB at float -> 590k parameters per rank. SDXL: 3.47e9 parameters
+# (6.94 GB at fp16); its LoRA ~3.4M parameters per rank.
+MODEL_PARAMS = {"sd1": 1_066_000_000, "sd2": 1_300_000_000, "sdxl": 3_470_000_000}
+LORA_PARAMS_PER_RANK = {"sd1": 590_000, "sd2": 650_000, "sdxl": 3_400_000}
+BYTES = {"float": 4, "fp32": 4, "fp16": 2, "bf16": 2}
+SMALL_STAGE_BYTES = 20 * MB  # images, captions, checks, configs, logs of one stage
+# sd-scripts' peak memory while merging a LoRA into a model at float (measured: 13.4 GB for
+# SD1.5 on the CPU); SDXL is an estimate (3.3x the parameters).
+MERGE_PEAK_RAM = {"sd1": int(13.4 * GB), "sd2": int(14 * GB), "sdxl": int(28 * GB)}
+
+
+# --- the base model ------------------------------------------------------------------------
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """torch.save writes a zip (PK\\x03\\x04) since torch 1.6; older files are a bare pickle
+    (protocol 2+: 0x80 then the protocol number). Only the first bytes are read."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def check_base_model(path: Path, reporter: Reporter, allow_pickle: bool = False) -> ModelInfo:
+    """The base model for train/diff: a safetensors checkpoint of a family copymachine trains.
+
+    A pickle checkpoint (.ckpt) is refused unless `allow_pickle`: copymachine never opens one
+    (unpickling can run code hidden in the file); with the flag it hands it to sd-scripts, which
+    loads it with torch, and assumes it is Stable Diffusion 1.x (it cannot read the keys).
+    """
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
+        if not allow_pickle:
+            raise InputError(
+                f"base model is a pickle file ({path.suffix}): {path}; loading a pickle can run code hidden in it, "
+                "so copymachine takes .safetensors only: use a .safetensors download or convert it, "
+                "or pass --allow-pickle if you trust this file (sd-scripts then loads it)"
+            )
+        size = path.stat().st_size
+        if size == 0:
+            raise InputError(f"base model is empty (0 bytes): {path}")
+        if not _looks_like_pickle(path):
+            raise InputError(f"base model is not a PyTorch checkpoint (neither a torch zip nor a pickle): {path}")
+        reporter.warn(
+            f"--allow-pickle: {path.name} is a pickle; copymachine does not open it, so it cannot check its family or "
+            f"contents: assuming {SD1.label}; sd-scripts loads it with torch (use only files you trust)"
+        )
+        return ModelInfo(path=path, family=SD1, size_bytes=size, tensor_count=0)
+    if path.is_file() and path.stat().st_size >= 8 and _looks_like_pickle(path):
+        raise InputError(
+            f"base model is a pickle file with a {path.suffix or 'missing'} suffix, not safetensors: {path}; "
+            "use a .safetensors checkpoint (or, if you trust it, rename it .ckpt and pass --allow-pickle)"
+        )
+    return inspect_base_model(path)
+
+
+def model_parameters(model: ModelInfo) -> int:
+    """Number of parameters of the base model (from its safetensors header; a family's typical
+    count for a pickle, which copymachine does not open)."""
+    if model.tensor_count == 0:
+        return MODEL_PARAMS.get(model.family.name, MODEL_PARAMS["sd1"])
+    st = read_safetensors(model.path, "base model")
+    return sum(math.prod(int(d) for d in info["shape"]) for info in st.tensors.values())
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+_MODE_NOTES = {
+    "P": "a palette image: converted to RGB",
+    "CMYK": "CMYK: converted to RGB without a colour profile (colours may shift; convert it yourself for exact colours)",
+    "YCbCr": "YCbCr: converted to RGB",
+    "LAB": "Lab: converted to RGB",
+    "HSV": "HSV: converted to RGB",
+    "L": "greyscale: converted to RGB",
+    "1": "black and white (1 bit): converted to RGB",
+}
+
+
+def check_image(path: Path, what: str, resolution: int | None, reporter: Reporter) -> tuple[int, int]:
+    """One image: readable, one frame, at least 64 px a side, at most 4096 px (unless --resolution
+    is given). Notes what copymachine converts. Returns its size (after EXIF orientation)."""
+    from copymachine.methods import training_size
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{what} is not a file: {path}")
+    try:
+        info = image_info(path)
+    except InputError as e:
+        raise InputError(f"{what}: {e.message}") from None
+    width, height = info["size"]
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(
+            f"{what} is {width}x{height} px: too small to train on (at least {MIN_IMAGE_SIDE} px a side; the memo used 512): {path}"
+        )
+    if max(width, height) > MAX_IMAGE_SIDE and resolution is None:
+        raise InputError(
+            f"{what} is {width}x{height} px, larger than {MAX_IMAGE_SIDE} px: training at that size needs far more memory than any GPU has; "
+            f"give --resolution 512 (SD1.x) or 1024 (SDXL) to train on a resized copy, or downscale it: {path}"
+        )
+    try:
+        load_rgb(path)  # truncated, corrupt, animated: one line naming the file
+    except InputError as e:
+        raise InputError(f"{what}: {e.message}") from None
+    notes = []
+    if info["has_alpha"]:
+        notes.append("has transparency: composited onto white")
+    elif info["mode"] in _MODE_NOTES:
+        notes.append(_MODE_NOTES[info["mode"]])
+    if info["bit_depth"] > 8:
+        notes.append(f"{info['bit_depth']}-bit: reduced to 8 bits per channel")
+    if info["mode"] == "P" and info["has_alpha"]:
+        notes.append("a palette image: converted to RGB")
+    for note in notes:
+        reporter.info(f"note: {what} {path.name}: {note}")
+    trained = training_size(width, height, resolution)
+    if resolution is None and (width % 64 or height % 64):
+        reporter.warn(
+            f"{what} {path.name} is {width}x{height} px, not a multiple of 64 a side (sd-scripts would bucket it): "
+            f"copymachine trains on a copy resized to {trained[0]}x{trained[1]} (the edit too); "
+            f"give an image of that size to train on it unchanged"
+        )
+    return width, height
+
+
+def check_images(images: list[Path], edited: list[Path], resolution: int | None, reporter: Reporter) -> None:
+    for path in images:
+        check_image(path, "image", resolution, reporter)
+    for path in edited:
+        check_image(path, "edited image", resolution, reporter)
+
+
+# --- the output ----------------------------------------------------------------------------
+
+# What a run folder holds before its manifest is first written (a run killed at its start).
+_RUN_FOLDER_SCAFFOLD = {".lock", ".stages", ".partial", "logs", "manifest.json"}
+
+
+def run_identity(request, hashes: HashCache) -> dict[str, Any]:
+    """What makes a run folder's results *this* run's: the method, the base model and the
+    original images (content, not names). Effects, edits and recipe numbers are parameters:
+    changing them re-runs stages in the same folder."""
+    images: list[Any] = []
+    for source in request.sources:
+        if source.image is None:
+            g = request.recipe.generate
+            images.append({"generated": {"prompt": g.prompt, "seed": g.seed, "size": [g.width, g.height]}})
+        else:
+            images.append(hashes.sha256(source.image))
+    return {
+        "method": request.method,
+        "base_sha256": hashes.sha256(request.base),
+        "images": images,
+    }
+
+
+def _differences(previous: dict[str, Any], current: dict[str, Any], prev_run: dict[str, Any]) -> list[str]:
+    out = []
+    if previous.get("method") != current["method"]:
+        out.append(f"method {previous.get('method')}")
+    if previous.get("base_sha256") != current["base_sha256"]:
+        out.append(f"another base model ({Path(str(prev_run.get('base', '?'))).name})")
+    if previous.get("images") != current["images"]:
+        names = [Path(p).name if p else "generated" for p in prev_run.get("images") or []]
+        out.append(f"other images ({', '.join(names) or '?'})")
+    return out
+
+
+def made_here(final: Path, run_dir: Path, manifest: dict[str, Any] | None, hashes: HashCache) -> bool:
+    """Did copymachine write this final LoRA in this run folder? Its stage's stamp records its
+    sha256; a run killed between moving it into place and writing the stamp still lists it in the
+    manifest's finals."""
+    digest = hashes.sha256(final)
+    for stamp_file in (run_dir / ".stages").glob("*.json"):
+        try:
+            stamp = json.loads(stamp_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for out in (stamp.get("outputs") or {}).values():
+            if isinstance(out, dict) and Path(out.get("path", "")) == final and out.get("sha256") == digest:
+                return True
+    return bool(manifest) and str(final) in (manifest.get("finals") or {}).values()
+
+
+def check_output(plan, identity: dict[str, Any], hashes: HashCache, force: bool) -> None:
+    """Refuse to write into a run folder that holds another run or files copymachine did not
+    make, unless --force. The same command run again (a resume) passes."""
+    run_dir: Path = plan.run_dir
+    hint = "use another --out, or --force to replace"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"--out {run_dir} is a file, not a folder; give a folder for the run")
+    manifest = None
+    if run_dir.is_dir():
+        manifest_path = run_dir / "manifest.json"
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                manifest = None
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("run"), dict):
+                if not force:
+                    raise OutputError(f"run folder {run_dir} has a manifest.json copymachine cannot read; {hint} it")
+                manifest = None
+            else:
+                previous = manifest["run"].get("identity")
+                if previous is None:  # written before identities were recorded: compare what it has
+                    previous = {"method": manifest["run"].get("method"), "base_sha256": identity["base_sha256"], "images": identity["images"]}
+                differs = _differences(previous, identity, manifest["run"])
+                if differs and not force:
+                    raise OutputError(f"run folder {run_dir} holds another run ({'; '.join(differs)}); {hint} its results")
+        else:
+            allowed = set(_RUN_FOLDER_SCAFFOLD)
+            if plan.cache_dir.parent == run_dir:
+                allowed.add(plan.cache_dir.name)
+            foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in allowed)
+            if foreign and not force:
+                raise OutputError(
+                    f"--out {run_dir} is not empty and is not a copymachine run folder (no manifest.json; it holds {foreign[0]!r}); "
+                    f"use a new or empty folder, or --force to write into it"
+                )
+    for final in plan.finals.values():
+        if final.exists() and not force:
+            if final.is_dir():
+                raise OutputError(f"the final LoRA's path {final} is a folder; use another --name or --out")
+            if not made_here(final, run_dir, manifest, hashes):
+                raise OutputError(f"{final} exists and was not made by this run; use another --name or --out, or --force to replace it")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(folders: dict[str, Path]) -> None:
+    """Each folder can be created and written (a probe file, removed at once)."""
+    for what, folder in folders.items():
+        folder = Path(folder)
+        base = _existing_ancestor(folder)
+        if not base.is_dir():
+            raise OutputError(f"cannot create the {what} {folder}: {base} is a file, not a folder")
+        target = folder if folder.is_dir() else base
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".copymachine-write-test-", dir=target)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise OutputError(f"cannot write to the {what} {folder} ({e.strerror or e}); choose another folder or fix its permissions") from None
+
+
+# --- disk space ----------------------------------------------------------------------------
+
+
+@dataclass
+class SpaceNeed:
+    folder: Path  # the stage folder (its disk is what counts)
+    bytes: int
+    what: str
+
+
+def lora_bytes(family: str, rank: int, precision: str) -> int:
+    return LORA_PARAMS_PER_RANK.get(family, LORA_PARAMS_PER_RANK["sd1"]) * max(int(rank), 1) * BYTES.get(precision, 4)
+
+
+def _stage_done(stage) -> bool:
+    """Done as far as space goes: its stamp has the stage's key and its outputs have the recorded
+    sizes (no hashing here: the pipeline checks properly before skipping)."""
+    from copymachine.pipeline import read_stamp
+
+    stamp = read_stamp(stage)
+    if not stamp or stamp.get("key") != stage.key:
+        return False
+    for name, path in stage.outputs.items():
+        out = (stamp.get("outputs") or {}).get(name) or {}
+        if not path.is_file() or path.stat().st_size != out.get("size"):
+            return False
+    return True
+
+
+def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
+    """Bytes each stage that is not done yet will write."""
+    family = model.family.name
+    estimate: dict[str, int] = {}
+    needs = []
+    for stage in plan.stages:
+        p = stage.params
+        kind = stage.kind
+        if kind == "merge_model":
+            size = params * BYTES.get(p.get("save_precision", "float"), 4)
+            what = "a merged model"
+        elif kind == "train_lora":
+            t = p["training"]
+            size = lora_bytes(family, t["network_dim"], t.get("save_precision", "float"))
+            what = "a LoRA"
+        elif kind == "extract_lora":
+            size = lora_bytes(family, p.get("dim", 64), "float")
+            what = "a LoRA"
+        elif kind in ("resize_lora", "svd_merge"):
+            size = lora_bytes(family, p.get("rank", 64), p.get("save_precision", "float"))
+            what = "a LoRA"
+        elif kind == "finalize":
+            ref = stage.inputs.get("lora")
+            size = estimate.get(ref.producer, lora_bytes(family, 64, "float")) if ref is not None and ref.producer else lora_bytes(family, 64, "float")
+            what = "the final LoRA"
+        else:
+            size = 0
+            what = "images and notes"
+        size += SMALL_STAGE_BYTES
+        estimate[stage.name] = size
+        if not _stage_done(stage):
+            needs.append(SpaceNeed(stage.workdir, size, what))
+    return needs
+
+
+def _device(path: Path) -> int:
+    return os.stat(_existing_ancestor(path)).st_dev
+
+
+def human(n: int) -> str:
+    if n >= GB:
+        return f"{n / GB:.1f} GB"
+    return f"{max(n, 0) / MB:.0f} MB"
+
+
+def check_space(plan, model: ModelInfo, reporter: Reporter) -> dict[str, Any]:
+    """Refuse to start when a disk has less free space than what the stages still to run will
+    write there (with a 5 % + 200 MB margin). Returns the estimate (for the manifest)."""
+    needs = estimate_space(plan, model, model_parameters(model))
+    by_device: dict[int, list[SpaceNeed]] = {}
+    for need in needs:
+        by_device.setdefault(_device(need.folder), []).append(need)
+    summary = {}
+    for items in by_device.values():
+        total = sum(n.bytes for n in items)
+        required = int(total * 1.05) + 200 * MB
+        folder = min((n.folder for n in items), key=lambda p: len(p.parts))
+        free = free_bytes(folder)
+        summary[str(folder)] = {"needed": required, "free": free}
+        if free < required:
+            largest = max(items, key=lambda n: n.bytes)
+            raise OutputError(
+                f"not enough disk space at {_existing_ancestor(folder)}: this run still writes ~{human(required)} there "
+                f"(largest: {largest.what}, {human(largest.bytes)}), {human(free)} free; free some space, "
+                f"or put the cache (--cache-dir) or the run (--out) on another disk"
+            )
+    return summary
+
+
+# --- memory (for doctor) -------------------------------------------------------------------
+
+
+def memory_bytes() -> dict[str, int | None]:
+    """Total and available RAM and total swap, from /proc/meminfo (Linux) or sysconf."""
+    out: dict[str, int | None] = {"total": None, "available": None, "swap": None}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2] and line.split()[1].isdigit()}
+        out["total"] = fields.get("MemTotal")
+        out["available"] = fields.get("MemAvailable")
+        out["swap"] = fields.get("SwapTotal")
+        return out
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        out["total"] = page * os.sysconf("SC_PHYS_PAGES")
+        out["available"] = page * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    return out
+
+
+def family_needs(family: str) -> dict[str, int]:
+    """Disk and RAM a one-image `train` run of this family needs (float copy model + LoRAs)."""
+    params = MODEL_PARAMS[family]
+    disk = params * 4 + 4 * lora_bytes(family, 64, "float") + 200 * MB
+    return {"disk": disk, "ram": MERGE_PEAK_RAM[family]}
+

@@ -1,0 +1,91 @@
+"""`copymachine doctor` against the fake sd-scripts: what it prints and when it exits non-zero."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from copymachine import preflight
+from copymachine.cli import cli, doctor as doctor_module
+from copymachine.engine import PINNED_COMMIT
+from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OUTPUT
+
+GB = 1024**3
+
+
+@pytest.fixture
+def roomy(monkeypatch):
+    """A machine with enough RAM and disk, whatever runs the tests."""
+    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 32 * GB, "available": 24 * GB, "swap": 0})
+    monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 100 * GB)
+
+
+def doctor(fake_engine, tmp_path, *extra, sd_scripts=None):
+    args = ["doctor", "--sd-scripts", str(sd_scripts or fake_engine.root), "--python", sys.executable, "--out", str(tmp_path / "runs"), *extra]
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def rows(result) -> dict[str, str]:
+    out = {}
+    for line in result.stdout.splitlines()[1:-1]:
+        status, what = line.split()[:2]
+        out.setdefault(what, f"{status} {line.split(None, 2)[2]}")
+    return out
+
+
+def test_ready_machine(fake_engine, tmp_path, roomy):
+    result = doctor(fake_engine, tmp_path, "--tokenizer-cache-dir", str(fake_engine.tokenizers))
+    assert result.exit_code == 0, result.output
+    r = rows(result)
+    assert r["sd-scripts"].startswith(f"warn {fake_engine.root} is not a git checkout")
+    assert r["python"] == f"ok {sys.executable} (Python {sys.version.split()[0]})"
+    assert r["packages"].startswith("ok everything sd-scripts imports is there")
+    assert r["GPU"].startswith("warn torch 0.0+fake sees no CUDA GPU")
+    assert r["RAM"].startswith("ok 32.0 GB (24.0 GB available")
+    assert r["disk"].startswith(f"ok run folders {tmp_path / 'runs'} + cache {tmp_path / 'runs' / '_cache'}: 100.0 GB free; a one-image SD1.5 run writes ~4.")
+    assert r["write"].startswith("ok access") and r["tokenizer"].startswith("ok ")
+    assert result.stdout.splitlines()[-1] == "ready (2 warning(s))"
+
+
+def test_pinned_checkout_and_gpu(fake_engine, tmp_path, roomy, monkeypatch):
+    monkeypatch.setenv("COPYMACHINE_FAKE_CUDA", "1")
+    root = fake_engine.tree_copy(tmp_path / "sd-scripts", commit=PINNED_COMMIT)
+    result = doctor(fake_engine, tmp_path, sd_scripts=root)
+    assert result.exit_code == 0, result.output
+    r = rows(result)
+    assert r["sd-scripts"] == f"ok {root} (commit {PINNED_COMMIT[:8]}, the pinned one)"
+    assert r["GPU"] == "ok torch 0.0+fake sees Fake GPU, 70.0 GB of 80.0 GB VRAM free; trains in bf16"
+
+
+def test_sd_scripts_missing(fake_engine, tmp_path, roomy):
+    result = doctor(fake_engine, tmp_path, sd_scripts=tmp_path / "nowhere")
+    assert result.exit_code == EXIT_ENVIRONMENT
+    assert rows(result)["sd-scripts"].startswith("FAIL sd-scripts not found at")
+    assert result.stdout.splitlines()[-1] == "not ready: 1 problem(s) would stop a run (sd-scripts)"
+
+
+def test_python_lacking_a_dependency(fake_engine, tmp_path, roomy):
+    root = fake_engine.tree_copy(tmp_path / "sd-scripts", without="voluptuous")
+    result = doctor(fake_engine, tmp_path, sd_scripts=root)
+    assert result.exit_code == EXIT_ENVIRONMENT
+    assert "lacks voluptuous" in rows(result)["packages"]
+
+
+def test_too_little_disk_and_ram(fake_engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 8 * GB, "available": 6 * GB, "swap": 2 * GB})
+    monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 2 * GB)
+    result = doctor(fake_engine, tmp_path)
+    assert result.exit_code == EXIT_ENVIRONMENT  # the first blocking problem: RAM
+    r = rows(result)
+    assert r["RAM"].startswith("FAIL 8.0 GB") and r["RAM"].endswith("not enough for the copy model's merge")
+    assert r["disk"].startswith("FAIL ") and "2.0 GB free" in r["disk"]
+
+
+def test_run_folder_not_writable(fake_engine, tmp_path, roomy):
+    a_file = tmp_path / "a file"
+    a_file.write_text("x", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["doctor", "--sd-scripts", str(fake_engine.root), "--python", sys.executable, "--out", str(a_file / "runs"), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == EXIT_OUTPUT
+    assert any(line.startswith("  FAIL  write access  cannot create the run folders") for line in result.stdout.splitlines()), result.stdout

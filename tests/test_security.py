@@ -1,0 +1,127 @@
+"""Security: no shell, no unpickling, configs written only by a TOML library, no network from
+copymachine's own process, and HF_HUB_OFFLINE=1 handed to sd-scripts with --offline."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import tokenize
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from copymachine.cli import cli
+from copymachine.render import render
+
+PACKAGE = Path(__file__).resolve().parents[1] / "copymachine"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+
+
+def code_of(path: Path) -> str:
+    """The file's code without comments and string literals (docstrings may say 'pickle')."""
+    out = []
+    for tok in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline):
+        if tok.type not in (tokenize.COMMENT, tokenize.STRING):
+            out.append(tok.string)
+    return " ".join(out)
+
+
+FORBIDDEN = {
+    "shell=True": r"shell\s*=\s*True",
+    "os.system": r"\bos\s*\.\s*system\b",
+    "os.popen": r"\bos\s*\.\s*popen\b",
+    "subprocess.getoutput": r"\bgetstatusoutput\b|\bgetoutput\b",
+    "pickle": r"\b(c?pickle|_pickle|dill|joblib|shelve|marshal)\b",
+    "torch.load": r"\btorch\s*\.\s*load\b",
+    "np.load with pickles": r"\bload\s*\([^)]*allow_pickle\s*=\s*True",
+    "yaml.load": r"\byaml\s*\.\s*(unsafe_)?load\b",
+    "urllib/requests/http": r"\b(urllib|requests|httpx|http\.client|urlopen)\b",
+}
+
+
+@pytest.mark.parametrize("what", list(FORBIDDEN))
+def test_package_has_none_of(what):
+    pattern = re.compile(FORBIDDEN[what])
+    hits = [f"{p.relative_to(PACKAGE.parent)}" for p in sorted(PACKAGE.rglob("*.py")) if pattern.search(code_of(p))]
+    assert hits == [], f"{what} in {hits}"
+
+
+def called_builtins(path: Path) -> set[str]:
+    """Names called as plain functions (`eval(...)`, not `model.eval()`)."""
+    toks = [t for t in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline) if t.type in (tokenize.NAME, tokenize.OP)]
+    return {t.string for prev, t, nxt in zip([None] + toks, toks, toks[1:] + [None]) if t.type == tokenize.NAME and nxt is not None and nxt.string == "(" and (prev is None or prev.string != ".")}
+
+
+def test_package_calls_no_eval_exec_or_compile():
+    hits = {p.name: called_builtins(p) & {"eval", "exec", "compile", "__import__"} for p in PACKAGE.rglob("*.py")}
+    assert {k: v for k, v in hits.items() if v} == {}
+
+
+def test_torch_is_imported_only_by_the_optional_lpips_score():
+    hits = [p.name for p in sorted(PACKAGE.rglob("*.py")) if re.search(r"\bimport\s+torch\b|\bfrom\s+torch\b", code_of(p))]
+    assert hits == ["similarity.py"]  # Lpips.distance, only when the lpips extra is installed
+
+
+def test_toml_is_written_by_tomli_w_only():
+    writers = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if re.search(r"\btomli_w\b", code_of(p)))
+    assert writers == ["cli/recipe.py", "render.py"]
+    for p in PACKAGE.rglob("*.py"):
+        assert not re.search(r"\bimport\s+toml\b|\bfrom\s+toml\s+import\b", code_of(p)), p  # the old `toml` writer
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in TEMPLATES.glob("*.j2")))
+def test_every_template_value_goes_through_the_toml_writer(template):
+    text = (TEMPLATES / template).read_text(encoding="utf-8")
+    expressions = re.findall(r"\{\{(.*?)\}\}", text)
+    assert expressions
+    for expr in expressions:
+        assert re.search(r"\|\s*toml(_key)?\s*$", expr), f"{template}: {{{{{expr}}}}} is not written by tomli-w"
+
+
+HOSTILE = 'C:\\sd\\a "b" \'c\'\nd = 1\n[x]\n%s 日本語 """'
+
+
+def test_hostile_strings_round_trip_through_both_templates(tmp_path):
+    from copymachine.render import AttrDict
+    from copymachine.recipe import MEMO
+    import dataclasses
+
+    training = AttrDict(dataclasses.asdict(MEMO.copy))
+    path = Path(HOSTILE)
+    dataset = render("dataset.toml.j2", stage=HOSTILE, training=training, caption_extension=".txt", resolution=[64, 64], enable_bucket=False, image_dir=path)
+    assert tomllib.loads(dataset)["datasets"][0]["subsets"][0]["image_dir"] == HOSTILE
+    family = AttrDict({"v2": False, "training_options": {"no_half_vae": True, HOSTILE: HOSTILE}})
+    config = render(
+        "training.toml.j2", stage=HOSTILE, base_model=path, family=family, tokenizer_cache_dir=path, training=training, warmup_steps=1,
+        dataset_config=path, resolution_text="64,64", max_train_steps=3,
+        profile=AttrDict({"mixed_precision": "no", "training_options": {"max_data_loader_n_workers": 0}}),
+        output_dir=path, output_name=HOSTILE, comment=HOSTILE,
+    )  # fmt: skip
+    data = tomllib.loads(config)
+    assert data["model"]["pretrained_model_name_or_path"] == HOSTILE and data["model"][HOSTILE] == HOSTILE
+    assert data["output"]["output_name"] == HOSTILE and data["output"]["training_comment"] == HOSTILE
+    assert "d" not in data and "x" not in data  # nothing injected
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["--offline", "online"])
+def test_offline_reaches_sd_scripts_and_copymachine_never_connects(fake_engine, small_lora, tmp_path, monkeypatch, offline):
+    def no_network(*a, **k):
+        raise AssertionError("copymachine's own process tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    engine = [a for a in fake_engine.engine_args if offline or a != "--offline"]
+    lora = small_lora(tmp_path / "in.safetensors")
+    result = CliRunner().invoke(cli, ["resize", str(lora), "--rank", "2", "--out", str(tmp_path / "out.safetensors"), *engine], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (call,) = fake_engine.calls()
+    if offline:
+        assert {k: v for k, v in call["env"].items() if "OFFLINE" in k} == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    else:
+        assert {k: v for k, v in call["env"].items() if "OFFLINE" in k} == {}
