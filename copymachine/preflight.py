@@ -46,9 +46,12 @@ MODEL_PARAMS = {"sd1": 1_066_000_000, "sd2": 1_300_000_000, "sdxl": 3_470_000_00
 LORA_PARAMS_PER_RANK = {"sd1": 590_000, "sd2": 650_000, "sdxl": 3_400_000}
 BYTES = {"float": 4, "fp32": 4, "fp16": 2, "bf16": 2}
 SMALL_STAGE_BYTES = 20 * MB  # images, captions, checks, configs, logs of one stage
-# sd-scripts' peak memory while merging a LoRA into a model at float (measured: 13.4 GB for
-# SD1.5 on the CPU); SDXL is an estimate (3.3x the parameters).
+# sd-scripts' peak memory while merging a LoRA into a model at float (measured here: 13.4 GB for
+# SD1.5; SDXL's float merge was killed by the kernel's out-of-memory killer on a 24 GB machine
+# while saving, so 28 GB is an estimate, 3.3x SD1.5's parameters). At fp16 SDXL's merge peaked at
+# 22.7 GiB (measured here, sdxl_merge_lora.py on the CPU).
 MERGE_PEAK_RAM = {"sd1": int(13.4 * GB), "sd2": int(14 * GB), "sdxl": int(28 * GB)}
+MERGE_PEAK_RAM_HALF = {"sdxl": int(22.7 * 2**30)}
 
 
 # --- the base model ------------------------------------------------------------------------
@@ -413,6 +416,31 @@ def memory_bytes() -> dict[str, int | None]:
     except (ValueError, OSError, AttributeError):
         pass
     return out
+
+
+def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
+    """Say before starting when a merge into the checkpoint will likely not fit in RAM (+ swap):
+    the kernel then kills sd-scripts minutes into the run."""
+    total = memory_bytes()
+    have = (total["total"] or 0) + (total["swap"] or 0)
+    if not have:
+        return
+    for stage in plan.stages:
+        if stage.kind != "merge_model" or _stage_done(stage):
+            continue
+        family = stage.params["family"]["name"]
+        half = stage.params["precision"] != "float"
+        need = MERGE_PEAK_RAM_HALF.get(family, MERGE_PEAK_RAM[family] // 2) if half else MERGE_PEAK_RAM[family]
+        if need <= have:
+            continue
+        hint = ""
+        if not half and family in MERGE_PEAK_RAM_HALF and MERGE_PEAK_RAM_HALF[family] <= have:
+            hint = f"; merging at fp16 peaks at ~{human(MERGE_PEAK_RAM_HALF[family])}: --set merge.precision=fp16 --set merge.save_precision=fp16"
+        reporter.warn(
+            f"'{stage.title}' merges into a {model.family.label} checkpoint at {stage.params['precision']} precision, which needs "
+            f"~{human(need)} of RAM; this machine has {human(have)} (RAM + swap), so sd-scripts will likely be killed{hint}"
+        )
+        return
 
 
 def family_needs(family: str) -> dict[str, int]:

@@ -80,3 +80,22 @@ def test_offline_without_the_second_tokenizer_is_named(fake_engine, sdxl, tmp_pa
     assert result.exit_code == EXIT_ENVIRONMENT
     assert "lacks laion_CLIP-ViT-bigG-14-laion2B-39B-b160k" in result.output and "SDXL needs" in result.output
     assert fake_engine.calls() == []
+
+
+def test_a_merge_that_will_not_fit_in_ram_is_named_before_starting(fake_engine, sdxl, tmp_path, monkeypatch):
+    from copymachine import preflight
+
+    gib = 2**30
+    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 24 * gib, "available": 22 * gib, "swap": 0})
+    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "ram")])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if "needs ~" in line][0]
+    assert "copy model" in warning and "SDXL checkpoint at float" in warning and "--set merge.precision=fp16" in warning
+    assert result.output.index(warning) < result.output.index("[1/")  # before any stage runs
+    # at fp16 (22.7 GiB measured) it fits in 24 GB: no warning
+    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "ram16"), "--set", "merge.precision=fp16", "--set", "merge.save_precision=fp16"])
+    assert result.exit_code == 0 and "needs ~" not in result.output
+    # SD1.5's 13.4 GB merge fits
+    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 16 * gib, "available": 15 * gib, "swap": 0})
+    result = invoke(["train", "--effect", "contrast", "--base", str(fake_engine.base), "--image", str(sdxl["image"]), "--out", str(tmp_path / "sd1"), "--resolution", "64", "--max-steps", "3", "--no-copy-check", *fake_engine.engine_args])
+    assert result.exit_code == 0 and "needs ~" not in result.output

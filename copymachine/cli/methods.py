@@ -181,6 +181,7 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
         preflight.check_writable({"run folder": the_plan.run_dir})
         the_plan.info["identity"] = identity
         the_plan.info["disk_space"] = preflight.check_space(the_plan, model, reporter)
+        preflight.check_memory(the_plan, model, reporter)
     reporter.info(
         f"copymachine {method}: {model.family.label} base {o['base'].name}; {len(request.sources)} image(s); "
         f"effects: {', '.join(effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"
