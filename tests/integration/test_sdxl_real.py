@@ -5,7 +5,8 @@
   (out of memory) while saving at 24 GB — run here at fp16 precision instead, which peaks at
   22.7 GiB (5.4 min); float needs a bigger machine (the README says so);
 - resize_lora.py on a rank-64 SDXL LoRA: ~22 min on 2 cores — left out (`--rank 0`);
-  the resize command line is the same as SD1.5's and is covered there.
+  the resize command line is the same as SD1.5's and is covered there;
+- svd_merge_lora.py of two rank-64 SDXL LoRAs (diff): 17 min, 13.8 GiB — runs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from realkit import draw_original, run_cli
 
 from copymachine.lorafile import read_safetensors, validate_lora
 
-pytestmark = pytest.mark.integration
+# ~30 min here (the svd merge of two SDXL LoRAs alone: 17 min, 13.8 GiB): `make test-integration-sdxl`
+pytestmark = [pytest.mark.integration, pytest.mark.sdxl]
 
 MIN_RAM = 23 * 2**30
 
