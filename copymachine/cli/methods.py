@@ -105,10 +105,12 @@ def method_options(f):
         click.option("--force", is_flag=True, help="Write into a run folder that holds another run (or files copymachine did not make), replacing what it writes there."),
         click.option("--allow-pickle", is_flag=True, help="Accept a pickle checkpoint (.ckpt) as --base: copymachine does not open it (assumes SD1.x); sd-scripts loads it with torch. Only for files you trust."),
     ]
+    # --help lists the method's options first, then the checks and previews, then the engine's
+    f = engine_options(f)
     f = see_options(f)
     for option in reversed(options):
         f = option(f)
-    return engine_options(f)
+    return f
 
 
 def run_method(method: str, o: dict, sign: str = "edit") -> None:
@@ -217,8 +219,9 @@ def train(**options):
     3. captions         one fixed caption, the same for both images
     4. copy LoRA        over-fit on the original (dim 64, 3072 steps), cached
     5. copy model       the copy LoRA merged into the base model, cached
-    6. effect LoRA      trained on the copy model with the edited image
-    7. resize           to rank 8 -> <run folder>/<name>.safetensors
+    6. copy check       does the copy model copy? (SSIM >= 0.8; --no-copy-check)
+    7. effect LoRA      trained on the copy model with the edited image
+    8. resize           to rank 8 -> <run folder>/<name>.safetensors
 
     With several images (--image a.png --image b.png, or --images DIR) each gets its own copy
     machine and effect LoRA, combined by the memo's steps 7-9 (or --combine svd).
@@ -243,9 +246,10 @@ def diff(sign, **options):
     \b
     1. LoRA A   over-fitted copy of the original (4096 steps) on the base model, cached
     2. LoRA B   over-fitted copy of the edited image, same recipe
-    3. svd_merge_lora.py --ratios 1 -1 --new_rank 8 --precision float --save_precision fp16
+    3. B - A    svd_merge_lora.py --new_rank 8 --precision float --save_precision fp16
 
-    Positive strength = more of the edit (B - A); --sign memo gives the memo's A - B.
+    Positive strength = more of the edit (B - A). The memo's --ratios 1 -1 gave A - B,
+    where positive strength removed the edit: --sign memo reproduces that.
 
     \b
     Example:
