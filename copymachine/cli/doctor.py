@@ -88,21 +88,33 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
     return engine, probe
 
 
-def _memory(doc: Doctor) -> None:
+def _memory(doc: Doctor, family: str = SD1.name) -> None:
     mem = preflight.memory_bytes()
-    need = preflight.MERGE_PEAK_RAM[SD1.name]
-    xl = preflight.MERGE_PEAK_RAM["sdxl"]
+    need = preflight.MERGE_PEAK_RAM[family]
+    label = {"sd1": "SD1.5", "sd2": "SD2", "sdxl": "SDXL"}.get(family, family)
     total, available, swap = mem["total"], mem["available"], mem["swap"] or 0
     if total is None:
-        doc.add(WARN, "RAM", f"cannot tell how much RAM this machine has; merging an SD1.5 model at float peaks at ~{preflight.human(need)}")
+        doc.add(WARN, "RAM", f"cannot tell how much RAM this machine has; merging an {label} model at float peaks at ~{preflight.human(need)}")
         return
-    text = f"{preflight.human(total)} ({preflight.human(available or 0)} available, swap {preflight.human(swap)}); merging peaks at ~{preflight.human(need)} for SD1.5, ~{preflight.human(xl)} for SDXL (float)"
-    if total + swap < need:
+    text = f"{preflight.human(total)} ({preflight.human(available or 0)} available, swap {preflight.human(swap)}); merging into an {label} checkpoint at float peaks at ~{preflight.human(need)}"
+    half = preflight.MERGE_PEAK_RAM_HALF.get(family)
+    if total + swap < need and half and half <= total + swap:
+        doc.add(WARN, "RAM", text + f": too little for float; at fp16 it peaks at ~{preflight.human(half)} (--set merge.precision=fp16 --set merge.save_precision=fp16)")
+    elif total + swap < need:
         doc.add(FAIL, "RAM", text + ": not enough for the copy model's merge", EXIT_ENVIRONMENT)
     elif total < need or (available is not None and available < need):
         doc.add(WARN, "RAM", text + ": close other programs during the merge, or it will swap")
     else:
         doc.add(OK, "RAM", text)
+
+
+def _base_family(base: Path | None) -> str:
+    if base is None:
+        return SD1.name
+    try:
+        return preflight.check_base_model(base, Reporter(), allow_pickle=True).family.name
+    except CopymachineError:
+        return SD1.name  # _folders reports the bad --base
 
 
 def _folders(doc: Doctor, out: Path, cache: Path, base: Path | None) -> None:
@@ -170,7 +182,7 @@ def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     doc = Doctor()
     click.echo("copymachine doctor")
     _engine(doc, sd_scripts, python)
-    _memory(doc)
+    _memory(doc, _base_family(base))
     _folders(doc, Path(out).absolute(), cache.absolute(), base)
     _tokenizer(doc, tokenizer_cache_dir)
     if importlib.util.find_spec("lpips") is not None:
