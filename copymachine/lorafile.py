@@ -182,6 +182,10 @@ class LoraSummary:
     def text_encoder_modules(self) -> int:
         return sum(1 for n in self.modules if n.startswith("lora_te"))
 
+    def facts(self) -> dict[str, Any]:
+        """What the manifest records about a LoRA a stage wrote."""
+        return {"ranks": self.ranks, "unet_modules": self.unet_modules, "text_encoder_modules": self.text_encoder_modules}
+
 
 def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
     """Read a kohya LoRA's structure from its header: modules, ranks, alphas (header + alphas)."""

@@ -38,8 +38,7 @@ class ExtractLora(StageKind):
         label_tool_output(stage, ctx, out)
 
     def validate(self, stage, name, path, ctx):
-        s = validate_lora(path, "extracted LoRA", expected_rank=stage.params["dim"])
-        return {"ranks": s.ranks, "unet_modules": s.unet_modules, "text_encoder_modules": s.text_encoder_modules}
+        return validate_lora(path, "extracted LoRA", expected_rank=stage.params["dim"]).facts()
 
 
 KIND = ExtractLora()

@@ -55,8 +55,7 @@ class Finalize(StageKind):
         copy_with_metadata(stage.input("lora"), ctx.scratch_output("lora"), metadata)
 
     def validate(self, stage, name, path, ctx):
-        s = validate_lora(path, "final LoRA")
-        return {"ranks": s.ranks, "modules": len(s.modules)}
+        return validate_lora(path, "final LoRA").facts()
 
 
 def label_tool_output(stage, ctx: StageContext, path: Path) -> None:

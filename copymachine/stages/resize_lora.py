@@ -30,8 +30,7 @@ class ResizeLora(StageKind):
         label_tool_output(stage, ctx, out)
 
     def validate(self, stage, name, path, ctx):
-        s = validate_lora(path, "resized LoRA", expected_rank=stage.params["rank"])
-        return {"ranks": s.ranks, "modules": len(s.modules)}
+        return validate_lora(path, "resized LoRA", expected_rank=stage.params["rank"]).facts()
 
 
 KIND = ResizeLora()

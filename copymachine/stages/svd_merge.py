@@ -37,8 +37,7 @@ class SvdMerge(StageKind):
         label_tool_output(stage, ctx, out)
 
     def validate(self, stage, name, path, ctx):
-        s = validate_lora(path, "merged LoRA", expected_rank=stage.params["rank"])
-        return {"ranks": s.ranks, "modules": len(s.modules)}
+        return validate_lora(path, "merged LoRA", expected_rank=stage.params["rank"]).facts()
 
     def describe(self, stage) -> str:
         terms = " ".join(f"{r:+g}x{n}" for r, n in zip(stage.params["ratios"], stage.params["labels"]))

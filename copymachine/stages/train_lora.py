@@ -79,8 +79,7 @@ class TrainLora(StageKind):
         )
 
     def validate(self, stage, name, path, ctx):
-        s = validate_lora(path, f"{stage.title} output", expected_rank=stage.params["training"]["network_dim"])
-        return {"ranks": s.ranks, "unet_modules": s.unet_modules, "text_encoder_modules": s.text_encoder_modules}
+        return validate_lora(path, f"{stage.title} output", expected_rank=stage.params["training"]["network_dim"]).facts()
 
     def describe(self, stage) -> str:
         p = stage.params
