@@ -137,3 +137,21 @@ def test_a_bad_edit_stops_its_run_before_any_training(fake_engine, image, tmp_pa
 )
 def test_default_jobs(family, low, gpus, free, trainings, jobs):
     assert profiles.default_jobs(family, low, gpus, free, trainings) == jobs
+
+
+def test_effect_all_with_jobs_2_keeps_two_trainings_at_a_time(fake_engine, image, tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYMACHINE_FAKE_CUDA", "1")
+    monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "0.2")
+    out = tmp_path / "all"
+    result = run(fake_engine, image, out, "--effect", "all", "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    effects = trainings(fake_engine)[1:]
+    assert len(effects) == 5
+    events = sorted([(e["started"], 1) for e in effects] + [(e["finished"], -1) for e in effects])
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    assert peak == 2
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [f"all-{e}.safetensors" for e in sorted(["outline", "flat", "contrast", "posterize", "jpeg"])]
+    assert sum(c["config"]["network_dim"] == 128 for c in effects) == 2  # flat and jpeg: the memo's retrain
