@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--image", type=Path, help="the original image (default: a drawn test picture)")
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--max-steps", type=int, default=3)
+    ap.add_argument("--full", action="store_true", help="the memo's full recipe at the image's own size (a GPU job): no --resolution, no --max-steps")
     ap.add_argument("--effects", type=int, default=5, help="how many of the five effects item 2 trains")
     ap.add_argument("--sd-scripts", type=Path)
     ap.add_argument("--python")
@@ -121,7 +122,8 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="cm-bench-"))
     if a.image is None:
         a.image = draw_test_picture(work / "picture.png")
-    common = ["--base", str(a.base), "--image", str(a.image), "--resolution", str(a.resolution), "--max-steps", str(a.max_steps), "--no-copy-check", "--sd-scripts", str(engine.root), "--python", engine.python]
+    small = [] if a.full else ["--resolution", str(a.resolution), "--max-steps", str(a.max_steps)]
+    common = ["--base", str(a.base), "--image", str(a.image), *small, "--no-copy-check", "--sd-scripts", str(engine.root), "--python", engine.python]
     if a.tokenizer_cache_dir:
         common += ["--tokenizer-cache-dir", str(a.tokenizer_cache_dir)]
     if a.offline:
@@ -160,7 +162,8 @@ def main() -> None:
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in info.items()],
         "",
-        f"Settings: `--resolution {a.resolution} --max-steps {a.max_steps}` (every training {a.max_steps} steps at {a.resolution} px), "
+        ("Settings: the memo's full recipe at the image's own size, " if a.full else f"Settings: `--resolution {a.resolution} --max-steps {a.max_steps}` (every training {a.max_steps} steps at {a.resolution} px), ")
+        +
         f"random-weight SD1.5-shaped checkpoint, device {'GPU' if info['gpu'] != 'none' else 'CPU'}, no copy check.",
         "",
         "## 1. Overhead: copymachine vs the same sd-scripts commands run by hand (one effect)",
