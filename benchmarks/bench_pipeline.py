@@ -164,7 +164,7 @@ def main() -> None:
         "",
         ("Settings: the memo's full recipe at the image's own size, " if a.full else f"Settings: `--resolution {a.resolution} --max-steps {a.max_steps}` (every training {a.max_steps} steps at {a.resolution} px), ")
         +
-        f"random-weight SD1.5-shaped checkpoint, device {'GPU' if info['gpu'] != 'none' else 'CPU'}, no copy check.",
+        f"base model `{a.base.name}`, device {'GPU' if info['gpu'] != 'none' else 'CPU'}, no copy check.",
         "",
         "## 1. Overhead: copymachine vs the same sd-scripts commands run by hand (one effect)",
         "",
