@@ -212,7 +212,7 @@ class Pipeline:
         for stage in self.plan.stages:
             d = {ref.producer for ref in stage.inputs.values() if ref.producer} | set(stage.after) | set(gates)
             deps[stage.name] = d & names
-            if getattr(stage, "gate", None):
+            if stage.gate:
                 gates.append(stage.name)
         return deps
 
