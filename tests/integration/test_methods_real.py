@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,17 @@ def ws(tmp_path_factory, sd_scripts_dir, sd_python, random_sd15, tokenizer_cache
 
 
 def _cli(ws, args):
+    t0 = time.monotonic()
     result = run_cli(args, ws["env"], timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]
+    result.wall = time.monotonic() - t0
     return result
+
+
+def _report(label: str, result, run_dir: Path) -> None:
+    """Wall time and, per stage that ran, its duration and peak RAM (the closing note's figures)."""
+    ran = [(n, s) for n, s in _manifest(run_dir).items() if s["status"] == "done" and s.get("duration_s", 0) >= 0.5]
+    print(f"\n{label}: wall {result.wall:.0f} s; " + ", ".join(f"{n} {s['duration_s']:.0f}s/{s.get('peak_memory_gib') or 0:.1f}GiB" for n, s in ran))
 
 
 def _manifest(run_dir: Path) -> dict:
@@ -86,6 +95,7 @@ def test_difference_extraction_and_its_sign(ws):
     run_dir = ws["root"] / "runs" / "diff"
     base_args = ["diff", "--image", str(ws["first"]), "--edited", str(edited), "--out", str(run_dir), *ws["common"]]
     result = _cli(ws, base_args)
+    _report("diff", result, run_dir)
     final = Path(result.stdout.strip().splitlines()[-1])
     summary = validate_lora(final, expected_rank=8)
     assert max(summary.ranks) == 8
@@ -100,6 +110,7 @@ def test_difference_extraction_and_its_sign(ws):
 
     # the memo's orientation: only the merge and the final file are redone
     result = _cli(ws, base_args + ["--sign", "memo", "--name", "memo-sign"])
+    _report("diff --sign memo", result, run_dir)
     memo_final = Path(result.stdout.strip().splitlines()[-1])
     stages = _manifest(run_dir)
     assert stages["lora-a"]["status"] == "skipped" and stages["custom/lora-b"]["status"] == "skipped"
@@ -114,6 +125,7 @@ def test_two_images_combined_by_both_routes(ws):
     images = ["--image", str(ws["first"]), "--image", str(ws["second"])]
     run_dir = ws["root"] / "runs" / "two"
     result = _cli(ws, ["train", "--effect", "contrast", *images, "--out", str(run_dir), *ws["common"]])
+    _report("train, two images, memo route", result, run_dir)
     memo_route = Path(result.stdout.strip().splitlines()[-1])
     stages = _manifest(run_dir)
     for name in ("first/copy-lora", "second/copy-lora", "first/contrast/effect-lora", "second/contrast/effect-lora", "contrast/processed-model", "contrast/extract", "contrast/resize"):
@@ -122,6 +134,7 @@ def test_two_images_combined_by_both_routes(ws):
     assert max(validate_lora(memo_route, expected_rank=8).ranks) == 8
 
     result = _cli(ws, ["train", "--effect", "contrast", *images, "--out", str(run_dir), "--combine", "svd", "--name", "svd-route", *ws["common"]])
+    _report("train, two images, --combine svd", result, run_dir)
     svd_route = Path(result.stdout.strip().splitlines()[-1])
     stages = _manifest(run_dir)
     assert stages["first/contrast/effect-lora"]["status"] == "skipped" and stages["contrast/svd-merge"]["status"] == "done"
@@ -134,9 +147,11 @@ def test_resize_tool_and_style_absorb(ws):
     style = ws["root"] / "style r4.safetensors"
     result = _cli(ws, ["resize", str(ws["diff_final"]), "--rank", "4", "--out", str(style), *ws["engine"]])
     assert Path(result.stdout.strip()) == style
+    print(f"\ncopymachine resize --rank 4: wall {result.wall:.0f} s")
     assert max(validate_lora(style, expected_rank=4).ranks) == 4
     run_dir = ws["root"] / "runs" / "absorb"
     result = _cli(ws, ["train", "--effect", "contrast", "--image", str(ws["first"]), "--out", str(run_dir), "--absorb", f"{style}:0.5", "--rank", "0", *ws["common"]])
+    _report("train --absorb", result, run_dir)
     stages = _manifest(run_dir)
     assert stages["absorbed-model"]["status"] == "done" and "--ratios 0.5" in stages["absorbed-model"]["commands"][0]
     absorbed = stages["absorbed-model"]["outputs"]["model"]["path"]
