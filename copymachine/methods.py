@@ -73,6 +73,7 @@ class Request:
     combine: str | None = None  # "merge" (memo steps 7-9) | "svd"; None: the method's default
     sign: str = "edit"
     copy_check: bool = True  # render from the copy machine and stop when it does not copy
+    edit_in_place: bool = False  # the user's edits keep every pixel in place: alignment is a note
     preview_model: Path | None = None  # render a strength sweep of each final LoRA on this model
     tagger_dir: Path | None = None  # WD14 tagger folder (model.onnx, selected_tags.csv)
 
@@ -240,6 +241,8 @@ class _Builder:
                 raise InputError(f"effect custom needs an edited image for {source.image}")
             inputs["edited"] = self.planner.external(source.edited.resolve())
             params: dict[str, Any] = {"effect": CUSTOM, "effect_params": {}, "amount": 1.0}
+            if self.request.edit_in_place:  # only when given, so earlier runs' stage keys stay as they were
+                params["in_place"] = True
         else:
             params = {
                 "effect": effect,

@@ -59,6 +59,26 @@ def test_rotated_or_rescaled_content_is_refused(scene, posterized, degrees, scal
     assert report.corner_shift_px > check.SHIFT_REFUSE_PX
 
 
+def test_thick_lines_pull_the_fit_and_in_place_makes_that_a_note(scene):
+    """Lines thickened by 3 px spread mostly over their bright side: the fit reads a resize."""
+    thick = apply_effect("outline", scene.image, {"width": 3})
+    measured = check_pair(scene.image, thick)
+    assert measured.verdict == "refuse" and measured.corner_shift_px > check.SHIFT_REFUSE_PX
+    report = check_pair(scene.image, thick, in_place=True)
+    assert report.corner_shift_px == measured.corner_shift_px
+    assert report.verdict == "ok" and report.messages == []
+    (note,) = report.notes
+    assert f"moving {measured.corner_shift_px:.1f} px" in note and "not a shift" in note
+    assert report.as_dict()["notes"] == [note]
+    assert f"  note: {note}" in format_report(report)
+    # in place takes only the alignment reading off the verdict: the other checks still count
+    assert check_pair(scene.image, scene.image.copy(), in_place=True).verdict == "refuse"
+    weak = Image.fromarray(np.minimum(np.asarray(scene.image).astype(np.int16) + 1, 255).astype(np.uint8))
+    assert _has(check_pair(scene.image, weak, in_place=True), "edit too weak")
+    # and an edit that stays under the warning threshold gets no note
+    assert check_pair(scene.image, apply_effect("outline", scene.image), in_place=True).notes == []
+
+
 def test_cropped_and_resized_back_is_refused(scene, posterized):
     w, h = posterized.size
     resized = posterized.crop((4, 4, w - 4, h - 4)).resize((w, h), Image.Resampling.BICUBIC)

@@ -145,6 +145,24 @@ def test_check_refuses_with_exit_3_and_prints_the_report(tmp_path, scene, scene_
     assert len(lines) == 1
 
 
+def test_check_in_place_notes_what_thick_lines_do_to_the_fit(tmp_path, scene, scene_path):
+    apply_effect("outline", scene.image, {"width": 3}).save(tmp_path / "thick.png")
+    result = run("check", scene_path, tmp_path / "thick.png")
+    assert "verdict    refuse" in result.stdout
+    (error,) = [line for line in _one_error_line(result, EXIT_INPUT, "thick.png: refused") if line.startswith("copymachine: error:")]
+    assert error.endswith("if you only drew on it without moving it, --in-place")
+    result = run("check", scene_path, tmp_path / "thick.png", "--in-place")
+    assert result.exit_code == 0, result.output
+    assert "verdict    ok" in result.output and "  note: the alignment fit reads the corners as moving" in result.output
+
+
+def test_edit_of_a_built_in_effect_is_never_out_of_alignment(tmp_path, scene_path):
+    result = run("edit", "outline", scene_path, tmp_path / "thick.png", "--set", "width=3")
+    assert result.exit_code == 0, result.output
+    assert "check ok (corners move" in result.stdout
+    assert "note: the alignment fit reads the corners as moving" in result.stderr and "warning" not in result.stderr
+
+
 def test_check_json_and_compare(tmp_path, scene, scene_path):
     apply_effect("posterize", scene.image).resize((512, 512), Image.Resampling.NEAREST).save(tmp_path / "big.png")
     result = run("check", scene_path, tmp_path / "big.png", "--json")

@@ -210,6 +210,35 @@ def test_misaligned_custom_edit_is_refused_before_training(fake_engine, images, 
     assert fake_engine.calls() == []
 
 
+def test_a_thick_built_in_outline_trains_with_a_note(fake_engine, images, tmp_path):
+    """outline width 3 reads as ~5 px of movement at 128 px (thick lines pull the fit); a built-in
+    effect moves no pixel, so its own check must not refuse it."""
+    out = tmp_path / "r"
+    result = invoke(train_args(fake_engine, images, out, "--effect", "outline", "--set", "outline.width=3"))
+    assert result.exit_code == 0, result.output
+    assert "note: the outline edit: the alignment fit reads the corners as moving" in result.stderr
+    assert "out of alignment" not in result.output
+    check = json.loads((out / "outline" / "check.json").read_text(encoding="utf-8"))
+    assert check["verdict"] == "ok" and check["corner_shift_px"] > 3 and len(check["notes"]) == 1
+
+
+def test_a_custom_edit_declared_in_place(fake_engine, images, tmp_path):
+    from copymachine.effects import apply_effect
+
+    inked = tmp_path / "inked.png"
+    apply_effect("outline", Image.open(images["original"]).convert("RGB"), {"width": 3}).save(inked)
+    result = invoke(train_args(fake_engine, images, tmp_path / "r", "--edited", str(inked)))
+    assert result.exit_code == EXIT_INPUT
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("copymachine: error:")]
+    assert "your edit cannot be used" in error and "out of alignment" in error
+    assert error.endswith("pass --edit-in-place to use it")
+    assert fake_engine.calls() == []
+    result = invoke(train_args(fake_engine, images, tmp_path / "r", "--edited", str(inked), "--edit-in-place"))
+    assert result.exit_code == 0, result.output
+    assert "note: your edit: the alignment fit reads the corners as moving" in result.stderr
+    assert manifest(tmp_path / "r")["custom/edit"]["params"]["in_place"] is True
+
+
 def test_tool_commands(fake_engine, images, tmp_path):
     result = invoke(train_args(fake_engine, images, tmp_path / "r", "--effect", "contrast", "--rank", "0"))
     assert result.exit_code == 0, result.output

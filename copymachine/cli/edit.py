@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from copymachine.check import check_pair, compare_sheet, format_report
+from copymachine.check import SHIFT_WARN_PX, check_pair, compare_sheet, format_report
 from copymachine.cli import cli
 from copymachine.effects import EFFECTS, apply_effect, check_amount, resolve_params
 from copymachine.effects.base import Effect, format_value
@@ -119,10 +119,12 @@ def edit(effect, input_path, output_path, settings, amount, compare_path, backgr
     save_png(edited, output_path)
     amount_text = "" if amount == 1.0 else f", amount {amount:g}"
     click.echo(f"wrote {output_path} ({original.width}x{original.height}): {effect} ({_changed(EFFECTS[effect], params)}){amount_text}")
-    report = check_pair(original, edited)
+    report = check_pair(original, edited, in_place=True)  # a built-in effect moves no pixel
     click.echo(f"check {_summary(report)}")
     for message in report.messages:
         click.echo(f"warning: {message}", err=True)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     if compare_path is not None:
         compare_sheet(original, edited, compare_path, title=f"{effect} ({_changed(EFFECTS[effect], params)}){amount_text}")
         click.echo(f"wrote {compare_path} (original | edit | difference)")
@@ -134,8 +136,11 @@ def edit(effect, input_path, output_path, settings, amount, compare_path, backgr
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts and run manifests).")
 @click.option("--compare", "compare_path", type=PNG_PATH, metavar="SHEET.png",
               help="Also write a sheet: original | edit | difference heat map (same size only).")
+@click.option("--in-place", is_flag=True,
+              help="EDITED keeps every pixel in place (you only drew on it): an alignment reading is a note, not a refusal "
+                   "(thick new lines pull the fit; train/diff: --edit-in-place).")
 @background_option
-def check(original_path, edited_path, as_json, compare_path, background):
+def check(original_path, edited_path, as_json, compare_path, in_place, background):
     """Check that EDITED is a usable edit of ORIGINAL before training on it.
 
     \b
@@ -144,6 +149,9 @@ def check(original_path, edited_path, as_json, compare_path, background):
       alignment  an affine ECC fit; warn when the corners move 1 px, refuse from 3 px
       strength   PSNR, SSIM, share of pixels changed; warn when the edit is too weak
                  (PSNR > 45 dB or < 0.5 % changed) or too different (SSIM < 0.5)
+    Thick new lines pull the alignment fit (lines thickened by 3 px can read as 3 px of
+    movement): with --in-place, for an edit that only drew on the picture, that reading is a
+    note.
 
     Exits 0 when the edit is ok or only warned about, 3 when it is refused.
 
@@ -158,7 +166,7 @@ def check(original_path, edited_path, as_json, compare_path, background):
         _png_target(compare_path, "compare sheet", "--compare", original_path, edited_path)
     original = load_rgb(original_path, bg)
     edited = load_rgb(edited_path, bg)
-    report = check_pair(original, edited, edited_name=str(edited_path))
+    report = check_pair(original, edited, edited_name=str(edited_path), in_place=in_place)
     if as_json:
         data = {"original": str(original_path), "edited": str(edited_path), **report.as_dict()}
         click.echo(json.dumps(data, indent=2))
@@ -169,4 +177,6 @@ def check(original_path, edited_path, as_json, compare_path, background):
         if not as_json:
             click.echo(f"wrote {compare_path} (original | edit | difference)")
     if report.verdict == "refuse":
-        raise InputError(f"{edited_path}: refused as the edited image (reasons in the report above)")
+        moved = report.corner_shift_px is not None and report.corner_shift_px >= SHIFT_WARN_PX
+        hint = "; if you only drew on it without moving it, --in-place" if moved and not in_place else ""
+        raise InputError(f"{edited_path}: refused as the edited image (reasons in the report above){hint}")

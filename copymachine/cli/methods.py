@@ -85,6 +85,7 @@ def method_options(f):
         click.option("--images", "images_dir", type=click.Path(path_type=Path), help="A folder of original images (instead of --image)."),
         click.option("--edited", "edited", multiple=True, type=click.Path(path_type=Path), help="Your own edit of --image (effect custom), one per --image, checked for size and alignment first."),
         click.option("--edited-dir", type=click.Path(path_type=Path), help="A folder of your edits of --images, matched by file name."),
+        click.option("--edit-in-place", is_flag=True, help="Your edits keep every pixel in place (you only drew on the picture): an alignment fit pulled by thick new lines is then a note, not a refusal."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder. Default: runs/<image name>."),
         click.option("--name", help="File name of the final LoRA. Default: <run folder name>-<effect>."),
         click.option("--caption", help="Caption of both training images (the same text for both). Default: the recipe's."),
@@ -169,6 +170,7 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
         absorb=parse_absorb(o["absorb"]),
         combine=o["combine"],
         sign=sign,
+        edit_in_place=o["edit_in_place"],
         **see_request(o, model.family),
     )
     run_dir = run_folder(request).resolve()

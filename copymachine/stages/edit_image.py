@@ -1,14 +1,16 @@
 """Stage (memo step 4): the edited image — a built-in effect, or the user's own edit, checked.
 
 A user's edit is checked against the original before any training: same size, aligned to
-under a pixel, neither too weak nor a different picture (copymachine.check).
+under a pixel, neither too weak nor a different picture (copymachine.check). A built-in effect
+keeps every pixel in place by construction (tests/test_effects.py), and so does a user's edit
+declared with `--edit-in-place`: for those the alignment reading is a note, never a refusal.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from copymachine.check import check_pair, compare_sheet
+from copymachine.check import SHIFT_WARN_PX, check_pair, compare_sheet
 from copymachine.effects import apply_effect
 from copymachine.errors import InputError
 from copymachine.files import atomic_write_json
@@ -28,15 +30,22 @@ class EditImage(StageKind):
             edited = load_rgb(stage.input("edited"))
         else:
             edited = apply_effect(p["effect"], original, p["effect_params"], amount=p["amount"])
-        report = check_pair(original, edited)
-        source = "your edit" if p["effect"] == "custom" else f"the {p['effect']} edit"
+        custom = p["effect"] == "custom"
+        report = check_pair(original, edited, in_place=not custom or p.get("in_place", False))
+        source = "your edit" if custom else f"the {p['effect']} edit"
+        for note in report.notes:
+            ctx.reporter.info(f"note: {source}: {note}")
         for message in report.messages:
             if report.verdict == "refuse":
                 continue
             ctx.reporter.warn(f"{source}: {message}")
         if report.verdict == "refuse":
             where = stage.inputs["edited"].path if "edited" in stage.inputs else Path("edit")
-            raise InputError(f"{source} cannot be used ({where}): {'; '.join(report.messages)}")
+            hint = ""
+            if custom and report.corner_shift_px is not None and report.corner_shift_px >= SHIFT_WARN_PX:
+                hint = ("; if you only drew on the picture without moving it (thick new lines pull the alignment "
+                        "fit), pass --edit-in-place to use it")
+            raise InputError(f"{source} cannot be used ({where}): {'; '.join(report.messages)}{hint}")
         save_png(edited, ctx.scratch_output("image"))
         compare_sheet(original, edited, ctx.scratch_output("compare"))
         atomic_write_json(ctx.scratch_output("check"), report.as_dict())
