@@ -68,6 +68,11 @@ class PairReport:
     ecc_correlation: float | None = None
     notes: list[str] = field(default_factory=list)  # what was measured but does not count against the edit
 
+    @property
+    def reads_as_moved(self) -> bool:
+        """The alignment fit reads the corners as moving at least SHIFT_WARN_PX (0.1 px precision)."""
+        return self.corner_shift_px is not None and _rounded(self.corner_shift_px) >= SHIFT_WARN_PX
+
     def as_dict(self) -> dict:
         """JSON-serialisable (an infinite PSNR becomes null, with `identical` true)."""
         d = asdict(self)
@@ -216,14 +221,14 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
             shift = _rounded(report.corner_shift_px)
             moved = (f"the edit is out of alignment: its corners move {report.corner_shift_px:.1f} px against the "
                      f"original (an offset, rotation, crop or resize); ")
-            if in_place and shift >= SHIFT_WARN_PX:
+            if in_place and report.reads_as_moved:
                 report.notes.append(f"the alignment fit reads the corners as moving {report.corner_shift_px:.1f} px; the "
                                     "edit is taken as keeping every pixel in place, and then that reading is the pull "
                                     "of its strong local changes (thicker lines, say) on the fit, not a shift")
             elif shift >= SHIFT_REFUSE_PX:
                 refuse.append(moved + f"above {SHIFT_REFUSE_PX:g} px the LoRA would learn the shift; "
                               "redo the edit on the original without moving, rotating or resizing it")
-            elif shift >= SHIFT_WARN_PX:
+            elif report.reads_as_moved:
                 warn.append(moved + "the LoRA may learn a shift; check that the edit tool did not move the layer")
         if report.psnr_db > WEAK_PSNR_DB or report.changed_fraction < WEAK_CHANGED_FRACTION:
             warn.append(f"edit too weak: PSNR {report.psnr_db:.1f} dB, {report.changed_fraction:.2%} of pixels "

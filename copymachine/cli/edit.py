@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from copymachine.check import SHIFT_WARN_PX, check_pair, compare_sheet, format_report
+from copymachine.check import check_pair, compare_sheet, format_report
 from copymachine.cli import cli
 from copymachine.effects import EFFECTS, apply_effect, check_amount, resolve_params
 from copymachine.effects.base import Effect, format_value
@@ -177,6 +177,5 @@ def check(original_path, edited_path, as_json, compare_path, in_place, backgroun
         if not as_json:
             click.echo(f"wrote {compare_path} (original | edit | difference)")
     if report.verdict == "refuse":
-        moved = report.corner_shift_px is not None and report.corner_shift_px >= SHIFT_WARN_PX
-        hint = "; if you only drew on it without moving it, --in-place" if moved and not in_place else ""
+        hint = "; if you only drew on it without moving it, --in-place" if report.reads_as_moved and not in_place else ""
         raise InputError(f"{edited_path}: refused as the edited image (reasons in the report above){hint}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from copymachine.check import SHIFT_WARN_PX, check_pair, compare_sheet
+from copymachine.check import check_pair, compare_sheet
 from copymachine.effects import apply_effect
 from copymachine.errors import InputError
 from copymachine.files import atomic_write_json
@@ -42,7 +42,7 @@ class EditImage(StageKind):
         if report.verdict == "refuse":
             where = stage.inputs["edited"].path if "edited" in stage.inputs else Path("edit")
             hint = ""
-            if custom and report.corner_shift_px is not None and report.corner_shift_px >= SHIFT_WARN_PX:
+            if custom and report.reads_as_moved:
                 hint = ("; if you only drew on the picture without moving it (thick new lines pull the alignment "
                         "fit), pass --edit-in-place to use it")
             raise InputError(f"{source} cannot be used ({where}): {'; '.join(report.messages)}{hint}")
