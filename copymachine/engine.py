@@ -132,9 +132,11 @@ class Engine:
             env["TRANSFORMERS_OFFLINE"] = "1"
         return env
 
-    def launch_training(self, script: str, config: Path, mixed_precision: str) -> list[str]:
+    def launch_training(self, script: str, config: Path, mixed_precision: str, launcher: Path | None = None) -> list[str]:
         """`accelerate launch` of a training script, with every launch option given so that no
-        `accelerate config` file is needed and none is asked for."""
+        `accelerate config` file is needed and none is asked for. With `launcher`, accelerate runs
+        that file, which runs the training script (copymachine/sd_side/base_weights_launcher.py)."""
+        target = [str(launcher), str(self.script(script))] if launcher else [str(self.script(script))]
         return [
             self.python,
             "-m",
@@ -149,7 +151,7 @@ class Engine:
             mixed_precision,
             "--dynamo_backend",
             "no",
-            str(self.script(script)),
+            *target,
             "--config_file",
             str(config),
         ]

@@ -67,9 +67,10 @@ def gen_img_args(
     tokenizer_cache_dir: Path | None = None,
     loras: list[Path] | None = None,
     extra: tuple[str, ...] = (),
+    multipliers: list[float] | None = None,
 ) -> list[str]:
-    """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, at 1.0
-    unless a line's --am says otherwise)."""
+    """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, each at its
+    multiplier, 1.0 by default, unless a line's --am says otherwise)."""
     args = [
         "--ckpt",
         str(checkpoint),
@@ -91,5 +92,5 @@ def gen_img_args(
         args += ["--tokenizer_cache_dir", str(tokenizer_cache_dir)]
     if loras:
         args += ["--network_module", *["networks.lora"] * len(loras), "--network_weights", *[str(p) for p in loras]]
-        args += ["--network_mul", *["1.0"] * len(loras)]
+        args += ["--network_mul", *[repr(float(m)) for m in (multipliers or [1.0] * len(loras))]]
     return args + list(extra)

@@ -29,6 +29,7 @@ from copymachine.stages.captions import caption_plan
 from copymachine.stages.copy_check import CAPTION_PLACEHOLDER
 from copymachine.stages.copy_check import planned_outputs as copy_check_outputs
 from copymachine.stages.merge_model import lora_input_name
+from copymachine.stages.train_lora import base_weight_input_name
 from copymachine.stages.preview import planned_outputs as preview_outputs
 from copymachine.stages.preview import preview_params
 
@@ -173,6 +174,9 @@ class _Builder:
         self.plan: Plan = self.planner.plan
         self.base = self.planner.external(request.base.resolve())
         self.training_base = self.base
+        # memory route: LoRAs sd-scripts merges into training_base in memory (--base_weights), in order
+        self.in_memory = request.recipe.merge.copy_model == "memory"
+        self.base_weights: list[tuple[FileRef, float]] = []
         self.originals: dict[str, FileRef] = {}
         self.edits: dict[tuple[str, str], FileRef] = {}
         self.captions: dict[str, str] = {}
@@ -190,8 +194,13 @@ class _Builder:
     # --- shared steps ------------------------------------------------------------------
 
     def absorb(self) -> None:
-        """The tip: style LoRAs merged into the base model; every training uses the result."""
+        """The tip: style LoRAs merged into the base model; every training uses the result. In
+        the memory route they are each training's first --base_weights (and each render's first
+        networks) instead of an absorbed-model file."""
         if not self.request.absorb:
+            return
+        if self.in_memory:
+            self.base_weights = [(self.planner.external(path.resolve()), ratio) for path, ratio in self.request.absorb]
             return
         inputs = {"base": self.base}
         for i, (path, _ratio) in enumerate(self.request.absorb):
@@ -276,16 +285,26 @@ class _Builder:
         )
         self.captions[source.id] = name
 
-    def train(self, name: str, title: str, training: TrainingRecipe, source: Source, base: FileRef, image: FileRef, caption: str, output: str, **where) -> FileRef:
-        self.add(
-            name,
-            "train_lora",
-            title,
-            inputs={"base": base, "image": image, "caption": self.ref(self.captions[source.id], caption)},
-            params=self._training_params(training, self.sizes[source.id]),
-            outputs={"lora": output},
-            **where,
-        )
+    def train(
+        self,
+        name: str,
+        title: str,
+        training: TrainingRecipe,
+        source: Source,
+        base: FileRef,
+        image: FileRef,
+        caption: str,
+        output: str,
+        base_weights: list[tuple[FileRef, float]] | None = None,
+        **where,
+    ) -> FileRef:
+        """One training; `base_weights` (LoRA, multiplier) are merged into `base` in memory first."""
+        inputs = {"base": base, "image": image, "caption": self.ref(self.captions[source.id], caption)}
+        params = self._training_params(training, self.sizes[source.id])
+        if base_weights:  # only then, so the stage keys of trainings without them stay as they were
+            inputs.update({base_weight_input_name(i): ref for i, (ref, _) in enumerate(base_weights)})
+            params["base_weights_multipliers"] = [m for _, m in base_weights]
+        self.add(name, "train_lora", title, inputs=inputs, params=params, outputs={"lora": output}, **where)
         return self.ref(name, "lora")
 
     def _training_params(self, training: TrainingRecipe, size: tuple[int, int]) -> dict[str, Any]:
@@ -339,7 +358,9 @@ class _Builder:
 
     def merge_route(self, effect: str, terms: list[tuple[FileRef, float, str]], workdir: Path) -> FileRef:
         """Memo steps 7-8: the LoRAs merged into the base model (the processed model), then the
-        LoRA of base -> processed model extracted."""
+        LoRA of base -> processed model extracted. In the memory route with --absorb the base is
+        the plain base model: merging is linear, so (base + styles + effects) - (base + styles)
+        and (base + effects) - base are the same difference, and no absorbed model is written."""
         inputs = {"base": self.training_base}
         inputs.update({lora_input_name(i): ref for i, (ref, _, _) in enumerate(terms)})
         self.add(
@@ -408,16 +429,24 @@ class _Builder:
         )
         self.plan.finals[effect] = self.run_dir / f"{name}.safetensors"
 
-    def copy_check(self, source: Source, model: FileRef, lora: FileRef | None = None) -> None:
-        """Does the copy machine copy? Images from it (the copy model; for difference extraction
-        LoRA A on the base model) against the original; a failed check stops the run before the
-        next training. Not shared: its images belong in the run folder."""
+    def copy_check(self, source: Source, model: FileRef, lora: FileRef | None = None, copy_lora: FileRef | None = None) -> None:
+        """Does the copy machine copy? Images from it (the copy model; in the memory route the
+        copy LoRA on the base model; for difference extraction LoRA A on the base model) against
+        the original; a failed check stops the run before the next training. Not shared: its
+        images belong in the run folder."""
         if not self.request.copy_check:
             return
         c = self.recipe.copy_check
         inputs = {"model": model, "original": self.originals[source.id], "caption": self.ref(self.captions[source.id], "original")}
+        extra: dict[str, Any] = {}
         if lora is not None:
             inputs["lora"] = lora
+        if copy_lora is not None:
+            inputs["copy_lora"] = copy_lora
+            extra["lora_multiplier"] = self.recipe.merge.ratio
+        if self.base_weights:
+            inputs.update({base_weight_input_name(i): ref for i, (ref, _) in enumerate(self.base_weights)})
+            extra["base_weights_multipliers"] = [m for _, m in self.base_weights]
         prompts = split_prompts(c.prompts) or [CAPTION_PLACEHOLDER]
         params = {
             "family_flag": self.family.gen_flag,
@@ -429,6 +458,7 @@ class _Builder:
             "sampler": c.sampler,
             "scale": c.scale,
             "precision": self._gen_precision(),
+            **extra,
         }
         self.add(
             f"{source.prefix}copy-check",
@@ -486,6 +516,7 @@ class _Builder:
                 "sign": r.sign,
                 "absorb": [[str(p), ratio] for p, ratio in r.absorb],
                 "training_sizes": {s.id or "original": list(self.sizes[s.id]) for s in r.sources},
+                "copy_model": self.recipe.merge.copy_model if method == COPY_MACHINE or r.absorb else None,
                 "copy_check": {"min_ssim": self.recipe.copy_check.min_ssim} if r.copy_check else "off (--no-copy-check)",
                 "recipe": self.recipe.to_dict(),
                 "cache_dir": str(self.cache_dir),
@@ -509,27 +540,45 @@ def plan_copy_machine(request: Request, settings: Settings, hashes: HashCache) -
     effect_loras: dict[str, list[FileRef]] = {e: [] for e in request.effects}
     for source in request.sources:
         # steps 2-3, the copy machine: shared by every effect and run with the same inputs
-        copy_lora = b.train(f"{source.prefix}copy-lora", f"{source.prefix}copy LoRA", b.recipe.copy, source, b.training_base, b.originals[source.id], "original", "copy-lora.safetensors", shared_as="copy-lora")
-        b.add(
-            f"{source.prefix}copy-model",
-            "merge_model",
-            f"{source.prefix}copy model",
-            inputs={"base": b.training_base, lora_input_name(0): copy_lora},
-            params={"family": b.family.as_params(), "ratios": [b.recipe.merge.ratio], **b._merge_precision()},
-            outputs={"model": "copy-model.safetensors"},
-            shared_as="copy-model",
+        copy_lora = b.train(
+            f"{source.prefix}copy-lora",
+            f"{source.prefix}copy LoRA",
+            b.recipe.copy,
+            source,
+            b.training_base,
+            b.originals[source.id],
+            "original",
+            "copy-lora.safetensors",
+            base_weights=b.base_weights,
+            shared_as="copy-lora",
         )
-        b.copy_check(source, b.ref(f"{source.prefix}copy-model", "model"))
+        if b.in_memory:
+            # the copy model is the base + the copy LoRA, merged in memory by each training and render
+            copy_model, effect_weights = b.training_base, [*b.base_weights, (copy_lora, b.recipe.merge.ratio)]
+            b.copy_check(source, copy_model, copy_lora=copy_lora)
+        else:
+            b.add(
+                f"{source.prefix}copy-model",
+                "merge_model",
+                f"{source.prefix}copy model",
+                inputs={"base": b.training_base, lora_input_name(0): copy_lora},
+                params={"family": b.family.as_params(), "ratios": [b.recipe.merge.ratio], **b._merge_precision()},
+                outputs={"model": "copy-model.safetensors"},
+                shared_as="copy-model",
+            )
+            copy_model, effect_weights = b.ref(f"{source.prefix}copy-model", "model"), []
+            b.copy_check(source, copy_model)
         for effect in request.effects:
             lora = b.train(
                 f"{source.prefix}{effect}/effect-lora",
                 f"{source.prefix}{effect}: effect LoRA",
                 b.recipe.effect_training(effect),
                 source,
-                b.ref(f"{source.prefix}copy-model", "model"),
+                copy_model,
                 b.edits[(source.id, effect)],
                 "edited",
                 "effect-lora.safetensors",
+                base_weights=effect_weights,
                 workdir=b.source_dir(source) / effect,
             )
             effect_loras[effect].append(lora)
@@ -563,7 +612,18 @@ def plan_difference(request: Request, settings: Settings, hashes: HashCache) -> 
     terms_by_effect: dict[str, list[tuple[FileRef, float, str]]] = {e: [] for e in request.effects}
     for source in request.sources:
         # LoRA A depends only on base + image + caption + recipe: shared by every effect
-        lora_a = b.train(f"{source.prefix}lora-a", f"{source.prefix}LoRA A (original)", b.recipe.diff, source, b.training_base, b.originals[source.id], "original", "lora-a.safetensors", shared_as="copy-lora")
+        lora_a = b.train(
+            f"{source.prefix}lora-a",
+            f"{source.prefix}LoRA A (original)",
+            b.recipe.diff,
+            source,
+            b.training_base,
+            b.originals[source.id],
+            "original",
+            "lora-a.safetensors",
+            base_weights=b.base_weights,
+            shared_as="copy-lora",
+        )
         b.copy_check(source, b.training_base, lora_a)  # A is the copy machine: checked on the base at 1.0
         for effect in request.effects:
             lora_b = b.train(
@@ -575,6 +635,7 @@ def plan_difference(request: Request, settings: Settings, hashes: HashCache) -> 
                 b.edits[(source.id, effect)],
                 "edited",
                 "lora-b.safetensors",
+                base_weights=b.base_weights,
                 workdir=b.source_dir(source) / effect,
             )
             w = b.weight()

@@ -49,13 +49,23 @@ class TrainingRecipe:
         return self.repeats * self.epochs // self.batch_size
 
 
+COPY_MODEL_ROUTES = ("memory", "file")
+
+
 @dataclass(frozen=True)
 class MergeRecipe:
-    """Step 3: merge_lora.py --ratios 1 --precision float --save_precision float."""
+    """Step 3: merge_lora.py --ratios 1 --precision float --save_precision float.
+
+    `copy_model` is copymachine's choice of route: "file" writes the copy model with
+    merge_lora.py, as the memo does; "memory" (the default) trains the effect LoRA on the base
+    model with the copy LoRA as sd-scripts' `--base_weights` at `ratio`, merged in float32 in
+    memory: the same weights without the 4-13 GB file (precision and save_precision apply to
+    the file route only)."""
 
     ratio: float = 1.0
     precision: str = "float"
     save_precision: str = "float"
+    copy_model: str = "memory"
 
 
 @dataclass(frozen=True)
@@ -321,6 +331,8 @@ def _validate(recipe: Recipe, source: str) -> None:
     for key in ("precision", "save_precision"):
         if getattr(recipe.merge, key) not in PRECISIONS:
             raise InputError(f"{source}: recipe merge.{key} must be one of {', '.join(PRECISIONS)}")
+    if recipe.merge.copy_model not in COPY_MODEL_ROUTES:
+        raise InputError(f"{source}: recipe merge.copy_model must be {' or '.join(COPY_MODEL_ROUTES)}, not {recipe.merge.copy_model!r}")
     if recipe.resize.save_precision not in PRECISIONS:
         raise InputError(f"{source}: recipe resize.save_precision must be one of {', '.join(PRECISIONS)}")
     if recipe.resize.rank < 0:

@@ -119,7 +119,7 @@ def test_ckpt_with_allow_pickle_is_handed_to_sd_scripts_unopened(fake_engine, im
     for name in ("load", "loads", "Unpickler"):
         monkeypatch.setattr(pickle, name, refuse)
     base = _base_case(tmp_path, fake_engine, "ckpt")
-    result = invoke(args(fake_engine, image, tmp_path / "run", "--allow-pickle", "--dry-run", base=base))
+    result = invoke(args(fake_engine, image, tmp_path / "run", "--allow-pickle", "--dry-run", "--copy-model", "file", base=base))
     assert result.exit_code == 0, result.output
     assert "--allow-pickle: model.ckpt is a pickle; copymachine does not open it" in result.stderr
     assert "assuming Stable Diffusion 1.x" in result.stderr
@@ -379,16 +379,21 @@ def test_not_enough_disk_space(fake_engine, image, tmp_path, monkeypatch):
 
 
 def test_disk_space_estimate_counts_only_what_is_left(fake_engine, image, tmp_path):
-    """The copy model of an SD1.5 checkpoint at float is ~4.3 GB; a finished stage needs nothing."""
+    """The copy model of an SD1.5 checkpoint at float is ~4.3 GB (file route); in memory nothing of
+    that size is written; a finished stage needs nothing."""
     from copymachine.files import HashCache
     from copymachine.methods import COPY_MACHINE, Request, make_sources, plan
     from copymachine.models import SD1, ModelInfo
-    from copymachine.recipe import MEMO
+    from copymachine.recipe import MEMO, apply_overrides
     from copymachine.stages import Settings
 
-    request = Request(method=COPY_MACHINE, base=fake_engine.base, family=SD1, effects=["contrast"], recipe=MEMO, sources=make_sources([image], []), out=tmp_path / "r")
-    the_plan = plan(request, Settings(engine=None, probe=None), HashCache(None))
     model = ModelInfo(path=tmp_path / "x.ckpt", family=SD1, size_bytes=0, tensor_count=0)  # the family's typical size
+    memory = Request(method=COPY_MACHINE, base=fake_engine.base, family=SD1, effects=["contrast"], recipe=MEMO, sources=make_sources([image], []), out=tmp_path / "m")
+    memory_plan = plan(memory, Settings(engine=None, probe=None), HashCache(None))
+    assert sum(n.bytes for n in preflight.estimate_space(memory_plan, model, preflight.model_parameters(model))) < 0.4e9
+    recipe = apply_overrides(MEMO, {"merge": {"copy_model": "file"}}, "--set")
+    request = Request(method=COPY_MACHINE, base=fake_engine.base, family=SD1, effects=["contrast"], recipe=recipe, sources=make_sources([image], []), out=tmp_path / "r")
+    the_plan = plan(request, Settings(engine=None, probe=None), HashCache(None))
     needs = {n.folder.parent.name + "/" + n.folder.name[:4]: n.bytes for n in preflight.estimate_space(the_plan, model, preflight.model_parameters(model))}
     total = sum(needs.values())
     assert 4.4e9 < total < 5.5e9, needs
@@ -442,7 +447,7 @@ def test_two_runs_on_the_same_cache(fake_engine, image, tmp_path):
     assert proc.wait(timeout=60) in (0, 130)
     assert waiting.returncode == 0, waiting.stderr
     assert "waiting for another run building copy " in waiting.stderr
-    assert "copy LoRA: up to date, skipped" in waiting.stderr and "copy model: up to date, skipped" in waiting.stderr
+    assert "copy LoRA: up to date, skipped" in waiting.stderr
 
 
 def test_tool_output_path_holding_another_file(fake_engine, small_lora, tmp_path):

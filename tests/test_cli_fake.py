@@ -71,7 +71,7 @@ def test_train_custom_edit_end_to_end_then_resume(fake_engine, images, tmp_path)
     assert read_safetensors(final).metadata["copymachine.effect"] == "custom"
 
     scripts = fake_engine.scripts()
-    assert scripts == ["train_network.py", "merge_lora.py", "train_network.py", "resize_lora.py"]
+    assert scripts == ["train_network.py", "train_network.py", "resize_lora.py"]  # no copy-model file (memory route)
     copy_call, effect_call = [c for c in fake_engine.calls() if c["script"].endswith("train_network.py")]
     # what sd-scripts was given: the memo's numbers, the right types, one image with its caption
     cfg = copy_call["config"]
@@ -79,7 +79,14 @@ def test_train_custom_edit_end_to_end_then_resume(fake_engine, images, tmp_path)
     assert cfg["lr_scheduler"] == "constant_with_warmup" and cfg["resolution"] == "64,64"
     assert cfg["max_train_steps"] == 3 and copy_call["steps"] == 3
     assert cfg["pretrained_model_name_or_path"] == str(fake_engine.base.resolve())
-    assert effect_call["config"]["pretrained_model_name_or_path"].endswith("copy-model.safetensors")
+    # the effect LoRA: the base model with the copy LoRA merged in memory, through the launcher
+    assert effect_call["config"]["pretrained_model_name_or_path"] == str(fake_engine.base.resolve())
+    assert effect_call["config"]["base_weights"] == [manifest(out)["copy-lora"]["outputs"]["lora"]["path"]]
+    assert effect_call["config"]["base_weights_multiplier"] == [1.0]
+    assert effect_call["launcher"]["options"]["training_script"].endswith("base_weights_launcher.py")
+    # the launcher undid what building the merge's network does to the trained one
+    assert effect_call["unet_target_modules"] == ["Transformer2DModel"] and effect_call["rng_draws_before_init"] == 0
+    assert effect_call["base_weight_merges"] == [[effect_call["config"]["base_weights"][0], 1.0, "torch.float32"]]
     assert copy_call["dataset_config"]["datasets"][0]["subsets"][0]["num_repeats"] == 512
     assert copy_call["num_train_images"] == 512  # one image x 512 repeats, as sd-scripts counts
     # identical captions reached both trainings
@@ -109,13 +116,13 @@ def test_two_effects_train_the_copy_machine_once(fake_engine, images, tmp_path):
     out = tmp_path / "run"
     result = invoke(train_args(fake_engine, images, out, "--effect", "outline", "--effect", "contrast"))
     assert result.exit_code == 0, result.output
-    assert fake_engine.scripts().count("merge_lora.py") == 1
+    assert fake_engine.scripts().count("merge_lora.py") == 0  # the copy model stays in memory
     assert fake_engine.scripts().count("train_network.py") == 3
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["run-contrast.safetensors", "run-outline.safetensors"]
     # another run of another effect of the same image finds the copy machine in the cache
     result = invoke(train_args(fake_engine, images, tmp_path / "run2", "--effect", "flat"))
     assert result.exit_code == 0, result.output
-    assert fake_engine.scripts().count("merge_lora.py") == 1
+    assert fake_engine.scripts().count("train_network.py") == 4  # only flat's effect LoRA
     flat = [c for c in fake_engine.calls() if c["script"].endswith("train_network.py")][-1]
     assert flat["config"]["network_dim"] == 128  # the memo's retrain of flat
 
@@ -169,7 +176,11 @@ def test_dry_run_prints_commands_and_runs_nothing(fake_engine, images, tmp_path)
     assert result.exit_code == 0, result.output
     assert fake_engine.calls() == []
     assert result.stdout.count("accelerate.commands.launch") == 2
-    assert "merge_lora.py" in result.stdout and "resize_lora.py" in result.stdout
+    assert "merge_lora.py" not in result.stdout and "resize_lora.py" in result.stdout
+    assert "base_weights_launcher.py" in result.stdout and "merged in memory" in result.stdout
+    result = invoke(train_args(fake_engine, images, tmp_path / "dry-file", "--effect", "outline", "--dry-run", "--copy-model", "file"))
+    assert result.exit_code == 0, result.output
+    assert "merge_lora.py" in result.stdout and "base_weights_launcher.py" not in result.stdout
     assert not (tmp_path / "dry" / "dry-outline.safetensors").exists()
 
 
@@ -281,7 +292,7 @@ def test_tool_commands(fake_engine, images, tmp_path):
 def test_a_killed_merge_is_named_as_out_of_memory(fake_engine, images, tmp_path, monkeypatch):
     # the kernel's OOM killer ends sd-scripts with SIGKILL (seen here: sdxl_merge_lora.py, exit -9)
     monkeypatch.setenv("COPYMACHINE_FAKE_FAIL", "merge_lora:die-mid-write")
-    result = invoke(train_args(fake_engine, images, tmp_path / "oom", "--effect", "contrast"))
+    result = invoke(train_args(fake_engine, images, tmp_path / "oom", "--effect", "contrast", "--copy-model", "file"))
     assert result.exit_code == EXIT_ENGINE
     line = [x for x in result.stderr.splitlines() if x.startswith("copymachine: error:")][0]
     assert "copy model" in line and "was killed by SIGKILL" in line and "out-of-memory killer" in line

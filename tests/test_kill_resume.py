@@ -50,6 +50,9 @@ def soak_method(method: str, harness: KillHarness, tmp_path, fake_engine, origin
             "--resolution", "64",
             "--max-steps", "3",
             "--no-copy-check",
+            # train runs the memo's file route, so that kills also land in merge_lora.py; the
+            # memory route's trainings are killed like any other training (same launcher process)
+            *(["--copy-model", "file"] if method == "train" else []),
             *fake_engine.engine_args,
         ]  # fmt: skip
         crash = CRASHES[method] if round_no == 1 else ()  # round 0 aims at every phase first (harness.cover)

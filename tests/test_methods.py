@@ -19,6 +19,10 @@ from copymachine.models import SD1
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO
+from copymachine.stages.train_lora import LAUNCHER
+
+# The memo's route: the copy model written by merge_lora.py (--copy-model file)
+FILE = MEMO.__class__(merge=MEMO.merge.__class__(copy_model="file"))
 from copymachine.stages import Settings
 
 SD1_KEYS = [
@@ -64,13 +68,30 @@ def names(p):
 
 def test_copy_machine_single_image(env):
     p = make(env)
-    assert names(p) == ["original", "outline/edit", "captions", "copy-lora", "copy-model", "copy-check", "outline/effect-lora", "outline/resize", "outline/final"]
+    # the default (memory) route: no copy-model stage; the effect LoRA trains on the base model
+    # with the copy LoRA merged in memory (--base_weights at the merge ratio)
+    assert names(p) == ["original", "outline/edit", "captions", "copy-lora", "copy-check", "outline/effect-lora", "outline/resize", "outline/final"]
     cache = env["tmp"] / "cache"
     assert p.stage("copy-lora").workdir.parent == cache / "copy-lora"
-    assert p.stage("copy-model").workdir.parent == cache / "copy-model"
     assert p.finals == {"outline": env["tmp"] / "run" / "run-outline.safetensors"}
     effect = p.stage("outline/effect-lora")
+    assert effect.inputs["base"].external and effect.inputs["base"].path == env["base"].resolve()
+    assert effect.inputs["weights000"].producer == "copy-lora" and effect.params["base_weights_multipliers"] == [1.0]
+    check = p.stage("copy-check")
+    assert check.inputs["model"].external and check.inputs["copy_lora"].producer == "copy-lora" and check.params["lora_multiplier"] == 1.0
+    assert "base_weights_multipliers" not in p.stage("copy-lora").params  # nothing merged before the copy LoRA
+    assert p.info["copy_model"] == "memory"
+    # the memo's route: merge_lora.py writes the copy model, the effect LoRA trains on it
+    f = make(env, recipe=FILE, out="file")
+    assert names(f) == ["original", "outline/edit", "captions", "copy-lora", "copy-model", "copy-check", "outline/effect-lora", "outline/resize", "outline/final"]
+    assert f.stage("copy-model").workdir.parent == cache / "copy-model"
+    effect = f.stage("outline/effect-lora")
     assert effect.inputs["base"].producer == "copy-model"  # trained on the copy model
+    assert not any(k.startswith("weights") for k in effect.inputs) and "base_weights_multipliers" not in effect.params
+    # a copy LoRA is shared by both routes; the effect LoRAs and the checks differ
+    assert f.stage("copy-lora").key == p.stage("copy-lora").key
+    assert f.stage("outline/effect-lora").key != p.stage("outline/effect-lora").key
+    assert f.stage("copy-check").key != p.stage("copy-check").key
     assert effect.inputs["image"].producer == "outline/edit"
     assert p.stage("copy-lora").inputs["caption"].output == "original" and effect.inputs["caption"].output == "edited"
     assert p.stage("copy-lora").params["training"]["epochs"] == 6
@@ -78,8 +99,8 @@ def test_copy_machine_single_image(env):
 
 
 def test_the_copy_machine_is_shared_by_effects_and_runs(env):
-    a = make(env, effects=("outline",), out="a")
-    b = make(env, effects=("flat", "contrast"), out="b")
+    a = make(env, effects=("outline",), out="a", recipe=FILE)
+    b = make(env, effects=("flat", "contrast"), out="b", recipe=FILE)
     assert a.stage("copy-lora").key == b.stage("copy-lora").key
     assert a.stage("copy-model").outputs == b.stage("copy-model").outputs
     assert names(b).count("copy-lora") == 1
@@ -158,14 +179,29 @@ def test_difference_with_two_images_and_merge_route(env):
 def test_absorb(env):
     style = env["tmp"] / "style.safetensors"
     write_safetensors(style, {"lora_unet_a.lora_down.weight": np.zeros((4, 2), np.float16), "lora_unet_a.lora_up.weight": np.zeros((2, 4), np.float16)})
-    p = make(env, absorb=[(style, 0.7)])
+    p = make(env, absorb=[(style, 0.7)], recipe=FILE)
     absorbed = p.stage("absorbed-model")
     assert absorbed.params["ratios"] == [0.7]
     assert absorbed.workdir.parent == env["tmp"] / "cache" / "absorbed-model"
     assert p.stage("copy-lora").inputs["base"].producer == "absorbed-model"
     assert p.stage("copy-model").inputs["base"].producer == "absorbed-model"
-    plain = make(env, out="plain")
+    plain = make(env, out="plain", recipe=FILE)
     assert plain.stage("copy-lora").key != p.stage("copy-lora").key
+    # in memory: the style is every training's and render's first --base_weights, no model written
+    m = make(env, absorb=[(style, 0.7)], out="memory")
+    assert "absorbed-model" not in names(m) and "copy-model" not in names(m)
+    copy = m.stage("copy-lora")
+    assert copy.inputs["base"].external and copy.inputs["weights000"].path == style.resolve() and copy.params["base_weights_multipliers"] == [0.7]
+    effect = m.stage("outline/effect-lora")
+    assert [effect.inputs[k].path if effect.inputs[k].external else effect.inputs[k].producer for k in ("weights000", "weights001")] == [style.resolve(), "copy-lora"]
+    assert effect.params["base_weights_multipliers"] == [0.7, 1.0]
+    check = m.stage("copy-check")
+    assert check.inputs["weights000"].path == style.resolve() and check.params["base_weights_multipliers"] == [0.7]
+    assert copy.key != make(env, out="plain-memory").stage("copy-lora").key
+    # difference extraction: A and B on base + style, A checked on base + style
+    d = make(env, method=DIFFERENCE, absorb=[(style, 0.7)], out="diff")
+    assert "absorbed-model" not in names(d)
+    assert d.stage("outline/lora-b").params["base_weights_multipliers"] == [0.7] and d.stage("copy-check").inputs["lora"].producer == "lora-a"
 
 
 def test_sources_and_edits(env, tmp_path):
@@ -194,11 +230,32 @@ def _find(commands, script):
     return found
 
 
-def test_dry_run_command_lines_of_copy_machine(env, capsys):
+def test_dry_run_command_lines_of_copy_machine_in_memory(env, capsys):
     commands = _printed_commands(make(env), env["settings"], capsys)
     train = _find(commands, "train_network.py")
     assert len(train) == 2
+    assert not [c for c in commands if any(a.endswith("merge_lora.py") for a in c)]  # nothing merged into a file
+    # the copy LoRA: the training script itself; the effect LoRA: the launcher runs it
+    assert train[0][-3:-2] == [str(env["settings"].engine.script("train_network.py"))]
+    assert train[1][-4:-2] == [str(LAUNCHER), str(env["settings"].engine.script("train_network.py"))]
+    import tomllib
+
+    config = tomllib.loads(Path(train[1][-1]).read_text(encoding="utf-8"))
+    copy_lora = make(env).stage("copy-lora").outputs["lora"]
+    assert config["model"]["base_weights"] == [str(copy_lora)] and config["model"]["base_weights_multiplier"] == [1.0]
+    assert config["model"]["pretrained_model_name_or_path"] == str(env["base"].resolve())
+    assert "base_weights" not in tomllib.loads(Path(train[0][-1]).read_text(encoding="utf-8"))["model"]
+    gen = _find(commands, "gen_img.py")[0]  # the copy check: base + copy LoRA, unmerged
+    assert gen[gen.index("--ckpt") + 1] == str(env["base"].resolve())
+    assert gen[gen.index("--network_weights") + 1] == str(copy_lora) and gen[gen.index("--network_mul") + 1] == "1.0"
+
+
+def test_dry_run_command_lines_of_copy_machine(env, capsys):
+    commands = _printed_commands(make(env, recipe=FILE), env["settings"], capsys)
+    train = _find(commands, "train_network.py")
+    assert len(train) == 2
     assert train[0][:3] == ["python3", "-m", "accelerate.commands.launch"] and train[0][-2] == "--config_file"
+    assert not any(str(LAUNCHER) in c for c in train)
     merge = _find(commands, "merge_lora.py")[0]
     assert merge[merge.index("--ratios") + 1] == "1.0"
     assert merge[merge.index("--precision") + 1] == "float" and merge[merge.index("--save_precision") + 1] == "float"

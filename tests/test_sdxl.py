@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -36,11 +38,16 @@ def test_train_uses_the_sdxl_scripts(fake_engine, sdxl, tmp_path):
     result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, out)])
     assert result.exit_code == 0, result.output
     assert "SDXL base" in result.output
-    assert fake_engine.scripts() == ["sdxl_train_network.py", "sdxl_merge_lora.py", "sdxl_train_network.py", "resize_lora.py"]
-    copy = fake_engine.calls()[0]
+    assert fake_engine.scripts() == ["sdxl_train_network.py", "sdxl_train_network.py", "resize_lora.py"]
+    copy, effect = fake_engine.calls()[:2]
     assert copy["config"]["no_half_vae"] is True
     assert "v2" not in copy["config"]
-    merge = fake_engine.calls()[1]
+    assert effect["config"]["base_weights"] == [str(out.parent / "_cache" / "copy-lora" / Path(copy["outputs"][0]).parent.parent.parent.name / "copy-lora.safetensors")]
+    assert effect["unet_target_modules"] == ["Transformer2DModel"]
+    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "xl-file"), "--copy-model", "file"])
+    assert result.exit_code == 0, result.output
+    assert fake_engine.scripts()[3:] == ["sdxl_merge_lora.py", "sdxl_train_network.py", "resize_lora.py"]  # the copy LoRA was cached
+    merge = fake_engine.calls()[3]
     assert "v2" not in merge["argv"] and merge["args"]["precision"] == "float"
     final = out / "xl-contrast.safetensors"
     summary = validate_lora(final, expected_rank=8)
@@ -87,15 +94,18 @@ def test_a_merge_that_will_not_fit_in_ram_is_named_before_starting(fake_engine, 
 
     gib = 2**30
     monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 24 * gib, "available": 22 * gib, "swap": 0})
-    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "ram")])
+    # in memory (the default) nothing is merged into a checkpoint: no merge peak to warn about
+    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "mem")])
+    assert result.exit_code == 0 and "needs ~" not in result.output
+    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "ram"), "--copy-model", "file"])
     assert result.exit_code == 0, result.output
     warning = [line for line in result.output.splitlines() if "needs ~" in line][0]
     assert "copy model" in warning and "SDXL checkpoint at float" in warning and "--set merge.precision=fp16" in warning
     assert result.output.index(warning) < result.output.index("[1/")  # before any stage runs
     # at fp16 (22.7 GiB measured) it fits in 24 GB: no warning
-    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "ram16"), "--set", "merge.precision=fp16", "--set", "merge.save_precision=fp16"])
+    result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "ram16"), "--copy-model", "file", "--set", "merge.precision=fp16", "--set", "merge.save_precision=fp16"])
     assert result.exit_code == 0 and "needs ~" not in result.output
     # SD1.5's 13.4 GB merge fits
     monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 16 * gib, "available": 15 * gib, "swap": 0})
-    result = invoke(["train", "--effect", "contrast", "--base", str(fake_engine.base), "--image", str(sdxl["image"]), "--out", str(tmp_path / "sd1"), "--resolution", "64", "--max-steps", "3", "--no-copy-check", *fake_engine.engine_args])
+    result = invoke(["train", "--effect", "contrast", "--base", str(fake_engine.base), "--image", str(sdxl["image"]), "--out", str(tmp_path / "sd1"), "--resolution", "64", "--max-steps", "3", "--no-copy-check", "--copy-model", "file", *fake_engine.engine_args])
     assert result.exit_code == 0 and "needs ~" not in result.output

@@ -39,8 +39,9 @@ class FakeEngine:
     def run_script(self, script, args):
         return [self.python, str(self.root / script), *args]
 
-    def launch_training(self, script, config, mixed_precision):
-        return [self.python, "-m", "accelerate.commands.launch", str(self.root / script), "--config_file", str(config)]
+    def launch_training(self, script, config, mixed_precision, launcher=None):
+        target = [str(launcher)] if launcher else []
+        return [self.python, "-m", "accelerate.commands.launch", *target, str(self.root / script), "--config_file", str(config)]
 
 
 class FakeScripts:
@@ -117,10 +118,11 @@ def request(tmp_path, scene_path, method=COPY_MACHINE, **kw) -> Request:
 def test_train_plan_checks_the_copy_model_and_previews_at_the_end(tmp_path, scene_path):
     p = plan(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), settings(), HashCache(None))
     names = [s.name for s in p.stages]
-    assert names.index("copy-check") == names.index("copy-model") + 1 < names.index("outline/effect-lora")
+    assert names.index("copy-check") == names.index("copy-lora") + 1 < names.index("outline/effect-lora")
     assert names[-1] == "outline/preview"
     check = p.stage("copy-check")
-    assert check.inputs["model"].producer == "copy-model" and "lora" not in check.inputs
+    # in memory: the copy LoRA rendered unmerged on the base model, at the merge ratio
+    assert check.inputs["model"].external and check.inputs["copy_lora"].producer == "copy-lora" and "lora" not in check.inputs
     assert check.workdir == p.run_dir / "copy-check" and not check.shared  # images in the run folder
     assert check.params["size"] == [64, 64] and check.params["seeds"] == [1, 2, 3, 4] and check.params["prompts"][0] == "{caption}"
     assert check.gate == {"min_ssim": 0.8} and "min_ssim" not in check.params

@@ -97,6 +97,11 @@ def method_options(f):
         click.option("--max-steps", type=click.IntRange(1), help="Cap every training at this many steps (warmup scaled alike); for quick test runs."),
         click.option("--rank", type=click.IntRange(0), help="Rank of the final LoRA (memo: 8). 0 keeps the trained rank (train only)."),
         click.option("--combine", type=click.Choice(["merge", "svd"]), help="How several images' LoRAs are combined: merge = the memo's steps 7-9 (merge into the model, extract, resize); svd = svd_merge_lora.py, exact and cheaper."),
+        click.option(
+            "--copy-model",
+            type=click.Choice(["memory", "file"]),
+            help="memory (default): the effect LoRA trains on the base model with the copy LoRA merged in memory (sd-scripts' --base_weights), the same weights without a 4-13 GB file; file: merge_lora.py writes the copy model, as the memo does. Also where --absorb's styles go. Recipe key merge.copy_model.",
+        ),
         click.option("--absorb", multiple=True, metavar="STYLE.safetensors[:RATIO]", help="Merge a style LoRA into the base model first; every training uses the result (the memo's tip). Repeatable."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where shared stages (copy LoRAs, copy models, LoRA A) are kept. Default: $COPYMACHINE_CACHE, else <run folder>/../_cache."),
         click.option("--jobs", type=click.IntRange(1), help="Trainings run side by side (several effects or images): one per GPU on a multi-GPU machine, else as many as the GPU's free memory holds (default); CPU runs stay sequential."),
@@ -139,6 +144,8 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
         shorthand.setdefault("caption", {})["text"] = o["caption"]
     if o["prompt"] is not None:
         shorthand["generate"] = {"prompt": o["prompt"]}
+    if o["copy_model"] is not None:
+        shorthand["merge"] = {"copy_model": o["copy_model"]}
     if o["rank"] is not None:
         if method == DIFFERENCE and o["rank"] == 0:
             raise InputError("--rank 0 keeps a trained rank; difference extraction makes a new LoRA: give its rank (memo: 8)")

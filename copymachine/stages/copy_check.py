@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -27,6 +28,7 @@ from copymachine.images import load_rgb, save_png
 from copymachine.sheet import contact_sheet
 from copymachine.similarity import Lpips, reference_at, ssim_score
 from copymachine.stages import StageContext, StageKind
+from copymachine.stages.train_lora import base_weight_inputs
 
 CAPTION_PLACEHOLDER = "{caption}"  # in a prompt: the caption the copy LoRA was trained with
 ADVICE = "train the copy LoRA longer (--set copy.epochs=N) or check the captions"
@@ -39,6 +41,27 @@ def image_output(i: int) -> str:
 def planned_outputs(n: int) -> dict[str, str]:
     """The stage's outputs for `n` images (file names in its folder)."""
     return {"sheet": "copy-check.png", "scores": "copy-check.json", **{image_output(i): f"copy-{i + 1}.png" for i in range(n)}}
+
+
+def checked_loras(stage) -> tuple[list[Path], list[float]]:
+    """The networks gen_img.py loads unmerged onto the model, in order: absorbed styles (memory
+    route), then the copy machine's LoRA (LoRA A, or the copy LoRA at the merge ratio)."""
+    p = stage.params
+    loras = base_weight_inputs(stage)
+    multipliers = list(p.get("base_weights_multipliers", []))
+    for name in ("lora", "copy_lora"):
+        if name in stage.inputs:
+            loras.append(stage.input(name))
+            multipliers.append(p.get("lora_multiplier", 1.0))
+    return loras, multipliers
+
+
+def subject(stage) -> str:
+    if "lora" in stage.inputs:
+        return "LoRA A on the base model"
+    if "copy_lora" in stage.inputs:
+        return "the copy LoRA on the base model"
+    return "the copy model"
 
 
 def prompt_lines(p: dict[str, Any], caption: str = "") -> list[PromptLine]:
@@ -72,8 +95,19 @@ class CopyCheck(StageKind):
         lines = prompt_lines(p, caption)
         prompt_file = stage.workdir / "config" / f"{stage.slug}-prompts.txt"
         atomic_write_text(prompt_file, render_prompt_file(lines))
-        loras = [stage.input("lora")] if "lora" in stage.inputs else None
-        args = gen_img_args(stage.input("model"), p["family_flag"], ctx.scratch, prompt_file, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, loras, extra=ctx.settings.profile.gen_options)
+        loras, multipliers = checked_loras(stage)
+        args = gen_img_args(
+            stage.input("model"),
+            p["family_flag"],
+            ctx.scratch,
+            prompt_file,
+            p["sampler"],
+            p.get("precision"),
+            ctx.settings.tokenizer_cache_dir,
+            loras or None,
+            extra=ctx.settings.profile.gen_options,
+            multipliers=multipliers,
+        )
         images = [ctx.scratch_output(image_output(i)) for i in range(len(lines))]
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images)
         if ctx.dry_run:
@@ -98,7 +132,7 @@ class CopyCheck(StageKind):
             "steps": p["steps"],
             "sampler": p["sampler"],
             "model": stage.input("model").name,
-            "lora": stage.input("lora").name if loras else None,
+            "lora": loras[-1].name if loras else None,
             "images": results,
             "mean_ssim": round(statistics.fmean(ssims), 4),
             "min_ssim": min(ssims),
@@ -127,7 +161,7 @@ class CopyCheck(StageKind):
         if "mean_ssim" not in facts:
             return None
         threshold = float(stage.gate.get("min_ssim", 0.0))
-        what = "LoRA A on the base model" if "lora" in stage.inputs else "the copy model"
+        what = subject(stage)
         scores = ", ".join(f"{s:.3f}" for s in facts["ssim"])
         lpips = [x for x in facts.get("lpips") or [] if x is not None]
         lpips_text = f"; LPIPS {', '.join(f'{x:.3f}' for x in lpips)}" if lpips else ""
@@ -139,9 +173,8 @@ class CopyCheck(StageKind):
         )
         verdict: dict[str, Any] = {"passed": passed, "mean_ssim": facts["mean_ssim"], "min_ssim_required": threshold}
         if not passed:
-            subject = "LoRA A" if "lora" in stage.inputs else "the copy model"
             verdict["message"] = (
-                f"{subject} does not copy yet: mean SSIM {facts['mean_ssim']:.3f} against the original "
+                f"{what} does not copy yet: mean SSIM {facts['mean_ssim']:.3f} against the original "
                 f"(need >= {threshold:g}); {ADVICE}. Look at {sheet}; "
                 "--no-copy-check goes on anyway, --set copy_check.min_ssim=X changes the bar"
             )

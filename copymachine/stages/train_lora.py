@@ -18,6 +18,18 @@ from copymachine.render import AttrDict, write_config
 from copymachine.stages import StageContext, StageKind, reset_scratch
 
 CAPTION_EXTENSION = ".txt"  # sd-scripts' default is ".caption": always set it
+BASE_WEIGHT_PREFIX = "weights"
+# Run by sd-scripts' Python in place of the training script when LoRAs are merged in memory
+LAUNCHER = Path(__file__).resolve().parent.parent / "sd_side" / "base_weights_launcher.py"
+
+
+def base_weight_input_name(i: int) -> str:
+    """Input names of the LoRAs merged into the base in memory (--base_weights), in order."""
+    return f"{BASE_WEIGHT_PREFIX}{i:03d}"
+
+
+def base_weight_inputs(stage) -> list[Path]:
+    return [stage.input(name) for name in sorted(stage.inputs) if name.startswith(BASE_WEIGHT_PREFIX)]
 
 
 def prepare_training_image(source: Path, target: Path, size: tuple[int, int]) -> None:
@@ -68,12 +80,14 @@ class TrainLora(StageKind):
             resolution_text=f"{width},{height}",
             max_train_steps=p["max_train_steps"],
             profile=AttrDict({"mixed_precision": p["mixed_precision"], "training_options": p["training_options"]}),
+            base_weights=[str(w) for w in base_weight_inputs(stage)],
+            base_weights_multipliers=p.get("base_weights_multipliers", []),
             output_dir=ctx.scratch,
             output_name=out.stem,
             comment=f"copymachine {stage.name}",
         )
         ctx.run(
-            ctx.engine.launch_training(p["family"]["train_script"], config, p["mixed_precision"]),
+            ctx.engine.launch_training(p["family"]["train_script"], config, p["mixed_precision"], launcher=LAUNCHER if base_weight_inputs(stage) else None),
             Path(p["family"]["train_script"]).name,
             expected=[out],
         )
@@ -84,7 +98,9 @@ class TrainLora(StageKind):
     def describe(self, stage) -> str:
         p = stage.params
         steps = p["max_train_steps"] or p["training"]["repeats"] * p["training"]["epochs"] // p["training"]["batch_size"]
-        return f"{stage.title}: {p['family']['train_script']}, {steps} steps at {p['size'][0]}x{p['size'][1]}"
+        merged = base_weight_inputs(stage)
+        onto = f", on the base + {', '.join(w.name for w in merged)} merged in memory" if merged else ""
+        return f"{stage.title}: {p['family']['train_script']}, {steps} steps at {p['size'][0]}x{p['size'][1]}{onto}"
 
 
 KIND = TrainLora()

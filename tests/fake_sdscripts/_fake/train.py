@@ -67,8 +67,9 @@ def _main(run: FakeRun, script: str) -> None:
 
     print("accelerator device: cpu", flush=True)
     base = load_base_model(args, sdxl, run, con)
-    modules = lora_modules(args, sdxl)
     print(f"import network module: {args.network_module}")
+    init = merge_base_weights(args, run)
+    modules = lora_modules(args, sdxl)
     dim = args.network_dim if args.network_dim is not None else 4  # networks.lora default rank
     con.info(f"create LoRA network. base dim (rank): {dim}, alpha: {args.network_alpha}", "lora.py:935")
     n_te = sum(1 for m in modules if m["name"].startswith("lora_te"))
@@ -122,7 +123,7 @@ def _main(run: FakeRun, script: str) -> None:
     out = out_dir / f"{name}{ext}"
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"\nsaving checkpoint: {out}", flush=True)
-    tensors = make_lora(modules, args, dim, image_digest.digest())
+    tensors = make_lora(modules, args, dim, image_digest.digest(), init)
     meta = metadata(args, sdxl, base, datasets, steps, epochs, batches, n_train, n_reg, warmup, started, optimizer, dim)
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = common.sshs_hashes(tensors, meta)
     run.set(steps=steps, epochs=epochs, num_train_images=n_train, modules=len(modules))
@@ -416,11 +417,36 @@ def tiny_shape(m: dict, rank: int) -> tuple[tuple, tuple]:
     return (rank, i), (o, rank)
 
 
-def make_lora(modules: list[dict], args, dim: int, image_digest: bytes) -> dict:
+def merge_base_weights(args, run: FakeRun) -> tuple:
+    """--base_weights (code: train_network.py `if args.base_weights is not None:`): each LoRA's
+    network built from weights and merged. Returns what the trained network's init then depends
+    on beyond the seed: () when nothing shifted it, else (torch RNG draws, U-Net target modules)."""
+    import torch
+    from networks import lora
+
+    for i, path in enumerate(args.base_weights or []):
+        multipliers = args.base_weights_multiplier or []
+        multiplier = multipliers[i] if i < len(multipliers) else 1.0
+        print(f"merging module: {path} with multiplier {multiplier}", flush=True)
+        try:
+            module, weights_sd = lora.create_network_from_weights(multiplier, path, None, None, None, for_inference=True)
+        except FileNotFoundError as e:
+            crash(run, f"FileNotFoundError: {e}")
+        module.merge_to(None, None, weights_sd, "weight_dtype", "cpu")
+    if args.base_weights:
+        print(f"all weights merged: {', '.join(args.base_weights)}", flush=True)
+    targets = list(lora.LoRANetwork.UNET_TARGET_REPLACE_MODULE)
+    run.set(base_weight_merges=[list(m) for m in lora.MERGES], unet_target_modules=targets, rng_draws_before_init=torch.get_rng_state())
+    if torch.get_rng_state() == 0 and targets == ["Transformer2DModel"]:
+        return ()
+    return (torch.get_rng_state(), tuple(targets))
+
+
+def make_lora(modules: list[dict], args, dim: int, image_digest: bytes, init: tuple = ()) -> dict:
     net_args = dict(a.split("=", 1) for a in (args.network_args or []) if "=" in a)
     conv_dim = int(net_args.get("conv_dim", dim))
     conv_alpha = float(net_args.get("conv_alpha", 1))
-    rng = common.seeded_rng("lora", args.seed, image_digest, dim, args.network_alpha, args.max_train_steps, args.learning_rate)
+    rng = common.seeded_rng("lora", args.seed, image_digest, dim, args.network_alpha, args.max_train_steps, args.learning_rate, *init)
     tensors = {}
     for m in modules:
         conv3 = m["kind"] == "conv2d" and m["kernel"] != [1, 1]

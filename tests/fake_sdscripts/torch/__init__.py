@@ -22,9 +22,33 @@ class cuda:
         return "Fake GPU"
 
     @staticmethod
+    def is_initialized() -> bool:
+        return False
+
+    @staticmethod
     def is_bf16_supported() -> bool:
         return True
 
     @staticmethod
     def mem_get_info(index: int = 0) -> tuple[int, int]:
         return (70 * 2**30, 80 * 2**30)
+
+
+# The random generator's state, as far as the base_weights launcher sees it: a counter of draws
+# (the fake networks/lora.py draws once per network it builds, as LoRAModule's init does).
+float32 = "torch.float32"
+_draws = 0
+
+
+def _draw() -> None:
+    global _draws
+    _draws += 1
+
+
+def get_rng_state() -> int:
+    return _draws
+
+
+def set_rng_state(state: int) -> None:
+    global _draws
+    _draws = state

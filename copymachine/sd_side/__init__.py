@@ -1,0 +1,1 @@
+"""Files that sd-scripts' own Python runs (not copymachine's process): see each file."""

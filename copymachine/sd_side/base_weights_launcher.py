@@ -1,0 +1,90 @@
+"""Run an sd-scripts training script so that `--base_weights` gives what merge_lora.py gives.
+
+This file is run by sd-scripts' Python, in place of the training script (copymachine's own
+process never imports it):
+
+    python -m accelerate.commands.launch ... base_weights_launcher.py train_network.py --config_file X
+
+`train_network.py --base_weights COPY.safetensors --base_weights_multiplier 1` merges the copy
+LoRA into the model in memory before training: the same sum merge_lora.py writes into a copy-model
+file (memo step 3), without the 4-13 GB file. As sd-scripts is (v0.8.7 to 48d368fa), three things
+make the trained LoRA differ from the one trained on the merged file; this launcher undoes each by
+wrapping `networks.lora.create_network_from_weights` for the merge's networks (for_inference=True)
+and leaves sd-scripts' own code untouched:
+
+1. `LoRANetwork.__init__` extends the class-level `UNET_TARGET_REPLACE_MODULE` in place
+   (`target_modules += ...CONV2D_3X3`) when it is built from weights: every network built after it,
+   the trained one included, would target 36 more U-Net modules (SD1.5). The class-level target
+   lists are put back after the merge's network is built.
+2. Building that network draws from torch's random generator (each module's `lora_down` is
+   initialised), so the trained LoRA would start from another init than with the file. The
+   generator's state (CPU, and CUDA when initialised) is put back.
+3. `merge_to` casts the merged weights to the training's weight dtype (bf16 under mixed
+   precision), where merge_lora.py at float keeps them in float32. The merge is done in float32;
+   sd-scripts casts the model afterwards as it does with a loaded copy model.
+
+Measured at the pinned commit (CPU, fp32): the effect LoRA is bit-identical to the file route's.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+MARKER = "copymachine base_weights launcher:"
+
+
+def _target_lists(cls) -> dict[str, list]:
+    return {name: list(value) for name, value in vars(cls).items() if "TARGET_REPLACE_MODULE" in name and isinstance(value, list)}
+
+
+def install() -> None:
+    import torch
+
+    import networks.lora as lora
+
+    if not hasattr(lora, "create_network_from_weights") or not hasattr(lora, "LoRANetwork"):
+        raise SystemExit(f"{MARKER} this sd-scripts' networks/lora.py has no create_network_from_weights/LoRANetwork; use --copy-model file")
+    original = lora.create_network_from_weights
+    network_class = lora.LoRANetwork
+
+    def create_network_from_weights(*args, **kwargs):
+        if not kwargs.get("for_inference"):
+            return original(*args, **kwargs)
+        lists = _target_lists(network_class)
+        cpu_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        try:
+            network, weights_sd = original(*args, **kwargs)
+        finally:
+            for name, value in lists.items():
+                getattr(network_class, name)[:] = value
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+        merge_to = network.merge_to
+
+        def merge_in_float(text_encoder, unet, weights_sd, dtype=None, device=None):
+            return merge_to(text_encoder, unet, weights_sd, torch.float32, device)
+
+        network.merge_to = merge_in_float
+        print(f"{MARKER} merging {args[1] if len(args) > 1 else kwargs.get('file')} in float32; target modules and RNG state kept", flush=True)
+        return network, weights_sd
+
+    lora.create_network_from_weights = create_network_from_weights
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        raise SystemExit(f"usage: {os.path.basename(__file__)} TRAINING_SCRIPT [options]")
+    script = os.path.abspath(sys.argv[1])
+    root = os.path.dirname(script)
+    sys.argv = [script, *sys.argv[2:]]
+    sys.path[0] = root  # as when the script itself is run: `library`, `networks` from its root
+    install()
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
