@@ -166,6 +166,32 @@ def test_training_output_depends_on_the_image(setup):
     assert a[k].shape == b[k].shape and not np.array_equal(a[k], b[k])
 
 
+def test_base_weights_shift_the_trained_network_unless_the_launcher_undoes_it(setup):
+    """What sd-scripts' --base_weights does to the network trained after it (code: networks/lora.py
+    `target_modules += ...` on the class list, LoRAModule's init drawing from torch's RNG), and
+    that copymachine's launcher (copymachine/sd_side/base_weights_launcher.py) undoes both."""
+    from copymachine.stages.train_lora import LAUNCHER
+
+    tmp = setup["tmp"]
+    assert run_script(tmp, "train_network.py", "--config_file", setup["write"]("copy")).returncode == 0
+    copy = tmp / "out" / "copy.safetensors"
+    assert run_script(tmp, "train_network.py", "--config_file", setup["write"]("plain"), launch=True).returncode == 0
+    merged = {"base_weights": [str(copy)], "base_weights_multiplier": [1.0]}
+    for name, launcher in (("bare", []), ("launched", [str(LAUNCHER)])):
+        cmd = [sys.executable, *LAUNCH, *launcher, str(FAKE / "train_network.py"), "--config_file", str(setup["write"](name, **merged))]
+        r = subprocess.run(cmd, cwd=FAKE, env=fake_env(tmp), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    plain, bare, launched = records(tmp)[-3:]
+    assert plain["unet_target_modules"] == ["Transformer2DModel"] and plain["rng_draws_before_init"] == 0
+    assert bare["unet_target_modules"] == ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"] and bare["rng_draws_before_init"] == 1
+    assert bare["base_weight_merges"] == [[str(copy), 1.0, "weight_dtype"]]
+    assert launched["unet_target_modules"] == ["Transformer2DModel"] and launched["rng_draws_before_init"] == 0
+    assert launched["base_weight_merges"] == [[str(copy), 1.0, "torch.float32"]]
+    lora = {n: common.load_safetensors(tmp / "out" / f"{n}.safetensors")[0] for n in ("plain", "bare", "launched")}
+    k = "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight"
+    assert np.array_equal(lora["plain"][k], lora["launched"][k]) and not np.array_equal(lora["plain"][k], lora["bare"][k])
+
+
 def test_no_images_exits_0_without_output(setup):
     tmp = setup["tmp"]
     (tmp / "empty").mkdir()
