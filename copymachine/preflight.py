@@ -52,6 +52,10 @@ SMALL_STAGE_BYTES = 20 * MB  # images, captions, checks, configs, logs of one st
 # 22.7 GiB (measured here, sdxl_merge_lora.py on the CPU).
 MERGE_PEAK_RAM = {"sd1": int(13.4 * GB), "sd2": int(14 * GB), "sdxl": int(28 * GB)}
 MERGE_PEAK_RAM_HALF = {"sdxl": int(22.7 * 2**30)}
+# sd-scripts' peak RAM training an effect LoRA on the CPU with the copy LoRA merged in memory
+# (--base_weights, the default route), measured here at 64 px: the largest need of a default run.
+# With a GPU the model sits in VRAM and RAM peaks lower.
+TRAINING_PEAK_RAM = {"sd1": int(8.8 * GB), "sd2": int(9.5 * GB), "sdxl": int(22.6 * GB)}
 
 
 # --- the base model ------------------------------------------------------------------------
@@ -443,9 +447,4 @@ def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
         return
 
 
-def family_needs(family: str) -> dict[str, int]:
-    """Disk and RAM a one-image `train` run of this family needs (float copy model + LoRAs)."""
-    params = MODEL_PARAMS[family]
-    disk = params * 4 + 4 * lora_bytes(family, 64, "float") + 200 * MB
-    return {"disk": disk, "ram": MERGE_PEAK_RAM[family]}
 

@@ -44,7 +44,9 @@ def test_ready_machine(fake_engine, tmp_path, roomy):
     assert r["packages"].startswith("ok everything sd-scripts imports is there")
     assert r["GPU"].startswith("warn torch 0.0+fake sees no CUDA GPU")
     assert r["RAM"].startswith("ok 32.0 GB (24.0 GB available")
-    assert r["disk"].startswith(f"ok run folders {tmp_path / 'runs'} + cache {tmp_path / 'runs' / '_cache'}: 100.0 GB free; a one-image SD1.5 run writes ~4.")
+    # the copy model stays in memory: a one-image run writes LoRAs, not a 4.3 GB model
+    assert r["disk"].startswith(f"ok run folders {tmp_path / 'runs'} + cache {tmp_path / 'runs' / '_cache'}: 100.0 GB free; a one-image SD1.5 run writes ~") and r["disk"].endswith(" MB there")
+    assert "training SD1.5 with the copy model in memory peaks at ~8.8 GB" in r["RAM"] and "--copy-model file merges into the checkpoint at float, ~13.4 GB" in r["RAM"]
     assert r["write"].startswith("ok access") and r["tokenizer"].startswith("ok ")
     assert result.stdout.splitlines()[-1] == "ready (2 warning(s))"
 
@@ -74,13 +76,20 @@ def test_python_lacking_a_dependency(fake_engine, tmp_path, roomy):
 
 
 def test_too_little_disk_and_ram(fake_engine, tmp_path, monkeypatch):
-    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 8 * GB, "available": 6 * GB, "swap": 2 * GB})
-    monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 2 * GB)
+    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 6 * GB, "available": 5 * GB, "swap": 1 * GB})
+    monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 0.2 * GB)
     result = doctor(fake_engine, tmp_path)
     assert result.exit_code == EXIT_ENVIRONMENT  # the first blocking problem: RAM
     r = rows(result)
-    assert r["RAM"].startswith("FAIL 8.0 GB") and r["RAM"].endswith("not enough for the copy model's merge")
-    assert r["disk"].startswith("FAIL ") and "2.0 GB free" in r["disk"]
+    assert r["RAM"].startswith("FAIL 6.0 GB") and r["RAM"].endswith("not enough for training on the CPU (a GPU holds the model in VRAM and needs less)")
+    assert r["disk"].startswith("FAIL ") and "205 MB free" in r["disk"]
+
+
+def test_ram_for_the_default_route_but_not_for_a_merge_is_a_warning(fake_engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 12 * GB, "available": 11 * GB, "swap": 0})
+    monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 100 * GB)
+    r = rows(doctor(fake_engine, tmp_path))
+    assert r["RAM"].startswith("warn 12.0 GB") and r["RAM"].endswith("enough for the default route, not for --copy-model file (a merge into the checkpoint)")
 
 
 def test_run_folder_not_writable(fake_engine, tmp_path, roomy):

@@ -89,21 +89,28 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
 
 
 def _memory(doc: Doctor, family: str = SD1.name) -> None:
+    """A default run keeps the copy model in memory: its RAM peak is a training's. The memo's file
+    route (--copy-model file, also --absorb and the several-images merge route with it) merges
+    into a checkpoint, which peaks higher: a warning, since a default run does not need it."""
     mem = preflight.memory_bytes()
-    need = preflight.MERGE_PEAK_RAM[family]
+    train = preflight.TRAINING_PEAK_RAM[family]
+    merge = preflight.MERGE_PEAK_RAM[family]
     label = {"sd1": "SD1.5", "sd2": "SD2", "sdxl": "SDXL"}.get(family, family)
     total, available, swap = mem["total"], mem["available"], mem["swap"] or 0
+    needs = f"training {label} with the copy model in memory peaks at ~{preflight.human(train)} on the CPU; --copy-model file merges into the checkpoint at float, ~{preflight.human(merge)}"
     if total is None:
-        doc.add(WARN, "RAM", f"cannot tell how much RAM this machine has; merging an {label} model at float peaks at ~{preflight.human(need)}")
+        doc.add(WARN, "RAM", f"cannot tell how much RAM this machine has; {needs}")
         return
-    text = f"{preflight.human(total)} ({preflight.human(available or 0)} available, swap {preflight.human(swap)}); merging into an {label} checkpoint at float peaks at ~{preflight.human(need)}"
+    text = f"{preflight.human(total)} ({preflight.human(available or 0)} available, swap {preflight.human(swap)}); {needs}"
     half = preflight.MERGE_PEAK_RAM_HALF.get(family)
-    if total + swap < need and half and half <= total + swap:
-        doc.add(WARN, "RAM", text + f": too little for float; at fp16 it peaks at ~{preflight.human(half)} (--set merge.precision=fp16 --set merge.save_precision=fp16)")
-    elif total + swap < need:
-        doc.add(FAIL, "RAM", text + ": not enough for the copy model's merge", EXIT_ENVIRONMENT)
-    elif total < need or (available is not None and available < need):
-        doc.add(WARN, "RAM", text + ": close other programs during the merge, or it will swap")
+    if total + swap < train:
+        doc.add(FAIL, "RAM", text + ": not enough for training on the CPU (a GPU holds the model in VRAM and needs less)", EXIT_ENVIRONMENT)
+    elif total + swap < merge and half and half <= total + swap:
+        doc.add(WARN, "RAM", text + f": too little for --copy-model file at float; at fp16 it peaks at ~{preflight.human(half)} (--set merge.precision=fp16 --set merge.save_precision=fp16)")
+    elif total + swap < merge:
+        doc.add(WARN, "RAM", text + ": enough for the default route, not for --copy-model file (a merge into the checkpoint)")
+    elif total < train or (available is not None and available < train):
+        doc.add(WARN, "RAM", text + ": close other programs during training, or it will swap")
     else:
         doc.add(OK, "RAM", text)
 
@@ -119,19 +126,17 @@ def _base_family(base: Path | None) -> str:
 
 def _folders(doc: Doctor, out: Path, cache: Path, base: Path | None) -> None:
     family = SD1.name
-    params = preflight.MODEL_PARAMS[family]
     label = "a one-image SD1.5 run"
     if base is not None:
         try:
             model = preflight.check_base_model(base, Reporter(), allow_pickle=True)
             family = model.family.name
-            params = preflight.model_parameters(model)
             label = f"a one-image run on {base.name} ({model.family.label})"
         except CopymachineError as e:
             doc.add(FAIL, "base model", e.message, e.exit_code)
-    # the cache holds the copy LoRA and the copy model; the run folder the effect LoRA, its
-    # resized copy and the final LoRA (see preflight.estimate_space)
-    cache_need = params * 4 + preflight.lora_bytes(family, 64, "float") + 2 * preflight.SMALL_STAGE_BYTES
+    # the cache holds the copy LoRA (the copy model stays in memory: the default route); the run
+    # folder the effect LoRA, its resized copy and the final LoRA (see preflight.estimate_space)
+    cache_need = preflight.lora_bytes(family, 64, "float") + 2 * preflight.SMALL_STAGE_BYTES
     run_need = 3 * preflight.lora_bytes(family, 64, "float") + 6 * preflight.SMALL_STAGE_BYTES
     needs: dict[int, list] = {}
     for what, folder, need in (("run folders", out, run_need), ("cache", cache, cache_need)):
