@@ -98,3 +98,12 @@ def test_run_folder_not_writable(fake_engine, tmp_path, roomy):
     result = CliRunner().invoke(cli, ["doctor", "--sd-scripts", str(fake_engine.root), "--python", sys.executable, "--out", str(a_file / "runs"), "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == EXIT_OUTPUT
     assert any(line.startswith("  FAIL  write access  cannot create the run folders") for line in result.stdout.splitlines()), result.stdout
+
+
+def test_sdxl_at_float_fits_24_gb_in_memory_and_the_file_route_is_named(fake_engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 24 * GB, "available": 23 * GB, "swap": 0})
+    monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 100 * GB)
+    xl = fake_engine.make_checkpoint(tmp_path / "xl.safetensors", family="sdxl")
+    r = rows(doctor(fake_engine, tmp_path, "--base", str(xl)))
+    assert r["RAM"].startswith("warn 24.0 GB") and "training SDXL with the copy model in memory peaks at ~22.6 GB" in r["RAM"]
+    assert r["RAM"].endswith("too little for --copy-model file at float; at fp16 it peaks at ~22.7 GB (--set merge.precision=fp16 --set merge.save_precision=fp16)")
