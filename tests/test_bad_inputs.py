@@ -390,7 +390,7 @@ def test_disk_space_estimate_counts_only_what_is_left(fake_engine, image, tmp_pa
     model = ModelInfo(path=tmp_path / "x.ckpt", family=SD1, size_bytes=0, tensor_count=0)  # the family's typical size
     memory = Request(method=COPY_MACHINE, base=fake_engine.base, family=SD1, effects=["contrast"], recipe=MEMO, sources=make_sources([image], []), out=tmp_path / "m")
     memory_plan = plan(memory, Settings(engine=None, probe=None), HashCache(None))
-    assert sum(n.bytes for n in preflight.estimate_space(memory_plan, model, preflight.model_parameters(model))) < 0.4e9
+    assert sum(n.bytes for n in preflight.estimate_space(memory_plan, model, preflight.model_parameters(model))) < 0.6e9  # LoRAs only
     recipe = apply_overrides(MEMO, {"merge": {"copy_model": "file"}}, "--set")
     request = Request(method=COPY_MACHINE, base=fake_engine.base, family=SD1, effects=["contrast"], recipe=recipe, sources=make_sources([image], []), out=tmp_path / "r")
     the_plan = plan(request, Settings(engine=None, probe=None), HashCache(None))
