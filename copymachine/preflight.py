@@ -53,9 +53,10 @@ SMALL_STAGE_BYTES = 20 * MB  # images, captions, checks, configs, logs of one st
 MERGE_PEAK_RAM = {"sd1": int(13.4 * GB), "sd2": int(14 * GB), "sdxl": int(28 * GB)}
 MERGE_PEAK_RAM_HALF = {"sdxl": int(22.7 * 2**30)}
 # sd-scripts' peak RAM training an effect LoRA on the CPU with the copy LoRA merged in memory
-# (--base_weights, the default route), measured here at 64 px: the largest need of a default run.
+# (--base_weights, the default route), measured here at 64 px (SD1.5: 6.8 GiB, the copy LoRA
+# alike; on the merged copy model the effect LoRA peaked at 8.8 GiB): the largest need of a default run.
 # With a GPU the model sits in VRAM and RAM peaks lower.
-TRAINING_PEAK_RAM = {"sd1": int(8.8 * GB), "sd2": int(9.5 * GB), "sdxl": int(22.6 * GB)}
+TRAINING_PEAK_RAM = {"sd1": int(6.8 * GB), "sd2": int(7.5 * GB), "sdxl": int(22.6 * GB)}
 
 
 # --- the base model ------------------------------------------------------------------------

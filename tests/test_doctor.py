@@ -46,7 +46,7 @@ def test_ready_machine(fake_engine, tmp_path, roomy):
     assert r["RAM"].startswith("ok 32.0 GB (24.0 GB available")
     # the copy model stays in memory: a one-image run writes LoRAs, not a 4.3 GB model
     assert r["disk"].startswith(f"ok run folders {tmp_path / 'runs'} + cache {tmp_path / 'runs' / '_cache'}: 100.0 GB free; a one-image SD1.5 run writes ~") and r["disk"].endswith(" MB there")
-    assert "training SD1.5 with the copy model in memory peaks at ~8.8 GB" in r["RAM"] and "--copy-model file merges into the checkpoint at float, ~13.4 GB" in r["RAM"]
+    assert "training SD1.5 with the copy model in memory peaks at ~6.8 GB" in r["RAM"] and "--copy-model file merges into the checkpoint at float, ~13.4 GB" in r["RAM"]
     assert r["write"].startswith("ok access") and r["tokenizer"].startswith("ok ")
     assert result.stdout.splitlines()[-1] == "ready (2 warning(s))"
 
@@ -76,12 +76,12 @@ def test_python_lacking_a_dependency(fake_engine, tmp_path, roomy):
 
 
 def test_too_little_disk_and_ram(fake_engine, tmp_path, monkeypatch):
-    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 6 * GB, "available": 5 * GB, "swap": 1 * GB})
+    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 5 * GB, "available": 4 * GB, "swap": 1 * GB})
     monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 0.2 * GB)
     result = doctor(fake_engine, tmp_path)
     assert result.exit_code == EXIT_ENVIRONMENT  # the first blocking problem: RAM
     r = rows(result)
-    assert r["RAM"].startswith("FAIL 6.0 GB") and r["RAM"].endswith("not enough for training on the CPU (a GPU holds the model in VRAM and needs less)")
+    assert r["RAM"].startswith("FAIL 5.0 GB") and r["RAM"].endswith("not enough for training on the CPU (a GPU holds the model in VRAM and needs less)")
     assert r["disk"].startswith("FAIL ") and "205 MB free" in r["disk"]
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
+from safetensors.numpy import load_file
 
 from copymachine.engine import locate
 from copymachine.files import HashCache
-from copymachine.lorafile import read_safetensors
 from copymachine.methods import COPY_MACHINE, Request, make_sources, plan
 from copymachine.models import SD1
 from copymachine.pipeline import Pipeline
@@ -58,7 +58,7 @@ def ws(tmp_path_factory, sd_scripts_dir, sd_python, random_sd15, tokenizer_cache
 
 
 def tensors(path: Path) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, dtype=np.float32) for k, v in read_safetensors(path).tensors.items()}
+    return {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
 
 
 def effect_lora(run_dir: Path) -> Path:
