@@ -131,7 +131,7 @@ def test_amount_blends_with_the_original(scene):
     assert np.array_equal(double, np.clip(original + 2 * (full - original), 0, 255))
     inverse = apply_effect("contrast", scene.image, amount=-1.0)
     assert luma(inverse).std() < luma(scene.image).std()  # negative amount: the opposite effect
-    for bad in (float("nan"), float("inf"), 100.0):
+    for bad in (float("nan"), float("inf"), 2.01, -2.5, 100.0):
         with pytest.raises(InputError):
             apply_effect("contrast", scene.image, amount=bad)
 

@@ -290,6 +290,10 @@ def test_preview_refuses_a_model_of_another_family(tmp_path, cli_env):
     assert result.exit_code == 3 and "SDXL LoRA but --model is Stable Diffusion 1.x" in result.output
     result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--size", "100"])
     assert result.exit_code == 3 and "multiple of 64" in result.output
+    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--strengths", "0,50"])
+    assert result.exit_code == 3 and "--strengths: 50 must be from -10 to 10" in result.output
+    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--seed", "-4"])
+    assert result.exit_code == 3 and "--seed: -4 must be from 0 to 4294967295" in result.output
 
 
 # --- copymachine metadata -------------------------------------------------------------------

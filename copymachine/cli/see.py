@@ -20,7 +20,8 @@ from copymachine.models import Family, inspect_base_model, lora_family
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
-from copymachine.recipe import MEMO, parse_number_list
+from copymachine import recipe as recipe_mod
+from copymachine.recipe import MEMO
 from copymachine.stages import kind_versions
 from copymachine.stages.preview import planned_outputs, preview_params
 
@@ -69,13 +70,6 @@ def see_request(o: dict[str, Any], family: Family) -> dict[str, Any]:
 # --- copymachine preview ----------------------------------------------------------------------
 
 
-def _numbers(text: str, kind: type, option: str) -> list:
-    try:
-        return parse_number_list(text, kind)
-    except ValueError as e:
-        raise InputError(f"{option}: {e}") from None
-
-
 @cli.command()
 @click.argument("lora", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The checkpoint to render on (best: one the LoRA was not trained on).")
@@ -115,9 +109,9 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, sd_script
         MEMO.preview,
         checkpoint.family,
         precision,
-        strengths=_numbers(strengths, float, "--strengths"),
+        strengths=recipe_mod.strengths(strengths, "--strengths"),
         prompts=list(prompts),
-        seeds=list(seeds),
+        seeds=recipe_mod.seeds(",".join(str(s) for s in seeds), "--seed") if seeds else [],
         size=size,
         steps=steps,
     )
