@@ -29,6 +29,8 @@ from copymachine.stages.captions import caption_plan
 from copymachine.stages.copy_check import CAPTION_PLACEHOLDER
 from copymachine.stages.copy_check import planned_outputs as copy_check_outputs
 from copymachine.stages.merge_model import lora_input_name
+from copymachine.stages.leakage import leakage_params
+from copymachine.stages.leakage import planned_outputs as leakage_outputs
 from copymachine.stages.preview import planned_outputs as preview_outputs
 from copymachine.stages.preview import preview_params
 
@@ -403,6 +405,9 @@ class _Builder:
                 inputs[f"copycheck{i:03d}"] = self.ref(f"{source.prefix}copy-check", "scores")
         first_edit = self.plan.stage(f"{self.request.sources[0].prefix}{effect}/edit")
         name = final_name(self.request, self.run_dir, effect)
+        leakage = self.leakage(effect, lora)
+        if leakage is not None:
+            inputs["leakage"] = leakage
         self.add(
             f"{effect}/final",
             "finalize",
@@ -456,6 +461,29 @@ class _Builder:
             gate={"min_ssim": c.min_ssim},
         )
 
+    def leakage(self, effect: str, lora: FileRef) -> FileRef | None:
+        """With a preview model: does the LoRA drag its training image into unrelated pictures?
+        Measured on the LoRA before its metadata is added (the same weights), so the final LoRA
+        can record the score (`copymachine.leakage`)."""
+        model = self.request.preview_model
+        if model is None:
+            return None
+        size = self.sizes[self.request.sources[0].id]
+        params = leakage_params(self.recipe.leakage, self.family, size, self._gen_precision())
+        inputs = {"lora": lora, "model": self.planner.external(model.resolve())}
+        for i, source in enumerate(self.request.sources):
+            inputs[f"original{i:03d}"] = self.originals[source.id]
+        self.add(
+            f"{effect}/leakage",
+            "leakage",
+            f"{effect}: leakage on {model.name}",
+            inputs=inputs,
+            params=params,
+            outputs=leakage_outputs(params, "leakage/"),
+            workdir=self.run_dir / effect,
+        )
+        return self.ref(f"{effect}/leakage", "scores")
+
     def previews(self) -> None:
         """A strength sweep of every final LoRA on --preview-model, the sheet beside the LoRA."""
         model = self.request.preview_model
@@ -469,6 +497,8 @@ class _Builder:
             inputs = {"lora": self.ref(f"{effect}/final", "lora"), "model": self.planner.external(model.resolve())}
             if font is not None:
                 inputs["font"] = self.planner.external(font.resolve())
+            if any(s.name == f"{effect}/leakage" for s in self.plan.stages):
+                inputs["leakage"] = self.ref(f"{effect}/leakage", "scores")
             self.add(
                 f"{effect}/preview",
                 "preview",

@@ -170,6 +170,26 @@ class PreviewRecipe:
     font: str = ""  # a .ttf/.otf for the labels ("": Pillow's built-in font, ASCII only)
 
 
+
+@dataclass(frozen=True)
+class LeakageRecipe:
+    """The leakage score (the memo, on the difference method: "at higher strength the training
+    image came out"): with a preview model, the final LoRA renders each of `prompts` (unrelated to
+    the training caption; "|"-separated, seeds seed, seed+1, ...) at strength 0 and at each of
+    `strengths`, at the training size; each image's SSIM to the original training image minus
+    that of the same seed at strength 0 is how much the LoRA pulls an unrelated picture towards
+    its training image. The LoRA leaks from the first strength whose mean gain reaches
+    `threshold`. All copymachine's choices."""
+
+    strengths: str = "1,2,3"
+    prompts: str = "landscape, mountains, lake, no humans | still life, a bowl of fruit on a wooden table | a red sports car on a city street, night"
+    seed: int = 1
+    threshold: float = 0.1  # SSIM gain; unrelated pictures differ by a few hundredths
+    steps: int = 20
+    sampler: str = "euler_a"
+    scale: float = 7.0
+    negative_prompt: str = ""
+
 # --- the range of every number -------------------------------------------------------------
 
 
@@ -243,6 +263,7 @@ LIMITS: dict[type, dict[str, Limit]] = {
                      "width": Limit(0, MAX_SIDE, why="0: the model's own size"), "height": Limit(0, MAX_SIDE, why="0: the model's own size")},
     CaptionRecipe: {"method": Limit(choices=("fixed", "wd14")), "general_threshold": Limit(0, 1), "character_threshold": Limit(0, 1)},
     CopyCheckRecipe: {"images": Limit(1, 64), "min_ssim": Limit(0, 1), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE, "seed": _SEED},
+    LeakageRecipe: {"seed": _SEED, "threshold": Limit(0, 1, low_open=True), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
     PreviewRecipe: {"size": Limit(0, MAX_SIDE, why="0: the model's own size"), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
 }
 
@@ -276,6 +297,7 @@ class Recipe:
     caption: CaptionRecipe = field(default_factory=CaptionRecipe)
     copy_check: CopyCheckRecipe = field(default_factory=CopyCheckRecipe)
     preview: PreviewRecipe = field(default_factory=PreviewRecipe)
+    leakage: LeakageRecipe = field(default_factory=LeakageRecipe)
 
     def effect_training(self, effect: str) -> TrainingRecipe:
         return self.effect_overrides.get(effect, self.effect)
@@ -306,6 +328,7 @@ _SECTIONS: dict[str, type] = {
     "caption": CaptionRecipe,
     "copy_check": CopyCheckRecipe,
     "preview": PreviewRecipe,
+    "leakage": LeakageRecipe,
 }
 
 
@@ -403,6 +426,11 @@ def _validate(recipe: Recipe, source: str) -> None:
                 "use 'constant_with_warmup' or set warmup_steps = 0"
             )
     strengths(recipe.preview.strengths, f"{source}: recipe preview.strengths")
+    leak = strengths(recipe.leakage.strengths, f"{source}: recipe leakage.strengths")
+    if any(v == 0 for v in leak):
+        raise InputError(f"{source}: recipe leakage.strengths: 0 is the reference every strength is compared with; give strengths other than 0")
+    if not split_prompts(recipe.leakage.prompts):
+        raise InputError(f"{source}: recipe leakage.prompts: give at least one prompt")
     seeds(recipe.preview.seeds, f"{source}: recipe preview.seeds")
 
 

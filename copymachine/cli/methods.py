@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -17,6 +18,7 @@ from copymachine.methods import COPY_MACHINE, CUSTOM, DIFFERENCE, Request, defau
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, apply_overrides, load_recipe_file, parse_set_options
+from copymachine.stages.leakage import summary as leakage_summary
 
 
 def resolve_effects(effects: tuple[str, ...], has_edits: bool) -> list[str]:
@@ -114,6 +116,15 @@ def method_options(f):
     return f
 
 
+def leakage_scores(the_plan, effect: str) -> dict | None:
+    """The leakage stage's scores of `effect`'s final LoRA, when the run measured them."""
+    try:
+        path = the_plan.stage(f"{effect}/leakage").outputs["scores"]
+    except KeyError:
+        return None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def run_method(method: str, o: dict, sign: str = "edit") -> None:
     reporter = Reporter(verbose=o["verbose"])
     if o["images"] and o["images_dir"]:
@@ -207,6 +218,10 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
     hashes.save()
     if o["dry_run"]:
         return
+    for effect, path in the_plan.finals.items():
+        scores = leakage_scores(the_plan, effect)
+        if scores is not None:
+            reporter.info(f"{path.name}: {leakage_summary(scores)}")
     for path in the_plan.finals.values():
         click.echo(str(path))
     reporter.info(f"done: {len(the_plan.finals)} LoRA(s) in {the_plan.run_dir}; manifest: {the_plan.run_dir / 'manifest.json'}")
