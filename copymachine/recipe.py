@@ -450,6 +450,14 @@ def strengths(text: str, where: str) -> list[float]:
     return _checked_list(text, float, STRENGTH, where)
 
 
+def ratio(value: float, where: str) -> float:
+    """A LoRA's ratio in a merge (--lora X:RATIO, --absorb X:RATIO): a strength, in range (STRENGTH)."""
+    problem = STRENGTH.problem(float(value))
+    if problem:
+        raise InputError(f"{where}: ratio {value:g} {problem}")
+    return float(value)
+
+
 def seeds(text: str, where: str) -> list[int]:
     """A comma-separated list of seeds, each in range."""
     return _checked_list(text, int, _SEED, where)

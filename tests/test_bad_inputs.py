@@ -440,9 +440,11 @@ def test_unknown_recipe_keys(fake_engine, image, tmp_path, text, message):
     (["--set", "preview.strengths=-1,0,50"], "recipe preview.strengths: 50 must be from -10 to 10"),
     (["--set", "svd.precision=fp16"], "recipe svd.precision='fp16' must be one of float (svd_merge_lora.py's SVD needs fp32)"),
     (["--set", "contrast.factor=99"], "contrast: factor=99: must be"),
+    (["--absorb", "STYLE:nan"], "ratio nan must be a finite number"),
 ])  # fmt: skip
-def test_numbers_out_of_range(fake_engine, image, tmp_path, extra, message):
+def test_numbers_out_of_range(fake_engine, image, tmp_path, extra, message, small_lora):
     out = tmp_path / "run"
+    extra = [str(small_lora(tmp_path / "style.safetensors")) + e[5:] if e.startswith("STYLE") else e for e in extra]
     result = invoke(args(fake_engine, image, out, *extra))
     assert result.exit_code == EXIT_INPUT, result.output
     assert message in error_line(result)
@@ -513,3 +515,12 @@ def test_tool_output_path_holding_another_file(fake_engine, small_lora, tmp_path
     assert invoke(command + ["--force"]).exit_code == 0
     assert invoke(command[:2] + ["--rank", "3"] + command[4:]).exit_code == 0  # its own output: replaced without --force
     validate_lora(out, expected_rank=3)
+
+
+def test_tool_ratio_out_of_range(fake_engine, small_lora, tmp_path):
+    lora = small_lora(tmp_path / "a.safetensors")
+    out = tmp_path / "out" / "d.safetensors"
+    result = invoke(["svd-merge", "--lora", f"{lora}:50", "--rank", "2", "--out", out, *fake_engine.engine_args])
+    assert result.exit_code == EXIT_INPUT
+    assert f"{lora}:50: ratio 50 must be from -10 to 10" in error_line(result)
+    assert not out.exists() and fake_engine.calls() == []

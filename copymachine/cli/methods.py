@@ -18,6 +18,7 @@ from copymachine.methods import COPY_MACHINE, CUSTOM, DIFFERENCE, Request, defau
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, apply_overrides, load_recipe_file, parse_set_options
+from copymachine.recipe import ratio as recipe_ratio
 from copymachine.stages.leakage import summary as leakage_summary
 
 
@@ -64,6 +65,8 @@ def parse_absorb(items: tuple[str, ...]) -> list[tuple[Path, float]]:
                 path = head
             except ValueError:
                 pass
+            else:
+                ratio = recipe_ratio(ratio, f"--absorb {item}")
         p = Path(path)
         if not p.is_file():
             raise InputError(f"--absorb: style LoRA not found: {p}")

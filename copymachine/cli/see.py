@@ -37,7 +37,7 @@ def see_options(f: Callable) -> Callable:
     """--no-copy-check, --preview-model, --caption-with, --tagger-dir, thresholds."""
     options = [
         click.option("--no-copy-check", is_flag=True, help=f"Do not check that the copy machine copies the original (default: {MEMO.copy_check.images} images from it, stop when their mean SSIM is below {MEMO.copy_check.min_ssim:g}; see [copy_check] in `copymachine recipe`)."),
-        click.option("--preview-model", type=click.Path(dir_okay=False, path_type=Path), help="At the end, render a strength sweep of each LoRA on this model (one it was not trained on): <name>-preview.png beside the LoRA (see [preview] in `copymachine recipe`)."),
+        click.option("--preview-model", type=click.Path(dir_okay=False, path_type=Path), help="At the end, render a strength sweep of each LoRA on this model (one it was not trained on): <name>-preview.png beside the LoRA (see [preview] in `copymachine recipe`); and measure leakage: how much the LoRA at strengths 1, 2, 3 pulls unrelated pictures towards its training image (SSIM gain over strength 0; [leakage])."),
         click.option("--caption-with", type=click.Choice(["fixed", "wd14"]), help="fixed: the --caption text (default). wd14: the WD14 tagger's tags of the original image, the same for the edit (the memo's way); --caption then goes before the tags."),
         click.option("--tagger-dir", type=click.Path(file_okay=False, path_type=Path), help="WD14 tagger folder in SmilingWolf's layout: model.onnx and selected_tags.csv (offline; needs the [tagger] extra)."),
         click.option("--general-threshold", type=click.FloatRange(0, 1), help=f"WD14: probability from which a general tag is written (default {MEMO.caption.general_threshold:g})."),
