@@ -130,6 +130,10 @@ def format_report(r: dict[str, Any]) -> str:
     for b in r["blocks"]:
         bar = "#" * round(30 * b["norm"] / top)
         lines.append(f"  {b['block']:<6} {b['norm']:>10.4f}  {b['modules']:>3} modules  {bar}")
+    leakage = r["copymachine"].get("copymachine.leakage")
+    if leakage:
+        lines.append("")
+        lines.append(f"leakage     {leakage_text(leakage)}")
     for title, key in (("copymachine metadata", "copymachine"), ("sd-scripts training metadata (ss_*)", "ss"), ("other metadata", "other_metadata")):
         lines.append("")
         items = r[key]
@@ -137,3 +141,16 @@ def format_report(r: dict[str, Any]) -> str:
         for k, v in items.items():
             lines.append(f"  {k} = {_short(k, v)}")
     return "\n".join(lines)
+
+
+def leakage_text(value: str) -> str:
+    """`copymachine.leakage` in words: the SSIM gain towards the training image per strength and
+    where the LoRA starts to leak (see copymachine/stages/leakage.py)."""
+    try:
+        data = json.loads(value)
+        gains = ", ".join(f"{float(s):g}: {g:+.3f}" for s, g in data["ssim_gain"].items())
+        at = data.get("leaks_at")
+        verdict = f"LEAKS from strength {at:g}" if at is not None else "no leakage at these strengths"
+        return f"SSIM gain towards the training image on unrelated prompts ({data.get('model', '?')}): {gains} (threshold {data['threshold']:g}) -> {verdict}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return _short("copymachine.leakage", value)

@@ -30,6 +30,8 @@ from copymachine.stages.copy_check import CAPTION_PLACEHOLDER
 from copymachine.stages.copy_check import planned_outputs as copy_check_outputs
 from copymachine.stages.merge_model import lora_input_name
 from copymachine.stages.train_lora import base_weight_input_name
+from copymachine.stages.leakage import leakage_params
+from copymachine.stages.leakage import planned_outputs as leakage_outputs
 from copymachine.stages.preview import planned_outputs as preview_outputs
 from copymachine.stages.preview import preview_params
 
@@ -256,7 +258,7 @@ class _Builder:
             params = {
                 "effect": effect,
                 "effect_params": effect_registry.resolve_params(effect, self.request.effect_params.get(effect, {})),
-                "amount": self.request.amount,
+                "amount": effect_registry.check_amount(self.request.amount),
             }
         name = f"{source.prefix}{effect}/edit"
         self.add(
@@ -336,8 +338,14 @@ class _Builder:
 
     # --- combining and finishing -------------------------------------------------------
 
-    def svd_merge(self, name: str, title: str, terms: list[tuple[FileRef, float, str]], rank: int, workdir: Path, output: str) -> FileRef:
+    def svd_merge(self, name: str, title: str, terms: list[tuple[FileRef, float, str]], rank: int, workdir: Path, output: str, term_rank: int) -> FileRef:
+        """svd_merge_lora.py: the weighted sum of the LoRAs (each of rank `term_rank`), cut to `rank`."""
         svd = self.recipe.svd
+        if rank > term_rank * len(terms):
+            raise InputError(
+                f"--rank {rank} is above what {len(terms)} LoRA(s) of rank {term_rank} can hold together ({term_rank * len(terms)}); "
+                f"svd_merge_lora.py would pad the file with zeros: give --rank {term_rank * len(terms)} or less"
+            )
         self.add(
             name,
             "svd_merge",
@@ -384,10 +392,19 @@ class _Builder:
         )
         return self.ref(f"{effect}/extract", "lora")
 
-    def resize(self, effect: str, lora: FileRef, from_rank: int, rank: int, workdir: Path) -> FileRef:
+    def resize(self, effect: str, lora: FileRef, from_rank: int, rank: int, workdir: Path, precision: str) -> FileRef:
         """Memo step 9: resize_lora.py to `rank` (0 keeps the rank). It runs on the CPU: on CUDA
         it has written corrupt files (sd-scripts issue #904)."""
-        if not rank or rank >= from_rank:
+        if rank > from_rank:
+            raise InputError(
+                f"--rank {rank} is above the rank the LoRA has before the resize ({from_rank}): resize_lora.py "
+                f"cannot add rank; give --rank {from_rank} or less, or --rank 0 to keep rank {from_rank}"
+            )
+        if not rank or rank == from_rank:
+            self.plan.notes.append(
+                f"{effect}: the final LoRA keeps rank {from_rank} and the trained precision "
+                f"({precision}); resize_lora.py (and its {self.recipe.resize.save_precision}) runs only below rank {from_rank}"
+            )
             return lora
         self.add(
             f"{effect}/resize",
@@ -409,6 +426,9 @@ class _Builder:
                 inputs[f"copycheck{i:03d}"] = self.ref(f"{source.prefix}copy-check", "scores")
         first_edit = self.plan.stage(f"{self.request.sources[0].prefix}{effect}/edit")
         name = final_name(self.request, self.run_dir, effect)
+        leakage = self.leakage(effect, lora)
+        if leakage is not None:
+            inputs["leakage"] = leakage
         self.add(
             f"{effect}/final",
             "finalize",
@@ -471,6 +491,29 @@ class _Builder:
             gate={"min_ssim": c.min_ssim},
         )
 
+    def leakage(self, effect: str, lora: FileRef) -> FileRef | None:
+        """With a preview model: does the LoRA drag its training image into unrelated pictures?
+        Measured on the LoRA before its metadata is added (the same weights), so the final LoRA
+        can record the score (`copymachine.leakage`)."""
+        model = self.request.preview_model
+        if model is None:
+            return None
+        size = self.sizes[self.request.sources[0].id]
+        params = leakage_params(self.recipe.leakage, self.family, size, self._gen_precision())
+        inputs = {"lora": lora, "model": self.planner.external(model.resolve())}
+        for i, source in enumerate(self.request.sources):
+            inputs[f"original{i:03d}"] = self.originals[source.id]
+        self.add(
+            f"{effect}/leakage",
+            "leakage",
+            f"{effect}: leakage on {model.name}",
+            inputs=inputs,
+            params=params,
+            outputs=leakage_outputs(params, "leakage/"),
+            workdir=self.run_dir / effect,
+        )
+        return self.ref(f"{effect}/leakage", "scores")
+
     def previews(self) -> None:
         """A strength sweep of every final LoRA on --preview-model, the sheet beside the LoRA."""
         model = self.request.preview_model
@@ -484,6 +527,8 @@ class _Builder:
             inputs = {"lora": self.ref(f"{effect}/final", "lora"), "model": self.planner.external(model.resolve())}
             if font is not None:
                 inputs["font"] = self.planner.external(font.resolve())
+            if any(s.name == f"{effect}/leakage" for s in self.plan.stages):
+                inputs["leakage"] = self.ref(f"{effect}/leakage", "scores")
             self.add(
                 f"{effect}/preview",
                 "preview",
@@ -587,16 +632,15 @@ def plan_copy_machine(request: Request, settings: Settings, hashes: HashCache) -
         training = b.recipe.effect_training(effect)
         workdir = b.run_dir / effect
         loras = effect_loras[effect]
-        if combine is None:
-            lora, rank = loras[0], training.network_dim
+        terms = [(ref, b.weight(), s.id or "effect") for ref, s in zip(loras, request.sources)]
+        if combine == "svd":  # svd_merge_lora.py makes the final rank itself
+            rank = b.recipe.resize.rank or training.network_dim
+            lora = b.svd_merge(f"{effect}/svd-merge", f"{effect}: effect LoRAs combined (svd_merge_lora)", terms, rank, workdir, f"combined-r{rank}.safetensors", training.network_dim)
+        elif combine == "merge":
+            lora = b.merge_route(effect, terms, workdir)
+            lora = b.resize(effect, lora, b.recipe.combine.extract_dim, b.recipe.resize.rank, workdir, b.recipe.combine.precision)
         else:
-            terms = [(ref, b.weight(), s.id or "effect") for ref, s in zip(loras, request.sources)]
-            if combine == "svd":
-                rank = b.recipe.resize.rank or training.network_dim
-                lora = b.svd_merge(f"{effect}/svd-merge", f"{effect}: effect LoRAs combined (svd_merge_lora)", terms, rank, workdir, f"combined-r{rank}.safetensors")
-            else:
-                lora, rank = b.merge_route(effect, terms, workdir), b.recipe.combine.extract_dim
-        lora = b.resize(effect, lora, rank, b.recipe.resize.rank, workdir)
+            lora = b.resize(effect, loras[0], training.network_dim, b.recipe.resize.rank, workdir, training.save_precision)
         b.finalize(effect, lora, COPY_MACHINE, {"copy": dataclasses.asdict(b.recipe.copy), "effect": dataclasses.asdict(training), "resize": dataclasses.asdict(b.recipe.resize), "combine": combine})
     b.previews()
     b.info(COPY_MACHINE)
@@ -647,10 +691,10 @@ def plan_difference(request: Request, settings: Settings, hashes: HashCache) -> 
         workdir = b.run_dir / effect
         terms = terms_by_effect[effect]
         if combine == "svd":
-            lora = b.svd_merge(f"{effect}/svd-merge", f"{effect}: difference B - A" if sign > 0 else f"{effect}: difference A - B (memo sign)", terms, rank, workdir, f"diff-r{rank}.safetensors")
+            lora = b.svd_merge(f"{effect}/svd-merge", f"{effect}: difference B - A" if sign > 0 else f"{effect}: difference A - B (memo sign)", terms, rank, workdir, f"diff-r{rank}.safetensors", b.recipe.diff.network_dim)
         else:
             lora = b.merge_route(effect, terms, workdir)
-            lora = b.resize(effect, lora, b.recipe.combine.extract_dim, rank, workdir)
+            lora = b.resize(effect, lora, b.recipe.combine.extract_dim, rank, workdir, b.recipe.combine.precision)
         b.finalize(effect, lora, DIFFERENCE, {"diff": dataclasses.asdict(b.recipe.diff), "svd": dataclasses.asdict(b.recipe.svd), "combine": combine})
     b.previews()
     b.info(DIFFERENCE)

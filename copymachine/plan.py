@@ -64,6 +64,7 @@ class Plan:
     finals: dict[str, Path] = field(default_factory=dict)  # effect -> final LoRA
     info: dict[str, Any] = field(default_factory=dict)  # what the manifest records about the run
     manifest_name: str = "manifest.json"
+    notes: list[str] = field(default_factory=list)  # what the user should know before it runs
 
     @property
     def manifest_path(self) -> Path:

@@ -55,6 +55,9 @@ class Reporter:
         self.warnings.append(text)
         self._print(f"warning: {text}")
 
+    def note(self, text: str) -> None:
+        self._print(f"note: {text}")
+
     def stage_start(self, index: int, total: int, description: str, log: str | None) -> None:
         self._print(f"[{index}/{total}] {description}" + (f"  (log: {log})" if log else ""))
 

@@ -10,6 +10,7 @@ are marked "copymachine's choice". A recipe is overridden, key by key, from a TO
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -179,6 +180,104 @@ class PreviewRecipe:
     font: str = ""  # a .ttf/.otf for the labels ("": Pillow's built-in font, ASCII only)
 
 
+
+@dataclass(frozen=True)
+class LeakageRecipe:
+    """The leakage score (the memo, on the difference method: "at higher strength the training
+    image came out"): with a preview model, the final LoRA renders each of `prompts` (unrelated to
+    the training caption; "|"-separated, seeds seed, seed+1, ...) at strength 0 and at each of
+    `strengths`, at the training size; each image's SSIM to the original training image minus
+    that of the same seed at strength 0 is how much the LoRA pulls an unrelated picture towards
+    its training image. The LoRA leaks from the first strength whose mean gain reaches
+    `threshold`. All copymachine's choices."""
+
+    strengths: str = "1,2,3"
+    prompts: str = "landscape, mountains, lake, no humans | still life, a bowl of fruit on a wooden table | a red sports car on a city street, night"
+    seed: int = 1
+    threshold: float = 0.1  # SSIM gain; unrelated pictures differ by a few hundredths
+    steps: int = 20
+    sampler: str = "euler_a"
+    scale: float = 7.0
+    negative_prompt: str = ""
+
+# --- the range of every number -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The values a recipe key accepts: a range (`low_open`: the low end itself is refused), or
+    `choices` for a text key. Checked where a value enters the recipe (a file, --set, a shorthand
+    option), before any work."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] | None = None
+    why: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        if self.choices is not None:
+            return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and value > self.high
+        return f"must be {self.text()}" if too_low or too_high else None
+
+    def text(self) -> str:
+        lo, hi = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            return f"{'above' if self.low_open else 'from'} {lo} {'and at most' if self.low_open else 'to'} {hi}"
+        if self.low is not None:
+            return f"{'above' if self.low_open else 'at least'} {lo}"
+        return f"at most {hi}"
+
+
+def _number(value: float | None) -> str:
+    return str(int(value)) if value is not None and float(value).is_integer() else f"{value}"
+
+# gen_img.py's --sampler choices at the pinned commit (a typo fails only when rendering, hours in)
+SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
+            "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
+MAX_RANK = 1024  # a LoRA rank above this is larger than SD's own layers' widths (320-1280)
+MAX_SEED = 2**32 - 1
+MAX_SIDE = 8192
+PRECISIONS = ("float", "fp16", "bf16")
+_RANK = Limit(1, MAX_RANK)
+_SEED = Limit(0, MAX_SEED)
+_SAMPLING_STEPS = Limit(1, 1000)
+_CFG_SCALE = Limit(0, 50, low_open=True)
+_PRECISION = Limit(choices=PRECISIONS)
+_SAMPLER = Limit(choices=SAMPLERS)
+# a LoRA strength (--am): beyond this a slider LoRA only burns the picture
+STRENGTH = Limit(-10, 10)
+
+LIMITS: dict[type, dict[str, Limit]] = {
+    TrainingRecipe: {
+        "network_dim": _RANK,
+        "network_alpha": Limit(0, 4 * MAX_RANK, low_open=True),
+        "learning_rate": Limit(0, 1, low_open=True),
+        "repeats": Limit(1, 100000),
+        "epochs": Limit(1, 10000),
+        "warmup_steps": Limit(0),
+        "keep_tokens": Limit(0, 75),  # CLIP's 75 tokens
+        "batch_size": Limit(1, 64),
+        "seed": _SEED,
+        "save_precision": _PRECISION,
+    },
+    MergeRecipe: {"ratio": Limit(0, 2, low_open=True), "precision": _PRECISION, "save_precision": _PRECISION, "copy_model": Limit(choices=COPY_MODEL_ROUTES)},
+    ResizeRecipe: {"rank": Limit(0, MAX_RANK, why="0 keeps the trained rank"), "save_precision": _PRECISION},
+    SvdMergeRecipe: {"rank": _RANK, "precision": Limit(choices=("float",), why="svd_merge_lora.py's SVD needs fp32"), "save_precision": _PRECISION},
+    CombineRecipe: {"extract_dim": _RANK, "min_diff": Limit(0, 1), "precision": _PRECISION},
+    GenerateRecipe: {"seed": _SEED, "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE,
+                     "width": Limit(0, MAX_SIDE, why="0: the model's own size"), "height": Limit(0, MAX_SIDE, why="0: the model's own size")},
+    CaptionRecipe: {"method": Limit(choices=("fixed", "wd14")), "general_threshold": Limit(0, 1), "character_threshold": Limit(0, 1)},
+    CopyCheckRecipe: {"images": Limit(1, 64), "min_ssim": Limit(0, 1), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE, "seed": _SEED},
+    LeakageRecipe: {"seed": _SEED, "threshold": Limit(0, 1, low_open=True), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
+    PreviewRecipe: {"size": Limit(0, MAX_SIDE, why="0: the model's own size"), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
+}
+
+
 # Step 5 and the memo's results: dim 64 / alpha 32, 4096 steps; flat and jpeg were weak and were
 # retrained with dim 128 / alpha 64 / 5120 steps.
 EFFECT_TRAINING = TrainingRecipe(epochs=8)  # 512 x 8 = 4096 steps
@@ -208,6 +307,7 @@ class Recipe:
     caption: CaptionRecipe = field(default_factory=CaptionRecipe)
     copy_check: CopyCheckRecipe = field(default_factory=CopyCheckRecipe)
     preview: PreviewRecipe = field(default_factory=PreviewRecipe)
+    leakage: LeakageRecipe = field(default_factory=LeakageRecipe)
 
     def effect_training(self, effect: str) -> TrainingRecipe:
         return self.effect_overrides.get(effect, self.effect)
@@ -238,6 +338,7 @@ _SECTIONS: dict[str, type] = {
     "caption": CaptionRecipe,
     "copy_check": CopyCheckRecipe,
     "preview": PreviewRecipe,
+    "leakage": LeakageRecipe,
 }
 
 
@@ -282,6 +383,16 @@ def _convert(section: str, key: str, value: Any, target: type) -> Any:
     return value
 
 
+def _checked(source: str, section: str, cls: type, key: str, value: Any) -> Any:
+    """`value` if it is in the key's range (LIMITS), else one clear line naming the range."""
+    limit = LIMITS.get(cls, {}).get(key)
+    problem = limit.problem(value) if limit else None
+    if problem:
+        why = f" ({limit.why})" if limit.why else ""
+        raise InputError(f"{source}: recipe {section}.{key}={value!r} {problem}{why}")
+    return value
+
+
 def _field_types(cls: type) -> dict[str, type]:
     types = {"int": int, "float": float, "bool": bool, "str": str}
     return {f.name: types[f.type if isinstance(f.type, str) else f.type.__name__] for f in fields(cls)}
@@ -301,7 +412,7 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, dict[str, Any]], source
             raise InputError(
                 f"{source}: unknown key {section}.{unknown[0]}; valid keys in [{section}]: {', '.join(types)}"
             )
-        changes = {k: _convert(section, k, v, types[k]) for k, v in values.items()}
+        changes = {k: _checked(source, section, cls, k, _convert(section, k, v, types[k])) for k, v in values.items()}
         if section.startswith("effect."):
             name = section.split(".", 1)[1]
             effect_overrides[name] = replace(effect_overrides.get(name, sections["effect"]), **changes)
@@ -313,58 +424,53 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, dict[str, Any]], source
 
 
 def _validate(recipe: Recipe, source: str) -> None:
-    trainings = {"copy": recipe.copy, "effect": recipe.effect, "diff": recipe.diff}
-    trainings.update({f"effect.{k}": v for k, v in recipe.effect_overrides.items()})
-    for name, t in trainings.items():
-        for key in ("network_dim", "repeats", "epochs", "batch_size"):
-            if getattr(t, key) < 1:
-                raise InputError(f"{source}: recipe {name}.{key} must be at least 1")
-        if t.warmup_steps < 0:
-            raise InputError(f"{source}: recipe {name}.warmup_steps must not be negative")
-        if t.lr_scheduler == "constant" and t.warmup_steps:
+    """Every key in its range (LIMITS), and what ranges alone cannot say."""
+    sections: dict[str, Any] = {f.name: getattr(recipe, f.name) for f in fields(recipe) if f.name != "effect_overrides"}
+    sections.update({f"effect.{k}": v for k, v in recipe.effect_overrides.items()})
+    for section, values in sections.items():
+        for f in fields(values):
+            _checked(source, section, type(values), f.name, getattr(values, f.name))
+        if isinstance(values, TrainingRecipe) and values.lr_scheduler == "constant" and values.warmup_steps:
             raise InputError(
-                f"{source}: recipe {name}: sd-scripts' 'constant' scheduler rejects warmup; "
+                f"{source}: recipe {section}: sd-scripts' 'constant' scheduler rejects warmup; "
                 "use 'constant_with_warmup' or set warmup_steps = 0"
             )
-        if t.save_precision not in PRECISIONS:
-            raise InputError(f"{source}: recipe {name}.save_precision must be one of {', '.join(PRECISIONS)}")
-    for key in ("precision", "save_precision"):
-        if getattr(recipe.merge, key) not in PRECISIONS:
-            raise InputError(f"{source}: recipe merge.{key} must be one of {', '.join(PRECISIONS)}")
-    if recipe.merge.copy_model not in COPY_MODEL_ROUTES:
-        raise InputError(f"{source}: recipe merge.copy_model must be {' or '.join(COPY_MODEL_ROUTES)}, not {recipe.merge.copy_model!r}")
-    if recipe.resize.save_precision not in PRECISIONS:
-        raise InputError(f"{source}: recipe resize.save_precision must be one of {', '.join(PRECISIONS)}")
-    if recipe.resize.rank < 0:
-        raise InputError(f"{source}: recipe resize.rank must be 0 (keep) or more")
-    for key in ("precision", "save_precision"):
-        if getattr(recipe.svd, key) not in PRECISIONS:
-            raise InputError(f"{source}: recipe svd.{key} must be one of {', '.join(PRECISIONS)}")
-    if recipe.svd.precision != "float":
-        raise InputError(f"{source}: recipe svd.precision must be float (svd_merge_lora.py's SVD needs fp32)")
-    if recipe.svd.rank < 1 or recipe.combine.extract_dim < 1:
-        raise InputError(f"{source}: recipe svd.rank and combine.extract_dim must be at least 1")
-    _validate_sampling(recipe, source)
-    if recipe.caption.method not in ("fixed", "wd14"):
-        raise InputError(f"{source}: recipe caption.method must be fixed or wd14")
-    for key in ("general_threshold", "character_threshold"):
-        if not 0.0 <= getattr(recipe.caption, key) <= 1.0:
-            raise InputError(f"{source}: recipe caption.{key} must be between 0 and 1")
+    strengths(recipe.preview.strengths, f"{source}: recipe preview.strengths")
+    leak = strengths(recipe.leakage.strengths, f"{source}: recipe leakage.strengths")
+    if any(v == 0 for v in leak):
+        raise InputError(f"{source}: recipe leakage.strengths: 0 is the reference every strength is compared with; give strengths other than 0")
+    if not split_prompts(recipe.leakage.prompts):
+        raise InputError(f"{source}: recipe leakage.prompts: give at least one prompt")
+    seeds(recipe.preview.seeds, f"{source}: recipe preview.seeds")
 
 
-def _validate_sampling(recipe: Recipe, source: str) -> None:
-    check, preview = recipe.copy_check, recipe.preview
-    if check.images < 1 or check.steps < 1 or preview.steps < 1:
-        raise InputError(f"{source}: recipe copy_check.images, copy_check.steps and preview.steps must be at least 1")
-    if not 0.0 <= check.min_ssim <= 1.0:
-        raise InputError(f"{source}: recipe copy_check.min_ssim must be between 0 and 1")
-    if preview.size < 0:
-        raise InputError(f"{source}: recipe preview.size must be 0 (the model's size) or more")
-    for key, text in (("strengths", preview.strengths), ("seeds", preview.seeds)):
-        try:
-            parse_number_list(text, int if key == "seeds" else float)
-        except ValueError as e:
-            raise InputError(f"{source}: recipe preview.{key}: {e}") from None
+def _checked_list(text: str, kind: type, limit: Limit, where: str) -> list:
+    try:
+        values = parse_number_list(text, kind)
+    except ValueError as e:
+        raise InputError(f"{where}: {e}") from None
+    for v in values:
+        if limit.problem(v):
+            raise InputError(f"{where}: {v:g} {limit.problem(v)}")
+    return values
+
+
+def strengths(text: str, where: str) -> list[float]:
+    """A comma-separated list of LoRA strengths, each in range (STRENGTH)."""
+    return _checked_list(text, float, STRENGTH, where)
+
+
+def ratio(value: float, where: str) -> float:
+    """A LoRA's ratio in a merge (--lora X:RATIO, --absorb X:RATIO): a strength, in range (STRENGTH)."""
+    problem = STRENGTH.problem(float(value))
+    if problem:
+        raise InputError(f"{where}: ratio {value:g} {problem}")
+    return float(value)
+
+
+def seeds(text: str, where: str) -> list[int]:
+    """A comma-separated list of seeds, each in range."""
+    return _checked_list(text, int, _SEED, where)
 
 
 def parse_number_list(text: str, kind: type = float) -> list:
@@ -386,8 +492,6 @@ def split_prompts(text: str) -> list[str]:
     """Prompts separated by "|" (blank ones dropped)."""
     return [p.strip() for p in str(text).split("|") if p.strip()]
 
-
-PRECISIONS = ("float", "fp16", "bf16")
 
 
 def load_recipe_file(path: Path, base: Recipe = MEMO) -> Recipe:

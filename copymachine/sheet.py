@@ -242,12 +242,12 @@ def contact_sheet(
         cell=cell,
         label_width=label_width,
         header_height=header_lines * line_h + 6 if header_lines else 0,
-        title_height=line_h + 6 if title else 0,
+        title_height=len(title.split("\n")) * line_h + 6 if title else 0,
     )
     sheet = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     if title:
-        draw_fitted(draw, fonts, layout.title_box(), [title], size)
+        draw_fitted(draw, fonts, layout.title_box(), title.split("\n"), size)  # one line each
     for c, lines in enumerate(col_labels[:cols]):
         draw_fitted(draw, fonts, layout.header_box(c), lines, size)
     for r, lines in enumerate(row_labels[:rows]):

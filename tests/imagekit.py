@@ -165,3 +165,39 @@ def unrelated(size: int = 256, seed: int = 1) -> Image.Image:
         r = int(rng.integers(size // 20, size // 6))
         d.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)), outline=(0, 0, 0), width=3)
     return img
+
+
+BALL = (230, 96, 80)  # its lit colour
+BALL_RIM = (250, 214, 90)  # a patch of another colour on it, with its own shading
+
+
+def ball(size: int = 256, seed: int = 0, grain: float = 1.0) -> Scene:
+    """A ball lit from the upper left (Lambert shading, from its lit colour down to a quarter of it,
+    smooth: no step), with a patch of another colour on it and a black outline, on a floor with
+    a soft gradient: the picture `flat` must empty of its shading. Regions: "ball" (the red part),
+    "band" (the yellow patch) and "floor"."""
+    c = _Canvas(size)
+    full = Image.new("L", (c.hi, c.hi), 255)
+    c.gradient(full, (214, 222, 236), (168, 180, 204), 0.0, 1.0)
+    c.fills.append(("floor", full))
+    cx, cy, r = 0.5, 0.5, 0.34
+    disc = Image.new("L", (c.hi, c.hi), 0)
+    ImageDraw.Draw(disc).ellipse(c.box(cx, cy, r, r), fill=255)
+    yy, xx = np.mgrid[0:c.hi, 0:c.hi].astype(np.float32) / c.hi
+    nx, ny = (xx - cx) / r, (yy - cy) / r
+    nz = np.sqrt(np.clip(1.0 - nx * nx - ny * ny, 0.0, 1.0))
+    light = np.array([-0.55, -0.55, 0.63], np.float32)
+    light /= np.linalg.norm(light)
+    lambert = np.clip(nx * light[0] + ny * light[1] + nz * light[2], 0.0, 1.0)
+    shade = (0.25 + 0.75 * lambert)[..., None]
+    band = Image.new("L", (c.hi, c.hi), 0)
+    ImageDraw.Draw(band).ellipse(c.box(cx + 0.04, cy + 0.12, 0.2, 0.06), fill=255)
+    band = Image.fromarray(np.minimum(np.asarray(band), np.asarray(disc)))
+    m = np.asarray(disc, np.float32)[..., None] / 255.0
+    c.rgb = c.rgb * (1 - m) + np.asarray(BALL, np.float32) * shade * m
+    c.fills.append(("ball", disc))
+    m = np.asarray(band, np.float32)[..., None] / 255.0
+    c.rgb = c.rgb * (1 - m) + np.asarray(BALL_RIM, np.float32) * shade * m
+    c.fills.append(("band", band))
+    c.stroke(lambda d, ink: d.ellipse(c.box(cx, cy, r, r), outline=ink, width=3 * SUPERSAMPLE), INK)
+    return c.finish(seed, grain)

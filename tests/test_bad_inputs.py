@@ -347,6 +347,17 @@ def test_out_is_a_folder_that_is_not_a_run_folder(fake_engine, image, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["beach.jpg"]
 
 
+def test_dry_run_into_a_folder_that_is_not_a_run_folder(fake_engine, image, tmp_path):
+    """A dry run writes configs: it passes the same output checks as the run, and writes nothing."""
+    out = tmp_path / "holiday photos"
+    out.mkdir()
+    (out / "beach.jpg").write_bytes(b"...")
+    result = invoke(args(fake_engine, image, out, "--dry-run"))
+    assert result.exit_code == EXIT_OUTPUT
+    assert "is not empty and is not a copymachine run folder" in error_line(result)
+    assert sorted(p.name for p in out.iterdir()) == ["beach.jpg"]
+
+
 def test_out_not_writable(fake_engine, image, tmp_path):
     a_file = tmp_path / "a file"
     a_file.write_text("x", encoding="utf-8")
@@ -416,6 +427,52 @@ def test_unknown_recipe_keys(fake_engine, image, tmp_path, text, message):
     assert message in error_line(result)
 
 
+# --- numbers out of range: refused before any work, by the check where the number is defined ---
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--amount", "50"], "--amount 50.0 must be a number from -2 to 2 (1 = the full edit"),
+    (["--amount", "-3"], "--amount -3.0 must be a number from -2 to 2"),
+    (["--rank", "100"], "--rank 100 is above the rank the LoRA has before the resize (64): resize_lora.py cannot add rank; give --rank 64 or less, or --rank 0 to keep rank 64"),
+    (["--set", "copy.learning_rate=0"], "--set: recipe copy.learning_rate=0.0 must be above 0 and at most 1"),
+    (["--set", "effect.network_alpha=-1"], "recipe effect.network_alpha=-1.0 must be above 0"),
+    (["--set", "copy.network_dim=5000"], "recipe copy.network_dim=5000 must be from 1 to 1024"),
+    (["--set", "copy.learning_rate=nan"], "recipe copy.learning_rate=nan must be a finite number"),
+    (["--set", "preview.sampler=euler-a"], "recipe preview.sampler='euler-a' must be one of ddim, pndm"),
+    (["--set", "copy_check.scale=0"], "recipe copy_check.scale=0.0 must be above 0 and at most 50"),
+    (["--set", "generate.seed=-1"], "recipe generate.seed=-1 must be from 0 to 4294967295"),
+    (["--set", "merge.ratio=3"], "recipe merge.ratio=3.0 must be above 0 and at most 2"),
+    (["--set", "preview.strengths=-1,0,50"], "recipe preview.strengths: 50 must be from -10 to 10"),
+    (["--set", "svd.precision=fp16"], "recipe svd.precision='fp16' must be one of float (svd_merge_lora.py's SVD needs fp32)"),
+    (["--set", "contrast.factor=99"], "contrast: factor=99: must be"),
+    (["--absorb", "STYLE:nan"], "ratio nan must be a finite number"),
+])  # fmt: skip
+def test_numbers_out_of_range(fake_engine, image, tmp_path, extra, message, small_lora):
+    out = tmp_path / "run"
+    extra = [str(small_lora(tmp_path / "style.safetensors")) + e[5:] if e.startswith("STYLE") else e for e in extra]
+    result = invoke(args(fake_engine, image, out, *extra))
+    assert result.exit_code == EXIT_INPUT, result.output
+    assert message in error_line(result)
+    assert fake_engine.calls() == [] and not out.exists()
+
+
+def test_rank_of_the_trained_lora_says_what_the_file_keeps(fake_engine, image, tmp_path):
+    """--rank 64 on a dim-64 training (or --rank 0): no resize, and the run says which rank and
+    precision the final LoRA has."""
+    result = invoke(args(fake_engine, image, tmp_path / "run", "--rank", "64", "--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert "note: contrast: the final LoRA keeps rank 64 and the trained precision (float); resize_lora.py (and its fp16) runs only below rank 64" in result.output
+    assert "resize_lora.py" not in result.output.replace("resize_lora.py (and", "")
+
+
+def test_rank_above_what_a_difference_can_hold(fake_engine, image, tmp_path):
+    cmd = args(fake_engine, image, tmp_path / "run", "--rank", "200")
+    cmd[0] = "diff"
+    result = invoke(cmd)
+    assert result.exit_code == EXIT_INPUT
+    assert "--rank 200 is above what 2 LoRA(s) of rank 64 can hold together (128)" in error_line(result)
+
+
 # --- two runs at once ---------------------------------------------------------------------------
 
 
@@ -463,3 +520,12 @@ def test_tool_output_path_holding_another_file(fake_engine, small_lora, tmp_path
     assert invoke(command + ["--force"]).exit_code == 0
     assert invoke(command[:2] + ["--rank", "3"] + command[4:]).exit_code == 0  # its own output: replaced without --force
     validate_lora(out, expected_rank=3)
+
+
+def test_tool_ratio_out_of_range(fake_engine, small_lora, tmp_path):
+    lora = small_lora(tmp_path / "a.safetensors")
+    out = tmp_path / "out" / "d.safetensors"
+    result = invoke(["svd-merge", "--lora", f"{lora}:50", "--rank", "2", "--out", out, *fake_engine.engine_args])
+    assert result.exit_code == EXIT_INPUT
+    assert f"{lora}:50: ratio 50 must be from -10 to 10" in error_line(result)
+    assert not out.exists() and fake_engine.calls() == []

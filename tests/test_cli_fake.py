@@ -297,3 +297,57 @@ def test_a_killed_merge_is_named_as_out_of_memory(fake_engine, images, tmp_path,
     line = [x for x in result.stderr.splitlines() if x.startswith("copymachine: error:")][0]
     assert "copy model" in line and "was killed by SIGKILL" in line and "out-of-memory killer" in line
     assert not list((tmp_path / "_cache" / "copy-model").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("leaky", [False, True], ids=["clean", "leaky"])
+def test_leakage_is_measured_printed_drawn_and_stored(fake_engine, images, tmp_path, monkeypatch, leaky):
+    """With --preview-model the final LoRA renders the recipe's unrelated prompts at 0, 1, 2, 3 and
+    is scored against the training image. The fake's leaky mode blends the training image in by
+    (strength - 1) / 2: no gain at 1, a large one from 2. Without it the pictures are noise: ~0."""
+    if leaky:
+        monkeypatch.setenv("COPYMACHINE_FAKE_LEAK", str(images["original"]))
+    other = fake_engine.make_checkpoint(tmp_path / "other model.safetensors", family="sd15", seed=1)
+    out = tmp_path / "run"
+    result = invoke(train_args(fake_engine, images, out, "--effect", "contrast", "--preview-model", str(other), "--set", "preview.size=64"))
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "contrast" / "leakage" / "leakage.json").read_text(encoding="utf-8"))
+    gains = scores["ssim_gain"]
+    assert list(gains) == ["1", "2", "3"] and scores["size"] == [64, 64] and scores["threshold"] == 0.1
+    assert len(scores["images"]) == 3 * 4 and len(scores["prompts"]) == 3
+    gen = [c for c in fake_engine.calls() if c["script"] == "gen_img.py"]
+    leak_call = next(c for c in gen if any("leak-prompt" in i["file"] for i in c["images"]))
+    assert sorted({i["network_mul"][0] for i in leak_call["images"]}) == [0.0, 1.0, 2.0, 3.0]
+    if leaky:
+        assert abs(gains["1"]) < 0.05 and gains["2"] > 0.2 and gains["3"] > 0.8 and scores["leaks_at"] == 2.0
+        assert "-> leaks from strength 2" in result.output
+    else:
+        assert all(abs(g) < 0.05 for g in gains.values()) and scores["leaks_at"] is None
+        assert "-> no leakage up to strength 3" in result.output
+    assert "run-contrast.safetensors: leakage (SSIM to the training image" in result.output  # printed at the end
+    final = out / "run-contrast.safetensors"
+    stored = json.loads(read_safetensors(final).metadata["copymachine.leakage"])
+    assert stored["ssim_gain"] == gains and stored["leaks_at"] == scores["leaks_at"] and stored["model"] == "other model.safetensors"
+    shown = invoke(["inspect", str(final)])
+    assert shown.exit_code == 0
+    line = next(x for x in shown.output.splitlines() if x.startswith("leakage "))
+    assert ("LEAKS from strength 2" if leaky else "no leakage at these strengths") in line
+    assert (out / "run-contrast-preview.png").is_file()
+    manifest_ = manifest(out)
+    assert manifest_["contrast/leakage"]["verdict"]["leaks_at"] == scores["leaks_at"]
+
+
+def test_preview_command_measures_leakage_with_the_training_image(fake_engine, images, tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYMACHINE_FAKE_LEAK", str(images["original"]))
+    out = tmp_path / "run"
+    assert invoke(train_args(fake_engine, images, out, "--effect", "contrast")).exit_code == 0
+    other = fake_engine.make_checkpoint(tmp_path / "other.safetensors", family="sd15", seed=1)
+    final = out / "run-contrast.safetensors"
+    args = ["preview", str(final), "--model", str(other), "--size", "64", "--strengths", "0,1", *fake_engine.engine_args]
+    result = invoke(args)  # original.png beside the LoRA has the recorded sha256: found by itself
+    assert result.exit_code == 0, result.output
+    assert "run-contrast.safetensors: leakage (" in result.output and "-> leaks from strength 2" in result.output
+    assert (out / "run-contrast-preview" / "leakage.json").is_file()
+    result = invoke([*args, "--no-leakage"])
+    assert result.exit_code == 0 and "leakage (" not in result.output
+    help_text = " ".join(invoke(["preview", "--help"]).output.split())
+    assert "Leakage" in help_text and "SSIM to the training image" in help_text

@@ -104,10 +104,10 @@ def test_every_effect_stays_aligned(scene, edited, name, params):
     assert report.verdict != "refuse"
 
 
-# JPEG blocks start at the top-left, the segmentation breaks ties in scan order, L0 thresholds
+# JPEG blocks start at the top-left, the segmentation and the regions' nearest-label fill break ties in scan order, L0 thresholds
 # forward differences and k-means fits its palette on a grid sample: those are covered by the ECC
 # alignment test instead.
-MIRROR_EXEMPT = {"jpeg-single", "jpeg-passes", "flat-segment", "flat-l0", "posterize-kmeans"}
+MIRROR_EXEMPT = {"jpeg-single", "jpeg-passes", "flat-regions", "flat-segment", "flat-l0", "posterize-kmeans"}
 MIRROR_VARIANTS = [v for v, i in zip(VARIANTS, VARIANT_IDS) if i not in MIRROR_EXEMPT]
 
 
@@ -131,7 +131,7 @@ def test_amount_blends_with_the_original(scene):
     assert np.array_equal(double, np.clip(original + 2 * (full - original), 0, 255))
     inverse = apply_effect("contrast", scene.image, amount=-1.0)
     assert luma(inverse).std() < luma(scene.image).std()  # negative amount: the opposite effect
-    for bad in (float("nan"), float("inf"), 100.0):
+    for bad in (float("nan"), float("inf"), 2.01, -2.5, 100.0):
         with pytest.raises(InputError):
             apply_effect("contrast", scene.image, amount=bad)
 
@@ -204,7 +204,7 @@ def _texture(image, region):
     return float(((a - cv2.blur(a, (5, 5))) ** 2)[inner].mean())
 
 
-@pytest.mark.parametrize("mode", ["segment", "meanshift", "l0"])
+@pytest.mark.parametrize("mode", ["regions", "segment", "meanshift", "l0"])
 def test_flat_lowers_colour_variance_and_keeps_lines(scene, edited, mode):
     out = edited[("flat", mode)]
     for name in ("sky", "face", "shirt", "ground"):
@@ -229,6 +229,53 @@ def test_flat_segment_fills_with_few_colours(scene, edited):
     sky = scene.regions["sky"]
     assert len(np.unique(np.asarray(scene.image)[sky], axis=0)) > 200
     assert len(np.unique(b[sky], axis=0)) < 12
+
+
+@pytest.fixture(scope="module")
+def ball():
+    import imagekit
+
+    return imagekit.ball(256)
+
+
+def _spread(image, region):
+    """Colour spread inside a region: the mean over R, G, B of the standard deviation."""
+    return float(np.asarray(image)[region].astype(np.float64).std(axis=0).mean())
+
+
+def test_flat_default_empties_a_shaded_region_of_its_shading(ball):
+    """A ball lit from one side, inside its outline, with a patch of another colour: the default
+    fills the ball and the patch each with one colour (spread 34.4 and 25.7 -> about 1 and 0.2),
+    keeps them apart and keeps the outline. The other modes leave most of the shading."""
+    assert resolve_params("flat")["mode"] == "regions"
+    out = apply_effect("flat", ball.image)
+    for name, before_min, after_max in (("ball", 30.0, 2.0), ("band", 20.0, 1.0), ("floor", 10.0, 0.5)):
+        assert _spread(ball.image, ball.regions[name]) > before_min, name
+        assert _spread(out, ball.regions[name]) < after_max, f"{name}: spread {_spread(out, ball.regions[name]):.2f}"
+    a = np.asarray(out).astype(int)
+    fill = {name: np.median(a[ball.regions[name]], axis=0) for name in ("ball", "band")}
+    assert np.abs(fill["ball"] - fill["band"]).sum() > 60  # two colours, not one
+    assert np.mean(np.abs(luma(out)[ball.lines] - luma(ball.image)[ball.lines])) < 4  # the outline stays
+    for mode in ("segment", "meanshift", "l0"):
+        other = apply_effect("flat", ball.image, {"mode": mode})
+        assert _spread(other, ball.regions["ball"]) > 2 * _spread(out, ball.regions["ball"]), mode
+
+
+def test_flat_regions_keeps_small_fills_and_highlights(scene):
+    """A pupil (a small dark fill inside the iris) and the 2 px highlight on the hair are regions
+    of their own, at every size."""
+    import imagekit
+
+    for size in (256, 512):
+        s = size / 256
+        image = imagekit.scene(size).image
+        out = np.asarray(apply_effect("flat", image)).astype(int)
+        original = np.asarray(image).astype(int)
+        for ex in (107, 148):
+            box = np.s_[int(114 * s):int(122 * s), int((ex - 3) * s):int((ex + 3) * s)]
+            assert np.abs(out[box].mean(axis=(0, 1)) - original[box].mean(axis=(0, 1))).max() < 8, (size, ex)
+        highlight = np.s_[int(40 * s):int(52 * s), int(112 * s):int(136 * s)]
+        assert luma(Image.fromarray(out[highlight].astype(np.uint8))).max() > 180, size
 
 
 def test_flat_without_keep_lines_loses_them(scene):

@@ -129,6 +129,12 @@ def test_train_plan_checks_the_copy_model_and_previews_at_the_end(tmp_path, scen
     assert "copycheck000" in p.stage("outline/final").inputs
     preview = p.stage("outline/preview")
     assert preview.inputs["lora"].producer == "outline/final"
+    # leakage: measured on the resized LoRA (the final's weights) before the final, which records it
+    leakage = p.stage("outline/leakage")
+    assert names.index("outline/resize") < names.index("outline/leakage") < names.index("outline/final")
+    assert leakage.inputs["lora"].producer == "outline/resize" and leakage.inputs["original000"].producer == "original"
+    assert p.stage("outline/final").inputs["leakage"].producer == "outline/leakage" and preview.inputs["leakage"].producer == "outline/leakage"
+    assert leakage.params["strengths"] == [0.0, 1.0, 2.0, 3.0] and leakage.params["size"] == [64, 64] and leakage.params["seeds"] == [1, 2, 3]
     assert preview.outputs["sheet"] == p.run_dir / "run-outline-preview.png"
     assert preview.params["strengths"] == [-1.0, -0.5, 0.0, 0.5, 1.0] and preview.params["size"] == [512, 512]
     # the gate is not part of the key
@@ -171,8 +177,8 @@ def test_dry_run_prints_the_check_and_preview_commands(tmp_path, scene_path, scr
     p = plan(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), settings(), HashCache(None))
     Pipeline(p, settings(), Reporter(live=False), HashCache(None), argv=["test"]).run(dry_run=True)
     out = capsys.readouterr().out
-    assert "copy check" in out and "strength sweep" in out
-    assert sum(1 for line in out.splitlines() if line.startswith("python /sd-scripts/gen_img.py")) == 2
+    assert "copy check" in out and "strength sweep" in out and "outline: leakage on base.safetensors: gen_img.py, 12 images" in out
+    assert sum(1 for line in out.splitlines() if line.startswith("python /sd-scripts/gen_img.py")) == 3  # copy check, leakage, preview
     assert not scripts.calls and not (p.run_dir / "copy-check" / "copy-1.png").exists()
     prompts = (p.run_dir / "copy-check" / "config" / "copy-check-prompts.txt").read_text(encoding="utf-8")
     assert prompts.startswith("{caption} --w 64 --h 64 --d 1 --s 20")
@@ -292,6 +298,10 @@ def test_preview_refuses_a_model_of_another_family(tmp_path, cli_env):
     assert result.exit_code == 3 and "SDXL LoRA but --model is Stable Diffusion 1.x" in result.output
     result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--size", "100"])
     assert result.exit_code == 3 and "multiple of 64" in result.output
+    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--strengths", "0,50"])
+    assert result.exit_code == 3 and "--strengths: 50 must be from -10 to 10" in result.output
+    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--seed", "-4"])
+    assert result.exit_code == 3 and "--seed: -4 must be from 0 to 4294967295" in result.output
 
 
 # --- copymachine metadata -------------------------------------------------------------------

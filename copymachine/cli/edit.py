@@ -10,7 +10,7 @@ import click
 
 from copymachine.check import check_pair, compare_sheet, format_report
 from copymachine.cli import cli
-from copymachine.effects import EFFECTS, apply_effect, check_amount, resolve_params
+from copymachine.effects import AMOUNT_RANGE, EFFECTS, apply_effect, check_amount, resolve_params
 from copymachine.effects.base import Effect, format_value
 from copymachine.errors import InputError, OutputError
 from copymachine.images import load_rgb, parse_color, save_png
@@ -78,7 +78,7 @@ def _summary(report) -> str:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Set one of the effect's parameters (repeatable); see --list.")
 @click.option("--amount", type=float, default=1.0, show_default=True, metavar="A",
-              help="Strength: original + A x (edit - original); 0.5 half, 1 full, -1 the opposite.")
+              help=f"Strength: original + A x (edit - original), {AMOUNT_RANGE}; 0.5 half, 1 full, -1 the opposite.")
 @click.option("--compare", "compare_path", type=PNG_PATH, metavar="SHEET.png",
               help="Also write a sheet: original | edit | difference heat map.")
 @background_option

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -17,6 +18,8 @@ from copymachine.methods import COPY_MACHINE, CUSTOM, DIFFERENCE, Request, defau
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, apply_overrides, load_recipe_file, parse_set_options
+from copymachine.recipe import ratio as recipe_ratio
+from copymachine.stages.leakage import summary as leakage_summary
 
 
 def resolve_effects(effects: tuple[str, ...], has_edits: bool) -> list[str]:
@@ -62,6 +65,8 @@ def parse_absorb(items: tuple[str, ...]) -> list[tuple[Path, float]]:
                 path = head
             except ValueError:
                 pass
+            else:
+                ratio = recipe_ratio(ratio, f"--absorb {item}")
         p = Path(path)
         if not p.is_file():
             raise InputError(f"--absorb: style LoRA not found: {p}")
@@ -92,7 +97,7 @@ def method_options(f):
         click.option("--prompt", help="Prompt for a generated original image (when no image is given)."),
         click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, path_type=Path), help="Recipe TOML overriding the memo's numbers (see `copymachine recipe`)."),
         click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one number (copy.network_dim=32, effect.epochs=4, resize.rank=4) or an effect parameter (outline.width=2). Repeatable."),
-        click.option("--amount", type=float, default=1.0, show_default=True, help="Strength of a built-in edit: original + AMOUNT x (edit - original)."),
+        click.option("--amount", type=float, default=1.0, show_default=True, help=f"Strength of a built-in edit: original + AMOUNT x (edit - original), {effect_registry.AMOUNT_RANGE} (1 = the edit, negative = its opposite; beyond that the edit only saturates)."),
         click.option("--resolution", type=click.IntRange(64, 4096), help="Train at this size (longer side) instead of the image's own; for quick test runs."),
         click.option("--max-steps", type=click.IntRange(1), help="Cap every training at this many steps (warmup scaled alike); for quick test runs."),
         click.option("--rank", type=click.IntRange(0), help="Rank of the final LoRA (memo: 8). 0 keeps the trained rank (train only)."),
@@ -117,6 +122,15 @@ def method_options(f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def leakage_scores(the_plan, effect: str) -> dict | None:
+    """The leakage stage's scores of `effect`'s final LoRA, when the run measured them."""
+    try:
+        path = the_plan.stage(f"{effect}/leakage").outputs["scores"]
+    except KeyError:
+        return None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def run_method(method: str, o: dict, sign: str = "edit") -> None:
@@ -182,14 +196,16 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
     )
     run_dir = run_folder(request).resolve()
     cache_dir = default_cache(run_dir, o["cache_dir"]).resolve()
-    if not o["dry_run"]:
-        preflight.check_writable({"cache folder": cache_dir})
+    # a dry run writes configs into the run and cache folders: the same output checks as a run
+    preflight.check_writable({"cache folder": cache_dir})
     hashes = HashCache(cache_dir / "hashes.json")
     the_plan = plan(request, settings, hashes)
+    identity = preflight.run_identity(request, hashes)
+    preflight.check_output(the_plan, identity, hashes, force=o["force"])
+    preflight.check_writable({"run folder": the_plan.run_dir})
+    for note in the_plan.notes:
+        reporter.note(note)
     if not o["dry_run"]:
-        identity = preflight.run_identity(request, hashes)
-        preflight.check_output(the_plan, identity, hashes, force=o["force"])
-        preflight.check_writable({"run folder": the_plan.run_dir})
         the_plan.info["identity"] = identity
         the_plan.info["disk_space"] = preflight.check_space(the_plan, model, reporter)
         preflight.check_memory(the_plan, model, reporter)
@@ -212,6 +228,10 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
     hashes.save()
     if o["dry_run"]:
         return
+    for effect, path in the_plan.finals.items():
+        scores = leakage_scores(the_plan, effect)
+        if scores is not None:
+            reporter.info(f"{path.name}: {leakage_summary(scores)}")
     for path in the_plan.finals.values():
         click.echo(str(path))
     reporter.info(f"done: {len(the_plan.finals)} LoRA(s) in {the_plan.run_dir}; manifest: {the_plan.run_dir / 'manifest.json'}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from PIL import Image
 
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
@@ -16,12 +17,17 @@ from copymachine.errors import InputError
 from copymachine.files import HashCache
 from copymachine.lorafile import summarize_lora
 from copymachine.lorainfo import format_report, lora_report
+from copymachine.methods import training_size
 from copymachine.models import Family, inspect_base_model, lora_family
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
-from copymachine.recipe import MEMO, parse_number_list
+from copymachine import recipe as recipe_mod
+from copymachine.recipe import MEMO
 from copymachine.stages import kind_versions
+from copymachine.stages.leakage import leakage_params
+from copymachine.stages.leakage import planned_outputs as leakage_outputs
+from copymachine.stages.leakage import summary as leakage_summary
 from copymachine.stages.preview import planned_outputs, preview_params
 
 # --- options of train and diff ----------------------------------------------------------------
@@ -31,7 +37,7 @@ def see_options(f: Callable) -> Callable:
     """--no-copy-check, --preview-model, --caption-with, --tagger-dir, thresholds."""
     options = [
         click.option("--no-copy-check", is_flag=True, help=f"Do not check that the copy machine copies the original (default: {MEMO.copy_check.images} images from it, stop when their mean SSIM is below {MEMO.copy_check.min_ssim:g}; see [copy_check] in `copymachine recipe`)."),
-        click.option("--preview-model", type=click.Path(dir_okay=False, path_type=Path), help="At the end, render a strength sweep of each LoRA on this model (one it was not trained on): <name>-preview.png beside the LoRA (see [preview] in `copymachine recipe`)."),
+        click.option("--preview-model", type=click.Path(dir_okay=False, path_type=Path), help="At the end, render a strength sweep of each LoRA on this model (one it was not trained on): <name>-preview.png beside the LoRA (see [preview] in `copymachine recipe`); and measure leakage: how much the LoRA at strengths 1, 2, 3 pulls unrelated pictures towards its training image (SSIM gain over strength 0; [leakage])."),
         click.option("--caption-with", type=click.Choice(["fixed", "wd14"]), help="fixed: the --caption text (default). wd14: the WD14 tagger's tags of the original image, the same for the edit (the memo's way); --caption then goes before the tags."),
         click.option("--tagger-dir", type=click.Path(file_okay=False, path_type=Path), help="WD14 tagger folder in SmilingWolf's layout: model.onnx and selected_tags.csv (offline; needs the [tagger] extra)."),
         click.option("--general-threshold", type=click.FloatRange(0, 1), help=f"WD14: probability from which a general tag is written (default {MEMO.caption.general_threshold:g})."),
@@ -69,13 +75,6 @@ def see_request(o: dict[str, Any], family: Family) -> dict[str, Any]:
 # --- copymachine preview ----------------------------------------------------------------------
 
 
-def _numbers(text: str, kind: type, option: str) -> list:
-    try:
-        return parse_number_list(text, kind)
-    except ValueError as e:
-        raise InputError(f"{option}: {e}") from None
-
-
 @cli.command()
 @click.argument("lora", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The checkpoint to render on (best: one the LoRA was not trained on).")
@@ -85,14 +84,25 @@ def _numbers(text: str, kind: type, option: str) -> list:
 @click.option("--size", type=click.IntRange(64, 4096), help="Image side in pixels (a multiple of 64). Default: the model family's (512 for SD1).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=MEMO.preview.steps, show_default=True, help="Sampling steps.")
 @click.option("--font", type=click.Path(dir_okay=False, path_type=Path), help="A .ttf/.otf font for the labels (the built-in one is ASCII only; for train: --set preview.font=FILE).")
+@click.option("--original", type=click.Path(dir_okay=False, path_type=Path), help="The LoRA's training image: also measure leakage (see below). Default: original.png beside the LoRA when its sha256 is the one in the LoRA's metadata.")
+@click.option("--no-leakage", is_flag=True, help="Do not measure leakage.")
 @engine_options
-def preview(lora, model, strengths, prompts, seeds, size, steps, font, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
+def preview(lora, model, strengths, prompts, seeds, size, steps, font, original, no_leakage, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Render a strength sweep of LORA on MODEL: a labelled contact sheet (rows: prompt x seed;
     columns: strengths; the 0 column framed) written beside the LoRA as <name>-preview.png, and
     the single images in <name>-preview/.
 
     gen_img.py runs once, the LoRA loaded once (unmerged); each image is one prompt-file line with
     its own strength (--am) and seed (--d). Re-running with the same inputs does nothing.
+
+    Leakage (with the training image, --original): does the LoRA drag its training image into
+    unrelated pictures? A second gen_img.py run renders the recipe's [leakage] prompts (unrelated
+    to the training caption) at strength 0 and at 1, 2, 3, at the training image's size, and
+    measures each image's SSIM to the training image (LPIPS too when installed). The gain over
+    the same seed at strength 0 is how much closer the LoRA pulls an unrelated picture to its
+    training image (0: not at all; 1: it draws it); the LoRA leaks from the first strength whose
+    mean gain reaches 0.1. Printed, written under the sheet's title and to
+    <name>-preview/leakage.json.
 
     \b
     Example:
@@ -115,9 +125,9 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, sd_script
         MEMO.preview,
         checkpoint.family,
         precision,
-        strengths=_numbers(strengths, float, "--strengths"),
+        strengths=recipe_mod.strengths(strengths, "--strengths"),
         prompts=list(prompts),
-        seeds=list(seeds),
+        seeds=recipe_mod.seeds(",".join(str(s) for s in seeds), "--seed") if seeds else [],
         size=size,
         steps=steps,
     )
@@ -129,12 +139,49 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, sd_script
     inputs = {"lora": planner.external(lora), "model": planner.external(checkpoint.path.resolve())}
     if font is not None:
         inputs["font"] = planner.external(font.resolve())
+    training_image = None if no_leakage else _training_image(original, lora, summary.metadata, hashes)
+    if training_image is not None:
+        with Image.open(training_image) as im:
+            leak_size = training_size(*im.size, None)
+        leak = leakage_params(MEMO.leakage, checkpoint.family, leak_size, precision)
+        planner.add(
+            "leakage",
+            "leakage",
+            f"leakage of {lora.name} on {checkpoint.path.name}",
+            inputs={"lora": planner.external(lora), "model": planner.external(checkpoint.path.resolve()), "original000": planner.external(training_image.resolve())},
+            params=leak,
+            outputs=leakage_outputs(leak, f"{lora.stem}-preview/"),
+            workdir=folder,
+        )
+        inputs["leakage"] = planner.plan.ref("leakage", "scores")
     stage = planner.add("preview", "preview", f"strength sweep of {lora.name} on {checkpoint.path.name}", inputs=inputs, params=params, outputs=planned_outputs(params, lora.stem), workdir=folder)
     n = len(params["prompts"]) * len(params["seeds"]) * len(params["strengths"])
     reporter.info(f"preview: {n} images ({len(params['prompts'])} prompt(s) x {len(params['seeds'])} seed(s) x {len(params['strengths'])} strengths) at {params['size'][0]} px, {params['steps']} steps")
     Pipeline(planner.plan, settings, reporter, hashes).run()
     hashes.save()
+    if training_image is not None:
+        reporter.info(f"{lora.name}: {leakage_summary(json.loads(planner.plan.stage('leakage').outputs['scores'].read_text(encoding='utf-8')))}")
+    elif not no_leakage:
+        reporter.info(f"leakage not measured: give the LoRA's training image with --original (none found beside {lora.name})")
     click.echo(str(stage.outputs["sheet"]))
+
+
+def _training_image(option: Path | None, lora: Path, metadata: dict, hashes: HashCache) -> Path | None:
+    """--original, else original.png beside the LoRA when its sha256 is the LoRA's recorded one."""
+    if option is not None:
+        if not option.is_file():
+            raise InputError(f"--original not found: {option}")
+        try:
+            with Image.open(option) as im:
+                im.verify()
+        except OSError:
+            raise InputError(f"--original is not a readable image file: {option}") from None
+        return option
+    candidate = lora.parent / "original.png"
+    recorded = str(metadata.get("copymachine.original_sha256", "")).split(",")
+    if candidate.is_file() and hashes.sha256(candidate) in recorded:
+        return candidate
+    return None
 
 
 # --- copymachine inspect ----------------------------------------------------------------------

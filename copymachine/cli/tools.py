@@ -25,6 +25,7 @@ from copymachine.plan import Planner
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, PRECISIONS
 from copymachine.stages import kind_versions
+from copymachine.recipe import ratio as recipe_ratio
 from copymachine.stages.merge_model import lora_input_name
 
 
@@ -33,9 +34,11 @@ def parse_weighted(item: str) -> tuple[Path, float]:
     head, sep, tail = item.rpartition(":")
     if sep and head:
         try:
-            return Path(head), float(tail)
+            value = float(tail)
         except ValueError:
             pass
+        else:
+            return Path(head), recipe_ratio(value, item)
     return Path(item), 1.0
 
 

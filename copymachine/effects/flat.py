@@ -4,7 +4,13 @@ First the line art (the line mask plus its antialiased fringe) is taken off: tho
 the colour of the nearest pixel beside the line, so lines neither form regions of their own nor
 bleed into the fills. Then:
 
-segment (default): Felzenszwalb graph segmentation (scikit-image) splits the image into regions of
+regions (default): the regions bounded by the line art and by strong colour edges (Canny on the
+colour gradient, stronger than `edge` per pixel; the whole width of an edge six times stronger),
+each filled with the median colour of its own pixels. A smooth shading changes far less per pixel
+than the border between two fills, so a shaded ball inside its outline becomes one colour while the
+lines and the borders between differently coloured regions stay where they are. The steps between
+fills get the original's antialiased shades, as in segment.
+segment: Felzenszwalb graph segmentation (scikit-image) splits the image into regions of
 similar colour; each region is filled with the median colour of its pixels that were not line
 art. On the boundary between two fills each pixel gets the in-between shade the original had there
 (its projection onto the line between the two fill colours), so steps stay antialiased.
@@ -25,11 +31,13 @@ from copymachine.effects.base import Effect, Param, blend, mode_param, to_uint8
 from copymachine.effects.lineart import LINE_PARAMS, line_holes, line_mask, nearest_fill, recomposite_lines
 
 PARAMS: dict[str, Param] = {
-    "mode": mode_param(("segment", "meanshift", "l0"), "segment: flat median fill per region; meanshift / l0: edge-preserving smoothing"),
-    "scale": Param(200.0, float, "segment: Felzenszwalb scale (higher = larger regions)", min=1.0, max=100000.0),
-    "sigma": Param(0.5, float, "segment: Gaussian pre-smoothing inside the segmentation, px", min=0.0, max=5.0),
-    "min_size": Param(40, int, "segment: smallest region in pixels", min=1, max=1000000),
-    "antialias": Param(True, bool, "segment: give the steps between fills the original's antialiased shades"),
+    "mode": mode_param(("regions", "segment", "meanshift", "l0"), "regions: one colour per region bounded by line art and strong colour edges; segment: Felzenszwalb segments; meanshift / l0: edge-preserving smoothing"),
+    "edge": Param(8.0, float, "regions: colour change per pixel (0-255 scale, after a 1 px blur) that bounds a region; a smooth shading changes less", min=0.5, max=255.0),
+    "scale": Param(200.0, float, "segment / regions: Felzenszwalb scale (higher = larger regions)", min=1.0, max=100000.0),
+    "sigma": Param(0.5, float, "segment / regions: Gaussian pre-smoothing inside the segmentation, px", min=0.0, max=5.0),
+    "min_size": Param(40, int, "segment / regions: smallest region in pixels", min=1, max=1000000),
+    "region_min": Param(12, int, "regions: smallest region in pixels (smaller ones join the nearest region)", min=1, max=1000000),
+    "antialias": Param(True, bool, "segment / regions: give the steps between fills the original's antialiased shades"),
     "spatial": Param(12, int, "meanshift: spatial window radius, px", min=1, max=100),
     "color": Param(24, int, "meanshift: colour window radius", min=1, max=255),
     "l0_lambda": Param(0.02, float, "l0: smoothing weight (0.005 mild, 0.02 strong)", min=0.0001, max=1.0),
@@ -168,6 +176,66 @@ def segment_fill(clean: np.ndarray, params: dict, holes: np.ndarray) -> np.ndarr
     return restore_antialiasing(clean, flat, labels) if params["antialias"] else flat
 
 
+EDGE_SIGMA = 1.0  # px: the blur before the colour-edge measure (grain is not an edge)
+EDGE_LOW = 0.5  # Canny's hysteresis: an edge continues down to this share of `edge`
+STRONG_EDGE = 6.0  # x `edge`: a change this strong bounds a region over its whole width
+_SOBEL_SCALE = 32.0  # int16 Sobel for Canny: 1/32 of a level per pixel
+
+
+def colour_edges(rgb: np.ndarray, edge: float) -> np.ndarray:
+    """Where regions end: thin (1 px) Canny edges of the colour gradient stronger than `edge`
+    levels per pixel (continued down to EDGE_LOW x `edge`), and the whole width of an edge
+    stronger than STRONG_EDGE x `edge` (where three edges meet, Canny's thinning leaves gaps; a
+    strong edge closes them). Thin where it can be, so that a 2 px highlight keeps an inside.
+    The gradient is the centred Sobel (/8: levels per pixel) after a Gaussian blur of EDGE_SIGMA."""
+    blurred = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), EDGE_SIGMA, borderType=cv2.BORDER_REFLECT)
+    gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
+    gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
+    strong = np.sqrt((gx * gx + gy * gy).sum(axis=2)) > STRONG_EDGE * edge
+    ix, iy = (np.clip(g * _SOBEL_SCALE, -32767, 32767).astype(np.int16) for g in (gx, gy))
+    high = edge * _SOBEL_SCALE
+    return (cv2.Canny(ix, iy, EDGE_LOW * high, high, L2gradient=True) > 0) | strong
+
+
+def nearest_labels(labels: np.ndarray, unassigned: np.ndarray) -> np.ndarray:
+    """Each unassigned pixel takes the label of the nearest assigned one."""
+    out = labels.copy()
+    if not unassigned.any() or unassigned.all():
+        return out
+    _, nearest = cv2.distanceTransformWithLabels(unassigned.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    sources = np.flatnonzero(~unassigned.ravel())
+    flat = out.ravel()
+    index = np.flatnonzero(unassigned.ravel())
+    flat[index] = flat[sources[nearest.ravel()[index] - 1]]
+    return out
+
+
+def region_labels(holes: np.ndarray, edges: np.ndarray, min_size: int) -> np.ndarray:
+    """Regions bounded by the line art (`holes`) and by colour edges (`edges`, 8-connected): the
+    connected areas between them (4-connected, so a diagonal edge closes). The boundary pixels
+    and regions smaller than `min_size` join the nearest region. Labels 0..n-1."""
+    n, labels = cv2.connectedComponents((~(holes | edges)).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    sizes = np.bincount(labels.ravel(), minlength=n)
+    small = sizes < min_size
+    small[0] = True  # the boundary itself
+    unassigned = small[labels]
+    if unassigned.all():  # no region at all (an image of edges): one region
+        return np.zeros(labels.shape, np.int32)
+    labels = nearest_labels(labels, unassigned)
+    _, compact = np.unique(labels, return_inverse=True)
+    return compact.reshape(labels.shape).astype(np.int32)
+
+
+def region_fill(rgb: np.ndarray, clean: np.ndarray, params: dict, holes: np.ndarray) -> np.ndarray:
+    """Each region filled with the median colour of its own pixels (not line art, not on an edge).
+    The edges are found in the original (`rgb`): there a fill's edge meets the line art without a
+    gap; in `clean` (line art filled in) it may not."""
+    edges = colour_edges(rgb, params["edge"])
+    labels = region_labels(holes, edges, params["region_min"])
+    flat = segment_medians(clean, labels, ~holes & ~edges)[labels]
+    return restore_antialiasing(clean, flat, labels) if params["antialias"] else flat
+
+
 def l0_smooth(rgb: np.ndarray, lam: float, kappa: float, beta_max: float = L0_BETA_MAX) -> np.ndarray:
     """L0 gradient minimisation with Neumann borders: the DCT diagonalises the Laplacian."""
     from scipy.fft import dctn, idctn
@@ -209,6 +277,8 @@ def run(rgb: np.ndarray, params: dict) -> np.ndarray:
         flat = cv2.pyrMeanShiftFiltering(clean, params["spatial"], params["color"], maxLevel=0)
     elif mode == "l0":
         flat = l0_smooth(clean, params["l0_lambda"], params["l0_kappa"])
+    elif mode == "regions":
+        flat = region_fill(rgb, clean, params, holes)
     else:
         flat = segment_fill(clean, params, holes)
     return recomposite_lines(rgb, flat, holes, lines) if params["keep_lines"] else flat

@@ -37,6 +37,7 @@ KIND_MODULES = (
     "finalize",
     "copy_check",
     "preview",
+    "leakage",
 )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from copymachine import __version__
 from copymachine.lorafile import copy_with_metadata, read_safetensors, validate_lora
 from copymachine.stages import StageContext, StageKind
+from copymachine.stages.leakage import stored
 
 
 SIGN_TEXT = {
@@ -52,6 +53,8 @@ class Finalize(StageKind):
         checks = [json.loads(stage.input(n).read_text(encoding="utf-8")) for n in sorted(stage.inputs) if n.startswith("copycheck")]
         if checks:
             metadata["copymachine.copy_check"] = json.dumps([{k: c[k] for k in ("mean_ssim", "min_ssim", "size", "steps")} for c in checks])
+        if "leakage" in stage.inputs:
+            metadata["copymachine.leakage"] = stored(json.loads(stage.input("leakage").read_text(encoding="utf-8")))
         copy_with_metadata(stage.input("lora"), ctx.scratch_output("lora"), metadata)
 
     def validate(self, stage, name, path, ctx):

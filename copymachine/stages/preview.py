@@ -9,6 +9,7 @@ to the LoRA as `<name>-preview.png`, the single images in `<name>-preview/`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from PIL import Image
@@ -17,6 +18,7 @@ from copymachine.files import atomic_write_text
 from copymachine.genimg import PromptLine, format_multiplier, gen_img_args, render_prompt_file
 from copymachine.images import load_rgb, save_png
 from copymachine.sheet import contact_sheet
+from copymachine.stages.leakage import short_label
 from copymachine.stages import StageContext, StageKind
 
 
@@ -124,6 +126,8 @@ class Preview(StageKind):
         framed = [c for c, s in enumerate(p["strengths"]) if s == 0]
         title = f"{stage.input('lora').name} on {stage.input('model').name}  ({p['size'][0]}x{p['size'][1]}, {p['steps']} steps, {p['sampler']})"
         font = stage.input("font") if "font" in stage.inputs else None
+        if "leakage" in stage.inputs:  # the leakage score, under the title
+            title += "\n" + short_label(json.loads(stage.input("leakage").read_text(encoding="utf-8")))
         sheet, _ = contact_sheet(grid, col_labels=col_labels, row_labels=row_labels, title=title, framed_cols=framed, font=font)
         save_png(sheet, ctx.scratch_output("sheet"))
 

@@ -81,7 +81,7 @@ def test_copy_check_reports_no_copy_on_random_weights(ws):
 
 
 def test_train_with_preview_model(ws):
-    args = ws["train"] + ["--no-copy-check", "--preview-model", str(ws["model"]), "--set", "preview.size=64", "--set", "preview.steps=2", "--set", "preview.seeds=1"]
+    args = ws["train"] + ["--no-copy-check", "--preview-model", str(ws["model"]), "--set", "preview.size=64", "--set", "preview.steps=2", "--set", "preview.seeds=1", "--set", "leakage.steps=2"]
     result, wall = timed(args, ws["env"])
     assert result.returncode == 0, result.stderr[-4000:]
     print(f"\ntrain --preview-model wall {wall:.0f} s")

@@ -130,6 +130,14 @@ def png_bytes(w: int, h: int, seed: int, muls: list, weights: list, prompt: str,
     digest = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in weights]
     rng = common.seeded_rng("image", seed, [round(m, 6) for m in muls], digest, prompt)
     arr = np.zeros((h, w, 3), np.uint8) if nan else rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    leak = os.environ.get("COPYMACHINE_FAKE_LEAK")
+    if leak and weights and not nan:
+        # "leaky" mode: a LoRA that drags its training image into every picture, more with strength:
+        # none up to 1, half at 2, all of it from 3 (the memo: "at higher strength the training image came out")
+        weight = float(np.clip((max(muls) - 1.0) / 2.0, 0.0, 1.0))
+        with Image.open(leak) as im:
+            target = np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.LANCZOS), np.float32)
+        arr = np.clip(arr * (1.0 - weight) + target * weight + 0.5, 0, 255).astype(np.uint8)
     info = PngImagePlugin.PngInfo()  # (code: the PNG text chunks gen_img.py writes)
     info.add_text("prompt", prompt)
     info.add_text("seed", str(seed))

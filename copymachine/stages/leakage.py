@@ -1,0 +1,211 @@
+"""Stage: the leakage score. Does the LoRA drag its training image into unrelated pictures?
+
+The memo, on the difference method: "at higher strength the training image came out". A slider
+LoRA that does so is a bad slider, and one preview does not show it. This stage renders, in one
+gen_img.py run with the LoRA loaded once (unmerged), each of the recipe's `[leakage]` prompts
+(unrelated to the training caption, each with its own seed) at strength 0 and at each of the
+leakage strengths (1, 2, 3), at the training size, on the preview model. Each image is compared
+with the original training image (resized as for training): SSIM, and LPIPS when installed.
+
+    gain(strength) = mean over prompts of SSIM(image at strength, original) - SSIM(same seed at 0, original)
+
+is how much closer to the training image the LoRA pulls an unrelated picture (0: not at all;
+unrelated pictures differ by a few hundredths; 1: it draws the training image). The LoRA leaks
+from the first strength whose gain reaches the recipe's threshold (0.1). With several training
+images, each one's gain is measured and the largest counts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+from PIL import Image
+
+from copymachine.files import atomic_write_json, atomic_write_text
+from copymachine.genimg import PromptLine, format_multiplier, gen_img_args, render_prompt_file
+from copymachine.images import load_rgb
+from copymachine.similarity import Lpips, reference_at, ssim_score
+from copymachine.stages import StageContext, StageKind
+
+WHAT = "SSIM to the training image, gain over strength 0, on prompts unrelated to its caption"
+
+
+def leakage_params(recipe, family, size: tuple[int, int], precision: str) -> dict[str, Any]:
+    """Stage parameters from the recipe's [leakage]: strength 0 first, then the leakage strengths."""
+    from copymachine.recipe import parse_number_list, split_prompts
+
+    prompts = split_prompts(recipe.prompts)
+    strengths = [s for s in dict.fromkeys(float(v) for v in parse_number_list(recipe.strengths, float)) if s != 0]
+    return {
+        "family_flag": family.gen_flag,
+        "prompts": prompts,
+        "seeds": [recipe.seed + i for i in range(len(prompts))],
+        "strengths": [0.0, *strengths],
+        "size": [int(size[0]), int(size[1])],
+        "steps": recipe.steps,
+        "sampler": recipe.sampler,
+        "scale": recipe.scale,
+        "negative_prompt": recipe.negative_prompt,
+        "threshold": recipe.threshold,
+        "precision": precision,
+    }
+
+
+def image_output(prompt: int, col: int) -> str:
+    return f"leak-p{prompt:02d}-c{col:02d}"
+
+
+def image_file(p: dict[str, Any], prompt: int, col: int) -> str:
+    return f"leak-prompt{prompt + 1}-seed{p['seeds'][prompt]}-m{format_multiplier(p['strengths'][col])}.png"
+
+
+def planned_outputs(p: dict[str, Any], folder: str = "") -> dict[str, str]:
+    """The scores and every image (file names in the stage's folder, under `folder`)."""
+    outputs = {"scores": f"{folder}leakage.json"}
+    for i in range(len(p["prompts"])):
+        for col in range(len(p["strengths"])):
+            outputs[image_output(i, col)] = f"{folder}{image_file(p, i, col)}"
+    return outputs
+
+
+def prompt_lines(p: dict[str, Any]) -> list[PromptLine]:
+    width, height = p["size"]
+    return [
+        PromptLine(
+            prompt=prompt,
+            negative_prompt=p.get("negative_prompt", ""),
+            file_name=image_file(p, i, col),
+            width=width,
+            height=height,
+            seed=p["seeds"][i],
+            steps=p["steps"],
+            scale=p["scale"],
+            multiplier=strength,
+        )
+        for i, prompt in enumerate(p["prompts"])
+        for col, strength in enumerate(p["strengths"])
+    ]
+
+
+def leaks_at(gains: dict[str, float], threshold: float) -> float | None:
+    """The first (smallest) strength whose gain reaches `threshold`; None if none does."""
+    for strength in sorted(gains, key=float):
+        if gains[strength] >= threshold:
+            return float(strength)
+    return None
+
+
+def summary(scores: dict[str, Any]) -> str:
+    """One line: the gain at each strength and where the LoRA starts to leak."""
+    gains = ", ".join(f"{float(s):g}: {g:+.3f}" for s, g in scores["ssim_gain"].items())
+    at = scores["leaks_at"]
+    verdict = f"leaks from strength {at:g}" if at is not None else f"no leakage up to strength {max(float(s) for s in scores['ssim_gain']):g}"
+    lpips = scores.get("lpips_gain")
+    lpips_text = f"; LPIPS closer by {', '.join(f'{g:+.3f}' for g in lpips.values())}" if lpips else ""
+    return f"leakage ({WHAT}): {gains}{lpips_text} (threshold {scores['threshold']:g}) -> {verdict}"
+
+
+def short_label(scores: dict[str, Any]) -> str:
+    """For the preview sheet: the gains and the verdict, short."""
+    gains = "  ".join(f"{float(s):g}: {g:+.2f}" for s, g in scores["ssim_gain"].items())
+    at = scores["leaks_at"]
+    verdict = f"LEAKS from {at:g}" if at is not None else "none"
+    return f"leakage (SSIM gain towards the training image, unrelated prompts) {gains} -> {verdict}"
+
+
+class Leakage(StageKind):
+    kind = "leakage"
+    needs_engine = True
+
+    def execute(self, stage, ctx: StageContext) -> None:
+        p = stage.params
+        lines = prompt_lines(p)
+        prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
+        atomic_write_text(prompt_file, render_prompt_file(lines))
+        args = gen_img_args(stage.input("model"), p["family_flag"], ctx.scratch, prompt_file, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options)
+        files = {(i, col): ctx.scratch_output(image_output(i, col)) for i in range(len(p["prompts"])) for col in range(len(p["strengths"]))}
+        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=list(files.values()))
+        if ctx.dry_run:
+            return
+        originals = [stage.input(n) for n in sorted(stage.inputs) if n.startswith("original")]
+        references = [reference_at(load_rgb(path), tuple(p["size"])) for path in originals]
+        lpips = Lpips.load()
+        images = []
+        for (i, col), path in files.items():
+            image = load_rgb(path)
+            images.append(
+                {
+                    "file": stage.outputs[image_output(i, col)].name,
+                    "prompt": p["prompts"][i],
+                    "seed": p["seeds"][i],
+                    "strength": p["strengths"][col],
+                    "ssim": [round(ssim_score(ref, image), 4) for ref in references],
+                    "lpips": [_round(lpips.distance(ref, image)) for ref in references],
+                }
+            )
+        def at(i: int, col: int) -> dict[str, Any]:
+            return images[i * len(p["strengths"]) + col]
+
+        ssim_gain: dict[str, float] = {}
+        lpips_gain: dict[str, float] = {}
+        for col, strength in enumerate(p["strengths"][1:], start=1):
+            per_original = [statistics.fmean(at(i, col)["ssim"][k] - at(i, 0)["ssim"][k] for i in range(len(p["prompts"]))) for k in range(len(references))]
+            ssim_gain[f"{strength:g}"] = round(max(per_original), 4)
+            if lpips.available:
+                closer = [statistics.fmean(at(i, 0)["lpips"][k] - at(i, col)["lpips"][k] for i in range(len(p["prompts"]))) for k in range(len(references))]
+                lpips_gain[f"{strength:g}"] = round(max(closer), 4)
+        scores = {
+            "what": WHAT,
+            "model": stage.input("model").name,
+            "lora": stage.input("lora").name,
+            "originals": [path.name for path in originals],
+            "size": list(p["size"]),
+            "steps": p["steps"],
+            "sampler": p["sampler"],
+            "prompts": p["prompts"],
+            "seeds": p["seeds"],
+            "threshold": p["threshold"],
+            "ssim_gain": ssim_gain,
+            "lpips_gain": lpips_gain or None,
+            "lpips": "measured" if lpips.available else lpips.reason,
+            "leaks_at": leaks_at(ssim_gain, p["threshold"]),
+            "images": images,
+        }
+        atomic_write_json(ctx.scratch_output("scores"), scores)
+
+    def validate(self, stage, name, path, ctx) -> dict[str, Any]:
+        if name == "scores":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {"ssim_gain": data["ssim_gain"], "leaks_at": data["leaks_at"]}
+        with Image.open(path) as im:
+            im.verify()
+        return {}
+
+    def conclude(self, stage, stamp, reporter) -> dict[str, Any] | None:
+        path = stage.outputs["scores"]
+        if not path.is_file():
+            return None
+        scores = json.loads(path.read_text(encoding="utf-8"))
+        reporter.info(f"      {summary(scores)}")
+        # a measurement, not a gate: the run goes on either way
+        return {"passed": True, "leaks_at": scores["leaks_at"], "ssim_gain": scores["ssim_gain"], "threshold": scores["threshold"]}
+
+    def describe(self, stage) -> str:
+        p = stage.params
+        n = len(p["prompts"]) * len(p["strengths"])
+        return f"{stage.title}: gen_img.py, {n} images ({len(p['prompts'])} unrelated prompt(s) x strengths {', '.join(f'{s:g}' for s in p['strengths'])}) at {p['size'][0]}x{p['size'][1]}"
+
+
+def stored(scores: dict[str, Any]) -> str:
+    """What the final LoRA's metadata keeps (`copymachine.leakage`): the measurement, not the images."""
+    keep = ("what", "model", "size", "steps", "sampler", "prompts", "seeds", "threshold", "ssim_gain", "lpips_gain", "leaks_at")
+    return json.dumps({k: scores.get(k) for k in keep}, ensure_ascii=False)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+KIND = Leakage()
