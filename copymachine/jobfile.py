@@ -160,10 +160,11 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
             raise InputError(f"{where}: set must be a table (set.copy.network_dim = 32) or a list of 'section.key=value' strings")
         options["sets"] = tuple(options.get("sets") or ()) + tuple(items)
     sign = options.pop("sign", "edit") or "edit"
-    label = options.get("name") or (Path(options["out"]).name if options.get("out") else None)
+    label = options.get("name")
     if not label:
         first = (options.get("images") or [None])[0]
-        label = f"{Path(first).stem}-{'+'.join(options['effects']) or 'custom'}" if first else f"job {index}"
+        where = Path(options["out"]).name if options.get("out") else (Path(first).stem if first else f"job {index}")
+        label = f"{where}-{'+'.join(options['effects']) or 'custom'}"
     return Job(index=index, label=label, command=command_name, options=options, sign=sign)
 
 

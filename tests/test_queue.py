@@ -71,7 +71,7 @@ def test_the_example_jobs_file_loads_as_documented():
     assert diff["sets"] == ("svd.rank=8",) and len(diff["images"]) == 2 and jobs[3].sign == "edit"
     assert diff["preview_model"] == folder / "models/other-sd15.safetensors"
     # every key of the example is an option of its command, or method / set
-    assert jobs[1].label == "girl (2)"  # two jobs in one run folder keep distinct labels
+    assert [j.label for j in jobs] == ["girl-outline", "girl-flat+contrast", "girl-inked", "girl-posterize"]
 
 
 @pytest.mark.parametrize(
@@ -110,13 +110,13 @@ def test_jobs_run_in_order_and_a_bad_job_is_reported_while_the_others_run(fake_e
     result = invoke(queue_args(fake_engine, jobs_file, "--events", str(events)))
     assert result.exit_code == EXIT_INPUT, result.output  # the first failed job's code
     out = result.output
-    assert "job missing failed: image not found: " in out
+    assert "job missing-outline failed: image not found: " in out
     finals = [tmp_path / "runs/girl/girl-contrast.safetensors", tmp_path / "runs/cat/cat-posterize.safetensors", tmp_path / "runs/girl/girl-outline.safetensors"]
     assert all(p.is_file() for p in finals)
     assert validate_lora(finals[1]).ranks == [4]  # the job's set table reached the recipe
     assert result.stdout.strip().splitlines()[-3:] == [str(p) for p in finals]
     summary = out[out.index("summary:") :]
-    assert f"girl (4)  done: {finals[2]}" in summary and "missing   failed (exit 3): image not found" in summary
+    assert f"girl-outline     done: {finals[2]}" in summary and "missing-outline  failed (exit 3): image not found" in summary
     assert "queue: 3 of 4 job(s) done" in out
     # the copy machine of girl.png was trained once, shared by jobs 1 and 4 (cache-dir in [defaults])
     assert fake_engine.scripts().count("merge_lora.py") == 1
@@ -148,7 +148,7 @@ def test_two_jobs_side_by_side_each_on_its_own_gpu(fake_engine, tmp_path, pictur
     result = invoke(queue_args(fake_engine, jobs_file, "--jobs", "2"))
     assert result.exit_code == 0, result.output
     assert "2 jobs side by side, each on its own GPU (2 GPUs)" in result.output
-    assert "[girl] " in result.output and "[cat] " in result.output  # lines name their job
+    assert "[girl-contrast] " in result.output and "[cat-contrast] " in result.output  # lines name their job
     calls = trainings(fake_engine)
     by_gpu = {}
     for c in calls:

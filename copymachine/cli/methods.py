@@ -120,14 +120,9 @@ def method_options(f):
     return f
 
 
-def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | None = None, on_pipeline=None, gpu: int | None = None) -> list[Path]:
-    """One run of `train` or `diff` from its options (`o`: the click options by name, plus
-    `set_tables`, parsed --set tables). The one code path of every face: the CLI commands, the
-    queue (copymachine/jobfile.py) and through it the web UI. Returns the final LoRAs' paths.
-
-    `on_pipeline(pipeline)` is called with the Pipeline before it runs (the queue stops it on
-    Ctrl-C); `gpu` pins every sd-scripts call of the run to that CUDA device."""
-    reporter = reporter or Reporter(verbose=o["verbose"])
+def check_inputs(o: dict, reporter: Reporter):
+    """The run's inputs, checked before anything else (files exist, effects, the base model, the
+    images): the first step of every run, and what the web UI checks when a job is added."""
     if o["images"] and o["images_dir"]:
         raise InputError("give --image or --images, not both")
     if o["edited"] and o["edited_dir"]:
@@ -143,6 +138,18 @@ def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | No
     effects = resolve_effects(o["effects"], bool(edited))
     model = preflight.check_base_model(o["base"], reporter, allow_pickle=o["allow_pickle"])
     preflight.check_images(images, edited, o["resolution"], reporter)
+    return images, edited, effects, model
+
+
+def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | None = None, on_pipeline=None, gpu: int | None = None) -> list[Path]:
+    """One run of `train` or `diff` from its options (`o`: the click options by name, plus
+    `set_tables`, parsed --set tables). The one code path of every face: the CLI commands, the
+    queue (copymachine/jobfile.py) and through it the web UI. Returns the final LoRAs' paths.
+
+    `on_pipeline(pipeline)` is called with the Pipeline before it runs (the queue stops it on
+    Ctrl-C); `gpu` pins every sd-scripts call of the run to that CUDA device."""
+    reporter = reporter or Reporter(verbose=o["verbose"])
+    images, edited, effects, model = check_inputs(o, reporter)
 
     recipe = load_recipe_file(o["recipe_file"], MEMO) if o["recipe_file"] else MEMO
     recipe_sets, effect_sets = split_set_options(o["sets"], o.get("set_tables"))
@@ -215,6 +222,7 @@ def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | No
         jobs = o["jobs"] or profiles.default_jobs(model.family.name, o["low_vram"], settings.gpus, vram, trainings)
         if jobs > 1:
             reporter.info(f"{jobs} trainings side by side" + (f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"))
+    reporter.event("plan", run_dir=str(the_plan.run_dir), stages=[s.title for s in the_plan.stages], finals={k: str(v) for k, v in the_plan.finals.items()})
     pipeline = Pipeline(the_plan, settings, reporter, hashes)
     if on_pipeline is not None:
         on_pipeline(pipeline)
