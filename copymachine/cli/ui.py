@@ -66,7 +66,8 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, **engine):
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
-        reporter.info("copymachine ui: stopping; the running job is interrupted (finished stages kept) and resumes at the next start")
+        running = app.worker.current
+        reporter.info("copymachine ui: stopping" + (f"; the running job {running} is interrupted (finished stages kept) and resumes at the next start" if running else ""))
     finally:
         app.worker.stop()
         server.server_close()

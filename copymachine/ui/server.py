@@ -191,13 +191,12 @@ class App:
                 path = Path(final)
                 if not path.is_file():
                     continue
-                run_dir = path.parent
-                sheets = self._sheets(run_dir, path)
                 try:
                     report = format_report(lora_report(path))
                     md = read_safetensors(path).metadata
                 except CopymachineError as e:
                     report, md = e.message, {}
+                sheets = self._sheets(path.parent, path, md.get("copymachine.effect"))
                 memo = md.get("copymachine.sign", "").startswith("positive strength = less")
                 name = path.stem
                 more, less = ("-1", "1") if memo else ("1", "-1")
@@ -214,7 +213,7 @@ class App:
                         "usage": {
                             "a1111": f"<lora:{name}:{more}>",
                             "a1111_less": f"<lora:{name}:{less}>",
-                            "comfyui": f"LoraLoader: lora_name {path.name}, strength_model and strength_clip {'negative' if memo else 'positive'} for more of the edit ({'positive' if memo else 'negative'}: less)",
+                            "comfyui": f"LoraLoader with lora_name {path.name}: strength_model and strength_clip {'negative' if memo else 'positive'} for more of the edit, {'positive' if memo else 'negative'} for less",
                         },
                         "sheets": sheets,
                         "inspect": report,
@@ -222,24 +221,26 @@ class App:
                 )
         return out
 
-    def _sheets(self, run_dir: Path, final: Path) -> list[dict[str, str]]:
-        """The run's sheets from its manifest: copy check, the edit's compare sheet, the sweep."""
-        try:
-            manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return []
-        effect = next((k for k, v in manifest.get("finals", {}).items() if Path(v) == final), None)
+    def _sheets(self, run_dir: Path, final: Path, effect: str | None) -> list[dict[str, str]]:
+        """The sheets of a final LoRA from the stamps its run's stages wrote (the pipeline's own
+        records; the manifest holds the latest command only, and jobs of other effects share the
+        run folder): the edit's compare sheet, the copy check, the strength sweep."""
+        stamps = []
+        for path in sorted(run_dir.rglob(".stages/*.json")):
+            try:
+                stamps.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue
         sheets = []
-        for stage in manifest.get("stages", []):
-            outputs = stage.get("outputs", {})
-            kind, name = stage.get("kind"), stage.get("name", "")
-            if kind == "copy_check" and "sheet" in outputs:
-                sheets.append(("copy check", stage.get("title", ""), outputs["sheet"]["path"]))
-            elif kind == "edit_image" and effect and name.endswith(f"{effect}/edit") and "compare" in outputs:
-                sheets.append(("edit", stage.get("title", ""), outputs["compare"]["path"]))
-            elif kind == "preview" and name == f"{effect}/preview" and "sheet" in outputs:
-                sheets.append(("strength sweep", stage.get("title", ""), outputs["sheet"]["path"]))
-        return [{"kind": k, "title": t, "url": self.file_url(Path(p))} for k, t, p in sheets if Path(p).is_file()]
+        for stamp in stamps:
+            outputs, kind, name = stamp.get("outputs", {}), stamp.get("kind"), stamp.get("name", "")
+            if kind == "edit_image" and effect and (name == f"{effect}/edit" or name.endswith(f"/{effect}/edit")) and "compare" in outputs:
+                sheets.append((0, "edit", name.rsplit("/edit", 1)[0] + ": edit", outputs["compare"]["path"]))
+            elif kind == "copy_check" and "sheet" in outputs:
+                sheets.append((1, "copy check", name, outputs["sheet"]["path"]))
+            elif kind == "preview" and "sheet" in outputs and Path(stamp.get("inputs", {}).get("lora", {}).get("path", "")) == final:
+                sheets.append((2, "strength sweep", f"strength sweep of {final.name}", outputs["sheet"]["path"]))
+        return [{"kind": k, "title": t, "url": self.file_url(Path(p))} for _, k, t, p in sorted(sheets) if Path(p).is_file()]
 
     def models_list(self) -> list[str]:
         if not self.models or not self.models.is_dir():

@@ -277,6 +277,7 @@ async function refreshJobs() {
       const d = $("details", card);
       if (d && openLogs.has(job.id)) d.open = true;
       box.append(card);
+      for (const log of $$("pre.log", card)) log.scrollTop = log.scrollHeight; // the tail is what matters
     }
     const active = data.jobs.filter((j) => ["queued", "running"].includes(j.status)).length;
     $("#queue-count").textContent = active ? `(${active})` : "";
@@ -296,7 +297,10 @@ async function refreshResults() {
     box.append(el("div", { class: "result", dataset: { name: r.name } },
       el("h3", {}, r.name, " ", el("span", { class: "hint" }, `${r.method || ""} · ${r.effect || ""} · job ${r.job}`)),
       el("div", {}, el("a", { href: r.download, class: "download" }, `Download ${r.name}.safetensors`), " ", el("span", { class: "hint" }, r.path)),
-      el("div", { class: "usage" }, "A1111 / Forge: ", el("code", {}, r.usage.a1111), " (less of the edit: ", el("code", {}, r.usage.a1111_less), ") · ComfyUI: ", r.usage.comfyui, el("div", { class: "hint" }, `sign: ${r.sign}`)),
+      el("div", { class: "usage" },
+        el("div", {}, "A1111 / Forge prompt: ", el("code", {}, r.usage.a1111), " (try 0.5 – 2; less of the edit: ", el("code", {}, r.usage.a1111_less), ")"),
+        el("div", {}, "ComfyUI: ", r.usage.comfyui),
+        el("div", { class: "hint" }, `sign: ${r.sign}`)),
       el("div", { class: "sheets" }, r.sheets.map((s) => el("figure", {}, el("a", { href: s.url, target: "_blank" }, el("img", { class: "sheet", src: s.url, alt: s.kind, dataset: { kind: s.kind } })), el("figcaption", {}, `${s.kind}: ${s.title}`)))),
       el("details", {}, el("summary", {}, "inspect"), el("pre", { class: "inspect" }, r.inspect))));
   }
