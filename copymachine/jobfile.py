@@ -200,17 +200,6 @@ def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
     return jobs
 
 
-def job_table(options: dict[str, Any]) -> dict[str, Any]:
-    """The inverse, for faces that write jobs files (the web UI): a job table from values by
-    key, dropping empty ones. Checked by `load_jobs` when read back."""
-    table = {}
-    for key, value in options.items():
-        if value is None or value == [] or value == {} or value is False:
-            continue
-        table[key] = [str(v) for v in value] if isinstance(value, (list, tuple)) and key != "set" else (str(value) if isinstance(value, Path) else value)
-    return table
-
-
 class JsonLines:
     """Events as JSON lines, appended and flushed one at a time (read while they are written)."""
 

@@ -154,7 +154,7 @@ class App:
         from copymachine import jobfile
         from copymachine.cli.methods import check_inputs
 
-        table = {k: v for k, v in body.items() if v not in (None, "", [], {}, False)}
+        table = {k: v for k, v in body.items() if not (v is None or v is False or (isinstance(v, (str, list, dict)) and not v))}
         if "base" not in table:
             raise InputError("give the base model (a path to a .safetensors checkpoint)")
         if not table.get("out"):
