@@ -195,3 +195,43 @@ def test_progress_view_from_the_reporters_events():
     view = progress_view(events + [{"event": "stage_done", "title": "copy LoRA", "seconds": 3}, {"event": "job_end", "status": "failed", "message": "boom", "finals": []}])
     assert [s["status"] for s in view["stages"]] == ["skipped", "done", "pending"] and view["message"] == "boom"
 
+
+
+def test_cancel_is_ctrl_c_and_retry_resumes(fake_engine, scene, tmp_path, monkeypatch):
+    """The worker runs a job as `copymachine queue`; Cancel interrupts it as Ctrl-C does (exit
+    130, finished stages kept), Retry runs it again and it skips what was done."""
+    import time
+
+    monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "1")
+    picture = tmp_path / "girl.png"
+    scene.image.resize((128, 128)).save(picture)
+    store = JobStore(tmp_path / "runs" / "_ui" / "queue")
+    job_id = store.add({"base": str(fake_engine.base), "image": [str(picture)], "effect": ["contrast"], "out": str(tmp_path / "runs" / "girl"), "max-steps": 3, "resolution": 64, "no-copy-check": True})
+    worker = Worker(store, fake_engine.engine_args)
+    worker.start()
+    try:
+
+        def wait(condition, what, timeout=60.0):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if condition():
+                    return
+                time.sleep(0.05)
+            raise AssertionError(f"timed out waiting for {what}: {store.view(job_id)}")
+
+        wait(lambda: (store.view(job_id).get("progress") or {}).get("step"), "the copy LoRA's progress")
+        worker.cancel(job_id)
+        wait(lambda: store.state(job_id)["status"] == "cancelled", "the cancel")
+        assert store.state(job_id)["exit_code"] == 130
+        assert "copymachine: interrupted; sd-scripts was stopped" in "\n".join(store.view(job_id)["log_tail"])
+        done_before = [s["title"] for s in store.view(job_id)["stages"] if s["status"] == "done"]
+        assert done_before == ["original image", "contrast: edited image", "captions"]
+        monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "0")
+        worker.env = None
+        worker.retry(job_id)
+        wait(lambda: store.state(job_id)["status"] == "done", "the retry to finish")
+        view = store.view(job_id)
+        assert [s["status"] for s in view["stages"]][:3] == ["skipped"] * 3
+        assert view["finals"] == [str(tmp_path / "runs" / "girl" / "girl-contrast.safetensors")]
+    finally:
+        worker.stop()

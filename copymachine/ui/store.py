@@ -209,6 +209,7 @@ class JobStore:
             **view,
             "log_tail": log_lines or tail(files.log),
             "job": files.toml.read_text(encoding="utf-8"),
+            "file": str(files.toml),
         }
 
 

@@ -201,9 +201,8 @@ function collectJob() {
     if (!state.edited) throw new Error("custom: upload your edit of the original");
     job.edited = [state.edited.path];
     if ($("#edit-in-place").checked) job["edit-in-place"] = true;
-    if (builtin.length) throw new Error("your own edit (custom) is a job of its own: add it, then the built-in effects as another job");
   }
-  if (builtin.length) job.effect = builtin;
+  if (effects.length) job.effect = effects;
   for (const e of builtin) {
     const params = effectParams(state.effects[e]);
     if (Object.keys(params).length) set[e] = params;
@@ -246,7 +245,8 @@ function jobCard(job) {
     ["failed", "cancelled"].includes(job.status) ? el("button", { class: "retry", onclick: () => action(job.id, "retry") }, "Retry") : null,
     el("button", { class: "remove", onclick: () => { if (confirm(`Remove job ${job.id} from the queue? Its run folder stays.`)) action(job.id, "remove"); } }, "Remove"));
   const card = el("div", { class: "job", dataset: { id: job.id, status: job.status } },
-    el("div", { class: "job-head" }, el("span", { class: "label" }, `${job.id} · ${job.label}`), el("span", { class: `status ${job.status}` }, job.status), el("span", { class: "hint" }, job.command || ""), buttons));
+    el("div", { class: "job-head" }, el("span", { class: "label" }, `${job.id} · ${job.label}`), el("span", { class: `status ${job.status}` }, job.status),
+      el("span", { class: "hint", title: "run it by hand with: copymachine queue " + job.file }, `${job.command || ""} · ${job.file || ""}`), buttons));
   if (job.stages && job.stages.length) card.append(el("ol", { class: "stages" }, job.stages.map((s) => el("li", { class: s.status, title: s.status }, s.title))));
   const p = job.progress;
   if (running && p && p.total) {
