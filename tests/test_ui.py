@@ -157,8 +157,13 @@ def test_added_jobs_are_jobs_files_the_queue_reads(served, fake_engine, scene, t
         status, data = client.json("/api/jobs", bad)
         assert status == 400 and message in data["error"], data
     assert app.store.ids() == ["0001"]
+    # an original generated from the base model when the job runs: no image, a prompt and a seed
+    status, data = client.json("/api/jobs", {"base": str(fake_engine.base), "effect": ["flat"], "prompt": "1cat", "set": {"generate": {"seed": 7}}})
+    assert status == 200 and data["id"] == "0002", data
+    (generated,) = jobfile.load_jobs(app.store.files("0002").toml)
+    assert generated.options["images"] == () and generated.options["prompt"] == "1cat" and generated.options["set_tables"] == {"generate": {"seed": 7}}
     status, data = client.json("/api/jobs")
-    assert [j["status"] for j in data["jobs"]] == ["queued"] and data["jobs"][0]["label"] == "girl-outline"
+    assert [j["status"] for j in data["jobs"]] == ["queued", "queued"] and data["jobs"][0]["label"] == "girl-outline"
 
 
 def test_the_queue_on_disk_survives_a_restart(tmp_path):
