@@ -48,6 +48,7 @@ class Reporter:
         self._lock = threading.RLock()
         self._last_draw = 0.0
         self._last_event = 0.0
+        self._last_key: tuple = ()
         self._deciles: dict[str, int] = {}
         self._jobs: dict[str, Progress] = {}
         self._drawn = False
@@ -112,8 +113,9 @@ class Reporter:
             self._jobs[job] = p
             if self.events is not None:
                 now = time.monotonic()
-                if now - self._last_event >= 0.25 or p.step == p.total:
-                    self._last_event = now
+                key = (job, p.desc, p.step, p.loss is None)  # a new step, or its first loss, is always sent
+                if key != self._last_key or now - self._last_event >= 0.25 or p.step == p.total:
+                    self._last_event, self._last_key = now, key
                     self.event("progress", job=job, desc=p.desc, step=p.step, total=p.total, rate=p.rate, eta=p.eta, loss=p.loss, text=self._describe(p))
             if self.live:
                 now = time.monotonic()

@@ -166,7 +166,14 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         wait_for(lambda: f"copymachine: error: base model not found: {models / 'missing.safetensors'}" in css("#add-message").text, what="the refused job")
         css("#base").clear()
         css("#base").send_keys(str(base))
+        # the page with three effects open, for the README; then back to contrast alone
+        for other in ("outline", "posterize"):
+            css(f".effect-card[data-effect={other}] .effect-toggle").click()
+            wait_for(lambda: "check: " in css(f".effect-card[data-effect={other}] .verdict").text, what=f"the {other} preview")
+        d.execute_script("window.scrollTo(0, 0)")
         d.save_screenshot(str(shots / "ui-make.png"))
+        for other in ("outline", "posterize"):
+            css(f".effect-card[data-effect={other}] .effect-toggle").click()
         css("#add").click()
         wait_for(lambda: "added job 0001" in css("#add-message").text, what="job 1")
         # a second job: posterize instead of contrast
