@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+STEPS = 6  # per training, 1 s each: long enough to watch a job run under a loaded machine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
@@ -120,6 +121,13 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
     try:
         d = browser
         css = lambda sel: d.find_element(By.CSS_SELECTOR, sel)  # noqa: E731
+
+        def click(sel: str) -> None:
+            # in the middle of the window, not under the sticky header where a scroll may leave it
+            element = css(sel)
+            d.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+            element.click()
+
         d.get(url + "#make")
         wait_for(lambda: css(".effect-card[data-effect=contrast]"), what="the effects")
         # the models folder is offered; the base model typed
@@ -129,12 +137,13 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         wait_for(lambda: "192×192" in css("#original-info").text, what="the upload")
 
         # an effect's live preview, and the same preview moved by a slider
-        css(".effect-card[data-effect=contrast] .effect-toggle").click()
+        click(".effect-card[data-effect=contrast] .effect-toggle")
         card = css(".effect-card[data-effect=contrast]")
         preview = card.find_element(By.CSS_SELECTOR, "img.preview")
         first = wait_for(lambda: preview.get_attribute("src") if preview.get_attribute("src").startswith("data:image/png") else None, what="the contrast preview")
         assert "check: ok" in card.find_element(By.CSS_SELECTOR, ".verdict").text
         slider = card.find_element(By.CSS_SELECTOR, "input[type=range][data-key=factor]")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", slider)
         slider.click()  # the thumb jumps to where it is clicked: the middle of 0-10
         for _ in range(5):
             slider.send_keys(Keys.ARROW_RIGHT)
@@ -153,33 +162,33 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         number.send_keys("1.8", Keys.TAB)
         wait_for(lambda: "check: " in card.find_element(By.CSS_SELECTOR, ".verdict").text and "error" not in card.find_element(By.CSS_SELECTOR, ".verdict").text, what="the preview at 1.8")
 
-        # quick test settings (3 steps at 64 px; the fake's copy check cannot pass 0.8), a preview model
+        # quick test settings (6 steps of 1 s at 64 px; the fake's copy check cannot pass 0.8), a preview model
         css("#preview-model").send_keys(str(base))
-        css("#more-options summary").click()
-        css("#max-steps").send_keys("3")
+        click("#more-options summary")
+        css("#max-steps").send_keys(str(STEPS))
         css("#resolution").send_keys("64")
         css("#sets").send_keys("copy_check.min_ssim=0")
         # a job the checks refuse shows the CLI's message and is not queued
         css("#base").clear()
         css("#base").send_keys(str(models / "missing.safetensors"))
-        css("#add").click()
+        click("#add")
         wait_for(lambda: f"copymachine: error: base model not found: {models / 'missing.safetensors'}" in css("#add-message").text, what="the refused job")
         css("#base").clear()
         css("#base").send_keys(str(base))
         # the page with three effects open, for the README; then back to contrast alone
         for other in ("outline", "posterize"):
-            css(f".effect-card[data-effect={other}] .effect-toggle").click()
+            click(f".effect-card[data-effect={other}] .effect-toggle")
             wait_for(lambda: "check: " in css(f".effect-card[data-effect={other}] .verdict").text, what=f"the {other} preview")
         d.execute_script("window.scrollTo(0, 0)")
         d.save_screenshot(str(shots / "ui-make.png"))
         for other in ("outline", "posterize"):
-            css(f".effect-card[data-effect={other}] .effect-toggle").click()
-        css("#add").click()
+            click(f".effect-card[data-effect={other}] .effect-toggle")
+        click("#add")
         wait_for(lambda: "added job 0001" in css("#add-message").text, what="job 1")
         # a second job: posterize instead of contrast
-        css(".effect-card[data-effect=contrast] .effect-toggle").click()
-        css(".effect-card[data-effect=posterize] .effect-toggle").click()
-        css("#add").click()
+        click(".effect-card[data-effect=contrast] .effect-toggle")
+        click(".effect-card[data-effect=posterize] .effect-toggle")
+        click("#add")
         wait_for(lambda: "added job 0002" in css("#add-message").text, what="job 2")
         jobs_dir = tmp_path / "runs" / "_ui" / "queue"
         assert sorted(p.name for p in jobs_dir.glob("*.toml")) == ["0001.toml", "0002.toml"]
@@ -188,7 +197,7 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         d.get(url + "#queue")
         job1 = '.job[data-id="0001"]'
         wait_for(lambda: css(job1).get_attribute("data-status") == "running", what="job 1 to run")
-        step = re.compile(r"step (\d+)/3")
+        step = re.compile(rf"step (\d+)/{STEPS}")
         seen = wait_for(lambda: step.search(css(f"{job1} .progress-text").text), what="job 1's progress").group(1)
         wait_for(lambda: (m := step.search(css(f"{job1} .progress-text").text)) and m.group(1) != seen, what="job 1's progress to advance")
         d.save_screenshot(str(shots / "ui-queue.png"))
@@ -216,7 +225,9 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         assert kinds == ["edit", "copy check", "strength sweep"]
         wait_for(lambda: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in d.find_elements(By.CSS_SELECTOR, "img.sheet")), what="the sheets to load")
         assert "<lora:girl-contrast:1>" in result.text and "positive strength = more of the edit" in result.text
-        result.find_element(By.CSS_SELECTOR, "details summary").click()
+        summary = result.find_element(By.CSS_SELECTOR, "details summary")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", summary)
+        summary.click()
         assert "rank        8" in result.find_element(By.CSS_SELECTOR, "pre.inspect").text
         href = result.find_element(By.CSS_SELECTOR, "a.download").get_attribute("href")
         assert href.endswith("girl-contrast.safetensors&download=1")
