@@ -3,6 +3,9 @@
 Everything goes to stderr, so stdout carries only results (the final LoRA paths, --json output).
 On a terminal the progress line redraws in place; on a pipe or in a log it prints a line every
 10 % of the stage, so CI logs and `| tee` stay readable.
+
+`events`, when given, receives the same facts as dicts (`{"event": "stage_start", ...}`): the
+queue writes them as JSON lines (`copymachine queue --events FILE`) and the web UI reads them.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import shutil
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Any, Callable, TextIO
 
 from copymachine.runner import Progress, command_line, is_tty
 
@@ -28,13 +31,24 @@ def _duration(seconds: float) -> str:
 
 
 class Reporter:
-    def __init__(self, stream: TextIO | None = None, verbose: bool = False, live: bool | None = None):
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        verbose: bool = False,
+        live: bool | None = None,
+        prefix: str = "",
+        events: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.stream = stream or sys.stderr
+        self.prefix = prefix  # put before every line (jobs of a queue running side by side)
+        self.events = events
         self.verbose = verbose
         self.live = is_tty(self.stream) if live is None else live
         self.parallel = False  # several stages run at once: name them on every line
         self._lock = threading.RLock()
         self._last_draw = 0.0
+        self._last_event = 0.0
+        self._last_key: tuple = ()
         self._deciles: dict[str, int] = {}
         self._jobs: dict[str, Progress] = {}
         self._drawn = False
@@ -45,26 +59,35 @@ class Reporter:
             if self._drawn:
                 self.stream.write("\r\033[K")
                 self._drawn = False
-            self.stream.write(text + "\n")
+            self.stream.write(self.prefix + text + "\n")
             self.stream.flush()
 
+    def event(self, name: str, **facts: Any) -> None:
+        if self.events is not None:
+            self.events({"event": name, "time": round(time.time(), 3), **facts})
+
     def info(self, text: str) -> None:
+        self.event("info", text=text)
         self._print(text)
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
+        self.event("warning", text=text)
         self._print(f"warning: {text}")
 
     def note(self, text: str) -> None:
         self._print(f"note: {text}")
 
     def stage_start(self, index: int, total: int, description: str, log: str | None) -> None:
+        self.event("stage_start", index=index, total=total, description=description, log=log)
         self._print(f"[{index}/{total}] {description}" + (f"  (log: {log})" if log else ""))
 
     def stage_skip(self, index: int, total: int, title: str, where: str) -> None:
+        self.event("stage_skip", index=index, total=total, title=title, where=where)
         self._print(f"[{index}/{total}] {title}: up to date, skipped ({where})")
 
     def stage_done(self, title: str, seconds: float, outputs: list[str], peak_gib: float | None = None) -> None:
+        self.event("stage_done", title=title, seconds=seconds, outputs=outputs, peak_gib=peak_gib)
         who = f"{title}: " if self.parallel else ""
         peak = f" (peak memory {peak_gib:.1f} GiB)" if peak_gib else ""
         self._print(f"      {who}done in {_duration(seconds)}{peak} -> {', '.join(outputs)}")
@@ -91,6 +114,12 @@ class Reporter:
         """Live progress of one running stage (`job`); several jobs share one line on a terminal."""
         with self._lock:
             self._jobs[job] = p
+            if self.events is not None:
+                now = time.monotonic()
+                key = (job, p.desc, p.step, p.loss is None)  # a new step, or its first loss, is always sent
+                if key != self._last_key or now - self._last_event >= 0.25 or p.step == p.total:
+                    self._last_event, self._last_key = now, key
+                    self.event("progress", job=job, desc=p.desc, step=p.step, total=p.total, rate=p.rate, eta=p.eta, loss=p.loss, text=self._describe(p))
             if self.live:
                 now = time.monotonic()
                 if now - self._last_draw < 0.2 and p.step != p.total:
@@ -101,7 +130,7 @@ class Reporter:
                 else:
                     text = "      " + " | ".join(f"{name}: {q.step}/{q.total}" + (f" {q.rate}" if q.rate and "?" not in q.rate else "") for name, q in self._jobs.items())
                 width = shutil.get_terminal_size((120, 24)).columns
-                self.stream.write("\r\033[K" + text[: width - 1])
+                self.stream.write("\r\033[K" + (self.prefix + text)[: width - 1])
                 self.stream.flush()
                 self._drawn = True
                 return
@@ -123,6 +152,7 @@ class Reporter:
     def summary(self, rows: list[tuple[str, str]]) -> None:
         """One line per result at the end of a run of several effects."""
         width = max(len(name) for name, _ in rows)
+        self.event("summary", rows=[list(r) for r in rows])
         self._print("summary:")
         for name, result in rows:
             self._print(f"  {name.ljust(width)}  {result}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -42,10 +43,15 @@ def resolve_effects(effects: tuple[str, ...], has_edits: bool) -> list[str]:
     return chosen
 
 
-def split_set_options(items: tuple[str, ...]) -> tuple[dict, dict]:
-    """--set takes recipe keys (copy.network_dim=32) and effect parameters (outline.width=2)."""
-    recipe_sets, effect_sets = {}, {}
-    for section, values in parse_set_options(items).items():
+def split_set_options(items: tuple[str, ...], tables: dict[str, dict] | None = None) -> tuple[dict, dict]:
+    """--set takes recipe keys (copy.network_dim=32) and effect parameters (outline.width=2);
+    `tables` holds more of them already parsed ({section: {key: value}}, a jobs file's `set`)."""
+    recipe_sets: dict[str, dict] = {}
+    effect_sets: dict[str, dict] = {}
+    parsed = parse_set_options(items)
+    for section, values in (tables or {}).items():
+        parsed.setdefault(section, {}).update(values)
+    for section, values in parsed.items():
         if section in effect_registry.names():
             effect_sets[section] = values
         else:
@@ -133,8 +139,9 @@ def leakage_scores(the_plan, effect: str) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def run_method(method: str, o: dict, sign: str = "edit") -> None:
-    reporter = Reporter(verbose=o["verbose"])
+def check_inputs(o: dict, reporter: Reporter):
+    """The run's inputs, checked before anything else (files exist, effects, the base model, the
+    images): the first step of every run, and what the web UI checks when a job is added."""
     if o["images"] and o["images_dir"]:
         raise InputError("give --image or --images, not both")
     if o["edited"] and o["edited_dir"]:
@@ -150,9 +157,21 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
     effects = resolve_effects(o["effects"], bool(edited))
     model = preflight.check_base_model(o["base"], reporter, allow_pickle=o["allow_pickle"])
     preflight.check_images(images, edited, o["resolution"], reporter)
+    return images, edited, effects, model
+
+
+def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | None = None, on_pipeline=None, gpu: int | None = None) -> list[Path]:
+    """One run of `train` or `diff` from its options (`o`: the click options by name, plus
+    `set_tables`, parsed --set tables). The one code path of every face: the CLI commands, the
+    queue (copymachine/jobfile.py) and through it the web UI. Returns the final LoRAs' paths.
+
+    `on_pipeline(pipeline)` is called with the Pipeline before it runs (the queue stops it on
+    Ctrl-C); `gpu` pins every sd-scripts call of the run to that CUDA device."""
+    reporter = reporter or Reporter(verbose=o["verbose"])
+    images, edited, effects, model = check_inputs(o, reporter)
 
     recipe = load_recipe_file(o["recipe_file"], MEMO) if o["recipe_file"] else MEMO
-    recipe_sets, effect_sets = split_set_options(o["sets"])
+    recipe_sets, effect_sets = split_set_options(o["sets"], o.get("set_tables"))
     shorthand: dict[str, dict] = see_recipe_sets(o)
     if o["caption"] is not None and "prefix" not in shorthand.get("caption", {}):
         shorthand.setdefault("caption", {})["text"] = o["caption"]
@@ -173,6 +192,8 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
             raise InputError(f"--set {effect}.… sets a parameter of {effect}, which this run does not train")
 
     settings = make_settings(o["sd_scripts"], o["python"], o["device"], o["tokenizer_cache_dir"], o["offline"], reporter, require=not o["dry_run"], low_vram=o["low_vram"])
+    if gpu is not None and settings.gpus:
+        settings = dataclasses.replace(settings, pinned_gpu=gpu, gpus=1)
     check_tokenizers(settings, model.family, reporter)
     request = Request(
         method=method,
@@ -224,17 +245,26 @@ def run_method(method: str, o: dict, sign: str = "edit") -> None:
         jobs = o["jobs"] or profiles.default_jobs(model.family.name, o["low_vram"], settings.gpus, vram, trainings)
         if jobs > 1:
             reporter.info(f"{jobs} trainings side by side" + (f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"))
-    Pipeline(the_plan, settings, reporter, hashes).run(dry_run=o["dry_run"], wait=not o["no_wait"], jobs=jobs)
+    reporter.event("plan", run_dir=str(the_plan.run_dir), stages=[s.title for s in the_plan.stages], finals={k: str(v) for k, v in the_plan.finals.items()})
+    pipeline = Pipeline(the_plan, settings, reporter, hashes)
+    if on_pipeline is not None:
+        on_pipeline(pipeline)
+    pipeline.run(dry_run=o["dry_run"], wait=not o["no_wait"], jobs=jobs)
     hashes.save()
     if o["dry_run"]:
-        return
+        return []
     for effect, path in the_plan.finals.items():
         scores = leakage_scores(the_plan, effect)
         if scores is not None:
             reporter.info(f"{path.name}: {leakage_summary(scores)}")
-    for path in the_plan.finals.values():
-        click.echo(str(path))
     reporter.info(f"done: {len(the_plan.finals)} LoRA(s) in {the_plan.run_dir}; manifest: {the_plan.run_dir / 'manifest.json'}")
+    return list(the_plan.finals.values())
+
+
+def echo_finals(finals: list[Path]) -> None:
+    """stdout carries only results: one final LoRA per line."""
+    for path in finals:
+        click.echo(str(path))
 
 
 @cli.command()
@@ -263,7 +293,7 @@ def train(**options):
       copymachine train --effect all --base sd15.safetensors --image girl.png --image cat.png
       copymachine train --effect flat --base sd15.safetensors --dry-run
     """
-    run_method(COPY_MACHINE, options)
+    echo_finals(run_method(COPY_MACHINE, options))
 
 
 @cli.command()
@@ -284,4 +314,4 @@ def diff(sign, **options):
     Example:
       copymachine diff --effect outline --base sd15.safetensors --image girl.png
     """
-    run_method(DIFFERENCE, options, sign=sign)
+    echo_finals(run_method(DIFFERENCE, options, sign=sign))

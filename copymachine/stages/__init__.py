@@ -53,6 +53,7 @@ class Settings:
     offline: bool = False
     jobs: int = 1
     gpus: int = 0  # CUDA devices; with several, each parallel job gets its own
+    pinned_gpu: int | None = None  # every sd-scripts call on this CUDA device (a queue's job slot)
 
     @property
     def mixed_precision(self) -> str:
@@ -103,8 +104,9 @@ class StageContext:
         if self.dry_run:
             return
         env = self.engine.env(offline=self.settings.offline)
-        if self.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
+        gpu = self.gpu if self.gpu is not None else self.settings.pinned_gpu
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         self.reporter.command(argv)
         children: list[int] = []
 

@@ -10,12 +10,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from copymachine.check import check_pair, compare_sheet
+from PIL import Image
+
+from copymachine.check import PairReport, check_pair, compare_sheet
 from copymachine.effects import apply_effect
 from copymachine.errors import InputError
 from copymachine.files import atomic_write_json
 from copymachine.images import load_rgb, save_png
 from copymachine.stages import StageContext, StageKind
+
+
+def edit_and_check(original: Image.Image, effect: str, effect_params: dict, amount: float = 1.0, edited: Image.Image | None = None, in_place: bool = False) -> tuple[Image.Image, PairReport]:
+    """The edited image (a built-in effect applied, or the user's `edited`) and its check, as
+    the stage makes them; the web UI's live preview calls this too."""
+    custom = effect == "custom"
+    if not custom:
+        edited = apply_effect(effect, original, effect_params, amount=amount)
+    assert edited is not None
+    return edited, check_pair(original, edited, in_place=not custom or in_place)
+
+
+def verdict_lines(report: PairReport, effect: str, where: Path | str) -> tuple[list[str], list[str], str | None]:
+    """What a run says about an edit: notes, warnings and, when it is refused, the one-line
+    refusal (the stage raises it; the web UI shows all three as the CLI prints them)."""
+    custom = effect == "custom"
+    source = "your edit" if custom else f"the {effect} edit"
+    notes = [f"note: {source}: {note}" for note in report.notes]
+    warnings = [f"{source}: {m}" for m in report.messages] if report.verdict != "refuse" else []
+    refusal = None
+    if report.verdict == "refuse":
+        hint = ""
+        if custom and report.reads_as_moved:
+            hint = ("; if you only drew on the picture without moving it (thick new lines pull the alignment "
+                    "fit), pass --edit-in-place to use it")
+        refusal = f"{source} cannot be used ({where}): {'; '.join(report.messages)}{hint}"
+    return notes, warnings, refusal
 
 
 class EditImage(StageKind):
@@ -26,26 +55,16 @@ class EditImage(StageKind):
             return
         p = stage.params
         original = load_rgb(stage.input("original"))
-        if p["effect"] == "custom":
-            edited = load_rgb(stage.input("edited"))
-        else:
-            edited = apply_effect(p["effect"], original, p["effect_params"], amount=p["amount"])
-        custom = p["effect"] == "custom"
-        report = check_pair(original, edited, in_place=not custom or p.get("in_place", False))
-        source = "your edit" if custom else f"the {p['effect']} edit"
-        for note in report.notes:
-            ctx.reporter.info(f"note: {source}: {note}")
-        for message in report.messages:
-            if report.verdict == "refuse":
-                continue
-            ctx.reporter.warn(f"{source}: {message}")
-        if report.verdict == "refuse":
-            where = stage.inputs["edited"].path if "edited" in stage.inputs else Path("edit")
-            hint = ""
-            if custom and report.reads_as_moved:
-                hint = ("; if you only drew on the picture without moving it (thick new lines pull the alignment "
-                        "fit), pass --edit-in-place to use it")
-            raise InputError(f"{source} cannot be used ({where}): {'; '.join(report.messages)}{hint}")
+        custom_edit = load_rgb(stage.input("edited")) if p["effect"] == "custom" else None
+        edited, report = edit_and_check(original, p["effect"], p["effect_params"], p["amount"], custom_edit, p.get("in_place", False))
+        where = stage.inputs["edited"].path if "edited" in stage.inputs else Path("edit")
+        notes, warnings, refusal = verdict_lines(report, p["effect"], where)
+        for note in notes:
+            ctx.reporter.info(note)
+        for warning in warnings:
+            ctx.reporter.warn(warning)
+        if refusal:
+            raise InputError(refusal)
         save_png(edited, ctx.scratch_output("image"))
         compare_sheet(original, edited, ctx.scratch_output("compare"))
         atomic_write_json(ctx.scratch_output("check"), report.as_dict())

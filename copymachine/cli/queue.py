@@ -1,0 +1,74 @@
+"""`copymachine queue JOBS.toml`: many `train` / `diff` jobs from one file (copymachine/jobfile.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from copymachine import jobfile
+from copymachine.cli import cli
+from copymachine.cli.common import engine_options, make_settings
+from copymachine.errors import EnvironmentProblem
+from copymachine.progress import Reporter
+
+# queue options that are also job keys: given here, they apply to every job that does not set them
+ENGINE_KEYS = {"sd_scripts": "sd-scripts", "python": "python", "device": "device", "tokenizer_cache_dir": "tokenizer-cache-dir", "offline": "offline", "verbose": "verbose"}
+
+
+@cli.command()
+@click.argument("jobs_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--jobs", "slots", type=click.IntRange(1), default=1, show_default=True, help="Jobs run side by side: on a multi-GPU machine each on its own GPU, on one GPU they share it; CPU runs stay sequential (as train's --jobs).")
+@click.option("--events", "events_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write every progress event as a JSON line to this file (what the web UI reads).")
+@engine_options
+def queue(jobs_file, slots, events_file, **engine):
+    """Run the train / diff jobs of a jobs file, in order; a summary at the end.
+
+    Each [[job]] takes the long options of `copymachine train` or `diff` as keys (method = "diff"
+    for diff; set.copy.network_dim = 32 for --set); [defaults] applies to every job; relative paths
+    are relative to the jobs file. docs/jobs.example.toml is a commented example.
+
+    A job that fails (a missing image, a failed stage) is reported and the others run; the exit
+    code is then the first failed job's. Every job is resumable like any run: the same command
+    again skips every finished stage, so a killed or interrupted queue goes on where it stopped.
+
+    \b
+    Example:
+      copymachine queue jobs.toml --jobs 2
+    """
+    reporter = Reporter(verbose=engine["verbose"])
+    overrides = {ENGINE_KEYS[k]: v for k, v in engine.items() if k in ENGINE_KEYS and v not in (None, False, "auto")}
+    jobs = jobfile.load_jobs(jobs_file, overrides)
+    gpus = 0
+    if slots > 1:
+        # the queue's engine options decide, as train decides for its trainings
+        try:
+            settings = make_settings(engine["sd_scripts"], engine["python"], engine["device"], engine["tokenizer_cache_dir"], engine["offline"], reporter, require=False)
+        except EnvironmentProblem:
+            settings = None
+        if settings is None or settings.device == "cpu":
+            reporter.warn("--jobs: CPU runs stay sequential (jobs side by side would only share the same cores)")
+            slots = 1
+        else:
+            gpus = settings.gpus
+            reporter.info(f"{slots} jobs side by side" + (f", each on its own GPU ({gpus} GPUs)" if gpus > 1 else " on one GPU"))
+    events = jobfile.JsonLines(events_file) if events_file else None
+    reporter.events = events
+    reporter.info(f"copymachine queue: {len(jobs)} job(s) from {jobs_file}")
+    runner = jobfile.Queue(jobs, reporter, slots=min(slots, len(jobs)), gpus=gpus, events=events)
+    try:
+        results = runner.run()
+    except KeyboardInterrupt:
+        if runner.results:
+            jobfile.print_summary(runner.results, reporter)
+        if events:
+            events({"event": "queue_end", "status": "interrupted", "exit_code": 130})
+            events.close()
+        raise
+    jobfile.print_summary(results, reporter)
+    failed = [r for r in results if r.status != "done"]
+    if events:
+        events({"event": "queue_end", "status": "failed" if failed else "done", "exit_code": failed[0].exit_code if failed else 0})
+        events.close()
+    if failed:
+        raise click.exceptions.Exit(failed[0].exit_code)

@@ -1,0 +1,73 @@
+"""`copymachine ui`: the local web page (copymachine/ui/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from copymachine.cli import cli
+from copymachine.cli.common import engine_options
+from copymachine.errors import InputError
+from copymachine.progress import Reporter
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on. Another than this machine's needs --share-on-network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True, help="Port (0: any free one, printed).")
+@click.option("--share-on-network", is_flag=True, help="Allow --host to be an address other machines can reach (prints a warning; use --auth).")
+@click.option("--auth", metavar="USER:PASSWORD", help="Ask for this user and password (HTTP basic authentication).")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="Where jobs, uploads (<runs>/_ui) and run folders go.")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False, path_type=Path), help="A folder of models to pick the base and preview models from.")
+@engine_options
+def ui(host, port, share_on_network, auth, runs_dir, models_dir, **engine):
+    """A local web page: make jobs (live edit previews with the check's verdict), watch the queue,
+    see the results (copy-check sheet, strength sweep, inspect, download).
+
+    The page runs nothing itself: every job is a jobs file in <runs>/_ui/queue, run by
+    `copymachine queue` in a child process (cancel = Ctrl-C to it; a restart of the UI resumes
+    the queue). The engine options (--sd-scripts, --python ...) go to every job.
+
+    \b
+    Example:
+      copymachine ui --models ~/models
+    """
+    from copymachine.ui.server import App, check_host, make_server
+
+    reporter = Reporter()
+    warning = check_host(host, share_on_network)
+    if auth is not None and (":" not in auth or not auth.split(":", 1)[0]):
+        raise InputError("--auth expects user:password")
+    if warning:
+        reporter.warn(warning + ("" if auth else "; add --auth user:password"))
+    queue_args: list[str] = []
+    overrides = {}
+    for key, flag in (("sd_scripts", "--sd-scripts"), ("python", "--python"), ("tokenizer_cache_dir", "--tokenizer-cache-dir")):
+        if engine[key] is not None:
+            queue_args += [flag, str(engine[key])]
+            overrides[flag[2:]] = engine[key]
+    if engine["device"] != "auto":
+        queue_args += ["--device", engine["device"]]
+    for key in ("offline", "verbose"):
+        if engine[key]:
+            queue_args.append(f"--{key}")
+            overrides[key] = True
+    app = App(runs_dir, models_dir, queue_args, auth=auth, engine_overrides=overrides)
+    try:
+        server = make_server(app, host, port)
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{server.server_address[1]}/"
+    if app.recovered:
+        reporter.info(f"resuming {len(app.recovered)} job(s) that were running when the UI stopped")
+    app.worker.start()
+    reporter.info(f"copymachine ui: {url}  (jobs in {app.store.folder}; Ctrl-C stops: a running job is interrupted and resumes at the next start)")
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        running = app.worker.current
+        reporter.info("copymachine ui: stopping" + (f"; the running job {running} is interrupted (finished stages kept) and resumes at the next start" if running else ""))
+    finally:
+        app.worker.stop()
+        server.server_close()

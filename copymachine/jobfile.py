@@ -1,0 +1,349 @@
+"""Jobs files and the queue that runs them: `copymachine queue JOBS.toml` (and the web UI).
+
+A jobs file is TOML: an optional `[defaults]` table and one `[[job]]` table per job. A job's keys
+are the long options of `copymachine train` / `diff` without the dashes (`image`, `effect`,
+`max-steps`, `edited-dir`, `sd-scripts` …), plus `method` (`train`, the default, or `diff`) and
+`set` (a table of recipe overrides and effect parameters, or a list of `section.key=value`
+strings as on the command line). docs/jobs.example.toml is a commented example.
+
+Nothing here plans or runs a stage: every option is converted and checked by the click option of
+the command it belongs to, and every job runs through `run_method`, the function behind `train`
+and `diff`. A re-run of the queue re-runs each job, which skips every stage that is done.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from copymachine.errors import EXIT_INTERRUPTED, CopymachineError, InputError
+from copymachine.progress import Reporter
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+METHODS = {"train": "copy-machine", "diff": "difference-extraction"}
+EXTRA_KEYS = ("method", "set")
+
+
+def _commands() -> dict[str, click.Command]:
+    from copymachine.cli import cli
+
+    return {name: cli.commands[name] for name in METHODS}
+
+
+def option_keys(command: click.Command) -> dict[str, click.Parameter]:
+    """A job's keys for `command`: each option's long name without the dashes."""
+    keys: dict[str, click.Parameter] = {}
+    for param in command.params:
+        if not isinstance(param, click.Option):
+            continue
+        longs = [o for o in param.opts if o.startswith("--")]
+        if longs:
+            keys[longs[0][2:]] = param
+    return keys
+
+
+def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """`set` as a TOML table: `copy.network_dim = 32` and `effect.flat.epochs = 8` arrive nested;
+    the section is every name but the last (`copy`, `effect.flat`)."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        for key, sub in value.items():
+            name = f"{prefix}.{key}" if prefix else key
+            if isinstance(sub, dict):
+                walk(name, sub)
+            elif not prefix:
+                raise InputError(f"{where}: set.{key} = … names no section; write section.key (e.g. set.copy.network_dim = 32)")
+            else:
+                out.setdefault(prefix, {})[key] = sub
+
+    walk("", table)
+    return out
+
+
+@dataclass
+class Job:
+    """One job of a jobs file, its options converted by the command's own click options."""
+
+    index: int  # 1-based, in file order
+    label: str
+    command: str  # train | diff
+    options: dict[str, Any]
+    sign: str = "edit"
+
+    @property
+    def method(self) -> str:
+        return METHODS[self.command]
+
+
+@dataclass
+class JobResult:
+    job: Job
+    status: str  # done | failed | interrupted
+    finals: list[Path] = field(default_factory=list)
+    error: CopymachineError | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "done":
+            return 0
+        if self.status == "interrupted":
+            return EXIT_INTERRUPTED
+        return self.error.exit_code if self.error else 1
+
+
+def _convert(command: click.Command, param: click.Parameter, key: str, value: Any, folder: Path, where: str) -> Any:
+    if param.multiple and not isinstance(value, list):
+        value = [value]
+    if isinstance(param.type, click.Path):
+
+        def resolve(v: Any) -> Any:
+            if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
+                return str(folder / v)
+            return str(Path(v).expanduser()) if isinstance(v, str) else v
+
+        value = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
+    if isinstance(param, click.Option) and param.is_flag and not isinstance(value, bool):
+        raise InputError(f"{where}: {key} must be true or false, not {value!r}")
+    ctx = click.Context(command)
+    try:
+        return param.type_cast_value(ctx, value)
+    except click.BadParameter as e:
+        raise InputError(f"{where}: {key}: {e.message}") from None
+
+
+def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides: dict[str, Any], folder: Path, source: str) -> Job:
+    where = f"{source}: job {index}"
+    merged = {**defaults, **table}
+    command_name = merged.pop("method", "train")
+    if command_name not in METHODS:
+        raise InputError(f"{where}: method must be train or diff, not {command_name!r}")
+    command = _commands()[command_name]
+    keys = option_keys(command)
+    unknown = sorted(k for k in merged if k not in keys and k not in EXTRA_KEYS)
+    if unknown:
+        other = "diff" if command_name == "train" else "train"
+        hint = f" (an option of {other}, not of {command_name})" if unknown[0] in option_keys(_commands()[other]) else ""
+        raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}")
+    sets = merged.pop("set", None)
+    options: dict[str, Any] = {}
+    default_values = command.make_context(command_name, [], resilient_parsing=True).params
+    for key, param in keys.items():
+        if key in merged:
+            options[param.name] = _convert(command, param, key, merged[key], folder, where)
+        elif key in overrides and overrides[key] is not None:
+            options[param.name] = overrides[key]
+        elif param.required:
+            raise InputError(f"{where}: {key} is required (here or in [defaults])")
+        else:
+            options[param.name] = default_values.get(param.name)
+    options["set_tables"] = {}
+    if isinstance(sets, dict):
+        options["set_tables"] = flatten_sets(sets, where)
+    elif sets is not None:
+        items = sets if isinstance(sets, list) else [sets]
+        if not all(isinstance(i, str) for i in items):
+            raise InputError(f"{where}: set must be a table (set.copy.network_dim = 32) or a list of 'section.key=value' strings")
+        options["sets"] = tuple(options.get("sets") or ()) + tuple(items)
+    sign = options.pop("sign", "edit") or "edit"
+    label = options.get("name")
+    if not label:
+        first = (options.get("images") or [None])[0]
+        where = Path(options["out"]).name if options.get("out") else (Path(first).stem if first else f"job {index}")
+        label = f"{where}-{'+'.join(options['effects']) or 'custom'}"
+    return Job(index=index, label=label, command=command_name, options=options, sign=sign)
+
+
+def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
+    """Read and check a jobs file: every job's options are converted and range-checked (by the
+    click options of `train` / `diff`) before any job runs. `overrides` are queue command-line
+    options (by key) used where neither the job nor [defaults] sets them."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"jobs file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read jobs file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"jobs file {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(data) - {"defaults", "job"})
+    if unknown:
+        raise InputError(f"{path}: unknown table {unknown[0]!r}; a jobs file has [defaults] and [[job]] tables")
+    defaults = data.get("defaults", {})
+    tables = data.get("job", [])
+    if not isinstance(defaults, dict) or not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise InputError(f"{path}: write [defaults] as a table and each job as [[job]]")
+    if not tables:
+        raise InputError(f"{path}: no jobs (add a [[job]] table)")
+    folder = path.resolve().parent
+    jobs = [_job(i, t, defaults, overrides or {}, folder, str(path)) for i, t in enumerate(tables, 1)]
+    seen: dict[str, int] = {}
+    for job in jobs:
+        seen[job.label] = seen.get(job.label, 0) + 1
+        if seen[job.label] > 1:
+            job.label = f"{job.label} ({job.index})"
+    return jobs
+
+
+class JsonLines:
+    """Events as JSON lines, appended and flushed one at a time (read while they are written)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._file.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Queue:
+    """Runs jobs in file order, `slots` at a time, each through `run_method`; a job that fails
+    is reported and the others go on. Ctrl-C stops every running job as it stops `train`."""
+
+    def __init__(self, jobs: list[Job], reporter: Reporter, slots: int = 1, gpus: int = 0, events: Callable[[dict[str, Any]], None] | None = None):
+        self.jobs = jobs
+        self.reporter = reporter
+        self.slots = max(1, slots)
+        self.gpus = gpus
+        self.events = events
+        self._pipelines: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self.results: list[JobResult] = []  # as they finish (an interrupted queue prints these)
+
+    def _event(self, name: str, **facts: Any) -> None:
+        if self.events is not None:
+            self.events({"event": name, "time": round(time.time(), 3), **facts})
+
+    def _run_one(self, job: Job, slot: int) -> JobResult:
+        from copymachine.cli.methods import run_method
+
+        parallel = self.slots > 1
+        reporter = Reporter(
+            stream=self.reporter.stream,
+            verbose=job.options.get("verbose", False) or self.reporter.verbose,
+            live=False if parallel else self.reporter.live,
+            prefix=f"[{job.label}] " if parallel else "",
+            events=(lambda e: self.events({**e, "job": job.index})) if self.events else None,  # type: ignore[misc]
+        )
+        self._event("job_start", job=job.index, label=job.label, command=job.command)
+        self.reporter.info(f"job {job.index}/{len(self.jobs)}: {job.label} ({job.command})")
+        gpu = slot if (parallel and self.gpus > 1) else None
+
+        def register(pipeline: Any) -> None:
+            with self._lock:
+                self._pipelines[job.index] = pipeline
+
+        t0 = time.monotonic()
+        try:
+            finals = run_method(job.method, job.options, sign=job.sign, reporter=reporter, on_pipeline=register, gpu=gpu)
+            result = JobResult(job, "done", finals=finals)
+        except CopymachineError as e:
+            interrupted = bool(getattr(self._pipelines.get(job.index), "_interrupted", False))
+            result = JobResult(job, "interrupted" if interrupted else "failed", error=e)
+            if not interrupted:
+                reporter.info(f"job {job.label} failed: {e.message}")
+                for line in e.details:
+                    reporter.info(f"  | {line}")
+        finally:
+            with self._lock:
+                self._pipelines.pop(job.index, None)
+        result.seconds = round(time.monotonic() - t0, 2)
+        with self._lock:
+            self.results.append(result)
+        self._event(
+            "job_end",
+            job=job.index,
+            label=job.label,
+            status=result.status,
+            exit_code=result.exit_code,
+            finals=[str(p) for p in result.finals],
+            message=result.error.message if result.error else None,
+            seconds=result.seconds,
+        )
+        return result
+
+    def stop(self) -> None:
+        """Stop every running job's sd-scripts (what Ctrl-C does to `train`)."""
+        with self._lock:
+            pipelines = list(self._pipelines.values())
+        for pipeline in pipelines:
+            pipeline._stop_children()
+
+    def run(self) -> list[JobResult]:
+        self._event("queue_start", jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in self.jobs], slots=self.slots)
+        if self.slots == 1:
+            results = [self._run_one(job, 0) for job in self.jobs]
+        else:
+            results = self._run_parallel()
+        return results
+
+    def _run_parallel(self) -> list[JobResult]:
+        results: dict[int, JobResult] = {}
+        free = list(range(self.slots))
+        todo = list(self.jobs)
+        running: dict[Any, tuple[Job, int]] = {}
+        pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="job")
+        try:
+            while todo or running:
+                while todo and free:
+                    job, slot = todo.pop(0), free.pop(0)
+                    running[pool.submit(self._run_one, job, slot)] = (job, slot)
+                done, _ = futures_wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job, slot = running.pop(future)
+                    free.append(slot)
+                    results[job.index] = future.result()
+        except BaseException:
+            self.stop()
+            for future in running:
+                try:
+                    future.result(timeout=60)
+                except BaseException:
+                    pass
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        return [results[j.index] for j in self.jobs]
+
+
+def summary_rows(results: list[JobResult]) -> list[tuple[str, str]]:
+    rows = []
+    for r in results:
+        if r.status == "done":
+            rows.append((r.job.label, "done: " + (", ".join(str(p) for p in r.finals) or "(dry run)")))
+        elif r.status == "interrupted":
+            rows.append((r.job.label, "interrupted: run the queue again to resume"))
+        else:
+            rows.append((r.job.label, f"failed (exit {r.exit_code}): {r.error.message if r.error else 'unknown error'}"))
+    return rows
+
+
+def print_summary(results: list[JobResult], reporter: Reporter, out=None) -> None:
+    reporter.summary(summary_rows(results))
+    done = sum(r.status == "done" for r in results)
+    reporter.info(f"queue: {done} of {len(results)} job(s) done" + ("" if done == len(results) else "; run the same command again to retry (finished stages are kept)"))
+    for r in results:
+        for path in r.finals:
+            print(str(path), file=out or sys.stdout)

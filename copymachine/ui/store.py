@@ -1,0 +1,313 @@
+"""The web UI's queue on disk, and the worker that runs it.
+
+Every job the UI makes is a jobs file (`<queue>/<id>.toml`, the format `copymachine queue` reads,
+one [[job]]), with its state (`<id>.state.json`: queued, running, done, failed, cancelled), the
+queue's events (`<id>.events.jsonl`, from the Reporter) and its output (`<id>.log`). The worker
+runs one job at a time as `copymachine queue <id>.toml --events <id>.events.jsonl`, a child
+process: cancel sends it SIGINT, the same stop as Ctrl-C (nothing lost, resumable); a UI that is
+stopped interrupts its job the same way and puts it back in the queue, so the next start finds it
+and resumes it (the re-run skips every finished stage).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from copymachine import jobfile
+from copymachine.errors import EXIT_INTERRUPTED
+from copymachine.files import atomic_write_json
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+LOG_TAIL_LINES = 30
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The events of the job's latest attempt (a retry appends a new `queue_start`)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    events = []
+    for line in text.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue  # a line being written
+    starts = [i for i, e in enumerate(events) if e.get("event") == "queue_start"]
+    return events[starts[-1] :] if starts else events
+
+
+def tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last lines of a log; tqdm's carriage-return redraws count as lines."""
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    out = [seg.rstrip() for seg in data.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return [s for s in out if s.strip()][-lines:]
+
+
+def progress_view(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stages (title, status), the live progress line and the current log, from the events."""
+    stages: list[dict[str, Any]] = []
+    titles: dict[str, int] = {}
+    current: dict[str, Any] | None = None
+    log: str | None = None
+    finals: list[str] = []
+    message = None
+    warnings: list[str] = []
+    for e in events:
+        kind = e.get("event")
+        if kind == "plan":
+            stages = [{"title": t, "status": "pending"} for t in e.get("stages", [])]
+            titles = {t: i for i, t in enumerate(e.get("stages", []))}
+        elif kind in ("stage_start", "stage_skip") and stages:
+            i = int(e.get("index", 0)) - 1
+            if 0 <= i < len(stages):
+                stages[i]["status"] = "running" if kind == "stage_start" else "skipped"
+            if kind == "stage_start":
+                log = e.get("log") or log
+                current = None
+        elif kind == "stage_done" and e.get("title") in titles:
+            stages[titles[e["title"]]]["status"] = "done"
+            stages[titles[e["title"]]]["seconds"] = e.get("seconds")
+            current = None
+        elif kind == "progress":
+            current = {k: e.get(k) for k in ("step", "total", "rate", "loss", "eta", "text", "job")}
+        elif kind == "warning":
+            warnings.append(e.get("text", ""))
+        elif kind == "job_end":
+            finals = e.get("finals", [])
+            message = e.get("message")
+            for st in stages:
+                if st["status"] == "running":
+                    st["status"] = "done" if e.get("status") == "done" else e.get("status", "failed")
+    return {"stages": stages, "progress": current, "log": log, "finals": finals, "message": message, "warnings": warnings}
+
+
+@dataclass
+class JobFiles:
+    folder: Path
+    id: str
+
+    @property
+    def toml(self) -> Path:
+        return self.folder / f"{self.id}.toml"
+
+    @property
+    def state(self) -> Path:
+        return self.folder / f"{self.id}.state.json"
+
+    @property
+    def events(self) -> Path:
+        return self.folder / f"{self.id}.events.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / f"{self.id}.log"
+
+
+class JobStore:
+    """The queue folder: job files in the order they were added (their ids are numbers)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+
+    def ids(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.toml") if p.stem.isdigit())
+
+    def files(self, job_id: str) -> JobFiles:
+        if not (job_id.isdigit() and (self.folder / f"{job_id}.toml").is_file()):
+            raise KeyError(job_id)
+        return JobFiles(self.folder, job_id)
+
+    def add(self, table: dict[str, Any], check_overrides: dict[str, Any] | None = None) -> str:
+        """Write a job file (checked as `copymachine queue` checks it: an error is the queue's
+        one-line message) and queue it."""
+        with self._lock:
+            ids = self.ids()
+            job_id = f"{int(ids[-1]) + 1 if ids else 1:04d}"
+            files = JobFiles(self.folder, job_id)
+            scratch = self.folder / f".{job_id}.toml.tmp"
+            scratch.write_text(tomli_w.dumps({"job": [table]}), encoding="utf-8")
+            try:
+                job = jobfile.load_jobs(scratch, check_overrides)[0]
+            except BaseException:
+                scratch.unlink()
+                raise
+            os.replace(scratch, files.toml)
+            self.set_state(job_id, status="queued", label=job.label, command=job.command, added=time.time())
+            return job_id
+
+    def state(self, job_id: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.files(job_id).state.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"status": "queued", "label": job_id}
+
+    def set_state(self, job_id: str, **changes: Any) -> dict[str, Any]:
+        with self._lock:
+            path = JobFiles(self.folder, job_id).state
+            try:
+                state = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                state = {}
+            state.update(changes)
+            atomic_write_json(path, state)
+            return state
+
+    def remove(self, job_id: str) -> None:
+        """The job's files in the queue; never its run folder (its results stay)."""
+        files = self.files(job_id)
+        with self._lock:
+            for path in (files.toml, files.state, files.events, files.log):
+                path.unlink(missing_ok=True)
+
+    def next_queued(self) -> str | None:
+        for job_id in self.ids():
+            if self.state(job_id).get("status") == "queued":
+                return job_id
+        return None
+
+    def recover(self) -> list[str]:
+        """At start: a job left `running` (the UI was stopped or killed) is queued again."""
+        found = []
+        for job_id in self.ids():
+            if self.state(job_id).get("status") == "running":
+                self.set_state(job_id, status="queued", note="resumed after a restart of the UI")
+                found.append(job_id)
+        return found
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        files = self.files(job_id)
+        state = self.state(job_id)
+        events = read_events(files.events)
+        view = progress_view(events)
+        log_lines = tail(Path(view["log"])) if view["log"] and state.get("status") == "running" else []
+        return {
+            "id": job_id,
+            **state,
+            **view,
+            "log_tail": log_lines or tail(files.log),
+            "job": files.toml.read_text(encoding="utf-8"),
+            "file": str(files.toml),
+        }
+
+
+class Worker(threading.Thread):
+    """Runs the queued jobs one at a time, each as `copymachine queue JOB.toml` (one code path)."""
+
+    def __init__(self, store: JobStore, queue_args: list[str], env: dict[str, str] | None = None):
+        super().__init__(name="copymachine-ui-worker", daemon=True)
+        self.store = store
+        self.queue_args = queue_args  # engine options handed to every job (sd-scripts, python ...)
+        self.env = env
+        self.current: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self._cancel: set[str] = set()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            job_id = self.store.next_queued()
+            if job_id is None:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self._run_job(job_id)
+
+    def _run_job(self, job_id: str) -> None:
+        files = self.store.files(job_id)
+        argv = [sys.executable, "-m", "copymachine", "queue", str(files.toml), "--events", str(files.events), *self.queue_args]
+        self.store.set_state(job_id, status="running", started=time.time(), exit_code=None, message=None)
+        with open(files.log, "ab") as log, self._lock:
+            log.write(f"$ copymachine queue {files.toml} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
+            log.flush()
+            # its own session: Ctrl-C in the UI's terminal is the UI's to pass on (see stop())
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+            self.current = job_id
+        rc = self.proc.wait()
+        with self._lock:
+            self.proc = None
+            self.current = None
+        if self._stopping.is_set() and rc == EXIT_INTERRUPTED:
+            self.store.set_state(job_id, status="queued", note="interrupted when the UI stopped; resumes at its next start")
+            return
+        try:
+            self.store.files(job_id)
+        except KeyError:
+            return  # removed while it ran
+        ends = [e for e in read_events(files.events) if e.get("event") == "job_end"]
+        message = ends[-1].get("message") if ends else None
+        if rc == 0:
+            status = "done"
+        elif job_id in self._cancel and rc == EXIT_INTERRUPTED:
+            status = "cancelled"
+        else:
+            status = "failed"
+            if not message:
+                lines = tail(files.log, 5)
+                message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), lines[-1] if lines else f"exit code {rc}")
+        self._cancel.discard(job_id)
+        self.store.set_state(job_id, status=status, exit_code=rc, message=message, finished=time.time())
+
+    def cancel(self, job_id: str) -> None:
+        """A running job gets SIGINT (Ctrl-C: sd-scripts stopped, finished stages kept); a
+        queued one is taken off the queue."""
+        with self._lock:
+            if self.current == job_id and self.proc is not None:
+                self._cancel.add(job_id)
+                self.proc.send_signal(signal.SIGINT)
+                return
+        if self.store.state(job_id).get("status") == "queued":
+            self.store.set_state(job_id, status="cancelled", message="cancelled before it started")
+
+    def retry(self, job_id: str) -> None:
+        if self.store.state(job_id).get("status") in ("failed", "cancelled", "done"):
+            self.store.set_state(job_id, status="queued", message=None, exit_code=None)
+            self.wake()
+
+    def remove(self, job_id: str) -> None:
+        self.cancel(job_id)
+        deadline = time.monotonic() + 60
+        while self.current == job_id and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.store.remove(job_id)
+
+    def stop(self, timeout: float = 60) -> None:
+        """The UI stops: interrupt the running job (it is queued again for the next start)."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            proc = self.proc
+        if proc is not None:
+            try:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+        self.join(timeout)

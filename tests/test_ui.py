@@ -1,0 +1,242 @@
+"""The web UI's server without a browser: where it listens, authentication, which files it serves,
+and that its answers are the CLI's (the same messages, jobs files `copymachine queue` reads).
+tests/test_ui_browser.py drives the page itself in chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from copymachine import jobfile
+from copymachine.cli import cli
+from copymachine.errors import EXIT_INPUT
+from copymachine.ui.server import App, check_host, make_server
+from copymachine.ui.store import JobStore, Worker, progress_view
+
+
+@pytest.fixture
+def served(tmp_path, fake_engine):
+    """A UI server in this process (its worker not started), and a client for it."""
+    instances = []
+
+    def start(auth: str | None = None):
+        app = App(tmp_path / "runs", None, [], auth=auth, engine_overrides={})
+        server = make_server(app, "127.0.0.1", 0)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        instances.append(server)
+        return app, Client(f"http://127.0.0.1:{server.server_address[1]}", auth)
+
+    yield start
+    for server in instances:
+        server.shutdown()
+        server.server_close()
+
+
+class Client:
+    def __init__(self, url: str, auth: str | None):
+        self.url, self.auth = url, auth
+
+    def request(self, path: str, data: bytes | None = None, headers: dict | None = None, auth: bool = True):
+        req = urllib.request.Request(self.url + path, data=data, headers=dict(headers or {}))
+        if self.auth and auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(self.auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def json(self, path: str, body: dict | None = None):
+        status, data, _ = self.request(path, json.dumps(body).encode() if body is not None else None, {"Content-Type": "application/json"})
+        return status, json.loads(data)
+
+    def upload(self, path: Path, name: str | None = None):
+        status, data, _ = self.request("/api/upload", path.read_bytes(), {"X-Filename": name or path.name})
+        return status, json.loads(data)
+
+
+def test_another_host_needs_share_on_network_and_auth_its_form():
+    result = CliRunner().invoke(cli, ["ui", "--host", "0.0.0.0"])
+    assert result.exit_code == EXIT_INPUT
+    assert result.output.strip() == "copymachine: error: --host 0.0.0.0 would make the UI reachable from other machines; add --share-on-network to mean it (and --auth user:password)"
+    assert check_host("127.0.0.1", False) is None and check_host("localhost", False) is None
+    assert "anyone who can reach this machine" in check_host("0.0.0.0", True)
+    result = CliRunner().invoke(cli, ["ui", "--auth", "nopassword"])
+    assert result.exit_code == EXIT_INPUT and "--auth expects user:password" in result.output
+
+
+def test_basic_auth(served):
+    _, client = served(auth="me:secret word")
+    status, _, headers = client.request("/api/info", auth=False)
+    assert status == 401 and headers["WWW-Authenticate"] == 'Basic realm="copymachine"'
+    status, data, _ = client.request("/api/info")
+    assert status == 200 and json.loads(data)["effects"][0]["name"] == "outline"
+    wrong = Client(client.url, "me:wrong")
+    assert wrong.request("/api/info")[0] == 401
+
+
+def test_page_and_files_served_only_under_the_runs_folder(served, tmp_path):
+    app, client = served()
+    status, page, headers = client.request("/")
+    assert status == 200 and b"Add to queue" in page and headers["Content-Type"].startswith("text/html")
+    assert client.request("/static/app.js")[0] == 200
+    assert client.request("/static/../server.py")[0] == 404
+    outside = tmp_path / "secret.txt"
+    outside.write_text("no", encoding="utf-8")
+    assert client.request(f"/file?path={outside}")[0] == 404
+    assert client.request(f"/file?path={app.runs}/../secret.txt")[0] == 404
+    inside = app.runs / "run" / "x.txt"
+    inside.parent.mkdir(parents=True)
+    inside.write_text("yes", encoding="utf-8")
+    status, data, headers = client.request(f"/file?path={inside}&download=1")
+    assert status == 200 and data == b"yes" and headers["Content-Disposition"] == "attachment; filename*=UTF-8''x.txt"
+
+
+def test_previews_and_verdicts_are_the_edit_stages(served, scene, tmp_path):
+    from copymachine.check import check_pair
+    from copymachine.effects import apply_effect, resolve_params
+
+    _, client = served()
+    picture = tmp_path / "girl.png"
+    scene.image.resize((128, 128)).save(picture)
+    status, original = client.upload(picture)
+    assert status == 200 and (original["width"], original["height"]) == (128, 128)
+    status, data = client.json("/api/preview", {"image": original["path"], "effect": "posterize", "params": {"levels": 3}})
+    assert status == 200 and data["verdict"] == "ok" and data["refusal"] is None
+    png = Image.open(io.BytesIO(base64.b64decode(data["image"].split(",", 1)[1])))
+    expected = apply_effect("posterize", Image.open(picture).convert("RGB"), resolve_params("posterize", {"levels": 3}))
+    assert png.tobytes() == expected.tobytes()  # the same bytes the edit stage writes
+    assert "verdict    ok" in data["report"].splitlines()
+    # a parameter out of range: the CLI's message
+    status, data = client.json("/api/preview", {"image": original["path"], "effect": "posterize", "params": {"levels": 1}})
+    assert status == 400 and data["error"] == "posterize: levels=1: must be 2 to 128" and data["exit_code"] == EXIT_INPUT
+    # a custom edit of another size: refused as `train --edited` refuses it
+    other = tmp_path / "edit.png"
+    scene.image.resize((96, 96)).save(other)
+    status, edited = client.upload(other)
+    status, data = client.json("/api/preview", {"image": original["path"], "effect": "custom", "edited": edited["path"]})
+    assert status == 200 and data["verdict"] == "refuse"
+    assert data["refusal"].startswith("your edit cannot be used (edit.png): size differs")
+    assert check_pair(Image.open(picture), Image.open(other)).verdict == "refuse"
+    # not an image; not an uploaded file
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a picture")
+    assert client.upload(junk) == (400, {"error": "junk.png is not a readable image file", "exit_code": EXIT_INPUT})
+    status, data = client.json("/api/preview", {"image": str(picture), "effect": "posterize"})
+    assert status == 400 and data["error"].startswith("not an uploaded image")
+
+
+def test_added_jobs_are_jobs_files_the_queue_reads(served, fake_engine, scene, tmp_path):
+    app, client = served()
+    picture = tmp_path / "girl.png"
+    scene.image.resize((128, 128)).save(picture)
+    _, original = client.upload(picture)
+    job = {"method": "diff", "base": str(fake_engine.base), "image": [original["path"]], "effect": ["outline"], "sign": "memo", "max-steps": 3, "set": {"outline": {"width": 2}}}
+    status, data = client.json("/api/jobs", job)
+    assert status == 200 and data == {"id": "0001", "label": "girl-outline"}
+    (loaded,) = jobfile.load_jobs(app.store.files("0001").toml)
+    assert loaded.command == "diff" and loaded.sign == "memo" and loaded.options["set_tables"] == {"outline": {"width": 2}}
+    assert loaded.options["out"] == app.runs / "girl" and loaded.options["max_steps"] == 3
+    # refused jobs: the queue's and the run's own messages; nothing is left in the queue
+    for bad, message in [
+        ({**job, "max-steps": 0}, "job 1: max-steps: 0 is not in the range x>=1."),
+        ({**job, "base": str(tmp_path / "none.safetensors")}, f"base model not found: {tmp_path / 'none.safetensors'}"),
+        ({**job, "image": [str(tmp_path / "gone.png")]}, f"image not found: {tmp_path / 'gone.png'}"),
+        ({**job, "effect": ["sepia"]}, "unknown effect 'sepia'; choose from outline, flat, contrast, posterize, jpeg, all, or custom (with --edited)"),
+    ]:
+        status, data = client.json("/api/jobs", bad)
+        assert status == 400 and message in data["error"], data
+    assert app.store.ids() == ["0001"]
+    # an original generated from the base model when the job runs: no image, a prompt and a seed
+    status, data = client.json("/api/jobs", {"base": str(fake_engine.base), "effect": ["flat"], "prompt": "1cat", "set": {"generate": {"seed": 7}}})
+    assert status == 200 and data["id"] == "0002", data
+    (generated,) = jobfile.load_jobs(app.store.files("0002").toml)
+    assert generated.options["images"] == () and generated.options["prompt"] == "1cat" and generated.options["set_tables"] == {"generate": {"seed": 7}}
+    status, data = client.json("/api/jobs")
+    assert [j["status"] for j in data["jobs"]] == ["queued", "queued"] and data["jobs"][0]["label"] == "girl-outline"
+
+
+def test_the_queue_on_disk_survives_a_restart(tmp_path):
+    store = JobStore(tmp_path / "queue")
+    for i in (1, 2, 3):
+        (store.folder / f"000{i}.toml").write_text("[[job]]\n", encoding="utf-8")
+    store.set_state("0001", status="done")
+    store.set_state("0002", status="running")  # the UI was killed while it ran
+    store.set_state("0003", status="queued")
+    again = JobStore(tmp_path / "queue")
+    assert again.recover() == ["0002"] and again.next_queued() == "0002"
+    worker = Worker(again, [])
+    worker.cancel("0003")
+    assert again.state("0003")["status"] == "cancelled"
+    worker.retry("0003")
+    assert again.state("0003")["status"] == "queued"
+    worker.remove("0001")
+    assert again.ids() == ["0002", "0003"]
+    with pytest.raises(KeyError):
+        again.files("0001")
+
+
+def test_progress_view_from_the_reporters_events():
+    events = [
+        {"event": "queue_start"},
+        {"event": "plan", "stages": ["original image", "copy LoRA", "final"]},
+        {"event": "stage_skip", "index": 1, "total": 3, "title": "original image"},
+        {"event": "stage_start", "index": 2, "total": 3, "description": "copy LoRA (train_network.py)", "log": "/x/copy-lora.log"},
+        {"event": "progress", "step": 2, "total": 3, "text": "step 2/3 · 1.0s/it"},
+    ]
+    view = progress_view(events)
+    assert [s["status"] for s in view["stages"]] == ["skipped", "running", "pending"]
+    assert view["progress"]["text"] == "step 2/3 · 1.0s/it" and view["log"] == "/x/copy-lora.log"
+    view = progress_view(events + [{"event": "stage_done", "title": "copy LoRA", "seconds": 3}, {"event": "job_end", "status": "failed", "message": "boom", "finals": []}])
+    assert [s["status"] for s in view["stages"]] == ["skipped", "done", "pending"] and view["message"] == "boom"
+
+
+
+def test_cancel_is_ctrl_c_and_retry_resumes(fake_engine, scene, tmp_path, monkeypatch):
+    """The worker runs a job as `copymachine queue`; Cancel interrupts it as Ctrl-C does (exit
+    130, finished stages kept), Retry runs it again and it skips what was done."""
+    import time
+
+    monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "1")
+    picture = tmp_path / "girl.png"
+    scene.image.resize((128, 128)).save(picture)
+    store = JobStore(tmp_path / "runs" / "_ui" / "queue")
+    job_id = store.add({"base": str(fake_engine.base), "image": [str(picture)], "effect": ["contrast"], "out": str(tmp_path / "runs" / "girl"), "max-steps": 3, "resolution": 64, "no-copy-check": True})
+    worker = Worker(store, fake_engine.engine_args)
+    worker.start()
+    try:
+
+        def wait(condition, what, timeout=60.0):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if condition():
+                    return
+                time.sleep(0.05)
+            raise AssertionError(f"timed out waiting for {what}: {store.view(job_id)}")
+
+        wait(lambda: (store.view(job_id).get("progress") or {}).get("step"), "the copy LoRA's progress")
+        worker.cancel(job_id)
+        wait(lambda: store.state(job_id)["status"] == "cancelled", "the cancel")
+        assert store.state(job_id)["exit_code"] == 130
+        assert "copymachine: interrupted; sd-scripts was stopped" in "\n".join(store.view(job_id)["log_tail"])
+        done_before = [s["title"] for s in store.view(job_id)["stages"] if s["status"] == "done"]
+        assert done_before == ["original image", "contrast: edited image", "captions"]
+        monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "0")
+        worker.env = None
+        worker.retry(job_id)
+        wait(lambda: store.state(job_id)["status"] == "done", "the retry to finish")
+        view = store.view(job_id)
+        assert [s["status"] for s in view["stages"]][:3] == ["skipped"] * 3
+        assert view["finals"] == [str(tmp_path / "runs" / "girl" / "girl-contrast.safetensors")]
+    finally:
+        worker.stop()

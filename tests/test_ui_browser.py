@@ -1,0 +1,243 @@
+"""`copymachine ui` in a real headless browser (Debian's chromium, driven by Selenium), against the
+recording fake of sd-scripts: upload a picture, move a slider and see the edit's preview change,
+add two jobs, see their progress advance, restart the UI while the queue runs and see it resume,
+open the results and see their sheets. Screenshots of each page go to $COPYMACHINE_UI_SCREENSHOTS
+(docs/ to refresh the README's), else to the test's temporary folder.
+
+Skipped, with the reason, only when chromium, its driver or selenium is missing; .ci/run installs
+them and sets COPYMACHINE_REQUIRE_BROWSER=1, which turns that skip into a failure."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+STEPS = 6  # per training, 1 s each: long enough to watch a job run under a loaded machine
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _browser_missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install selenium; it is in the [test] extra)"
+    if not CHROMIUM or not CHROMEDRIVER:
+        return "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver; .ci/run does it)"
+    return None
+
+
+@pytest.fixture
+def browser(tmp_path):
+    missing = _browser_missing()
+    if missing:
+        if os.environ.get("COPYMACHINE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser test must run here (COPYMACHINE_REQUIRE_BROWSER=1): {missing}")
+        pytest.skip(missing)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1500", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+class UiServer:
+    """`copymachine ui` as a user starts it, in its own process."""
+
+    def __init__(self, cwd: Path, args: list[str], env: dict[str, str]):
+        self.cwd, self.args, self.env = cwd, args, env
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.n = 0
+
+    def start(self) -> str:
+        self.n += 1
+        self.err = self.cwd / f"ui-{self.n}.log"
+        with open(self.err, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "copymachine", "ui", "--port", "0", *self.args], cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = re.search(r"copymachine ui: (http://\S+)", self.err.read_text(encoding="utf-8", errors="replace"))
+            if m:
+                self.url = m.group(1)
+                return self.url
+            assert self.proc.poll() is None, self.err.read_text()
+            time.sleep(0.05)
+        raise AssertionError("the UI did not start: " + self.err.read_text())
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def log(self) -> str:
+        return self.err.read_text(encoding="utf-8", errors="replace")
+
+
+def wait_for(condition, timeout: float = 60, what: str = "condition", interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+        except Exception:  # a re-rendered element, a page loading
+            last = None
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, scene, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    shots = Path(os.environ.get("COPYMACHINE_UI_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    picture = tmp_path / "girl.png"
+    scene.image.resize((192, 192), Image.Resampling.LANCZOS).save(picture)
+    models = tmp_path / "models"
+    models.mkdir()
+    base = models / "sd15-base.safetensors"
+    shutil.copyfile(fake_engine.base, base)
+    env = dict(os.environ, COPYMACHINE_FAKE_STEP_SECONDS="1")
+    server = UiServer(tmp_path, ["--runs", str(tmp_path / "runs"), "--models", str(models), *fake_engine.engine_args], env)
+    url = server.start()
+    try:
+        d = browser
+        css = lambda sel: d.find_element(By.CSS_SELECTOR, sel)  # noqa: E731
+
+        def click(sel: str) -> None:
+            # in the middle of the window, not under the sticky header where a scroll may leave it
+            element = css(sel)
+            d.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+            element.click()
+
+        d.get(url + "#make")
+        wait_for(lambda: css(".effect-card[data-effect=contrast]"), what="the effects")
+        # the models folder is offered; the base model typed
+        assert str(base) in [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#models option")]
+        css("#base").send_keys(str(base))
+        css("#original-file").send_keys(str(picture))
+        wait_for(lambda: "192×192" in css("#original-info").text, what="the upload")
+
+        # an effect's live preview, and the same preview moved by a slider
+        click(".effect-card[data-effect=contrast] .effect-toggle")
+        card = css(".effect-card[data-effect=contrast]")
+        preview = card.find_element(By.CSS_SELECTOR, "img.preview")
+        first = wait_for(lambda: preview.get_attribute("src") if preview.get_attribute("src").startswith("data:image/png") else None, what="the contrast preview")
+        assert "check: ok" in card.find_element(By.CSS_SELECTOR, ".verdict").text
+        slider = card.find_element(By.CSS_SELECTOR, "input[type=range][data-key=factor]")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", slider)
+        slider.click()  # the thumb jumps to where it is clicked: the middle of 0-10
+        for _ in range(5):
+            slider.send_keys(Keys.ARROW_RIGHT)
+        moved = float(slider.get_attribute("value"))
+        assert moved != 1.5
+        assert float(card.find_element(By.CSS_SELECTOR, "input[type=number]").get_attribute("value")) == moved
+        wait_for(lambda: preview.get_attribute("src") != first and f'"factor":{moved:g}' in (preview.get_attribute("data-params") or ""), what="the preview to follow the slider")
+        verdict = card.find_element(By.CSS_SELECTOR, ".verdict").text
+        assert verdict.startswith("check: ") and ("too different" in verdict or "check: ok" in verdict)
+        # a parameter out of range is refused with the CLI's one-line message, in the page
+        number = card.find_element(By.CSS_SELECTOR, "input[data-key=factor] + input[type=number]")
+        number.clear()
+        number.send_keys("12", Keys.TAB)
+        wait_for(lambda: "copymachine: error: contrast: factor=12: must be 0 to 10" in card.find_element(By.CSS_SELECTOR, ".verdict").text, what="the refusal")
+        number.clear()
+        number.send_keys("1.8", Keys.TAB)
+        wait_for(lambda: "check: " in card.find_element(By.CSS_SELECTOR, ".verdict").text and "error" not in card.find_element(By.CSS_SELECTOR, ".verdict").text, what="the preview at 1.8")
+
+        # quick test settings (6 steps of 1 s at 64 px; the fake's copy check cannot pass 0.8), a preview model
+        css("#preview-model").send_keys(str(base))
+        click("#more-options summary")
+        css("#max-steps").send_keys(str(STEPS))
+        css("#resolution").send_keys("64")
+        css("#sets").send_keys("copy_check.min_ssim=0")
+        # a job the checks refuse shows the CLI's message and is not queued
+        css("#base").clear()
+        css("#base").send_keys(str(models / "missing.safetensors"))
+        click("#add")
+        wait_for(lambda: f"copymachine: error: base model not found: {models / 'missing.safetensors'}" in css("#add-message").text, what="the refused job")
+        css("#base").clear()
+        css("#base").send_keys(str(base))
+        # the page with three effects open, for the README; then back to contrast alone
+        for other in ("outline", "posterize"):
+            click(f".effect-card[data-effect={other}] .effect-toggle")
+            wait_for(lambda: "check: " in css(f".effect-card[data-effect={other}] .verdict").text, what=f"the {other} preview")
+        d.execute_script("window.scrollTo(0, 0)")
+        d.save_screenshot(str(shots / "ui-make.png"))
+        for other in ("outline", "posterize"):
+            click(f".effect-card[data-effect={other}] .effect-toggle")
+        click("#add")
+        wait_for(lambda: "added job 0001" in css("#add-message").text, what="job 1")
+        # a second job: posterize instead of contrast
+        click(".effect-card[data-effect=contrast] .effect-toggle")
+        click(".effect-card[data-effect=posterize] .effect-toggle")
+        click("#add")
+        wait_for(lambda: "added job 0002" in css("#add-message").text, what="job 2")
+        jobs_dir = tmp_path / "runs" / "_ui" / "queue"
+        assert sorted(p.name for p in jobs_dir.glob("*.toml")) == ["0001.toml", "0002.toml"]
+
+        # the queue: progress advances
+        d.get(url + "#queue")
+        job1 = '.job[data-id="0001"]'
+        wait_for(lambda: css(job1).get_attribute("data-status") == "running", what="job 1 to run")
+        step = re.compile(rf"step (\d+)/{STEPS}")
+        seen = wait_for(lambda: step.search(css(f"{job1} .progress-text").text), what="job 1's progress").group(1)
+        wait_for(lambda: (m := step.search(css(f"{job1} .progress-text").text)) and m.group(1) != seen, what="job 1's progress to advance")
+        d.save_screenshot(str(shots / "ui-queue.png"))
+
+        # restart the UI while job 1 runs: it is interrupted as by Ctrl-C, queued again, and resumed
+        wait_for(lambda: "effect LoRA" in css(f"{job1} .stages li.running").text, timeout=60, what="job 1's effect LoRA")
+        assert server.stop() == 0
+        assert "the running job 0001 is interrupted" in server.log()
+        state = (jobs_dir / "0001.state.json").read_text(encoding="utf-8")
+        assert '"status": "queued"' in state
+        url = server.start()
+        d.get(url + "#queue")
+        wait_for(lambda: css(job1).get_attribute("data-status") == "running", what="job 1 to resume")
+        wait_for(lambda: len(d.find_elements(By.CSS_SELECTOR, f"{job1} .stages li.skipped")) >= 5, what="job 1's finished stages skipped")
+        wait_for(lambda: css(job1).get_attribute("data-status") == "done", timeout=90, what="job 1 to finish")
+        wait_for(lambda: css('.job[data-id="0002"]').get_attribute("data-status") == "done", timeout=90, what="job 2 to finish")
+        log = (jobs_dir / "0001.log").read_text(encoding="utf-8")
+        assert "copymachine: interrupted; sd-scripts was stopped" in log and "up to date, skipped" in log
+
+        # the results: each LoRA with its sheets, inspect and usage line
+        d.get(url + "#results")
+        wait_for(lambda: len(d.find_elements(By.CSS_SELECTOR, ".result")) == 2, what="two results")
+        result = css('.result[data-name="girl-contrast"]')
+        kinds = [img.get_attribute("data-kind") for img in result.find_elements(By.CSS_SELECTOR, "img.sheet")]
+        assert kinds == ["edit", "copy check", "strength sweep"]
+        wait_for(lambda: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in d.find_elements(By.CSS_SELECTOR, "img.sheet")), what="the sheets to load")
+        assert "<lora:girl-contrast:1>" in result.text and "positive strength = more of the edit" in result.text
+        summary = result.find_element(By.CSS_SELECTOR, "details summary")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", summary)
+        summary.click()
+        assert "rank        8" in result.find_element(By.CSS_SELECTOR, "pre.inspect").text
+        href = result.find_element(By.CSS_SELECTOR, "a.download").get_attribute("href")
+        assert href.endswith("girl-contrast.safetensors&download=1")
+        d.save_screenshot(str(shots / "ui-results.png"))
+    except BaseException:
+        # what the page and the server showed, for the failure's report
+        browser.save_screenshot(str(tmp_path / "failure.png"))
+        print("page text at the failure:\n" + browser.find_element(By.TAG_NAME, "body").text)
+        print("UI log:\n" + server.log())
+        raise
+    finally:
+        if server.proc and server.proc.poll() is None:
+            server.stop()
