@@ -119,7 +119,7 @@ def test_jobs_run_in_order_and_a_bad_job_is_reported_while_the_others_run(fake_e
     assert f"girl-outline     done: {finals[2]}" in summary and "missing-outline  failed (exit 3): image not found" in summary
     assert "queue: 3 of 4 job(s) done" in out
     # the copy machine of girl.png was trained once, shared by jobs 1 and 4 (cache-dir in [defaults])
-    assert fake_engine.scripts().count("merge_lora.py") == 1
+    assert [c["config"]["output_name"] for c in fake_engine.calls() if "config" in c].count("copy-lora") == 1  # girl.png (job 2 is a diff: LoRA A)
     # the machine-readable events name each job, its stages and its progress
     lines = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines()]
     ends = [e for e in lines if e["event"] == "job_end"]
@@ -204,14 +204,14 @@ def test_a_killed_queue_resumes_where_it_stopped(fake_engine, tmp_path, pictures
     result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert result.returncode == 0, result.stderr
     again = [c for c in fake_engine.calls()[calls_before:] if c.get("exit_code") == 0]
-    # job 1 ran nothing again; job 2 resumed in its copy LoRA (killed there): copy LoRA, copy
-    # model, effect LoRA, resize; job 3 found girl.png's copy machine done: effect LoRA, resize
+    # job 1 ran nothing again; job 2 resumed in its copy LoRA (killed there): copy LoRA, effect
+    # LoRA (the copy model in memory), resize; job 3 found girl.png's copy LoRA done: effect LoRA, resize
     assert [(Path(c["script"]).name, c["config"]["output_name"] if "config" in c else "") for c in again] == [
-        ("train_network.py", "copy-lora"), ("merge_lora.py", ""), ("train_network.py", "effect-lora"), ("resize_lora.py", ""),
+        ("train_network.py", "copy-lora"), ("train_network.py", "effect-lora"), ("resize_lora.py", ""),
         ("train_network.py", "effect-lora"), ("resize_lora.py", ""),
     ]  # fmt: skip
     job1 = result.stderr[result.stderr.index("job 1/3") : result.stderr.index("job 2/3")]
-    assert job1.count("up to date, skipped") == 8 and "done in" not in job1
+    assert job1.count("up to date, skipped") == 7 and "done in" not in job1  # no copy-model stage in memory
     for path in ("runs/girl/girl-contrast.safetensors", "runs/cat/cat-contrast.safetensors", "runs/girl/girl-posterize.safetensors"):
         assert (tmp_path / path).is_file()
     assert "queue: 3 of 3 job(s) done" in result.stderr
