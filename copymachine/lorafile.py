@@ -14,23 +14,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 
+from copymachine.heavy import numpy as np
 from copymachine.errors import InputError
 
 _MAX_HEADER = 100 * 1024 * 1024
 
+# dtype strings: numpy is imported when a tensor is read (copymachine.heavy)
 _DTYPES = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),  # widened to float32 on read
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",  # widened to float32 on read
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
 }
 
 
@@ -62,7 +63,7 @@ class SafetensorsFile:
         with open(self.path, "rb") as f:
             f.seek(self.data_start + start)
             raw = f.read(end - start)
-        arr = np.frombuffer(raw, dtype=_DTYPES[dtype_name])
+        arr = np.frombuffer(raw, dtype=np.dtype(_DTYPES[dtype_name]))
         if dtype_name == "BF16":
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         return arr.reshape(info["shape"])
@@ -113,7 +114,7 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
     blobs = []
-    rev = {v: k for k, v in _DTYPES.items() if k != "BF16"}
+    rev = {np.dtype(v): k for k, v in _DTYPES.items() if k != "BF16"}
     for name, arr in tensors.items():
         arr = np.asarray(arr)
         if not arr.flags.c_contiguous:
