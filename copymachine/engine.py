@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from copymachine.errors import EnvironmentProblem
+from copymachine.heavy import import_fix
 
 PINNED_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
 PINNED_URL = "https://github.com/kohya-ss/sd-scripts"
@@ -42,17 +43,27 @@ REQUIRED_MODULES = (
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 OWNER_VARIABLE = "COPYMACHINE_PARENT_PID"
 
+# Each module is imported, not only found: a venv can hold a module that is there but fails to
+# import (numpy 2 beside an opencv built for numpy 1), and sd-scripts would fail on it minutes later.
 _PROBE = r"""
-import importlib.util, json, sys
+import importlib, importlib.util, json, sys
 mods = json.loads(sys.argv[1])
 missing = []
+broken = {}
 for m in mods:
     try:
         if importlib.util.find_spec(m) is None:
             missing.append(m)
+            continue
     except (ImportError, ValueError):
         missing.append(m)
-info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing, "versions": {}}
+        continue
+    try:
+        importlib.import_module(m)
+    except BaseException as e:  # a broken binary raises ImportError, AttributeError, OSError, SystemExit...
+        text = (str(e).strip().splitlines() or [""])[0]
+        broken[m] = f"{type(e).__name__}: {text}" if text else type(e).__name__
+info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing, "broken": broken, "versions": {}}
 try:
     import importlib.metadata as md
     for dist in json.loads(sys.argv[2]) if len(sys.argv) > 2 else []:
@@ -62,7 +73,9 @@ try:
             pass
 except ImportError:
     pass
-if "torch" not in missing:
+if "torch" in broken:
+    info["torch_error"] = broken["torch"]
+elif "torch" not in missing:
     try:
         import torch
         info["torch"] = torch.__version__
@@ -85,6 +98,7 @@ class Probe:
 
     python_version: str
     missing: list[str]
+    broken: dict[str, str] = field(default_factory=dict)  # module -> "ImportError: ..." (found, fails to import)
     torch: str | None = None
     cuda: bool = False
     gpus: list[str] = field(default_factory=list)
@@ -182,6 +196,7 @@ class Engine:
                 return Probe(
                     python_version=data["python"],
                     missing=data["missing"],
+                    broken=data.get("broken", {}),
                     torch=data.get("torch"),
                     cuda=data.get("cuda", False),
                     gpus=data.get("gpus", []),
@@ -202,6 +217,9 @@ class Engine:
             if probe.missing == ["library"]:
                 hint = f"run `pip install -e .` in {self.root} (sd-scripts' own package)"
             raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) lacks {names}; {hint}")
+        if probe.broken:
+            module, error = next(iter(probe.broken.items()))
+            raise EnvironmentProblem(f"{module} fails to import in the Python for sd-scripts ({self.python}): {error}; {import_fix(module, error)}")
         if probe.torch_error:
             raise EnvironmentProblem(f"torch fails to import in the Python for sd-scripts ({self.python}): {probe.torch_error}")
 

@@ -73,6 +73,19 @@ def test_python_lacking_a_dependency(fake_engine, tmp_path, roomy):
     assert "lacks voluptuous" in rows(result)["packages"]
 
 
+def test_python_with_a_module_that_fails_to_import(fake_engine, tmp_path, roomy):
+    """The probe imports each module: one that is found but fails (here a stub cv2 raising what
+    numpy 2 makes an opencv built for numpy 1 raise) is named with the error and the fix."""
+    root = fake_engine.tree_copy(tmp_path / "sd-scripts")
+    (root / "cv2").mkdir()
+    (root / "cv2" / "__init__.py").write_text("raise ImportError('numpy.core.multiarray failed to import')\n", encoding="utf-8")
+    result = doctor(fake_engine, tmp_path, sd_scripts=root)
+    assert result.exit_code == EXIT_ENVIRONMENT
+    assert rows(result)["packages"] == (f"FAIL cv2 fails to import in the Python for sd-scripts ({sys.executable}): ImportError: numpy.core.multiarray "
+                                        "failed to import; opencv and numpy do not fit: pip install 'numpy<2' in that venv, or an opencv built for numpy 2 (opencv-python>=4.10)")  # fmt: skip
+    assert result.stdout.splitlines()[-1] == "not ready: 1 problem(s) would stop a run (packages)"
+
+
 def test_too_little_disk_and_ram(fake_engine, tmp_path, monkeypatch):
     monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 8 * GB, "available": 6 * GB, "swap": 2 * GB})
     monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 2 * GB)

@@ -84,6 +84,19 @@ def test_probe_names_missing_modules(tmp_path):
         engine.Engine(root=root, python=str(tmp_path / "no-python"), commit=None).probe()
 
 
+def test_probe_imports_each_module(tmp_path):
+    root = make_sd(tmp_path / "sd")
+    (root / "found_but_broken").mkdir()
+    (root / "found_but_broken" / "__init__.py").write_text("import no_such_dependency_xyz\n", encoding="utf-8")
+    e = engine.Engine(root=root, python=sys.executable, commit=None)
+    probe = e.probe(("json", "found_but_broken"))
+    assert probe.missing == [] and probe.broken == {"found_but_broken": "ModuleNotFoundError: No module named 'no_such_dependency_xyz'"}
+    with pytest.raises(EnvironmentProblem) as raised:
+        e.require(probe)
+    assert raised.value.message == (f"found_but_broken fails to import in the Python for sd-scripts ({sys.executable}): "
+                                    "ModuleNotFoundError: No module named 'no_such_dependency_xyz'; pip install no_such_dependency_xyz in that venv")
+
+
 def test_env_and_launch(tmp_path):
     root = make_sd(tmp_path / "sd dir")
     e = engine.Engine(root=root, python="/py", commit=COMMIT)
