@@ -41,23 +41,29 @@ _NUMPY_ABI_SIGNS = (
 )
 
 
-def import_fix(module: str, error: str) -> str:
-    """The usual fix for `import module` failing with `error` (text of the exception)."""
+def known_import_failure(error: str) -> bool:
+    """Whether `import_fix` knows this failure's cause (not only "reinstall it")."""
+    return any(sign in error for sign in _NUMPY_ABI_SIGNS) or "No module named" in error or ".so" in error
+
+
+def import_fix(module: str, error: str, where: str = "that venv") -> str:
+    """The usual fix for `import module` failing with `error` (text of the exception), to be done
+    in `where` (the venv whose import failed)."""
     top = module.split(".")[0]
     if any(sign in error for sign in _NUMPY_ABI_SIGNS):
         if top == "cv2" or "cv2" in error:
-            return "opencv and numpy do not fit: pip install 'numpy<2' in that venv, or an opencv built for numpy 2 (opencv-python>=4.10)"
-        return f"{top} was built for another numpy: pip install 'numpy<2' in that venv, or a {DISTRIBUTIONS.get(top, top)} built for numpy 2"
+            return f"opencv and numpy do not fit: pip install 'numpy<2' in {where}, or an opencv built for numpy 2 (opencv-python>=4.10)"
+        return f"{top} was built for another numpy: pip install 'numpy<2' in {where}, or a {DISTRIBUTIONS.get(top, top)} built for numpy 2"
     if "No module named" in error:
         missing = error.split("No module named", 1)[1].strip().strip("'\"")
         if missing.split(".")[0] == "library":
             return "install sd-scripts' own package: pip install -e . in the sd-scripts folder"
-        return f"pip install {DISTRIBUTIONS.get(missing.split('.')[0], missing.split('.')[0])} in that venv"
+        return f"pip install {DISTRIBUTIONS.get(missing.split('.')[0], missing.split('.')[0])} in {where}"
     if "libGL" in error or ("lib" in error and ".so" in error):
         if top == "cv2":
-            return "a system library is missing: pip install opencv-python-headless in that venv (or apt-get install libgl1)"
-        return "a system library it needs is missing: reinstall it in that venv"
-    return f"reinstall it in that venv: pip install --force-reinstall {DISTRIBUTIONS.get(top, top)}"
+            return f"a system library is missing: pip install opencv-python-headless in {where} (or apt-get install libgl1)"
+        return f"a system library it needs is missing: reinstall it in {where}"
+    return f"reinstall it in {where}: pip install --force-reinstall {DISTRIBUTIONS.get(top, top)}"
 
 
 class LazyModule(types.ModuleType):

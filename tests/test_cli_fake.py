@@ -179,7 +179,7 @@ def test_dry_run_prints_commands_and_runs_nothing(fake_engine, images, tmp_path)
         ("no-output", "exited 0 but wrote no copy-lora.safetensors"),
         ("nan", "NaN loss"),
         ("oom", "ran out of memory"),
-        ("exit1", "failed with exit code 1"),
+        ("exit1", "failed with exit code 1: RuntimeError: copymachine fake: injected failure (exit1). Log: "),
     ],
 )
 def test_sd_scripts_failures_become_one_clear_message(fake_engine, images, tmp_path, monkeypatch, mode, message):

@@ -147,7 +147,8 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
         hint = " (the system's out-of-memory killer does this when RAM runs out: close other programs, or add swap)" if killed_by == "SIGKILL" else ""
         raise EngineError(f"{where} was killed by {killed_by}{hint}. Log: {result.log_path}", details=tail)
     if result.returncode != 0:
-        raise EngineError(f"{where} failed with exit code {result.returncode}. Log: {result.log_path}", details=tail)
+        cause, details = _root_cause(w, tail)
+        raise EngineError(f"{where} failed with exit code {result.returncode}{cause}. Log: {result.log_path}", details=details)
     if w.nan:
         raise EngineError(
             f"{where} produced NaN loss (training diverged); lower the learning rate or use bf16/fp32. Log: {result.log_path}",
@@ -159,6 +160,25 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
             f"{where} exited 0 but wrote no {missing[0].name} (sd-scripts does that when it finds no images). Log: {result.log_path}",
             details=tail,
         )
+
+
+def _root_cause(watcher, tail: list[str]) -> tuple[str, list[str]]:
+    """': <first exception>[; <usual fix>]' for the message, and the log excerpt with that
+    exception's frame and line above the tail unless the tail shows both (the launcher's
+    traceback pushes the child's out of the last lines)."""
+    from copymachine.heavy import import_fix, known_import_failure
+
+    root = watcher.root_cause
+    if root is None:
+        return "", tail
+    cause = f": {root.exception}"
+    kind = root.exception.split(":")[0].rsplit(".", 1)[-1]
+    if kind in ("ImportError", "ModuleNotFoundError") and known_import_failure(root.exception):
+        cause += "; " + import_fix(root.failed_module(), root.exception, where="sd-scripts' venv")
+    shown = [*root.frame(), root.exception]
+    if all(line in tail for line in shown):
+        return cause, tail
+    return cause, [*shown, "…", *tail]
 
 
 def _killed_by(returncode: int, tail: list[str]) -> str | None:
