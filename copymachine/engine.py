@@ -7,6 +7,8 @@ Its Python is `--python`, then `$SD_SCRIPTS_PYTHON`, then the `venv` inside the 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -126,6 +128,15 @@ class Engine:
     def pinned(self) -> bool:
         return self.commit == PINNED_COMMIT
 
+    @functools.cached_property
+    def identity(self) -> str:
+        """Which sd-scripts this is, for stage keys and the knowledge cache: `git:<commit>`, or
+        `tree:<sha256>` of its Python files when it is not a git checkout (an extracted release,
+        a copied folder). Another version, commit or edited file is another engine."""
+        if self.commit:
+            return f"git:{self.commit}"
+        return f"tree:{tree_hash(self.root)}"
+
     def script(self, relative: str) -> Path:
         return self.root / relative
 
@@ -222,6 +233,40 @@ class Engine:
             raise EnvironmentProblem(f"{module} fails to import in the Python for sd-scripts ({self.python}): {error}; {import_fix(module, error)}")
         if probe.torch_error:
             raise EnvironmentProblem(f"torch fails to import in the Python for sd-scripts ({self.python}): {probe.torch_error}")
+
+
+# Folders of a checkout that are not sd-scripts' code: its venv, git's data, byte code, caches.
+_TREE_SKIP = {".git", "venv", ".venv", "__pycache__", "node_modules", ".cache", "logs", "outputs"}
+
+
+def _tree_files(root: Path) -> list[tuple[str, os.stat_result]]:
+    found: list[tuple[str, os.stat_result]] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _TREE_SKIP and not (Path(folder) / d / "pyvenv.cfg").exists())
+        for name in sorted(files):
+            if name.endswith(".py") or name == "requirements.txt":
+                path = Path(folder) / name
+                found.append((path.relative_to(root).as_posix(), path.stat()))
+    return found
+
+
+_TREE_HASHES: dict[tuple, str] = {}
+
+
+def tree_hash(root: Path) -> str:
+    """sha256 over the path and content of every .py file (and requirements.txt) of `root`,
+    remembered per process by the files' sizes and mtimes (a re-plan does not re-read them)."""
+    files = _tree_files(root)
+    signature = (str(root), tuple((rel, st.st_size, st.st_mtime_ns) for rel, st in files))
+    cached = _TREE_HASHES.get(signature)
+    if cached:
+        return cached
+    digest = hashlib.sha256()
+    for rel, _ in files:
+        digest.update(rel.encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256((root / rel).read_bytes()).digest())
+    _TREE_HASHES[signature] = digest.hexdigest()
+    return _TREE_HASHES[signature]
 
 
 def find_sd_scripts(option: str | os.PathLike | None) -> Path:

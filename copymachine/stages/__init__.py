@@ -234,8 +234,18 @@ def kinds() -> dict[str, StageKind]:
     return _KINDS
 
 
-def kind_versions() -> dict[str, int]:
-    return {name: k.version for name, k in kinds().items()}
+def kind_versions(engine: "Engine | None" = None) -> dict[str, Any]:
+    """What of the code decides each kind's results, for stage keys: the kind's version, and for a
+    kind that runs sd-scripts also the engine (`Engine.identity`: its commit, or a hash of its
+    tree), so that another sd-scripts computes anew instead of reusing. The keys of kinds that do
+    not run sd-scripts stay as they are."""
+    versions: dict[str, Any] = {}
+    for name, k in kinds().items():
+        if k.needs_engine and engine is not None:
+            versions[name] = {"version": k.version, "engine": engine.identity}
+        else:
+            versions[name] = k.version
+    return versions
 
 
 def reset_scratch(path: Path) -> None:
