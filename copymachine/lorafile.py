@@ -213,6 +213,43 @@ def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
     return LoraSummary(path=Path(path), modules=out, metadata=st.metadata)
 
 
+def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
+    """Copy a kohya LoRA giving every module the largest rank, adding metadata keys; returns how
+    many modules were padded (0: copied byte for byte).
+
+    resize_lora.py gives a module whose delta is all zero (one that got no gradient) rank 1, and
+    a LoRA of mixed ranks trips diffusers 0.32's loader, which then scales the whole U-Net by
+    alpha/rank wrongly (2x measured). A padded module gets zero rows in lora_down and zero
+    columns in lora_up (up @ down is unchanged) and alpha x R/r (alpha/rank unchanged): every
+    loader applies exactly the same delta, and sees one rank.
+    """
+    summary = summarize_lora(src)
+    common = max(m["rank"] for m in summary.modules.values())
+    short = {name: m for name, m in summary.modules.items() if m["rank"] < common}
+    if not short:
+        copy_with_metadata(src, dst, extra)
+        return 0
+    st = read_safetensors(src)
+    tensors: dict[str, np.ndarray] = {}
+    for key in st.tensors:
+        tensors[key] = st.read(key)
+    for name, m in short.items():
+        r = m["rank"]
+        down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
+        pad_down = [(0, common - r)] + [(0, 0)] * (down.ndim - 1)
+        pad_up = [(0, 0), (0, common - r)] + [(0, 0)] * (up.ndim - 2)
+        tensors[f"{name}.lora_down.weight"] = np.pad(down, pad_down)
+        tensors[f"{name}.lora_up.weight"] = np.pad(up, pad_up)
+        alpha_dtype = tensors[f"{name}.alpha"].dtype if f"{name}.alpha" in tensors else down.dtype
+        tensors[f"{name}.alpha"] = np.asarray(m["alpha"] * common / r, dtype=alpha_dtype)
+    # (BF16 tensors were read widened to float32 and are written so)
+    metadata = {**st.metadata, **{k: str(v) for k, v in extra.items()}}
+    tmp = dst.with_name(dst.name + ".padding")
+    write_safetensors(tmp, tensors, metadata)
+    os.replace(tmp, dst)
+    return len(short)
+
+
 def validate_lora(path: Path, what: str = "LoRA", expected_rank: int | None = None) -> LoraSummary:
     """A LoRA file loads, has kohya keys, the expected rank and only finite values."""
     summary = summarize_lora(path, what)
