@@ -236,7 +236,8 @@ class Engine:
 
 
 # Folders of a checkout that are not sd-scripts' code: its venv, git's data, byte code, caches.
-_TREE_SKIP = {".git", "venv", ".venv", "__pycache__", "node_modules", ".cache", "logs", "outputs"}
+# bitsandbytes_windows: DLLs and patches the Windows setup copies into the venv, not code sd-scripts runs.
+_TREE_SKIP = {".git", "venv", ".venv", "__pycache__", "node_modules", ".cache", "logs", "outputs", "bitsandbytes_windows"}
 
 
 def _tree_files(root: Path) -> list[tuple[str, os.stat_result]]:

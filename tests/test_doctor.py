@@ -46,7 +46,9 @@ def test_ready_machine(fake_engine, tmp_path, roomy):
     assert r["RAM"].startswith("ok 32.0 GB (24.0 GB available")
     assert r["disk"].startswith(f"ok run folders {tmp_path / 'runs'} + cache {tmp_path / 'runs' / '_cache'}: 100.0 GB free; a one-image SD1.5 run writes ~4.")
     assert r["write"].startswith("ok access") and r["tokenizer"].startswith("ok ")
-    assert result.stdout.splitlines()[-1] == "ready (2 warning(s))"
+    assert r["engine"].startswith("warn a folder without .git (tree ")
+    assert "not a release copymachine knows: per-prompt file names (--f); options: train_network.py 19" in r["engine"]
+    assert result.stdout.splitlines()[-1] == "ready (3 warning(s))"
 
 
 def test_pinned_checkout_and_gpu(fake_engine, tmp_path, roomy, monkeypatch):
@@ -57,6 +59,7 @@ def test_pinned_checkout_and_gpu(fake_engine, tmp_path, roomy, monkeypatch):
     r = rows(result)
     assert r["sd-scripts"] == f"ok {root} (commit {PINNED_COMMIT[:8]}, the pinned one)"
     assert r["GPU"] == "ok torch 0.0+fake sees Fake GPU, 70.0 GB of 80.0 GB VRAM free; trains in bf16"
+    assert r["engine"].startswith("ok v0.10.1+5 (the pinned commit): per-prompt file names (--f); options: ") and r["engine"].endswith("; tested")
 
 
 def test_sd_scripts_missing(fake_engine, tmp_path, roomy):

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from copymachine import engine as engine_mod
-from copymachine import heavy, preflight
+from copymachine import capabilities, heavy, preflight
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
 from copymachine.files import free_bytes
@@ -78,6 +78,8 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         doc.add(OK, "packages", f"everything sd-scripts imports is there ({versions or 'versions unknown'})")
     except CopymachineError as e:
         doc.add(FAIL, "packages", e.message, EXIT_ENVIRONMENT)
+    if not any(f.status == FAIL for f in doc.findings):
+        _capabilities(doc, engine)
     if probe.torch and not probe.torch_error:
         if probe.cuda:
             vram = ""
@@ -88,6 +90,21 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         else:
             doc.add(WARN, "GPU", f"torch {probe.torch} sees no CUDA GPU: sd-scripts trains on the CPU (hours per stage at 512 px; fine for --resolution 64 tests)")
     return engine, probe
+
+
+def _capabilities(doc: Doctor, engine) -> None:
+    """The version and what it can do (each script's --help, learnt once per checkout)."""
+    caps = capabilities.learn(engine)
+    try:
+        capabilities.require(engine, caps)
+    except CopymachineError as e:
+        doc.add(FAIL, "engine", e.message, EXIT_ENVIRONMENT)
+        return
+    if caps.known:
+        status, tested = OK, ("; tested" if caps.version.split(" (extracted")[0] in capabilities.TESTED else "; not tested")
+    else:
+        status, tested = WARN, f"; copymachine is tested with {', '.join(capabilities.TESTED)}"
+    doc.add(status, "engine", f"{caps.version_text()}: {caps.summary()}{tested}")
 
 
 def _memory(doc: Doctor, family: str = SD1.name) -> None:
