@@ -55,7 +55,7 @@ RELEASES = {
     "8f4ee8fc343b047965cd8976fca65c3a35b7593a": "v0.9.1",
     "966e9d7f6bb4058abbddb815dd40462b35ffb1d2": "v0.10.0",
     "ae72efb92babe89ff8e70f057e42db68440e8d61": "v0.10.1",
-    "48d368fa557731ad0488c07304dfeba8c07910eb": "v0.10.1+5 (the pinned commit)",
+    "48d368fa557731ad0488c07304dfeba8c07910eb": "v0.10.1+5 (pinned)",
 }
 # The same releases extracted from their source archive (no .git): `tree:` identities
 # (engine.tree_hash of `git archive <tag>`, which is what GitHub's "Source code" download holds).
@@ -64,9 +64,10 @@ RELEASE_TREES = {
     "tree:94f3ff593bd65a9e3694d07f63de45f7e53f5c1f575996b8042329aa5f78ef3f": "v0.8.7",
     "tree:a40f135d7d36794033dc55131edfb678e6aca56e4dc6c1bba28b242c77de7bd3": "v0.9.1",
     "tree:c384f419e3970f0f694b47ed7cd9af1dce4f49d2b15284ea9defc40ac652cf1f": "v0.10.1",
+    "tree:7f40c31ec6557c4e82ecab7a93a42beb9a704e31e212c7a889ac09d93a6dc240": "v0.10.1+5 (pinned)",
 }
 # What copymachine's version runs were made against (README "Which sd-scripts").
-TESTED = ("v0.8.7", "v0.9.1", "v0.10.1", "v0.10.1+5 (the pinned commit)")
+TESTED = ("v0.8.7", "v0.9.1", "v0.10.1", "v0.10.1+5 (pinned)")
 
 FILE_NAME_OPTION = "f"  # gen_img.py's per-prompt output name (v0.9.0 on)
 SEQUENTIAL_NAMES = "--sequential_file_name"
@@ -131,7 +132,7 @@ def name_version(engine: "Engine") -> tuple[str, bool]:
             return RELEASES[engine.commit], True
         return f"commit {engine.commit[:8]}", False
     if identity in RELEASE_TREES:
-        return f"{RELEASE_TREES[identity]} (extracted, no .git)", True
+        return f"{RELEASE_TREES[identity]} (extracted)", True
     return f"a folder without .git (tree {identity.split(':', 1)[1][:12]})", False
 
 

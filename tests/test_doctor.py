@@ -59,7 +59,7 @@ def test_pinned_checkout_and_gpu(fake_engine, tmp_path, roomy, monkeypatch):
     r = rows(result)
     assert r["sd-scripts"] == f"ok {root} (commit {PINNED_COMMIT[:8]}, the pinned one)"
     assert r["GPU"] == "ok torch 0.0+fake sees Fake GPU, 70.0 GB of 80.0 GB VRAM free; trains in bf16"
-    assert r["engine"].startswith("ok v0.10.1+5 (the pinned commit): per-prompt file names (--f); options: ") and r["engine"].endswith("; tested")
+    assert r["engine"].startswith("ok v0.10.1+5 (pinned): per-prompt file names (--f); options: ") and r["engine"].endswith("; tested")
 
 
 def test_sd_scripts_missing(fake_engine, tmp_path, roomy):

@@ -68,7 +68,7 @@ def make_settings(
             f"sd-scripts at {engine.root} is at commit {engine.commit[:8]}, not the pinned "
             f"{engine_mod.PINNED_COMMIT[:8]}; copymachine is tested against the pinned one"
         )
-    elif engine.commit is None:
+    elif engine.commit is None and engine.identity not in capabilities.RELEASE_TREES:
         reporter.warn(f"sd-scripts at {engine.root} is not a git checkout; cannot tell its commit")
     if tokenizer_cache_dir is not None and not Path(tokenizer_cache_dir).is_dir():
         raise EnvironmentProblem(f"--tokenizer-cache-dir is not a folder: {tokenizer_cache_dir}")

@@ -64,6 +64,8 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         doc.add(OK, "sd-scripts", f"{engine.root} (commit {engine.commit[:8]}, the pinned one)")
     elif engine.commit:
         doc.add(WARN, "sd-scripts", f"{engine.root} at commit {engine.commit[:8]}, not the pinned {engine_mod.PINNED_COMMIT[:8]}: it may work; copymachine is tested against the pinned one")
+    elif engine.identity in capabilities.RELEASE_TREES:
+        doc.add(OK, "sd-scripts", f"{engine.root} (not a git checkout; its files are those of {capabilities.RELEASE_TREES[engine.identity]})")
     else:
         doc.add(WARN, "sd-scripts", f"{engine.root} is not a git checkout: its commit cannot be told (pinned: {engine_mod.PINNED_COMMIT[:8]})")
     try:
@@ -101,7 +103,7 @@ def _capabilities(doc: Doctor, engine) -> None:
         doc.add(FAIL, "engine", e.message, EXIT_ENVIRONMENT)
         return
     if caps.known:
-        status, tested = OK, ("; tested" if caps.version.split(" (extracted")[0] in capabilities.TESTED else "; not tested")
+        status, tested = OK, ("; tested" if caps.version.removesuffix(" (extracted)") in capabilities.TESTED else "; not tested")
     else:
         status, tested = WARN, f"; copymachine is tested with {', '.join(capabilities.TESTED)}"
     doc.add(status, "engine", f"{caps.version_text()}: {caps.summary()}{tested}")
