@@ -434,7 +434,7 @@ def test_two_runs_on_the_same_cache(fake_engine, image, tmp_path):
     exit 6), or waits for it and then finds the copy machine done."""
     cache = tmp_path / "cache"
     first = args(fake_engine, image, tmp_path / "first", "--cache-dir", cache)
-    env = dict(os.environ, COPYMACHINE_FAKE_STEP_SECONDS="0.8")  # the copy LoRA trains for 2.4 s
+    env = dict(os.environ, COPYMACHINE_FAKE_STEP_SECONDS="3")  # the copy LoRA trains for 9 s: the second run starts (its probe imports what sd-scripts imports) within that
     proc = subprocess.Popen([sys.executable, "-m", "copymachine", *map(str, first)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
