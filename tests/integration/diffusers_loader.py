@@ -28,6 +28,8 @@ vae = AutoencoderKL(block_out_channels=(32,), norm_num_groups=32, latent_channel
 mods = {}
 for prefix, model in (("lora_unet_", unet), ("lora_te_", te)):
     for n, m in model.named_modules():
+        if prefix == "lora_te_" and not n.startswith("text_model"):
+            n = "text_model." + n  # transformers 5: CLIPTextModel without its text_model wrapper
         key = prefix + n.replace(".", "_")
         if key in names and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
             mods[key] = m
