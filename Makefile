@@ -2,6 +2,7 @@
 #   make setup                      copymachine + sd-scripts (submodule) + its own venv with torch
 #   make test                       the fast suite (no GPU, no sd-scripts, no weights needed)
 #   make test-integration           the suite against the real sd-scripts at vendor/sd-scripts
+#   make test-release RELEASE=v0.9.1 the integration subset against an sd-scripts release in its own venv
 #   make bench-effects              time the built-in image edits at 512² and 1024²
 #   make outline BASE=model.safetensors [IMAGE=src.png] [OUT=runs/name] [ARGS="--max-steps 10"]
 
@@ -14,7 +15,18 @@ SD_VENV    ?= $(SD_SCRIPTS)/venv
 TORCH      ?= torch torchvision
 EFFECTS    := outline flat contrast posterize jpeg
 
-.PHONY: setup venv sd-scripts test test-integration test-integration-sdxl bench bench-effects all $(EFFECTS) clean
+# An sd-scripts release for the version runs: extracted with `git archive` from a clone of
+# sd-scripts that has the tags (SD_REPO), into its own folder with its own venv: torch + that
+# release's requirements.txt (numpy<2 where its opencv is built for numpy 1). Never inside the repo.
+RELEASE       ?= v0.10.1
+SD_REPO       ?= $(SD_SCRIPTS)
+SD_RELEASES   ?= $(HOME)/.cache/copymachine/sd-releases
+RELEASE_DIR   := $(SD_RELEASES)/$(RELEASE)
+RELEASE_TORCH ?= torch==2.14.1 torchvision==0.29.1
+# the integration subset a release must pass: train, diff, the copy check, the preview, doctor
+RELEASE_TESTS ?= test_custom_edit_end_to_end or test_difference_extraction_and_its_sign or test_copy_check_reports_no_copy_on_random_weights or test_standalone_preview or test_doctor_knows_the_engine
+
+.PHONY: setup venv sd-scripts test test-integration test-integration-sdxl sd-release test-release bench bench-effects all $(EFFECTS) clean
 
 $(BIN)/copymachine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +63,17 @@ test-integration: venv
 test-integration-sdxl: venv
 	SD_SCRIPTS=$(abspath $(SD_SCRIPTS)) SD_SCRIPTS_PYTHON=$(abspath $(SD_VENV))/bin/python \
 		$(BIN)/python -m pytest -v -s -m sdxl -p no:cacheprovider tests/integration; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+sd-release:
+	@test -f $(RELEASE_DIR)/train_network.py || { mkdir -p $(RELEASE_DIR) && git -C $(SD_REPO) archive $(RELEASE) -- . \
+		':(exclude)bitsandbytes_windows' ':(exclude)configs/qwen3_06b/tokenizer.json' | tar -x -C $(RELEASE_DIR); }
+	@test -x $(RELEASE_DIR)/venv/bin/python || $(PYTHON) -m venv $(RELEASE_DIR)/venv
+	@cd $(RELEASE_DIR) && if grep -Eq '^opencv-python==4\.[0-9]\.' requirements.txt; then echo 'numpy<2' > venv/constraints.txt; else : > venv/constraints.txt; fi
+	cd $(RELEASE_DIR) && venv/bin/python -m pip install -q $(RELEASE_TORCH) -r requirements.txt -c venv/constraints.txt
+
+test-release: venv sd-release
+	SD_SCRIPTS=$(RELEASE_DIR) SD_SCRIPTS_PYTHON=$(RELEASE_DIR)/venv/bin/python HF_HUB_OFFLINE=1 \
+		$(BIN)/python -m pytest -v -s -m "integration and not sdxl" -p no:cacheprovider tests/integration -k "$(RELEASE_TESTS)"; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # Timing of the built-in image edits at 512² and 1024² (a table, not a test).
 bench-effects: venv

@@ -7,6 +7,8 @@ Its Python is `--python`, then `$SD_SCRIPTS_PYTHON`, then the `venv` inside the 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from copymachine.errors import EnvironmentProblem
+from copymachine.heavy import import_fix
 
 PINNED_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
 PINNED_URL = "https://github.com/kohya-ss/sd-scripts"
@@ -42,17 +45,27 @@ REQUIRED_MODULES = (
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 OWNER_VARIABLE = "COPYMACHINE_PARENT_PID"
 
+# Each module is imported, not only found: a venv can hold a module that is there but fails to
+# import (numpy 2 beside an opencv built for numpy 1), and sd-scripts would fail on it minutes later.
 _PROBE = r"""
-import importlib.util, json, sys
+import importlib, importlib.util, json, sys
 mods = json.loads(sys.argv[1])
 missing = []
+broken = {}
 for m in mods:
     try:
         if importlib.util.find_spec(m) is None:
             missing.append(m)
+            continue
     except (ImportError, ValueError):
         missing.append(m)
-info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing, "versions": {}}
+        continue
+    try:
+        importlib.import_module(m)
+    except BaseException as e:  # a broken binary raises ImportError, AttributeError, OSError, SystemExit...
+        text = (str(e).strip().splitlines() or [""])[0]
+        broken[m] = f"{type(e).__name__}: {text}" if text else type(e).__name__
+info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing, "broken": broken, "versions": {}}
 try:
     import importlib.metadata as md
     for dist in json.loads(sys.argv[2]) if len(sys.argv) > 2 else []:
@@ -62,7 +75,9 @@ try:
             pass
 except ImportError:
     pass
-if "torch" not in missing:
+if "torch" in broken:
+    info["torch_error"] = broken["torch"]
+elif "torch" not in missing:
     try:
         import torch
         info["torch"] = torch.__version__
@@ -85,6 +100,7 @@ class Probe:
 
     python_version: str
     missing: list[str]
+    broken: dict[str, str] = field(default_factory=dict)  # module -> "ImportError: ..." (found, fails to import)
     torch: str | None = None
     cuda: bool = False
     gpus: list[str] = field(default_factory=list)
@@ -111,6 +127,15 @@ class Engine:
     @property
     def pinned(self) -> bool:
         return self.commit == PINNED_COMMIT
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Which sd-scripts this is, for stage keys and the knowledge cache: `git:<commit>`, or
+        `tree:<sha256>` of its Python files when it is not a git checkout (an extracted release,
+        a copied folder). Another version, commit or edited file is another engine."""
+        if self.commit:
+            return f"git:{self.commit}"
+        return f"tree:{tree_hash(self.root)}"
 
     def script(self, relative: str) -> Path:
         return self.root / relative
@@ -184,6 +209,7 @@ class Engine:
                 return Probe(
                     python_version=data["python"],
                     missing=data["missing"],
+                    broken=data.get("broken", {}),
                     torch=data.get("torch"),
                     cuda=data.get("cuda", False),
                     gpus=data.get("gpus", []),
@@ -204,8 +230,46 @@ class Engine:
             if probe.missing == ["library"]:
                 hint = f"run `pip install -e .` in {self.root} (sd-scripts' own package)"
             raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) lacks {names}; {hint}")
+        if probe.broken:
+            module, error = next(iter(probe.broken.items()))
+            raise EnvironmentProblem(f"{module} fails to import in the Python for sd-scripts ({self.python}): {error}; {import_fix(module, error)}")
         if probe.torch_error:
             raise EnvironmentProblem(f"torch fails to import in the Python for sd-scripts ({self.python}): {probe.torch_error}")
+
+
+# Folders of a checkout that are not sd-scripts' code: its venv, git's data, byte code, caches.
+# bitsandbytes_windows: DLLs and patches the Windows setup copies into the venv, not code sd-scripts runs.
+_TREE_SKIP = {".git", "venv", ".venv", "__pycache__", "node_modules", ".cache", "logs", "outputs", "bitsandbytes_windows"}
+
+
+def _tree_files(root: Path) -> list[tuple[str, os.stat_result]]:
+    found: list[tuple[str, os.stat_result]] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _TREE_SKIP and not (Path(folder) / d / "pyvenv.cfg").exists())
+        for name in sorted(files):
+            if name.endswith(".py") or name == "requirements.txt":
+                path = Path(folder) / name
+                found.append((path.relative_to(root).as_posix(), path.stat()))
+    return found
+
+
+_TREE_HASHES: dict[tuple, str] = {}
+
+
+def tree_hash(root: Path) -> str:
+    """sha256 over the path and content of every .py file (and requirements.txt) of `root`,
+    remembered per process by the files' sizes and mtimes (a re-plan does not re-read them)."""
+    files = _tree_files(root)
+    signature = (str(root), tuple((rel, st.st_size, st.st_mtime_ns) for rel, st in files))
+    cached = _TREE_HASHES.get(signature)
+    if cached:
+        return cached
+    digest = hashlib.sha256()
+    for rel, _ in files:
+        digest.update(rel.encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256((root / rel).read_bytes()).digest())
+    _TREE_HASHES[signature] = digest.hexdigest()
+    return _TREE_HASHES[signature]
 
 
 def find_sd_scripts(option: str | os.PathLike | None) -> Path:

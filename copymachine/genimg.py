@@ -6,6 +6,10 @@ gen_img.py run loads the model (and the LoRA, unmerged) once and renders a whole
 `--seed` is never passed: with a one-line prompt file it crashes gen_img.py. The model family
 flag (`--v1`/`--v2`/`--sdxl`) is always passed: gen_img.py otherwise guesses SDXL from the file
 size. `--network_merge` is never used: it bakes one multiplier in and disables `--am`.
+
+gen_img.py before v0.9.0 has no `--f` (copymachine.capabilities): it is then run with
+`--sequential_file_name`, which names the images `im_000001.png`, ... in prompt-file order, and
+`collect_sequential` renames them to the planned names.
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ class PromptLine:
     negative_prompt: str = ""
     multiplier: float | None = None  # --am: the LoRA's strength for this image
 
-    def render(self) -> str:
+    def render(self, file_name: bool = True) -> str:
         line = clean_prompt(self.prompt)
         if self.negative_prompt:
             line += f" --n {clean_prompt(self.negative_prompt)}"
         line += f" --w {self.width} --h {self.height} --d {self.seed} --s {self.steps} --l {self.scale}"
         if self.multiplier is not None:
             line += f" --am {format_multiplier(self.multiplier)}"
-        return line + f" --f {self.file_name}"
+        return line + (f" --f {self.file_name}" if file_name else "")
 
 
 def format_multiplier(m: float) -> str:
@@ -47,14 +51,34 @@ def format_multiplier(m: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def render_prompt_file(lines: list[PromptLine]) -> str:
+def render_prompt_file(lines: list[PromptLine], file_names: bool = True) -> str:
     names = [line.file_name for line in lines]
     if len(set(names)) != len(names):
         raise ValueError("gen_img.py prompt lines need distinct file names")
     for name in names:
         if " " in name or "/" in name or "\\" in name or not name.endswith(".png"):
             raise ValueError(f"gen_img.py output name must be a plain .png name without spaces: {name!r}")
-    return "".join(line.render() + "\n" for line in lines)
+    return "".join(line.render(file_names) + "\n" for line in lines)
+
+
+def sequential_name(index: int) -> str:
+    """gen_img.py's name for the image of prompt line `index` (from 0) under
+    --sequential_file_name, one image per line (code: `im_{step_first + i + 1:06d}.png`)."""
+    return f"im_{index + 1:06d}.png"
+
+
+def collect_sequential(outdir: Path, names: list[str]) -> None:
+    """Rename what gen_img.py --sequential_file_name wrote to the planned names, in order."""
+    for index, name in enumerate(names):
+        source = outdir / sequential_name(index)
+        if source.is_file():
+            source.replace(outdir / name)
+
+
+def file_names_supported(settings) -> bool:
+    """Whether this engine's gen_img.py takes `--f` (unknown: assume it does, as the pinned one)."""
+    caps = getattr(settings, "capabilities", None)
+    return caps is None or caps.file_names
 
 
 def gen_img_args(
@@ -68,6 +92,7 @@ def gen_img_args(
     loras: list[Path] | None = None,
     extra: tuple[str, ...] = (),
     multipliers: list[float] | None = None,
+    sequential: bool = False,
 ) -> list[str]:
     """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, each at its
     multiplier, 1.0 by default, unless a line's --am says otherwise)."""
@@ -93,4 +118,6 @@ def gen_img_args(
     if loras:
         args += ["--network_module", *["networks.lora"] * len(loras), "--network_weights", *[str(p) for p in loras]]
         args += ["--network_mul", *[repr(float(m)) for m in (multipliers or [1.0] * len(loras))]]
+    if sequential:
+        args.append("--sequential_file_name")
     return args + list(extra)

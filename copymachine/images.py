@@ -13,9 +13,9 @@ import struct
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
+from copymachine.heavy import numpy as np
 from copymachine.errors import InputError, OutputError
 
 RGB = tuple[int, int, int]

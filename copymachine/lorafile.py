@@ -14,23 +14,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 
+from copymachine.heavy import numpy as np
 from copymachine.errors import InputError
 
 _MAX_HEADER = 100 * 1024 * 1024
 
+# dtype strings: numpy is imported when a tensor is read (copymachine.heavy)
 _DTYPES = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),  # widened to float32 on read
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",  # widened to float32 on read
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
 }
 
 
@@ -62,7 +63,7 @@ class SafetensorsFile:
         with open(self.path, "rb") as f:
             f.seek(self.data_start + start)
             raw = f.read(end - start)
-        arr = np.frombuffer(raw, dtype=_DTYPES[dtype_name])
+        arr = np.frombuffer(raw, dtype=np.dtype(_DTYPES[dtype_name]))
         if dtype_name == "BF16":
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         return arr.reshape(info["shape"])
@@ -113,7 +114,7 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
     blobs = []
-    rev = {v: k for k, v in _DTYPES.items() if k != "BF16"}
+    rev = {np.dtype(v): k for k, v in _DTYPES.items() if k != "BF16"}
     for name, arr in tensors.items():
         arr = np.asarray(arr)
         if not arr.flags.c_contiguous:
@@ -210,6 +211,43 @@ def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
         alpha = float(st.read(f"{name}.alpha").reshape(-1)[0]) if "alpha" in parts else float(rank)
         out[name] = {"rank": rank, "alpha": alpha, "dtype": down["dtype"]}
     return LoraSummary(path=Path(path), modules=out, metadata=st.metadata)
+
+
+def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
+    """Copy a kohya LoRA giving every module the largest rank, adding metadata keys; returns how
+    many modules were padded (0: copied byte for byte).
+
+    resize_lora.py gives a module whose delta is all zero (one that got no gradient) rank 1, and
+    a LoRA of mixed ranks trips diffusers 0.32's loader, which then scales the whole U-Net by
+    alpha/rank wrongly (2x measured). A padded module gets zero rows in lora_down and zero
+    columns in lora_up (up @ down is unchanged) and alpha x R/r (alpha/rank unchanged): every
+    loader applies exactly the same delta, and sees one rank.
+    """
+    summary = summarize_lora(src)
+    common = max(m["rank"] for m in summary.modules.values())
+    short = {name: m for name, m in summary.modules.items() if m["rank"] < common}
+    if not short:
+        copy_with_metadata(src, dst, extra)
+        return 0
+    st = read_safetensors(src)
+    tensors: dict[str, np.ndarray] = {}
+    for key in st.tensors:
+        tensors[key] = st.read(key)
+    for name, m in short.items():
+        r = m["rank"]
+        down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
+        pad_down = [(0, common - r)] + [(0, 0)] * (down.ndim - 1)
+        pad_up = [(0, 0), (0, common - r)] + [(0, 0)] * (up.ndim - 2)
+        tensors[f"{name}.lora_down.weight"] = np.pad(down, pad_down)
+        tensors[f"{name}.lora_up.weight"] = np.pad(up, pad_up)
+        alpha_dtype = tensors[f"{name}.alpha"].dtype if f"{name}.alpha" in tensors else down.dtype
+        tensors[f"{name}.alpha"] = np.asarray(m["alpha"] * common / r, dtype=alpha_dtype)
+    # (BF16 tensors were read widened to float32 and are written so)
+    metadata = {**st.metadata, **{k: str(v) for k, v in extra.items()}}
+    tmp = dst.with_name(dst.name + ".padding")
+    write_safetensors(tmp, tensors, metadata)
+    os.replace(tmp, dst)
+    return len(short)
 
 
 def validate_lora(path: Path, what: str = "LoRA", expected_rank: int | None = None) -> LoraSummary:

@@ -172,7 +172,7 @@ class _Builder:
         self.family = request.family
         self.run_dir = run_folder(request).resolve()
         self.cache_dir = default_cache(self.run_dir, request.cache_dir).resolve()
-        self.planner = Planner(self.run_dir, self.cache_dir, hashes, kind_versions())
+        self.planner = Planner(self.run_dir, self.cache_dir, hashes, kind_versions(settings.engine))
         self.plan: Plan = self.planner.plan
         self.base = self.planner.external(request.base.resolve())
         self.training_base = self.base

@@ -1,7 +1,8 @@
 """Plans: the stages of a run, each with its inputs, parameters and outputs.
 
 A stage's *key* is a hash of what determines its result: its kind, its parameters, the content
-(sha256) of external input files, and the keys of the stages whose outputs it consumes. Keys are
+(sha256) of external input files, the keys of the stages whose outputs it consumes, and for a
+stage sd-scripts computes, the engine (its commit or tree hash; stages.kind_versions). Keys are
 known before anything runs, so `--dry-run` prints real paths, and shared stages (the copy LoRA
 and copy model, which depend only on base + image + caption + recipe) live in the cache under
 their key, where every run and every effect finds them.
@@ -84,7 +85,7 @@ class Plan:
 class Planner:
     """Adds stages in dependency order, computing each key as it goes."""
 
-    def __init__(self, run_dir: Path, cache_dir: Path, hashes: HashCache, kind_versions: dict[str, int]):
+    def __init__(self, run_dir: Path, cache_dir: Path, hashes: HashCache, kind_versions: dict[str, Any]):
         self.plan = Plan(run_dir=run_dir, cache_dir=cache_dir)
         self.hashes = hashes
         self.kind_versions = kind_versions

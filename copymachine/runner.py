@@ -41,6 +41,37 @@ class Progress:
 
 
 @dataclass
+class Traceback:
+    """One Python traceback seen in the output: its frames ([`File ...` line, source line]) and
+    the exception line that ends it."""
+
+    frames: list[list[str]] = field(default_factory=list)
+    exception: str = ""
+    printed_stack: bool = False
+
+    def frame(self) -> list[str]:
+        """The innermost frame of the program itself (else of a library, else any), as lines."""
+        def library(file_line: str) -> bool:
+            return any(part in file_line for part in ("site-packages", "dist-packages", "importlib", "<frozen", "/lib/python", "\\lib\\"))
+
+        frames = [f for f in self.frames if not library(f[0])] or [f for f in self.frames if "importlib" not in f[0] and "<frozen" not in f[0]] or self.frames
+        return [line for line in frames[-1] if line] if frames else []
+
+    def failed_module(self) -> str:
+        """For an ImportError: the module whose import failed (`No module named 'x'`, else the
+        innermost package `x/__init__.py` among the frames)."""
+        if "No module named" in self.exception:
+            return self.exception.split("No module named", 1)[1].strip().strip("'\"").split(".")[0]
+        for file_line, _ in reversed(self.frames):
+            if "importlib" in file_line or "<frozen" in file_line:
+                continue
+            m = re.search(r"[\\/]([A-Za-z_]\w*)[\\/]__init__\.py\"", file_line)
+            if m:
+                return m.group(1)
+        return ""
+
+
+@dataclass
 class StreamWatcher:
     """Reads sd-scripts' output segment by segment (split on CR and LF)."""
 
@@ -49,12 +80,16 @@ class StreamWatcher:
     last_progress: Progress | None = None
     nan: bool = False
     oom: bool = False
+    # every Python traceback in the output, in order (the child's own comes before the launcher's)
+    tracebacks: list["Traceback"] = field(default_factory=list)
     _last_bar_line: str = ""
+    _open: "Traceback | None" = None
 
     def feed(self, segment: str) -> None:
         text = segment.strip()
         if not text:
             return
+        self._watch_traceback(segment, text)
         m = _TQDM.search(text)
         if m:
             loss = None
@@ -84,6 +119,39 @@ class StreamWatcher:
         if _NAN_LINE.search(text):
             self.nan = True
         self.tail.append(text)
+
+    def _watch_traceback(self, segment: str, text: str) -> None:
+        if text.startswith("Traceback (most recent call last):"):
+            rest = text.split(":", 1)[1].strip()
+            # numpy prints the stack of a failed import of a module built for numpy 1 with its
+            # first frame on the header's line: a printed stack, not the exception raised
+            self._open = Traceback(printed_stack=bool(rest))
+            if rest.startswith("File "):
+                self._open.frames.append([rest, ""])
+            return
+        tb = self._open
+        if tb is None:
+            return
+        if segment[:1] in (" ", "\t"):  # frames and their source lines are indented
+            if text.startswith("File "):
+                tb.frames.append([text, ""])
+            elif tb.frames and not tb.frames[-1][1] and not set(text) <= set("^~ "):
+                tb.frames[-1][1] = text
+            return
+        tb.exception = text  # the unindented line after the frames
+        self._open = None
+        if len(self.tracebacks) < 20:
+            self.tracebacks.append(tb)
+
+    @property
+    def root_cause(self) -> "Traceback | None":
+        """The first exception raised in the output, not the launcher's report of the child's exit
+        (`accelerate launch` raises CalledProcessError after the child's own traceback)."""
+        raised = [tb for tb in self.tracebacks if not tb.exception.startswith(("subprocess.CalledProcessError", "CalledProcessError"))]
+        for tb in raised:
+            if not tb.printed_stack:
+                return tb
+        return raised[0] if raised else None
 
     def tail_lines(self, n: int = 15) -> list[str]:
         lines = list(self.tail)[-n:]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 from PIL import Image
 
+from copymachine.heavy import numpy as np
 from copymachine.check import ssim
 from copymachine.images import to_rgb
 

@@ -16,9 +16,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
+from copymachine.heavy import numpy as np
 from copymachine.errors import EnvironmentProblem, InputError
 from copymachine.images import to_rgb
 

@@ -24,6 +24,22 @@ def scene_path(scene, tmp_path_factory) -> Path:
 FAKE_ROOT = Path(__file__).parent / "fake_sdscripts"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory):
+    """What copymachine learns about an sd-scripts (copymachine.capabilities) goes to a folder of
+    the session, not the user's cache; learnt once per engine for the whole suite."""
+    import os
+
+    folder = tmp_path_factory.mktemp("engine-cache")
+    previous = os.environ.get("COPYMACHINE_ENGINE_CACHE")
+    os.environ["COPYMACHINE_ENGINE_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("COPYMACHINE_ENGINE_CACHE", None)
+    else:
+        os.environ["COPYMACHINE_ENGINE_CACHE"] = previous
+
+
 class FakeEngine:
     """The recording fake of sd-scripts, set up for one test: a fake base checkpoint, an offline
     tokenizer folder, its call log, and the options every run command needs."""

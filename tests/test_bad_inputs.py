@@ -286,6 +286,21 @@ def test_sd_scripts_python_lacking_a_dependency(fake_engine, image, tmp_path):
                                   "install sd-scripts' requirements into it: pip install -r requirements.txt (and torch)")  # fmt: skip
 
 
+def test_sd_scripts_python_with_a_broken_cv2_stops_before_any_stage(fake_engine, image, tmp_path):
+    """numpy 2 beside an opencv built for numpy 1: cv2 is there but fails to import (a stub cv2 in
+    the sd-scripts tree, which is first on that Python's path)."""
+    root = fake_engine.tree_copy(tmp_path / "sd-scripts copy")
+    (root / "cv2").mkdir()
+    (root / "cv2" / "__init__.py").write_text("raise ImportError('numpy.core.multiarray failed to import')\n", encoding="utf-8")
+    engine = ["--sd-scripts", root, *fake_engine.engine_args[2:]]
+    result = invoke(["train", "--effect", "contrast", "--base", fake_engine.base, "--image", image, "--out", tmp_path / "run", *engine])
+    assert result.exit_code == EXIT_ENVIRONMENT
+    assert error_line(result) == (f"copymachine: error: cv2 fails to import in the Python for sd-scripts ({sys.executable}): "
+                                  "ImportError: numpy.core.multiarray failed to import; opencv and numpy do not fit: "
+                                  "pip install 'numpy<2' in that venv, or an opencv built for numpy 2 (opencv-python>=4.10)")  # fmt: skip
+    assert fake_engine.calls() == [] and not (tmp_path / "run").exists()
+
+
 def test_nan_only_in_the_output_file(fake_engine, image, tmp_path, monkeypatch):
     """resize_lora.py prints no loss: its NaN output is caught when the file is checked."""
     monkeypatch.setenv("COPYMACHINE_FAKE_FAIL", "resize_lora:nan")
@@ -481,7 +496,7 @@ def test_two_runs_on_the_same_cache(fake_engine, image, tmp_path):
     exit 6), or waits for it and then finds the copy machine done."""
     cache = tmp_path / "cache"
     first = args(fake_engine, image, tmp_path / "first", "--cache-dir", cache)
-    env = dict(os.environ, COPYMACHINE_FAKE_STEP_SECONDS="0.8")  # the copy LoRA trains for 2.4 s
+    env = dict(os.environ, COPYMACHINE_FAKE_STEP_SECONDS="3")  # the copy LoRA trains for 9 s: the second run starts (its probe imports what sd-scripts imports) within that
     proc = subprocess.Popen([sys.executable, "-m", "copymachine", *map(str, first)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -112,6 +112,31 @@ def test_train_custom_edit_end_to_end_then_resume(fake_engine, images, tmp_path)
     assert validate_lora(final).ranks == [4]
 
 
+def test_another_sd_scripts_computes_anew(fake_engine, images, tmp_path):
+    """The engine (its commit, or a hash of its tree) is an input of every stage sd-scripts
+    computes: another checkout retrains; the stages copymachine computes itself keep their keys."""
+    first = fake_engine.tree_copy(tmp_path / "sd-a", commit="1" * 40)
+    second = fake_engine.tree_copy(tmp_path / "sd-b", commit="2" * 40)
+    out = tmp_path / "run"
+
+    def run(root):
+        args = train_args(fake_engine, images, out, "--effect", "contrast")
+        args[args.index("--sd-scripts") + 1] = str(root)
+        result = invoke(args)
+        assert result.exit_code == 0, result.output
+        return {name: s["key"] for name, s in manifest(out).items()}
+
+    keys_a = run(first)
+    calls = len(fake_engine.calls())
+    assert run(first) == keys_a and len(fake_engine.calls()) == calls  # same engine: all reused
+    keys_b = run(second)
+    assert fake_engine.scripts()[calls:] == ["train_network.py", "merge_lora.py", "train_network.py", "resize_lora.py"]
+    sd_scripts_stages = {"copy-lora", "copy-model", "contrast/effect-lora", "contrast/resize"}
+    assert sd_scripts_stages <= set(keys_a)
+    for name in keys_a:
+        assert (keys_a[name] != keys_b[name]) == (name in sd_scripts_stages or name == "contrast/final"), name
+
+
 def test_two_effects_train_the_copy_machine_once(fake_engine, images, tmp_path):
     out = tmp_path / "run"
     result = invoke(train_args(fake_engine, images, out, "--effect", "outline", "--effect", "contrast"))
@@ -190,7 +215,7 @@ def test_dry_run_prints_commands_and_runs_nothing(fake_engine, images, tmp_path)
         ("no-output", "exited 0 but wrote no copy-lora.safetensors"),
         ("nan", "NaN loss"),
         ("oom", "ran out of memory"),
-        ("exit1", "failed with exit code 1"),
+        ("exit1", "failed with exit code 1: RuntimeError: copymachine fake: injected failure (exit1). Log: "),
     ],
 )
 def test_sd_scripts_failures_become_one_clear_message(fake_engine, images, tmp_path, monkeypatch, mode, message):

@@ -48,7 +48,9 @@ def test_ready_machine(fake_engine, tmp_path, roomy):
     assert r["disk"].startswith(f"ok run folders {tmp_path / 'runs'} + cache {tmp_path / 'runs' / '_cache'}: 100.0 GB free; a one-image SD1.5 run writes ~") and r["disk"].endswith(" MB there")
     assert "training SD1.5 with the copy model in memory peaks at ~6.8 GB" in r["RAM"] and "--copy-model file merges into the checkpoint at float, ~13.4 GB" in r["RAM"]
     assert r["write"].startswith("ok access") and r["tokenizer"].startswith("ok ")
-    assert result.stdout.splitlines()[-1] == "ready (2 warning(s))"
+    assert r["engine"].startswith("warn a folder without .git (tree ")
+    assert "not a release copymachine knows: per-prompt file names (--f); options: train_network.py 19" in r["engine"]
+    assert result.stdout.splitlines()[-1] == "ready (3 warning(s))"
 
 
 def test_pinned_checkout_and_gpu(fake_engine, tmp_path, roomy, monkeypatch):
@@ -59,6 +61,7 @@ def test_pinned_checkout_and_gpu(fake_engine, tmp_path, roomy, monkeypatch):
     r = rows(result)
     assert r["sd-scripts"] == f"ok {root} (commit {PINNED_COMMIT[:8]}, the pinned one)"
     assert r["GPU"] == "ok torch 0.0+fake sees Fake GPU, 70.0 GB of 80.0 GB VRAM free; trains in bf16"
+    assert r["engine"].startswith("ok v0.10.1+5 (pinned): per-prompt file names (--f); options: ") and r["engine"].endswith("; tested")
 
 
 def test_sd_scripts_missing(fake_engine, tmp_path, roomy):
@@ -73,6 +76,19 @@ def test_python_lacking_a_dependency(fake_engine, tmp_path, roomy):
     result = doctor(fake_engine, tmp_path, sd_scripts=root)
     assert result.exit_code == EXIT_ENVIRONMENT
     assert "lacks voluptuous" in rows(result)["packages"]
+
+
+def test_python_with_a_module_that_fails_to_import(fake_engine, tmp_path, roomy):
+    """The probe imports each module: one that is found but fails (here a stub cv2 raising what
+    numpy 2 makes an opencv built for numpy 1 raise) is named with the error and the fix."""
+    root = fake_engine.tree_copy(tmp_path / "sd-scripts")
+    (root / "cv2").mkdir()
+    (root / "cv2" / "__init__.py").write_text("raise ImportError('numpy.core.multiarray failed to import')\n", encoding="utf-8")
+    result = doctor(fake_engine, tmp_path, sd_scripts=root)
+    assert result.exit_code == EXIT_ENVIRONMENT
+    assert rows(result)["packages"] == (f"FAIL cv2 fails to import in the Python for sd-scripts ({sys.executable}): ImportError: numpy.core.multiarray "
+                                        "failed to import; opencv and numpy do not fit: pip install 'numpy<2' in that venv, or an opencv built for numpy 2 (opencv-python>=4.10)")  # fmt: skip
+    assert result.stdout.splitlines()[-1] == "not ready: 1 problem(s) would stop a run (packages)"
 
 
 def test_too_little_disk_and_ram(fake_engine, tmp_path, monkeypatch):

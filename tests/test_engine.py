@@ -84,6 +84,19 @@ def test_probe_names_missing_modules(tmp_path):
         engine.Engine(root=root, python=str(tmp_path / "no-python"), commit=None).probe()
 
 
+def test_probe_imports_each_module(tmp_path):
+    root = make_sd(tmp_path / "sd")
+    (root / "found_but_broken").mkdir()
+    (root / "found_but_broken" / "__init__.py").write_text("import no_such_dependency_xyz\n", encoding="utf-8")
+    e = engine.Engine(root=root, python=sys.executable, commit=None)
+    probe = e.probe(("json", "found_but_broken"))
+    assert probe.missing == [] and probe.broken == {"found_but_broken": "ModuleNotFoundError: No module named 'no_such_dependency_xyz'"}
+    with pytest.raises(EnvironmentProblem) as raised:
+        e.require(probe)
+    assert raised.value.message == (f"found_but_broken fails to import in the Python for sd-scripts ({sys.executable}): "
+                                    "ModuleNotFoundError: No module named 'no_such_dependency_xyz'; pip install no_such_dependency_xyz in that venv")
+
+
 def test_env_and_launch(tmp_path):
     root = make_sd(tmp_path / "sd dir")
     e = engine.Engine(root=root, python="/py", commit=COMMIT)
@@ -94,3 +107,28 @@ def test_env_and_launch(tmp_path):
     assert argv[:3] == ["/py", "-m", "accelerate.commands.launch"]
     assert argv[-3:] == [str(root / "train_network.py"), "--config_file", str(tmp_path / "c.toml")]
     assert e.pinned
+
+
+def test_identity_is_the_commit_or_a_hash_of_the_tree(tmp_path):
+    root = make_sd(tmp_path / "sd")
+    assert engine.Engine(root=root, python="py", commit=COMMIT).identity == f"git:{COMMIT}"
+
+    def identity() -> str:
+        return engine.Engine(root=root, python="py", commit=None).identity
+
+    first = identity()
+    assert first.startswith("tree:") and identity() == first
+    # its venv, byte code and non-code files are not the engine
+    (root / "venv" / "lib").mkdir(parents=True)
+    (root / "venv" / "pyvenv.cfg").write_text("home = /usr\n")
+    (root / "venv" / "lib" / "x.py").write_text("x = 1\n")
+    (root / "__pycache__").mkdir()
+    (root / "__pycache__" / "t.pyc").write_bytes(b"\0")
+    (root / "notes.md").write_text("mine\n")
+    assert identity() == first
+    # an edited script, or a new module, is another engine
+    (root / "networks" / "lora.py").write_text("# lora\n")
+    second = identity()
+    assert second != first
+    (root / "networks" / "lora.py").write_text("# lora, edited\n")
+    assert identity() not in (first, second)

@@ -140,3 +140,44 @@ def test_inspect_base_model(tmp_path):
         inspect_base_model(tmp_path / "missing.safetensors")
     with pytest.raises(InputError, match="folder"):
         inspect_base_model(tmp_path)
+
+
+def _delta(tensors, name):
+    down, up = tensors[f"{name}.lora_down.weight"].astype(np.float64), tensors[f"{name}.lora_up.weight"].astype(np.float64)
+    rank = down.shape[0]
+    return float(tensors[f"{name}.alpha"]) / rank * (up.reshape(up.shape[0], -1) @ down.reshape(rank, -1))
+
+
+def test_a_lora_of_mixed_ranks_is_padded_to_one(tmp_path):
+    """resize_lora.py gives a module without gradient (delta zero) rank 1; the final LoRA gets one
+    rank (diffusers 0.32 mis-scales a LoRA of mixed ranks) and the same delta in every module."""
+    from copymachine.lorafile import summarize_lora, write_uniform_rank
+
+    rng = np.random.default_rng(1)
+    tensors = {
+        "lora_unet_a.lora_down.weight": rng.standard_normal((8, 16)).astype(np.float16),
+        "lora_unet_a.lora_up.weight": rng.standard_normal((12, 8)).astype(np.float16),
+        "lora_unet_a.alpha": np.array(4.0, np.float16),
+        "lora_unet_empty.lora_down.weight": np.zeros((1, 16), np.float16),
+        "lora_unet_empty.lora_up.weight": np.zeros((12, 1), np.float16),
+        "lora_unet_empty.alpha": np.array(0.5, np.float16),
+        "lora_unet_conv.lora_down.weight": rng.standard_normal((2, 4, 3, 3)).astype(np.float16),
+        "lora_unet_conv.lora_up.weight": rng.standard_normal((6, 2, 1, 1)).astype(np.float16),
+        "lora_unet_conv.alpha": np.array(1.0, np.float16),
+    }
+    src, dst = tmp_path / "mixed.safetensors", tmp_path / "final.safetensors"
+    write_safetensors(src, tensors, {"ss_network_dim": "8"})
+    assert write_uniform_rank(src, dst, {"copymachine.x": "1"}) == 2
+    out = read_safetensors(dst)
+    padded = {k: out.read(k) for k in out.tensors}
+    summary = summarize_lora(dst)
+    assert summary.ranks == [8] and {m["alpha"] for m in summary.modules.values()} == {4.0}
+    for name in ("lora_unet_a", "lora_unet_empty"):
+        assert np.array_equal(_delta(padded, name), _delta(tensors, name))
+    conv_before, conv_after = _delta(tensors, "lora_unet_conv"), _delta(padded, "lora_unet_conv")
+    assert np.allclose(conv_after, conv_before, rtol=1e-3) and padded["lora_unet_conv.lora_down.weight"].shape == (8, 4, 3, 3)
+    assert out.metadata == {"ss_network_dim": "8", "copymachine.x": "1"}
+    # one rank already: copied byte for byte after the header
+    again = tmp_path / "again.safetensors"
+    assert write_uniform_rank(dst, again, {}) == 0
+    assert again.read_bytes()[read_safetensors(again).data_start:] == dst.read_bytes()[out.data_start:]

@@ -35,6 +35,7 @@ class FakeEngine:
     python: str = "python"
     commit: str = "0" * 40
     pinned: bool = True
+    identity: str = "git:" + "0" * 40
 
     def run_script(self, script, args):
         return [self.python, str(self.root / script), *args]
@@ -84,7 +85,7 @@ class FakeScripts:
 @pytest.fixture
 def scripts(monkeypatch):
     fake = FakeScripts()
-    monkeypatch.setattr(StageContext, "run", lambda ctx, argv, what, expected=None: fake(ctx, argv, what, expected))
+    monkeypatch.setattr(StageContext, "run", lambda ctx, argv, what, expected=None, collect=None: fake(ctx, argv, what, expected))
     return fake
 
 

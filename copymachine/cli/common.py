@@ -8,6 +8,7 @@ from typing import Callable
 
 import click
 
+from copymachine import capabilities
 from copymachine import engine as engine_mod
 from copymachine import profiles
 from copymachine.errors import EnvironmentProblem
@@ -67,7 +68,7 @@ def make_settings(
             f"sd-scripts at {engine.root} is at commit {engine.commit[:8]}, not the pinned "
             f"{engine_mod.PINNED_COMMIT[:8]}; copymachine is tested against the pinned one"
         )
-    elif engine.commit is None:
+    elif engine.commit is None and engine.identity not in capabilities.RELEASE_TREES:
         reporter.warn(f"sd-scripts at {engine.root} is not a git checkout; cannot tell its commit")
     if tokenizer_cache_dir is not None and not Path(tokenizer_cache_dir).is_dir():
         raise EnvironmentProblem(f"--tokenizer-cache-dir is not a folder: {tokenizer_cache_dir}")
@@ -77,8 +78,13 @@ def make_settings(
         if require:
             raise
         probe = None
+    caps = None
     if probe is not None and require:
         engine.require(probe)
+        # what this sd-scripts can do (each script's --help, once per checkout): refused here,
+        # before any stage, when copymachine cannot drive it
+        caps = capabilities.learn(engine)
+        capabilities.require(engine, caps)
     cuda = bool(probe and probe.cuda)
     if device == "cuda" and not cuda:
         raise EnvironmentProblem(f"--device cuda, but the torch of {engine.python} sees no CUDA GPU")
@@ -93,6 +99,7 @@ def make_settings(
         tokenizer_cache_dir=Path(tokenizer_cache_dir).resolve() if tokenizer_cache_dir else None,
         offline=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
         gpus=len(probe.gpus) if use_cuda else 0,  # type: ignore[union-attr]
+        capabilities=caps,
     )
 
 

@@ -2,22 +2,24 @@
 
 Checks, in order: sd-scripts (found, commit, pinned or not), its Python and the packages it
 imports, torch and the GPU it sees, RAM and free disk against what a run needs, write access to
-the run and cache folders, the tokenizer for offline use. One line per check; exit 0 when
+the run and cache folders, the tokenizer for offline use, copymachine's own numpy/OpenCV/scikit-image. One line per check; exit 0 when
 nothing would stop a run (warnings allowed), else the exit code of the first blocking problem
 (4: sd-scripts, its Python or too little RAM; 5: disk space or write access; 3: a bad --base).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from copymachine import engine as engine_mod
-from copymachine import preflight
+from copymachine import capabilities, heavy, preflight
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
 from copymachine.files import free_bytes
@@ -62,6 +64,8 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         doc.add(OK, "sd-scripts", f"{engine.root} (commit {engine.commit[:8]}, the pinned one)")
     elif engine.commit:
         doc.add(WARN, "sd-scripts", f"{engine.root} at commit {engine.commit[:8]}, not the pinned {engine_mod.PINNED_COMMIT[:8]}: it may work; copymachine is tested against the pinned one")
+    elif engine.identity in capabilities.RELEASE_TREES:
+        doc.add(OK, "sd-scripts", f"{engine.root} (not a git checkout; its files are those of {capabilities.RELEASE_TREES[engine.identity]})")
     else:
         doc.add(WARN, "sd-scripts", f"{engine.root} is not a git checkout: its commit cannot be told (pinned: {engine_mod.PINNED_COMMIT[:8]})")
     try:
@@ -76,6 +80,8 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         doc.add(OK, "packages", f"everything sd-scripts imports is there ({versions or 'versions unknown'})")
     except CopymachineError as e:
         doc.add(FAIL, "packages", e.message, EXIT_ENVIRONMENT)
+    if not any(f.status == FAIL for f in doc.findings):
+        _capabilities(doc, engine)
     if probe.torch and not probe.torch_error:
         if probe.cuda:
             vram = ""
@@ -86,6 +92,21 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         else:
             doc.add(WARN, "GPU", f"torch {probe.torch} sees no CUDA GPU: sd-scripts trains on the CPU (hours per stage at 512 px; fine for --resolution 64 tests)")
     return engine, probe
+
+
+def _capabilities(doc: Doctor, engine) -> None:
+    """The version and what it can do (each script's --help, learnt once per checkout)."""
+    caps = capabilities.learn(engine)
+    try:
+        capabilities.require(engine, caps)
+    except CopymachineError as e:
+        doc.add(FAIL, "engine", e.message, EXIT_ENVIRONMENT)
+        return
+    if caps.known:
+        status, tested = OK, ("; tested" if caps.version.removesuffix(" (extracted)") in capabilities.TESTED else "; not tested")
+    else:
+        status, tested = WARN, f"; copymachine is tested with {', '.join(capabilities.TESTED)}"
+    doc.add(status, "engine", f"{caps.version_text()}: {caps.summary()}{tested}")
 
 
 def _memory(doc: Doctor, family: str = SD1.name) -> None:
@@ -160,6 +181,22 @@ def _folders(doc: Doctor, out: Path, cache: Path, base: Path | None) -> None:
             doc.add(FAIL, "write access", e.message, e.exit_code)
 
 
+# copymachine's own compiled modules: the pair check and the built-in effects need them (imported
+# when used, copymachine.heavy, so that doctor itself starts where one is broken)
+OWN_MODULES = ("numpy", "cv2", "skimage")
+
+
+def _own_modules(doc: Doctor) -> None:
+    for name in OWN_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a broken binary raises more than ImportError
+            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            doc.add(FAIL, "copymachine", f"{name} fails to import in copymachine's Python ({sys.executable}): {message}; {heavy.import_fix(name, message)}", EXIT_ENVIRONMENT)
+            return
+    doc.add(OK, "copymachine", f"its own Python ({sys.executable}) imports {', '.join(OWN_MODULES)}")
+
+
 def _tokenizer(doc: Doctor, tokenizer_cache_dir: Path | None) -> None:
     if tokenizer_cache_dir is not None:
         clip = Path(tokenizer_cache_dir) / "openai_clip-vit-large-patch14"
@@ -190,6 +227,7 @@ def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     _memory(doc, _base_family(base))
     _folders(doc, Path(out).absolute(), cache.absolute(), base)
     _tokenizer(doc, tokenizer_cache_dir)
+    _own_modules(doc)
     if importlib.util.find_spec("lpips") is not None:
         doc.add(WARN, "lpips", "the lpips extra is installed: the copy check loads AlexNet weights with torch in copymachine's own process (a pickle; torchvision may download them)")
     failures = [f for f in doc.findings if f.status == FAIL]

@@ -134,7 +134,7 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
     folder = lora.parent
     state = folder / ".copymachine"
     hashes = HashCache(state / "hashes.json")
-    planner = Planner(state, state, hashes, kind_versions())
+    planner = Planner(state, state, hashes, kind_versions(settings.engine))
     planner.plan.manifest_name = f"{lora.stem}-preview.manifest.json"
     inputs = {"lora": planner.external(lora), "model": planner.external(checkpoint.path.resolve())}
     if font is not None:

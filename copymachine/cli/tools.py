@@ -76,7 +76,7 @@ def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: 
     force = click.get_current_context().meta.get(_FORCE, False)
     if out.exists() and not force and not preflight.made_here(out, out.parent, None, hashes):
         raise OutputError(f"{out} exists and was not made by copymachine {name}; use another --out, or --force to replace it")
-    planner = Planner(out.parent / ".copymachine", out.parent / ".copymachine", hashes, kind_versions())
+    planner = Planner(out.parent / ".copymachine", out.parent / ".copymachine", hashes, kind_versions(settings.engine))
     planner.plan.manifest_name = f"{out.stem}.manifest.json"
     planner.add(
         name,

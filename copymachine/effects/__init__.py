@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from PIL import Image
 
+from copymachine.heavy import numpy as np
 from copymachine.effects import contrast, flat, jpeg, outline, posterize
 from copymachine.effects.base import Effect, Param, Value, blend
 from copymachine.errors import InputError

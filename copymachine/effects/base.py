@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
+from copymachine.heavy import numpy as np
 from copymachine.errors import InputError
 
 Value = int | float | str | bool

@@ -8,9 +8,9 @@ look, smooth roll-off into the highlights and shadows, no hard clipping.
 
 from __future__ import annotations
 
-import numpy as np
 from PIL import Image, ImageEnhance
 
+from copymachine.heavy import numpy as np
 from copymachine.effects.base import Effect, Param, mode_param, to_uint8
 
 PARAMS: dict[str, Param] = {

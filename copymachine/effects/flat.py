@@ -24,11 +24,11 @@ lines neither vanish nor move.
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
 
+from copymachine.heavy import numpy as np
 from copymachine.effects.base import Effect, Param, blend, mode_param, to_uint8
 from copymachine.effects.lineart import LINE_PARAMS, line_holes, line_mask, nearest_fill, recomposite_lines
+from copymachine.heavy import cv2
 
 PARAMS: dict[str, Param] = {
     "mode": mode_param(("regions", "segment", "meanshift", "l0"), "regions: one colour per region bounded by line art and strong colour edges; segment: Felzenszwalb segments; meanshift / l0: edge-preserving smoothing"),

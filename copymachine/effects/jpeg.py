@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 from PIL import Image
 
+from copymachine.heavy import numpy as np
 from copymachine.effects.base import Effect, Param, mode_param
 
 SUBSAMPLING = ("4:2:0", "4:2:2", "4:4:4")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 
-import cv2
-import numpy as np
 
+from copymachine.heavy import numpy as np
 from copymachine.effects.base import Effect, Param, mode_param, to_uint8
+from copymachine.heavy import cv2
 
 PARAMS: dict[str, Param] = {
     "mode": mode_param(("levels", "kmeans"), "levels: N values per channel; kmeans: a palette of N colours chosen in Lab"),

@@ -19,6 +19,7 @@ from copymachine.errors import EngineError
 from copymachine.profiles import CPU, Profile
 
 if TYPE_CHECKING:
+    from copymachine.capabilities import Capabilities
     from copymachine.engine import Engine, Probe
     from copymachine.files import HashCache
     from copymachine.plan import Plan, Stage
@@ -54,6 +55,7 @@ class Settings:
     jobs: int = 1
     gpus: int = 0  # CUDA devices; with several, each parallel job gets its own
     pinned_gpu: int | None = None  # every sd-scripts call on this CUDA device (a queue's job slot)
+    capabilities: "Capabilities | None" = None  # what this sd-scripts can do (copymachine.capabilities)
 
     @property
     def mixed_precision(self) -> str:
@@ -96,13 +98,15 @@ class StageContext:
             raise EngineError("internal: this stage needs sd-scripts but none was located")
         return self.settings.engine
 
-    def run(self, argv: list[str], what: str, expected: list[Path] | None = None) -> None:
-        """Run one sd-scripts command, or in a dry run only record it."""
+    def run(self, argv: list[str], what: str, expected: list[Path] | None = None, collect: Callable[[], None] | None = None) -> None:
+        """Run one sd-scripts command, or in a dry run only record it. `collect` runs after the
+        command and before its outputs are checked (to rename what it named itself)."""
         from copymachine.runner import run_command
 
         self.commands.append(argv)
         if self.dry_run:
             return
+        self.check_options(argv)
         env = self.engine.env(offline=self.settings.offline)
         gpu = self.gpu if self.gpu is not None else self.settings.pinned_gpu
         if gpu is not None:
@@ -132,7 +136,45 @@ class StageContext:
                 for pid in children:
                     self.on_child(pid, False)
         self.peak_rss = max(self.peak_rss, result.peak_rss or 0)
+        if collect is not None and result.returncode == 0:
+            collect()
         check_result(self.stage, what, result, expected or [])
+
+    def check_options(self, argv: list[str]) -> None:
+        """Refuse a command whose options, or training TOML keys (which sd-scripts would ignore
+        silently), the script does not list in its --help."""
+        from copymachine import capabilities
+
+        caps = self.settings.capabilities
+        if caps is None:
+            return
+        root = self.engine.root
+        for i, arg in enumerate(argv):
+            path = Path(arg)
+            if arg.endswith(".py") and path.is_absolute() and path.is_relative_to(root):
+                script = path.relative_to(root).as_posix()
+                rest = argv[i + 1 :]
+                keys: list[str] = []
+                if "--config_file" in rest and rest.index("--config_file") + 1 < len(rest):
+                    keys = _toml_keys(Path(rest[rest.index("--config_file") + 1]))
+                capabilities.check_command(caps, caps.version_text(), script, rest, keys)
+                return
+
+
+def _toml_keys(path: Path) -> list[str]:
+    """The keys sd-scripts reads from a training TOML: top-level scalars and one level of tables."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    keys: list[str] = []
+    for key, value in data.items():
+        keys.extend(value.keys() if isinstance(value, dict) else [key])
+    return keys
 
 
 def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> None:
@@ -150,7 +192,8 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
         hint = " (the system's out-of-memory killer does this when RAM runs out: close other programs, or add swap)" if killed_by == "SIGKILL" else ""
         raise EngineError(f"{where} was killed by {killed_by}{hint}. Log: {result.log_path}", details=tail)
     if result.returncode != 0:
-        raise EngineError(f"{where} failed with exit code {result.returncode}. Log: {result.log_path}", details=tail)
+        cause, details = _root_cause(w, tail)
+        raise EngineError(f"{where} failed with exit code {result.returncode}{cause}. Log: {result.log_path}", details=details)
     if w.nan:
         raise EngineError(
             f"{where} produced NaN loss (training diverged); lower the learning rate or use bf16/fp32. Log: {result.log_path}",
@@ -158,10 +201,31 @@ def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> Non
         )
     missing = [p for p in expected if not p.exists()]
     if missing:
-        raise EngineError(
-            f"{where} exited 0 but wrote no {missing[0].name} (sd-scripts does that when it finds no images). Log: {result.log_path}",
-            details=tail,
-        )
+        hint = "sd-scripts does that when it finds no images"
+        if what == "gen_img.py":
+            folder = missing[0].parent
+            found = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+            hint = f"it wrote {', '.join(found[:4]) + (' ...' if len(found) > 4 else '') if found else 'no file'} in {folder}"
+        raise EngineError(f"{where} exited 0 but wrote no {missing[0].name} ({hint}). Log: {result.log_path}", details=tail)
+
+
+def _root_cause(watcher, tail: list[str]) -> tuple[str, list[str]]:
+    """': <first exception>[; <usual fix>]' for the message, and the log excerpt with that
+    exception's frame and line above the tail unless the tail shows both (the launcher's
+    traceback pushes the child's out of the last lines)."""
+    from copymachine.heavy import import_fix, known_import_failure
+
+    root = watcher.root_cause
+    if root is None:
+        return "", tail
+    cause = f": {root.exception}"
+    kind = root.exception.split(":")[0].rsplit(".", 1)[-1]
+    if kind in ("ImportError", "ModuleNotFoundError") and known_import_failure(root.exception):
+        cause += "; " + import_fix(root.failed_module(), root.exception, where="sd-scripts' venv")
+    shown = [*root.frame(), root.exception]
+    if all(line in tail for line in shown):
+        return cause, tail
+    return cause, [*shown, "…", *tail]
 
 
 def _killed_by(returncode: int, tail: list[str]) -> str | None:
@@ -217,8 +281,18 @@ def kinds() -> dict[str, StageKind]:
     return _KINDS
 
 
-def kind_versions() -> dict[str, int]:
-    return {name: k.version for name, k in kinds().items()}
+def kind_versions(engine: "Engine | None" = None) -> dict[str, Any]:
+    """What of the code decides each kind's results, for stage keys: the kind's version, and for a
+    kind that runs sd-scripts also the engine (`Engine.identity`: its commit, or a hash of its
+    tree), so that another sd-scripts computes anew instead of reusing. The keys of kinds that do
+    not run sd-scripts stay as they are."""
+    versions: dict[str, Any] = {}
+    for name, k in kinds().items():
+        if k.needs_engine and engine is not None:
+            versions[name] = {"version": k.version, "engine": engine.identity}
+        else:
+            versions[name] = k.version
+    return versions
 
 
 def reset_scratch(path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from copymachine.files import atomic_write_json, atomic_write_text
-from copymachine.genimg import PromptLine, gen_img_args, render_prompt_file
+from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args, render_prompt_file
 from copymachine.images import load_rgb, save_png
 from copymachine.sheet import contact_sheet
 from copymachine.similarity import Lpips, reference_at, ssim_score
@@ -94,7 +94,8 @@ class CopyCheck(StageKind):
             caption = path.read_text(encoding="utf-8").strip() if path.is_file() else CAPTION_PLACEHOLDER
         lines = prompt_lines(p, caption)
         prompt_file = stage.workdir / "config" / f"{stage.slug}-prompts.txt"
-        atomic_write_text(prompt_file, render_prompt_file(lines))
+        named = file_names_supported(ctx.settings)
+        atomic_write_text(prompt_file, render_prompt_file(lines, file_names=named))
         loras, multipliers = checked_loras(stage)
         args = gen_img_args(
             stage.input("model"),
@@ -107,9 +108,11 @@ class CopyCheck(StageKind):
             loras or None,
             extra=ctx.settings.profile.gen_options,
             multipliers=multipliers,
+            sequential=not named,
         )
         images = [ctx.scratch_output(image_output(i)) for i in range(len(lines))]
-        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images)
+        collect = None if named else (lambda: collect_sequential(ctx.scratch, [path.name for path in images]))
+        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images, collect=collect)
         if ctx.dry_run:
             return
         reference = reference_at(load_rgb(stage.input("original")), tuple(p["size"]))

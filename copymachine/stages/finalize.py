@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from copymachine import __version__
-from copymachine.lorafile import copy_with_metadata, read_safetensors, validate_lora
+from copymachine.lorafile import copy_with_metadata, read_safetensors, validate_lora, write_uniform_rank
 from copymachine.stages import StageContext, StageKind
 from copymachine.stages.leakage import stored
 
@@ -31,6 +31,7 @@ SIGN_TEXT = {
 
 class Finalize(StageKind):
     kind = "finalize"
+    version = 2  # 2: every module at the LoRA's rank (zero-padded)
 
     def execute(self, stage, ctx: StageContext) -> None:
         if ctx.dry_run:
@@ -55,7 +56,10 @@ class Finalize(StageKind):
             metadata["copymachine.copy_check"] = json.dumps([{k: c[k] for k in ("mean_ssim", "min_ssim", "size", "steps")} for c in checks])
         if "leakage" in stage.inputs:
             metadata["copymachine.leakage"] = stored(json.loads(stage.input("leakage").read_text(encoding="utf-8")))
-        copy_with_metadata(stage.input("lora"), ctx.scratch_output("lora"), metadata)
+        # one rank for every module (resize gives a module without gradient rank 1): see write_uniform_rank
+        padded = write_uniform_rank(stage.input("lora"), ctx.scratch_output("lora"), metadata)
+        if padded:
+            ctx.reporter.info(f"      {padded} module(s) of a lower rank (no gradient: delta zero) padded with zeros to the LoRA's rank")
 
     def validate(self, stage, name, path, ctx):
         return validate_lora(path, "final LoRA").facts()

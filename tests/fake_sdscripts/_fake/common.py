@@ -35,6 +35,7 @@ ENV_WRITE_SECONDS = "COPYMACHINE_FAKE_WRITE_SECONDS"
 RECORDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "CUDA_VISIBLE_DEVICES", "COLUMNS", "PYTHONIOENCODING")
 ENV_STATE = "COPYMACHINE_FAKE_STATE"
 ENV_LAUNCHER = "COPYMACHINE_FAKE_LAUNCHER"  # set by the fake accelerate launch for its child
+ENV_WITHOUT = "COPYMACHINE_FAKE_WITHOUT_OPTIONS"  # "gen_img.py:--sequential_file_name,...": an older version's parser
 
 FAIL_MODES = ("exit1", "no-output", "nan", "oom", "die-mid-write")
 
@@ -94,8 +95,9 @@ def build_parser(script: str, prog: str | None = None) -> argparse.ArgumentParse
     spec = options()["scripts"][script]
     parser = argparse.ArgumentParser(prog=prog or os.path.basename(script), allow_abbrev=spec.get("allow_abbrev", True))
     groups: dict[str, list[str]] = {}  # one add_argument per action: its option strings share one info
+    without = {item.split(":", 1)[1] for item in os.environ.get(ENV_WITHOUT, "").split(",") if item.startswith(f"{script}:")}
     for opt, info in spec["prog_options"].items():
-        if info["action"] != "_HelpAction":
+        if info["action"] != "_HelpAction" and opt not in without:
             groups.setdefault(json.dumps(info, sort_keys=True), []).append(opt)
     for key, names in groups.items():
         parser.add_argument(*names, **_kwargs(json.loads(key)))
@@ -148,6 +150,9 @@ class FakeRun:
     """One call of one fake script: counts the call, knows its injected failure, records it once."""
 
     def __init__(self, script: str):
+        if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
+            # the real scripts print their help and exit 0, touching nothing: not a call to record or count
+            build_parser(script).parse_args(["--help"])
         self.script = script  # path relative to the sd-scripts root, e.g. "networks/merge_lora.py"
         self.stem = Path(script).stem
         self.argv = list(sys.argv[1:])

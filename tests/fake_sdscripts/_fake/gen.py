@@ -19,11 +19,14 @@ from . import common
 from .common import Console, FakeRun, crash
 
 
-def main(script: str) -> None:
-    common.run_main(script, lambda run, args: _main(run, args, script))
+def main(script: str, prompt_option) -> None:
+    """`prompt_option(parg, opts, con, n_networks)` reads one " --x value" of a prompt line into
+    `opts`: it lives in gen_img.py itself, as in the real script, where copymachine reads which
+    prompt options the script has."""
+    common.run_main(script, lambda run, args: _main(run, args, script, prompt_option))
 
 
-def _main(run: FakeRun, args, script: str) -> None:
+def _main(run: FakeRun, args, script: str, prompt_option) -> None:
     con = Console()
     if not args.ckpt or not os.path.exists(args.ckpt):
         crash(run, f"OSError: {args.ckpt} is not a local file (copymachine fake)")
@@ -77,29 +80,7 @@ def _main(run: FakeRun, args, script: str) -> None:
             con.info(f"prompt {idx + 1}/{len(prompts)}: {prompt}", "gen_img.py:2792")
             opts = {"w": W, "h": H, "steps": args.steps, "scale": args.scale, "negative": "", "muls": list(args.network_mul or [1.0] * len(weights)), "filename": None}
             for parg in parts[1:]:
-                if mm := re.match(r"w (\d+)", parg, re.IGNORECASE):
-                    opts["w"] = int(mm.group(1))
-                    con.info(f"width: {opts['w']}", "gen_img.py:2799")
-                elif mm := re.match(r"h (\d+)", parg, re.IGNORECASE):
-                    opts["h"] = int(mm.group(1))
-                    con.info(f"height: {opts['h']}", "gen_img.py:2805")
-                elif mm := re.match(r"s (\d+)", parg, re.IGNORECASE):
-                    opts["steps"] = max(1, min(1000, int(mm.group(1))))
-                    con.info(f"steps: {opts['steps']}", "gen_img.py:2847")
-                elif mm := re.match(r"l ([\d\.]+)", parg, re.IGNORECASE):
-                    opts["scale"] = float(mm.group(1))
-                elif mm := re.match(r"n (.+)", parg, re.IGNORECASE):
-                    opts["negative"] = mm.group(1)
-                    con.info(f"negative prompt: {opts['negative']}", "gen_img.py:2880")
-                elif mm := re.match(r"am ([\d\.\-,]+)", parg, re.IGNORECASE):
-                    muls = [float(v) for v in mm.group(1).split(",")]
-                    while len(muls) < len(weights):
-                        muls.append(muls[-1])
-                    opts["muls"] = muls
-                    con.info(f"network mul: {muls}", "gen_img.py:2894")
-                elif mm := re.match(r"f (.+)", parg, re.IGNORECASE):
-                    opts["filename"] = mm.group(1)
-                    con.info(f"filename: {opts['filename']}", "gen_img.py:2977")
+                prompt_option(parg, opts, con, len(weights))
             seed = None
             for i in range(args.images_per_prompt):
                 if seeds is not None:

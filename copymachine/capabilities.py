@@ -1,0 +1,251 @@
+"""What the user's sd-scripts can do, learnt from it instead of assumed.
+
+copymachine runs the sd-scripts our users have: the one their kohya_ss GUI ships, or their own
+checkout, of any release from v0.8.7 on. Once per checkout (cached by `Engine.identity`: the git
+commit, or a hash of the tree) it runs each script it calls with `--help` and keeps the options
+each one lists, and reads the per-prompt options of `gen_img.py` from that script's own parser
+of prompt lines (`re.match(r"w (\\d+)", parg, ...)`). Then:
+
+- a command or a training TOML key that the script does not know is refused before it runs (the
+  training TOML accepts unknown keys silently, so a key an older version lacks would be ignored);
+- gen_img.py without the per-prompt file name `--f` (v0.8.x: added in commit 153764a6, first
+  released in v0.9.0) is run with `--sequential_file_name`, whose names (`im_000001.png`, ... in
+  prompt-file order) are renamed to the planned ones; without either, the run is refused before
+  its first stage;
+- a version that is not one copymachine was tested with gets a warning naming what was checked.
+
+`copymachine doctor` prints the version and these capabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from copymachine.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from copymachine.engine import Engine
+
+FORMAT = 1  # of the cache files; bump when what is learnt changes
+
+# The scripts copymachine calls (relative to the sd-scripts root).
+SCRIPTS = (
+    "train_network.py",
+    "sdxl_train_network.py",
+    "gen_img.py",
+    "networks/merge_lora.py",
+    "networks/sdxl_merge_lora.py",
+    "networks/svd_merge_lora.py",
+    "networks/resize_lora.py",
+    "networks/extract_lora_from_models.py",
+)
+
+# Releases by commit (kohya-ss/sd-scripts tags), and the pinned commit.
+RELEASES = {
+    "bfb352bc433326a77aca3124248331eb60c49e8c": "v0.8.7",
+    "6e3c1d0b58f03522f294dc2b0acbbbecc944d018": "v0.9.0",
+    "8f4ee8fc343b047965cd8976fca65c3a35b7593a": "v0.9.1",
+    "966e9d7f6bb4058abbddb815dd40462b35ffb1d2": "v0.10.0",
+    "ae72efb92babe89ff8e70f057e42db68440e8d61": "v0.10.1",
+    "48d368fa557731ad0488c07304dfeba8c07910eb": "v0.10.1+5 (pinned)",
+}
+# The same releases extracted from their source archive (no .git): `tree:` identities
+# (engine.tree_hash of `git archive <tag>`, which is what GitHub's "Source code" download holds).
+# (`python -m copymachine.capabilities DIR` prints a folder's identity.)
+RELEASE_TREES = {
+    "tree:94f3ff593bd65a9e3694d07f63de45f7e53f5c1f575996b8042329aa5f78ef3f": "v0.8.7",
+    "tree:a40f135d7d36794033dc55131edfb678e6aca56e4dc6c1bba28b242c77de7bd3": "v0.9.1",
+    "tree:c384f419e3970f0f694b47ed7cd9af1dce4f49d2b15284ea9defc40ac652cf1f": "v0.10.1",
+    "tree:7f40c31ec6557c4e82ecab7a93a42beb9a704e31e212c7a889ac09d93a6dc240": "v0.10.1+5 (pinned)",
+}
+# What copymachine's version runs were made against (README "Which sd-scripts").
+TESTED = ("v0.8.7", "v0.9.1", "v0.10.1", "v0.10.1+5 (pinned)")
+
+FILE_NAME_OPTION = "f"  # gen_img.py's per-prompt output name (v0.9.0 on)
+SEQUENTIAL_NAMES = "--sequential_file_name"
+
+_OPTION = re.compile(r"(?<![\w-])(--[A-Za-z0-9][\w-]*)")
+_PROMPT_OPTION = re.compile(r"""re\.match\(\s*r?["']([A-Za-z][A-Za-z0-9]*) """)
+
+
+@dataclass
+class Capabilities:
+    identity: str
+    version: str
+    known: bool  # a release (or the pinned commit) copymachine knows by its commit or tree
+    options: dict[str, list[str]] = field(default_factory=dict)  # script -> its --help options
+    prompt_options: list[str] = field(default_factory=list)  # gen_img.py's per-prompt options
+    errors: dict[str, str] = field(default_factory=dict)  # script -> why its --help failed
+    format: int = FORMAT
+
+    @property
+    def file_names(self) -> bool:
+        """gen_img.py takes a file name per prompt line (`--f NAME`)."""
+        return FILE_NAME_OPTION in self.prompt_options
+
+    @property
+    def sequential_names(self) -> bool:
+        return SEQUENTIAL_NAMES in self.options.get("gen_img.py", [])
+
+    def has(self, script: str, option: str) -> bool:
+        return option in self.options.get(script, ())
+
+    def lacking(self, script: str, options: list[str]) -> list[str]:
+        """Which of `options` (`--name`) `script` does not list in its --help."""
+        if script not in self.options:
+            return []  # not learnt (its --help failed): argparse itself will tell
+        known = set(self.options[script])
+        return [o for o in dict.fromkeys(options) if o not in known]
+
+    def summary(self) -> str:
+        naming = "per-prompt file names (--f)" if self.file_names else (
+            "no per-prompt --f: renders with --sequential_file_name and renames" if self.sequential_names else "no way to name gen_img.py's files")
+        counts = ", ".join(f"{Path(s).name} {len(o)}" for s, o in self.options.items())
+        return f"{naming}; options: {counts}"
+
+    def version_text(self) -> str:
+        return self.version if self.known else f"{self.version}, not a release copymachine knows"
+
+
+def cache_dir() -> Path:
+    """$COPYMACHINE_ENGINE_CACHE, else the user's cache folder (XDG / %LOCALAPPDATA%)."""
+    if os.environ.get("COPYMACHINE_ENGINE_CACHE"):
+        return Path(os.environ["COPYMACHINE_ENGINE_CACHE"])
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):  # pragma: no cover - Windows
+        return Path(os.environ["LOCALAPPDATA"]) / "copymachine" / "engines"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "copymachine" / "engines"
+
+
+def name_version(engine: "Engine") -> tuple[str, bool]:
+    identity = engine.identity
+    if engine.commit:
+        if engine.commit in RELEASES:
+            return RELEASES[engine.commit], True
+        return f"commit {engine.commit[:8]}", False
+    if identity in RELEASE_TREES:
+        return f"{RELEASE_TREES[identity]} (extracted)", True
+    return f"a folder without .git (tree {identity.split(':', 1)[1][:12]})", False
+
+
+def parse_options(help_text: str) -> list[str]:
+    return sorted(set(_OPTION.findall(help_text)))
+
+
+def parse_prompt_options(source: str) -> list[str]:
+    """gen_img.py's per-prompt options, from its own parser of prompt lines."""
+    return sorted(set(_PROMPT_OPTION.findall(source)))
+
+
+def _help(engine: "Engine", script: str) -> tuple[str, list[str] | str]:
+    path = engine.script(script)
+    if not path.is_file():
+        return script, f"{script} is not there"
+    try:
+        proc = subprocess.run(
+            [engine.python, str(path), "--help"],
+            cwd=engine.root,
+            env=engine.env(offline=True),
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=600,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return script, f"{type(e).__name__}: {e}"
+    options = parse_options(proc.stdout)
+    if proc.returncode != 0 or "--help" not in options:
+        from copymachine.runner import StreamWatcher
+
+        watcher = StreamWatcher()
+        for line in (proc.stdout + "\n" + proc.stderr).splitlines():
+            watcher.feed(line)
+        root = watcher.root_cause
+        last = root.exception if root else ((proc.stderr.strip().splitlines() or ["no output"])[-1])
+        return script, f"--help exited {proc.returncode}: {last}"
+    return script, options
+
+
+def learn(engine: "Engine", refresh: bool = False) -> Capabilities:
+    """The capabilities of `engine`, from the cache or learnt now (each script's --help, in
+    parallel; about as long as one sd-scripts start per script, once per checkout)."""
+    path = cache_dir() / (engine.identity.replace(":", "-") + ".json")
+    version, known = name_version(engine)
+    if not refresh and path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") == FORMAT and data.get("identity") == engine.identity and not data.get("errors"):
+                data.update(version=version, known=known)
+                return Capabilities(**data)
+        except (OSError, ValueError, TypeError):
+            pass  # a damaged cache entry is learnt again
+    caps = Capabilities(identity=engine.identity, version=version, known=known)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for script, result in pool.map(lambda s: _help(engine, s), SCRIPTS):
+            if isinstance(result, str):
+                caps.errors[script] = result
+            else:
+                caps.options[script] = result
+    gen_img = engine.script("gen_img.py")
+    if gen_img.is_file():
+        caps.prompt_options = parse_prompt_options(gen_img.read_text(encoding="utf-8", errors="replace"))
+    if not caps.errors:  # a failure is not remembered: the next run tries again
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            tmp.write_text(json.dumps(asdict(caps), indent=1), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass  # no cache folder: learnt again next time
+    return caps
+
+
+def require(engine: "Engine", caps: Capabilities) -> None:
+    """Refuse, before any stage, an sd-scripts copymachine cannot drive."""
+    where = f"sd-scripts at {engine.root} ({caps.version_text()})"
+    if caps.errors:
+        script, error = next(iter(caps.errors.items()))
+        raise EnvironmentProblem(f"{where}: {script} {error}" if "not there" not in error else f"{where} lacks {script}, which copymachine runs")
+    if not caps.file_names and not caps.sequential_names:
+        raise EnvironmentProblem(
+            f"{where}: gen_img.py has neither the per-prompt --f (sd-scripts v0.9.0 on) nor {SEQUENTIAL_NAMES}, "
+            "so copymachine cannot tell which image it rendered for which prompt; use sd-scripts v0.9.1 or later"
+        )
+
+
+def option_names(argv: list[str]) -> list[str]:
+    """The `--options` of a command line (values that look like options are not expected)."""
+    return [a.split("=", 1)[0] for a in argv if a.startswith("--") and len(a) > 2]
+
+
+def check_command(caps: Capabilities | None, version: str, script: str, argv: list[str], toml_keys: list[str] = ()) -> None:
+    """Refuse a command whose options (or training TOML keys) `script` does not know."""
+    if caps is None:
+        return
+    lacking = caps.lacking(script, option_names(argv) + [f"--{k}" for k in toml_keys])
+    if lacking:
+        raise EnvironmentProblem(
+            f"sd-scripts {version}: {script} has no {', '.join(lacking)}, which copymachine passes; "
+            f"use a newer sd-scripts (copymachine is tested with {', '.join(TESTED)})"
+        )
+
+
+def _main() -> None:  # pragma: no cover - a maintainer's tool
+    """python -m copymachine.capabilities SD_SCRIPTS_DIR: print the tree identity of a folder."""
+    from copymachine.engine import Engine, read_git_commit
+
+    root = Path(sys.argv[1]).resolve()
+    print(Engine(root=root, python=sys.executable, commit=read_git_commit(root)).identity)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main()
