@@ -131,7 +131,7 @@ def test_another_sd_scripts_computes_anew(fake_engine, images, tmp_path):
     assert run(first) == keys_a and len(fake_engine.calls()) == calls  # same engine: all reused
     keys_b = run(second)
     assert fake_engine.scripts()[calls:] == ["train_network.py", "train_network.py", "resize_lora.py"]  # copy LoRA, effect LoRA (copy model in memory), resize
-    sd_scripts_stages = {"copy-lora", "copy-model", "contrast/effect-lora", "contrast/resize"}
+    sd_scripts_stages = {"copy-lora", "contrast/effect-lora", "contrast/resize"}
     assert sd_scripts_stages <= set(keys_a)
     for name in keys_a:
         assert (keys_a[name] != keys_b[name]) == (name in sd_scripts_stages or name == "contrast/final"), name
