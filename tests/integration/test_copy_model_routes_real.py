@@ -111,8 +111,8 @@ def test_plain_base_weights_without_the_launcher_differ(ws, capsys):
         assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     record = next(s for s in manifest["stages"] if s["name"] == "custom/effect-lora")
-    argv = record["commands"][0]
-    assert any(a.endswith("base_weights_launcher.py") for a in argv)
+    argv = record["argv"][0]  # ("commands" holds the same as copy-pasteable lines)
+    assert argv[-4].endswith("base_weights_launcher.py") and argv[-3].endswith("train_network.py")
     plain = ws["root"] / "plain"
     config = Path(argv[-1]).read_text(encoding="utf-8")
     import tomllib

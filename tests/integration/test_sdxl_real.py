@@ -90,7 +90,7 @@ def test_sdxl_train_with_the_copy_model_in_memory_at_float(ws):
     stages = {s["name"]: s for s in json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["stages"]}
     assert "copy-model" not in stages and not list(ws["root"].rglob("copy-model.safetensors"))
     effect = stages["custom/effect-lora"]
-    assert effect["commands"][0][-4].endswith("base_weights_launcher.py") and "sdxl_train_network.py" in effect["commands"][0][-3]
+    assert effect["argv"][0][-4].endswith("base_weights_launcher.py") and effect["argv"][0][-3].endswith("sdxl_train_network.py")
     assert "copymachine base_weights launcher: merging" in Path(effect["log"]).read_text(encoding="utf-8")
     summary = validate_lora(Path(result.stdout.strip().splitlines()[-1]))
     assert summary.ranks == [64] and summary.unet_modules == 722  # not widened by the merge's network
