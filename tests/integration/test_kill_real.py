@@ -55,6 +55,7 @@ def test_three_kills_and_a_ctrl_c_against_the_real_engine(tmp_path, sd_scripts_d
         "--max-steps", "3",
         "--rank", "0",  # resize_lora.py takes 90 s on the CPU and adds nothing here
         "--no-copy-check",  # random weights copy nothing
+        "--copy-model", "file",  # the memo's route: kills land in merge_lora.py and in its 4 GB write
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     seed = int(os.environ.get("COPYMACHINE_KILL_SEED") or 20260207)
