@@ -153,9 +153,11 @@ def test_resize_tool_and_style_absorb(ws):
     result = _cli(ws, ["train", "--effect", "contrast", "--image", str(ws["first"]), "--out", str(run_dir), "--absorb", f"{style}:0.5", "--rank", "0", *ws["common"]])
     _report("train --absorb", result, run_dir)
     stages = _manifest(run_dir)
-    assert stages["absorbed-model"]["status"] == "done" and "--ratios 0.5" in stages["absorbed-model"]["commands"][0]
-    absorbed = stages["absorbed-model"]["outputs"]["model"]["path"]
-    assert stages["copy-lora"]["inputs"]["base"]["path"] == absorbed
+    # in memory (the default): no absorbed model; the style is every training's first --base_weights
+    assert "absorbed-model" not in stages and "copy-model" not in stages
+    copy, effect = stages["copy-lora"], stages["contrast/effect-lora"]
+    assert copy["inputs"]["weights000"]["path"] == str(style.resolve()) and copy["params"]["base_weights_multipliers"] == [0.5]
+    assert effect["params"]["base_weights_multipliers"] == [0.5, 1.0] and effect["argv"][0][-4].endswith("base_weights_launcher.py")
     final = Path(result.stdout.strip().splitlines()[-1])
     assert validate_lora(final).ranks == [64]
     assert json.loads(read_safetensors(final).metadata["copymachine.absorbed"]) == [[style.name, 0.5]]

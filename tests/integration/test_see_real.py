@@ -50,7 +50,7 @@ def test_copy_check_reports_no_copy_on_random_weights(ws):
     result, wall = timed(ws["train"], ws["env"])
     print(f"\n--- what the user sees (exit code {result.returncode}, {wall:.0f} s) ---\n{result.stderr[-2500:]}")
     assert result.returncode == 7, result.stderr[-4000:]
-    assert "copymachine: error: the copy model does not copy yet" in result.stderr
+    assert "copymachine: error: the copy LoRA on the base model does not copy yet" in result.stderr  # the copy model in memory
     assert "train the copy LoRA longer" in result.stderr and "--no-copy-check" in result.stderr
     assert "does NOT copy" in result.stderr  # the scores line
     run_dir = ws["root"] / "runs" / "see run"
@@ -62,7 +62,7 @@ def test_copy_check_reports_no_copy_on_random_weights(ws):
     scores = check["outputs"]["scores"]
     assert len(scores["ssim"]) == 4 and scores["mean_ssim"] < 0.8
     assert stages["contrast/effect-lora"]["status"] == "pending"  # stopped before the next training
-    assert list(stages).index("copy-check") == list(stages).index("copy-model") + 1
+    assert list(stages).index("copy-check") == list(stages).index("copy-lora") + 1 and "copy-model" not in stages
     # the images and the sheet are in the run folder, at the training size
     for i in range(1, 5):
         assert Image.open(run_dir / "copy-check" / f"copy-{i}.png").size == (64, 64)
