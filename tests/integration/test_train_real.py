@@ -93,7 +93,8 @@ def test_custom_edit_end_to_end(workspace):
     run_dir = ws["root"] / "runs" / "custom run"
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     stages = {s["name"]: s for s in manifest["stages"]}
-    assert list(stages) == ["original", "custom/edit", "captions", "copy-lora", "copy-model", "custom/effect-lora", "custom/resize", "custom/final"]
+    # the copy model in memory (the default): no copy-model stage, the effect LoRA through the launcher
+    assert list(stages) == ["original", "custom/edit", "captions", "copy-lora", "custom/effect-lora", "custom/resize", "custom/final"]
     for s in stages.values():
         assert s["status"] == "done", s
         for out in s["outputs"].values():
@@ -101,14 +102,15 @@ def test_custom_edit_end_to_end(workspace):
         assert s["duration_s"] >= 0
     assert stages["copy-lora"]["sd_scripts_commit"] == manifest["sd_scripts"]["commit"]
     assert "accelerate.commands.launch" in stages["copy-lora"]["commands"][0]
-    assert "merge_lora.py" in stages["copy-model"]["commands"][0]
+    assert stages["custom/effect-lora"]["argv"][0][-4].endswith("base_weights_launcher.py")
+    assert "copymachine base_weights launcher: merging" in Path(stages["custom/effect-lora"]["log"]).read_text(encoding="utf-8")
     assert "resize_lora.py" in stages["custom/resize"]["commands"][0]
-    for name in ("copy-lora", "copy-model", "custom/effect-lora", "custom/resize"):
+    for name in ("copy-lora", "custom/effect-lora", "custom/resize"):
         assert Path(stages[name]["log"]).is_file()
     # identical captions for both images
     assert (run_dir / "captions" / "original.txt").read_bytes() == (run_dir / "captions" / "edited.txt").read_bytes()
     # stage log lines and live progress reached the user
-    assert "[5/8] copy model" in result.stderr and "step 3/3" in result.stderr
+    assert "[4/7] copy LoRA" in result.stderr and "step 3/3" in result.stderr
     print(f"\nfirst run wall {wall:.1f} s; stages: " + ", ".join(f"{n} {s['duration_s']:.1f}s/{s.get('peak_memory_gib') or 0:.1f}GiB" for n, s in stages.items()))
 
 
@@ -118,7 +120,7 @@ def test_rerun_trains_nothing(workspace):
     result = run_cli(custom_args(ws), ws["env"])
     wall = time.monotonic() - t0
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stderr.count("up to date, skipped") == 8
+    assert result.stderr.count("up to date, skipped") == 7
     manifest = json.loads((ws["root"] / "runs" / "custom run" / "manifest.json").read_text(encoding="utf-8"))
     assert {s["status"] for s in manifest["stages"]} == {"skipped"}
     assert wall < 60, f"a re-run took {wall:.1f} s"
@@ -132,7 +134,7 @@ def test_dry_run_prints_commands(workspace):
     result = run_cli(args + ["--dry-run"], ws["env"])
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout
-    assert "# [5/8] copy model: up to date" in out  # the cached copy machine is found
+    assert "# [4/7] copy LoRA: up to date" in out  # the cached copy machine is found
     assert "train_network.py" in out and "resize_lora.py" in out
     assert not (ws["root"] / "runs" / "dry" / "dry-custom.safetensors").exists()
 
@@ -148,7 +150,7 @@ def test_second_effect_reuses_the_copy_machine(workspace):
     assert result.returncode == 0, result.stderr[-4000:]
     manifest = json.loads((ws["root"] / "runs" / "outline run" / "manifest.json").read_text(encoding="utf-8"))
     status = {s["name"]: s["status"] for s in manifest["stages"]}
-    assert status["copy-lora"] == "skipped" and status["copy-model"] == "skipped"
+    assert status["copy-lora"] == "skipped" and "copy-model" not in status
     assert status["outline/effect-lora"] == "done" and status["outline/final"] == "done"
     md = check_final_lora(Path(result.stdout.strip().splitlines()[-1]))
     assert md["copymachine.effect"] == "outline"
