@@ -1,6 +1,6 @@
 # copymachine — set-up, tests and one target per effect.
 #   make setup                      copymachine + sd-scripts (submodule) + its own venv with torch
-#   make test                       the fast suite (no GPU, no sd-scripts, no weights needed)
+#   make test                       lint, then the fast suite (no GPU, no sd-scripts, no weights needed)
 #   make test-integration           the suite against the real sd-scripts at vendor/sd-scripts
 #   make test-release RELEASE=v0.9.1 the integration subset against an sd-scripts release in its own venv
 #   make bench-effects              time the built-in image edits at 512² and 1024²
@@ -26,7 +26,7 @@ RELEASE_TORCH ?= torch==2.14.1 torchvision==0.29.1
 # the integration subset a release must pass: train, diff, the copy check, the preview, doctor
 RELEASE_TESTS ?= test_custom_edit_end_to_end or test_difference_extraction_and_its_sign or test_copy_check_reports_no_copy_on_random_weights or test_standalone_preview or test_doctor_knows_the_engine
 
-.PHONY: setup venv sd-scripts test test-integration test-integration-sdxl sd-release test-release bench bench-effects all $(EFFECTS) clean
+.PHONY: setup venv sd-scripts lint test test-integration test-integration-sdxl sd-release test-release bench bench-effects all $(EFFECTS) clean
 
 $(BIN)/copymachine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +51,12 @@ sd-scripts:
 setup: venv sd-scripts
 	@$(BIN)/copymachine doctor --sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python || true
 
+# lint: ruff over our code and tests (rules in pyproject.toml); part of `make test`, so CI runs it
+lint: venv
+	$(BIN)/ruff check copymachine tests
+
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
-test: venv
+test: venv lint
 	$(BIN)/python -m pytest -q -m "not integration" -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 test-integration: venv

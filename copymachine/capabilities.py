@@ -125,7 +125,7 @@ def cache_dir() -> Path:
     return Path(base) / "copymachine" / "engines"
 
 
-def name_version(engine: "Engine") -> tuple[str, bool]:
+def name_version(engine: Engine) -> tuple[str, bool]:
     identity = engine.identity
     if engine.commit:
         if engine.commit in RELEASES:
@@ -145,13 +145,14 @@ def parse_prompt_options(source: str) -> list[str]:
     return sorted(set(_PROMPT_OPTION.findall(source)))
 
 
-def _help(engine: "Engine", script: str) -> tuple[str, list[str] | str]:
+def _help(engine: Engine, script: str) -> tuple[str, list[str] | str]:
     path = engine.script(script)
     if not path.is_file():
         return script, f"{script} is not there"
     try:
         proc = subprocess.run(
             [engine.python, str(path), "--help"],
+            check=False,
             cwd=engine.root,
             env=engine.env(offline=True),
             capture_output=True,
@@ -175,7 +176,7 @@ def _help(engine: "Engine", script: str) -> tuple[str, list[str] | str]:
     return script, options
 
 
-def learn(engine: "Engine", refresh: bool = False) -> Capabilities:
+def learn(engine: Engine, refresh: bool = False) -> Capabilities:
     """The capabilities of `engine`, from the cache or learnt now (each script's --help, in
     parallel; about as long as one sd-scripts start per script, once per checkout)."""
     path = cache_dir() / (engine.identity.replace(":", "-") + ".json")
@@ -209,7 +210,7 @@ def learn(engine: "Engine", refresh: bool = False) -> Capabilities:
     return caps
 
 
-def require(engine: "Engine", caps: Capabilities) -> None:
+def require(engine: Engine, caps: Capabilities) -> None:
     """Refuse, before any stage, an sd-scripts copymachine cannot drive."""
     where = f"sd-scripts at {engine.root} ({caps.version_text()})"
     if caps.errors:

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image, ImageDraw
 
+from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
 from copymachine.images import save_png, to_rgb
 from copymachine.sheet import Fonts, draw_fitted, line_height
-from copymachine.heavy import cv2
 
 # Alignment: the largest movement of an image corner under the fitted affine warp, in pixels,
 # compared after rounding to 0.1 px (the precision the fit is good to).

@@ -189,6 +189,7 @@ class Engine:
         try:
             proc = subprocess.run(
                 [self.python, "-c", _PROBE, json.dumps(list(modules)), json.dumps(list(REPORTED_DISTRIBUTIONS))],
+                check=False,
                 cwd=self.root,
                 env=self.env(),
                 capture_output=True,

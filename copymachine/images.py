@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
-from copymachine.heavy import numpy as np
 from copymachine.errors import InputError, OutputError
+from copymachine.heavy import numpy as np
 
 RGB = tuple[int, int, int]
 WHITE: RGB = (255, 255, 255)

@@ -13,8 +13,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from copymachine.errors import BusyError
 from copymachine.runner import kill_orphaned_group, kill_orphans_of, process_alive
@@ -117,7 +117,7 @@ class FolderLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,13 +10,13 @@ import json
 import os
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-
-from copymachine.heavy import numpy as np
 from copymachine.errors import InputError
+from copymachine.heavy import numpy as np
 
 _MAX_HEADER = 100 * 1024 * 1024
 

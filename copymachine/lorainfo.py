@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-
 from copymachine.heavy import numpy as np
 from copymachine.lorafile import read_safetensors, summarize_lora
 from copymachine.models import lora_family

@@ -28,12 +28,12 @@ from copymachine.stages import Settings, kind_versions
 from copymachine.stages.captions import caption_plan
 from copymachine.stages.copy_check import CAPTION_PLACEHOLDER
 from copymachine.stages.copy_check import planned_outputs as copy_check_outputs
-from copymachine.stages.merge_model import lora_input_name
-from copymachine.stages.train_lora import base_weight_input_name
 from copymachine.stages.leakage import leakage_params
 from copymachine.stages.leakage import planned_outputs as leakage_outputs
+from copymachine.stages.merge_model import lora_input_name
 from copymachine.stages.preview import planned_outputs as preview_outputs
 from copymachine.stages.preview import preview_params
+from copymachine.stages.train_lora import base_weight_input_name
 
 CUSTOM = "custom"
 COPY_MACHINE = "copy-machine"
@@ -87,7 +87,7 @@ def training_size(width: int, height: int, resolution: int | None) -> tuple[int,
     scale = resolution / max(width, height) if resolution else 1.0
 
     def side(v: int) -> int:
-        return max(MIN_SIDE, int(round(v * scale / STEP)) * STEP)
+        return max(MIN_SIDE, round(v * scale / STEP) * STEP)
 
     return side(width), side(height)
 

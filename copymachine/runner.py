@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 # tqdm: "steps:  42%|####      | 420/1000 [05:12<07:11,  1.34it/s, avr_loss=0.0873]"
 _TQDM = re.compile(
@@ -81,9 +81,9 @@ class StreamWatcher:
     nan: bool = False
     oom: bool = False
     # every Python traceback in the output, in order (the child's own comes before the launcher's)
-    tracebacks: list["Traceback"] = field(default_factory=list)
+    tracebacks: list[Traceback] = field(default_factory=list)
     _last_bar_line: str = ""
-    _open: "Traceback | None" = None
+    _open: Traceback | None = None
 
     def feed(self, segment: str) -> None:
         text = segment.strip()
@@ -144,7 +144,7 @@ class StreamWatcher:
             self.tracebacks.append(tb)
 
     @property
-    def root_cause(self) -> "Traceback | None":
+    def root_cause(self) -> Traceback | None:
         """The first exception raised in the output, not the launcher's report of the child's exit
         (`accelerate launch` raises CalledProcessError after the child's own traceback)."""
         raised = [tb for tb in self.tracebacks if not tb.exception.startswith(("subprocess.CalledProcessError", "CalledProcessError"))]
@@ -279,8 +279,8 @@ def run_command(
     start = time.monotonic()
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with open(log_path, "ab") as log:
-        log.write(f"$ {subprocess.list2cmdline(argv) if os.name == 'nt' else _posix_join(argv)}\n".encode("utf-8"))
-        log.write(f"# cwd: {cwd}\n# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode("utf-8"))
+        log.write(f"$ {subprocess.list2cmdline(argv) if os.name == 'nt' else _posix_join(argv)}\n".encode())
+        log.write(f"# cwd: {cwd}\n# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
         proc = subprocess.Popen(
             argv,
@@ -319,7 +319,7 @@ def run_command(
                 proc.stdout.close()
         duration = time.monotonic() - start
         peak = f", peak memory {peak_rss / 2**30:.1f} GiB" if peak_rss else ""
-        log.write(f"\n# exit code {returncode} after {duration:.1f} s{peak}\n".encode("utf-8"))
+        log.write(f"\n# exit code {returncode} after {duration:.1f} s{peak}\n".encode())
     return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path, peak_rss=peak_rss)
 
 

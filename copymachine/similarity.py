@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from copymachine.heavy import numpy as np
 from copymachine.check import ssim
+from copymachine.heavy import numpy as np
 from copymachine.images import to_rgb
 
 LPIPS_HINT = "pip install 'copymachine[lpips]'"
@@ -44,9 +44,9 @@ class Lpips:
     _model: object = field(default=None, repr=False)
 
     @classmethod
-    def load(cls) -> "Lpips":
+    def load(cls) -> Lpips:
         try:
-            import lpips  # noqa: F401  (pulls in torch: only when the extra is installed)
+            import lpips
         except ImportError:
             return cls(False, f"LPIPS not installed ({LPIPS_HINT})")
         try:

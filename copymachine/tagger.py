@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from copymachine.heavy import numpy as np
 from copymachine.errors import EnvironmentProblem, InputError
+from copymachine.heavy import numpy as np
 from copymachine.images import to_rgb
 
 MODEL_FILE = "model.onnx"

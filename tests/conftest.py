@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import imagekit  # noqa: E402
+import imagekit
 
 
 @pytest.fixture(scope="session")

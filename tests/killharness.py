@@ -31,12 +31,12 @@ import struct
 import subprocess
 import sys
 import time
-import tomllib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+import tomllib
 from PIL import Image
 
 from copymachine.files import sha256_file
@@ -190,7 +190,7 @@ def check_disk(run_dir: Path, roots: list[Path], deep: bool = True) -> dict:
     for path in finals:
         try:
             validate_file(path, deep=deep)
-        except Exception as e:  # noqa: BLE001 - any failure to load is the finding
+        except Exception as e:
             raise AssertionError(f"file at a final path does not load: {path}: {type(e).__name__}: {e}") from None
     manifest_path = run_dir / "manifest.json"
     done = 0
@@ -243,7 +243,7 @@ class Report:
     def total_kills(self) -> int:
         return sum(self.kills.values())
 
-    def add(self, other: "Report") -> None:
+    def add(self, other: Report) -> None:
         self.kills.update(other.kills)
         for name in ("crashes", "attempts", "completed_runs", "orphans_ended", "temps_left"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -343,7 +343,7 @@ class KillHarness:
                         self.orphans.append(child)
                 break
             time.sleep(0.01)
-        out, err = proc.communicate()
+        _out, err = proc.communicate()
         if killed:
             self.report.kills[phase] += 1
             self.report.events.append(f"{scenario.name}: killed in {phase} (aimed at {target}) after {time.monotonic() - t0:.2f} s")
@@ -361,7 +361,7 @@ class KillHarness:
         self.report.attempts += 1
         proc = self._start(scenario, {"COPYMACHINE_FAKE_FAIL": f"{stem}:die-mid-write"})
         try:
-            out, err = proc.communicate(timeout=self.timeout_s)
+            _out, err = proc.communicate(timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from killharness import child_of_lock, cmdline
 from PIL import Image, ImageEnhance
 
 from copymachine import preflight
@@ -24,7 +25,6 @@ from copymachine.errors import EXIT_BUSY, EXIT_ENGINE, EXIT_ENVIRONMENT, EXIT_IN
 from copymachine.files import sha256_file
 from copymachine.lorafile import validate_lora, write_safetensors
 from copymachine.models import SD2
-from killharness import child_of_lock, cmdline
 
 
 def invoke(args: list[str]):

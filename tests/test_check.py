@@ -4,11 +4,11 @@ import json
 import math
 
 import cv2
+import imagekit
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-import imagekit
 from copymachine import check
 from copymachine.check import check_pair, compare_sheet, format_report
 from copymachine.effects import apply_effect

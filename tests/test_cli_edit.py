@@ -4,12 +4,12 @@ import json
 import subprocess
 import sys
 
+import imagekit
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import imagekit
 from copymachine.cli import cli
 from copymachine.effects import EFFECTS, apply_effect
 from copymachine.errors import EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE

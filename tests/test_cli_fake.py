@@ -157,7 +157,7 @@ def test_difference_extraction_sign(fake_engine, images, tmp_path):
     base = ["diff", "--base", str(fake_engine.base), "--image", str(images["original"]), "--edited", str(images["edited"]), "--out", str(out), "--resolution", "64", "--max-steps", "3", "--no-copy-check", *fake_engine.engine_args]
     result = invoke(base)
     assert result.exit_code == 0, result.output
-    svd = [c for c in fake_engine.calls() if c["script"].endswith("svd_merge_lora.py")][0]
+    svd = next(c for c in fake_engine.calls() if c["script"].endswith("svd_merge_lora.py"))
     a, b = svd["args"]["models"]
     assert a.endswith("lora-a.safetensors") and b.endswith("lora-b.safetensors")
     assert svd["args"]["ratios"] == [-1.0, 1.0] and svd["args"]["new_rank"] == 8
@@ -319,7 +319,7 @@ def test_a_killed_merge_is_named_as_out_of_memory(fake_engine, images, tmp_path,
     monkeypatch.setenv("COPYMACHINE_FAKE_FAIL", "merge_lora:die-mid-write")
     result = invoke(train_args(fake_engine, images, tmp_path / "oom", "--effect", "contrast", "--copy-model", "file"))
     assert result.exit_code == EXIT_ENGINE
-    line = [x for x in result.stderr.splitlines() if x.startswith("copymachine: error:")][0]
+    line = next(x for x in result.stderr.splitlines() if x.startswith("copymachine: error:"))
     assert "copy model" in line and "was killed by SIGKILL" in line and "out-of-memory killer" in line
     assert not list((tmp_path / "_cache" / "copy-model").rglob("*.safetensors"))
 

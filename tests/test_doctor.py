@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from copymachine import preflight
-from copymachine.cli import cli, doctor as doctor_module
+from copymachine.cli import cli
+from copymachine.cli import doctor as doctor_module
 from copymachine.engine import PINNED_COMMIT
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OUTPUT
 

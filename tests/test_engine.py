@@ -32,7 +32,7 @@ def test_precedence_option_env_vendor(tmp_path, monkeypatch):
 
 def test_not_found_messages(tmp_path, monkeypatch):
     monkeypatch.delenv("SD_SCRIPTS", raising=False)
-    with pytest.raises(EnvironmentProblem, match="no train_network.py"):
+    with pytest.raises(EnvironmentProblem, match=r"no train_network.py"):
         engine.find_sd_scripts(tmp_path)
     monkeypatch.setattr(engine, "_PACKAGE_ROOT", tmp_path / "nowhere")
     monkeypatch.chdir(tmp_path)

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from copymachine.genimg import PromptLine, clean_prompt, format_multiplier, gen_img_args, render_prompt_file
-from copymachine.stages.copy_check import prompt_lines as check_lines
-from copymachine.stages.preview import cells, planned_outputs, preview_params, prompt_lines as preview_lines
 from copymachine.models import SD1, SDXL
 from copymachine.recipe import MEMO
+from copymachine.stages.copy_check import prompt_lines as check_lines
+from copymachine.stages.preview import cells, planned_outputs, preview_params
+from copymachine.stages.preview import prompt_lines as preview_lines
 
 
 def test_prompt_line_carries_everything_per_image():

@@ -12,10 +12,10 @@ import sys
 import time
 
 import pytest
+from killharness import alive, child_of_lock, cmdline, stamps
 from PIL import Image
 
 from copymachine.errors import EXIT_INTERRUPTED
-from killharness import alive, child_of_lock, cmdline, stamps
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

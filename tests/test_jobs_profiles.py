@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -42,7 +43,7 @@ def test_gpu_profile_keeps_the_recipe_and_goes_faster(fake_engine, image, tmp_pa
     # the recipe is untouched
     assert (cfg["optimizer_type"], cfg["network_dim"], cfg["learning_rate"]) == ("AdamW", 64, 1e-4)
     assert "gradient_checkpointing" not in cfg
-    resize = [c for c in fake_engine.calls() if c["script"].endswith("resize_lora.py")][0]
+    resize = next(c for c in fake_engine.calls() if c["script"].endswith("resize_lora.py"))
     assert resize["args"]["device"] == "cpu"  # sd-scripts issue #904
 
 
@@ -62,7 +63,7 @@ def test_cpu_profile_and_cpu_runs_stay_sequential(fake_engine, image, tmp_path):
     cfg = trainings(fake_engine)[0]["config"]
     assert cfg["mixed_precision"] == "no" and "sdpa" not in cfg and "cache_latents" not in cfg
     calls = trainings(fake_engine)
-    for earlier, later in zip(calls, calls[1:]):
+    for earlier, later in itertools.pairwise(calls):
         assert earlier["finished"] <= later["started"]
 
 

@@ -15,9 +15,8 @@ import sys
 import threading
 import time
 
-from PIL import Image, ImageEnhance
-
 from killharness import PHASES, KillHarness, Report, Scenario
+from PIL import Image, ImageEnhance
 
 SEED = int(os.environ.get("COPYMACHINE_KILL_SEED") or 20260207)
 KILLS = int(os.environ.get("COPYMACHINE_KILLS") or 22)
@@ -81,7 +80,7 @@ def test_kill_and_resume_train_and_diff(fake_engine, scene, tmp_path):
     def work(method: str) -> None:
         try:
             soak_method(method, harnesses[method], tmp_path, fake_engine, original, edited, quota[method])
-        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+        except BaseException as e:
             errors.append(e)
 
     t0 = time.monotonic()

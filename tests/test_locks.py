@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
+from killharness import alive
 
 from copymachine.errors import BusyError
 from copymachine.locks import FolderLock
-from killharness import alive
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="orphans are found through /proc (Linux)")
 

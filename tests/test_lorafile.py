@@ -127,7 +127,7 @@ def _checkpoint(tmp_path, keys, name="m.safetensors"):
 def test_inspect_base_model(tmp_path):
     assert inspect_base_model(_checkpoint(tmp_path, SD1_KEYS)).family.name == "sd1"
     assert inspect_base_model(_checkpoint(tmp_path, SDXL_KEYS, "xl.safetensors")).family.name == "sdxl"
-    with pytest.raises(InputError, match="Stable Diffusion 2.x, which this version of copymachine does not train yet"):
+    with pytest.raises(InputError, match=r"Stable Diffusion 2.x, which this version of copymachine does not train yet"):
         inspect_base_model(_checkpoint(tmp_path, SD2_KEYS, "v2.safetensors"))
     assert inspect_base_model(tmp_path / "v2.safetensors", for_training=False).family.name == "sd2"
     with pytest.raises(InputError, match="a LoRA, not a base model"):

@@ -19,11 +19,11 @@ from copymachine.models import SD1
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO
+from copymachine.stages import Settings
 from copymachine.stages.train_lora import LAUNCHER
 
 # The memo's route: the copy model written by merge_lora.py (--copy-model file)
 FILE = MEMO.__class__(merge=MEMO.merge.__class__(copy_model="file"))
-from copymachine.stages import Settings
 
 SD1_KEYS = [
     "model.diffusion_model.input_blocks.0.0.weight",
@@ -214,7 +214,7 @@ def test_sources_and_edits(env, tmp_path):
     edits.mkdir()
     (edits / "img0.jpg").write_bytes(b"x")
     assert match_edits([tmp_path / "img0.png"], edits) == [edits / "img0.jpg"]
-    with pytest.raises(InputError, match="no edit named like img1.png"):
+    with pytest.raises(InputError, match=r"no edit named like img1.png"):
         match_edits([tmp_path / "img0.png", tmp_path / "img1.png"], edits)
 
 
@@ -283,5 +283,5 @@ def test_dry_run_command_lines_of_the_memo_route(env, capsys):
     extract = _find(commands, "extract_lora_from_models.py")[0]
     assert extract[extract.index("--dim") + 1] == "64"
     merges = _find(commands, "merge_lora.py")
-    processed = [m for m in merges if "processed-model.safetensors" in m[m.index("--save_to") + 1]][0]
+    processed = next(m for m in merges if "processed-model.safetensors" in m[m.index("--save_to") + 1])
     assert processed[processed.index("--ratios") + 1 : processed.index("--ratios") + 3] == ["0.5", "0.5"]

@@ -54,7 +54,7 @@ def test_unknown_section_and_bad_values():
         apply_overrides(MEMO, {"copy": {"network_dim": "many"}}, "x")
     with pytest.raises(InputError, match="rejects warmup"):
         apply_overrides(MEMO, {"copy": {"lr_scheduler": "constant"}}, "x")
-    with pytest.raises(InputError, match="section.key=value"):
+    with pytest.raises(InputError, match=r"section.key=value"):
         parse_set_options(["network_dim=3"])
 
 

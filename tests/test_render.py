@@ -1,14 +1,15 @@
 """Rendered sd-scripts configs parse as TOML and carry hostile paths unchanged."""
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from copymachine.models import SD1, SDXL
 from copymachine.recipe import MEMO
-from copymachine.render import AttrDict as _Obj, render, toml_value
+from copymachine.render import AttrDict as _Obj
+from copymachine.render import render, toml_value
 
 HOSTILE = [
     r"G:\sd\models\lora\x.safetensors",

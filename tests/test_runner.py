@@ -48,7 +48,7 @@ def test_exit_code_and_tail(tmp_path):
 def test_arguments_are_not_split_by_a_shell(tmp_path):
     weird = "a b; echo pwned $(id) 'q' \"d\" \\ %PATH% 日本"
     code = "import sys; print(repr(sys.argv[1]))"
-    result, _ = _run(tmp_path, code, weird)
+    _result, _ = _run(tmp_path, code, weird)
     assert repr(weird) in (tmp_path / "logs" / "x.log").read_text(encoding="utf-8")
 
 

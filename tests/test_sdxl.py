@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import pytest
@@ -64,14 +63,14 @@ def test_diff_and_the_memo_route_with_sdxl(fake_engine, sdxl, tmp_path):
     assert fake_engine.scripts() == ["sdxl_train_network.py", "sdxl_train_network.py", "svd_merge_lora.py"]
     result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "two"), "--image", str(sdxl["second"])])
     assert result.exit_code == 0, result.output
-    extract = [c for c in fake_engine.calls() if c["script"].endswith("extract_lora_from_models.py")][0]
+    extract = next(c for c in fake_engine.calls() if c["script"].endswith("extract_lora_from_models.py"))
     assert "--sdxl" in extract["argv"]
 
 
 def test_generated_original_uses_gen_img_sdxl_at_1024(fake_engine, sdxl, tmp_path):
     result = invoke(["train", "--effect", "contrast", "--base", str(sdxl["base"]), "--out", str(tmp_path / "g"), "--dry-run", *fake_engine.engine_args])
     assert result.exit_code == 0, result.output
-    gen = [line for line in result.stdout.splitlines() if "gen_img.py" in line][0]
+    gen = next(line for line in result.stdout.splitlines() if "gen_img.py" in line)
     assert "--sdxl" in gen.split()
     prompt_file = tmp_path / "_cache" / "generated"
     line = next(prompt_file.rglob("*prompt.txt")).read_text(encoding="utf-8")
@@ -99,7 +98,7 @@ def test_a_merge_that_will_not_fit_in_ram_is_named_before_starting(fake_engine, 
     assert result.exit_code == 0 and "needs ~" not in result.output
     result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "ram"), "--copy-model", "file"])
     assert result.exit_code == 0, result.output
-    warning = [line for line in result.output.splitlines() if "needs ~" in line][0]
+    warning = next(line for line in result.output.splitlines() if "needs ~" in line)
     assert "copy model" in warning and "SDXL checkpoint at float" in warning and "--set merge.precision=fp16" in warning
     assert result.output.index(warning) < result.output.index("[1/")  # before any stage runs
     # at fp16 (22.7 GiB measured) it fits in 24 GB: no warning

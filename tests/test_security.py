@@ -7,10 +7,10 @@ import io
 import re
 import socket
 import tokenize
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from click.testing import CliRunner
 
 from copymachine.cli import cli
@@ -86,9 +86,10 @@ HOSTILE = 'C:\\sd\\a "b" \'c\'\nd = 1\n[x]\n%s 日本語 """'
 
 
 def test_hostile_strings_round_trip_through_both_templates(tmp_path):
-    from copymachine.render import AttrDict
-    from copymachine.recipe import MEMO
     import dataclasses
+
+    from copymachine.recipe import MEMO
+    from copymachine.render import AttrDict
 
     training = AttrDict(dataclasses.asdict(MEMO.copy))
     path = Path(HOSTILE)

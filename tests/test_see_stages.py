@@ -156,7 +156,7 @@ def test_preview_font_is_an_input(tmp_path, scene_path):
     p = plan(dataclasses.replace(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), recipe=recipe), settings(), HashCache(None))
     assert p.stage("outline/preview").inputs["font"].path == font.resolve()
     recipe = apply_overrides(MEMO, {"preview": {"font": str(tmp_path / "none.ttf")}}, "test")
-    with pytest.raises(InputError, match="preview.font not found"):
+    with pytest.raises(InputError, match=r"preview.font not found"):
         plan(dataclasses.replace(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), recipe=recipe), settings(), HashCache(None))
 
 

@@ -106,10 +106,10 @@ def test_tiny_onnx_tagger_end_to_end(tmp_path):
 
 
 def test_incomplete_folder_names_both_files(tmp_path):
-    with pytest.raises(InputError, match="model.onnx and selected_tags.csv"):
+    with pytest.raises(InputError, match=r"model.onnx and selected_tags.csv"):
         tagger_files(tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"x")
-    with pytest.raises(InputError, match="lacks selected_tags.csv"):
+    with pytest.raises(InputError, match=r"lacks selected_tags.csv"):
         tagger_files(tmp_path)
     with pytest.raises(InputError, match="not a folder"):
         tagger_files(tmp_path / "nope")
@@ -170,8 +170,9 @@ def test_caption_stage_tags_the_original_only(tmp_path, monkeypatch):
 
 
 def test_wd14_without_a_tagger_dir_is_refused(tmp_path):
-    from copymachine.cli import cli
     from click.testing import CliRunner
+
+    from copymachine.cli import cli
 
     image = tmp_path / "a.png"
     Image.new("RGB", (64, 64)).save(image)

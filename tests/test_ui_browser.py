@@ -178,7 +178,7 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         # the page with three effects open, for the README; then back to contrast alone
         for other in ("outline", "posterize"):
             click(f".effect-card[data-effect={other}] .effect-toggle")
-            wait_for(lambda: "check: " in css(f".effect-card[data-effect={other}] .verdict").text, what=f"the {other} preview")
+            wait_for(lambda other=other: "check: " in css(f".effect-card[data-effect={other}] .verdict").text, what=f"the {other} preview")
         d.execute_script("window.scrollTo(0, 0)")
         d.save_screenshot(str(shots / "ui-make.png"))
         for other in ("outline", "posterize"):

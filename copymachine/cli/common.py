@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
-from copymachine import capabilities
+from copymachine import capabilities, profiles
 from copymachine import engine as engine_mod
-from copymachine import profiles
 from copymachine.errors import EnvironmentProblem
 from copymachine.progress import Reporter
 from copymachine.stages import Settings

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from copymachine import engine as engine_mod
 from copymachine import capabilities, heavy, preflight
+from copymachine import engine as engine_mod
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
 from copymachine.files import free_bytes

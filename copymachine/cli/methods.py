@@ -15,7 +15,18 @@ from copymachine.cli.common import check_tokenizers, engine_options, make_settin
 from copymachine.cli.see import see_options, see_recipe_sets, see_request
 from copymachine.errors import InputError
 from copymachine.files import HashCache
-from copymachine.methods import COPY_MACHINE, CUSTOM, DIFFERENCE, Request, default_cache, images_in, make_sources, match_edits, plan, run_folder
+from copymachine.methods import (
+    COPY_MACHINE,
+    CUSTOM,
+    DIFFERENCE,
+    Request,
+    default_cache,
+    images_in,
+    make_sources,
+    match_edits,
+    plan,
+    run_folder,
+)
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, apply_overrides, load_recipe_file, parse_set_options

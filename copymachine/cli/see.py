@@ -5,12 +5,14 @@ the copy check, the preview at the end of a run and WD14 captions."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from PIL import Image
 
+from copymachine import recipe as recipe_mod
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
 from copymachine.errors import InputError
@@ -22,7 +24,6 @@ from copymachine.models import Family, inspect_base_model, lora_family
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
-from copymachine import recipe as recipe_mod
 from copymachine.recipe import MEMO
 from copymachine.stages import kind_versions
 from copymachine.stages.leakage import leakage_params

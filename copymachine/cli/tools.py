@@ -13,9 +13,9 @@ from pathlib import Path
 
 import click
 
+from copymachine import preflight
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
-from copymachine import preflight
 from copymachine.errors import InputError, OutputError
 from copymachine.files import HashCache
 from copymachine.lorafile import summarize_lora
@@ -24,8 +24,8 @@ from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, PRECISIONS
-from copymachine.stages import kind_versions
 from copymachine.recipe import ratio as recipe_ratio
+from copymachine.stages import kind_versions
 from copymachine.stages.merge_model import lora_input_name
 
 

@@ -14,10 +14,10 @@ import math
 
 from PIL import Image
 
-from copymachine.heavy import numpy as np
 from copymachine.effects import contrast, flat, jpeg, outline, posterize
 from copymachine.effects.base import Effect, Param, Value, blend
 from copymachine.errors import InputError
+from copymachine.heavy import numpy as np
 from copymachine.images import to_rgb
 
 __all__ = ["AMOUNT_LIMIT", "AMOUNT_RANGE", "EFFECTS", "Effect", "Param", "apply_effect", "check_amount", "get", "names", "resolve_params"]

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-
-from copymachine.heavy import numpy as np
 from copymachine.errors import InputError
+from copymachine.heavy import numpy as np
 
 Value = int | float | str | bool
 _TYPE_NAMES = {int: "integer", float: "number", str: "text", bool: "true/false"}
@@ -52,9 +51,7 @@ class Param:
         problem = None
         if self.choices is not None and value not in self.choices:
             problem = f"must be one of {', '.join(self.choices)}"
-        elif self.type in (int, float) and self.min is not None and value < self.min:
-            problem = f"must be {self.range_text()}"
-        elif self.type in (int, float) and self.max is not None and value > self.max:
+        elif (self.type in (int, float) and self.min is not None and value < self.min) or (self.type in (int, float) and self.max is not None and value > self.max):
             problem = f"must be {self.range_text()}"
         elif self.validate is not None:
             problem = self.validate(value)

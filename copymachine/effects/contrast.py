@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from PIL import Image, ImageEnhance
 
-from copymachine.heavy import numpy as np
 from copymachine.effects.base import Effect, Param, mode_param, to_uint8
+from copymachine.heavy import numpy as np
 
 PARAMS: dict[str, Param] = {
     "mode": mode_param(("linear", "scurve"), "linear: contrast about the mean grey (clips); scurve: sigmoid curve (no clipping)"),

@@ -24,11 +24,10 @@ lines neither vanish nor move.
 
 from __future__ import annotations
 
-
-from copymachine.heavy import numpy as np
 from copymachine.effects.base import Effect, Param, blend, mode_param, to_uint8
 from copymachine.effects.lineart import LINE_PARAMS, line_holes, line_mask, nearest_fill, recomposite_lines
 from copymachine.heavy import cv2
+from copymachine.heavy import numpy as np
 
 PARAMS: dict[str, Param] = {
     "mode": mode_param(("regions", "segment", "meanshift", "l0"), "regions: one colour per region bounded by line art and strong colour edges; segment: Felzenszwalb segments; meanshift / l0: edge-preserving smoothing"),
@@ -84,7 +83,7 @@ def restore_antialiasing(original: np.ndarray, flat: np.ndarray, labels: np.ndar
     span a line in RGB; the original pixel is projected onto it (clamped to c1..c2). Inside a fill
     c2 == c1 and nothing changes; on a boundary the step gets the coverage the original had.
     """
-    h, w = flat.shape[:2]
+    _h, _w = flat.shape[:2]
     square = np.ones((3, 3), np.uint8)
     lab = labels.astype(np.float64)  # exact for any label count; cv2 morphology has no int32
     edge = cv2.dilate(lab, square) != cv2.erode(lab, square)

@@ -12,8 +12,8 @@ import io
 
 from PIL import Image
 
-from copymachine.heavy import numpy as np
 from copymachine.effects.base import Effect, Param, mode_param
+from copymachine.heavy import numpy as np
 
 SUBSAMPLING = ("4:2:0", "4:2:2", "4:4:4")
 

@@ -9,10 +9,9 @@ stays out of the mask. Both tests ramp softly, so antialiased line edges get a p
 
 from __future__ import annotations
 
-
-from copymachine.heavy import numpy as np
 from copymachine.effects.base import Param, blend
 from copymachine.heavy import cv2
+from copymachine.heavy import numpy as np
 
 # The line-mask parameters, exposed by every effect that uses the mask.
 LINE_PARAMS: dict[str, Param] = {

@@ -12,11 +12,10 @@ below `xdog_eps` the image is multiplied towards black. It draws thin contours a
 
 from __future__ import annotations
 
-
-from copymachine.heavy import numpy as np
 from copymachine.effects.base import Effect, Param, blend, mode_param, to_uint8
 from copymachine.effects.lineart import LINE_PARAMS, ellipse, line_mask, luma
 from copymachine.heavy import cv2
+from copymachine.heavy import numpy as np
 
 PARAMS: dict[str, Param] = {
     "mode": mode_param(("thicken", "xdog"), "thicken: grow the existing line art; xdog: add contour lines at colour edges"),

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import math
 
-
-from copymachine.heavy import numpy as np
 from copymachine.effects.base import Effect, Param, mode_param, to_uint8
 from copymachine.heavy import cv2
+from copymachine.heavy import numpy as np
 
 PARAMS: dict[str, Param] = {
     "mode": mode_param(("levels", "kmeans"), "levels: N values per channel; kmeans: a palette of N colours chosen in Lab"),

@@ -40,9 +40,8 @@ def _target_lists(cls) -> dict[str, list]:
 
 
 def install() -> None:
-    import torch
-
     import networks.lora as lora
+    import torch
 
     if not hasattr(lora, "create_network_from_weights") or not hasattr(lora, "LoRANetwork"):
         raise SystemExit(f"{MARKER} this sd-scripts' networks/lora.py has no create_network_from_weights/LoRANetwork; use --copy-model file")

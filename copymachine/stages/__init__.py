@@ -11,9 +11,10 @@ import importlib
 import re
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from copymachine.errors import EngineError
 from copymachine.profiles import CPU, Profile
@@ -47,15 +48,15 @@ class Settings:
     """How this machine runs sd-scripts: the engine, the device profile, parallel jobs.
     Only what changes results (precision, the profile's training options) enters stage keys."""
 
-    engine: "Engine | None"
-    probe: "Probe | None"
+    engine: Engine | None
+    probe: Probe | None
     profile: Profile = CPU
     tokenizer_cache_dir: Path | None = None
     offline: bool = False
     jobs: int = 1
     gpus: int = 0  # CUDA devices; with several, each parallel job gets its own
     pinned_gpu: int | None = None  # every sd-scripts call on this CUDA device (a queue's job slot)
-    capabilities: "Capabilities | None" = None  # what this sd-scripts can do (copymachine.capabilities)
+    capabilities: Capabilities | None = None  # what this sd-scripts can do (copymachine.capabilities)
 
     @property
     def mixed_precision(self) -> str:
@@ -72,11 +73,11 @@ class Settings:
 
 @dataclass
 class StageContext:
-    plan: "Plan"
-    stage: "Stage"
+    plan: Plan
+    stage: Stage
     settings: Settings
-    reporter: "Reporter"
-    hashes: "HashCache"
+    reporter: Reporter
+    hashes: HashCache
     log_path: Path
     dry_run: bool = False
     on_child: Callable[[int, bool], None] | None = None  # (process group, alive)
@@ -93,7 +94,7 @@ class StageContext:
         return self.scratch / self.stage.outputs[name].name
 
     @property
-    def engine(self) -> "Engine":
+    def engine(self) -> Engine:
         if self.settings.engine is None:
             raise EngineError("internal: this stage needs sd-scripts but none was located")
         return self.settings.engine
@@ -177,7 +178,7 @@ def _toml_keys(path: Path) -> list[str]:
     return keys
 
 
-def check_result(stage: "Stage", what: str, result, expected: list[Path]) -> None:
+def check_result(stage: Stage, what: str, result, expected: list[Path]) -> None:
     """Turn sd-scripts' ways of failing into one clear message with the log's tail."""
     w = result.watcher
     where = f"stage '{stage.title}' ({what})"
@@ -251,18 +252,18 @@ class StageKind:
     version = 1
     needs_engine = False
 
-    def execute(self, stage: "Stage", ctx: StageContext) -> None:
+    def execute(self, stage: Stage, ctx: StageContext) -> None:
         raise NotImplementedError
 
-    def validate(self, stage: "Stage", name: str, path: Path, ctx: StageContext) -> dict[str, Any]:
+    def validate(self, stage: Stage, name: str, path: Path, ctx: StageContext) -> dict[str, Any]:
         """Check one produced file before it is moved into place; return facts for the manifest."""
         return {}
 
-    def describe(self, stage: "Stage") -> str:
+    def describe(self, stage: Stage) -> str:
         """One line for the plan listing."""
         return stage.title
 
-    def conclude(self, stage: "Stage", stamp: dict[str, Any], reporter: "Reporter") -> dict[str, Any] | None:
+    def conclude(self, stage: Stage, stamp: dict[str, Any], reporter: Reporter) -> dict[str, Any] | None:
         """After the stage is done (run now or earlier): report what it found and judge it
         against `stage.gate`. Returns a verdict for the manifest ({"passed": bool, "message":
         ...}; the pipeline stops the run when it did not pass), or None."""
@@ -281,7 +282,7 @@ def kinds() -> dict[str, StageKind]:
     return _KINDS
 
 
-def kind_versions(engine: "Engine | None" = None) -> dict[str, Any]:
+def kind_versions(engine: Engine | None = None) -> dict[str, Any]:
     """What of the code decides each kind's results, for stage keys: the kind's version, and for a
     kind that runs sd-scripts also the engine (`Engine.identity`: its commit, or a hash of its
     tree), so that another sd-scripts computes anew instead of reusing. The keys of kinds that do

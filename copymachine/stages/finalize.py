@@ -22,7 +22,6 @@ from copymachine.lorafile import copy_with_metadata, read_safetensors, validate_
 from copymachine.stages import StageContext, StageKind
 from copymachine.stages.leakage import stored
 
-
 SIGN_TEXT = {
     "edit": "positive strength = more of the edit",
     "memo": "positive strength = less of the edit (the memo's orientation)",

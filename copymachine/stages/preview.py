@@ -15,11 +15,18 @@ from typing import Any
 from PIL import Image
 
 from copymachine.files import atomic_write_text
-from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, format_multiplier, gen_img_args, render_prompt_file
+from copymachine.genimg import (
+    PromptLine,
+    collect_sequential,
+    file_names_supported,
+    format_multiplier,
+    gen_img_args,
+    render_prompt_file,
+)
 from copymachine.images import load_rgb, save_png
 from copymachine.sheet import contact_sheet
-from copymachine.stages.leakage import short_label
 from copymachine.stages import StageContext, StageKind
+from copymachine.stages.leakage import short_label
 
 
 def _unique(values: list) -> list:

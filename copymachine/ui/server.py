@@ -180,8 +180,8 @@ class App:
         return out
 
     def results(self) -> list[dict[str, Any]]:
-        from copymachine.lorainfo import format_report, lora_report
         from copymachine.lorafile import read_safetensors
+        from copymachine.lorainfo import format_report, lora_report
 
         out = []
         for job in self.jobs():
@@ -333,10 +333,10 @@ class Handler(BaseHTTPRequestHandler):
         except BrokenPipeError:
             pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle("POST")
 
     # --- routes -----------------------------------------------------------------------------

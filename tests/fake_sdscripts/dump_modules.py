@@ -45,9 +45,8 @@ def main() -> int:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     sys.path.insert(0, str(HERE.parent / "integration"))
-    from build_fixtures import clip_text_config  # the configs sd-scripts' loaders build
-
     import lora
+    from build_fixtures import clip_text_config  # the configs sd-scripts' loaders build
     from library import model_util, sdxl_model_util, sdxl_original_unet
     from library.original_unet import UNet2DConditionModel
 

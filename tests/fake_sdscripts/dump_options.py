@@ -163,8 +163,8 @@ def main() -> int:
         mod = load_script(sd, rel)
         result["scripts"][rel] = describe_parser(mod.setup_parser())
 
-    from accelerate.commands.launch import launch_command_parser
     import accelerate
+    from accelerate.commands.launch import launch_command_parser
 
     result["scripts"]["accelerate/commands/launch.py"] = describe_parser(launch_command_parser())
     result["accelerate_version"] = accelerate.__version__

@@ -4,7 +4,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _fake.gen import main  # noqa: E402
+from _fake.gen import main
 
 
 def prompt_option(parg, opts, con, n_networks):

@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _fake.checkpoint import FAMILIES, checkpoint_tensors, make_checkpoint  # noqa: E402,F401
+from _fake.checkpoint import FAMILIES, checkpoint_tensors, make_checkpoint  # noqa: F401
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Write a fake single-file checkpoint (real key names, tiny tensors).")

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 FIXTURE_VERSION = "1"
@@ -105,7 +105,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def find_bpe_gz(cache: Path) -> Path:
     try:
-        import open_clip  # noqa: F401  (only its data file is used)
+        import open_clip
 
         p = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
         if p.is_file():
@@ -132,7 +132,8 @@ def find_bpe_gz(cache: Path) -> Path:
 
 def build_vocab(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
     """vocab (token -> id) and merges, as CLIP's SimpleTokenizer.__init__ builds them."""
-    lines = gzip.open(bpe_gz).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_gz) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     merges_t = [tuple(m.split()) for m in merges]
     vocab = list(bytes_to_unicode().values())
@@ -204,7 +205,7 @@ def build_tokenizer(cache: Path, model_id: str, pad_token: str) -> Path:
 # checkpoints
 
 
-@lru_cache(maxsize=None)
+@cache
 def _torch():
     import torch
 
@@ -229,10 +230,9 @@ def clip_text_config(hidden=768, inter=3072, layers=12, heads=12, act="quick_gel
 def build_sd15(path: Path) -> None:
     torch = _torch()
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel
-
     from library import model_util
     from library.original_unet import UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     unet = UNet2DConditionModel(**model_util.create_unet_diffusers_config(False))
     vae = AutoencoderKL(**model_util.create_vae_diffusers_config())
@@ -247,9 +247,8 @@ def build_sd15(path: Path) -> None:
 def build_sdxl(path: Path) -> None:
     torch = _torch()
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
     from library import model_util, sdxl_model_util, sdxl_original_unet
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     # Built one part at a time and halved at once, to keep the peak low (the fp32 U-Net alone is ~10 GB).
     unet = sdxl_original_unet.SdxlUNet2DConditionModel().to(torch.float16)

@@ -9,15 +9,21 @@ and "dropped" (the empty modules left out). Each is loaded with load_lora_weight
 -1, and the applied delta of every module compared with strength * alpha/rank * up @ down. One
 JSON line per form and strength.
 """
-import json, sys, os
+import json
+import os
+import sys
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 import warnings
-import numpy as np, torch
-from diffusers import UNet2DConditionModel, StableDiffusionPipeline, AutoencoderKL, DDIMScheduler
-from transformers import CLIPTextModel, CLIPTextConfig
-from copymachine.lorafile import write_safetensors, write_uniform_rank
+
 import diffusers
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from copymachine.lorafile import write_safetensors, write_uniform_rank
 
 out = sys.argv[1]
 names = [m["name"] for m in json.load(open(os.path.join(REPO, "tests", "fake_sdscripts", "data", "lora_modules_sd15.json")))["modules"]]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
+from realkit import draw_original, run_cli
 from safetensors.numpy import load_file
 
 from copymachine.engine import locate
@@ -36,7 +37,6 @@ from copymachine.profiles import Profile
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, apply_overrides
 from copymachine.stages import Settings
-from realkit import draw_original, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -115,9 +115,8 @@ def test_plain_base_weights_without_the_launcher_differ(ws, capsys):
     assert argv[-4].endswith("base_weights_launcher.py") and argv[-3].endswith("train_network.py")
     plain = ws["root"] / "plain"
     config = Path(argv[-1]).read_text(encoding="utf-8")
-    import tomllib
-
     import tomli_w
+    import tomllib
 
     data = tomllib.loads(config)
     data["output"]["output_dir"] = str(plain)

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageEnhance
-
 from killharness import KillHarness, Scenario, alive, child_of_lock, phase_now, stamps
+from PIL import Image, ImageEnhance
 from realkit import draw_original
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from realkit import draw_original, run_cli
 
 from copymachine.lorafile import read_safetensors
-from realkit import draw_original, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_train_real import draw_original, run_cli
 
 from copymachine.lorafile import read_safetensors, write_safetensors
-
-from test_train_real import draw_original, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -143,5 +142,5 @@ def test_standalone_preview(ws):
     assert np.abs(cells["1"] - cells["0"]).mean() > 0.5 and np.abs(cells["-1"] - cells["0"]).mean() > 0.5
     assert sorted(p.name for p in folder.iterdir()) == [".copymachine", ".stages", "my lora-preview", "my lora-preview.png", "my lora.safetensors"]
     print(f"\nstandalone preview wall {wall:.0f} s, sheet {Image.open(sheet_path).size}")
-    again, wall2 = timed(args, ws["env"])
+    again, _wall2 = timed(args, ws["env"])
     assert again.returncode == 0 and "up to date, skipped" in again.stderr

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
+from realkit import draw_original, run_cli
 
 from copymachine.lorafile import read_safetensors, validate_lora
-from realkit import draw_original, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -154,7 +154,7 @@ def _merge_into_checkpoint(args, run, con, sdxl, save_p) -> None:
     The fake finds the weight by the checkpoint key the real module maps to (data/lora_modules_*.json);
     where the tiny shapes differ (SDXL text encoder 2 q/k/v are fused in_proj) the weight is copied."""
     con.info(f"loading SD model: {args.sd_model}", "merge_lora.py:245")
-    ckpt, ckpt_meta = _load(args.sd_model, run, con)
+    ckpt, _ckpt_meta = _load(args.sd_model, run, con)
     is_xl = any(k.startswith("conditioner.embedders.1.") for k in ckpt)
     if is_xl != sdxl:
         crash(run, "RuntimeError: Error(s) in loading state_dict: Missing key(s) in state_dict (copymachine fake: wrong merge script for this checkpoint family)")

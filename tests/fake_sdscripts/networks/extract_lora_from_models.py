@@ -3,7 +3,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _fake.lora_tools import main  # noqa: E402
+from _fake.lora_tools import main
 
 if __name__ == "__main__":
     main("networks/extract_lora_from_models.py")

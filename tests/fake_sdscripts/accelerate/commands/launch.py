@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from _fake import common  # noqa: E402
+from _fake import common
 
 WARN_DEFAULTS = {"num_processes": 0, "num_machines": 1, "mixed_precision": "'no'", "dynamo_backend": "'no'"}
 
