@@ -23,8 +23,9 @@ SD_REPO       ?= $(SD_SCRIPTS)
 SD_RELEASES   ?= $(HOME)/.cache/copymachine/sd-releases
 RELEASE_DIR   := $(SD_RELEASES)/$(RELEASE)
 RELEASE_TORCH ?= torch==2.14.1 torchvision==0.29.1
-# the integration subset a release must pass: train, diff, the copy check, the preview, doctor
-RELEASE_TESTS ?= test_custom_edit_end_to_end or test_difference_extraction_and_its_sign or test_copy_check_reports_no_copy_on_random_weights or test_standalone_preview or test_doctor_knows_the_engine
+# the integration subset a release must pass: the copy model in memory = the file route (fp32), train, diff,
+# the copy check, the preview, doctor
+RELEASE_TESTS ?= test_both_routes_train_the_same_effect_lora_in_fp32 or test_custom_edit_end_to_end or test_difference_extraction_and_its_sign or test_copy_check_reports_no_copy_on_random_weights or test_standalone_preview or test_doctor_knows_the_engine
 
 .PHONY: setup venv sd-scripts lint test test-integration test-integration-sdxl sd-release test-release bench bench-effects all $(EFFECTS) clean
 
