@@ -123,6 +123,15 @@ key_map = comfy.lora.model_lora_keys_unet(model, {})
 key_map = comfy.lora.model_lora_keys_clip(clips["float32"].cond_stage_model, key_map)
 mapping_wrong = [n for n, (_, k) in target.items() if key_map.get(n) != k]
 
+# the control: a key ComfyUI has no place for is reported (so 0 reported above means 0 ignored)
+caught.messages.clear()
+control = dict(comfy.utils.load_torch_file(str(loras["diff"]), safe_load=True))
+control["lora_unet_no_such_block_to_q.lora_down.weight"] = control["lora_unet_mid_block_attentions_0_proj_in.lora_down.weight"]
+comfy.sd.load_lora_for_models(patcher, clips["float32"], control, 1.0, 1.0)
+print(json.dumps({"control_not_loaded": [m for m in caught.messages if m.startswith("lora key not loaded")]}), flush=True)
+
+# and, for the record, resize_lora.py's output before copymachine's finalize (mixed ranks: 2 modules at rank 1)
+loras["train-unpadded"] = Path(OUT) / "train-resized.safetensors"
 for kind, path in loras.items():
     lora_sd = comfy.utils.load_torch_file(str(path), safe_load=True)
     for clip in clips.values():

@@ -85,13 +85,15 @@ def test_comfyui_applies_the_final_loras_exactly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     rows = [r for r in lines if "lora" in r]
-    assert {(r["lora"], r["strength"]) for r in rows} == {(k, s) for k in ("train", "diff") for s in (1.0, -1.0, 0.5)}
+    control = next(r["control_not_loaded"] for r in lines if "control_not_loaded" in r)
+    assert control == ["lora key not loaded: lora_unet_no_such_block_to_q.lora_down.weight"]  # an unknown key is reported
+    assert {(r["lora"], r["strength"]) for r in rows} == {(k, s) for k in ("train", "diff", "train-unpadded") for s in (1.0, -1.0, 0.5)}
     for r in rows:
         what = f"ComfyUI {r['comfyui_commit'][:8]}: {r['lora']} at {r['strength']:+g}, text encoder {r['te_dtype']}"
         assert r["modules"] == 264 and r["lora_keys"] == 3 * 264, what
         assert r["mapped_as_sd_scripts"] == 264, f"{what}: mapped elsewhere than sd-scripts' module: {r['mapping_wrong']}"
         assert r["patches"] == 264 and r["n_not_loaded"] == 0, f"{what}: {r['not_loaded']}"
-        assert r["applied"] == (262 if r["lora"] == "train" else 264), what  # train: the 2 empty modules change nothing
+        assert r["applied"] == (264 if r["lora"] == "diff" else 262), what  # train: the 2 empty modules change nothing
         assert r["max_rel_error_unet"] < 1e-5, what
         if r["te_dtype"] == "float32":
             assert r["max_rel_error_te"] < 1e-5, what
@@ -193,5 +195,18 @@ def test_a1111_maps_every_module(tmp_path):
         assert len(net.modules) == 264 and keys == len(st.keys()) == 3 * 264, f"{kind}: {len(net.modules)} modules, {keys}/{len(st.keys())} keys matched"
         assert not wrong, f"{kind}: A1111 puts {wrong[:3]} on another module than sd-scripts does"
         assert all(set(w.w) == {"lora_up.weight", "lora_down.weight", "alpha"} for w in net.modules.values())
+    # the control: a key A1111 has no module for is reported and left out (so none left out above means none)
+    control = read_safetensors(loras["diff"])
+    control.tensors["lora_unet_no_such_block_to_q.lora_down.weight"] = control.tensors["lora_unet_mid_block_attentions_0_proj_in.lora_down.weight"]
+    printed = []
+    ns = dict(ns, print=printed.append, logging=SimpleNamespace(debug=printed.append, info=printed.append, warning=printed.append),
+              shared=SimpleNamespace(sd_model=SimpleNamespace(**{k: v for k, v in vars(sd_model).items() if k != "network_layer_mapping"})),
+              sd_models=SimpleNamespace(read_state_dict=lambda f: {k: control.read(k) for k in control.tensors}))
+    _a1111_functions(networks_py, ns)
+    net = ns["load_network"]("control", SimpleNamespace(filename=str(loras["diff"])))
+    assert len(net.modules) == 264 and len(printed) == 1 and "lora_unet_no_such_block_to_q.lora_down.weight" in str(printed[0]), printed
+    root = networks_py.parents[2] if networks_py.parent.name == "Lora" else networks_py.parent
+    commit = (root / "COMMIT").read_text(encoding="utf-8").strip() if (root / "COMMIT").is_file() else \
+        subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown commit"
     for kind, (n, keys, total, _, _) in results.items():
-        print(f"\n[A1111 {networks_py}] {kind}: {n}/264 modules matched (each on sd-scripts' own module), {keys}/{total} keys, 0 unmatched")
+        print(f"\n[A1111 {commit[:8]}, {networks_py}] {kind}: {n}/264 modules matched (each on sd-scripts' own module), {keys}/{total} keys, 0 unmatched")
