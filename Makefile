@@ -3,6 +3,7 @@
 #   make test                       lint, then the fast suite (no GPU, no sd-scripts, no weights needed)
 #   make test-integration           the suite against the real sd-scripts at vendor/sd-scripts
 #   make test-release RELEASE=v0.9.1 the integration subset against an sd-scripts release in its own venv
+#   make test-loaders               the final LoRAs in ComfyUI's loader, A1111's key mapping (and diffusers, if given)
 #   make bench-effects              time the built-in image edits at 512² and 1024²
 #   make outline BASE=model.safetensors [IMAGE=src.png] [OUT=runs/name] [ARGS="--max-steps 10"]
 
@@ -27,7 +28,18 @@ RELEASE_TORCH ?= torch==2.14.1 torchvision==0.29.1
 # the copy check, the preview, doctor
 RELEASE_TESTS ?= test_both_routes_train_the_same_effect_lora_in_fp32 or test_custom_edit_end_to_end or test_difference_extraction_and_its_sign or test_copy_check_reports_no_copy_on_random_weights or test_standalone_preview or test_doctor_knows_the_engine
 
-.PHONY: setup venv sd-scripts lint test test-integration test-integration-sdxl sd-release test-release bench bench-effects all $(EFFECTS) clean
+# The loaders (tests/integration/test_loaders_real.py): ComfyUI and A1111 extracted with `git archive` from
+# clones (COMFYUI_REPO, A1111_REPO: a clone or a bare git dir) into their own folders, never inside the repo;
+# or point at checkouts you have with COPYMACHINE_COMFYUI= / COPYMACHINE_A1111=. ComfyUI runs on the CPU in
+# sd-scripts' Python (torch; COPYMACHINE_COMFYUI_PYTHON= for another); diffusers only with
+# COPYMACHINE_DIFFUSERS_PYTHONS=py1:py2 (Pythons with diffusers + peft + torch). A loader not given is skipped.
+LOADERS             ?= $(HOME)/.cache/copymachine
+COMFYUI_REV         ?= a125cd84
+A1111_REV           ?= v1.10.1
+COPYMACHINE_COMFYUI ?= $(LOADERS)/comfyui-$(COMFYUI_REV)
+COPYMACHINE_A1111   ?= $(LOADERS)/a1111-$(A1111_REV)
+
+.PHONY: setup venv sd-scripts lint test test-integration test-integration-sdxl sd-release test-release loader-checkouts test-loaders bench bench-effects all $(EFFECTS) clean
 
 $(BIN)/copymachine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +91,21 @@ sd-release:
 test-release: venv sd-release
 	SD_SCRIPTS=$(RELEASE_DIR) SD_SCRIPTS_PYTHON=$(RELEASE_DIR)/venv/bin/python HF_HUB_OFFLINE=1 \
 		$(BIN)/python -m pytest -v -s -m "integration and not sdxl" -p no:cacheprovider tests/integration -k "$(RELEASE_TESTS)"; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# (a mirror may lack ComfyUI's one large blob, a tokenizer no LoRA needs: it is left out)
+loader-checkouts:
+	@if [ -n "$(COMFYUI_REPO)" ] && [ ! -f $(COPYMACHINE_COMFYUI)/comfy/lora.py ]; then mkdir -p $(COPYMACHINE_COMFYUI) && \
+		git -C $(COMFYUI_REPO) archive $(COMFYUI_REV) -- . ':(exclude)comfy/text_encoders/llama_tokenizer/tokenizer.json' | tar -x -C $(COPYMACHINE_COMFYUI) && \
+		git -C $(COMFYUI_REPO) rev-parse '$(COMFYUI_REV)^{commit}' > $(COPYMACHINE_COMFYUI)/COMMIT; fi
+	@if [ -n "$(A1111_REPO)" ] && [ ! -f $(COPYMACHINE_A1111)/extensions-builtin/Lora/networks.py ]; then mkdir -p $(COPYMACHINE_A1111) && \
+		git -C $(A1111_REPO) archive $(A1111_REV) -- extensions-builtin/Lora | tar -x -C $(COPYMACHINE_A1111) && \
+		git -C $(A1111_REPO) rev-parse '$(A1111_REV)^{commit}' > $(COPYMACHINE_A1111)/COMMIT; fi
+	@test -f $(COPYMACHINE_COMFYUI)/comfy/lora.py || echo "no ComfyUI at $(COPYMACHINE_COMFYUI): its test skips (COMFYUI_REPO=clone, or COPYMACHINE_COMFYUI=checkout)"
+	@test -f $(COPYMACHINE_A1111)/extensions-builtin/Lora/networks.py || echo "no A1111 at $(COPYMACHINE_A1111): its test skips (A1111_REPO=clone, or COPYMACHINE_A1111=checkout)"
+
+test-loaders: venv loader-checkouts
+	COPYMACHINE_COMFYUI=$(COPYMACHINE_COMFYUI) COPYMACHINE_A1111=$(COPYMACHINE_A1111) SD_SCRIPTS_PYTHON=$(abspath $(SD_VENV))/bin/python \
+		$(BIN)/python -m pytest -v -s -p no:cacheprovider tests/integration/test_loaders_real.py; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # Timing of the built-in image edits at 512² and 1024² (a table, not a test).
 bench-effects: venv
