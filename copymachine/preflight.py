@@ -30,6 +30,7 @@ from copymachine.images import image_info, load_rgb
 from copymachine.lorafile import read_safetensors
 from copymachine.models import SD1, ModelInfo, inspect_base_model
 from copymachine.progress import Reporter
+from copymachine.stamps import sized_stamp
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MIN_IMAGE_SIDE = 64  # px: SD's latent is 1/8 of the image; below 64 px there is nothing to learn
@@ -315,21 +316,6 @@ def lora_bytes(family: str, rank: int, precision: str) -> int:
     return LORA_PARAMS_PER_RANK.get(family, LORA_PARAMS_PER_RANK["sd1"]) * max(int(rank), 1) * BYTES.get(precision, 4)
 
 
-def _stage_done(stage) -> bool:
-    """Done as far as space goes: its stamp has the stage's key and its outputs have the recorded
-    sizes (no hashing here: the pipeline checks properly before skipping)."""
-    from copymachine.pipeline import read_stamp
-
-    stamp = read_stamp(stage)
-    if not stamp or stamp.get("key") != stage.key:
-        return False
-    for name, path in stage.outputs.items():
-        out = (stamp.get("outputs") or {}).get(name) or {}
-        if not path.is_file() or path.stat().st_size != out.get("size"):
-            return False
-    return True
-
-
 def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
     """Bytes each stage that is not done yet will write."""
     family = model.family.name
@@ -360,7 +346,7 @@ def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
             what = "images and notes"
         size += SMALL_STAGE_BYTES
         estimate[stage.name] = size
-        if not _stage_done(stage):
+        if sized_stamp(stage) is None:
             needs.append(SpaceNeed(stage.workdir, size, what))
     return needs
 
@@ -431,7 +417,7 @@ def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
     if not have:
         return
     for stage in plan.stages:
-        if stage.kind != "merge_model" or _stage_done(stage):
+        if stage.kind != "merge_model" or sized_stamp(stage) is not None:
             continue
         family = stage.params["family"]["name"]
         half = stage.params["precision"] != "float"
