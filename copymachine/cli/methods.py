@@ -11,7 +11,7 @@ import click
 from copymachine import effects as effect_registry
 from copymachine import preflight, profiles
 from copymachine.cli import cli
-from copymachine.cli.common import check_tokenizers, engine_options, make_settings
+from copymachine.cli.common import engine_options, make_settings
 from copymachine.cli.see import see_options, see_recipe_sets, see_request
 from copymachine.errors import InputError
 from copymachine.files import HashCache
@@ -208,7 +208,7 @@ def make_request(method: str, o: dict, sign: str, reporter: Reporter, gpu: int |
     settings = make_settings(o["sd_scripts"], o["python"], o["device"], o["tokenizer_cache_dir"], o["offline"], reporter, require=not o["dry_run"], low_vram=o["low_vram"])
     if gpu is not None and settings.gpus:
         settings = dataclasses.replace(settings, pinned_gpu=gpu, gpus=1)
-    check_tokenizers(settings, model.family, reporter)
+    preflight.check_tokenizers(settings, model.family, reporter)
     request = Request(
         method=method,
         base=o["base"],
