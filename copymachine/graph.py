@@ -6,13 +6,13 @@ from copymachine.plan import Plan
 
 
 def dependencies(plan: Plan) -> dict[str, set[str]]:
-    """What each stage waits for: the stages whose outputs it reads, its `after`, and every
-    gate (a check) planned before it — a failed check stops the trainings after it."""
+    """What each stage waits for: the stages whose outputs it reads and every gate (a check)
+    planned before it — a failed check stops the trainings after it."""
     names = {s.name for s in plan.stages}
     deps: dict[str, set[str]] = {}
     gates: list[str] = []
     for stage in plan.stages:
-        d = {ref.producer for ref in stage.inputs.values() if ref.producer} | set(stage.after) | set(gates)
+        d = {ref.producer for ref in stage.inputs.values() if ref.producer} | set(gates)
         deps[stage.name] = d & names
         if stage.gate:
             gates.append(stage.name)
