@@ -15,7 +15,6 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from copymachine.errors import EnvironmentProblem
 from copymachine.heavy import import_fix
@@ -109,13 +108,6 @@ class Probe:
     vram_total: int | None = None
     torch_error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def device(self) -> str:
-        return "cuda" if self.cuda else "cpu"
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass

@@ -87,11 +87,6 @@ def remove_stale_temps(folder: Path) -> int:
     return removed
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     # newline="\n": the same bytes on Windows, so configs and manifests hash the same everywhere.
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:

@@ -41,7 +41,6 @@ class Stage:
     outputs: dict[str, Path]
     shared: bool = False
     key: str = ""
-    after: tuple[str, ...] = ()  # stages that must run first without passing a file
     # What decides whether the run goes on after this stage (a check's threshold): recorded in
     # the manifest, not part of the key, so changing it re-judges without re-running.
     gate: dict[str, Any] = field(default_factory=dict)
@@ -52,9 +51,6 @@ class Stage:
 
     def input(self, name: str) -> Path:
         return self.inputs[name].path
-
-    def output(self, name: str) -> Path:
-        return self.outputs[name]
 
 
 @dataclass
@@ -103,7 +99,6 @@ class Planner:
         outputs: dict[str, str],
         workdir: Path | None = None,
         shared_as: str | None = None,
-        after: tuple[str, ...] = (),
         gate: dict[str, Any] | None = None,
     ) -> Stage:
         """`outputs` maps output names to file names inside the stage's folder.
@@ -126,7 +121,6 @@ class Planner:
             outputs={k: workdir / v for k, v in outputs.items()},
             shared=shared_as is not None,
             key=key,
-            after=after,
             gate=dict(gate or {}),
         )
         self.plan.stages.append(stage)

@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from copymachine.errors import InputError, OutputError
+from copymachine import capabilities
+from copymachine.engine import PINNED_COMMIT, Engine
+from copymachine.errors import EnvironmentProblem, InputError, OutputError
 from copymachine.files import HashCache, free_bytes
 from copymachine.images import image_info, load_rgb
 from copymachine.lorafile import read_safetensors
-from copymachine.models import SD1, ModelInfo, inspect_base_model
+from copymachine.models import SD1, Family, ModelInfo, inspect_base_model
 from copymachine.progress import Reporter
+from copymachine.stamps import sized_stamp
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MIN_IMAGE_SIDE = 64  # px: SD's latent is 1/8 of the image; below 64 px there is nothing to learn
@@ -315,21 +318,6 @@ def lora_bytes(family: str, rank: int, precision: str) -> int:
     return LORA_PARAMS_PER_RANK.get(family, LORA_PARAMS_PER_RANK["sd1"]) * max(int(rank), 1) * BYTES.get(precision, 4)
 
 
-def _stage_done(stage) -> bool:
-    """Done as far as space goes: its stamp has the stage's key and its outputs have the recorded
-    sizes (no hashing here: the pipeline checks properly before skipping)."""
-    from copymachine.pipeline import read_stamp
-
-    stamp = read_stamp(stage)
-    if not stamp or stamp.get("key") != stage.key:
-        return False
-    for name, path in stage.outputs.items():
-        out = (stamp.get("outputs") or {}).get(name) or {}
-        if not path.is_file() or path.stat().st_size != out.get("size"):
-            return False
-    return True
-
-
 def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
     """Bytes each stage that is not done yet will write."""
     family = model.family.name
@@ -360,13 +348,33 @@ def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
             what = "images and notes"
         size += SMALL_STAGE_BYTES
         estimate[stage.name] = size
-        if not _stage_done(stage):
+        if sized_stamp(stage) is None:
             needs.append(SpaceNeed(stage.workdir, size, what))
     return needs
 
 
 def _device(path: Path) -> int:
     return os.stat(_existing_ancestor(path)).st_dev
+
+
+def by_disk(needs: list[SpaceNeed]) -> list[list[SpaceNeed]]:
+    """The needs grouped by the disk their folders are on (a folder not made yet: its nearest
+    existing parent's), in the order first named."""
+    groups: dict[int, list[SpaceNeed]] = {}
+    for need in needs:
+        groups.setdefault(_device(need.folder), []).append(need)
+    return list(groups.values())
+
+
+def one_image_run_needs(family: str, run_dir: Path, cache_dir: Path) -> list[SpaceNeed]:
+    """What a default one-image run writes, before there is a plan (doctor): the cache the copy
+    LoRA (the copy model stays in memory: the default route), the run folder the effect LoRA, its
+    resized copy and the final LoRA, each stage's small files too (as estimate_space counts them)."""
+    lora = lora_bytes(family, 64, "float")
+    return [
+        SpaceNeed(run_dir, 3 * lora + 6 * SMALL_STAGE_BYTES, "run folders"),
+        SpaceNeed(cache_dir, lora + 2 * SMALL_STAGE_BYTES, "cache"),
+    ]
 
 
 def human(n: int) -> str:
@@ -379,11 +387,8 @@ def check_space(plan, model: ModelInfo, reporter: Reporter) -> dict[str, Any]:
     """Refuse to start when a disk has less free space than what the stages still to run will
     write there (with a 5 % + 200 MB margin). Returns the estimate (for the manifest)."""
     needs = estimate_space(plan, model, model_parameters(model))
-    by_device: dict[int, list[SpaceNeed]] = {}
-    for need in needs:
-        by_device.setdefault(_device(need.folder), []).append(need)
     summary = {}
-    for items in by_device.values():
+    for items in by_disk(needs):
         total = sum(n.bytes for n in items)
         required = int(total * 1.05) + 200 * MB
         folder = min((n.folder for n in items), key=lambda p: len(p.parts))
@@ -399,7 +404,9 @@ def check_space(plan, model: ModelInfo, reporter: Reporter) -> dict[str, Any]:
     return summary
 
 
-# --- memory (for doctor) -------------------------------------------------------------------
+# --- memory --------------------------------------------------------------------------------
+
+FP16_MERGE = "--set merge.precision=fp16 --set merge.save_precision=fp16"
 
 
 def memory_bytes() -> dict[str, int | None]:
@@ -423,24 +430,39 @@ def memory_bytes() -> dict[str, int | None]:
     return out
 
 
+def ram_and_swap(mem: dict[str, int | None]) -> int:
+    """What a process can use before the kernel kills it (0: unknown)."""
+    return (mem["total"] or 0) + (mem["swap"] or 0)
+
+
+def merge_ram(family: str, half: bool = False) -> int:
+    """sd-scripts' peak RAM merging a LoRA into a `family` checkpoint, at float or half precision."""
+    return MERGE_PEAK_RAM_HALF.get(family, MERGE_PEAK_RAM[family] // 2) if half else MERGE_PEAK_RAM[family]
+
+
+def fp16_merge_fits(family: str, have: int) -> int | None:
+    """The measured fp16 merge peak of `family` when it fits in `have` bytes (the way out of a
+    float merge that does not)."""
+    half = MERGE_PEAK_RAM_HALF.get(family)
+    return half if half and half <= have else None
+
+
 def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
     """Say before starting when a merge into the checkpoint will likely not fit in RAM (+ swap):
     the kernel then kills sd-scripts minutes into the run."""
-    total = memory_bytes()
-    have = (total["total"] or 0) + (total["swap"] or 0)
+    have = ram_and_swap(memory_bytes())
     if not have:
         return
     for stage in plan.stages:
-        if stage.kind != "merge_model" or _stage_done(stage):
+        if stage.kind != "merge_model" or sized_stamp(stage) is not None:
             continue
         family = stage.params["family"]["name"]
         half = stage.params["precision"] != "float"
-        need = MERGE_PEAK_RAM_HALF.get(family, MERGE_PEAK_RAM[family] // 2) if half else MERGE_PEAK_RAM[family]
+        need = merge_ram(family, half)
         if need <= have:
             continue
-        hint = ""
-        if not half and family in MERGE_PEAK_RAM_HALF and MERGE_PEAK_RAM_HALF[family] <= have:
-            hint = f"; merging at fp16 peaks at ~{human(MERGE_PEAK_RAM_HALF[family])}: --set merge.precision=fp16 --set merge.save_precision=fp16"
+        fp16 = None if half else fp16_merge_fits(family, have)
+        hint = f"; merging at fp16 peaks at ~{human(fp16)}: {FP16_MERGE}" if fp16 else ""
         reporter.warn(
             f"'{stage.title}' merges into a {model.family.label} checkpoint at {stage.params['precision']} precision, which needs "
             f"~{human(need)} of RAM; this machine has {human(have)} (RAM + swap), so sd-scripts will likely be killed{hint}"
@@ -448,4 +470,41 @@ def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
         return
 
 
+# --- sd-scripts and its tokenizers ---------------------------------------------------------
 
+
+def engine_warning(engine: Engine) -> str | None:
+    """What to say about the sd-scripts checkout's commit (after "sd-scripts at "): not the
+    pinned one, or not a git checkout and not a release copymachine knows; None when it is fine."""
+    if engine.commit and not engine.pinned:
+        return f"{engine.root} is at commit {engine.commit[:8]}, not the pinned {PINNED_COMMIT[:8]}; copymachine is tested against the pinned one"
+    if engine.commit is None and engine.identity not in capabilities.RELEASE_TREES:
+        return f"{engine.root} is not a git checkout; cannot tell its commit"
+    return None
+
+
+def tokenizer_problem(folder: Path | None, offline: bool, family: Family) -> tuple[bool, str] | None:
+    """sd-scripts loads the family's CLIP tokenizer(s) from --tokenizer-cache-dir, else from the
+    hub. Returns (whether it stops the run, what to say), or None when they will be found."""
+    if folder is None:
+        if offline:
+            return False, f"offline without --tokenizer-cache-dir: sd-scripts needs the tokenizer(s) {', '.join(family.tokenizers)} in the Hugging Face cache, or it fails"
+        return None
+    missing = [name for name in family.tokenizers if not (Path(folder) / name).is_dir()]
+    if missing and offline:
+        return True, f"--tokenizer-cache-dir {folder} lacks {', '.join(missing)} ({family.label} needs {', '.join(family.tokenizers)}); offline, sd-scripts cannot fetch it"
+    if missing:
+        return False, f"--tokenizer-cache-dir {folder} lacks {', '.join(missing)}: sd-scripts will download it there from the hub"
+    return None
+
+
+def check_tokenizers(settings, family: Family, reporter: Reporter) -> None:
+    """Name a missing tokenizer now instead of letting the hub error (or, offline, a misleading
+    protobuf ImportError) surface minutes later."""
+    problem = tokenizer_problem(settings.tokenizer_cache_dir, settings.offline, family)
+    if problem is None:
+        return
+    fatal, text = problem
+    if fatal:
+        raise EnvironmentProblem(text)
+    reporter.warn(text)

@@ -31,6 +31,28 @@ def _duration(seconds: float) -> str:
     return f"{s}s"
 
 
+def describe(p: Progress) -> str:
+    """One stage's progress: "step 120/3072 · 2.1it/s · loss 0.0123 · eta 24:10"."""
+    label = p.desc or "progress"
+    if label == "steps":
+        label = "step"
+    parts = [f"{label} {p.step}/{p.total}"]
+    if p.rate and "?" not in p.rate:
+        parts.append(p.rate)
+    if p.loss is not None:
+        parts.append(f"loss {p.loss:.4f}")
+    if p.eta and p.eta != "?":
+        parts.append(f"eta {p.eta}")
+    return " · ".join(parts)
+
+
+def live_line(jobs: dict[str, Progress], parallel: bool) -> str:
+    """The terminal's progress line: one stage described in full, or several side by side."""
+    if len(jobs) == 1 and not parallel:
+        return describe(next(iter(jobs.values())))
+    return " | ".join(f"{name}: {q.step}/{q.total}" + (f" {q.rate}" if q.rate and "?" not in q.rate else "") for name, q in jobs.items())
+
+
 class Reporter:
     def __init__(
         self,
@@ -97,20 +119,6 @@ class Reporter:
         if self.verbose:
             self._print(f"      $ {command_line(argv)}")
 
-    @staticmethod
-    def _describe(p: Progress) -> str:
-        label = p.desc or "progress"
-        if label == "steps":
-            label = "step"
-        parts = [f"{label} {p.step}/{p.total}"]
-        if p.rate and "?" not in p.rate:
-            parts.append(p.rate)
-        if p.loss is not None:
-            parts.append(f"loss {p.loss:.4f}")
-        if p.eta and p.eta != "?":
-            parts.append(f"eta {p.eta}")
-        return " · ".join(parts)
-
     def progress(self, p: Progress, job: str = "") -> None:
         """Live progress of one running stage (`job`); several jobs share one line on a terminal."""
         with self._lock:
@@ -120,16 +128,13 @@ class Reporter:
                 key = (job, p.desc, p.step, p.loss is None)  # a new step, or its first loss, is always sent
                 if key != self._last_key or now - self._last_event >= 0.25 or p.step == p.total:
                     self._last_event, self._last_key = now, key
-                    self.event("progress", job=job, desc=p.desc, step=p.step, total=p.total, rate=p.rate, eta=p.eta, loss=p.loss, text=self._describe(p))
+                    self.event("progress", job=job, desc=p.desc, step=p.step, total=p.total, rate=p.rate, eta=p.eta, loss=p.loss, text=describe(p))
             if self.live:
                 now = time.monotonic()
                 if now - self._last_draw < 0.2 and p.step != p.total:
                     return
                 self._last_draw = now
-                if len(self._jobs) == 1 and not self.parallel:
-                    text = "      " + self._describe(p)
-                else:
-                    text = "      " + " | ".join(f"{name}: {q.step}/{q.total}" + (f" {q.rate}" if q.rate and "?" not in q.rate else "") for name, q in self._jobs.items())
+                text = "      " + live_line(self._jobs, self.parallel)
                 width = shutil.get_terminal_size((120, 24)).columns
                 self.stream.write("\r\033[K" + (self.prefix + text)[: width - 1])
                 self.stream.flush()
@@ -139,7 +144,7 @@ class Reporter:
             if p.desc == "steps" and decile != self._deciles.get(job, -1):
                 self._deciles[job] = decile
                 who = f"{job}: " if self.parallel else ""
-                self._print(f"      {who}{self._describe(p)}")
+                self._print(f"      {who}{describe(p)}")
 
     def end_progress(self, job: str = "") -> None:
         with self._lock:

@@ -9,10 +9,11 @@ import pytest
 
 from copymachine.errors import EngineError
 from copymachine.files import HashCache
-from copymachine.pipeline import Pipeline, read_stamp
+from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
 from copymachine.stages import Settings, StageKind, kinds
+from copymachine.stamps import read_stamp
 
 CALLS: list[str] = []
 NONDETERMINISM = {"suffix": ""}  # stands in for a training that gives other bytes each time
@@ -149,19 +150,19 @@ def test_rebuilt_upstream_with_other_bytes_reruns_downstream(tmp_path):
 
 def test_stamp_is_written_last(tmp_path, monkeypatch):
     """A kill between moving the outputs and writing the stamp re-runs the stage."""
-    import copymachine.pipeline as pipeline_mod
+    import copymachine.stamps as stamps_mod
 
-    real = pipeline_mod.atomic_write_json
+    real = stamps_mod.atomic_write_json
 
     def die_on_stamp(path, data):
         if ".stages" in str(path):
             raise KeyboardInterrupt
         return real(path, data)
 
-    monkeypatch.setattr(pipeline_mod, "atomic_write_json", die_on_stamp)
+    monkeypatch.setattr(stamps_mod, "atomic_write_json", die_on_stamp)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path)
-    monkeypatch.setattr(pipeline_mod, "atomic_write_json", real)
+    monkeypatch.setattr(stamps_mod, "atomic_write_json", real)
     CALLS.clear()
     run(tmp_path)
     assert CALLS == ["a", "b"]

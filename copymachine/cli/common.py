@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from copymachine import capabilities, profiles
+from copymachine import capabilities, preflight, profiles
 from copymachine import engine as engine_mod
 from copymachine.errors import EnvironmentProblem
 from copymachine.progress import Reporter
@@ -62,13 +62,9 @@ def make_settings(
     """Locate sd-scripts, ask its Python what it has, and choose the device profile
     (copymachine/profiles.py): the GPU profile when its torch sees a CUDA GPU, else the CPU."""
     engine = engine_mod.locate(sd_scripts, python)
-    if engine.commit and not engine.pinned:
-        reporter.warn(
-            f"sd-scripts at {engine.root} is at commit {engine.commit[:8]}, not the pinned "
-            f"{engine_mod.PINNED_COMMIT[:8]}; copymachine is tested against the pinned one"
-        )
-    elif engine.commit is None and engine.identity not in capabilities.RELEASE_TREES:
-        reporter.warn(f"sd-scripts at {engine.root} is not a git checkout; cannot tell its commit")
+    warning = preflight.engine_warning(engine)
+    if warning:
+        reporter.warn(f"sd-scripts at {warning}")
     if tokenizer_cache_dir is not None and not Path(tokenizer_cache_dir).is_dir():
         raise EnvironmentProblem(f"--tokenizer-cache-dir is not a folder: {tokenizer_cache_dir}")
     try:
@@ -100,22 +96,3 @@ def make_settings(
         gpus=len(probe.gpus) if use_cuda else 0,  # type: ignore[union-attr]
         capabilities=caps,
     )
-
-
-def check_tokenizers(settings: Settings, family, reporter: Reporter) -> None:
-    """sd-scripts loads its CLIP tokenizer(s) from --tokenizer-cache-dir, else from the hub: name
-    a missing one now instead of letting the hub error (or, offline, a misleading protobuf
-    ImportError) surface minutes later."""
-    folder = settings.tokenizer_cache_dir
-    if folder is None:
-        if settings.offline:
-            reporter.warn(
-                f"offline without --tokenizer-cache-dir: sd-scripts needs the tokenizer(s) {', '.join(family.tokenizers)} "
-                "in the Hugging Face cache, or it fails"
-            )
-        return
-    missing = [name for name in family.tokenizers if not (folder / name).is_dir()]
-    if missing and settings.offline:
-        raise EnvironmentProblem(f"--tokenizer-cache-dir {folder} lacks {', '.join(missing)} ({family.label} needs {', '.join(family.tokenizers)}); offline, sd-scripts cannot fetch it")
-    if missing:
-        reporter.warn(f"--tokenizer-cache-dir {folder} lacks {', '.join(missing)}: sd-scripts will download it there from the hub")

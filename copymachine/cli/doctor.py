@@ -23,7 +23,8 @@ from copymachine import engine as engine_mod
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
 from copymachine.files import free_bytes
-from copymachine.models import SD1
+from copymachine.methods import default_cache
+from copymachine.models import SD1, Family, ModelInfo
 from copymachine.progress import Reporter
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -60,14 +61,13 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
     except CopymachineError as e:
         doc.add(FAIL, "sd-scripts", e.message, EXIT_ENVIRONMENT)
         return None, None
-    if engine.pinned:
+    warning = preflight.engine_warning(engine)  # what train says about it
+    if warning:
+        doc.add(WARN, "sd-scripts", f"{warning} (pinned: {engine_mod.PINNED_COMMIT[:8]})" if engine.commit is None else warning)
+    elif engine.pinned:
         doc.add(OK, "sd-scripts", f"{engine.root} (commit {engine.commit[:8]}, the pinned one)")
-    elif engine.commit:
-        doc.add(WARN, "sd-scripts", f"{engine.root} at commit {engine.commit[:8]}, not the pinned {engine_mod.PINNED_COMMIT[:8]}: it may work; copymachine is tested against the pinned one")
-    elif engine.identity in capabilities.RELEASE_TREES:
-        doc.add(OK, "sd-scripts", f"{engine.root} (not a git checkout; its files are those of {capabilities.RELEASE_TREES[engine.identity]})")
     else:
-        doc.add(WARN, "sd-scripts", f"{engine.root} is not a git checkout: its commit cannot be told (pinned: {engine_mod.PINNED_COMMIT[:8]})")
+        doc.add(OK, "sd-scripts", f"{engine.root} (not a git checkout; its files are those of {capabilities.RELEASE_TREES[engine.identity]})")
     try:
         probe = engine.probe()
     except CopymachineError as e:
@@ -115,7 +115,7 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
     into a checkpoint, which peaks higher: a warning, since a default run does not need it."""
     mem = preflight.memory_bytes()
     train = preflight.TRAINING_PEAK_RAM[family]
-    merge = preflight.MERGE_PEAK_RAM[family]
+    merge = preflight.merge_ram(family)
     label = {"sd1": "SD1.5", "sd2": "SD2", "sdxl": "SDXL"}.get(family, family)
     total, available, swap = mem["total"], mem["available"], mem["swap"] or 0
     needs = f"training {label} with the copy model in memory peaks at ~{preflight.human(train)} on the CPU; --copy-model file merges into the checkpoint at float, ~{preflight.human(merge)}"
@@ -123,12 +123,13 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
         doc.add(WARN, "RAM", f"cannot tell how much RAM this machine has; {needs}")
         return
     text = f"{preflight.human(total)} ({preflight.human(available or 0)} available, swap {preflight.human(swap)}); {needs}"
-    half = preflight.MERGE_PEAK_RAM_HALF.get(family)
-    if total + swap < train:
+    have = preflight.ram_and_swap(mem)
+    fp16 = preflight.fp16_merge_fits(family, have)
+    if have < train:
         doc.add(FAIL, "RAM", text + ": not enough for training on the CPU (a GPU holds the model in VRAM and needs less)", EXIT_ENVIRONMENT)
-    elif total + swap < merge and half and half <= total + swap:
-        doc.add(WARN, "RAM", text + f": too little for --copy-model file at float; at fp16 it peaks at ~{preflight.human(half)} (--set merge.precision=fp16 --set merge.save_precision=fp16)")
-    elif total + swap < merge:
+    elif have < merge and fp16:
+        doc.add(WARN, "RAM", text + f": too little for --copy-model file at float; at fp16 it peaks at ~{preflight.human(fp16)} ({preflight.FP16_MERGE})")
+    elif have < merge:
         doc.add(WARN, "RAM", text + ": enough for the default route, not for --copy-model file (a merge into the checkpoint)")
     elif total < train or (available is not None and available < train):
         doc.add(WARN, "RAM", text + ": close other programs during training, or it will swap")
@@ -136,37 +137,25 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
         doc.add(OK, "RAM", text)
 
 
-def _base_family(base: Path | None) -> str:
+def _base_model(base: Path | None) -> tuple[ModelInfo | None, CopymachineError | None]:
+    """The --base model as train checks it (a pickle accepted: doctor only sizes its checks)."""
     if base is None:
-        return SD1.name
+        return None, None
     try:
-        return preflight.check_base_model(base, Reporter(), allow_pickle=True).family.name
-    except CopymachineError:
-        return SD1.name  # _folders reports the bad --base
+        return preflight.check_base_model(base, Reporter(), allow_pickle=True), None
+    except CopymachineError as e:
+        return None, e
 
 
-def _folders(doc: Doctor, out: Path, cache: Path, base: Path | None) -> None:
-    family = SD1.name
-    label = "a one-image SD1.5 run"
-    if base is not None:
-        try:
-            model = preflight.check_base_model(base, Reporter(), allow_pickle=True)
-            family = model.family.name
-            label = f"a one-image run on {base.name} ({model.family.label})"
-        except CopymachineError as e:
-            doc.add(FAIL, "base model", e.message, e.exit_code)
-    # the cache holds the copy LoRA (the copy model stays in memory: the default route); the run
-    # folder the effect LoRA, its resized copy and the final LoRA (see preflight.estimate_space)
-    cache_need = preflight.lora_bytes(family, 64, "float") + 2 * preflight.SMALL_STAGE_BYTES
-    run_need = 3 * preflight.lora_bytes(family, 64, "float") + 6 * preflight.SMALL_STAGE_BYTES
-    needs: dict[int, list] = {}
-    for what, folder, need in (("run folders", out, run_need), ("cache", cache, cache_need)):
-        device = os.stat(preflight._existing_ancestor(folder)).st_dev
-        needs.setdefault(device, []).append((what, folder, need))
-    for items in needs.values():
-        total = sum(n for _, _, n in items)
-        names = " + ".join(f"{what} {folder}" for what, folder, _ in items)
-        free = free_bytes(items[0][1])
+def _folders(doc: Doctor, out: Path, cache: Path, model: ModelInfo | None, base_error: CopymachineError | None) -> None:
+    family = model.family.name if model else SD1.name
+    label = f"a one-image run on {model.path.name} ({model.family.label})" if model else "a one-image SD1.5 run"
+    if base_error is not None:
+        doc.add(FAIL, "base model", base_error.message, base_error.exit_code)
+    for items in preflight.by_disk(preflight.one_image_run_needs(family, out, cache)):
+        total = sum(n.bytes for n in items)
+        names = " + ".join(f"{n.what} {n.folder}" for n in items)
+        free = free_bytes(items[0].folder)
         text = f"{names}: {preflight.human(free)} free; {label} writes ~{preflight.human(total)} there"
         if free < total:
             doc.add(FAIL, "disk", text, EXIT_OUTPUT)
@@ -197,17 +186,18 @@ def _own_modules(doc: Doctor) -> None:
     doc.add(OK, "copymachine", f"its own Python ({sys.executable}) imports {', '.join(OWN_MODULES)}")
 
 
-def _tokenizer(doc: Doctor, tokenizer_cache_dir: Path | None) -> None:
-    if tokenizer_cache_dir is not None:
-        clip = Path(tokenizer_cache_dir) / "openai_clip-vit-large-patch14"
-        if clip.is_dir():
-            doc.add(OK, "tokenizer", f"{clip} (offline runs work with --tokenizer-cache-dir {tokenizer_cache_dir} --offline)")
-        else:
-            doc.add(WARN, "tokenizer", f"{tokenizer_cache_dir} has no openai_clip-vit-large-patch14 folder: sd-scripts will look for the CLIP tokenizer on the hub")
-    elif os.environ.get("HF_HUB_OFFLINE") == "1":
-        doc.add(WARN, "tokenizer", "HF_HUB_OFFLINE=1 without --tokenizer-cache-dir: sd-scripts finds the CLIP tokenizer only if the hub cache already holds it")
+def _tokenizer(doc: Doctor, tokenizer_cache_dir: Path | None, family: Family) -> None:
+    """The tokenizer check train makes (the base model's family's tokenizers; offline when
+    HF_HUB_OFFLINE=1, as doctor has no --offline)."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    problem = preflight.tokenizer_problem(tokenizer_cache_dir, offline, family)
+    if problem is not None:
+        fatal, text = problem
+        doc.add(FAIL if fatal else WARN, "tokenizer", text, EXIT_ENVIRONMENT if fatal else EXIT_OK)
+    elif tokenizer_cache_dir is not None:
+        doc.add(OK, "tokenizer", f"{tokenizer_cache_dir} has {', '.join(family.tokenizers)} (offline runs work with --tokenizer-cache-dir {tokenizer_cache_dir} --offline)")
     else:
-        doc.add(OK, "tokenizer", "sd-scripts fetches the CLIP tokenizer from the Hugging Face hub on first use (offline: --tokenizer-cache-dir DIR --offline)")
+        doc.add(OK, "tokenizer", "sd-scripts fetches the CLIP tokenizer(s) from the Hugging Face hub on first use (offline: --tokenizer-cache-dir DIR --offline)")
 
 
 @cli.command()
@@ -220,13 +210,15 @@ def _tokenizer(doc: Doctor, tokenizer_cache_dir: Path | None) -> None:
 def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     """Check that this machine can run copymachine: sd-scripts and its Python, torch and the
     GPU, RAM, disk space and write access. Exit 0 when nothing would stop a run."""
-    cache = Path(cache_dir or os.environ.get("COPYMACHINE_CACHE") or Path(out) / "_cache")
+    cache = default_cache(Path(out) / "run", cache_dir)  # the cache of a run folder under --out
     doc = Doctor()
     click.echo("copymachine doctor")
     _engine(doc, sd_scripts, python)
-    _memory(doc, _base_family(base))
-    _folders(doc, Path(out).absolute(), cache.absolute(), base)
-    _tokenizer(doc, tokenizer_cache_dir)
+    model, base_error = _base_model(base)
+    family = model.family if model else SD1
+    _memory(doc, family.name)
+    _folders(doc, Path(out).absolute(), cache.absolute(), model, base_error)
+    _tokenizer(doc, tokenizer_cache_dir, family)
     _own_modules(doc)
     if importlib.util.find_spec("lpips") is not None:
         doc.add(WARN, "lpips", "the lpips extra is installed: the copy check loads AlexNet weights with torch in copymachine's own process (a pickle; torchvision may download them)")

@@ -11,7 +11,7 @@ import click
 from copymachine import effects as effect_registry
 from copymachine import preflight, profiles
 from copymachine.cli import cli
-from copymachine.cli.common import check_tokenizers, engine_options, make_settings
+from copymachine.cli.common import engine_options, make_settings
 from copymachine.cli.see import see_options, see_recipe_sets, see_request
 from copymachine.errors import InputError
 from copymachine.files import HashCache
@@ -27,10 +27,13 @@ from copymachine.methods import (
     plan,
     run_folder,
 )
+from copymachine.models import ModelInfo
 from copymachine.pipeline import Pipeline
+from copymachine.plan import Plan
 from copymachine.progress import Reporter
-from copymachine.recipe import MEMO, apply_overrides, load_recipe_file, parse_set_options
+from copymachine.recipe import MEMO, Recipe, apply_overrides, load_recipe_file, parse_set_options
 from copymachine.recipe import ratio as recipe_ratio
+from copymachine.stages import Settings
 from copymachine.stages.leakage import summary as leakage_summary
 
 
@@ -171,16 +174,9 @@ def check_inputs(o: dict, reporter: Reporter):
     return images, edited, effects, model
 
 
-def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | None = None, on_pipeline=None, gpu: int | None = None) -> list[Path]:
-    """One run of `train` or `diff` from its options (`o`: the click options by name, plus
-    `set_tables`, parsed --set tables). The one code path of every face: the CLI commands, the
-    queue (copymachine/jobfile.py) and through it the web UI. Returns the final LoRAs' paths.
-
-    `on_pipeline(pipeline)` is called with the Pipeline before it runs (the queue stops it on
-    Ctrl-C); `gpu` pins every sd-scripts call of the run to that CUDA device."""
-    reporter = reporter or Reporter(verbose=o["verbose"])
-    images, edited, effects, model = check_inputs(o, reporter)
-
+def _recipe(method: str, o: dict, effects: list[str]) -> tuple[Recipe, dict[str, dict]]:
+    """The recipe (memo, --recipe, --set and the options that are recipe keys) and the effects'
+    parameters (--set outline.width=2)."""
     recipe = load_recipe_file(o["recipe_file"], MEMO) if o["recipe_file"] else MEMO
     recipe_sets, effect_sets = split_set_options(o["sets"], o.get("set_tables"))
     shorthand: dict[str, dict] = see_recipe_sets(o)
@@ -201,11 +197,18 @@ def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | No
     for effect in effect_sets:
         if effect not in effects:
             raise InputError(f"--set {effect}.… sets a parameter of {effect}, which this run does not train")
+    return recipe, effect_sets
 
+
+def make_request(method: str, o: dict, sign: str, reporter: Reporter, gpu: int | None) -> tuple[Request, ModelInfo, Settings]:
+    """The run asked for, from its options: inputs checked, the recipe, sd-scripts located (and
+    pinned to `gpu`), the tokenizers the base model's family needs."""
+    images, edited, effects, model = check_inputs(o, reporter)
+    recipe, effect_sets = _recipe(method, o, effects)
     settings = make_settings(o["sd_scripts"], o["python"], o["device"], o["tokenizer_cache_dir"], o["offline"], reporter, require=not o["dry_run"], low_vram=o["low_vram"])
     if gpu is not None and settings.gpus:
         settings = dataclasses.replace(settings, pinned_gpu=gpu, gpus=1)
-    check_tokenizers(settings, model.family, reporter)
+    preflight.check_tokenizers(settings, model.family, reporter)
     request = Request(
         method=method,
         base=o["base"],
@@ -226,9 +229,14 @@ def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | No
         edit_in_place=o["edit_in_place"],
         **see_request(o, model.family),
     )
+    return request, model, settings
+
+
+def check_run(request: Request, o: dict, model: ModelInfo, settings: Settings, reporter: Reporter) -> tuple[Plan, HashCache]:
+    """Pre-flight of the planned run: the output folders (a dry run writes configs into the run
+    and cache folders: the same output checks as a run), then, for a run, disk space and RAM."""
     run_dir = run_folder(request).resolve()
     cache_dir = default_cache(run_dir, o["cache_dir"]).resolve()
-    # a dry run writes configs into the run and cache folders: the same output checks as a run
     preflight.check_writable({"cache folder": cache_dir})
     hashes = HashCache(cache_dir / "hashes.json")
     the_plan = plan(request, settings, hashes)
@@ -242,20 +250,29 @@ def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | No
         the_plan.info["disk_space"] = preflight.check_space(the_plan, model, reporter)
         preflight.check_memory(the_plan, model, reporter)
     reporter.info(
-        f"copymachine {method}: {model.family.label} base {o['base'].name}; {len(request.sources)} image(s); "
-        f"effects: {', '.join(effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"
+        f"copymachine {request.method}: {model.family.label} base {o['base'].name}; {len(request.sources)} image(s); "
+        f"effects: {', '.join(request.effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"
         + (f" ({settings.mixed_precision})" if settings.mixed_precision != "no" else "")
     )
+    return the_plan, hashes
+
+
+def side_by_side(o: dict, request: Request, model: ModelInfo, settings: Settings, reporter: Reporter) -> int:
+    """How many trainings run at once: --jobs, else what the GPUs' free memory holds; one on the CPU."""
     trainings = len(request.effects) * len(request.sources)
     if settings.device == "cpu":
         if o["jobs"] and o["jobs"] > 1:
             reporter.warn("--jobs: CPU runs stay sequential (parallel trainings would only share the same cores)")
-        jobs = 1
-    else:
-        vram = settings.probe.vram_free if settings.probe else None
-        jobs = o["jobs"] or profiles.default_jobs(model.family.name, o["low_vram"], settings.gpus, vram, trainings)
-        if jobs > 1:
-            reporter.info(f"{jobs} trainings side by side" + (f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"))
+        return 1
+    vram = settings.probe.vram_free if settings.probe else None
+    jobs = o["jobs"] or profiles.default_jobs(model.family.name, o["low_vram"], settings.gpus, vram, trainings)
+    if jobs > 1:
+        reporter.info(f"{jobs} trainings side by side" + (f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"))
+    return jobs
+
+
+def run_jobs(the_plan: Plan, o: dict, settings: Settings, hashes: HashCache, reporter: Reporter, jobs: int, on_pipeline=None) -> list[Path]:
+    """Run the plan's stages (or, with --dry-run, print them); returns the final LoRAs' paths."""
     reporter.event("plan", run_dir=str(the_plan.run_dir), stages=[s.title for s in the_plan.stages], finals={k: str(v) for k, v in the_plan.finals.items()})
     pipeline = Pipeline(the_plan, settings, reporter, hashes)
     if on_pipeline is not None:
@@ -270,6 +287,21 @@ def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | No
             reporter.info(f"{path.name}: {leakage_summary(scores)}")
     reporter.info(f"done: {len(the_plan.finals)} LoRA(s) in {the_plan.run_dir}; manifest: {the_plan.run_dir / 'manifest.json'}")
     return list(the_plan.finals.values())
+
+
+def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | None = None, on_pipeline=None, gpu: int | None = None) -> list[Path]:
+    """One run of `train` or `diff` from its options (`o`: the click options by name, plus
+    `set_tables`, parsed --set tables): request, pre-flight, jobs. The one code path of every
+    face: the CLI commands, the queue (copymachine/jobfile.py) and through it the web UI.
+    Returns the final LoRAs' paths.
+
+    `on_pipeline(pipeline)` is called with the Pipeline before it runs (the queue stops it on
+    Ctrl-C); `gpu` pins every sd-scripts call of the run to that CUDA device."""
+    reporter = reporter or Reporter(verbose=o["verbose"])
+    request, model, settings = make_request(method, o, sign, reporter, gpu)
+    the_plan, hashes = check_run(request, o, model, settings, reporter)
+    jobs = side_by_side(o, request, model, settings, reporter)
+    return run_jobs(the_plan, o, settings, hashes, reporter, jobs, on_pipeline)
 
 
 def echo_finals(finals: list[Path]) -> None:
