@@ -64,9 +64,12 @@ sd-scripts:
 setup: venv sd-scripts
 	@$(BIN)/copymachine doctor --sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python || true
 
-# lint: ruff over our code and tests (rules in pyproject.toml); part of `make test`, so CI runs it
+# lint: ruff over our code and tests (rules in pyproject.toml), and the README's command reference
+# against each command's --help (cog; `$(BIN)/cog -r README.md` regenerates it); part of `make test`,
+# so CI runs it
 lint: venv
 	$(BIN)/ruff check copymachine tests
+	$(BIN)/cog --check --check-fail-msg 'run: $(BIN)/cog -r README.md' README.md
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: venv lint

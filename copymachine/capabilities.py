@@ -34,7 +34,7 @@ from copymachine.errors import EnvironmentProblem
 if TYPE_CHECKING:
     from copymachine.engine import Engine
 
-FORMAT = 1  # of the cache files; bump when what is learnt changes
+FORMAT = 2  # of the cache files; bump when what is learnt changes (2: option names ASCII only)
 
 # The scripts copymachine calls (relative to the sd-scripts root).
 SCRIPTS = (
@@ -72,7 +72,8 @@ TESTED = ("v0.8.7", "v0.9.1", "v0.10.1", "v0.10.1+5 (pinned)")
 FILE_NAME_OPTION = "f"  # gen_img.py's per-prompt output name (v0.9.0 on)
 SEQUENTIAL_NAMES = "--sequential_file_name"
 
-_OPTION = re.compile(r"(?<![\w-])(--[A-Za-z0-9][\w-]*)")
+# ASCII: the help texts glue Japanese to option names ("--save_last_n_stepsを上書きする")
+_OPTION = re.compile(r"(?<![\w-])(--[A-Za-z0-9][\w-]*)", re.ASCII)
 _PROMPT_OPTION = re.compile(r"""re\.match\(\s*r?["']([A-Za-z][A-Za-z0-9]*) """)
 
 

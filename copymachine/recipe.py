@@ -1,6 +1,6 @@
 """The recipe: every number of the copy-machine memo, in one place, each named.
 
-The memo is `shared/seed/copy-machine-lora.en.md` (original: `copy-machine-lora.ja.txt`).
+The memo (コピー機LoRA学習法, its English and Japanese texts) is not part of this repository.
 Each default below cites the memo step it comes from; the few choices the memo does not make
 are marked "copymachine's choice". A recipe is overridden, key by key, from a TOML file
 (`--recipe FILE`, same sections and keys as `Recipe.to_dict()`) and from the command line

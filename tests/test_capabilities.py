@@ -30,6 +30,9 @@ def test_parse_prompt_options_and_help():
     assert capabilities.parse_prompt_options(V087_PROMPT_LOOP + '    m = re.match(r"f (.+)", parg, re.IGNORECASE)\n') == ["am", "f", "nl", "w"]
     help_text = "usage: gen_img.py [-h] [--sdxl] [--ckpt CKPT]\n\noptions:\n  -h, --help  show this help\n  --sequential_file_name  sequential output file name\n"
     assert capabilities.parse_options(help_text) == ["--ckpt", "--help", "--sdxl", "--sequential_file_name"]
+    # sd-scripts' help texts glue Japanese to an option's name: the name is the ASCII part
+    glued = "  --save_every_n_steps N  --save_last_n_stepsを上書きする / overrides --save_last_n_steps\n  --save_last_n_steps N\n"
+    assert capabilities.parse_options(glued) == ["--save_every_n_steps", "--save_last_n_steps"]
 
 
 def v08_tree(fake_engine, dest: Path, commit: str) -> Path:

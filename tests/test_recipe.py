@@ -77,3 +77,12 @@ def test_difference_extraction_numbers_are_the_memos():
     assert MEMO.diff.steps == 4096 and MEMO.diff.keep_tokens == 0
     assert (MEMO.diff.network_dim, MEMO.diff.network_alpha) == (64, 32.0)
     assert (MEMO.svd.rank, MEMO.svd.precision, MEMO.svd.save_precision) == (8, "float", "fp16")
+
+
+def test_the_recipe_header_names_every_section():
+    from copymachine.cli.recipe import HEADER, SECTION_NOTES
+
+    sections = [name for name in render_recipe_toml(MEMO) if not name.startswith("effect.")]
+    assert sorted(SECTION_NOTES) == sorted(sections)
+    for name in sections:
+        assert f"# [{name}] " in HEADER

@@ -18,6 +18,7 @@ HOSTILE = [
     "/tmp/100% done/it's here/モデル.safetensors",
     "/tmp/line\nbreak/tab\there/x.safetensors",
     "\\\\server\\share\\a'b\"c.safetensors",
+    'C:\\sd\\a "b" \'c\'\nd = 1\n[x]\n%s 日本語 """',  # a TOML line, a table and a closing triple quote
 ]
 
 
@@ -46,14 +47,24 @@ def _training_context(base, dataset, out, family=SD1, max_steps=None):
 
 
 @pytest.mark.parametrize("path", HOSTILE)
-def test_training_config_round_trips_hostile_paths(path):
-    text = render("training.toml.j2", **_training_context(path, path + ".dataset.toml", path + "-out"))
-    data = tomllib.loads(text)
+def test_hostile_paths_round_trip_through_both_templates(path):
+    training = _Obj(dataclasses.asdict(MEMO.copy))
+    dataset = render("dataset.toml.j2", stage=path, training=training, caption_extension=".txt", resolution=[64, 64], enable_bucket=False, image_dir=Path(path))
+    assert tomllib.loads(dataset)["datasets"][0]["subsets"][0]["image_dir"] == path
+    context = _training_context(path, path + ".dataset.toml", path + "-out")
+    # the stage name, the output name, the comment and a family's option key and value too
+    family = dataclasses.asdict(SD1)
+    family["training_options"] = {**family["training_options"], "no_half_vae": True, path: path}
+    context.update(stage=path, output_name=path, comment=path, family=_Obj(family))
+    data = tomllib.loads(render("training.toml.j2", **context))
     flat = {k: v for table in data.values() for k, v in table.items()}
     assert flat["pretrained_model_name_or_path"] == path
     assert flat["dataset_config"] == path + ".dataset.toml"
     assert flat["output_dir"] == path + "-out"
     assert flat["tokenizer_cache_dir"] == "/tok dir/東京"
+    assert data["model"]["pretrained_model_name_or_path"] == path and data["model"][path] == path
+    assert data["output"]["output_name"] == path and data["output"]["training_comment"] == path
+    assert "d" not in data and "x" not in data  # nothing injected
 
 
 def test_training_config_has_the_memo_values_with_sd_scripts_types():

@@ -1,13 +1,13 @@
 """The copy check, the preview and the tools' metadata, with gen_img.py and the LoRA tools played
-by a stand-in for `StageContext.run` that writes what the real scripts would."""
+by the recording fake of sd-scripts (tests/fake_sdscripts; its "perfect copy" mode,
+COPYMACHINE_FAKE_COPY, plays a copy machine that copies)."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
 import json
-import shutil
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from copymachine.cli import cli
+from copymachine.cli.common import make_settings
 from copymachine.errors import EXIT_CHECK, CheckFailed
 from copymachine.files import HashCache
 from copymachine.lorafile import read_safetensors, write_safetensors
@@ -25,72 +26,26 @@ from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO
-from copymachine.stages import Settings, StageContext, kind_versions
+from copymachine.runner import command_line
+from copymachine.stages import Settings, kind_versions
 from copymachine.stages.copy_check import planned_outputs as check_outputs
 
-
-@dataclass
-class FakeEngine:
-    root: Path = Path("/sd-scripts")
-    python: str = "python"
-    commit: str = "0" * 40
-    pinned: bool = True
-    identity: str = "git:" + "0" * 40
-
-    def run_script(self, script, args):
-        return [self.python, str(self.root / script), *args]
-
-    def launch_training(self, script, config, mixed_precision, launcher=None):
-        target = [str(launcher)] if launcher else []
-        return [self.python, "-m", "accelerate.commands.launch", *target, str(self.root / script), "--config_file", str(config)]
-
-
-class FakeScripts:
-    """Plays gen_img.py (one image per prompt-file line, named by --f), svd_merge_lora.py and
-    resize_lora.py (copy their first input to --save_to)."""
-
-    def __init__(self):
-        self.calls: list[list[str]] = []
-        self.copy_of: Path | None = None  # gen_img.py renders this image (a perfect copy machine)
-
-    def __call__(self, ctx: StageContext, argv, what, expected=None):
-        ctx.commands.append(argv)
-        if ctx.dry_run:
-            return
-        self.calls.append(argv)
-        script = Path(argv[1]).name
-        if script == "gen_img.py":
-            self._gen_img(argv)
-        else:
-            src = argv[argv.index("--models") + 1] if "--models" in argv else argv[argv.index("--model") + 1]
-            shutil.copyfile(src, argv[argv.index("--save_to") + 1])
-        missing = [p for p in expected or [] if not Path(p).exists()]
-        assert not missing, missing
-
-    def _gen_img(self, argv):
-        assert "--seed" not in argv and "--network_merge" not in argv and argv[argv.index("--ckpt") + 2] == "--v1"
-        outdir = Path(argv[argv.index("--outdir") + 1])
-        for line in Path(argv[argv.index("--from_file") + 1]).read_text(encoding="utf-8").splitlines():
-            opts = dict(part.split(" ", 1) for part in line.split(" --")[1:])
-            w, h, seed = int(opts["w"]), int(opts["h"]), int(opts["d"])
-            if self.copy_of is not None:
-                image = Image.open(self.copy_of).convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
-            else:
-                rng = np.random.default_rng(seed)
-                shift = 60.0 * float(opts.get("am", 0))
-                image = Image.fromarray(np.clip(rng.integers(60, 196, (h, w, 3)) + shift, 0, 255).astype(np.uint8))
-            image.save(outdir / opts["f"])
+GEN_IMG = "gen_img.py"
 
 
 @pytest.fixture
-def scripts(monkeypatch):
-    fake = FakeScripts()
-    monkeypatch.setattr(StageContext, "run", lambda ctx, argv, what, expected=None, collect=None: fake(ctx, argv, what, expected))
-    return fake
+def sd(fake_engine) -> Settings:
+    """How copymachine runs the recording fake (its Python is this one)."""
+    return make_settings(fake_engine.root, sys.executable, "cpu", fake_engine.tokenizers, True, Reporter(stream=io.StringIO(), live=False))
 
 
-def settings() -> Settings:
-    return Settings(engine=FakeEngine(), probe=None)  # type: ignore[arg-type]
+def renders(fake_engine) -> list[list[str]]:
+    """The argv of every gen_img.py call the fake recorded; each as copymachine must build it:
+    no global --seed (every line has its own), never --network_merge, the family flag after --ckpt."""
+    calls = [c["argv"] for c in fake_engine.calls() if Path(c["script"]).name == GEN_IMG]
+    for argv in calls:
+        assert "--seed" not in argv and "--network_merge" not in argv and argv[argv.index("--ckpt") + 2] == "--v1"
+    return calls
 
 
 def sd1_checkpoint(path: Path) -> Path:
@@ -116,8 +71,8 @@ def request(tmp_path, scene_path, method=COPY_MACHINE, **kw) -> Request:
     return Request(method=method, base=sd1_checkpoint(tmp_path / "base.safetensors"), family=SD1, effects=["outline"], recipe=MEMO, sources=make_sources([scene_path], []), out=tmp_path / "run", resolution=64, **kw)
 
 
-def test_train_plan_checks_the_copy_model_and_previews_at_the_end(tmp_path, scene_path):
-    p = plan(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), settings(), HashCache(None))
+def test_train_plan_checks_the_copy_model_and_previews_at_the_end(tmp_path, scene_path, sd):
+    p = plan(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), sd, HashCache(None))
     names = [s.name for s in p.stages]
     assert names.index("copy-check") == names.index("copy-lora") + 1 < names.index("outline/effect-lora")
     assert names[-1] == "outline/preview"
@@ -142,45 +97,46 @@ def test_train_plan_checks_the_copy_model_and_previews_at_the_end(tmp_path, scen
     from copymachine.recipe import apply_overrides
 
     strict = apply_overrides(MEMO, {"copy_check": {"min_ssim": 0.95}}, "test")
-    other = plan(dataclasses.replace(request(tmp_path, scene_path), recipe=strict), settings(), HashCache(None))
+    other = plan(dataclasses.replace(request(tmp_path, scene_path), recipe=strict), sd, HashCache(None))
     assert other.stage("copy-check").key == check.key and other.stage("copy-check").gate == {"min_ssim": 0.95}
 
 
-def test_preview_font_is_an_input(tmp_path, scene_path):
+def test_preview_font_is_an_input(tmp_path, scene_path, sd):
     from copymachine.errors import InputError
     from copymachine.recipe import apply_overrides
 
     font = tmp_path / "font.ttf"
     font.write_bytes(b"font")
     recipe = apply_overrides(MEMO, {"preview": {"font": str(font)}}, "test")
-    p = plan(dataclasses.replace(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), recipe=recipe), settings(), HashCache(None))
+    p = plan(dataclasses.replace(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), recipe=recipe), sd, HashCache(None))
     assert p.stage("outline/preview").inputs["font"].path == font.resolve()
     recipe = apply_overrides(MEMO, {"preview": {"font": str(tmp_path / "none.ttf")}}, "test")
     with pytest.raises(InputError, match=r"preview.font not found"):
-        plan(dataclasses.replace(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), recipe=recipe), settings(), HashCache(None))
+        plan(dataclasses.replace(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), recipe=recipe), sd, HashCache(None))
 
 
-def test_no_copy_check_plans_none(tmp_path, scene_path):
-    p = plan(request(tmp_path, scene_path, copy_check=False), settings(), HashCache(None))
+def test_no_copy_check_plans_none(tmp_path, scene_path, sd):
+    p = plan(request(tmp_path, scene_path, copy_check=False), sd, HashCache(None))
     assert not [s for s in p.stages if s.kind in ("copy_check", "preview")]
     assert not [n for n in p.stage("outline/final").inputs if n.startswith("copycheck")]
 
 
-def test_diff_checks_lora_a_on_the_base(tmp_path, scene_path):
-    p = plan(request(tmp_path, scene_path, method=DIFFERENCE), settings(), HashCache(None))
+def test_diff_checks_lora_a_on_the_base(tmp_path, scene_path, sd):
+    p = plan(request(tmp_path, scene_path, method=DIFFERENCE), sd, HashCache(None))
     names = [s.name for s in p.stages]
     assert names.index("copy-check") == names.index("lora-a") + 1 < names.index("outline/lora-b")
     check = p.stage("copy-check")
     assert check.inputs["lora"].producer == "lora-a" and check.inputs["model"].external
 
 
-def test_dry_run_prints_the_check_and_preview_commands(tmp_path, scene_path, scripts, capsys):
-    p = plan(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), settings(), HashCache(None))
-    Pipeline(p, settings(), Reporter(live=False), HashCache(None), argv=["test"]).run(dry_run=True)
+def test_dry_run_prints_the_check_and_preview_commands(tmp_path, scene_path, sd, fake_engine, capsys):
+    p = plan(request(tmp_path, scene_path, preview_model=tmp_path / "base.safetensors"), sd, HashCache(None))
+    Pipeline(p, sd, Reporter(live=False), HashCache(None), argv=["test"]).run(dry_run=True)
     out = capsys.readouterr().out
     assert "copy check" in out and "strength sweep" in out and "outline: leakage on base.safetensors: gen_img.py, 12 images" in out
-    assert sum(1 for line in out.splitlines() if line.startswith("python /sd-scripts/gen_img.py")) == 3  # copy check, leakage, preview
-    assert not scripts.calls and not (p.run_dir / "copy-check" / "copy-1.png").exists()
+    gen_img = command_line([sys.executable, str(fake_engine.root / GEN_IMG)])
+    assert sum(1 for line in out.splitlines() if line.startswith(gen_img + " ")) == 3  # copy check, leakage, preview
+    assert not fake_engine.calls() and not (p.run_dir / "copy-check" / "copy-1.png").exists()
     prompts = (p.run_dir / "copy-check" / "config" / "copy-check-prompts.txt").read_text(encoding="utf-8")
     assert prompts.startswith("{caption} --w 64 --h 64 --d 1 --s 20")
 
@@ -210,19 +166,19 @@ def check_plan(tmp_path, scene_path, min_ssim=0.8, images=3):
     return planner.plan, hashes
 
 
-def run_plan(the_plan, hashes):
+def run_plan(the_plan, hashes, sd):
     stream = io.StringIO()
     try:
-        Pipeline(the_plan, settings(), Reporter(stream=stream, live=False), hashes, argv=["test"]).run()
+        Pipeline(the_plan, sd, Reporter(stream=stream, live=False), hashes, argv=["test"]).run()
     finally:
         manifest = json.loads(the_plan.manifest_path.read_text(encoding="utf-8"))
     return stream.getvalue(), manifest
 
 
-def test_a_copy_model_that_does_not_copy_stops_the_run(tmp_path, scene_path, scripts):
+def test_a_copy_model_that_does_not_copy_stops_the_run(tmp_path, scene_path, sd, fake_engine):
     the_plan, hashes = check_plan(tmp_path, scene_path)
     with pytest.raises(CheckFailed) as failed:
-        run_plan(the_plan, hashes)
+        run_plan(the_plan, hashes, sd)
     assert failed.value.exit_code == EXIT_CHECK == 7
     assert failed.value.message.startswith("the copy model does not copy yet: mean SSIM 0.0")
     assert "train the copy LoRA longer" in failed.value.message
@@ -238,42 +194,33 @@ def test_a_copy_model_that_does_not_copy_stops_the_run(tmp_path, scene_path, scr
     sheet = Image.open(folder / "copy-check.png")
     assert sheet.width > 4 * 128  # the original and three images
     # a re-run judges again, renders nothing
-    calls = len(scripts.calls)
+    calls = len(renders(fake_engine))
     with pytest.raises(CheckFailed):
-        run_plan(*check_plan(tmp_path, scene_path))
-    assert len(scripts.calls) == calls
+        run_plan(*check_plan(tmp_path, scene_path), sd)
+    assert len(renders(fake_engine)) == calls
     # a lower bar passes without rendering again
-    out, manifest = run_plan(*check_plan(tmp_path, scene_path, min_ssim=0.0))
-    assert len(scripts.calls) == calls and "-> copies" in out
+    out, manifest = run_plan(*check_plan(tmp_path, scene_path, min_ssim=0.0), sd)
+    assert len(renders(fake_engine)) == calls and "-> copies" in out
     assert manifest["stages"][0]["verdict"]["passed"] is True
 
 
-def test_a_copy_machine_that_copies_passes(tmp_path, scene_path, scripts):
-    scripts.copy_of = scene_path
-    out, manifest = run_plan(*check_plan(tmp_path, scene_path, images=2))
+def test_a_copy_machine_that_copies_passes(tmp_path, scene_path, sd, fake_engine, monkeypatch):
+    monkeypatch.setenv("COPYMACHINE_FAKE_COPY", str(scene_path))
+    out, manifest = run_plan(*check_plan(tmp_path, scene_path, images=2), sd)
     assert "SSIM 1.000, 1.000 (mean 1.000, need >= 0.8)" in out and "-> copies" in out
     assert manifest["stages"][0]["verdict"] == {"passed": True, "mean_ssim": 1.0, "min_ssim_required": 0.8}
+    assert renders(fake_engine)  # each render as copymachine must build it
 
 
 # --- copymachine preview --------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli_env(monkeypatch, scripts):
-    import copymachine.cli.see as see
-    import copymachine.cli.tools as tools
-
-    monkeypatch.setattr(see, "make_settings", lambda *a, **k: settings())
-    monkeypatch.setattr(tools, "make_settings", lambda *a, **k: settings())
-    return scripts
-
-
-def test_preview_command_writes_the_sheet_beside_the_lora(tmp_path, cli_env):
+def test_preview_command_writes_the_sheet_beside_the_lora(tmp_path, fake_engine):
     folder = tmp_path / "my 'loras' ロラ"
     folder.mkdir()
     lora = small_lora(folder / "slider a.safetensors")
     model = sd1_checkpoint(tmp_path / "other model.safetensors")
-    args = ["preview", str(lora), "--model", str(model), "--strengths", "-1, 0, 0.5", "--prompt", "a cat --d 9", "--prompt", "a dog", "--seed", "4", "--size", "64", "--steps", "2"]
+    args = ["preview", str(lora), "--model", str(model), "--strengths", "-1, 0, 0.5", "--prompt", "a cat --d 9", "--prompt", "a dog", "--seed", "4", "--size", "64", "--steps", "2", *fake_engine.engine_args]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     sheet = folder / "slider a-preview.png"
@@ -283,36 +230,37 @@ def test_preview_command_writes_the_sheet_beside_the_lora(tmp_path, cli_env):
     image = Image.open(sheet)
     assert image.width > 3 * 128 + 64 and image.height > 2 * 128
     assert sorted(p.name for p in folder.iterdir()) == [".copymachine", ".stages", "slider a-preview", "slider a-preview.png", "slider a.safetensors"]
-    argv = cli_env.calls[0]
+    argv = renders(fake_engine)[0]
     assert argv[argv.index("--network_weights") + 1] == str(lora)
     prompts = Path(argv[argv.index("--from_file") + 1])
     assert prompts.parent == folder / ".copymachine" / "config"  # nothing else beside the LoRA
     assert "a cat -d 9 --n" in prompts.read_text(encoding="utf-8")
     again = CliRunner().invoke(cli, args)
-    assert again.exit_code == 0 and "up to date, skipped" in again.output and len(cli_env.calls) == 1
+    assert again.exit_code == 0 and "up to date, skipped" in again.output and len(renders(fake_engine)) == 1
 
 
-def test_preview_refuses_a_model_of_another_family(tmp_path, cli_env):
+def test_preview_refuses_a_model_of_another_family(tmp_path, fake_engine):
     lora = small_lora(tmp_path / "l.safetensors", {"ss_base_model_version": "sdxl_base_v1-0"})
     model = sd1_checkpoint(tmp_path / "m.safetensors")
-    result = CliRunner().invoke(cli, ["preview", str(lora), "--model", str(model)])
+    result = CliRunner().invoke(cli, ["preview", str(lora), "--model", str(model), *fake_engine.engine_args])
     assert result.exit_code == 3 and "SDXL LoRA but --model is Stable Diffusion 1.x" in result.output
-    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--size", "100"])
+    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--size", "100", *fake_engine.engine_args])
     assert result.exit_code == 3 and "multiple of 64" in result.output
-    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--strengths", "0,50"])
+    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--strengths", "0,50", *fake_engine.engine_args])
     assert result.exit_code == 3 and "--strengths: 50 must be from -10 to 10" in result.output
-    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--seed", "-4"])
+    result = CliRunner().invoke(cli, ["preview", str(small_lora(tmp_path / "k.safetensors")), "--model", str(model), "--seed", "-4", *fake_engine.engine_args])
     assert result.exit_code == 3 and "--seed: -4 must be from 0 to 4294967295" in result.output
 
 
 # --- copymachine metadata -------------------------------------------------------------------
 
 
-def test_tool_outputs_carry_copymachine_metadata(tmp_path, cli_env):
+def test_tool_outputs_carry_copymachine_metadata(tmp_path, fake_engine):
+    engine = ["--sd-scripts", str(fake_engine.tree_copy(tmp_path / "sd-scripts", commit="0" * 40)), *fake_engine.engine_args[2:]]
     a = small_lora(tmp_path / "a.safetensors", {"copymachine.method": "copy-machine", "copymachine.effect": "outline", "ss_network_dim": "4"})
     b = small_lora(tmp_path / "b.safetensors")
     out = tmp_path / "out" / "merged.safetensors"
-    result = CliRunner().invoke(cli, ["svd-merge", "--lora", f"{a}:1", "--lora", f"{b}:-0.5", "--rank", "4", "--out", str(out)])
+    result = CliRunner().invoke(cli, ["svd-merge", "--lora", f"{a}:1", "--lora", f"{b}:-0.5", "--rank", "4", "--out", str(out), *engine])
     assert result.exit_code == 0, result.output
     md = read_safetensors(out).metadata
     assert md["copymachine.tool"] == "svd-merge" and md["copymachine.sd_scripts_commit"] == "0" * 40 and md["copymachine.version"]
@@ -321,18 +269,18 @@ def test_tool_outputs_carry_copymachine_metadata(tmp_path, cli_env):
     assert inputs[0]["method"] == "copy-machine" and inputs[0]["effect"] == "outline" and len(inputs[0]["sha256"]) == 64
     assert json.loads(md["copymachine.tool_params"])["rank"] == 4
     resized = tmp_path / "out" / "r.safetensors"
-    result = CliRunner().invoke(cli, ["resize", str(a), "--rank", "4", "--out", str(resized)])
+    result = CliRunner().invoke(cli, ["resize", str(a), "--rank", "4", "--out", str(resized), *engine])
     assert result.exit_code == 0, result.output
     md = read_safetensors(resized).metadata
     # resize keeps its input's keys (as resize_lora.py does) and adds the tool's
     assert md["copymachine.effect"] == "outline" and md["copymachine.tool"] == "resize"
 
 
-def test_final_lora_records_the_copy_check(tmp_path, scene_path, scripts):
+def test_final_lora_records_the_copy_check(tmp_path, scene_path, sd, fake_engine, monkeypatch):
     """The final LoRA's metadata carries the copy-check scores next to the method's keys."""
-    scripts.copy_of = scene_path
+    monkeypatch.setenv("COPYMACHINE_FAKE_COPY", str(scene_path))
     request_ = request(tmp_path, scene_path)
-    p = plan(request_, settings(), HashCache(None))
+    p = plan(request_, sd, HashCache(None))
     # stand in for the trainings: the copy LoRA / effect LoRA / resize outputs are small LoRAs
     keep = {"original", "outline/edit", "captions", "copy-check", "outline/final"}
     for s in p.stages:
@@ -346,9 +294,10 @@ def test_final_lora_records_the_copy_check(tmp_path, scene_path, scripts):
         for name, ref in list(s.inputs.items()):
             if ref.producer and ref.producer not in keep:
                 s.inputs[name] = type(ref)(path=ref.path)
-    Pipeline(p, settings(), Reporter(live=False), HashCache(None), argv=["test"]).run()
+    Pipeline(p, sd, Reporter(live=False), HashCache(None), argv=["test"]).run()
     md = read_safetensors(p.finals["outline"]).metadata
     check = json.loads(md["copymachine.copy_check"])
     assert check[0]["mean_ssim"] == 1.0 and check[0]["size"] == [64, 64]
     for key in ("method", "effect", "effect_params", "recipe", "original_sha256", "edited_sha256", "sign", "version", "sd_scripts_commit"):
         assert md[f"copymachine.{key}"]
+    assert renders(fake_engine)  # the copy check's, as copymachine must build it

@@ -10,19 +10,28 @@ import tomli_w
 from copymachine.cli import cli
 from copymachine.recipe import MEMO, load_recipe_file, render_recipe_toml
 
-HEADER = """\
-# copymachine recipe: the numbers of the copy-machine LoRA memo (shared/seed/copy-machine-lora.en.md).
-# Use with: copymachine train --recipe THIS.toml ...   Keep only the keys you change.
-# [copy]          memo step 2, the copy LoRA (steps = repeats x epochs = 3072)
-# [effect]        memo step 5, the effect LoRA (4096 steps); [effect.flat] / [effect.jpeg]: the memo's retrain
-# [diff]          difference extraction: the over-fitted LoRAs A and B (4096 steps)
-# [merge]         memo step 3, merge_lora.py into the base model
-# [resize]        memo step 9, resize_lora.py (rank 0 keeps the trained rank)
-# [svd]           svd_merge_lora.py: difference extraction step 5, and the exact combine route
-# [combine]       memo steps 6-8: several images' LoRAs merged into the model and extracted
-# [generate]      memo step 1, when no --image is given (copymachine's choices: the memo gives none)
-# [caption]       the caption of both training images
-"""
+# One line per section of the recipe, in the order `copymachine recipe` prints them
+# (tests/test_recipe.py checks that every section has its line).
+SECTION_NOTES: dict[str, str] = {
+    "copy": "memo step 2, the copy LoRA (steps = repeats x epochs = 3072)",
+    "diff": "difference extraction: the over-fitted LoRAs A and B (4096 steps)",
+    "merge": "memo step 3, the copy model: in memory (copy_model = \"memory\") or merge_lora.py into a file",
+    "resize": "memo step 9, resize_lora.py (rank 0 keeps the trained rank)",
+    "svd": "svd_merge_lora.py: difference extraction step 5, and the exact combine route",
+    "combine": "memo steps 6-8: several images' LoRAs merged into the model and extracted",
+    "generate": "memo step 1, when no --image is given (copymachine's choices: the memo gives none)",
+    "caption": "the caption of both training images",
+    "copy_check": "memo step 3, does the copy model copy? renders vs the original, stops below min_ssim",
+    "preview": "the strength sweep on a preview model (--preview-model, copymachine preview)",
+    "leakage": "with a preview model: does the LoRA draw its training image into unrelated prompts?",
+    "effect": "memo step 5, the effect LoRA (4096 steps); [effect.flat] / [effect.jpeg]: the memo's retrain",
+}
+
+HEADER = (
+    "# copymachine recipe: the numbers of the copy-machine LoRA memo.\n"
+    "# Use with: copymachine train --recipe THIS.toml ...   Keep only the keys you change.\n"
+    + "".join(f"# {f'[{name}]':<15} {note}\n" for name, note in SECTION_NOTES.items())
+)
 
 
 @cli.command()

@@ -6,8 +6,9 @@ library (http.server) with a page of plain JavaScript (copymachine/ui/static/).
   the queue's loader and the run's first checks (cli/methods.check_inputs).
 - Queue: the worker (ui/store.py) runs each job as `copymachine queue JOB.toml --events FILE`;
   stages and progress come from the Reporter's events.
-- Results: the run's manifest (copy-check sheet, strength sweep, edit compare sheet) and
-  `inspect`'s report (lorainfo).
+- Results (ui/results.py): the run's stage stamps (copy-check sheet, strength sweep, edit compare
+  sheet) and `inspect`'s report (lorainfo).
+- Files (ui/files.py): uploads, the decoded images, and what the page may read (the runs folder).
 
 Nothing here plans, trains or checks anything itself.
 """
@@ -16,13 +17,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import io
 import json
 import mimetypes
 import re
-import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -35,26 +34,19 @@ from PIL import Image
 from copymachine import __version__
 from copymachine import effects as effect_registry
 from copymachine.errors import CopymachineError, InputError
-from copymachine.images import load_rgb
 from copymachine.progress import Reporter
+from copymachine.ui import results as results_page
+from copymachine.ui.files import MAX_UPLOAD, RunsFiles, safe_name
 from copymachine.ui.store import JobStore, Worker
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-MAX_UPLOAD = 64 * 2**20
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
-PREVIEW_CACHE = 8
 
 
 def _png_data_url(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _safe_name(name: str) -> str:
-    stem = Path(name).stem
-    clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem).strip("_") or "image"
-    return clean[:60]
 
 
 def effect_catalogue() -> list[dict[str, Any]]:
@@ -69,66 +61,30 @@ def effect_catalogue() -> list[dict[str, Any]]:
 
 
 class App:
-    """What the handler needs: the folders, the store, the worker, the engine options."""
+    """What the handler needs: the folders and their files, the store, the worker, the engine
+    options; the previews and the jobs the Make and Queue pages ask for."""
 
     def __init__(self, runs: Path, models: Path | None, queue_args: list[str], auth: str | None = None, engine_overrides: dict[str, Any] | None = None):
         self.runs = Path(runs).resolve()
         self.models = Path(models).resolve() if models else None
         self.ui_dir = self.runs / "_ui"
-        self.uploads = self.ui_dir / "uploads"
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.files = RunsFiles(self.runs)
         self.store = JobStore(self.ui_dir / "queue")
         self.recovered = self.store.recover()
         self.worker = Worker(self.store, queue_args)
         self.engine_overrides = engine_overrides or {}
         self.auth = auth
-        self._images: dict[str, Image.Image] = {}
-        self._lock = threading.Lock()
-
-    # --- uploads and previews -------------------------------------------------------------
-
-    def upload(self, name: str, data: bytes) -> dict[str, Any]:
-        if len(data) > MAX_UPLOAD:
-            raise InputError(f"{name}: larger than {MAX_UPLOAD // 2**20} MB")
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        folder = self.uploads / digest
-        folder.mkdir(parents=True, exist_ok=True)
-        suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp") else ".png"
-        path = folder / f"{_safe_name(name)}{suffix}"
-        if not path.exists():
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            try:
-                with Image.open(tmp) as im:
-                    im.verify()
-            except Exception:
-                tmp.unlink()
-                raise InputError(f"{name} is not a readable image file") from None
-            tmp.replace(path)
-        image = self.image(str(path))
-        return {"path": str(path), "name": path.name, "width": image.width, "height": image.height, "url": self.file_url(path)}
-
-    def image(self, path: str) -> Image.Image:
-        resolved = Path(path).resolve()
-        if not self.allowed(resolved):
-            raise InputError(f"not an uploaded image: {path}")
-        with self._lock:
-            if path not in self._images:
-                if len(self._images) >= PREVIEW_CACHE:
-                    self._images.pop(next(iter(self._images)))
-                self._images[path] = load_rgb(resolved)
-            return self._images[path]
 
     def preview(self, body: dict[str, Any]) -> dict[str, Any]:
         """One effect's edit of the original with the check's verdict, by the edit stage's code."""
         from copymachine.check import format_report
         from copymachine.stages.edit_image import edit_and_check, verdict_lines
 
-        original = self.image(str(body.get("image", "")))
+        original = self.files.image(str(body.get("image", "")))
         effect = str(body.get("effect", ""))
         if effect == "custom":
             edited_path = str(body.get("edited", ""))
-            custom = self.image(edited_path)
+            custom = self.files.image(edited_path)
             edited, report = edit_and_check(original, "custom", {}, 1.0, custom, bool(body.get("in_place")))
             where: Any = Path(edited_path).name
         else:
@@ -147,8 +103,6 @@ class App:
             "report": format_report(report, "original", "edited"),
         }
 
-    # --- jobs -------------------------------------------------------------------------------
-
     def add_job(self, body: dict[str, Any]) -> dict[str, Any]:
         """A job from the Make page: written as a jobs file and checked as `queue` checks it."""
         from copymachine import jobfile
@@ -159,7 +113,7 @@ class App:
             raise InputError("give the base model (a path to a .safetensors checkpoint)")
         if not table.get("out"):
             name = table.get("name") or (Path(table["image"][0]).stem if table.get("image") else "generated")
-            table["out"] = str(self.runs / _safe_name(str(name)))
+            table["out"] = str(self.runs / safe_name(str(name)))
         job_id = self.store.add(table, self.engine_overrides)
         try:
             job = jobfile.load_jobs(self.store.files(job_id).toml, self.engine_overrides)[0]
@@ -180,95 +134,22 @@ class App:
         return out
 
     def results(self) -> list[dict[str, Any]]:
-        from copymachine.lorafile import read_safetensors
-        from copymachine.lorainfo import format_report, lora_report
-
-        out = []
-        for job in self.jobs():
-            if job.get("status") != "done":
-                continue
-            for final in job.get("finals") or []:
-                path = Path(final)
-                if not path.is_file():
-                    continue
-                try:
-                    report = format_report(lora_report(path))
-                    md = read_safetensors(path).metadata
-                except CopymachineError as e:
-                    report, md = e.message, {}
-                sheets = self._sheets(path.parent, path, md.get("copymachine.effect"))
-                memo = md.get("copymachine.sign", "").startswith("positive strength = less")
-                name = path.stem
-                more, less = ("-1", "1") if memo else ("1", "-1")
-                out.append(
-                    {
-                        "job": job["id"],
-                        "label": job.get("label"),
-                        "name": name,
-                        "path": str(path),
-                        "download": self.file_url(path, download=True),
-                        "effect": md.get("copymachine.effect"),
-                        "method": md.get("copymachine.method"),
-                        "sign": md.get("copymachine.sign", ""),
-                        "usage": {
-                            "a1111": f"<lora:{name}:{more}>",
-                            "a1111_less": f"<lora:{name}:{less}>",
-                            "comfyui": f"LoraLoader with lora_name {path.name}: strength_model and strength_clip {'negative' if memo else 'positive'} for more of the edit, {'positive' if memo else 'negative'} for less",
-                        },
-                        "sheets": sheets,
-                        "inspect": report,
-                    }
-                )
-        return out
-
-    def _sheets(self, run_dir: Path, final: Path, effect: str | None) -> list[dict[str, str]]:
-        """The sheets of a final LoRA from the stamps its run's stages wrote (the pipeline's own
-        records; the manifest holds the latest command only, and jobs of other effects share the
-        run folder): the edit's compare sheet, the copy check, the strength sweep."""
-        stamps = []
-        for path in sorted(run_dir.rglob(".stages/*.json")):
-            try:
-                stamps.append(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                continue
-        sheets = []
-        for stamp in stamps:
-            outputs, kind, name = stamp.get("outputs", {}), stamp.get("kind"), stamp.get("name", "")
-            if kind == "edit_image" and effect and (name == f"{effect}/edit" or name.endswith(f"/{effect}/edit")) and "compare" in outputs:
-                sheets.append((0, "edit", name.rsplit("/edit", 1)[0] + ": edit", outputs["compare"]["path"]))
-            elif kind == "copy_check" and "sheet" in outputs:
-                sheets.append((1, "copy check", name, outputs["sheet"]["path"]))
-            elif kind == "preview" and "sheet" in outputs and Path(stamp.get("inputs", {}).get("lora", {}).get("path", "")) == final:
-                sheets.append((2, "strength sweep", f"strength sweep of {final.name}", outputs["sheet"]["path"]))
-        return [{"kind": k, "title": t, "url": self.file_url(Path(p))} for _, k, t, p in sorted(sheets) if Path(p).is_file()]
+        return results_page.results(self.jobs(), self.files)
 
     def models_list(self) -> list[str]:
         if not self.models or not self.models.is_dir():
             return []
         return sorted(str(p) for p in self.models.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
 
-    # --- files ------------------------------------------------------------------------------
 
-    def allowed(self, path: Path) -> bool:
-        """Files the page may read: under the runs folder (uploads, run folders, cache sheets)."""
-        try:
-            path.resolve().relative_to(self.runs)
-            return True
-        except ValueError:
-            return False
+class JsonHandler(BaseHTTPRequestHandler):
+    """HTTP plumbing: basic authentication, JSON in and out, the one error shape."""
 
-    def file_url(self, path: Path, download: bool = False) -> str:
-        return "/file?path=" + quote(str(Path(path).resolve())) + ("&download=1" if download else "")
-
-
-class Handler(BaseHTTPRequestHandler):
     server_version = f"copymachine/{__version__}"
     app: App  # set on the class made by make_server
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the terminal shows the URL only
         pass
-
-    # --- plumbing ---------------------------------------------------------------------------
 
     def _authorised(self) -> bool:
         if not self.app.auth:
@@ -318,6 +199,11 @@ class Handler(BaseHTTPRequestHandler):
             raise InputError("the request is not a JSON object")
         return data
 
+
+class Handler(JsonHandler):
+    """The routes: the page and its static files, the API of the Make / Queue / Results pages,
+    and the files under the runs folder."""
+
     def _handle(self, method: str) -> None:
         if not self._authorised():
             return
@@ -339,8 +225,6 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle("POST")
 
-    # --- routes -----------------------------------------------------------------------------
-
     def _route(self, method: str, path: str, query: dict[str, str]) -> None:
         app = self.app
         if method == "GET" and path in ("/", "/index.html"):
@@ -357,7 +241,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._file(query.get("path", ""), bool(query.get("download")))
         if method == "POST" and path == "/api/upload":
             name = unquote(self.headers.get("X-Filename") or "upload.png")
-            return self._json(app.upload(Path(name).name, self._body()))
+            return self._json(app.files.upload(Path(name).name, self._body()))
         if method == "POST" and path == "/api/preview":
             return self._json(app.preview(self._json_body()))
         if method == "POST" and path == "/api/jobs":
@@ -384,7 +268,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _file(self, raw: str, download: bool) -> None:
         path = Path(raw)
-        if not raw or not self.app.allowed(path) or not path.is_file():
+        if not raw or not self.app.files.allowed(path) or not path.is_file():
             return self._error("not found (the UI serves files under its runs folder only)", 404)
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         extra = {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(path.name)}"} if download else {}

@@ -88,12 +88,20 @@ def cosines(merged: Path, a: Path, b: Path, layers: int = 5) -> list[float]:
     return out
 
 
-def test_difference_extraction_and_its_sign(ws):
+@pytest.fixture(scope="module")
+def diff_run(ws):
+    """The difference extraction of the first image's contrast edit; its LoRA is the resize
+    test's input, whichever test runs first."""
     edited = ws["root"] / "first-contrast.png"
     ImageEnhance.Contrast(Image.open(ws["first"])).enhance(1.8).save(edited)
     run_dir = ws["root"] / "runs" / "diff"
     base_args = ["diff", "--image", str(ws["first"]), "--edited", str(edited), "--out", str(run_dir), *ws["common"]]
     result = _cli(ws, base_args)
+    return base_args, run_dir, result
+
+
+def test_difference_extraction_and_its_sign(ws, diff_run):
+    base_args, run_dir, result = diff_run
     _report("diff", result, run_dir)
     final = Path(result.stdout.strip().splitlines()[-1])
     summary = validate_lora(final, expected_rank=8)
@@ -105,7 +113,6 @@ def test_difference_extraction_and_its_sign(ws):
     assert "svd_merge_lora.py" in stages["custom/svd-merge"]["commands"][0] and "--ratios -1.0 1.0" in stages["custom/svd-merge"]["commands"][0]
     edit_cos = cosines(final, a, b)
     assert min(edit_cos) > 0.95, edit_cos
-    ws["diff_final"] = final
 
     # the memo's orientation: only the merge and the final file are redone
     result = _cli(ws, base_args + ["--sign", "memo", "--name", "memo-sign"])
@@ -140,11 +147,10 @@ def test_two_images_combined_by_both_routes(ws):
     assert max(validate_lora(svd_route, expected_rank=8).ranks) == 8
 
 
-def test_resize_tool_and_style_absorb(ws):
-    if "diff_final" not in ws:
-        pytest.skip("needs the difference-extraction test's LoRA")
+def test_resize_tool_and_style_absorb(ws, diff_run):
+    diff_final = Path(diff_run[2].stdout.strip().splitlines()[-1])
     style = ws["root"] / "style r4.safetensors"
-    result = _cli(ws, ["resize", str(ws["diff_final"]), "--rank", "4", "--out", str(style), *ws["engine"]])
+    result = _cli(ws, ["resize", str(diff_final), "--rank", "4", "--out", str(style), *ws["engine"]])
     assert Path(result.stdout.strip()) == style
     print(f"\ncopymachine resize --rank 4: wall {result.wall:.0f} s")
     assert max(validate_lora(style, expected_rank=4).ranks) == 4

@@ -45,8 +45,15 @@ def timed(args, env):
     return result, time.monotonic() - t0
 
 
-def test_copy_check_reports_no_copy_on_random_weights(ws):
-    result, wall = timed(ws["train"], ws["env"])
+@pytest.fixture(scope="module")
+def copy_check_run(ws):
+    """The train run the copy check stops (exit 7): it also leaves the copy machine in the cache,
+    which test_train_with_preview_model reuses, whichever test runs first."""
+    return timed(ws["train"], ws["env"])
+
+
+def test_copy_check_reports_no_copy_on_random_weights(ws, copy_check_run):
+    result, wall = copy_check_run
     print(f"\n--- what the user sees (exit code {result.returncode}, {wall:.0f} s) ---\n{result.stderr[-2500:]}")
     assert result.returncode == 7, result.stderr[-4000:]
     assert "copymachine: error: the copy LoRA on the base model does not copy yet" in result.stderr  # the copy model in memory
@@ -79,7 +86,7 @@ def test_copy_check_reports_no_copy_on_random_weights(ws):
     print(f"re-run wall {wall2:.0f} s")
 
 
-def test_train_with_preview_model(ws):
+def test_train_with_preview_model(ws, copy_check_run):
     args = ws["train"] + ["--no-copy-check", "--preview-model", str(ws["model"]), "--set", "preview.size=64", "--set", "preview.steps=2", "--set", "preview.seeds=1", "--set", "leakage.steps=2"]
     result, wall = timed(args, ws["env"])
     assert result.returncode == 0, result.stderr[-4000:]

@@ -79,11 +79,18 @@ def check_final_lora(path: Path) -> dict[str, str]:
     return md
 
 
-def test_custom_edit_end_to_end(workspace):
-    ws = workspace
+@pytest.fixture(scope="module")
+def custom_run(workspace):
+    """The first run of the custom edit: the run folder and the cached copy machine that the
+    re-run, the dry run and the second effect find, whichever test runs first."""
     t0 = time.monotonic()
-    result = run_cli(custom_args(ws), ws["env"])
-    wall = time.monotonic() - t0
+    result = run_cli(custom_args(workspace), workspace["env"])
+    return result, time.monotonic() - t0
+
+
+def test_custom_edit_end_to_end(workspace, custom_run):
+    ws = workspace
+    result, wall = custom_run
     assert result.returncode == 0, result.stderr[-4000:]
     final = Path(result.stdout.strip().splitlines()[-1])
     assert final.name == "custom run-custom.safetensors" and final.is_file()
@@ -114,8 +121,9 @@ def test_custom_edit_end_to_end(workspace):
     print(f"\nfirst run wall {wall:.1f} s; stages: " + ", ".join(f"{n} {s['duration_s']:.1f}s/{s.get('peak_memory_gib') or 0:.1f}GiB" for n, s in stages.items()))
 
 
-def test_rerun_trains_nothing(workspace):
+def test_rerun_trains_nothing(workspace, custom_run):
     ws = workspace
+    assert custom_run[0].returncode == 0, custom_run[0].stderr[-4000:]
     t0 = time.monotonic()
     result = run_cli(custom_args(ws), ws["env"])
     wall = time.monotonic() - t0
@@ -127,7 +135,7 @@ def test_rerun_trains_nothing(workspace):
     print(f"\nre-run wall {wall:.1f} s")
 
 
-def test_dry_run_prints_commands(workspace):
+def test_dry_run_prints_commands(workspace, custom_run):
     ws = workspace
     args = custom_args(ws)
     args[args.index("--out") + 1] = str(ws["root"] / "runs" / "dry")
@@ -139,7 +147,7 @@ def test_dry_run_prints_commands(workspace):
     assert not (ws["root"] / "runs" / "dry" / "dry-custom.safetensors").exists()
 
 
-def test_second_effect_reuses_the_copy_machine(workspace):
+def test_second_effect_reuses_the_copy_machine(workspace, custom_run):
     ws = workspace
     from copymachine import effects
 

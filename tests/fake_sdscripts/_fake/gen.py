@@ -111,6 +111,12 @@ def png_bytes(w: int, h: int, seed: int, muls: list, weights: list, prompt: str,
     digest = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in weights]
     rng = common.seeded_rng("image", seed, [round(m, 6) for m in muls], digest, prompt)
     arr = np.zeros((h, w, 3), np.uint8) if nan else rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    copy = os.environ.get("COPYMACHINE_FAKE_COPY")
+    if copy and not nan:
+        # "perfect copy" mode: a copy machine that copies — every picture is this image, resized to
+        # the size asked for as copymachine resizes the original for the copy check (Lanczos)
+        with Image.open(copy) as im:
+            arr = np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.LANCZOS), np.uint8)
     leak = os.environ.get("COPYMACHINE_FAKE_LEAK")
     if leak and weights and not nan:
         # "leaky" mode: a LoRA that drags its training image into every picture, more with strength:

@@ -7,7 +7,6 @@ tiny tensors; the console lines and metadata follow the real ones (run: docs/eng
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -143,10 +142,10 @@ def merge_lora(args, run: FakeRun, con: Console, sdxl: bool) -> None:
     if len(args.models or []) != len(args.ratios or []):
         crash(run, "AssertionError: number of models must be equal to number of ratios / モデルの数と重みの数は合わせてください")
     save_p = args.save_precision or args.precision
-    if args.sd_model is not None:
-        _merge_into_checkpoint(args, run, con, sdxl, save_p)
-    else:
-        _merge_lora_to_lora(args, run, con, sdxl, save_p)
+    if args.sd_model is None:
+        # copymachine never merges LoRA into LoRA (merge_lora.py squares each ratio: README)
+        crash(run, "NotImplementedError: copymachine fake: merging LoRA into LoRA (no --sd_model) is not emulated", 3)
+    _merge_into_checkpoint(args, run, con, sdxl, save_p)
 
 
 def _merge_into_checkpoint(args, run, con, sdxl, save_p) -> None:
@@ -191,57 +190,6 @@ def _merge_into_checkpoint(args, run, con, sdxl, save_p) -> None:
         }
     con.info(f"saving SD model to: {args.save_to}", "merge_lora.py")
     run.set(mode="into_checkpoint")
-    run.save(args.save_to, tensors, meta)
-
-
-def _merge_lora_to_lora(args, run, con, sdxl, save_p) -> None:
-    """(code: merge_lora.py merge_lora_models) up and down are summed separately, each scaled by
-    sqrt(alpha/base_alpha)·ratio, the up side by its absolute value: not the sum of the ΔW, and a single
-    model's ΔW is scaled by ratio·|ratio|."""
-    base_alphas, base_dims, merged, first = {}, {}, {}, {}
-    for sd, ratio in _each_model(args, run, con, "merge_lora.py", first):
-        alphas, dims = {}, {}
-        for k, v in sd.items():
-            if "alpha" in k:
-                n = k[: k.rfind(".alpha")]
-                alphas[n] = float(v)
-                base_alphas.setdefault(n, alphas[n])
-            elif "lora_down" in k:
-                n = k[: k.rfind(".lora_down")]
-                dims[n] = v.shape[0]
-                base_dims.setdefault(n, dims[n])
-        for n, d in dims.items():
-            if n not in alphas:
-                alphas[n] = d
-                base_alphas.setdefault(n, d)
-        for k, v in sd.items():
-            if "alpha" in k:
-                continue
-            n = k[: k.rfind(".lora_")]
-            scale = math.sqrt(alphas[n] / base_alphas[n]) * ratio
-            scale = abs(scale) if "lora_up" in k else scale
-            v = v.astype(np.float32)
-            if k in merged:
-                if args.concat:
-                    merged[k] = np.concatenate([merged[k], v * scale], axis=1 if "lora_up" in k else 0)
-                else:
-                    if merged[k].shape != v.shape:
-                        crash(run, "AssertionError: weights shape mismatch merging v1 and v2, different dims? / 重みのサイズが合いません。v1とv2、または次元数の異なるモデルはマージできません")
-                    merged[k] = merged[k] + v * scale
-            else:
-                merged[k] = v * scale
-    for n, a in base_alphas.items():
-        merged[n + ".alpha"] = np.array(a, dtype=np.float32)
-    dims = sorted(set(base_dims.values()))
-    alphas = sorted(set(base_alphas.values()))
-    v2, base_model = first.get("ss_v2"), first.get("ss_base_model_version")
-    meta = _minimum_meta(v2, base_model, f"{dims[0]}" if len(dims) == 1 else "Dynamic", f"{alphas[0]}" if len(alphas) == 1 else "Dynamic", None)
-    tensors = {k: common.as_precision(v, save_p) for k, v in merged.items()}
-    meta["sshs_model_hash"], meta["sshs_legacy_hash"] = common.sshs_hashes(tensors, meta)
-    if not args.no_metadata:
-        meta.update(_lora_modelspec(meta, sdxl or str(base_model).startswith("sdxl"), v2 == "True", _title(args.save_to), _merged_from(args.models)))
-    con.info(f"saving model to: {args.save_to}", "merge_lora.py")
-    run.set(mode="lora_to_lora")
     run.save(args.save_to, tensors, meta)
 
 

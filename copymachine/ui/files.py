@@ -1,0 +1,79 @@
+"""The files of `copymachine ui`: uploads (under `<runs>/_ui/uploads/`, by content), the images the
+previews decode (a small cache), and the one rule for what the page may read: files under the runs
+folder."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from urllib.parse import quote
+
+from PIL import Image
+
+from copymachine.errors import InputError
+from copymachine.images import load_rgb
+
+MAX_UPLOAD = 64 * 2**20
+PREVIEW_CACHE = 8
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def safe_name(name: str) -> str:
+    stem = Path(name).stem
+    clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem).strip("_") or "image"
+    return clean[:60]
+
+
+class RunsFiles:
+    """Uploads, decoded images and served files, all under the runs folder."""
+
+    def __init__(self, runs: Path):
+        self.runs = Path(runs).resolve()
+        self.uploads = self.runs / "_ui" / "uploads"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self._images: dict[str, Image.Image] = {}
+        self._lock = threading.Lock()
+
+    def upload(self, name: str, data: bytes) -> dict[str, object]:
+        if len(data) > MAX_UPLOAD:
+            raise InputError(f"{name}: larger than {MAX_UPLOAD // 2**20} MB")
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        folder = self.uploads / digest
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_SUFFIXES else ".png"
+        path = folder / f"{safe_name(name)}{suffix}"
+        if not path.exists():
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            try:
+                with Image.open(tmp) as im:
+                    im.verify()
+            except Exception:
+                tmp.unlink()
+                raise InputError(f"{name} is not a readable image file") from None
+            tmp.replace(path)
+        image = self.image(str(path))
+        return {"path": str(path), "name": path.name, "width": image.width, "height": image.height, "url": self.url(path)}
+
+    def image(self, path: str) -> Image.Image:
+        resolved = Path(path).resolve()
+        if not self.allowed(resolved):
+            raise InputError(f"not an uploaded image: {path}")
+        with self._lock:
+            if path not in self._images:
+                if len(self._images) >= PREVIEW_CACHE:
+                    self._images.pop(next(iter(self._images)))
+                self._images[path] = load_rgb(resolved)
+            return self._images[path]
+
+    def allowed(self, path: Path) -> bool:
+        """Files the page may read: under the runs folder (uploads, run folders, cache sheets)."""
+        try:
+            path.resolve().relative_to(self.runs)
+            return True
+        except ValueError:
+            return False
+
+    def url(self, path: Path, download: bool = False) -> str:
+        return "/file?path=" + quote(str(Path(path).resolve())) + ("&download=1" if download else "")

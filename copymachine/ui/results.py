@@ -1,0 +1,77 @@
+"""The Results page of `copymachine ui`: each final LoRA of a finished job with its sheets (from the
+stamps its run's stages wrote), `inspect`'s report, a download link and the usage lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from copymachine.errors import CopymachineError
+from copymachine.ui.files import RunsFiles
+
+
+def results(jobs: list[dict[str, Any]], files: RunsFiles) -> list[dict[str, Any]]:
+    out = []
+    for job in jobs:
+        if job.get("status") != "done":
+            continue
+        for final in job.get("finals") or []:
+            path = Path(final)
+            if path.is_file():
+                out.append(_result(job, path, files))
+    return out
+
+
+def _result(job: dict[str, Any], path: Path, files: RunsFiles) -> dict[str, Any]:
+    from copymachine.lorafile import read_safetensors
+    from copymachine.lorainfo import format_report, lora_report
+
+    try:
+        report = format_report(lora_report(path))
+        md = read_safetensors(path).metadata
+    except CopymachineError as e:
+        report, md = e.message, {}
+    sheets = _sheets(path.parent, path, md.get("copymachine.effect"), files)
+    memo = md.get("copymachine.sign", "").startswith("positive strength = less")
+    name = path.stem
+    more, less = ("-1", "1") if memo else ("1", "-1")
+    return {
+        "job": job["id"],
+        "label": job.get("label"),
+        "name": name,
+        "path": str(path),
+        "download": files.url(path, download=True),
+        "effect": md.get("copymachine.effect"),
+        "method": md.get("copymachine.method"),
+        "sign": md.get("copymachine.sign", ""),
+        "usage": {
+            "a1111": f"<lora:{name}:{more}>",
+            "a1111_less": f"<lora:{name}:{less}>",
+            "comfyui": f"LoraLoader with lora_name {path.name}: strength_model and strength_clip {'negative' if memo else 'positive'} for more of the edit, {'positive' if memo else 'negative'} for less",
+        },
+        "sheets": sheets,
+        "inspect": report,
+    }
+
+
+def _sheets(run_dir: Path, final: Path, effect: str | None, files: RunsFiles) -> list[dict[str, str]]:
+    """The sheets of a final LoRA from the stamps its run's stages wrote (the pipeline's own
+    records; the manifest holds the latest command only, and jobs of other effects share the
+    run folder): the edit's compare sheet, the copy check, the strength sweep."""
+    stamps = []
+    for path in sorted(run_dir.rglob(".stages/*.json")):
+        try:
+            stamps.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    sheets = []
+    for stamp in stamps:
+        outputs, kind, name = stamp.get("outputs", {}), stamp.get("kind"), stamp.get("name", "")
+        if kind == "edit_image" and effect and (name == f"{effect}/edit" or name.endswith(f"/{effect}/edit")) and "compare" in outputs:
+            sheets.append((0, "edit", name.rsplit("/edit", 1)[0] + ": edit", outputs["compare"]["path"]))
+        elif kind == "copy_check" and "sheet" in outputs:
+            sheets.append((1, "copy check", name, outputs["sheet"]["path"]))
+        elif kind == "preview" and "sheet" in outputs and Path(stamp.get("inputs", {}).get("lora", {}).get("path", "")) == final:
+            sheets.append((2, "strength sweep", f"strength sweep of {final.name}", outputs["sheet"]["path"]))
+    return [{"kind": k, "title": t, "url": files.url(Path(p))} for _, k, t, p in sorted(sheets) if Path(p).is_file()]
