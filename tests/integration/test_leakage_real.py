@@ -54,7 +54,7 @@ def test_leakage_on_random_weights(tmp_path, sd_scripts_dir, sd_python, random_s
     stages = {s["name"]: s for s in manifest["stages"]}
     command = stages["contrast/leakage"]["commands"][0]
     assert "gen_img.py" in command and "--network_merge" not in command and "--seed" not in command
-    prompts = (run_dir / "config" / "contrast-leakage-prompts.txt").read_text(encoding="utf-8").splitlines()
+    prompts = (run_dir / "config" / "contrast--leakage-prompts.txt").read_text(encoding="utf-8").splitlines()
     assert len(prompts) == 12 and all(" --am " in line for line in prompts)
     final = Path(result.stdout.strip().splitlines()[-1])
     stored = json.loads(read_safetensors(final).metadata["copymachine.leakage"])
