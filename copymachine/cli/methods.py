@@ -28,7 +28,7 @@ from copymachine.methods import (
 )
 from copymachine.models import ModelInfo
 from copymachine.pipeline import Pipeline
-from copymachine.plan import Plan
+from copymachine.plan import Plan, stage_name
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, Recipe, apply_overrides, load_recipe_file, parse_set_options
 from copymachine.recipe import ratio as recipe_ratio
@@ -146,7 +146,7 @@ def method_options(f):
 def leakage_scores(the_plan, effect: str) -> dict | None:
     """The leakage stage's scores of `effect`'s final LoRA, when the run measured them."""
     try:
-        path = the_plan.stage(f"{effect}/leakage").outputs["scores"]
+        path = the_plan.stage(stage_name("leakage", effect)).outputs["scores"]
     except KeyError:
         return None
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
