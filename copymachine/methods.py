@@ -18,24 +18,30 @@ from typing import Any
 
 from PIL import Image
 
-from copymachine import effects as effect_registry
 from copymachine.errors import InputError
 from copymachine.files import HashCache
 from copymachine.models import Family
-from copymachine.plan import FileRef, Plan, Planner
-from copymachine.recipe import Recipe, TrainingRecipe, split_prompts
+from copymachine.plan import FileRef, LoraTerm, Plan, Planner, WeightedLora, stage_name
+from copymachine.recipe import Recipe, TrainingRecipe
 from copymachine.stages import Settings, kind_versions
+from copymachine.stages.captions import OUTPUTS as CAPTION_OUTPUTS
 from copymachine.stages.captions import caption_plan
-from copymachine.stages.copy_check import CAPTION_PLACEHOLDER
-from copymachine.stages.copy_check import planned_outputs as copy_check_outputs
+from copymachine.stages.copy_check import copy_check_plan
+from copymachine.stages.edit_image import CUSTOM, edit_plan
+from copymachine.stages.edit_image import OUTPUTS as EDIT_OUTPUTS
+from copymachine.stages.extract_lora import ExtractParams
+from copymachine.stages.finalize import FinalizeParams
+from copymachine.stages.generate_image import generate_params
+from copymachine.stages.import_image import ImportParams
 from copymachine.stages.leakage import leakage_params
 from copymachine.stages.leakage import planned_outputs as leakage_outputs
-from copymachine.stages.merge_model import lora_input_name
+from copymachine.stages.merge_model import merge_plan
 from copymachine.stages.preview import planned_outputs as preview_outputs
 from copymachine.stages.preview import preview_params
-from copymachine.stages.train_lora import base_weight_input_name
+from copymachine.stages.resize_lora import ResizeParams
+from copymachine.stages.svd_merge import svd_merge_plan
+from copymachine.stages.train_lora import training_plan
 
-CUSTOM = "custom"
 COPY_MACHINE = "copy-machine"
 DIFFERENCE = "difference-extraction"
 MIN_SIDE = 64
@@ -57,6 +63,14 @@ class Source:
         return f"{self.id}/" if self.id else ""
 
 
+@dataclass(frozen=True)
+class StyleLora:
+    """A style LoRA absorbed into the base model (`--absorb STYLE[:RATIO]`)."""
+
+    path: Path
+    ratio: float
+
+
 @dataclass
 class Request:
     method: str
@@ -72,13 +86,16 @@ class Request:
     amount: float = 1.0
     resolution: int | None = None
     max_steps: int | None = None
-    absorb: list[tuple[Path, float]] = field(default_factory=list)
+    absorb: list[StyleLora] = field(default_factory=list)  # (path, ratio) pairs are taken too
     combine: str | None = None  # "merge" (memo steps 7-9) | "svd"; None: the method's default
     sign: str = "edit"
     copy_check: bool = True  # render from the copy machine and stop when it does not copy
     edit_in_place: bool = False  # the user's edits keep every pixel in place: alignment is a note
     preview_model: Path | None = None  # render a strength sweep of each final LoRA on this model
     tagger_dir: Path | None = None  # WD14 tagger folder (model.onnx, selected_tags.csv)
+
+    def __post_init__(self) -> None:
+        self.absorb = [a if isinstance(a, StyleLora) else StyleLora(Path(a[0]), a[1]) for a in self.absorb]
 
 
 def training_size(width: int, height: int, resolution: int | None) -> tuple[int, int]:
@@ -146,13 +163,45 @@ def default_cache(run_dir: Path, option: Path | None) -> Path:
     return run_dir.parent / "_cache"
 
 
+@dataclass(frozen=True)
+class Folders:
+    """A run's folder and the cache its shared stages live in, resolved: computed once, by
+    `run_folders`, for the CLI's checks, the hash cache and the plan."""
+
+    run: Path
+    cache: Path
+
+
+def run_folders(request: Request) -> Folders:
+    run = run_folder(request).resolve()
+    return Folders(run=run, cache=default_cache(run, request.cache_dir).resolve())
+
+
+def run_identity(request: Request, hashes: HashCache) -> dict[str, Any]:
+    """What makes a run folder's results *this* run's: the method, the base model and the
+    original images (content, not names). Effects, edits and recipe numbers are parameters:
+    changing them re-runs stages in the same folder."""
+    images: list[Any] = []
+    for source in request.sources:
+        if source.image is None:
+            g = request.recipe.generate
+            images.append({"generated": {"prompt": g.prompt, "seed": g.seed, "size": [g.width, g.height]}})
+        else:
+            images.append(hashes.sha256(source.image))
+    return {
+        "method": request.method,
+        "base_sha256": hashes.sha256(request.base),
+        "images": images,
+    }
+
+
 def final_name(request: Request, run_dir: Path, effect: str) -> str:
     if request.name and len(request.effects) == 1:
         return request.name
     return f"{request.name or run_dir.name}-{effect}"
 
 
-def _source_size(source: Source, recipe: Recipe, family: Family) -> tuple[int, int]:
+def source_size(source: Source, recipe: Recipe, family: Family) -> tuple[int, int]:
     if source.image is None:
         return recipe.generate.size(family.default_size)
     try:
@@ -162,390 +211,74 @@ def _source_size(source: Source, recipe: Recipe, family: Family) -> tuple[int, i
         raise InputError(f"image is not a readable image file: {source.image}") from None
 
 
-class _Builder:
-    """Plans one request; a method is a sequence of calls to these helpers."""
+# --- planning: the per-source state, the steps, the methods ------------------------------------
 
-    def __init__(self, request: Request, settings: Settings, hashes: HashCache):
+
+@dataclass
+class SourcePlan:
+    """What the plan has of one source image: its original, the size it trains at, its
+    captions stage, its edit per effect and its copy check."""
+
+    source: Source
+    original: FileRef
+    size: tuple[int, int]
+    captions: str = ""  # the captions stage's name
+    edits: dict[str, FileRef] = field(default_factory=dict)
+    copy_check: FileRef | None = None  # the copy check's scores
+
+    @property
+    def id(self) -> str:
+        return self.source.id
+
+
+class _Context:
+    """One request being planned: its folders, the planner and what the steps have added."""
+
+    def __init__(self, request: Request, settings: Settings, hashes: HashCache, folders: Folders):
         self.request = request
         self.settings = settings
         self.recipe = request.recipe
         self.family = request.family
-        self.run_dir = run_folder(request).resolve()
-        self.cache_dir = default_cache(self.run_dir, request.cache_dir).resolve()
+        self.run_dir = folders.run
+        self.cache_dir = folders.cache
         self.planner = Planner(self.run_dir, self.cache_dir, hashes, kind_versions(settings.engine))
         self.plan: Plan = self.planner.plan
-        self.base = self.planner.external(request.base.resolve())
+        self.base = self.external(request.base)
         self.training_base = self.base
         # memory route: LoRAs sd-scripts merges into training_base in memory (--base_weights), in order
         self.in_memory = request.recipe.merge.copy_model == "memory"
-        self.base_weights: list[tuple[FileRef, float]] = []
-        self.originals: dict[str, FileRef] = {}
-        self.edits: dict[tuple[str, str], FileRef] = {}
-        self.captions: dict[str, str] = {}
-        self.sizes: dict[str, tuple[int, int]] = {}
+        self.base_weights: list[WeightedLora] = []
+        self.sources: list[SourcePlan] = []
 
-    def add(self, *args, **kwargs):
-        return self.planner.add(*args, **kwargs)
+    def add(self, name: str, kind: str, title: str, inputs: dict[str, FileRef], params, outputs: dict[str, str], **where) -> FileRef | None:
+        """Add a stage; returns a reference to its first output."""
+        self.planner.add(name, kind, title, inputs=inputs, params=params, outputs=outputs, **where)
+        return self.ref(name, next(iter(outputs)))
 
     def ref(self, stage: str, output: str) -> FileRef:
         return self.plan.ref(stage, output)
 
+    def has(self, stage: str) -> bool:
+        return any(s.name == stage for s in self.plan.stages)
+
+    def external(self, path: Path) -> FileRef:
+        return self.planner.external(Path(path).resolve())
+
     def source_dir(self, source: Source) -> Path:
         return self.run_dir / source.id if source.id else self.run_dir
 
-    # --- shared steps ------------------------------------------------------------------
-
-    def absorb(self) -> None:
-        """The tip: style LoRAs merged into the base model; every training uses the result. In
-        the memory route they are each training's first --base_weights (and each render's first
-        networks) instead of an absorbed-model file."""
-        if not self.request.absorb:
-            return
-        if self.in_memory:
-            self.base_weights = [(self.planner.external(path.resolve()), ratio) for path, ratio in self.request.absorb]
-            return
-        inputs = {"base": self.base}
-        for i, (path, _ratio) in enumerate(self.request.absorb):
-            inputs[lora_input_name(i)] = self.planner.external(path.resolve())
-        self.add(
-            "absorbed-model",
-            "merge_model",
-            "style absorbed into the base model",
-            inputs=inputs,
-            params={"family": self.family.as_params(), "ratios": [r for _, r in self.request.absorb], **self._merge_precision()},
-            outputs={"model": "absorbed-model.safetensors"},
-            shared_as="absorbed-model",
-        )
-        self.training_base = self.ref("absorbed-model", "model")
-
-    def original(self, source: Source) -> None:
-        """Memo step 1: the user's image, or one generated from the base model."""
-        if source.image is None:
-            g = self.recipe.generate
-            self.add(
-                f"{source.prefix}generate",
-                "generate_image",
-                "original image (generated)",
-                inputs={"base": self.base},
-                params={
-                    "family_flag": self.family.gen_flag,
-                    **dataclasses.asdict(g),
-                    **dict(zip(("width", "height"), g.size(self.family.default_size))),
-                    "precision": self._gen_precision(),
-                },
-                outputs={"image": "generated.png", "prompt": "prompt.txt"},
-                shared_as="generated",
-            )
-            image: FileRef = self.ref(f"{source.prefix}generate", "image")
-        else:
-            image = self.planner.external(source.image.resolve())
-        title = f"{source.id}: original image" if source.id else "original image"
-        self.add(f"{source.prefix}original", "import_image", title, inputs={"source": image}, params={}, outputs={"image": "original.png"}, workdir=self.source_dir(source))
-        self.originals[source.id] = self.ref(f"{source.prefix}original", "image")
-        self.sizes[source.id] = training_size(*_source_size(source, self.recipe, self.family), self.request.resolution)
-
-    def edit(self, source: Source, effect: str) -> None:
-        """Memo step 4, before any training, so a bad edit stops the run at once."""
-        inputs = {"original": self.originals[source.id]}
-        if effect == CUSTOM:
-            if source.edited is None:
-                raise InputError(f"effect custom needs an edited image for {source.image}")
-            inputs["edited"] = self.planner.external(source.edited.resolve())
-            params: dict[str, Any] = {"effect": CUSTOM, "effect_params": {}, "amount": 1.0}
-            if self.request.edit_in_place:  # only when given, so earlier runs' stage keys stay as they were
-                params["in_place"] = True
-        else:
-            params = {
-                "effect": effect,
-                "effect_params": effect_registry.resolve_params(effect, self.request.effect_params.get(effect, {})),
-                "amount": effect_registry.check_amount(self.request.amount),
-            }
-        name = f"{source.prefix}{effect}/edit"
-        self.add(
-            name,
-            "edit_image",
-            f"{source.prefix}{effect}: edited image",
-            inputs=inputs,
-            params=params,
-            outputs={"image": "edited.png", "compare": "compare.png", "check": "check.json"},
-            workdir=self.source_dir(source) / effect,
-        )
-        self.edits[(source.id, effect)] = self.ref(name, "image")
-
-    def caption(self, source: Source) -> None:
-        """One caption file per training image: the same text for the original and the edit."""
-        name = f"{source.prefix}captions"
-        inputs, params = caption_plan(self.recipe.caption, self.originals[source.id], self.request.tagger_dir, self.planner)
-        self.add(
-            name,
-            "captions",
-            f"{source.prefix}captions" + (" (WD14 tagger)" if params["method"] == "wd14" else ""),
-            inputs=inputs,
-            params=params,
-            outputs={"original": "original.txt", "edited": "edited.txt"},
-            workdir=self.source_dir(source) / "captions",
-        )
-        self.captions[source.id] = name
-
-    def train(
-        self,
-        name: str,
-        title: str,
-        training: TrainingRecipe,
-        source: Source,
-        base: FileRef,
-        image: FileRef,
-        caption: str,
-        output: str,
-        base_weights: list[tuple[FileRef, float]] | None = None,
-        **where,
-    ) -> FileRef:
-        """One training; `base_weights` (LoRA, multiplier) are merged into `base` in memory first."""
-        inputs = {"base": base, "image": image, "caption": self.ref(self.captions[source.id], caption)}
-        params = self._training_params(training, self.sizes[source.id])
-        if base_weights:  # only then, so the stage keys of trainings without them stay as they were
-            inputs.update({base_weight_input_name(i): ref for i, (ref, _) in enumerate(base_weights)})
-            params["base_weights_multipliers"] = [m for _, m in base_weights]
-        self.add(name, "train_lora", title, inputs=inputs, params=params, outputs={"lora": output}, **where)
-        return self.ref(name, "lora")
-
-    def _training_params(self, training: TrainingRecipe, size: tuple[int, int]) -> dict[str, Any]:
-        steps = training.steps
-        max_train_steps = None
-        warmup = training.warmup_steps
-        if self.request.max_steps is not None and self.request.max_steps < steps:
-            max_train_steps = self.request.max_steps
-            # keep the recipe's shape: the same share of the run warms up
-            warmup = int(training.warmup_steps * self.request.max_steps / steps)
-        return {
-            "family": self.family.as_params(),
-            "training": self._training_dict(training),
-            "size": list(size),
-            "max_train_steps": max_train_steps,
-            "warmup_steps": warmup,
-            "mixed_precision": self.settings.mixed_precision,
-            "training_options": dict(self.settings.training_options),
-        }
-
-    def _training_dict(self, training: TrainingRecipe) -> dict[str, Any]:
-        d = dataclasses.asdict(training)
-        if self.settings.profile.optimizer:  # the low-VRAM profile's 8-bit AdamW
-            d["optimizer"] = self.settings.profile.optimizer
-        return d
-
-    def _merge_precision(self) -> dict[str, str]:
-        return {"precision": self.recipe.merge.precision, "save_precision": self.recipe.merge.save_precision}
-
-    # --- combining and finishing -------------------------------------------------------
-
-    def svd_merge(self, name: str, title: str, terms: list[tuple[FileRef, float, str]], rank: int, workdir: Path, output: str, term_rank: int) -> FileRef:
-        """svd_merge_lora.py: the weighted sum of the LoRAs (each of rank `term_rank`), cut to `rank`."""
-        svd = self.recipe.svd
-        if rank > term_rank * len(terms):
-            raise InputError(
-                f"--rank {rank} is above what {len(terms)} LoRA(s) of rank {term_rank} can hold together ({term_rank * len(terms)}); "
-                f"svd_merge_lora.py would pad the file with zeros: give --rank {term_rank * len(terms)} or less"
-            )
-        self.add(
-            name,
-            "svd_merge",
-            title,
-            inputs={lora_input_name(i): ref for i, (ref, _, _) in enumerate(terms)},
-            params={
-                "ratios": [r for _, r, _ in terms],
-                "labels": [label for _, _, label in terms],
-                "rank": rank,
-                "precision": svd.precision,
-                "save_precision": svd.save_precision,
-                "device": self.settings.device,
-            },
-            outputs={"lora": output},
-            workdir=workdir,
-        )
-        return self.ref(name, "lora")
-
-    def merge_route(self, effect: str, terms: list[tuple[FileRef, float, str]], workdir: Path) -> FileRef:
-        """Memo steps 7-8: the LoRAs merged into the base model (the processed model), then the
-        LoRA of base -> processed model extracted. In the memory route with --absorb the base is
-        the plain base model: merging is linear, so (base + styles + effects) - (base + styles)
-        and (base + effects) - base are the same difference, and no absorbed model is written."""
-        inputs = {"base": self.training_base}
-        inputs.update({lora_input_name(i): ref for i, (ref, _, _) in enumerate(terms)})
-        self.add(
-            f"{effect}/processed-model",
-            "merge_model",
-            f"{effect}: processed model (step 7)",
-            inputs=inputs,
-            params={"family": self.family.as_params(), "ratios": [r for _, r, _ in terms], **self._merge_precision()},
-            outputs={"model": "processed-model.safetensors"},
-            workdir=workdir,
-        )
-        c = self.recipe.combine
-        self.add(
-            f"{effect}/extract",
-            "extract_lora",
-            f"{effect}: LoRA of base -> processed model (step 8)",
-            inputs={"original": self.training_base, "tuned": self.ref(f"{effect}/processed-model", "model")},
-            params={"family": self.family.as_params(), "dim": c.extract_dim, "min_diff": c.min_diff, "precision": c.precision, "device": self.settings.device},
-            outputs={"lora": f"extracted-r{c.extract_dim}.safetensors"},
-            workdir=workdir,
-        )
-        return self.ref(f"{effect}/extract", "lora")
-
-    def resize(self, effect: str, lora: FileRef, from_rank: int, rank: int, workdir: Path, precision: str) -> FileRef:
-        """Memo step 9: resize_lora.py to `rank` (0 keeps the rank). It runs on the CPU: on CUDA
-        it has written corrupt files (sd-scripts issue #904)."""
-        if rank > from_rank:
-            raise InputError(
-                f"--rank {rank} is above the rank the LoRA has before the resize ({from_rank}): resize_lora.py "
-                f"cannot add rank; give --rank {from_rank} or less, or --rank 0 to keep rank {from_rank}"
-            )
-        if not rank or rank == from_rank:
-            self.plan.notes.append(
-                f"{effect}: the final LoRA keeps rank {from_rank} and the trained precision "
-                f"({precision}); resize_lora.py (and its {self.recipe.resize.save_precision}) runs only below rank {from_rank}"
-            )
-            return lora
-        self.add(
-            f"{effect}/resize",
-            "resize_lora",
-            f"{effect}: resize to rank {rank}",
-            inputs={"lora": lora},
-            params={"rank": rank, "save_precision": self.recipe.resize.save_precision, "device": "cpu"},
-            outputs={"lora": f"lora-r{rank}.safetensors"},
-            workdir=workdir,
-        )
-        return self.ref(f"{effect}/resize", "lora")
-
-    def finalize(self, effect: str, lora: FileRef, method: str, trainings: dict[str, Any]) -> None:
-        inputs = {"lora": lora}
-        for i, source in enumerate(self.request.sources):
-            inputs[f"original{i:03d}"] = self.originals[source.id]
-            inputs[f"edited{i:03d}"] = self.edits[(source.id, effect)]
-            if any(s.name == f"{source.prefix}copy-check" for s in self.plan.stages):
-                inputs[f"copycheck{i:03d}"] = self.ref(f"{source.prefix}copy-check", "scores")
-        first_edit = self.plan.stage(f"{self.request.sources[0].prefix}{effect}/edit")
-        name = final_name(self.request, self.run_dir, effect)
-        leakage = self.leakage(effect, lora)
-        if leakage is not None:
-            inputs["leakage"] = leakage
-        self.add(
-            f"{effect}/final",
-            "finalize",
-            f"{effect}: final LoRA",
-            inputs=inputs,
-            params={
-                "method": method,
-                "effect": effect,
-                "effect_params": first_edit.params["effect_params"],
-                "amount": first_edit.params["amount"],
-                "sign": self.request.sign,
-                "recipe": trainings,
-                "absorbed": [[p.name, r] for p, r in self.request.absorb],
-                "sd_scripts_commit": self.settings.engine.commit if self.settings.engine else None,
-            },
-            outputs={"lora": f"{name}.safetensors"},
-            workdir=self.run_dir,
-        )
-        self.plan.finals[effect] = self.run_dir / f"{name}.safetensors"
-
-    def copy_check(self, source: Source, model: FileRef, lora: FileRef | None = None, copy_lora: FileRef | None = None) -> None:
-        """Does the copy machine copy? Images from it (the copy model; in the memory route the
-        copy LoRA on the base model; for difference extraction LoRA A on the base model) against
-        the original; a failed check stops the run before the next training. Not shared: its
-        images belong in the run folder."""
-        if not self.request.copy_check:
-            return
-        c = self.recipe.copy_check
-        inputs = {"model": model, "original": self.originals[source.id], "caption": self.ref(self.captions[source.id], "original")}
-        extra: dict[str, Any] = {}
-        if lora is not None:
-            inputs["lora"] = lora
-        if copy_lora is not None:
-            inputs["copy_lora"] = copy_lora
-            extra["lora_multiplier"] = self.recipe.merge.ratio
-        if self.base_weights:
-            inputs.update({base_weight_input_name(i): ref for i, (ref, _) in enumerate(self.base_weights)})
-            extra["base_weights_multipliers"] = [m for _, m in self.base_weights]
-        prompts = split_prompts(c.prompts) or [CAPTION_PLACEHOLDER]
-        params = {
-            "family_flag": self.family.gen_flag,
-            "prompts": [prompts[i % len(prompts)] for i in range(c.images)],
-            "seeds": [c.seed + i for i in range(c.images)],
-            "negative_prompt": c.negative_prompt,
-            "size": list(self.sizes[source.id]),
-            "steps": c.steps,
-            "sampler": c.sampler,
-            "scale": c.scale,
-            "precision": self._gen_precision(),
-            **extra,
-        }
-        self.add(
-            f"{source.prefix}copy-check",
-            "copy_check",
-            f"{source.prefix}copy check",
-            inputs=inputs,
-            params=params,
-            outputs=copy_check_outputs(c.images),
-            workdir=self.source_dir(source) / "copy-check",
-            gate={"min_ssim": c.min_ssim},
-        )
-
-    def leakage(self, effect: str, lora: FileRef) -> FileRef | None:
-        """With a preview model: does the LoRA drag its training image into unrelated pictures?
-        Measured on the LoRA before its metadata is added (the same weights), so the final LoRA
-        can record the score (`copymachine.leakage`)."""
-        model = self.request.preview_model
-        if model is None:
-            return None
-        size = self.sizes[self.request.sources[0].id]
-        params = leakage_params(self.recipe.leakage, self.family, size, self._gen_precision())
-        inputs = {"lora": lora, "model": self.planner.external(model.resolve())}
-        for i, source in enumerate(self.request.sources):
-            inputs[f"original{i:03d}"] = self.originals[source.id]
-        self.add(
-            f"{effect}/leakage",
-            "leakage",
-            f"{effect}: leakage on {model.name}",
-            inputs=inputs,
-            params=params,
-            outputs=leakage_outputs(params, "leakage/"),
-            workdir=self.run_dir / effect,
-        )
-        return self.ref(f"{effect}/leakage", "scores")
-
-    def previews(self) -> None:
-        """A strength sweep of every final LoRA on --preview-model, the sheet beside the LoRA."""
-        model = self.request.preview_model
-        if model is None:
-            return
-        font = Path(self.recipe.preview.font) if self.recipe.preview.font else None
-        if font is not None and not font.is_file():
-            raise InputError(f"preview.font not found: {font}")
-        for effect, final in self.plan.finals.items():
-            params = preview_params(self.recipe.preview, self.family, self._gen_precision())
-            inputs = {"lora": self.ref(f"{effect}/final", "lora"), "model": self.planner.external(model.resolve())}
-            if font is not None:
-                inputs["font"] = self.planner.external(font.resolve())
-            if any(s.name == f"{effect}/leakage" for s in self.plan.stages):
-                inputs["leakage"] = self.ref(f"{effect}/leakage", "scores")
-            self.add(
-                f"{effect}/preview",
-                "preview",
-                f"{effect}: strength sweep on {model.name}",
-                inputs=inputs,
-                params=params,
-                outputs=preview_outputs(params, final.stem),
-                workdir=self.run_dir,
-            )
-        self.plan.info["preview_model"] = str(model)
-
-    def _gen_precision(self) -> str:
+    @property
+    def gen_precision(self) -> str:
         return self.settings.profile.gen_precision
 
     def weight(self) -> float:
         n = len(self.request.sources)
         return 1.0 / n if self.recipe.combine.normalize else 1.0
+
+    def merge(self, name: str, title: str, base: FileRef, loras: list[WeightedLora], output: str, **where) -> FileRef:
+        m = self.recipe.merge
+        inputs, params = merge_plan(self.family, base, loras, m.precision, m.save_precision)
+        return self.add(name, "merge_model", title, inputs, params, {"model": output}, **where)  # type: ignore[return-value]
 
     def info(self, method: str) -> None:
         r = self.request
@@ -559,8 +292,8 @@ class _Builder:
                 "effects": r.effects,
                 "combine": r.combine,
                 "sign": r.sign,
-                "absorb": [[str(p), ratio] for p, ratio in r.absorb],
-                "training_sizes": {s.id or "original": list(self.sizes[s.id]) for s in r.sources},
+                "absorb": [[str(a.path), a.ratio] for a in r.absorb],
+                "training_sizes": {s.id or "original": list(s.size) for s in self.sources},
                 "copy_model": self.recipe.merge.copy_model if method == COPY_MACHINE or r.absorb else None,
                 "copy_check": {"min_ssim": self.recipe.copy_check.min_ssim} if r.copy_check else "off (--no-copy-check)",
                 "recipe": self.recipe.to_dict(),
@@ -569,145 +302,307 @@ class _Builder:
         )
 
 
-def _prepare(b: _Builder) -> None:
-    b.absorb()
-    for source in b.request.sources:
-        b.original(source)
-        for effect in b.request.effects:
-            b.edit(source, effect)
-        b.caption(source)
+# --- the shared first steps: absorb, original, edits, captions
 
 
-def plan_copy_machine(request: Request, settings: Settings, hashes: HashCache) -> Plan:
-    """Memo steps 1-5 per image, 6-9 when there are several, 9 (resize) always."""
-    b = _Builder(request, settings, hashes)
-    _prepare(b)
-    effect_loras: dict[str, list[FileRef]] = {e: [] for e in request.effects}
-    for source in request.sources:
-        # steps 2-3, the copy machine: shared by every effect and run with the same inputs
-        copy_lora = b.train(
-            f"{source.prefix}copy-lora",
-            f"{source.prefix}copy LoRA",
-            b.recipe.copy,
-            source,
-            b.training_base,
-            b.originals[source.id],
-            "original",
-            "copy-lora.safetensors",
-            base_weights=b.base_weights,
-            shared_as="copy-lora",
+def _absorb(c: _Context) -> None:
+    """The tip: style LoRAs merged into the base model; every training uses the result. In
+    the memory route they are each training's first --base_weights (and each render's first
+    networks) instead of an absorbed-model file."""
+    styles = [WeightedLora(c.external(a.path), a.ratio) for a in c.request.absorb]
+    if not styles:
+        return
+    if c.in_memory:
+        c.base_weights = styles
+        return
+    name = stage_name("absorbed-model")
+    c.training_base = c.merge(name, "style absorbed into the base model", c.base, styles, "absorbed-model.safetensors", shared_as=name)
+
+
+def _original(c: _Context, source: Source) -> SourcePlan:
+    """Memo step 1: the user's image, or one generated from the base model."""
+    if source.image is None:
+        name = stage_name("generate", source=source.id)
+        params = generate_params(c.recipe.generate, c.family, c.gen_precision)
+        image = c.add(name, "generate_image", "original image (generated)", {"base": c.base}, params, {"image": "generated.png", "prompt": "prompt.txt"}, shared_as="generated")
+    else:
+        image = c.external(source.image)
+    title = f"{source.id}: original image" if source.id else "original image"
+    original = c.add(stage_name("original", source=source.id), "import_image", title, {"source": image}, ImportParams(), {"image": "original.png"}, workdir=c.source_dir(source))
+    size = training_size(*source_size(source, c.recipe, c.family), c.request.resolution)
+    return SourcePlan(source=source, original=original, size=size)  # type: ignore[arg-type]
+
+
+def _edit(c: _Context, sp: SourcePlan, effect: str) -> None:
+    """Memo step 4, before any training, so a bad edit stops the run at once."""
+    source = sp.source
+    if effect == CUSTOM and source.edited is None:
+        raise InputError(f"effect custom needs an edited image for {source.image}")
+    edited = c.external(source.edited) if effect == CUSTOM and source.edited is not None else None
+    inputs, params = edit_plan(effect, sp.original, edited, c.request.effect_params.get(effect, {}), c.request.amount, c.request.edit_in_place)
+    name = stage_name("edit", effect, source.id)
+    sp.edits[effect] = c.add(name, "edit_image", f"{source.prefix}{effect}: edited image", inputs, params, dict(EDIT_OUTPUTS), workdir=c.source_dir(source) / effect)  # type: ignore[assignment]
+
+
+def _caption(c: _Context, sp: SourcePlan) -> None:
+    """One caption file per training image: the same text for the original and the edit."""
+    source = sp.source
+    sp.captions = stage_name("captions", source=source.id)
+    inputs, params = caption_plan(c.recipe.caption, sp.original, c.request.tagger_dir, c.planner)
+    title = f"{source.prefix}captions" + (" (WD14 tagger)" if params.method == "wd14" else "")
+    c.add(sp.captions, "captions", title, inputs, params, dict(CAPTION_OUTPUTS), workdir=c.source_dir(source) / "captions")
+
+
+def _prepare(c: _Context) -> None:
+    _absorb(c)
+    for source in c.request.sources:
+        sp = _original(c, source)
+        c.sources.append(sp)
+        for effect in c.request.effects:
+            _edit(c, sp, effect)
+        _caption(c, sp)
+
+
+# --- trainings and the copy check
+
+
+def _train(c: _Context, name: str, title: str, training: TrainingRecipe, sp: SourcePlan, base: FileRef, image: FileRef, caption: str, output: str, base_weights: list[WeightedLora], **where) -> FileRef:
+    """One training; `base_weights` (LoRA, multiplier) are merged into `base` in memory first."""
+    inputs = {"base": base, "image": image, "caption": c.ref(sp.captions, caption)}
+    inputs, params = training_plan(training, c.family, sp.size, c.settings, c.request.max_steps, inputs, base_weights)
+    return c.add(name, "train_lora", title, inputs, params, {"lora": output}, **where)  # type: ignore[return-value]
+
+
+def _copy_check(c: _Context, sp: SourcePlan, model: FileRef, lora: FileRef | None = None, copy_lora: FileRef | None = None) -> None:
+    """Does the copy machine copy? Images from it (the copy model; in the memory route the
+    copy LoRA on the base model; for difference extraction LoRA A on the base model) against
+    the original; a failed check stops the run before the next training. Not shared: its
+    images belong in the run folder."""
+    if not c.request.copy_check:
+        return
+    cc = c.recipe.copy_check
+    inputs = {"model": model, "original": sp.original, "caption": c.ref(sp.captions, "original")}
+    if lora is not None:
+        inputs["lora"] = lora
+    weighted = WeightedLora(copy_lora, c.recipe.merge.ratio) if copy_lora is not None else None
+    inputs, params, outputs = copy_check_plan(cc, c.family.gen_flag, sp.size, c.gen_precision, inputs, weighted, c.base_weights)
+    name = stage_name("copy-check", source=sp.id)
+    c.planner.add(name, "copy_check", f"{sp.source.prefix}copy check", inputs=inputs, params=params, outputs=outputs, workdir=c.source_dir(sp.source) / "copy-check", gate={"min_ssim": cc.min_ssim})
+    sp.copy_check = c.ref(name, "scores")
+
+
+# --- combining and finishing
+
+
+def _svd_merge(c: _Context, effect: str, title: str, terms: list[LoraTerm], rank: int, output: str, term_rank: int) -> FileRef:
+    """svd_merge_lora.py: the weighted sum of the LoRAs (each of rank `term_rank`), cut to `rank`."""
+    if rank > term_rank * len(terms):
+        raise InputError(
+            f"--rank {rank} is above what {len(terms)} LoRA(s) of rank {term_rank} can hold together ({term_rank * len(terms)}); "
+            f"svd_merge_lora.py would pad the file with zeros: give --rank {term_rank * len(terms)} or less"
         )
-        if b.in_memory:
+    svd = c.recipe.svd
+    inputs, params = svd_merge_plan(terms, rank, svd.precision, svd.save_precision, c.settings.device)
+    return c.add(stage_name("svd-merge", effect), "svd_merge", title, inputs, params, {"lora": output}, workdir=c.run_dir / effect)  # type: ignore[return-value]
+
+
+def _merge_route(c: _Context, effect: str, terms: list[LoraTerm]) -> FileRef:
+    """Memo steps 7-8: the LoRAs merged into the base model (the processed model), then the
+    LoRA of base -> processed model extracted. In the memory route with --absorb the base is
+    the plain base model: merging is linear, so (base + styles + effects) - (base + styles)
+    and (base + effects) - base are the same difference, and no absorbed model is written."""
+    workdir = c.run_dir / effect
+    processed = c.merge(stage_name("processed-model", effect), f"{effect}: processed model (step 7)", c.training_base, list(terms), "processed-model.safetensors", workdir=workdir)
+    cb = c.recipe.combine
+    params = ExtractParams(family=c.family, dim=cb.extract_dim, min_diff=cb.min_diff, precision=cb.precision, device=c.settings.device)
+    inputs = {"original": c.training_base, "tuned": processed}
+    return c.add(stage_name("extract", effect), "extract_lora", f"{effect}: LoRA of base -> processed model (step 8)", inputs, params, {"lora": f"extracted-r{cb.extract_dim}.safetensors"}, workdir=workdir)  # type: ignore[return-value]
+
+
+def _resize(c: _Context, effect: str, lora: FileRef, from_rank: int, rank: int, precision: str) -> FileRef:
+    """Memo step 9: resize_lora.py to `rank` (0 keeps the rank). It runs on the CPU: on CUDA
+    it has written corrupt files (sd-scripts issue #904)."""
+    if rank > from_rank:
+        raise InputError(
+            f"--rank {rank} is above the rank the LoRA has before the resize ({from_rank}): resize_lora.py "
+            f"cannot add rank; give --rank {from_rank} or less, or --rank 0 to keep rank {from_rank}"
+        )
+    save_precision = c.recipe.resize.save_precision
+    if not rank or rank == from_rank:
+        c.plan.notes.append(
+            f"{effect}: the final LoRA keeps rank {from_rank} and the trained precision "
+            f"({precision}); resize_lora.py (and its {save_precision}) runs only below rank {from_rank}"
+        )
+        return lora
+    params = ResizeParams(rank=rank, save_precision=save_precision)
+    return c.add(stage_name("resize", effect), "resize_lora", f"{effect}: resize to rank {rank}", {"lora": lora}, params, {"lora": f"lora-r{rank}.safetensors"}, workdir=c.run_dir / effect)  # type: ignore[return-value]
+
+
+def _finalize(c: _Context, effect: str, lora: FileRef, method: str, trainings: dict[str, Any]) -> None:
+    inputs = {"lora": lora}
+    for i, sp in enumerate(c.sources):
+        inputs[f"original{i:03d}"] = sp.original
+        inputs[f"edited{i:03d}"] = sp.edits[effect]
+        if sp.copy_check is not None:
+            inputs[f"copycheck{i:03d}"] = sp.copy_check
+    edit = c.plan.stage(stage_name("edit", effect, c.sources[0].id)).spec
+    name = final_name(c.request, c.run_dir, effect)
+    leakage = _leakage(c, effect, lora)
+    if leakage is not None:
+        inputs["leakage"] = leakage
+    params = FinalizeParams(
+        method=method,
+        effect=effect,
+        effect_params=edit.effect_params,
+        amount=edit.amount,
+        sign=c.request.sign,
+        recipe=trainings,
+        absorbed=[[a.path.name, a.ratio] for a in c.request.absorb],
+        sd_scripts_commit=c.settings.engine.commit if c.settings.engine else None,
+    )
+    c.plan.finals[effect] = c.add(stage_name("final", effect), "finalize", f"{effect}: final LoRA", inputs, params, {"lora": f"{name}.safetensors"}, workdir=c.run_dir).path  # type: ignore[union-attr]
+
+
+def _leakage(c: _Context, effect: str, lora: FileRef) -> FileRef | None:
+    """With a preview model: does the LoRA drag its training image into unrelated pictures?
+    Measured on the LoRA before its metadata is added (the same weights), so the final LoRA
+    can record the score (`copymachine.leakage`)."""
+    model = c.request.preview_model
+    if model is None:
+        return None
+    params = leakage_params(c.recipe.leakage, c.family, c.sources[0].size, c.gen_precision)
+    inputs = {"lora": lora, "model": c.external(model)}
+    for i, sp in enumerate(c.sources):
+        inputs[f"original{i:03d}"] = sp.original
+    name = stage_name("leakage", effect)
+    c.add(name, "leakage", f"{effect}: leakage on {model.name}", inputs, params, leakage_outputs(params, "leakage/"), workdir=c.run_dir / effect)
+    return c.ref(name, "scores")
+
+
+def _previews(c: _Context) -> None:
+    """A strength sweep of every final LoRA on --preview-model, the sheet beside the LoRA."""
+    model = c.request.preview_model
+    if model is None:
+        return
+    font = Path(c.recipe.preview.font) if c.recipe.preview.font else None
+    if font is not None and not font.is_file():
+        raise InputError(f"preview.font not found: {font}")
+    for effect, final in c.plan.finals.items():
+        params = preview_params(c.recipe.preview, c.family, c.gen_precision)
+        inputs = {"lora": c.ref(stage_name("final", effect), "lora"), "model": c.external(model)}
+        if font is not None:
+            inputs["font"] = c.external(font)
+        if c.has(stage_name("leakage", effect)):
+            inputs["leakage"] = c.ref(stage_name("leakage", effect), "scores")
+        c.add(stage_name("preview", effect), "preview", f"{effect}: strength sweep on {model.name}", inputs, params, preview_outputs(params, final.stem), workdir=c.run_dir)
+    c.plan.info["preview_model"] = str(model)
+
+
+# --- the methods
+
+
+def _copy_machines(c: _Context) -> dict[str, list[FileRef]]:
+    """Memo steps 2-5 per image: the copy LoRA, the copy model (a file, or in memory), its
+    check, and each effect's LoRA on it. Returns the effect LoRAs by effect."""
+    effect_loras: dict[str, list[FileRef]] = {e: [] for e in c.request.effects}
+    ratio = c.recipe.merge.ratio
+    for sp in c.sources:
+        source = sp.source
+        # steps 2-3, the copy machine: shared by every effect and run with the same inputs
+        name = stage_name("copy-lora", source=source.id)
+        copy_lora = _train(c, name, f"{source.prefix}copy LoRA", c.recipe.copy, sp, c.training_base, sp.original, "original", "copy-lora.safetensors", c.base_weights, shared_as="copy-lora")
+        if c.in_memory:
             # the copy model is the base + the copy LoRA, merged in memory by each training and render
-            copy_model, effect_weights = b.training_base, [*b.base_weights, (copy_lora, b.recipe.merge.ratio)]
-            b.copy_check(source, copy_model, copy_lora=copy_lora)
+            copy_model, effect_weights = c.training_base, [*c.base_weights, WeightedLora(copy_lora, ratio)]
+            _copy_check(c, sp, copy_model, copy_lora=copy_lora)
         else:
-            b.add(
-                f"{source.prefix}copy-model",
-                "merge_model",
-                f"{source.prefix}copy model",
-                inputs={"base": b.training_base, lora_input_name(0): copy_lora},
-                params={"family": b.family.as_params(), "ratios": [b.recipe.merge.ratio], **b._merge_precision()},
-                outputs={"model": "copy-model.safetensors"},
-                shared_as="copy-model",
-            )
-            copy_model, effect_weights = b.ref(f"{source.prefix}copy-model", "model"), []
-            b.copy_check(source, copy_model)
-        for effect in request.effects:
-            lora = b.train(
-                f"{source.prefix}{effect}/effect-lora",
-                f"{source.prefix}{effect}: effect LoRA",
-                b.recipe.effect_training(effect),
-                source,
-                copy_model,
-                b.edits[(source.id, effect)],
-                "edited",
-                "effect-lora.safetensors",
-                base_weights=effect_weights,
-                workdir=b.source_dir(source) / effect,
-            )
+            name = stage_name("copy-model", source=source.id)
+            copy_model = c.merge(name, f"{source.prefix}copy model", c.training_base, [WeightedLora(copy_lora, ratio)], "copy-model.safetensors", shared_as="copy-model")
+            effect_weights = []
+            _copy_check(c, sp, copy_model)
+        for effect in c.request.effects:
+            name = stage_name("effect-lora", effect, source.id)
+            training = c.recipe.effect_training(effect)
+            lora = _train(c, name, f"{source.prefix}{effect}: effect LoRA", training, sp, copy_model, sp.edits[effect], "edited", "effect-lora.safetensors", effect_weights, workdir=c.source_dir(source) / effect)
             effect_loras[effect].append(lora)
+    return effect_loras
+
+
+def plan_copy_machine(request: Request, settings: Settings, hashes: HashCache, folders: Folders | None = None) -> Plan:
+    """Memo steps 1-5 per image, 6-9 when there are several, 9 (resize) always."""
+    c = _Context(request, settings, hashes, folders or run_folders(request))
+    _prepare(c)
+    effect_loras = _copy_machines(c)
     combine = request.combine or ("merge" if len(request.sources) > 1 else None)
+    r = c.recipe
     for effect in request.effects:
-        training = b.recipe.effect_training(effect)
-        workdir = b.run_dir / effect
+        training = r.effect_training(effect)
         loras = effect_loras[effect]
-        terms = [(ref, b.weight(), s.id or "effect") for ref, s in zip(loras, request.sources)]
+        terms = [LoraTerm(ref, c.weight(), sp.id or "effect") for ref, sp in zip(loras, c.sources)]
         if combine == "svd":  # svd_merge_lora.py makes the final rank itself
-            rank = b.recipe.resize.rank or training.network_dim
-            lora = b.svd_merge(f"{effect}/svd-merge", f"{effect}: effect LoRAs combined (svd_merge_lora)", terms, rank, workdir, f"combined-r{rank}.safetensors", training.network_dim)
+            rank = r.resize.rank or training.network_dim
+            lora = _svd_merge(c, effect, f"{effect}: effect LoRAs combined (svd_merge_lora)", terms, rank, f"combined-r{rank}.safetensors", training.network_dim)
         elif combine == "merge":
-            lora = b.merge_route(effect, terms, workdir)
-            lora = b.resize(effect, lora, b.recipe.combine.extract_dim, b.recipe.resize.rank, workdir, b.recipe.combine.precision)
+            lora = _merge_route(c, effect, terms)
+            lora = _resize(c, effect, lora, r.combine.extract_dim, r.resize.rank, r.combine.precision)
         else:
-            lora = b.resize(effect, loras[0], training.network_dim, b.recipe.resize.rank, workdir, training.save_precision)
-        b.finalize(effect, lora, COPY_MACHINE, {"copy": dataclasses.asdict(b.recipe.copy), "effect": dataclasses.asdict(training), "resize": dataclasses.asdict(b.recipe.resize), "combine": combine})
-    b.previews()
-    b.info(COPY_MACHINE)
-    return b.plan
+            lora = _resize(c, effect, loras[0], training.network_dim, r.resize.rank, training.save_precision)
+        trainings = {"copy": dataclasses.asdict(r.copy), "effect": dataclasses.asdict(training), "resize": dataclasses.asdict(r.resize), "combine": combine}
+        _finalize(c, effect, lora, COPY_MACHINE, trainings)
+    _previews(c)
+    c.info(COPY_MACHINE)
+    return c.plan
 
 
-def plan_difference(request: Request, settings: Settings, hashes: HashCache) -> Plan:
+def plan_difference(request: Request, settings: Settings, hashes: HashCache, folders: Folders | None = None) -> Plan:
     """Difference extraction: A = copy LoRA of the original, B = copy LoRA of the edit, both on
     the base model; the result is B - A (memo: A - B, `--sign memo`), by svd_merge_lora.py."""
-    b = _Builder(request, settings, hashes)
-    _prepare(b)
+    c = _Context(request, settings, hashes, folders or run_folders(request))
+    _prepare(c)
     sign = SIGNS[request.sign]
-    terms_by_effect: dict[str, list[tuple[FileRef, float, str]]] = {e: [] for e in request.effects}
-    for source in request.sources:
+    r = c.recipe
+    terms_by_effect: dict[str, list[LoraTerm]] = {e: [] for e in request.effects}
+    for sp in c.sources:
+        source = sp.source
         # LoRA A depends only on base + image + caption + recipe: shared by every effect
-        lora_a = b.train(
-            f"{source.prefix}lora-a",
-            f"{source.prefix}LoRA A (original)",
-            b.recipe.diff,
-            source,
-            b.training_base,
-            b.originals[source.id],
-            "original",
-            "lora-a.safetensors",
-            base_weights=b.base_weights,
-            shared_as="copy-lora",
-        )
-        b.copy_check(source, b.training_base, lora_a)  # A is the copy machine: checked on the base at 1.0
+        name = stage_name("lora-a", source=source.id)
+        lora_a = _train(c, name, f"{source.prefix}LoRA A (original)", r.diff, sp, c.training_base, sp.original, "original", "lora-a.safetensors", c.base_weights, shared_as="copy-lora")
+        _copy_check(c, sp, c.training_base, lora_a)  # A is the copy machine: checked on the base at 1.0
         for effect in request.effects:
-            lora_b = b.train(
-                f"{source.prefix}{effect}/lora-b",
-                f"{source.prefix}{effect}: LoRA B (edited)",
-                b.recipe.diff,
-                source,
-                b.training_base,
-                b.edits[(source.id, effect)],
-                "edited",
-                "lora-b.safetensors",
-                base_weights=b.base_weights,
-                workdir=b.source_dir(source) / effect,
-            )
-            w = b.weight()
+            name = stage_name("lora-b", effect, source.id)
+            lora_b = _train(c, name, f"{source.prefix}{effect}: LoRA B (edited)", r.diff, sp, c.training_base, sp.edits[effect], "edited", "lora-b.safetensors", c.base_weights, workdir=c.source_dir(source) / effect)
+            w = c.weight()
             label = f"{source.id}:" if source.id else ""
-            terms_by_effect[effect] += [(lora_a, -sign * w, f"{label}A"), (lora_b, sign * w, f"{label}B")]
+            terms_by_effect[effect] += [LoraTerm(lora_a, -sign * w, f"{label}A"), LoraTerm(lora_b, sign * w, f"{label}B")]
     combine = request.combine or "svd"
-    rank = b.recipe.svd.rank
+    rank = r.svd.rank
     for effect in request.effects:
-        workdir = b.run_dir / effect
         terms = terms_by_effect[effect]
         if combine == "svd":
-            lora = b.svd_merge(f"{effect}/svd-merge", f"{effect}: difference B - A" if sign > 0 else f"{effect}: difference A - B (memo sign)", terms, rank, workdir, f"diff-r{rank}.safetensors", b.recipe.diff.network_dim)
+            title = f"{effect}: difference B - A" if sign > 0 else f"{effect}: difference A - B (memo sign)"
+            lora = _svd_merge(c, effect, title, terms, rank, f"diff-r{rank}.safetensors", r.diff.network_dim)
         else:
-            lora = b.merge_route(effect, terms, workdir)
-            lora = b.resize(effect, lora, b.recipe.combine.extract_dim, rank, workdir, b.recipe.combine.precision)
-        b.finalize(effect, lora, DIFFERENCE, {"diff": dataclasses.asdict(b.recipe.diff), "svd": dataclasses.asdict(b.recipe.svd), "combine": combine})
-    b.previews()
-    b.info(DIFFERENCE)
-    return b.plan
+            lora = _merge_route(c, effect, terms)
+            lora = _resize(c, effect, lora, r.combine.extract_dim, rank, r.combine.precision)
+        _finalize(c, effect, lora, DIFFERENCE, {"diff": dataclasses.asdict(r.diff), "svd": dataclasses.asdict(r.svd), "combine": combine})
+    _previews(c)
+    c.info(DIFFERENCE)
+    return c.plan
 
 
-def plan(request: Request, settings: Settings, hashes: HashCache) -> Plan:
+def plan(request: Request, settings: Settings, hashes: HashCache, folders: Folders | None = None) -> Plan:
+    """The request's Plan (in `folders`, by default `run_folders(request)`); the plan's info
+    records the run's identity (`run_identity`) for the manifest and the output checks."""
     if request.combine not in (None, "merge", "svd"):
         raise InputError(f"--combine must be merge or svd, not {request.combine!r}")
     if request.sign not in SIGNS:
         raise InputError(f"--sign must be edit or memo, not {request.sign!r}")
+    folders = folders or run_folders(request)
     if request.method == COPY_MACHINE:
-        return plan_copy_machine(request, settings, hashes)
-    if request.method == DIFFERENCE:
-        return plan_difference(request, settings, hashes)
-    raise ValueError(request.method)
+        the_plan = plan_copy_machine(request, settings, hashes, folders)
+    elif request.method == DIFFERENCE:
+        the_plan = plan_difference(request, settings, hashes, folders)
+    else:
+        raise ValueError(request.method)
+    the_plan.info["identity"] = run_identity(request, hashes)
+    return the_plan

@@ -33,13 +33,17 @@ class Family:
     # folders sd-scripts looks for in --tokenizer_cache_dir (library/strategy_sd.py, strategy_sdxl.py)
     tokenizers: tuple[str, ...] = ("openai_clip-vit-large-patch14",)
 
-    def as_params(self) -> dict[str, Any]:
-        """The family as JSON-able stage parameters."""
-        d = dataclasses.asdict(self)
-        d["merge_options"] = list(self.merge_options)
-        d["extract_options"] = list(self.extract_options)
-        d["tokenizers"] = list(self.tokenizers)
-        return d
+    # what names or describes the family, or where sd-scripts finds its tokenizers: not in keys
+    COSMETIC = ("label", "supported", "default_size", "tokenizers")
+
+    def as_key(self) -> dict[str, Any]:
+        """What of the family changes a stage's results, for stage keys (not its label: a new
+        wording must not invalidate every cache)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in self.COSMETIC}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 SD1 = Family(

@@ -23,7 +23,7 @@ from copymachine.errors import CheckFailed, CopymachineError, EngineError
 from copymachine.files import HashCache, move_into_place, remove_stale_temps
 from copymachine.locks import FolderLock
 from copymachine.manifest import Manifest
-from copymachine.plan import Plan, Stage
+from copymachine.plan import Plan, Stage, stage_name
 from copymachine.progress import Reporter
 from copymachine.runner import log_tail, stop_group
 from copymachine.stages import Settings, StageContext, kinds, reset_scratch
@@ -179,7 +179,7 @@ class _Schedule:
         failed = {stage.name: error for stage, error in self.failures}
         rows = []
         for effect, path in self.plan.finals.items():
-            final = f"{effect}/final"
+            final = stage_name("final", effect)
             if self.state.get(final) == "done":
                 rows.append((effect, str(path)))
                 continue

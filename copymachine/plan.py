@@ -10,11 +10,58 @@ their key, where every run and every effect finds them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from copymachine.files import HashCache, sha256_json
+
+# Field metadata of a StageParams field: left out of the key while it is None (an option added
+# later, so that the keys of stages without it stay as they were) ...
+OPTIONAL = {"optional": True}
+# ... or never in the key: what only names or describes (it is kept in `StageParams.record`).
+COSMETIC = {"cosmetic": True}
+
+
+def stage_name(step: str, effect: str | None = None, source: str = "") -> str:
+    """A stage's name in the plan: `[source/][effect/]step` ("copy-lora", "outline/edit",
+    "girl/outline/effect-lora"); the one place stage names are made."""
+    return "/".join(part for part in (source, effect, step) if part)
+
+
+class StageParams:
+    """Base of each stage kind's typed parameters (a dataclass in the kind's module). The planner
+    stores `as_key()` in `Stage.params`: what the stage key, the stamp and the manifest hold."""
+
+    def as_key(self) -> dict[str, Any]:
+        return _serialise(self, for_key=True)
+
+    def record(self) -> dict[str, Any]:
+        """Every field, cosmetic ones included (what a tool's output LoRA records)."""
+        return _serialise(self, for_key=False)
+
+
+def _serialise(value: Any, for_key: bool) -> Any:
+    """JSON-able form: StageParams and other dataclasses field by field, a value with its own
+    `as_key()` (a Family: only what changes results) by that, tuples as lists."""
+    if hasattr(value, "as_key") and not isinstance(value, StageParams):
+        return _serialise(value.as_key(), for_key)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if (f.metadata.get("optional") and v is None) or (for_key and f.metadata.get("cosmetic")):
+                continue
+            out[f.name] = _serialise(v, for_key)
+        return out
+    if isinstance(value, dict):
+        return {k: _serialise(v, for_key) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_serialise(v, for_key) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -30,6 +77,23 @@ class FileRef:
         return self.producer is None
 
 
+@dataclass(frozen=True)
+class WeightedLora:
+    """A LoRA and the ratio it is applied at: merged into a model, in memory or into a file.
+    `lora` is a FileRef in a plan, a Path where a tool's inputs are still files."""
+
+    lora: Any
+    ratio: float
+
+
+@dataclass(frozen=True)
+class LoraTerm(WeightedLora):
+    """One term of a combination of LoRAs: the ratio carries the sign (B - A: A at -1); the
+    label (A, B, an image's id) only names it."""
+
+    label: str = ""
+
+
 @dataclass
 class Stage:
     name: str  # unique in the plan: "copy-lora", "outline/effect-lora"
@@ -37,13 +101,14 @@ class Stage:
     title: str  # what the user reads
     workdir: Path
     inputs: dict[str, FileRef]
-    params: dict[str, Any]
+    params: dict[str, Any]  # the serialised `spec` (StageParams.as_key): what the key holds
     outputs: dict[str, Path]
     shared: bool = False
     key: str = ""
     # What decides whether the run goes on after this stage (a check's threshold): recorded in
     # the manifest, not part of the key, so changing it re-judges without re-running.
     gate: dict[str, Any] = field(default_factory=dict)
+    spec: Any = None  # the kind's typed parameters (a StageParams), which the kind reads
 
     @property
     def slug(self) -> str:
@@ -95,7 +160,7 @@ class Planner:
         kind: str,
         title: str,
         inputs: dict[str, FileRef],
-        params: dict[str, Any],
+        params: StageParams | dict[str, Any],
         outputs: dict[str, str],
         workdir: Path | None = None,
         shared_as: str | None = None,
@@ -104,9 +169,13 @@ class Planner:
         """`outputs` maps output names to file names inside the stage's folder.
 
         A shared stage (`shared_as="copy-lora"`) lives in `<cache>/<shared_as>/<key>/`.
+        `params` is the kind's StageParams (a plain dict only for kinds outside copymachine/stages,
+        as tests define).
         """
         if any(s.name == name for s in self.plan.stages):
             raise ValueError(f"stage {name} planned twice")
+        spec = params
+        params = params.as_key() if isinstance(params, StageParams) else dict(params)
         key = self._key(kind, params, inputs)
         if shared_as:
             workdir = self.plan.cache_dir / shared_as / key[:16]
@@ -122,6 +191,7 @@ class Planner:
             shared=shared_as is not None,
             key=key,
             gate=dict(gate or {}),
+            spec=spec,
         )
         self.plan.stages.append(stage)
         return stage

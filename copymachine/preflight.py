@@ -191,24 +191,6 @@ def check_images(images: list[Path], edited: list[Path], resolution: int | None,
 _RUN_FOLDER_SCAFFOLD = {".lock", ".stages", ".partial", "logs", "manifest.json"}
 
 
-def run_identity(request, hashes: HashCache) -> dict[str, Any]:
-    """What makes a run folder's results *this* run's: the method, the base model and the
-    original images (content, not names). Effects, edits and recipe numbers are parameters:
-    changing them re-runs stages in the same folder."""
-    images: list[Any] = []
-    for source in request.sources:
-        if source.image is None:
-            g = request.recipe.generate
-            images.append({"generated": {"prompt": g.prompt, "seed": g.seed, "size": [g.width, g.height]}})
-        else:
-            images.append(hashes.sha256(source.image))
-    return {
-        "method": request.method,
-        "base_sha256": hashes.sha256(request.base),
-        "images": images,
-    }
-
-
 def _differences(previous: dict[str, Any], current: dict[str, Any], prev_run: dict[str, Any]) -> list[str]:
     out = []
     if previous.get("method") != current["method"]:
@@ -324,20 +306,19 @@ def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
     estimate: dict[str, int] = {}
     needs = []
     for stage in plan.stages:
-        p = stage.params
+        p = stage.spec
         kind = stage.kind
         if kind == "merge_model":
-            size = params * BYTES.get(p.get("save_precision", "float"), 4)
+            size = params * BYTES.get(p.save_precision, 4)
             what = "a merged model"
         elif kind == "train_lora":
-            t = p["training"]
-            size = lora_bytes(family, t["network_dim"], t.get("save_precision", "float"))
+            size = lora_bytes(family, p.training.network_dim, p.training.save_precision)
             what = "a LoRA"
         elif kind == "extract_lora":
-            size = lora_bytes(family, p.get("dim", 64), "float")
+            size = lora_bytes(family, p.dim, "float")
             what = "a LoRA"
         elif kind in ("resize_lora", "svd_merge"):
-            size = lora_bytes(family, p.get("rank", 64), p.get("save_precision", "float"))
+            size = lora_bytes(family, p.rank, p.save_precision)
             what = "a LoRA"
         elif kind == "finalize":
             ref = stage.inputs.get("lora")
@@ -447,6 +428,13 @@ def fp16_merge_fits(family: str, have: int) -> int | None:
     return half if half and half <= have else None
 
 
+def check_resources(plan, model: ModelInfo, reporter: Reporter) -> None:
+    """Before a run: the disk space (refused when short; the estimate is recorded in the plan's
+    info, for the manifest) and the RAM a merge needs (a warning)."""
+    plan.info["disk_space"] = check_space(plan, model, reporter)
+    check_memory(plan, model, reporter)
+
+
 def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
     """Say before starting when a merge into the checkpoint will likely not fit in RAM (+ swap):
     the kernel then kills sd-scripts minutes into the run."""
@@ -456,15 +444,15 @@ def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
     for stage in plan.stages:
         if stage.kind != "merge_model" or sized_stamp(stage) is not None:
             continue
-        family = stage.params["family"]["name"]
-        half = stage.params["precision"] != "float"
+        family = stage.spec.family.name
+        half = stage.spec.precision != "float"
         need = merge_ram(family, half)
         if need <= have:
             continue
         fp16 = None if half else fp16_merge_fits(family, have)
         hint = f"; merging at fp16 peaks at ~{human(fp16)}: {FP16_MERGE}" if fp16 else ""
         reporter.warn(
-            f"'{stage.title}' merges into a {model.family.label} checkpoint at {stage.params['precision']} precision, which needs "
+            f"'{stage.title}' merges into a {model.family.label} checkpoint at {stage.spec.precision} precision, which needs "
             f"~{human(need)} of RAM; this machine has {human(have)} (RAM + swap), so sd-scripts will likely be killed{hint}"
         )
         return

@@ -9,6 +9,7 @@ import pytest
 from copymachine.genimg import PromptLine, clean_prompt, format_multiplier, gen_img_args, render_prompt_file
 from copymachine.models import SD1, SDXL
 from copymachine.recipe import MEMO
+from copymachine.stages.copy_check import CopyCheckParams
 from copymachine.stages.copy_check import prompt_lines as check_lines
 from copymachine.stages.preview import cells, planned_outputs, preview_params
 from copymachine.stages.preview import prompt_lines as preview_lines
@@ -51,7 +52,7 @@ def test_gen_img_args():
 
 def test_preview_prompt_file_has_one_line_per_cell():
     p = preview_params(MEMO.preview, SD1, "float", strengths=[-1, 0, 1, 1], prompts=["a cat", "a dog"], seeds=[5, 6])
-    assert p["strengths"] == [-1.0, 0.0, 1.0] and p["size"] == [512, 512] and p["family_flag"] == "--v1"
+    assert p.strengths == [-1.0, 0.0, 1.0] and p.size == [512, 512] and p.family_flag == "--v1"
     lines = preview_lines(p)
     assert len(lines) == len(cells(p)) == 2 * 2 * 3
     text = render_prompt_file(lines).splitlines()
@@ -62,12 +63,12 @@ def test_preview_prompt_file_has_one_line_per_cell():
     assert outputs["sheet"] == "my lora-preview.png"
     assert outputs["cell-r03-c02"] == "my lora-preview/prompt2-seed6-m1.png"
     assert len({Path(v).name for v in outputs.values()}) == len(outputs)  # scratch names are unique
-    assert preview_params(MEMO.preview, SDXL, "bf16")["size"] == [1024, 1024]
-    assert preview_params(MEMO.preview, SD1, "float")["seeds"] == [1, 2]
+    assert preview_params(MEMO.preview, SDXL, "bf16").size == [1024, 1024]
+    assert preview_params(MEMO.preview, SD1, "float").seeds == [1, 2]
 
 
 def test_copy_check_prompt_file_uses_the_caption():
-    p = {"prompts": ["{caption}", "landscape"], "seeds": [1, 2], "size": [64, 128], "steps": 2, "scale": 7.0}
+    p = CopyCheckParams(family_flag="--v1", prompts=["{caption}", "landscape"], seeds=[1, 2], negative_prompt="", size=[64, 128], steps=2, sampler="euler_a", scale=7.0, precision="float")
     text = render_prompt_file(check_lines(p, "1girl, red hair"))
     assert text == ("1girl, red hair --w 64 --h 128 --d 1 --s 2 --l 7.0 --f copy-1.png\n"
                     "landscape --w 64 --h 128 --d 2 --s 2 --l 7.0 --f copy-2.png\n")

@@ -51,7 +51,7 @@ def make(env, method=COPY_MACHINE, effects=("outline",), images=1, out="run", **
     request = Request(
         method=method,
         base=env["base"],
-        family=SD1,
+        family=kw.pop("family", SD1),
         effects=list(effects),
         recipe=kw.pop("recipe", MEMO),
         sources=kw.pop("sources", None) or make_sources(env["images"][:images], []),
@@ -285,3 +285,17 @@ def test_dry_run_command_lines_of_the_memo_route(env, capsys):
     merges = _find(commands, "merge_lora.py")
     processed = next(m for m in merges if "processed-model.safetensors" in m[m.index("--save_to") + 1])
     assert processed[processed.index("--ratios") + 1 : processed.index("--ratios") + 3] == ["0.5", "0.5"]
+
+
+def test_stage_keys_hold_what_changes_results_not_the_family_label(env):
+    """A family's label (or its tokenizer folders) only names it: a new wording keeps every key;
+    a field sd-scripts reads (the training script) changes the keys of the stages using it."""
+    import dataclasses as dc
+
+    p = make(env)
+    relabelled = make(env, family=dc.replace(SD1, label="SD 1.x (renamed)", tokenizers=("elsewhere",)))
+    assert [s.key for s in relabelled.stages] == [s.key for s in p.stages]
+    other_script = make(env, family=dc.replace(SD1, train_script="other_train_network.py"))
+    assert other_script.stage("copy-lora").key != p.stage("copy-lora").key
+    assert other_script.stage("original").key == p.stage("original").key  # not a training: unchanged
+    assert "label" not in p.stage("copy-lora").params["family"]

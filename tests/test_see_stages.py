@@ -28,6 +28,7 @@ from copymachine.progress import Reporter
 from copymachine.recipe import MEMO
 from copymachine.runner import command_line
 from copymachine.stages import Settings, kind_versions
+from copymachine.stages.copy_check import CopyCheckParams
 from copymachine.stages.copy_check import planned_outputs as check_outputs
 
 GEN_IMG = "gen_img.py"
@@ -150,17 +151,17 @@ def check_plan(tmp_path, scene_path, min_ssim=0.8, images=3):
     model = sd1_checkpoint(tmp_path / "copy model.safetensors")
     caption = tmp_path / "caption.txt"
     caption.write_text("1girl, 猫\n", encoding="utf-8")
-    params = {
-        "family_flag": "--v1",
-        "prompts": ["{caption}", "landscape", "{caption}"][:images],
-        "seeds": list(range(1, images + 1)),
-        "negative_prompt": "",
-        "size": [64, 64],
-        "steps": 2,
-        "sampler": "euler_a",
-        "scale": 7.0,
-        "precision": "float",
-    }
+    params = CopyCheckParams(
+        family_flag="--v1",
+        prompts=["{caption}", "landscape", "{caption}"][:images],
+        seeds=list(range(1, images + 1)),
+        negative_prompt="",
+        size=[64, 64],
+        steps=2,
+        sampler="euler_a",
+        scale=7.0,
+        precision="float",
+    )
     inputs = {"model": planner.external(model), "original": planner.external(scene_path), "caption": planner.external(caption)}
     planner.add("copy-check", "copy_check", "copy check", inputs=inputs, params=params, outputs=check_outputs(images), workdir=tmp_path / "run" / "copy-check", gate={"min_ssim": min_ssim})
     return planner.plan, hashes

@@ -20,16 +20,15 @@ from copymachine.methods import (
     CUSTOM,
     DIFFERENCE,
     Request,
-    default_cache,
     images_in,
     make_sources,
     match_edits,
     plan,
-    run_folder,
+    run_folders,
 )
 from copymachine.models import ModelInfo
 from copymachine.pipeline import Pipeline
-from copymachine.plan import Plan
+from copymachine.plan import Plan, stage_name
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, Recipe, apply_overrides, load_recipe_file, parse_set_options
 from copymachine.recipe import ratio as recipe_ratio
@@ -147,7 +146,7 @@ def method_options(f):
 def leakage_scores(the_plan, effect: str) -> dict | None:
     """The leakage stage's scores of `effect`'s final LoRA, when the run measured them."""
     try:
-        path = the_plan.stage(f"{effect}/leakage").outputs["scores"]
+        path = the_plan.stage(stage_name("leakage", effect)).outputs["scores"]
     except KeyError:
         return None
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -235,20 +234,16 @@ def make_request(method: str, o: dict, sign: str, reporter: Reporter, gpu: int |
 def check_run(request: Request, o: dict, model: ModelInfo, settings: Settings, reporter: Reporter) -> tuple[Plan, HashCache]:
     """Pre-flight of the planned run: the output folders (a dry run writes configs into the run
     and cache folders: the same output checks as a run), then, for a run, disk space and RAM."""
-    run_dir = run_folder(request).resolve()
-    cache_dir = default_cache(run_dir, o["cache_dir"]).resolve()
-    preflight.check_writable({"cache folder": cache_dir})
-    hashes = HashCache(cache_dir / "hashes.json")
-    the_plan = plan(request, settings, hashes)
-    identity = preflight.run_identity(request, hashes)
-    preflight.check_output(the_plan, identity, hashes, force=o["force"])
+    folders = run_folders(request)
+    preflight.check_writable({"cache folder": folders.cache})
+    hashes = HashCache(folders.cache / "hashes.json")
+    the_plan = plan(request, settings, hashes, folders)
+    preflight.check_output(the_plan, the_plan.info["identity"], hashes, force=o["force"])
     preflight.check_writable({"run folder": the_plan.run_dir})
     for note in the_plan.notes:
         reporter.note(note)
     if not o["dry_run"]:
-        the_plan.info["identity"] = identity
-        the_plan.info["disk_space"] = preflight.check_space(the_plan, model, reporter)
-        preflight.check_memory(the_plan, model, reporter)
+        preflight.check_resources(the_plan, model, reporter)
     reporter.info(
         f"copymachine {request.method}: {model.family.label} base {o['base'].name}; {len(request.sources)} image(s); "
         f"effects: {', '.join(request.effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"

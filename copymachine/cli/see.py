@@ -156,8 +156,8 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
         )
         inputs["leakage"] = planner.plan.ref("leakage", "scores")
     stage = planner.add("preview", "preview", f"strength sweep of {lora.name} on {checkpoint.path.name}", inputs=inputs, params=params, outputs=planned_outputs(params, lora.stem), workdir=folder)
-    n = len(params["prompts"]) * len(params["seeds"]) * len(params["strengths"])
-    reporter.info(f"preview: {n} images ({len(params['prompts'])} prompt(s) x {len(params['seeds'])} seed(s) x {len(params['strengths'])} strengths) at {params['size'][0]} px, {params['steps']} steps")
+    n = len(params.prompts) * len(params.seeds) * len(params.strengths)
+    reporter.info(f"preview: {n} images ({len(params.prompts)} prompt(s) x {len(params.seeds)} seed(s) x {len(params.strengths)} strengths) at {params.size[0]} px, {params.steps} steps")
     Pipeline(planner.plan, settings, reporter, hashes).run()
     hashes.save()
     if training_image is not None:

@@ -21,12 +21,16 @@ from copymachine.files import HashCache
 from copymachine.lorafile import summarize_lora
 from copymachine.models import Family, ModelInfo, inspect_base_model, lora_family
 from copymachine.pipeline import Pipeline
-from copymachine.plan import Planner
+from copymachine.plan import LoraTerm, Planner, StageParams, WeightedLora
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, PRECISIONS
 from copymachine.recipe import ratio as recipe_ratio
 from copymachine.stages import kind_versions
-from copymachine.stages.merge_model import lora_input_name
+from copymachine.stages.extract_lora import ExtractParams
+from copymachine.stages.finalize import ToolLabel
+from copymachine.stages.merge_model import merge_plan
+from copymachine.stages.resize_lora import ResizeParams
+from copymachine.stages.svd_merge import svd_merge_plan
 
 
 def parse_weighted(item: str) -> tuple[Path, float]:
@@ -65,7 +69,7 @@ def explain(terms: list[tuple[Path, float, int]]) -> str:
     return text[2:] if text.startswith("+ ") else text
 
 
-def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: dict[str, Path], params: dict, settings, reporter, model: ModelInfo | None = None) -> None:
+def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: dict[str, Path], params: StageParams, settings, reporter, model: ModelInfo | None = None) -> None:
     out = out.resolve()
     if out.suffix.lower() != ".safetensors":
         raise InputError(f"--out must end in .safetensors: {out}")
@@ -131,8 +135,7 @@ def merge(base, loras, precision, save_precision, out, sd_scripts, python, devic
     terms, _ = check_loras(loras, model.family)
     reporter.info(f"merge: {model.path.name} + ({explain(terms)})")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    inputs = {"base": base, **{lora_input_name(i): p for i, (p, _, _) in enumerate(terms)}}
-    params = {"family": model.family.as_params(), "ratios": [r for _, r, _ in terms], "precision": precision, "save_precision": save_precision}
+    inputs, params = merge_plan(model.family, base, [WeightedLora(p, r) for p, r, _ in terms], precision, save_precision)
     _run_tool(out, "merge", "merge_model", "model", f"merge into {model.path.name}", inputs, params, settings, reporter, model=model)
 
 
@@ -156,8 +159,7 @@ def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, toke
     terms, _ = check_loras(loras)
     reporter.info(f"svd-merge: result = {explain(terms)}, rank {rank} (computed at float)")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    inputs = {lora_input_name(i): p for i, (p, _, _) in enumerate(terms)}
-    params = {"ratios": [r for _, r, _ in terms], "labels": [p.name for p, _, _ in terms], "rank": rank, "precision": "float", "save_precision": save_precision, "device": settings.device, "label": {"tool": "svd-merge"}}
+    inputs, params = svd_merge_plan([LoraTerm(p, r, p.name) for p, r, _ in terms], rank, "float", save_precision, settings.device, tool="svd-merge")
     _run_tool(out, "svd-merge", "svd_merge", "lora", "svd merge", inputs, params, settings, reporter)
 
 
@@ -181,7 +183,7 @@ def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokeni
     if a.family.name != b.family.name:
         raise InputError(f"--base is {a.family.label} but --tuned is {b.family.label}: both must be of one family")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    params = {"family": a.family.as_params(), "dim": dim, "min_diff": MEMO.combine.min_diff, "precision": precision, "device": settings.device, "label": {"tool": "extract"}}
+    params = ExtractParams(family=a.family, dim=dim, min_diff=MEMO.combine.min_diff, precision=precision, device=settings.device, label=ToolLabel("extract"))
     _run_tool(out, "extract", "extract_lora", "lora", f"extract {b.path.name} - {a.path.name}", {"original": base, "tuned": tuned}, params, settings, reporter)
 
 
@@ -205,5 +207,5 @@ def resize(lora, rank, save_precision, out, sd_scripts, python, device, tokenize
     if rank > have:
         raise InputError(f"--rank {rank} is above the LoRA's rank {have}: resizing only reduces rank")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    params = {"rank": rank, "save_precision": save_precision, "device": "cpu", "label": {"tool": "resize"}}
+    params = ResizeParams(rank=rank, save_precision=save_precision, device="cpu", label=ToolLabel("resize"))
     _run_tool(out, "resize", "resize_lora", "lora", f"resize {path.name} to rank {rank}", {"lora": path}, params, settings, reporter)

@@ -9,17 +9,31 @@ the stage, so another tagger model re-tags.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from copymachine.files import atomic_write_text
+from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import StageContext, StageKind
 
+OUTPUTS = {"original": "original.txt", "edited": "edited.txt"}
 
-def caption_plan(recipe, original, tagger_dir: Path | None, planner) -> tuple[dict[str, Any], dict[str, Any]]:
+
+@dataclass(frozen=True)
+class CaptionParams(StageParams):
+    method: str  # "fixed" | "wd14"
+    text: str | None = field(default=None, metadata=OPTIONAL)  # fixed
+    prefix: str | None = field(default=None, metadata=OPTIONAL)  # wd14: tags put first
+    general_threshold: float | None = field(default=None, metadata=OPTIONAL)
+    character_threshold: float | None = field(default=None, metadata=OPTIONAL)
+    exclude: list[str] | None = field(default=None, metadata=OPTIONAL)
+
+
+def caption_plan(recipe, original, tagger_dir: Path | None, planner) -> tuple[dict[str, Any], CaptionParams]:
     """The stage's inputs and parameters for the recipe's [caption]."""
     if recipe.method != "wd14":
-        return {}, {"method": "fixed", "text": recipe.text}
+        return {}, CaptionParams(method="fixed", text=recipe.text)
     from copymachine.errors import InputError
     from copymachine.tagger import tagger_files
 
@@ -27,13 +41,13 @@ def caption_plan(recipe, original, tagger_dir: Path | None, planner) -> tuple[di
         raise InputError("--caption-with wd14 needs --tagger-dir DIR (a folder with model.onnx and selected_tags.csv)")
     model, tags = tagger_files(tagger_dir)
     inputs = {"image": original, "tagger_model": planner.external(model.resolve()), "tagger_tags": planner.external(tags.resolve())}
-    params = {
-        "method": "wd14",
-        "prefix": recipe.prefix,
-        "general_threshold": recipe.general_threshold,
-        "character_threshold": recipe.character_threshold,
-        "exclude": [t.strip() for t in recipe.exclude_tags.split(",") if t.strip()],
-    }
+    params = CaptionParams(
+        method="wd14",
+        prefix=recipe.prefix,
+        general_threshold=recipe.general_threshold,
+        character_threshold=recipe.character_threshold,
+        exclude=[t.strip() for t in recipe.exclude_tags.split(",") if t.strip()],
+    )
     return inputs, params
 
 
@@ -43,11 +57,11 @@ class Captions(StageKind):
     def execute(self, stage, ctx: StageContext) -> None:
         if ctx.dry_run:
             return
-        p = stage.params
-        if p["method"] == "wd14":
+        p = stage.spec
+        if p.method == "wd14":
             text = self._tags(stage, ctx)
         else:
-            text = p["text"]
+            text = p.text
         text = " ".join(text.split())  # sd-scripts reads the first line only
         for name in ("original", "edited"):
             atomic_write_text(ctx.scratch_output(name), text + "\n")
@@ -56,10 +70,10 @@ class Captions(StageKind):
         from copymachine.images import load_rgb
         from copymachine.tagger import Tagger
 
-        p = stage.params
+        p = stage.spec
         tagger = Tagger(stage.input("tagger_model").parent)
-        tags = tagger(load_rgb(stage.input("image")), p["general_threshold"], p["character_threshold"], tuple(p["exclude"]))
-        prefix = [t.strip() for t in p.get("prefix", "").split(",") if t.strip()]
+        tags = tagger(load_rgb(stage.input("image")), p.general_threshold, p.character_threshold, tuple(p.exclude or ()))
+        prefix = [t.strip() for t in (p.prefix or "").split(",") if t.strip()]
         caption = ", ".join(prefix + [t for t in tags if t not in prefix])
         ctx.reporter.info(f"      WD14 tags of the original ({len(tags)}): {caption or '(none above the thresholds)'}")
         return caption

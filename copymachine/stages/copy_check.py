@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,67 @@ from PIL import Image
 from copymachine.files import atomic_write_json, atomic_write_text
 from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args, render_prompt_file
 from copymachine.images import load_rgb, save_png
+from copymachine.plan import OPTIONAL, StageParams, WeightedLora
 from copymachine.sheet import contact_sheet
 from copymachine.similarity import Lpips, reference_at, ssim_score
 from copymachine.stages import StageContext, StageKind
-from copymachine.stages.train_lora import base_weight_inputs
+from copymachine.stages.train_lora import base_weight_input_name, base_weight_inputs
 
 CAPTION_PLACEHOLDER = "{caption}"  # in a prompt: the caption the copy LoRA was trained with
 ADVICE = "train the copy LoRA longer (--set copy.epochs=N) or check the captions"
+
+
+@dataclass(frozen=True)
+class CopyCheckParams(StageParams):
+    family_flag: str
+    prompts: list[str]  # one image each ({caption}: the caption the copy LoRA was trained with)
+    seeds: list[int]
+    negative_prompt: str
+    size: list[int]  # the training size: width, height
+    steps: int
+    sampler: str
+    scale: float
+    precision: str
+    # the copy LoRA's ratio, when it is loaded onto the base model (the memory route)
+    lora_multiplier: float | None = field(default=None, metadata=OPTIONAL)
+    # the multipliers of the absorbed styles loaded first (inputs weights000, ...; memory route)
+    base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
+
+
+def copy_check_plan(
+    recipe,
+    family_flag: str,
+    size: tuple[int, int],
+    precision: str,
+    inputs: dict[str, Any],
+    copy_lora: WeightedLora | None = None,
+    base_weights: Sequence[WeightedLora] = (),
+) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
+    """The stage's inputs, parameters and outputs from the recipe's [copy_check]. `inputs`: the
+    model, the original, the caption and, for difference extraction, LoRA A ("lora", at 1);
+    `copy_lora`: the copy LoRA loaded onto the model at its ratio; `base_weights`: the absorbed
+    styles loaded before it."""
+    from copymachine.recipe import split_prompts
+
+    inputs = dict(inputs)
+    if copy_lora is not None:
+        inputs["copy_lora"] = copy_lora.lora
+    inputs.update({base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)})
+    prompts = split_prompts(recipe.prompts) or [CAPTION_PLACEHOLDER]
+    params = CopyCheckParams(
+        family_flag=family_flag,
+        prompts=[prompts[i % len(prompts)] for i in range(recipe.images)],
+        seeds=[recipe.seed + i for i in range(recipe.images)],
+        negative_prompt=recipe.negative_prompt,
+        size=[int(size[0]), int(size[1])],
+        steps=recipe.steps,
+        sampler=recipe.sampler,
+        scale=recipe.scale,
+        precision=precision,
+        lora_multiplier=copy_lora.ratio if copy_lora is not None else None,
+        base_weights_multipliers=[w.ratio for w in base_weights] or None,
+    )
+    return inputs, params, planned_outputs(recipe.images)
 
 
 def image_output(i: int) -> str:
@@ -46,13 +102,13 @@ def planned_outputs(n: int) -> dict[str, str]:
 def checked_loras(stage) -> tuple[list[Path], list[float]]:
     """The networks gen_img.py loads unmerged onto the model, in order: absorbed styles (memory
     route), then the copy machine's LoRA (LoRA A, or the copy LoRA at the merge ratio)."""
-    p = stage.params
+    p = stage.spec
     loras = base_weight_inputs(stage)
-    multipliers = list(p.get("base_weights_multipliers", []))
+    multipliers = list(p.base_weights_multipliers or [])
     for name in ("lora", "copy_lora"):
         if name in stage.inputs:
             loras.append(stage.input(name))
-            multipliers.append(p.get("lora_multiplier", 1.0))
+            multipliers.append(p.lora_multiplier if p.lora_multiplier is not None else 1.0)
     return loras, multipliers
 
 
@@ -64,20 +120,20 @@ def subject(stage) -> str:
     return "the copy model"
 
 
-def prompt_lines(p: dict[str, Any], caption: str = "") -> list[PromptLine]:
-    width, height = p["size"]
+def prompt_lines(p: CopyCheckParams, caption: str = "") -> list[PromptLine]:
+    width, height = p.size
     return [
         PromptLine(
             prompt=prompt.replace(CAPTION_PLACEHOLDER, caption),
-            negative_prompt=p.get("negative_prompt", ""),
+            negative_prompt=p.negative_prompt,
             file_name=f"copy-{i + 1}.png",
             width=width,
             height=height,
             seed=seed,
-            steps=p["steps"],
-            scale=p["scale"],
+            steps=p.steps,
+            scale=p.scale,
         )
-        for i, (prompt, seed) in enumerate(zip(p["prompts"], p["seeds"]))
+        for i, (prompt, seed) in enumerate(zip(p.prompts, p.seeds))
     ]
 
 
@@ -86,7 +142,7 @@ class CopyCheck(StageKind):
     needs_engine = True
 
     def execute(self, stage, ctx: StageContext) -> None:
-        p = stage.params
+        p = stage.spec
         caption = ""
         if "caption" in stage.inputs:
             path = stage.input("caption")
@@ -99,11 +155,11 @@ class CopyCheck(StageKind):
         loras, multipliers = checked_loras(stage)
         args = gen_img_args(
             stage.input("model"),
-            p["family_flag"],
+            p.family_flag,
             ctx.scratch,
             prompt_file,
-            p["sampler"],
-            p.get("precision"),
+            p.sampler,
+            p.precision,
             ctx.settings.tokenizer_cache_dir,
             loras or None,
             extra=ctx.settings.profile.gen_options,
@@ -115,7 +171,7 @@ class CopyCheck(StageKind):
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images, collect=collect)
         if ctx.dry_run:
             return
-        reference = reference_at(load_rgb(stage.input("original")), tuple(p["size"]))
+        reference = reference_at(load_rgb(stage.input("original")), tuple(p.size))
         lpips = Lpips.load()
         results = []
         for line, path in zip(lines, images):
@@ -131,9 +187,9 @@ class CopyCheck(StageKind):
             )
         ssims = [r["ssim"] for r in results]
         scores = {
-            "size": list(p["size"]),
-            "steps": p["steps"],
-            "sampler": p["sampler"],
+            "size": list(p.size),
+            "steps": p.steps,
+            "sampler": p.sampler,
             "model": stage.input("model").name,
             "lora": loras[-1].name if loras else None,
             "images": results,
@@ -143,7 +199,7 @@ class CopyCheck(StageKind):
         }
         atomic_write_json(ctx.scratch_output("scores"), scores)
         columns = [[reference] + [load_rgb(path) for path in images]]
-        labels = [["original", f"{p['size'][0]}x{p['size'][1]}"]]
+        labels = [["original", f"{p.size[0]}x{p.size[1]}"]]
         for r in results:
             score = f"SSIM {r['ssim']:.3f}" + (f"  LPIPS {r['lpips']:.3f}" if r["lpips"] is not None else "")
             labels.append([f"seed {r['seed']}: {r['prompt'] or '(empty prompt)'}", score])

@@ -8,7 +8,9 @@ declared with `--edit-in-place`: for those the alignment reading is a note, neve
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -17,7 +19,34 @@ from copymachine.effects import apply_effect
 from copymachine.errors import InputError
 from copymachine.files import atomic_write_json
 from copymachine.images import load_rgb, save_png
+from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import StageContext, StageKind
+
+CUSTOM = "custom"  # the user's own edit
+OUTPUTS = {"image": "edited.png", "compare": "compare.png", "check": "check.json"}
+
+
+@dataclass(frozen=True)
+class EditParams(StageParams):
+    effect: str
+    effect_params: dict[str, Any]  # the effect's own parameters, resolved (effects.resolve_params)
+    amount: float
+    # the user's edit keeps every pixel in place; only when given, so earlier runs' keys stay
+    in_place: bool | None = field(default=None, metadata=OPTIONAL)
+
+
+def edit_plan(effect: str, original: Any, edited: Any | None, overrides: dict[str, Any], amount: float, in_place: bool) -> tuple[dict[str, Any], EditParams]:
+    """The stage's inputs (the original; for effect custom the user's `edited`) and parameters:
+    a built-in effect's parameters and amount checked, for custom none."""
+    from copymachine import effects
+
+    inputs = {"original": original}
+    if effect == CUSTOM:
+        if edited is None:
+            raise InputError("effect custom needs an edited image")
+        inputs["edited"] = edited
+        return inputs, EditParams(effect=CUSTOM, effect_params={}, amount=1.0, in_place=True if in_place else None)
+    return inputs, EditParams(effect=effect, effect_params=effects.resolve_params(effect, overrides), amount=effects.check_amount(amount))
 
 
 def edit_and_check(original: Image.Image, effect: str, effect_params: dict, amount: float = 1.0, edited: Image.Image | None = None, in_place: bool = False) -> tuple[Image.Image, PairReport]:
@@ -53,12 +82,12 @@ class EditImage(StageKind):
     def execute(self, stage, ctx: StageContext) -> None:
         if ctx.dry_run:
             return
-        p = stage.params
+        p = stage.spec
         original = load_rgb(stage.input("original"))
-        custom_edit = load_rgb(stage.input("edited")) if p["effect"] == "custom" else None
-        edited, report = edit_and_check(original, p["effect"], p["effect_params"], p["amount"], custom_edit, p.get("in_place", False))
+        custom_edit = load_rgb(stage.input("edited")) if p.effect == CUSTOM else None
+        edited, report = edit_and_check(original, p.effect, p.effect_params, p.amount, custom_edit, bool(p.in_place))
         where = stage.inputs["edited"].path if "edited" in stage.inputs else Path("edit")
-        notes, warnings, refusal = verdict_lines(report, p["effect"], where)
+        notes, warnings, refusal = verdict_lines(report, p.effect, where)
         for note in notes:
             ctx.reporter.info(note)
         for warning in warnings:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from copymachine import __version__
 from copymachine.lorafile import copy_with_metadata, read_safetensors, validate_lora, write_uniform_rank
+from copymachine.plan import StageParams
 from copymachine.stages import StageContext, StageKind
 from copymachine.stages.leakage import stored
 
@@ -28,6 +31,28 @@ SIGN_TEXT = {
 }
 
 
+@dataclass(frozen=True)
+class ToolLabel:
+    """In a tool stage's parameters (`copymachine svd-merge`, ...): its output is a product for
+    the user and carries copymachine.* keys naming the tool."""
+
+    tool: str
+
+
+@dataclass(frozen=True)
+class FinalizeParams(StageParams):
+    """What the final LoRA's copymachine.* metadata says (the edit's, the recipe's, ...)."""
+
+    method: str
+    effect: str
+    effect_params: dict[str, Any]
+    amount: float
+    sign: str  # "edit" | "memo"
+    recipe: dict[str, Any]  # the trainings' recipes, as recorded
+    absorbed: list[list[Any]]  # [file name, ratio] of each absorbed style LoRA
+    sd_scripts_commit: str | None
+
+
 class Finalize(StageKind):
     kind = "finalize"
     version = 2  # 2: every module at the LoRA's rank (zero-padded)
@@ -35,17 +60,17 @@ class Finalize(StageKind):
     def execute(self, stage, ctx: StageContext) -> None:
         if ctx.dry_run:
             return
-        p = stage.params
+        p = stage.spec
         metadata = {
             "copymachine.version": __version__,
-            "copymachine.method": p["method"],
-            "copymachine.effect": p["effect"],
-            "copymachine.effect_params": json.dumps(p.get("effect_params", {}), sort_keys=True),
-            "copymachine.amount": str(p.get("amount", 1.0)),
-            "copymachine.recipe": json.dumps(p.get("recipe", {}), sort_keys=True),
-            "copymachine.sign": SIGN_TEXT[p.get("sign", "edit")],
-            "copymachine.absorbed": json.dumps(p.get("absorbed", [])),
-            "copymachine.sd_scripts_commit": p.get("sd_scripts_commit") or "unknown",
+            "copymachine.method": p.method,
+            "copymachine.effect": p.effect,
+            "copymachine.effect_params": json.dumps(p.effect_params, sort_keys=True),
+            "copymachine.amount": str(p.amount),
+            "copymachine.recipe": json.dumps(p.recipe, sort_keys=True),
+            "copymachine.sign": SIGN_TEXT[p.sign],
+            "copymachine.absorbed": json.dumps(p.absorbed),
+            "copymachine.sd_scripts_commit": p.sd_scripts_commit or "unknown",
         }
         for kind in ("original", "edited"):
             names = sorted(n for n in stage.inputs if n.startswith(kind))
@@ -66,24 +91,25 @@ class Finalize(StageKind):
 
 def label_tool_output(stage, ctx: StageContext, path: Path) -> None:
     """Add copymachine.* keys to a tool's output LoRA (in its scratch place, before the pipeline
-    moves it): stages whose params carry "label" ({"tool": name}) are products for the user."""
-    if ctx.dry_run or "label" not in stage.params:
+    moves it): stages whose params carry a ToolLabel are products for the user."""
+    label = getattr(stage.spec, "label", None)
+    if ctx.dry_run or label is None:
         return
     inputs = []
     for name in sorted(stage.inputs):
         ref = stage.input(name)
         entry: dict = {"input": name, "file": ref.name, "sha256": ctx.hashes.sha256(ref)}
-        ratios = stage.params.get("ratios")
+        ratios = getattr(stage.spec, "ratios", None)
         if name.startswith("lora") and ratios and name[4:].isdigit() and int(name[4:]) < len(ratios):
             entry["ratio"] = ratios[int(name[4:])]
         if ref.suffix == ".safetensors" and name.startswith("lora"):
             md = read_safetensors(ref).metadata
             entry.update({k.split(".", 1)[1]: md[k] for k in ("copymachine.method", "copymachine.effect", "copymachine.sign", "copymachine.tool") if k in md})
         inputs.append(entry)
-    params = {k: v for k, v in stage.params.items() if k not in ("label", "family")}
+    params = {k: v for k, v in stage.spec.record().items() if k not in ("label", "family")}
     metadata = {
         "copymachine.version": __version__,
-        "copymachine.tool": stage.params["label"]["tool"],
+        "copymachine.tool": label.tool,
         "copymachine.tool_params": json.dumps(params, sort_keys=True),
         "copymachine.inputs": json.dumps(inputs, ensure_ascii=False),
         "copymachine.sd_scripts_commit": (ctx.settings.engine.commit if ctx.settings.engine else None) or "unknown",

@@ -7,21 +7,55 @@ unless told, so the family's flag is always passed (see copymachine.genimg).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from copymachine.files import atomic_write_text
 from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args
+from copymachine.plan import StageParams
 from copymachine.stages import StageContext, StageKind
 
 
-def prompt_line(p: dict, file_name: str, named: bool = True) -> str:
+@dataclass(frozen=True)
+class GenerateParams(StageParams):
+    family_flag: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    sampler: str
+    scale: float
+    width: int  # the size generated: the recipe's, or the family's own
+    height: int
+    precision: str
+
+
+def generate_params(recipe, family, precision: str) -> GenerateParams:
+    """Stage parameters from the recipe's [generate]; a size of 0 is the family's own."""
+    width, height = recipe.size(family.default_size)
+    return GenerateParams(
+        family_flag=family.gen_flag,
+        prompt=recipe.prompt,
+        negative_prompt=recipe.negative_prompt,
+        seed=recipe.seed,
+        steps=recipe.steps,
+        sampler=recipe.sampler,
+        scale=recipe.scale,
+        width=width,
+        height=height,
+        precision=precision,
+    )
+
+
+def prompt_line(p: GenerateParams, file_name: str, named: bool = True) -> str:
     return PromptLine(
-        prompt=p["prompt"],
-        negative_prompt=p.get("negative_prompt") or "",
+        prompt=p.prompt,
+        negative_prompt=p.negative_prompt or "",
         file_name=file_name,
-        width=p["width"],
-        height=p["height"],
-        seed=p["seed"],
-        steps=p["steps"],
-        scale=p["scale"],
+        width=p.width,
+        height=p.height,
+        seed=p.seed,
+        steps=p.steps,
+        scale=p.scale,
     ).render(named)
 
 
@@ -30,12 +64,12 @@ class GenerateImage(StageKind):
     needs_engine = True
 
     def execute(self, stage, ctx: StageContext) -> None:
-        p = stage.params
+        p = stage.spec
         out = ctx.scratch_output("image")
         prompts = stage.workdir / "config" / f"{stage.slug}-prompt.txt"
         named = file_names_supported(ctx.settings)
         atomic_write_text(prompts, prompt_line(p, out.name, named) + "\n")
-        args = gen_img_args(stage.input("base"), p["family_flag"], ctx.scratch, prompts, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, extra=ctx.settings.profile.gen_options, sequential=not named)
+        args = gen_img_args(stage.input("base"), p.family_flag, ctx.scratch, prompts, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, extra=ctx.settings.profile.gen_options, sequential=not named)
         collect = None if named else (lambda: collect_sequential(ctx.scratch, [out.name]))
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=[out], collect=collect)
         if not ctx.dry_run:

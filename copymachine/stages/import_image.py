@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from copymachine.images import load_rgb, save_png
+from copymachine.plan import StageParams
 from copymachine.stages import StageContext, StageKind
+
+
+@dataclass(frozen=True)
+class ImportParams(StageParams):
+    """None: the image is the stage's input, normalised."""
 
 
 class ImportImage(StageKind):

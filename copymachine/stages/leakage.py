@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -26,66 +27,82 @@ from PIL import Image
 from copymachine.files import atomic_write_json, atomic_write_text
 from copymachine.genimg import PromptLine, format_multiplier, gen_img_args, render_prompt_file
 from copymachine.images import load_rgb
+from copymachine.plan import StageParams
 from copymachine.similarity import Lpips, reference_at, ssim_score
 from copymachine.stages import StageContext, StageKind
 
 WHAT = "SSIM to the training image, gain over strength 0, on prompts unrelated to its caption"
 
 
-def leakage_params(recipe, family, size: tuple[int, int], precision: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LeakageParams(StageParams):
+    family_flag: str
+    prompts: list[str]  # unrelated to the training caption, one seed each
+    seeds: list[int]
+    strengths: list[float]  # 0 first
+    size: list[int]  # the training size: width, height
+    steps: int
+    sampler: str
+    scale: float
+    negative_prompt: str
+    threshold: float  # the gain at which the LoRA leaks
+    precision: str
+
+
+def leakage_params(recipe, family, size: tuple[int, int], precision: str) -> LeakageParams:
     """Stage parameters from the recipe's [leakage]: strength 0 first, then the leakage strengths."""
     from copymachine.recipe import parse_number_list, split_prompts
 
     prompts = split_prompts(recipe.prompts)
     strengths = [s for s in dict.fromkeys(float(v) for v in parse_number_list(recipe.strengths, float)) if s != 0]
-    return {
-        "family_flag": family.gen_flag,
-        "prompts": prompts,
-        "seeds": [recipe.seed + i for i in range(len(prompts))],
-        "strengths": [0.0, *strengths],
-        "size": [int(size[0]), int(size[1])],
-        "steps": recipe.steps,
-        "sampler": recipe.sampler,
-        "scale": recipe.scale,
-        "negative_prompt": recipe.negative_prompt,
-        "threshold": recipe.threshold,
-        "precision": precision,
-    }
+    return LeakageParams(
+        family_flag=family.gen_flag,
+        prompts=prompts,
+        seeds=[recipe.seed + i for i in range(len(prompts))],
+        strengths=[0.0, *strengths],
+        size=[int(size[0]), int(size[1])],
+        steps=recipe.steps,
+        sampler=recipe.sampler,
+        scale=recipe.scale,
+        negative_prompt=recipe.negative_prompt,
+        threshold=recipe.threshold,
+        precision=precision,
+    )
 
 
 def image_output(prompt: int, col: int) -> str:
     return f"leak-p{prompt:02d}-c{col:02d}"
 
 
-def image_file(p: dict[str, Any], prompt: int, col: int) -> str:
-    return f"leak-prompt{prompt + 1}-seed{p['seeds'][prompt]}-m{format_multiplier(p['strengths'][col])}.png"
+def image_file(p: LeakageParams, prompt: int, col: int) -> str:
+    return f"leak-prompt{prompt + 1}-seed{p.seeds[prompt]}-m{format_multiplier(p.strengths[col])}.png"
 
 
-def planned_outputs(p: dict[str, Any], folder: str = "") -> dict[str, str]:
+def planned_outputs(p: LeakageParams, folder: str = "") -> dict[str, str]:
     """The scores and every image (file names in the stage's folder, under `folder`)."""
     outputs = {"scores": f"{folder}leakage.json"}
-    for i in range(len(p["prompts"])):
-        for col in range(len(p["strengths"])):
+    for i in range(len(p.prompts)):
+        for col in range(len(p.strengths)):
             outputs[image_output(i, col)] = f"{folder}{image_file(p, i, col)}"
     return outputs
 
 
-def prompt_lines(p: dict[str, Any]) -> list[PromptLine]:
-    width, height = p["size"]
+def prompt_lines(p: LeakageParams) -> list[PromptLine]:
+    width, height = p.size
     return [
         PromptLine(
             prompt=prompt,
-            negative_prompt=p.get("negative_prompt", ""),
+            negative_prompt=p.negative_prompt,
             file_name=image_file(p, i, col),
             width=width,
             height=height,
-            seed=p["seeds"][i],
-            steps=p["steps"],
-            scale=p["scale"],
+            seed=p.seeds[i],
+            steps=p.steps,
+            scale=p.scale,
             multiplier=strength,
         )
-        for i, prompt in enumerate(p["prompts"])
-        for col, strength in enumerate(p["strengths"])
+        for i, prompt in enumerate(p.prompts)
+        for col, strength in enumerate(p.strengths)
     ]
 
 
@@ -120,17 +137,17 @@ class Leakage(StageKind):
     needs_engine = True
 
     def execute(self, stage, ctx: StageContext) -> None:
-        p = stage.params
+        p = stage.spec
         lines = prompt_lines(p)
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
         atomic_write_text(prompt_file, render_prompt_file(lines))
-        args = gen_img_args(stage.input("model"), p["family_flag"], ctx.scratch, prompt_file, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options)
-        files = {(i, col): ctx.scratch_output(image_output(i, col)) for i in range(len(p["prompts"])) for col in range(len(p["strengths"]))}
+        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options)
+        files = {(i, col): ctx.scratch_output(image_output(i, col)) for i in range(len(p.prompts)) for col in range(len(p.strengths))}
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=list(files.values()))
         if ctx.dry_run:
             return
         originals = [stage.input(n) for n in sorted(stage.inputs) if n.startswith("original")]
-        references = [reference_at(load_rgb(path), tuple(p["size"])) for path in originals]
+        references = [reference_at(load_rgb(path), tuple(p.size)) for path in originals]
         lpips = Lpips.load()
         images = []
         for (i, col), path in files.items():
@@ -138,39 +155,39 @@ class Leakage(StageKind):
             images.append(
                 {
                     "file": stage.outputs[image_output(i, col)].name,
-                    "prompt": p["prompts"][i],
-                    "seed": p["seeds"][i],
-                    "strength": p["strengths"][col],
+                    "prompt": p.prompts[i],
+                    "seed": p.seeds[i],
+                    "strength": p.strengths[col],
                     "ssim": [round(ssim_score(ref, image), 4) for ref in references],
                     "lpips": [_round(lpips.distance(ref, image)) for ref in references],
                 }
             )
         def at(i: int, col: int) -> dict[str, Any]:
-            return images[i * len(p["strengths"]) + col]
+            return images[i * len(p.strengths) + col]
 
         ssim_gain: dict[str, float] = {}
         lpips_gain: dict[str, float] = {}
-        for col, strength in enumerate(p["strengths"][1:], start=1):
-            per_original = [statistics.fmean(at(i, col)["ssim"][k] - at(i, 0)["ssim"][k] for i in range(len(p["prompts"]))) for k in range(len(references))]
+        for col, strength in enumerate(p.strengths[1:], start=1):
+            per_original = [statistics.fmean(at(i, col)["ssim"][k] - at(i, 0)["ssim"][k] for i in range(len(p.prompts))) for k in range(len(references))]
             ssim_gain[f"{strength:g}"] = round(max(per_original), 4)
             if lpips.available:
-                closer = [statistics.fmean(at(i, 0)["lpips"][k] - at(i, col)["lpips"][k] for i in range(len(p["prompts"]))) for k in range(len(references))]
+                closer = [statistics.fmean(at(i, 0)["lpips"][k] - at(i, col)["lpips"][k] for i in range(len(p.prompts))) for k in range(len(references))]
                 lpips_gain[f"{strength:g}"] = round(max(closer), 4)
         scores = {
             "what": WHAT,
             "model": stage.input("model").name,
             "lora": stage.input("lora").name,
             "originals": [path.name for path in originals],
-            "size": list(p["size"]),
-            "steps": p["steps"],
-            "sampler": p["sampler"],
-            "prompts": p["prompts"],
-            "seeds": p["seeds"],
-            "threshold": p["threshold"],
+            "size": list(p.size),
+            "steps": p.steps,
+            "sampler": p.sampler,
+            "prompts": p.prompts,
+            "seeds": p.seeds,
+            "threshold": p.threshold,
             "ssim_gain": ssim_gain,
             "lpips_gain": lpips_gain or None,
             "lpips": "measured" if lpips.available else lpips.reason,
-            "leaks_at": leaks_at(ssim_gain, p["threshold"]),
+            "leaks_at": leaks_at(ssim_gain, p.threshold),
             "images": images,
         }
         atomic_write_json(ctx.scratch_output("scores"), scores)
@@ -193,9 +210,9 @@ class Leakage(StageKind):
         return {"passed": True, "leaks_at": scores["leaks_at"], "ssim_gain": scores["ssim_gain"], "threshold": scores["threshold"]}
 
     def describe(self, stage) -> str:
-        p = stage.params
-        n = len(p["prompts"]) * len(p["strengths"])
-        return f"{stage.title}: gen_img.py, {n} images ({len(p['prompts'])} unrelated prompt(s) x strengths {', '.join(f'{s:g}' for s in p['strengths'])}) at {p['size'][0]}x{p['size'][1]}"
+        p = stage.spec
+        n = len(p.prompts) * len(p.strengths)
+        return f"{stage.title}: gen_img.py, {n} images ({len(p.prompts)} unrelated prompt(s) x strengths {', '.join(f'{s:g}' for s in p.strengths)}) at {p.size[0]}x{p.size[1]}"
 
 
 def stored(scores: dict[str, Any]) -> str:

@@ -8,12 +8,30 @@ ratio, negative ratios included; copymachine never uses it to merge LoRA into Lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from copymachine.errors import EngineError
 from copymachine.lorafile import read_safetensors
-from copymachine.models import detect_family
+from copymachine.models import Family, detect_family
+from copymachine.plan import StageParams, WeightedLora
 from copymachine.stages import StageContext, StageKind
+
+
+@dataclass(frozen=True)
+class MergeParams(StageParams):
+    family: Family
+    ratios: list[float]  # of the LoRA inputs lora000, lora001, ... in order
+    precision: str
+    save_precision: str
+
+
+def merge_plan(family: Family, base: Any, loras: Sequence[WeightedLora], precision: str, save_precision: str) -> tuple[dict[str, Any], MergeParams]:
+    """The stage's inputs (the model `base`, then each LoRA) and parameters."""
+    inputs = {"base": base, **{lora_input_name(i): w.lora for i, w in enumerate(loras)}}
+    return inputs, MergeParams(family=family, ratios=[w.ratio for w in loras], precision=precision, save_precision=save_precision)
 
 
 class MergeModel(StageKind):
@@ -21,7 +39,7 @@ class MergeModel(StageKind):
     needs_engine = True
 
     def execute(self, stage, ctx: StageContext) -> None:
-        p = stage.params
+        p = stage.spec
         out = ctx.scratch_output("model")
         loras = lora_inputs(stage)
         args = [
@@ -30,22 +48,22 @@ class MergeModel(StageKind):
             "--models",
             *loras,
             "--ratios",
-            *[_num(r) for r in p["ratios"]],
+            *[_num(r) for r in p.ratios],
             "--precision",
-            p["precision"],
+            p.precision,
             "--save_precision",
-            p["save_precision"],
+            p.save_precision,
             "--save_to",
             str(out),
-            *p["family"]["merge_options"],
+            *p.family.merge_options,
         ]
-        ctx.run(ctx.engine.run_script(p["family"]["merge_script"], args), Path(p["family"]["merge_script"]).name, expected=[out])
+        ctx.run(ctx.engine.run_script(p.family.merge_script, args), Path(p.family.merge_script).name, expected=[out])
 
     def validate(self, stage, name, path, ctx):
         st = read_safetensors(path, "merged model")
         family, what = detect_family(st.keys())
-        if family is None or family.name != stage.params["family"]["name"]:
-            raise EngineError(f"the merged model at {path} is not a {stage.params['family']['label']} checkpoint (found {what})")
+        if family is None or family.name != stage.spec.family.name:
+            raise EngineError(f"the merged model at {path} is not a {stage.spec.family.label} checkpoint (found {what})")
         return {"tensors": len(st.tensors)}
 
 

@@ -10,6 +10,7 @@ to the LoRA as `<name>-preview.png`, the single images in `<name>-preview/`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -24,6 +25,7 @@ from copymachine.genimg import (
     render_prompt_file,
 )
 from copymachine.images import load_rgb, save_png
+from copymachine.plan import StageParams
 from copymachine.sheet import contact_sheet
 from copymachine.stages import StageContext, StageKind
 from copymachine.stages.leakage import short_label
@@ -33,7 +35,21 @@ def _unique(values: list) -> list:
     return list(dict.fromkeys(values))
 
 
-def preview_params(recipe, family, precision: str, **overrides) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PreviewParams(StageParams):
+    family_flag: str
+    strengths: list[float]  # one column each
+    prompts: list[str]  # rows: prompt x seed
+    seeds: list[int]
+    size: list[int]  # width, height
+    steps: int
+    sampler: str
+    scale: float
+    negative_prompt: str
+    precision: str
+
+
+def preview_params(recipe, family, precision: str, **overrides) -> PreviewParams:
     """Stage parameters from the recipe's [preview] (`overrides`: strengths, prompts, seeds,
     size, steps as the preview command's options give them). Duplicates are dropped."""
     from copymachine.recipe import parse_number_list, split_prompts
@@ -42,27 +58,27 @@ def preview_params(recipe, family, precision: str, **overrides) -> dict[str, Any
     prompts = overrides.get("prompts") or split_prompts(recipe.prompts) or [""]
     seeds = overrides.get("seeds") or parse_number_list(recipe.seeds, int)
     side = overrides.get("size") or recipe.size or family.default_size
-    return {
-        "family_flag": family.gen_flag,
-        "strengths": _unique([float(s) for s in strengths]),
-        "prompts": _unique(list(prompts)),
-        "seeds": _unique([int(s) for s in seeds]),
-        "size": [int(side), int(side)],
-        "steps": int(overrides.get("steps") or recipe.steps),
-        "sampler": recipe.sampler,
-        "scale": recipe.scale,
-        "negative_prompt": recipe.negative_prompt,
-        "precision": precision,
-    }
+    return PreviewParams(
+        family_flag=family.gen_flag,
+        strengths=_unique([float(s) for s in strengths]),
+        prompts=_unique(list(prompts)),
+        seeds=_unique([int(s) for s in seeds]),
+        size=[int(side), int(side)],
+        steps=int(overrides.get("steps") or recipe.steps),
+        sampler=recipe.sampler,
+        scale=recipe.scale,
+        negative_prompt=recipe.negative_prompt,
+        precision=precision,
+    )
 
 
-def cells(p: dict[str, Any]) -> list[tuple[int, int, int, float]]:
+def cells(p: PreviewParams) -> list[tuple[int, int, int, float]]:
     """(row, column, seed, strength) of every cell, rows = prompt x seed, columns = strengths."""
     out = []
     row = 0
-    for _prompt in p["prompts"]:
-        for seed in p["seeds"]:
-            for col, strength in enumerate(p["strengths"]):
+    for _prompt in p.prompts:
+        for seed in p.seeds:
+            for col, strength in enumerate(p.strengths):
                 out.append((row, col, seed, strength))
             row += 1
     return out
@@ -72,13 +88,13 @@ def cell_output(row: int, col: int) -> str:
     return f"cell-r{row:02d}-c{col:02d}"
 
 
-def cell_file(p: dict[str, Any], row: int, col: int) -> str:
-    seed = p["seeds"][row % len(p["seeds"])]
-    prompt = row // len(p["seeds"]) + 1
-    return f"prompt{prompt}-seed{seed}-m{format_multiplier(p['strengths'][col])}.png"
+def cell_file(p: PreviewParams, row: int, col: int) -> str:
+    seed = p.seeds[row % len(p.seeds)]
+    prompt = row // len(p.seeds) + 1
+    return f"prompt{prompt}-seed{seed}-m{format_multiplier(p.strengths[col])}.png"
 
 
-def planned_outputs(p: dict[str, Any], stem: str) -> dict[str, str]:
+def planned_outputs(p: PreviewParams, stem: str) -> dict[str, str]:
     """The stage's outputs: the sheet beside the LoRA, the cells in `<stem>-preview/`."""
     outputs = {"sheet": f"{stem}-preview.png"}
     for row, col, _, _ in cells(p):
@@ -90,18 +106,18 @@ def strength_label(s: float) -> str:
     return "0 (off)" if s == 0 else f"{s:+g}"
 
 
-def prompt_lines(p: dict[str, Any]) -> list[PromptLine]:
-    width, height = p["size"]
+def prompt_lines(p: PreviewParams) -> list[PromptLine]:
+    width, height = p.size
     return [
         PromptLine(
-            prompt=p["prompts"][row // len(p["seeds"])],
-            negative_prompt=p.get("negative_prompt", ""),
+            prompt=p.prompts[row // len(p.seeds)],
+            negative_prompt=p.negative_prompt,
             file_name=cell_file(p, row, col),
             width=width,
             height=height,
             seed=seed,
-            steps=p["steps"],
-            scale=p["scale"],
+            steps=p.steps,
+            scale=p.scale,
             multiplier=strength,
         )
         for row, col, seed, strength in cells(p)
@@ -113,28 +129,28 @@ class Preview(StageKind):
     needs_engine = True
 
     def execute(self, stage, ctx: StageContext) -> None:
-        p = stage.params
+        p = stage.spec
         # the run's config folder (for `copymachine preview`, <LoRA folder>/.copymachine/config):
         # nothing but the sheet and the images lands beside the user's LoRA
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
         lines = prompt_lines(p)
         named = file_names_supported(ctx.settings)
         atomic_write_text(prompt_file, render_prompt_file(lines, file_names=named))
-        args = gen_img_args(stage.input("model"), p["family_flag"], ctx.scratch, prompt_file, p["sampler"], p.get("precision"), ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options, sequential=not named)
+        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options, sequential=not named)
         layout = cells(p)
         files = {(row, col): ctx.scratch_output(cell_output(row, col)) for row, col, _, _ in layout}
         collect = None if named else (lambda: collect_sequential(ctx.scratch, [line.file_name for line in lines]))
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=list(files.values()), collect=collect)
         if ctx.dry_run:
             return
-        rows = len(p["prompts"]) * len(p["seeds"])
-        grid: list[list[Image.Image | None]] = [[None] * len(p["strengths"]) for _ in range(rows)]
+        rows = len(p.prompts) * len(p.seeds)
+        grid: list[list[Image.Image | None]] = [[None] * len(p.strengths) for _ in range(rows)]
         for (row, col), path in files.items():
             grid[row][col] = load_rgb(path)
-        row_labels = [[p["prompts"][r // len(p["seeds"])], f"seed {p['seeds'][r % len(p['seeds'])]}"] for r in range(rows)]
-        col_labels = [[strength_label(s)] for s in p["strengths"]]
-        framed = [c for c, s in enumerate(p["strengths"]) if s == 0]
-        title = f"{stage.input('lora').name} on {stage.input('model').name}  ({p['size'][0]}x{p['size'][1]}, {p['steps']} steps, {p['sampler']})"
+        row_labels = [[p.prompts[r // len(p.seeds)], f"seed {p.seeds[r % len(p.seeds)]}"] for r in range(rows)]
+        col_labels = [[strength_label(s)] for s in p.strengths]
+        framed = [c for c, s in enumerate(p.strengths) if s == 0]
+        title = f"{stage.input('lora').name} on {stage.input('model').name}  ({p.size[0]}x{p.size[1]}, {p.steps} steps, {p.sampler})"
         font = stage.input("font") if "font" in stage.inputs else None
         if "leakage" in stage.inputs:  # the leakage score, under the title
             title += "\n" + short_label(json.loads(stage.input("leakage").read_text(encoding="utf-8")))
@@ -147,9 +163,9 @@ class Preview(StageKind):
         return {"pixels": list(size)} if name == "sheet" else {}
 
     def describe(self, stage) -> str:
-        p = stage.params
-        n = len(p["prompts"]) * len(p["seeds"])
-        return f"{stage.title}: gen_img.py, {n} row(s) x {len(p['strengths'])} strengths at {p['size'][0]}x{p['size'][1]}"
+        p = stage.spec
+        n = len(p.prompts) * len(p.seeds)
+        return f"{stage.title}: gen_img.py, {n} row(s) x {len(p.strengths)} strengths at {p.size[0]}x{p.size[1]}"
 
 
 KIND = Preview()

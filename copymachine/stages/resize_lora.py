@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from copymachine.lorafile import validate_lora
+from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import StageContext, StageKind
-from copymachine.stages.finalize import label_tool_output
+from copymachine.stages.finalize import ToolLabel, label_tool_output
+
+
+@dataclass(frozen=True)
+class ResizeParams(StageParams):
+    rank: int
+    save_precision: str
+    device: str = "cpu"  # on CUDA resize_lora.py has written corrupt files (sd-scripts issue #904)
+    label: ToolLabel | None = field(default=None, metadata=OPTIONAL)
 
 
 class ResizeLora(StageKind):
@@ -12,7 +23,7 @@ class ResizeLora(StageKind):
     needs_engine = True
 
     def execute(self, stage, ctx: StageContext) -> None:
-        p = stage.params
+        p = stage.spec
         out = ctx.scratch_output("lora")
         args = [
             "--model",
@@ -20,17 +31,17 @@ class ResizeLora(StageKind):
             "--save_to",
             str(out),
             "--new_rank",
-            str(p["rank"]),
+            str(p.rank),
             "--save_precision",
-            p["save_precision"],
+            p.save_precision,
             "--device",
-            p["device"],
+            p.device,
         ]
         ctx.run(ctx.engine.run_script("networks/resize_lora.py", args), "resize_lora.py", expected=[out])
         label_tool_output(stage, ctx, out)
 
     def validate(self, stage, name, path, ctx):
-        return validate_lora(path, "resized LoRA", expected_rank=stage.params["rank"]).facts()
+        return validate_lora(path, "resized LoRA", expected_rank=stage.spec.rank).facts()
 
 
 KIND = ResizeLora()

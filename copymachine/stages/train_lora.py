@@ -7,15 +7,22 @@ trains on the base model; the effect LoRA on the copy model.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from copymachine.files import copy_into_place
 from copymachine.images import save_png
 from copymachine.lorafile import validate_lora
-from copymachine.render import AttrDict, write_config
-from copymachine.stages import StageContext, StageKind, reset_scratch
+from copymachine.models import Family
+from copymachine.plan import OPTIONAL, StageParams, WeightedLora
+from copymachine.recipe import TrainingRecipe
+from copymachine.render import write_config
+from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
 
 CAPTION_EXTENSION = ".txt"  # sd-scripts' default is ".caption": always set it
 BASE_WEIGHT_PREFIX = "weights"
@@ -30,6 +37,54 @@ def base_weight_input_name(i: int) -> str:
 
 def base_weight_inputs(stage) -> list[Path]:
     return [stage.input(name) for name in sorted(stage.inputs) if name.startswith(BASE_WEIGHT_PREFIX)]
+
+
+@dataclass(frozen=True)
+class TrainParams(StageParams):
+    family: Family
+    training: TrainingRecipe
+    size: tuple[int, int]
+    max_train_steps: int | None  # --max-steps, when below the recipe's steps
+    warmup_steps: int
+    mixed_precision: str
+    training_options: dict[str, Any]
+    # the multipliers of the LoRAs merged into the base in memory (inputs weights000, ...)
+    base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
+
+
+def training_plan(
+    training: TrainingRecipe,
+    family: Family,
+    size: tuple[int, int],
+    settings: Settings,
+    max_steps: int | None,
+    inputs: dict[str, Any],
+    base_weights: Sequence[WeightedLora] = (),
+) -> tuple[dict[str, Any], TrainParams]:
+    """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base
+    in memory first) and its parameters: the recipe's training, shortened by `max_steps` with
+    the same share of warmup, the profile's optimizer and training options."""
+    max_train_steps = None
+    warmup = training.warmup_steps
+    if max_steps is not None and max_steps < training.steps:
+        max_train_steps = max_steps
+        # keep the recipe's shape: the same share of the run warms up
+        warmup = int(training.warmup_steps * max_steps / training.steps)
+    if settings.profile.optimizer:  # the low-VRAM profile's 8-bit AdamW
+        training = dataclasses.replace(training, optimizer=settings.profile.optimizer)
+    inputs = {**inputs, **{base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)}}
+    params = TrainParams(
+        family=family,
+        training=training,
+        size=(int(size[0]), int(size[1])),
+        max_train_steps=max_train_steps,
+        warmup_steps=warmup,
+        mixed_precision=settings.mixed_precision,
+        training_options=dict(settings.training_options),
+        # only with LoRAs merged in memory, so the stage keys of trainings without them stay as they were
+        base_weights_multipliers=[w.ratio for w in base_weights] or None,
+    )
+    return inputs, params
 
 
 def prepare_training_image(source: Path, target: Path, size: tuple[int, int]) -> None:
@@ -47,21 +102,21 @@ class TrainLora(StageKind):
     needs_engine = True
 
     def execute(self, stage, ctx: StageContext) -> None:
-        p = stage.params
-        training = p["training"]
+        p = stage.spec
+        training = p.training
         dataset_dir = stage.workdir / "dataset" / stage.slug
         config_dir = stage.workdir / "config"
         out = ctx.scratch_output("lora")
         if not ctx.dry_run:
             reset_scratch(dataset_dir)
-            prepare_training_image(stage.input("image"), dataset_dir / "image.png", tuple(p["size"]))
+            prepare_training_image(stage.input("image"), dataset_dir / "image.png", tuple(p.size))
             copy_into_place(stage.input("caption"), dataset_dir / f"image{CAPTION_EXTENSION}")
-        width, height = p["size"]
+        width, height = p.size
         dataset_config = write_config(
             config_dir / f"{stage.slug}-dataset.toml",
             "dataset.toml.j2",
             stage=stage.name,
-            training=AttrDict(training),
+            training=training,
             caption_extension=CAPTION_EXTENSION,
             resolution=[width, height],
             enable_bucket=False,
@@ -72,35 +127,35 @@ class TrainLora(StageKind):
             "training.toml.j2",
             stage=stage.name,
             base_model=stage.input("base"),
-            family=AttrDict(p["family"]),
+            family=p.family,
             tokenizer_cache_dir=ctx.settings.tokenizer_cache_dir,
-            training=AttrDict(training),
-            warmup_steps=p["warmup_steps"],
+            training=training,
+            warmup_steps=p.warmup_steps,
             dataset_config=dataset_config,
             resolution_text=f"{width},{height}",
-            max_train_steps=p["max_train_steps"],
-            profile=AttrDict({"mixed_precision": p["mixed_precision"], "training_options": p["training_options"]}),
+            max_train_steps=p.max_train_steps,
+            profile={"mixed_precision": p.mixed_precision, "training_options": p.training_options},
             base_weights=[str(w) for w in base_weight_inputs(stage)],
-            base_weights_multipliers=p.get("base_weights_multipliers", []),
+            base_weights_multipliers=p.base_weights_multipliers or [],
             output_dir=ctx.scratch,
             output_name=out.stem,
             comment=f"copymachine {stage.name}",
         )
         ctx.run(
-            ctx.engine.launch_training(p["family"]["train_script"], config, p["mixed_precision"], launcher=LAUNCHER if base_weight_inputs(stage) else None),
-            Path(p["family"]["train_script"]).name,
+            ctx.engine.launch_training(p.family.train_script, config, p.mixed_precision, launcher=LAUNCHER if base_weight_inputs(stage) else None),
+            Path(p.family.train_script).name,
             expected=[out],
         )
 
     def validate(self, stage, name, path, ctx):
-        return validate_lora(path, f"{stage.title} output", expected_rank=stage.params["training"]["network_dim"]).facts()
+        return validate_lora(path, f"{stage.title} output", expected_rank=stage.spec.training.network_dim).facts()
 
     def describe(self, stage) -> str:
-        p = stage.params
-        steps = p["max_train_steps"] or p["training"]["repeats"] * p["training"]["epochs"] // p["training"]["batch_size"]
+        p = stage.spec
+        steps = p.max_train_steps or p.training.steps
         merged = base_weight_inputs(stage)
         onto = f", on the base + {', '.join(w.name for w in merged)} merged in memory" if merged else ""
-        return f"{stage.title}: {p['family']['train_script']}, {steps} steps at {p['size'][0]}x{p['size'][1]}{onto}"
+        return f"{stage.title}: {p.family.train_script}, {steps} steps at {p.size[0]}x{p.size[1]}{onto}"
 
 
 KIND = TrainLora()

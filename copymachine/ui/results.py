@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from copymachine.errors import CopymachineError
+from copymachine.plan import stage_name
 from copymachine.ui.files import RunsFiles
 
 
@@ -68,7 +69,7 @@ def _sheets(run_dir: Path, final: Path, effect: str | None, files: RunsFiles) ->
     sheets = []
     for stamp in stamps:
         outputs, kind, name = stamp.get("outputs", {}), stamp.get("kind"), stamp.get("name", "")
-        if kind == "edit_image" and effect and (name == f"{effect}/edit" or name.endswith(f"/{effect}/edit")) and "compare" in outputs:
+        if kind == "edit_image" and effect and (name == stage_name("edit", effect) or name.endswith("/" + stage_name("edit", effect))) and "compare" in outputs:
             sheets.append((0, "edit", name.rsplit("/edit", 1)[0] + ": edit", outputs["compare"]["path"]))
         elif kind == "copy_check" and "sheet" in outputs:
             sheets.append((1, "copy check", name, outputs["sheet"]["path"]))
