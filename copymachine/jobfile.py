@@ -261,7 +261,8 @@ class Queue:
             finals = run_method(job.method, job.options, sign=job.sign, reporter=reporter, on_pipeline=register, gpu=gpu)
             result = JobResult(job, "done", finals=finals)
         except CopymachineError as e:
-            interrupted = bool(getattr(self._pipelines.get(job.index), "_interrupted", False))
+            pipeline = self._pipelines.get(job.index)
+            interrupted = pipeline is not None and pipeline.interrupted
             result = JobResult(job, "interrupted" if interrupted else "failed", error=e)
             if not interrupted:
                 reporter.info(f"job {job.label} failed: {e.message}")
@@ -290,7 +291,7 @@ class Queue:
         with self._lock:
             pipelines = list(self._pipelines.values())
         for pipeline in pipelines:
-            pipeline._stop_children()
+            pipeline.stop()
 
     def run(self) -> list[JobResult]:
         self._event("queue_start", jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in self.jobs], slots=self.slots)
