@@ -38,7 +38,7 @@ METHODS = {"train": "copy-machine", "diff": "difference-extraction"}
 EXTRA_KEYS = ("method", "set")
 
 
-def _commands() -> dict[str, click.Command]:
+def method_commands() -> dict[str, click.Command]:
     from copymachine.cli import cli
 
     return {name: cli.commands[name] for name in METHODS}
@@ -133,12 +133,12 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
     command_name = merged.pop("method", "train")
     if command_name not in METHODS:
         raise InputError(f"{where}: method must be train or diff, not {command_name!r}")
-    command = _commands()[command_name]
+    command = method_commands()[command_name]
     keys = option_keys(command)
     unknown = sorted(k for k in merged if k not in keys and k not in EXTRA_KEYS)
     if unknown:
         other = "diff" if command_name == "train" else "train"
-        hint = f" (an option of {other}, not of {command_name})" if unknown[0] in option_keys(_commands()[other]) else ""
+        hint = f" (an option of {other}, not of {command_name})" if unknown[0] in option_keys(method_commands()[other]) else ""
         raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}")
     sets = merged.pop("set", None)
     options: dict[str, Any] = {}
@@ -261,7 +261,8 @@ class Queue:
             finals = run_method(job.method, job.options, sign=job.sign, reporter=reporter, on_pipeline=register, gpu=gpu)
             result = JobResult(job, "done", finals=finals)
         except CopymachineError as e:
-            interrupted = bool(getattr(self._pipelines.get(job.index), "_interrupted", False))
+            pipeline = self._pipelines.get(job.index)
+            interrupted = pipeline is not None and pipeline.interrupted
             result = JobResult(job, "interrupted" if interrupted else "failed", error=e)
             if not interrupted:
                 reporter.info(f"job {job.label} failed: {e.message}")
@@ -290,7 +291,7 @@ class Queue:
         with self._lock:
             pipelines = list(self._pipelines.values())
         for pipeline in pipelines:
-            pipeline._stop_children()
+            pipeline.stop()
 
     def run(self) -> list[JobResult]:
         self._event("queue_start", jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in self.jobs], slots=self.slots)

@@ -266,7 +266,7 @@ class Pipeline:
                 for future in finished:
                     schedule.finish(future)
         except BaseException:
-            self._stop_children()
+            self.stop()
             for future in schedule.running:
                 try:
                     future.result(timeout=60)
@@ -283,9 +283,14 @@ class Pipeline:
             raise schedule.failures[0][1]
         return schedule.ran
 
-    def _stop_children(self) -> None:
+    def stop(self) -> None:
         """Ctrl-C (or a crash) in copymachine: stop every running sd-scripts group cleanly."""
         self._held.stop_children()
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether this run was stopped by stop() (a stage that failed then is interrupted, not failed)."""
+        return self._held.interrupted
 
     def _run_locked(self, index: int, total: int, stage: Stage, wait: bool, gpu: int | None) -> bool:
         if not stage.shared:
