@@ -126,6 +126,8 @@ all: venv
 
 # Benchmark (not a test): copymachine vs the same sd-scripts commands by hand -> docs/benchmarks.md
 #   make bench BASE=model.safetensors [IMAGE=picture.png] [ARGS="--resolution 64 --max-steps 3 --tokenizer-cache-dir DIR --offline"]
+#   ARGS may also take --items 1|2 (one item; the other keeps its figures), --repeats N (item 1 pairs, default 3),
+#   --effects N (item 2, default 5), --copy-model memory|file (copymachine's route; the hand-run always follows the memo)
 bench: venv
 	@test -n "$(BASE)" || { echo "usage: make bench BASE=model.safetensors [IMAGE=...] [ARGS=...]"; exit 2; }
 	$(BIN)/python benchmarks/bench_pipeline.py --base "$(BASE)" $(if $(IMAGE),--image "$(IMAGE)") \
