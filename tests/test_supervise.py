@@ -257,3 +257,49 @@ def test_the_windows_lock_is_on_a_byte_past_the_holder_record(tmp_path):
     assert fake.calls == [(locks.WINDOWS_LOCK_OFFSET, 2, 1), (locks.WINDOWS_LOCK_OFFSET, 0, 1)]
     assert len(record) < locks.WINDOWS_LOCK_OFFSET
     assert lock.holder()["pid"] == 123
+
+
+class HeldOpen:
+    """Windows' rename onto a file another process has open: PermissionError until it is closed."""
+
+    def __init__(self, monkeypatch, target: Path, for_s: float):
+        from copymachine import files
+
+        self.target, self.until, self.attempts = target, time.monotonic() + for_s, 0
+        real = os.replace
+
+        def replace(src, dst):
+            self.attempts += 1
+            if Path(dst) == self.target and time.monotonic() < self.until:
+                raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+            real(src, dst)
+
+        monkeypatch.setattr(files.os, "replace", replace)
+
+
+def test_a_replace_waits_for_a_reader_to_let_go(tmp_path, monkeypatch):
+    from copymachine.files import atomic_write_json
+
+    state = tmp_path / "state.json"
+    state.write_text("{}", encoding="utf-8")
+    held = HeldOpen(monkeypatch, state, for_s=0.3)
+    atomic_write_json(state, {"status": "done"})
+    assert held.attempts >= 3
+    assert '"done"' in state.read_text(encoding="utf-8")
+    assert not [p for p in tmp_path.iterdir() if p.name != "state.json"]  # no temporary left
+
+
+def test_a_replace_held_too_long_ends_in_one_clear_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    from copymachine.errors import OutputError
+    from copymachine.files import atomic_write_json
+
+    monkeypatch.setattr("copymachine.files.REPLACE_DELAYS_S", (0.01, 0.02))
+    state = tmp_path / "state.json"
+    state.write_text("{}", encoding="utf-8")
+    held = HeldOpen(monkeypatch, state, for_s=60)
+    with pytest.raises(OutputError) as e:
+        atomic_write_json(state, {"status": "done"})
+    assert held.attempts == 3
+    assert "\n" not in e.value.message and str(state) in e.value.message and "holds it open" in e.value.message
+    assert state.read_text(encoding="utf-8") == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

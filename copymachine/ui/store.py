@@ -26,7 +26,7 @@ import tomli_w
 
 from copymachine import jobfile
 from copymachine.errors import EXIT_INTERRUPTED
-from copymachine.files import atomic_write_json
+from copymachine.files import atomic_write_json, replace_file
 from copymachine.supervise import SUPERVISOR, CancelToken, Child
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -155,7 +155,7 @@ class JobStore:
             except BaseException:
                 scratch.unlink()
                 raise
-            os.replace(scratch, files.toml)
+            replace_file(scratch, files.toml)
             self.set_state(job_id, status="queued", label=job.label, command=job.command, added=time.time())
             return job_id
 
