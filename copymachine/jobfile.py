@@ -39,7 +39,7 @@ METHODS = {"train": "copy-machine", "diff": "difference-extraction"}
 EXTRA_KEYS = ("method", "set")
 
 
-def _commands() -> dict[str, click.Command]:
+def method_commands() -> dict[str, click.Command]:
     from copymachine.cli import cli
 
     return {name: cli.commands[name] for name in METHODS}
@@ -134,12 +134,12 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
     command_name = merged.pop("method", "train")
     if command_name not in METHODS:
         raise InputError(f"{where}: method must be train or diff, not {command_name!r}")
-    command = _commands()[command_name]
+    command = method_commands()[command_name]
     keys = option_keys(command)
     unknown = sorted(k for k in merged if k not in keys and k not in EXTRA_KEYS)
     if unknown:
         other = "diff" if command_name == "train" else "train"
-        hint = f" (an option of {other}, not of {command_name})" if unknown[0] in option_keys(_commands()[other]) else ""
+        hint = f" (an option of {other}, not of {command_name})" if unknown[0] in option_keys(method_commands()[other]) else ""
         raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}")
     sets = merged.pop("set", None)
     options: dict[str, Any] = {}
@@ -268,7 +268,8 @@ class Queue:
             finals = run_method(job.method, job.options, sign=job.sign, reporter=reporter, on_pipeline=register, gpu=gpu)
             result = JobResult(job, "done", finals=finals)
         except CopymachineError as e:
-            interrupted = self.token.cancelled or bool(getattr(self._pipelines.get(job.index), "interrupted", False))
+            pipeline = self._pipelines.get(job.index)
+            interrupted = self.token.cancelled or (pipeline is not None and pipeline.interrupted)
             result = JobResult(job, "interrupted" if interrupted else "failed", error=e)
             if not interrupted:
                 reporter.info(f"job {job.label} failed: {e.message}")

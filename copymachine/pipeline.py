@@ -278,7 +278,7 @@ class Pipeline:
                 for future in finished:
                     schedule.finish(future)
         except BaseException:
-            self._stop_children()
+            self.stop()
             for future in schedule.running:
                 try:
                     future.result(timeout=60)
@@ -297,8 +297,9 @@ class Pipeline:
             raise EngineError("interrupted: the run was cancelled before it finished; run the same command again to resume")
         return schedule.ran
 
-    def _stop_children(self) -> None:
-        """Ctrl-C (or a crash) in copymachine: stop every running sd-scripts child cleanly."""
+    def stop(self) -> None:
+        """Ctrl-C (or a crash) in copymachine, or the queue's stop: cancel the run's token, which stops
+        every running sd-scripts child cleanly (copymachine/supervise.py)."""
         self.token.cancel()
 
     def _run_locked(self, index: int, total: int, stage: Stage, wait: bool, gpu: int | None) -> bool:

@@ -231,3 +231,26 @@ def test_ctrl_c_stops_the_queue_and_says_how_to_resume(fake_engine, tmp_path, pi
     assert proc.returncode == EXIT_INTERRUPTED, err
     assert err.strip().splitlines()[-1].startswith("copymachine: interrupted; sd-scripts was stopped")
     assert _events(events)[-1] == {"event": "queue_end", "status": "interrupted", "exit_code": 130}
+
+
+def test_ctrl_c_on_a_parallel_queue_reports_both_jobs_interrupted_and_the_next_run_resumes(fake_engine, tmp_path, pictures):
+    jobs_file = write_jobs(tmp_path / "jobs.toml", fake_engine, [{"image": "pictures/girl.png", "effect": "contrast", "out": "runs/girl"}, {"image": "pictures/cat.png", "effect": "contrast", "out": "runs/cat"}])
+    events = tmp_path / "events.jsonl"
+    argv = [sys.executable, "-m", "copymachine", *queue_args(fake_engine, jobs_file, "--jobs", "2", "--events", str(events))]
+    env = dict(os.environ, COPYMACHINE_FAKE_CUDA="2", COPYMACHINE_FAKE_STEP_SECONDS="2")
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and {e.get("job") for e in _events(events) if e["event"] == "progress"} != {1, 2}:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    ends = {e["job"]: e["status"] for e in _events(events) if e["event"] == "job_end"}
+    assert ends == {1: "interrupted", 2: "interrupted"}, err
+    assert "failed" not in err
+    env["COPYMACHINE_FAKE_STEP_SECONDS"] = "0"
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "queue: 2 of 2 job(s) done" in result.stderr
+    for path in ("runs/girl/girl-contrast.safetensors", "runs/cat/cat-contrast.safetensors"):
+        assert (tmp_path / path).is_file()

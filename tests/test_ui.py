@@ -28,13 +28,13 @@ def served(tmp_path, fake_engine):
     """A UI server in this process (its worker not started), and a client for it."""
     instances = []
 
-    def start(auth: str | None = None):
-        app = App(tmp_path / "runs", None, [], auth=auth, engine_overrides={})
+    def start(auth: str | None = None, models: Path | None = None):
+        app = App(tmp_path / "runs", models, [], auth=auth, engine_overrides={})
         server = make_server(app, "127.0.0.1", 0)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         instances.append(server)
-        return app, Client(f"http://127.0.0.1:{server.server_address[1]}", auth)
+        return app, Client(f"http://127.0.0.1:{server.server_address[1]}", auth, app.token)
 
     yield start
     for server in instances:
@@ -43,11 +43,13 @@ def served(tmp_path, fake_engine):
 
 
 class Client:
-    def __init__(self, url: str, auth: str | None):
-        self.url, self.auth = url, auth
+    def __init__(self, url: str, auth: str | None, token: str | None = None):
+        self.url, self.auth, self.token = url, auth, token
 
-    def request(self, path: str, data: bytes | None = None, headers: dict | None = None, auth: bool = True):
+    def request(self, path: str, data: bytes | None = None, headers: dict | None = None, auth: bool = True, token: bool = True):
         req = urllib.request.Request(self.url + path, data=data, headers=dict(headers or {}))
+        if self.token and token:
+            req.add_header("X-Copymachine-Token", self.token)
         if self.auth and auth:
             req.add_header("Authorization", "Basic " + base64.b64encode(self.auth.encode()).decode())
         try:
@@ -61,7 +63,7 @@ class Client:
         return status, json.loads(data)
 
     def upload(self, path: Path, name: str | None = None):
-        status, data, _ = self.request("/api/upload", path.read_bytes(), {"X-Filename": name or path.name})
+        status, data, _ = self.request("/api/upload", path.read_bytes(), {"X-Filename": name or path.name, "Content-Type": "application/octet-stream"})
         return status, json.loads(data)
 
 
@@ -137,7 +139,7 @@ def test_previews_and_verdicts_are_the_edit_stages(served, scene, tmp_path):
 
 
 def test_added_jobs_are_jobs_files_the_queue_reads(served, fake_engine, scene, tmp_path):
-    app, client = served()
+    app, client = served(models=fake_engine.base.parent)
     picture = tmp_path / "girl.png"
     scene.image.resize((128, 128)).save(picture)
     _, original = client.upload(picture)

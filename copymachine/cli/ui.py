@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import click
@@ -15,14 +16,19 @@ from copymachine.progress import Reporter
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on. Another than this machine's needs --share-on-network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True, help="Port (0: any free one, printed).")
-@click.option("--share-on-network", is_flag=True, help="Allow --host to be an address other machines can reach (prints a warning; use --auth).")
-@click.option("--auth", metavar="USER:PASSWORD", help="Ask for this user and password (HTTP basic authentication).")
+@click.option("--share-on-network", is_flag=True, help="Allow --host to be an address other machines can reach (prints a warning; needs --auth, else a random password is made and printed).")
+@click.option("--auth", metavar="USER:PASSWORD", help="Ask for this user and password (HTTP basic authentication); required with --share-on-network.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="Where jobs, uploads (<runs>/_ui) and run folders go.")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False, path_type=Path), help="A folder of models to pick the base and preview models from.")
 @engine_options
 def ui(host, port, share_on_network, auth, runs_dir, models_dir, **engine):
     """A local web page: make jobs (live edit previews with the check's verdict), watch the queue,
     see the results (copy-check sheet, strength sweep, inspect, download).
+
+    The address printed carries a token (made at each start, kept in a cookie): the API answers
+    only the page opened with it, at this UI's own host, and refuses requests from other sites'
+    pages. The engine (--sd-scripts, --python, --device) is the UI's, and a job's paths must lie
+    under --runs or --models.
 
     The page runs nothing itself: every job is a jobs file in <runs>/_ui/queue, run by
     `copymachine queue` in a child process (cancel = Ctrl-C to it; a restart of the UI resumes
@@ -39,7 +45,10 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, **engine):
     if auth is not None and (":" not in auth or not auth.split(":", 1)[0]):
         raise InputError("--auth expects user:password")
     if warning:
-        reporter.warn(warning + ("" if auth else "; add --auth user:password"))
+        reporter.warn(warning)
+        if auth is None:
+            auth = "copymachine:" + secrets.token_urlsafe(12)
+            reporter.info(f"copymachine ui: no --auth given, so the page asks for user and password {auth}")
     queue_args: list[str] = []
     overrides = {}
     for key, flag in (("sd_scripts", "--sd-scripts"), ("python", "--python"), ("tokenizer_cache_dir", "--tokenizer-cache-dir")):
@@ -58,7 +67,7 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, **engine):
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{server.server_address[1]}/"
+    url = f"http://{shown}:{server.server_address[1]}/?token={app.token}"
     if app.recovered:
         reporter.info(f"resuming {len(app.recovered)} job(s) that were running when the UI stopped")
     app.worker.start()

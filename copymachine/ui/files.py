@@ -15,6 +15,9 @@ from copymachine.errors import InputError
 from copymachine.images import load_rgb
 
 MAX_UPLOAD = 64 * 2**20
+# an upload's pixels at most (read from its header before decoding: a small file may claim a huge
+# image, a decompression bomb); a 50 MP phone photo passes
+MAX_PIXELS = 64_000_000
 PREVIEW_CACHE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -48,10 +51,15 @@ class RunsFiles:
             tmp.write_bytes(data)
             try:
                 with Image.open(tmp) as im:
-                    im.verify()
+                    pixels = im.width * im.height
+                    if pixels <= MAX_PIXELS:
+                        im.verify()
             except Exception:
                 tmp.unlink()
                 raise InputError(f"{name} is not a readable image file") from None
+            if pixels > MAX_PIXELS:
+                tmp.unlink()
+                raise InputError(f"{name}: {pixels / 1e6:.0f} megapixels, above the UI's {MAX_PIXELS / 1e6:.0f}; scale it down first")
             tmp.replace(path)
         image = self.image(str(path))
         return {"path": str(path), "name": path.name, "width": image.width, "height": image.height, "url": self.url(path)}

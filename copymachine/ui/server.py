@@ -22,13 +22,16 @@ import io
 import json
 import mimetypes
 import re
+import secrets
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
+import click
 from PIL import Image
 
 from copymachine import __version__
@@ -40,7 +43,29 @@ from copymachine.ui.files import MAX_UPLOAD, RunsFiles, safe_name
 from copymachine.ui.store import JobStore, Worker
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
+TOKEN_COOKIE = "copymachine_token"
+TOKEN_HEADER = "X-Copymachine-Token"
+# the content types a page of another origin may POST without asking (a CORS "simple" request)
+SIMPLE_CONTENT_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
+MAX_JSON_BODY = 2**20
+# job keys a page may not set: the engine is the UI's, fixed when it starts (a page naming `python`
+# would choose the program the worker runs)
+ENGINE_KEYS = ("sd-scripts", "python", "device", "tokenizer-cache-dir", "offline", "verbose")
+
+
+class Refused(Exception):
+    """A request the UI will not serve (403): from another origin, to another host, without the token."""
+
+
+def host_name(host_header: str) -> tuple[str, int | None]:
+    """The name and port of a Host header (`127.0.0.1:7860`, `[::1]:7860`, `localhost`)."""
+    parsed = urlparse("//" + host_header)
+    try:
+        return (parsed.hostname or ""), parsed.port
+    except ValueError:
+        return "", None
 
 
 def _png_data_url(image: Image.Image) -> str:
@@ -74,6 +99,38 @@ class App:
         self.worker = Worker(self.store, queue_args)
         self.engine_overrides = engine_overrides or {}
         self.auth = auth
+        self.token = secrets.token_urlsafe(24)
+        self.hosts: tuple[str, ...] = LOCAL_HOSTS  # set by make_server: the names this UI answers to
+        self.port: int | None = None
+
+    def check_host(self, host_header: str) -> None:
+        """The Host header names this UI (DNS rebinding: a foreign site's name resolving to 127.0.0.1)."""
+        if self.hosts == ("*",):
+            return
+        name, port = host_name(host_header)
+        if name not in self.hosts or (port is not None and self.port is not None and port != self.port):
+            raise Refused(f"foreign Host {host_header!r}: this UI answers at {', '.join(self.hosts)} only")
+
+    def check_origin(self, value: str, host_header: str) -> None:
+        """An Origin or Referer, when sent, is this UI's own (a page of another site may not act here)."""
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or parsed.netloc.lower() != host_header.lower():
+            raise Refused(f"request from another origin ({value[:100]}): the UI takes requests from its own page only")
+
+    def check_paths(self, table: dict[str, Any], path_keys: list[str]) -> None:
+        """A page's paths lie under --models or --runs (resolved, symlinks followed)."""
+        roots = [self.runs] + ([self.models] if self.models else [])
+        rule = f"paths from the page must lie under the runs folder ({self.runs})" + (f" or the models folder ({self.models})" if self.models else "")
+        for key in path_keys:
+            values = table.get(key)
+            for value in values if isinstance(values, list) else [values]:
+                if value is None or value == "":
+                    continue
+                if not isinstance(value, str):
+                    raise InputError(f"{key}: a path must be a string")
+                resolved = Path(value).expanduser().resolve()
+                if not any(resolved == r or r in resolved.parents for r in roots):
+                    raise InputError(f"{key} {value}: {rule}")
 
     def preview(self, body: dict[str, Any]) -> dict[str, Any]:
         """One effect's edit of the original with the check's verdict, by the edit stage's code."""
@@ -109,6 +166,15 @@ class App:
         from copymachine.cli.methods import check_inputs
 
         table = {k: v for k, v in body.items() if not (v is None or v is False or (isinstance(v, (str, list, dict)) and not v))}
+        engine = sorted(k for k in table if k in ENGINE_KEYS)
+        if engine:
+            raise InputError(f"{engine[0]}: the engine is the UI's, set when it starts (copymachine ui --sd-scripts … --python …); a job from the page may not name it")
+        method = table.get("method", "train")
+        commands = jobfile.method_commands()
+        if method not in commands:
+            raise InputError(f"method must be train or diff, not {method!r}")
+        keys = jobfile.option_keys(commands[method])
+        self.check_paths(table, [k for k, param in keys.items() if isinstance(param.type, click.Path)])
         if "base" not in table:
             raise InputError("give the base model (a path to a .safetensors checkpoint)")
         if not table.get("out"):
@@ -173,7 +239,7 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
-        for k, v in (extra or {}).items():
+        for k, v in {**getattr(self, "_extra_headers", {}), **(extra or {})}.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
@@ -184,13 +250,61 @@ class JsonHandler(BaseHTTPRequestHandler):
     def _error(self, message: str, status: int = 400, exit_code: int | None = None) -> None:
         self._json({"error": message, "exit_code": exit_code}, status)
 
+    def _length(self) -> int:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise InputError("bad Content-Length") from None
+        if length < 0:
+            raise InputError("bad Content-Length")
+        return length
+
     def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._length()
         if length > MAX_UPLOAD:
             raise InputError(f"request larger than {MAX_UPLOAD // 2**20} MB")
         return self.rfile.read(length) if length else b""
 
+    def _token_given(self) -> str:
+        header = self.headers.get(TOKEN_HEADER)
+        if header:
+            return header
+        try:
+            cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:
+            return ""
+        return cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else ""
+
+    def _guard(self, method: str, path: str, query: dict[str, str]) -> dict[str, str]:
+        """Every request: its Host is this UI's, its Origin/Referer (when sent) this UI's page; an
+        API call or a file carries the token (cookie or header); a POST is not a content type a
+        foreign page may send without asking. Returns the headers to add (the token's cookie)."""
+        host = self.headers.get("Host", "")
+        self.app.check_host(host)
+        for header in ("Origin", "Referer"):
+            value = self.headers.get(header)
+            if value is not None:
+                self.app.check_origin(value, host)
+        if path.startswith("/static/"):
+            return {}
+        token = self.app.token
+        if path in ("/", "/index.html") and hmac.compare_digest(query.get("token", "").encode(), token.encode()):
+            return {"Set-Cookie": f"{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"}
+        if not hmac.compare_digest(self._token_given().encode(), token.encode()):
+            raise Refused("no valid token: open the address copymachine ui printed (http://…/?token=…)")
+        if method == "POST":
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if path == "/api/upload":
+                if ctype in SIMPLE_CONTENT_TYPES or not self.headers.get("X-Filename"):
+                    raise Refused("an upload is the image's bytes with an X-Filename header, sent by the UI's page")
+            elif ctype != "application/json":
+                raise Refused(f"the API takes JSON (Content-Type: application/json), not {ctype or 'no content type'}")
+        return {}
+
     def _json_body(self) -> dict[str, Any]:
+        length = self._length()
+        if length > MAX_JSON_BODY:
+            raise InputError(f"request larger than {MAX_JSON_BODY // 2**20} MB")
         try:
             data = json.loads(self._body() or b"{}")
         except ValueError:
@@ -209,6 +323,11 @@ class Handler(JsonHandler):
             return
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            self._extra_headers = self._guard(method, url.path, query)
+        except Refused as e:
+            self.close_connection = True
+            return self._error(str(e), 403)
         try:
             self._route(method, url.path, query)
         except CopymachineError as e:
@@ -288,4 +407,7 @@ def make_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
     handler = type("BoundHandler", (Handler,), {"app": app})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    # a wildcard address answers to any name of the machine (--share-on-network, with --auth)
+    app.hosts = ("*",) if host in WILDCARD_HOSTS else tuple(dict.fromkeys((host, *LOCAL_HOSTS)))
+    app.port = server.server_address[1]
     return server
