@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from copymachine.errors import EnvironmentProblem
+from copymachine.files import replace_file
 
 if TYPE_CHECKING:
     from copymachine.engine import Engine
@@ -205,7 +206,7 @@ def learn(engine: Engine, refresh: bool = False) -> Capabilities:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
             tmp.write_text(json.dumps(asdict(caps), indent=1), encoding="utf-8")
-            os.replace(tmp, path)
+            replace_file(tmp, path)
         except OSError:
             pass  # no cache folder: learnt again next time
     return caps

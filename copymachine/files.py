@@ -17,6 +17,26 @@ from typing import Any
 
 _CHUNK = 8 * 1024 * 1024
 
+# On Windows a rename onto a file another process has open (the UI reading state.json, an
+# antivirus scan, Explorer's thumbnails) fails with PermissionError for a moment: retry.
+REPLACE_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+
+
+def replace_file(src: Path | str, dst: Path | str, delays: tuple[float, ...] | None = None) -> None:
+    """os.replace, retried with a short back-off while the target is held open (about 6 s in
+    all); then one clear line (OutputError) naming the file."""
+    delays = REPLACE_DELAYS_S if delays is None else delays
+    for delay in (*delays, None):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError as e:
+            if delay is None:
+                from copymachine.errors import OutputError
+
+                raise OutputError(f"cannot replace {dst}: another program holds it open ({e.strerror}); close it (an editor, a viewer, an antivirus scan) and run the same command again") from None
+            time.sleep(delay)
+
 
 def _tmp_sibling(path: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -52,7 +72,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_file(tmp, path)
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
@@ -102,7 +122,9 @@ def move_into_place(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(src, dst)
-    except OSError:
+    except PermissionError:
+        replace_file(src, dst)
+    except OSError:  # another device
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
         src.unlink()

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
 from copymachine.errors import InputError, OutputError
+from copymachine.files import replace_file
 from copymachine.heavy import numpy as np
 
 RGB = tuple[int, int, int]
@@ -183,7 +184,7 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual permissions
-        os.replace(tmp, p)
+        replace_file(tmp, p)
     except BaseException as e:
         try:
             os.unlink(tmp)

@@ -28,6 +28,7 @@ import click
 
 from copymachine.errors import EXIT_INTERRUPTED, CopymachineError, InputError
 from copymachine.progress import Reporter
+from copymachine.supervise import CancelToken
 
 try:
     import tomllib
@@ -231,6 +232,7 @@ class Queue:
         self.events = events
         self._pipelines: dict[int, Any] = {}
         self._lock = threading.Lock()
+        self.token = CancelToken()  # cancelled: every running job's pipeline is cancelled, no job starts
         self.results: list[JobResult] = []  # as they finish (an interrupted queue prints these)
 
     def _event(self, name: str, **facts: Any) -> None:
@@ -252,23 +254,30 @@ class Queue:
         self.reporter.info(f"job {job.index}/{len(self.jobs)}: {job.label} ({job.command})")
         gpu = slot if (parallel and self.gpus > 1) else None
 
+        unlink: list[Callable[[], None]] = []
+
         def register(pipeline: Any) -> None:
             with self._lock:
                 self._pipelines[job.index] = pipeline
+            unlink.append(self.token.on_cancel(pipeline.token.cancel))
 
         t0 = time.monotonic()
         try:
+            if self.token.cancelled:
+                raise CopymachineError("interrupted before it started")
             finals = run_method(job.method, job.options, sign=job.sign, reporter=reporter, on_pipeline=register, gpu=gpu)
             result = JobResult(job, "done", finals=finals)
         except CopymachineError as e:
             pipeline = self._pipelines.get(job.index)
-            interrupted = pipeline is not None and pipeline.interrupted
+            interrupted = self.token.cancelled or (pipeline is not None and pipeline.interrupted)
             result = JobResult(job, "interrupted" if interrupted else "failed", error=e)
             if not interrupted:
                 reporter.info(f"job {job.label} failed: {e.message}")
                 for line in e.details:
                     reporter.info(f"  | {line}")
         finally:
+            for undo in unlink:
+                undo()
             with self._lock:
                 self._pipelines.pop(job.index, None)
         result.seconds = round(time.monotonic() - t0, 2)
@@ -287,11 +296,8 @@ class Queue:
         return result
 
     def stop(self) -> None:
-        """Stop every running job's sd-scripts (what Ctrl-C does to `train`)."""
-        with self._lock:
-            pipelines = list(self._pipelines.values())
-        for pipeline in pipelines:
-            pipeline.stop()
+        """Stop every running job's sd-scripts (what Ctrl-C does to `train`), start no other job."""
+        self.token.cancel()
 
     def run(self) -> list[JobResult]:
         self._event("queue_start", jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in self.jobs], slots=self.slots)

@@ -1,7 +1,7 @@
 """Folder locks: one copymachine at a time in a run folder or a shared cache entry.
 
 The lock is an OS file lock (released by the OS when its holder dies, even by SIGKILL) on
-`<folder>/.lock`, whose text says who holds it and which sd-scripts process group it started.
+`<folder>/.lock` (on Windows a byte far past its text, so the text stays readable), whose text says who holds it and which sd-scripts process group it started.
 A run that finds a lock whose holder died ends that holder's orphaned sd-scripts processes
 before it continues, so a resumed run never races a leftover training for the same files.
 """
@@ -15,24 +15,39 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from copymachine.errors import BusyError
-from copymachine.runner import kill_orphaned_group, kill_orphans_of, process_alive
+from copymachine.supervise import SUPERVISOR
+
+# Windows locks a byte range, and a locked byte cannot be read through another handle: the lock is
+# on a byte far past the holder's record (LockFile may lock past the end of a file), so `holder()`
+# reads the record while the lock is held and "in use by ..." names who holds it.
+WINDOWS_LOCK_OFFSET = 1 << 30
+
+
+def windows_try_lock(fd: int, msvcrt_module: Any) -> bool:
+    try:
+        os.lseek(fd, WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt_module.locking(fd, msvcrt_module.LK_NBLCK, 1)
+        return True
+    except OSError:
+        return False
+
+
+def windows_unlock(fd: int, msvcrt_module: Any) -> None:
+    os.lseek(fd, WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+    msvcrt_module.locking(fd, msvcrt_module.LK_UNLCK, 1)
+
 
 if os.name == "nt":  # pragma: no cover - Windows
     import msvcrt
 
     def _try_lock(fd: int) -> bool:
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
+        return windows_try_lock(fd, msvcrt)
 
     def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        windows_unlock(fd, msvcrt)
 
 else:
     import fcntl
@@ -80,10 +95,8 @@ class FolderLock:
         # The previous holder is dead (we hold the lock); end what it left running.
         owner = previous.get("pid")
         same_host = previous.get("host") in (None, socket.gethostname())  # pids mean nothing elsewhere
-        if owner and owner != os.getpid() and marker and same_host and not process_alive(owner):
-            for pgid in previous.get("child_pgids", []):
-                kill_orphaned_group(int(pgid), marker)
-            kill_orphans_of(int(owner), marker)
+        if owner and owner != os.getpid() and marker and same_host and not SUPERVISOR.process_alive(owner):
+            SUPERVISOR.end_orphans(int(owner), [int(p) for p in previous.get("child_pgids", [])], marker)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
         self._write()
 

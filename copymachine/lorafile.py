@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from copymachine.errors import InputError
+from copymachine.files import replace_file
 from copymachine.heavy import numpy as np
 
 _MAX_HEADER = 100 * 1024 * 1024
@@ -246,7 +247,7 @@ def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
     metadata = {**st.metadata, **{k: str(v) for k, v in extra.items()}}
     tmp = dst.with_name(dst.name + ".padding")
     write_safetensors(tmp, tensors, metadata)
-    os.replace(tmp, dst)
+    replace_file(tmp, dst)
     return len(short)
 
 

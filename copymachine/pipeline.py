@@ -25,9 +25,10 @@ from copymachine.locks import FolderLock
 from copymachine.manifest import Manifest
 from copymachine.plan import Plan, Stage, stage_name
 from copymachine.progress import Reporter
-from copymachine.runner import log_tail, stop_group
+from copymachine.runner import log_tail
 from copymachine.stages import Settings, StageContext, kinds, reset_scratch
 from copymachine.stamps import done_stamp, new_stamp, now, remove_stamp, write_stamp
+from copymachine.supervise import SUPERVISOR, CancelToken
 
 
 def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log_path: Path) -> dict[str, Any]:
@@ -193,14 +194,19 @@ class _Schedule:
 
 
 class _Held:
-    """What a run holds while it works: its folder locks and the sd-scripts process groups
-    running now (stages finish on worker threads, so one lock guards both)."""
+    """What a run holds while it works: its folder locks and the sd-scripts children running now
+    (stages finish on worker threads, so one lock guards both). Its token's cancel stops them."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: CancelToken) -> None:
         self.locks: list[FolderLock] = []
         self.children: set[int] = set()
-        self.interrupted = False
+        self.token = token
         self.mutex = threading.RLock()
+        token.on_cancel(self._stop_children)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.token.cancelled
 
     def on_child(self, pgid: int, alive: bool) -> None:
         with self.mutex:
@@ -219,22 +225,27 @@ class _Held:
         with self.mutex:
             self.locks.remove(lock)
 
-    def stop_children(self) -> None:
-        self.interrupted = True
+    def _stop_children(self) -> None:
         with self.mutex:
             children = list(self.children)
-        for pgid in children:
-            stop_group(pgid)
+        for child_id in children:
+            SUPERVISOR.stop_id(child_id)
 
 
 class Pipeline:
-    def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, argv: list[str] | None = None):
+    def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, argv: list[str] | None = None, token: CancelToken | None = None):
         self.plan = plan
         self.settings = settings
         self.reporter = reporter
         self.hashes = hashes
         self.manifest = Manifest(plan, settings, argv or sys.argv)
-        self._held = _Held()
+        self.token = token or CancelToken()  # cancelled: the running sd-scripts are stopped (Ctrl-C, the queue)
+        self._held = _Held(self.token)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the run was cancelled (Ctrl-C, the queue's stop): a stage that fails then was interrupted."""
+        return self.token.cancelled
 
     def _marker(self) -> str:
         return str(self.settings.engine.root) if self.settings.engine else ""
@@ -259,7 +270,8 @@ class Pipeline:
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage")
         try:
             while True:
-                schedule.launch(lambda stage, gpu: pool.submit(self._run_locked, index[stage.name], len(index), stage, wait, gpu))
+                if not self.token.cancelled:  # a cancelled run starts nothing new
+                    schedule.launch(lambda stage, gpu: pool.submit(self._run_locked, index[stage.name], len(index), stage, wait, gpu))
                 if not schedule.running:
                     break
                 finished, _ = futures_wait(list(schedule.running), timeout=0.5, return_when=FIRST_COMPLETED)
@@ -281,16 +293,14 @@ class Pipeline:
             if len(self.plan.finals) > 1:
                 self.reporter.summary(schedule.summary())
             raise schedule.failures[0][1]
+        if self.token.cancelled and any(state == "pending" for state in schedule.state.values()):
+            raise EngineError("interrupted: the run was cancelled before it finished; run the same command again to resume")
         return schedule.ran
 
     def stop(self) -> None:
-        """Ctrl-C (or a crash) in copymachine: stop every running sd-scripts group cleanly."""
-        self._held.stop_children()
-
-    @property
-    def interrupted(self) -> bool:
-        """Whether this run was stopped by stop() (a stage that failed then is interrupted, not failed)."""
-        return self._held.interrupted
+        """Ctrl-C (or a crash) in copymachine, or the queue's stop: cancel the run's token, which stops
+        every running sd-scripts child cleanly (copymachine/supervise.py)."""
+        self.token.cancel()
 
     def _run_locked(self, index: int, total: int, stage: Stage, wait: bool, gpu: int | None) -> bool:
         if not stage.shared:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from copymachine.supervise import SUPERVISOR
 
 # tqdm: "steps:  42%|####      | 420/1000 [05:12<07:11,  1.34it/s, avr_loss=0.0873]"
 _TQDM = re.compile(
@@ -185,85 +186,6 @@ def _split_segments(buffer: str) -> tuple[list[str], str]:
     return parts[:-1], parts[-1]
 
 
-def _popen_options() -> dict:
-    if os.name == "nt":  # pragma: no cover - Windows
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-    # Its own process group: Ctrl-C reaches copymachine, which stops the whole group cleanly,
-    # and a later run can end an orphaned group (see pipeline's lock).
-    return {"start_new_session": True}
-
-
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """Ask the child (and its children) to stop, then insist. A second Ctrl-C while it winds
-    down ends it at once: the child never outlives copymachine."""
-    try:
-        _stop_process_group(proc, grace_s)
-    except KeyboardInterrupt:
-        _kill_group(proc)
-        raise
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        if os.name == "nt":  # pragma: no cover - Windows
-            proc.kill()
-        else:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5.0)
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-
-
-def _stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
-    if proc.poll() is not None:
-        return
-    if os.name == "nt":  # pragma: no cover - Windows
-        try:
-            proc.send_signal(signal.CTRL_BREAK_EVENT)
-            proc.wait(timeout=grace_s)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-        return
-    stop_group(proc.pid, grace_s, wait=lambda t: _waited(proc, t))
-
-
-def _waited(proc: subprocess.Popen, timeout: float) -> bool:
-    try:
-        proc.wait(timeout=timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def _group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def stop_group(pgid: int, grace_s: float = 10.0, wait: Callable[[float], bool] | None = None) -> None:
-    """SIGINT to a process group (sd-scripts stops like on Ctrl-C), then SIGTERM, then SIGKILL.
-    `wait(t)` says whether the group's leader ended within t seconds (default: the group)."""
-    wait = wait or (lambda t: _group_gone(pgid, t))
-    for sig, patience in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        if wait(patience):
-            # The leader is gone; members of its group may still be winding down.
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return
-
-
 def run_command(
     argv: list[str],
     *,
@@ -282,15 +204,8 @@ def run_command(
         log.write(f"$ {subprocess.list2cmdline(argv) if os.name == 'nt' else _posix_join(argv)}\n".encode())
         log.write(f"# cwd: {cwd}\n# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
-        proc = subprocess.Popen(
-            argv,
-            cwd=str(cwd),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            **_popen_options(),
-        )
+        child = SUPERVISOR.popen(argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = child.proc
         if on_spawn:
             on_spawn(proc.pid)
         pending = ""
@@ -312,9 +227,10 @@ def run_command(
                 watcher.feed(pending)
             returncode, peak_rss = _wait(proc)
         except BaseException:
-            stop_process_group(proc)
+            SUPERVISOR.stop(child)
             raise
         finally:
+            SUPERVISOR.forget(child)
             if proc.stdout:
                 proc.stdout.close()
         duration = time.monotonic() - start
@@ -347,76 +263,6 @@ def command_line(argv: list[str]) -> str:
     if os.name == "nt":  # pragma: no cover - Windows
         return subprocess.list2cmdline(argv)
     return _posix_join(argv)
-
-
-def process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if os.name == "nt":  # pragma: no cover - Windows
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
-        if handle:
-            ctypes.windll.kernel32.CloseHandle(handle)
-            return True
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def kill_orphaned_group(pgid: int, marker: str) -> bool:
-    """End a process group left behind by a killed copymachine, if it still runs sd-scripts.
-
-    `marker` (the sd-scripts root) must appear in the leader's command line, so an unrelated
-    process that happens to reuse the number is never touched. Linux only; elsewhere False.
-    """
-    if os.name != "posix" or not Path(f"/proc/{pgid}/cmdline").exists():
-        return False
-    try:
-        cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return False
-    if marker not in cmdline:
-        return False
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def kill_orphans_of(owner_pid: int, marker: str, variable: str = "COPYMACHINE_PARENT_PID") -> list[int]:
-    """End the process groups of sd-scripts processes a dead copymachine (`owner_pid`) started:
-    those whose environment names it (the engine sets `variable`) and whose command line names
-    the sd-scripts root. Catches what the lock does not name (a kill between starting the child
-    and recording it). Linux only; elsewhere nothing."""
-    if os.name != "posix" or not Path("/proc").is_dir() or not marker:
-        return []
-    needle = f"{variable}={owner_pid}".encode()
-    killed = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            if needle not in environ:
-                continue
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-            if marker not in cmdline:
-                continue
-            pgid = os.getpgid(int(entry.name))
-            if pgid == os.getpgrp():
-                continue
-            os.killpg(pgid, signal.SIGKILL)
-            killed.append(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return killed
 
 
 def is_tty(stream=None) -> bool:

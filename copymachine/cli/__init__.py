@@ -56,7 +56,8 @@ def _terminate(signum, frame) -> None:
 
 
 def main() -> None:
-    for name in ("SIGTERM", "SIGHUP"):
+    # SIGBREAK: Windows' CTRL_BREAK_EVENT, what the supervisor sends a child copymachine to stop it
+    for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):
         sig = getattr(signal, name, None)
         # an ignored signal stays ignored (`nohup copymachine ...` must survive its terminal)
         if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:

@@ -14,12 +14,12 @@ the stage.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from copymachine import __version__
+from copymachine.files import replace_file
 from copymachine.lorafile import copy_with_metadata, read_safetensors, validate_lora, write_uniform_rank
 from copymachine.plan import StageParams
 from copymachine.stages import StageContext, StageKind
@@ -116,7 +116,7 @@ def label_tool_output(stage, ctx: StageContext, path: Path) -> None:
     }
     labelled = path.with_name(path.name + ".labelled")
     copy_with_metadata(path, labelled, metadata)
-    os.replace(labelled, path)
+    replace_file(labelled, path)
 
 
 KIND = Finalize()

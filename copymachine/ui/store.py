@@ -4,7 +4,8 @@ Every job the UI makes is a jobs file (`<queue>/<id>.toml`, the format `copymach
 one [[job]]), with its state (`<id>.state.json`: queued, running, done, failed, cancelled), the
 queue's events (`<id>.events.jsonl`, from the Reporter) and its output (`<id>.log`). The worker
 runs one job at a time as `copymachine queue <id>.toml --events <id>.events.jsonl`, a child
-process: cancel sends it SIGINT, the same stop as Ctrl-C (nothing lost, resumable); a UI that is
+process started by the supervisor (copymachine/supervise.py): cancel cancels the job's token, which
+sends it the same stop as Ctrl-C (SIGINT; CTRL_BREAK_EVENT on Windows: nothing lost, resumable); a UI that is
 stopped interrupts its job the same way and puts it back in the queue, so the next start finds it
 and resumes it (the re-run skips every finished stage).
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +26,8 @@ import tomli_w
 
 from copymachine import jobfile
 from copymachine.errors import EXIT_INTERRUPTED
-from copymachine.files import atomic_write_json
+from copymachine.files import atomic_write_json, replace_file
+from copymachine.supervise import SUPERVISOR, CancelToken, Child
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 LOG_TAIL_LINES = 30
@@ -154,7 +155,7 @@ class JobStore:
             except BaseException:
                 scratch.unlink()
                 raise
-            os.replace(scratch, files.toml)
+            replace_file(scratch, files.toml)
             self.set_state(job_id, status="queued", label=job.label, command=job.command, added=time.time())
             return job_id
 
@@ -222,7 +223,8 @@ class Worker(threading.Thread):
         self.queue_args = queue_args  # engine options handed to every job (sd-scripts, python ...)
         self.env = env
         self.current: str | None = None
-        self.proc: subprocess.Popen | None = None
+        self.child: Child | None = None
+        self.token: CancelToken | None = None  # the running job's: cancelled, its queue is interrupted
         self._cancel: set[str] = set()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -247,12 +249,17 @@ class Worker(threading.Thread):
         with open(files.log, "ab") as log, self._lock:
             log.write(f"$ copymachine queue {files.toml} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
             log.flush()
-            # its own session: Ctrl-C in the UI's terminal is the UI's to pass on (see stop())
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
-            self.current = job_id
-        rc = self.proc.wait()
+            # its own process group: Ctrl-C in the UI's terminal is the UI's to pass on (see stop())
+            child = SUPERVISOR.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+            self.child, self.current = child, job_id
+            self.token = CancelToken()
+            self.token.on_cancel(lambda: SUPERVISOR.interrupt(child))
+            if self._stopping.is_set():
+                self.token.cancel()
+        rc = child.proc.wait()
+        SUPERVISOR.forget(child)
         with self._lock:
-            self.proc = None
+            self.child = self.token = None
             self.current = None
         if self._stopping.is_set() and rc == EXIT_INTERRUPTED:
             self.store.set_state(job_id, status="queued", note="interrupted when the UI stopped; resumes at its next start")
@@ -276,13 +283,17 @@ class Worker(threading.Thread):
         self.store.set_state(job_id, status=status, exit_code=rc, message=message, finished=time.time())
 
     def cancel(self, job_id: str) -> None:
-        """A running job gets SIGINT (Ctrl-C: sd-scripts stopped, finished stages kept); a
+        """A running job is interrupted as by Ctrl-C (sd-scripts stopped, finished stages kept); a
         queued one is taken off the queue."""
         with self._lock:
-            if self.current == job_id and self.proc is not None:
+            if self.current == job_id and self.token is not None:
                 self._cancel.add(job_id)
-                self.proc.send_signal(signal.SIGINT)
-                return
+                token = self.token
+            else:
+                token = None
+        if token is not None:
+            token.cancel()
+            return
         if self.store.state(job_id).get("status") == "queued":
             self.store.set_state(job_id, status="cancelled", message="cancelled before it started")
 
@@ -303,11 +314,9 @@ class Worker(threading.Thread):
         self._stopping.set()
         self._wake.set()
         with self._lock:
-            proc = self.proc
-        if proc is not None:
-            try:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(timeout)
-            except (OSError, subprocess.TimeoutExpired):
-                proc.kill()
+            child, token = self.child, self.token
+        if child is not None and token is not None:
+            token.cancel()
+            if not child.wait(timeout):
+                SUPERVISOR.kill(child)  # it did not stop in time: end it (the next run ends its orphans)
         self.join(timeout)

@@ -1,0 +1,419 @@
+"""Stopping children: one supervisor for every sd-scripts (and `copymachine queue`) child, with a
+backend per platform, and the cancellation token that the pipeline, the queue and the UI worker share.
+
+- POSIX: each child leads a process group of its own (`start_new_session`); stopping sends SIGINT
+  to the group (sd-scripts stops as on Ctrl-C), then SIGTERM, then SIGKILL, and ends what is left of
+  the group once its leader is gone. An orphaned group (its copymachine was killed) is ended by id.
+- Windows: each child starts suspended in a console process group of its own
+  (`CREATE_NEW_PROCESS_GROUP`) and is put in a Job Object before it runs, so the job holds the whole
+  tree (`accelerate launch` and the training it starts). Stopping sends CTRL_BREAK_EVENT to the
+  group, then `TerminateJobObject`; the job is made with KILL_ON_JOB_CLOSE, so a copymachine that
+  dies takes its children with it and there are no orphans to end later. The Win32 calls are behind
+  `Win32`, one small seam a test replaces.
+
+Nothing outside `PosixBackend` sends a signal to a process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GRACE_S = 10.0  # after the polite stop (SIGINT / CTRL_BREAK_EVENT)
+TERM_S = 5.0  # after SIGTERM
+KILL_S = 5.0  # after the last word (SIGKILL / TerminateJobObject)
+
+
+_POSIX_SIGNALS = {"interrupt": "SIGINT", "terminate": "SIGTERM", "kill": "SIGKILL"}
+
+
+class CancelToken:
+    """A cancellation shared by whoever runs work and whoever may stop it: the pipeline cancels
+    its running sd-scripts, the queue cancels its pipelines, the UI worker its `copymachine queue`.
+    Callbacks run once, on the thread that cancels; one registered after the cancel runs at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._mutex = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        with self._mutex:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` when cancelled; returns a function that unregisters it."""
+        with self._mutex:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._mutex:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+@dataclass
+class Child:
+    """A child the supervisor started: its process, and on Windows the job that holds its tree."""
+
+    proc: subprocess.Popen
+    job: Any = None  # Windows: the Job Object's handle
+
+    @property
+    def id(self) -> int:
+        """The number a lock records: the process group on POSIX (the child's pid)."""
+        return self.proc.pid
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            self.proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+
+class PosixBackend:
+    name = "posix"
+
+    def popen_options(self) -> dict:
+        # its own process group: Ctrl-C reaches copymachine only, which stops the group cleanly,
+        # and a later run can end an orphaned group by its id (see locks.py)
+        return {"start_new_session": True}
+
+    def adopt(self, proc: subprocess.Popen) -> Child:
+        return Child(proc)
+
+    def steps(self, grace_s: float) -> list[tuple[str, float]]:
+        return [("interrupt", grace_s), ("terminate", TERM_S), ("kill", KILL_S)]
+
+    def send(self, child: Child, step: str) -> bool:
+        """Signal the child's group; False when the group is gone."""
+        return self.signal_group(child.id, step)
+
+    def signal_group(self, pgid: int, step: str) -> bool:
+        try:
+            os.killpg(pgid, getattr(signal, _POSIX_SIGNALS[step]))
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False
+        return True
+
+    def finish(self, child: Child) -> None:
+        # the leader is gone; members of its group may still be winding down
+        self.signal_group(child.id, "kill")
+
+    def kill(self, child: Child) -> None:
+        self.signal_group(child.id, "kill")
+
+    def group_gone(self, pgid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    # -- children a killed copymachine left behind (Linux: /proc names them) --
+
+    def kill_orphaned_group(self, pgid: int, marker: str) -> bool:
+        """End a process group left behind by a killed copymachine, if it still runs sd-scripts.
+        `marker` (the sd-scripts root) must appear in the leader's command line, so an unrelated
+        process that happens to reuse the number is never touched."""
+        proc_dir = Path(f"/proc/{pgid}")
+        if not (proc_dir / "cmdline").exists():
+            return False
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            return False
+        if marker not in cmdline:
+            return False
+        return self.signal_group(pgid, "kill")
+
+    def kill_orphans_of(self, owner_pid: int, marker: str, variable: str) -> list[int]:
+        """End the process groups of sd-scripts processes a dead copymachine (`owner_pid`) started:
+        those whose environment names it and whose command line names the sd-scripts root."""
+        if not Path("/proc").is_dir() or not marker:
+            return []
+        needle = f"{variable}={owner_pid}".encode()
+        killed = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                    continue
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                if marker not in cmdline:
+                    continue
+                pgid = os.getpgid(int(entry.name))
+                if pgid == os.getpgrp():
+                    continue
+                if self.signal_group(pgid, "kill"):
+                    killed.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+        return killed
+
+    def process_alive(self, pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class Win32:
+    """The Win32 calls the Windows backend makes, and nothing else (tests replace this seam)."""
+
+    CREATE_NEW_PROCESS_GROUP = 0x00000200
+    CREATE_SUSPENDED = 0x00000004
+
+    def __init__(self) -> None:  # pragma: no cover - Windows
+        import ctypes
+        from ctypes import wintypes
+
+        self._ctypes = ctypes
+        self._k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        self._ntdll = ctypes.WinDLL("ntdll")
+        self._k32.CreateJobObjectW.restype = wintypes.HANDLE
+        self._k32.OpenProcess.restype = wintypes.HANDLE
+
+    def _check(self, ok: Any, what: str) -> Any:  # pragma: no cover - Windows
+        if not ok:
+            raise OSError(self._ctypes.get_last_error(), f"{what} failed")
+        return ok
+
+    def create_job(self) -> int:  # pragma: no cover - Windows
+        """A Job Object whose processes all end when its last handle closes."""
+        ctypes = self._ctypes
+        from ctypes import wintypes
+
+        class BASIC(ctypes.Structure):
+            _fields_ = [  # noqa: RUF012 -- ctypes reads it
+                ("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64), ("LimitFlags", wintypes.DWORD),
+                        ("MinimumWorkingSetSize", ctypes.c_size_t), ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
+                        ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD), ("SchedulingClass", wintypes.DWORD)]  # fmt: skip
+
+        class IO(ctypes.Structure):
+            _fields_ = [  # noqa: RUF012 -- ctypes reads it
+                (n, ctypes.c_uint64) for n in ("Read", "Write", "Other", "ReadT", "WriteT", "OtherT")]
+
+        class EXTENDED(ctypes.Structure):
+            _fields_ = [  # noqa: RUF012 -- ctypes reads it
+                ("Basic", BASIC), ("Io", IO), ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
+                        ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]  # fmt: skip
+
+        job = self._check(self._k32.CreateJobObjectW(None, None), "CreateJobObject")
+        info = EXTENDED()
+        info.Basic.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+        self._check(self._k32.SetInformationJobObject(wintypes.HANDLE(job), 9, ctypes.byref(info), ctypes.sizeof(info)), "SetInformationJobObject")
+        return job
+
+    def assign(self, job: int, process_handle: int) -> None:  # pragma: no cover - Windows
+        from ctypes import wintypes
+
+        self._check(self._k32.AssignProcessToJobObject(wintypes.HANDLE(job), wintypes.HANDLE(process_handle)), "AssignProcessToJobObject")
+
+    def resume(self, process_handle: int) -> None:  # pragma: no cover - Windows
+        from ctypes import wintypes
+
+        if self._ntdll.NtResumeProcess(wintypes.HANDLE(process_handle)) != 0:
+            raise OSError("NtResumeProcess failed")
+
+    def ctrl_break(self, pid: int) -> None:  # pragma: no cover - Windows
+        os.kill(pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+
+    def terminate_job(self, job: int, exit_code: int) -> None:  # pragma: no cover - Windows
+        from ctypes import wintypes
+
+        self._k32.TerminateJobObject(wintypes.HANDLE(job), exit_code)
+
+    def close(self, handle: int) -> None:  # pragma: no cover - Windows
+        from ctypes import wintypes
+
+        self._k32.CloseHandle(wintypes.HANDLE(handle))
+
+
+class WindowsBackend:
+    name = "windows"
+    EXIT_CODE = 0xC000013A  # STATUS_CONTROL_C_EXIT: what a console program stopped by Ctrl-C exits with
+
+    def __init__(self, win32: Any = None) -> None:
+        self._win32 = win32
+
+    @property
+    def win32(self) -> Any:
+        if self._win32 is None:  # pragma: no cover - Windows
+            self._win32 = Win32()
+        return self._win32
+
+    def popen_options(self) -> dict:
+        # suspended until it is in its job, so nothing it starts escapes the job
+        return {"creationflags": Win32.CREATE_NEW_PROCESS_GROUP | Win32.CREATE_SUSPENDED}
+
+    def adopt(self, proc: subprocess.Popen) -> Child:
+        handle = int(proc._handle)  # type: ignore[attr-defined]  # the process handle Popen holds
+        job = self.win32.create_job()
+        try:
+            self.win32.assign(job, handle)
+        except OSError:
+            self.win32.terminate_job(job, self.EXIT_CODE)
+            self.win32.close(job)
+            proc.kill()  # never let a child run outside a job
+            raise
+        self.win32.resume(handle)
+        return Child(proc, job=job)
+
+    def steps(self, grace_s: float) -> list[tuple[str, float]]:
+        return [("interrupt", grace_s), ("kill", KILL_S)]
+
+    def send(self, child: Child, step: str) -> bool:
+        if child.proc.poll() is not None:
+            return False
+        if step == "interrupt":
+            try:
+                self.win32.ctrl_break(child.proc.pid)
+            except OSError:
+                return False
+        else:
+            self.win32.terminate_job(child.job, self.EXIT_CODE)
+        return True
+
+    def finish(self, child: Child) -> None:
+        # the leader is gone; what it started may not be: end the job, then let go of it
+        self.release(child)
+
+    def kill(self, child: Child) -> None:
+        self.release(child)
+
+    def release(self, child: Child) -> None:
+        """End what is left in the job and close its handle (once)."""
+        if child.job is None:
+            return
+        job, child.job = child.job, None
+        self.win32.terminate_job(job, self.EXIT_CODE)
+        self.win32.close(job)
+
+    def process_alive(self, pid: int) -> bool:  # pragma: no cover - Windows
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
+        if handle:
+            ctypes.windll.kernel32.CloseHandle(handle)
+            return True
+        return False
+
+
+@dataclass
+class Supervisor:
+    """Starts children so that they can be stopped, tracks the running ones, and stops them."""
+
+    backend: Any = None
+    children: dict[int, Child] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = WindowsBackend() if os.name == "nt" else PosixBackend()
+        self._mutex = threading.Lock()
+
+    def popen(self, argv: list[str], **kwargs: Any) -> Child:
+        """subprocess.Popen with the options that let this supervisor stop the child's whole tree."""
+        proc = subprocess.Popen(argv, **kwargs, **self.backend.popen_options())
+        child = self.backend.adopt(proc)
+        with self._mutex:
+            self.children[child.id] = child
+        return child
+
+    def forget(self, child: Child) -> None:
+        """The child has ended (and was waited for): let go of it (on Windows: of its job)."""
+        with self._mutex:
+            self.children.pop(child.id, None)
+        if isinstance(self.backend, WindowsBackend):
+            self.backend.release(child)
+
+    def stop(self, child: Child, grace_s: float = GRACE_S) -> None:
+        """Ask the child's tree to stop, then insist. A second Ctrl-C while it winds down ends it at
+        once: no child outlives copymachine."""
+        try:
+            for step, patience in self.backend.steps(grace_s):
+                if not self.backend.send(child, step):
+                    break
+                if child.wait(patience):
+                    break
+            self.backend.finish(child)
+        except KeyboardInterrupt:
+            self.backend.kill(child)
+            child.wait(KILL_S)
+            raise
+
+    def kill(self, child: Child) -> None:
+        """The last word at once (SIGKILL to the group / TerminateJobObject), then wait for it."""
+        self.backend.kill(child)
+        child.wait(KILL_S)
+
+    def interrupt(self, child: Child) -> bool:
+        """Only the polite stop (SIGINT / CTRL_BREAK_EVENT): what the UI's Cancel sends."""
+        return self.backend.send(child, "interrupt")
+
+    def stop_id(self, child_id: int, grace_s: float = GRACE_S) -> None:
+        """Stop a running child by the number a lock records (another thread started it)."""
+        with self._mutex:
+            child = self.children.get(child_id)
+        if child is not None:
+            self.stop(child, grace_s)
+        elif isinstance(self.backend, PosixBackend):  # not ours: a group by its id
+            self._stop_group(child_id, grace_s)
+
+    def _stop_group(self, pgid: int, grace_s: float) -> None:
+        for step, patience in self.backend.steps(grace_s):
+            if not self.backend.signal_group(pgid, step):
+                return
+            if self.backend.group_gone(pgid, patience):
+                return
+
+    def end_orphans(self, owner_pid: int, child_ids: list[int], marker: str, variable: str = "COPYMACHINE_PARENT_PID") -> list[int]:
+        """End what a dead copymachine (`owner_pid`) left running. On Windows its Job Objects were
+        made to end with it (KILL_ON_JOB_CLOSE): nothing is left to end. Linux only otherwise."""
+        if not isinstance(self.backend, PosixBackend) or not sys.platform.startswith("linux") or not marker:
+            return []
+        ended = [pgid for pgid in child_ids if self.backend.kill_orphaned_group(int(pgid), marker)]
+        return ended + self.backend.kill_orphans_of(int(owner_pid), marker, variable)
+
+    def process_alive(self, pid: int) -> bool:
+        return pid > 0 and self.backend.process_alive(pid)
+
+
+SUPERVISOR = Supervisor()
