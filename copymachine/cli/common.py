@@ -27,14 +27,14 @@ def engine_options(f: Callable) -> Callable:
         click.option(
             "--python",
             "python",
-            help="The Python that runs sd-scripts. Default: $SD_SCRIPTS_PYTHON, else <sd-scripts>/venv, else this one.",
+            help="The Python that runs sd-scripts. Default: $SD_SCRIPTS_PYTHON, else <sd-scripts>/venv, else <kohya_ss>/venv beside <kohya_ss>/sd-scripts, else this one.",
         ),
         click.option(
             "--device",
             type=click.Choice(["auto", "cuda", "cpu"]),
             default="auto",
             show_default=True,
-            help="Where sd-scripts trains. auto: the GPU when its torch sees one (bf16, or fp16 without bf16), else the CPU (fp32).",
+            help="Where sd-scripts trains. auto: the GPU when its torch sees one (bf16 from compute capability 8.0, else fp16), else the CPU (fp32).",
         ),
         click.option(
             "--tokenizer-cache-dir",
@@ -78,7 +78,7 @@ def make_settings(
         engine.require(probe)
         # what this sd-scripts can do (each script's --help, once per checkout): refused here,
         # before any stage, when copymachine cannot drive it
-        caps = capabilities.learn(engine)
+        caps = capabilities.learn(engine, on_progress=lambda done, total: reporter.counting("capabilities", capabilities.progress_text(done, total), done, total))
         capabilities.require(engine, caps)
     cuda = bool(probe and probe.cuda)
     if device == "cuda" and not cuda:
@@ -86,7 +86,12 @@ def make_settings(
     use_cuda = cuda and device != "cpu"
     if low_vram and not use_cuda:
         reporter.warn("--low-vram has no effect on the CPU: training there uses no GPU memory")
-    profile = profiles.gpu_profile(bool(probe.bf16), low_vram) if use_cuda else profiles.CPU  # type: ignore[union-attr]
+    if use_cuda:
+        precision, why = profiles.choose_precision(probe.compute, probe.bf16)  # type: ignore[union-attr]
+        profile = profiles.gpu_profile(precision == "bf16", low_vram, why=why)
+    else:
+        profile = profiles.CPU
+    reporter.info(f"sd-scripts {engine.root}; its Python {engine.python} ({engine.python_reason})" + (f"; trains in {profile.mixed_precision} ({profile.why})" if use_cuda else ""))
     return Settings(
         engine=engine,
         probe=probe,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from copymachine import capabilities, heavy, preflight
+from copymachine import capabilities, heavy, preflight, profiles
 from copymachine import engine as engine_mod
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
@@ -73,7 +73,7 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
     except CopymachineError as e:
         doc.add(FAIL, "python", e.message, EXIT_ENVIRONMENT)
         return engine, None
-    doc.add(OK, "python", f"{engine.python} (Python {probe.python_version})")
+    doc.add(OK, "python", f"{engine.python} (Python {probe.python_version}; {engine.python_reason})")
     versions = ", ".join(f"{name} {version}" for name, version in probe.versions.items())
     try:
         engine.require(probe)
@@ -87,8 +87,8 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
             vram = ""
             if probe.vram_total:
                 vram = f", {preflight.human(probe.vram_free or 0)} of {preflight.human(probe.vram_total)} VRAM free"
-            precision = "bf16" if probe.bf16 else "fp16"
-            doc.add(OK, "GPU", f"torch {probe.torch} sees {', '.join(probe.gpus) or 'a CUDA GPU'}{vram}; trains in {precision}")
+            precision, why = profiles.choose_precision(probe.compute, probe.bf16)
+            doc.add(OK, "GPU", f"torch {probe.torch} sees {', '.join(probe.gpus) or 'a CUDA GPU'}{vram}; trains in {precision} ({why})")
         else:
             doc.add(WARN, "GPU", f"torch {probe.torch} sees no CUDA GPU: sd-scripts trains on the CPU (hours per stage at 512 px; fine for --resolution 64 tests)")
     return engine, probe
@@ -96,7 +96,8 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
 
 def _capabilities(doc: Doctor, engine) -> None:
     """The version and what it can do (each script's --help, learnt once per checkout)."""
-    caps = capabilities.learn(engine)
+    reporter = Reporter()  # the count goes to stderr; doctor's rows stay on stdout
+    caps = capabilities.learn(engine, on_progress=lambda done, total: reporter.counting("capabilities", capabilities.progress_text(done, total), done, total))
     try:
         capabilities.require(engine, caps)
     except CopymachineError as e:

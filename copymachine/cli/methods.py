@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from copymachine import effects as effect_registry
-from copymachine import preflight, profiles
+from copymachine import preflight
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
 from copymachine.cli.see import see_options, see_recipe_sets, see_request
@@ -252,15 +252,17 @@ def check_run(request: Request, o: dict, model: ModelInfo, settings: Settings, r
     return the_plan, hashes
 
 
-def side_by_side(o: dict, request: Request, model: ModelInfo, settings: Settings, reporter: Reporter) -> int:
-    """How many trainings run at once: --jobs, else what the GPUs' free memory holds; one on the CPU."""
+def side_by_side(o: dict, request: Request, the_plan: Plan, settings: Settings, reporter: Reporter) -> int:
+    """How many trainings run at once: --jobs, else what the GPUs' free memory holds (and a
+    warning, before any work, when the run will not fit; bitsandbytes checked for AdamW8bit); one on the CPU."""
     trainings = len(request.effects) * len(request.sources)
     if settings.device == "cpu":
         if o["jobs"] and o["jobs"] > 1:
             reporter.warn("--jobs: CPU runs stay sequential (parallel trainings would only share the same cores)")
         return 1
-    vram = settings.probe.vram_free if settings.probe else None
-    jobs = o["jobs"] or profiles.default_jobs(model.family.name, o["low_vram"], settings.gpus, vram, trainings)
+    if not o["dry_run"]:
+        preflight.check_bitsandbytes(the_plan, settings)
+    jobs = preflight.check_vram(the_plan, settings, o["jobs"], trainings, reporter)
     if jobs > 1:
         reporter.info(f"{jobs} trainings side by side" + (f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"))
     return jobs
@@ -295,7 +297,7 @@ def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | No
     reporter = reporter or Reporter(verbose=o["verbose"])
     request, model, settings = make_request(method, o, sign, reporter, gpu)
     the_plan, hashes = check_run(request, o, model, settings, reporter)
-    jobs = side_by_side(o, request, model, settings, reporter)
+    jobs = side_by_side(o, request, the_plan, settings, reporter)
     return run_jobs(the_plan, o, settings, hashes, reporter, jobs, on_pipeline)
 
 

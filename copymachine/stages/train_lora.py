@@ -80,7 +80,7 @@ def training_plan(
         max_train_steps=max_train_steps,
         warmup_steps=warmup,
         mixed_precision=settings.mixed_precision,
-        training_options=dict(settings.training_options),
+        training_options=settings.profile.training_options_for(family.name),
         # only with LoRAs merged in memory, so the stage keys of trainings without them stay as they were
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
     )
