@@ -124,7 +124,7 @@ class Engine:
     root: Path
     python: str
     commit: str | None
-    python_reason: str = ""  # how `python` was found ("--python", "<sd-scripts>/venv", ...)
+    python_reason: str = ""  # how `python` was found ("given by --python", "the venv inside the sd-scripts folder", ...)
 
     @property
     def pinned(self) -> bool:
@@ -330,9 +330,9 @@ def find_python_and_reason(option: str | None, root: Path) -> tuple[str, str]:
     """The Python for sd-scripts and how it was found: --python, then $SD_SCRIPTS_PYTHON, then
     <sd-scripts>/venv, then <kohya_ss>/venv beside <kohya_ss>/sd-scripts, then this Python."""
     if option:
-        return _absolute_python(str(option)), "--python"
+        return _absolute_python(str(option)), "given by --python"
     if os.environ.get("SD_SCRIPTS_PYTHON"):
-        return _absolute_python(os.environ["SD_SCRIPTS_PYTHON"]), "$SD_SCRIPTS_PYTHON"
+        return _absolute_python(os.environ["SD_SCRIPTS_PYTHON"]), "from $SD_SCRIPTS_PYTHON"
     own = _venv_python(root / "venv")
     if own:
         return str(own), "the venv inside the sd-scripts folder"
@@ -340,7 +340,7 @@ def find_python_and_reason(option: str | None, root: Path) -> tuple[str, str]:
         beside = _venv_python(root.parent / "venv")
         if beside:
             return str(beside), f"the kohya_ss venv beside sd-scripts ({root.parent})"
-    return sys.executable, "no --python, $SD_SCRIPTS_PYTHON or venv beside sd-scripts: copymachine's own Python"
+    return sys.executable, "copymachine's own Python: no --python, no $SD_SCRIPTS_PYTHON, no venv in or beside the sd-scripts folder"
 
 
 def find_python(option: str | None, root: Path) -> str:

@@ -51,8 +51,8 @@ LORA_PER_DIM_TEXT = {"sd1": 0.166, "sd2": 0.424, "sdxl": 0.903}
 ACTIVATIONS = {"sd1": 3.0 * GIB, "sd2": 3.2 * GIB, "sdxl": 2.5 * GIB}
 CHECKPOINTED_SHARE = 0.3  # what gradient checkpointing keeps of them (estimate)
 # A render's working set per 512x512 of image area (estimate): U-Net at batch 2, VAE decode
-RENDER_UNET = {"sd1": 0.5 * GIB, "sd2": 0.6 * GIB, "sdxl": 0.5 * GIB}
-RENDER_VAE_FP16 = 0.8 * GIB  # the VAE decoder per 512x512 in fp16; twice in fp32 (SDXL: --no_half_vae)
+RENDER_UNET = {"sd1": 0.5 * GIB, "sd2": 0.6 * GIB, "sdxl": 0.25 * GIB}
+RENDER_VAE_FP16 = 0.3 * GIB  # the VAE decoder per 512x512 in fp16; twice in fp32 (SDXL: --no_half_vae)
 AREA = 512 * 512
 
 FAMILIES_BY_FLAG = {"--v1": "sd1", "--v2": "sd2", "--sdxl": "sdxl", "": "sd1"}
