@@ -71,6 +71,15 @@ def choose_precision(compute: list[tuple[int, int]], torch_bf16: bool) -> tuple[
     return "bf16", f"{text} >= 8.0: native bf16"
 
 
+def precision_caveat(gpus: list[str], precision: str) -> str | None:
+    """What to know about fp16 on the GPUs found: GTX 16xx cards (Turing without tensor cores)
+    are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293)."""
+    if precision == "fp16" and any("GTX 16" in name for name in gpus):
+        return ("GTX 16xx cards are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293), and have no native bf16; "
+                "if a training stops on NaN loss, train with --device cpu or on another GPU")
+    return None
+
+
 def gpu_profile(bf16: bool, low_vram: bool = False, why: str = "") -> Profile:
     options: dict[str, Any] = {"max_data_loader_n_workers": 0, "sdpa": True, "cache_latents": True}
     name = "gpu"

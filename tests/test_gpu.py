@@ -100,6 +100,14 @@ def test_doctor_says_fp16_on_a_turing_card_and_why(fake_engine, tmp_path, roomy,
     assert gpu == "ok torch 0.0+fake sees Tesla T4, 14.5 GB of 15.0 GB VRAM free; trains in fp16 (compute capability 7.5 < 8.0: no native bf16 (emulated, slow))"
 
 
+def test_doctor_warns_about_fp16_on_a_gtx_16(fake_engine, tmp_path, roomy, monkeypatch):
+    monkeypatch.setenv("COPYMACHINE_FAKE_CUDA", "1")
+    monkeypatch.setenv("COPYMACHINE_FAKE_CUDA_CAPABILITY", "7.5")
+    monkeypatch.setenv("COPYMACHINE_FAKE_GPU_NAME", "NVIDIA GeForce GTX 1660 SUPER")
+    gpu = doctor_rows(fake_engine, tmp_path)["GPU"]
+    assert gpu.startswith("warn ") and "trains in fp16" in gpu and "NaN losses in fp16 (kohya-ss/sd-scripts#293)" in gpu
+
+
 # --- 8: the user's CUDA_VISIBLE_DEVICES -------------------------------------------------------
 
 

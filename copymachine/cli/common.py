@@ -89,6 +89,9 @@ def make_settings(
     if use_cuda:
         precision, why = profiles.choose_precision(probe.compute, probe.bf16)  # type: ignore[union-attr]
         profile = profiles.gpu_profile(precision == "bf16", low_vram, why=why)
+        caveat = profiles.precision_caveat(probe.gpus, precision)  # type: ignore[union-attr]
+        if caveat:
+            reporter.warn(caveat)
     else:
         profile = profiles.CPU
     reporter.info(f"sd-scripts {engine.root}; its Python {engine.python} ({engine.python_reason})" + (f"; trains in {profile.mixed_precision} ({profile.why})" if use_cuda else ""))

@@ -89,7 +89,8 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
             if probe.vram_total:
                 vram = f", {preflight.human(probe.vram_free or 0)} of {preflight.human(probe.vram_total)} VRAM free"
             precision, why = profiles.choose_precision(probe.compute, probe.bf16)
-            doc.add(OK, "GPU", f"torch {probe.torch} sees {', '.join(probe.gpus) or 'a CUDA GPU'}{vram}; trains in {precision} ({why})")
+            caveat = profiles.precision_caveat(probe.gpus, precision)
+            doc.add(WARN if caveat else OK, "GPU", f"torch {probe.torch} sees {', '.join(probe.gpus) or 'a CUDA GPU'}{vram}; trains in {precision} ({why})" + (f"; {caveat}" if caveat else ""))
         else:
             doc.add(WARN, "GPU", f"torch {probe.torch} sees no CUDA GPU: sd-scripts trains on the CPU (hours per stage at 512 px; fine for --resolution 64 tests)")
     return engine, probe
