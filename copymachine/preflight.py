@@ -569,6 +569,10 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
     elif peak > free:
         fits = vram.fitting_jobs(plan, free, jobs)
         reporter.warn(f"--jobs {jobs}: {per_gpu} stages side by side need ~{human(peak)} of GPU memory by copymachine's estimate; {where}: use --jobs {fits}")
+    else:
+        stage, need = ranked[0]
+        together = f"; {per_gpu} side by side ~{human(peak)}" if per_gpu > 1 else ""
+        reporter.info(f"GPU memory by copymachine's estimate: the largest stage, '{stage.title}' ({need.what}), ~{human(need.total)}{together}; {where}")
     return jobs
 
 

@@ -174,6 +174,10 @@ def sdxl_base(fake_engine, tmp_path):
     return base
 
 
+def vram_warning(output: str) -> str | None:
+    return next((line for line in output.splitlines() if line.startswith("warning:") and "GPU memory" in line), None)
+
+
 def sdxl_dry_run(fake_engine, sdxl_base, out, *extra):
     return train(fake_engine, "--base", str(sdxl_base), "--out", str(out), "--effect", "contrast", "--dry-run", *extra)
 
@@ -183,7 +187,7 @@ def test_an_8gb_card_is_told_before_any_work_that_sdxl_will_not_fit(fake_engine,
     monkeypatch.setenv("COPYMACHINE_FAKE_VRAM", "7.5,8")
     result = sdxl_dry_run(fake_engine, sdxl_base, tmp_path / "xl")
     assert result.exit_code == 0, result.output
-    warning = next(line for line in result.output.splitlines() if "GPU memory" in line)
+    warning = vram_warning(result.output)
     assert "at 1024x1024" in warning and "even --low-vram" in warning and "GPU 0 (Fake GPU) has 7.5 GB free of 8.0 GB" in warning
     assert "U-Net trained alone" in warning
     assert fake_engine.calls() == []
@@ -193,12 +197,13 @@ def test_a_16gb_card_is_told_to_use_low_vram_for_sdxl(fake_engine, sdxl_base, tm
     monkeypatch.setenv("COPYMACHINE_FAKE_CUDA", "1")
     monkeypatch.setenv("COPYMACHINE_FAKE_VRAM", "15.5,16")
     result = sdxl_dry_run(fake_engine, sdxl_base, tmp_path / "xl")
-    warning = next(line for line in result.output.splitlines() if "GPU memory" in line)
+    warning = vram_warning(result.output)
     assert "; --low-vram needs ~" in warning and "even" not in warning
     # with --low-vram it fits: no warning; the SDXL trainings cache the text encoders' outputs
     result = sdxl_dry_run(fake_engine, sdxl_base, tmp_path / "xl-low", "--low-vram")
     assert result.exit_code == 0, result.output
-    assert "GPU memory" not in result.output
+    assert vram_warning(result.output) is None
+    assert "GPU memory by copymachine's estimate: the largest stage, " in result.output and "GPU 0 (Fake GPU) has 15.5 GB free of 16.0 GB" in result.output
     config = next((tmp_path / "xl-low").rglob("*effect-lora-training.toml")).read_text()
     assert "cache_text_encoder_outputs = true" in config and "network_train_unet_only = true" in config
 
@@ -220,7 +225,7 @@ def test_the_default_jobs_follow_the_estimate(fake_engine, image, tmp_path, monk
     assert "2 trainings side by side on one GPU" in train(fake_engine, *args, "--out", str(tmp_path / "b")).output
     monkeypatch.setenv("COPYMACHINE_FAKE_VRAM", "7.5,8")
     output = train(fake_engine, *args, "--out", str(tmp_path / "c")).output
-    assert "side by side" not in output and "GPU memory" not in output  # one at a time fits
+    assert "side by side" not in output and vram_warning(output) is None  # one at a time fits
     output = train(fake_engine, *args, "--out", str(tmp_path / "d"), "--jobs", "3").output
     assert "--jobs 3: 3 stages side by side need ~" in output and "use --jobs 1" in output
 
