@@ -18,7 +18,8 @@ sees a CUDA GPU):
 The low-VRAM profile (`--low-vram`, for 8 GB cards) adds gradient checkpointing, 8-bit AdamW
 (bitsandbytes) and latents cached on disk; for SDXL it also caches the text encoders' outputs and
 trains the U-Net only (the text encoders then leave the GPU; the LoRAs then carry no text-encoder
-part, unlike the memo's). It is opt-in because the memo trains with plain AdamW and both parts.
+part, unlike the memo's, and the caption is not shuffled: sd-scripts refuses cached outputs with
+shuffle_caption). It is opt-in because the memo trains with plain AdamW and both parts.
 How much VRAM a run takes, and so how many trainings share a GPU, is estimated in copymachine/vram.py.
 """
 

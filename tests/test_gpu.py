@@ -208,6 +208,17 @@ def test_a_16gb_card_is_told_to_use_low_vram_for_sdxl(fake_engine, sdxl_base, tm
     assert "cache_text_encoder_outputs = true" in config and "network_train_unet_only = true" in config
 
 
+def test_sdxl_low_vram_trains_the_unet_on_cached_text_encoder_outputs(fake_engine, sdxl_base, image, tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYMACHINE_FAKE_CUDA", "1")
+    result = train(fake_engine, "--base", str(sdxl_base), "--image", str(image), "--out", str(tmp_path / "xl"), "--resolution", "64", "--effect", "contrast", "--low-vram")
+    assert result.exit_code == 0, result.output
+    for call in trainings(fake_engine):
+        assert call["config"]["cache_text_encoder_outputs"] is True and call["config"]["network_train_unet_only"] is True
+        # sd-scripts asserts that cached text-encoder outputs come with unshuffled captions
+        assert call["dataset_config"]["general"]["shuffle_caption"] is False
+    assert (tmp_path / "xl" / "xl-contrast.safetensors").is_file()
+
+
 def test_sd15_low_vram_keeps_the_text_encoder(fake_engine, image, tmp_path, monkeypatch):
     monkeypatch.setenv("COPYMACHINE_FAKE_CUDA", "1")
     result = train(fake_engine, "--base", str(fake_engine.base), "--image", str(image), "--out", str(tmp_path / "low"), "--resolution", "64", "--effect", "contrast", "--low-vram")
