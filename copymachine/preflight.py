@@ -542,6 +542,9 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
     not fit. The estimate is recorded in the plan's info (the manifest). Returns the jobs."""
     from copymachine import vram
 
+    if any(s.kind == "train_lora" and s.spec.training_options.get("network_train_unet_only") and s.spec.training_options.get("cache_text_encoder_outputs") for s in plan.stages):
+        reporter.note("--low-vram on SDXL: the text encoders' outputs are cached once and the U-Net trains alone, so the LoRAs have "
+                      "no text-encoder part (the memo trains both) and the caption is not shuffled")
     free, total, which = gpu_memory(settings)
     gpus = settings.gpus
     jobs = requested_jobs or vram.default_jobs(plan, gpus, free, trainings)

@@ -217,6 +217,7 @@ def test_sdxl_low_vram_trains_the_unet_on_cached_text_encoder_outputs(fake_engin
         # sd-scripts asserts that cached text-encoder outputs come with unshuffled captions
         assert call["dataset_config"]["general"]["shuffle_caption"] is False
     assert (tmp_path / "xl" / "xl-contrast.safetensors").is_file()
+    assert "note: --low-vram on SDXL: the text encoders' outputs are cached once and the U-Net trains alone" in result.output
 
 
 def test_sd15_low_vram_keeps_the_text_encoder(fake_engine, image, tmp_path, monkeypatch):
@@ -225,6 +226,7 @@ def test_sd15_low_vram_keeps_the_text_encoder(fake_engine, image, tmp_path, monk
     assert result.exit_code == 0, result.output
     config = trainings(fake_engine)[0]["config"]
     assert config["optimizer_type"] == "AdamW8bit" and "network_train_unet_only" not in config and "cache_text_encoder_outputs" not in config
+    assert "--low-vram on SDXL" not in result.output
 
 
 def test_the_default_jobs_follow_the_estimate(fake_engine, image, tmp_path, monkeypatch):
