@@ -51,3 +51,72 @@ def test_output_is_utf8_whatever_the_console_code_page(fake_engine, scene, tmp_p
     assert "copymachine: error: stage 'contrast: effect LoRA' (train_network.py) produced NaN loss" in stderr
     assert "█" in stderr and "学習ステップ数" in stderr  # the log's tail, as sd-scripts wrote it
     assert "Traceback" not in stderr
+
+
+# --- RAM: pre-flight's source on each system --------------------------------------------------
+
+GB = 10**9
+
+
+@pytest.fixture
+def no_psutil(monkeypatch):
+    """psutil is not a dependency of copymachine: the system's own source is what most users get."""
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` raises ImportError
+
+
+def test_ram_on_windows_comes_from_global_memory_status(no_psutil, monkeypatch):
+    from copymachine import preflight
+
+    assert ctypes_size() == 64  # the size Windows checks in dwLength
+    calls = []
+
+    def status():
+        calls.append(1)
+        # 16 GB of RAM and a 4 GB page file: the "page file" total is the commit limit, RAM + page files
+        return {"dwLength": 64, "dwMemoryLoad": 40, "ullTotalPhys": 16 * GB, "ullAvailPhys": 9 * GB, "ullTotalPageFile": 20 * GB,
+                "ullAvailPageFile": 11 * GB, "ullTotalVirtual": 128 * GB, "ullAvailVirtual": 127 * GB, "ullAvailExtendedVirtual": 0}  # fmt: skip
+
+    monkeypatch.setattr(preflight, "global_memory_status", status)
+    mem = preflight.memory_bytes("win32")
+    assert calls == [1]
+    assert mem == {"total": 16 * GB, "available": 9 * GB, "swap": 4 * GB}
+    assert preflight.ram_and_swap(mem) == 20 * GB  # what the merge check compares with: known, so it is made
+    # no page file: the commit limit can read a little under the RAM; the swap is 0, never negative
+    monkeypatch.setattr(preflight, "global_memory_status", lambda: {**status(), "ullTotalPageFile": 16 * GB - 4096})
+    assert preflight.memory_bytes("win32")["swap"] == 0
+    # the call failing: unknown (the check says so), not a crash
+    monkeypatch.setattr(preflight, "global_memory_status", lambda: (_ for _ in ()).throw(OSError("GlobalMemoryStatusEx failed")))
+    assert preflight.memory_bytes("win32") == {"total": None, "available": None, "swap": None}
+
+
+def ctypes_size() -> int:
+    import ctypes
+
+    from copymachine import preflight
+
+    return ctypes.sizeof(preflight._MEMORYSTATUSEX)
+
+
+def test_ram_on_macos_comes_from_sysctl_and_vm_stat(no_psutil, monkeypatch):
+    from copymachine import preflight
+
+    outputs = {
+        "sysctl": "17179869184\ntotal = 2048.00M  used = 1085.25M  free = 962.75M  (encrypted)\n",
+        "vm_stat": "Mach Virtual Memory Statistics: (page size of 16384 bytes)\nPages free:                               12000.\n"
+                   "Pages active:                            300000.\nPages inactive:                          200000.\n"
+                   "Pages speculative:                         8000.\nPages wired down:                        150000.\n",
+    }  # fmt: skip
+    monkeypatch.setattr(preflight, "_command_text", lambda argv: outputs[argv[0]])
+    assert preflight.memory_bytes("darwin") == {"total": 16 * 2**30, "available": 16384 * 220000, "swap": 2048 * 2**20}
+
+
+def test_ram_on_linux_and_from_psutil(no_psutil, monkeypatch):
+    from types import SimpleNamespace
+
+    from copymachine import preflight
+
+    linux = preflight.memory_bytes("linux")
+    assert linux["total"] and linux["available"] and linux["swap"] is not None  # this machine's /proc/meminfo
+    fake = SimpleNamespace(virtual_memory=lambda: SimpleNamespace(total=8 * GB, available=5 * GB), swap_memory=lambda: SimpleNamespace(total=2 * GB))
+    monkeypatch.setitem(sys.modules, "psutil", fake)
+    assert preflight.memory_bytes("win32") == {"total": 8 * GB, "available": 5 * GB, "swap": 2 * GB}  # psutil first, where it is installed
