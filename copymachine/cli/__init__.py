@@ -37,7 +37,7 @@ def cli():
 
 
 # Each module adds its commands to `cli` when imported.
-COMMAND_MODULES: list[str] = ["methods", "queue", "ui", "edit", "tools", "recipe", "see", "doctor"]
+COMMAND_MODULES: list[str] = ["methods", "queue", "ui", "edit", "tools", "recipe", "see", "doctor", "install"]
 
 
 def _register() -> None:
