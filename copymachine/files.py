@@ -20,7 +20,7 @@ _CHUNK = 8 * 1024 * 1024
 # A picture's name becomes a folder name two or three times in a run's paths
 # (runs/<stem>/<stem>/<effect>/.partial/<stem>--<effect>--effect-lora/...): capped, so that a
 # booru file name stays under Windows' 260 characters. The full name is in the manifest.
-FOLDER_STEM_MAX = 40
+FOLDER_STEM_MAX = 32
 
 
 def folder_stem(name: str, limit: int = FOLDER_STEM_MAX) -> str:

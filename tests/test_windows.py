@@ -124,7 +124,7 @@ def test_ram_on_linux_and_from_psutil(no_psutil, monkeypatch):
 
 # --- long paths: stems capped in folder names, the longest path checked before any work -------
 
-# a booru-style file name: tags, then the post's MD5 (152 characters with the suffix)
+# a booru-style file name: tags, then the post's MD5 (154 characters with "0.png")
 BOORU = ("1girl_solo_long_hair_looking_at_viewer_smile_open_mouth_blue_eyes_blonde_hair_shirt_"
          "white_background_school_uniform__4f3c2a1b9e8d7c6b5a4f3e2d1c0b9a8f")  # fmt: skip
 USER_RUNS = r"C:\Users\Hanako\Pictures\copymachine\runs"
@@ -132,7 +132,7 @@ USER_RUNS = r"C:\Users\Hanako\Pictures\copymachine\runs"
 
 @pytest.fixture
 def booru(tmp_path):
-    """A base model and two booru-named pictures that differ only after the 40th character."""
+    """A base model and two booru-named pictures that differ only in their last character."""
     import numpy as np
     from PIL import Image
 
@@ -176,13 +176,14 @@ def test_picture_names_are_capped_in_folder_names_and_whole_in_the_manifest(boor
 
     request, p = windows_plan(booru, images=2)
     ids = [s.id for s in request.sources]
-    assert all(len(i) == FOLDER_STEM_MAX for i in ids) and ids[0] != ids[1]  # same first 31 characters, different hashes
-    assert all(i.startswith(BOORU[:31] + "-") for i in ids)
+    assert all(len(i) == FOLDER_STEM_MAX for i in ids) and ids[0] != ids[1]  # same first characters, different hashes
+    assert all(i.startswith(BOORU[: FOLDER_STEM_MAX - 9] + "-") for i in ids)
     assert p.run_dir.name == f"{folder_stem(booru['images'][0].stem)}-and-1"
     assert p.info["images"] == [str(i) for i in booru["images"]]
     assert p.info["image_folders"] == {ids[0]: f"{BOORU}0.png", ids[1]: f"{BOORU}1.png"}
     assert folder_stem("short name") == "short name"
-    assert folder_stem("x" * 30 + "  ...." + "y" * 20) == "x" * 30 + "-" + folder_stem("x" * 30 + "  ...." + "y" * 20)[-8:]  # no trailing dots
+    dotted = "x" * (FOLDER_STEM_MAX - 12) + " ..." + "y" * 30  # cut just after " .."
+    assert folder_stem(dotted) == "x" * (FOLDER_STEM_MAX - 12) + "-" + folder_stem(dotted)[-8:]  # no trailing space or dot
 
 
 @pytest.mark.parametrize("images", [1, 2])
