@@ -87,7 +87,8 @@ def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_UR
     repo = superproject_submodule(folder, cwd)
     if repo is not None:
         say(f"sd-scripts: the submodule {folder} (pinned by this repository)")
-        run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", str(folder)], say, "fetching the sd-scripts submodule")
+        relative = Path(os.path.relpath(folder.absolute(), repo.absolute())).as_posix()  # as .gitmodules names it
+        run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say, "fetching the sd-scripts submodule")
         return
     say(f"sd-scripts: cloning {url} into {folder}, at the pinned commit {commit[:8]}")
     folder.parent.mkdir(parents=True, exist_ok=True)
