@@ -11,7 +11,7 @@ PYTHON     ?= python3
 VENV       ?= .venv
 BIN        := $(VENV)/bin
 SD_SCRIPTS ?= vendor/sd-scripts
-SD_VENV    ?= $(SD_SCRIPTS)/venv
+SD_VENV    := $(SD_SCRIPTS)/venv
 # The torch that fits your GPU, e.g. TORCH="torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124"
 TORCH      ?= torch torchvision
 EFFECTS    := outline flat contrast posterize jpeg
@@ -49,20 +49,10 @@ $(BIN)/copymachine: pyproject.toml
 
 venv: $(BIN)/copymachine
 
-# sd-scripts: the pinned submodule, and its own Python environment (torch + its requirements)
-sd-scripts:
-	@if [ ! -f $(SD_SCRIPTS)/train_network.py ]; then \
-		git submodule update --init $(SD_SCRIPTS) || { echo "could not fetch sd-scripts; check it out at $(SD_SCRIPTS) or set SD_SCRIPTS=/path/to/sd-scripts"; exit 1; }; fi
-	@if [ ! -x $(SD_VENV)/bin/python ]; then $(PYTHON) -m venv $(SD_VENV); fi
-	$(SD_VENV)/bin/python -m pip install -q $(TORCH)
-	cd $(SD_SCRIPTS) && venv_py=$(abspath $(SD_VENV))/bin/python && $$venv_py -m pip install -q -r requirements.txt
-	@cd $(SD_SCRIPTS) && $(abspath $(SD_VENV))/bin/python -c "import torch, torchvision, accelerate, transformers, diffusers, library" \
-		|| { echo "sd-scripts' Python cannot import its modules (see above); a torch/torchvision pair that does not fit is the usual cause"; exit 1; }
-	@cd $(SD_SCRIPTS) && $(abspath $(SD_VENV))/bin/python -c "import cv2" 2>/dev/null \
-		|| { echo "opencv-python cannot load (it links libGL.so.1 and libglib-2.0): apt-get install libgl1 libglib2.0-0, or in $(SD_VENV): pip uninstall -y opencv-python && pip install opencv-python-headless==4.10.0.84"; exit 1; }
-
-setup: venv sd-scripts
-	@$(BIN)/copymachine doctor --sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python || true
+# sd-scripts: the pinned submodule (or the checkout at SD_SCRIPTS=), its own venv at $(SD_SCRIPTS)/venv,
+# torch ($(TORCH)) and its requirements, then doctor: `copymachine setup`, the same on Windows without make
+setup sd-scripts: venv
+	$(BIN)/copymachine setup --sd-scripts $(SD_SCRIPTS) --torch "$(TORCH)" --python $(PYTHON)
 
 # lint: ruff over our code and tests (rules in pyproject.toml), and the README's command reference
 # against each command's --help (cog; `$(BIN)/cog -r README.md` regenerates it); part of `make test`,

@@ -17,6 +17,21 @@ from typing import Any
 
 _CHUNK = 8 * 1024 * 1024
 
+# A picture's name becomes a folder name two or three times in a run's paths
+# (runs/<stem>/<stem>/<effect>/.partial/<stem>--<effect>--effect-lora/...): capped, so that a
+# booru file name stays under Windows' 260 characters. The full name is in the manifest.
+FOLDER_STEM_MAX = 32
+
+
+def folder_stem(name: str, limit: int = FOLDER_STEM_MAX) -> str:
+    """`name` as a folder name: whole up to `limit` characters; a longer one is cut and ends in
+    8 hex digits of its hash, so two long names that start alike stay apart. No trailing dot or
+    space (Windows drops them from folder names)."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip(' .')}-{digest}"
+
 # On Windows a rename onto a file another process has open (the UI reading state.json, an
 # antivirus scan, Explorer's thumbnails) fails with PermissionError for a moment: retry.
 REPLACE_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)

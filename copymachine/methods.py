@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from copymachine.errors import InputError
-from copymachine.files import HashCache
+from copymachine.files import HashCache, folder_stem
 from copymachine.models import Family
 from copymachine.plan import FileRef, LoraTerm, Plan, Planner, WeightedLora, stage_name
 from copymachine.recipe import Recipe, TrainingRecipe
@@ -119,7 +119,7 @@ def make_sources(images: list[Path], edited: list[Path]) -> list[Source]:
     if len(sources) > 1:
         seen: dict[str, int] = {}
         for s in sources:
-            stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in s.image.stem) or "image"  # type: ignore[union-attr]
+            stem = folder_stem("".join(c if c.isalnum() or c in "-_" else "_" for c in s.image.stem) or "image")  # type: ignore[union-attr]
             seen[stem] = seen.get(stem, 0) + 1
             s.id = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
     return sources
@@ -149,7 +149,7 @@ def run_folder(request: Request) -> Path:
     if request.out:
         return Path(request.out)
     first = request.sources[0].image
-    stem = first.stem if first else f"generated-s{request.recipe.generate.seed}"
+    stem = folder_stem(first.stem) if first else f"generated-s{request.recipe.generate.seed}"
     if len(request.sources) > 1:
         stem += f"-and-{len(request.sources) - 1}"
     return Path("runs") / (stem if request.method == COPY_MACHINE else f"{stem}-diff")
@@ -289,6 +289,8 @@ class _Context:
                 "family": self.family.name,
                 "images": [str(s.image) if s.image else None for s in r.sources],
                 "edited": [str(s.edited) if s.edited else None for s in r.sources],
+                # each image's folder (its stem, capped at FOLDER_STEM_MAX characters) and its full name
+                "image_folders": {s.id: s.image.name for s in r.sources if s.id and s.image},
                 "effects": r.effects,
                 "combine": r.combine,
                 "sign": r.sign,

@@ -16,12 +16,16 @@ without touching anything. Checked here, in this order (the CLI calls them):
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from copymachine import capabilities
@@ -385,14 +389,102 @@ def check_space(plan, model: ModelInfo, reporter: Reporter) -> dict[str, Any]:
     return summary
 
 
+# --- path lengths (Windows) ------------------------------------------------------------------
+
+# Windows' MAX_PATH is 260 characters with the terminating NUL; 10 are left for what sd-scripts
+# names inside a stage's scratch folder that the plan does not know.
+WINDOWS_PATH_LIMIT = 250
+LONG_PATHS_KEY = r"SYSTEM\CurrentControlSet\Control\FileSystem"
+LONG_PATHS_FIX = (
+    "enable long paths (PowerShell as administrator: New-ItemProperty -Path 'HKLM:\\" + LONG_PATHS_KEY
+    + "' -Name LongPathsEnabled -Value 1 -PropertyType DWORD -Force, then open a new terminal), "
+    "or put the run and the cache in a shorter folder (--out C:\\runs\\NAME, --cache-dir C:\\runs\\_cache)"
+)
+# the files each kind writes in its folder besides its outputs: (sub-folder, name after the stage's slug)
+_KIND_FILES = {
+    "train_lora": [("config", "-training.toml"), ("config", "-dataset.toml"), ("dataset/{slug}", "image.png")],
+    "copy_check": [("config", "-prompts.txt")],
+    "generate_image": [("config", "-prompt.txt")],
+}
+
+
+def _temp_of(path: PurePath) -> PurePath:
+    """The temporary name files.atomic_* writes `path` under first (mkstemp: 8 random characters)."""
+    return path.parent / f".{path.name}.XXXXXXXX.partial"
+
+
+def written_paths(plan) -> list[PurePath]:
+    """Every path the run writes that its plan can name: each stage's outputs and their temporary
+    names, its scratch folder's files, configs, dataset, stamp and log, the manifest."""
+    paths: list[PurePath] = [plan.manifest_path, _temp_of(plan.manifest_path)]
+    for stage in plan.stages:
+        scratch = stage.workdir / ".partial" / stage.slug
+        for out in stage.outputs.values():
+            paths += [out, _temp_of(out), scratch / out.name]
+        paths += [_temp_of(stage.workdir / ".stages" / f"{stage.slug}.json"), plan.run_dir / "logs" / f"{stage.slug}.log"]
+        if stage.shared:
+            paths.append(stage.workdir / f"{stage.slug}.log")
+        for folder, name in _KIND_FILES.get(stage.kind, []):
+            if "{slug}" in folder:
+                paths.append(stage.workdir / folder.format(slug=stage.slug) / name)
+            else:
+                paths.append(stage.workdir / folder / f"{stage.slug}{name}")
+    paths += [_temp_of(p) for p in plan.finals.values()]
+    return paths
+
+
+def windows_long_paths_enabled() -> bool:
+    """Whether Windows lets programs past MAX_PATH (the registry's LongPathsEnabled; Python
+    declares itself long-path aware). The seam the tests replace."""
+    import winreg  # type: ignore[import-not-found]
+
+    try:
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, LONG_PATHS_KEY) as key:  # type: ignore[attr-defined]
+            value, _ = winreg.QueryValueEx(key, "LongPathsEnabled")  # type: ignore[attr-defined]
+    except OSError:
+        return False
+    return value == 1
+
+
+def check_path_lengths(plan, platform: str | None = None) -> None:
+    """On Windows without long paths, refuse before any work a run that would write a path
+    past WINDOWS_PATH_LIMIT characters (it would fail minutes in, at the first such file)."""
+    if (platform or sys.platform) != "win32":
+        return
+    longest = max(written_paths(plan), key=lambda p: len(str(p)))
+    if len(str(longest)) <= WINDOWS_PATH_LIMIT or windows_long_paths_enabled():
+        return
+    raise OutputError(
+        f"this run would write paths of up to {len(str(longest))} characters, past Windows' limit of 260 "
+        f"(long paths are not enabled): {longest}; {LONG_PATHS_FIX}"
+    )
+
+
 # --- memory --------------------------------------------------------------------------------
 
 FP16_MERGE = "--set merge.precision=fp16 --set merge.save_precision=fp16"
 
 
-def memory_bytes() -> dict[str, int | None]:
-    """Total and available RAM and total swap, from /proc/meminfo (Linux) or sysconf."""
+def memory_bytes(platform: str | None = None) -> dict[str, int | None]:
+    """Total and available RAM and total swap (None: unknown): from psutil when it is importable
+    (copymachine does not depend on it), else from the system: /proc/meminfo (Linux),
+    GlobalMemoryStatusEx (Windows), sysctl and vm_stat (macOS), sysconf (other Unixes)."""
+    platform = platform or sys.platform
     out: dict[str, int | None] = {"total": None, "available": None, "swap": None}
+    try:
+        import psutil  # type: ignore[import-not-found]
+
+        vm = psutil.virtual_memory()
+        return {"total": int(vm.total), "available": int(vm.available), "swap": int(psutil.swap_memory().total)}
+    except Exception:  # absent, or one that cannot read this system: the system's own source
+        pass
+    try:
+        if platform == "win32":
+            return windows_memory(global_memory_status())
+        if platform == "darwin":
+            return mac_memory(_command_text(["sysctl", "-n", "hw.memsize", "vm.swapusage"]), _command_text(["vm_stat"]))
+    except (OSError, ValueError, IndexError, AttributeError, subprocess.SubprocessError):
+        return out
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2] and line.split()[1].isdigit()}
@@ -409,6 +501,51 @@ def memory_bytes() -> dict[str, int | None]:
     except (ValueError, OSError, AttributeError):
         pass
     return out
+
+
+class _MEMORYSTATUSEX(ctypes.Structure):
+    """Windows' MEMORYSTATUSEX (64 bytes): two DWORDs, then byte counts."""
+
+    _fields_ = [("dwLength", ctypes.c_uint32), ("dwMemoryLoad", ctypes.c_uint32)] + [
+        (name, ctypes.c_uint64) for name in ("ullTotalPhys", "ullAvailPhys", "ullTotalPageFile", "ullAvailPageFile",
+                                             "ullTotalVirtual", "ullAvailVirtual", "ullAvailExtendedVirtual")]  # fmt: skip
+
+
+def global_memory_status() -> dict[str, int]:
+    """Windows' GlobalMemoryStatusEx (the seam the tests replace): its fields by name."""
+    status = _MEMORYSTATUSEX()
+    status.dwLength = ctypes.sizeof(_MEMORYSTATUSEX)
+    if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
+        raise OSError("GlobalMemoryStatusEx failed")
+    return {name: int(getattr(status, name)) for name, _ in _MEMORYSTATUSEX._fields_}
+
+
+def windows_memory(status: dict[str, int]) -> dict[str, int | None]:
+    """RAM and swap from GlobalMemoryStatusEx's fields. Its "page file" total is the commit limit,
+    RAM + page files: the swap is what it adds to the RAM."""
+    total = status["ullTotalPhys"]
+    return {"total": total, "available": status["ullAvailPhys"], "swap": max(0, status["ullTotalPageFile"] - total)}
+
+
+def _command_text(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
+
+
+def mac_memory(sysctl: str, vm_stat: str) -> dict[str, int | None]:
+    """RAM and swap from `sysctl -n hw.memsize vm.swapusage` ("17179869184" and "total = 2048.00M
+    used = ..."), the available RAM from `vm_stat` (free + inactive + speculative pages)."""
+    lines = sysctl.splitlines()
+    total = int(lines[0].strip())
+    swap = None
+    match = re.search(r"total\s*=\s*([\d.]+)([KMGT])", sysctl)
+    if match:
+        swap = int(float(match.group(1)) * 1024 ** ("KMGT".index(match.group(2)) + 1))
+    available = None
+    page = re.search(r"page size of (\d+) bytes", vm_stat)
+    if page:
+        pages = dict(re.findall(r"^Pages (free|inactive|speculative):\s+(\d+)\.", vm_stat, re.MULTILINE))
+        available = int(page.group(1)) * sum(int(n) for n in pages.values()) if pages else None
+    return {"total": total, "available": available, "swap": swap}
 
 
 def ram_and_swap(mem: dict[str, int | None]) -> int:

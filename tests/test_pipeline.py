@@ -176,3 +176,37 @@ def test_dry_run_runs_nothing(tmp_path, capsys):
     assert not plan.stage("b").outputs["out"].exists()
     out = capsys.readouterr().out
     assert "# [1/2] stage a" in out and "(done by copymachine itself)" in out
+
+
+def test_a_cancelled_pipeline_starts_no_new_stage_and_resumes_later(tmp_path):
+    """The token cancelled while stage a runs (Ctrl-C, the queue's or the UI's stop): a finishes
+    and is kept, b (which waited for it) never starts, the run ends as interrupted; run again,
+    a is skipped and b runs. A token cancelled before the run starts nothing at all."""
+    from copymachine.supervise import CancelToken
+
+    token = CancelToken()
+
+    class CancelsWhileRunning(Concat):
+        def execute(self, stage, ctx):
+            super().execute(stage, ctx)
+            if stage.name == "a":
+                token.cancel()
+
+    kinds()["test_concat"] = CancelsWhileRunning()
+    plan, hashes = build(tmp_path)
+    with pytest.raises(EngineError, match=r"^interrupted: the run was cancelled before it finished"):
+        Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"], token=token).run()
+    assert CALLS == ["a"]
+    assert read_stamp(plan.stage("a")) is not None and plan.stage("a").outputs["out"].exists()
+    assert read_stamp(plan.stage("b")) is None and not plan.stage("b").outputs["out"].exists()
+
+    cancelled = CancelToken()
+    cancelled.cancel()
+    plan, hashes = build(tmp_path)
+    with pytest.raises(EngineError, match=r"^interrupted"):
+        Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"], token=cancelled).run()
+    assert CALLS == ["a"]
+
+    kinds()["test_concat"] = Concat()
+    plan = run(tmp_path)
+    assert CALLS == ["a", "b"] and plan.stage("b").outputs["out"].read_bytes() == b"srcab"

@@ -37,7 +37,7 @@ def cli():
 
 
 # Each module adds its commands to `cli` when imported.
-COMMAND_MODULES: list[str] = ["methods", "queue", "ui", "edit", "tools", "recipe", "see", "doctor"]
+COMMAND_MODULES: list[str] = ["methods", "queue", "ui", "edit", "tools", "recipe", "see", "doctor", "install"]
 
 
 def _register() -> None:
@@ -55,7 +55,22 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def utf8_streams() -> None:
+    """Write stdout and stderr as UTF-8, replacing what cannot be written: a redirected stdout on
+    Windows is cp1252 (or cp932 on a Japanese system), where a Japanese file name or the progress
+    line's "·" would raise UnicodeEncodeError, after the training has finished."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # a stream a caller replaced may lack it
+        if reconfigure is None:
+            continue
+        try:
+            reconfigure(encoding="utf-8", errors="replace")
+        except (ValueError, OSError):  # a stream already closed, or one that cannot change now
+            pass
+
+
 def main() -> None:
+    utf8_streams()
     # SIGBREAK: Windows' CTRL_BREAK_EVENT, what the supervisor sends a child copymachine to stop it
     for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):
         sig = getattr(signal, name, None)

@@ -1,0 +1,193 @@
+"""Setting up sd-scripts for copymachine (`copymachine setup`, what `make setup` runs): the pinned
+sd-scripts (a checkout given, the repository's submodule, or a clone at the pinned commit), its
+own venv, torch, sd-scripts' requirements. The same steps on Windows, Linux and macOS, with
+argument lists (no shell), so no make or bash is needed.
+
+On Windows the package index's default torch is a CPU-only build: with a GPU (nvidia-smi) and no
+--index-url in the torch spec, setup stops before installing and names the CUDA build to pick.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path, PurePath
+
+from copymachine.engine import PINNED_COMMIT
+from copymachine.errors import EnvironmentProblem, InputError
+from copymachine.runner import command_line
+
+SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts.git"
+DEFAULT_SD_SCRIPTS = Path("vendor") / "sd-scripts"  # the submodule's path in copymachine's repository
+DEFAULT_TORCH = "torch torchvision"
+NO_TORCH = "none"  # --torch none: torch is already in the venv (or installed by hand): skip it
+PYTORCH_INDEX = "https://download.pytorch.org/whl/"
+PYTORCH_SITE = "https://pytorch.org/get-started/locally/"
+
+Say = Callable[[str], None]
+
+
+def venv_python(venv: PurePath, platform: str | None = None) -> PurePath:
+    """The Python of a venv: venv\\Scripts\\python.exe on Windows, venv/bin/python elsewhere."""
+    parts = ("Scripts", "python.exe") if (platform or sys.platform) == "win32" else ("bin", "python")
+    return venv.joinpath(*parts)
+
+
+def is_sd_scripts(folder: Path) -> bool:
+    return (folder / "train_network.py").is_file() and (folder / "networks").is_dir()
+
+
+def run_step(argv: list[str], say: Say, what: str, cwd: Path | None = None) -> None:
+    """Run one step, its output passed on line by line (to stderr: stdout is for results); a
+    failure ends set-up with the command and the last lines it printed."""
+    say(f"  $ {command_line(argv)}")
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                text=True, encoding="utf-8", errors="replace")  # fmt: skip
+    except OSError as e:
+        raise EnvironmentProblem(f"{what}: cannot run {argv[0]}: {e.strerror or e}") from None
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        say(f"    {line}")
+        tail = [*tail[-11:], line]
+    if proc.wait() != 0:
+        raise EnvironmentProblem(f"{what} failed (exit {proc.returncode}): {command_line(argv)}", details=tail)
+
+
+# --- sd-scripts ---------------------------------------------------------------------------------
+
+
+def superproject_submodule(folder: Path, cwd: Path) -> Path | None:
+    """The git repository at `cwd` when `folder` is one of its submodules (copymachine's own
+    checkout, with vendor/sd-scripts), else None."""
+    gitmodules = cwd / ".gitmodules"
+    if not gitmodules.is_file() or shutil.which("git") is None:
+        return None
+    listed = subprocess.run(["git", "config", "-f", str(gitmodules), "--get-regexp", r"^submodule\..*\.path$"],
+                            capture_output=True, text=True, check=False).stdout  # fmt: skip
+    target = folder.absolute() if folder.is_absolute() else (cwd / folder).absolute()
+    for line in listed.splitlines():
+        _, _, path = line.partition(" ")
+        if path and (cwd / path).absolute() == target:
+            return cwd
+    return None
+
+
+def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL, commit: str = PINNED_COMMIT) -> None:
+    """Put the pinned sd-scripts at `folder`: `git submodule update --init` when it is the
+    submodule of the repository at `cwd`, else `git clone` + checkout of `commit`."""
+    if shutil.which("git") is None:
+        raise EnvironmentProblem(f"no sd-scripts at {folder} and git is not installed: install git, or clone {url} there yourself and check out {commit[:8]}, or give --sd-scripts DIR")
+    repo = superproject_submodule(folder, cwd)
+    if repo is not None:
+        say(f"sd-scripts: the submodule {folder} (pinned by this repository)")
+        relative = Path(os.path.relpath(folder.absolute(), repo.absolute())).as_posix()  # as .gitmodules names it
+        run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say, "fetching the sd-scripts submodule")
+        return
+    say(f"sd-scripts: cloning {url} into {folder}, at the pinned commit {commit[:8]}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    run_step(["git", "clone", "--no-checkout", url, str(folder)], say, "cloning sd-scripts")
+    run_step(["git", "-C", str(folder), "checkout", "--detach", commit], say, f"checking out sd-scripts at {commit[:8]}")
+
+
+def sd_scripts_folder(option: Path | None, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL) -> Path:
+    """The sd-scripts to set up: the one at `option` (default vendor/sd-scripts), fetched there
+    when the folder is absent or empty; a folder with other things in it is refused."""
+    folder = Path(option) if option else DEFAULT_SD_SCRIPTS
+    folder = folder.expanduser()
+    if not folder.is_absolute():
+        folder = cwd / folder
+    if is_sd_scripts(folder):
+        say(f"sd-scripts: {folder}")
+        return folder
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f"--sd-scripts {folder} is not an sd-scripts checkout (no train_network.py and networks/) and not empty: give the sd-scripts folder, or an empty or new one to fetch it into")
+    fetch_sd_scripts(folder, say, cwd, url)
+    if not is_sd_scripts(folder):
+        raise EnvironmentProblem(f"fetched sd-scripts into {folder}, but it has no train_network.py and networks/")
+    return folder
+
+
+# --- torch --------------------------------------------------------------------------------------
+
+
+def nvidia_smi() -> str | None:
+    """nvidia-smi's report (the seam the tests replace); None without an NVIDIA driver."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        return subprocess.run([exe], capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def driver_cuda(report: str | None) -> tuple[int, int] | None:
+    """The newest CUDA the driver supports, from nvidia-smi's header ("CUDA Version: 12.4")."""
+    match = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", report or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def torch_args(spec: str, say: Say, platform: str | None = None, report: Callable[[], str | None] | None = None) -> list[str] | None:
+    """pip's arguments for the torch `spec` ("torch==2.6.0 torchvision==0.21.0 --index-url ..."),
+    or None for --torch none. On Windows the index's default torch is CPU-only: a spec without
+    an index, on a machine whose nvidia-smi reports CUDA X.Y, is refused with the build to pick."""
+    if spec.strip().lower() == NO_TORCH:
+        say("torch: --torch none, not installed (doctor checks the one in the venv)")
+        return None
+    args = spec.split()
+    if not args:
+        raise InputError("--torch is empty: give the pip requirement(s) for torch, or none to skip it")
+    if (platform or sys.platform) != "win32" or any(a.startswith(("--index-url", "--extra-index-url", "-i", "-f", "--find-links")) or a.endswith(".whl") for a in args):
+        return args
+    cuda = driver_cuda((report or nvidia_smi)())
+    if cuda is None:
+        say("warning: on Windows the package index's torch is a CPU-only build, and nvidia-smi finds no NVIDIA GPU: "
+            f"installing it (for a GPU, rerun with --torch \"torch torchvision --index-url {PYTORCH_INDEX}cu126\", the build your driver supports: {PYTORCH_SITE})")  # fmt: skip
+        return args
+    version = f"{cuda[0]}.{cuda[1]}"
+    raise InputError(
+        f"on Windows the package index's default torch is a CPU-only build, and this machine's NVIDIA driver supports CUDA {version}: "
+        f'run copymachine setup --torch "{spec} --index-url {PYTORCH_INDEX}cu{cuda[0]}{cuda[1]}" (if there is no such build, '
+        f"the newest CUDA build up to {version} listed at {PYTORCH_SITE}; for the CPU build anyway: --index-url {PYTORCH_INDEX}cpu)"
+    )
+
+
+# --- the whole set-up ---------------------------------------------------------------------------
+
+
+def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = None, cwd: Path | None = None, url: str = SD_SCRIPTS_URL) -> tuple[Path, str]:
+    """sd-scripts (given or fetched), its venv (made with `python`, default this one), torch,
+    sd-scripts' requirements. Returns sd-scripts' folder and its venv's Python."""
+    cwd = cwd or Path.cwd()
+    torch_notes: list[str] = []
+    pip_torch = torch_args(torch, torch_notes.append)  # a refused spec stops set-up before anything is fetched
+    root = sd_scripts_folder(sd_scripts, say, cwd, url)
+    venv = root / "venv"
+    py = Path(venv_python(venv))
+    if py.is_file():
+        say(f"venv: {venv} (already there)")
+    else:
+        say(f"venv: making {venv}")
+        run_step([python or sys.executable, "-m", "venv", str(venv)], say, "making sd-scripts' venv")
+        if not py.is_file():
+            raise EnvironmentProblem(f"made sd-scripts' venv at {venv}, but it has no {py}")
+    for note in torch_notes:
+        say(note)
+    if pip_torch is not None:
+        say(f"torch: {' '.join(pip_torch)}")
+        run_step([str(py), "-m", "pip", "install", "-q", *pip_torch], say, "installing torch")
+    requirements = root / "requirements.txt"
+    if requirements.is_file():
+        say(f"sd-scripts' requirements: {requirements}")
+        # in sd-scripts' folder: its requirements end with `-e .` (its own `library` package)
+        run_step([str(py), "-m", "pip", "install", "-q", "-r", "requirements.txt"], say, "installing sd-scripts' requirements", cwd=root)
+    else:
+        say(f"warning: {root} has no requirements.txt: nothing more installed")
+    return root, os.fspath(py)
