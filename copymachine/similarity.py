@@ -3,8 +3,9 @@
 SSIM (scikit-image, on the RGB image, 8-bit range) is 1 for identical images and falls towards 0
 for unrelated ones. The copy check scores luma SSIM at a fixed reduced size (`luma_ssim_score`,
 256 px on the long side): the question is "is it the same picture", not its pixel-level detail,
-and a fixed size makes the score mean the same at 512 and at 1024 px. LPIPS (the `lpips` package, AlexNet features) is 0 for identical images and
-grows with perceptual difference; it needs torch, so it is an optional extra
+and a fixed size makes the score mean the same at 512 and at 1024 px. LPIPS (the `lpips`
+package, AlexNet features) is 0 for identical images and grows with perceptual difference; it
+needs torch, so it is an optional extra
 (`pip install copymachine[lpips]`) imported only here and only when asked for: without it,
 copymachine's own process never imports torch.
 """
