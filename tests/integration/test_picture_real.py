@@ -44,7 +44,9 @@ def test_a_large_picture_plans_the_native_area(ws):
     assert "# training size of original: 576x448 (picture 2048x1536 px; the native 512x512 px area" in result.stdout
     configs = sorted((ws["root"] / "cache").rglob("*copy-lora-training.toml"))
     assert configs, result.stdout
-    assert tomllib.loads(configs[0].read_text(encoding="utf-8"))["resolution"] == "576,448"
+    assert tomllib.loads(configs[0].read_text(encoding="utf-8"))["dataset"]["resolution"] == "576,448"
+    datasets = sorted((ws["root"] / "cache").rglob("*copy-lora-dataset.toml"))
+    assert tomllib.loads(datasets[0].read_text(encoding="utf-8"))["datasets"][0]["resolution"] == [576, 448]
 
 
 def test_an_exif_rotated_photo_trains_upright_on_the_real_sd_scripts(ws):
@@ -71,8 +73,8 @@ def test_an_exif_rotated_photo_trains_upright_on_the_real_sd_scripts(ws):
     # sd-scripts' own record of what it trained on
     lora = next((ws["root"] / "cache").rglob("copy-lora.safetensors"))
     md = read_safetensors(lora).metadata
-    assert md["ss_resolution"] == "192,320"
-    assert json.loads(md["ss_datasets"])[0]["resolution"] == [192, 320]
+    assert json.loads(md["ss_datasets"])[0]["resolution"] == [192, 320]  # (width, height) of its dataset
+    assert md["modelspec.resolution"] == "192x320"
     # the copy check: rendered by gen_img.py with euler at the training size, scored as luma at 256 px
     scores = json.loads((out / "copy-check" / "copy-check.json").read_text(encoding="utf-8"))
     assert scores["sampler"] == "euler" and scores["size"] == [192, 320] and scores["ssim_of"] == "luma at 154x256"
