@@ -15,9 +15,13 @@ from copymachine.stamps import done_stamp
 
 
 def print_dry_run(plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, out: TextIO | None = None) -> None:
-    """One `# [i/n]` line per stage, its configs, then its commands, copy-pasteable (a stage
-    copymachine does itself names its outputs instead)."""
+    """The training size of each source and why, then one `# [i/n]` line per stage, its
+    configs, then its commands, copy-pasteable (a stage copymachine does itself names its
+    outputs instead)."""
     out = out or sys.stdout
+    for source, choice in plan.info.get("training_size", {}).items():
+        picture = "x".join(str(v) for v in choice["picture"])
+        out.write(f"# training size of {source}: {choice['size'][0]}x{choice['size'][1]} (picture {picture} px; {choice['why']})\n")
     total = len(plan.stages)
     for index, stage in enumerate(plan.stages, 1):
         kind = kinds()[stage.kind]

@@ -11,15 +11,15 @@ pipeline runs it. Sign convention for every method: positive strength = more of 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from copymachine.errors import InputError
 from copymachine.files import HashCache, folder_stem
+from copymachine.images import image_info
 from copymachine.models import Family
 from copymachine.plan import FileRef, LoraTerm, Plan, Planner, WeightedLora, stage_name
 from copymachine.recipe import Recipe, TrainingRecipe
@@ -98,15 +98,61 @@ class Request:
         self.absorb = [a if isinstance(a, StyleLora) else StyleLora(Path(a[0]), a[1]) for a in self.absorb]
 
 
-def training_size(width: int, height: int, resolution: int | None) -> tuple[int, int]:
-    """The size the LoRAs train at: the image's own size (memo: resolution = the image's, 512),
-    scaled so the longer side is `resolution` when given, each side a multiple of 64."""
-    scale = resolution / max(width, height) if resolution else 1.0
+def training_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """The size a picture of `width` x `height` trains at, about `resolution`² pixels (sd-scripts'
+    bucket rule at that area): of the sizes whose sides are multiples of 64 and whose area is at
+    most `resolution`², the one whose aspect ratio is closest to the picture's (on a log scale;
+    a tie goes to the larger area, then the wider). 2048x1536 at 512 trains at 576x448."""
+    area = resolution * resolution
+    aspect = math.log(width / height)
+    best: tuple[float, int, int] | None = None
+    for w in range(MIN_SIDE, area // MIN_SIDE + 1, STEP):
+        h = (area // w) // STEP * STEP
+        if h < MIN_SIDE:
+            break
+        rank = (abs(math.log(w / h) - aspect), -w * h, -w)
+        if best is None or rank < best:
+            best = rank
+    assert best is not None  # resolution >= 64: 64x64 is always a candidate
+    w = -best[2]
+    return w, -best[1] // w
 
-    def side(v: int) -> int:
-        return max(MIN_SIDE, round(v * scale / STEP) * STEP)
 
-    return side(width), side(height)
+FAR = 2.0  # a picture with more than twice, or less than half, the training area is "far" from it
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    """The size one source trains at and why (shown by --dry-run, recorded in the manifest)."""
+
+    size: tuple[int, int]
+    picture: tuple[int, int]  # the upright picture's own size
+    why: str
+    note: str | None = None  # one line for the user when the picture is resized by default
+
+
+def choose_training_size(picture: tuple[int, int], generated: bool, resolution: int | None, family: Family, name: str = "") -> SizeChoice:
+    """The training size of a source: `--resolution N` trains at about N x N px; by default a
+    picture trains at the model family's native area (SD1.x/SD2 512x512, SDXL 1024x1024), its
+    aspect kept, and a generated original at its own size (it already is native)."""
+    width, height = picture
+    native = family.default_size
+    rule = "aspect kept, sides multiples of 64"
+    if resolution is not None:
+        return SizeChoice(training_size(width, height, resolution), picture, f"--resolution {resolution}: about {resolution}x{resolution} px, {rule}")
+    if generated and width % STEP == 0 and height % STEP == 0:
+        return SizeChoice((width, height), picture, "the generated original's own size (the model's native size)")
+    size = training_size(width, height, native)
+    why = f"the native {native}x{native} px area of {family.label}, {rule} (--resolution N trains at about NxN px)"
+    note = None
+    if size != (width, height) and not generated:
+        ratio = (width * height) / (size[0] * size[1])
+        far = f", far from the native {native}x{native} px area of {family.label}" if ratio > FAR or ratio < 1 / FAR else ""
+        note = (
+            f"{name} is {width}x{height} px{far}: it trains on a copy resized to {size[0]}x{size[1]} "
+            f"({'the native area, ' if not far else ''}{rule}; its edits alike); --resolution N trains at about NxN px instead"
+        )
+    return SizeChoice(size, picture, why, note)
 
 
 def make_sources(images: list[Path], edited: list[Path]) -> list[Source]:
@@ -202,13 +248,14 @@ def final_name(request: Request, run_dir: Path, effect: str) -> str:
 
 
 def source_size(source: Source, recipe: Recipe, family: Family) -> tuple[int, int]:
+    """The source's size upright (after its EXIF orientation: what original.png holds)."""
     if source.image is None:
         return recipe.generate.size(family.default_size)
     try:
-        with Image.open(source.image) as im:
-            return im.size
-    except OSError:
+        width, height = image_info(source.image)["size"]
+    except InputError:
         raise InputError(f"image is not a readable image file: {source.image}") from None
+    return width, height
 
 
 # --- planning: the per-source state, the steps, the methods ------------------------------------
@@ -225,6 +272,7 @@ class SourcePlan:
     captions: str = ""  # the captions stage's name
     edits: dict[str, FileRef] = field(default_factory=dict)
     copy_check: FileRef | None = None  # the copy check's scores
+    size_choice: SizeChoice | None = None  # why it trains at `size`
 
     @property
     def id(self) -> str:
@@ -296,6 +344,11 @@ class _Context:
                 "sign": r.sign,
                 "absorb": [[str(a.path), a.ratio] for a in r.absorb],
                 "training_sizes": {s.id or "original": list(s.size) for s in self.sources},
+                "training_size": {
+                    s.id or "original": {"size": list(s.size), "picture": list(s.size_choice.picture), "why": s.size_choice.why}
+                    for s in self.sources
+                    if s.size_choice is not None
+                },
                 "copy_model": self.recipe.merge.copy_model if method == COPY_MACHINE or r.absorb else None,
                 "copy_check": {"min_ssim": self.recipe.copy_check.min_ssim} if r.copy_check else "off (--no-copy-check)",
                 "recipe": self.recipe.to_dict(),
@@ -331,8 +384,11 @@ def _original(c: _Context, source: Source) -> SourcePlan:
         image = c.external(source.image)
     title = f"{source.id}: original image" if source.id else "original image"
     original = c.add(stage_name("original", source=source.id), "import_image", title, {"source": image}, ImportParams(), {"image": "original.png"}, workdir=c.source_dir(source))
-    size = training_size(*source_size(source, c.recipe, c.family), c.request.resolution)
-    return SourcePlan(source=source, original=original, size=size)  # type: ignore[arg-type]
+    name = source.image.name if source.image is not None else "the generated original"
+    choice = choose_training_size(source_size(source, c.recipe, c.family), source.image is None, c.request.resolution, c.family, name)
+    if choice.note:
+        c.plan.notes.append(choice.note)
+    return SourcePlan(source=source, original=original, size=choice.size, size_choice=choice)  # type: ignore[arg-type]
 
 
 def _edit(c: _Context, sp: SourcePlan, effect: str) -> None:

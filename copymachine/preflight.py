@@ -6,8 +6,9 @@ without touching anything. Checked here, in this order (the CLI calls them):
 
 - the base model: a single-file safetensors checkpoint of a family copymachine trains; a pickle
   (.ckpt) only with --allow-pickle, and then copymachine does not open it (sd-scripts does);
-- the images: readable, one frame, not tiny, not huge (without --resolution); sizes that are
-  not multiples of 64 and colour modes that are converted get a note saying what happens;
+- the images: readable, one frame, not tiny; colour modes that are converted get a note saying
+  what happens (the size a picture trains at, and its note, come with the plan:
+  `methods.choose_training_size`);
 - the output: the run folder holds this run or nothing (another run, or files copymachine did
   not make, need --force), a final LoRA path holds nothing copymachine did not make, and the run
   and cache folders are writable;
@@ -40,7 +41,6 @@ from copymachine.stamps import sized_stamp
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MIN_IMAGE_SIDE = 64  # px: SD's latent is 1/8 of the image; below 64 px there is nothing to learn
-MAX_IMAGE_SIDE = 4096  # px: the memo trains at the image's own size; above this, --resolution
 GB = 1024**3
 MB = 1024**2
 
@@ -133,11 +133,10 @@ _MODE_NOTES = {
 }
 
 
-def check_image(path: Path, what: str, resolution: int | None, reporter: Reporter) -> tuple[int, int]:
-    """One image: readable, one frame, at least 64 px a side, at most 4096 px (unless --resolution
-    is given). Notes what copymachine converts. Returns its size (after EXIF orientation)."""
-    from copymachine.methods import training_size
-
+def check_image(path: Path, what: str, reporter: Reporter) -> tuple[int, int]:
+    """One image: readable, one frame, at least 64 px a side. Notes what copymachine converts.
+    Returns its size upright (after EXIF orientation). A picture of any larger size trains on a
+    copy resized to the training size (the plan says which and why)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
@@ -152,11 +151,6 @@ def check_image(path: Path, what: str, resolution: int | None, reporter: Reporte
         raise InputError(
             f"{what} is {width}x{height} px: too small to train on (at least {MIN_IMAGE_SIDE} px a side; the memo used 512): {path}"
         )
-    if max(width, height) > MAX_IMAGE_SIDE and resolution is None:
-        raise InputError(
-            f"{what} is {width}x{height} px, larger than {MAX_IMAGE_SIDE} px: training at that size needs far more memory than any GPU has; "
-            f"give --resolution 512 (SD1.x) or 1024 (SDXL) to train on a resized copy, or downscale it: {path}"
-        )
     try:
         load_rgb(path)  # truncated, corrupt, animated: one line naming the file
     except InputError as e:
@@ -170,23 +164,18 @@ def check_image(path: Path, what: str, resolution: int | None, reporter: Reporte
         notes.append(f"{info['bit_depth']}-bit: reduced to 8 bits per channel")
     if info["mode"] == "P" and info["has_alpha"]:
         notes.append("a palette image: converted to RGB")
+    if info["orientation"] in (5, 6, 7, 8):
+        notes.append(f"EXIF orientation {info['orientation']}: turned upright ({width}x{height} px; stored as {info['stored_size'][0]}x{info['stored_size'][1]})")
     for note in notes:
         reporter.info(f"note: {what} {path.name}: {note}")
-    trained = training_size(width, height, resolution)
-    if resolution is None and (width % 64 or height % 64):
-        reporter.warn(
-            f"{what} {path.name} is {width}x{height} px, not a multiple of 64 a side (sd-scripts would bucket it): "
-            f"copymachine trains on a copy resized to {trained[0]}x{trained[1]} (the edit too); "
-            f"give an image of that size to train on it unchanged"
-        )
     return width, height
 
 
-def check_images(images: list[Path], edited: list[Path], resolution: int | None, reporter: Reporter) -> None:
+def check_images(images: list[Path], edited: list[Path], reporter: Reporter) -> None:
     for path in images:
-        check_image(path, "image", resolution, reporter)
+        check_image(path, "image", reporter)
     for path in edited:
-        check_image(path, "edited image", resolution, reporter)
+        check_image(path, "edited image", reporter)
 
 
 # --- the output ----------------------------------------------------------------------------

@@ -416,7 +416,7 @@ def check_inputs(o: RunOptions, reporter: Reporter):
         raise InputError("--edited is an edit of your --image: give the original too")
     effects = resolve_effects(o.effects, bool(edited))
     model = preflight.check_base_model(o.base, reporter, allow_pickle=o.allow_pickle)
-    preflight.check_images(images, edited, o.resolution, reporter)
+    preflight.check_images(images, edited, reporter)
     return images, edited, effects, model
 
 

@@ -1,8 +1,11 @@
 """How close a generated image is to the original: SSIM always, LPIPS when installed.
 
 SSIM (scikit-image, on the RGB image, 8-bit range) is 1 for identical images and falls towards 0
-for unrelated ones. LPIPS (the `lpips` package, AlexNet features) is 0 for identical images and
-grows with perceptual difference; it needs torch, so it is an optional extra
+for unrelated ones. The copy check scores luma SSIM at a fixed reduced size (`luma_ssim_score`,
+256 px on the long side): the question is "is it the same picture", not its pixel-level detail,
+and a fixed size makes the score mean the same at 512 and at 1024 px. LPIPS (the `lpips`
+package, AlexNet features) is 0 for identical images and grows with perceptual difference; it
+needs torch, so it is an optional extra
 (`pip install copymachine[lpips]`) imported only here and only when asked for: without it,
 copymachine's own process never imports torch.
 """
@@ -18,6 +21,8 @@ from copymachine.heavy import numpy as np
 from copymachine.images import to_rgb
 
 LPIPS_HINT = "pip install 'copymachine[lpips]'"
+SCORE_SIDE = 256  # px: the long side the copy check's luma SSIM is measured at
+SSIM_WINDOW = 7  # px: scikit-image's default window; no side is scored below it
 
 
 def reference_at(original: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -33,6 +38,34 @@ def ssim_score(reference: Image.Image, image: Image.Image) -> float:
     if a.shape != b.shape:
         raise ValueError(f"images differ in size: {reference.size} and {image.size}")
     return ssim(a, b)
+
+
+def score_size(size: tuple[int, int], side: int = SCORE_SIDE) -> tuple[int, int]:
+    """The size a `size` image is scored at: its long side `side` px (never enlarged, and no
+    side below SSIM's 7 px window), the aspect kept."""
+    width, height = size
+    scale = min(1.0, side / max(width, height))
+    scale = min(1.0, max(scale, SSIM_WINDOW / min(width, height)))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def luma(image: Image.Image, size: tuple[int, int]):
+    """The image's luma (ITU-R 601, Pillow's "L"), area-averaged down to `size`, as uint8."""
+    grey = to_rgb(image).convert("L")
+    if grey.size != tuple(size):
+        grey = grey.resize(tuple(size), Image.Resampling.BOX)
+    return np.asarray(grey, np.uint8)
+
+
+def luma_ssim_score(reference: Image.Image, image: Image.Image, side: int = SCORE_SIDE) -> float:
+    """SSIM of the two images' luma at `score_size` (256 px on the long side): the copy check's
+    score. The images must be the same size (the reference is resized first: `reference_at`)."""
+    if reference.size != image.size:
+        raise ValueError(f"images differ in size: {reference.size} and {image.size}")
+    from skimage.metrics import structural_similarity
+
+    size = score_size(reference.size, side)
+    return float(structural_similarity(luma(reference, size), luma(image, size), data_range=255))
 
 
 @dataclass

@@ -155,8 +155,6 @@ def _image_case(tmp_path, scene, case: str) -> Path:
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
     elif case == "1x1":
         Image.new("RGB", (1, 1), (255, 0, 0)).save(path)
-    elif case == "larger than 4096":
-        Image.new("RGB", (4160, 64), (200, 100, 50)).save(path)
     return path
 
 
@@ -166,7 +164,6 @@ IMAGE_CASES = {
     "truncated": "image: {path}: truncated or corrupt image",
     "animated": "image: {path}: has 3 frames (animated); save the one frame you want as a PNG",
     "1x1": "image is 1x1 px: too small to train on (at least 64 px a side; the memo used 512): ",
-    "larger than 4096": "image is 4160x64 px, larger than 4096 px: ",
 }
 
 
@@ -181,11 +178,43 @@ def test_bad_image(fake_engine, scene, tmp_path, case):
     assert not out.exists() and fake_engine.calls() == []
 
 
-def test_image_larger_than_4096_trains_with_resolution(fake_engine, scene, tmp_path):
-    path = _image_case(tmp_path, scene, "larger than 4096")
-    result = invoke(["train", "--effect", "contrast", "--base", fake_engine.base, "--image", path, "--out", tmp_path / "run", "--resolution", "512", "--dry-run", *fake_engine.engine_args])
+def test_a_picture_larger_than_4096_px_trains_at_the_native_area(fake_engine, tmp_path):
+    """No size limit: a 4160x3120 picture trains SD1.5 at 576x448 (about 512², aspect kept),
+    with one note saying so and how to change it; --resolution is the training size."""
+    path = tmp_path / "big.png"
+    Image.new("RGB", (4160, 3120), (200, 100, 50)).save(path)
+    result = invoke(["train", "--effect", "contrast", "--base", fake_engine.base, "--image", path, "--out", tmp_path / "run", "--dry-run", *fake_engine.engine_args])
     assert result.exit_code == 0, result.output
-    assert "512x64" in result.stdout  # the training size, in the stage listing
+    notes = [line for line in result.stderr.splitlines() if "big.png" in line]
+    assert notes == [
+        "note: big.png is 4160x3120 px, far from the native 512x512 px area of Stable Diffusion 1.x: it trains on a copy "
+        "resized to 576x448 (aspect kept, sides multiples of 64; its edits alike); --resolution N trains at about NxN px instead"
+    ]
+    assert "steps at 576x448" in result.stdout  # the training size, in the stage listing
+    assert "# training size of original: 576x448 (picture 4160x3120 px; the native 512x512 px area of Stable Diffusion 1.x, " in result.stdout
+    result = invoke(["train", "--effect", "contrast", "--base", fake_engine.base, "--image", path, "--out", tmp_path / "run2", "--resolution", "1024", "--dry-run", *fake_engine.engine_args])
+    assert result.exit_code == 0 and "steps at 1152x896" in result.stdout and "note: big.png" not in result.stderr
+
+
+def test_an_exif_rotated_photo_trains_upright(fake_engine, scene, tmp_path):
+    """A phone photo stored 256x192 with EXIF orientation 6 is 192x256 upright: original.png is
+    upright and the LoRAs train at 192x320 at --resolution 256 (the stored size would give 320x192)."""
+    photo = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    scene.image.resize((256, 192), Image.Resampling.LANCZOS).save(photo, exif=exif, quality=95)
+    out = tmp_path / "run"
+    result = invoke(["train", "--effect", "contrast", "--base", fake_engine.base, "--image", photo, "--out", out, "--resolution", "256",
+                     "--max-steps", "3", "--no-copy-check", *fake_engine.engine_args])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: image phone.jpg: EXIF orientation 6: turned upright (192x256 px; stored as 256x192)" in result.stderr
+    with Image.open(out / "original.png") as im:
+        assert im.size == (192, 256)
+    training = [c for c in fake_engine.calls() if c["script"].endswith("train_network.py")]
+    assert [c["config"]["resolution"] for c in training] == ["192,320", "192,320"]
+    assert training[0]["dataset_config"]["datasets"][0]["resolution"] == [192, 320]
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["run"]["training_size"]["original"] == {"size": [192, 320], "picture": [192, 256], "why": "--resolution 256: about 256x256 px, aspect kept, sides multiples of 64"}
 
 
 def test_image_modes_are_converted_and_train(fake_engine, scene, tmp_path):
@@ -215,7 +244,7 @@ def test_image_modes_are_converted_and_train(fake_engine, scene, tmp_path):
 
 def test_odd_paths_work_and_a_size_not_a_multiple_of_64_is_resized(fake_engine, scene, tmp_path):
     """Spaces, quotes, a backslash, %, a newline and Japanese characters in every path; an
-    image of 100x90 px trains on a 128x64 copy, with a warning saying so."""
+    image of 100x90 px trains on a 512x512 copy (SD1.5's native area), with a note saying so."""
     weird = tmp_path / "a b 'single' \"double\" back\\slash 100% new\nline 日本語"
     weird.mkdir()
     base = weird / "base 'model'.safetensors"
@@ -226,13 +255,13 @@ def test_odd_paths_work_and_a_size_not_a_multiple_of_64_is_resized(fake_engine, 
     result = invoke(["train", "--effect", "contrast", "--base", base, "--image", image, "--out", out, "--cache-dir", weird / "cache 日本",
                      "--max-steps", "3", "--no-copy-check", *fake_engine.engine_args])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "is 100x90 px, not a multiple of 64 a side (sd-scripts would bucket it): copymachine trains on a copy resized to 128x64" in result.stderr
+    assert "note: 画像 %d.png is 100x90 px, far from the native 512x512 px area of Stable Diffusion 1.x: it trains on a copy resized to 512x512" in result.stderr
     final = out / "run \\ %s-contrast.safetensors"
     assert result.stdout.endswith(str(final) + "\n")
     validate_lora(final, expected_rank=8)
     training = [c for c in fake_engine.calls() if c["script"].endswith("train_network.py")]
     assert training[0]["config"]["pretrained_model_name_or_path"] == str(base)
-    assert training[0]["config"]["resolution"] == "128,64"
+    assert training[0]["config"]["resolution"] == "512,512"
     assert Path(training[1]["config"]["output_dir"]) == out / "contrast" / ".partial" / "contrast--effect-lora"
 
 

@@ -51,6 +51,10 @@ def test_ready_machine(fake_engine, tmp_path, roomy):
     assert r["write"].startswith("ok access") and r["tokenizer"].startswith("ok ")
     assert r["engine"].startswith("warn a folder without .git (tree ")
     assert "not a release copymachine knows: per-prompt file names (--f); options: train_network.py 19" in r["engine"]
+    assert r["training"] == (
+        "ok size Stable Diffusion 1.x trains at about 512x512 px by default (its native size; e.g. a 2048x1536 picture at 576x448), "
+        "the picture's aspect kept, sides multiples of 64; a generated original at its own size; --resolution N trains at about NxN px"
+    )
     assert result.stdout.splitlines()[-1] == "ready (3 warning(s))"
 
 
@@ -123,4 +127,5 @@ def test_sdxl_at_float_fits_24_gb_in_memory_and_the_file_route_is_named(fake_eng
     xl = fake_engine.make_checkpoint(tmp_path / "xl.safetensors", family="sdxl")
     r = rows(doctor(fake_engine, tmp_path, "--base", str(xl)))
     assert r["RAM"].startswith("warn 24.0 GB") and "training SDXL with the copy model in memory peaks at ~22.6 GB" in r["RAM"]
+    assert "SDXL trains at about 1024x1024 px by default (its native size; e.g. a 2048x1536 picture at 1152x896)" in r["training"]
     assert r["RAM"].endswith("too little for --copy-model file at float; at fp16 it peaks at ~22.7 GB (--set merge.precision=fp16 --set merge.save_precision=fp16)")

@@ -15,7 +15,7 @@ from copymachine.errors import InputError
 from copymachine.files import HashCache
 from copymachine.lorafile import write_safetensors
 from copymachine.methods import COPY_MACHINE, DIFFERENCE, Request, make_sources, match_edits, plan, training_size
-from copymachine.models import SD1
+from copymachine.models import SD1, SDXL
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO
@@ -124,9 +124,71 @@ def test_max_steps_and_resolution(env):
     params = p.stage("copy-lora").params
     assert params["size"] == [64, 64] and params["max_train_steps"] == 3
     assert params["warmup_steps"] == 0  # 500/3072 of 3 steps
-    assert training_size(500, 300, None) == (512, 320)
-    assert training_size(1024, 768, 512) == (512, 384)
-    assert training_size(32, 32, None) == (64, 64)
+    assert p.info["training_size"]["original"]["why"].startswith("--resolution 64: about 64x64 px")
+    assert p.notes == []  # the user chose the size: no note
+
+
+def test_training_size_is_the_bucket_rule_at_an_area():
+    """Of the sizes with sides multiples of 64 and an area of at most N², the one closest to the
+    picture's aspect ratio (sd-scripts' bucket rule)."""
+    assert training_size(2048, 1536, 512) == (576, 448)
+    assert training_size(1536, 2048, 512) == (448, 576)
+    assert training_size(2048, 1536, 1024) == (1152, 896)
+    assert training_size(1920, 1080, 1024) == (1344, 768)  # an SDXL bucket
+    assert training_size(512, 768, 512) == (384, 640)
+    assert training_size(512, 512, 512) == (512, 512)
+    assert training_size(500, 300, 512) == (640, 384)
+    assert training_size(128, 64, 64) == (64, 64)  # nothing else fits 64²
+    assert training_size(32, 32, 512) == (512, 512)
+    for w, h, n in [(2048, 1536, 512), (4160, 64, 512), (300, 7000, 1024), (97, 1013, 4096)]:
+        tw, th = training_size(w, h, n)
+        assert tw % 64 == 0 and th % 64 == 0 and tw * th <= n * n
+
+
+def test_a_large_picture_trains_at_the_native_area_with_one_note(env):
+    """A 2048x1536 download trains SD1.5 at 576x448 (about 512²) by default, not at 2048x1536;
+    one note says so and how to change it; the manifest's info says why."""
+    big = env["tmp"] / "download.png"
+    Image.new("RGB", (2048, 1536), (90, 60, 30)).save(big)
+    p = make(env, sources=make_sources([big], []))
+    for stage in ("copy-lora", "outline/effect-lora"):
+        assert p.stage(stage).params["size"] == [576, 448]
+    assert p.stage("copy-check").params["size"] == [576, 448]
+    assert p.info["training_sizes"] == {"original": [576, 448]}
+    info = p.info["training_size"]["original"]
+    assert info["picture"] == [2048, 1536] and "native 512x512 px area of Stable Diffusion 1.x" in info["why"]
+    assert len(p.notes) == 1
+    assert p.notes[0].startswith("download.png is 2048x1536 px, far from the native 512x512 px area of Stable Diffusion 1.x: it trains on a copy resized to 576x448")
+    assert "--resolution N" in p.notes[0]
+    assert make(env, out="sdxl", sources=make_sources([big], []), family=SDXL).stage("copy-lora").params["size"] == [1152, 896]
+    # --resolution is the training size
+    assert make(env, out="r768", sources=make_sources([big], []), resolution=768).stage("copy-lora").params["size"] == [896, 640]
+
+
+def test_a_native_picture_trains_as_it_is_without_a_note(env):
+    p = make(env)  # 512x512
+    assert p.stage("copy-lora").params["size"] == [512, 512] and p.notes == []
+
+
+def test_an_exif_rotated_photo_trains_upright(env):
+    """A phone photo stored 2048x1536 with EXIF orientation 6 is 1536x2048 upright: it trains at
+    448x576, not at the stored size's 576x448 (squashed)."""
+    photo = env["tmp"] / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (2048, 1536), (90, 60, 30)).save(photo, exif=exif)
+    p = make(env, sources=make_sources([photo], []))
+    assert p.stage("copy-lora").params["size"] == [448, 576]
+    assert p.info["training_size"]["original"]["picture"] == [1536, 2048]
+
+
+def test_a_generated_original_keeps_its_size(env):
+    from dataclasses import replace
+
+    recipe = replace(MEMO, generate=replace(MEMO.generate, width=512, height=768))
+    p = make(env, sources=make_sources([], []), recipe=recipe)
+    assert p.stage("copy-lora").params["size"] == [512, 768] and p.notes == []
+    assert "generated original's own size" in p.info["training_size"]["original"]["why"]
 
 
 def test_two_images_memo_route(env):

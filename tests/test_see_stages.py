@@ -83,6 +83,7 @@ def test_train_plan_checks_the_copy_model_and_previews_at_the_end(tmp_path, scen
     assert check.workdir == p.run_dir / "copy-check" and not check.shared  # images in the run folder
     assert check.params["size"] == [64, 64] and check.params["seeds"] == [1, 2, 3, 4] and check.params["prompts"][0] == "{caption}"
     assert check.gate == {"min_ssim": 0.8} and "min_ssim" not in check.params
+    assert check.params["sampler"] == "euler"  # deterministic: no fresh noise at every step (euler_a)
     assert "copycheck000" in p.stage("outline/final").inputs
     preview = p.stage("outline/preview")
     assert preview.inputs["lora"].producer == "outline/final"
@@ -188,6 +189,7 @@ def test_a_copy_model_that_does_not_copy_stops_the_run(tmp_path, scene_path, sd,
     scores = json.loads((folder / "copy-check.json").read_text(encoding="utf-8"))
     assert [r["prompt"] for r in scores["images"]] == ["1girl, 猫", "landscape", "1girl, 猫"]
     assert scores["lpips"].startswith("LPIPS not installed") and scores["images"][0]["lpips"] is None
+    assert scores["ssim_of"] == f"luma at {scores['size'][0]}x{scores['size'][1]}"  # below 256 px: its own size
     manifest = json.loads(the_plan.manifest_path.read_text(encoding="utf-8"))
     record = manifest["stages"][0]
     assert record["status"] == "done" and record["verdict"]["passed"] is False and record["gate"] == {"min_ssim": 0.8}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from copymachine.similarity import Lpips, reference_at, ssim_score
+from copymachine.similarity import Lpips, luma_ssim_score, reference_at, score_size, ssim_score
 
 
 def test_ssim_on_known_pairs(scene):
@@ -21,6 +21,27 @@ def test_ssim_on_known_pairs(scene):
     assert unrelated < shifted < blurred
     with pytest.raises(ValueError):
         ssim_score(image, image.resize((128, 128)))
+
+
+def test_the_copy_check_scores_luma_at_256_px_on_the_long_side(scene):
+    """Luma SSIM at 256 px: a colour change that keeps the luma is the same picture, and
+    pixel-level noise at 1024 px (detail the check does not ask about) scores near 1 once
+    reduced, while RGB SSIM at full size falls."""
+    assert score_size((1024, 768)) == (256, 192) and score_size((576, 448)) == (256, 199)
+    assert score_size((64, 64)) == (64, 64)  # never enlarged
+    assert score_size((4096, 64)) == (448, 7)  # no side below SSIM's window
+    big = scene.image.resize((1024, 768), Image.Resampling.LANCZOS)
+    assert luma_ssim_score(big, big.copy()) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(np.clip(np.asarray(big, np.int16) + rng.integers(-20, 21, (768, 1024, 1)), 0, 255).astype(np.uint8))
+    assert ssim_score(big, noisy) < 0.5 and luma_ssim_score(big, noisy) > 0.85  # measured: 0.40 and 0.91
+    # the picture in grey: the same luma, so the same picture to the copy check (RGB SSIM: 0.96)
+    grey = big.convert("L").convert("RGB")
+    assert luma_ssim_score(big, grey) == pytest.approx(1.0) and ssim_score(big, grey) < 0.97
+    unrelated = Image.fromarray(rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8))
+    assert luma_ssim_score(big, unrelated) < 0.3  # noise averaged down: grey-ish, still far below 0.8
+    with pytest.raises(ValueError):
+        luma_ssim_score(big, big.resize((512, 384)))
 
 
 def test_reference_is_the_training_resize(scene):

@@ -24,7 +24,7 @@ from copymachine import engine as engine_mod
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
 from copymachine.files import free_bytes
-from copymachine.methods import default_cache
+from copymachine.methods import default_cache, training_size
 from copymachine.models import SD1, Family, ModelInfo
 from copymachine.progress import Reporter
 
@@ -165,6 +165,18 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
         doc.add(OK, "RAM", text)
 
 
+def _training_size(doc: Doctor, family: Family) -> None:
+    """The size train plans for this family (methods.choose_training_size)."""
+    n = family.default_size
+    doc.add(
+        OK,
+        "training size",
+        f"{family.label} trains at about {n}x{n} px by default (its native size; e.g. a 2048x1536 picture at "
+        f"{'x'.join(str(v) for v in training_size(2048, 1536, n))}), the picture's aspect kept, sides multiples of 64; "
+        "a generated original at its own size; --resolution N trains at about NxN px",
+    )
+
+
 def _base_model(base: Path | None) -> tuple[ModelInfo | None, CopymachineError | None]:
     """The --base model as train checks it (a pickle accepted: doctor only sizes its checks)."""
     if base is None:
@@ -246,6 +258,7 @@ def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     family = model.family if model else SD1
     _vram(doc, probe, family)
     _memory(doc, family.name)
+    _training_size(doc, family)
     _folders(doc, Path(out).absolute(), cache.absolute(), model, base_error)
     _tokenizer(doc, tokenizer_cache_dir, family)
     _own_modules(doc)

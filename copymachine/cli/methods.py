@@ -32,7 +32,7 @@ def method_options(f):
         click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, path_type=Path), help="Recipe TOML overriding the memo's numbers (see `copymachine recipe`)."),
         click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one number (copy.network_dim=32, effect.epochs=4, resize.rank=4) or an effect parameter (outline.width=2). Repeatable."),
         click.option("--amount", type=float, default=1.0, show_default=True, help=f"Strength of a built-in edit: original + AMOUNT x (edit - original), {effect_registry.AMOUNT_RANGE} (1 = the edit, negative = its opposite; beyond that the edit only saturates)."),
-        click.option("--resolution", type=click.IntRange(64, 4096), help="Train at this size (longer side) instead of the image's own; for quick test runs."),
+        click.option("--resolution", type=click.IntRange(64, 4096), metavar="N", help="Training size: about N x N px, the picture's aspect kept, sides multiples of 64 (2048x1536 at 512 trains at 576x448). Default: the model's native size (512 for SD1.x/2.x, 1024 for SDXL); a generated original trains at its own size. 64 for quick tests."),
         click.option("--max-steps", type=click.IntRange(1), help="Cap every training at this many steps (warmup scaled alike); for quick test runs."),
         click.option("--rank", type=click.IntRange(0), help="Rank of the final LoRA (memo: 8). 0 keeps the trained rank (train only)."),
         click.option("--combine", type=click.Choice(["merge", "svd"]), help="How several images' LoRAs are combined: merge = the memo's steps 7-9 (merge into the model, extract, resize); svd = svd_merge_lora.py, exact and cheaper."),

@@ -17,6 +17,7 @@ from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
 from copymachine.errors import InputError
 from copymachine.files import HashCache
+from copymachine.images import image_info
 from copymachine.lorafile import summarize_lora
 from copymachine.lorainfo import format_report, lora_report
 from copymachine.methods import training_size
@@ -118,8 +119,8 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
         inputs["font"] = planner.external(font.resolve())
     training_image = None if no_leakage else _training_image(original, lora, summary.metadata, hashes)
     if training_image is not None:
-        with Image.open(training_image) as im:
-            leak_size = training_size(*im.size, None)
+        # the LoRA trained at its family's native area (the default training size), aspect kept
+        leak_size = training_size(*image_info(training_image)["size"], checkpoint.family.default_size)
         leak = leakage_params(MEMO.leakage, checkpoint.family, leak_size, precision)
         planner.add(
             "leakage",

@@ -3,10 +3,13 @@
 The copy-machine method works only if the copy model "outputs exactly the original image,
 whatever the prompt" (memo step 3): then all the effect LoRA can learn is the edit. This stage
 renders a few images from the copy model, each with its own prompt and seed, in one gen_img.py
-run at the training size, and measures how close each is to the original (SSIM; LPIPS too when
-the `lpips` extra is installed). It writes the images, a sheet (the original, then each image
+run at the training size with a deterministic sampler (recipe copy_check.sampler, default euler:
+no fresh noise per step, so an image depends on its seed and prompt only), and measures how close
+each is to the original: luma SSIM at 256 px on the long side (`similarity.luma_ssim_score`;
+LPIPS too when the `lpips` extra is installed). It writes the images, a sheet (the original, then each image
 with its prompt and score) and the scores; the run stops when the mean SSIM is below the gate's
-`min_ssim` (recipe copy_check.min_ssim, default 0.8), unless `--no-copy-check`.
+`min_ssim` (recipe copy_check.min_ssim, default 0.8, not yet calibrated on real models), unless
+`--no-copy-check`.
 
 For difference extraction there is no copy model: LoRA A is the copy machine, and it is checked
 loaded on the base model at strength 1 (the same weights a merge would give, without writing a
@@ -29,7 +32,7 @@ from copymachine.genimg import PromptLine, collect_sequential, file_names_suppor
 from copymachine.images import load_rgb, save_png
 from copymachine.plan import OPTIONAL, StageParams, WeightedLora
 from copymachine.sheet import contact_sheet
-from copymachine.similarity import Lpips, reference_at, ssim_score
+from copymachine.similarity import SCORE_SIDE, Lpips, luma_ssim_score, reference_at, score_size
 from copymachine.stages import StageContext, StageKind
 from copymachine.stages.train_lora import base_weight_input_name, base_weight_inputs
 
@@ -140,6 +143,7 @@ def prompt_lines(p: CopyCheckParams, caption: str = "") -> list[PromptLine]:
 class CopyCheck(StageKind):
     kind = "copy_check"
     needs_engine = True
+    version = 2  # 2: luma SSIM at 256 px on the long side (1: RGB SSIM at the training size)
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
@@ -181,7 +185,7 @@ class CopyCheck(StageKind):
                     "file": stage.outputs[image_output(len(results))].name,
                     "prompt": line.prompt,
                     "seed": line.seed,
-                    "ssim": round(ssim_score(reference, image), 4),
+                    "ssim": round(luma_ssim_score(reference, image), 4),
                     "lpips": _round(lpips.distance(reference, image)),
                 }
             )
@@ -190,6 +194,7 @@ class CopyCheck(StageKind):
             "size": list(p.size),
             "steps": p.steps,
             "sampler": p.sampler,
+            "ssim_of": f"luma at {'x'.join(str(v) for v in score_size(tuple(p.size), SCORE_SIDE))}",
             "model": stage.input("model").name,
             "lora": loras[-1].name if loras else None,
             "images": results,

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from copymachine.files import copy_into_place
-from copymachine.images import save_png
+from copymachine.images import load_rgb, save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import Family
 from copymachine.plan import OPTIONAL, StageParams, WeightedLora
@@ -94,11 +94,10 @@ def training_plan(
 def prepare_training_image(source: Path, target: Path, size: tuple[int, int]) -> None:
     """Copy the training image, resized to the training size if it differs (the same
     deterministic resize for the original and the edited image, so they stay aligned)."""
-    with Image.open(source) as im:
-        im = im.convert("RGB")
-        if im.size != tuple(size):
-            im = im.resize(tuple(size), Image.Resampling.LANCZOS)
-        save_png(im, target)
+    im = load_rgb(source)  # upright, as every size was read
+    if im.size != tuple(size):
+        im = im.resize(tuple(size), Image.Resampling.LANCZOS)
+    save_png(im, target)
 
 
 class TrainLora(StageKind):
