@@ -179,6 +179,45 @@ def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
     return jobs
 
 
+def queue_folder(jobs_file: Path) -> Path:
+    """Where a queue keeps one file per job run on its own (`--only N`, an engine's task): the
+    events (`job-N.events.jsonl`) and the output (`job-N.log`); `<jobs file>.queue/` beside it."""
+    jobs_file = Path(jobs_file)
+    return jobs_file.parent / f"{jobs_file.stem}.queue"
+
+
+def only(jobs: list[Job], n: int, source: Path) -> Job:
+    """The N-th job (1-based, as SLURM_ARRAY_TASK_ID), refused when the file has fewer."""
+    if not 1 <= n <= len(jobs):
+        raise InputError(f"--only {n}: {source} has {len(jobs)} job(s) (1 to {len(jobs)})")
+    return jobs[n - 1]
+
+
+class Tee:
+    """A text stream that writes to `first` (the terminal) and to a log file: what one job's
+    `copymachine queue --only N` prints, also kept in the queue folder."""
+
+    def __init__(self, first, log: Path):
+        self.first = first
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log, "a", encoding="utf-8")  # noqa: SIM115 -- open for the object's life, closed by close()
+
+    def write(self, text: str) -> int:
+        self.first.write(text)
+        self._log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.first.flush()
+        self._log.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.first, "isatty", lambda: False)())
+
+    def close(self) -> None:
+        self._log.close()
+
+
 class JsonLines:
     """Events as JSON lines, appended and flushed one at a time (read while they are written)."""
 
@@ -201,8 +240,9 @@ class Queue:
     """Runs jobs in file order, `slots` at a time, each through `run_method`; a job that fails
     is reported and the others go on. Ctrl-C stops every running job as it stops `train`."""
 
-    def __init__(self, jobs: list[Job], reporter: Reporter, slots: int = 1, gpus: int = 0, events: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(self, jobs: list[Job], reporter: Reporter, slots: int = 1, gpus: int = 0, events: Callable[[dict[str, Any]], None] | None = None, total: int | None = None):
         self.jobs = jobs
+        self.total = total or len(jobs)  # the jobs file's (more than `jobs` with --only)
         self.reporter = reporter
         self.slots = max(1, slots)
         self.gpus = gpus
@@ -226,7 +266,7 @@ class Queue:
             events=(lambda e: self.events({**e, "job": job.index})) if self.events else None,  # type: ignore[misc]
         )
         self._event("job_start", job=job.index, label=job.label, command=job.command)
-        self.reporter.info(f"job {job.index}/{len(self.jobs)}: {job.label} ({job.command})")
+        self.reporter.info(f"job {job.index}/{self.total}: {job.label} ({job.command})")
         gpu = slot if (parallel and self.gpus > 1) else None
 
         unlink: list[Callable[[], None]] = []

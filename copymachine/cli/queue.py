@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -20,8 +21,9 @@ ENGINE_KEYS = {"sd_scripts": "sd-scripts", "python": "python", "device": "device
 @click.argument("jobs_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--jobs", "slots", type=click.IntRange(1), default=1, show_default=True, help="Jobs run side by side: on a multi-GPU machine each on its own GPU, on one GPU they share it; CPU runs stay sequential (as train's --jobs).")
 @click.option("--events", "events_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write every progress event as a JSON line to this file (what the web UI reads).")
+@click.option("--only", "only", type=click.IntRange(1), metavar="N", help="Run only the file's N-th job (1-based: SLURM_ARRAY_TASK_ID), its events (unless --events) and output also written to <jobs file>.queue/job-N.events.jsonl and job-N.log.")
 @engine_options
-def queue(jobs_file, slots, events_file, **engine):
+def queue(jobs_file, slots, events_file, only, **engine):
     """Run the train / diff jobs of a jobs file, in order; a summary at the end.
 
     Each [[job]] takes the long options of `copymachine train` or `diff` as keys (method = "diff"
@@ -32,13 +34,31 @@ def queue(jobs_file, slots, events_file, **engine):
     code is then the first failed job's. Every job is resumable like any run: the same command
     again skips every finished stage, so a killed or interrupted queue goes on where it stopped.
 
+    With --only N the queue runs one job (the file is still checked whole), as an engine's task
+    does (a Slurm array, a Ray task); its exit code is the job's.
+
     \b
     Example:
       copymachine queue jobs.toml --jobs 2
+      copymachine queue jobs.toml --only 3
     """
-    reporter = Reporter(verbose=engine["verbose"])
     overrides = {ENGINE_KEYS[k]: v for k, v in engine.items() if k in ENGINE_KEYS and v not in (None, False, "auto")}
     jobs = jobfile.load_jobs(jobs_file, overrides)
+    total = len(jobs)
+    log = None
+    if only is not None:
+        jobs = [jobfile.only(jobs, only, jobs_file)]
+        folder = jobfile.queue_folder(jobs_file)
+        events_file = events_file or folder / f"job-{only}.events.jsonl"
+        log = jobfile.Tee(sys.stderr, folder / f"job-{only}.log")
+    try:
+        _run_queue(jobs_file, jobs, slots, events_file, engine, Reporter(stream=log, verbose=engine["verbose"]), total)
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _run_queue(jobs_file, jobs, slots, events_file, engine, reporter: Reporter, total: int) -> None:
     gpus = 0
     if slots > 1:
         # the queue's engine options decide, as train decides for its trainings
@@ -54,8 +74,8 @@ def queue(jobs_file, slots, events_file, **engine):
             reporter.info(f"{slots} jobs side by side" + (f", each on its own GPU ({gpus} GPUs)" if gpus > 1 else " on one GPU"))
     events = jobfile.JsonLines(events_file) if events_file else None
     reporter.events = events
-    reporter.info(f"copymachine queue: {len(jobs)} job(s) from {jobs_file}")
-    runner = jobfile.Queue(jobs, reporter, slots=min(slots, len(jobs)), gpus=gpus, events=events)
+    reporter.info(f"copymachine queue: {len(jobs)} job(s) from {jobs_file}" if len(jobs) == total else f"copymachine queue: job {jobs[0].index} of {total} from {jobs_file}")
+    runner = jobfile.Queue(jobs, reporter, slots=min(slots, len(jobs)), gpus=gpus, events=events, total=total)
     try:
         results = runner.run()
     except KeyboardInterrupt:
