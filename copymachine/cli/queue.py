@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
-from copymachine import jobfile
+from copymachine import cluster, jobfile
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
-from copymachine.errors import EnvironmentProblem
+from copymachine.errors import EnvironmentProblem, InputError
+from copymachine.files import atomic_write_text
 from copymachine.progress import Reporter
 
 # queue options that are also job keys: given here, they apply to every job that does not set them
@@ -22,8 +23,11 @@ ENGINE_KEYS = {"sd_scripts": "sd-scripts", "python": "python", "device": "device
 @click.option("--jobs", "slots", type=click.IntRange(1), default=1, show_default=True, help="Jobs run side by side: on a multi-GPU machine each on its own GPU, on one GPU they share it; CPU runs stay sequential (as train's --jobs).")
 @click.option("--events", "events_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write every progress event as a JSON line to this file (what the web UI reads).")
 @click.option("--only", "only", type=click.IntRange(1), metavar="N", help="Run only the file's N-th job (1-based: SLURM_ARRAY_TASK_ID), its events (unless --events) and output also written to <jobs file>.queue/job-N.events.jsonl and job-N.log.")
+@click.option("--slurm-script", type=click.Path(dir_okay=False, path_type=Path), help="Run nothing: write an sbatch array script for the jobs (one task and one GPU per job, requeued when preempted; --jobs K: at most K at once) and print the sbatch line(s) that submit it.")
+@click.option("--sbatch", "sbatch", multiple=True, metavar="OPTION", help="With --slurm-script: one more #SBATCH line (--partition=gpu, --time=4:00:00, --mem=32G). Repeatable.")
 @engine_options
-def queue(jobs_file, slots, events_file, only, **engine):
+@click.pass_context
+def queue(ctx, jobs_file, slots, events_file, only, slurm_script, sbatch, **engine):
     """Run the train / diff jobs of a jobs file, in order; a summary at the end.
 
     Each [[job]] takes the long options of `copymachine train` or `diff` as keys (method = "diff"
@@ -42,9 +46,17 @@ def queue(jobs_file, slots, events_file, only, **engine):
       copymachine queue jobs.toml --jobs 2
       copymachine queue jobs.toml --only 3
     """
+    if only is not None and slurm_script is not None:
+        raise InputError("--only runs one job here; --slurm-script writes a script for them all: give one of them")
+    if sbatch and slurm_script is None:
+        raise InputError("--sbatch adds a line to the script of --slurm-script: give --slurm-script too")
     overrides = {ENGINE_KEYS[k]: v for k, v in engine.items() if k in ENGINE_KEYS and v not in (None, False, "auto")}
     jobs = jobfile.load_jobs(jobs_file, overrides)
     total = len(jobs)
+    if slurm_script is not None:
+        throttle = slots if ctx.get_parameter_source("slots") is not click.core.ParameterSource.DEFAULT else None
+        _write_slurm_script(jobs_file, jobs, engine, throttle, sbatch, slurm_script)
+        return
     log = None
     if only is not None:
         jobs = [jobfile.only(jobs, only, jobs_file)]
@@ -92,3 +104,18 @@ def _run_queue(jobs_file, jobs, slots, events_file, engine, reporter: Reporter, 
         events.close()
     if failed:
         raise click.exceptions.Exit(failed[0].exit_code)
+
+
+def _write_slurm_script(jobs_file: Path, jobs, engine: dict, throttle: int | None, sbatch: tuple[str, ...], script: Path) -> None:
+    reporter = Reporter(verbose=engine["verbose"])
+    split = cluster.waves(jobs, reporter)
+    text = cluster.slurm_script(jobs_file, jobs, engine, throttle, sbatch, Path.cwd())
+    script.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(script, text)
+    script.chmod(0o755)
+    jobfile.queue_folder(jobs_file).mkdir(parents=True, exist_ok=True)  # sbatch's --output folder
+    if split.rest:
+        reporter.info(f"{len(split.rest)} job(s) share a copy LoRA with an earlier one: two arrays, jobs {cluster.array_spec([j.index for j in split.rest])} after {cluster.array_spec([j.index for j in split.first])}")
+    reporter.info(f"wrote {script}: {len(jobs)} Slurm task(s); submit with:")
+    for line in cluster.sbatch_lines(script, jobs, split, throttle):
+        click.echo(line)
