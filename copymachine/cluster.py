@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from copymachine import run
@@ -32,6 +32,7 @@ class Waves:
     first: list[Job]
     rest: list[Job]  # each shares a copy LoRA that a job of `first` trains
     planned: bool = True  # False: the jobs could not be planned here; all in `first`
+    after: dict[int, set[int]] = field(default_factory=dict)  # a job of `rest` -> the first-wave jobs it waits for
 
 
 def copy_keys(the_plan, hashes) -> set[str]:
@@ -43,7 +44,8 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
     """One job per copy-cache key first, in file order; a job whose every copy LoRA is trained by
     an earlier first-wave job goes second. A job the user must fix is refused here, before
     anything is submitted; when this host cannot plan (no sd-scripts here), one wave."""
-    claimed: set[str] = set()
+    claimed: dict[str, int] = {}  # copy LoRA key -> the first-wave job that trains it
+    after: dict[int, set[int]] = {}
     first: list[Job] = []
     rest: list[Job] = []
     quiet = Reporter(stream=open(os.devnull, "w"), live=False)  # noqa: SIM115
@@ -57,14 +59,15 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
             except CopymachineError as e:
                 raise InputError(f"job {job.index} ({job.label}): {e.message}", *e.details) from None
             keys = copy_keys(the_plan, hashes)
-            if keys and keys <= claimed:
+            if keys and keys <= claimed.keys():
                 rest.append(job)
+                after[job.index] = {claimed[k] for k in keys}
             else:
                 first.append(job)
-                claimed |= keys
+                claimed.update({k: job.index for k in keys if k not in claimed})
     finally:
         quiet.stream.close()
-    return Waves(first=first, rest=rest)
+    return Waves(first=first, rest=rest, after=after)
 
 
 def array_spec(indices: list[int]) -> str:

@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 METHODS = run.COMMANDS  # train -> copy-machine, diff -> difference-extraction
-EXTRA_KEYS = ("method", "set")
+EXTRA_KEYS = ("method", "set", "gpus")  # gpus: what an engine gives the job (Ray's num_gpus)
 
 
 def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -66,6 +66,7 @@ class Job:
     label: str
     command: str  # train | diff
     options: run.RunOptions
+    gpus: int = 1  # the `gpus` key: GPUs an engine (Ray) gives the whole job
 
     @property
     def method(self) -> str:
@@ -83,6 +84,7 @@ class JobResult:
     finals: list[Path] = field(default_factory=list)
     error: CopymachineError | None = None
     seconds: float = 0.0
+    node: str | None = None  # the engine's node it ran on (Ray)
 
     @property
     def exit_code(self) -> int:
@@ -124,6 +126,9 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
         hint = f" (an option of {other}, not of {command_name})" if unknown[0] in run.job_keys(other) else ""
         raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}")
     sets = merged.pop("set", None)
+    gpus = merged.pop("gpus", 1)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise InputError(f"{where}: gpus must be a whole number from 1 (the GPUs an engine gives the job), not {gpus!r}")
     options: dict[str, Any] = run.defaults()
     for name, key in keys.items():
         if name in merged:
@@ -144,7 +149,7 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
         first = (options["images"] or [None])[0]
         stem = Path(options["out"]).name if options["out"] else (Path(first).stem if first else f"job {index}")
         label = f"{stem}-{'+'.join(options['effects']) or 'custom'}"
-    return Job(index=index, label=label, command=command_name, options=run.RunOptions(**options))
+    return Job(index=index, label=label, command=command_name, options=run.RunOptions(**options), gpus=gpus)
 
 
 def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:

@@ -197,3 +197,10 @@ def test_each_host_keeps_its_own_hash_cache(tmp_path, monkeypatch):
     mine.remember(picture, digest)
     mine.save()
     assert {p.name for p in tmp_path.glob("hashes.*.json")} == {f"hashes.{here}.json", "hashes.node_2_b.json"}
+
+
+def test_without_ray_installed_the_option_says_how_to_install_it(fake_engine, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    jobs_file = write_jobs(tmp_path / "jobs.toml", fake_engine, [{"image": "x.png", "effect": "contrast"}])
+    result = CliRunner().invoke(cli, ["queue", str(jobs_file), "--ray"])
+    assert result.exit_code == 4 and "--ray needs Ray, on this machine and on every node: pip install 'copymachine[ray]'" in result.output

@@ -25,9 +25,10 @@ ENGINE_KEYS = {"sd_scripts": "sd-scripts", "python": "python", "device": "device
 @click.option("--only", "only", type=click.IntRange(1), metavar="N", help="Run only the file's N-th job (1-based: SLURM_ARRAY_TASK_ID), its events (unless --events) and output also written to <jobs file>.queue/job-N.events.jsonl and job-N.log.")
 @click.option("--slurm-script", type=click.Path(dir_okay=False, path_type=Path), help="Run nothing: write an sbatch array script for the jobs (one task and one GPU per job, requeued when preempted; --jobs K: at most K at once) and print the sbatch line(s) that submit it.")
 @click.option("--sbatch", "sbatch", multiple=True, metavar="OPTION", help="With --slurm-script: one more #SBATCH line (--partition=gpu, --time=4:00:00, --mem=32G). Repeatable.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]", help="Run each job as a Ray task with one GPU (a job's gpus key asks for more) on the Ray cluster at ADDRESS (default auto: the one `ray start` joined on this machine); every node must share the jobs file, run and cache folders. Needs the [ray] extra.")
 @engine_options
 @click.pass_context
-def queue(ctx, jobs_file, slots, events_file, only, slurm_script, sbatch, **engine):
+def queue(ctx, jobs_file, slots, events_file, only, slurm_script, sbatch, ray_address, **engine):
     """Run the train / diff jobs of a jobs file, in order; a summary at the end.
 
     Each [[job]] takes the long options of `copymachine train` or `diff` as keys (method = "diff"
@@ -48,6 +49,8 @@ def queue(ctx, jobs_file, slots, events_file, only, slurm_script, sbatch, **engi
     """
     if only is not None and slurm_script is not None:
         raise InputError("--only runs one job here; --slurm-script writes a script for them all: give one of them")
+    if ray_address is not None and (only is not None or slurm_script is not None):
+        raise InputError("--ray runs every job on the Ray cluster: not with --only or --slurm-script")
     if sbatch and slurm_script is None:
         raise InputError("--sbatch adds a line to the script of --slurm-script: give --slurm-script too")
     overrides = {ENGINE_KEYS[k]: v for k, v in engine.items() if k in ENGINE_KEYS and v not in (None, False, "auto")}
@@ -56,6 +59,9 @@ def queue(ctx, jobs_file, slots, events_file, only, slurm_script, sbatch, **engi
     if slurm_script is not None:
         throttle = slots if ctx.get_parameter_source("slots") is not click.core.ParameterSource.DEFAULT else None
         _write_slurm_script(jobs_file, jobs, engine, throttle, sbatch, slurm_script)
+        return
+    if ray_address is not None:
+        _run_on_ray(jobs_file, jobs, ray_address, events_file, engine)
         return
     log = None
     if only is not None:
@@ -119,3 +125,26 @@ def _write_slurm_script(jobs_file: Path, jobs, engine: dict, throttle: int | Non
     reporter.info(f"wrote {script}: {len(jobs)} Slurm task(s); submit with:")
     for line in cluster.sbatch_lines(script, jobs, split, throttle):
         click.echo(line)
+
+
+def _run_on_ray(jobs_file: Path, jobs, address: str, events_file: Path | None, engine: dict) -> None:
+    from copymachine import rayqueue
+
+    reporter = Reporter(verbose=engine["verbose"])
+    events = jobfile.JsonLines(events_file) if events_file else None
+    try:
+        results = rayqueue.run_queue(jobs_file, jobs, address, engine, reporter, events)
+    except rayqueue.QueueInterrupted as stopped:
+        if stopped.results:
+            jobfile.print_summary(stopped.results, reporter)
+        if events:
+            events({"event": "queue_end", "status": "interrupted", "exit_code": 130})
+            events.close()
+        raise KeyboardInterrupt from None
+    jobfile.print_summary(results, reporter)
+    failed = [r for r in results if r.status != "done"]
+    if events:
+        events({"event": "queue_end", "status": "failed" if failed else "done", "exit_code": failed[0].exit_code if failed else 0})
+        events.close()
+    if failed:
+        raise click.exceptions.Exit(failed[0].exit_code)
