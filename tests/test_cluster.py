@@ -204,3 +204,18 @@ def test_without_ray_installed_the_option_says_how_to_install_it(fake_engine, tm
     jobs_file = write_jobs(tmp_path / "jobs.toml", fake_engine, [{"image": "x.png", "effect": "contrast"}])
     result = CliRunner().invoke(cli, ["queue", str(jobs_file), "--ray"])
     assert result.exit_code == 4 and "--ray needs Ray, on this machine and on every node: pip install 'copymachine[ray]'" in result.output
+
+
+def test_the_ui_hands_ray_to_every_job():
+    from copymachine.cli.ui import queue_options
+
+    engine = {"sd_scripts": Path("/sd"), "python": None, "tokenizer_cache_dir": None, "device": "auto", "offline": True, "verbose": False}
+    assert queue_options(engine, "auto") == (["--sd-scripts", "/sd", "--offline", "--ray", "auto"], {"sd-scripts": Path("/sd"), "offline": True})
+    assert queue_options(engine)[0] == ["--sd-scripts", "/sd", "--offline"]
+
+
+@pytest.mark.parametrize("visible, index, expected", [(None, 1, "1"), ("2,3", 1, "3"), ("2, 3", 0, "2"), ("5", 3, "3")])
+def test_a_pinned_gpu_is_one_of_those_the_process_was_given(visible, index, expected):
+    from copymachine.stages import visible_device
+
+    assert visible_device(index, visible) == expected
