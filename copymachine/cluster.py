@@ -33,6 +33,7 @@ class Waves:
     rest: list[Job]  # each shares a copy LoRA that a job of `first` trains
     planned: bool = True  # False: the jobs could not be planned here; all in `first`
     after: dict[int, set[int]] = field(default_factory=dict)  # a job of `rest` -> the first-wave jobs it waits for
+    copies: dict[int, int] = field(default_factory=dict)  # a first-wave job -> how many copy LoRAs it makes
 
 
 def copy_keys(the_plan, hashes) -> set[str]:
@@ -46,6 +47,7 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
     anything is submitted; when this host cannot plan (no sd-scripts here), one wave."""
     claimed: dict[str, int] = {}  # copy LoRA key -> the first-wave job that trains it
     after: dict[int, set[int]] = {}
+    copies: dict[int, int] = {}
     first: list[Job] = []
     rest: list[Job] = []
     quiet = Reporter(stream=open(os.devnull, "w"), live=False)  # noqa: SIM115
@@ -65,9 +67,10 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
             else:
                 first.append(job)
                 claimed.update({k: job.index for k in keys if k not in claimed})
+                copies[job.index] = len(keys)
     finally:
         quiet.stream.close()
-    return Waves(first=first, rest=rest, after=after)
+    return Waves(first=first, rest=rest, after=after, copies=copies)
 
 
 def array_spec(indices: list[int]) -> str:

@@ -8,7 +8,8 @@ nodes share the jobs file, the run folders and the cache (a shared filesystem).
   child's events and output are the queue folder's `job-N.events.jsonl` / `job-N.log`; the task's
   own record of each attempt (node, GPUs, what the child printed) is `job-N.task.log`.
 - The copy machine first (cluster.waves): a job that shares a copy LoRA with an earlier one is
-  submitted once that one has ended, so it does not hold a GPU while it waits on the LoRA's lock.
+  submitted once that one has made it (its events say the copy LoRA stage is done) or has ended,
+  so it does not hold a GPU while it waits on the LoRA's lock.
 - Cancel (ray.cancel of the task; Ctrl-C of `queue --ray`, which cancels every task) stops the
   child the way Ctrl-C stops a run: SIGINT to its process group, sd-scripts stopped, nothing
   finished lost. A task whose node dies is retried by Ray elsewhere (MAX_RETRIES): the retry's
@@ -191,6 +192,27 @@ def _job_end(jobs_file: Path, job: Job) -> dict[str, Any]:
     return ends[-1] if ends else {}
 
 
+COPY_TITLES = ("copy LoRA", "LoRA A")  # the titles of the stages a second-wave job waits for
+
+
+def copies_made(jobs_file: Path, job: Job) -> int:
+    """How many copy LoRAs the job's latest attempt has made or found done (its events file)."""
+    path = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.events.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    evs = []
+    for line in lines:
+        try:
+            evs.append(json.loads(line))
+        except ValueError:
+            continue
+    starts = [i for i, e in enumerate(evs) if e.get("event") == "queue_start"]
+    evs = evs[starts[-1] :] if starts else evs
+    return sum(1 for e in evs if e.get("event") in ("stage_done", "stage_skip") and any(t in str(e.get("title", "")) for t in COPY_TITLES))
+
+
 def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds: float, cancelled: bool = False, error: str | None = None) -> JobResult:
     end = _job_end(jobs_file, job)
     if cancelled:
@@ -235,15 +257,20 @@ def run_queue(
     split = cluster.waves(jobs, reporter)
     after = split.after
     if split.rest:
-        reporter.info(f"{len(split.rest)} job(s) share a copy LoRA with an earlier one: they start when it has ended")
+        reporter.info(f"{len(split.rest)} job(s) share a copy LoRA with an earlier one: they start once it is made")
     event("queue_start", jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in jobs], engine="ray")
     pending = split.first + split.rest
     ended: set[int] = set()
+    released: set[int] = set()
     running: dict[Any, tuple[Job, float]] = {}
     results: dict[int, JobResult] = {}
     try:
         while pending or running:
-            for job in [j for j in pending if after.get(j.index, set()) <= ended]:
+            # a first-wave job releases the jobs that share its copy LoRA(s) once it has made them
+            for job, _t0 in running.values():
+                if job.index not in released and copies_made(jobs_file, job) >= split.copies.get(job.index, 0):
+                    released.add(job.index)
+            for job in [j for j in pending if after.get(j.index, set()) <= ended | released]:
                 pending.remove(job)
                 running[submit(ray, job, jobs_file, engine, cwd)] = (job, time.monotonic())
                 event("job_start", job=job.index, label=job.label, command=job.command)

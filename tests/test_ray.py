@@ -126,7 +126,7 @@ def test_jobs_sharing_a_copy_lora_start_after_the_job_that_trains_it(cluster, fa
     jobs_file = write_jobs(tmp_path / "jobs.toml", fake_engine, [{"image": "pictures/girl.png", "effect": e, "out": "runs/girl"} for e in ("contrast", "posterize", "flat")], steps=4)
     result = CliRunner().invoke(cli, ["queue", str(jobs_file), "--ray", cluster.address, *fake_engine.engine_args])
     assert result.exit_code == 0, result.output
-    assert "2 job(s) share a copy LoRA with an earlier one: they start when it has ended" in result.output
+    assert "2 job(s) share a copy LoRA with an earlier one: they start once it is made" in result.output
     calls = trainings(fake_engine)
     copies = [c for c in calls if c["config"]["output_name"] == "copy-lora"]
     assert len(copies) == 1 and all(c["started"] >= copies[0]["finished"] for c in calls if c is not copies[0])
@@ -184,3 +184,27 @@ def test_a_job_on_a_node_that_dies_is_retried_on_the_other_node(cluster, fake_en
     finally:
         cluster.add_node(num_cpus=1, num_gpus=2, object_store_memory=STORE)
         cluster.wait_for_nodes()
+
+
+def test_ctrl_c_of_queue_ray_cancels_its_tasks_and_the_next_run_resumes(cluster, fake_engine, tmp_path, pictures, monkeypatch):
+    import signal
+    import subprocess
+
+    monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "0.4")
+    jobs_file = write_jobs(tmp_path / "jobs.toml", fake_engine, [{"image": f"pictures/{n}.png", "effect": "contrast", "out": f"runs/{n}"} for n in ("girl", "cat")], steps=8)
+    argv = [sys.executable, "-m", "copymachine", "queue", str(jobs_file), "--ray", cluster.address, *fake_engine.engine_args]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+    wait_for(lambda: all(after_the_copy_lora(events(tmp_path / f"jobs.queue/job-{i}.events.jsonl")) for i in (1, 2)))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "stopping 2 running job(s)" in err and "interrupted: run the queue again to resume" in err
+    assert err.strip().splitlines()[-1].startswith("copymachine: interrupted;")
+    for i in (1, 2):
+        assert events(tmp_path / f"jobs.queue/job-{i}.events.jsonl")[-1] == {"event": "queue_end", "status": "interrupted", "exit_code": 130}
+    monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "0")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["queue", str(jobs_file), "--ray", cluster.address, *fake_engine.engine_args])
+    assert result.exit_code == 0, result.output
+    names = [c["config"]["output_name"] for c in trainings(fake_engine)]
+    assert names.count("copy-lora") == 2 and names.count("effect-lora") == 4  # the copy LoRAs kept
