@@ -10,6 +10,7 @@ resident memory of the Ray processes (head, nodes) while the jobs run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def setup(root: Path, steps: int) -> Path:
     small = imagekit.scene(256).image.resize((128, 128), Image.Resampling.LANCZOS)
     small.save(root / "pictures/girl.png")
     small.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "pictures/cat.png")
-    jobs = [{"image": f"pictures/{p}.png", "effect": e, "out": f"runs/{p}"} for p in ("girl", "cat") for e in ("outline", "flat", "contrast", "posterize")]
+    # each job its own run folder: jobs sharing one run one after the other (its lock)
+    jobs = [{"image": f"pictures/{p}.png", "effect": e, "out": f"runs/{p}-{e}"} for p in ("girl", "cat") for e in ("outline", "flat", "contrast", "posterize")]
     data = {"defaults": {"base": str(root / "base.safetensors"), "resolution": 64, "max-steps": steps, "no-copy-check": True, "cache-dir": "cache"}, "job": jobs}
     (root / "jobs.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
     return root / "jobs.toml"
@@ -122,9 +124,16 @@ def main() -> None:
         stop = threading.Event()
         watcher = threading.Thread(target=ray_memory, args=(c, stop, peaks), daemon=True)
         watcher.start()
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), time.time()
+        env["COPYMACHINE_FAKE_LOG"] = str(two / "fake-calls.jsonl")
         subprocess.run([sys.executable, "-m", "copymachine", "queue", str(jobs_two), "--ray", c.address, *engine_args(two)], cwd=two, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         spread = time.monotonic() - t0
+        timeline = []
+        for line in (two / "fake-calls.jsonl").read_text(encoding="utf-8").splitlines():
+            call = json.loads(line)
+            if call["script"].endswith("train_network.py"):
+                where = (call["env"].get("COPYMACHINE_NODE", "?")[:6], call["env"].get("CUDA_VISIBLE_DEVICES", "?"))
+                timeline.append((call["started"] - wall0, call["finished"] - wall0, call["config"]["output_name"], where))
         stop.set()
         watcher.join()
         c.shutdown()
@@ -132,6 +141,9 @@ def main() -> None:
         print(f"8 jobs, {trainings} trainings of {args.steps} steps x {args.step_seconds} s (the fake)")
         print(f"one after another, one machine: {sequential:.1f} s")
         print(f"--ray, 2 nodes x 2 GPUs:        {spread:.1f} s  (ratio {spread / sequential:.2f})")
+        print("--ray trainings (start-end s after the queue started, node, GPU):")
+        for start, end, name, (node, gpu) in sorted(timeline):
+            print(f"  {start:6.1f} - {end:6.1f}  {name:<12} node {node} GPU {gpu}")
         print("Ray memory (peak RSS): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in peaks.items()))
 
 

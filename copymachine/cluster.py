@@ -34,6 +34,9 @@ class Waves:
     planned: bool = True  # False: the jobs could not be planned here; all in `first`
     after: dict[int, set[int]] = field(default_factory=dict)  # a job of `rest` -> the first-wave jobs it waits for
     copies: dict[int, int] = field(default_factory=dict)  # a first-wave job -> how many copy LoRAs it makes
+    # a job -> the earlier job writing the same run folder: it holds the folder's lock for its whole
+    # run, so the later one waits for it to end (Ray), instead of holding a GPU meanwhile
+    same_folder: dict[int, int] = field(default_factory=dict)
 
 
 def copy_keys(the_plan, hashes) -> set[str]:
@@ -48,6 +51,8 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
     claimed: dict[str, int] = {}  # copy LoRA key -> the first-wave job that trains it
     after: dict[int, set[int]] = {}
     copies: dict[int, int] = {}
+    folders: dict[Path, int] = {}
+    same_folder: dict[int, int] = {}
     first: list[Job] = []
     rest: list[Job] = []
     quiet = Reporter(stream=open(os.devnull, "w"), live=False)  # noqa: SIM115
@@ -61,6 +66,10 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
             except CopymachineError as e:
                 raise InputError(f"job {job.index} ({job.label}): {e.message}", *e.details) from None
             keys = copy_keys(the_plan, hashes)
+            run_dir = Path(the_plan.run_dir).resolve()
+            if run_dir in folders:
+                same_folder[job.index] = folders[run_dir]
+            folders[run_dir] = job.index
             if keys and keys <= claimed.keys():
                 rest.append(job)
                 after[job.index] = {claimed[k] for k in keys}
@@ -70,7 +79,7 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
                 copies[job.index] = len(keys)
     finally:
         quiet.stream.close()
-    return Waves(first=first, rest=rest, after=after, copies=copies)
+    return Waves(first=first, rest=rest, after=after, copies=copies, same_folder=same_folder)
 
 
 def array_spec(indices: list[int]) -> str:

@@ -4,7 +4,8 @@ A jobs file is TOML: an optional `[defaults]` table and one `[[job]]` table per 
 are the long options of `copymachine train` / `diff` without the dashes (`image`, `effect`,
 `max-steps`, `edited-dir`, `sd-scripts` …), plus `method` (`train`, the default, or `diff`) and
 `set` (a table of recipe overrides and effect parameters, or a list of `section.key=value`
-strings as on the command line). docs/jobs.example.toml is a commented example.
+strings as on the command line) and `gpus` (what an engine gives the whole job: Ray's num_gpus;
+default 1). docs/jobs.example.toml is a commented example.
 
 Nothing here plans or runs a stage: every key is converted and checked as its option of `train` /
 `diff` is (the table of keys is copymachine/run.py's JOB_KEYS), and every job runs through
@@ -124,7 +125,7 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
     if unknown:
         other = "diff" if command_name == "train" else "train"
         hint = f" (an option of {other}, not of {command_name})" if unknown[0] in run.job_keys(other) else ""
-        raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}")
+        raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}, gpus")
     sets = merged.pop("set", None)
     gpus = merged.pop("gpus", 1)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:

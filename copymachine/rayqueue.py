@@ -9,7 +9,8 @@ nodes share the jobs file, the run folders and the cache (a shared filesystem).
   own record of each attempt (node, GPUs, what the child printed) is `job-N.task.log`.
 - The copy machine first (cluster.waves): a job that shares a copy LoRA with an earlier one is
   submitted once that one has made it (its events say the copy LoRA stage is done) or has ended,
-  so it does not hold a GPU while it waits on the LoRA's lock.
+  so it does not hold a GPU while it waits on the LoRA's lock; a job writing the run folder of an
+  earlier job (whose lock that job holds for its whole run) is submitted once that one has ended.
 - Cancel (ray.cancel of the task; Ctrl-C of `queue --ray`, which cancels every task) stops the
   child the way Ctrl-C stops a run: SIGINT to its process group, sd-scripts stopped, nothing
   finished lost. A task whose node dies is retried by Ray elsewhere (MAX_RETRIES): the retry's
@@ -270,7 +271,7 @@ def run_queue(
             for job, _t0 in running.values():
                 if job.index not in released and copies_made(jobs_file, job) >= split.copies.get(job.index, 0):
                     released.add(job.index)
-            for job in [j for j in pending if after.get(j.index, set()) <= ended | released]:
+            for job in [j for j in pending if after.get(j.index, set()) <= ended | released and split.same_folder.get(j.index, 0) in ended | {0}]:
                 pending.remove(job)
                 running[submit(ray, job, jobs_file, engine, cwd)] = (job, time.monotonic())
                 event("job_start", job=job.index, label=job.label, command=job.command)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from copymachine import cluster, jobfile
 from copymachine.cli import cli
-from copymachine.errors import EXIT_INPUT, EXIT_INTERRUPTED
+from copymachine.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError
 from copymachine.files import HashCache, host_name
 from copymachine.lorafile import validate_lora
 from copymachine.progress import Reporter
@@ -61,6 +61,7 @@ def test_the_copy_machine_first_one_job_per_copy_lora(fake_engine, folder):
     jobs = jobfile.load_jobs(write_jobs(folder / "jobs.toml", fake_engine, JOBS), {"sd-scripts": fake_engine.root, "python": sys.executable, "tokenizer-cache-dir": fake_engine.tokenizers, "offline": True})
     split = cluster.waves(jobs, Reporter(live=False))
     assert [j.index for j in split.first] == [1, 2] and [j.index for j in split.rest] == [3, 4]
+    assert split.after == {3: {1}, 4: {2}} and split.copies == {1: 1, 2: 1} and split.same_folder == {3: 1, 4: 2}
     assert fake_engine.calls() == [] or all("--help" in " ".join(c.get("argv", [])) for c in fake_engine.calls())  # planned, nothing trained
 
 
@@ -219,3 +220,12 @@ def test_a_pinned_gpu_is_one_of_those_the_process_was_given(visible, index, expe
     from copymachine.stages import visible_device
 
     assert visible_device(index, visible) == expected
+
+
+def test_the_gpus_key_asks_an_engine_for_more_gpus(fake_engine, tmp_path):
+    jobs_file = write_jobs(tmp_path / "jobs.toml", fake_engine, [{"image": "x.png", "effect": "contrast", "gpus": 2}, {"image": "y.png", "effect": "flat"}])
+    assert [j.gpus for j in jobfile.load_jobs(jobs_file)] == [2, 1]
+    for bad in (0, 1.5, True, "2"):
+        jobs_file = write_jobs(tmp_path / "jobs.toml", fake_engine, [{"image": "x.png", "effect": "contrast", "gpus": bad}])
+        with pytest.raises(InputError, match="gpus must be a whole number from 1"):
+            jobfile.load_jobs(jobs_file)
