@@ -215,13 +215,6 @@ def test_the_ui_hands_ray_to_every_job():
     assert queue_options(engine)[0] == ["--sd-scripts", "/sd", "--offline"]
 
 
-@pytest.mark.parametrize("visible, index, expected", [(None, 1, "1"), ("2,3", 1, "3"), ("2, 3", 0, "2"), ("5", 3, "3")])
-def test_a_pinned_gpu_is_one_of_those_the_process_was_given(visible, index, expected):
-    from copymachine.stages import visible_device
-
-    assert visible_device(index, visible) == expected
-
-
 def test_the_gpus_key_asks_an_engine_for_more_gpus(fake_engine, tmp_path):
     jobs_file = write_jobs(tmp_path / "jobs.toml", fake_engine, [{"image": "x.png", "effect": "contrast", "gpus": 2}, {"image": "y.png", "effect": "flat"}])
     assert [j.gpus for j in jobfile.load_jobs(jobs_file)] == [2, 1]

@@ -111,7 +111,7 @@ class StageContext:
         env = self.engine.env(offline=self.settings.offline)
         gpu = self.gpu if self.gpu is not None else self.settings.pinned_gpu
         if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = visible_device(gpu, env.get("CUDA_VISIBLE_DEVICES"))
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         self.reporter.command(argv)
         children: list[int] = []
 
@@ -306,10 +306,3 @@ def reset_scratch(path: Path) -> None:
         except FileNotFoundError:
             continue  # a parallel stage removed the emptied .partial/ between the two mkdirs
     path.mkdir(parents=True)
-
-
-def visible_device(index: int, visible: str | None) -> str:
-    """CUDA_VISIBLE_DEVICES for the `index`-th GPU this process sees: when it already sees only
-    some (CUDA_VISIBLE_DEVICES=2,3, as Ray and Slurm give a job its GPUs), their `index`-th."""
-    devices = [d.strip() for d in (visible or "").split(",") if d.strip()]
-    return devices[index] if 0 <= index < len(devices) else str(index)
