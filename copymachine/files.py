@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -167,6 +168,12 @@ def sha256_json(data: Any) -> str:
     return sha256_text(json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
 
 
+def host_name() -> str:
+    """This machine's name, safe in a file name (what per-host files are named by)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+    return name[:64]
+
+
 class HashCache:
     """sha256 of files, remembered by (absolute path, size, mtime) in a JSON file.
 
@@ -185,6 +192,17 @@ class HashCache:
                     self._data = loaded
             except (OSError, ValueError):
                 self._data = {}  # a damaged cache only costs re-hashing
+
+    @classmethod
+    def for_host(cls, folder: Path) -> HashCache:
+        """The hash cache of this host in `folder`: `hashes.<host>.json`, so that machines sharing
+        a cache folder (a cluster on a shared filesystem) do not overwrite each other's file (the
+        last writer would win). Seeded from a `hashes.json` of an earlier version."""
+        cache = cls(Path(folder) / f"hashes.{host_name()}.json")
+        legacy = Path(folder) / "hashes.json"
+        if not cache._data and legacy.is_file():
+            cache._data = cls(legacy)._data
+        return cache
 
     def sha256(self, path: Path) -> str:
         path = Path(path).resolve()

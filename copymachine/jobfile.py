@@ -4,7 +4,8 @@ A jobs file is TOML: an optional `[defaults]` table and one `[[job]]` table per 
 are the long options of `copymachine train` / `diff` without the dashes (`image`, `effect`,
 `max-steps`, `edited-dir`, `sd-scripts` …), plus `method` (`train`, the default, or `diff`) and
 `set` (a table of recipe overrides and effect parameters, or a list of `section.key=value`
-strings as on the command line). docs/jobs.example.toml is a commented example.
+strings as on the command line) and `gpus` (what an engine gives the whole job: Ray's num_gpus;
+default 1). docs/jobs.example.toml is a commented example.
 
 Nothing here plans or runs a stage: every key is converted and checked as its option of `train` /
 `diff` is (the table of keys is copymachine/run.py's JOB_KEYS), and every job runs through
@@ -36,7 +37,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 METHODS = run.COMMANDS  # train -> copy-machine, diff -> difference-extraction
-EXTRA_KEYS = ("method", "set")
+EXTRA_KEYS = ("method", "set", "gpus")  # gpus: what an engine gives the job (Ray's num_gpus)
 
 
 def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -66,6 +67,7 @@ class Job:
     label: str
     command: str  # train | diff
     options: run.RunOptions
+    gpus: int = 1  # the `gpus` key: GPUs an engine (Ray) gives the whole job
 
     @property
     def method(self) -> str:
@@ -83,6 +85,7 @@ class JobResult:
     finals: list[Path] = field(default_factory=list)
     error: CopymachineError | None = None
     seconds: float = 0.0
+    node: str | None = None  # the engine's node it ran on (Ray)
 
     @property
     def exit_code(self) -> int:
@@ -122,8 +125,11 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
     if unknown:
         other = "diff" if command_name == "train" else "train"
         hint = f" (an option of {other}, not of {command_name})" if unknown[0] in run.job_keys(other) else ""
-        raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}")
+        raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}, gpus")
     sets = merged.pop("set", None)
+    gpus = merged.pop("gpus", 1)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise InputError(f"{where}: gpus must be a whole number from 1 (the GPUs an engine gives the job), not {gpus!r}")
     options: dict[str, Any] = run.defaults()
     for name, key in keys.items():
         if name in merged:
@@ -144,7 +150,7 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
         first = (options["images"] or [None])[0]
         stem = Path(options["out"]).name if options["out"] else (Path(first).stem if first else f"job {index}")
         label = f"{stem}-{'+'.join(options['effects']) or 'custom'}"
-    return Job(index=index, label=label, command=command_name, options=run.RunOptions(**options))
+    return Job(index=index, label=label, command=command_name, options=run.RunOptions(**options), gpus=gpus)
 
 
 def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
@@ -179,6 +185,45 @@ def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
     return jobs
 
 
+def queue_folder(jobs_file: Path) -> Path:
+    """Where a queue keeps one file per job run on its own (`--only N`, an engine's task): the
+    events (`job-N.events.jsonl`) and the output (`job-N.log`); `<jobs file>.queue/` beside it."""
+    jobs_file = Path(jobs_file)
+    return jobs_file.parent / f"{jobs_file.stem}.queue"
+
+
+def only(jobs: list[Job], n: int, source: Path) -> Job:
+    """The N-th job (1-based, as SLURM_ARRAY_TASK_ID), refused when the file has fewer."""
+    if not 1 <= n <= len(jobs):
+        raise InputError(f"--only {n}: {source} has {len(jobs)} job(s) (1 to {len(jobs)})")
+    return jobs[n - 1]
+
+
+class Tee:
+    """A text stream that writes to `first` (the terminal) and to a log file: what one job's
+    `copymachine queue --only N` prints, also kept in the queue folder."""
+
+    def __init__(self, first, log: Path):
+        self.first = first
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log, "a", encoding="utf-8")  # noqa: SIM115 -- open for the object's life, closed by close()
+
+    def write(self, text: str) -> int:
+        self.first.write(text)
+        self._log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.first.flush()
+        self._log.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.first, "isatty", lambda: False)())
+
+    def close(self) -> None:
+        self._log.close()
+
+
 class JsonLines:
     """Events as JSON lines, appended and flushed one at a time (read while they are written)."""
 
@@ -201,8 +246,9 @@ class Queue:
     """Runs jobs in file order, `slots` at a time, each through `run_method`; a job that fails
     is reported and the others go on. Ctrl-C stops every running job as it stops `train`."""
 
-    def __init__(self, jobs: list[Job], reporter: Reporter, slots: int = 1, gpus: int = 0, events: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(self, jobs: list[Job], reporter: Reporter, slots: int = 1, gpus: int = 0, events: Callable[[dict[str, Any]], None] | None = None, total: int | None = None):
         self.jobs = jobs
+        self.total = total or len(jobs)  # the jobs file's (more than `jobs` with --only)
         self.reporter = reporter
         self.slots = max(1, slots)
         self.gpus = gpus
@@ -226,7 +272,7 @@ class Queue:
             events=(lambda e: self.events({**e, "job": job.index})) if self.events else None,  # type: ignore[misc]
         )
         self._event("job_start", job=job.index, label=job.label, command=job.command)
-        self.reporter.info(f"job {job.index}/{len(self.jobs)}: {job.label} ({job.command})")
+        self.reporter.info(f"job {job.index}/{self.total}: {job.label} ({job.command})")
         gpu = slot if (parallel and self.gpus > 1) else None
 
         unlink: list[Callable[[], None]] = []

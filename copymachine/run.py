@@ -483,7 +483,7 @@ def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Setti
     and cache folders: the same output checks as a run), then, for a run, disk space and RAM."""
     folders = run_folders(request)
     preflight.check_writable({"cache folder": folders.cache})
-    hashes = HashCache(folders.cache / "hashes.json")
+    hashes = HashCache.for_host(folders.cache)
     the_plan = plan(request, settings, hashes, folders)
     preflight.check_path_lengths(the_plan)
     preflight.check_output(the_plan, the_plan.info["identity"], hashes, force=o.force)
@@ -545,3 +545,15 @@ def run_method(method: str, o: RunOptions, reporter: Reporter | None = None, on_
     the_plan, hashes = check_run(request, o, model, settings, reporter)
     jobs = side_by_side(o, request, the_plan, settings, reporter)
     return run_jobs(the_plan, o, settings, hashes, reporter, jobs, on_pipeline)
+
+
+def plan_only(method: str, o: RunOptions, reporter: Reporter) -> tuple[Plan, HashCache]:
+    """The run's plan and nothing else (nothing written, nothing run; sd-scripts need not answer,
+    as for a dry run): what a queue reads to order its jobs before it hands them to an engine.
+    Keys made here are this host's (its engine, its device's precision): compare them with
+    each other, not with the keys a job computes where it runs."""
+    o = dataclasses.replace(o, dry_run=True)
+    request, _model, settings = make_request(method, o, reporter, None)
+    folders = run_folders(request)
+    hashes = HashCache.for_host(folders.cache)
+    return plan(request, settings, hashes, folders), hashes

@@ -254,3 +254,31 @@ def test_ctrl_c_on_a_parallel_queue_reports_both_jobs_interrupted_and_the_next_r
     assert "queue: 2 of 2 job(s) done" in result.stderr
     for path in ("runs/girl/girl-contrast.safetensors", "runs/cat/cat-contrast.safetensors"):
         assert (tmp_path / path).is_file()
+
+
+def test_only_runs_the_nth_job_with_its_events_and_log_in_the_queue_folder(fake_engine, tmp_path, pictures):
+    jobs_file = write_jobs(
+        tmp_path / "jobs.toml",
+        fake_engine,
+        [
+            {"image": "pictures/girl.png", "effect": "contrast", "out": "runs/girl"},
+            {"image": "pictures/cat.png", "effect": "contrast", "out": "runs/cat"},
+            {"image": "pictures/missing.png", "effect": "contrast", "out": "runs/missing"},
+        ],
+    )
+    result = invoke(queue_args(fake_engine, jobs_file, "--only", "2"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs/cat/cat-contrast.safetensors").is_file() and not (tmp_path / "runs/girl").exists()
+    assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "runs/cat/cat-contrast.safetensors")
+    folder = tmp_path / "jobs.queue"
+    events = [json.loads(line) for line in (folder / "job-2.events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e["job"] for e in events if e["event"] == "job_end"] == [2] and events[-1]["status"] == "done"
+    log = (folder / "job-2.log").read_text(encoding="utf-8")
+    assert "job 2/3: cat-contrast (train)" in log and "queue: 1 of 1 job(s) done" in log
+    # the job's own exit code; a number beyond the file is refused before any work
+    calls = len(fake_engine.calls())
+    result = invoke(queue_args(fake_engine, jobs_file, "--only", "3"))
+    assert result.exit_code == EXIT_INPUT and "image not found" in (folder / "job-3.log").read_text(encoding="utf-8")
+    result = invoke(queue_args(fake_engine, jobs_file, "--only", "4"))
+    assert result.exit_code == EXIT_INPUT and result.output.strip().endswith(f"--only 4: {jobs_file} has 3 job(s) (1 to 3)")
+    assert len(fake_engine.calls()) == calls

@@ -20,8 +20,9 @@ from copymachine.progress import Reporter
 @click.option("--auth", metavar="USER:PASSWORD", help="Ask for this user and password (HTTP basic authentication); required with --share-on-network.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="Where jobs, uploads (<runs>/_ui) and run folders go.")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False, path_type=Path), help="A folder of models to pick the base and preview models from.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]", help="Run each job as a Ray task on the Ray cluster at ADDRESS (default auto), as `copymachine queue --ray` does; the runs folder must be on a filesystem every node shares.")
 @engine_options
-def ui(host, port, share_on_network, auth, runs_dir, models_dir, **engine):
+def ui(host, port, share_on_network, auth, runs_dir, models_dir, ray_address, **engine):
     """A local web page: make jobs (live edit previews with the check's verdict), watch the queue,
     see the results (copy-check sheet, strength sweep, inspect, download).
 
@@ -49,18 +50,7 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, **engine):
         if auth is None:
             auth = "copymachine:" + secrets.token_urlsafe(12)
             reporter.info(f"copymachine ui: no --auth given, so the page asks for user and password {auth}")
-    queue_args: list[str] = []
-    overrides = {}
-    for key, flag in (("sd_scripts", "--sd-scripts"), ("python", "--python"), ("tokenizer_cache_dir", "--tokenizer-cache-dir")):
-        if engine[key] is not None:
-            queue_args += [flag, str(engine[key])]
-            overrides[flag[2:]] = engine[key]
-    if engine["device"] != "auto":
-        queue_args += ["--device", engine["device"]]
-    for key in ("offline", "verbose"):
-        if engine[key]:
-            queue_args.append(f"--{key}")
-            overrides[key] = True
+    queue_args, overrides = queue_options(engine, ray_address)
     app = App(runs_dir, models_dir, queue_args, auth=auth, engine_overrides=overrides)
     try:
         server = make_server(app, host, port)
@@ -80,3 +70,23 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, **engine):
     finally:
         app.worker.stop()
         server.server_close()
+
+
+def queue_options(engine: dict, ray_address: str | None = None) -> tuple[list[str], dict]:
+    """The `copymachine queue` options the UI's worker gives every job (its engine, --ray), and
+    the job keys they stand for (what the UI checks a new job with)."""
+    queue_args: list[str] = []
+    overrides = {}
+    for key, flag in (("sd_scripts", "--sd-scripts"), ("python", "--python"), ("tokenizer_cache_dir", "--tokenizer-cache-dir")):
+        if engine[key] is not None:
+            queue_args += [flag, str(engine[key])]
+            overrides[flag[2:]] = engine[key]
+    if engine["device"] != "auto":
+        queue_args += ["--device", engine["device"]]
+    for key in ("offline", "verbose"):
+        if engine[key]:
+            queue_args.append(f"--{key}")
+            overrides[key] = True
+    if ray_address is not None:
+        queue_args += ["--ray", ray_address]
+    return queue_args, overrides

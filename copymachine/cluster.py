@@ -1,0 +1,177 @@
+"""Whole jobs of a jobs file on an engine (Slurm here, Ray in rayqueue.py): each job runs as
+`copymachine queue JOBS.toml --only N` where the engine puts it, so the GPU probe, the plan and
+every stage run on that node (the head may have no GPU; precision is in the stage keys).
+
+The copy machine first: jobs that share a copy LoRA (the same cache key) would each hold a GPU
+while one of them trains it and the others wait on its lock, so `waves` puts one job per copy
+LoRA in a first wave and the others in a second, started once the first is done.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from copymachine import run
+from copymachine.errors import CopymachineError, EnvironmentProblem, InputError
+from copymachine.jobfile import Job, queue_folder
+from copymachine.progress import Reporter
+from copymachine.stamps import done_stamp
+from copymachine.supervise import GRACE_S, KILL_S, TERM_S
+
+# Slurm's default KillWait: between scancel's (or a preemption's) SIGTERM and SIGKILL
+SLURM_KILL_WAIT_S = 30
+STOP_S = GRACE_S + TERM_S + KILL_S  # the longest a job takes to stop its sd-scripts
+
+
+@dataclass
+class Waves:
+    first: list[Job]
+    rest: list[Job]  # each shares a copy LoRA that a job of `first` trains
+    planned: bool = True  # False: the jobs could not be planned here; all in `first`
+    after: dict[int, set[int]] = field(default_factory=dict)  # a job of `rest` -> the first-wave jobs it waits for
+    copies: dict[int, int] = field(default_factory=dict)  # a first-wave job -> how many copy LoRAs it makes
+    # a job -> the earlier job writing the same run folder: it holds the folder's lock for its whole
+    # run, so the later one waits for it to end (Ray), instead of holding a GPU meanwhile
+    same_folder: dict[int, int] = field(default_factory=dict)
+
+
+def copy_keys(the_plan, hashes) -> set[str]:
+    """Keys of the plan's copy LoRAs (LoRA A for diff) that are not done yet."""
+    return {s.key for s in the_plan.stages if s.shared and s.workdir.parent.name == "copy-lora" and not done_stamp(s, hashes, check_inputs=False)}
+
+
+def waves(jobs: list[Job], reporter: Reporter) -> Waves:
+    """One job per copy-cache key first, in file order; a job whose every copy LoRA is trained by
+    an earlier first-wave job goes second. A job the user must fix is refused here, before
+    anything is submitted; when this host cannot plan (no sd-scripts here), one wave."""
+    claimed: dict[str, int] = {}  # copy LoRA key -> the first-wave job that trains it
+    after: dict[int, set[int]] = {}
+    copies: dict[int, int] = {}
+    folders: dict[Path, int] = {}
+    same_folder: dict[int, int] = {}
+    first: list[Job] = []
+    rest: list[Job] = []
+    quiet = Reporter(stream=open(os.devnull, "w"), live=False)  # noqa: SIM115
+    try:
+        for job in jobs:
+            try:
+                the_plan, hashes = run.plan_only(job.method, job.options, quiet)
+            except EnvironmentProblem as e:
+                reporter.warn(f"cannot plan the jobs on this host ({e.message}): one wave; jobs that share a copy LoRA wait on its lock")
+                return Waves(first=list(jobs), rest=[], planned=False)
+            except CopymachineError as e:
+                raise InputError(f"job {job.index} ({job.label}): {e.message}", *e.details) from None
+            keys = copy_keys(the_plan, hashes)
+            run_dir = Path(the_plan.run_dir).resolve()
+            if run_dir in folders:
+                same_folder[job.index] = folders[run_dir]
+            folders[run_dir] = job.index
+            if keys and keys <= claimed.keys():
+                rest.append(job)
+                after[job.index] = {claimed[k] for k in keys}
+            else:
+                first.append(job)
+                claimed.update({k: job.index for k in keys if k not in claimed})
+                copies[job.index] = len(keys)
+    finally:
+        quiet.stream.close()
+    return Waves(first=first, rest=rest, after=after, copies=copies, same_folder=same_folder)
+
+
+def array_spec(indices: list[int]) -> str:
+    """1,2,3,5 -> '1-3,5' (sbatch --array)."""
+    parts: list[str] = []
+    start = prev = None
+    for i in sorted(indices):
+        if prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+        start = prev = i
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+    return ",".join(parts)
+
+
+def engine_args(engine: dict) -> list[str]:
+    """The queue's engine options, again, for the job's own `copymachine queue` (paths absolute)."""
+    args: list[str] = []
+    for key, flag in (("sd_scripts", "--sd-scripts"), ("python", "--python"), ("tokenizer_cache_dir", "--tokenizer-cache-dir")):
+        value = engine.get(key)
+        if value is not None:
+            # absolute, its links kept (a venv's python is a link to the interpreter it wraps)
+            args += [flag, os.path.abspath(value) if key != "python" or os.sep in str(value) else str(value)]
+    if engine.get("device", "auto") != "auto":
+        args += ["--device", engine["device"]]
+    args += [f"--{k}" for k in ("offline", "verbose") if engine.get(k)]
+    return args
+
+
+def job_command(jobs_file: Path, index: str, engine: dict) -> list[str]:
+    """`copymachine queue JOBS.toml --only N` with this Python (the same install on every node)."""
+    return [sys.executable, "-m", "copymachine", "queue", str(Path(jobs_file).resolve()), "--only", index, *engine_args(engine)]
+
+
+def slurm_script(jobs_file: Path, jobs: list[Job], engine: dict, throttle: int | None, sbatch: tuple[str, ...], workdir: Path) -> str:
+    """The sbatch array script: one task per job (SLURM_ARRAY_TASK_ID = the job's number), one
+    GPU each, requeued when preempted or its node fails (a requeued task resumes: stamped stages
+    are skipped). `exec` makes copymachine the task's process, so scancel's SIGTERM reaches it
+    and it stops sd-scripts as Ctrl-C does, in STOP_S < Slurm's KillWait."""
+    jobs_file = Path(jobs_file).resolve()
+    folder = queue_folder(jobs_file)
+    array = f"1-{len(jobs)}" + (f"%{throttle}" if throttle else "")
+    command = job_command(jobs_file, "__TASK__", engine)
+    line = " ".join(shlex.quote(a) for a in command).replace("__TASK__", '"$SLURM_ARRAY_TASK_ID"')
+    directives = [
+        f"--job-name={jobs_file.stem}",
+        f"--array={array}",
+        "--gres=gpu:1",
+        "--requeue",
+        "--open-mode=append",
+        f"--chdir={workdir.resolve()}",
+        f"--output={folder / 'slurm-%A_%a.out'}",
+        *sbatch,
+    ]
+    out = [
+        "#!/bin/bash",
+        f"# copymachine queue {jobs_file.name}: {len(jobs)} job(s), task N = job N of the file",
+        "# written by `copymachine queue --slurm-script`; submit with the sbatch line(s) it printed",
+    ]
+    out += [f"#SBATCH {_directive(d)}" for d in directives]
+    out += [
+        "",
+        "# the job's events and output: <jobs file>.queue/job-$SLURM_ARRAY_TASK_ID.events.jsonl and .log",
+        f"exec {line}",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _directive(option: str) -> str:
+    """An #SBATCH option; a value with spaces in double quotes (sbatch strips them)."""
+    name, sep, value = option.partition("=")
+    if sep and any(c.isspace() for c in value):
+        if '"' in value:
+            raise InputError(f"--sbatch / paths: a double quote cannot go in an #SBATCH line: {option}")
+        return f'{name}="{value}"'
+    return option
+
+
+def sbatch_lines(script: Path, all_jobs: list[Job], split: Waves, throttle: int | None) -> list[str]:
+    """The command(s) to submit: one array, or (jobs sharing a copy LoRA) two, the second started
+    after the first with --dependency=afterok (and cancelled if a first-wave task fails)."""
+    script_q = shlex.quote(str(Path(script).resolve()))
+    cap = f"%{throttle}" if throttle else ""
+    if not split.rest:
+        return [f"sbatch {script_q}"]
+    first = array_spec([j.index for j in split.first]) + cap
+    rest = array_spec([j.index for j in split.rest]) + cap
+    return [
+        f"first=$(sbatch --parsable --array={first} {script_q})",
+        f'sbatch --array={rest} --dependency=afterok:"${{first%%;*}}" --kill-on-invalid-dep=yes {script_q}',
+    ]

@@ -1,0 +1,321 @@
+"""`copymachine queue JOBS.toml --ray [ADDRESS]`: each job of a jobs file as a Ray task on a
+cluster (`ray start --head` on one machine, `ray start --address HEAD:6379` on the others) whose
+nodes share the jobs file, the run folders and the cache (a shared filesystem).
+
+- A task asks `num_gpus=1` (a job's `gpus` key asks for more) and runs
+  `copymachine queue JOBS.toml --only N` as a child process on its node, so the GPU probe, the
+  plan and every stage run there (Ray gives the task its GPUs as CUDA_VISIBLE_DEVICES). The
+  child's events and output are the queue folder's `job-N.events.jsonl` / `job-N.log`; the task's
+  own record of each attempt (node, GPUs, what the child printed) is `job-N.task.log`.
+- The copy machine first (cluster.waves): a job that shares a copy LoRA with an earlier one is
+  submitted once that one has made it (its events say the copy LoRA stage is done) or has ended,
+  so it does not hold a GPU while it waits on the LoRA's lock; a job writing the run folder of an
+  earlier job (whose lock that job holds for its whole run) is submitted once that one has ended.
+- Cancel (ray.cancel of the task; Ctrl-C of `queue --ray`, which cancels every task) stops the
+  child the way Ctrl-C stops a run: SIGINT to its process group, sd-scripts stopped, nothing
+  finished lost. A task whose node dies is retried by Ray elsewhere (MAX_RETRIES): the retry's
+  child skips every stamped stage. On Linux the child gets SIGTERM when its task's worker dies.
+- At the start, a task on every node writes and removes a file in each folder the jobs write to,
+  so a folder that is not shared (or not writable) there is named before any job runs.
+
+Ray is an optional extra (`pip install 'copymachine[ray]'`); nothing here imports it at module
+level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from copymachine import cluster
+from copymachine.errors import EXIT_INTERRUPTED, CopymachineError, EnvironmentProblem, OutputError
+from copymachine.jobfile import Job, JobResult, queue_folder
+from copymachine.progress import Reporter
+from copymachine.supervise import SUPERVISOR
+
+INSTALL_HINT = "--ray needs Ray, on this machine and on every node: pip install 'copymachine[ray]'"
+MAX_RETRIES = 3  # a task whose worker or node died is run again (Ray's own retry)
+NODE_VARIABLE = "COPYMACHINE_NODE"  # the Ray node a job's child runs on (what the tests read)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise EnvironmentProblem(INSTALL_HINT) from None
+    return ray
+
+
+def connect(address: str):
+    """ray.init to a running cluster: `auto` (the one `ray start` made on this machine) or the
+    head's address."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise EnvironmentProblem(f"--ray {address}: no Ray cluster there ({e}); start one with `ray start --head` (and `ray start --address HEAD:6379` on the other machines)") from None
+    return ray
+
+
+# --- on a node ----------------------------------------------------------------------------------
+
+
+def _child_setup() -> None:  # pragma: no cover -- runs in the child between fork and exec
+    """A Ray worker runs tasks with SIGINT and SIGTERM blocked, a mask a child inherits: unblock
+    them, or the child could not be stopped as Ctrl-C stops a run. On Linux, also SIGTERM to the
+    child when the task's worker dies (its node removed, the raylet killed): the child then stops
+    sd-scripts as on Ctrl-C instead of running on unowned."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def passed_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What a job's child gets from the queue's environment, whatever its node's is: copymachine's
+    own variables (COPYMACHINE_CACHE …), SD_SCRIPTS / SD_SCRIPTS_PYTHON and the HF_* ones."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.startswith(("COPYMACHINE_", "SD_SCRIPTS", "HF_")) and k != NODE_VARIABLE}
+
+
+def run_job_task(argv: list[str], cwd: str, task_log: str, queue_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The body of a job's Ray task: `copymachine queue … --only N` as a child, watched until it
+    ends; a cancel (KeyboardInterrupt from ray.cancel) stops it as Ctrl-C does."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    gpus = [str(g) for g in ray.get_gpu_ids()]
+    env = dict(os.environ, **(queue_env or {}), **{NODE_VARIABLE: node})
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    Path(task_log).parent.mkdir(parents=True, exist_ok=True)
+    with open(task_log, "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} node {node} ({socket.gethostname()}) GPUs {','.join(gpus) or '-'}\n".encode())
+        log.flush()
+        extra = {"preexec_fn": _child_setup} if os.name == "posix" else {}
+        child = SUPERVISOR.popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **extra)
+        cancelled = False
+        try:
+            while child.proc.poll() is None:
+                time.sleep(0.2)  # a sleep, not a blocking wait: ray.cancel's KeyboardInterrupt lands here
+        except KeyboardInterrupt:
+            cancelled = True
+            SUPERVISOR.stop(child)
+        code = child.proc.wait()
+        SUPERVISOR.forget(child)
+        log.write(f"--- exit code {code}{' (cancelled)' if cancelled else ''}\n".encode())
+    if cancelled:
+        raise KeyboardInterrupt  # the task ends cancelled (ray.get: TaskCancelledError)
+    return {"exit_code": code, "node": node, "gpus": gpus, "host": socket.gethostname()}
+
+
+def probe_folders(folders: list[str]) -> list[str]:
+    """On a node: write and remove a file in each folder; the folders where that failed."""
+    problems = []
+    for folder in folders:
+        probe = Path(folder) / f".copymachine-probe-{uuid.uuid4().hex}"
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            probe.write_text(socket.gethostname(), encoding="utf-8")
+            probe.unlink()
+        except OSError as e:
+            problems.append(f"{folder}: {e.strerror or e}")
+    return problems
+
+
+# --- on the machine that runs `queue --ray` -----------------------------------------------------
+
+
+def job_folders(jobs_file: Path, jobs: list[Job], cwd: Path) -> list[str]:
+    """The folders the jobs write to, as every node must see them: the queue folder, each job's
+    run folder's parent and its cache folder when set."""
+    folders = {queue_folder(Path(jobs_file).resolve())}
+    for job in jobs:
+        o = job.options
+        run = (cwd / o.out) if o.out else cwd / "runs"
+        folders.add(run.parent if o.out else run)
+        if o.cache_dir:
+            folders.add(cwd / o.cache_dir)
+    return sorted(str(f) for f in folders)
+
+
+def check_nodes(ray, folders: list[str]) -> None:
+    """A probe task on every alive node: each folder must be writable there (a shared filesystem)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(probe_folders)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = {n["NodeID"]: probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(folders) for n in nodes}
+    problems = []
+    for node, ref in refs.items():
+        problems += [f"node {node[:8]}: {p}" for p in ray.get(ref, timeout=120)]
+    if problems:
+        raise OutputError(f"--ray: a folder the jobs write to is not writable from every node (the run, cache and queue folders must be on a filesystem every node shares): {problems[0]}", details=problems[1:])
+
+
+def submit(ray, job: Job, jobs_file: Path, engine: dict, cwd: Path):
+    """The job as a Ray task; returns its ObjectRef."""
+    task = ray.remote(run_job_task).options(num_gpus=job.gpus, num_cpus=0, max_retries=MAX_RETRIES, retry_exceptions=False, name=f"copymachine job {job.index}: {job.label}")
+    argv = cluster.job_command(jobs_file, str(job.index), engine)
+    log = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.task.log"
+    return task.remote(argv, str(cwd), str(log), passed_env())
+
+
+def _job_end(jobs_file: Path, job: Job) -> dict[str, Any]:
+    """The child's own account of the job: the last job_end of its events file."""
+    path = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.events.jsonl"
+    ends: list[dict[str, Any]] = []
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "job_end":
+                ends.append(event)
+    except OSError:
+        pass
+    return ends[-1] if ends else {}
+
+
+COPY_TITLES = ("copy LoRA", "LoRA A")  # the titles of the stages a second-wave job waits for
+
+
+def copies_made(jobs_file: Path, job: Job) -> int:
+    """How many copy LoRAs the job's latest attempt has made or found done (its events file)."""
+    path = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.events.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    evs = []
+    for line in lines:
+        try:
+            evs.append(json.loads(line))
+        except ValueError:
+            continue
+    starts = [i for i, e in enumerate(evs) if e.get("event") == "queue_start"]
+    evs = evs[starts[-1] :] if starts else evs
+    return sum(1 for e in evs if e.get("event") in ("stage_done", "stage_skip") and any(t in str(e.get("title", "")) for t in COPY_TITLES))
+
+
+def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds: float, cancelled: bool = False, error: str | None = None) -> JobResult:
+    end = _job_end(jobs_file, job)
+    if cancelled:
+        return JobResult(job, "interrupted", error=CopymachineError("cancelled", exit_code=EXIT_INTERRUPTED), seconds=seconds)
+    if outcome is None:
+        return JobResult(job, "failed", error=CopymachineError(f"its Ray task failed: {error}", exit_code=1), seconds=seconds)
+    code = outcome["exit_code"]
+    if code == 0:
+        return JobResult(job, "done", finals=[Path(p) for p in end.get("finals", [])], seconds=seconds)
+    if code == EXIT_INTERRUPTED:
+        return JobResult(job, "interrupted", error=CopymachineError("interrupted", exit_code=code), seconds=seconds)
+    message = end.get("message") or f"copymachine queue --only {job.index} ended with exit code {code} (see {queue_folder(Path(jobs_file).resolve())}/job-{job.index}.log)"
+    return JobResult(job, "failed", error=CopymachineError(message, exit_code=code), seconds=seconds)
+
+
+def run_queue(
+    jobs_file: Path,
+    jobs: list[Job],
+    address: str,
+    engine: dict,
+    reporter: Reporter,
+    events: Callable[[dict[str, Any]], None] | None = None,
+    ray_module=None,
+    cwd: Path | None = None,
+) -> list[JobResult]:
+    """Run the jobs as Ray tasks, the copy machine first; Ctrl-C cancels every task and waits for
+    their children to stop. Returns the jobs' results in file order."""
+    ray = ray_module or connect(address)
+    cwd = (cwd or Path.cwd()).resolve()
+
+    def event(name: str, **facts: Any) -> None:
+        if events is not None:
+            events({"event": name, "time": round(time.time(), 3), **facts})
+
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    reporter.info(f"copymachine queue --ray: {len(jobs)} job(s) on {len([n for n in ray.nodes() if n.get('Alive')])} node(s), {gpus:g} GPU(s)")
+    too_big = [j for j in jobs if j.gpus > gpus]
+    if too_big:
+        raise EnvironmentProblem(f"job {too_big[0].index} ({too_big[0].label}) asks for {too_big[0].gpus} GPU(s); the Ray cluster has {gpus:g}")
+    check_nodes(ray, job_folders(jobs_file, jobs, cwd))
+    split = cluster.waves(jobs, reporter)
+    after = split.after
+    if split.rest:
+        reporter.info(f"{len(split.rest)} job(s) share a copy LoRA with an earlier one: they start once it is made")
+    event("queue_start", jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in jobs], engine="ray")
+    pending = split.first + split.rest
+    ended: set[int] = set()
+    released: set[int] = set()
+    running: dict[Any, tuple[Job, float]] = {}
+    results: dict[int, JobResult] = {}
+    try:
+        while pending or running:
+            # a first-wave job releases the jobs that share its copy LoRA(s) once it has made them
+            for job, _t0 in running.values():
+                if job.index not in released and copies_made(jobs_file, job) >= split.copies.get(job.index, 0):
+                    released.add(job.index)
+            for job in [j for j in pending if after.get(j.index, set()) <= ended | released and split.same_folder.get(j.index, 0) in ended | {0}]:
+                pending.remove(job)
+                running[submit(ray, job, jobs_file, engine, cwd)] = (job, time.monotonic())
+                event("job_start", job=job.index, label=job.label, command=job.command)
+                reporter.info(f"job {job.index}/{len(jobs)}: {job.label} ({job.command}) submitted")
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                job, t0 = running.pop(ref)
+                result = _collect(ray, ref, job, jobs_file, round(time.monotonic() - t0, 2))
+                results[job.index] = result
+                ended.add(job.index)
+                where = f" on node {result.node[:8]}" if result.node else ""
+                reporter.info(f"job {job.label}: {result.status}{where}" + (f": {result.error.message}" if result.status == "failed" and result.error else ""))
+                event("job_end", job=job.index, label=job.label, status=result.status, exit_code=result.exit_code, finals=[str(p) for p in result.finals], message=result.error.message if result.error else None, seconds=result.seconds, node=result.node)
+    except KeyboardInterrupt:
+        reporter.info(f"copymachine queue --ray: stopping {len(running)} running job(s)")
+        for ref in running:
+            ray.cancel(ref)
+        deadline = time.monotonic() + cluster.STOP_S + 30
+        for ref, (job, t0) in running.items():
+            try:
+                ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+            except Exception:  # cancelled, or ended another way: the job is interrupted
+                pass
+            results[job.index] = result_of(job, None, jobs_file, round(time.monotonic() - t0, 2), cancelled=True)
+        interrupted = [results[j.index] for j in jobs if j.index in results]
+        raise QueueInterrupted(interrupted) from None
+    return [results[j.index] for j in jobs]
+
+
+class QueueInterrupted(KeyboardInterrupt):
+    def __init__(self, results: list[JobResult]):
+        super().__init__()
+        self.results = results
+
+
+def _collect(ray, ref, job: Job, jobs_file: Path, seconds: float) -> JobResult:
+    from ray.exceptions import RayError, TaskCancelledError
+
+    try:
+        outcome = ray.get(ref)
+    except TaskCancelledError:
+        return result_of(job, None, jobs_file, seconds, cancelled=True)
+    except RayError as e:
+        return result_of(job, None, jobs_file, seconds, error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    result = result_of(job, outcome, jobs_file, seconds)
+    result.node = outcome.get("node")
+    return result
