@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from copymachine.models import BaseOptions
 
 
 def clean_prompt(text: str) -> str:
@@ -93,6 +97,7 @@ def gen_img_args(
     extra: tuple[str, ...] = (),
     multipliers: list[float] | None = None,
     sequential: bool = False,
+    model: BaseOptions | None = None,
 ) -> list[str]:
     """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, each at its
     multiplier, 1.0 by default, unless a line's --am says otherwise)."""
@@ -120,4 +125,6 @@ def gen_img_args(
         args += ["--network_mul", *[repr(float(m)) for m in (multipliers or [1.0] * len(loras))]]
     if sequential:
         args.append("--sequential_file_name")
+    if model is not None:  # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions)
+        args += model.gen_img_args()
     return args + list(extra)

@@ -20,7 +20,7 @@ from copymachine.files import HashCache
 from copymachine.lorafile import summarize_lora
 from copymachine.lorainfo import format_report, lora_report
 from copymachine.methods import training_size
-from copymachine.models import Family, inspect_base_model, lora_family
+from copymachine.models import Family, base_options, choose_prediction, inspect_base_model, lora_clip_skip, lora_family
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
@@ -70,7 +70,8 @@ def see_request(o: dict[str, Any], family: Family) -> dict[str, Any]:
         model = inspect_base_model(preview_model, for_training=False)
         if model.family.name != family.name:
             raise InputError(f"--preview-model is {model.family.label}, but the LoRA is trained on {family.label}: preview it on a {family.label} model")
-    return {"copy_check": not o.get("no_copy_check"), "preview_model": preview_model, "tagger_dir": o.get("tagger_dir")}
+    prediction = choose_prediction(model, bool(o.get("v_pred")), bool(o.get("zero_terminal_snr"))) if preview_model is not None else None
+    return {"copy_check": not o.get("no_copy_check"), "preview_model": preview_model, "tagger_dir": o.get("tagger_dir"), "preview_prediction": prediction}
 
 
 # --- copymachine preview ----------------------------------------------------------------------
@@ -122,10 +123,13 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
         raise InputError(f"--font not found: {font}")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     precision = settings.mixed_precision if settings.mixed_precision != "no" else "float"
+    # as the LoRA was trained: its clip skip (ss_clip_skip), the checkpoint's prediction type
+    options = base_options(checkpoint.family, lora_clip_skip(summary.metadata, checkpoint.family), choose_prediction(checkpoint))
     params = preview_params(
         MEMO.preview,
         checkpoint.family,
         precision,
+        options,
         strengths=recipe_mod.strengths(strengths, "--strengths"),
         prompts=list(prompts),
         seeds=recipe_mod.seeds(",".join(str(s) for s in seeds), "--seed") if seeds else [],
@@ -144,7 +148,7 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
     if training_image is not None:
         with Image.open(training_image) as im:
             leak_size = training_size(*im.size, None)
-        leak = leakage_params(MEMO.leakage, checkpoint.family, leak_size, precision)
+        leak = leakage_params(MEMO.leakage, checkpoint.family, leak_size, precision, options)
         planner.add(
             "leakage",
             "leakage",
