@@ -26,11 +26,19 @@ from copymachine.methods import (
     plan,
     run_folders,
 )
-from copymachine.models import ModelInfo
+from copymachine.models import ModelInfo, choose_prediction
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Plan, stage_name
 from copymachine.progress import Reporter
-from copymachine.recipe import MEMO, Recipe, apply_overrides, load_recipe_file, parse_set_options
+from copymachine.recipe import (
+    MEMO,
+    SD_ARGS,
+    Recipe,
+    apply_overrides,
+    load_recipe_file,
+    parse_sd_args,
+    parse_set_options,
+)
 from copymachine.recipe import ratio as recipe_ratio
 from copymachine.stages import Settings
 from copymachine.stages.leakage import summary as leakage_summary
@@ -126,6 +134,10 @@ def method_options(f):
             type=click.Choice(["memory", "file"]),
             help="memory (default): the effect LoRA trains on the base model with the copy LoRA merged in memory (sd-scripts' --base_weights), the same weights without a 4-13 GB file; file: merge_lora.py writes the copy model, as the memo does. Also where --absorb's styles go. Recipe key merge.copy_model.",
         ),
+        click.option("--clip-skip", type=click.IntRange(1, 12), help="CLIP layer counted from the last, for every training and render (SD1.x; 2 for NovelAI-derived anime models). Default: the recipe's model.clip_skip (1). Recorded in the LoRA as ss_clip_skip."),
+        click.option("--v-pred", is_flag=True, help="The base model is a v-prediction model (sd-scripts' v_parameterization in every training and render); found by itself when the checkpoint has a v_pred key."),
+        click.option("--zero-terminal-snr", is_flag=True, help="The v-prediction base model has a zero-terminal-SNR schedule (sd-scripts' zero_terminal_snr); found by itself from a ztsnr key."),
+        click.option("--sd-arg", "sd_args", multiple=True, metavar="KEY=VALUE", help="Add an sd-scripts training option the recipe does not name (noise_offset=0.05, network_args='[\"conv_dim=8\"]', xformers), to every training; checked against the training script's --help before any work. Repeatable; recipe table [sd_args]."),
         click.option("--absorb", multiple=True, metavar="STYLE.safetensors[:RATIO]", help="Merge a style LoRA into the base model first; every training uses the result (the memo's tip). Repeatable."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where shared stages (copy LoRAs, copy models, LoRA A) are kept. Default: $COPYMACHINE_CACHE, else <run folder>/../_cache."),
         click.option("--jobs", type=click.IntRange(1), help="Trainings run side by side (several effects or images): one per GPU on a multi-GPU machine, else as many as the GPU's free memory holds (default); CPU runs stay sequential."),
@@ -185,6 +197,10 @@ def _recipe(method: str, o: dict, effects: list[str]) -> tuple[Recipe, dict[str,
         shorthand["generate"] = {"prompt": o["prompt"]}
     if o["copy_model"] is not None:
         shorthand["merge"] = {"copy_model": o["copy_model"]}
+    if o.get("clip_skip") is not None:
+        shorthand["model"] = {"clip_skip": o["clip_skip"]}
+    if o.get("sd_args"):
+        shorthand[SD_ARGS] = parse_sd_args(o["sd_args"])
     if o["rank"] is not None:
         if method == DIFFERENCE and o["rank"] == 0:
             raise InputError("--rank 0 keeps a trained rank; difference extraction makes a new LoRA: give its rank (memo: 8)")
@@ -226,6 +242,7 @@ def make_request(method: str, o: dict, sign: str, reporter: Reporter, gpu: int |
         combine=o["combine"],
         sign=sign,
         edit_in_place=o["edit_in_place"],
+        prediction=choose_prediction(model, bool(o.get("v_pred")), bool(o.get("zero_terminal_snr"))),
         **see_request(o, model.family),
     )
     return request, model, settings
@@ -245,7 +262,9 @@ def check_run(request: Request, o: dict, model: ModelInfo, settings: Settings, r
     if not o["dry_run"]:
         preflight.check_resources(the_plan, model, reporter)
     reporter.info(
-        f"copymachine {request.method}: {model.family.label} base {o['base'].name}; {len(request.sources)} image(s); "
+        f"copymachine {request.method}: {model.family.label} base {o['base'].name}, {request.prediction.text()}"
+        + (f", clip skip {request.recipe.model.clip_skip}" if request.recipe.model.clip_skip != 1 else "")
+        + f"; {len(request.sources)} image(s); "
         f"effects: {', '.join(request.effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"
         + (f" ({settings.mixed_precision})" if settings.mixed_precision != "no" else "")
     )

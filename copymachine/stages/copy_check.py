@@ -25,7 +25,14 @@ from typing import Any
 from PIL import Image
 
 from copymachine.files import atomic_write_json, atomic_write_text
-from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args, render_prompt_file
+from copymachine.genimg import (
+    PromptLine,
+    collect_sequential,
+    file_names_supported,
+    gen_img_args,
+    refuse_blank,
+    render_prompt_file,
+)
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
 from copymachine.plan import OPTIONAL, StageParams, WeightedLora
@@ -177,6 +184,7 @@ class CopyCheck(StageKind):
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images, collect=collect)
         if ctx.dry_run:
             return
+        refuse_blank(images, f"stage '{stage.title}'", p.precision, p.model)
         reference = reference_at(load_rgb(stage.input("original")), tuple(p.size))
         lpips = Lpips.load()
         results = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from copymachine.files import atomic_write_text
-from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args
+from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args, refuse_blank
 from copymachine.models import BaseOptions
 from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import StageContext, StageKind
@@ -77,6 +77,7 @@ class GenerateImage(StageKind):
         collect = None if named else (lambda: collect_sequential(ctx.scratch, [out.name]))
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=[out], collect=collect)
         if not ctx.dry_run:
+            refuse_blank([out], f"stage '{stage.title}'", p.precision, p.model)
             atomic_write_text(ctx.scratch_output("prompt"), prompt_line(p, out.name, named) + "\n")
 
 
