@@ -134,12 +134,12 @@ class Prediction:
 
     v_parameterization: bool = False
     zero_terminal_snr: bool = False
-    why: str = "no v_pred key in the checkpoint: an epsilon (noise-prediction) model"
+    why: str = "no v_pred key in the checkpoint"
 
     @property
     def label(self) -> str:
         if not self.v_parameterization:
-            return "epsilon"
+            return "epsilon-prediction"
         return "v-prediction" + (" with zero terminal SNR" if self.zero_terminal_snr else "")
 
     def text(self) -> str:
@@ -158,7 +158,7 @@ def choose_prediction(model: ModelInfo, v_pred: bool = False, zero_terminal_snr:
         raise InputError(f"{where}: zero terminal SNR needs a v-prediction model; add --v-pred if {model.path.name} is one")
     if not v:
         if model.tensor_count == 0:
-            return Prediction(why="a pickle checkpoint copymachine does not open: assumed epsilon (give --v-pred for a v-prediction model)")
+            return Prediction(why="a pickle checkpoint copymachine does not open: assumed epsilon-prediction (--v-pred for a v-prediction model)")
         return Prediction()
     reasons = []
     if has_v:

@@ -84,7 +84,7 @@ def test_sd_arg_values_are_toml_values():
 def test_prediction_from_the_keys_or_the_flags(fake_engine, tmp_path):
     plain = inspect_base_model(fake_engine.base)
     assert choose_prediction(plain) == choose_prediction(plain, False, False)
-    assert not choose_prediction(plain).v_parameterization and choose_prediction(plain).label == "epsilon"
+    assert not choose_prediction(plain).v_parameterization and choose_prediction(plain).label == "epsilon-prediction"
     flagged = choose_prediction(plain, v_pred=True)
     assert flagged.v_parameterization and not flagged.zero_terminal_snr and flagged.why == "--v-pred"
     marked = inspect_base_model(with_markers(fake_engine.base, "v_pred", "ztsnr"))
@@ -144,7 +144,7 @@ def test_default_clip_skip_passes_nothing(fake_engine, tmp_path):
     assert result.exit_code == 0, result.output
     assert "clip_skip" not in trainings(fake_engine)[0]["config"]
     assert "--clip_skip" not in gen_calls(fake_engine)[0]["argv"] and "--v_parameterization" not in gen_calls(fake_engine)[0]["argv"]
-    assert "epsilon (no v_pred key in the checkpoint" in result.output
+    assert "epsilon-prediction (no v_pred key in the checkpoint)" in result.output
 
 
 def test_clip_skip_changes_the_stage_keys(fake_engine, tmp_path):
@@ -194,7 +194,7 @@ def test_doctor_names_the_prediction_type(fake_engine, tmp_path):
     line = next(x for x in result.output.splitlines() if "base model" in x and "prediction" in x)
     assert "ok" in line and "v-prediction (the checkpoint has a v_pred key)" in line
     result = invoke(["doctor", "--sd-scripts", str(fake_engine.root), "--python", __import__("sys").executable, "--out", str(tmp_path / "runs"), "--base", str(fake_engine.base)])
-    assert "epsilon (no v_pred key in the checkpoint: an epsilon (noise-prediction) model); --v-pred" in result.output
+    assert "epsilon-prediction (no v_pred key in the checkpoint); --v-pred" in result.output
 
 
 # --- SDXL renders and blank renders ------------------------------------------------------------
@@ -309,3 +309,14 @@ def test_sd_arg_in_a_jobs_file_and_a_recipe_file(fake_engine, tmp_path):
     assert result.exit_code == 0, result.output
     for call in trainings(fake_engine):
         assert call["config"]["noise_offset"] == 0.05 and call["config"]["min_snr_gamma"] == 5 and call["config"]["clip_skip"] == 2
+
+
+def test_standalone_preview_renders_at_the_loras_clip_skip_and_the_models_prediction(fake_engine, small_lora, tmp_path):
+    lora = small_lora(tmp_path / "k.safetensors")
+    st = read_safetensors(lora)
+    write_safetensors(lora, {k: st.read(k) for k in st.tensors}, {**st.metadata, "ss_clip_skip": "2"})
+    model = with_markers(fake_engine.base, "v_pred")
+    result = invoke(["preview", str(lora), "--model", str(model), "--strengths", "0,1", "--size", "64", "--steps", "2", "--no-leakage", *fake_engine.engine_args])
+    assert result.exit_code == 0, result.output
+    argv = gen_calls(fake_engine)[-1]["argv"]
+    assert argv[argv.index("--clip_skip") + 1] == "2" and "--v_parameterization" in argv and "--zero_terminal_snr" not in argv
