@@ -320,3 +320,31 @@ def test_standalone_preview_renders_at_the_loras_clip_skip_and_the_models_predic
     assert result.exit_code == 0, result.output
     argv = gen_calls(fake_engine)[-1]["argv"]
     assert argv[argv.index("--clip_skip") + 1] == "2" and "--v_parameterization" in argv and "--zero_terminal_snr" not in argv
+
+
+def test_the_training_toml_holds_model_options_and_sd_args_once_each(fake_engine, tmp_path):
+    """Hostile string values round-trip; an --sd-arg that is also a profile key replaces it
+    (sd-scripts flattens the tables: no key twice)."""
+    import tomllib
+
+    from copymachine.engine import Engine
+    from copymachine.files import HashCache
+    from copymachine.methods import COPY_MACHINE, Request, make_sources, plan
+    from copymachine.pipeline import Pipeline
+    from copymachine.profiles import gpu_profile
+    from copymachine.progress import Reporter
+    from copymachine.stages import Settings
+
+    hostile = 'a "b" \'c\'\nd = 1\n[x]'
+    recipe = apply_overrides(MEMO, {"model": {"clip_skip": 2}, "sd_args": {"gradient_checkpointing": False, "mode": hostile, "network_args": ["conv_dim=8"]}}, "test")
+    settings = Settings(engine=Engine(root=fake_engine.root, python=__import__("sys").executable, commit=None), probe=None, profile=gpu_profile(True, low_vram=True))
+    request = Request(method=COPY_MACHINE, base=fake_engine.base, family=SD1, effects=["contrast"], recipe=recipe, sources=make_sources([], []), out=tmp_path / "run", prediction=choose_prediction(inspect_base_model(fake_engine.base), v_pred=True))
+    the_plan = plan(request, settings, HashCache(None))
+    Pipeline(the_plan, settings, Reporter(), HashCache(None), argv=["test"]).run(dry_run=True)
+    config = next((tmp_path / "_cache" / "copy-lora").rglob("*-training.toml"))
+    data = tomllib.loads(config.read_text(encoding="utf-8"))
+    keys = [k for table in data.values() for k in table]
+    assert len(keys) == len(set(keys))
+    flat = {k: v for table in data.values() for k, v in table.items()}
+    assert flat["mode"] == hostile and flat["gradient_checkpointing"] is False and flat["network_args"] == ["conv_dim=8"]
+    assert flat["clip_skip"] == 2 and flat["v_parameterization"] is True and flat["sdpa"] is True

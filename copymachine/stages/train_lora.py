@@ -175,7 +175,8 @@ class TrainLora(StageKind):
             dataset_config=dataset_config,
             resolution_text=f"{width},{height}",
             max_train_steps=p.max_train_steps,
-            profile={"mixed_precision": p.mixed_precision, "training_options": p.training_options},
+            # an --sd-arg replaces the profile's own value of a key (gradient_checkpointing = false)
+            profile={"mixed_precision": p.mixed_precision, "training_options": {k: v for k, v in p.training_options.items() if k not in (p.sd_args or {})}},
             base_weights=[str(w) for w in base_weight_inputs(stage)],
             base_weights_multipliers=p.base_weights_multipliers or [],
             model_options=p.model.training_keys() if p.model else {},
