@@ -61,6 +61,27 @@ def test_clip_skip_v_pred_and_sd_arg_reach_the_real_scripts(tmp_path_factory, sd
     assert final["ss_clip_skip"] == "2" and final["modelspec.prediction_type"] == "v" and final["ss_noise_offset"] == "0.05"
 
 
+def test_zero_terminal_snr_reaches_the_real_scripts(tmp_path_factory, sd_scripts_dir, sd_python, random_sd15, tokenizer_cache_dir):
+    """--v-pred --zero-terminal-snr: the generated original, the copy LoRA and the copy check run
+    (the copy check then stops the run: random weights copy nothing)."""
+    root = tmp_path_factory.mktemp("ztsnr real")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    args = [
+        "train", "--effect", "contrast", "--base", str(random_sd15), "--out", str(root / "run"), "--cache-dir", str(root / "cache"),
+        "--resolution", "64", "--max-steps", "2", "--v-pred", "--zero-terminal-snr",
+        "--set", "generate.width=64", "--set", "generate.height=64", "--set", "generate.steps=2",
+        "--set", "copy_check.images=1", "--set", "copy_check.steps=2",
+        "--sd-scripts", str(sd_scripts_dir), "--python", str(sd_python), "--tokenizer-cache-dir", str(tokenizer_cache_dir), "--device", "cpu",
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    result = run_cli(args, env)
+    print(f"\n--- zero terminal SNR: exit {result.returncode}, {time.monotonic() - t0:.0f} s ---\n{result.stderr[-1500:]}")
+    assert result.returncode == 7, result.stderr[-4000:]
+    assert "v-prediction with zero terminal SNR (--v-pred, --zero-terminal-snr)" in result.stderr
+    md = read_safetensors(next((root / "cache" / "copy-lora").rglob("copy-lora.safetensors"))).metadata
+    assert md["ss_zero_terminal_snr"] == "True" and md["modelspec.prediction_type"] == "v"
+
+
 def test_the_real_scripts_list_the_options_copymachine_passes(sd_scripts_dir, sd_python, tmp_path, monkeypatch):
     """What a run passes for clip skip, v-prediction and SDXL renders, in each script's --help
     (argparse would refuse anything else): SDXL's gen_img.py --no_half_vae included."""
