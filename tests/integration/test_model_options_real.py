@@ -39,14 +39,20 @@ def test_clip_skip_v_pred_and_sd_arg_reach_the_real_scripts(tmp_path_factory, sd
     first = run_cli(args, env)
     wall = time.monotonic() - t0
     print(f"\n--- first run: exit {first.returncode}, {wall:.0f} s ---\n{first.stderr[-2000:]}")
-    assert first.returncode == 7, first.stderr[-4000:]  # the copy check rendered and scored, then stopped the run
+    # random weights copy nothing: the copy check scores and stops the run (exit 7), or, where the
+    # copy LoRA's render came out NaN (measured: this run's copy check, black), refuses the blank
+    # image before scoring it (exit 1)
+    assert first.returncode in (1, 7), first.stderr[-4000:]
+    if first.returncode == 1:
+        assert "stage 'copy check': gen_img.py rendered a blank image (black): copy-1.png" in first.stderr, first.stderr[-2000:]
     assert "v-prediction (--v-pred), clip skip 2" in first.stderr
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     stages = {s["name"]: s for s in manifest["stages"]}
-    assert stages["generate"]["status"] == "done" and stages["copy-check"]["status"] == "done"
-    for name in ("generate", "copy-check"):
-        logged = " ".join(" ".join(c) for c in stages[name].get("commands", []))
-        assert "--clip_skip 2" in logged and "--v_parameterization" in logged, stages[name]
+    assert stages["generate"]["status"] == "done" and stages["copy-lora"]["status"] == "done"
+    logged = " ".join(stages["generate"]["commands"])
+    assert "--clip_skip 2 --v_parameterization" in logged, logged
+    check_log = (out / "logs" / "copy-check.log").read_text(encoding="utf-8")
+    assert "--clip_skip 2 --v_parameterization" in check_log.splitlines()[0] and "# exit code 0" in check_log
     generated = Image.open(stages["generate"]["outputs"]["image"]["path"])
     assert np.asarray(generated).std() > 0  # colour noise: not refused as blank
     # sd-scripts' own metadata of the copy LoRA: it trained with all three
@@ -76,7 +82,9 @@ def test_zero_terminal_snr_reaches_the_real_scripts(tmp_path_factory, sd_scripts
     t0 = time.monotonic()
     result = run_cli(args, env)
     print(f"\n--- zero terminal SNR: exit {result.returncode}, {time.monotonic() - t0:.0f} s ---\n{result.stderr[-1500:]}")
-    assert result.returncode == 7, result.stderr[-4000:]
+    assert result.returncode in (1, 7), result.stderr[-4000:]  # as in the test above
+    assert "gen_img.py rendered a blank image" in result.stderr if result.returncode == 1 else "does not copy yet" in result.stderr
+    assert "--zero_terminal_snr" in (root / "run" / "logs" / "copy-check.log").read_text(encoding="utf-8").splitlines()[0]
     assert "v-prediction with zero terminal SNR (--v-pred, --zero-terminal-snr)" in result.stderr
     md = read_safetensors(next((root / "cache" / "copy-lora").rglob("copy-lora.safetensors"))).metadata
     assert md["ss_zero_terminal_snr"] == "True" and md["modelspec.prediction_type"] == "v"
