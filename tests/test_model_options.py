@@ -304,7 +304,7 @@ def test_sd_arg_in_a_jobs_file_and_a_recipe_file(fake_engine, tmp_path):
         encoding="utf-8",
     )
     job = load_jobs(jobs)[0]
-    assert job.options["sd_args"] == ("noise_offset=0.05",) and job.options["clip_skip"] == 2
+    assert job.options.sd_args == ("noise_offset=0.05",) and job.options.clip_skip == 2
     result = invoke(["queue", str(jobs)])
     assert result.exit_code == 0, result.output
     for call in trainings(fake_engine):
