@@ -25,7 +25,8 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -179,9 +180,17 @@ def _help(engine: Engine, script: str) -> tuple[str, list[str] | str]:
     return script, options
 
 
-def learn(engine: Engine, refresh: bool = False) -> Capabilities:
+LEARNING = "learning what this sd-scripts can do, once"
+
+
+def progress_text(done: int, total: int) -> str:
+    return f"{LEARNING}: {done}/{total} scripts"
+
+
+def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int], None] | None = None) -> Capabilities:
     """The capabilities of `engine`, from the cache or learnt now (each script's --help, in
-    parallel; about as long as one sd-scripts start per script, once per checkout)."""
+    parallel; about as long as one sd-scripts start per script, once per checkout). While it
+    learns, `on_progress(done, total)` is called before the first script and after each."""
     path = cache_dir() / (engine.identity.replace(":", "-") + ".json")
     version, known = name_version(engine)
     if not refresh and path.is_file():
@@ -193,12 +202,21 @@ def learn(engine: Engine, refresh: bool = False) -> Capabilities:
         except (OSError, ValueError, TypeError):
             pass  # a damaged cache entry is learnt again
     caps = Capabilities(identity=engine.identity, version=version, known=known)
+    if on_progress:
+        on_progress(0, len(SCRIPTS))
+    results: dict[str, list[str] | str] = {}
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for script, result in pool.map(lambda s: _help(engine, s), SCRIPTS):
-            if isinstance(result, str):
-                caps.errors[script] = result
-            else:
-                caps.options[script] = result
+        for future in as_completed([pool.submit(_help, engine, s) for s in SCRIPTS]):
+            script, result = future.result()
+            results[script] = result
+            if on_progress:
+                on_progress(len(results), len(SCRIPTS))
+    for script in SCRIPTS:  # in SCRIPTS' order, whichever finished first
+        result = results[script]
+        if isinstance(result, str):
+            caps.errors[script] = result
+        else:
+            caps.options[script] = result
     gen_img = engine.script("gen_img.py")
     if gen_img.is_file():
         caps.prompt_options = parse_prompt_options(gen_img.read_text(encoding="utf-8", errors="replace"))

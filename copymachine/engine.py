@@ -2,7 +2,9 @@
 
 Found from `--sd-scripts PATH`, then `$SD_SCRIPTS`, then `vendor/sd-scripts` (the git submodule).
 Its Python is `--python`, then `$SD_SCRIPTS_PYTHON`, then the `venv` inside the sd-scripts folder
-(where sd-scripts' own install instructions put it), then the Python running copymachine.
+(where sd-scripts' own install instructions put it), then the `venv` beside it in a kohya_ss GUI
+install (`<kohya_ss>/venv` next to `<kohya_ss>/sd-scripts`), then the Python running copymachine.
+`Engine.python_reason` says which of these it was (doctor and the run print it).
 """
 
 from __future__ import annotations
@@ -82,11 +84,16 @@ elif "torch" not in missing:
         info["torch"] = torch.__version__
         info["cuda"] = bool(torch.cuda.is_available())
         if info["cuda"]:
-            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            count = torch.cuda.device_count()
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(count)]
+            # what torch says; recent torch says true on pre-Ampere cards too (emulated bf16), so
+            # copymachine decides by the compute capability (profiles.choose_precision)
             info["bf16"] = bool(torch.cuda.is_bf16_supported())
-            free, total = torch.cuda.mem_get_info(0)
-            info["vram_free"] = int(free)
-            info["vram_total"] = int(total)
+            info["compute"] = [list(torch.cuda.get_device_capability(i)) for i in range(count)]
+            memory = [torch.cuda.mem_get_info(i) for i in range(count)]
+            info["vram"] = [[int(f), int(t)] for f, t in memory]
+            info["vram_free"] = int(memory[0][0])
+            info["vram_total"] = int(memory[0][1])
     except Exception as e:
         info["torch_error"] = f"{type(e).__name__}: {e}"
 print("COPYMACHINE_PROBE " + json.dumps(info))
@@ -103,8 +110,10 @@ class Probe:
     torch: str | None = None
     cuda: bool = False
     gpus: list[str] = field(default_factory=list)
-    bf16: bool = False
-    vram_free: int | None = None
+    bf16: bool = False  # torch.cuda.is_bf16_supported(): true under emulation too
+    compute: list[tuple[int, int]] = field(default_factory=list)  # compute capability of each GPU
+    vram: list[tuple[int, int]] = field(default_factory=list)  # (free, total) bytes of each GPU
+    vram_free: int | None = None  # of GPU 0
     vram_total: int | None = None
     torch_error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -115,6 +124,7 @@ class Engine:
     root: Path
     python: str
     commit: str | None
+    python_reason: str = ""  # how `python` was found ("given by --python", "the venv inside the sd-scripts folder", ...)
 
     @property
     def pinned(self) -> bool:
@@ -207,6 +217,8 @@ class Engine:
                     cuda=data.get("cuda", False),
                     gpus=data.get("gpus", []),
                     bf16=data.get("bf16", False),
+                    compute=[tuple(c) for c in data.get("compute", [])],
+                    vram=[tuple(v) for v in data.get("vram", [])],
                     vram_free=data.get("vram_free"),
                     vram_total=data.get("vram_total"),
                     torch_error=data.get("torch_error"),
@@ -266,7 +278,8 @@ def tree_hash(root: Path) -> str:
 
 
 def find_sd_scripts(option: str | os.PathLike | None) -> Path:
-    """--sd-scripts, then $SD_SCRIPTS, then vendor/sd-scripts (beside copymachine, or in the cwd)."""
+    """--sd-scripts, then $SD_SCRIPTS, then vendor/sd-scripts (beside copymachine, or in the cwd).
+    A kohya_ss GUI folder given as either means its `sd-scripts` submodule."""
     tried: list[str] = []
     candidates: list[tuple[str, Path]] = []
     if option:
@@ -278,6 +291,8 @@ def find_sd_scripts(option: str | os.PathLike | None) -> Path:
         candidates.append(("vendor/sd-scripts", Path.cwd() / "vendor" / "sd-scripts"))
     for source, path in candidates:
         path = path.expanduser()
+        if is_kohya_ss(path) and not (path / "train_network.py").is_file():
+            path = path / "sd-scripts"  # a kohya_ss GUI folder: its sd-scripts submodule
         if (path / "train_network.py").is_file() and (path / "networks").is_dir():
             return path.resolve()
         tried.append(f"{path} ({source})")
@@ -298,16 +313,39 @@ def _absolute_python(python: str) -> str:
     return python
 
 
-def find_python(option: str | None, root: Path) -> str:
-    """--python, then $SD_SCRIPTS_PYTHON, then <sd-scripts>/venv, then this Python."""
+def _venv_python(venv: Path) -> Path | None:
+    for python in (venv / "bin" / "python", venv / "Scripts" / "python.exe"):
+        if python.is_file():
+            return python
+    return None
+
+
+def is_kohya_ss(folder: Path) -> bool:
+    """A kohya_ss GUI install (bmaltais/kohya_ss): its root has kohya_gui.py (and the kohya_gui
+    package), with sd-scripts as a submodule in it."""
+    return (folder / "kohya_gui.py").is_file() or (folder / "kohya_gui").is_dir()
+
+
+def find_python_and_reason(option: str | None, root: Path) -> tuple[str, str]:
+    """The Python for sd-scripts and how it was found: --python, then $SD_SCRIPTS_PYTHON, then
+    <sd-scripts>/venv, then <kohya_ss>/venv beside <kohya_ss>/sd-scripts, then this Python."""
     if option:
-        return _absolute_python(str(option))
+        return _absolute_python(str(option)), "given by --python"
     if os.environ.get("SD_SCRIPTS_PYTHON"):
-        return _absolute_python(os.environ["SD_SCRIPTS_PYTHON"])
-    for venv_python in (root / "venv" / "bin" / "python", root / "venv" / "Scripts" / "python.exe"):
-        if venv_python.is_file():
-            return str(venv_python)
-    return sys.executable
+        return _absolute_python(os.environ["SD_SCRIPTS_PYTHON"]), "from $SD_SCRIPTS_PYTHON"
+    own = _venv_python(root / "venv")
+    if own:
+        return str(own), "the venv inside the sd-scripts folder"
+    if is_kohya_ss(root.parent):
+        beside = _venv_python(root.parent / "venv")
+        if beside:
+            return str(beside), f"the kohya_ss venv beside sd-scripts ({root.parent})"
+    return sys.executable, "copymachine's own Python: no --python, no $SD_SCRIPTS_PYTHON, no venv in or beside the sd-scripts folder"
+
+
+def find_python(option: str | None, root: Path) -> str:
+    """--python, then $SD_SCRIPTS_PYTHON, then <sd-scripts>/venv, then <kohya_ss>/venv, then this Python."""
+    return find_python_and_reason(option, root)[0]
 
 
 def read_git_commit(root: Path) -> str | None:
@@ -347,4 +385,5 @@ def read_git_commit(root: Path) -> str | None:
 
 def locate(sd_scripts: str | os.PathLike | None = None, python: str | None = None) -> Engine:
     root = find_sd_scripts(sd_scripts)
-    return Engine(root=root, python=find_python(python, root), commit=read_git_commit(root))
+    found, reason = find_python_and_reason(python, root)
+    return Engine(root=root, python=found, commit=read_git_commit(root), python_reason=reason)

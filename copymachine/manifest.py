@@ -59,9 +59,11 @@ class Manifest:
                 "commit": engine.commit if engine else None,
                 "pinned": engine.pinned if engine else None,
                 "python": engine.python if engine else None,
+                "python_found": engine.python_reason if engine else None,
             },
             "device": settings.device,
             "mixed_precision": settings.mixed_precision,
+            "mixed_precision_why": settings.profile.why or None,
             "finals": {k: str(v) for k, v in plan.finals.items()},
             "stages": [],
         }

@@ -4,7 +4,9 @@ A profile never changes the memo's numbers (steps, dim, alpha, learning rate, op
 chooses how sd-scripts computes them. The GPU profile (chosen when the sd-scripts Python's torch
 sees a CUDA GPU):
 
-- bf16 mixed precision (fp16 where the GPU lacks bf16);
+- bf16 mixed precision on GPUs of compute capability 8.0 and up (Ampere: RTX 30xx, A100, and
+  later), fp16 on older ones: recent torch says `is_bf16_supported()` on a T4, V100, RTX 20xx or
+  GTX 16xx too, where bf16 is emulated and slow (choose_precision);
 - `sdpa` attention (PyTorch's scaled-dot-product kernels; no xformers needed);
 - latents cached once: one image without augmentation gives the same latent every step, so the
   VAE encodes it once instead of 3072-5120 times;
@@ -14,7 +16,11 @@ sees a CUDA GPU):
   the CPU (sd-scripts issue #904: corrupt output on CUDA; not re-checked on a GPU here).
 
 The low-VRAM profile (`--low-vram`, for 8 GB cards) adds gradient checkpointing, 8-bit AdamW
-(bitsandbytes) and latents cached on disk. It is opt-in because the memo trains with plain AdamW.
+(bitsandbytes) and latents cached on disk; for SDXL it also caches the text encoders' outputs and
+trains the U-Net only (the text encoders then leave the GPU; the LoRAs then carry no text-encoder
+part, unlike the memo's, and the caption is not shuffled: sd-scripts refuses cached outputs with
+shuffle_caption). It is opt-in because the memo trains with plain AdamW and both parts.
+How much VRAM a run takes, and so how many trainings share a GPU, is estimated in copymachine/vram.py.
 """
 
 from __future__ import annotations
@@ -22,14 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-GIB = 1024**3
-
-# Rough VRAM one effect training takes in the GPU profile, by family (for choosing --jobs).
-# SD1.5 at 512 px, dim 128, bf16, cached latents: ~6 GiB; SDXL at 1024 px: ~18 GiB. Margins added.
-TRAINING_VRAM = {"sd1": 8 * GIB, "sd2": 9 * GIB, "sdxl": 22 * GIB}
-LOW_VRAM_TRAINING_VRAM = {"sd1": 4 * GIB, "sd2": 5 * GIB, "sdxl": 10 * GIB}
-
 LOW_VRAM_OPTIMIZER = "AdamW8bit"
+# --low-vram, SDXL only: the text encoders' outputs cached once (then off the GPU) and the U-Net
+# trained alone (sd-scripts requires network_train_unet_only with cache_text_encoder_outputs)
+LOW_VRAM_SDXL_OPTIONS = {"cache_text_encoder_outputs": True, "network_train_unet_only": True}
+BF16_FROM = (8, 0)  # compute capability with native bf16 (Ampere)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class Profile:
     training_options: dict[str, Any] = field(default_factory=dict)  # extra training TOML keys
     gen_options: tuple[str, ...] = ()  # extra gen_img.py options
     optimizer: str | None = None  # replaces the recipe's optimizer (low VRAM only)
+    family_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # family name -> more training TOML keys
+    why: str = field(default="", compare=False)  # why this precision (doctor, the run's info line)
+
+    def training_options_for(self, family: str) -> dict[str, Any]:
+        return {**self.training_options, **self.family_options.get(family, {})}
 
     @property
     def gen_precision(self) -> str:
@@ -49,14 +57,40 @@ class Profile:
 CPU = Profile(name="cpu", device="cpu", mixed_precision="no", training_options={"max_data_loader_n_workers": 0})
 
 
-def gpu_profile(bf16: bool, low_vram: bool = False) -> Profile:
+def choose_precision(compute: list[tuple[int, int]], torch_bf16: bool) -> tuple[str, str]:
+    """bf16 only where every GPU has it natively (compute capability >= 8.0), else fp16; and why.
+    torch's `is_bf16_supported()` alone is not enough: recent torch says true on pre-Ampere
+    cards, which then train in slow emulated bf16."""
+    if not compute:
+        return "fp16", "the GPU's compute capability is unknown (bf16 needs 8.0 or later)"
+    oldest = min(compute)
+    text = f"compute capability {oldest[0]}.{oldest[1]}"
+    if oldest < BF16_FROM:
+        return "fp16", f"{text} < 8.0: no native bf16 (emulated, slow)"
+    if not torch_bf16:
+        return "fp16", f"{text}, but this torch has no bf16 on it"
+    return "bf16", f"{text} >= 8.0: native bf16"
+
+
+def precision_caveat(gpus: list[str], precision: str) -> str | None:
+    """What to know about fp16 on the GPUs found: GTX 16xx cards (Turing without tensor cores)
+    are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293)."""
+    if precision == "fp16" and any("GTX 16" in name for name in gpus):
+        return ("GTX 16xx cards are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293), and have no native bf16; "
+                "if a training stops on NaN loss, train with --device cpu or on another GPU")
+    return None
+
+
+def gpu_profile(bf16: bool, low_vram: bool = False, why: str = "") -> Profile:
     options: dict[str, Any] = {"max_data_loader_n_workers": 0, "sdpa": True, "cache_latents": True}
     name = "gpu"
     optimizer = None
+    family_options: dict[str, dict[str, Any]] = {}
     if low_vram:
         options.update({"gradient_checkpointing": True, "cache_latents_to_disk": True})
         name = "gpu-low-vram"
         optimizer = LOW_VRAM_OPTIMIZER
+        family_options = {"sdxl": dict(LOW_VRAM_SDXL_OPTIONS)}
     return Profile(
         name=name,
         device="cuda",
@@ -64,16 +98,6 @@ def gpu_profile(bf16: bool, low_vram: bool = False) -> Profile:
         training_options=options,
         gen_options=("--sdpa",),
         optimizer=optimizer,
+        family_options=family_options,
+        why=why,
     )
-
-
-def default_jobs(family: str, low_vram: bool, gpus: int, vram_free: int | None, trainings: int) -> int:
-    """Parallel trainings: one per GPU on a multi-GPU machine; on one GPU as many as its free
-    memory holds; never more than there are trainings to run; 1 on the CPU."""
-    if gpus <= 0 or trainings <= 1:
-        return 1
-    if gpus > 1:
-        return min(gpus, trainings)
-    need = (LOW_VRAM_TRAINING_VRAM if low_vram else TRAINING_VRAM).get(family, 8 * GIB)
-    fit = int((vram_free or 0) // need)
-    return max(1, min(fit, trainings))

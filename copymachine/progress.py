@@ -146,6 +146,20 @@ class Reporter:
                 who = f"{job}: " if self.parallel else ""
                 self._print(f"      {who}{describe(p)}")
 
+    def counting(self, job: str, text: str, done: int, total: int) -> None:
+        """A count of something short that works before any stage ("...: 3/8 scripts"): redrawn in
+        place on a terminal, one line per count on a pipe."""
+        with self._lock:
+            self.event("progress", job=job, desc=job, step=done, total=total, text=text)
+            if not self.live:
+                self._print(text)
+                return
+            self.stream.write("\r\033[K" + self.prefix + text)
+            self._drawn = done < total
+            if done >= total:
+                self.stream.write("\n")
+            self.stream.flush()
+
     def end_progress(self, job: str = "") -> None:
         with self._lock:
             self._jobs.pop(job, None)

@@ -288,7 +288,7 @@ def make_settings(
         engine.require(probe)
         # what this sd-scripts can do (each script's --help, once per checkout): refused here,
         # before any stage, when copymachine cannot drive it
-        caps = capabilities.learn(engine)
+        caps = capabilities.learn(engine, on_progress=lambda done, total: reporter.counting("capabilities", capabilities.progress_text(done, total), done, total))
         capabilities.require(engine, caps)
     cuda = bool(probe and probe.cuda)
     if device == "cuda" and not cuda:
@@ -296,7 +296,15 @@ def make_settings(
     use_cuda = cuda and device != "cpu"
     if low_vram and not use_cuda:
         reporter.warn("--low-vram has no effect on the CPU: training there uses no GPU memory")
-    profile = profiles.gpu_profile(bool(probe.bf16), low_vram) if use_cuda else profiles.CPU  # type: ignore[union-attr]
+    if use_cuda:
+        precision, why = profiles.choose_precision(probe.compute, probe.bf16)  # type: ignore[union-attr]
+        profile = profiles.gpu_profile(precision == "bf16", low_vram, why=why)
+        caveat = profiles.precision_caveat(probe.gpus, precision)  # type: ignore[union-attr]
+        if caveat:
+            reporter.warn(caveat)
+    else:
+        profile = profiles.CPU
+    reporter.info(f"sd-scripts {engine.root}; its Python {engine.python} ({engine.python_reason})" + (f"; trains in {profile.mixed_precision} ({profile.why})" if use_cuda else ""))
     return Settings(
         engine=engine,
         probe=probe,
@@ -517,15 +525,16 @@ def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Setti
     return the_plan, hashes
 
 
-def side_by_side(o: RunOptions, request: Request, model: ModelInfo, settings: Settings, reporter: Reporter) -> int:
+def side_by_side(o: RunOptions, request: Request, the_plan: Plan, settings: Settings, reporter: Reporter) -> int:
     """How many trainings run at once: --jobs, else what the GPUs' free memory holds; one on the CPU."""
     trainings = len(request.effects) * len(request.sources)
     if settings.device == "cpu":
         if o.jobs and o.jobs > 1:
             reporter.warn("--jobs: CPU runs stay sequential (parallel trainings would only share the same cores)")
         return 1
-    vram = settings.probe.vram_free if settings.probe else None
-    jobs = o.jobs or profiles.default_jobs(model.family.name, o.low_vram, settings.gpus, vram, trainings)
+    if not o.dry_run:
+        preflight.check_bitsandbytes(the_plan, settings)
+    jobs = preflight.check_vram(the_plan, settings, o.jobs, trainings, reporter)
     if jobs > 1:
         reporter.info(f"{jobs} trainings side by side" + (f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"))
     return jobs
@@ -559,5 +568,5 @@ def run_method(method: str, o: RunOptions, reporter: Reporter | None = None, on_
     reporter = reporter or Reporter(verbose=o.verbose)
     request, model, settings = make_request(method, o, reporter, gpu)
     the_plan, hashes = check_run(request, o, model, settings, reporter)
-    jobs = side_by_side(o, request, model, settings, reporter)
+    jobs = side_by_side(o, request, the_plan, settings, reporter)
     return run_jobs(the_plan, o, settings, hashes, reporter, jobs, on_pipeline)

@@ -41,7 +41,7 @@ def test_ready_machine(fake_engine, tmp_path, roomy):
     assert result.exit_code == 0, result.output
     r = rows(result)
     assert r["sd-scripts"].startswith(f"warn {fake_engine.root} is not a git checkout")
-    assert r["python"] == f"ok {sys.executable} (Python {sys.version.split()[0]})"
+    assert r["python"] == f"ok {sys.executable} (Python {sys.version.split()[0]}; given by --python)"
     assert r["packages"].startswith("ok everything sd-scripts imports is there")
     assert r["GPU"].startswith("warn torch 0.0+fake sees no CUDA GPU")
     assert r["RAM"].startswith("ok 32.0 GB (24.0 GB available")
@@ -61,7 +61,7 @@ def test_pinned_checkout_and_gpu(fake_engine, tmp_path, roomy, monkeypatch):
     assert result.exit_code == 0, result.output
     r = rows(result)
     assert r["sd-scripts"] == f"ok {root} (commit {PINNED_COMMIT[:8]}, the pinned one)"
-    assert r["GPU"] == "ok torch 0.0+fake sees Fake GPU, 70.0 GB of 80.0 GB VRAM free; trains in bf16"
+    assert r["GPU"] == "ok torch 0.0+fake sees Fake GPU, 70.0 GB of 80.0 GB VRAM free; trains in bf16 (compute capability 8.6 >= 8.0: native bf16)"
     assert r["engine"].startswith("ok v0.10.1+5 (pinned): per-prompt file names (--f); options: ") and r["engine"].endswith("; tested")
 
 

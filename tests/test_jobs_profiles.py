@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from copymachine import profiles
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENGINE
 
@@ -122,22 +121,6 @@ def test_a_bad_edit_stops_its_run_before_any_training(fake_engine, image, tmp_pa
     result = run(fake_engine, image, tmp_path / "bad", "--edited", str(shifted))
     assert result.exit_code != 0 and "your edit cannot be used" in result.output
     assert fake_engine.calls() == []  # the copy LoRA is not trained for a run that cannot finish
-
-
-@pytest.mark.parametrize(
-    "family, low, gpus, free, trainings, jobs",
-    [
-        ("sd1", False, 0, None, 5, 1),  # CPU
-        ("sd1", False, 1, 70 * profiles.GIB, 5, 5),  # an 80 GB card holds five SD1.5 trainings
-        ("sd1", False, 1, 20 * profiles.GIB, 5, 2),
-        ("sdxl", False, 1, 20 * profiles.GIB, 5, 1),
-        ("sdxl", True, 1, 20 * profiles.GIB, 5, 2),
-        ("sd1", False, 4, 70 * profiles.GIB, 2, 2),  # one GPU each, no more than the trainings
-        ("sd1", False, 1, 70 * profiles.GIB, 1, 1),
-    ],
-)
-def test_default_jobs(family, low, gpus, free, trainings, jobs):
-    assert profiles.default_jobs(family, low, gpus, free, trainings) == jobs
 
 
 def test_effect_all_with_jobs_2_keeps_two_trainings_at_a_time(fake_engine, image, tmp_path, monkeypatch):

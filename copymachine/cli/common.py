@@ -24,14 +24,14 @@ def engine_options(f: Callable) -> Callable:
         click.option(
             "--python",
             "python",
-            help="The Python that runs sd-scripts. Default: $SD_SCRIPTS_PYTHON, else <sd-scripts>/venv, else this one.",
+            help="The Python that runs sd-scripts. Default: $SD_SCRIPTS_PYTHON, else <sd-scripts>/venv, else <kohya_ss>/venv beside <kohya_ss>/sd-scripts, else this one.",
         ),
         click.option(
             "--device",
             type=click.Choice(["auto", "cuda", "cpu"]),
             default="auto",
             show_default=True,
-            help="Where sd-scripts trains. auto: the GPU when its torch sees one (bf16, or fp16 without bf16), else the CPU (fp32).",
+            help="Where sd-scripts trains. auto: the GPU when its torch sees one (bf16 from compute capability 8.0, else fp16), else the CPU (fp32).",
         ),
         click.option(
             "--tokenizer-cache-dir",

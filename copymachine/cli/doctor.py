@@ -1,7 +1,8 @@
 """`copymachine doctor`: is this machine ready for a run?
 
-Checks, in order: sd-scripts (found, commit, pinned or not), its Python and the packages it
-imports, torch and the GPU it sees, RAM and free disk against what a run needs, write access to
+Checks, in order: sd-scripts (found, commit, pinned or not), its Python (and how it was found)
+and the packages it imports, torch and the GPU it sees (and bf16 or fp16, by its compute
+capability), the GPU memory a training of the --base family needs (copymachine/vram.py), RAM and free disk against what a run needs, write access to
 the run and cache folders, the tokenizer for offline use, copymachine's own numpy/OpenCV/scikit-image. One line per check; exit 0 when
 nothing would stop a run (warnings allowed), else the exit code of the first blocking problem
 (4: sd-scripts, its Python or too little RAM; 5: disk space or write access; 3: a bad --base).
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from copymachine import capabilities, heavy, preflight
+from copymachine import capabilities, heavy, preflight, profiles
 from copymachine import engine as engine_mod
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
@@ -73,7 +74,7 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
     except CopymachineError as e:
         doc.add(FAIL, "python", e.message, EXIT_ENVIRONMENT)
         return engine, None
-    doc.add(OK, "python", f"{engine.python} (Python {probe.python_version})")
+    doc.add(OK, "python", f"{engine.python} (Python {probe.python_version}; {engine.python_reason})")
     versions = ", ".join(f"{name} {version}" for name, version in probe.versions.items())
     try:
         engine.require(probe)
@@ -87,16 +88,43 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
             vram = ""
             if probe.vram_total:
                 vram = f", {preflight.human(probe.vram_free or 0)} of {preflight.human(probe.vram_total)} VRAM free"
-            precision = "bf16" if probe.bf16 else "fp16"
-            doc.add(OK, "GPU", f"torch {probe.torch} sees {', '.join(probe.gpus) or 'a CUDA GPU'}{vram}; trains in {precision}")
+            precision, why = profiles.choose_precision(probe.compute, probe.bf16)
+            caveat = profiles.precision_caveat(probe.gpus, precision)
+            doc.add(WARN if caveat else OK, "GPU", f"torch {probe.torch} sees {', '.join(probe.gpus) or 'a CUDA GPU'}{vram}; trains in {precision} ({why})" + (f"; {caveat}" if caveat else ""))
         else:
             doc.add(WARN, "GPU", f"torch {probe.torch} sees no CUDA GPU: sd-scripts trains on the CPU (hours per stage at 512 px; fine for --resolution 64 tests)")
     return engine, probe
 
 
+def _vram(doc: Doctor, probe, family: Family) -> None:
+    """The GPU memory a one-image run's largest training takes (copymachine/vram.py's estimate:
+    the family's native size, the memo's largest dim), against the free VRAM; and with --low-vram."""
+    from copymachine import vram
+    from copymachine.recipe import MEMO
+
+    if not (probe and probe.cuda and probe.vram_free is not None):
+        return
+    precision, _ = profiles.choose_precision(probe.compute, probe.bf16)
+    side = family.default_size
+    dim = max([MEMO.copy.network_dim, MEMO.effect.network_dim] + [t.network_dim for t in MEMO.effect_overrides.values()])
+    need = vram.training(family.name, (side, side), dim, precision).total
+    low = vram.training(family.name, (side, side), dim, precision, "AdamW8bit", gradient_checkpointing=True, unet_only=family.name == "sdxl").total
+    free = min(f for f, _ in probe.vram) if probe.vram else probe.vram_free
+    text = (f"training {family.label} at {side}x{side}, dim {dim}, needs ~{preflight.human(need)} by copymachine's estimate "
+            f"(--low-vram: ~{preflight.human(low)}); {preflight.human(free)} free")
+    if need <= free:
+        doc.add(OK, "VRAM", f"{text}: fits" + (f", {int(free // need)} side by side" if free // need > 1 else ""))
+    elif low <= free:
+        bnb = "" if "bitsandbytes" in probe.versions else "; it needs bitsandbytes, which the Python for sd-scripts lacks"
+        doc.add(WARN, "VRAM", f"{text}: will likely run out of memory; use --low-vram ({preflight.LOW_VRAM_TEXT}){bnb}")
+    else:
+        doc.add(WARN, "VRAM", f"{text}: will likely not fit even with --low-vram; lower --resolution or the network dim (--set effect.network_dim=N)")
+
+
 def _capabilities(doc: Doctor, engine) -> None:
     """The version and what it can do (each script's --help, learnt once per checkout)."""
-    caps = capabilities.learn(engine)
+    reporter = Reporter()  # the count goes to stderr; doctor's rows stay on stdout
+    caps = capabilities.learn(engine, on_progress=lambda done, total: reporter.counting("capabilities", capabilities.progress_text(done, total), done, total))
     try:
         capabilities.require(engine, caps)
     except CopymachineError as e:
@@ -228,10 +256,11 @@ def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     cache = default_cache(Path(out) / "run", cache_dir)  # the cache of a run folder under --out
     doc = Doctor()
     click.echo("copymachine doctor")
-    _engine(doc, sd_scripts, python)
+    _, probe = _engine(doc, sd_scripts, python)
     model, base_error = _base_model(base)
     _prediction(doc, model)
     family = model.family if model else SD1
+    _vram(doc, probe, family)
     _memory(doc, family.name)
     _folders(doc, Path(out).absolute(), cache.absolute(), model, base_error)
     _tokenizer(doc, tokenizer_cache_dir, family)

@@ -48,7 +48,7 @@ def method_options(f):
         click.option("--absorb", multiple=True, metavar="STYLE.safetensors[:RATIO]", help="Merge a style LoRA into the base model first; every training uses the result (the memo's tip). Repeatable."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where shared stages (copy LoRAs, copy models, LoRA A) are kept. Default: $COPYMACHINE_CACHE, else <run folder>/../_cache."),
         click.option("--jobs", type=click.IntRange(1), help="Trainings run side by side (several effects or images): one per GPU on a multi-GPU machine, else as many as the GPU's free memory holds (default); CPU runs stay sequential."),
-        click.option("--low-vram", is_flag=True, help="For 8 GB cards: gradient checkpointing, 8-bit AdamW, latents cached on disk. Opt-in: the memo trains with plain AdamW."),
+        click.option("--low-vram", is_flag=True, help="For small GPUs: gradient checkpointing, 8-bit AdamW (needs bitsandbytes), latents cached on disk; SDXL also caches the text encoders' outputs and trains the U-Net only. Opt-in: the memo trains with plain AdamW and both."),
         click.option("--dry-run", is_flag=True, help="Write the configs and print every command; run nothing."),
         click.option("--no-wait", is_flag=True, help="Exit at once (code 6) instead of waiting when another run holds the run folder or a cache entry."),
         click.option("--force", is_flag=True, help="Write into a run folder that holds another run (or files copymachine did not make), replacing what it writes there."),

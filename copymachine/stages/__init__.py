@@ -43,6 +43,27 @@ KIND_MODULES = (
 )
 
 
+def visible_device(index: int, inherited: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a child that is to use the `index`-th GPU this process sees. The
+    user's own mask (or Slurm's, Ray's) lists the physical GPUs, indices or UUIDs (GPU-..., MIG-...),
+    and index 0 is its first entry: with CUDA_VISIBLE_DEVICES=2,3, GPU 1 is "3". CUDA ignores the
+    entries from the first invalid one on (an empty one included), so only those before it count.
+    Unset: the index itself. Set but empty (no GPU visible): kept empty."""
+    if inherited is None:
+        return str(index)
+    if not inherited.strip():
+        return inherited
+    entries: list[str] = []
+    for entry in inherited.split(","):
+        entry = entry.strip()
+        if not entry or (entry.lstrip("-").isdigit() and int(entry) < 0):
+            break
+        entries.append(entry)
+    if index >= len(entries):
+        raise EngineError(f"internal: GPU {index} asked for, but CUDA_VISIBLE_DEVICES={inherited!r} lists {len(entries)}")
+    return entries[index]
+
+
 @dataclass
 class Settings:
     """How this machine runs sd-scripts: the engine, the device profile, parallel jobs.
@@ -111,7 +132,7 @@ class StageContext:
         env = self.engine.env(offline=self.settings.offline)
         gpu = self.gpu if self.gpu is not None else self.settings.pinned_gpu
         if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            env["CUDA_VISIBLE_DEVICES"] = visible_device(gpu, env.get("CUDA_VISIBLE_DEVICES"))
         self.reporter.command(argv)
         children: list[int] = []
 

@@ -111,6 +111,10 @@ def training_plan(
         warmup = int(training.warmup_steps * max_steps / training.steps)
     if settings.profile.optimizer:  # the low-VRAM profile's 8-bit AdamW
         training = dataclasses.replace(training, optimizer=settings.profile.optimizer)
+    options = settings.profile.training_options_for(family.name)
+    if options.get("cache_text_encoder_outputs"):
+        # sd-scripts refuses cached text-encoder outputs with shuffled captions (one output per caption)
+        training = dataclasses.replace(training, shuffle_caption=False)
     inputs = {**inputs, **{base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)}}
     params = TrainParams(
         family=family,
@@ -119,7 +123,7 @@ def training_plan(
         max_train_steps=max_train_steps,
         warmup_steps=warmup,
         mixed_precision=settings.mixed_precision,
-        training_options=dict(settings.training_options),
+        training_options=options,
         # only with LoRAs merged in memory, so the stage keys of trainings without them stay as they were
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
         model=model.for_training() if model else None,

@@ -61,6 +61,11 @@ def _main(run: FakeRun, script: str) -> None:
     tokenizers(args, sdxl, run, con)
     datasets = load_datasets(args, run, con)
     n_train = sum(len(s["images"]) * s["num_repeats"] for d in datasets for s in d["subsets"] if not s["is_reg"])
+    if sdxl and args.cache_text_encoder_outputs:  # (code: sdxl_train_network.py assert_extra_args)
+        if any(s["shuffle_caption"] for d in datasets for s in d["subsets"]):
+            crash(run, "AssertionError: when caching Text Encoder output, either caption_dropout_rate, shuffle_caption, token_warmup_step or caption_tag_dropout_rate cannot be used / Text Encoderの出力をキャッシュするときはcaption_dropout_rate, shuffle_caption, token_warmup_step, caption_tag_dropout_rateは使えません")
+        if not args.network_train_unet_only:
+            crash(run, "AssertionError: network for Text Encoder cannot be trained with caching Text Encoder outputs / Text Encoderの出力をキャッシュしながらText Encoderのネットワークを学習することはできません")
     if n_train == 0:
         con.error(NO_DATA, "train_network.py:576")
         run.exit(0)  # (run: exit 0, no file) — train() just returns

@@ -1,7 +1,10 @@
 """Stand-in for torch in the fake sd-scripts tree: copymachine's pre-flight imports torch to ask
 for its version and whether it sees a CUDA GPU; the fake scripts themselves never import it.
-`COPYMACHINE_FAKE_CUDA=N` makes it report N GPUs (bf16-capable, 70 of 80 GiB free), to test the
-GPU profile and parallel jobs."""
+`COPYMACHINE_FAKE_CUDA=N` makes it report N GPUs, to test the GPU profile and parallel jobs:
+compute capability `COPYMACHINE_FAKE_CUDA_CAPABILITY` (default 8.6, an RTX 30xx), free and total
+VRAM `COPYMACHINE_FAKE_VRAM` in GiB ("free,total"; default "70,80"), named
+`COPYMACHINE_FAKE_GPU_NAME` (default "Fake GPU"). Like recent torch, `is_bf16_supported()` says
+true whatever the capability (emulated bf16 on pre-Ampere cards)."""
 
 import os
 
@@ -19,7 +22,12 @@ class cuda:
 
     @staticmethod
     def get_device_name(index: int = 0) -> str:
-        return "Fake GPU"
+        return os.environ.get("COPYMACHINE_FAKE_GPU_NAME") or "Fake GPU"
+
+    @staticmethod
+    def get_device_capability(index: int = 0) -> tuple[int, int]:
+        major, minor = (os.environ.get("COPYMACHINE_FAKE_CUDA_CAPABILITY") or "8.6").split(".")
+        return int(major), int(minor)
 
     @staticmethod
     def is_initialized() -> bool:
@@ -31,7 +39,8 @@ class cuda:
 
     @staticmethod
     def mem_get_info(index: int = 0) -> tuple[int, int]:
-        return (70 * 2**30, 80 * 2**30)
+        free, total = (os.environ.get("COPYMACHINE_FAKE_VRAM") or "70,80").split(",")
+        return (int(float(free) * 2**30), int(float(total) * 2**30))
 
 
 # The random generator's state, as far as the base_weights launcher sees it: a counter of draws

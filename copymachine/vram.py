@@ -1,0 +1,179 @@
+"""How much GPU memory a run's sd-scripts processes take: an estimate, before any work.
+
+It drives how many trainings share one GPU (`--jobs` by default), and pre-flight and `doctor`
+compare it with the GPU's free memory and say when a run will not fit (and what `--low-vram`
+would need). Every sd-scripts call is its own process, so each counts its own CUDA context, and
+the renders the schedule starts beside trainings (copy check, preview, leakage) count as well.
+
+What the figures are (none of them is measured on a GPU: this project has not run sd-scripts
+on one yet; the README says so):
+
+- Computed from parameter counts: the frozen model's weights at the mixed precision (fp16/bf16,
+  2 bytes; sd-scripts casts the frozen U-Net and text encoders to the weight dtype), and the
+  LoRA's trainable parameters (fp32 weights and gradients, AdamW's two fp32 moments, or
+  AdamW8bit's two 1-byte moments). LoRA parameters per unit of dim are summed over the modules
+  sd-scripts' networks/lora.py wraps (attention, feed-forward, proj_in/out; CLIP's attention and
+  MLP): 0.59 M for SD1.5, which gives the 151 MB (fp32) dim-64 LoRA measured on the real
+  sd-scripts here (the project reference sd-scripts-facts.md, "Measured"; preflight.LORA_PARAMS_PER_RANK
+  uses the same count); 0.86 M for SD2 and 3.56 M for SDXL by
+  the same sum. Parameter counts (published ones: the model cards, the SDXL paper; they add up to
+  preflight.MODEL_PARAMS): SD1.5 U-Net 860 M, CLIP ViT-L 123 M; SD2 U-Net 865 M, OpenCLIP
+  ViT-H 340 M; SDXL U-Net 2567 M, text encoders 123 M + 695 M; VAE 84 M.
+- Estimated, not measured: the activations of one training step (batch 1, sdpa attention, whose
+  memory grows with the number of latent pixels, so the figure scales with the training area):
+  ACTIVATIONS per 512x512 of training area, gradient checkpointing keeping CHECKPOINTED_SHARE of
+  them; a CUDA context per process (CUDA_CONTEXT, typically 0.3-1 GiB by GPU and CUDA version);
+  a render's working set (the U-Net at batch 2 for guidance, and the VAE decoding the image);
+  ALLOCATOR_MARGIN for PyTorch's caching allocator.
+
+Calibrate ACTIVATIONS, CUDA_CONTEXT and the render figures from a measured peak
+(`nvidia-smi --query-gpu=memory.used --format=csv -lms 200` during a stage) before trusting them
+to the GiB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 1024**3
+MILLION = 10**6
+
+CUDA_CONTEXT = int(0.6 * GIB)  # per process: CUDA runtime, cuBLAS/cuDNN kernels (estimate)
+ALLOCATOR_MARGIN = 1.10  # PyTorch's caching allocator and fragmentation (estimate)
+
+# Parameters of the frozen model (millions): U-Net, text encoder(s), VAE
+UNET_PARAMS = {"sd1": 860, "sd2": 865, "sdxl": 2567}
+TEXT_ENCODER_PARAMS = {"sd1": 123, "sd2": 340, "sdxl": 123 + 695}
+VAE_PARAMS = 84
+# LoRA parameters per unit of network_dim (millions): U-Net modules, text-encoder modules
+LORA_PER_DIM_UNET = {"sd1": 0.424, "sd2": 0.432, "sdxl": 2.657}
+LORA_PER_DIM_TEXT = {"sd1": 0.166, "sd2": 0.424, "sdxl": 0.903}
+# Activations of one training step per 512x512 of training area, batch 1, sdpa (estimate: SDXL's
+# U-Net has no attention at the full latent size, so it holds less per pixel than SD1.5's)
+ACTIVATIONS = {"sd1": 3.0 * GIB, "sd2": 3.2 * GIB, "sdxl": 2.5 * GIB}
+CHECKPOINTED_SHARE = 0.3  # what gradient checkpointing keeps of them (estimate)
+# A render's working set per 512x512 of image area (estimate): U-Net at batch 2, VAE decode
+RENDER_UNET = {"sd1": 0.5 * GIB, "sd2": 0.6 * GIB, "sdxl": 0.25 * GIB}
+RENDER_VAE_FP16 = 0.3 * GIB  # the VAE decoder per 512x512 in fp16; twice in fp32 (SDXL: --no_half_vae)
+AREA = 512 * 512
+
+FAMILIES_BY_FLAG = {"--v1": "sd1", "--v2": "sd2", "--sdxl": "sdxl", "": "sd1"}
+
+
+@dataclass
+class Need:
+    """One process's estimated peak, with its parts (bytes), for the messages."""
+
+    what: str
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        context = self.parts.get("CUDA context", 0)
+        return context + int((sum(self.parts.values()) - context) * ALLOCATOR_MARGIN)
+
+
+def _bytes_per(precision: str) -> int:
+    return 4 if precision in ("no", "float", "fp32") else 2
+
+
+def training(
+    family: str,
+    size: tuple[int, int],
+    dim: int,
+    precision: str = "bf16",
+    optimizer: str = "AdamW",
+    gradient_checkpointing: bool = False,
+    unet_only: bool = False,
+) -> Need:
+    """A LoRA training's peak (after the latents and, with `unet_only`, the text-encoder outputs
+    are cached and the VAE / text encoders moved off the GPU, as sd-scripts does)."""
+    weight = _bytes_per(precision)
+    frozen = UNET_PARAMS[family] + (0 if unet_only else TEXT_ENCODER_PARAMS[family])
+    lora = dim * (LORA_PER_DIM_UNET[family] + (0 if unet_only else LORA_PER_DIM_TEXT[family]))
+    moments = 2 if "8bit" in optimizer.lower() else 8  # two moments, 1 byte each or fp32
+    area = size[0] * size[1] / AREA
+    activations = ACTIVATIONS[family] * area * (CHECKPOINTED_SHARE if gradient_checkpointing else 1.0)
+    return Need(
+        what=f"training at {size[0]}x{size[1]}, dim {dim}",
+        parts={
+            "CUDA context": CUDA_CONTEXT,
+            "model weights": int(frozen * MILLION * weight),
+            "LoRA, gradients, optimizer": int(lora * MILLION * (4 + 4 + moments)),
+            "activations": int(activations),
+        },
+    )
+
+
+def render(family: str, size: tuple[int, int], precision: str = "bf16") -> Need:
+    """A gen_img.py render's peak: the whole model on the GPU, one image at a time."""
+    weight = _bytes_per(precision)
+    area = size[0] * size[1] / AREA
+    vae_bytes = 4 if family == "sdxl" or weight == 4 else 2  # SDXL renders with --no_half_vae
+    return Need(
+        what=f"render at {size[0]}x{size[1]}",
+        parts={
+            "CUDA context": CUDA_CONTEXT,
+            "model weights": int((UNET_PARAMS[family] + TEXT_ENCODER_PARAMS[family]) * MILLION * weight + VAE_PARAMS * MILLION * vae_bytes),
+            "working set": int(RENDER_UNET[family] * area + RENDER_VAE_FP16 * area * vae_bytes / 2),
+        },
+    )
+
+
+def stage_need(stage, low_vram: bool = False) -> Need | None:
+    """The estimate for one planned stage that runs on the GPU; None for those that do not.
+    `low_vram`: as --low-vram would train it (gradient checkpointing, AdamW8bit, and for SDXL the
+    U-Net alone on cached text-encoder outputs)."""
+    spec = stage.spec
+    if stage.kind == "train_lora":
+        options = spec.training_options
+        family = spec.family.name
+        return training(
+            family,
+            tuple(spec.size),
+            spec.training.network_dim,
+            spec.mixed_precision,
+            "AdamW8bit" if low_vram else spec.training.optimizer,
+            gradient_checkpointing=low_vram or bool(options.get("gradient_checkpointing")),
+            unet_only=(low_vram and family == "sdxl") or bool(options.get("network_train_unet_only")),
+        )
+    if stage.kind in ("copy_check", "preview", "leakage", "generate_image"):
+        family = FAMILIES_BY_FLAG.get(spec.family_flag, "sd1")
+        size = (spec.width, spec.height) if stage.kind == "generate_image" else tuple(spec.size)
+        precision = "float" if spec.precision == "float" else "fp16"
+        return render(family, size, precision)
+    return None
+
+
+def largest(plan, low_vram: bool = False) -> list[tuple[object, Need]]:
+    """The plan's GPU stages with their estimates, largest first."""
+    needs = [(s, n) for s in plan.stages if (n := stage_need(s, low_vram)) is not None]
+    return sorted(needs, key=lambda sn: -sn[1].total)
+
+
+def side_by_side(plan, jobs: int, low_vram: bool = False) -> int:
+    """The peak of `jobs` processes on one GPU at once: the `jobs` largest stages together (a
+    render may run beside trainings; each process has its own CUDA context)."""
+    return sum(n.total for _, n in largest(plan, low_vram)[: max(1, jobs)])
+
+
+def fitting_jobs(plan, free: int, limit: int) -> int:
+    """How many stages at once the free memory holds (at least 1, at most `limit`)."""
+    jobs = 1
+    while jobs < limit and side_by_side(plan, jobs + 1) <= free:
+        jobs += 1
+    return jobs
+
+
+def default_jobs(plan, gpus: int, free: int | None, trainings: int) -> int:
+    """Parallel trainings: one per GPU on a multi-GPU machine; on one GPU as many as its free
+    memory holds by the estimate; never more than there are trainings to run; 1 on the CPU."""
+    if gpus <= 0 or trainings <= 1:
+        return 1
+    if gpus > 1:
+        return min(gpus, trainings)
+    return fitting_jobs(plan, free or 0, trainings)
+
+
+def human(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
