@@ -19,6 +19,7 @@ of prompt lines (`re.match(r"w (\\d+)", parg, ...)`). Then:
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from copymachine.errors import EnvironmentProblem
+from copymachine.errors import EnvironmentProblem, InputError
 from copymachine.files import replace_file
 
 if TYPE_CHECKING:
@@ -258,6 +259,20 @@ def check_command(caps: Capabilities | None, version: str, script: str, argv: li
             f"sd-scripts {version}: {script} has no {', '.join(lacking)}, which copymachine passes; "
             f"use a newer sd-scripts (copymachine is tested with {', '.join(TESTED)})"
         )
+
+
+def check_training_keys(caps: Capabilities | None, script: str, keys: list[str], what: str = "--sd-arg") -> bool:
+    """Refuse, before any work, a training option (`--sd-arg KEY=...`) that `script` does not list
+    in its --help, naming the closest ones it has. False: not checked (nothing learnt yet)."""
+    if caps is None or script not in caps.options:
+        return False
+    known = [o[2:] for o in caps.options[script]]
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f"; closest: {', '.join(close)}" if close else "; `python " + script + " --help` lists them"
+            raise InputError(f"{what} {key}: {Path(script).name} of sd-scripts {caps.version_text()} has no option --{key}{hint}")
+    return True
 
 
 def _main() -> None:  # pragma: no cover - a maintainer's tool

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from copymachine.models import BaseOptions
 
 
 def clean_prompt(text: str) -> str:
@@ -81,6 +85,28 @@ def file_names_supported(settings) -> bool:
     return caps is None or caps.file_names
 
 
+def refuse_blank(paths: list[Path], where: str, precision: str | None, model: BaseOptions | None) -> None:
+    """End the stage when gen_img.py rendered a black or one-colour image: never train on it
+    (the generated original) or score it (the copy check). The message names the likely cause."""
+    from copymachine.errors import EngineError
+    from copymachine.images import blank_colour
+
+    for path in paths:
+        colour = blank_colour(path)
+        if colour is None:
+            continue
+        black = max(colour) <= 2
+        what = "black" if black else f"one colour {colour}"
+        if precision in ("fp16", "bf16") and not (model and model.no_half_vae):
+            cause = (f"the VAE decoding in {precision} (it overflows to NaN, which comes out black); "
+                     "try --device cpu (float32), or a checkpoint with a VAE fixed for half precision")
+        elif precision in ("fp16", "bf16"):
+            cause = f"the checkpoint's VAE (it already decodes in float32, --no_half_vae; the U-Net ran in {precision}); try --device cpu (float32) or another checkpoint"
+        else:
+            cause = "the checkpoint's VAE or weights (a broken or missing VAE decodes to one colour); check the model in another UI"
+        raise EngineError(f"{where}: gen_img.py rendered a blank image ({what}): {path.name}; likely cause: {cause}. Nothing was trained on or scored with it")
+
+
 def gen_img_args(
     checkpoint: Path,
     family_flag: str,
@@ -93,6 +119,7 @@ def gen_img_args(
     extra: tuple[str, ...] = (),
     multipliers: list[float] | None = None,
     sequential: bool = False,
+    model: BaseOptions | None = None,
 ) -> list[str]:
     """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, each at its
     multiplier, 1.0 by default, unless a line's --am says otherwise)."""
@@ -120,4 +147,6 @@ def gen_img_args(
         args += ["--network_mul", *[repr(float(m)) for m in (multipliers or [1.0] * len(loras))]]
     if sequential:
         args.append("--sequential_file_name")
+    if model is not None:  # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions)
+        args += model.gen_img_args()
     return args + list(extra)

@@ -163,6 +163,20 @@ def load_rgb(path: str | os.PathLike, background: RGB = WHITE) -> Image.Image:
     return Image.frombytes("RGB", rgb.size, rgb.tobytes())
 
 
+# A render whose every channel spans at most this many levels is one colour (a NaN VAE output
+# comes out all black; a broken VAE, one flat colour): no picture to train on or to score.
+BLANK_LEVELS = 2
+
+
+def blank_colour(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """The colour of an image that is one colour throughout (within BLANK_LEVELS), else None."""
+    with Image.open(path) as im:
+        extrema = im.convert("RGB").getextrema()
+    if all(high - low <= BLANK_LEVELS for low, high in extrema):
+        return tuple(int(low) for low, _ in extrema)
+    return None
+
+
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
     """Write `image` as an RGB PNG, atomically (temporary name in the same folder, then rename).
 

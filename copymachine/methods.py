@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from copymachine import capabilities
 from copymachine.errors import InputError
 from copymachine.files import HashCache, folder_stem
 from copymachine.images import image_info
-from copymachine.models import Family
+from copymachine.models import BaseOptions, Family, Prediction, base_options
 from copymachine.plan import FileRef, LoraTerm, Plan, Planner, WeightedLora, stage_name
 from copymachine.recipe import Recipe, TrainingRecipe
 from copymachine.stages import Settings, kind_versions
@@ -40,7 +41,7 @@ from copymachine.stages.preview import planned_outputs as preview_outputs
 from copymachine.stages.preview import preview_params
 from copymachine.stages.resize_lora import ResizeParams
 from copymachine.stages.svd_merge import svd_merge_plan
-from copymachine.stages.train_lora import training_plan
+from copymachine.stages.train_lora import check_sd_args, training_plan
 
 COPY_MACHINE = "copy-machine"
 DIFFERENCE = "difference-extraction"
@@ -93,6 +94,8 @@ class Request:
     edit_in_place: bool = False  # the user's edits keep every pixel in place: alignment is a note
     preview_model: Path | None = None  # render a strength sweep of each final LoRA on this model
     tagger_dir: Path | None = None  # WD14 tagger folder (model.onnx, selected_tags.csv)
+    prediction: Prediction = field(default_factory=Prediction)  # the base model's (models.choose_prediction)
+    preview_prediction: Prediction | None = None  # --preview-model's; None: as the base model's
 
     def __post_init__(self) -> None:
         self.absorb = [a if isinstance(a, StyleLora) else StyleLora(Path(a[0]), a[1]) for a in self.absorb]
@@ -297,6 +300,15 @@ class _Context:
         self.in_memory = request.recipe.merge.copy_model == "memory"
         self.base_weights: list[WeightedLora] = []
         self.sources: list[SourcePlan] = []
+        # clip skip, prediction type, SDXL's float32 VAE: every training and render
+        self.model: BaseOptions = base_options(self.family, self.recipe.model.clip_skip, request.prediction)
+        self.preview_model_options = base_options(self.family, self.recipe.model.clip_skip, request.preview_prediction or request.prediction)
+        self.sd_args = dict(self.recipe.sd_args)
+        if self.sd_args:
+            check_sd_args(self.sd_args)
+            script = self.family.train_script
+            if not capabilities.check_training_keys(settings.capabilities, script, list(self.sd_args)):
+                self.plan.notes.append(f"--sd-arg {', '.join(self.sd_args)}: not checked against {script} --help yet (a dry run learns nothing); a run checks it before any work")
 
     def add(self, name: str, kind: str, title: str, inputs: dict[str, FileRef], params, outputs: dict[str, str], **where) -> FileRef | None:
         """Add a stage; returns a reference to its first output."""
@@ -350,6 +362,10 @@ class _Context:
                     if s.size_choice is not None
                 },
                 "copy_model": self.recipe.merge.copy_model if method == COPY_MACHINE or r.absorb else None,
+                "clip_skip": self.model.clip_skip,
+                "prediction": {"type": r.prediction.label, "why": r.prediction.why},
+                **({"preview_prediction": {"type": r.preview_prediction.label, "why": r.preview_prediction.why}} if r.preview_prediction else {}),
+                "sd_args": self.sd_args,
                 "copy_check": {"min_ssim": self.recipe.copy_check.min_ssim} if r.copy_check else "off (--no-copy-check)",
                 "recipe": self.recipe.to_dict(),
                 "cache_dir": str(self.cache_dir),
@@ -378,7 +394,7 @@ def _original(c: _Context, source: Source) -> SourcePlan:
     """Memo step 1: the user's image, or one generated from the base model."""
     if source.image is None:
         name = stage_name("generate", source=source.id)
-        params = generate_params(c.recipe.generate, c.family, c.gen_precision)
+        params = generate_params(c.recipe.generate, c.family, c.gen_precision, c.model)
         image = c.add(name, "generate_image", "original image (generated)", {"base": c.base}, params, {"image": "generated.png", "prompt": "prompt.txt"}, shared_as="generated")
     else:
         image = c.external(source.image)
@@ -427,7 +443,7 @@ def _prepare(c: _Context) -> None:
 def _train(c: _Context, name: str, title: str, training: TrainingRecipe, sp: SourcePlan, base: FileRef, image: FileRef, caption: str, output: str, base_weights: list[WeightedLora], **where) -> FileRef:
     """One training; `base_weights` (LoRA, multiplier) are merged into `base` in memory first."""
     inputs = {"base": base, "image": image, "caption": c.ref(sp.captions, caption)}
-    inputs, params = training_plan(training, c.family, sp.size, c.settings, c.request.max_steps, inputs, base_weights)
+    inputs, params = training_plan(training, c.family, sp.size, c.settings, c.request.max_steps, inputs, base_weights, c.model, c.sd_args)
     return c.add(name, "train_lora", title, inputs, params, {"lora": output}, **where)  # type: ignore[return-value]
 
 
@@ -443,7 +459,7 @@ def _copy_check(c: _Context, sp: SourcePlan, model: FileRef, lora: FileRef | Non
     if lora is not None:
         inputs["lora"] = lora
     weighted = WeightedLora(copy_lora, c.recipe.merge.ratio) if copy_lora is not None else None
-    inputs, params, outputs = copy_check_plan(cc, c.family.gen_flag, sp.size, c.gen_precision, inputs, weighted, c.base_weights)
+    inputs, params, outputs = copy_check_plan(cc, c.family.gen_flag, sp.size, c.gen_precision, inputs, weighted, c.base_weights, c.model)
     name = stage_name("copy-check", source=sp.id)
     c.planner.add(name, "copy_check", f"{sp.source.prefix}copy check", inputs=inputs, params=params, outputs=outputs, workdir=c.source_dir(sp.source) / "copy-check", gate={"min_ssim": cc.min_ssim})
     sp.copy_check = c.ref(name, "scores")
@@ -517,6 +533,7 @@ def _finalize(c: _Context, effect: str, lora: FileRef, method: str, trainings: d
         recipe=trainings,
         absorbed=[[a.path.name, a.ratio] for a in c.request.absorb],
         sd_scripts_commit=c.settings.engine.commit if c.settings.engine else None,
+        model=c.model.for_training(),
     )
     c.plan.finals[effect] = c.add(stage_name("final", effect), "finalize", f"{effect}: final LoRA", inputs, params, {"lora": f"{name}.safetensors"}, workdir=c.run_dir).path  # type: ignore[union-attr]
 
@@ -528,7 +545,7 @@ def _leakage(c: _Context, effect: str, lora: FileRef) -> FileRef | None:
     model = c.request.preview_model
     if model is None:
         return None
-    params = leakage_params(c.recipe.leakage, c.family, c.sources[0].size, c.gen_precision)
+    params = leakage_params(c.recipe.leakage, c.family, c.sources[0].size, c.gen_precision, c.preview_model_options)
     inputs = {"lora": lora, "model": c.external(model)}
     for i, sp in enumerate(c.sources):
         inputs[f"original{i:03d}"] = sp.original
@@ -546,7 +563,7 @@ def _previews(c: _Context) -> None:
     if font is not None and not font.is_file():
         raise InputError(f"preview.font not found: {font}")
     for effect, final in c.plan.finals.items():
-        params = preview_params(c.recipe.preview, c.family, c.gen_precision)
+        params = preview_params(c.recipe.preview, c.family, c.gen_precision, c.preview_model_options)
         inputs = {"lora": c.ref(stage_name("final", effect), "lora"), "model": c.external(model)}
         if font is not None:
             inputs["font"] = c.external(font)

@@ -30,11 +30,14 @@ class Family:
     merge_options: tuple[str, ...] = ()  # extra merge script options
     extract_options: tuple[str, ...] = ()  # extra extract_lora_from_models.py options
     default_size: int = 512
+    # gen_img.py --no_half_vae for every render (SDXL: its VAE gives NaN/black images in fp16)
+    render_no_half_vae: bool = False
     # folders sd-scripts looks for in --tokenizer_cache_dir (library/strategy_sd.py, strategy_sdxl.py)
     tokenizers: tuple[str, ...] = ("openai_clip-vit-large-patch14",)
 
     # what names or describes the family, or where sd-scripts finds its tokenizers: not in keys
-    COSMETIC = ("label", "supported", "default_size", "tokenizers")
+    # (render_no_half_vae reaches renders through BaseOptions, which is in their keys)
+    COSMETIC = ("label", "supported", "default_size", "tokenizers", "render_no_half_vae")
 
     def as_key(self) -> dict[str, Any]:
         """What of the family changes a stage's results, for stage keys (not its label: a new
@@ -82,6 +85,7 @@ SDXL = Family(
     training_options={"no_half_vae": True},
     extract_options=("--sdxl",),
     default_size=1024,
+    render_no_half_vae=True,
     tokenizers=("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"),
 )
 
@@ -106,12 +110,135 @@ _OTHER_ARCHITECTURES = [
 ]
 
 
+# Marker tensors of v-prediction checkpoints (NoobAI-XL V-Pred and its merges; ComfyUI reads the
+# same keys): `v_pred` = trained to predict v, `ztsnr` = with a zero-terminal-SNR noise schedule.
+V_PRED_KEY = "v_pred"
+ZTSNR_KEY = "ztsnr"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     path: Path
     family: Family
     size_bytes: int
     tensor_count: int
+    # marker tensors of the checkpoint that decide how it predicts (V_PRED_KEY, ZTSNR_KEY)
+    markers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the base model predicts: epsilon (noise; SD1.x and most SDXL) or v (v-prediction,
+    sd-scripts' `v_parameterization`), and whether its noise schedule has zero terminal SNR
+    (`zero_terminal_snr`). A v-pred model trained or rendered as epsilon gives noise."""
+
+    v_parameterization: bool = False
+    zero_terminal_snr: bool = False
+    why: str = "no v_pred key in the checkpoint"
+
+    @property
+    def label(self) -> str:
+        if not self.v_parameterization:
+            return "epsilon-prediction"
+        return "v-prediction" + (" with zero terminal SNR" if self.zero_terminal_snr else "")
+
+    def text(self) -> str:
+        return f"{self.label} ({self.why})"
+
+
+def choose_prediction(model: ModelInfo, v_pred: bool = False, zero_terminal_snr: bool = False) -> Prediction:
+    """The prediction type of `model`: from its `v_pred` / `ztsnr` keys, or the user's
+    --v-pred / --zero-terminal-snr for a file without them. Zero terminal SNR only exists
+    with v-prediction (sd-scripts warns that training is then 'unexpected')."""
+    has_v, has_z = V_PRED_KEY in model.markers, ZTSNR_KEY in model.markers
+    v = has_v or v_pred
+    z = has_z or zero_terminal_snr
+    if z and not v:
+        where = f"{model.path.name} has a {ZTSNR_KEY} key but no {V_PRED_KEY} key" if has_z else "--zero-terminal-snr"
+        raise InputError(f"{where}: zero terminal SNR needs a v-prediction model; add --v-pred if {model.path.name} is one")
+    if not v:
+        if model.tensor_count == 0:
+            return Prediction(why="a pickle checkpoint copymachine does not open: assumed epsilon-prediction (--v-pred for a v-prediction model)")
+        return Prediction()
+    reasons = []
+    if has_v:
+        reasons.append(f"the checkpoint has a {V_PRED_KEY} key")
+    elif v_pred:
+        reasons.append("--v-pred")
+    if has_z:
+        reasons.append(f"a {ZTSNR_KEY} key")
+    elif zero_terminal_snr:
+        reasons.append("--zero-terminal-snr")
+    return Prediction(v_parameterization=True, zero_terminal_snr=z, why=", ".join(reasons))
+
+
+MAX_CLIP_SKIP = 12  # CLIP ViT-L/14, SD1.x's text encoder, has 12 layers
+
+
+def lora_clip_skip(metadata: dict[str, str], family: Family) -> int:
+    """The clip skip a LoRA was trained with (sd-scripts' ss_clip_skip; "None": 1); SDXL: 1."""
+    text = metadata.get("ss_clip_skip", "")
+    if family.name == "sdxl" or not text.isdigit():
+        return 1
+    return min(max(int(text), 1), MAX_CLIP_SKIP)
+
+
+@dataclass(frozen=True)
+class BaseOptions:
+    """What the base model needs of every training and every render beyond its family: clip skip
+    (SD1.x; NovelAI-derived anime models are made for 2), the prediction type, and for SDXL
+    renders a float32 VAE (the SDXL VAE overflows in fp16: black/NaN images). Stages hold it
+    only when it differs from the default (`or_none`), so other runs' keys stay as they were."""
+
+    clip_skip: int = 1
+    v_parameterization: bool = False
+    zero_terminal_snr: bool = False
+    no_half_vae: bool = False  # gen_img.py only: sd-scripts' SDXL training has it from the family
+
+    def or_none(self) -> BaseOptions | None:
+        return None if self == BaseOptions() else self
+
+    def for_training(self) -> BaseOptions | None:
+        return dataclasses.replace(self, no_half_vae=False).or_none()
+
+    def training_keys(self) -> dict[str, Any]:
+        """Keys of the training TOML (option names of train_network.py / sdxl_train_network.py)."""
+        keys: dict[str, Any] = {}
+        if self.clip_skip > 1:
+            keys["clip_skip"] = self.clip_skip
+        if self.v_parameterization:
+            keys["v_parameterization"] = True
+        if self.zero_terminal_snr:
+            keys["zero_terminal_snr"] = True
+        return keys
+
+    def gen_img_args(self) -> list[str]:
+        """gen_img.py's options (it defaults clip skip to 1 for SD1.x and to 2, SDXL's own, for SDXL)."""
+        args = ["--clip_skip", str(self.clip_skip)] if self.clip_skip > 1 else []
+        if self.v_parameterization:
+            args.append("--v_parameterization")
+        if self.zero_terminal_snr:
+            args.append("--zero_terminal_snr")
+        if self.no_half_vae:
+            args.append("--no_half_vae")
+        return args
+
+
+def base_options(family: Family, clip_skip: int, prediction: Prediction) -> BaseOptions:
+    """The options of every training and render of a run on a `family` base model. SDXL has no
+    clip skip to choose: it always reads the penultimate layer (gen_img.py's default 2 for it),
+    and sd-scripts' SDXL training ignores clip_skip, so a training and its renders would differ."""
+    if clip_skip != 1 and family.name == "sdxl":
+        raise InputError(
+            f"clip skip {clip_skip}: {family.label} has no clip skip to choose (it always uses the text encoders' "
+            "penultimate layer, and sd-scripts' SDXL training ignores clip_skip); leave model.clip_skip at 1"
+        )
+    return BaseOptions(
+        clip_skip=clip_skip,
+        v_parameterization=prediction.v_parameterization,
+        zero_terminal_snr=prediction.zero_terminal_snr,
+        no_half_vae=family.render_no_half_vae,
+    )
 
 
 def detect_family(keys: list[str] | set[str]) -> tuple[Family | None, str]:
@@ -151,7 +278,8 @@ def inspect_base_model(path: Path, for_training: bool = True) -> ModelInfo:
             f"base model is {family.label}, which this version of copymachine does not train yet "
             f"(supported: {', '.join(f.label for f in FAMILIES.values() if f.supported)}): {path}"
         )
-    return ModelInfo(path=path, family=family, size_bytes=path.stat().st_size, tensor_count=len(st.tensors))
+    markers = frozenset(k for k in (V_PRED_KEY, ZTSNR_KEY) if k in st.tensors)
+    return ModelInfo(path=path, family=family, size_bytes=path.stat().st_size, tensor_count=len(st.tensors), markers=markers)
 
 
 # ss_base_model_version values sd-scripts writes, by family

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -203,6 +204,17 @@ class LeakageRecipe:
     scale: float = 7.0
     negative_prompt: str = ""
 
+@dataclass(frozen=True)
+class ModelRecipe:
+    """What the base model is used with, in every training and every render (copy check,
+    generated original, preview, leakage). `clip_skip`: the CLIP layer counted from the last
+    (1: the last, SD1.x's own); NovelAI-derived SD1.5 anime models (the memo's base,
+    nai_full.ckpt, and its descendants) are trained and used with 2. SD1.x only: SDXL always
+    reads its penultimate layer. Recorded in the final LoRA as ss_clip_skip."""
+
+    clip_skip: int = 1
+
+
 # --- the range of every number -------------------------------------------------------------
 
 
@@ -277,6 +289,7 @@ LIMITS: dict[type, dict[str, Limit]] = {
     CaptionRecipe: {"method": Limit(choices=("fixed", "wd14")), "general_threshold": Limit(0, 1), "character_threshold": Limit(0, 1)},
     CopyCheckRecipe: {"images": Limit(1, 64), "min_ssim": Limit(0, 1), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE, "seed": _SEED},
     LeakageRecipe: {"seed": _SEED, "threshold": Limit(0, 1, low_open=True), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
+    ModelRecipe: {"clip_skip": Limit(1, 12, why="CLIP ViT-L/14 has 12 layers")},
     PreviewRecipe: {"size": Limit(0, MAX_SIDE, why="0: the model's own size"), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
 }
 
@@ -311,6 +324,11 @@ class Recipe:
     copy_check: CopyCheckRecipe = field(default_factory=CopyCheckRecipe)
     preview: PreviewRecipe = field(default_factory=PreviewRecipe)
     leakage: LeakageRecipe = field(default_factory=LeakageRecipe)
+    model: ModelRecipe = field(default_factory=ModelRecipe)
+    # sd-scripts training options the recipe does not name (noise_offset, network_args, ...):
+    # added to every training's TOML as they are, checked against the training script's --help
+    # before any work ([sd_args] in a recipe file, --sd-arg KEY=VALUE)
+    sd_args: dict[str, Any] = field(default_factory=dict)
 
     def effect_training(self, effect: str) -> TrainingRecipe:
         return self.effect_overrides.get(effect, self.effect)
@@ -318,12 +336,17 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "effect_overrides":
+            if f.name in _FREE_SECTIONS:
                 continue
             d[f.name] = dataclasses.asdict(getattr(self, f.name))
         for name, training in sorted(self.effect_overrides.items()):
             d[f"effect.{name}"] = dataclasses.asdict(training)
+        d["sd_args"] = dict(self.sd_args)
         return d
+
+
+# Recipe fields that are not a table of named keys
+_FREE_SECTIONS = ("effect_overrides", "sd_args")
 
 
 MEMO = Recipe()
@@ -342,7 +365,9 @@ _SECTIONS: dict[str, type] = {
     "copy_check": CopyCheckRecipe,
     "preview": PreviewRecipe,
     "leakage": LeakageRecipe,
+    "model": ModelRecipe,
 }
+SD_ARGS = "sd_args"
 
 
 def _section_type(section: str) -> type:
@@ -350,7 +375,7 @@ def _section_type(section: str) -> type:
         return _SECTIONS[section]
     if section.startswith("effect.") and section.count(".") == 1 and section.split(".")[1]:
         return TrainingRecipe
-    valid = ", ".join(list(_SECTIONS) + ["effect.<name>"])
+    valid = ", ".join(list(_SECTIONS) + ["effect.<name>", SD_ARGS])
     raise InputError(f"unknown recipe section [{section}]; valid sections: {valid}")
 
 
@@ -403,9 +428,13 @@ def _field_types(cls: type) -> dict[str, type]:
 
 def apply_overrides(recipe: Recipe, overrides: dict[str, dict[str, Any]], source: str) -> Recipe:
     """Return `recipe` with `{section: {key: value}}` applied; unknown keys name the valid ones."""
-    sections = {f.name: getattr(recipe, f.name) for f in fields(recipe) if f.name != "effect_overrides"}
+    sections = {f.name: getattr(recipe, f.name) for f in fields(recipe) if f.name not in _FREE_SECTIONS}
     effect_overrides = dict(recipe.effect_overrides)
+    sd_args = dict(recipe.sd_args)
     for section, values in overrides.items():
+        if section == SD_ARGS:
+            sd_args.update(checked_sd_args(values, source))
+            continue
         cls = _section_type(section)
         if not isinstance(values, dict):
             raise InputError(f"{source}: [{section}] must be a table of keys")
@@ -421,14 +450,14 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, dict[str, Any]], source
             effect_overrides[name] = replace(effect_overrides.get(name, sections["effect"]), **changes)
         else:
             sections[section] = replace(sections[section], **changes)
-    result = Recipe(effect_overrides=effect_overrides, **sections)
+    result = Recipe(effect_overrides=effect_overrides, sd_args=sd_args, **sections)
     _validate(result, source)
     return result
 
 
 def _validate(recipe: Recipe, source: str) -> None:
     """Every key in its range (LIMITS), and what ranges alone cannot say."""
-    sections: dict[str, Any] = {f.name: getattr(recipe, f.name) for f in fields(recipe) if f.name != "effect_overrides"}
+    sections: dict[str, Any] = {f.name: getattr(recipe, f.name) for f in fields(recipe) if f.name not in _FREE_SECTIONS}
     sections.update({f"effect.{k}": v for k, v in recipe.effect_overrides.items()})
     for section, values in sections.items():
         for f in fields(values):
@@ -445,6 +474,49 @@ def _validate(recipe: Recipe, source: str) -> None:
     if not split_prompts(recipe.leakage.prompts):
         raise InputError(f"{source}: recipe leakage.prompts: give at least one prompt")
     seeds(recipe.preview.seeds, f"{source}: recipe preview.seeds")
+
+
+# --- sd-scripts options the recipe does not name ([sd_args], --sd-arg KEY=VALUE) ---------------
+
+_SD_ARG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def checked_sd_args(values: Any, source: str) -> dict[str, Any]:
+    """An [sd_args] table: option names of sd-scripts' training script (checked against its
+    --help later, with the engine) and TOML values (a string, number, boolean or array)."""
+    if not isinstance(values, dict):
+        raise InputError(f"{source}: [{SD_ARGS}] must be a table of sd-scripts training options (noise_offset = 0.05)")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).removeprefix("--")
+        if not _SD_ARG_KEY.fullmatch(name):
+            raise InputError(f"{source}: sd-scripts option {key!r} is not an option name (letters, digits and _, as in noise_offset)")
+        if isinstance(value, dict) or value is None:
+            raise InputError(f"{source}: sd-scripts option {name} needs a value: a string, a number, true/false or an array")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{source}: sd-scripts option {name}={value!r} must be a finite number")
+        out[name] = value
+    return out
+
+
+def parse_sd_args(items: tuple[str, ...] | list[str], source: str = "--sd-arg") -> dict[str, Any]:
+    """`--sd-arg KEY=VALUE` items: VALUE is read as a TOML value (0.05, true, ["conv_dim=8"]),
+    else as a string; `--sd-arg KEY` alone is KEY=true (a flag such as xformers)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = str(item).partition("=")
+        name = name.strip()
+        if not name:
+            raise InputError(f"{source} expects KEY=VALUE (e.g. noise_offset=0.05), not {item!r}")
+        if not sep:
+            value: Any = True
+        else:
+            try:
+                value = tomllib.loads(f"v = {text.strip()}")["v"]
+            except tomllib.TOMLDecodeError:
+                value = text.strip()
+        out[name] = value
+    return checked_sd_args(out, f"{source}")
 
 
 def _checked_list(text: str, kind: type, limit: Limit, where: str) -> list:
@@ -528,6 +600,9 @@ def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str,
         section, dot, key = name.strip().rpartition(".")
         if not sep or not dot or not section or not key:
             raise InputError(f"--set expects section.key=value (e.g. copy.network_dim=32), not {item!r}")
+        if section == SD_ARGS:  # sd-scripts takes the TOML's values as they are: 0.05 must be a number
+            out.setdefault(section, {}).update(parse_sd_args([f"{key}={value}"], "--set"))
+            continue
         out.setdefault(section, {})[key] = value
     return out
 
@@ -539,4 +614,5 @@ def render_recipe_toml(recipe: Recipe) -> dict[str, Any]:
     for key in [k for k in d if k.startswith("effect.")]:
         effect[key.split(".", 1)[1]] = d.pop(key)
     d["effect"] = effect
+    d[SD_ARGS] = d.pop(SD_ARGS)  # last: a free table, after the memo's sections
     return d

@@ -34,11 +34,19 @@ from copymachine.methods import (
     plan,
     run_folders,
 )
-from copymachine.models import Family, ModelInfo, inspect_base_model
+from copymachine.models import Family, ModelInfo, choose_prediction, inspect_base_model
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Plan, stage_name
 from copymachine.progress import Reporter
-from copymachine.recipe import MEMO, Recipe, apply_overrides, load_recipe_file, parse_set_options
+from copymachine.recipe import (
+    MEMO,
+    SD_ARGS,
+    Recipe,
+    apply_overrides,
+    load_recipe_file,
+    parse_sd_args,
+    parse_set_options,
+)
 from copymachine.recipe import ratio as recipe_ratio
 from copymachine.stages import Settings
 from copymachine.stages.leakage import summary as leakage_summary
@@ -72,6 +80,10 @@ class RunOptions:
     rank: int | None = None
     combine: str | None = None
     copy_model: str | None = None
+    clip_skip: int | None = None
+    v_pred: bool = False
+    zero_terminal_snr: bool = False
+    sd_args: tuple[str, ...] = ()
     absorb: tuple[str, ...] = ()
     cache_dir: Path | None = None
     jobs: int | None = None
@@ -200,6 +212,10 @@ JOB_KEYS: dict[str, Key] = _keys(
     Key("rank", "rank", "number", number=int, min=0),
     Key("combine", "combine", "choice", choices=("merge", "svd")),
     Key("copy-model", "copy_model", "choice", choices=("memory", "file")),
+    Key("clip-skip", "clip_skip", "number", number=int, min=1, max=12),
+    Key("v-pred", "v_pred", "flag"),
+    Key("zero-terminal-snr", "zero_terminal_snr", "flag"),
+    Key("sd-arg", "sd_args", "text", multiple=True),
     Key("absorb", "absorb", "text", multiple=True),
     Key("cache-dir", "cache_dir", "path"),
     Key("jobs", "jobs", "number", number=int, min=1),
@@ -383,11 +399,14 @@ def see_recipe_sets(o: RunOptions) -> dict[str, dict[str, Any]]:
 
 def see_request(o: RunOptions, family: Family) -> dict[str, Any]:
     """Request fields from the see options (checked: the preview model's family)."""
+    prediction = None
     if o.preview_model is not None:
         model = inspect_base_model(o.preview_model, for_training=False)
         if model.family.name != family.name:
             raise InputError(f"--preview-model is {model.family.label}, but the LoRA is trained on {family.label}: preview it on a {family.label} model")
-    return {"copy_check": not o.no_copy_check, "preview_model": o.preview_model, "tagger_dir": o.tagger_dir}
+        # its own v_pred / ztsnr keys (the --v-pred flags stand for a file without them)
+        prediction = choose_prediction(model, o.v_pred, o.zero_terminal_snr)
+    return {"copy_check": not o.no_copy_check, "preview_model": o.preview_model, "tagger_dir": o.tagger_dir, "preview_prediction": prediction}
 
 
 def leakage_scores(the_plan, effect: str) -> dict | None:
@@ -432,6 +451,10 @@ def _recipe(method: str, o: RunOptions, effects: list[str]) -> tuple[Recipe, dic
         shorthand["generate"] = {"prompt": o.prompt}
     if o.copy_model is not None:
         shorthand["merge"] = {"copy_model": o.copy_model}
+    if o.clip_skip is not None:
+        shorthand["model"] = {"clip_skip": o.clip_skip}
+    if o.sd_args:
+        shorthand[SD_ARGS] = parse_sd_args(o.sd_args)
     if o.rank is not None:
         if method == DIFFERENCE and o.rank == 0:
             raise InputError("--rank 0 keeps a trained rank; difference extraction makes a new LoRA: give its rank (memo: 8)")
@@ -473,6 +496,7 @@ def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None
         combine=o.combine,
         sign=o.sign,
         edit_in_place=o.edit_in_place,
+        prediction=choose_prediction(model, o.v_pred, o.zero_terminal_snr),
         **see_request(o, model.family),
     )
     return request, model, settings
@@ -493,7 +517,9 @@ def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Setti
     if not o.dry_run:
         preflight.check_resources(the_plan, model, reporter)
     reporter.info(
-        f"copymachine {request.method}: {model.family.label} base {o.base.name}; {len(request.sources)} image(s); "
+        f"copymachine {request.method}: {model.family.label} base {o.base.name}, {request.prediction.text()}"
+        + (f", clip skip {request.recipe.model.clip_skip}" if request.recipe.model.clip_skip != 1 else "")
+        + f"; {len(request.sources)} image(s); "
         f"effects: {', '.join(request.effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"
         + (f" ({settings.mixed_precision})" if settings.mixed_precision != "no" else "")
     )

@@ -25,7 +25,7 @@ from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
 from copymachine.files import free_bytes
 from copymachine.methods import default_cache, training_size
-from copymachine.models import SD1, Family, ModelInfo
+from copymachine.models import SD1, Family, ModelInfo, choose_prediction
 from copymachine.progress import Reporter
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -187,6 +187,21 @@ def _base_model(base: Path | None) -> tuple[ModelInfo | None, CopymachineError |
         return None, e
 
 
+def _prediction(doc: Doctor, model: ModelInfo | None) -> None:
+    """What a run on --base trains and renders as: the prediction type and why, and clip skip."""
+    if model is None:
+        return
+    try:
+        prediction = choose_prediction(model)
+    except CopymachineError as e:
+        doc.add(WARN, "base model", f"{e.message} (train/diff refuse it without --v-pred)")
+        return
+    clip = ("clip skip: none to choose (SDXL reads the penultimate layer)" if model.family.name == "sdxl"
+            else "clip skip: the recipe's model.clip_skip (1; --clip-skip 2 for NovelAI-derived anime models)")
+    hint = "" if prediction.v_parameterization else "; --v-pred / --zero-terminal-snr for a v-prediction file without the keys"
+    doc.add(OK, "base model", f"{model.path.name}: {model.family.label}, {prediction.text()}{hint}; {clip}")
+
+
 def _folders(doc: Doctor, out: Path, cache: Path, model: ModelInfo | None, base_error: CopymachineError | None) -> None:
     family = model.family.name if model else SD1.name
     label = f"a one-image run on {model.path.name} ({model.family.label})" if model else "a one-image SD1.5 run"
@@ -255,6 +270,7 @@ def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     click.echo("copymachine doctor")
     _, probe = _engine(doc, sd_scripts, python)
     model, base_error = _base_model(base)
+    _prediction(doc, model)
     family = model.family if model else SD1
     _vram(doc, probe, family)
     _memory(doc, family.name)

@@ -24,7 +24,9 @@ SECTION_NOTES: dict[str, str] = {
     "copy_check": "memo step 3, does the copy model copy? renders vs the original, stops below min_ssim",
     "preview": "the strength sweep on a preview model (--preview-model, copymachine preview)",
     "leakage": "with a preview model: does the LoRA draw its training image into unrelated prompts?",
+    "model": "the base model in every training and render: clip_skip (2 for NovelAI-derived SD1.5 anime models)",
     "effect": "memo step 5, the effect LoRA (4096 steps); [effect.flat] / [effect.jpeg]: the memo's retrain",
+    "sd_args": "sd-scripts training options the recipe does not name (noise_offset = 0.05; --sd-arg KEY=VALUE)",
 }
 
 HEADER = (

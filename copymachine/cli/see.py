@@ -21,7 +21,7 @@ from copymachine.images import image_info
 from copymachine.lorafile import summarize_lora
 from copymachine.lorainfo import format_report, lora_report
 from copymachine.methods import training_size
-from copymachine.models import inspect_base_model, lora_family
+from copymachine.models import base_options, choose_prediction, inspect_base_model, lora_clip_skip, lora_family
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
@@ -99,10 +99,13 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
         raise InputError(f"--font not found: {font}")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     precision = settings.mixed_precision if settings.mixed_precision != "no" else "float"
+    # as the LoRA was trained: its clip skip (ss_clip_skip), the checkpoint's prediction type
+    options = base_options(checkpoint.family, lora_clip_skip(summary.metadata, checkpoint.family), choose_prediction(checkpoint))
     params = preview_params(
         MEMO.preview,
         checkpoint.family,
         precision,
+        options,
         strengths=recipe_mod.strengths(strengths, "--strengths"),
         prompts=list(prompts),
         seeds=recipe_mod.seeds(",".join(str(s) for s in seeds), "--seed") if seeds else [],
@@ -121,7 +124,7 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
     if training_image is not None:
         # the LoRA trained at its family's native area (the default training size), aspect kept
         leak_size = training_size(*image_info(training_image)["size"], checkpoint.family.default_size)
-        leak = leakage_params(MEMO.leakage, checkpoint.family, leak_size, precision)
+        leak = leakage_params(MEMO.leakage, checkpoint.family, leak_size, precision, options)
         planner.add(
             "leakage",
             "leakage",

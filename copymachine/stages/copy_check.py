@@ -28,8 +28,16 @@ from typing import Any
 from PIL import Image
 
 from copymachine.files import atomic_write_json, atomic_write_text
-from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args, render_prompt_file
+from copymachine.genimg import (
+    PromptLine,
+    collect_sequential,
+    file_names_supported,
+    gen_img_args,
+    refuse_blank,
+    render_prompt_file,
+)
 from copymachine.images import load_rgb, save_png
+from copymachine.models import BaseOptions
 from copymachine.plan import OPTIONAL, StageParams, WeightedLora
 from copymachine.sheet import contact_sheet
 from copymachine.similarity import SCORE_SIDE, Lpips, luma_ssim_score, reference_at, score_size
@@ -55,6 +63,8 @@ class CopyCheckParams(StageParams):
     lora_multiplier: float | None = field(default=None, metadata=OPTIONAL)
     # the multipliers of the absorbed styles loaded first (inputs weights000, ...; memory route)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
+    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
+    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
 def copy_check_plan(
@@ -65,6 +75,7 @@ def copy_check_plan(
     inputs: dict[str, Any],
     copy_lora: WeightedLora | None = None,
     base_weights: Sequence[WeightedLora] = (),
+    model: BaseOptions | None = None,
 ) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
     """The stage's inputs, parameters and outputs from the recipe's [copy_check]. `inputs`: the
     model, the original, the caption and, for difference extraction, LoRA A ("lora", at 1);
@@ -89,6 +100,7 @@ def copy_check_plan(
         precision=precision,
         lora_multiplier=copy_lora.ratio if copy_lora is not None else None,
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
+        model=model.or_none() if model else None,
     )
     return inputs, params, planned_outputs(recipe.images)
 
@@ -169,12 +181,14 @@ class CopyCheck(StageKind):
             extra=ctx.settings.profile.gen_options,
             multipliers=multipliers,
             sequential=not named,
+            model=p.model,
         )
         images = [ctx.scratch_output(image_output(i)) for i in range(len(lines))]
         collect = None if named else (lambda: collect_sequential(ctx.scratch, [path.name for path in images]))
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images, collect=collect)
         if ctx.dry_run:
             return
+        refuse_blank(images, f"stage '{stage.title}'", p.precision, p.model)
         reference = reference_at(load_rgb(stage.input("original")), tuple(p.size))
         lpips = Lpips.load()
         results = []

@@ -14,14 +14,15 @@ the stage.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from copymachine import __version__
 from copymachine.files import replace_file
 from copymachine.lorafile import copy_with_metadata, read_safetensors, validate_lora, write_uniform_rank
-from copymachine.plan import StageParams
+from copymachine.models import BaseOptions
+from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import StageContext, StageKind
 from copymachine.stages.leakage import stored
 
@@ -51,6 +52,10 @@ class FinalizeParams(StageParams):
     recipe: dict[str, Any]  # the trainings' recipes, as recorded
     absorbed: list[list[Any]]  # [file name, ratio] of each absorbed style LoRA
     sd_scripts_commit: str | None
+    # clip skip and prediction type the LoRA was trained with (None: the defaults), written as
+    # sd-scripts' own ss_clip_skip / ss_zero_terminal_snr / modelspec.prediction_type, which a
+    # combined or merged LoRA would otherwise lack
+    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
 class Finalize(StageKind):
@@ -72,6 +77,8 @@ class Finalize(StageKind):
             "copymachine.absorbed": json.dumps(p.absorbed),
             "copymachine.sd_scripts_commit": p.sd_scripts_commit or "unknown",
         }
+        if p.model is not None:
+            metadata.update(lora_model_metadata(p.model))
         for kind in ("original", "edited"):
             names = sorted(n for n in stage.inputs if n.startswith(kind))
             metadata[f"copymachine.{kind}_sha256"] = ",".join(ctx.hashes.sha256(stage.input(n)) for n in names)
@@ -87,6 +94,16 @@ class Finalize(StageKind):
 
     def validate(self, stage, name, path, ctx):
         return validate_lora(path, "final LoRA").facts()
+
+
+def lora_model_metadata(model: BaseOptions) -> dict[str, str]:
+    """sd-scripts' metadata keys (train_network.py writes them so) for the base model's options."""
+    metadata = {"ss_clip_skip": str(model.clip_skip)}
+    if model.v_parameterization:
+        metadata["modelspec.prediction_type"] = "v"
+    if model.zero_terminal_snr:
+        metadata["ss_zero_terminal_snr"] = "True"
+    return metadata
 
 
 def label_tool_output(stage, ctx: StageContext, path: Path) -> None:

@@ -7,11 +7,12 @@ unless told, so the family's flag is always passed (see copymachine.genimg).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from copymachine.files import atomic_write_text
-from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args
-from copymachine.plan import StageParams
+from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args, refuse_blank
+from copymachine.models import BaseOptions
+from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import StageContext, StageKind
 
 
@@ -27,9 +28,11 @@ class GenerateParams(StageParams):
     width: int  # the size generated: the recipe's, or the family's own
     height: int
     precision: str
+    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
+    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
-def generate_params(recipe, family, precision: str) -> GenerateParams:
+def generate_params(recipe, family, precision: str, model: BaseOptions | None = None) -> GenerateParams:
     """Stage parameters from the recipe's [generate]; a size of 0 is the family's own."""
     width, height = recipe.size(family.default_size)
     return GenerateParams(
@@ -43,6 +46,7 @@ def generate_params(recipe, family, precision: str) -> GenerateParams:
         width=width,
         height=height,
         precision=precision,
+        model=model.or_none() if model else None,
     )
 
 
@@ -69,10 +73,11 @@ class GenerateImage(StageKind):
         prompts = stage.workdir / "config" / f"{stage.slug}-prompt.txt"
         named = file_names_supported(ctx.settings)
         atomic_write_text(prompts, prompt_line(p, out.name, named) + "\n")
-        args = gen_img_args(stage.input("base"), p.family_flag, ctx.scratch, prompts, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, extra=ctx.settings.profile.gen_options, sequential=not named)
+        args = gen_img_args(stage.input("base"), p.family_flag, ctx.scratch, prompts, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, extra=ctx.settings.profile.gen_options, sequential=not named, model=p.model)
         collect = None if named else (lambda: collect_sequential(ctx.scratch, [out.name]))
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=[out], collect=collect)
         if not ctx.dry_run:
+            refuse_blank([out], f"stage '{stage.title}'", p.precision, p.model)
             atomic_write_text(ctx.scratch_output("prompt"), prompt_line(p, out.name, named) + "\n")
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -27,7 +27,8 @@ from PIL import Image
 from copymachine.files import atomic_write_json, atomic_write_text
 from copymachine.genimg import PromptLine, format_multiplier, gen_img_args, render_prompt_file
 from copymachine.images import load_rgb
-from copymachine.plan import StageParams
+from copymachine.models import BaseOptions
+from copymachine.plan import OPTIONAL, StageParams
 from copymachine.similarity import Lpips, reference_at, ssim_score
 from copymachine.stages import StageContext, StageKind
 
@@ -47,9 +48,11 @@ class LeakageParams(StageParams):
     negative_prompt: str
     threshold: float  # the gain at which the LoRA leaks
     precision: str
+    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
+    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
-def leakage_params(recipe, family, size: tuple[int, int], precision: str) -> LeakageParams:
+def leakage_params(recipe, family, size: tuple[int, int], precision: str, model: BaseOptions | None = None) -> LeakageParams:
     """Stage parameters from the recipe's [leakage]: strength 0 first, then the leakage strengths."""
     from copymachine.recipe import parse_number_list, split_prompts
 
@@ -67,6 +70,7 @@ def leakage_params(recipe, family, size: tuple[int, int], precision: str) -> Lea
         negative_prompt=recipe.negative_prompt,
         threshold=recipe.threshold,
         precision=precision,
+        model=model.or_none() if model else None,
     )
 
 
@@ -141,7 +145,7 @@ class Leakage(StageKind):
         lines = prompt_lines(p)
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
         atomic_write_text(prompt_file, render_prompt_file(lines))
-        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options)
+        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options, model=p.model)
         files = {(i, col): ctx.scratch_output(image_output(i, col)) for i in range(len(p.prompts)) for col in range(len(p.strengths))}
         ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=list(files.values()))
         if ctx.dry_run:

@@ -10,7 +10,7 @@ to the LoRA as `<name>-preview.png`, the single images in `<name>-preview/`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -25,7 +25,8 @@ from copymachine.genimg import (
     render_prompt_file,
 )
 from copymachine.images import load_rgb, save_png
-from copymachine.plan import StageParams
+from copymachine.models import BaseOptions
+from copymachine.plan import OPTIONAL, StageParams
 from copymachine.sheet import contact_sheet
 from copymachine.stages import StageContext, StageKind
 from copymachine.stages.leakage import short_label
@@ -47,9 +48,11 @@ class PreviewParams(StageParams):
     scale: float
     negative_prompt: str
     precision: str
+    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
+    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
-def preview_params(recipe, family, precision: str, **overrides) -> PreviewParams:
+def preview_params(recipe, family, precision: str, model: BaseOptions | None = None, **overrides) -> PreviewParams:
     """Stage parameters from the recipe's [preview] (`overrides`: strengths, prompts, seeds,
     size, steps as the preview command's options give them). Duplicates are dropped."""
     from copymachine.recipe import parse_number_list, split_prompts
@@ -69,6 +72,7 @@ def preview_params(recipe, family, precision: str, **overrides) -> PreviewParams
         scale=recipe.scale,
         negative_prompt=recipe.negative_prompt,
         precision=precision,
+        model=model.or_none() if model else None,
     )
 
 
@@ -136,7 +140,7 @@ class Preview(StageKind):
         lines = prompt_lines(p)
         named = file_names_supported(ctx.settings)
         atomic_write_text(prompt_file, render_prompt_file(lines, file_names=named))
-        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options, sequential=not named)
+        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options, sequential=not named, model=p.model)
         layout = cells(p)
         files = {(row, col): ctx.scratch_output(cell_output(row, col)) for row, col, _, _ in layout}
         collect = None if named else (lambda: collect_sequential(ctx.scratch, [line.file_name for line in lines]))

@@ -15,10 +15,11 @@ from typing import Any
 
 from PIL import Image
 
+from copymachine.errors import InputError
 from copymachine.files import copy_into_place
 from copymachine.images import load_rgb, save_png
 from copymachine.lorafile import validate_lora
-from copymachine.models import Family
+from copymachine.models import BaseOptions, Family
 from copymachine.plan import OPTIONAL, StageParams, WeightedLora
 from copymachine.recipe import TrainingRecipe
 from copymachine.render import write_config
@@ -50,6 +51,42 @@ class TrainParams(StageParams):
     training_options: dict[str, Any]
     # the multipliers of the LoRAs merged into the base in memory (inputs weights000, ...)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
+    # clip skip and the prediction type (copymachine.models.BaseOptions; None: the defaults)
+    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
+    # sd-scripts options the recipe does not name ([sd_args], --sd-arg), in the TOML as they are
+    sd_args: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
+
+
+# Training TOML keys copymachine writes itself (templates/training.toml.j2, dataset.toml.j2, the
+# profiles), and what sets each: --sd-arg adds options, it does not replace the recipe's.
+_RECIPE = "the recipe key {}.{} (--set {}.{}=..., for copy, effect or diff)"
+OWN_KEYS: dict[str, str] = {
+    **{key: _RECIPE.format("copy", name, "copy", name) for key, name in (
+        ("network_module", "network_module"), ("network_dim", "network_dim"), ("network_alpha", "network_alpha"),
+        ("optimizer_type", "optimizer"), ("learning_rate", "learning_rate"), ("lr_scheduler", "lr_scheduler"),
+        ("lr_warmup_steps", "warmup_steps"), ("max_train_epochs", "epochs"), ("seed", "seed"),
+        ("save_precision", "save_precision"), ("shuffle_caption", "shuffle_caption"), ("keep_tokens", "keep_tokens"),
+        ("num_repeats", "repeats"), ("train_batch_size", "batch_size"), ("batch_size", "batch_size"))},
+    "max_train_steps": "--max-steps",
+    "resolution": "--resolution",
+    "clip_skip": "--clip-skip (the recipe key model.clip_skip)",
+    "v_parameterization": "--v-pred (or the checkpoint's v_pred key)",
+    "zero_terminal_snr": "--zero-terminal-snr (or the checkpoint's ztsnr key)",
+    "mixed_precision": "the device profile (bf16/fp16 on a GPU, fp32 on the CPU)",
+    "v2": "the base model's family",
+    "no_half_vae": "the base model's family (always on for SDXL)",
+    **{key: "copymachine itself" for key in (
+        "pretrained_model_name_or_path", "tokenizer_cache_dir", "base_weights", "base_weights_multiplier", "dataset_config",
+        "output_dir", "output_name", "save_model_as", "training_comment", "console_log_simple", "config_file",
+        "train_data_dir", "caption_extension", "enable_bucket")},
+}
+
+
+def check_sd_args(sd_args: dict[str, Any]) -> None:
+    """Refuse an --sd-arg that names a key copymachine writes itself, naming what sets it."""
+    for key in sd_args:
+        if key in OWN_KEYS:
+            raise InputError(f"--sd-arg {key}: copymachine sets {key} itself; use {OWN_KEYS[key]}")
 
 
 def training_plan(
@@ -60,6 +97,8 @@ def training_plan(
     max_steps: int | None,
     inputs: dict[str, Any],
     base_weights: Sequence[WeightedLora] = (),
+    model: BaseOptions | None = None,
+    sd_args: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], TrainParams]:
     """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base
     in memory first) and its parameters: the recipe's training, shortened by `max_steps` with
@@ -87,6 +126,8 @@ def training_plan(
         training_options=options,
         # only with LoRAs merged in memory, so the stage keys of trainings without them stay as they were
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
+        model=model.for_training() if model else None,
+        sd_args=dict(sd_args) if sd_args else None,
     )
     return inputs, params
 
@@ -137,9 +178,12 @@ class TrainLora(StageKind):
             dataset_config=dataset_config,
             resolution_text=f"{width},{height}",
             max_train_steps=p.max_train_steps,
-            profile={"mixed_precision": p.mixed_precision, "training_options": p.training_options},
+            # an --sd-arg replaces the profile's own value of a key (gradient_checkpointing = false)
+            profile={"mixed_precision": p.mixed_precision, "training_options": {k: v for k, v in p.training_options.items() if k not in (p.sd_args or {})}},
             base_weights=[str(w) for w in base_weight_inputs(stage)],
             base_weights_multipliers=p.base_weights_multipliers or [],
+            model_options=p.model.training_keys() if p.model else {},
+            sd_args=p.sd_args or {},
             output_dir=ctx.scratch,
             output_name=out.stem,
             comment=f"copymachine {stage.name}",
