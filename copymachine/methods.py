@@ -369,7 +369,7 @@ def _prepare(c: _Context) -> None:
 def _train(c: _Context, name: str, title: str, training: TrainingRecipe, sp: SourcePlan, base: FileRef, image: FileRef, caption: str, output: str, base_weights: list[WeightedLora], **where) -> FileRef:
     """One training; `base_weights` (LoRA, multiplier) are merged into `base` in memory first."""
     inputs = {"base": base, "image": image, "caption": c.ref(sp.captions, caption)}
-    inputs, params = training_plan(training, c.family, sp.size, c.settings, c.request.max_steps, inputs, base_weights)
+    inputs, params = training_plan(training, c.family, sp.size, c.settings, c.request.max_steps, inputs, base_weights, c.recipe.watch.save_every_n_steps)
     return c.add(name, "train_lora", title, inputs, params, {"lora": output}, **where)  # type: ignore[return-value]
 
 

@@ -200,6 +200,16 @@ class LeakageRecipe:
     scale: float = 7.0
     negative_prompt: str = ""
 
+@dataclass(frozen=True)
+class WatchRecipe:
+    """What a training saves on the way (copymachine's choices; none of it changes the trained
+    weights, so none enters a stage key). Every `save_every_n_steps` steps sd-scripts saves its
+    whole state (network, optimizer, scheduler, RNG), the last one only, so that a killed
+    training resumes there (0: no state saved, a killed training starts again at step 0)."""
+
+    save_every_n_steps: int = 256  # 12 saves in the copy LoRA's 3072 steps, 16 in an effect's 4096
+
+
 # --- the range of every number -------------------------------------------------------------
 
 
@@ -275,6 +285,7 @@ LIMITS: dict[type, dict[str, Limit]] = {
     CopyCheckRecipe: {"images": Limit(1, 64), "min_ssim": Limit(0, 1), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE, "seed": _SEED},
     LeakageRecipe: {"seed": _SEED, "threshold": Limit(0, 1, low_open=True), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
     PreviewRecipe: {"size": Limit(0, MAX_SIDE, why="0: the model's own size"), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
+    WatchRecipe: {"save_every_n_steps": Limit(0, 100000, why="0: no saved state")},
 }
 
 
@@ -308,6 +319,7 @@ class Recipe:
     copy_check: CopyCheckRecipe = field(default_factory=CopyCheckRecipe)
     preview: PreviewRecipe = field(default_factory=PreviewRecipe)
     leakage: LeakageRecipe = field(default_factory=LeakageRecipe)
+    watch: WatchRecipe = field(default_factory=WatchRecipe)
 
     def effect_training(self, effect: str) -> TrainingRecipe:
         return self.effect_overrides.get(effect, self.effect)
@@ -339,6 +351,7 @@ _SECTIONS: dict[str, type] = {
     "copy_check": CopyCheckRecipe,
     "preview": PreviewRecipe,
     "leakage": LeakageRecipe,
+    "watch": WatchRecipe,
 }
 
 

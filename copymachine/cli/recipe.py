@@ -24,6 +24,7 @@ SECTION_NOTES: dict[str, str] = {
     "copy_check": "memo step 3, does the copy model copy? renders vs the original, stops below min_ssim",
     "preview": "the strength sweep on a preview model (--preview-model, copymachine preview)",
     "leakage": "with a preview model: does the LoRA draw its training image into unrelated prompts?",
+    "watch": "during a training: its state saved every save_every_n_steps steps, to resume a killed run",
     "effect": "memo step 5, the effect LoRA (4096 steps); [effect.flat] / [effect.jpeg]: the memo's retrain",
 }
 

@@ -19,7 +19,8 @@ from copymachine.files import copy_into_place
 from copymachine.images import save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import Family
-from copymachine.plan import OPTIONAL, StageParams, WeightedLora
+from copymachine import trainstate
+from copymachine.plan import COSMETIC, OPTIONAL, StageParams, WeightedLora
 from copymachine.recipe import TrainingRecipe
 from copymachine.render import write_config
 from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
@@ -50,6 +51,13 @@ class TrainParams(StageParams):
     training_options: dict[str, Any]
     # the multipliers of the LoRAs merged into the base in memory (inputs weights000, ...)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
+    # a saved state every so many steps (recipe watch.save_every_n_steps; 0: none): not in the
+    # key, the weights do not depend on it
+    save_every_n_steps: int = field(default=0, metadata=COSMETIC)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_train_steps or self.training.steps
 
 
 def training_plan(
@@ -60,6 +68,7 @@ def training_plan(
     max_steps: int | None,
     inputs: dict[str, Any],
     base_weights: Sequence[WeightedLora] = (),
+    save_every_n_steps: int = 0,
 ) -> tuple[dict[str, Any], TrainParams]:
     """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base
     in memory first) and its parameters: the recipe's training, shortened by `max_steps` with
@@ -83,6 +92,7 @@ def training_plan(
         training_options=dict(settings.training_options),
         # only with LoRAs merged in memory, so the stage keys of trainings without them stay as they were
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
+        save_every_n_steps=save_every_n_steps,
     )
     return inputs, params
 
@@ -97,9 +107,40 @@ def prepare_training_image(source: Path, target: Path, size: tuple[int, int]) ->
         save_png(im, target)
 
 
+def state_options(stage, ctx: StageContext) -> dict[str, Any]:
+    """The training TOML keys that save the training's state every `save_every_n_steps` steps
+    into the scratch folder, and resume from the newest state saved there for this stage key
+    (copymachine/trainstate.py). None when the recipe saves no state or this sd-scripts lacks an
+    option for it (named in a note: the training then starts at step 0 when re-run)."""
+    p = stage.spec
+    every = p.save_every_n_steps
+    if not every or every >= p.total_steps:
+        return {}
+    caps = ctx.settings.capabilities
+    script = p.family.train_script
+    if caps is not None:
+        lacking = caps.lacking(script, [f"--{k}" for k in (*trainstate.SAVE_KEYS, *trainstate.RESUME_KEYS)])
+        if lacking:
+            ctx.reporter.note(
+                f"sd-scripts {caps.version_text()}: {script} has no {', '.join(lacking)}: {stage.title} saves no state, "
+                "so a killed training starts again at step 0"
+            )
+            return {}
+    options: dict[str, Any] = {"save_state": True, "save_every_n_steps": every, "save_last_n_steps_state": 1, "save_last_n_steps": 1}
+    if ctx.dry_run:
+        return options
+    saved = trainstate.resumable(ctx.scratch, stage.key, p.total_steps)
+    trainstate.mark(ctx.scratch, stage.key)
+    if saved is not None:
+        options.update(resume=str(saved.path), skip_until_initial_step=True)
+        ctx.reporter.info(f"{stage.title}: resuming at step {saved.step} of {p.total_steps} (saved state {saved.path.name})")
+    return options
+
+
 class TrainLora(StageKind):
     kind = "train_lora"
     needs_engine = True
+    keeps_state = True  # its scratch folder keeps the newest saved state between attempts
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
@@ -122,6 +163,7 @@ class TrainLora(StageKind):
             enable_bucket=False,
             image_dir=dataset_dir,
         )
+        saving = state_options(stage, ctx)
         config = write_config(
             config_dir / f"{stage.slug}-training.toml",
             "training.toml.j2",
@@ -139,6 +181,7 @@ class TrainLora(StageKind):
             base_weights_multipliers=p.base_weights_multipliers or [],
             output_dir=ctx.scratch,
             output_name=out.stem,
+            saving=saving,
             comment=f"copymachine {stage.name}",
         )
         ctx.run(

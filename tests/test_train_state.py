@@ -1,0 +1,137 @@
+"""A training's saved state (copymachine/trainstate.py): a killed training resumes at its last
+saved step, a state of other inputs is removed, an sd-scripts without the options saves none.
+Against the recording fake of sd-scripts, which saves and resumes as train_network.py does."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+from PIL import Image, ImageEnhance
+
+from copymachine import trainstate
+from copymachine.cli import cli
+
+
+def _images(tmp_path, scene):
+    original = tmp_path / "original.png"
+    small = scene.image.resize((128, 128), Image.Resampling.LANCZOS)
+    small.save(original)
+    edited = tmp_path / "edited.png"
+    ImageEnhance.Contrast(small).enhance(1.6).save(edited)
+    return original, edited
+
+
+def _argv(fake_engine, original, edited, run_dir, *extra):
+    return [
+        "train", "--effect", "custom", "--base", str(fake_engine.base), "--image", str(original), "--edited", str(edited),
+        "--out", str(run_dir), "--cache-dir", str(run_dir.parent / "cache"), "--resolution", "64", "--max-steps", "6",
+        "--no-copy-check", "--set", "watch.save_every_n_steps=2", *fake_engine.engine_args, *extra,
+    ]  # fmt: skip
+
+
+def _kill_after_state(argv, env, pattern: str, root: Path, timeout: float = 60) -> Path:
+    """Run the CLI in a process group of its own and SIGKILL it once a complete state matching
+    `pattern` (under `root`) is there; returns that state folder."""
+    proc = subprocess.Popen([sys.executable, "-m", "copymachine", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = [p.parent for p in root.glob(pattern + "/random_states_0.pkl")]
+            if found and trainstate._complete(found[0]):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return found[0]
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    raise AssertionError(f"no complete state {pattern} appeared (exit {proc.returncode})")
+
+
+def _trainings(fake_engine, stage_dir: str) -> list[dict]:
+    return [c for c in fake_engine.calls() if c["script"].endswith("train_network.py") and stage_dir in c["config"]["output_dir"]]
+
+
+def test_a_killed_training_resumes_at_its_last_saved_step(fake_engine, scene, tmp_path, monkeypatch):
+    original, edited = _images(tmp_path, scene)
+    run_dir = tmp_path / "run 'a' 画像"
+    argv = _argv(fake_engine, original, edited, run_dir)
+    env = dict(os.environ, COPYMACHINE_FAKE_STEP_SECONDS="0.25", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    state = _kill_after_state(argv, env, "cache/copy-lora/*/.partial/copy-lora/copy-lora-step00000004-state", tmp_path)
+    assert json.loads((state / "train_state.json").read_text())["current_step"] == 4
+
+    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "copy LoRA: resuming at step 4 of 6 (saved state copy-lora-step00000004-state)" in result.output
+    (resumed,) = _trainings(fake_engine, "copy-lora")  # a SIGKILLed call records nothing
+    assert resumed["config"]["save_every_n_steps"] == 2
+    assert resumed["config"]["resume"] == str(state) and resumed["config"]["skip_until_initial_step"] is True
+    assert resumed["config"]["save_last_n_steps_state"] == 1
+    log = (run_dir / "logs" / "copy-lora.log").read_text(encoding="utf-8")
+    assert "skipping 4 steps" in log
+    # done: the scratch folder, states and all, is gone
+    assert not list((tmp_path / "cache").glob("copy-lora/*/.partial"))
+    assert (run_dir / f"{run_dir.name}-custom.safetensors").is_file()
+
+
+def test_a_state_of_other_inputs_is_removed_not_resumed(fake_engine, scene, tmp_path):
+    original, edited = _images(tmp_path, scene)
+    run_dir = tmp_path / "run"
+    argv = _argv(fake_engine, original, edited, run_dir)
+    env = dict(os.environ, COPYMACHINE_FAKE_STEP_SECONDS="0.25", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    # the effect LoRA trains in the run folder: its scratch folder is the same for every key
+    state = _kill_after_state(argv, env, "run/custom/.partial/custom--effect-lora/*-step00000002-state", tmp_path)
+
+    result = CliRunner().invoke(cli, [*argv, "--set", "effect.learning_rate=0.0002"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "custom: effect LoRA: removed a saved training state of other inputs (another stage key)" in result.output
+    assert "resuming" not in result.output
+    last = _trainings(fake_engine, "effect-lora")[-1]
+    assert "resume" not in last["config"]
+    assert not state.exists()
+
+
+def test_the_scratch_folder_keeps_only_the_newest_complete_state_of_its_key(tmp_path):
+    scratch = tmp_path / "scratch"
+
+    def state(step: int, complete: bool = True) -> Path:
+        folder = scratch / f"lora-step{step:08d}-state"
+        folder.mkdir(parents=True)
+        (folder / "train_state.json").write_text(json.dumps({"current_epoch": 1, "current_step": step}))
+        (folder / "model.safetensors").write_bytes(b"x" * 10)
+        for name in ("optimizer.bin", "scheduler.bin"):
+            (folder / name).write_bytes(pickle.dumps(name))
+        data = pickle.dumps({"rng": step})
+        (folder / "random_states_0.pkl").write_bytes(data if complete else data[:-3])  # cut off by a kill
+        return folder
+
+    trainstate.mark(scratch, "key1")
+    state(2), state(4), state(6, complete=False)
+    (scratch / "lora.safetensors").write_bytes(b"half a LoRA")
+    assert trainstate.resumable(scratch, "key1", total_steps=8).step == 4
+    assert trainstate.resumable(scratch, "key1", total_steps=4).step == 2  # not at the last step: sd-scripts refuses
+    assert trainstate.resumable(scratch, "key2", total_steps=8) is None
+    assert trainstate.keep(scratch, "key1") is None
+    assert sorted(p.name for p in scratch.iterdir()) == ["lora-step00000004-state", trainstate.KEY_FILE]
+    assert trainstate.keep(scratch, "key2") is not None
+    assert list(scratch.iterdir()) == []
+
+
+def test_an_sd_scripts_without_the_options_saves_no_state_and_says_so(fake_engine, scene, tmp_path, monkeypatch):
+    original, edited = _images(tmp_path, scene)
+    monkeypatch.setenv("COPYMACHINE_FAKE_WITHOUT_OPTIONS", "train_network.py:--skip_until_initial_step")
+    fake = fake_engine.tree_copy(tmp_path / "older sd-scripts")  # another tree: its own capabilities
+    argv = [a if a != str(fake_engine.root) else str(fake) for a in _argv(fake_engine, original, edited, tmp_path / "run")]
+    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "train_network.py has no --skip_until_initial_step: copy LoRA saves no state, so a killed training starts again at step 0" in result.output
+    assert all("save_state" not in c["config"] for c in fake_engine.calls() if c["script"].endswith("train_network.py"))
