@@ -15,11 +15,11 @@ from typing import Any
 
 from PIL import Image
 
+from copymachine import trainstate
 from copymachine.files import copy_into_place
 from copymachine.images import save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import Family
-from copymachine import trainstate
 from copymachine.plan import COSMETIC, OPTIONAL, StageParams, WeightedLora
 from copymachine.recipe import TrainingRecipe
 from copymachine.render import write_config
