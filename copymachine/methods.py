@@ -93,6 +93,8 @@ class Request:
     edit_in_place: bool = False  # the user's edits keep every pixel in place: alignment is a note
     preview_model: Path | None = None  # render a strength sweep of each final LoRA on this model
     tagger_dir: Path | None = None  # WD14 tagger folder (model.onnx, selected_tags.csv)
+    samples: int = 0  # --samples N: sample images every N training steps (0: none)
+    tensorboard: bool = False  # --tensorboard: sd-scripts' logging_dir under the run folder
 
     def __post_init__(self) -> None:
         self.absorb = [a if isinstance(a, StyleLora) else StyleLora(Path(a[0]), a[1]) for a in self.absorb]
@@ -369,7 +371,10 @@ def _prepare(c: _Context) -> None:
 def _train(c: _Context, name: str, title: str, training: TrainingRecipe, sp: SourcePlan, base: FileRef, image: FileRef, caption: str, output: str, base_weights: list[WeightedLora], **where) -> FileRef:
     """One training; `base_weights` (LoRA, multiplier) are merged into `base` in memory first."""
     inputs = {"base": base, "image": image, "caption": c.ref(sp.captions, caption)}
-    inputs, params = training_plan(training, c.family, sp.size, c.settings, c.request.max_steps, inputs, base_weights, c.recipe.watch.save_every_n_steps)
+    inputs, params = training_plan(
+        training, c.family, sp.size, c.settings, c.request.max_steps, inputs, base_weights, c.recipe.watch.save_every_n_steps,
+        samples=c.request.samples, watch=c.recipe.watch, logging_dir=c.run_dir / "tensorboard" if c.request.tensorboard else None,
+    )  # fmt: skip
     return c.add(name, "train_lora", title, inputs, params, {"lora": output}, **where)  # type: ignore[return-value]
 
 

@@ -208,6 +208,14 @@ class WatchRecipe:
     training resumes there (0: no state saved, a killed training starts again at step 0)."""
 
     save_every_n_steps: int = 256  # 12 saves in the copy LoRA's 3072 steps, 16 in an effect's 4096
+    # `--samples N`: every N steps sd-scripts renders these prompts ("|"-separated; "{caption}" is
+    # the training caption) at the training size, seeds sample_seed, sample_seed+1, ...; for the
+    # effect LoRA on the copy model with the LoRA at +1, so the edit is seen growing
+    sample_prompts: str = "{caption}"
+    sample_sampler: str = "euler_a"
+    sample_steps: int = 20
+    sample_scale: float = 7.0
+    sample_seed: int = 1
 
 
 # --- the range of every number -------------------------------------------------------------
@@ -285,7 +293,8 @@ LIMITS: dict[type, dict[str, Limit]] = {
     CopyCheckRecipe: {"images": Limit(1, 64), "min_ssim": Limit(0, 1), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE, "seed": _SEED},
     LeakageRecipe: {"seed": _SEED, "threshold": Limit(0, 1, low_open=True), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
     PreviewRecipe: {"size": Limit(0, MAX_SIDE, why="0: the model's own size"), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
-    WatchRecipe: {"save_every_n_steps": Limit(0, 100000, why="0: no saved state")},
+    WatchRecipe: {"save_every_n_steps": Limit(0, 100000, why="0: no saved state"), "sample_sampler": _SAMPLER, "sample_steps": _SAMPLING_STEPS,
+                  "sample_scale": _CFG_SCALE, "sample_seed": _SEED},
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -135,3 +136,42 @@ def test_an_sd_scripts_without_the_options_saves_no_state_and_says_so(fake_engin
     assert result.exit_code == 0, result.output
     assert "train_network.py has no --skip_until_initial_step: copy LoRA saves no state, so a killed training starts again at step 0" in result.output
     assert all("save_state" not in c["config"] for c in fake_engine.calls() if c["script"].endswith("train_network.py"))
+
+
+def test_samples_land_in_the_run_folder_at_the_interval_and_tensorboard_is_asked_for(fake_engine, scene, tmp_path):
+    original, edited = _images(tmp_path, scene)
+    run_dir = tmp_path / "run 'samples'"
+    argv = _argv(fake_engine, original, edited, run_dir, "--samples", "3", "--tensorboard", "--set", "watch.sample_prompts={caption}|a red car")
+    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for stage in ("copy-lora", "custom--effect-lora"):
+        names = sorted(p.name for p in (run_dir / "samples" / stage).iterdir())
+        # steps 3 and 6, two prompts each, seeds 1 and 2
+        assert [n.split("_")[-4:-2] + [n.rsplit("_", 1)[-1]] for n in names] == [["000003", "00", "1.png"], ["000003", "01", "2.png"], ["000006", "00", "1.png"], ["000006", "01", "2.png"]], names
+        (call,) = _trainings(fake_engine, f".partial/{stage}")
+        prompts = Path(call["config"]["sample_prompts"])
+        assert prompts.name == f"{stage}-samples.txt"
+        assert prompts.read_text(encoding="utf-8").splitlines() == ["1girl --w 64 --h 64 --d 1 --s 20 --l 7", "a red car --w 64 --h 64 --d 2 --s 20 --l 7"]
+        assert list((run_dir / "tensorboard").glob(f"{stage}-*/network_train/events.out.tfevents.*"))
+    assert f"watch with: tensorboard --logdir {shlex.quote(str(run_dir / 'tensorboard'))}" in result.output
+    trainings = [c for c in fake_engine.calls() if c["script"].endswith("train_network.py")]
+    assert {c["config"]["sample_sampler"] for c in trainings} == {"euler_a"}
+    assert {c["config"]["sample_every_n_steps"] for c in trainings} == {3}
+    # the queue page's job view: the latest sample
+    from copymachine.ui.store import progress_view
+
+    events = [{"event": "sample", "path": str(run_dir / "samples" / "a.png"), "title": "copy LoRA"}, {"event": "sample", "path": "/b.png", "title": "custom: effect LoRA"}]
+    assert progress_view(events)["sample"] == {"path": "/b.png", "title": "custom: effect LoRA"}
+
+
+def test_samples_and_state_do_not_change_the_stage_keys(fake_engine, scene, tmp_path):
+    """Saving, samples and TensorBoard do not change the weights: a run with them reuses the
+    trainings of a run without."""
+    original, edited = _images(tmp_path, scene)
+    run_dir = tmp_path / "run"
+    plain = [a for a in _argv(fake_engine, original, edited, run_dir) if a != "watch.save_every_n_steps=2"]
+    plain.remove("--set")
+    assert CliRunner().invoke(cli, plain, catch_exceptions=False).exit_code == 0
+    again = CliRunner().invoke(cli, [*plain, "--samples", "2", "--tensorboard", "--set", "watch.save_every_n_steps=2"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert "copy LoRA: up to date, skipped" in again.output and "effect LoRA: up to date, skipped" in again.output

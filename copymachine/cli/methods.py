@@ -129,6 +129,8 @@ def method_options(f):
         click.option("--absorb", multiple=True, metavar="STYLE.safetensors[:RATIO]", help="Merge a style LoRA into the base model first; every training uses the result (the memo's tip). Repeatable."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where shared stages (copy LoRAs, copy models, LoRA A) are kept. Default: $COPYMACHINE_CACHE, else <run folder>/../_cache."),
         click.option("--jobs", type=click.IntRange(1), help="Trainings run side by side (several effects or images): one per GPU on a multi-GPU machine, else as many as the GPU's free memory holds (default); CPU runs stay sequential."),
+        click.option("--samples", type=click.IntRange(1), metavar="N", help="Every N steps of each training, render the recipe's [watch] sample prompt(s) with the LoRA so far (the effect LoRA: on the copy model at +1) into <run folder>/samples/<stage>/; the web UI's queue page shows the latest. Each costs one render (README)."),
+        click.option("--tensorboard", is_flag=True, help="sd-scripts writes TensorBoard logs into <run folder>/tensorboard/; the run prints the `tensorboard --logdir` line."),
         click.option("--low-vram", is_flag=True, help="For 8 GB cards: gradient checkpointing, 8-bit AdamW, latents cached on disk. Opt-in: the memo trains with plain AdamW."),
         click.option("--dry-run", is_flag=True, help="Write the configs and print every command; run nothing."),
         click.option("--no-wait", is_flag=True, help="Exit at once (code 6) instead of waiting when another run holds the run folder or a cache entry."),
@@ -226,6 +228,8 @@ def make_request(method: str, o: dict, sign: str, reporter: Reporter, gpu: int |
         combine=o["combine"],
         sign=sign,
         edit_in_place=o["edit_in_place"],
+        samples=o["samples"] or 0,
+        tensorboard=o["tensorboard"],
         **see_request(o, model.family),
     )
     return request, model, settings

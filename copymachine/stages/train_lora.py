@@ -8,6 +8,7 @@ trains on the base model; the effect LoRA on the copy model.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from copymachine.images import save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import Family
 from copymachine.plan import COSMETIC, OPTIONAL, StageParams, WeightedLora
-from copymachine.recipe import TrainingRecipe
+from copymachine.recipe import TrainingRecipe, WatchRecipe, split_prompts
 from copymachine.render import write_config
 from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
 
@@ -54,6 +55,12 @@ class TrainParams(StageParams):
     # a saved state every so many steps (recipe watch.save_every_n_steps; 0: none): not in the
     # key, the weights do not depend on it
     save_every_n_steps: int = field(default=0, metadata=COSMETIC)
+    # --samples N: sample images every N steps (0: none), with the recipe's [watch] prompts; and
+    # --tensorboard: sd-scripts' logging_dir. Neither changes the weights (sd-scripts restores
+    # its RNG states after sampling), so neither is in the key.
+    sample_every_n_steps: int = field(default=0, metadata=COSMETIC)
+    watch: WatchRecipe = field(default_factory=WatchRecipe, metadata=COSMETIC)
+    logging_dir: str | None = field(default=None, metadata=COSMETIC)
 
     @property
     def total_steps(self) -> int:
@@ -69,6 +76,9 @@ def training_plan(
     inputs: dict[str, Any],
     base_weights: Sequence[WeightedLora] = (),
     save_every_n_steps: int = 0,
+    samples: int = 0,
+    watch: WatchRecipe | None = None,
+    logging_dir: Path | None = None,
 ) -> tuple[dict[str, Any], TrainParams]:
     """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base
     in memory first) and its parameters: the recipe's training, shortened by `max_steps` with
@@ -93,6 +103,9 @@ def training_plan(
         # only with LoRAs merged in memory, so the stage keys of trainings without them stay as they were
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
         save_every_n_steps=save_every_n_steps,
+        sample_every_n_steps=samples,
+        watch=watch or WatchRecipe(),
+        logging_dir=str(logging_dir) if logging_dir else None,
     )
     return inputs, params
 
@@ -137,6 +150,79 @@ def state_options(stage, ctx: StageContext) -> dict[str, Any]:
     return options
 
 
+SAMPLE_KEYS = ("sample_every_n_steps", "sample_prompts", "sample_sampler")
+
+
+def _lacking(ctx: StageContext, script: str, keys: Sequence[str]) -> list[str]:
+    caps = ctx.settings.capabilities
+    return caps.lacking(script, [f"--{k}" for k in keys]) if caps is not None else []
+
+
+def sample_prompts(stage, caption: str) -> list[str]:
+    """sd-scripts' sample prompt lines (library/train_util.py line_to_prompt_dict): each prompt of
+    the recipe's [watch] at the training size, seeds sample_seed, sample_seed+1, ..."""
+    w = stage.spec.watch
+    width, height = stage.spec.size
+    prompts = split_prompts(w.sample_prompts.replace("{caption}", caption)) or [caption]
+    return [f"{p} --w {width} --h {height} --d {w.sample_seed + i} --s {w.sample_steps} --l {w.sample_scale:g}" for i, p in enumerate(prompts)]
+
+
+def watch_options(stage, ctx: StageContext, config_dir: Path) -> dict[str, Any]:
+    """The training TOML keys of --samples (sample images every N steps, prompts written to a file
+    beside the config) and --tensorboard (logging_dir); each skipped with a note when this
+    sd-scripts lacks an option."""
+    p = stage.spec
+    script = p.family.train_script
+    options: dict[str, Any] = {}
+    version = ctx.settings.capabilities.version_text() if ctx.settings.capabilities else ""
+    if p.sample_every_n_steps:
+        lacking = _lacking(ctx, script, SAMPLE_KEYS)
+        if lacking:
+            ctx.reporter.note(f"sd-scripts {version}: {script} has no {', '.join(lacking)}: {stage.title} renders no samples")
+        else:
+            caption = stage.input("caption").read_text(encoding="utf-8").strip() if stage.input("caption").is_file() else ""
+            prompts = config_dir / f"{stage.slug}-samples.txt"
+            if not ctx.dry_run:
+                from copymachine.files import atomic_write_text
+
+                atomic_write_text(prompts, "\n".join(sample_prompts(stage, caption)) + "\n")
+            options.update(sample_every_n_steps=p.sample_every_n_steps, sample_prompts=str(prompts), sample_sampler=p.watch.sample_sampler)
+    if p.logging_dir:
+        lacking = _lacking(ctx, script, ("logging_dir", "log_prefix"))
+        if lacking:
+            ctx.reporter.note(f"sd-scripts {version}: {script} has no {', '.join(lacking)}: {stage.title} writes no TensorBoard logs")
+        else:
+            options.update(logging_dir=p.logging_dir, log_prefix=f"{stage.slug}-")
+            ctx.reporter.info(f"{stage.title}: TensorBoard logs in {p.logging_dir}; watch with: tensorboard --logdir {shlex.quote(p.logging_dir)}")
+    return options
+
+
+def samples_folder(stage, ctx: StageContext) -> Path:
+    """Where a training's sample images land: the run folder's samples/<stage>/ (the UI serves
+    files under its runs folder; a shared copy LoRA's own folder is in the cache)."""
+    return ctx.plan.run_dir / "samples" / stage.slug
+
+
+def collect_samples(stage, ctx: StageContext) -> None:
+    """Copy the sample images sd-scripts has rendered so far (into <output_dir>/sample/) to the
+    samples folder, each new one announced (the UI's queue page shows the latest)."""
+    rendered = ctx.scratch / "sample"
+    if not rendered.is_dir():
+        return
+    target = samples_folder(stage, ctx)
+    for png in sorted(rendered.glob("*.png"), key=lambda q: q.stat().st_mtime):
+        final = target / png.name
+        if final.exists():
+            continue
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            copy_into_place(png, final)
+        except OSError:
+            continue  # still being written: the next progress line copies it
+        ctx.reporter.event("sample", path=str(final), title=stage.title)
+        ctx.reporter.info(f"{stage.title}: sample {final}")
+
+
 class TrainLora(StageKind):
     kind = "train_lora"
     needs_engine = True
@@ -163,7 +249,7 @@ class TrainLora(StageKind):
             enable_bucket=False,
             image_dir=dataset_dir,
         )
-        saving = state_options(stage, ctx)
+        saving = {**state_options(stage, ctx), **watch_options(stage, ctx, config_dir)}
         config = write_config(
             config_dir / f"{stage.slug}-training.toml",
             "training.toml.j2",
@@ -188,6 +274,7 @@ class TrainLora(StageKind):
             ctx.engine.launch_training(p.family.train_script, config, p.mixed_precision, launcher=LAUNCHER if base_weight_inputs(stage) else None),
             Path(p.family.train_script).name,
             expected=[out],
+            watch=(lambda: collect_samples(stage, ctx)) if p.sample_every_n_steps else None,
         )
 
     def validate(self, stage, name, path, ctx):

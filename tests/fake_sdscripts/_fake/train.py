@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import random
+import re
 import shutil
 import sys
 import time
@@ -122,6 +123,10 @@ def _main(run: FakeRun, script: str) -> None:
     ext = {"safetensors": ".safetensors", "ckpt": ".ckpt", "pt": ".pt"}[args.save_model_as]
     tensors = make_lora(modules, args, dim, image_digest.digest(), init)
     start = resume_step(args, steps, run, con)
+    if args.logging_dir:  # (code: train_util.prepare_accelerator: log_with tensorboard, <dir>/<prefix><time>/network_train)
+        events = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" / "network_train"
+        events.mkdir(parents=True, exist_ok=True)
+        (events / f"events.out.tfevents.{int(time.time())}.fake").write_bytes(b"fake tensorboard events")
     saver = StateSaver(args, out_dir, name, ext, tensors, run, con)
     last_meter = progress(steps, epochs, math.ceil(batches / ga), rng, loss_nan, con, start=start, on_step=saver.step)
     if args.save_state or args.save_state_on_train_end:  # (code: train_network.py save_state_on_train_end)
@@ -519,7 +524,33 @@ class StateSaver:
         no = step - last_n - 1
         return no - (no % self.args.save_every_n_steps)
 
+    def samples(self, step: int) -> None:
+        """sample_every_n_steps: one PNG per prompt line in <output_dir>/sample/ (code:
+        train_util.sample_images_common, sample_image_inference: the file name; a missing prompt
+        file is an error line, not a crash)."""
+        a = self.args
+        if not a.sample_every_n_steps or step % a.sample_every_n_steps:
+            return
+        self.con.info(f"generating sample images at step / サンプル画像生成 ステップ: {step}", "train_util.py:6393")
+        if not a.sample_prompts or not os.path.isfile(a.sample_prompts):
+            self.con.error(f"No prompt file / プロンプトファイルがありません: {a.sample_prompts}", "train_util.py:6395")
+            return
+        from PIL import Image
+
+        lines = [ln.strip() for ln in Path(a.sample_prompts).read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        folder = self.out_dir / "sample"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, line in enumerate(lines):
+            opts = dict(re.findall(r"--(\w+) (\S+)", line))
+            w, h, seed = int(opts.get("w", 512)), int(opts.get("h", 512)), opts.get("d")
+            shade = (step * 37 + i * 11) % 256
+            ts = time.strftime("%Y%m%d%H%M%S", time.localtime())
+            name = f"{self.name}_{step:06d}_{i:02d}_{ts}{'' if seed is None else '_' + seed}.png"
+            Image.new("RGB", (w, h), (shade, 255 - shade, 128)).save(folder / name)
+            self.run.output(folder / name)
+
     def step(self, step: int) -> None:
+        self.samples(step)
         a = self.args
         if not a.save_every_n_steps or step % a.save_every_n_steps:
             return
