@@ -80,8 +80,10 @@ def keep(scratch: Path, key: str) -> str | None:
     if saved_key not in (None, key) and any(_STATE_DIR.search(p.name) for p in scratch.iterdir()):
         removed = "a saved training state of other inputs (another stage key)"
     kept = {s.path for s in newest}
+    # with the state: its key, the step LoRA saved with it and the copy checks so far (--copy-stop-at)
+    also = {KEY_FILE, "copy-stop.json", *(f"{s.path.name[: -len('-state')]}.safetensors" for s in newest)} if kept else set()
     for p in list(scratch.iterdir()):
-        if p in kept or (kept and p.name == KEY_FILE):
+        if p in kept or p.name in also:
             continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

@@ -175,3 +175,47 @@ def test_samples_and_state_do_not_change_the_stage_keys(fake_engine, scene, tmp_
     again = CliRunner().invoke(cli, [*plain, "--samples", "2", "--tensorboard", "--set", "watch.save_every_n_steps=2"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert "copy LoRA: up to date, skipped" in again.output and "effect LoRA: up to date, skipped" in again.output
+
+
+def _copy_stop_run(fake_engine, scene, tmp_path, *extra):
+    original, edited = _images(tmp_path, scene)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(cli, [*_argv(fake_engine, original, edited, run_dir), "--copy-stop-at", "0.9", *extra], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stages = {s["name"]: s for s in json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["stages"]}
+    record = stages["copy-lora"]["outputs"]["lora"]["copy_stop"]
+    lora = next((tmp_path / "cache").glob("copy-lora/*/copy-lora.safetensors"))
+    from copymachine.lorafile import read_safetensors
+
+    assert json.loads(read_safetensors(lora).metadata["copymachine_copy_stop"]) == record
+    return result, record, original
+
+
+def test_copy_stop_stops_after_the_first_segment_when_the_copy_copies(fake_engine, scene, tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYMACHINE_FAKE_COPY", str(tmp_path / "original.png"))  # gen_img renders the original: SSIM 1
+    result, record, _ = _copy_stop_run(fake_engine, scene, tmp_path)
+    assert "copy LoRA: copy check at step 2 of 6: SSIM 1.000, 1.000, 1.000, 1.000 (mean 1.000, stop at >= 0.9) -> copies: stopping here" in result.output
+    assert record["stopped_at"] == 2 and record["stopped_early"] is True and record["ceiling"] == 6
+    assert [c["step"] for c in record["checks"]] == [2]
+    trainings = _trainings(fake_engine, ".partial/copy-lora")
+    assert [c["config"]["max_train_steps"] for c in trainings] == [2]
+
+
+def test_copy_stop_runs_to_the_ceiling_when_the_copy_does_not_copy(fake_engine, scene, tmp_path):
+    _, record, _ = _copy_stop_run(fake_engine, scene, tmp_path)  # random weights: unrelated pictures
+    assert record["stopped_at"] == 6 and record["stopped_early"] is False
+    assert [c["step"] for c in record["checks"]] == [2, 4] and all(c["mean_ssim"] < 0.9 for c in record["checks"])
+    trainings = _trainings(fake_engine, ".partial/copy-lora")
+    # three segments, each resumed from the state the one before saved
+    assert [c["config"]["max_train_steps"] for c in trainings] == [2, 4, 6]
+    assert ["resume" in c["config"] for c in trainings] == [False, True, True]
+    assert trainings[2]["config"]["resume"].endswith("copy-lora-step00000004-state")
+    assert {c["config"]["lr_warmup_steps"] for c in trainings} == {0}  # the whole training's warmup, not the segment's
+
+
+def test_copy_stop_segments_start_after_the_warmup():
+    from copymachine.copystop import boundaries
+
+    assert boundaries(3072, 500, 256) == [512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 2560, 2816, 3072]
+    assert boundaries(6, 0, 2) == [2, 4, 6]
+    assert boundaries(3072, 500, 5000) == [3072]

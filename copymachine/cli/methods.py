@@ -230,6 +230,7 @@ def make_request(method: str, o: dict, sign: str, reporter: Reporter, gpu: int |
         edit_in_place=o["edit_in_place"],
         samples=o["samples"] or 0,
         tensorboard=o["tensorboard"],
+        copy_stop_at=o.get("copy_stop_at"),
         **see_request(o, model.family),
     )
     return request, model, settings
@@ -311,7 +312,8 @@ def echo_finals(finals: list[Path]) -> None:
 
 @cli.command()
 @method_options
-def train(**options):
+@click.option("--copy-stop-at", type=click.FloatRange(0, 1), metavar="SSIM", help="Opt-in: train the copy LoRA in segments of the save interval (recipe watch.save_every_n_steps), run the copy check after each, and stop at the first whose mean SSIM reaches SSIM (not before the 500 warmup steps). The memo's 3072 steps stay the default and the ceiling.")
+def train(copy_stop_at, **options):
     """Train a slider LoRA with the copy-machine method (memo steps 1-5, 9).
 
     \b
@@ -335,7 +337,7 @@ def train(**options):
       copymachine train --effect all --base sd15.safetensors --image girl.png --image cat.png
       copymachine train --effect flat --base sd15.safetensors --dry-run
     """
-    echo_finals(run_method(COPY_MACHINE, options))
+    echo_finals(run_method(COPY_MACHINE, {**options, "copy_stop_at": copy_stop_at}))
 
 
 @cli.command()

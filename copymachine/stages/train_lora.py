@@ -8,6 +8,7 @@ trains on the base model; the effect LoRA on the copy model.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from typing import Any
 
 from PIL import Image
 
-from copymachine import trainstate
-from copymachine.files import copy_into_place
+from copymachine import copystop, trainstate
+from copymachine.files import atomic_write_json, copy_into_place
 from copymachine.images import save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import Family
@@ -55,6 +56,8 @@ class TrainParams(StageParams):
     # a saved state every so many steps (recipe watch.save_every_n_steps; 0: none): not in the
     # key, the weights do not depend on it
     save_every_n_steps: int = field(default=0, metadata=COSMETIC)
+    # --copy-stop-at: the copy LoRA trains in segments and stops when the copy check passes
+    copy_stop: copystop.CopyStop | None = field(default=None, metadata=OPTIONAL)
     # --samples N: sample images every N steps (0: none), with the recipe's [watch] prompts; and
     # --tensorboard: sd-scripts' logging_dir. Neither changes the weights (sd-scripts restores
     # its RNG states after sampling), so neither is in the key.
@@ -79,6 +82,7 @@ def training_plan(
     samples: int = 0,
     watch: WatchRecipe | None = None,
     logging_dir: Path | None = None,
+    copy_stop: copystop.CopyStop | None = None,
 ) -> tuple[dict[str, Any], TrainParams]:
     """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base
     in memory first) and its parameters: the recipe's training, shortened by `max_steps` with
@@ -106,6 +110,7 @@ def training_plan(
         sample_every_n_steps=samples,
         watch=watch or WatchRecipe(),
         logging_dir=str(logging_dir) if logging_dir else None,
+        copy_stop=copy_stop,
     )
     return inputs, params
 
@@ -120,13 +125,13 @@ def prepare_training_image(source: Path, target: Path, size: tuple[int, int]) ->
         save_png(im, target)
 
 
-def state_options(stage, ctx: StageContext) -> dict[str, Any]:
+def state_options(stage, ctx: StageContext, every: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """The training TOML keys that save the training's state every `save_every_n_steps` steps
     into the scratch folder, and resume from the newest state saved there for this stage key
     (copymachine/trainstate.py). None when the recipe saves no state or this sd-scripts lacks an
     option for it (named in a note: the training then starts at step 0 when re-run)."""
     p = stage.spec
-    every = p.save_every_n_steps
+    every = every or p.save_every_n_steps
     if not every or every >= p.total_steps:
         return {}
     caps = ctx.settings.capabilities
@@ -140,7 +145,7 @@ def state_options(stage, ctx: StageContext) -> dict[str, Any]:
             )
             return {}
     options: dict[str, Any] = {"save_state": True, "save_every_n_steps": every, "save_last_n_steps_state": 1, "save_last_n_steps": 1}
-    if ctx.dry_run:
+    if ctx.dry_run or quiet:
         return options
     saved = trainstate.resumable(ctx.scratch, stage.key, p.total_steps)
     trainstate.mark(ctx.scratch, stage.key)
@@ -230,26 +235,33 @@ class TrainLora(StageKind):
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
-        training = p.training
         dataset_dir = stage.workdir / "dataset" / stage.slug
-        config_dir = stage.workdir / "config"
-        out = ctx.scratch_output("lora")
         if not ctx.dry_run:
             reset_scratch(dataset_dir)
             prepare_training_image(stage.input("image"), dataset_dir / "image.png", tuple(p.size))
             copy_into_place(stage.input("caption"), dataset_dir / f"image{CAPTION_EXTENSION}")
+        if p.copy_stop is not None and not ctx.dry_run:
+            self._segments(stage, ctx, dataset_dir)
+        else:
+            self._train(stage, ctx, dataset_dir, p.max_train_steps, state_options(stage, ctx))
+
+    def _train(self, stage, ctx: StageContext, dataset_dir: Path, max_train_steps: int | None, saving: dict[str, Any]) -> None:
+        """One sd-scripts run of the training, up to `max_train_steps` (None: the recipe's epochs)."""
+        p = stage.spec
+        config_dir = stage.workdir / "config"
+        out = ctx.scratch_output("lora")
         width, height = p.size
         dataset_config = write_config(
             config_dir / f"{stage.slug}-dataset.toml",
             "dataset.toml.j2",
             stage=stage.name,
-            training=training,
+            training=p.training,
             caption_extension=CAPTION_EXTENSION,
             resolution=[width, height],
             enable_bucket=False,
             image_dir=dataset_dir,
         )
-        saving = {**state_options(stage, ctx), **watch_options(stage, ctx, config_dir)}
+        saving = {**saving, **watch_options(stage, ctx, config_dir)}
         config = write_config(
             config_dir / f"{stage.slug}-training.toml",
             "training.toml.j2",
@@ -257,11 +269,11 @@ class TrainLora(StageKind):
             base_model=stage.input("base"),
             family=p.family,
             tokenizer_cache_dir=ctx.settings.tokenizer_cache_dir,
-            training=training,
+            training=p.training,
             warmup_steps=p.warmup_steps,
             dataset_config=dataset_config,
             resolution_text=f"{width},{height}",
-            max_train_steps=p.max_train_steps,
+            max_train_steps=max_train_steps,
             profile={"mixed_precision": p.mixed_precision, "training_options": p.training_options},
             base_weights=[str(w) for w in base_weight_inputs(stage)],
             base_weights_multipliers=p.base_weights_multipliers or [],
@@ -277,8 +289,61 @@ class TrainLora(StageKind):
             watch=(lambda: collect_samples(stage, ctx)) if p.sample_every_n_steps else None,
         )
 
+    def _segments(self, stage, ctx: StageContext, dataset_dir: Path) -> None:
+        """--copy-stop-at: train segment by segment, the copy check after each (copymachine/copystop.py)."""
+        p = stage.spec
+        stop: copystop.CopyStop = p.copy_stop
+        total = p.total_steps
+        out = ctx.scratch_output("lora")
+        saving = state_options(stage, ctx, every=stop.segment, quiet=True)
+        if not saving:
+            ctx.reporter.note(f"{stage.title}: --copy-stop-at needs saved states; it trains all {total} steps")
+            self._train(stage, ctx, dataset_dir, p.max_train_steps, {})
+            return
+        saved = trainstate.resumable(ctx.scratch, stage.key, total)
+        reached = saved.step if saved else 0
+        checks = [c for c in copystop.load(ctx.scratch) if c["step"] <= reached]
+        stopped = None
+        ends = copystop.boundaries(total, p.warmup_steps, stop.segment)
+        ctx.reporter.info(f"{stage.title}: --copy-stop-at {stop.min_ssim:g}: segments ending at steps {', '.join(map(str, ends))}")
+        passed_before = [c["step"] for c in checks if c["mean_ssim"] >= stop.min_ssim]
+        step_lora = ctx.scratch / f"{out.stem}-step{reached:08d}{out.suffix}"
+        if passed_before and step_lora.is_file():  # killed after the check that stops it
+            stopped = passed_before[0]
+            copy_into_place(step_lora, out)
+        for end in [] if stopped else [reached, *ends]:
+            if end < reached or (end == reached and (end not in ends or any(c["step"] == end for c in checks))):
+                continue
+            if end > reached:
+                self._train(stage, ctx, dataset_dir, end, state_options(stage, ctx, every=stop.segment))
+                reached = end
+            if end >= total:
+                break  # the ceiling: the run's copy check stage checks this one
+            step_lora = ctx.scratch / f"{out.stem}-step{end:08d}{out.suffix}"
+            result = copystop.check_lora(stage, ctx, step_lora, end)
+            checks.append(result)
+            passed = result["mean_ssim"] >= stop.min_ssim
+            copystop.save(ctx.scratch, checks, end if passed else None, total, stop.min_ssim)
+            ctx.reporter.info(
+                f"{stage.title}: copy check at step {end} of {total}: SSIM {', '.join(f'{x:.3f}' for x in result['ssim'])} "
+                f"(mean {result['mean_ssim']:.3f}, stop at >= {stop.min_ssim:g}) -> {'copies: stopping here' if passed else 'goes on'}"
+            )
+            if passed:
+                stopped = end
+                copy_into_place(step_lora, out)
+                break
+        data = copystop.summary(checks, stopped or total, total, stop.min_ssim)
+        atomic_write_json(ctx.scratch / copystop.STATE_FILE, data)
+        copystop.record_in_lora(out, data)
+
     def validate(self, stage, name, path, ctx):
-        return validate_lora(path, f"{stage.title} output", expected_rank=stage.spec.training.network_dim).facts()
+        facts = validate_lora(path, f"{stage.title} output", expected_rank=stage.spec.training.network_dim).facts()
+        if stage.spec.copy_stop is not None:
+            try:
+                facts["copy_stop"] = json.loads((ctx.scratch / copystop.STATE_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+        return facts
 
     def describe(self, stage) -> str:
         p = stage.spec
