@@ -297,7 +297,8 @@ class TrainLora(StageKind):
         out = ctx.scratch_output("lora")
         saving = state_options(stage, ctx, every=stop.segment, quiet=True)
         if not saving:
-            ctx.reporter.note(f"{stage.title}: --copy-stop-at needs saved states; it trains all {total} steps")
+            if stop.segment < total:  # else there is one segment: the whole training
+                ctx.reporter.note(f"{stage.title}: --copy-stop-at needs saved states, which this sd-scripts cannot save; it trains all {total} steps")
             self._train(stage, ctx, dataset_dir, p.max_train_steps, {})
             return
         saved = trainstate.resumable(ctx.scratch, stage.key, total)
