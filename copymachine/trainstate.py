@@ -40,7 +40,7 @@ def _complete(folder: Path) -> bool:
     (a pickle ends with its STOP opcode "."): a state cut off by a kill is not resumed."""
     if not all((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in _STATE_FILES):
         return False
-    if not any(p.suffix in (".safetensors", ".bin") and p.name.startswith("model") for p in folder.iterdir()):
+    if not any(p.suffix in (".safetensors", ".bin") and p.name.startswith(("model", "pytorch_model")) for p in folder.iterdir()):
         return False
     try:
         with open(folder / "random_states_0.pkl", "rb") as f:
