@@ -6,9 +6,10 @@ are the long options of `copymachine train` / `diff` without the dashes (`image`
 `set` (a table of recipe overrides and effect parameters, or a list of `section.key=value`
 strings as on the command line). docs/jobs.example.toml is a commented example.
 
-Nothing here plans or runs a stage: every option is converted and checked by the click option of
-the command it belongs to, and every job runs through `run_method`, the function behind `train`
-and `diff`. A re-run of the queue re-runs each job, which skips every stage that is done.
+Nothing here plans or runs a stage: every key is converted and checked as its option of `train` /
+`diff` is (the table of keys is copymachine/run.py's JOB_KEYS), and every job runs through
+`run.run_method`, the function behind `train` and `diff`. A re-run of the queue re-runs each job,
+which skips every stage that is done.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
+from copymachine import run
 from copymachine.errors import EXIT_INTERRUPTED, CopymachineError, InputError
 from copymachine.progress import Reporter
 from copymachine.supervise import CancelToken
@@ -35,26 +35,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-METHODS = {"train": "copy-machine", "diff": "difference-extraction"}
+METHODS = run.COMMANDS  # train -> copy-machine, diff -> difference-extraction
 EXTRA_KEYS = ("method", "set")
-
-
-def method_commands() -> dict[str, click.Command]:
-    from copymachine.cli import cli
-
-    return {name: cli.commands[name] for name in METHODS}
-
-
-def option_keys(command: click.Command) -> dict[str, click.Parameter]:
-    """A job's keys for `command`: each option's long name without the dashes."""
-    keys: dict[str, click.Parameter] = {}
-    for param in command.params:
-        if not isinstance(param, click.Option):
-            continue
-        longs = [o for o in param.opts if o.startswith("--")]
-        if longs:
-            keys[longs[0][2:]] = param
-    return keys
 
 
 def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -78,17 +60,20 @@ def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]
 
 @dataclass
 class Job:
-    """One job of a jobs file, its options converted by the command's own click options."""
+    """One job of a jobs file, its keys converted and checked as the command's options are."""
 
     index: int  # 1-based, in file order
     label: str
     command: str  # train | diff
-    options: dict[str, Any]
-    sign: str = "edit"
+    options: run.RunOptions
 
     @property
     def method(self) -> str:
         return METHODS[self.command]
+
+    @property
+    def sign(self) -> str:
+        return self.options.sign
 
 
 @dataclass
@@ -108,10 +93,11 @@ class JobResult:
         return self.error.exit_code if self.error else 1
 
 
-def _convert(command: click.Command, param: click.Parameter, key: str, value: Any, folder: Path, where: str) -> Any:
-    if param.multiple and not isinstance(value, list):
-        value = [value]
-    if isinstance(param.type, click.Path):
+def _convert(key: run.Key, value: Any, folder: Path, where: str) -> Any:
+    """A job's value as the option `key` takes it; relative paths are relative to the jobs file."""
+    if key.kind == "flag" and not isinstance(value, bool):
+        raise InputError(f"{where}: {key.name} must be true or false, not {value!r}")
+    if key.kind == "path":
 
         def resolve(v: Any) -> Any:
             if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
@@ -119,13 +105,10 @@ def _convert(command: click.Command, param: click.Parameter, key: str, value: An
             return str(Path(v).expanduser()) if isinstance(v, str) else v
 
         value = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
-    if isinstance(param, click.Option) and param.is_flag and not isinstance(value, bool):
-        raise InputError(f"{where}: {key} must be true or false, not {value!r}")
-    ctx = click.Context(command)
     try:
-        return param.type_cast_value(ctx, value)
-    except click.BadParameter as e:
-        raise InputError(f"{where}: {key}: {e.message}") from None
+        return key.cast(value)
+    except ValueError as e:
+        raise InputError(f"{where}: {key.name}: {e}") from None
 
 
 def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides: dict[str, Any], folder: Path, source: str) -> Job:
@@ -134,46 +117,40 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
     command_name = merged.pop("method", "train")
     if command_name not in METHODS:
         raise InputError(f"{where}: method must be train or diff, not {command_name!r}")
-    command = method_commands()[command_name]
-    keys = option_keys(command)
+    keys = run.job_keys(command_name)
     unknown = sorted(k for k in merged if k not in keys and k not in EXTRA_KEYS)
     if unknown:
         other = "diff" if command_name == "train" else "train"
-        hint = f" (an option of {other}, not of {command_name})" if unknown[0] in option_keys(method_commands()[other]) else ""
+        hint = f" (an option of {other}, not of {command_name})" if unknown[0] in run.job_keys(other) else ""
         raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}")
     sets = merged.pop("set", None)
-    options: dict[str, Any] = {}
-    default_values = command.make_context(command_name, [], resilient_parsing=True).params
-    for key, param in keys.items():
-        if key in merged:
-            options[param.name] = _convert(command, param, key, merged[key], folder, where)
-        elif key in overrides and overrides[key] is not None:
-            options[param.name] = overrides[key]
-        elif param.required:
-            raise InputError(f"{where}: {key} is required (here or in [defaults])")
-        else:
-            options[param.name] = default_values.get(param.name)
-    options["set_tables"] = {}
+    options: dict[str, Any] = run.defaults()
+    for name, key in keys.items():
+        if name in merged:
+            options[key.field] = _convert(key, merged[name], folder, where)
+        elif name in overrides and overrides[name] is not None:
+            options[key.field] = overrides[name]
+        elif key.required:
+            raise InputError(f"{where}: {name} is required (here or in [defaults])")
     if isinstance(sets, dict):
         options["set_tables"] = flatten_sets(sets, where)
     elif sets is not None:
         items = sets if isinstance(sets, list) else [sets]
         if not all(isinstance(i, str) for i in items):
             raise InputError(f"{where}: set must be a table (set.copy.network_dim = 32) or a list of 'section.key=value' strings")
-        options["sets"] = tuple(options.get("sets") or ()) + tuple(items)
-    sign = options.pop("sign", "edit") or "edit"
-    label = options.get("name")
+        options["sets"] = tuple(options["sets"]) + tuple(items)
+    label = options["name"]
     if not label:
-        first = (options.get("images") or [None])[0]
-        where = Path(options["out"]).name if options.get("out") else (Path(first).stem if first else f"job {index}")
-        label = f"{where}-{'+'.join(options['effects']) or 'custom'}"
-    return Job(index=index, label=label, command=command_name, options=options, sign=sign)
+        first = (options["images"] or [None])[0]
+        stem = Path(options["out"]).name if options["out"] else (Path(first).stem if first else f"job {index}")
+        label = f"{stem}-{'+'.join(options['effects']) or 'custom'}"
+    return Job(index=index, label=label, command=command_name, options=run.RunOptions(**options))
 
 
 def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
-    """Read and check a jobs file: every job's options are converted and range-checked (by the
-    click options of `train` / `diff`) before any job runs. `overrides` are queue command-line
-    options (by key) used where neither the job nor [defaults] sets them."""
+    """Read and check a jobs file: every job's options are converted and range-checked (as the
+    options of `train` / `diff` are: run.JOB_KEYS) before any job runs. `overrides` are queue
+    command-line options (by key) used where neither the job nor [defaults] sets them."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -240,12 +217,10 @@ class Queue:
             self.events({"event": name, "time": round(time.time(), 3), **facts})
 
     def _run_one(self, job: Job, slot: int) -> JobResult:
-        from copymachine.cli.methods import run_method
-
         parallel = self.slots > 1
         reporter = Reporter(
             stream=self.reporter.stream,
-            verbose=job.options.get("verbose", False) or self.reporter.verbose,
+            verbose=job.options.verbose or self.reporter.verbose,
             live=False if parallel else self.reporter.live,
             prefix=f"[{job.label}] " if parallel else "",
             events=(lambda e: self.events({**e, "job": job.index})) if self.events else None,  # type: ignore[misc]
@@ -265,7 +240,7 @@ class Queue:
         try:
             if self.token.cancelled:
                 raise CopymachineError("interrupted before it started")
-            finals = run_method(job.method, job.options, sign=job.sign, reporter=reporter, on_pipeline=register, gpu=gpu)
+            finals = run.run_method(job.method, job.options, reporter=reporter, on_pipeline=register, gpu=gpu)
             result = JobResult(job, "done", finals=finals)
         except CopymachineError as e:
             pipeline = self._pipelines.get(job.index)

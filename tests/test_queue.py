@@ -62,14 +62,14 @@ def test_the_example_jobs_file_loads_as_documented():
     assert [j.command for j in jobs] == ["train", "train", "train", "diff"]
     first, second, custom, diff = (j.options for j in jobs)
     folder = EXAMPLE.parent
-    assert first["base"] == folder / "models/sd15.safetensors" and first["resolution"] == 512  # [defaults], relative to the file
-    assert first["images"] == (folder / "pictures/girl.png",) and first["effects"] == ("outline",)
-    assert first["set_tables"] == {"outline": {"width": 2}, "copy": {"network_dim": 64}}
-    assert second["effects"] == ("flat", "contrast") and second["amount"] == 0.8
-    assert second["set_tables"] == {"effect.flat": {"epochs": 8}}
-    assert custom["edited"] == (folder / "pictures/girl-inked.png",) and custom["edit_in_place"] is True and custom["name"] == "girl-inked"
-    assert diff["sets"] == ("svd.rank=8",) and len(diff["images"]) == 2 and jobs[3].sign == "edit"
-    assert diff["preview_model"] == folder / "models/other-sd15.safetensors"
+    assert first.base == folder / "models/sd15.safetensors" and first.resolution == 512  # [defaults], relative to the file
+    assert first.images == (folder / "pictures/girl.png",) and first.effects == ("outline",)
+    assert first.set_tables == {"outline": {"width": 2}, "copy": {"network_dim": 64}}
+    assert second.effects == ("flat", "contrast") and second.amount == 0.8
+    assert second.set_tables == {"effect.flat": {"epochs": 8}}
+    assert custom.edited == (folder / "pictures/girl-inked.png",) and custom.edit_in_place is True and custom.name == "girl-inked"
+    assert diff.sets == ("svd.rank=8",) and len(diff.images) == 2 and jobs[3].sign == "edit"
+    assert diff.preview_model == folder / "models/other-sd15.safetensors"
     # every key of the example is an option of its command, or method / set
     assert [j.label for j in jobs] == ["girl-outline", "girl-flat+contrast", "girl-inked", "girl-posterize"]
 

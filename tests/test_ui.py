@@ -147,8 +147,8 @@ def test_added_jobs_are_jobs_files_the_queue_reads(served, fake_engine, scene, t
     status, data = client.json("/api/jobs", job)
     assert status == 200 and data == {"id": "0001", "label": "girl-outline"}
     (loaded,) = jobfile.load_jobs(app.store.files("0001").toml)
-    assert loaded.command == "diff" and loaded.sign == "memo" and loaded.options["set_tables"] == {"outline": {"width": 2}}
-    assert loaded.options["out"] == app.runs / "girl" and loaded.options["max_steps"] == 3
+    assert loaded.command == "diff" and loaded.sign == "memo" and loaded.options.set_tables == {"outline": {"width": 2}}
+    assert loaded.options.out == app.runs / "girl" and loaded.options.max_steps == 3
     # refused jobs: the queue's and the run's own messages; nothing is left in the queue
     for bad, message in [
         ({**job, "max-steps": 0}, "job 1: max-steps: 0 is not in the range x>=1."),
@@ -163,7 +163,7 @@ def test_added_jobs_are_jobs_files_the_queue_reads(served, fake_engine, scene, t
     status, data = client.json("/api/jobs", {"base": str(fake_engine.base), "effect": ["flat"], "prompt": "1cat", "set": {"generate": {"seed": 7}}})
     assert status == 200 and data["id"] == "0002", data
     (generated,) = jobfile.load_jobs(app.store.files("0002").toml)
-    assert generated.options["images"] == () and generated.options["prompt"] == "1cat" and generated.options["set_tables"] == {"generate": {"seed": 7}}
+    assert generated.options.images == () and generated.options.prompt == "1cat" and generated.options.set_tables == {"generate": {"seed": 7}}
     status, data = client.json("/api/jobs")
     assert [j["status"] for j in data["jobs"]] == ["queued", "queued"] and data["jobs"][0]["label"] == "girl-outline"
 

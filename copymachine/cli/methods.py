@@ -1,103 +1,18 @@
-"""`copymachine train` (the copy-machine method) and `copymachine diff` (difference extraction)."""
+"""`copymachine train` (the copy-machine method) and `copymachine diff` (difference extraction):
+their click options, turned into RunOptions and run by copymachine/run.py."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import click
 
 from copymachine import effects as effect_registry
-from copymachine import preflight, profiles
 from copymachine.cli import cli
-from copymachine.cli.common import engine_options, make_settings
-from copymachine.cli.see import see_options, see_recipe_sets, see_request
-from copymachine.errors import InputError
-from copymachine.files import HashCache
-from copymachine.methods import (
-    COPY_MACHINE,
-    CUSTOM,
-    DIFFERENCE,
-    Request,
-    images_in,
-    make_sources,
-    match_edits,
-    plan,
-    run_folders,
-)
-from copymachine.models import ModelInfo
-from copymachine.pipeline import Pipeline
-from copymachine.plan import Plan, stage_name
-from copymachine.progress import Reporter
-from copymachine.recipe import MEMO, Recipe, apply_overrides, load_recipe_file, parse_set_options
-from copymachine.recipe import ratio as recipe_ratio
-from copymachine.stages import Settings
-from copymachine.stages.leakage import summary as leakage_summary
-
-
-def resolve_effects(effects: tuple[str, ...], has_edits: bool) -> list[str]:
-    names = effect_registry.names()
-    chosen: list[str] = []
-    for effect in effects or ((CUSTOM,) if has_edits else ()):
-        if effect == "all":
-            chosen += [n for n in names if n not in chosen]
-        elif effect == CUSTOM or effect in names:
-            if effect not in chosen:
-                chosen.append(effect)
-        else:
-            raise InputError(f"unknown effect {effect!r}; choose from {', '.join(names)}, all, or custom (with --edited)")
-    if not chosen:
-        raise InputError(f"name an effect (--effect {', '.join(names)}, all) or give your own edit with --edited")
-    if CUSTOM in chosen and not has_edits:
-        raise InputError("--effect custom needs your edited image: --edited EDIT.png (or --edited-dir)")
-    if has_edits and CUSTOM not in chosen:
-        raise InputError("--edited / --edited-dir are your own edits: use them with --effect custom (or leave --effect out)")
-    return chosen
-
-
-def split_set_options(items: tuple[str, ...], tables: dict[str, dict] | None = None) -> tuple[dict, dict]:
-    """--set takes recipe keys (copy.network_dim=32) and effect parameters (outline.width=2);
-    `tables` holds more of them already parsed ({section: {key: value}}, a jobs file's `set`)."""
-    recipe_sets: dict[str, dict] = {}
-    effect_sets: dict[str, dict] = {}
-    parsed = parse_set_options(items)
-    for section, values in (tables or {}).items():
-        parsed.setdefault(section, {}).update(values)
-    for section, values in parsed.items():
-        if section in effect_registry.names():
-            effect_sets[section] = values
-        else:
-            recipe_sets[section] = values
-    return recipe_sets, effect_sets
-
-
-def parse_absorb(items: tuple[str, ...]) -> list[tuple[Path, float]]:
-    """STYLE.safetensors[:RATIO]; a Windows drive letter is not a ratio."""
-    out = []
-    for item in items:
-        path, ratio = item, 1.0
-        head, sep, tail = item.rpartition(":")
-        if sep and head:
-            try:
-                ratio = float(tail)
-                path = head
-            except ValueError:
-                pass
-            else:
-                ratio = recipe_ratio(ratio, f"--absorb {item}")
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"--absorb: style LoRA not found: {p}")
-        out.append((p, ratio))
-    return out
-
-
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} is not a file: {path}")
+from copymachine.cli.common import engine_options
+from copymachine.cli.see import see_options
+from copymachine.methods import COPY_MACHINE, DIFFERENCE
+from copymachine.run import RunOptions, run_method
 
 
 def method_options(f):
@@ -145,165 +60,6 @@ def method_options(f):
     return f
 
 
-def leakage_scores(the_plan, effect: str) -> dict | None:
-    """The leakage stage's scores of `effect`'s final LoRA, when the run measured them."""
-    try:
-        path = the_plan.stage(stage_name("leakage", effect)).outputs["scores"]
-    except KeyError:
-        return None
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def check_inputs(o: dict, reporter: Reporter):
-    """The run's inputs, checked before anything else (files exist, effects, the base model, the
-    images): the first step of every run, and what the web UI checks when a job is added."""
-    if o["images"] and o["images_dir"]:
-        raise InputError("give --image or --images, not both")
-    if o["edited"] and o["edited_dir"]:
-        raise InputError("give --edited or --edited-dir, not both")
-    images = images_in(o["images_dir"]) if o["images_dir"] else list(o["images"])
-    for path in images:
-        _check_file(path, "image")
-    edited = match_edits(images, o["edited_dir"]) if o["edited_dir"] else list(o["edited"])
-    for path in edited:
-        _check_file(path, "edited image")
-    if edited and not images:
-        raise InputError("--edited is an edit of your --image: give the original too")
-    effects = resolve_effects(o["effects"], bool(edited))
-    model = preflight.check_base_model(o["base"], reporter, allow_pickle=o["allow_pickle"])
-    preflight.check_images(images, edited, o["resolution"], reporter)
-    return images, edited, effects, model
-
-
-def _recipe(method: str, o: dict, effects: list[str]) -> tuple[Recipe, dict[str, dict]]:
-    """The recipe (memo, --recipe, --set and the options that are recipe keys) and the effects'
-    parameters (--set outline.width=2)."""
-    recipe = load_recipe_file(o["recipe_file"], MEMO) if o["recipe_file"] else MEMO
-    recipe_sets, effect_sets = split_set_options(o["sets"], o.get("set_tables"))
-    shorthand: dict[str, dict] = see_recipe_sets(o)
-    if o["caption"] is not None and "prefix" not in shorthand.get("caption", {}):
-        shorthand.setdefault("caption", {})["text"] = o["caption"]
-    if o["prompt"] is not None:
-        shorthand["generate"] = {"prompt": o["prompt"]}
-    if o["copy_model"] is not None:
-        shorthand["merge"] = {"copy_model": o["copy_model"]}
-    if o["rank"] is not None:
-        if method == DIFFERENCE and o["rank"] == 0:
-            raise InputError("--rank 0 keeps a trained rank; difference extraction makes a new LoRA: give its rank (memo: 8)")
-        shorthand["svd" if method == DIFFERENCE else "resize"] = {"rank": o["rank"]}
-    for section, values in shorthand.items():
-        recipe_sets.setdefault(section, {}).update(values)
-    if recipe_sets:
-        recipe = apply_overrides(recipe, recipe_sets, "--set")
-    for effect in effect_sets:
-        if effect not in effects:
-            raise InputError(f"--set {effect}.… sets a parameter of {effect}, which this run does not train")
-    return recipe, effect_sets
-
-
-def make_request(method: str, o: dict, sign: str, reporter: Reporter, gpu: int | None) -> tuple[Request, ModelInfo, Settings]:
-    """The run asked for, from its options: inputs checked, the recipe, sd-scripts located (and
-    pinned to `gpu`), the tokenizers the base model's family needs."""
-    images, edited, effects, model = check_inputs(o, reporter)
-    recipe, effect_sets = _recipe(method, o, effects)
-    settings = make_settings(o["sd_scripts"], o["python"], o["device"], o["tokenizer_cache_dir"], o["offline"], reporter, require=not o["dry_run"], low_vram=o["low_vram"])
-    if gpu is not None and settings.gpus:
-        settings = dataclasses.replace(settings, pinned_gpu=gpu, gpus=1)
-    preflight.check_tokenizers(settings, model.family, reporter)
-    request = Request(
-        method=method,
-        base=o["base"],
-        family=model.family,
-        effects=effects,
-        recipe=recipe,
-        sources=make_sources(images, edited),
-        out=o["out"],
-        name=o["name"],
-        cache_dir=o["cache_dir"],
-        effect_params=effect_sets,
-        amount=o["amount"],
-        resolution=o["resolution"],
-        max_steps=o["max_steps"],
-        absorb=parse_absorb(o["absorb"]),
-        combine=o["combine"],
-        sign=sign,
-        edit_in_place=o["edit_in_place"],
-        samples=o["samples"] or 0,
-        tensorboard=o["tensorboard"],
-        copy_stop_at=o.get("copy_stop_at"),
-        **see_request(o, model.family),
-    )
-    return request, model, settings
-
-
-def check_run(request: Request, o: dict, model: ModelInfo, settings: Settings, reporter: Reporter) -> tuple[Plan, HashCache]:
-    """Pre-flight of the planned run: the output folders (a dry run writes configs into the run
-    and cache folders: the same output checks as a run), then, for a run, disk space and RAM."""
-    folders = run_folders(request)
-    preflight.check_writable({"cache folder": folders.cache})
-    hashes = HashCache(folders.cache / "hashes.json")
-    the_plan = plan(request, settings, hashes, folders)
-    preflight.check_output(the_plan, the_plan.info["identity"], hashes, force=o["force"])
-    preflight.check_writable({"run folder": the_plan.run_dir})
-    for note in the_plan.notes:
-        reporter.note(note)
-    if not o["dry_run"]:
-        preflight.check_resources(the_plan, model, reporter)
-    reporter.info(
-        f"copymachine {request.method}: {model.family.label} base {o['base'].name}; {len(request.sources)} image(s); "
-        f"effects: {', '.join(request.effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"
-        + (f" ({settings.mixed_precision})" if settings.mixed_precision != "no" else "")
-    )
-    return the_plan, hashes
-
-
-def side_by_side(o: dict, request: Request, model: ModelInfo, settings: Settings, reporter: Reporter) -> int:
-    """How many trainings run at once: --jobs, else what the GPUs' free memory holds; one on the CPU."""
-    trainings = len(request.effects) * len(request.sources)
-    if settings.device == "cpu":
-        if o["jobs"] and o["jobs"] > 1:
-            reporter.warn("--jobs: CPU runs stay sequential (parallel trainings would only share the same cores)")
-        return 1
-    vram = settings.probe.vram_free if settings.probe else None
-    jobs = o["jobs"] or profiles.default_jobs(model.family.name, o["low_vram"], settings.gpus, vram, trainings)
-    if jobs > 1:
-        reporter.info(f"{jobs} trainings side by side" + (f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"))
-    return jobs
-
-
-def run_jobs(the_plan: Plan, o: dict, settings: Settings, hashes: HashCache, reporter: Reporter, jobs: int, on_pipeline=None) -> list[Path]:
-    """Run the plan's stages (or, with --dry-run, print them); returns the final LoRAs' paths."""
-    reporter.event("plan", run_dir=str(the_plan.run_dir), stages=[s.title for s in the_plan.stages], finals={k: str(v) for k, v in the_plan.finals.items()})
-    pipeline = Pipeline(the_plan, settings, reporter, hashes)
-    if on_pipeline is not None:
-        on_pipeline(pipeline)
-    pipeline.run(dry_run=o["dry_run"], wait=not o["no_wait"], jobs=jobs)
-    hashes.save()
-    if o["dry_run"]:
-        return []
-    for effect, path in the_plan.finals.items():
-        scores = leakage_scores(the_plan, effect)
-        if scores is not None:
-            reporter.info(f"{path.name}: {leakage_summary(scores)}")
-    reporter.info(f"done: {len(the_plan.finals)} LoRA(s) in {the_plan.run_dir}; manifest: {the_plan.run_dir / 'manifest.json'}")
-    return list(the_plan.finals.values())
-
-
-def run_method(method: str, o: dict, sign: str = "edit", reporter: Reporter | None = None, on_pipeline=None, gpu: int | None = None) -> list[Path]:
-    """One run of `train` or `diff` from its options (`o`: the click options by name, plus
-    `set_tables`, parsed --set tables): request, pre-flight, jobs. The one code path of every
-    face: the CLI commands, the queue (copymachine/jobfile.py) and through it the web UI.
-    Returns the final LoRAs' paths.
-
-    `on_pipeline(pipeline)` is called with the Pipeline before it runs (the queue stops it on
-    Ctrl-C); `gpu` pins every sd-scripts call of the run to that CUDA device."""
-    reporter = reporter or Reporter(verbose=o["verbose"])
-    request, model, settings = make_request(method, o, sign, reporter, gpu)
-    the_plan, hashes = check_run(request, o, model, settings, reporter)
-    jobs = side_by_side(o, request, model, settings, reporter)
-    return run_jobs(the_plan, o, settings, hashes, reporter, jobs, on_pipeline)
-
-
 def echo_finals(finals: list[Path]) -> None:
     """stdout carries only results: one final LoRA per line."""
     for path in finals:
@@ -337,7 +93,7 @@ def train(copy_stop_at, **options):
       copymachine train --effect all --base sd15.safetensors --image girl.png --image cat.png
       copymachine train --effect flat --base sd15.safetensors --dry-run
     """
-    echo_finals(run_method(COPY_MACHINE, {**options, "copy_stop_at": copy_stop_at}))
+    echo_finals(run_method(COPY_MACHINE, RunOptions(copy_stop_at=copy_stop_at, **options)))
 
 
 @cli.command()
@@ -358,4 +114,4 @@ def diff(sign, **options):
     Example:
       copymachine diff --effect outline --base sd15.safetensors --image girl.png
     """
-    echo_finals(run_method(DIFFERENCE, options, sign=sign))
+    echo_finals(run_method(DIFFERENCE, RunOptions(sign=sign, **options)))

@@ -1,13 +1,13 @@
 """See what you made: `copymachine preview` (a strength sweep of a LoRA on a model) and
 `copymachine inspect` (what is in a LoRA file); plus the options `train` and `diff` take for
-the copy check, the preview at the end of a run and WD14 captions."""
+the copy check, the preview at the end of a run and WD14 captions (what they mean for a run:
+see_recipe_sets and see_request in copymachine/run.py)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 from PIL import Image
@@ -20,7 +20,7 @@ from copymachine.files import HashCache
 from copymachine.lorafile import summarize_lora
 from copymachine.lorainfo import format_report, lora_report
 from copymachine.methods import training_size
-from copymachine.models import Family, inspect_base_model, lora_family
+from copymachine.models import inspect_base_model, lora_family
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Planner
 from copymachine.progress import Reporter
@@ -47,30 +47,6 @@ def see_options(f: Callable) -> Callable:
     for option in reversed(options):
         f = option(f)
     return f
-
-
-def see_recipe_sets(o: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Recipe overrides the see options stand for."""
-    caption: dict[str, Any] = {}
-    method = o.get("caption_with") or ("wd14" if o.get("tagger_dir") else None)
-    if method:
-        caption["method"] = method
-    if method == "wd14" and o.get("caption") is not None:
-        caption["prefix"] = o["caption"]
-    for key in ("general_threshold", "character_threshold"):
-        if o.get(key) is not None:
-            caption[key] = o[key]
-    return {"caption": caption} if caption else {}
-
-
-def see_request(o: dict[str, Any], family: Family) -> dict[str, Any]:
-    """Request fields from the see options (checked: the preview model's family)."""
-    preview_model = o.get("preview_model")
-    if preview_model is not None:
-        model = inspect_base_model(preview_model, for_training=False)
-        if model.family.name != family.name:
-            raise InputError(f"--preview-model is {model.family.label}, but the LoRA is trained on {family.label}: preview it on a {family.label} model")
-    return {"copy_check": not o.get("no_copy_check"), "preview_model": preview_model, "tagger_dir": o.get("tagger_dir")}
 
 
 # --- copymachine preview ----------------------------------------------------------------------

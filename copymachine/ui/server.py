@@ -3,7 +3,7 @@ library (http.server) with a page of plain JavaScript (copymachine/ui/static/).
 
 - Make: the live edit previews and their verdicts call the edit stage's own function
   (stages/edit_image.edit_and_check + verdict_lines); Add to queue writes a jobs file, checked by
-  the queue's loader and the run's first checks (cli/methods.check_inputs).
+  the queue's loader and the run's first checks (run.check_inputs).
 - Queue: the worker (ui/store.py) runs each job as `copymachine queue JOB.toml --events FILE`;
   stages and progress come from the Reporter's events.
 - Results (ui/results.py): the run's stage stamps (copy-check sheet, strength sweep, edit compare
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
-import click
 from PIL import Image
 
 from copymachine import __version__
@@ -162,19 +161,16 @@ class App:
 
     def add_job(self, body: dict[str, Any]) -> dict[str, Any]:
         """A job from the Make page: written as a jobs file and checked as `queue` checks it."""
-        from copymachine import jobfile
-        from copymachine.cli.methods import check_inputs
+        from copymachine import jobfile, run
 
         table = {k: v for k, v in body.items() if not (v is None or v is False or (isinstance(v, (str, list, dict)) and not v))}
         engine = sorted(k for k in table if k in ENGINE_KEYS)
         if engine:
             raise InputError(f"{engine[0]}: the engine is the UI's, set when it starts (copymachine ui --sd-scripts … --python …); a job from the page may not name it")
         method = table.get("method", "train")
-        commands = jobfile.method_commands()
-        if method not in commands:
+        if method not in run.COMMANDS:
             raise InputError(f"method must be train or diff, not {method!r}")
-        keys = jobfile.option_keys(commands[method])
-        self.check_paths(table, [k for k, param in keys.items() if isinstance(param.type, click.Path)])
+        self.check_paths(table, [name for name, key in run.job_keys(method).items() if key.kind == "path"])
         if "base" not in table:
             raise InputError("give the base model (a path to a .safetensors checkpoint)")
         if not table.get("out"):
@@ -183,7 +179,7 @@ class App:
         job_id = self.store.add(table, self.engine_overrides)
         try:
             job = jobfile.load_jobs(self.store.files(job_id).toml, self.engine_overrides)[0]
-            check_inputs(job.options, Reporter(stream=io.StringIO()))
+            run.check_inputs(job.options, Reporter(stream=io.StringIO()))
         except BaseException:
             self.store.remove(job_id)
             raise
