@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,19 +36,40 @@ class SavedState:
     step: int
 
 
-def _complete(folder: Path) -> bool:
-    """Every file of the state is there and the random states (written last) are a whole pickle
-    (a pickle ends with its STOP opcode "."): a state cut off by a kill is not resumed."""
-    if not all((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in _STATE_FILES):
+def _whole(path: Path) -> bool:
+    """A file written to its end: a torch.save zip (its end-of-central-directory record is last), a
+    plain pickle (its STOP opcode "." is last), or a safetensors file (as long as its header says)."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return False
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                header = int.from_bytes(f.read(8), "little")
+                if header > size - 8:
+                    return False
+                offsets = [v["data_offsets"][1] for k, v in json.loads(f.read(header)).items() if k != "__metadata__"]
+            return size >= 8 + header + max(offsets, default=0)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return z.testzip() is None if size < 64 * 1024 * 1024 else bool(z.namelist())
+        with open(path, "rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) == b"."
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
         return False
-    if not any(p.suffix in (".safetensors", ".bin") and p.name.startswith(("model", "pytorch_model")) for p in folder.iterdir()):
+
+
+def _complete(folder: Path) -> bool:
+    """Every file of the state is there and whole (accelerate writes the RNG states last; a torch
+    file cut off by a kill lacks its zip directory): a state cut off by a kill is not resumed."""
+    models = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.name.startswith(("model", "pytorch_model"))]
+    if not models or not all((folder / name).is_file() for name in _STATE_FILES):
+        return False
+    if not all(_whole(p) for p in [*models, *(folder / n for n in _STATE_FILES if n != "train_state.json")]):
         return False
     try:
-        with open(folder / "random_states_0.pkl", "rb") as f:
-            f.seek(-1, 2)
-            if f.read(1) != b".":
-                return False
-        json.loads((folder / "train_state.json").read_text(encoding="utf-8"))["current_step"]
+        int(json.loads((folder / "train_state.json").read_text(encoding="utf-8"))["current_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return True

@@ -14,11 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
 from PIL import Image, ImageEnhance
 
 from copymachine import trainstate
 from copymachine.cli import cli
+from copymachine.lorafile import write_safetensors
 
 
 def _images(tmp_path, scene):
@@ -108,21 +110,34 @@ def test_the_scratch_folder_keeps_only_the_newest_complete_state_of_its_key(tmp_
         folder = scratch / f"lora-step{step:08d}-state"
         folder.mkdir(parents=True)
         (folder / "train_state.json").write_text(json.dumps({"current_epoch": 1, "current_step": step}))
-        (folder / "model.safetensors").write_bytes(b"x" * 10)
+        write_safetensors(folder / "model.safetensors", {"w": np.zeros(4, np.float32)})
         for name in ("optimizer.bin", "scheduler.bin"):
             (folder / name).write_bytes(pickle.dumps(name))
         data = pickle.dumps({"rng": step})
         (folder / "random_states_0.pkl").write_bytes(data if complete else data[:-3])  # cut off by a kill
         return folder
 
+    def torch_saved(folder: Path, cut: bool) -> None:
+        """What accelerate writes with torch.save: a zip; a kill mid-write leaves no zip directory."""
+        import io
+        import zipfile
+
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("archive/data.pkl", pickle.dumps({"rng": 1}))
+        data = buf.getvalue()
+        (folder / "random_states_0.pkl").write_bytes(data[:-30] if cut else data)
+
     trainstate.mark(scratch, "key1")
     state(2), state(4), state(6, complete=False)
+    torch_saved(state(8), cut=False)
+    torch_saved(state(10), cut=True)
     (scratch / "lora.safetensors").write_bytes(b"half a LoRA")
-    assert trainstate.resumable(scratch, "key1", total_steps=8).step == 4
-    assert trainstate.resumable(scratch, "key1", total_steps=4).step == 2  # not at the last step: sd-scripts refuses
+    assert trainstate.resumable(scratch, "key1", total_steps=12).step == 8
+    assert trainstate.resumable(scratch, "key1", total_steps=8).step == 4  # not at the last step: sd-scripts refuses
     assert trainstate.resumable(scratch, "key2", total_steps=8) is None
     assert trainstate.keep(scratch, "key1") is None
-    assert sorted(p.name for p in scratch.iterdir()) == ["lora-step00000004-state", trainstate.KEY_FILE]
+    assert sorted(p.name for p in scratch.iterdir()) == ["lora-step00000008-state", trainstate.KEY_FILE]
     assert trainstate.keep(scratch, "key2") is not None
     assert list(scratch.iterdir()) == []
 
