@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from copymachine import capabilities
+from copymachine.copystop import CopyStop
 from copymachine.errors import InputError
 from copymachine.files import HashCache, folder_stem
 from copymachine.images import image_info
 from copymachine.models import BaseOptions, Family, Prediction, base_options
 from copymachine.plan import FileRef, LoraTerm, Plan, Planner, WeightedLora, stage_name
-from copymachine.recipe import Recipe, TrainingRecipe
+from copymachine.recipe import MEMO, Recipe, TrainingRecipe
 from copymachine.stages import Settings, kind_versions
 from copymachine.stages.captions import OUTPUTS as CAPTION_OUTPUTS
 from copymachine.stages.captions import caption_plan
@@ -96,6 +97,9 @@ class Request:
     tagger_dir: Path | None = None  # WD14 tagger folder (model.onnx, selected_tags.csv)
     prediction: Prediction = field(default_factory=Prediction)  # the base model's (models.choose_prediction)
     preview_prediction: Prediction | None = None  # --preview-model's; None: as the base model's
+    samples: int = 0  # --samples N: sample images every N training steps (0: none)
+    tensorboard: bool = False  # --tensorboard: sd-scripts' logging_dir under the run folder
+    copy_stop_at: float | None = None  # --copy-stop-at SSIM: the copy LoRA stops when its check reaches it
 
     def __post_init__(self) -> None:
         self.absorb = [a if isinstance(a, StyleLora) else StyleLora(Path(a[0]), a[1]) for a in self.absorb]
@@ -440,10 +444,29 @@ def _prepare(c: _Context) -> None:
 # --- trainings and the copy check
 
 
-def _train(c: _Context, name: str, title: str, training: TrainingRecipe, sp: SourcePlan, base: FileRef, image: FileRef, caption: str, output: str, base_weights: list[WeightedLora], **where) -> FileRef:
+def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
+    """--copy-stop-at: the copy LoRA's segments (the save interval) and the check after each (the
+    recipe's [copy_check] prompts, the copy LoRA at the merge ratio on the base)."""
+    if c.request.copy_stop_at is None:
+        return None
+    _, check, _ = copy_check_plan(c.recipe.copy_check, c.family.gen_flag, sp.size, c.gen_precision, {}, None, c.base_weights)
+    return CopyStop(
+        min_ssim=float(c.request.copy_stop_at),
+        segment=c.recipe.watch.save_every_n_steps or MEMO.watch.save_every_n_steps,
+        check=check,
+        lora_multiplier=c.recipe.merge.ratio,
+        base_weights_multipliers=[w.ratio for w in c.base_weights],
+    )
+
+
+def _train(c: _Context, name: str, title: str, training: TrainingRecipe, sp: SourcePlan, base: FileRef, image: FileRef, caption: str, output: str, base_weights: list[WeightedLora], copy_stop: CopyStop | None = None, **where) -> FileRef:
     """One training; `base_weights` (LoRA, multiplier) are merged into `base` in memory first."""
     inputs = {"base": base, "image": image, "caption": c.ref(sp.captions, caption)}
-    inputs, params = training_plan(training, c.family, sp.size, c.settings, c.request.max_steps, inputs, base_weights, c.model, c.sd_args)
+    inputs, params = training_plan(
+        training, c.family, sp.size, c.settings, c.request.max_steps, inputs, base_weights, c.model, c.sd_args,
+        save_every_n_steps=c.recipe.watch.save_every_n_steps, samples=c.request.samples, watch=c.recipe.watch,
+        logging_dir=c.run_dir / "tensorboard" if c.request.tensorboard else None, copy_stop=copy_stop,
+    )  # fmt: skip
     return c.add(name, "train_lora", title, inputs, params, {"lora": output}, **where)  # type: ignore[return-value]
 
 
@@ -585,7 +608,7 @@ def _copy_machines(c: _Context) -> dict[str, list[FileRef]]:
         source = sp.source
         # steps 2-3, the copy machine: shared by every effect and run with the same inputs
         name = stage_name("copy-lora", source=source.id)
-        copy_lora = _train(c, name, f"{source.prefix}copy LoRA", c.recipe.copy, sp, c.training_base, sp.original, "original", "copy-lora.safetensors", c.base_weights, shared_as="copy-lora")
+        copy_lora = _train(c, name, f"{source.prefix}copy LoRA", c.recipe.copy, sp, c.training_base, sp.original, "original", "copy-lora.safetensors", c.base_weights, copy_stop=_copy_stop(c, sp), shared_as="copy-lora")
         if c.in_memory:
             # the copy model is the base + the copy LoRA, merged in memory by each training and render
             copy_model, effect_weights = c.training_base, [*c.base_weights, WeightedLora(copy_lora, ratio)]

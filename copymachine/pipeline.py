@@ -17,7 +17,7 @@ from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any
 
-from copymachine import graph
+from copymachine import graph, trainstate
 from copymachine.dryrun import print_dry_run
 from copymachine.errors import CheckFailed, CopymachineError, EngineError
 from copymachine.files import HashCache, move_into_place, remove_stale_temps
@@ -50,12 +50,13 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _tidy(stage: Stage) -> None:
-    """What a run killed in this stage left behind (its lock is held): its scratch folder, a
-    .partial folder emptied but not removed, temporary files of interrupted writes."""
+def _tidy(stage: Stage, kind, reporter: Reporter | None = None) -> None:
+    """What a run killed in this stage left behind (its lock is held): its scratch folder (but a
+    training's newest saved state of this stage key: copymachine/trainstate.py), a .partial
+    folder emptied but not removed, temporary files of interrupted writes."""
     scratch = stage.workdir / ".partial" / stage.slug
     if scratch.exists():
-        shutil.rmtree(scratch, ignore_errors=True)
+        _clear_scratch(scratch, stage, kind, reporter)
     _remove_if_empty(scratch.parent)
     for folder in (stage.workdir, stage.workdir / ".stages", stage.workdir / "config"):
         remove_stale_temps(folder)
@@ -70,8 +71,26 @@ def _hashed_inputs(stage: Stage, hashes: HashCache) -> dict[str, Any]:
     return inputs
 
 
-def _drop_scratch(ctx: StageContext) -> None:
-    shutil.rmtree(ctx.scratch, ignore_errors=True)
+def _clear_scratch(scratch: Path, stage: Stage, kind, reporter: Reporter | None = None) -> None:
+    """Empty a stage's scratch folder; a training keeps its newest saved state of this key."""
+    if not getattr(kind, "keeps_state", False):
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
+    removed = trainstate.keep(scratch, stage.key)
+    if removed and reporter is not None:
+        reporter.info(f"{stage.title}: removed {removed}")
+    try:
+        scratch.rmdir()  # nothing kept
+    except OSError:
+        pass
+
+
+def _drop_scratch(ctx: StageContext, kind=None) -> None:
+    """After an attempt: its files go (a training's newest saved state stays when it failed)."""
+    if kind is None:
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+    else:
+        _clear_scratch(ctx.scratch, ctx.stage, kind, ctx.reporter)
     _remove_if_empty(ctx.scratch.parent)
 
 
@@ -79,7 +98,11 @@ def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
     """Run one stage into its scratch folder, validate its outputs, move them into place, and
     write its stamp last. Returns the stamp."""
     remove_stamp(stage)  # what is at the final paths is not trusted until the new stamp
-    reset_scratch(ctx.scratch)
+    if getattr(kind, "keeps_state", False) and ctx.scratch.is_dir():
+        _clear_scratch(ctx.scratch, stage, kind, ctx.reporter)
+        ctx.scratch.mkdir(parents=True, exist_ok=True)
+    else:
+        reset_scratch(ctx.scratch)
     started = now()
     t0 = time.monotonic()
     inputs = _hashed_inputs(stage, ctx.hashes)
@@ -93,8 +116,9 @@ def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
             produced[name] = (path, _validated(kind, stage, name, path, ctx, ctx.log_path))
     except BaseException:
         # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept:
-        # the log holds what went wrong, and the next run starts the stage afresh
-        _drop_scratch(ctx)
+        # the log holds what went wrong, and the next run starts the stage afresh (a training
+        # from its newest saved state)
+        _drop_scratch(ctx, kind)
         raise
     outputs: dict[str, Any] = {}
     for name, (path, facts) in produced.items():
@@ -316,8 +340,8 @@ class Pipeline:
 
     def _run_stage(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
         """Skip the stage when it is done, else run it; then its verdict. True when it ran."""
-        _tidy(stage)
         kind = kinds()[stage.kind]
+        _tidy(stage, kind, self.reporter)
         stamp = done_stamp(stage, self.hashes)
         if stamp:
             where = str(stage.workdir) if stage.shared else ", ".join(p.name for p in stage.outputs.values())

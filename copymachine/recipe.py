@@ -204,6 +204,7 @@ class LeakageRecipe:
     scale: float = 7.0
     negative_prompt: str = ""
 
+
 @dataclass(frozen=True)
 class ModelRecipe:
     """What the base model is used with, in every training and every render (copy check,
@@ -213,6 +214,24 @@ class ModelRecipe:
     reads its penultimate layer. Recorded in the final LoRA as ss_clip_skip."""
 
     clip_skip: int = 1
+
+
+@dataclass(frozen=True)
+class WatchRecipe:
+    """What a training saves on the way (copymachine's choices; none of it changes the trained
+    weights, so none enters a stage key). Every `save_every_n_steps` steps sd-scripts saves its
+    whole state (network, optimizer, scheduler, RNG), the last one only, so that a killed
+    training resumes there (0: no state saved, a killed training starts again at step 0)."""
+
+    save_every_n_steps: int = 256  # 12 saves in the copy LoRA's 3072 steps, 16 in an effect's 4096
+    # `--samples N`: every N steps sd-scripts renders these prompts ("|"-separated; "{caption}" is
+    # the training caption) at the training size, seeds sample_seed, sample_seed+1, ...; for the
+    # effect LoRA on the copy model with the LoRA at +1, so the edit is seen growing
+    sample_prompts: str = "{caption}"
+    sample_sampler: str = "euler_a"
+    sample_steps: int = 20
+    sample_scale: float = 7.0
+    sample_seed: int = 1
 
 
 # --- the range of every number -------------------------------------------------------------
@@ -291,6 +310,8 @@ LIMITS: dict[type, dict[str, Limit]] = {
     LeakageRecipe: {"seed": _SEED, "threshold": Limit(0, 1, low_open=True), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
     ModelRecipe: {"clip_skip": Limit(1, 12, why="CLIP ViT-L/14 has 12 layers")},
     PreviewRecipe: {"size": Limit(0, MAX_SIDE, why="0: the model's own size"), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
+    WatchRecipe: {"save_every_n_steps": Limit(0, 100000, why="0: no saved state"), "sample_sampler": _SAMPLER, "sample_steps": _SAMPLING_STEPS,
+                  "sample_scale": _CFG_SCALE, "sample_seed": _SEED},
 }
 
 
@@ -329,6 +350,7 @@ class Recipe:
     # added to every training's TOML as they are, checked against the training script's --help
     # before any work ([sd_args] in a recipe file, --sd-arg KEY=VALUE)
     sd_args: dict[str, Any] = field(default_factory=dict)
+    watch: WatchRecipe = field(default_factory=WatchRecipe)
 
     def effect_training(self, effect: str) -> TrainingRecipe:
         return self.effect_overrides.get(effect, self.effect)
@@ -366,6 +388,7 @@ _SECTIONS: dict[str, type] = {
     "preview": PreviewRecipe,
     "leakage": LeakageRecipe,
     "model": ModelRecipe,
+    "watch": WatchRecipe,
 }
 SD_ARGS = "sd_args"
 

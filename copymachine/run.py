@@ -87,6 +87,8 @@ class RunOptions:
     absorb: tuple[str, ...] = ()
     cache_dir: Path | None = None
     jobs: int | None = None
+    samples: int | None = None  # --samples N: sample images every N training steps
+    tensorboard: bool = False  # --tensorboard: sd-scripts' logging_dir under the run folder
     low_vram: bool = False
     dry_run: bool = False
     no_wait: bool = False
@@ -106,6 +108,8 @@ class RunOptions:
     tokenizer_cache_dir: Path | None = None
     offline: bool = False
     verbose: bool = False
+    # train only
+    copy_stop_at: float | None = None  # --copy-stop-at SSIM
     # diff only
     sign: str = "edit"
     set_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -219,6 +223,8 @@ JOB_KEYS: dict[str, Key] = _keys(
     Key("absorb", "absorb", "text", multiple=True),
     Key("cache-dir", "cache_dir", "path"),
     Key("jobs", "jobs", "number", number=int, min=1),
+    Key("samples", "samples", "number", number=int, min=1),
+    Key("tensorboard", "tensorboard", "flag"),
     Key("low-vram", "low_vram", "flag"),
     Key("dry-run", "dry_run", "flag"),
     Key("no-wait", "no_wait", "flag"),
@@ -236,6 +242,7 @@ JOB_KEYS: dict[str, Key] = _keys(
     Key("tokenizer-cache-dir", "tokenizer_cache_dir", "path"),
     Key("offline", "offline", "flag"),
     Key("verbose", "verbose", "flag"),
+    Key("copy-stop-at", "copy_stop_at", "number", number=float, min=0, max=1, commands=("train",)),
     Key("sign", "sign", "choice", choices=("edit", "memo"), commands=("diff",)),
 )
 
@@ -497,6 +504,9 @@ def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None
         sign=o.sign,
         edit_in_place=o.edit_in_place,
         prediction=choose_prediction(model, o.v_pred, o.zero_terminal_snr),
+        samples=o.samples or 0,
+        tensorboard=o.tensorboard,
+        copy_stop_at=o.copy_stop_at,
         **see_request(o, model.family),
     )
     return request, model, settings

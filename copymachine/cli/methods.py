@@ -48,6 +48,8 @@ def method_options(f):
         click.option("--absorb", multiple=True, metavar="STYLE.safetensors[:RATIO]", help="Merge a style LoRA into the base model first; every training uses the result (the memo's tip). Repeatable."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where shared stages (copy LoRAs, copy models, LoRA A) are kept. Default: $COPYMACHINE_CACHE, else <run folder>/../_cache."),
         click.option("--jobs", type=click.IntRange(1), help="Trainings run side by side (several effects or images): one per GPU on a multi-GPU machine, else as many as the GPU's free memory holds (default); CPU runs stay sequential."),
+        click.option("--samples", type=click.IntRange(1), metavar="N", help="Every N steps of each training, render the recipe's [watch] sample prompt(s) with the LoRA so far (the effect LoRA: on the copy model at +1) into <run folder>/samples/<stage>/; the web UI's queue page shows the latest. Each costs one render (README)."),
+        click.option("--tensorboard", is_flag=True, help="sd-scripts writes TensorBoard logs into <run folder>/tensorboard/; the run prints the `tensorboard --logdir` line."),
         click.option("--low-vram", is_flag=True, help="For small GPUs: gradient checkpointing, 8-bit AdamW (needs bitsandbytes), latents cached on disk; SDXL also caches the text encoders' outputs and trains the U-Net only. Opt-in: the memo trains with plain AdamW and both."),
         click.option("--dry-run", is_flag=True, help="Write the configs and print every command; run nothing."),
         click.option("--no-wait", is_flag=True, help="Exit at once (code 6) instead of waiting when another run holds the run folder or a cache entry."),
@@ -70,7 +72,8 @@ def echo_finals(finals: list[Path]) -> None:
 
 @cli.command()
 @method_options
-def train(**options):
+@click.option("--copy-stop-at", type=click.FloatRange(0, 1), metavar="SSIM", help="Opt-in: train the copy LoRA in segments of the save interval (recipe watch.save_every_n_steps), run the copy check after each, and stop at the first whose mean SSIM reaches SSIM (not before the 500 warmup steps). The memo's 3072 steps stay the default and the ceiling.")
+def train(copy_stop_at, **options):
     """Train a slider LoRA with the copy-machine method (memo steps 1-5, 9).
 
     \b
@@ -94,7 +97,7 @@ def train(**options):
       copymachine train --effect all --base sd15.safetensors --image girl.png --image cat.png
       copymachine train --effect flat --base sd15.safetensors --dry-run
     """
-    echo_finals(run_method(COPY_MACHINE, RunOptions(**options)))
+    echo_finals(run_method(COPY_MACHINE, RunOptions(copy_stop_at=copy_stop_at, **options)))
 
 
 @cli.command()

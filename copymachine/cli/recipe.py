@@ -25,6 +25,7 @@ SECTION_NOTES: dict[str, str] = {
     "preview": "the strength sweep on a preview model (--preview-model, copymachine preview)",
     "leakage": "with a preview model: does the LoRA draw its training image into unrelated prompts?",
     "model": "the base model in every training and render: clip_skip (2 for NovelAI-derived SD1.5 anime models)",
+    "watch": "during a training: its state saved every save_every_n_steps steps, to resume a killed run",
     "effect": "memo step 5, the effect LoRA (4096 steps); [effect.flat] / [effect.jpeg]: the memo's retrain",
     "sd_args": "sd-scripts training options the recipe does not name (noise_offset = 0.05; --sd-arg KEY=VALUE)",
 }

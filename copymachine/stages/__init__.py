@@ -120,9 +120,12 @@ class StageContext:
             raise EngineError("internal: this stage needs sd-scripts but none was located")
         return self.settings.engine
 
-    def run(self, argv: list[str], what: str, expected: list[Path] | None = None, collect: Callable[[], None] | None = None) -> None:
+    def run(
+        self, argv: list[str], what: str, expected: list[Path] | None = None, collect: Callable[[], None] | None = None, watch: Callable[[], None] | None = None
+    ) -> None:
         """Run one sd-scripts command, or in a dry run only record it. `collect` runs after the
-        command and before its outputs are checked (to rename what it named itself)."""
+        command and before its outputs are checked (to rename what it named itself); `watch` on
+        every progress line and once at the end (to pick up what it writes on the way)."""
         from copymachine.runner import run_command
 
         self.commands.append(argv)
@@ -143,13 +146,18 @@ class StageContext:
 
         job = self.stage.title
 
+        def progressed(p) -> None:
+            self.reporter.progress(p, job)
+            if watch is not None:
+                watch()
+
         try:
             result = run_command(
                 argv,
                 cwd=self.engine.root,
                 env=env,
                 log_path=self.log_path,
-                on_progress=lambda p: self.reporter.progress(p, job),
+                on_progress=progressed,
                 on_spawn=spawned,
             )
         finally:
@@ -158,6 +166,8 @@ class StageContext:
                 for pid in children:
                     self.on_child(pid, False)
         self.peak_rss = max(self.peak_rss, result.peak_rss or 0)
+        if watch is not None:
+            watch()
         if collect is not None and result.returncode == 0:
             collect()
         check_result(self.stage, what, result, expected or [])

@@ -8,6 +8,8 @@ trains on the base model; the effect LoRA on the copy model.
 from __future__ import annotations
 
 import dataclasses
+import json
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +17,14 @@ from typing import Any
 
 from PIL import Image
 
+from copymachine import copystop, trainstate
 from copymachine.errors import InputError
-from copymachine.files import copy_into_place
+from copymachine.files import atomic_write_json, copy_into_place
 from copymachine.images import load_rgb, save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import BaseOptions, Family
-from copymachine.plan import OPTIONAL, StageParams, WeightedLora
-from copymachine.recipe import TrainingRecipe
+from copymachine.plan import COSMETIC, OPTIONAL, StageParams, WeightedLora
+from copymachine.recipe import TrainingRecipe, WatchRecipe, split_prompts
 from copymachine.render import write_config
 from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
 
@@ -51,10 +54,26 @@ class TrainParams(StageParams):
     training_options: dict[str, Any]
     # the multipliers of the LoRAs merged into the base in memory (inputs weights000, ...)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
+    # a saved state every so many steps (recipe watch.save_every_n_steps; 0: none): not in the
+    # key, the weights do not depend on it
+    save_every_n_steps: int = field(default=0, metadata=COSMETIC)
+    # --copy-stop-at: the copy LoRA trains in segments and stops when the copy check passes
+    copy_stop: copystop.CopyStop | None = field(default=None, metadata=OPTIONAL)
+    # --samples N: sample images every N steps (0: none), with the recipe's [watch] prompts; and
+    # --tensorboard: sd-scripts' logging_dir. Neither changes the weights (sd-scripts restores
+    # its RNG states after sampling), so neither is in the key.
+    sample_every_n_steps: int = field(default=0, metadata=COSMETIC)
+    watch: WatchRecipe = field(default_factory=WatchRecipe, metadata=COSMETIC)
+    logging_dir: str | None = field(default=None, metadata=COSMETIC)
+
     # clip skip and the prediction type (copymachine.models.BaseOptions; None: the defaults)
     model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
     # sd-scripts options the recipe does not name ([sd_args], --sd-arg), in the TOML as they are
     sd_args: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_train_steps or self.training.steps
 
 
 # Training TOML keys copymachine writes itself (templates/training.toml.j2, dataset.toml.j2, the
@@ -75,6 +94,10 @@ OWN_KEYS: dict[str, str] = {
     "mixed_precision": "the device profile (bf16/fp16 on a GPU, fp32 on the CPU)",
     "v2": "the base model's family",
     "no_half_vae": "the base model's family (always on for SDXL)",
+    **{key: "the recipe key watch.save_every_n_steps (0: no saved state)" for key in (
+        "save_state", "save_every_n_steps", "save_last_n_steps_state", "save_last_n_steps", "resume", "skip_until_initial_step")},
+    **{key: "--samples N (prompts, sampler: the recipe's [watch] keys)" for key in ("sample_every_n_steps", "sample_prompts", "sample_sampler")},
+    **{key: "--tensorboard" for key in ("logging_dir", "log_prefix")},
     **{key: "copymachine itself" for key in (
         "pretrained_model_name_or_path", "tokenizer_cache_dir", "base_weights", "base_weights_multiplier", "dataset_config",
         "output_dir", "output_name", "save_model_as", "training_comment", "console_log_simple", "config_file",
@@ -99,6 +122,11 @@ def training_plan(
     base_weights: Sequence[WeightedLora] = (),
     model: BaseOptions | None = None,
     sd_args: dict[str, Any] | None = None,
+    save_every_n_steps: int = 0,
+    samples: int = 0,
+    watch: WatchRecipe | None = None,
+    logging_dir: Path | None = None,
+    copy_stop: copystop.CopyStop | None = None,
 ) -> tuple[dict[str, Any], TrainParams]:
     """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base
     in memory first) and its parameters: the recipe's training, shortened by `max_steps` with
@@ -128,6 +156,11 @@ def training_plan(
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
         model=model.for_training() if model else None,
         sd_args=dict(sd_args) if sd_args else None,
+        save_every_n_steps=save_every_n_steps,
+        sample_every_n_steps=samples,
+        watch=watch or WatchRecipe(),
+        logging_dir=str(logging_dir) if logging_dir else None,
+        copy_stop=copy_stop,
     )
     return inputs, params
 
@@ -141,31 +174,143 @@ def prepare_training_image(source: Path, target: Path, size: tuple[int, int]) ->
     save_png(im, target)
 
 
+def state_options(stage, ctx: StageContext, every: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """The training TOML keys that save the training's state every `save_every_n_steps` steps
+    into the scratch folder, and resume from the newest state saved there for this stage key
+    (copymachine/trainstate.py). None when the recipe saves no state or this sd-scripts lacks an
+    option for it (named in a note: the training then starts at step 0 when re-run)."""
+    p = stage.spec
+    every = every or p.save_every_n_steps
+    if not every or every >= p.total_steps:
+        return {}
+    caps = ctx.settings.capabilities
+    script = p.family.train_script
+    if caps is not None:
+        lacking = caps.lacking(script, [f"--{k}" for k in (*trainstate.SAVE_KEYS, *trainstate.RESUME_KEYS)])
+        if lacking:
+            ctx.reporter.note(
+                f"sd-scripts {caps.version_text()}: {script} has no {', '.join(lacking)}: {stage.title} saves no state, "
+                "so a killed training starts again at step 0"
+            )
+            return {}
+    options: dict[str, Any] = {"save_state": True, "save_every_n_steps": every, "save_last_n_steps_state": 1, "save_last_n_steps": 1}
+    if ctx.dry_run or quiet:
+        return options
+    saved = trainstate.resumable(ctx.scratch, stage.key, p.total_steps)
+    trainstate.mark(ctx.scratch, stage.key)
+    if saved is not None:
+        options.update(resume=str(saved.path), skip_until_initial_step=True)
+        ctx.reporter.info(f"{stage.title}: resuming at step {saved.step} of {p.total_steps} (saved state {saved.path.name})")
+    return options
+
+
+SAMPLE_KEYS = ("sample_every_n_steps", "sample_prompts", "sample_sampler")
+
+
+def _lacking(ctx: StageContext, script: str, keys: Sequence[str]) -> list[str]:
+    caps = ctx.settings.capabilities
+    return caps.lacking(script, [f"--{k}" for k in keys]) if caps is not None else []
+
+
+def sample_prompts(stage, caption: str) -> list[str]:
+    """sd-scripts' sample prompt lines (library/train_util.py line_to_prompt_dict): each prompt of
+    the recipe's [watch] at the training size, seeds sample_seed, sample_seed+1, ..."""
+    w = stage.spec.watch
+    width, height = stage.spec.size
+    prompts = split_prompts(w.sample_prompts.replace("{caption}", caption)) or [caption]
+    return [f"{p} --w {width} --h {height} --d {w.sample_seed + i} --s {w.sample_steps} --l {w.sample_scale:g}" for i, p in enumerate(prompts)]
+
+
+def watch_options(stage, ctx: StageContext, config_dir: Path) -> dict[str, Any]:
+    """The training TOML keys of --samples (sample images every N steps, prompts written to a file
+    beside the config) and --tensorboard (logging_dir); each skipped with a note when this
+    sd-scripts lacks an option."""
+    p = stage.spec
+    script = p.family.train_script
+    options: dict[str, Any] = {}
+    version = ctx.settings.capabilities.version_text() if ctx.settings.capabilities else ""
+    if p.sample_every_n_steps:
+        lacking = _lacking(ctx, script, SAMPLE_KEYS)
+        if lacking:
+            ctx.reporter.note(f"sd-scripts {version}: {script} has no {', '.join(lacking)}: {stage.title} renders no samples")
+        else:
+            caption = stage.input("caption").read_text(encoding="utf-8").strip() if stage.input("caption").is_file() else ""
+            prompts = config_dir / f"{stage.slug}-samples.txt"
+            if not ctx.dry_run:
+                from copymachine.files import atomic_write_text
+
+                atomic_write_text(prompts, "\n".join(sample_prompts(stage, caption)) + "\n")
+            options.update(sample_every_n_steps=p.sample_every_n_steps, sample_prompts=str(prompts), sample_sampler=p.watch.sample_sampler)
+    if p.logging_dir:
+        lacking = _lacking(ctx, script, ("logging_dir", "log_prefix"))
+        if lacking:
+            ctx.reporter.note(f"sd-scripts {version}: {script} has no {', '.join(lacking)}: {stage.title} writes no TensorBoard logs")
+        else:
+            options.update(logging_dir=p.logging_dir, log_prefix=f"{stage.slug}-")
+            ctx.reporter.info(f"{stage.title}: TensorBoard logs in {p.logging_dir}; watch with: tensorboard --logdir {shlex.quote(p.logging_dir)}")
+    return options
+
+
+def samples_folder(stage, ctx: StageContext) -> Path:
+    """Where a training's sample images land: the run folder's samples/<stage>/ (the UI serves
+    files under its runs folder; a shared copy LoRA's own folder is in the cache)."""
+    return ctx.plan.run_dir / "samples" / stage.slug
+
+
+def collect_samples(stage, ctx: StageContext) -> None:
+    """Copy the sample images sd-scripts has rendered so far (into <output_dir>/sample/) to the
+    samples folder, each new one announced (the UI's queue page shows the latest)."""
+    rendered = ctx.scratch / "sample"
+    if not rendered.is_dir():
+        return
+    target = samples_folder(stage, ctx)
+    for png in sorted(rendered.glob("*.png"), key=lambda q: q.stat().st_mtime):
+        final = target / png.name
+        if final.exists():
+            continue
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            copy_into_place(png, final)
+        except OSError:
+            continue  # still being written: the next progress line copies it
+        ctx.reporter.event("sample", path=str(final), title=stage.title)
+        ctx.reporter.info(f"{stage.title}: sample {final}")
+
+
 class TrainLora(StageKind):
     kind = "train_lora"
     needs_engine = True
+    keeps_state = True  # its scratch folder keeps the newest saved state between attempts
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
-        training = p.training
         dataset_dir = stage.workdir / "dataset" / stage.slug
-        config_dir = stage.workdir / "config"
-        out = ctx.scratch_output("lora")
         if not ctx.dry_run:
             reset_scratch(dataset_dir)
             prepare_training_image(stage.input("image"), dataset_dir / "image.png", tuple(p.size))
             copy_into_place(stage.input("caption"), dataset_dir / f"image{CAPTION_EXTENSION}")
+        if p.copy_stop is not None and not ctx.dry_run:
+            self._segments(stage, ctx, dataset_dir)
+        else:
+            self._train(stage, ctx, dataset_dir, p.max_train_steps, state_options(stage, ctx))
+
+    def _train(self, stage, ctx: StageContext, dataset_dir: Path, max_train_steps: int | None, saving: dict[str, Any]) -> None:
+        """One sd-scripts run of the training, up to `max_train_steps` (None: the recipe's epochs)."""
+        p = stage.spec
+        config_dir = stage.workdir / "config"
+        out = ctx.scratch_output("lora")
         width, height = p.size
         dataset_config = write_config(
             config_dir / f"{stage.slug}-dataset.toml",
             "dataset.toml.j2",
             stage=stage.name,
-            training=training,
+            training=p.training,
             caption_extension=CAPTION_EXTENSION,
             resolution=[width, height],
             enable_bucket=False,
             image_dir=dataset_dir,
         )
+        saving = {**saving, **watch_options(stage, ctx, config_dir)}
         config = write_config(
             config_dir / f"{stage.slug}-training.toml",
             "training.toml.j2",
@@ -173,11 +318,11 @@ class TrainLora(StageKind):
             base_model=stage.input("base"),
             family=p.family,
             tokenizer_cache_dir=ctx.settings.tokenizer_cache_dir,
-            training=training,
+            training=p.training,
             warmup_steps=p.warmup_steps,
             dataset_config=dataset_config,
             resolution_text=f"{width},{height}",
-            max_train_steps=p.max_train_steps,
+            max_train_steps=max_train_steps,
             # an --sd-arg replaces the profile's own value of a key (gradient_checkpointing = false)
             profile={"mixed_precision": p.mixed_precision, "training_options": {k: v for k, v in p.training_options.items() if k not in (p.sd_args or {})}},
             base_weights=[str(w) for w in base_weight_inputs(stage)],
@@ -186,16 +331,72 @@ class TrainLora(StageKind):
             sd_args=p.sd_args or {},
             output_dir=ctx.scratch,
             output_name=out.stem,
+            saving=saving,
             comment=f"copymachine {stage.name}",
         )
         ctx.run(
             ctx.engine.launch_training(p.family.train_script, config, p.mixed_precision, launcher=LAUNCHER if base_weight_inputs(stage) else None),
             Path(p.family.train_script).name,
             expected=[out],
+            watch=(lambda: collect_samples(stage, ctx)) if p.sample_every_n_steps else None,
         )
 
+    def _segments(self, stage, ctx: StageContext, dataset_dir: Path) -> None:
+        """--copy-stop-at: train segment by segment, the copy check after each (copymachine/copystop.py)."""
+        p = stage.spec
+        stop: copystop.CopyStop = p.copy_stop
+        total = p.total_steps
+        out = ctx.scratch_output("lora")
+        saving = state_options(stage, ctx, every=stop.segment, quiet=True)
+        if not saving:
+            if stop.segment < total:  # else there is one segment: the whole training
+                ctx.reporter.note(f"{stage.title}: --copy-stop-at needs saved states, which this sd-scripts cannot save; it trains all {total} steps")
+            self._train(stage, ctx, dataset_dir, p.max_train_steps, {})
+            return
+        saved = trainstate.resumable(ctx.scratch, stage.key, total)
+        reached = saved.step if saved else 0
+        checks = [c for c in copystop.load(ctx.scratch) if c["step"] <= reached]
+        stopped = None
+        ends = copystop.boundaries(total, p.warmup_steps, stop.segment)
+        ctx.reporter.info(f"{stage.title}: --copy-stop-at {stop.min_ssim:g}: segments ending at steps {', '.join(map(str, ends))}")
+        passed_before = [c["step"] for c in checks if c["mean_ssim"] >= stop.min_ssim]
+        step_lora = ctx.scratch / f"{out.stem}-step{reached:08d}{out.suffix}"
+        if passed_before and step_lora.is_file():  # killed after the check that stops it
+            stopped = passed_before[0]
+            copy_into_place(step_lora, out)
+        for end in [] if stopped else [reached, *ends]:
+            if end < reached or (end == reached and (end not in ends or any(c["step"] == end for c in checks))):
+                continue
+            if end > reached:
+                self._train(stage, ctx, dataset_dir, end, state_options(stage, ctx, every=stop.segment))
+                reached = end
+            if end >= total:
+                break  # the ceiling: the run's copy check stage checks this one
+            step_lora = ctx.scratch / f"{out.stem}-step{end:08d}{out.suffix}"
+            result = copystop.check_lora(stage, ctx, step_lora, end)
+            checks.append(result)
+            passed = result["mean_ssim"] >= stop.min_ssim
+            copystop.save(ctx.scratch, checks, end if passed else None, total, stop.min_ssim)
+            ctx.reporter.info(
+                f"{stage.title}: copy check at step {end} of {total}: SSIM {', '.join(f'{x:.3f}' for x in result['ssim'])} "
+                f"(mean {result['mean_ssim']:.3f}, stop at >= {stop.min_ssim:g}) -> {'copies: stopping here' if passed else 'goes on'}"
+            )
+            if passed:
+                stopped = end
+                copy_into_place(step_lora, out)
+                break
+        data = copystop.summary(checks, stopped or total, total, stop.min_ssim)
+        atomic_write_json(ctx.scratch / copystop.STATE_FILE, data)
+        copystop.record_in_lora(out, data)
+
     def validate(self, stage, name, path, ctx):
-        return validate_lora(path, f"{stage.title} output", expected_rank=stage.spec.training.network_dim).facts()
+        facts = validate_lora(path, f"{stage.title} output", expected_rank=stage.spec.training.network_dim).facts()
+        if stage.spec.copy_stop is not None:
+            try:
+                facts["copy_stop"] = json.loads((ctx.scratch / copystop.STATE_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+        return facts
 
     def describe(self, stage) -> str:
         p = stage.spec

@@ -74,6 +74,7 @@ def progress_view(events: list[dict[str, Any]]) -> dict[str, Any]:
     finals: list[str] = []
     message = None
     warnings: list[str] = []
+    sample: dict[str, Any] | None = None  # the latest sample image of a training (--samples)
     for e in events:
         kind = e.get("event")
         if kind == "plan":
@@ -94,13 +95,15 @@ def progress_view(events: list[dict[str, Any]]) -> dict[str, Any]:
             current = {k: e.get(k) for k in ("step", "total", "rate", "loss", "eta", "text", "job")}
         elif kind == "warning":
             warnings.append(e.get("text", ""))
+        elif kind == "sample":
+            sample = {"path": e.get("path"), "title": e.get("title")}
         elif kind == "job_end":
             finals = e.get("finals", [])
             message = e.get("message")
             for st in stages:
                 if st["status"] == "running":
                     st["status"] = "done" if e.get("status") == "done" else e.get("status", "failed")
-    return {"stages": stages, "progress": current, "log": log, "finals": finals, "message": message, "warnings": warnings}
+    return {"stages": stages, "progress": current, "log": log, "finals": finals, "message": message, "warnings": warnings, "sample": sample}
 
 
 @dataclass

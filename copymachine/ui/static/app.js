@@ -253,6 +253,11 @@ function jobCard(job) {
     card.append(el("div", { class: "bar" }, el("div", { style: `width:${Math.round((100 * p.step) / p.total)}%` })));
     card.append(el("div", { class: "progress-text" }, p.text || `${p.step}/${p.total}`));
   } else if (running) card.append(el("div", { class: "progress-text" }, "starting…"));
+  if (job.sample && job.sample.path) {  // --samples: the latest image a training rendered
+    const name = job.sample.path.split(/[\\/]/).pop();
+    card.append(el("figure", { class: "sample" }, el("img", { src: "/file?path=" + encodeURIComponent(job.sample.path), alt: name, loading: "lazy" }),
+      el("figcaption", { class: "hint" }, `latest sample: ${job.sample.title || ""} · ${name}`)));
+  }
   if (job.note && job.status !== "done") card.append(el("div", { class: "hint" }, job.note));
   if (job.message && job.status !== "done") card.append(el("div", { class: "error" }, job.status === "failed" ? `copymachine: error: ${job.message.replace(/^copymachine: error: /, "")}` : job.message));
   if (job.status === "done" && job.finals && job.finals.length) card.append(el("div", { class: "success" }, job.finals.join("\n"), " ", el("a", { href: "#results" }, "see the results")));

@@ -13,7 +13,10 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -120,15 +123,23 @@ def _main(run: FakeRun, script: str) -> None:
                 image_digest.update(Path(path).read_bytes())
                 image_digest.update(caption.encode())
     rng = common.seeded_rng("loss", args.seed, image_digest.digest())
-    last_meter = progress(steps, epochs, math.ceil(batches / ga), rng, loss_nan, con)
-
     out_dir = Path(args.output_dir or ".")
     name = args.output_name or "last"
     ext = {"safetensors": ".safetensors", "ckpt": ".ckpt", "pt": ".pt"}[args.save_model_as]
+    tensors = make_lora(modules, args, dim, image_digest.digest(), init)
+    start = resume_step(args, steps, run, con)
+    if args.logging_dir:  # (code: train_util.prepare_accelerator: log_with tensorboard, <dir>/<prefix><time>/network_train)
+        events = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" / "network_train"
+        events.mkdir(parents=True, exist_ok=True)
+        (events / f"events.out.tfevents.{int(time.time())}.fake").write_bytes(b"fake tensorboard events")
+    saver = StateSaver(args, out_dir, name, ext, tensors, run, con)
+    last_meter = progress(steps, epochs, math.ceil(batches / ga), rng, loss_nan, con, start=start, on_step=saver.step)
+    if args.save_state or args.save_state_on_train_end:  # (code: train_network.py save_state_on_train_end)
+        saver.state(out_dir / f"{name}-state", steps)
+
     out = out_dir / f"{name}{ext}"
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"\nsaving checkpoint: {out}", flush=True)
-    tensors = make_lora(modules, args, dim, image_digest.digest(), init)
     meta = metadata(args, sdxl, base, datasets, steps, epochs, batches, n_train, n_reg, warmup, started, optimizer, dim)
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = common.sshs_hashes(tensors, meta)
     run.set(steps=steps, epochs=epochs, num_train_images=n_train, modules=len(modules))
@@ -484,29 +495,126 @@ def bar(n: int, total: int) -> str:
     return f"{frac * 100:3.0f}%|{b}|"
 
 
-def progress(steps: int, epochs: int, per_epoch: int, rng, nan: bool, con: Console) -> str:
+def resume_step(args, steps: int, run: FakeRun, con: Console) -> int:
+    """The step a resumed training goes on from (code: train_network.py load_model_hook, "calculate
+    steps to skip"): the state's train_state.json step with skip_until_initial_step, else 0 (the
+    real script then trains every step again, from the state's weights)."""
+    if not args.resume:
+        return 0
+    state = Path(args.resume)
+    if not state.is_dir():  # (code: accelerate load_state) a missing folder is a crash
+        crash(run, f"ValueError: Tried to find {state} but folder does not exist")
+    con.info(f"resume training from local state: {state}", "train_util.py:4777")
+    data = json.loads((state / "train_state.json").read_text(encoding="utf-8"))
+    con.info(f"load train state from {state / 'train_state.json'}: {data}", "train_network.py:966")
+    initial = int(data["current_step"])
+    if initial and not args.max_train_steps > initial:
+        crash(run, f"AssertionError: max_train_steps should be greater than initial step / max_train_stepsは初期ステップより大きい必要があります: {args.max_train_steps} vs {initial}")
+    if not args.skip_until_initial_step:
+        return 0
+    con.info(f"skipping {initial} steps / {initial}ステップをスキップします", "train_network.py:1265")
+    return initial
+
+
+class StateSaver:
+    """save_every_n_steps: the step LoRA and (save_state) the state folder, the old ones removed per
+    save_last_n_steps(_state) (code: train_network.py, train_util.save_and_remove_state_stepwise)."""
+
+    def __init__(self, args, out_dir: Path, name: str, ext: str, tensors: dict, run: FakeRun, con: Console):
+        self.args, self.out_dir, self.name, self.ext, self.tensors, self.run, self.con = args, out_dir, name, ext, tensors, run, con
+
+    def _remove_no(self, step: int, last_n) -> int | None:
+        if last_n is None:
+            return None
+        no = step - last_n - 1
+        return no - (no % self.args.save_every_n_steps)
+
+    def samples(self, step: int) -> None:
+        """sample_every_n_steps: one PNG per prompt line in <output_dir>/sample/ (code:
+        train_util.sample_images_common, sample_image_inference: the file name; a missing prompt
+        file is an error line, not a crash)."""
+        a = self.args
+        if not a.sample_every_n_steps or step % a.sample_every_n_steps:
+            return
+        self.con.info(f"generating sample images at step / サンプル画像生成 ステップ: {step}", "train_util.py:6393")
+        if not a.sample_prompts or not os.path.isfile(a.sample_prompts):
+            self.con.error(f"No prompt file / プロンプトファイルがありません: {a.sample_prompts}", "train_util.py:6395")
+            return
+        from PIL import Image
+
+        lines = [ln.strip() for ln in Path(a.sample_prompts).read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        folder = self.out_dir / "sample"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, line in enumerate(lines):
+            opts = dict(re.findall(r"--(\w+) (\S+)", line))
+            w, h, seed = int(opts.get("w", 512)), int(opts.get("h", 512)), opts.get("d")
+            shade = (step * 37 + i * 11) % 256
+            ts = time.strftime("%Y%m%d%H%M%S", time.localtime())
+            name = f"{self.name}_{step:06d}_{i:02d}_{ts}{'' if seed is None else '_' + seed}.png"
+            Image.new("RGB", (w, h), (shade, 255 - shade, 128)).save(folder / name)
+            self.run.output(folder / name)
+
+    def step(self, step: int) -> None:
+        self.samples(step)
+        a = self.args
+        if not a.save_every_n_steps or step % a.save_every_n_steps:
+            return
+        ckpt = self.out_dir / f"{self.name}-step{step:08d}{self.ext}"
+        print(f"\nsaving checkpoint: {ckpt}", flush=True)
+        self.run.save(ckpt, self.tensors, {"ss_steps": str(step)})
+        if a.save_state:
+            self.con.info(f"saving state at step {step}", "train_util.py:5963")
+            self.state(self.out_dir / f"{self.name}-step{step:08d}-state", step)
+            no = self._remove_no(step, a.save_last_n_steps_state or a.save_last_n_steps)
+            old = self.out_dir / f"{self.name}-step{no:08d}-state" if no else None
+            if old is not None and no > 0 and old.is_dir():
+                self.con.info(f"removing old state: {old}", "train_util.py:5981")
+                shutil.rmtree(old)
+        no = self._remove_no(step, a.save_last_n_steps)
+        if no is not None and no >= 0:
+            (self.out_dir / f"{self.name}-step{no:08d}{self.ext}").unlink(missing_ok=True)
+
+    def state(self, folder: Path, step: int) -> None:
+        """accelerate's save_state: train_state.json (sd-scripts' pre-hook) first, the RNG states last."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "train_state.json").write_text(json.dumps({"current_epoch": 1, "current_step": step}), encoding="utf-8")
+        self.run.save(folder / "model.safetensors", self.tensors, None)
+        for part in ("optimizer.bin", "scheduler.bin"):
+            self.run.save_bytes(folder / part, pickle.dumps({"fake": part, "step": step}))
+        self.run.save_bytes(folder / "random_states_0.pkl", pickle.dumps({"step": step}))
+
+
+def progress(steps: int, epochs: int, per_epoch: int, rng, nan: bool, con: Console, start: int = 0, on_step=None) -> str:
     delay = common.step_seconds()
     t0 = time.time()
     w = sys.stderr
-    w.write(f"\rsteps: {bar(0, steps)} 0/{steps} [00:00<?, ?it/s]")
+    todo = steps - start  # (code: tqdm(range(args.max_train_steps - initial_step)))
+    w.write(f"\rsteps: {bar(0, todo)} 0/{todo} [00:00<?, ?it/s]")
     w.flush()
     losses = []
     last = ""
     step = 0
     for epoch in range(epochs):
+        if step + per_epoch <= start:  # (code: "skipping epoch k because initial_step ...")
+            step += per_epoch
+            continue
         print(f"\nepoch {epoch + 1}/{epochs}\n", flush=True)  # (code: accelerator.print(f"\nepoch {epoch+1}/{num_train_epochs}\n"))
         con.info(f"epoch is incremented. current_epoch: {epoch}, epoch: {epoch + 1}", "train_util.py:784")
         for _ in range(per_epoch):
             if step >= steps:
                 break
+            if step < start:  # skip_until_initial_step: the batches are read and thrown away
+                step += 1
+                continue
             if delay:
                 time.sleep(delay)
             step += 1
             el = time.time() - t0
-            rate = step / el if el > 0 else float("inf")
+            done = step - start
+            rate = done / el if el > 0 else float("inf")
             ratestr = f"{rate:5.2f}it/s" if rate >= 1 else f"{1 / rate:5.2f}s/it"
             remaining = (steps - step) / rate if rate and rate != float("inf") else 0
-            meter = f"\rsteps: {bar(step, steps)} {step}/{steps} [{fmt_time(el)}<{fmt_time(remaining)}, {ratestr}"
+            meter = f"\rsteps: {bar(done, todo)} {done}/{todo} [{fmt_time(el)}<{fmt_time(remaining)}, {ratestr}"
             prev = f", avr_loss={losses_avg(losses)}" if losses else ""
             losses.append(float("nan") if nan else float(0.05 + 0.1 * rng.random()))
             # tqdm prints the new count first, then the same count with the refreshed postfix
@@ -514,6 +622,8 @@ def progress(steps: int, epochs: int, per_epoch: int, rng, nan: bool, con: Conso
             last = meter + f", avr_loss={losses_avg(losses)}]"
             w.write(last)
             w.flush()
+            if on_step is not None:
+                on_step(step)
     return last if steps else ""
 
 

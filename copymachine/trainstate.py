@@ -1,0 +1,136 @@
+"""A training's saved state (sd-scripts' `--save_state`), so a killed training resumes mid-way.
+
+sd-scripts saves its whole state (the network, optimizer, scheduler, RNG states and
+`train_state.json` with the step) every `save_every_n_steps` steps into
+`<output_dir>/<output_name>-step<NNNNNNNN>-state/`, and with `save_last_n_steps_state = 1`
+removes the previous one once the new one is written. The output folder is the stage's scratch
+folder (`.partial/<stage>/`), which the pipeline otherwise empties before and after every attempt:
+for a training it keeps the state folders instead, with the stage key they were trained for
+(`state-key.txt`). A re-run with the same key resumes from the newest complete state
+(`resume` + `skip_until_initial_step`, so the step count goes on from the state's step); a
+state of another key (a changed parameter or input) is removed, never resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY_FILE = "state-key.txt"
+_STATE_DIR = re.compile(r"-step(\d{8})-state$")
+# what accelerate's save_state writes (the random states last); sd-scripts' pre-save hook writes
+# train_state.json first
+_STATE_FILES = ("train_state.json", "optimizer.bin", "scheduler.bin", "random_states_0.pkl")
+# the training TOML keys of state saving and resuming, as train_network.py names them
+SAVE_KEYS = ("save_state", "save_every_n_steps", "save_last_n_steps_state", "save_last_n_steps")
+RESUME_KEYS = ("resume", "skip_until_initial_step")
+
+
+@dataclass(frozen=True)
+class SavedState:
+    path: Path
+    step: int
+
+
+def _whole(path: Path) -> bool:
+    """A file written to its end: a torch.save zip (its end-of-central-directory record is last), a
+    plain pickle (its STOP opcode "." is last), or a safetensors file (as long as its header says)."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return False
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                header = int.from_bytes(f.read(8), "little")
+                if header > size - 8:
+                    return False
+                offsets = [v["data_offsets"][1] for k, v in json.loads(f.read(header)).items() if k != "__metadata__"]
+            return size >= 8 + header + max(offsets, default=0)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return z.testzip() is None if size < 64 * 1024 * 1024 else bool(z.namelist())
+        with open(path, "rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) == b"."
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return False
+
+
+def _complete(folder: Path) -> bool:
+    """Every file of the state is there and whole (accelerate writes the RNG states last; a torch
+    file cut off by a kill lacks its zip directory): a state cut off by a kill is not resumed."""
+    models = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.name.startswith(("model", "pytorch_model"))]
+    if not models or not all((folder / name).is_file() for name in _STATE_FILES):
+        return False
+    if not all(_whole(p) for p in [*models, *(folder / n for n in _STATE_FILES if n != "train_state.json")]):
+        return False
+    try:
+        int(json.loads((folder / "train_state.json").read_text(encoding="utf-8"))["current_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def states(scratch: Path) -> list[SavedState]:
+    """The complete saved states in `scratch`, oldest first."""
+    if not scratch.is_dir():
+        return []
+    found = []
+    for p in scratch.iterdir():
+        m = _STATE_DIR.search(p.name)
+        if p.is_dir() and m and _complete(p):
+            found.append(SavedState(p, int(m.group(1))))
+    return sorted(found, key=lambda s: s.step)
+
+
+def keep(scratch: Path, key: str) -> str | None:
+    """Before and after an attempt of a training: empty `scratch` except its newest complete state
+    of stage key `key`. A state of another key is removed whole. Returns what was removed, for
+    the progress line ("a saved state of other inputs", or None)."""
+    if not scratch.is_dir():
+        return None
+    try:
+        saved_key = (scratch / KEY_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        saved_key = None
+    newest = states(scratch)[-1:] if saved_key == key else []
+    removed = None
+    if saved_key not in (None, key) and any(_STATE_DIR.search(p.name) for p in scratch.iterdir()):
+        removed = "a saved training state of other inputs (another stage key)"
+    kept = {s.path for s in newest}
+    # with the state: its key, the step LoRA saved with it and the copy checks so far (--copy-stop-at)
+    also = {KEY_FILE, "copy-stop.json", *(f"{s.path.name[: -len('-state')]}.safetensors" for s in newest)} if kept else set()
+    for p in list(scratch.iterdir()):
+        if p in kept or p.name in also:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
+
+
+def mark(scratch: Path, key: str) -> None:
+    """Say which stage key the states saved in `scratch` belong to (before sd-scripts saves any)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / KEY_FILE).write_text(key + "\n", encoding="utf-8")
+
+
+def resumable(scratch: Path, key: str, total_steps: int) -> SavedState | None:
+    """The state a training of `key` resumes from: the newest complete one, before the last step
+    (sd-scripts refuses to resume at or past max_train_steps)."""
+    try:
+        if (scratch / KEY_FILE).read_text(encoding="utf-8").strip() != key:
+            return None
+    except OSError:
+        return None
+    usable = [s for s in states(scratch) if s.step < total_steps]
+    return usable[-1] if usable else None
+
+
+def size_bytes(state: SavedState) -> int:
+    return sum(p.stat().st_size for p in state.path.rglob("*") if p.is_file())
