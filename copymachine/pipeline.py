@@ -216,6 +216,10 @@ class _Held:
                 self.children.discard(pgid)
             for lock in self.locks:
                 lock.set_child(pgid, alive)
+        if alive and self.token.cancelled:
+            # started by a stage that was already under way when the run was cancelled: stopped
+            # too, on a thread of its own (this one must go on reading the child's output)
+            threading.Thread(target=SUPERVISOR.stop_id, args=(pgid,), name="stop-late-child", daemon=True).start()
 
     def add_lock(self, lock: FolderLock) -> None:
         with self.mutex:
@@ -226,10 +230,16 @@ class _Held:
             self.locks.remove(lock)
 
     def _stop_children(self) -> None:
+        """Every running sd-scripts at once (trainings side by side all stop within one grace time)."""
         with self.mutex:
             children = list(self.children)
-        for child_id in children:
-            SUPERVISOR.stop_id(child_id)
+        SUPERVISOR.stop_ids(children)
+
+    def kill_children(self) -> None:
+        """A second Ctrl-C: the last word to every running sd-scripts at once."""
+        with self.mutex:
+            children = list(self.children)
+        SUPERVISOR.kill_ids(children)
 
 
 class Pipeline:
@@ -278,12 +288,16 @@ class Pipeline:
                 for future in finished:
                     schedule.finish(future)
         except BaseException:
-            self.stop()
-            for future in schedule.running:
-                try:
-                    future.result(timeout=60)
-                except BaseException:
-                    pass
+            try:
+                self.stop()
+                for future in schedule.running:
+                    try:
+                        future.result(timeout=60)
+                    except Exception:
+                        pass
+            except KeyboardInterrupt:  # a second Ctrl-C: nothing waits for the grace time
+                self._held.kill_children()
+                raise
             raise
         finally:
             pool.shutdown(wait=True)
