@@ -182,7 +182,10 @@ def _wait(proc: subprocess.Popen) -> tuple[int, int | None]:
     child's waited-for descendants too, e.g. the training under `accelerate launch`)."""
     if not hasattr(os, "wait4"):  # pragma: no cover - Windows
         return proc.wait(), None
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:  # the supervisor, stopping it from another thread, reaped it first
+        return proc.wait(), None
     proc.returncode = os.waitstatus_to_exitcode(status)
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return proc.returncode, usage.ru_maxrss * scale

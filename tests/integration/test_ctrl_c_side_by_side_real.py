@@ -64,18 +64,23 @@ def _exit_code(log: Path) -> int | None:
     return int(codes[-1]) if codes else None
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_both(argv, env, run_dir: Path, timeout: float = 600) -> tuple[subprocess.Popen, list[int], list[Path]]:
-    offsets = {log: log.stat().st_size for log in (run_dir / "logs").glob("copy-lora*.log")}
-    proc = subprocess.Popen([sys.executable, str(DRIVER), *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+    offsets = {log: log.stat().st_size for log in (run_dir / "logs").glob("*copy-lora.log")}
+    # Ctrl-C as in a terminal, even where this test's own SIGINT is ignored (under nohup or time(1))
+    proc = subprocess.Popen([sys.executable, str(DRIVER), *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", preexec_fn=_default_sigint)
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         children = _children(run_dir)
-        logs = sorted((run_dir / "logs").glob("copy-lora*.log"))
+        logs = sorted((run_dir / "logs").glob("*copy-lora.log"))
         if len(children) == 2 and len(logs) == 2 and all(_training(log, offsets) for log in logs):
             return proc, children, logs
         time.sleep(0.1)
-    proc.kill()
-    _, err = proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # copymachine stops its sd-scripts (a SIGKILL would orphan them)
+    _, err = proc.communicate(timeout=60)
     raise AssertionError(f"two trainings side by side were not seen (exit {proc.returncode}): {err[-3000:]}")
 
 
