@@ -328,8 +328,8 @@ def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
         else:
             size = 0
             what = "images and notes"
+        estimate[stage.name] = size  # its file, which a later stage may copy (the final LoRA)
         size += SMALL_STAGE_BYTES
-        estimate[stage.name] = size
         if sized_stamp(stage) is None:
             needs.append(SpaceNeed(stage.workdir, size, what, stage.name))
     return needs
