@@ -15,8 +15,10 @@ import importlib
 import sys
 
 
-def side_by_side(o, request, model, settings, reporter) -> int:
-    jobs = o.get("jobs") or 1
+def side_by_side(o, *_, **__) -> int:
+    """--jobs as given (the run's options: a dict of click options, or copymachine.run's RunOptions)."""
+    jobs = (o.get("jobs") if isinstance(o, dict) else getattr(o, "jobs", None)) or 1
+    reporter = [a for a in (*_, *__.values()) if hasattr(a, "info") and hasattr(a, "warn")][-1]
     reporter.info(f"{jobs} trainings side by side on the CPU (test-only: tests/integration/cpu_side_by_side.py)")
     return jobs
 
