@@ -51,6 +51,23 @@ class OutputError(CopymachineError):
     exit_code = EXIT_OUTPUT
 
 
+class DiskFull(OutputError):
+    """sd-scripts (or a write of copymachine's own) met a full disk; the pipeline turns it into the
+    line that names the folder and what the stage needs there (preflight.disk_full)."""
+
+    def __init__(self, message: str, folder, log=None):
+        super().__init__(message)
+        self.folder = folder
+        self.log = log
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError of a full disk (or of a full quota)."""
+    import errno
+
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
 class BusyError(CopymachineError):
     exit_code = EXIT_BUSY
 

@@ -110,7 +110,10 @@ class FolderLock:
         else:
             pgids.discard(pgid)
         self.info["child_pgids"] = sorted(pgids)
-        self._write()
+        try:
+            self._write()
+        except OSError:
+            pass  # a full disk: the record only helps a later run end orphans; the run goes on
 
     def _write(self) -> None:
         assert self.fd is not None

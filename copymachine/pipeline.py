@@ -19,7 +19,7 @@ from typing import Any
 
 from copymachine import graph, trainstate
 from copymachine.dryrun import print_dry_run
-from copymachine.errors import CheckFailed, CopymachineError, EngineError
+from copymachine.errors import CheckFailed, CopymachineError, DiskFull, EngineError, is_disk_full
 from copymachine.files import HashCache, move_into_place, remove_stale_temps
 from copymachine.locks import FolderLock
 from copymachine.manifest import Manifest
@@ -240,6 +240,10 @@ class _Held:
                 self.children.discard(pgid)
             for lock in self.locks:
                 lock.set_child(pgid, alive)
+        if alive and self.token.cancelled:
+            # started by a stage that was already under way when the run was cancelled: stopped
+            # too, on a thread of its own (this one must go on reading the child's output)
+            threading.Thread(target=SUPERVISOR.stop_id, args=(pgid,), name="stop-late-child", daemon=True).start()
 
     def add_lock(self, lock: FolderLock) -> None:
         with self.mutex:
@@ -250,10 +254,16 @@ class _Held:
             self.locks.remove(lock)
 
     def _stop_children(self) -> None:
+        """Every running sd-scripts at once (trainings side by side all stop within one grace time)."""
         with self.mutex:
             children = list(self.children)
-        for child_id in children:
-            SUPERVISOR.stop_id(child_id)
+        SUPERVISOR.stop_ids(children)
+
+    def kill_children(self) -> None:
+        """A second Ctrl-C: the last word to every running sd-scripts at once."""
+        with self.mutex:
+            children = list(self.children)
+        SUPERVISOR.kill_ids(children)
 
 
 class Pipeline:
@@ -302,12 +312,16 @@ class Pipeline:
                 for future in finished:
                     schedule.finish(future)
         except BaseException:
-            self.stop()
-            for future in schedule.running:
-                try:
-                    future.result(timeout=60)
-                except BaseException:
-                    pass
+            try:
+                self.stop()
+                for future in schedule.running:
+                    try:
+                        future.result(timeout=60)
+                    except Exception:
+                        pass
+            except KeyboardInterrupt:  # a second Ctrl-C: nothing waits for the grace time
+                self._held.kill_children()
+                raise
             raise
         finally:
             pool.shutdown(wait=True)
@@ -339,7 +353,38 @@ class Pipeline:
             lock.release()
 
     def _run_stage(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
-        """Skip the stage when it is done, else run it; then its verdict. True when it ran."""
+        """Skip the stage when it is done, else run it; then its verdict. True when it ran. A full
+        disk (sd-scripts' write or one of copymachine's) ends the stage with one line naming the
+        folder and what the stage needs there; its scratch files are gone, what is done is kept."""
+        try:
+            return self._run_stage_here(index, total, stage, gpu)
+        except DiskFull as e:
+            self._record(stage, "interrupted" if self._held.interrupted else "failed")
+            raise self._disk_full(stage, e.folder, log=e.log) from None
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self._record(stage, "failed")
+            folder = Path(e.filename).parent if e.filename else stage.workdir
+            if ".partial" in folder.parts:  # the stage's scratch: name the folder the user knows
+                folder = stage.workdir
+            raise self._disk_full(stage, folder, cause=f"writing {Path(e.filename).name}" if e.filename else "") from None
+
+    def _disk_full(self, stage: Stage, folder: Path, cause: str = "", log: Path | None = None) -> CopymachineError:
+        from copymachine.preflight import disk_full
+
+        return disk_full(folder, stage.title, (self.plan.info.get("stage_bytes") or {}).get(stage.name), cause=cause, log=log)
+
+    def _record(self, stage: Stage, status: str) -> None:
+        """A failed stage's status in the manifest; on a full disk that write may fail too (the
+        next run rewrites the manifest), which must not hide why the stage failed."""
+        try:
+            self.manifest.update(stage, status)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+
+    def _run_stage_here(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
         kind = kinds()[stage.kind]
         _tidy(stage, kind, self.reporter)
         stamp = done_stamp(stage, self.hashes)
@@ -357,10 +402,10 @@ class Pipeline:
             stamp = _execute(stage, kind, ctx)
         except CopymachineError:
             # sd-scripts stopped because copymachine was interrupted is not a failure of the stage
-            self.manifest.update(stage, "interrupted" if self._held.interrupted else "failed")
+            self._record(stage, "interrupted" if self._held.interrupted else "failed")
             raise
         except KeyboardInterrupt:
-            self.manifest.update(stage, "interrupted")
+            self._record(stage, "interrupted")
             raise
         self.manifest.update(stage, "done", stamp)
         self.reporter.stage_done(stage.title, stamp["duration_s"], [str(p) for p in stage.outputs.values()], stamp.get("peak_memory_gib"))

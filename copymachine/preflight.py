@@ -287,6 +287,7 @@ class SpaceNeed:
     folder: Path  # the stage folder (its disk is what counts)
     bytes: int
     what: str
+    stage: str = ""  # the stage's name (a need of a plan's stage)
 
 
 def lora_bytes(family: str, rank: int, precision: str) -> int:
@@ -320,10 +321,10 @@ def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
         else:
             size = 0
             what = "images and notes"
+        estimate[stage.name] = size  # its file, which a later stage may copy (the final LoRA)
         size += SMALL_STAGE_BYTES
-        estimate[stage.name] = size
         if sized_stamp(stage) is None:
-            needs.append(SpaceNeed(stage.workdir, size, what))
+            needs.append(SpaceNeed(stage.workdir, size, what, stage.name))
     return needs
 
 
@@ -357,10 +358,10 @@ def human(n: int) -> str:
     return f"{max(n, 0) / MB:.0f} MB"
 
 
-def check_space(plan, model: ModelInfo, reporter: Reporter) -> dict[str, Any]:
+def check_space(plan, model: ModelInfo, reporter: Reporter, needs: list[SpaceNeed] | None = None) -> dict[str, Any]:
     """Refuse to start when a disk has less free space than what the stages still to run will
     write there (with a 5 % + 200 MB margin). Returns the estimate (for the manifest)."""
-    needs = estimate_space(plan, model, model_parameters(model))
+    needs = estimate_space(plan, model, model_parameters(model)) if needs is None else needs
     summary = {}
     for items in by_disk(needs):
         total = sum(n.bytes for n in items)
@@ -557,8 +558,27 @@ def fp16_merge_fits(family: str, have: int) -> int | None:
 def check_resources(plan, model: ModelInfo, reporter: Reporter) -> None:
     """Before a run: the disk space (refused when short; the estimate is recorded in the plan's
     info, for the manifest) and the RAM a merge needs (a warning)."""
-    plan.info["disk_space"] = check_space(plan, model, reporter)
+    needs = estimate_space(plan, model, model_parameters(model))
+    plan.info["disk_space"] = check_space(plan, model, reporter, needs)
+    # what each stage still to run writes: a stage that meets a full disk says what it needs
+    plan.info["stage_bytes"] = {n.stage: n.bytes for n in needs}
     check_memory(plan, model, reporter)
+
+
+def disk_full(folder: Path, stage_title: str, needed: int | None, cause: str = "", log: Path | None = None) -> OutputError:
+    """The error of a stage that met a full disk (sd-scripts' write or copymachine's own): one
+    line naming the folder, what the stage needs there and what is free, and how to go on."""
+    folder = Path(folder)
+    try:
+        free = f", {human(free_bytes(folder))} free"
+    except OSError:
+        free = ""
+    need = f" ~{human(needed)} ({needed:,} bytes)" if needed else ""
+    return OutputError(
+        f"not enough disk space at {folder}{f' ({cause})' if cause else ''}: stage '{stage_title}' writes{need or ' its outputs'} there{free}; "
+        f"free some space (or put --cache-dir / --out on another disk) and run the same command again: it resumes at this stage"
+        + (f". Log: {log}" if log else "")
+    )
 
 
 def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:

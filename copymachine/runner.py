@@ -29,6 +29,9 @@ _TQDM = re.compile(
 _LOSS = re.compile(r"(?:avr_loss|loss)=(?P<loss>[-+\w.]+)")
 _OOM = re.compile(r"(CUDA out of memory|OutOfMemoryError|out of memory|DefaultCPUAllocator: can't allocate memory)", re.I)
 _NAN_LINE = re.compile(r"NaN detected|nan found|loss is nan", re.I)
+# a full disk, as Python (OSError errno 28), Rust (safetensors: `os error 28`, StorageFull) and
+# torch's zip writer (PytorchStreamWriter ... file write failed) report it
+_NO_SPACE = re.compile(r"No space left on device|\[Errno 28\]|os error 28|StorageFull|Disk quota exceeded|PytorchStreamWriter failed writing file", re.I)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class StreamWatcher:
     last_progress: Progress | None = None
     nan: bool = False
     oom: bool = False
+    no_space: bool = False  # the output says the disk is full
     # every Python traceback in the output, in order (the child's own comes before the launcher's)
     tracebacks: list[Traceback] = field(default_factory=list)
     _last_bar_line: str = ""
@@ -117,6 +121,8 @@ class StreamWatcher:
             return
         if _OOM.search(text):
             self.oom = True
+        if _NO_SPACE.search(text):
+            self.no_space = True
         if _NAN_LINE.search(text):
             self.nan = True
         self.tail.append(text)
@@ -168,6 +174,7 @@ class RunResult:
     watcher: StreamWatcher
     log_path: Path
     peak_rss: int | None = None  # bytes: the largest process of the command's tree (POSIX)
+    log_error: OSError | None = None  # the log could not be written on (a full disk): it ends there
 
 
 def _wait(proc: subprocess.Popen) -> tuple[int, int | None]:
@@ -175,7 +182,10 @@ def _wait(proc: subprocess.Popen) -> tuple[int, int | None]:
     child's waited-for descendants too, e.g. the training under `accelerate launch`)."""
     if not hasattr(os, "wait4"):  # pragma: no cover - Windows
         return proc.wait(), None
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:  # the supervisor, stopping it from another thread, reaped it first
+        return proc.wait(), None
     proc.returncode = os.waitstatus_to_exitcode(status)
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return proc.returncode, usage.ru_maxrss * scale
@@ -200,10 +210,21 @@ def run_command(
     watcher = StreamWatcher(on_progress=on_progress)
     start = time.monotonic()
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    with open(log_path, "ab") as log:
-        log.write(f"$ {subprocess.list2cmdline(argv) if os.name == 'nt' else _posix_join(argv)}\n".encode())
-        log.write(f"# cwd: {cwd}\n# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        log.flush()
+    log_error: list[OSError] = []
+
+    def write(data: bytes) -> None:
+        """To the log, unbuffered; a write the disk refuses ends the log, not the command (sd-scripts
+        goes on, and its own error, read from the stream, says what happened)."""
+        if log_error:
+            return
+        try:
+            log.write(data)
+        except OSError as e:
+            log_error.append(e)
+
+    with open(log_path, "ab", buffering=0) as log:
+        write(f"$ {subprocess.list2cmdline(argv) if os.name == 'nt' else _posix_join(argv)}\n".encode())
+        write(f"# cwd: {cwd}\n# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         child = SUPERVISOR.popen(argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         proc = child.proc
         if on_spawn:
@@ -216,8 +237,7 @@ def run_command(
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
-                log.write(chunk)
-                log.flush()
+                write(chunk)
                 pending += decoder.decode(chunk)
                 segments, pending = _split_segments(pending)
                 for seg in segments:
@@ -235,8 +255,8 @@ def run_command(
                 proc.stdout.close()
         duration = time.monotonic() - start
         peak = f", peak memory {peak_rss / 2**30:.1f} GiB" if peak_rss else ""
-        log.write(f"\n# exit code {returncode} after {duration:.1f} s{peak}\n".encode())
-    return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path, peak_rss=peak_rss)
+        write(f"\n# exit code {returncode} after {duration:.1f} s{peak}\n".encode())
+    return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path, peak_rss=peak_rss, log_error=log_error[0] if log_error else None)
 
 
 def log_tail(log_path: Path, n: int = 12) -> list[str]:

@@ -38,7 +38,10 @@ _POSIX_SIGNALS = {"interrupt": "SIGINT", "terminate": "SIGTERM", "kill": "SIGKIL
 class CancelToken:
     """A cancellation shared by whoever runs work and whoever may stop it: the pipeline cancels
     its running sd-scripts, the queue cancels its pipelines, the UI worker its `copymachine queue`.
-    Callbacks run once, on the thread that cancels; one registered after the cancel runs at once."""
+    Callbacks run once; one registered after the cancel runs at once. A single callback runs on
+    the thread that cancels; several (a queue's jobs side by side) run side by side, each on a
+    thread of its own, so that every job's sd-scripts is asked to stop at the same moment, and a
+    second Ctrl-C while the cancelling thread waits for them ends every child at once."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -55,8 +58,19 @@ class CancelToken:
                 return
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
+        if len(callbacks) <= 1:
+            for callback in callbacks:
+                callback()
+            return
+        threads = [threading.Thread(target=callback, name="cancel", daemon=True) for callback in callbacks]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:  # only the main thread gets it: the stopping threads cannot
+            SUPERVISOR.kill_all()
+            raise
 
     def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Run `callback` when cancelled; returns a function that unregisters it."""
@@ -379,6 +393,38 @@ class Supervisor:
             child.wait(KILL_S)
             raise
 
+    def stop_all(self, children: list[Child], grace_s: float = GRACE_S) -> None:
+        """Stop several children side by side: each step goes to every child still running at once,
+        so all of them are asked within the same moment and all stop within one grace time (not one
+        after the other). A second Ctrl-C while they wind down ends every one of them at once."""
+        try:
+            running = list(children)
+            for step, patience in self.backend.steps(grace_s):
+                running = [c for c in running if self.backend.send(c, step)]
+                if not running:
+                    break
+                deadline = time.monotonic() + patience
+                for child in running:
+                    child.wait(max(0.0, deadline - time.monotonic()))
+                running = [c for c in running if c.proc.poll() is None]
+                if not running:
+                    break
+            for child in children:
+                self.backend.finish(child)
+        except KeyboardInterrupt:
+            self.kill_all(children)
+            raise
+
+    def kill_all(self, children: list[Child] | None = None) -> None:
+        """The last word to every child (default: every running one) at once, then wait for them."""
+        if children is None:
+            with self._mutex:
+                children = list(self.children.values())
+        for child in children:
+            self.backend.kill(child)
+        for child in children:
+            child.wait(KILL_S)
+
     def kill(self, child: Child) -> None:
         """The last word at once (SIGKILL to the group / TerminateJobObject), then wait for it."""
         self.backend.kill(child)
@@ -390,12 +436,28 @@ class Supervisor:
 
     def stop_id(self, child_id: int, grace_s: float = GRACE_S) -> None:
         """Stop a running child by the number a lock records (another thread started it)."""
+        self.stop_ids([child_id], grace_s)
+
+    def stop_ids(self, child_ids: list[int], grace_s: float = GRACE_S) -> None:
+        """Stop running children by the numbers a lock records, side by side (stop_all)."""
         with self._mutex:
-            child = self.children.get(child_id)
-        if child is not None:
-            self.stop(child, grace_s)
-        elif isinstance(self.backend, PosixBackend):  # not ours: a group by its id
-            self._stop_group(child_id, grace_s)
+            ours = [self.children[i] for i in child_ids if i in self.children]
+            others = [i for i in child_ids if i not in self.children]
+        if isinstance(self.backend, PosixBackend):  # not ours: a group by its id
+            for pgid in others:
+                self._stop_group(pgid, grace_s)
+        if ours:
+            self.stop_all(ours, grace_s)
+
+    def kill_ids(self, child_ids: list[int]) -> None:
+        """The last word at once to running children by the numbers a lock records."""
+        with self._mutex:
+            ours = [self.children[i] for i in child_ids if i in self.children]
+            others = [i for i in child_ids if i not in self.children]
+        if isinstance(self.backend, PosixBackend):
+            for pgid in others:
+                self.backend.signal_group(pgid, "kill")
+        self.kill_all(ours)
 
     def _stop_group(self, pgid: int, grace_s: float) -> None:
         for step, patience in self.backend.steps(grace_s):

@@ -303,3 +303,75 @@ def test_a_replace_held_too_long_ends_in_one_clear_line_and_keeps_the_old_file(t
     assert "\n" not in e.value.message and str(state) in e.value.message and "holds it open" in e.value.message
     assert state.read_text(encoding="utf-8") == "{}"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+# a child that takes `delay` seconds to stop after SIGINT (sd-scripts saving its state), and
+# prints when it got the signal
+_SLOW_TO_STOP = r"""
+import signal, sys, time
+delay = float(sys.argv[1])
+def stop(signum, frame):
+    print(f"sigint {time.time():.3f}", flush=True)
+    time.sleep(delay)
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@posix_only
+def test_children_side_by_side_all_stop_within_one_grace_time():
+    sup = Supervisor(backend=PosixBackend())
+    children = [sup.popen([sys.executable, "-c", _SLOW_TO_STOP, "1.5"], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    for child in children:
+        assert child.proc.stdout.readline().strip() == "ready"
+    t0 = time.monotonic()
+    sup.stop_ids([c.id for c in children], grace_s=3.0)
+    took = time.monotonic() - t0
+    # one after the other would take 2 x 1.5 s; side by side both stop within one grace time
+    assert [c.proc.returncode for c in children] == [130, 130]
+    assert took < 2.8, took
+    heard = [float(c.proc.stdout.readline().split()[1]) for c in children]
+    assert abs(heard[0] - heard[1]) < 0.5, heard  # both asked at the same moment
+
+
+@posix_only
+def test_a_second_ctrl_c_while_children_wind_down_kills_them_all_at_once(monkeypatch):
+    sup = Supervisor(backend=PosixBackend())
+    children = [sup.popen([sys.executable, "-c", _SLOW_TO_STOP, "30"], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    for child in children:
+        assert child.proc.stdout.readline().strip() == "ready"
+    waits, original = [], supervise.Child.wait
+
+    def wait(self, timeout):  # the second Ctrl-C arrives while the first child winds down
+        waits.append(self.id)
+        if len(waits) == 1:
+            time.sleep(0.3)
+            raise KeyboardInterrupt
+        return original(self, timeout)
+
+    monkeypatch.setattr(supervise.Child, "wait", wait)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sup.stop_all(children, grace_s=20.0)
+    assert time.monotonic() - t0 < 5.0
+    assert [c.proc.returncode for c in children] == [-9, -9]
+
+
+def test_several_cancel_callbacks_run_side_by_side():
+    token, started = CancelToken(), []
+
+    def slow(name):
+        def callback():
+            started.append((name, time.monotonic()))
+            time.sleep(0.5)
+
+        return callback
+
+    token.on_cancel(slow("a"))
+    token.on_cancel(slow("b"))
+    t0 = time.monotonic()
+    token.cancel()
+    assert time.monotonic() - t0 < 0.9  # one after the other: 1 s
+    assert sorted(n for n, _ in started) == ["a", "b"]

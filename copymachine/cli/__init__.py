@@ -8,7 +8,7 @@ import sys
 import click
 
 from copymachine import __version__
-from copymachine.errors import EXIT_INTERRUPTED, CopymachineError
+from copymachine.errors import EXIT_INTERRUPTED, EXIT_OUTPUT, CopymachineError, is_disk_full
 
 RESUME_HINT = "sd-scripts was stopped and every finished stage is kept: run the same command again to resume"
 
@@ -27,6 +27,13 @@ class CopymachineGroup(click.Group):
         except KeyboardInterrupt:
             click.echo(f"copymachine: interrupted; {RESUME_HINT}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            # a full disk outside a stage (a lock, the manifest): the stages report their own
+            where = f" writing {e.filename}" if e.filename else ""
+            click.echo(f"copymachine: error: the disk is full{where}; free some space and run the same command again (finished stages are kept)", err=True)
+            ctx.exit(EXIT_OUTPUT)
 
 
 @click.group(cls=CopymachineGroup, context_settings={"help_option_names": ["-h", "--help"]})

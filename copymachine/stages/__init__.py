@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from copymachine.errors import EngineError
+from copymachine.errors import DiskFull, EngineError, is_disk_full
 from copymachine.profiles import CPU, Profile
 
 if TYPE_CHECKING:
@@ -219,6 +219,8 @@ def check_result(stage: Stage, what: str, result, expected: list[Path]) -> None:
             f"{where} ran out of memory; close other programs, use a smaller --resolution, or --low-vram where offered. Log: {result.log_path}",
             details=tail,
         )
+    if result.returncode != 0 and (w.no_space or is_disk_full(getattr(result, "log_error", None))):
+        raise DiskFull(f"{where} failed: the disk is full. Log: {result.log_path}", folder=stage.workdir, log=result.log_path)
     killed_by = _killed_by(result.returncode, tail)
     if killed_by:
         hint = " (the system's out-of-memory killer does this when RAM runs out: close other programs, or add swap)" if killed_by == "SIGKILL" else ""
