@@ -145,7 +145,9 @@ def test_the_scratch_folder_keeps_only_the_newest_complete_state_of_its_key(tmp_
 def test_an_sd_scripts_without_the_options_saves_no_state_and_says_so(fake_engine, scene, tmp_path, monkeypatch):
     original, edited = _images(tmp_path, scene)
     monkeypatch.setenv("COPYMACHINE_FAKE_WITHOUT_OPTIONS", "train_network.py:--skip_until_initial_step")
-    fake = fake_engine.tree_copy(tmp_path / "older sd-scripts")  # another tree: its own capabilities
+    # another checkout (its own commit, so its own cached capabilities: a plain copy of the fake
+    # tree has the fake's identity, and an earlier test may have learnt that one with the option)
+    fake = fake_engine.tree_copy(tmp_path / "older sd-scripts", commit="8" * 40)
     argv = [a if a != str(fake_engine.root) else str(fake) for a in _argv(fake_engine, original, edited, tmp_path / "run")]
     result = CliRunner().invoke(cli, argv, catch_exceptions=False)
     assert result.exit_code == 0, result.output
