@@ -97,12 +97,23 @@ def _run_queue(jobs_file, jobs, slots, events_file, engine, reporter: Reporter, 
     try:
         results = runner.run()
     except KeyboardInterrupt:
-        if runner.results:
-            jobfile.print_summary(runner.results, reporter)
-        if events:
-            events({"event": "queue_end", "status": "interrupted", "exit_code": 130})
-            events.close()
+        _interrupted(runner.results, reporter, events)
         raise
+    _finished(results, reporter, events)
+
+
+def _interrupted(results, reporter: Reporter, events) -> None:
+    """An interrupted queue: the jobs that ended, and its end in the events file."""
+    if results:
+        jobfile.print_summary(results, reporter)
+    if events:
+        events({"event": "queue_end", "status": "interrupted", "exit_code": 130})
+        events.close()
+
+
+def _finished(results, reporter: Reporter, events) -> None:
+    """A queue that ran to its end: the summary, its end in the events file, and the first
+    failed job's exit code as the queue's."""
     jobfile.print_summary(results, reporter)
     failed = [r for r in results if r.status != "done"]
     if events:
@@ -135,16 +146,6 @@ def _run_on_ray(jobs_file: Path, jobs, address: str, events_file: Path | None, e
     try:
         results = rayqueue.run_queue(jobs_file, jobs, address, engine, reporter, events)
     except rayqueue.QueueInterrupted as stopped:
-        if stopped.results:
-            jobfile.print_summary(stopped.results, reporter)
-        if events:
-            events({"event": "queue_end", "status": "interrupted", "exit_code": 130})
-            events.close()
+        _interrupted(stopped.results, reporter, events)
         raise KeyboardInterrupt from None
-    jobfile.print_summary(results, reporter)
-    failed = [r for r in results if r.status != "done"]
-    if events:
-        events({"event": "queue_end", "status": "failed" if failed else "done", "exit_code": failed[0].exit_code if failed else 0})
-        events.close()
-    if failed:
-        raise click.exceptions.Exit(failed[0].exit_code)
+    _finished(results, reporter, events)
