@@ -59,6 +59,7 @@ setup sd-scripts: venv
 # so CI runs it
 lint: venv
 	$(BIN)/ruff check copymachine tests
+	$(BIN)/mypy
 	$(BIN)/cog --check --check-fail-msg 'run: $(BIN)/cog -r README.md' README.md
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
