@@ -63,7 +63,7 @@ lint: venv
 	$(BIN)/ruff check copymachine tests
 	$(BIN)/mypy
 	PYTHONPATH=. $(BIN)/cog --check --check-fail-msg 'run: PYTHONPATH=. $(BIN)/cog -r $(DOCS_COG)' $(DOCS_COG)
-	NO_MKDOCS_2_WARNING=1 PYTHONPATH=. $(BIN)/mkdocs build --strict --quiet --site-dir .site
+	NO_MKDOCS_2_WARNING=1 PYTHONPATH=. $(BIN)/mkdocs build --strict --site-dir .site
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: venv lint
