@@ -54,13 +54,16 @@ venv: $(BIN)/copymachine
 setup sd-scripts: venv
 	$(BIN)/copymachine setup --sd-scripts $(SD_SCRIPTS) --torch "$(TORCH)" --python $(PYTHON)
 
-# lint: ruff over our code and tests (rules in pyproject.toml), and the README's command reference
-# against each command's --help (cog; `$(BIN)/cog -r README.md` regenerates it); part of `make test`,
-# so CI runs it
+# lint: ruff over our code and tests (rules in pyproject.toml), mypy, the command reference (docs/cli.md)
+# against each command's --help (cog), and the docs site built with --strict (a broken link or page fails);
+# part of `make test`, so CI runs it. After changing an option or a help text, regenerate the reference:
+#   PYTHONPATH=. .venv/bin/cog -r docs/cli.md
+DOCS_COG := docs/cli.md
 lint: venv
 	$(BIN)/ruff check copymachine tests
 	$(BIN)/mypy
-	$(BIN)/cog --check --check-fail-msg 'run: $(BIN)/cog -r README.md' README.md
+	PYTHONPATH=. $(BIN)/cog --check --check-fail-msg 'run: PYTHONPATH=. $(BIN)/cog -r $(DOCS_COG)' $(DOCS_COG)
+	NO_MKDOCS_2_WARNING=1 PYTHONPATH=. $(BIN)/mkdocs build --strict --site-dir .site
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: venv lint
@@ -125,4 +128,4 @@ bench: venv
 		--sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .site

@@ -1,7 +1,7 @@
 """Bad input: each case ends with one clear line (`copymachine: error: ...`), its documented exit
 code, and nothing destroyed; the cases that must work (odd colour modes, odd sizes, odd paths)
-work. Every row of the README's troubleshooting table names its test here (or in the file it
-names). Runs `copymachine train` through CliRunner with the recording fake of sd-scripts."""
+work. Every row of docs/troubleshooting.md names its test here (or in the file it names; the
+table is in docs/development.md). Runs `copymachine train` through CliRunner with the recording fake of sd-scripts."""
 
 from __future__ import annotations
 

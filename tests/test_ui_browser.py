@@ -2,7 +2,7 @@
 recording fake of sd-scripts: upload a picture, move a slider and see the edit's preview change,
 add two jobs, see their progress advance, restart the UI while the queue runs and see it resume,
 open the results and see their sheets. Screenshots of each page go to $COPYMACHINE_UI_SCREENSHOTS
-(docs/ to refresh the README's), else to the test's temporary folder.
+(docs/ to refresh those of docs/ui.md), else to the test's temporary folder.
 
 Skipped, with the reason, only when chromium, its driver or selenium is missing; .ci/run installs
 them and sets COPYMACHINE_REQUIRE_BROWSER=1, which turns that skip into a failure."""
@@ -175,7 +175,7 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         wait_for(lambda: f"copymachine: error: base model not found: {models / 'missing.safetensors'}" in css("#add-message").text, what="the refused job")
         css("#base").clear()
         css("#base").send_keys(str(base))
-        # the page with three effects open, for the README; then back to contrast alone
+        # the page with three effects open, for docs/ui.md; then back to contrast alone
         for other in ("outline", "posterize"):
             click(f".effect-card[data-effect={other}] .effect-toggle")
             wait_for(lambda other=other: "check: " in css(f".effect-card[data-effect={other}] .verdict").text, what=f"the {other} preview")

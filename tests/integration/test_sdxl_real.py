@@ -5,7 +5,7 @@
   LoRA as --base_weights, merged in float32 — the memo's float precision, no checkpoint written;
 - sdxl_merge_lora.py into the checkpoint at float (the file route at the memo's precision): killed
   by the kernel (out of memory) while saving at 24 GB — run here at fp16 precision instead, which
-  peaks at 22.7 GiB (5.4 min); float needs a bigger machine (the README says so);
+  peaks at 22.7 GiB (5.4 min); float needs a bigger machine (docs/method.md says so);
 - resize_lora.py on a rank-64 SDXL LoRA: ~22 min on 2 cores — left out (`--rank 0`);
   the resize command line is the same as SD1.5's and is covered there;
 - svd_merge_lora.py of two rank-64 SDXL LoRAs (diff): 17 min, 13.8 GiB — runs.
