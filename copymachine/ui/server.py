@@ -36,6 +36,7 @@ from PIL import Image
 from copymachine import __version__
 from copymachine import effects as effect_registry
 from copymachine.errors import CopymachineError, InputError
+from copymachine.options import PATHS, job_keys, schema
 from copymachine.progress import Reporter
 from copymachine.ui import results as results_page
 from copymachine.ui.files import MAX_UPLOAD, RunsFiles, safe_name
@@ -170,7 +171,7 @@ class App:
         method = table.get("method", "train")
         if method not in run.COMMANDS:
             raise InputError(f"method must be train or diff, not {method!r}")
-        self.check_paths(table, [name for name, key in run.job_keys(method).items() if key.kind == "path"])
+        self.check_paths(table, [key for key, name in job_keys(method).items() if name in PATHS])
         if "base" not in table:
             raise InputError("give the base model (a path to a .safetensors checkpoint)")
         if not table.get("out"):
@@ -347,7 +348,7 @@ class Handler(JsonHandler):
         if method == "GET" and path.startswith("/static/"):
             return self._static(path[len("/static/") :])
         if method == "GET" and path == "/api/info":
-            return self._json({"version": __version__, "effects": effect_catalogue(), "models": app.models_list(), "runs": str(app.runs), "recovered": app.recovered})
+            return self._json({"version": __version__, "effects": effect_catalogue(), "options": schema(), "models": app.models_list(), "runs": str(app.runs), "recovered": app.recovered})
         if method == "GET" and path == "/api/jobs":
             return self._json({"jobs": app.jobs(), "running": app.worker.current})
         if method == "GET" and path == "/api/results":
