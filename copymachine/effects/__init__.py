@@ -48,23 +48,7 @@ def resolve_params(name: str, overrides: dict[str, Value] | None = None) -> dict
     The result is complete and JSON-serialisable, in the order the effect declares its parameters.
     Raises InputError for an unknown effect, an unknown key (naming the valid ones) or a bad value.
     """
-    effect = get(name)
-    overrides = dict(overrides or {})
-    unknown = [key for key in overrides if key not in effect.params]
-    if unknown:
-        raise InputError(
-            f"{name} has no parameter {unknown[0]!r}; its parameters are: {', '.join(effect.params)}"
-        )
-    resolved: dict[str, Value] = {}
-    for key, param in effect.params.items():
-        if key in overrides:
-            try:
-                resolved[key] = param.convert(key, overrides[key])
-            except InputError as e:
-                raise InputError(f"{name}: {e.message}") from None
-        else:
-            resolved[key] = param.default
-    return resolved
+    return get(name).resolve(dict(overrides or {}))
 
 
 def check_amount(amount: float) -> float:

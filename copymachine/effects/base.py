@@ -7,22 +7,25 @@ kernel (an even kernel shifts content by half a pixel).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from copymachine.errors import InputError
 from copymachine.heavy import numpy as np
 
 Value = int | float | str | bool
 _TYPE_NAMES = {int: "integer", float: "number", str: "text", bool: "true/false"}
-_TRUE = {"1", "true", "yes", "on", "y"}
-_FALSE = {"0", "false", "no", "off", "n"}
+PARAM_CONFIG = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
 
 @dataclass(frozen=True)
 class Param:
+    """One parameter of an effect: its default, type, help and range; checked as a pydantic field."""
+
     default: Value
     type: type
     help: str
@@ -45,51 +48,29 @@ class Param:
             return f"<= {_fmt(self.max)}"
         return _TYPE_NAMES[self.type]
 
-    def convert(self, key: str, raw: Value) -> Value:
-        """`raw` (a string from the command line, or a Python value) → a checked value of this type."""
-        value = self._coerce(key, raw)
-        problem = None
-        if self.choices is not None and value not in self.choices:
-            problem = f"must be one of {', '.join(self.choices)}"
-        elif (self.type in (int, float) and self.min is not None and value < self.min) or (self.type in (int, float) and self.max is not None and value > self.max):
-            problem = f"must be {self.range_text()}"
-        elif self.validate is not None:
-            problem = self.validate(value)
+    def field(self) -> tuple[Any, Any]:
+        """The pydantic field: a Literal of the choices or the type, the range (finite floats only), the help."""
+        kind: Any = Literal[self.choices] if self.choices else self.type
+        if self.validate is not None:
+            kind = Annotated[kind, AfterValidator(self._check)]
+        limits = {"allow_inf_nan": False} if self.type is float else {}
+        return kind, Field(self.default, ge=self.min, le=self.max, description=self.help, **limits)
+
+    def _check(self, value: Any) -> Any:
+        problem = self.validate(value) if self.validate else None
         if problem:
-            raise InputError(f"{key}={_fmt(raw)}: {problem}")
+            raise ValueError(problem)
         return value
 
-    def _coerce(self, key: str, raw: Value) -> Value:
-        bad = InputError(f"{key}={_fmt(raw)}: not a valid {_TYPE_NAMES[self.type]} (expected {self.range_text()})")
-        if self.type is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-            raise bad
-        if isinstance(raw, bool):
-            raise bad
-        if self.type is int:
-            if isinstance(raw, int):
-                return raw
-            if isinstance(raw, float) and raw.is_integer():
-                return int(raw)
-            try:
-                return int(str(raw).strip())
-            except ValueError:
-                raise bad from None
-        if self.type is float:
-            try:
-                value = float(raw) if isinstance(raw, (int, float)) else float(str(raw).strip())
-            except ValueError:
-                raise bad from None
-            if not math.isfinite(value):
-                raise bad
-            return value
-        return str(raw).strip()
+    def problem(self, error: dict[str, Any]) -> str:
+        """A pydantic error of this parameter, in words."""
+        if error["type"] in ("greater_than_equal", "less_than_equal"):
+            return f"must be {self.range_text()}"
+        if error["type"] == "literal_error":
+            return f"must be one of {', '.join(self.choices or ())}"
+        if error["type"] == "value_error":
+            return str(error["ctx"]["error"])
+        return f"not a valid {_TYPE_NAMES[self.type]} (expected {self.range_text()})"
 
 
 @dataclass(frozen=True)
@@ -101,6 +82,24 @@ class Effect:
 
     def defaults(self) -> dict[str, Value]:
         return {key: p.default for key, p in self.params.items()}
+
+    @cached_property
+    def model(self) -> type[BaseModel]:
+        """The parameters as a pydantic model."""
+        fields: dict[str, Any] = {key: p.field() for key, p in self.params.items()}
+        return create_model(f"{self.name}_params", __config__=PARAM_CONFIG, **fields)
+
+    def resolve(self, overrides: dict[str, Any]) -> dict[str, Value]:
+        """The defaults updated with `overrides`, checked; InputError `name: key=value: problem`."""
+        unknown = [key for key in overrides if key not in self.params]
+        if unknown:
+            raise InputError(f"{self.name} has no parameter {unknown[0]!r}; its parameters are: {', '.join(self.params)}")
+        try:
+            return self.model.model_validate(overrides).model_dump()
+        except ValidationError as e:
+            error = e.errors()[0]
+            key = str(error["loc"][0])
+            raise InputError(f"{self.name}: {key}={_fmt(overrides[key])}: {self.params[key].problem(error)}") from None
 
 
 def mode_param(choices: tuple[str, ...], help: str) -> Param:
