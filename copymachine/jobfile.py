@@ -52,7 +52,8 @@ def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]
             if isinstance(sub, dict):
                 walk(name, sub)
             elif not prefix:
-                raise InputError(f"{where}: set.{key} = … names no section; write section.key (e.g. set.copy.network_dim = 32)")
+                raise InputError(f"{where}: set.{key} = … names no section; write section.key "
+                                 "(e.g. set.copy.network_dim = 32)")
             else:
                 out.setdefault(prefix, {})[key] = sub
 
@@ -118,7 +119,8 @@ def _values(merged: dict[str, Any], keys: dict[str, str], overrides: dict[str, A
     return values
 
 
-def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides: dict[str, Any], folder: Path, source: str) -> Job:
+def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides: dict[str, Any], folder: Path,
+         source: str) -> Job:
     where = f"{source}: job {index}"
     merged = {**defaults, **table}
     command_name = merged.pop("method", "train")
@@ -133,7 +135,8 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
     sets = merged.pop("set", None)
     gpus = merged.pop("gpus", 1)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise InputError(f"{where}: gpus must be a whole number from 1 (the GPUs an engine gives the job), not {gpus!r}")
+        raise InputError(f"{where}: gpus must be a whole number from 1 (the GPUs an engine gives the job), "
+                         f"not {gpus!r}")
     values = _values(merged, keys, overrides, folder)
     if "base" not in values:
         raise InputError(f"{where}: base is required (here or in [defaults])")
@@ -142,7 +145,8 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
     elif sets is not None:
         items = sets if isinstance(sets, list) else [sets]
         if not all(isinstance(i, str) for i in items):
-            raise InputError(f"{where}: set must be a table (set.copy.network_dim = 32) or a list of 'section.key=value' strings")
+            raise InputError(f"{where}: set must be a table (set.copy.network_dim = 32) or a list of "
+                             "'section.key=value' strings")
         given = values.get("sets", [])
         values["sets"] = ([given] if isinstance(given, str) else list(given)) + items
     o = validate(values, where)

@@ -26,7 +26,7 @@ ENGINE = ("sd_scripts", "python", "device", "tokenizer_cache_dir", "offline", "v
 def opt(default: Any = None, help: str = "", *, option: str | None = None, metavar: str | None = None,
         path: str | None = None, commands: tuple[str, ...] = BOTH, short: str | None = None, **limits: Any) -> Any:
     """A field that is an option of `commands` (train, diff)."""
-    extra = {"option": option, "metavar": metavar, "path": path, "commands": list(commands), "short": short}
+    extra: dict[str, Any] = dict(option=option, metavar=metavar, path=path, commands=list(commands), short=short)
     return Field(default, description=help, json_schema_extra={k: v for k, v in extra.items() if v}, **limits)
 
 
@@ -52,7 +52,8 @@ class RunOptions(BaseModel):
     name: str | None = opt(None, "File name of the final LoRA. Default: <run folder name>-<effect>.")
     caption: str | None = opt(None, "Caption of both training images (the same text for both). Default: the recipe's.")
     prompt: str | None = opt(None, "Prompt for a generated original image (when no image is given).")
-    recipe_file: str | None = opt(None, "Recipe TOML overriding the memo's numbers (see `copymachine recipe`).", option="recipe", metavar="FILE")
+    recipe_file: str | None = opt(None, "Recipe TOML overriding the memo's numbers (see `copymachine recipe`).",
+                                  option="recipe", metavar="FILE")
     sets: tuple[str, ...] = opt((), "Override one number (copy.network_dim=32, effect.epochs=4, resize.rank=4) or an "
         "effect parameter (outline.width=2). Repeatable.", option="set", metavar="SECTION.KEY=VALUE")
     amount: float = opt(1.0, f"Strength of a built-in edit: original + AMOUNT x (edit - original), "
@@ -131,7 +132,8 @@ class RunOptions(BaseModel):
     verbose: bool = opt(False, "Also print each sd-scripts command line.", short="-v")
     copy_stop_at: float | None = opt(None, "Opt-in: train the copy LoRA in segments of the save interval (recipe "
         "watch.save_every_n_steps), run the copy check after each, and stop at the first whose mean SSIM reaches"
-        " SSIM (not before the 500 warmup steps). The memo's 3072 steps stay the default and the ceiling.", metavar="SSIM", commands=("train",), ge=0, le=1)
+        " SSIM (not before the 500 warmup steps). The memo's 3072 steps stay the default and the ceiling.",
+        metavar="SSIM", commands=("train",), ge=0, le=1)
     sign: Literal["edit", "memo"] = opt("edit", "edit: positive strength = more of the edit (B - A). memo: the memo's"
         " ratios 1 -1 (A - B), where positive strength removes the edit.", commands=("diff",))
     set_tables: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -149,7 +151,8 @@ class RunOptions(BaseModel):
         """--set / `set` checked now (the recipe's keys and the effects' parameters), not when the run starts."""
         recipe_sets, effect_sets = split_set_options(self.sets, self.set_tables)
         if recipe_sets:
-            apply_overrides(load_recipe_file(self.recipe_file, MEMO) if self.recipe_file else MEMO, recipe_sets, "--set")
+            recipe = load_recipe_file(self.recipe_file, MEMO) if self.recipe_file else MEMO
+            apply_overrides(recipe, recipe_sets, "--set")
         for effect, values in effect_sets.items():
             effect_registry.resolve_params(effect, values)
         return self
@@ -192,7 +195,8 @@ def job_keys(command: str) -> dict[str, str]:
 
 def defaults() -> dict[str, Any]:
     """RunOptions' defaults by field (the CLI's defaults); `base` has none."""
-    return {name: info.get_default(call_default_factory=True) for name, info in RunOptions.model_fields.items() if not info.is_required()}
+    fields = RunOptions.model_fields.items()
+    return {name: info.get_default(call_default_factory=True) for name, info in fields if not info.is_required()}
 
 
 def schema() -> dict[str, Any]:

@@ -52,13 +52,15 @@ def resolve_effects(effects: tuple[str, ...], has_edits: bool) -> list[str]:
             if effect not in chosen:
                 chosen.append(effect)
         else:
-            raise InputError(f"unknown effect {effect!r}; choose from {', '.join(names)}, all, or custom (with --edited)")
+            raise InputError(f"unknown effect {effect!r}; choose from {', '.join(names)}, all, "
+                             "or custom (with --edited)")
     if not chosen:
         raise InputError(f"name an effect (--effect {', '.join(names)}, all) or give your own edit with --edited")
     if CUSTOM in chosen and not has_edits:
         raise InputError("--effect custom needs your edited image: --edited EDIT.png (or --edited-dir)")
     if has_edits and CUSTOM not in chosen:
-        raise InputError("--edited / --edited-dir are your own edits: use them with --effect custom (or leave --effect out)")
+        raise InputError("--edited / --edited-dir are your own edits: use them with --effect custom "
+                         "(or leave --effect out)")
     return chosen
 
 
@@ -110,10 +112,12 @@ def see_request(o: RunOptions, family: Family) -> dict[str, Any]:
     if o.preview_model is not None:
         model = inspect_base_model(o.preview_model, for_training=False)
         if model.family.name != family.name:
-            raise InputError(f"--preview-model is {model.family.label}, but the LoRA is trained on {family.label}: preview it on a {family.label} model")
+            raise InputError(f"--preview-model is {model.family.label}, but the LoRA is trained on "
+                             f"{family.label}: preview it on a {family.label} model")
         # its own v_pred / ztsnr keys (the --v-pred flags stand for a file without them)
         prediction = choose_prediction(model, o.v_pred, o.zero_terminal_snr)
-    return {"copy_check": not o.no_copy_check, "preview_model": o.preview_model, "tagger_dir": o.tagger_dir, "preview_prediction": prediction}
+    return {"copy_check": not o.no_copy_check, "preview_model": o.preview_model, "tagger_dir": o.tagger_dir,
+            "preview_prediction": prediction}
 
 
 def leakage_scores(the_plan, effect: str) -> dict | None:
@@ -164,7 +168,8 @@ def _recipe(method: str, o: RunOptions, effects: list[str]) -> tuple[Recipe, dic
         shorthand[SD_ARGS] = parse_sd_args(o.sd_args)
     if o.rank is not None:
         if method == DIFFERENCE and o.rank == 0:
-            raise InputError("--rank 0 keeps a trained rank; difference extraction makes a new LoRA: give its rank (memo: 8)")
+            raise InputError("--rank 0 keeps a trained rank; difference extraction makes a new LoRA: "
+                             "give its rank (memo: 8)")
         shorthand["svd" if method == DIFFERENCE else "resize"] = {"rank": o.rank}
     for section, values in shorthand.items():
         recipe_sets.setdefault(section, {}).update(values)
@@ -176,12 +181,14 @@ def _recipe(method: str, o: RunOptions, effects: list[str]) -> tuple[Recipe, dic
     return recipe, effect_sets
 
 
-def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None) -> tuple[Request, ModelInfo, Settings]:
+def make_request(method: str, o: RunOptions, reporter: Reporter,
+                 gpu: int | None) -> tuple[Request, ModelInfo, Settings]:
     """The run asked for, from its options: inputs checked, the recipe, sd-scripts located (and
     pinned to `gpu`), the tokenizers the base model's family needs."""
     images, edited, effects, model = check_inputs(o, reporter)
     recipe, effect_sets = _recipe(method, o, effects)
-    settings = make_settings(o.sd_scripts, o.python, o.device, o.tokenizer_cache_dir, o.offline, reporter, require=not o.dry_run, low_vram=o.low_vram)
+    settings = make_settings(o.sd_scripts, o.python, o.device, o.tokenizer_cache_dir, o.offline, reporter,
+                             require=not o.dry_run, low_vram=o.low_vram)
     if gpu is not None and settings.gpus:
         settings = dataclasses.replace(settings, pinned_gpu=gpu, gpus=1)
     preflight.check_tokenizers(settings, model.family, reporter)
@@ -212,7 +219,8 @@ def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None
     return request, model, settings
 
 
-def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Settings, reporter: Reporter) -> tuple[Plan, HashCache]:
+def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Settings,
+              reporter: Reporter) -> tuple[Plan, HashCache]:
     """Pre-flight of the planned run: the output folders (a dry run writes configs into the run
     and cache folders: the same output checks as a run), then, for a run, disk space and RAM."""
     folders = run_folders(request)
@@ -247,13 +255,16 @@ def side_by_side(o: RunOptions, request: Request, the_plan: Plan, settings: Sett
         preflight.check_bitsandbytes(the_plan, settings)
     jobs = preflight.check_vram(the_plan, settings, o.jobs, trainings, reporter)
     if jobs > 1:
-        reporter.info(f"{jobs} trainings side by side" + (f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"))
+        where = f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"
+        reporter.info(f"{jobs} trainings side by side{where}")
     return jobs
 
 
-def run_jobs(the_plan: Plan, o: RunOptions, settings: Settings, hashes: HashCache, reporter: Reporter, jobs: int, on_pipeline=None) -> list[Path]:
+def run_jobs(the_plan: Plan, o: RunOptions, settings: Settings, hashes: HashCache, reporter: Reporter, jobs: int,
+             on_pipeline=None) -> list[Path]:
     """Run the plan's stages (or, with --dry-run, print them); returns the final LoRAs' paths."""
-    reporter.event("plan", run_dir=str(the_plan.run_dir), stages=[s.title for s in the_plan.stages], finals={k: str(v) for k, v in the_plan.finals.items()})
+    reporter.event("plan", run_dir=str(the_plan.run_dir), stages=[s.title for s in the_plan.stages],
+                   finals={k: str(v) for k, v in the_plan.finals.items()})
     pipeline = Pipeline(the_plan, settings, reporter, hashes)
     if on_pipeline is not None:
         on_pipeline(pipeline)
@@ -265,11 +276,13 @@ def run_jobs(the_plan: Plan, o: RunOptions, settings: Settings, hashes: HashCach
         scores = leakage_scores(the_plan, effect)
         if scores is not None:
             reporter.info(f"{path.name}: {leakage_summary(scores)}")
-    reporter.info(f"done: {len(the_plan.finals)} LoRA(s) in {the_plan.run_dir}; manifest: {the_plan.run_dir / 'manifest.json'}")
+    manifest = the_plan.run_dir / "manifest.json"
+    reporter.info(f"done: {len(the_plan.finals)} LoRA(s) in {the_plan.run_dir}; manifest: {manifest}")
     return list(the_plan.finals.values())
 
 
-def run_method(method: str, o: RunOptions, reporter: Reporter | None = None, on_pipeline=None, gpu: int | None = None) -> list[Path]:
+def run_method(method: str, o: RunOptions, reporter: Reporter | None = None, on_pipeline=None,
+               gpu: int | None = None) -> list[Path]:
     """One run of `train` (COPY_MACHINE) or `diff` (DIFFERENCE): request, pre-flight, jobs.
     The one code path of every face: the CLI commands, the queue (copymachine/jobfile.py) and
     through it the web UI. Returns the final LoRAs' paths.

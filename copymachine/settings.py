@@ -42,7 +42,10 @@ def make_settings(
         engine.require(probe)
         # what this sd-scripts can do (each script's --help, once per checkout): refused here,
         # before any stage, when copymachine cannot drive it
-        caps = capabilities.learn(engine, on_progress=lambda done, total: reporter.counting("capabilities", capabilities.progress_text(done, total), done, total))
+        def progress(done: int, total: int) -> None:
+            reporter.counting("capabilities", capabilities.progress_text(done, total), done, total)
+
+        caps = capabilities.learn(engine, on_progress=progress)
         capabilities.require(engine, caps)
     cuda = bool(probe and probe.cuda)
     if device == "cuda" and not cuda:
@@ -58,7 +61,8 @@ def make_settings(
             reporter.warn(caveat)
     else:
         profile = profiles.CPU
-    reporter.info(f"sd-scripts {engine.root}; its Python {engine.python} ({engine.python_reason})" + (f"; trains in {profile.mixed_precision} ({profile.why})" if use_cuda else ""))
+    trains = f"; trains in {profile.mixed_precision} ({profile.why})" if use_cuda else ""
+    reporter.info(f"sd-scripts {engine.root}; its Python {engine.python} ({engine.python_reason}){trains}")
     return Settings(
         engine=engine,
         probe=probe,

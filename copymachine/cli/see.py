@@ -133,7 +133,8 @@ def _checked(lora: Path, model: Path, size: int | None, font: Path | None):
 def _plan_leakage(planner: Planner, inputs: dict, training_image: Path, checkpoint, precision: str, options) -> FileRef:
     """The leakage stage (stages/leakage.py, as a run plans it) at the size the LoRA trained: its
     family's native area (the default training size), the training image's aspect kept."""
-    size = training_size(*image_info(training_image)["size"], checkpoint.family.default_size)
+    width, height = image_info(training_image)["size"]
+    size = training_size(width, height, checkpoint.family.default_size)
     params = leakage_params(MEMO.leakage, checkpoint.family, size, precision, options)
     lora = inputs["lora"].path
     leak_inputs = {**inputs, "original000": planner.external(training_image.resolve())}

@@ -20,7 +20,8 @@ from copymachine.errors import InputError
 from copymachine.heavy import numpy as np
 from copymachine.images import to_rgb
 
-__all__ = ["AMOUNT_LIMIT", "AMOUNT_RANGE", "EFFECTS", "Effect", "Param", "apply_effect", "check_amount", "get", "names", "resolve_params"]
+__all__ = ["AMOUNT_LIMIT", "AMOUNT_RANGE", "EFFECTS", "Effect", "Param", "apply_effect", "check_amount", "get", "names",
+           "resolve_params"]
 
 EFFECTS: dict[str, Effect] = {m.EFFECT.name: m.EFFECT for m in (outline, flat, contrast, posterize, jpeg)}
 
@@ -57,7 +58,8 @@ def check_amount(amount: float) -> float:
     except (TypeError, ValueError):
         value = math.nan
     if not math.isfinite(value) or abs(value) > AMOUNT_LIMIT:
-        raise InputError(f"--amount {amount!r} must be a number {AMOUNT_RANGE} (1 = the full edit, negative = its opposite; beyond {AMOUNT_LIMIT:g} the edit only saturates)")
+        raise InputError(f"--amount {amount!r} must be a number {AMOUNT_RANGE} (1 = the full edit, negative = its "
+                         f"opposite; beyond {AMOUNT_LIMIT:g} the edit only saturates)")
     return value
 
 

@@ -10,12 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import ErrorDetails
 
 from copymachine.errors import InputError
 from copymachine.heavy import numpy as np
+
+if TYPE_CHECKING:
+    from numpy import ndarray as Array
+else:
+    Array = Any  # numpy is imported when first used (copymachine/heavy.py)
 
 Value = int | float | str | bool
 _TYPE_NAMES = {int: "integer", float: "number", str: "text", bool: "true/false"}
@@ -53,8 +59,9 @@ class Param:
         kind: Any = Literal[self.choices] if self.choices else self.type
         if self.validate is not None:
             kind = Annotated[kind, AfterValidator(self._check)]
-        limits = {"allow_inf_nan": False} if self.type is float else {}
-        return kind, Field(self.default, ge=self.min, le=self.max, description=self.help, **limits)
+        limits: dict[str, Any] = {"allow_inf_nan": False} if self.type is float else {}
+        default: Any = self.default
+        return kind, Field(default, ge=self.min, le=self.max, description=self.help, **limits)
 
     def _check(self, value: Any) -> Any:
         problem = self.validate(value) if self.validate else None
@@ -62,7 +69,7 @@ class Param:
             raise ValueError(problem)
         return value
 
-    def problem(self, error: dict[str, Any]) -> str:
+    def problem(self, error: ErrorDetails) -> str:
         """A pydantic error of this parameter, in words."""
         if error["type"] in ("greater_than_equal", "less_than_equal"):
             return f"must be {self.range_text()}"
@@ -78,7 +85,7 @@ class Effect:
     name: str
     summary: str
     params: dict[str, Param]
-    run: Callable[[np.ndarray, dict], np.ndarray] = field(compare=False, repr=False)
+    run: Callable[[Array, dict], Array] = field(compare=False, repr=False)
 
     def defaults(self) -> dict[str, Value]:
         return {key: p.default for key, p in self.params.items()}
@@ -93,7 +100,8 @@ class Effect:
         """The defaults updated with `overrides`, checked; InputError `name: key=value: problem`."""
         unknown = [key for key in overrides if key not in self.params]
         if unknown:
-            raise InputError(f"{self.name} has no parameter {unknown[0]!r}; its parameters are: {', '.join(self.params)}")
+            known = ", ".join(self.params)
+            raise InputError(f"{self.name} has no parameter {unknown[0]!r}; its parameters are: {known}")
         try:
             return self.model.model_validate(overrides).model_dump()
         except ValidationError as e:
@@ -122,12 +130,12 @@ def format_value(value: Any) -> str:
     return _fmt(value)
 
 
-def to_uint8(values: np.ndarray) -> np.ndarray:
+def to_uint8(values: Array) -> Array:
     """Round half up and clip to 0-255: the one rounding rule every effect uses."""
     return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
 
 
-def blend(base: np.ndarray, target: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
+def blend(base: Array, target: Array, weight: Array | float) -> Array:
     """`base + weight × (target − base)` as uint8; `weight` is a scalar or one value per pixel.
 
     Where the weight is 0 the result is `base`, bit for bit.

@@ -80,7 +80,8 @@ def effect_catalogue() -> list[dict[str, Any]]:
     for name, effect in effect_registry.EFFECTS.items():
         params = []
         for key, p in effect.params.items():
-            params.append({"key": key, "type": p.type.__name__, "default": p.default, "min": p.min, "max": p.max, "choices": list(p.choices) if p.choices else None, "help": p.help})
+            params.append({"key": key, "type": p.type.__name__, "default": p.default, "min": p.min, "max": p.max,
+                           "choices": list(p.choices) if p.choices else None, "help": p.help})
         out.append({"name": name, "help": effect.summary, "params": params})
     return out
 
@@ -164,10 +165,12 @@ class App:
         """A job from the Make page: written as a jobs file and checked as `queue` checks it."""
         from copymachine import jobfile, run
 
-        table = {k: v for k, v in body.items() if not (v is None or v is False or (isinstance(v, (str, list, dict)) and not v))}
+        table = {k: v for k, v in body.items()
+                 if not (v is None or v is False or (isinstance(v, (str, list, dict)) and not v))}
         engine = sorted(k for k in table if k in ENGINE_KEYS)
         if engine:
-            raise InputError(f"{engine[0]}: the engine is the UI's, set when it starts (copymachine ui --sd-scripts … --python …); a job from the page may not name it")
+            raise InputError(f"{engine[0]}: the engine is the UI's, set when it starts (copymachine ui --sd-scripts … "
+                             "--python …); a job from the page may not name it")
         method = table.get("method", "train")
         if method not in run.COMMANDS:
             raise InputError(f"method must be train or diff, not {method!r}")
@@ -348,7 +351,8 @@ class Handler(JsonHandler):
         if method == "GET" and path.startswith("/static/"):
             return self._static(path[len("/static/") :])
         if method == "GET" and path == "/api/info":
-            return self._json({"version": __version__, "effects": effect_catalogue(), "options": schema(), "models": app.models_list(), "runs": str(app.runs), "recovered": app.recovered})
+            return self._json({"version": __version__, "effects": effect_catalogue(), "options": schema(),
+                               "models": app.models_list(), "runs": str(app.runs), "recovered": app.recovered})
         if method == "GET" and path == "/api/jobs":
             return self._json({"jobs": app.jobs(), "running": app.worker.current})
         if method == "GET" and path == "/api/results":
