@@ -53,24 +53,23 @@ class RunOptions(BaseModel):
     caption: str | None = opt(None, "Caption of both training images (the same text for both). Default: the recipe's.")
     prompt: str | None = opt(None, "Prompt for a generated original image (when no image is given).")
     recipe_file: str | None = opt(None, "Recipe TOML overriding the memo's numbers (see `copymachine recipe`).",
-                                  option="recipe", metavar="FILE")
+        option="recipe", metavar="FILE")
     sets: tuple[str, ...] = opt((), "Override one number (copy.network_dim=32, effect.epochs=4, resize.rank=4) or an "
         "effect parameter (outline.width=2). Repeatable.", option="set", metavar="SECTION.KEY=VALUE")
     amount: float = opt(1.0, f"Strength of a built-in edit: original + AMOUNT x (edit - original), "
-        f"{effect_registry.AMOUNT_RANGE} (1 = the edit, negative = its opposite; beyond that the edit only "
-        f"saturates).")
+        f"{effect_registry.AMOUNT_RANGE} (1 = the edit, negative = its opposite; beyond that the edit only saturates).")
     resolution: int | None = opt(None, "Training size: about N x N px, the picture's aspect kept, sides multiples of "
-        "64 (2048x1536 at 512 trains at 576x448). Default: the model's native size (512 for SD1.x/2.x, 1024 for "
-        "SDXL); a generated original trains at its own size. 64 for quick tests.", metavar="N", ge=64, le=4096)
+        "64 (2048x1536 at 512 trains at 576x448). Default: the model's native size (512 for SD1.x/2.x, 1024 for SDXL); "
+        "a generated original trains at its own size. 64 for quick tests.", metavar="N", ge=64, le=4096)
     max_steps: int | None = opt(None, "Cap every training at this many steps (warmup scaled alike); for quick test "
         "runs.", ge=1)
     rank: int | None = opt(None, "Rank of the final LoRA (memo: 8). 0 keeps the trained rank (train only).", ge=0)
     combine: Literal["merge", "svd"] | None = opt(None, "How several images' LoRAs are combined: merge = the memo's "
         "steps 7-9 (merge into the model, extract, resize); svd = svd_merge_lora.py, exact and cheaper.")
     copy_model: Literal["memory", "file"] | None = opt(None, "memory (default): the effect LoRA trains on the base "
-        "model with the copy LoRA merged in memory (sd-scripts' --base_weights), the same weights without a 4-13"
-        " GB file; file: merge_lora.py writes the copy model, as the memo does. Also where --absorb's styles "
-        "go. Recipe key merge.copy_model.")
+        "model with the copy LoRA merged in memory (sd-scripts' --base_weights), the same weights without a 4-13 GB "
+        "file; file: merge_lora.py writes the copy model, as the memo does. Also where --absorb's styles go. Recipe "
+        "key merge.copy_model.")
     clip_skip: int | None = opt(None, "CLIP layer counted from the last, for every training and render (SD1.x; 2 for "
         "NovelAI-derived anime models). Default: the recipe's model.clip_skip (1). Recorded in the LoRA as "
         "ss_clip_skip.", ge=1, le=12)
@@ -79,22 +78,22 @@ class RunOptions(BaseModel):
     zero_terminal_snr: bool = opt(False, "The v-prediction base model has a zero-terminal-SNR schedule (sd-scripts' "
         "zero_terminal_snr); found by itself from a ztsnr key.")
     sd_args: tuple[str, ...] = opt((), "Add an sd-scripts training option the recipe does not name (noise_offset=0.05, "
-        "network_args='[\"conv_dim=8\"]', xformers), to every training; checked against the training script's "
-        "--help before any work. Repeatable; recipe table [sd_args].", option="sd-arg", metavar="KEY=VALUE")
+        "network_args='[\"conv_dim=8\"]', xformers), to every training; checked against the training script's --help "
+        "before any work. Repeatable; recipe table [sd_args].", option="sd-arg", metavar="KEY=VALUE")
     absorb: tuple[str, ...] = opt((), "Merge a style LoRA into the base model first; every training uses the result "
         "(the memo's tip). Repeatable.", metavar="STYLE.safetensors[:RATIO]")
     cache_dir: Path | None = opt(None, "Where shared stages (copy LoRAs, copy models, LoRA A) are kept. Default: "
         "$COPYMACHINE_CACHE, else <run folder>/../_cache.", path="dir")
     jobs: int | None = opt(None, "Trainings run side by side (several effects or images): one per GPU on a multi-GPU "
         "machine, else as many as the GPU's free memory holds (default); CPU runs stay sequential.", ge=1)
-    samples: int | None = opt(None, "Every N steps of each training, render the recipe's [watch] sample prompt(s) "
-        "with the LoRA so far (the effect LoRA: on the copy model at +1) into <run folder>/samples/<stage>/; the"
-        " web UI's queue page shows the latest. Each costs one render (README).", metavar="N", ge=1)
-    tensorboard: bool = opt(False, "sd-scripts writes TensorBoard logs into <run folder>/tensorboard/; the run prints"
-        " the `tensorboard --logdir` line.")
+    samples: int | None = opt(None, "Every N steps of each training, render the recipe's [watch] sample prompt(s) with "
+        "the LoRA so far (the effect LoRA: on the copy model at +1) into <run folder>/samples/<stage>/; the web UI's "
+        "queue page shows the latest. Each costs one render (README).", metavar="N", ge=1)
+    tensorboard: bool = opt(False, "sd-scripts writes TensorBoard logs into <run folder>/tensorboard/; the run prints "
+        "the `tensorboard --logdir` line.")
     low_vram: bool = opt(False, "For small GPUs: gradient checkpointing, 8-bit AdamW (needs bitsandbytes), latents "
-        "cached on disk; SDXL also caches the text encoders' outputs and trains the U-Net only. Opt-in: the memo"
-        " trains with plain AdamW and both.")
+        "cached on disk; SDXL also caches the text encoders' outputs and trains the U-Net only. Opt-in: the memo "
+        "trains with plain AdamW and both.")
     dry_run: bool = opt(False, "Write the configs and print every command; run nothing.")
     no_wait: bool = opt(False, "Exit at once (code 6) instead of waiting when another run holds the run folder or a "
         "cache entry.")
@@ -104,17 +103,17 @@ class RunOptions(BaseModel):
         "(assumes SD1.x); sd-scripts loads it with torch. Only for files you trust.")
     # the checks and previews (what they mean for a run: run.see_recipe_sets, run.see_request)
     no_copy_check: bool = opt(False, f"Do not check that the copy machine copies the original (default: "
-        f"{MEMO.copy_check.images} images from it, stop when their mean SSIM is below "
-        f"{MEMO.copy_check.min_ssim:g}; see [copy_check] in `copymachine recipe`).")
-    preview_model: Path | None = opt(None, "At the end, render a strength sweep of each LoRA on this model (one it "
-        "was not trained on): <name>-preview.png beside the LoRA (see [preview] in `copymachine recipe`); and "
-        "measure leakage: how much the LoRA at strengths 1, 2, 3 pulls unrelated pictures towards its training "
-        "image (SSIM gain over strength 0; [leakage]).", path="file")
+        f"{MEMO.copy_check.images} images from it, stop when their mean SSIM is below {MEMO.copy_check.min_ssim:g}; "
+        f"see [copy_check] in `copymachine recipe`).")
+    preview_model: Path | None = opt(None, "At the end, render a strength sweep of each LoRA on this model (one it was "
+        "not trained on): <name>-preview.png beside the LoRA (see [preview] in `copymachine recipe`); and measure "
+        "leakage: how much the LoRA at strengths 1, 2, 3 pulls unrelated pictures towards its training image (SSIM "
+        "gain over strength 0; [leakage]).", path="file")
     caption_with: Literal["fixed", "wd14"] | None = opt(None, "fixed: the --caption text (default). wd14: the WD14 "
-        "tagger's tags of the original image, the same for the edit (the memo's way); --caption then goes before"
-        " the tags.")
-    tagger_dir: Path | None = opt(None, "WD14 tagger folder in SmilingWolf's layout: model.onnx and selected_tags.csv"
-        " (offline; needs the [tagger] extra).", path="dir")
+        "tagger's tags of the original image, the same for the edit (the memo's way); --caption then goes before the "
+        "tags.")
+    tagger_dir: Path | None = opt(None, "WD14 tagger folder in SmilingWolf's layout: model.onnx and selected_tags.csv "
+        "(offline; needs the [tagger] extra).", path="dir")
     general_threshold: float | None = opt(None, f"WD14: probability from which a general tag is written (default "
         f"{MEMO.caption.general_threshold:g}).", ge=0, le=1)
     character_threshold: float | None = opt(None, f"WD14: probability from which a character tag is written (default "
@@ -122,8 +121,8 @@ class RunOptions(BaseModel):
     # the engine (cli/common.engine_options: every command that runs sd-scripts)
     sd_scripts: Path | None = opt(None, "Your sd-scripts checkout. Default: $SD_SCRIPTS, else vendor/sd-scripts (the "
         "submodule).", path="dir")
-    python: str | None = opt(None, "The Python that runs sd-scripts. Default: $SD_SCRIPTS_PYTHON, else <sd-"
-        "scripts>/venv, else <kohya_ss>/venv beside <kohya_ss>/sd-scripts, else this one.")
+    python: str | None = opt(None, "The Python that runs sd-scripts. Default: $SD_SCRIPTS_PYTHON, else "
+        "<sd-scripts>/venv, else <kohya_ss>/venv beside <kohya_ss>/sd-scripts, else this one.")
     device: Literal["auto", "cuda", "cpu"] = opt("auto", "Where sd-scripts trains. auto: the GPU when its torch sees "
         "one (bf16 from compute capability 8.0, else fp16), else the CPU (fp32).")
     tokenizer_cache_dir: Path | None = opt(None, "Folder with the CLIP tokenizer(s), handed to every sd-scripts call "
@@ -131,11 +130,11 @@ class RunOptions(BaseModel):
     offline: bool = opt(False, "No hub access: sets HF_HUB_OFFLINE=1 for sd-scripts.")
     verbose: bool = opt(False, "Also print each sd-scripts command line.", short="-v")
     copy_stop_at: float | None = opt(None, "Opt-in: train the copy LoRA in segments of the save interval (recipe "
-        "watch.save_every_n_steps), run the copy check after each, and stop at the first whose mean SSIM reaches"
-        " SSIM (not before the 500 warmup steps). The memo's 3072 steps stay the default and the ceiling.",
+        "watch.save_every_n_steps), run the copy check after each, and stop at the first whose mean SSIM reaches SSIM "
+        "(not before the 500 warmup steps). The memo's 3072 steps stay the default and the ceiling.",
         metavar="SSIM", commands=("train",), ge=0, le=1)
-    sign: Literal["edit", "memo"] = opt("edit", "edit: positive strength = more of the edit (B - A). memo: the memo's"
-        " ratios 1 -1 (A - B), where positive strength removes the edit.", commands=("diff",))
+    sign: Literal["edit", "memo"] = opt("edit", "edit: positive strength = more of the edit (B - A). memo: the memo's "
+        "ratios 1 -1 (A - B), where positive strength removes the edit.", commands=("diff",))
     set_tables: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -191,12 +190,6 @@ PATHS = [name for name, info in RunOptions.model_fields.items() if shape(info)[0
 def job_keys(command: str) -> dict[str, str]:
     """The keys a job of `command` (train | diff) takes, in --help order: {option name: field}."""
     return {option_name(name): name for name in RunOptions.model_fields if command in commands(name)}
-
-
-def defaults() -> dict[str, Any]:
-    """RunOptions' defaults by field (the CLI's defaults); `base` has none."""
-    fields = RunOptions.model_fields.items()
-    return {name: info.get_default(call_default_factory=True) for name, info in fields if not info.is_required()}
 
 
 def schema() -> dict[str, Any]:

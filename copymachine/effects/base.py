@@ -87,9 +87,6 @@ class Effect:
     params: dict[str, Param]
     run: Callable[[Array, dict], Array] = field(compare=False, repr=False)
 
-    def defaults(self) -> dict[str, Value]:
-        return {key: p.default for key, p in self.params.items()}
-
     @cached_property
     def model(self) -> type[BaseModel]:
         """The parameters as a pydantic model."""
