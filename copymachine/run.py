@@ -192,29 +192,14 @@ def make_request(method: str, o: RunOptions, reporter: Reporter,
     if gpu is not None and settings.gpus:
         settings = dataclasses.replace(settings, pinned_gpu=gpu, gpus=1)
     preflight.check_tokenizers(settings, model.family, reporter)
+    # the options a Request takes as they are; the rest converted
+    same = ("out", "name", "cache_dir", "amount", "resolution", "max_steps", "combine", "sign", "edit_in_place",
+            "tensorboard", "copy_stop_at")
     request = Request(
-        method=method,
-        base=o.base,
-        family=model.family,
-        effects=effects,
-        recipe=recipe,
-        sources=make_sources(images, edited),
-        out=o.out,
-        name=o.name,
-        cache_dir=o.cache_dir,
-        effect_params=effect_sets,
-        amount=o.amount,
-        resolution=o.resolution,
-        max_steps=o.max_steps,
-        absorb=parse_absorb(o.absorb),
-        combine=o.combine,
-        sign=o.sign,
-        edit_in_place=o.edit_in_place,
-        prediction=choose_prediction(model, o.v_pred, o.zero_terminal_snr),
-        samples=o.samples or 0,
-        tensorboard=o.tensorboard,
-        copy_stop_at=o.copy_stop_at,
-        **see_request(o, model.family),
+        method=method, base=o.base, family=model.family, effects=effects, recipe=recipe,
+        sources=make_sources(images, edited), effect_params=effect_sets, absorb=parse_absorb(o.absorb),
+        prediction=choose_prediction(model, o.v_pred, o.zero_terminal_snr), samples=o.samples or 0,
+        **{key: getattr(o, key) for key in same}, **see_request(o, model.family),
     )
     return request, model, settings
 

@@ -121,7 +121,8 @@ class App:
     def check_paths(self, table: dict[str, Any], path_keys: list[str]) -> None:
         """A page's paths lie under --models or --runs (resolved, symlinks followed)."""
         roots = [self.runs] + ([self.models] if self.models else [])
-        rule = f"paths from the page must lie under the runs folder ({self.runs})" + (f" or the models folder ({self.models})" if self.models else "")
+        models = f" or the models folder ({self.models})" if self.models else ""
+        rule = f"paths from the page must lie under the runs folder ({self.runs}){models}"
         for key in path_keys:
             values = table.get(key)
             for value in values if isinstance(values, list) else [values]:
@@ -169,12 +170,14 @@ class App:
                  if not (v is None or v is False or (isinstance(v, (str, list, dict)) and not v))}
         engine = sorted(k for k in table if k in ENGINE_KEYS)
         if engine:
-            raise InputError(f"{engine[0]}: the engine is the UI's, set when it starts (copymachine ui --sd-scripts … "
-                             "--python …); a job from the page may not name it")
+            raise InputError(f"{engine[0]}: the engine is the UI's, set when it starts (copymachine ui "
+                             "--sd-scripts … --python …); a job from the page may not name it")
         method = table.get("method", "train")
         if method not in run.COMMANDS:
             raise InputError(f"method must be train or diff, not {method!r}")
-        self.check_paths(table, [key for key, name in job_keys(method).items() if name in PATHS])
+        # a recipe is a name or a path: as a path, it too must lie under the folders
+        paths = [key for key, name in job_keys(method).items() if name in PATHS or key == "recipe"]
+        self.check_paths(table, paths)
         if "base" not in table:
             raise InputError("give the base model (a path to a .safetensors checkpoint)")
         if not table.get("out"):
