@@ -8,7 +8,7 @@ strings as on the command line) and `gpus` (what an engine gives the whole job: 
 default 1). docs/jobs.example.toml is a commented example.
 
 Nothing here plans or runs a stage: every key is converted and checked as its option of `train` /
-`diff` is (the table of keys is copymachine/run.py's JOB_KEYS), and every job runs through
+`diff` is (the keys are copymachine/options.py's RunOptions), and every job runs through
 `run.run_method`, the function behind `train` and `diff`. A re-run of the queue re-runs each job,
 which skips every stage that is done.
 """
@@ -28,6 +28,7 @@ from typing import Any
 
 from copymachine import run
 from copymachine.errors import EXIT_INTERRUPTED, CopymachineError, InputError
+from copymachine.options import PATHS, RunOptions, job_keys, validate
 from copymachine.progress import Reporter
 from copymachine.supervise import CancelToken
 
@@ -51,7 +52,8 @@ def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]
             if isinstance(sub, dict):
                 walk(name, sub)
             elif not prefix:
-                raise InputError(f"{where}: set.{key} = … names no section; write section.key (e.g. set.copy.network_dim = 32)")
+                raise InputError(f"{where}: set.{key} = … names no section; write section.key "
+                                 "(e.g. set.copy.network_dim = 32)")
             else:
                 out.setdefault(prefix, {})[key] = sub
 
@@ -66,7 +68,7 @@ class Job:
     index: int  # 1-based, in file order
     label: str
     command: str  # train | diff
-    options: run.RunOptions
+    options: RunOptions
     gpus: int = 1  # the `gpus` key: GPUs an engine (Ray) gives the whole job
 
     @property
@@ -96,66 +98,68 @@ class JobResult:
         return self.error.exit_code if self.error else 1
 
 
-def _convert(key: run.Key, value: Any, folder: Path, where: str) -> Any:
-    """A job's value as the option `key` takes it; relative paths are relative to the jobs file."""
-    if key.kind == "flag" and not isinstance(value, bool):
-        raise InputError(f"{where}: {key.name} must be true or false, not {value!r}")
-    if key.kind == "path":
-
-        def resolve(v: Any) -> Any:
-            if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
-                return str(folder / v)
-            return str(Path(v).expanduser()) if isinstance(v, str) else v
-
-        value = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
-    try:
-        return key.cast(value)
-    except ValueError as e:
-        raise InputError(f"{where}: {key.name}: {e}") from None
+def _path(value: Any, folder: Path) -> Any:
+    """A job's path as given, relative to the jobs file."""
+    if isinstance(value, list):
+        return [_path(v, folder) for v in value]
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        return str(folder / value)
+    return str(Path(value).expanduser()) if isinstance(value, str) else value
 
 
-def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides: dict[str, Any], folder: Path, source: str) -> Job:
+def _values(merged: dict[str, Any], keys: dict[str, str], overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A job's keys as RunOptions' fields (paths relative to the jobs file; a recipe name stays one)."""
+    values = {keys[k]: _path(v, folder) if keys[k] in PATHS else v for k, v in merged.items() if k in keys}
+    recipe = merged.get("recipe")
+    if isinstance(recipe, str) and (folder / recipe).is_file():
+        values["recipe_file"] = str(folder / recipe)
+    for name, value in overrides.items():
+        if name in keys and value is not None and keys[name] not in values:
+            values[keys[name]] = value
+    return values
+
+
+def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides: dict[str, Any], folder: Path,
+         source: str) -> Job:
     where = f"{source}: job {index}"
     merged = {**defaults, **table}
     command_name = merged.pop("method", "train")
     if command_name not in METHODS:
         raise InputError(f"{where}: method must be train or diff, not {command_name!r}")
-    keys = run.job_keys(command_name)
+    keys = job_keys(command_name)
     unknown = sorted(k for k in merged if k not in keys and k not in EXTRA_KEYS)
     if unknown:
         other = "diff" if command_name == "train" else "train"
-        hint = f" (an option of {other}, not of {command_name})" if unknown[0] in run.job_keys(other) else ""
+        hint = f" (an option of {other}, not of {command_name})" if unknown[0] in job_keys(other) else ""
         raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}, gpus")
     sets = merged.pop("set", None)
     gpus = merged.pop("gpus", 1)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise InputError(f"{where}: gpus must be a whole number from 1 (the GPUs an engine gives the job), not {gpus!r}")
-    options: dict[str, Any] = run.defaults()
-    for name, key in keys.items():
-        if name in merged:
-            options[key.field] = _convert(key, merged[name], folder, where)
-        elif name in overrides and overrides[name] is not None:
-            options[key.field] = overrides[name]
-        elif key.required:
-            raise InputError(f"{where}: {name} is required (here or in [defaults])")
+        raise InputError(f"{where}: gpus must be a whole number from 1 (the GPUs an engine gives the job), "
+                         f"not {gpus!r}")
+    values = _values(merged, keys, overrides, folder)
+    if "base" not in values:
+        raise InputError(f"{where}: base is required (here or in [defaults])")
     if isinstance(sets, dict):
-        options["set_tables"] = flatten_sets(sets, where)
+        values["set_tables"] = flatten_sets(sets, where)
     elif sets is not None:
         items = sets if isinstance(sets, list) else [sets]
         if not all(isinstance(i, str) for i in items):
-            raise InputError(f"{where}: set must be a table (set.copy.network_dim = 32) or a list of 'section.key=value' strings")
-        options["sets"] = tuple(options["sets"]) + tuple(items)
-    label = options["name"]
+            raise InputError(f"{where}: set must be a table (set.copy.network_dim = 32) or a list of "
+                             "'section.key=value' strings")
+        given = values.get("sets", [])
+        values["sets"] = ([given] if isinstance(given, str) else list(given)) + items
+    o = validate(values, where)
+    label = o.name
     if not label:
-        first = (options["images"] or [None])[0]
-        stem = Path(options["out"]).name if options["out"] else (Path(first).stem if first else f"job {index}")
-        label = f"{stem}-{'+'.join(options['effects']) or 'custom'}"
-    return Job(index=index, label=label, command=command_name, options=run.RunOptions(**options), gpus=gpus)
+        stem = o.out.name if o.out else (o.images[0].stem if o.images else f"job {index}")
+        label = f"{stem}-{'+'.join(o.effects) or 'custom'}"
+    return Job(index=index, label=label, command=command_name, options=o, gpus=gpus)
 
 
 def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
     """Read and check a jobs file: every job's options are converted and range-checked (as the
-    options of `train` / `diff` are: run.JOB_KEYS) before any job runs. `overrides` are queue
+    options of `train` / `diff` are: RunOptions) before any job runs. `overrides` are queue
     command-line options (by key) used where neither the job nor [defaults] sets them."""
     path = Path(path)
     try:

@@ -44,7 +44,7 @@ def test_registry_order_and_shape():
         assert effect.params["mode"].choices and effect.params["mode"].default == effect.params["mode"].choices[0]
         for key, param in effect.params.items():
             assert param.help, f"{name}.{key} has no help"
-            assert param.convert(key, param.default) == param.default  # defaults pass their own checks
+            assert resolve_params(name, {key: param.default})[key] == param.default  # defaults pass their own checks
 
 
 def test_resolve_params_is_complete_typed_and_json_serialisable():

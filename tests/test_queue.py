@@ -81,7 +81,7 @@ def test_the_example_jobs_file_loads_as_documented():
         ({"image": "x.png", "effect": "outline", "resolution": 32}, "job 1: resolution: 32 is not in the range 64<=x<=4096."),
         ({"image": "x.png", "effect": "outline", "sign": "memo"}, "job 1: unknown key 'sign' (an option of diff, not of train)"),
         ({"image": "x.png", "method": "lora", "effect": "outline"}, "job 1: method must be train or diff, not 'lora'"),
-        ({"image": "x.png", "effect": "outline", "force": "yes"}, "job 1: force must be true or false, not 'yes'"),
+        ({"image": "x.png", "effect": "outline", "force": "maybe"}, "job 1: force: must be true or false, not 'maybe'"),
         ({"image": "x.png", "effect": "outline", "set": {"width": 2}}, "job 1: set.width = … names no section"),
     ],
     ids=["unknown key", "out of range", "other method's option", "bad method", "flag not a bool", "set without section"],

@@ -32,7 +32,8 @@ class CopymachineGroup(click.Group):
                 raise
             # a full disk outside a stage (a lock, the manifest): the stages report their own
             where = f" writing {e.filename}" if e.filename else ""
-            click.echo(f"copymachine: error: the disk is full{where}; free some space and run the same command again (finished stages are kept)", err=True)
+            click.echo(f"copymachine: error: the disk is full{where}; free some space and run the same command "
+                       "again (finished stages are kept)", err=True)
             ctx.exit(EXIT_OUTPUT)
 
 
@@ -88,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -1,46 +1,57 @@
-"""Options and set-up shared by the commands that run sd-scripts."""
+"""Options and set-up shared by the commands that run sd-scripts: click options made from the run's
+schema (copymachine/options.py), so that the CLI, a jobs file and the web UI take the same keys."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import click
 
-from copymachine.run import make_settings
+from copymachine.options import ENGINE, RunOptions, bounds, commands, option_name, shape
+from copymachine.settings import make_settings
 
-__all__ = ["engine_options", "make_settings"]  # make_settings lives in copymachine/run.py
+__all__ = ["engine_options", "make_settings", "run_options"]
+
+PATH_KINDS = {"dir": {"file_okay": False}, "file": {"dir_okay": False}, None: {}}
+
+
+def click_option(name: str) -> Callable:
+    """The click option of RunOptions' field `name`: its type, range, default and help."""
+    info = RunOptions.model_fields[name]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    kind, multiple = shape(info)
+    decls = ([str(extra["short"])] if "short" in extra else []) + [f"--{option_name(name)}", name]
+    kw: dict = {"help": info.description, "multiple": multiple, "metavar": extra.get("metavar")}
+    if kind is bool:
+        kw["is_flag"] = True
+    elif kind is Path:
+        kw["type"] = click.Path(path_type=Path, **PATH_KINDS[extra.get("path")])  # type: ignore[index]
+    elif get_origin(kind) is Literal:
+        kw["type"] = click.Choice(get_args(kind))
+    elif kind in (int, float):
+        low, high = bounds(info)
+        ranged = click.IntRange if kind is int else click.FloatRange
+        kw["type"] = ranged(low, high) if (low, high) != (None, None) else kind
+    if info.is_required():
+        kw["required"] = True
+    elif info.default not in (None, False, ()):
+        kw.update(default=info.default, show_default=True)
+    return click.option(*decls, **kw)
+
+
+def _apply(f: Callable, names: list[str]) -> Callable:
+    for name in reversed(names):
+        f = click_option(name)(f)
+    return f
+
+
+def run_options(command: str) -> Callable[[Callable], Callable]:
+    """The options of `train` or `diff`, in RunOptions' order (the method's, the checks', the engine's)."""
+    return lambda f: _apply(f, [name for name in RunOptions.model_fields if command in commands(name)])
 
 
 def engine_options(f: Callable) -> Callable:
-    """--sd-scripts, --python, --device, --tokenizer-cache-dir, --offline."""
-    options = [
-        click.option(
-            "--sd-scripts",
-            "sd_scripts",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Your sd-scripts checkout. Default: $SD_SCRIPTS, else vendor/sd-scripts (the submodule).",
-        ),
-        click.option(
-            "--python",
-            "python",
-            help="The Python that runs sd-scripts. Default: $SD_SCRIPTS_PYTHON, else <sd-scripts>/venv, else <kohya_ss>/venv beside <kohya_ss>/sd-scripts, else this one.",
-        ),
-        click.option(
-            "--device",
-            type=click.Choice(["auto", "cuda", "cpu"]),
-            default="auto",
-            show_default=True,
-            help="Where sd-scripts trains. auto: the GPU when its torch sees one (bf16 from compute capability 8.0, else fp16), else the CPU (fp32).",
-        ),
-        click.option(
-            "--tokenizer-cache-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Folder with the CLIP tokenizer(s), handed to every sd-scripts call that takes --tokenizer_cache_dir (offline machines).",
-        ),
-        click.option("--offline", is_flag=True, help="No hub access: sets HF_HUB_OFFLINE=1 for sd-scripts."),
-        click.option("-v", "--verbose", is_flag=True, help="Also print each sd-scripts command line."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    """--sd-scripts, --python, --device, --tokenizer-cache-dir, --offline, -v/--verbose."""
+    return _apply(f, list(ENGINE))

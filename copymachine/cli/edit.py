@@ -118,7 +118,8 @@ def edit(effect, input_path, output_path, settings, amount, compare_path, backgr
     edited = apply_effect(effect, original, params, amount)
     save_png(edited, output_path)
     amount_text = "" if amount == 1.0 else f", amount {amount:g}"
-    click.echo(f"wrote {output_path} ({original.width}x{original.height}): {effect} ({_changed(EFFECTS[effect], params)}){amount_text}")
+    what = f"{effect} ({_changed(EFFECTS[effect], params)}){amount_text}"
+    click.echo(f"wrote {output_path} ({original.width}x{original.height}): {what}")
     report = check_pair(original, edited, in_place=True)  # a built-in effect moves no pixel
     click.echo(f"check {_summary(report)}")
     for message in report.messages:
@@ -126,7 +127,7 @@ def edit(effect, input_path, output_path, settings, amount, compare_path, backgr
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if compare_path is not None:
-        compare_sheet(original, edited, compare_path, title=f"{effect} ({_changed(EFFECTS[effect], params)}){amount_text}")
+        compare_sheet(original, edited, compare_path, title=what)
         click.echo(f"wrote {compare_path} (original | edit | difference)")
 
 
@@ -137,7 +138,8 @@ def edit(effect, input_path, output_path, settings, amount, compare_path, backgr
 @click.option("--compare", "compare_path", type=PNG_PATH, metavar="SHEET.png",
               help="Also write a sheet: original | edit | difference heat map (same size only).")
 @click.option("--in-place", is_flag=True,
-              help="EDITED keeps every pixel in place (you only drew on it): an alignment reading is a note, not a refusal "
+              help="EDITED keeps every pixel in place (you only drew on it): an alignment reading is a note, "
+                   "not a refusal "
                    "(thick new lines pull the fit; train/diff: --edit-in-place).")
 @background_option
 def check(original_path, edited_path, as_json, compare_path, in_place, background):
@@ -177,5 +179,6 @@ def check(original_path, edited_path, as_json, compare_path, in_place, backgroun
         if not as_json:
             click.echo(f"wrote {compare_path} (original | edit | difference)")
     if report.verdict == "refuse":
-        hint = "; if you only drew on it without moving it, --in-place" if report.reads_as_moved and not in_place else ""
+        moved = report.reads_as_moved and not in_place
+        hint = "; if you only drew on it without moving it, --in-place" if moved else ""
         raise InputError(f"{edited_path}: refused as the edited image (reasons in the report above){hint}")

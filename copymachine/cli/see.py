@@ -1,12 +1,9 @@
 """See what you made: `copymachine preview` (a strength sweep of a LoRA on a model) and
-`copymachine inspect` (what is in a LoRA file); plus the options `train` and `diff` take for
-the copy check, the preview at the end of a run and WD14 captions (what they mean for a run:
-see_recipe_sets and see_request in copymachine/run.py)."""
+`copymachine inspect` (what is in a LoRA file)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -23,7 +20,7 @@ from copymachine.lorainfo import format_report, lora_report
 from copymachine.methods import training_size
 from copymachine.models import base_options, choose_prediction, inspect_base_model, lora_clip_skip, lora_family
 from copymachine.pipeline import Pipeline
-from copymachine.plan import Planner
+from copymachine.plan import FileRef, Planner
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO
 from copymachine.stages import kind_versions
@@ -32,40 +29,33 @@ from copymachine.stages.leakage import planned_outputs as leakage_outputs
 from copymachine.stages.leakage import summary as leakage_summary
 from copymachine.stages.preview import planned_outputs, preview_params
 
-# --- options of train and diff ----------------------------------------------------------------
-
-
-def see_options(f: Callable) -> Callable:
-    """--no-copy-check, --preview-model, --caption-with, --tagger-dir, thresholds."""
-    options = [
-        click.option("--no-copy-check", is_flag=True, help=f"Do not check that the copy machine copies the original (default: {MEMO.copy_check.images} images from it, stop when their mean SSIM is below {MEMO.copy_check.min_ssim:g}; see [copy_check] in `copymachine recipe`)."),
-        click.option("--preview-model", type=click.Path(dir_okay=False, path_type=Path), help="At the end, render a strength sweep of each LoRA on this model (one it was not trained on): <name>-preview.png beside the LoRA (see [preview] in `copymachine recipe`); and measure leakage: how much the LoRA at strengths 1, 2, 3 pulls unrelated pictures towards its training image (SSIM gain over strength 0; [leakage])."),
-        click.option("--caption-with", type=click.Choice(["fixed", "wd14"]), help="fixed: the --caption text (default). wd14: the WD14 tagger's tags of the original image, the same for the edit (the memo's way); --caption then goes before the tags."),
-        click.option("--tagger-dir", type=click.Path(file_okay=False, path_type=Path), help="WD14 tagger folder in SmilingWolf's layout: model.onnx and selected_tags.csv (offline; needs the [tagger] extra)."),
-        click.option("--general-threshold", type=click.FloatRange(0, 1), help=f"WD14: probability from which a general tag is written (default {MEMO.caption.general_threshold:g})."),
-        click.option("--character-threshold", type=click.FloatRange(0, 1), help=f"WD14: probability from which a character tag is written (default {MEMO.caption.character_threshold:g})."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
 # --- copymachine preview ----------------------------------------------------------------------
 
 
 @cli.command()
 @click.argument("lora", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The checkpoint to render on (best: one the LoRA was not trained on).")
-@click.option("--strengths", default=MEMO.preview.strengths, show_default=True, help="LoRA strengths, comma-separated: the sheet's columns (0 = the model alone, framed).")
-@click.option("--prompt", "prompts", multiple=True, help=f"A prompt; repeat for several (rows). Default: {MEMO.preview.prompts!r}.")
-@click.option("--seed", "seeds", multiple=True, type=int, help=f"A seed; repeat for several (rows: prompt x seed). Default: {MEMO.preview.seeds}.")
-@click.option("--size", type=click.IntRange(64, 4096), help="Image side in pixels (a multiple of 64). Default: the model family's (512 for SD1).")
-@click.option("--steps", type=click.IntRange(1, 1000), default=MEMO.preview.steps, show_default=True, help="Sampling steps.")
-@click.option("--font", type=click.Path(dir_okay=False, path_type=Path), help="A .ttf/.otf font for the labels (the built-in one is ASCII only; for train: --set preview.font=FILE).")
-@click.option("--original", type=click.Path(dir_okay=False, path_type=Path), help="The LoRA's training image: also measure leakage (see below). Default: original.png beside the LoRA when its sha256 is the one in the LoRA's metadata.")
+@click.option("--model", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The checkpoint to render on (best: one the LoRA was not trained on).")
+@click.option("--strengths", default=MEMO.preview.strengths, show_default=True,
+              help="LoRA strengths, comma-separated: the sheet's columns (0 = the model alone, framed).")
+@click.option("--prompt", "prompts", multiple=True,
+              help=f"A prompt; repeat for several (rows). Default: {MEMO.preview.prompts!r}.")
+@click.option("--seed", "seeds", multiple=True, type=int,
+              help=f"A seed; repeat for several (rows: prompt x seed). Default: {MEMO.preview.seeds}.")
+@click.option("--size", type=click.IntRange(64, 4096),
+              help="Image side in pixels (a multiple of 64). Default: the model family's (512 for SD1).")
+@click.option("--steps", type=click.IntRange(1, 1000), default=MEMO.preview.steps, show_default=True,
+              help="Sampling steps.")
+@click.option("--font", type=click.Path(dir_okay=False, path_type=Path),
+              help="A .ttf/.otf font for the labels (the built-in one is ASCII only; for train: --set "
+              "preview.font=FILE).")
+@click.option("--original", type=click.Path(dir_okay=False, path_type=Path),
+              help="The LoRA's training image: also measure leakage (see below). Default: original.png beside the LoRA "
+              "when its sha256 is the one in the LoRA's metadata.")
 @click.option("--no-leakage", is_flag=True, help="Do not measure leakage.")
 @engine_options
-def preview(lora, model, strengths, prompts, seeds, size, steps, font, original, no_leakage, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
+def preview(lora, model, strengths, prompts, seeds, size, steps, font, original, no_leakage,
+            sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Render a strength sweep of LORA on MODEL: a labelled contact sheet (rows: prompt x seed;
     columns: strengths; the 0 column framed) written beside the LoRA as <name>-preview.png, and
     the single images in <name>-preview/.
@@ -88,6 +78,46 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
     """
     reporter = Reporter(verbose=verbose)
     lora = lora.resolve()
+    summary, checkpoint = _checked(lora, model, size, font)
+    settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
+    precision = settings.mixed_precision if settings.mixed_precision != "no" else "float"
+    # as the LoRA was trained: its clip skip (ss_clip_skip), the checkpoint's prediction type
+    clip_skip = lora_clip_skip(summary.metadata, checkpoint.family)
+    options = base_options(checkpoint.family, clip_skip, choose_prediction(checkpoint))
+    params = preview_params(
+        MEMO.preview, checkpoint.family, precision, options, strengths=recipe_mod.strengths(strengths, "--strengths"),
+        prompts=list(prompts), seeds=recipe_mod.seeds(",".join(str(s) for s in seeds), "--seed") if seeds else [],
+        size=size, steps=steps,
+    )
+    state = lora.parent / ".copymachine"
+    hashes = HashCache(state / "hashes.json")
+    planner = Planner(state, state, hashes, kind_versions(settings.engine))
+    planner.plan.manifest_name = f"{lora.stem}-preview.manifest.json"
+    inputs = {"lora": planner.external(lora), "model": planner.external(checkpoint.path.resolve())}
+    if font is not None:
+        inputs["font"] = planner.external(font.resolve())
+    training_image = None if no_leakage else _training_image(original, lora, summary.metadata, hashes)
+    if training_image is not None:
+        inputs["leakage"] = _plan_leakage(planner, inputs, training_image, checkpoint, precision, options)
+    title = f"strength sweep of {lora.name} on {checkpoint.path.name}"
+    stage = planner.add("preview", "preview", title, inputs=inputs, params=params,
+                        outputs=planned_outputs(params, lora.stem), workdir=lora.parent)
+    n = len(params.prompts) * len(params.seeds) * len(params.strengths)
+    reporter.info(f"preview: {n} images ({len(params.prompts)} prompt(s) x {len(params.seeds)} seed(s) x "
+                  f"{len(params.strengths)} strengths) at {params.size[0]} px, {params.steps} steps")
+    Pipeline(planner.plan, settings, reporter, hashes).run()
+    hashes.save()
+    if training_image is not None:
+        scores = json.loads(planner.plan.stage("leakage").outputs["scores"].read_text(encoding="utf-8"))
+        reporter.info(f"{lora.name}: {leakage_summary(scores)}")
+    elif not no_leakage:
+        reporter.info("leakage not measured: give the LoRA's training image with --original "
+                      f"(none found beside {lora.name})")
+    click.echo(str(stage.outputs["sheet"]))
+
+
+def _checked(lora: Path, model: Path, size: int | None, font: Path | None):
+    """The LoRA's summary and the checkpoint, checked against each other; --size and --font checked."""
     summary = summarize_lora(lora)
     lora_fam = lora_family(list(summary.modules), summary.metadata)
     checkpoint = inspect_base_model(model, for_training=False)
@@ -97,54 +127,21 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
         raise InputError(f"--size must be a multiple of 64, not {size}")
     if font is not None and not font.is_file():
         raise InputError(f"--font not found: {font}")
-    settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    precision = settings.mixed_precision if settings.mixed_precision != "no" else "float"
-    # as the LoRA was trained: its clip skip (ss_clip_skip), the checkpoint's prediction type
-    options = base_options(checkpoint.family, lora_clip_skip(summary.metadata, checkpoint.family), choose_prediction(checkpoint))
-    params = preview_params(
-        MEMO.preview,
-        checkpoint.family,
-        precision,
-        options,
-        strengths=recipe_mod.strengths(strengths, "--strengths"),
-        prompts=list(prompts),
-        seeds=recipe_mod.seeds(",".join(str(s) for s in seeds), "--seed") if seeds else [],
-        size=size,
-        steps=steps,
-    )
-    folder = lora.parent
-    state = folder / ".copymachine"
-    hashes = HashCache(state / "hashes.json")
-    planner = Planner(state, state, hashes, kind_versions(settings.engine))
-    planner.plan.manifest_name = f"{lora.stem}-preview.manifest.json"
-    inputs = {"lora": planner.external(lora), "model": planner.external(checkpoint.path.resolve())}
-    if font is not None:
-        inputs["font"] = planner.external(font.resolve())
-    training_image = None if no_leakage else _training_image(original, lora, summary.metadata, hashes)
-    if training_image is not None:
-        # the LoRA trained at its family's native area (the default training size), aspect kept
-        leak_size = training_size(*image_info(training_image)["size"], checkpoint.family.default_size)
-        leak = leakage_params(MEMO.leakage, checkpoint.family, leak_size, precision, options)
-        planner.add(
-            "leakage",
-            "leakage",
-            f"leakage of {lora.name} on {checkpoint.path.name}",
-            inputs={"lora": planner.external(lora), "model": planner.external(checkpoint.path.resolve()), "original000": planner.external(training_image.resolve())},
-            params=leak,
-            outputs=leakage_outputs(leak, f"{lora.stem}-preview/"),
-            workdir=folder,
-        )
-        inputs["leakage"] = planner.plan.ref("leakage", "scores")
-    stage = planner.add("preview", "preview", f"strength sweep of {lora.name} on {checkpoint.path.name}", inputs=inputs, params=params, outputs=planned_outputs(params, lora.stem), workdir=folder)
-    n = len(params.prompts) * len(params.seeds) * len(params.strengths)
-    reporter.info(f"preview: {n} images ({len(params.prompts)} prompt(s) x {len(params.seeds)} seed(s) x {len(params.strengths)} strengths) at {params.size[0]} px, {params.steps} steps")
-    Pipeline(planner.plan, settings, reporter, hashes).run()
-    hashes.save()
-    if training_image is not None:
-        reporter.info(f"{lora.name}: {leakage_summary(json.loads(planner.plan.stage('leakage').outputs['scores'].read_text(encoding='utf-8')))}")
-    elif not no_leakage:
-        reporter.info(f"leakage not measured: give the LoRA's training image with --original (none found beside {lora.name})")
-    click.echo(str(stage.outputs["sheet"]))
+    return summary, checkpoint
+
+
+def _plan_leakage(planner: Planner, inputs: dict, training_image: Path, checkpoint, precision: str, options) -> FileRef:
+    """The leakage stage (stages/leakage.py, as a run plans it) at the size the LoRA trained: its
+    family's native area (the default training size), the training image's aspect kept."""
+    width, height = image_info(training_image)["size"]
+    size = training_size(width, height, checkpoint.family.default_size)
+    params = leakage_params(MEMO.leakage, checkpoint.family, size, precision, options)
+    lora = inputs["lora"].path
+    leak_inputs = {**inputs, "original000": planner.external(training_image.resolve())}
+    leak_inputs.pop("font", None)
+    planner.add("leakage", "leakage", f"leakage of {lora.name} on {checkpoint.path.name}", inputs=leak_inputs,
+                params=params, outputs=leakage_outputs(params, f"{lora.stem}-preview/"), workdir=lora.parent)
+    return planner.plan.ref("leakage", "scores")
 
 
 def _training_image(option: Path | None, lora: Path, metadata: dict, hashes: HashCache) -> Path | None:

@@ -20,7 +20,8 @@ from copymachine.errors import InputError
 from copymachine.heavy import numpy as np
 from copymachine.images import to_rgb
 
-__all__ = ["AMOUNT_LIMIT", "AMOUNT_RANGE", "EFFECTS", "Effect", "Param", "apply_effect", "check_amount", "get", "names", "resolve_params"]
+__all__ = ["AMOUNT_LIMIT", "AMOUNT_RANGE", "EFFECTS", "Effect", "Param", "apply_effect", "check_amount", "get", "names",
+           "resolve_params"]
 
 EFFECTS: dict[str, Effect] = {m.EFFECT.name: m.EFFECT for m in (outline, flat, contrast, posterize, jpeg)}
 
@@ -48,23 +49,7 @@ def resolve_params(name: str, overrides: dict[str, Value] | None = None) -> dict
     The result is complete and JSON-serialisable, in the order the effect declares its parameters.
     Raises InputError for an unknown effect, an unknown key (naming the valid ones) or a bad value.
     """
-    effect = get(name)
-    overrides = dict(overrides or {})
-    unknown = [key for key in overrides if key not in effect.params]
-    if unknown:
-        raise InputError(
-            f"{name} has no parameter {unknown[0]!r}; its parameters are: {', '.join(effect.params)}"
-        )
-    resolved: dict[str, Value] = {}
-    for key, param in effect.params.items():
-        if key in overrides:
-            try:
-                resolved[key] = param.convert(key, overrides[key])
-            except InputError as e:
-                raise InputError(f"{name}: {e.message}") from None
-        else:
-            resolved[key] = param.default
-    return resolved
+    return get(name).resolve(dict(overrides or {}))
 
 
 def check_amount(amount: float) -> float:
@@ -73,7 +58,8 @@ def check_amount(amount: float) -> float:
     except (TypeError, ValueError):
         value = math.nan
     if not math.isfinite(value) or abs(value) > AMOUNT_LIMIT:
-        raise InputError(f"--amount {amount!r} must be a number {AMOUNT_RANGE} (1 = the full edit, negative = its opposite; beyond {AMOUNT_LIMIT:g} the edit only saturates)")
+        raise InputError(f"--amount {amount!r} must be a number {AMOUNT_RANGE} (1 = the full edit, negative = its "
+                         f"opposite; beyond {AMOUNT_LIMIT:g} the edit only saturates)")
     return value
 
 

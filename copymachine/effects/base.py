@@ -7,22 +7,31 @@ kernel (an even kernel shifts content by half a pixel).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import ErrorDetails
 
 from copymachine.errors import InputError
 from copymachine.heavy import numpy as np
 
+if TYPE_CHECKING:
+    from numpy import ndarray as Array
+else:
+    Array = Any  # numpy is imported when first used (copymachine/heavy.py)
+
 Value = int | float | str | bool
 _TYPE_NAMES = {int: "integer", float: "number", str: "text", bool: "true/false"}
-_TRUE = {"1", "true", "yes", "on", "y"}
-_FALSE = {"0", "false", "no", "off", "n"}
+PARAM_CONFIG = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
 
 @dataclass(frozen=True)
 class Param:
+    """One parameter of an effect: its default, type, help and range; checked as a pydantic field."""
+
     default: Value
     type: type
     help: str
@@ -45,51 +54,30 @@ class Param:
             return f"<= {_fmt(self.max)}"
         return _TYPE_NAMES[self.type]
 
-    def convert(self, key: str, raw: Value) -> Value:
-        """`raw` (a string from the command line, or a Python value) → a checked value of this type."""
-        value = self._coerce(key, raw)
-        problem = None
-        if self.choices is not None and value not in self.choices:
-            problem = f"must be one of {', '.join(self.choices)}"
-        elif (self.type in (int, float) and self.min is not None and value < self.min) or (self.type in (int, float) and self.max is not None and value > self.max):
-            problem = f"must be {self.range_text()}"
-        elif self.validate is not None:
-            problem = self.validate(value)
+    def field(self) -> tuple[Any, Any]:
+        """The pydantic field: a Literal of the choices or the type, the range (finite floats only), the help."""
+        kind: Any = Literal[self.choices] if self.choices else self.type
+        if self.validate is not None:
+            kind = Annotated[kind, AfterValidator(self._check)]
+        limits: dict[str, Any] = {"allow_inf_nan": False} if self.type is float else {}
+        default: Any = self.default
+        return kind, Field(default, ge=self.min, le=self.max, description=self.help, **limits)
+
+    def _check(self, value: Any) -> Any:
+        problem = self.validate(value) if self.validate else None
         if problem:
-            raise InputError(f"{key}={_fmt(raw)}: {problem}")
+            raise ValueError(problem)
         return value
 
-    def _coerce(self, key: str, raw: Value) -> Value:
-        bad = InputError(f"{key}={_fmt(raw)}: not a valid {_TYPE_NAMES[self.type]} (expected {self.range_text()})")
-        if self.type is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-            raise bad
-        if isinstance(raw, bool):
-            raise bad
-        if self.type is int:
-            if isinstance(raw, int):
-                return raw
-            if isinstance(raw, float) and raw.is_integer():
-                return int(raw)
-            try:
-                return int(str(raw).strip())
-            except ValueError:
-                raise bad from None
-        if self.type is float:
-            try:
-                value = float(raw) if isinstance(raw, (int, float)) else float(str(raw).strip())
-            except ValueError:
-                raise bad from None
-            if not math.isfinite(value):
-                raise bad
-            return value
-        return str(raw).strip()
+    def problem(self, error: ErrorDetails) -> str:
+        """A pydantic error of this parameter, in words."""
+        if error["type"] in ("greater_than_equal", "less_than_equal"):
+            return f"must be {self.range_text()}"
+        if error["type"] == "literal_error":
+            return f"must be one of {', '.join(self.choices or ())}"
+        if error["type"] == "value_error":
+            return str(error["ctx"]["error"])
+        return f"not a valid {_TYPE_NAMES[self.type]} (expected {self.range_text()})"
 
 
 @dataclass(frozen=True)
@@ -97,10 +85,26 @@ class Effect:
     name: str
     summary: str
     params: dict[str, Param]
-    run: Callable[[np.ndarray, dict], np.ndarray] = field(compare=False, repr=False)
+    run: Callable[[Array, dict], Array] = field(compare=False, repr=False)
 
-    def defaults(self) -> dict[str, Value]:
-        return {key: p.default for key, p in self.params.items()}
+    @cached_property
+    def model(self) -> type[BaseModel]:
+        """The parameters as a pydantic model."""
+        fields: dict[str, Any] = {key: p.field() for key, p in self.params.items()}
+        return create_model(f"{self.name}_params", __config__=PARAM_CONFIG, **fields)
+
+    def resolve(self, overrides: dict[str, Any]) -> dict[str, Value]:
+        """The defaults updated with `overrides`, checked; InputError `name: key=value: problem`."""
+        unknown = [key for key in overrides if key not in self.params]
+        if unknown:
+            known = ", ".join(self.params)
+            raise InputError(f"{self.name} has no parameter {unknown[0]!r}; its parameters are: {known}")
+        try:
+            return self.model.model_validate(overrides).model_dump()
+        except ValidationError as e:
+            error = e.errors()[0]
+            key = str(error["loc"][0])
+            raise InputError(f"{self.name}: {key}={_fmt(overrides[key])}: {self.params[key].problem(error)}") from None
 
 
 def mode_param(choices: tuple[str, ...], help: str) -> Param:
@@ -123,12 +127,12 @@ def format_value(value: Any) -> str:
     return _fmt(value)
 
 
-def to_uint8(values: np.ndarray) -> np.ndarray:
+def to_uint8(values: Array) -> Array:
     """Round half up and clip to 0-255: the one rounding rule every effect uses."""
     return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
 
 
-def blend(base: np.ndarray, target: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
+def blend(base: Array, target: Array, weight: Array | float) -> Array:
     """`base + weight × (target − base)` as uint8; `weight` is a scalar or one value per pixel.
 
     Where the weight is 0 the result is `base`, bit for bit.

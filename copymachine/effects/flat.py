@@ -24,18 +24,24 @@ lines neither vanish nor move.
 
 from __future__ import annotations
 
-from copymachine.effects.base import Effect, Param, blend, mode_param, to_uint8
+from copymachine.effects.base import Array, Effect, Param, blend, mode_param, to_uint8
 from copymachine.effects.lineart import LINE_PARAMS, line_holes, line_mask, nearest_fill, recomposite_lines
 from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
 
 PARAMS: dict[str, Param] = {
-    "mode": mode_param(("regions", "segment", "meanshift", "l0"), "regions: one colour per region bounded by line art and strong colour edges; segment: Felzenszwalb segments; meanshift / l0: edge-preserving smoothing"),
-    "edge": Param(8.0, float, "regions: colour change per pixel (0-255 scale, after a 1 px blur) that bounds a region; a smooth shading changes less", min=0.5, max=255.0),
-    "scale": Param(200.0, float, "segment / regions: Felzenszwalb scale (higher = larger regions)", min=1.0, max=100000.0),
-    "sigma": Param(0.5, float, "segment / regions: Gaussian pre-smoothing inside the segmentation, px", min=0.0, max=5.0),
+    "mode": mode_param(("regions", "segment", "meanshift", "l0"),
+                       "regions: one colour per region bounded by line art and strong colour edges; segment: "
+                       "Felzenszwalb segments; meanshift / l0: edge-preserving smoothing"),
+    "edge": Param(8.0, float, "regions: colour change per pixel (0-255 scale, after a 1 px blur) that bounds a region; "
+                              "a smooth shading changes less", min=0.5, max=255.0),
+    "scale": Param(200.0, float, "segment / regions: Felzenszwalb scale (higher = larger regions)",
+                                 min=1.0, max=100000.0),
+    "sigma": Param(0.5, float, "segment / regions: Gaussian pre-smoothing inside the segmentation, px",
+                               min=0.0, max=5.0),
     "min_size": Param(40, int, "segment / regions: smallest region in pixels", min=1, max=1000000),
-    "region_min": Param(12, int, "regions: smallest region in pixels (smaller ones join the nearest region)", min=1, max=1000000),
+    "region_min": Param(12, int, "regions: smallest region in pixels (smaller ones join the nearest region)",
+                                 min=1, max=1000000),
     "antialias": Param(True, bool, "segment / regions: give the steps between fills the original's antialiased shades"),
     "spatial": Param(12, int, "meanshift: spatial window radius, px", min=1, max=100),
     "color": Param(24, int, "meanshift: colour window radius", min=1, max=255),
@@ -52,7 +58,7 @@ THIN_INTERIOR = 0.2  # share of a segment's pixels with no other segment beside 
 THIN_MERGE_DISTANCE = 24.0  # mean |ΔR|+|ΔG|+|ΔB| (strip colour to the pixels beside it) to merge
 
 
-def segment_medians(rgb: np.ndarray, labels: np.ndarray, use: np.ndarray) -> np.ndarray:
+def segment_medians(rgb: Array, labels: Array, use: Array) -> Array:
     """Per-segment (lower) median colour, from the pixels where `use` is true.
 
     A segment with no usable pixel takes the median of all its pixels. Returns an (n, 3) uint8 array.
@@ -76,7 +82,7 @@ def segment_medians(rgb: np.ndarray, labels: np.ndarray, use: np.ndarray) -> np.
     return out
 
 
-def restore_antialiasing(original: np.ndarray, flat: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def restore_antialiasing(original: Array, flat: Array, labels: Array) -> Array:
     """Where a fill meets another fill, put back the original's in-between (antialiased) shades.
 
     Each pixel's own fill colour c1 and the most different fill colour among its 8 neighbours c2
@@ -105,7 +111,7 @@ def restore_antialiasing(original: np.ndarray, flat: np.ndarray, labels: np.ndar
     return out
 
 
-def merge_thin_segments(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def merge_thin_segments(image: Array, labels: Array) -> Array:
     """Merge each segment that is only about 2 px wide into the neighbour it continues.
 
     Felzenszwalb's Gaussian pre-smoothing blurs every sharp boundary, and the blurred pixels can
@@ -151,7 +157,7 @@ def merge_thin_segments(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return mapping[labels]
 
 
-def inner_half(labels: np.ndarray) -> np.ndarray:
+def inner_half(labels: Array) -> Array:
     """The pixels in the inner half of their segment (by distance to its boundary).
 
     A segment's fill colour is taken from these, so the antialiased ramp around a thin light stroke
@@ -166,10 +172,11 @@ def inner_half(labels: np.ndarray) -> np.ndarray:
     return depth >= INNER_SHARE * deepest[labels]
 
 
-def segment_fill(clean: np.ndarray, params: dict, holes: np.ndarray) -> np.ndarray:
+def segment_fill(clean: Array, params: dict, holes: Array) -> Array:
     from skimage.segmentation import felzenszwalb
 
-    labels = felzenszwalb(clean, scale=params["scale"], sigma=params["sigma"], min_size=params["min_size"], channel_axis=-1)
+    labels = felzenszwalb(clean, scale=params["scale"], sigma=params["sigma"], min_size=params["min_size"],
+                          channel_axis=-1)
     labels = merge_thin_segments(clean, labels)
     flat = segment_medians(clean, labels, ~holes & inner_half(labels))[labels]
     return restore_antialiasing(clean, flat, labels) if params["antialias"] else flat
@@ -181,7 +188,7 @@ STRONG_EDGE = 6.0  # x `edge`: a change this strong bounds a region over its who
 _SOBEL_SCALE = 32.0  # int16 Sobel for Canny: 1/32 of a level per pixel
 
 
-def colour_edges(rgb: np.ndarray, edge: float) -> np.ndarray:
+def colour_edges(rgb: Array, edge: float) -> Array:
     """Where regions end: thin (1 px) Canny edges of the colour gradient stronger than `edge`
     levels per pixel (continued down to EDGE_LOW x `edge`), and the whole width of an edge
     stronger than STRONG_EDGE x `edge` (where three edges meet, Canny's thinning leaves gaps; a
@@ -196,12 +203,13 @@ def colour_edges(rgb: np.ndarray, edge: float) -> np.ndarray:
     return (cv2.Canny(ix, iy, EDGE_LOW * high, high, L2gradient=True) > 0) | strong
 
 
-def nearest_labels(labels: np.ndarray, unassigned: np.ndarray) -> np.ndarray:
+def nearest_labels(labels: Array, unassigned: Array) -> Array:
     """Each unassigned pixel takes the label of the nearest assigned one."""
     out = labels.copy()
     if not unassigned.any() or unassigned.all():
         return out
-    _, nearest = cv2.distanceTransformWithLabels(unassigned.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    _, nearest = cv2.distanceTransformWithLabels(unassigned.astype(np.uint8), cv2.DIST_L2, 5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
     sources = np.flatnonzero(~unassigned.ravel())
     flat = out.ravel()
     index = np.flatnonzero(unassigned.ravel())
@@ -209,7 +217,7 @@ def nearest_labels(labels: np.ndarray, unassigned: np.ndarray) -> np.ndarray:
     return out
 
 
-def region_labels(holes: np.ndarray, edges: np.ndarray, min_size: int) -> np.ndarray:
+def region_labels(holes: Array, edges: Array, min_size: int) -> Array:
     """Regions bounded by the line art (`holes`) and by colour edges (`edges`, 8-connected): the
     connected areas between them (4-connected, so a diagonal edge closes). The boundary pixels
     and regions smaller than `min_size` join the nearest region. Labels 0..n-1."""
@@ -225,7 +233,7 @@ def region_labels(holes: np.ndarray, edges: np.ndarray, min_size: int) -> np.nda
     return compact.reshape(labels.shape).astype(np.int32)
 
 
-def region_fill(rgb: np.ndarray, clean: np.ndarray, params: dict, holes: np.ndarray) -> np.ndarray:
+def region_fill(rgb: Array, clean: Array, params: dict, holes: Array) -> Array:
     """Each region filled with the median colour of its own pixels (not line art, not on an edge).
     The edges are found in the original (`rgb`): there a fill's edge meets the line art without a
     gap; in `clean` (line art filled in) it may not."""
@@ -235,7 +243,7 @@ def region_fill(rgb: np.ndarray, clean: np.ndarray, params: dict, holes: np.ndar
     return restore_antialiasing(clean, flat, labels) if params["antialias"] else flat
 
 
-def l0_smooth(rgb: np.ndarray, lam: float, kappa: float, beta_max: float = L0_BETA_MAX) -> np.ndarray:
+def l0_smooth(rgb: Array, lam: float, kappa: float, beta_max: float = L0_BETA_MAX) -> Array:
     """L0 gradient minimisation with Neumann borders: the DCT diagonalises the Laplacian."""
     from scipy.fft import dctn, idctn
 
@@ -261,13 +269,14 @@ def l0_smooth(rgb: np.ndarray, lam: float, kappa: float, beta_max: float = L0_BE
         div[:, 1:] += gx[:, :-1] - gx[:, 1:]
         div[0, :] -= gy[0, :]
         div[1:, :] += gy[:-1, :] - gy[1:, :]
-        s = idctn((spectrum + beta * dctn(div, axes=(0, 1), norm="ortho")) / (1.0 + beta * laplacian), axes=(0, 1), norm="ortho")
+        smoothed = (spectrum + beta * dctn(div, axes=(0, 1), norm="ortho")) / (1.0 + beta * laplacian)
+        s = idctn(smoothed, axes=(0, 1), norm="ortho")
         s = s.astype(np.float32)
         beta *= kappa
     return to_uint8(s * 255.0)
 
 
-def run(rgb: np.ndarray, params: dict) -> np.ndarray:
+def run(rgb: Array, params: dict) -> Array:
     lines = line_mask(rgb, params)
     holes = line_holes(rgb, lines)
     clean = nearest_fill(rgb, holes)

@@ -12,7 +12,7 @@ import io
 
 from PIL import Image
 
-from copymachine.effects.base import Effect, Param, mode_param
+from copymachine.effects.base import Array, Effect, Param, mode_param
 from copymachine.heavy import numpy as np
 
 SUBSAMPLING = ("4:2:0", "4:2:2", "4:4:4")
@@ -33,7 +33,8 @@ def _check_qualities(text: str) -> str | None:
 
 
 PARAMS: dict[str, Param] = {
-    "mode": mode_param(("single", "passes"), "single: one re-encode at `quality`; passes: re-encode at each of `qualities` in turn"),
+    "mode": mode_param(("single", "passes"), "single: one re-encode at `quality`; passes: re-encode at each of "
+                                             "`qualities` in turn"),
     "quality": Param(10, int, "single: JPEG quality (5 very strong, 10 strong, 30 mild)", min=1, max=95),
     "subsampling": Param("4:2:0", str, "chroma subsampling (4:2:0 bleeds colour, 4:4:4 keeps it)", choices=SUBSAMPLING),
     "qualities": Param("15,10,20,8", str, "passes: the qualities, in order", validate=_check_qualities),
@@ -48,7 +49,7 @@ def encode_decode(image: Image.Image, quality: int, subsampling: str) -> Image.I
         return decoded.convert("RGB")
 
 
-def run(rgb: np.ndarray, params: dict) -> np.ndarray:
+def run(rgb: Array, params: dict) -> Array:
     qualities = parse_qualities(params["qualities"]) if params["mode"] == "passes" else [params["quality"]]
     image = Image.fromarray(rgb, "RGB")
     for quality in qualities:

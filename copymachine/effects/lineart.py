@@ -9,7 +9,7 @@ stays out of the mask. Both tests ramp softly, so antialiased line edges get a p
 
 from __future__ import annotations
 
-from copymachine.effects.base import Param, blend
+from copymachine.effects.base import Array, Param, blend
 from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
 
@@ -17,23 +17,24 @@ from copymachine.heavy import numpy as np
 LINE_PARAMS: dict[str, Param] = {
     "line_dark": Param(90, int, "luma at or below which a pixel counts as fully dark ink", min=0, max=255),
     "line_soft": Param(40, int, "luma range above line_dark over which darkness fades to none", min=1, max=255),
-    "line_radius": Param(3, int, "black-hat radius: strokes thinner than about 2r+1 px count as line art", min=1, max=15),
+    "line_radius": Param(3, int, "black-hat radius: strokes thinner than about 2r+1 px count as line art",
+                                 min=1, max=15),
     "line_contrast": Param(25, int, "how much darker than its surroundings a stroke must be (luma)", min=1, max=255),
 }
 
 
-def ellipse(radius: int) -> np.ndarray:
+def ellipse(radius: int) -> Array:
     """An odd, centred elliptical structuring element of the given radius (size 2r+1)."""
     size = 2 * int(radius) + 1
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
 
 
-def luma(rgb: np.ndarray) -> np.ndarray:
+def luma(rgb: Array) -> Array:
     """Rec. 601 luma as uint8 (what OpenCV's RGB→GRAY computes)."""
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
-def line_mask(rgb: np.ndarray, params: dict) -> np.ndarray:
+def line_mask(rgb: Array, params: dict) -> Array:
     """Soft line-art mask in [0, 1] (float32, H×W) from the `line_*` entries of `params`."""
     y = luma(rgb)
     dark, soft = params["line_dark"], params["line_soft"]
@@ -52,7 +53,7 @@ FRINGE_PX = 2  # how far beside a line antialiasing can reach
 FRINGE_DARKER = 4  # luma: a pixel beside a line this much darker than the clean colour is line fringe
 
 
-def nearest_fill(rgb: np.ndarray, holes: np.ndarray) -> np.ndarray:
+def nearest_fill(rgb: Array, holes: Array) -> Array:
     """Each hole pixel takes the colour of the nearest pixel that is not a hole."""
     out = rgb.copy()
     if not holes.any() or holes.all():
@@ -65,7 +66,7 @@ def nearest_fill(rgb: np.ndarray, holes: np.ndarray) -> np.ndarray:
     return out
 
 
-def line_holes(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def line_holes(rgb: Array, mask: Array) -> Array:
     """The pixels that belong to the line art: some ink in the mask, plus the antialiased fringe
     beside it (a pixel within FRINGE_PX of a line that is darker than the clean colour beyond)."""
     ink = mask > LINE_EPS
@@ -75,7 +76,7 @@ def line_holes(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return ink | (beside & darker)
 
 
-def recomposite_lines(original: np.ndarray, background: np.ndarray, holes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def recomposite_lines(original: Array, background: Array, holes: Array, mask: Array) -> Array:
     """Lay the original line art over a new background.
 
     In the line pixels (`holes`) the ink colour is the darkest nearby colour and its coverage is
@@ -88,6 +89,7 @@ def recomposite_lines(original: np.ndarray, background: np.ndarray, holes: np.nd
         ink = cv2.erode(original, ellipse(2))[ys, xs].astype(np.float32)
         bg = background[ys, xs].astype(np.float32)
         span = ink - bg
-        coverage = ((original[ys, xs].astype(np.float32) - bg) * span).sum(axis=1) / np.maximum((span * span).sum(axis=1), 1e-6)
+        along = ((original[ys, xs].astype(np.float32) - bg) * span).sum(axis=1)
+        coverage = along / np.maximum((span * span).sum(axis=1), 1e-6)
         out[ys, xs] = blend(bg, ink, np.clip(coverage, 0.0, 1.0))
     return blend(out, original, mask)

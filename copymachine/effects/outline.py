@@ -12,15 +12,17 @@ below `xdog_eps` the image is multiplied towards black. It draws thin contours a
 
 from __future__ import annotations
 
-from copymachine.effects.base import Effect, Param, blend, mode_param, to_uint8
+from copymachine.effects.base import Array, Effect, Param, blend, mode_param, to_uint8
 from copymachine.effects.lineart import LINE_PARAMS, ellipse, line_mask, luma
 from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
 
 PARAMS: dict[str, Param] = {
-    "mode": mode_param(("thicken", "xdog"), "thicken: grow the existing line art; xdog: add contour lines at colour edges"),
+    "mode": mode_param(("thicken", "xdog"), "thicken: grow the existing line art; xdog: add contour lines at colour "
+                                            "edges"),
     "width": Param(1, int, "thicken: pixels added on each side of a line (2-3 start to blob pupils)", min=1, max=5),
-    "opacity": Param(1.0, float, "how fully the added line covers what was there (1 = the line's own colour)", min=0.0, max=1.0),
+    "opacity": Param(1.0, float, "how fully the added line covers what was there (1 = the line's own colour)",
+                                 min=0.0, max=1.0),
     **LINE_PARAMS,
     "xdog_sigma": Param(0.8, float, "xdog: inner Gaussian sigma in px (line width)", min=0.3, max=5.0),
     "xdog_k": Param(1.6, float, "xdog: outer/inner sigma ratio", min=1.1, max=5.0),
@@ -30,14 +32,14 @@ PARAMS: dict[str, Param] = {
 }
 
 
-def thicken(rgb: np.ndarray, params: dict) -> np.ndarray:
+def thicken(rgb: Array, params: dict) -> Array:
     kernel = ellipse(params["width"])
     grown = cv2.dilate(line_mask(rgb, params), kernel)
     darkest = cv2.erode(rgb, kernel)
     return blend(rgb, darkest, grown * params["opacity"])
 
 
-def xdog(rgb: np.ndarray, params: dict) -> np.ndarray:
+def xdog(rgb: Array, params: dict) -> Array:
     y = luma(rgb).astype(np.float32) / 255.0
     sigma = params["xdog_sigma"]
     inner = cv2.GaussianBlur(y, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
@@ -48,7 +50,7 @@ def xdog(rgb: np.ndarray, params: dict) -> np.ndarray:
     return to_uint8(rgb.astype(np.float32) * keep[..., None])
 
 
-def run(rgb: np.ndarray, params: dict) -> np.ndarray:
+def run(rgb: Array, params: dict) -> Array:
     return xdog(rgb, params) if params["mode"] == "xdog" else thicken(rgb, params)
 
 

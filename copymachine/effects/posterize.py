@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 
-from copymachine.effects.base import Effect, Param, mode_param, to_uint8
+from copymachine.effects.base import Array, Effect, Param, mode_param, to_uint8
 from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
 
 PARAMS: dict[str, Param] = {
-    "mode": mode_param(("levels", "kmeans"), "levels: N values per channel; kmeans: a palette of N colours chosen in Lab"),
+    "mode": mode_param(("levels", "kmeans"), "levels: N values per channel; kmeans: a palette of N colours chosen in "
+                                             "Lab"),
     "levels": Param(6, int, "levels: values per channel, 0 and 255 included (4 strong, 8 mild)", min=2, max=128),
     "colors": Param(24, int, "kmeans: palette size (16 drops thin strands, 24-32 keep them)", min=2, max=256),
     "seed": Param(0, int, "kmeans: seed of the palette search", min=0, max=2**31 - 1),
@@ -29,17 +30,17 @@ KMEANS_SAMPLE = 40000  # pixels the palette is fitted on (an even grid); every p
 KMEANS_ITERATIONS = 30
 
 
-def levels_lut(levels: int) -> np.ndarray:
+def levels_lut(levels: int) -> Array:
     step = (levels - 1) / 255.0
     return to_uint8(np.floor(np.arange(256) * step + 0.5) / step)
 
 
-def to_lab(rgb: np.ndarray) -> np.ndarray:
+def to_lab(rgb: Array) -> Array:
     """CIE Lab (L 0-100) as float32, one row per pixel."""
     return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).reshape(-1, 3)
 
 
-def nearest(points: np.ndarray, centres: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+def nearest(points: Array, centres: Array, chunk: int = 1 << 16) -> Array:
     out = np.empty(len(points), np.int32)
     c2 = (centres * centres).sum(axis=1)
     for start in range(0, len(points), chunk):
@@ -48,7 +49,7 @@ def nearest(points: np.ndarray, centres: np.ndarray, chunk: int = 1 << 16) -> np
     return out
 
 
-def kmeans(points: np.ndarray, k: int, seed: int) -> np.ndarray:
+def kmeans(points: Array, k: int, seed: int) -> Array:
     """Lloyd's k-means with k-means++ seeding, in NumPy with a seeded generator: deterministic."""
     rng = np.random.default_rng(seed)
     points32 = points.astype(np.float32)  # distances in float32: 3x faster, the same labels but for exact ties
@@ -74,12 +75,12 @@ def kmeans(points: np.ndarray, k: int, seed: int) -> np.ndarray:
     return centres
 
 
-def palette_rgb(centres_lab: np.ndarray) -> np.ndarray:
+def palette_rgb(centres_lab: Array) -> Array:
     lab = centres_lab.astype(np.float32).reshape(1, -1, 3)
     return to_uint8(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB).reshape(-1, 3) * 255.0)
 
 
-def kmeans_posterize(rgb: np.ndarray, colors: int, seed: int, smooth: bool) -> np.ndarray:
+def kmeans_posterize(rgb: Array, colors: int, seed: int, smooth: bool) -> Array:
     h, w = rgb.shape[:2]
     stride = max(1, math.ceil(math.sqrt(h * w / KMEANS_SAMPLE)))
     sample = to_lab(np.ascontiguousarray(rgb[stride // 2::stride, stride // 2::stride]))
@@ -89,7 +90,7 @@ def kmeans_posterize(rgb: np.ndarray, colors: int, seed: int, smooth: bool) -> n
     return palette_rgb(centres)[labels].reshape(h, w, 3)
 
 
-def run(rgb: np.ndarray, params: dict) -> np.ndarray:
+def run(rgb: Array, params: dict) -> Array:
     if params["mode"] == "kmeans":
         return kmeans_posterize(rgb, params["colors"], params["seed"], params["smooth"])
     return levels_lut(params["levels"])[rgb]

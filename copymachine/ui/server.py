@@ -36,6 +36,7 @@ from PIL import Image
 from copymachine import __version__
 from copymachine import effects as effect_registry
 from copymachine.errors import CopymachineError, InputError
+from copymachine.options import PATHS, job_keys, schema
 from copymachine.progress import Reporter
 from copymachine.ui import results as results_page
 from copymachine.ui.files import MAX_UPLOAD, RunsFiles, safe_name
@@ -79,7 +80,8 @@ def effect_catalogue() -> list[dict[str, Any]]:
     for name, effect in effect_registry.EFFECTS.items():
         params = []
         for key, p in effect.params.items():
-            params.append({"key": key, "type": p.type.__name__, "default": p.default, "min": p.min, "max": p.max, "choices": list(p.choices) if p.choices else None, "help": p.help})
+            params.append({"key": key, "type": p.type.__name__, "default": p.default, "min": p.min, "max": p.max,
+                           "choices": list(p.choices) if p.choices else None, "help": p.help})
         out.append({"name": name, "help": effect.summary, "params": params})
     return out
 
@@ -119,7 +121,8 @@ class App:
     def check_paths(self, table: dict[str, Any], path_keys: list[str]) -> None:
         """A page's paths lie under --models or --runs (resolved, symlinks followed)."""
         roots = [self.runs] + ([self.models] if self.models else [])
-        rule = f"paths from the page must lie under the runs folder ({self.runs})" + (f" or the models folder ({self.models})" if self.models else "")
+        models = f" or the models folder ({self.models})" if self.models else ""
+        rule = f"paths from the page must lie under the runs folder ({self.runs}){models}"
         for key in path_keys:
             values = table.get(key)
             for value in values if isinstance(values, list) else [values]:
@@ -163,14 +166,18 @@ class App:
         """A job from the Make page: written as a jobs file and checked as `queue` checks it."""
         from copymachine import jobfile, run
 
-        table = {k: v for k, v in body.items() if not (v is None or v is False or (isinstance(v, (str, list, dict)) and not v))}
+        table = {k: v for k, v in body.items()
+                 if not (v is None or v is False or (isinstance(v, (str, list, dict)) and not v))}
         engine = sorted(k for k in table if k in ENGINE_KEYS)
         if engine:
-            raise InputError(f"{engine[0]}: the engine is the UI's, set when it starts (copymachine ui --sd-scripts … --python …); a job from the page may not name it")
+            raise InputError(f"{engine[0]}: the engine is the UI's, set when it starts (copymachine ui "
+                             "--sd-scripts … --python …); a job from the page may not name it")
         method = table.get("method", "train")
         if method not in run.COMMANDS:
             raise InputError(f"method must be train or diff, not {method!r}")
-        self.check_paths(table, [name for name, key in run.job_keys(method).items() if key.kind == "path"])
+        # a recipe is a name or a path: as a path, it too must lie under the folders
+        paths = [key for key, name in job_keys(method).items() if name in PATHS or key == "recipe"]
+        self.check_paths(table, paths)
         if "base" not in table:
             raise InputError("give the base model (a path to a .safetensors checkpoint)")
         if not table.get("out"):
@@ -347,7 +354,8 @@ class Handler(JsonHandler):
         if method == "GET" and path.startswith("/static/"):
             return self._static(path[len("/static/") :])
         if method == "GET" and path == "/api/info":
-            return self._json({"version": __version__, "effects": effect_catalogue(), "models": app.models_list(), "runs": str(app.runs), "recovered": app.recovered})
+            return self._json({"version": __version__, "effects": effect_catalogue(), "options": schema(),
+                               "models": app.models_list(), "runs": str(app.runs), "recovered": app.recovered})
         if method == "GET" and path == "/api/jobs":
             return self._json({"jobs": app.jobs(), "running": app.worker.current})
         if method == "GET" and path == "/api/results":

@@ -311,6 +311,16 @@ async function refreshResults() {
   }
 }
 
+// the run's limits, from its options' JSON schema (copymachine/options.py)
+function applyLimits(schema) {
+  for (const id of ["max-steps", "resolution", "rank"]) {
+    const field = schema.properties[id.replace("-", "_")];
+    const spec = (field.anyOf || [field]).find((s) => s.type === "integer") || {};
+    if (spec.minimum !== undefined) $("#" + id).min = spec.minimum;
+    if (spec.maximum !== undefined) $("#" + id).max = spec.maximum;
+  }
+}
+
 // --- start --------------------------------------------------------------------------------
 async function start() {
   const info = await api("/api/info");
@@ -319,6 +329,7 @@ async function start() {
   $("#queue-folder").textContent = `${info.runs}/_ui/queue`;
   for (const m of info.models) $("#models").append(el("option", { value: m }));
   buildEffects(info.effects);
+  applyLimits(info.options);
   for (const radio of $$("input[name=source]")) radio.addEventListener("change", () => {
     const up = $("input[name=source]:checked").value === "upload";
     $("#source-upload").classList.toggle("hidden", !up);
