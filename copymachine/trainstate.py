@@ -130,7 +130,3 @@ def resumable(scratch: Path, key: str, total_steps: int) -> SavedState | None:
         return None
     usable = [s for s in states(scratch) if s.step < total_steps]
     return usable[-1] if usable else None
-
-
-def size_bytes(state: SavedState) -> int:
-    return sum(p.stat().st_size for p in state.path.rglob("*") if p.is_file())

@@ -24,8 +24,8 @@ from typing import Any
 
 from PIL import Image
 
-from copymachine.files import atomic_write_json, atomic_write_text
-from copymachine.genimg import PromptLine, format_multiplier, gen_img_args, render_prompt_file
+from copymachine.files import atomic_write_json
+from copymachine.genimg import PromptLine, format_multiplier, render
 from copymachine.images import load_rgb
 from copymachine.models import BaseOptions
 from copymachine.plan import OPTIONAL, StageParams
@@ -142,12 +142,10 @@ class Leakage(StageKind):
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
-        lines = prompt_lines(p)
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
-        atomic_write_text(prompt_file, render_prompt_file(lines))
-        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options, model=p.model)
-        files = {(i, col): ctx.scratch_output(image_output(i, col)) for i in range(len(p.prompts)) for col in range(len(p.strengths))}
-        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=list(files.values()))
+        paths = render(ctx, p, stage.input("model"), prompt_lines(p), prompt_file, loras=[stage.input("lora")])
+        keys = [(i, col) for i in range(len(p.prompts)) for col in range(len(p.strengths))]
+        files = dict(zip(keys, paths))
         if ctx.dry_run:
             return
         originals = [stage.input(n) for n in sorted(stage.inputs) if n.startswith("original")]

@@ -15,15 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from copymachine.files import atomic_write_text
-from copymachine.genimg import (
-    PromptLine,
-    collect_sequential,
-    file_names_supported,
-    format_multiplier,
-    gen_img_args,
-    render_prompt_file,
-)
+from copymachine.genimg import PromptLine, format_multiplier, render
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
 from copymachine.plan import OPTIONAL, StageParams
@@ -137,14 +129,8 @@ class Preview(StageKind):
         # the run's config folder (for `copymachine preview`, <LoRA folder>/.copymachine/config):
         # nothing but the sheet and the images lands beside the user's LoRA
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
-        lines = prompt_lines(p)
-        named = file_names_supported(ctx.settings)
-        atomic_write_text(prompt_file, render_prompt_file(lines, file_names=named))
-        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options, sequential=not named, model=p.model)
-        layout = cells(p)
-        files = {(row, col): ctx.scratch_output(cell_output(row, col)) for row, col, _, _ in layout}
-        collect = None if named else (lambda: collect_sequential(ctx.scratch, [line.file_name for line in lines]))
-        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=list(files.values()), collect=collect)
+        paths = render(ctx, p, stage.input("model"), prompt_lines(p), prompt_file, loras=[stage.input("lora")])
+        files = {(row, col): path for (row, col, _, _), path in zip(cells(p), paths)}
         if ctx.dry_run:
             return
         rows = len(p.prompts) * len(p.seeds)

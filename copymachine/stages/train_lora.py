@@ -19,7 +19,8 @@ from PIL import Image
 
 from copymachine import copystop, trainstate
 from copymachine.errors import InputError
-from copymachine.files import atomic_write_json, copy_into_place
+from copymachine.files import atomic_write_text, copy_into_place
+from copymachine.genimg import base_weight_input_name, base_weight_inputs
 from copymachine.images import load_rgb, save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import BaseOptions, Family
@@ -29,18 +30,8 @@ from copymachine.render import write_config
 from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
 
 CAPTION_EXTENSION = ".txt"  # sd-scripts' default is ".caption": always set it
-BASE_WEIGHT_PREFIX = "weights"
 # Run by sd-scripts' Python in place of the training script when LoRAs are merged in memory
 LAUNCHER = Path(__file__).resolve().parent.parent / "sd_side" / "base_weights_launcher.py"
-
-
-def base_weight_input_name(i: int) -> str:
-    """Input names of the LoRAs merged into the base in memory (--base_weights), in order."""
-    return f"{BASE_WEIGHT_PREFIX}{i:03d}"
-
-
-def base_weight_inputs(stage) -> list[Path]:
-    return [stage.input(name) for name in sorted(stage.inputs) if name.startswith(BASE_WEIGHT_PREFIX)]
 
 
 @dataclass(frozen=True)
@@ -170,7 +161,7 @@ def prepare_training_image(source: Path, target: Path, size: tuple[int, int]) ->
     deterministic resize for the original and the edited image, so they stay aligned)."""
     im = load_rgb(source)  # upright, as every size was read
     if im.size != tuple(size):
-        im = im.resize(tuple(size), Image.Resampling.LANCZOS)
+        im = im.resize((size[0], size[1]), Image.Resampling.LANCZOS)
     save_png(im, target)
 
 
@@ -237,8 +228,6 @@ def watch_options(stage, ctx: StageContext, config_dir: Path) -> dict[str, Any]:
             caption = stage.input("caption").read_text(encoding="utf-8").strip() if stage.input("caption").is_file() else ""
             prompts = config_dir / f"{stage.slug}-samples.txt"
             if not ctx.dry_run:
-                from copymachine.files import atomic_write_text
-
                 atomic_write_text(prompts, "\n".join(sample_prompts(stage, caption)) + "\n")
             options.update(sample_every_n_steps=p.sample_every_n_steps, sample_prompts=str(prompts), sample_sampler=p.watch.sample_sampler)
     if p.logging_dir:
@@ -385,9 +374,7 @@ class TrainLora(StageKind):
                 stopped = end
                 copy_into_place(step_lora, out)
                 break
-        data = copystop.summary(checks, stopped or total, total, stop.min_ssim)
-        atomic_write_json(ctx.scratch / copystop.STATE_FILE, data)
-        copystop.record_in_lora(out, data)
+        copystop.record_in_lora(out, copystop.save(ctx.scratch, checks, stopped or total, total, stop.min_ssim))
 
     def validate(self, stage, name, path, ctx):
         facts = validate_lora(path, f"{stage.title} output", expected_rank=stage.spec.training.network_dim).facts()
