@@ -69,16 +69,28 @@ def save(scratch: Path, checks: list[dict[str, Any]], stopped_at: int | None, to
     return data
 
 
-def check_lora(stage, ctx, lora: Path, step: int) -> dict[str, Any]:
-    """The copy check on the LoRA of `step` (`copy_check.score_copies`, with the training's base
-    model and image). Returns {"step", "mean_ssim", "ssim"}."""
+def step_lora(out: Path, step: int) -> Path:
+    """The LoRA sd-scripts saved with the state of `step`, beside the training's output `out`."""
+    return out.with_name(f"{out.stem}-step{step:08d}{out.suffix}")
+
+
+def check_segment(stage, ctx, lora: Path, step: int, checks: list[dict[str, Any]], total: int) -> bool:
+    """The copy check on the LoRA of `step` (`copy_check.score_copies`, on the training's base model
+    against its image): added to `checks` and the state file, reported; whether it copies."""
     stop: CopyStop = stage.spec.copy_stop
     outdir = ctx.scratch / f"check-{step:08d}"
     outdir.mkdir(parents=True, exist_ok=True)
     prompt_file = stage.workdir / "config" / f"{stage.slug}-stop-check.txt"
     copies = score_copies(stage, ctx, stop.check, stage.input("base"), stage.input("image"), outdir, prompt_file, lora)
     assert copies is not None  # the copy stop never runs on a dry run
-    return {"step": step, "mean_ssim": copies.mean_ssim, "ssim": copies.ssims}
+    checks.append({"step": step, "mean_ssim": copies.mean_ssim, "ssim": copies.ssims})
+    passed = copies.mean_ssim >= stop.min_ssim
+    save(ctx.scratch, checks, step if passed else None, total, stop.min_ssim)
+    ssims = ", ".join(f"{x:.3f}" for x in copies.ssims)
+    verdict = "copies: stopping here" if passed else "goes on"
+    ctx.reporter.info(f"{stage.title}: copy check at step {step} of {total}: SSIM {ssims} "
+                      f"(mean {copies.mean_ssim:.3f}, stop at >= {stop.min_ssim:g}) -> {verdict}")
+    return passed
 
 
 def record_in_lora(path: Path, data: dict[str, Any]) -> None:

@@ -164,7 +164,8 @@ def render(ctx: Any, p: Any, checkpoint: Path, lines: list[PromptLine], prompt_f
     atomic_write_text(prompt_file, render_prompt_file(lines, file_names=named))
     args = gen_img_args(
         checkpoint, p.family_flag, outdir, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir,
-        list(loras), extra=ctx.settings.profile.gen_options, multipliers=multipliers, sequential=not named, model=p.model,
+        list(loras), extra=ctx.settings.profile.gen_options, multipliers=multipliers, sequential=not named,
+        model=p.model,
     )  # fmt: skip
     images = [outdir / line.file_name for line in lines]
     collect = None if named else (lambda: collect_sequential(outdir, [line.file_name for line in lines]))

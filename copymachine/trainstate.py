@@ -63,7 +63,8 @@ def _whole(path: Path) -> bool:
 def _complete(folder: Path) -> bool:
     """Every file of the state is there and whole (accelerate writes the RNG states last; a torch
     file cut off by a kill lacks its zip directory): a state cut off by a kill is not resumed."""
-    models = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.name.startswith(("model", "pytorch_model"))]
+    models = [p for p in folder.iterdir()
+              if p.suffix in (".safetensors", ".bin") and p.name.startswith(("model", "pytorch_model"))]
     if not models or not all((folder / name).is_file() for name in _STATE_FILES):
         return False
     if not all(_whole(p) for p in [*models, *(folder / n for n in _STATE_FILES if n != "train_state.json")]):
@@ -103,7 +104,8 @@ def keep(scratch: Path, key: str) -> str | None:
         removed = "a saved training state of other inputs (another stage key)"
     kept = {s.path for s in newest}
     # with the state: its key, the step LoRA saved with it and the copy checks so far (--copy-stop-at)
-    also = {KEY_FILE, "copy-stop.json", *(f"{s.path.name[: -len('-state')]}.safetensors" for s in newest)} if kept else set()
+    also = {KEY_FILE, "copy-stop.json", *(f"{s.path.name.removesuffix('-state')}.safetensors" for s in newest)}
+    also = also if kept else set()
     for p in list(scratch.iterdir()):
         if p in kept or p.name in also:
             continue

@@ -34,7 +34,7 @@ from copymachine.models import BaseOptions
 from copymachine.plan import OPTIONAL, StageParams, WeightedLora
 from copymachine.recipe import split_prompts
 from copymachine.sheet import contact_sheet
-from copymachine.similarity import SCORE_SIDE, Lpips, luma_ssim_score, reference_at, score_size
+from copymachine.similarity import SCORE_SIDE, Lpips, luma_ssim_score, reference_at, round4, score_size
 from copymachine.stages import StageContext, StageKind
 
 CAPTION_PLACEHOLDER = "{caption}"  # in a prompt: the caption the copy LoRA was trained with
@@ -178,7 +178,8 @@ def score_copies(stage, ctx: StageContext, p: CopyCheckParams, checkpoint: Path,
     for line, path in zip(lines, images):
         image = load_rgb(path)
         ssim = round(luma_ssim_score(reference, image), 4)
-        results.append({"prompt": line.prompt, "seed": line.seed, "ssim": ssim, "lpips": _round(scorer.distance(reference, image))})
+        lpips_distance = round4(scorer.distance(reference, image))
+        results.append({"prompt": line.prompt, "seed": line.seed, "ssim": ssim, "lpips": lpips_distance})
     return Copies(reference, images, results, scorer)
 
 
@@ -245,10 +246,6 @@ class CopyCheck(StageKind):
                 "--no-copy-check goes on anyway, --set copy_check.min_ssim=X changes the bar"
             )
         return verdict
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)
 
 
 KIND = CopyCheck()

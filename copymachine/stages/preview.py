@@ -19,6 +19,7 @@ from copymachine.genimg import PromptLine, format_multiplier, render
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
 from copymachine.plan import OPTIONAL, StageParams
+from copymachine.recipe import parse_number_list, split_prompts
 from copymachine.sheet import contact_sheet
 from copymachine.stages import StageContext, StageKind
 from copymachine.stages.leakage import short_label
@@ -47,8 +48,6 @@ class PreviewParams(StageParams):
 def preview_params(recipe, family, precision: str, model: BaseOptions | None = None, **overrides) -> PreviewParams:
     """Stage parameters from the recipe's [preview] (`overrides`: strengths, prompts, seeds,
     size, steps as the preview command's options give them). Duplicates are dropped."""
-    from copymachine.recipe import parse_number_list, split_prompts
-
     strengths = overrides.get("strengths") or parse_number_list(recipe.strengths, float)
     prompts = overrides.get("prompts") or split_prompts(recipe.prompts) or [""]
     seeds = overrides.get("seeds") or parse_number_list(recipe.seeds, int)
@@ -140,11 +139,13 @@ class Preview(StageKind):
         row_labels = [[p.prompts[r // len(p.seeds)], f"seed {p.seeds[r % len(p.seeds)]}"] for r in range(rows)]
         col_labels = [[strength_label(s)] for s in p.strengths]
         framed = [c for c, s in enumerate(p.strengths) if s == 0]
-        title = f"{stage.input('lora').name} on {stage.input('model').name}  ({p.size[0]}x{p.size[1]}, {p.steps} steps, {p.sampler})"
+        size = f"{p.size[0]}x{p.size[1]}"
+        title = f"{stage.input('lora').name} on {stage.input('model').name}  ({size}, {p.steps} steps, {p.sampler})"
         font = stage.input("font") if "font" in stage.inputs else None
         if "leakage" in stage.inputs:  # the leakage score, under the title
             title += "\n" + short_label(json.loads(stage.input("leakage").read_text(encoding="utf-8")))
-        sheet, _ = contact_sheet(grid, col_labels=col_labels, row_labels=row_labels, title=title, framed_cols=framed, font=font)
+        sheet, _ = contact_sheet(grid, col_labels=col_labels, row_labels=row_labels, title=title, framed_cols=framed,
+                                 font=font)
         save_png(sheet, ctx.scratch_output("sheet"))
 
     def validate(self, stage, name, path, ctx) -> dict[str, Any]:
