@@ -15,18 +15,33 @@ gen_img.py before v0.9.0 has no `--f` (copymachine.capabilities): it is then run
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copymachine.errors import EngineError
 from copymachine.files import atomic_write_text
 from copymachine.images import blank_colour
+from copymachine.plan import OPTIONAL, StageParams
 
 if TYPE_CHECKING:
     from copymachine.models import BaseOptions
 
 BASE_WEIGHT_PREFIX = "weights"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderParams(StageParams):
+    """The parameters every gen_img.py stage renders with (`render`)."""
+
+    family_flag: str
+    negative_prompt: str
+    steps: int
+    sampler: str
+    scale: float
+    precision: str
+    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
+    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
 def base_weight_input_name(i: int) -> str:
@@ -69,6 +84,12 @@ def format_multiplier(m: float) -> str:
     """gen_img.py reads --am with the pattern [\\d.\\-,]+: plain decimals, no exponent, no '+'."""
     text = f"{float(m):.6f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def prompt_line(p: Any, prompt: str, file_name: str, seed: int, multiplier: float | None = None) -> PromptLine:
+    """A line at the stage parameters' (`p`) size, steps, scale and negative prompt."""
+    width, height = p.size
+    return PromptLine(prompt, file_name, width, height, seed, p.steps, p.scale, p.negative_prompt, multiplier)
 
 
 def render_prompt_file(lines: list[PromptLine], file_names: bool = True) -> str:
@@ -122,20 +143,10 @@ def refuse_blank(paths: list[Path], where: str, precision: str | None, model: Ba
                           f"{cause}. Nothing was trained on or scored with it")
 
 
-def gen_img_args(
-    checkpoint: Path,
-    family_flag: str,
-    outdir: Path,
-    prompt_file: Path,
-    sampler: str,
-    precision: str | None = None,
-    tokenizer_cache_dir: Path | None = None,
-    loras: list[Path] | None = None,
-    extra: tuple[str, ...] = (),
-    multipliers: list[float] | None = None,
-    sequential: bool = False,
-    model: BaseOptions | None = None,
-) -> list[str]:
+def gen_img_args(checkpoint: Path, family_flag: str, outdir: Path, prompt_file: Path, sampler: str,
+                 precision: str | None = None, tokenizer_cache_dir: Path | None = None, loras: list[Path] | None = None,
+                 extra: tuple[str, ...] = (), multipliers: list[float] | None = None, sequential: bool = False,
+                 model: BaseOptions | None = None) -> list[str]:
     """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, each at its
     multiplier, 1.0 by default, unless a line's --am says otherwise)."""
     args = ["--ckpt", str(checkpoint), family_flag, "--outdir", str(outdir), "--from_file", str(prompt_file),

@@ -194,15 +194,10 @@ def _fit_cell(image: Image.Image, cell: tuple[int, int]) -> Image.Image:
 
 
 def contact_sheet(
-    cells: Sequence[Sequence[Image.Image | None]],
-    col_labels: Sequence[Sequence[str]] = (),
-    row_labels: Sequence[Sequence[str]] = (),
-    title: str | None = None,
-    framed_cols: Sequence[int] = (),
-    font: str | Path | None = None,
-    cell: tuple[int, int] | None = None,
-    font_size: int | None = None,
-) -> tuple[Image.Image, SheetLayout]:
+    cells: Sequence[Sequence[Image.Image | None]], col_labels: Sequence[Sequence[str]] = (),
+    row_labels: Sequence[Sequence[str]] = (), title: str | None = None, framed_cols: Sequence[int] = (),
+    font: str | Path | None = None, cell: tuple[int, int] | None = None, font_size: int | None = None,
+) -> tuple[Image.Image, SheetLayout]:  # fmt: skip
     """A labelled grid. `cells[row][col]` (None: left blank); each label is a list of lines."""
     rows = len(cells)
     cols = max((len(r) for r in cells), default=0)
@@ -221,14 +216,9 @@ def contact_sheet(
     col_labels = [[w for line in c for w in wrap_text(fonts, line, cell[0] - 8, size, max_lines=2)]
                   for c in col_labels]
     header_lines = max((len(c) for c in col_labels), default=0)
-    layout = SheetLayout(
-        rows=rows,
-        cols=cols,
-        cell=cell,
-        label_width=label_width,
-        header_height=header_lines * line_h + 6 if header_lines else 0,
-        title_height=len(title.split("\n")) * line_h + 6 if title else 0,
-    )
+    layout = SheetLayout(rows=rows, cols=cols, cell=cell, label_width=label_width,
+                         header_height=header_lines * line_h + 6 if header_lines else 0,
+                         title_height=len(title.split("\n")) * line_h + 6 if title else 0)
     sheet = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     if title:

@@ -1,15 +1,14 @@
 """Stage: the copy check. Does the copy machine really copy?
 
 The copy-machine method works only if the copy model "outputs exactly the original image,
-whatever the prompt" (memo step 3): then all the effect LoRA can learn is the edit. This stage
-renders a few images from the copy model, each with its own prompt and seed, in one gen_img.py
-run at the training size with a deterministic sampler (recipe copy_check.sampler, default euler:
-no fresh noise per step, so an image depends on its seed and prompt only), and measures how close
-each is to the original: luma SSIM at 256 px on the long side (`similarity.luma_ssim_score`;
-LPIPS too when the `lpips` extra is installed). It writes the images, a sheet (the original, then each image
-with its prompt and score) and the scores; the run stops when the mean SSIM is below the gate's
-`min_ssim` (recipe copy_check.min_ssim, default 0.8, not yet calibrated on real models), unless
-`--no-copy-check`.
+whatever the prompt" (memo step 3): then all the effect LoRA can learn is the edit. `score_copies`
+renders a few images from the copy model, each with its own prompt and seed, in one gen_img.py run
+at the training size with a deterministic sampler (recipe copy_check.sampler, default euler: an
+image depends on its seed and prompt only), and scores each against the original: luma SSIM at 256
+px on the long side (LPIPS too with the `lpips` extra). The stage writes the images, a sheet and the
+scores; the run stops when the mean SSIM is below the gate's `min_ssim` (recipe copy_check.min_ssim,
+default 0.8, not yet calibrated on real models), unless `--no-copy-check`. `--copy-stop-at` scores
+with the same function (copymachine/copystop.py).
 
 For difference extraction there is no copy model: LoRA A is the copy machine, and it is checked
 loaded on the base model at strength 1 (the same weights a merge would give, without writing a
@@ -28,10 +27,18 @@ from typing import Any
 from PIL import Image
 
 from copymachine.files import atomic_write_json
-from copymachine.genimg import PromptLine, base_weight_input_name, base_weight_inputs, refuse_blank, render
+from copymachine.genimg import (
+    PromptLine,
+    RenderParams,
+    base_weight_input_name,
+    base_weight_inputs,
+    prompt_line,
+    refuse_blank,
+    render,
+)
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
-from copymachine.plan import OPTIONAL, StageParams, WeightedLora
+from copymachine.plan import OPTIONAL, WeightedLora
 from copymachine.recipe import split_prompts
 from copymachine.sheet import contact_sheet
 from copymachine.similarity import SCORE_SIDE, Lpips, luma_ssim_score, reference_at, round4, score_size
@@ -42,34 +49,19 @@ ADVICE = "train the copy LoRA longer (--set copy.epochs=N) or check the captions
 
 
 @dataclass(frozen=True)
-class CopyCheckParams(StageParams):
-    family_flag: str
+class CopyCheckParams(RenderParams):
     prompts: list[str]  # one image each ({caption}: the caption the copy LoRA was trained with)
     seeds: list[int]
-    negative_prompt: str
     size: list[int]  # the training size: width, height
-    steps: int
-    sampler: str
-    scale: float
-    precision: str
     # the copy LoRA's ratio, when it is loaded onto the base model (the memory route, the copy stop)
     lora_multiplier: float | None = field(default=None, metadata=OPTIONAL)
     # the multipliers of the absorbed styles loaded first (inputs weights000, ...; memory route)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
-    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
-    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
-def copy_check_plan(
-    recipe,
-    family_flag: str,
-    size: tuple[int, int],
-    precision: str,
-    inputs: dict[str, Any],
-    copy_lora: WeightedLora | None = None,
-    base_weights: Sequence[WeightedLora] = (),
-    model: BaseOptions | None = None,
-) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
+def copy_check_plan(recipe, family_flag: str, size: tuple[int, int], precision: str, inputs: dict[str, Any],
+                    copy_lora: WeightedLora | None = None, base_weights: Sequence[WeightedLora] = (),
+                    model: BaseOptions | None = None) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
     """The stage's inputs, parameters and outputs from the recipe's [copy_check]. `inputs`: the
     model, the original, the caption and, for difference extraction, LoRA A ("lora", at 1);
     `copy_lora`: the copy LoRA loaded onto the model at its ratio; `base_weights`: the absorbed
@@ -80,19 +72,12 @@ def copy_check_plan(
     inputs.update({base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)})
     prompts = split_prompts(recipe.prompts) or [CAPTION_PLACEHOLDER]
     params = CopyCheckParams(
-        family_flag=family_flag,
-        prompts=[prompts[i % len(prompts)] for i in range(recipe.images)],
-        seeds=[recipe.seed + i for i in range(recipe.images)],
-        negative_prompt=recipe.negative_prompt,
-        size=[int(size[0]), int(size[1])],
-        steps=recipe.steps,
-        sampler=recipe.sampler,
-        scale=recipe.scale,
-        precision=precision,
-        lora_multiplier=copy_lora.ratio if copy_lora is not None else None,
-        base_weights_multipliers=[w.ratio for w in base_weights] or None,
-        model=model.or_none() if model else None,
-    )
+        family_flag=family_flag, prompts=[prompts[i % len(prompts)] for i in range(recipe.images)],
+        seeds=[recipe.seed + i for i in range(recipe.images)], negative_prompt=recipe.negative_prompt,
+        size=[int(size[0]), int(size[1])], steps=recipe.steps, sampler=recipe.sampler, scale=recipe.scale,
+        precision=precision, lora_multiplier=copy_lora.ratio if copy_lora is not None else None,
+        base_weights_multipliers=[w.ratio for w in base_weights] or None, model=model.or_none() if model else None,
+    )  # fmt: skip
     return inputs, params, planned_outputs(recipe.images)
 
 
@@ -128,18 +113,13 @@ def subject(stage) -> str:
 
 
 def prompt_lines(p: CopyCheckParams, caption: str = "") -> list[PromptLine]:
-    width, height = p.size
-    return [
-        PromptLine(prompt=prompt.replace(CAPTION_PLACEHOLDER, caption), negative_prompt=p.negative_prompt,
-                   file_name=f"copy-{i + 1}.png", width=width, height=height, seed=seed, steps=p.steps, scale=p.scale)
-        for i, (prompt, seed) in enumerate(zip(p.prompts, p.seeds))
-    ]
+    return [prompt_line(p, prompt.replace(CAPTION_PLACEHOLDER, caption), f"copy-{i + 1}.png", seed)
+            for i, (prompt, seed) in enumerate(zip(p.prompts, p.seeds))]
 
 
 @dataclass
 class Copies:
-    """What `score_copies` rendered and measured: the reference, the images, per image its prompt,
-    seed, luma SSIM and LPIPS (None without it), and the LPIPS model (or why there is none)."""
+    """What `score_copies` rendered and measured; per image: prompt, seed, luma SSIM, LPIPS (or None)."""
 
     reference: Image.Image
     images: list[Path]

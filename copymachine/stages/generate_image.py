@@ -7,47 +7,30 @@ unless told, so the family's flag is always passed (see copymachine.genimg).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from copymachine.files import atomic_write_text
-from copymachine.genimg import PromptLine, file_names_supported, refuse_blank, render
+from copymachine.genimg import PromptLine, RenderParams, file_names_supported, refuse_blank, render
 from copymachine.models import BaseOptions
-from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import StageContext, StageKind
 
 
 @dataclass(frozen=True)
-class GenerateParams(StageParams):
-    family_flag: str
+class GenerateParams(RenderParams):
     prompt: str
-    negative_prompt: str
     seed: int
-    steps: int
-    sampler: str
-    scale: float
     width: int  # the size generated: the recipe's, or the family's own
     height: int
-    precision: str
-    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
-    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
 def generate_params(recipe, family, precision: str, model: BaseOptions | None = None) -> GenerateParams:
     """Stage parameters from the recipe's [generate]; a size of 0 is the family's own."""
     width, height = recipe.size(family.default_size)
     return GenerateParams(
-        family_flag=family.gen_flag,
-        prompt=recipe.prompt,
-        negative_prompt=recipe.negative_prompt,
-        seed=recipe.seed,
-        steps=recipe.steps,
-        sampler=recipe.sampler,
-        scale=recipe.scale,
-        width=width,
-        height=height,
-        precision=precision,
-        model=model.or_none() if model else None,
-    )
+        family_flag=family.gen_flag, prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,
+        steps=recipe.steps, sampler=recipe.sampler, scale=recipe.scale, width=width, height=height,
+        precision=precision, model=model.or_none() if model else None,
+    )  # fmt: skip
 
 
 def prompt_line(p: GenerateParams, file_name: str) -> PromptLine:

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
 from copymachine.files import atomic_write_json
-from copymachine.genimg import PromptLine, format_multiplier, render
+from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render
 from copymachine.images import load_rgb
 from copymachine.models import BaseOptions
-from copymachine.plan import OPTIONAL, StageParams
 from copymachine.recipe import parse_number_list, split_prompts
 from copymachine.similarity import Lpips, reference_at, round4, ssim_score
 from copymachine.stages import StageContext, StageKind
@@ -37,20 +36,12 @@ WHAT = "SSIM to the training image, gain over strength 0, on prompts unrelated t
 
 
 @dataclass(frozen=True)
-class LeakageParams(StageParams):
-    family_flag: str
+class LeakageParams(RenderParams):
     prompts: list[str]  # unrelated to the training caption, one seed each
     seeds: list[int]
     strengths: list[float]  # 0 first
     size: list[int]  # the training size: width, height
-    steps: int
-    sampler: str
-    scale: float
-    negative_prompt: str
     threshold: float  # the gain at which the LoRA leaks
-    precision: str
-    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
-    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
 def leakage_params(recipe, family, size: tuple[int, int], precision: str,
@@ -59,19 +50,11 @@ def leakage_params(recipe, family, size: tuple[int, int], precision: str,
     prompts = split_prompts(recipe.prompts)
     strengths = [s for s in dict.fromkeys(float(v) for v in parse_number_list(recipe.strengths, float)) if s != 0]
     return LeakageParams(
-        family_flag=family.gen_flag,
-        prompts=prompts,
-        seeds=[recipe.seed + i for i in range(len(prompts))],
-        strengths=[0.0, *strengths],
-        size=[int(size[0]), int(size[1])],
-        steps=recipe.steps,
-        sampler=recipe.sampler,
-        scale=recipe.scale,
-        negative_prompt=recipe.negative_prompt,
-        threshold=recipe.threshold,
-        precision=precision,
+        family_flag=family.gen_flag, prompts=prompts, seeds=[recipe.seed + i for i in range(len(prompts))],
+        strengths=[0.0, *strengths], size=[int(size[0]), int(size[1])], steps=recipe.steps, sampler=recipe.sampler,
+        scale=recipe.scale, negative_prompt=recipe.negative_prompt, threshold=recipe.threshold, precision=precision,
         model=model.or_none() if model else None,
-    )
+    )  # fmt: skip
 
 
 def image_output(prompt: int, col: int) -> str:
@@ -92,22 +75,8 @@ def planned_outputs(p: LeakageParams, folder: str = "") -> dict[str, str]:
 
 
 def prompt_lines(p: LeakageParams) -> list[PromptLine]:
-    width, height = p.size
-    return [
-        PromptLine(
-            prompt=prompt,
-            negative_prompt=p.negative_prompt,
-            file_name=image_file(p, i, col),
-            width=width,
-            height=height,
-            seed=p.seeds[i],
-            steps=p.steps,
-            scale=p.scale,
-            multiplier=strength,
-        )
-        for i, prompt in enumerate(p.prompts)
-        for col, strength in enumerate(p.strengths)
-    ]
+    return [prompt_line(p, prompt, image_file(p, i, col), p.seeds[i], strength)
+            for i, prompt in enumerate(p.prompts) for col, strength in enumerate(p.strengths)]
 
 
 def leaks_at(gains: dict[str, float], threshold: float) -> float | None:

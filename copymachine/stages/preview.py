@@ -10,15 +10,14 @@ to the LoRA as `<name>-preview.png`, the single images in `<name>-preview/`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from copymachine.genimg import PromptLine, format_multiplier, render
+from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
-from copymachine.plan import OPTIONAL, StageParams
 from copymachine.recipe import parse_number_list, split_prompts
 from copymachine.sheet import contact_sheet
 from copymachine.stages import StageContext, StageKind
@@ -30,19 +29,11 @@ def _unique(values: list) -> list:
 
 
 @dataclass(frozen=True)
-class PreviewParams(StageParams):
-    family_flag: str
+class PreviewParams(RenderParams):
     strengths: list[float]  # one column each
     prompts: list[str]  # rows: prompt x seed
     seeds: list[int]
     size: list[int]  # width, height
-    steps: int
-    sampler: str
-    scale: float
-    negative_prompt: str
-    precision: str
-    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
-    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
 def preview_params(recipe, family, precision: str, model: BaseOptions | None = None, **overrides) -> PreviewParams:
@@ -53,30 +44,17 @@ def preview_params(recipe, family, precision: str, model: BaseOptions | None = N
     seeds = overrides.get("seeds") or parse_number_list(recipe.seeds, int)
     side = overrides.get("size") or recipe.size or family.default_size
     return PreviewParams(
-        family_flag=family.gen_flag,
-        strengths=_unique([float(s) for s in strengths]),
-        prompts=_unique(list(prompts)),
-        seeds=_unique([int(s) for s in seeds]),
-        size=[int(side), int(side)],
-        steps=int(overrides.get("steps") or recipe.steps),
-        sampler=recipe.sampler,
-        scale=recipe.scale,
-        negative_prompt=recipe.negative_prompt,
-        precision=precision,
-        model=model.or_none() if model else None,
-    )
+        family_flag=family.gen_flag, strengths=_unique([float(s) for s in strengths]), prompts=_unique(list(prompts)),
+        seeds=_unique([int(s) for s in seeds]), size=[int(side), int(side)],
+        steps=int(overrides.get("steps") or recipe.steps), sampler=recipe.sampler, scale=recipe.scale,
+        negative_prompt=recipe.negative_prompt, precision=precision, model=model.or_none() if model else None,
+    )  # fmt: skip
 
 
 def cells(p: PreviewParams) -> list[tuple[int, int, int, float]]:
     """(row, column, seed, strength) of every cell, rows = prompt x seed, columns = strengths."""
-    out = []
-    row = 0
-    for _prompt in p.prompts:
-        for seed in p.seeds:
-            for col, strength in enumerate(p.strengths):
-                out.append((row, col, seed, strength))
-            row += 1
-    return out
+    rows = [seed for _ in p.prompts for seed in p.seeds]
+    return [(row, col, seed, strength) for row, seed in enumerate(rows) for col, strength in enumerate(p.strengths)]
 
 
 def cell_output(row: int, col: int) -> str:
@@ -102,21 +80,8 @@ def strength_label(s: float) -> str:
 
 
 def prompt_lines(p: PreviewParams) -> list[PromptLine]:
-    width, height = p.size
-    return [
-        PromptLine(
-            prompt=p.prompts[row // len(p.seeds)],
-            negative_prompt=p.negative_prompt,
-            file_name=cell_file(p, row, col),
-            width=width,
-            height=height,
-            seed=seed,
-            steps=p.steps,
-            scale=p.scale,
-            multiplier=strength,
-        )
-        for row, col, seed, strength in cells(p)
-    ]
+    return [prompt_line(p, p.prompts[row // len(p.seeds)], cell_file(p, row, col), seed, strength)
+            for row, col, seed, strength in cells(p)]
 
 
 class Preview(StageKind):

@@ -107,21 +107,11 @@ def check_sd_args(sd_args: dict[str, Any]) -> None:
 
 
 def training_plan(
-    training: TrainingRecipe,
-    family: Family,
-    size: tuple[int, int],
-    settings: Settings,
-    max_steps: int | None,
-    inputs: dict[str, Any],
-    base_weights: Sequence[WeightedLora] = (),
-    model: BaseOptions | None = None,
-    sd_args: dict[str, Any] | None = None,
-    save_every_n_steps: int = 0,
-    samples: int = 0,
-    watch: WatchRecipe | None = None,
-    logging_dir: Path | None = None,
-    copy_stop: copystop.CopyStop | None = None,
-) -> tuple[dict[str, Any], TrainParams]:
+    training: TrainingRecipe, family: Family, size: tuple[int, int], settings: Settings, max_steps: int | None,
+    inputs: dict[str, Any], base_weights: Sequence[WeightedLora] = (), model: BaseOptions | None = None,
+    sd_args: dict[str, Any] | None = None, save_every_n_steps: int = 0, samples: int = 0,
+    watch: WatchRecipe | None = None, logging_dir: Path | None = None, copy_stop: copystop.CopyStop | None = None,
+) -> tuple[dict[str, Any], TrainParams]:  # fmt: skip
     """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base
     in memory first) and its parameters: the recipe's training, shortened by `max_steps` with
     the same share of warmup, the profile's optimizer and training options."""
@@ -139,23 +129,14 @@ def training_plan(
         training = dataclasses.replace(training, shuffle_caption=False)
     inputs = {**inputs, **{base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)}}
     params = TrainParams(
-        family=family,
-        training=training,
-        size=(int(size[0]), int(size[1])),
-        max_train_steps=max_train_steps,
-        warmup_steps=warmup,
-        mixed_precision=settings.mixed_precision,
-        training_options=options,
+        family=family, training=training, size=(int(size[0]), int(size[1])), max_train_steps=max_train_steps,
+        warmup_steps=warmup, mixed_precision=settings.mixed_precision, training_options=options,
         # only with LoRAs merged in memory, so the stage keys of trainings without them stay as they were
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
-        model=model.for_training() if model else None,
-        sd_args=dict(sd_args) if sd_args else None,
-        save_every_n_steps=save_every_n_steps,
-        sample_every_n_steps=samples,
-        watch=watch or WatchRecipe(),
-        logging_dir=str(logging_dir) if logging_dir else None,
-        copy_stop=copy_stop,
-    )
+        model=model.for_training() if model else None, sd_args=dict(sd_args) if sd_args else None,
+        save_every_n_steps=save_every_n_steps, sample_every_n_steps=samples, watch=watch or WatchRecipe(),
+        logging_dir=str(logging_dir) if logging_dir else None, copy_stop=copy_stop,
+    )  # fmt: skip
     return inputs, params
 
 
