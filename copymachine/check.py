@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
@@ -31,6 +32,9 @@ from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
 from copymachine.images import save_png, to_rgb
 from copymachine.sheet import Fonts, draw_fitted, line_height
+
+if TYPE_CHECKING:
+    from numpy import ndarray
 
 # Alignment: the largest movement of an image corner under the fitted affine warp, in pixels,
 # compared after rounding to 0.1 px (the precision the fit is good to).
@@ -85,18 +89,18 @@ class PairReport:
         return d
 
 
-def _grey(rgb: np.ndarray) -> np.ndarray:
+def _grey(rgb: ndarray) -> ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
 
 
-def _pyramid(image: np.ndarray) -> list[np.ndarray]:
+def _pyramid(image: ndarray) -> list[ndarray]:
     levels = [image]
     while len(levels) < ECC_LEVELS and min(levels[-1].shape[:2]) // 2 >= ECC_MIN_SIDE:
         levels.append(cv2.pyrDown(levels[-1]))
     return levels[::-1]  # coarse first
 
 
-def _ecc(template: np.ndarray, image: np.ndarray, warp: np.ndarray, motion: int) -> tuple[float, np.ndarray] | None:
+def _ecc(template: ndarray, image: ndarray, warp: ndarray, motion: int) -> tuple[float, ndarray] | None:
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPS)
     try:
         rho, fitted = cv2.findTransformECC(template, image, warp.copy(), motion, criteria, None, ECC_GAUSS)
@@ -107,7 +111,7 @@ def _ecc(template: np.ndarray, image: np.ndarray, warp: np.ndarray, motion: int)
     return float(rho), fitted
 
 
-def ecc_align(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, float] | None:
+def ecc_align(original: ndarray, edited: ndarray) -> tuple[ndarray, float] | None:
     """Affine warp (2×3) mapping original pixel coordinates onto the edited image, and its ECC
     correlation; None when no fit converges or the best one matches nothing.
 
@@ -134,26 +138,26 @@ def ecc_align(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, flo
     return warp, rho
 
 
-def corner_shift(warp: np.ndarray, width: int, height: int) -> float:
+def corner_shift(warp: ndarray, width: int, height: int) -> float:
     """How far the warp moves the outer corners of the image, at most, in pixels."""
     corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [-0.5, height - 0.5], [width - 0.5, height - 0.5]])
     moved = corners @ warp[:, :2].T.astype(np.float64) + warp[:, 2].astype(np.float64)
     return float(np.max(np.hypot(*(moved - corners).T)))
 
 
-def delta_e(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def delta_e(a: ndarray, b: ndarray) -> ndarray:
     """CIE76 colour difference per pixel (H×W float32)."""
     lab_a = cv2.cvtColor(a.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     lab_b = cv2.cvtColor(b.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     return np.sqrt(((lab_a - lab_b) ** 2).sum(axis=2))
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
+def psnr(a: ndarray, b: ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
+def ssim(a: ndarray, b: ndarray) -> float:
     from skimage.metrics import structural_similarity
 
     return float(structural_similarity(a, b, channel_axis=2, data_range=255))
@@ -165,7 +169,8 @@ def _size_message(original: tuple[int, int], edited: tuple[int, int], name: str)
     if ew % ow == 0 and eh % oh == 0 and ew // ow == eh // oh:
         k = ew // ow
         return (f"size differs ({sizes}): the edit is exactly {k}x the original; shrink it by averaging "
-                f"{k}x{k} blocks, e.g. python -c \"from PIL import Image; Image.open('{name}').reduce({k}).save('{_stem(name)}-{ow}.png')\" "
+                f"{k}x{k} blocks, e.g. python -c \"from PIL import Image; "
+                f"Image.open('{name}').reduce({k}).save('{_stem(name)}-{ow}.png')\" "
                 f"(any other resize moves pixels)")
     if ow % ew == 0 and oh % eh == 0 and ow // ew == oh // eh:
         k = ow // ew
@@ -182,7 +187,8 @@ def _rounded(x: float) -> float:
     return math.floor(x * 10.0 + 0.5) / 10.0
 
 
-def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str = "EDITED.png", in_place: bool = False) -> PairReport:
+def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str = "EDITED.png",
+               in_place: bool = False) -> PairReport:
     """Compare an edited image with its original; see the module text for what is measured.
 
     `edited_name` only appears in the hint printed for an edit at an exact multiple of the size.
@@ -191,23 +197,17 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
     """
     a = np.asarray(to_rgb(original), np.uint8)
     b = np.asarray(to_rgb(edited), np.uint8)
-    sizes = {"original_size": original.size, "edited_size": edited.size}
     if a.shape != b.shape:
-        return PairReport(False, None, None, None, None, "refuse", [_size_message(original.size, edited.size, edited_name)], **sizes)
-
+        message = _size_message(original.size, edited.size, edited_name)
+        return PairReport(False, None, None, None, None, "refuse", [message], original_size=original.size,
+                          edited_size=edited.size)
     de = delta_e(a, b)
-    report = PairReport(
-        size_ok=True,
-        corner_shift_px=None,
-        psnr_db=psnr(a, b),
-        ssim=ssim(a, b) if min(a.shape[:2]) >= 7 else None,
-        changed_fraction=float(np.mean(de > CHANGED_DELTA_E)),
-        verdict="ok",
-        mean_delta_e=float(de.mean()),
-        **sizes,
-    )
-    refuse, warn = [], []
-    if math.isinf(report.psnr_db):
+    psnr_db, changed = psnr(a, b), float(np.mean(de > CHANGED_DELTA_E))
+    report = PairReport(True, None, psnr_db, ssim(a, b) if min(a.shape[:2]) >= 7 else None, changed, "ok",
+                        original_size=original.size, edited_size=edited.size, mean_delta_e=float(de.mean()))
+    refuse: list[str] = []
+    warn: list[str] = []
+    if math.isinf(psnr_db):
         report.corner_shift_px = 0.0
         refuse.append("the edited image is identical to the original: there is nothing for the effect LoRA to learn")
     else:
@@ -222,16 +222,16 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
             moved = (f"the edit is out of alignment: its corners move {report.corner_shift_px:.1f} px against the "
                      f"original (an offset, rotation, crop or resize); ")
             if in_place and report.reads_as_moved:
-                report.notes.append(f"the alignment fit reads the corners as moving {report.corner_shift_px:.1f} px; the "
-                                    "edit is taken as keeping every pixel in place, and then that reading is the pull "
-                                    "of its strong local changes (thicker lines, say) on the fit, not a shift")
+                report.notes.append(f"the alignment fit reads the corners as moving {report.corner_shift_px:.1f} px; "
+                                    "the edit is taken as keeping every pixel in place, and then that reading is the "
+                                    "pull of its strong local changes (thicker lines, say) on the fit, not a shift")
             elif shift >= SHIFT_REFUSE_PX:
                 refuse.append(moved + f"above {SHIFT_REFUSE_PX:g} px the LoRA would learn the shift; "
                               "redo the edit on the original without moving, rotating or resizing it")
             elif report.reads_as_moved:
                 warn.append(moved + "the LoRA may learn a shift; check that the edit tool did not move the layer")
-        if report.psnr_db > WEAK_PSNR_DB or report.changed_fraction < WEAK_CHANGED_FRACTION:
-            warn.append(f"edit too weak: PSNR {report.psnr_db:.1f} dB, {report.changed_fraction:.2%} of pixels "
+        if psnr_db > WEAK_PSNR_DB or changed < WEAK_CHANGED_FRACTION:
+            warn.append(f"edit too weak: PSNR {psnr_db:.1f} dB, {changed:.2%} of pixels "
                         f"changed noticeably (want PSNR <= {WEAK_PSNR_DB:g} dB and >= {WEAK_CHANGED_FRACTION:.1%}); "
                         "make the edit stronger")
         if report.ssim is not None and report.ssim < DIFFERENT_SSIM:
@@ -254,7 +254,8 @@ def format_report(report: PairReport, original_name: str = "original", edited_na
                          f"(warn from {SHIFT_WARN_PX:g}, refuse from {SHIFT_REFUSE_PX:g})")
         else:
             lines.append("alignment  no fit")
-        psnr_text = "identical" if math.isinf(report.psnr_db) else f"{report.psnr_db:.1f} dB"
+        psnr_db = report.psnr_db if report.psnr_db is not None else math.inf
+        psnr_text = "identical" if math.isinf(psnr_db) else f"{psnr_db:.1f} dB"
         lines.append(f"PSNR       {psnr_text}")
         if report.ssim is not None:
             lines.append(f"SSIM       {report.ssim:.3f}")
@@ -271,7 +272,7 @@ SHEET_MARGIN = 12
 SHEET_BACKGROUND = (255, 255, 255)
 
 
-def heat_map(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, float]:
+def heat_map(original: ndarray, edited: ndarray) -> tuple[ndarray, float]:
     """ΔE per pixel as an inferno heat map (black = unchanged) on a square-root scale up to the
     99.5th percentile (at least 5), so small changes show; returns the image and the scale's top."""
     de = delta_e(original, edited)
@@ -281,7 +282,8 @@ def heat_map(original: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, floa
     return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB), top
 
 
-def compare_sheet(original: Image.Image, edited: Image.Image, path: str | os.PathLike, title: str | None = None) -> None:
+def compare_sheet(original: Image.Image, edited: Image.Image, path: str | os.PathLike,
+                  title: str | None = None) -> None:
     """Write original | edit | difference heat map side by side, labelled, as a PNG (atomically).
 
     Each label is shrunk (then shortened) to its panel's width, so none is cut at small sizes."""

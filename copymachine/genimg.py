@@ -14,12 +14,43 @@ gen_img.py before v0.9.0 has no `--f` (copymachine.capabilities): it is then run
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from copymachine.errors import EngineError
+from copymachine.files import atomic_write_text
+from copymachine.images import blank_colour
+from copymachine.plan import OPTIONAL, StageParams
 
 if TYPE_CHECKING:
     from copymachine.models import BaseOptions
+
+BASE_WEIGHT_PREFIX = "weights"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderParams(StageParams):
+    """The parameters every gen_img.py stage renders with (`render`)."""
+
+    family_flag: str
+    negative_prompt: str
+    steps: int
+    sampler: str
+    scale: float
+    precision: str
+    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
+    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
+
+
+def base_weight_input_name(i: int) -> str:
+    """Input names of the LoRAs loaded before the stage's own (absorbed styles; --base_weights), in order."""
+    return f"{BASE_WEIGHT_PREFIX}{i:03d}"
+
+
+def base_weight_inputs(stage) -> list[Path]:
+    return [stage.input(name) for name in sorted(stage.inputs) if name.startswith(BASE_WEIGHT_PREFIX)]
 
 
 def clean_prompt(text: str) -> str:
@@ -55,6 +86,12 @@ def format_multiplier(m: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
+def prompt_line(p: Any, prompt: str, file_name: str, seed: int, multiplier: float | None = None) -> PromptLine:
+    """A line at the stage parameters' (`p`) size, steps, scale and negative prompt."""
+    width, height = p.size
+    return PromptLine(prompt, file_name, width, height, seed, p.steps, p.scale, p.negative_prompt, multiplier)
+
+
 def render_prompt_file(lines: list[PromptLine], file_names: bool = True) -> str:
     names = [line.file_name for line in lines]
     if len(set(names)) != len(names):
@@ -88,65 +125,60 @@ def file_names_supported(settings) -> bool:
 def refuse_blank(paths: list[Path], where: str, precision: str | None, model: BaseOptions | None) -> None:
     """End the stage when gen_img.py rendered a black or one-colour image: never train on it
     (the generated original) or score it (the copy check). The message names the likely cause."""
-    from copymachine.errors import EngineError
-    from copymachine.images import blank_colour
-
     for path in paths:
         colour = blank_colour(path)
         if colour is None:
             continue
-        black = max(colour) <= 2
-        what = "black" if black else f"one colour {colour}"
+        what = "black" if max(colour) <= 2 else f"one colour {colour}"
         if precision in ("fp16", "bf16") and not (model and model.no_half_vae):
             cause = (f"the VAE decoding in {precision} (it overflows to NaN, which comes out black); "
                      "try --device cpu (float32), or a checkpoint with a VAE fixed for half precision")
         elif precision in ("fp16", "bf16"):
-            cause = f"the checkpoint's VAE (it already decodes in float32, --no_half_vae; the U-Net ran in {precision}); try --device cpu (float32) or another checkpoint"
+            cause = (f"the checkpoint's VAE (it already decodes in float32, --no_half_vae; the U-Net ran in "
+                     f"{precision}); try --device cpu (float32) or another checkpoint")
         else:
-            cause = "the checkpoint's VAE or weights (a broken or missing VAE decodes to one colour); check the model in another UI"
-        raise EngineError(f"{where}: gen_img.py rendered a blank image ({what}): {path.name}; likely cause: {cause}. Nothing was trained on or scored with it")
+            cause = ("the checkpoint's VAE or weights (a broken or missing VAE decodes to one colour); "
+                     "check the model in another UI")
+        raise EngineError(f"{where}: gen_img.py rendered a blank image ({what}): {path.name}; likely cause: "
+                          f"{cause}. Nothing was trained on or scored with it")
 
 
-def gen_img_args(
-    checkpoint: Path,
-    family_flag: str,
-    outdir: Path,
-    prompt_file: Path,
-    sampler: str,
-    precision: str | None = None,
-    tokenizer_cache_dir: Path | None = None,
-    loras: list[Path] | None = None,
-    extra: tuple[str, ...] = (),
-    multipliers: list[float] | None = None,
-    sequential: bool = False,
-    model: BaseOptions | None = None,
-) -> list[str]:
+def gen_img_args(checkpoint: Path, family_flag: str, outdir: Path, prompt_file: Path, sampler: str,
+                 precision: str | None = None, tokenizer_cache_dir: Path | None = None, loras: list[Path] | None = None,
+                 extra: tuple[str, ...] = (), multipliers: list[float] | None = None, sequential: bool = False,
+                 model: BaseOptions | None = None) -> list[str]:
     """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, each at its
     multiplier, 1.0 by default, unless a line's --am says otherwise)."""
-    args = [
-        "--ckpt",
-        str(checkpoint),
-        family_flag,
-        "--outdir",
-        str(outdir),
-        "--from_file",
-        str(prompt_file),
-        "--sampler",
-        sampler,
-        "--images_per_prompt",
-        "1",
-        "--batch_size",
-        "1",
-    ]
+    args = ["--ckpt", str(checkpoint), family_flag, "--outdir", str(outdir), "--from_file", str(prompt_file),
+            "--sampler", sampler, "--images_per_prompt", "1", "--batch_size", "1"]
     if precision in ("fp16", "bf16"):
         args.append(f"--{precision}")
     if tokenizer_cache_dir:
         args += ["--tokenizer_cache_dir", str(tokenizer_cache_dir)]
     if loras:
-        args += ["--network_module", *["networks.lora"] * len(loras), "--network_weights", *[str(p) for p in loras]]
+        args += ["--network_module", *["networks.lora"] * len(loras), "--network_weights", *map(str, loras)]
         args += ["--network_mul", *[repr(float(m)) for m in (multipliers or [1.0] * len(loras))]]
     if sequential:
         args.append("--sequential_file_name")
     if model is not None:  # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions)
         args += model.gen_img_args()
     return args + list(extra)
+
+
+def render(ctx: Any, p: Any, checkpoint: Path, lines: list[PromptLine], prompt_file: Path, outdir: Path | None = None,
+           loras: Sequence[Path] = (), multipliers: list[float] | None = None) -> list[Path]:
+    """One gen_img.py run of a stage (`ctx`) over `lines`, with its parameters' renderer options (`p`:
+    family flag, sampler, precision, model options), into `outdir` (the scratch folder by default).
+    Returns the images' paths (renamed to the planned names on a gen_img.py without `--f`)."""
+    outdir = outdir or ctx.scratch
+    named = file_names_supported(ctx.settings)
+    atomic_write_text(prompt_file, render_prompt_file(lines, file_names=named))
+    args = gen_img_args(
+        checkpoint, p.family_flag, outdir, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir,
+        list(loras), extra=ctx.settings.profile.gen_options, multipliers=multipliers, sequential=not named,
+        model=p.model,
+    )  # fmt: skip
+    images = [outdir / line.file_name for line in lines]
+    collect = None if named else (lambda: collect_sequential(outdir, [line.file_name for line in lines]))
+    ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images, collect=collect)
+    return images

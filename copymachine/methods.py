@@ -449,13 +449,11 @@ def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
     recipe's [copy_check] prompts, the copy LoRA at the merge ratio on the base)."""
     if c.request.copy_stop_at is None:
         return None
-    _, check, _ = copy_check_plan(c.recipe.copy_check, c.family.gen_flag, sp.size, c.gen_precision, {}, None, c.base_weights)
+    _, check, _ = copy_check_plan(c.recipe.copy_check, c.family.gen_flag, sp.size, c.gen_precision, {}, None, c.base_weights, c.model)
     return CopyStop(
         min_ssim=float(c.request.copy_stop_at),
         segment=c.recipe.watch.save_every_n_steps or MEMO.watch.save_every_n_steps,
-        check=check,
-        lora_multiplier=c.recipe.merge.ratio,
-        base_weights_multipliers=[w.ratio for w in c.base_weights],
+        check=dataclasses.replace(check, lora_multiplier=c.recipe.merge.ratio),
     )
 
 

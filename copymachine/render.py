@@ -15,11 +15,7 @@ from typing import Any
 import jinja2
 import tomli_w
 
-
-class AttrDict(dict):
-    """A dict whose keys templates can read as attributes (`training.network_dim`)."""
-
-    __getattr__ = dict.__getitem__
+from copymachine.files import atomic_write_text
 
 
 def toml_value(value: Any) -> str:
@@ -71,8 +67,5 @@ def render(template: str, **context: Any) -> str:
 
 def write_config(path: Path, template: str, **context: Any) -> Path:
     """Render `template` to `path` (written whole or not at all)."""
-    from copymachine.files import atomic_write_text
-
-    text = render(template, **context)
-    atomic_write_text(path, text)
+    atomic_write_text(path, render(template, **context))
     return path

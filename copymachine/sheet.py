@@ -28,35 +28,21 @@ class Fonts:
 
     def __init__(self, path: str | Path | None = None):
         self.path = str(path) if path else None
-        self._cache: dict[int, ImageFont.ImageFont] = {}
+        self._cache: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
 
-    @property
-    def scalable(self) -> bool:
-        return self.path is not None or _builtin_scalable()
-
-    def get(self, size: int) -> ImageFont.ImageFont:
+    def get(self, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         size = max(1, int(size))
         if size not in self._cache:
-            if self.path:
-                self._cache[size] = ImageFont.truetype(self.path, size)
-            else:
-                try:
-                    self._cache[size] = ImageFont.load_default(size=size)
-                except TypeError:  # Pillow < 10.1: one fixed bitmap font
-                    self._cache[size] = ImageFont.load_default()
+            try:
+                font = ImageFont.truetype(self.path, size) if self.path else ImageFont.load_default(size=size)
+                self._cache[size] = font
+            except TypeError:  # Pillow < 10.1: one fixed bitmap font (every size below is the same one)
+                self._cache[size] = ImageFont.load_default()
         return self._cache[size]
 
     def text(self, text: str) -> str:
         """What can be drawn: the built-in font has ASCII only."""
         return text if self.path else ascii_label(text)
-
-
-def _builtin_scalable() -> bool:
-    try:
-        ImageFont.load_default(size=12)
-        return True
-    except TypeError:
-        return False
 
 
 def ascii_label(text: str) -> str:
@@ -70,30 +56,28 @@ def ascii_label(text: str) -> str:
     return "".join(out)
 
 
-def text_width(font: ImageFont.ImageFont, text: str) -> int:
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+def text_width(font: Font, text: str) -> int:
     left, _, right, _ = font.getbbox(text) if text else (0, 0, 0, 0)
     return int(right - min(left, 0))
 
 
-def line_height(font: ImageFont.ImageFont) -> int:
+def line_height(font: Font) -> int:
     _, top, _, bottom = font.getbbox("Ag|")
     return int(bottom - min(top, 0)) + 2
 
 
-def fit_text(fonts: Fonts, text: str, max_width: int, size: int, min_size: int = MIN_FONT) -> tuple[ImageFont.ImageFont, str]:
+def fit_text(fonts: Fonts, text: str, max_width: int, size: int, min_size: int = MIN_FONT) -> tuple[Font, str]:
     """The largest font (at most `size`, at least `min_size`) at which `text` fits `max_width`;
     if it does not fit even at `min_size`, the text is shortened with '...'."""
     text = fonts.text(text)
-    if fonts.scalable:
-        for s in range(int(size), int(min_size) - 1, -1):
-            font = fonts.get(s)
-            if text_width(font, text) <= max_width:
-                return font, text
-        font = fonts.get(min_size)
-    else:
-        font = fonts.get(size)
-    if text_width(font, text) <= max_width:
-        return font, text
+    for s in range(int(size), int(min_size) - 1, -1):
+        font = fonts.get(s)
+        if text_width(font, text) <= max_width:
+            return font, text
+    font = fonts.get(min_size)
     while text and text_width(font, text + ELLIPSIS) > max_width:
         text = text[:-1]
     return font, (text.rstrip() + ELLIPSIS) if text else ""
@@ -116,12 +100,13 @@ def wrap_text(fonts: Fonts, text: str, max_width: int, size: int, max_lines: int
 
 
 def draw_centred(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, font, fill=INK) -> None:
-    # textbbox rather than anchor="mm": the bitmap font of old Pillow has no anchors.
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    draw.text((round(centre[0] - (left + right) / 2), round(centre[1] - (top + bottom) / 2)), text, fill=fill, font=font)
+    x, y = round(centre[0] - (left + right) / 2), round(centre[1] - (top + bottom) / 2)
+    draw.text((x, y), text, fill=fill, font=font)
 
 
-def draw_fitted(draw: ImageDraw.ImageDraw, fonts: Fonts, box: tuple[int, int, int, int], lines: Sequence[str], size: int, pad: int = 4) -> None:
+def draw_fitted(draw: ImageDraw.ImageDraw, fonts: Fonts, box: tuple[int, int, int, int], lines: Sequence[str],
+                size: int, pad: int = 4) -> None:
     """Draw lines centred in `box`, one under the other, each shrunk/shortened to its width."""
     x0, y0, x1, y1 = box
     if not lines:
@@ -146,7 +131,6 @@ class SheetLayout:
     title_height: int = 0
     margin: int = 12
     gap: int = 8
-    footer_height: int = 0
 
     @property
     def grid_origin(self) -> tuple[int, int]:
@@ -186,7 +170,7 @@ class SheetLayout:
         gx, gy = self.grid_origin
         w, h = self.cell
         width = gx + self.cols * w + (self.cols - 1) * self.gap + self.margin
-        height = gy + self.rows * h + (self.rows - 1) * self.gap + self.footer_height + self.margin
+        height = gy + self.rows * h + (self.rows - 1) * self.gap + self.margin
         return width, height
 
 
@@ -210,15 +194,10 @@ def _fit_cell(image: Image.Image, cell: tuple[int, int]) -> Image.Image:
 
 
 def contact_sheet(
-    cells: Sequence[Sequence[Image.Image | None]],
-    col_labels: Sequence[Sequence[str]] = (),
-    row_labels: Sequence[Sequence[str]] = (),
-    title: str | None = None,
-    framed_cols: Sequence[int] = (),
-    font: str | Path | None = None,
-    cell: tuple[int, int] | None = None,
-    font_size: int | None = None,
-) -> tuple[Image.Image, SheetLayout]:
+    cells: Sequence[Sequence[Image.Image | None]], col_labels: Sequence[Sequence[str]] = (),
+    row_labels: Sequence[Sequence[str]] = (), title: str | None = None, framed_cols: Sequence[int] = (),
+    font: str | Path | None = None, cell: tuple[int, int] | None = None, font_size: int | None = None,
+) -> tuple[Image.Image, SheetLayout]:  # fmt: skip
     """A labelled grid. `cells[row][col]` (None: left blank); each label is a list of lines."""
     rows = len(cells)
     cols = max((len(r) for r in cells), default=0)
@@ -234,16 +213,12 @@ def contact_sheet(
         longest = max(text_width(fonts.get(size), fonts.text(line)) for r in row_labels for line in r)
         label_width = min(max(longest + 8, cell[0] // 2), int(cell[0] * 1.25))
         row_labels = [[w for line in r for w in wrap_text(fonts, line, label_width - 8, size)] for r in row_labels]
-    col_labels = [[w for line in c for w in wrap_text(fonts, line, cell[0] - 8, size, max_lines=2)] for c in col_labels]
+    col_labels = [[w for line in c for w in wrap_text(fonts, line, cell[0] - 8, size, max_lines=2)]
+                  for c in col_labels]
     header_lines = max((len(c) for c in col_labels), default=0)
-    layout = SheetLayout(
-        rows=rows,
-        cols=cols,
-        cell=cell,
-        label_width=label_width,
-        header_height=header_lines * line_h + 6 if header_lines else 0,
-        title_height=len(title.split("\n")) * line_h + 6 if title else 0,
-    )
+    layout = SheetLayout(rows=rows, cols=cols, cell=cell, label_width=label_width,
+                         header_height=header_lines * line_h + 6 if header_lines else 0,
+                         title_height=len(title.split("\n")) * line_h + 6 if title else 0)
     sheet = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     if title:

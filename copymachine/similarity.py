@@ -1,13 +1,11 @@
 """How close a generated image is to the original: SSIM always, LPIPS when installed.
 
-SSIM (scikit-image, on the RGB image, 8-bit range) is 1 for identical images and falls towards 0
-for unrelated ones. The copy check scores luma SSIM at a fixed reduced size (`luma_ssim_score`,
-256 px on the long side): the question is "is it the same picture", not its pixel-level detail,
-and a fixed size makes the score mean the same at 512 and at 1024 px. LPIPS (the `lpips`
-package, AlexNet features) is 0 for identical images and grows with perceptual difference; it
-needs torch, so it is an optional extra
-(`pip install copymachine[lpips]`) imported only here and only when asked for: without it,
-copymachine's own process never imports torch.
+SSIM (scikit-image, 8-bit range) is 1 for identical images and falls towards 0 for unrelated ones:
+on the RGB image at full size for leakage (`ssim_score`), on the luma at 256 px on the long side for
+the copy check and the copy stop (`luma_ssim_score`: "is it the same picture", not pixel detail; a
+fixed size makes the score mean the same at 512 and 1024 px). LPIPS (the `lpips` package, AlexNet
+features) is 0 for identical images and grows with perceptual difference; it needs torch, so it is
+an optional extra (`pip install copymachine[lpips]`) imported only here and only when asked for.
 """
 
 from __future__ import annotations
@@ -29,7 +27,11 @@ def reference_at(original: Image.Image, size: tuple[int, int]) -> Image.Image:
     """The original as the LoRA saw it: resized to the training size the way the training
     image is (Lanczos), so a generated image is compared at its own size."""
     image = to_rgb(original)
-    return image if image.size == tuple(size) else image.resize(tuple(size), Image.Resampling.LANCZOS)
+    return image if image.size == tuple(size) else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def round4(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
 
 
 def ssim_score(reference: Image.Image, image: Image.Image) -> float:
@@ -53,7 +55,7 @@ def luma(image: Image.Image, size: tuple[int, int]):
     """The image's luma (ITU-R 601, Pillow's "L"), area-averaged down to `size`, as uint8."""
     grey = to_rgb(image).convert("L")
     if grey.size != tuple(size):
-        grey = grey.resize(tuple(size), Image.Resampling.BOX)
+        grey = grey.resize(size, Image.Resampling.BOX)
     return np.asarray(grey, np.uint8)
 
 

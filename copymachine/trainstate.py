@@ -20,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 KEY_FILE = "state-key.txt"
 _STATE_DIR = re.compile(r"-step(\d{8})-state$")
 # what accelerate's save_state writes (the random states last); sd-scripts' pre-save hook writes
@@ -44,26 +46,23 @@ def _whole(path: Path) -> bool:
         if size == 0:
             return False
         if path.suffix == ".safetensors":
-            with open(path, "rb") as f:
-                header = int.from_bytes(f.read(8), "little")
-                if header > size - 8:
-                    return False
-                offsets = [v["data_offsets"][1] for k, v in json.loads(f.read(header)).items() if k != "__metadata__"]
-            return size >= 8 + header + max(offsets, default=0)
+            with safe_open(path, "np"):  # refuses a file its header does not cover exactly
+                return True
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
                 return z.testzip() is None if size < 64 * 1024 * 1024 else bool(z.namelist())
         with open(path, "rb") as f:
             f.seek(-1, 2)
             return f.read(1) == b"."
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, SafetensorError):
         return False
 
 
 def _complete(folder: Path) -> bool:
     """Every file of the state is there and whole (accelerate writes the RNG states last; a torch
     file cut off by a kill lacks its zip directory): a state cut off by a kill is not resumed."""
-    models = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.name.startswith(("model", "pytorch_model"))]
+    models = [p for p in folder.iterdir()
+              if p.suffix in (".safetensors", ".bin") and p.name.startswith(("model", "pytorch_model"))]
     if not models or not all((folder / name).is_file() for name in _STATE_FILES):
         return False
     if not all(_whole(p) for p in [*models, *(folder / n for n in _STATE_FILES if n != "train_state.json")]):
@@ -103,7 +102,8 @@ def keep(scratch: Path, key: str) -> str | None:
         removed = "a saved training state of other inputs (another stage key)"
     kept = {s.path for s in newest}
     # with the state: its key, the step LoRA saved with it and the copy checks so far (--copy-stop-at)
-    also = {KEY_FILE, "copy-stop.json", *(f"{s.path.name[: -len('-state')]}.safetensors" for s in newest)} if kept else set()
+    also = {KEY_FILE, "copy-stop.json", *(f"{s.path.name.removesuffix('-state')}.safetensors" for s in newest)}
+    also = also if kept else set()
     for p in list(scratch.iterdir()):
         if p in kept or p.name in also:
             continue
@@ -130,7 +130,3 @@ def resumable(scratch: Path, key: str, total_steps: int) -> SavedState | None:
         return None
     usable = [s for s in states(scratch) if s.step < total_steps]
     return usable[-1] if usable else None
-
-
-def size_bytes(state: SavedState) -> int:
-    return sum(p.stat().st_size for p in state.path.rglob("*") if p.is_file())

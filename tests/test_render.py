@@ -8,7 +8,6 @@ import tomllib
 
 from copymachine.models import SD1, SDXL
 from copymachine.recipe import MEMO
-from copymachine.render import AttrDict as _Obj
 from copymachine.render import render, toml_value
 
 HOSTILE = [
@@ -20,6 +19,8 @@ HOSTILE = [
     "\\\\server\\share\\a'b\"c.safetensors",
     'C:\\sd\\a "b" \'c\'\nd = 1\n[x]\n%s 日本語 """',  # a TOML line, a table and a closing triple quote
 ]
+
+_Obj = dict  # Jinja reads a dict's keys as attributes (`training.network_dim`)
 
 
 @pytest.mark.parametrize("text", HOSTILE)

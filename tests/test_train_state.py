@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageEnhance
 
@@ -236,3 +237,48 @@ def test_copy_stop_segments_start_after_the_warmup():
     assert boundaries(3072, 500, 256) == [512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 2560, 2816, 3072]
     assert boundaries(6, 0, 2) == [2, 4, 6]
     assert boundaries(3072, 500, 5000) == [3072]
+
+
+def _without_paths(argv: list[str]) -> list[str]:
+    """gen_img.py's options with the values that name a file left out (the folder, the prompt file, the LoRAs)."""
+    paths = {"--outdir", "--from_file", "--network_weights", "--ckpt"}
+    out, skip = [], False
+    for a in argv:
+        if a.startswith("--"):
+            skip = a in paths
+        if not skip or a.startswith("--"):
+            out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("plan", ["clip-skip-2", "v-pred", "sdxl"])
+def test_copy_stop_renders_and_scores_as_the_copy_check(fake_engine, scene, tmp_path, monkeypatch, plan):
+    """Issue 30: the copy stop calls the copy check's scorer: the same gen_img.py options (clip skip,
+    v-prediction, SDXL's float32 VAE), the same prompt lines, the same base and the LoRAs at the same
+    ratios; only the folders and the LoRA file (the step's, not the kept one) differ."""
+    monkeypatch.setenv("COPYMACHINE_FAKE_COPY", str(tmp_path / "original.png"))  # SSIM 1: stops at step 2
+    original, edited = _images(tmp_path, scene)
+    argv = _argv(fake_engine, original, edited, tmp_path / "run", "--copy-stop-at", "0.9")
+    argv.remove("--no-copy-check")
+    expected = {"clip-skip-2": ["--clip_skip", "2"], "v-pred": ["--v_parameterization"], "sdxl": ["--sdxl", "--no_half_vae"]}
+    if plan == "sdxl":
+        base = fake_engine.make_checkpoint(tmp_path / "sdxl base.safetensors", family="sdxl", seed=0)
+        (fake_engine.tokenizers / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k").mkdir()
+        argv[argv.index("--base") + 1] = str(base)
+    else:
+        argv += ["--clip-skip", "2"] if plan == "clip-skip-2" else ["--v-pred"]
+    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "copy LoRA: copy check at step 2 of 6" in result.output
+    gens = [c for c in fake_engine.calls() if c["script"] == "gen_img.py"]
+    outdir = [Path(c["argv"][c["argv"].index("--outdir") + 1]) for c in gens]
+    stop = [c for c, d in zip(gens, outdir) if d.name == "check-00000002"]
+    check = [c for c, d in zip(gens, outdir) if "copy-check" in d.parts[-1]]
+    assert len(stop) == 1 and len(check) == 1, [str(d) for d in outdir]
+    stop_argv, check_argv = stop[0]["argv"], check[0]["argv"]
+    assert _without_paths(stop_argv) == _without_paths(check_argv)
+    assert all(a in stop_argv for a in expected[plan]), stop_argv
+    assert stop_argv[stop_argv.index("--ckpt") + 1] == check_argv[check_argv.index("--ckpt") + 1]  # the base model
+    assert stop_argv[stop_argv.index("--network_weights") + 1].endswith("copy-lora-step00000002.safetensors")
+    prompts = [Path(a[a.index("--from_file") + 1]).read_text(encoding="utf-8") for a in (stop_argv, check_argv)]
+    assert prompts[0] == prompts[1] and "copy-1.png" in prompts[0]

@@ -1,15 +1,14 @@
 """Stage: the copy check. Does the copy machine really copy?
 
 The copy-machine method works only if the copy model "outputs exactly the original image,
-whatever the prompt" (memo step 3): then all the effect LoRA can learn is the edit. This stage
-renders a few images from the copy model, each with its own prompt and seed, in one gen_img.py
-run at the training size with a deterministic sampler (recipe copy_check.sampler, default euler:
-no fresh noise per step, so an image depends on its seed and prompt only), and measures how close
-each is to the original: luma SSIM at 256 px on the long side (`similarity.luma_ssim_score`;
-LPIPS too when the `lpips` extra is installed). It writes the images, a sheet (the original, then each image
-with its prompt and score) and the scores; the run stops when the mean SSIM is below the gate's
-`min_ssim` (recipe copy_check.min_ssim, default 0.8, not yet calibrated on real models), unless
-`--no-copy-check`.
+whatever the prompt" (memo step 3): then all the effect LoRA can learn is the edit. `score_copies`
+renders a few images from the copy model, each with its own prompt and seed, in one gen_img.py run
+at the training size with a deterministic sampler (recipe copy_check.sampler, default euler: an
+image depends on its seed and prompt only), and scores each against the original: luma SSIM at 256
+px on the long side (LPIPS too with the `lpips` extra). The stage writes the images, a sheet and the
+scores; the run stops when the mean SSIM is below the gate's `min_ssim` (recipe copy_check.min_ssim,
+default 0.8, not yet calibrated on real models), unless `--no-copy-check`. `--copy-stop-at` scores
+with the same function (copymachine/copystop.py).
 
 For difference extraction there is no copy model: LoRA A is the copy machine, and it is checked
 loaded on the base model at strength 1 (the same weights a merge would give, without writing a
@@ -27,81 +26,58 @@ from typing import Any
 
 from PIL import Image
 
-from copymachine.files import atomic_write_json, atomic_write_text
+from copymachine.files import atomic_write_json
 from copymachine.genimg import (
     PromptLine,
-    collect_sequential,
-    file_names_supported,
-    gen_img_args,
+    RenderParams,
+    base_weight_input_name,
+    base_weight_inputs,
+    prompt_line,
     refuse_blank,
-    render_prompt_file,
+    render,
 )
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
-from copymachine.plan import OPTIONAL, StageParams, WeightedLora
+from copymachine.plan import OPTIONAL, WeightedLora
+from copymachine.recipe import split_prompts
 from copymachine.sheet import contact_sheet
-from copymachine.similarity import SCORE_SIDE, Lpips, luma_ssim_score, reference_at, score_size
+from copymachine.similarity import SCORE_SIDE, Lpips, luma_ssim_score, reference_at, round4, score_size
 from copymachine.stages import StageContext, StageKind
-from copymachine.stages.train_lora import base_weight_input_name, base_weight_inputs
 
 CAPTION_PLACEHOLDER = "{caption}"  # in a prompt: the caption the copy LoRA was trained with
 ADVICE = "train the copy LoRA longer (--set copy.epochs=N) or check the captions"
 
 
 @dataclass(frozen=True)
-class CopyCheckParams(StageParams):
-    family_flag: str
+class CopyCheckParams(RenderParams):
     prompts: list[str]  # one image each ({caption}: the caption the copy LoRA was trained with)
     seeds: list[int]
-    negative_prompt: str
     size: list[int]  # the training size: width, height
-    steps: int
-    sampler: str
-    scale: float
-    precision: str
-    # the copy LoRA's ratio, when it is loaded onto the base model (the memory route)
+    # the copy LoRA's ratio, when it is loaded onto the base model (the memory route, the copy stop)
     lora_multiplier: float | None = field(default=None, metadata=OPTIONAL)
     # the multipliers of the absorbed styles loaded first (inputs weights000, ...; memory route)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
-    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
-    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
-def copy_check_plan(
-    recipe,
-    family_flag: str,
-    size: tuple[int, int],
-    precision: str,
-    inputs: dict[str, Any],
-    copy_lora: WeightedLora | None = None,
-    base_weights: Sequence[WeightedLora] = (),
-    model: BaseOptions | None = None,
-) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
+def copy_check_plan(recipe, family_flag: str, size: tuple[int, int], precision: str, inputs: dict[str, Any],
+                    copy_lora: WeightedLora | None = None, base_weights: Sequence[WeightedLora] = (),
+                    model: BaseOptions | None = None) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
     """The stage's inputs, parameters and outputs from the recipe's [copy_check]. `inputs`: the
     model, the original, the caption and, for difference extraction, LoRA A ("lora", at 1);
     `copy_lora`: the copy LoRA loaded onto the model at its ratio; `base_weights`: the absorbed
     styles loaded before it."""
-    from copymachine.recipe import split_prompts
-
     inputs = dict(inputs)
     if copy_lora is not None:
         inputs["copy_lora"] = copy_lora.lora
     inputs.update({base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)})
     prompts = split_prompts(recipe.prompts) or [CAPTION_PLACEHOLDER]
     params = CopyCheckParams(
-        family_flag=family_flag,
-        prompts=[prompts[i % len(prompts)] for i in range(recipe.images)],
-        seeds=[recipe.seed + i for i in range(recipe.images)],
-        negative_prompt=recipe.negative_prompt,
-        size=[int(size[0]), int(size[1])],
-        steps=recipe.steps,
-        sampler=recipe.sampler,
-        scale=recipe.scale,
-        precision=precision,
-        lora_multiplier=copy_lora.ratio if copy_lora is not None else None,
-        base_weights_multipliers=[w.ratio for w in base_weights] or None,
-        model=model.or_none() if model else None,
-    )
+        family_flag=family_flag, prompts=[prompts[i % len(prompts)] for i in range(recipe.images)],
+        seeds=[recipe.seed + i for i in range(recipe.images)], negative_prompt=recipe.negative_prompt,
+        size=[int(size[0]), int(size[1])], steps=recipe.steps, sampler=recipe.sampler, scale=recipe.scale,
+        precision=precision, lora_multiplier=copy_lora.ratio if copy_lora is not None else None,
+        base_weights_multipliers=[w.ratio for w in base_weights] or None, model=model.or_none() if model else None,
+    )  # fmt: skip
     return inputs, params, planned_outputs(recipe.images)
 
 
@@ -111,19 +87,20 @@ def image_output(i: int) -> str:
 
 def planned_outputs(n: int) -> dict[str, str]:
     """The stage's outputs for `n` images (file names in its folder)."""
-    return {"sheet": "copy-check.png", "scores": "copy-check.json", **{image_output(i): f"copy-{i + 1}.png" for i in range(n)}}
+    images = {image_output(i): f"copy-{i + 1}.png" for i in range(n)}
+    return {"sheet": "copy-check.png", "scores": "copy-check.json", **images}
 
 
-def checked_loras(stage) -> tuple[list[Path], list[float]]:
+def checked_loras(stage, p: CopyCheckParams, lora: Path | None = None) -> tuple[list[Path], list[float]]:
     """The networks gen_img.py loads unmerged onto the model, in order: absorbed styles (memory
-    route), then the copy machine's LoRA (LoRA A, or the copy LoRA at the merge ratio)."""
-    p = stage.spec
+    route), then the copy machine's LoRA (LoRA A, the copy LoRA at the merge ratio, or `lora`:
+    the copy stop's LoRA of a step)."""
     loras = base_weight_inputs(stage)
     multipliers = list(p.base_weights_multipliers or [])
-    for name in ("lora", "copy_lora"):
-        if name in stage.inputs:
-            loras.append(stage.input(name))
-            multipliers.append(p.lora_multiplier if p.lora_multiplier is not None else 1.0)
+    checked = [lora] if lora else [stage.input(name) for name in ("lora", "copy_lora") if name in stage.inputs]
+    for path in checked:
+        loras.append(path)
+        multipliers.append(p.lora_multiplier if p.lora_multiplier is not None else 1.0)
     return loras, multipliers
 
 
@@ -136,20 +113,54 @@ def subject(stage) -> str:
 
 
 def prompt_lines(p: CopyCheckParams, caption: str = "") -> list[PromptLine]:
-    width, height = p.size
-    return [
-        PromptLine(
-            prompt=prompt.replace(CAPTION_PLACEHOLDER, caption),
-            negative_prompt=p.negative_prompt,
-            file_name=f"copy-{i + 1}.png",
-            width=width,
-            height=height,
-            seed=seed,
-            steps=p.steps,
-            scale=p.scale,
-        )
-        for i, (prompt, seed) in enumerate(zip(p.prompts, p.seeds))
-    ]
+    return [prompt_line(p, prompt.replace(CAPTION_PLACEHOLDER, caption), f"copy-{i + 1}.png", seed)
+            for i, (prompt, seed) in enumerate(zip(p.prompts, p.seeds))]
+
+
+@dataclass
+class Copies:
+    """What `score_copies` rendered and measured; per image: prompt, seed, luma SSIM, LPIPS (or None)."""
+
+    reference: Image.Image
+    images: list[Path]
+    results: list[dict[str, Any]]
+    lpips: Lpips
+
+    @property
+    def ssims(self) -> list[float]:
+        return [r["ssim"] for r in self.results]
+
+    @property
+    def mean_ssim(self) -> float:
+        return round(statistics.fmean(self.ssims), 4)
+
+
+def score_copies(stage, ctx: StageContext, p: CopyCheckParams, checkpoint: Path, original: Path, outdir: Path,
+                 prompt_file: Path, lora: Path | None = None, lpips: bool = False) -> Copies | None:
+    """The copy check's measure, for the copy check stage and the copy stop (copymachine/copystop.py)
+    alike: render `p`'s prompts (caption filled in) with the model's renderer options and the checked
+    LoRAs (`checked_loras`), refuse a blank render, score each image by luma SSIM at 256 px against
+    the original at the training size (and LPIPS when `lpips` and installed). None on a dry run."""
+    caption = ""
+    if "caption" in stage.inputs:
+        path = stage.input("caption")
+        # a dry run plans before the captions exist: the prompt file shows the placeholder
+        caption = path.read_text(encoding="utf-8").strip() if path.is_file() else CAPTION_PLACEHOLDER
+    lines = prompt_lines(p, caption)
+    loras, multipliers = checked_loras(stage, p, lora)
+    images = render(ctx, p, checkpoint, lines, prompt_file, outdir, loras, multipliers)
+    if ctx.dry_run:
+        return None
+    refuse_blank(images, f"stage '{stage.title}'", p.precision, p.model)
+    reference = reference_at(load_rgb(original), (p.size[0], p.size[1]))
+    scorer = Lpips.load() if lpips else Lpips(False, "not measured")
+    results = []
+    for line, path in zip(lines, images):
+        image = load_rgb(path)
+        ssim = round(luma_ssim_score(reference, image), 4)
+        lpips_distance = round4(scorer.distance(reference, image))
+        results.append({"prompt": line.prompt, "seed": line.seed, "ssim": ssim, "lpips": lpips_distance})
+    return Copies(reference, images, results, scorer)
 
 
 class CopyCheck(StageKind):
@@ -159,76 +170,34 @@ class CopyCheck(StageKind):
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
-        caption = ""
-        if "caption" in stage.inputs:
-            path = stage.input("caption")
-            # a dry run plans before the captions exist: the prompt file shows the placeholder
-            caption = path.read_text(encoding="utf-8").strip() if path.is_file() else CAPTION_PLACEHOLDER
-        lines = prompt_lines(p, caption)
         prompt_file = stage.workdir / "config" / f"{stage.slug}-prompts.txt"
-        named = file_names_supported(ctx.settings)
-        atomic_write_text(prompt_file, render_prompt_file(lines, file_names=named))
-        loras, multipliers = checked_loras(stage)
-        args = gen_img_args(
-            stage.input("model"),
-            p.family_flag,
-            ctx.scratch,
-            prompt_file,
-            p.sampler,
-            p.precision,
-            ctx.settings.tokenizer_cache_dir,
-            loras or None,
-            extra=ctx.settings.profile.gen_options,
-            multipliers=multipliers,
-            sequential=not named,
-            model=p.model,
-        )
-        images = [ctx.scratch_output(image_output(i)) for i in range(len(lines))]
-        collect = None if named else (lambda: collect_sequential(ctx.scratch, [path.name for path in images]))
-        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=images, collect=collect)
-        if ctx.dry_run:
+        copies = score_copies(stage, ctx, p, stage.input("model"), stage.input("original"), ctx.scratch, prompt_file,
+                              lpips=True)
+        if copies is None:
             return
-        refuse_blank(images, f"stage '{stage.title}'", p.precision, p.model)
-        reference = reference_at(load_rgb(stage.input("original")), tuple(p.size))
-        lpips = Lpips.load()
-        results = []
-        for line, path in zip(lines, images):
-            image = load_rgb(path)
-            results.append(
-                {
-                    "file": stage.outputs[image_output(len(results))].name,
-                    "prompt": line.prompt,
-                    "seed": line.seed,
-                    "ssim": round(luma_ssim_score(reference, image), 4),
-                    "lpips": _round(lpips.distance(reference, image)),
-                }
-            )
-        ssims = [r["ssim"] for r in results]
+        results = [{"file": stage.outputs[image_output(i)].name, **r} for i, r in enumerate(copies.results)]
+        loras, _ = checked_loras(stage, p)
+        side = "x".join(str(v) for v in score_size((p.size[0], p.size[1]), SCORE_SIDE))
         scores = {
-            "size": list(p.size),
-            "steps": p.steps,
-            "sampler": p.sampler,
-            "ssim_of": f"luma at {'x'.join(str(v) for v in score_size(tuple(p.size), SCORE_SIDE))}",
-            "model": stage.input("model").name,
-            "lora": loras[-1].name if loras else None,
-            "images": results,
-            "mean_ssim": round(statistics.fmean(ssims), 4),
-            "min_ssim": min(ssims),
-            "lpips": "measured" if lpips.available else lpips.reason,
-        }
+            "size": list(p.size), "steps": p.steps, "sampler": p.sampler, "ssim_of": f"luma at {side}",
+            "model": stage.input("model").name, "lora": loras[-1].name if loras else None, "images": results,
+            "mean_ssim": copies.mean_ssim, "min_ssim": min(copies.ssims),
+            "lpips": "measured" if copies.lpips.available else copies.lpips.reason,
+        }  # fmt: skip
         atomic_write_json(ctx.scratch_output("scores"), scores)
-        columns = [[reference] + [load_rgb(path) for path in images]]
+        columns = [[copies.reference] + [load_rgb(path) for path in copies.images]]
         labels = [["original", f"{p.size[0]}x{p.size[1]}"]]
         for r in results:
             score = f"SSIM {r['ssim']:.3f}" + (f"  LPIPS {r['lpips']:.3f}" if r["lpips"] is not None else "")
             labels.append([f"seed {r['seed']}: {r['prompt'] or '(empty prompt)'}", score])
-        sheet, _ = contact_sheet(columns, col_labels=labels, title=f"copy check: {scores['lora'] or scores['model']}  (mean SSIM {scores['mean_ssim']:.3f})")
-        save_png(sheet, ctx.scratch_output("sheet"))
+        title = f"copy check: {scores['lora'] or scores['model']}  (mean SSIM {scores['mean_ssim']:.3f})"
+        save_png(contact_sheet(columns, col_labels=labels, title=title)[0], ctx.scratch_output("sheet"))
 
     def validate(self, stage, name, path, ctx) -> dict[str, Any]:
         if name == "scores":
             data = json.loads(path.read_text(encoding="utf-8"))
-            return {k: data[k] for k in ("mean_ssim", "min_ssim")} | {"ssim": [r["ssim"] for r in data["images"]], "lpips": [r["lpips"] for r in data["images"]]}
+            per_image = {"ssim": [r["ssim"] for r in data["images"]], "lpips": [r["lpips"] for r in data["images"]]}
+            return {k: data[k] for k in ("mean_ssim", "min_ssim")} | per_image
         if name == "sheet" or name.startswith("image"):
             with Image.open(path) as im:
                 im.verify()
@@ -257,10 +226,6 @@ class CopyCheck(StageKind):
                 "--no-copy-check goes on anyway, --set copy_check.min_ssim=X changes the bar"
             )
         return verdict
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)
 
 
 KIND = CopyCheck()

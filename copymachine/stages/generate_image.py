@@ -7,60 +7,35 @@ unless told, so the family's flag is always passed (see copymachine.genimg).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from copymachine.files import atomic_write_text
-from copymachine.genimg import PromptLine, collect_sequential, file_names_supported, gen_img_args, refuse_blank
+from copymachine.genimg import PromptLine, RenderParams, file_names_supported, refuse_blank, render
 from copymachine.models import BaseOptions
-from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import StageContext, StageKind
 
 
 @dataclass(frozen=True)
-class GenerateParams(StageParams):
-    family_flag: str
+class GenerateParams(RenderParams):
     prompt: str
-    negative_prompt: str
     seed: int
-    steps: int
-    sampler: str
-    scale: float
     width: int  # the size generated: the recipe's, or the family's own
     height: int
-    precision: str
-    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
-    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
 def generate_params(recipe, family, precision: str, model: BaseOptions | None = None) -> GenerateParams:
     """Stage parameters from the recipe's [generate]; a size of 0 is the family's own."""
     width, height = recipe.size(family.default_size)
     return GenerateParams(
-        family_flag=family.gen_flag,
-        prompt=recipe.prompt,
-        negative_prompt=recipe.negative_prompt,
-        seed=recipe.seed,
-        steps=recipe.steps,
-        sampler=recipe.sampler,
-        scale=recipe.scale,
-        width=width,
-        height=height,
-        precision=precision,
-        model=model.or_none() if model else None,
-    )
+        family_flag=family.gen_flag, prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,
+        steps=recipe.steps, sampler=recipe.sampler, scale=recipe.scale, width=width, height=height,
+        precision=precision, model=model.or_none() if model else None,
+    )  # fmt: skip
 
 
-def prompt_line(p: GenerateParams, file_name: str, named: bool = True) -> str:
-    return PromptLine(
-        prompt=p.prompt,
-        negative_prompt=p.negative_prompt or "",
-        file_name=file_name,
-        width=p.width,
-        height=p.height,
-        seed=p.seed,
-        steps=p.steps,
-        scale=p.scale,
-    ).render(named)
+def prompt_line(p: GenerateParams, file_name: str) -> PromptLine:
+    return PromptLine(prompt=p.prompt, negative_prompt=p.negative_prompt or "", file_name=file_name, width=p.width,
+                      height=p.height, seed=p.seed, steps=p.steps, scale=p.scale)
 
 
 class GenerateImage(StageKind):
@@ -69,16 +44,12 @@ class GenerateImage(StageKind):
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
-        out = ctx.scratch_output("image")
-        prompts = stage.workdir / "config" / f"{stage.slug}-prompt.txt"
-        named = file_names_supported(ctx.settings)
-        atomic_write_text(prompts, prompt_line(p, out.name, named) + "\n")
-        args = gen_img_args(stage.input("base"), p.family_flag, ctx.scratch, prompts, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, extra=ctx.settings.profile.gen_options, sequential=not named, model=p.model)
-        collect = None if named else (lambda: collect_sequential(ctx.scratch, [out.name]))
-        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=[out], collect=collect)
+        line = prompt_line(p, ctx.scratch_output("image").name)
+        images = render(ctx, p, stage.input("base"), [line], stage.workdir / "config" / f"{stage.slug}-prompt.txt")
         if not ctx.dry_run:
-            refuse_blank([out], f"stage '{stage.title}'", p.precision, p.model)
-            atomic_write_text(ctx.scratch_output("prompt"), prompt_line(p, out.name, named) + "\n")
+            refuse_blank(images, f"stage '{stage.title}'", p.precision, p.model)
+            named = file_names_supported(ctx.settings)
+            atomic_write_text(ctx.scratch_output("prompt"), line.render(named) + "\n")
 
 
 KIND = GenerateImage()

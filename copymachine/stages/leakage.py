@@ -19,59 +19,42 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from copymachine.files import atomic_write_json, atomic_write_text
-from copymachine.genimg import PromptLine, format_multiplier, gen_img_args, render_prompt_file
+from copymachine.files import atomic_write_json
+from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render
 from copymachine.images import load_rgb
 from copymachine.models import BaseOptions
-from copymachine.plan import OPTIONAL, StageParams
-from copymachine.similarity import Lpips, reference_at, ssim_score
+from copymachine.recipe import parse_number_list, split_prompts
+from copymachine.similarity import Lpips, reference_at, round4, ssim_score
 from copymachine.stages import StageContext, StageKind
 
 WHAT = "SSIM to the training image, gain over strength 0, on prompts unrelated to its caption"
 
 
 @dataclass(frozen=True)
-class LeakageParams(StageParams):
-    family_flag: str
+class LeakageParams(RenderParams):
     prompts: list[str]  # unrelated to the training caption, one seed each
     seeds: list[int]
     strengths: list[float]  # 0 first
     size: list[int]  # the training size: width, height
-    steps: int
-    sampler: str
-    scale: float
-    negative_prompt: str
     threshold: float  # the gain at which the LoRA leaks
-    precision: str
-    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
-    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
-def leakage_params(recipe, family, size: tuple[int, int], precision: str, model: BaseOptions | None = None) -> LeakageParams:
+def leakage_params(recipe, family, size: tuple[int, int], precision: str,
+                   model: BaseOptions | None = None) -> LeakageParams:
     """Stage parameters from the recipe's [leakage]: strength 0 first, then the leakage strengths."""
-    from copymachine.recipe import parse_number_list, split_prompts
-
     prompts = split_prompts(recipe.prompts)
     strengths = [s for s in dict.fromkeys(float(v) for v in parse_number_list(recipe.strengths, float)) if s != 0]
     return LeakageParams(
-        family_flag=family.gen_flag,
-        prompts=prompts,
-        seeds=[recipe.seed + i for i in range(len(prompts))],
-        strengths=[0.0, *strengths],
-        size=[int(size[0]), int(size[1])],
-        steps=recipe.steps,
-        sampler=recipe.sampler,
-        scale=recipe.scale,
-        negative_prompt=recipe.negative_prompt,
-        threshold=recipe.threshold,
-        precision=precision,
+        family_flag=family.gen_flag, prompts=prompts, seeds=[recipe.seed + i for i in range(len(prompts))],
+        strengths=[0.0, *strengths], size=[int(size[0]), int(size[1])], steps=recipe.steps, sampler=recipe.sampler,
+        scale=recipe.scale, negative_prompt=recipe.negative_prompt, threshold=recipe.threshold, precision=precision,
         model=model.or_none() if model else None,
-    )
+    )  # fmt: skip
 
 
 def image_output(prompt: int, col: int) -> str:
@@ -92,22 +75,8 @@ def planned_outputs(p: LeakageParams, folder: str = "") -> dict[str, str]:
 
 
 def prompt_lines(p: LeakageParams) -> list[PromptLine]:
-    width, height = p.size
-    return [
-        PromptLine(
-            prompt=prompt,
-            negative_prompt=p.negative_prompt,
-            file_name=image_file(p, i, col),
-            width=width,
-            height=height,
-            seed=p.seeds[i],
-            steps=p.steps,
-            scale=p.scale,
-            multiplier=strength,
-        )
-        for i, prompt in enumerate(p.prompts)
-        for col, strength in enumerate(p.strengths)
-    ]
+    return [prompt_line(p, prompt, image_file(p, i, col), p.seeds[i], strength)
+            for i, prompt in enumerate(p.prompts) for col, strength in enumerate(p.strengths)]
 
 
 def leaks_at(gains: dict[str, float], threshold: float) -> float | None:
@@ -122,7 +91,8 @@ def summary(scores: dict[str, Any]) -> str:
     """One line: the gain at each strength and where the LoRA starts to leak."""
     gains = ", ".join(f"{float(s):g}: {g:+.3f}" for s, g in scores["ssim_gain"].items())
     at = scores["leaks_at"]
-    verdict = f"leaks from strength {at:g}" if at is not None else f"no leakage up to strength {max(float(s) for s in scores['ssim_gain']):g}"
+    top = max(float(s) for s in scores["ssim_gain"])
+    verdict = f"leaks from strength {at:g}" if at is not None else f"no leakage up to strength {top:g}"
     lpips = scores.get("lpips_gain")
     lpips_text = f"; LPIPS closer by {', '.join(f'{g:+.3f}' for g in lpips.values())}" if lpips else ""
     return f"leakage ({WHAT}): {gains}{lpips_text} (threshold {scores['threshold']:g}) -> {verdict}"
@@ -142,58 +112,41 @@ class Leakage(StageKind):
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
-        lines = prompt_lines(p)
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
-        atomic_write_text(prompt_file, render_prompt_file(lines))
-        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options, model=p.model)
-        files = {(i, col): ctx.scratch_output(image_output(i, col)) for i in range(len(p.prompts)) for col in range(len(p.strengths))}
-        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=list(files.values()))
+        paths = render(ctx, p, stage.input("model"), prompt_lines(p), prompt_file, loras=[stage.input("lora")])
+        keys = [(i, col) for i in range(len(p.prompts)) for col in range(len(p.strengths))]
+        files = dict(zip(keys, paths))
         if ctx.dry_run:
             return
         originals = [stage.input(n) for n in sorted(stage.inputs) if n.startswith("original")]
-        references = [reference_at(load_rgb(path), tuple(p.size)) for path in originals]
+        references = [reference_at(load_rgb(path), (p.size[0], p.size[1])) for path in originals]
         lpips = Lpips.load()
         images = []
         for (i, col), path in files.items():
             image = load_rgb(path)
-            images.append(
-                {
-                    "file": stage.outputs[image_output(i, col)].name,
-                    "prompt": p.prompts[i],
-                    "seed": p.seeds[i],
-                    "strength": p.strengths[col],
-                    "ssim": [round(ssim_score(ref, image), 4) for ref in references],
-                    "lpips": [_round(lpips.distance(ref, image)) for ref in references],
-                }
-            )
-        def at(i: int, col: int) -> dict[str, Any]:
-            return images[i * len(p.strengths) + col]
+            images.append({
+                "file": stage.outputs[image_output(i, col)].name, "prompt": p.prompts[i], "seed": p.seeds[i],
+                "strength": p.strengths[col], "ssim": [round(ssim_score(ref, image), 4) for ref in references],
+                "lpips": [round4(lpips.distance(ref, image)) for ref in references],
+            })  # fmt: skip
 
-        ssim_gain: dict[str, float] = {}
-        lpips_gain: dict[str, float] = {}
-        for col, strength in enumerate(p.strengths[1:], start=1):
-            per_original = [statistics.fmean(at(i, col)["ssim"][k] - at(i, 0)["ssim"][k] for i in range(len(p.prompts))) for k in range(len(references))]
-            ssim_gain[f"{strength:g}"] = round(max(per_original), 4)
-            if lpips.available:
-                closer = [statistics.fmean(at(i, 0)["lpips"][k] - at(i, col)["lpips"][k] for i in range(len(p.prompts))) for k in range(len(references))]
-                lpips_gain[f"{strength:g}"] = round(max(closer), 4)
+        def gain(key: str, col: int, sign: int) -> float:
+            """The largest, over the originals, of the mean change of `key` over the prompts from strength 0."""
+            n = len(p.strengths)
+            return round(max(statistics.fmean(sign * (images[i * n + col][key][k] - images[i * n][key][k])
+                                              for i in range(len(p.prompts))) for k in range(len(references))), 4)
+
+        strengths = {col: f"{strength:g}" for col, strength in enumerate(p.strengths) if col}
+        ssim_gain = {s: gain("ssim", col, 1) for col, s in strengths.items()}
+        lpips_gain = {s: gain("lpips", col, -1) for col, s in strengths.items()} if lpips.available else None
         scores = {
-            "what": WHAT,
-            "model": stage.input("model").name,
-            "lora": stage.input("lora").name,
-            "originals": [path.name for path in originals],
-            "size": list(p.size),
-            "steps": p.steps,
-            "sampler": p.sampler,
-            "prompts": p.prompts,
-            "seeds": p.seeds,
-            "threshold": p.threshold,
-            "ssim_gain": ssim_gain,
-            "lpips_gain": lpips_gain or None,
+            "what": WHAT, "model": stage.input("model").name, "lora": stage.input("lora").name,
+            "originals": [path.name for path in originals], "size": list(p.size), "steps": p.steps,
+            "sampler": p.sampler, "prompts": p.prompts, "seeds": p.seeds, "threshold": p.threshold,
+            "ssim_gain": ssim_gain, "lpips_gain": lpips_gain or None,
             "lpips": "measured" if lpips.available else lpips.reason,
-            "leaks_at": leaks_at(ssim_gain, p.threshold),
-            "images": images,
-        }
+            "leaks_at": leaks_at(ssim_gain, p.threshold), "images": images,
+        }  # fmt: skip
         atomic_write_json(ctx.scratch_output("scores"), scores)
 
     def validate(self, stage, name, path, ctx) -> dict[str, Any]:
@@ -211,22 +164,21 @@ class Leakage(StageKind):
         scores = json.loads(path.read_text(encoding="utf-8"))
         reporter.info(f"      {summary(scores)}")
         # a measurement, not a gate: the run goes on either way
-        return {"passed": True, "leaks_at": scores["leaks_at"], "ssim_gain": scores["ssim_gain"], "threshold": scores["threshold"]}
+        return {"passed": True, **{k: scores[k] for k in ("leaks_at", "ssim_gain", "threshold")}}
 
     def describe(self, stage) -> str:
         p = stage.spec
         n = len(p.prompts) * len(p.strengths)
-        return f"{stage.title}: gen_img.py, {n} images ({len(p.prompts)} unrelated prompt(s) x strengths {', '.join(f'{s:g}' for s in p.strengths)}) at {p.size[0]}x{p.size[1]}"
+        strengths = ", ".join(f"{s:g}" for s in p.strengths)
+        return (f"{stage.title}: gen_img.py, {n} images ({len(p.prompts)} unrelated prompt(s) x strengths {strengths}) "
+                f"at {p.size[0]}x{p.size[1]}")
 
 
 def stored(scores: dict[str, Any]) -> str:
     """What the final LoRA's metadata keeps (`copymachine.leakage`): the measurement, not the images."""
-    keep = ("what", "model", "size", "steps", "sampler", "prompts", "seeds", "threshold", "ssim_gain", "lpips_gain", "leaks_at")
+    keep = ("what", "model", "size", "steps", "sampler", "prompts", "seeds", "threshold", "ssim_gain", "lpips_gain",
+            "leaks_at")
     return json.dumps({k: scores.get(k) for k in keep}, ensure_ascii=False)
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)
 
 
 KIND = Leakage()

@@ -10,23 +10,15 @@ to the LoRA as `<name>-preview.png`, the single images in `<name>-preview/`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from copymachine.files import atomic_write_text
-from copymachine.genimg import (
-    PromptLine,
-    collect_sequential,
-    file_names_supported,
-    format_multiplier,
-    gen_img_args,
-    render_prompt_file,
-)
+from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
-from copymachine.plan import OPTIONAL, StageParams
+from copymachine.recipe import parse_number_list, split_prompts
 from copymachine.sheet import contact_sheet
 from copymachine.stages import StageContext, StageKind
 from copymachine.stages.leakage import short_label
@@ -37,55 +29,32 @@ def _unique(values: list) -> list:
 
 
 @dataclass(frozen=True)
-class PreviewParams(StageParams):
-    family_flag: str
+class PreviewParams(RenderParams):
     strengths: list[float]  # one column each
     prompts: list[str]  # rows: prompt x seed
     seeds: list[int]
     size: list[int]  # width, height
-    steps: int
-    sampler: str
-    scale: float
-    negative_prompt: str
-    precision: str
-    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
-    model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
 def preview_params(recipe, family, precision: str, model: BaseOptions | None = None, **overrides) -> PreviewParams:
     """Stage parameters from the recipe's [preview] (`overrides`: strengths, prompts, seeds,
     size, steps as the preview command's options give them). Duplicates are dropped."""
-    from copymachine.recipe import parse_number_list, split_prompts
-
     strengths = overrides.get("strengths") or parse_number_list(recipe.strengths, float)
     prompts = overrides.get("prompts") or split_prompts(recipe.prompts) or [""]
     seeds = overrides.get("seeds") or parse_number_list(recipe.seeds, int)
     side = overrides.get("size") or recipe.size or family.default_size
     return PreviewParams(
-        family_flag=family.gen_flag,
-        strengths=_unique([float(s) for s in strengths]),
-        prompts=_unique(list(prompts)),
-        seeds=_unique([int(s) for s in seeds]),
-        size=[int(side), int(side)],
-        steps=int(overrides.get("steps") or recipe.steps),
-        sampler=recipe.sampler,
-        scale=recipe.scale,
-        negative_prompt=recipe.negative_prompt,
-        precision=precision,
-        model=model.or_none() if model else None,
-    )
+        family_flag=family.gen_flag, strengths=_unique([float(s) for s in strengths]), prompts=_unique(list(prompts)),
+        seeds=_unique([int(s) for s in seeds]), size=[int(side), int(side)],
+        steps=int(overrides.get("steps") or recipe.steps), sampler=recipe.sampler, scale=recipe.scale,
+        negative_prompt=recipe.negative_prompt, precision=precision, model=model.or_none() if model else None,
+    )  # fmt: skip
 
 
 def cells(p: PreviewParams) -> list[tuple[int, int, int, float]]:
     """(row, column, seed, strength) of every cell, rows = prompt x seed, columns = strengths."""
-    out = []
-    row = 0
-    for _prompt in p.prompts:
-        for seed in p.seeds:
-            for col, strength in enumerate(p.strengths):
-                out.append((row, col, seed, strength))
-            row += 1
-    return out
+    rows = [seed for _ in p.prompts for seed in p.seeds]
+    return [(row, col, seed, strength) for row, seed in enumerate(rows) for col, strength in enumerate(p.strengths)]
 
 
 def cell_output(row: int, col: int) -> str:
@@ -111,21 +80,8 @@ def strength_label(s: float) -> str:
 
 
 def prompt_lines(p: PreviewParams) -> list[PromptLine]:
-    width, height = p.size
-    return [
-        PromptLine(
-            prompt=p.prompts[row // len(p.seeds)],
-            negative_prompt=p.negative_prompt,
-            file_name=cell_file(p, row, col),
-            width=width,
-            height=height,
-            seed=seed,
-            steps=p.steps,
-            scale=p.scale,
-            multiplier=strength,
-        )
-        for row, col, seed, strength in cells(p)
-    ]
+    return [prompt_line(p, p.prompts[row // len(p.seeds)], cell_file(p, row, col), seed, strength)
+            for row, col, seed, strength in cells(p)]
 
 
 class Preview(StageKind):
@@ -137,14 +93,8 @@ class Preview(StageKind):
         # the run's config folder (for `copymachine preview`, <LoRA folder>/.copymachine/config):
         # nothing but the sheet and the images lands beside the user's LoRA
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
-        lines = prompt_lines(p)
-        named = file_names_supported(ctx.settings)
-        atomic_write_text(prompt_file, render_prompt_file(lines, file_names=named))
-        args = gen_img_args(stage.input("model"), p.family_flag, ctx.scratch, prompt_file, p.sampler, p.precision, ctx.settings.tokenizer_cache_dir, [stage.input("lora")], extra=ctx.settings.profile.gen_options, sequential=not named, model=p.model)
-        layout = cells(p)
-        files = {(row, col): ctx.scratch_output(cell_output(row, col)) for row, col, _, _ in layout}
-        collect = None if named else (lambda: collect_sequential(ctx.scratch, [line.file_name for line in lines]))
-        ctx.run(ctx.engine.run_script("gen_img.py", args), "gen_img.py", expected=list(files.values()), collect=collect)
+        paths = render(ctx, p, stage.input("model"), prompt_lines(p), prompt_file, loras=[stage.input("lora")])
+        files = {(row, col): path for (row, col, _, _), path in zip(cells(p), paths)}
         if ctx.dry_run:
             return
         rows = len(p.prompts) * len(p.seeds)
@@ -154,11 +104,13 @@ class Preview(StageKind):
         row_labels = [[p.prompts[r // len(p.seeds)], f"seed {p.seeds[r % len(p.seeds)]}"] for r in range(rows)]
         col_labels = [[strength_label(s)] for s in p.strengths]
         framed = [c for c, s in enumerate(p.strengths) if s == 0]
-        title = f"{stage.input('lora').name} on {stage.input('model').name}  ({p.size[0]}x{p.size[1]}, {p.steps} steps, {p.sampler})"
+        size = f"{p.size[0]}x{p.size[1]}"
+        title = f"{stage.input('lora').name} on {stage.input('model').name}  ({size}, {p.steps} steps, {p.sampler})"
         font = stage.input("font") if "font" in stage.inputs else None
         if "leakage" in stage.inputs:  # the leakage score, under the title
             title += "\n" + short_label(json.loads(stage.input("leakage").read_text(encoding="utf-8")))
-        sheet, _ = contact_sheet(grid, col_labels=col_labels, row_labels=row_labels, title=title, framed_cols=framed, font=font)
+        sheet, _ = contact_sheet(grid, col_labels=col_labels, row_labels=row_labels, title=title, framed_cols=framed,
+                                 font=font)
         save_png(sheet, ctx.scratch_output("sheet"))
 
     def validate(self, stage, name, path, ctx) -> dict[str, Any]:

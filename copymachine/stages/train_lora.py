@@ -19,7 +19,8 @@ from PIL import Image
 
 from copymachine import copystop, trainstate
 from copymachine.errors import InputError
-from copymachine.files import atomic_write_json, copy_into_place
+from copymachine.files import atomic_write_text, copy_into_place
+from copymachine.genimg import base_weight_input_name, base_weight_inputs
 from copymachine.images import load_rgb, save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import BaseOptions, Family
@@ -29,18 +30,10 @@ from copymachine.render import write_config
 from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
 
 CAPTION_EXTENSION = ".txt"  # sd-scripts' default is ".caption": always set it
-BASE_WEIGHT_PREFIX = "weights"
+SAMPLE_KEYS = ("sample_every_n_steps", "sample_prompts", "sample_sampler")
+LOG_KEYS = ("logging_dir", "log_prefix")
 # Run by sd-scripts' Python in place of the training script when LoRAs are merged in memory
 LAUNCHER = Path(__file__).resolve().parent.parent / "sd_side" / "base_weights_launcher.py"
-
-
-def base_weight_input_name(i: int) -> str:
-    """Input names of the LoRAs merged into the base in memory (--base_weights), in order."""
-    return f"{BASE_WEIGHT_PREFIX}{i:03d}"
-
-
-def base_weight_inputs(stage) -> list[Path]:
-    return [stage.input(name) for name in sorted(stage.inputs) if name.startswith(BASE_WEIGHT_PREFIX)]
 
 
 @dataclass(frozen=True)
@@ -84,8 +77,9 @@ OWN_KEYS: dict[str, str] = {
         ("network_module", "network_module"), ("network_dim", "network_dim"), ("network_alpha", "network_alpha"),
         ("optimizer_type", "optimizer"), ("learning_rate", "learning_rate"), ("lr_scheduler", "lr_scheduler"),
         ("lr_warmup_steps", "warmup_steps"), ("max_train_epochs", "epochs"), ("seed", "seed"),
-        ("save_precision", "save_precision"), ("shuffle_caption", "shuffle_caption"), ("keep_tokens", "keep_tokens"),
-        ("num_repeats", "repeats"), ("train_batch_size", "batch_size"), ("batch_size", "batch_size"))},
+        ("save_precision", "save_precision"), ("shuffle_caption", "shuffle_caption"),
+        ("keep_tokens", "keep_tokens"), ("num_repeats", "repeats"), ("train_batch_size", "batch_size"),
+        ("batch_size", "batch_size"))},
     "max_train_steps": "--max-steps",
     "resolution": "--resolution",
     "clip_skip": "--clip-skip (the recipe key model.clip_skip)",
@@ -94,14 +88,14 @@ OWN_KEYS: dict[str, str] = {
     "mixed_precision": "the device profile (bf16/fp16 on a GPU, fp32 on the CPU)",
     "v2": "the base model's family",
     "no_half_vae": "the base model's family (always on for SDXL)",
-    **{key: "the recipe key watch.save_every_n_steps (0: no saved state)" for key in (
-        "save_state", "save_every_n_steps", "save_last_n_steps_state", "save_last_n_steps", "resume", "skip_until_initial_step")},
-    **{key: "--samples N (prompts, sampler: the recipe's [watch] keys)" for key in ("sample_every_n_steps", "sample_prompts", "sample_sampler")},
-    **{key: "--tensorboard" for key in ("logging_dir", "log_prefix")},
-    **{key: "copymachine itself" for key in (
-        "pretrained_model_name_or_path", "tokenizer_cache_dir", "base_weights", "base_weights_multiplier", "dataset_config",
-        "output_dir", "output_name", "save_model_as", "training_comment", "console_log_simple", "config_file",
-        "train_data_dir", "caption_extension", "enable_bucket")},
+    **dict.fromkeys((*trainstate.SAVE_KEYS, *trainstate.RESUME_KEYS),
+                    "the recipe key watch.save_every_n_steps (0: no saved state)"),
+    **dict.fromkeys(SAMPLE_KEYS, "--samples N (prompts, sampler: the recipe's [watch] keys)"),
+    **dict.fromkeys(LOG_KEYS, "--tensorboard"),
+    **dict.fromkeys((
+        "pretrained_model_name_or_path", "tokenizer_cache_dir", "base_weights", "base_weights_multiplier",
+        "dataset_config", "output_dir", "output_name", "save_model_as", "training_comment", "console_log_simple",
+        "config_file", "train_data_dir", "caption_extension", "enable_bucket"), "copymachine itself"),
 }
 
 
@@ -113,21 +107,11 @@ def check_sd_args(sd_args: dict[str, Any]) -> None:
 
 
 def training_plan(
-    training: TrainingRecipe,
-    family: Family,
-    size: tuple[int, int],
-    settings: Settings,
-    max_steps: int | None,
-    inputs: dict[str, Any],
-    base_weights: Sequence[WeightedLora] = (),
-    model: BaseOptions | None = None,
-    sd_args: dict[str, Any] | None = None,
-    save_every_n_steps: int = 0,
-    samples: int = 0,
-    watch: WatchRecipe | None = None,
-    logging_dir: Path | None = None,
-    copy_stop: copystop.CopyStop | None = None,
-) -> tuple[dict[str, Any], TrainParams]:
+    training: TrainingRecipe, family: Family, size: tuple[int, int], settings: Settings, max_steps: int | None,
+    inputs: dict[str, Any], base_weights: Sequence[WeightedLora] = (), model: BaseOptions | None = None,
+    sd_args: dict[str, Any] | None = None, save_every_n_steps: int = 0, samples: int = 0,
+    watch: WatchRecipe | None = None, logging_dir: Path | None = None, copy_stop: copystop.CopyStop | None = None,
+) -> tuple[dict[str, Any], TrainParams]:  # fmt: skip
     """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base
     in memory first) and its parameters: the recipe's training, shortened by `max_steps` with
     the same share of warmup, the profile's optimizer and training options."""
@@ -145,23 +129,14 @@ def training_plan(
         training = dataclasses.replace(training, shuffle_caption=False)
     inputs = {**inputs, **{base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)}}
     params = TrainParams(
-        family=family,
-        training=training,
-        size=(int(size[0]), int(size[1])),
-        max_train_steps=max_train_steps,
-        warmup_steps=warmup,
-        mixed_precision=settings.mixed_precision,
-        training_options=options,
+        family=family, training=training, size=(int(size[0]), int(size[1])), max_train_steps=max_train_steps,
+        warmup_steps=warmup, mixed_precision=settings.mixed_precision, training_options=options,
         # only with LoRAs merged in memory, so the stage keys of trainings without them stay as they were
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
-        model=model.for_training() if model else None,
-        sd_args=dict(sd_args) if sd_args else None,
-        save_every_n_steps=save_every_n_steps,
-        sample_every_n_steps=samples,
-        watch=watch or WatchRecipe(),
-        logging_dir=str(logging_dir) if logging_dir else None,
-        copy_stop=copy_stop,
-    )
+        model=model.for_training() if model else None, sd_args=dict(sd_args) if sd_args else None,
+        save_every_n_steps=save_every_n_steps, sample_every_n_steps=samples, watch=watch or WatchRecipe(),
+        logging_dir=str(logging_dir) if logging_dir else None, copy_stop=copy_stop,
+    )  # fmt: skip
     return inputs, params
 
 
@@ -170,7 +145,7 @@ def prepare_training_image(source: Path, target: Path, size: tuple[int, int]) ->
     deterministic resize for the original and the edited image, so they stay aligned)."""
     im = load_rgb(source)  # upright, as every size was read
     if im.size != tuple(size):
-        im = im.resize(tuple(size), Image.Resampling.LANCZOS)
+        im = im.resize((size[0], size[1]), Image.Resampling.LANCZOS)
     save_png(im, target)
 
 
@@ -183,33 +158,32 @@ def state_options(stage, ctx: StageContext, every: int | None = None, quiet: boo
     every = every or p.save_every_n_steps
     if not every or every >= p.total_steps:
         return {}
-    caps = ctx.settings.capabilities
-    script = p.family.train_script
-    if caps is not None:
-        lacking = caps.lacking(script, [f"--{k}" for k in (*trainstate.SAVE_KEYS, *trainstate.RESUME_KEYS)])
-        if lacking:
-            ctx.reporter.note(
-                f"sd-scripts {caps.version_text()}: {script} has no {', '.join(lacking)}: {stage.title} saves no state, "
-                "so a killed training starts again at step 0"
-            )
-            return {}
-    options: dict[str, Any] = {"save_state": True, "save_every_n_steps": every, "save_last_n_steps_state": 1, "save_last_n_steps": 1}
+    if _lacking(stage, ctx, (*trainstate.SAVE_KEYS, *trainstate.RESUME_KEYS),
+                "saves no state, so a killed training starts again at step 0"):
+        return {}
+    options: dict[str, Any] = {"save_state": True, "save_every_n_steps": every, "save_last_n_steps_state": 1,
+                               "save_last_n_steps": 1}
     if ctx.dry_run or quiet:
         return options
     saved = trainstate.resumable(ctx.scratch, stage.key, p.total_steps)
     trainstate.mark(ctx.scratch, stage.key)
     if saved is not None:
         options.update(resume=str(saved.path), skip_until_initial_step=True)
-        ctx.reporter.info(f"{stage.title}: resuming at step {saved.step} of {p.total_steps} (saved state {saved.path.name})")
+        ctx.reporter.info(f"{stage.title}: resuming at step {saved.step} of {p.total_steps} "
+                          f"(saved state {saved.path.name})")
     return options
 
 
-SAMPLE_KEYS = ("sample_every_n_steps", "sample_prompts", "sample_sampler")
-
-
-def _lacking(ctx: StageContext, script: str, keys: Sequence[str]) -> list[str]:
+def _lacking(stage, ctx: StageContext, keys: Sequence[str], consequence: str) -> bool:
+    """Whether this sd-scripts' training script lacks one of the TOML keys `keys` (said in a note)."""
     caps = ctx.settings.capabilities
-    return caps.lacking(script, [f"--{k}" for k in keys]) if caps is not None else []
+    script = stage.spec.family.train_script
+    lacking = caps.lacking(script, [f"--{k}" for k in keys]) if caps is not None else []
+    if lacking and caps is not None:
+        ctx.reporter.note(f"sd-scripts {caps.version_text()}: {script} has no {', '.join(lacking)}: {stage.title} "
+                          f"{consequence}")
+    return bool(lacking)
+
 
 
 def sample_prompts(stage, caption: str) -> list[str]:
@@ -218,7 +192,8 @@ def sample_prompts(stage, caption: str) -> list[str]:
     w = stage.spec.watch
     width, height = stage.spec.size
     prompts = split_prompts(w.sample_prompts.replace("{caption}", caption)) or [caption]
-    return [f"{p} --w {width} --h {height} --d {w.sample_seed + i} --s {w.sample_steps} --l {w.sample_scale:g}" for i, p in enumerate(prompts)]
+    return [f"{p} --w {width} --h {height} --d {w.sample_seed + i} --s {w.sample_steps} --l {w.sample_scale:g}"
+            for i, p in enumerate(prompts)]
 
 
 def watch_options(stage, ctx: StageContext, config_dir: Path) -> dict[str, Any]:
@@ -226,28 +201,19 @@ def watch_options(stage, ctx: StageContext, config_dir: Path) -> dict[str, Any]:
     beside the config) and --tensorboard (logging_dir); each skipped with a note when this
     sd-scripts lacks an option."""
     p = stage.spec
-    script = p.family.train_script
     options: dict[str, Any] = {}
-    version = ctx.settings.capabilities.version_text() if ctx.settings.capabilities else ""
-    if p.sample_every_n_steps:
-        lacking = _lacking(ctx, script, SAMPLE_KEYS)
-        if lacking:
-            ctx.reporter.note(f"sd-scripts {version}: {script} has no {', '.join(lacking)}: {stage.title} renders no samples")
-        else:
-            caption = stage.input("caption").read_text(encoding="utf-8").strip() if stage.input("caption").is_file() else ""
-            prompts = config_dir / f"{stage.slug}-samples.txt"
-            if not ctx.dry_run:
-                from copymachine.files import atomic_write_text
-
-                atomic_write_text(prompts, "\n".join(sample_prompts(stage, caption)) + "\n")
-            options.update(sample_every_n_steps=p.sample_every_n_steps, sample_prompts=str(prompts), sample_sampler=p.watch.sample_sampler)
-    if p.logging_dir:
-        lacking = _lacking(ctx, script, ("logging_dir", "log_prefix"))
-        if lacking:
-            ctx.reporter.note(f"sd-scripts {version}: {script} has no {', '.join(lacking)}: {stage.title} writes no TensorBoard logs")
-        else:
-            options.update(logging_dir=p.logging_dir, log_prefix=f"{stage.slug}-")
-            ctx.reporter.info(f"{stage.title}: TensorBoard logs in {p.logging_dir}; watch with: tensorboard --logdir {shlex.quote(p.logging_dir)}")
+    if p.sample_every_n_steps and not _lacking(stage, ctx, SAMPLE_KEYS, "renders no samples"):
+        caption_file = stage.input("caption")
+        caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
+        prompts = config_dir / f"{stage.slug}-samples.txt"
+        if not ctx.dry_run:
+            atomic_write_text(prompts, "\n".join(sample_prompts(stage, caption)) + "\n")
+        options.update(sample_every_n_steps=p.sample_every_n_steps, sample_prompts=str(prompts),
+                       sample_sampler=p.watch.sample_sampler)
+    if p.logging_dir and not _lacking(stage, ctx, LOG_KEYS, "writes no TensorBoard logs"):
+        options.update(logging_dir=p.logging_dir, log_prefix=f"{stage.slug}-")
+        ctx.reporter.info(f"{stage.title}: TensorBoard logs in {p.logging_dir}; watch with: "
+                          f"tensorboard --logdir {shlex.quote(p.logging_dir)}")
     return options
 
 
@@ -294,52 +260,35 @@ class TrainLora(StageKind):
         else:
             self._train(stage, ctx, dataset_dir, p.max_train_steps, state_options(stage, ctx))
 
-    def _train(self, stage, ctx: StageContext, dataset_dir: Path, max_train_steps: int | None, saving: dict[str, Any]) -> None:
+    def _train(self, stage, ctx: StageContext, dataset_dir: Path, max_train_steps: int | None,
+               saving: dict[str, Any]) -> None:
         """One sd-scripts run of the training, up to `max_train_steps` (None: the recipe's epochs)."""
         p = stage.spec
         config_dir = stage.workdir / "config"
         out = ctx.scratch_output("lora")
         width, height = p.size
         dataset_config = write_config(
-            config_dir / f"{stage.slug}-dataset.toml",
-            "dataset.toml.j2",
-            stage=stage.name,
-            training=p.training,
-            caption_extension=CAPTION_EXTENSION,
-            resolution=[width, height],
-            enable_bucket=False,
-            image_dir=dataset_dir,
-        )
-        saving = {**saving, **watch_options(stage, ctx, config_dir)}
+            config_dir / f"{stage.slug}-dataset.toml", "dataset.toml.j2", stage=stage.name, training=p.training,
+            caption_extension=CAPTION_EXTENSION, resolution=[width, height], enable_bucket=False, image_dir=dataset_dir,
+        )  # fmt: skip
+        # an --sd-arg replaces the profile's own value of a key (gradient_checkpointing = false)
+        options = {k: v for k, v in p.training_options.items() if k not in (p.sd_args or {})}
+        merged = base_weight_inputs(stage)
         config = write_config(
-            config_dir / f"{stage.slug}-training.toml",
-            "training.toml.j2",
-            stage=stage.name,
-            base_model=stage.input("base"),
-            family=p.family,
-            tokenizer_cache_dir=ctx.settings.tokenizer_cache_dir,
-            training=p.training,
-            warmup_steps=p.warmup_steps,
-            dataset_config=dataset_config,
-            resolution_text=f"{width},{height}",
-            max_train_steps=max_train_steps,
-            # an --sd-arg replaces the profile's own value of a key (gradient_checkpointing = false)
-            profile={"mixed_precision": p.mixed_precision, "training_options": {k: v for k, v in p.training_options.items() if k not in (p.sd_args or {})}},
-            base_weights=[str(w) for w in base_weight_inputs(stage)],
-            base_weights_multipliers=p.base_weights_multipliers or [],
-            model_options=p.model.training_keys() if p.model else {},
-            sd_args=p.sd_args or {},
-            output_dir=ctx.scratch,
-            output_name=out.stem,
-            saving=saving,
+            config_dir / f"{stage.slug}-training.toml", "training.toml.j2", stage=stage.name,
+            base_model=stage.input("base"), family=p.family, tokenizer_cache_dir=ctx.settings.tokenizer_cache_dir,
+            training=p.training, warmup_steps=p.warmup_steps, dataset_config=dataset_config,
+            resolution_text=f"{width},{height}", max_train_steps=max_train_steps,
+            profile={"mixed_precision": p.mixed_precision, "training_options": options},
+            base_weights=[str(w) for w in merged], base_weights_multipliers=p.base_weights_multipliers or [],
+            model_options=p.model.training_keys() if p.model else {}, sd_args=p.sd_args or {},
+            output_dir=ctx.scratch, output_name=out.stem, saving={**saving, **watch_options(stage, ctx, config_dir)},
             comment=f"copymachine {stage.name}",
-        )
-        ctx.run(
-            ctx.engine.launch_training(p.family.train_script, config, p.mixed_precision, launcher=LAUNCHER if base_weight_inputs(stage) else None),
-            Path(p.family.train_script).name,
-            expected=[out],
-            watch=(lambda: collect_samples(stage, ctx)) if p.sample_every_n_steps else None,
-        )
+        )  # fmt: skip
+        launch = ctx.engine.launch_training(p.family.train_script, config, p.mixed_precision,
+                                           launcher=LAUNCHER if merged else None)
+        watch = (lambda: collect_samples(stage, ctx)) if p.sample_every_n_steps else None
+        ctx.run(launch, Path(p.family.train_script).name, expected=[out], watch=watch)
 
     def _segments(self, stage, ctx: StageContext, dataset_dir: Path) -> None:
         """--copy-stop-at: train segment by segment, the copy check after each (copymachine/copystop.py)."""
@@ -350,7 +299,8 @@ class TrainLora(StageKind):
         saving = state_options(stage, ctx, every=stop.segment, quiet=True)
         if not saving:
             if stop.segment < total:  # else there is one segment: the whole training
-                ctx.reporter.note(f"{stage.title}: --copy-stop-at needs saved states, which this sd-scripts cannot save; it trains all {total} steps")
+                ctx.reporter.note(f"{stage.title}: --copy-stop-at needs saved states, which this sd-scripts cannot "
+                                  f"save; it trains all {total} steps")
             self._train(stage, ctx, dataset_dir, p.max_train_steps, {})
             return
         saved = trainstate.resumable(ctx.scratch, stage.key, total)
@@ -358,12 +308,12 @@ class TrainLora(StageKind):
         checks = [c for c in copystop.load(ctx.scratch) if c["step"] <= reached]
         stopped = None
         ends = copystop.boundaries(total, p.warmup_steps, stop.segment)
-        ctx.reporter.info(f"{stage.title}: --copy-stop-at {stop.min_ssim:g}: segments ending at steps {', '.join(map(str, ends))}")
+        ctx.reporter.info(f"{stage.title}: --copy-stop-at {stop.min_ssim:g}: segments ending at steps "
+                          f"{', '.join(map(str, ends))}")
         passed_before = [c["step"] for c in checks if c["mean_ssim"] >= stop.min_ssim]
-        step_lora = ctx.scratch / f"{out.stem}-step{reached:08d}{out.suffix}"
-        if passed_before and step_lora.is_file():  # killed after the check that stops it
+        if passed_before and copystop.step_lora(out, reached).is_file():  # killed after the check that stops it
             stopped = passed_before[0]
-            copy_into_place(step_lora, out)
+            copy_into_place(copystop.step_lora(out, reached), out)
         for end in [] if stopped else [reached, *ends]:
             if end < reached or (end == reached and (end not in ends or any(c["step"] == end for c in checks))):
                 continue
@@ -372,22 +322,11 @@ class TrainLora(StageKind):
                 reached = end
             if end >= total:
                 break  # the ceiling: the run's copy check stage checks this one
-            step_lora = ctx.scratch / f"{out.stem}-step{end:08d}{out.suffix}"
-            result = copystop.check_lora(stage, ctx, step_lora, end)
-            checks.append(result)
-            passed = result["mean_ssim"] >= stop.min_ssim
-            copystop.save(ctx.scratch, checks, end if passed else None, total, stop.min_ssim)
-            ctx.reporter.info(
-                f"{stage.title}: copy check at step {end} of {total}: SSIM {', '.join(f'{x:.3f}' for x in result['ssim'])} "
-                f"(mean {result['mean_ssim']:.3f}, stop at >= {stop.min_ssim:g}) -> {'copies: stopping here' if passed else 'goes on'}"
-            )
-            if passed:
+            if copystop.check_segment(stage, ctx, copystop.step_lora(out, end), end, checks, total):
                 stopped = end
-                copy_into_place(step_lora, out)
+                copy_into_place(copystop.step_lora(out, end), out)
                 break
-        data = copystop.summary(checks, stopped or total, total, stop.min_ssim)
-        atomic_write_json(ctx.scratch / copystop.STATE_FILE, data)
-        copystop.record_in_lora(out, data)
+        copystop.record_in_lora(out, copystop.save(ctx.scratch, checks, stopped or total, total, stop.min_ssim))
 
     def validate(self, stage, name, path, ctx):
         facts = validate_lora(path, f"{stage.title} output", expected_rank=stage.spec.training.network_dim).facts()
