@@ -10,12 +10,10 @@ import click
 from copymachine import cluster, jobfile
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
-from copymachine.errors import EnvironmentProblem, InputError
+from copymachine.errors import EXIT_INTERRUPTED, EnvironmentProblem, InputError
+from copymachine.events import JsonLines, QueueEnd
 from copymachine.files import atomic_write_text
 from copymachine.progress import Reporter
-
-# queue options that are also job keys: given here, they apply to every job that does not set them
-ENGINE_KEYS = {"sd_scripts": "sd-scripts", "python": "python", "device": "device", "tokenizer_cache_dir": "tokenizer-cache-dir", "offline": "offline", "verbose": "verbose"}
 
 
 @cli.command()
@@ -53,8 +51,7 @@ def queue(ctx, jobs_file, slots, events_file, only, slurm_script, sbatch, ray_ad
         raise InputError("--ray runs every job on the Ray cluster: not with --only or --slurm-script")
     if sbatch and slurm_script is None:
         raise InputError("--sbatch adds a line to the script of --slurm-script: give --slurm-script too")
-    overrides = {ENGINE_KEYS[k]: v for k, v in engine.items() if k in ENGINE_KEYS and v not in (None, False, "auto")}
-    jobs = jobfile.load_jobs(jobs_file, overrides)
+    jobs = jobfile.load_jobs(jobs_file, jobfile.engine_keys(engine))
     total = len(jobs)
     if slurm_script is not None:
         throttle = slots if ctx.get_parameter_source("slots") is not click.core.ParameterSource.DEFAULT else None
@@ -90,7 +87,7 @@ def _run_queue(jobs_file, jobs, slots, events_file, engine, reporter: Reporter, 
         else:
             gpus = settings.gpus
             reporter.info(f"{slots} jobs side by side" + (f", each on its own GPU ({gpus} GPUs)" if gpus > 1 else " on one GPU"))
-    events = jobfile.JsonLines(events_file) if events_file else None
+    events = JsonLines(events_file) if events_file else None
     reporter.events = events
     reporter.info(f"copymachine queue: {len(jobs)} job(s) from {jobs_file}" if len(jobs) == total else f"copymachine queue: job {jobs[0].index} of {total} from {jobs_file}")
     runner = jobfile.Queue(jobs, reporter, slots=min(slots, len(jobs)), gpus=gpus, events=events, total=total)
@@ -107,7 +104,7 @@ def _interrupted(results, reporter: Reporter, events) -> None:
     if results:
         jobfile.print_summary(results, reporter)
     if events:
-        events({"event": "queue_end", "status": "interrupted", "exit_code": 130})
+        events(QueueEnd(status="interrupted", exit_code=EXIT_INTERRUPTED))
         events.close()
 
 
@@ -117,7 +114,7 @@ def _finished(results, reporter: Reporter, events) -> None:
     jobfile.print_summary(results, reporter)
     failed = [r for r in results if r.status != "done"]
     if events:
-        events({"event": "queue_end", "status": "failed" if failed else "done", "exit_code": failed[0].exit_code if failed else 0})
+        events(QueueEnd(status="failed" if failed else "done", exit_code=failed[0].exit_code if failed else 0))
         events.close()
     if failed:
         raise click.exceptions.Exit(failed[0].exit_code)
@@ -142,7 +139,7 @@ def _run_on_ray(jobs_file: Path, jobs, address: str, events_file: Path | None, e
     from copymachine import rayqueue
 
     reporter = Reporter(verbose=engine["verbose"])
-    events = jobfile.JsonLines(events_file) if events_file else None
+    events = JsonLines(events_file) if events_file else None
     try:
         results = rayqueue.run_queue(jobs_file, jobs, address, engine, reporter, events)
     except rayqueue.QueueInterrupted as stopped:

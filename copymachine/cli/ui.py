@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from copymachine import jobfile
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options
 from copymachine.errors import InputError
@@ -75,18 +76,4 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, ray_address, **
 def queue_options(engine: dict, ray_address: str | None = None) -> tuple[list[str], dict]:
     """The `copymachine queue` options the UI's worker gives every job (its engine, --ray), and
     the job keys they stand for (what the UI checks a new job with)."""
-    queue_args: list[str] = []
-    overrides = {}
-    for key, flag in (("sd_scripts", "--sd-scripts"), ("python", "--python"), ("tokenizer_cache_dir", "--tokenizer-cache-dir")):
-        if engine[key] is not None:
-            queue_args += [flag, str(engine[key])]
-            overrides[flag[2:]] = engine[key]
-    if engine["device"] != "auto":
-        queue_args += ["--device", engine["device"]]
-    for key in ("offline", "verbose"):
-        if engine[key]:
-            queue_args.append(f"--{key}")
-            overrides[key] = True
-    if ray_address is not None:
-        queue_args += ["--ray", ray_address]
-    return queue_args, overrides
+    return [*jobfile.engine_argv(engine), *(["--ray", ray_address] if ray_address is not None else [])], jobfile.engine_keys(engine)
