@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    time: float = Field(default_factory=lambda: round(time.time(), 3))
+    time: float | None = Field(default_factory=lambda: round(time.time(), 3))
     job: int | None = None  # the queue's job it belongs to
 
 

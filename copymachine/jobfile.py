@@ -358,14 +358,16 @@ def summary_rows(results: list[JobResult]) -> list[tuple[str, str]]:
         elif r.status == "interrupted":
             rows.append((r.job.label, "interrupted: run the queue again to resume"))
         else:
-            rows.append((r.job.label, f"failed (exit {r.exit_code}): {r.error.message if r.error else 'unknown error'}"))
+            rows.append((r.job.label,
+                         f"failed (exit {r.exit_code}): {r.error.message if r.error else 'unknown error'}"))
     return rows
 
 
 def print_summary(results: list[JobResult], reporter: Reporter, out=None) -> None:
     reporter.summary(summary_rows(results))
     done = sum(r.status == "done" for r in results)
-    reporter.info(f"queue: {done} of {len(results)} job(s) done" + ("" if done == len(results) else "; run the same command again to retry (finished stages are kept)"))
+    retry = "" if done == len(results) else "; run the same command again to retry (finished stages are kept)"
+    reporter.info(f"queue: {done} of {len(results)} job(s) done{retry}")
     for r in results:
         for path in r.finals:
             print(str(path), file=out or sys.stdout)

@@ -41,7 +41,8 @@ def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log
     except CopymachineError as e:
         if not kind.needs_engine:
             raise
-        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {log_path}", details=log_tail(log_path)) from None
+        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {log_path}",
+                          details=log_tail(log_path)) from None
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -128,7 +129,8 @@ def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
         move_into_place(path, final)
         outputs[name] = {"path": str(final), "size": final.stat().st_size, "sha256": ctx.hashes.sha256(final), **facts}
     engine = ctx.settings.engine
-    stamp = new_stamp(stage, ctx, inputs, outputs, started, time.monotonic() - t0, engine.commit if (kind.needs_engine and engine) else None)
+    commit = engine.commit if (kind.needs_engine and engine) else None
+    stamp = new_stamp(stage, ctx, inputs, outputs, started, time.monotonic() - t0, commit)
     if stage.shared and ctx.log_path.exists():
         shutil.copyfile(ctx.log_path, stage.workdir / f"{stage.slug}.log")
         stamp["log"] = str(stage.workdir / f"{stage.slug}.log")
@@ -144,7 +146,8 @@ def _conclude(manifest: Manifest, reporter: Reporter, stage: Stage, kind, stamp:
         return
     manifest.update(stage, manifest.record(stage)["status"], verdict=verdict)
     if not verdict.get("passed", True):
-        raise CheckFailed(verdict.get("message", f"stage '{stage.title}' did not pass"), details=verdict.get("details", []))
+        message = verdict.get("message", f"stage '{stage.title}' did not pass")
+        raise CheckFailed(message, details=verdict.get("details", []))
 
 
 class _Schedule:
@@ -273,7 +276,8 @@ class _Held:
 
 
 class Pipeline:
-    def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, argv: list[str] | None = None, token: CancelToken | None = None):
+    def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache,
+                 argv: list[str] | None = None, token: CancelToken | None = None):
         self.plan = plan
         self.settings = settings
         self.reporter = reporter
@@ -302,7 +306,8 @@ class Pipeline:
         jobs = max(1, jobs)
         self.reporter.parallel = jobs > 1
         run_lock = FolderLock(self.plan.run_dir, f"run folder {self.plan.run_dir}")
-        run_lock.acquire(wait=wait, on_wait=lambda h: self.reporter.info(f"waiting for the run folder lock ({h.get('command', 'another copymachine')})"), marker=self._marker())
+        run_lock.acquire(wait=wait, marker=self._marker(), on_wait=lambda h: self.reporter.info(
+            f"waiting for the run folder lock ({h.get('command', 'another copymachine')})"))
         self._held.locks = [run_lock]
         remove_stale_temps(self.plan.run_dir)  # an interrupted manifest write
         index = {s.name: i for i, s in enumerate(self.plan.stages, 1)}
@@ -324,7 +329,8 @@ class Pipeline:
                 self.reporter.summary(schedule.summary())
             raise schedule.failures[0][1]
         if self.token.cancelled and any(state == "pending" for state in schedule.state.values()):
-            raise EngineError("interrupted: the run was cancelled before it finished; run the same command again to resume")
+            raise EngineError("interrupted: the run was cancelled before it finished; "
+                              "run the same command again to resume")
         return schedule.ran
 
     def stop(self) -> None:
@@ -336,7 +342,8 @@ class Pipeline:
         if not stage.shared:
             return self._run_stage(index, total, stage, gpu)
         lock = FolderLock(stage.workdir, f"cache entry {stage.workdir}")
-        lock.acquire(wait=wait, on_wait=lambda h: self.reporter.info(f"waiting for another run building {stage.title} ({h.get('command', '')})"), marker=self._marker())
+        lock.acquire(wait=wait, marker=self._marker(), on_wait=lambda h: self.reporter.info(
+            f"waiting for another run building {stage.title} ({h.get('command', '')})"))
         self._held.add_lock(lock)
         try:
             return self._run_stage(index, total, stage, gpu)
@@ -360,12 +367,14 @@ class Pipeline:
             folder = Path(e.filename).parent if e.filename else stage.workdir
             if ".partial" in folder.parts:  # the stage's scratch: name the folder the user knows
                 folder = stage.workdir
-            raise self._disk_full(stage, folder, cause=f"writing {Path(e.filename).name}" if e.filename else "") from None
+            cause = f"writing {Path(e.filename).name}" if e.filename else ""
+            raise self._disk_full(stage, folder, cause=cause) from None
 
     def _disk_full(self, stage: Stage, folder: Path, cause: str = "", log: Path | None = None) -> CopymachineError:
         from copymachine.preflight import disk_full
 
-        return disk_full(folder, stage.title, (self.plan.info.get("stage_bytes") or {}).get(stage.name), cause=cause, log=log)
+        needs = (self.plan.info.get("stage_bytes") or {}).get(stage.name)
+        return disk_full(folder, stage.title, needs, cause=cause, log=log)
 
     def _record(self, stage: Stage, status: str) -> None:
         """A failed stage's status in the manifest; on a full disk that write may fail too (the
@@ -387,9 +396,11 @@ class Pipeline:
             _conclude(self.manifest, self.reporter, stage, kind, stamp)
             return False
         log_path = self.plan.run_dir / "logs" / f"{stage.slug}.log"
-        self.reporter.stage_start(index, total, stage, kind.describe(stage), str(log_path) if kind.needs_engine else None)
+        self.reporter.stage_start(index, total, stage, kind.describe(stage),
+                                  str(log_path) if kind.needs_engine else None)
         self.manifest.update(stage, "running")
-        ctx = StageContext(plan=self.plan, stage=stage, settings=self.settings, reporter=self.reporter, hashes=self.hashes, log_path=log_path, on_child=self._held.on_child, gpu=gpu)
+        ctx = StageContext(plan=self.plan, stage=stage, settings=self.settings, reporter=self.reporter,
+                           hashes=self.hashes, log_path=log_path, on_child=self._held.on_child, gpu=gpu)
         try:
             stamp = _execute(stage, kind, ctx)
         except CopymachineError:
@@ -400,6 +411,7 @@ class Pipeline:
             self._record(stage, "interrupted")
             raise
         self.manifest.update(stage, "done", stamp)
-        self.reporter.stage_done(stage, stamp["duration_s"], [str(p) for p in stage.outputs.values()], stamp.get("peak_memory_gib"))
+        outputs = [str(p) for p in stage.outputs.values()]
+        self.reporter.stage_done(stage, stamp["duration_s"], outputs, stamp.get("peak_memory_gib"))
         _conclude(self.manifest, self.reporter, stage, kind, stamp)
         return True

@@ -65,7 +65,8 @@ def connect(address: str):
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise EnvironmentProblem(f"--ray {address}: no Ray cluster there ({e}); start one with `ray start --head` (and `ray start --address HEAD:6379` on the other machines)") from None
+        raise EnvironmentProblem(f"--ray {address}: no Ray cluster there ({e}); start one with `ray start --head` "
+                                 "(and `ray start --address HEAD:6379` on the other machines)") from None
     return ray
 
 
@@ -105,10 +106,12 @@ def run_job_task(argv: list[str], cwd: str, task_log: str, queue_env: dict[str, 
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     Path(task_log).parent.mkdir(parents=True, exist_ok=True)
     with open(task_log, "ab") as log:
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} node {node} ({socket.gethostname()}) GPUs {','.join(gpus) or '-'}\n".encode())
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"--- {when} node {node} ({socket.gethostname()}) GPUs {','.join(gpus) or '-'}\n".encode())
         log.flush()
         extra = {"preexec_fn": _child_setup} if os.name == "posix" else {}
-        child = SUPERVISOR.popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **extra)
+        child = SUPERVISOR.popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 **extra)
         cancelled = False
         try:
             while child.proc.poll() is None:
@@ -160,17 +163,20 @@ def check_nodes(ray, folders: list[str]) -> None:
 
     probe = ray.remote(probe_folders)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = {n["NodeID"]: probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(folders) for n in nodes}
+    on = {n["NodeID"]: NodeAffinitySchedulingStrategy(n["NodeID"], soft=False) for n in nodes}
+    refs = {node: probe.options(num_cpus=0, scheduling_strategy=how).remote(folders) for node, how in on.items()}
     problems = []
     for node, ref in refs.items():
         problems += [f"node {node[:8]}: {p}" for p in ray.get(ref, timeout=120)]
     if problems:
-        raise OutputError(f"--ray: a folder the jobs write to is not writable from every node (the run, cache and queue folders must be on a filesystem every node shares): {problems[0]}", details=problems[1:])
+        raise OutputError("--ray: a folder the jobs write to is not writable from every node (the run, cache and queue "
+                          f"folders must be on a filesystem every node shares): {problems[0]}", details=problems[1:])
 
 
 def submit(ray, job: Job, jobs_file: Path, engine: dict, cwd: Path):
     """The job as a Ray task; returns its ObjectRef."""
-    task = ray.remote(run_job_task).options(num_gpus=job.gpus, num_cpus=0, max_retries=MAX_RETRIES, retry_exceptions=False, name=f"copymachine job {job.index}: {job.label}")
+    task = ray.remote(run_job_task).options(num_gpus=job.gpus, num_cpus=0, max_retries=MAX_RETRIES,
+                                            retry_exceptions=False, name=f"copymachine job {job.index}: {job.label}")
     argv = cluster.job_command(jobs_file, str(job.index), engine)
     log = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.task.log"
     return task.remote(argv, str(cwd), str(log), passed_env())
@@ -186,18 +192,21 @@ def copies_made(jobs_file: Path, job: Job) -> int:
                if isinstance(e, StageDone | StageSkip) and e.stage.rsplit("/", 1)[-1] in COPY_STAGES)
 
 
-def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds: float, cancelled: bool = False, error: str | None = None) -> JobResult:
+def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds: float, cancelled: bool = False,
+              error: str | None = None) -> JobResult:
     end = last_job_end(_events_file(jobs_file, job))
     if cancelled:
-        return JobResult(job, "interrupted", error=CopymachineError("cancelled", exit_code=EXIT_INTERRUPTED), seconds=seconds)
+        return JobResult(job, "interrupted", error=CopymachineError("cancelled", EXIT_INTERRUPTED), seconds=seconds)
     if outcome is None:
-        return JobResult(job, "failed", error=CopymachineError(f"its Ray task failed: {error}", exit_code=1), seconds=seconds)
+        return JobResult(job, "failed", error=CopymachineError(f"its Ray task failed: {error}", 1), seconds=seconds)
     code = outcome["exit_code"]
     if code == 0:
         return JobResult(job, "done", finals=[Path(p) for p in end.finals] if end else [], seconds=seconds)
     if code == EXIT_INTERRUPTED:
         return JobResult(job, "interrupted", error=CopymachineError("interrupted", exit_code=code), seconds=seconds)
-    message = (end.message if end else None) or f"copymachine queue --only {job.index} ended with exit code {code} (see {queue_folder(Path(jobs_file).resolve())}/job-{job.index}.log)"
+    log = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.log"
+    message = (end.message if end else None) or f"copymachine queue --only {job.index} ended with exit code {code} " \
+        f"(see {log})"
     return JobResult(job, "failed", error=CopymachineError(message, exit_code=code), seconds=seconds)
 
 
@@ -209,7 +218,8 @@ def _check_cluster(ray, jobs_file: Path, jobs: list[Job], cwd: Path, reporter: R
     too_big = [j for j in jobs if j.gpus > gpus]
     if too_big:
         job = too_big[0]
-        raise EnvironmentProblem(f"job {job.index} ({job.label}) asks for {job.gpus} GPU(s); the Ray cluster has {gpus:g}")
+        raise EnvironmentProblem(f"job {job.index} ({job.label}) asks for {job.gpus} GPU(s); "
+                                 f"the Ray cluster has {gpus:g}")
     check_nodes(ray, job_folders(jobs_file, jobs, cwd))
 
 
@@ -286,7 +296,8 @@ def _collect(ray, ref, job: Job, jobs_file: Path, seconds: float) -> JobResult:
     except TaskCancelledError:
         return result_of(job, None, jobs_file, seconds, cancelled=True)
     except RayError as e:
-        return result_of(job, None, jobs_file, seconds, error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return result_of(job, None, jobs_file, seconds, error=first)
     result = result_of(job, outcome, jobs_file, seconds)
     result.node = outcome.get("node")
     return result

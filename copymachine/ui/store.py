@@ -54,9 +54,11 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     """Stages (title, status), the live progress line and the current log, from the events."""
     stages: list[dict[str, Any]] = []
     at: dict[str, int] = {}  # stage name -> its row
-    view: dict[str, Any] = {"progress": None, "log": None, "finals": [], "message": None, "warnings": [], "sample": None}
+    view: dict[str, Any] = {"progress": None, "log": None, "finals": [], "message": None, "warnings": [],
+                            "sample": None}
     for e in events:
-        row = stages[at[e.stage]] if isinstance(e, ev.StageStart | ev.StageSkip | ev.StageDone) and e.stage in at else {}
+        staged = isinstance(e, ev.StageStart | ev.StageSkip | ev.StageDone) and e.stage in at
+        row = stages[at[e.stage]] if staged else {}  # type: ignore[union-attr]
         if isinstance(e, ev.PlanMade):
             stages = [{"title": t, "status": "pending"} for t in e.stages]
             at = {name: i for i, name in enumerate(e.names)}
@@ -222,7 +224,8 @@ class Worker(threading.Thread):
 
     def _run_job(self, job_id: str) -> None:
         files = self.store.files(job_id)
-        argv = [sys.executable, "-m", "copymachine", "queue", str(files.toml), "--events", str(files.events), *self.queue_args]
+        argv = [sys.executable, "-m", "copymachine", "queue", str(files.toml), "--events", str(files.events),
+                *self.queue_args]
         self.store.set_state(job_id, status="running", started=time.time(), exit_code=None, message=None)
         with open(files.log, "ab") as log, self._lock:
             log.write(f"$ copymachine queue {files.toml} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
@@ -231,7 +234,7 @@ class Worker(threading.Thread):
             child = SUPERVISOR.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
             self.child, self.current = child, job_id
             self.token = CancelToken()
-            self.token.on_cancel(lambda: None if SUPERVISOR.interrupt(child) else None)
+            self.token.on_cancel(self._interrupt)
             if self._stopping.is_set():
                 self.token.cancel()
         rc = child.proc.wait()
@@ -240,7 +243,8 @@ class Worker(threading.Thread):
             self.child = self.token = None
             self.current = None
         if self._stopping.is_set() and rc == EXIT_INTERRUPTED:
-            self.store.set_state(job_id, status="queued", note="interrupted when the UI stopped; resumes at its next start")
+            self.store.set_state(job_id, status="queued",
+                                 note="interrupted when the UI stopped; resumes at its next start")
             return
         try:
             self.store.files(job_id)
@@ -256,9 +260,14 @@ class Worker(threading.Thread):
             status = "failed"
             if not message:
                 lines = tail(files.log, 5)
-                message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), lines[-1] if lines else f"exit code {rc}")
+                last = lines[-1] if lines else f"exit code {rc}"
+                message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), last)
         self._cancel.discard(job_id)
         self.store.set_state(job_id, status=status, exit_code=rc, message=message, finished=time.time())
+
+    def _interrupt(self) -> None:
+        if self.child is not None:
+            SUPERVISOR.interrupt(self.child)
 
     def cancel(self, job_id: str) -> None:
         """A running job is interrupted as by Ctrl-C (sd-scripts stopped, finished stages kept); a
