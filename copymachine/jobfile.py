@@ -327,7 +327,7 @@ class Queue:
         todo, free = list(self.jobs), list(range(self.slots))
         slot_of: dict[Hashable, int] = {}
 
-        def start(running: int) -> list[Task]:
+        def start() -> list[Task]:
             started: list[Task] = []
             while todo and free:
                 job, slot = todo.pop(0), free.pop(0)

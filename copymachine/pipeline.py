@@ -8,6 +8,7 @@ parameter re-runs that stage and what depends on it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
 import sys
@@ -47,10 +48,8 @@ def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log
 
 def _remove_if_empty(folder: Path) -> None:
     """.partial/, when no other stage is under way there."""
-    try:
+    with contextlib.suppress(OSError):
         folder.rmdir()
-    except OSError:
-        pass
 
 
 def _tidy(stage: Stage, kind, reporter: Reporter | None = None) -> None:
@@ -82,10 +81,8 @@ def _clear_scratch(scratch: Path, stage: Stage, kind, reporter: Reporter | None 
     removed = trainstate.keep(scratch, stage.key)
     if removed and reporter is not None:
         reporter.info(f"{stage.title}: removed {removed}")
-    try:
+    with contextlib.suppress(OSError):
         scratch.rmdir()  # nothing kept
-    except OSError:
-        pass
 
 
 def _drop_scratch(ctx: StageContext, kind=None) -> None:
@@ -313,7 +310,7 @@ class Pipeline:
         index = {s.name: i for i, s in enumerate(self.plan.stages, 1)}
         schedule = _Schedule(self.plan, jobs, self.settings.gpus)
 
-        def start(_running: int) -> list[Task]:
+        def start() -> list[Task]:
             if self.token.cancelled:  # a cancelled run starts nothing new
                 return []
             return [(stage.name, functools.partial(self._run_locked, index[stage.name], len(index), stage, wait, gpu))

@@ -11,15 +11,15 @@ from typing import Any
 Task = tuple[Hashable, Callable[[], Any]]  # what the caller knows it by, and what runs
 
 
-def side_by_side(workers: int, start: Callable[[int], list[Task]], end: Callable[[Hashable, Future], None],
+def side_by_side(workers: int, start: Callable[[], list[Task]], end: Callable[[Hashable, Future], None],
                  stop: Callable[[], None], name: str, kill: Callable[[], None] | None = None) -> None:
-    """Run what `start(running)` gives, up to `workers` at once, until nothing runs and nothing
+    """Run what `start()` gives, up to `workers` at once, until nothing runs and nothing
     starts; `end(tag, future)` for each that ended (it may raise to stop the rest)."""
     running: dict[Future, Hashable] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
     try:
         while True:
-            for tag, task in start(len(running)):
+            for tag, task in start():
                 running[pool.submit(task)] = tag
             if not running:
                 return

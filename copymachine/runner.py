@@ -199,6 +199,11 @@ def _wait(proc: subprocess.Popen) -> tuple[int, int | None]:
     return proc.returncode, usage.ru_maxrss * scale
 
 
+def _split_segments(buffer: str) -> tuple[list[str], str]:
+    *segments, rest = re.split(r"[\r\n]", buffer)
+    return segments, rest
+
+
 def _pump(proc: subprocess.Popen, watcher: StreamWatcher, write: Callable[[bytes], None]) -> None:
     """The child's output, every byte to the log and each segment (split on CR and LF) to the watcher."""
     assert proc.stdout is not None
@@ -206,7 +211,7 @@ def _pump(proc: subprocess.Popen, watcher: StreamWatcher, write: Callable[[bytes
     pending = ""
     while chunk := os.read(proc.stdout.fileno(), 65536):
         write(chunk)
-        *segments, pending = re.split(r"[\r\n]", pending + decoder.decode(chunk))
+        segments, pending = _split_segments(pending + decoder.decode(chunk))
         for seg in segments:
             watcher.feed(seg)
     pending += decoder.decode(b"", final=True)
@@ -255,8 +260,9 @@ def run_command(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
                      log_error=log_error[0] if log_error else None)
 
 
-def log_tail(log_path: Path, n: int = 12) -> list[str]:
-    """The last `n` non-empty lines of a stage log (split on CR and LF, as the watcher does)."""
+def log_tail(log_path: Path, n: int = 12, indent: bool = False) -> list[str]:
+    """The last `n` non-empty lines of a log (split on CR and LF, as the watcher does); `indent`:
+    their leading blanks kept (the UI's view of a log)."""
     try:
         with open(log_path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -264,8 +270,8 @@ def log_tail(log_path: Path, n: int = 12) -> list[str]:
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return []
-    lines = [line.strip() for line in re.split(r"[\r\n]", text)]
-    return [line for line in lines if line][-n:]
+    lines = [line.rstrip() if indent else line.strip() for line in re.split(r"[\r\n]", text)]
+    return [line for line in lines if line.strip()][-n:]
 
 
 def command_line(argv: list[str]) -> str:

@@ -13,7 +13,6 @@ and resumes it (the re-run skips every finished stage).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -28,26 +27,16 @@ from copymachine import events as ev
 from copymachine import jobfile
 from copymachine.errors import EXIT_INTERRUPTED
 from copymachine.files import atomic_write_json, replace_file
+from copymachine.runner import log_tail
 from copymachine.supervise import SUPERVISOR, CancelToken, Child
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 LOG_TAIL_LINES = 30
 
 
-def tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     """The last lines of a log; tqdm's carriage-return redraws count as lines."""
-    if path is None:
-        return []
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    out = [seg.rstrip() for seg in data.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    return [s for s in out if s.strip()][-lines:]
+    return log_tail(path, lines, indent=True)
 
 
 def progress_view(events: list[ev.Event]) -> dict[str, Any]:
