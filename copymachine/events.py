@@ -39,31 +39,27 @@ class PlanMade(_Event):
     finals: dict[str, str] = {}
 
 
-class StageStart(_Event):
-    event: Literal["stage_start"] = "stage_start"
-    stage: str = ""
+class OfStage(_Event):
+    stage: str = ""  # its name in the plan: what readers key by
     kind: str = ""
-    index: int = 0
-    total: int = 0
+    title: str = ""
+    index: int | None = None  # [index/total] in the plan's order
+    total: int | None = None
+
+
+class StageStart(OfStage):
+    event: Literal["stage_start"] = "stage_start"
     description: str = ""
     log: str | None = None
 
 
-class StageSkip(_Event):
+class StageSkip(OfStage):
     event: Literal["stage_skip"] = "stage_skip"
-    stage: str = ""
-    kind: str = ""
-    index: int = 0
-    total: int = 0
-    title: str = ""
     where: str = ""
 
 
-class StageDone(_Event):
+class StageDone(OfStage):
     event: Literal["stage_done"] = "stage_done"
-    stage: str = ""
-    kind: str = ""
-    title: str = ""
     seconds: float = 0.0
     outputs: list[str] = []
     peak_gib: float | None = None

@@ -110,8 +110,8 @@ class Reporter:
         self._print(f"note: {text}")
 
     def stage_start(self, index: int, total: int, stage: Stage, description: str, log: str | None) -> None:
-        self.emit(ev.StageStart(stage=stage.name, kind=stage.kind, index=index, total=total, description=description,
-                                log=log))
+        self.emit(ev.StageStart(stage=stage.name, kind=stage.kind, title=stage.title, index=index, total=total,
+                                description=description, log=log))
         self._print(f"[{index}/{total}] {description}" + (f"  (log: {log})" if log else ""))
 
     def stage_skip(self, index: int, total: int, stage: Stage, where: str) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 from copymachine import cluster
 from copymachine import events as ev
 from copymachine.errors import EXIT_INTERRUPTED, CopymachineError, EnvironmentProblem, OutputError
-from copymachine.events import StageDone, StageSkip, last_job_end, read_events
+from copymachine.events import last_job_end, read_events
 from copymachine.jobfile import Job, JobResult, job_end, queue_folder
 from copymachine.progress import Reporter
 from copymachine.supervise import SUPERVISOR
@@ -189,7 +189,7 @@ def _events_file(jobs_file: Path, job: Job) -> Path:
 def copies_made(jobs_file: Path, job: Job) -> int:
     """How many copy LoRAs the job's latest attempt has made or found done (its events file)."""
     return sum(1 for e in read_events(_events_file(jobs_file, job))
-               if isinstance(e, StageDone | StageSkip) and e.stage.rsplit("/", 1)[-1] in COPY_STAGES)
+               if isinstance(e, ev.StageDone | ev.StageSkip) and e.stage.rsplit("/", 1)[-1] in COPY_STAGES)
 
 
 def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds: float, cancelled: bool = False,

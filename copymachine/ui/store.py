@@ -46,8 +46,7 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     view: dict[str, Any] = {"progress": None, "log": None, "finals": [], "message": None, "warnings": [],
                             "sample": None}
     for e in events:
-        staged = isinstance(e, ev.StageStart | ev.StageSkip | ev.StageDone) and e.stage in at
-        row = stages[at[e.stage]] if staged else {}  # type: ignore[union-attr]
+        row = stages[at[e.stage]] if isinstance(e, ev.OfStage) and e.stage in at else {}
         if isinstance(e, ev.PlanMade):
             stages = [{"title": t, "status": "pending"} for t in e.stages]
             at = {name: i for i, name in enumerate(e.names)}
