@@ -17,7 +17,7 @@ from pathlib import Path
 
 from copymachine import run
 from copymachine.errors import CopymachineError, EnvironmentProblem, InputError
-from copymachine.jobfile import Job, queue_folder
+from copymachine.jobfile import Job, engine_argv, queue_folder
 from copymachine.progress import Reporter
 from copymachine.stamps import done_stamp
 from copymachine.supervise import GRACE_S, KILL_S, TERM_S
@@ -41,7 +41,8 @@ class Waves:
 
 def copy_keys(the_plan, hashes) -> set[str]:
     """Keys of the plan's copy LoRAs (LoRA A for diff) that are not done yet."""
-    return {s.key for s in the_plan.stages if s.shared and s.workdir.parent.name == "copy-lora" and not done_stamp(s, hashes, check_inputs=False)}
+    return {s.key for s in the_plan.stages
+            if s.shared and s.workdir.parent.name == "copy-lora" and not done_stamp(s, hashes, check_inputs=False)}
 
 
 def waves(jobs: list[Job], reporter: Reporter) -> Waves:
@@ -61,10 +62,11 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
             try:
                 the_plan, hashes = run.plan_only(job.method, job.options, quiet)
             except EnvironmentProblem as e:
-                reporter.warn(f"cannot plan the jobs on this host ({e.message}): one wave; jobs that share a copy LoRA wait on its lock")
+                reporter.warn(f"cannot plan the jobs on this host ({e.message}): one wave; "
+                              "jobs that share a copy LoRA wait on its lock")
                 return Waves(first=list(jobs), rest=[], planned=False)
             except CopymachineError as e:
-                raise InputError(f"job {job.index} ({job.label}): {e.message}", *e.details) from None
+                raise InputError(f"job {job.index} ({job.label}): {e.message}", details=e.details) from None
             keys = copy_keys(the_plan, hashes)
             run_dir = Path(the_plan.run_dir).resolve()
             if run_dir in folders:
@@ -98,26 +100,14 @@ def array_spec(indices: list[int]) -> str:
     return ",".join(parts)
 
 
-def engine_args(engine: dict) -> list[str]:
-    """The queue's engine options, again, for the job's own `copymachine queue` (paths absolute)."""
-    args: list[str] = []
-    for key, flag in (("sd_scripts", "--sd-scripts"), ("python", "--python"), ("tokenizer_cache_dir", "--tokenizer-cache-dir")):
-        value = engine.get(key)
-        if value is not None:
-            # absolute, its links kept (a venv's python is a link to the interpreter it wraps)
-            args += [flag, os.path.abspath(value) if key != "python" or os.sep in str(value) else str(value)]
-    if engine.get("device", "auto") != "auto":
-        args += ["--device", engine["device"]]
-    args += [f"--{k}" for k in ("offline", "verbose") if engine.get(k)]
-    return args
-
-
 def job_command(jobs_file: Path, index: str, engine: dict) -> list[str]:
     """`copymachine queue JOBS.toml --only N` with this Python (the same install on every node)."""
-    return [sys.executable, "-m", "copymachine", "queue", str(Path(jobs_file).resolve()), "--only", index, *engine_args(engine)]
+    jobs_file = Path(jobs_file).resolve()
+    return [sys.executable, "-m", "copymachine", "queue", str(jobs_file), "--only", index, *engine_argv(engine)]
 
 
-def slurm_script(jobs_file: Path, jobs: list[Job], engine: dict, throttle: int | None, sbatch: tuple[str, ...], workdir: Path) -> str:
+def slurm_script(jobs_file: Path, jobs: list[Job], engine: dict, throttle: int | None, sbatch: tuple[str, ...],
+                 workdir: Path) -> str:
     """The sbatch array script: one task per job (SLURM_ARRAY_TASK_ID = the job's number), one
     GPU each, requeued when preempted or its node fails (a requeued task resumes: stamped stages
     are skipped). `exec` makes copymachine the task's process, so scancel's SIGTERM reaches it

@@ -14,14 +14,16 @@ from copymachine.stages import Settings, StageContext, kinds
 from copymachine.stamps import done_stamp
 
 
-def print_dry_run(plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, out: TextIO | None = None) -> None:
+def print_dry_run(plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache,
+                  out: TextIO | None = None) -> None:
     """The training size of each source and why, then one `# [i/n]` line per stage, its
     configs, then its commands, copy-pasteable (a stage copymachine does itself names its
     outputs instead)."""
     out = out or sys.stdout
     for source, choice in plan.info.get("training_size", {}).items():
         picture = "x".join(str(v) for v in choice["picture"])
-        out.write(f"# training size of {source}: {choice['size'][0]}x{choice['size'][1]} (picture {picture} px; {choice['why']})\n")
+        size = "x".join(str(v) for v in choice["size"])
+        out.write(f"# training size of {source}: {size} (picture {picture} px; {choice['why']})\n")
     total = len(plan.stages)
     for index, stage in enumerate(plan.stages, 1):
         kind = kinds()[stage.kind]
@@ -29,7 +31,8 @@ def print_dry_run(plan: Plan, settings: Settings, reporter: Reporter, hashes: Ha
         if stamp:
             out.write(f"# [{index}/{total}] {stage.title}: up to date ({stage.workdir})\n")
             continue
-        ctx = StageContext(plan=plan, stage=stage, settings=settings, reporter=reporter, hashes=hashes, log_path=Path(), dry_run=True)
+        ctx = StageContext(plan=plan, stage=stage, settings=settings, reporter=reporter, hashes=hashes, log_path=Path(),
+                           dry_run=True)
         kind.execute(stage, ctx)
         out.write(f"# [{index}/{total}] {kind.describe(stage)}\n")
         configs = sorted((stage.workdir / "config").glob(f"{stage.slug}-*"))

@@ -15,30 +15,54 @@ which skips every stage that is done.
 
 from __future__ import annotations
 
-import json
+import functools
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from copymachine import events as ev
 from copymachine import run
 from copymachine.errors import EXIT_INTERRUPTED, CopymachineError, InputError
-from copymachine.options import PATHS, RunOptions, job_keys, validate
+from copymachine.options import ENGINE, PATHS, RunOptions, job_keys, option_name, validate
+from copymachine.pool import Task, side_by_side
 from copymachine.progress import Reporter
 from copymachine.supervise import CancelToken
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
 
 METHODS = run.COMMANDS  # train -> copy-machine, diff -> difference-extraction
 EXTRA_KEYS = ("method", "set", "gpus")  # gpus: what an engine gives the job (Ray's num_gpus)
+# the engine options (`train`, `queue`, `ui`) that are also job keys: given to a queue, they apply to every job
+# that does not set them, and they go again to each job's own `copymachine queue`
+ENGINE_KEYS = {name: option_name(name) for name in ENGINE}
+
+
+def engine_keys(engine: dict[str, Any]) -> dict[str, Any]:
+    """The engine options given (not left at their defaults), by job key."""
+    return {key: engine[k] for k, key in ENGINE_KEYS.items() if engine.get(k) not in (None, False, "auto")}
+
+
+def engine_argv(engine: dict[str, Any]) -> list[str]:
+    """The engine options given, as the command line of another `copymachine` (paths absolute; a
+    venv's python keeps its link, so it is made absolute only when it is a path)."""
+    argv: list[str] = []
+    for key, value in engine_keys(engine).items():
+        if value is True:
+            argv.append(f"--{key}")
+            continue
+        if key in ("sd-scripts", "tokenizer-cache-dir") or (key == "python" and os.sep in str(value)):
+            value = os.path.abspath(value)
+        argv += [f"--{key}", str(value)]
+    return argv
 
 
 def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -228,29 +252,12 @@ class Tee:
         self._log.close()
 
 
-class JsonLines:
-    """Events as JSON lines, appended and flushed one at a time (read while they are written)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 -- open for the object's life, closed by close()
-        self._lock = threading.Lock()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            self._file.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
 class Queue:
     """Runs jobs in file order, `slots` at a time, each through `run_method`; a job that fails
     is reported and the others go on. Ctrl-C stops every running job as it stops `train`."""
 
-    def __init__(self, jobs: list[Job], reporter: Reporter, slots: int = 1, gpus: int = 0, events: Callable[[dict[str, Any]], None] | None = None, total: int | None = None):
+    def __init__(self, jobs: list[Job], reporter: Reporter, slots: int = 1, gpus: int = 0,
+                 events: Callable[[ev._Event], None] | None = None, total: int | None = None):
         self.jobs = jobs
         self.total = total or len(jobs)  # the jobs file's (more than `jobs` with --only)
         self.reporter = reporter
@@ -262,23 +269,22 @@ class Queue:
         self.token = CancelToken()  # cancelled: every running job's pipeline is cancelled, no job starts
         self.results: list[JobResult] = []  # as they finish (an interrupted queue prints these)
 
-    def _event(self, name: str, **facts: Any) -> None:
+    def _emit(self, event: ev._Event) -> None:
         if self.events is not None:
-            self.events({"event": name, "time": round(time.time(), 3), **facts})
+            self.events(event)
+
+    def _reporter(self, job: Job) -> Reporter:
+        parallel = self.slots > 1
+        events = self.events
+        return Reporter(stream=self.reporter.stream, verbose=job.options.verbose or self.reporter.verbose,
+                        live=False if parallel else self.reporter.live, prefix=f"[{job.label}] " if parallel else "",
+                        events=(lambda e: events(e.model_copy(update={"job": job.index}))) if events else None)
 
     def _run_one(self, job: Job, slot: int) -> JobResult:
-        parallel = self.slots > 1
-        reporter = Reporter(
-            stream=self.reporter.stream,
-            verbose=job.options.verbose or self.reporter.verbose,
-            live=False if parallel else self.reporter.live,
-            prefix=f"[{job.label}] " if parallel else "",
-            events=(lambda e: self.events({**e, "job": job.index})) if self.events else None,  # type: ignore[misc]
-        )
-        self._event("job_start", job=job.index, label=job.label, command=job.command)
+        reporter = self._reporter(job)
+        self._emit(ev.JobStart(job=job.index, label=job.label, command=job.command))
         self.reporter.info(f"job {job.index}/{self.total}: {job.label} ({job.command})")
-        gpu = slot if (parallel and self.gpus > 1) else None
-
+        gpu = slot if (self.slots > 1 and self.gpus > 1) else None
         unlink: list[Callable[[], None]] = []
 
         def register(pipeline: Any) -> None:
@@ -308,16 +314,7 @@ class Queue:
         result.seconds = round(time.monotonic() - t0, 2)
         with self._lock:
             self.results.append(result)
-        self._event(
-            "job_end",
-            job=job.index,
-            label=job.label,
-            status=result.status,
-            exit_code=result.exit_code,
-            finals=[str(p) for p in result.finals],
-            message=result.error.message if result.error else None,
-            seconds=result.seconds,
-        )
+        self._emit(job_end(result))
         return result
 
     def stop(self) -> None:
@@ -325,40 +322,35 @@ class Queue:
         self.token.cancel()
 
     def run(self) -> list[JobResult]:
-        self._event("queue_start", jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in self.jobs], slots=self.slots)
-        if self.slots == 1:
-            results = [self._run_one(job, 0) for job in self.jobs]
-        else:
-            results = self._run_parallel()
-        return results
+        self._emit(ev.QueueStart(jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in self.jobs],
+                                 slots=self.slots))
+        if self.slots == 1:  # on this thread: Ctrl-C reaches the job's run as it reaches `train`
+            return [self._run_one(job, 0) for job in self.jobs]
+        results: dict[Hashable, JobResult] = {}
+        todo, free = list(self.jobs), list(range(self.slots))
+        slot_of: dict[Hashable, int] = {}
 
-    def _run_parallel(self) -> list[JobResult]:
-        results: dict[int, JobResult] = {}
-        free = list(range(self.slots))
-        todo = list(self.jobs)
-        running: dict[Any, tuple[Job, int]] = {}
-        pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="job")
-        try:
-            while todo or running:
-                while todo and free:
-                    job, slot = todo.pop(0), free.pop(0)
-                    running[pool.submit(self._run_one, job, slot)] = (job, slot)
-                done, _ = futures_wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job, slot = running.pop(future)
-                    free.append(slot)
-                    results[job.index] = future.result()
-        except BaseException:
-            self.stop()
-            for future in running:
-                try:
-                    future.result(timeout=60)
-                except BaseException:
-                    pass
-            raise
-        finally:
-            pool.shutdown(wait=True)
+        def start() -> list[Task]:
+            started: list[Task] = []
+            while todo and free:
+                job, slot = todo.pop(0), free.pop(0)
+                slot_of[job.index] = slot
+                started.append((job.index, functools.partial(self._run_one, job, slot)))
+            return started
+
+        def end(index: Hashable, future: Future) -> None:
+            free.append(slot_of.pop(index))
+            results[index] = future.result()
+
+        side_by_side(self.slots, start, end, self.stop, "job")
         return [results[j.index] for j in self.jobs]
+
+
+def job_end(result: JobResult) -> ev.JobEnd:
+    """A job's end as its event."""
+    return ev.JobEnd(job=result.job.index, label=result.job.label, status=result.status, exit_code=result.exit_code,
+                     finals=[str(p) for p in result.finals], message=result.error.message if result.error else None,
+                     seconds=result.seconds, node=result.node)
 
 
 def summary_rows(results: list[JobResult]) -> list[tuple[str, str]]:
@@ -369,14 +361,16 @@ def summary_rows(results: list[JobResult]) -> list[tuple[str, str]]:
         elif r.status == "interrupted":
             rows.append((r.job.label, "interrupted: run the queue again to resume"))
         else:
-            rows.append((r.job.label, f"failed (exit {r.exit_code}): {r.error.message if r.error else 'unknown error'}"))
+            rows.append((r.job.label,
+                         f"failed (exit {r.exit_code}): {r.error.message if r.error else 'unknown error'}"))
     return rows
 
 
 def print_summary(results: list[JobResult], reporter: Reporter, out=None) -> None:
     reporter.summary(summary_rows(results))
     done = sum(r.status == "done" for r in results)
-    reporter.info(f"queue: {done} of {len(results)} job(s) done" + ("" if done == len(results) else "; run the same command again to retry (finished stages are kept)"))
+    retry = "" if done == len(results) else "; run the same command again to retry (finished stages are kept)"
+    reporter.info(f"queue: {done} of {len(results)} job(s) done{retry}")
     for r in results:
         for path in r.finals:
             print(str(path), file=out or sys.stdout)

@@ -13,7 +13,8 @@ from copymachine.stages import Settings
 from copymachine.stamps import now
 
 # what a stage's stamp tells the manifest about its run
-STAMP_FIELDS = ("inputs", "outputs", "commands", "argv", "configs", "log", "started", "finished", "duration_s", "peak_memory_gib", "sd_scripts_commit")
+STAMP_FIELDS = ("inputs", "outputs", "commands", "argv", "configs", "log", "started", "finished", "duration_s",
+                "peak_memory_gib", "sd_scripts_commit")
 
 
 def _ref(ref: FileRef) -> dict[str, Any]:

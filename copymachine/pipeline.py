@@ -8,12 +8,14 @@ parameter re-runs that stage and what depends on it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import shutil
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
+from collections.abc import Hashable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from copymachine.files import HashCache, move_into_place, remove_stale_temps
 from copymachine.locks import FolderLock
 from copymachine.manifest import Manifest
 from copymachine.plan import Plan, Stage, stage_name
+from copymachine.pool import Task, side_by_side
 from copymachine.progress import Reporter
 from copymachine.runner import log_tail
 from copymachine.stages import Settings, StageContext, kinds, reset_scratch
@@ -39,15 +42,14 @@ def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log
     except CopymachineError as e:
         if not kind.needs_engine:
             raise
-        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {log_path}", details=log_tail(log_path)) from None
+        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {log_path}",
+                          details=log_tail(log_path)) from None
 
 
 def _remove_if_empty(folder: Path) -> None:
     """.partial/, when no other stage is under way there."""
-    try:
+    with contextlib.suppress(OSError):
         folder.rmdir()
-    except OSError:
-        pass
 
 
 def _tidy(stage: Stage, kind, reporter: Reporter | None = None) -> None:
@@ -79,10 +81,8 @@ def _clear_scratch(scratch: Path, stage: Stage, kind, reporter: Reporter | None 
     removed = trainstate.keep(scratch, stage.key)
     if removed and reporter is not None:
         reporter.info(f"{stage.title}: removed {removed}")
-    try:
+    with contextlib.suppress(OSError):
         scratch.rmdir()  # nothing kept
-    except OSError:
-        pass
 
 
 def _drop_scratch(ctx: StageContext, kind=None) -> None:
@@ -126,7 +126,8 @@ def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
         move_into_place(path, final)
         outputs[name] = {"path": str(final), "size": final.stat().st_size, "sha256": ctx.hashes.sha256(final), **facts}
     engine = ctx.settings.engine
-    stamp = new_stamp(stage, ctx, inputs, outputs, started, time.monotonic() - t0, engine.commit if (kind.needs_engine and engine) else None)
+    commit = engine.commit if (kind.needs_engine and engine) else None
+    stamp = new_stamp(stage, ctx, inputs, outputs, started, time.monotonic() - t0, commit)
     if stage.shared and ctx.log_path.exists():
         shutil.copyfile(ctx.log_path, stage.workdir / f"{stage.slug}.log")
         stamp["log"] = str(stage.workdir / f"{stage.slug}.log")
@@ -142,7 +143,8 @@ def _conclude(manifest: Manifest, reporter: Reporter, stage: Stage, kind, stamp:
         return
     manifest.update(stage, manifest.record(stage)["status"], verdict=verdict)
     if not verdict.get("passed", True):
-        raise CheckFailed(verdict.get("message", f"stage '{stage.title}' did not pass"), details=verdict.get("details", []))
+        message = verdict.get("message", f"stage '{stage.title}' did not pass")
+        raise CheckFailed(message, details=verdict.get("details", []))
 
 
 class _Schedule:
@@ -156,23 +158,24 @@ class _Schedule:
         self.deps = graph.dependencies(plan)
         self.reach = graph.results(plan, self.deps)
         self.state = {s.name: "pending" for s in plan.stages}
-        self.running: dict[Future, Stage] = {}
+        self.running: set[str] = set()
         self.failures: list[tuple[Stage, BaseException]] = []
         self.ran: list[Stage] = []
         self.free_gpus = list(range(gpus)) if gpus > 1 and jobs > 1 else []
         self.gpu_of: dict[str, int] = {}
 
-    def launch(self, submit) -> None:
-        """Start what may start now: `submit(stage, gpu)` returns its future."""
+    def start(self) -> list[tuple[Stage, int | None]]:
+        """What may start now, each with its GPU (None: the device's default)."""
         state, deps = self.state, self.deps
         for stage in self.plan.stages:
             if state[stage.name] == "pending" and any(state[d] in ("failed", "blocked") for d in deps[stage.name]):
                 state[stage.name] = "blocked"
         lost = {n for n, st in state.items() if st in ("failed", "blocked")}
+        started: list[tuple[Stage, int | None]] = []
         for stage in self.plan.stages:
+            name = stage.name
             if len(self.running) >= self.jobs:
                 break
-            name = stage.name
             if state[name] != "pending" or not all(state[d] == "done" for d in deps[name]):
                 continue
             if not (self.reach[name] - lost):
@@ -181,21 +184,24 @@ class _Schedule:
             gpu = self.free_gpus.pop(0) if self.free_gpus and kinds()[stage.kind].needs_engine else None
             if gpu is not None:
                 self.gpu_of[name] = gpu
-            self.running[submit(stage, gpu)] = stage
+            self.running.add(name)
+            started.append((stage, gpu))
+        return started
 
-    def finish(self, future: Future) -> None:
+    def finish(self, name: Hashable, future: Future) -> None:
         """A stage ended: done (and whether it ran), or failed; Ctrl-C and exits go on up."""
-        stage = self.running.pop(future)
-        if stage.name in self.gpu_of:
-            self.free_gpus.append(self.gpu_of.pop(stage.name))
+        assert isinstance(name, str)
+        self.running.discard(name)
+        if name in self.gpu_of:
+            self.free_gpus.append(self.gpu_of.pop(name))
         error = future.exception()
         if error is None:
-            self.state[stage.name] = "done"
+            self.state[name] = "done"
             if future.result():
-                self.ran.append(stage)
+                self.ran.append(self.plan.stage(name))
             return
-        self.state[stage.name] = "failed"
-        self.failures.append((stage, error))
+        self.state[name] = "failed"
+        self.failures.append((self.plan.stage(name), error))
         if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit
             raise error
 
@@ -267,7 +273,8 @@ class _Held:
 
 
 class Pipeline:
-    def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, argv: list[str] | None = None, token: CancelToken | None = None):
+    def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache,
+                 argv: list[str] | None = None, token: CancelToken | None = None):
         self.plan = plan
         self.settings = settings
         self.reporter = reporter
@@ -296,35 +303,22 @@ class Pipeline:
         jobs = max(1, jobs)
         self.reporter.parallel = jobs > 1
         run_lock = FolderLock(self.plan.run_dir, f"run folder {self.plan.run_dir}")
-        run_lock.acquire(wait=wait, on_wait=lambda h: self.reporter.info(f"waiting for the run folder lock ({h.get('command', 'another copymachine')})"), marker=self._marker())
+        run_lock.acquire(wait=wait, marker=self._marker(), on_wait=lambda h: self.reporter.info(
+            f"waiting for the run folder lock ({h.get('command', 'another copymachine')})"))
         self._held.locks = [run_lock]
         remove_stale_temps(self.plan.run_dir)  # an interrupted manifest write
         index = {s.name: i for i, s in enumerate(self.plan.stages, 1)}
         schedule = _Schedule(self.plan, jobs, self.settings.gpus)
-        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage")
+
+        def start() -> list[Task]:
+            if self.token.cancelled:  # a cancelled run starts nothing new
+                return []
+            return [(stage.name, functools.partial(self._run_locked, index[stage.name], len(index), stage, wait, gpu))
+                    for stage, gpu in schedule.start()]
+
         try:
-            while True:
-                if not self.token.cancelled:  # a cancelled run starts nothing new
-                    schedule.launch(lambda stage, gpu: pool.submit(self._run_locked, index[stage.name], len(index), stage, wait, gpu))
-                if not schedule.running:
-                    break
-                finished, _ = futures_wait(list(schedule.running), timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    schedule.finish(future)
-        except BaseException:
-            try:
-                self.stop()
-                for future in schedule.running:
-                    try:
-                        future.result(timeout=60)
-                    except Exception:
-                        pass
-            except KeyboardInterrupt:  # a second Ctrl-C: nothing waits for the grace time
-                self._held.kill_children()
-                raise
-            raise
+            side_by_side(jobs, start, schedule.finish, self.stop, "stage", kill=self._held.kill_children)
         finally:
-            pool.shutdown(wait=True)
             self.hashes.save()
             run_lock.release()
         if schedule.failures:
@@ -332,7 +326,8 @@ class Pipeline:
                 self.reporter.summary(schedule.summary())
             raise schedule.failures[0][1]
         if self.token.cancelled and any(state == "pending" for state in schedule.state.values()):
-            raise EngineError("interrupted: the run was cancelled before it finished; run the same command again to resume")
+            raise EngineError("interrupted: the run was cancelled before it finished; "
+                              "run the same command again to resume")
         return schedule.ran
 
     def stop(self) -> None:
@@ -344,7 +339,8 @@ class Pipeline:
         if not stage.shared:
             return self._run_stage(index, total, stage, gpu)
         lock = FolderLock(stage.workdir, f"cache entry {stage.workdir}")
-        lock.acquire(wait=wait, on_wait=lambda h: self.reporter.info(f"waiting for another run building {stage.title} ({h.get('command', '')})"), marker=self._marker())
+        lock.acquire(wait=wait, marker=self._marker(), on_wait=lambda h: self.reporter.info(
+            f"waiting for another run building {stage.title} ({h.get('command', '')})"))
         self._held.add_lock(lock)
         try:
             return self._run_stage(index, total, stage, gpu)
@@ -368,12 +364,14 @@ class Pipeline:
             folder = Path(e.filename).parent if e.filename else stage.workdir
             if ".partial" in folder.parts:  # the stage's scratch: name the folder the user knows
                 folder = stage.workdir
-            raise self._disk_full(stage, folder, cause=f"writing {Path(e.filename).name}" if e.filename else "") from None
+            cause = f"writing {Path(e.filename).name}" if e.filename else ""
+            raise self._disk_full(stage, folder, cause=cause) from None
 
     def _disk_full(self, stage: Stage, folder: Path, cause: str = "", log: Path | None = None) -> CopymachineError:
         from copymachine.preflight import disk_full
 
-        return disk_full(folder, stage.title, (self.plan.info.get("stage_bytes") or {}).get(stage.name), cause=cause, log=log)
+        needs = (self.plan.info.get("stage_bytes") or {}).get(stage.name)
+        return disk_full(folder, stage.title, needs, cause=cause, log=log)
 
     def _record(self, stage: Stage, status: str) -> None:
         """A failed stage's status in the manifest; on a full disk that write may fail too (the
@@ -390,14 +388,16 @@ class Pipeline:
         stamp = done_stamp(stage, self.hashes)
         if stamp:
             where = str(stage.workdir) if stage.shared else ", ".join(p.name for p in stage.outputs.values())
-            self.reporter.stage_skip(index, total, stage.title, where)
+            self.reporter.stage_skip(index, total, stage, where)
             self.manifest.update(stage, "skipped", stamp)
             _conclude(self.manifest, self.reporter, stage, kind, stamp)
             return False
         log_path = self.plan.run_dir / "logs" / f"{stage.slug}.log"
-        self.reporter.stage_start(index, total, kind.describe(stage), str(log_path) if kind.needs_engine else None)
+        self.reporter.stage_start(index, total, stage, kind.describe(stage),
+                                  str(log_path) if kind.needs_engine else None)
         self.manifest.update(stage, "running")
-        ctx = StageContext(plan=self.plan, stage=stage, settings=self.settings, reporter=self.reporter, hashes=self.hashes, log_path=log_path, on_child=self._held.on_child, gpu=gpu)
+        ctx = StageContext(plan=self.plan, stage=stage, settings=self.settings, reporter=self.reporter,
+                           hashes=self.hashes, log_path=log_path, on_child=self._held.on_child, gpu=gpu)
         try:
             stamp = _execute(stage, kind, ctx)
         except CopymachineError:
@@ -408,6 +408,7 @@ class Pipeline:
             self._record(stage, "interrupted")
             raise
         self.manifest.update(stage, "done", stamp)
-        self.reporter.stage_done(stage.title, stamp["duration_s"], [str(p) for p in stage.outputs.values()], stamp.get("peak_memory_gib"))
+        outputs = [str(p) for p in stage.outputs.values()]
+        self.reporter.stage_done(stage, stamp["duration_s"], outputs, stamp.get("peak_memory_gib"))
         _conclude(self.manifest, self.reporter, stage, kind, stamp)
         return True

@@ -1,41 +1,39 @@
 """What the user sees while a run works: one line per stage and live training progress.
 
 Everything goes to stderr, so stdout carries only results (the final LoRA paths, --json output).
-On a terminal the progress line redraws in place; on a pipe or in a log it prints a line every
-10 % of the stage, so CI logs and `| tee` stay readable.
+On a terminal rich keeps one live line per stage running; on a pipe or in a log a line is printed
+every 10 % of a training, so CI logs and `| tee` stay readable.
 
-`events`, when given, receives the same facts as dicts (`{"event": "stage_start", ...}`): the
-queue writes them as JSON lines (`copymachine queue --events FILE`) and the web UI reads them.
+`events`, when given, receives the same facts as typed events (copymachine/events.py): the queue
+writes them as JSON lines (`copymachine queue --events FILE`) and the web UI reads them.
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from copymachine import events as ev
+from copymachine.plan import Plan, Stage
 from copymachine.runner import Progress, command_line, is_tty
 
 
 def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    h, rest = divmod(seconds, 3600)
+    h, rest = divmod(round(seconds), 3600)
     m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h{m:02d}m{s:02d}s"
-    if m:
-        return f"{m}m{s:02d}s"
-    return f"{s}s"
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def describe(p: Progress) -> str:
     """One stage's progress: "step 120/3072 · 2.1it/s · loss 0.0123 · eta 24:10"."""
-    label = p.desc or "progress"
-    if label == "steps":
-        label = "step"
+    label = "step" if p.desc == "steps" else p.desc or "progress"
     parts = [f"{label} {p.step}/{p.total}"]
     if p.rate and "?" not in p.rate:
         parts.append(p.rate)
@@ -46,22 +44,9 @@ def describe(p: Progress) -> str:
     return " · ".join(parts)
 
 
-def live_line(jobs: dict[str, Progress], parallel: bool) -> str:
-    """The terminal's progress line: one stage described in full, or several side by side."""
-    if len(jobs) == 1 and not parallel:
-        return describe(next(iter(jobs.values())))
-    return " | ".join(f"{name}: {q.step}/{q.total}" + (f" {q.rate}" if q.rate and "?" not in q.rate else "") for name, q in jobs.items())
-
-
 class Reporter:
-    def __init__(
-        self,
-        stream: TextIO | None = None,
-        verbose: bool = False,
-        live: bool | None = None,
-        prefix: str = "",
-        events: Callable[[dict[str, Any]], None] | None = None,
-    ):
+    def __init__(self, stream: TextIO | None = None, verbose: bool = False, live: bool | None = None, prefix: str = "",
+                 events: Callable[[ev._Event], None] | None = None):
         self.stream = stream or sys.stderr
         self.prefix = prefix  # put before every line (jobs of a queue running side by side)
         self.events = events
@@ -69,49 +54,75 @@ class Reporter:
         self.live = is_tty(self.stream) if live is None else live
         self.parallel = False  # several stages run at once: name them on every line
         self._lock = threading.RLock()
-        self._last_draw = 0.0
         self._last_event = 0.0
         self._last_key: tuple = ()
         self._deciles: dict[str, int] = {}
-        self._jobs: dict[str, Progress] = {}
-        self._drawn = False
+        self._lines: dict[str, str] = {}  # on a terminal: the live line of each running stage
+        self._live: Live | None = None
         self.warnings: list[str] = []
 
     def _print(self, text: str) -> None:
         with self._lock:
-            if self._drawn:
-                self.stream.write("\r\033[K")
-                self._drawn = False
+            if self._live is not None:
+                self._live.console.print(Text(self.prefix + text), soft_wrap=True)
+                return
             self.stream.write(self.prefix + text + "\n")
             self.stream.flush()
 
-    def event(self, name: str, **facts: Any) -> None:
+    def _draw(self) -> None:
+        """The live lines (rich redraws them under the printed ones); none left: the display ends."""
+        if not self._lines:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+            return
+        shown = Group(*(Text(self.prefix + line, no_wrap=True, overflow="ellipsis") for line in self._lines.values()))
+        if self._live is None:
+            self._live = Live(shown, console=Console(file=self.stream, highlight=False), transient=True,
+                              redirect_stdout=False, redirect_stderr=False, refresh_per_second=5)
+            self._live.start()
+        else:
+            self._live.update(shown)
+
+    def emit(self, event: ev._Event) -> None:
         if self.events is not None:
-            self.events({"event": name, "time": round(time.time(), 3), **facts})
+            self.events(event)
+
+    def event(self, name: str, **facts: Any) -> None:
+        """An event by its kind's name (`reporter.event("sample", path=...)`)."""
+        if self.events is not None:
+            self.events(ev.parse({"event": name, **facts}))
+
+    def plan(self, plan: Plan) -> None:
+        self.emit(ev.PlanMade(run_dir=str(plan.run_dir), stages=[s.title for s in plan.stages],
+                              names=[s.name for s in plan.stages], finals={k: str(v) for k, v in plan.finals.items()}))
 
     def info(self, text: str) -> None:
-        self.event("info", text=text)
+        self.emit(ev.Info(text=text))
         self._print(text)
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
-        self.event("warning", text=text)
+        self.emit(ev.Warned(text=text))
         self._print(f"warning: {text}")
 
     def note(self, text: str) -> None:
         self._print(f"note: {text}")
 
-    def stage_start(self, index: int, total: int, description: str, log: str | None) -> None:
-        self.event("stage_start", index=index, total=total, description=description, log=log)
+    def stage_start(self, index: int, total: int, stage: Stage, description: str, log: str | None) -> None:
+        self.emit(ev.StageStart(stage=stage.name, kind=stage.kind, title=stage.title, index=index, total=total,
+                                description=description, log=log))
         self._print(f"[{index}/{total}] {description}" + (f"  (log: {log})" if log else ""))
 
-    def stage_skip(self, index: int, total: int, title: str, where: str) -> None:
-        self.event("stage_skip", index=index, total=total, title=title, where=where)
-        self._print(f"[{index}/{total}] {title}: up to date, skipped ({where})")
+    def stage_skip(self, index: int, total: int, stage: Stage, where: str) -> None:
+        self.emit(ev.StageSkip(stage=stage.name, kind=stage.kind, index=index, total=total, title=stage.title,
+                               where=where))
+        self._print(f"[{index}/{total}] {stage.title}: up to date, skipped ({where})")
 
-    def stage_done(self, title: str, seconds: float, outputs: list[str], peak_gib: float | None = None) -> None:
-        self.event("stage_done", title=title, seconds=seconds, outputs=outputs, peak_gib=peak_gib)
-        who = f"{title}: " if self.parallel else ""
+    def stage_done(self, stage: Stage, seconds: float, outputs: list[str], peak_gib: float | None = None) -> None:
+        self.emit(ev.StageDone(stage=stage.name, kind=stage.kind, title=stage.title, seconds=seconds, outputs=outputs,
+                               peak_gib=peak_gib))
+        who = f"{stage.title}: " if self.parallel else ""
         peak = f" (peak memory {peak_gib:.1f} GiB)" if peak_gib else ""
         self._print(f"      {who}done in {_duration(seconds)}{peak} -> {', '.join(outputs)}")
 
@@ -120,59 +131,46 @@ class Reporter:
             self._print(f"      $ {command_line(argv)}")
 
     def progress(self, p: Progress, job: str = "") -> None:
-        """Live progress of one running stage (`job`); several jobs share one line on a terminal."""
+        """Live progress of one running stage (`job`): a line of its own on a terminal."""
         with self._lock:
-            self._jobs[job] = p
-            if self.events is not None:
-                now = time.monotonic()
-                key = (job, p.desc, p.step, p.loss is None)  # a new step, or its first loss, is always sent
-                if key != self._last_key or now - self._last_event >= 0.25 or p.step == p.total:
-                    self._last_event, self._last_key = now, key
-                    self.event("progress", job=job, desc=p.desc, step=p.step, total=p.total, rate=p.rate, eta=p.eta, loss=p.loss, text=describe(p))
+            now = time.monotonic()
+            key = (job, p.desc, p.step, p.loss is None)  # a new step, or its first loss, is always sent
+            if key != self._last_key or now - self._last_event >= 0.25 or p.step == p.total:
+                self._last_event, self._last_key = now, key
+                self.emit(ev.ProgressMade(stage=job, desc=p.desc, step=p.step, total=p.total, rate=p.rate, eta=p.eta,
+                                          loss=p.loss, text=describe(p)))
+            who = f"{job}: " if self.parallel else ""
             if self.live:
-                now = time.monotonic()
-                if now - self._last_draw < 0.2 and p.step != p.total:
-                    return
-                self._last_draw = now
-                text = "      " + live_line(self._jobs, self.parallel)
-                width = shutil.get_terminal_size((120, 24)).columns
-                self.stream.write("\r\033[K" + (self.prefix + text)[: width - 1])
-                self.stream.flush()
-                self._drawn = True
+                self._lines[job] = f"      {who}{describe(p)}"
+                self._draw()
                 return
             decile = (10 * p.step // p.total) if p.total else 0
             if p.desc == "steps" and decile != self._deciles.get(job, -1):
                 self._deciles[job] = decile
-                who = f"{job}: " if self.parallel else ""
                 self._print(f"      {who}{describe(p)}")
 
     def counting(self, job: str, text: str, done: int, total: int) -> None:
-        """A count of something short that works before any stage ("...: 3/8 scripts"): redrawn in
-        place on a terminal, one line per count on a pipe."""
+        """A count of something short that works before any stage ("...: 3/8 scripts"): a live line
+        on a terminal (printed when the count ends), one line per count on a pipe."""
         with self._lock:
-            self.event("progress", job=job, desc=job, step=done, total=total, text=text)
-            if not self.live:
-                self._print(text)
+            self.emit(ev.ProgressMade(stage=job, desc=job, step=done, total=total, text=text))
+            if self.live and done < total:
+                self._lines[job] = text
+                self._draw()
                 return
-            self.stream.write("\r\033[K" + self.prefix + text)
-            self._drawn = done < total
-            if done >= total:
-                self.stream.write("\n")
-            self.stream.flush()
+            self.end_progress(job)
+            self._print(text)
 
     def end_progress(self, job: str = "") -> None:
         with self._lock:
-            self._jobs.pop(job, None)
+            self._lines.pop(job, None)
             self._deciles.pop(job, None)
-            if self._drawn and not self._jobs:
-                self.stream.write("\n")
-                self.stream.flush()
-                self._drawn = False
+            self._draw()
 
     def summary(self, rows: list[tuple[str, str]]) -> None:
         """One line per result at the end of a run of several effects."""
         width = max(len(name) for name, _ in rows)
-        self.event("summary", rows=[list(r) for r in rows])
+        self.emit(ev.Summary(rows=[list(r) for r in rows]))
         self._print("summary:")
         for name, result in rows:
             self._print(f"  {name.ljust(width)}  {result}")

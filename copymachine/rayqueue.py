@@ -24,7 +24,6 @@ level.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -32,19 +31,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from copymachine import cluster
+from copymachine import events as ev
 from copymachine.errors import EXIT_INTERRUPTED, CopymachineError, EnvironmentProblem, OutputError
-from copymachine.jobfile import Job, JobResult, queue_folder
+from copymachine.events import last_job_end, read_events
+from copymachine.jobfile import Job, JobResult, job_end, queue_folder
 from copymachine.progress import Reporter
 from copymachine.supervise import SUPERVISOR
 
 INSTALL_HINT = "--ray needs Ray, on this machine and on every node: pip install 'copymachine[ray]'"
 MAX_RETRIES = 3  # a task whose worker or node died is run again (Ray's own retry)
-NODE_VARIABLE = "COPYMACHINE_NODE"  # the Ray node a job's child runs on (what the tests read)
+COPY_STAGES = ("copy-lora", "lora-a")  # the last part of the names of the stages a second-wave job waits for
 
 
 def import_ray():
@@ -64,7 +65,8 @@ def connect(address: str):
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise EnvironmentProblem(f"--ray {address}: no Ray cluster there ({e}); start one with `ray start --head` (and `ray start --address HEAD:6379` on the other machines)") from None
+        raise EnvironmentProblem(f"--ray {address}: no Ray cluster there ({e}); start one with `ray start --head` "
+                                 "(and `ray start --address HEAD:6379` on the other machines)") from None
     return ray
 
 
@@ -86,11 +88,10 @@ def _child_setup() -> None:  # pragma: no cover -- runs in the child between for
             pass
 
 
-def passed_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+def passed_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """What a job's child gets from the queue's environment, whatever its node's is: copymachine's
     own variables (COPYMACHINE_CACHE …), SD_SCRIPTS / SD_SCRIPTS_PYTHON and the HF_* ones."""
-    environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if k.startswith(("COPYMACHINE_", "SD_SCRIPTS", "HF_")) and k != NODE_VARIABLE}
+    return {k: v for k, v in environ.items() if k.startswith(("COPYMACHINE_", "SD_SCRIPTS", "HF_"))}
 
 
 def run_job_task(argv: list[str], cwd: str, task_log: str, queue_env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -100,15 +101,17 @@ def run_job_task(argv: list[str], cwd: str, task_log: str, queue_env: dict[str, 
 
     node = ray.get_runtime_context().get_node_id()
     gpus = [str(g) for g in ray.get_gpu_ids()]
-    env = dict(os.environ, **(queue_env or {}), **{NODE_VARIABLE: node})
+    env = dict(os.environ, **(queue_env or {}))
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     Path(task_log).parent.mkdir(parents=True, exist_ok=True)
     with open(task_log, "ab") as log:
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} node {node} ({socket.gethostname()}) GPUs {','.join(gpus) or '-'}\n".encode())
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"--- {when} node {node} ({socket.gethostname()}) GPUs {','.join(gpus) or '-'}\n".encode())
         log.flush()
         extra = {"preexec_fn": _child_setup} if os.name == "posix" else {}
-        child = SUPERVISOR.popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **extra)
+        child = SUPERVISOR.popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 **extra)
         cancelled = False
         try:
             while child.proc.poll() is None:
@@ -160,106 +163,92 @@ def check_nodes(ray, folders: list[str]) -> None:
 
     probe = ray.remote(probe_folders)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = {n["NodeID"]: probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(folders) for n in nodes}
+    on = {n["NodeID"]: NodeAffinitySchedulingStrategy(n["NodeID"], soft=False) for n in nodes}
+    refs = {node: probe.options(num_cpus=0, scheduling_strategy=how).remote(folders) for node, how in on.items()}
     problems = []
     for node, ref in refs.items():
         problems += [f"node {node[:8]}: {p}" for p in ray.get(ref, timeout=120)]
     if problems:
-        raise OutputError(f"--ray: a folder the jobs write to is not writable from every node (the run, cache and queue folders must be on a filesystem every node shares): {problems[0]}", details=problems[1:])
+        raise OutputError("--ray: a folder the jobs write to is not writable from every node (the run, cache and queue "
+                          f"folders must be on a filesystem every node shares): {problems[0]}", details=problems[1:])
 
 
 def submit(ray, job: Job, jobs_file: Path, engine: dict, cwd: Path):
     """The job as a Ray task; returns its ObjectRef."""
-    task = ray.remote(run_job_task).options(num_gpus=job.gpus, num_cpus=0, max_retries=MAX_RETRIES, retry_exceptions=False, name=f"copymachine job {job.index}: {job.label}")
+    task = ray.remote(run_job_task).options(num_gpus=job.gpus, num_cpus=0, max_retries=MAX_RETRIES,
+                                            retry_exceptions=False, name=f"copymachine job {job.index}: {job.label}")
     argv = cluster.job_command(jobs_file, str(job.index), engine)
     log = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.task.log"
     return task.remote(argv, str(cwd), str(log), passed_env())
 
 
-def _job_end(jobs_file: Path, job: Job) -> dict[str, Any]:
-    """The child's own account of the job: the last job_end of its events file."""
-    path = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.events.jsonl"
-    ends: list[dict[str, Any]] = []
-    try:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "job_end":
-                ends.append(event)
-    except OSError:
-        pass
-    return ends[-1] if ends else {}
-
-
-COPY_TITLES = ("copy LoRA", "LoRA A")  # the titles of the stages a second-wave job waits for
+def _events_file(jobs_file: Path, job: Job) -> Path:
+    return queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.events.jsonl"
 
 
 def copies_made(jobs_file: Path, job: Job) -> int:
     """How many copy LoRAs the job's latest attempt has made or found done (its events file)."""
-    path = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.events.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return 0
-    evs = []
-    for line in lines:
-        try:
-            evs.append(json.loads(line))
-        except ValueError:
-            continue
-    starts = [i for i, e in enumerate(evs) if e.get("event") == "queue_start"]
-    evs = evs[starts[-1] :] if starts else evs
-    return sum(1 for e in evs if e.get("event") in ("stage_done", "stage_skip") and any(t in str(e.get("title", "")) for t in COPY_TITLES))
+    return sum(1 for e in read_events(_events_file(jobs_file, job))
+               if isinstance(e, ev.StageDone | ev.StageSkip) and e.stage.rsplit("/", 1)[-1] in COPY_STAGES)
 
 
-def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds: float, cancelled: bool = False, error: str | None = None) -> JobResult:
-    end = _job_end(jobs_file, job)
+def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds: float, cancelled: bool = False,
+              error: str | None = None) -> JobResult:
+    end = last_job_end(_events_file(jobs_file, job))
     if cancelled:
-        return JobResult(job, "interrupted", error=CopymachineError("cancelled", exit_code=EXIT_INTERRUPTED), seconds=seconds)
+        return JobResult(job, "interrupted", error=CopymachineError("cancelled", EXIT_INTERRUPTED), seconds=seconds)
     if outcome is None:
-        return JobResult(job, "failed", error=CopymachineError(f"its Ray task failed: {error}", exit_code=1), seconds=seconds)
+        return JobResult(job, "failed", error=CopymachineError(f"its Ray task failed: {error}", 1), seconds=seconds)
     code = outcome["exit_code"]
     if code == 0:
-        return JobResult(job, "done", finals=[Path(p) for p in end.get("finals", [])], seconds=seconds)
+        return JobResult(job, "done", finals=[Path(p) for p in end.finals] if end else [], seconds=seconds)
     if code == EXIT_INTERRUPTED:
         return JobResult(job, "interrupted", error=CopymachineError("interrupted", exit_code=code), seconds=seconds)
-    message = end.get("message") or f"copymachine queue --only {job.index} ended with exit code {code} (see {queue_folder(Path(jobs_file).resolve())}/job-{job.index}.log)"
+    log = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.log"
+    message = (end.message if end else None) or f"copymachine queue --only {job.index} ended with exit code {code} " \
+        f"(see {log})"
     return JobResult(job, "failed", error=CopymachineError(message, exit_code=code), seconds=seconds)
 
 
-def run_queue(
-    jobs_file: Path,
-    jobs: list[Job],
-    address: str,
-    engine: dict,
-    reporter: Reporter,
-    events: Callable[[dict[str, Any]], None] | None = None,
-    ray_module=None,
-    cwd: Path | None = None,
-) -> list[JobResult]:
+def _check_cluster(ray, jobs_file: Path, jobs: list[Job], cwd: Path, reporter: Reporter) -> None:
+    """The cluster can run the jobs: GPUs enough for each, every folder shared by every node."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    reporter.info(f"copymachine queue --ray: {len(jobs)} job(s) on {nodes} node(s), {gpus:g} GPU(s)")
+    too_big = [j for j in jobs if j.gpus > gpus]
+    if too_big:
+        job = too_big[0]
+        raise EnvironmentProblem(f"job {job.index} ({job.label}) asks for {job.gpus} GPU(s); "
+                                 f"the Ray cluster has {gpus:g}")
+    check_nodes(ray, job_folders(jobs_file, jobs, cwd))
+
+
+def _cancel(ray, running: dict[Any, tuple[Job, float]], jobs_file: Path, results: dict[int, JobResult]) -> None:
+    """Ctrl-C: every task cancelled, and waited for while its child stops sd-scripts."""
+    for ref in running:
+        ray.cancel(ref)
+    deadline = time.monotonic() + cluster.STOP_S + 30
+    for ref, (job, t0) in running.items():
+        try:
+            ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+        except Exception:  # cancelled, or ended another way: the job is interrupted
+            pass
+        results[job.index] = result_of(job, None, jobs_file, round(time.monotonic() - t0, 2), cancelled=True)
+
+
+def run_queue(jobs_file: Path, jobs: list[Job], address: str, engine: dict, reporter: Reporter,
+              events: Callable[[ev._Event], None] | None = None, ray_module=None, cwd: Path | None = None,
+              ) -> list[JobResult]:
     """Run the jobs as Ray tasks, the copy machine first; Ctrl-C cancels every task and waits for
     their children to stop. Returns the jobs' results in file order."""
     ray = ray_module or connect(address)
     cwd = (cwd or Path.cwd()).resolve()
-
-    def event(name: str, **facts: Any) -> None:
-        if events is not None:
-            events({"event": name, "time": round(time.time(), 3), **facts})
-
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
-    reporter.info(f"copymachine queue --ray: {len(jobs)} job(s) on {len([n for n in ray.nodes() if n.get('Alive')])} node(s), {gpus:g} GPU(s)")
-    too_big = [j for j in jobs if j.gpus > gpus]
-    if too_big:
-        raise EnvironmentProblem(f"job {too_big[0].index} ({too_big[0].label}) asks for {too_big[0].gpus} GPU(s); the Ray cluster has {gpus:g}")
-    check_nodes(ray, job_folders(jobs_file, jobs, cwd))
+    emit = events or (lambda e: None)
+    _check_cluster(ray, jobs_file, jobs, cwd, reporter)
     split = cluster.waves(jobs, reporter)
-    after = split.after
     if split.rest:
         reporter.info(f"{len(split.rest)} job(s) share a copy LoRA with an earlier one: they start once it is made")
-    event("queue_start", jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in jobs], engine="ray")
+    emit(ev.QueueStart(jobs=[{"job": j.index, "label": j.label, "command": j.command} for j in jobs], engine="ray"))
     pending = split.first + split.rest
     ended: set[int] = set()
     released: set[int] = set()
@@ -271,33 +260,25 @@ def run_queue(
             for job, _t0 in running.values():
                 if job.index not in released and copies_made(jobs_file, job) >= split.copies.get(job.index, 0):
                     released.add(job.index)
-            for job in [j for j in pending if after.get(j.index, set()) <= ended | released and split.same_folder.get(j.index, 0) in ended | {0}]:
+            for job in [j for j in pending if split.after.get(j.index, set()) <= ended | released
+                        and split.same_folder.get(j.index, 0) in ended | {0}]:
                 pending.remove(job)
                 running[submit(ray, job, jobs_file, engine, cwd)] = (job, time.monotonic())
-                event("job_start", job=job.index, label=job.label, command=job.command)
+                emit(ev.JobStart(job=job.index, label=job.label, command=job.command))
                 reporter.info(f"job {job.index}/{len(jobs)}: {job.label} ({job.command}) submitted")
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             for ref in ready:
                 job, t0 = running.pop(ref)
-                result = _collect(ray, ref, job, jobs_file, round(time.monotonic() - t0, 2))
-                results[job.index] = result
+                result = results[job.index] = _collect(ray, ref, job, jobs_file, round(time.monotonic() - t0, 2))
                 ended.add(job.index)
                 where = f" on node {result.node[:8]}" if result.node else ""
-                reporter.info(f"job {job.label}: {result.status}{where}" + (f": {result.error.message}" if result.status == "failed" and result.error else ""))
-                event("job_end", job=job.index, label=job.label, status=result.status, exit_code=result.exit_code, finals=[str(p) for p in result.finals], message=result.error.message if result.error else None, seconds=result.seconds, node=result.node)
+                failed = f": {result.error.message}" if result.status == "failed" and result.error else ""
+                reporter.info(f"job {job.label}: {result.status}{where}{failed}")
+                emit(job_end(result))
     except KeyboardInterrupt:
         reporter.info(f"copymachine queue --ray: stopping {len(running)} running job(s)")
-        for ref in running:
-            ray.cancel(ref)
-        deadline = time.monotonic() + cluster.STOP_S + 30
-        for ref, (job, t0) in running.items():
-            try:
-                ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
-            except Exception:  # cancelled, or ended another way: the job is interrupted
-                pass
-            results[job.index] = result_of(job, None, jobs_file, round(time.monotonic() - t0, 2), cancelled=True)
-        interrupted = [results[j.index] for j in jobs if j.index in results]
-        raise QueueInterrupted(interrupted) from None
+        _cancel(ray, running, jobs_file, results)
+        raise QueueInterrupted([results[j.index] for j in jobs if j.index in results]) from None
     return [results[j.index] for j in jobs]
 
 
@@ -315,7 +296,8 @@ def _collect(ray, ref, job: Job, jobs_file: Path, seconds: float) -> JobResult:
     except TaskCancelledError:
         return result_of(job, None, jobs_file, seconds, cancelled=True)
     except RayError as e:
-        return result_of(job, None, jobs_file, seconds, error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return result_of(job, None, jobs_file, seconds, error=first)
     result = result_of(job, outcome, jobs_file, seconds)
     result.node = outcome.get("node")
     return result

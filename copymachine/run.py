@@ -248,8 +248,7 @@ def side_by_side(o: RunOptions, request: Request, the_plan: Plan, settings: Sett
 def run_jobs(the_plan: Plan, o: RunOptions, settings: Settings, hashes: HashCache, reporter: Reporter, jobs: int,
              on_pipeline=None) -> list[Path]:
     """Run the plan's stages (or, with --dry-run, print them); returns the final LoRAs' paths."""
-    reporter.event("plan", run_dir=str(the_plan.run_dir), stages=[s.title for s in the_plan.stages],
-                   finals={k: str(v) for k, v in the_plan.finals.items()})
+    reporter.plan(the_plan)
     pipeline = Pipeline(the_plan, settings, reporter, hashes)
     if on_pipeline is not None:
         on_pipeline(pipeline)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -27,11 +28,13 @@ _TQDM = re.compile(
     r"\[(?P<elapsed>[^<\]]*)(?:<(?P<eta>[^,\]]*))?(?:,\s*(?P<rate>[\d.?]+\s*(?:it/s|s/it)))?(?:,\s*(?P<post>[^\]]*))?\]"
 )
 _LOSS = re.compile(r"(?:avr_loss|loss)=(?P<loss>[-+\w.]+)")
-_OOM = re.compile(r"(CUDA out of memory|OutOfMemoryError|out of memory|DefaultCPUAllocator: can't allocate memory)", re.I)
+_OOM = re.compile(r"(CUDA out of memory|OutOfMemoryError|out of memory|DefaultCPUAllocator: can't allocate memory)",
+                  re.I)
 _NAN_LINE = re.compile(r"NaN detected|nan found|loss is nan", re.I)
 # a full disk, as Python (OSError errno 28), Rust (safetensors: `os error 28`, StorageFull) and
 # torch's zip writer (PytorchStreamWriter ... file write failed) report it
-_NO_SPACE = re.compile(r"No space left on device|\[Errno 28\]|os error 28|StorageFull|Disk quota exceeded|PytorchStreamWriter failed writing file", re.I)
+_NO_SPACE = re.compile(r"No space left on device|\[Errno 28\]|os error 28|StorageFull|Disk quota exceeded"
+                       r"|PytorchStreamWriter failed writing file", re.I)
 
 
 @dataclass
@@ -56,9 +59,13 @@ class Traceback:
     def frame(self) -> list[str]:
         """The innermost frame of the program itself (else of a library, else any), as lines."""
         def library(file_line: str) -> bool:
-            return any(part in file_line for part in ("site-packages", "dist-packages", "importlib", "<frozen", "/lib/python", "\\lib\\"))
+            return any(part in file_line for part in ("site-packages", "dist-packages", "/lib/python", "\\lib\\"))
 
-        frames = [f for f in self.frames if not library(f[0])] or [f for f in self.frames if "importlib" not in f[0] and "<frozen" not in f[0]] or self.frames
+        def machinery(file_line: str) -> bool:
+            return "importlib" in file_line or "<frozen" in file_line
+
+        frames = ([f for f in self.frames if not library(f[0]) and not machinery(f[0])]
+                  or [f for f in self.frames if not machinery(f[0])] or self.frames)
         return [line for line in frames[-1] if line] if frames else []
 
     def failed_module(self) -> str:
@@ -154,7 +161,8 @@ class StreamWatcher:
     def root_cause(self) -> Traceback | None:
         """The first exception raised in the output, not the launcher's report of the child's exit
         (`accelerate launch` raises CalledProcessError after the child's own traceback)."""
-        raised = [tb for tb in self.tracebacks if not tb.exception.startswith(("subprocess.CalledProcessError", "CalledProcessError"))]
+        launcher = ("subprocess.CalledProcessError", "CalledProcessError")
+        raised = [tb for tb in self.tracebacks if not tb.exception.startswith(launcher)]
         for tb in raised:
             if not tb.printed_stack:
                 return tb
@@ -192,75 +200,69 @@ def _wait(proc: subprocess.Popen) -> tuple[int, int | None]:
 
 
 def _split_segments(buffer: str) -> tuple[list[str], str]:
-    parts = re.split(r"[\r\n]", buffer)
-    return parts[:-1], parts[-1]
+    *segments, rest = re.split(r"[\r\n]", buffer)
+    return segments, rest
 
 
-def run_command(
-    argv: list[str],
-    *,
-    cwd: Path,
-    env: dict[str, str],
-    log_path: Path,
-    on_progress: Callable[[Progress], None] | None = None,
-    on_spawn: Callable[[int], None] | None = None,
-) -> RunResult:
+def _pump(proc: subprocess.Popen, watcher: StreamWatcher, write: Callable[[bytes], None]) -> None:
+    """The child's output, every byte to the log and each segment (split on CR and LF) to the watcher."""
+    assert proc.stdout is not None
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    while chunk := os.read(proc.stdout.fileno(), 65536):
+        write(chunk)
+        segments, pending = _split_segments(pending + decoder.decode(chunk))
+        for seg in segments:
+            watcher.feed(seg)
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        watcher.feed(pending)
+
+
+def run_command(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
+                on_progress: Callable[[Progress], None] | None = None,
+                on_spawn: Callable[[int], None] | None = None) -> RunResult:
     """Run `argv` (a list, never a shell string), streaming output into `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     watcher = StreamWatcher(on_progress=on_progress)
     start = time.monotonic()
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     log_error: list[OSError] = []
 
     def write(data: bytes) -> None:
         """To the log, unbuffered; a write the disk refuses ends the log, not the command (sd-scripts
         goes on, and its own error, read from the stream, says what happened)."""
-        if log_error:
-            return
-        try:
-            log.write(data)
-        except OSError as e:
-            log_error.append(e)
+        if not log_error:
+            try:
+                log.write(data)
+            except OSError as e:
+                log_error.append(e)
 
     with open(log_path, "ab", buffering=0) as log:
-        write(f"$ {subprocess.list2cmdline(argv) if os.name == 'nt' else _posix_join(argv)}\n".encode())
-        write(f"# cwd: {cwd}\n# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        child = SUPERVISOR.popen(argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        proc = child.proc
+        write(f"$ {command_line(argv)}\n# cwd: {cwd}\n# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        child = SUPERVISOR.popen(argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT)
         if on_spawn:
-            on_spawn(proc.pid)
-        pending = ""
+            on_spawn(child.proc.pid)
         try:
-            assert proc.stdout is not None
-            fd = proc.stdout.fileno()
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                write(chunk)
-                pending += decoder.decode(chunk)
-                segments, pending = _split_segments(pending)
-                for seg in segments:
-                    watcher.feed(seg)
-            pending += decoder.decode(b"", final=True)
-            if pending:
-                watcher.feed(pending)
-            returncode, peak_rss = _wait(proc)
+            _pump(child.proc, watcher, write)
+            returncode, peak_rss = _wait(child.proc)
         except BaseException:
             SUPERVISOR.stop(child)
             raise
         finally:
             SUPERVISOR.forget(child)
-            if proc.stdout:
-                proc.stdout.close()
+            if child.proc.stdout:
+                child.proc.stdout.close()
         duration = time.monotonic() - start
         peak = f", peak memory {peak_rss / 2**30:.1f} GiB" if peak_rss else ""
         write(f"\n# exit code {returncode} after {duration:.1f} s{peak}\n".encode())
-    return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path, peak_rss=peak_rss, log_error=log_error[0] if log_error else None)
+    return RunResult(returncode=returncode, duration_s=duration, watcher=watcher, log_path=log_path, peak_rss=peak_rss,
+                     log_error=log_error[0] if log_error else None)
 
 
-def log_tail(log_path: Path, n: int = 12) -> list[str]:
-    """The last `n` non-empty lines of a stage log (split on CR and LF, as the watcher does)."""
+def log_tail(log_path: Path, n: int = 12, indent: bool = False) -> list[str]:
+    """The last `n` non-empty lines of a log (split on CR and LF, as the watcher does); `indent`:
+    their leading blanks kept (the UI's view of a log)."""
     try:
         with open(log_path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -268,21 +270,15 @@ def log_tail(log_path: Path, n: int = 12) -> list[str]:
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return []
-    lines = [line.strip() for line in re.split(r"[\r\n]", text)]
-    return [line for line in lines if line][-n:]
-
-
-def _posix_join(argv: list[str]) -> str:
-    import shlex
-
-    return " ".join(shlex.quote(a) for a in argv)
+    lines = [line.rstrip() if indent else line.strip() for line in re.split(r"[\r\n]", text)]
+    return [line for line in lines if line.strip()][-n:]
 
 
 def command_line(argv: list[str]) -> str:
     """A copy-pasteable command line for this platform's shell."""
     if os.name == "nt":  # pragma: no cover - Windows
         return subprocess.list2cmdline(argv)
-    return _posix_join(argv)
+    return shlex.join(argv)
 
 
 def is_tty(stream=None) -> bool:

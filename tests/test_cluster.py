@@ -143,7 +143,7 @@ def _events(path: Path) -> list[dict]:
 
 
 def _training_after_the_copy_lora(events: list[dict]) -> bool:
-    done = [i for i, e in enumerate(events) if e["event"] == "stage_done" and "copy LoRA" in e["title"]]
+    done = [i for i, e in enumerate(events) if e["event"] == "stage_done" and e["stage"].endswith("copy-lora")]
     return bool(done) and any(e["event"] == "progress" for e in events[done[0] :])
 
 

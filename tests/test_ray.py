@@ -27,6 +27,7 @@ from copymachine.lorafile import validate_lora  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STORE = 80 * 2**20  # the smallest object store Ray accepts is 75 MiB
+NODE = "RAY_RAYLET_PID"  # which node a training ran on: the node's raylet started the Ray worker above it
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def wait_for(predicate, timeout: float = 120) -> None:
 
 
 def after_the_copy_lora(evs: list[dict]) -> bool:
-    done = [i for i, e in enumerate(evs) if e["event"] == "stage_done" and "copy LoRA" in e["title"]]
+    done = [i for i, e in enumerate(evs) if e["event"] == "stage_done" and e["stage"].endswith("copy-lora")]
     return bool(done) and any(e["event"] == "progress" for e in evs[done[0] :])
 
 
@@ -106,15 +107,15 @@ def test_jobs_spread_over_the_nodes_gpus_and_never_share_one(cluster, fake_engin
     for n in names:
         assert validate_lora(tmp_path / f"runs/{n}/{n}-contrast.safetensors").ranks
     calls = trainings(fake_engine)
-    assert len(calls) == 8 and all(c["env"].get("COPYMACHINE_NODE") and c["env"].get("CUDA_VISIBLE_DEVICES") in ("0", "1") for c in calls)
-    slots = {(c["env"]["COPYMACHINE_NODE"], c["env"]["CUDA_VISIBLE_DEVICES"]) for c in calls}
+    assert len(calls) == 8 and all(c["env"].get(NODE) and c["env"].get("CUDA_VISIBLE_DEVICES") in ("0", "1") for c in calls)
+    slots = {(c["env"][NODE], c["env"]["CUDA_VISIBLE_DEVICES"]) for c in calls}
     assert len({node for node, _ in slots}) == 2  # both GPU nodes, not the head
     overlapping = 0
     for i, a in enumerate(calls):
         for b in calls[i + 1 :]:
             if a["started"] < b["finished"] and b["started"] < a["finished"]:
                 overlapping += 1
-                assert (a["env"]["COPYMACHINE_NODE"], a["env"]["CUDA_VISIBLE_DEVICES"]) != (b["env"]["COPYMACHINE_NODE"], b["env"]["CUDA_VISIBLE_DEVICES"])
+                assert (a["env"][NODE], a["env"]["CUDA_VISIBLE_DEVICES"]) != (b["env"][NODE], b["env"]["CUDA_VISIBLE_DEVICES"])
     assert overlapping >= 3  # they ran side by side
     ends = [e for e in events(tmp_path / "events.jsonl") if e["event"] == "job_end"]
     assert sorted(e["job"] for e in ends) == [1, 2, 3, 4] and all(e["status"] == "done" and e["node"] for e in ends)
@@ -172,6 +173,7 @@ def test_a_job_on_a_node_that_dies_is_retried_on_the_other_node(cluster, fake_en
     ref = rayqueue.submit(ray, job, jobs_file, engine(fake_engine), tmp_path)
     wait_for(lambda: any(e["event"] == "progress" for e in events(tmp_path / "jobs.queue/job-1.events.jsonl")))
     first_node = (tmp_path / "jobs.queue/job-1.task.log").read_text(encoding="utf-8").split()[4]  # "--- DATE TIME node ID"
+    raylets = {n.node_id: str(n.all_processes["raylet"][0].process.pid) for n in cluster.worker_nodes}
     (dying,) = [n for n in cluster.worker_nodes if n.node_id == first_node]
     cluster.remove_node(dying, allow_graceful=False)
     try:
@@ -180,7 +182,7 @@ def test_a_job_on_a_node_that_dies_is_retried_on_the_other_node(cluster, fake_en
         assert validate_lora(tmp_path / "runs/cat/cat-contrast.safetensors").ranks
         log = (tmp_path / "jobs.queue/job-1.task.log").read_text(encoding="utf-8")
         assert log.count("--- 20") == 2 and f"node {first_node}" in log and f"node {outcome['node']}" in log  # two attempts
-        assert {c["env"]["COPYMACHINE_NODE"] for c in trainings(fake_engine)} <= {first_node, outcome["node"]}
+        assert {c["env"][NODE] for c in trainings(fake_engine)} <= {raylets[first_node], raylets[outcome["node"]]}
     finally:
         cluster.add_node(num_cpus=1, num_gpus=2, object_store_memory=STORE)
         cluster.wait_for_nodes()

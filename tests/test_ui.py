@@ -19,6 +19,7 @@ from PIL import Image
 from copymachine import jobfile
 from copymachine.cli import cli
 from copymachine.errors import EXIT_INPUT
+from copymachine.events import parse
 from copymachine.ui.server import App, check_host, make_server
 from copymachine.ui.store import JobStore, Worker, progress_view
 
@@ -191,15 +192,16 @@ def test_the_queue_on_disk_survives_a_restart(tmp_path):
 def test_progress_view_from_the_reporters_events():
     events = [
         {"event": "queue_start"},
-        {"event": "plan", "stages": ["original image", "copy LoRA", "final"]},
-        {"event": "stage_skip", "index": 1, "total": 3, "title": "original image"},
-        {"event": "stage_start", "index": 2, "total": 3, "description": "copy LoRA (train_network.py)", "log": "/x/copy-lora.log"},
+        {"event": "plan", "stages": ["original image", "copy LoRA", "final"], "names": ["original", "copy-lora", "final"]},
+        {"event": "stage_skip", "stage": "original", "index": 1, "total": 3, "title": "original image"},
+        {"event": "stage_start", "stage": "copy-lora", "index": 2, "total": 3, "description": "copy LoRA (train_network.py)", "log": "/x/copy-lora.log"},
         {"event": "progress", "step": 2, "total": 3, "text": "step 2/3 · 1.0s/it"},
     ]
-    view = progress_view(events)
+    view = progress_view([parse(e) for e in events])
     assert [s["status"] for s in view["stages"]] == ["skipped", "running", "pending"]
     assert view["progress"]["text"] == "step 2/3 · 1.0s/it" and view["log"] == "/x/copy-lora.log"
-    view = progress_view(events + [{"event": "stage_done", "title": "copy LoRA", "seconds": 3}, {"event": "job_end", "status": "failed", "message": "boom", "finals": []}])
+    ends = [{"event": "stage_done", "stage": "copy-lora", "title": "copy LoRA", "seconds": 3}, {"event": "job_end", "status": "failed", "message": "boom", "finals": []}]
+    view = progress_view([parse(e) for e in events + ends])
     assert [s["status"] for s in view["stages"]] == ["skipped", "done", "pending"] and view["message"] == "boom"
 
 

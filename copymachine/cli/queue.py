@@ -10,22 +10,32 @@ import click
 from copymachine import cluster, jobfile
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
-from copymachine.errors import EnvironmentProblem, InputError
+from copymachine.errors import EXIT_INTERRUPTED, EnvironmentProblem, InputError
+from copymachine.events import JsonLines, QueueEnd
 from copymachine.files import atomic_write_text
 from copymachine.progress import Reporter
-
-# queue options that are also job keys: given here, they apply to every job that does not set them
-ENGINE_KEYS = {"sd_scripts": "sd-scripts", "python": "python", "device": "device", "tokenizer_cache_dir": "tokenizer-cache-dir", "offline": "offline", "verbose": "verbose"}
 
 
 @cli.command()
 @click.argument("jobs_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--jobs", "slots", type=click.IntRange(1), default=1, show_default=True, help="Jobs run side by side: on a multi-GPU machine each on its own GPU, on one GPU they share it; CPU runs stay sequential (as train's --jobs).")
-@click.option("--events", "events_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write every progress event as a JSON line to this file (what the web UI reads).")
-@click.option("--only", "only", type=click.IntRange(1), metavar="N", help="Run only the file's N-th job (1-based: SLURM_ARRAY_TASK_ID), its events (unless --events) and output also written to <jobs file>.queue/job-N.events.jsonl and job-N.log.")
-@click.option("--slurm-script", type=click.Path(dir_okay=False, path_type=Path), help="Run nothing: write an sbatch array script for the jobs (one task and one GPU per job, requeued when preempted; --jobs K: at most K at once) and print the sbatch line(s) that submit it.")
-@click.option("--sbatch", "sbatch", multiple=True, metavar="OPTION", help="With --slurm-script: one more #SBATCH line (--partition=gpu, --time=4:00:00, --mem=32G). Repeatable.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]", help="Run each job as a Ray task with one GPU (a job's gpus key asks for more) on the Ray cluster at ADDRESS (default auto: the one `ray start` joined on this machine); every node must share the jobs file, run and cache folders. Needs the [ray] extra.")
+@click.option("--jobs", "slots", type=click.IntRange(1), default=1, show_default=True,
+              help="Jobs run side by side: on a multi-GPU machine each on its own GPU, on one GPU they share it; CPU "
+                   "runs stay sequential (as train's --jobs).")
+@click.option("--events", "events_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every progress event as a JSON line to this file (what the web UI reads).")
+@click.option("--only", "only", type=click.IntRange(1), metavar="N",
+              help="Run only the file's N-th job (1-based: SLURM_ARRAY_TASK_ID), its events (unless --events) and "
+                   "output also written to <jobs file>.queue/job-N.events.jsonl and job-N.log.")
+@click.option("--slurm-script", type=click.Path(dir_okay=False, path_type=Path),
+              help="Run nothing: write an sbatch array script for the jobs (one task and one GPU per job, requeued "
+                   "when preempted; --jobs K: at most K at once) and print the sbatch line(s) that submit it.")
+@click.option("--sbatch", "sbatch", multiple=True, metavar="OPTION",
+              help="With --slurm-script: one more #SBATCH line (--partition=gpu, --time=4:00:00, --mem=32G). "
+                   "Repeatable.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+              help="Run each job as a Ray task with one GPU (a job's gpus key asks for more) on the Ray cluster at "
+                   "ADDRESS (default auto: the one `ray start` joined on this machine); every node must share the "
+                   "jobs file, run and cache folders. Needs the [ray] extra.")
 @engine_options
 @click.pass_context
 def queue(ctx, jobs_file, slots, events_file, only, slurm_script, sbatch, ray_address, **engine):
@@ -53,8 +63,7 @@ def queue(ctx, jobs_file, slots, events_file, only, slurm_script, sbatch, ray_ad
         raise InputError("--ray runs every job on the Ray cluster: not with --only or --slurm-script")
     if sbatch and slurm_script is None:
         raise InputError("--sbatch adds a line to the script of --slurm-script: give --slurm-script too")
-    overrides = {ENGINE_KEYS[k]: v for k, v in engine.items() if k in ENGINE_KEYS and v not in (None, False, "auto")}
-    jobs = jobfile.load_jobs(jobs_file, overrides)
+    jobs = jobfile.load_jobs(jobs_file, jobfile.engine_keys(engine))
     total = len(jobs)
     if slurm_script is not None:
         throttle = slots if ctx.get_parameter_source("slots") is not click.core.ParameterSource.DEFAULT else None
@@ -81,7 +90,8 @@ def _run_queue(jobs_file, jobs, slots, events_file, engine, reporter: Reporter, 
     if slots > 1:
         # the queue's engine options decide, as train decides for its trainings
         try:
-            settings = make_settings(engine["sd_scripts"], engine["python"], engine["device"], engine["tokenizer_cache_dir"], engine["offline"], reporter, require=False)
+            settings = make_settings(engine["sd_scripts"], engine["python"], engine["device"],
+                                     engine["tokenizer_cache_dir"], engine["offline"], reporter, require=False)
         except EnvironmentProblem:
             settings = None
         if settings is None or settings.device == "cpu":
@@ -89,10 +99,12 @@ def _run_queue(jobs_file, jobs, slots, events_file, engine, reporter: Reporter, 
             slots = 1
         else:
             gpus = settings.gpus
-            reporter.info(f"{slots} jobs side by side" + (f", each on its own GPU ({gpus} GPUs)" if gpus > 1 else " on one GPU"))
-    events = jobfile.JsonLines(events_file) if events_file else None
+            where = f", each on its own GPU ({gpus} GPUs)" if gpus > 1 else " on one GPU"
+            reporter.info(f"{slots} jobs side by side{where}")
+    events = JsonLines(events_file) if events_file else None
     reporter.events = events
-    reporter.info(f"copymachine queue: {len(jobs)} job(s) from {jobs_file}" if len(jobs) == total else f"copymachine queue: job {jobs[0].index} of {total} from {jobs_file}")
+    which = f"{len(jobs)} job(s)" if len(jobs) == total else f"job {jobs[0].index} of {total}"
+    reporter.info(f"copymachine queue: {which} from {jobs_file}")
     runner = jobfile.Queue(jobs, reporter, slots=min(slots, len(jobs)), gpus=gpus, events=events, total=total)
     try:
         results = runner.run()
@@ -107,7 +119,7 @@ def _interrupted(results, reporter: Reporter, events) -> None:
     if results:
         jobfile.print_summary(results, reporter)
     if events:
-        events({"event": "queue_end", "status": "interrupted", "exit_code": 130})
+        events(QueueEnd(status="interrupted", exit_code=EXIT_INTERRUPTED))
         events.close()
 
 
@@ -117,13 +129,14 @@ def _finished(results, reporter: Reporter, events) -> None:
     jobfile.print_summary(results, reporter)
     failed = [r for r in results if r.status != "done"]
     if events:
-        events({"event": "queue_end", "status": "failed" if failed else "done", "exit_code": failed[0].exit_code if failed else 0})
+        events(QueueEnd(status="failed" if failed else "done", exit_code=failed[0].exit_code if failed else 0))
         events.close()
     if failed:
         raise click.exceptions.Exit(failed[0].exit_code)
 
 
-def _write_slurm_script(jobs_file: Path, jobs, engine: dict, throttle: int | None, sbatch: tuple[str, ...], script: Path) -> None:
+def _write_slurm_script(jobs_file: Path, jobs, engine: dict, throttle: int | None, sbatch: tuple[str, ...],
+                        script: Path) -> None:
     reporter = Reporter(verbose=engine["verbose"])
     split = cluster.waves(jobs, reporter)
     text = cluster.slurm_script(jobs_file, jobs, engine, throttle, sbatch, Path.cwd())
@@ -132,7 +145,9 @@ def _write_slurm_script(jobs_file: Path, jobs, engine: dict, throttle: int | Non
     script.chmod(0o755)
     jobfile.queue_folder(jobs_file).mkdir(parents=True, exist_ok=True)  # sbatch's --output folder
     if split.rest:
-        reporter.info(f"{len(split.rest)} job(s) share a copy LoRA with an earlier one: two arrays, jobs {cluster.array_spec([j.index for j in split.rest])} after {cluster.array_spec([j.index for j in split.first])}")
+        rest, first = (cluster.array_spec([j.index for j in wave]) for wave in (split.rest, split.first))
+        reporter.info(f"{len(split.rest)} job(s) share a copy LoRA with an earlier one: two arrays, "
+                      f"jobs {rest} after {first}")
     reporter.info(f"wrote {script}: {len(jobs)} Slurm task(s); submit with:")
     for line in cluster.sbatch_lines(script, jobs, split, throttle):
         click.echo(line)
@@ -142,7 +157,7 @@ def _run_on_ray(jobs_file: Path, jobs, address: str, events_file: Path | None, e
     from copymachine import rayqueue
 
     reporter = Reporter(verbose=engine["verbose"])
-    events = jobfile.JsonLines(events_file) if events_file else None
+    events = JsonLines(events_file) if events_file else None
     try:
         results = rayqueue.run_queue(jobs_file, jobs, address, engine, reporter, events)
     except rayqueue.QueueInterrupted as stopped:

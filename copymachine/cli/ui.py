@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from copymachine import jobfile
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options
 from copymachine.errors import InputError
@@ -14,13 +15,22 @@ from copymachine.progress import Reporter
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on. Another than this machine's needs --share-on-network.")
-@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True, help="Port (0: any free one, printed).")
-@click.option("--share-on-network", is_flag=True, help="Allow --host to be an address other machines can reach (prints a warning; needs --auth, else a random password is made and printed).")
-@click.option("--auth", metavar="USER:PASSWORD", help="Ask for this user and password (HTTP basic authentication); required with --share-on-network.")
-@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="Where jobs, uploads (<runs>/_ui) and run folders go.")
-@click.option("--models", "models_dir", type=click.Path(file_okay=False, path_type=Path), help="A folder of models to pick the base and preview models from.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]", help="Run each job as a Ray task on the Ray cluster at ADDRESS (default auto), as `copymachine queue --ray` does; the runs folder must be on a filesystem every node shares.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Another than this machine's needs --share-on-network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True,
+              help="Port (0: any free one, printed).")
+@click.option("--share-on-network", is_flag=True,
+              help="Allow --host to be an address other machines can reach (prints a warning; needs --auth, else a "
+                   "random password is made and printed).")
+@click.option("--auth", metavar="USER:PASSWORD",
+              help="Ask for this user and password (HTTP basic authentication); required with --share-on-network.")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Where jobs, uploads (<runs>/_ui) and run folders go.")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="A folder of models to pick the base and preview models from.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+              help="Run each job as a Ray task on the Ray cluster at ADDRESS (default auto), as `copymachine queue "
+                   "--ray` does; the runs folder must be on a filesystem every node shares.")
 @engine_options
 def ui(host, port, share_on_network, auth, runs_dir, models_dir, ray_address, **engine):
     """A local web page: make jobs (live edit previews with the check's verdict), watch the queue,
@@ -61,12 +71,14 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, ray_address, **
     if app.recovered:
         reporter.info(f"resuming {len(app.recovered)} job(s) that were running when the UI stopped")
     app.worker.start()
-    reporter.info(f"copymachine ui: {url}  (jobs in {app.store.folder}; Ctrl-C stops: a running job is interrupted and resumes at the next start)")
+    reporter.info(f"copymachine ui: {url}  (jobs in {app.store.folder}; Ctrl-C stops: a running job is interrupted "
+                  "and resumes at the next start)")
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         running = app.worker.current
-        reporter.info("copymachine ui: stopping" + (f"; the running job {running} is interrupted (finished stages kept) and resumes at the next start" if running else ""))
+        job = f"; the running job {running} is interrupted (finished stages kept) and resumes at the next start"
+        reporter.info("copymachine ui: stopping" + (job if running else ""))
     finally:
         app.worker.stop()
         server.server_close()
@@ -75,18 +87,5 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, ray_address, **
 def queue_options(engine: dict, ray_address: str | None = None) -> tuple[list[str], dict]:
     """The `copymachine queue` options the UI's worker gives every job (its engine, --ray), and
     the job keys they stand for (what the UI checks a new job with)."""
-    queue_args: list[str] = []
-    overrides = {}
-    for key, flag in (("sd_scripts", "--sd-scripts"), ("python", "--python"), ("tokenizer_cache_dir", "--tokenizer-cache-dir")):
-        if engine[key] is not None:
-            queue_args += [flag, str(engine[key])]
-            overrides[flag[2:]] = engine[key]
-    if engine["device"] != "auto":
-        queue_args += ["--device", engine["device"]]
-    for key in ("offline", "verbose"):
-        if engine[key]:
-            queue_args.append(f"--{key}")
-            overrides[key] = True
-    if ray_address is not None:
-        queue_args += ["--ray", ray_address]
-    return queue_args, overrides
+    ray = ["--ray", ray_address] if ray_address is not None else []
+    return [*jobfile.engine_argv(engine), *ray], jobfile.engine_keys(engine)

@@ -37,6 +37,7 @@ from copymachine import __version__
 from copymachine import effects as effect_registry
 from copymachine.errors import CopymachineError, InputError
 from copymachine.options import PATHS, job_keys, schema
+from copymachine.jobfile import ENGINE_KEYS as ENGINE_OPTIONS
 from copymachine.progress import Reporter
 from copymachine.ui import results as results_page
 from copymachine.ui.files import MAX_UPLOAD, RunsFiles, safe_name
@@ -52,7 +53,7 @@ SIMPLE_CONTENT_TYPES = ("text/plain", "application/x-www-form-urlencoded", "mult
 MAX_JSON_BODY = 2**20
 # job keys a page may not set: the engine is the UI's, fixed when it starts (a page naming `python`
 # would choose the program the worker runs)
-ENGINE_KEYS = ("sd-scripts", "python", "device", "tokenizer-cache-dir", "offline", "verbose")
+ENGINE_KEYS = tuple(ENGINE_OPTIONS.values())
 
 
 class Refused(Exception):

@@ -13,7 +13,6 @@ and resumes it (the re-run skips every finished stage).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -24,86 +23,53 @@ from typing import Any
 
 import tomli_w
 
+from copymachine import events as ev
 from copymachine import jobfile
 from copymachine.errors import EXIT_INTERRUPTED
 from copymachine.files import atomic_write_json, replace_file
+from copymachine.runner import log_tail
 from copymachine.supervise import SUPERVISOR, CancelToken, Child
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 LOG_TAIL_LINES = 30
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """The events of the job's latest attempt (a retry appends a new `queue_start`)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    events = []
-    for line in text.splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue  # a line being written
-    starts = [i for i, e in enumerate(events) if e.get("event") == "queue_start"]
-    return events[starts[-1] :] if starts else events
-
-
-def tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     """The last lines of a log; tqdm's carriage-return redraws count as lines."""
-    if path is None:
-        return []
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    out = [seg.rstrip() for seg in data.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    return [s for s in out if s.strip()][-lines:]
+    return log_tail(path, lines, indent=True)
 
 
-def progress_view(events: list[dict[str, Any]]) -> dict[str, Any]:
+def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     """Stages (title, status), the live progress line and the current log, from the events."""
     stages: list[dict[str, Any]] = []
-    titles: dict[str, int] = {}
-    current: dict[str, Any] | None = None
-    log: str | None = None
-    finals: list[str] = []
-    message = None
-    warnings: list[str] = []
-    sample: dict[str, Any] | None = None  # the latest sample image of a training (--samples)
+    at: dict[str, int] = {}  # stage name -> its row
+    view: dict[str, Any] = {"progress": None, "log": None, "finals": [], "message": None, "warnings": [],
+                            "sample": None}
     for e in events:
-        kind = e.get("event")
-        if kind == "plan":
-            stages = [{"title": t, "status": "pending"} for t in e.get("stages", [])]
-            titles = {t: i for i, t in enumerate(e.get("stages", []))}
-        elif kind in ("stage_start", "stage_skip") and stages:
-            i = int(e.get("index", 0)) - 1
-            if 0 <= i < len(stages):
-                stages[i]["status"] = "running" if kind == "stage_start" else "skipped"
-            if kind == "stage_start":
-                log = e.get("log") or log
-                current = None
-        elif kind == "stage_done" and e.get("title") in titles:
-            stages[titles[e["title"]]]["status"] = "done"
-            stages[titles[e["title"]]]["seconds"] = e.get("seconds")
-            current = None
-        elif kind == "progress":
-            current = {k: e.get(k) for k in ("step", "total", "rate", "loss", "eta", "text", "job")}
-        elif kind == "warning":
-            warnings.append(e.get("text", ""))
-        elif kind == "sample":
-            sample = {"path": e.get("path"), "title": e.get("title")}
-        elif kind == "job_end":
-            finals = e.get("finals", [])
-            message = e.get("message")
+        row = stages[at[e.stage]] if isinstance(e, ev.OfStage) and e.stage in at else {}
+        if isinstance(e, ev.PlanMade):
+            stages = [{"title": t, "status": "pending"} for t in e.stages]
+            at = {name: i for i, name in enumerate(e.names)}
+        elif isinstance(e, ev.StageStart):
+            row["status"] = "running"
+            view["log"], view["progress"] = e.log or view["log"], None
+        elif isinstance(e, ev.StageSkip):
+            row["status"] = "skipped"
+        elif isinstance(e, ev.StageDone):
+            row.update(status="done", seconds=e.seconds)
+            view["progress"] = None
+        elif isinstance(e, ev.ProgressMade):
+            view["progress"] = e.model_dump(include={"step", "total", "rate", "loss", "eta", "text", "job"})
+        elif isinstance(e, ev.Warned):
+            view["warnings"].append(e.text)
+        elif isinstance(e, ev.Sample):
+            view["sample"] = {"path": e.path, "title": e.title}
+        elif isinstance(e, ev.JobEnd):
+            view.update(finals=e.finals, message=e.message)
             for st in stages:
                 if st["status"] == "running":
-                    st["status"] = "done" if e.get("status") == "done" else e.get("status", "failed")
-    return {"stages": stages, "progress": current, "log": log, "finals": finals, "message": message, "warnings": warnings, "sample": sample}
+                    st["status"] = "done" if e.status == "done" else e.status
+    return {"stages": stages, **view}
 
 
 @dataclass
@@ -204,8 +170,7 @@ class JobStore:
     def view(self, job_id: str) -> dict[str, Any]:
         files = self.files(job_id)
         state = self.state(job_id)
-        events = read_events(files.events)
-        view = progress_view(events)
+        view = progress_view(ev.read_events(files.events))
         log_lines = tail(Path(view["log"])) if view["log"] and state.get("status") == "running" else []
         return {
             "id": job_id,
@@ -247,7 +212,8 @@ class Worker(threading.Thread):
 
     def _run_job(self, job_id: str) -> None:
         files = self.store.files(job_id)
-        argv = [sys.executable, "-m", "copymachine", "queue", str(files.toml), "--events", str(files.events), *self.queue_args]
+        argv = [sys.executable, "-m", "copymachine", "queue", str(files.toml), "--events", str(files.events),
+                *self.queue_args]
         self.store.set_state(job_id, status="running", started=time.time(), exit_code=None, message=None)
         with open(files.log, "ab") as log, self._lock:
             log.write(f"$ copymachine queue {files.toml} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
@@ -256,7 +222,7 @@ class Worker(threading.Thread):
             child = SUPERVISOR.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
             self.child, self.current = child, job_id
             self.token = CancelToken()
-            self.token.on_cancel(lambda: SUPERVISOR.interrupt(child))
+            self.token.on_cancel(self._interrupt)
             if self._stopping.is_set():
                 self.token.cancel()
         rc = child.proc.wait()
@@ -265,14 +231,15 @@ class Worker(threading.Thread):
             self.child = self.token = None
             self.current = None
         if self._stopping.is_set() and rc == EXIT_INTERRUPTED:
-            self.store.set_state(job_id, status="queued", note="interrupted when the UI stopped; resumes at its next start")
+            self.store.set_state(job_id, status="queued",
+                                 note="interrupted when the UI stopped; resumes at its next start")
             return
         try:
             self.store.files(job_id)
         except KeyError:
             return  # removed while it ran
-        ends = [e for e in read_events(files.events) if e.get("event") == "job_end"]
-        message = ends[-1].get("message") if ends else None
+        end = ev.last_job_end(files.events)
+        message = end.message if end else None
         if rc == 0:
             status = "done"
         elif job_id in self._cancel and rc == EXIT_INTERRUPTED:
@@ -281,9 +248,14 @@ class Worker(threading.Thread):
             status = "failed"
             if not message:
                 lines = tail(files.log, 5)
-                message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), lines[-1] if lines else f"exit code {rc}")
+                last = lines[-1] if lines else f"exit code {rc}"
+                message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), last)
         self._cancel.discard(job_id)
         self.store.set_state(job_id, status=status, exit_code=rc, message=message, finished=time.time())
+
+    def _interrupt(self) -> None:
+        if self.child is not None:
+            SUPERVISOR.interrupt(self.child)
 
     def cancel(self, job_id: str) -> None:
         """A running job is interrupted as by Ctrl-C (sd-scripts stopped, finished stages kept); a
