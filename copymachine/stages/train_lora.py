@@ -24,7 +24,7 @@ from copymachine.images import load_rgb, save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import BaseOptions, Family
 from copymachine.plan import COSMETIC, OPTIONAL, StageParams, WeightedLora
-from copymachine.recipe import TrainingRecipe, WatchRecipe, split_prompts
+from copymachine.recipe import MEMO, TrainingRecipe, WatchRecipe, split_prompts
 from copymachine.render import write_config
 from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
 
@@ -63,7 +63,7 @@ class TrainParams(StageParams):
     # --tensorboard: sd-scripts' logging_dir. Neither changes the weights (sd-scripts restores
     # its RNG states after sampling), so neither is in the key.
     sample_every_n_steps: int = field(default=0, metadata=COSMETIC)
-    watch: WatchRecipe = field(default_factory=WatchRecipe, metadata=COSMETIC)
+    watch: WatchRecipe = field(default_factory=lambda: MEMO.watch, metadata=COSMETIC)
     logging_dir: str | None = field(default=None, metadata=COSMETIC)
 
     # clip skip and the prediction type (copymachine.models.BaseOptions; None: the defaults)
@@ -158,7 +158,7 @@ def training_plan(
         sd_args=dict(sd_args) if sd_args else None,
         save_every_n_steps=save_every_n_steps,
         sample_every_n_steps=samples,
-        watch=watch or WatchRecipe(),
+        watch=watch or MEMO.watch,
         logging_dir=str(logging_dir) if logging_dir else None,
         copy_stop=copy_stop,
     )
@@ -329,6 +329,7 @@ class TrainLora(StageKind):
             base_weights_multipliers=p.base_weights_multipliers or [],
             model_options=p.model.training_keys() if p.model else {},
             sd_args=p.sd_args or {},
+            segment_options=p.training.segment_options(p.total_steps) if p.copy_stop else {},
             output_dir=ctx.scratch,
             output_name=out.stem,
             saving=saving,
