@@ -55,7 +55,7 @@ MAX_RANK = 1024  # a LoRA rank above this is larger than SD's own layers' widths
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 8192
 Whole = Annotated[int, BeforeValidator(_refuse_bool)]
-Number = Annotated[float, BeforeValidator(_refuse_bool)]
+Number = Annotated[float, BeforeValidator(_refuse_bool), Field(allow_inf_nan=False)]
 Rank = Annotated[Whole, Field(ge=1, le=MAX_RANK)]
 Seed = Annotated[Whole, Field(ge=0, le=MAX_SEED)]
 SamplingSteps = Annotated[Whole, Field(ge=1, le=1000)]
@@ -270,7 +270,7 @@ class ModelRecipe:
 class WatchRecipe:
     """What a training saves on the way; none of it changes the trained weights. copymachine's choices."""
 
-    save_every_n_steps: Whole = Field(ge=0, description="steps between saved states (0: none; --copy-stop-at's segment)")
+    save_every_n_steps: Whole = Field(ge=0, description="steps between saved states (0: none; copy stop's segment)")
     sample_prompts: str = Field(description='--samples: "|"-separated prompts ("{caption}": the training caption)')
     sample_sampler: Sampler = Field(description="--samples: sampler")
     sample_steps: SamplingSteps = Field(description="--samples: sampling steps")
@@ -283,9 +283,8 @@ class Recipe:
     """The whole method's numbers: one section per step; `effect_overrides`: [effect.NAME] tables."""
 
     copy: TrainingRecipe = Field(description="memo step 2, the copy LoRA (steps = epochs x repeats / batch_size)")
-    effect: TrainingRecipe = Field(description="memo step 5, the effect LoRA; [effect.flat] / [effect.jpeg]: the memo's retrain")
-    effect_overrides: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")], TrainingRecipe] = Field(
-        description="[effect.NAME]: one effect's own training (the memo retrained flat and jpeg)")
+    effect: TrainingRecipe = Field(description="memo step 5, the effect LoRA; [effect.flat]: one effect's own")
+    effect_overrides: dict[str, TrainingRecipe] = Field(description="[effect.NAME] (the memo retrained flat, jpeg)")
     diff: TrainingRecipe = Field(description="difference extraction: the over-fitted LoRAs A and B (memo steps 2, 4)")
     merge: MergeRecipe = Field(description=(
         'memo step 3, the copy model: in memory (copy_model = "memory") or merge_lora.py into a file'))
@@ -324,9 +323,16 @@ class Recipe:
 SD_ARGS = "sd_args"
 _META = ("name", "description", "base")  # a recipe file's top-level keys that are not sections
 _RECIPE = TypeAdapter(Recipe)
+
+
+def schema_fields(cls: type) -> dict[str, FieldInfo]:
+    """A section's (or the Recipe's) keys as pydantic knows them: type, range, description."""
+    return dict(cls.__pydantic_fields__)  # type: ignore[attr-defined]
+
+
 # the sections of named keys, and the class behind each ([effect.NAME]: TrainingRecipe)
 _SECTIONS: dict[str, type] = {
-    name: f.annotation for name, f in Recipe.__pydantic_fields__.items()
+    name: f.annotation for name, f in schema_fields(Recipe).items()
     if isinstance(f.annotation, type) and dataclasses.is_dataclass(f.annotation)
 }
 BUILT_IN = importlib.resources.files("copymachine") / "recipes"
@@ -352,7 +358,7 @@ def _read_toml(path: Path | Any) -> dict[str, Any]:
 def built_in(name: str) -> Recipe:
     """A built-in recipe: its file holds every key (nothing is taken from another recipe)."""
     if name not in built_in_names():
-        raise InputError(f"no built-in recipe {name!r}; built-in recipes: {', '.join(built_in_names())} (or a .toml file)")
+        raise InputError(f"no built-in recipe {name!r}; built-in recipes: {', '.join(built_in_names())}")
     path = BUILT_IN / f"{name}.toml"
     data = _read_toml(path)
     tables = _overrides_of(data)
@@ -406,7 +412,8 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any], source: str) -> R
         keys = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(keys))
         if unknown:
-            raise InputError(f"{source}: unknown key {section}.{unknown[0]}; valid keys in [{section}]: {', '.join(keys)}")
+            valid = ", ".join(keys)
+            raise InputError(f"{source}: unknown key {section}.{unknown[0]}; valid keys in [{section}]: {valid}")
         if section.startswith("effect."):
             name = section.split(".", 1)[1]
             effects[name] = {**effects.get(name, data["effect"]), **values}
@@ -440,7 +447,7 @@ def _message(error: ErrorDetails, source: str) -> str:
     if error["type"] == "value_error":
         return f"{source}: recipe {where}: {error['msg'].removeprefix('Value error, ')}"
     cls = _SECTIONS.get(loc[0], TrainingRecipe if loc[0].startswith("effect.") else None)
-    info = cls.__pydantic_fields__.get(loc[-1]) if cls is not None and len(loc) == 2 else None
+    info = schema_fields(cls).get(loc[-1]) if cls is not None and len(loc) == 2 else None
     if info is None:
         return f"{source}: recipe {where}: {error['msg']}"
     problem = _problem(error, info)
@@ -491,7 +498,7 @@ def range_text(metadata: list[Any]) -> str:
     return (f"above {lo}" if open_low else f"at least {lo}") if low is not None else f"at most {hi}"
 
 
-def _number(value: float | None) -> str:
+def _number(value: Any) -> str:
     return str(int(value)) if value is not None and float(value).is_integer() else f"{value}"
 
 
@@ -547,19 +554,21 @@ def _adapter(alias: Any) -> TypeAdapter:
     return TypeAdapter(alias)
 
 
-def _bounds(alias: Any) -> list[Any]:
-    """The annotated_types bounds of an Annotated alias (Strength: Ge(-10), Le(10))."""
-    return [m for a in get_args(alias)[1:] if isinstance(a, FieldInfo) for m in a.metadata]
+def _problem_of(alias: Any, value: Any) -> str | None:
+    """What is wrong with `value` as a value of the type `alias` (Strength, Seed), or None."""
+    try:
+        _adapter(alias).validate_python(value)
+        return None
+    except ValidationError as e:
+        return _problem(e.errors()[0], FieldInfo.from_annotation(alias))
 
 
 def _checked_list(text: str, kind: type, alias: Any) -> list:
     """The values of a comma-separated list, each of type `alias` (ValueError: the first bad one)."""
     values = parse_number_list(text, kind)
     for v in values:
-        try:
-            _adapter(alias).validate_python(v)
-        except ValidationError:
-            raise ValueError(f"{v:g} must be {range_text(_bounds(alias))}") from None
+        if problem := _problem_of(alias, v):
+            raise ValueError(f"{v:g} {problem}")
     return values
 
 
@@ -582,10 +591,9 @@ def seeds(text: str, where: str) -> list[int]:
 
 def ratio(value: float, where: str) -> float:
     """A LoRA's ratio in a merge (--lora X:RATIO, --absorb X:RATIO): a strength, in range."""
-    try:
-        return float(_adapter(Strength).validate_python(float(value)))
-    except ValidationError:
-        raise InputError(f"{where}: ratio {value:g} must be {range_text(_bounds(Strength))}") from None
+    if problem := _problem_of(Strength, float(value)):
+        raise InputError(f"{where}: ratio {value:g} {problem}")
+    return float(value)
 
 
 def parse_number_list(text: str, kind: type = float) -> list:

@@ -7,7 +7,14 @@ import pytest
 
 from copymachine.errors import InputError
 from copymachine.recipe import MEMO, apply_overrides, load_recipe_file, parse_set_options, render_recipe_toml
-from tests.test_cli_fake import images  # noqa: F401  (the fixture)
+from tests.test_cli_fake import invoke
+
+
+@pytest.fixture
+def original(tmp_path, scene):
+    path = tmp_path / "original.png"
+    scene.image.resize((128, 128)).save(path)
+    return path
 
 
 def test_copy_lora_numbers_are_the_memos():
@@ -96,9 +103,9 @@ def test_booleans_follow_pydantics_rule_and_numbers_refuse_them():
     for spelling, value in (("yes", True), ("off", False), ("1", True), ("False", False)):
         r = apply_overrides(MEMO, parse_set_options([f"copy.shuffle_caption={spelling}"]), "--set")
         assert r.copy.shuffle_caption is value
-    with pytest.raises(InputError, match="copy.shuffle_caption must be true or false, not 'maybe'"):
+    with pytest.raises(InputError, match=r"copy\.shuffle_caption must be true or false, not 'maybe'"):
         apply_overrides(MEMO, parse_set_options(["copy.shuffle_caption=maybe"]), "--set")
-    with pytest.raises(InputError, match="copy.network_dim must be a whole number, not True"):
+    with pytest.raises(InputError, match=r"copy\.network_dim must be a whole number, not True"):
         apply_overrides(MEMO, {"copy": {"network_dim": True}}, "x.toml")
     with pytest.raises(InputError, match=r"x.toml: recipe copy.network_dim must be a whole number, not 1.5"):
         apply_overrides(MEMO, {"copy": {"network_dim": 1.5}}, "x.toml")
@@ -162,36 +169,32 @@ def test_recipe_list_and_show(tmp_path):
     assert bad.exit_code != 0 and "recipe file not found: slow (built-in recipes: memo, fast)" in bad.output
 
 
-def _planned_steps(fake_engine, images, out, *extra: str) -> int:
-    from tests.test_cli_fake import invoke
-
-    args = ["train", "--base", str(fake_engine.base), "--image", str(images["original"]), "--out", str(out),
+def _planned_steps(fake_engine, original, out, *extra: str) -> int:
+    args = ["train", "--base", str(fake_engine.base), "--image", str(original), "--out", str(out),
             "--resolution", "64", "--dry-run", *fake_engine.engine_args, *extra]
     result = invoke(args)
     assert result.exit_code == 0, result.output
     return sum(int(m) for m in re.findall(r"train_network\.py, (\d+) steps", result.stdout))
 
 
-def test_fast_plans_at_most_1200_steps_and_the_memo_7168(fake_engine, images, tmp_path):
-    assert _planned_steps(fake_engine, images, tmp_path / "memo", "--effect", "outline") == 7168
+def test_fast_plans_at_most_1200_steps_and_the_memo_7168(fake_engine, original, tmp_path):
+    assert _planned_steps(fake_engine, original, tmp_path / "memo", "--effect", "outline") == 7168
     for effect in ("outline", "flat"):
-        steps = _planned_steps(fake_engine, images, tmp_path / effect, "--effect", effect, "--recipe", "fast")
+        steps = _planned_steps(fake_engine, original, tmp_path / effect, "--effect", effect, "--recipe", "fast")
         assert steps <= 1200 and steps == {"outline": 1000, "flat": 1125}[effect]
     config = (tmp_path / "flat" / "flat" / "config" / "flat--effect-lora-training.toml").read_text(encoding="utf-8")
     assert 'lr_scheduler = "cosine"' in config and "min_snr_gamma = 5.0" in config
     dataset = (tmp_path / "flat" / "flat" / "config" / "flat--effect-lora-dataset.toml").read_text(encoding="utf-8")
     assert "batch_size = 2" in dataset and "num_repeats = 250" in dataset
-    with_stop = _planned_steps(fake_engine, images, tmp_path / "stop", "--effect", "outline", "--recipe", "fast",
+    with_stop = _planned_steps(fake_engine, original, tmp_path / "stop", "--effect", "outline", "--recipe", "fast",
                                "--copy-stop-at", "0.8")
     assert with_stop == 1000
 
 
-def test_fast_trains_on_the_fake_sd_scripts_with_copy_stop(fake_engine, images, tmp_path):
+def test_fast_trains_on_the_fake_sd_scripts_with_copy_stop(fake_engine, original, tmp_path):
     """Every fast option passes the fake's check of the pinned scripts' options, copy stop's segments included."""
-    from tests.test_cli_fake import invoke
-
     out = tmp_path / "run"
-    args = ["train", "--base", str(fake_engine.base), "--image", str(images["original"]), "--out", str(out),
+    args = ["train", "--base", str(fake_engine.base), "--image", str(original), "--out", str(out),
             "--resolution", "64", "--effect", "contrast", "--recipe", "fast", "--copy-stop-at", "0.99", "--set", "copy_check.min_ssim=0",
             *fake_engine.engine_args]
     result = invoke(args)

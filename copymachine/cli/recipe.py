@@ -8,12 +8,21 @@ import click
 import tomli_w
 
 from copymachine.cli import cli
-from copymachine.recipe import BUILT_IN, MEMO, Recipe, built_in, built_in_names, load_recipe_file, render_recipe_toml
+from copymachine.recipe import (
+    BUILT_IN,
+    MEMO,
+    Recipe,
+    built_in,
+    built_in_names,
+    load_recipe_file,
+    render_recipe_toml,
+    schema_fields,
+)
 
 # One line per section of the recipe, from the schema's descriptions, in the order they are printed
 SECTION_NOTES: dict[str, str] = {
     name: field.description or ""
-    for name, field in Recipe.__pydantic_fields__.items()
+    for name, field in schema_fields(Recipe).items()
     if name not in ("name", "description", "effect_overrides")
 }
 
@@ -59,7 +68,8 @@ def recipe(name: str | None, list_all: bool, from_file: Path | None) -> None:
             click.echo(f"{n + (' (default)' if r.name == MEMO.name else ''):<15} {r.description}")
         click.echo(f"\nEach one's numbers and sources: copymachine recipe NAME (files in {BUILT_IN})")
         return
-    r = load_recipe_file(from_file or name) if (from_file or name) else MEMO
+    chosen = from_file or name
+    r = load_recipe_file(chosen) if chosen else MEMO
     data = render_recipe_toml(r)
     if r.name in built_in_names():
         data = {"base": r.name, **data}
