@@ -18,7 +18,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le
 from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -88,8 +88,8 @@ class TrainingRecipe:
     batch_size: Whole = Field(ge=1, le=64, description="images per step (copymachine's choice; fast: the preset's)")
     seed: Seed = Field(description="training seed (copymachine's choice: fixed, so a re-run trains the same way)")
     save_precision: Precision = Field(description="dtype of the saved LoRA (float: merged at float, step 3)")
-    min_snr_gamma: Annotated[Number, Field(gt=0, le=100)] | None = Field(
-        None, description="sd-scripts min_snr_gamma (absent: off, as in the memo; fast: the preset's 5)")
+    min_snr_gamma: Number | None = Field(
+        None, gt=0, le=100, description="sd-scripts min_snr_gamma (absent: off, as in the memo; fast: the preset's 5)")
 
     @property
     def steps(self) -> int:
@@ -462,7 +462,9 @@ _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: 
 
 
 def _base_type(info: FieldInfo) -> Any:
-    return next((a for a in (get_args(info.annotation) or (info.annotation,)) if a is not type(None)), str)
+    """int, float, bool or str: the key's type, out of Optional[...] and Annotated[...]."""
+    kind = next((a for a in (get_args(info.annotation) or (info.annotation,)) if a is not type(None)), str)
+    return get_args(kind)[0] if get_origin(kind) is Annotated else kind
 
 
 def _problem(error: ErrorDetails, info: FieldInfo) -> str:
