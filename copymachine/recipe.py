@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le
-from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,13 +32,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from copymachine.errors import InputError
-
-
-def _refuse_bool(value: Any) -> Any:
-    """true is no number (pydantic's lax mode would read it as 1)."""
-    if isinstance(value, bool):
-        raise PydanticCustomError("bool_refused", "a boolean is no number")
-    return value
 
 
 def _why(text: str) -> dict[str, Any]:
@@ -54,8 +47,8 @@ COPY_MODEL_ROUTES = ("memory", "file")
 MAX_RANK = 1024  # a LoRA rank above this is larger than SD's own layers' widths (320-1280)
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 8192
-Whole = Annotated[int, BeforeValidator(_refuse_bool)]
-Number = Annotated[float, BeforeValidator(_refuse_bool), Field(allow_inf_nan=False)]
+Whole = int
+Number = Annotated[float, Field(allow_inf_nan=False)]
 Rank = Annotated[Whole, Field(ge=1, le=MAX_RANK)]
 Seed = Annotated[Whole, Field(ge=0, le=MAX_SEED)]
 SamplingSteps = Annotated[Whole, Field(ge=1, le=1000)]
@@ -432,10 +425,22 @@ def _section_type(section: str) -> type:
 
 
 def _validated(data: dict[str, Any], source: str) -> Recipe:
+    _refuse_bools(data, source)
     try:
         return _RECIPE.validate_python(data)
     except ValidationError as e:
         raise InputError(_message(e.errors()[0], source)) from None
+
+
+def _refuse_bools(data: dict[str, Any], source: str) -> None:
+    """true is no number, though pydantic's lax mode reads it as 1."""
+    effects = data.get("effect_overrides") or {}
+    for section, values in [(s, data.get(s)) for s in _SECTIONS] + [(f"effect.{k}", v) for k, v in effects.items()]:
+        kinds = schema_fields(_section_type(section))
+        for key, value in values.items() if isinstance(values, dict) else ():
+            kind = _base_type(kinds[key]) if key in kinds else None
+            if isinstance(value, bool) and kind in (int, float):
+                raise InputError(f"{source}: recipe {section}.{key} must be {_KINDS[kind]}, not {value!r}")
 
 
 def _message(error: ErrorDetails, source: str) -> str:
