@@ -117,6 +117,8 @@ def test_built_in_recipes_are_files_with_every_key():
     assert built_in_names()[:2] == ["memo", "fast"]
     assert load_recipe_file("memo") == MEMO and MEMO.name == "memo"
     assert (BUILT_IN / "memo.toml").is_file() and (BUILT_IN / "fast.toml").is_file()
+    # a jobs file's `recipe = "fast"` arrives as <the jobs file's folder>/fast: no such file, so the built-in
+    assert load_recipe_file(__import__("pathlib").Path("/nowhere/jobs/fast")).name == "fast"
     with pytest.raises(InputError, match=r"recipe file not found: quick \(built-in recipes: memo, fast\)"):
         load_recipe_file(__import__("pathlib").Path("quick"))
 

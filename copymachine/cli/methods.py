@@ -29,7 +29,7 @@ def method_options(f):
         click.option("--name", help="File name of the final LoRA. Default: <run folder name>-<effect>."),
         click.option("--caption", help="Caption of both training images (the same text for both). Default: the recipe's."),
         click.option("--prompt", help="Prompt for a generated original image (when no image is given)."),
-        click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, path_type=Path), help="Recipe TOML overriding the memo's numbers (see `copymachine recipe`)."),
+        click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, path_type=Path), metavar="NAME|FILE", help="A built-in recipe by name (memo, the default; fast: traintrain's Difference preset, ~1,000 steps) or a recipe TOML file over the memo's numbers (`copymachine recipe --list`)."),
         click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one number (copy.network_dim=32, effect.epochs=4, resize.rank=4) or an effect parameter (outline.width=2). Repeatable."),
         click.option("--amount", type=float, default=1.0, show_default=True, help=f"Strength of a built-in edit: original + AMOUNT x (edit - original), {effect_registry.AMOUNT_RANGE} (1 = the edit, negative = its opposite; beyond that the edit only saturates)."),
         click.option("--resolution", type=click.IntRange(64, 4096), metavar="N", help="Training size: about N x N px, the picture's aspect kept, sides multiples of 64 (2048x1536 at 512 trains at 576x448). Default: the model's native size (512 for SD1.x/2.x, 1024 for SDXL); a generated original trains at its own size. 64 for quick tests."),
