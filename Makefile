@@ -39,7 +39,7 @@ A1111_REV           ?= v1.10.1
 COPYMACHINE_COMFYUI ?= $(LOADERS)/comfyui-$(COMFYUI_REV)
 COPYMACHINE_A1111   ?= $(LOADERS)/a1111-$(A1111_REV)
 
-.PHONY: setup venv sd-scripts lint test test-integration test-integration-sdxl sd-release test-release loader-checkouts test-loaders bench bench-effects all $(EFFECTS) clean
+.PHONY: setup venv sd-scripts lint test test-integration test-integration-sdxl sd-release test-release loader-checkouts test-loaders bench bench-effects bench-recipes all $(EFFECTS) clean
 
 $(BIN)/copymachine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -126,6 +126,12 @@ bench: venv
 	@test -n "$(BASE)" || { echo "usage: make bench BASE=model.safetensors [IMAGE=...] [ARGS=...]"; exit 2; }
 	$(BIN)/python benchmarks/bench_pipeline.py --base "$(BASE)" $(if $(IMAGE),--image "$(IMAGE)") \
 		--sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
+
+# Benchmark (issue 34): the memo's and the fast recipe's trainings, N steps each at 64 px -> docs/benchmarks.md item 6
+#   make bench-recipes BASE=model.safetensors [ARGS="--steps 20 --tokenizer-cache-dir DIR"]
+bench-recipes: venv
+	@test -n "$(BASE)" || { echo "usage: make bench-recipes BASE=model.safetensors [ARGS=...]"; exit 2; }
+	$(BIN)/python benchmarks/bench_recipes.py --base "$(BASE)" --sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .site

@@ -643,7 +643,7 @@ def plan_copy_machine(request: Request, settings: Settings, hashes: HashCache, f
             lora = _resize(c, effect, lora, r.combine.extract_dim, r.resize.rank, r.combine.precision)
         else:
             lora = _resize(c, effect, loras[0], training.network_dim, r.resize.rank, training.save_precision)
-        trainings = {"copy": dataclasses.asdict(r.copy), "effect": dataclasses.asdict(training), "resize": dataclasses.asdict(r.resize), "combine": combine}
+        trainings = {"name": r.name, "copy": dataclasses.asdict(r.copy), "effect": dataclasses.asdict(training), "resize": dataclasses.asdict(r.resize), "combine": combine}
         _finalize(c, effect, lora, COPY_MACHINE, trainings)
     _previews(c)
     c.info(COPY_MACHINE)
@@ -680,7 +680,7 @@ def plan_difference(request: Request, settings: Settings, hashes: HashCache, fol
         else:
             lora = _merge_route(c, effect, terms)
             lora = _resize(c, effect, lora, r.combine.extract_dim, rank, r.combine.precision)
-        _finalize(c, effect, lora, DIFFERENCE, {"diff": dataclasses.asdict(r.diff), "svd": dataclasses.asdict(r.svd), "combine": combine})
+        _finalize(c, effect, lora, DIFFERENCE, {"name": r.name, "diff": dataclasses.asdict(r.diff), "svd": dataclasses.asdict(r.svd), "combine": combine})
     _previews(c)
     c.info(DIFFERENCE)
     return c.plan

@@ -52,8 +52,9 @@ class RunOptions(BaseModel):
     name: str | None = opt(None, "File name of the final LoRA. Default: <run folder name>-<effect>.")
     caption: str | None = opt(None, "Caption of both training images (the same text for both). Default: the recipe's.")
     prompt: str | None = opt(None, "Prompt for a generated original image (when no image is given).")
-    recipe_file: str | None = opt(None, "Recipe TOML overriding the memo's numbers (see `copymachine recipe`).",
-        option="recipe", metavar="FILE")
+    recipe_file: str | None = opt(None, "A built-in recipe by name (memo, the default; fast: traintrain's "
+        "Difference preset, ~1,000 steps) or a recipe TOML file over the memo's numbers (`copymachine recipe --list`).",
+        option="recipe", metavar="NAME|FILE")
     sets: tuple[str, ...] = opt((), "Override one number (copy.network_dim=32, effect.epochs=4, resize.rank=4) or an "
         "effect parameter (outline.width=2). Repeatable.", option="set", metavar="SECTION.KEY=VALUE")
     amount: float = opt(1.0, f"Strength of a built-in edit: original + AMOUNT x (edit - original), "

@@ -1,21 +1,30 @@
-"""The recipe: every number of the copy-machine memo, in one place, each named.
+"""The recipe's schema: every key a recipe holds, its type, its range and the memo step it comes from.
 
-The memo (コピー機LoRA学習法, its English and Japanese texts) is not part of this repository.
-Each default below cites the memo step it comes from; the few choices the memo does not make
-are marked "copymachine's choice". A recipe is overridden, key by key, from a TOML file
-(`--recipe FILE`, same sections and keys as `Recipe.to_dict()`) and from the command line
-(`--set section.key=value` and the shorthand options of `copymachine train`).
+The numbers themselves are data, in the recipe files shipped with copymachine (copymachine/recipes/):
+`memo.toml`, the memo's numbers (the default, `MEMO`), and `fast.toml`, traintrain's Difference preset.
+Each number's source is cited there. A recipe is overridden, key by key, from a TOML file
+(`--recipe NAME|FILE`, same sections and keys) and from the command line (`--set section.key=value`
+and the shorthand options of `copymachine train`). The sections are pydantic dataclasses, so that
+`dataclasses.replace`/`asdict` keep working on them; a value is checked by pydantic's rules (booleans:
+true/false, yes/no, on/off, 1/0), and a bad one ends in one line naming the key and its range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.resources
 import math
 import re
 import sys
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from annotated_types import Ge, Gt, Le
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,372 +34,385 @@ else:  # pragma: no cover
 from copymachine.errors import InputError
 
 
-@dataclass(frozen=True)
-class TrainingRecipe:
-    """One LoRA training (memo step 2 for the copy LoRA, step 5 for the effect LoRA)."""
+def _why(text: str) -> dict[str, Any]:
+    """What a key's error message adds after its range, in parentheses."""
+    return {"why": text}
 
-    network_module: str = "networks.lora"  # step 2: network module networks.lora
-    network_dim: int = 64  # step 2: dim 64
-    network_alpha: float = 32.0  # step 2: alpha 32
-    optimizer: str = "AdamW"  # step 2: optimizer AdamW
-    learning_rate: float = 1e-4  # step 2: learning rate 0.0001
-    repeats: int = 512  # step 2: repeats 512
-    epochs: int = 6  # step 2: epochs 6 (512 x 6 = 3072 steps with one image)
-    warmup_steps: int = 500  # step 2: warmup steps 500
-    # The memo's warmup needs a scheduler that accepts it: sd-scripts' `constant` rejects warmup.
-    lr_scheduler: str = "constant_with_warmup"
-    shuffle_caption: bool = True  # step 2: shuffle captions True
-    keep_tokens: int = 0  # step 2: keep tokens 0
-    batch_size: int = 1  # copymachine's choice: one image, batch 1 (the memo's step count implies it)
-    seed: int = 1  # copymachine's choice: a fixed seed, so a re-run trains the same way
-    save_precision: str = "float"  # copymachine's choice: the LoRA is merged at float (step 3)
+
+# gen_img.py's --sampler choices at the pinned commit (a typo fails only when rendering, hours in)
+SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
+            "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
+PRECISIONS = ("float", "fp16", "bf16")
+COPY_MODEL_ROUTES = ("memory", "file")
+MAX_RANK = 1024  # a LoRA rank above this is larger than SD's own layers' widths (320-1280)
+MAX_SEED = 2**32 - 1
+MAX_SIDE = 8192
+Whole = int
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Rank = Annotated[Whole, Field(ge=1, le=MAX_RANK)]
+Seed = Annotated[Whole, Field(ge=0, le=MAX_SEED)]
+SamplingSteps = Annotated[Whole, Field(ge=1, le=1000)]
+CfgScale = Annotated[Number, Field(gt=0, le=50)]
+Side = Annotated[Whole, Field(ge=0, le=MAX_SIDE, json_schema_extra=_why("0: the model's own size"))]
+Fraction = Annotated[Number, Field(ge=0, le=1)]
+Precision = Literal["float", "fp16", "bf16"]
+Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
+# a LoRA strength (--am): beyond this a slider LoRA only burns the picture
+Strength = Annotated[Number, Field(ge=-10, le=10)]
+_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class TrainingRecipe:
+    """One LoRA training: memo step 2 (the copy LoRA), step 5 (the effect LoRA), LoRAs A and B of the
+    difference extraction."""
+
+    network_module: str = Field(description="sd-scripts network module (step 2: networks.lora)")
+    network_dim: Rank = Field(description="LoRA rank (steps 2, 5)")
+    network_alpha: Number = Field(gt=0, le=4 * MAX_RANK, description="LoRA alpha (steps 2, 5)")
+    optimizer: str = Field(description="sd-scripts optimizer_type (step 2: AdamW)")
+    learning_rate: Number = Field(gt=0, le=1, description="learning rate (step 2)")
+    repeats: Whole = Field(ge=1, le=100000, description="repeats of the one image per epoch (step 2)")
+    epochs: Whole = Field(ge=1, le=10000, description="epochs (step 2: steps = epochs x repeats / batch size)")
+    warmup_steps: Whole = Field(ge=0, description="learning-rate warmup steps (step 2)")
+    lr_scheduler: str = Field(description="sd-scripts lr_scheduler ('constant' rejects warmup)")
+    shuffle_caption: bool = Field(description="shuffle the caption's tags (step 2)")
+    keep_tokens: Whole = Field(ge=0, le=75, description="tags kept first when shuffling (step 2; CLIP's 75 tokens)")
+    batch_size: Whole = Field(ge=1, le=64, description="images per step (copymachine's choice; fast: the preset's)")
+    seed: Seed = Field(description="training seed (copymachine's choice: fixed, so a re-run trains the same way)")
+    save_precision: Precision = Field(description="dtype of the saved LoRA (float: merged at float, step 3)")
+    min_snr_gamma: Number | None = Field(
+        None, gt=0, le=100, description="sd-scripts min_snr_gamma (absent: off, as in the memo; fast: the preset's 5)")
 
     @property
     def steps(self) -> int:
-        """Optimizer steps with one training image: repeats x epochs / batch size."""
-        return self.repeats * self.epochs // self.batch_size
+        """Optimizer steps with one training image: sd-scripts runs ceil(repeats / batch size) a epoch."""
+        return self.epochs * -(-self.repeats // self.batch_size)
+
+    def as_key(self) -> dict[str, Any]:
+        """What the stage key holds: every key, an absent optional one left out (so keys stay as they were)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @model_validator(mode="after")
+    def _scheduler_takes_warmup(self) -> TrainingRecipe:
+        if self.lr_scheduler == "constant" and self.warmup_steps:
+            raise ValueError("sd-scripts' 'constant' scheduler rejects warmup; "
+                             "use 'constant_with_warmup' or set warmup_steps = 0")
+        return self
+
+    def segment_options(self, total: int) -> dict[str, Any]:
+        """Training TOML keys that keep this schedule when the run stops short of `total` and resumes
+        (--copy-stop-at's segments): sd-scripts builds a cosine over each run's own max_train_steps,
+        torch's CosineAnnealingLR over `total` (T_max) is the same curve and goes on where it was."""
+        if self.lr_scheduler != "cosine" or self.warmup_steps:
+            return {}
+        return {"lr_scheduler_type": "CosineAnnealingLR", "lr_scheduler_args": [f"T_max={total}"]}
 
 
-COPY_MODEL_ROUTES = ("memory", "file")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class MergeRecipe:
-    """Step 3: merge_lora.py --ratios 1 --precision float --save_precision float.
+    """Step 3, the copy model: merge_lora.py --ratios 1 --precision float --save_precision float."""
 
-    `copy_model` is copymachine's choice of route: "file" writes the copy model with
-    merge_lora.py, as the memo does; "memory" (the default) trains the effect LoRA on the base
-    model with the copy LoRA as sd-scripts' `--base_weights` at `ratio`, merged in float32 in
-    memory: the same weights without the 4-13 GB file (precision and save_precision apply to
-    the file route only)."""
-
-    ratio: float = 1.0
-    precision: str = "float"
-    save_precision: str = "float"
-    copy_model: str = "memory"
+    ratio: Number = Field(gt=0, le=2, description="the copy LoRA's ratio in the copy model (step 3: 1)")
+    precision: Precision = Field(description="dtype of the merge (step 3: float; the file route only)")
+    save_precision: Precision = Field(description="dtype of the copy model file (step 3: float)")
+    copy_model: Literal["memory", "file"] = Field(
+        description="memory: the copy LoRA as sd-scripts' --base_weights; file: merge_lora.py writes it (the memo)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ResizeRecipe:
-    """Step 9: resize_lora.py --new_rank 8 --save_precision fp16 (rank 0 keeps the trained rank)."""
+    """Step 9: resize_lora.py --new_rank 8 --save_precision fp16."""
 
-    rank: int = 8
-    save_precision: str = "fp16"
+    rank: Whole = Field(ge=0, le=MAX_RANK, description="the final rank (step 9: 8)", json_schema_extra=_why(
+        "0 keeps the trained rank"))
+    save_precision: Precision = Field(description="dtype of the resized LoRA (step 9: fp16)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class SvdMergeRecipe:
-    """Difference extraction, step 5: svd_merge_lora.py --ratios 1 -1 --new_rank 8
-    --precision float --save_precision fp16 (also the exact route for combining LoRAs)."""
+    """Difference extraction, step 5: svd_merge_lora.py --ratios 1 -1 --new_rank 8 --precision float
+    --save_precision fp16 (also the exact route for combining LoRAs)."""
 
-    rank: int = 8
-    precision: str = "float"
-    save_precision: str = "fp16"
+    rank: Rank = Field(description="the difference's rank (difference step 5: 8)")
+    precision: Literal["float"] = Field(description="dtype of the SVD (difference step 5: float)",
+                                        json_schema_extra=_why("svd_merge_lora.py's SVD needs fp32"))
+    save_precision: Precision = Field(description="dtype of the saved difference (difference step 5: fp16)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CombineRecipe:
-    """Memo steps 6-9: several source images, each with its own effect LoRA, combined.
+    """Steps 6-9: several source images' effect LoRAs merged into the model (7), extracted (8), resized (9)."""
 
-    The memo merges the effect LoRAs into the base model (step 7) and extracts the LoRA of
-    base -> merged model (step 8), then resizes (step 9); it gives no ratios. copymachine
-    weights each image's LoRA 1/n (normalize = true), so n images give one image's strength.
-    """
-
-    normalize: bool = True
-    extract_dim: int = 64  # step 8 extracts at the trained dim; step 9 resizes to resize.rank
-    min_diff: float = 0.01  # extract_lora_from_models.py's own default, named here
-    precision: str = "float"
+    normalize: bool = Field(description="each image's LoRA at 1/n (copymachine's choice: the memo gives no ratios)")
+    extract_dim: Rank = Field(description="rank extract_lora_from_models.py extracts at (step 8)")
+    min_diff: Fraction = Field(description="extract_lora_from_models.py's min_diff (its own default)")
+    precision: Precision = Field(description="dtype the merge and the extraction load and save in")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class GenerateRecipe:
-    """Step 1: generate the original image with the base model ("anything will do").
+    """Step 1: the original image from the base model ("anything will do"); copymachine's choices."""
 
-    The memo gives no prompt or sampler settings: these are copymachine's choices.
-    """
-
-    prompt: str = "1girl, solo, upper body, looking at viewer, simple background"
-    negative_prompt: str = "lowres, bad anatomy, worst quality, low quality"
-    seed: int = 1
-    steps: int = 28
-    sampler: str = "euler_a"
-    scale: float = 7.0
-    # 0: the base model's own size, 512 for SD1.x (memo step 2: "resolution equal to the
-    # original image (512)"), 1024 for SDXL
-    width: int = 0
-    height: int = 0
+    prompt: str = Field(description="prompt of the generated original")
+    negative_prompt: str = Field(description="its negative prompt")
+    seed: Seed = Field(description="its seed")
+    steps: SamplingSteps = Field(description="sampling steps")
+    sampler: Sampler = Field(description="gen_img.py sampler")
+    scale: CfgScale = Field(description="CFG scale")
+    width: Side = Field(description="width (0: the model's own size, step 2: 512 for SD1.x)")
+    height: Side = Field(description="height (0: the model's own size)")
 
     def size(self, native: int) -> tuple[int, int]:
         return self.width or native, self.height or native
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CaptionRecipe:
-    """Captions: the same text for the original and the edited image.
+    """The caption of both training images (the memo tagged with WD14)."""
 
-    The memo tagged with WD14; the effect must not leak into the captions, so by default
-    one fixed caption is used for both images (copymachine's choice).
-    """
-
-    text: str = "1girl"
-    # "fixed": `text` for both images. "wd14": the WD14 tagger's tags of the original image (the
-    # memo's way), reused verbatim for the edited one, after `prefix` (a trigger word, say).
-    method: str = "fixed"
-    prefix: str = ""
-    general_threshold: float = 0.35  # SmilingWolf's defaults for the v3 taggers
-    character_threshold: float = 0.85
-    exclude_tags: str = ""  # comma-separated tags never written (e.g. "monochrome, lineart")
+    text: str = Field(description="the fixed caption")
+    method: Literal["fixed", "wd14"] = Field(description="fixed: text; wd14: the tagger's tags (the memo's way)")
+    prefix: str = Field(description="written before the tags (a trigger word)")
+    general_threshold: Fraction = Field(description="WD14 general-tag threshold")
+    character_threshold: Fraction = Field(description="WD14 character-tag threshold")
+    exclude_tags: str = Field(description="comma-separated tags never written")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CopyCheckRecipe:
-    """The copy check, after the copy model (memo step 3: "it outputs exactly the original
-    image, whatever the prompt"): `images` images from the copy model, each with its own prompt
-    and seed (seed, seed+1, ...), at the training size, compared with the original by luma SSIM
-    at 256 px on the long side. The run stops when their mean SSIM is below `min_ssim`
-    (copymachine's choices, all; 0.8 is not yet calibrated on real models). The sampler is a
-    deterministic one (euler, not the ancestral euler_a): a copy machine should copy without
-    fresh noise at every step.
+    """Step 3, "it outputs exactly the original image, whatever the prompt": renders from the copy model
+    (seeds seed, seed+1, ...; "|"-separated prompts, "{caption}" the training caption), luma SSIM at
+    256 px to the original; the run stops below `min_ssim`. copymachine's choices."""
 
-    `prompts` are separated by "|"; "{caption}" stands for the training caption. With fewer
-    prompts than images they repeat, with the next seeds.
-    """
-
-    images: int = 4
-    min_ssim: float = 0.8
-    steps: int = 20  # fewer than a preview: only "is it the same picture" is asked
-    sampler: str = "euler"
-    scale: float = 7.0
-    seed: int = 1
-    prompts: str = "{caption} | 1boy, outdoors, city street | landscape, mountains, no humans | still life, flowers in a vase"
-    negative_prompt: str = ""
+    images: Whole = Field(ge=1, le=64, description="renders")
+    min_ssim: Fraction = Field(description="the bar the renders' mean SSIM must reach")
+    steps: SamplingSteps = Field(description="sampling steps")
+    sampler: Sampler = Field(description="gen_img.py sampler (deterministic: euler)")
+    scale: CfgScale = Field(description="CFG scale")
+    seed: Seed = Field(description="first seed")
+    prompts: str = Field(description='"|"-separated prompts')
+    negative_prompt: str = Field(description="negative prompt")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class PreviewRecipe:
-    """The strength-sweep preview (the memo judged each LoRA by eye at several strengths on a
-    model it was not trained on): copymachine's choices. Lists are comma-separated (prompts:
-    "|"-separated); size 0 = the model family's own size (512 for SD1)."""
+    """The strength sweep on a preview model (the memo judged each LoRA by eye on another model)."""
 
-    strengths: str = "-1,-0.5,0,0.5,1"
-    prompts: str = GenerateRecipe.prompt
-    seeds: str = "1,2"
-    size: int = 0
-    steps: int = 28
-    sampler: str = "euler_a"
-    scale: float = 7.0
-    negative_prompt: str = GenerateRecipe.negative_prompt
-    font: str = ""  # a .ttf/.otf for the labels ("": Pillow's built-in font, ASCII only)
+    strengths: str = Field(description="comma-separated LoRA strengths")
+    prompts: str = Field(description='"|"-separated prompts')
+    seeds: str = Field(description="comma-separated seeds")
+    size: Side = Field(description="side (0: the model's own size)")
+    steps: SamplingSteps = Field(description="sampling steps")
+    sampler: Sampler = Field(description="gen_img.py sampler")
+    scale: CfgScale = Field(description="CFG scale")
+    negative_prompt: str = Field(description="negative prompt")
+    font: str = Field(description='a .ttf/.otf for the labels ("": Pillow\'s own, ASCII only)')
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths(cls, text: str) -> str:
+        _checked_list(text, float, Strength)
+        return text
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, text: str) -> str:
+        _checked_list(text, int, Seed)
+        return text
 
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class LeakageRecipe:
-    """The leakage score (the memo, on the difference method: "at higher strength the training
-    image came out"): with a preview model, the final LoRA renders each of `prompts` (unrelated to
-    the training caption; "|"-separated, seeds seed, seed+1, ...) at strength 0 and at each of
-    `strengths`, at the training size; each image's SSIM to the original training image minus
-    that of the same seed at strength 0 is how much the LoRA pulls an unrelated picture towards
-    its training image. The LoRA leaks from the first strength whose mean gain reaches
-    `threshold`. All copymachine's choices."""
+    """Does the final LoRA draw its training image into unrelated prompts (the memo, difference method:
+    "at higher strength the training image came out")? copymachine's choices."""
 
-    strengths: str = "1,2,3"
-    prompts: str = "landscape, mountains, lake, no humans | still life, a bowl of fruit on a wooden table | a red sports car on a city street, night"
-    seed: int = 1
-    threshold: float = 0.1  # SSIM gain; unrelated pictures differ by a few hundredths
-    steps: int = 20
-    sampler: str = "euler_a"
-    scale: float = 7.0
-    negative_prompt: str = ""
+    strengths: str = Field(description="comma-separated strengths, each compared with strength 0")
+    prompts: str = Field(description='"|"-separated prompts unrelated to the training caption')
+    seed: Seed = Field(description="first seed")
+    threshold: Annotated[Number, Field(gt=0, le=1)] = Field(description="SSIM gain from which the LoRA leaks")
+    steps: SamplingSteps = Field(description="sampling steps")
+    sampler: Sampler = Field(description="gen_img.py sampler")
+    scale: CfgScale = Field(description="CFG scale")
+    negative_prompt: str = Field(description="negative prompt")
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths(cls, text: str) -> str:
+        if any(v == 0 for v in _checked_list(text, float, Strength)):
+            raise ValueError("0 is the reference every strength is compared with; give strengths other than 0")
+        return text
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, text: str) -> str:
+        if not split_prompts(text):
+            raise ValueError("give at least one prompt")
+        return text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ModelRecipe:
-    """What the base model is used with, in every training and every render (copy check,
-    generated original, preview, leakage). `clip_skip`: the CLIP layer counted from the last
-    (1: the last, SD1.x's own); NovelAI-derived SD1.5 anime models (the memo's base,
-    nai_full.ckpt, and its descendants) are trained and used with 2. SD1.x only: SDXL always
-    reads its penultimate layer. Recorded in the final LoRA as ss_clip_skip."""
+    """The base model in every training and render; recorded in the final LoRA as ss_clip_skip."""
 
-    clip_skip: int = 1
+    clip_skip: Whole = Field(ge=1, le=12, json_schema_extra=_why("CLIP ViT-L/14 has 12 layers"), description=(
+        "CLIP layer counted from the last (SD1.x; 2 for NovelAI-derived anime models, the memo's base)"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class WatchRecipe:
-    """What a training saves on the way (copymachine's choices; none of it changes the trained
-    weights, so none enters a stage key). Every `save_every_n_steps` steps sd-scripts saves its
-    whole state (network, optimizer, scheduler, RNG), the last one only, so that a killed
-    training resumes there (0: no state saved, a killed training starts again at step 0)."""
+    """What a training saves on the way; none of it changes the trained weights. copymachine's choices."""
 
-    save_every_n_steps: int = 256  # 12 saves in the copy LoRA's 3072 steps, 16 in an effect's 4096
-    # `--samples N`: every N steps sd-scripts renders these prompts ("|"-separated; "{caption}" is
-    # the training caption) at the training size, seeds sample_seed, sample_seed+1, ...; for the
-    # effect LoRA on the copy model with the LoRA at +1, so the edit is seen growing
-    sample_prompts: str = "{caption}"
-    sample_sampler: str = "euler_a"
-    sample_steps: int = 20
-    sample_scale: float = 7.0
-    sample_seed: int = 1
+    save_every_n_steps: Whole = Field(ge=0, description="steps between saved states (0: none; copy stop's segment)")
+    sample_prompts: str = Field(description='--samples: "|"-separated prompts ("{caption}": the training caption)')
+    sample_sampler: Sampler = Field(description="--samples: sampler")
+    sample_steps: SamplingSteps = Field(description="--samples: sampling steps")
+    sample_scale: CfgScale = Field(description="--samples: CFG scale")
+    sample_seed: Seed = Field(description="--samples: first seed")
 
 
-# --- the range of every number -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Limit:
-    """The values a recipe key accepts: a range (`low_open`: the low end itself is refused), or
-    `choices` for a text key. Checked where a value enters the recipe (a file, --set, a shorthand
-    option), before any work."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    choices: tuple[str, ...] | None = None
-    why: str = ""
-
-    def problem(self, value: Any) -> str | None:
-        if self.choices is not None:
-            return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
-        if isinstance(value, float) and not math.isfinite(value):
-            return "must be a finite number"
-        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        too_high = self.high is not None and value > self.high
-        return f"must be {self.text()}" if too_low or too_high else None
-
-    def text(self) -> str:
-        lo, hi = _number(self.low), _number(self.high)
-        if self.low is not None and self.high is not None:
-            return f"{'above' if self.low_open else 'from'} {lo} {'and at most' if self.low_open else 'to'} {hi}"
-        if self.low is not None:
-            return f"{'above' if self.low_open else 'at least'} {lo}"
-        return f"at most {hi}"
-
-
-def _number(value: float | None) -> str:
-    return str(int(value)) if value is not None and float(value).is_integer() else f"{value}"
-
-# gen_img.py's --sampler choices at the pinned commit (a typo fails only when rendering, hours in)
-SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
-            "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
-MAX_RANK = 1024  # a LoRA rank above this is larger than SD's own layers' widths (320-1280)
-MAX_SEED = 2**32 - 1
-MAX_SIDE = 8192
-PRECISIONS = ("float", "fp16", "bf16")
-_RANK = Limit(1, MAX_RANK)
-_SEED = Limit(0, MAX_SEED)
-_SAMPLING_STEPS = Limit(1, 1000)
-_CFG_SCALE = Limit(0, 50, low_open=True)
-_PRECISION = Limit(choices=PRECISIONS)
-_SAMPLER = Limit(choices=SAMPLERS)
-# a LoRA strength (--am): beyond this a slider LoRA only burns the picture
-STRENGTH = Limit(-10, 10)
-
-LIMITS: dict[type, dict[str, Limit]] = {
-    TrainingRecipe: {
-        "network_dim": _RANK,
-        "network_alpha": Limit(0, 4 * MAX_RANK, low_open=True),
-        "learning_rate": Limit(0, 1, low_open=True),
-        "repeats": Limit(1, 100000),
-        "epochs": Limit(1, 10000),
-        "warmup_steps": Limit(0),
-        "keep_tokens": Limit(0, 75),  # CLIP's 75 tokens
-        "batch_size": Limit(1, 64),
-        "seed": _SEED,
-        "save_precision": _PRECISION,
-    },
-    MergeRecipe: {"ratio": Limit(0, 2, low_open=True), "precision": _PRECISION, "save_precision": _PRECISION, "copy_model": Limit(choices=COPY_MODEL_ROUTES)},
-    ResizeRecipe: {"rank": Limit(0, MAX_RANK, why="0 keeps the trained rank"), "save_precision": _PRECISION},
-    SvdMergeRecipe: {"rank": _RANK, "precision": Limit(choices=("float",), why="svd_merge_lora.py's SVD needs fp32"), "save_precision": _PRECISION},
-    CombineRecipe: {"extract_dim": _RANK, "min_diff": Limit(0, 1), "precision": _PRECISION},
-    GenerateRecipe: {"seed": _SEED, "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE,
-                     "width": Limit(0, MAX_SIDE, why="0: the model's own size"), "height": Limit(0, MAX_SIDE, why="0: the model's own size")},
-    CaptionRecipe: {"method": Limit(choices=("fixed", "wd14")), "general_threshold": Limit(0, 1), "character_threshold": Limit(0, 1)},
-    CopyCheckRecipe: {"images": Limit(1, 64), "min_ssim": Limit(0, 1), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE, "seed": _SEED},
-    LeakageRecipe: {"seed": _SEED, "threshold": Limit(0, 1, low_open=True), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
-    ModelRecipe: {"clip_skip": Limit(1, 12, why="CLIP ViT-L/14 has 12 layers")},
-    PreviewRecipe: {"size": Limit(0, MAX_SIDE, why="0: the model's own size"), "steps": _SAMPLING_STEPS, "sampler": _SAMPLER, "scale": _CFG_SCALE},
-    WatchRecipe: {"save_every_n_steps": Limit(0, 100000, why="0: no saved state"), "sample_sampler": _SAMPLER, "sample_steps": _SAMPLING_STEPS,
-                  "sample_scale": _CFG_SCALE, "sample_seed": _SEED},
-}
-
-
-# Step 5 and the memo's results: dim 64 / alpha 32, 4096 steps; flat and jpeg were weak and were
-# retrained with dim 128 / alpha 64 / 5120 steps.
-EFFECT_TRAINING = TrainingRecipe(epochs=8)  # 512 x 8 = 4096 steps
-RETRAINED_EFFECT_TRAINING = TrainingRecipe(network_dim=128, network_alpha=64.0, epochs=10)  # 5120 steps
-RETRAINED_EFFECTS = ("flat", "jpeg")
-# The difference-extraction method's over-fitted LoRAs A and B: "4096 steps" (512 x 8).
-DIFF_TRAINING = TrainingRecipe(epochs=8)
-
-
-def _default_effect_overrides() -> dict[str, TrainingRecipe]:
-    return {name: RETRAINED_EFFECT_TRAINING for name in RETRAINED_EFFECTS}
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class Recipe:
-    """The whole method's numbers. `effect_overrides` holds per-effect training recipes."""
+    """The whole method's numbers: one section per step; `effect_overrides`: [effect.NAME] tables."""
 
-    copy: TrainingRecipe = field(default_factory=TrainingRecipe)
-    effect: TrainingRecipe = EFFECT_TRAINING
-    effect_overrides: dict[str, TrainingRecipe] = field(default_factory=_default_effect_overrides)
-    diff: TrainingRecipe = DIFF_TRAINING
-    merge: MergeRecipe = field(default_factory=MergeRecipe)
-    resize: ResizeRecipe = field(default_factory=ResizeRecipe)
-    svd: SvdMergeRecipe = field(default_factory=SvdMergeRecipe)
-    combine: CombineRecipe = field(default_factory=CombineRecipe)
-    generate: GenerateRecipe = field(default_factory=GenerateRecipe)
-    caption: CaptionRecipe = field(default_factory=CaptionRecipe)
-    copy_check: CopyCheckRecipe = field(default_factory=CopyCheckRecipe)
-    preview: PreviewRecipe = field(default_factory=PreviewRecipe)
-    leakage: LeakageRecipe = field(default_factory=LeakageRecipe)
-    model: ModelRecipe = field(default_factory=ModelRecipe)
-    # sd-scripts training options the recipe does not name (noise_offset, network_args, ...):
-    # added to every training's TOML as they are, checked against the training script's --help
-    # before any work ([sd_args] in a recipe file, --sd-arg KEY=VALUE)
-    sd_args: dict[str, Any] = field(default_factory=dict)
-    watch: WatchRecipe = field(default_factory=WatchRecipe)
+    copy: TrainingRecipe = Field(description="memo step 2, the copy LoRA (steps = epochs x repeats / batch_size)")
+    effect: TrainingRecipe = Field(description="memo step 5, the effect LoRA; [effect.flat]: one effect's own")
+    effect_overrides: dict[str, TrainingRecipe] = Field(description="[effect.NAME] (the memo retrained flat, jpeg)")
+    diff: TrainingRecipe = Field(description="difference extraction: the over-fitted LoRAs A and B (memo steps 2, 4)")
+    merge: MergeRecipe = Field(description=(
+        'memo step 3, the copy model: in memory (copy_model = "memory") or merge_lora.py into a file'))
+    resize: ResizeRecipe = Field(description="memo step 9, resize_lora.py (rank 0 keeps the trained rank)")
+    svd: SvdMergeRecipe = Field(description="svd_merge_lora.py: difference step 5, the exact combine route")
+    combine: CombineRecipe = Field(description="memo steps 6-8: several images' LoRAs merged and extracted")
+    generate: GenerateRecipe = Field(description="memo step 1, when no --image is given (copymachine's choices)")
+    caption: CaptionRecipe = Field(description="the caption of both training images")
+    copy_check: CopyCheckRecipe = Field(description=(
+        "memo step 3, does the copy model copy? renders vs the original, stops below min_ssim"))
+    preview: PreviewRecipe = Field(description="the strength sweep on a preview model (--preview-model)")
+    leakage: LeakageRecipe = Field(description=(
+        "with a preview model: does the LoRA draw its training image into unrelated prompts?"))
+    model: ModelRecipe = Field(description="the base model in every training and render: clip_skip")
+    # added to every training's TOML as they are, checked against the training script's --help before any work
+    sd_args: dict[str, Any] = Field(description=(
+        "sd-scripts training options the recipe does not name (noise_offset = 0.05; --sd-arg KEY=VALUE)"))
+    watch: WatchRecipe = Field(description=(
+        "during a training: its state saved every save_every_n_steps steps, to resume a killed run"))
+    name: str = Field("", description="the recipe's name (recorded in the manifest and the final LoRA)")
+    description: str = Field("", description="one line on the recipe (copymachine recipe --list)")
 
     def effect_training(self, effect: str) -> TrainingRecipe:
         return self.effect_overrides.get(effect, self.effect)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name in _FREE_SECTIONS:
-                continue
-            d[f.name] = dataclasses.asdict(getattr(self, f.name))
-        for name, training in sorted(self.effect_overrides.items()):
-            d[f"effect.{name}"] = dataclasses.asdict(training)
-        d["sd_args"] = dict(self.sd_args)
-        return d
+        """Name, description, then sections as tables ([effect.NAME] as "effect.NAME"), sd_args last."""
+        d = dataclasses.asdict(self)
+        overrides, sd_args = d.pop("effect_overrides"), d.pop(SD_ARGS)
+        d = {"name": d.pop("name"), "description": d.pop("description"), **d}
+        d.update({f"effect.{k}": v for k, v in sorted(overrides.items())})
+        d[SD_ARGS] = sd_args
+        return {k: {n: x for n, x in v.items() if x is not None} if isinstance(v, dict) else v for k, v in d.items()}
 
 
-# Recipe fields that are not a table of named keys
-_FREE_SECTIONS = ("effect_overrides", "sd_args")
-
-
-MEMO = Recipe()
-
-# Sections a recipe file or --set may name, and the dataclass behind each.
-_SECTIONS: dict[str, type] = {
-    "copy": TrainingRecipe,
-    "effect": TrainingRecipe,
-    "diff": TrainingRecipe,
-    "merge": MergeRecipe,
-    "resize": ResizeRecipe,
-    "svd": SvdMergeRecipe,
-    "combine": CombineRecipe,
-    "generate": GenerateRecipe,
-    "caption": CaptionRecipe,
-    "copy_check": CopyCheckRecipe,
-    "preview": PreviewRecipe,
-    "leakage": LeakageRecipe,
-    "model": ModelRecipe,
-    "watch": WatchRecipe,
-}
 SD_ARGS = "sd_args"
+_META = ("name", "description", "base")  # a recipe file's top-level keys that are not sections
+_RECIPE = TypeAdapter(Recipe)
+
+
+def schema_fields(cls: type) -> dict[str, FieldInfo]:
+    """A section's (or the Recipe's) keys as pydantic knows them: type, range, description."""
+    return dict(cls.__pydantic_fields__)  # type: ignore[attr-defined]
+
+
+# the sections of named keys, and the class behind each ([effect.NAME]: TrainingRecipe)
+_SECTIONS: dict[str, type] = {
+    name: f.annotation for name, f in schema_fields(Recipe).items()
+    if isinstance(f.annotation, type) and dataclasses.is_dataclass(f.annotation)
+}
+BUILT_IN = importlib.resources.files("copymachine") / "recipes"
+
+
+def built_in_names() -> list[str]:
+    """The recipes shipped with copymachine (copymachine/recipes/NAME.toml), memo first."""
+    names = sorted(p.name.removesuffix(".toml") for p in BUILT_IN.iterdir() if p.name.endswith(".toml"))
+    return sorted(names, key=lambda n: n != "memo")
+
+
+def _read_toml(path: Path | Any) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"recipe file not found: {path} (built-in recipes: {', '.join(built_in_names())})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read recipe file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"recipe file {path} is not valid TOML: {e}") from None
+
+
+def built_in(name: str) -> Recipe:
+    """A built-in recipe: its file holds every key (nothing is taken from another recipe)."""
+    if name not in built_in_names():
+        raise InputError(f"no built-in recipe {name!r}; built-in recipes: {', '.join(built_in_names())}")
+    path = BUILT_IN / f"{name}.toml"
+    data = _read_toml(path)
+    tables = _overrides_of(data)
+    recipe = {k: v for k, v in tables.items() if not k.startswith("effect.")}
+    recipe["effect_overrides"] = {k.split(".", 1)[1]: v for k, v in tables.items() if k.startswith("effect.")}
+    return _validated({**recipe, "name": data.get("name", name), "description": data.get("description", "")}, str(path))
+
+
+def _overrides_of(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe file's tables as override tables: [effect.NAME] apart from [effect]."""
+    out: dict[str, Any] = {}
+    for section, values in data.items():
+        if section in _META:
+            continue
+        if section == "effect" and isinstance(values, dict):
+            out["effect"] = {k: v for k, v in values.items() if not isinstance(v, dict)}
+            out.update({f"effect.{k}": v for k, v in values.items() if isinstance(v, dict)})
+        else:
+            out[section] = values
+    return out
+
+
+def load_recipe_file(path: Path | str, base: Recipe | None = None) -> Recipe:
+    """A built-in recipe by name (`fast`), or a recipe TOML file's keys over `base` (the memo's by
+    default, or the built-in its top-level `base = "NAME"` names). The file's `name` (else its stem)
+    names the result."""
+    p = Path(path)  # a bare name is a built-in one (also as a jobs file's folder/NAME: that file absent)
+    if str(path) in built_in_names() or (not p.exists() and not p.suffix and p.name in built_in_names()):
+        return built_in(p.name)
+    data = _read_toml(p)
+    if "base" in data:
+        base = built_in(str(data["base"]))
+    base = base or MEMO
+    name = str(data.get("name") or p.stem)
+    description = str(data.get("description", base.description if name == base.name else ""))
+    recipe = apply_overrides(base, _overrides_of(data), str(path))
+    return dataclasses.replace(recipe, name=name, description=description)
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, Any], source: str) -> Recipe:
+    """Return `recipe` with `{section: {key: value}}` applied; unknown keys name the valid ones."""
+    data = dataclasses.asdict(recipe)
+    effects = data["effect_overrides"]
+    for section, values in overrides.items():
+        if section == SD_ARGS:
+            data[SD_ARGS] = {**data[SD_ARGS], **checked_sd_args(values, source)}
+            continue
+        cls = _section_type(section)
+        if not isinstance(values, dict):
+            raise InputError(f"{source}: [{section}] must be a table of keys")
+        keys = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            valid = ", ".join(keys)
+            raise InputError(f"{source}: unknown key {section}.{unknown[0]}; valid keys in [{section}]: {valid}")
+        if section.startswith("effect."):
+            name = section.split(".", 1)[1]
+            effects[name] = {**effects.get(name, data["effect"]), **values}
+        else:
+            data[section] = {**data[section], **values}
+    return _validated(data, source)
 
 
 def _section_type(section: str) -> type:
@@ -402,101 +424,89 @@ def _section_type(section: str) -> type:
     raise InputError(f"unknown recipe section [{section}]; valid sections: {valid}")
 
 
-def _convert(section: str, key: str, value: Any, target: type) -> Any:
-    """Convert a value (a TOML value, or a string from --set) to the field's type."""
-    where = f"{section}.{key}"
-    if target is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise InputError(f"recipe {where} must be true or false, not {value!r}")
-    if target is int:
-        if isinstance(value, bool):
-            raise InputError(f"recipe {where} must be a whole number, not {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value))
-        except ValueError:
-            raise InputError(f"recipe {where} must be a whole number, not {value!r}") from None
-    if target is float:
-        if isinstance(value, bool):
-            raise InputError(f"recipe {where} must be a number, not {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"recipe {where} must be a number, not {value!r}") from None
-    if not isinstance(value, str):
-        raise InputError(f"recipe {where} must be a string, not {value!r}")
-    return value
+def _validated(data: dict[str, Any], source: str) -> Recipe:
+    _refuse_bools(data, source)
+    try:
+        return _RECIPE.validate_python(data)
+    except ValidationError as e:
+        raise InputError(_message(e.errors()[0], source)) from None
 
 
-def _checked(source: str, section: str, cls: type, key: str, value: Any) -> Any:
-    """`value` if it is in the key's range (LIMITS), else one clear line naming the range."""
-    limit = LIMITS.get(cls, {}).get(key)
-    problem = limit.problem(value) if limit else None
-    if problem:
-        why = f" ({limit.why})" if limit.why else ""
-        raise InputError(f"{source}: recipe {section}.{key}={value!r} {problem}{why}")
-    return value
+def _refuse_bools(data: dict[str, Any], source: str) -> None:
+    """true is no number, though pydantic's lax mode reads it as 1."""
+    effects = data.get("effect_overrides") or {}
+    for section, values in [(s, data.get(s)) for s in _SECTIONS] + [(f"effect.{k}", v) for k, v in effects.items()]:
+        kinds = schema_fields(_section_type(section))
+        for key, value in values.items() if isinstance(values, dict) else ():
+            kind = _base_type(kinds[key]) if key in kinds else None
+            if isinstance(value, bool) and kind in (int, float):
+                raise InputError(f"{source}: recipe {section}.{key} must be {_KINDS[kind]}, not {value!r}")
 
 
-def _field_types(cls: type) -> dict[str, type]:
-    types = {"int": int, "float": float, "bool": bool, "str": str}
-    return {f.name: types[f.type if isinstance(f.type, str) else f.type.__name__] for f in fields(cls)}
+def _message(error: ErrorDetails, source: str) -> str:
+    """One line on a bad value: the key, the value, what it must be."""
+    loc = [str(part) for part in error["loc"]]
+    if loc[:1] == ["effect_overrides"]:
+        loc = [f"effect.{loc[1]}", *loc[2:]]
+    where, value = ".".join(loc), error["input"]
+    if error["type"] == "value_error":
+        return f"{source}: recipe {where}: {error['msg'].removeprefix('Value error, ')}"
+    cls = _SECTIONS.get(loc[0], TrainingRecipe if loc[0].startswith("effect.") else None)
+    info = schema_fields(cls).get(loc[-1]) if cls is not None and len(loc) == 2 else None
+    if info is None:
+        return f"{source}: recipe {where}: {error['msg']}"
+    problem = _problem(error, info)
+    if error["type"] not in _OUT_OF_RANGE:  # not even of the key's type
+        return f"{source}: recipe {where} {problem}, not {value!r}"
+    return f"{source}: recipe {where}={_typed(value, info)!r} {problem}"
 
 
-def apply_overrides(recipe: Recipe, overrides: dict[str, dict[str, Any]], source: str) -> Recipe:
-    """Return `recipe` with `{section: {key: value}}` applied; unknown keys name the valid ones."""
-    sections = {f.name: getattr(recipe, f.name) for f in fields(recipe) if f.name not in _FREE_SECTIONS}
-    effect_overrides = dict(recipe.effect_overrides)
-    sd_args = dict(recipe.sd_args)
-    for section, values in overrides.items():
-        if section == SD_ARGS:
-            sd_args.update(checked_sd_args(values, source))
-            continue
-        cls = _section_type(section)
-        if not isinstance(values, dict):
-            raise InputError(f"{source}: [{section}] must be a table of keys")
-        types = _field_types(cls)
-        unknown = sorted(set(values) - set(types))
-        if unknown:
-            raise InputError(
-                f"{source}: unknown key {section}.{unknown[0]}; valid keys in [{section}]: {', '.join(types)}"
-            )
-        changes = {k: _checked(source, section, cls, k, _convert(section, k, v, types[k])) for k, v in values.items()}
-        if section.startswith("effect."):
-            name = section.split(".", 1)[1]
-            effect_overrides[name] = replace(effect_overrides.get(name, sections["effect"]), **changes)
-        else:
-            sections[section] = replace(sections[section], **changes)
-    result = Recipe(effect_overrides=effect_overrides, sd_args=sd_args, **sections)
-    _validate(result, source)
-    return result
+_RANGES = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+_OUT_OF_RANGE = ("finite_number", "literal_error", *_RANGES)
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _validate(recipe: Recipe, source: str) -> None:
-    """Every key in its range (LIMITS), and what ranges alone cannot say."""
-    sections: dict[str, Any] = {f.name: getattr(recipe, f.name) for f in fields(recipe) if f.name not in _FREE_SECTIONS}
-    sections.update({f"effect.{k}": v for k, v in recipe.effect_overrides.items()})
-    for section, values in sections.items():
-        for f in fields(values):
-            _checked(source, section, type(values), f.name, getattr(values, f.name))
-        if isinstance(values, TrainingRecipe) and values.lr_scheduler == "constant" and values.warmup_steps:
-            raise InputError(
-                f"{source}: recipe {section}: sd-scripts' 'constant' scheduler rejects warmup; "
-                "use 'constant_with_warmup' or set warmup_steps = 0"
-            )
-    strengths(recipe.preview.strengths, f"{source}: recipe preview.strengths")
-    leak = strengths(recipe.leakage.strengths, f"{source}: recipe leakage.strengths")
-    if any(v == 0 for v in leak):
-        raise InputError(f"{source}: recipe leakage.strengths: 0 is the reference every strength is compared with; give strengths other than 0")
-    if not split_prompts(recipe.leakage.prompts):
-        raise InputError(f"{source}: recipe leakage.prompts: give at least one prompt")
-    seeds(recipe.preview.seeds, f"{source}: recipe preview.seeds")
+def _base_type(info: FieldInfo) -> Any:
+    """int, float, bool or str: the key's type, out of Optional[...] and Annotated[...]."""
+    kind = next((a for a in (get_args(info.annotation) or (info.annotation,)) if a is not type(None)), str)
+    return get_args(kind)[0] if get_origin(kind) is Annotated else kind
+
+
+def _problem(error: ErrorDetails, info: FieldInfo) -> str:
+    """What the value must be, in words: its range (and why), its choices, or its kind."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    why = f" ({extra['why']})" if "why" in extra else ""
+    kind = error["type"]
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind == "literal_error":
+        return f"must be one of {', '.join(map(str, get_args(info.annotation)))}{why}"
+    if kind in _RANGES:
+        return f"must be {range_text(info.metadata)}{why}"
+    return f"must be {_KINDS.get(_base_type(info), 'a ' + str(_base_type(info)))}"
+
+
+def _typed(value: Any, info: FieldInfo) -> Any:
+    """The value as the key's type reads it (--set's "0" is 0.0 for a float key), to show it."""
+    try:
+        return _base_type(info)(value) if isinstance(value, str) else value
+    except (TypeError, ValueError):
+        return value
+
+
+def range_text(metadata: list[Any]) -> str:
+    """"from 1 to 1024", "above 0 and at most 1", "at least 0": the bounds of annotated_types."""
+    ge = next((m.ge for m in metadata if isinstance(m, Ge)), None)
+    gt = next((m.gt for m in metadata if isinstance(m, Gt)), None)
+    low, high = (gt if ge is None else ge), next((m.le for m in metadata if isinstance(m, Le)), None)
+    lo, hi, open_low = _number(low), _number(high), gt is not None
+    if low is not None and high is not None:
+        return f"above {lo} and at most {hi}" if open_low else f"from {lo} to {hi}"
+    return (f"above {lo}" if open_low else f"at least {lo}") if low is not None else f"at most {hi}"
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if value is not None and float(value).is_integer() else f"{value}"
 
 
 # --- sd-scripts options the recipe does not name ([sd_args], --sd-arg KEY=VALUE) ---------------
@@ -513,9 +523,11 @@ def checked_sd_args(values: Any, source: str) -> dict[str, Any]:
     for key, value in values.items():
         name = str(key).removeprefix("--")
         if not _SD_ARG_KEY.fullmatch(name):
-            raise InputError(f"{source}: sd-scripts option {key!r} is not an option name (letters, digits and _, as in noise_offset)")
+            raise InputError(f"{source}: sd-scripts option {key!r} is not an option name "
+                             "(letters, digits and _, as in noise_offset)")
         if isinstance(value, dict) or value is None:
-            raise InputError(f"{source}: sd-scripts option {name} needs a value: a string, a number, true/false or an array")
+            raise InputError(f"{source}: sd-scripts option {name} needs a value: "
+                             "a string, a number, true/false or an array")
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"{source}: sd-scripts option {name}={value!r} must be a finite number")
         out[name] = value
@@ -531,9 +543,8 @@ def parse_sd_args(items: tuple[str, ...] | list[str], source: str = "--sd-arg") 
         name = name.strip()
         if not name:
             raise InputError(f"{source} expects KEY=VALUE (e.g. noise_offset=0.05), not {item!r}")
-        if not sep:
-            value: Any = True
-        else:
+        value: Any = True
+        if sep:
             try:
                 value = tomllib.loads(f"v = {text.strip()}")["v"]
             except tomllib.TOMLDecodeError:
@@ -542,33 +553,54 @@ def parse_sd_args(items: tuple[str, ...] | list[str], source: str = "--sd-arg") 
     return checked_sd_args(out, f"{source}")
 
 
-def _checked_list(text: str, kind: type, limit: Limit, where: str) -> list:
+# --- lists in a recipe's text keys, and LoRA strengths -------------------------------------------
+
+
+@functools.cache
+def _adapter(alias: Any) -> TypeAdapter:
+    return TypeAdapter(alias)
+
+
+def _problem_of(alias: Any, value: Any) -> str | None:
+    """What is wrong with `value` as a value of the type `alias` (Strength, Seed), or None."""
     try:
-        values = parse_number_list(text, kind)
-    except ValueError as e:
-        raise InputError(f"{where}: {e}") from None
+        _adapter(alias).validate_python(value)
+        return None
+    except ValidationError as e:
+        return _problem(e.errors()[0], FieldInfo.from_annotation(alias))
+
+
+def _checked_list(text: str, kind: type, alias: Any) -> list:
+    """The values of a comma-separated list, each of type `alias` (ValueError: the first bad one)."""
+    values = parse_number_list(text, kind)
     for v in values:
-        if limit.problem(v):
-            raise InputError(f"{where}: {v:g} {limit.problem(v)}")
+        if problem := _problem_of(alias, v):
+            raise ValueError(f"{v:g} {problem}")
     return values
 
 
+def _listed(text: str, kind: type, alias: Any, where: str) -> list:
+    try:
+        return _checked_list(text, kind, alias)
+    except ValueError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
 def strengths(text: str, where: str) -> list[float]:
-    """A comma-separated list of LoRA strengths, each in range (STRENGTH)."""
-    return _checked_list(text, float, STRENGTH, where)
-
-
-def ratio(value: float, where: str) -> float:
-    """A LoRA's ratio in a merge (--lora X:RATIO, --absorb X:RATIO): a strength, in range (STRENGTH)."""
-    problem = STRENGTH.problem(float(value))
-    if problem:
-        raise InputError(f"{where}: ratio {value:g} {problem}")
-    return float(value)
+    """A comma-separated list of LoRA strengths, each in range (Strength)."""
+    return _listed(text, float, Strength, where)
 
 
 def seeds(text: str, where: str) -> list[int]:
     """A comma-separated list of seeds, each in range."""
-    return _checked_list(text, int, _SEED, where)
+    return _listed(text, int, Seed, where)
+
+
+def ratio(value: float, where: str) -> float:
+    """A LoRA's ratio in a merge (--lora X:RATIO, --absorb X:RATIO): a strength, in range."""
+    if problem := _problem_of(Strength, float(value)):
+        raise InputError(f"{where}: ratio {value:g} {problem}")
+    return float(value)
 
 
 def parse_number_list(text: str, kind: type = float) -> list:
@@ -591,33 +623,12 @@ def split_prompts(text: str) -> list[str]:
     return [p.strip() for p in str(text).split("|") if p.strip()]
 
 
-
-def load_recipe_file(path: Path, base: Recipe = MEMO) -> Recipe:
-    """Read a recipe TOML file (sections and keys as in `Recipe.to_dict()`)."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"recipe file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read recipe file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"recipe file {path} is not valid TOML: {e}") from None
-    overrides: dict[str, dict[str, Any]] = {}
-    for section, values in data.items():
-        if section == "effect" and isinstance(values, dict):
-            plain = {k: v for k, v in values.items() if not isinstance(v, dict)}
-            overrides["effect"] = plain
-            for name, sub in values.items():
-                if isinstance(sub, dict):
-                    overrides[f"effect.{name}"] = sub
-        else:
-            overrides[section] = values
-    return apply_overrides(base, overrides, str(path))
+# --- reading and writing recipes -------------------------------------------------------------------
 
 
-def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, str]]:
+def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
     """`--set section.key=value` items (section may be `effect.flat`) to override tables."""
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for item in items:
         name, sep, value = item.partition("=")
         section, dot, key = name.strip().rpartition(".")
@@ -631,7 +642,7 @@ def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str,
 
 
 def render_recipe_toml(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as TOML-ready data (the format `--recipe` reads)."""
+    """The recipe as TOML-ready data (the format `--recipe` reads): [effect.NAME] inside [effect]."""
     d = recipe.to_dict()
     effect = d.pop("effect")
     for key in [k for k in d if k.startswith("effect.")]:
@@ -639,3 +650,6 @@ def render_recipe_toml(recipe: Recipe) -> dict[str, Any]:
     d["effect"] = effect
     d[SD_ARGS] = d.pop(SD_ARGS)  # last: a free table, after the memo's sections
     return d
+
+
+MEMO = built_in("memo")

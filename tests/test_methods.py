@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from copymachine.stages import Settings
 from copymachine.stages.train_lora import LAUNCHER
 
 # The memo's route: the copy model written by merge_lora.py (--copy-model file)
-FILE = MEMO.__class__(merge=MEMO.merge.__class__(copy_model="file"))
+FILE = replace(MEMO, merge=replace(MEMO.merge, copy_model="file"))
 
 SD1_KEYS = [
     "model.diffusion_model.input_blocks.0.0.weight",
@@ -107,7 +108,7 @@ def test_the_copy_machine_is_shared_by_effects_and_runs(env):
     assert b.stage("flat/effect-lora").params["training"]["network_dim"] == 128  # the memo's retrain
     assert b.stage("contrast/effect-lora").params["training"]["network_dim"] == 64
     # the caption is part of the copy LoRA's identity
-    c = make(env, out="c", recipe=MEMO.__class__(caption=MEMO.caption.__class__(text="a cat")))
+    c = make(env, out="c", recipe=replace(MEMO, caption=replace(MEMO.caption, text="a cat")))
     assert c.stage("copy-lora").key != a.stage("copy-lora").key
 
 

@@ -1,4 +1,4 @@
-"""`copymachine recipe`: print the memo's recipe as a TOML file to start your own from."""
+"""`copymachine recipe`: list the built-in recipes, or print one as a TOML file to start your own from."""
 
 from __future__ import annotations
 
@@ -8,43 +8,69 @@ import click
 import tomli_w
 
 from copymachine.cli import cli
-from copymachine.recipe import MEMO, load_recipe_file, render_recipe_toml
+from copymachine.recipe import (
+    BUILT_IN,
+    MEMO,
+    Recipe,
+    built_in,
+    built_in_names,
+    load_recipe_file,
+    render_recipe_toml,
+    schema_fields,
+)
 
-# One line per section of the recipe, in the order `copymachine recipe` prints them
-# (tests/test_recipe.py checks that every section has its line).
+# One line per section of the recipe, from the schema's descriptions, in the order they are printed
 SECTION_NOTES: dict[str, str] = {
-    "copy": "memo step 2, the copy LoRA (steps = repeats x epochs = 3072)",
-    "diff": "difference extraction: the over-fitted LoRAs A and B (4096 steps)",
-    "merge": "memo step 3, the copy model: in memory (copy_model = \"memory\") or merge_lora.py into a file",
-    "resize": "memo step 9, resize_lora.py (rank 0 keeps the trained rank)",
-    "svd": "svd_merge_lora.py: difference extraction step 5, and the exact combine route",
-    "combine": "memo steps 6-8: several images' LoRAs merged into the model and extracted",
-    "generate": "memo step 1, when no --image is given (copymachine's choices: the memo gives none)",
-    "caption": "the caption of both training images",
-    "copy_check": "memo step 3, does the copy model copy? renders vs the original, stops below min_ssim",
-    "preview": "the strength sweep on a preview model (--preview-model, copymachine preview)",
-    "leakage": "with a preview model: does the LoRA draw its training image into unrelated prompts?",
-    "model": "the base model in every training and render: clip_skip (2 for NovelAI-derived SD1.5 anime models)",
-    "watch": "during a training: its state saved every save_every_n_steps steps, to resume a killed run",
-    "effect": "memo step 5, the effect LoRA (4096 steps); [effect.flat] / [effect.jpeg]: the memo's retrain",
-    "sd_args": "sd-scripts training options the recipe does not name (noise_offset = 0.05; --sd-arg KEY=VALUE)",
+    name: field.description or ""
+    for name, field in schema_fields(Recipe).items()
+    if name not in ("name", "description", "effect_overrides")
 }
 
-HEADER = (
-    "# copymachine recipe: the numbers of the copy-machine LoRA memo.\n"
-    "# Use with: copymachine train --recipe THIS.toml ...   Keep only the keys you change.\n"
-    + "".join(f"# {f'[{name}]':<15} {note}\n" for name, note in SECTION_NOTES.items())
-)
+
+def steps_line(r: Recipe) -> str:
+    """The training steps the recipe plans for one effect, copy LoRA included."""
+    own = sorted({f"{name}: {t.steps:,}" for name, t in r.effect_overrides.items() if t.steps != r.effect.steps})
+    others = f" ({', '.join(own)})" if own else ""
+    return (f"copy LoRA {r.copy.steps:,} + effect LoRA {r.effect.steps:,}{others} = {r.copy.steps + r.effect.steps:,} "
+            f"steps for one effect; the difference method: {2 * r.diff.steps:,}")
+
+
+def header(r: Recipe) -> str:
+    source = f"copymachine/recipes/{r.name}.toml" if r.name in built_in_names() else "your file"
+    return (
+        f"# copymachine recipe {r.name!r}: {r.description}\n"
+        f"# {steps_line(r)}\n"
+        f"# Each number's source: {source}. Use with: copymachine train --recipe THIS.toml ...\n"
+        "# Keep only the keys you change: the others come from the recipe `base` names (default: memo).\n"
+        + "".join(f"# {f'[{name}]':<15} {note}\n" for name, note in SECTION_NOTES.items())
+    )
+
+
+HEADER = header(MEMO)
 
 
 @cli.command()
-@click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path), help="Show this recipe file merged over the memo's numbers.")
-def recipe(from_file):
-    """Print the recipe (the memo's numbers) as TOML.
+@click.argument("name", required=False)
+@click.option("--list", "list_all", is_flag=True, help="List the built-in recipes, one line each.")
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Show this recipe file merged over its base (the same as giving it as NAME).")
+def recipe(name: str | None, list_all: bool, from_file: Path | None) -> None:
+    """Print a recipe as TOML: the memo's (the default), a built-in one by NAME, or a recipe file.
 
     \b
-    Example:
-      copymachine recipe > my-recipe.toml    # edit, then: copymachine train --recipe my-recipe.toml ...
+    Examples:
+      copymachine recipe --list
+      copymachine recipe fast > my-recipe.toml   # edit, then: copymachine train --recipe my-recipe.toml ...
     """
-    r = load_recipe_file(from_file) if from_file else MEMO
-    click.echo(HEADER + "\n" + tomli_w.dumps(render_recipe_toml(r)), nl=False)
+    if list_all:
+        for n in built_in_names():
+            r = built_in(n)
+            click.echo(f"{n + (' (default)' if r.name == MEMO.name else ''):<15} {r.description}")
+        click.echo(f"\nEach one's numbers and sources: copymachine recipe NAME (files in {BUILT_IN})")
+        return
+    chosen = from_file or name
+    r = load_recipe_file(chosen) if chosen else MEMO
+    data = render_recipe_toml(r)
+    if r.name in built_in_names():
+        data = {"base": r.name, **data}
+    click.echo(header(r) + "\n" + tomli_w.dumps(data), nl=False)

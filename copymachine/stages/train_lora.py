@@ -25,7 +25,7 @@ from copymachine.images import load_rgb, save_png
 from copymachine.lorafile import validate_lora
 from copymachine.models import BaseOptions, Family
 from copymachine.plan import COSMETIC, OPTIONAL, StageParams, WeightedLora
-from copymachine.recipe import TrainingRecipe, WatchRecipe, split_prompts
+from copymachine.recipe import MEMO, TrainingRecipe, WatchRecipe, split_prompts
 from copymachine.render import write_config
 from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
 
@@ -56,7 +56,7 @@ class TrainParams(StageParams):
     # --tensorboard: sd-scripts' logging_dir. Neither changes the weights (sd-scripts restores
     # its RNG states after sampling), so neither is in the key.
     sample_every_n_steps: int = field(default=0, metadata=COSMETIC)
-    watch: WatchRecipe = field(default_factory=WatchRecipe, metadata=COSMETIC)
+    watch: WatchRecipe = field(default_factory=lambda: MEMO.watch, metadata=COSMETIC)
     logging_dir: str | None = field(default=None, metadata=COSMETIC)
 
     # clip skip and the prediction type (copymachine.models.BaseOptions; None: the defaults)
@@ -134,7 +134,7 @@ def training_plan(
         # only with LoRAs merged in memory, so the stage keys of trainings without them stay as they were
         base_weights_multipliers=[w.ratio for w in base_weights] or None,
         model=model.for_training() if model else None, sd_args=dict(sd_args) if sd_args else None,
-        save_every_n_steps=save_every_n_steps, sample_every_n_steps=samples, watch=watch or WatchRecipe(),
+        save_every_n_steps=save_every_n_steps, sample_every_n_steps=samples, watch=watch or MEMO.watch,
         logging_dir=str(logging_dir) if logging_dir else None, copy_stop=copy_stop,
     )  # fmt: skip
     return inputs, params
@@ -282,6 +282,7 @@ class TrainLora(StageKind):
             profile={"mixed_precision": p.mixed_precision, "training_options": options},
             base_weights=[str(w) for w in merged], base_weights_multipliers=p.base_weights_multipliers or [],
             model_options=p.model.training_keys() if p.model else {}, sd_args=p.sd_args or {},
+            segment_options=p.training.segment_options(p.total_steps) if p.copy_stop else {},
             output_dir=ctx.scratch, output_name=out.stem, saving={**saving, **watch_options(stage, ctx, config_dir)},
             comment=f"copymachine {stage.name}",
         )  # fmt: skip
