@@ -12,6 +12,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
@@ -26,7 +27,8 @@ from copymachine.manifest import Manifest
 from copymachine.plan import Plan, Stage, stage_name
 from copymachine.progress import Reporter
 from copymachine.runner import log_tail
-from copymachine.stages import Settings, StageContext, kinds, reset_scratch
+from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
+from copymachine.stages import kinds as all_kinds
 from copymachine.stamps import done_stamp, new_stamp, now, remove_stamp, write_stamp
 from copymachine.supervise import SUPERVISOR, CancelToken
 
@@ -150,8 +152,8 @@ class _Schedule:
     once, each sd-scripts stage on a GPU of its own where there are several; a stage that depends
     on a failed one is blocked, and one whose every result has failed already is not started."""
 
-    def __init__(self, plan: Plan, jobs: int, gpus: int):
-        self.plan = plan
+    def __init__(self, plan: Plan, jobs: int, gpus: int, kinds: Mapping[str, StageKind]):
+        self.plan, self.kinds = plan, kinds
         self.jobs = jobs
         self.deps = graph.dependencies(plan)
         self.reach = graph.results(plan, self.deps)
@@ -178,7 +180,7 @@ class _Schedule:
             if not (self.reach[name] - lost):
                 continue  # everything it leads to has failed already
             state[name] = "running"
-            gpu = self.free_gpus.pop(0) if self.free_gpus and kinds()[stage.kind].needs_engine else None
+            gpu = self.free_gpus.pop(0) if self.free_gpus and self.kinds[stage.kind].needs_engine else None
             if gpu is not None:
                 self.gpu_of[name] = gpu
             self.running[submit(stage, gpu)] = stage
@@ -267,8 +269,10 @@ class _Held:
 
 
 class Pipeline:
-    def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, argv: list[str] | None = None, token: CancelToken | None = None):
+    def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, argv: list[str] | None = None, token: CancelToken | None = None,
+                 kinds: Mapping[str, StageKind] | None = None):  # fmt: skip
         self.plan = plan
+        self.kinds = kinds if kinds is not None else all_kinds()  # the stage kinds (a test passes its own)
         self.settings = settings
         self.reporter = reporter
         self.hashes = hashes
@@ -291,7 +295,7 @@ class Pipeline:
         on it: the other effects of the run go on, and the first failure is raised at the end
         (after a summary, when the run makes several LoRAs)."""
         if dry_run:
-            print_dry_run(self.plan, self.settings, self.reporter, self.hashes)
+            print_dry_run(self.plan, self.settings, self.reporter, self.hashes, kinds=self.kinds)
             return []
         jobs = max(1, jobs)
         self.reporter.parallel = jobs > 1
@@ -300,7 +304,7 @@ class Pipeline:
         self._held.locks = [run_lock]
         remove_stale_temps(self.plan.run_dir)  # an interrupted manifest write
         index = {s.name: i for i, s in enumerate(self.plan.stages, 1)}
-        schedule = _Schedule(self.plan, jobs, self.settings.gpus)
+        schedule = _Schedule(self.plan, jobs, self.settings.gpus, self.kinds)
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage")
         try:
             while True:
@@ -373,7 +377,7 @@ class Pipeline:
     def _disk_full(self, stage: Stage, folder: Path, cause: str = "", log: Path | None = None) -> CopymachineError:
         from copymachine.preflight import disk_full
 
-        return disk_full(folder, stage.title, (self.plan.info.get("stage_bytes") or {}).get(stage.name), cause=cause, log=log)
+        return disk_full(folder, stage.title, (self.plan.info.stage_bytes or {}).get(stage.name), cause=cause, log=log)
 
     def _record(self, stage: Stage, status: str) -> None:
         """A failed stage's status in the manifest; on a full disk that write may fail too (the
@@ -385,7 +389,7 @@ class Pipeline:
                 raise
 
     def _run_stage_here(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
-        kind = kinds()[stage.kind]
+        kind = self.kinds[stage.kind]
         _tidy(stage, kind, self.reporter)
         stamp = done_stamp(stage, self.hashes)
         if stamp:

@@ -520,7 +520,7 @@ def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Setti
     hashes = HashCache.for_host(folders.cache)
     the_plan = plan(request, settings, hashes, folders)
     preflight.check_path_lengths(the_plan)
-    preflight.check_output(the_plan, the_plan.info["identity"], hashes, force=o.force)
+    preflight.check_output(the_plan, the_plan.info.identity or {}, hashes, force=o.force)
     preflight.check_writable({"run folder": the_plan.run_dir})
     for note in the_plan.notes:
         reporter.note(note)

@@ -15,12 +15,16 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from copymachine.errors import EnvironmentProblem, InputError
 from copymachine.heavy import numpy as np
 from copymachine.images import to_rgb
+
+if TYPE_CHECKING:
+    from numpy import ndarray
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
@@ -85,7 +89,7 @@ def input_size(shape) -> tuple[int, bool]:
     return (side if isinstance(side, int) and side > 0 else DEFAULT_SIZE), channels_last
 
 
-def preprocess(image: Image.Image, side: int, channels_last: bool = True) -> np.ndarray:
+def preprocess(image: Image.Image, side: int, channels_last: bool = True) -> ndarray:
     """A batch of one: over white, padded to a white square (centred), resized, BGR, 0-255."""
     rgb = to_rgb(image)
     w, h = rgb.size
@@ -105,7 +109,7 @@ def tag_text(name: str) -> str:
 
 
 def select_tags(
-    probabilities: np.ndarray,
+    probabilities: ndarray,
     tags: list[Tag],
     general_threshold: float = 0.35,
     character_threshold: float = 0.85,
@@ -145,7 +149,7 @@ class Tagger:
         self.input_name = first.name
         self.side, self.channels_last = input_size(first.shape)
 
-    def probabilities(self, image: Image.Image) -> np.ndarray:
+    def probabilities(self, image: Image.Image) -> ndarray:
         batch = preprocess(image, self.side, self.channels_last)
         return np.asarray(self.session.run(None, {self.input_name: batch})[0])[0]
 
