@@ -33,7 +33,8 @@ def parse_color(text: str) -> RGB:
     try:
         value = ImageColor.getrgb(text.strip())
     except (ValueError, AttributeError):
-        raise InputError(f"unknown colour {text!r}: use a name such as 'white' or a hex value such as '#808080'") from None
+        hint = "use a name such as 'white' or a hex value such as '#808080'"
+        raise InputError(f"unknown colour {text!r}: {hint}") from None
     return tuple(value[:3])  # type: ignore[return-value]
 
 

@@ -59,10 +59,12 @@ class RunsFiles:
                 raise InputError(f"{name} is not a readable image file") from None
             if pixels > MAX_PIXELS:
                 tmp.unlink()
-                raise InputError(f"{name}: {pixels / 1e6:.0f} megapixels, above the UI's {MAX_PIXELS / 1e6:.0f}; scale it down first")
+                limit = f"above the UI's {MAX_PIXELS / 1e6:.0f}; scale it down first"
+                raise InputError(f"{name}: {pixels / 1e6:.0f} megapixels, {limit}")
             tmp.replace(path)
         image = self.image(str(path))
-        return {"path": str(path), "name": path.name, "width": image.width, "height": image.height, "url": self.url(path)}
+        return {"path": str(path), "name": path.name, "width": image.width, "height": image.height,
+                "url": self.url(path)}
 
     def image(self, path: str) -> Image.Image:
         resolved = Path(path).resolve()
