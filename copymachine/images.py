@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
 from copymachine.errors import InputError, OutputError
-from copymachine.files import replace_file
+from copymachine.files import atomic_path
 from copymachine.heavy import numpy as np
 
 RGB = tuple[int, int, int]
@@ -179,7 +178,7 @@ def blank_colour(path: str | os.PathLike) -> tuple[int, ...] | None:
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
-    """Write `image` as an RGB PNG, atomically (temporary name in the same folder, then rename).
+    """Write `image` as an RGB PNG, atomically (files.atomic_path), with the usual permissions.
 
     The bytes depend only on the pixels: no metadata, no timestamps.
     """
@@ -189,28 +188,11 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> None:
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{p}: folder {folder} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise OutputError(f"{p}: cannot write in {folder} ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            clean.save(f, format="PNG", compress_level=6)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual permissions
-        replace_file(tmp, p)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None
-        raise
-
-
-def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    try:
+        with atomic_path(p) as tmp:
+            clean.save(tmp, format="PNG", compress_level=6)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private
+    except OSError as e:
+        raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None
