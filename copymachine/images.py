@@ -9,7 +9,6 @@ only on the pixels.
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
@@ -63,20 +62,13 @@ def _is_multiframe(im: Image.Image) -> bool:
     return _frames(im) > 1 and im.format != "MPO"
 
 
-def _png_bit_depth(path: Path) -> int | None:
-    with open(path, "rb") as f:
-        head = f.read(26)
-    # signature (8) + IHDR length (4) + b"IHDR" (4) + width (4) + height (4) + bit depth (1)
-    if len(head) >= 25 and head[12:16] == b"IHDR":
-        return struct.unpack("B", head[24:25])[0]
-    return None
-
-
 def _bit_depth(path: Path, im: Image.Image) -> int:
     if im.format == "PNG":
-        depth = _png_bit_depth(path)
-        if depth:
-            return depth
+        with open(path, "rb") as f:
+            head = f.read(26)
+        # signature (8) + IHDR length (4) + b"IHDR" (4) + width (4) + height (4) + bit depth (1)
+        if len(head) >= 25 and head[12:16] == b"IHDR" and head[24]:
+            return head[24]
     if im.format == "TIFF":
         bits = getattr(im, "tag_v2", {}).get(258)
         if bits:
@@ -103,15 +95,9 @@ def image_info(path: str | os.PathLike) -> dict:
         orientation = _orientation(im)
         oriented = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
         return {
-            "path": str(p),
-            "format": im.format,
-            "mode": im.mode,
-            "size": list(oriented),
-            "stored_size": [w, h],
-            "frames": _frames(im),
-            "has_alpha": im.mode in _ALPHA_MODES or "transparency" in im.info,
-            "bit_depth": _bit_depth(p, im),
-            "orientation": orientation,
+            "path": str(p), "format": im.format, "mode": im.mode, "size": list(oriented), "stored_size": [w, h],
+            "frames": _frames(im), "has_alpha": im.mode in _ALPHA_MODES or "transparency" in im.info,
+            "bit_depth": _bit_depth(p, im), "orientation": orientation,
         }
 
 

@@ -229,13 +229,9 @@ def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
         return None
     _, check, _ = copy_check_plan(c.recipe.copy_check, c.family.gen_flag, sp.size, c.gen_precision, {}, None,
                                   c.base_weights)
-    return CopyStop(
-        min_ssim=float(c.request.copy_stop_at),
-        segment=c.recipe.watch.save_every_n_steps or MEMO.watch.save_every_n_steps,
-        check=check,
-        lora_multiplier=c.recipe.merge.ratio,
-        base_weights_multipliers=[w.ratio for w in c.base_weights],
-    )
+    segment = c.recipe.watch.save_every_n_steps or MEMO.watch.save_every_n_steps
+    return CopyStop(min_ssim=float(c.request.copy_stop_at), segment=segment, check=check,
+                    lora_multiplier=c.recipe.merge.ratio, base_weights_multipliers=[w.ratio for w in c.base_weights])
 
 
 def _train(c: _Context, name: str, title: str, training: TrainingRecipe, sp: SourcePlan, base: FileRef,

@@ -191,18 +191,9 @@ class Planner:
     def external(self, path: Path) -> FileRef:
         return FileRef(path=Path(path))
 
-    def add(
-        self,
-        name: str,
-        kind: str,
-        title: str,
-        inputs: dict[str, FileRef],
-        params: StageParams,
-        outputs: dict[str, str],
-        workdir: Path | None = None,
-        shared_as: str | None = None,
-        gate: dict[str, Any] | None = None,
-    ) -> Stage:
+    def add(self, name: str, kind: str, title: str, inputs: dict[str, FileRef], params: StageParams,
+            outputs: dict[str, str], workdir: Path | None = None, shared_as: str | None = None,
+            gate: dict[str, Any] | None = None) -> Stage:
         """`outputs` maps output names to file names inside the stage's folder; `params` is the
         kind's StageParams. A shared stage (`shared_as="copy-lora"`) lives in `<cache>/<shared_as>/<key>/`."""
         if any(s.name == name for s in self.plan.stages):

@@ -361,3 +361,14 @@ def test_stage_keys_hold_what_changes_results_not_the_family_label(env):
     assert other_script.stage("copy-lora").key != p.stage("copy-lora").key
     assert other_script.stage("original").key == p.stage("original").key  # not a training: unchanged
     assert "label" not in p.stage("copy-lora").params["family"]
+
+
+def test_the_plans_info_as_the_manifest_records_it(env, tmp_path):
+    """Plan.info is typed; the manifest's "run" object holds what is known: a planned run's combine
+    and copy model even when None, a plan made without a method (a tool's) nothing."""
+    from copymachine.plan import RunInfo
+
+    info = make(env, method=DIFFERENCE).info.as_dict()
+    assert info["method"] == DIFFERENCE and info["combine"] is None and info["copy_model"] is None
+    assert info["identity"]["method"] == DIFFERENCE and "preview_prediction" not in info and "vram" not in info
+    assert RunInfo().as_dict() == {} and RunInfo(stage_bytes={"a": 1}).as_dict() == {"stage_bytes": {"a": 1}}

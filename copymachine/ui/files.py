@@ -13,13 +13,13 @@ from PIL import Image
 
 from copymachine.errors import InputError
 from copymachine.images import load_rgb
+from copymachine.request import IMAGE_SUFFIXES
 
 MAX_UPLOAD = 64 * 2**20
 # an upload's pixels at most (read from its header before decoding: a small file may claim a huge
 # image, a decompression bomb); a 50 MP phone photo passes
 MAX_PIXELS = 64_000_000
 PREVIEW_CACHE = 8
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def safe_name(name: str) -> str:
