@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -10,23 +11,24 @@ from copymachine.files import HashCache
 from copymachine.plan import Plan
 from copymachine.progress import Reporter
 from copymachine.runner import command_line
-from copymachine.stages import Settings, StageContext, kinds
+from copymachine.stages import Settings, StageContext, StageKind
+from copymachine.stages import kinds as all_kinds
 from copymachine.stamps import done_stamp
 
 
-def print_dry_run(plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache,
-                  out: TextIO | None = None) -> None:
+def print_dry_run(plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, out: TextIO | None = None,
+                  kinds: Mapping[str, StageKind] | None = None) -> None:
     """The training size of each source and why, then one `# [i/n]` line per stage, its
     configs, then its commands, copy-pasteable (a stage copymachine does itself names its
     outputs instead)."""
     out = out or sys.stdout
-    for source, choice in plan.info.get("training_size", {}).items():
+    for source, choice in (plan.info.training_size or {}).items():
         picture = "x".join(str(v) for v in choice["picture"])
         size = "x".join(str(v) for v in choice["size"])
         out.write(f"# training size of {source}: {size} (picture {picture} px; {choice['why']})\n")
     total = len(plan.stages)
     for index, stage in enumerate(plan.stages, 1):
-        kind = kinds()[stage.kind]
+        kind = (kinds if kinds is not None else all_kinds())[stage.kind]
         stamp = done_stamp(stage, hashes, check_inputs=all(r.path.is_file() for r in stage.inputs.values()))
         if stamp:
             out.write(f"# [{index}/{total}] {stage.title}: up to date ({stage.workdir})\n")

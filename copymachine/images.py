@@ -9,14 +9,12 @@ only on the pixels.
 from __future__ import annotations
 
 import os
-import struct
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
 from copymachine.errors import InputError, OutputError
-from copymachine.files import replace_file
+from copymachine.files import atomic_path
 from copymachine.heavy import numpy as np
 
 RGB = tuple[int, int, int]
@@ -33,7 +31,8 @@ def parse_color(text: str) -> RGB:
     try:
         value = ImageColor.getrgb(text.strip())
     except (ValueError, AttributeError):
-        raise InputError(f"unknown colour {text!r}: use a name such as 'white' or a hex value such as '#808080'") from None
+        hint = "use a name such as 'white' or a hex value such as '#808080'"
+        raise InputError(f"unknown colour {text!r}: {hint}") from None
     return tuple(value[:3])  # type: ignore[return-value]
 
 
@@ -63,20 +62,13 @@ def _is_multiframe(im: Image.Image) -> bool:
     return _frames(im) > 1 and im.format != "MPO"
 
 
-def _png_bit_depth(path: Path) -> int | None:
-    with open(path, "rb") as f:
-        head = f.read(26)
-    # signature (8) + IHDR length (4) + b"IHDR" (4) + width (4) + height (4) + bit depth (1)
-    if len(head) >= 25 and head[12:16] == b"IHDR":
-        return struct.unpack("B", head[24:25])[0]
-    return None
-
-
 def _bit_depth(path: Path, im: Image.Image) -> int:
     if im.format == "PNG":
-        depth = _png_bit_depth(path)
-        if depth:
-            return depth
+        with open(path, "rb") as f:
+            head = f.read(26)
+        # signature (8) + IHDR length (4) + b"IHDR" (4) + width (4) + height (4) + bit depth (1)
+        if len(head) >= 25 and head[12:16] == b"IHDR" and head[24]:
+            return head[24]
     if im.format == "TIFF":
         bits = getattr(im, "tag_v2", {}).get(258)
         if bits:
@@ -103,15 +95,9 @@ def image_info(path: str | os.PathLike) -> dict:
         orientation = _orientation(im)
         oriented = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
         return {
-            "path": str(p),
-            "format": im.format,
-            "mode": im.mode,
-            "size": list(oriented),
-            "stored_size": [w, h],
-            "frames": _frames(im),
-            "has_alpha": im.mode in _ALPHA_MODES or "transparency" in im.info,
-            "bit_depth": _bit_depth(p, im),
-            "orientation": orientation,
+            "path": str(p), "format": im.format, "mode": im.mode, "size": list(oriented), "stored_size": [w, h],
+            "frames": _frames(im), "has_alpha": im.mode in _ALPHA_MODES or "transparency" in im.info,
+            "bit_depth": _bit_depth(p, im), "orientation": orientation,
         }
 
 
@@ -178,7 +164,7 @@ def blank_colour(path: str | os.PathLike) -> tuple[int, ...] | None:
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
-    """Write `image` as an RGB PNG, atomically (temporary name in the same folder, then rename).
+    """Write `image` as an RGB PNG, atomically (files.atomic_path), with the usual permissions.
 
     The bytes depend only on the pixels: no metadata, no timestamps.
     """
@@ -188,28 +174,11 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> None:
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{p}: folder {folder} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise OutputError(f"{p}: cannot write in {folder} ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            clean.save(f, format="PNG", compress_level=6)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual permissions
-        replace_file(tmp, p)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None
-        raise
-
-
-def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    try:
+        with atomic_path(p) as tmp:
+            clean.save(tmp, format="PNG", compress_level=6)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private
+    except OSError as e:
+        raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None

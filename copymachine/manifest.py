@@ -54,7 +54,7 @@ class Manifest:
             "copymachine": __version__,
             "command": argv,
             "updated": now(),
-            "run": plan.info,
+            "run": plan.info.as_dict(),
             "sd_scripts": {
                 "path": str(engine.root) if engine else None,
                 "commit": engine.commit if engine else None,

@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ from copymachine.plan import Plan, Stage, stage_name
 from copymachine.pool import Task, side_by_side
 from copymachine.progress import Reporter
 from copymachine.runner import log_tail
-from copymachine.stages import Settings, StageContext, kinds, reset_scratch
+from copymachine.stages import Settings, StageContext, StageKind, reset_scratch
+from copymachine.stages import kinds as all_kinds
 from copymachine.stamps import done_stamp, new_stamp, now, remove_stamp, write_stamp
 from copymachine.supervise import SUPERVISOR, CancelToken
 
@@ -152,8 +153,8 @@ class _Schedule:
     once, each sd-scripts stage on a GPU of its own where there are several; a stage that depends
     on a failed one is blocked, and one whose every result has failed already is not started."""
 
-    def __init__(self, plan: Plan, jobs: int, gpus: int):
-        self.plan = plan
+    def __init__(self, plan: Plan, jobs: int, gpus: int, kinds: Mapping[str, StageKind]):
+        self.plan, self.kinds = plan, kinds
         self.jobs = jobs
         self.deps = graph.dependencies(plan)
         self.reach = graph.results(plan, self.deps)
@@ -181,7 +182,7 @@ class _Schedule:
             if not (self.reach[name] - lost):
                 continue  # everything it leads to has failed already
             state[name] = "running"
-            gpu = self.free_gpus.pop(0) if self.free_gpus and kinds()[stage.kind].needs_engine else None
+            gpu = self.free_gpus.pop(0) if self.free_gpus and self.kinds[stage.kind].needs_engine else None
             if gpu is not None:
                 self.gpu_of[name] = gpu
             self.running.add(name)
@@ -274,8 +275,10 @@ class _Held:
 
 class Pipeline:
     def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache,
-                 argv: list[str] | None = None, token: CancelToken | None = None):
+                 argv: list[str] | None = None, token: CancelToken | None = None,
+                 kinds: Mapping[str, StageKind] | None = None):
         self.plan = plan
+        self.kinds = kinds if kinds is not None else all_kinds()  # the stage kinds (a test passes its own)
         self.settings = settings
         self.reporter = reporter
         self.hashes = hashes
@@ -298,7 +301,7 @@ class Pipeline:
         on it: the other effects of the run go on, and the first failure is raised at the end
         (after a summary, when the run makes several LoRAs)."""
         if dry_run:
-            print_dry_run(self.plan, self.settings, self.reporter, self.hashes)
+            print_dry_run(self.plan, self.settings, self.reporter, self.hashes, kinds=self.kinds)
             return []
         jobs = max(1, jobs)
         self.reporter.parallel = jobs > 1
@@ -308,7 +311,7 @@ class Pipeline:
         self._held.locks = [run_lock]
         remove_stale_temps(self.plan.run_dir)  # an interrupted manifest write
         index = {s.name: i for i, s in enumerate(self.plan.stages, 1)}
-        schedule = _Schedule(self.plan, jobs, self.settings.gpus)
+        schedule = _Schedule(self.plan, jobs, self.settings.gpus, self.kinds)
 
         def start() -> list[Task]:
             if self.token.cancelled:  # a cancelled run starts nothing new
@@ -370,7 +373,7 @@ class Pipeline:
     def _disk_full(self, stage: Stage, folder: Path, cause: str = "", log: Path | None = None) -> CopymachineError:
         from copymachine.preflight import disk_full
 
-        needs = (self.plan.info.get("stage_bytes") or {}).get(stage.name)
+        needs = (self.plan.info.stage_bytes or {}).get(stage.name)
         return disk_full(folder, stage.title, needs, cause=cause, log=log)
 
     def _record(self, stage: Stage, status: str) -> None:
@@ -383,7 +386,7 @@ class Pipeline:
                 raise
 
     def _run_stage_here(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
-        kind = kinds()[stage.kind]
+        kind = self.kinds[stage.kind]
         _tidy(stage, kind, self.reporter)
         stamp = done_stamp(stage, self.hashes)
         if stamp:

@@ -119,12 +119,49 @@ class Stage:
 
 
 @dataclass
+class RunInfo:
+    """What the manifest records about the run (its "run" object): the planned run's description
+    (`methods`), its identity (`methods.run_identity`), and pre-flight's estimates."""
+
+    method: str | None = None
+    base: str | None = None
+    family: str | None = None
+    images: list[str | None] | None = None
+    edited: list[str | None] | None = None
+    image_folders: dict[str, str] | None = None  # each image's folder (its capped stem) -> its file name
+    effects: list[str] | None = None
+    combine: str | None = None  # recorded as given (None: the method's default)
+    sign: str | None = None
+    absorb: list[list[Any]] | None = None  # [path, ratio] of each absorbed style LoRA
+    training_sizes: dict[str, list[int]] | None = None
+    training_size: dict[str, dict[str, Any]] | None = None  # source -> size, picture, why
+    copy_model: str | None = None  # "file" | "memory"; None where there is no copy model
+    clip_skip: int | None = None
+    prediction: dict[str, str] | None = None  # type, why
+    preview_prediction: dict[str, str] | None = None
+    sd_args: dict[str, Any] | None = None
+    copy_check: dict[str, float] | str | None = None  # {"min_ssim": ...} or "off (--no-copy-check)"
+    recipe: dict[str, Any] | None = None
+    cache_dir: str | None = None
+    preview_model: str | None = None
+    identity: dict[str, Any] | None = None
+    disk_space: dict[str, Any] | None = None
+    stage_bytes: dict[str, int] | None = None  # what each stage still to run writes
+    vram: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's form: what is known (a planned run's combine and copy model even when None)."""
+        kept = ("combine", "copy_model") if self.method is not None else ()
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k in kept}
+
+
+@dataclass
 class Plan:
     run_dir: Path
     cache_dir: Path
     stages: list[Stage] = field(default_factory=list)
     finals: dict[str, Path] = field(default_factory=dict)  # effect -> final LoRA
-    info: dict[str, Any] = field(default_factory=dict)  # what the manifest records about the run
+    info: RunInfo = field(default_factory=RunInfo)  # what the manifest records about the run
     manifest_name: str = "manifest.json"
     notes: list[str] = field(default_factory=list)  # what the user should know before it runs
 
@@ -154,45 +191,21 @@ class Planner:
     def external(self, path: Path) -> FileRef:
         return FileRef(path=Path(path))
 
-    def add(
-        self,
-        name: str,
-        kind: str,
-        title: str,
-        inputs: dict[str, FileRef],
-        params: StageParams | dict[str, Any],
-        outputs: dict[str, str],
-        workdir: Path | None = None,
-        shared_as: str | None = None,
-        gate: dict[str, Any] | None = None,
-    ) -> Stage:
-        """`outputs` maps output names to file names inside the stage's folder.
-
-        A shared stage (`shared_as="copy-lora"`) lives in `<cache>/<shared_as>/<key>/`.
-        `params` is the kind's StageParams (a plain dict only for kinds outside copymachine/stages,
-        as tests define).
-        """
+    def add(self, name: str, kind: str, title: str, inputs: dict[str, FileRef], params: StageParams,
+            outputs: dict[str, str], workdir: Path | None = None, shared_as: str | None = None,
+            gate: dict[str, Any] | None = None) -> Stage:
+        """`outputs` maps output names to file names inside the stage's folder; `params` is the
+        kind's StageParams. A shared stage (`shared_as="copy-lora"`) lives in `<cache>/<shared_as>/<key>/`."""
         if any(s.name == name for s in self.plan.stages):
             raise ValueError(f"stage {name} planned twice")
-        spec = params
-        params = params.as_key() if isinstance(params, StageParams) else dict(params)
-        key = self._key(kind, params, inputs)
+        as_key = params.as_key()
+        key = self._key(kind, as_key, inputs)
         if shared_as:
             workdir = self.plan.cache_dir / shared_as / key[:16]
         assert workdir is not None
-        stage = Stage(
-            name=name,
-            kind=kind,
-            title=title,
-            workdir=workdir,
-            inputs=inputs,
-            params=params,
-            outputs={k: workdir / v for k, v in outputs.items()},
-            shared=shared_as is not None,
-            key=key,
-            gate=dict(gate or {}),
-            spec=spec,
-        )
+        stage = Stage(name=name, kind=kind, title=title, workdir=workdir, inputs=inputs, params=as_key,
+                      outputs={k: workdir / v for k, v in outputs.items()}, shared=shared_as is not None, key=key,
+                      gate=dict(gate or {}), spec=params)
         self.plan.stages.append(stage)
         return stage
 
@@ -204,4 +217,5 @@ class Planner:
             else:
                 producer = self.plan.stage(ref.producer)  # type: ignore[arg-type]
                 identity[name] = {"stage": producer.key, "output": ref.output}
-        return sha256_json({"kind": kind, "version": self.kind_versions.get(kind, 1), "params": params, "inputs": identity})
+        version = self.kind_versions.get(kind, 1)
+        return sha256_json({"kind": kind, "version": version, "params": params, "inputs": identity})

@@ -559,9 +559,9 @@ def check_resources(plan, model: ModelInfo, reporter: Reporter) -> None:
     """Before a run: the disk space (refused when short; the estimate is recorded in the plan's
     info, for the manifest) and the RAM a merge needs (a warning)."""
     needs = estimate_space(plan, model, model_parameters(model))
-    plan.info["disk_space"] = check_space(plan, model, reporter, needs)
+    plan.info.disk_space = check_space(plan, model, reporter, needs)
     # what each stage still to run writes: a stage that meets a full disk says what it needs
-    plan.info["stage_bytes"] = {n.stage: n.bytes for n in needs}
+    plan.info.stage_bytes = {n.stage: n.bytes for n in needs}
     check_memory(plan, model, reporter)
 
 
@@ -699,7 +699,7 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
     if not ranked:
         return jobs
     peak = vram.side_by_side(plan, per_gpu)
-    plan.info["vram"] = {
+    plan.info.vram = {
         "estimate_bytes": peak,
         "largest_stage": ranked[0][0].name,
         "largest_bytes": ranked[0][1].total,

@@ -12,6 +12,7 @@ from typing import Any
 
 from copymachine import effects as effect_registry
 from copymachine import preflight
+from copymachine.engine_setup import make_settings
 from copymachine.errors import InputError
 from copymachine.files import HashCache
 from copymachine.methods import (
@@ -32,7 +33,6 @@ from copymachine.plan import Plan, stage_name
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, SD_ARGS, Recipe, apply_overrides, load_recipe_file, parse_sd_args
 from copymachine.recipe import ratio as recipe_ratio
-from copymachine.settings import make_settings
 from copymachine.stages import Settings
 from copymachine.stages.leakage import summary as leakage_summary
 
@@ -213,7 +213,7 @@ def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Setti
     hashes = HashCache.for_host(folders.cache)
     the_plan = plan(request, settings, hashes, folders)
     preflight.check_path_lengths(the_plan)
-    preflight.check_output(the_plan, the_plan.info["identity"], hashes, force=o.force)
+    preflight.check_output(the_plan, the_plan.info.identity or {}, hashes, force=o.force)
     preflight.check_writable({"run folder": the_plan.run_dir})
     for note in the_plan.notes:
         reporter.note(note)

@@ -1,74 +1,64 @@
-"""The engine set-up every command that runs sd-scripts shares: sd-scripts located, its Python asked
-what it has (and, for a run, what its scripts can do), and the device profile chosen."""
+"""How this machine runs sd-scripts (the engine, the device profile, the GPUs), and which GPU a child sees."""
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from copymachine import capabilities, preflight, profiles
-from copymachine import engine as engine_mod
-from copymachine.errors import EnvironmentProblem
-from copymachine.progress import Reporter
-from copymachine.stages import Settings
+from copymachine.errors import EngineError
+from copymachine.profiles import CPU, Profile
+
+if TYPE_CHECKING:
+    from copymachine.capabilities import Capabilities
+    from copymachine.engine import Engine, Probe
 
 
-def make_settings(
-    sd_scripts: Path | None,
-    python: str | None,
-    device: str,
-    tokenizer_cache_dir: Path | None,
-    offline: bool,
-    reporter: Reporter,
-    require: bool = True,
-    low_vram: bool = False,
-) -> Settings:
-    """Locate sd-scripts, ask its Python what it has, and choose the device profile
-    (copymachine/profiles.py): the GPU profile when its torch sees a CUDA GPU, else the CPU."""
-    engine = engine_mod.locate(sd_scripts, python)
-    warning = preflight.engine_warning(engine)
-    if warning:
-        reporter.warn(f"sd-scripts at {warning}")
-    if tokenizer_cache_dir is not None and not Path(tokenizer_cache_dir).is_dir():
-        raise EnvironmentProblem(f"--tokenizer-cache-dir is not a folder: {tokenizer_cache_dir}")
-    try:
-        probe = engine.probe()
-    except EnvironmentProblem:
-        if require:
-            raise
-        probe = None
-    caps = None
-    if probe is not None and require:
-        engine.require(probe)
-        # what this sd-scripts can do (each script's --help, once per checkout): refused here,
-        # before any stage, when copymachine cannot drive it
-        def progress(done: int, total: int) -> None:
-            reporter.counting("capabilities", capabilities.progress_text(done, total), done, total)
+def visible_device(index: int, inherited: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a child that is to use the `index`-th GPU this process sees. The
+    user's own mask (or Slurm's, Ray's) lists the physical GPUs, indices or UUIDs (GPU-..., MIG-...),
+    and index 0 is its first entry: with CUDA_VISIBLE_DEVICES=2,3, GPU 1 is "3". CUDA ignores the
+    entries from the first invalid one on (an empty one included), so only those before it count.
+    Unset: the index itself. Set but empty (no GPU visible): kept empty."""
+    if inherited is None:
+        return str(index)
+    if not inherited.strip():
+        return inherited
+    entries: list[str] = []
+    for entry in inherited.split(","):
+        entry = entry.strip()
+        if not entry or (entry.lstrip("-").isdigit() and int(entry) < 0):
+            break
+        entries.append(entry)
+    if index >= len(entries):
+        listed = f"CUDA_VISIBLE_DEVICES={inherited!r} lists {len(entries)}"
+        raise EngineError(f"internal: GPU {index} asked for, but {listed}")
+    return entries[index]
 
-        caps = capabilities.learn(engine, on_progress=progress)
-        capabilities.require(engine, caps)
-    cuda = bool(probe and probe.cuda)
-    if device == "cuda" and not cuda:
-        raise EnvironmentProblem(f"--device cuda, but the torch of {engine.python} sees no CUDA GPU")
-    use_cuda = cuda and device != "cpu"
-    if low_vram and not use_cuda:
-        reporter.warn("--low-vram has no effect on the CPU: training there uses no GPU memory")
-    if use_cuda:
-        precision, why = profiles.choose_precision(probe.compute, probe.bf16)  # type: ignore[union-attr]
-        profile = profiles.gpu_profile(precision == "bf16", low_vram, why=why)
-        caveat = profiles.precision_caveat(probe.gpus, precision)  # type: ignore[union-attr]
-        if caveat:
-            reporter.warn(caveat)
-    else:
-        profile = profiles.CPU
-    trains = f"; trains in {profile.mixed_precision} ({profile.why})" if use_cuda else ""
-    reporter.info(f"sd-scripts {engine.root}; its Python {engine.python} ({engine.python_reason}){trains}")
-    return Settings(
-        engine=engine,
-        probe=probe,
-        profile=profile,
-        tokenizer_cache_dir=Path(tokenizer_cache_dir).resolve() if tokenizer_cache_dir else None,
-        offline=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
-        gpus=len(probe.gpus) if use_cuda else 0,  # type: ignore[union-attr]
-        capabilities=caps,
-    )
+
+@dataclass
+class Settings:
+    """How this machine runs sd-scripts: the engine, the device profile, the GPUs.
+    Only what changes results (precision, the profile's training options) enters stage keys."""
+
+    engine: Engine | None
+    probe: Probe | None
+    profile: Profile = CPU
+    tokenizer_cache_dir: Path | None = None
+    offline: bool = False
+    gpus: int = 0  # CUDA devices; with several, each parallel job gets its own
+    pinned_gpu: int | None = None  # every sd-scripts call on this CUDA device (a queue's job slot)
+    capabilities: Capabilities | None = None  # what this sd-scripts can do (copymachine.capabilities)
+
+    @property
+    def mixed_precision(self) -> str:
+        return self.profile.mixed_precision
+
+    @property
+    def device(self) -> str:
+        return self.profile.device
+
+    @property
+    def training_options(self) -> dict[str, Any]:
+        return self.profile.training_options
+

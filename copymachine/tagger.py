@@ -15,12 +15,16 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from copymachine.errors import EnvironmentProblem, InputError
 from copymachine.heavy import numpy as np
 from copymachine.images import to_rgb
+
+if TYPE_CHECKING:
+    from numpy import ndarray
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
@@ -44,7 +48,9 @@ def tagger_files(folder: Path) -> tuple[Path, Path]:
     """model.onnx and selected_tags.csv in `folder`, or an error naming what is missing."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"--tagger-dir is not a folder: {folder} (it must hold {MODEL_FILE} and {TAGS_FILE}, SmilingWolf's layout)")
+        raise InputError(
+            f"--tagger-dir is not a folder: {folder} (it must hold {MODEL_FILE} and {TAGS_FILE}, SmilingWolf's layout)"
+        )
     model, tags = folder / MODEL_FILE, folder / TAGS_FILE
     missing = [p.name for p in (model, tags) if not p.is_file()]
     if missing:
@@ -75,17 +81,15 @@ def input_size(shape) -> tuple[int, bool]:
     if len(dims) != 4:
         raise InputError(f"the tagger model's input is not an image batch (shape {dims})")
     if dims[-1] == 3:
-        side = dims[1]
-        channels_last = True
+        side, channels_last = dims[1], True
     elif dims[1] == 3:
-        side = dims[2]
-        channels_last = False
+        side, channels_last = dims[2], False
     else:
         raise InputError(f"the tagger model's input has no 3-channel axis (shape {dims})")
     return (side if isinstance(side, int) and side > 0 else DEFAULT_SIZE), channels_last
 
 
-def preprocess(image: Image.Image, side: int, channels_last: bool = True) -> np.ndarray:
+def preprocess(image: Image.Image, side: int, channels_last: bool = True) -> ndarray:
     """A batch of one: over white, padded to a white square (centred), resized, BGR, 0-255."""
     rgb = to_rgb(image)
     w, h = rgb.size
@@ -104,18 +108,16 @@ def tag_text(name: str) -> str:
     return name if name in KAOMOJI else name.replace("_", " ")
 
 
-def select_tags(
-    probabilities: np.ndarray,
-    tags: list[Tag],
-    general_threshold: float = 0.35,
-    character_threshold: float = 0.85,
-    exclude: tuple[str, ...] = (),
-) -> list[str]:
+def select_tags(probabilities: ndarray, tags: list[Tag], general_threshold: float = 0.35,
+                character_threshold: float = 0.85, exclude: tuple[str, ...] = ()) -> list[str]:
     """Character tags, then general tags, each by falling probability (ties in CSV order);
     ratings are never written. Underscores become spaces except in emoticons."""
     probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if probs.size != len(tags):
-        raise InputError(f"the tagger model gives {probs.size} scores but {TAGS_FILE} lists {len(tags)} tags: they do not belong together")
+        raise InputError(
+            f"the tagger model gives {probs.size} scores but {TAGS_FILE} lists {len(tags)} tags: "
+            "they do not belong together"
+        )
     excluded = {tag_text(e.strip()).lower() for e in exclude if e.strip()}
     out: list[str] = []
     for category, threshold in ((CHARACTER, character_threshold), (GENERAL, general_threshold)):
@@ -145,9 +147,10 @@ class Tagger:
         self.input_name = first.name
         self.side, self.channels_last = input_size(first.shape)
 
-    def probabilities(self, image: Image.Image) -> np.ndarray:
+    def probabilities(self, image: Image.Image) -> ndarray:
         batch = preprocess(image, self.side, self.channels_last)
         return np.asarray(self.session.run(None, {self.input_name: batch})[0])[0]
 
-    def __call__(self, image: Image.Image, general_threshold: float = 0.35, character_threshold: float = 0.85, exclude: tuple[str, ...] = ()) -> list[str]:
+    def __call__(self, image: Image.Image, general_threshold: float = 0.35, character_threshold: float = 0.85,
+                 exclude: tuple[str, ...] = ()) -> list[str]:
         return select_tags(self.probabilities(image), self.tags, general_threshold, character_threshold, exclude)

@@ -18,7 +18,7 @@ from copymachine import capabilities, engine, preflight, profiles, vram
 from copymachine.cli import cli
 from copymachine.cli import doctor as doctor_module
 from copymachine.errors import EXIT_ENVIRONMENT, EngineError
-from copymachine.stages import visible_device
+from copymachine.settings import visible_device
 
 GB = 1024**3
 

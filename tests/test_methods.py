@@ -81,7 +81,7 @@ def test_copy_machine_single_image(env):
     check = p.stage("copy-check")
     assert check.inputs["model"].external and check.inputs["copy_lora"].producer == "copy-lora" and check.params["lora_multiplier"] == 1.0
     assert "base_weights_multipliers" not in p.stage("copy-lora").params  # nothing merged before the copy LoRA
-    assert p.info["copy_model"] == "memory"
+    assert p.info.copy_model == "memory"
     # the memo's route: merge_lora.py writes the copy model, the effect LoRA trains on it
     f = make(env, recipe=FILE, out="file")
     assert names(f) == ["original", "outline/edit", "captions", "copy-lora", "copy-model", "copy-check", "outline/effect-lora", "outline/resize", "outline/final"]
@@ -125,7 +125,7 @@ def test_max_steps_and_resolution(env):
     params = p.stage("copy-lora").params
     assert params["size"] == [64, 64] and params["max_train_steps"] == 3
     assert params["warmup_steps"] == 0  # 500/3072 of 3 steps
-    assert p.info["training_size"]["original"]["why"].startswith("--resolution 64: about 64x64 px")
+    assert p.info.training_size["original"]["why"].startswith("--resolution 64: about 64x64 px")
     assert p.notes == []  # the user chose the size: no note
 
 
@@ -155,8 +155,8 @@ def test_a_large_picture_trains_at_the_native_area_with_one_note(env):
     for stage in ("copy-lora", "outline/effect-lora"):
         assert p.stage(stage).params["size"] == [576, 448]
     assert p.stage("copy-check").params["size"] == [576, 448]
-    assert p.info["training_sizes"] == {"original": [576, 448]}
-    info = p.info["training_size"]["original"]
+    assert p.info.training_sizes == {"original": [576, 448]}
+    info = p.info.training_size["original"]
     assert info["picture"] == [2048, 1536] and "native 512x512 px area of Stable Diffusion 1.x" in info["why"]
     assert len(p.notes) == 1
     assert p.notes[0].startswith("download.png is 2048x1536 px, far from the native 512x512 px area of Stable Diffusion 1.x: it trains on a copy resized to 576x448")
@@ -180,7 +180,7 @@ def test_an_exif_rotated_photo_trains_upright(env):
     Image.new("RGB", (2048, 1536), (90, 60, 30)).save(photo, exif=exif)
     p = make(env, sources=make_sources([photo], []))
     assert p.stage("copy-lora").params["size"] == [448, 576]
-    assert p.info["training_size"]["original"]["picture"] == [1536, 2048]
+    assert p.info.training_size["original"]["picture"] == [1536, 2048]
 
 
 def test_a_generated_original_keeps_its_size(env):
@@ -189,7 +189,7 @@ def test_a_generated_original_keeps_its_size(env):
     recipe = replace(MEMO, generate=replace(MEMO.generate, width=512, height=768))
     p = make(env, sources=make_sources([], []), recipe=recipe)
     assert p.stage("copy-lora").params["size"] == [512, 768] and p.notes == []
-    assert "generated original's own size" in p.info["training_size"]["original"]["why"]
+    assert "generated original's own size" in p.info.training_size["original"]["why"]
 
 
 def test_two_images_memo_route(env):
@@ -362,3 +362,14 @@ def test_stage_keys_hold_what_changes_results_not_the_family_label(env):
     assert other_script.stage("copy-lora").key != p.stage("copy-lora").key
     assert other_script.stage("original").key == p.stage("original").key  # not a training: unchanged
     assert "label" not in p.stage("copy-lora").params["family"]
+
+
+def test_the_plans_info_as_the_manifest_records_it(env, tmp_path):
+    """Plan.info is typed; the manifest's "run" object holds what is known: a planned run's combine
+    and copy model even when None, a plan made without a method (a tool's) nothing."""
+    from copymachine.plan import RunInfo
+
+    info = make(env, method=DIFFERENCE).info.as_dict()
+    assert info["method"] == DIFFERENCE and info["combine"] is None and info["copy_model"] is None
+    assert info["identity"]["method"] == DIFFERENCE and "preview_prediction" not in info and "vram" not in info
+    assert RunInfo().as_dict() == {} and RunInfo(stage_bytes={"a": 1}).as_dict() == {"stage_bytes": {"a": 1}}

@@ -4,13 +4,14 @@ the manifest. (Runs of the real stage kinds against the fake sd-scripts are in t
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 
 from copymachine.errors import EngineError
 from copymachine.files import HashCache
 from copymachine.pipeline import Pipeline
-from copymachine.plan import Planner
+from copymachine.plan import Planner, StageParams
 from copymachine.progress import Reporter
 from copymachine.stages import Settings, StageKind, kinds
 from copymachine.stamps import read_stamp
@@ -36,13 +37,21 @@ class Concat(StageKind):
         out.write_bytes(data)
 
 
+@dataclass(frozen=True)
+class ConcatParams(StageParams):
+    add: str
+    fail: bool = False
+
+
+def with_kind(kind: StageKind) -> dict[str, StageKind]:
+    """The stage kinds a Pipeline is given: copymachine's and the test's own."""
+    return {**kinds(), kind.kind: kind}
+
+
 @pytest.fixture(autouse=True)
-def register_kind():
-    kinds()["test_concat"] = Concat()
+def clear_calls():
     CALLS.clear()
     NONDETERMINISM["suffix"] = ""
-    yield
-    kinds().pop("test_concat")
 
 
 def build(tmp_path, add_a="a", add_b="b", fail_b=False, source_text="src"):
@@ -51,14 +60,14 @@ def build(tmp_path, add_a="a", add_b="b", fail_b=False, source_text="src"):
         source.write_text(source_text)
     hashes = HashCache(tmp_path / "hashes.json")
     planner = Planner(tmp_path / "run", tmp_path / "cache", hashes, {"test_concat": 1})
-    planner.add("a", "test_concat", "stage a", {"src": planner.external(source)}, {"add": add_a}, {"out": "a.txt"}, shared_as="a")
-    planner.add("b", "test_concat", "stage b", {"a": planner.plan.ref("a", "out")}, {"add": add_b, "fail": fail_b}, {"out": "b.txt"}, workdir=tmp_path / "run")
+    planner.add("a", "test_concat", "stage a", {"src": planner.external(source)}, ConcatParams(add_a), {"out": "a.txt"}, shared_as="a")
+    planner.add("b", "test_concat", "stage b", {"a": planner.plan.ref("a", "out")}, ConcatParams(add_b, fail_b), {"out": "b.txt"}, workdir=tmp_path / "run")
     return planner.plan, hashes
 
 
 def run(tmp_path, **kw):
     plan, hashes = build(tmp_path, **kw)
-    Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"]).run()
+    Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"], kinds=with_kind(Concat())).run()
     return plan
 
 
@@ -170,7 +179,7 @@ def test_stamp_is_written_last(tmp_path, monkeypatch):
 
 def test_dry_run_runs_nothing(tmp_path, capsys):
     plan, hashes = build(tmp_path)
-    Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"]).run(dry_run=True)
+    Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"], kinds=with_kind(Concat())).run(dry_run=True)
     assert CALLS == []
     assert not (tmp_path / "run" / "manifest.json").exists()
     assert not plan.stage("b").outputs["out"].exists()
@@ -192,10 +201,9 @@ def test_a_cancelled_pipeline_starts_no_new_stage_and_resumes_later(tmp_path):
             if stage.name == "a":
                 token.cancel()
 
-    kinds()["test_concat"] = CancelsWhileRunning()
     plan, hashes = build(tmp_path)
     with pytest.raises(EngineError, match=r"^interrupted: the run was cancelled before it finished"):
-        Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"], token=token).run()
+        Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"], token=token, kinds=with_kind(CancelsWhileRunning())).run()
     assert CALLS == ["a"]
     assert read_stamp(plan.stage("a")) is not None and plan.stage("a").outputs["out"].exists()
     assert read_stamp(plan.stage("b")) is None and not plan.stage("b").outputs["out"].exists()
@@ -204,9 +212,8 @@ def test_a_cancelled_pipeline_starts_no_new_stage_and_resumes_later(tmp_path):
     cancelled.cancel()
     plan, hashes = build(tmp_path)
     with pytest.raises(EngineError, match=r"^interrupted"):
-        Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"], token=cancelled).run()
+        Pipeline(plan, Settings(engine=None, probe=None), Reporter(live=False), hashes, argv=["test"], token=cancelled, kinds=with_kind(CancelsWhileRunning())).run()
     assert CALLS == ["a"]
 
-    kinds()["test_concat"] = Concat()
     plan = run(tmp_path)
     assert CALLS == ["a", "b"] and plan.stage("b").outputs["out"].read_bytes() == b"srcab"

@@ -5,9 +5,9 @@ import textwrap
 
 import pytest
 
+from copymachine.diagnosis import check_result
 from copymachine.errors import EngineError
 from copymachine.runner import RunResult, StreamWatcher, run_command
-from copymachine.stages import check_result
 
 TRAIN_LIKE = textwrap.dedent(
     r"""

@@ -179,8 +179,8 @@ def test_picture_names_are_capped_in_folder_names_and_whole_in_the_manifest(boor
     assert all(len(i) == FOLDER_STEM_MAX for i in ids) and ids[0] != ids[1]  # same first characters, different hashes
     assert all(i.startswith(BOORU[: FOLDER_STEM_MAX - 9] + "-") for i in ids)
     assert p.run_dir.name == f"{folder_stem(booru['images'][0].stem)}-and-1"
-    assert p.info["images"] == [str(i) for i in booru["images"]]
-    assert p.info["image_folders"] == {ids[0]: f"{BOORU}0.png", ids[1]: f"{BOORU}1.png"}
+    assert p.info.images == [str(i) for i in booru["images"]]
+    assert p.info.image_folders == {ids[0]: f"{BOORU}0.png", ids[1]: f"{BOORU}1.png"}
     assert folder_stem("short name") == "short name"
     dotted = "x" * (FOLDER_STEM_MAX - 12) + " ..." + "y" * 30  # cut just after " .."
     assert folder_stem(dotted) == "x" * (FOLDER_STEM_MAX - 12) + "-" + folder_stem(dotted)[-8:]  # no trailing space or dot

@@ -9,8 +9,8 @@ from typing import Literal, get_args, get_origin
 
 import click
 
+from copymachine.engine_setup import make_settings
 from copymachine.options import ENGINE, RunOptions, bounds, commands, option_name, shape
-from copymachine.settings import make_settings
 
 __all__ = ["engine_options", "make_settings", "run_options"]
 

@@ -36,7 +36,8 @@ MARKER = "copymachine base_weights launcher:"
 
 
 def _target_lists(cls) -> dict[str, list]:
-    return {name: list(value) for name, value in vars(cls).items() if "TARGET_REPLACE_MODULE" in name and isinstance(value, list)}
+    found = vars(cls).items()
+    return {name: list(value) for name, value in found if "TARGET_REPLACE_MODULE" in name and isinstance(value, list)}
 
 
 def install() -> None:
@@ -44,7 +45,8 @@ def install() -> None:
     import torch
 
     if not hasattr(lora, "create_network_from_weights") or not hasattr(lora, "LoRANetwork"):
-        raise SystemExit(f"{MARKER} this sd-scripts' networks/lora.py has no create_network_from_weights/LoRANetwork; use --copy-model file")
+        lacks = "networks/lora.py has no create_network_from_weights/LoRANetwork"
+        raise SystemExit(f"{MARKER} this sd-scripts' {lacks}; use --copy-model file")
     original = lora.create_network_from_weights
     network_class = lora.LoRANetwork
 
@@ -53,7 +55,8 @@ def install() -> None:
             return original(*args, **kwargs)
         lists = _target_lists(network_class)
         cpu_state = torch.get_rng_state()
-        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        cuda_state = torch.cuda.get_rng_state_all() if cuda else None
         try:
             network, weights_sd = original(*args, **kwargs)
         finally:
@@ -68,7 +71,8 @@ def install() -> None:
             return merge_to(text_encoder, unet, weights_sd, torch.float32, device)
 
         network.merge_to = merge_in_float
-        print(f"{MARKER} merging {args[1] if len(args) > 1 else kwargs.get('file')} in float32; target modules and RNG state kept", flush=True)
+        file = args[1] if len(args) > 1 else kwargs.get("file")
+        print(f"{MARKER} merging {file} in float32; target modules and RNG state kept", flush=True)
         return network, weights_sd
 
     lora.create_network_from_weights = create_network_from_weights

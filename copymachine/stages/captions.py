@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from copymachine.errors import InputError
 from copymachine.files import atomic_write_text
+from copymachine.images import load_rgb
 from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import StageContext, StageKind
+from copymachine.tagger import Tagger, tagger_files
 
 OUTPUTS = {"original": "original.txt", "edited": "edited.txt"}
 
@@ -34,21 +37,14 @@ def caption_plan(recipe, original, tagger_dir: Path | None, planner) -> tuple[di
     """The stage's inputs and parameters for the recipe's [caption]."""
     if recipe.method != "wd14":
         return {}, CaptionParams(method="fixed", text=recipe.text)
-    from copymachine.errors import InputError
-    from copymachine.tagger import tagger_files
-
     if tagger_dir is None:
         raise InputError("--caption-with wd14 needs --tagger-dir DIR (a folder with model.onnx and selected_tags.csv)")
     model, tags = tagger_files(tagger_dir)
-    inputs = {"image": original, "tagger_model": planner.external(model.resolve()), "tagger_tags": planner.external(tags.resolve())}
-    params = CaptionParams(
-        method="wd14",
-        prefix=recipe.prefix,
-        general_threshold=recipe.general_threshold,
-        character_threshold=recipe.character_threshold,
-        exclude=[t.strip() for t in recipe.exclude_tags.split(",") if t.strip()],
-    )
-    return inputs, params
+    inputs = {"image": original, "tagger_model": planner.external(model.resolve()),
+              "tagger_tags": planner.external(tags.resolve())}
+    return inputs, CaptionParams(method="wd14", prefix=recipe.prefix, general_threshold=recipe.general_threshold,
+                                 character_threshold=recipe.character_threshold,
+                                 exclude=[t.strip() for t in recipe.exclude_tags.split(",") if t.strip()])
 
 
 class Captions(StageKind):
@@ -57,25 +53,20 @@ class Captions(StageKind):
     def execute(self, stage, ctx: StageContext) -> None:
         if ctx.dry_run:
             return
-        p = stage.spec
-        if p.method == "wd14":
-            text = self._tags(stage, ctx)
-        else:
-            text = p.text
+        text = self._tags(stage, ctx) if stage.spec.method == "wd14" else stage.spec.text
         text = " ".join(text.split())  # sd-scripts reads the first line only
         for name in ("original", "edited"):
             atomic_write_text(ctx.scratch_output(name), text + "\n")
 
     def _tags(self, stage, ctx: StageContext) -> str:
-        from copymachine.images import load_rgb
-        from copymachine.tagger import Tagger
-
         p = stage.spec
         tagger = Tagger(stage.input("tagger_model").parent)
-        tags = tagger(load_rgb(stage.input("image")), p.general_threshold, p.character_threshold, tuple(p.exclude or ()))
+        image = load_rgb(stage.input("image"))
+        tags = tagger(image, p.general_threshold, p.character_threshold, tuple(p.exclude or ()))
         prefix = [t.strip() for t in (p.prefix or "").split(",") if t.strip()]
         caption = ", ".join(prefix + [t for t in tags if t not in prefix])
-        ctx.reporter.info(f"      WD14 tags of the original ({len(tags)}): {caption or '(none above the thresholds)'}")
+        shown = caption or "(none above the thresholds)"
+        ctx.reporter.info(f"      WD14 tags of the original ({len(tags)}): {shown}")
         return caption
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from copymachine.check import PairReport, check_pair, compare_sheet
-from copymachine.effects import apply_effect
+from copymachine.effects import apply_effect, check_amount, resolve_params
 from copymachine.errors import InputError
 from copymachine.files import atomic_write_json
 from copymachine.images import load_rgb, save_png
@@ -35,24 +35,28 @@ class EditParams(StageParams):
     in_place: bool | None = field(default=None, metadata=OPTIONAL)
 
 
-def edit_plan(effect: str, original: Any, edited: Any | None, overrides: dict[str, Any], amount: float, in_place: bool) -> tuple[dict[str, Any], EditParams]:
+def edit_plan(
+    effect: str, original: Any, edited: Any | None, overrides: dict[str, Any], amount: float, in_place: bool
+) -> tuple[dict[str, Any], EditParams]:
     """The stage's inputs (the original; for effect custom the user's `edited`) and parameters:
     a built-in effect's parameters and amount checked, for custom none."""
-    from copymachine import effects
-
     inputs = {"original": original}
     if effect == CUSTOM:
         if edited is None:
             raise InputError("effect custom needs an edited image")
         inputs["edited"] = edited
         return inputs, EditParams(effect=CUSTOM, effect_params={}, amount=1.0, in_place=True if in_place else None)
-    return inputs, EditParams(effect=effect, effect_params=effects.resolve_params(effect, overrides), amount=effects.check_amount(amount))
+    params = resolve_params(effect, overrides)
+    return inputs, EditParams(effect=effect, effect_params=params, amount=check_amount(amount))
 
 
-def edit_and_check(original: Image.Image, effect: str, effect_params: dict, amount: float = 1.0, edited: Image.Image | None = None, in_place: bool = False) -> tuple[Image.Image, PairReport]:
+def edit_and_check(
+    original: Image.Image, effect: str, effect_params: dict, amount: float = 1.0, edited: Image.Image | None = None,
+    in_place: bool = False,
+) -> tuple[Image.Image, PairReport]:
     """The edited image (a built-in effect applied, or the user's `edited`) and its check, as
     the stage makes them; the web UI's live preview calls this too."""
-    custom = effect == "custom"
+    custom = effect == CUSTOM
     if not custom:
         edited = apply_effect(effect, original, effect_params, amount=amount)
     assert edited is not None
@@ -62,7 +66,7 @@ def edit_and_check(original: Image.Image, effect: str, effect_params: dict, amou
 def verdict_lines(report: PairReport, effect: str, where: Path | str) -> tuple[list[str], list[str], str | None]:
     """What a run says about an edit: notes, warnings and, when it is refused, the one-line
     refusal (the stage raises it; the web UI shows all three as the CLI prints them)."""
-    custom = effect == "custom"
+    custom = effect == CUSTOM
     source = "your edit" if custom else f"the {effect} edit"
     notes = [f"note: {source}: {note}" for note in report.notes]
     warnings = [f"{source}: {m}" for m in report.messages] if report.verdict != "refuse" else []
@@ -88,10 +92,10 @@ class EditImage(StageKind):
         edited, report = edit_and_check(original, p.effect, p.effect_params, p.amount, custom_edit, bool(p.in_place))
         where = stage.inputs["edited"].path if "edited" in stage.inputs else Path("edit")
         notes, warnings, refusal = verdict_lines(report, p.effect, where)
-        for note in notes:
-            ctx.reporter.info(note)
-        for warning in warnings:
-            ctx.reporter.warn(warning)
+        for line in notes:
+            ctx.reporter.info(line)
+        for line in warnings:
+            ctx.reporter.warn(line)
         if refusal:
             raise InputError(refusal)
         save_png(edited, ctx.scratch_output("image"))

@@ -30,25 +30,13 @@ class ExtractLora(StageKind):
         p = stage.spec
         out = ctx.scratch_output("lora")
         args = [
-            "--model_org",
-            str(stage.input("original")),
-            "--model_tuned",
-            str(stage.input("tuned")),
-            "--save_to",
-            str(out),
-            "--dim",
-            str(p.dim),
-            "--min_diff",
-            repr(float(p.min_diff)),
-            "--load_precision",
-            p.precision,
-            "--save_precision",
-            p.precision,
-            "--device",
-            p.device,
+            "--model_org", str(stage.input("original")), "--model_tuned", str(stage.input("tuned")),
+            "--save_to", str(out), "--dim", str(p.dim), "--min_diff", repr(float(p.min_diff)),
+            "--load_precision", p.precision, "--save_precision", p.precision, "--device", p.device,
             *p.family.extract_options,
         ]
-        ctx.run(ctx.engine.run_script("networks/extract_lora_from_models.py", args), "extract_lora_from_models.py", expected=[out])
+        script = "networks/extract_lora_from_models.py"
+        ctx.run(ctx.engine.run_script(script, args), "extract_lora_from_models.py", expected=[out])
         label_tool_output(stage, ctx, out)
 
     def validate(self, stage, name, path, ctx):

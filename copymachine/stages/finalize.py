@@ -82,18 +82,24 @@ class Finalize(StageKind):
         for kind in ("original", "edited"):
             names = sorted(n for n in stage.inputs if n.startswith(kind))
             metadata[f"copymachine.{kind}_sha256"] = ",".join(ctx.hashes.sha256(stage.input(n)) for n in names)
-        checks = [json.loads(stage.input(n).read_text(encoding="utf-8")) for n in sorted(stage.inputs) if n.startswith("copycheck")]
+        checks = [_json(stage, n) for n in sorted(stage.inputs) if n.startswith("copycheck")]
         if checks:
-            metadata["copymachine.copy_check"] = json.dumps([{k: c[k] for k in ("mean_ssim", "min_ssim", "size", "steps")} for c in checks])
+            kept = ("mean_ssim", "min_ssim", "size", "steps")
+            metadata["copymachine.copy_check"] = json.dumps([{k: c[k] for k in kept} for c in checks])
         if "leakage" in stage.inputs:
-            metadata["copymachine.leakage"] = stored(json.loads(stage.input("leakage").read_text(encoding="utf-8")))
+            metadata["copymachine.leakage"] = stored(_json(stage, "leakage"))
         # one rank for every module (resize gives a module without gradient rank 1): see write_uniform_rank
         padded = write_uniform_rank(stage.input("lora"), ctx.scratch_output("lora"), metadata)
         if padded:
-            ctx.reporter.info(f"      {padded} module(s) of a lower rank (no gradient: delta zero) padded with zeros to the LoRA's rank")
+            ctx.reporter.info(f"      {padded} module(s) of a lower rank (no gradient: delta zero) padded with zeros "
+                              "to the LoRA's rank")
 
     def validate(self, stage, name, path, ctx):
         return validate_lora(path, "final LoRA").facts()
+
+
+def _json(stage, name: str) -> Any:
+    return json.loads(stage.input(name).read_text(encoding="utf-8"))
 
 
 def lora_model_metadata(model: BaseOptions) -> dict[str, str]:
@@ -121,7 +127,8 @@ def label_tool_output(stage, ctx: StageContext, path: Path) -> None:
             entry["ratio"] = ratios[int(name[4:])]
         if ref.suffix == ".safetensors" and name.startswith("lora"):
             md = read_safetensors(ref).metadata
-            entry.update({k.split(".", 1)[1]: md[k] for k in ("copymachine.method", "copymachine.effect", "copymachine.sign", "copymachine.tool") if k in md})
+            keys = ("copymachine.method", "copymachine.effect", "copymachine.sign", "copymachine.tool")
+            entry.update({k.split(".", 1)[1]: md[k] for k in keys if k in md})
         inputs.append(entry)
     params = {k: v for k, v in stage.spec.record().items() if k not in ("label", "family")}
     metadata = {

@@ -28,10 +28,13 @@ class MergeParams(StageParams):
     save_precision: str
 
 
-def merge_plan(family: Family, base: Any, loras: Sequence[WeightedLora], precision: str, save_precision: str) -> tuple[dict[str, Any], MergeParams]:
+def merge_plan(
+    family: Family, base: Any, loras: Sequence[WeightedLora], precision: str, save_precision: str
+) -> tuple[dict[str, Any], MergeParams]:
     """The stage's inputs (the model `base`, then each LoRA) and parameters."""
     inputs = {"base": base, **{lora_input_name(i): w.lora for i, w in enumerate(loras)}}
-    return inputs, MergeParams(family=family, ratios=[w.ratio for w in loras], precision=precision, save_precision=save_precision)
+    ratios = [w.ratio for w in loras]
+    return inputs, MergeParams(family=family, ratios=ratios, precision=precision, save_precision=save_precision)
 
 
 class MergeModel(StageKind):
@@ -41,21 +44,10 @@ class MergeModel(StageKind):
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
         out = ctx.scratch_output("model")
-        loras = lora_inputs(stage)
         args = [
-            "--sd_model",
-            str(stage.input("base")),
-            "--models",
-            *loras,
-            "--ratios",
-            *[_num(r) for r in p.ratios],
-            "--precision",
-            p.precision,
-            "--save_precision",
-            p.save_precision,
-            "--save_to",
-            str(out),
-            *p.family.merge_options,
+            "--sd_model", str(stage.input("base")), "--models", *lora_inputs(stage),
+            "--ratios", *[_num(r) for r in p.ratios], "--precision", p.precision, "--save_precision", p.save_precision,
+            "--save_to", str(out), *p.family.merge_options,
         ]
         ctx.run(ctx.engine.run_script(p.family.merge_script, args), Path(p.family.merge_script).name, expected=[out])
 
@@ -63,7 +55,8 @@ class MergeModel(StageKind):
         st = read_safetensors(path, "merged model")
         family, what = detect_family(st.keys())
         if family is None or family.name != stage.spec.family.name:
-            raise EngineError(f"the merged model at {path} is not a {stage.spec.family.label} checkpoint (found {what})")
+            label = stage.spec.family.label
+            raise EngineError(f"the merged model at {path} is not a {label} checkpoint (found {what})")
         return {"tensors": len(st.tensors)}
 
 

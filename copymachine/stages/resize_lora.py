@@ -26,16 +26,8 @@ class ResizeLora(StageKind):
         p = stage.spec
         out = ctx.scratch_output("lora")
         args = [
-            "--model",
-            str(stage.input("lora")),
-            "--save_to",
-            str(out),
-            "--new_rank",
-            str(p.rank),
-            "--save_precision",
-            p.save_precision,
-            "--device",
-            p.device,
+            "--model", str(stage.input("lora")), "--save_to", str(out), "--new_rank", str(p.rank),
+            "--save_precision", p.save_precision, "--device", p.device,
         ]
         ctx.run(ctx.engine.run_script("networks/resize_lora.py", args), "resize_lora.py", expected=[out])
         label_tool_output(stage, ctx, out)

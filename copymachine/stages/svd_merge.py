@@ -26,18 +26,14 @@ class SvdMergeParams(StageParams):
     label: ToolLabel | None = field(default=None, metadata=OPTIONAL)
 
 
-def svd_merge_plan(terms: Sequence[LoraTerm], rank: int, precision: str, save_precision: str, device: str, tool: str | None = None) -> tuple[dict[str, Any], SvdMergeParams]:
+def svd_merge_plan(
+    terms: Sequence[LoraTerm], rank: int, precision: str, save_precision: str, device: str, tool: str | None = None
+) -> tuple[dict[str, Any], SvdMergeParams]:
     """The stage's inputs (each term's LoRA, in order) and parameters."""
     inputs = {lora_input_name(i): t.lora for i, t in enumerate(terms)}
-    params = SvdMergeParams(
-        ratios=[t.ratio for t in terms],
-        labels=[t.label for t in terms],
-        rank=rank,
-        precision=precision,
-        save_precision=save_precision,
-        device=device,
-        label=ToolLabel(tool) if tool else None,
-    )
+    params = SvdMergeParams(ratios=[t.ratio for t in terms], labels=[t.label for t in terms], rank=rank,
+                            precision=precision, save_precision=save_precision, device=device,
+                            label=ToolLabel(tool) if tool else None)
     return inputs, params
 
 
@@ -49,20 +45,9 @@ class SvdMerge(StageKind):
         p = stage.spec
         out = ctx.scratch_output("lora")
         args = [
-            "--models",
-            *lora_inputs(stage),
-            "--ratios",
-            *[_num(r) for r in p.ratios],
-            "--new_rank",
-            str(p.rank),
-            "--precision",
-            p.precision,
-            "--save_precision",
-            p.save_precision,
-            "--device",
-            p.device,
-            "--save_to",
-            str(out),
+            "--models", *lora_inputs(stage), "--ratios", *[_num(r) for r in p.ratios], "--new_rank", str(p.rank),
+            "--precision", p.precision, "--save_precision", p.save_precision, "--device", p.device,
+            "--save_to", str(out),
         ]
         ctx.run(ctx.engine.run_script("networks/svd_merge_lora.py", args), "svd_merge_lora.py", expected=[out])
         label_tool_output(stage, ctx, out)

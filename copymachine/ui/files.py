@@ -13,13 +13,13 @@ from PIL import Image
 
 from copymachine.errors import InputError
 from copymachine.images import load_rgb
+from copymachine.request import IMAGE_SUFFIXES
 
 MAX_UPLOAD = 64 * 2**20
 # an upload's pixels at most (read from its header before decoding: a small file may claim a huge
 # image, a decompression bomb); a 50 MP phone photo passes
 MAX_PIXELS = 64_000_000
 PREVIEW_CACHE = 8
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def safe_name(name: str) -> str:
@@ -59,10 +59,12 @@ class RunsFiles:
                 raise InputError(f"{name} is not a readable image file") from None
             if pixels > MAX_PIXELS:
                 tmp.unlink()
-                raise InputError(f"{name}: {pixels / 1e6:.0f} megapixels, above the UI's {MAX_PIXELS / 1e6:.0f}; scale it down first")
+                limit = f"above the UI's {MAX_PIXELS / 1e6:.0f}; scale it down first"
+                raise InputError(f"{name}: {pixels / 1e6:.0f} megapixels, {limit}")
             tmp.replace(path)
         image = self.image(str(path))
-        return {"path": str(path), "name": path.name, "width": image.width, "height": image.height, "url": self.url(path)}
+        return {"path": str(path), "name": path.name, "width": image.width, "height": image.height,
+                "url": self.url(path)}
 
     def image(self, path: str) -> Image.Image:
         resolved = Path(path).resolve()

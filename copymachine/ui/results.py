@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from copymachine.errors import CopymachineError
+from copymachine.lorafile import read_safetensors
+from copymachine.lorainfo import format_report, lora_report
 from copymachine.plan import stage_name
 from copymachine.ui.files import RunsFiles
 
@@ -25,9 +27,6 @@ def results(jobs: list[dict[str, Any]], files: RunsFiles) -> list[dict[str, Any]
 
 
 def _result(job: dict[str, Any], path: Path, files: RunsFiles) -> dict[str, Any]:
-    from copymachine.lorafile import read_safetensors
-    from copymachine.lorainfo import format_report, lora_report
-
     try:
         report = format_report(lora_report(path))
         md = read_safetensors(path).metadata
@@ -49,7 +48,8 @@ def _result(job: dict[str, Any], path: Path, files: RunsFiles) -> dict[str, Any]
         "usage": {
             "a1111": f"<lora:{name}:{more}>",
             "a1111_less": f"<lora:{name}:{less}>",
-            "comfyui": f"LoraLoader with lora_name {path.name}: strength_model and strength_clip {'negative' if memo else 'positive'} for more of the edit, {'positive' if memo else 'negative'} for less",
+            "comfyui": f"LoraLoader with lora_name {path.name}: strength_model and strength_clip "
+            f"{'negative' if memo else 'positive'} for more of the edit, {'positive' if memo else 'negative'} for less",
         },
         "sheets": sheets,
         "inspect": report,
@@ -67,12 +67,14 @@ def _sheets(run_dir: Path, final: Path, effect: str | None, files: RunsFiles) ->
         except (OSError, ValueError):
             continue
     sheets = []
+    edit = stage_name("edit", effect) if effect else None
     for stamp in stamps:
         outputs, kind, name = stamp.get("outputs", {}), stamp.get("kind"), stamp.get("name", "")
-        if kind == "edit_image" and effect and (name == stage_name("edit", effect) or name.endswith("/" + stage_name("edit", effect))) and "compare" in outputs:
+        lora = Path(stamp.get("inputs", {}).get("lora", {}).get("path", ""))
+        if kind == "edit_image" and edit and (name == edit or name.endswith("/" + edit)) and "compare" in outputs:
             sheets.append((0, "edit", name.rsplit("/edit", 1)[0] + ": edit", outputs["compare"]["path"]))
         elif kind == "copy_check" and "sheet" in outputs:
             sheets.append((1, "copy check", name, outputs["sheet"]["path"]))
-        elif kind == "preview" and "sheet" in outputs and Path(stamp.get("inputs", {}).get("lora", {}).get("path", "")) == final:
+        elif kind == "preview" and "sheet" in outputs and lora == final:
             sheets.append((2, "strength sweep", f"strength sweep of {final.name}", outputs["sheet"]["path"]))
     return [{"kind": k, "title": t, "url": files.url(Path(p))} for _, k, t, p in sorted(sheets) if Path(p).is_file()]

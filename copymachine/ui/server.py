@@ -36,8 +36,8 @@ from PIL import Image
 from copymachine import __version__
 from copymachine import effects as effect_registry
 from copymachine.errors import CopymachineError, InputError
-from copymachine.options import PATHS, job_keys, schema
 from copymachine.jobfile import ENGINE_KEYS as ENGINE_OPTIONS
+from copymachine.options import PATHS, job_keys, schema
 from copymachine.progress import Reporter
 from copymachine.ui import results as results_page
 from copymachine.ui.files import MAX_UPLOAD, RunsFiles, safe_name

@@ -45,7 +45,6 @@ SCRIPTS = [
     "networks/svd_merge_lora.py",
     "networks/resize_lora.py",
     "networks/extract_lora_from_models.py",
-    "finetune/tag_images_by_wd14_tagger.py",
 ]
 
 
@@ -89,7 +88,7 @@ def describe_parser(parser: argparse.ArgumentParser) -> dict:
 
 def load_script(sd: Path, rel: str):
     path = sd / rel
-    # networks/*.py do "import lora"; finetune/*.py and the rest need the root for "library"
+    # networks/*.py do "import lora"; the rest need the root for "library"
     for d in (str(path.parent), str(sd)):
         if d not in sys.path:
             sys.path.insert(0, d)
