@@ -52,7 +52,7 @@ def args(fake_engine, image, out, *extra, base=None):
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {str(p): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (".lock", ".lock.flock")}
 
 
 # --- the base model ----------------------------------------------------------------------------
