@@ -1,7 +1,8 @@
-"""safetensors files: headers, tensors (F32/F16/BF16 without torch), and LoRA validation.
+"""safetensors files through the safetensors library, and kohya LoRA validation.
 
-copymachine's own process never unpickles anything and never imports torch: a safetensors
-file is an 8-byte header length, a JSON header, then raw little-endian tensor bytes.
+`safe_open` gives the keys, metadata, shapes and dtypes without loading a tensor. Own code only where the library
+cannot: numpy has no bfloat16 (BF16 is widened by hand), a metadata change copies the tensor bytes untouched (the
+library would load and write every tensor), and a file it refuses is read by hand once to say what is wrong with it.
 """
 
 from __future__ import annotations
@@ -10,30 +11,18 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
 
 from copymachine.errors import InputError
 from copymachine.files import replace_file
 from copymachine.heavy import numpy as np
 
 _MAX_HEADER = 100 * 1024 * 1024
-
-# dtype strings: numpy is imported when a tensor is read (copymachine.heavy)
-_DTYPES = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "BF16": "<u2",  # widened to float32 on read
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U8": "u1",
-    "BOOL": "?",
-}
 
 
 class NotSafetensors(InputError):
@@ -44,7 +33,7 @@ class NotSafetensors(InputError):
 class SafetensorsFile:
     path: Path
     header_size: int
-    tensors: dict[str, dict[str, Any]]  # name -> {"dtype", "shape", "data_offsets"}
+    tensors: dict[str, dict[str, Any]]  # name -> {"dtype", "shape"}
     metadata: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -56,34 +45,23 @@ class SafetensorsFile:
 
     def read(self, name: str) -> np.ndarray:
         """One tensor as a numpy array (BF16 widened to float32)."""
-        info = self.tensors[name]
-        dtype_name = info["dtype"]
-        if dtype_name not in _DTYPES:
-            raise InputError(f"{self.path}: tensor {name} has unsupported dtype {dtype_name}")
-        start, end = info["data_offsets"]
+        if self.tensors[name]["dtype"] != "BF16":
+            with safe_open(self.path, framework="numpy") as f:
+                return f.get_tensor(name)
+        start, end = raw_header(self.path)[1][name]["data_offsets"]
         with open(self.path, "rb") as f:
             f.seek(self.data_start + start)
             raw = f.read(end - start)
-        arr = np.frombuffer(raw, dtype=np.dtype(_DTYPES[dtype_name]))
-        if dtype_name == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        return arr.reshape(info["shape"])
+        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32).reshape(self.tensors[name]["shape"])
 
 
-def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
-    """Parse and check a safetensors header; raises InputError naming the file and the problem."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} is not a file: {path}")
+def raw_header(path: Path, what: str = "file") -> tuple[int, dict[str, Any]]:
+    """(header length, header) read by hand: raises NotSafetensors naming what is wrong."""
     size = path.stat().st_size
-    if size == 0:
-        raise NotSafetensors(f"{what} is empty (0 bytes): {path}")
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise NotSafetensors(f"{what} is not a safetensors file (too short): {path}")
+            raise NotSafetensors(f"{what} is {'empty (0 bytes)' if not size else 'not a safetensors file (too short)'}: {path}")
         (n,) = struct.unpack("<Q", head)
         if n < 2 or n > _MAX_HEADER or 8 + n > size:
             raise NotSafetensors(f"{what} is not a safetensors file (no valid header): {path}")
@@ -92,54 +70,46 @@ def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise NotSafetensors(f"{what} is not a safetensors file (header is not JSON): {path}") from None
-    if not isinstance(header, dict):
-        raise NotSafetensors(f"{what} is not a safetensors file: {path}")
-    metadata = header.pop("__metadata__", None) or {}
-    tensors: dict[str, dict[str, Any]] = {}
-    end_max = 0
-    for name, info in header.items():
-        if not isinstance(info, dict) or "data_offsets" not in info or "shape" not in info:
-            raise NotSafetensors(f"{what} is not a safetensors file (bad entry {name!r}): {path}")
-        tensors[name] = info
-        end_max = max(end_max, int(info["data_offsets"][1]))
-    if 8 + n + end_max > size:
-        missing = 8 + n + end_max - size
-        raise InputError(f"{what} is truncated ({missing} bytes missing; copy or download it again): {path}")
+    if isinstance(header, dict):
+        header.pop("__metadata__", None)
+    if not isinstance(header, dict) or not all(isinstance(v, dict) and "data_offsets" in v for v in header.values()):
+        raise NotSafetensors(f"{what} is not a safetensors file (bad header): {path}")
+    return n, header
+
+
+def _refused(path: Path, what: str, error: Exception) -> InputError:
+    """One line saying why safetensors refused the file: truncated, or not safetensors at all."""
+    n, header = raw_header(path, what)
+    missing = 8 + n + max((int(v["data_offsets"][1]) for v in header.values()), default=0) - path.stat().st_size
+    if missing > 0:
+        return InputError(f"{what} is truncated ({missing} bytes missing; copy or download it again): {path}")
+    return NotSafetensors(f"{what} is not a safetensors file ({error}): {path}")
+
+
+def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
+    """A safetensors file's keys, shapes, dtypes and metadata; raises InputError naming the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{what} is not a file: {path}")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            tensors = {k: {"dtype": f.get_slice(k).get_dtype(), "shape": f.get_slice(k).get_shape()} for k in f.keys()}
+            metadata = f.metadata() or {}
+    except SafetensorError as e:
+        raise _refused(path, what, e) from None
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
     return SafetensorsFile(path=path, header_size=n, tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()})
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write numpy arrays (F32/F16) as safetensors; the caller makes it atomic if needed."""
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    blobs = []
-    rev = {np.dtype(v): k for k, v in _DTYPES.items() if k != "BF16"}
-    for name, arr in tensors.items():
-        arr = np.asarray(arr)
-        if not arr.flags.c_contiguous:
-            arr = arr.copy(order="C")  # (np.ascontiguousarray would turn a 0-d alpha into 1-d)
-        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-        arr = arr.astype(dt, copy=False)
-        key = rev.get(np.dtype(dt.str.replace("=", "<")))
-        if key is None:
-            raise ValueError(f"cannot write dtype {arr.dtype}")
-        data = arr.tobytes()
-        header[name] = {"dtype": key, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    _write(path, header, blobs)
-
-
-def _write(path: Path, header: dict[str, Any], blobs: Iterable[bytes]) -> None:
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # align the data like the reference implementation
+    """Write numpy arrays as safetensors (synced to disk); the caller makes it atomic if needed."""
+    data = save({k: np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v) for k, v in tensors.items()},
+                {str(k): str(v) for k, v in metadata.items()} if metadata else None)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for blob in blobs:
-            f.write(blob)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -148,7 +118,7 @@ def copy_with_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
     """Copy a safetensors file byte for byte, adding/replacing metadata keys."""
     st = read_safetensors(src)
     header: dict[str, Any] = {"__metadata__": {**st.metadata, **{k: str(v) for k, v in extra.items()}}}
-    header.update(st.tensors)
+    header.update(raw_header(src)[1])
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
     with open(src, "rb") as fin, open(dst, "wb") as fout:
