@@ -111,7 +111,8 @@ class Capabilities:
 
     def summary(self) -> str:
         naming = "per-prompt file names (--f)" if self.file_names else (
-            "no per-prompt --f: renders with --sequential_file_name and renames" if self.sequential_names else "no way to name gen_img.py's files")
+            "no per-prompt --f: renders with --sequential_file_name and renames" if self.sequential_names
+            else "no way to name gen_img.py's files")
         counts = ", ".join(f"{Path(s).name} {len(o)}" for s, o in self.options.items())
         return f"{naming}; options: {counts}"
 
@@ -236,7 +237,8 @@ def require(engine: Engine, caps: Capabilities) -> None:
     where = f"sd-scripts at {engine.root} ({caps.version_text()})"
     if caps.errors:
         script, error = next(iter(caps.errors.items()))
-        raise EnvironmentProblem(f"{where}: {script} {error}" if "not there" not in error else f"{where} lacks {script}, which copymachine runs")
+        raise EnvironmentProblem(f"{where}: {script} {error}" if "not there" not in error else f"{where} lacks "
+            f"{script}, which copymachine runs")
     if not caps.file_names and not caps.sequential_names:
         raise EnvironmentProblem(
             f"{where}: gen_img.py has neither the per-prompt --f (sd-scripts v0.9.0 on) nor {SEQUENTIAL_NAMES}, "
@@ -249,7 +251,8 @@ def option_names(argv: list[str]) -> list[str]:
     return [a.split("=", 1)[0] for a in argv if a.startswith("--") and len(a) > 2]
 
 
-def check_command(caps: Capabilities | None, version: str, script: str, argv: list[str], toml_keys: list[str] = ()) -> None:
+def check_command(caps: Capabilities | None, version: str, script: str, argv: list[str],
+                  toml_keys: list[str] | tuple[str, ...] = ()) -> None:
     """Refuse a command whose options (or training TOML keys) `script` does not know."""
     if caps is None:
         return
@@ -271,7 +274,8 @@ def check_training_keys(caps: Capabilities | None, script: str, keys: list[str],
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
             hint = f"; closest: {', '.join(close)}" if close else "; `python " + script + " --help` lists them"
-            raise InputError(f"{what} {key}: {Path(script).name} of sd-scripts {caps.version_text()} has no option --{key}{hint}")
+            raise InputError(f"{what} {key}: {Path(script).name} of sd-scripts {caps.version_text()} has no option "
+                             f"--{key}{hint}")
     return True
 
 

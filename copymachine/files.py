@@ -50,7 +50,8 @@ def replace_file(src: Path | str, dst: Path | str, delays: tuple[float, ...] | N
             if delay is None:
                 from copymachine.errors import OutputError
 
-                raise OutputError(f"cannot replace {dst}: another program holds it open ({e.strerror}); close it (an editor, a viewer, an antivirus scan) and run the same command again") from None
+                raise OutputError(f"cannot replace {dst}: another program holds it open ({e.strerror}); close it (an "
+                                  "editor, a viewer, an antivirus scan) and run the same command again") from None
             time.sleep(delay)
 
 

@@ -52,7 +52,8 @@ class SafetensorsFile:
         with open(self.path, "rb") as f:
             f.seek(self.data_start + start)
             raw = f.read(end - start)
-        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32).reshape(self.tensors[name]["shape"])
+        widened = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        return widened.reshape(self.tensors[name]["shape"])
 
 
 def raw_header(path: Path, what: str = "file") -> tuple[int, dict[str, Any]]:
@@ -61,7 +62,8 @@ def raw_header(path: Path, what: str = "file") -> tuple[int, dict[str, Any]]:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise NotSafetensors(f"{what} is {'empty (0 bytes)' if not size else 'not a safetensors file (too short)'}: {path}")
+            problem = "not a safetensors file (too short)" if size else "empty (0 bytes)"
+            raise NotSafetensors(f"{what} is {problem}: {path}")
         (n,) = struct.unpack("<Q", head)
         if n < 2 or n > _MAX_HEADER or 8 + n > size:
             raise NotSafetensors(f"{what} is not a safetensors file (no valid header): {path}")
@@ -95,13 +97,14 @@ def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
         raise InputError(f"{what} is not a file: {path}")
     try:
         with safe_open(path, framework="numpy") as f:
-            tensors = {k: {"dtype": f.get_slice(k).get_dtype(), "shape": f.get_slice(k).get_shape()} for k in f.keys()}
+            slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            tensors = {k: {"dtype": s.get_dtype(), "shape": s.get_shape()} for k, s in slices.items()}
             metadata = f.metadata() or {}
     except SafetensorError as e:
         raise _refused(path, what, e) from None
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
-    return SafetensorsFile(path=path, header_size=n, tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()})
+    return SafetensorsFile(path, n, tensors, {str(k): str(v) for k, v in metadata.items()})
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
@@ -156,7 +159,8 @@ class LoraSummary:
 
     def facts(self) -> dict[str, Any]:
         """What the manifest records about a LoRA a stage wrote."""
-        return {"ranks": self.ranks, "unet_modules": self.unet_modules, "text_encoder_modules": self.text_encoder_modules}
+        return {"ranks": self.ranks, "unet_modules": self.unet_modules,
+                "text_encoder_modules": self.text_encoder_modules}
 
 
 def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
@@ -227,7 +231,8 @@ def validate_lora(path: Path, what: str = "LoRA", expected_rank: int | None = No
     if expected_rank is not None:
         wrong = [n for n, m in summary.modules.items() if m["rank"] > expected_rank]
         if wrong:
-            raise InputError(f"{what} has rank {summary.modules[wrong[0]]['rank']} in {wrong[0]}, expected at most {expected_rank}: {path}")
+            raise InputError(f"{what} has rank {summary.modules[wrong[0]]['rank']} in {wrong[0]}, expected at most "
+                             f"{expected_rank}: {path}")
     st = read_safetensors(path, what)
     for key in st.tensors:
         arr = st.read(key)

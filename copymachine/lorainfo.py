@@ -118,7 +118,8 @@ def _short(key: str, value: str, width: int = 100) -> str:
 def format_report(r: dict[str, Any]) -> str:
     lines = [f"{r['file']}  ({r['size_bytes'] / 1e6:.1f} MB)"]
     base = r["base_model"]
-    lines.append(f"base model  {base['family'] or 'unknown'}" + (f" ({base['version']})" if base["version"] else f" (from {base['from']})"))
+    source = f" ({base['version']})" if base["version"] else f" (from {base['from']})"
+    lines.append(f"base model  {base['family'] or 'unknown'}{source}")
     lines.append(f"modules     {r['modules']}: U-Net {r['unet_modules']}, text encoder {r['text_encoder_modules']}")
     lines.append("rank        " + ", ".join(f"{k} ({n} modules)" for k, n in r["ranks"].items()))
     lines.append("alpha       " + ", ".join(f"{k} ({n} modules)" for k, n in r["alphas"].items()))
@@ -133,7 +134,8 @@ def format_report(r: dict[str, Any]) -> str:
     if leakage:
         lines.append("")
         lines.append(f"leakage     {leakage_text(leakage)}")
-    for title, key in (("copymachine metadata", "copymachine"), ("sd-scripts training metadata (ss_*)", "ss"), ("other metadata", "other_metadata")):
+    for title, key in (("copymachine metadata", "copymachine"), ("sd-scripts training metadata (ss_*)", "ss"),
+                       ("other metadata", "other_metadata")):
         lines.append("")
         items = r[key]
         lines.append(f"{title}" + ("" if items else ": none"))
@@ -150,6 +152,7 @@ def leakage_text(value: str) -> str:
         gains = ", ".join(f"{float(s):g}: {g:+.3f}" for s, g in data["ssim_gain"].items())
         at = data.get("leaks_at")
         verdict = f"LEAKS from strength {at:g}" if at is not None else "no leakage at these strengths"
-        return f"SSIM gain towards the training image on unrelated prompts ({data.get('model', '?')}): {gains} (threshold {data['threshold']:g}) -> {verdict}"
+        return (f"SSIM gain towards the training image on unrelated prompts ({data.get('model', '?')}): {gains} "
+                f"(threshold {data['threshold']:g}) -> {verdict}")
     except (ValueError, KeyError, TypeError, AttributeError):
         return _short("copymachine.leakage", value)

@@ -42,7 +42,8 @@ class Family:
     def as_key(self) -> dict[str, Any]:
         """What of the family changes a stage's results, for stage keys (not its label: a new
         wording must not invalidate every cache)."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in self.COSMETIC}
+        fields = [f.name for f in dataclasses.fields(self) if f.name not in self.COSMETIC]
+        return {name: _jsonable(getattr(self, name)) for name in fields}
 
 
 def _jsonable(value: Any) -> Any:
@@ -155,10 +156,12 @@ def choose_prediction(model: ModelInfo, v_pred: bool = False, zero_terminal_snr:
     z = has_z or zero_terminal_snr
     if z and not v:
         where = f"{model.path.name} has a {ZTSNR_KEY} key but no {V_PRED_KEY} key" if has_z else "--zero-terminal-snr"
-        raise InputError(f"{where}: zero terminal SNR needs a v-prediction model; add --v-pred if {model.path.name} is one")
+        raise InputError(f"{where}: zero terminal SNR needs a v-prediction model; add --v-pred if {model.path.name} is "
+                         "one")
     if not v:
         if model.tensor_count == 0:
-            return Prediction(why="a pickle checkpoint copymachine does not open: assumed epsilon-prediction (--v-pred for a v-prediction model)")
+            return Prediction(why="a pickle checkpoint copymachine does not open: assumed epsilon-prediction (--v-pred "
+                                  "for a v-prediction model)")
         return Prediction()
     reasons = []
     if has_v:
@@ -279,7 +282,8 @@ def inspect_base_model(path: Path, for_training: bool = True) -> ModelInfo:
             f"(supported: {', '.join(f.label for f in FAMILIES.values() if f.supported)}): {path}"
         )
     markers = frozenset(k for k in (V_PRED_KEY, ZTSNR_KEY) if k in st.tensors)
-    return ModelInfo(path=path, family=family, size_bytes=path.stat().st_size, tensor_count=len(st.tensors), markers=markers)
+    return ModelInfo(path=path, family=family, size_bytes=path.stat().st_size, tensor_count=len(st.tensors),
+                     markers=markers)
 
 
 # ss_base_model_version values sd-scripts writes, by family

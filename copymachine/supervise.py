@@ -237,9 +237,10 @@ class Win32:
 
         class BASIC(ctypes.Structure):
             _fields_ = [  # noqa: RUF012 -- ctypes reads it
-                ("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64), ("LimitFlags", wintypes.DWORD),
-                        ("MinimumWorkingSetSize", ctypes.c_size_t), ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
-                        ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD), ("SchedulingClass", wintypes.DWORD)]  # fmt: skip
+                ("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
+                ("LimitFlags", wintypes.DWORD), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
+                ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD), ("SchedulingClass", wintypes.DWORD)]
 
         class IO(ctypes.Structure):
             _fields_ = [  # noqa: RUF012 -- ctypes reads it
@@ -247,19 +248,22 @@ class Win32:
 
         class EXTENDED(ctypes.Structure):
             _fields_ = [  # noqa: RUF012 -- ctypes reads it
-                ("Basic", BASIC), ("Io", IO), ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
-                        ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]  # fmt: skip
+                ("Basic", BASIC), ("Io", IO), ("ProcessMemoryLimit", ctypes.c_size_t),
+                ("JobMemoryLimit", ctypes.c_size_t), ("PeakProcessMemoryUsed", ctypes.c_size_t),
+                ("PeakJobMemoryUsed", ctypes.c_size_t)]
 
         job = self._check(self._k32.CreateJobObjectW(None, None), "CreateJobObject")
         info = EXTENDED()
         info.Basic.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
-        self._check(self._k32.SetInformationJobObject(wintypes.HANDLE(job), 9, ctypes.byref(info), ctypes.sizeof(info)), "SetInformationJobObject")
+        self._check(self._k32.SetInformationJobObject(wintypes.HANDLE(job), 9, ctypes.byref(info), ctypes.sizeof(info)),
+                    "SetInformationJobObject")
         return job
 
     def assign(self, job: int, process_handle: int) -> None:  # pragma: no cover - Windows
         from ctypes import wintypes
 
-        self._check(self._k32.AssignProcessToJobObject(wintypes.HANDLE(job), wintypes.HANDLE(process_handle)), "AssignProcessToJobObject")
+        self._check(self._k32.AssignProcessToJobObject(wintypes.HANDLE(job), wintypes.HANDLE(process_handle)),
+                    "AssignProcessToJobObject")
 
     def resume(self, process_handle: int) -> None:  # pragma: no cover - Windows
         from ctypes import wintypes
@@ -466,7 +470,8 @@ class Supervisor:
             if self.backend.group_gone(pgid, patience):
                 return
 
-    def end_orphans(self, owner_pid: int, child_ids: list[int], marker: str, variable: str = "COPYMACHINE_PARENT_PID") -> list[int]:
+    def end_orphans(self, owner_pid: int, child_ids: list[int], marker: str,
+                    variable: str = "COPYMACHINE_PARENT_PID") -> list[int]:
         """End what a dead copymachine (`owner_pid`) left running. On Windows its Job Objects were
         made to end with it (KILL_ON_JOB_CLOSE): nothing is left to end. Linux only otherwise."""
         if not isinstance(self.backend, PosixBackend) or not sys.platform.startswith("linux") or not marker:

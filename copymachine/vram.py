@@ -114,7 +114,8 @@ def render(family: str, size: tuple[int, int], precision: str = "bf16") -> Need:
         what=f"render at {size[0]}x{size[1]}",
         parts={
             "CUDA context": CUDA_CONTEXT,
-            "model weights": int((UNET_PARAMS[family] + TEXT_ENCODER_PARAMS[family]) * MILLION * weight + VAE_PARAMS * MILLION * vae_bytes),
+            "model weights": int((UNET_PARAMS[family] + TEXT_ENCODER_PARAMS[family]) * MILLION * weight
+                                 + VAE_PARAMS * MILLION * vae_bytes),
             "working set": int(RENDER_UNET[family] * area + RENDER_VAE_FP16 * area * vae_bytes / 2),
         },
     )

@@ -424,7 +424,7 @@ def test_out_without_write_permission(fake_engine, image, tmp_path):
 
 
 def test_not_enough_disk_space(fake_engine, image, tmp_path, monkeypatch):
-    monkeypatch.setattr(preflight, "free_bytes", lambda path: 300 * preflight.MB)
+    monkeypatch.setattr(preflight.disk, "free_bytes", lambda path: 300 * preflight.MB)
     out = tmp_path / "run"
     result = invoke(args(fake_engine, image, out))
     assert result.exit_code == EXIT_OUTPUT
