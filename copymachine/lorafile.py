@@ -13,7 +13,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
@@ -21,6 +21,9 @@ from safetensors.numpy import save
 from copymachine.errors import InputError
 from copymachine.files import replace_file
 from copymachine.heavy import numpy as np
+
+if TYPE_CHECKING:
+    from numpy import ndarray
 
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -43,7 +46,7 @@ class SafetensorsFile:
     def keys(self) -> list[str]:
         return list(self.tensors)
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str) -> ndarray:
         """One tensor as a numpy array (BF16 widened to float32)."""
         if self.tensors[name]["dtype"] != "BF16":
             with safe_open(self.path, framework="numpy") as f:
@@ -107,7 +110,7 @@ def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
     return SafetensorsFile(path, n, tensors, {str(k): str(v) for k, v in metadata.items()})
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(path: Path, tensors: dict[str, ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write numpy arrays as safetensors (synced to disk); the caller makes it atomic if needed."""
     data = save({k: np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v) for k, v in tensors.items()},
                 {str(k): str(v) for k, v in metadata.items()} if metadata else None)
@@ -205,7 +208,7 @@ def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
         copy_with_metadata(src, dst, extra)
         return 0
     st = read_safetensors(src)
-    tensors: dict[str, np.ndarray] = {}
+    tensors: dict[str, ndarray] = {}
     for key in st.tensors:
         tensors[key] = st.read(key)
     for name, m in short.items():

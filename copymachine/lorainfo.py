@@ -14,9 +14,12 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from copymachine.heavy import numpy as np
+
+if TYPE_CHECKING:
+    from numpy import ndarray
 from copymachine.lorafile import read_safetensors, summarize_lora
 from copymachine.models import lora_family
 
@@ -58,7 +61,7 @@ def _block_order(name: str) -> tuple[int, int]:
     return 4, int(name[3:])
 
 
-def delta_norm(down: np.ndarray, up: np.ndarray, alpha: float) -> float:
+def delta_norm(down: ndarray, up: ndarray, alpha: float) -> float:
     """||alpha/rank * up @ down||_F without forming the product (rank x rank matrices only)."""
     rank = down.shape[0]
     d = down.reshape(rank, -1).astype(np.float64)

@@ -214,8 +214,12 @@ class Win32:
 
     CREATE_NEW_PROCESS_GROUP = 0x00000200
     CREATE_SUSPENDED = 0x00000004
+    _k32: Any
+    _ntdll: Any
 
     def __init__(self) -> None:  # pragma: no cover - Windows
+        if sys.platform != "win32":
+            raise OSError("Windows only")
         import ctypes
         from ctypes import wintypes
 
@@ -226,13 +230,17 @@ class Win32:
         self._k32.OpenProcess.restype = wintypes.HANDLE
 
     def _check(self, ok: Any, what: str) -> Any:  # pragma: no cover - Windows
+        if sys.platform != "win32":
+            raise OSError("Windows only")
         if not ok:
             raise OSError(self._ctypes.get_last_error(), f"{what} failed")
         return ok
 
     def create_job(self) -> int:  # pragma: no cover - Windows
         """A Job Object whose processes all end when its last handle closes."""
-        ctypes = self._ctypes
+        if sys.platform != "win32":
+            raise OSError("Windows only")
+        import ctypes
         from ctypes import wintypes
 
         class BASIC(ctypes.Structure):
@@ -346,6 +354,8 @@ class WindowsBackend:
         self.win32.close(job)
 
     def process_alive(self, pid: int) -> bool:  # pragma: no cover - Windows
+        if sys.platform != "win32":
+            raise OSError("Windows only")
         import ctypes
 
         handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)

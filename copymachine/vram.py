@@ -34,6 +34,7 @@ to the GiB.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 GIB = 1024**3
 MILLION = 10**6
@@ -146,7 +147,7 @@ def stage_need(stage, low_vram: bool = False) -> Need | None:
     return None
 
 
-def largest(plan, low_vram: bool = False) -> list[tuple[object, Need]]:
+def largest(plan, low_vram: bool = False) -> list[tuple[Any, Need]]:
     """The plan's GPU stages with their estimates, largest first."""
     needs = [(s, n) for s in plan.stages if (n := stage_need(s, low_vram)) is not None]
     return sorted(needs, key=lambda sn: -sn[1].total)

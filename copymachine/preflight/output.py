@@ -42,7 +42,7 @@ def made_here(final: Path, run_dir: Path, manifest: dict[str, Any] | None, hashe
         for out in (stamp.get("outputs") or {}).values():
             if isinstance(out, dict) and Path(out.get("path", "")) == final and out.get("sha256") == digest:
                 return True
-    return bool(manifest) and str(final) in (manifest.get("finals") or {}).values()
+    return manifest is not None and str(final) in (manifest.get("finals") or {}).values()
 
 
 def check_output(plan, identity: dict[str, Any], hashes: HashCache, force: bool) -> None:

@@ -54,7 +54,7 @@ def written_paths(plan) -> list[PurePath]:
 def windows_long_paths_enabled() -> bool:
     """Whether Windows lets programs past MAX_PATH (the registry's LongPathsEnabled; Python
     declares itself long-path aware). The seam the tests replace."""
-    import winreg  # type: ignore[import-not-found]
+    import winreg
 
     try:
         with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, LONG_PATHS_KEY) as key:  # type: ignore[attr-defined]
