@@ -22,7 +22,6 @@ from copymachine.errors import EnvironmentProblem
 from copymachine.heavy import import_fix
 
 PINNED_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
-PINNED_URL = "https://github.com/kohya-ss/sd-scripts"
 
 # Distributions whose versions the probe reports (doctor prints them).
 REPORTED_DISTRIBUTIONS = ("torch", "torchvision", "accelerate", "transformers", "diffusers", "safetensors",
@@ -350,11 +349,6 @@ def find_python_and_reason(option: str | None, root: Path) -> tuple[str, str]:
             return str(beside), f"the kohya_ss venv beside sd-scripts ({root.parent})"
     return sys.executable, ("copymachine's own Python: no --python, no $SD_SCRIPTS_PYTHON, no venv in or beside the "
                             "sd-scripts folder")
-
-
-def find_python(option: str | None, root: Path) -> str:
-    """--python, then $SD_SCRIPTS_PYTHON, then <sd-scripts>/venv, then <kohya_ss>/venv, then this Python."""
-    return find_python_and_reason(option, root)[0]
 
 
 def read_git_commit(root: Path) -> str | None:
