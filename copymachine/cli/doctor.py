@@ -68,7 +68,7 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         pinned = f" (pinned: {engine_mod.PINNED_COMMIT[:8]})" if engine.commit is None else ""
         doc.add(WARN, "sd-scripts", warning + pinned)
     elif engine.pinned:
-        doc.add(OK, "sd-scripts", f"{engine.root} (commit {(engine.commit or "")[:8]}, the pinned one)")
+        doc.add(OK, "sd-scripts", f"{engine.root} (commit {(engine.commit or '')[:8]}, the pinned one)")
     else:
         doc.add(OK, "sd-scripts", f"{engine.root} (not a git checkout; its files are those of "
                                   f"{capabilities.RELEASE_TREES[engine.identity]})")
