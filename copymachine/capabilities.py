@@ -29,27 +29,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from copymachine.engine import Engine, read_git_commit
 from copymachine.errors import EnvironmentProblem, InputError
 from copymachine.files import replace_file
-
-if TYPE_CHECKING:
-    from copymachine.engine import Engine
+from copymachine.runner import StreamWatcher
 
 FORMAT = 2  # of the cache files; bump when what is learnt changes (2: option names ASCII only)
 
 # The scripts copymachine calls (relative to the sd-scripts root).
-SCRIPTS = (
-    "train_network.py",
-    "sdxl_train_network.py",
-    "gen_img.py",
-    "networks/merge_lora.py",
-    "networks/sdxl_merge_lora.py",
-    "networks/svd_merge_lora.py",
-    "networks/resize_lora.py",
-    "networks/extract_lora_from_models.py",
-)
+SCRIPTS = ("train_network.py", "sdxl_train_network.py", "gen_img.py", "networks/merge_lora.py",
+           "networks/sdxl_merge_lora.py", "networks/svd_merge_lora.py", "networks/resize_lora.py",
+           "networks/extract_lora_from_models.py")
 
 # Releases by commit (kohya-ss/sd-scripts tags), and the pinned commit.
 RELEASES = {
@@ -155,23 +146,13 @@ def _help(engine: Engine, script: str) -> tuple[str, list[str] | str]:
     if not path.is_file():
         return script, f"{script} is not there"
     try:
-        proc = subprocess.run(
-            [engine.python, str(path), "--help"],
-            check=False,
-            cwd=engine.root,
-            env=engine.env(offline=True),
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            timeout=600,
-        )
+        proc = subprocess.run([engine.python, str(path), "--help"], check=False, cwd=engine.root,
+                              env=engine.env(offline=True), capture_output=True, text=True, encoding="utf-8",
+                              errors="replace", timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
         return script, f"{type(e).__name__}: {e}"
     options = parse_options(proc.stdout)
     if proc.returncode != 0 or "--help" not in options:
-        from copymachine.runner import StreamWatcher
-
         watcher = StreamWatcher()
         for line in (proc.stdout + "\n" + proc.stderr).splitlines():
             watcher.feed(line)
@@ -281,8 +262,6 @@ def check_training_keys(caps: Capabilities | None, script: str, keys: list[str],
 
 def _main() -> None:  # pragma: no cover - a maintainer's tool
     """python -m copymachine.capabilities SD_SCRIPTS_DIR: print the tree identity of a folder."""
-    from copymachine.engine import Engine, read_git_commit
-
     root = Path(sys.argv[1]).resolve()
     print(Engine(root=root, python=sys.executable, commit=read_git_commit(root)).identity)
 

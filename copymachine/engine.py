@@ -28,20 +28,8 @@ REPORTED_DISTRIBUTIONS = ("torch", "torchvision", "accelerate", "transformers", 
                           "bitsandbytes", "xformers")
 
 # Modules sd-scripts imports (requirements.txt, plus torch/torchvision that users install).
-REQUIRED_MODULES = (
-    "torch",
-    "torchvision",
-    "accelerate",
-    "transformers",
-    "diffusers",
-    "safetensors",
-    "toml",
-    "voluptuous",
-    "imagesize",
-    "einops",
-    "cv2",
-    "library",
-)
+REQUIRED_MODULES = ("torch", "torchvision", "accelerate", "transformers", "diffusers", "safetensors", "toml",
+                    "voluptuous", "imagesize", "einops", "cv2", "library")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 OWNER_VARIABLE = "COPYMACHINE_PARENT_PID"

@@ -50,45 +50,22 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-SD1 = Family(
-    name="sd1",
-    label="Stable Diffusion 1.x",
-    train_script="train_network.py",
-    merge_script="networks/merge_lora.py",
-    gen_flag="--v1",
-    base_model_version="sd_v1",
-)
+SD1 = Family(name="sd1", label="Stable Diffusion 1.x", train_script="train_network.py",
+             merge_script="networks/merge_lora.py", gen_flag="--v1", base_model_version="sd_v1")
 
 # Recognised so that the message can name them; not trained by this version of copymachine.
-SD2 = Family(
-    name="sd2",
-    label="Stable Diffusion 2.x",
-    train_script="train_network.py",
-    merge_script="networks/merge_lora.py",
-    gen_flag="--v2",
-    base_model_version="sd_v2",
-    v2=True,
-    supported=False,
-    merge_options=("--v2",),
-    extract_options=("--v2",),
-)
+SD2 = Family(name="sd2", label="Stable Diffusion 2.x", train_script="train_network.py",
+             merge_script="networks/merge_lora.py", gen_flag="--v2", base_model_version="sd_v2", v2=True,
+             supported=False, merge_options=("--v2",), extract_options=("--v2",))
 # SDXL: sdxl_train_network.py / sdxl_merge_lora.py / gen_img.py --sdxl / extract --sdxl; the
 # LoRA tools (svd_merge_lora.py, resize_lora.py) work on its keys as they are. SDXL-specific
 # training choice: no_half_vae (the SDXL VAE overflows in fp16 and gives NaN latents; sd-scripts
 # issues #653, #881). The memo's numbers are unchanged; the resolution is the image's (1024).
-SDXL = Family(
-    name="sdxl",
-    label="SDXL",
-    train_script="sdxl_train_network.py",
-    merge_script="networks/sdxl_merge_lora.py",
-    gen_flag="--sdxl",
-    base_model_version="sdxl_base_v1-0",
-    training_options={"no_half_vae": True},
-    extract_options=("--sdxl",),
-    default_size=1024,
-    render_no_half_vae=True,
-    tokenizers=("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"),
-)
+SDXL = Family(name="sdxl", label="SDXL", train_script="sdxl_train_network.py",
+              merge_script="networks/sdxl_merge_lora.py", gen_flag="--sdxl", base_model_version="sdxl_base_v1-0",
+              training_options={"no_half_vae": True},
+              extract_options=("--sdxl",), default_size=1024, render_no_half_vae=True,
+              tokenizers=("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"))
 
 FAMILIES = {f.name: f for f in (SD1, SD2, SDXL)}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from copymachine import capabilities, heavy, preflight, profiles
+from copymachine import capabilities, heavy, preflight, profiles, vram
 from copymachine import engine as engine_mod
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
@@ -28,6 +28,7 @@ from copymachine.files import free_bytes
 from copymachine.methods import default_cache, training_size
 from copymachine.models import SD1, Family, ModelInfo, choose_prediction
 from copymachine.progress import Reporter
+from copymachine.recipe import MEMO
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -105,8 +106,6 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
 def _vram(doc: Doctor, probe, family: Family) -> None:
     """The GPU memory a one-image run's largest training takes (copymachine/vram.py's estimate:
     the family's native size, the memo's largest dim), against the free VRAM; and with --low-vram."""
-    from copymachine import vram
-    from copymachine.recipe import MEMO
 
     if not (probe and probe.cuda and probe.vram_free is not None):
         return
