@@ -155,14 +155,10 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
     train = preflight.TRAINING_PEAK_RAM[family]
     merge = preflight.merge_ram(family)
     label = {"sd1": "SD1.5", "sd2": "SD2", "sdxl": "SDXL"}.get(family, family)
-    total, available, swap = mem["total"], mem["available"], mem["swap"] or 0
-    needs = (f"training {label} with the copy model in memory peaks at ~{preflight.human(train)} on the CPU; "
-             f"--copy-model file merges into the checkpoint at float, ~{preflight.human(merge)}")
-    if total is None:
-        doc.add(WARN, "RAM", f"cannot tell how much RAM this machine has; {needs}")
-        return
-    text = (f"{preflight.human(total)} ({preflight.human(available or 0)} available, swap {preflight.human(swap)}); "
-            f"{needs}")
+    total, available, swap = mem["total"], mem["available"], mem["swap"]
+    text = (f"{preflight.human(total)} ({preflight.human(available)} available, swap {preflight.human(swap)}); "
+            f"training {label} with the copy model in memory peaks at ~{preflight.human(train)} on the CPU; "
+            f"--copy-model file merges into the checkpoint at float, ~{preflight.human(merge)}")
     have = preflight.ram_and_swap(mem)
     fp16 = preflight.fp16_merge_fits(family, have)
     if have < train:
@@ -174,7 +170,7 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
     elif have < merge:
         doc.add(WARN, "RAM", text + ": enough for the default route, not for --copy-model file (a merge into the "
                                     "checkpoint)")
-    elif total < train or (available is not None and available < train):
+    elif total < train or available < train:
         doc.add(WARN, "RAM", text + ": close other programs during training, or it will swap")
     else:
         doc.add(OK, "RAM", text)

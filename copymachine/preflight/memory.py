@@ -24,15 +24,15 @@ TRAINING_PEAK_RAM = {"sd1": int(6.8 * GB), "sd2": int(7.5 * GB), "sdxl": int(22.
 FP16_MERGE = "--set merge.precision=fp16 --set merge.save_precision=fp16"
 
 
-def memory_bytes() -> dict[str, int | None]:
+def memory_bytes() -> dict[str, int]:
     """Total and available RAM and total swap."""
     vm = psutil.virtual_memory()
     return {"total": int(vm.total), "available": int(vm.available), "swap": int(psutil.swap_memory().total)}
 
 
-def ram_and_swap(mem: dict[str, int | None]) -> int:
-    """What a process can use before the kernel kills it (0: unknown)."""
-    return (mem["total"] or 0) + (mem["swap"] or 0)
+def ram_and_swap(mem: dict[str, int]) -> int:
+    """What a process can use before the kernel kills it."""
+    return mem["total"] + mem["swap"]
 
 
 def merge_ram(family: str, half: bool = False) -> int:
@@ -47,13 +47,10 @@ def fp16_merge_fits(family: str, have: int) -> int | None:
     return half if half and half <= have else None
 
 
-
 def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
     """Say before starting when a merge into the checkpoint will likely not fit in RAM (+ swap):
     the kernel then kills sd-scripts minutes into the run."""
     have = ram_and_swap(memory_bytes())
-    if not have:
-        return
     for stage in plan.stages:
         if stage.kind != "merge_model" or sized_stamp(stage) is not None:
             continue
@@ -66,8 +63,7 @@ def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
         hint = f"; merging at fp16 peaks at ~{human(fp16)}: {FP16_MERGE}" if fp16 else ""
         reporter.warn(
             f"'{stage.title}' merges into a {model.family.label} checkpoint at {stage.spec.precision} precision, which "
-            "needs "
-            f"~{human(need)} of RAM; this machine has {human(have)} (RAM + swap), so sd-scripts will likely be "
+            f"needs ~{human(need)} of RAM; this machine has {human(have)} (RAM + swap), so sd-scripts will likely be "
             f"killed{hint}"
         )
         return
