@@ -14,10 +14,10 @@ on one yet; the README says so):
   AdamW8bit's two 1-byte moments). LoRA parameters per unit of dim are summed over the modules
   sd-scripts' networks/lora.py wraps (attention, feed-forward, proj_in/out; CLIP's attention and
   MLP): 0.59 M for SD1.5, which gives the 151 MB (fp32) dim-64 LoRA measured on the real
-  sd-scripts here (the project reference sd-scripts-facts.md, "Measured"; preflight.LORA_PARAMS_PER_RANK
+  sd-scripts here (the project reference sd-scripts-facts.md, "Measured"; preflight.disk.LORA_PARAMS_PER_RANK
   uses the same count); 0.86 M for SD2 and 3.56 M for SDXL by
   the same sum. Parameter counts (published ones: the model cards, the SDXL paper; they add up to
-  preflight.MODEL_PARAMS): SD1.5 U-Net 860 M, CLIP ViT-L 123 M; SD2 U-Net 865 M, OpenCLIP
+  preflight.model.MODEL_PARAMS): SD1.5 U-Net 860 M, CLIP ViT-L 123 M; SD2 U-Net 865 M, OpenCLIP
   ViT-H 340 M; SDXL U-Net 2567 M, text encoders 123 M + 695 M; VAE 84 M.
 - Estimated, not measured: the activations of one training step (batch 1, sdpa attention, whose
   memory grows with the number of latent pixels, so the figure scales with the training area):
