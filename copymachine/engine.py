@@ -154,24 +154,9 @@ class Engine:
         `accelerate config` file is needed and none is asked for. With `launcher`, accelerate runs
         that file, which runs the training script (copymachine/sd_side/base_weights_launcher.py)."""
         target = [str(launcher), str(self.script(script))] if launcher else [str(self.script(script))]
-        return [
-            self.python,
-            "-m",
-            "accelerate.commands.launch",
-            "--num_cpu_threads_per_process",
-            "1",
-            "--num_processes",
-            "1",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            mixed_precision,
-            "--dynamo_backend",
-            "no",
-            *target,
-            "--config_file",
-            str(config),
-        ]
+        return [self.python, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1",
+                "--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision,
+                "--dynamo_backend", "no", *target, "--config_file", str(config)]
 
     def run_script(self, script: str, args: list[str]) -> list[str]:
         return [self.python, str(self.script(script)), *args]
@@ -181,15 +166,8 @@ class Engine:
         try:
             proc = subprocess.run(
                 [self.python, "-c", _PROBE, json.dumps(list(modules)), json.dumps(list(REPORTED_DISTRIBUTIONS))],
-                check=False,
-                cwd=self.root,
-                env=self.env(),
-                capture_output=True,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                timeout=300,
-            )
+                check=False, cwd=self.root, env=self.env(), capture_output=True, text=True, encoding="utf-8",
+                errors="replace", timeout=300)
         except FileNotFoundError:
             raise EnvironmentProblem(f"the Python for sd-scripts was not found: {self.python} (set --python or "
                                      "$SD_SCRIPTS_PYTHON)") from None
@@ -202,20 +180,12 @@ class Engine:
             if line.startswith("COPYMACHINE_PROBE "):
                 data = json.loads(line.split(" ", 1)[1])
                 return Probe(
-                    python_version=data["python"],
-                    missing=data["missing"],
-                    broken=data.get("broken", {}),
-                    torch=data.get("torch"),
-                    cuda=data.get("cuda", False),
-                    gpus=data.get("gpus", []),
-                    bf16=data.get("bf16", False),
-                    compute=[tuple(c) for c in data.get("compute", [])],
-                    vram=[tuple(v) for v in data.get("vram", [])],
-                    vram_free=data.get("vram_free"),
-                    vram_total=data.get("vram_total"),
-                    torch_error=data.get("torch_error"),
-                    versions=data.get("versions", {}),
-                )
+                    python_version=data["python"], missing=data["missing"], broken=data.get("broken", {}),
+                    torch=data.get("torch"), cuda=data.get("cuda", False), gpus=data.get("gpus", []),
+                    bf16=data.get("bf16", False), compute=[tuple(c) for c in data.get("compute", [])],
+                    vram=[tuple(v) for v in data.get("vram", [])], vram_free=data.get("vram_free"),
+                    vram_total=data.get("vram_total"), torch_error=data.get("torch_error"),
+                    versions=data.get("versions", {}))
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) failed to start: {last}")
 
