@@ -46,16 +46,12 @@ class Doctor:
         self.findings: list[Finding] = []
 
     def add(self, status: str, what: str, text: str, exit_code: int = EXIT_OK) -> None:
-        finding = Finding(status, what, text, exit_code)
-        self.findings.append(finding)
+        self.findings.append(Finding(status, what, text, exit_code))
         click.echo(f"  {status:<5} {what:<13} {text}")
 
     @property
     def exit_code(self) -> int:
-        for f in self.findings:
-            if f.status == FAIL:
-                return f.exit_code
-        return EXIT_OK
+        return next((f.exit_code for f in self.findings if f.status == FAIL), EXIT_OK)
 
 
 def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
