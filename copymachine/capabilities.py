@@ -29,27 +29,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from copymachine.engine import Engine, read_git_commit
 from copymachine.errors import EnvironmentProblem, InputError
 from copymachine.files import replace_file
-
-if TYPE_CHECKING:
-    from copymachine.engine import Engine
+from copymachine.runner import StreamWatcher
 
 FORMAT = 2  # of the cache files; bump when what is learnt changes (2: option names ASCII only)
 
 # The scripts copymachine calls (relative to the sd-scripts root).
-SCRIPTS = (
-    "train_network.py",
-    "sdxl_train_network.py",
-    "gen_img.py",
-    "networks/merge_lora.py",
-    "networks/sdxl_merge_lora.py",
-    "networks/svd_merge_lora.py",
-    "networks/resize_lora.py",
-    "networks/extract_lora_from_models.py",
-)
+SCRIPTS = ("train_network.py", "sdxl_train_network.py", "gen_img.py", "networks/merge_lora.py",
+           "networks/sdxl_merge_lora.py", "networks/svd_merge_lora.py", "networks/resize_lora.py",
+           "networks/extract_lora_from_models.py")
 
 # Releases by commit (kohya-ss/sd-scripts tags), and the pinned commit.
 RELEASES = {
@@ -111,7 +102,8 @@ class Capabilities:
 
     def summary(self) -> str:
         naming = "per-prompt file names (--f)" if self.file_names else (
-            "no per-prompt --f: renders with --sequential_file_name and renames" if self.sequential_names else "no way to name gen_img.py's files")
+            "no per-prompt --f: renders with --sequential_file_name and renames" if self.sequential_names
+            else "no way to name gen_img.py's files")
         counts = ", ".join(f"{Path(s).name} {len(o)}" for s, o in self.options.items())
         return f"{naming}; options: {counts}"
 
@@ -154,23 +146,13 @@ def _help(engine: Engine, script: str) -> tuple[str, list[str] | str]:
     if not path.is_file():
         return script, f"{script} is not there"
     try:
-        proc = subprocess.run(
-            [engine.python, str(path), "--help"],
-            check=False,
-            cwd=engine.root,
-            env=engine.env(offline=True),
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            timeout=600,
-        )
+        proc = subprocess.run([engine.python, str(path), "--help"], check=False, cwd=engine.root,
+                              env=engine.env(offline=True), capture_output=True, text=True, encoding="utf-8",
+                              errors="replace", timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
         return script, f"{type(e).__name__}: {e}"
     options = parse_options(proc.stdout)
     if proc.returncode != 0 or "--help" not in options:
-        from copymachine.runner import StreamWatcher
-
         watcher = StreamWatcher()
         for line in (proc.stdout + "\n" + proc.stderr).splitlines():
             watcher.feed(line)
@@ -236,7 +218,8 @@ def require(engine: Engine, caps: Capabilities) -> None:
     where = f"sd-scripts at {engine.root} ({caps.version_text()})"
     if caps.errors:
         script, error = next(iter(caps.errors.items()))
-        raise EnvironmentProblem(f"{where}: {script} {error}" if "not there" not in error else f"{where} lacks {script}, which copymachine runs")
+        raise EnvironmentProblem(f"{where}: {script} {error}" if "not there" not in error else f"{where} lacks "
+            f"{script}, which copymachine runs")
     if not caps.file_names and not caps.sequential_names:
         raise EnvironmentProblem(
             f"{where}: gen_img.py has neither the per-prompt --f (sd-scripts v0.9.0 on) nor {SEQUENTIAL_NAMES}, "
@@ -249,7 +232,8 @@ def option_names(argv: list[str]) -> list[str]:
     return [a.split("=", 1)[0] for a in argv if a.startswith("--") and len(a) > 2]
 
 
-def check_command(caps: Capabilities | None, version: str, script: str, argv: list[str], toml_keys: list[str] = ()) -> None:
+def check_command(caps: Capabilities | None, version: str, script: str, argv: list[str],
+                  toml_keys: list[str] | tuple[str, ...] = ()) -> None:
     """Refuse a command whose options (or training TOML keys) `script` does not know."""
     if caps is None:
         return
@@ -271,14 +255,13 @@ def check_training_keys(caps: Capabilities | None, script: str, keys: list[str],
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
             hint = f"; closest: {', '.join(close)}" if close else "; `python " + script + " --help` lists them"
-            raise InputError(f"{what} {key}: {Path(script).name} of sd-scripts {caps.version_text()} has no option --{key}{hint}")
+            raise InputError(f"{what} {key}: {Path(script).name} of sd-scripts {caps.version_text()} has no option "
+                             f"--{key}{hint}")
     return True
 
 
 def _main() -> None:  # pragma: no cover - a maintainer's tool
     """python -m copymachine.capabilities SD_SCRIPTS_DIR: print the tree identity of a folder."""
-    from copymachine.engine import Engine, read_git_commit
-
     root = Path(sys.argv[1]).resolve()
     print(Engine(root=root, python=sys.executable, commit=read_git_commit(root)).identity)
 

@@ -22,26 +22,14 @@ from copymachine.errors import EnvironmentProblem
 from copymachine.heavy import import_fix
 
 PINNED_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
-PINNED_URL = "https://github.com/kohya-ss/sd-scripts"
 
 # Distributions whose versions the probe reports (doctor prints them).
-REPORTED_DISTRIBUTIONS = ("torch", "torchvision", "accelerate", "transformers", "diffusers", "safetensors", "bitsandbytes", "xformers")
+REPORTED_DISTRIBUTIONS = ("torch", "torchvision", "accelerate", "transformers", "diffusers", "safetensors",
+                          "bitsandbytes", "xformers")
 
 # Modules sd-scripts imports (requirements.txt, plus torch/torchvision that users install).
-REQUIRED_MODULES = (
-    "torch",
-    "torchvision",
-    "accelerate",
-    "transformers",
-    "diffusers",
-    "safetensors",
-    "toml",
-    "voluptuous",
-    "imagesize",
-    "einops",
-    "cv2",
-    "library",
-)
+REQUIRED_MODULES = ("torch", "torchvision", "accelerate", "transformers", "diffusers", "safetensors", "toml",
+                    "voluptuous", "imagesize", "einops", "cv2", "library")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 OWNER_VARIABLE = "COPYMACHINE_PARENT_PID"
@@ -66,7 +54,8 @@ for m in mods:
     except BaseException as e:  # a broken binary raises ImportError, AttributeError, OSError, SystemExit...
         text = (str(e).strip().splitlines() or [""])[0]
         broken[m] = f"{type(e).__name__}: {text}" if text else type(e).__name__
-info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing, "broken": broken, "versions": {}}
+info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing, "broken": broken,
+        "versions": {}}
 try:
     import importlib.metadata as md
     for dist in json.loads(sys.argv[2]) if len(sys.argv) > 2 else []:
@@ -124,7 +113,7 @@ class Engine:
     root: Path
     python: str
     commit: str | None
-    python_reason: str = ""  # how `python` was found ("given by --python", "the venv inside the sd-scripts folder", ...)
+    python_reason: str = ""  # how `python` was found ("given by --python", "the venv inside the sd-scripts folder")
 
     @property
     def pinned(self) -> bool:
@@ -159,29 +148,15 @@ class Engine:
             env["TRANSFORMERS_OFFLINE"] = "1"
         return env
 
-    def launch_training(self, script: str, config: Path, mixed_precision: str, launcher: Path | None = None) -> list[str]:
+    def launch_training(self, script: str, config: Path, mixed_precision: str,
+                        launcher: Path | None = None) -> list[str]:
         """`accelerate launch` of a training script, with every launch option given so that no
         `accelerate config` file is needed and none is asked for. With `launcher`, accelerate runs
         that file, which runs the training script (copymachine/sd_side/base_weights_launcher.py)."""
         target = [str(launcher), str(self.script(script))] if launcher else [str(self.script(script))]
-        return [
-            self.python,
-            "-m",
-            "accelerate.commands.launch",
-            "--num_cpu_threads_per_process",
-            "1",
-            "--num_processes",
-            "1",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            mixed_precision,
-            "--dynamo_backend",
-            "no",
-            *target,
-            "--config_file",
-            str(config),
-        ]
+        return [self.python, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1",
+                "--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision,
+                "--dynamo_backend", "no", *target, "--config_file", str(config)]
 
     def run_script(self, script: str, args: list[str]) -> list[str]:
         return [self.python, str(self.script(script)), *args]
@@ -191,39 +166,26 @@ class Engine:
         try:
             proc = subprocess.run(
                 [self.python, "-c", _PROBE, json.dumps(list(modules)), json.dumps(list(REPORTED_DISTRIBUTIONS))],
-                check=False,
-                cwd=self.root,
-                env=self.env(),
-                capture_output=True,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                timeout=300,
-            )
+                check=False, cwd=self.root, env=self.env(), capture_output=True, text=True, encoding="utf-8",
+                errors="replace", timeout=300)
         except FileNotFoundError:
-            raise EnvironmentProblem(f"the Python for sd-scripts was not found: {self.python} (set --python or $SD_SCRIPTS_PYTHON)") from None
+            raise EnvironmentProblem(f"the Python for sd-scripts was not found: {self.python} (set --python or "
+                                     "$SD_SCRIPTS_PYTHON)") from None
         except OSError as e:
             raise EnvironmentProblem(f"cannot run the Python for sd-scripts ({self.python}): {e}") from None
         except subprocess.TimeoutExpired:
-            raise EnvironmentProblem(f"the Python for sd-scripts did not answer within 5 minutes: {self.python}") from None
+            raise EnvironmentProblem(
+                f"the Python for sd-scripts did not answer within 5 minutes: {self.python}") from None
         for line in proc.stdout.splitlines():
             if line.startswith("COPYMACHINE_PROBE "):
                 data = json.loads(line.split(" ", 1)[1])
                 return Probe(
-                    python_version=data["python"],
-                    missing=data["missing"],
-                    broken=data.get("broken", {}),
-                    torch=data.get("torch"),
-                    cuda=data.get("cuda", False),
-                    gpus=data.get("gpus", []),
-                    bf16=data.get("bf16", False),
-                    compute=[tuple(c) for c in data.get("compute", [])],
-                    vram=[tuple(v) for v in data.get("vram", [])],
-                    vram_free=data.get("vram_free"),
-                    vram_total=data.get("vram_total"),
-                    torch_error=data.get("torch_error"),
-                    versions=data.get("versions", {}),
-                )
+                    python_version=data["python"], missing=data["missing"], broken=data.get("broken", {}),
+                    torch=data.get("torch"), cuda=data.get("cuda", False), gpus=data.get("gpus", []),
+                    bf16=data.get("bf16", False), compute=[tuple(c) for c in data.get("compute", [])],
+                    vram=[tuple(v) for v in data.get("vram", [])], vram_free=data.get("vram_free"),
+                    vram_total=data.get("vram_total"), torch_error=data.get("torch_error"),
+                    versions=data.get("versions", {}))
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) failed to start: {last}")
 
@@ -237,14 +199,17 @@ class Engine:
             raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) lacks {names}; {hint}")
         if probe.broken:
             module, error = next(iter(probe.broken.items()))
-            raise EnvironmentProblem(f"{module} fails to import in the Python for sd-scripts ({self.python}): {error}; {import_fix(module, error)}")
+            raise EnvironmentProblem(f"{module} fails to import in the Python for sd-scripts ({self.python}): {error}; "
+                                     f"{import_fix(module, error)}")
         if probe.torch_error:
-            raise EnvironmentProblem(f"torch fails to import in the Python for sd-scripts ({self.python}): {probe.torch_error}")
+            raise EnvironmentProblem(f"torch fails to import in the Python for sd-scripts ({self.python}): "
+                                     f"{probe.torch_error}")
 
 
 # Folders of a checkout that are not sd-scripts' code: its venv, git's data, byte code, caches.
 # bitsandbytes_windows: DLLs and patches the Windows setup copies into the venv, not code sd-scripts runs.
-_TREE_SKIP = {".git", "venv", ".venv", "__pycache__", "node_modules", ".cache", "logs", "outputs", "bitsandbytes_windows"}
+_TREE_SKIP = {".git", "venv", ".venv", "__pycache__", "node_modules", ".cache", "logs", "outputs",
+              "bitsandbytes_windows"}
 
 
 def _tree_files(root: Path) -> list[tuple[str, os.stat_result]]:
@@ -340,12 +305,8 @@ def find_python_and_reason(option: str | None, root: Path) -> tuple[str, str]:
         beside = _venv_python(root.parent / "venv")
         if beside:
             return str(beside), f"the kohya_ss venv beside sd-scripts ({root.parent})"
-    return sys.executable, "copymachine's own Python: no --python, no $SD_SCRIPTS_PYTHON, no venv in or beside the sd-scripts folder"
-
-
-def find_python(option: str | None, root: Path) -> str:
-    """--python, then $SD_SCRIPTS_PYTHON, then <sd-scripts>/venv, then <kohya_ss>/venv, then this Python."""
-    return find_python_and_reason(option, root)[0]
+    return sys.executable, ("copymachine's own Python: no --python, no $SD_SCRIPTS_PYTHON, no venv in or beside the "
+                            "sd-scripts folder")
 
 
 def read_git_commit(root: Path) -> str | None:

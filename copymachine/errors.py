@@ -6,6 +6,8 @@ no traceback. The README's troubleshooting table lists them.
 
 from __future__ import annotations
 
+import errno
+
 # Exit codes (documented in README "Troubleshooting").
 EXIT_OK = 0
 EXIT_ENGINE = 1  # an sd-scripts stage failed (non-zero exit, missing output, NaN loss, out of memory)
@@ -63,8 +65,6 @@ class DiskFull(OutputError):
 
 def is_disk_full(error: BaseException) -> bool:
     """An OSError of a full disk (or of a full quota)."""
-    import errno
-
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 

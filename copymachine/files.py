@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from copymachine.errors import OutputError
+
 _CHUNK = 8 * 1024 * 1024
 
 # A picture's name becomes a folder name two or three times in a run's paths
@@ -48,9 +50,8 @@ def replace_file(src: Path | str, dst: Path | str, delays: tuple[float, ...] | N
             return
         except PermissionError as e:
             if delay is None:
-                from copymachine.errors import OutputError
-
-                raise OutputError(f"cannot replace {dst}: another program holds it open ({e.strerror}); close it (an editor, a viewer, an antivirus scan) and run the same command again") from None
+                raise OutputError(f"cannot replace {dst}: another program holds it open ({e.strerror}); close it (an "
+                                  "editor, a viewer, an antivirus scan) and run the same command again") from None
             time.sleep(delay)
 
 

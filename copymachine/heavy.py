@@ -52,8 +52,10 @@ def import_fix(module: str, error: str, where: str = "that venv") -> str:
     top = module.split(".")[0]
     if any(sign in error for sign in _NUMPY_ABI_SIGNS):
         if top == "cv2" or "cv2" in error:
-            return f"opencv and numpy do not fit: pip install 'numpy<2' in {where}, or an opencv built for numpy 2 (opencv-python>=4.10)"
-        return f"{top} was built for another numpy: pip install 'numpy<2' in {where}, or a {DISTRIBUTIONS.get(top, top)} built for numpy 2"
+            return (f"opencv and numpy do not fit: pip install 'numpy<2' in {where}, or an opencv built for numpy 2 "
+                    "(opencv-python>=4.10)")
+        return (f"{top} was built for another numpy: pip install 'numpy<2' in {where}, or a "
+                f"{DISTRIBUTIONS.get(top, top)} built for numpy 2")
     if "No module named" in error:
         missing = error.split("No module named", 1)[1].strip().strip("'\"")
         if missing.split(".")[0] == "library":
@@ -61,7 +63,8 @@ def import_fix(module: str, error: str, where: str = "that venv") -> str:
         return f"pip install {DISTRIBUTIONS.get(missing.split('.')[0], missing.split('.')[0])} in {where}"
     if "libGL" in error or ("lib" in error and ".so" in error):
         if top == "cv2":
-            return f"a system library is missing: pip install opencv-python-headless in {where} (or apt-get install libgl1)"
+            return (f"a system library is missing: pip install opencv-python-headless in {where} (or apt-get install "
+                    "libgl1)")
         return f"a system library it needs is missing: reinstall it in {where}"
     return f"reinstall it in {where}: pip install --force-reinstall {DISTRIBUTIONS.get(top, top)}"
 
@@ -82,7 +85,8 @@ class LazyModule(types.ModuleType):
             except Exception as e:  # a broken binary raises ImportError, AttributeError, OSError...
                 message = f"{type(e).__name__}: {e}".splitlines()[0]
                 raise EnvironmentProblem(
-                    f"{name} fails to import in copymachine's Python ({sys.executable}): {message}; {import_fix(name, message)}"
+                    f"{name} fails to import in copymachine's Python ({sys.executable}): {message}; "
+                    f"{import_fix(name, message)}"
                 ) from None
             self.__dict__["_lazy_module"] = module
         return module

@@ -46,8 +46,8 @@ def run_step(argv: list[str], say: Say, what: str, cwd: Path | None = None) -> N
     failure ends set-up with the command and the last lines it printed."""
     say(f"  $ {command_line(argv)}")
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, encoding="utf-8", errors="replace")  # fmt: skip
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace")
     except OSError as e:
         raise EnvironmentProblem(f"{what}: cannot run {argv[0]}: {e.strerror or e}") from None
     tail: list[str] = []
@@ -83,17 +83,20 @@ def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_UR
     """Put the pinned sd-scripts at `folder`: `git submodule update --init` when it is the
     submodule of the repository at `cwd`, else `git clone` + checkout of `commit`."""
     if shutil.which("git") is None:
-        raise EnvironmentProblem(f"no sd-scripts at {folder} and git is not installed: install git, or clone {url} there yourself and check out {commit[:8]}, or give --sd-scripts DIR")
+        raise EnvironmentProblem(f"no sd-scripts at {folder} and git is not installed: install git, or clone {url} "
+                                 f"there yourself and check out {commit[:8]}, or give --sd-scripts DIR")
     repo = superproject_submodule(folder, cwd)
     if repo is not None:
         say(f"sd-scripts: the submodule {folder} (pinned by this repository)")
         relative = Path(os.path.relpath(folder.absolute(), repo.absolute())).as_posix()  # as .gitmodules names it
-        run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say, "fetching the sd-scripts submodule")
+        run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say, "fetching the "
+            "sd-scripts submodule")
         return
     say(f"sd-scripts: cloning {url} into {folder}, at the pinned commit {commit[:8]}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     run_step(["git", "clone", "--no-checkout", url, str(folder)], say, "cloning sd-scripts")
-    run_step(["git", "-C", str(folder), "checkout", "--detach", commit], say, f"checking out sd-scripts at {commit[:8]}")
+    run_step(["git", "-C", str(folder), "checkout", "--detach", commit], say,
+             f"checking out sd-scripts at {commit[:8]}")
 
 
 def sd_scripts_folder(option: Path | None, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL) -> Path:
@@ -107,7 +110,8 @@ def sd_scripts_folder(option: Path | None, say: Say, cwd: Path, url: str = SD_SC
         say(f"sd-scripts: {folder}")
         return folder
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise InputError(f"--sd-scripts {folder} is not an sd-scripts checkout (no train_network.py and networks/) and not empty: give the sd-scripts folder, or an empty or new one to fetch it into")
+        raise InputError(f"--sd-scripts {folder} is not an sd-scripts checkout (no train_network.py and networks/) and "
+                         "not empty: give the sd-scripts folder, or an empty or new one to fetch it into")
     fetch_sd_scripts(folder, say, cwd, url)
     if not is_sd_scripts(folder):
         raise EnvironmentProblem(f"fetched sd-scripts into {folder}, but it has no train_network.py and networks/")
@@ -134,7 +138,8 @@ def driver_cuda(report: str | None) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def torch_args(spec: str, say: Say, platform: str | None = None, report: Callable[[], str | None] | None = None) -> list[str] | None:
+def torch_args(spec: str, say: Say, platform: str | None = None,
+               report: Callable[[], str | None] | None = None) -> list[str] | None:
     """pip's arguments for the torch `spec` ("torch==2.6.0 torchvision==0.21.0 --index-url ..."),
     or None for --torch none. On Windows the index's default torch is CPU-only: a spec without
     an index, on a machine whose nvidia-smi reports CUDA X.Y, is refused with the build to pick."""
@@ -144,25 +149,31 @@ def torch_args(spec: str, say: Say, platform: str | None = None, report: Callabl
     args = spec.split()
     if not args:
         raise InputError("--torch is empty: give the pip requirement(s) for torch, or none to skip it")
-    if (platform or sys.platform) != "win32" or any(a.startswith(("--index-url", "--extra-index-url", "-i", "-f", "--find-links")) or a.endswith(".whl") for a in args):
+    sources = ("--index-url", "--extra-index-url", "-i", "-f", "--find-links")
+    if (platform or sys.platform) != "win32" or any(a.startswith(sources) or a.endswith(".whl") for a in args):
         return args
     cuda = driver_cuda((report or nvidia_smi)())
     if cuda is None:
         say("warning: on Windows the package index's torch is a CPU-only build, and nvidia-smi finds no NVIDIA GPU: "
-            f"installing it (for a GPU, rerun with --torch \"torch torchvision --index-url {PYTORCH_INDEX}cu126\", the build your driver supports: {PYTORCH_SITE})")  # fmt: skip
+            f"installing it (for a GPU, rerun with --torch \"torch torchvision --index-url {PYTORCH_INDEX}cu126\", the "
+            f"build your driver supports: {PYTORCH_SITE})")  # fmt: skip
         return args
     version = f"{cuda[0]}.{cuda[1]}"
     raise InputError(
-        f"on Windows the package index's default torch is a CPU-only build, and this machine's NVIDIA driver supports CUDA {version}: "
-        f'run copymachine setup --torch "{spec} --index-url {PYTORCH_INDEX}cu{cuda[0]}{cuda[1]}" (if there is no such build, '
-        f"the newest CUDA build up to {version} listed at {PYTORCH_SITE}; for the CPU build anyway: --index-url {PYTORCH_INDEX}cpu)"
+        "on Windows the package index's default torch is a CPU-only build, and this machine's NVIDIA driver supports "
+        f"CUDA {version}: "
+        f'run copymachine setup --torch "{spec} --index-url {PYTORCH_INDEX}cu{cuda[0]}{cuda[1]}" (if there is no such '
+        'build, '
+        f"the newest CUDA build up to {version} listed at {PYTORCH_SITE}; for the CPU build anyway: --index-url "
+        f"{PYTORCH_INDEX}cpu)"
     )
 
 
 # --- the whole set-up ---------------------------------------------------------------------------
 
 
-def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = None, cwd: Path | None = None, url: str = SD_SCRIPTS_URL) -> tuple[Path, str]:
+def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = None, cwd: Path | None = None,
+          url: str = SD_SCRIPTS_URL) -> tuple[Path, str]:
     """sd-scripts (given or fetched), its venv (made with `python`, default this one), torch,
     sd-scripts' requirements. Returns sd-scripts' folder and its venv's Python."""
     cwd = cwd or Path.cwd()
@@ -187,7 +198,8 @@ def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = No
     if requirements.is_file():
         say(f"sd-scripts' requirements: {requirements}")
         # in sd-scripts' folder: its requirements end with `-e .` (its own `library` package)
-        run_step([str(py), "-m", "pip", "install", "-q", "-r", "requirements.txt"], say, "installing sd-scripts' requirements", cwd=root)
+        run_step([str(py), "-m", "pip", "install", "-q", "-r", "requirements.txt"], say, "installing sd-scripts' "
+            "requirements", cwd=root)
     else:
         say(f"warning: {root} has no requirements.txt: nothing more installed")
     return root, os.fspath(py)

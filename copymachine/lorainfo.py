@@ -14,9 +14,12 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from copymachine.heavy import numpy as np
+
+if TYPE_CHECKING:
+    from numpy import ndarray
 from copymachine.lorafile import read_safetensors, summarize_lora
 from copymachine.models import lora_family
 
@@ -58,7 +61,7 @@ def _block_order(name: str) -> tuple[int, int]:
     return 4, int(name[3:])
 
 
-def delta_norm(down: np.ndarray, up: np.ndarray, alpha: float) -> float:
+def delta_norm(down: ndarray, up: ndarray, alpha: float) -> float:
     """||alpha/rank * up @ down||_F without forming the product (rank x rank matrices only)."""
     rank = down.shape[0]
     d = down.reshape(rank, -1).astype(np.float64)
@@ -118,7 +121,8 @@ def _short(key: str, value: str, width: int = 100) -> str:
 def format_report(r: dict[str, Any]) -> str:
     lines = [f"{r['file']}  ({r['size_bytes'] / 1e6:.1f} MB)"]
     base = r["base_model"]
-    lines.append(f"base model  {base['family'] or 'unknown'}" + (f" ({base['version']})" if base["version"] else f" (from {base['from']})"))
+    source = f" ({base['version']})" if base["version"] else f" (from {base['from']})"
+    lines.append(f"base model  {base['family'] or 'unknown'}{source}")
     lines.append(f"modules     {r['modules']}: U-Net {r['unet_modules']}, text encoder {r['text_encoder_modules']}")
     lines.append("rank        " + ", ".join(f"{k} ({n} modules)" for k, n in r["ranks"].items()))
     lines.append("alpha       " + ", ".join(f"{k} ({n} modules)" for k, n in r["alphas"].items()))
@@ -133,7 +137,8 @@ def format_report(r: dict[str, Any]) -> str:
     if leakage:
         lines.append("")
         lines.append(f"leakage     {leakage_text(leakage)}")
-    for title, key in (("copymachine metadata", "copymachine"), ("sd-scripts training metadata (ss_*)", "ss"), ("other metadata", "other_metadata")):
+    for title, key in (("copymachine metadata", "copymachine"), ("sd-scripts training metadata (ss_*)", "ss"),
+                       ("other metadata", "other_metadata")):
         lines.append("")
         items = r[key]
         lines.append(f"{title}" + ("" if items else ": none"))
@@ -150,6 +155,7 @@ def leakage_text(value: str) -> str:
         gains = ", ".join(f"{float(s):g}: {g:+.3f}" for s, g in data["ssim_gain"].items())
         at = data.get("leaks_at")
         verdict = f"LEAKS from strength {at:g}" if at is not None else "no leakage at these strengths"
-        return f"SSIM gain towards the training image on unrelated prompts ({data.get('model', '?')}): {gains} (threshold {data['threshold']:g}) -> {verdict}"
+        return (f"SSIM gain towards the training image on unrelated prompts ({data.get('model', '?')}): {gains} "
+                f"(threshold {data['threshold']:g}) -> {verdict}")
     except (ValueError, KeyError, TypeError, AttributeError):
         return _short("copymachine.leakage", value)

@@ -42,52 +42,30 @@ class Family:
     def as_key(self) -> dict[str, Any]:
         """What of the family changes a stage's results, for stage keys (not its label: a new
         wording must not invalidate every cache)."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in self.COSMETIC}
+        fields = [f.name for f in dataclasses.fields(self) if f.name not in self.COSMETIC]
+        return {name: _jsonable(getattr(self, name)) for name in fields}
 
 
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-SD1 = Family(
-    name="sd1",
-    label="Stable Diffusion 1.x",
-    train_script="train_network.py",
-    merge_script="networks/merge_lora.py",
-    gen_flag="--v1",
-    base_model_version="sd_v1",
-)
+SD1 = Family(name="sd1", label="Stable Diffusion 1.x", train_script="train_network.py",
+             merge_script="networks/merge_lora.py", gen_flag="--v1", base_model_version="sd_v1")
 
 # Recognised so that the message can name them; not trained by this version of copymachine.
-SD2 = Family(
-    name="sd2",
-    label="Stable Diffusion 2.x",
-    train_script="train_network.py",
-    merge_script="networks/merge_lora.py",
-    gen_flag="--v2",
-    base_model_version="sd_v2",
-    v2=True,
-    supported=False,
-    merge_options=("--v2",),
-    extract_options=("--v2",),
-)
+SD2 = Family(name="sd2", label="Stable Diffusion 2.x", train_script="train_network.py",
+             merge_script="networks/merge_lora.py", gen_flag="--v2", base_model_version="sd_v2", v2=True,
+             supported=False, merge_options=("--v2",), extract_options=("--v2",))
 # SDXL: sdxl_train_network.py / sdxl_merge_lora.py / gen_img.py --sdxl / extract --sdxl; the
 # LoRA tools (svd_merge_lora.py, resize_lora.py) work on its keys as they are. SDXL-specific
 # training choice: no_half_vae (the SDXL VAE overflows in fp16 and gives NaN latents; sd-scripts
 # issues #653, #881). The memo's numbers are unchanged; the resolution is the image's (1024).
-SDXL = Family(
-    name="sdxl",
-    label="SDXL",
-    train_script="sdxl_train_network.py",
-    merge_script="networks/sdxl_merge_lora.py",
-    gen_flag="--sdxl",
-    base_model_version="sdxl_base_v1-0",
-    training_options={"no_half_vae": True},
-    extract_options=("--sdxl",),
-    default_size=1024,
-    render_no_half_vae=True,
-    tokenizers=("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"),
-)
+SDXL = Family(name="sdxl", label="SDXL", train_script="sdxl_train_network.py",
+              merge_script="networks/sdxl_merge_lora.py", gen_flag="--sdxl", base_model_version="sdxl_base_v1-0",
+              training_options={"no_half_vae": True},
+              extract_options=("--sdxl",), default_size=1024, render_no_half_vae=True,
+              tokenizers=("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"))
 
 FAMILIES = {f.name: f for f in (SD1, SD2, SDXL)}
 
@@ -155,10 +133,12 @@ def choose_prediction(model: ModelInfo, v_pred: bool = False, zero_terminal_snr:
     z = has_z or zero_terminal_snr
     if z and not v:
         where = f"{model.path.name} has a {ZTSNR_KEY} key but no {V_PRED_KEY} key" if has_z else "--zero-terminal-snr"
-        raise InputError(f"{where}: zero terminal SNR needs a v-prediction model; add --v-pred if {model.path.name} is one")
+        raise InputError(f"{where}: zero terminal SNR needs a v-prediction model; add --v-pred if {model.path.name} is "
+                         "one")
     if not v:
         if model.tensor_count == 0:
-            return Prediction(why="a pickle checkpoint copymachine does not open: assumed epsilon-prediction (--v-pred for a v-prediction model)")
+            return Prediction(why="a pickle checkpoint copymachine does not open: assumed epsilon-prediction (--v-pred "
+                                  "for a v-prediction model)")
         return Prediction()
     reasons = []
     if has_v:
@@ -279,7 +259,8 @@ def inspect_base_model(path: Path, for_training: bool = True) -> ModelInfo:
             f"(supported: {', '.join(f.label for f in FAMILIES.values() if f.supported)}): {path}"
         )
     markers = frozenset(k for k in (V_PRED_KEY, ZTSNR_KEY) if k in st.tensors)
-    return ModelInfo(path=path, family=family, size_bytes=path.stat().st_size, tensor_count=len(st.tensors), markers=markers)
+    return ModelInfo(path=path, family=family, size_bytes=path.stat().st_size, tensor_count=len(st.tensors),
+                     markers=markers)
 
 
 # ss_base_model_version values sd-scripts writes, by family

@@ -76,7 +76,8 @@ def precision_caveat(gpus: list[str], precision: str) -> str | None:
     """What to know about fp16 on the GPUs found: GTX 16xx cards (Turing without tensor cores)
     are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293)."""
     if precision == "fp16" and any("GTX 16" in name for name in gpus):
-        return ("GTX 16xx cards are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293), and have no native bf16; "
+        return ("GTX 16xx cards are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293), and have no native "
+                "bf16; "
                 "if a training stops on NaN loss, train with --device cpu or on another GPU")
     return None
 

@@ -24,8 +24,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+import psutil
 
 GRACE_S = 10.0  # after the polite stop (SIGINT / CTRL_BREAK_EVENT)
 TERM_S = 5.0  # after SIGTERM
@@ -157,56 +158,33 @@ class PosixBackend:
                 return False
             time.sleep(0.1)
 
-    # -- children a killed copymachine left behind (Linux: /proc names them) --
+    # -- children a killed copymachine left behind (psutil names them) --
 
     def kill_orphaned_group(self, pgid: int, marker: str) -> bool:
         """End a process group left behind by a killed copymachine, if it still runs sd-scripts.
         `marker` (the sd-scripts root) must appear in the leader's command line, so an unrelated
         process that happens to reuse the number is never touched."""
-        proc_dir = Path(f"/proc/{pgid}")
-        if not (proc_dir / "cmdline").exists():
-            return False
         try:
-            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
+            cmdline = " ".join(psutil.Process(pgid).cmdline())
+        except psutil.Error:
             return False
-        if marker not in cmdline:
-            return False
-        return self.signal_group(pgid, "kill")
+        return marker in cmdline and self.signal_group(pgid, "kill")
 
     def kill_orphans_of(self, owner_pid: int, marker: str, variable: str) -> list[int]:
         """End the process groups of sd-scripts processes a dead copymachine (`owner_pid`) started:
         those whose environment names it and whose command line names the sd-scripts root."""
-        if not Path("/proc").is_dir() or not marker:
-            return []
-        needle = f"{variable}={owner_pid}".encode()
         killed = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        for proc in psutil.process_iter(["environ", "cmdline"]):
+            environ, cmdline = proc.info["environ"] or {}, " ".join(proc.info["cmdline"] or [])
+            if proc.pid == os.getpid() or environ.get(variable) != str(owner_pid) or marker not in cmdline:
                 continue
             try:
-                if needle not in (entry / "environ").read_bytes().split(b"\0"):
-                    continue
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-                if marker not in cmdline:
-                    continue
-                pgid = os.getpgid(int(entry.name))
-                if pgid == os.getpgrp():
-                    continue
-                if self.signal_group(pgid, "kill"):
-                    killed.append(int(entry.name))
-            except (OSError, ValueError):
+                pgid = os.getpgid(proc.pid)
+                if pgid != os.getpgrp() and self.signal_group(pgid, "kill"):
+                    killed.append(proc.pid)
+            except OSError:
                 continue
         return killed
-
-    def process_alive(self, pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 class Win32:
@@ -214,8 +192,12 @@ class Win32:
 
     CREATE_NEW_PROCESS_GROUP = 0x00000200
     CREATE_SUSPENDED = 0x00000004
+    _k32: Any
+    _ntdll: Any
 
     def __init__(self) -> None:  # pragma: no cover - Windows
+        if sys.platform != "win32":
+            raise OSError("Windows only")
         import ctypes
         from ctypes import wintypes
 
@@ -226,40 +208,48 @@ class Win32:
         self._k32.OpenProcess.restype = wintypes.HANDLE
 
     def _check(self, ok: Any, what: str) -> Any:  # pragma: no cover - Windows
+        if sys.platform != "win32":
+            raise OSError("Windows only")
         if not ok:
             raise OSError(self._ctypes.get_last_error(), f"{what} failed")
         return ok
 
     def create_job(self) -> int:  # pragma: no cover - Windows
         """A Job Object whose processes all end when its last handle closes."""
-        ctypes = self._ctypes
+        if sys.platform != "win32":
+            raise OSError("Windows only")
+        import ctypes
         from ctypes import wintypes
 
         class BASIC(ctypes.Structure):
-            _fields_ = [  # noqa: RUF012 -- ctypes reads it
-                ("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64), ("LimitFlags", wintypes.DWORD),
-                        ("MinimumWorkingSetSize", ctypes.c_size_t), ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
-                        ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD), ("SchedulingClass", wintypes.DWORD)]  # fmt: skip
+            _fields_ = [
+                ("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
+                ("LimitFlags", wintypes.DWORD), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
+                ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD), ("SchedulingClass", wintypes.DWORD)]
 
         class IO(ctypes.Structure):
-            _fields_ = [  # noqa: RUF012 -- ctypes reads it
+            _fields_ = [
                 (n, ctypes.c_uint64) for n in ("Read", "Write", "Other", "ReadT", "WriteT", "OtherT")]
 
         class EXTENDED(ctypes.Structure):
-            _fields_ = [  # noqa: RUF012 -- ctypes reads it
-                ("Basic", BASIC), ("Io", IO), ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
-                        ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]  # fmt: skip
+            _fields_ = [
+                ("Basic", BASIC), ("Io", IO), ("ProcessMemoryLimit", ctypes.c_size_t),
+                ("JobMemoryLimit", ctypes.c_size_t), ("PeakProcessMemoryUsed", ctypes.c_size_t),
+                ("PeakJobMemoryUsed", ctypes.c_size_t)]
 
         job = self._check(self._k32.CreateJobObjectW(None, None), "CreateJobObject")
         info = EXTENDED()
         info.Basic.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
-        self._check(self._k32.SetInformationJobObject(wintypes.HANDLE(job), 9, ctypes.byref(info), ctypes.sizeof(info)), "SetInformationJobObject")
+        self._check(self._k32.SetInformationJobObject(wintypes.HANDLE(job), 9, ctypes.byref(info), ctypes.sizeof(info)),
+                    "SetInformationJobObject")
         return job
 
     def assign(self, job: int, process_handle: int) -> None:  # pragma: no cover - Windows
         from ctypes import wintypes
 
-        self._check(self._k32.AssignProcessToJobObject(wintypes.HANDLE(job), wintypes.HANDLE(process_handle)), "AssignProcessToJobObject")
+        self._check(self._k32.AssignProcessToJobObject(wintypes.HANDLE(job), wintypes.HANDLE(process_handle)),
+                    "AssignProcessToJobObject")
 
     def resume(self, process_handle: int) -> None:  # pragma: no cover - Windows
         from ctypes import wintypes
@@ -340,15 +330,6 @@ class WindowsBackend:
         job, child.job = child.job, None
         self.win32.terminate_job(job, self.EXIT_CODE)
         self.win32.close(job)
-
-    def process_alive(self, pid: int) -> bool:  # pragma: no cover - Windows
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
-        if handle:
-            ctypes.windll.kernel32.CloseHandle(handle)
-            return True
-        return False
 
 
 @dataclass
@@ -466,7 +447,8 @@ class Supervisor:
             if self.backend.group_gone(pgid, patience):
                 return
 
-    def end_orphans(self, owner_pid: int, child_ids: list[int], marker: str, variable: str = "COPYMACHINE_PARENT_PID") -> list[int]:
+    def end_orphans(self, owner_pid: int, child_ids: list[int], marker: str,
+                    variable: str = "COPYMACHINE_PARENT_PID") -> list[int]:
         """End what a dead copymachine (`owner_pid`) left running. On Windows its Job Objects were
         made to end with it (KILL_ON_JOB_CLOSE): nothing is left to end. Linux only otherwise."""
         if not isinstance(self.backend, PosixBackend) or not sys.platform.startswith("linux") or not marker:
@@ -475,7 +457,7 @@ class Supervisor:
         return ended + self.backend.kill_orphans_of(int(owner_pid), marker, variable)
 
     def process_alive(self, pid: int) -> bool:
-        return pid > 0 and self.backend.process_alive(pid)
+        return pid > 0 and psutil.pid_exists(pid)
 
 
 SUPERVISOR = Supervisor()

@@ -14,10 +14,10 @@ on one yet; the README says so):
   AdamW8bit's two 1-byte moments). LoRA parameters per unit of dim are summed over the modules
   sd-scripts' networks/lora.py wraps (attention, feed-forward, proj_in/out; CLIP's attention and
   MLP): 0.59 M for SD1.5, which gives the 151 MB (fp32) dim-64 LoRA measured on the real
-  sd-scripts here (the project reference sd-scripts-facts.md, "Measured"; preflight.LORA_PARAMS_PER_RANK
+  sd-scripts here (the project reference sd-scripts-facts.md, "Measured"; preflight.disk.LORA_PARAMS_PER_RANK
   uses the same count); 0.86 M for SD2 and 3.56 M for SDXL by
   the same sum. Parameter counts (published ones: the model cards, the SDXL paper; they add up to
-  preflight.MODEL_PARAMS): SD1.5 U-Net 860 M, CLIP ViT-L 123 M; SD2 U-Net 865 M, OpenCLIP
+  preflight.model.MODEL_PARAMS): SD1.5 U-Net 860 M, CLIP ViT-L 123 M; SD2 U-Net 865 M, OpenCLIP
   ViT-H 340 M; SDXL U-Net 2567 M, text encoders 123 M + 695 M; VAE 84 M.
 - Estimated, not measured: the activations of one training step (batch 1, sdpa attention, whose
   memory grows with the number of latent pixels, so the figure scales with the training area):
@@ -34,6 +34,7 @@ to the GiB.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 GIB = 1024**3
 MILLION = 10**6
@@ -77,15 +78,8 @@ def _bytes_per(precision: str) -> int:
     return 4 if precision in ("no", "float", "fp32") else 2
 
 
-def training(
-    family: str,
-    size: tuple[int, int],
-    dim: int,
-    precision: str = "bf16",
-    optimizer: str = "AdamW",
-    gradient_checkpointing: bool = False,
-    unet_only: bool = False,
-) -> Need:
+def training(family: str, size: tuple[int, int], dim: int, precision: str = "bf16", optimizer: str = "AdamW",
+             gradient_checkpointing: bool = False, unet_only: bool = False) -> Need:
     """A LoRA training's peak (after the latents and, with `unet_only`, the text-encoder outputs
     are cached and the VAE / text encoders moved off the GPU, as sd-scripts does)."""
     weight = _bytes_per(precision)
@@ -94,15 +88,9 @@ def training(
     moments = 2 if "8bit" in optimizer.lower() else 8  # two moments, 1 byte each or fp32
     area = size[0] * size[1] / AREA
     activations = ACTIVATIONS[family] * area * (CHECKPOINTED_SHARE if gradient_checkpointing else 1.0)
-    return Need(
-        what=f"training at {size[0]}x{size[1]}, dim {dim}",
-        parts={
-            "CUDA context": CUDA_CONTEXT,
-            "model weights": int(frozen * MILLION * weight),
-            "LoRA, gradients, optimizer": int(lora * MILLION * (4 + 4 + moments)),
-            "activations": int(activations),
-        },
-    )
+    return Need(f"training at {size[0]}x{size[1]}, dim {dim}", {
+        "CUDA context": CUDA_CONTEXT, "model weights": int(frozen * MILLION * weight),
+        "LoRA, gradients, optimizer": int(lora * MILLION * (4 + 4 + moments)), "activations": int(activations)})
 
 
 def render(family: str, size: tuple[int, int], precision: str = "bf16") -> Need:
@@ -110,14 +98,10 @@ def render(family: str, size: tuple[int, int], precision: str = "bf16") -> Need:
     weight = _bytes_per(precision)
     area = size[0] * size[1] / AREA
     vae_bytes = 4 if family == "sdxl" or weight == 4 else 2  # SDXL renders with --no_half_vae
-    return Need(
-        what=f"render at {size[0]}x{size[1]}",
-        parts={
-            "CUDA context": CUDA_CONTEXT,
-            "model weights": int((UNET_PARAMS[family] + TEXT_ENCODER_PARAMS[family]) * MILLION * weight + VAE_PARAMS * MILLION * vae_bytes),
-            "working set": int(RENDER_UNET[family] * area + RENDER_VAE_FP16 * area * vae_bytes / 2),
-        },
-    )
+    weights = (UNET_PARAMS[family] + TEXT_ENCODER_PARAMS[family]) * MILLION * weight + VAE_PARAMS * MILLION * vae_bytes
+    return Need(f"render at {size[0]}x{size[1]}", {
+        "CUDA context": CUDA_CONTEXT, "model weights": int(weights),
+        "working set": int(RENDER_UNET[family] * area + RENDER_VAE_FP16 * area * vae_bytes / 2)})
 
 
 def stage_need(stage, low_vram: bool = False) -> Need | None:
@@ -128,15 +112,10 @@ def stage_need(stage, low_vram: bool = False) -> Need | None:
     if stage.kind == "train_lora":
         options = spec.training_options
         family = spec.family.name
-        return training(
-            family,
-            tuple(spec.size),
-            spec.training.network_dim,
-            spec.mixed_precision,
-            "AdamW8bit" if low_vram else spec.training.optimizer,
-            gradient_checkpointing=low_vram or bool(options.get("gradient_checkpointing")),
-            unet_only=(low_vram and family == "sdxl") or bool(options.get("network_train_unet_only")),
-        )
+        return training(family, tuple(spec.size), spec.training.network_dim, spec.mixed_precision,
+                        "AdamW8bit" if low_vram else spec.training.optimizer,
+                        gradient_checkpointing=low_vram or bool(options.get("gradient_checkpointing")),
+                        unet_only=(low_vram and family == "sdxl") or bool(options.get("network_train_unet_only")))
     if stage.kind in ("copy_check", "preview", "leakage", "generate_image"):
         family = FAMILIES_BY_FLAG.get(spec.family_flag, "sd1")
         size = (spec.width, spec.height) if stage.kind == "generate_image" else tuple(spec.size)
@@ -145,7 +124,7 @@ def stage_need(stage, low_vram: bool = False) -> Need | None:
     return None
 
 
-def largest(plan, low_vram: bool = False) -> list[tuple[object, Need]]:
+def largest(plan, low_vram: bool = False) -> list[tuple[Any, Need]]:
     """The plan's GPU stages with their estimates, largest first."""
     needs = [(s, n) for s in plan.stages if (n := stage_need(s, low_vram)) is not None]
     return sorted(needs, key=lambda sn: -sn[1].total)

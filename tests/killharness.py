@@ -165,7 +165,7 @@ def final_files(roots: list[Path]) -> tuple[list[Path], list[Path]]:
     for folder, dirs, files in _walk(roots):
         dirs[:] = [d for d in dirs if d not in (".partial", "logs")]
         for name in files:
-            if name == ".lock":
+            if name in (".lock", ".lock.flock"):
                 continue
             if name.startswith("."):
                 temps.append(folder / name)

@@ -52,7 +52,7 @@ def args(fake_engine, image, out, *extra, base=None):
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {str(p): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (".lock", ".lock.flock")}
 
 
 # --- the base model ----------------------------------------------------------------------------
@@ -424,7 +424,7 @@ def test_out_without_write_permission(fake_engine, image, tmp_path):
 
 
 def test_not_enough_disk_space(fake_engine, image, tmp_path, monkeypatch):
-    monkeypatch.setattr(preflight, "free_bytes", lambda path: 300 * preflight.MB)
+    monkeypatch.setattr(preflight.disk, "free_bytes", lambda path: 300 * preflight.MB)
     out = tmp_path / "run"
     result = invoke(args(fake_engine, image, out))
     assert result.exit_code == EXIT_OUTPUT

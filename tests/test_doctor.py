@@ -19,7 +19,7 @@ GB = 1024**3
 @pytest.fixture
 def roomy(monkeypatch):
     """A machine with enough RAM and disk, whatever runs the tests."""
-    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 32 * GB, "available": 24 * GB, "swap": 0})
+    monkeypatch.setattr(preflight.memory, "memory_bytes", lambda: {"total": 32 * GB, "available": 24 * GB, "swap": 0})
     monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 100 * GB)
 
 
@@ -97,7 +97,7 @@ def test_python_with_a_module_that_fails_to_import(fake_engine, tmp_path, roomy)
 
 
 def test_too_little_disk_and_ram(fake_engine, tmp_path, monkeypatch):
-    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 5 * GB, "available": 4 * GB, "swap": 1 * GB})
+    monkeypatch.setattr(preflight.memory, "memory_bytes", lambda: {"total": 5 * GB, "available": 4 * GB, "swap": 1 * GB})
     monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 0.2 * GB)
     result = doctor(fake_engine, tmp_path)
     assert result.exit_code == EXIT_ENVIRONMENT  # the first blocking problem: RAM
@@ -107,7 +107,7 @@ def test_too_little_disk_and_ram(fake_engine, tmp_path, monkeypatch):
 
 
 def test_ram_for_the_default_route_but_not_for_a_merge_is_a_warning(fake_engine, tmp_path, monkeypatch):
-    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 12 * GB, "available": 11 * GB, "swap": 0})
+    monkeypatch.setattr(preflight.memory, "memory_bytes", lambda: {"total": 12 * GB, "available": 11 * GB, "swap": 0})
     monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 100 * GB)
     r = rows(doctor(fake_engine, tmp_path))
     assert r["RAM"].startswith("warn 12.0 GB") and r["RAM"].endswith("enough for the default route, not for --copy-model file (a merge into the checkpoint)")
@@ -122,7 +122,7 @@ def test_run_folder_not_writable(fake_engine, tmp_path, roomy):
 
 
 def test_sdxl_at_float_fits_24_gb_in_memory_and_the_file_route_is_named(fake_engine, tmp_path, monkeypatch):
-    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 24 * GB, "available": 23 * GB, "swap": 0})
+    monkeypatch.setattr(preflight.memory, "memory_bytes", lambda: {"total": 24 * GB, "available": 23 * GB, "swap": 0})
     monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 100 * GB)
     xl = fake_engine.make_checkpoint(tmp_path / "xl.safetensors", family="sdxl")
     r = rows(doctor(fake_engine, tmp_path, "--base", str(xl)))

@@ -43,14 +43,14 @@ def test_not_found_messages(tmp_path, monkeypatch):
 def test_python_precedence(tmp_path, monkeypatch):
     root = make_sd(tmp_path / "sd")
     monkeypatch.delenv("SD_SCRIPTS_PYTHON", raising=False)
-    assert engine.find_python(None, root) == sys.executable
+    assert engine.find_python_and_reason(None, root)[0] == sys.executable
     venv_python = root / "venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
     venv_python.write_text("")
-    assert engine.find_python(None, root) == str(venv_python)
+    assert engine.find_python_and_reason(None, root)[0] == str(venv_python)
     monkeypatch.setenv("SD_SCRIPTS_PYTHON", "/env/python")
-    assert engine.find_python(None, root) == "/env/python"
-    assert engine.find_python("/opt/py", root) == "/opt/py"
+    assert engine.find_python_and_reason(None, root)[0] == "/env/python"
+    assert engine.find_python_and_reason("/opt/py", root)[0] == "/opt/py"
 
 
 def test_git_commit_plain_detached_packed_and_gitfile(tmp_path):

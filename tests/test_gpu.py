@@ -77,7 +77,7 @@ def test_the_run_trains_in_the_precision_of_the_capability(fake_engine, image, t
 
 @pytest.fixture
 def roomy(monkeypatch):
-    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 32 * GB, "available": 24 * GB, "swap": 0})
+    monkeypatch.setattr(preflight.memory, "memory_bytes", lambda: {"total": 32 * GB, "available": 24 * GB, "swap": 0})
     monkeypatch.setattr(doctor_module, "free_bytes", lambda path: 100 * GB)
 
 

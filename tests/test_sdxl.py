@@ -92,7 +92,7 @@ def test_a_merge_that_will_not_fit_in_ram_is_named_before_starting(fake_engine, 
     from copymachine import preflight
 
     gib = 2**30
-    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 24 * gib, "available": 22 * gib, "swap": 0})
+    monkeypatch.setattr(preflight.memory, "memory_bytes", lambda: {"total": 24 * gib, "available": 22 * gib, "swap": 0})
     # in memory (the default) nothing is merged into a checkpoint: no merge peak to warn about
     result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "mem")])
     assert result.exit_code == 0 and "needs ~" not in result.output
@@ -105,6 +105,6 @@ def test_a_merge_that_will_not_fit_in_ram_is_named_before_starting(fake_engine, 
     result = invoke(["train", "--effect", "contrast", *common(fake_engine, sdxl, tmp_path / "ram16"), "--copy-model", "file", "--set", "merge.precision=fp16", "--set", "merge.save_precision=fp16"])
     assert result.exit_code == 0 and "needs ~" not in result.output
     # SD1.5's 13.4 GB merge fits
-    monkeypatch.setattr(preflight, "memory_bytes", lambda: {"total": 16 * gib, "available": 15 * gib, "swap": 0})
+    monkeypatch.setattr(preflight.memory, "memory_bytes", lambda: {"total": 16 * gib, "available": 15 * gib, "swap": 0})
     result = invoke(["train", "--effect", "contrast", "--base", str(fake_engine.base), "--image", str(sdxl["image"]), "--out", str(tmp_path / "sd1"), "--resolution", "64", "--max-steps", "3", "--no-copy-check", "--copy-model", "file", *fake_engine.engine_args])
     assert result.exit_code == 0 and "needs ~" not in result.output

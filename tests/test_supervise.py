@@ -231,32 +231,16 @@ def test_no_process_group_is_signalled_outside_the_posix_backend():
     assert offenders == []
 
 
-class FakeMsvcrt:
-    LK_NBLCK, LK_UNLCK = 2, 0
-
-    def __init__(self):
-        self.calls = []
-
-    def locking(self, fd, mode, nbytes):
-        self.calls.append((os.lseek(fd, 0, os.SEEK_CUR), mode, nbytes))
-
-
-def test_the_windows_lock_is_on_a_byte_past_the_holder_record(tmp_path):
-    fake = FakeMsvcrt()
+def test_the_holder_record_is_a_file_apart_from_the_os_lock(tmp_path):
+    """filelock locks its own file (on Windows a locked byte cannot be read through another handle):
+    the record of who holds the lock is a file beside it, which a second handle reads while it is held."""
     lock = locks.FolderLock(tmp_path, "run folder")
-    fd = os.open(lock.path, os.O_RDWR | os.O_CREAT)
+    lock.acquire(wait=False)
     try:
-        assert locks.windows_try_lock(fd, fake)
-        lock.fd, lock.info = fd, {"pid": 123, "command": "copymachine train"}
-        lock._write()
-        locks.windows_unlock(fd, fake)
+        assert lock.path.name == ".lock" and Path(lock.os_lock.lock_file).name == locks.OS_LOCK_NAME
+        assert locks.FolderLock(tmp_path, "run folder").holder()["pid"] == os.getpid()
     finally:
-        os.close(fd)
-    record = lock.path.read_bytes()
-    # the record is far below the locked byte, so a second handle reads it (`holder()`)
-    assert fake.calls == [(locks.WINDOWS_LOCK_OFFSET, 2, 1), (locks.WINDOWS_LOCK_OFFSET, 0, 1)]
-    assert len(record) < locks.WINDOWS_LOCK_OFFSET
-    assert lock.holder()["pid"] == 123
+        lock.release()
 
 
 class HeldOpen:

@@ -58,68 +58,20 @@ def test_output_is_utf8_whatever_the_console_code_page(fake_engine, scene, tmp_p
 GB = 10**9
 
 
-@pytest.fixture
-def no_psutil(monkeypatch):
-    """psutil is not a dependency of copymachine: the system's own source is what most users get."""
-    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` raises ImportError
-
-
-def test_ram_on_windows_comes_from_global_memory_status(no_psutil, monkeypatch):
-    from copymachine import preflight
-
-    assert ctypes_size() == 64  # the size Windows checks in dwLength
-    calls = []
-
-    def status():
-        calls.append(1)
-        # 16 GB of RAM and a 4 GB page file: the "page file" total is the commit limit, RAM + page files
-        return {"dwLength": 64, "dwMemoryLoad": 40, "ullTotalPhys": 16 * GB, "ullAvailPhys": 9 * GB, "ullTotalPageFile": 20 * GB,
-                "ullAvailPageFile": 11 * GB, "ullTotalVirtual": 128 * GB, "ullAvailVirtual": 127 * GB, "ullAvailExtendedVirtual": 0}  # fmt: skip
-
-    monkeypatch.setattr(preflight, "global_memory_status", status)
-    mem = preflight.memory_bytes("win32")
-    assert calls == [1]
-    assert mem == {"total": 16 * GB, "available": 9 * GB, "swap": 4 * GB}
-    assert preflight.ram_and_swap(mem) == 20 * GB  # what the merge check compares with: known, so it is made
-    # no page file: the commit limit can read a little under the RAM; the swap is 0, never negative
-    monkeypatch.setattr(preflight, "global_memory_status", lambda: {**status(), "ullTotalPageFile": 16 * GB - 4096})
-    assert preflight.memory_bytes("win32")["swap"] == 0
-    # the call failing: unknown (the check says so), not a crash
-    monkeypatch.setattr(preflight, "global_memory_status", lambda: (_ for _ in ()).throw(OSError("GlobalMemoryStatusEx failed")))
-    assert preflight.memory_bytes("win32") == {"total": None, "available": None, "swap": None}
-
-
-def ctypes_size() -> int:
-    import ctypes
-
-    from copymachine import preflight
-
-    return ctypes.sizeof(preflight._MEMORYSTATUSEX)
-
-
-def test_ram_on_macos_comes_from_sysctl_and_vm_stat(no_psutil, monkeypatch):
-    from copymachine import preflight
-
-    outputs = {
-        "sysctl": "17179869184\ntotal = 2048.00M  used = 1085.25M  free = 962.75M  (encrypted)\n",
-        "vm_stat": "Mach Virtual Memory Statistics: (page size of 16384 bytes)\nPages free:                               12000.\n"
-                   "Pages active:                            300000.\nPages inactive:                          200000.\n"
-                   "Pages speculative:                         8000.\nPages wired down:                        150000.\n",
-    }  # fmt: skip
-    monkeypatch.setattr(preflight, "_command_text", lambda argv: outputs[argv[0]])
-    assert preflight.memory_bytes("darwin") == {"total": 16 * 2**30, "available": 16384 * 220000, "swap": 2048 * 2**20}
-
-
-def test_ram_on_linux_and_from_psutil(no_psutil, monkeypatch):
+def test_ram_comes_from_psutil(monkeypatch):
     from types import SimpleNamespace
 
+    import psutil
+
     from copymachine import preflight
 
-    linux = preflight.memory_bytes("linux")
-    assert linux["total"] and linux["available"] and linux["swap"] is not None  # this machine's /proc/meminfo
-    fake = SimpleNamespace(virtual_memory=lambda: SimpleNamespace(total=8 * GB, available=5 * GB), swap_memory=lambda: SimpleNamespace(total=2 * GB))
-    monkeypatch.setitem(sys.modules, "psutil", fake)
-    assert preflight.memory_bytes("win32") == {"total": 8 * GB, "available": 5 * GB, "swap": 2 * GB}  # psutil first, where it is installed
+    here = preflight.memory_bytes()
+    assert here["total"] and here["available"] and here["swap"] is not None  # this machine's
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(total=8 * GB, available=5 * GB))
+    monkeypatch.setattr(psutil, "swap_memory", lambda: SimpleNamespace(total=2 * GB))
+    mem = preflight.memory_bytes()
+    assert mem == {"total": 8 * GB, "available": 5 * GB, "swap": 2 * GB}
+    assert preflight.ram_and_swap(mem) == 10 * GB  # what the merge check compares with
 
 
 # --- long paths: stems capped in folder names, the longest path checked before any work -------
@@ -190,7 +142,7 @@ def test_picture_names_are_capped_in_folder_names_and_whole_in_the_manifest(boor
 def test_a_booru_name_under_the_users_pictures_fits_windows_limit(booru, images, monkeypatch):
     from copymachine import preflight
 
-    monkeypatch.setattr(preflight, "windows_long_paths_enabled", lambda: False)
+    monkeypatch.setattr(preflight.paths, "windows_long_paths_enabled", lambda: False)
     _, p = windows_plan(booru, images)
     longest = max(preflight.written_paths(p), key=lambda q: len(str(q)))
     assert str(longest).startswith(USER_RUNS + "\\")
@@ -203,7 +155,7 @@ def test_a_path_past_the_limit_is_refused_up_front_unless_long_paths_are_enabled
     from copymachine.errors import OutputError
 
     asked = []
-    monkeypatch.setattr(preflight, "windows_long_paths_enabled", lambda: asked.append(1) or False)
+    monkeypatch.setattr(preflight.paths, "windows_long_paths_enabled", lambda: asked.append(1) or False)
     # --out naming the run after the picture's full name, deep in a synced folder
     deep = r"C:\Users\Hanako\OneDrive - Contoso Corporation\Documents\Stable Diffusion\LoRA training\copymachine" + "\\" + BOORU
     _, p = windows_plan(booru, images=2, run=deep)
@@ -217,9 +169,9 @@ def test_a_path_past_the_limit_is_refused_up_front_unless_long_paths_are_enabled
     assert "--out C:\\runs\\NAME" in message
     assert asked == [1]
     # long paths enabled: the same run goes ahead; elsewhere than Windows the rule does not apply
-    monkeypatch.setattr(preflight, "windows_long_paths_enabled", lambda: True)
+    monkeypatch.setattr(preflight.paths, "windows_long_paths_enabled", lambda: True)
     preflight.check_path_lengths(p, platform="win32")
-    monkeypatch.setattr(preflight, "windows_long_paths_enabled", lambda: pytest.fail("asked off Windows"))
+    monkeypatch.setattr(preflight.paths, "windows_long_paths_enabled", lambda: pytest.fail("asked off Windows"))
     preflight.check_path_lengths(p, platform="linux")
     # short paths never ask the registry
     _, short = windows_plan(booru, images=1, run=r"C:\runs\r")
@@ -237,8 +189,8 @@ def test_the_cli_refuses_a_too_long_run_before_any_stage(fake_engine, scene, tmp
     from copymachine.cli import cli
     from copymachine.errors import EXIT_OUTPUT
 
-    monkeypatch.setattr(preflight, "sys", SimpleNamespace(platform="win32"))
-    monkeypatch.setattr(preflight, "windows_long_paths_enabled", lambda: False)
+    monkeypatch.setattr(preflight.paths, "sys", SimpleNamespace(platform="win32"))
+    monkeypatch.setattr(preflight.paths, "windows_long_paths_enabled", lambda: False)
     image = tmp_path / f"{BOORU}.png"
     scene.image.resize((128, 128)).save(image)
     deep = tmp_path / ("d" * 60) / ("e" * 60)

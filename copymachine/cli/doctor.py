@@ -2,8 +2,9 @@
 
 Checks, in order: sd-scripts (found, commit, pinned or not), its Python (and how it was found)
 and the packages it imports, torch and the GPU it sees (and bf16 or fp16, by its compute
-capability), the GPU memory a training of the --base family needs (copymachine/vram.py), RAM and free disk against what a run needs, write access to
-the run and cache folders, the tokenizer for offline use, copymachine's own numpy/OpenCV/scikit-image. One line per check; exit 0 when
+capability), the GPU memory a training of the --base family needs (copymachine/vram.py), RAM and
+free disk against what a run needs, write access to the run and cache folders, the tokenizer for
+offline use, copymachine's own numpy/OpenCV/scikit-image. One line per check; exit 0 when
 nothing would stop a run (warnings allowed), else the exit code of the first blocking problem
 (4: sd-scripts, its Python or too little RAM; 5: disk space or write access; 3: a bad --base).
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from copymachine import capabilities, heavy, preflight, profiles
+from copymachine import capabilities, heavy, preflight, profiles, vram
 from copymachine import engine as engine_mod
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
@@ -27,6 +28,7 @@ from copymachine.files import free_bytes
 from copymachine.methods import default_cache, training_size
 from copymachine.models import SD1, Family, ModelInfo, choose_prediction
 from copymachine.progress import Reporter
+from copymachine.recipe import MEMO
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -44,16 +46,12 @@ class Doctor:
         self.findings: list[Finding] = []
 
     def add(self, status: str, what: str, text: str, exit_code: int = EXIT_OK) -> None:
-        finding = Finding(status, what, text, exit_code)
-        self.findings.append(finding)
+        self.findings.append(Finding(status, what, text, exit_code))
         click.echo(f"  {status:<5} {what:<13} {text}")
 
     @property
     def exit_code(self) -> int:
-        for f in self.findings:
-            if f.status == FAIL:
-                return f.exit_code
-        return EXIT_OK
+        return next((f.exit_code for f in self.findings if f.status == FAIL), EXIT_OK)
 
 
 def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
@@ -64,11 +62,13 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         return None, None
     warning = preflight.engine_warning(engine)  # what train says about it
     if warning:
-        doc.add(WARN, "sd-scripts", f"{warning} (pinned: {engine_mod.PINNED_COMMIT[:8]})" if engine.commit is None else warning)
+        pinned = f" (pinned: {engine_mod.PINNED_COMMIT[:8]})" if engine.commit is None else ""
+        doc.add(WARN, "sd-scripts", warning + pinned)
     elif engine.pinned:
-        doc.add(OK, "sd-scripts", f"{engine.root} (commit {engine.commit[:8]}, the pinned one)")
+        doc.add(OK, "sd-scripts", f"{engine.root} (commit {(engine.commit or '')[:8]}, the pinned one)")
     else:
-        doc.add(OK, "sd-scripts", f"{engine.root} (not a git checkout; its files are those of {capabilities.RELEASE_TREES[engine.identity]})")
+        doc.add(OK, "sd-scripts", f"{engine.root} (not a git checkout; its files are those of "
+                                  f"{capabilities.RELEASE_TREES[engine.identity]})")
     try:
         probe = engine.probe()
     except CopymachineError as e:
@@ -90,48 +90,54 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
                 vram = f", {preflight.human(probe.vram_free or 0)} of {preflight.human(probe.vram_total)} VRAM free"
             precision, why = profiles.choose_precision(probe.compute, probe.bf16)
             caveat = profiles.precision_caveat(probe.gpus, precision)
-            doc.add(WARN if caveat else OK, "GPU", f"torch {probe.torch} sees {', '.join(probe.gpus) or 'a CUDA GPU'}{vram}; trains in {precision} ({why})" + (f"; {caveat}" if caveat else ""))
+            doc.add(WARN if caveat else OK, "GPU", f"torch {probe.torch} sees "
+                                                   f"{', '.join(probe.gpus) or 'a CUDA GPU'}{vram}; trains in "
+                                                   f"{precision} ({why})" + (f"; {caveat}" if caveat else ""))
         else:
-            doc.add(WARN, "GPU", f"torch {probe.torch} sees no CUDA GPU: sd-scripts trains on the CPU (hours per stage at 512 px; fine for --resolution 64 tests)")
+            doc.add(WARN, "GPU", f"torch {probe.torch} sees no CUDA GPU: sd-scripts trains on the CPU (hours per stage "
+                                 "at 512 px; fine for --resolution 64 tests)")
     return engine, probe
 
 
 def _vram(doc: Doctor, probe, family: Family) -> None:
     """The GPU memory a one-image run's largest training takes (copymachine/vram.py's estimate:
     the family's native size, the memo's largest dim), against the free VRAM; and with --low-vram."""
-    from copymachine import vram
-    from copymachine.recipe import MEMO
 
     if not (probe and probe.cuda and probe.vram_free is not None):
         return
     precision, _ = profiles.choose_precision(probe.compute, probe.bf16)
     side = family.default_size
-    dim = max([MEMO.copy.network_dim, MEMO.effect.network_dim] + [t.network_dim for t in MEMO.effect_overrides.values()])
+    dim = max(t.network_dim for t in [MEMO.copy, MEMO.effect, *MEMO.effect_overrides.values()])
     need = vram.training(family.name, (side, side), dim, precision).total
-    low = vram.training(family.name, (side, side), dim, precision, "AdamW8bit", gradient_checkpointing=True, unet_only=family.name == "sdxl").total
+    low = vram.training(family.name, (side, side), dim, precision, "AdamW8bit", gradient_checkpointing=True,
+                        unet_only=family.name == "sdxl").total
     free = min(f for f, _ in probe.vram) if probe.vram else probe.vram_free
-    text = (f"training {family.label} at {side}x{side}, dim {dim}, needs ~{preflight.human(need)} by copymachine's estimate "
-            f"(--low-vram: ~{preflight.human(low)}); {preflight.human(free)} free")
+    text = (f"training {family.label} at {side}x{side}, dim {dim}, needs ~{preflight.human(need)} by copymachine's "
+            f"estimate (--low-vram: ~{preflight.human(low)}); {preflight.human(free)} free")
     if need <= free:
         doc.add(OK, "VRAM", f"{text}: fits" + (f", {int(free // need)} side by side" if free // need > 1 else ""))
     elif low <= free:
-        bnb = "" if "bitsandbytes" in probe.versions else "; it needs bitsandbytes, which the Python for sd-scripts lacks"
+        lacks = "; it needs bitsandbytes, which the Python for sd-scripts lacks"
+        bnb = "" if "bitsandbytes" in probe.versions else lacks
         doc.add(WARN, "VRAM", f"{text}: will likely run out of memory; use --low-vram ({preflight.LOW_VRAM_TEXT}){bnb}")
     else:
-        doc.add(WARN, "VRAM", f"{text}: will likely not fit even with --low-vram; lower --resolution or the network dim (--set effect.network_dim=N)")
+        doc.add(WARN, "VRAM", f"{text}: will likely not fit even with --low-vram; lower --resolution or the network "
+                              "dim (--set effect.network_dim=N)")
 
 
 def _capabilities(doc: Doctor, engine) -> None:
     """The version and what it can do (each script's --help, learnt once per checkout)."""
     reporter = Reporter()  # the count goes to stderr; doctor's rows stay on stdout
-    caps = capabilities.learn(engine, on_progress=lambda done, total: reporter.counting("capabilities", capabilities.progress_text(done, total), done, total))
+    caps = capabilities.learn(engine, on_progress=lambda done, total: reporter.counting(
+        "capabilities", capabilities.progress_text(done, total), done, total))
     try:
         capabilities.require(engine, caps)
     except CopymachineError as e:
         doc.add(FAIL, "engine", e.message, EXIT_ENVIRONMENT)
         return
     if caps.known:
-        status, tested = OK, ("; tested" if caps.version.removesuffix(" (extracted)") in capabilities.TESTED else "; not tested")
+        tested_one = caps.version.removesuffix(" (extracted)") in capabilities.TESTED
+        status, tested = OK, ("; tested" if tested_one else "; not tested")
     else:
         status, tested = WARN, f"; copymachine is tested with {', '.join(capabilities.TESTED)}"
     doc.add(status, "engine", f"{caps.version_text()}: {caps.summary()}{tested}")
@@ -141,25 +147,26 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
     """A default run keeps the copy model in memory: its RAM peak is a training's. The memo's file
     route (--copy-model file, also --absorb and the several-images merge route with it) merges
     into a checkpoint, which peaks higher: a warning, since a default run does not need it."""
-    mem = preflight.memory_bytes()
+    mem = preflight.memory.memory_bytes()
     train = preflight.TRAINING_PEAK_RAM[family]
     merge = preflight.merge_ram(family)
     label = {"sd1": "SD1.5", "sd2": "SD2", "sdxl": "SDXL"}.get(family, family)
-    total, available, swap = mem["total"], mem["available"], mem["swap"] or 0
-    needs = f"training {label} with the copy model in memory peaks at ~{preflight.human(train)} on the CPU; --copy-model file merges into the checkpoint at float, ~{preflight.human(merge)}"
-    if total is None:
-        doc.add(WARN, "RAM", f"cannot tell how much RAM this machine has; {needs}")
-        return
-    text = f"{preflight.human(total)} ({preflight.human(available or 0)} available, swap {preflight.human(swap)}); {needs}"
+    total, available, swap = mem["total"], mem["available"], mem["swap"]
+    text = (f"{preflight.human(total)} ({preflight.human(available)} available, swap {preflight.human(swap)}); "
+            f"training {label} with the copy model in memory peaks at ~{preflight.human(train)} on the CPU; "
+            f"--copy-model file merges into the checkpoint at float, ~{preflight.human(merge)}")
     have = preflight.ram_and_swap(mem)
     fp16 = preflight.fp16_merge_fits(family, have)
     if have < train:
-        doc.add(FAIL, "RAM", text + ": not enough for training on the CPU (a GPU holds the model in VRAM and needs less)", EXIT_ENVIRONMENT)
+        doc.add(FAIL, "RAM", text + ": not enough for training on the CPU (a GPU holds the model in VRAM and needs "
+                                    "less)", EXIT_ENVIRONMENT)
     elif have < merge and fp16:
-        doc.add(WARN, "RAM", text + f": too little for --copy-model file at float; at fp16 it peaks at ~{preflight.human(fp16)} ({preflight.FP16_MERGE})")
+        doc.add(WARN, "RAM", text + ": too little for --copy-model file at float; at fp16 it peaks at "
+                                    f"~{preflight.human(fp16)} ({preflight.FP16_MERGE})")
     elif have < merge:
-        doc.add(WARN, "RAM", text + ": enough for the default route, not for --copy-model file (a merge into the checkpoint)")
-    elif total < train or (available is not None and available < train):
+        doc.add(WARN, "RAM", text + ": enough for the default route, not for --copy-model file (a merge into the "
+                                    "checkpoint)")
+    elif total < train or available < train:
         doc.add(WARN, "RAM", text + ": close other programs during training, or it will swap")
     else:
         doc.add(OK, "RAM", text)
@@ -198,7 +205,8 @@ def _prediction(doc: Doctor, model: ModelInfo | None) -> None:
         return
     clip = ("clip skip: none to choose (SDXL reads the penultimate layer)" if model.family.name == "sdxl"
             else "clip skip: the recipe's model.clip_skip (1; --clip-skip 2 for NovelAI-derived anime models)")
-    hint = "" if prediction.v_parameterization else "; --v-pred / --zero-terminal-snr for a v-prediction file without the keys"
+    hint = "" if prediction.v_parameterization else ("; --v-pred / --zero-terminal-snr for a v-prediction file without "
+                                                     "the keys")
     doc.add(OK, "base model", f"{model.path.name}: {model.family.label}, {prediction.text()}{hint}; {clip}")
 
 
@@ -219,7 +227,8 @@ def _folders(doc: Doctor, out: Path, cache: Path, model: ModelInfo | None, base_
     for what, folder in (("run folders", out), ("cache", cache)):
         try:
             preflight.check_writable({what: folder})
-            where = folder if folder.exists() else f"{folder} (created by the first run under {preflight._existing_ancestor(folder)})"
+            where = folder if folder.exists() else (f"{folder} (created by the first run under "
+                                                    f"{preflight.existing_ancestor(folder)})")
             doc.add(OK, "write access", f"{what}: {where}")
         except CopymachineError as e:
             doc.add(FAIL, "write access", e.message, e.exit_code)
@@ -236,7 +245,8 @@ def _own_modules(doc: Doctor) -> None:
             importlib.import_module(name)
         except Exception as e:  # a broken binary raises more than ImportError
             message = f"{type(e).__name__}: {e}".splitlines()[0]
-            doc.add(FAIL, "copymachine", f"{name} fails to import in copymachine's Python ({sys.executable}): {message}; {heavy.import_fix(name, message)}", EXIT_ENVIRONMENT)
+            doc.add(FAIL, "copymachine", f"{name} fails to import in copymachine's Python ({sys.executable}): "
+                                         f"{message}; {heavy.import_fix(name, message)}", EXIT_ENVIRONMENT)
             return
     doc.add(OK, "copymachine", f"its own Python ({sys.executable}) imports {', '.join(OWN_MODULES)}")
 
@@ -250,18 +260,25 @@ def _tokenizer(doc: Doctor, tokenizer_cache_dir: Path | None, family: Family) ->
         fatal, text = problem
         doc.add(FAIL if fatal else WARN, "tokenizer", text, EXIT_ENVIRONMENT if fatal else EXIT_OK)
     elif tokenizer_cache_dir is not None:
-        doc.add(OK, "tokenizer", f"{tokenizer_cache_dir} has {', '.join(family.tokenizers)} (offline runs work with --tokenizer-cache-dir {tokenizer_cache_dir} --offline)")
+        doc.add(OK, "tokenizer", f"{tokenizer_cache_dir} has {', '.join(family.tokenizers)} (offline runs work with "
+                                 f"--tokenizer-cache-dir {tokenizer_cache_dir} --offline)")
     else:
-        doc.add(OK, "tokenizer", "sd-scripts fetches the CLIP tokenizer(s) from the Hugging Face hub on first use (offline: --tokenizer-cache-dir DIR --offline)")
+        doc.add(OK, "tokenizer", "sd-scripts fetches the CLIP tokenizer(s) from the Hugging Face hub on first use "
+                                 "(offline: --tokenizer-cache-dir DIR --offline)")
 
 
 @cli.command()
-@click.option("--sd-scripts", "sd_scripts", type=click.Path(file_okay=False, path_type=Path), help="sd-scripts checkout to check. Default: as train finds it.")
+@click.option("--sd-scripts", "sd_scripts", type=click.Path(file_okay=False, path_type=Path),
+              help="sd-scripts checkout to check. Default: as train finds it.")
 @click.option("--python", "python", help="The Python that runs sd-scripts. Default: as train finds it.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="Where run folders go.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="The shared cache. Default: $COPYMACHINE_CACHE, else <out>/_cache.")
-@click.option("--base", type=click.Path(path_type=Path), help="Size the disk check for this base model (default: SD1.5).")
-@click.option("--tokenizer-cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Folder with the CLIP tokenizer(s), for offline runs.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
+              help="Where run folders go.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The shared cache. Default: $COPYMACHINE_CACHE, else <out>/_cache.")
+@click.option("--base", type=click.Path(path_type=Path),
+              help="Size the disk check for this base model (default: SD1.5).")
+@click.option("--tokenizer-cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder with the CLIP tokenizer(s), for offline runs.")
 def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     """Check that this machine can run copymachine: sd-scripts and its Python, torch and the
     GPU, RAM, disk space and write access. Exit 0 when nothing would stop a run."""
@@ -279,7 +296,8 @@ def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     _tokenizer(doc, tokenizer_cache_dir, family)
     _own_modules(doc)
     if importlib.util.find_spec("lpips") is not None:
-        doc.add(WARN, "lpips", "the lpips extra is installed: the copy check loads AlexNet weights with torch in copymachine's own process (a pickle; torchvision may download them)")
+        doc.add(WARN, "lpips", "the lpips extra is installed: the copy check loads AlexNet weights with torch in "
+                               "copymachine's own process (a pickle; torchvision may download them)")
     failures = [f for f in doc.findings if f.status == FAIL]
     warnings = [f for f in doc.findings if f.status == WARN]
     if failures:

@@ -15,12 +15,13 @@ from copymachine.progress import Reporter
 
 @cli.command()
 @click.option("--sd-scripts", "sd_scripts", type=click.Path(path_type=Path),
-              help="The sd-scripts to set up; when the folder is absent or empty, the pinned sd-scripts is fetched into it "
-                   "(the submodule of copymachine's repository, else a git clone). Default: vendor/sd-scripts.")  # fmt: skip
+              help="The sd-scripts to set up; when the folder is absent or empty, the pinned sd-scripts is fetched "
+                   "into it (the submodule of copymachine's repository, else a git clone). Default: vendor/sd-scripts.")
 @click.option("--torch", "torch", default=install.DEFAULT_TORCH, show_default=True,
               help="pip's requirement(s) for torch, e.g. \"torch==2.6.0 torchvision==0.21.0 --index-url "
                    "https://download.pytorch.org/whl/cu124\"; none: install no torch (the venv has one).")  # fmt: skip
-@click.option("--python", "python", help="The Python that makes sd-scripts' venv. Default: the one running copymachine.")
+@click.option("--python", "python",
+              help="The Python that makes sd-scripts' venv. Default: the one running copymachine.")
 @click.pass_context
 def setup(ctx, sd_scripts, torch, python):
     """Set up sd-scripts for copymachine, on any system (the same as `make setup`): the sd-scripts

@@ -46,7 +46,8 @@ def parse_weighted(item: str) -> tuple[Path, float]:
     return Path(item), 1.0
 
 
-def check_loras(items: tuple[str, ...], family: Family | None = None) -> tuple[list[tuple[Path, float, int]], Family | None]:
+def check_loras(items: tuple[str, ...],
+                family: Family | None = None) -> tuple[list[tuple[Path, float, int]], Family | None]:
     """Each input exists and is a kohya LoRA; all are of one base family (and `family`'s)."""
     out = []
     for item in items:
@@ -69,7 +70,8 @@ def explain(terms: list[tuple[Path, float, int]]) -> str:
     return text[2:] if text.startswith("+ ") else text
 
 
-def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: dict[str, Path], params: StageParams, settings, reporter, model: ModelInfo | None = None) -> None:
+def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: dict[str, Path], params: StageParams,
+              settings, reporter, model: ModelInfo | None = None) -> None:
     out = out.resolve()
     if out.suffix.lower() != ".safetensors":
         raise InputError(f"--out must end in .safetensors: {out}")
@@ -79,7 +81,8 @@ def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: 
     hashes = HashCache(out.parent / ".copymachine" / "hashes.json")
     force = click.get_current_context().meta.get(_FORCE, False)
     if out.exists() and not force and not preflight.made_here(out, out.parent, None, hashes):
-        raise OutputError(f"{out} exists and was not made by copymachine {name}; use another --out, or --force to replace it")
+        raise OutputError(f"{out} exists and was not made by copymachine {name}; use another --out, or --force to "
+                          "replace it")
     planner = Planner(out.parent / ".copymachine", out.parent / ".copymachine", hashes, kind_versions(settings.engine))
     planner.plan.manifest_name = f"{out.stem}.manifest.json"
     planner.add(
@@ -109,17 +112,22 @@ def _out(f):
         callback=lambda ctx, param, value: ctx.meta.__setitem__(_FORCE, value),
         help="Replace --out when it holds a file copymachine did not make.",
     )(f)
-    return click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The file to write (.safetensors); written whole or not at all.")(f)
+    return click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                        help="The file to write (.safetensors); written whole or not at all.")(f)
 
 
 @cli.command()
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="The checkpoint to merge into.")
-@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]", help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.merge.precision, show_default=True, help="dtype the merge is computed in.")
-@click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.merge.save_precision, show_default=True, help="dtype of the saved model (float: ~4 GB for SD1.5).")
+@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]",
+              help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.merge.precision, show_default=True,
+              help="dtype the merge is computed in.")
+@click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.merge.save_precision, show_default=True,
+              help="dtype of the saved model (float: ~4 GB for SD1.5).")
 @_out
 @engine_options
-def merge(base, loras, precision, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
+def merge(base, loras, precision, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline,
+          verbose):
     """Merge LoRAs into a checkpoint (merge_lora.py; sdxl_merge_lora.py for SDXL).
 
     W += ratio x up @ down x alpha / rank for every LoRA: exact and linear in the ratio.
@@ -135,12 +143,15 @@ def merge(base, loras, precision, save_precision, out, sd_scripts, python, devic
     terms, _ = check_loras(loras, model.family)
     reporter.info(f"merge: {model.path.name} + ({explain(terms)})")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    inputs, params = merge_plan(model.family, base, [WeightedLora(p, r) for p, r, _ in terms], precision, save_precision)
-    _run_tool(out, "merge", "merge_model", "model", f"merge into {model.path.name}", inputs, params, settings, reporter, model=model)
+    inputs, params = merge_plan(model.family, base, [WeightedLora(p, r) for p, r, _ in terms], precision,
+                                save_precision)
+    _run_tool(out, "merge", "merge_model", "model", f"merge into {model.path.name}", inputs, params, settings, reporter,
+              model=model)
 
 
 @cli.command("svd-merge")
-@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]", help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]",
+              help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
 @click.option("--rank", type=click.IntRange(1), default=MEMO.svd.rank, show_default=True, help="Rank of the result.")
 @click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.svd.save_precision, show_default=True)
 @_out
@@ -159,15 +170,19 @@ def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, toke
     terms, _ = check_loras(loras)
     reporter.info(f"svd-merge: result = {explain(terms)}, rank {rank} (computed at float)")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    inputs, params = svd_merge_plan([LoraTerm(p, r, p.name) for p, r, _ in terms], rank, "float", save_precision, settings.device, tool="svd-merge")
+    inputs, params = svd_merge_plan([LoraTerm(p, r, p.name) for p, r, _ in terms], rank, "float", save_precision,
+                                    settings.device, tool="svd-merge")
     _run_tool(out, "svd-merge", "svd_merge", "lora", "svd merge", inputs, params, settings, reporter)
 
 
 @cli.command()
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="The original checkpoint.")
-@click.option("--tuned", required=True, type=click.Path(path_type=Path), help="The changed checkpoint (the LoRA is tuned - base).")
-@click.option("--dim", type=click.IntRange(1), default=MEMO.combine.extract_dim, show_default=True, help="Rank of the extracted LoRA.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.combine.precision, show_default=True, help="dtype to load and save in.")
+@click.option("--tuned", required=True, type=click.Path(path_type=Path),
+              help="The changed checkpoint (the LoRA is tuned - base).")
+@click.option("--dim", type=click.IntRange(1), default=MEMO.combine.extract_dim, show_default=True,
+              help="Rank of the extracted LoRA.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.combine.precision, show_default=True,
+              help="dtype to load and save in.")
 @_out
 @engine_options
 def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
@@ -183,13 +198,16 @@ def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokeni
     if a.family.name != b.family.name:
         raise InputError(f"--base is {a.family.label} but --tuned is {b.family.label}: both must be of one family")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
-    params = ExtractParams(family=a.family, dim=dim, min_diff=MEMO.combine.min_diff, precision=precision, device=settings.device, label=ToolLabel("extract"))
-    _run_tool(out, "extract", "extract_lora", "lora", f"extract {b.path.name} - {a.path.name}", {"original": base, "tuned": tuned}, params, settings, reporter)
+    params = ExtractParams(family=a.family, dim=dim, min_diff=MEMO.combine.min_diff, precision=precision,
+                           device=settings.device, label=ToolLabel("extract"))
+    _run_tool(out, "extract", "extract_lora", "lora", f"extract {b.path.name} - {a.path.name}",
+              {"original": base, "tuned": tuned}, params, settings, reporter)
 
 
 @cli.command()
 @click.argument("lora", type=click.Path(path_type=Path))
-@click.option("--rank", type=click.IntRange(1), default=MEMO.resize.rank, show_default=True, help="New rank; at most the LoRA's own.")
+@click.option("--rank", type=click.IntRange(1), default=MEMO.resize.rank, show_default=True,
+              help="New rank; at most the LoRA's own.")
 @click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.resize.save_precision, show_default=True)
 @_out
 @engine_options
@@ -208,4 +226,5 @@ def resize(lora, rank, save_precision, out, sd_scripts, python, device, tokenize
         raise InputError(f"--rank {rank} is above the LoRA's rank {have}: resizing only reduces rank")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     params = ResizeParams(rank=rank, save_precision=save_precision, device="cpu", label=ToolLabel("resize"))
-    _run_tool(out, "resize", "resize_lora", "lora", f"resize {path.name} to rank {rank}", {"lora": path}, params, settings, reporter)
+    _run_tool(out, "resize", "resize_lora", "lora", f"resize {path.name} to rank {rank}", {"lora": path}, params,
+              settings, reporter)

@@ -1,0 +1,58 @@
+"""Pre-flight: everything that can be checked before the first stage runs, one module per thing checked.
+
+A run takes tens of minutes to hours; a wrong file, a full disk or an output path that holds something else
+must stop it at once, with one line that says what is wrong and what to do, and without touching anything.
+The CLI calls them in this order: the base model (model), the images (images), the output (output), the
+path lengths on Windows (paths), the disk space (disk) and the RAM (memory), sd-scripts and its tokenizers
+(engine), the GPU (gpu).
+"""
+
+from __future__ import annotations
+
+from copymachine.models import ModelInfo
+from copymachine.preflight.disk import (
+    GB,
+    MB,
+    SpaceNeed,
+    by_disk,
+    check_space,
+    disk_full,
+    estimate_space,
+    human,
+    lora_bytes,
+    one_image_run_needs,
+)
+from copymachine.preflight.engine import check_tokenizers, engine_warning, tokenizer_problem
+from copymachine.preflight.gpu import LOW_VRAM_TEXT, check_bitsandbytes, check_vram, gpu_memory, vram_advice
+from copymachine.preflight.images import check_image, check_images
+from copymachine.preflight.memory import (
+    FP16_MERGE,
+    TRAINING_PEAK_RAM,
+    check_memory,
+    fp16_merge_fits,
+    memory_bytes,
+    merge_ram,
+    ram_and_swap,
+)
+from copymachine.preflight.model import MODEL_PARAMS, check_base_model, model_parameters
+from copymachine.preflight.output import check_output, check_writable, existing_ancestor, made_here
+from copymachine.preflight.paths import WINDOWS_PATH_LIMIT, check_path_lengths, written_paths
+from copymachine.progress import Reporter
+
+__all__ = ["FP16_MERGE", "GB", "LOW_VRAM_TEXT", "MB", "MODEL_PARAMS", "TRAINING_PEAK_RAM", "WINDOWS_PATH_LIMIT",
+           "SpaceNeed", "by_disk", "check_base_model", "check_bitsandbytes", "check_image", "check_images",
+           "check_memory", "check_output", "check_path_lengths", "check_resources", "check_space", "check_tokenizers",
+           "check_vram", "check_writable", "disk_full", "engine_warning", "estimate_space", "existing_ancestor",
+           "fp16_merge_fits", "gpu_memory", "human", "lora_bytes", "made_here", "memory_bytes", "merge_ram",
+           "model_parameters", "one_image_run_needs", "ram_and_swap", "tokenizer_problem", "vram_advice",
+           "written_paths"]
+
+
+def check_resources(plan, model: ModelInfo, reporter: Reporter) -> None:
+    """Before a run: the disk space (refused when short; the estimate is recorded in the plan's
+    info, for the manifest) and the RAM a merge needs (a warning)."""
+    needs = estimate_space(plan, model, model_parameters(model))
+    plan.info.disk_space = check_space(plan, model, reporter, needs)
+    # what each stage still to run writes: a stage that meets a full disk says what it needs
+    plan.info.stage_bytes = {n.stage: n.bytes for n in needs}
+    check_memory(plan, model, reporter)

@@ -1,0 +1,147 @@
+"""Pre-flight of the disk space: what the stages still to run will write, against the free space of each disk."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from copymachine.errors import OutputError
+from copymachine.files import free_bytes
+from copymachine.models import ModelInfo
+from copymachine.preflight.model import model_parameters
+from copymachine.preflight.output import existing_ancestor
+from copymachine.progress import Reporter
+from copymachine.stamps import sized_stamp
+
+GB = 1024**3
+MB = 1024**2
+
+# Parameters of a whole checkpoint (used when a pickle cannot be read) and of a networks.lora
+# LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
+# SD1.5: 1.07e9 parameters (the copy model at float is 4.27 GB, docs/engine-notes.md); its
+# dim-64 LoRA is 151 MB at float -> 590k parameters per rank. SDXL: 3.47e9 parameters
+# (6.94 GB at fp16); its LoRA ~3.4M parameters per rank.
+LORA_PARAMS_PER_RANK = {"sd1": 590_000, "sd2": 650_000, "sdxl": 3_400_000}
+BYTES = {"float": 4, "fp32": 4, "fp16": 2, "bf16": 2}
+SMALL_STAGE_BYTES = 20 * MB  # images, captions, checks, configs, logs of one stage
+
+
+@dataclass
+class SpaceNeed:
+    folder: Path  # the stage folder (its disk is what counts)
+    bytes: int
+    what: str
+    stage: str = ""  # the stage's name (a need of a plan's stage)
+
+
+def lora_bytes(family: str, rank: int, precision: str) -> int:
+    return LORA_PARAMS_PER_RANK.get(family, LORA_PARAMS_PER_RANK["sd1"]) * max(int(rank), 1) * BYTES.get(precision, 4)
+
+
+def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
+    """Bytes each stage that is not done yet will write."""
+    family = model.family.name
+    estimate: dict[str, int] = {}
+    needs = []
+    for stage in plan.stages:
+        p = stage.spec
+        kind = stage.kind
+        if kind == "merge_model":
+            size = params * BYTES.get(p.save_precision, 4)
+            what = "a merged model"
+        elif kind == "train_lora":
+            size = lora_bytes(family, p.training.network_dim, p.training.save_precision)
+            what = "a LoRA"
+        elif kind == "extract_lora":
+            size = lora_bytes(family, p.dim, "float")
+            what = "a LoRA"
+        elif kind in ("resize_lora", "svd_merge"):
+            size = lora_bytes(family, p.rank, p.save_precision)
+            what = "a LoRA"
+        elif kind == "finalize":
+            ref = stage.inputs.get("lora")
+            fallback = lora_bytes(family, 64, "float")
+            size = estimate.get(ref.producer, fallback) if ref is not None and ref.producer else fallback
+            what = "the final LoRA"
+        else:
+            size = 0
+            what = "images and notes"
+        estimate[stage.name] = size  # its file, which a later stage may copy (the final LoRA)
+        size += SMALL_STAGE_BYTES
+        if sized_stamp(stage) is None:
+            needs.append(SpaceNeed(stage.workdir, size, what, stage.name))
+    return needs
+
+
+def _device(path: Path) -> int:
+    return os.stat(existing_ancestor(path)).st_dev
+
+
+def by_disk(needs: list[SpaceNeed]) -> list[list[SpaceNeed]]:
+    """The needs grouped by the disk their folders are on (a folder not made yet: its nearest
+    existing parent's), in the order first named."""
+    groups: dict[int, list[SpaceNeed]] = {}
+    for need in needs:
+        groups.setdefault(_device(need.folder), []).append(need)
+    return list(groups.values())
+
+
+def one_image_run_needs(family: str, run_dir: Path, cache_dir: Path) -> list[SpaceNeed]:
+    """What a default one-image run writes, before there is a plan (doctor): the cache the copy
+    LoRA (the copy model stays in memory: the default route), the run folder the effect LoRA, its
+    resized copy and the final LoRA, each stage's small files too (as estimate_space counts them)."""
+    lora = lora_bytes(family, 64, "float")
+    return [
+        SpaceNeed(run_dir, 3 * lora + 6 * SMALL_STAGE_BYTES, "run folders"),
+        SpaceNeed(cache_dir, lora + 2 * SMALL_STAGE_BYTES, "cache"),
+    ]
+
+
+def human(n: int) -> str:
+    if n >= GB:
+        return f"{n / GB:.1f} GB"
+    return f"{max(n, 0) / MB:.0f} MB"
+
+
+def check_space(plan, model: ModelInfo, reporter: Reporter, needs: list[SpaceNeed] | None = None) -> dict[str, Any]:
+    """Refuse to start when a disk has less free space than what the stages still to run will
+    write there (with a 5 % + 200 MB margin). Returns the estimate (for the manifest)."""
+    needs = estimate_space(plan, model, model_parameters(model)) if needs is None else needs
+    summary = {}
+    for items in by_disk(needs):
+        total = sum(n.bytes for n in items)
+        required = int(total * 1.05) + 200 * MB
+        folder = min((n.folder for n in items), key=lambda p: len(p.parts))
+        free = free_bytes(folder)
+        summary[str(folder)] = {"needed": required, "free": free}
+        if free < required:
+            largest = max(items, key=lambda n: n.bytes)
+            raise OutputError(
+                f"not enough disk space at {existing_ancestor(folder)}: this run still writes ~{human(required)} there "
+                f"(largest: {largest.what}, {human(largest.bytes)}), {human(free)} free; free some space, "
+                f"or put the cache (--cache-dir) or the run (--out) on another disk"
+            )
+    return summary
+
+
+
+def disk_full(folder: Path, stage_title: str, needed: int | None, cause: str = "",
+              log: Path | None = None) -> OutputError:
+    """The error of a stage that met a full disk (sd-scripts' write or copymachine's own): one
+    line naming the folder, what the stage needs there and what is free, and how to go on."""
+    folder = Path(folder)
+    try:
+        free = f", {human(free_bytes(folder))} free"
+    except OSError:
+        free = ""
+    need = f" ~{human(needed)} ({needed:,} bytes)" if needed else ""
+    return OutputError(
+        f"not enough disk space at {folder}{f' ({cause})' if cause else ''}: stage '{stage_title}' "
+        f"writes{need or ' its outputs'} there{free}; "
+        "free some space (or put --cache-dir / --out on another disk) and run the same command again: it resumes at "
+        "this stage"
+        + (f". Log: {log}" if log else "")
+    )
+

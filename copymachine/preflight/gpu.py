@@ -1,0 +1,115 @@
+"""Pre-flight on the GPU: how many stages share it, whether the run's largest stage fits its free memory,
+and bitsandbytes for an 8-bit optimizer."""
+
+from __future__ import annotations
+
+from copymachine import vram
+from copymachine.errors import EnvironmentProblem
+from copymachine.preflight.disk import human
+from copymachine.progress import Reporter
+
+LOW_VRAM_TEXT = ("gradient checkpointing, 8-bit AdamW; for SDXL also the text encoders' outputs cached and the U-Net "
+                 "trained alone")
+
+
+def gpu_memory(settings) -> tuple[int | None, int | None, str]:
+    """(free, total, which GPU) of the GPU the run uses: the pinned one, else the one with the
+    least free memory (each parallel job may land on any)."""
+    probe = settings.probe
+    if probe is None:
+        return None, None, ""
+    names = probe.gpus or []
+    vram = list(probe.vram) or ([(probe.vram_free, probe.vram_total)] if probe.vram_free is not None else [])
+    if not vram:
+        return None, None, ""
+    pinned = settings.pinned_gpu
+    index = pinned if pinned is not None and pinned < len(vram) else min(range(len(vram)), key=lambda i: vram[i][0])
+    name = names[index] if index < len(names) else "a CUDA GPU"
+    return vram[index][0], vram[index][1], f"GPU {index} ({name})"
+
+
+def vram_advice(plan, free: int, low_vram: bool) -> str | None:
+    """What to say when the plan's largest GPU stage will not fit in `free` bytes; None when it fits."""
+    ranked = vram.largest(plan)
+    if not ranked or ranked[0][1].total <= free:
+        return None
+    stage, need = ranked[0]
+    text = f"'{stage.title}' ({need.what}) needs ~{human(need.total)} of GPU memory by copymachine's estimate"
+    if low_vram:
+        return text + (" even with --low-vram; use a smaller --resolution or network dim (--set copy.network_dim=N, "
+                       "--set effect.network_dim=N), or a GPU with more memory")
+    lighter = vram.largest(plan, low_vram=True)[0][1]
+    if lighter.total <= free:
+        return text + f"; --low-vram needs ~{human(lighter.total)} ({LOW_VRAM_TEXT})"
+    return text + (f"; even --low-vram ({LOW_VRAM_TEXT}) needs ~{human(lighter.total)}: also lower --resolution or the "
+                   "network dim, or use a GPU with more memory")
+
+
+def check_vram(plan, settings, requested_jobs: int | None, trainings: int, reporter: Reporter) -> int:
+    """Before any work, on the GPU: how many stages share the GPU (--jobs, else what its free
+    memory holds by the estimate of copymachine/vram.py), and a warning when the run will likely
+    not fit. The estimate is recorded in the plan's info (the manifest). Returns the jobs."""
+    options = [s.spec.training_options for s in plan.stages if s.kind == "train_lora"]
+    if any(o.get("network_train_unet_only") and o.get("cache_text_encoder_outputs") for o in options):
+        reporter.note("--low-vram on SDXL: the text encoders' outputs are cached once and the U-Net trains alone, so "
+                      "the LoRAs have "
+                      "no text-encoder part (the memo trains both) and the caption is not shuffled")
+    free, total, which = gpu_memory(settings)
+    gpus = settings.gpus
+    jobs = requested_jobs or vram.default_jobs(plan, gpus, free, trainings)
+    per_gpu = 1 if gpus > 1 else jobs  # several GPUs: one stage on each
+    ranked = vram.largest(plan)
+    if not ranked:
+        return jobs
+    peak = vram.side_by_side(plan, per_gpu)
+    plan.info.vram = {
+        "estimate_bytes": peak,
+        "largest_stage": ranked[0][0].name,
+        "largest_bytes": ranked[0][1].total,
+        "parts": ranked[0][1].parts,
+        "side_by_side": per_gpu,
+        "free_bytes": free,
+        "total_bytes": total,
+        "basis": "estimate (copymachine/vram.py): weights and optimizer from parameter counts, activations and CUDA "
+                 "context not measured on a GPU",
+    }
+    if free is None:
+        return jobs
+    where = f"{which} has {human(free)} free of {human(total or 0)}"
+    advice = vram_advice(plan, free, settings.profile.name == "gpu-low-vram")
+    if advice:
+        reporter.warn(f"{advice}; {where}: it will likely run out of memory")
+    elif peak > free:
+        fits = vram.fitting_jobs(plan, free, jobs)
+        reporter.warn(f"--jobs {jobs}: {per_gpu} stages side by side need ~{human(peak)} of GPU memory by "
+                      f"copymachine's estimate; {where}: use --jobs {fits}")
+    else:
+        stage, need = ranked[0]
+        together = f"; {per_gpu} side by side ~{human(peak)}" if per_gpu > 1 else ""
+        reporter.info(f"GPU memory by copymachine's estimate: the largest stage, '{stage.title}' ({need.what}), "
+                      f"~{human(need.total)}{together}; {where}")
+    return jobs
+
+
+def eight_bit_optimizers(plan) -> list[str]:
+    optimizers = {s.spec.training.optimizer for s in plan.stages if s.kind == "train_lora"}
+    return sorted(o for o in optimizers if "8bit" in o.lower())
+
+
+def check_bitsandbytes(plan, settings) -> None:
+    """An 8-bit optimizer (--low-vram's AdamW8bit, or the recipe's) needs bitsandbytes in the
+    Python for sd-scripts: refused before any work when it is missing or fails to import."""
+    optimizers = eight_bit_optimizers(plan)
+    if not optimizers or settings.engine is None:
+        return
+    probe = settings.engine.probe(("bitsandbytes",))
+    broken = f"fails to import it ({probe.broken['bitsandbytes']})" if probe.broken else None
+    problem = "lacks it" if probe.missing else broken
+    if problem:
+        why = "--low-vram trains" if settings.profile.optimizer in optimizers else "the recipe trains"
+        raise EnvironmentProblem(
+            f"{why} with {', '.join(optimizers)}, which needs bitsandbytes; the Python for sd-scripts "
+            f"({settings.engine.python}) {problem}: "
+            "pip install bitsandbytes into it"
+            + (", or train without --low-vram" if settings.profile.optimizer in optimizers else "")
+        )

@@ -1,0 +1,72 @@
+"""Pre-flight of the base model: a safetensors checkpoint of a family copymachine trains; a pickle
+(.ckpt) only with --allow-pickle, and then copymachine does not open it (sd-scripts does)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from copymachine.errors import InputError
+from copymachine.lorafile import read_safetensors
+from copymachine.models import SD1, ModelInfo, inspect_base_model
+from copymachine.progress import Reporter
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+# Parameters of a whole checkpoint (used when a pickle cannot be read) and of a networks.lora
+# LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
+# SD1.5: 1.07e9 parameters (the copy model at float is 4.27 GB, docs/engine-notes.md); its
+# dim-64 LoRA is 151 MB at float -> 590k parameters per rank. SDXL: 3.47e9 parameters
+# (6.94 GB at fp16); its LoRA ~3.4M parameters per rank.
+MODEL_PARAMS = {"sd1": 1_066_000_000, "sd2": 1_300_000_000, "sdxl": 3_470_000_000}
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """torch.save writes a zip (PK\\x03\\x04) since torch 1.6; older files are a bare pickle
+    (protocol 2+: 0x80 then the protocol number). Only the first bytes are read."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def check_base_model(path: Path, reporter: Reporter, allow_pickle: bool = False) -> ModelInfo:
+    """The base model for train/diff: a safetensors checkpoint of a family copymachine trains.
+
+    A pickle checkpoint (.ckpt) is refused unless `allow_pickle`: copymachine never opens one
+    (unpickling can run code hidden in the file); with the flag it hands it to sd-scripts, which
+    loads it with torch, and assumes it is Stable Diffusion 1.x (it cannot read the keys).
+    """
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
+        if not allow_pickle:
+            raise InputError(
+                f"base model is a pickle file ({path.suffix}): {path}; loading a pickle can run code hidden in it, "
+                "so copymachine takes .safetensors only: use a .safetensors download or convert it, "
+                "or pass --allow-pickle if you trust this file (sd-scripts then loads it)"
+            )
+        size = path.stat().st_size
+        if size == 0:
+            raise InputError(f"base model is empty (0 bytes): {path}")
+        if not _looks_like_pickle(path):
+            raise InputError(f"base model is not a PyTorch checkpoint (neither a torch zip nor a pickle): {path}")
+        reporter.warn(
+            f"--allow-pickle: {path.name} is a pickle; copymachine does not open it, so it cannot check its family or "
+            f"contents: assuming {SD1.label}; sd-scripts loads it with torch (use only files you trust)"
+        )
+        return ModelInfo(path=path, family=SD1, size_bytes=size, tensor_count=0)
+    if path.is_file() and path.stat().st_size >= 8 and _looks_like_pickle(path):
+        raise InputError(
+            f"base model is a pickle file with a {path.suffix or 'missing'} suffix, not safetensors: {path}; "
+            "use a .safetensors checkpoint (or, if you trust it, rename it .ckpt and pass --allow-pickle)"
+        )
+    return inspect_base_model(path)
+
+
+def model_parameters(model: ModelInfo) -> int:
+    """Number of parameters of the base model (from its safetensors header; a family's typical
+    count for a pickle, which copymachine does not open)."""
+    if model.tensor_count == 0:
+        return MODEL_PARAMS.get(model.family.name, MODEL_PARAMS["sd1"])
+    st = read_safetensors(model.path, "base model")
+    return sum(math.prod(int(d) for d in info["shape"]) for info in st.tensors.values())
+
