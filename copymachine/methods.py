@@ -464,7 +464,8 @@ def plan_difference(c: _Context) -> None:
         else:
             lora = _resize(c, effect, _merge_route(c, effect, terms_by_effect[effect]), r.combine.extract_dim, rank,
                            r.combine.precision)
-        trainings = {"name": r.name, "diff": dataclasses.asdict(r.diff), "svd": dataclasses.asdict(r.svd), "combine": combine}
+        trainings = {"name": r.name, "diff": dataclasses.asdict(r.diff), "svd": dataclasses.asdict(r.svd),
+                     "combine": combine}
         _finalize(c, effect, lora, DIFFERENCE, trainings)
 
 

@@ -33,6 +33,7 @@ from copymachine.plan import Plan, stage_name
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, SD_ARGS, Recipe, apply_overrides, load_recipe_file, parse_sd_args
 from copymachine.recipe import ratio as recipe_ratio
+from copymachine.request import StyleLora
 from copymachine.stages import Settings
 from copymachine.stages.leakage import summary as leakage_summary
 
@@ -64,7 +65,7 @@ def resolve_effects(effects: tuple[str, ...], has_edits: bool) -> list[str]:
     return chosen
 
 
-def parse_absorb(items: tuple[str, ...]) -> list[tuple[Path, float]]:
+def parse_absorb(items: tuple[str, ...]) -> list[StyleLora]:
     """STYLE.safetensors[:RATIO]; a Windows drive letter is not a ratio."""
     out = []
     for item in items:
@@ -81,7 +82,7 @@ def parse_absorb(items: tuple[str, ...]) -> list[tuple[Path, float]]:
         p = Path(path)
         if not p.is_file():
             raise InputError(f"--absorb: style LoRA not found: {p}")
-        out.append((p, ratio))
+        out.append(StyleLora(p, ratio))
     return out
 
 

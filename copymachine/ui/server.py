@@ -91,7 +91,8 @@ class App:
     """What the handler needs: the folders and their files, the store, the worker, the engine
     options; the previews and the jobs the Make and Queue pages ask for."""
 
-    def __init__(self, runs: Path, models: Path | None, queue_args: list[str], auth: str | None = None, engine_overrides: dict[str, Any] | None = None):
+    def __init__(self, runs: Path, models: Path | None, queue_args: list[str], auth: str | None = None,
+                 engine_overrides: dict[str, Any] | None = None):
         self.runs = Path(runs).resolve()
         self.models = Path(models).resolve() if models else None
         self.ui_dir = self.runs / "_ui"
@@ -382,7 +383,7 @@ class Handler(JsonHandler):
         if "/" in name or name.startswith("."):
             return self._error("not found", 404)
         try:
-            data = resources.files("copymachine.ui").joinpath("static", name).read_bytes()
+            data = resources.files("copymachine.ui").joinpath("static").joinpath(name).read_bytes()
         except (FileNotFoundError, IsADirectoryError):
             return self._error("not found", 404)
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -404,8 +405,10 @@ def check_host(host: str, share_on_network: bool) -> str | None:
     if host in LOCAL_HOSTS:
         return None
     if not share_on_network:
-        raise InputError(f"--host {host} would make the UI reachable from other machines; add --share-on-network to mean it (and --auth user:password)")
-    return f"the UI listens on {host}: anyone who can reach this machine on that port can run trainings and read the files under its runs folder"
+        raise InputError(f"--host {host} would make the UI reachable from other machines; "
+                         "add --share-on-network to mean it (and --auth user:password)")
+    return (f"the UI listens on {host}: anyone who can reach this machine on that port can run trainings "
+            "and read the files under its runs folder")
 
 
 def make_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
