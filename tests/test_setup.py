@@ -283,3 +283,17 @@ def test_setup_tokenizers_makes_the_folder_then_doctor_checks_it(fake_engine, tm
     assert f"tokenizers: {out} (--tokenizer-cache-dir {out} --offline); doctor:" in result.stderr
     assert f"{out} has {CLIP_L}" in result.stdout  # doctor's tokenizer row
     assert not (fake_engine.root / "venv").exists()  # nothing else set up
+
+
+def test_setup_ps1_and_the_makefile_give_setup_only_its_own_options():
+    # Windows' one command (never run on Windows here) and `make setup` call `copymachine setup`
+    import re
+
+    from copymachine.cli.install import setup as setup_command
+
+    options = {o for p in setup_command.params for o in p.opts}
+    repo = Path(__file__).resolve().parent.parent
+    ps1 = (repo / "setup.ps1").read_text(encoding="utf-8")
+    assert set(re.findall(r'"(--[a-z-]+)"', ps1)) == {"--torch", "--sd-scripts", "--base-python"} <= options
+    make_setup = next(line for line in (repo / "Makefile").read_text(encoding="utf-8").splitlines() if line.startswith("\t$(BIN)/copymachine setup"))
+    assert set(re.findall(r"(--[a-z-]+)", make_setup)) == {"--sd-scripts", "--torch", "--base-python"}
