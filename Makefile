@@ -5,13 +5,20 @@
 #   make test-release RELEASE=v0.9.1 the integration subset against an sd-scripts release in its own venv
 #   make test-loaders               the final LoRAs in ComfyUI's loader, A1111's key mapping (and diffusers, if given)
 #   make bench-effects              time the built-in image edits at 512² and 1024²
-#   make outline BASE=model.safetensors [IMAGE=src.png] [OUT=runs/name] [ARGS="--max-steps 10"]
+#   make outline BASE=model.safetensors [IMAGE=src.png] [OUT=runs/name] [ARGS="--max-steps 10"] [SD_PYTHON=py]
+#   make setup SD_SCRIPTS=DIR       set up the sd-scripts you have (when git cannot fetch the submodule)
 
 PYTHON     ?= python3
 VENV       ?= .venv
 BIN        := $(VENV)/bin
 SD_SCRIPTS ?= vendor/sd-scripts
 SD_VENV    := $(SD_SCRIPTS)/venv
+# The Python sd-scripts runs in, passed as --python only when given (SD_PYTHON=...); otherwise copymachine
+# finds it as always: $SD_SCRIPTS_PYTHON, the venv in sd-scripts' folder, a kohya_ss venv beside it
+SD_PYTHON  ?=
+SD_PYTHON_ARG := $(if $(SD_PYTHON),--python "$(SD_PYTHON)")
+# the integration targets name it for the tests: SD_PYTHON, else the venv in sd-scripts' folder
+TEST_SD_PYTHON := $(abspath $(or $(SD_PYTHON),$(SD_VENV)/bin/python))
 # The torch that fits your GPU, e.g. TORCH="torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124"
 TORCH      ?= torch torchvision
 EFFECTS    := outline flat contrast posterize jpeg
@@ -50,9 +57,10 @@ $(BIN)/copymachine: pyproject.toml
 venv: $(BIN)/copymachine
 
 # sd-scripts: the pinned submodule (or the checkout at SD_SCRIPTS=), its own venv at $(SD_SCRIPTS)/venv,
-# torch ($(TORCH)) and its requirements, then doctor: `copymachine setup`, the same on Windows without make
+# torch ($(TORCH)) and its requirements, then doctor: `copymachine setup` (on Windows: setup.ps1), with the
+# venv made by $(PYTHON)
 setup sd-scripts: venv
-	$(BIN)/copymachine setup --sd-scripts $(SD_SCRIPTS) --torch "$(TORCH)" --python $(PYTHON)
+	$(BIN)/copymachine setup --sd-scripts $(SD_SCRIPTS) --torch "$(TORCH)" --base-python $(PYTHON)
 
 # lint: ruff over our code and tests (rules in pyproject.toml), mypy, the command reference (docs/cli.md)
 # against each command's --help (cog), and the docs site built with --strict (a broken link or page fails);
@@ -70,12 +78,12 @@ test: venv lint
 	$(BIN)/python -m pytest -q -m "not integration" -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 test-integration: venv
-	SD_SCRIPTS=$(abspath $(SD_SCRIPTS)) SD_SCRIPTS_PYTHON=$(abspath $(SD_VENV))/bin/python \
+	SD_SCRIPTS=$(abspath $(SD_SCRIPTS)) SD_SCRIPTS_PYTHON=$(TEST_SD_PYTHON) \
 		$(BIN)/python -m pytest -v -m "integration and not sdxl" -p no:cacheprovider tests/integration; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # SDXL against the real sd-scripts (~30 min and 23 GB of RAM on a CPU machine; builds a 6.9 GB fixture)
 test-integration-sdxl: venv
-	SD_SCRIPTS=$(abspath $(SD_SCRIPTS)) SD_SCRIPTS_PYTHON=$(abspath $(SD_VENV))/bin/python \
+	SD_SCRIPTS=$(abspath $(SD_SCRIPTS)) SD_SCRIPTS_PYTHON=$(TEST_SD_PYTHON) \
 		$(BIN)/python -m pytest -v -s -m sdxl -p no:cacheprovider tests/integration; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 sd-release:
@@ -101,7 +109,7 @@ loader-checkouts:
 	@test -f $(COPYMACHINE_A1111)/extensions-builtin/Lora/networks.py || echo "no A1111 at $(COPYMACHINE_A1111): its test skips (A1111_REPO=clone, or COPYMACHINE_A1111=checkout)"
 
 test-loaders: venv loader-checkouts
-	COPYMACHINE_COMFYUI=$(COPYMACHINE_COMFYUI) COPYMACHINE_A1111=$(COPYMACHINE_A1111) SD_SCRIPTS_PYTHON=$(abspath $(SD_VENV))/bin/python \
+	COPYMACHINE_COMFYUI=$(COPYMACHINE_COMFYUI) COPYMACHINE_A1111=$(COPYMACHINE_A1111) SD_SCRIPTS_PYTHON=$(TEST_SD_PYTHON) \
 		$(BIN)/python -m pytest -v -s -p no:cacheprovider tests/integration/test_loaders_real.py; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # Timing of the built-in image edits at 512² and 1024² (a table, not a test).
@@ -111,12 +119,12 @@ bench-effects: venv
 $(EFFECTS): venv
 	@test -n "$(BASE)" || { echo "usage: make $@ BASE=model.safetensors [IMAGE=src.png] [OUT=runs/name] [ARGS=...]"; exit 2; }
 	$(BIN)/copymachine train --effect $@ --base "$(BASE)" $(if $(IMAGE),--image "$(IMAGE)") $(if $(OUT),--out "$(OUT)") \
-		--sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
+		--sd-scripts $(SD_SCRIPTS) $(SD_PYTHON_ARG) $(ARGS)
 
 all: venv
 	@test -n "$(BASE)" || { echo "usage: make all BASE=model.safetensors [IMAGE=src.png] [ARGS=...]"; exit 2; }
 	$(BIN)/copymachine train --effect all --base "$(BASE)" $(if $(IMAGE),--image "$(IMAGE)") $(if $(OUT),--out "$(OUT)") \
-		--sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
+		--sd-scripts $(SD_SCRIPTS) $(SD_PYTHON_ARG) $(ARGS)
 
 # Benchmark (not a test): copymachine vs the same sd-scripts commands by hand -> docs/benchmarks.md
 #   make bench BASE=model.safetensors [IMAGE=picture.png] [ARGS="--resolution 64 --max-steps 3 --tokenizer-cache-dir DIR --offline"]
@@ -125,13 +133,13 @@ all: venv
 bench: venv
 	@test -n "$(BASE)" || { echo "usage: make bench BASE=model.safetensors [IMAGE=...] [ARGS=...]"; exit 2; }
 	$(BIN)/python benchmarks/bench_pipeline.py --base "$(BASE)" $(if $(IMAGE),--image "$(IMAGE)") \
-		--sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
+		--sd-scripts $(SD_SCRIPTS) $(SD_PYTHON_ARG) $(ARGS)
 
 # Benchmark (issue 34): the memo's and the fast recipe's trainings, N steps each at 64 px -> docs/benchmarks.md item 6
 #   make bench-recipes BASE=model.safetensors [ARGS="--steps 20 --tokenizer-cache-dir DIR"]
 bench-recipes: venv
 	@test -n "$(BASE)" || { echo "usage: make bench-recipes BASE=model.safetensors [ARGS=...]"; exit 2; }
-	$(BIN)/python benchmarks/bench_recipes.py --base "$(BASE)" --sd-scripts $(SD_SCRIPTS) --python $(SD_VENV)/bin/python $(ARGS)
+	$(BIN)/python benchmarks/bench_recipes.py --base "$(BASE)" --sd-scripts $(SD_SCRIPTS) $(SD_PYTHON_ARG) $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .site

@@ -39,7 +39,7 @@ def parse_color(text: str) -> RGB:
 def _open(path: str | os.PathLike) -> Image.Image:
     p = Path(path)
     if not p.exists():
-        raise InputError(f"{p}: no such file")
+        raise InputError(f"image not found: {p}")  # the wording train and diff use
     if p.is_dir():
         raise InputError(f"{p}: is a folder, not an image")
     try:

@@ -5,10 +5,16 @@ argument lists (no shell), so no make or bash is needed.
 
 On Windows the package index's default torch is a CPU-only build: with a GPU (nvidia-smi) and no
 --index-url in the torch spec, setup stops before installing and names the CUDA build to pick.
+
+`setup --tokenizers DIR` makes the offline tokenizer folder from what is installed (no library
+makes it: transformers saves one only after fetching it, so the copy from the hub's cache and the
+build from CLIP's BPE file are ours).
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import shutil
@@ -19,6 +25,7 @@ from pathlib import Path, PurePath
 
 from copymachine.engine import PINNED_COMMIT
 from copymachine.errors import EnvironmentProblem, InputError
+from copymachine.models import SDXL
 from copymachine.runner import command_line
 
 SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts.git"
@@ -43,21 +50,18 @@ def is_sd_scripts(folder: Path) -> bool:
 
 def run_step(argv: list[str], say: Say, what: str, cwd: Path | None = None) -> None:
     """Run one step, its output passed on line by line (to stderr: stdout is for results); a
-    failure ends set-up with the command and the last lines it printed."""
+    failure ends set-up with the command (its output is above, said once)."""
     say(f"  $ {command_line(argv)}")
     try:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace")
     except OSError as e:
         raise EnvironmentProblem(f"{what}: cannot run {argv[0]}: {e.strerror or e}") from None
-    tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
-        line = line.rstrip()
-        say(f"    {line}")
-        tail = [*tail[-11:], line]
+        say(f"    {line.rstrip()}")
     if proc.wait() != 0:
-        raise EnvironmentProblem(f"{what} failed (exit {proc.returncode}): {command_line(argv)}", details=tail)
+        raise EnvironmentProblem(f"{what} failed (exit {proc.returncode}): {command_line(argv)}")
 
 
 # --- sd-scripts ---------------------------------------------------------------------------------
@@ -82,21 +86,25 @@ def superproject_submodule(folder: Path, cwd: Path) -> Path | None:
 def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL, commit: str = PINNED_COMMIT) -> None:
     """Put the pinned sd-scripts at `folder`: `git submodule update --init` when it is the
     submodule of the repository at `cwd`, else `git clone` + checkout of `commit`."""
+    way_out = (f"give an sd-scripts you have with --sd-scripts DIR (make setup SD_SCRIPTS=DIR), or fetch it "
+               f"yourself: git clone {url} DIR, then git -C DIR checkout {commit[:8]}")
     if shutil.which("git") is None:
-        raise EnvironmentProblem(f"no sd-scripts at {folder} and git is not installed: install git, or clone {url} "
-                                 f"there yourself and check out {commit[:8]}, or give --sd-scripts DIR")
+        raise EnvironmentProblem(f"no sd-scripts at {folder} and git is not installed: install git, or {way_out}")
     repo = superproject_submodule(folder, cwd)
-    if repo is not None:
-        say(f"sd-scripts: the submodule {folder} (pinned by this repository)")
-        relative = Path(os.path.relpath(folder.absolute(), repo.absolute())).as_posix()  # as .gitmodules names it
-        run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say, "fetching the "
-            "sd-scripts submodule")
-        return
-    say(f"sd-scripts: cloning {url} into {folder}, at the pinned commit {commit[:8]}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    run_step(["git", "clone", "--no-checkout", url, str(folder)], say, "cloning sd-scripts")
-    run_step(["git", "-C", str(folder), "checkout", "--detach", commit], say,
-             f"checking out sd-scripts at {commit[:8]}")
+    try:
+        if repo is not None:
+            say(f"sd-scripts: the submodule {folder} (pinned by this repository)")
+            relative = Path(os.path.relpath(folder.absolute(), repo.absolute())).as_posix()  # as .gitmodules names it
+            run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say, "fetching the "
+                "sd-scripts submodule")
+            return
+        say(f"sd-scripts: cloning {url} into {folder}, at the pinned commit {commit[:8]}")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        run_step(["git", "clone", "--no-checkout", url, str(folder)], say, "cloning sd-scripts")
+        run_step(["git", "-C", str(folder), "checkout", "--detach", commit], say,
+                 f"checking out sd-scripts at {commit[:8]}")
+    except EnvironmentProblem as e:
+        raise EnvironmentProblem(f"{e.message} (git's output above); {way_out}") from None
 
 
 def sd_scripts_folder(option: Path | None, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL) -> Path:
@@ -203,3 +211,109 @@ def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = No
     else:
         say(f"warning: {root} has no requirements.txt: nothing more installed")
     return root, os.fspath(py)
+
+
+# --- the offline tokenizer folder (--tokenizer-cache-dir) ----------------------------------------
+
+# sd-scripts loads <DIR>/<hub id with "/" as "_"> (library/strategy_sd.py, strategy_sdxl.py): SDXL's two
+# are SD1's one and laion's bigG, which pads with "!". Both are CLIP's BPE vocabulary of 49,408 tokens.
+PAD_TOKENS = {"laion_CLIP-ViT-bigG-14-laion2B-39B-b160k": "!"}
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges, in open-clip-torch (open_clip) and OpenAI's clip
+VOCAB_SIZE, BOS, EOS = 49408, "<|startoftext|>", "<|endoftext|>"
+WAYS = ("run with --tokenizer-cache-dir DIR once on a machine with hub access and copy DIR here, or install "
+        "open-clip-torch in sd-scripts' Python (its wheel holds the vocabulary) and run this again")
+
+
+def hub_cache() -> Path:
+    """huggingface_hub's model cache: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get("HF_HOME") or cache_home / "huggingface").expanduser() / "hub"
+
+
+def cached_tokenizer(hub_id: str, cache: Path) -> Path | None:
+    """A snapshot of `hub_id` in the hub's cache with its tokenizer files (what a run online left)."""
+    snapshots = cache / f"models--{hub_id.replace('/', '--')}" / "snapshots"
+    found = [s for s in sorted(snapshots.glob("*")) if (s / "vocab.json").is_file() and (s / "merges.txt").is_file()]
+    return found[-1] if found else None
+
+
+def find_bpe(pythons: list[str]) -> Path | None:
+    """CLIP's BPE file in open_clip or clip in one of these Pythons, found without importing them."""
+    probe = ("import importlib.util as u\nfor name in ('open_clip', 'clip'):\n    s = u.find_spec(name)\n"
+             "    print(*(s.submodule_search_locations or []) if s else [], sep='\\n')")
+    for python in pythons:
+        try:
+            out = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=False).stdout
+        except OSError:  # no such Python: doctor names it
+            continue
+        for folder in out.splitlines():
+            if (Path(folder) / BPE_FILE).is_file():
+                return Path(folder) / BPE_FILE
+    return None
+
+
+def bpe_tokenizer(bpe: Path, pad: str) -> dict[str, str]:
+    """A CLIPTokenizer's files from CLIP's BPE file, its vocabulary built as CLIP's SimpleTokenizer does."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    merges = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")[1:VOCAB_SIZE - 512 - 2 + 1]
+    vocab = [*chars, *(c + "</w>" for c in chars), *("".join(m.split()) for m in merges), BOS, EOS]
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad}
+    config = {**special, "add_prefix_space": False, "clean_up_tokenization_spaces": True, "do_lower_case": True,
+              "errors": "replace", "model_max_length": 77, "tokenizer_class": "CLIPTokenizer"}
+    return {"vocab.json": json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False),
+            "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+            "special_tokens_map.json": json.dumps(special, indent=2),
+            "tokenizer_config.json": json.dumps(config, indent=2)}
+
+
+def check_vocab(folder: Path) -> None:
+    """CLIP's vocabulary, whatever made it: 49,408 tokens, the start and end tokens last."""
+    try:
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EnvironmentProblem(f"{folder / 'vocab.json'} is not a tokenizer's vocabulary: {e}") from None
+    if len(vocab) != VOCAB_SIZE or vocab.get(BOS) != VOCAB_SIZE - 2 or vocab.get(EOS) != VOCAB_SIZE - 1:
+        raise EnvironmentProblem(f"{folder / 'vocab.json'} is not CLIP's vocabulary ({len(vocab)} tokens, not "
+                                 f"{VOCAB_SIZE}): remove {folder} and run this again")
+
+
+def make_tokenizer(folder: Path, python: str, say: Say, cache: Path) -> None:
+    """One tokenizer folder, from the first that has it: the folder itself, the hub's cache, CLIP's BPE
+    file in sd-scripts' Python (or copymachine's), the hub through sd-scripts' transformers (not offline)."""
+    hub_id = folder.name.replace("_", "/", 1)
+    snapshot, bpe = cached_tokenizer(hub_id, cache), None
+    if (folder / "vocab.json").is_file():
+        say(f"tokenizer {folder}: there already")
+    elif snapshot is not None:
+        say(f"tokenizer {folder}: copied from the Hugging Face cache ({snapshot})")
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in snapshot.iterdir():
+            if file.suffix in (".json", ".txt"):
+                shutil.copyfile(file, folder / file.name)  # the cache's files are links to its blobs
+    elif (bpe := find_bpe([python, sys.executable])) is not None:
+        say(f"tokenizer {folder}: built from {bpe}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in bpe_tokenizer(bpe, PAD_TOKENS.get(folder.name, EOS)).items():
+            (folder / name).write_text(text, encoding="utf-8")
+    elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise EnvironmentProblem(f"no {hub_id} tokenizer here: not in the Hugging Face cache ({cache}), no "
+                                 f"open-clip-torch, and HF_HUB_OFFLINE is set; {WAYS}")
+    else:
+        say(f"tokenizer {folder}: fetched from the Hugging Face hub by sd-scripts' transformers")
+        fetch = ("import sys; from transformers import CLIPTokenizer as T; "
+                 "T.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])")
+        try:
+            run_step([python, "-c", fetch, hub_id, str(folder)], say, f"fetching the {hub_id} tokenizer")
+        except EnvironmentProblem as e:
+            raise EnvironmentProblem(f"{e.message}; no {hub_id} tokenizer in the Hugging Face cache and no "
+                                     f"open-clip-torch either: {WAYS}") from None
+    check_vocab(folder)
+
+
+def make_tokenizers(folder: Path, python: str, say: Say, cache: Path | None = None) -> None:
+    """The folder for --tokenizer-cache-dir with every tokenizer sd-scripts loads (SD1.x's and SDXL's)."""
+    for name in SDXL.tokenizers:
+        make_tokenizer(folder / name, python, say, cache or hub_cache())

@@ -50,6 +50,16 @@ from copymachine.stages.train_lora import check_sd_args, training_plan
 # the request's names the CLI imports from here
 __all__ = ["CUSTOM", "default_cache", "images_in", "make_sources", "match_edits", "plan", "run_folder", "training_size"]
 
+# The memo's step of each stage (by its name's last part), numbered as the memo numbers each method: every
+# stage title ends with it ("copy LoRA (memo step 2)"), as `train --help` and `diff --help` list them.
+# copymachine's own stages (the final LoRA, leakage, previews, combining by svd_merge_lora) have none.
+MEMO_STEPS = {
+    COPY_MACHINE: {"generate": 1, "original": 1, "captions": 2, "copy-lora": 2, "copy-model": 3, "copy-check": 3,
+                   "edit": 4, "effect-lora": 5, "processed-model": 7, "extract": 8, "resize": 9},
+    DIFFERENCE: {"generate": 1, "original": 1, "captions": 2, "lora-a": 2, "copy-check": 2, "edit": 3, "lora-b": 4,
+                 "svd-merge": 5},
+}
+
 
 @dataclass
 class SourcePlan:
@@ -102,7 +112,9 @@ class _Context:
 
     def add(self, name: str, kind: str, title: str, inputs: dict[str, FileRef], params: StageParams,
             outputs: dict[str, str], **where: Any) -> FileRef:
-        """Add a stage; returns a reference to its first output."""
+        """Add a stage, its title ending with its memo step; returns a reference to its first output."""
+        step = MEMO_STEPS[self.request.method].get(name.rpartition("/")[2])
+        title = f"{title} (memo step {step})" if step else title
         self.planner.add(name, kind, title, inputs=inputs, params=params, outputs=outputs, **where)
         return self.plan.ref(name, next(iter(outputs)))
 
@@ -172,7 +184,7 @@ def _original(c: _Context, source: Source) -> SourcePlan:
     if source.image is None:
         params = generate_params(c.recipe.generate, c.family, c.gen_precision, c.model)
         outputs = {"image": "generated.png", "prompt": "prompt.txt"}
-        image = c.add(stage_name("generate", source=source.id), "generate_image", "original image (generated)",
+        image = c.add(stage_name("generate", source=source.id), "generate_image", "generated original image",
                       {"base": c.base}, params, outputs, shared_as="generated")
     else:
         image = c.external(source.image)
@@ -294,12 +306,12 @@ def _merge_route(c: _Context, effect: str, terms: list[LoraTerm]) -> FileRef:
     the plain base model: merging is linear, so (base + styles + effects) - (base + styles)
     and (base + effects) - base are the same difference, and no absorbed model is written."""
     workdir = c.run_dir / effect
-    processed = c.merge(stage_name("processed-model", effect), f"{effect}: processed model (step 7)", c.training_base,
+    processed = c.merge(stage_name("processed-model", effect), f"{effect}: processed model", c.training_base,
                         list(terms), "processed-model.safetensors", workdir=workdir)
     cb = c.recipe.combine
     params = ExtractParams(family=c.family, dim=cb.extract_dim, min_diff=cb.min_diff, precision=cb.precision,
                            device=c.settings.device)
-    return c.add(stage_name("extract", effect), "extract_lora", f"{effect}: LoRA of base -> processed model (step 8)",
+    return c.add(stage_name("extract", effect), "extract_lora", f"{effect}: LoRA of base -> processed model",
                  {"original": c.training_base, "tuned": processed}, params,
                  {"lora": f"extracted-r{cb.extract_dim}.safetensors"}, workdir=workdir)
 
@@ -445,20 +457,21 @@ def plan_difference(c: _Context) -> None:
     for sp in c.sources:
         source, label = sp.source, f"{sp.id}:" if sp.id else ""
         # LoRA A depends only on base + image + caption + recipe: shared by every effect
-        lora_a = _train(c, stage_name("lora-a", source=source.id), f"{source.prefix}LoRA A (original)", r.diff, sp,
+        lora_a = _train(c, stage_name("lora-a", source=source.id), f"{source.prefix}LoRA A of the original", r.diff, sp,
                         c.training_base, (sp.original, "original"), "lora-a.safetensors", c.base_weights,
                         shared_as="copy-lora")
         _copy_check(c, sp, c.training_base, lora_a)  # A is the copy machine: checked on the base at 1.0
         for effect in effects:
-            lora_b = _train(c, stage_name("lora-b", effect, source.id), f"{source.prefix}{effect}: LoRA B (edited)",
-                            r.diff, sp, c.training_base, (sp.edits[effect], "edited"), "lora-b.safetensors",
-                            c.base_weights, workdir=c.source_dir(source) / effect)
+            lora_b = _train(c, stage_name("lora-b", effect, source.id),
+                            f"{source.prefix}{effect}: LoRA B of the edited image", r.diff, sp, c.training_base,
+                            (sp.edits[effect], "edited"), "lora-b.safetensors", c.base_weights,
+                            workdir=c.source_dir(source) / effect)
             w = sign * c.weight()
             terms_by_effect[effect] += [LoraTerm(lora_a, -w, f"{label}A"), LoraTerm(lora_b, w, f"{label}B")]
     combine, rank = c.request.combine or "svd", r.svd.rank
     for effect in effects:
         if combine == "svd":
-            title = f"{effect}: difference B - A" if sign > 0 else f"{effect}: difference A - B (memo sign)"
+            title = f"{effect}: difference B - A" if sign > 0 else f"{effect}: difference A - B, the memo's sign"
             lora = _svd_merge(c, effect, title, terms_by_effect[effect], rank, f"diff-r{rank}.safetensors",
                               r.diff.network_dim)
         else:

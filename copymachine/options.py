@@ -83,13 +83,13 @@ class RunOptions(BaseModel):
         "before any work. Repeatable; recipe table [sd_args].", option="sd-arg", metavar="KEY=VALUE")
     absorb: tuple[str, ...] = opt((), "Merge a style LoRA into the base model first; every training uses the result "
         "(the memo's tip). Repeatable.", metavar="STYLE.safetensors[:RATIO]")
-    cache_dir: Path | None = opt(None, "Where shared stages (copy LoRAs, copy models, LoRA A) are kept. Default: "
-        "$COPYMACHINE_CACHE, else <run folder>/../_cache.", path="dir")
+    cache_dir: Path | None = opt(None, "Where shared stages (copy LoRAs, LoRA A, copy models with --copy-model "
+        "file) are kept. Default: $COPYMACHINE_CACHE, else <run folder>/../_cache.", path="dir")
     jobs: int | None = opt(None, "Trainings run side by side (several effects or images): one per GPU on a multi-GPU "
         "machine, else as many as the GPU's free memory holds (default); CPU runs stay sequential.", ge=1)
     samples: int | None = opt(None, "Every N steps of each training, render the recipe's [watch] sample prompt(s) with "
         "the LoRA so far (the effect LoRA: on the copy model at +1) into <run folder>/samples/<stage>/; the web UI's "
-        "queue page shows the latest. Each costs one render (README).", metavar="N", ge=1)
+        "queue page shows the latest. Each costs one render (docs/reliability.md).", metavar="N", ge=1)
     tensorboard: bool = opt(False, "sd-scripts writes TensorBoard logs into <run folder>/tensorboard/; the run prints "
         "the `tensorboard --logdir` line.")
     low_vram: bool = opt(False, "For small GPUs: gradient checkpointing, 8-bit AdamW (needs bitsandbytes), latents "

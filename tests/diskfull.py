@@ -111,7 +111,7 @@ def check_after_full_disk(returncode: int, err: str, disk: SmallDisk, run_dir: P
     assert line.startswith("copymachine: error: not enough disk space at "), err[-3000:]
     folder = re.search(r"not enough disk space at (.+?)(?: \(|: stage)", line).group(1)
     assert Path(folder).is_relative_to(disk.path), line  # the folder on the full disk
-    assert re.search(r"stage 'custom: effect LoRA' writes ~\d+ MB \([\d,]+ bytes\) there, \d+ MB free", line), line
+    assert re.search(r"stage 'custom: effect LoRA \(memo step 5\)' writes ~\d+ MB \([\d,]+ bytes\) there, \d+ MB free", line), line
     assert "run the same command again: it resumes at this stage" in line
     roots = [run_dir, cache_dir]
     facts = check_disk(run_dir, roots)  # every file at a final path loads

@@ -337,7 +337,7 @@ def test_nan_only_in_the_output_file(fake_engine, image, tmp_path, monkeypatch):
     result = invoke(args(fake_engine, image, out))
     assert result.exit_code == EXIT_ENGINE
     line = error_line(result)
-    assert "stage 'contrast: resize to rank 8' wrote an unusable lora-r8.safetensors: " in line and "holds NaN or infinite values" in line
+    assert "stage 'contrast: resize to rank 8 (memo step 9)' wrote an unusable lora-r8.safetensors: " in line and "holds NaN or infinite values" in line
     assert f"Log: {out / 'logs' / 'contrast--resize.log'}" in line and "  | " in result.stderr
     assert not (out / "contrast" / "lora-r8.safetensors").exists() and not (out / "run-contrast.safetensors").exists()
 
@@ -548,7 +548,7 @@ def test_two_runs_on_the_same_cache(fake_engine, image, tmp_path):
     assert proc.wait(timeout=60) in (0, 130)
     assert waiting.returncode == 0, waiting.stderr
     assert "waiting for another run building copy " in waiting.stderr
-    assert "copy LoRA: up to date, skipped" in waiting.stderr
+    assert "copy LoRA (memo step 2): up to date, skipped" in waiting.stderr
 
 
 def test_tool_output_path_holding_another_file(fake_engine, small_lora, tmp_path):

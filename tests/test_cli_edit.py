@@ -116,7 +116,7 @@ def test_edit_user_errors_are_one_line(tmp_path, scene_path, args, code, needle)
 
 
 def test_edit_bad_paths(tmp_path, scene_path):
-    _one_error_line(run("edit", "outline", tmp_path / "missing.png", tmp_path / "o.png"), EXIT_INPUT, "no such file")
+    _one_error_line(run("edit", "outline", tmp_path / "missing.png", tmp_path / "o.png"), EXIT_INPUT, f"image not found: {tmp_path / 'missing.png'}")
     _one_error_line(run("edit", "outline", scene_path, tmp_path / "o.jpg"), EXIT_USAGE, "always written as PNG")
     _one_error_line(run("edit", "outline", scene_path, tmp_path / "no" / "o.png"), EXIT_OUTPUT, "does not exist")
     _one_error_line(run("edit", "outline"), EXIT_USAGE, "give EFFECT IN OUT")

@@ -78,7 +78,7 @@ def test_effects_train_side_by_side_on_one_gpu(fake_engine, image, tmp_path, mon
     earliest_end = min(e["finished"] for e in effects)
     assert latest_start < earliest_end, "the three effect trainings did not overlap"
     assert all("CUDA_VISIBLE_DEVICES" not in e["env"] for e in effects)  # one GPU, shared
-    assert "contrast: effect LoRA: done in" in result.output  # parallel lines name their job
+    assert "contrast: effect LoRA (memo step 5): done in" in result.output  # parallel lines name their job
     for effect in ("contrast", "posterize", "jpeg"):
         assert (tmp_path / "par" / f"par-{effect}.safetensors").is_file()
 
@@ -103,7 +103,7 @@ def test_a_failed_effect_does_not_stop_the_others(fake_engine, image, tmp_path, 
     assert not (out / "partial-contrast.safetensors").exists()
     summary = result.output[result.output.index("summary:") :]
     assert "posterize" in summary and str(out / "partial-posterize.safetensors") in summary
-    assert "contrast" in summary and "failed in 'contrast: effect LoRA'" in summary
+    assert "contrast" in summary and "failed in 'contrast: effect LoRA (memo step 5)'" in summary
     stages = {s["name"]: s["status"] for s in json.loads((out / "manifest.json").read_text())["stages"]}
     assert stages["contrast/effect-lora"] == "failed" and stages["contrast/final"] == "pending"
     assert stages["posterize/final"] == "done"

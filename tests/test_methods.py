@@ -85,6 +85,10 @@ def test_copy_machine_single_image(env):
     # the memo's route: merge_lora.py writes the copy model, the effect LoRA trains on it
     f = make(env, recipe=FILE, out="file")
     assert names(f) == ["original", "outline/edit", "captions", "copy-lora", "copy-model", "copy-check", "outline/effect-lora", "outline/resize", "outline/final"]
+    # each title carries the memo's step, the words `train --help` lists (the final LoRA is copymachine's own)
+    assert [s.title for s in f.stages] == ["original image (memo step 1)", "outline: edited image (memo step 4)", "captions (memo step 2)",
+                                           "copy LoRA (memo step 2)", "copy model (memo step 3)", "copy check (memo step 3)",
+                                           "outline: effect LoRA (memo step 5)", "outline: resize to rank 8 (memo step 9)", "outline: final LoRA"]
     assert f.stage("copy-model").workdir.parent == cache / "copy-model"
     effect = f.stage("outline/effect-lora")
     assert effect.inputs["base"].producer == "copy-model"  # trained on the copy model
@@ -230,6 +234,11 @@ def test_difference_extraction_signs(env):
     assert memo.stage("outline/svd-merge").params["ratios"] == [1.0, -1.0]  # the memo's --ratios 1 -1
     assert memo.stage("lora-a").key == p.stage("lora-a").key
     assert p.stage("outline/svd-merge").params["rank"] == 8
+    # the difference extraction's own steps (the memo numbers them apart), as `diff --help` lists them
+    assert [s.title for s in p.stages if s.name.startswith(("lora-a", "outline/"))] == [
+        "outline: edited image (memo step 3)", "LoRA A of the original (memo step 2)", "outline: LoRA B of the edited image (memo step 4)",
+        "outline: difference B - A (memo step 5)", "outline: final LoRA"]
+    assert memo.stage("outline/svd-merge").title == "outline: difference A - B, the memo's sign (memo step 5)"
 
 
 def test_difference_with_two_images_and_merge_route(env):

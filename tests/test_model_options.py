@@ -226,7 +226,7 @@ def test_a_black_generated_original_is_refused(fake_engine, tmp_path, monkeypatc
     result = invoke(run_args(fake_engine, fake_engine.base, tmp_path / "run", "--no-copy-check"))
     assert result.exit_code == EXIT_ENGINE
     line = next(x for x in result.output.splitlines() if "copymachine: error:" in x)
-    assert "original image (generated)" in line and "rendered a blank image (black)" in line and "likely cause: the checkpoint's VAE" in line
+    assert "generated original image (memo step 1)" in line and "rendered a blank image (black)" in line and "likely cause: the checkpoint's VAE" in line
     assert not trainings(fake_engine)  # nothing trained on it
     assert not list((tmp_path / "_cache").rglob("generated.png"))
 

@@ -5,6 +5,8 @@ Windows decision (the CPU-only default) with nvidia-smi behind its seam."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from click.testing import CliRunner
 
 from copymachine import install
 from copymachine.cli import cli
-from copymachine.errors import EXIT_ENVIRONMENT, EXIT_INPUT, InputError
+from copymachine.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EnvironmentProblem, InputError
 
 
 def wheel(folder: Path, name: str) -> Path:
@@ -198,3 +200,100 @@ def test_the_venv_python_on_each_system():
     assert install.venv_python(PureWindowsPath(r"C:\sd-scripts\venv"), "win32") == PureWindowsPath(r"C:\sd-scripts\venv\Scripts\python.exe")
     assert install.venv_python(PurePosixPath("/opt/sd-scripts/venv"), "linux") == PurePosixPath("/opt/sd-scripts/venv/bin/python")
     assert install.venv_python(PurePosixPath("/opt/sd-scripts/venv"), "darwin") == PurePosixPath("/opt/sd-scripts/venv/bin/python")
+
+
+def test_a_failed_fetch_prints_gits_output_once_and_names_the_way_out(tmp_path, offline):
+    said = []
+    missing = tmp_path / "no-such-repository.git"
+    with pytest.raises(EnvironmentProblem) as e:
+        install.setup(tmp_path / "sd", "none", said.append, cwd=tmp_path, url=str(missing))
+    message = e.value.message
+    assert message.startswith(f"cloning sd-scripts failed (exit 128): git clone --no-checkout {missing} {tmp_path / 'sd'} (git's output above); ")
+    assert "give an sd-scripts you have with --sd-scripts DIR (make setup SD_SCRIPTS=DIR)" in message
+    assert f"git clone {missing} DIR, then git -C DIR checkout {install.PINNED_COMMIT[:8]}" in message
+    # git's error streamed once, as it came, and not again under the error line
+    assert sum("fatal:" in line for line in said) == 1 and not e.value.details
+
+
+def fake_bpe(path: Path) -> Path:
+    """A BPE file of CLIP's shape (a header, then the merges the vocabulary takes), not CLIP's merges."""
+    merges = [f"x{i} y{i}" for i in range(install.VOCAB_SIZE - 512 - 2)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(("#version: 0.2\n" + "\n".join(merges) + "\nnot taken\n").encode()))
+    return path
+
+
+CLIP_L, BIG_G = "openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"
+
+
+def test_the_tokenizer_folder_comes_from_the_hub_cache_then_open_clip_then_the_hub(tmp_path, monkeypatch):
+    # the hub's cache holds CLIP-L (a run online left it); open_clip, on sd-scripts' Python's path, has the BPE file
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--openai--clip-vit-large-patch14" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    vocab = {f"t{i}": i for i in range(install.VOCAB_SIZE - 2)} | {install.BOS: install.VOCAB_SIZE - 2, install.EOS: install.VOCAB_SIZE - 1}
+    (snapshot / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    for name in ("merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (snapshot / name).write_text("{}", encoding="utf-8")
+    (snapshot / "model.safetensors").write_bytes(b"weights")  # not a tokenizer's: not copied
+    site = tmp_path / "site"
+    fake_bpe(site / "open_clip" / install.BPE_FILE)
+    (site / "open_clip" / "__init__.py").write_text("raise ImportError('imports torch')\n", encoding="utf-8")  # found, not imported
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    said = []
+    out = tmp_path / "tokenizers"
+    install.make_tokenizers(out, sys.executable, said.append, cache)
+    assert said == [f"tokenizer {out / CLIP_L}: copied from the Hugging Face cache ({snapshot})",
+                    f"tokenizer {out / BIG_G}: built from {site / 'open_clip' / install.BPE_FILE}"]
+    assert sorted(p.name for p in (out / CLIP_L).iterdir()) == ["merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+    assert json.loads((out / BIG_G / "special_tokens_map.json").read_text(encoding="utf-8"))["pad_token"] == "!"  # bigG pads with "!"
+    built = json.loads((out / BIG_G / "vocab.json").read_text(encoding="utf-8"))
+    assert len(built) == install.VOCAB_SIZE and built["x0y0"] == 512 and built[install.EOS] == install.VOCAB_SIZE - 1
+    # again: both there already, nothing made
+    said.clear()
+    install.make_tokenizers(out, sys.executable, said.append, cache)
+    assert said == [f"tokenizer {out / CLIP_L}: there already", f"tokenizer {out / BIG_G}: there already"]
+
+
+def test_no_tokenizer_offline_says_the_ways_and_a_wrong_vocabulary_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    out = tmp_path / "tokenizers"
+    with pytest.raises(EnvironmentProblem) as e:
+        install.make_tokenizers(out, sys.executable, [].append, tmp_path / "empty-cache")
+    assert e.value.message.startswith(f"no openai/clip-vit-large-patch14 tokenizer here: not in the Hugging Face cache ({tmp_path / 'empty-cache'}), "
+                                      "no open-clip-torch, and HF_HUB_OFFLINE is set; run with --tokenizer-cache-dir DIR once on a machine with hub access")
+    assert not out.exists()
+    # a folder that holds another vocabulary is not taken for CLIP's
+    (out / CLIP_L).mkdir(parents=True)
+    (out / CLIP_L / "vocab.json").write_text('{"a": 0}', encoding="utf-8")
+    with pytest.raises(EnvironmentProblem, match=r"is not CLIP's vocabulary \(1 tokens, not 49408\): remove "):
+        install.make_tokenizers(out, sys.executable, [].append, tmp_path / "empty-cache")
+
+
+def test_setup_tokenizers_makes_the_folder_then_doctor_checks_it(fake_engine, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    site = tmp_path / "site"
+    fake_bpe(site / "clip" / install.BPE_FILE)  # OpenAI's clip package ships the same file
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    out = tmp_path / "tok"
+    result = setup("--sd-scripts", str(fake_engine.root), "--tokenizers", str(out))
+    assert f"tokenizer {out / CLIP_L}: built from {site / 'clip' / install.BPE_FILE}" in result.stderr
+    assert f"tokenizers: {out} (--tokenizer-cache-dir {out} --offline); doctor:" in result.stderr
+    assert f"{out} has {CLIP_L}" in result.stdout  # doctor's tokenizer row
+    assert not (fake_engine.root / "venv").exists()  # nothing else set up
+
+
+def test_setup_ps1_and_the_makefile_give_setup_only_its_own_options():
+    # Windows' one command (never run on Windows here) and `make setup` call `copymachine setup`
+    import re
+
+    from copymachine.cli.install import setup as setup_command
+
+    options = {o for p in setup_command.params for o in p.opts}
+    repo = Path(__file__).resolve().parent.parent
+    ps1 = (repo / "setup.ps1").read_text(encoding="utf-8")
+    assert set(re.findall(r'"(--[a-z-]+)"', ps1)) == {"--torch", "--sd-scripts", "--base-python"} <= options
+    make_setup = next(line for line in (repo / "Makefile").read_text(encoding="utf-8").splitlines() if line.startswith("\t$(BIN)/copymachine setup"))
+    assert set(re.findall(r"(--[a-z-]+)", make_setup)) == {"--sd-scripts", "--torch", "--base-python"}

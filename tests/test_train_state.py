@@ -75,7 +75,7 @@ def test_a_killed_training_resumes_at_its_last_saved_step(fake_engine, scene, tm
 
     result = CliRunner().invoke(cli, argv, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "copy LoRA: resuming at step 4 of 6 (saved state copy-lora-step00000004-state)" in result.output
+    assert "copy LoRA (memo step 2): resuming at step 4 of 6 (saved state copy-lora-step00000004-state)" in result.output
     (resumed,) = _trainings(fake_engine, "copy-lora")  # a SIGKILLed call records nothing
     assert resumed["config"]["save_every_n_steps"] == 2
     assert resumed["config"]["resume"] == str(state) and resumed["config"]["skip_until_initial_step"] is True
@@ -97,7 +97,7 @@ def test_a_state_of_other_inputs_is_removed_not_resumed(fake_engine, scene, tmp_
 
     result = CliRunner().invoke(cli, [*argv, "--set", "effect.learning_rate=0.0002"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "custom: effect LoRA: removed a saved training state of other inputs (another stage key)" in result.output
+    assert "custom: effect LoRA (memo step 5): removed a saved training state of other inputs (another stage key)" in result.output
     assert "resuming" not in result.output
     last = _trainings(fake_engine, "effect-lora")[-1]
     assert "resume" not in last["config"]
@@ -152,7 +152,7 @@ def test_an_sd_scripts_without_the_options_saves_no_state_and_says_so(fake_engin
     argv = [a if a != str(fake_engine.root) else str(fake) for a in _argv(fake_engine, original, edited, tmp_path / "run")]
     result = CliRunner().invoke(cli, argv, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "train_network.py has no --skip_until_initial_step: copy LoRA saves no state, so a killed training starts again at step 0" in result.output
+    assert "train_network.py has no --skip_until_initial_step: copy LoRA (memo step 2) saves no state, so a killed training starts again at step 0" in result.output
     assert all("save_state" not in c["config"] for c in fake_engine.calls() if c["script"].endswith("train_network.py"))
 
 
@@ -193,7 +193,7 @@ def test_samples_and_state_do_not_change_the_stage_keys(fake_engine, scene, tmp_
     assert CliRunner().invoke(cli, plain, catch_exceptions=False).exit_code == 0
     again = CliRunner().invoke(cli, [*plain, "--samples", "2", "--tensorboard", "--set", "watch.save_every_n_steps=2"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
-    assert "copy LoRA: up to date, skipped" in again.output and "effect LoRA: up to date, skipped" in again.output
+    assert "copy LoRA (memo step 2): up to date, skipped" in again.output and "effect LoRA (memo step 5): up to date, skipped" in again.output
 
 
 def _copy_stop_run(fake_engine, scene, tmp_path, *extra):
@@ -213,7 +213,7 @@ def _copy_stop_run(fake_engine, scene, tmp_path, *extra):
 def test_copy_stop_stops_after_the_first_segment_when_the_copy_copies(fake_engine, scene, tmp_path, monkeypatch):
     monkeypatch.setenv("COPYMACHINE_FAKE_COPY", str(tmp_path / "original.png"))  # gen_img renders the original: SSIM 1
     result, record, _ = _copy_stop_run(fake_engine, scene, tmp_path)
-    assert "copy LoRA: copy check at step 2 of 6: SSIM 1.000, 1.000, 1.000, 1.000 (mean 1.000, stop at >= 0.9) -> copies: stopping here" in result.output
+    assert "copy LoRA (memo step 2): copy check at step 2 of 6: SSIM 1.000, 1.000, 1.000, 1.000 (mean 1.000, stop at >= 0.9) -> copies: stopping here" in result.output
     assert record["stopped_at"] == 2 and record["stopped_early"] is True and record["ceiling"] == 6
     assert [c["step"] for c in record["checks"]] == [2]
     trainings = _trainings(fake_engine, ".partial/copy-lora")
@@ -270,7 +270,7 @@ def test_copy_stop_renders_and_scores_as_the_copy_check(fake_engine, scene, tmp_
         argv += ["--clip-skip", "2"] if plan == "clip-skip-2" else ["--v-pred"]
     result = CliRunner().invoke(cli, argv, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "copy LoRA: copy check at step 2 of 6" in result.output
+    assert "copy LoRA (memo step 2): copy check at step 2 of 6" in result.output
     gens = [c for c in fake_engine.calls() if c["script"] == "gen_img.py"]
     outdir = [Path(c["argv"][c["argv"].index("--outdir") + 1]) for c in gens]
     stop = [c for c, d in zip(gens, outdir) if d.name == "check-00000002"]

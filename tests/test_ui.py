@@ -234,7 +234,7 @@ def test_cancel_is_ctrl_c_and_retry_resumes(fake_engine, scene, tmp_path, monkey
         assert store.state(job_id)["exit_code"] == 130
         assert "copymachine: interrupted; sd-scripts was stopped" in "\n".join(store.view(job_id)["log_tail"])
         done_before = [s["title"] for s in store.view(job_id)["stages"] if s["status"] == "done"]
-        assert done_before == ["original image", "contrast: edited image", "captions"]
+        assert done_before == ["original image (memo step 1)", "contrast: edited image (memo step 4)", "captions (memo step 2)"]
         monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "0")
         worker.env = None
         worker.retry(job_id)

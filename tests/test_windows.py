@@ -48,7 +48,7 @@ def test_output_is_utf8_whatever_the_console_code_page(fake_engine, scene, tmp_p
     failed = _train(fake_engine, folder, folder / "失敗", encoding, fail="train_network:nan")
     stderr = failed.stderr.decode("utf-8")
     assert failed.returncode != 0
-    assert "copymachine: error: stage 'contrast: effect LoRA' (train_network.py) produced NaN loss" in stderr
+    assert "copymachine: error: stage 'contrast: effect LoRA (memo step 5)' (train_network.py) produced NaN loss" in stderr
     assert "█" in stderr and "学習ステップ数" in stderr  # the log's tail, as sd-scripts wrote it
     assert "Traceback" not in stderr
 

@@ -41,7 +41,18 @@ class CopymachineGroup(click.Group):
 @click.version_option(__version__, prog_name="copymachine")
 def cli():
     """Turn one image and one edit of it into a slider LoRA (the copy-machine LoRA method),
-    by driving kohya-ss sd-scripts."""
+    by driving kohya-ss sd-scripts.
+
+    \b
+    Start here:
+      copymachine setup                      # sd-scripts, its venv and torch (or --sd-scripts DIR you have)
+      copymachine doctor                     # is this machine ready?
+      copymachine train --effect outline --base sd15.safetensors --image picture.png --dry-run
+      copymachine train --effect outline --base sd15.safetensors --image picture.png
+    \b
+    Each command's own help: copymachine COMMAND --help. A smoke test on the CPU:
+      ... --resolution 64 --max-steps 3 --no-copy-check
+    """
 
 
 # Each module adds its commands to `cli` when imported.

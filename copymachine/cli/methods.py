@@ -22,20 +22,21 @@ def echo_finals(finals: list[Path]) -> None:
 @cli.command()
 @run_options("train")
 def train(**options):
-    """Train a slider LoRA with the copy-machine method (memo steps 1-5, 9).
+    """Train a slider LoRA with the copy-machine method. Its stages, in the order they run (the
+    edit first, so a bad edit stops the run before any training), each with the memo's step:
 
     \b
-    1. original image   --image, or generated from the base model
-    2. edit             a built-in effect, or your --edited image (checked first)
-    3. captions         one fixed caption, the same for both images
-    4. copy LoRA        over-fit on the original (dim 64, 3072 steps), cached
-    5. copy model       the copy LoRA merged into the base model, cached
-    6. copy check       does the copy model copy? (SSIM >= 0.8; --no-copy-check)
-    7. effect LoRA      trained on the copy model with the edited image
-    8. resize           to rank 8 -> <run folder>/<name>.safetensors
+    memo step 1  original image   --image, or generated from the base model
+    memo step 4  edited image     a built-in effect, or your --edited image (checked first)
+    memo step 2  captions         one fixed caption, the same for both images
+    memo step 2  copy LoRA        over-fit on the original (dim 64, 3072 steps), cached
+    memo step 3  copy model       the base model + the copy LoRA, in memory (--copy-model file: a file)
+    memo step 3  copy check       does the copy model copy? (SSIM >= 0.8; --no-copy-check)
+    memo step 5  effect LoRA      trained on the copy model with the edited image
+    memo step 9  resize           to rank 8 -> final LoRA <run folder>/<name>.safetensors
 
     With several images (--image a.png --image b.png, or --images DIR) each gets its own copy
-    machine and effect LoRA, combined by the memo's steps 7-9 (or --combine svd).
+    machine and effect LoRA (memo step 6), combined by the memo's steps 7-9 (or --combine svd).
     Re-running the same command skips every finished stage; a killed run resumes.
 
     \b
@@ -51,12 +52,17 @@ def train(**options):
 @cli.command()
 @run_options("diff")
 def diff(**options):
-    """Train a slider LoRA with the difference-extraction method (差分抽出法).
+    """Train a slider LoRA with the difference-extraction method (差分抽出法). Its stages, in the
+    order they run, each with its step in the memo's difference extraction:
 
     \b
-    1. LoRA A   over-fitted copy of the original (4096 steps) on the base model, cached
-    2. LoRA B   over-fitted copy of the edited image, same recipe
-    3. B - A    svd_merge_lora.py --new_rank 8 --precision float --save_precision fp16
+    memo step 1  original image                --image, or generated from the base model
+    memo step 3  edited image                  a built-in effect, or your --edited image (checked first)
+    memo step 2  captions                      one fixed caption, the same for both images
+    memo step 2  LoRA A of the original        over-fitted (4096 steps) on the base model, cached
+    memo step 2  copy check                    does LoRA A copy? (SSIM >= 0.8; --no-copy-check)
+    memo step 4  LoRA B of the edited image    the same recipe
+    memo step 5  difference B - A              svd_merge_lora.py --new_rank 8 --save_precision fp16
 
     Positive strength = more of the edit (B - A). The memo's --ratios 1 -1 gave A - B,
     where positive strength removed the edit: --sign memo reproduces that.

@@ -44,7 +44,7 @@ def test_clip_skip_v_pred_and_sd_arg_reach_the_real_scripts(tmp_path_factory, sd
     # image before scoring it (exit 1)
     assert first.returncode in (1, 7), first.stderr[-4000:]
     if first.returncode == 1:
-        assert "stage 'copy check': gen_img.py rendered a blank image (black): copy-1.png" in first.stderr, first.stderr[-2000:]
+        assert "stage 'copy check (memo step 3)': gen_img.py rendered a blank image (black): copy-1.png" in first.stderr, first.stderr[-2000:]
     assert "v-prediction (--v-pred), clip skip 2" in first.stderr
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     stages = {s["name"]: s for s in manifest["stages"]}

@@ -82,7 +82,7 @@ def test_copy_check_reports_no_copy_on_random_weights(ws, copy_check_run):
 
     # a re-run judges again without rendering again: same exit, the stage skipped
     again, wall2 = timed(ws["train"], ws["env"])
-    assert again.returncode == 7 and "copy check: up to date, skipped" in again.stderr
+    assert again.returncode == 7 and "copy check (memo step 3): up to date, skipped" in again.stderr
     print(f"re-run wall {wall2:.0f} s")
 
 

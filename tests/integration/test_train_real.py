@@ -142,7 +142,7 @@ def test_dry_run_prints_commands(workspace, custom_run):
     result = run_cli(args + ["--dry-run"], ws["env"])
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout
-    assert "# [4/7] copy LoRA: up to date" in out  # the cached copy machine is found
+    assert "# [4/7] copy LoRA (memo step 2): up to date" in out  # the cached copy machine is found
     assert "train_network.py" in out and "resize_lora.py" in out
     assert not (ws["root"] / "runs" / "dry" / "dry-custom.safetensors").exists()
 

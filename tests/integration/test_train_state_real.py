@@ -80,7 +80,7 @@ def test_a_killed_training_resumes_at_step_4_and_ends_at_step_6(tmp_path, sd_scr
     assert state is not None, "the state of step 4 was not seen"
     resumed = run_cli(argv, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "copy LoRA: resuming at step 4 of 6" in resumed.stderr
+    assert "copy LoRA (memo step 2): resuming at step 4 of 6" in resumed.stderr
     log = (root / "killed" / "logs" / "copy-lora.log").read_text(encoding="utf-8", errors="replace")
     assert "load train state from" in log and "'current_step': 4" in log and "skipping 4 steps" in log
     lora = _copy_lora(root, "killed")
