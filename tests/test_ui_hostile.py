@@ -87,9 +87,14 @@ def test_a_foreign_host_reads_nothing(ui, path):
 def test_a_request_without_the_token_is_refused(ui):
     app, port = ui
     host = {"Host": f"localhost:{port}"}
-    for path in ("/api/info", "/api/jobs", f"/file?path={app.runs}/x.png", "/"):
+    for path in ("/api/info", "/api/jobs", f"/file?path={app.runs}/x.png"):
         status, data, _ = call(port, "GET", path, headers=host)
         assert "no valid token" in refused(status, data)
+    # the page itself: a 403 that is a page saying what to do, and holds no token
+    for path in ("/", "/index.html", "/?token=guess"):
+        status, page, headers = call(port, "GET", path, headers=host)
+        assert status == 403 and headers["Content-Type"].startswith("text/html") and "Set-Cookie" not in headers
+        assert b"no valid token" in page and b"open the new address" in page and app.token.encode() not in page
     status, data, _ = call(port, "GET", "/api/info", headers={**host, "X-Copymachine-Token": "guess"})
     assert "no valid token" in refused(status, data)
     # the static files hold no secret: the page's script loads before the token is checked

@@ -20,6 +20,9 @@ MAX_UPLOAD = 64 * 2**20
 # image, a decompression bomb); a 50 MP phone photo passes
 MAX_PIXELS = 64_000_000
 PREVIEW_CACHE = 8
+# a larger picture is scaled to this many pixels for the previews (the run decides its training size
+# itself, from the uploaded file: a preview never needs the full picture)
+PREVIEW_PIXELS = 16_000_000
 
 
 def safe_name(name: str) -> str:
@@ -56,15 +59,17 @@ class RunsFiles:
                         im.verify()
             except Exception:
                 tmp.unlink()
-                raise InputError(f"{name} is not a readable image file") from None
+                raise InputError(f"{name} is not a picture (PNG, JPEG, WebP …) or cannot be read") from None
             if pixels > MAX_PIXELS:
                 tmp.unlink()
                 limit = f"above the UI's {MAX_PIXELS / 1e6:.0f}; scale it down first"
                 raise InputError(f"{name}: {pixels / 1e6:.0f} megapixels, {limit}")
             tmp.replace(path)
         image = self.image(str(path))
-        return {"path": str(path), "name": path.name, "width": image.width, "height": image.height,
-                "url": self.url(path)}
+        with Image.open(path) as im:
+            width, height = im.size
+        return {"path": str(path), "name": path.name, "width": width, "height": height,
+                "preview": [image.width, image.height], "url": self.url(path)}
 
     def image(self, path: str) -> Image.Image:
         resolved = Path(path).resolve()
@@ -74,7 +79,12 @@ class RunsFiles:
             if path not in self._images:
                 if len(self._images) >= PREVIEW_CACHE:
                     self._images.pop(next(iter(self._images)))
-                self._images[path] = load_rgb(resolved)
+                image = load_rgb(resolved)
+                if image.width * image.height > PREVIEW_PIXELS:
+                    scale = (PREVIEW_PIXELS / (image.width * image.height)) ** 0.5
+                    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+                    image = image.resize(size, Image.Resampling.LANCZOS)
+                self._images[path] = image
             return self._images[path]
 
     def allowed(self, path: Path) -> bool:

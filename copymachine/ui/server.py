@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import io
 import json
 import mimetypes
 import re
 import secrets
+import socket
+import threading
+import time
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +55,17 @@ TOKEN_HEADER = "X-Copymachine-Token"
 # the content types a page of another origin may POST without asking (a CORS "simple" request)
 SIMPLE_CONTENT_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
 MAX_JSON_BODY = 2**20
+DUPLICATE_SECONDS = 10  # the same job added again within this is a double click, refused
+NO_TOKEN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>copymachine: open the printed address</title>
+<link rel="stylesheet" href="/static/style.css"></head><body><main><div class="panel" id="no-token">
+<h1>copymachine: no valid token</h1>
+<p>This page needs the address <code>copymachine ui</code> printed when it started, with its token:</p>
+<pre>copymachine ui: http://127.0.0.1:7860/?token=…</pre>
+<p>Find that line in the terminal where the UI runs (scroll up), or start it again with <code>copymachine ui</code>
+and open the new address: the token is new at each start, so an address from before a restart no longer works.</p>
+</div></main></body></html>
+"""
 # job keys a page may not set: the engine is the UI's, fixed when it starts (a page naming `python`
 # would choose the program the worker runs)
 ENGINE_KEYS = tuple(ENGINE_OPTIONS.values())
@@ -105,6 +120,8 @@ class App:
         self.token = secrets.token_urlsafe(24)
         self.hosts: tuple[str, ...] = LOCAL_HOSTS  # set by make_server: the names this UI answers to
         self.port: int | None = None
+        self._added: dict[str, tuple[float, str]] = {}  # a job's JSON -> when it was added, its id
+        self._add_lock = threading.Lock()
 
     def check_host(self, host_header: str) -> None:
         """The Host header names this UI (DNS rebinding: a foreign site's name resolving to 127.0.0.1)."""
@@ -185,12 +202,21 @@ class App:
         if not table.get("out"):
             name = table.get("name") or (Path(table["image"][0]).stem if table.get("image") else "generated")
             table["out"] = str(self.runs / safe_name(str(name)))
-        job_id = self.store.add(table, self.engine_overrides)
+        key = json.dumps(table, sort_keys=True)
+        with self._add_lock:
+            when, earlier = self._added.get(key, (0.0, ""))
+            if time.monotonic() - when < DUPLICATE_SECONDS:
+                raise InputError(f"the same job was added {time.monotonic() - when:.0f} s ago (job {earlier}); "
+                                 "change something to add another")
+            job_id = self.store.add(table, self.engine_overrides)
+            self._added = {k: v for k, v in self._added.items() if time.monotonic() - v[0] < DUPLICATE_SECONDS}
+            self._added[key] = (time.monotonic(), job_id)
         try:
             job = jobfile.load_jobs(self.store.files(job_id).toml, self.engine_overrides)[0]
             run.check_inputs(job.options, Reporter(stream=io.StringIO()))
         except BaseException:
             self.store.remove(job_id)
+            self._added.pop(key, None)
             raise
         self.worker.wake()
         return {"id": job_id, "label": self.store.state(job_id).get("label")}
@@ -332,6 +358,8 @@ class Handler(JsonHandler):
             self._extra_headers = self._guard(method, url.path, query)
         except Refused as e:
             self.close_connection = True
+            if method == "GET" and url.path in ("/", "/index.html") and str(e).startswith("no valid token"):
+                return self._send(403, NO_TOKEN_PAGE.encode("utf-8"), "text/html; charset=utf-8")
             return self._error(str(e), 403)
         try:
             self._route(method, url.path, query)
@@ -359,7 +387,7 @@ class Handler(JsonHandler):
             return self._json({"version": __version__, "effects": effect_catalogue(), "options": schema(),
                                "models": app.models_list(), "runs": str(app.runs), "recovered": app.recovered})
         if method == "GET" and path == "/api/jobs":
-            return self._json({"jobs": app.jobs(), "running": app.worker.current})
+            return self._jobs()
         if method == "GET" and path == "/api/results":
             return self._json({"results": app.results()})
         if method == "GET" and path == "/file":
@@ -378,6 +406,17 @@ class Handler(JsonHandler):
             getattr(app.worker, action)(job_id)
             return self._json({"id": job_id, "action": action})
         self._error(f"not found: {path}", 404)
+
+    def _jobs(self) -> None:
+        """The queue, with an ETag: the page polls with If-None-Match and gets 304 while nothing changed."""
+        body = json.dumps({"jobs": self.app.jobs(), "running": self.app.worker.current}, default=str).encode()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return
+        self._send(200, body, "application/json; charset=utf-8", {"ETag": etag})
 
     def _static(self, name: str) -> None:
         if "/" in name or name.startswith("."):
@@ -413,7 +452,10 @@ def check_host(host: str, share_on_network: bool) -> str | None:
 
 def make_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
     handler = type("BoundHandler", (Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
+    # an IPv6 address (--host ::1) needs an IPv6 socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("UiServer", (ThreadingHTTPServer,), {"address_family": family})
+    server = server_class((host, port), handler)
     server.daemon_threads = True
     # a wildcard address answers to any name of the machine (--share-on-network, with --auth)
     app.hosts = ("*",) if host in WILDCARD_HOSTS else tuple(dict.fromkeys((host, *LOCAL_HOSTS)))
