@@ -164,7 +164,9 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         css("#original-file").send_keys(str(text))
         wait_for(lambda: "notes.txt is not a picture: upload a PNG, JPEG or WebP image" in css("#original-info").text, what="the non-image message")
         # the models folder is offered; the base model typed
-        assert str(base) in [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#models option")]
+        options = {o.get_attribute("value"): o.get_attribute("label") for o in d.find_elements(By.CSS_SELECTOR, "#models option")}
+        assert options[str(base)] == "Stable Diffusion 1.x · sd15-base.safetensors"
+        assert f"Models from {models}" in css("#model-folders").text
         css("#base").send_keys(str(base))
         css("#original-file").send_keys(str(picture))
         wait_for(lambda: "192×192" in css("#original-info").text, what="the upload")

@@ -27,6 +27,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +42,7 @@ from copymachine import __version__
 from copymachine import effects as effect_registry
 from copymachine.errors import CopymachineError, InputError
 from copymachine.jobfile import ENGINE_KEYS as ENGINE_OPTIONS
+from copymachine.models import V_PRED_KEY, inspect_base_model
 from copymachine.options import PATHS, job_keys, schema
 from copymachine.progress import Reporter
 from copymachine.ui import results as results_page
@@ -50,6 +52,8 @@ from copymachine.ui.store import JobStore, Worker
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
+# the job keys naming a model to read: a file linked into a models folder is the user's own choice
+MODEL_KEYS = ("base", "preview-model")
 TOKEN_COOKIE = "copymachine_token"
 TOKEN_HEADER = "X-Copymachine-Token"
 # the content types a page of another origin may POST without asking (a CORS "simple" request)
@@ -90,6 +94,15 @@ def _png_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def model_family(path: Path) -> str:
+    """A checkpoint's family from its header (SD 1.x, SDXL …, v-pred when marked), or why not."""
+    try:
+        info = inspect_base_model(path, for_training=False)
+    except CopymachineError:
+        return "not a checkpoint copymachine knows"
+    return info.family.label + (" v-pred" if V_PRED_KEY in info.markers else "")
+
+
 def effect_catalogue() -> list[dict[str, Any]]:
     """The effects and their parameters, as the registry declares them (the page's sliders)."""
     out = []
@@ -106,10 +119,13 @@ class App:
     """What the handler needs: the folders and their files, the store, the worker, the engine
     options; the previews and the jobs the Make and Queue pages ask for."""
 
-    def __init__(self, runs: Path, models: Path | None, queue_args: list[str], auth: str | None = None,
-                 engine_overrides: dict[str, Any] | None = None):
+    def __init__(self, runs: Path, models: Path | Sequence[Path] | None, queue_args: list[str],
+                 auth: str | None = None, engine_overrides: dict[str, Any] | None = None):
         self.runs = Path(runs).resolve()
-        self.models = Path(models).resolve() if models else None
+        folders = [models] if isinstance(models, (str, Path)) else list(models or [])
+        self.model_folders = list(dict.fromkeys(Path(m).expanduser().resolve() for m in folders))
+        self.models = self.model_folders[0] if self.model_folders else None
+        self._families: dict[tuple[str, float], str] = {}
         self.ui_dir = self.runs / "_ui"
         self.files = RunsFiles(self.runs)
         self.store = JobStore(self.ui_dir / "queue")
@@ -139,8 +155,8 @@ class App:
 
     def check_paths(self, table: dict[str, Any], path_keys: list[str]) -> None:
         """A page's paths lie under --models or --runs (resolved, symlinks followed)."""
-        roots = [self.runs] + ([self.models] if self.models else [])
-        models = f" or the models folder ({self.models})" if self.models else ""
+        roots = [self.runs, *self.model_folders]
+        models = f" or a models folder ({', '.join(map(str, self.model_folders))})" if self.models else ""
         rule = f"paths from the page must lie under the runs folder ({self.runs}){models}"
         for key in path_keys:
             values = table.get(key)
@@ -150,8 +166,17 @@ class App:
                 if not isinstance(value, str):
                     raise InputError(f"{key}: a path must be a string")
                 resolved = Path(value).expanduser().resolve()
+                if key in MODEL_KEYS and self.linked_model(Path(value).expanduser()):
+                    continue
                 if not any(resolved == r or r in resolved.parents for r in roots):
                     raise InputError(f"{key} {value}: {rule}")
+
+    def linked_model(self, path: Path) -> bool:
+        """A model file (a link, maybe) in a models folder: its folder, links followed, is one of them."""
+        if ".." in path.parts or path.suffix.lower() not in MODEL_SUFFIXES:
+            return False
+        folder = path.absolute().parent.resolve()
+        return any(folder == r or r in folder.parents for r in self.model_folders)
 
     def preview(self, body: dict[str, Any]) -> dict[str, Any]:
         """One effect's edit of the original with the check's verdict, by the edit stage's code."""
@@ -233,10 +258,17 @@ class App:
     def results(self) -> list[dict[str, Any]]:
         return results_page.results(self.jobs(), self.files)
 
-    def models_list(self) -> list[str]:
-        if not self.models or not self.models.is_dir():
-            return []
-        return sorted(str(p) for p in self.models.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+    def models_list(self) -> list[dict[str, str]]:
+        """The models in the models folders (links to files included), each with its family."""
+        found = sorted({p for folder in self.model_folders if folder.is_dir() for p in folder.rglob("*")
+                        if p.suffix.lower() in MODEL_SUFFIXES and p.is_file() and self.linked_model(p)})
+        out = []
+        for path in found:
+            key = (str(path), path.stat().st_mtime)
+            if key not in self._families:
+                self._families[key] = model_family(path)
+            out.append({"path": str(path), "family": self._families[key]})
+        return out
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -385,7 +417,8 @@ class Handler(JsonHandler):
             return self._static(path[len("/static/") :])
         if method == "GET" and path == "/api/info":
             return self._json({"version": __version__, "effects": effect_catalogue(), "options": schema(),
-                               "models": app.models_list(), "runs": str(app.runs), "recovered": app.recovered})
+                               "models": app.models_list(), "runs": str(app.runs),
+                               "model_folders": [str(m) for m in app.model_folders], "recovered": app.recovered})
         if method == "GET" and path == "/api/jobs":
             return self._jobs()
         if method == "GET" and path == "/api/results":

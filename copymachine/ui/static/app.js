@@ -392,7 +392,8 @@ async function start() {
   state.info = info;
   $("#version").textContent = `copymachine ${info.version} · runs in ${info.runs}`;
   $("#queue-folder").textContent = `${info.runs}/_ui/queue`;
-  for (const m of info.models) $("#models").append(el("option", { value: m }));
+  for (const m of info.models) $("#models").append(el("option", { value: m.path, label: `${m.family} · ${m.path.split(/[\\/]/).pop()}` }));
+  $("#model-folders").textContent = info.model_folders.length ? `Models from ${info.model_folders.join(", ")}; a model linked into one of them is accepted.` : "No models folder: a model must lie under the runs folder.";
   buildEffects(info.effects);
   applyLimits(info.options);
   for (const radio of $$("input[name=source]")) radio.addEventListener("change", () => {
