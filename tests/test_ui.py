@@ -191,6 +191,18 @@ def test_a_picture_above_16_megapixels_is_scaled_for_the_previews(served, tmp_pa
     assert app.files.image(data["path"]).size == (width, height)  # what the previews edit
 
 
+def test_the_model_folders_next_to_sd_scripts_are_found(tmp_path):
+    from copymachine.ui.files import model_folders_near
+
+    kohya = tmp_path / "kohya_ss"
+    (kohya / "sd-scripts").mkdir(parents=True)
+    (kohya / "models").mkdir()
+    comfy = tmp_path / "ComfyUI" / "models" / "checkpoints"
+    comfy.mkdir(parents=True)
+    assert model_folders_near(kohya / "sd-scripts") == [(kohya / "models").resolve(), comfy.resolve()]
+    assert model_folders_near(None) == []
+
+
 def test_the_ui_listens_on_ipv6_loopback(tmp_path):
     app = App(tmp_path / "runs", None, [], engine_overrides={})
     try:

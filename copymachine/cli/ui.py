@@ -29,7 +29,8 @@ from copymachine.progress import Reporter
               show_default=True, help="Where jobs, uploads (<runs>/_ui) and run folders go.")
 @click.option("--models", "models_dirs", type=click.Path(file_okay=False, path_type=Path), multiple=True,
               help="A folder of models to pick the base and preview models from (repeat for several; the folders "
-                   "in COPYMACHINE_MODELS, separated by the path separator, are added). A model linked into one "
+                   "in COPYMACHINE_MODELS, separated by the path separator, and the model folders of kohya_ss, "
+                   "A1111, Forge or ComfyUI next to the sd-scripts in use are added). A model linked into one "
                    "of them is accepted.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               help="Run each job as a Ray task on the Ray cluster at ADDRESS (default auto), as `copymachine queue "
@@ -52,6 +53,7 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dirs, ray_address, *
     Example:
       copymachine ui --models ~/models
     """
+    from copymachine.ui.files import model_folders_near
     from copymachine.ui.server import App, check_host, make_server
 
     reporter = Reporter()
@@ -65,7 +67,9 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dirs, ray_address, *
             reporter.info(f"copymachine ui: no --auth given, so the page asks for user and password {auth}")
     queue_args, overrides = queue_options(engine, ray_address)
     from_env = [Path(p) for p in os.environ.get("COPYMACHINE_MODELS", "").split(os.pathsep) if p]
-    app = App(runs_dir, [*models_dirs, *(p for p in from_env if p.is_dir())], queue_args, auth=auth,
+    sd_scripts = engine.get("sd_scripts") or os.environ.get("SD_SCRIPTS")
+    near = model_folders_near(Path(sd_scripts)) if sd_scripts else []
+    app = App(runs_dir, [*models_dirs, *(p for p in from_env if p.is_dir()), *near], queue_args, auth=auth,
               engine_overrides=overrides)
     try:
         server = make_server(app, host, port)

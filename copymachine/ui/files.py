@@ -25,6 +25,22 @@ PREVIEW_CACHE = 8
 PREVIEW_PIXELS = 16_000_000
 
 
+# where the UIs users keep beside sd-scripts hold their checkpoints, from the folder above sd-scripts
+# (kohya_ss/sd-scripts) or the one above that: kohya_ss, A1111, Forge, ComfyUI
+MODEL_LAYOUTS = ("models", "models/Stable-diffusion", "models/checkpoints",
+                 "stable-diffusion-webui/models/Stable-diffusion",
+                 "stable-diffusion-webui-forge/models/Stable-diffusion", "ComfyUI/models/checkpoints")
+
+
+def model_folders_near(sd_scripts: Path | None) -> list[Path]:
+    """The model folders of kohya_ss / A1111 / Forge / ComfyUI found next to the sd-scripts in use."""
+    if sd_scripts is None:
+        return []
+    here = Path(sd_scripts).expanduser().resolve()
+    return [up / layout for up in (here.parent, here.parent.parent) for layout in MODEL_LAYOUTS
+            if (up / layout).is_dir()]
+
+
 def safe_name(name: str) -> str:
     stem = Path(name).stem
     clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem).strip("_") or "image"
