@@ -11,8 +11,9 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from copymachine.errors import InputError
+from copymachine.errors import CopymachineError, InputError
 from copymachine.images import load_rgb
+from copymachine.models import V_PRED_KEY, inspect_base_model
 from copymachine.request import IMAGE_SUFFIXES
 
 MAX_UPLOAD = 64 * 2**20
@@ -113,3 +114,41 @@ class RunsFiles:
 
     def url(self, path: Path, download: bool = False) -> str:
         return "/file?path=" + quote(str(Path(path).resolve())) + ("&download=1" if download else "")
+
+
+class ModelFolders:
+    """The models folders: what the page lists (each model with its family) and what Add takes."""
+
+    SUFFIXES = (".safetensors", ".ckpt")
+
+    def __init__(self, folders: list[Path]):
+        self.folders = list(dict.fromkeys(Path(m).expanduser().resolve() for m in folders))
+        self._families: dict[tuple[str, float], str] = {}
+
+    def linked(self, path: Path) -> bool:
+        """A model file (a link, maybe) in a models folder: its folder, links followed, is one of them."""
+        if ".." in path.parts or path.suffix.lower() not in self.SUFFIXES:
+            return False
+        folder = path.absolute().parent.resolve()
+        return any(folder == r or r in folder.parents for r in self.folders)
+
+    def listed(self) -> list[dict[str, str]]:
+        """The models in the folders (links to files included), each with its family."""
+        found = sorted({p for folder in self.folders if folder.is_dir() for p in folder.rglob("*")
+                        if p.suffix.lower() in self.SUFFIXES and p.is_file() and self.linked(p)})
+        out = []
+        for path in found:
+            key = (str(path), path.stat().st_mtime)
+            if key not in self._families:
+                self._families[key] = self.family(path)
+            out.append({"path": str(path), "family": self._families[key]})
+        return out
+
+    @staticmethod
+    def family(path: Path) -> str:
+        """A checkpoint's family from its header (SD 1.x, SDXL …, v-pred when marked), or why not."""
+        try:
+            info = inspect_base_model(path, for_training=False)
+        except CopymachineError:
+            return "not a checkpoint copymachine knows"
+        return info.family.label + (" v-pred" if V_PRED_KEY in info.markers else "")

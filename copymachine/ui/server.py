@@ -42,16 +42,14 @@ from copymachine import __version__
 from copymachine import effects as effect_registry
 from copymachine.errors import CopymachineError, InputError
 from copymachine.jobfile import ENGINE_KEYS as ENGINE_OPTIONS
-from copymachine.models import V_PRED_KEY, inspect_base_model
 from copymachine.options import PATHS, job_keys, schema
 from copymachine.progress import Reporter
 from copymachine.ui import results as results_page
-from copymachine.ui.files import MAX_UPLOAD, RunsFiles, safe_name
+from copymachine.ui.files import MAX_UPLOAD, ModelFolders, RunsFiles, safe_name
 from copymachine.ui.store import JobStore, Worker
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-MODEL_SUFFIXES = (".safetensors", ".ckpt")
 # the job keys naming a model to read: a file linked into a models folder is the user's own choice
 MODEL_KEYS = ("base", "preview-model")
 TOKEN_COOKIE = "copymachine_token"
@@ -94,15 +92,6 @@ def _png_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def model_family(path: Path) -> str:
-    """A checkpoint's family from its header (SD 1.x, SDXL …, v-pred when marked), or why not."""
-    try:
-        info = inspect_base_model(path, for_training=False)
-    except CopymachineError:
-        return "not a checkpoint copymachine knows"
-    return info.family.label + (" v-pred" if V_PRED_KEY in info.markers else "")
-
-
 def effect_catalogue() -> list[dict[str, Any]]:
     """The effects and their parameters, as the registry declares them (the page's sliders)."""
     out = []
@@ -122,10 +111,9 @@ class App:
     def __init__(self, runs: Path, models: Path | Sequence[Path] | None, queue_args: list[str],
                  auth: str | None = None, engine_overrides: dict[str, Any] | None = None):
         self.runs = Path(runs).resolve()
-        folders = [models] if isinstance(models, (str, Path)) else list(models or [])
-        self.model_folders = list(dict.fromkeys(Path(m).expanduser().resolve() for m in folders))
+        self.model_files = ModelFolders([models] if isinstance(models, (str, Path)) else list(models or []))
+        self.model_folders = self.model_files.folders
         self.models = self.model_folders[0] if self.model_folders else None
-        self._families: dict[tuple[str, float], str] = {}
         self.ui_dir = self.runs / "_ui"
         self.files = RunsFiles(self.runs)
         self.store = JobStore(self.ui_dir / "queue")
@@ -166,17 +154,10 @@ class App:
                 if not isinstance(value, str):
                     raise InputError(f"{key}: a path must be a string")
                 resolved = Path(value).expanduser().resolve()
-                if key in MODEL_KEYS and self.linked_model(Path(value).expanduser()):
+                if key in MODEL_KEYS and self.model_files.linked(Path(value).expanduser()):
                     continue
                 if not any(resolved == r or r in resolved.parents for r in roots):
                     raise InputError(f"{key} {value}: {rule}")
-
-    def linked_model(self, path: Path) -> bool:
-        """A model file (a link, maybe) in a models folder: its folder, links followed, is one of them."""
-        if ".." in path.parts or path.suffix.lower() not in MODEL_SUFFIXES:
-            return False
-        folder = path.absolute().parent.resolve()
-        return any(folder == r or r in folder.parents for r in self.model_folders)
 
     def preview(self, body: dict[str, Any]) -> dict[str, Any]:
         """One effect's edit of the original with the check's verdict, by the edit stage's code."""
@@ -259,16 +240,7 @@ class App:
         return results_page.results(self.jobs(), self.files)
 
     def models_list(self) -> list[dict[str, str]]:
-        """The models in the models folders (links to files included), each with its family."""
-        found = sorted({p for folder in self.model_folders if folder.is_dir() for p in folder.rglob("*")
-                        if p.suffix.lower() in MODEL_SUFFIXES and p.is_file() and self.linked_model(p)})
-        out = []
-        for path in found:
-            key = (str(path), path.stat().st_mtime)
-            if key not in self._families:
-                self._families[key] = model_family(path)
-            out.append({"path": str(path), "family": self._families[key]})
-        return out
+        return self.model_files.listed()
 
 
 class JsonHandler(BaseHTTPRequestHandler):
