@@ -306,13 +306,19 @@ def test_cancel_is_ctrl_c_and_retry_resumes(fake_engine, scene, tmp_path, monkey
                 time.sleep(0.05)
             raise AssertionError(f"timed out waiting for {what}: {store.view(job_id)}")
 
-        wait(lambda: (store.view(job_id).get("progress") or {}).get("step"), "the copy LoRA's progress")
+        def copy_lora_stepping():  # not the capabilities' count, which comes before any stage
+            view = store.view(job_id)
+            running = [st["title"] for st in view["stages"] if st["status"] == "running"]
+            return running == ["copy LoRA"] and (view.get("progress") or {}).get("step")
+
+        wait(copy_lora_stepping, "the copy LoRA's progress")
         worker.cancel(job_id)
         wait(lambda: store.state(job_id)["status"] == "cancelled", "the cancel")
         assert store.state(job_id)["exit_code"] == 130
         assert "copymachine: interrupted; sd-scripts was stopped" in "\n".join(store.view(job_id)["log_tail"])
         done_before = [s["title"] for s in store.view(job_id)["stages"] if s["status"] == "done"]
-        assert done_before == ["original image", "contrast: edited image", "captions"], store.view(job_id)["stages"]
+        assert done_before == ["original image", "contrast: edited image", "captions"]
+        assert [s["title"] for s in store.view(job_id)["stages"] if s["status"] == "cancelled"] == ["copy LoRA"]
         monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "0")
         worker.env = None
         worker.retry(job_id)
