@@ -36,6 +36,7 @@ class PlanMade(_Event):
     run_dir: str = ""
     stages: list[str] = []  # titles, in plan order
     names: list[str] = []  # the same stages' names
+    kinds: list[str] = []  # and their kinds
     finals: dict[str, str] = {}
 
 

@@ -95,7 +95,8 @@ class Reporter:
 
     def plan(self, plan: Plan) -> None:
         self.emit(ev.PlanMade(run_dir=str(plan.run_dir), stages=[s.title for s in plan.stages],
-                              names=[s.name for s in plan.stages], finals={k: str(v) for k, v in plan.finals.items()}))
+                              names=[s.name for s in plan.stages], kinds=[s.kind for s in plan.stages],
+                              finals={k: str(v) for k, v in plan.finals.items()}))
 
     def info(self, text: str) -> None:
         self.emit(ev.Info(text=text))

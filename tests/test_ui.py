@@ -134,7 +134,7 @@ def test_previews_and_verdicts_are_the_edit_stages(served, scene, tmp_path):
     # not an image; not an uploaded file
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not a picture")
-    assert client.upload(junk) == (400, {"error": "junk.png is not a readable image file", "exit_code": EXIT_INPUT})
+    assert client.upload(junk) == (400, {"error": "junk.png is not a picture (PNG, JPEG, WebP …) or cannot be read", "exit_code": EXIT_INPUT})
     status, data = client.json("/api/preview", {"image": str(picture), "effect": "posterize"})
     assert status == 400 and data["error"].startswith("not an uploaded image")
 
@@ -167,6 +167,57 @@ def test_added_jobs_are_jobs_files_the_queue_reads(served, fake_engine, scene, t
     assert generated.options.images == () and generated.options.prompt == "1cat" and generated.options.set_tables == {"generate": {"seed": 7}}
     status, data = client.json("/api/jobs")
     assert [j["status"] for j in data["jobs"]] == ["queued", "queued"] and data["jobs"][0]["label"] == "girl-outline"
+    # a double click: the same job again within seconds is refused, and nothing is queued
+    status, data = client.json("/api/jobs", job)
+    assert status == 400 and data["error"].startswith("the same job was added 0 s ago (job 0001)"), data
+    assert app.store.ids() == ["0001", "0002"]
+    # the queue polled with its ETag: 304 while nothing changed, 200 with a new ETag after a change
+    status, _, headers = client.request("/api/jobs")
+    etag = headers["ETag"]
+    assert status == 200 and client.request("/api/jobs", headers={"If-None-Match": etag})[0] == 304
+    app.store.set_state("0002", status="cancelled")
+    status, _, headers = client.request("/api/jobs", headers={"If-None-Match": etag})
+    assert status == 200 and headers["ETag"] != etag
+
+
+def test_a_picture_above_16_megapixels_is_scaled_for_the_previews(served, tmp_path):
+    app, client = served()
+    big = tmp_path / "big.png"
+    Image.new("RGB", (5000, 4000), (90, 120, 200)).save(big)
+    status, data = client.upload(big)
+    assert status == 200 and (data["width"], data["height"]) == (5000, 4000)
+    width, height = data["preview"]
+    assert width * height <= 16_000_000 and abs(width / height - 1.25) < 0.01
+    assert app.files.image(data["path"]).size == (width, height)  # what the previews edit
+
+
+def test_the_model_folders_next_to_sd_scripts_are_found(tmp_path):
+    from copymachine.ui.files import model_folders_near
+
+    kohya = tmp_path / "kohya_ss"
+    (kohya / "sd-scripts").mkdir(parents=True)
+    (kohya / "models").mkdir()
+    comfy = tmp_path / "ComfyUI" / "models" / "checkpoints"
+    comfy.mkdir(parents=True)
+    assert model_folders_near(kohya / "sd-scripts") == [(kohya / "models").resolve(), comfy.resolve()]
+    assert model_folders_near(None) == []
+
+
+def test_the_ui_listens_on_ipv6_loopback(tmp_path):
+    app = App(tmp_path / "runs", None, [], engine_overrides={})
+    try:
+        server = make_server(app, "::1", 0)
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        status, data, _ = Client(f"http://[::1]:{port}", None, app.token).request("/api/info")
+        assert status == 200 and json.loads(data)["runs"] == str(app.runs)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_queue_on_disk_survives_a_restart(tmp_path):
@@ -205,6 +256,34 @@ def test_progress_view_from_the_reporters_events():
     assert [s["status"] for s in view["stages"]] == ["skipped", "done", "pending"] and view["message"] == "boom"
 
 
+def test_the_whole_jobs_progress_and_eta_from_the_plan():
+    """Steps left × the measured s/it, each training to come as many steps, each other stage as long
+    as the mean of those measured."""
+    events = [
+        {"event": "plan", "stages": ["original image", "captions", "copy LoRA", "edited image", "effect LoRA"], "names": ["o", "c", "copy", "e", "fx"],
+         "kinds": ["generate_image", "captions", "train_lora", "edit_image", "train_lora"]},
+        {"event": "stage_start", "stage": "o"}, {"event": "stage_done", "stage": "o", "seconds": 4},
+        {"event": "stage_start", "stage": "c"}, {"event": "stage_done", "stage": "c", "seconds": 2},
+        {"event": "stage_start", "stage": "copy"},
+        {"event": "progress", "step": 30, "total": 100, "rate": "2.00s/it"},
+    ]
+    overall = progress_view([parse(e) for e in events])["overall"]
+    # 70 steps left × 2 s + the edited image (3 s, the mean of 4 and 2) + the effect LoRA (100 × 2 s)
+    assert overall == {"finished": 2, "stages": 5, "seconds_left": 70 * 2 + 3 + 200}
+    assert progress_view([parse(e) for e in events[:5]])["overall"]["seconds_left"] is None
+
+
+def test_a_cancelled_jobs_running_stage_is_marked_cancelled(tmp_path):
+    store = JobStore(tmp_path / "queue")
+    job_id = store.add({"base": "/m.safetensors", "prompt": "x", "effect": ["flat"]})
+    events = [{"event": "plan", "stages": ["original image", "copy LoRA"], "names": ["o", "copy"]},
+              {"event": "stage_start", "stage": "o"}, {"event": "stage_done", "stage": "o", "seconds": 1},
+              {"event": "stage_start", "stage": "copy"}]
+    store.files(job_id).events.write_text("\n".join(json.dumps(e) for e in events) + "\n", encoding="utf-8")
+    store.set_state(job_id, status="cancelled")
+    assert [s["status"] for s in store.view(job_id)["stages"]] == ["done", "cancelled"]
+
+
 
 def test_cancel_is_ctrl_c_and_retry_resumes(fake_engine, scene, tmp_path, monkeypatch):
     """The worker runs a job as `copymachine queue`; Cancel interrupts it as Ctrl-C does (exit
@@ -228,13 +307,19 @@ def test_cancel_is_ctrl_c_and_retry_resumes(fake_engine, scene, tmp_path, monkey
                 time.sleep(0.05)
             raise AssertionError(f"timed out waiting for {what}: {store.view(job_id)}")
 
-        wait(lambda: (store.view(job_id).get("progress") or {}).get("step"), "the copy LoRA's progress")
+        def copy_lora_stepping():  # not the capabilities' count, which comes before any stage
+            view = store.view(job_id)
+            running = [st["title"] for st in view["stages"] if st["status"] == "running"]
+            return running == ["copy LoRA"] and (view.get("progress") or {}).get("step")
+
+        wait(copy_lora_stepping, "the copy LoRA's progress")
         worker.cancel(job_id)
         wait(lambda: store.state(job_id)["status"] == "cancelled", "the cancel")
         assert store.state(job_id)["exit_code"] == 130
         assert "copymachine: interrupted; sd-scripts was stopped" in "\n".join(store.view(job_id)["log_tail"])
         done_before = [s["title"] for s in store.view(job_id)["stages"] if s["status"] == "done"]
         assert done_before == ["original image (memo step 1)", "contrast: edited image (memo step 4)", "captions (memo step 2)"]
+        assert [s["title"] for s in store.view(job_id)["stages"] if s["status"] == "cancelled"] == ["copy LoRA (memo step 2)"]
         monkeypatch.setenv("COPYMACHINE_FAKE_STEP_SECONDS", "0")
         worker.env = None
         worker.retry(job_id)

@@ -2,7 +2,7 @@
 recording fake of sd-scripts: upload a picture, move a slider and see the edit's preview change,
 add two jobs, see their progress advance, restart the UI while the queue runs and see it resume,
 open the results and see their sheets. Screenshots of each page go to $COPYMACHINE_UI_SCREENSHOTS
-(docs/ to refresh those of docs/ui.md), else to the test's temporary folder.
+(docs/img/ to refresh those of docs/ui.md), else to the test's temporary folder.
 
 Skipped, with the reason, only when chromium, its driver or selenium is missing; .ci/run installs
 them and sets COPYMACHINE_REQUIRE_BROWSER=1, which turns that skip into a failure."""
@@ -48,7 +48,7 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1500", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1366,1500", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -103,6 +103,22 @@ def wait_for(condition, timeout: float = 60, what: str = "condition", interval: 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+# every control's accessible name (a <label>, aria-label or a button's text), as a screen reader finds it
+UNLABELLED = """return Array.from(document.querySelectorAll('input, select, textarea, button'))
+  .filter((c) => c.type !== 'hidden' && !(c.labels && c.labels.length) && !c.getAttribute('aria-label')
+    && !(c.tagName === 'BUTTON' && c.textContent.trim()))
+  .map((c) => c.outerHTML.slice(0, 120));"""
+SIDEWAYS = "return document.documentElement.scrollWidth - window.innerWidth"
+
+
+def at_width(d, width: int, page: str) -> int:
+    """How far the page scrolls sideways at this width (0: none)."""
+    d.set_window_size(width, 844)
+    d.execute_script(f"location.hash = '#{page}'")
+    time.sleep(0.3)
+    return d.execute_script(SIDEWAYS)
+
+
 def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, scene, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -128,10 +144,29 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
             d.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
             element.click()
 
+        # without the token: a page that says to open the printed address, not raw JSON
+        d.get(url.split("?")[0])
+        assert "no valid token" in css("body").text and "copymachine ui: http://" in css("body").text
         d.get(url + "#make")
         wait_for(lambda: css(".effect-card[data-effect=contrast]"), what="the effects")
+        # every control has a label; at 360 px the page does not scroll sideways
+        assert d.execute_script(UNLABELLED) == []
+        for effect in ("contrast", "outline", "posterize"):
+            click(f".effect-card[data-effect={effect}] .effect-toggle")
+        assert at_width(d, 360, "make") <= 0 and at_width(d, 360, "queue") <= 0
+        d.set_window_size(1366, 1500)
+        d.execute_script("location.hash = '#make'")
+        for effect in ("contrast", "outline", "posterize"):
+            click(f".effect-card[data-effect={effect}] .effect-toggle")
+        # a file that is not a picture: one clear message
+        text = tmp_path / "notes.txt"
+        text.write_text("not a picture", encoding="utf-8")
+        css("#original-file").send_keys(str(text))
+        wait_for(lambda: "notes.txt is not a picture: upload a PNG, JPEG or WebP image" in css("#original-info").text, what="the non-image message")
         # the models folder is offered; the base model typed
-        assert str(base) in [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#models option")]
+        options = {o.get_attribute("value"): o.get_attribute("label") for o in d.find_elements(By.CSS_SELECTOR, "#models option")}
+        assert options[str(base)] == "Stable Diffusion 1.x · sd15-base.safetensors"
+        assert f"Models from {models}" in css("#model-folders").text
         css("#base").send_keys(str(base))
         css("#original-file").send_keys(str(picture))
         wait_for(lambda: "192×192" in css("#original-info").text, what="the upload")
@@ -181,6 +216,10 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
             wait_for(lambda other=other: "check: " in css(f".effect-card[data-effect={other}] .verdict").text, what=f"the {other} preview")
         d.execute_script("window.scrollTo(0, 0)")
         d.save_screenshot(str(shots / "ui-make.png"))
+        assert at_width(d, 390, "make") <= 0
+        d.execute_script("window.scrollTo(0, 0)")
+        d.save_screenshot(str(shots / "ui-make-390.png"))
+        d.set_window_size(1366, 1500)
         for other in ("outline", "posterize"):
             click(f".effect-card[data-effect={other}] .effect-toggle")
         click("#add")
@@ -188,8 +227,11 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         # a second job: posterize instead of contrast
         click(".effect-card[data-effect=contrast] .effect-toggle")
         click(".effect-card[data-effect=posterize] .effect-toggle")
-        click("#add")
+        # a double click adds one job: the button is disabled while the request is in flight
+        add = css("#add")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click(); arguments[0].click()", add)
         wait_for(lambda: "added job 0002" in css("#add-message").text, what="job 2")
+        time.sleep(1)
         jobs_dir = tmp_path / "runs" / "_ui" / "queue"
         assert sorted(p.name for p in jobs_dir.glob("*.toml")) == ["0001.toml", "0002.toml"]
 
@@ -201,16 +243,53 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         seen = wait_for(lambda: step.search(css(f"{job1} .progress-text").text), what="job 1's progress").group(1)
         wait_for(lambda: (m := step.search(css(f"{job1} .progress-text").text)) and m.group(1) != seen, what="job 1's progress to advance")
         d.save_screenshot(str(shots / "ui-queue.png"))
+        assert at_width(d, 390, "queue") <= 0
+        d.save_screenshot(str(shots / "ui-queue-390.png"))
+        d.set_window_size(1366, 1500)
+        d.execute_script("location.hash = '#queue'")
+
+        # the queue holds still: focus, a selection and a log scrolled up survive 5 s of updates
+        wait_for(lambda: d.execute_script(f"const p = document.querySelector('{job1} pre.log'); return p && p.scrollHeight > p.clientHeight + 20"), what="job 1's log to overflow")
+        cancel2 = css('.job[data-id="0002"] button.cancel')
+        d.execute_script("arguments[0].focus()", cancel2)
+        d.execute_script(f"""const log = document.querySelector('{job1} pre.log'); log.scrollTop = 10; window.heldLog = log; window.snapped = false;
+            log.addEventListener('scroll', () => {{ if (log.scrollHeight > log.clientHeight + 10
+                && log.scrollTop + log.clientHeight >= log.scrollHeight - 4) window.snapped = true; }});
+            window.heldCard = document.querySelector('{job1}');
+            const label = document.querySelector('{job1} .label'); const r = document.createRange();
+            r.selectNodeContents(label); const s = window.getSelection(); s.removeAllRanges(); s.addRange(r);""")
+        selected = d.execute_script("return window.getSelection().toString()")
+        before = css(f"{job1} .progress-text").text
+        time.sleep(5)
+        assert css(f"{job1} .progress-text").text != before  # it did update meanwhile
+        assert d.switch_to.active_element == cancel2
+        assert d.execute_script("return window.getSelection().toString()") == selected and selected.startswith("0001 · ")
+        # the log is the same element, never snapped to its end; still scrolled up unless its text now fits
+        top, overflow = d.execute_script("const l = window.heldLog; return [l.scrollTop, l.scrollHeight - l.clientHeight]")
+        assert d.execute_script("return window.heldLog.isConnected && !window.snapped") and (top == 10 or overflow < 10), (top, overflow)
+        assert d.execute_script("return window.heldCard.isConnected")
+        assert re.search(r"job: \d+/\d+ stages", css(f"{job1} .overall").text)
+        d.execute_script("window.getSelection().removeAllRanges()")
 
         # restart the UI while job 1 runs: it is interrupted as by Ctrl-C, queued again, and resumed
         wait_for(lambda: "effect LoRA" in css(f"{job1} .stages li.running").text, timeout=60, what="job 1's effect LoRA")
         assert server.stop() == 0
         assert "the running job 0001 is interrupted" in server.log()
+        # the open page notices: it says the UI is not answering, and dims the stale queue
+        wait_for(lambda: "The UI is not answering" in css("#connection").text, what="the page to notice the stop")
+        assert "stale" in css("#jobs").get_attribute("class")
         state = (jobs_dir / "0001.state.json").read_text(encoding="utf-8")
         assert '"status": "queued"' in state
         url = server.start()
         d.get(url + "#queue")
         wait_for(lambda: css(job1).get_attribute("data-status") == "running", what="job 1 to resume")
+        assert not css("#connection").is_displayed()
+        # a page whose token is no longer the UI's (its cookie gone, as after a restart) says so
+        d.delete_all_cookies()
+        wait_for(lambda: "this page's token is no longer valid" in css("#connection").text, what="the page to notice the token")
+        d.get(url)  # the printed address again (a new load: only a fragment would keep the page)
+        d.execute_script("location.hash = '#queue'")
+        wait_for(lambda: not css("#connection").is_displayed(), what="the page back")
         wait_for(lambda: len(d.find_elements(By.CSS_SELECTOR, f"{job1} .stages li.skipped")) >= 5, what="job 1's finished stages skipped")
         wait_for(lambda: css(job1).get_attribute("data-status") == "done", timeout=90, what="job 1 to finish")
         wait_for(lambda: css('.job[data-id="0002"]').get_attribute("data-status") == "done", timeout=90, what="job 2 to finish")

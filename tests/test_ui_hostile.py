@@ -87,9 +87,14 @@ def test_a_foreign_host_reads_nothing(ui, path):
 def test_a_request_without_the_token_is_refused(ui):
     app, port = ui
     host = {"Host": f"localhost:{port}"}
-    for path in ("/api/info", "/api/jobs", f"/file?path={app.runs}/x.png", "/"):
+    for path in ("/api/info", "/api/jobs", f"/file?path={app.runs}/x.png"):
         status, data, _ = call(port, "GET", path, headers=host)
         assert "no valid token" in refused(status, data)
+    # the page itself: a 403 that is a page saying what to do, and holds no token
+    for path in ("/", "/index.html", "/?token=guess"):
+        status, page, headers = call(port, "GET", path, headers=host)
+        assert status == 403 and headers["Content-Type"].startswith("text/html") and "Set-Cookie" not in headers
+        assert b"no valid token" in page and b"open the new address" in page and app.token.encode() not in page
     status, data, _ = call(port, "GET", "/api/info", headers={**host, "X-Copymachine-Token": "guess"})
     assert "no valid token" in refused(status, data)
     # the static files hold no secret: the page's script loads before the token is checked
@@ -166,3 +171,35 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(ui):
         assert r.status == 400 and "request larger than" in json.loads(r.read())["error"]
     finally:
         conn.close()
+
+
+def test_a_model_linked_into_the_models_folder_is_the_users_and_nothing_more(ui, tmp_path, fake_engine):
+    """A model file linked into --models (one models folder shared with A1111, ComfyUI) is accepted as
+    the base; a folder linked there, a `..`, or the link used as another key is not."""
+    app, port = ui
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    real = outside / "mine.safetensors"
+    os.link(fake_engine.base, real)
+    (app.models / "mine.safetensors").symlink_to(real)
+    (app.models / "shelf").symlink_to(outside, target_is_directory=True)
+
+    def add(**job):
+        body = json.dumps({"effect": ["outline"], "prompt": "1girl", **job}).encode()
+        status, data, _ = call(port, "POST", "/api/jobs", body, own(app, port, **{"Content-Type": "application/json"}))
+        return status, json.loads(data)
+
+    status, data = add(base=str(app.models / "mine.safetensors"))
+    assert status == 200, data
+    for job in ({"base": str(app.models / "shelf" / "mine.safetensors")},
+                {"base": str(app.models / "shelf" / ".." / "elsewhere" / "mine.safetensors")},
+                {"base": str(app.models / "base.safetensors"), "out": str(app.models / "mine.safetensors")}):
+        status, data = add(**job)
+        assert status == 400 and "must lie under the runs folder" in data["error"], (job, data)
+    assert app.store.ids() == ["0001"]
+    # the list offers the link, with each model's family from its header
+    listed = {m["path"]: m["family"] for m in app.models_list()}
+    assert listed[str(app.models / "mine.safetensors")] == listed[str(app.models / "base.safetensors")]
+    assert listed[str(app.models / "base.safetensors")] == "Stable Diffusion 1.x"
+    # and only what Add takes: nothing under the folder linked from outside
+    assert not any("shelf" in path for path in listed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -26,13 +27,16 @@ from copymachine.progress import Reporter
               help="Ask for this user and password (HTTP basic authentication); required with --share-on-network.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Where jobs, uploads (<runs>/_ui) and run folders go.")
-@click.option("--models", "models_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="A folder of models to pick the base and preview models from.")
+@click.option("--models", "models_dirs", type=click.Path(file_okay=False, path_type=Path), multiple=True,
+              help="A folder of models to pick the base and preview models from (repeat for several; the folders "
+                   "in COPYMACHINE_MODELS, separated by the path separator, and the model folders of kohya_ss, "
+                   "A1111, Forge or ComfyUI next to the sd-scripts in use are added). A model linked into one "
+                   "of them is accepted.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               help="Run each job as a Ray task on the Ray cluster at ADDRESS (default auto), as `copymachine queue "
                    "--ray` does; the runs folder must be on a filesystem every node shares.")
 @engine_options
-def ui(host, port, share_on_network, auth, runs_dir, models_dir, ray_address, **engine):
+def ui(host, port, share_on_network, auth, runs_dir, models_dirs, ray_address, **engine):
     """A local web page: make jobs (live edit previews with the check's verdict), watch the queue,
     see the results (copy-check sheet, strength sweep, inspect, download).
 
@@ -49,6 +53,7 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, ray_address, **
     Example:
       copymachine ui --models ~/models
     """
+    from copymachine.ui.files import model_folders_near
     from copymachine.ui.server import App, check_host, make_server
 
     reporter = Reporter()
@@ -61,13 +66,19 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dir, ray_address, **
             auth = "copymachine:" + secrets.token_urlsafe(12)
             reporter.info(f"copymachine ui: no --auth given, so the page asks for user and password {auth}")
     queue_args, overrides = queue_options(engine, ray_address)
-    app = App(runs_dir, models_dir, queue_args, auth=auth, engine_overrides=overrides)
+    from_env = [Path(p) for p in os.environ.get("COPYMACHINE_MODELS", "").split(os.pathsep) if p]
+    sd_scripts = engine.get("sd_scripts") or os.environ.get("SD_SCRIPTS")
+    near = model_folders_near(Path(sd_scripts)) if sd_scripts else []
+    app = App(runs_dir, [*models_dirs, *(p for p in from_env if p.is_dir()), *near], queue_args, auth=auth,
+              engine_overrides=overrides)
     try:
         server = make_server(app, host, port)
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{server.server_address[1]}/?token={app.token}"
+    if app.model_folders:
+        reporter.info("copymachine ui: models from " + ", ".join(map(str, app.model_folders)))
     if app.recovered:
         reporter.info(f"resuming {len(app.recovered)} job(s) that were running when the UI stopped")
     app.worker.start()

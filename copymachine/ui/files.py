@@ -11,8 +11,9 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from copymachine.errors import InputError
+from copymachine.errors import CopymachineError, InputError
 from copymachine.images import load_rgb
+from copymachine.models import V_PRED_KEY, inspect_base_model
 from copymachine.request import IMAGE_SUFFIXES
 
 MAX_UPLOAD = 64 * 2**20
@@ -20,6 +21,25 @@ MAX_UPLOAD = 64 * 2**20
 # image, a decompression bomb); a 50 MP phone photo passes
 MAX_PIXELS = 64_000_000
 PREVIEW_CACHE = 8
+# a larger picture is scaled to this many pixels for the previews (the run decides its training size
+# itself, from the uploaded file: a preview never needs the full picture)
+PREVIEW_PIXELS = 16_000_000
+
+
+# where the UIs users keep beside sd-scripts hold their checkpoints, from the folder above sd-scripts
+# (kohya_ss/sd-scripts) or the one above that: kohya_ss, A1111, Forge, ComfyUI
+MODEL_LAYOUTS = ("models", "models/Stable-diffusion", "models/checkpoints",
+                 "stable-diffusion-webui/models/Stable-diffusion",
+                 "stable-diffusion-webui-forge/models/Stable-diffusion", "ComfyUI/models/checkpoints")
+
+
+def model_folders_near(sd_scripts: Path | None) -> list[Path]:
+    """The model folders of kohya_ss / A1111 / Forge / ComfyUI found next to the sd-scripts in use."""
+    if sd_scripts is None:
+        return []
+    here = Path(sd_scripts).expanduser().resolve()
+    return [up / layout for up in (here.parent, here.parent.parent) for layout in MODEL_LAYOUTS
+            if (up / layout).is_dir()]
 
 
 def safe_name(name: str) -> str:
@@ -56,15 +76,17 @@ class RunsFiles:
                         im.verify()
             except Exception:
                 tmp.unlink()
-                raise InputError(f"{name} is not a readable image file") from None
+                raise InputError(f"{name} is not a picture (PNG, JPEG, WebP …) or cannot be read") from None
             if pixels > MAX_PIXELS:
                 tmp.unlink()
                 limit = f"above the UI's {MAX_PIXELS / 1e6:.0f}; scale it down first"
                 raise InputError(f"{name}: {pixels / 1e6:.0f} megapixels, {limit}")
             tmp.replace(path)
         image = self.image(str(path))
-        return {"path": str(path), "name": path.name, "width": image.width, "height": image.height,
-                "url": self.url(path)}
+        with Image.open(path) as im:
+            width, height = im.size
+        return {"path": str(path), "name": path.name, "width": width, "height": height,
+                "preview": [image.width, image.height], "url": self.url(path)}
 
     def image(self, path: str) -> Image.Image:
         resolved = Path(path).resolve()
@@ -74,7 +96,12 @@ class RunsFiles:
             if path not in self._images:
                 if len(self._images) >= PREVIEW_CACHE:
                     self._images.pop(next(iter(self._images)))
-                self._images[path] = load_rgb(resolved)
+                image = load_rgb(resolved)
+                if image.width * image.height > PREVIEW_PIXELS:
+                    scale = (PREVIEW_PIXELS / (image.width * image.height)) ** 0.5
+                    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+                    image = image.resize(size, Image.Resampling.LANCZOS)
+                self._images[path] = image
             return self._images[path]
 
     def allowed(self, path: Path) -> bool:
@@ -87,3 +114,41 @@ class RunsFiles:
 
     def url(self, path: Path, download: bool = False) -> str:
         return "/file?path=" + quote(str(Path(path).resolve())) + ("&download=1" if download else "")
+
+
+class ModelFolders:
+    """The models folders: what the page lists (each model with its family) and what Add takes."""
+
+    SUFFIXES = (".safetensors", ".ckpt")
+
+    def __init__(self, folders: list[Path]):
+        self.folders = list(dict.fromkeys(Path(m).expanduser().resolve() for m in folders))
+        self._families: dict[tuple[str, float], str] = {}
+
+    def linked(self, path: Path) -> bool:
+        """A model file (a link, maybe) in a models folder: its folder, links followed, is one of them."""
+        if ".." in path.parts or path.suffix.lower() not in self.SUFFIXES:
+            return False
+        folder = path.absolute().parent.resolve()
+        return any(folder == r or r in folder.parents for r in self.folders)
+
+    def listed(self) -> list[dict[str, str]]:
+        """The models in the folders (links to files included), each with its family."""
+        found = sorted({p for folder in self.folders if folder.is_dir() for p in folder.rglob("*")
+                        if p.suffix.lower() in self.SUFFIXES and p.is_file() and self.linked(p)})
+        out = []
+        for path in found:
+            key = (str(path), path.stat().st_mtime)
+            if key not in self._families:
+                self._families[key] = self.family(path)
+            out.append({"path": str(path), "family": self._families[key]})
+        return out
+
+    @staticmethod
+    def family(path: Path) -> str:
+        """A checkpoint's family from its header (SD 1.x, SDXL …, v-pred when marked), or why not."""
+        try:
+            info = inspect_base_model(path, for_training=False)
+        except CopymachineError:
+            return "not a checkpoint copymachine knows"
+        return info.family.label + (" v-pred" if V_PRED_KEY in info.markers else "")

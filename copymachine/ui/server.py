@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import io
 import json
 import mimetypes
 import re
 import secrets
+import socket
+import threading
+import time
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,17 +45,29 @@ from copymachine.jobfile import ENGINE_KEYS as ENGINE_OPTIONS
 from copymachine.options import PATHS, job_keys, schema
 from copymachine.progress import Reporter
 from copymachine.ui import results as results_page
-from copymachine.ui.files import MAX_UPLOAD, RunsFiles, safe_name
+from copymachine.ui.files import MAX_UPLOAD, ModelFolders, RunsFiles, safe_name
 from copymachine.ui.store import JobStore, Worker
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-MODEL_SUFFIXES = (".safetensors", ".ckpt")
+# the job keys naming a model to read: a file linked into a models folder is the user's own choice
+MODEL_KEYS = ("base", "preview-model")
 TOKEN_COOKIE = "copymachine_token"
 TOKEN_HEADER = "X-Copymachine-Token"
 # the content types a page of another origin may POST without asking (a CORS "simple" request)
 SIMPLE_CONTENT_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
 MAX_JSON_BODY = 2**20
+DUPLICATE_SECONDS = 10  # the same job added again within this is a double click, refused
+NO_TOKEN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>copymachine: open the printed address</title>
+<link rel="stylesheet" href="/static/style.css"></head><body><main><div class="panel" id="no-token">
+<h1>copymachine: no valid token</h1>
+<p>This page needs the address <code>copymachine ui</code> printed when it started, with its token:</p>
+<pre>copymachine ui: http://127.0.0.1:7860/?token=…</pre>
+<p>Find that line in the terminal where the UI runs (scroll up), or start it again with <code>copymachine ui</code>
+and open the new address: the token is new at each start, so an address from before a restart no longer works.</p>
+</div></main></body></html>
+"""
 # job keys a page may not set: the engine is the UI's, fixed when it starts (a page naming `python`
 # would choose the program the worker runs)
 ENGINE_KEYS = tuple(ENGINE_OPTIONS.values())
@@ -91,10 +108,12 @@ class App:
     """What the handler needs: the folders and their files, the store, the worker, the engine
     options; the previews and the jobs the Make and Queue pages ask for."""
 
-    def __init__(self, runs: Path, models: Path | None, queue_args: list[str], auth: str | None = None,
-                 engine_overrides: dict[str, Any] | None = None):
+    def __init__(self, runs: Path, models: Path | Sequence[Path] | None, queue_args: list[str],
+                 auth: str | None = None, engine_overrides: dict[str, Any] | None = None):
         self.runs = Path(runs).resolve()
-        self.models = Path(models).resolve() if models else None
+        self.model_files = ModelFolders([models] if isinstance(models, (str, Path)) else list(models or []))
+        self.model_folders = self.model_files.folders
+        self.models = self.model_folders[0] if self.model_folders else None
         self.ui_dir = self.runs / "_ui"
         self.files = RunsFiles(self.runs)
         self.store = JobStore(self.ui_dir / "queue")
@@ -105,6 +124,8 @@ class App:
         self.token = secrets.token_urlsafe(24)
         self.hosts: tuple[str, ...] = LOCAL_HOSTS  # set by make_server: the names this UI answers to
         self.port: int | None = None
+        self._added: dict[str, tuple[float, str]] = {}  # a job's JSON -> when it was added, its id
+        self._add_lock = threading.Lock()
 
     def check_host(self, host_header: str) -> None:
         """The Host header names this UI (DNS rebinding: a foreign site's name resolving to 127.0.0.1)."""
@@ -122,8 +143,8 @@ class App:
 
     def check_paths(self, table: dict[str, Any], path_keys: list[str]) -> None:
         """A page's paths lie under --models or --runs (resolved, symlinks followed)."""
-        roots = [self.runs] + ([self.models] if self.models else [])
-        models = f" or the models folder ({self.models})" if self.models else ""
+        roots = [self.runs, *self.model_folders]
+        models = f" or a models folder ({', '.join(map(str, self.model_folders))})" if self.models else ""
         rule = f"paths from the page must lie under the runs folder ({self.runs}){models}"
         for key in path_keys:
             values = table.get(key)
@@ -133,6 +154,8 @@ class App:
                 if not isinstance(value, str):
                     raise InputError(f"{key}: a path must be a string")
                 resolved = Path(value).expanduser().resolve()
+                if key in MODEL_KEYS and self.model_files.linked(Path(value).expanduser()):
+                    continue
                 if not any(resolved == r or r in resolved.parents for r in roots):
                     raise InputError(f"{key} {value}: {rule}")
 
@@ -185,12 +208,21 @@ class App:
         if not table.get("out"):
             name = table.get("name") or (Path(table["image"][0]).stem if table.get("image") else "generated")
             table["out"] = str(self.runs / safe_name(str(name)))
-        job_id = self.store.add(table, self.engine_overrides)
+        key = json.dumps(table, sort_keys=True)
+        with self._add_lock:
+            when, earlier = self._added.get(key, (0.0, ""))
+            if time.monotonic() - when < DUPLICATE_SECONDS:
+                raise InputError(f"the same job was added {time.monotonic() - when:.0f} s ago (job {earlier}); "
+                                 "change something to add another")
+            job_id = self.store.add(table, self.engine_overrides)
+            self._added = {k: v for k, v in self._added.items() if time.monotonic() - v[0] < DUPLICATE_SECONDS}
+            self._added[key] = (time.monotonic(), job_id)
         try:
             job = jobfile.load_jobs(self.store.files(job_id).toml, self.engine_overrides)[0]
             run.check_inputs(job.options, Reporter(stream=io.StringIO()))
         except BaseException:
             self.store.remove(job_id)
+            self._added.pop(key, None)
             raise
         self.worker.wake()
         return {"id": job_id, "label": self.store.state(job_id).get("label")}
@@ -207,10 +239,8 @@ class App:
     def results(self) -> list[dict[str, Any]]:
         return results_page.results(self.jobs(), self.files)
 
-    def models_list(self) -> list[str]:
-        if not self.models or not self.models.is_dir():
-            return []
-        return sorted(str(p) for p in self.models.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+    def models_list(self) -> list[dict[str, str]]:
+        return self.model_files.listed()
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -332,6 +362,8 @@ class Handler(JsonHandler):
             self._extra_headers = self._guard(method, url.path, query)
         except Refused as e:
             self.close_connection = True
+            if method == "GET" and url.path in ("/", "/index.html") and str(e).startswith("no valid token"):
+                return self._send(403, NO_TOKEN_PAGE.encode("utf-8"), "text/html; charset=utf-8")
             return self._error(str(e), 403)
         try:
             self._route(method, url.path, query)
@@ -357,9 +389,10 @@ class Handler(JsonHandler):
             return self._static(path[len("/static/") :])
         if method == "GET" and path == "/api/info":
             return self._json({"version": __version__, "effects": effect_catalogue(), "options": schema(),
-                               "models": app.models_list(), "runs": str(app.runs), "recovered": app.recovered})
+                               "models": app.models_list(), "runs": str(app.runs),
+                               "model_folders": [str(m) for m in app.model_folders], "recovered": app.recovered})
         if method == "GET" and path == "/api/jobs":
-            return self._json({"jobs": app.jobs(), "running": app.worker.current})
+            return self._jobs()
         if method == "GET" and path == "/api/results":
             return self._json({"results": app.results()})
         if method == "GET" and path == "/file":
@@ -378,6 +411,17 @@ class Handler(JsonHandler):
             getattr(app.worker, action)(job_id)
             return self._json({"id": job_id, "action": action})
         self._error(f"not found: {path}", 404)
+
+    def _jobs(self) -> None:
+        """The queue, with an ETag: the page polls with If-None-Match and gets 304 while nothing changed."""
+        body = json.dumps({"jobs": self.app.jobs(), "running": self.app.worker.current}, default=str).encode()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return
+        self._send(200, body, "application/json; charset=utf-8", {"ETag": etag})
 
     def _static(self, name: str) -> None:
         if "/" in name or name.startswith("."):
@@ -413,7 +457,10 @@ def check_host(host: str, share_on_network: bool) -> str | None:
 
 def make_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
     handler = type("BoundHandler", (Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
+    # an IPv6 address (--host ::1) needs an IPv6 socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("UiServer", (ThreadingHTTPServer,), {"address_family": family})
+    server = server_class((host, port), handler)
     server.daemon_threads = True
     # a wildcard address answers to any name of the machine (--share-on-network, with --auth)
     app.hosts = ("*",) if host in WILDCARD_HOSTS else tuple(dict.fromkeys((host, *LOCAL_HOSTS)))

@@ -13,6 +13,7 @@ and resumes it (the re-run skips every finished stage).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -39,6 +40,35 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return log_tail(path, lines, indent=True)
 
 
+def seconds_per_step(rate: str) -> float | None:
+    """tqdm's rate (`1.25s/it`, `3.10it/s`) as seconds per step."""
+    m = re.fullmatch(r"([\d.]+)\s*(s/it|it/s)", rate.strip())
+    if not m or not float(m.group(1)):
+        return None
+    return float(m.group(1)) if m.group(2) == "s/it" else 1 / float(m.group(1))
+
+
+def whole_job(stages: list[dict[str, Any]], progress: dict[str, Any] | None) -> dict[str, Any]:
+    """The job's stages finished of the plan's, and the seconds left: the current training's steps
+    left × its measured s/it, each training to come as many steps at that pace, each other stage to
+    come as long as the measured mean of those done (None until something was measured)."""
+    finished = sum(st["status"] in ("done", "skipped") for st in stages)
+    trained = [st for st in stages if st.get("steps") and st.get("spi")]
+    spi = trained[-1]["spi"] if trained else None
+    others = [st["seconds"] for st in stages if st["status"] == "done" and not st.get("steps") and "seconds" in st]
+    left: float | None = 0.0
+    if progress and progress.get("total") and spi:
+        left = (progress["total"] - progress["step"]) * spi
+    for st in stages:
+        if st["status"] != "pending" or left is None:
+            continue
+        if st.get("kind") == "train_lora":
+            left = left + trained[-1]["steps"] * spi if trained and spi else None
+        elif others:
+            left += sum(others) / len(others)
+    return {"finished": finished, "stages": len(stages), "seconds_left": None if left is None else round(left)}
+
+
 def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     """Stages (title, status), the live progress line and the current log, from the events."""
     stages: list[dict[str, Any]] = []
@@ -48,7 +78,8 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     for e in events:
         row = stages[at[e.stage]] if isinstance(e, ev.OfStage) and e.stage in at else {}
         if isinstance(e, ev.PlanMade):
-            stages = [{"title": t, "status": "pending"} for t in e.stages]
+            kinds = e.kinds or [""] * len(e.stages)
+            stages = [{"title": t, "kind": k, "status": "pending"} for t, k in zip(e.stages, kinds)]
             at = {name: i for i, name in enumerate(e.names)}
         elif isinstance(e, ev.StageStart):
             row["status"] = "running"
@@ -60,6 +91,9 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
             view["progress"] = None
         elif isinstance(e, ev.ProgressMade):
             view["progress"] = e.model_dump(include={"step", "total", "rate", "loss", "eta", "text", "job"})
+            running = [st for st in stages if st["status"] == "running"]
+            if running and e.total:
+                running[-1].update(steps=e.total, spi=seconds_per_step(e.rate) or running[-1].get("spi"))
         elif isinstance(e, ev.Warned):
             view["warnings"].append(e.text)
         elif isinstance(e, ev.Sample):
@@ -69,7 +103,7 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
             for st in stages:
                 if st["status"] == "running":
                     st["status"] = "done" if e.status == "done" else e.status
-    return {"stages": stages, **view}
+    return {"stages": stages, **view, "overall": whole_job(stages, view["progress"])}
 
 
 @dataclass
@@ -171,6 +205,11 @@ class JobStore:
         files = self.files(job_id)
         state = self.state(job_id)
         view = progress_view(ev.read_events(files.events))
+        # a job that stopped (cancelled, failed, or queued again after a restart) runs no stage
+        stopped = {"cancelled": "cancelled", "failed": "failed", "queued": "interrupted"}.get(state.get("status", ""))
+        for st in view["stages"]:
+            if stopped and st["status"] in ("running", "interrupted"):
+                st["status"] = stopped
         log_lines = tail(Path(view["log"])) if view["log"] and state.get("status") == "running" else []
         return {
             "id": job_id,

@@ -19,10 +19,27 @@ function el(tag, attrs, ...children) {
 const $ = (sel, root) => (root || document).querySelector(sel);
 const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
 
+// the server's state as this page last saw it: "ok", "down" (not answering) or "token" (restarted: a new token)
+function setConnection(what) {
+  if (state.connection === what) return;
+  state.connection = what;
+  const box = $("#connection");
+  box.textContent = "";
+  box.classList.toggle("hidden", what === "ok");
+  $("#jobs").classList.toggle("stale", what !== "ok");
+  if (what === "down") box.append(`The UI is not answering (stopped or restarting) since ${new Date().toLocaleTimeString()}: the queue below is as it was then. Start it again with `, el("code", {}, "copymachine ui"), " and open the address it prints.");
+  if (what === "token") box.append("The UI was restarted: this page's token is no longer valid. Open the new address ", el("code", {}, "copymachine ui"), " printed in its terminal (the line ", el("code", {}, "copymachine ui: http://…/?token=…"), ").");
+}
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  let response;
+  try { response = await fetch(path, options); } catch (e) { setConnection("down"); throw new Error("the UI is not answering (stopped or restarting)"); }
+  if (response.status === 304) { setConnection("ok"); return null; }
   const data = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
+  if (response.status === 403 && /no valid token/.test(data.error || "")) setConnection("token");
+  else setConnection("ok");
   if (!response.ok || data.error) throw new Error(data.error || response.statusText);
+  if (options && options.etag) state.etag = response.headers.get("ETag");
   return data;
 }
 const post = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -40,10 +57,8 @@ window.addEventListener("hashchange", showPage);
 
 // --- Make: the original, the effects and their live previews -------------------------------
 async function upload(file) {
-  const response = await fetch("/api/upload", { method: "POST", headers: { "X-Filename": encodeURIComponent(file.name) }, body: file });
-  const data = await response.json();
-  if (!response.ok || data.error) throw new Error(data.error || response.statusText);
-  return data;
+  if (!file.type.startsWith("image/")) throw new Error(`${file.name} is not a picture: upload a PNG, JPEG or WebP image`);
+  return api("/api/upload", { method: "POST", headers: { "X-Filename": encodeURIComponent(file.name), "Content-Type": file.type }, body: file });
 }
 
 function modeOf(effect) {
@@ -67,22 +82,23 @@ function sliderRange(p) {
 
 function paramControl(effect, p) {
   const onChange = () => schedulePreview(effect.name);
+  const name = `${effect.name} ${p.key}`;
   let control;
   if (p.choices) {
-    control = el("select", { "data-key": p.key, onchange: () => { updateVisibility(effect); onChange(); } }, p.choices.map((c) => el("option", { value: c, selected: c === p.default }, c)));
+    control = el("select", { "data-key": p.key, "aria-label": name, onchange: () => { updateVisibility(effect); onChange(); } }, p.choices.map((c) => el("option", { value: c, selected: c === p.default }, c)));
     return el("div", { class: "param", title: p.help }, el("span", { class: "key" }, p.key), control, el("span"));
   }
   if (p.type === "bool") {
-    control = el("input", { type: "checkbox", "data-key": p.key, checked: p.default, onchange: onChange });
+    control = el("input", { type: "checkbox", "data-key": p.key, "aria-label": name, checked: p.default, onchange: onChange });
     return el("div", { class: "param", title: p.help }, el("span", { class: "key" }, p.key), control, el("span"));
   }
   if (p.type === "str") {
-    control = el("input", { "data-key": p.key, value: p.default, onchange: onChange });
+    control = el("input", { "data-key": p.key, "aria-label": name, value: p.default, onchange: onChange });
     return el("div", { class: "param", title: p.help }, el("span", { class: "key" }, p.key), control, el("span"));
   }
   const r = sliderRange(p);
-  const number = el("input", { type: "number", min: p.min, max: p.max, step: r.step, value: p.default });
-  const slider = el("input", { type: "range", "data-key": p.key, min: r.min, max: r.max, step: r.step, value: p.default });
+  const number = el("input", { type: "number", "aria-label": `${name} (number)`, min: p.min, max: p.max, step: r.step, value: p.default });
+  const slider = el("input", { type: "range", "data-key": p.key, "aria-label": name, min: r.min, max: r.max, step: r.step, value: p.default });
   slider.addEventListener("input", () => { number.value = slider.value; onChange(); });
   number.addEventListener("change", () => { slider.value = number.value; slider.dataset.exact = number.value; onChange(); });
   return el("div", { class: "param", title: p.help }, el("span", { class: "key" }, p.key), slider, number);
@@ -226,43 +242,87 @@ function collectJob() {
 }
 
 async function addJob() {
-  const box = $("#add-message");
+  const box = $("#add-message"), button = $("#add");
   box.textContent = "";
+  button.disabled = true;  // one job per click: a double click adds nothing more
   try {
     const data = await post("/api/jobs", collectJob());
     box.append(el("div", { class: "success" }, `added job ${data.id} (${data.label}) to the queue `, el("a", { href: "#queue" }, "see the queue")));
     refreshJobs();
   } catch (e) {
-    box.append(el("div", { class: "error" }, `copymachine: error: ${e.message}`));
-  }
+    box.append(el("div", { class: "error", role: "alert" }, `copymachine: error: ${e.message}`));
+  } finally { button.disabled = false; }
 }
 
-// --- Queue --------------------------------------------------------------------------------
-function jobCard(job) {
-  const running = job.status === "running";
-  const buttons = el("div", { class: "buttons" },
-    (running || job.status === "queued") ? el("button", { class: "cancel", onclick: () => action(job.id, "cancel") }, "Cancel") : null,
-    ["failed", "cancelled"].includes(job.status) ? el("button", { class: "retry", onclick: () => action(job.id, "retry") }, "Retry") : null,
-    el("button", { class: "remove", onclick: () => { if (confirm(`Remove job ${job.id} from the queue? Its run folder stays.`)) action(job.id, "remove"); } }, "Remove"));
-  const card = el("div", { class: "job", dataset: { id: job.id, status: job.status } },
-    el("div", { class: "job-head" }, el("span", { class: "label" }, `${job.id} · ${job.label}`), el("span", { class: `status ${job.status}` }, job.status),
-      el("span", { class: "hint", title: "run it by hand with: copymachine queue " + job.file }, `${job.command || ""} · ${job.file || ""}`), buttons));
-  if (job.stages && job.stages.length) card.append(el("ol", { class: "stages" }, job.stages.map((s) => el("li", { class: s.status, title: s.status }, s.title))));
-  const p = job.progress;
-  if (running && p && p.total) {
-    card.append(el("div", { class: "bar" }, el("div", { style: `width:${Math.round((100 * p.step) / p.total)}%` })));
-    card.append(el("div", { class: "progress-text" }, p.text || `${p.step}/${p.total}`));
-  } else if (running) card.append(el("div", { class: "progress-text" }, "starting…"));
+// --- Queue: each job's card is parts, each replaced only when what it shows changed ---------
+function duration(s) {
+  if (s === null || s === undefined) return "";
+  return s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min` : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
+}
+
+function jobParts(job) {
+  const running = job.status === "running", p = job.progress, o = job.overall;
+  const parts = [["head", [job.status, job.label], () => el("div", { class: "job-head" },
+    el("span", { class: "label" }, `${job.id} · ${job.label}`), el("span", { class: `status ${job.status}` }, job.status),
+    el("span", { class: "hint", title: "run it by hand with: copymachine queue " + job.file }, `${job.command || ""} · ${job.file || ""}`),
+    el("div", { class: "buttons" },
+      (running || job.status === "queued") ? el("button", { class: "cancel", "aria-label": `Cancel job ${job.id}`, onclick: () => action(job.id, "cancel") }, "Cancel") : null,
+      ["failed", "cancelled"].includes(job.status) ? el("button", { class: "retry", "aria-label": `Retry job ${job.id}`, onclick: () => action(job.id, "retry") }, "Retry") : null,
+      el("button", { class: "remove", "aria-label": `Remove job ${job.id}`, onclick: () => { if (confirm(`Remove job ${job.id} from the queue? Its run folder stays.`)) action(job.id, "remove"); } }, "Remove")))]];
+  if (job.stages && job.stages.length) parts.push(["stages", job.stages.map((s) => s.status), () => el("ol", { class: "stages" }, job.stages.map((s) => el("li", { class: s.status, title: s.status }, s.title)))]);
+  if (running && o && o.stages) {
+    const eta = o.seconds_left === null ? "" : ` · about ${duration(o.seconds_left)} left`;
+    parts.push(["overall", [o.finished, o.stages, o.seconds_left], () => el("div", { class: "overall" },
+      el("progress", { max: o.stages, value: o.finished, "aria-label": `job ${job.id}: stages finished` }), ` job: ${o.finished}/${o.stages} stages${eta}`)]);
+  }
+  if (running) parts.push(["progress", p, () => (p && p.total)
+    ? el("div", {}, el("div", { class: "bar" }, el("div", { style: `width:${Math.round((100 * p.step) / p.total)}%` })), el("div", { class: "progress-text" }, p.text || `${p.step}/${p.total}`))
+    : el("div", { class: "progress-text" }, "starting…")]);
   if (job.sample && job.sample.path) {  // --samples: the latest image a training rendered
     const name = job.sample.path.split(/[\\/]/).pop();
-    card.append(el("figure", { class: "sample" }, el("img", { src: "/file?path=" + encodeURIComponent(job.sample.path), alt: name, loading: "lazy" }),
-      el("figcaption", { class: "hint" }, `latest sample: ${job.sample.title || ""} · ${name}`)));
+    parts.push(["sample", job.sample, () => el("figure", { class: "sample" }, el("img", { src: "/file?path=" + encodeURIComponent(job.sample.path), alt: name, loading: "lazy" }),
+      el("figcaption", { class: "hint" }, `latest sample: ${job.sample.title || ""} · ${name}`))]);
   }
-  if (job.note && job.status !== "done") card.append(el("div", { class: "hint" }, job.note));
-  if (job.message && job.status !== "done") card.append(el("div", { class: "error" }, job.status === "failed" ? `copymachine: error: ${job.message.replace(/^copymachine: error: /, "")}` : job.message));
-  if (job.status === "done" && job.finals && job.finals.length) card.append(el("div", { class: "success" }, job.finals.join("\n"), " ", el("a", { href: "#results" }, "see the results")));
-  if (job.log_tail && job.log_tail.length && job.status !== "queued") card.append(el("details", { open: running || job.status === "failed" }, el("summary", {}, "log"), el("pre", { class: "log" }, job.log_tail.join("\n"))));
-  return card;
+  if (job.note && job.status !== "done") parts.push(["note", job.note, () => el("div", { class: "hint" }, job.note)]);
+  if (job.message && job.status !== "done") parts.push(["message", [job.status, job.message], () => el("div", { class: "error" }, job.status === "failed" ? `copymachine: error: ${job.message.replace(/^copymachine: error: /, "")}` : job.message)]);
+  if (job.status === "done" && job.finals && job.finals.length) parts.push(["finals", job.finals, () => el("div", { class: "success" }, job.finals.join("\n"), " ", el("a", { href: "#results" }, "see the results"))]);
+  if (job.log_tail && job.log_tail.length && job.status !== "queued") parts.push(["log", running || job.status === "failed", () => el("details", { open: running || job.status === "failed" }, el("summary", {}, "log"), el("pre", { class: "log", tabindex: 0, "aria-label": `job ${job.id}: log` }))]);
+  return parts;
+}
+
+// the text of an open log, its scroll and a selection in it kept: stuck to the end only when it was there
+function updateLog(pre, lines) {
+  const text = lines.join("\n");
+  if (pre.textContent === text) return;
+  const sel = window.getSelection();
+  if (sel && !sel.isCollapsed && pre.contains(sel.anchorNode)) return;  // the user is copying from it
+  const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4 || !pre.textContent;
+  const top = pre.scrollTop;
+  pre.textContent = text;
+  pre.scrollTop = atEnd ? pre.scrollHeight : top;
+}
+
+function updateCard(card, job) {
+  card.dataset.status = job.status;
+  const seen = new Set();
+  let before = null;
+  for (const [name, sig, build] of jobParts(job)) {
+    seen.add(name);
+    const key = JSON.stringify(sig);
+    let part = card.querySelector(`:scope > [data-part=${name}]`);
+    const sel = window.getSelection();
+    const holding = part && sel && !sel.isCollapsed && part.contains(sel.anchorNode) && name !== "head";
+    if (!part || (part.dataset.sig !== key && !holding && name !== "log")) {
+      const fresh = build();
+      fresh.dataset.part = name;
+      fresh.dataset.sig = key;
+      if (part) part.replaceWith(fresh); else if (before) before.after(fresh); else card.prepend(fresh);
+      part = fresh;
+    }
+    if (name === "log") updateLog($("pre", part), job.log_tail);
+    before = part;
+  }
+  for (const part of $$(":scope > [data-part]", card)) if (!seen.has(part.dataset.part)) part.remove();
 }
 
 async function action(id, what) {
@@ -271,24 +331,29 @@ async function action(id, what) {
 }
 
 async function refreshJobs() {
+  let data;
   try {
-    const data = await api("/api/jobs");
-    const box = $("#jobs");
-    const openLogs = new Set($$(".job details[open]").map((d) => d.closest(".job").dataset.id));
-    box.textContent = "";
-    if (!data.jobs.length) box.append(el("p", { class: "hint" }, "No jobs yet: make one on the Make page."));
-    for (const job of data.jobs) {
-      const card = jobCard(job);
-      const d = $("details", card);
-      if (d && openLogs.has(job.id)) d.open = true;
-      box.append(card);
-      for (const log of $$("pre.log", card)) log.scrollTop = log.scrollHeight; // the tail is what matters
+    data = await api("/api/jobs", { cache: "no-store", etag: true, headers: state.etag ? { "If-None-Match": state.etag } : {} });
+  } catch (e) { return; }  // shown by the connection banner; tried again on the next tick
+  if (!data) return;  // 304: nothing changed
+  const box = $("#jobs");
+  $("#no-jobs").classList.toggle("hidden", data.jobs.length > 0);
+  const ids = new Set(data.jobs.map((j) => j.id));
+  for (const card of $$(".job", box)) if (!ids.has(card.dataset.id)) card.remove();
+  let before = null;
+  for (const job of data.jobs) {
+    let card = box.querySelector(`.job[data-id="${job.id}"]`);
+    if (!card) {
+      card = el("div", { class: "job", dataset: { id: job.id } });
+      if (before) before.after(card); else box.prepend(card);
     }
-    const active = data.jobs.filter((j) => ["queued", "running"].includes(j.status)).length;
-    $("#queue-count").textContent = active ? `(${active})` : "";
-    const done = data.jobs.filter((j) => j.status === "done").length;
-    if (done !== state.doneCount) { state.doneCount = done; if ((location.hash || "") === "#results") refreshResults(); }
-  } catch (e) { /* the server restarting: try again on the next tick */ }
+    updateCard(card, job);
+    before = card;
+  }
+  const active = data.jobs.filter((j) => ["queued", "running"].includes(j.status)).length;
+  $("#queue-count").textContent = active ? `(${active})` : "";
+  const done = data.jobs.filter((j) => j.status === "done").length;
+  if (done !== state.doneCount) { state.doneCount = done; if ((location.hash || "") === "#results") refreshResults(); }
 }
 
 // --- Results ------------------------------------------------------------------------------
@@ -327,7 +392,8 @@ async function start() {
   state.info = info;
   $("#version").textContent = `copymachine ${info.version} · runs in ${info.runs}`;
   $("#queue-folder").textContent = `${info.runs}/_ui/queue`;
-  for (const m of info.models) $("#models").append(el("option", { value: m }));
+  for (const m of info.models) $("#models").append(el("option", { value: m.path, label: `${m.family} · ${m.path.split(/[\\/]/).pop()}` }));
+  $("#model-folders").textContent = info.model_folders.length ? `Models from ${info.model_folders.join(", ")}; a model linked into one of them is accepted.` : "No models folder: a model must lie under the runs folder.";
   buildEffects(info.effects);
   applyLimits(info.options);
   for (const radio of $$("input[name=source]")) radio.addEventListener("change", () => {
@@ -341,7 +407,8 @@ async function start() {
     try {
       state.original = await upload(file);
       $("#original-img").src = state.original.url;
-      $("#original-info").textContent = `${state.original.name} · ${state.original.width}×${state.original.height}`;
+      const scaled = state.original.preview[0] < state.original.width ? ` (previews at ${state.original.preview.join("×")})` : "";
+      $("#original-info").textContent = `${state.original.name} · ${state.original.width}×${state.original.height}${scaled}`;
       $("#original-box").classList.remove("hidden");
       previewAll();
     } catch (e) { $("#original-info").textContent = `copymachine: error: ${e.message}`; $("#original-box").classList.remove("hidden"); }
