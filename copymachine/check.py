@@ -77,6 +77,12 @@ class PairReport:
         """The alignment fit reads the corners as moving at least SHIFT_WARN_PX (0.1 px precision)."""
         return self.corner_shift_px is not None and _rounded(self.corner_shift_px) >= SHIFT_WARN_PX
 
+    @property
+    def too_weak(self) -> bool:
+        """The edit changes too little to learn from (a warning here; a run refuses it unless --weak-edit-ok)."""
+        return (self.psnr_db is not None and self.changed_fraction is not None
+                and (self.psnr_db > WEAK_PSNR_DB or self.changed_fraction < WEAK_CHANGED_FRACTION))
+
     def as_dict(self) -> dict:
         """JSON-serialisable (an infinite PSNR becomes null, with `identical` true)."""
         d = asdict(self)
@@ -230,7 +236,7 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
                               "redo the edit on the original without moving, rotating or resizing it")
             elif report.reads_as_moved:
                 warn.append(moved + "the LoRA may learn a shift; check that the edit tool did not move the layer")
-        if psnr_db > WEAK_PSNR_DB or changed < WEAK_CHANGED_FRACTION:
+        if report.too_weak:
             warn.append(f"edit too weak: PSNR {psnr_db:.1f} dB, {changed:.2%} of pixels "
                         f"changed noticeably (want PSNR <= {WEAK_PSNR_DB:g} dB and >= {WEAK_CHANGED_FRACTION:.1%}); "
                         "make the edit stronger")

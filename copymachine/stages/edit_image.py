@@ -19,7 +19,7 @@ from copymachine.effects import apply_effect, check_amount, resolve_params
 from copymachine.errors import InputError
 from copymachine.files import atomic_write_json
 from copymachine.images import load_rgb, save_png
-from copymachine.plan import OPTIONAL, StageParams
+from copymachine.plan import OPTIONAL, FileRef, Plan, Stage, StageParams
 from copymachine.stages import StageContext, StageKind
 
 CUSTOM = "custom"  # the user's own edit
@@ -78,6 +78,40 @@ def verdict_lines(report: PairReport, effect: str, where: Path | str) -> tuple[l
                     "fit), pass --edit-in-place to use it")
         refusal = f"{source} cannot be used ({where}): {'; '.join(report.messages)}{hint}"
     return notes, warnings, refusal
+
+
+def _user_file(ref: FileRef, stages: dict[str, Stage]) -> Path | None:
+    """The user's file behind an input (through the import stage); None for a generated original."""
+    if ref.producer is None:
+        return ref.path
+    producer = stages[ref.producer]
+    return _user_file(producer.inputs["source"], stages) if producer.kind == "import_image" else None
+
+
+def check_edits(plan: Plan, weak_ok: bool) -> None:
+    """Before the first stage, a dry run's too: each planned edit of a user's image made and
+    checked as its stage will, and refused when it cannot be used or is too weak to learn from
+    (`--weak-edit-ok` overrules the latter). A generated original's edit is checked by its stage."""
+    stages = {s.name: s for s in plan.stages}
+    for stage in plan.stages:
+        if stage.kind != EditImage.kind:
+            continue
+        paths = {name: _user_file(ref, stages) for name, ref in stage.inputs.items()}
+        original, edited = paths["original"], paths.get("edited")
+        if original is None:
+            continue
+        p = stage.spec
+        custom = load_rgb(edited) if edited is not None else None
+        _, report = edit_and_check(load_rgb(original), p.effect, p.effect_params, p.amount, custom, bool(p.in_place))
+        where = edited or original
+        refusal = verdict_lines(report, p.effect, where)[2]
+        if refusal:
+            raise InputError(refusal)
+        if report.too_weak and not weak_ok:
+            weak = next(m for m in report.messages if m.startswith("edit too weak"))
+            source = "your edit" if p.effect == CUSTOM else f"the {p.effect} edit"
+            raise InputError(f"{source} of {where}: {weak} (--amount, --set {p.effect}.…, or another edit); or "
+                             "pass --weak-edit-ok to train on it anyway")
 
 
 class EditImage(StageKind):
