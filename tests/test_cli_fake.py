@@ -404,7 +404,8 @@ def test_dry_run_checks_the_python_and_sd_args_before_any_work(fake_engine, imag
     result = invoke([str(missing) if a == sys.executable else a for a in args])
     assert result.exit_code != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("copymachine: error:")]
-    assert len(errors) == 1 and str(missing) in errors[0], result.stderr
+    assert errors == [f"copymachine: error: the Python for sd-scripts was not found: {missing} (set --python or "
+                      "$SD_SCRIPTS_PYTHON)"], result.stderr
     assert not (tmp_path / "run").exists()
     result = invoke(train_args(fake_engine, images, tmp_path / "run", "--effect", "contrast", "--dry-run",
                                "--sd-arg", "no_such_option=1"))

@@ -8,13 +8,14 @@ declared with `--edit-in-place`: for those the alignment reading is a note, neve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from copymachine.check import PairReport, check_pair, compare_sheet
+from copymachine.check import PairReport, check_pair, compare_sheet, strength, weak_message
 from copymachine.effects import apply_effect, check_amount, resolve_params
 from copymachine.errors import InputError
 from copymachine.files import atomic_write_json
@@ -89,27 +90,31 @@ def _user_file(ref: FileRef, stages: dict[str, Stage]) -> Path | None:
 
 
 def check_edits(plan: Plan, weak_ok: bool) -> None:
-    """Before the first stage, a dry run's too: each planned edit of a user's image made and
-    checked as its stage will, and refused when it cannot be used or is too weak to learn from
-    (`--weak-edit-ok` overrules the latter). A generated original's edit is checked by its stage."""
+    """Before the first stage, a dry run's too: each planned edit of a user's image made and its
+    strength measured (the stage checks the rest), refused when identical to the original or too
+    weak to learn from (`--weak-edit-ok` overrules the latter). A generated original's edit is
+    checked by its stage."""
     stages = {s.name: s for s in plan.stages}
     for stage in plan.stages:
         if stage.kind != EditImage.kind:
             continue
         paths = {name: _user_file(ref, stages) for name, ref in stage.inputs.items()}
-        original, edited = paths["original"], paths.get("edited")
-        if original is None:
+        original_path, edited_path = paths["original"], paths.get("edited")
+        if original_path is None:
             continue
         p = stage.spec
-        custom = load_rgb(edited) if edited is not None else None
-        _, report = edit_and_check(load_rgb(original), p.effect, p.effect_params, p.amount, custom, bool(p.in_place))
-        where = edited or original
-        refusal = verdict_lines(report, p.effect, where)[2]
-        if refusal:
-            raise InputError(refusal)
-        if report.too_weak and not weak_ok:
-            weak = next(m for m in report.messages if m.startswith("edit too weak"))
-            source = "your edit" if p.effect == CUSTOM else f"the {p.effect} edit"
+        original = load_rgb(original_path)
+        edited = load_rgb(edited_path) if edited_path else apply_effect(p.effect, original, p.effect_params, p.amount)
+        measured = strength(original, edited)
+        if measured is None:
+            continue  # another size: its stage says so
+        source = "your edit" if p.effect == CUSTOM else f"the {p.effect} edit"
+        where = edited_path or original_path
+        if math.isinf(measured[0]):
+            raise InputError(f"{source} of {where} is identical to the original: there is nothing for the effect "
+                             "LoRA to learn")
+        weak = weak_message(*measured)
+        if weak and not weak_ok:
             raise InputError(f"{source} of {where}: {weak} (--amount, --set {p.effect}.…, or another edit); or "
                              "pass --weak-edit-ok to train on it anyway")
 
