@@ -30,6 +30,7 @@ from copymachine.models import Family, ModelInfo, choose_prediction, inspect_bas
 from copymachine.options import RunOptions, split_set_options
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Plan, stage_name
+from copymachine.preflight.gpu import cpu_estimate
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, SD_ARGS, Recipe, apply_overrides, load_recipe_file, parse_sd_args
 from copymachine.recipe import ratio as recipe_ratio
@@ -229,7 +230,7 @@ def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Setti
         + (f" ({settings.mixed_precision})" if settings.mixed_precision != "no" else "")
     )
     if settings.device == "cpu":
-        reporter.warn(preflight.cpu_estimate(the_plan, cuda=bool(settings.probe and settings.probe.cuda)))
+        reporter.warn(cpu_estimate(the_plan, cuda=bool(settings.probe and settings.probe.cuda)))
     check_edits(the_plan, o.weak_edit_ok)
     return the_plan, hashes
 

@@ -23,15 +23,7 @@ from copymachine.preflight.disk import (
     one_image_run_needs,
 )
 from copymachine.preflight.engine import check_tokenizers, engine_warning, tokenizer_problem
-from copymachine.preflight.gpu import (
-    LOW_VRAM_TEXT,
-    SMOKE_TEST,
-    check_bitsandbytes,
-    check_vram,
-    cpu_estimate,
-    gpu_memory,
-    vram_advice,
-)
+from copymachine.preflight.gpu import LOW_VRAM_TEXT, check_bitsandbytes, check_vram, gpu_memory, vram_advice
 from copymachine.preflight.images import check_image, check_images
 from copymachine.preflight.memory import (
     FP16_MERGE,
@@ -47,13 +39,13 @@ from copymachine.preflight.output import check_output, check_writable, existing_
 from copymachine.preflight.paths import WINDOWS_PATH_LIMIT, check_path_lengths, written_paths
 from copymachine.progress import Reporter
 
-__all__ = ["FP16_MERGE", "GB", "LOW_VRAM_TEXT", "MB", "MODEL_PARAMS", "SMOKE_TEST", "TRAINING_PEAK_RAM",
-           "WINDOWS_PATH_LIMIT", "SpaceNeed", "by_disk", "check_base_model", "check_bitsandbytes", "check_image",
-           "check_images", "check_memory", "check_output", "check_path_lengths", "check_resources", "check_space",
-           "check_tokenizers", "check_vram", "check_writable", "cpu_estimate", "disk_full", "engine_warning",
-           "estimate_space", "existing_ancestor", "fp16_merge_fits", "gpu_memory", "human", "lora_bytes",
-           "made_here", "memory_bytes", "merge_ram", "model_parameters", "one_image_run_needs", "ram_and_swap",
-           "tokenizer_problem", "vram_advice", "written_paths"]
+__all__ = ["FP16_MERGE", "GB", "LOW_VRAM_TEXT", "MB", "MODEL_PARAMS", "TRAINING_PEAK_RAM", "WINDOWS_PATH_LIMIT",
+           "SpaceNeed", "by_disk", "check_base_model", "check_bitsandbytes", "check_image", "check_images",
+           "check_memory", "check_output", "check_path_lengths", "check_resources", "check_space", "check_tokenizers",
+           "check_vram", "check_writable", "disk_full", "engine_warning", "estimate_space", "existing_ancestor",
+           "fp16_merge_fits", "gpu_memory", "human", "lora_bytes", "made_here", "memory_bytes", "merge_ram",
+           "model_parameters", "one_image_run_needs", "ram_and_swap", "tokenizer_problem", "vram_advice",
+           "written_paths"]
 
 
 def check_resources(plan, model: ModelInfo, reporter: Reporter) -> None:
