@@ -1,10 +1,10 @@
 """What the user's sd-scripts can do, learnt from it instead of assumed.
 
 copymachine runs the sd-scripts our users have: the one their kohya_ss GUI ships, or their own
-checkout, of any release from v0.8.7 on. Once per checkout (cached by `Engine.identity`: the git
-commit, or a hash of the tree) it runs each script it calls with `--help` and keeps the options
-each one lists, and reads the per-prompt options of `gen_img.py` from that script's own parser
-of prompt lines (`re.match(r"w (\\d+)", parg, ...)`). Then:
+checkout, of any release from v0.8.7 on. Once per install (cached in the user's cache by its path
+and `Engine.identity`: the git commit, or a hash of the tree; see cache_path) it runs each script
+it calls with `--help` and keeps the options each one lists, and reads the per-prompt options of
+`gen_img.py` from that script's own parser of prompt lines (`re.match(r"w (\\d+)", parg, ...)`). Then:
 
 - a command or a training TOML key that the script does not know is refused before it runs (the
   training TOML accepts unknown keys silently, so a key an older version lacks would be ignored);
@@ -20,6 +20,7 @@ of prompt lines (`re.match(r"w (\\d+)", parg, ...)`). Then:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -80,6 +81,7 @@ class Capabilities:
     prompt_options: list[str] = field(default_factory=list)  # gen_img.py's per-prompt options
     errors: dict[str, str] = field(default_factory=dict)  # script -> why its --help failed
     format: int = FORMAT
+    root: str = ""  # the install it was learnt from
 
     @property
     def file_names(self) -> bool:
@@ -119,6 +121,13 @@ def cache_dir() -> Path:
         return Path(os.environ["LOCALAPPDATA"]) / "copymachine" / "engines"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "copymachine" / "engines"
+
+
+def cache_path(engine: Engine) -> Path:
+    """Where what `engine` can do is kept: per install (its path) and version (its commit or tree), in the
+    user's cache, so `doctor`, dry runs and runs share it whatever their run or cache folders."""
+    where = hashlib.sha256(str(Path(engine.root).resolve()).encode("utf-8")).hexdigest()[:12]
+    return cache_dir() / f"{engine.identity.replace(':', '-')}-{where}.json"
 
 
 def name_version(engine: Engine) -> tuple[str, bool]:
@@ -173,7 +182,7 @@ def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int
     """The capabilities of `engine`, from the cache or learnt now (each script's --help, in
     parallel; about as long as one sd-scripts start per script, once per checkout). While it
     learns, `on_progress(done, total)` is called before the first script and after each."""
-    path = cache_dir() / (engine.identity.replace(":", "-") + ".json")
+    path = cache_path(engine)
     version, known = name_version(engine)
     if not refresh and path.is_file():
         try:
@@ -183,7 +192,7 @@ def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int
                 return Capabilities(**data)
         except (OSError, ValueError, TypeError):
             pass  # a damaged cache entry is learnt again
-    caps = Capabilities(identity=engine.identity, version=version, known=known)
+    caps = Capabilities(identity=engine.identity, version=version, known=known, root=str(engine.root))
     if on_progress:
         on_progress(0, len(SCRIPTS))
     results: dict[str, list[str] | str] = {}

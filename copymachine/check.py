@@ -230,16 +230,33 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
                               "redo the edit on the original without moving, rotating or resizing it")
             elif report.reads_as_moved:
                 warn.append(moved + "the LoRA may learn a shift; check that the edit tool did not move the layer")
-        if psnr_db > WEAK_PSNR_DB or changed < WEAK_CHANGED_FRACTION:
-            warn.append(f"edit too weak: PSNR {psnr_db:.1f} dB, {changed:.2%} of pixels "
-                        f"changed noticeably (want PSNR <= {WEAK_PSNR_DB:g} dB and >= {WEAK_CHANGED_FRACTION:.1%}); "
-                        "make the edit stronger")
+        weak = weak_message(psnr_db, changed)
+        if weak:
+            warn.append(weak)
         if report.ssim is not None and report.ssim < DIFFERENT_SSIM:
             warn.append(f"edit too different: SSIM {report.ssim:.2f} (< {DIFFERENT_SSIM:g}); the LoRA will learn a "
                         "new picture rather than an effect; make the edit milder")
     report.messages = refuse + warn
     report.verdict = "refuse" if refuse else "warn" if warn else "ok"
     return report
+
+
+def weak_message(psnr_db: float, changed: float) -> str | None:
+    """What is said of an edit that changes too little to learn from (a warning of `check_pair`; a
+    run refuses it before its first stage unless --weak-edit-ok), else None."""
+    if math.isinf(psnr_db) or (psnr_db <= WEAK_PSNR_DB and changed >= WEAK_CHANGED_FRACTION):
+        return None
+    return (f"edit too weak: PSNR {psnr_db:.1f} dB, {changed:.2%} of pixels changed noticeably (want PSNR <= "
+            f"{WEAK_PSNR_DB:g} dB and >= {WEAK_CHANGED_FRACTION:.1%}); make the edit stronger")
+
+
+def strength(original: Image.Image, edited: Image.Image) -> tuple[float, float] | None:
+    """PSNR and the share of noticeably changed pixels, the strength part of `check_pair` alone
+    (None when the sizes differ); cheap beside the alignment fit."""
+    a, b = np.asarray(to_rgb(original), np.uint8), np.asarray(to_rgb(edited), np.uint8)
+    if a.shape != b.shape:
+        return None
+    return psnr(a, b), float(np.mean(delta_e(a, b) > CHANGED_DELTA_E))
 
 
 def format_report(report: PairReport, original_name: str = "original", edited_name: str = "edited") -> str:

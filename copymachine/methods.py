@@ -106,8 +106,8 @@ class _Context:
             script = self.family.train_script
             if not capabilities.check_training_keys(settings.capabilities, script, list(self.sd_args)):
                 self.plan.notes.append(
-                    f"--sd-arg {', '.join(self.sd_args)}: not checked against {script} --help yet "
-                    "(a dry run learns nothing); a run checks it before any work"
+                    f"--sd-arg {', '.join(self.sd_args)}: not checked against {script} --help here "
+                    "(nothing learnt from this sd-scripts); a run or a dry run checks it before any work"
                 )
 
     def add(self, name: str, kind: str, title: str, inputs: dict[str, FileRef], params: StageParams,

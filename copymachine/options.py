@@ -48,6 +48,8 @@ class RunOptions(BaseModel):
     edited_dir: Path | None = opt(None, "A folder of your edits of --images, matched by file name.")
     edit_in_place: bool = opt(False, "Your edits keep every pixel in place (you only drew on the picture): an "
         "alignment fit pulled by thick new lines is then a note, not a refusal.")
+    weak_edit_ok: bool = opt(False, "Train on an edit the check finds too weak to learn from (refused before the "
+        "first stage otherwise).")
     out: Path | None = opt(None, "Run folder. Default: runs/<image name>.", path="dir")
     name: str | None = opt(None, "File name of the final LoRA. Default: <run folder name>-<effect>.")
     caption: str | None = opt(None, "Caption of both training images (the same text for both). Default: the recipe's.")

@@ -30,11 +30,13 @@ from copymachine.models import Family, ModelInfo, choose_prediction, inspect_bas
 from copymachine.options import RunOptions, split_set_options
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Plan, stage_name
+from copymachine.preflight.gpu import cpu_estimate
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, SD_ARGS, Recipe, apply_overrides, load_recipe_file, parse_sd_args
 from copymachine.recipe import ratio as recipe_ratio
 from copymachine.request import StyleLora
 from copymachine.stages import Settings
+from copymachine.stages.edit_image import check_edits
 from copymachine.stages.leakage import summary as leakage_summary
 
 __all__ = ["COMMANDS", "RunOptions", "make_settings", "plan_only", "run_method"]
@@ -182,14 +184,15 @@ def _recipe(method: str, o: RunOptions, effects: list[str]) -> tuple[Recipe, dic
     return recipe, effect_sets
 
 
-def make_request(method: str, o: RunOptions, reporter: Reporter,
-                 gpu: int | None) -> tuple[Request, ModelInfo, Settings]:
+def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None,
+                 require: bool = True) -> tuple[Request, ModelInfo, Settings]:
     """The run asked for, from its options: inputs checked, the recipe, sd-scripts located (and
-    pinned to `gpu`), the tokenizers the base model's family needs."""
+    pinned to `gpu`), the tokenizers the base model's family needs. `require`: its Python must
+    answer and what its scripts can do is learnt (a run and a dry run; not a queue's planning)."""
     images, edited, effects, model = check_inputs(o, reporter)
     recipe, effect_sets = _recipe(method, o, effects)
     settings = make_settings(o.sd_scripts, o.python, o.device, o.tokenizer_cache_dir, o.offline, reporter,
-                             require=not o.dry_run, low_vram=o.low_vram)
+                             require=require, low_vram=o.low_vram)
     if gpu is not None and settings.gpus:
         settings = dataclasses.replace(settings, pinned_gpu=gpu, gpus=1)
     preflight.check_tokenizers(settings, model.family, reporter)
@@ -207,8 +210,8 @@ def make_request(method: str, o: RunOptions, reporter: Reporter,
 
 def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Settings,
               reporter: Reporter) -> tuple[Plan, HashCache]:
-    """Pre-flight of the planned run: the output folders (a dry run writes configs into the run
-    and cache folders: the same output checks as a run), then, for a run, disk space and RAM."""
+    """Pre-flight of the planned run, a dry run's too: the output folders, disk space and RAM, the
+    edits' check; on the CPU, what the trainings will take."""
     folders = run_folders(request)
     preflight.check_writable({"cache folder": folders.cache})
     hashes = HashCache.for_host(folders.cache)
@@ -218,8 +221,7 @@ def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Setti
     preflight.check_writable({"run folder": the_plan.run_dir})
     for note in the_plan.notes:
         reporter.note(note)
-    if not o.dry_run:
-        preflight.check_resources(the_plan, model, reporter)
+    preflight.check_resources(the_plan, model, reporter)
     reporter.info(
         f"copymachine {request.method}: {model.family.label} base {o.base.name}, {request.prediction.text()}"
         + (f", clip skip {request.recipe.model.clip_skip}" if request.recipe.model.clip_skip != 1 else "")
@@ -227,6 +229,9 @@ def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Setti
         f"effects: {', '.join(request.effects)}; run folder {the_plan.run_dir}; profile {settings.profile.name}"
         + (f" ({settings.mixed_precision})" if settings.mixed_precision != "no" else "")
     )
+    if settings.device == "cpu":
+        reporter.warn(cpu_estimate(the_plan, cuda=bool(settings.probe and settings.probe.cuda)))
+    check_edits(the_plan, o.weak_edit_ok)
     return the_plan, hashes
 
 
@@ -237,8 +242,7 @@ def side_by_side(o: RunOptions, request: Request, the_plan: Plan, settings: Sett
         if o.jobs and o.jobs > 1:
             reporter.warn("--jobs: CPU runs stay sequential (parallel trainings would only share the same cores)")
         return 1
-    if not o.dry_run:
-        preflight.check_bitsandbytes(the_plan, settings)
+    preflight.check_bitsandbytes(the_plan, settings)
     jobs = preflight.check_vram(the_plan, settings, o.jobs, trainings, reporter)
     if jobs > 1:
         where = f" on {settings.gpus} GPUs" if settings.gpus > 1 else " on one GPU"
@@ -256,6 +260,9 @@ def run_jobs(the_plan: Plan, o: RunOptions, settings: Settings, hashes: HashCach
     pipeline.run(dry_run=o.dry_run, wait=not o.no_wait, jobs=jobs)
     hashes.save()
     if o.dry_run:
+        if not the_plan.manifest_path.exists():  # so that the same command, dry or not, takes the folder
+            pipeline.manifest.data["dry_run"] = True
+            pipeline.manifest.save()
         return []
     for effect, path in the_plan.finals.items():
         scores = leakage_scores(the_plan, effect)
@@ -283,11 +290,11 @@ def run_method(method: str, o: RunOptions, reporter: Reporter | None = None, on_
 
 def plan_only(method: str, o: RunOptions, reporter: Reporter) -> tuple[Plan, HashCache]:
     """The run's plan and nothing else (nothing written, nothing run; sd-scripts need not answer,
-    as for a dry run): what a queue reads to order its jobs before it hands them to an engine.
+    unlike a dry run): what a queue reads to order its jobs before it hands them to an engine.
     Keys made here are this host's (its engine, its device's precision): compare them with
     each other, not with the keys a job computes where it runs."""
     o = o.model_copy(update={"dry_run": True})
-    request, _model, settings = make_request(method, o, reporter, None)
+    request, _model, settings = make_request(method, o, reporter, None, require=False)
     folders = run_folders(request)
     hashes = HashCache.for_host(folders.cache)
     return plan(request, settings, hashes, folders), hashes

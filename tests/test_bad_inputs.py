@@ -181,8 +181,9 @@ def test_bad_image(fake_engine, scene, tmp_path, case):
 def test_a_picture_larger_than_4096_px_trains_at_the_native_area(fake_engine, tmp_path):
     """No size limit: a 4160x3120 picture trains SD1.5 at 576x448 (about 512², aspect kept),
     with one note saying so and how to change it; --resolution is the training size."""
-    path = tmp_path / "big.png"
-    Image.new("RGB", (4160, 3120), (200, 100, 50)).save(path)
+    path = tmp_path / "big.png"  # a picture (not one colour, which the edit's check refuses), smooth and large
+    small = np.random.default_rng(0).integers(0, 256, (39, 52, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((4160, 3120), Image.Resampling.BICUBIC).save(path)
     result = invoke(["train", "--effect", "contrast", "--base", fake_engine.base, "--image", path, "--out", tmp_path / "run", "--dry-run", *fake_engine.engine_args])
     assert result.exit_code == 0, result.output
     notes = [line for line in result.stderr.splitlines() if "big.png" in line]

@@ -53,8 +53,10 @@ def test_learnt_once_per_checkout(fake_engine, tmp_path, monkeypatch):
     assert "--network_dim" in caps.options["train_network.py"] and "--new_rank" in caps.options["networks/resize_lora.py"]
     monkeypatch.setattr(capabilities, "_help", lambda engine, script: pytest.fail("learnt again"))
     assert capabilities.learn(engine) == caps  # from the cache, by commit
-    cached = capabilities.cache_dir() / f"git-{'3' * 40}.json"
-    assert json.loads(cached.read_text(encoding="utf-8"))["identity"] == f"git:{'3' * 40}"
+    cached = capabilities.cache_path(engine)  # the user's cache, by install (path) and commit
+    assert cached.parent == capabilities.cache_dir() and cached.name.startswith(f"git-{'3' * 40}-")
+    data = json.loads(cached.read_text(encoding="utf-8"))
+    assert data["identity"] == f"git:{'3' * 40}" and data["root"] == str(root)
 
 
 def test_v08_without_f_finds_its_images_by_their_sequential_names(fake_engine, tmp_path, scene):

@@ -5,6 +5,7 @@ real argument lists, real config files; the fake rejects any option the pinned s
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +377,65 @@ def test_preview_command_measures_leakage_with_the_training_image(fake_engine, i
     assert result.exit_code == 0 and "leakage (" not in result.output
     help_text = " ".join(invoke(["preview", "--help"]).output.split())
     assert "Leakage" in help_text and "SSIM to the training image" in help_text
+
+
+def test_dry_run_then_the_same_command_dry_then_real(fake_engine, images, tmp_path):
+    """A dry run leaves a folder the same command accepts, dry or real (its manifest marked as a dry run)."""
+    out = tmp_path / "run"
+    args = train_args(fake_engine, images, out, "--effect", "contrast")
+    for _ in range(2):
+        result = invoke(args + ["--dry-run"])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["dry_run"] is True
+    assert fake_engine.calls() == []
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert "dry_run" not in json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert all(s["status"] == "done" for s in manifest(out).values())
+    # a dry run after the real one leaves its manifest as it is
+    result = invoke(args + ["--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert all(s["status"] == "done" for s in manifest(out).values())
+
+
+def test_dry_run_checks_the_python_and_sd_args_before_any_work(fake_engine, images, tmp_path):
+    missing = tmp_path / "does" / "not" / "exist"
+    args = train_args(fake_engine, images, tmp_path / "run", "--effect", "contrast", "--dry-run")
+    result = invoke([str(missing) if a == sys.executable else a for a in args])
+    assert result.exit_code != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("copymachine: error:")]
+    assert errors == [f"copymachine: error: the Python for sd-scripts was not found: {missing} (set --python or "
+                      "$SD_SCRIPTS_PYTHON)"], result.stderr
+    assert not (tmp_path / "run").exists()
+    result = invoke(train_args(fake_engine, images, tmp_path / "run", "--effect", "contrast", "--dry-run",
+                               "--sd-arg", "no_such_option=1"))
+    assert result.exit_code == EXIT_INPUT
+    errors = [line for line in result.stderr.splitlines() if line.startswith("copymachine: error:")]
+    assert len(errors) == 1 and "--sd-arg no_such_option: train_network.py" in errors[0], result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_too_weak_edit_stops_the_dry_run_and_the_run_unless_overruled(fake_engine, images, tmp_path):
+    weak = tmp_path / "weak.png"
+    pixels = np.asarray(Image.open(images["original"]).convert("RGB")).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(weak)
+    for extra in (["--dry-run"], []):
+        result = invoke(train_args(fake_engine, images, tmp_path / "run", "--edited", str(weak), *extra))
+        assert result.exit_code == EXIT_INPUT
+        errors = [line for line in result.stderr.splitlines() if line.startswith("copymachine: error:")]
+        assert len(errors) == 1 and "edit too weak: PSNR" in errors[0] and "of pixels changed" in errors[0]
+        assert errors[0].endswith("or pass --weak-edit-ok to train on it anyway")
+    assert fake_engine.calls() == []
+    result = invoke(train_args(fake_engine, images, tmp_path / "run", "--edited", str(weak), "--dry-run",
+                               "--weak-edit-ok"))
+    assert result.exit_code == 0, result.output
+
+
+def test_a_cpu_run_says_so_with_an_estimate_and_the_smoke_test_flags(fake_engine, images, tmp_path):
+    args = train_args(fake_engine, images, tmp_path / "run", "--effect", "contrast", "--dry-run")
+    result = invoke([a for a in args if a not in ("--resolution", "64", "--max-steps", "3")])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stderr.splitlines() if "trains on the CPU" in line)
+    assert "copy LoRA 3,072 steps at 512x512" in line and "an estimate" in line and "days" in line
+    assert line.endswith("To test the set-up quickly: --resolution 64 --max-steps 3 --no-copy-check")

@@ -287,10 +287,13 @@ def test_unknown_sd_arg_names_the_closest_before_any_work(fake_engine, tmp_path)
     assert set(OWN_KEYS) >= {"clip_skip", "v_parameterization", "learning_rate", "mixed_precision", "resolution"}
 
 
-def test_a_dry_run_says_sd_args_are_not_checked_yet(fake_engine, tmp_path):
+def test_a_dry_run_checks_sd_args_as_the_run_does(fake_engine, tmp_path):
+    """Issue 31: a dry run learns the script's options (once per install) and checks the keys against them."""
     result = invoke(run_args(fake_engine, fake_engine.base, tmp_path / "run", "--sd-arg", "noise_offset=0.05", "--dry-run", "--no-copy-check"))
     assert result.exit_code == 0, result.output
-    assert "--sd-arg noise_offset: not checked against train_network.py --help yet" in result.output
+    assert "not checked against" not in result.output
+    result = invoke(run_args(fake_engine, fake_engine.base, tmp_path / "run", "--sd-arg", "noise_ofset=0.05", "--dry-run", "--no-copy-check"))
+    assert result.exit_code == EXIT_INPUT and "has no option --noise_ofset; closest: noise_offset" in result.output
 
 
 def test_sd_arg_in_a_jobs_file_and_a_recipe_file(fake_engine, tmp_path):

@@ -113,3 +113,33 @@ def check_bitsandbytes(plan, settings) -> None:
             "pip install bitsandbytes into it"
             + (", or train without --low-vram" if settings.profile.optimizer in optimizers else "")
         )
+
+
+# CPU seconds per training step at 64x64 px: docs/benchmarks.md item 1 (2 cores, SD1.5), a 3-step copy LoRA in
+# 29 s, start-up included. Scaled by pixel count, it is a rough estimate, not a measurement at that size.
+CPU_STEP_SECONDS_64PX = 29 / 3
+SMOKE_TEST = "--resolution 64 --max-steps 3 --no-copy-check"
+
+
+def duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def cpu_estimate(plan, cuda: bool) -> str:
+    """What a run on the CPU is in for: each training's steps at its size, timed by the 64 px CPU
+    figure scaled by pixel count, and the flags of a quick test of the set-up."""
+    why = "its torch sees no CUDA GPU" if not cuda else "--device cpu"
+    parts, total = [], 0.0
+    for stage in plan.stages:
+        if stage.kind == "train_lora":
+            p = stage.spec
+            seconds = p.total_steps * CPU_STEP_SECONDS_64PX * p.size[0] * p.size[1] / (64 * 64)
+            total += seconds
+            parts.append(f"{stage.title} {p.total_steps:,} steps at {p.size[0]}x{p.size[1]} ~{duration(seconds)}")
+    return (f"sd-scripts trains on the CPU ({why}). Estimated time (docs/benchmarks.md's CPU figure at 64 px, "
+            f"{CPU_STEP_SECONDS_64PX:.1f} s per step on 2 cores, scaled by pixel count: an estimate): "
+            + "; ".join(parts) + f"; trainings in all ~{duration(total)}. "
+            f"To test the set-up quickly: {SMOKE_TEST}")

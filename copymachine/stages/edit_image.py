@@ -8,18 +8,19 @@ declared with `--edit-in-place`: for those the alignment reading is a note, neve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from copymachine.check import PairReport, check_pair, compare_sheet
+from copymachine.check import PairReport, check_pair, compare_sheet, strength, weak_message
 from copymachine.effects import apply_effect, check_amount, resolve_params
 from copymachine.errors import InputError
 from copymachine.files import atomic_write_json
 from copymachine.images import load_rgb, save_png
-from copymachine.plan import OPTIONAL, StageParams
+from copymachine.plan import OPTIONAL, FileRef, Plan, Stage, StageParams
 from copymachine.stages import StageContext, StageKind
 
 CUSTOM = "custom"  # the user's own edit
@@ -78,6 +79,44 @@ def verdict_lines(report: PairReport, effect: str, where: Path | str) -> tuple[l
                     "fit), pass --edit-in-place to use it")
         refusal = f"{source} cannot be used ({where}): {'; '.join(report.messages)}{hint}"
     return notes, warnings, refusal
+
+
+def _user_file(ref: FileRef, stages: dict[str, Stage]) -> Path | None:
+    """The user's file behind an input (through the import stage); None for a generated original."""
+    if ref.producer is None:
+        return ref.path
+    producer = stages[ref.producer]
+    return _user_file(producer.inputs["source"], stages) if producer.kind == "import_image" else None
+
+
+def check_edits(plan: Plan, weak_ok: bool) -> None:
+    """Before the first stage, a dry run's too: each planned edit of a user's image made and its
+    strength measured (the stage checks the rest), refused when identical to the original or too
+    weak to learn from (`--weak-edit-ok` overrules the latter). A generated original's edit is
+    checked by its stage."""
+    stages = {s.name: s for s in plan.stages}
+    for stage in plan.stages:
+        if stage.kind != EditImage.kind:
+            continue
+        paths = {name: _user_file(ref, stages) for name, ref in stage.inputs.items()}
+        original_path, edited_path = paths["original"], paths.get("edited")
+        if original_path is None:
+            continue
+        p = stage.spec
+        original = load_rgb(original_path)
+        edited = load_rgb(edited_path) if edited_path else apply_effect(p.effect, original, p.effect_params, p.amount)
+        measured = strength(original, edited)
+        if measured is None:
+            continue  # another size: its stage says so
+        source = "your edit" if p.effect == CUSTOM else f"the {p.effect} edit"
+        where = edited_path or original_path
+        if math.isinf(measured[0]):
+            raise InputError(f"{source} of {where} is identical to the original: there is nothing for the effect "
+                             "LoRA to learn")
+        weak = weak_message(*measured)
+        if weak and not weak_ok:
+            raise InputError(f"{source} of {where}: {weak} (--amount, --set {p.effect}.…, or another edit); or "
+                             "pass --weak-edit-ok to train on it anyway")
 
 
 class EditImage(StageKind):
