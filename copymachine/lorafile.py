@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save
 
 from copymachine.errors import InputError
 from copymachine.files import replace_file
@@ -123,6 +122,8 @@ def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
 
 def write_safetensors(path: Path, tensors: dict[str, ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write numpy arrays as safetensors (synced to disk); the caller makes it atomic if needed."""
+    from safetensors.numpy import save  # numpy, loaded when a file is written: `--help` starts without it
+
     data = save({k: np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v) for k, v in tensors.items()},
                 {str(k): str(v) for k, v in metadata.items()} if metadata else None)
     with open(path, "wb") as f:
