@@ -115,9 +115,9 @@ def check_bitsandbytes(plan, settings) -> None:
         )
 
 
-# CPU seconds per training step at 64x64 px: docs/benchmarks.md item 1 (2 cores, SD1.5), a 3-step copy LoRA in
-# 29 s, start-up included. Scaled by pixel count, it is a rough estimate, not a measurement at that size.
-CPU_STEP_SECONDS_64PX = 29 / 3
+# CPU seconds per training step at 64x64 px: docs/benchmarks.md item 6 (2 cores, SD1.5, the memo's copy LoRA,
+# sd-scripts' own step timer, measured on a busy machine). Scaled by pixel count: an estimate, not a measurement.
+CPU_STEP_SECONDS_64PX = 7.6
 SMOKE_TEST = "--resolution 64 --max-steps 3 --no-copy-check"
 
 
