@@ -309,8 +309,8 @@ def test_cancel_is_ctrl_c_and_retry_resumes(fake_engine, scene, tmp_path, monkey
 
         def copy_lora_stepping():  # not the capabilities' count, which comes before any stage
             view = store.view(job_id)
-            running = [st["title"] for st in view["stages"] if st["status"] == "running"]
-            return running == ["copy LoRA"] and (view.get("progress") or {}).get("step")
+            running = [st["kind"] for st in view["stages"] if st["status"] == "running"]
+            return running == ["train_lora"] and (view.get("progress") or {}).get("step")
 
         wait(copy_lora_stepping, "the copy LoRA's progress")
         worker.cancel(job_id)
