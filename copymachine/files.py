@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from copymachine.errors import OutputError
+from copymachine.errors import InputError, OutputError
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -242,3 +242,11 @@ def free_bytes(path: Path) -> int:
     while not p.exists() and p != p.parent:
         p = p.parent
     return shutil.disk_usage(p).free
+
+
+def require_file(path: Path, what: str) -> None:
+    """A file the user named: one line when it is missing or a folder."""
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{what} is not a file: {path}")

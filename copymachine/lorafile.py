@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import SafetensorError, safe_open
 
 from copymachine.errors import InputError
-from copymachine.files import replace_file
+from copymachine.files import replace_file, require_file
 from copymachine.heavy import numpy as np
 
 if TYPE_CHECKING:
@@ -104,10 +104,7 @@ def _refused(path: Path, what: str, error: Exception) -> InputError:
 def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
     """A safetensors file's keys, shapes, dtypes and metadata; raises InputError naming the file and the problem."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} is not a file: {path}")
+    require_file(path, what)
     try:
         with safe_open(path, framework="numpy") as f:
             slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (not a dict)

@@ -14,7 +14,7 @@ from copymachine import effects as effect_registry
 from copymachine import preflight
 from copymachine.engine_setup import make_settings
 from copymachine.errors import InputError
-from copymachine.files import HashCache
+from copymachine.files import HashCache, require_file
 from copymachine.methods import (
     COPY_MACHINE,
     CUSTOM,
@@ -88,13 +88,6 @@ def parse_absorb(items: tuple[str, ...]) -> list[StyleLora]:
     return out
 
 
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} is not a file: {path}")
-
-
 def see_recipe_sets(o: RunOptions) -> dict[str, dict[str, Any]]:
     """Recipe overrides the see options (--caption-with, --tagger-dir, thresholds) stand for."""
     caption: dict[str, Any] = {}
@@ -141,10 +134,10 @@ def check_inputs(o: RunOptions, reporter: Reporter):
         raise InputError("give --edited or --edited-dir, not both")
     images = images_in(o.images_dir) if o.images_dir else list(o.images)
     for path in images:
-        _check_file(path, "image")
+        require_file(path, "image")
     edited = match_edits(images, o.edited_dir) if o.edited_dir else list(o.edited)
     for path in edited:
-        _check_file(path, "edited image")
+        require_file(path, "edited image")
     if edited and not images:
         raise InputError("--edited is an edit of your --image: give the original too")
     effects = resolve_effects(o.effects, bool(edited))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from copymachine.errors import InputError
+from copymachine.files import require_file
 from copymachine.images import image_info, load_rgb
 from copymachine.progress import Reporter
 
@@ -28,10 +29,7 @@ def check_image(path: Path, what: str, reporter: Reporter) -> tuple[int, int]:
     Returns its size upright (after EXIF orientation). A picture of any larger size trains on a
     copy resized to the training size (the plan says which and why)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} is not a file: {path}")
+    require_file(path, what)
     try:
         info = image_info(path)
     except InputError as e:
