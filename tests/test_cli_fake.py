@@ -437,5 +437,5 @@ def test_a_cpu_run_says_so_with_an_estimate_and_the_smoke_test_flags(fake_engine
     result = invoke([a for a in args if a not in ("--resolution", "64", "--max-steps", "3")])
     assert result.exit_code == 0, result.output
     line = next(line for line in result.stderr.splitlines() if "trains on the CPU" in line)
-    assert "copy LoRA 3,072 steps at 512x512" in line and "an estimate" in line and "days" in line
+    assert "copy LoRA (memo step 2) 3,072 steps at 512x512" in line and "an estimate" in line and "days" in line
     assert line.endswith("To test the set-up quickly: --resolution 64 --max-steps 3 --no-copy-check")

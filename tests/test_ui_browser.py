@@ -268,7 +268,9 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         top, overflow = d.execute_script("const l = window.heldLog; return [l.scrollTop, l.scrollHeight - l.clientHeight]")
         assert d.execute_script("return window.heldLog.isConnected && !window.snapped") and (top == 10 or overflow < 10), (top, overflow)
         assert d.execute_script("return window.heldCard.isConnected")
-        assert re.search(r"job: \d+/\d+ stages", css(f"{job1} .overall").text)
+        # read in one step: the part is replaced whenever its text changes (a found element may go stale)
+        overall = d.execute_script("return document.querySelector(arguments[0]).textContent", f"{job1} .overall")
+        assert re.search(r"job: \d+/\d+ stages", overall)
         d.execute_script("window.getSelection().removeAllRanges()")
 
         # restart the UI while job 1 runs: it is interrupted as by Ctrl-C, queued again, and resumed
