@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from copymachine.errors import InputError, OutputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -250,3 +256,15 @@ def require_file(path: Path, what: str) -> None:
         raise InputError(f"{what} not found: {path}")
     if not path.is_file():
         raise InputError(f"{what} is not a file: {path}")
+
+
+def read_toml(path: Path, what: str, hint: str = "") -> dict[str, Any]:
+    """A TOML file the user named (a recipe, a jobs file): one line when it is missing, unreadable or not TOML."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}{hint}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {what} {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{what} {path} is not valid TOML: {e}") from None

@@ -29,15 +29,11 @@ from typing import Any
 from copymachine import events as ev
 from copymachine import run
 from copymachine.errors import EXIT_INTERRUPTED, CopymachineError, InputError
+from copymachine.files import read_toml
 from copymachine.options import ENGINE, PATHS, RunOptions, job_keys, option_name, validate
 from copymachine.pool import Task, side_by_side
 from copymachine.progress import Reporter
 from copymachine.supervise import CancelToken
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
 
 METHODS = run.COMMANDS  # train -> copy-machine, diff -> difference-extraction
 EXTRA_KEYS = ("method", "set", "gpus")  # gpus: what an engine gives the job (Ray's num_gpus)
@@ -186,14 +182,7 @@ def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
     options of `train` / `diff` are: RunOptions) before any job runs. `overrides` are queue
     command-line options (by key) used where neither the job nor [defaults] sets them."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"jobs file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read jobs file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"jobs file {path} is not valid TOML: {e}") from None
+    data = read_toml(path, "jobs file")
     unknown = sorted(set(data) - {"defaults", "job"})
     if unknown:
         raise InputError(f"{path}: unknown table {unknown[0]!r}; a jobs file has [defaults] and [[job]] tables")

@@ -32,6 +32,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from copymachine.errors import InputError
+from copymachine.files import read_toml
 
 
 def _why(text: str) -> dict[str, Any]:
@@ -338,14 +339,7 @@ def built_in_names() -> list[str]:
 
 
 def _read_toml(path: Path | Any) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"recipe file not found: {path} (built-in recipes: {', '.join(built_in_names())})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read recipe file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"recipe file {path} is not valid TOML: {e}") from None
+    return read_toml(path, "recipe file", f" (built-in recipes: {', '.join(built_in_names())})")
 
 
 def built_in(name: str) -> Recipe:
