@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,29 +35,46 @@ from copymachine.errors import InputError
 from copymachine.files import read_toml
 
 
-def _why(text: str) -> dict[str, Any]:
-    """What a key's error message adds after its range, in parentheses."""
-    return {"why": text}
+def _not_a_bool(value: Any) -> Any:
+    """true is no number, though pydantic's lax mode reads it as 1 (the message names the key's kind)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_for_number", "a number, not true or false")
+    return value
 
 
-# gen_img.py's --sampler choices at the pinned commit (a typo fails only when rendering, hours in)
-SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
-            "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
-PRECISIONS = ("float", "fp16", "bf16")
-COPY_MODEL_ROUTES = ("memory", "file")
+def _text_list(kind: type, alias: Any, refuse_zero: bool = False) -> AfterValidator:
+    """A text key holding a comma-separated list, each value of type `alias` (Strength, Seed)."""
+    def check(text: str) -> str:
+        values = _checked_list(text, kind, alias)
+        if refuse_zero and 0 in values:
+            raise ValueError("0 is the reference every strength is compared with; give strengths other than 0")
+        return text
+
+    return AfterValidator(check)
+
+
+def _some_prompt(text: str) -> str:
+    if not split_prompts(text):
+        raise ValueError("give at least one prompt")
+    return text
+
+
 MAX_RANK = 1024  # a LoRA rank above this is larger than SD's own layers' widths (320-1280)
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 8192
-Whole = int
-Number = Annotated[float, Field(allow_inf_nan=False)]
+Whole = Annotated[int, BeforeValidator(_not_a_bool)]
+Number = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]
 Rank = Annotated[Whole, Field(ge=1, le=MAX_RANK)]
 Seed = Annotated[Whole, Field(ge=0, le=MAX_SEED)]
 SamplingSteps = Annotated[Whole, Field(ge=1, le=1000)]
 CfgScale = Annotated[Number, Field(gt=0, le=50)]
-Side = Annotated[Whole, Field(ge=0, le=MAX_SIDE, json_schema_extra=_why("0: the model's own size"))]
+Side = Annotated[Whole, Field(ge=0, le=MAX_SIDE, json_schema_extra={"why": "0: the model's own size"})]
 Fraction = Annotated[Number, Field(ge=0, le=1)]
 Precision = Literal["float", "fp16", "bf16"]
-Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
+PRECISIONS = get_args(Precision)
+# gen_img.py's --sampler choices at the pinned commit (a typo fails only when rendering, hours in)
+Sampler = Literal["ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
+                  "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a"]
 # a LoRA strength (--am): beyond this a slider LoRA only burns the picture
 Strength = Annotated[Number, Field(ge=-10, le=10)]
 _CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -125,8 +142,8 @@ class MergeRecipe:
 class ResizeRecipe:
     """Step 9: resize_lora.py --new_rank 8 --save_precision fp16."""
 
-    rank: Whole = Field(ge=0, le=MAX_RANK, description="the final rank (step 9: 8)", json_schema_extra=_why(
-        "0 keeps the trained rank"))
+    rank: Whole = Field(ge=0, le=MAX_RANK, description="the final rank (step 9: 8)", json_schema_extra={
+        "why": "0 keeps the trained rank"})
     save_precision: Precision = Field(description="dtype of the resized LoRA (step 9: fp16)")
 
 
@@ -137,7 +154,7 @@ class SvdMergeRecipe:
 
     rank: Rank = Field(description="the difference's rank (difference step 5: 8)")
     precision: Literal["float"] = Field(description="dtype of the SVD (difference step 5: float)",
-                                        json_schema_extra=_why("svd_merge_lora.py's SVD needs fp32"))
+                                        json_schema_extra={"why": "svd_merge_lora.py's SVD needs fp32"})
     save_precision: Precision = Field(description="dtype of the saved difference (difference step 5: fp16)")
 
 
@@ -200,9 +217,9 @@ class CopyCheckRecipe:
 class PreviewRecipe:
     """The strength sweep on a preview model (the memo judged each LoRA by eye on another model)."""
 
-    strengths: str = Field(description="comma-separated LoRA strengths")
+    strengths: Annotated[str, _text_list(float, Strength)] = Field(description="comma-separated LoRA strengths")
     prompts: str = Field(description='"|"-separated prompts')
-    seeds: str = Field(description="comma-separated seeds")
+    seeds: Annotated[str, _text_list(int, Seed)] = Field(description="comma-separated seeds")
     size: Side = Field(description="side (0: the model's own size)")
     steps: SamplingSteps = Field(description="sampling steps")
     sampler: Sampler = Field(description="gen_img.py sampler")
@@ -210,26 +227,16 @@ class PreviewRecipe:
     negative_prompt: str = Field(description="negative prompt")
     font: str = Field(description='a .ttf/.otf for the labels ("": Pillow\'s own, ASCII only)')
 
-    @field_validator("strengths")
-    @classmethod
-    def _strengths(cls, text: str) -> str:
-        _checked_list(text, float, Strength)
-        return text
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, text: str) -> str:
-        _checked_list(text, int, Seed)
-        return text
-
 
 @dataclass(frozen=True, config=_CONFIG)
 class LeakageRecipe:
     """Does the final LoRA draw its training image into unrelated prompts (the memo, difference method:
     "at higher strength the training image came out")? copymachine's choices."""
 
-    strengths: str = Field(description="comma-separated strengths, each compared with strength 0")
-    prompts: str = Field(description='"|"-separated prompts unrelated to the training caption')
+    strengths: Annotated[str, _text_list(float, Strength, refuse_zero=True)] = Field(
+        description="comma-separated strengths, each compared with strength 0")
+    prompts: Annotated[str, AfterValidator(_some_prompt)] = Field(
+        description='"|"-separated prompts unrelated to the training caption')
     seed: Seed = Field(description="first seed")
     threshold: Annotated[Number, Field(gt=0, le=1)] = Field(description="SSIM gain from which the LoRA leaks")
     steps: SamplingSteps = Field(description="sampling steps")
@@ -237,26 +244,12 @@ class LeakageRecipe:
     scale: CfgScale = Field(description="CFG scale")
     negative_prompt: str = Field(description="negative prompt")
 
-    @field_validator("strengths")
-    @classmethod
-    def _strengths(cls, text: str) -> str:
-        if any(v == 0 for v in _checked_list(text, float, Strength)):
-            raise ValueError("0 is the reference every strength is compared with; give strengths other than 0")
-        return text
-
-    @field_validator("prompts")
-    @classmethod
-    def _prompts(cls, text: str) -> str:
-        if not split_prompts(text):
-            raise ValueError("give at least one prompt")
-        return text
-
 
 @dataclass(frozen=True, config=_CONFIG)
 class ModelRecipe:
     """The base model in every training and render; recorded in the final LoRA as ss_clip_skip."""
 
-    clip_skip: Whole = Field(ge=1, le=12, json_schema_extra=_why("CLIP ViT-L/14 has 12 layers"), description=(
+    clip_skip: Whole = Field(ge=1, le=12, json_schema_extra={"why": "CLIP ViT-L/14 has 12 layers"}, description=(
         "CLIP layer counted from the last (SD1.x; 2 for NovelAI-derived anime models, the memo's base)"))
 
 
@@ -393,7 +386,10 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any], source: str) -> R
         if section == SD_ARGS:
             data[SD_ARGS] = {**data[SD_ARGS], **checked_sd_args(values, source)}
             continue
-        cls = _section_type(section)
+        cls = _section_class(section)
+        if cls is None:
+            valid = ", ".join(list(_SECTIONS) + ["effect.<name>", SD_ARGS])
+            raise InputError(f"unknown recipe section [{section}]; valid sections: {valid}")
         if not isinstance(values, dict):
             raise InputError(f"{source}: [{section}] must be a table of keys")
         keys = [f.name for f in dataclasses.fields(cls)]
@@ -409,32 +405,17 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any], source: str) -> R
     return _validated(data, source)
 
 
-def _section_type(section: str) -> type:
-    if section in _SECTIONS:
-        return _SECTIONS[section]
-    if section.startswith("effect.") and section.count(".") == 1 and section.split(".")[1]:
-        return TrainingRecipe
-    valid = ", ".join(list(_SECTIONS) + ["effect.<name>", SD_ARGS])
-    raise InputError(f"unknown recipe section [{section}]; valid sections: {valid}")
+def _section_class(section: str) -> type | None:
+    """The class behind a section of named keys ([effect.NAME]: TrainingRecipe), None if there is none."""
+    name, _, effect = section.partition(".")
+    return TrainingRecipe if name == "effect" and effect and "." not in effect else _SECTIONS.get(section)
 
 
 def _validated(data: dict[str, Any], source: str) -> Recipe:
-    _refuse_bools(data, source)
     try:
         return _RECIPE.validate_python(data)
     except ValidationError as e:
         raise InputError(_message(e.errors()[0], source)) from None
-
-
-def _refuse_bools(data: dict[str, Any], source: str) -> None:
-    """true is no number, though pydantic's lax mode reads it as 1."""
-    effects = data.get("effect_overrides") or {}
-    for section, values in [(s, data.get(s)) for s in _SECTIONS] + [(f"effect.{k}", v) for k, v in effects.items()]:
-        kinds = schema_fields(_section_type(section))
-        for key, value in values.items() if isinstance(values, dict) else ():
-            kind = _base_type(kinds[key]) if key in kinds else None
-            if isinstance(value, bool) and kind in (int, float):
-                raise InputError(f"{source}: recipe {section}.{key} must be {_KINDS[kind]}, not {value!r}")
 
 
 def _message(error: ErrorDetails, source: str) -> str:
@@ -445,7 +426,7 @@ def _message(error: ErrorDetails, source: str) -> str:
     where, value = ".".join(loc), error["input"]
     if error["type"] == "value_error":
         return f"{source}: recipe {where}: {error['msg'].removeprefix('Value error, ')}"
-    cls = _SECTIONS.get(loc[0], TrainingRecipe if loc[0].startswith("effect.") else None)
+    cls = _section_class(loc[0])
     info = schema_fields(cls).get(loc[-1]) if cls is not None and len(loc) == 2 else None
     if info is None:
         return f"{source}: recipe {where}: {error['msg']}"
@@ -599,17 +580,15 @@ def ratio(value: float, where: str) -> float:
 
 def parse_number_list(text: str, kind: type = float) -> list:
     """"-1,-0.5,0" -> [-1.0, -0.5, 0.0] (kind int for seeds); at least one value."""
-    values = []
-    for item in str(text).replace(" ", "").split(","):
-        if not item:
-            continue
+    items = [item for item in str(text).replace(" ", "").split(",") if item]
+    for item in items:
         try:
-            values.append(kind(item))
+            kind(item)
         except ValueError:
             raise ValueError(f"{item!r} is not a {'whole number' if kind is int else 'number'}") from None
-    if not values:
+    if not items:
         raise ValueError("give at least one value")
-    return values
+    return [kind(item) for item in items]
 
 
 def split_prompts(text: str) -> list[str]:
