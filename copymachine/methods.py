@@ -27,25 +27,11 @@ from copymachine.request import (  # isort: skip
     COPY_MACHINE, DIFFERENCE, SIGNS, Folders, Request, SizeChoice, Source, choose_training_size, default_cache,
     images_in, make_sources, match_edits, run_folder, run_folders, run_identity, source_size, training_size,
 )
-from copymachine.settings import Settings
-from copymachine.stages import kind_versions
-from copymachine.stages.captions import OUTPUTS as CAPTION_OUTPUTS
-from copymachine.stages.captions import caption_plan
-from copymachine.stages.copy_check import copy_check_plan
-from copymachine.stages.edit_image import CUSTOM, edit_plan
-from copymachine.stages.edit_image import OUTPUTS as EDIT_OUTPUTS
-from copymachine.stages.extract_lora import ExtractParams
-from copymachine.stages.finalize import FinalizeParams
-from copymachine.stages.generate_image import generate_params
-from copymachine.stages.import_image import ImportParams
-from copymachine.stages.leakage import leakage_params
-from copymachine.stages.leakage import planned_outputs as leakage_outputs
-from copymachine.stages.merge_model import merge_plan
-from copymachine.stages.preview import planned_outputs as preview_outputs
-from copymachine.stages.preview import preview_params
-from copymachine.stages.resize_lora import ResizeParams
-from copymachine.stages.svd_merge import svd_merge_plan
-from copymachine.stages.train_lora import check_sd_args, training_plan
+from copymachine.stages import (  # isort: skip
+    Settings, captions, copy_check, edit_image, extract_lora, finalize, generate_image, import_image, kind_versions,
+    leakage, merge_model, preview, resize_lora, svd_merge, train_lora,
+)
+from copymachine.stages.edit_image import CUSTOM
 
 # the request's names the CLI imports from here
 __all__ = ["CUSTOM", "default_cache", "images_in", "make_sources", "match_edits", "plan", "run_folder", "training_size"]
@@ -102,13 +88,12 @@ class _Context:
         self.preview_model_options = base_options(self.family, clip_skip, preview_prediction)
         self.sd_args = dict(self.recipe.sd_args)
         if self.sd_args:
-            check_sd_args(self.sd_args)
+            train_lora.check_sd_args(self.sd_args)
             script = self.family.train_script
             if not capabilities.check_training_keys(settings.capabilities, script, list(self.sd_args)):
-                self.plan.notes.append(
-                    f"--sd-arg {', '.join(self.sd_args)}: not checked against {script} --help here "
-                    "(nothing learnt from this sd-scripts); a run or a dry run checks it before any work"
-                )
+                self.plan.notes.append(f"--sd-arg {', '.join(self.sd_args)}: not checked against {script} --help "
+                                       "here (nothing learnt from this sd-scripts); a run or a dry run checks it "
+                                       "before any work")
 
     def add(self, name: str, kind: str, title: str, inputs: dict[str, FileRef], params: StageParams,
             outputs: dict[str, str], **where: Any) -> FileRef:
@@ -137,7 +122,7 @@ class _Context:
     def merge(self, name: str, title: str, base: FileRef, loras: list[WeightedLora], output: str,
               **where: Any) -> FileRef:
         m = self.recipe.merge
-        inputs, params = merge_plan(self.family, base, loras, m.precision, m.save_precision)
+        inputs, params = merge_model.merge_plan(self.family, base, loras, m.precision, m.save_precision)
         return self.add(name, "merge_model", title, inputs, params, {"model": output}, **where)
 
     def describe(self, method: str) -> None:
@@ -182,15 +167,15 @@ def _absorb(c: _Context) -> None:
 def _original(c: _Context, source: Source) -> SourcePlan:
     """Memo step 1: the user's image, or one generated from the base model."""
     if source.image is None:
-        params = generate_params(c.recipe.generate, c.family, c.gen_precision, c.model)
+        params = generate_image.generate_params(c.recipe.generate, c.family, c.gen_precision, c.model)
         outputs = {"image": "generated.png", "prompt": "prompt.txt"}
         image = c.add(stage_name("generate", source=source.id), "generate_image", "generated original image",
                       {"base": c.base}, params, outputs, shared_as="generated")
     else:
         image = c.external(source.image)
     title = f"{source.id}: original image" if source.id else "original image"
-    original = c.add(stage_name("original", source=source.id), "import_image", title, {"source": image}, ImportParams(),
-                     {"image": "original.png"}, workdir=c.source_dir(source))
+    original = c.add(stage_name("original", source=source.id), "import_image", title, {"source": image},
+                     import_image.ImportParams(), {"image": "original.png"}, workdir=c.source_dir(source))
     name = source.image.name if source.image is not None else "the generated original"
     picture = source_size(source, c.recipe, c.family)
     choice = choose_training_size(picture, source.image is None, c.request.resolution, c.family, name)
@@ -205,19 +190,20 @@ def _edit(c: _Context, sp: SourcePlan, effect: str) -> None:
     if effect == CUSTOM and source.edited is None:
         raise InputError(f"effect custom needs an edited image for {source.image}")
     edited = c.external(source.edited) if effect == CUSTOM and source.edited is not None else None
-    inputs, params = edit_plan(effect, sp.original, edited, r.effect_params.get(effect, {}), r.amount, r.edit_in_place)
+    inputs, params = edit_image.edit_plan(effect, sp.original, edited, r.effect_params.get(effect, {}), r.amount,
+                                          r.edit_in_place)
     title = f"{source.prefix}{effect}: edited image"
     sp.edits[effect] = c.add(stage_name("edit", effect, source.id), "edit_image", title, inputs, params,
-                             dict(EDIT_OUTPUTS), workdir=c.source_dir(source) / effect)
+                             dict(edit_image.OUTPUTS), workdir=c.source_dir(source) / effect)
 
 
 def _caption(c: _Context, sp: SourcePlan) -> None:
     """One caption file per training image: the same text for the original and the edit."""
     source = sp.source
     sp.captions = stage_name("captions", source=source.id)
-    inputs, params = caption_plan(c.recipe.caption, sp.original, c.request.tagger_dir, c.planner)
+    inputs, params = captions.caption_plan(c.recipe.caption, sp.original, c.request.tagger_dir, c.planner)
     title = f"{source.prefix}captions" + (" (WD14 tagger)" if params.method == "wd14" else "")
-    c.add(sp.captions, "captions", title, inputs, params, dict(CAPTION_OUTPUTS),
+    c.add(sp.captions, "captions", title, inputs, params, dict(captions.OUTPUTS),
           workdir=c.source_dir(source) / "captions")
 
 
@@ -239,7 +225,7 @@ def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
     recipe's [copy_check] prompts, the copy LoRA at the merge ratio on the base)."""
     if c.request.copy_stop_at is None:
         return None
-    _, check, _ = copy_check_plan(c.recipe.copy_check, c.family.gen_flag, sp.size, c.gen_precision, {}, None,
+    _, check, _ = copy_check.copy_check_plan(c.recipe.copy_check, c.family.gen_flag, sp.size, c.gen_precision, {}, None,
                                   c.base_weights, c.model)
     segment = c.recipe.watch.save_every_n_steps or MEMO.watch.save_every_n_steps
     return CopyStop(min_ssim=float(c.request.copy_stop_at), segment=segment,
@@ -253,7 +239,7 @@ def _train(c: _Context, name: str, title: str, training: TrainingRecipe, sp: Sou
     (LoRA, multiplier) are merged into `base` in memory first."""
     inputs = {"base": base, "image": image[0], "caption": c.plan.ref(sp.captions, image[1])}
     r = c.request
-    inputs, params = training_plan(
+    inputs, params = train_lora.training_plan(
         training, c.family, sp.size, c.settings, r.max_steps, inputs, base_weights, c.model, c.sd_args,
         save_every_n_steps=c.recipe.watch.save_every_n_steps, samples=r.samples, watch=c.recipe.watch,
         logging_dir=c.run_dir / "tensorboard" if r.tensorboard else None, copy_stop=copy_stop,
@@ -274,8 +260,8 @@ def _copy_check(c: _Context, sp: SourcePlan, model: FileRef, lora: FileRef | Non
     if lora is not None:
         inputs["lora"] = lora
     weighted = WeightedLora(copy_lora, c.recipe.merge.ratio) if copy_lora is not None else None
-    inputs, params, outputs = copy_check_plan(cc, c.family.gen_flag, sp.size, c.gen_precision, inputs, weighted,
-                                              c.base_weights, c.model)
+    inputs, params, outputs = copy_check.copy_check_plan(cc, c.family.gen_flag, sp.size, c.gen_precision, inputs,
+                                                         weighted, c.base_weights, c.model)
     name = stage_name("copy-check", source=sp.id)
     c.add(name, "copy_check", f"{sp.source.prefix}copy check", inputs, params, outputs,
           workdir=c.source_dir(sp.source) / "copy-check", gate={"min_ssim": cc.min_ssim})
@@ -290,50 +276,45 @@ def _svd_merge(c: _Context, effect: str, title: str, terms: list[LoraTerm], rank
     """svd_merge_lora.py: the weighted sum of the LoRAs (each of rank `term_rank`), cut to `rank`."""
     most = term_rank * len(terms)
     if rank > most:
-        raise InputError(
-            f"--rank {rank} is above what {len(terms)} LoRA(s) of rank {term_rank} can hold together ({most}); "
-            f"svd_merge_lora.py would pad the file with zeros: give --rank {most} or less"
-        )
+        raise InputError(f"--rank {rank} is above what {len(terms)} LoRA(s) of rank {term_rank} can hold together "
+                         f"({most}); svd_merge_lora.py would pad the file with zeros: give --rank {most} or less")
     svd = c.recipe.svd
-    inputs, params = svd_merge_plan(terms, rank, svd.precision, svd.save_precision, c.settings.device)
+    inputs, params = svd_merge.svd_merge_plan(terms, rank, svd.precision, svd.save_precision, c.settings.device)
     return c.add(stage_name("svd-merge", effect), "svd_merge", title, inputs, params, {"lora": output},
                  workdir=c.run_dir / effect)
 
 
-def _merge_route(c: _Context, effect: str, terms: list[LoraTerm]) -> FileRef:
-    """Memo steps 7-8: the LoRAs merged into the base model (the processed model), then the
-    LoRA of base -> processed model extracted. In the memory route with --absorb the base is
+def _merge_route(c: _Context, effect: str, terms: list[LoraTerm], rank: int) -> FileRef:
+    """Memo steps 7-9: the LoRAs merged into the base model (the processed model), the LoRA of
+    base -> processed model extracted, then resized to `rank`. In the memory route with --absorb the base is
     the plain base model: merging is linear, so (base + styles + effects) - (base + styles)
     and (base + effects) - base are the same difference, and no absorbed model is written."""
     workdir = c.run_dir / effect
     processed = c.merge(stage_name("processed-model", effect), f"{effect}: processed model", c.training_base,
                         list(terms), "processed-model.safetensors", workdir=workdir)
     cb = c.recipe.combine
-    params = ExtractParams(family=c.family, dim=cb.extract_dim, min_diff=cb.min_diff, precision=cb.precision,
-                           device=c.settings.device)
-    return c.add(stage_name("extract", effect), "extract_lora", f"{effect}: LoRA of base -> processed model",
-                 {"original": c.training_base, "tuned": processed}, params,
-                 {"lora": f"extracted-r{cb.extract_dim}.safetensors"}, workdir=workdir)
+    params = extract_lora.ExtractParams(family=c.family, dim=cb.extract_dim, min_diff=cb.min_diff,
+                                        precision=cb.precision, device=c.settings.device)
+    extracted = c.add(stage_name("extract", effect), "extract_lora", f"{effect}: LoRA of base -> processed model",
+                      {"original": c.training_base, "tuned": processed}, params,
+                      {"lora": f"extracted-r{cb.extract_dim}.safetensors"}, workdir=workdir)
+    return _resize(c, effect, extracted, cb.extract_dim, rank, cb.precision)
 
 
 def _resize(c: _Context, effect: str, lora: FileRef, from_rank: int, rank: int, precision: str) -> FileRef:
     """Memo step 9: resize_lora.py to `rank` (0 keeps the rank). It runs on the CPU: on CUDA
     it has written corrupt files (sd-scripts issue #904)."""
     if rank > from_rank:
-        raise InputError(
-            f"--rank {rank} is above the rank the LoRA has before the resize ({from_rank}): resize_lora.py "
-            f"cannot add rank; give --rank {from_rank} or less, or --rank 0 to keep rank {from_rank}"
-        )
+        raise InputError(f"--rank {rank} is above the rank the LoRA has before the resize ({from_rank}): resize_lora.py"
+                         f" cannot add rank; give --rank {from_rank} or less, or --rank 0 to keep rank {from_rank}")
     save_precision = c.recipe.resize.save_precision
     if not rank or rank == from_rank:
-        c.plan.notes.append(
-            f"{effect}: the final LoRA keeps rank {from_rank} and the trained precision "
-            f"({precision}); resize_lora.py (and its {save_precision}) runs only below rank {from_rank}"
-        )
+        c.plan.notes.append(f"{effect}: the final LoRA keeps rank {from_rank} and the trained precision ({precision}); "
+                            f"resize_lora.py (and its {save_precision}) runs only below rank {from_rank}")
         return lora
+    params = resize_lora.ResizeParams(rank=rank, save_precision=save_precision)
     return c.add(stage_name("resize", effect), "resize_lora", f"{effect}: resize to rank {rank}", {"lora": lora},
-                 ResizeParams(rank=rank, save_precision=save_precision), {"lora": f"lora-r{rank}.safetensors"},
-                 workdir=c.run_dir / effect)
+                 params, {"lora": f"lora-r{rank}.safetensors"}, workdir=c.run_dir / effect)
 
 
 def _finalize(c: _Context, effect: str, lora: FileRef, method: str, trainings: dict[str, Any]) -> None:
@@ -343,11 +324,11 @@ def _finalize(c: _Context, effect: str, lora: FileRef, method: str, trainings: d
         if sp.copy_check is not None:
             inputs[f"copycheck{i:03d}"] = sp.copy_check
     edit = c.plan.stage(stage_name("edit", effect, c.sources[0].id)).spec
-    leakage = _leakage(c, effect, lora)
-    if leakage is not None:
-        inputs["leakage"] = leakage
+    scores = _leakage(c, effect, lora)
+    if scores is not None:
+        inputs["leakage"] = scores
     r = c.request
-    params = FinalizeParams(
+    params = finalize.FinalizeParams(
         method=method, effect=effect, effect_params=edit.effect_params, amount=edit.amount, sign=r.sign,
         recipe=trainings, absorbed=[[a.path.name, a.ratio] for a in r.absorb],
         sd_scripts_commit=c.settings.engine.commit if c.settings.engine else None, model=c.model.for_training(),
@@ -365,12 +346,13 @@ def _leakage(c: _Context, effect: str, lora: FileRef) -> FileRef | None:
     model = c.request.preview_model
     if model is None:
         return None
-    params = leakage_params(c.recipe.leakage, c.family, c.sources[0].size, c.gen_precision, c.preview_model_options)
+    params = leakage.leakage_params(c.recipe.leakage, c.family, c.sources[0].size, c.gen_precision,
+                                    c.preview_model_options)
     inputs = {"lora": lora, "model": c.external(model)}
     for i, sp in enumerate(c.sources):
         inputs[f"original{i:03d}"] = sp.original
     return c.add(stage_name("leakage", effect), "leakage", f"{effect}: leakage on {model.name}", inputs, params,
-                 leakage_outputs(params, "leakage/"), workdir=c.run_dir / effect)
+                 leakage.planned_outputs(params, "leakage/"), workdir=c.run_dir / effect)
 
 
 def _previews(c: _Context) -> None:
@@ -382,14 +364,14 @@ def _previews(c: _Context) -> None:
     if font is not None and not font.is_file():
         raise InputError(f"preview.font not found: {font}")
     for effect, final in c.plan.finals.items():
-        params = preview_params(c.recipe.preview, c.family, c.gen_precision, c.preview_model_options)
+        params = preview.preview_params(c.recipe.preview, c.family, c.gen_precision, c.preview_model_options)
         inputs = {"lora": c.plan.ref(stage_name("final", effect), "lora"), "model": c.external(model)}
         if font is not None:
             inputs["font"] = c.external(font)
         if c.has(stage_name("leakage", effect)):
             inputs["leakage"] = c.plan.ref(stage_name("leakage", effect), "scores")
         c.add(stage_name("preview", effect), "preview", f"{effect}: strength sweep on {model.name}", inputs, params,
-              preview_outputs(params, final.stem), workdir=c.run_dir)
+              preview.planned_outputs(params, final.stem), workdir=c.run_dir)
     c.plan.info.preview_model = str(model)
 
 
@@ -440,8 +422,7 @@ def plan_copy_machine(c: _Context) -> None:
             lora = _svd_merge(c, effect, f"{effect}: effect LoRAs combined (svd_merge_lora)", terms, rank,
                               f"combined-r{rank}.safetensors", training.network_dim)
         elif combine == "merge":
-            lora = _resize(c, effect, _merge_route(c, effect, terms), r.combine.extract_dim, r.resize.rank,
-                           r.combine.precision)
+            lora = _merge_route(c, effect, terms, r.resize.rank)
         else:
             lora = _resize(c, effect, loras[0], training.network_dim, r.resize.rank, training.save_precision)
         trainings = {"name": r.name, "copy": dataclasses.asdict(r.copy), "effect": dataclasses.asdict(training),
@@ -475,8 +456,7 @@ def plan_difference(c: _Context) -> None:
             lora = _svd_merge(c, effect, title, terms_by_effect[effect], rank, f"diff-r{rank}.safetensors",
                               r.diff.network_dim)
         else:
-            lora = _resize(c, effect, _merge_route(c, effect, terms_by_effect[effect]), r.combine.extract_dim, rank,
-                           r.combine.precision)
+            lora = _merge_route(c, effect, terms_by_effect[effect], rank)
         trainings = {"name": r.name, "diff": dataclasses.asdict(r.diff), "svd": dataclasses.asdict(r.svd),
                      "combine": combine}
         _finalize(c, effect, lora, DIFFERENCE, trainings)
