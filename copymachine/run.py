@@ -15,17 +15,7 @@ from copymachine import preflight
 from copymachine.engine_setup import make_settings
 from copymachine.errors import InputError
 from copymachine.files import HashCache, require_file
-from copymachine.methods import (
-    COPY_MACHINE,
-    CUSTOM,
-    DIFFERENCE,
-    Request,
-    images_in,
-    make_sources,
-    match_edits,
-    plan,
-    run_folders,
-)
+from copymachine.methods import CUSTOM, Request, images_in, make_sources, match_edits, plan, run_folders
 from copymachine.models import Family, ModelInfo, choose_prediction, inspect_base_model
 from copymachine.options import RunOptions, split_set_options
 from copymachine.pipeline import Pipeline
@@ -34,12 +24,12 @@ from copymachine.preflight.gpu import cpu_estimate
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, SD_ARGS, Recipe, apply_overrides, load_recipe_file, parse_sd_args
 from copymachine.recipe import ratio as recipe_ratio
-from copymachine.request import StyleLora
+from copymachine.request import COPY_MACHINE, DIFFERENCE, StyleLora
 from copymachine.stages import Settings
 from copymachine.stages.edit_image import check_edits
 from copymachine.stages.leakage import summary as leakage_summary
 
-__all__ = ["COMMANDS", "RunOptions", "make_settings", "plan_only", "run_method"]
+__all__ = ["COMMANDS", "RunOptions", "plan_only", "run_method"]
 
 # a jobs file's `method` -> the method it runs
 COMMANDS = {"train": COPY_MACHINE, "diff": DIFFERENCE}
@@ -71,16 +61,11 @@ def parse_absorb(items: tuple[str, ...]) -> list[StyleLora]:
     """STYLE.safetensors[:RATIO]; a Windows drive letter is not a ratio."""
     out = []
     for item in items:
-        path, ratio = item, 1.0
         head, sep, tail = item.rpartition(":")
-        if sep and head:
-            try:
-                ratio = float(tail)
-                path = head
-            except ValueError:
-                pass
-            else:
-                ratio = recipe_ratio(ratio, f"--absorb {item}")
+        try:
+            path, ratio = (head, recipe_ratio(float(tail), f"--absorb {item}")) if sep and head else (item, 1.0)
+        except ValueError:  # no ratio after the last colon
+            path, ratio = item, 1.0
         p = Path(path)
         if not p.is_file():
             raise InputError(f"--absorb: style LoRA not found: {p}")
@@ -88,18 +73,32 @@ def parse_absorb(items: tuple[str, ...]) -> list[StyleLora]:
     return out
 
 
-def see_recipe_sets(o: RunOptions) -> dict[str, dict[str, Any]]:
-    """Recipe overrides the see options (--caption-with, --tagger-dir, thresholds) stand for."""
-    caption: dict[str, Any] = {}
-    method = o.caption_with or ("wd14" if o.tagger_dir else None)
-    if method:
-        caption["method"] = method
-    if method == "wd14" and o.caption is not None:
-        caption["prefix"] = o.caption
-    for key in ("general_threshold", "character_threshold"):
-        if getattr(o, key) is not None:
-            caption[key] = getattr(o, key)
-    return {"caption": caption} if caption else {}
+# options that stand for a recipe key as they are
+RECIPE_KEYS = {"prompt": "generate.prompt", "copy_model": "merge.copy_model", "clip_skip": "model.clip_skip",
+               "general_threshold": "caption.general_threshold", "character_threshold": "caption.character_threshold"}
+
+
+def shorthand_sets(method: str, o: RunOptions) -> dict[str, dict[str, Any]]:
+    """The recipe keys options stand for: RECIPE_KEYS, --rank, --sd-arg, and the caption's (--caption,
+    --caption-with, --tagger-dir)."""
+    sets: dict[str, dict[str, Any]] = {}
+    for option, key in RECIPE_KEYS.items():
+        if getattr(o, option) is not None:
+            section, _, name = key.partition(".")
+            sets.setdefault(section, {})[name] = getattr(o, option)
+    caption_method = o.caption_with or ("wd14" if o.tagger_dir else None)
+    if caption_method:
+        sets.setdefault("caption", {})["method"] = caption_method
+    if o.caption is not None:  # wd14: written before the tags
+        sets.setdefault("caption", {})["prefix" if caption_method == "wd14" else "text"] = o.caption
+    if o.sd_args:
+        sets[SD_ARGS] = parse_sd_args(o.sd_args)
+    if o.rank is not None:
+        if method == DIFFERENCE and o.rank == 0:
+            raise InputError("--rank 0 keeps a trained rank; difference extraction makes a new LoRA: "
+                             "give its rank (memo: 8)")
+        sets["svd" if method == DIFFERENCE else "resize"] = {"rank": o.rank}
+    return sets
 
 
 def see_request(o: RunOptions, family: Family) -> dict[str, Any]:
@@ -151,23 +150,7 @@ def _recipe(method: str, o: RunOptions, effects: list[str]) -> tuple[Recipe, dic
     parameters (--set outline.width=2)."""
     recipe = load_recipe_file(o.recipe_file, MEMO) if o.recipe_file else MEMO
     recipe_sets, effect_sets = split_set_options(o.sets, o.set_tables)
-    shorthand: dict[str, dict] = see_recipe_sets(o)
-    if o.caption is not None and "prefix" not in shorthand.get("caption", {}):
-        shorthand.setdefault("caption", {})["text"] = o.caption
-    if o.prompt is not None:
-        shorthand["generate"] = {"prompt": o.prompt}
-    if o.copy_model is not None:
-        shorthand["merge"] = {"copy_model": o.copy_model}
-    if o.clip_skip is not None:
-        shorthand["model"] = {"clip_skip": o.clip_skip}
-    if o.sd_args:
-        shorthand[SD_ARGS] = parse_sd_args(o.sd_args)
-    if o.rank is not None:
-        if method == DIFFERENCE and o.rank == 0:
-            raise InputError("--rank 0 keeps a trained rank; difference extraction makes a new LoRA: "
-                             "give its rank (memo: 8)")
-        shorthand["svd" if method == DIFFERENCE else "resize"] = {"rank": o.rank}
-    for section, values in shorthand.items():
+    for section, values in shorthand_sets(method, o).items():
         recipe_sets.setdefault(section, {}).update(values)
     if recipe_sets:
         recipe = apply_overrides(recipe, recipe_sets, "--set")
