@@ -13,16 +13,8 @@ from copymachine.progress import Reporter
 from copymachine.settings import Settings
 
 
-def make_settings(
-    sd_scripts: Path | None,
-    python: str | None,
-    device: str,
-    tokenizer_cache_dir: Path | None,
-    offline: bool,
-    reporter: Reporter,
-    require: bool = True,
-    low_vram: bool = False,
-) -> Settings:
+def make_settings(sd_scripts: Path | None, python: str | None, device: str, tokenizer_cache_dir: Path | None,
+                  offline: bool, reporter: Reporter, require: bool = True, low_vram: bool = False) -> Settings:
     """Locate sd-scripts, ask its Python what it has, and choose the device profile
     (copymachine/profiles.py): the GPU profile when its torch sees a CUDA GPU, else the CPU."""
     engine = engine_mod.locate(sd_scripts, python)
@@ -63,12 +55,7 @@ def make_settings(
         profile = profiles.CPU
     trains = f"; trains in {profile.mixed_precision} ({profile.why})" if use_cuda else ""
     reporter.info(f"sd-scripts {engine.root}; its Python {engine.python} ({engine.python_reason}){trains}")
-    return Settings(
-        engine=engine,
-        probe=probe,
-        profile=profile,
-        tokenizer_cache_dir=Path(tokenizer_cache_dir).resolve() if tokenizer_cache_dir else None,
-        offline=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
-        gpus=len(probe.gpus) if use_cuda else 0,  # type: ignore[union-attr]
-        capabilities=caps,
-    )
+    return Settings(engine=engine, probe=probe, profile=profile,
+                    tokenizer_cache_dir=Path(tokenizer_cache_dir).resolve() if tokenizer_cache_dir else None,
+                    offline=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
+                    gpus=len(probe.gpus) if use_cuda else 0, capabilities=caps)  # type: ignore[union-attr]

@@ -26,18 +26,10 @@ def _ref(ref: FileRef) -> dict[str, Any]:
 
 def _record(stage: Stage) -> dict[str, Any]:
     """A stage as the manifest lists it before it runs."""
-    record = {
-        "name": stage.name,
-        "kind": stage.kind,
-        "title": stage.title,
-        "status": "pending",
-        "key": stage.key,
-        "shared": stage.shared,
-        "workdir": str(stage.workdir),
-        "params": stage.params,
-        "inputs": {n: _ref(r) for n, r in stage.inputs.items()},
-        "outputs": {n: {"path": str(p)} for n, p in stage.outputs.items()},
-    }
+    record = {"name": stage.name, "kind": stage.kind, "title": stage.title, "status": "pending", "key": stage.key,
+              "shared": stage.shared, "workdir": str(stage.workdir), "params": stage.params,
+              "inputs": {n: _ref(r) for n, r in stage.inputs.items()},
+              "outputs": {n: {"path": str(p)} for n, p in stage.outputs.items()}}
     if stage.gate:
         record["gate"] = stage.gate
     return record

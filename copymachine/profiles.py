@@ -77,28 +77,15 @@ def precision_caveat(gpus: list[str], precision: str) -> str | None:
     are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293)."""
     if precision == "fp16" and any("GTX 16" in name for name in gpus):
         return ("GTX 16xx cards are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293), and have no native "
-                "bf16; "
-                "if a training stops on NaN loss, train with --device cpu or on another GPU")
+                "bf16; if a training stops on NaN loss, train with --device cpu or on another GPU")
     return None
 
 
 def gpu_profile(bf16: bool, low_vram: bool = False, why: str = "") -> Profile:
     options: dict[str, Any] = {"max_data_loader_n_workers": 0, "sdpa": True, "cache_latents": True}
-    name = "gpu"
-    optimizer = None
-    family_options: dict[str, dict[str, Any]] = {}
     if low_vram:
         options.update({"gradient_checkpointing": True, "cache_latents_to_disk": True})
-        name = "gpu-low-vram"
-        optimizer = LOW_VRAM_OPTIMIZER
-        family_options = {"sdxl": dict(LOW_VRAM_SDXL_OPTIONS)}
-    return Profile(
-        name=name,
-        device="cuda",
-        mixed_precision="bf16" if bf16 else "fp16",
-        training_options=options,
-        gen_options=("--sdpa",),
-        optimizer=optimizer,
-        family_options=family_options,
-        why=why,
-    )
+    return Profile(name="gpu-low-vram" if low_vram else "gpu", device="cuda", why=why,
+                   mixed_precision="bf16" if bf16 else "fp16", training_options=options, gen_options=("--sdpa",),
+                   optimizer=LOW_VRAM_OPTIMIZER if low_vram else None,
+                   family_options={"sdxl": dict(LOW_VRAM_SDXL_OPTIONS)} if low_vram else {})

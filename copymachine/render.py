@@ -39,26 +39,13 @@ def toml_key(key: Any) -> str:
     return line[: -len(" = 0\n")]
 
 
-def _environment() -> jinja2.Environment:
-    loader = jinja2.FunctionLoader(_load_template)
-    env = jinja2.Environment(
-        loader=loader,
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["toml"] = toml_value
-    env.filters["toml_key"] = toml_key
-    return env
-
-
 def _load_template(name: str) -> str:
     return importlib.resources.files("copymachine.templates").joinpath(name).read_text(encoding="utf-8")
 
 
-_ENV = _environment()
+_ENV = jinja2.Environment(loader=jinja2.FunctionLoader(_load_template), undefined=jinja2.StrictUndefined,
+                          keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+_ENV.filters.update(toml=toml_value, toml_key=toml_key)
 
 
 def render(template: str, **context: Any) -> str:

@@ -78,20 +78,8 @@ def new_stamp(stage: Stage, ctx: Any, inputs: dict[str, Any], outputs: dict[str,
     """What a stage's run records: its key, parameters, inputs and outputs (sha256), the
     commands, configs and log, when it ran and how long, its peak memory and the engine's commit.
     `ctx` is the stage's StageContext."""
-    return {
-        "key": stage.key,
-        "name": stage.name,
-        "kind": stage.kind,
-        "params": stage.params,
-        "inputs": inputs,
-        "outputs": outputs,
-        "argv": ctx.commands,
-        "commands": [command_line(c) for c in ctx.commands],
-        "configs": sorted(str(p) for p in (stage.workdir / "config").glob(f"{stage.slug}-*")),
-        "log": str(ctx.log_path),
-        "started": started,
-        "finished": now(),
-        "duration_s": round(seconds, 2),
-        "peak_memory_gib": round(ctx.peak_rss / 2**30, 2) if ctx.peak_rss else None,
-        "sd_scripts_commit": commit,
-    }
+    return {"key": stage.key, "name": stage.name, "kind": stage.kind, "params": stage.params, "inputs": inputs,
+            "outputs": outputs, "argv": ctx.commands, "commands": [command_line(c) for c in ctx.commands],
+            "configs": sorted(str(p) for p in (stage.workdir / "config").glob(f"{stage.slug}-*")),
+            "log": str(ctx.log_path), "started": started, "finished": now(), "duration_s": round(seconds, 2),
+            "peak_memory_gib": round(ctx.peak_rss / 2**30, 2) if ctx.peak_rss else None, "sd_scripts_commit": commit}
