@@ -103,9 +103,6 @@ class _Context:
         self.planner.add(name, kind, title, inputs=inputs, params=params, outputs=outputs, **where)
         return self.plan.ref(name, next(iter(outputs)))
 
-    def has(self, stage: str) -> bool:
-        return any(s.name == stage for s in self.plan.stages)
-
     def external(self, path: Path) -> FileRef:
         return self.planner.external(Path(path).resolve())
 
@@ -225,8 +222,8 @@ def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
     recipe's [copy_check] prompts, the copy LoRA at the merge ratio on the base)."""
     if c.request.copy_stop_at is None:
         return None
-    _, check, _ = copy_check.copy_check_plan(c.recipe.copy_check, c.family.gen_flag, sp.size, c.gen_precision, {}, None,
-                                  c.base_weights, c.model)
+    _, check, _ = copy_check.copy_check_plan(c.recipe.copy_check, c.family.gen_flag, sp.size, c.gen_precision, {},
+                                             None, c.base_weights, c.model)
     segment = c.recipe.watch.save_every_n_steps or MEMO.watch.save_every_n_steps
     return CopyStop(min_ssim=float(c.request.copy_stop_at), segment=segment,
                     check=dataclasses.replace(check, lora_multiplier=c.recipe.merge.ratio))
@@ -368,8 +365,7 @@ def _previews(c: _Context) -> None:
         inputs = {"lora": c.plan.ref(stage_name("final", effect), "lora"), "model": c.external(model)}
         if font is not None:
             inputs["font"] = c.external(font)
-        if c.has(stage_name("leakage", effect)):
-            inputs["leakage"] = c.plan.ref(stage_name("leakage", effect), "scores")
+        inputs["leakage"] = c.plan.ref(stage_name("leakage", effect), "scores")  # planned with every final LoRA
         c.add(stage_name("preview", effect), "preview", f"{effect}: strength sweep on {model.name}", inputs, params,
               preview.planned_outputs(params, final.stem), workdir=c.run_dir)
     c.plan.info.preview_model = str(model)

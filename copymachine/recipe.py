@@ -615,14 +615,11 @@ def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str,
 
 
 def render_recipe_toml(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as TOML-ready data (the format `--recipe` reads): [effect.NAME] inside [effect]."""
+    """The recipe as TOML-ready data (the format `--recipe` reads): [effect.NAME] inside [effect], sd_args last."""
     d = recipe.to_dict()
-    effect = d.pop("effect")
-    for key in [k for k in d if k.startswith("effect.")]:
-        effect[key.split(".", 1)[1]] = d.pop(key)
-    d["effect"] = effect
-    d[SD_ARGS] = d.pop(SD_ARGS)  # last: a free table, after the memo's sections
-    return d
+    sd_args = d.pop(SD_ARGS)
+    effect = d.pop("effect") | {k.split(".", 1)[1]: d.pop(k) for k in [k for k in d if k.startswith("effect.")]}
+    return {**d, "effect": effect, SD_ARGS: sd_args}
 
 
 MEMO = built_in("memo")

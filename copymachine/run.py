@@ -1,7 +1,7 @@
 """One run of `train` or `diff`: typed options in (RunOptions, copymachine/options.py), then the
 inputs checked, the recipe, the plan and its pre-flight, the pipeline. The one code path under every
 face: the CLI commands (cli/methods.py), the queue (jobfile.py), through it the web UI, and the
-engines that run the queue's jobs elsewhere. The engine set-up is copymachine/settings.py."""
+engines that run the queue's jobs elsewhere. The engine set-up is copymachine/engine_setup.py."""
 
 from __future__ import annotations
 
