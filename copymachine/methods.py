@@ -229,19 +229,23 @@ def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
                     check=dataclasses.replace(check, lora_multiplier=c.recipe.merge.ratio))
 
 
-def _train(c: _Context, name: str, title: str, training: TrainingRecipe, sp: SourcePlan, base: FileRef,
-           image: tuple[FileRef, str], output: str, base_weights: list[WeightedLora],
-           copy_stop: CopyStop | None = None, **where: Any) -> FileRef:
-    """One training on `image` (its ref, and its caption: "original" or "edited"); `base_weights`
-    (LoRA, multiplier) are merged into `base` in memory first."""
-    inputs = {"base": base, "image": image[0], "caption": c.plan.ref(sp.captions, image[1])}
+def _train(c: _Context, sp: SourcePlan, step: str, title: str, training: TrainingRecipe, base: FileRef,
+           base_weights: list[WeightedLora], effect: str | None = None, copy_stop: CopyStop | None = None,
+           **where: Any) -> FileRef:
+    """One training (`step`: its stage and file name) on the original, or with `effect` on its edit, in the
+    effect's folder; `base_weights` (LoRA, multiplier) are merged into `base` in memory first."""
+    image, caption = (sp.original, "original") if effect is None else (sp.edits[effect], "edited")
+    if effect is not None:
+        where["workdir"] = c.source_dir(sp.source) / effect
+    inputs = {"base": base, "image": image, "caption": c.plan.ref(sp.captions, caption)}
     r = c.request
     inputs, params = train_lora.training_plan(
         training, c.family, sp.size, c.settings, r.max_steps, inputs, base_weights, c.model, c.sd_args,
         save_every_n_steps=c.recipe.watch.save_every_n_steps, samples=r.samples, watch=c.recipe.watch,
         logging_dir=c.run_dir / "tensorboard" if r.tensorboard else None, copy_stop=copy_stop,
     )
-    return c.add(name, "train_lora", title, inputs, params, {"lora": output}, **where)
+    return c.add(stage_name(step, effect, sp.id), "train_lora", f"{sp.source.prefix}{title}", inputs, params,
+                 {"lora": f"{step}.safetensors"}, **where)
 
 
 def _copy_check(c: _Context, sp: SourcePlan, model: FileRef, lora: FileRef | None = None,
@@ -382,8 +386,7 @@ def _copy_machines(c: _Context) -> dict[str, list[FileRef]]:
     for sp in c.sources:
         source = sp.source
         # steps 2-3, the copy machine: shared by every effect and run with the same inputs
-        copy_lora = _train(c, stage_name("copy-lora", source=source.id), f"{source.prefix}copy LoRA", c.recipe.copy, sp,
-                           c.training_base, (sp.original, "original"), "copy-lora.safetensors", c.base_weights,
+        copy_lora = _train(c, sp, "copy-lora", "copy LoRA", c.recipe.copy, c.training_base, c.base_weights,
                            copy_stop=_copy_stop(c, sp), shared_as="copy-lora")
         if c.in_memory:
             # the copy model is the base + the copy LoRA, merged in memory by each training and render
@@ -396,11 +399,8 @@ def _copy_machines(c: _Context) -> dict[str, list[FileRef]]:
             effect_weights = []
             _copy_check(c, sp, copy_model)
         for effect in c.request.effects:
-            effect_loras[effect].append(_train(
-                c, stage_name("effect-lora", effect, source.id), f"{source.prefix}{effect}: effect LoRA",
-                c.recipe.effect_training(effect), sp, copy_model, (sp.edits[effect], "edited"),
-                "effect-lora.safetensors", effect_weights, workdir=c.source_dir(source) / effect,
-            ))
+            effect_loras[effect].append(_train(c, sp, "effect-lora", f"{effect}: effect LoRA",
+                                               c.recipe.effect_training(effect), copy_model, effect_weights, effect))
     return effect_loras
 
 
@@ -432,17 +432,14 @@ def plan_difference(c: _Context) -> None:
     sign, r, effects = SIGNS[c.request.sign], c.recipe, c.request.effects
     terms_by_effect: dict[str, list[LoraTerm]] = {e: [] for e in effects}
     for sp in c.sources:
-        source, label = sp.source, f"{sp.id}:" if sp.id else ""
+        label = f"{sp.id}:" if sp.id else ""
         # LoRA A depends only on base + image + caption + recipe: shared by every effect
-        lora_a = _train(c, stage_name("lora-a", source=source.id), f"{source.prefix}LoRA A of the original", r.diff, sp,
-                        c.training_base, (sp.original, "original"), "lora-a.safetensors", c.base_weights,
+        lora_a = _train(c, sp, "lora-a", "LoRA A of the original", r.diff, c.training_base, c.base_weights,
                         shared_as="copy-lora")
         _copy_check(c, sp, c.training_base, lora_a)  # A is the copy machine: checked on the base at 1.0
         for effect in effects:
-            lora_b = _train(c, stage_name("lora-b", effect, source.id),
-                            f"{source.prefix}{effect}: LoRA B of the edited image", r.diff, sp, c.training_base,
-                            (sp.edits[effect], "edited"), "lora-b.safetensors", c.base_weights,
-                            workdir=c.source_dir(source) / effect)
+            lora_b = _train(c, sp, "lora-b", f"{effect}: LoRA B of the edited image", r.diff, c.training_base,
+                            c.base_weights, effect)
             w = sign * c.weight()
             terms_by_effect[effect] += [LoraTerm(lora_a, -w, f"{label}A"), LoraTerm(lora_b, w, f"{label}B")]
     combine, rank = c.request.combine or "svd", r.svd.rank
