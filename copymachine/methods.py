@@ -149,9 +149,8 @@ class _Context:
 
 
 def _absorb(c: _Context) -> None:
-    """The tip: style LoRAs merged into the base model; every training uses the result. In
-    the memory route they are each training's first --base_weights (and each render's first
-    networks) instead of an absorbed-model file."""
+    """The tip: style LoRAs merged into the base model; every training uses the result. In the memory route they are
+    each training's first --base_weights (and each render's first networks) instead of an absorbed-model file."""
     styles = [WeightedLora(c.external(a.path), a.ratio) for a in c.request.absorb]
     if styles and c.in_memory:
         c.base_weights = styles
@@ -250,10 +249,9 @@ def _train(c: _Context, sp: SourcePlan, step: str, title: str, training: Trainin
 
 def _copy_check(c: _Context, sp: SourcePlan, model: FileRef, lora: FileRef | None = None,
                 copy_lora: FileRef | None = None) -> None:
-    """Does the copy machine copy? Images from it (the copy model; in the memory route the
-    copy LoRA on the base model; for difference extraction LoRA A on the base model) against
-    the original; a failed check stops the run before the next training. Not shared: its
-    images belong in the run folder."""
+    """Does the copy machine copy? Images from it (the copy model; in the memory route the copy LoRA on the base model;
+    for difference extraction LoRA A on the base model) against the original; a failed check stops the run before the
+    next training. Not shared: its images belong in the run folder."""
     if not c.request.copy_check:
         return
     cc = c.recipe.copy_check
@@ -341,9 +339,8 @@ def _finalize(c: _Context, effect: str, lora: FileRef, method: str, trainings: d
 
 
 def _leakage(c: _Context, effect: str, lora: FileRef) -> FileRef | None:
-    """With a preview model: does the LoRA drag its training image into unrelated pictures?
-    Measured on the LoRA before its metadata is added (the same weights), so the final LoRA
-    can record the score (`copymachine.leakage`)."""
+    """With a preview model: does the LoRA drag its training image into unrelated pictures? Measured on the LoRA before
+    its metadata is added (the same weights), so the final LoRA can record the score (`copymachine.leakage`)."""
     model = c.request.preview_model
     if model is None:
         return None

@@ -31,9 +31,8 @@ def opt(default: Any = None, help: str = "", *, option: str | None = None, metav
 
 
 class RunOptions(BaseModel):
-    """The options of one run: one field per option of `copymachine train` / `diff`, in --help order
-    (defaults: the CLI's), plus `set_tables` (a jobs file's parsed `set` table, {section: {key: value}},
-    applied before --set)."""
+    """The options of one run: one field per option of `copymachine train` / `diff`, in --help order (defaults: the
+    CLI's), plus `set_tables` (a jobs file's parsed `set` table, {section: {key: value}}, applied before --set)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
 

@@ -362,9 +362,8 @@ def _overrides_of(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_recipe_file(path: Path | str, base: Recipe | None = None) -> Recipe:
-    """A built-in recipe by name (`fast`), or a recipe TOML file's keys over `base` (the memo's by
-    default, or the built-in its top-level `base = "NAME"` names). The file's `name` (else its stem)
-    names the result."""
+    """A built-in recipe by name (`fast`), or a recipe TOML file's keys over `base` (the memo's by default, or the
+    built-in its top-level `base = "NAME"` names). The file's `name` (else its stem) names the result."""
     p = Path(path)  # a bare name is a built-in one (also as a jobs file's folder/NAME: that file absent)
     if str(path) in built_in_names() or (not p.exists() and not p.suffix and p.name in built_in_names()):
         return built_in(p.name)

@@ -265,10 +265,9 @@ def run_method(method: str, o: RunOptions, reporter: Reporter | None = None, on_
 
 
 def plan_only(method: str, o: RunOptions, reporter: Reporter) -> tuple[Plan, HashCache]:
-    """The run's plan and nothing else (nothing written, nothing run; sd-scripts need not answer,
-    unlike a dry run): what a queue reads to order its jobs before it hands them to an engine.
-    Keys made here are this host's (its engine, its device's precision): compare them with
-    each other, not with the keys a job computes where it runs."""
+    """The run's plan and nothing else (nothing written, nothing run; sd-scripts need not answer, unlike a dry run):
+    what a queue reads to order its jobs before it hands them to an engine. Keys made here are this host's (its engine,
+    its device's precision): compare them with each other, not with the keys a job computes where it runs."""
     o = o.model_copy(update={"dry_run": True})
     request, _model, settings = make_request(method, o, reporter, None, require=False)
     folders = run_folders(request)

@@ -15,11 +15,10 @@ if TYPE_CHECKING:
 
 
 def visible_device(index: int, inherited: str | None) -> str:
-    """CUDA_VISIBLE_DEVICES for a child that is to use the `index`-th GPU this process sees. The
-    user's own mask (or Slurm's, Ray's) lists the physical GPUs, indices or UUIDs (GPU-..., MIG-...),
-    and index 0 is its first entry: with CUDA_VISIBLE_DEVICES=2,3, GPU 1 is "3". CUDA ignores the
-    entries from the first invalid one on (an empty one included), so only those before it count.
-    Unset: the index itself. Set but empty (no GPU visible): kept empty."""
+    """CUDA_VISIBLE_DEVICES for a child that is to use the `index`-th GPU this process sees. The user's own mask (or
+    Slurm's, Ray's) lists the physical GPUs, indices or UUIDs (GPU-..., MIG-...), and index 0 is its first entry: with
+    CUDA_VISIBLE_DEVICES=2,3, GPU 1 is "3". CUDA ignores the entries from the first invalid one on (an empty one
+    included), so only those before it count. Unset: the index itself. Set but empty (no GPU visible): kept empty."""
     if inherited is None:
         return str(index)
     if not inherited.strip():

@@ -75,9 +75,8 @@ def done_stamp(stage: Stage, hashes: HashCache, check_inputs: bool = True) -> di
 
 def new_stamp(stage: Stage, ctx: Any, inputs: dict[str, Any], outputs: dict[str, Any], started: str, seconds: float,
               commit: str | None) -> dict[str, Any]:
-    """What a stage's run records: its key, parameters, inputs and outputs (sha256), the
-    commands, configs and log, when it ran and how long, its peak memory and the engine's commit.
-    `ctx` is the stage's StageContext."""
+    """What a stage's run records: its key, parameters, inputs and outputs (sha256), the commands, configs and log, when
+    it ran and how long, its peak memory and the engine's commit. `ctx` is the stage's StageContext."""
     return {"key": stage.key, "name": stage.name, "kind": stage.kind, "params": stage.params, "inputs": inputs,
             "outputs": outputs, "argv": ctx.commands, "commands": [command_line(c) for c in ctx.commands],
             "configs": sorted(str(p) for p in (stage.workdir / "config").glob(f"{stage.slug}-*")),
