@@ -70,11 +70,8 @@ class Manifest:
         """Record a stage's status (and its stamp's facts), then write the manifest."""
         with self._lock:
             record = self._records[stage.name]
-            record["status"] = status
-            if stamp:
-                for field in STAMP_FIELDS:
-                    if field in stamp:
-                        record[field] = stamp[field]
+            facts = stamp or {}
+            record.update({f: facts[f] for f in STAMP_FIELDS if f in facts}, status=status)
             record.update(extra)
             self.save()
 

@@ -131,10 +131,8 @@ class _Context:
         info.image_folders = {s.id: s.image.name for s in r.sources if s.id and s.image}
         info.combine, info.sign, info.absorb = r.combine, r.sign, [[str(a.path), a.ratio] for a in r.absorb]
         info.training_sizes = {s.id or "original": list(s.size) for s in self.sources}
-        info.training_size = {
-            s.id or "original": {"size": list(s.size), "picture": list(s.size_choice.picture), "why": s.size_choice.why}
-            for s in self.sources
-        }
+        info.training_size = {s.id or "original": {"size": list(s.size), "picture": list(s.size_choice.picture),
+                                                   "why": s.size_choice.why} for s in self.sources}
         info.copy_model = self.recipe.merge.copy_model if method == COPY_MACHINE or r.absorb else None
         info.clip_skip = self.model.clip_skip
         info.prediction = {"type": r.prediction.label, "why": r.prediction.why}

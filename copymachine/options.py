@@ -202,14 +202,11 @@ def schema() -> dict[str, Any]:
 def split_set_options(items: tuple[str, ...], tables: dict[str, dict] | None = None) -> tuple[dict, dict]:
     """--set takes recipe keys (copy.network_dim=32) and effect parameters (outline.width=2);
     `tables` holds more of them already parsed ({section: {key: value}}, a jobs file's `set`)."""
-    recipe_sets: dict[str, dict] = {}
-    effect_sets: dict[str, dict] = {}
     parsed = parse_set_options(items)
     for section, values in (tables or {}).items():
         parsed.setdefault(section, {}).update(values)
-    for section, values in parsed.items():
-        (effect_sets if section in effect_registry.names() else recipe_sets)[section] = values
-    return recipe_sets, effect_sets
+    effects = effect_registry.names()
+    return {s: v for s, v in parsed.items() if s not in effects}, {s: v for s, v in parsed.items() if s in effects}
 
 
 def _range(low: Any, high: Any) -> str:

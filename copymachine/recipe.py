@@ -606,10 +606,9 @@ def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str,
         section, dot, key = name.strip().rpartition(".")
         if not sep or not dot or not section or not key:
             raise InputError(f"--set expects section.key=value (e.g. copy.network_dim=32), not {item!r}")
-        if section == SD_ARGS:  # sd-scripts takes the TOML's values as they are: 0.05 must be a number
-            out.setdefault(section, {}).update(parse_sd_args([f"{key}={value}"], "--set"))
-            continue
-        out.setdefault(section, {})[key] = value
+        # sd-scripts takes the TOML's values as they are: 0.05 must be a number
+        values = parse_sd_args([f"{key}={value}"], "--set") if section == SD_ARGS else {key: value}
+        out.setdefault(section, {}).update(values)
     return out
 
 
