@@ -32,12 +32,10 @@ def make_settings(sd_scripts: Path | None, python: str | None, device: str, toke
     caps = None
     if probe is not None and require:
         engine.require(probe)
-        # what this sd-scripts can do (each script's --help, once per checkout): refused here,
-        # before any stage, when copymachine cannot drive it
-        def progress(done: int, total: int) -> None:
-            reporter.counting("capabilities", capabilities.progress_text(done, total), done, total)
-
-        caps = capabilities.learn(engine, on_progress=progress)
+        # what this sd-scripts can do (each script's --help, once per checkout): refused here, before any stage,
+        # when copymachine cannot drive it
+        caps = capabilities.learn(engine, on_progress=lambda done, total: reporter.counting(
+            "capabilities", capabilities.progress_text(done, total), done, total))
         capabilities.require(engine, caps)
     cuda = bool(probe and probe.cuda)
     if device == "cuda" and not cuda:
