@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -233,11 +233,12 @@ class _Held:
         self.children: set[int] = set()
         self.token = token
         self.mutex = threading.RLock()
-        token.on_cancel(self._stop_children)
+        # every running sd-scripts at once (trainings side by side all stop within one grace time)
+        token.on_cancel(lambda: SUPERVISOR.stop_ids(self._running()))
 
-    @property
-    def interrupted(self) -> bool:
-        return self.token.cancelled
+    def _running(self) -> list[int]:
+        with self.mutex:
+            return list(self.children)
 
     def on_child(self, pgid: int, alive: bool) -> None:
         with self.mutex:
@@ -252,25 +253,21 @@ class _Held:
             # too, on a thread of its own (this one must go on reading the child's output)
             threading.Thread(target=SUPERVISOR.stop_id, args=(pgid,), name="stop-late-child", daemon=True).start()
 
-    def add_lock(self, lock: FolderLock) -> None:
+    @contextlib.contextmanager
+    def holding(self, lock: FolderLock) -> Iterator[None]:
+        """A cache entry's lock, held (and told of the children started) until the block ends."""
         with self.mutex:
             self.locks.append(lock)
-
-    def remove_lock(self, lock: FolderLock) -> None:
-        with self.mutex:
-            self.locks.remove(lock)
-
-    def _stop_children(self) -> None:
-        """Every running sd-scripts at once (trainings side by side all stop within one grace time)."""
-        with self.mutex:
-            children = list(self.children)
-        SUPERVISOR.stop_ids(children)
+        try:
+            yield
+        finally:
+            with self.mutex:
+                self.locks.remove(lock)
+            lock.release()
 
     def kill_children(self) -> None:
         """A second Ctrl-C: the last word to every running sd-scripts at once."""
-        with self.mutex:
-            children = list(self.children)
-        SUPERVISOR.kill_ids(children)
+        SUPERVISOR.kill_ids(self._running())
 
 
 class Pipeline:
@@ -344,12 +341,8 @@ class Pipeline:
         lock = FolderLock(stage.workdir, f"cache entry {stage.workdir}")
         lock.acquire(wait=wait, marker=self._marker(), on_wait=lambda h: self.reporter.info(
             f"waiting for another run building {stage.title} ({h.get('command', '')})"))
-        self._held.add_lock(lock)
-        try:
+        with self._held.holding(lock):
             return self._run_stage(index, total, stage, gpu)
-        finally:
-            self._held.remove_lock(lock)
-            lock.release()
 
     def _run_stage(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
         """Skip the stage when it is done, else run it; then its verdict. True when it ran. A full
@@ -358,7 +351,7 @@ class Pipeline:
         try:
             return self._run_stage_here(index, total, stage, gpu)
         except DiskFull as e:
-            self._record(stage, "interrupted" if self._held.interrupted else "failed")
+            self._record(stage, "interrupted" if self.interrupted else "failed")
             raise self._disk_full(stage, e.folder, log=e.log) from None
         except OSError as e:
             if not is_disk_full(e):
@@ -405,7 +398,7 @@ class Pipeline:
             stamp = _execute(stage, kind, ctx)
         except CopymachineError:
             # sd-scripts stopped because copymachine was interrupted is not a failure of the stage
-            self._record(stage, "interrupted" if self._held.interrupted else "failed")
+            self._record(stage, "interrupted" if self.interrupted else "failed")
             raise
         except KeyboardInterrupt:
             self._record(stage, "interrupted")

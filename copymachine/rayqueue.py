@@ -48,18 +48,13 @@ MAX_RETRIES = 3  # a task whose worker or node died is run again (Ray's own retr
 COPY_STAGES = ("copy-lora", "lora-a")  # the last part of the names of the stages a second-wave job waits for
 
 
-def import_ray():
+def connect(address: str):
+    """ray.init to a running cluster: `auto` (the one `ray start` made on this machine) or the
+    head's address."""
     try:
         import ray
     except ImportError:
         raise EnvironmentProblem(INSTALL_HINT) from None
-    return ray
-
-
-def connect(address: str):
-    """ray.init to a running cluster: `auto` (the one `ray start` made on this machine) or the
-    head's address."""
-    ray = import_ray()
     if ray.is_initialized():
         return ray
     try:
@@ -173,40 +168,40 @@ def check_nodes(ray, folders: list[str]) -> None:
                           f"folders must be on a filesystem every node shares): {problems[0]}", details=problems[1:])
 
 
+def _job_file(jobs_file: Path, job: Job, suffix: str) -> Path:
+    return queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.{suffix}"
+
+
 def submit(ray, job: Job, jobs_file: Path, engine: dict, cwd: Path):
     """The job as a Ray task; returns its ObjectRef."""
     task = ray.remote(run_job_task).options(num_gpus=job.gpus, num_cpus=0, max_retries=MAX_RETRIES,
                                             retry_exceptions=False, name=f"copymachine job {job.index}: {job.label}")
     argv = cluster.job_command(jobs_file, str(job.index), engine)
-    log = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.task.log"
-    return task.remote(argv, str(cwd), str(log), passed_env())
-
-
-def _events_file(jobs_file: Path, job: Job) -> Path:
-    return queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.events.jsonl"
+    return task.remote(argv, str(cwd), str(_job_file(jobs_file, job, "task.log")), passed_env())
 
 
 def copies_made(jobs_file: Path, job: Job) -> int:
     """How many copy LoRAs the job's latest attempt has made or found done (its events file)."""
-    return sum(1 for e in read_events(_events_file(jobs_file, job))
+    return sum(1 for e in read_events(_job_file(jobs_file, job, "events.jsonl"))
                if isinstance(e, ev.StageDone | ev.StageSkip) and e.stage.rsplit("/", 1)[-1] in COPY_STAGES)
 
 
 def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds: float, cancelled: bool = False,
               error: str | None = None) -> JobResult:
-    end = last_job_end(_events_file(jobs_file, job))
-    if cancelled:
-        return JobResult(job, "interrupted", error=CopymachineError("cancelled", EXIT_INTERRUPTED), seconds=seconds)
-    if outcome is None:
-        return JobResult(job, "failed", error=CopymachineError(f"its Ray task failed: {error}", 1), seconds=seconds)
-    code = outcome["exit_code"]
+    """What a job's task came to: its child's exit code, and the job's own account (its events)."""
+    end = last_job_end(_job_file(jobs_file, job, "events.jsonl"))
+    code = EXIT_INTERRUPTED if cancelled else outcome["exit_code"] if outcome else 1
     if code == 0:
         return JobResult(job, "done", finals=[Path(p) for p in end.finals] if end else [], seconds=seconds)
     if code == EXIT_INTERRUPTED:
-        return JobResult(job, "interrupted", error=CopymachineError("interrupted", exit_code=code), seconds=seconds)
-    log = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.log"
-    message = (end.message if end else None) or f"copymachine queue --only {job.index} ended with exit code {code} " \
-        f"(see {log})"
+        message = "cancelled" if cancelled else "interrupted"
+        return JobResult(job, "interrupted", error=CopymachineError(message, exit_code=code), seconds=seconds)
+    if outcome is None:
+        message = f"its Ray task failed: {error}"
+    else:
+        log = _job_file(jobs_file, job, "log")
+        message = (end.message if end else None) or f"copymachine queue --only {job.index} ended with exit code {code} " \
+            f"(see {log})"
     return JobResult(job, "failed", error=CopymachineError(message, exit_code=code), seconds=seconds)
 
 
@@ -215,9 +210,8 @@ def _check_cluster(ray, jobs_file: Path, jobs: list[Job], cwd: Path, reporter: R
     gpus = ray.cluster_resources().get("GPU", 0)
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     reporter.info(f"copymachine queue --ray: {len(jobs)} job(s) on {nodes} node(s), {gpus:g} GPU(s)")
-    too_big = [j for j in jobs if j.gpus > gpus]
-    if too_big:
-        job = too_big[0]
+    job = next((j for j in jobs if j.gpus > gpus), None)
+    if job:
         raise EnvironmentProblem(f"job {job.index} ({job.label}) asks for {job.gpus} GPU(s); "
                                  f"the Ray cluster has {gpus:g}")
     check_nodes(ray, job_folders(jobs_file, jobs, cwd))
