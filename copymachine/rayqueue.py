@@ -24,6 +24,7 @@ level.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -58,7 +59,7 @@ def connect(address: str):
     if ray.is_initialized():
         return ray
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise EnvironmentProblem(f"--ray {address}: no Ray cluster there ({e}); start one with `ray start --head` "
                                  "(and `ray start --address HEAD:6379` on the other machines)") from None
@@ -200,8 +201,8 @@ def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds
         message = f"its Ray task failed: {error}"
     else:
         log = _job_file(jobs_file, job, "log")
-        message = (end.message if end else None) or f"copymachine queue --only {job.index} ended with exit code {code} " \
-            f"(see {log})"
+        message = (end.message if end else None) or (f"copymachine queue --only {job.index} ended with exit code "
+                                                     f"{code} (see {log})")
     return JobResult(job, "failed", error=CopymachineError(message, exit_code=code), seconds=seconds)
 
 

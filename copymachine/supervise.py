@@ -185,6 +185,8 @@ class Win32:
     CREATE_SUSPENDED = 0x00000004
     _k32: Any
     _ntdll: Any
+    _ctypes: Any
+    _handle: Any
 
     def __init__(self) -> None:  # pragma: no cover - Windows
         if sys.platform != "win32":
@@ -206,7 +208,7 @@ class Win32:
 
     def create_job(self) -> int:  # pragma: no cover - Windows
         """A Job Object whose processes all end when its last handle closes."""
-        ctypes = self._ctypes
+        import ctypes
         from ctypes import wintypes
 
         class BASIC(ctypes.Structure):
