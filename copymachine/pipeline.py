@@ -35,7 +35,7 @@ from copymachine.stamps import done_stamp, new_stamp, now, remove_stamp, write_s
 from copymachine.supervise import SUPERVISOR, CancelToken
 
 
-def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log_path: Path) -> dict[str, Any]:
+def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext) -> dict[str, Any]:
     """A stage's output that does not validate (NaN weights, wrong rank, truncated) is the
     stage's failure, reported like the engine's own: stage, log, the log's last lines."""
     try:
@@ -43,8 +43,8 @@ def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log
     except CopymachineError as e:
         if not kind.needs_engine:
             raise
-        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {log_path}",
-                          details=log_tail(log_path)) from None
+        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {ctx.log_path}",
+                          details=log_tail(ctx.log_path)) from None
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -88,10 +88,7 @@ def _clear_scratch(scratch: Path, stage: Stage, kind, reporter: Reporter | None 
 
 def _drop_scratch(ctx: StageContext, kind=None) -> None:
     """After an attempt: its files go (a training's newest saved state stays when it failed)."""
-    if kind is None:
-        shutil.rmtree(ctx.scratch, ignore_errors=True)
-    else:
-        _clear_scratch(ctx.scratch, ctx.stage, kind, ctx.reporter)
+    _clear_scratch(ctx.scratch, ctx.stage, kind, ctx.reporter)
     _remove_if_empty(ctx.scratch.parent)
 
 
@@ -114,7 +111,7 @@ def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
             path = ctx.scratch_output(name)
             if not path.is_file():
                 raise EngineError(f"stage '{stage.title}' finished without writing {path.name}. Log: {ctx.log_path}")
-            produced[name] = (path, _validated(kind, stage, name, path, ctx, ctx.log_path))
+            produced[name] = (path, _validated(kind, stage, name, path, ctx))
     except BaseException:
         # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept:
         # the log holds what went wrong, and the next run starts the stage afresh (a training
@@ -159,7 +156,6 @@ class _Schedule:
         self.deps = graph.dependencies(plan)
         self.reach = graph.results(plan, self.deps)
         self.state = {s.name: "pending" for s in plan.stages}
-        self.running: set[str] = set()
         self.failures: list[tuple[Stage, BaseException]] = []
         self.ran: list[Stage] = []
         self.free_gpus = list(range(gpus)) if gpus > 1 and jobs > 1 else []
@@ -173,9 +169,10 @@ class _Schedule:
                 state[stage.name] = "blocked"
         lost = {n for n, st in state.items() if st in ("failed", "blocked")}
         started: list[tuple[Stage, int | None]] = []
+        free = self.jobs - list(state.values()).count("running")
         for stage in self.plan.stages:
             name = stage.name
-            if len(self.running) >= self.jobs:
+            if len(started) >= free:
                 break
             if state[name] != "pending" or not all(state[d] == "done" for d in deps[name]):
                 continue
@@ -185,14 +182,12 @@ class _Schedule:
             gpu = self.free_gpus.pop(0) if self.free_gpus and self.kinds[stage.kind].needs_engine else None
             if gpu is not None:
                 self.gpu_of[name] = gpu
-            self.running.add(name)
             started.append((stage, gpu))
         return started
 
     def finish(self, name: Hashable, future: Future) -> None:
         """A stage ended: done (and whether it ran), or failed; Ctrl-C and exits go on up."""
         assert isinstance(name, str)
-        self.running.discard(name)
         if name in self.gpu_of:
             self.free_gpus.append(self.gpu_of.pop(name))
         error = future.exception()
@@ -217,10 +212,8 @@ class _Schedule:
                 continue
             needed = graph.ancestors(final, self.deps) | {final}
             cause = next((n for n in failed if n in needed), None)
-            if cause:
-                rows.append((effect, f"failed in '{self.plan.stage(cause).title}': {failed[cause]}"))
-            else:
-                rows.append((effect, "not run: a stage it needs failed"))
+            rows.append((effect, f"failed in '{self.plan.stage(cause).title}': {failed[cause]}" if cause
+                          else "not run: a stage it needs failed"))
         return rows
 
 
