@@ -1,11 +1,9 @@
 """Jobs files and the queue that runs them: `copymachine queue JOBS.toml` (and the web UI).
 
-A jobs file is TOML: an optional `[defaults]` table and one `[[job]]` table per job. A job's keys
-are the long options of `copymachine train` / `diff` without the dashes (`image`, `effect`,
-`max-steps`, `edited-dir`, `sd-scripts` …), plus `method` (`train`, the default, or `diff`) and
-`set` (a table of recipe overrides and effect parameters, or a list of `section.key=value`
-strings as on the command line) and `gpus` (what an engine gives the whole job: Ray's num_gpus;
-default 1). docs/jobs.example.toml is a commented example.
+A jobs file is TOML: an optional `[defaults]` table and one `[[job]]` table per job, whose keys are
+the long options of `train` / `diff` without the dashes, plus `method` (train or diff), `set` (a table,
+or a list of `section.key=value` strings as on the command line) and `gpus` (what an engine gives the
+whole job: Ray's num_gpus; default 1). docs/jobs.example.toml is a commented example.
 
 Nothing here plans or runs a stage: every key is converted and checked as its option of `train` /
 `diff` is (the keys are copymachine/options.py's RunOptions), and every job runs through

@@ -59,7 +59,6 @@ class Reporter:
         self._deciles: dict[str, int] = {}
         self._lines: dict[str, str] = {}  # on a terminal: the live line of each running stage
         self._live: Live | None = None
-        self.warnings: list[str] = []
 
     def _print(self, text: str) -> None:
         with self._lock:
@@ -103,7 +102,6 @@ class Reporter:
         self._print(text)
 
     def warn(self, text: str) -> None:
-        self.warnings.append(text)
         self.emit(ev.Warned(text=text))
         self._print(f"warning: {text}")
 

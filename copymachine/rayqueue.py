@@ -2,15 +2,13 @@
 cluster (`ray start --head` on one machine, `ray start --address HEAD:6379` on the others) whose
 nodes share the jobs file, the run folders and the cache (a shared filesystem).
 
-- A task asks `num_gpus=1` (a job's `gpus` key asks for more) and runs
-  `copymachine queue JOBS.toml --only N` as a child process on its node, so the GPU probe, the
-  plan and every stage run there (Ray gives the task its GPUs as CUDA_VISIBLE_DEVICES). The
+- A task asks `num_gpus=1` (a job's `gpus` key asks for more) and runs `copymachine queue JOBS.toml
+  --only N` as a child on its node (cluster.py; Ray gives it its GPUs as CUDA_VISIBLE_DEVICES). The
   child's events and output are the queue folder's `job-N.events.jsonl` / `job-N.log`; the task's
   own record of each attempt (node, GPUs, what the child printed) is `job-N.task.log`.
 - The copy machine first (cluster.waves): a job that shares a copy LoRA with an earlier one is
-  submitted once that one has made it (its events say the copy LoRA stage is done) or has ended,
-  so it does not hold a GPU while it waits on the LoRA's lock; a job writing the run folder of an
-  earlier job (whose lock that job holds for its whole run) is submitted once that one has ended.
+  submitted once that one has made it (its events say so) or has ended; a job writing the run
+  folder of an earlier job (whose lock that job holds for its whole run) once that one has ended.
 - Cancel (ray.cancel of the task; Ctrl-C of `queue --ray`, which cancels every task) stops the
   child the way Ctrl-C stops a run: SIGINT to its process group, sd-scripts stopped, nothing
   finished lost. A task whose node dies is retried by Ray elsewhere (MAX_RETRIES): the retry's
@@ -30,8 +28,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -127,11 +125,10 @@ def probe_folders(folders: list[str]) -> list[str]:
     """On a node: write and remove a file in each folder; the folders where that failed."""
     problems = []
     for folder in folders:
-        probe = Path(folder) / f".copymachine-probe-{uuid.uuid4().hex}"
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
-            probe.write_text(socket.gethostname(), encoding="utf-8")
-            probe.unlink()
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".copymachine-probe-"):
+                pass
         except OSError as e:
             problems.append(f"{folder}: {e.strerror or e}")
     return problems
