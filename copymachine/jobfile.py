@@ -282,7 +282,7 @@ class Queue:
             finals = run.run_method(job.method, job.options, reporter=reporter, on_pipeline=register, gpu=gpu)
             result = JobResult(job, "done", finals=finals)
         except CopymachineError as e:
-            interrupted = self.token.cancelled or any(pipeline.interrupted for pipeline in pipelines[-1:])
+            interrupted = self.token.cancelled or (bool(pipelines) and pipelines[-1].interrupted)
             result = JobResult(job, "interrupted" if interrupted else "failed", error=e)
             if not interrupted:
                 reporter.info(f"job {job.label} failed: {e.message}")

@@ -34,14 +34,11 @@ def _duration(seconds: float) -> str:
 def describe(p: Progress) -> str:
     """One stage's progress: "step 120/3072 · 2.1it/s · loss 0.0123 · eta 24:10"."""
     label = "step" if p.desc == "steps" else p.desc or "progress"
-    parts = [f"{label} {p.step}/{p.total}"]
-    if p.rate and "?" not in p.rate:
-        parts.append(p.rate)
-    if p.loss is not None:
-        parts.append(f"loss {p.loss:.4f}")
-    if p.eta and p.eta != "?":
-        parts.append(f"eta {p.eta}")
-    return " · ".join(parts)
+    parts = [f"{label} {p.step}/{p.total}",
+             p.rate if p.rate and "?" not in p.rate else "",
+             f"loss {p.loss:.4f}" if p.loss is not None else "",
+             f"eta {p.eta}" if p.eta and p.eta != "?" else ""]
+    return " · ".join(part for part in parts if part)
 
 
 class Reporter:

@@ -257,13 +257,7 @@ class WindowsBackend:
     EXIT_CODE = 0xC000013A  # STATUS_CONTROL_C_EXIT: what a console program stopped by Ctrl-C exits with
 
     def __init__(self, win32: Any = None) -> None:
-        self._win32 = win32
-
-    @property
-    def win32(self) -> Any:
-        if self._win32 is None:  # pragma: no cover - Windows
-            self._win32 = Win32()
-        return self._win32
+        self.win32 = win32 or Win32()
 
     def popen_options(self) -> dict:
         # suspended until it is in its job, so nothing it starts escapes the job
@@ -345,16 +339,12 @@ class Supervisor:
         after the other). A second Ctrl-C while they wind down ends every one of them at once."""
         try:
             running = list(children)
-            for step, patience in self.backend.steps(grace_s):
+            for step, patience in self.backend.steps(grace_s):  # none left running: the later steps do nothing
                 running = [c for c in running if self.backend.send(c, step)]
-                if not running:
-                    break
                 deadline = time.monotonic() + patience
                 for child in running:
                     child.wait(max(0.0, deadline - time.monotonic()))
                 running = [c for c in running if c.proc.poll() is None]
-                if not running:
-                    break
             for child in children:
                 self.backend.finish(child)
         except KeyboardInterrupt:
@@ -408,9 +398,7 @@ class Supervisor:
 
     def _stop_group(self, pgid: int, grace_s: float) -> None:
         for step, patience in self.backend.steps(grace_s):
-            if not self.backend.signal_group(pgid, step):
-                return
-            if self.backend.group_gone(pgid, patience):
+            if not self.backend.signal_group(pgid, step) or self.backend.group_gone(pgid, patience):
                 return
 
     def end_orphans(self, owner_pid: int, child_ids: list[int], marker: str,
