@@ -46,10 +46,10 @@ def import_fix(module: str, error: str, where: str = "that venv") -> str:
                     "(opencv-python>=4.10)")
         return f"{top} was built for another numpy: pip install 'numpy<2' in {where}, or a {package} built for numpy 2"
     if "No module named" in error:
-        missing = error.split("No module named", 1)[1].strip().strip("'\"")
-        if missing.split(".")[0] == "library":
+        missing = error.split("No module named", 1)[1].strip().strip("'\"").split(".")[0]
+        if missing == "library":
             return "install sd-scripts' own package: pip install -e . in the sd-scripts folder"
-        return f"pip install {DISTRIBUTIONS.get(missing.split('.')[0], missing.split('.')[0])} in {where}"
+        return f"pip install {DISTRIBUTIONS.get(missing, missing)} in {where}"
     if "libGL" in error or ("lib" in error and ".so" in error):
         if top == "cv2":
             return (f"a system library is missing: pip install opencv-python-headless in {where} (or apt-get install "

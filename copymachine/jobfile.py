@@ -120,9 +120,10 @@ def _path(value: Any, folder: Path) -> Any:
     """A job's path as given, relative to the jobs file."""
     if isinstance(value, list):
         return [_path(v, folder) for v in value]
-    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-        return str(folder / value)
-    return str(Path(value).expanduser()) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    path = Path(value).expanduser()
+    return str(path if not value or path.is_absolute() else folder / value)
 
 
 def _values(merged: dict[str, Any], keys: dict[str, str], overrides: dict[str, Any], folder: Path) -> dict[str, Any]:

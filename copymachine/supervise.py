@@ -374,8 +374,7 @@ class Supervisor:
         self.stop_ids([child_id], grace_s)
 
     def _ours(self, child_ids: list[int]) -> tuple[list[Child], list[int]]:
-        """The children by the numbers a lock records: those this supervisor started, and (POSIX)
-        the process groups another one did."""
+        """By the numbers a lock records: the children started here, and (POSIX) others' process groups."""
         with self._mutex:
             ours = [self.children[i] for i in child_ids if i in self.children]
             others = [i for i in child_ids if i not in self.children]
