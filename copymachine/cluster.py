@@ -9,7 +9,8 @@ LoRA in a first wave and the others in a second, started once the first is done.
 
 from __future__ import annotations
 
-import os
+import io
+import itertools
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ STOP_S = GRACE_S + TERM_S + KILL_S  # the longest a job takes to stop its sd-scr
 class Waves:
     first: list[Job]
     rest: list[Job]  # each shares a copy LoRA that a job of `first` trains
-    planned: bool = True  # False: the jobs could not be planned here; all in `first`
     after: dict[int, set[int]] = field(default_factory=dict)  # a job of `rest` -> the first-wave jobs it waits for
     copies: dict[int, int] = field(default_factory=dict)  # a first-wave job -> how many copy LoRAs it makes
     # a job -> the earlier job writing the same run folder: it holds the folder's lock for its whole
@@ -49,55 +49,38 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
     """One job per copy-cache key first, in file order; a job whose every copy LoRA is trained by
     an earlier first-wave job goes second. A job the user must fix is refused here, before
     anything is submitted; when this host cannot plan (no sd-scripts here), one wave."""
+    split = Waves(first=[], rest=[])
     claimed: dict[str, int] = {}  # copy LoRA key -> the first-wave job that trains it
-    after: dict[int, set[int]] = {}
-    copies: dict[int, int] = {}
     folders: dict[Path, int] = {}
-    same_folder: dict[int, int] = {}
-    first: list[Job] = []
-    rest: list[Job] = []
-    quiet = Reporter(stream=open(os.devnull, "w"), live=False)  # noqa: SIM115
-    try:
-        for job in jobs:
-            try:
-                the_plan, hashes = run.plan_only(job.method, job.options, quiet)
-            except EnvironmentProblem as e:
-                reporter.warn(f"cannot plan the jobs on this host ({e.message}): one wave; "
-                              "jobs that share a copy LoRA wait on its lock")
-                return Waves(first=list(jobs), rest=[], planned=False)
-            except CopymachineError as e:
-                raise InputError(f"job {job.index} ({job.label}): {e.message}", details=e.details) from None
-            keys = copy_keys(the_plan, hashes)
-            run_dir = Path(the_plan.run_dir).resolve()
-            if run_dir in folders:
-                same_folder[job.index] = folders[run_dir]
-            folders[run_dir] = job.index
-            if keys and keys <= claimed.keys():
-                rest.append(job)
-                after[job.index] = {claimed[k] for k in keys}
-            else:
-                first.append(job)
-                claimed.update({k: job.index for k in keys if k not in claimed})
-                copies[job.index] = len(keys)
-    finally:
-        quiet.stream.close()
-    return Waves(first=first, rest=rest, after=after, copies=copies, same_folder=same_folder)
+    quiet = Reporter(stream=io.StringIO(), live=False)  # what planning says is not the queue's to print
+    for job in jobs:
+        try:
+            the_plan, hashes = run.plan_only(job.method, job.options, quiet)
+        except EnvironmentProblem as e:
+            reporter.warn(f"cannot plan the jobs on this host ({e.message}): one wave; "
+                          "jobs that share a copy LoRA wait on its lock")
+            return Waves(first=list(jobs), rest=[])
+        except CopymachineError as e:
+            raise InputError(f"job {job.index} ({job.label}): {e.message}", details=e.details) from None
+        keys = copy_keys(the_plan, hashes)
+        run_dir = Path(the_plan.run_dir).resolve()
+        if run_dir in folders:
+            split.same_folder[job.index] = folders[run_dir]
+        folders[run_dir] = job.index
+        if keys and keys <= claimed.keys():
+            split.rest.append(job)
+            split.after[job.index] = {claimed[k] for k in keys}
+        else:
+            split.first.append(job)
+            claimed.update({k: job.index for k in keys if k not in claimed})
+            split.copies[job.index] = len(keys)
+    return split
 
 
 def array_spec(indices: list[int]) -> str:
     """1,2,3,5 -> '1-3,5' (sbatch --array)."""
-    parts: list[str] = []
-    start = prev = None
-    for i in sorted(indices):
-        if prev is not None and i == prev + 1:
-            prev = i
-            continue
-        if start is not None:
-            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-        start = prev = i
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-    return ",".join(parts)
+    runs = [[i for _, i in run] for _, run in itertools.groupby(enumerate(sorted(indices)), lambda p: p[1] - p[0])]
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}" for run in runs)
 
 
 def job_command(jobs_file: Path, index: str, engine: dict) -> list[str]:
@@ -117,29 +100,18 @@ def slurm_script(jobs_file: Path, jobs: list[Job], engine: dict, throttle: int |
     array = f"1-{len(jobs)}" + (f"%{throttle}" if throttle else "")
     command = job_command(jobs_file, "__TASK__", engine)
     line = " ".join(shlex.quote(a) for a in command).replace("__TASK__", '"$SLURM_ARRAY_TASK_ID"')
-    directives = [
-        f"--job-name={jobs_file.stem}",
-        f"--array={array}",
-        "--gres=gpu:1",
-        "--requeue",
-        "--open-mode=append",
-        f"--chdir={workdir.resolve()}",
-        f"--output={folder / 'slurm-%A_%a.out'}",
-        *sbatch,
-    ]
-    out = [
+    directives = [f"--job-name={jobs_file.stem}", f"--array={array}", "--gres=gpu:1", "--requeue", "--open-mode=append",
+                  f"--chdir={workdir.resolve()}", f"--output={folder / 'slurm-%A_%a.out'}", *sbatch]
+    return "\n".join([
         "#!/bin/bash",
         f"# copymachine queue {jobs_file.name}: {len(jobs)} job(s), task N = job N of the file",
         "# written by `copymachine queue --slurm-script`; submit with the sbatch line(s) it printed",
-    ]
-    out += [f"#SBATCH {_directive(d)}" for d in directives]
-    out += [
+        *(f"#SBATCH {_directive(d)}" for d in directives),
         "",
         "# the job's events and output: <jobs file>.queue/job-$SLURM_ARRAY_TASK_ID.events.jsonl and .log",
         f"exec {line}",
         "",
-    ]
-    return "\n".join(out)
+    ])
 
 
 def _directive(option: str) -> str:

@@ -171,5 +171,4 @@ def read_events(path: Path, latest: bool = True) -> list[Event]:
 
 def last_job_end(path: Path) -> JobEnd | None:
     """A job's own account of how it ended: the last `job_end` of its events."""
-    ends = [e for e in read_events(path) if isinstance(e, JobEnd)]
-    return ends[-1] if ends else None
+    return next((e for e in reversed(read_events(path)) if isinstance(e, JobEnd)), None)

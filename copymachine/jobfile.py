@@ -1,11 +1,9 @@
 """Jobs files and the queue that runs them: `copymachine queue JOBS.toml` (and the web UI).
 
-A jobs file is TOML: an optional `[defaults]` table and one `[[job]]` table per job. A job's keys
-are the long options of `copymachine train` / `diff` without the dashes (`image`, `effect`,
-`max-steps`, `edited-dir`, `sd-scripts` …), plus `method` (`train`, the default, or `diff`) and
-`set` (a table of recipe overrides and effect parameters, or a list of `section.key=value`
-strings as on the command line) and `gpus` (what an engine gives the whole job: Ray's num_gpus;
-default 1). docs/jobs.example.toml is a commented example.
+A jobs file is TOML: an optional `[defaults]` table and one `[[job]]` table per job, whose keys are
+the long options of `train` / `diff` without the dashes, plus `method` (train or diff), `set` (a table,
+or a list of `section.key=value` strings as on the command line) and `gpus` (what an engine gives the
+whole job: Ray's num_gpus; default 1). docs/jobs.example.toml is a commented example.
 
 Nothing here plans or runs a stage: every key is converted and checked as its option of `train` /
 `diff` is (the keys are copymachine/options.py's RunOptions), and every job runs through
@@ -122,9 +120,10 @@ def _path(value: Any, folder: Path) -> Any:
     """A job's path as given, relative to the jobs file."""
     if isinstance(value, list):
         return [_path(v, folder) for v in value]
-    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-        return str(folder / value)
-    return str(Path(value).expanduser()) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    path = Path(value).expanduser()
+    return str(path if not value or path.is_absolute() else folder / value)
 
 
 def _values(merged: dict[str, Any], keys: dict[str, str], overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -253,14 +252,10 @@ class Queue:
         self.slots = max(1, slots)
         self.gpus = gpus
         self.events = events
-        self._pipelines: dict[int, Any] = {}
+        self._emit = events or (lambda event: None)
         self._lock = threading.Lock()
         self.token = CancelToken()  # cancelled: every running job's pipeline is cancelled, no job starts
         self.results: list[JobResult] = []  # as they finish (an interrupted queue prints these)
-
-    def _emit(self, event: ev._Event) -> None:
-        if self.events is not None:
-            self.events(event)
 
     def _reporter(self, job: Job) -> Reporter:
         parallel = self.slots > 1
@@ -274,11 +269,11 @@ class Queue:
         self._emit(ev.JobStart(job=job.index, label=job.label, command=job.command))
         self.reporter.info(f"job {job.index}/{self.total}: {job.label} ({job.command})")
         gpu = slot if (self.slots > 1 and self.gpus > 1) else None
+        pipelines: list[Any] = []
         unlink: list[Callable[[], None]] = []
 
         def register(pipeline: Any) -> None:
-            with self._lock:
-                self._pipelines[job.index] = pipeline
+            pipelines.append(pipeline)
             unlink.append(self.token.on_cancel(pipeline.token.cancel))
 
         t0 = time.monotonic()
@@ -288,8 +283,7 @@ class Queue:
             finals = run.run_method(job.method, job.options, reporter=reporter, on_pipeline=register, gpu=gpu)
             result = JobResult(job, "done", finals=finals)
         except CopymachineError as e:
-            pipeline = self._pipelines.get(job.index)
-            interrupted = self.token.cancelled or (pipeline is not None and pipeline.interrupted)
+            interrupted = self.token.cancelled or (bool(pipelines) and pipelines[-1].interrupted)
             result = JobResult(job, "interrupted" if interrupted else "failed", error=e)
             if not interrupted:
                 reporter.info(f"job {job.label} failed: {e.message}")
@@ -298,8 +292,6 @@ class Queue:
         finally:
             for undo in unlink:
                 undo()
-            with self._lock:
-                self._pipelines.pop(job.index, None)
         result.seconds = round(time.monotonic() - t0, 2)
         with self._lock:
             self.results.append(result)
@@ -342,21 +334,16 @@ def job_end(result: JobResult) -> ev.JobEnd:
                      seconds=result.seconds, node=result.node)
 
 
-def summary_rows(results: list[JobResult]) -> list[tuple[str, str]]:
-    rows = []
-    for r in results:
-        if r.status == "done":
-            rows.append((r.job.label, "done: " + (", ".join(str(p) for p in r.finals) or "(dry run)")))
-        elif r.status == "interrupted":
-            rows.append((r.job.label, "interrupted: run the queue again to resume"))
-        else:
-            rows.append((r.job.label,
-                         f"failed (exit {r.exit_code}): {r.error.message if r.error else 'unknown error'}"))
-    return rows
+def _outcome(r: JobResult) -> str:
+    if r.status == "done":
+        return "done: " + (", ".join(str(p) for p in r.finals) or "(dry run)")
+    if r.status == "interrupted":
+        return "interrupted: run the queue again to resume"
+    return f"failed (exit {r.exit_code}): {r.error.message if r.error else 'unknown error'}"
 
 
 def print_summary(results: list[JobResult], reporter: Reporter, out=None) -> None:
-    reporter.summary(summary_rows(results))
+    reporter.summary([(r.job.label, _outcome(r)) for r in results])
     done = sum(r.status == "done" for r in results)
     retry = "" if done == len(results) else "; run the same command again to retry (finished stages are kept)"
     reporter.info(f"queue: {done} of {len(results)} job(s) done{retry}")

@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from copymachine.stamps import done_stamp, new_stamp, now, remove_stamp, write_s
 from copymachine.supervise import SUPERVISOR, CancelToken
 
 
-def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log_path: Path) -> dict[str, Any]:
+def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext) -> dict[str, Any]:
     """A stage's output that does not validate (NaN weights, wrong rank, truncated) is the
     stage's failure, reported like the engine's own: stage, log, the log's last lines."""
     try:
@@ -43,8 +43,8 @@ def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext, log
     except CopymachineError as e:
         if not kind.needs_engine:
             raise
-        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {log_path}",
-                          details=log_tail(log_path)) from None
+        raise EngineError(f"stage '{stage.title}' wrote an unusable {path.name}: {e.message}. Log: {ctx.log_path}",
+                          details=log_tail(ctx.log_path)) from None
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -88,10 +88,7 @@ def _clear_scratch(scratch: Path, stage: Stage, kind, reporter: Reporter | None 
 
 def _drop_scratch(ctx: StageContext, kind=None) -> None:
     """After an attempt: its files go (a training's newest saved state stays when it failed)."""
-    if kind is None:
-        shutil.rmtree(ctx.scratch, ignore_errors=True)
-    else:
-        _clear_scratch(ctx.scratch, ctx.stage, kind, ctx.reporter)
+    _clear_scratch(ctx.scratch, ctx.stage, kind, ctx.reporter)
     _remove_if_empty(ctx.scratch.parent)
 
 
@@ -114,7 +111,7 @@ def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
             path = ctx.scratch_output(name)
             if not path.is_file():
                 raise EngineError(f"stage '{stage.title}' finished without writing {path.name}. Log: {ctx.log_path}")
-            produced[name] = (path, _validated(kind, stage, name, path, ctx, ctx.log_path))
+            produced[name] = (path, _validated(kind, stage, name, path, ctx))
     except BaseException:
         # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept:
         # the log holds what went wrong, and the next run starts the stage afresh (a training
@@ -159,7 +156,6 @@ class _Schedule:
         self.deps = graph.dependencies(plan)
         self.reach = graph.results(plan, self.deps)
         self.state = {s.name: "pending" for s in plan.stages}
-        self.running: set[str] = set()
         self.failures: list[tuple[Stage, BaseException]] = []
         self.ran: list[Stage] = []
         self.free_gpus = list(range(gpus)) if gpus > 1 and jobs > 1 else []
@@ -173,9 +169,10 @@ class _Schedule:
                 state[stage.name] = "blocked"
         lost = {n for n, st in state.items() if st in ("failed", "blocked")}
         started: list[tuple[Stage, int | None]] = []
+        free = self.jobs - list(state.values()).count("running")
         for stage in self.plan.stages:
             name = stage.name
-            if len(self.running) >= self.jobs:
+            if len(started) >= free:
                 break
             if state[name] != "pending" or not all(state[d] == "done" for d in deps[name]):
                 continue
@@ -185,14 +182,12 @@ class _Schedule:
             gpu = self.free_gpus.pop(0) if self.free_gpus and self.kinds[stage.kind].needs_engine else None
             if gpu is not None:
                 self.gpu_of[name] = gpu
-            self.running.add(name)
             started.append((stage, gpu))
         return started
 
     def finish(self, name: Hashable, future: Future) -> None:
         """A stage ended: done (and whether it ran), or failed; Ctrl-C and exits go on up."""
         assert isinstance(name, str)
-        self.running.discard(name)
         if name in self.gpu_of:
             self.free_gpus.append(self.gpu_of.pop(name))
         error = future.exception()
@@ -217,10 +212,8 @@ class _Schedule:
                 continue
             needed = graph.ancestors(final, self.deps) | {final}
             cause = next((n for n in failed if n in needed), None)
-            if cause:
-                rows.append((effect, f"failed in '{self.plan.stage(cause).title}': {failed[cause]}"))
-            else:
-                rows.append((effect, "not run: a stage it needs failed"))
+            rows.append((effect, f"failed in '{self.plan.stage(cause).title}': {failed[cause]}" if cause
+                          else "not run: a stage it needs failed"))
         return rows
 
 
@@ -233,11 +226,12 @@ class _Held:
         self.children: set[int] = set()
         self.token = token
         self.mutex = threading.RLock()
-        token.on_cancel(self._stop_children)
+        # every running sd-scripts at once (trainings side by side all stop within one grace time)
+        token.on_cancel(lambda: SUPERVISOR.stop_ids(self._running()))
 
-    @property
-    def interrupted(self) -> bool:
-        return self.token.cancelled
+    def _running(self) -> list[int]:
+        with self.mutex:
+            return list(self.children)
 
     def on_child(self, pgid: int, alive: bool) -> None:
         with self.mutex:
@@ -252,25 +246,21 @@ class _Held:
             # too, on a thread of its own (this one must go on reading the child's output)
             threading.Thread(target=SUPERVISOR.stop_id, args=(pgid,), name="stop-late-child", daemon=True).start()
 
-    def add_lock(self, lock: FolderLock) -> None:
+    @contextlib.contextmanager
+    def holding(self, lock: FolderLock) -> Iterator[None]:
+        """A cache entry's lock, held (and told of the children started) until the block ends."""
         with self.mutex:
             self.locks.append(lock)
-
-    def remove_lock(self, lock: FolderLock) -> None:
-        with self.mutex:
-            self.locks.remove(lock)
-
-    def _stop_children(self) -> None:
-        """Every running sd-scripts at once (trainings side by side all stop within one grace time)."""
-        with self.mutex:
-            children = list(self.children)
-        SUPERVISOR.stop_ids(children)
+        try:
+            yield
+        finally:
+            with self.mutex:
+                self.locks.remove(lock)
+            lock.release()
 
     def kill_children(self) -> None:
         """A second Ctrl-C: the last word to every running sd-scripts at once."""
-        with self.mutex:
-            children = list(self.children)
-        SUPERVISOR.kill_ids(children)
+        SUPERVISOR.kill_ids(self._running())
 
 
 class Pipeline:
@@ -344,12 +334,8 @@ class Pipeline:
         lock = FolderLock(stage.workdir, f"cache entry {stage.workdir}")
         lock.acquire(wait=wait, marker=self._marker(), on_wait=lambda h: self.reporter.info(
             f"waiting for another run building {stage.title} ({h.get('command', '')})"))
-        self._held.add_lock(lock)
-        try:
+        with self._held.holding(lock):
             return self._run_stage(index, total, stage, gpu)
-        finally:
-            self._held.remove_lock(lock)
-            lock.release()
 
     def _run_stage(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
         """Skip the stage when it is done, else run it; then its verdict. True when it ran. A full
@@ -358,7 +344,7 @@ class Pipeline:
         try:
             return self._run_stage_here(index, total, stage, gpu)
         except DiskFull as e:
-            self._record(stage, "interrupted" if self._held.interrupted else "failed")
+            self._record(stage, "interrupted" if self.interrupted else "failed")
             raise self._disk_full(stage, e.folder, log=e.log) from None
         except OSError as e:
             if not is_disk_full(e):
@@ -405,7 +391,7 @@ class Pipeline:
             stamp = _execute(stage, kind, ctx)
         except CopymachineError:
             # sd-scripts stopped because copymachine was interrupted is not a failure of the stage
-            self._record(stage, "interrupted" if self._held.interrupted else "failed")
+            self._record(stage, "interrupted" if self.interrupted else "failed")
             raise
         except KeyboardInterrupt:
             self._record(stage, "interrupted")

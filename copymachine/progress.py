@@ -34,14 +34,11 @@ def _duration(seconds: float) -> str:
 def describe(p: Progress) -> str:
     """One stage's progress: "step 120/3072 · 2.1it/s · loss 0.0123 · eta 24:10"."""
     label = "step" if p.desc == "steps" else p.desc or "progress"
-    parts = [f"{label} {p.step}/{p.total}"]
-    if p.rate and "?" not in p.rate:
-        parts.append(p.rate)
-    if p.loss is not None:
-        parts.append(f"loss {p.loss:.4f}")
-    if p.eta and p.eta != "?":
-        parts.append(f"eta {p.eta}")
-    return " · ".join(parts)
+    parts = [f"{label} {p.step}/{p.total}",
+             p.rate if p.rate and "?" not in p.rate else "",
+             f"loss {p.loss:.4f}" if p.loss is not None else "",
+             f"eta {p.eta}" if p.eta and p.eta != "?" else ""]
+    return " · ".join(part for part in parts if part)
 
 
 class Reporter:
@@ -59,7 +56,6 @@ class Reporter:
         self._deciles: dict[str, int] = {}
         self._lines: dict[str, str] = {}  # on a terminal: the live line of each running stage
         self._live: Live | None = None
-        self.warnings: list[str] = []
 
     def _print(self, text: str) -> None:
         with self._lock:
@@ -103,7 +99,6 @@ class Reporter:
         self._print(text)
 
     def warn(self, text: str) -> None:
-        self.warnings.append(text)
         self.emit(ev.Warned(text=text))
         self._print(f"warning: {text}")
 

@@ -2,15 +2,13 @@
 cluster (`ray start --head` on one machine, `ray start --address HEAD:6379` on the others) whose
 nodes share the jobs file, the run folders and the cache (a shared filesystem).
 
-- A task asks `num_gpus=1` (a job's `gpus` key asks for more) and runs
-  `copymachine queue JOBS.toml --only N` as a child process on its node, so the GPU probe, the
-  plan and every stage run there (Ray gives the task its GPUs as CUDA_VISIBLE_DEVICES). The
+- A task asks `num_gpus=1` (a job's `gpus` key asks for more) and runs `copymachine queue JOBS.toml
+  --only N` as a child on its node (cluster.py; Ray gives it its GPUs as CUDA_VISIBLE_DEVICES). The
   child's events and output are the queue folder's `job-N.events.jsonl` / `job-N.log`; the task's
   own record of each attempt (node, GPUs, what the child printed) is `job-N.task.log`.
 - The copy machine first (cluster.waves): a job that shares a copy LoRA with an earlier one is
-  submitted once that one has made it (its events say the copy LoRA stage is done) or has ended,
-  so it does not hold a GPU while it waits on the LoRA's lock; a job writing the run folder of an
-  earlier job (whose lock that job holds for its whole run) is submitted once that one has ended.
+  submitted once that one has made it (its events say so) or has ended; a job writing the run
+  folder of an earlier job (whose lock that job holds for its whole run) once that one has ended.
 - Cancel (ray.cancel of the task; Ctrl-C of `queue --ray`, which cancels every task) stops the
   child the way Ctrl-C stops a run: SIGINT to its process group, sd-scripts stopped, nothing
   finished lost. A task whose node dies is retried by Ray elsewhere (MAX_RETRIES): the retry's
@@ -24,13 +22,14 @@ level.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,22 +47,17 @@ MAX_RETRIES = 3  # a task whose worker or node died is run again (Ray's own retr
 COPY_STAGES = ("copy-lora", "lora-a")  # the last part of the names of the stages a second-wave job waits for
 
 
-def import_ray():
+def connect(address: str):
+    """ray.init to a running cluster: `auto` (the one `ray start` made on this machine) or the
+    head's address."""
     try:
         import ray
     except ImportError:
         raise EnvironmentProblem(INSTALL_HINT) from None
-    return ray
-
-
-def connect(address: str):
-    """ray.init to a running cluster: `auto` (the one `ray start` made on this machine) or the
-    head's address."""
-    ray = import_ray()
     if ray.is_initialized():
         return ray
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise EnvironmentProblem(f"--ray {address}: no Ray cluster there ({e}); start one with `ray start --head` "
                                  "(and `ray start --address HEAD:6379` on the other machines)") from None
@@ -131,11 +125,10 @@ def probe_folders(folders: list[str]) -> list[str]:
     """On a node: write and remove a file in each folder; the folders where that failed."""
     problems = []
     for folder in folders:
-        probe = Path(folder) / f".copymachine-probe-{uuid.uuid4().hex}"
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
-            probe.write_text(socket.gethostname(), encoding="utf-8")
-            probe.unlink()
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".copymachine-probe-"):
+                pass
         except OSError as e:
             problems.append(f"{folder}: {e.strerror or e}")
     return problems
@@ -173,40 +166,40 @@ def check_nodes(ray, folders: list[str]) -> None:
                           f"folders must be on a filesystem every node shares): {problems[0]}", details=problems[1:])
 
 
+def _job_file(jobs_file: Path, job: Job, suffix: str) -> Path:
+    return queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.{suffix}"
+
+
 def submit(ray, job: Job, jobs_file: Path, engine: dict, cwd: Path):
     """The job as a Ray task; returns its ObjectRef."""
     task = ray.remote(run_job_task).options(num_gpus=job.gpus, num_cpus=0, max_retries=MAX_RETRIES,
                                             retry_exceptions=False, name=f"copymachine job {job.index}: {job.label}")
     argv = cluster.job_command(jobs_file, str(job.index), engine)
-    log = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.task.log"
-    return task.remote(argv, str(cwd), str(log), passed_env())
-
-
-def _events_file(jobs_file: Path, job: Job) -> Path:
-    return queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.events.jsonl"
+    return task.remote(argv, str(cwd), str(_job_file(jobs_file, job, "task.log")), passed_env())
 
 
 def copies_made(jobs_file: Path, job: Job) -> int:
     """How many copy LoRAs the job's latest attempt has made or found done (its events file)."""
-    return sum(1 for e in read_events(_events_file(jobs_file, job))
+    return sum(1 for e in read_events(_job_file(jobs_file, job, "events.jsonl"))
                if isinstance(e, ev.StageDone | ev.StageSkip) and e.stage.rsplit("/", 1)[-1] in COPY_STAGES)
 
 
 def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds: float, cancelled: bool = False,
               error: str | None = None) -> JobResult:
-    end = last_job_end(_events_file(jobs_file, job))
-    if cancelled:
-        return JobResult(job, "interrupted", error=CopymachineError("cancelled", EXIT_INTERRUPTED), seconds=seconds)
-    if outcome is None:
-        return JobResult(job, "failed", error=CopymachineError(f"its Ray task failed: {error}", 1), seconds=seconds)
-    code = outcome["exit_code"]
+    """What a job's task came to: its child's exit code, and the job's own account (its events)."""
+    end = last_job_end(_job_file(jobs_file, job, "events.jsonl"))
+    code = EXIT_INTERRUPTED if cancelled else outcome["exit_code"] if outcome else 1
     if code == 0:
         return JobResult(job, "done", finals=[Path(p) for p in end.finals] if end else [], seconds=seconds)
     if code == EXIT_INTERRUPTED:
-        return JobResult(job, "interrupted", error=CopymachineError("interrupted", exit_code=code), seconds=seconds)
-    log = queue_folder(Path(jobs_file).resolve()) / f"job-{job.index}.log"
-    message = (end.message if end else None) or f"copymachine queue --only {job.index} ended with exit code {code} " \
-        f"(see {log})"
+        message = "cancelled" if cancelled else "interrupted"
+        return JobResult(job, "interrupted", error=CopymachineError(message, exit_code=code), seconds=seconds)
+    if outcome is None:
+        message = f"its Ray task failed: {error}"
+    else:
+        log = _job_file(jobs_file, job, "log")
+        message = (end.message if end else None) or (f"copymachine queue --only {job.index} ended with exit code "
+                                                     f"{code} (see {log})")
     return JobResult(job, "failed", error=CopymachineError(message, exit_code=code), seconds=seconds)
 
 
@@ -215,9 +208,8 @@ def _check_cluster(ray, jobs_file: Path, jobs: list[Job], cwd: Path, reporter: R
     gpus = ray.cluster_resources().get("GPU", 0)
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     reporter.info(f"copymachine queue --ray: {len(jobs)} job(s) on {nodes} node(s), {gpus:g} GPU(s)")
-    too_big = [j for j in jobs if j.gpus > gpus]
-    if too_big:
-        job = too_big[0]
+    job = next((j for j in jobs if j.gpus > gpus), None)
+    if job:
         raise EnvironmentProblem(f"job {job.index} ({job.label}) asks for {job.gpus} GPU(s); "
                                  f"the Ray cluster has {gpus:g}")
     check_nodes(ray, job_folders(jobs_file, jobs, cwd))

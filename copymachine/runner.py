@@ -37,6 +37,13 @@ _NO_SPACE = re.compile(r"No space left on device|\[Errno 28\]|os error 28|Storag
                        r"|PytorchStreamWriter failed writing file", re.I)
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 @dataclass
 class Progress:
     step: int
@@ -45,6 +52,13 @@ class Progress:
     rate: str = ""
     eta: str = ""
     loss: float | None = None
+
+
+_LIBRARY = ("site-packages", "dist-packages", "/lib/python", "\\lib\\")
+
+
+def _machinery(file_line: str) -> bool:
+    return "importlib" in file_line or "<frozen" in file_line
 
 
 @dataclass
@@ -58,14 +72,8 @@ class Traceback:
 
     def frame(self) -> list[str]:
         """The innermost frame of the program itself (else of a library, else any), as lines."""
-        def library(file_line: str) -> bool:
-            return any(part in file_line for part in ("site-packages", "dist-packages", "/lib/python", "\\lib\\"))
-
-        def machinery(file_line: str) -> bool:
-            return "importlib" in file_line or "<frozen" in file_line
-
-        frames = ([f for f in self.frames if not library(f[0]) and not machinery(f[0])]
-                  or [f for f in self.frames if not machinery(f[0])] or self.frames)
+        own = [f for f in self.frames if not _machinery(f[0])]
+        frames = [f for f in own if not any(part in f[0] for part in _LIBRARY)] or own or self.frames
         return [line for line in frames[-1] if line] if frames else []
 
     def failed_module(self) -> str:
@@ -74,7 +82,7 @@ class Traceback:
         if "No module named" in self.exception:
             return self.exception.split("No module named", 1)[1].strip().strip("'\"").split(".")[0]
         for file_line, _ in reversed(self.frames):
-            if "importlib" in file_line or "<frozen" in file_line:
+            if _machinery(file_line):
                 continue
             m = re.search(r"[\\/]([A-Za-z_]\w*)[\\/]__init__\.py\"", file_line)
             if m:
@@ -104,23 +112,12 @@ class StreamWatcher:
         self._watch_traceback(segment, text)
         m = _TQDM.search(text)
         if m:
-            loss = None
             lm = _LOSS.search(m.group("post") or "")
-            if lm:
-                try:
-                    loss = float(lm.group("loss"))
-                except ValueError:
-                    loss = None
-                if lm.group("loss").lower() in ("nan", "inf", "-inf") or (loss is not None and loss != loss):
-                    self.nan = True
-            p = Progress(
-                step=int(m.group("n")),
-                total=int(m.group("total")),
-                desc=(m.group("desc") or "").strip(),
-                rate=(m.group("rate") or "").replace(" ", ""),
-                eta=(m.group("eta") or "").strip(),
-                loss=loss,
-            )
+            loss = _number(lm.group("loss")) if lm else None
+            if lm and (lm.group("loss").lower() in ("nan", "inf", "-inf") or (loss is not None and loss != loss)):
+                self.nan = True
+            p = Progress(step=int(m.group("n")), total=int(m.group("total")), desc=(m.group("desc") or "").strip(),
+                         rate=(m.group("rate") or "").replace(" ", ""), eta=(m.group("eta") or "").strip(), loss=loss)
             self.last_progress = p
             self._last_bar_line = text
             if self.on_progress:

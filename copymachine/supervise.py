@@ -87,9 +87,6 @@ class CancelToken:
             if callback in self._callbacks:
                 self._callbacks.remove(callback)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
-
 
 @dataclass
 class Child:
@@ -112,8 +109,6 @@ class Child:
 
 
 class PosixBackend:
-    name = "posix"
-
     def popen_options(self) -> dict:
         # its own process group: Ctrl-C reaches copymachine only, which stops the group cleanly,
         # and a later run can end an orphaned group by its id (see locks.py)
@@ -132,18 +127,14 @@ class PosixBackend:
     def signal_group(self, pgid: int, step: str) -> bool:
         try:
             os.killpg(pgid, getattr(signal, _POSIX_SIGNALS[step]))
-        except ProcessLookupError:
-            return False
-        except PermissionError:
+        except (ProcessLookupError, PermissionError):
             return False
         return True
 
-    def finish(self, child: Child) -> None:
-        # the leader is gone; members of its group may still be winding down
-        self.signal_group(child.id, "kill")
-
     def kill(self, child: Child) -> None:
         self.signal_group(child.id, "kill")
+
+    finish = kill  # the leader is gone; members of its group may still be winding down
 
     def group_gone(self, pgid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -194,6 +185,8 @@ class Win32:
     CREATE_SUSPENDED = 0x00000004
     _k32: Any
     _ntdll: Any
+    _ctypes: Any
+    _handle: Any
 
     def __init__(self) -> None:  # pragma: no cover - Windows
         if sys.platform != "win32":
@@ -202,22 +195,19 @@ class Win32:
         from ctypes import wintypes
 
         self._ctypes = ctypes
+        self._handle = wintypes.HANDLE
         self._k32 = ctypes.WinDLL("kernel32", use_last_error=True)
         self._ntdll = ctypes.WinDLL("ntdll")
         self._k32.CreateJobObjectW.restype = wintypes.HANDLE
         self._k32.OpenProcess.restype = wintypes.HANDLE
 
     def _check(self, ok: Any, what: str) -> Any:  # pragma: no cover - Windows
-        if sys.platform != "win32":
-            raise OSError("Windows only")
         if not ok:
             raise OSError(self._ctypes.get_last_error(), f"{what} failed")
         return ok
 
     def create_job(self) -> int:  # pragma: no cover - Windows
         """A Job Object whose processes all end when its last handle closes."""
-        if sys.platform != "win32":
-            raise OSError("Windows only")
         import ctypes
         from ctypes import wintypes
 
@@ -241,48 +231,33 @@ class Win32:
         job = self._check(self._k32.CreateJobObjectW(None, None), "CreateJobObject")
         info = EXTENDED()
         info.Basic.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
-        self._check(self._k32.SetInformationJobObject(wintypes.HANDLE(job), 9, ctypes.byref(info), ctypes.sizeof(info)),
+        self._check(self._k32.SetInformationJobObject(self._handle(job), 9, ctypes.byref(info), ctypes.sizeof(info)),
                     "SetInformationJobObject")
         return job
 
     def assign(self, job: int, process_handle: int) -> None:  # pragma: no cover - Windows
-        from ctypes import wintypes
-
-        self._check(self._k32.AssignProcessToJobObject(wintypes.HANDLE(job), wintypes.HANDLE(process_handle)),
+        self._check(self._k32.AssignProcessToJobObject(self._handle(job), self._handle(process_handle)),
                     "AssignProcessToJobObject")
 
     def resume(self, process_handle: int) -> None:  # pragma: no cover - Windows
-        from ctypes import wintypes
-
-        if self._ntdll.NtResumeProcess(wintypes.HANDLE(process_handle)) != 0:
+        if self._ntdll.NtResumeProcess(self._handle(process_handle)) != 0:
             raise OSError("NtResumeProcess failed")
 
     def ctrl_break(self, pid: int) -> None:  # pragma: no cover - Windows
         os.kill(pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
 
     def terminate_job(self, job: int, exit_code: int) -> None:  # pragma: no cover - Windows
-        from ctypes import wintypes
-
-        self._k32.TerminateJobObject(wintypes.HANDLE(job), exit_code)
+        self._k32.TerminateJobObject(self._handle(job), exit_code)
 
     def close(self, handle: int) -> None:  # pragma: no cover - Windows
-        from ctypes import wintypes
-
-        self._k32.CloseHandle(wintypes.HANDLE(handle))
+        self._k32.CloseHandle(self._handle(handle))
 
 
 class WindowsBackend:
-    name = "windows"
     EXIT_CODE = 0xC000013A  # STATUS_CONTROL_C_EXIT: what a console program stopped by Ctrl-C exits with
 
     def __init__(self, win32: Any = None) -> None:
-        self._win32 = win32
-
-    @property
-    def win32(self) -> Any:
-        if self._win32 is None:  # pragma: no cover - Windows
-            self._win32 = Win32()
-        return self._win32
+        self.win32 = win32 or Win32()
 
     def popen_options(self) -> dict:
         # suspended until it is in its job, so nothing it starts escapes the job
@@ -294,8 +269,7 @@ class WindowsBackend:
         try:
             self.win32.assign(job, handle)
         except OSError:
-            self.win32.terminate_job(job, self.EXIT_CODE)
-            self.win32.close(job)
+            self.release(Child(proc, job=job))
             proc.kill()  # never let a child run outside a job
             raise
         self.win32.resume(handle)
@@ -316,13 +290,6 @@ class WindowsBackend:
             self.win32.terminate_job(child.job, self.EXIT_CODE)
         return True
 
-    def finish(self, child: Child) -> None:
-        # the leader is gone; what it started may not be: end the job, then let go of it
-        self.release(child)
-
-    def kill(self, child: Child) -> None:
-        self.release(child)
-
     def release(self, child: Child) -> None:
         """End what is left in the job and close its handle (once)."""
         if child.job is None:
@@ -330,6 +297,8 @@ class WindowsBackend:
         job, child.job = child.job, None
         self.win32.terminate_job(job, self.EXIT_CODE)
         self.win32.close(job)
+
+    finish = kill = release  # the leader is gone; what it started may not be: end the job, then let go of it
 
 
 @dataclass
@@ -362,17 +331,7 @@ class Supervisor:
     def stop(self, child: Child, grace_s: float = GRACE_S) -> None:
         """Ask the child's tree to stop, then insist. A second Ctrl-C while it winds down ends it at
         once: no child outlives copymachine."""
-        try:
-            for step, patience in self.backend.steps(grace_s):
-                if not self.backend.send(child, step):
-                    break
-                if child.wait(patience):
-                    break
-            self.backend.finish(child)
-        except KeyboardInterrupt:
-            self.backend.kill(child)
-            child.wait(KILL_S)
-            raise
+        self.stop_all([child], grace_s)
 
     def stop_all(self, children: list[Child], grace_s: float = GRACE_S) -> None:
         """Stop several children side by side: each step goes to every child still running at once,
@@ -380,16 +339,12 @@ class Supervisor:
         after the other). A second Ctrl-C while they wind down ends every one of them at once."""
         try:
             running = list(children)
-            for step, patience in self.backend.steps(grace_s):
+            for step, patience in self.backend.steps(grace_s):  # none left running: the later steps do nothing
                 running = [c for c in running if self.backend.send(c, step)]
-                if not running:
-                    break
                 deadline = time.monotonic() + patience
                 for child in running:
                     child.wait(max(0.0, deadline - time.monotonic()))
                 running = [c for c in running if c.proc.poll() is None]
-                if not running:
-                    break
             for child in children:
                 self.backend.finish(child)
         except KeyboardInterrupt:
@@ -408,8 +363,7 @@ class Supervisor:
 
     def kill(self, child: Child) -> None:
         """The last word at once (SIGKILL to the group / TerminateJobObject), then wait for it."""
-        self.backend.kill(child)
-        child.wait(KILL_S)
+        self.kill_all([child])
 
     def interrupt(self, child: Child) -> bool:
         """Only the polite stop (SIGINT / CTRL_BREAK_EVENT): what the UI's Cancel sends."""
@@ -419,32 +373,31 @@ class Supervisor:
         """Stop a running child by the number a lock records (another thread started it)."""
         self.stop_ids([child_id], grace_s)
 
-    def stop_ids(self, child_ids: list[int], grace_s: float = GRACE_S) -> None:
-        """Stop running children by the numbers a lock records, side by side (stop_all)."""
+    def _ours(self, child_ids: list[int]) -> tuple[list[Child], list[int]]:
+        """By the numbers a lock records: the children started here, and (POSIX) others' process groups."""
         with self._mutex:
             ours = [self.children[i] for i in child_ids if i in self.children]
             others = [i for i in child_ids if i not in self.children]
-        if isinstance(self.backend, PosixBackend):  # not ours: a group by its id
-            for pgid in others:
-                self._stop_group(pgid, grace_s)
+        return ours, others if isinstance(self.backend, PosixBackend) else []
+
+    def stop_ids(self, child_ids: list[int], grace_s: float = GRACE_S) -> None:
+        """Stop running children by the numbers a lock records, side by side (stop_all)."""
+        ours, others = self._ours(child_ids)
+        for pgid in others:
+            self._stop_group(pgid, grace_s)
         if ours:
             self.stop_all(ours, grace_s)
 
     def kill_ids(self, child_ids: list[int]) -> None:
         """The last word at once to running children by the numbers a lock records."""
-        with self._mutex:
-            ours = [self.children[i] for i in child_ids if i in self.children]
-            others = [i for i in child_ids if i not in self.children]
-        if isinstance(self.backend, PosixBackend):
-            for pgid in others:
-                self.backend.signal_group(pgid, "kill")
+        ours, others = self._ours(child_ids)
+        for pgid in others:
+            self.backend.signal_group(pgid, "kill")
         self.kill_all(ours)
 
     def _stop_group(self, pgid: int, grace_s: float) -> None:
         for step, patience in self.backend.steps(grace_s):
-            if not self.backend.signal_group(pgid, step):
-                return
-            if self.backend.group_gone(pgid, patience):
+            if not self.backend.signal_group(pgid, step) or self.backend.group_gone(pgid, patience):
                 return
 
     def end_orphans(self, owner_pid: int, child_ids: list[int], marker: str,

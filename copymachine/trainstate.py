@@ -92,10 +92,7 @@ def keep(scratch: Path, key: str) -> str | None:
     the progress line ("a saved state of other inputs", or None)."""
     if not scratch.is_dir():
         return None
-    try:
-        saved_key = (scratch / KEY_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
-        saved_key = None
+    saved_key = _saved_key(scratch)
     newest = states(scratch)[-1:] if saved_key == key else []
     removed = None
     if saved_key not in (None, key) and any(_STATE_DIR.search(p.name) for p in scratch.iterdir()):
@@ -103,15 +100,21 @@ def keep(scratch: Path, key: str) -> str | None:
     kept = {s.path for s in newest}
     # with the state: its key, the step LoRA saved with it and the copy checks so far (--copy-stop-at)
     also = {KEY_FILE, "copy-stop.json", *(f"{s.path.name.removesuffix('-state')}.safetensors" for s in newest)}
-    also = also if kept else set()
     for p in list(scratch.iterdir()):
-        if p in kept or p.name in also:
+        if kept and (p in kept or p.name in also):
             continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
     return removed
+
+
+def _saved_key(scratch: Path) -> str | None:
+    try:
+        return (scratch / KEY_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def mark(scratch: Path, key: str) -> None:
@@ -123,10 +126,7 @@ def mark(scratch: Path, key: str) -> None:
 def resumable(scratch: Path, key: str, total_steps: int) -> SavedState | None:
     """The state a training of `key` resumes from: the newest complete one, before the last step
     (sd-scripts refuses to resume at or past max_train_steps)."""
-    try:
-        if (scratch / KEY_FILE).read_text(encoding="utf-8").strip() != key:
-            return None
-    except OSError:
+    if _saved_key(scratch) != key:
         return None
     usable = [s for s in states(scratch) if s.step < total_steps]
     return usable[-1] if usable else None

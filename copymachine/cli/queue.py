@@ -109,30 +109,23 @@ def _run_queue(jobs_file, jobs, slots, events_file, engine, reporter: Reporter, 
     try:
         results = runner.run()
     except KeyboardInterrupt:
-        _interrupted(runner.results, reporter, events)
+        _end(runner.results, reporter, events, interrupted=True)
         raise
-    _finished(results, reporter, events)
+    _end(results, reporter, events)
 
 
-def _interrupted(results, reporter: Reporter, events) -> None:
-    """An interrupted queue: the jobs that ended, and its end in the events file."""
+def _end(results, reporter: Reporter, events, interrupted: bool = False) -> None:
+    """The queue's end: the summary of the jobs that ended, its end in the events file, and (when it
+    ran to its end) the first failed job's exit code as the queue's."""
     if results:
         jobfile.print_summary(results, reporter)
-    if events:
-        events(QueueEnd(status="interrupted", exit_code=EXIT_INTERRUPTED))
-        events.close()
-
-
-def _finished(results, reporter: Reporter, events) -> None:
-    """A queue that ran to its end: the summary, its end in the events file, and the first
-    failed job's exit code as the queue's."""
-    jobfile.print_summary(results, reporter)
     failed = [r for r in results if r.status != "done"]
+    code = EXIT_INTERRUPTED if interrupted else failed[0].exit_code if failed else 0
     if events:
-        events(QueueEnd(status="failed" if failed else "done", exit_code=failed[0].exit_code if failed else 0))
+        events(QueueEnd(status="interrupted" if interrupted else "failed" if failed else "done", exit_code=code))
         events.close()
-    if failed:
-        raise click.exceptions.Exit(failed[0].exit_code)
+    if failed and not interrupted:
+        raise click.exceptions.Exit(code)
 
 
 def _write_slurm_script(jobs_file: Path, jobs, engine: dict, throttle: int | None, sbatch: tuple[str, ...],
@@ -161,6 +154,6 @@ def _run_on_ray(jobs_file: Path, jobs, address: str, events_file: Path | None, e
     try:
         results = rayqueue.run_queue(jobs_file, jobs, address, engine, reporter, events)
     except rayqueue.QueueInterrupted as stopped:
-        _interrupted(stopped.results, reporter, events)
+        _end(stopped.results, reporter, events, interrupted=True)
         raise KeyboardInterrupt from None
-    _finished(results, reporter, events)
+    _end(results, reporter, events)
