@@ -18,9 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import tomli_w
 
@@ -106,26 +106,15 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     return {"stages": stages, **view, "overall": whole_job(stages, view["progress"])}
 
 
-@dataclass
-class JobFiles:
-    folder: Path
-    id: str
+class JobFiles(NamedTuple):
+    toml: Path
+    state: Path
+    events: Path
+    log: Path
 
-    @property
-    def toml(self) -> Path:
-        return self.folder / f"{self.id}.toml"
-
-    @property
-    def state(self) -> Path:
-        return self.folder / f"{self.id}.state.json"
-
-    @property
-    def events(self) -> Path:
-        return self.folder / f"{self.id}.events.jsonl"
-
-    @property
-    def log(self) -> Path:
-        return self.folder / f"{self.id}.log"
+    @classmethod
+    def of(cls, folder: Path, job_id: str) -> JobFiles:
+        return cls(*(folder / f"{job_id}{suffix}" for suffix in (".toml", ".state.json", ".events.jsonl", ".log")))
 
 
 class JobStore:
@@ -142,19 +131,22 @@ class JobStore:
     def files(self, job_id: str) -> JobFiles:
         if not (job_id.isdigit() and (self.folder / f"{job_id}.toml").is_file()):
             raise KeyError(job_id)
-        return JobFiles(self.folder, job_id)
+        return JobFiles.of(self.folder, job_id)
 
-    def add(self, table: dict[str, Any], check_overrides: dict[str, Any] | None = None) -> str:
+    def add(self, table: dict[str, Any], check_overrides: dict[str, Any] | None = None,
+            check: Callable[[jobfile.Job], None] | None = None) -> str:
         """Write a job file (checked as `copymachine queue` checks it: an error is the queue's
-        one-line message) and queue it."""
+        one-line message, then by `check`) and queue it."""
         with self._lock:
             ids = self.ids()
             job_id = f"{int(ids[-1]) + 1 if ids else 1:04d}"
-            files = JobFiles(self.folder, job_id)
+            files = JobFiles.of(self.folder, job_id)
             scratch = self.folder / f".{job_id}.toml.tmp"
             scratch.write_text(tomli_w.dumps({"job": [table]}), encoding="utf-8")
             try:
                 job = jobfile.load_jobs(scratch, check_overrides)[0]
+                if check:
+                    check(job)
             except BaseException:
                 scratch.unlink()
                 raise
@@ -170,7 +162,7 @@ class JobStore:
 
     def set_state(self, job_id: str, **changes: Any) -> dict[str, Any]:
         with self._lock:
-            path = JobFiles(self.folder, job_id).state
+            path = JobFiles.of(self.folder, job_id).state
             try:
                 state = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -183,7 +175,7 @@ class JobStore:
         """The job's files in the queue; never its run folder (its results stay)."""
         files = self.files(job_id)
         with self._lock:
-            for path in (files.toml, files.state, files.events, files.log):
+            for path in files:
                 path.unlink(missing_ok=True)
 
     def next_queued(self) -> str | None:
@@ -224,11 +216,10 @@ class JobStore:
 class Worker(threading.Thread):
     """Runs the queued jobs one at a time, each as `copymachine queue JOB.toml` (one code path)."""
 
-    def __init__(self, store: JobStore, queue_args: list[str], env: dict[str, str] | None = None):
+    def __init__(self, store: JobStore, queue_args: list[str]):
         super().__init__(name="copymachine-ui-worker", daemon=True)
         self.store = store
         self.queue_args = queue_args  # engine options handed to every job (sd-scripts, python ...)
-        self.env = env
         self.current: str | None = None
         self.child: Child | None = None
         self.token: CancelToken | None = None  # the running job's: cancelled, its queue is interrupted
@@ -258,7 +249,7 @@ class Worker(threading.Thread):
             log.write(f"$ copymachine queue {files.toml} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
             log.flush()
             # its own process group: Ctrl-C in the UI's terminal is the UI's to pass on (see stop())
-            child = SUPERVISOR.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+            child = SUPERVISOR.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self.child, self.current = child, job_id
             self.token = CancelToken()
             self.token.on_cancel(self._interrupt)
