@@ -83,9 +83,8 @@ class App:
         self.model_files = ModelFolders([models] if isinstance(models, (str, Path)) else list(models or []))
         self.model_folders = self.model_files.folders
         self.models = self.model_folders[0] if self.model_folders else None
-        self.ui_dir = self.runs / "_ui"
         self.files = RunsFiles(self.runs)
-        self.store = JobStore(self.ui_dir / "queue")
+        self.store = JobStore(self.runs / "_ui" / "queue")
         self.recovered = self.store.recover()
         self.worker = Worker(self.store, queue_args)
         self.engine_overrides = engine_overrides or {}
@@ -214,16 +213,13 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _authorised(self) -> bool:
-        if not self.app.auth:
-            return True
         header = self.headers.get("Authorization", "")
-        if header.startswith("Basic "):
-            try:
-                given = base64.b64decode(header[6:]).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                given = ""
-            if hmac.compare_digest(given.encode(), self.app.auth.encode()):
-                return True
+        try:
+            given = base64.b64decode(header[6:]).decode("utf-8") if header.startswith("Basic ") else ""
+        except (binascii.Error, UnicodeDecodeError):
+            given = ""
+        if not self.app.auth or hmac.compare_digest(given.encode(), self.app.auth.encode()):
+            return True
         self.send_response(HTTPStatus.UNAUTHORIZED)
         self.send_header("WWW-Authenticate", 'Basic realm="copymachine"')
         self.send_header("Content-Length", "0")
@@ -259,14 +255,11 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _token_given(self) -> str:
-        header = self.headers.get(TOKEN_HEADER)
-        if header:
-            return header
         try:
             cookie = SimpleCookie(self.headers.get("Cookie", ""))
         except CookieError:
-            return ""
-        return cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else ""
+            cookie = SimpleCookie()
+        return self.headers.get(TOKEN_HEADER) or (cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else "")
 
     def _guard(self, method: str, path: str, query: dict[str, str]) -> dict[str, str]:
         """Every request: its Host is this UI's, its Origin/Referer (when sent) this UI's page; an
@@ -295,9 +288,8 @@ class Handler(BaseHTTPRequestHandler):
         return {}
 
     def _json_body(self) -> dict[str, Any]:
-        body = self._body(MAX_JSON_BODY)
         try:
-            data = json.loads(body or b"{}")
+            data = json.loads(self._body(MAX_JSON_BODY) or b"{}")
         except ValueError:
             raise InputError("the request is not JSON") from None
         if not isinstance(data, dict):

@@ -27,11 +27,10 @@ import tomli_w
 from copymachine import events as ev
 from copymachine import jobfile
 from copymachine.errors import EXIT_INTERRUPTED
-from copymachine.files import atomic_write_json, replace_file
+from copymachine.files import atomic_path, atomic_write_json
 from copymachine.runner import log_tail
-from copymachine.supervise import SUPERVISOR, CancelToken, Child
+from copymachine.supervise import SUPERVISOR, Child
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
 LOG_TAIL_LINES = 30
 
 
@@ -140,17 +139,11 @@ class JobStore:
         with self._lock:
             ids = self.ids()
             job_id = f"{int(ids[-1]) + 1 if ids else 1:04d}"
-            files = JobFiles.of(self.folder, job_id)
-            scratch = self.folder / f".{job_id}.toml.tmp"
-            scratch.write_text(tomli_w.dumps({"job": [table]}), encoding="utf-8")
-            try:
+            with atomic_path(JobFiles.of(self.folder, job_id).toml) as scratch:  # a refused job leaves no file
+                scratch.write_text(tomli_w.dumps({"job": [table]}), encoding="utf-8")
                 job = jobfile.load_jobs(scratch, check_overrides)[0]
                 if check:
                     check(job)
-            except BaseException:
-                scratch.unlink()
-                raise
-            replace_file(scratch, files.toml)
             self.set_state(job_id, status="queued", label=job.label, command=job.command, added=time.time())
             return job_id
 
@@ -222,7 +215,7 @@ class Worker(threading.Thread):
         self.queue_args = queue_args  # engine options handed to every job (sd-scripts, python ...)
         self.current: str | None = None
         self.child: Child | None = None
-        self.token: CancelToken | None = None  # the running job's: cancelled, its queue is interrupted
+        self._interrupted = False  # the running job was sent its Ctrl-C (once: a second would end it at once)
         self._cancel: set[str] = set()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -250,56 +243,45 @@ class Worker(threading.Thread):
             log.flush()
             # its own process group: Ctrl-C in the UI's terminal is the UI's to pass on (see stop())
             child = SUPERVISOR.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            self.child, self.current = child, job_id
-            self.token = CancelToken()
-            self.token.on_cancel(self._interrupt)
+            self.child, self.current, self._interrupted = child, job_id, False
             if self._stopping.is_set():
-                self.token.cancel()
+                self._interrupt()
         rc = child.proc.wait()
         SUPERVISOR.forget(child)
         with self._lock:
-            self.child = self.token = None
-            self.current = None
+            self.child = self.current = None
         if self._stopping.is_set() and rc == EXIT_INTERRUPTED:
             self.store.set_state(job_id, status="queued",
                                  note="interrupted when the UI stopped; resumes at its next start")
             return
-        try:
-            self.store.files(job_id)
-        except KeyError:
+        if not files.toml.is_file():
             return  # removed while it ran
         end = ev.last_job_end(files.events)
         message = end.message if end else None
-        if rc == 0:
-            status = "done"
-        elif job_id in self._cancel and rc == EXIT_INTERRUPTED:
-            status = "cancelled"
-        else:
-            status = "failed"
-            if not message:
-                lines = tail(files.log, 5)
-                last = lines[-1] if lines else f"exit code {rc}"
-                message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), last)
+        cancelled = job_id in self._cancel and rc == EXIT_INTERRUPTED
+        status = "done" if rc == 0 else "cancelled" if cancelled else "failed"
+        if status == "failed" and not message:
+            lines = tail(files.log, 5)
+            last = lines[-1] if lines else f"exit code {rc}"
+            message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), last)
         self._cancel.discard(job_id)
         self.store.set_state(job_id, status=status, exit_code=rc, message=message, finished=time.time())
 
     def _interrupt(self) -> None:
-        if self.child is not None:
+        """Ctrl-C to the running job (called holding the lock)."""
+        if self.child is not None and not self._interrupted:
+            self._interrupted = True
             SUPERVISOR.interrupt(self.child)
 
     def cancel(self, job_id: str) -> None:
         """A running job is interrupted as by Ctrl-C (sd-scripts stopped, finished stages kept); a
         queued one is taken off the queue."""
         with self._lock:
-            if self.current == job_id and self.token is not None:
+            running = self.current == job_id and self.child is not None
+            if running:
                 self._cancel.add(job_id)
-                token = self.token
-            else:
-                token = None
-        if token is not None:
-            token.cancel()
-            return
-        if self.store.state(job_id).get("status") == "queued":
+                self._interrupt()
+        if not running and self.store.state(job_id).get("status") == "queued":
             self.store.set_state(job_id, status="cancelled", message="cancelled before it started")
 
     def retry(self, job_id: str) -> None:
@@ -319,9 +301,8 @@ class Worker(threading.Thread):
         self._stopping.set()
         self._wake.set()
         with self._lock:
-            child, token = self.child, self.token
-        if child is not None and token is not None:
-            token.cancel()
-            if not child.wait(timeout):
-                SUPERVISOR.kill(child)  # it did not stop in time: end it (the next run ends its orphans)
+            child = self.child
+            self._interrupt()
+        if child is not None and not child.wait(timeout):
+            SUPERVISOR.kill(child)  # it did not stop in time: end it (the next run ends its orphans)
         self.join(timeout)
