@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import io
@@ -192,19 +193,16 @@ class App:
     def jobs(self) -> list[dict[str, Any]]:
         out = []
         for job_id in self.store.ids():
-            try:
+            with contextlib.suppress(KeyError):  # removed meanwhile
                 out.append(self.store.view(job_id))
-            except KeyError:
-                continue
         return out
 
     def models_list(self) -> list[dict[str, str]]:
         return self.model_files.listed()
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Basic authentication, the guard, JSON in and out with the one error shape, and the routes:
-    the page and its static files, the API of the Make / Queue / Results pages, the runs folder's files."""
+class JsonHandler(BaseHTTPRequestHandler):
+    """HTTP plumbing: basic authentication, the guard, JSON in and out, the one error shape."""
 
     server_version = f"copymachine/{__version__}"
     app: App  # set on the class made by make_server
@@ -295,6 +293,11 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(data, dict):
             raise InputError("the request is not a JSON object")
         return data
+
+
+class Handler(JsonHandler):
+    """The routes: the page and its static files, the API of the Make / Queue / Results pages,
+    and the files under the runs folder."""
 
     def _handle(self, method: str) -> None:
         if not self._authorised():

@@ -1,13 +1,10 @@
 """The web UI's queue on disk, and the worker that runs it.
 
-Every job the UI makes is a jobs file (`<queue>/<id>.toml`, the format `copymachine queue` reads,
-one [[job]]), with its state (`<id>.state.json`: queued, running, done, failed, cancelled), the
-queue's events (`<id>.events.jsonl`, from the Reporter) and its output (`<id>.log`). The worker
-runs one job at a time as `copymachine queue <id>.toml --events <id>.events.jsonl`, a child
-process started by the supervisor (copymachine/supervise.py): cancel cancels the job's token, which
-sends it the same stop as Ctrl-C (SIGINT; CTRL_BREAK_EVENT on Windows: nothing lost, resumable); a UI that is
-stopped interrupts its job the same way and puts it back in the queue, so the next start finds it
-and resumes it (the re-run skips every finished stage).
+Every job is a jobs file (`<queue>/<id>.toml`, one [[job]]) with its state (`<id>.state.json`: queued,
+running, done, failed, cancelled), its events (`<id>.events.jsonl`) and output (`<id>.log`). The worker
+runs one job at a time as `copymachine queue <id>.toml --events <id>.events.jsonl` under the supervisor:
+cancel sends it Ctrl-C (SIGINT; CTRL_BREAK_EVENT on Windows: nothing lost, resumable); a UI that stops
+interrupts its job the same way and queues it again, so the next start resumes it (finished stages skipped).
 """
 
 from __future__ import annotations
@@ -72,8 +69,7 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     """Stages (title, status), the live progress line and the current log, from the events."""
     stages: list[dict[str, Any]] = []
     at: dict[str, int] = {}  # stage name -> its row
-    view: dict[str, Any] = {"progress": None, "log": None, "finals": [], "message": None, "warnings": [],
-                            "sample": None}
+    view: dict[str, Any] = dict(progress=None, log=None, finals=[], message=None, warnings=[], sample=None)
     for e in events:
         row = stages[at[e.stage]] if isinstance(e, ev.OfStage) and e.stage in at else {}
         if isinstance(e, ev.PlanMade):
@@ -172,18 +168,13 @@ class JobStore:
                 path.unlink(missing_ok=True)
 
     def next_queued(self) -> str | None:
-        for job_id in self.ids():
-            if self.state(job_id).get("status") == "queued":
-                return job_id
-        return None
+        return next((job_id for job_id in self.ids() if self.state(job_id).get("status") == "queued"), None)
 
     def recover(self) -> list[str]:
         """At start: a job left `running` (the UI was stopped or killed) is queued again."""
-        found = []
-        for job_id in self.ids():
-            if self.state(job_id).get("status") == "running":
-                self.set_state(job_id, status="queued", note="resumed after a restart of the UI")
-                found.append(job_id)
+        found = [job_id for job_id in self.ids() if self.state(job_id).get("status") == "running"]
+        for job_id in found:
+            self.set_state(job_id, status="queued", note="resumed after a restart of the UI")
         return found
 
     def view(self, job_id: str) -> dict[str, Any]:
@@ -196,14 +187,8 @@ class JobStore:
             if stopped and st["status"] in ("running", "interrupted"):
                 st["status"] = stopped
         log_lines = tail(Path(view["log"])) if view["log"] and state.get("status") == "running" else []
-        return {
-            "id": job_id,
-            **state,
-            **view,
-            "log_tail": log_lines or tail(files.log),
-            "job": files.toml.read_text(encoding="utf-8"),
-            "file": str(files.toml),
-        }
+        return {"id": job_id, **state, **view, "log_tail": log_lines or tail(files.log),
+                "job": files.toml.read_text(encoding="utf-8"), "file": str(files.toml)}
 
 
 class Worker(threading.Thread):
