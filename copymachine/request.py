@@ -109,9 +109,8 @@ class SizeChoice:
     note: str | None = None  # one line for the user when the picture is resized by default
 
 
-def choose_training_size(
-    picture: tuple[int, int], generated: bool, resolution: int | None, family: Family, name: str = ""
-) -> SizeChoice:
+def choose_training_size(picture: tuple[int, int], generated: bool, resolution: int | None, family: Family,
+                         name: str = "") -> SizeChoice:
     """The training size of a source: `--resolution N` trains at about N x N px; by default a
     picture trains at the model family's native area (SD1.x/SD2 512x512, SDXL 1024x1024), its
     aspect kept, and a generated original at its own size (it already is native)."""
@@ -129,11 +128,9 @@ def choose_training_size(
     if size != (width, height) and not generated:
         ratio = (width * height) / (size[0] * size[1])
         far = ratio > FAR or ratio < 1 / FAR
-        note = (
-            f"{name} is {width}x{height} px{', far from ' + area if far else ''}: it trains on a copy resized to "
-            f"{size[0]}x{size[1]} ({'the native area, ' if not far else ''}{rule}; its edits alike); "
-            "--resolution N trains at about NxN px instead"
-        )
+        note = (f"{name} is {width}x{height} px{', far from ' + area if far else ''}: it trains on a copy resized to "
+                f"{size[0]}x{size[1]} ({'the native area, ' if not far else ''}{rule}; its edits alike); "
+                "--resolution N trains at about NxN px instead")
     return SizeChoice(size, picture, why, note)
 
 
@@ -151,10 +148,8 @@ def source_size(source: Source, recipe: Recipe, family: Family) -> tuple[int, in
 def make_sources(images: list[Path], edited: list[Path]) -> list[Source]:
     """Pair images with their edits and give each a unique id when there are several."""
     if edited and len(edited) != len(images):
-        raise InputError(
-            f"{len(images)} image(s) but {len(edited)} edited image(s): "
-            "give one --edited per --image, in the same order"
-        )
+        raise InputError(f"{len(images)} image(s) but {len(edited)} edited image(s): "
+                         "give one --edited per --image, in the same order")
     if not images:
         return [Source(image=None)]
     sources = [Source(image=img, edited=edited[i] if edited else None) for i, img in enumerate(images)]

@@ -42,12 +42,11 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dirs, ray_address, *
 
     The address printed carries a token (made at each start, kept in a cookie): the API answers
     only the page opened with it, at this UI's own host, and refuses requests from other sites'
-    pages. The engine (--sd-scripts, --python, --device) is the UI's, and a job's paths must lie
-    under --runs or --models.
+    pages. The engine (--sd-scripts, --python, --device ...) is the UI's and goes to every job;
+    a job's paths must lie under --runs or --models.
 
-    The page runs nothing itself: every job is a jobs file in <runs>/_ui/queue, run by
-    `copymachine queue` in a child process (cancel = Ctrl-C to it; a restart of the UI resumes
-    the queue). The engine options (--sd-scripts, --python ...) go to every job.
+    The page runs nothing itself: every job is a jobs file in <runs>/_ui/queue, run by `copymachine
+    queue` in a child process (cancel = Ctrl-C to it; a restart of the UI resumes the queue).
 
     \b
     Example:

@@ -4,14 +4,15 @@ folder."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import threading
 from pathlib import Path
 from urllib.parse import quote
 
 from PIL import Image
 
 from copymachine.errors import CopymachineError, InputError
+from copymachine.files import atomic_path
 from copymachine.images import load_rgb
 from copymachine.models import V_PRED_KEY, inspect_base_model
 from copymachine.request import IMAGE_SUFFIXES
@@ -55,8 +56,6 @@ class RunsFiles:
         self.runs = Path(runs).resolve()
         self.uploads = self.runs / "_ui" / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
-        self._images: dict[str, Image.Image] = {}
-        self._lock = threading.Lock()
 
     def upload(self, name: str, data: bytes) -> dict[str, object]:
         if len(data) > MAX_UPLOAD:
@@ -67,21 +66,18 @@ class RunsFiles:
         suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_SUFFIXES else ".png"
         path = folder / f"{safe_name(name)}{suffix}"
         if not path.exists():
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            try:
-                with Image.open(tmp) as im:
-                    pixels = im.width * im.height
-                    if pixels <= MAX_PIXELS:
-                        im.verify()
-            except Exception:
-                tmp.unlink()
-                raise InputError(f"{name} is not a picture (PNG, JPEG, WebP …) or cannot be read") from None
-            if pixels > MAX_PIXELS:
-                tmp.unlink()
-                limit = f"above the UI's {MAX_PIXELS / 1e6:.0f}; scale it down first"
-                raise InputError(f"{name}: {pixels / 1e6:.0f} megapixels, {limit}")
-            tmp.replace(path)
+            with atomic_path(path) as tmp:  # a refused upload leaves no file
+                tmp.write_bytes(data)
+                try:
+                    with Image.open(tmp) as im:
+                        pixels = im.width * im.height
+                        if pixels <= MAX_PIXELS:
+                            im.verify()
+                except Exception:
+                    raise InputError(f"{name} is not a picture (PNG, JPEG, WebP …) or cannot be read") from None
+                if pixels > MAX_PIXELS:
+                    limit = f"above the UI's {MAX_PIXELS / 1e6:.0f}; scale it down first"
+                    raise InputError(f"{name}: {pixels / 1e6:.0f} megapixels, {limit}")
         image = self.image(str(path))
         with Image.open(path) as im:
             width, height = im.size
@@ -92,28 +88,36 @@ class RunsFiles:
         resolved = Path(path).resolve()
         if not self.allowed(resolved):
             raise InputError(f"not an uploaded image: {path}")
-        with self._lock:
-            if path not in self._images:
-                if len(self._images) >= PREVIEW_CACHE:
-                    self._images.pop(next(iter(self._images)))
-                image = load_rgb(resolved)
-                if image.width * image.height > PREVIEW_PIXELS:
-                    scale = (PREVIEW_PIXELS / (image.width * image.height)) ** 0.5
-                    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-                    image = image.resize(size, Image.Resampling.LANCZOS)
-                self._images[path] = image
-            return self._images[path]
+        return preview_image(resolved)
 
     def allowed(self, path: Path) -> bool:
         """Files the page may read: under the runs folder (uploads, run folders, cache sheets)."""
-        try:
-            path.resolve().relative_to(self.runs)
-            return True
-        except ValueError:
-            return False
+        return path.resolve().is_relative_to(self.runs)
 
     def url(self, path: Path, download: bool = False) -> str:
         return "/file?path=" + quote(str(Path(path).resolve())) + ("&download=1" if download else "")
+
+
+@functools.lru_cache(maxsize=PREVIEW_CACHE)
+def preview_image(path: Path) -> Image.Image:
+    """The picture the previews edit, decoded once (a few kept)."""
+    image = load_rgb(path)
+    if image.width * image.height > PREVIEW_PIXELS:
+        scale = (PREVIEW_PIXELS / (image.width * image.height)) ** 0.5
+        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
+
+@functools.cache
+def checkpoint_family(path: Path, mtime: float) -> str:
+    """A checkpoint's family from its header (SD 1.x, SDXL …, v-pred when marked), or why not;
+    read once per version of the file (`mtime`)."""
+    try:
+        info = inspect_base_model(path, for_training=False)
+    except CopymachineError:
+        return "not a checkpoint copymachine knows"
+    return info.family.label + (" v-pred" if V_PRED_KEY in info.markers else "")
 
 
 class ModelFolders:
@@ -123,32 +127,16 @@ class ModelFolders:
 
     def __init__(self, folders: list[Path]):
         self.folders = list(dict.fromkeys(Path(m).expanduser().resolve() for m in folders))
-        self._families: dict[tuple[str, float], str] = {}
 
     def linked(self, path: Path) -> bool:
         """A model file (a link, maybe) in a models folder: its folder, links followed, is one of them."""
         if ".." in path.parts or path.suffix.lower() not in self.SUFFIXES:
             return False
         folder = path.absolute().parent.resolve()
-        return any(folder == r or r in folder.parents for r in self.folders)
+        return any(folder.is_relative_to(r) for r in self.folders)
 
     def listed(self) -> list[dict[str, str]]:
         """The models in the folders (links to files included), each with its family."""
         found = sorted({p for folder in self.folders if folder.is_dir() for p in folder.rglob("*")
                         if p.suffix.lower() in self.SUFFIXES and p.is_file() and self.linked(p)})
-        out = []
-        for path in found:
-            key = (str(path), path.stat().st_mtime)
-            if key not in self._families:
-                self._families[key] = self.family(path)
-            out.append({"path": str(path), "family": self._families[key]})
-        return out
-
-    @staticmethod
-    def family(path: Path) -> str:
-        """A checkpoint's family from its header (SD 1.x, SDXL …, v-pred when marked), or why not."""
-        try:
-            info = inspect_base_model(path, for_training=False)
-        except CopymachineError:
-            return "not a checkpoint copymachine knows"
-        return info.family.label + (" v-pred" if V_PRED_KEY in info.markers else "")
+        return [{"path": str(path), "family": checkpoint_family(path, path.stat().st_mtime)} for path in found]

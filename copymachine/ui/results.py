@@ -15,15 +15,8 @@ from copymachine.ui.files import RunsFiles
 
 
 def results(jobs: list[dict[str, Any]], files: RunsFiles) -> list[dict[str, Any]]:
-    out = []
-    for job in jobs:
-        if job.get("status") != "done":
-            continue
-        for final in job.get("finals") or []:
-            path = Path(final)
-            if path.is_file():
-                out.append(_result(job, path, files))
-    return out
+    return [_result(job, Path(final), files) for job in jobs if job.get("status") == "done"
+            for final in job.get("finals") or [] if Path(final).is_file()]
 
 
 def _result(job: dict[str, Any], path: Path, files: RunsFiles) -> dict[str, Any]:
@@ -32,28 +25,17 @@ def _result(job: dict[str, Any], path: Path, files: RunsFiles) -> dict[str, Any]
         md = read_safetensors(path).metadata
     except CopymachineError as e:
         report, md = e.message, {}
-    sheets = _sheets(path.parent, path, md.get("copymachine.effect"), files)
     memo = md.get("copymachine.sign", "").startswith("positive strength = less")
     name = path.stem
     more, less = ("-1", "1") if memo else ("1", "-1")
-    return {
-        "job": job["id"],
-        "label": job.get("label"),
-        "name": name,
-        "path": str(path),
-        "download": files.url(path, download=True),
-        "effect": md.get("copymachine.effect"),
-        "method": md.get("copymachine.method"),
-        "sign": md.get("copymachine.sign", ""),
-        "usage": {
-            "a1111": f"<lora:{name}:{more}>",
-            "a1111_less": f"<lora:{name}:{less}>",
-            "comfyui": f"LoraLoader with lora_name {path.name}: strength_model and strength_clip "
-            f"{'negative' if memo else 'positive'} for more of the edit, {'positive' if memo else 'negative'} for less",
-        },
-        "sheets": sheets,
-        "inspect": report,
-    }
+    signs = ("negative", "positive") if memo else ("positive", "negative")
+    comfyui = (f"LoraLoader with lora_name {path.name}: strength_model and strength_clip "
+               f"{signs[0]} for more of the edit, {signs[1]} for less")
+    return {"job": job["id"], "label": job.get("label"), "name": name, "path": str(path),
+            "download": files.url(path, download=True), "effect": md.get("copymachine.effect"),
+            "method": md.get("copymachine.method"), "sign": md.get("copymachine.sign", ""),
+            "usage": {"a1111": f"<lora:{name}:{more}>", "a1111_less": f"<lora:{name}:{less}>", "comfyui": comfyui},
+            "sheets": _sheets(path.parent, path, md.get("copymachine.effect"), files), "inspect": report}
 
 
 def _sheets(run_dir: Path, final: Path, effect: str | None, files: RunsFiles) -> list[dict[str, str]]:

@@ -1,22 +1,14 @@
 """`copymachine ui`: a local web page over the same code as the CLI, served by the standard
-library (http.server) with a page of plain JavaScript (copymachine/ui/static/).
-
-- Make: the live edit previews and their verdicts call the edit stage's own function
-  (stages/edit_image.edit_and_check + verdict_lines); Add to queue writes a jobs file, checked by
-  the queue's loader and the run's first checks (run.check_inputs).
-- Queue: the worker (ui/store.py) runs each job as `copymachine queue JOB.toml --events FILE`;
-  stages and progress come from the Reporter's events.
-- Results (ui/results.py): the run's stage stamps (copy-check sheet, strength sweep, edit compare
-  sheet) and `inspect`'s report (lorainfo).
-- Files (ui/files.py): uploads, the decoded images, and what the page may read (the runs folder).
-
-Nothing here plans, trains or checks anything itself.
+library (http.server: a few JSON routes need no framework) with a page of plain JavaScript (static/).
+The previews call the edit stage's own edit_and_check; a job is a jobs file run by `copymachine queue`
+(store.py); results.py and files.py serve the rest. Nothing here plans, trains or checks anything.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import io
@@ -58,32 +50,14 @@ TOKEN_HEADER = "X-Copymachine-Token"
 SIMPLE_CONTENT_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
 MAX_JSON_BODY = 2**20
 DUPLICATE_SECONDS = 10  # the same job added again within this is a double click, refused
-NO_TOKEN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>copymachine: open the printed address</title>
-<link rel="stylesheet" href="/static/style.css"></head><body><main><div class="panel" id="no-token">
-<h1>copymachine: no valid token</h1>
-<p>This page needs the address <code>copymachine ui</code> printed when it started, with its token:</p>
-<pre>copymachine ui: http://127.0.0.1:7860/?token=…</pre>
-<p>Find that line in the terminal where the UI runs (scroll up), or start it again with <code>copymachine ui</code>
-and open the new address: the token is new at each start, so an address from before a restart no longer works.</p>
-</div></main></body></html>
-"""
 # job keys a page may not set: the engine is the UI's, fixed when it starts (a page naming `python`
 # would choose the program the worker runs)
 ENGINE_KEYS = tuple(ENGINE_OPTIONS.values())
+STATIC = resources.files("copymachine.ui").joinpath("static")
 
 
 class Refused(Exception):
     """A request the UI will not serve (403): from another origin, to another host, without the token."""
-
-
-def host_name(host_header: str) -> tuple[str, int | None]:
-    """The name and port of a Host header (`127.0.0.1:7860`, `[::1]:7860`, `localhost`)."""
-    parsed = urlparse("//" + host_header)
-    try:
-        return (parsed.hostname or ""), parsed.port
-    except ValueError:
-        return "", None
 
 
 def _png_data_url(image: Image.Image) -> str:
@@ -94,14 +68,10 @@ def _png_data_url(image: Image.Image) -> str:
 
 def effect_catalogue() -> list[dict[str, Any]]:
     """The effects and their parameters, as the registry declares them (the page's sliders)."""
-    out = []
-    for name, effect in effect_registry.EFFECTS.items():
-        params = []
-        for key, p in effect.params.items():
-            params.append({"key": key, "type": p.type.__name__, "default": p.default, "min": p.min, "max": p.max,
-                           "choices": list(p.choices) if p.choices else None, "help": p.help})
-        out.append({"name": name, "help": effect.summary, "params": params})
-    return out
+    return [{"name": name, "help": effect.summary, "params": [
+        {"key": key, "type": p.type.__name__, "default": p.default, "min": p.min, "max": p.max,
+         "choices": list(p.choices) if p.choices else None, "help": p.help} for key, p in effect.params.items()]}
+        for name, effect in effect_registry.EFFECTS.items()]
 
 
 class App:
@@ -114,9 +84,8 @@ class App:
         self.model_files = ModelFolders([models] if isinstance(models, (str, Path)) else list(models or []))
         self.model_folders = self.model_files.folders
         self.models = self.model_folders[0] if self.model_folders else None
-        self.ui_dir = self.runs / "_ui"
         self.files = RunsFiles(self.runs)
-        self.store = JobStore(self.ui_dir / "queue")
+        self.store = JobStore(self.runs / "_ui" / "queue")
         self.recovered = self.store.recover()
         self.worker = Worker(self.store, queue_args)
         self.engine_overrides = engine_overrides or {}
@@ -131,7 +100,11 @@ class App:
         """The Host header names this UI (DNS rebinding: a foreign site's name resolving to 127.0.0.1)."""
         if self.hosts == ("*",):
             return
-        name, port = host_name(host_header)
+        parsed = urlparse("//" + host_header)  # `127.0.0.1:7860`, `[::1]:7860`, `localhost`
+        try:
+            name, port = parsed.hostname or "", parsed.port
+        except ValueError:
+            name, port = "", None
         if name not in self.hosts or (port is not None and self.port is not None and port != self.port):
             raise Refused(f"foreign Host {host_header!r}: this UI answers at {', '.join(self.hosts)} only")
 
@@ -156,7 +129,7 @@ class App:
                 resolved = Path(value).expanduser().resolve()
                 if key in MODEL_KEYS and self.model_files.linked(Path(value).expanduser()):
                     continue
-                if not any(resolved == r or r in resolved.parents for r in roots):
+                if not any(resolved.is_relative_to(r) for r in roots):
                     raise InputError(f"{key} {value}: {rule}")
 
     def preview(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -177,19 +150,13 @@ class App:
             edited, report = edit_and_check(original, effect, params, amount)
             where = "edit"
         notes, warnings, refusal = verdict_lines(report, effect, where)
-        return {
-            "effect": effect,
-            "image": _png_data_url(edited) if effect != "custom" else None,
-            "verdict": report.verdict,
-            "refusal": refusal,
-            "warnings": warnings,
-            "notes": notes,
-            "report": format_report(report, "original", "edited"),
-        }
+        return {"effect": effect, "image": _png_data_url(edited) if effect != "custom" else None,
+                "verdict": report.verdict, "refusal": refusal, "warnings": warnings, "notes": notes,
+                "report": format_report(report, "original", "edited")}
 
     def add_job(self, body: dict[str, Any]) -> dict[str, Any]:
         """A job from the Make page: written as a jobs file and checked as `queue` checks it."""
-        from copymachine import jobfile, run
+        from copymachine import run
 
         table = {k: v for k, v in body.items()
                  if not (v is None or v is False or (isinstance(v, (str, list, dict)) and not v))}
@@ -210,41 +177,32 @@ class App:
             table["out"] = str(self.runs / safe_name(str(name)))
         key = json.dumps(table, sort_keys=True)
         with self._add_lock:
-            when, earlier = self._added.get(key, (0.0, ""))
-            if time.monotonic() - when < DUPLICATE_SECONDS:
-                raise InputError(f"the same job was added {time.monotonic() - when:.0f} s ago (job {earlier}); "
+            now = time.monotonic()
+            self._added = {k: v for k, v in self._added.items() if now - v[0] < DUPLICATE_SECONDS}
+            if key in self._added:
+                when, earlier = self._added[key]
+                raise InputError(f"the same job was added {now - when:.0f} s ago (job {earlier}); "
                                  "change something to add another")
-            job_id = self.store.add(table, self.engine_overrides)
-            self._added = {k: v for k, v in self._added.items() if time.monotonic() - v[0] < DUPLICATE_SECONDS}
+            # checked as the run checks it before it is queued: a refused job leaves nothing behind
+            job_id = self.store.add(table, self.engine_overrides,
+                                    lambda job: run.check_inputs(job.options, Reporter(stream=io.StringIO())))
             self._added[key] = (time.monotonic(), job_id)
-        try:
-            job = jobfile.load_jobs(self.store.files(job_id).toml, self.engine_overrides)[0]
-            run.check_inputs(job.options, Reporter(stream=io.StringIO()))
-        except BaseException:
-            self.store.remove(job_id)
-            self._added.pop(key, None)
-            raise
         self.worker.wake()
         return {"id": job_id, "label": self.store.state(job_id).get("label")}
 
     def jobs(self) -> list[dict[str, Any]]:
         out = []
         for job_id in self.store.ids():
-            try:
+            with contextlib.suppress(KeyError):  # removed meanwhile
                 out.append(self.store.view(job_id))
-            except KeyError:
-                continue
         return out
-
-    def results(self) -> list[dict[str, Any]]:
-        return results_page.results(self.jobs(), self.files)
 
     def models_list(self) -> list[dict[str, str]]:
         return self.model_files.listed()
 
 
 class JsonHandler(BaseHTTPRequestHandler):
-    """HTTP plumbing: basic authentication, JSON in and out, the one error shape."""
+    """HTTP plumbing: basic authentication, the guard, JSON in and out, the one error shape."""
 
     server_version = f"copymachine/{__version__}"
     app: App  # set on the class made by make_server
@@ -253,16 +211,13 @@ class JsonHandler(BaseHTTPRequestHandler):
         pass
 
     def _authorised(self) -> bool:
-        if not self.app.auth:
-            return True
         header = self.headers.get("Authorization", "")
-        if header.startswith("Basic "):
-            try:
-                given = base64.b64decode(header[6:]).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                given = ""
-            if hmac.compare_digest(given.encode(), self.app.auth.encode()):
-                return True
+        try:
+            given = base64.b64decode(header[6:]).decode("utf-8") if header.startswith("Basic ") else ""
+        except (binascii.Error, UnicodeDecodeError):
+            given = ""
+        if not self.app.auth or hmac.compare_digest(given.encode(), self.app.auth.encode()):
+            return True
         self.send_response(HTTPStatus.UNAUTHORIZED)
         self.send_header("WWW-Authenticate", 'Basic realm="copymachine"')
         self.send_header("Content-Length", "0")
@@ -285,30 +240,24 @@ class JsonHandler(BaseHTTPRequestHandler):
     def _error(self, message: str, status: int = 400, exit_code: int | None = None) -> None:
         self._json({"error": message, "exit_code": exit_code}, status)
 
-    def _length(self) -> int:
+    def _body(self, limit: int = MAX_UPLOAD) -> bytes:
+        """The request's body, refused before it is read when it is over `limit`."""
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            raise InputError("bad Content-Length") from None
+            length = -1
         if length < 0:
             raise InputError("bad Content-Length")
-        return length
-
-    def _body(self) -> bytes:
-        length = self._length()
-        if length > MAX_UPLOAD:
-            raise InputError(f"request larger than {MAX_UPLOAD // 2**20} MB")
+        if length > limit:
+            raise InputError(f"request larger than {limit // 2**20} MB")
         return self.rfile.read(length) if length else b""
 
     def _token_given(self) -> str:
-        header = self.headers.get(TOKEN_HEADER)
-        if header:
-            return header
         try:
             cookie = SimpleCookie(self.headers.get("Cookie", ""))
         except CookieError:
-            return ""
-        return cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else ""
+            cookie = SimpleCookie()
+        return self.headers.get(TOKEN_HEADER) or (cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else "")
 
     def _guard(self, method: str, path: str, query: dict[str, str]) -> dict[str, str]:
         """Every request: its Host is this UI's, its Origin/Referer (when sent) this UI's page; an
@@ -337,11 +286,8 @@ class JsonHandler(BaseHTTPRequestHandler):
         return {}
 
     def _json_body(self) -> dict[str, Any]:
-        length = self._length()
-        if length > MAX_JSON_BODY:
-            raise InputError(f"request larger than {MAX_JSON_BODY // 2**20} MB")
         try:
-            data = json.loads(self._body() or b"{}")
+            data = json.loads(self._body(MAX_JSON_BODY) or b"{}")
         except ValueError:
             raise InputError("the request is not JSON") from None
         if not isinstance(data, dict):
@@ -363,7 +309,7 @@ class Handler(JsonHandler):
         except Refused as e:
             self.close_connection = True
             if method == "GET" and url.path in ("/", "/index.html") and str(e).startswith("no valid token"):
-                return self._send(403, NO_TOKEN_PAGE.encode("utf-8"), "text/html; charset=utf-8")
+                return self._send(403, STATIC.joinpath("no-token.html").read_bytes(), "text/html; charset=utf-8")
             return self._error(str(e), 403)
         try:
             self._route(method, url.path, query)
@@ -394,7 +340,7 @@ class Handler(JsonHandler):
         if method == "GET" and path == "/api/jobs":
             return self._jobs()
         if method == "GET" and path == "/api/results":
-            return self._json({"results": app.results()})
+            return self._json({"results": results_page.results(app.jobs(), app.files)})
         if method == "GET" and path == "/file":
             return self._file(query.get("path", ""), bool(query.get("download")))
         if method == "POST" and path == "/api/upload":
@@ -427,7 +373,7 @@ class Handler(JsonHandler):
         if "/" in name or name.startswith("."):
             return self._error("not found", 404)
         try:
-            data = resources.files("copymachine.ui").joinpath("static").joinpath(name).read_bytes()
+            data = STATIC.joinpath(name).read_bytes()
         except (FileNotFoundError, IsADirectoryError):
             return self._error("not found", 404)
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"

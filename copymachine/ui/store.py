@@ -1,13 +1,10 @@
 """The web UI's queue on disk, and the worker that runs it.
 
-Every job the UI makes is a jobs file (`<queue>/<id>.toml`, the format `copymachine queue` reads,
-one [[job]]), with its state (`<id>.state.json`: queued, running, done, failed, cancelled), the
-queue's events (`<id>.events.jsonl`, from the Reporter) and its output (`<id>.log`). The worker
-runs one job at a time as `copymachine queue <id>.toml --events <id>.events.jsonl`, a child
-process started by the supervisor (copymachine/supervise.py): cancel cancels the job's token, which
-sends it the same stop as Ctrl-C (SIGINT; CTRL_BREAK_EVENT on Windows: nothing lost, resumable); a UI that is
-stopped interrupts its job the same way and puts it back in the queue, so the next start finds it
-and resumes it (the re-run skips every finished stage).
+Every job is a jobs file (`<queue>/<id>.toml`, one [[job]]) with its state (`<id>.state.json`: queued,
+running, done, failed, cancelled), its events (`<id>.events.jsonl`) and output (`<id>.log`). The worker
+runs one job at a time as `copymachine queue <id>.toml --events <id>.events.jsonl` under the supervisor:
+cancel sends it Ctrl-C (SIGINT; CTRL_BREAK_EVENT on Windows: nothing lost, resumable); a UI that stops
+interrupts its job the same way and queues it again, so the next start resumes it (finished stages skipped).
 """
 
 from __future__ import annotations
@@ -18,20 +15,19 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import tomli_w
 
 from copymachine import events as ev
 from copymachine import jobfile
 from copymachine.errors import EXIT_INTERRUPTED
-from copymachine.files import atomic_write_json, replace_file
+from copymachine.files import atomic_path, atomic_write_json
 from copymachine.runner import log_tail
-from copymachine.supervise import SUPERVISOR, CancelToken, Child
+from copymachine.supervise import SUPERVISOR, Child
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
 LOG_TAIL_LINES = 30
 
 
@@ -73,8 +69,7 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     """Stages (title, status), the live progress line and the current log, from the events."""
     stages: list[dict[str, Any]] = []
     at: dict[str, int] = {}  # stage name -> its row
-    view: dict[str, Any] = {"progress": None, "log": None, "finals": [], "message": None, "warnings": [],
-                            "sample": None}
+    view: dict[str, Any] = dict(progress=None, log=None, finals=[], message=None, warnings=[], sample=None)
     for e in events:
         row = stages[at[e.stage]] if isinstance(e, ev.OfStage) and e.stage in at else {}
         if isinstance(e, ev.PlanMade):
@@ -106,26 +101,15 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     return {"stages": stages, **view, "overall": whole_job(stages, view["progress"])}
 
 
-@dataclass
-class JobFiles:
-    folder: Path
-    id: str
+class JobFiles(NamedTuple):
+    toml: Path
+    state: Path
+    events: Path
+    log: Path
 
-    @property
-    def toml(self) -> Path:
-        return self.folder / f"{self.id}.toml"
-
-    @property
-    def state(self) -> Path:
-        return self.folder / f"{self.id}.state.json"
-
-    @property
-    def events(self) -> Path:
-        return self.folder / f"{self.id}.events.jsonl"
-
-    @property
-    def log(self) -> Path:
-        return self.folder / f"{self.id}.log"
+    @classmethod
+    def of(cls, folder: Path, job_id: str) -> JobFiles:
+        return cls(*(folder / f"{job_id}{suffix}" for suffix in (".toml", ".state.json", ".events.jsonl", ".log")))
 
 
 class JobStore:
@@ -142,23 +126,20 @@ class JobStore:
     def files(self, job_id: str) -> JobFiles:
         if not (job_id.isdigit() and (self.folder / f"{job_id}.toml").is_file()):
             raise KeyError(job_id)
-        return JobFiles(self.folder, job_id)
+        return JobFiles.of(self.folder, job_id)
 
-    def add(self, table: dict[str, Any], check_overrides: dict[str, Any] | None = None) -> str:
+    def add(self, table: dict[str, Any], check_overrides: dict[str, Any] | None = None,
+            check: Callable[[jobfile.Job], None] | None = None) -> str:
         """Write a job file (checked as `copymachine queue` checks it: an error is the queue's
-        one-line message) and queue it."""
+        one-line message, then by `check`) and queue it."""
         with self._lock:
             ids = self.ids()
             job_id = f"{int(ids[-1]) + 1 if ids else 1:04d}"
-            files = JobFiles(self.folder, job_id)
-            scratch = self.folder / f".{job_id}.toml.tmp"
-            scratch.write_text(tomli_w.dumps({"job": [table]}), encoding="utf-8")
-            try:
+            with atomic_path(JobFiles.of(self.folder, job_id).toml) as scratch:  # a refused job leaves no file
+                scratch.write_text(tomli_w.dumps({"job": [table]}), encoding="utf-8")
                 job = jobfile.load_jobs(scratch, check_overrides)[0]
-            except BaseException:
-                scratch.unlink()
-                raise
-            replace_file(scratch, files.toml)
+                if check:
+                    check(job)
             self.set_state(job_id, status="queued", label=job.label, command=job.command, added=time.time())
             return job_id
 
@@ -170,7 +151,7 @@ class JobStore:
 
     def set_state(self, job_id: str, **changes: Any) -> dict[str, Any]:
         with self._lock:
-            path = JobFiles(self.folder, job_id).state
+            path = JobFiles.of(self.folder, job_id).state
             try:
                 state = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -183,22 +164,17 @@ class JobStore:
         """The job's files in the queue; never its run folder (its results stay)."""
         files = self.files(job_id)
         with self._lock:
-            for path in (files.toml, files.state, files.events, files.log):
+            for path in files:
                 path.unlink(missing_ok=True)
 
     def next_queued(self) -> str | None:
-        for job_id in self.ids():
-            if self.state(job_id).get("status") == "queued":
-                return job_id
-        return None
+        return next((job_id for job_id in self.ids() if self.state(job_id).get("status") == "queued"), None)
 
     def recover(self) -> list[str]:
         """At start: a job left `running` (the UI was stopped or killed) is queued again."""
-        found = []
-        for job_id in self.ids():
-            if self.state(job_id).get("status") == "running":
-                self.set_state(job_id, status="queued", note="resumed after a restart of the UI")
-                found.append(job_id)
+        found = [job_id for job_id in self.ids() if self.state(job_id).get("status") == "running"]
+        for job_id in found:
+            self.set_state(job_id, status="queued", note="resumed after a restart of the UI")
         return found
 
     def view(self, job_id: str) -> dict[str, Any]:
@@ -211,27 +187,20 @@ class JobStore:
             if stopped and st["status"] in ("running", "interrupted"):
                 st["status"] = stopped
         log_lines = tail(Path(view["log"])) if view["log"] and state.get("status") == "running" else []
-        return {
-            "id": job_id,
-            **state,
-            **view,
-            "log_tail": log_lines or tail(files.log),
-            "job": files.toml.read_text(encoding="utf-8"),
-            "file": str(files.toml),
-        }
+        return {"id": job_id, **state, **view, "log_tail": log_lines or tail(files.log),
+                "job": files.toml.read_text(encoding="utf-8"), "file": str(files.toml)}
 
 
 class Worker(threading.Thread):
     """Runs the queued jobs one at a time, each as `copymachine queue JOB.toml` (one code path)."""
 
-    def __init__(self, store: JobStore, queue_args: list[str], env: dict[str, str] | None = None):
+    def __init__(self, store: JobStore, queue_args: list[str]):
         super().__init__(name="copymachine-ui-worker", daemon=True)
         self.store = store
         self.queue_args = queue_args  # engine options handed to every job (sd-scripts, python ...)
-        self.env = env
         self.current: str | None = None
         self.child: Child | None = None
-        self.token: CancelToken | None = None  # the running job's: cancelled, its queue is interrupted
+        self._interrupted = False  # the running job was sent its Ctrl-C (once: a second would end it at once)
         self._cancel: set[str] = set()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -258,57 +227,46 @@ class Worker(threading.Thread):
             log.write(f"$ copymachine queue {files.toml} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
             log.flush()
             # its own process group: Ctrl-C in the UI's terminal is the UI's to pass on (see stop())
-            child = SUPERVISOR.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
-            self.child, self.current = child, job_id
-            self.token = CancelToken()
-            self.token.on_cancel(self._interrupt)
+            child = SUPERVISOR.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.child, self.current, self._interrupted = child, job_id, False
             if self._stopping.is_set():
-                self.token.cancel()
+                self._interrupt()
         rc = child.proc.wait()
         SUPERVISOR.forget(child)
         with self._lock:
-            self.child = self.token = None
-            self.current = None
+            self.child = self.current = None
         if self._stopping.is_set() and rc == EXIT_INTERRUPTED:
             self.store.set_state(job_id, status="queued",
                                  note="interrupted when the UI stopped; resumes at its next start")
             return
-        try:
-            self.store.files(job_id)
-        except KeyError:
+        if not files.toml.is_file():
             return  # removed while it ran
         end = ev.last_job_end(files.events)
         message = end.message if end else None
-        if rc == 0:
-            status = "done"
-        elif job_id in self._cancel and rc == EXIT_INTERRUPTED:
-            status = "cancelled"
-        else:
-            status = "failed"
-            if not message:
-                lines = tail(files.log, 5)
-                last = lines[-1] if lines else f"exit code {rc}"
-                message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), last)
+        cancelled = job_id in self._cancel and rc == EXIT_INTERRUPTED
+        status = "done" if rc == 0 else "cancelled" if cancelled else "failed"
+        if status == "failed" and not message:
+            lines = tail(files.log, 5)
+            last = lines[-1] if lines else f"exit code {rc}"
+            message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), last)
         self._cancel.discard(job_id)
         self.store.set_state(job_id, status=status, exit_code=rc, message=message, finished=time.time())
 
     def _interrupt(self) -> None:
-        if self.child is not None:
+        """Ctrl-C to the running job (called holding the lock)."""
+        if self.child is not None and not self._interrupted:
+            self._interrupted = True
             SUPERVISOR.interrupt(self.child)
 
     def cancel(self, job_id: str) -> None:
         """A running job is interrupted as by Ctrl-C (sd-scripts stopped, finished stages kept); a
         queued one is taken off the queue."""
         with self._lock:
-            if self.current == job_id and self.token is not None:
+            running = self.current == job_id and self.child is not None
+            if running:
                 self._cancel.add(job_id)
-                token = self.token
-            else:
-                token = None
-        if token is not None:
-            token.cancel()
-            return
-        if self.store.state(job_id).get("status") == "queued":
+                self._interrupt()
+        if not running and self.store.state(job_id).get("status") == "queued":
             self.store.set_state(job_id, status="cancelled", message="cancelled before it started")
 
     def retry(self, job_id: str) -> None:
@@ -328,9 +286,8 @@ class Worker(threading.Thread):
         self._stopping.set()
         self._wake.set()
         with self._lock:
-            child, token = self.child, self.token
-        if child is not None and token is not None:
-            token.cancel()
-            if not child.wait(timeout):
-                SUPERVISOR.kill(child)  # it did not stop in time: end it (the next run ends its orphans)
+            child = self.child
+            self._interrupt()
+        if child is not None and not child.wait(timeout):
+            SUPERVISOR.kill(child)  # it did not stop in time: end it (the next run ends its orphans)
         self.join(timeout)
