@@ -34,17 +34,12 @@ from copymachine.stages.captions import caption_plan
 from copymachine.stages.copy_check import copy_check_plan
 from copymachine.stages.edit_image import CUSTOM, edit_plan
 from copymachine.stages.edit_image import OUTPUTS as EDIT_OUTPUTS
-from copymachine.stages.extract_lora import ExtractParams
-from copymachine.stages.finalize import FinalizeParams
-from copymachine.stages.generate_image import generate_params
-from copymachine.stages.import_image import ImportParams
+from copymachine.stages.finalize import ExtractParams, FinalizeParams, ResizeParams, merge_plan, svd_merge_plan
+from copymachine.stages.generate_image import ImportParams, generate_params
 from copymachine.stages.leakage import leakage_params
 from copymachine.stages.leakage import planned_outputs as leakage_outputs
-from copymachine.stages.merge_model import merge_plan
 from copymachine.stages.preview import planned_outputs as preview_outputs
 from copymachine.stages.preview import preview_params
-from copymachine.stages.resize_lora import ResizeParams
-from copymachine.stages.svd_merge import svd_merge_plan
 from copymachine.stages.train_lora import check_sd_args, training_plan
 
 # the request's names the CLI imports from here

@@ -35,12 +35,9 @@ if TYPE_CHECKING:
     from copymachine.plan import Plan, Stage
     from copymachine.progress import Reporter
 
-__all__ = ["Settings", "StageContext", "StageKind", "kind_versions", "kinds", "reset_scratch"]
+__all__ = ["Settings", "StageContext", "StageKind", "inputs_of", "kind_versions", "kinds", "reset_scratch"]
 
-KIND_MODULES = (
-    "generate_image", "import_image", "captions", "edit_image", "train_lora", "merge_model", "svd_merge",
-    "extract_lora", "resize_lora", "finalize", "copy_check", "preview", "leakage",
-)
+MODULES = ("generate_image", "captions", "edit_image", "train_lora", "finalize", "copy_check", "preview", "leakage")
 
 
 @dataclass
@@ -71,10 +68,8 @@ class StageContext:
             raise EngineError("internal: this stage needs sd-scripts but none was located")
         return self.settings.engine
 
-    def run(
-        self, argv: list[str], what: str, expected: list[Path] | None = None,
-        collect: Callable[[], None] | None = None, watch: Callable[[], None] | None = None,
-    ) -> None:
+    def run(self, argv: list[str], what: str, expected: list[Path] | None = None,
+            collect: Callable[[], None] | None = None, watch: Callable[[], None] | None = None) -> None:
         """Run one sd-scripts command, or in a dry run only record it. `collect` runs after the
         command and before its outputs are checked (to rename what it named itself); `watch` on
         every progress line and once at the end (to pick up what it writes on the way)."""
@@ -89,28 +84,26 @@ class StageContext:
         self.reporter.command(argv)
         children: list[int] = []
         job = self.stage.title
+        watch = watch or (lambda: None)
+        on_child = self.on_child or (lambda pid, alive: None)
 
         def spawned(pid: int) -> None:
             children.append(pid)
-            if self.on_child:
-                self.on_child(pid, True)
+            on_child(pid, True)
 
         def progressed(p: Any) -> None:
             self.reporter.progress(p, job)
-            if watch is not None:
-                watch()
+            watch()
 
         try:
             result = run_command(argv, cwd=self.engine.root, env=env, log_path=self.log_path, on_progress=progressed,
                                  on_spawn=spawned)
         finally:
             self.reporter.end_progress(job)
-            if self.on_child:
-                for pid in children:
-                    self.on_child(pid, False)
+            for pid in children:
+                on_child(pid, False)
         self.peak_rss = max(self.peak_rss, result.peak_rss or 0)
-        if watch is not None:
-            watch()
+        watch()
         if collect is not None and result.returncode == 0:
             collect()
         check_result(self.stage, what, result, expected or [])
@@ -126,9 +119,8 @@ class StageContext:
             path = Path(arg)
             if arg.endswith(".py") and path.is_absolute() and path.is_relative_to(root):
                 rest = argv[i + 1 :]
-                keys: list[str] = []
-                if "--config_file" in rest and rest.index("--config_file") + 1 < len(rest):
-                    keys = _toml_keys(Path(rest[rest.index("--config_file") + 1]))
+                at = rest.index("--config_file") + 1 if "--config_file" in rest else len(rest)
+                keys = _toml_keys(Path(rest[at])) if at < len(rest) else []
                 capabilities.check_command(caps, caps.version_text(), path.relative_to(root).as_posix(), rest, keys)
                 return
 
@@ -139,10 +131,7 @@ def _toml_keys(path: Path) -> list[str]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    keys: list[str] = []
-    for key, value in data.items():
-        keys.extend(value.keys() if isinstance(value, dict) else [key])
-    return keys
+    return [k for key, value in data.items() for k in (value.keys() if isinstance(value, dict) else [key])]
 
 
 class StageKind:
@@ -174,8 +163,8 @@ class StageKind:
 @functools.cache
 def kinds() -> Mapping[str, StageKind]:
     """The kinds of copymachine/stages by name (read-only: a test passes its own to the Pipeline)."""
-    found = (importlib.import_module(f"copymachine.stages.{name}").KIND for name in KIND_MODULES)
-    return MappingProxyType({kind.kind: kind for kind in found})
+    modules = [importlib.import_module(f"copymachine.stages.{name}") for name in MODULES]
+    return MappingProxyType({kind.kind: kind for m in modules for kind in getattr(m, "KINDS", None) or [m.KIND]})
 
 
 def kind_versions(engine: Engine | None = None) -> dict[str, Any]:
@@ -187,6 +176,11 @@ def kind_versions(engine: Engine | None = None) -> dict[str, Any]:
         name: {"version": k.version, "engine": engine.identity} if k.needs_engine and engine is not None else k.version
         for name, k in kinds().items()
     }
+
+
+def inputs_of(stage: Stage, prefix: str) -> list[Path]:
+    """The stage's inputs whose names start with `prefix` (lora000, lora001, ...), in name order."""
+    return [stage.input(name) for name in sorted(stage.inputs) if name.startswith(prefix)]
 
 
 def reset_scratch(path: Path) -> None:
