@@ -69,8 +69,8 @@ def step_lora(out: Path, step: int) -> Path:
 
 
 def check_segment(stage, ctx, lora: Path, step: int, checks: list[dict[str, Any]], total: int) -> bool:
-    """The copy check on the LoRA of `step` (`copy_check.score_copies`, on the training's base model
-    against its image): added to `checks` and the state file, reported; whether it copies."""
+    """The copy check on the LoRA of `step`, on the training's base model against its image: added
+    to `checks` and the state file, reported; whether it copies."""
     stop: CopyStop = stage.spec.copy_stop
     outdir = ctx.scratch / f"check-{step:08d}"
     outdir.mkdir(parents=True, exist_ok=True)

@@ -20,14 +20,17 @@ MIN_FONT = 9  # px: labels are not shrunk below this; they are shortened instead
 ELLIPSIS = "..."
 
 
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
 class Fonts:
     """Fonts of one family at any size: the built-in one, or a TrueType/OpenType file."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = str(path) if path else None
-        self._cache: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
+        self._cache: dict[int, Font] = {}
 
-    def get(self, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    def get(self, size: int) -> Font:
         size = max(1, int(size))
         if size not in self._cache:
             try:
@@ -47,9 +50,6 @@ def ascii_label(text: str) -> str:
     chars = unicodedata.normalize("NFKD", text)
     return "".join((ch if ch.isprintable() else " ") if ord(ch) < 128 else "?" for ch in chars
                    if ord(ch) < 128 or not unicodedata.combining(ch))
-
-
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 def text_width(font: Font, text: str) -> int:

@@ -1,9 +1,6 @@
-"""Stage kinds: one module per step of the method, each knowing how to produce its outputs, and
-their registry (`kinds()`).
-
-A kind writes every output to `ctx.scratch_output(name)` (a scratch folder beside the final
-files); the pipeline checks that each exists and is valid, then moves it into place in one
-rename. A kind never writes a final path itself.
+"""Stage kinds, each knowing how to produce its outputs, and their registry (`kinds()`). A kind
+writes every output to `ctx.scratch_output(name)` (a scratch folder beside the final files), never
+to a final path: the pipeline checks each and moves it into place in one rename.
 """
 
 from __future__ import annotations
@@ -135,8 +132,12 @@ def _toml_keys(path: Path) -> list[str]:
 
 
 class StageKind:
-    """What every kind provides. `version` goes into stage keys: bump it when a kind starts
-    producing different results for the same inputs."""
+    """What every kind provides: `execute`; `validate` checks one produced file before it is moved
+    into place and returns facts for the manifest; `describe`: its line in the plan listing;
+    `conclude`, after the stage is done (now or earlier), reports what it found and judges it
+    against `stage.gate`: a verdict for the manifest ({"passed": bool, "message": ...}; the
+    pipeline stops the run when it did not pass) or None. `version` goes into stage keys: bump it
+    when a kind starts producing different results for the same inputs."""
 
     kind = ""
     version = 1
@@ -146,17 +147,12 @@ class StageKind:
         raise NotImplementedError
 
     def validate(self, stage: Stage, name: str, path: Path, ctx: StageContext) -> dict[str, Any]:
-        """Check one produced file before it is moved into place; return facts for the manifest."""
         return {}
 
     def describe(self, stage: Stage) -> str:
-        """One line for the plan listing."""
         return stage.title
 
     def conclude(self, stage: Stage, stamp: dict[str, Any], reporter: Reporter) -> dict[str, Any] | None:
-        """After the stage is done (run now or earlier): report what it found and judge it
-        against `stage.gate`. Returns a verdict for the manifest ({"passed": bool, "message":
-        ...}; the pipeline stops the run when it did not pass), or None."""
         return None
 
 
@@ -169,9 +165,8 @@ def kinds() -> Mapping[str, StageKind]:
 
 def kind_versions(engine: Engine | None = None) -> dict[str, Any]:
     """What of the code decides each kind's results, for stage keys: the kind's version, and for a
-    kind that runs sd-scripts also the engine (`Engine.identity`: its commit, or a hash of its
-    tree), so that another sd-scripts computes anew instead of reusing. The keys of kinds that do
-    not run sd-scripts stay as they are."""
+    kind that runs sd-scripts the engine too (`Engine.identity`: its commit or a hash of its tree),
+    so that another sd-scripts computes anew instead of reusing."""
     return {
         name: {"version": k.version, "engine": engine.identity} if k.needs_engine and engine is not None else k.version
         for name, k in kinds().items()

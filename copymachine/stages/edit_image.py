@@ -94,9 +94,7 @@ def check_edits(plan: Plan, weak_ok: bool) -> None:
     weak to learn from (`--weak-edit-ok` overrules the latter). A generated original's edit is
     checked by its stage."""
     stages = {s.name: s for s in plan.stages}
-    for stage in plan.stages:
-        if stage.kind != EditImage.kind:
-            continue
+    for stage in [s for s in plan.stages if s.kind == EditImage.kind]:
         paths = {name: _user_file(ref, stages) for name, ref in stage.inputs.items()}
         original_path, edited_path = paths["original"], paths.get("edited")
         if original_path is None:

@@ -1,21 +1,16 @@
-"""The LoRAs that are products for the user: the final LoRA at `<out>/<name>.safetensors`
-(stage finalize) and the outputs of the tools that run one sd-scripts script (`ScriptStage`:
-merge_lora.py, svd_merge_lora.py, extract_lora_from_models.py, resize_lora.py).
+"""The LoRAs that are products for the user, with copymachine's own metadata next to sd-scripts'
+ss_* keys (readable in A1111/ComfyUI metadata viewers): the final LoRA at `<out>/<name>.safetensors`
+(method, effect and its parameters, recipe, image hashes, sign, copy-check scores, versions) and
+the outputs of the `svd-merge`, `extract` and `resize` tools (the tool, its parameters, each
+input's name, sha256, ratio and own copymachine method/effect, versions; resize keeps its input's
+keys, as resize_lora.py does). Intermediates (copy, effect, A/B, combined, unresized LoRAs) stay
+byte for byte as sd-scripts wrote them: the manifest and their ss_training_comment say what they are.
 
-They carry copymachine's own metadata next to sd-scripts' ss_* keys (readable in A1111/ComfyUI
-metadata viewers): the final LoRA of `train`/`diff` (method, effect and its parameters, recipe,
-image hashes, sign, copy-check scores, versions) and the outputs of the `svd-merge`, `extract` and
-`resize` tools (the tool, its parameters, each input's name, sha256, ratio and own copymachine
-method/effect, versions; resize keeps its input's keys, as resize_lora.py does). Intermediates
-(copy LoRA, effect LoRA, LoRA A/B, combined and unresized LoRAs) stay byte for byte as sd-scripts
-wrote them: their provenance is in the manifest and their ss_training_comment names the stage.
-
-Merging into a checkpoint (memo step 3, the copy model: --ratios 1 --precision float
---save_precision float; step 7, the processed model; the style-absorb tip) is exact and linear in
-the ratio, negative ratios included; copymachine never uses it to merge LoRA into LoRA: that is
-svd_merge_lora.py's exact weighted sum, re-factorised by SVD (difference extraction step 5:
-`--ratios 1 -1 --new_rank 8`). Memo step 8 extracts the LoRA of base -> processed model (an SVD
-of the weight difference), step 9 resizes its rank.
+The stages that run one sd-scripts script (`ScriptStage`): merge_lora.py into a checkpoint (memo
+step 3, the copy model; step 7, the processed model; the style-absorb tip: exact and linear in the
+ratio, never used to merge LoRA into LoRA), svd_merge_lora.py (the exact weighted sum of LoRAs,
+re-factorised by SVD: difference extraction step 5), extract_lora_from_models.py (step 8: an SVD
+of base -> processed model) and resize_lora.py (step 9).
 """
 
 from __future__ import annotations
@@ -195,18 +190,16 @@ def numbers(ratios: Sequence[float]) -> list[str]:
     return [repr(float(r)) for r in ratios]
 
 
-def merge_plan(
-    family: Family, base: Any, loras: Sequence[WeightedLora], precision: str, save_precision: str
-) -> tuple[dict[str, Any], MergeParams]:
+def merge_plan(family: Family, base: Any, loras: Sequence[WeightedLora], precision: str,
+               save_precision: str) -> tuple[dict[str, Any], MergeParams]:
     """The merge stage's inputs (the model `base`, then each LoRA) and parameters."""
     inputs = {"base": base, **{lora_input_name(i): w.lora for i, w in enumerate(loras)}}
     ratios = [w.ratio for w in loras]
     return inputs, MergeParams(family=family, ratios=ratios, precision=precision, save_precision=save_precision)
 
 
-def svd_merge_plan(
-    terms: Sequence[LoraTerm], rank: int, precision: str, save_precision: str, device: str, tool: str | None = None
-) -> tuple[dict[str, Any], SvdMergeParams]:
+def svd_merge_plan(terms: Sequence[LoraTerm], rank: int, precision: str, save_precision: str, device: str,
+                   tool: str | None = None) -> tuple[dict[str, Any], SvdMergeParams]:
     """The svd merge stage's inputs (each term's LoRA, in order) and parameters."""
     inputs = {lora_input_name(i): t.lora for i, t in enumerate(terms)}
     params = SvdMergeParams(ratios=[t.ratio for t in terms], labels=[t.label for t in terms], rank=rank,
