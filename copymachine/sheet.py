@@ -213,8 +213,7 @@ def contact_sheet(
     for r, row in enumerate(cells):
         for c, image in enumerate(row):
             if image is not None:
-                x0, y0, _, _ = layout.cell_box(r, c)
-                sheet.paste(_fit_cell(image, cell), (x0, y0))
+                sheet.paste(_fit_cell(image, cell), layout.cell_box(r, c)[:2])
     for c in framed_cols:
         draw.rectangle(layout.column_frame(c), outline=FRAME, width=3)
     return sheet, layout
