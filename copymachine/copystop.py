@@ -1,37 +1,31 @@
 """`--copy-stop-at SSIM`: the copy LoRA trains in segments and stops when the copy copies.
 
-The memo trains the copy LoRA 3072 steps; that stays the default and the ceiling. With
-`--copy-stop-at`, the training runs in segments of the save interval (recipe
-watch.save_every_n_steps): each segment is an sd-scripts run up to the segment's last step,
-resumed from the previous segment's saved state (copymachine/trainstate.py), so the step count,
-optimizer and RNG go on. The first segment ends at the first multiple of the interval at or
-after the warmup (500 steps). After each segment the copy check's own scorer
-(`copy_check.score_copies`: the recipe's [copy_check] prompts and seeds, the model's renderer
-options, the blank check, luma SSIM at 256 px) measures the segment's LoRA on the base model at
-the merge ratio; the training stops at the first segment whose mean SSIM reaches the value, the
-same bar as copy_check.min_ssim. The last segment (the ceiling) is not checked here: the run's
-own copy check stage checks the LoRA it keeps.
+The memo's 3072 steps stay the default and the ceiling. With `--copy-stop-at`, each segment (the
+save interval, recipe watch.save_every_n_steps) is an sd-scripts run up to its last step, resumed
+from the previous segment's saved state (copymachine/trainstate.py), so the step count, optimizer
+and RNG go on; the first ends at the first multiple of the interval at or after the warmup. After
+each, the copy check's own scorer (`copy_check.score_copies`) measures the segment's LoRA on the
+base model at the merge ratio; the training stops at the first segment whose mean SSIM reaches the
+value (the same bar as copy_check.min_ssim). The ceiling is not checked here: the run's own copy
+check stage checks the LoRA it keeps. The checks so far are kept beside the saved state
+(`copy-stop.json`), so a killed run goes on with the next segment; the stamp and the LoRA's
+metadata (`copymachine_copy_stop`) record the step it stopped at and every check's scores.
 
-The checks so far are kept in the scratch folder (`copy-stop.json`) beside the saved state, so
-a killed run goes on with the next segment. The stage's stamp (and so the manifest) and the
-LoRA's metadata (`copymachine_copy_stop`) record the step it stopped at and every check's scores.
-
-Scheduler note: each segment builds its scheduler for its own last step; the recipe's
-constant_with_warmup depends on the warmup only, so the learning rate per step is the memo's.
+Each segment builds its scheduler for its own last step; the recipe's constant_with_warmup
+depends on the warmup only, so the learning rate per step is the memo's.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from copymachine.files import atomic_write_json, replace_file
-from copymachine.lorafile import copy_with_metadata
+from copymachine.files import atomic_write_json
 from copymachine.plan import StageParams
 from copymachine.stages.copy_check import CopyCheckParams, score_copies
+from copymachine.stages.finalize import add_metadata
 
 STATE_FILE = "copy-stop.json"
 METADATA_KEY = "copymachine_copy_stop"
@@ -75,8 +69,8 @@ def step_lora(out: Path, step: int) -> Path:
 
 
 def check_segment(stage, ctx, lora: Path, step: int, checks: list[dict[str, Any]], total: int) -> bool:
-    """The copy check on the LoRA of `step` (`copy_check.score_copies`, on the training's base model
-    against its image): added to `checks` and the state file, reported; whether it copies."""
+    """The copy check on the LoRA of `step`, on the training's base model against its image: added
+    to `checks` and the state file, reported; whether it copies."""
     stop: CopyStop = stage.spec.copy_stop
     outdir = ctx.scratch / f"check-{step:08d}"
     outdir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +88,5 @@ def check_segment(stage, ctx, lora: Path, step: int, checks: list[dict[str, Any]
 
 
 def record_in_lora(path: Path, data: dict[str, Any]) -> None:
-    """Add the copy-stop record to the LoRA's safetensors metadata (`copymachine_copy_stop`, JSON);
-    the tensor bytes are copied as they are."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    copy_with_metadata(path, tmp, {METADATA_KEY: json.dumps(data, separators=(",", ":"))})
-    replace_file(tmp, path)
+    """Add the copy-stop record to the LoRA's safetensors metadata (`copymachine_copy_stop`, JSON)."""
+    add_metadata(path, {METADATA_KEY: json.dumps(data, separators=(",", ":"))})

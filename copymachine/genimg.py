@@ -1,15 +1,13 @@
 """Calling sd-scripts' gen_img.py: prompt files and command lines.
 
 Every image is one line of a `--from_file` prompt file carrying its own seed (`--d`), file name
-(`--f`), size, steps and scale, and, when a LoRA is loaded, its own multiplier (`--am`): so one
-gen_img.py run loads the model (and the LoRA, unmerged) once and renders a whole sweep.
-`--seed` is never passed: with a one-line prompt file it crashes gen_img.py. The model family
-flag (`--v1`/`--v2`/`--sdxl`) is always passed: gen_img.py otherwise guesses SDXL from the file
-size. `--network_merge` is never used: it bakes one multiplier in and disables `--am`.
-
-gen_img.py before v0.9.0 has no `--f` (copymachine.capabilities): it is then run with
-`--sequential_file_name`, which names the images `im_000001.png`, ... in prompt-file order, and
-`collect_sequential` renames them to the planned names.
+(`--f`), size, steps, scale and, with a LoRA, multiplier (`--am`): one gen_img.py run loads the
+model (and the LoRA, unmerged) once and renders a whole sweep. Never passed: `--seed` (with a
+one-line prompt file it crashes gen_img.py) and `--network_merge` (it bakes one multiplier in and
+disables `--am`). Always passed: the family flag (`--v1`/`--v2`/`--sdxl`; gen_img.py otherwise
+guesses SDXL from the file size). gen_img.py before v0.9.0 has no `--f` (copymachine.capabilities):
+it then runs with `--sequential_file_name` (im_000001.png, ... in prompt-file order) and the
+images are renamed to the planned names.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from copymachine.errors import EngineError
 from copymachine.files import atomic_write_text
 from copymachine.images import blank_colour
 from copymachine.plan import OPTIONAL, StageParams
+from copymachine.stages import inputs_of
 
 if TYPE_CHECKING:
     from copymachine.models import BaseOptions
@@ -50,7 +49,7 @@ def base_weight_input_name(i: int) -> str:
 
 
 def base_weight_inputs(stage) -> list[Path]:
-    return [stage.input(name) for name in sorted(stage.inputs) if name.startswith(BASE_WEIGHT_PREFIX)]
+    return inputs_of(stage, BASE_WEIGHT_PREFIX)
 
 
 def clean_prompt(text: str) -> str:
@@ -102,16 +101,11 @@ def render_prompt_file(lines: list[PromptLine], file_names: bool = True) -> str:
     return "".join(line.render(file_names) + "\n" for line in lines)
 
 
-def sequential_name(index: int) -> str:
-    """gen_img.py's name for the image of prompt line `index` (from 0) under
-    --sequential_file_name, one image per line (code: `im_{step_first + i + 1:06d}.png`)."""
-    return f"im_{index + 1:06d}.png"
-
-
 def collect_sequential(outdir: Path, names: list[str]) -> None:
-    """Rename what gen_img.py --sequential_file_name wrote to the planned names, in order."""
+    """Rename what gen_img.py --sequential_file_name wrote (one image per line, its code:
+    `im_{step_first + i + 1:06d}.png`) to the planned names, in order."""
     for index, name in enumerate(names):
-        source = outdir / sequential_name(index)
+        source = outdir / f"im_{index + 1:06d}.png"
         if source.is_file():
             source.replace(outdir / name)
 

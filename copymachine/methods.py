@@ -28,8 +28,7 @@ from copymachine.request import (  # isort: skip
     images_in, make_sources, match_edits, run_folder, run_folders, run_identity, source_size, training_size,
 )
 from copymachine.stages import (  # isort: skip
-    Settings, captions, copy_check, edit_image, extract_lora, finalize, generate_image, import_image, kind_versions,
-    leakage, merge_model, preview, resize_lora, svd_merge, train_lora,
+    Settings, captions, copy_check, edit_image, finalize, generate_image, kind_versions, leakage, preview, train_lora,
 )
 from copymachine.stages.edit_image import CUSTOM
 
@@ -119,7 +118,7 @@ class _Context:
     def merge(self, name: str, title: str, base: FileRef, loras: list[WeightedLora], output: str,
               **where: Any) -> FileRef:
         m = self.recipe.merge
-        inputs, params = merge_model.merge_plan(self.family, base, loras, m.precision, m.save_precision)
+        inputs, params = finalize.merge_plan(self.family, base, loras, m.precision, m.save_precision)
         return self.add(name, "merge_model", title, inputs, params, {"model": output}, **where)
 
     def describe(self, method: str) -> None:
@@ -169,7 +168,7 @@ def _original(c: _Context, source: Source) -> SourcePlan:
         image = c.external(source.image)
     title = f"{source.id}: original image" if source.id else "original image"
     original = c.add(stage_name("original", source=source.id), "import_image", title, {"source": image},
-                     import_image.ImportParams(), {"image": "original.png"}, workdir=c.source_dir(source))
+                     generate_image.ImportParams(), {"image": "original.png"}, workdir=c.source_dir(source))
     name = source.image.name if source.image is not None else "the generated original"
     picture = source_size(source, c.recipe, c.family)
     choice = choose_training_size(picture, source.image is None, c.request.resolution, c.family, name)
@@ -276,7 +275,7 @@ def _svd_merge(c: _Context, effect: str, title: str, terms: list[LoraTerm], rank
         raise InputError(f"--rank {rank} is above what {len(terms)} LoRA(s) of rank {term_rank} can hold together "
                          f"({most}); svd_merge_lora.py would pad the file with zeros: give --rank {most} or less")
     svd = c.recipe.svd
-    inputs, params = svd_merge.svd_merge_plan(terms, rank, svd.precision, svd.save_precision, c.settings.device)
+    inputs, params = finalize.svd_merge_plan(terms, rank, svd.precision, svd.save_precision, c.settings.device)
     return c.add(stage_name("svd-merge", effect), "svd_merge", title, inputs, params, {"lora": output},
                  workdir=c.run_dir / effect)
 
@@ -290,7 +289,7 @@ def _merge_route(c: _Context, effect: str, terms: list[LoraTerm], rank: int) -> 
     processed = c.merge(stage_name("processed-model", effect), f"{effect}: processed model", c.training_base,
                         list(terms), "processed-model.safetensors", workdir=workdir)
     cb = c.recipe.combine
-    params = extract_lora.ExtractParams(family=c.family, dim=cb.extract_dim, min_diff=cb.min_diff,
+    params = finalize.ExtractParams(family=c.family, dim=cb.extract_dim, min_diff=cb.min_diff,
                                         precision=cb.precision, device=c.settings.device)
     extracted = c.add(stage_name("extract", effect), "extract_lora", f"{effect}: LoRA of base -> processed model",
                       {"original": c.training_base, "tuned": processed}, params,
@@ -309,7 +308,7 @@ def _resize(c: _Context, effect: str, lora: FileRef, from_rank: int, rank: int, 
         c.plan.notes.append(f"{effect}: the final LoRA keeps rank {from_rank} and the trained precision ({precision}); "
                             f"resize_lora.py (and its {save_precision}) runs only below rank {from_rank}")
         return lora
-    params = resize_lora.ResizeParams(rank=rank, save_precision=save_precision)
+    params = finalize.ResizeParams(rank=rank, save_precision=save_precision)
     return c.add(stage_name("resize", effect), "resize_lora", f"{effect}: resize to rank {rank}", {"lora": lora},
                  params, {"lora": f"lora-r{rank}.safetensors"}, workdir=c.run_dir / effect)
 

@@ -1,10 +1,7 @@
 """Contact sheets with Pillow only: a grid of images with a title, column headers, row labels and
-a frame around chosen columns (the strength-0 column of a preview).
-
-Labels use Pillow's built-in scalable font (`ImageFont.load_default(size=...)`, Aileron, ASCII
-only) unless a font file is given; with the built-in font, non-ASCII text is transliterated or
-shown as "?" rather than as boxes. Every label is shrunk, then shortened with "...", to fit its
-box: a label is never cut off at the edge of the sheet.
+a frame around chosen columns (the strength-0 column of a preview). Labels use Pillow's built-in
+scalable font (Aileron, ASCII only: other text transliterated or "?", never boxes) unless a font
+file is given; each is shrunk, then shortened with "...", to fit its box, never cut off.
 """
 
 from __future__ import annotations
@@ -23,21 +20,24 @@ MIN_FONT = 9  # px: labels are not shrunk below this; they are shortened instead
 ELLIPSIS = "..."
 
 
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
 class Fonts:
     """Fonts of one family at any size: the built-in one, or a TrueType/OpenType file."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = str(path) if path else None
-        self._cache: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
+        self._cache: dict[int, Font] = {}
 
-    def get(self, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    def get(self, size: int) -> Font:
         size = max(1, int(size))
         if size not in self._cache:
             try:
                 font = ImageFont.truetype(self.path, size) if self.path else ImageFont.load_default(size=size)
-                self._cache[size] = font
             except TypeError:  # Pillow < 10.1: one fixed bitmap font (every size below is the same one)
-                self._cache[size] = ImageFont.load_default()
+                font = ImageFont.load_default()
+            self._cache[size] = font
         return self._cache[size]
 
     def text(self, text: str) -> str:
@@ -47,16 +47,9 @@ class Fonts:
 
 def ascii_label(text: str) -> str:
     """ASCII for the built-in font: accents dropped (é -> e), other characters as '?'."""
-    out = []
-    for ch in unicodedata.normalize("NFKD", text):
-        if ord(ch) < 128:
-            out.append(ch if ch.isprintable() else " ")
-        elif not unicodedata.combining(ch):
-            out.append("?")
-    return "".join(out)
-
-
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+    chars = unicodedata.normalize("NFKD", text)
+    return "".join((ch if ch.isprintable() else " ") if ord(ch) < 128 else "?" for ch in chars
+                   if ord(ch) < 128 or not unicodedata.combining(ch))
 
 
 def text_width(font: Font, text: str) -> int:
@@ -99,23 +92,17 @@ def wrap_text(fonts: Fonts, text: str, max_width: int, size: int, max_lines: int
     return lines or [""]
 
 
-def draw_centred(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, font, fill=INK) -> None:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    x, y = round(centre[0] - (left + right) / 2), round(centre[1] - (top + bottom) / 2)
-    draw.text((x, y), text, fill=fill, font=font)
-
-
 def draw_fitted(draw: ImageDraw.ImageDraw, fonts: Fonts, box: tuple[int, int, int, int], lines: Sequence[str],
                 size: int, pad: int = 4) -> None:
     """Draw lines centred in `box`, one under the other, each shrunk/shortened to its width."""
     x0, y0, x1, y1 = box
-    if not lines:
-        return
     fitted = [fit_text(fonts, line, max(1, x1 - x0 - 2 * pad), size) for line in lines]
     heights = [line_height(f) for f, _ in fitted]
     y = (y0 + y1) / 2 - sum(heights) / 2
     for (font, text), h in zip(fitted, heights):
-        draw_centred(draw, ((x0 + x1) / 2, y + h / 2), text, font)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        draw.text((round((x0 + x1) / 2 - (left + right) / 2), round(y + h / 2 - (top + bottom) / 2)), text, fill=INK,
+                  font=font)
         y += h
 
 
@@ -177,11 +164,7 @@ class SheetLayout:
 def display_size(size: tuple[int, int], largest: int = 512, smallest: int = 128) -> tuple[int, int]:
     """The size an image is shown at on a sheet: its own, scaled into [smallest, largest]."""
     w, h = size
-    scale = 1.0
-    if max(w, h) > largest:
-        scale = largest / max(w, h)
-    elif max(w, h) < smallest:
-        scale = smallest / max(w, h)
+    scale = min(largest, max(smallest, max(w, h))) / max(w, h)
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
@@ -230,8 +213,7 @@ def contact_sheet(
     for r, row in enumerate(cells):
         for c, image in enumerate(row):
             if image is not None:
-                x0, y0, _, _ = layout.cell_box(r, c)
-                sheet.paste(_fit_cell(image, cell), (x0, y0))
+                sheet.paste(_fit_cell(image, cell), layout.cell_box(r, c)[:2])
     for c in framed_cols:
         draw.rectangle(layout.column_frame(c), outline=FRAME, width=3)
     return sheet, layout

@@ -1,11 +1,10 @@
 """How close a generated image is to the original: SSIM always, LPIPS when installed.
 
-SSIM (scikit-image, 8-bit range) is 1 for identical images and falls towards 0 for unrelated ones:
-on the RGB image at full size for leakage (`ssim_score`), on the luma at 256 px on the long side for
-the copy check and the copy stop (`luma_ssim_score`: "is it the same picture", not pixel detail; a
-fixed size makes the score mean the same at 512 and 1024 px). LPIPS (the `lpips` package, AlexNet
-features) is 0 for identical images and grows with perceptual difference; it needs torch, so it is
-an optional extra (`pip install copymachine[lpips]`) imported only here and only when asked for.
+SSIM (scikit-image, 8-bit range; 1: identical, towards 0: unrelated) on the RGB image at full size
+for leakage (`ssim_score`), on the luma at 256 px on the long side for the copy check and the copy
+stop (`luma_ssim_score`: "is it the same picture", not pixel detail, and the same meaning at 512 and
+1024 px). LPIPS (AlexNet features; 0: identical) needs torch, so it is an optional extra
+(`pip install copymachine[lpips]`) imported only here and only when asked for.
 """
 
 from __future__ import annotations
@@ -34,12 +33,14 @@ def round4(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def ssim_score(reference: Image.Image, image: Image.Image) -> float:
-    a = np.asarray(to_rgb(reference), np.uint8)
-    b = np.asarray(to_rgb(image), np.uint8)
-    if a.shape != b.shape:
+def _same_size(reference: Image.Image, image: Image.Image) -> None:
+    if reference.size != image.size:
         raise ValueError(f"images differ in size: {reference.size} and {image.size}")
-    return ssim(a, b)
+
+
+def ssim_score(reference: Image.Image, image: Image.Image) -> float:
+    _same_size(reference, image)
+    return ssim(np.asarray(to_rgb(reference), np.uint8), np.asarray(to_rgb(image), np.uint8))
 
 
 def score_size(size: tuple[int, int], side: int = SCORE_SIDE) -> tuple[int, int]:
@@ -62,8 +63,7 @@ def luma(image: Image.Image, size: tuple[int, int]):
 def luma_ssim_score(reference: Image.Image, image: Image.Image, side: int = SCORE_SIDE) -> float:
     """SSIM of the two images' luma at `score_size` (256 px on the long side): the copy check's
     score. The images must be the same size (the reference is resized first: `reference_at`)."""
-    if reference.size != image.size:
-        raise ValueError(f"images differ in size: {reference.size} and {image.size}")
+    _same_size(reference, image)
     from skimage.metrics import structural_similarity
 
     size = score_size(reference.size, side)

@@ -26,11 +26,7 @@ from copymachine.progress import Reporter
 from copymachine.recipe import MEMO, PRECISIONS
 from copymachine.recipe import ratio as recipe_ratio
 from copymachine.stages import kind_versions
-from copymachine.stages.extract_lora import ExtractParams
-from copymachine.stages.finalize import ToolLabel
-from copymachine.stages.merge_model import merge_plan
-from copymachine.stages.resize_lora import ResizeParams
-from copymachine.stages.svd_merge import svd_merge_plan
+from copymachine.stages.finalize import ExtractParams, ResizeParams, ToolLabel, merge_plan, svd_merge_plan
 
 
 def parse_weighted(item: str) -> tuple[Path, float]:

@@ -1,27 +1,20 @@
 """Run an sd-scripts training script so that `--base_weights` gives what merge_lora.py gives.
 
-This file is run by sd-scripts' Python, in place of the training script (copymachine's own
-process never imports it):
+Run by sd-scripts' Python in place of the training script (copymachine's own process never imports
+it): `python -m accelerate.commands.launch ... base_weights_launcher.py train_network.py --config_file X`.
+`--base_weights COPY.safetensors --base_weights_multiplier 1` merges the copy LoRA into the model in
+memory: the sum merge_lora.py writes into a copy-model file (memo step 3), without the 4-13 GB file.
+As sd-scripts is (v0.8.7 to 48d368fa), three things make the trained LoRA differ from the one
+trained on the merged file; wrapping `networks.lora.create_network_from_weights` for the merge's
+networks (for_inference=True) undoes each, sd-scripts' own code untouched:
 
-    python -m accelerate.commands.launch ... base_weights_launcher.py train_network.py --config_file X
-
-`train_network.py --base_weights COPY.safetensors --base_weights_multiplier 1` merges the copy
-LoRA into the model in memory before training: the same sum merge_lora.py writes into a copy-model
-file (memo step 3), without the 4-13 GB file. As sd-scripts is (v0.8.7 to 48d368fa), three things
-make the trained LoRA differ from the one trained on the merged file; this launcher undoes each by
-wrapping `networks.lora.create_network_from_weights` for the merge's networks (for_inference=True)
-and leaves sd-scripts' own code untouched:
-
-1. `LoRANetwork.__init__` extends the class-level `UNET_TARGET_REPLACE_MODULE` in place
-   (`target_modules += ...CONV2D_3X3`) when it is built from weights: every network built after it,
-   the trained one included, would target 36 more U-Net modules (SD1.5). The class-level target
-   lists are put back after the merge's network is built.
-2. Building that network draws from torch's random generator (each module's `lora_down` is
-   initialised), so the trained LoRA would start from another init than with the file. The
-   generator's state (CPU, and CUDA when initialised) is put back.
+1. `LoRANetwork.__init__` extends the class-level `UNET_TARGET_REPLACE_MODULE` in place when built
+   from weights: every later network, the trained one included, would target 36 more U-Net
+   modules (SD1.5). The class-level target lists are put back.
+2. Building that network draws from torch's random generator (each `lora_down` is initialised):
+   the trained LoRA would start from another init. The generator's state (CPU, CUDA) is put back.
 3. `merge_to` casts the merged weights to the training's weight dtype (bf16 under mixed
-   precision), where merge_lora.py at float keeps them in float32. The merge is done in float32;
-   sd-scripts casts the model afterwards as it does with a loaded copy model.
+   precision), where merge_lora.py at float keeps float32: the merge is done in float32.
 
 Measured at the pinned commit (CPU, fp32): the effect LoRA is bit-identical to the file route's.
 """

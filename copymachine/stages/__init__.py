@@ -1,9 +1,6 @@
-"""Stage kinds: one module per step of the method, each knowing how to produce its outputs, and
-their registry (`kinds()`).
-
-A kind writes every output to `ctx.scratch_output(name)` (a scratch folder beside the final
-files); the pipeline checks that each exists and is valid, then moves it into place in one
-rename. A kind never writes a final path itself.
+"""Stage kinds, each knowing how to produce its outputs, and their registry (`kinds()`). A kind
+writes every output to `ctx.scratch_output(name)` (a scratch folder beside the final files), never
+to a final path: the pipeline checks each and moves it into place in one rename.
 """
 
 from __future__ import annotations
@@ -35,12 +32,9 @@ if TYPE_CHECKING:
     from copymachine.plan import Plan, Stage
     from copymachine.progress import Reporter
 
-__all__ = ["Settings", "StageContext", "StageKind", "kind_versions", "kinds", "reset_scratch"]
+__all__ = ["Settings", "StageContext", "StageKind", "inputs_of", "kind_versions", "kinds", "reset_scratch"]
 
-KIND_MODULES = (
-    "generate_image", "import_image", "captions", "edit_image", "train_lora", "merge_model", "svd_merge",
-    "extract_lora", "resize_lora", "finalize", "copy_check", "preview", "leakage",
-)
+MODULES = ("generate_image", "captions", "edit_image", "train_lora", "finalize", "copy_check", "preview", "leakage")
 
 
 @dataclass
@@ -71,10 +65,8 @@ class StageContext:
             raise EngineError("internal: this stage needs sd-scripts but none was located")
         return self.settings.engine
 
-    def run(
-        self, argv: list[str], what: str, expected: list[Path] | None = None,
-        collect: Callable[[], None] | None = None, watch: Callable[[], None] | None = None,
-    ) -> None:
+    def run(self, argv: list[str], what: str, expected: list[Path] | None = None,
+            collect: Callable[[], None] | None = None, watch: Callable[[], None] | None = None) -> None:
         """Run one sd-scripts command, or in a dry run only record it. `collect` runs after the
         command and before its outputs are checked (to rename what it named itself); `watch` on
         every progress line and once at the end (to pick up what it writes on the way)."""
@@ -89,28 +81,26 @@ class StageContext:
         self.reporter.command(argv)
         children: list[int] = []
         job = self.stage.title
+        watch = watch or (lambda: None)
+        on_child = self.on_child or (lambda pid, alive: None)
 
         def spawned(pid: int) -> None:
             children.append(pid)
-            if self.on_child:
-                self.on_child(pid, True)
+            on_child(pid, True)
 
         def progressed(p: Any) -> None:
             self.reporter.progress(p, job)
-            if watch is not None:
-                watch()
+            watch()
 
         try:
             result = run_command(argv, cwd=self.engine.root, env=env, log_path=self.log_path, on_progress=progressed,
                                  on_spawn=spawned)
         finally:
             self.reporter.end_progress(job)
-            if self.on_child:
-                for pid in children:
-                    self.on_child(pid, False)
+            for pid in children:
+                on_child(pid, False)
         self.peak_rss = max(self.peak_rss, result.peak_rss or 0)
-        if watch is not None:
-            watch()
+        watch()
         if collect is not None and result.returncode == 0:
             collect()
         check_result(self.stage, what, result, expected or [])
@@ -126,9 +116,8 @@ class StageContext:
             path = Path(arg)
             if arg.endswith(".py") and path.is_absolute() and path.is_relative_to(root):
                 rest = argv[i + 1 :]
-                keys: list[str] = []
-                if "--config_file" in rest and rest.index("--config_file") + 1 < len(rest):
-                    keys = _toml_keys(Path(rest[rest.index("--config_file") + 1]))
+                at = rest.index("--config_file") + 1 if "--config_file" in rest else len(rest)
+                keys = _toml_keys(Path(rest[at])) if at < len(rest) else []
                 capabilities.check_command(caps, caps.version_text(), path.relative_to(root).as_posix(), rest, keys)
                 return
 
@@ -139,15 +128,16 @@ def _toml_keys(path: Path) -> list[str]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    keys: list[str] = []
-    for key, value in data.items():
-        keys.extend(value.keys() if isinstance(value, dict) else [key])
-    return keys
+    return [k for key, value in data.items() for k in (value.keys() if isinstance(value, dict) else [key])]
 
 
 class StageKind:
-    """What every kind provides. `version` goes into stage keys: bump it when a kind starts
-    producing different results for the same inputs."""
+    """What every kind provides: `execute`; `validate` checks one produced file before it is moved
+    into place and returns facts for the manifest; `describe`: its line in the plan listing;
+    `conclude`, after the stage is done (now or earlier), reports what it found and judges it
+    against `stage.gate`: a verdict for the manifest ({"passed": bool, "message": ...}; the
+    pipeline stops the run when it did not pass) or None. `version` goes into stage keys: bump it
+    when a kind starts producing different results for the same inputs."""
 
     kind = ""
     version = 1
@@ -157,36 +147,35 @@ class StageKind:
         raise NotImplementedError
 
     def validate(self, stage: Stage, name: str, path: Path, ctx: StageContext) -> dict[str, Any]:
-        """Check one produced file before it is moved into place; return facts for the manifest."""
         return {}
 
     def describe(self, stage: Stage) -> str:
-        """One line for the plan listing."""
         return stage.title
 
     def conclude(self, stage: Stage, stamp: dict[str, Any], reporter: Reporter) -> dict[str, Any] | None:
-        """After the stage is done (run now or earlier): report what it found and judge it
-        against `stage.gate`. Returns a verdict for the manifest ({"passed": bool, "message":
-        ...}; the pipeline stops the run when it did not pass), or None."""
         return None
 
 
 @functools.cache
 def kinds() -> Mapping[str, StageKind]:
     """The kinds of copymachine/stages by name (read-only: a test passes its own to the Pipeline)."""
-    found = (importlib.import_module(f"copymachine.stages.{name}").KIND for name in KIND_MODULES)
-    return MappingProxyType({kind.kind: kind for kind in found})
+    modules = [importlib.import_module(f"copymachine.stages.{name}") for name in MODULES]
+    return MappingProxyType({kind.kind: kind for m in modules for kind in getattr(m, "KINDS", None) or [m.KIND]})
 
 
 def kind_versions(engine: Engine | None = None) -> dict[str, Any]:
     """What of the code decides each kind's results, for stage keys: the kind's version, and for a
-    kind that runs sd-scripts also the engine (`Engine.identity`: its commit, or a hash of its
-    tree), so that another sd-scripts computes anew instead of reusing. The keys of kinds that do
-    not run sd-scripts stay as they are."""
+    kind that runs sd-scripts the engine too (`Engine.identity`: its commit or a hash of its tree),
+    so that another sd-scripts computes anew instead of reusing."""
     return {
         name: {"version": k.version, "engine": engine.identity} if k.needs_engine and engine is not None else k.version
         for name, k in kinds().items()
     }
+
+
+def inputs_of(stage: Stage, prefix: str) -> list[Path]:
+    """The stage's inputs whose names start with `prefix` (lora000, lora001, ...), in name order."""
+    return [stage.input(name) for name in sorted(stage.inputs) if name.startswith(prefix)]
 
 
 def reset_scratch(path: Path) -> None:

@@ -1,18 +1,14 @@
 """Stage: the copy check. Does the copy machine really copy?
 
-The copy-machine method works only if the copy model "outputs exactly the original image,
-whatever the prompt" (memo step 3): then all the effect LoRA can learn is the edit. `score_copies`
-renders a few images from the copy model, each with its own prompt and seed, in one gen_img.py run
-at the training size with a deterministic sampler (recipe copy_check.sampler, default euler: an
-image depends on its seed and prompt only), and scores each against the original: luma SSIM at 256
-px on the long side (LPIPS too with the `lpips` extra). The stage writes the images, a sheet and the
-scores; the run stops when the mean SSIM is below the gate's `min_ssim` (recipe copy_check.min_ssim,
-default 0.8, not yet calibrated on real models), unless `--no-copy-check`. `--copy-stop-at` scores
-with the same function (copymachine/copystop.py).
-
-For difference extraction there is no copy model: LoRA A is the copy machine, and it is checked
-loaded on the base model at strength 1 (the same weights a merge would give, without writing a
-4 GB model).
+The method works only if the copy model "outputs exactly the original image, whatever the prompt"
+(memo step 3): then all the effect LoRA can learn is the edit. `score_copies` renders a few images
+from the copy model (each its own prompt and seed, one gen_img.py run at the training size, a
+deterministic sampler: an image depends on its seed and prompt only) and scores each against the
+original: luma SSIM at 256 px on the long side (LPIPS too with the `lpips` extra). The run stops
+when the mean SSIM is below the gate's `min_ssim` (recipe copy_check.min_ssim, default 0.8, not
+yet calibrated on real models), unless `--no-copy-check`; `--copy-stop-at` scores alike
+(copymachine/copystop.py). For difference extraction LoRA A is the copy machine, checked loaded
+on the base model at strength 1 (the weights a merge would give, without writing a 4 GB model).
 """
 
 from __future__ import annotations
@@ -26,16 +22,9 @@ from typing import Any
 
 from PIL import Image
 
+from copymachine import genimg
 from copymachine.files import atomic_write_json
-from copymachine.genimg import (
-    PromptLine,
-    RenderParams,
-    base_weight_input_name,
-    base_weight_inputs,
-    prompt_line,
-    refuse_blank,
-    render,
-)
+from copymachine.genimg import RenderParams, prompt_line, render
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
 from copymachine.plan import OPTIONAL, WeightedLora
@@ -64,12 +53,9 @@ def copy_check_plan(recipe, family_flag: str, size: tuple[int, int], precision: 
                     model: BaseOptions | None = None) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
     """The stage's inputs, parameters and outputs from the recipe's [copy_check]. `inputs`: the
     model, the original, the caption and, for difference extraction, LoRA A ("lora", at 1);
-    `copy_lora`: the copy LoRA loaded onto the model at its ratio; `base_weights`: the absorbed
-    styles loaded before it."""
-    inputs = dict(inputs)
-    if copy_lora is not None:
-        inputs["copy_lora"] = copy_lora.lora
-    inputs.update({base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)})
+    `copy_lora`: the copy LoRA loaded onto the model at its ratio, after the absorbed `base_weights`."""
+    inputs = {**inputs, **({"copy_lora": copy_lora.lora} if copy_lora is not None else {}),
+              **{genimg.base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)}}
     prompts = split_prompts(recipe.prompts) or [CAPTION_PLACEHOLDER]
     params = CopyCheckParams(
         family_flag=family_flag, prompts=[prompts[i % len(prompts)] for i in range(recipe.images)],
@@ -81,13 +67,9 @@ def copy_check_plan(recipe, family_flag: str, size: tuple[int, int], precision: 
     return inputs, params, planned_outputs(recipe.images)
 
 
-def image_output(i: int) -> str:
-    return f"image{i:02d}"
-
-
 def planned_outputs(n: int) -> dict[str, str]:
     """The stage's outputs for `n` images (file names in its folder)."""
-    images = {image_output(i): f"copy-{i + 1}.png" for i in range(n)}
+    images = {f"image{i:02d}": f"copy-{i + 1}.png" for i in range(n)}
     return {"sheet": "copy-check.png", "scores": "copy-check.json", **images}
 
 
@@ -95,24 +77,17 @@ def checked_loras(stage, p: CopyCheckParams, lora: Path | None = None) -> tuple[
     """The networks gen_img.py loads unmerged onto the model, in order: absorbed styles (memory
     route), then the copy machine's LoRA (LoRA A, the copy LoRA at the merge ratio, or `lora`:
     the copy stop's LoRA of a step)."""
-    loras = base_weight_inputs(stage)
-    multipliers = list(p.base_weights_multipliers or [])
     checked = [lora] if lora else [stage.input(name) for name in ("lora", "copy_lora") if name in stage.inputs]
-    for path in checked:
-        loras.append(path)
-        multipliers.append(p.lora_multiplier if p.lora_multiplier is not None else 1.0)
-    return loras, multipliers
+    ratio = p.lora_multiplier if p.lora_multiplier is not None else 1.0
+    return genimg.base_weight_inputs(stage) + checked, list(p.base_weights_multipliers or []) + [ratio] * len(checked)
 
 
 def subject(stage) -> str:
-    if "lora" in stage.inputs:
-        return "LoRA A on the base model"
-    if "copy_lora" in stage.inputs:
-        return "the copy LoRA on the base model"
-    return "the copy model"
+    names = {"lora": "LoRA A on the base model", "copy_lora": "the copy LoRA on the base model"}
+    return next((text for name, text in names.items() if name in stage.inputs), "the copy model")
 
 
-def prompt_lines(p: CopyCheckParams, caption: str = "") -> list[PromptLine]:
+def prompt_lines(p: CopyCheckParams, caption: str = "") -> list[genimg.PromptLine]:
     return [prompt_line(p, prompt.replace(CAPTION_PLACEHOLDER, caption), f"copy-{i + 1}.png", seed)
             for i, (prompt, seed) in enumerate(zip(p.prompts, p.seeds))]
 
@@ -120,7 +95,6 @@ def prompt_lines(p: CopyCheckParams, caption: str = "") -> list[PromptLine]:
 @dataclass
 class Copies:
     """What `score_copies` rendered and measured; per image: prompt, seed, luma SSIM, LPIPS (or None)."""
-
     reference: Image.Image
     images: list[Path]
     results: list[dict[str, Any]]
@@ -137,10 +111,10 @@ class Copies:
 
 def score_copies(stage, ctx: StageContext, p: CopyCheckParams, checkpoint: Path, original: Path, outdir: Path,
                  prompt_file: Path, lora: Path | None = None, lpips: bool = False) -> Copies | None:
-    """The copy check's measure, for the copy check stage and the copy stop (copymachine/copystop.py)
-    alike: render `p`'s prompts (caption filled in) with the model's renderer options and the checked
-    LoRAs (`checked_loras`), refuse a blank render, score each image by luma SSIM at 256 px against
-    the original at the training size (and LPIPS when `lpips` and installed). None on a dry run."""
+    """The copy check's measure, for its stage and the copy stop alike: render `p`'s prompts (caption
+    filled in) with the checked LoRAs (`checked_loras`), refuse a blank render, score each image by
+    luma SSIM at 256 px against the original at the training size (and LPIPS when `lpips` and
+    installed). None on a dry run."""
     caption = ""
     if "caption" in stage.inputs:
         path = stage.input("caption")
@@ -151,15 +125,12 @@ def score_copies(stage, ctx: StageContext, p: CopyCheckParams, checkpoint: Path,
     images = render(ctx, p, checkpoint, lines, prompt_file, outdir, loras, multipliers)
     if ctx.dry_run:
         return None
-    refuse_blank(images, f"stage '{stage.title}'", p.precision, p.model)
+    genimg.refuse_blank(images, f"stage '{stage.title}'", p.precision, p.model)
     reference = reference_at(load_rgb(original), (p.size[0], p.size[1]))
     scorer = Lpips.load() if lpips else Lpips(False, "not measured")
-    results = []
-    for line, path in zip(lines, images):
-        image = load_rgb(path)
-        ssim = round(luma_ssim_score(reference, image), 4)
-        lpips_distance = round4(scorer.distance(reference, image))
-        results.append({"prompt": line.prompt, "seed": line.seed, "ssim": ssim, "lpips": lpips_distance})
+    results = [{"prompt": line.prompt, "seed": line.seed, "ssim": round(luma_ssim_score(reference, image), 4),
+                "lpips": round4(scorer.distance(reference, image))}
+               for line, image in zip(lines, map(load_rgb, images))]
     return Copies(reference, images, results, scorer)
 
 
@@ -175,7 +146,7 @@ class CopyCheck(StageKind):
                               lpips=True)
         if copies is None:
             return
-        results = [{"file": stage.outputs[image_output(i)].name, **r} for i, r in enumerate(copies.results)]
+        results = [{"file": stage.outputs[f"image{i:02d}"].name, **r} for i, r in enumerate(copies.results)]
         loras, _ = checked_loras(stage, p)
         side = "x".join(str(v) for v in score_size((p.size[0], p.size[1]), SCORE_SIDE))
         scores = {

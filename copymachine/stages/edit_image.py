@@ -1,9 +1,8 @@
-"""Stage (memo step 4): the edited image — a built-in effect, or the user's own edit, checked.
-
-A user's edit is checked against the original before any training: same size, aligned to
-under a pixel, neither too weak nor a different picture (copymachine.check). A built-in effect
-keeps every pixel in place by construction (tests/test_effects.py), and so does a user's edit
-declared with `--edit-in-place`: for those the alignment reading is a note, never a refusal.
+"""Stage (memo step 4): the edited image — a built-in effect, or the user's own edit, checked
+against the original before any training: same size, aligned to under a pixel, neither too weak nor
+a different picture (copymachine.check). A built-in effect keeps every pixel in place by
+construction, and so does a user's edit declared with `--edit-in-place`: for those the alignment
+reading is a note, never a refusal.
 """
 
 from __future__ import annotations
@@ -57,28 +56,28 @@ def edit_and_check(
 ) -> tuple[Image.Image, PairReport]:
     """The edited image (a built-in effect applied, or the user's `edited`) and its check, as
     the stage makes them; the web UI's live preview calls this too."""
-    custom = effect == CUSTOM
-    if not custom:
+    if effect != CUSTOM:
         edited = apply_effect(effect, original, effect_params, amount=amount)
     assert edited is not None
-    return edited, check_pair(original, edited, in_place=not custom or in_place)
+    return edited, check_pair(original, edited, in_place=effect != CUSTOM or in_place)
+
+
+def _source(effect: str) -> str:
+    return "your edit" if effect == CUSTOM else f"the {effect} edit"
 
 
 def verdict_lines(report: PairReport, effect: str, where: Path | str) -> tuple[list[str], list[str], str | None]:
     """What a run says about an edit: notes, warnings and, when it is refused, the one-line
     refusal (the stage raises it; the web UI shows all three as the CLI prints them)."""
-    custom = effect == CUSTOM
-    source = "your edit" if custom else f"the {effect} edit"
+    source = _source(effect)
     notes = [f"note: {source}: {note}" for note in report.notes]
-    warnings = [f"{source}: {m}" for m in report.messages] if report.verdict != "refuse" else []
-    refusal = None
-    if report.verdict == "refuse":
-        hint = ""
-        if custom and report.reads_as_moved:
-            hint = ("; if you only drew on the picture without moving it (thick new lines pull the alignment "
-                    "fit), pass --edit-in-place to use it")
-        refusal = f"{source} cannot be used ({where}): {'; '.join(report.messages)}{hint}"
-    return notes, warnings, refusal
+    if report.verdict != "refuse":
+        return notes, [f"{source}: {m}" for m in report.messages], None
+    hint = ""
+    if effect == CUSTOM and report.reads_as_moved:
+        hint = ("; if you only drew on the picture without moving it (thick new lines pull the alignment "
+                "fit), pass --edit-in-place to use it")
+    return notes, [], f"{source} cannot be used ({where}): {'; '.join(report.messages)}{hint}"
 
 
 def _user_file(ref: FileRef, stages: dict[str, Stage]) -> Path | None:
@@ -95,9 +94,7 @@ def check_edits(plan: Plan, weak_ok: bool) -> None:
     weak to learn from (`--weak-edit-ok` overrules the latter). A generated original's edit is
     checked by its stage."""
     stages = {s.name: s for s in plan.stages}
-    for stage in plan.stages:
-        if stage.kind != EditImage.kind:
-            continue
+    for stage in [s for s in plan.stages if s.kind == EditImage.kind]:
         paths = {name: _user_file(ref, stages) for name, ref in stage.inputs.items()}
         original_path, edited_path = paths["original"], paths.get("edited")
         if original_path is None:
@@ -108,8 +105,7 @@ def check_edits(plan: Plan, weak_ok: bool) -> None:
         measured = strength(original, edited)
         if measured is None:
             continue  # another size: its stage says so
-        source = "your edit" if p.effect == CUSTOM else f"the {p.effect} edit"
-        where = edited_path or original_path
+        source, where = _source(p.effect), edited_path or original_path
         if math.isinf(measured[0]):
             raise InputError(f"{source} of {where} is identical to the original: there is nothing for the effect "
                              "LoRA to learn")

@@ -1,9 +1,6 @@
-"""Stage (memo step 1): generate the original image with the base model through gen_img.py.
-
-One prompt-file line carries the seed (`--d`) and the file name (`--f`): gen_img.py crashes
-with `--seed` and a one-line `--from_file`, and guesses the model family from the file size
-unless told, so the family's flag is always passed (see copymachine.genimg).
-"""
+"""Stages of the original image: generated with the base model through gen_img.py (memo step 1; one
+prompt-file line with its seed and file name, see copymachine.genimg), or the user's file
+normalised to an 8-bit RGB PNG (import_image)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,9 @@ from dataclasses import dataclass
 
 from copymachine.files import atomic_write_text
 from copymachine.genimg import PromptLine, RenderParams, file_names_supported, refuse_blank, render
+from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
+from copymachine.plan import StageParams
 from copymachine.stages import StageContext, StageKind
 
 
@@ -33,18 +32,14 @@ def generate_params(recipe, family, precision: str, model: BaseOptions | None = 
     )  # fmt: skip
 
 
-def prompt_line(p: GenerateParams, file_name: str) -> PromptLine:
-    return PromptLine(prompt=p.prompt, negative_prompt=p.negative_prompt or "", file_name=file_name, width=p.width,
-                      height=p.height, seed=p.seed, steps=p.steps, scale=p.scale)
-
-
 class GenerateImage(StageKind):
     kind = "generate_image"
     needs_engine = True
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
-        line = prompt_line(p, ctx.scratch_output("image").name)
+        line = PromptLine(p.prompt, ctx.scratch_output("image").name, p.width, p.height, p.seed, p.steps, p.scale,
+                          p.negative_prompt or "")
         images = render(ctx, p, stage.input("base"), [line], stage.workdir / "config" / f"{stage.slug}-prompt.txt")
         if not ctx.dry_run:
             refuse_blank(images, f"stage '{stage.title}'", p.precision, p.model)
@@ -52,4 +47,17 @@ class GenerateImage(StageKind):
             atomic_write_text(ctx.scratch_output("prompt"), line.render(named) + "\n")
 
 
-KIND = GenerateImage()
+@dataclass(frozen=True)
+class ImportParams(StageParams):
+    """None: the image is the stage's input, normalised."""
+
+
+class ImportImage(StageKind):
+    kind = "import_image"
+
+    def execute(self, stage, ctx: StageContext) -> None:
+        if not ctx.dry_run:
+            save_png(load_rgb(stage.input("source")), ctx.scratch_output("image"))
+
+
+KINDS = (GenerateImage(), ImportImage())

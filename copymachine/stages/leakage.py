@@ -1,18 +1,17 @@
 """Stage: the leakage score. Does the LoRA drag its training image into unrelated pictures?
 
-The memo, on the difference method: "at higher strength the training image came out". A slider
-LoRA that does so is a bad slider, and one preview does not show it. This stage renders, in one
-gen_img.py run with the LoRA loaded once (unmerged), each of the recipe's `[leakage]` prompts
-(unrelated to the training caption, each with its own seed) at strength 0 and at each of the
-leakage strengths (1, 2, 3), at the training size, on the preview model. Each image is compared
-with the original training image (resized as for training): SSIM, and LPIPS when installed.
+The memo, on the difference method: "at higher strength the training image came out"; one preview
+does not show it. One gen_img.py run (the LoRA loaded once, unmerged, on the preview model, at the
+training size) renders each of the recipe's `[leakage]` prompts (unrelated to the caption, each
+its own seed) at strength 0 and at each leakage strength; each image is compared with the original
+training image (resized as for training) by SSIM, and LPIPS when installed.
 
     gain(strength) = mean over prompts of SSIM(image at strength, original) - SSIM(same seed at 0, original)
 
 is how much closer to the training image the LoRA pulls an unrelated picture (0: not at all;
-unrelated pictures differ by a few hundredths; 1: it draws the training image). The LoRA leaks
-from the first strength whose gain reaches the recipe's threshold (0.1). With several training
-images, each one's gain is measured and the largest counts.
+unrelated pictures differ by a few hundredths; 1: it draws the training image). The LoRA leaks from
+the first strength whose gain reaches the recipe's threshold (0.1). With several training images
+the largest gain counts.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from copymachine.images import load_rgb
 from copymachine.models import BaseOptions
 from copymachine.recipe import parse_number_list, split_prompts
 from copymachine.similarity import Lpips, reference_at, round4, ssim_score
-from copymachine.stages import StageContext, StageKind
+from copymachine.stages import StageContext, StageKind, inputs_of
 
 WHAT = "SSIM to the training image, gain over strength 0, on prompts unrelated to its caption"
 
@@ -65,26 +64,24 @@ def image_file(p: LeakageParams, prompt: int, col: int) -> str:
     return f"leak-prompt{prompt + 1}-seed{p.seeds[prompt]}-m{format_multiplier(p.strengths[col])}.png"
 
 
+def cells(p: LeakageParams) -> list[tuple[int, int]]:
+    """(prompt, strength column) of every image, prompt by prompt."""
+    return [(i, col) for i in range(len(p.prompts)) for col in range(len(p.strengths))]
+
+
 def planned_outputs(p: LeakageParams, folder: str = "") -> dict[str, str]:
     """The scores and every image (file names in the stage's folder, under `folder`)."""
-    outputs = {"scores": f"{folder}leakage.json"}
-    for i in range(len(p.prompts)):
-        for col in range(len(p.strengths)):
-            outputs[image_output(i, col)] = f"{folder}{image_file(p, i, col)}"
-    return outputs
+    images = {image_output(i, col): f"{folder}{image_file(p, i, col)}" for i, col in cells(p)}
+    return {"scores": f"{folder}leakage.json", **images}
 
 
 def prompt_lines(p: LeakageParams) -> list[PromptLine]:
-    return [prompt_line(p, prompt, image_file(p, i, col), p.seeds[i], strength)
-            for i, prompt in enumerate(p.prompts) for col, strength in enumerate(p.strengths)]
+    return [prompt_line(p, p.prompts[i], image_file(p, i, col), p.seeds[i], p.strengths[col]) for i, col in cells(p)]
 
 
 def leaks_at(gains: dict[str, float], threshold: float) -> float | None:
     """The first (smallest) strength whose gain reaches `threshold`; None if none does."""
-    for strength in sorted(gains, key=float):
-        if gains[strength] >= threshold:
-            return float(strength)
-    return None
+    return next((float(s) for s in sorted(gains, key=float) if gains[s] >= threshold), None)
 
 
 def summary(scores: dict[str, Any]) -> str:
@@ -114,21 +111,16 @@ class Leakage(StageKind):
         p = stage.spec
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
         paths = render(ctx, p, stage.input("model"), prompt_lines(p), prompt_file, loras=[stage.input("lora")])
-        keys = [(i, col) for i in range(len(p.prompts)) for col in range(len(p.strengths))]
-        files = dict(zip(keys, paths))
         if ctx.dry_run:
             return
-        originals = [stage.input(n) for n in sorted(stage.inputs) if n.startswith("original")]
+        originals = inputs_of(stage, "original")
         references = [reference_at(load_rgb(path), (p.size[0], p.size[1])) for path in originals]
         lpips = Lpips.load()
-        images = []
-        for (i, col), path in files.items():
-            image = load_rgb(path)
-            images.append({
-                "file": stage.outputs[image_output(i, col)].name, "prompt": p.prompts[i], "seed": p.seeds[i],
-                "strength": p.strengths[col], "ssim": [round(ssim_score(ref, image), 4) for ref in references],
-                "lpips": [round4(lpips.distance(ref, image)) for ref in references],
-            })  # fmt: skip
+        images = [{
+            "file": stage.outputs[image_output(i, col)].name, "prompt": p.prompts[i], "seed": p.seeds[i],
+            "strength": p.strengths[col], "ssim": [round(ssim_score(ref, image), 4) for ref in references],
+            "lpips": [round4(lpips.distance(ref, image)) for ref in references],
+        } for (i, col), image in zip(cells(p), map(load_rgb, paths))]  # fmt: skip
 
         def gain(key: str, col: int, sign: int) -> float:
             """The largest, over the originals, of the mean change of `key` over the prompts from strength 0."""

@@ -1,10 +1,8 @@
 """Stage: the strength-sweep preview of a LoRA on a model (the memo judged its LoRAs by eye, at
-several strengths, on a model they were not trained on).
-
-One gen_img.py run loads the model and the LoRA (unmerged) once; each cell is one prompt-file
-line with its own multiplier (`--am`) and seed (`--d`). The sheet has one row per prompt x seed
-and one column per strength, the strength-0 column (the model alone) framed; it is written next
-to the LoRA as `<name>-preview.png`, the single images in `<name>-preview/`.
+several strengths, on a model they were not trained on). One gen_img.py run loads the model and
+the LoRA (unmerged) once; each cell is one prompt-file line with its own multiplier (`--am`) and
+seed (`--d`). The sheet (a row per prompt x seed, a column per strength, the strength-0 column
+framed) goes next to the LoRA as `<name>-preview.png`, the single images in `<name>-preview/`.
 """
 
 from __future__ import annotations
@@ -24,10 +22,6 @@ from copymachine.stages import StageContext, StageKind
 from copymachine.stages.leakage import short_label
 
 
-def _unique(values: list) -> list:
-    return list(dict.fromkeys(values))
-
-
 @dataclass(frozen=True)
 class PreviewParams(RenderParams):
     strengths: list[float]  # one column each
@@ -44,8 +38,8 @@ def preview_params(recipe, family, precision: str, model: BaseOptions | None = N
     seeds = overrides.get("seeds") or parse_number_list(recipe.seeds, int)
     side = overrides.get("size") or recipe.size or family.default_size
     return PreviewParams(
-        family_flag=family.gen_flag, strengths=_unique([float(s) for s in strengths]), prompts=_unique(list(prompts)),
-        seeds=_unique([int(s) for s in seeds]), size=[int(side), int(side)],
+        family_flag=family.gen_flag, strengths=list(dict.fromkeys(map(float, strengths))),
+        prompts=list(dict.fromkeys(prompts)), seeds=list(dict.fromkeys(map(int, seeds))), size=[int(side), int(side)],
         steps=int(overrides.get("steps") or recipe.steps), sampler=recipe.sampler, scale=recipe.scale,
         negative_prompt=recipe.negative_prompt, precision=precision, model=model.or_none() if model else None,
     )  # fmt: skip
@@ -57,10 +51,6 @@ def cells(p: PreviewParams) -> list[tuple[int, int, int, float]]:
     return [(row, col, seed, strength) for row, seed in enumerate(rows) for col, strength in enumerate(p.strengths)]
 
 
-def cell_output(row: int, col: int) -> str:
-    return f"cell-r{row:02d}-c{col:02d}"
-
-
 def cell_file(p: PreviewParams, row: int, col: int) -> str:
     seed = p.seeds[row % len(p.seeds)]
     prompt = row // len(p.seeds) + 1
@@ -69,14 +59,8 @@ def cell_file(p: PreviewParams, row: int, col: int) -> str:
 
 def planned_outputs(p: PreviewParams, stem: str) -> dict[str, str]:
     """The stage's outputs: the sheet beside the LoRA, the cells in `<stem>-preview/`."""
-    outputs = {"sheet": f"{stem}-preview.png"}
-    for row, col, _, _ in cells(p):
-        outputs[cell_output(row, col)] = f"{stem}-preview/{cell_file(p, row, col)}"
-    return outputs
-
-
-def strength_label(s: float) -> str:
-    return "0 (off)" if s == 0 else f"{s:+g}"
+    files = {f"cell-r{row:02d}-c{col:02d}": f"{stem}-preview/{cell_file(p, row, col)}" for row, col, _, _ in cells(p)}
+    return {"sheet": f"{stem}-preview.png", **files}
 
 
 def prompt_lines(p: PreviewParams) -> list[PromptLine]:
@@ -94,15 +78,14 @@ class Preview(StageKind):
         # nothing but the sheet and the images lands beside the user's LoRA
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
         paths = render(ctx, p, stage.input("model"), prompt_lines(p), prompt_file, loras=[stage.input("lora")])
-        files = {(row, col): path for (row, col, _, _), path in zip(cells(p), paths)}
         if ctx.dry_run:
             return
         rows = len(p.prompts) * len(p.seeds)
         grid: list[list[Image.Image | None]] = [[None] * len(p.strengths) for _ in range(rows)]
-        for (row, col), path in files.items():
+        for (row, col, _, _), path in zip(cells(p), paths):
             grid[row][col] = load_rgb(path)
         row_labels = [[p.prompts[r // len(p.seeds)], f"seed {p.seeds[r % len(p.seeds)]}"] for r in range(rows)]
-        col_labels = [[strength_label(s)] for s in p.strengths]
+        col_labels = [["0 (off)" if s == 0 else f"{s:+g}"] for s in p.strengths]
         framed = [c for c, s in enumerate(p.strengths) if s == 0]
         size = f"{p.size[0]}x{p.size[1]}"
         title = f"{stage.input('lora').name} on {stage.input('model').name}  ({size}, {p.steps} steps, {p.sampler})"

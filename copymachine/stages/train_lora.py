@@ -1,12 +1,10 @@
-"""Stage (memo steps 2 and 5): train a LoRA with sd-scripts on one image.
-
-The dataset folder holds exactly one image and its caption; the dataset and training configs
-are rendered from templates/ and the training runs through `accelerate launch`. The copy LoRA
-trains on the base model; the effect LoRA on the copy model.
-"""
+"""Stage (memo steps 2 and 5): train a LoRA with sd-scripts on one image (and its caption), the
+configs rendered from templates/, run through `accelerate launch`. The copy LoRA trains on the
+base model; the effect LoRA on the copy model."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -47,18 +45,15 @@ class TrainParams(StageParams):
     training_options: dict[str, Any]
     # the multipliers of the LoRAs merged into the base in memory (inputs weights000, ...)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
-    # a saved state every so many steps (recipe watch.save_every_n_steps; 0: none): not in the
-    # key, the weights do not depend on it
+    # a saved state every so many steps (recipe watch.save_every_n_steps; 0: none)
     save_every_n_steps: int = field(default=0, metadata=COSMETIC)
     # --copy-stop-at: the copy LoRA trains in segments and stops when the copy check passes
     copy_stop: copystop.CopyStop | None = field(default=None, metadata=OPTIONAL)
-    # --samples N: sample images every N steps (0: none), with the recipe's [watch] prompts; and
-    # --tensorboard: sd-scripts' logging_dir. Neither changes the weights (sd-scripts restores
-    # its RNG states after sampling), so neither is in the key.
+    # --samples N (0: none) with the recipe's [watch] prompts, --tensorboard: not in the key, they
+    # do not change the weights (sd-scripts restores its RNG states after sampling)
     sample_every_n_steps: int = field(default=0, metadata=COSMETIC)
     watch: WatchRecipe = field(default_factory=lambda: MEMO.watch, metadata=COSMETIC)
     logging_dir: str | None = field(default=None, metadata=COSMETIC)
-
     # clip skip and the prediction type (copymachine.models.BaseOptions; None: the defaults)
     model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
     # sd-scripts options the recipe does not name ([sd_args], --sd-arg), in the TOML as they are
@@ -112,14 +107,13 @@ def training_plan(
     sd_args: dict[str, Any] | None = None, save_every_n_steps: int = 0, samples: int = 0,
     watch: WatchRecipe | None = None, logging_dir: Path | None = None, copy_stop: copystop.CopyStop | None = None,
 ) -> tuple[dict[str, Any], TrainParams]:  # fmt: skip
-    """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base
-    in memory first) and its parameters: the recipe's training, shortened by `max_steps` with
-    the same share of warmup, the profile's optimizer and training options."""
+    """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base in
+    memory) and parameters: the recipe's training, shortened by `max_steps` with the same share of
+    warmup, the profile's optimizer and training options."""
     max_train_steps = None
     warmup = training.warmup_steps
     if max_steps is not None and max_steps < training.steps:
         max_train_steps = max_steps
-        # keep the recipe's shape: the same share of the run warms up
         warmup = int(training.warmup_steps * max_steps / training.steps)
     if settings.profile.optimizer:  # the low-VRAM profile's 8-bit AdamW
         training = dataclasses.replace(training, optimizer=settings.profile.optimizer)
@@ -140,20 +134,10 @@ def training_plan(
     return inputs, params
 
 
-def prepare_training_image(source: Path, target: Path, size: tuple[int, int]) -> None:
-    """Copy the training image, resized to the training size if it differs (the same
-    deterministic resize for the original and the edited image, so they stay aligned)."""
-    im = load_rgb(source)  # upright, as every size was read
-    if im.size != tuple(size):
-        im = im.resize((size[0], size[1]), Image.Resampling.LANCZOS)
-    save_png(im, target)
-
-
 def state_options(stage, ctx: StageContext, every: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """The training TOML keys that save the training's state every `save_every_n_steps` steps
-    into the scratch folder, and resume from the newest state saved there for this stage key
-    (copymachine/trainstate.py). None when the recipe saves no state or this sd-scripts lacks an
-    option for it (named in a note: the training then starts at step 0 when re-run)."""
+    """The training TOML keys that save the state every `save_every_n_steps` steps into the scratch
+    folder and resume from the newest one saved there for this stage key (copymachine/trainstate.py).
+    None when the recipe saves no state or this sd-scripts lacks an option (said in a note)."""
     p = stage.spec
     every = every or p.save_every_n_steps
     if not every or every >= p.total_steps:
@@ -183,7 +167,6 @@ def _lacking(stage, ctx: StageContext, keys: Sequence[str], consequence: str) ->
         ctx.reporter.note(f"sd-scripts {caps.version_text()}: {script} has no {', '.join(lacking)}: {stage.title} "
                           f"{consequence}")
     return bool(lacking)
-
 
 
 def sample_prompts(stage, caption: str) -> list[str]:
@@ -217,19 +200,14 @@ def watch_options(stage, ctx: StageContext, config_dir: Path) -> dict[str, Any]:
     return options
 
 
-def samples_folder(stage, ctx: StageContext) -> Path:
-    """Where a training's sample images land: the run folder's samples/<stage>/ (the UI serves
-    files under its runs folder; a shared copy LoRA's own folder is in the cache)."""
-    return ctx.plan.run_dir / "samples" / stage.slug
-
-
 def collect_samples(stage, ctx: StageContext) -> None:
-    """Copy the sample images sd-scripts has rendered so far (into <output_dir>/sample/) to the
-    samples folder, each new one announced (the UI's queue page shows the latest)."""
+    """Copy the sample images sd-scripts has rendered so far (into <output_dir>/sample/) to the run
+    folder's samples/<stage>/ (the UI serves files under its runs folder; a shared copy LoRA's own
+    folder is in the cache), each new one announced (the UI's queue page shows the latest)."""
     rendered = ctx.scratch / "sample"
     if not rendered.is_dir():
         return
-    target = samples_folder(stage, ctx)
+    target = ctx.plan.run_dir / "samples" / stage.slug
     for png in sorted(rendered.glob("*.png"), key=lambda q: q.stat().st_mtime):
         final = target / png.name
         if final.exists():
@@ -253,7 +231,11 @@ class TrainLora(StageKind):
         dataset_dir = stage.workdir / "dataset" / stage.slug
         if not ctx.dry_run:
             reset_scratch(dataset_dir)
-            prepare_training_image(stage.input("image"), dataset_dir / "image.png", tuple(p.size))
+            # the same deterministic resize for the original and the edited image, so they stay aligned
+            image = load_rgb(stage.input("image"))
+            if image.size != tuple(p.size):
+                image = image.resize((p.size[0], p.size[1]), Image.Resampling.LANCZOS)
+            save_png(image, dataset_dir / "image.png")
             copy_into_place(stage.input("caption"), dataset_dir / f"image{CAPTION_EXTENSION}")
         if p.copy_stop is not None and not ctx.dry_run:
             self._segments(stage, ctx, dataset_dir)
@@ -331,19 +313,16 @@ class TrainLora(StageKind):
 
     def validate(self, stage, name, path, ctx):
         facts = validate_lora(path, f"{stage.title} output", expected_rank=stage.spec.training.network_dim).facts()
-        if stage.spec.copy_stop is not None:
-            try:
+        with contextlib.suppress(OSError, ValueError):
+            if stage.spec.copy_stop is not None:
                 facts["copy_stop"] = json.loads((ctx.scratch / copystop.STATE_FILE).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                pass
         return facts
 
     def describe(self, stage) -> str:
         p = stage.spec
-        steps = p.max_train_steps or p.training.steps
         merged = base_weight_inputs(stage)
         onto = f", on the base + {', '.join(w.name for w in merged)} merged in memory" if merged else ""
-        return f"{stage.title}: {p.family.train_script}, {steps} steps at {p.size[0]}x{p.size[1]}{onto}"
+        return f"{stage.title}: {p.family.train_script}, {p.total_steps} steps at {p.size[0]}x{p.size[1]}{onto}"
 
 
 KIND = TrainLora()
