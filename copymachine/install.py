@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path, PurePath
 
-from copymachine.engine import PINNED_COMMIT
+from copymachine.engine import PINNED_COMMIT, is_sd_scripts
 from copymachine.errors import EnvironmentProblem, InputError
 from copymachine.models import SDXL
 from copymachine.runner import command_line
@@ -44,10 +44,6 @@ def venv_python(venv: PurePath, platform: str | None = None) -> PurePath:
     return venv.joinpath(*parts)
 
 
-def is_sd_scripts(folder: Path) -> bool:
-    return (folder / "train_network.py").is_file() and (folder / "networks").is_dir()
-
-
 def run_step(argv: list[str], say: Say, what: str, cwd: Path | None = None) -> None:
     """Run one step, its output passed on line by line (to stderr: stdout is for results); a
     failure ends set-up with the command (its output is above, said once)."""
@@ -62,9 +58,6 @@ def run_step(argv: list[str], say: Say, what: str, cwd: Path | None = None) -> N
         say(f"    {line.rstrip()}")
     if proc.wait() != 0:
         raise EnvironmentProblem(f"{what} failed (exit {proc.returncode}): {command_line(argv)}")
-
-
-# --- sd-scripts ---------------------------------------------------------------------------------
 
 
 def superproject_submodule(folder: Path, cwd: Path) -> Path | None:
@@ -126,9 +119,6 @@ def sd_scripts_folder(option: Path | None, say: Say, cwd: Path, url: str = SD_SC
     return folder
 
 
-# --- torch --------------------------------------------------------------------------------------
-
-
 def nvidia_smi() -> str | None:
     """nvidia-smi's report (the seam the tests replace); None without an NVIDIA driver."""
     exe = shutil.which("nvidia-smi")
@@ -167,17 +157,10 @@ def torch_args(spec: str, say: Say, platform: str | None = None,
             f"build your driver supports: {PYTORCH_SITE})")  # fmt: skip
         return args
     version = f"{cuda[0]}.{cuda[1]}"
-    raise InputError(
-        "on Windows the package index's default torch is a CPU-only build, and this machine's NVIDIA driver supports "
-        f"CUDA {version}: "
-        f'run copymachine setup --torch "{spec} --index-url {PYTORCH_INDEX}cu{cuda[0]}{cuda[1]}" (if there is no such '
-        'build, '
-        f"the newest CUDA build up to {version} listed at {PYTORCH_SITE}; for the CPU build anyway: --index-url "
-        f"{PYTORCH_INDEX}cpu)"
-    )
-
-
-# --- the whole set-up ---------------------------------------------------------------------------
+    raise InputError(f"on Windows the package index's default torch is a CPU-only build, and this machine's NVIDIA "
+                     f'driver supports CUDA {version}: run copymachine setup --torch "{spec} --index-url '
+                     f'{PYTORCH_INDEX}cu{cuda[0]}{cuda[1]}" (if there is no such build, the newest CUDA build up to '
+                     f"{version} listed at {PYTORCH_SITE}; for the CPU build anyway: --index-url {PYTORCH_INDEX}cpu)")
 
 
 def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = None, cwd: Path | None = None,
@@ -212,8 +195,6 @@ def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = No
         say(f"warning: {root} has no requirements.txt: nothing more installed")
     return root, os.fspath(py)
 
-
-# --- the offline tokenizer folder (--tokenizer-cache-dir) ----------------------------------------
 
 # sd-scripts loads <DIR>/<hub id with "/" as "_"> (library/strategy_sd.py, strategy_sdxl.py): SDXL's two
 # are SD1's one and laion's bigG, which pads with "!". Both are CLIP's BPE vocabulary of 49,408 tokens.

@@ -111,7 +111,7 @@ def _vram(doc: Doctor, probe, family: Family) -> None:
     need = vram.training(family.name, (side, side), dim, precision).total
     low = vram.training(family.name, (side, side), dim, precision, "AdamW8bit", gradient_checkpointing=True,
                         unet_only=family.name == "sdxl").total
-    free = min(f for f, _ in probe.vram) if probe.vram else probe.vram_free
+    free = min(f for f, _ in probe.vram)
     text = (f"training {family.label} at {side}x{side}, dim {dim}, needs ~{preflight.human(need)} by copymachine's "
             f"estimate (--low-vram: ~{preflight.human(low)}); {preflight.human(free)} free")
     if need <= free:

@@ -16,15 +16,12 @@ def gpu_memory(settings) -> tuple[int | None, int | None, str]:
     """(free, total, which GPU) of the GPU the run uses: the pinned one, else the one with the
     least free memory (each parallel job may land on any)."""
     probe = settings.probe
-    if probe is None:
-        return None, None, ""
-    names = probe.gpus or []
-    vram = list(probe.vram) or ([(probe.vram_free, probe.vram_total)] if probe.vram_free is not None else [])
+    vram = list(probe.vram) if probe is not None else []
     if not vram:
         return None, None, ""
     pinned = settings.pinned_gpu
     index = pinned if pinned is not None and pinned < len(vram) else min(range(len(vram)), key=lambda i: vram[i][0])
-    name = names[index] if index < len(names) else "a CUDA GPU"
+    name = probe.gpus[index] if index < len(probe.gpus) else "a CUDA GPU"
     return vram[index][0], vram[index][1], f"GPU {index} ({name})"
 
 
