@@ -1,19 +1,13 @@
 """What the user's sd-scripts can do, learnt from it instead of assumed.
 
-copymachine runs the sd-scripts our users have: the one their kohya_ss GUI ships, or their own
-checkout, of any release from v0.8.7 on. Once per install (cached in the user's cache by its path
-and `Engine.identity`: the git commit, or a hash of the tree; see cache_path) it runs each script
-it calls with `--help` and keeps the options each one lists, and reads the per-prompt options of
-`gen_img.py` from that script's own parser of prompt lines (`re.match(r"w (\\d+)", parg, ...)`). Then:
-
-- a command or a training TOML key that the script does not know is refused before it runs (the
-  training TOML accepts unknown keys silently, so a key an older version lacks would be ignored);
-- gen_img.py without the per-prompt file name `--f` (v0.8.x: added in commit 153764a6, first
-  released in v0.9.0) is run with `--sequential_file_name`, whose names (`im_000001.png`, ... in
-  prompt-file order) are renamed to the planned ones; without either, the run is refused before
-  its first stage;
-- a version that is not one copymachine was tested with gets a warning naming what was checked.
-
+copymachine runs the sd-scripts users have (their kohya_ss GUI's, or their own checkout, of any
+release from v0.8.7 on). Once per install (cached by its path and `Engine.identity`; see
+cache_path) it runs each script it calls with `--help` and keeps the options listed, and reads
+gen_img.py's per-prompt options from its own prompt-line parser (`re.match(r"w (\\d+)", parg, ...)`).
+Then a command or training TOML key the script does not know is refused before it runs (the TOML
+would ignore it silently); gen_img.py without the per-prompt file name `--f` (added in v0.9.0) runs
+with `--sequential_file_name` and its `im_000001.png`, ... are renamed to the planned names, and
+without either the run is refused; a version copymachine was not tested with gets a warning.
 `copymachine doctor` prints the version and these capabilities.
 """
 
@@ -33,7 +27,7 @@ from pathlib import Path
 
 from copymachine.engine import Engine, read_git_commit
 from copymachine.errors import EnvironmentProblem, InputError
-from copymachine.files import replace_file
+from copymachine.files import atomic_write_text
 from copymachine.runner import StreamWatcher
 
 FORMAT = 2  # of the cache files; bump when what is learnt changes (2: option names ASCII only)
@@ -184,24 +178,21 @@ def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int
     learns, `on_progress(done, total)` is called before the first script and after each."""
     path = cache_path(engine)
     version, known = name_version(engine)
-    if not refresh and path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") == FORMAT and data.get("identity") == engine.identity and not data.get("errors"):
-                data.update(version=version, known=known)
-                return Capabilities(**data)
-        except (OSError, ValueError, TypeError):
-            pass  # a damaged cache entry is learnt again
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if not refresh and path.is_file() else {}
+        if data.get("format") == FORMAT and data.get("identity") == engine.identity and not data.get("errors"):
+            return Capabilities(**{**data, "version": version, "known": known})
+    except (OSError, ValueError, TypeError):
+        pass  # a damaged cache entry is learnt again
     caps = Capabilities(identity=engine.identity, version=version, known=known, root=str(engine.root))
-    if on_progress:
-        on_progress(0, len(SCRIPTS))
+    progress = on_progress or (lambda done, total: None)
+    progress(0, len(SCRIPTS))
     results: dict[str, list[str] | str] = {}
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for future in as_completed([pool.submit(_help, engine, s) for s in SCRIPTS]):
             script, result = future.result()
             results[script] = result
-            if on_progress:
-                on_progress(len(results), len(SCRIPTS))
+            progress(len(results), len(SCRIPTS))
     for script in SCRIPTS:  # in SCRIPTS' order, whichever finished first
         result = results[script]
         if isinstance(result, str):
@@ -213,10 +204,7 @@ def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int
         caps.prompt_options = parse_prompt_options(gen_img.read_text(encoding="utf-8", errors="replace"))
     if not caps.errors:  # a failure is not remembered: the next run tries again
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-            tmp.write_text(json.dumps(asdict(caps), indent=1), encoding="utf-8")
-            replace_file(tmp, path)
+            atomic_write_text(path, json.dumps(asdict(caps), indent=1))
         except OSError:
             pass  # no cache folder: learnt again next time
     return caps

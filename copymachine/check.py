@@ -187,6 +187,10 @@ def _rounded(x: float) -> float:
     return math.floor(x * 10.0 + 0.5) / 10.0
 
 
+def _arrays(original: Image.Image, edited: Image.Image) -> tuple[ndarray, ndarray]:
+    return np.asarray(to_rgb(original), np.uint8), np.asarray(to_rgb(edited), np.uint8)
+
+
 def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str = "EDITED.png",
                in_place: bool = False) -> PairReport:
     """Compare an edited image with its original; see the module text for what is measured.
@@ -195,8 +199,7 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
     `in_place`: the edit is known to keep every pixel where it is (a built-in effect, or the user
     says so); a corner movement the fit reports is then a note (see the module text).
     """
-    a = np.asarray(to_rgb(original), np.uint8)
-    b = np.asarray(to_rgb(edited), np.uint8)
+    a, b = _arrays(original, edited)
     if a.shape != b.shape:
         message = _size_message(original.size, edited.size, edited_name)
         return PairReport(False, None, None, None, None, "refuse", [message], original_size=original.size,
@@ -211,34 +214,36 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
         report.corner_shift_px = 0.0
         refuse.append("the edited image is identical to the original: there is nothing for the effect LoRA to learn")
     else:
-        fit = ecc_align(a, b)
-        if fit is None:
-            refuse.append("not the same picture: the alignment fit found no match (an unrelated image, or an edit "
-                          "that changed the picture itself); edit a copy of the original, in place")
-        else:
-            warp, report.ecc_correlation = fit
-            report.corner_shift_px = corner_shift(warp, a.shape[1], a.shape[0])
-            shift = _rounded(report.corner_shift_px)
-            moved = (f"the edit is out of alignment: its corners move {report.corner_shift_px:.1f} px against the "
-                     f"original (an offset, rotation, crop or resize); ")
-            if in_place and report.reads_as_moved:
-                report.notes.append(f"the alignment fit reads the corners as moving {report.corner_shift_px:.1f} px; "
-                                    "the edit is taken as keeping every pixel in place, and then that reading is the "
-                                    "pull of its strong local changes (thicker lines, say) on the fit, not a shift")
-            elif shift >= SHIFT_REFUSE_PX:
-                refuse.append(moved + f"above {SHIFT_REFUSE_PX:g} px the LoRA would learn the shift; "
-                              "redo the edit on the original without moving, rotating or resizing it")
-            elif report.reads_as_moved:
-                warn.append(moved + "the LoRA may learn a shift; check that the edit tool did not move the layer")
-        weak = weak_message(psnr_db, changed)
-        if weak:
-            warn.append(weak)
+        _alignment(report, a, b, in_place, refuse, warn)
+        warn += [w for w in [weak_message(psnr_db, changed)] if w]
         if report.ssim is not None and report.ssim < DIFFERENT_SSIM:
             warn.append(f"edit too different: SSIM {report.ssim:.2f} (< {DIFFERENT_SSIM:g}); the LoRA will learn a "
                         "new picture rather than an effect; make the edit milder")
     report.messages = refuse + warn
     report.verdict = "refuse" if refuse else "warn" if warn else "ok"
     return report
+
+
+def _alignment(report: PairReport, a: ndarray, b: ndarray, in_place: bool, refuse: list[str], warn: list[str]) -> None:
+    """The alignment part of `check_pair`: the fit's corner movement, and what it says of the edit."""
+    fit = ecc_align(a, b)
+    if fit is None:
+        refuse.append("not the same picture: the alignment fit found no match (an unrelated image, or an edit "
+                      "that changed the picture itself); edit a copy of the original, in place")
+        return
+    warp, report.ecc_correlation = fit
+    shift = report.corner_shift_px = corner_shift(warp, a.shape[1], a.shape[0])
+    moved = (f"the edit is out of alignment: its corners move {shift:.1f} px against the original (an offset, "
+             f"rotation, crop or resize); ")
+    if in_place and report.reads_as_moved:
+        report.notes.append(f"the alignment fit reads the corners as moving {shift:.1f} px; the edit is taken as "
+                            "keeping every pixel in place, and then that reading is the pull of its strong local "
+                            "changes (thicker lines, say) on the fit, not a shift")
+    elif _rounded(shift) >= SHIFT_REFUSE_PX:
+        refuse.append(moved + f"above {SHIFT_REFUSE_PX:g} px the LoRA would learn the shift; "
+                      "redo the edit on the original without moving, rotating or resizing it")
+    elif report.reads_as_moved:
+        warn.append(moved + "the LoRA may learn a shift; check that the edit tool did not move the layer")
 
 
 def weak_message(psnr_db: float, changed: float) -> str | None:
@@ -253,10 +258,8 @@ def weak_message(psnr_db: float, changed: float) -> str | None:
 def strength(original: Image.Image, edited: Image.Image) -> tuple[float, float] | None:
     """PSNR and the share of noticeably changed pixels, the strength part of `check_pair` alone
     (None when the sizes differ); cheap beside the alignment fit."""
-    a, b = np.asarray(to_rgb(original), np.uint8), np.asarray(to_rgb(edited), np.uint8)
-    if a.shape != b.shape:
-        return None
-    return psnr(a, b), float(np.mean(delta_e(a, b) > CHANGED_DELTA_E))
+    a, b = _arrays(original, edited)
+    return None if a.shape != b.shape else (psnr(a, b), float(np.mean(delta_e(a, b) > CHANGED_DELTA_E)))
 
 
 def format_report(report: PairReport, original_name: str = "original", edited_name: str = "edited") -> str:
@@ -304,8 +307,7 @@ def compare_sheet(original: Image.Image, edited: Image.Image, path: str | os.Pat
     """Write original | edit | difference heat map side by side, labelled, as a PNG (atomically).
 
     Each label is shrunk (then shortened) to its panel's width, so none is cut at small sizes."""
-    a = np.asarray(to_rgb(original), np.uint8)
-    b = np.asarray(to_rgb(edited), np.uint8)
+    a, b = _arrays(original, edited)
     if a.shape != b.shape:
         raise ValueError(f"compare_sheet needs images of one size, got {original.size} and {edited.size}")
     heat, top = heat_map(a, b)

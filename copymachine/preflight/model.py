@@ -8,16 +8,10 @@ from pathlib import Path
 
 from copymachine.errors import InputError
 from copymachine.lorafile import read_safetensors
-from copymachine.models import SD1, ModelInfo, inspect_base_model
+from copymachine.models import PICKLE_SUFFIXES, SD1, ModelInfo, inspect_base_model
 from copymachine.progress import Reporter
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-# Parameters of a whole checkpoint (used when a pickle cannot be read) and of a networks.lora
-# LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
-# SD1.5: 1.07e9 parameters (the copy model at float is 4.27 GB, docs/engine-notes.md); its
-# dim-64 LoRA is 151 MB at float -> 590k parameters per rank. SDXL: 3.47e9 parameters
-# (6.94 GB at fp16); its LoRA ~3.4M parameters per rank.
+# Parameters of a whole checkpoint, for a pickle copymachine does not open (preflight/disk.py says where from).
 MODEL_PARAMS = {"sd1": 1_066_000_000, "sd2": 1_300_000_000, "sdxl": 3_470_000_000}
 
 
