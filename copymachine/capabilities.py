@@ -97,9 +97,9 @@ class Capabilities:
         return [o for o in dict.fromkeys(options) if o not in known]
 
     def summary(self) -> str:
+        sequential = "no per-prompt --f: renders with --sequential_file_name and renames"
         naming = "per-prompt file names (--f)" if self.file_names else (
-            "no per-prompt --f: renders with --sequential_file_name and renames" if self.sequential_names
-            else "no way to name gen_img.py's files")
+            sequential if self.sequential_names else "no way to name gen_img.py's files")
         counts = ", ".join(f"{Path(s).name} {len(o)}" for s, o in self.options.items())
         return f"{naming}; options: {counts}"
 
@@ -149,9 +149,8 @@ def _help(engine: Engine, script: str) -> tuple[str, list[str] | str]:
     if not path.is_file():
         return script, f"{script} is not there"
     try:
-        proc = subprocess.run([engine.python, str(path), "--help"], check=False, cwd=engine.root,
-                              env=engine.env(offline=True), capture_output=True, text=True, encoding="utf-8",
-                              errors="replace", timeout=600)
+        proc = subprocess.run([engine.python, str(path), "--help"], check=False, cwd=engine.root, timeout=600,
+                              env=engine.env(offline=True), capture_output=True, encoding="utf-8", errors="replace")
     except (OSError, subprocess.TimeoutExpired) as e:
         return script, f"{type(e).__name__}: {e}"
     options = parse_options(proc.stdout)
@@ -218,10 +217,9 @@ def require(engine: Engine, caps: Capabilities) -> None:
         raise EnvironmentProblem(f"{where}: {script} {error}" if "not there" not in error else f"{where} lacks "
             f"{script}, which copymachine runs")
     if not caps.file_names and not caps.sequential_names:
-        raise EnvironmentProblem(
-            f"{where}: gen_img.py has neither the per-prompt --f (sd-scripts v0.9.0 on) nor {SEQUENTIAL_NAMES}, "
-            "so copymachine cannot tell which image it rendered for which prompt; use sd-scripts v0.9.1 or later"
-        )
+        raise EnvironmentProblem(f"{where}: gen_img.py has neither the per-prompt --f (sd-scripts v0.9.0 on) nor "
+                                 f"{SEQUENTIAL_NAMES}, so copymachine cannot tell which image it rendered for which "
+                                 "prompt; use sd-scripts v0.9.1 or later")
 
 
 def option_names(argv: list[str]) -> list[str]:
@@ -236,10 +234,8 @@ def check_command(caps: Capabilities | None, version: str, script: str, argv: li
         return
     lacking = caps.lacking(script, option_names(argv) + [f"--{k}" for k in toml_keys])
     if lacking:
-        raise EnvironmentProblem(
-            f"sd-scripts {version}: {script} has no {', '.join(lacking)}, which copymachine passes; "
-            f"use a newer sd-scripts (copymachine is tested with {', '.join(TESTED)})"
-        )
+        raise EnvironmentProblem(f"sd-scripts {version}: {script} has no {', '.join(lacking)}, which copymachine "
+                                 f"passes; use a newer sd-scripts (copymachine is tested with {', '.join(TESTED)})")
 
 
 def check_training_keys(caps: Capabilities | None, script: str, keys: list[str], what: str = "--sd-arg") -> bool:

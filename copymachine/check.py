@@ -12,11 +12,9 @@ learn from. `check_pair` measures:
    about one just-noticeable difference).
 
 The ECC fit weighs every pixel by how much it changed, so a strong *local* edit pulls it: lines
-thickened by 2 px or more spread mostly over the bright side of each line, and the fit reads that
-as the picture growing (measured on the test scene at 512 px: outline width 1 0.01 px, width 2
-1.6 px, width 3 3.1 px, though no pixel moved). An edit known to keep every pixel in place — a
-built-in effect, or a user's edit declared so (`--edit-in-place`) — is checked with
-`in_place=True`: its alignment reading is a note, not a warning or a refusal.
+thickened by 2 px or more read as the picture growing (the test scene at 512 px: outline width 2
+1.6 px, width 3 3.1 px, though no pixel moved). An edit known to keep every pixel in place (a
+built-in effect, or `--edit-in-place`) is checked with `in_place=True`: that reading is a note.
 """
 
 from __future__ import annotations
@@ -79,9 +77,7 @@ class PairReport:
 
     def as_dict(self) -> dict:
         """JSON-serialisable (an infinite PSNR becomes null, with `identical` true)."""
-        d = asdict(self)
-        d["original_size"] = list(self.original_size)
-        d["edited_size"] = list(self.edited_size)
+        d = asdict(self) | {"original_size": list(self.original_size), "edited_size": list(self.edited_size)}
         d["identical"] = self.psnr_db is not None and math.isinf(self.psnr_db)
         for key, value in d.items():
             if isinstance(value, float):
@@ -168,19 +164,15 @@ def _size_message(original: tuple[int, int], edited: tuple[int, int], name: str)
     sizes = f"edited {ew}x{eh}, original {ow}x{oh}"
     if ew % ow == 0 and eh % oh == 0 and ew // ow == eh // oh:
         k = ew // ow
-        return (f"size differs ({sizes}): the edit is exactly {k}x the original; shrink it by averaging "
-                f"{k}x{k} blocks, e.g. python -c \"from PIL import Image; "
-                f"Image.open('{name}').reduce({k}).save('{_stem(name)}-{ow}.png')\" "
-                f"(any other resize moves pixels)")
+        stem = name[:-4] if name.lower().endswith(".png") else name
+        return (f"size differs ({sizes}): the edit is exactly {k}x the original; shrink it by averaging {k}x{k} "
+                f"blocks, e.g. python -c \"from PIL import Image; Image.open('{name}').reduce({k}).save('{stem}-{ow}"
+                ".png')\" (any other resize moves pixels)")
     if ow % ew == 0 and oh % eh == 0 and ow // ew == oh // eh:
         k = ow // ew
         return (f"size differs ({sizes}): the original is exactly {k}x the edit; make the edit at full size, "
                 f"or shrink the original the same way: Image.open('ORIGINAL').reduce({k})")
     return f"size differs ({sizes}): make the edit on the original at its size, without cropping or resizing"
-
-
-def _stem(name: str) -> str:
-    return name[:-4] if name.lower().endswith(".png") else name
 
 
 def _rounded(x: float) -> float:
@@ -264,19 +256,15 @@ def strength(original: Image.Image, edited: Image.Image) -> tuple[float, float] 
 
 def format_report(report: PairReport, original_name: str = "original", edited_name: str = "edited") -> str:
     """The report as a user reads it: one measurement per line, then the verdict and its reasons."""
-    ow, oh = report.original_size
-    ew, eh = report.edited_size
-    lines = [f"original   {original_name} ({ow}x{oh})", f"edited     {edited_name} ({ew}x{eh})"]
-    lines.append(f"size       {'same' if report.size_ok else 'DIFFERENT'}")
+    (ow, oh), (ew, eh) = report.original_size, report.edited_size
+    lines = [f"original   {original_name} ({ow}x{oh})", f"edited     {edited_name} ({ew}x{eh})",
+             f"size       {'same' if report.size_ok else 'DIFFERENT'}"]
     if report.size_ok:
-        if report.corner_shift_px is not None:
-            lines.append(f"alignment  corners move {report.corner_shift_px:.2f} px "
-                         f"(warn from {SHIFT_WARN_PX:g}, refuse from {SHIFT_REFUSE_PX:g})")
-        else:
-            lines.append("alignment  no fit")
+        shift = report.corner_shift_px
+        lines.append("alignment  no fit" if shift is None else f"alignment  corners move {shift:.2f} px (warn from "
+                     f"{SHIFT_WARN_PX:g}, refuse from {SHIFT_REFUSE_PX:g})")
         psnr_db = report.psnr_db if report.psnr_db is not None else math.inf
-        psnr_text = "identical" if math.isinf(psnr_db) else f"{psnr_db:.1f} dB"
-        lines.append(f"PSNR       {psnr_text}")
+        lines.append(f"PSNR       {'identical' if math.isinf(psnr_db) else f'{psnr_db:.1f} dB'}")
         if report.ssim is not None:
             lines.append(f"SSIM       {report.ssim:.3f}")
         lines.append(f"changed    {report.changed_fraction:.1%} of pixels (colour difference dE > {CHANGED_DELTA_E:g})")
@@ -286,8 +274,7 @@ def format_report(report: PairReport, original_name: str = "original", edited_na
     return "\n".join(lines)
 
 
-# --- the compare sheet ------------------------------------------------------------------------
-
+# The compare sheet
 SHEET_MARGIN = 12
 SHEET_BACKGROUND = (255, 255, 255)
 

@@ -146,7 +146,7 @@ class Engine:
         """`accelerate launch` of a training script, with every launch option given so that no
         `accelerate config` file is needed and none is asked for. With `launcher`, accelerate runs
         that file, which runs the training script (copymachine/sd_side/base_weights_launcher.py)."""
-        target = [str(launcher), str(self.script(script))] if launcher else [str(self.script(script))]
+        target = [str(p) for p in (launcher, self.script(script)) if p]
         return [self.python, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1",
                 "--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision,
                 "--dynamo_backend", "no", *target, "--config_file", str(config)]
@@ -157,18 +157,17 @@ class Engine:
     def probe(self, modules: tuple[str, ...] = REQUIRED_MODULES) -> Probe:
         """Ask the sd-scripts Python which modules it lacks and whether it sees a GPU."""
         try:
-            proc = subprocess.run(
-                [self.python, "-c", _PROBE, json.dumps(list(modules)), json.dumps(list(REPORTED_DISTRIBUTIONS))],
-                check=False, cwd=self.root, env=self.env(), capture_output=True, text=True, encoding="utf-8",
-                errors="replace", timeout=300)
+            proc = subprocess.run([self.python, "-c", _PROBE, json.dumps(modules), json.dumps(REPORTED_DISTRIBUTIONS)],
+                                  check=False, cwd=self.root, env=self.env(), capture_output=True, encoding="utf-8",
+                                  errors="replace", timeout=300)
         except FileNotFoundError:
             raise EnvironmentProblem(f"the Python for sd-scripts was not found: {self.python} (set --python or "
                                      "$SD_SCRIPTS_PYTHON)") from None
         except OSError as e:
             raise EnvironmentProblem(f"cannot run the Python for sd-scripts ({self.python}): {e}") from None
         except subprocess.TimeoutExpired:
-            raise EnvironmentProblem(
-                f"the Python for sd-scripts did not answer within 5 minutes: {self.python}") from None
+            raise EnvironmentProblem(f"the Python for sd-scripts did not answer within 5 minutes: "
+                                     f"{self.python}") from None
         for line in proc.stdout.splitlines():
             if line.startswith("COPYMACHINE_PROBE "):
                 data = json.loads(line.split(" ", 1)[1])
@@ -239,10 +238,8 @@ def find_sd_scripts(option: str | os.PathLike | None) -> Path:
         tried.append(f"{path} ({source})")
     if given:
         raise EnvironmentProblem(f"sd-scripts not found at {tried[0]}: no train_network.py there")
-    raise EnvironmentProblem(
-        "sd-scripts not found: point --sd-scripts or $SD_SCRIPTS at your checkout, "
-        f"or run `git submodule update --init vendor/sd-scripts` (pinned at {PINNED_COMMIT[:8]})"
-    )
+    raise EnvironmentProblem("sd-scripts not found: point --sd-scripts or $SD_SCRIPTS at your checkout, or run "
+                             f"`git submodule update --init vendor/sd-scripts` (pinned at {PINNED_COMMIT[:8]})")
 
 
 def _absolute_python(python: str) -> str:

@@ -1,10 +1,6 @@
 """Setting up sd-scripts for copymachine (`copymachine setup`, what `make setup` runs): the pinned
 sd-scripts (a checkout given, the repository's submodule, or a clone at the pinned commit), its
-own venv, torch, sd-scripts' requirements. The same steps on Windows, Linux and macOS, with
-argument lists (no shell), so no make or bash is needed.
-
-On Windows the package index's default torch is a CPU-only build: with a GPU (nvidia-smi) and no
---index-url in the torch spec, setup stops before installing and names the CUDA build to pick.
+own venv, torch, sd-scripts' requirements; the same argument lists (no shell) on every system.
 
 `setup --tokenizers DIR` makes the offline tokenizer folder from what is installed (no library
 makes it: transformers saves one only after fetching it, so the copy from the hub's cache and the
@@ -68,12 +64,8 @@ def superproject_submodule(folder: Path, cwd: Path) -> Path | None:
         return None
     listed = subprocess.run(["git", "config", "-f", str(gitmodules), "--get-regexp", r"^submodule\..*\.path$"],
                             capture_output=True, text=True, check=False).stdout  # fmt: skip
-    target = folder.absolute() if folder.is_absolute() else (cwd / folder).absolute()
-    for line in listed.splitlines():
-        _, _, path = line.partition(" ")
-        if path and (cwd / path).absolute() == target:
-            return cwd
-    return None
+    paths = [line.partition(" ")[2] for line in listed.splitlines()]
+    return cwd if any(path and (cwd / path).absolute() == (cwd / folder).absolute() for path in paths) else None
 
 
 def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL, commit: str = PINNED_COMMIT) -> None:
@@ -88,8 +80,8 @@ def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_UR
         if repo is not None:
             say(f"sd-scripts: the submodule {folder} (pinned by this repository)")
             relative = Path(os.path.relpath(folder.absolute(), repo.absolute())).as_posix()  # as .gitmodules names it
-            run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say, "fetching the "
-                "sd-scripts submodule")
+            run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say,
+                     "fetching the sd-scripts submodule")
             return
         say(f"sd-scripts: cloning {url} into {folder}, at the pinned commit {commit[:8]}")
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -103,10 +95,7 @@ def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_UR
 def sd_scripts_folder(option: Path | None, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL) -> Path:
     """The sd-scripts to set up: the one at `option` (default vendor/sd-scripts), fetched there
     when the folder is absent or empty; a folder with other things in it is refused."""
-    folder = Path(option) if option else DEFAULT_SD_SCRIPTS
-    folder = folder.expanduser()
-    if not folder.is_absolute():
-        folder = cwd / folder
+    folder = cwd / Path(option or DEFAULT_SD_SCRIPTS).expanduser()  # an absolute path stays as it is
     if is_sd_scripts(folder):
         say(f"sd-scripts: {folder}")
         return folder

@@ -60,8 +60,8 @@ SD2 = Family(name="sd2", label="Stable Diffusion 2.x", train_script="train_netwo
 # issues #653, #881). The memo's numbers are unchanged; the resolution is the image's (1024).
 SDXL = Family(name="sdxl", label="SDXL", train_script="sdxl_train_network.py",
               merge_script="networks/sdxl_merge_lora.py", gen_flag="--sdxl", base_model_version="sdxl_base_v1-0",
-              training_options={"no_half_vae": True},
-              extract_options=("--sdxl",), default_size=1024, render_no_half_vae=True,
+              training_options={"no_half_vae": True}, extract_options=("--sdxl",), default_size=1024,
+              render_no_half_vae=True,
               tokenizers=("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"))
 
 FAMILIES = {f.name: f for f in (SD1, SD2, SDXL)}

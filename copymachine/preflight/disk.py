@@ -80,10 +80,8 @@ def one_image_run_needs(family: str, run_dir: Path, cache_dir: Path) -> list[Spa
     LoRA (the copy model stays in memory: the default route), the run folder the effect LoRA, its
     resized copy and the final LoRA, each stage's small files too (as estimate_space counts them)."""
     lora = lora_bytes(family, 64, "float")
-    return [
-        SpaceNeed(run_dir, 3 * lora + 6 * SMALL_STAGE_BYTES, "run folders"),
-        SpaceNeed(cache_dir, lora + 2 * SMALL_STAGE_BYTES, "cache"),
-    ]
+    return [SpaceNeed(run_dir, 3 * lora + 6 * SMALL_STAGE_BYTES, "run folders"),
+            SpaceNeed(cache_dir, lora + 2 * SMALL_STAGE_BYTES, "cache")]
 
 
 def human(n: int) -> str:

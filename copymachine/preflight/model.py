@@ -33,26 +33,22 @@ def check_base_model(path: Path, reporter: Reporter, allow_pickle: bool = False)
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
         if not allow_pickle:
-            raise InputError(
-                f"base model is a pickle file ({path.suffix}): {path}; loading a pickle can run code hidden in it, "
-                "so copymachine takes .safetensors only: use a .safetensors download or convert it, "
-                "or pass --allow-pickle if you trust this file (sd-scripts then loads it)"
-            )
+            raise InputError(f"base model is a pickle file ({path.suffix}): {path}; loading a pickle can run code "
+                             "hidden in it, so copymachine takes .safetensors only: use a .safetensors download or "
+                             "convert it, or pass --allow-pickle if you trust this file (sd-scripts then loads it)")
         size = path.stat().st_size
         if size == 0:
             raise InputError(f"base model is empty (0 bytes): {path}")
         if not _looks_like_pickle(path):
             raise InputError(f"base model is not a PyTorch checkpoint (neither a torch zip nor a pickle): {path}")
-        reporter.warn(
-            f"--allow-pickle: {path.name} is a pickle; copymachine does not open it, so it cannot check its family or "
-            f"contents: assuming {SD1.label}; sd-scripts loads it with torch (use only files you trust)"
-        )
+        reporter.warn(f"--allow-pickle: {path.name} is a pickle; copymachine does not open it, so it cannot check its "
+                      f"family or contents: assuming {SD1.label}; sd-scripts loads it with torch (use only files you "
+                      "trust)")
         return ModelInfo(path=path, family=SD1, size_bytes=size, tensor_count=0)
     if path.is_file() and path.stat().st_size >= 8 and _looks_like_pickle(path):
-        raise InputError(
-            f"base model is a pickle file with a {path.suffix or 'missing'} suffix, not safetensors: {path}; "
-            "use a .safetensors checkpoint (or, if you trust it, rename it .ckpt and pass --allow-pickle)"
-        )
+        raise InputError(f"base model is a pickle file with a {path.suffix or 'missing'} suffix, not safetensors: "
+                         f"{path}; use a .safetensors checkpoint (or, if you trust it, rename it .ckpt and pass "
+                         "--allow-pickle)")
     return inspect_base_model(path)
 
 
