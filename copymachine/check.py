@@ -125,9 +125,8 @@ def ecc_align(original: ndarray, edited: ndarray) -> tuple[ndarray, float] | Non
         shift_only[:, 2] = warp[:, 2]
         fits = [f for f in (_ecc(a, b, shift_only, cv2.MOTION_TRANSLATION), _ecc(a, b, warp, cv2.MOTION_AFFINE))
                 if f and f[0] >= ECC_MIN_CORRELATION]
-        rho = None
-        if fits:
-            rho, warp = max(fits, key=lambda f: f[0])  # ties keep the translation (listed first)
+        # ties keep the translation (listed first)
+        rho, warp = max(fits, key=lambda f: f[0]) if fits else (None, warp)
     h, w = original.shape[:2]
     if rho is None or rho < ECC_MIN_CORRELATION or corner_shift(warp, w, h) > ECC_MAX_SHIFT_FRACTION * max(w, h):
         return None

@@ -219,8 +219,8 @@ def tree_hash(root: Path) -> str:
 
 
 def find_sd_scripts(option: str | os.PathLike | None) -> Path:
-    """--sd-scripts, then $SD_SCRIPTS, then vendor/sd-scripts (beside copymachine, or in the cwd).
-    A kohya_ss GUI folder given as either means its `sd-scripts` submodule."""
+    """In the order of the module text (vendor/sd-scripts beside copymachine, or in the cwd); a
+    kohya_ss GUI folder given means its `sd-scripts` submodule."""
     given = option or os.environ.get("SD_SCRIPTS")
     if option:
         candidates = [("--sd-scripts", Path(option))]
@@ -260,8 +260,7 @@ def is_sd_scripts(folder: Path) -> bool:
 
 
 def is_kohya_ss(folder: Path) -> bool:
-    """A kohya_ss GUI install (bmaltais/kohya_ss): its root has kohya_gui.py (and the kohya_gui
-    package), with sd-scripts as a submodule in it."""
+    """A kohya_ss GUI install (bmaltais/kohya_ss, with sd-scripts as a submodule)."""
     return (folder / "kohya_gui.py").is_file() or (folder / "kohya_gui").is_dir()
 
 
@@ -282,8 +281,7 @@ def find_python_and_reason(option: str | None, root: Path) -> tuple[str, str]:
 
 
 def _git_dir(root: Path) -> Path | None:
-    """The git folder of a checkout: its .git folder, or where the .git file of a submodule or
-    worktree points."""
+    """The .git folder, or where the .git file of a submodule or worktree points."""
     dot_git = root / ".git"
     if dot_git.is_dir():
         return dot_git
