@@ -192,12 +192,8 @@ def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int
             script, result = future.result()
             results[script] = result
             progress(len(results), len(SCRIPTS))
-    for script in SCRIPTS:  # in SCRIPTS' order, whichever finished first
-        result = results[script]
-        if isinstance(result, str):
-            caps.errors[script] = result
-        else:
-            caps.options[script] = result
+    caps.errors = {s: r for s in SCRIPTS if isinstance(r := results[s], str)}  # in SCRIPTS' order
+    caps.options = {s: r for s in SCRIPTS if not isinstance(r := results[s], str)}
     gen_img = engine.script("gen_img.py")
     if gen_img.is_file():
         caps.prompt_options = parse_prompt_options(gen_img.read_text(encoding="utf-8", errors="replace"))
