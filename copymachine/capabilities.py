@@ -1,19 +1,13 @@
 """What the user's sd-scripts can do, learnt from it instead of assumed.
 
-copymachine runs the sd-scripts our users have: the one their kohya_ss GUI ships, or their own
-checkout, of any release from v0.8.7 on. Once per install (cached in the user's cache by its path
-and `Engine.identity`: the git commit, or a hash of the tree; see cache_path) it runs each script
-it calls with `--help` and keeps the options each one lists, and reads the per-prompt options of
-`gen_img.py` from that script's own parser of prompt lines (`re.match(r"w (\\d+)", parg, ...)`). Then:
-
-- a command or a training TOML key that the script does not know is refused before it runs (the
-  training TOML accepts unknown keys silently, so a key an older version lacks would be ignored);
-- gen_img.py without the per-prompt file name `--f` (v0.8.x: added in commit 153764a6, first
-  released in v0.9.0) is run with `--sequential_file_name`, whose names (`im_000001.png`, ... in
-  prompt-file order) are renamed to the planned ones; without either, the run is refused before
-  its first stage;
-- a version that is not one copymachine was tested with gets a warning naming what was checked.
-
+copymachine runs the sd-scripts users have (their kohya_ss GUI's, or their own checkout, of any
+release from v0.8.7 on). Once per install (cached by its path and `Engine.identity`; see
+cache_path) it runs each script it calls with `--help` and keeps the options listed, and reads
+gen_img.py's per-prompt options from its own prompt-line parser (`re.match(r"w (\\d+)", parg, ...)`).
+Then a command or training TOML key the script does not know is refused before it runs (the TOML
+would ignore it silently); gen_img.py without the per-prompt file name `--f` (added in v0.9.0) runs
+with `--sequential_file_name` and its `im_000001.png`, ... are renamed to the planned names, and
+without either the run is refused; a version copymachine was not tested with gets a warning.
 `copymachine doctor` prints the version and these capabilities.
 """
 
@@ -33,7 +27,7 @@ from pathlib import Path
 
 from copymachine.engine import Engine, read_git_commit
 from copymachine.errors import EnvironmentProblem, InputError
-from copymachine.files import replace_file
+from copymachine.files import atomic_write_text
 from copymachine.runner import StreamWatcher
 
 FORMAT = 2  # of the cache files; bump when what is learnt changes (2: option names ASCII only)
@@ -103,9 +97,9 @@ class Capabilities:
         return [o for o in dict.fromkeys(options) if o not in known]
 
     def summary(self) -> str:
+        sequential = "no per-prompt --f: renders with --sequential_file_name and renames"
         naming = "per-prompt file names (--f)" if self.file_names else (
-            "no per-prompt --f: renders with --sequential_file_name and renames" if self.sequential_names
-            else "no way to name gen_img.py's files")
+            sequential if self.sequential_names else "no way to name gen_img.py's files")
         counts = ", ".join(f"{Path(s).name} {len(o)}" for s, o in self.options.items())
         return f"{naming}; options: {counts}"
 
@@ -155,9 +149,8 @@ def _help(engine: Engine, script: str) -> tuple[str, list[str] | str]:
     if not path.is_file():
         return script, f"{script} is not there"
     try:
-        proc = subprocess.run([engine.python, str(path), "--help"], check=False, cwd=engine.root,
-                              env=engine.env(offline=True), capture_output=True, text=True, encoding="utf-8",
-                              errors="replace", timeout=600)
+        proc = subprocess.run([engine.python, str(path), "--help"], check=False, cwd=engine.root, timeout=600,
+                              env=engine.env(offline=True), capture_output=True, encoding="utf-8", errors="replace")
     except (OSError, subprocess.TimeoutExpired) as e:
         return script, f"{type(e).__name__}: {e}"
     options = parse_options(proc.stdout)
@@ -184,39 +177,29 @@ def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int
     learns, `on_progress(done, total)` is called before the first script and after each."""
     path = cache_path(engine)
     version, known = name_version(engine)
-    if not refresh and path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") == FORMAT and data.get("identity") == engine.identity and not data.get("errors"):
-                data.update(version=version, known=known)
-                return Capabilities(**data)
-        except (OSError, ValueError, TypeError):
-            pass  # a damaged cache entry is learnt again
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if not refresh and path.is_file() else {}
+        if data.get("format") == FORMAT and data.get("identity") == engine.identity and not data.get("errors"):
+            return Capabilities(**{**data, "version": version, "known": known})
+    except (OSError, ValueError, TypeError):
+        pass  # a damaged cache entry is learnt again
     caps = Capabilities(identity=engine.identity, version=version, known=known, root=str(engine.root))
-    if on_progress:
-        on_progress(0, len(SCRIPTS))
+    progress = on_progress or (lambda done, total: None)
+    progress(0, len(SCRIPTS))
     results: dict[str, list[str] | str] = {}
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for future in as_completed([pool.submit(_help, engine, s) for s in SCRIPTS]):
             script, result = future.result()
             results[script] = result
-            if on_progress:
-                on_progress(len(results), len(SCRIPTS))
-    for script in SCRIPTS:  # in SCRIPTS' order, whichever finished first
-        result = results[script]
-        if isinstance(result, str):
-            caps.errors[script] = result
-        else:
-            caps.options[script] = result
+            progress(len(results), len(SCRIPTS))
+    caps.errors = {s: r for s in SCRIPTS if isinstance(r := results[s], str)}  # in SCRIPTS' order
+    caps.options = {s: r for s in SCRIPTS if not isinstance(r := results[s], str)}
     gen_img = engine.script("gen_img.py")
     if gen_img.is_file():
         caps.prompt_options = parse_prompt_options(gen_img.read_text(encoding="utf-8", errors="replace"))
     if not caps.errors:  # a failure is not remembered: the next run tries again
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-            tmp.write_text(json.dumps(asdict(caps), indent=1), encoding="utf-8")
-            replace_file(tmp, path)
+            atomic_write_text(path, json.dumps(asdict(caps), indent=1))
         except OSError:
             pass  # no cache folder: learnt again next time
     return caps
@@ -230,10 +213,9 @@ def require(engine: Engine, caps: Capabilities) -> None:
         raise EnvironmentProblem(f"{where}: {script} {error}" if "not there" not in error else f"{where} lacks "
             f"{script}, which copymachine runs")
     if not caps.file_names and not caps.sequential_names:
-        raise EnvironmentProblem(
-            f"{where}: gen_img.py has neither the per-prompt --f (sd-scripts v0.9.0 on) nor {SEQUENTIAL_NAMES}, "
-            "so copymachine cannot tell which image it rendered for which prompt; use sd-scripts v0.9.1 or later"
-        )
+        raise EnvironmentProblem(f"{where}: gen_img.py has neither the per-prompt --f (sd-scripts v0.9.0 on) nor "
+                                 f"{SEQUENTIAL_NAMES}, so copymachine cannot tell which image it rendered for which "
+                                 "prompt; use sd-scripts v0.9.1 or later")
 
 
 def option_names(argv: list[str]) -> list[str]:
@@ -248,10 +230,8 @@ def check_command(caps: Capabilities | None, version: str, script: str, argv: li
         return
     lacking = caps.lacking(script, option_names(argv) + [f"--{k}" for k in toml_keys])
     if lacking:
-        raise EnvironmentProblem(
-            f"sd-scripts {version}: {script} has no {', '.join(lacking)}, which copymachine passes; "
-            f"use a newer sd-scripts (copymachine is tested with {', '.join(TESTED)})"
-        )
+        raise EnvironmentProblem(f"sd-scripts {version}: {script} has no {', '.join(lacking)}, which copymachine "
+                                 f"passes; use a newer sd-scripts (copymachine is tested with {', '.join(TESTED)})")
 
 
 def check_training_keys(caps: Capabilities | None, script: str, keys: list[str], what: str = "--sd-arg") -> bool:

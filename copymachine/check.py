@@ -12,11 +12,9 @@ learn from. `check_pair` measures:
    about one just-noticeable difference).
 
 The ECC fit weighs every pixel by how much it changed, so a strong *local* edit pulls it: lines
-thickened by 2 px or more spread mostly over the bright side of each line, and the fit reads that
-as the picture growing (measured on the test scene at 512 px: outline width 1 0.01 px, width 2
-1.6 px, width 3 3.1 px, though no pixel moved). An edit known to keep every pixel in place — a
-built-in effect, or a user's edit declared so (`--edit-in-place`) — is checked with
-`in_place=True`: its alignment reading is a note, not a warning or a refusal.
+thickened by 2 px or more read as the picture growing (the test scene at 512 px: outline width 2
+1.6 px, width 3 3.1 px, though no pixel moved). An edit known to keep every pixel in place (a
+built-in effect, or `--edit-in-place`) is checked with `in_place=True`: that reading is a note.
 """
 
 from __future__ import annotations
@@ -79,9 +77,7 @@ class PairReport:
 
     def as_dict(self) -> dict:
         """JSON-serialisable (an infinite PSNR becomes null, with `identical` true)."""
-        d = asdict(self)
-        d["original_size"] = list(self.original_size)
-        d["edited_size"] = list(self.edited_size)
+        d = asdict(self) | {"original_size": list(self.original_size), "edited_size": list(self.edited_size)}
         d["identical"] = self.psnr_db is not None and math.isinf(self.psnr_db)
         for key, value in d.items():
             if isinstance(value, float):
@@ -129,9 +125,8 @@ def ecc_align(original: ndarray, edited: ndarray) -> tuple[ndarray, float] | Non
         shift_only[:, 2] = warp[:, 2]
         fits = [f for f in (_ecc(a, b, shift_only, cv2.MOTION_TRANSLATION), _ecc(a, b, warp, cv2.MOTION_AFFINE))
                 if f and f[0] >= ECC_MIN_CORRELATION]
-        rho = None
-        if fits:
-            rho, warp = max(fits, key=lambda f: f[0])  # ties keep the translation (listed first)
+        # ties keep the translation (listed first)
+        rho, warp = max(fits, key=lambda f: f[0]) if fits else (None, warp)
     h, w = original.shape[:2]
     if rho is None or rho < ECC_MIN_CORRELATION or corner_shift(warp, w, h) > ECC_MAX_SHIFT_FRACTION * max(w, h):
         return None
@@ -168,10 +163,10 @@ def _size_message(original: tuple[int, int], edited: tuple[int, int], name: str)
     sizes = f"edited {ew}x{eh}, original {ow}x{oh}"
     if ew % ow == 0 and eh % oh == 0 and ew // ow == eh // oh:
         k = ew // ow
-        return (f"size differs ({sizes}): the edit is exactly {k}x the original; shrink it by averaging "
-                f"{k}x{k} blocks, e.g. python -c \"from PIL import Image; "
-                f"Image.open('{name}').reduce({k}).save('{_stem(name)}-{ow}.png')\" "
-                f"(any other resize moves pixels)")
+        stem = name[:-4] if name.lower().endswith(".png") else name
+        return (f"size differs ({sizes}): the edit is exactly {k}x the original; shrink it by averaging {k}x{k} "
+                f"blocks, e.g. python -c \"from PIL import Image; Image.open('{name}').reduce({k}).save('{stem}-{ow}"
+                ".png')\" (any other resize moves pixels)")
     if ow % ew == 0 and oh % eh == 0 and ow // ew == oh // eh:
         k = ow // ew
         return (f"size differs ({sizes}): the original is exactly {k}x the edit; make the edit at full size, "
@@ -179,12 +174,12 @@ def _size_message(original: tuple[int, int], edited: tuple[int, int], name: str)
     return f"size differs ({sizes}): make the edit on the original at its size, without cropping or resizing"
 
 
-def _stem(name: str) -> str:
-    return name[:-4] if name.lower().endswith(".png") else name
-
-
 def _rounded(x: float) -> float:
     return math.floor(x * 10.0 + 0.5) / 10.0
+
+
+def _arrays(original: Image.Image, edited: Image.Image) -> tuple[ndarray, ndarray]:
+    return np.asarray(to_rgb(original), np.uint8), np.asarray(to_rgb(edited), np.uint8)
 
 
 def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str = "EDITED.png",
@@ -195,8 +190,7 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
     `in_place`: the edit is known to keep every pixel where it is (a built-in effect, or the user
     says so); a corner movement the fit reports is then a note (see the module text).
     """
-    a = np.asarray(to_rgb(original), np.uint8)
-    b = np.asarray(to_rgb(edited), np.uint8)
+    a, b = _arrays(original, edited)
     if a.shape != b.shape:
         message = _size_message(original.size, edited.size, edited_name)
         return PairReport(False, None, None, None, None, "refuse", [message], original_size=original.size,
@@ -211,34 +205,36 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
         report.corner_shift_px = 0.0
         refuse.append("the edited image is identical to the original: there is nothing for the effect LoRA to learn")
     else:
-        fit = ecc_align(a, b)
-        if fit is None:
-            refuse.append("not the same picture: the alignment fit found no match (an unrelated image, or an edit "
-                          "that changed the picture itself); edit a copy of the original, in place")
-        else:
-            warp, report.ecc_correlation = fit
-            report.corner_shift_px = corner_shift(warp, a.shape[1], a.shape[0])
-            shift = _rounded(report.corner_shift_px)
-            moved = (f"the edit is out of alignment: its corners move {report.corner_shift_px:.1f} px against the "
-                     f"original (an offset, rotation, crop or resize); ")
-            if in_place and report.reads_as_moved:
-                report.notes.append(f"the alignment fit reads the corners as moving {report.corner_shift_px:.1f} px; "
-                                    "the edit is taken as keeping every pixel in place, and then that reading is the "
-                                    "pull of its strong local changes (thicker lines, say) on the fit, not a shift")
-            elif shift >= SHIFT_REFUSE_PX:
-                refuse.append(moved + f"above {SHIFT_REFUSE_PX:g} px the LoRA would learn the shift; "
-                              "redo the edit on the original without moving, rotating or resizing it")
-            elif report.reads_as_moved:
-                warn.append(moved + "the LoRA may learn a shift; check that the edit tool did not move the layer")
-        weak = weak_message(psnr_db, changed)
-        if weak:
-            warn.append(weak)
+        _alignment(report, a, b, in_place, refuse, warn)
+        warn += [w for w in [weak_message(psnr_db, changed)] if w]
         if report.ssim is not None and report.ssim < DIFFERENT_SSIM:
             warn.append(f"edit too different: SSIM {report.ssim:.2f} (< {DIFFERENT_SSIM:g}); the LoRA will learn a "
                         "new picture rather than an effect; make the edit milder")
     report.messages = refuse + warn
     report.verdict = "refuse" if refuse else "warn" if warn else "ok"
     return report
+
+
+def _alignment(report: PairReport, a: ndarray, b: ndarray, in_place: bool, refuse: list[str], warn: list[str]) -> None:
+    """The alignment part of `check_pair`: the fit's corner movement, and what it says of the edit."""
+    fit = ecc_align(a, b)
+    if fit is None:
+        refuse.append("not the same picture: the alignment fit found no match (an unrelated image, or an edit "
+                      "that changed the picture itself); edit a copy of the original, in place")
+        return
+    warp, report.ecc_correlation = fit
+    shift = report.corner_shift_px = corner_shift(warp, a.shape[1], a.shape[0])
+    moved = (f"the edit is out of alignment: its corners move {shift:.1f} px against the original (an offset, "
+             f"rotation, crop or resize); ")
+    if in_place and report.reads_as_moved:
+        report.notes.append(f"the alignment fit reads the corners as moving {shift:.1f} px; the edit is taken as "
+                            "keeping every pixel in place, and then that reading is the pull of its strong local "
+                            "changes (thicker lines, say) on the fit, not a shift")
+    elif _rounded(shift) >= SHIFT_REFUSE_PX:
+        refuse.append(moved + f"above {SHIFT_REFUSE_PX:g} px the LoRA would learn the shift; "
+                      "redo the edit on the original without moving, rotating or resizing it")
+    elif report.reads_as_moved:
+        warn.append(moved + "the LoRA may learn a shift; check that the edit tool did not move the layer")
 
 
 def weak_message(psnr_db: float, changed: float) -> str | None:
@@ -253,27 +249,21 @@ def weak_message(psnr_db: float, changed: float) -> str | None:
 def strength(original: Image.Image, edited: Image.Image) -> tuple[float, float] | None:
     """PSNR and the share of noticeably changed pixels, the strength part of `check_pair` alone
     (None when the sizes differ); cheap beside the alignment fit."""
-    a, b = np.asarray(to_rgb(original), np.uint8), np.asarray(to_rgb(edited), np.uint8)
-    if a.shape != b.shape:
-        return None
-    return psnr(a, b), float(np.mean(delta_e(a, b) > CHANGED_DELTA_E))
+    a, b = _arrays(original, edited)
+    return None if a.shape != b.shape else (psnr(a, b), float(np.mean(delta_e(a, b) > CHANGED_DELTA_E)))
 
 
 def format_report(report: PairReport, original_name: str = "original", edited_name: str = "edited") -> str:
     """The report as a user reads it: one measurement per line, then the verdict and its reasons."""
-    ow, oh = report.original_size
-    ew, eh = report.edited_size
-    lines = [f"original   {original_name} ({ow}x{oh})", f"edited     {edited_name} ({ew}x{eh})"]
-    lines.append(f"size       {'same' if report.size_ok else 'DIFFERENT'}")
+    (ow, oh), (ew, eh) = report.original_size, report.edited_size
+    lines = [f"original   {original_name} ({ow}x{oh})", f"edited     {edited_name} ({ew}x{eh})",
+             f"size       {'same' if report.size_ok else 'DIFFERENT'}"]
     if report.size_ok:
-        if report.corner_shift_px is not None:
-            lines.append(f"alignment  corners move {report.corner_shift_px:.2f} px "
-                         f"(warn from {SHIFT_WARN_PX:g}, refuse from {SHIFT_REFUSE_PX:g})")
-        else:
-            lines.append("alignment  no fit")
+        shift = report.corner_shift_px
+        lines.append("alignment  no fit" if shift is None else f"alignment  corners move {shift:.2f} px (warn from "
+                     f"{SHIFT_WARN_PX:g}, refuse from {SHIFT_REFUSE_PX:g})")
         psnr_db = report.psnr_db if report.psnr_db is not None else math.inf
-        psnr_text = "identical" if math.isinf(psnr_db) else f"{psnr_db:.1f} dB"
-        lines.append(f"PSNR       {psnr_text}")
+        lines.append(f"PSNR       {'identical' if math.isinf(psnr_db) else f'{psnr_db:.1f} dB'}")
         if report.ssim is not None:
             lines.append(f"SSIM       {report.ssim:.3f}")
         lines.append(f"changed    {report.changed_fraction:.1%} of pixels (colour difference dE > {CHANGED_DELTA_E:g})")
@@ -283,8 +273,7 @@ def format_report(report: PairReport, original_name: str = "original", edited_na
     return "\n".join(lines)
 
 
-# --- the compare sheet ------------------------------------------------------------------------
-
+# The compare sheet
 SHEET_MARGIN = 12
 SHEET_BACKGROUND = (255, 255, 255)
 
@@ -304,8 +293,7 @@ def compare_sheet(original: Image.Image, edited: Image.Image, path: str | os.Pat
     """Write original | edit | difference heat map side by side, labelled, as a PNG (atomically).
 
     Each label is shrunk (then shortened) to its panel's width, so none is cut at small sizes."""
-    a = np.asarray(to_rgb(original), np.uint8)
-    b = np.asarray(to_rgb(edited), np.uint8)
+    a, b = _arrays(original, edited)
     if a.shape != b.shape:
         raise ValueError(f"compare_sheet needs images of one size, got {original.size} and {edited.size}")
     heat, top = heat_map(a, b)

@@ -37,37 +37,29 @@ OWNER_VARIABLE = "COPYMACHINE_PARENT_PID"
 # Each module is imported, not only found: a venv can hold a module that is there but fails to
 # import (numpy 2 beside an opencv built for numpy 1), and sd-scripts would fail on it minutes later.
 _PROBE = r"""
-import importlib, importlib.util, json, sys
-mods = json.loads(sys.argv[1])
-missing = []
-broken = {}
-for m in mods:
+import importlib, importlib.util, importlib.metadata, json, sys
+info = {"python_version": sys.version.split()[0], "missing": [], "broken": {}, "versions": {}}
+for m in json.loads(sys.argv[1]):
     try:
-        if importlib.util.find_spec(m) is None:
-            missing.append(m)
-            continue
+        found = importlib.util.find_spec(m) is not None
     except (ImportError, ValueError):
-        missing.append(m)
-        continue
+        found = False
     try:
-        importlib.import_module(m)
+        if found:
+            importlib.import_module(m)
+        else:
+            info["missing"].append(m)
     except BaseException as e:  # a broken binary raises ImportError, AttributeError, OSError, SystemExit...
         text = (str(e).strip().splitlines() or [""])[0]
-        broken[m] = f"{type(e).__name__}: {text}" if text else type(e).__name__
-info = {"python": sys.version.split()[0], "executable": sys.executable, "missing": missing, "broken": broken,
-        "versions": {}}
-try:
-    import importlib.metadata as md
-    for dist in json.loads(sys.argv[2]) if len(sys.argv) > 2 else []:
-        try:
-            info["versions"][dist] = md.version(dist)
-        except Exception:
-            pass
-except ImportError:
-    pass
-if "torch" in broken:
-    info["torch_error"] = broken["torch"]
-elif "torch" not in missing:
+        info["broken"][m] = f"{type(e).__name__}: {text}" if text else type(e).__name__
+for dist in json.loads(sys.argv[2]):
+    try:
+        info["versions"][dist] = importlib.metadata.version(dist)
+    except Exception:
+        pass
+if "torch" in info["broken"]:
+    info["torch_error"] = info["broken"]["torch"]
+elif "torch" not in info["missing"]:
     try:
         import torch
         info["torch"] = torch.__version__
@@ -79,10 +71,7 @@ elif "torch" not in missing:
             # copymachine decides by the compute capability (profiles.choose_precision)
             info["bf16"] = bool(torch.cuda.is_bf16_supported())
             info["compute"] = [list(torch.cuda.get_device_capability(i)) for i in range(count)]
-            memory = [torch.cuda.mem_get_info(i) for i in range(count)]
-            info["vram"] = [[int(f), int(t)] for f, t in memory]
-            info["vram_free"] = int(memory[0][0])
-            info["vram_total"] = int(memory[0][1])
+            info["vram"] = [[int(f), int(t)] for f, t in (torch.cuda.mem_get_info(i) for i in range(count))]
     except Exception as e:
         info["torch_error"] = f"{type(e).__name__}: {e}"
 print("COPYMACHINE_PROBE " + json.dumps(info))
@@ -102,10 +91,17 @@ class Probe:
     bf16: bool = False  # torch.cuda.is_bf16_supported(): true under emulation too
     compute: list[tuple[int, int]] = field(default_factory=list)  # compute capability of each GPU
     vram: list[tuple[int, int]] = field(default_factory=list)  # (free, total) bytes of each GPU
-    vram_free: int | None = None  # of GPU 0
-    vram_total: int | None = None
     torch_error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def vram_free(self) -> int | None:
+        """Of GPU 0."""
+        return self.vram[0][0] if self.vram else None
+
+    @property
+    def vram_total(self) -> int | None:
+        return self.vram[0][1] if self.vram else None
 
 
 @dataclass
@@ -124,9 +120,7 @@ class Engine:
         """Which sd-scripts this is, for stage keys and the knowledge cache: `git:<commit>`, or
         `tree:<sha256>` of its Python files when it is not a git checkout (an extracted release,
         a copied folder). Another version, commit or edited file is another engine."""
-        if self.commit:
-            return f"git:{self.commit}"
-        return f"tree:{tree_hash(self.root)}"
+        return f"git:{self.commit}" if self.commit else f"tree:{tree_hash(self.root)}"
 
     def script(self, relative: str) -> Path:
         return self.root / relative
@@ -144,8 +138,7 @@ class Engine:
         env[OWNER_VARIABLE] = str(os.getpid())
         env.setdefault("TERM", "dumb")
         if offline:
-            env["HF_HUB_OFFLINE"] = "1"
-            env["TRANSFORMERS_OFFLINE"] = "1"
+            env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"
         return env
 
     def launch_training(self, script: str, config: Path, mixed_precision: str,
@@ -153,7 +146,7 @@ class Engine:
         """`accelerate launch` of a training script, with every launch option given so that no
         `accelerate config` file is needed and none is asked for. With `launcher`, accelerate runs
         that file, which runs the training script (copymachine/sd_side/base_weights_launcher.py)."""
-        target = [str(launcher), str(self.script(script))] if launcher else [str(self.script(script))]
+        target = [str(p) for p in (launcher, self.script(script)) if p]
         return [self.python, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1",
                 "--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision,
                 "--dynamo_backend", "no", *target, "--config_file", str(config)]
@@ -164,109 +157,89 @@ class Engine:
     def probe(self, modules: tuple[str, ...] = REQUIRED_MODULES) -> Probe:
         """Ask the sd-scripts Python which modules it lacks and whether it sees a GPU."""
         try:
-            proc = subprocess.run(
-                [self.python, "-c", _PROBE, json.dumps(list(modules)), json.dumps(list(REPORTED_DISTRIBUTIONS))],
-                check=False, cwd=self.root, env=self.env(), capture_output=True, text=True, encoding="utf-8",
-                errors="replace", timeout=300)
+            proc = subprocess.run([self.python, "-c", _PROBE, json.dumps(modules), json.dumps(REPORTED_DISTRIBUTIONS)],
+                                  check=False, cwd=self.root, env=self.env(), capture_output=True, encoding="utf-8",
+                                  errors="replace", timeout=300)
         except FileNotFoundError:
             raise EnvironmentProblem(f"the Python for sd-scripts was not found: {self.python} (set --python or "
                                      "$SD_SCRIPTS_PYTHON)") from None
         except OSError as e:
             raise EnvironmentProblem(f"cannot run the Python for sd-scripts ({self.python}): {e}") from None
         except subprocess.TimeoutExpired:
-            raise EnvironmentProblem(
-                f"the Python for sd-scripts did not answer within 5 minutes: {self.python}") from None
+            raise EnvironmentProblem(f"the Python for sd-scripts did not answer within 5 minutes: "
+                                     f"{self.python}") from None
         for line in proc.stdout.splitlines():
             if line.startswith("COPYMACHINE_PROBE "):
                 data = json.loads(line.split(" ", 1)[1])
-                return Probe(
-                    python_version=data["python"], missing=data["missing"], broken=data.get("broken", {}),
-                    torch=data.get("torch"), cuda=data.get("cuda", False), gpus=data.get("gpus", []),
-                    bf16=data.get("bf16", False), compute=[tuple(c) for c in data.get("compute", [])],
-                    vram=[tuple(v) for v in data.get("vram", [])], vram_free=data.get("vram_free"),
-                    vram_total=data.get("vram_total"), torch_error=data.get("torch_error"),
-                    versions=data.get("versions", {}))
+                for key in ("compute", "vram"):
+                    data[key] = [tuple(v) for v in data.get(key, [])]
+                return Probe(**data)
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) failed to start: {last}")
 
     def require(self, probe: Probe) -> None:
         """Refuse to start when the sd-scripts Python lacks something a stage will import."""
+        where = f"the Python for sd-scripts ({self.python})"
         if probe.missing:
-            names = ", ".join(probe.missing)
             hint = "install sd-scripts' requirements into it: pip install -r requirements.txt (and torch)"
             if probe.missing == ["library"]:
                 hint = f"run `pip install -e .` in {self.root} (sd-scripts' own package)"
-            raise EnvironmentProblem(f"the Python for sd-scripts ({self.python}) lacks {names}; {hint}")
+            raise EnvironmentProblem(f"{where} lacks {', '.join(probe.missing)}; {hint}")
         if probe.broken:
             module, error = next(iter(probe.broken.items()))
-            raise EnvironmentProblem(f"{module} fails to import in the Python for sd-scripts ({self.python}): {error}; "
-                                     f"{import_fix(module, error)}")
+            raise EnvironmentProblem(f"{module} fails to import in {where}: {error}; {import_fix(module, error)}")
         if probe.torch_error:
-            raise EnvironmentProblem(f"torch fails to import in the Python for sd-scripts ({self.python}): "
-                                     f"{probe.torch_error}")
+            raise EnvironmentProblem(f"torch fails to import in {where}: {probe.torch_error}")
 
 
 # Folders of a checkout that are not sd-scripts' code: its venv, git's data, byte code, caches.
 # bitsandbytes_windows: DLLs and patches the Windows setup copies into the venv, not code sd-scripts runs.
 _TREE_SKIP = {".git", "venv", ".venv", "__pycache__", "node_modules", ".cache", "logs", "outputs",
               "bitsandbytes_windows"}
-
-
-def _tree_files(root: Path) -> list[tuple[str, os.stat_result]]:
-    found: list[tuple[str, os.stat_result]] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in _TREE_SKIP and not (Path(folder) / d / "pyvenv.cfg").exists())
-        for name in sorted(files):
-            if name.endswith(".py") or name == "requirements.txt":
-                path = Path(folder) / name
-                found.append((path.relative_to(root).as_posix(), path.stat()))
-    return found
-
-
 _TREE_HASHES: dict[tuple, str] = {}
 
 
 def tree_hash(root: Path) -> str:
     """sha256 over the path and content of every .py file (and requirements.txt) of `root`,
     remembered per process by the files' sizes and mtimes (a re-plan does not re-read them)."""
-    files = _tree_files(root)
+    files: list[tuple[str, os.stat_result]] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _TREE_SKIP and not (Path(folder) / d / "pyvenv.cfg").exists())
+        for name in sorted(n for n in names if n.endswith(".py") or n == "requirements.txt"):
+            path = Path(folder) / name
+            files.append((path.relative_to(root).as_posix(), path.stat()))
     signature = (str(root), tuple((rel, st.st_size, st.st_mtime_ns) for rel, st in files))
-    cached = _TREE_HASHES.get(signature)
-    if cached:
-        return cached
-    digest = hashlib.sha256()
-    for rel, _ in files:
-        digest.update(rel.encode("utf-8") + b"\0")
-        digest.update(hashlib.sha256((root / rel).read_bytes()).digest())
-    _TREE_HASHES[signature] = digest.hexdigest()
+    if signature not in _TREE_HASHES:
+        digest = hashlib.sha256()
+        for rel, _ in files:
+            digest.update(rel.encode("utf-8") + b"\0")
+            digest.update(hashlib.sha256((root / rel).read_bytes()).digest())
+        _TREE_HASHES[signature] = digest.hexdigest()
     return _TREE_HASHES[signature]
 
 
 def find_sd_scripts(option: str | os.PathLike | None) -> Path:
-    """--sd-scripts, then $SD_SCRIPTS, then vendor/sd-scripts (beside copymachine, or in the cwd).
-    A kohya_ss GUI folder given as either means its `sd-scripts` submodule."""
-    tried: list[str] = []
-    candidates: list[tuple[str, Path]] = []
+    """In the order of the module text (vendor/sd-scripts beside copymachine, or in the cwd); a
+    kohya_ss GUI folder given means its `sd-scripts` submodule."""
+    given = option or os.environ.get("SD_SCRIPTS")
     if option:
-        candidates.append(("--sd-scripts", Path(option)))
-    elif os.environ.get("SD_SCRIPTS"):
-        candidates.append(("$SD_SCRIPTS", Path(os.environ["SD_SCRIPTS"])))
+        candidates = [("--sd-scripts", Path(option))]
+    elif given:
+        candidates = [("$SD_SCRIPTS", Path(given))]
     else:
-        candidates.append(("vendor/sd-scripts", _PACKAGE_ROOT / "vendor" / "sd-scripts"))
-        candidates.append(("vendor/sd-scripts", Path.cwd() / "vendor" / "sd-scripts"))
+        candidates = [("vendor/sd-scripts", base / "vendor" / "sd-scripts") for base in (_PACKAGE_ROOT, Path.cwd())]
+    tried = []
     for source, path in candidates:
         path = path.expanduser()
         if is_kohya_ss(path) and not (path / "train_network.py").is_file():
             path = path / "sd-scripts"  # a kohya_ss GUI folder: its sd-scripts submodule
-        if (path / "train_network.py").is_file() and (path / "networks").is_dir():
+        if is_sd_scripts(path):
             return path.resolve()
         tried.append(f"{path} ({source})")
-    if option or os.environ.get("SD_SCRIPTS"):
+    if given:
         raise EnvironmentProblem(f"sd-scripts not found at {tried[0]}: no train_network.py there")
-    raise EnvironmentProblem(
-        "sd-scripts not found: point --sd-scripts or $SD_SCRIPTS at your checkout, "
-        f"or run `git submodule update --init vendor/sd-scripts` (pinned at {PINNED_COMMIT[:8]})"
-    )
+    raise EnvironmentProblem("sd-scripts not found: point --sd-scripts or $SD_SCRIPTS at your checkout, or run "
+                             f"`git submodule update --init vendor/sd-scripts` (pinned at {PINNED_COMMIT[:8]})")
 
 
 def _absolute_python(python: str) -> str:
@@ -279,21 +252,20 @@ def _absolute_python(python: str) -> str:
 
 
 def _venv_python(venv: Path) -> Path | None:
-    for python in (venv / "bin" / "python", venv / "Scripts" / "python.exe"):
-        if python.is_file():
-            return python
-    return None
+    return next((p for p in (venv / "bin" / "python", venv / "Scripts" / "python.exe") if p.is_file()), None)
+
+
+def is_sd_scripts(folder: Path) -> bool:
+    return (folder / "train_network.py").is_file() and (folder / "networks").is_dir()
 
 
 def is_kohya_ss(folder: Path) -> bool:
-    """A kohya_ss GUI install (bmaltais/kohya_ss): its root has kohya_gui.py (and the kohya_gui
-    package), with sd-scripts as a submodule in it."""
+    """A kohya_ss GUI install (bmaltais/kohya_ss, with sd-scripts as a submodule)."""
     return (folder / "kohya_gui.py").is_file() or (folder / "kohya_gui").is_dir()
 
 
 def find_python_and_reason(option: str | None, root: Path) -> tuple[str, str]:
-    """The Python for sd-scripts and how it was found: --python, then $SD_SCRIPTS_PYTHON, then
-    <sd-scripts>/venv, then <kohya_ss>/venv beside <kohya_ss>/sd-scripts, then this Python."""
+    """The Python for sd-scripts and how it was found (the order in the module text)."""
     if option:
         return _absolute_python(str(option)), "given by --python"
     if os.environ.get("SD_SCRIPTS_PYTHON"):
@@ -301,27 +273,29 @@ def find_python_and_reason(option: str | None, root: Path) -> tuple[str, str]:
     own = _venv_python(root / "venv")
     if own:
         return str(own), "the venv inside the sd-scripts folder"
-    if is_kohya_ss(root.parent):
-        beside = _venv_python(root.parent / "venv")
-        if beside:
-            return str(beside), f"the kohya_ss venv beside sd-scripts ({root.parent})"
+    beside = _venv_python(root.parent / "venv") if is_kohya_ss(root.parent) else None
+    if beside:
+        return str(beside), f"the kohya_ss venv beside sd-scripts ({root.parent})"
     return sys.executable, ("copymachine's own Python: no --python, no $SD_SCRIPTS_PYTHON, no venv in or beside the "
                             "sd-scripts folder")
 
 
-def read_git_commit(root: Path) -> str | None:
-    """HEAD of a git checkout without running git (a .git folder, or a .git file of a
-    submodule/worktree); None when `root` is not a git checkout."""
+def _git_dir(root: Path) -> Path | None:
+    """The .git folder, or where the .git file of a submodule or worktree points."""
     dot_git = root / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    if not dot_git.is_file():
+        return None
+    text = dot_git.read_text(encoding="utf-8").strip()
+    return (root / text.split(":", 1)[1].strip()).resolve() if text.startswith("gitdir:") else None
+
+
+def read_git_commit(root: Path) -> str | None:
+    """HEAD of a git checkout without running git; None when `root` is not a git checkout."""
     try:
-        if dot_git.is_file():
-            text = dot_git.read_text(encoding="utf-8").strip()
-            if not text.startswith("gitdir:"):
-                return None
-            git_dir = (root / text.split(":", 1)[1].strip()).resolve()
-        elif dot_git.is_dir():
-            git_dir = dot_git
-        else:
+        git_dir = _git_dir(root)
+        if git_dir is None:
             return None
         head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
         if not head.startswith("ref:"):
@@ -334,14 +308,10 @@ def read_git_commit(root: Path) -> str | None:
             if (base / ref).is_file():
                 return (base / ref).read_text(encoding="utf-8").strip()
         packed = common / "packed-refs"
-        if packed.is_file():
-            for line in packed.read_text(encoding="utf-8").splitlines():
-                parts = line.split()
-                if len(parts) == 2 and parts[1] == ref:
-                    return parts[0]
+        lines = packed.read_text(encoding="utf-8").splitlines() if packed.is_file() else []
+        return next((parts[0] for parts in map(str.split, lines) if len(parts) == 2 and parts[1] == ref), None)
     except OSError:
         return None
-    return None
 
 
 def locate(sd_scripts: str | os.PathLike | None = None, python: str | None = None) -> Engine:

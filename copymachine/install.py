@@ -1,10 +1,6 @@
 """Setting up sd-scripts for copymachine (`copymachine setup`, what `make setup` runs): the pinned
 sd-scripts (a checkout given, the repository's submodule, or a clone at the pinned commit), its
-own venv, torch, sd-scripts' requirements. The same steps on Windows, Linux and macOS, with
-argument lists (no shell), so no make or bash is needed.
-
-On Windows the package index's default torch is a CPU-only build: with a GPU (nvidia-smi) and no
---index-url in the torch spec, setup stops before installing and names the CUDA build to pick.
+own venv, torch, sd-scripts' requirements; the same argument lists (no shell) on every system.
 
 `setup --tokenizers DIR` makes the offline tokenizer folder from what is installed (no library
 makes it: transformers saves one only after fetching it, so the copy from the hub's cache and the
@@ -23,7 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path, PurePath
 
-from copymachine.engine import PINNED_COMMIT
+from copymachine.engine import PINNED_COMMIT, is_sd_scripts
 from copymachine.errors import EnvironmentProblem, InputError
 from copymachine.models import SDXL
 from copymachine.runner import command_line
@@ -44,10 +40,6 @@ def venv_python(venv: PurePath, platform: str | None = None) -> PurePath:
     return venv.joinpath(*parts)
 
 
-def is_sd_scripts(folder: Path) -> bool:
-    return (folder / "train_network.py").is_file() and (folder / "networks").is_dir()
-
-
 def run_step(argv: list[str], say: Say, what: str, cwd: Path | None = None) -> None:
     """Run one step, its output passed on line by line (to stderr: stdout is for results); a
     failure ends set-up with the command (its output is above, said once)."""
@@ -64,9 +56,6 @@ def run_step(argv: list[str], say: Say, what: str, cwd: Path | None = None) -> N
         raise EnvironmentProblem(f"{what} failed (exit {proc.returncode}): {command_line(argv)}")
 
 
-# --- sd-scripts ---------------------------------------------------------------------------------
-
-
 def superproject_submodule(folder: Path, cwd: Path) -> Path | None:
     """The git repository at `cwd` when `folder` is one of its submodules (copymachine's own
     checkout, with vendor/sd-scripts), else None."""
@@ -75,12 +64,8 @@ def superproject_submodule(folder: Path, cwd: Path) -> Path | None:
         return None
     listed = subprocess.run(["git", "config", "-f", str(gitmodules), "--get-regexp", r"^submodule\..*\.path$"],
                             capture_output=True, text=True, check=False).stdout  # fmt: skip
-    target = folder.absolute() if folder.is_absolute() else (cwd / folder).absolute()
-    for line in listed.splitlines():
-        _, _, path = line.partition(" ")
-        if path and (cwd / path).absolute() == target:
-            return cwd
-    return None
+    paths = [line.partition(" ")[2] for line in listed.splitlines()]
+    return cwd if any(path and (cwd / path).absolute() == (cwd / folder).absolute() for path in paths) else None
 
 
 def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL, commit: str = PINNED_COMMIT) -> None:
@@ -95,8 +80,8 @@ def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_UR
         if repo is not None:
             say(f"sd-scripts: the submodule {folder} (pinned by this repository)")
             relative = Path(os.path.relpath(folder.absolute(), repo.absolute())).as_posix()  # as .gitmodules names it
-            run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say, "fetching the "
-                "sd-scripts submodule")
+            run_step(["git", "-C", str(repo), "submodule", "update", "--init", "--", relative], say,
+                     "fetching the sd-scripts submodule")
             return
         say(f"sd-scripts: cloning {url} into {folder}, at the pinned commit {commit[:8]}")
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -110,10 +95,7 @@ def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_UR
 def sd_scripts_folder(option: Path | None, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL) -> Path:
     """The sd-scripts to set up: the one at `option` (default vendor/sd-scripts), fetched there
     when the folder is absent or empty; a folder with other things in it is refused."""
-    folder = Path(option) if option else DEFAULT_SD_SCRIPTS
-    folder = folder.expanduser()
-    if not folder.is_absolute():
-        folder = cwd / folder
+    folder = cwd / Path(option or DEFAULT_SD_SCRIPTS).expanduser()  # an absolute path stays as it is
     if is_sd_scripts(folder):
         say(f"sd-scripts: {folder}")
         return folder
@@ -124,9 +106,6 @@ def sd_scripts_folder(option: Path | None, say: Say, cwd: Path, url: str = SD_SC
     if not is_sd_scripts(folder):
         raise EnvironmentProblem(f"fetched sd-scripts into {folder}, but it has no train_network.py and networks/")
     return folder
-
-
-# --- torch --------------------------------------------------------------------------------------
 
 
 def nvidia_smi() -> str | None:
@@ -167,17 +146,10 @@ def torch_args(spec: str, say: Say, platform: str | None = None,
             f"build your driver supports: {PYTORCH_SITE})")  # fmt: skip
         return args
     version = f"{cuda[0]}.{cuda[1]}"
-    raise InputError(
-        "on Windows the package index's default torch is a CPU-only build, and this machine's NVIDIA driver supports "
-        f"CUDA {version}: "
-        f'run copymachine setup --torch "{spec} --index-url {PYTORCH_INDEX}cu{cuda[0]}{cuda[1]}" (if there is no such '
-        'build, '
-        f"the newest CUDA build up to {version} listed at {PYTORCH_SITE}; for the CPU build anyway: --index-url "
-        f"{PYTORCH_INDEX}cpu)"
-    )
-
-
-# --- the whole set-up ---------------------------------------------------------------------------
+    raise InputError(f"on Windows the package index's default torch is a CPU-only build, and this machine's NVIDIA "
+                     f'driver supports CUDA {version}: run copymachine setup --torch "{spec} --index-url '
+                     f'{PYTORCH_INDEX}cu{cuda[0]}{cuda[1]}" (if there is no such build, the newest CUDA build up to '
+                     f"{version} listed at {PYTORCH_SITE}; for the CPU build anyway: --index-url {PYTORCH_INDEX}cpu)")
 
 
 def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = None, cwd: Path | None = None,
@@ -212,8 +184,6 @@ def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = No
         say(f"warning: {root} has no requirements.txt: nothing more installed")
     return root, os.fspath(py)
 
-
-# --- the offline tokenizer folder (--tokenizer-cache-dir) ----------------------------------------
 
 # sd-scripts loads <DIR>/<hub id with "/" as "_"> (library/strategy_sd.py, strategy_sdxl.py): SDXL's two
 # are SD1's one and laion's bigG, which pads with "!". Both are CLIP's BPE vocabulary of 49,408 tokens.

@@ -43,11 +43,8 @@ class Family:
         """What of the family changes a stage's results, for stage keys (not its label: a new
         wording must not invalidate every cache)."""
         fields = [f.name for f in dataclasses.fields(self) if f.name not in self.COSMETIC]
-        return {name: _jsonable(getattr(self, name)) for name in fields}
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+        values = {name: getattr(self, name) for name in fields}
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
 
 
 SD1 = Family(name="sd1", label="Stable Diffusion 1.x", train_script="train_network.py",
@@ -63,8 +60,8 @@ SD2 = Family(name="sd2", label="Stable Diffusion 2.x", train_script="train_netwo
 # issues #653, #881). The memo's numbers are unchanged; the resolution is the image's (1024).
 SDXL = Family(name="sdxl", label="SDXL", train_script="sdxl_train_network.py",
               merge_script="networks/sdxl_merge_lora.py", gen_flag="--sdxl", base_model_version="sdxl_base_v1-0",
-              training_options={"no_half_vae": True},
-              extract_options=("--sdxl",), default_size=1024, render_no_half_vae=True,
+              training_options={"no_half_vae": True}, extract_options=("--sdxl",), default_size=1024,
+              render_no_half_vae=True,
               tokenizers=("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"))
 
 FAMILIES = {f.name: f for f in (SD1, SD2, SDXL)}
@@ -88,6 +85,7 @@ _OTHER_ARCHITECTURES = [
 ]
 
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Marker tensors of v-prediction checkpoints (NoobAI-XL V-Pred and its merges; ComfyUI reads the
 # same keys): `v_pred` = trained to predict v, `ztsnr` = with a zero-terminal-SNR noise schedule.
 V_PRED_KEY = "v_pred"
@@ -140,15 +138,9 @@ def choose_prediction(model: ModelInfo, v_pred: bool = False, zero_terminal_snr:
             return Prediction(why="a pickle checkpoint copymachine does not open: assumed epsilon-prediction (--v-pred "
                                   "for a v-prediction model)")
         return Prediction()
-    reasons = []
-    if has_v:
-        reasons.append(f"the checkpoint has a {V_PRED_KEY} key")
-    elif v_pred:
-        reasons.append("--v-pred")
-    if has_z:
-        reasons.append(f"a {ZTSNR_KEY} key")
-    elif zero_terminal_snr:
-        reasons.append("--zero-terminal-snr")
+    reasons = [f"the checkpoint has a {V_PRED_KEY} key" if has_v else "--v-pred"]
+    if z:
+        reasons.append(f"a {ZTSNR_KEY} key" if has_z else "--zero-terminal-snr")
     return Prediction(v_parameterization=True, zero_terminal_snr=z, why=", ".join(reasons))
 
 
@@ -183,25 +175,13 @@ class BaseOptions:
 
     def training_keys(self) -> dict[str, Any]:
         """Keys of the training TOML (option names of train_network.py / sdxl_train_network.py)."""
-        keys: dict[str, Any] = {}
-        if self.clip_skip > 1:
-            keys["clip_skip"] = self.clip_skip
-        if self.v_parameterization:
-            keys["v_parameterization"] = True
-        if self.zero_terminal_snr:
-            keys["zero_terminal_snr"] = True
-        return keys
+        keys: dict[str, Any] = {"clip_skip": self.clip_skip} if self.clip_skip > 1 else {}
+        return keys | {k: True for k in ("v_parameterization", "zero_terminal_snr") if getattr(self, k)}
 
     def gen_img_args(self) -> list[str]:
         """gen_img.py's options (it defaults clip skip to 1 for SD1.x and to 2, SDXL's own, for SDXL)."""
         args = ["--clip_skip", str(self.clip_skip)] if self.clip_skip > 1 else []
-        if self.v_parameterization:
-            args.append("--v_parameterization")
-        if self.zero_terminal_snr:
-            args.append("--zero_terminal_snr")
-        if self.no_half_vae:
-            args.append("--no_half_vae")
-        return args
+        return args + [f"--{k}" for k in ("v_parameterization", "zero_terminal_snr", "no_half_vae") if getattr(self, k)]
 
 
 def base_options(family: Family, clip_skip: int, prediction: Prediction) -> BaseOptions:
@@ -209,16 +189,11 @@ def base_options(family: Family, clip_skip: int, prediction: Prediction) -> Base
     clip skip to choose: it always reads the penultimate layer (gen_img.py's default 2 for it),
     and sd-scripts' SDXL training ignores clip_skip, so a training and its renders would differ."""
     if clip_skip != 1 and family.name == "sdxl":
-        raise InputError(
-            f"clip skip {clip_skip}: {family.label} has no clip skip to choose (it always uses the text encoders' "
-            "penultimate layer, and sd-scripts' SDXL training ignores clip_skip); leave model.clip_skip at 1"
-        )
-    return BaseOptions(
-        clip_skip=clip_skip,
-        v_parameterization=prediction.v_parameterization,
-        zero_terminal_snr=prediction.zero_terminal_snr,
-        no_half_vae=family.render_no_half_vae,
-    )
+        raise InputError(f"clip skip {clip_skip}: {family.label} has no clip skip to choose (it always uses the text "
+                         "encoders' penultimate layer, and sd-scripts' SDXL training ignores clip_skip); leave "
+                         "model.clip_skip at 1")
+    return BaseOptions(clip_skip=clip_skip, v_parameterization=prediction.v_parameterization,
+                       zero_terminal_snr=prediction.zero_terminal_snr, no_half_vae=family.render_no_half_vae)
 
 
 def detect_family(keys: list[str] | set[str]) -> tuple[Family | None, str]:
@@ -241,23 +216,17 @@ def inspect_base_model(path: Path, for_training: bool = True) -> ModelInfo:
     unless `for_training` is False: the merge/extract tools take any family sd-scripts does)."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(
-            f"base model is a folder: {path}; copymachine needs a single-file checkpoint (.safetensors)"
-        )
-    if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin") and path.exists():
-        raise InputError(
-            f"base model is a pickle file ({path.suffix}): {path}; loading a pickle can run code, "
-            "so copymachine only reads .safetensors (convert it, or use a .safetensors download)"
-        )
+        raise InputError(f"base model is a folder: {path}; copymachine needs a single-file checkpoint (.safetensors)")
+    if path.suffix.lower() in PICKLE_SUFFIXES and path.exists():
+        raise InputError(f"base model is a pickle file ({path.suffix}): {path}; loading a pickle can run code, "
+                         "so copymachine only reads .safetensors (convert it, or use a .safetensors download)")
     st = read_safetensors(path, "base model")
     family, what = detect_family(st.keys())
     if family is None:
         raise InputError(f"base model is not a Stable Diffusion checkpoint copymachine knows: found {what}: {path}")
     if for_training and not family.supported:
-        raise InputError(
-            f"base model is {family.label}, which this version of copymachine does not train yet "
-            f"(supported: {', '.join(f.label for f in FAMILIES.values() if f.supported)}): {path}"
-        )
+        raise InputError(f"base model is {family.label}, which this version of copymachine does not train yet "
+                         f"(supported: {', '.join(f.label for f in FAMILIES.values() if f.supported)}): {path}")
     markers = frozenset(k for k in (V_PRED_KEY, ZTSNR_KEY) if k in st.tensors)
     return ModelInfo(path=path, family=family, size_bytes=path.stat().st_size, tensor_count=len(st.tensors),
                      markers=markers)
@@ -272,9 +241,7 @@ def lora_family(keys: list[str], metadata: dict[str, str]) -> Family | None:
     version = metadata.get("ss_base_model_version")
     if version in _LORA_VERSIONS:
         return FAMILIES[_LORA_VERSIONS[version]]
-    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys):
-        return SDXL
-    if any(k.startswith("lora_unet_input_blocks_") for k in keys):
+    if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks_")) for k in keys):
         return SDXL
     if any(k.startswith(("lora_te_", "lora_unet_down_blocks_")) for k in keys):
         return SD1 if metadata.get("ss_v2") != "True" else SD2

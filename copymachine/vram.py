@@ -1,34 +1,20 @@
 """How much GPU memory a run's sd-scripts processes take: an estimate, before any work.
 
-It drives how many trainings share one GPU (`--jobs` by default), and pre-flight and `doctor`
-compare it with the GPU's free memory and say when a run will not fit (and what `--low-vram`
-would need). Every sd-scripts call is its own process, so each counts its own CUDA context, and
-the renders the schedule starts beside trainings (copy check, preview, leakage) count as well.
+It sets how many trainings share one GPU (`--jobs` by default); pre-flight and `doctor` compare it
+with the free memory and say when a run will not fit (and what `--low-vram` would need). Every
+sd-scripts call is its own process with its own CUDA context, and the renders the schedule starts
+beside trainings (copy check, preview, leakage) count as well.
 
-What the figures are (none of them is measured on a GPU: this project has not run sd-scripts
-on one yet; the README says so):
-
-- Computed from parameter counts: the frozen model's weights at the mixed precision (fp16/bf16,
-  2 bytes; sd-scripts casts the frozen U-Net and text encoders to the weight dtype), and the
-  LoRA's trainable parameters (fp32 weights and gradients, AdamW's two fp32 moments, or
-  AdamW8bit's two 1-byte moments). LoRA parameters per unit of dim are summed over the modules
-  sd-scripts' networks/lora.py wraps (attention, feed-forward, proj_in/out; CLIP's attention and
-  MLP): 0.59 M for SD1.5, which gives the 151 MB (fp32) dim-64 LoRA measured on the real
-  sd-scripts here (the project reference sd-scripts-facts.md, "Measured"; preflight.disk.LORA_PARAMS_PER_RANK
-  uses the same count); 0.86 M for SD2 and 3.56 M for SDXL by
-  the same sum. Parameter counts (published ones: the model cards, the SDXL paper; they add up to
-  preflight.model.MODEL_PARAMS): SD1.5 U-Net 860 M, CLIP ViT-L 123 M; SD2 U-Net 865 M, OpenCLIP
-  ViT-H 340 M; SDXL U-Net 2567 M, text encoders 123 M + 695 M; VAE 84 M.
-- Estimated, not measured: the activations of one training step (batch 1, sdpa attention, whose
-  memory grows with the number of latent pixels, so the figure scales with the training area):
-  ACTIVATIONS per 512x512 of training area, gradient checkpointing keeping CHECKPOINTED_SHARE of
-  them; a CUDA context per process (CUDA_CONTEXT, typically 0.3-1 GiB by GPU and CUDA version);
-  a render's working set (the U-Net at batch 2 for guidance, and the VAE decoding the image);
-  ALLOCATOR_MARGIN for PyTorch's caching allocator.
-
-Calibrate ACTIVATIONS, CUDA_CONTEXT and the render figures from a measured peak
-(`nvidia-smi --query-gpu=memory.used --format=csv -lms 200` during a stage) before trusting them
-to the GiB.
+None of the figures is measured on a GPU (the README says so):
+- computed from published parameter counts (model cards, the SDXL paper; they add up to
+  preflight.model.MODEL_PARAMS): the frozen model at the mixed precision (2 bytes), the LoRA's
+  trainable parameters in fp32 with gradients and AdamW's two fp32 moments (AdamW8bit: 1 byte each).
+  LoRA parameters per unit of dim are summed over the modules sd-scripts' networks/lora.py wraps:
+  0.59 M for SD1.5, which gives the 151 MB dim-64 LoRA measured with the real sd-scripts
+  (preflight.disk.LORA_PARAMS_PER_RANK counts alike), 0.86 M for SD2, 3.56 M for SDXL;
+- estimated: a training step's activations per 512x512 of area (batch 1, sdpa), the share
+  gradient checkpointing keeps, the CUDA context, a render's working set, the allocator's margin.
+  Calibrate these from a measured peak (`nvidia-smi --query-gpu=memory.used --format=csv -lms 200`).
 """
 
 from __future__ import annotations
@@ -152,7 +138,3 @@ def default_jobs(plan, gpus: int, free: int | None, trainings: int) -> int:
     if gpus > 1:
         return min(gpus, trainings)
     return fitting_jobs(plan, free or 0, trainings)
-
-
-def human(n: float) -> str:
-    return f"{n / GIB:.1f} GiB"

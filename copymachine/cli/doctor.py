@@ -15,7 +15,6 @@ import importlib
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -31,27 +30,23 @@ from copymachine.progress import Reporter
 from copymachine.recipe import MEMO
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-
-
-@dataclass
-class Finding:
-    status: str
-    what: str
-    text: str
-    exit_code: int = EXIT_OK
+human = preflight.human
 
 
 class Doctor:
     def __init__(self) -> None:
-        self.findings: list[Finding] = []
+        self.findings: list[tuple[str, str, int]] = []  # (status, what, exit code)
 
     def add(self, status: str, what: str, text: str, exit_code: int = EXIT_OK) -> None:
-        self.findings.append(Finding(status, what, text, exit_code))
+        self.findings.append((status, what, exit_code))
         click.echo(f"  {status:<5} {what:<13} {text}")
+
+    def named(self, status: str) -> list[str]:
+        return [what for s, what, _ in self.findings if s == status]
 
     @property
     def exit_code(self) -> int:
-        return next((f.exit_code for f in self.findings if f.status == FAIL), EXIT_OK)
+        return next((code for status, _, code in self.findings if status == FAIL), EXIT_OK)
 
 
 def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
@@ -59,7 +54,7 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         engine = engine_mod.locate(sd_scripts, python)
     except CopymachineError as e:
         doc.add(FAIL, "sd-scripts", e.message, EXIT_ENVIRONMENT)
-        return None, None
+        return None
     warning = preflight.engine_warning(engine)  # what train says about it
     if warning:
         pinned = f" (pinned: {engine_mod.PINNED_COMMIT[:8]})" if engine.commit is None else ""
@@ -73,7 +68,7 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         probe = engine.probe()
     except CopymachineError as e:
         doc.add(FAIL, "python", e.message, EXIT_ENVIRONMENT)
-        return engine, None
+        return None
     doc.add(OK, "python", f"{engine.python} (Python {probe.python_version}; {engine.python_reason})")
     versions = ", ".join(f"{name} {version}" for name, version in probe.versions.items())
     try:
@@ -81,29 +76,29 @@ def _engine(doc: Doctor, sd_scripts: Path | None, python: str | None):
         doc.add(OK, "packages", f"everything sd-scripts imports is there ({versions or 'versions unknown'})")
     except CopymachineError as e:
         doc.add(FAIL, "packages", e.message, EXIT_ENVIRONMENT)
-    if not any(f.status == FAIL for f in doc.findings):
+    if not doc.named(FAIL):
         _capabilities(doc, engine)
     if probe.torch and not probe.torch_error:
-        if probe.cuda:
-            vram = ""
-            if probe.vram_total:
-                vram = f", {preflight.human(probe.vram_free or 0)} of {preflight.human(probe.vram_total)} VRAM free"
-            precision, why = profiles.choose_precision(probe.compute, probe.bf16)
-            caveat = profiles.precision_caveat(probe.gpus, precision)
-            doc.add(WARN if caveat else OK, "GPU", f"torch {probe.torch} sees "
-                                                   f"{', '.join(probe.gpus) or 'a CUDA GPU'}{vram}; trains in "
-                                                   f"{precision} ({why})" + (f"; {caveat}" if caveat else ""))
-        else:
-            doc.add(WARN, "GPU", f"torch {probe.torch} sees no CUDA GPU: sd-scripts trains on the CPU (hours per stage "
-                                 "at 512 px; fine for --resolution 64 tests)")
-    return engine, probe
+        _gpu(doc, probe)
+    return probe
+
+
+def _gpu(doc: Doctor, probe: engine_mod.Probe) -> None:
+    if not probe.cuda:
+        doc.add(WARN, "GPU", f"torch {probe.torch} sees no CUDA GPU: sd-scripts trains on the CPU (hours per stage at "
+                             "512 px; fine for --resolution 64 tests)")
+        return
+    free = f", {human(probe.vram_free or 0)} of {human(probe.vram_total)} VRAM free" if probe.vram_total else ""
+    precision, why = profiles.choose_precision(probe.compute, probe.bf16)
+    caveat = profiles.precision_caveat(probe.gpus, precision)
+    doc.add(WARN if caveat else OK, "GPU", f"torch {probe.torch} sees {', '.join(probe.gpus) or 'a CUDA GPU'}{free}; "
+                                           f"trains in {precision} ({why})" + (f"; {caveat}" if caveat else ""))
 
 
 def _vram(doc: Doctor, probe, family: Family) -> None:
     """The GPU memory a one-image run's largest training takes (copymachine/vram.py's estimate:
     the family's native size, the memo's largest dim), against the free VRAM; and with --low-vram."""
-
-    if not (probe and probe.cuda and probe.vram_free is not None):
+    if not (probe and probe.cuda and probe.vram):
         return
     precision, _ = profiles.choose_precision(probe.compute, probe.bf16)
     side = family.default_size
@@ -111,9 +106,9 @@ def _vram(doc: Doctor, probe, family: Family) -> None:
     need = vram.training(family.name, (side, side), dim, precision).total
     low = vram.training(family.name, (side, side), dim, precision, "AdamW8bit", gradient_checkpointing=True,
                         unet_only=family.name == "sdxl").total
-    free = min(f for f, _ in probe.vram) if probe.vram else probe.vram_free
-    text = (f"training {family.label} at {side}x{side}, dim {dim}, needs ~{preflight.human(need)} by copymachine's "
-            f"estimate (--low-vram: ~{preflight.human(low)}); {preflight.human(free)} free")
+    free = min(f for f, _ in probe.vram)
+    text = (f"training {family.label} at {side}x{side}, dim {dim}, needs ~{human(need)} by copymachine's "
+            f"estimate (--low-vram: ~{human(low)}); {human(free)} free")
     if need <= free:
         doc.add(OK, "VRAM", f"{text}: fits" + (f", {int(free // need)} side by side" if free // need > 1 else ""))
     elif low <= free:
@@ -148,21 +143,20 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
     route (--copy-model file, also --absorb and the several-images merge route with it) merges
     into a checkpoint, which peaks higher: a warning, since a default run does not need it."""
     mem = preflight.memory.memory_bytes()
-    train = preflight.TRAINING_PEAK_RAM[family]
-    merge = preflight.merge_ram(family)
+    train, merge = preflight.TRAINING_PEAK_RAM[family], preflight.merge_ram(family)
     label = {"sd1": "SD1.5", "sd2": "SD2", "sdxl": "SDXL"}.get(family, family)
-    total, available, swap = mem["total"], mem["available"], mem["swap"]
-    text = (f"{preflight.human(total)} ({preflight.human(available)} available, swap {preflight.human(swap)}); "
-            f"training {label} with the copy model in memory peaks at ~{preflight.human(train)} on the CPU; "
-            f"--copy-model file merges into the checkpoint at float, ~{preflight.human(merge)}")
+    total, available = mem["total"], mem["available"]
+    text = (f"{human(total)} ({human(available)} available, swap {human(mem['swap'])}); training {label} with the copy "
+            f"model in memory peaks at ~{human(train)} on the CPU; --copy-model file merges into the checkpoint at "
+            f"float, ~{human(merge)}")
     have = preflight.ram_and_swap(mem)
     fp16 = preflight.fp16_merge_fits(family, have)
     if have < train:
         doc.add(FAIL, "RAM", text + ": not enough for training on the CPU (a GPU holds the model in VRAM and needs "
                                     "less)", EXIT_ENVIRONMENT)
     elif have < merge and fp16:
-        doc.add(WARN, "RAM", text + ": too little for --copy-model file at float; at fp16 it peaks at "
-                                    f"~{preflight.human(fp16)} ({preflight.FP16_MERGE})")
+        doc.add(WARN, "RAM", text + f": too little for --copy-model file at float; at fp16 it peaks at ~{human(fp16)} "
+                                    f"({preflight.FP16_MERGE})")
     elif have < merge:
         doc.add(WARN, "RAM", text + ": enough for the default route, not for --copy-model file (a merge into the "
                                     "checkpoint)")
@@ -175,39 +169,32 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
 def _training_size(doc: Doctor, family: Family) -> None:
     """The size train plans for this family (methods.choose_training_size)."""
     n = family.default_size
-    doc.add(
-        OK,
-        "training size",
-        f"{family.label} trains at about {n}x{n} px by default (its native size; e.g. a 2048x1536 picture at "
-        f"{'x'.join(str(v) for v in training_size(2048, 1536, n))}), the picture's aspect kept, sides multiples of 64; "
-        "a generated original at its own size; --resolution N trains at about NxN px",
-    )
+    example = "x".join(str(v) for v in training_size(2048, 1536, n))
+    doc.add(OK, "training size", f"{family.label} trains at about {n}x{n} px by default (its native size; e.g. a "
+                                 f"2048x1536 picture at {example}), the picture's aspect kept, sides multiples of 64; "
+                                 "a generated original at its own size; --resolution N trains at about NxN px")
 
 
-def _base_model(base: Path | None) -> tuple[ModelInfo | None, CopymachineError | None]:
-    """The --base model as train checks it (a pickle accepted: doctor only sizes its checks)."""
+def _base_model(doc: Doctor, base: Path | None) -> tuple[ModelInfo | None, CopymachineError | None]:
+    """The --base model as train checks it (a pickle accepted: doctor only sizes its checks), and
+    what a run on it trains and renders as: the prediction type and why, and clip skip."""
     if base is None:
         return None, None
     try:
-        return preflight.check_base_model(base, Reporter(), allow_pickle=True), None
+        model = preflight.check_base_model(base, Reporter(), allow_pickle=True)
     except CopymachineError as e:
         return None, e
-
-
-def _prediction(doc: Doctor, model: ModelInfo | None) -> None:
-    """What a run on --base trains and renders as: the prediction type and why, and clip skip."""
-    if model is None:
-        return
     try:
         prediction = choose_prediction(model)
     except CopymachineError as e:
         doc.add(WARN, "base model", f"{e.message} (train/diff refuse it without --v-pred)")
-        return
+        return model, None
     clip = ("clip skip: none to choose (SDXL reads the penultimate layer)" if model.family.name == "sdxl"
             else "clip skip: the recipe's model.clip_skip (1; --clip-skip 2 for NovelAI-derived anime models)")
     hint = "" if prediction.v_parameterization else ("; --v-pred / --zero-terminal-snr for a v-prediction file without "
                                                      "the keys")
     doc.add(OK, "base model", f"{model.path.name}: {model.family.label}, {prediction.text()}{hint}; {clip}")
+    return model, None
 
 
 def _folders(doc: Doctor, out: Path, cache: Path, model: ModelInfo | None, base_error: CopymachineError | None) -> None:
@@ -219,11 +206,9 @@ def _folders(doc: Doctor, out: Path, cache: Path, model: ModelInfo | None, base_
         total = sum(n.bytes for n in items)
         names = " + ".join(f"{n.what} {n.folder}" for n in items)
         free = free_bytes(items[0].folder)
-        text = f"{names}: {preflight.human(free)} free; {label} writes ~{preflight.human(total)} there"
-        if free < total:
-            doc.add(FAIL, "disk", text, EXIT_OUTPUT)
-        else:
-            doc.add(OK, "disk", text)
+        text = f"{names}: {human(free)} free; {label} writes ~{human(total)} there"
+        short = free < total
+        doc.add(FAIL if short else OK, "disk", text, EXIT_OUTPUT if short else EXIT_OK)
     for what, folder in (("run folders", out), ("cache", cache)):
         try:
             preflight.check_writable({what: folder})
@@ -247,15 +232,18 @@ def _own_modules(doc: Doctor) -> None:
             message = f"{type(e).__name__}: {e}".splitlines()[0]
             doc.add(FAIL, "copymachine", f"{name} fails to import in copymachine's Python ({sys.executable}): "
                                          f"{message}; {heavy.import_fix(name, message)}", EXIT_ENVIRONMENT)
-            return
-    doc.add(OK, "copymachine", f"its own Python ({sys.executable}) imports {', '.join(OWN_MODULES)}")
+            break
+    else:
+        doc.add(OK, "copymachine", f"its own Python ({sys.executable}) imports {', '.join(OWN_MODULES)}")
+    if importlib.util.find_spec("lpips") is not None:
+        doc.add(WARN, "lpips", "the lpips extra is installed: the copy check loads AlexNet weights with torch in "
+                               "copymachine's own process (a pickle; torchvision may download them)")
 
 
 def _tokenizer(doc: Doctor, tokenizer_cache_dir: Path | None, family: Family) -> None:
     """The tokenizer check train makes (the base model's family's tokenizers; offline when
     HF_HUB_OFFLINE=1, as doctor has no --offline)."""
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    problem = preflight.tokenizer_problem(tokenizer_cache_dir, offline, family)
+    problem = preflight.tokenizer_problem(tokenizer_cache_dir, os.environ.get("HF_HUB_OFFLINE") == "1", family)
     if problem is not None:
         fatal, text = problem
         doc.add(FAIL if fatal else WARN, "tokenizer", text, EXIT_ENVIRONMENT if fatal else EXIT_OK)
@@ -285,9 +273,8 @@ def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     cache = default_cache(Path(out) / "run", cache_dir)  # the cache of a run folder under --out
     doc = Doctor()
     click.echo("copymachine doctor")
-    _, probe = _engine(doc, sd_scripts, python)
-    model, base_error = _base_model(base)
-    _prediction(doc, model)
+    probe = _engine(doc, sd_scripts, python)
+    model, base_error = _base_model(doc, base)
     family = model.family if model else SD1
     _vram(doc, probe, family)
     _memory(doc, family.name)
@@ -295,13 +282,9 @@ def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     _folders(doc, Path(out).absolute(), cache.absolute(), model, base_error)
     _tokenizer(doc, tokenizer_cache_dir, family)
     _own_modules(doc)
-    if importlib.util.find_spec("lpips") is not None:
-        doc.add(WARN, "lpips", "the lpips extra is installed: the copy check loads AlexNet weights with torch in "
-                               "copymachine's own process (a pickle; torchvision may download them)")
-    failures = [f for f in doc.findings if f.status == FAIL]
-    warnings = [f for f in doc.findings if f.status == WARN]
+    failures, warnings = doc.named(FAIL), doc.named(WARN)
     if failures:
-        click.echo(f"not ready: {len(failures)} problem(s) would stop a run ({', '.join(f.what for f in failures)})")
+        click.echo(f"not ready: {len(failures)} problem(s) would stop a run ({', '.join(failures)})")
     else:
         click.echo("ready" + (f" ({len(warnings)} warning(s))" if warnings else ""))
     raise SystemExit(doc.exit_code)

@@ -10,21 +10,10 @@ path lengths on Windows (paths), the disk space (disk) and the RAM (memory), sd-
 from __future__ import annotations
 
 from copymachine.models import ModelInfo
-from copymachine.preflight.disk import (
-    GB,
-    MB,
-    SpaceNeed,
-    by_disk,
-    check_space,
-    disk_full,
-    estimate_space,
-    human,
-    lora_bytes,
-    one_image_run_needs,
-)
+from copymachine.preflight.disk import MB, by_disk, check_space, disk_full, estimate_space, human, one_image_run_needs
 from copymachine.preflight.engine import check_tokenizers, engine_warning, tokenizer_problem
-from copymachine.preflight.gpu import LOW_VRAM_TEXT, check_bitsandbytes, check_vram, gpu_memory, vram_advice
-from copymachine.preflight.images import check_image, check_images
+from copymachine.preflight.gpu import LOW_VRAM_TEXT, check_bitsandbytes, check_vram
+from copymachine.preflight.images import check_images
 from copymachine.preflight.memory import (
     FP16_MERGE,
     TRAINING_PEAK_RAM,
@@ -34,17 +23,16 @@ from copymachine.preflight.memory import (
     merge_ram,
     ram_and_swap,
 )
-from copymachine.preflight.model import MODEL_PARAMS, check_base_model, model_parameters
+from copymachine.preflight.model import check_base_model, model_parameters
 from copymachine.preflight.output import check_output, check_writable, existing_ancestor, made_here
 from copymachine.preflight.paths import WINDOWS_PATH_LIMIT, check_path_lengths, written_paths
 from copymachine.progress import Reporter
 
-__all__ = ["FP16_MERGE", "GB", "LOW_VRAM_TEXT", "MB", "MODEL_PARAMS", "TRAINING_PEAK_RAM", "WINDOWS_PATH_LIMIT",
-           "SpaceNeed", "by_disk", "check_base_model", "check_bitsandbytes", "check_image", "check_images",
-           "check_memory", "check_output", "check_path_lengths", "check_resources", "check_space", "check_tokenizers",
-           "check_vram", "check_writable", "disk_full", "engine_warning", "estimate_space", "existing_ancestor",
-           "fp16_merge_fits", "gpu_memory", "human", "lora_bytes", "made_here", "memory_bytes", "merge_ram",
-           "model_parameters", "one_image_run_needs", "ram_and_swap", "tokenizer_problem", "vram_advice",
+__all__ = ["FP16_MERGE", "LOW_VRAM_TEXT", "MB", "TRAINING_PEAK_RAM", "WINDOWS_PATH_LIMIT", "by_disk",
+           "check_base_model", "check_bitsandbytes", "check_images", "check_output", "check_path_lengths",
+           "check_resources", "check_space", "check_tokenizers", "check_vram", "check_writable", "disk_full",
+           "engine_warning", "estimate_space", "existing_ancestor", "fp16_merge_fits", "human", "made_here",
+           "memory_bytes", "merge_ram", "model_parameters", "one_image_run_needs", "ram_and_swap", "tokenizer_problem",
            "written_paths"]
 
 

@@ -43,31 +43,22 @@ def lora_bytes(family: str, rank: int, precision: str) -> int:
 def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
     """Bytes each stage that is not done yet will write."""
     family = model.family.name
+    lora = {"train_lora": lambda p: (p.training.network_dim, p.training.save_precision),
+            "extract_lora": lambda p: (p.dim, "float"), "resize_lora": lambda p: (p.rank, p.save_precision),
+            "svd_merge": lambda p: (p.rank, p.save_precision)}
     estimate: dict[str, int] = {}
     needs = []
     for stage in plan.stages:
-        p = stage.spec
-        kind = stage.kind
-        if kind == "merge_model":
-            size = params * BYTES.get(p.save_precision, 4)
-            what = "a merged model"
-        elif kind == "train_lora":
-            size = lora_bytes(family, p.training.network_dim, p.training.save_precision)
-            what = "a LoRA"
-        elif kind == "extract_lora":
-            size = lora_bytes(family, p.dim, "float")
-            what = "a LoRA"
-        elif kind in ("resize_lora", "svd_merge"):
-            size = lora_bytes(family, p.rank, p.save_precision)
-            what = "a LoRA"
-        elif kind == "finalize":
+        size, what = 0, "images and notes"
+        if stage.kind == "merge_model":
+            size, what = params * BYTES.get(stage.spec.save_precision, 4), "a merged model"
+        elif stage.kind in lora:
+            size, what = lora_bytes(family, *lora[stage.kind](stage.spec)), "a LoRA"
+        elif stage.kind == "finalize":
             ref = stage.inputs.get("lora")
             fallback = lora_bytes(family, 64, "float")
             size = estimate.get(ref.producer, fallback) if ref is not None and ref.producer else fallback
             what = "the final LoRA"
-        else:
-            size = 0
-            what = "images and notes"
         estimate[stage.name] = size  # its file, which a later stage may copy (the final LoRA)
         size += SMALL_STAGE_BYTES
         if sized_stamp(stage) is None:
@@ -75,16 +66,12 @@ def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
     return needs
 
 
-def _device(path: Path) -> int:
-    return os.stat(existing_ancestor(path)).st_dev
-
-
 def by_disk(needs: list[SpaceNeed]) -> list[list[SpaceNeed]]:
     """The needs grouped by the disk their folders are on (a folder not made yet: its nearest
     existing parent's), in the order first named."""
     groups: dict[int, list[SpaceNeed]] = {}
     for need in needs:
-        groups.setdefault(_device(need.folder), []).append(need)
+        groups.setdefault(os.stat(existing_ancestor(need.folder)).st_dev, []).append(need)
     return list(groups.values())
 
 
@@ -93,10 +80,8 @@ def one_image_run_needs(family: str, run_dir: Path, cache_dir: Path) -> list[Spa
     LoRA (the copy model stays in memory: the default route), the run folder the effect LoRA, its
     resized copy and the final LoRA, each stage's small files too (as estimate_space counts them)."""
     lora = lora_bytes(family, 64, "float")
-    return [
-        SpaceNeed(run_dir, 3 * lora + 6 * SMALL_STAGE_BYTES, "run folders"),
-        SpaceNeed(cache_dir, lora + 2 * SMALL_STAGE_BYTES, "cache"),
-    ]
+    return [SpaceNeed(run_dir, 3 * lora + 6 * SMALL_STAGE_BYTES, "run folders"),
+            SpaceNeed(cache_dir, lora + 2 * SMALL_STAGE_BYTES, "cache")]
 
 
 def human(n: int) -> str:
@@ -118,13 +103,11 @@ def check_space(plan, model: ModelInfo, reporter: Reporter, needs: list[SpaceNee
         summary[str(folder)] = {"needed": required, "free": free}
         if free < required:
             largest = max(items, key=lambda n: n.bytes)
-            raise OutputError(
-                f"not enough disk space at {existing_ancestor(folder)}: this run still writes ~{human(required)} there "
-                f"(largest: {largest.what}, {human(largest.bytes)}), {human(free)} free; free some space, "
-                f"or put the cache (--cache-dir) or the run (--out) on another disk"
-            )
+            raise OutputError(f"not enough disk space at {existing_ancestor(folder)}: this run still writes "
+                              f"~{human(required)} there (largest: {largest.what}, {human(largest.bytes)}), "
+                              f"{human(free)} free; free some space, or put the cache (--cache-dir) or the run (--out) "
+                              "on another disk")
     return summary
-
 
 
 def disk_full(folder: Path, stage_title: str, needed: int | None, cause: str = "",
@@ -137,11 +120,8 @@ def disk_full(folder: Path, stage_title: str, needed: int | None, cause: str = "
     except OSError:
         free = ""
     need = f" ~{human(needed)} ({needed:,} bytes)" if needed else ""
-    return OutputError(
-        f"not enough disk space at {folder}{f' ({cause})' if cause else ''}: stage '{stage_title}' "
-        f"writes{need or ' its outputs'} there{free}; "
-        "free some space (or put --cache-dir / --out on another disk) and run the same command again: it resumes at "
-        "this stage"
-        + (f". Log: {log}" if log else "")
-    )
+    return OutputError(f"not enough disk space at {folder}{f' ({cause})' if cause else ''}: stage '{stage_title}' "
+                       f"writes{need or ' its outputs'} there{free}; free some space (or put --cache-dir / --out on "
+                       "another disk) and run the same command again: it resumes at this stage"
+                       + (f". Log: {log}" if log else ""))
 

@@ -16,15 +16,12 @@ def gpu_memory(settings) -> tuple[int | None, int | None, str]:
     """(free, total, which GPU) of the GPU the run uses: the pinned one, else the one with the
     least free memory (each parallel job may land on any)."""
     probe = settings.probe
-    if probe is None:
-        return None, None, ""
-    names = probe.gpus or []
-    vram = list(probe.vram) or ([(probe.vram_free, probe.vram_total)] if probe.vram_free is not None else [])
+    vram = list(probe.vram) if probe is not None else []
     if not vram:
         return None, None, ""
     pinned = settings.pinned_gpu
     index = pinned if pinned is not None and pinned < len(vram) else min(range(len(vram)), key=lambda i: vram[i][0])
-    name = names[index] if index < len(names) else "a CUDA GPU"
+    name = probe.gpus[index] if index < len(probe.gpus) else "a CUDA GPU"
     return vram[index][0], vram[index][1], f"GPU {index} ({name})"
 
 
@@ -52,8 +49,7 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
     options = [s.spec.training_options for s in plan.stages if s.kind == "train_lora"]
     if any(o.get("network_train_unet_only") and o.get("cache_text_encoder_outputs") for o in options):
         reporter.note("--low-vram on SDXL: the text encoders' outputs are cached once and the U-Net trains alone, so "
-                      "the LoRAs have "
-                      "no text-encoder part (the memo trains both) and the caption is not shuffled")
+                      "the LoRAs have no text-encoder part (the memo trains both) and the caption is not shuffled")
     free, total, which = gpu_memory(settings)
     gpus = settings.gpus
     jobs = requested_jobs or vram.default_jobs(plan, gpus, free, trainings)
@@ -91,28 +87,22 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
     return jobs
 
 
-def eight_bit_optimizers(plan) -> list[str]:
-    optimizers = {s.spec.training.optimizer for s in plan.stages if s.kind == "train_lora"}
-    return sorted(o for o in optimizers if "8bit" in o.lower())
-
-
 def check_bitsandbytes(plan, settings) -> None:
     """An 8-bit optimizer (--low-vram's AdamW8bit, or the recipe's) needs bitsandbytes in the
     Python for sd-scripts: refused before any work when it is missing or fails to import."""
-    optimizers = eight_bit_optimizers(plan)
+    optimizers = sorted({s.spec.training.optimizer for s in plan.stages if s.kind == "train_lora"
+                         and "8bit" in s.spec.training.optimizer.lower()})
     if not optimizers or settings.engine is None:
         return
     probe = settings.engine.probe(("bitsandbytes",))
     broken = f"fails to import it ({probe.broken['bitsandbytes']})" if probe.broken else None
     problem = "lacks it" if probe.missing else broken
     if problem:
-        why = "--low-vram trains" if settings.profile.optimizer in optimizers else "the recipe trains"
-        raise EnvironmentProblem(
-            f"{why} with {', '.join(optimizers)}, which needs bitsandbytes; the Python for sd-scripts "
-            f"({settings.engine.python}) {problem}: "
-            "pip install bitsandbytes into it"
-            + (", or train without --low-vram" if settings.profile.optimizer in optimizers else "")
-        )
+        low_vram = settings.profile.optimizer in optimizers
+        raise EnvironmentProblem(f"{'--low-vram trains' if low_vram else 'the recipe trains'} with "
+                                 f"{', '.join(optimizers)}, which needs bitsandbytes; the Python for sd-scripts "
+                                 f"({settings.engine.python}) {problem}: pip install bitsandbytes into it"
+                                 + (", or train without --low-vram" if low_vram else ""))
 
 
 # CPU seconds per training step at 64x64 px: docs/benchmarks.md item 6 (2 cores, SD1.5, the memo's copy LoRA,

@@ -13,15 +13,11 @@ from copymachine.progress import Reporter
 MIN_IMAGE_SIDE = 64  # px: SD's latent is 1/8 of the image; below 64 px there is nothing to learn
 
 _MODE_NOTES = {
-    "P": "a palette image: converted to RGB",
-    "CMYK": "CMYK: converted to RGB without a colour profile (colours may shift; convert it yourself for exact "
-            "colours)",
-    "YCbCr": "YCbCr: converted to RGB",
-    "LAB": "Lab: converted to RGB",
-    "HSV": "HSV: converted to RGB",
-    "L": "greyscale: converted to RGB",
+    "P": "a palette image: converted to RGB", "YCbCr": "YCbCr: converted to RGB", "LAB": "Lab: converted to RGB",
+    "HSV": "HSV: converted to RGB", "L": "greyscale: converted to RGB",
     "1": "black and white (1 bit): converted to RGB",
-}
+    "CMYK": "CMYK: converted to RGB without a colour profile (colours may shift; convert it yourself for exact "
+            "colours)"}
 
 
 def check_image(path: Path, what: str, reporter: Reporter) -> tuple[int, int]:
@@ -36,10 +32,8 @@ def check_image(path: Path, what: str, reporter: Reporter) -> tuple[int, int]:
         raise InputError(f"{what}: {e.message}") from None
     width, height = info["size"]
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise InputError(
-            f"{what} is {width}x{height} px: too small to train on (at least {MIN_IMAGE_SIDE} px a side; the memo used "
-            f"512): {path}"
-        )
+        raise InputError(f"{what} is {width}x{height} px: too small to train on (at least {MIN_IMAGE_SIDE} px a side; "
+                         f"the memo used 512): {path}")
     try:
         load_rgb(path)  # truncated, corrupt, animated: one line naming the file
     except InputError as e:

@@ -61,10 +61,8 @@ def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
             continue
         fp16 = None if half else fp16_merge_fits(family, have)
         hint = f"; merging at fp16 peaks at ~{human(fp16)}: {FP16_MERGE}" if fp16 else ""
-        reporter.warn(
-            f"'{stage.title}' merges into a {model.family.label} checkpoint at {stage.spec.precision} precision, which "
-            f"needs ~{human(need)} of RAM; this machine has {human(have)} (RAM + swap), so sd-scripts will likely be "
-            f"killed{hint}"
-        )
+        reporter.warn(f"'{stage.title}' merges into a {model.family.label} checkpoint at {stage.spec.precision} "
+                      f"precision, which needs ~{human(need)} of RAM; this machine has {human(have)} (RAM + swap), so "
+                      f"sd-scripts will likely be killed{hint}")
         return
 

@@ -8,16 +8,10 @@ from pathlib import Path
 
 from copymachine.errors import InputError
 from copymachine.lorafile import read_safetensors
-from copymachine.models import SD1, ModelInfo, inspect_base_model
+from copymachine.models import PICKLE_SUFFIXES, SD1, ModelInfo, inspect_base_model
 from copymachine.progress import Reporter
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-# Parameters of a whole checkpoint (used when a pickle cannot be read) and of a networks.lora
-# LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
-# SD1.5: 1.07e9 parameters (the copy model at float is 4.27 GB, docs/engine-notes.md); its
-# dim-64 LoRA is 151 MB at float -> 590k parameters per rank. SDXL: 3.47e9 parameters
-# (6.94 GB at fp16); its LoRA ~3.4M parameters per rank.
+# Parameters of a whole checkpoint, for a pickle copymachine does not open (preflight/disk.py says where from).
 MODEL_PARAMS = {"sd1": 1_066_000_000, "sd2": 1_300_000_000, "sdxl": 3_470_000_000}
 
 
@@ -39,26 +33,22 @@ def check_base_model(path: Path, reporter: Reporter, allow_pickle: bool = False)
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
         if not allow_pickle:
-            raise InputError(
-                f"base model is a pickle file ({path.suffix}): {path}; loading a pickle can run code hidden in it, "
-                "so copymachine takes .safetensors only: use a .safetensors download or convert it, "
-                "or pass --allow-pickle if you trust this file (sd-scripts then loads it)"
-            )
+            raise InputError(f"base model is a pickle file ({path.suffix}): {path}; loading a pickle can run code "
+                             "hidden in it, so copymachine takes .safetensors only: use a .safetensors download or "
+                             "convert it, or pass --allow-pickle if you trust this file (sd-scripts then loads it)")
         size = path.stat().st_size
         if size == 0:
             raise InputError(f"base model is empty (0 bytes): {path}")
         if not _looks_like_pickle(path):
             raise InputError(f"base model is not a PyTorch checkpoint (neither a torch zip nor a pickle): {path}")
-        reporter.warn(
-            f"--allow-pickle: {path.name} is a pickle; copymachine does not open it, so it cannot check its family or "
-            f"contents: assuming {SD1.label}; sd-scripts loads it with torch (use only files you trust)"
-        )
+        reporter.warn(f"--allow-pickle: {path.name} is a pickle; copymachine does not open it, so it cannot check its "
+                      f"family or contents: assuming {SD1.label}; sd-scripts loads it with torch (use only files you "
+                      "trust)")
         return ModelInfo(path=path, family=SD1, size_bytes=size, tensor_count=0)
     if path.is_file() and path.stat().st_size >= 8 and _looks_like_pickle(path):
-        raise InputError(
-            f"base model is a pickle file with a {path.suffix or 'missing'} suffix, not safetensors: {path}; "
-            "use a .safetensors checkpoint (or, if you trust it, rename it .ckpt and pass --allow-pickle)"
-        )
+        raise InputError(f"base model is a pickle file with a {path.suffix or 'missing'} suffix, not safetensors: "
+                         f"{path}; use a .safetensors checkpoint (or, if you trust it, rename it .ckpt and pass "
+                         "--allow-pickle)")
     return inspect_base_model(path)
 
 

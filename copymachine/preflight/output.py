@@ -74,16 +74,12 @@ def check_output(plan, identity: dict[str, Any], hashes: HashCache, force: bool)
                     raise OutputError(f"run folder {run_dir} holds another run ({'; '.join(differs)}); {hint} its "
                                       "results")
         else:
-            allowed = set(_RUN_FOLDER_SCAFFOLD)
-            if plan.cache_dir.parent == run_dir:
-                allowed.add(plan.cache_dir.name)
+            allowed = _RUN_FOLDER_SCAFFOLD | ({plan.cache_dir.name} if plan.cache_dir.parent == run_dir else set())
             foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in allowed)
             if foreign and not force:
-                raise OutputError(
-                    f"--out {run_dir} is not empty and is not a copymachine run folder (no manifest.json; it holds "
-                    f"{foreign[0]!r}); "
-                    f"use a new or empty folder, or --force to write into it"
-                )
+                raise OutputError(f"--out {run_dir} is not empty and is not a copymachine run folder (no "
+                                  f"manifest.json; it holds {foreign[0]!r}); use a new or empty folder, or --force to "
+                                  "write into it")
     for final in plan.finals.values():
         if final.exists() and not force:
             if final.is_dir():

@@ -12,17 +12,12 @@ from copymachine.errors import OutputError
 # names inside a stage's scratch folder that the plan does not know.
 WINDOWS_PATH_LIMIT = 250
 LONG_PATHS_KEY = r"SYSTEM\CurrentControlSet\Control\FileSystem"
-LONG_PATHS_FIX = (
-    "enable long paths (PowerShell as administrator: New-ItemProperty -Path 'HKLM:\\" + LONG_PATHS_KEY
-    + "' -Name LongPathsEnabled -Value 1 -PropertyType DWORD -Force, then open a new terminal), "
-    "or put the run and the cache in a shorter folder (--out C:\\runs\\NAME, --cache-dir C:\\runs\\_cache)"
-)
-# the files each kind writes in its folder besides its outputs: (sub-folder, name after the stage's slug)
-_KIND_FILES = {
-    "train_lora": [("config", "-training.toml"), ("config", "-dataset.toml"), ("dataset/{slug}", "image.png")],
-    "copy_check": [("config", "-prompts.txt")],
-    "generate_image": [("config", "-prompt.txt")],
-}
+LONG_PATHS_FIX = (f"enable long paths (PowerShell as administrator: New-ItemProperty -Path 'HKLM:\\{LONG_PATHS_KEY}' "
+                  "-Name LongPathsEnabled -Value 1 -PropertyType DWORD -Force, then open a new terminal), or put the "
+                  "run and the cache in a shorter folder (--out C:\\runs\\NAME, --cache-dir C:\\runs\\_cache)")
+# the files each kind writes in its folder besides its outputs
+_KIND_FILES = {"train_lora": ["config/{slug}-training.toml", "config/{slug}-dataset.toml", "dataset/{slug}/image.png"],
+               "copy_check": ["config/{slug}-prompts.txt"], "generate_image": ["config/{slug}-prompt.txt"]}
 
 
 def _temp_of(path: PurePath) -> PurePath:
@@ -42,11 +37,7 @@ def written_paths(plan) -> list[PurePath]:
                   plan.run_dir / "logs" / f"{stage.slug}.log"]
         if stage.shared:
             paths.append(stage.workdir / f"{stage.slug}.log")
-        for folder, name in _KIND_FILES.get(stage.kind, []):
-            if "{slug}" in folder:
-                paths.append(stage.workdir / folder.format(slug=stage.slug) / name)
-            else:
-                paths.append(stage.workdir / folder / f"{stage.slug}{name}")
+        paths += [stage.workdir / name.format(slug=stage.slug) for name in _KIND_FILES.get(stage.kind, [])]
     paths += [_temp_of(p) for p in plan.finals.values()]
     return paths
 
@@ -72,8 +63,6 @@ def check_path_lengths(plan, platform: str | None = None) -> None:
     longest = max(written_paths(plan), key=lambda p: len(str(p)))
     if len(str(longest)) <= WINDOWS_PATH_LIMIT or windows_long_paths_enabled():
         return
-    raise OutputError(
-        f"this run would write paths of up to {len(str(longest))} characters, past Windows' limit of 260 "
-        f"(long paths are not enabled): {longest}; {LONG_PATHS_FIX}"
-    )
+    raise OutputError(f"this run would write paths of up to {len(str(longest))} characters, past Windows' limit of "
+                      f"260 (long paths are not enabled): {longest}; {LONG_PATHS_FIX}")
 
