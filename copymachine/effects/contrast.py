@@ -37,9 +37,5 @@ def run(rgb: Array, params: dict) -> Array:
     return np.asarray(ImageEnhance.Contrast(image).enhance(params["factor"]))
 
 
-EFFECT = Effect(
-    name="contrast",
-    summary="higher contrast: linear about the mean grey (default) or an S-curve without clipping",
-    params=PARAMS,
-    run=run,
-)
+EFFECT = Effect("contrast", "higher contrast: linear about the mean grey (default) or an S-curve without clipping",
+                PARAMS, run)

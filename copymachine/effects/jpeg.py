@@ -57,9 +57,5 @@ def run(rgb: Array, params: dict) -> Array:
     return np.asarray(image)
 
 
-EFFECT = Effect(
-    name="jpeg",
-    summary="JPEG artefacts: one re-encode at low quality (default) or passes at changing qualities",
-    params=PARAMS,
-    run=run,
-)
+EFFECT = Effect("jpeg", "JPEG artefacts: one re-encode at low quality (default) or passes at changing qualities",
+                PARAMS, run)

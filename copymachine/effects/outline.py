@@ -54,9 +54,5 @@ def run(rgb: Array, params: dict) -> Array:
     return xdog(rgb, params) if params["mode"] == "xdog" else thicken(rgb, params)
 
 
-EFFECT = Effect(
-    name="outline",
-    summary="thicker line art (the darkest nearby colour grows around existing lines); xdog mode adds contour lines",
-    params=PARAMS,
-    run=run,
-)
+EFFECT = Effect("outline", "thicker line art (the darkest nearby colour grows around existing lines); xdog mode "
+                           "adds contour lines", PARAMS, run)

@@ -96,9 +96,5 @@ def run(rgb: Array, params: dict) -> Array:
     return levels_lut(params["levels"])[rgb]
 
 
-EFFECT = Effect(
-    name="posterize",
-    summary="fewer colours in flat bands: N levels per channel (default) or a k-means palette in Lab",
-    params=PARAMS,
-    run=run,
-)
+EFFECT = Effect("posterize", "fewer colours in flat bands: N levels per channel (default) or a k-means palette in Lab",
+                PARAMS, run)
