@@ -61,25 +61,15 @@ def replace_file(src: Path | str, dst: Path | str, delays: tuple[float, ...] | N
             time.sleep(delay)
 
 
-def _tmp_sibling(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def _fsync_dir(directory: Path) -> None:
     if os.name != "posix":
         return
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -90,7 +80,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -103,8 +95,6 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(?:partial|tmp)$")
-
-
 # Temporary files older than this process were left by an earlier, killed one.
 _PROCESS_STARTED = time.time()
 
@@ -120,13 +110,10 @@ def remove_stale_temps(folder: Path) -> int:
         return 0
     for entry in entries:
         if _STALE_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime >= _PROCESS_STARTED:
-                    continue
-                os.unlink(entry.path)
-                removed += 1
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < _PROCESS_STARTED:
+                    os.unlink(entry.path)
+                    removed += 1
     return removed
 
 
@@ -167,12 +154,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def sha256_json(data: Any) -> str:
-    return sha256_text(json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def host_name() -> str:
@@ -236,10 +220,8 @@ class HashCache:
         with self._lock:
             data = dict(self._data)
             self._dirty = False
-        try:
+        with contextlib.suppress(OSError):  # the cache is an optimisation; a read-only folder must not stop a run
             atomic_write_json(self.path, data)
-        except OSError:
-            pass  # the cache is an optimisation; a read-only folder must not stop a run
 
 
 def free_bytes(path: Path) -> int:

@@ -217,9 +217,7 @@ def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
         copy_with_metadata(src, dst, extra)
         return 0
     st = read_safetensors(src)
-    tensors: dict[str, ndarray] = {}
-    for key in st.tensors:
-        tensors[key] = st.read(key)
+    tensors = {key: st.read(key) for key in st.tensors}  # (BF16 is read widened to float32 and written so)
     for name, m in short.items():
         r = m["rank"]
         down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
@@ -229,10 +227,8 @@ def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
         tensors[f"{name}.lora_up.weight"] = np.pad(up, pad_up)
         alpha_dtype = tensors[f"{name}.alpha"].dtype if f"{name}.alpha" in tensors else down.dtype
         tensors[f"{name}.alpha"] = np.asarray(m["alpha"] * common / r, dtype=alpha_dtype)
-    # (BF16 tensors were read widened to float32 and are written so)
-    metadata = {**st.metadata, **{k: str(v) for k, v in extra.items()}}
     tmp = dst.with_name(dst.name + ".padding")
-    write_safetensors(tmp, tensors, metadata)
+    write_safetensors(tmp, tensors, {**st.metadata, **extra})
     replace_file(tmp, dst)
     return len(short)
 

@@ -17,29 +17,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copymachine.heavy import numpy as np
+from copymachine.lorafile import read_safetensors, summarize_lora
+from copymachine.models import lora_family
 
 if TYPE_CHECKING:
     from numpy import ndarray
-from copymachine.lorafile import read_safetensors, summarize_lora
-from copymachine.models import lora_family
 
 # Keys whose values are long JSON documents: summarised in the text report, whole in --json.
 LONG_KEYS = ("ss_datasets", "ss_tag_frequency", "ss_dataset_dirs", "ss_bucket_info", "ss_reg_dataset_dirs")
 
 _SD1_BLOCK = re.compile(r"^lora_unet_(down|up)_blocks_(\d+)_(attentions|resnets|downsamplers|upsamplers)_(\d+)_")
 _SDXL_BLOCK = re.compile(r"^lora_unet_(input|output)_blocks_(\d+)_")
+_PREFIX_BLOCKS = (("lora_te1_", "TE1"), ("lora_te2_", "TE2"), ("lora_te", "TE"), ("lora_unet_mid_block_", "MID"),
+                  ("lora_unet_middle_block_", "MID"))
 
 
 def block_of(module: str) -> str:
     """The block a module belongs to (LoRA Block Weight's names)."""
-    if module.startswith("lora_te1_"):
-        return "TE1"
-    if module.startswith("lora_te2_"):
-        return "TE2"
-    if module.startswith("lora_te"):
-        return "TE"
-    if module.startswith(("lora_unet_mid_block_", "lora_unet_middle_block_")):
-        return "MID"
+    for prefix, block in _PREFIX_BLOCKS:
+        if module.startswith(prefix):
+            return block
     m = _SD1_BLOCK.match(module)
     if m:
         side, block, part, index = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
@@ -119,31 +116,30 @@ def _short(key: str, value: str, width: int = 100) -> str:
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"{r['file']}  ({r['size_bytes'] / 1e6:.1f} MB)"]
     base = r["base_model"]
     source = f" ({base['version']})" if base["version"] else f" (from {base['from']})"
-    lines.append(f"base model  {base['family'] or 'unknown'}{source}")
-    lines.append(f"modules     {r['modules']}: U-Net {r['unet_modules']}, text encoder {r['text_encoder_modules']}")
-    lines.append("rank        " + ", ".join(f"{k} ({n} modules)" for k, n in r["ranks"].items()))
-    lines.append("alpha       " + ", ".join(f"{k} ({n} modules)" for k, n in r["alphas"].items()))
-    lines.append(f"dtype       {', '.join(r['dtypes'])}")
-    lines.append("")
-    lines.append("block weight norms (||alpha/rank * up @ down||, per block)")
+    lines = [
+        f"{r['file']}  ({r['size_bytes'] / 1e6:.1f} MB)",
+        f"base model  {base['family'] or 'unknown'}{source}",
+        f"modules     {r['modules']}: U-Net {r['unet_modules']}, text encoder {r['text_encoder_modules']}",
+        "rank        " + ", ".join(f"{k} ({n} modules)" for k, n in r["ranks"].items()),
+        "alpha       " + ", ".join(f"{k} ({n} modules)" for k, n in r["alphas"].items()),
+        f"dtype       {', '.join(r['dtypes'])}",
+        "",
+        "block weight norms (||alpha/rank * up @ down||, per block)",
+    ]
     top = max((b["norm"] for b in r["blocks"]), default=0.0) or 1.0
     for b in r["blocks"]:
         bar = "#" * round(30 * b["norm"] / top)
         lines.append(f"  {b['block']:<6} {b['norm']:>10.4f}  {b['modules']:>3} modules  {bar}")
     leakage = r["copymachine"].get("copymachine.leakage")
     if leakage:
-        lines.append("")
-        lines.append(f"leakage     {leakage_text(leakage)}")
+        lines += ["", f"leakage     {leakage_text(leakage)}"]
     for title, key in (("copymachine metadata", "copymachine"), ("sd-scripts training metadata (ss_*)", "ss"),
                        ("other metadata", "other_metadata")):
-        lines.append("")
         items = r[key]
-        lines.append(f"{title}" + ("" if items else ": none"))
-        for k, v in items.items():
-            lines.append(f"  {k} = {_short(k, v)}")
+        lines += ["", f"{title}" + ("" if items else ": none")]
+        lines += [f"  {k} = {_short(k, v)}" for k, v in items.items()]
     return "\n".join(lines)
 
 

@@ -46,9 +46,8 @@ def parse_weighted(item: str) -> tuple[Path, float]:
     return Path(item), 1.0
 
 
-def check_loras(items: tuple[str, ...],
-                family: Family | None = None) -> tuple[list[tuple[Path, float, int]], Family | None]:
-    """Each input exists and is a kohya LoRA; all are of one base family (and `family`'s)."""
+def check_loras(items: tuple[str, ...], family: Family | None = None) -> list[tuple[Path, float, int]]:
+    """(path, ratio, rank) of each input, a kohya LoRA; all are of one base family (and `family`'s)."""
     out = []
     for item in items:
         path, ratio = parse_weighted(item)
@@ -58,16 +57,12 @@ def check_loras(items: tuple[str, ...],
             raise InputError(f"{path} is a {fam.label} LoRA, but the others are {family.label}")
         family = family or fam
         out.append((path, ratio, max(summary.ranks)))
-    return out, family
+    return out
 
 
 def explain(terms: list[tuple[Path, float, int]]) -> str:
-    parts = []
-    for path, ratio, _ in terms:
-        sign = "-" if ratio < 0 else "+"
-        parts.append(f"{sign} {abs(ratio):g} x {path.name}")
-    text = " ".join(parts)
-    return text[2:] if text.startswith("+ ") else text
+    text = " ".join(f"{'-' if ratio < 0 else '+'} {abs(ratio):g} x {path.name}" for path, ratio, _ in terms)
+    return text.removeprefix("+ ")
 
 
 def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: dict[str, Path], params: StageParams,
@@ -85,15 +80,8 @@ def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: 
                           "replace it")
     planner = Planner(out.parent / ".copymachine", out.parent / ".copymachine", hashes, kind_versions(settings.engine))
     planner.plan.manifest_name = f"{out.stem}.manifest.json"
-    planner.add(
-        name,
-        kind,
-        title,
-        inputs={k: planner.external(v.resolve()) for k, v in inputs.items()},
-        params=params,
-        outputs={output: out.name},
-        workdir=out.parent,
-    )
+    planner.add(name, kind, title, inputs={k: planner.external(v.resolve()) for k, v in inputs.items()},
+                params=params, outputs={output: out.name}, workdir=out.parent)
     if model is not None:
         preflight.check_space(planner.plan, model, reporter)
     Pipeline(planner.plan, settings, reporter, hashes).run()
@@ -105,13 +93,9 @@ _FORCE = "copymachine.force"
 
 def _out(f):
     """--out FILE and --force (kept in the context: the commands do not take it as a parameter)."""
-    f = click.option(
-        "--force",
-        is_flag=True,
-        expose_value=False,
-        callback=lambda ctx, param, value: ctx.meta.__setitem__(_FORCE, value),
-        help="Replace --out when it holds a file copymachine did not make.",
-    )(f)
+    f = click.option("--force", is_flag=True, expose_value=False,
+                     callback=lambda ctx, param, value: ctx.meta.__setitem__(_FORCE, value),
+                     help="Replace --out when it holds a file copymachine did not make.")(f)
     return click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
                         help="The file to write (.safetensors); written whole or not at all.")(f)
 
@@ -140,7 +124,7 @@ def merge(base, loras, precision, save_precision, out, sd_scripts, python, devic
     """
     reporter = Reporter(verbose=verbose)
     model = inspect_base_model(base, for_training=False)
-    terms, _ = check_loras(loras, model.family)
+    terms = check_loras(loras, model.family)
     reporter.info(f"merge: {model.path.name} + ({explain(terms)})")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     inputs, params = merge_plan(model.family, base, [WeightedLora(p, r) for p, r, _ in terms], precision,
@@ -167,7 +151,7 @@ def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, toke
       copymachine svd-merge --lora edited.safetensors:1 --lora original.safetensors:-1 --rank 8 --out slider.safetensors
     """
     reporter = Reporter(verbose=verbose)
-    terms, _ = check_loras(loras)
+    terms = check_loras(loras)
     reporter.info(f"svd-merge: result = {explain(terms)}, rank {rank} (computed at float)")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     inputs, params = svd_merge_plan([LoraTerm(p, r, p.name) for p, r, _ in terms], rank, "float", save_precision,
@@ -220,8 +204,7 @@ def resize(lora, rank, save_precision, out, sd_scripts, python, device, tokenize
       copymachine resize effect.safetensors --rank 8 --out effect-r8.safetensors
     """
     reporter = Reporter(verbose=verbose)
-    terms, _ = check_loras((str(lora),))
-    path, _, have = terms[0]
+    [(path, _, have)] = check_loras((str(lora),))
     if rank > have:
         raise InputError(f"--rank {rank} is above the LoRA's rank {have}: resizing only reduces rank")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
