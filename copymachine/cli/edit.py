@@ -15,8 +15,7 @@ from copymachine.effects.base import Effect, format_value
 from copymachine.errors import InputError, OutputError
 from copymachine.images import load_rgb, parse_color, save_png
 
-PNG_PATH = click.Path(dir_okay=False, path_type=Path)
-IMAGE_PATH = click.Path(dir_okay=False, path_type=Path)
+FILE = click.Path(dir_okay=False, path_type=Path)
 
 background_option = click.option(
     "--background", default="white", show_default=True, metavar="COLOUR",
@@ -73,13 +72,13 @@ def _summary(report) -> str:
 
 @cli.command("edit")
 @click.argument("effect", metavar="EFFECT", required=False)
-@click.argument("input_path", metavar="IN", required=False, type=IMAGE_PATH)
-@click.argument("output_path", metavar="OUT", required=False, type=PNG_PATH)
+@click.argument("input_path", metavar="IN", required=False, type=FILE)
+@click.argument("output_path", metavar="OUT", required=False, type=FILE)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Set one of the effect's parameters (repeatable); see --list.")
 @click.option("--amount", type=float, default=1.0, show_default=True, metavar="A",
               help=f"Strength: original + A x (edit - original), {AMOUNT_RANGE}; 0.5 half, 1 full, -1 the opposite.")
-@click.option("--compare", "compare_path", type=PNG_PATH, metavar="SHEET.png",
+@click.option("--compare", "compare_path", type=FILE, metavar="SHEET.png",
               help="Also write a sheet: original | edit | difference heat map.")
 @background_option
 @click.option("--list", "list_effects", is_flag=True, help="List the effects, their parameters and defaults.")
@@ -122,25 +121,23 @@ def edit(effect, input_path, output_path, settings, amount, compare_path, backgr
     click.echo(f"wrote {output_path} ({original.width}x{original.height}): {what}")
     report = check_pair(original, edited, in_place=True)  # a built-in effect moves no pixel
     click.echo(f"check {_summary(report)}")
-    for message in report.messages:
-        click.echo(f"warning: {message}", err=True)
-    for note in report.notes:
-        click.echo(f"note: {note}", err=True)
+    for kind, lines in (("warning", report.messages), ("note", report.notes)):
+        for line in lines:
+            click.echo(f"{kind}: {line}", err=True)
     if compare_path is not None:
         compare_sheet(original, edited, compare_path, title=what)
         click.echo(f"wrote {compare_path} (original | edit | difference)")
 
 
 @cli.command("check")
-@click.argument("original_path", metavar="ORIGINAL", type=IMAGE_PATH)
-@click.argument("edited_path", metavar="EDITED", type=IMAGE_PATH)
+@click.argument("original_path", metavar="ORIGINAL", type=FILE)
+@click.argument("edited_path", metavar="EDITED", type=FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts and run manifests).")
-@click.option("--compare", "compare_path", type=PNG_PATH, metavar="SHEET.png",
+@click.option("--compare", "compare_path", type=FILE, metavar="SHEET.png",
               help="Also write a sheet: original | edit | difference heat map (same size only).")
 @click.option("--in-place", is_flag=True,
               help="EDITED keeps every pixel in place (you only drew on it): an alignment reading is a note, "
-                   "not a refusal "
-                   "(thick new lines pull the fit; train/diff: --edit-in-place).")
+                   "not a refusal (thick new lines pull the fit; train/diff: --edit-in-place).")
 @background_option
 def check(original_path, edited_path, as_json, compare_path, in_place, background):
     """Check that EDITED is a usable edit of ORIGINAL before training on it.

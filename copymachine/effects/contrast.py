@@ -1,9 +1,8 @@
 """contrast: more contrast.
 
-linear (default): Pillow's ImageEnhance.Contrast, the classic slider: every channel is pushed away
-from the image's mean grey by `factor`; whites and blacks clip, colours get more saturated.
-scurve: a sigmoid look-up table on each channel, rescaled so 0 stays 0 and 255 stays 255: similar
-look, smooth roll-off into the highlights and shadows, no hard clipping.
+linear (default): Pillow's ImageEnhance.Contrast: every channel pushed away from the image's mean
+grey by `factor` (whites and blacks clip). scurve: a sigmoid look-up table per channel, rescaled so
+0 and 255 stay put: a smooth roll-off into the highlights and shadows, no hard clipping.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """jpeg: JPEG compression artefacts (8×8 blocking, ringing around lines, colour bleeding).
 
-single (default): one re-encode at `quality` with Pillow's libjpeg; the decoded pixels are the
-result (stored as PNG by the caller). Blocks start at the top-left pixel, so nothing moves.
-passes: several re-encodes at *different* qualities; repeating one quality changes almost nothing
-after the first pass, changing it stacks new artefacts.
+single (default): one re-encode at `quality` with Pillow's libjpeg (blocks start at the top-left
+pixel, so nothing moves). passes: re-encodes at *different* qualities (repeating one quality
+changes almost nothing after the first pass; changing it stacks new artefacts).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """posterize: fewer colours, in flat bands.
 
-levels (default): what Photoshop / GIMP / CSP call posterize: each channel is mapped through a
-look-up table onto `levels` evenly spaced values that include 0 and 255 (so white stays white;
-Pillow's ImageOps.posterize keeps the top bits instead, which turns white into 192 and darkens
-everything).
-kmeans: a palette of `colors` colours found by k-means in CIE Lab (k-means++ start, fixed seed, so
-the result is the same every time); each pixel takes the nearest palette colour, chosen on a lightly
-bilateral-filtered copy so band edges do not speckle.
+levels (default): each channel mapped onto `levels` evenly spaced values that include 0 and 255, as
+Photoshop / GIMP / CSP do (Pillow's ImageOps.posterize keeps the top bits: white becomes 192).
+kmeans: a palette of `colors` colours by k-means in CIE Lab (k-means++ start, fixed seed), each
+pixel the nearest palette colour, chosen on a bilateral-filtered copy so band edges do not speckle.
 """
 
 from __future__ import annotations
