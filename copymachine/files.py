@@ -47,8 +47,7 @@ REPLACE_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 
 
 def replace_file(src: Path | str, dst: Path | str, delays: tuple[float, ...] | None = None) -> None:
-    """os.replace, retried with a short back-off while the target is held open (about 6 s in
-    all); then one clear line (OutputError) naming the file."""
+    """os.replace, retried while the target is held open (about 6 s in all), then one line (OutputError)."""
     delays = REPLACE_DELAYS_S if delays is None else delays
     for delay in (*delays, None):
         try:
@@ -74,10 +73,8 @@ def _fsync_dir(directory: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
-
-    A crash or error leaves `path` as it was (absent or the old file) and no partial file.
-    """
+    """A temporary path beside `path` that replaces it in one rename on success; a crash or error
+    leaves `path` as it was and no partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -131,9 +128,7 @@ def move_into_place(src: Path, dst: Path) -> None:
     """Move a finished file to its final path in one rename (copy + rename across devices)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.replace(src, dst)
-    except PermissionError:
-        replace_file(src, dst)
+        replace_file(src, dst)  # retried while held open
     except OSError:  # another device
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
@@ -166,10 +161,8 @@ def host_name() -> str:
 
 
 class HashCache:
-    """sha256 of files, remembered by (absolute path, size, mtime) in a JSON file.
-
-    Hashing a 4 GB checkpoint takes ~10 s; a re-run must not pay that for every input.
-    """
+    """sha256 of files, remembered by (absolute path, size, mtime) in a JSON file: hashing a 4 GB
+    checkpoint takes ~10 s, a re-run must not pay that for every input."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -177,12 +170,9 @@ class HashCache:
         self._data: dict[str, dict[str, Any]] = {}
         self._dirty = False
         if path is not None and path.exists():
-            try:
+            with contextlib.suppress(OSError, ValueError):  # a damaged cache only costs re-hashing
                 loaded = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(loaded, dict):
-                    self._data = loaded
-            except (OSError, ValueError):
-                self._data = {}  # a damaged cache only costs re-hashing
+                self._data = loaded if isinstance(loaded, dict) else {}
 
     @classmethod
     def for_host(cls, folder: Path) -> HashCache:

@@ -84,11 +84,8 @@ def _orientation(im: Image.Image) -> int:
 
 
 def image_info(path: str | os.PathLike) -> dict:
-    """What the file holds, without decoding all of it: for callers that want to warn.
-
-    `size` is the size after EXIF orientation (what `load_rgb` returns); `stored_size` is the size
-    in the file.
-    """
+    """What the file holds, without decoding all of it: `size` after EXIF orientation (what `load_rgb`
+    returns), `stored_size` as stored."""
     p = Path(path)
     with _open(p) as im:
         w, h = im.size
@@ -127,11 +124,8 @@ def to_rgb(im: Image.Image, background: RGB = WHITE) -> Image.Image:
 
 
 def load_rgb(path: str | os.PathLike, background: RGB = WHITE) -> Image.Image:
-    """Open an image as 8-bit RGB, oriented as EXIF says, alpha composited onto `background`.
-
-    Raises InputError (one line naming the file) when the file is missing, is not an image, is
-    truncated or corrupt, or is animated.
-    """
+    """An image as 8-bit RGB, oriented as EXIF says, alpha composited onto `background`; one line
+    (InputError) when the file is missing, not an image, truncated or corrupt, or animated."""
     p = Path(path)
     with _open(p) as im:
         if _is_multiframe(im):
@@ -164,10 +158,8 @@ def blank_colour(path: str | os.PathLike) -> tuple[int, ...] | None:
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
-    """Write `image` as an RGB PNG, atomically (files.atomic_path), with the usual permissions.
-
-    The bytes depend only on the pixels: no metadata, no timestamps.
-    """
+    """`image` as an RGB PNG, written atomically with the usual permissions; the bytes depend only on
+    the pixels (no metadata, no timestamps)."""
     p = Path(path)
     rgb = to_rgb(image)
     clean = Image.frombytes("RGB", rgb.size, rgb.tobytes())

@@ -156,6 +156,7 @@ class LoraSummary:
     path: Path
     modules: dict[str, dict[str, Any]]  # module name -> {"rank", "alpha", "dtype"}
     metadata: dict[str, str]
+    file: SafetensorsFile = field(repr=False)
 
     @property
     def ranks(self) -> list[int]:
@@ -197,7 +198,7 @@ def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
         rank = int(down["shape"][0])
         alpha = float(st.read(f"{name}.alpha").reshape(-1)[0]) if "alpha" in parts else float(rank)
         out[name] = {"rank": rank, "alpha": alpha, "dtype": down["dtype"]}
-    return LoraSummary(path=Path(path), modules=out, metadata=st.metadata)
+    return LoraSummary(Path(path), out, st.metadata, st)
 
 
 def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
@@ -216,7 +217,7 @@ def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
     if not short:
         copy_with_metadata(src, dst, extra)
         return 0
-    st = read_safetensors(src)
+    st = summary.file
     tensors = {key: st.read(key) for key in st.tensors}  # (BF16 is read widened to float32 and written so)
     for name, m in short.items():
         r = m["rank"]
@@ -241,9 +242,8 @@ def validate_lora(path: Path, what: str = "LoRA", expected_rank: int | None = No
         if wrong:
             raise InputError(f"{what} has rank {summary.modules[wrong[0]]['rank']} in {wrong[0]}, expected at most "
                              f"{expected_rank}: {path}")
-    st = read_safetensors(path, what)
-    for key in st.tensors:
-        arr = st.read(key)
+    for key in summary.file.tensors:
+        arr = summary.file.read(key)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise InputError(f"{what} holds NaN or infinite values ({key}): {path}")
     return summary

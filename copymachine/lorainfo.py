@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copymachine.heavy import numpy as np
-from copymachine.lorafile import read_safetensors, summarize_lora
+from copymachine.lorafile import summarize_lora
 from copymachine.models import lora_family
 
 if TYPE_CHECKING:
@@ -69,12 +69,12 @@ def delta_norm(down: ndarray, up: ndarray, alpha: float) -> float:
 
 def lora_report(path: Path) -> dict[str, Any]:
     summary = summarize_lora(path)
-    st = read_safetensors(path)
     md = summary.metadata
     family = lora_family(list(summary.modules), md)
     blocks: dict[str, dict[str, float]] = {}
     for name, info in summary.modules.items():
-        norm = delta_norm(st.read(f"{name}.lora_down.weight"), st.read(f"{name}.lora_up.weight"), info["alpha"])
+        down, up = (summary.file.read(f"{name}.lora_{part}.weight") for part in ("down", "up"))
+        norm = delta_norm(down, up, info["alpha"])
         b = blocks.setdefault(block_of(name), {"modules": 0, "sq": 0.0})
         b["modules"] += 1
         b["sq"] += norm * norm

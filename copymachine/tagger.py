@@ -1,13 +1,8 @@
 """WD14 tagging (the memo captioned with the WD14 tagger), offline, with onnxruntime on the CPU.
 
-The tagger is a local folder in SmilingWolf's layout (e.g. `huggingface-cli download
-SmilingWolf/wd-vit-tagger-v3 model.onnx selected_tags.csv --local-dir DIR`): `model.onnx` and
-`selected_tags.csv` (columns tag_id,name,category,count; category 9 = rating, 0 = general,
-4 = character). Preprocessing as SmilingWolf's own demo: transparency over white, padded to a
-white square (centred), resized to the model's input with bicubic, RGB -> BGR, float32 0-255,
-NHWC. The ONNX exports output probabilities (no sigmoid is applied).
-
-onnxruntime is an optional extra (`pip install 'copymachine[tagger]'`); nothing here downloads.
+The tagger is a local folder in SmilingWolf's layout: `model.onnx` and `selected_tags.csv` (columns
+tag_id,name,category,count). Preprocessing as SmilingWolf's own demo; the ONNX exports output
+probabilities (no sigmoid). onnxruntime is an optional extra; nothing here downloads.
 """
 
 from __future__ import annotations

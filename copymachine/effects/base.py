@@ -37,8 +37,8 @@ class Param:
     choices: tuple[str, ...] | None = None
     min: float | None = None
     max: float | None = None
-    # Extra check on the converted value: returns an error text, or None when the value is fine.
-    validate: Callable[[Any], str | None] | None = field(default=None, compare=False, repr=False)
+    # Extra check on the converted value: returns it, or raises ValueError saying what is wrong.
+    validate: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def range_text(self) -> str:
         if self.choices:
@@ -55,15 +55,9 @@ class Param:
         """The pydantic field: a Literal of the choices or the type, the range (finite floats only), the help."""
         kind: Any = Literal[self.choices] if self.choices else self.type
         if self.validate is not None:
-            kind = Annotated[kind, AfterValidator(self._check)]
+            kind = Annotated[kind, AfterValidator(self.validate)]
         limits: dict[str, Any] = {"allow_inf_nan": False} if self.type is float else {}
         return kind, Field(self.default, ge=self.min, le=self.max, description=self.help, **limits)
-
-    def _check(self, value: Any) -> Any:
-        problem = self.validate(value) if self.validate else None
-        if problem:
-            raise ValueError(problem)
-        return value
 
     def problem(self, error: ErrorDetails) -> str:
         """A pydantic error of this parameter, in words."""

@@ -21,14 +21,14 @@ def parse_qualities(text: str) -> list[int]:
     return [int(part) for part in text.replace(" ", "").split(",") if part]
 
 
-def _check_qualities(text: str) -> str | None:
+def _check_qualities(text: str) -> str:
     try:
         qualities = parse_qualities(text)
     except ValueError:
         qualities = []
     if not qualities or any(not 1 <= q <= 95 for q in qualities):
-        return "must be a comma-separated list of JPEG qualities 1-95, e.g. 15,10,20,8"
-    return None
+        raise ValueError("must be a comma-separated list of JPEG qualities 1-95, e.g. 15,10,20,8")
+    return text
 
 
 PARAMS: dict[str, Param] = {
