@@ -32,34 +32,29 @@ _NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", 
           "BOOL": "?"}
 
 
-class NotSafetensors(InputError):
-    pass
-
-
 @dataclass
 class SafetensorsFile:
     path: Path
-    header_size: int
     tensors: dict[str, dict[str, Any]]  # name -> {"dtype", "shape"}
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def data_start(self) -> int:
-        return 8 + self.header_size
+    metadata: dict[str, str]
 
     def keys(self) -> list[str]:
         return list(self.tensors)
 
     @functools.cached_property
-    def _offsets(self) -> dict[str, list[int]]:
-        return {k: v["data_offsets"] for k, v in raw_header(self.path)[1].items()}
+    def _header(self) -> tuple[int, dict[str, Any]]:
+        return raw_header(self.path)
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self._header[0]
 
     def read(self, name: str) -> ndarray:
         """One tensor as a numpy array (BF16 widened to float32)."""
         dtype = self.tensors[name]["dtype"]
         if dtype != "BF16" and dtype not in _NUMPY:
             raise InputError(f"{self.path}: tensor {name} has unsupported dtype {dtype}")
-        start, end = self._offsets[name]
+        start, end = self._header[1][name]["data_offsets"]
         with open(self.path, "rb") as f:
             f.seek(self.data_start + start)
             raw = f.read(end - start)
@@ -70,25 +65,25 @@ class SafetensorsFile:
 
 
 def raw_header(path: Path, what: str = "file") -> tuple[int, dict[str, Any]]:
-    """(header length, header) read by hand: raises NotSafetensors naming what is wrong."""
+    """(header length, header) read by hand: raises InputError naming what is wrong."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             problem = "not a safetensors file (too short)" if size else "empty (0 bytes)"
-            raise NotSafetensors(f"{what} is {problem}: {path}")
+            raise InputError(f"{what} is {problem}: {path}")
         (n,) = struct.unpack("<Q", head)
         if n < 2 or n > _MAX_HEADER or 8 + n > size:
-            raise NotSafetensors(f"{what} is not a safetensors file (no valid header): {path}")
+            raise InputError(f"{what} is not a safetensors file (no valid header): {path}")
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise NotSafetensors(f"{what} is not a safetensors file (header is not JSON): {path}") from None
+        raise InputError(f"{what} is not a safetensors file (header is not JSON): {path}") from None
     if isinstance(header, dict):
         header.pop("__metadata__", None)
     if not isinstance(header, dict) or not all(isinstance(v, dict) and "data_offsets" in v for v in header.values()):
-        raise NotSafetensors(f"{what} is not a safetensors file (bad header): {path}")
+        raise InputError(f"{what} is not a safetensors file (bad header): {path}")
     return n, header
 
 
@@ -98,7 +93,7 @@ def _refused(path: Path, what: str, error: Exception) -> InputError:
     missing = 8 + n + max((int(v["data_offsets"][1]) for v in header.values()), default=0) - path.stat().st_size
     if missing > 0:
         return InputError(f"{what} is truncated ({missing} bytes missing; copy or download it again): {path}")
-    return NotSafetensors(f"{what} is not a safetensors file ({error}): {path}")
+    return InputError(f"{what} is not a safetensors file ({error}): {path}")
 
 
 def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
@@ -112,9 +107,7 @@ def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
             metadata = f.metadata() or {}
     except SafetensorError as e:
         raise _refused(path, what, e) from None
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-    return SafetensorsFile(path, n, tensors, {str(k): str(v) for k, v in metadata.items()})
+    return SafetensorsFile(path, tensors, {str(k): str(v) for k, v in metadata.items()})
 
 
 def write_safetensors(path: Path, tensors: dict[str, ndarray], metadata: dict[str, str] | None = None) -> None:

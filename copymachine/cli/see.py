@@ -87,8 +87,7 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
     params = preview_params(
         MEMO.preview, checkpoint.family, precision, options, strengths=recipe_mod.strengths(strengths, "--strengths"),
         prompts=list(prompts), seeds=recipe_mod.seeds(",".join(str(s) for s in seeds), "--seed") if seeds else [],
-        size=size, steps=steps,
-    )
+        size=size, steps=steps)
     state = lora.parent / ".copymachine"
     hashes = HashCache(state / "hashes.json")
     planner = Planner(state, state, hashes, kind_versions(settings.engine))

@@ -1,10 +1,8 @@
 """`copymachine merge | svd-merge | extract | resize`: sd-scripts' LoRA tools with our checks.
 
-Each is a one-stage plan run by the same pipeline as `train`: the output is written under a
-scratch name and renamed when complete, the log and a manifest go to `<out folder>/.copymachine/`,
-and re-running the same command with unchanged inputs does nothing. The LoRAs they write carry
-copymachine.* metadata (the tool, its parameters, its inputs' names and sha256; see
-stages/finalize.py).
+Each is a one-stage plan run by the same pipeline as `train` (written whole or not at all, its log and
+manifest in `<out folder>/.copymachine/`, nothing re-done for unchanged inputs); the LoRAs they write
+carry copymachine.* metadata (stages/finalize.py).
 """
 
 from __future__ import annotations

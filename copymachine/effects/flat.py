@@ -208,8 +208,7 @@ def l0_smooth(rgb: Array, lam: float, kappa: float, beta_max: float = L0_BETA_MA
 
     image = rgb.astype(np.float32) / 255.0
     h, w = image.shape[:2]
-    eig_x = 2.0 - 2.0 * np.cos(np.pi * np.arange(w) / w)
-    eig_y = 2.0 - 2.0 * np.cos(np.pi * np.arange(h) / h)
+    eig_y, eig_x = (2.0 - 2.0 * np.cos(np.pi * np.arange(n) / n) for n in (h, w))
     laplacian = (eig_y[:, None] + eig_x[None, :]).astype(np.float32)[..., None]
     spectrum = dctn(image, axes=(0, 1), norm="ortho")
     s = image
@@ -221,11 +220,9 @@ def l0_smooth(rgb: Array, lam: float, kappa: float, beta_max: float = L0_BETA_MA
         gx[small] = 0.0
         gy[small] = 0.0
         # D^T applied to (gx, gy): the transpose of the forward differences above.
-        zero = np.float32(0)
-        div = -np.diff(gx, axis=1, prepend=zero) - np.diff(gy, axis=0, prepend=zero)
+        div = -np.diff(gx, axis=1, prepend=np.float32(0)) - np.diff(gy, axis=0, prepend=np.float32(0))
         smoothed = (spectrum + beta * dctn(div, axes=(0, 1), norm="ortho")) / (1.0 + beta * laplacian)
-        s = idctn(smoothed, axes=(0, 1), norm="ortho")
-        s = s.astype(np.float32)
+        s = idctn(smoothed, axes=(0, 1), norm="ortho").astype(np.float32)
         beta *= kappa
     return to_uint8(s * 255.0)
 

@@ -65,10 +65,10 @@ def kmeans(points: Array, k: int, seed: int) -> Array:
         sums = np.stack([np.bincount(label, weights=points[:, c], minlength=k) for c in range(3)], axis=1)
         counts = np.bincount(label, minlength=k)[:, None]
         moved = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
-        if np.allclose(moved, centres, atol=1e-3):
-            centres = moved
-            break
+        converged = np.allclose(moved, centres, atol=1e-3)
         centres = moved
+        if converged:
+            break
     return centres
 
 
