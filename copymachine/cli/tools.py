@@ -112,9 +112,8 @@ def merge(base, loras, precision, save_precision, out, sd_scripts, python, devic
           verbose):
     """Merge LoRAs into a checkpoint (merge_lora.py; sdxl_merge_lora.py for SDXL).
 
-    W += ratio x up @ down x alpha / rank for every LoRA: exact and linear in the ratio.
-    Merging LoRA into LoRA is not offered: merge_lora.py then squares each ratio and loses the
-    sign; use `copymachine svd-merge`.
+    W += ratio x up @ down x alpha / rank for every LoRA: exact and linear in the ratio. Merging LoRA into LoRA is not
+    offered: merge_lora.py then squares each ratio and loses the sign; use `copymachine svd-merge`.
 
     \b
     Example:

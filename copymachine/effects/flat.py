@@ -99,13 +99,10 @@ def label_edges(labels: Array, cross: bool = False) -> Array:
 
 
 def merge_thin_segments(image: Array, labels: Array) -> Array:
-    """Merge each segment only about 2 px wide into the neighbour it continues.
-
-    Felzenszwalb's pre-smoothing blurs sharp boundaries into thin strips of their own, which filled
-    with their own median would draw a rim beside every line. A thin segment joins the (not thin)
-    neighbour whose pixels across the boundary are closest to its mean colour, when closer than
-    THIN_MERGE_DISTANCE; a genuinely thin detail (an eye's white rim) differs and stays.
-    """
+    """Merge each segment only about 2 px wide into the neighbour it continues: Felzenszwalb's
+    pre-smoothing blurs sharp boundaries into thin strips that would draw a rim beside every line.
+    A thin segment joins the (not thin) neighbour whose pixels across the boundary are closest to its
+    mean colour, when closer than THIN_MERGE_DISTANCE; a thin detail (an eye's white rim) differs and stays."""
     n = int(labels.max()) + 1
     same_h = labels[:, 1:] == labels[:, :-1]
     same_v = labels[1:, :] == labels[:-1, :]

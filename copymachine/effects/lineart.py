@@ -76,12 +76,8 @@ def line_holes(rgb: Array, mask: Array) -> Array:
 
 
 def recomposite_lines(original: Array, background: Array, holes: Array, mask: Array) -> Array:
-    """Lay the original line art over a new background.
-
-    In the line pixels (`holes`) the ink colour is the darkest nearby colour and its coverage is
-    the original pixel's position between the new background and the ink (a projection), so
-    antialiased edges keep their softness over the new fill; the dark core (`mask`) is the original.
-    """
+    """The original line art over a new background: in `holes` the darkest nearby colour with the
+    coverage the original had over the new fill (soft edges stay soft); the dark core (`mask`) as it was."""
     out = background.copy()
     ys, xs = np.nonzero(holes)
     if len(ys):
