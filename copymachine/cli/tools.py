@@ -90,24 +90,26 @@ _FORCE = "copymachine.force"
 
 
 def _out(f):
-    """--out FILE and --force (kept in the context: the commands do not take it as a parameter)."""
+    """--out FILE, --force (kept in the context: the commands do not take it as a parameter), the engine's options."""
     f = click.option("--force", is_flag=True, expose_value=False,
                      callback=lambda ctx, param, value: ctx.meta.__setitem__(_FORCE, value),
-                     help="Replace --out when it holds a file copymachine did not make.")(f)
+                     help="Replace --out when it holds a file copymachine did not make.")(engine_options(f))
     return click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
                         help="The file to write (.safetensors); written whole or not at all.")(f)
 
 
+_LORAS = click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]",
+                      help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+
+
 @cli.command()
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="The checkpoint to merge into.")
-@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]",
-              help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+@_LORAS
 @click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.merge.precision, show_default=True,
               help="dtype the merge is computed in.")
 @click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.merge.save_precision, show_default=True,
               help="dtype of the saved model (float: ~4 GB for SD1.5).")
 @_out
-@engine_options
 def merge(base, loras, precision, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline,
           verbose):
     """Merge LoRAs into a checkpoint (merge_lora.py; sdxl_merge_lora.py for SDXL).
@@ -131,12 +133,10 @@ def merge(base, loras, precision, save_precision, out, sd_scripts, python, devic
 
 
 @cli.command("svd-merge")
-@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]",
-              help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+@_LORAS
 @click.option("--rank", type=click.IntRange(1), default=MEMO.svd.rank, show_default=True, help="Rank of the result.")
 @click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.svd.save_precision, show_default=True)
 @_out
-@engine_options
 def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Combine LoRAs exactly (svd_merge_lora.py): sum of ratio x delta-W, then SVD to a rank.
 
@@ -165,7 +165,6 @@ def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, toke
 @click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.combine.precision, show_default=True,
               help="dtype to load and save in.")
 @_out
-@engine_options
 def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Extract the LoRA of base -> tuned (extract_lora_from_models.py; memo step 8).
 
@@ -191,7 +190,6 @@ def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokeni
               help="New rank; at most the LoRA's own.")
 @click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.resize.save_precision, show_default=True)
 @_out
-@engine_options
 def resize(lora, rank, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Resize a LoRA's rank (resize_lora.py --new_rank; memo step 9). Runs on the CPU, where
     sd-scripts' resize is known good (on CUDA it has written corrupt files, issue #904).
