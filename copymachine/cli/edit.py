@@ -17,10 +17,8 @@ from copymachine.images import load_rgb, parse_color, save_png
 
 FILE = click.Path(dir_okay=False, path_type=Path)
 
-background_option = click.option(
-    "--background", default="white", show_default=True, metavar="COLOUR",
-    help="Colour that transparent pixels are composited onto: a name or #rrggbb.",
-)
+background_option = click.option("--background", default="white", show_default=True, metavar="COLOUR",
+                                 help="Colour that transparent pixels are composited onto: a name or #rrggbb.")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -51,16 +49,13 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
 def format_effect(effect: Effect) -> str:
     """One effect for `edit --list`: its summary, then one line per parameter."""
     rows = [(f"{key}={format_value(p.default)}", p.range_text(), p.help) for key, p in effect.params.items()]
-    w1 = max(len(r[0]) for r in rows)
-    w2 = max(len(r[1]) for r in rows)
-    lines = [f"{effect.name}: {effect.summary}"]
-    lines += [f"    {a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in rows]
-    return "\n".join(lines)
+    w1, w2 = (max(len(r[i]) for r in rows) for i in (0, 1))
+    return "\n".join([f"{effect.name}: {effect.summary}", *(f"    {a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in rows)])
 
 
 def _changed(effect: Effect, params: dict) -> str:
-    shown = {k: v for k, v in params.items() if k == "mode" or v != effect.params[k].default}
-    return ", ".join(f"{k}={format_value(v)}" for k, v in shown.items())
+    shown = (f"{k}={format_value(v)}" for k, v in params.items() if k == "mode" or v != effect.params[k].default)
+    return ", ".join(shown)
 
 
 def _summary(report) -> str:
