@@ -29,8 +29,6 @@ from copymachine.stages.leakage import planned_outputs as leakage_outputs
 from copymachine.stages.leakage import summary as leakage_summary
 from copymachine.stages.preview import planned_outputs, preview_params
 
-# --- copymachine preview ----------------------------------------------------------------------
-
 
 @cli.command()
 @click.argument("lora", type=click.Path(dir_okay=False, path_type=Path))
@@ -156,9 +154,6 @@ def _training_image(option: Path | None, lora: Path, metadata: dict, hashes: Has
     if candidate.is_file() and hashes.sha256(candidate) in recorded:
         return candidate
     return None
-
-
-# --- copymachine inspect ----------------------------------------------------------------------
 
 
 @cli.command()
