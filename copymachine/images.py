@@ -100,14 +100,12 @@ def image_info(path: str | os.PathLike) -> dict:
 
 def _scale_to_8bit(im: Image.Image) -> Image.Image:
     """16/32-bit integer and float grey images → 8-bit L (Pillow's own convert clips instead of scaling)."""
-    a = np.asarray(im)
+    a = np.nan_to_num(np.asarray(im).astype(np.float64))
     if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255):
-        scaled = np.floor(a.astype(np.float64) / 257.0 + 0.5)
-    elif im.mode == "F" and a.size and np.nanmax(a) <= 1.0:
-        scaled = np.floor(np.nan_to_num(a.astype(np.float64)) * 255.0 + 0.5)
-    else:
-        scaled = np.nan_to_num(a.astype(np.float64))
-    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+        a = np.floor(a / 257.0 + 0.5)
+    elif im.mode == "F" and a.size and a.max() <= 1.0:
+        a = np.floor(a * 255.0 + 0.5)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
 
 
 def to_rgb(im: Image.Image, background: RGB = WHITE) -> Image.Image:
@@ -118,9 +116,7 @@ def to_rgb(im: Image.Image, background: RGB = WHITE) -> Image.Image:
         rgba = im.convert("RGBA")
         base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
         return Image.alpha_composite(base, rgba).convert("RGB")
-    if im.mode != "RGB":
-        return im.convert("RGB")
-    return im
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def load_rgb(path: str | os.PathLike, background: RGB = WHITE) -> Image.Image:
