@@ -46,10 +46,9 @@ def folder_stem(name: str, limit: int = FOLDER_STEM_MAX) -> str:
 REPLACE_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 
 
-def replace_file(src: Path | str, dst: Path | str, delays: tuple[float, ...] | None = None) -> None:
+def replace_file(src: Path | str, dst: Path | str) -> None:
     """os.replace, retried while the target is held open (about 6 s in all), then one line (OutputError)."""
-    delays = REPLACE_DELAYS_S if delays is None else delays
-    for delay in (*delays, None):
+    for delay in (*REPLACE_DELAYS_S, None):
         try:
             os.replace(src, dst)
             return

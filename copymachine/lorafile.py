@@ -173,13 +173,10 @@ def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
     """Read a kohya LoRA's structure from its header: modules, ranks, alphas (header + alphas)."""
     st = read_safetensors(path, what)
     modules: dict[str, dict[str, Any]] = {}
-    foreign = []
     for key in st.tensors:
         m = _LORA_KEY.match(key)
-        if not m:
-            foreign.append(key)
-            continue
-        modules.setdefault(m.group(1), {})[m.group(2)] = st.tensors[key]
+        if m:
+            modules.setdefault(m.group(1), {})[m.group(2)] = st.tensors[key]
     if not modules:
         sample = ", ".join(list(st.tensors)[:3]) or "no tensors"
         raise InputError(f"{what} is not a kohya LoRA (no lora_unet_/lora_te keys; found {sample}): {path}")

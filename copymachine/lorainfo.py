@@ -1,10 +1,7 @@
 """`copymachine inspect`: what is in a kohya LoRA file, read from its header and tensors (no torch).
 
-Ranks and alphas, module counts (U-Net / text encoder), the base model version, sd-scripts'
-ss_* training metadata, copymachine's own keys, and the weight norm of every block: the
-Frobenius norm of the block's weight change, scale x up @ down with scale = alpha / rank, summed
-over its modules (sqrt of the sum of squares). Blocks are named as LoRA Block Weight names them:
-TE (TE1/TE2 for SDXL), IN00-IN11, MID, OUT00-OUT11.
+A block's weight norm is the Frobenius norm of its weight change (alpha / rank x up @ down), summed over
+its modules as the root of the sum of squares; blocks are named as LoRA Block Weight names them.
 """
 
 from __future__ import annotations
@@ -34,9 +31,9 @@ _PREFIX_BLOCKS = (("lora_te1_", "TE1"), ("lora_te2_", "TE2"), ("lora_te", "TE"),
 
 def block_of(module: str) -> str:
     """The block a module belongs to (LoRA Block Weight's names)."""
-    for prefix, block in _PREFIX_BLOCKS:
+    for prefix, name in _PREFIX_BLOCKS:
         if module.startswith(prefix):
-            return block
+            return name
     m = _SD1_BLOCK.match(module)
     if m:
         side, block, part, index = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))

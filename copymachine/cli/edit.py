@@ -22,9 +22,7 @@ background_option = click.option("--background", default="white", show_default=T
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
+    return os.path.samefile(a, b) if a.exists() and b.exists() else a.resolve() == b.resolve()
 
 
 def _png_target(path: Path, what: str, hint: str, *inputs: Path) -> Path:

@@ -151,9 +151,7 @@ def _training_image(option: Path | None, lora: Path, metadata: dict, hashes: Has
         return option
     candidate = lora.parent / "original.png"
     recorded = str(metadata.get("copymachine.original_sha256", "")).split(",")
-    if candidate.is_file() and hashes.sha256(candidate) in recorded:
-        return candidate
-    return None
+    return candidate if candidate.is_file() and hashes.sha256(candidate) in recorded else None
 
 
 @cli.command()

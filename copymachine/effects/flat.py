@@ -77,15 +77,8 @@ def restore_antialiasing(original: Array, flat: Array, labels: Array) -> Array:
     ys, xs = np.nonzero(label_edges(labels))
     padded = np.pad(flat, ((1, 1), (1, 1), (0, 0)), mode="edge")
     c1 = flat[ys, xs].astype(np.float32)
-    c2 = c1.copy()
-    best = np.zeros(len(ys), np.float32)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            candidate = padded[ys + 1 + dy, xs + 1 + dx].astype(np.float32)
-            d = ((candidate - c1) ** 2).sum(axis=1)
-            better = d > best
-            best[better] = d[better]
-            c2[better] = candidate[better]
+    around = np.stack([padded[ys + 1 + dy, xs + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]).astype(np.float32)
+    c2 = around[((around - c1) ** 2).sum(axis=2).argmax(axis=0), np.arange(len(ys))]  # the first most different
     out = flat.copy()
     out[ys, xs] = project_blend(original[ys, xs], c1, c2)
     return out

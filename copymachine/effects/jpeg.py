@@ -40,19 +40,15 @@ PARAMS: dict[str, Param] = {
 }
 
 
-def encode_decode(image: Image.Image, quality: int, subsampling: str) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality, subsampling=subsampling, optimize=False)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
-
-
 def run(rgb: Array, params: dict) -> Array:
     qualities = parse_qualities(params["qualities"]) if params["mode"] == "passes" else [params["quality"]]
     image = Image.fromarray(rgb, "RGB")
     for quality in qualities:
-        image = encode_decode(image, quality, params["subsampling"])
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality, subsampling=params["subsampling"], optimize=False)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            image = decoded.convert("RGB")
     return np.asarray(image)
 
 

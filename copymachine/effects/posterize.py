@@ -72,11 +72,6 @@ def kmeans(points: Array, k: int, seed: int) -> Array:
     return centres
 
 
-def palette_rgb(centres_lab: Array) -> Array:
-    lab = centres_lab.astype(np.float32).reshape(1, -1, 3)
-    return to_uint8(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB).reshape(-1, 3) * 255.0)
-
-
 def kmeans_posterize(rgb: Array, colors: int, seed: int, smooth: bool) -> Array:
     h, w = rgb.shape[:2]
     stride = max(1, math.ceil(math.sqrt(h * w / KMEANS_SAMPLE)))
@@ -84,7 +79,8 @@ def kmeans_posterize(rgb: Array, colors: int, seed: int, smooth: bool) -> Array:
     centres = kmeans(sample, colors, seed)
     source = cv2.bilateralFilter(rgb, 5, 20, 3) if smooth else rgb
     labels = nearest(to_lab(source), centres.astype(np.float32))
-    return palette_rgb(centres)[labels].reshape(h, w, 3)
+    palette = cv2.cvtColor(centres.astype(np.float32).reshape(1, -1, 3), cv2.COLOR_Lab2RGB).reshape(-1, 3)
+    return to_uint8(palette * 255.0)[labels].reshape(h, w, 3)
 
 
 def run(rgb: Array, params: dict) -> Array:
