@@ -212,10 +212,8 @@ def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
     for name, m in short.items():
         r = m["rank"]
         down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
-        pad_down = [(0, common - r)] + [(0, 0)] * (down.ndim - 1)
-        pad_up = [(0, 0), (0, common - r)] + [(0, 0)] * (up.ndim - 2)
-        tensors[f"{name}.lora_down.weight"] = np.pad(down, pad_down)
-        tensors[f"{name}.lora_up.weight"] = np.pad(up, pad_up)
+        tensors[f"{name}.lora_down.weight"] = np.pad(down, [(0, common - r)] + [(0, 0)] * (down.ndim - 1))
+        tensors[f"{name}.lora_up.weight"] = np.pad(up, [(0, 0), (0, common - r)] + [(0, 0)] * (up.ndim - 2))
         alpha_dtype = tensors[f"{name}.alpha"].dtype if f"{name}.alpha" in tensors else down.dtype
         tensors[f"{name}.alpha"] = np.asarray(m["alpha"] * common / r, dtype=alpha_dtype)
     tmp = dst.with_name(dst.name + ".padding")
