@@ -78,19 +78,13 @@ def lora_report(path: Path) -> dict[str, Any]:
     ranks = Counter(m["rank"] for m in summary.modules.values())
     alphas = Counter(m["alpha"] for m in summary.modules.values())
     return {
-        "file": str(path),
-        "size_bytes": Path(path).stat().st_size,
-        "modules": len(summary.modules),
-        "unet_modules": summary.unet_modules,
-        "text_encoder_modules": summary.text_encoder_modules,
+        "file": str(path), "size_bytes": Path(path).stat().st_size, "modules": len(summary.modules),
+        "unet_modules": summary.unet_modules, "text_encoder_modules": summary.text_encoder_modules,
         "ranks": {str(r): n for r, n in sorted(ranks.items())},
         "alphas": {f"{a:g}": n for a, n in sorted(alphas.items())},
         "dtypes": sorted({m["dtype"] for m in summary.modules.values()}),
-        "base_model": {
-            "version": md.get("ss_base_model_version"),
-            "family": family.label if family else None,
-            "from": "metadata" if md.get("ss_base_model_version") else "module names",
-        },
+        "base_model": {"version": md.get("ss_base_model_version"), "family": family.label if family else None,
+                       "from": "metadata" if md.get("ss_base_model_version") else "module names"},
         "blocks": [
             {"block": name, "modules": int(b["modules"]), "norm": round(math.sqrt(b["sq"]), 6)}
             for name, b in sorted(blocks.items(), key=lambda kv: _block_order(kv[0]))
