@@ -86,8 +86,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         replace_file(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(?:partial|tmp)$")
@@ -187,9 +186,8 @@ class HashCache:
     def sha256(self, path: Path) -> str:
         path = Path(path).resolve()
         st = path.stat()
-        key = str(path)
         with self._lock:
-            entry = self._data.get(key)
+            entry = self._data.get(str(path))
             if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
                 return entry["sha256"]
         digest = sha256_file(path)

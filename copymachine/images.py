@@ -128,8 +128,7 @@ def load_rgb(path: str | os.PathLike, background: RGB = WHITE) -> Image.Image:
             raise InputError(f"{p}: has {_frames(im)} frames (animated); save the one frame you want as a PNG")
         try:
             im.load()
-            oriented = ImageOps.exif_transpose(im)
-            rgb = to_rgb(oriented if oriented is not None else im, background)
+            rgb = to_rgb(ImageOps.exif_transpose(im), background)
             rgb.load()
         except Image.DecompressionBombError as e:
             raise InputError(f"{p}: refused by Pillow as a possible decompression bomb ({e})") from None
