@@ -156,8 +156,7 @@ def check(original_path, edited_path, as_json, compare_path, in_place, backgroun
     bg = parse_color(background)
     if compare_path is not None:
         _png_target(compare_path, "compare sheet", "--compare", original_path, edited_path)
-    original = load_rgb(original_path, bg)
-    edited = load_rgb(edited_path, bg)
+    original, edited = (load_rgb(path, bg) for path in (original_path, edited_path))
     report = check_pair(original, edited, edited_name=str(edited_path), in_place=in_place)
     if as_json:
         data = {"original": str(original_path), "edited": str(edited_path), **report.as_dict()}

@@ -45,10 +45,8 @@ class Param:
             return " | ".join(self.choices)
         if self.type is bool:
             return "true | false"
-        if self.min is not None and self.max is not None:
+        if self.min is not None and self.max is not None:  # (every numeric parameter has both)
             return f"{_fmt(self.min)} to {_fmt(self.max)}"
-        if self.min is not None or self.max is not None:
-            return f">= {_fmt(self.min)}" if self.max is None else f"<= {_fmt(self.max)}"
         return _TYPE_NAMES[self.type]
 
     def field(self) -> tuple[Any, Any]:
