@@ -32,8 +32,7 @@ def scurve_lut(gain: float, midpoint: float) -> Array:
 def run(rgb: Array, params: dict) -> Array:
     if params["mode"] == "scurve":
         return scurve_lut(params["gain"], params["midpoint"])[rgb]
-    image = Image.fromarray(rgb, "RGB")
-    return np.asarray(ImageEnhance.Contrast(image).enhance(params["factor"]))
+    return np.asarray(ImageEnhance.Contrast(Image.fromarray(rgb, "RGB")).enhance(params["factor"]))
 
 
 EFFECT = Effect("contrast", "higher contrast: linear about the mean grey (default) or an S-curve without clipping",
