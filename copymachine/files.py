@@ -46,11 +46,9 @@ def folder_stem(name: str, limit: int = FOLDER_STEM_MAX) -> str:
 REPLACE_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 
 
-def replace_file(src: Path | str, dst: Path | str, delays: tuple[float, ...] | None = None) -> None:
-    """os.replace, retried with a short back-off while the target is held open (about 6 s in
-    all); then one clear line (OutputError) naming the file."""
-    delays = REPLACE_DELAYS_S if delays is None else delays
-    for delay in (*delays, None):
+def replace_file(src: Path | str, dst: Path | str) -> None:
+    """os.replace, retried while the target is held open (about 6 s in all), then one line (OutputError)."""
+    for delay in (*REPLACE_DELAYS_S, None):
         try:
             os.replace(src, dst)
             return
@@ -61,36 +59,26 @@ def replace_file(src: Path | str, dst: Path | str, delays: tuple[float, ...] | N
             time.sleep(delay)
 
 
-def _tmp_sibling(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def _fsync_dir(directory: Path) -> None:
     if os.name != "posix":
         return
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
-
-    A crash or error leaves `path` as it was (absent or the old file) and no partial file.
-    """
+    """A temporary path beside `path` that replaces it in one rename on success; a crash or error
+    leaves `path` as it was and no partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -98,13 +86,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         replace_file(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(?:partial|tmp)$")
-
-
 # Temporary files older than this process were left by an earlier, killed one.
 _PROCESS_STARTED = time.time()
 
@@ -120,13 +105,10 @@ def remove_stale_temps(folder: Path) -> int:
         return 0
     for entry in entries:
         if _STALE_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime >= _PROCESS_STARTED:
-                    continue
-                os.unlink(entry.path)
-                removed += 1
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < _PROCESS_STARTED:
+                    os.unlink(entry.path)
+                    removed += 1
     return removed
 
 
@@ -144,9 +126,7 @@ def move_into_place(src: Path, dst: Path) -> None:
     """Move a finished file to its final path in one rename (copy + rename across devices)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.replace(src, dst)
-    except PermissionError:
-        replace_file(src, dst)
+        replace_file(src, dst)  # retried while held open
     except OSError:  # another device
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
@@ -167,12 +147,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def sha256_json(data: Any) -> str:
-    return sha256_text(json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def host_name() -> str:
@@ -182,10 +159,8 @@ def host_name() -> str:
 
 
 class HashCache:
-    """sha256 of files, remembered by (absolute path, size, mtime) in a JSON file.
-
-    Hashing a 4 GB checkpoint takes ~10 s; a re-run must not pay that for every input.
-    """
+    """sha256 of files, remembered by (absolute path, size, mtime) in a JSON file: hashing a 4 GB
+    checkpoint takes ~10 s, a re-run must not pay that for every input."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -193,12 +168,9 @@ class HashCache:
         self._data: dict[str, dict[str, Any]] = {}
         self._dirty = False
         if path is not None and path.exists():
-            try:
+            with contextlib.suppress(OSError, ValueError):  # a damaged cache only costs re-hashing
                 loaded = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(loaded, dict):
-                    self._data = loaded
-            except (OSError, ValueError):
-                self._data = {}  # a damaged cache only costs re-hashing
+                self._data = loaded if isinstance(loaded, dict) else {}
 
     @classmethod
     def for_host(cls, folder: Path) -> HashCache:
@@ -214,9 +186,8 @@ class HashCache:
     def sha256(self, path: Path) -> str:
         path = Path(path).resolve()
         st = path.stat()
-        key = str(path)
         with self._lock:
-            entry = self._data.get(key)
+            entry = self._data.get(str(path))
             if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
                 return entry["sha256"]
         digest = sha256_file(path)
@@ -236,10 +207,8 @@ class HashCache:
         with self._lock:
             data = dict(self._data)
             self._dirty = False
-        try:
+        with contextlib.suppress(OSError):  # the cache is an optimisation; a read-only folder must not stop a run
             atomic_write_json(self.path, data)
-        except OSError:
-            pass  # the cache is an optimisation; a read-only folder must not stop a run
 
 
 def free_bytes(path: Path) -> int:

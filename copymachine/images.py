@@ -84,11 +84,8 @@ def _orientation(im: Image.Image) -> int:
 
 
 def image_info(path: str | os.PathLike) -> dict:
-    """What the file holds, without decoding all of it: for callers that want to warn.
-
-    `size` is the size after EXIF orientation (what `load_rgb` returns); `stored_size` is the size
-    in the file.
-    """
+    """What the file holds, without decoding all of it: `size` after EXIF orientation (what `load_rgb`
+    returns), `stored_size` as stored."""
     p = Path(path)
     with _open(p) as im:
         w, h = im.size
@@ -103,14 +100,12 @@ def image_info(path: str | os.PathLike) -> dict:
 
 def _scale_to_8bit(im: Image.Image) -> Image.Image:
     """16/32-bit integer and float grey images → 8-bit L (Pillow's own convert clips instead of scaling)."""
-    a = np.asarray(im)
+    a = np.nan_to_num(np.asarray(im).astype(np.float64))
     if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255):
-        scaled = np.floor(a.astype(np.float64) / 257.0 + 0.5)
-    elif im.mode == "F" and a.size and np.nanmax(a) <= 1.0:
-        scaled = np.floor(np.nan_to_num(a.astype(np.float64)) * 255.0 + 0.5)
-    else:
-        scaled = np.nan_to_num(a.astype(np.float64))
-    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+        a = np.floor(a / 257.0 + 0.5)
+    elif im.mode == "F" and a.size and a.max() <= 1.0:
+        a = np.floor(a * 255.0 + 0.5)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
 
 
 def to_rgb(im: Image.Image, background: RGB = WHITE) -> Image.Image:
@@ -121,25 +116,19 @@ def to_rgb(im: Image.Image, background: RGB = WHITE) -> Image.Image:
         rgba = im.convert("RGBA")
         base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
         return Image.alpha_composite(base, rgba).convert("RGB")
-    if im.mode != "RGB":
-        return im.convert("RGB")
-    return im
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def load_rgb(path: str | os.PathLike, background: RGB = WHITE) -> Image.Image:
-    """Open an image as 8-bit RGB, oriented as EXIF says, alpha composited onto `background`.
-
-    Raises InputError (one line naming the file) when the file is missing, is not an image, is
-    truncated or corrupt, or is animated.
-    """
+    """An image as 8-bit RGB, oriented as EXIF says, alpha composited onto `background`; one line
+    (InputError) when the file is missing, not an image, truncated or corrupt, or animated."""
     p = Path(path)
     with _open(p) as im:
         if _is_multiframe(im):
             raise InputError(f"{p}: has {_frames(im)} frames (animated); save the one frame you want as a PNG")
         try:
             im.load()
-            oriented = ImageOps.exif_transpose(im)
-            rgb = to_rgb(oriented if oriented is not None else im, background)
+            rgb = to_rgb(ImageOps.exif_transpose(im), background)
             rgb.load()
         except Image.DecompressionBombError as e:
             raise InputError(f"{p}: refused by Pillow as a possible decompression bomb ({e})") from None
@@ -164,10 +153,8 @@ def blank_colour(path: str | os.PathLike) -> tuple[int, ...] | None:
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
-    """Write `image` as an RGB PNG, atomically (files.atomic_path), with the usual permissions.
-
-    The bytes depend only on the pixels: no metadata, no timestamps.
-    """
+    """`image` as an RGB PNG, written atomically with the usual permissions; the bytes depend only on
+    the pixels (no metadata, no timestamps)."""
     p = Path(path)
     rgb = to_rgb(image)
     clean = Image.frombytes("RGB", rgb.size, rgb.tobytes())

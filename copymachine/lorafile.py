@@ -32,34 +32,29 @@ _NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", 
           "BOOL": "?"}
 
 
-class NotSafetensors(InputError):
-    pass
-
-
 @dataclass
 class SafetensorsFile:
     path: Path
-    header_size: int
     tensors: dict[str, dict[str, Any]]  # name -> {"dtype", "shape"}
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def data_start(self) -> int:
-        return 8 + self.header_size
+    metadata: dict[str, str]
 
     def keys(self) -> list[str]:
         return list(self.tensors)
 
     @functools.cached_property
-    def _offsets(self) -> dict[str, list[int]]:
-        return {k: v["data_offsets"] for k, v in raw_header(self.path)[1].items()}
+    def _header(self) -> tuple[int, dict[str, Any]]:
+        return raw_header(self.path)
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self._header[0]
 
     def read(self, name: str) -> ndarray:
         """One tensor as a numpy array (BF16 widened to float32)."""
         dtype = self.tensors[name]["dtype"]
         if dtype != "BF16" and dtype not in _NUMPY:
             raise InputError(f"{self.path}: tensor {name} has unsupported dtype {dtype}")
-        start, end = self._offsets[name]
+        start, end = self._header[1][name]["data_offsets"]
         with open(self.path, "rb") as f:
             f.seek(self.data_start + start)
             raw = f.read(end - start)
@@ -70,25 +65,25 @@ class SafetensorsFile:
 
 
 def raw_header(path: Path, what: str = "file") -> tuple[int, dict[str, Any]]:
-    """(header length, header) read by hand: raises NotSafetensors naming what is wrong."""
+    """(header length, header) read by hand: raises InputError naming what is wrong."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             problem = "not a safetensors file (too short)" if size else "empty (0 bytes)"
-            raise NotSafetensors(f"{what} is {problem}: {path}")
+            raise InputError(f"{what} is {problem}: {path}")
         (n,) = struct.unpack("<Q", head)
         if n < 2 or n > _MAX_HEADER or 8 + n > size:
-            raise NotSafetensors(f"{what} is not a safetensors file (no valid header): {path}")
+            raise InputError(f"{what} is not a safetensors file (no valid header): {path}")
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise NotSafetensors(f"{what} is not a safetensors file (header is not JSON): {path}") from None
+        raise InputError(f"{what} is not a safetensors file (header is not JSON): {path}") from None
     if isinstance(header, dict):
         header.pop("__metadata__", None)
     if not isinstance(header, dict) or not all(isinstance(v, dict) and "data_offsets" in v for v in header.values()):
-        raise NotSafetensors(f"{what} is not a safetensors file (bad header): {path}")
+        raise InputError(f"{what} is not a safetensors file (bad header): {path}")
     return n, header
 
 
@@ -98,7 +93,7 @@ def _refused(path: Path, what: str, error: Exception) -> InputError:
     missing = 8 + n + max((int(v["data_offsets"][1]) for v in header.values()), default=0) - path.stat().st_size
     if missing > 0:
         return InputError(f"{what} is truncated ({missing} bytes missing; copy or download it again): {path}")
-    return NotSafetensors(f"{what} is not a safetensors file ({error}): {path}")
+    return InputError(f"{what} is not a safetensors file ({error}): {path}")
 
 
 def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
@@ -112,9 +107,7 @@ def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
             metadata = f.metadata() or {}
     except SafetensorError as e:
         raise _refused(path, what, e) from None
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-    return SafetensorsFile(path, n, tensors, {str(k): str(v) for k, v in metadata.items()})
+    return SafetensorsFile(path, tensors, {str(k): str(v) for k, v in metadata.items()})
 
 
 def write_safetensors(path: Path, tensors: dict[str, ndarray], metadata: dict[str, str] | None = None) -> None:
@@ -156,6 +149,7 @@ class LoraSummary:
     path: Path
     modules: dict[str, dict[str, Any]]  # module name -> {"rank", "alpha", "dtype"}
     metadata: dict[str, str]
+    file: SafetensorsFile = field(repr=False)
 
     @property
     def ranks(self) -> list[int]:
@@ -179,13 +173,10 @@ def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
     """Read a kohya LoRA's structure from its header: modules, ranks, alphas (header + alphas)."""
     st = read_safetensors(path, what)
     modules: dict[str, dict[str, Any]] = {}
-    foreign = []
     for key in st.tensors:
         m = _LORA_KEY.match(key)
-        if not m:
-            foreign.append(key)
-            continue
-        modules.setdefault(m.group(1), {})[m.group(2)] = st.tensors[key]
+        if m:
+            modules.setdefault(m.group(1), {})[m.group(2)] = st.tensors[key]
     if not modules:
         sample = ", ".join(list(st.tensors)[:3]) or "no tensors"
         raise InputError(f"{what} is not a kohya LoRA (no lora_unet_/lora_te keys; found {sample}): {path}")
@@ -197,7 +188,7 @@ def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
         rank = int(down["shape"][0])
         alpha = float(st.read(f"{name}.alpha").reshape(-1)[0]) if "alpha" in parts else float(rank)
         out[name] = {"rank": rank, "alpha": alpha, "dtype": down["dtype"]}
-    return LoraSummary(path=Path(path), modules=out, metadata=st.metadata)
+    return LoraSummary(Path(path), out, st.metadata, st)
 
 
 def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
@@ -216,23 +207,17 @@ def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
     if not short:
         copy_with_metadata(src, dst, extra)
         return 0
-    st = read_safetensors(src)
-    tensors: dict[str, ndarray] = {}
-    for key in st.tensors:
-        tensors[key] = st.read(key)
+    st = summary.file
+    tensors = {key: st.read(key) for key in st.tensors}  # (BF16 is read widened to float32 and written so)
     for name, m in short.items():
         r = m["rank"]
         down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
-        pad_down = [(0, common - r)] + [(0, 0)] * (down.ndim - 1)
-        pad_up = [(0, 0), (0, common - r)] + [(0, 0)] * (up.ndim - 2)
-        tensors[f"{name}.lora_down.weight"] = np.pad(down, pad_down)
-        tensors[f"{name}.lora_up.weight"] = np.pad(up, pad_up)
+        tensors[f"{name}.lora_down.weight"] = np.pad(down, [(0, common - r)] + [(0, 0)] * (down.ndim - 1))
+        tensors[f"{name}.lora_up.weight"] = np.pad(up, [(0, 0), (0, common - r)] + [(0, 0)] * (up.ndim - 2))
         alpha_dtype = tensors[f"{name}.alpha"].dtype if f"{name}.alpha" in tensors else down.dtype
         tensors[f"{name}.alpha"] = np.asarray(m["alpha"] * common / r, dtype=alpha_dtype)
-    # (BF16 tensors were read widened to float32 and are written so)
-    metadata = {**st.metadata, **{k: str(v) for k, v in extra.items()}}
     tmp = dst.with_name(dst.name + ".padding")
-    write_safetensors(tmp, tensors, metadata)
+    write_safetensors(tmp, tensors, {**st.metadata, **extra})
     replace_file(tmp, dst)
     return len(short)
 
@@ -245,9 +230,8 @@ def validate_lora(path: Path, what: str = "LoRA", expected_rank: int | None = No
         if wrong:
             raise InputError(f"{what} has rank {summary.modules[wrong[0]]['rank']} in {wrong[0]}, expected at most "
                              f"{expected_rank}: {path}")
-    st = read_safetensors(path, what)
-    for key in st.tensors:
-        arr = st.read(key)
+    for key in summary.file.tensors:
+        arr = summary.file.read(key)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise InputError(f"{what} holds NaN or infinite values ({key}): {path}")
     return summary

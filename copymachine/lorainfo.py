@@ -1,10 +1,7 @@
 """`copymachine inspect`: what is in a kohya LoRA file, read from its header and tensors (no torch).
 
-Ranks and alphas, module counts (U-Net / text encoder), the base model version, sd-scripts'
-ss_* training metadata, copymachine's own keys, and the weight norm of every block: the
-Frobenius norm of the block's weight change, scale x up @ down with scale = alpha / rank, summed
-over its modules (sqrt of the sum of squares). Blocks are named as LoRA Block Weight names them:
-TE (TE1/TE2 for SDXL), IN00-IN11, MID, OUT00-OUT11.
+A block's weight norm is the Frobenius norm of its weight change (alpha / rank x up @ down), summed over
+its modules as the root of the sum of squares; blocks are named as LoRA Block Weight names them.
 """
 
 from __future__ import annotations
@@ -17,29 +14,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copymachine.heavy import numpy as np
+from copymachine.lorafile import summarize_lora
+from copymachine.models import lora_family
 
 if TYPE_CHECKING:
     from numpy import ndarray
-from copymachine.lorafile import read_safetensors, summarize_lora
-from copymachine.models import lora_family
 
 # Keys whose values are long JSON documents: summarised in the text report, whole in --json.
 LONG_KEYS = ("ss_datasets", "ss_tag_frequency", "ss_dataset_dirs", "ss_bucket_info", "ss_reg_dataset_dirs")
 
 _SD1_BLOCK = re.compile(r"^lora_unet_(down|up)_blocks_(\d+)_(attentions|resnets|downsamplers|upsamplers)_(\d+)_")
 _SDXL_BLOCK = re.compile(r"^lora_unet_(input|output)_blocks_(\d+)_")
+_PREFIX_BLOCKS = (("lora_te1_", "TE1"), ("lora_te2_", "TE2"), ("lora_te", "TE"), ("lora_unet_mid_block_", "MID"),
+                  ("lora_unet_middle_block_", "MID"))
 
 
 def block_of(module: str) -> str:
     """The block a module belongs to (LoRA Block Weight's names)."""
-    if module.startswith("lora_te1_"):
-        return "TE1"
-    if module.startswith("lora_te2_"):
-        return "TE2"
-    if module.startswith("lora_te"):
-        return "TE"
-    if module.startswith(("lora_unet_mid_block_", "lora_unet_middle_block_")):
-        return "MID"
+    for prefix, name in _PREFIX_BLOCKS:
+        if module.startswith(prefix):
+            return name
     m = _SD1_BLOCK.match(module)
     if m:
         side, block, part, index = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
@@ -72,31 +66,25 @@ def delta_norm(down: ndarray, up: ndarray, alpha: float) -> float:
 
 def lora_report(path: Path) -> dict[str, Any]:
     summary = summarize_lora(path)
-    st = read_safetensors(path)
     md = summary.metadata
     family = lora_family(list(summary.modules), md)
     blocks: dict[str, dict[str, float]] = {}
     for name, info in summary.modules.items():
-        norm = delta_norm(st.read(f"{name}.lora_down.weight"), st.read(f"{name}.lora_up.weight"), info["alpha"])
+        down, up = (summary.file.read(f"{name}.lora_{part}.weight") for part in ("down", "up"))
+        norm = delta_norm(down, up, info["alpha"])
         b = blocks.setdefault(block_of(name), {"modules": 0, "sq": 0.0})
         b["modules"] += 1
         b["sq"] += norm * norm
     ranks = Counter(m["rank"] for m in summary.modules.values())
     alphas = Counter(m["alpha"] for m in summary.modules.values())
     return {
-        "file": str(path),
-        "size_bytes": Path(path).stat().st_size,
-        "modules": len(summary.modules),
-        "unet_modules": summary.unet_modules,
-        "text_encoder_modules": summary.text_encoder_modules,
+        "file": str(path), "size_bytes": Path(path).stat().st_size, "modules": len(summary.modules),
+        "unet_modules": summary.unet_modules, "text_encoder_modules": summary.text_encoder_modules,
         "ranks": {str(r): n for r, n in sorted(ranks.items())},
         "alphas": {f"{a:g}": n for a, n in sorted(alphas.items())},
         "dtypes": sorted({m["dtype"] for m in summary.modules.values()}),
-        "base_model": {
-            "version": md.get("ss_base_model_version"),
-            "family": family.label if family else None,
-            "from": "metadata" if md.get("ss_base_model_version") else "module names",
-        },
+        "base_model": {"version": md.get("ss_base_model_version"), "family": family.label if family else None,
+                       "from": "metadata" if md.get("ss_base_model_version") else "module names"},
         "blocks": [
             {"block": name, "modules": int(b["modules"]), "norm": round(math.sqrt(b["sq"]), 6)}
             for name, b in sorted(blocks.items(), key=lambda kv: _block_order(kv[0]))
@@ -119,31 +107,30 @@ def _short(key: str, value: str, width: int = 100) -> str:
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"{r['file']}  ({r['size_bytes'] / 1e6:.1f} MB)"]
     base = r["base_model"]
     source = f" ({base['version']})" if base["version"] else f" (from {base['from']})"
-    lines.append(f"base model  {base['family'] or 'unknown'}{source}")
-    lines.append(f"modules     {r['modules']}: U-Net {r['unet_modules']}, text encoder {r['text_encoder_modules']}")
-    lines.append("rank        " + ", ".join(f"{k} ({n} modules)" for k, n in r["ranks"].items()))
-    lines.append("alpha       " + ", ".join(f"{k} ({n} modules)" for k, n in r["alphas"].items()))
-    lines.append(f"dtype       {', '.join(r['dtypes'])}")
-    lines.append("")
-    lines.append("block weight norms (||alpha/rank * up @ down||, per block)")
+    lines = [
+        f"{r['file']}  ({r['size_bytes'] / 1e6:.1f} MB)",
+        f"base model  {base['family'] or 'unknown'}{source}",
+        f"modules     {r['modules']}: U-Net {r['unet_modules']}, text encoder {r['text_encoder_modules']}",
+        "rank        " + ", ".join(f"{k} ({n} modules)" for k, n in r["ranks"].items()),
+        "alpha       " + ", ".join(f"{k} ({n} modules)" for k, n in r["alphas"].items()),
+        f"dtype       {', '.join(r['dtypes'])}",
+        "",
+        "block weight norms (||alpha/rank * up @ down||, per block)",
+    ]
     top = max((b["norm"] for b in r["blocks"]), default=0.0) or 1.0
     for b in r["blocks"]:
         bar = "#" * round(30 * b["norm"] / top)
         lines.append(f"  {b['block']:<6} {b['norm']:>10.4f}  {b['modules']:>3} modules  {bar}")
     leakage = r["copymachine"].get("copymachine.leakage")
     if leakage:
-        lines.append("")
-        lines.append(f"leakage     {leakage_text(leakage)}")
+        lines += ["", f"leakage     {leakage_text(leakage)}"]
     for title, key in (("copymachine metadata", "copymachine"), ("sd-scripts training metadata (ss_*)", "ss"),
                        ("other metadata", "other_metadata")):
-        lines.append("")
         items = r[key]
-        lines.append(f"{title}" + ("" if items else ": none"))
-        for k, v in items.items():
-            lines.append(f"  {k} = {_short(k, v)}")
+        lines += ["", f"{title}" + ("" if items else ": none")]
+        lines += [f"  {k} = {_short(k, v)}" for k, v in items.items()]
     return "\n".join(lines)
 
 

@@ -1,13 +1,8 @@
 """WD14 tagging (the memo captioned with the WD14 tagger), offline, with onnxruntime on the CPU.
 
-The tagger is a local folder in SmilingWolf's layout (e.g. `huggingface-cli download
-SmilingWolf/wd-vit-tagger-v3 model.onnx selected_tags.csv --local-dir DIR`): `model.onnx` and
-`selected_tags.csv` (columns tag_id,name,category,count; category 9 = rating, 0 = general,
-4 = character). Preprocessing as SmilingWolf's own demo: transparency over white, padded to a
-white square (centred), resized to the model's input with bicubic, RGB -> BGR, float32 0-255,
-NHWC. The ONNX exports output probabilities (no sigmoid is applied).
-
-onnxruntime is an optional extra (`pip install 'copymachine[tagger]'`); nothing here downloads.
+The tagger is a local folder in SmilingWolf's layout: `model.onnx` and `selected_tags.csv` (columns
+tag_id,name,category,count). Preprocessing as SmilingWolf's own demo; the ONNX exports output
+probabilities (no sigmoid). onnxruntime is an optional extra; nothing here downloads.
 """
 
 from __future__ import annotations
@@ -48,16 +43,14 @@ def tagger_files(folder: Path) -> tuple[Path, Path]:
     """model.onnx and selected_tags.csv in `folder`, or an error naming what is missing."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(
-            f"--tagger-dir is not a folder: {folder} (it must hold {MODEL_FILE} and {TAGS_FILE}, SmilingWolf's layout)"
-        )
+        raise InputError(f"--tagger-dir is not a folder: {folder} (it must hold {MODEL_FILE} and {TAGS_FILE}, "
+                         "SmilingWolf's layout)")
     model, tags = folder / MODEL_FILE, folder / TAGS_FILE
     missing = [p.name for p in (model, tags) if not p.is_file()]
     if missing:
-        raise InputError(
-            f"the tagger folder {folder} lacks {' and '.join(missing)}; it needs {MODEL_FILE} and {TAGS_FILE}, e.g. "
-            f"huggingface-cli download SmilingWolf/wd-vit-tagger-v3 {MODEL_FILE} {TAGS_FILE} --local-dir \"{folder}\""
-        )
+        raise InputError(f"the tagger folder {folder} lacks {' and '.join(missing)}; it needs {MODEL_FILE} and "
+                         f"{TAGS_FILE}, e.g. huggingface-cli download SmilingWolf/wd-vit-tagger-v3 {MODEL_FILE} "
+                         f"{TAGS_FILE} --local-dir \"{folder}\"")
     return model, tags
 
 
@@ -114,10 +107,8 @@ def select_tags(probabilities: ndarray, tags: list[Tag], general_threshold: floa
     ratings are never written. Underscores become spaces except in emoticons."""
     probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if probs.size != len(tags):
-        raise InputError(
-            f"the tagger model gives {probs.size} scores but {TAGS_FILE} lists {len(tags)} tags: "
-            "they do not belong together"
-        )
+        raise InputError(f"the tagger model gives {probs.size} scores but {TAGS_FILE} lists {len(tags)} tags: "
+                         "they do not belong together")
     excluded = {tag_text(e.strip()).lower() for e in exclude if e.strip()}
     out: list[str] = []
     for category, threshold in ((CHARACTER, character_threshold), (GENERAL, general_threshold)):

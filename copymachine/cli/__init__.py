@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import signal
 import sys
 
@@ -57,16 +59,8 @@ def cli():
 
 # Each module adds its commands to `cli` when imported.
 COMMAND_MODULES: list[str] = ["methods", "queue", "ui", "edit", "tools", "recipe", "see", "doctor", "install"]
-
-
-def _register() -> None:
-    import importlib
-
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"copymachine.cli.{name}")
-
-
-_register()
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"copymachine.cli.{_name}")
 
 
 def _terminate(signum, frame) -> None:
@@ -80,12 +74,9 @@ def utf8_streams() -> None:
     line's "·" would raise UnicodeEncodeError, after the training has finished."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)  # a stream a caller replaced may lack it
-        if reconfigure is None:
-            continue
-        try:
-            reconfigure(encoding="utf-8", errors="replace")
-        except (ValueError, OSError):  # a stream already closed, or one that cannot change now
-            pass
+        with contextlib.suppress(ValueError, OSError):  # a stream already closed, or one that cannot change now
+            if reconfigure is not None:
+                reconfigure(encoding="utf-8", errors="replace")
 
 
 def main() -> None:

@@ -15,19 +15,14 @@ from copymachine.effects.base import Effect, format_value
 from copymachine.errors import InputError, OutputError
 from copymachine.images import load_rgb, parse_color, save_png
 
-PNG_PATH = click.Path(dir_okay=False, path_type=Path)
-IMAGE_PATH = click.Path(dir_okay=False, path_type=Path)
+FILE = click.Path(dir_okay=False, path_type=Path)
 
-background_option = click.option(
-    "--background", default="white", show_default=True, metavar="COLOUR",
-    help="Colour that transparent pixels are composited onto: a name or #rrggbb.",
-)
+background_option = click.option("--background", default="white", show_default=True, metavar="COLOUR",
+                                 help="Colour that transparent pixels are composited onto: a name or #rrggbb.")
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
+    return os.path.samefile(a, b) if a.exists() and b.exists() else a.resolve() == b.resolve()
 
 
 def _png_target(path: Path, what: str, hint: str, *inputs: Path) -> Path:
@@ -52,16 +47,13 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
 def format_effect(effect: Effect) -> str:
     """One effect for `edit --list`: its summary, then one line per parameter."""
     rows = [(f"{key}={format_value(p.default)}", p.range_text(), p.help) for key, p in effect.params.items()]
-    w1 = max(len(r[0]) for r in rows)
-    w2 = max(len(r[1]) for r in rows)
-    lines = [f"{effect.name}: {effect.summary}"]
-    lines += [f"    {a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in rows]
-    return "\n".join(lines)
+    w1, w2 = (max(len(r[i]) for r in rows) for i in (0, 1))
+    return "\n".join([f"{effect.name}: {effect.summary}", *(f"    {a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in rows)])
 
 
 def _changed(effect: Effect, params: dict) -> str:
-    shown = {k: v for k, v in params.items() if k == "mode" or v != effect.params[k].default}
-    return ", ".join(f"{k}={format_value(v)}" for k, v in shown.items())
+    shown = (f"{k}={format_value(v)}" for k, v in params.items() if k == "mode" or v != effect.params[k].default)
+    return ", ".join(shown)
 
 
 def _summary(report) -> str:
@@ -73,13 +65,13 @@ def _summary(report) -> str:
 
 @cli.command("edit")
 @click.argument("effect", metavar="EFFECT", required=False)
-@click.argument("input_path", metavar="IN", required=False, type=IMAGE_PATH)
-@click.argument("output_path", metavar="OUT", required=False, type=PNG_PATH)
+@click.argument("input_path", metavar="IN", required=False, type=FILE)
+@click.argument("output_path", metavar="OUT", required=False, type=FILE)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Set one of the effect's parameters (repeatable); see --list.")
 @click.option("--amount", type=float, default=1.0, show_default=True, metavar="A",
               help=f"Strength: original + A x (edit - original), {AMOUNT_RANGE}; 0.5 half, 1 full, -1 the opposite.")
-@click.option("--compare", "compare_path", type=PNG_PATH, metavar="SHEET.png",
+@click.option("--compare", "compare_path", type=FILE, metavar="SHEET.png",
               help="Also write a sheet: original | edit | difference heat map.")
 @background_option
 @click.option("--list", "list_effects", is_flag=True, help="List the effects, their parameters and defaults.")
@@ -122,25 +114,23 @@ def edit(effect, input_path, output_path, settings, amount, compare_path, backgr
     click.echo(f"wrote {output_path} ({original.width}x{original.height}): {what}")
     report = check_pair(original, edited, in_place=True)  # a built-in effect moves no pixel
     click.echo(f"check {_summary(report)}")
-    for message in report.messages:
-        click.echo(f"warning: {message}", err=True)
-    for note in report.notes:
-        click.echo(f"note: {note}", err=True)
+    for kind, lines in (("warning", report.messages), ("note", report.notes)):
+        for line in lines:
+            click.echo(f"{kind}: {line}", err=True)
     if compare_path is not None:
         compare_sheet(original, edited, compare_path, title=what)
         click.echo(f"wrote {compare_path} (original | edit | difference)")
 
 
 @cli.command("check")
-@click.argument("original_path", metavar="ORIGINAL", type=IMAGE_PATH)
-@click.argument("edited_path", metavar="EDITED", type=IMAGE_PATH)
+@click.argument("original_path", metavar="ORIGINAL", type=FILE)
+@click.argument("edited_path", metavar="EDITED", type=FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts and run manifests).")
-@click.option("--compare", "compare_path", type=PNG_PATH, metavar="SHEET.png",
+@click.option("--compare", "compare_path", type=FILE, metavar="SHEET.png",
               help="Also write a sheet: original | edit | difference heat map (same size only).")
 @click.option("--in-place", is_flag=True,
               help="EDITED keeps every pixel in place (you only drew on it): an alignment reading is a note, "
-                   "not a refusal "
-                   "(thick new lines pull the fit; train/diff: --edit-in-place).")
+                   "not a refusal (thick new lines pull the fit; train/diff: --edit-in-place).")
 @background_option
 def check(original_path, edited_path, as_json, compare_path, in_place, background):
     """Check that EDITED is a usable edit of ORIGINAL before training on it.
@@ -166,8 +156,7 @@ def check(original_path, edited_path, as_json, compare_path, in_place, backgroun
     bg = parse_color(background)
     if compare_path is not None:
         _png_target(compare_path, "compare sheet", "--compare", original_path, edited_path)
-    original = load_rgb(original_path, bg)
-    edited = load_rgb(edited_path, bg)
+    original, edited = (load_rgb(path, bg) for path in (original_path, edited_path))
     report = check_pair(original, edited, edited_name=str(edited_path), in_place=in_place)
     if as_json:
         data = {"original": str(original_path), "edited": str(edited_path), **report.as_dict()}

@@ -29,8 +29,6 @@ from copymachine.stages.leakage import planned_outputs as leakage_outputs
 from copymachine.stages.leakage import summary as leakage_summary
 from copymachine.stages.preview import planned_outputs, preview_params
 
-# --- copymachine preview ----------------------------------------------------------------------
-
 
 @cli.command()
 @click.argument("lora", type=click.Path(dir_okay=False, path_type=Path))
@@ -56,21 +54,18 @@ from copymachine.stages.preview import planned_outputs, preview_params
 @engine_options
 def preview(lora, model, strengths, prompts, seeds, size, steps, font, original, no_leakage,
             sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
-    """Render a strength sweep of LORA on MODEL: a labelled contact sheet (rows: prompt x seed;
-    columns: strengths; the 0 column framed) written beside the LoRA as <name>-preview.png, and
-    the single images in <name>-preview/.
+    """Render a strength sweep of LORA on MODEL: a labelled contact sheet (rows: prompt x seed; columns: strengths; the
+    0 column framed) written beside the LoRA as <name>-preview.png, and the single images in <name>-preview/.
 
-    gen_img.py runs once, the LoRA loaded once (unmerged); each image is one prompt-file line with
-    its own strength (--am) and seed (--d). Re-running with the same inputs does nothing.
+    gen_img.py runs once, the LoRA loaded once (unmerged); each image is one prompt-file line with its own strength
+    (--am) and seed (--d). Re-running with the same inputs does nothing.
 
-    Leakage (with the training image, --original): does the LoRA drag its training image into
-    unrelated pictures? A second gen_img.py run renders the recipe's [leakage] prompts (unrelated
-    to the training caption) at strength 0 and at 1, 2, 3, at the training image's size, and
-    measures each image's SSIM to the training image (LPIPS too when installed). The gain over
-    the same seed at strength 0 is how much closer the LoRA pulls an unrelated picture to its
-    training image (0: not at all; 1: it draws it); the LoRA leaks from the first strength whose
-    mean gain reaches 0.1. Printed, written under the sheet's title and to
-    <name>-preview/leakage.json.
+    Leakage (with the training image, --original): does the LoRA drag its training image into unrelated pictures? A
+    second gen_img.py run renders the recipe's [leakage] prompts (unrelated to the training caption) at strength 0 and
+    at 1, 2, 3, at the training image's size, and measures each image's SSIM to the training image (LPIPS too when
+    installed). The gain over the same seed at strength 0 is how much closer the LoRA pulls an unrelated picture to its
+    training image (0: not at all; 1: it draws it); the LoRA leaks from the first strength whose mean gain reaches 0.1.
+    Printed, written under the sheet's title and to <name>-preview/leakage.json.
 
     \b
     Example:
@@ -87,8 +82,7 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
     params = preview_params(
         MEMO.preview, checkpoint.family, precision, options, strengths=recipe_mod.strengths(strengths, "--strengths"),
         prompts=list(prompts), seeds=recipe_mod.seeds(",".join(str(s) for s in seeds), "--seed") if seeds else [],
-        size=size, steps=steps,
-    )
+        size=size, steps=steps)
     state = lora.parent / ".copymachine"
     hashes = HashCache(state / "hashes.json")
     planner = Planner(state, state, hashes, kind_versions(settings.engine))
@@ -157,21 +151,16 @@ def _training_image(option: Path | None, lora: Path, metadata: dict, hashes: Has
         return option
     candidate = lora.parent / "original.png"
     recorded = str(metadata.get("copymachine.original_sha256", "")).split(",")
-    if candidate.is_file() and hashes.sha256(candidate) in recorded:
-        return candidate
-    return None
-
-
-# --- copymachine inspect ----------------------------------------------------------------------
+    return candidate if candidate.is_file() and hashes.sha256(candidate) in recorded else None
 
 
 @cli.command()
 @click.argument("lora", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Everything as JSON (long metadata whole).")
 def inspect(lora, as_json):
-    """What is in a kohya LoRA: rank(s) and alpha(s), module counts (U-Net / text encoder), base
-    model version, sd-scripts' ss_* training metadata, copymachine's metadata and the weight norm
-    of each block (TE, IN00-IN11, MID, OUT00-OUT11). Reads the file only; needs no sd-scripts.
+    """What is in a kohya LoRA: rank(s) and alpha(s), module counts (U-Net / text encoder), base model version,
+    sd-scripts' ss_* training metadata, copymachine's metadata and the weight norm of each block (TE, IN00-IN11, MID,
+    OUT00-OUT11). Reads the file only; needs no sd-scripts.
 
     \b
     Example:

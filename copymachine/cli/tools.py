@@ -1,10 +1,8 @@
 """`copymachine merge | svd-merge | extract | resize`: sd-scripts' LoRA tools with our checks.
 
-Each is a one-stage plan run by the same pipeline as `train`: the output is written under a
-scratch name and renamed when complete, the log and a manifest go to `<out folder>/.copymachine/`,
-and re-running the same command with unchanged inputs does nothing. The LoRAs they write carry
-copymachine.* metadata (the tool, its parameters, its inputs' names and sha256; see
-stages/finalize.py).
+Each is a one-stage plan run by the same pipeline as `train` (written whole or not at all, its log and
+manifest in `<out folder>/.copymachine/`, nothing re-done for unchanged inputs); the LoRAs they write
+carry copymachine.* metadata (stages/finalize.py).
 """
 
 from __future__ import annotations
@@ -42,9 +40,8 @@ def parse_weighted(item: str) -> tuple[Path, float]:
     return Path(item), 1.0
 
 
-def check_loras(items: tuple[str, ...],
-                family: Family | None = None) -> tuple[list[tuple[Path, float, int]], Family | None]:
-    """Each input exists and is a kohya LoRA; all are of one base family (and `family`'s)."""
+def check_loras(items: tuple[str, ...], family: Family | None = None) -> list[tuple[Path, float, int]]:
+    """(path, ratio, rank) of each input, a kohya LoRA; all are of one base family (and `family`'s)."""
     out = []
     for item in items:
         path, ratio = parse_weighted(item)
@@ -54,16 +51,12 @@ def check_loras(items: tuple[str, ...],
             raise InputError(f"{path} is a {fam.label} LoRA, but the others are {family.label}")
         family = family or fam
         out.append((path, ratio, max(summary.ranks)))
-    return out, family
+    return out
 
 
 def explain(terms: list[tuple[Path, float, int]]) -> str:
-    parts = []
-    for path, ratio, _ in terms:
-        sign = "-" if ratio < 0 else "+"
-        parts.append(f"{sign} {abs(ratio):g} x {path.name}")
-    text = " ".join(parts)
-    return text[2:] if text.startswith("+ ") else text
+    text = " ".join(f"{'-' if ratio < 0 else '+'} {abs(ratio):g} x {path.name}" for path, ratio, _ in terms)
+    return text.removeprefix("+ ")
 
 
 def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: dict[str, Path], params: StageParams,
@@ -81,15 +74,8 @@ def _run_tool(out: Path, name: str, kind: str, output: str, title: str, inputs: 
                           "replace it")
     planner = Planner(out.parent / ".copymachine", out.parent / ".copymachine", hashes, kind_versions(settings.engine))
     planner.plan.manifest_name = f"{out.stem}.manifest.json"
-    planner.add(
-        name,
-        kind,
-        title,
-        inputs={k: planner.external(v.resolve()) for k, v in inputs.items()},
-        params=params,
-        outputs={output: out.name},
-        workdir=out.parent,
-    )
+    planner.add(name, kind, title, inputs={k: planner.external(v.resolve()) for k, v in inputs.items()},
+                params=params, outputs={output: out.name}, workdir=out.parent)
     if model is not None:
         preflight.check_space(planner.plan, model, reporter)
     Pipeline(planner.plan, settings, reporter, hashes).run()
@@ -100,35 +86,32 @@ _FORCE = "copymachine.force"
 
 
 def _out(f):
-    """--out FILE and --force (kept in the context: the commands do not take it as a parameter)."""
-    f = click.option(
-        "--force",
-        is_flag=True,
-        expose_value=False,
-        callback=lambda ctx, param, value: ctx.meta.__setitem__(_FORCE, value),
-        help="Replace --out when it holds a file copymachine did not make.",
-    )(f)
+    """--out FILE, --force (kept in the context: the commands do not take it as a parameter), the engine's options."""
+    f = click.option("--force", is_flag=True, expose_value=False,
+                     callback=lambda ctx, param, value: ctx.meta.__setitem__(_FORCE, value),
+                     help="Replace --out when it holds a file copymachine did not make.")(engine_options(f))
     return click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
                         help="The file to write (.safetensors); written whole or not at all.")(f)
 
 
+_LORAS = click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]",
+                      help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+
+
 @cli.command()
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="The checkpoint to merge into.")
-@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]",
-              help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+@_LORAS
 @click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.merge.precision, show_default=True,
               help="dtype the merge is computed in.")
 @click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.merge.save_precision, show_default=True,
               help="dtype of the saved model (float: ~4 GB for SD1.5).")
 @_out
-@engine_options
 def merge(base, loras, precision, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline,
           verbose):
     """Merge LoRAs into a checkpoint (merge_lora.py; sdxl_merge_lora.py for SDXL).
 
-    W += ratio x up @ down x alpha / rank for every LoRA: exact and linear in the ratio.
-    Merging LoRA into LoRA is not offered: merge_lora.py then squares each ratio and loses the
-    sign; use `copymachine svd-merge`.
+    W += ratio x up @ down x alpha / rank for every LoRA: exact and linear in the ratio. Merging LoRA into LoRA is not
+    offered: merge_lora.py then squares each ratio and loses the sign; use `copymachine svd-merge`.
 
     \b
     Example:
@@ -136,7 +119,7 @@ def merge(base, loras, precision, save_precision, out, sd_scripts, python, devic
     """
     reporter = Reporter(verbose=verbose)
     model = inspect_base_model(base, for_training=False)
-    terms, _ = check_loras(loras, model.family)
+    terms = check_loras(loras, model.family)
     reporter.info(f"merge: {model.path.name} + ({explain(terms)})")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     inputs, params = merge_plan(model.family, base, [WeightedLora(p, r) for p, r, _ in terms], precision,
@@ -146,12 +129,10 @@ def merge(base, loras, precision, save_precision, out, sd_scripts, python, devic
 
 
 @cli.command("svd-merge")
-@click.option("--lora", "loras", required=True, multiple=True, metavar="LORA[:RATIO]",
-              help="A LoRA and its ratio (default 1; negative subtracts). Repeatable.")
+@_LORAS
 @click.option("--rank", type=click.IntRange(1), default=MEMO.svd.rank, show_default=True, help="Rank of the result.")
 @click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.svd.save_precision, show_default=True)
 @_out
-@engine_options
 def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Combine LoRAs exactly (svd_merge_lora.py): sum of ratio x delta-W, then SVD to a rank.
 
@@ -163,7 +144,7 @@ def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, toke
       copymachine svd-merge --lora edited.safetensors:1 --lora original.safetensors:-1 --rank 8 --out slider.safetensors
     """
     reporter = Reporter(verbose=verbose)
-    terms, _ = check_loras(loras)
+    terms = check_loras(loras)
     reporter.info(f"svd-merge: result = {explain(terms)}, rank {rank} (computed at float)")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     inputs, params = svd_merge_plan([LoraTerm(p, r, p.name) for p, r, _ in terms], rank, "float", save_precision,
@@ -180,7 +161,6 @@ def svd_merge(loras, rank, save_precision, out, sd_scripts, python, device, toke
 @click.option("--precision", type=click.Choice(PRECISIONS), default=MEMO.combine.precision, show_default=True,
               help="dtype to load and save in.")
 @_out
-@engine_options
 def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Extract the LoRA of base -> tuned (extract_lora_from_models.py; memo step 8).
 
@@ -206,7 +186,6 @@ def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokeni
               help="New rank; at most the LoRA's own.")
 @click.option("--save-precision", type=click.Choice(PRECISIONS), default=MEMO.resize.save_precision, show_default=True)
 @_out
-@engine_options
 def resize(lora, rank, save_precision, out, sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Resize a LoRA's rank (resize_lora.py --new_rank; memo step 9). Runs on the CPU, where
     sd-scripts' resize is known good (on CUDA it has written corrupt files, issue #904).
@@ -216,8 +195,7 @@ def resize(lora, rank, save_precision, out, sd_scripts, python, device, tokenize
       copymachine resize effect.safetensors --rank 8 --out effect-r8.safetensors
     """
     reporter = Reporter(verbose=verbose)
-    terms, _ = check_loras((str(lora),))
-    path, _, have = terms[0]
+    [(path, _, have)] = check_loras((str(lora),))
     if rank > have:
         raise InputError(f"--rank {rank} is above the LoRA's rank {have}: resizing only reduces rank")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)

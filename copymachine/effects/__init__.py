@@ -1,9 +1,5 @@
 """The built-in image edits: one module per effect, registered here in a fixed order.
 
-    from copymachine.effects import apply_effect, resolve_params
-    params = resolve_params("outline", {"width": "2"})   # complete, typed, JSON-serialisable
-    edited = apply_effect("outline", image, params, amount=0.8)
-
 Every effect is RGB in, RGB out, the same size, deterministic (same input → same bytes), and moves
 no pixel: the second LoRA must learn the edit, not a shift.
 """
@@ -15,13 +11,10 @@ import math
 from PIL import Image
 
 from copymachine.effects import contrast, flat, jpeg, outline, posterize
-from copymachine.effects.base import Effect, Param, Value, blend
+from copymachine.effects.base import Effect, Value, blend
 from copymachine.errors import InputError
 from copymachine.heavy import numpy as np
 from copymachine.images import to_rgb
-
-__all__ = ["AMOUNT_LIMIT", "AMOUNT_RANGE", "EFFECTS", "Effect", "Param", "apply_effect", "check_amount", "get", "names",
-           "resolve_params"]
 
 EFFECTS: dict[str, Effect] = {m.EFFECT.name: m.EFFECT for m in (outline, flat, contrast, posterize, jpeg)}
 
@@ -44,11 +37,8 @@ def get(name: str) -> Effect:
 
 
 def resolve_params(name: str, overrides: dict[str, Value] | None = None) -> dict[str, Value]:
-    """Defaults of effect `name` updated with `overrides` (strings converted and checked).
-
-    The result is complete and JSON-serialisable, in the order the effect declares its parameters.
-    Raises InputError for an unknown effect, an unknown key (naming the valid ones) or a bad value.
-    """
+    """The complete, checked, JSON-serialisable parameters of effect `name`: its defaults updated with
+    `overrides` (strings converted); InputError for an unknown effect, key or a bad value."""
     return get(name).resolve(dict(overrides or {}))
 
 
@@ -64,20 +54,11 @@ def check_amount(amount: float) -> float:
 
 
 def apply_effect(name: str, image: Image.Image, params: dict | None = None, amount: float = 1.0) -> Image.Image:
-    """Apply effect `name` to an RGB image: `original + amount × (edit − original)`, clipped to 0-255.
-
-    `params` may be partial (missing keys take their defaults). The result has the same size.
-    """
-    effect = get(name)
+    """Effect `name` (`params` may be partial) on an image, as RGB: `original + amount × (edit − original)`."""
     resolved = resolve_params(name, params)
     amount = check_amount(amount)
-    if image.mode != "RGB":
-        image = to_rgb(image)
-    rgb = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
-    edited = effect.run(rgb, resolved)
-    if edited.shape != rgb.shape or edited.dtype != np.uint8:
-        raise AssertionError(f"effect {name} returned {edited.shape} {edited.dtype} for {rgb.shape} uint8")
+    rgb = np.ascontiguousarray(np.asarray(to_rgb(image), dtype=np.uint8))
+    edited = get(name).run(rgb, resolved)
     if amount != 1.0:
         edited = blend(rgb, edited, amount)
     return Image.fromarray(np.ascontiguousarray(edited), "RGB")
-

@@ -25,7 +25,6 @@ else:
 
 Value = int | float | str | bool
 _TYPE_NAMES = {int: "integer", float: "number", str: "text", bool: "true/false"}
-PARAM_CONFIG = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
 
 @dataclass(frozen=True)
@@ -38,36 +37,25 @@ class Param:
     choices: tuple[str, ...] | None = None
     min: float | None = None
     max: float | None = None
-    # Extra check on the converted value: returns an error text, or None when the value is fine.
-    validate: Callable[[Any], str | None] | None = field(default=None, compare=False, repr=False)
+    # Extra check on the converted value: returns it, or raises ValueError saying what is wrong.
+    validate: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def range_text(self) -> str:
         if self.choices:
             return " | ".join(self.choices)
         if self.type is bool:
             return "true | false"
-        if self.min is not None and self.max is not None:
+        if self.min is not None and self.max is not None:  # (every numeric parameter has both)
             return f"{_fmt(self.min)} to {_fmt(self.max)}"
-        if self.min is not None:
-            return f">= {_fmt(self.min)}"
-        if self.max is not None:
-            return f"<= {_fmt(self.max)}"
         return _TYPE_NAMES[self.type]
 
     def field(self) -> tuple[Any, Any]:
         """The pydantic field: a Literal of the choices or the type, the range (finite floats only), the help."""
         kind: Any = Literal[self.choices] if self.choices else self.type
         if self.validate is not None:
-            kind = Annotated[kind, AfterValidator(self._check)]
+            kind = Annotated[kind, AfterValidator(self.validate)]
         limits: dict[str, Any] = {"allow_inf_nan": False} if self.type is float else {}
-        default: Any = self.default
-        return kind, Field(default, ge=self.min, le=self.max, description=self.help, **limits)
-
-    def _check(self, value: Any) -> Any:
-        problem = self.validate(value) if self.validate else None
-        if problem:
-            raise ValueError(problem)
-        return value
+        return kind, Field(self.default, ge=self.min, le=self.max, description=self.help, **limits)
 
     def problem(self, error: ErrorDetails) -> str:
         """A pydantic error of this parameter, in words."""
@@ -89,9 +77,9 @@ class Effect:
 
     @cached_property
     def model(self) -> type[BaseModel]:
-        """The parameters as a pydantic model."""
         fields: dict[str, Any] = {key: p.field() for key, p in self.params.items()}
-        return create_model(f"{self.name}_params", __config__=PARAM_CONFIG, **fields)
+        config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+        return create_model(f"{self.name}_params", __config__=config, **fields)
 
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Value]:
         """The defaults updated with `overrides`, checked; InputError `name: key=value: problem`."""
@@ -122,9 +110,7 @@ def _fmt(value: Any) -> str:
 
 def format_value(value: Any) -> str:
     """How a parameter value is written on the command line (`--set key=VALUE`)."""
-    if isinstance(value, float):
-        return repr(value)
-    return _fmt(value)
+    return repr(value) if isinstance(value, float) else _fmt(value)
 
 
 def to_uint8(values: Array) -> Array:
@@ -134,11 +120,17 @@ def to_uint8(values: Array) -> Array:
 
 def blend(base: Array, target: Array, weight: Array | float) -> Array:
     """`base + weight × (target − base)` as uint8; `weight` is a scalar or one value per pixel.
-
-    Where the weight is 0 the result is `base`, bit for bit.
-    """
+    Where the weight is 0 the result is `base`, bit for bit."""
     w = np.asarray(weight, dtype=np.float32)
     if w.ndim and w.ndim == base.ndim - 1:
         w = w[..., None]  # one weight per pixel, for all three channels
     a = base.astype(np.float32)
     return to_uint8(a + w * (target.astype(np.float32) - a))
+
+
+def project_blend(original: Array, a: Array, b: Array) -> Array:
+    """Each `original` pixel projected onto the RGB line a..b (clamped to it), as that blend of a and b:
+    an antialiased step between two new colours keeps the coverage it had (float32 rows of N×3)."""
+    span = b - a
+    t = ((original.astype(np.float32) - a) * span).sum(axis=1) / np.maximum((span * span).sum(axis=1), 1e-6)
+    return blend(a, b, np.clip(t, 0.0, 1.0))

@@ -1,9 +1,8 @@
 """contrast: more contrast.
 
-linear (default): Pillow's ImageEnhance.Contrast, the classic slider: every channel is pushed away
-from the image's mean grey by `factor`; whites and blacks clip, colours get more saturated.
-scurve: a sigmoid look-up table on each channel, rescaled so 0 stays 0 and 255 stays 255: similar
-look, smooth roll-off into the highlights and shadows, no hard clipping.
+linear (default): Pillow's ImageEnhance.Contrast: every channel pushed away from the image's mean
+grey by `factor` (whites and blacks clip). scurve: a sigmoid look-up table per channel, rescaled so
+0 and 255 stay put: a smooth roll-off into the highlights and shadows, no hard clipping.
 """
 
 from __future__ import annotations
@@ -33,13 +32,8 @@ def scurve_lut(gain: float, midpoint: float) -> Array:
 def run(rgb: Array, params: dict) -> Array:
     if params["mode"] == "scurve":
         return scurve_lut(params["gain"], params["midpoint"])[rgb]
-    image = Image.fromarray(rgb, "RGB")
-    return np.asarray(ImageEnhance.Contrast(image).enhance(params["factor"]))
+    return np.asarray(ImageEnhance.Contrast(Image.fromarray(rgb, "RGB")).enhance(params["factor"]))
 
 
-EFFECT = Effect(
-    name="contrast",
-    summary="higher contrast: linear about the mean grey (default) or an S-curve without clipping",
-    params=PARAMS,
-    run=run,
-)
+EFFECT = Effect("contrast", "higher contrast: linear about the mean grey (default) or an S-curve without clipping",
+                PARAMS, run)

@@ -1,30 +1,20 @@
 """flat: remove shading and texture, keep the line art.
 
-First the line art (the line mask plus its antialiased fringe) is taken off: those pixels take
-the colour of the nearest pixel beside the line, so lines neither form regions of their own nor
-bleed into the fills. Then:
-
-regions (default): the regions bounded by the line art and by strong colour edges (Canny on the
-colour gradient, stronger than `edge` per pixel; the whole width of an edge six times stronger),
-each filled with the median colour of its own pixels. A smooth shading changes far less per pixel
-than the border between two fills, so a shaded ball inside its outline becomes one colour while the
-lines and the borders between differently coloured regions stay where they are. The steps between
-fills get the original's antialiased shades, as in segment.
-segment: Felzenszwalb graph segmentation (scikit-image) splits the image into regions of
-similar colour; each region is filled with the median colour of its pixels that were not line
-art. On the boundary between two fills each pixel gets the in-between shade the original had there
-(its projection onto the line between the two fill colours), so steps stay antialiased.
+First the line art (line mask plus antialiased fringe) takes the colour of the nearest pixel beside
+it, so lines neither form regions of their own nor bleed into the fills. Then:
+regions (default): the regions bounded by the line art and by colour edges (colour_edges), each
+filled with the median colour of its own pixels: a smooth shading changes far less per pixel than
+the border between two fills, so a shaded ball inside its outline becomes one colour.
+segment: Felzenszwalb graph segmentation (scikit-image), each segment filled with its median.
 meanshift: OpenCV's mean-shift filtering (mild: removes grain and texture, keeps soft shadows).
-l0: L0 gradient minimisation (Xu et al. 2011), solved with DCTs (no wrap-around at the borders):
-gradients collapse into a few flat steps.
-
-Last the line art is laid back over the new fills with the coverage it had (keep_lines), so the
-lines neither vanish nor move.
+l0: L0 gradient minimisation (Xu et al. 2011): gradients collapse into a few flat steps.
+The steps between fills get the original's antialiased shades (antialias); last the line art is
+laid back with the coverage it had (keep_lines), so the lines neither vanish nor move.
 """
 
 from __future__ import annotations
 
-from copymachine.effects.base import Array, Effect, Param, blend, mode_param, to_uint8
+from copymachine.effects.base import Array, Effect, Param, mode_param, project_blend, to_uint8
 from copymachine.effects.lineart import LINE_PARAMS, line_holes, line_mask, nearest_fill, recomposite_lines
 from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
@@ -59,10 +49,8 @@ THIN_MERGE_DISTANCE = 24.0  # mean |ΔR|+|ΔG|+|ΔB| (strip colour to the pixels
 
 
 def segment_medians(rgb: Array, labels: Array, use: Array) -> Array:
-    """Per-segment (lower) median colour, from the pixels where `use` is true.
-
-    A segment with no usable pixel takes the median of all its pixels. Returns an (n, 3) uint8 array.
-    """
+    """Per-segment (lower) median colour (n×3 uint8) of the pixels where `use` is true (all its
+    pixels for a segment with none)."""
     n = int(labels.max()) + 1
     lab = labels.ravel()
     has_use = np.bincount(lab[use.ravel()], minlength=n) > 0
@@ -83,52 +71,35 @@ def segment_medians(rgb: Array, labels: Array, use: Array) -> Array:
 
 
 def restore_antialiasing(original: Array, flat: Array, labels: Array) -> Array:
-    """Where a fill meets another fill, put back the original's in-between (antialiased) shades.
-
-    Each pixel's own fill colour c1 and the most different fill colour among its 8 neighbours c2
-    span a line in RGB; the original pixel is projected onto it (clamped to c1..c2). Inside a fill
-    c2 == c1 and nothing changes; on a boundary the step gets the coverage the original had.
-    """
-    _h, _w = flat.shape[:2]
-    square = np.ones((3, 3), np.uint8)
-    lab = labels.astype(np.float64)  # exact for any label count; cv2 morphology has no int32
-    edge = cv2.dilate(lab, square) != cv2.erode(lab, square)
-    ys, xs = np.nonzero(edge)
+    """Where a fill meets another fill, put back the original's in-between (antialiased) shades:
+    each boundary pixel is projected onto the line from its own fill colour to the most different
+    fill colour among its 8 neighbours (inside a fill nothing changes)."""
+    ys, xs = np.nonzero(label_edges(labels))
     padded = np.pad(flat, ((1, 1), (1, 1), (0, 0)), mode="edge")
     c1 = flat[ys, xs].astype(np.float32)
-    c2 = c1.copy()
-    best = np.zeros(len(ys), np.float32)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            candidate = padded[ys + 1 + dy, xs + 1 + dx].astype(np.float32)
-            d = ((candidate - c1) ** 2).sum(axis=1)
-            better = d > best
-            best[better] = d[better]
-            c2[better] = candidate[better]
-    t = ((original[ys, xs].astype(np.float32) - c1) * (c2 - c1)).sum(axis=1) / np.maximum(best, 1e-6)
+    around = np.stack([padded[ys + 1 + dy, xs + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]).astype(np.float32)
+    c2 = around[((around - c1) ** 2).sum(axis=2).argmax(axis=0), np.arange(len(ys))]  # the first most different
     out = flat.copy()
-    out[ys, xs] = blend(c1, c2, np.clip(t, 0.0, 1.0))
+    out[ys, xs] = project_blend(original[ys, xs], c1, c2)
     return out
 
 
-def merge_thin_segments(image: Array, labels: Array) -> Array:
-    """Merge each segment that is only about 2 px wide into the neighbour it continues.
+def label_edges(labels: Array, cross: bool = False) -> Array:
+    """The pixels with another label among their 8 neighbours (the 4 beside them with `cross`)."""
+    lab = labels.astype(np.float64)  # exact for any label count; cv2 morphology has no int32
+    kernel = cv2.getStructuringElement(cv2.MORPH_CROSS if cross else cv2.MORPH_RECT, (3, 3))
+    return cv2.dilate(lab, kernel) != cv2.erode(lab, kernel)
 
-    Felzenszwalb's Gaussian pre-smoothing blurs every sharp boundary, and the blurred pixels can
-    form thin strips of their own along it; filled with their own median they would draw a rim
-    beside every line. A thin segment joins the neighbouring (not thin) segment whose pixels just
-    across the shared boundary are closest to the thin segment's mean colour, when that difference
-    is below THIN_MERGE_DISTANCE: the strip continues the neighbour. A genuinely thin detail (an
-    eye's white rim, a highlight) differs from what lies beside it and stays.
-    """
+
+def merge_thin_segments(image: Array, labels: Array) -> Array:
+    """Merge each segment only about 2 px wide into the neighbour it continues: Felzenszwalb's
+    pre-smoothing blurs sharp boundaries into thin strips that would draw a rim beside every line.
+    A thin segment joins the (not thin) neighbour whose pixels across the boundary are closest to its
+    mean colour, when closer than THIN_MERGE_DISTANCE; a thin detail (an eye's white rim) differs and stays."""
     n = int(labels.max()) + 1
     same_h = labels[:, 1:] == labels[:, :-1]
     same_v = labels[1:, :] == labels[:-1, :]
-    interior = np.ones(labels.shape, bool)
-    interior[:, 1:] &= same_h
-    interior[:, :-1] &= same_h
-    interior[1:, :] &= same_v
-    interior[:-1, :] &= same_v
+    interior = ~label_edges(labels, cross=True)
     # A strip w px wide has about (w-2)/w of its pixels inside; below THIN_INTERIOR it is ~2 px wide.
     sizes = np.bincount(labels.ravel(), minlength=n)
     thin = np.bincount(labels[interior], minlength=n) < THIN_INTERIOR * sizes
@@ -158,18 +129,18 @@ def merge_thin_segments(image: Array, labels: Array) -> Array:
 
 
 def inner_half(labels: Array) -> Array:
-    """The pixels in the inner half of their segment (by distance to its boundary).
-
-    A segment's fill colour is taken from these, so the antialiased ramp around a thin light stroke
-    (a highlight) does not pull its colour towards the background.
-    """
-    lab = labels.astype(np.float64)
-    square = np.ones((3, 3), np.uint8)
-    edge = cv2.dilate(lab, square) != cv2.erode(lab, square)
-    depth = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
+    """The pixels in the inner half of their segment (by distance to its boundary): the fill colour
+    comes from these, so the antialiased ramp around a highlight does not pull it towards the background."""
+    depth = cv2.distanceTransform((~label_edges(labels)).astype(np.uint8), cv2.DIST_L2, 3)
     deepest = np.zeros(int(labels.max()) + 1, np.float32)
     np.maximum.at(deepest, labels.ravel(), depth.ravel())
     return depth >= INNER_SHARE * deepest[labels]
+
+
+def median_fill(clean: Array, labels: Array, use: Array, antialias: bool) -> Array:
+    """Each segment filled with the median of its `use` pixels, the steps between fills antialiased."""
+    flat = segment_medians(clean, labels, use)[labels]
+    return restore_antialiasing(clean, flat, labels) if antialias else flat
 
 
 def segment_fill(clean: Array, params: dict, holes: Array) -> Array:
@@ -178,8 +149,7 @@ def segment_fill(clean: Array, params: dict, holes: Array) -> Array:
     labels = felzenszwalb(clean, scale=params["scale"], sigma=params["sigma"], min_size=params["min_size"],
                           channel_axis=-1)
     labels = merge_thin_segments(clean, labels)
-    flat = segment_medians(clean, labels, ~holes & inner_half(labels))[labels]
-    return restore_antialiasing(clean, flat, labels) if params["antialias"] else flat
+    return median_fill(clean, labels, ~holes & inner_half(labels), params["antialias"])
 
 
 EDGE_SIGMA = 1.0  # px: the blur before the colour-edge measure (grain is not an edge)
@@ -189,11 +159,9 @@ _SOBEL_SCALE = 32.0  # int16 Sobel for Canny: 1/32 of a level per pixel
 
 
 def colour_edges(rgb: Array, edge: float) -> Array:
-    """Where regions end: thin (1 px) Canny edges of the colour gradient stronger than `edge`
-    levels per pixel (continued down to EDGE_LOW x `edge`), and the whole width of an edge
-    stronger than STRONG_EDGE x `edge` (where three edges meet, Canny's thinning leaves gaps; a
-    strong edge closes them). Thin where it can be, so that a 2 px highlight keeps an inside.
-    The gradient is the centred Sobel (/8: levels per pixel) after a Gaussian blur of EDGE_SIGMA."""
+    """Where regions end: 1 px Canny edges of the colour gradient (centred Sobel after a blur) above
+    `edge` levels per pixel, and the whole width of an edge above STRONG_EDGE x `edge` (it closes the
+    gaps Canny's thinning leaves where three edges meet). Thin, so that a 2 px highlight keeps an inside."""
     blurred = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), EDGE_SIGMA, borderType=cv2.BORDER_REFLECT)
     gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
     gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
@@ -203,24 +171,9 @@ def colour_edges(rgb: Array, edge: float) -> Array:
     return (cv2.Canny(ix, iy, EDGE_LOW * high, high, L2gradient=True) > 0) | strong
 
 
-def nearest_labels(labels: Array, unassigned: Array) -> Array:
-    """Each unassigned pixel takes the label of the nearest assigned one."""
-    out = labels.copy()
-    if not unassigned.any() or unassigned.all():
-        return out
-    _, nearest = cv2.distanceTransformWithLabels(unassigned.astype(np.uint8), cv2.DIST_L2, 5,
-                                                 labelType=cv2.DIST_LABEL_PIXEL)
-    sources = np.flatnonzero(~unassigned.ravel())
-    flat = out.ravel()
-    index = np.flatnonzero(unassigned.ravel())
-    flat[index] = flat[sources[nearest.ravel()[index] - 1]]
-    return out
-
-
 def region_labels(holes: Array, edges: Array, min_size: int) -> Array:
-    """Regions bounded by the line art (`holes`) and by colour edges (`edges`, 8-connected): the
-    connected areas between them (4-connected, so a diagonal edge closes). The boundary pixels
-    and regions smaller than `min_size` join the nearest region. Labels 0..n-1."""
+    """Labels 0..n-1 of the areas between the line art and the edges (4-connected, so a diagonal
+    edge closes); the boundary pixels and regions under `min_size` join the nearest region."""
     n, labels = cv2.connectedComponents((~(holes | edges)).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     sizes = np.bincount(labels.ravel(), minlength=n)
     small = sizes < min_size
@@ -228,19 +181,15 @@ def region_labels(holes: Array, edges: Array, min_size: int) -> Array:
     unassigned = small[labels]
     if unassigned.all():  # no region at all (an image of edges): one region
         return np.zeros(labels.shape, np.int32)
-    labels = nearest_labels(labels, unassigned)
+    labels = nearest_fill(labels, unassigned)
     _, compact = np.unique(labels, return_inverse=True)
     return compact.reshape(labels.shape).astype(np.int32)
 
 
 def region_fill(rgb: Array, clean: Array, params: dict, holes: Array) -> Array:
-    """Each region filled with the median colour of its own pixels (not line art, not on an edge).
-    The edges are found in the original (`rgb`): there a fill's edge meets the line art without a
-    gap; in `clean` (line art filled in) it may not."""
+    """The edges are found in the original (`rgb`): there a fill's edge meets the line art without a gap."""
     edges = colour_edges(rgb, params["edge"])
-    labels = region_labels(holes, edges, params["region_min"])
-    flat = segment_medians(clean, labels, ~holes & ~edges)[labels]
-    return restore_antialiasing(clean, flat, labels) if params["antialias"] else flat
+    return median_fill(clean, region_labels(holes, edges, params["region_min"]), ~holes & ~edges, params["antialias"])
 
 
 def l0_smooth(rgb: Array, lam: float, kappa: float, beta_max: float = L0_BETA_MAX) -> Array:
@@ -249,29 +198,21 @@ def l0_smooth(rgb: Array, lam: float, kappa: float, beta_max: float = L0_BETA_MA
 
     image = rgb.astype(np.float32) / 255.0
     h, w = image.shape[:2]
-    eig_x = 2.0 - 2.0 * np.cos(np.pi * np.arange(w) / w)
-    eig_y = 2.0 - 2.0 * np.cos(np.pi * np.arange(h) / h)
+    eig_y, eig_x = (2.0 - 2.0 * np.cos(np.pi * np.arange(n) / n) for n in (h, w))
     laplacian = (eig_y[:, None] + eig_x[None, :]).astype(np.float32)[..., None]
     spectrum = dctn(image, axes=(0, 1), norm="ortho")
     s = image
     beta = 2.0 * lam
     while beta < beta_max:
-        gx = np.zeros_like(s)
-        gy = np.zeros_like(s)
-        gx[:, :-1] = s[:, 1:] - s[:, :-1]
-        gy[:-1, :] = s[1:, :] - s[:-1, :]
+        gx = np.diff(s, axis=1, append=s[:, -1:])  # forward differences, 0 at the last column / row
+        gy = np.diff(s, axis=0, append=s[-1:, :])
         small = (gx * gx + gy * gy).sum(axis=2) < lam / beta
         gx[small] = 0.0
         gy[small] = 0.0
         # D^T applied to (gx, gy): the transpose of the forward differences above.
-        div = np.zeros_like(s)
-        div[:, 0] -= gx[:, 0]
-        div[:, 1:] += gx[:, :-1] - gx[:, 1:]
-        div[0, :] -= gy[0, :]
-        div[1:, :] += gy[:-1, :] - gy[1:, :]
+        div = -np.diff(gx, axis=1, prepend=np.float32(0)) - np.diff(gy, axis=0, prepend=np.float32(0))
         smoothed = (spectrum + beta * dctn(div, axes=(0, 1), norm="ortho")) / (1.0 + beta * laplacian)
-        s = idctn(smoothed, axes=(0, 1), norm="ortho")
-        s = s.astype(np.float32)
+        s = idctn(smoothed, axes=(0, 1), norm="ortho").astype(np.float32)
         beta *= kappa
     return to_uint8(s * 255.0)
 
@@ -292,9 +233,5 @@ def run(rgb: Array, params: dict) -> Array:
     return recomposite_lines(rgb, flat, holes, lines) if params["keep_lines"] else flat
 
 
-EFFECT = Effect(
-    name="flat",
-    summary="flat colours: each region filled with one colour, shading and texture removed, line art kept",
-    params=PARAMS,
-    run=run,
-)
+EFFECT = Effect("flat", "flat colours: each region filled with one colour, shading and texture removed, line art kept",
+                PARAMS, run)

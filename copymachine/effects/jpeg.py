@@ -1,9 +1,8 @@
 """jpeg: JPEG compression artefacts (8×8 blocking, ringing around lines, colour bleeding).
 
-single (default): one re-encode at `quality` with Pillow's libjpeg; the decoded pixels are the
-result (stored as PNG by the caller). Blocks start at the top-left pixel, so nothing moves.
-passes: several re-encodes at *different* qualities; repeating one quality changes almost nothing
-after the first pass, changing it stacks new artefacts.
+single (default): one re-encode at `quality` with Pillow's libjpeg (blocks start at the top-left
+pixel, so nothing moves). passes: re-encodes at *different* qualities (repeating one quality
+changes almost nothing after the first pass; changing it stacks new artefacts).
 """
 
 from __future__ import annotations
@@ -22,14 +21,14 @@ def parse_qualities(text: str) -> list[int]:
     return [int(part) for part in text.replace(" ", "").split(",") if part]
 
 
-def _check_qualities(text: str) -> str | None:
+def _check_qualities(text: str) -> str:
     try:
         qualities = parse_qualities(text)
     except ValueError:
         qualities = []
     if not qualities or any(not 1 <= q <= 95 for q in qualities):
-        return "must be a comma-separated list of JPEG qualities 1-95, e.g. 15,10,20,8"
-    return None
+        raise ValueError("must be a comma-separated list of JPEG qualities 1-95, e.g. 15,10,20,8")
+    return text
 
 
 PARAMS: dict[str, Param] = {
@@ -41,25 +40,17 @@ PARAMS: dict[str, Param] = {
 }
 
 
-def encode_decode(image: Image.Image, quality: int, subsampling: str) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality, subsampling=subsampling, optimize=False)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
-
-
 def run(rgb: Array, params: dict) -> Array:
     qualities = parse_qualities(params["qualities"]) if params["mode"] == "passes" else [params["quality"]]
     image = Image.fromarray(rgb, "RGB")
     for quality in qualities:
-        image = encode_decode(image, quality, params["subsampling"])
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality, subsampling=params["subsampling"], optimize=False)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            image = decoded.convert("RGB")
     return np.asarray(image)
 
 
-EFFECT = Effect(
-    name="jpeg",
-    summary="JPEG artefacts: one re-encode at low quality (default) or passes at changing qualities",
-    params=PARAMS,
-    run=run,
-)
+EFFECT = Effect("jpeg", "JPEG artefacts: one re-encode at low quality (default) or passes at changing qualities",
+                PARAMS, run)

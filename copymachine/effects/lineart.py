@@ -9,7 +9,7 @@ stays out of the mask. Both tests ramp softly, so antialiased line edges get a p
 
 from __future__ import annotations
 
-from copymachine.effects.base import Array, Param, blend
+from copymachine.effects.base import Array, Param, blend, project_blend
 from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
 
@@ -45,7 +45,6 @@ def line_mask(rgb: Array, params: dict) -> Array:
     return darkness * thinness
 
 
-
 # --- taking the line art off an image and putting it back (used by `flat`) --------------------
 
 LINE_EPS = 0.05  # line-mask level above which a pixel holds some ink
@@ -53,14 +52,14 @@ FRINGE_PX = 2  # how far beside a line antialiasing can reach
 FRINGE_DARKER = 4  # luma: a pixel beside a line this much darker than the clean colour is line fringe
 
 
-def nearest_fill(rgb: Array, holes: Array) -> Array:
-    """Each hole pixel takes the colour of the nearest pixel that is not a hole."""
-    out = rgb.copy()
+def nearest_fill(values: Array, holes: Array) -> Array:
+    """Each hole pixel takes the value (a colour, a label) of the nearest pixel that is not a hole."""
+    out = values.copy()
     if not holes.any() or holes.all():
         return out
     _, nearest = cv2.distanceTransformWithLabels(holes.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
     sources = np.flatnonzero(~holes.ravel())  # DIST_LABEL_PIXEL numbers the non-hole pixels 1..n in scan order
-    flat = out.reshape(-1, 3)
+    flat = out.reshape(holes.size, -1)
     hole_index = np.flatnonzero(holes.ravel())
     flat[hole_index] = flat[sources[nearest.ravel()[hole_index] - 1]]
     return out
@@ -77,19 +76,11 @@ def line_holes(rgb: Array, mask: Array) -> Array:
 
 
 def recomposite_lines(original: Array, background: Array, holes: Array, mask: Array) -> Array:
-    """Lay the original line art over a new background.
-
-    In the line pixels (`holes`) the ink colour is the darkest nearby colour and its coverage is
-    the original pixel's position between the new background and the ink (a projection), so
-    antialiased edges keep their softness over the new fill; the dark core (`mask`) is the original.
-    """
+    """The original line art over a new background: in `holes` the darkest nearby colour with the
+    coverage the original had over the new fill (soft edges stay soft); the dark core (`mask`) as it was."""
     out = background.copy()
     ys, xs = np.nonzero(holes)
     if len(ys):
         ink = cv2.erode(original, ellipse(2))[ys, xs].astype(np.float32)
-        bg = background[ys, xs].astype(np.float32)
-        span = ink - bg
-        along = ((original[ys, xs].astype(np.float32) - bg) * span).sum(axis=1)
-        coverage = along / np.maximum((span * span).sum(axis=1), 1e-6)
-        out[ys, xs] = blend(bg, ink, np.clip(coverage, 0.0, 1.0))
+        out[ys, xs] = project_blend(original[ys, xs], background[ys, xs].astype(np.float32), ink)
     return blend(out, original, mask)

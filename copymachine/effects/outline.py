@@ -1,13 +1,10 @@
 """outline: thicker line art (default), or XDoG contour lines added at colour edges.
 
-thicken: the line mask (dark, thin strokes, see lineart.py) is grown by an odd elliptical kernel of
-radius `width`, and the grown area is filled with the darkest colour nearby (a per-channel erosion
-with the same kernel), so a dark-red mouth line stays dark red. Pixels farther than `width` from
-any line are left exactly as they were.
-
-xdog: eXtended Difference of Gaussians on the luma (Winnemöller 2012); where the response falls
-below `xdog_eps` the image is multiplied towards black. It draws thin contours at colour edges
-(eye white/iris, highlight rims) rather than thickening what is there.
+thicken: the line mask (lineart.py) grown by an elliptical kernel of radius `width`, filled with the
+darkest colour nearby (a per-channel erosion), so a dark-red mouth line stays dark red; pixels
+farther than `width` from any line stay exactly as they were.
+xdog: eXtended Difference of Gaussians on the luma (Winnemöller 2012), ink where the response falls
+below `xdog_eps`: thin contours at colour edges (eye white/iris, highlight rims).
 """
 
 from __future__ import annotations
@@ -54,9 +51,5 @@ def run(rgb: Array, params: dict) -> Array:
     return xdog(rgb, params) if params["mode"] == "xdog" else thicken(rgb, params)
 
 
-EFFECT = Effect(
-    name="outline",
-    summary="thicker line art (the darkest nearby colour grows around existing lines); xdog mode adds contour lines",
-    params=PARAMS,
-    run=run,
-)
+EFFECT = Effect("outline", "thicker line art (the darkest nearby colour grows around existing lines); xdog mode "
+                           "adds contour lines", PARAMS, run)

@@ -1,12 +1,9 @@
 """posterize: fewer colours, in flat bands.
 
-levels (default): what Photoshop / GIMP / CSP call posterize: each channel is mapped through a
-look-up table onto `levels` evenly spaced values that include 0 and 255 (so white stays white;
-Pillow's ImageOps.posterize keeps the top bits instead, which turns white into 192 and darkens
-everything).
-kmeans: a palette of `colors` colours found by k-means in CIE Lab (k-means++ start, fixed seed, so
-the result is the same every time); each pixel takes the nearest palette colour, chosen on a lightly
-bilateral-filtered copy so band edges do not speckle.
+levels (default): each channel mapped onto `levels` evenly spaced values that include 0 and 255, as
+Photoshop / GIMP / CSP do (Pillow's ImageOps.posterize keeps the top bits: white becomes 192).
+kmeans: a palette of `colors` colours by k-means in CIE Lab (k-means++ start, fixed seed), each
+pixel the nearest palette colour, chosen on a bilateral-filtered copy so band edges do not speckle.
 """
 
 from __future__ import annotations
@@ -68,16 +65,11 @@ def kmeans(points: Array, k: int, seed: int) -> Array:
         sums = np.stack([np.bincount(label, weights=points[:, c], minlength=k) for c in range(3)], axis=1)
         counts = np.bincount(label, minlength=k)[:, None]
         moved = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
-        if np.allclose(moved, centres, atol=1e-3):
-            centres = moved
-            break
+        converged = np.allclose(moved, centres, atol=1e-3)
         centres = moved
+        if converged:
+            break
     return centres
-
-
-def palette_rgb(centres_lab: Array) -> Array:
-    lab = centres_lab.astype(np.float32).reshape(1, -1, 3)
-    return to_uint8(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB).reshape(-1, 3) * 255.0)
 
 
 def kmeans_posterize(rgb: Array, colors: int, seed: int, smooth: bool) -> Array:
@@ -87,7 +79,8 @@ def kmeans_posterize(rgb: Array, colors: int, seed: int, smooth: bool) -> Array:
     centres = kmeans(sample, colors, seed)
     source = cv2.bilateralFilter(rgb, 5, 20, 3) if smooth else rgb
     labels = nearest(to_lab(source), centres.astype(np.float32))
-    return palette_rgb(centres)[labels].reshape(h, w, 3)
+    palette = cv2.cvtColor(centres.astype(np.float32).reshape(1, -1, 3), cv2.COLOR_Lab2RGB).reshape(-1, 3)
+    return to_uint8(palette * 255.0)[labels].reshape(h, w, 3)
 
 
 def run(rgb: Array, params: dict) -> Array:
@@ -96,9 +89,5 @@ def run(rgb: Array, params: dict) -> Array:
     return levels_lut(params["levels"])[rgb]
 
 
-EFFECT = Effect(
-    name="posterize",
-    summary="fewer colours in flat bands: N levels per channel (default) or a k-means palette in Lab",
-    params=PARAMS,
-    run=run,
-)
+EFFECT = Effect("posterize", "fewer colours in flat bands: N levels per channel (default) or a k-means palette in Lab",
+                PARAMS, run)
