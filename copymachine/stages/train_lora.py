@@ -225,7 +225,7 @@ def samples_folder(stage, ctx: StageContext) -> Path:
 
 def collect_samples(stage, ctx: StageContext) -> None:
     """Copy the sample images sd-scripts has rendered so far (into <output_dir>/sample/) to the
-    samples folder, each new one announced (the UI's queue page shows the latest)."""
+    samples folder, each new one announced (the UI's queue page shows each)."""
     rendered = ctx.scratch / "sample"
     if not rendered.is_dir():
         return
