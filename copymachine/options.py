@@ -90,7 +90,7 @@ class RunOptions(BaseModel):
         "machine, else as many as the GPU's free memory holds (default); CPU runs stay sequential.", ge=1)
     samples: int | None = opt(None, "Every N steps of each training, render the recipe's [watch] sample prompt(s) with "
         "the LoRA so far (the effect LoRA: on the copy model at +1) into <run folder>/samples/<stage>/; the web UI's "
-        "queue page shows the latest. Each costs one render (docs/reliability.md).", metavar="N", ge=1)
+        "queue page shows each as it is made. Each costs one render (docs/reliability.md).", metavar="N", ge=1)
     tensorboard: bool = opt(False, "sd-scripts writes TensorBoard logs into <run folder>/tensorboard/; the run prints "
         "the `tensorboard --logdir` line.")
     low_vram: bool = opt(False, "For small GPUs: gradient checkpointing, 8-bit AdamW (needs bitsandbytes), latents "

@@ -175,12 +175,13 @@ def test_samples_land_in_the_run_folder_at_the_interval_and_tensorboard_is_asked
     trainings = [c for c in fake_engine.calls() if c["script"].endswith("train_network.py")]
     assert {c["config"]["sample_sampler"] for c in trainings} == {"euler_a"}
     assert {c["config"]["sample_every_n_steps"] for c in trainings} == {3}
-    # the queue page's job view: the latest sample
+    # the queue page's job view: every sample, as it was made
     from copymachine.events import parse
     from copymachine.ui.store import progress_view
 
     events = [{"event": "sample", "path": str(run_dir / "samples" / "a.png"), "title": "copy LoRA"}, {"event": "sample", "path": "/b.png", "title": "custom: effect LoRA"}]
-    assert progress_view([parse(e) for e in events])["sample"] == {"path": "/b.png", "title": "custom: effect LoRA"}
+    assert progress_view([parse(e) for e in events])["samples"] == [{"path": str(run_dir / "samples" / "a.png"), "title": "copy LoRA"},
+                                                                    {"path": "/b.png", "title": "custom: effect LoRA"}]
 
 
 def test_samples_and_state_do_not_change_the_stage_keys(fake_engine, scene, tmp_path):

@@ -329,3 +329,120 @@ def test_cancel_is_ctrl_c_and_retry_resumes(fake_engine, scene, tmp_path, monkey
         assert view["finals"] == [str(tmp_path / "runs" / "girl" / "girl-contrast.safetensors")]
     finally:
         worker.stop()
+
+
+def finished_job(app: App, finals: list[Path], name: str = "x") -> str:
+    """A job of the queue that finished and made these LoRAs (its events as the queue writes them)."""
+    job_id = app.store.add({"base": "/m.safetensors", "prompt": "x", "effect": ["flat"], "name": name})
+    events = [{"event": "queue_start"}, {"event": "job_end", "status": "done", "exit_code": 0, "finals": [str(f) for f in finals]}]
+    app.store.files(job_id).events.write_text("\n".join(json.dumps(e) for e in events) + "\n", encoding="utf-8")
+    app.store.set_state(job_id, status="done")
+    return job_id
+
+
+def sweep_stamp(run: Path, final: Path) -> Path:
+    """The stamp the preview stage writes for a final LoRA's strength sweep, and the sheet it names."""
+    sheet = run / "preview" / f"{final.stem}-sweep.png"
+    sheet.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8)).save(sheet)
+    stamp = run / ".stages" / f"preview-{final.stem}.json"
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"kind": "preview", "name": f"preview/{final.stem}", "outputs": {"sheet": {"path": str(sheet)}},
+                                 "inputs": {"lora": {"path": str(final)}}}), encoding="utf-8")
+    return sheet
+
+
+def test_the_loss_chart_and_samples_come_from_the_events():
+    events = [
+        {"event": "plan", "stages": ["copy LoRA", "effect LoRA"], "names": ["copy", "fx"], "kinds": ["train_lora", "train_lora"]},
+        {"event": "stage_start", "stage": "copy"},
+        *({"event": "progress", "stage": "copy LoRA", "step": s, "total": 3, "loss": 0.5 / s} for s in (1, 2, 2, 3)),
+        {"event": "progress", "stage": "copy LoRA", "step": 3, "total": 3, "loss": float("nan")},
+        {"event": "sample", "path": "/r/samples/copy/a.png", "title": "copy LoRA"},
+        {"event": "stage_done", "stage": "copy", "seconds": 3},
+        {"event": "stage_start", "stage": "fx"},
+        {"event": "sample", "path": "/r/samples/fx/b.png", "title": "effect LoRA"},
+    ]
+    view = progress_view([parse(e) for e in events])
+    assert view["stages"][0]["loss"] == [(1, 0.5), (2, 0.25), (3, 0.5 / 3)] and view["stages"][1]["loss"] == []
+    assert [s["path"] for s in view["samples"]] == ["/r/samples/copy/a.png", "/r/samples/fx/b.png"]
+    # a long training's chart is thinned to at most 300 points, its last step kept
+    many = [{"event": "progress", "stage": "copy LoRA", "step": s, "total": 3000, "loss": 1 / s} for s in range(1, 3001)]
+    loss = progress_view([parse(e) for e in events[:2] + many])["stages"][0]["loss"]
+    assert len(loss) <= 301 and loss[0][0] == 1 and loss[-1][0] == 3000
+
+
+def test_one_result_per_final_lora_with_the_jobs_that_made_it_and_its_own_sweep(served):
+    app, client = served()
+    run = app.runs / "girl"
+    run.mkdir(parents=True)
+    contrast, posterize = run / "girl-contrast.safetensors", run / "girl-posterize.safetensors"
+    for final in (contrast, posterize):
+        final.write_bytes(b"not a lora")  # its inspect report says so; the entry is there
+        sweep_stamp(run, final)
+    first = finished_job(app, [contrast], "one")
+    second = finished_job(app, [posterize], "two")
+    again = finished_job(app, [contrast], "three")  # the same run folder and effect: the same LoRA
+    status, data = client.json("/api/results")
+    by_name = {r["name"]: r for r in data["results"]}
+    assert status == 200 and len(data["results"]) == 2
+    assert by_name["girl-contrast"]["jobs"] == [first, again] and by_name["girl-posterize"]["jobs"] == [second]
+    for name, r in by_name.items():
+        assert [s["title"] for s in r["sheets"]] == [f"strength sweep of {name}.safetensors"]
+
+
+def test_delete_moves_a_result_to_the_trash_and_copy_goes_to_a_lora_folder(served, tmp_path):
+    app, client = served()
+    final = app.runs / "girl" / "girl-contrast.safetensors"
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b"lora bytes")
+    finished_job(app, [final])
+    status, data = client.json("/api/results/copy", {"path": str(final), "folder": str(tmp_path / "Lora")})
+    assert status == 400 and data["error"].startswith("not one of the UI's LoRA folders (none; start the UI with --loras DIR)")
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    app.lora_folders = [loras.resolve()]
+    status, data = client.json("/api/info")
+    assert data["lora_folders"] == [str(loras.resolve())]
+    status, data = client.json("/api/results/copy", {"path": str(final), "folder": str(loras.resolve())})
+    assert status == 200 and (loras / final.name).read_bytes() == b"lora bytes" and final.is_file()
+    status, data = client.json("/api/results/copy", {"path": str(final), "folder": str(loras.resolve())})
+    assert status == 400 and data["error"] == f"{loras.resolve() / final.name} already exists: rename or remove it there first"
+    status, data = client.json("/api/results/delete", {"path": str(final)})
+    trashed = Path(data["trash"])
+    assert status == 200 and not final.exists() and trashed.read_bytes() == b"lora bytes"
+    assert trashed.parent.parent == app.runs / "_trash" and trashed.name == final.name
+    assert client.json("/api/results")[1]["results"] == []
+    assert client.json("/api/results/delete", {"path": str(final)})[0] == 400  # gone: nothing more to delete
+
+
+def test_the_lora_folders_beside_the_model_folders_are_offered(tmp_path, monkeypatch):
+    webui = tmp_path / "stable-diffusion-webui" / "models"
+    comfy = tmp_path / "ComfyUI" / "models"
+    for folder in (webui / "Stable-diffusion", webui / "Lora", comfy / "checkpoints", comfy / "loras", tmp_path / "mine"):
+        folder.mkdir(parents=True)
+    app = App(tmp_path / "runs", [webui / "Stable-diffusion", comfy / "checkpoints"], [], engine_overrides={},
+              loras=[tmp_path / "mine", tmp_path / "missing"])
+    assert app.lora_folders == [(tmp_path / "mine").resolve(), (webui / "Lora").resolve(), (comfy / "loras").resolve()]
+    # the CLI adds COPYMACHINE_LORAS
+    apps = []
+
+    def no_server(app, *args):
+        apps.append(app)
+        raise OSError("not started in this test")
+
+    monkeypatch.setattr("copymachine.ui.server.make_server", no_server)
+    (tmp_path / "from-env").mkdir()
+    monkeypatch.setenv("COPYMACHINE_LORAS", str(tmp_path / "from-env"))
+    CliRunner().invoke(cli, ["ui", "--runs", str(tmp_path / "runs"), "--loras", str(tmp_path / "mine")])
+    assert apps[0].lora_folders == [(tmp_path / "mine").resolve(), (tmp_path / "from-env").resolve()]
+
+
+def test_a_job_is_read_back_for_the_make_form(served, fake_engine):
+    app, client = served(models=fake_engine.base.parent)
+    job = {"base": str(fake_engine.base), "effect": ["flat", "posterize"], "prompt": "1cat", "max-steps": 5, "set": {"generate": {"seed": 7}, "posterize": {"levels": 3}}}
+    status, data = client.json("/api/jobs", job)
+    assert status == 200
+    status, table = client.json(f"/api/jobs/{data['id']}/form")
+    assert status == 200 and table == {**job, "out": str(app.runs / "generated")}
+    assert client.json("/api/jobs/0099/form")[0] == 404

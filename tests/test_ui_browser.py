@@ -1,7 +1,8 @@
 """`copymachine ui` in a real headless browser (Debian's chromium, driven by Selenium), against the
 recording fake of sd-scripts: upload a picture, move a slider and see the edit's preview change,
-add two jobs, see their progress advance, restart the UI while the queue runs and see it resume,
-open the results and see their sheets. Screenshots of each page go to $COPYMACHINE_UI_SCREENSHOTS
+add two jobs, see their progress advance (a loss chart, samples), restart the UI while the queue runs and
+see it resume, duplicate a job into the form and add it, open the results (one per LoRA), enlarge a sheet,
+copy a LoRA to a LoRA folder and delete one. Screenshots of each page go to $COPYMACHINE_UI_SCREENSHOTS
 (docs/img/ to refresh those of docs/ui.md), else to the test's temporary folder.
 
 Skipped, with the reason, only when chromium, its driver or selenium is missing; .ci/run installs
@@ -120,6 +121,7 @@ def at_width(d, width: int, page: str) -> int:
 
 
 def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, scene, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -131,8 +133,10 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
     models.mkdir()
     base = models / "sd15-base.safetensors"
     shutil.copyfile(fake_engine.base, base)
+    loras = tmp_path / "Lora"
+    loras.mkdir()
     env = dict(os.environ, COPYMACHINE_FAKE_STEP_SECONDS="1")
-    server = UiServer(tmp_path, ["--runs", str(tmp_path / "runs"), "--models", str(models), *fake_engine.engine_args], env)
+    server = UiServer(tmp_path, ["--runs", str(tmp_path / "runs"), "--models", str(models), "--loras", str(loras), *fake_engine.engine_args], env)
     url = server.start()
     try:
         d = browser
@@ -196,20 +200,53 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         number.clear()
         number.send_keys("1.8", Keys.TAB)
         wait_for(lambda: "check: " in card.find_element(By.CSS_SELECTOR, ".verdict").text and "error" not in card.find_element(By.CSS_SELECTOR, ".verdict").text, what="the preview at 1.8")
+        wait_for(lambda: '"factor":1.8' in (preview.get_attribute("data-params") or ""), what="the preview of 1.8")
+
+        # the lightbox: the preview enlarged from the keyboard (Enter); Esc closes it and gives the focus back
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus()", preview)
+        ActionChains(d).send_keys(Keys.ENTER).perform()
+        wait_for(lambda: css("#lightbox").get_attribute("open") is not None, what="the lightbox")
+        assert css("#lightbox-img").get_attribute("src") == preview.get_attribute("src") and css("#lightbox-img").size["width"] > 400
+        d.switch_to.active_element.send_keys(Keys.ESCAPE)
+        wait_for(lambda: css("#lightbox").get_attribute("open") is None, what="the lightbox to close")
+        assert d.switch_to.active_element == preview
+        # "generate" chosen: no preview shows the uploaded picture's edit; the upload chosen again, they are back
+        click("input[name=source][value=generate]")
+        wait_for(lambda: preview.get_attribute("src") is None and "generated when the job runs" in card.find_element(By.CSS_SELECTOR, ".verdict").text, what="no preview with generate")
+        click("input[name=source][value=upload]")
+        wait_for(lambda: (preview.get_attribute("src") or "").startswith("data:image/png") and "check: " in card.find_element(By.CSS_SELECTOR, ".verdict").text, what="the preview back")
 
         # quick test settings (6 steps of 1 s at 64 px; the fake's copy check cannot pass 0.8), a preview model
         css("#preview-model").send_keys(str(base))
         click("#more-options summary")
         css("#max-steps").send_keys(str(STEPS))
         css("#resolution").send_keys("64")
+        css("#samples").send_keys("2")
         css("#sets").send_keys("copy_check.min_ssim=0")
         # a job the checks refuse shows the CLI's message and is not queued
         css("#base").clear()
         css("#base").send_keys(str(models / "missing.safetensors"))
         click("#add")
         wait_for(lambda: f"copymachine: error: base model not found: {models / 'missing.safetensors'}" in css("#add-message").text, what="the refused job")
+        # and under the field it concerns
+        assert css("#error-base").text == f"base model not found: {models / 'missing.safetensors'}" and css("#base").get_attribute("aria-invalid") == "true"
         css("#base").clear()
         css("#base").send_keys(str(base))
+        css("#sets").send_keys("\nnosuch.key=1")
+        click("#add")
+        wait_for(lambda: css("#error-sets").text.startswith("unknown recipe section [nosuch]"), what="the refusal under the overrides")
+        assert not d.find_elements(By.CSS_SELECTOR, "#error-base") and css("#base").get_attribute("aria-invalid") is None
+        css("#sets").clear()
+        css("#sets").send_keys("copy_check.min_ssim=0")
+        # the form is kept across a reload (localStorage), the uploaded picture and its previews with it
+        time.sleep(0.6)
+        d.refresh()
+        wait_for(lambda: css("#base").get_attribute("value") == str(base), what="the form after a reload")
+        assert [css(f"#{f}").get_attribute("value") for f in ("max-steps", "resolution", "samples", "sets", "preview-model")] == [str(STEPS), "64", "2", "copy_check.min_ssim=0", str(base)]
+        assert css(".effect-card[data-effect=contrast] .effect-toggle").is_selected()
+        assert css(".effect-card[data-effect=contrast] input[data-key=factor] + input[type=number]").get_attribute("value") == "1.8"
+        assert css("#original-info").text.startswith("girl.png")
+        wait_for(lambda: '"factor":1.8' in (css(".effect-card[data-effect=contrast] img.preview").get_attribute("data-params") or ""), what="the preview after a reload")
         # the page with three effects open, for docs/ui.md; then back to contrast alone
         for other in ("outline", "posterize"):
             click(f".effect-card[data-effect={other}] .effect-toggle")
@@ -242,6 +279,10 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         step = re.compile(rf"step (\d+)/{STEPS}")
         seen = wait_for(lambda: step.search(css(f"{job1} .progress-text").text), what="job 1's progress").group(1)
         wait_for(lambda: (m := step.search(css(f"{job1} .progress-text").text)) and m.group(1) != seen, what="job 1's progress to advance")
+        # the loss chart of the training, and its samples as they are made (--samples 2)
+        chart = wait_for(lambda: d.execute_script("const s = document.querySelector(arguments[0]); return s && s.getAttribute('aria-label')", f"{job1} svg.loss"), what="job 1's loss chart")
+        assert re.fullmatch(r"loss of copy LoRA \(memo step 2\): [\d.e-]+ at step \d+, [\d.e-]+ at step \d+ \(range .*\)", chart), chart
+        wait_for(lambda: d.execute_script("return Array.from(document.querySelectorAll(arguments[0])).some((i) => i.complete && i.naturalWidth > 0)", f"{job1} .samples img"), what="job 1's first sample")
         d.save_screenshot(str(shots / "ui-queue.png"))
         assert at_width(d, 390, "queue") <= 0
         d.save_screenshot(str(shots / "ui-queue-390.png"))
@@ -297,11 +338,38 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         wait_for(lambda: css('.job[data-id="0002"]').get_attribute("data-status") == "done", timeout=90, what="job 2 to finish")
         log = (jobs_dir / "0001.log").read_text(encoding="utf-8")
         assert "copymachine: interrupted; sd-scripts was stopped" in log and "up to date, skipped" in log
+        # job 2's card keeps its effect LoRA's loss chart and samples; a sample enlarged, a click closes it
+        job2 = '.job[data-id="0002"]'
+        assert "loss of posterize: effect LoRA" in css(f"{job2} svg.loss").get_attribute("aria-label")
+        assert re.match(r"samples \([1-9]\d*\)", css(f"{job2} .samples .hint").text)
+        click(f"{job2} .samples a.zoom")
+        wait_for(lambda: css("#lightbox").get_attribute("open") is not None and d.execute_script("return document.querySelector('#lightbox-img').naturalWidth") > 0, what="the sample enlarged")
+        css("#lightbox-img").click()
+        wait_for(lambda: css("#lightbox").get_attribute("open") is None, what="the lightbox closed by a click")
+
+        # Duplicate job 1 into the form: its settings back on the Make page, added as job 3 (the same LoRA)
+        click(f"{job1} button.duplicate")
+        wait_for(lambda: "job 0001's settings are in the form" in css("#add-message").text and d.execute_script("return location.hash") == "#make", what="job 1 in the form")
+        toggled = {c.get_attribute("data-effect"): c.find_element(By.CSS_SELECTOR, ".effect-toggle").is_selected() for c in d.find_elements(By.CSS_SELECTOR, ".effect-card")}
+        assert [e for e, on in toggled.items() if on] == ["contrast"]
+        assert css(".effect-card[data-effect=contrast] input[data-key=factor] + input[type=number]").get_attribute("value") == "1.8"
+        assert [css(f"#{f}").get_attribute("value") for f in ("base", "max-steps", "samples", "sets")] == [str(base), str(STEPS), "2", "copy_check.min_ssim=0"]
+        assert css("#original-info").text.startswith("girl.png")
+        click("#add")
+        wait_for(lambda: "added job 0003" in css("#add-message").text, what="job 3")
+        d.execute_script("location.hash = '#queue'")
+        wait_for(lambda: css('.job[data-id="0003"]').get_attribute("data-status") == "done", timeout=90, what="job 3 to finish")
 
         # the results: each LoRA with its sheets, inspect and usage line
         d.get(url + "#results")
         wait_for(lambda: len(d.find_elements(By.CSS_SELECTOR, ".result")) == 2, what="two results")
+        time.sleep(1)  # the page may draw the list twice as it opens
         result = css('.result[data-name="girl-contrast"]')
+        # one entry per LoRA, with the jobs that made it; each shows its own strength sweep only
+        assert "made by jobs 0001, 0003" in result.find_element(By.CSS_SELECTOR, "h3").text
+        for name in ("girl-contrast", "girl-posterize"):
+            sweeps = [f.text for f in css(f'.result[data-name="{name}"]').find_elements(By.CSS_SELECTOR, "figcaption") if f.text.startswith("strength sweep")]
+            assert sweeps == [f"strength sweep: strength sweep of {name}.safetensors"], sweeps
         kinds = [img.get_attribute("data-kind") for img in result.find_elements(By.CSS_SELECTOR, "img.sheet")]
         assert kinds == ["edit", "copy check", "strength sweep"]
         wait_for(lambda: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in d.find_elements(By.CSS_SELECTOR, "img.sheet")), what="the sheets to load")
@@ -312,7 +380,35 @@ def test_make_queue_restart_and_results_in_a_real_browser(browser, fake_engine, 
         assert "rank        8" in result.find_element(By.CSS_SELECTOR, "pre.inspect").text
         href = result.find_element(By.CSS_SELECTOR, "a.download").get_attribute("href")
         assert href.endswith("girl-contrast.safetensors&download=1")
+        # a sheet enlarged from the keyboard; Esc closes it
+        sweep = result.find_element(By.CSS_SELECTOR, "img.sheet[data-kind='strength sweep']").find_element(By.XPATH, "..")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus()", sweep)
+        ActionChains(d).send_keys(Keys.ENTER).perform()
+        wait_for(lambda: css("#lightbox").get_attribute("open") is not None, what="the sweep enlarged")
+        assert css("#lightbox-img").get_attribute("src") == sweep.get_attribute("href")
+        d.switch_to.active_element.send_keys(Keys.ESCAPE)
+        wait_for(lambda: css("#lightbox").get_attribute("open") is None, what="the lightbox to close")
+        assert d.switch_to.active_element == sweep
+        # Copy to folder…: the LoRA folders the UI was given are listed; the file is copied there
+        assert str(loras) in css("#lora-folders").text
+        click('.result[data-name="girl-contrast"] button.copy')
+        final = tmp_path / "runs" / "girl" / "girl-contrast.safetensors"
+        wait_for(lambda: f"copied to {loras / final.name}" in css('.result[data-name="girl-contrast"] .result-message').text, what="the copy")
+        assert (loras / final.name).read_bytes() == final.read_bytes()
+        assert d.execute_script(UNLABELLED) == []
+        d.execute_script("window.scrollTo(0, 0)")
         d.save_screenshot(str(shots / "ui-results.png"))
+        assert at_width(d, 390, "results") <= 0
+        d.set_window_size(1366, 1500)
+        # Delete, confirmed: the LoRA is moved to the trash folder under --runs
+        click('.result[data-name="girl-posterize"] button.delete')
+        alert = d.switch_to.alert
+        assert "moved to the trash folder" in alert.text
+        alert.accept()
+        wait_for(lambda: len(d.find_elements(By.CSS_SELECTOR, ".result")) == 1, what="the result deleted")
+        runs = tmp_path / "runs"
+        assert not (runs / "girl" / "girl-posterize.safetensors").exists()
+        assert [p.name for p in (runs / "_trash").rglob("*.safetensors")] == ["girl-posterize.safetensors"]
     except BaseException:
         # what the page and the server showed, for the failure's report
         browser.save_screenshot(str(tmp_path / "failure.png"))

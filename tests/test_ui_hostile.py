@@ -203,3 +203,105 @@ def test_a_model_linked_into_the_models_folder_is_the_users_and_nothing_more(ui,
     assert listed[str(app.models / "base.safetensors")] == "Stable Diffusion 1.x"
     # and only what Add takes: nothing under the folder linked from outside
     assert not any("shelf" in path for path in listed)
+
+
+def finished(app: App, final: Path) -> str:
+    """A job of the queue that finished and made this LoRA (its events as the queue writes them)."""
+    job_id = app.store.add({"base": "/m.safetensors", "prompt": "x", "effect": ["flat"]})
+    end = {"event": "job_end", "status": "done", "exit_code": 0, "finals": [str(final)]}
+    app.store.files(job_id).events.write_text(json.dumps(end) + "\n", encoding="utf-8")
+    app.store.set_state(job_id, status="done")
+    return job_id
+
+
+@pytest.fixture
+def result(ui, tmp_path):
+    """A result of the UI, a LoRA folder it may copy to, and what must stay as it is."""
+    app, port = ui
+    final = app.runs / "girl" / "girl-outline.safetensors"
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b"the user's LoRA")
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    app.lora_folders = [loras.resolve()]
+    job_id = finished(app, final)
+
+    def untouched() -> None:
+        assert final.read_bytes() == b"the user's LoRA" and not (app.runs / "_trash").exists()
+        assert list(loras.iterdir()) == []
+
+    return app, port, final, loras, job_id, untouched
+
+
+@pytest.mark.parametrize("action", ["delete", "copy"])
+def test_a_foreign_page_or_no_token_neither_deletes_nor_copies_a_result(result, action):
+    app, port, final, loras, _, untouched = result
+    body = json.dumps({"path": str(final), "folder": str(loras.resolve())}).encode()
+    json_type = {"Content-Type": "application/json"}
+    for headers in (
+        {"Host": f"127.0.0.1:{port}", "Content-Type": "text/plain", "Origin": "http://evil.example"},  # a simple POST
+        own(app, port, **json_type, Origin="http://evil.example"),
+        own(app, port, **json_type, Referer=f"http://127.0.0.1:{port + 1}/"),  # same site, another port
+        {"Host": f"127.0.0.1:{port}", **json_type, "Cookie": "copymachine_token=guess"},
+        own(app, port, **{"Content-Type": "text/plain"}),
+        own(app, port, **json_type, Host=f"evil.example:{port}"),
+    ):
+        status, data, _ = call(port, "POST", f"/api/results/{action}", body, headers)
+        refused(status, data)
+    untouched()
+
+
+def test_a_result_path_outside_the_results_is_refused(result, tmp_path):
+    """Only a final LoRA a finished job made, under the runs folder: not another file, not `..`, not a
+    link out of the runs folder, not a file of the runs folder no job made."""
+    app, port, final, loras, _, untouched = result
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes(b"secret")
+    escape = app.runs / "girl" / "escape.safetensors"
+    escape.symlink_to(secret)
+    finished(app, escape)  # even a job's final, when it is a link out of the runs folder
+    stray = app.runs / "girl" / "stray.safetensors"
+    stray.write_bytes(b"no job made it")
+    for action in ("delete", "copy"):
+        for path in (str(secret), f"{app.runs}/../secret.safetensors", str(escape), str(stray), "", None, ["x"],
+                     str(final.parent / ".." / "girl" / final.name)):
+            body = json.dumps({"path": path, "folder": str(loras.resolve())}).encode()
+            status, data, _ = call(port, "POST", f"/api/results/{action}", body, own(app, port, **{"Content-Type": "application/json"}))
+            assert status == 400 and json.loads(data)["error"].startswith("not a result of this UI"), (action, path, data)
+    untouched()
+    assert secret.read_bytes() == b"secret" and stray.read_bytes() == b"no job made it" and escape.is_symlink()
+
+
+def test_a_copy_goes_to_a_listed_lora_folder_only(result, tmp_path):
+    app, port, final, loras, _, _ = result
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (loras / "sub").mkdir()
+    linked = tmp_path / "linked-Lora"
+    linked.symlink_to(elsewhere, target_is_directory=True)
+    for folder in (str(elsewhere), f"{loras.resolve()}/../elsewhere", str(loras.resolve() / "sub"), str(linked), "/tmp", "", None):
+        body = json.dumps({"path": str(final), "folder": folder}).encode()
+        status, data, _ = call(port, "POST", "/api/results/copy", body, own(app, port, **{"Content-Type": "application/json"}))
+        assert status == 400 and json.loads(data)["error"].startswith("not one of the UI's LoRA folders"), (folder, data)
+    assert list(elsewhere.iterdir()) == [] and list(loras.iterdir()) == [loras / "sub"]
+    # a listed folder replaced by a link to elsewhere after the UI started is not followed
+    (loras / "sub").rmdir()
+    moved = tmp_path / "Lora-real"
+    loras.rename(moved)
+    loras.symlink_to(elsewhere, target_is_directory=True)
+    body = json.dumps({"path": str(final), "folder": str(loras)}).encode()
+    status, data, _ = call(port, "POST", "/api/results/copy", body, own(app, port, **{"Content-Type": "application/json"}))
+    assert status == 400 and list(elsewhere.iterdir()) == [] and final.read_bytes() == b"the user's LoRA"
+
+
+def test_a_jobs_form_is_read_by_the_page_only(result):
+    app, port, _, _, job_id, _ = result
+    for headers in ({"Host": f"127.0.0.1:{port}"}, {"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example", "Cookie": f"copymachine_token={app.token}"},
+                    {"Host": f"evil.example:{port}", "X-Copymachine-Token": app.token}):
+        status, data, _ = call(port, "GET", f"/api/jobs/{job_id}/form", headers=headers)
+        refused(status, data)
+        assert b"m.safetensors" not in data
+    status, data, _ = call(port, "GET", f"/api/jobs/{job_id}/form", headers=own(app, port))
+    assert status == 200 and json.loads(data)["base"] == "/m.safetensors"
+    for bad in ("../0001", "0001%2F..%2F..", "x"):
+        assert call(port, "GET", f"/api/jobs/{bad}/form", headers=own(app, port))[0] == 404

@@ -32,11 +32,14 @@ from copymachine.progress import Reporter
                    "in COPYMACHINE_MODELS, separated by the path separator, and the model folders of kohya_ss, "
                    "A1111, Forge or ComfyUI next to the sd-scripts in use are added). A model linked into one "
                    "of them is accepted.")
+@click.option("--loras", "lora_dirs", type=click.Path(file_okay=False, path_type=Path), multiple=True,
+              help="A LoRA folder the Results page may copy a LoRA into (repeat for several; with those in "
+                   "COPYMACHINE_LORAS and the A1111/Forge models/Lora, ComfyUI models/loras beside the model folders).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               help="Run each job as a Ray task on the Ray cluster at ADDRESS (default auto), as `copymachine queue "
                    "--ray` does; the runs folder must be on a filesystem every node shares.")
 @engine_options
-def ui(host, port, share_on_network, auth, runs_dir, models_dirs, ray_address, **engine):
+def ui(host, port, share_on_network, auth, runs_dir, models_dirs, lora_dirs, ray_address, **engine):
     """A local web page: make jobs (live edit previews with the check's verdict), watch the queue,
     see the results (copy-check sheet, strength sweep, inspect, download).
 
@@ -66,10 +69,11 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dirs, ray_address, *
             reporter.info(f"copymachine ui: no --auth given, so the page asks for user and password {auth}")
     queue_args, overrides = queue_options(engine, ray_address)
     from_env = [Path(p) for p in os.environ.get("COPYMACHINE_MODELS", "").split(os.pathsep) if p]
+    loras = [*lora_dirs, *(Path(p) for p in os.environ.get("COPYMACHINE_LORAS", "").split(os.pathsep) if p)]
     sd_scripts = engine.get("sd_scripts") or os.environ.get("SD_SCRIPTS")
     near = model_folders_near(Path(sd_scripts)) if sd_scripts else []
     app = App(runs_dir, [*models_dirs, *(p for p in from_env if p.is_dir()), *near], queue_args, auth=auth,
-              engine_overrides=overrides)
+              engine_overrides=overrides, loras=loras)
     try:
         server = make_server(app, host, port)
     except OSError as e:
@@ -78,6 +82,8 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dirs, ray_address, *
     url = f"http://{shown}:{server.server_address[1]}/?token={app.token}"
     if app.model_folders:
         reporter.info("copymachine ui: models from " + ", ".join(map(str, app.model_folders)))
+    if app.lora_folders:
+        reporter.info("copymachine ui: LoRAs may be copied to " + ", ".join(map(str, app.lora_folders)))
     if app.recovered:
         reporter.info(f"resuming {len(app.recovered)} job(s) that were running when the UI stopped")
     app.worker.start()

@@ -201,9 +201,9 @@ def watch_options(stage, ctx: StageContext, config_dir: Path) -> dict[str, Any]:
 
 
 def collect_samples(stage, ctx: StageContext) -> None:
-    """Copy the sample images sd-scripts has rendered so far (into <output_dir>/sample/) to the run
-    folder's samples/<stage>/ (the UI serves files under its runs folder; a shared copy LoRA's own
-    folder is in the cache), each new one announced (the UI's queue page shows the latest)."""
+    """Copy the sample images sd-scripts has rendered so far (into <output_dir>/sample/) to the
+    run folder's samples/<stage>/ (the UI serves files under its runs folder; a shared copy LoRA's own
+    folder is in the cache), each new one announced (the UI's queue page shows each)."""
     rendered = ctx.scratch / "sample"
     if not rendered.is_dir():
         return

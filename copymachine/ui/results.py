@@ -15,8 +15,13 @@ from copymachine.ui.files import RunsFiles
 
 
 def results(jobs: list[dict[str, Any]], files: RunsFiles) -> list[dict[str, Any]]:
-    return [_result(job, Path(final), files) for job in jobs if job.get("status") == "done"
-            for final in job.get("finals") or [] if Path(final).is_file()]
+    """One entry per final LoRA, with the jobs that made it (jobs sharing a run folder may make the same)."""
+    made: dict[str, list[dict[str, Any]]] = {}
+    for job in (j for j in jobs if j.get("status") == "done"):
+        for final in job.get("finals") or []:
+            made.setdefault(final, []).append(job)
+    return [{**_result(by[-1], Path(final), files), "jobs": [j["id"] for j in by]}
+            for final, by in made.items() if Path(final).is_file()]
 
 
 def _result(job: dict[str, Any], path: Path, files: RunsFiles) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from copymachine.errors import CopymachineError, InputError
 from copymachine.jobfile import ENGINE_KEYS as ENGINE_OPTIONS
 from copymachine.options import PATHS, job_keys, schema
 from copymachine.progress import Reporter
+from copymachine.ui import actions
 from copymachine.ui import results as results_page
 from copymachine.ui.files import MAX_UPLOAD, ModelFolders, RunsFiles, safe_name
 from copymachine.ui.store import JobStore, Worker
@@ -79,11 +80,12 @@ class App:
     options; the previews and the jobs the Make and Queue pages ask for."""
 
     def __init__(self, runs: Path, models: Path | Sequence[Path] | None, queue_args: list[str],
-                 auth: str | None = None, engine_overrides: dict[str, Any] | None = None):
+                 auth: str | None = None, engine_overrides: dict[str, Any] | None = None, loras: Sequence[Path] = ()):
         self.runs = Path(runs).resolve()
         self.model_files = ModelFolders([models] if isinstance(models, (str, Path)) else list(models or []))
         self.model_folders = self.model_files.folders
         self.models = self.model_folders[0] if self.model_folders else None
+        self.lora_folders = actions.lora_folders(list(loras), self.model_folders)  # where Copy to folder… may copy
         self.files = RunsFiles(self.runs)
         self.store = JobStore(self.runs / "_ui" / "queue")
         self.recovered = self.store.recover()
@@ -336,7 +338,8 @@ class Handler(JsonHandler):
         if method == "GET" and path == "/api/info":
             return self._json({"version": __version__, "effects": effect_catalogue(), "options": schema(),
                                "models": app.models_list(), "runs": str(app.runs),
-                               "model_folders": [str(m) for m in app.model_folders], "recovered": app.recovered})
+                               "model_folders": [str(m) for m in app.model_folders], "recovered": app.recovered,
+                               "lora_folders": [str(m) for m in app.lora_folders]})
         if method == "GET" and path == "/api/jobs":
             return self._jobs()
         if method == "GET" and path == "/api/results":
@@ -350,6 +353,14 @@ class Handler(JsonHandler):
             return self._json(app.preview(self._json_body()))
         if method == "POST" and path == "/api/jobs":
             return self._json(app.add_job(self._json_body()))
+        if method == "GET" and (m := re.fullmatch(r"/api/jobs/(\d+)/form", path)):
+            return self._json(actions.job_table(app.store.files(m.group(1)).toml))
+        if method == "POST" and path in ("/api/results/delete", "/api/results/copy"):
+            body = self._json_body()
+            lora = actions.result_file(body.get("path"), app.jobs(), app.files)
+            if path.endswith("delete"):
+                return self._json({"trash": str(actions.trash(lora, app.runs))})
+            return self._json({"copy": str(actions.copy_to(lora, body.get("folder"), app.lora_folders))})
         m = re.fullmatch(r"/api/jobs/(\d+)/(cancel|retry|remove)", path)
         if method == "POST" and m:
             job_id, action = m.groups()

@@ -29,6 +29,7 @@ from copymachine.runner import log_tail
 from copymachine.supervise import SUPERVISOR, Child
 
 LOG_TAIL_LINES = 30
+LOSS_POINTS = 300
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -69,7 +70,8 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
     """Stages (title, status), the live progress line and the current log, from the events."""
     stages: list[dict[str, Any]] = []
     at: dict[str, int] = {}  # stage name -> its row
-    view: dict[str, Any] = dict(progress=None, log=None, finals=[], message=None, warnings=[], sample=None)
+    view: dict[str, Any] = {"progress": None, "log": None, "finals": [], "message": None, "warnings": [],
+                            "samples": []}
     for e in events:
         row = stages[at[e.stage]] if isinstance(e, ev.OfStage) and e.stage in at else {}
         if isinstance(e, ev.PlanMade):
@@ -89,15 +91,21 @@ def progress_view(events: list[ev.Event]) -> dict[str, Any]:
             running = [st for st in stages if st["status"] == "running"]
             if running and e.total:
                 running[-1].update(steps=e.total, spi=seconds_per_step(e.rate) or running[-1].get("spi"))
+            if running and e.loss is not None and e.loss == e.loss:  # the loss chart: [step, loss], nan left out
+                row = next((st for st in running if st["title"] == e.stage), running[-1])
+                row.setdefault("loss", {})[e.step] = e.loss
         elif isinstance(e, ev.Warned):
             view["warnings"].append(e.text)
         elif isinstance(e, ev.Sample):
-            view["sample"] = {"path": e.path, "title": e.title}
+            view["samples"].append({"path": e.path, "title": e.title})
         elif isinstance(e, ev.JobEnd):
             view.update(finals=e.finals, message=e.message)
             for st in stages:
                 if st["status"] == "running":
                     st["status"] = "done" if e.status == "done" else e.status
+    for st in stages:  # at most LOSS_POINTS a chart
+        points = sorted(st.pop("loss", {}).items())
+        st["loss"] = points[:: -(-len(points) // LOSS_POINTS)] + points[-1:] if len(points) > LOSS_POINTS else points
     return {"stages": stages, **view, "overall": whole_job(stages, view["progress"])}
 
 

@@ -134,7 +134,7 @@ function buildEffects(effects) {
     state.effects[effect.name] = effect;
     const body = el("div", { class: "effect-body hidden" },
       el("div", { class: "preview-row" },
-        el("img", { class: "preview", alt: `${effect.name} edit` }),
+        el("img", { class: "preview zoom", alt: `${effect.name} edit`, tabindex: 0, role: "button", "aria-label": `enlarge the ${effect.name} preview` }),
         el("div", { class: "params" }, effect.params.map((p) => paramControl(effect, p)))),
       el("div", { class: "verdict" }, el("span", { class: "hint" }, "upload the original to see this edit")));
     const toggle = el("input", { type: "checkbox", class: "effect-toggle" });
@@ -165,9 +165,22 @@ function schedulePreview(name, delay) {
   state.timers[name] = setTimeout(() => preview(name), delay ?? 150);
 }
 
+const generating = () => $("input[name=source]:checked").value === "generate";
+
+// with "generate" chosen the original is made when the job runs: no preview shows the uploaded picture's edit
+function clearPreviews() {
+  for (const card of $$(".effect-card")) {
+    const img = $("img.preview", card), box = $(".verdict", card);
+    img.removeAttribute("src");
+    delete img.dataset.params;
+    box.textContent = "";
+    box.append(el("span", { class: "hint" }, "no preview: the original is generated when the job runs"));
+  }
+}
+
 async function preview(name) {
   const card = $(`.effect-card[data-effect=${name}]`);
-  if (!state.original || !$(".effect-toggle", card).checked) return;
+  if (!state.original || generating() || !$(".effect-toggle", card).checked) return;
   const img = $("img.preview", card), box = $(".verdict", card);
   const body = { image: state.original.path, effect: name, amount: Number($("#amount").value) };
   if (name === "custom") {
@@ -179,7 +192,7 @@ async function preview(name) {
   img.classList.add("busy");
   try {
     const data = await post("/api/preview", body);
-    if (state.pending[name] !== ticket) return; // a newer slider position is on its way
+    if (state.pending[name] !== ticket || generating()) return; // a newer slider position is on its way
     if (data.image) img.src = data.image;
     img.dataset.params = JSON.stringify(body.params || {});
     renderVerdict(box, data);
@@ -188,6 +201,12 @@ async function preview(name) {
   } finally {
     if (state.pending[name] === ticket) img.classList.remove("busy");
   }
+}
+
+function showSource() {
+  const up = !generating();
+  $("#source-upload").classList.toggle("hidden", !up);
+  $("#source-generate").classList.toggle("hidden", up);
 }
 
 function previewAll() {
@@ -227,7 +246,7 @@ function collectJob() {
   if (amount !== 1 && builtin.length) job.amount = amount;
   if (job.method === "diff") job.sign = val("sign");
   for (const [key, id] of [["name", "name"], ["preview-model", "preview-model"], ["caption", "caption"]]) if (val(id)) job[key] = val(id);
-  for (const [key, id] of [["max-steps", "max-steps"], ["resolution", "resolution"], ["rank", "rank"]]) if (num(id) !== null) job[key] = num(id);
+  for (const id of ["max-steps", "resolution", "rank", "samples"]) if (num(id) !== null) job[id] = num(id);
   if ($("#no-copy-check").checked) job["no-copy-check"] = true;
   const lines = val("sets").split("\n").map((s) => s.trim()).filter(Boolean);
   for (const line of lines) {
@@ -241,17 +260,137 @@ function collectJob() {
   return job;
 }
 
+// the field a refusal is about (the server's one-line message), where it can be told
+function fieldOf(message) {
+  const m = message.replace(/^\S+\.toml(\.tmp)?: /, "").replace(/^job \d+: /, "");
+  const effect = m.match(/^(\w+): (\w+)=/);
+  if (effect && state.effects[effect[1]]) return $(`.effect-card[data-effect=${effect[1]}] [data-key=${effect[2]}]`);
+  const rules = [[/^(base model|give the base|base )/, "base"], [/^(preview model|preview-model )/, "preview-model"],
+    [/^(edited image|your edit|edited |custom: )/, "edited-file"], [/^(image|upload the original)/, "original-file"],
+    [/^unknown effect/, "effects"], [/^(--set|unknown recipe section)/, "sets"],
+    [/^(max-steps|resolution|rank|samples|caption|name|sign|prompt|seed):/, null]];
+  for (const [re, id] of rules) { const hit = m.match(re); if (hit) return $("#" + (id || hit[1])); }
+  return null;
+}
+
+function showFieldError(message) {
+  const field = fieldOf(message);
+  if (!field) return;
+  const note = el("div", { class: "field-error", id: `error-${field.id || "param"}`, role: "alert" }, message.replace(/^\S+\.toml(\.tmp)?: job \d+: /, ""));
+  const details = field.closest("details");
+  if (details) details.open = true;
+  field.setAttribute("aria-invalid", "true");
+  field.setAttribute("aria-describedby", note.id);
+  (field.closest(".param") || field.closest("label") || field).after(note);
+}
+
+function clearFieldErrors() {
+  for (const note of $$(".field-error")) note.remove();
+  for (const field of $$("[aria-invalid]")) { field.removeAttribute("aria-invalid"); field.removeAttribute("aria-describedby"); }
+}
+
 async function addJob() {
   const box = $("#add-message"), button = $("#add");
   box.textContent = "";
+  clearFieldErrors();
   button.disabled = true;  // one job per click: a double click adds nothing more
   try {
     const data = await post("/api/jobs", collectJob());
     box.append(el("div", { class: "success" }, `added job ${data.id} (${data.label}) to the queue `, el("a", { href: "#queue" }, "see the queue")));
     refreshJobs();
   } catch (e) {
-    box.append(el("div", { class: "error", role: "alert" }, `copymachine: error: ${e.message}`));
+    box.append(el("div", { class: "error", role: "alert" }, `copymachine: error: ${e.message.replace(/^\S+\.toml\.tmp: /, "")}`));  // not the scratch file's name
+    showFieldError(e.message);
   } finally { button.disabled = false; }
+}
+
+// --- the Make form: kept in localStorage across reloads, and filled from a job (Duplicate) -----
+const FORM_FIELDS = ["base", "prompt", "seed", "amount", "method", "sign", "name", "preview-model", "max-steps", "resolution", "rank", "samples", "caption", "sets"];
+const FORM_CHECKS = ["no-copy-check", "edit-in-place"];
+const FORM_KEY = "copymachine.form";
+
+function formSnapshot() {
+  const effects = {};
+  for (const card of $$(".effect-card")) {
+    const params = {};
+    for (const c of $$("[data-key]", card)) params[c.dataset.key] = c.type === "checkbox" ? c.checked : c.type === "range" ? c.nextElementSibling.value : c.value;
+    effects[card.dataset.effect] = { on: $(".effect-toggle", card).checked, params };
+  }
+  return { fields: Object.fromEntries(FORM_FIELDS.map((id) => [id, $("#" + id).value])), checks: Object.fromEntries(FORM_CHECKS.map((id) => [id, $("#" + id).checked])),
+    source: $("input[name=source]:checked").value, effects, original: state.original, edited: state.edited };
+}
+
+function saveForm() {
+  clearTimeout(state.timers.form);
+  state.timers.form = setTimeout(() => { try { localStorage.setItem(FORM_KEY, JSON.stringify(formSnapshot())); } catch (e) { /* storage full or off: the form is not kept */ } }, 200);
+}
+
+function setOriginal(original) {
+  state.original = original || null;
+  $("#original-box").classList.toggle("hidden", !original);
+  if (!original) return;
+  $("#original-img").src = original.url;
+  const size = original.width ? ` · ${original.width}×${original.height}` : "";
+  const scaled = original.preview && original.preview[0] < original.width ? ` (previews at ${original.preview.join("×")})` : "";
+  $("#original-info").textContent = `${original.name}${size}${scaled}`;
+}
+
+function restoreForm(snap) {
+  for (const [id, v] of Object.entries(snap.fields || {})) if ($("#" + id) && v !== undefined && v !== null) $("#" + id).value = v;
+  for (const [id, v] of Object.entries(snap.checks || {})) if ($("#" + id)) $("#" + id).checked = !!v;
+  $("#amount-out").textContent = $("#amount").value;
+  $(`input[name=source][value=${snap.source === "generate" ? "generate" : "upload"}]`).checked = true;
+  showSource();
+  $("#sign-box").classList.toggle("hidden", $("#method").value !== "diff");
+  for (const card of $$(".effect-card")) {
+    const saved = (snap.effects || {})[card.dataset.effect] || { on: false, params: {} };
+    const toggle = $(".effect-toggle", card);
+    toggle.checked = !!saved.on;
+    card.classList.toggle("on", toggle.checked);
+    $(".effect-body", card).classList.toggle("hidden", !toggle.checked);
+    for (const c of $$("[data-key]", card)) {
+      const v = (saved.params || {})[c.dataset.key];
+      if (v === undefined) continue;
+      if (c.type === "checkbox") c.checked = !!v; else c.value = v;
+      if (c.type === "range") c.nextElementSibling.value = v;
+    }
+    if (state.effects[card.dataset.effect]) updateVisibility(state.effects[card.dataset.effect]);
+  }
+  setOriginal(snap.original);
+  state.edited = snap.edited || null;
+  const custom = $(".effect-card[data-effect=custom] img.preview");
+  if (state.edited) custom.src = state.edited.url; else custom.removeAttribute("src");
+  if (generating()) clearPreviews(); else previewAll();
+}
+
+// a job's table (its jobs file) as the form shows it
+function jobToForm(job) {
+  const fields = Object.fromEntries(FORM_FIELDS.map((id) => [id, ""]));
+  Object.assign(fields, { seed: "1", amount: String(job.amount ?? 1), method: job.method || "train", sign: job.sign || "edit" });
+  for (const id of ["base", "prompt", "name", "preview-model", "caption", "max-steps", "resolution", "rank", "samples"]) if (job[id] !== undefined) fields[id] = String(job[id]);
+  const set = JSON.parse(JSON.stringify(job.set || {}));
+  if (set.generate && set.generate.seed !== undefined) { fields.seed = String(set.generate.seed); delete set.generate.seed; }
+  const chosen = [].concat(job.effect || []);
+  const effects = {};
+  for (const name of [...Object.keys(state.effects), "custom"]) {
+    const on = chosen.includes(name) || (chosen.includes("all") && name !== "custom");
+    effects[name] = { on, params: set[name] || {} };
+    delete set[name];
+  }
+  fields.sets = Object.entries(set).flatMap(([section, keys]) => Object.entries(keys).map(([k, v]) => `${section}.${k}=${v}`)).join("\n");
+  const file = (path) => path && { path, url: "/file?path=" + encodeURIComponent(path), name: path.split(/[\\/]/).pop() };
+  return { fields, checks: { "no-copy-check": !!job["no-copy-check"], "edit-in-place": !!job["edit-in-place"] }, effects,
+    source: job.image && job.image.length ? "upload" : "generate", original: file((job.image || [])[0]), edited: file((job.edited || [])[0]) };
+}
+
+async function duplicate(id) {
+  try {
+    restoreForm(jobToForm(await api(`/api/jobs/${id}/form`)));
+    saveForm();
+    location.hash = "#make";
+    $("#add-message").textContent = "";
+    $("#add-message").append(el("div", { class: "success" }, `job ${id}'s settings are in the form: change what you like, then Add to queue`));
+  } catch (e) { alert(e.message); }
 }
 
 // --- Queue: each job's card is parts, each replaced only when what it shows changed ---------
@@ -268,6 +407,7 @@ function jobParts(job) {
     el("div", { class: "buttons" },
       (running || job.status === "queued") ? el("button", { class: "cancel", "aria-label": `Cancel job ${job.id}`, onclick: () => action(job.id, "cancel") }, "Cancel") : null,
       ["failed", "cancelled"].includes(job.status) ? el("button", { class: "retry", "aria-label": `Retry job ${job.id}`, onclick: () => action(job.id, "retry") }, "Retry") : null,
+      el("button", { class: "duplicate", "aria-label": `Duplicate job ${job.id} into the form`, onclick: () => duplicate(job.id) }, "Duplicate"),
       el("button", { class: "remove", "aria-label": `Remove job ${job.id}`, onclick: () => { if (confirm(`Remove job ${job.id} from the queue? Its run folder stays.`)) action(job.id, "remove"); } }, "Remove")))]];
   if (job.stages && job.stages.length) parts.push(["stages", job.stages.map((s) => s.status), () => el("ol", { class: "stages" }, job.stages.map((s) => el("li", { class: s.status, title: s.status }, s.title)))]);
   if (running && o && o.stages) {
@@ -278,16 +418,34 @@ function jobParts(job) {
   if (running) parts.push(["progress", p, () => (p && p.total)
     ? el("div", {}, el("div", { class: "bar" }, el("div", { style: `width:${Math.round((100 * p.step) / p.total)}%` })), el("div", { class: "progress-text" }, p.text || `${p.step}/${p.total}`))
     : el("div", { class: "progress-text" }, "starting…")]);
-  if (job.sample && job.sample.path) {  // --samples: the latest image a training rendered
-    const name = job.sample.path.split(/[\\/]/).pop();
-    parts.push(["sample", job.sample, () => el("figure", { class: "sample" }, el("img", { src: "/file?path=" + encodeURIComponent(job.sample.path), alt: name, loading: "lazy" }),
-      el("figcaption", { class: "hint" }, `latest sample: ${job.sample.title || ""} · ${name}`))]);
-  }
+  const trained = (job.stages || []).filter((s) => s.loss && s.loss.length > 1);
+  if (trained.length) parts.push(["losses", trained.map((s) => s.loss), () => el("div", { class: "losses" }, trained.map(lossChart))]);
+  const samples = (job.samples || []).slice(-SAMPLES_SHOWN);
+  if (samples.length) parts.push(["samples", samples, () => el("div", { class: "samples" },  // --samples: as each is rendered
+    el("div", { class: "hint" }, `samples (${job.samples.length}${job.samples.length > samples.length ? `, the latest ${samples.length}` : ""}):`),
+    samples.map((smp) => { const name = smp.path.split(/[\\/]/).pop(); const url = "/file?path=" + encodeURIComponent(smp.path);
+      return el("figure", {}, el("a", { href: url, class: "zoom", "aria-label": `enlarge sample ${name}` }, el("img", { src: url, alt: `${smp.title}: ${name}`, loading: "lazy" })),
+        el("figcaption", { class: "hint" }, `${smp.title || ""} · ${name}`)); }))]);
   if (job.note && job.status !== "done") parts.push(["note", job.note, () => el("div", { class: "hint" }, job.note)]);
   if (job.message && job.status !== "done") parts.push(["message", [job.status, job.message], () => el("div", { class: "error" }, job.status === "failed" ? `copymachine: error: ${job.message.replace(/^copymachine: error: /, "")}` : job.message)]);
   if (job.status === "done" && job.finals && job.finals.length) parts.push(["finals", job.finals, () => el("div", { class: "success" }, job.finals.join("\n"), " ", el("a", { href: "#results" }, "see the results"))]);
   if (job.log_tail && job.log_tail.length && job.status !== "queued") parts.push(["log", running || job.status === "failed", () => el("details", { open: running || job.status === "failed" }, el("summary", {}, "log"), el("pre", { class: "log", tabindex: 0, "aria-label": `job ${job.id}: log` }))]);
   return parts;
+}
+
+// a training's loss by step: a small SVG line, its first and last values and its range written out
+const SAMPLES_SHOWN = 8;
+function lossChart(stage) {
+  const W = 240, H = 64, pts = stage.loss, steps = pts.map((p) => p[0]), losses = pts.map((p) => p[1]);
+  const x0 = Math.min(...steps), x1 = Math.max(...steps), lo = Math.min(...losses), hi = Math.max(...losses);
+  const x = (v) => ((v - x0) / (x1 - x0 || 1)) * (W - 4) + 2, y = (v) => H - 2 - ((v - lo) / (hi - lo || 1)) * (H - 4);
+  const ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg");
+  const last = pts[pts.length - 1], summary = `loss of ${stage.title}: ${losses[0].toPrecision(3)} at step ${x0}, ${last[1].toPrecision(3)} at step ${last[0]} (range ${lo.toPrecision(3)}–${hi.toPrecision(3)})`;
+  for (const [k, v] of Object.entries({ viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": summary, class: "loss" })) svg.setAttribute(k, v);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", pts.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "));
+  svg.append(line);
+  return el("figure", { class: "loss-chart", dataset: { stage: stage.title } }, svg, el("figcaption", { class: "hint" }, summary));
 }
 
 // the text of an open log, its scroll and a selection in it kept: stuck to the end only when it was there
@@ -363,17 +521,59 @@ async function refreshResults() {
   box.textContent = "";
   $("#results-count").textContent = data.results.length ? `(${data.results.length})` : "";
   if (!data.results.length) box.append(el("p", { class: "hint" }, "No results yet: finished jobs show their LoRAs here."));
-  for (const r of data.results) {
-    box.append(el("div", { class: "result", dataset: { name: r.name } },
-      el("h3", {}, r.name, " ", el("span", { class: "hint" }, `${r.method || ""} · ${r.effect || ""} · job ${r.job}`)),
-      el("div", {}, el("a", { href: r.download, class: "download" }, `Download ${r.name}.safetensors`), " ", el("span", { class: "hint" }, r.path)),
-      el("div", { class: "usage" },
-        el("div", {}, "A1111 / Forge prompt: ", el("code", {}, r.usage.a1111), " (try 0.5 – 2; less of the edit: ", el("code", {}, r.usage.a1111_less), ")"),
-        el("div", {}, "ComfyUI: ", r.usage.comfyui),
-        el("div", { class: "hint" }, `sign: ${r.sign}`)),
-      el("div", { class: "sheets" }, r.sheets.map((s) => el("figure", {}, el("a", { href: s.url, target: "_blank" }, el("img", { class: "sheet", src: s.url, alt: s.kind, dataset: { kind: s.kind } })), el("figcaption", {}, `${s.kind}: ${s.title}`)))),
-      el("details", {}, el("summary", {}, "inspect"), el("pre", { class: "inspect" }, r.inspect))));
-  }
+  for (const r of data.results) box.append(resultCard(r));
+}
+
+function resultCard(r) {
+  const message = el("div", { class: "result-message", role: "status" });
+  const folders = (state.info && state.info.lora_folders) || [];
+  const folder = folders.length ? el("select", { class: "lora-folder", "aria-label": `LoRA folder to copy ${r.name} into` }, folders.map((f) => el("option", { value: f }, f))) : null;
+  const act = async (what, body, done) => {
+    message.textContent = "";
+    try { done(await post(`/api/results/${what}`, { path: r.path, ...body })); } catch (e) { message.append(el("div", { class: "error" }, `copymachine: error: ${e.message}`)); }
+  };
+  const jobs = r.jobs && r.jobs.length > 1 ? `jobs ${r.jobs.join(", ")}` : `job ${r.job}`;
+  return el("div", { class: "result", dataset: { name: r.name } },
+    el("h3", {}, r.name, " ", el("span", { class: "hint" }, `${r.method || ""} · ${r.effect || ""} · made by ${jobs}`)),
+    el("div", {}, el("a", { href: r.download, class: "download" }, `Download ${r.name}.safetensors`), " ", el("span", { class: "hint" }, r.path)),
+    el("div", { class: "result-actions" },
+      folder ? [folder, el("button", { class: "copy", onclick: () => act("copy", { folder: folder.value }, (d) => message.append(el("div", { class: "success" }, `copied to ${d.copy}`))) }, "Copy to folder…")]
+        : el("span", { class: "hint" }, "Copy to folder: no LoRA folder known; start the UI with --loras DIR (or COPYMACHINE_LORAS)."),
+      el("button", { class: "delete", onclick: () => { if (confirm(`Delete ${r.name}.safetensors? It is moved to the trash folder ${state.info.runs}/_trash.`)) act("delete", {}, () => refreshResults()); } }, "Delete")),
+    message,
+    el("div", { class: "usage" },
+      el("div", {}, "A1111 / Forge prompt: ", el("code", {}, r.usage.a1111), " (try 0.5 – 2; less of the edit: ", el("code", {}, r.usage.a1111_less), ")"),
+      el("div", {}, "ComfyUI: ", r.usage.comfyui),
+      el("div", { class: "hint" }, `sign: ${r.sign}`)),
+    el("div", { class: "sheets" }, r.sheets.map((sh) => el("figure", {}, el("a", { href: sh.url, class: "zoom", "aria-label": `enlarge ${sh.kind}: ${sh.title}` }, el("img", { class: "sheet", src: sh.url, alt: sh.kind, dataset: { kind: sh.kind } })), el("figcaption", {}, `${sh.kind}: ${sh.title}`)))),
+    el("details", {}, el("summary", {}, "inspect"), el("pre", { class: "inspect" }, r.inspect)));
+}
+
+// --- the lightbox: a sheet, a sample or a preview enlarged (click or Enter; Esc, a click or Close shut it) --
+function openLightbox(opener) {
+  const img = opener.tagName === "IMG" ? opener : $("img", opener);
+  if (!img || !img.getAttribute("src")) return false;
+  const box = $("#lightbox");
+  $("#lightbox-img").src = opener.tagName === "A" ? opener.href : img.src;
+  $("#lightbox-img").alt = img.alt;
+  $("#lightbox-caption").textContent = img.alt;
+  state.lightboxOpener = opener;
+  box.showModal();
+  $("#lightbox-close").focus();
+  return true;
+}
+
+function setupLightbox() {
+  const box = $("#lightbox");
+  document.addEventListener("click", (ev) => {
+    const opener = ev.target.closest(".zoom");
+    if (opener && !ev.ctrlKey && !ev.metaKey && !ev.shiftKey && openLightbox(opener)) ev.preventDefault();
+  });
+  document.addEventListener("keydown", (ev) => {
+    if ((ev.key === "Enter" || ev.key === " ") && ev.target.matches && ev.target.matches("img.zoom") && openLightbox(ev.target)) ev.preventDefault();
+  });
+  box.addEventListener("click", () => box.close());  // the picture, the backdrop or Close
+  box.addEventListener("close", () => { if (state.lightboxOpener && state.lightboxOpener.isConnected) state.lightboxOpener.focus(); });
 }
 
 // the run's limits, from its options' JSON schema (copymachine/options.py)
@@ -394,22 +594,16 @@ async function start() {
   $("#queue-folder").textContent = `${info.runs}/_ui/queue`;
   for (const m of info.models) $("#models").append(el("option", { value: m.path, label: `${m.family} · ${m.path.split(/[\\/]/).pop()}` }));
   $("#model-folders").textContent = info.model_folders.length ? `Models from ${info.model_folders.join(", ")}; a model linked into one of them is accepted.` : "No models folder: a model must lie under the runs folder.";
+  $("#lora-folders").textContent = info.lora_folders.length ? `Copy to folder… copies a LoRA into one of: ${info.lora_folders.join(", ")}.` : "Copy to folder…: no LoRA folder known. Start the UI with --loras DIR (repeat it for several) or COPYMACHINE_LORAS=DIR1:DIR2; the A1111/Forge models/Lora and ComfyUI models/loras beside the model folders are added.";
   buildEffects(info.effects);
   applyLimits(info.options);
-  for (const radio of $$("input[name=source]")) radio.addEventListener("change", () => {
-    const up = $("input[name=source]:checked").value === "upload";
-    $("#source-upload").classList.toggle("hidden", !up);
-    $("#source-generate").classList.toggle("hidden", up);
-  });
+  for (const radio of $$("input[name=source]")) radio.addEventListener("change", () => { showSource(); if (generating()) clearPreviews(); else previewAll(); });
   $("#original-file").addEventListener("change", async (ev) => {
     const file = ev.target.files[0];
     if (!file) return;
     try {
-      state.original = await upload(file);
-      $("#original-img").src = state.original.url;
-      const scaled = state.original.preview[0] < state.original.width ? ` (previews at ${state.original.preview.join("×")})` : "";
-      $("#original-info").textContent = `${state.original.name} · ${state.original.width}×${state.original.height}${scaled}`;
-      $("#original-box").classList.remove("hidden");
+      setOriginal(await upload(file));
+      saveForm();
       previewAll();
     } catch (e) { $("#original-info").textContent = `copymachine: error: ${e.message}`; $("#original-box").classList.remove("hidden"); }
   });
@@ -419,6 +613,7 @@ async function start() {
     const card = $(".effect-card[data-effect=custom]");
     try {
       state.edited = await upload(file);
+      saveForm();
       $("img.preview", card).src = state.edited.url;
       schedulePreview("custom", 0);
     } catch (e) { $(".verdict", card).textContent = `copymachine: error: ${e.message}`; }
@@ -434,6 +629,9 @@ async function start() {
   $("#amount").addEventListener("input", () => { $("#amount-out").textContent = $("#amount").value; for (const n of Object.keys(state.effects)) schedulePreview(n); });
   $("#method").addEventListener("change", () => $("#sign-box").classList.toggle("hidden", $("#method").value !== "diff"));
   $("#add").addEventListener("click", addJob);
+  setupLightbox();
+  for (const kind of ["input", "change"]) $("#page-make").addEventListener(kind, saveForm);
+  try { const saved = JSON.parse(localStorage.getItem(FORM_KEY) || "null"); if (saved) restoreForm(saved); } catch (e) { /* a form of another version: start afresh */ }
   showPage();
   refreshJobs();
   setInterval(refreshJobs, 1000);
