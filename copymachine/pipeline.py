@@ -266,8 +266,9 @@ class _Held:
 class Pipeline:
     def __init__(self, plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache,
                  argv: list[str] | None = None, token: CancelToken | None = None,
-                 kinds: Mapping[str, StageKind] | None = None):
+                 kinds: Mapping[str, StageKind] | None = None, weak_edit_ok: bool = False):
         self.plan = plan
+        self.weak_edit_ok = weak_edit_ok  # --weak-edit-ok: a generated original's weak edit is trained on
         self.kinds = kinds if kinds is not None else all_kinds()  # the stage kinds (a test passes its own)
         self.settings = settings
         self.reporter = reporter
@@ -386,7 +387,8 @@ class Pipeline:
                                   str(log_path) if kind.needs_engine else None)
         self.manifest.update(stage, "running")
         ctx = StageContext(plan=self.plan, stage=stage, settings=self.settings, reporter=self.reporter,
-                           hashes=self.hashes, log_path=log_path, on_child=self._held.on_child, gpu=gpu)
+                           hashes=self.hashes, log_path=log_path, on_child=self._held.on_child, gpu=gpu,
+                           weak_edit_ok=self.weak_edit_ok)
         try:
             stamp = _execute(stage, kind, ctx)
         except CopymachineError:

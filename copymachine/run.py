@@ -230,7 +230,7 @@ def run_jobs(the_plan: Plan, o: RunOptions, settings: Settings, hashes: HashCach
              on_pipeline=None) -> list[Path]:
     """Run the plan's stages (or, with --dry-run, print them); returns the final LoRAs' paths."""
     reporter.plan(the_plan)
-    pipeline = Pipeline(the_plan, settings, reporter, hashes)
+    pipeline = Pipeline(the_plan, settings, reporter, hashes, weak_edit_ok=o.weak_edit_ok)
     if on_pipeline is not None:
         on_pipeline(pipeline)
     pipeline.run(dry_run=o.dry_run, wait=not o.no_wait, jobs=jobs)

@@ -351,3 +351,14 @@ def test_the_training_toml_holds_model_options_and_sd_args_once_each(fake_engine
     flat = {k: v for table in data.values() for k, v in table.items()}
     assert flat["mode"] == hostile and flat["gradient_checkpointing"] is False and flat["network_args"] == ["conv_dim=8"]
     assert flat["clip_skip"] == 2 and flat["v_parameterization"] is True and flat["sdpa"] is True
+
+
+def test_a_weak_edit_of_a_generated_original_is_refused_unless_overruled(fake_engine, tmp_path):
+    result = invoke(run_args(fake_engine, fake_engine.base, tmp_path / "run", "--amount", "0.05", "--no-copy-check"))
+    assert result.exit_code == EXIT_INPUT, result.output
+    line = next(x for x in result.output.splitlines() if "copymachine: error:" in x)
+    assert "edit too weak: PSNR" in line and line.endswith("or pass --weak-edit-ok to train on it anyway")
+    assert len(trainings(fake_engine)) <= 1  # at most the copy LoRA (it does not need the edit): no effect LoRA
+    result = invoke(run_args(fake_engine, fake_engine.base, tmp_path / "run", "--amount", "0.05", "--no-copy-check",
+                             "--weak-edit-ok"))
+    assert result.exit_code == 0, result.output

@@ -46,6 +46,7 @@ class StageContext:
     hashes: HashCache
     log_path: Path
     dry_run: bool = False
+    weak_edit_ok: bool = False  # a too-weak edit is trained on (the run's --weak-edit-ok)
     on_child: Callable[[int, bool], None] | None = None  # (process group, alive)
     gpu: int | None = None  # CUDA device of this job, when each parallel job has its own
     commands: list[list[str]] = field(default_factory=list)

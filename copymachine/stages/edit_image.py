@@ -92,7 +92,7 @@ def check_edits(plan: Plan, weak_ok: bool) -> None:
     """Before the first stage, a dry run's too: each planned edit of a user's image made and its
     strength measured (the stage checks the rest), refused when identical to the original or too
     weak to learn from (`--weak-edit-ok` overrules the latter). A generated original's edit is
-    checked by its stage."""
+    measured, and refused alike, by its stage."""
     stages = {s.name: s for s in plan.stages}
     for stage in [s for s in plan.stages if s.kind == EditImage.kind]:
         paths = {name: _user_file(ref, stages) for name, ref in stage.inputs.items()}
@@ -109,10 +109,13 @@ def check_edits(plan: Plan, weak_ok: bool) -> None:
         if math.isinf(measured[0]):
             raise InputError(f"{source} of {where} is identical to the original: there is nothing for the effect "
                              "LoRA to learn")
-        weak = weak_message(*measured)
-        if weak and not weak_ok:
-            raise InputError(f"{source} of {where}: {weak} (--amount, --set {p.effect}.…, or another edit); or "
-                             "pass --weak-edit-ok to train on it anyway")
+        _refuse_weak(weak_message(*measured), weak_ok, source, where, p.effect)
+
+
+def _refuse_weak(weak: str | None, weak_ok: bool, source: str, where: Path | str, effect: str) -> None:
+    if weak and not weak_ok:
+        raise InputError(f"{source} of {where}: {weak} (--amount, --set {effect}.…, or another edit); or "
+                         "pass --weak-edit-ok to train on it anyway")
 
 
 class EditImage(StageKind):
@@ -127,6 +130,10 @@ class EditImage(StageKind):
         edited, report = edit_and_check(original, p.effect, p.effect_params, p.amount, custom_edit, bool(p.in_place))
         where = stage.inputs["edited"].path if "edited" in stage.inputs else Path("edit")
         notes, warnings, refusal = verdict_lines(report, p.effect, where)
+        if not refusal and report.psnr_db is not None and report.changed_fraction is not None:
+            # a generated original's edit is first measured here (check_edits measured the user's)
+            _refuse_weak(weak_message(report.psnr_db, report.changed_fraction), ctx.weak_edit_ok, _source(p.effect),
+                         where, p.effect)
         for line in notes:
             ctx.reporter.info(line)
         for line in warnings:
