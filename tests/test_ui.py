@@ -152,13 +152,13 @@ def test_added_jobs_are_jobs_files_the_queue_reads(served, fake_engine, scene, t
     assert loaded.options.out == app.runs / "girl" and loaded.options.max_steps == 3
     # refused jobs: the queue's and the run's own messages; nothing is left in the queue
     for bad, message in [
-        ({**job, "max-steps": 0}, "job 1: max-steps: 0 is not in the range x>=1."),
+        ({**job, "max-steps": 0}, "max-steps: 0 is not in the range x>=1."),
         ({**job, "base": str(tmp_path / "none.safetensors")}, f"base model not found: {tmp_path / 'none.safetensors'}"),
         ({**job, "image": [str(tmp_path / "gone.png")]}, f"image not found: {tmp_path / 'gone.png'}"),
         ({**job, "effect": ["sepia"]}, "unknown effect 'sepia'; choose from outline, flat, contrast, posterize, jpeg, all, or custom (with --edited)"),
     ]:
         status, data = client.json("/api/jobs", bad)
-        assert status == 400 and message in data["error"], data
+        assert status == 400 and data["error"] == message, data
     assert app.store.ids() == ["0001"]
     # an original generated from the base model when the job runs: no image, a prompt and a seed
     status, data = client.json("/api/jobs", {"base": str(fake_engine.base), "effect": ["flat"], "prompt": "1cat", "set": {"generate": {"seed": 7}}})

@@ -261,8 +261,7 @@ function collectJob() {
 }
 
 // the field a refusal is about (the server's one-line message), where it can be told
-function fieldOf(message) {
-  const m = message.replace(/^\S+\.toml(\.tmp)?: /, "").replace(/^job \d+: /, "");
+function fieldOf(m) {
   const effect = m.match(/^(\w+): (\w+)=/);
   if (effect && state.effects[effect[1]]) return $(`.effect-card[data-effect=${effect[1]}] [data-key=${effect[2]}]`);
   const rules = [[/^(base model|give the base|base )/, "base"], [/^(preview model|preview-model )/, "preview-model"],
@@ -276,7 +275,7 @@ function fieldOf(message) {
 function showFieldError(message) {
   const field = fieldOf(message);
   if (!field) return;
-  const note = el("div", { class: "field-error", id: `error-${field.id || "param"}`, role: "alert" }, message.replace(/^\S+\.toml(\.tmp)?: job \d+: /, ""));
+  const note = el("div", { class: "field-error", id: `error-${field.id || "param"}`, role: "alert" }, message);
   const details = field.closest("details");
   if (details) details.open = true;
   field.setAttribute("aria-invalid", "true");
