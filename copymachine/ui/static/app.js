@@ -453,10 +453,12 @@ function updateLog(pre, lines) {
   if (pre.textContent === text) return;
   const sel = window.getSelection();
   if (sel && !sel.isCollapsed && pre.contains(sel.anchorNode)) return;  // the user is copying from it
-  const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4 || !pre.textContent;
+  // follow the end unless the user scrolled up while the text overflowed; a shorter text (the next stage's
+  // log) that fits the box keeps that choice, so the box does not start following again on its own
+  if (pre.scrollHeight > pre.clientHeight + 4) pre.dataset.follow = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4 ? "1" : "";
   const top = pre.scrollTop;
   pre.textContent = text;
-  pre.scrollTop = atEnd ? pre.scrollHeight : top;
+  pre.scrollTop = pre.dataset.follow !== "" ? pre.scrollHeight : top;
 }
 
 function updateCard(card, job) {
