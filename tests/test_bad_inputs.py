@@ -178,6 +178,7 @@ def test_bad_image(fake_engine, scene, tmp_path, case):
     assert not out.exists() and fake_engine.calls() == []
 
 
+@pytest.mark.slow
 def test_a_picture_larger_than_4096_px_trains_at_the_native_area(fake_engine, tmp_path):
     """No size limit: a 4160x3120 picture trains SD1.5 at 576x448 (about 512², aspect kept),
     with one note saying so and how to change it; --resolution is the training size."""
@@ -521,6 +522,7 @@ def test_rank_above_what_a_difference_can_hold(fake_engine, image, tmp_path):
 # --- two runs at once ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_runs_on_the_same_cache(fake_engine, image, tmp_path):
     """The second run on a cache entry another run is building says who holds it (--no-wait,
     exit 6), or waits for it and then finds the copy machine done."""

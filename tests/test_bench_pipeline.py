@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # not in `make test`; CI runs it (TEST_MARK in .ci/run)
+
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "bench_pipeline.py"
 
 

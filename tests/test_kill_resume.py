@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import pytest
 from killharness import PHASES, KillHarness, Report, Scenario
 from PIL import Image, ImageEnhance
 
@@ -60,6 +61,7 @@ def soak_method(method: str, harness: KillHarness, tmp_path, fake_engine, origin
         round_no += 1
 
 
+@pytest.mark.slow
 def test_kill_and_resume_train_and_diff(fake_engine, scene, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

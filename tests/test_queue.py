@@ -173,6 +173,7 @@ def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.endswith("}")]
 
 
+@pytest.mark.slow
 def test_a_killed_queue_resumes_where_it_stopped(fake_engine, tmp_path, pictures):
     jobs_file = write_jobs(
         tmp_path / "jobs.toml",

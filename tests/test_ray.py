@@ -25,6 +25,8 @@ from copymachine import jobfile, rayqueue  # noqa: E402
 from copymachine.cli import cli  # noqa: E402
 from copymachine.lorafile import validate_lora  # noqa: E402
 
+pytestmark = pytest.mark.slow  # not in `make test`; CI runs it (TEST_MARK in .ci/run)
+
 REPO = Path(__file__).resolve().parents[1]
 STORE = 80 * 2**20  # the smallest object store Ray accepts is 75 MiB
 NODE = "RAY_RAYLET_PID"  # which node a training ran on: the node's raylet started the Ray worker above it
