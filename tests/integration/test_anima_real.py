@@ -1,6 +1,6 @@
 """sd-scripts' anima_train_network.py on the CPU: 3 steps, 64 px, rank 4, on random-weight Anima files.
 
-Runs sd-scripts directly (not through copymachine). Measured by hand: ~70 s and ~12 GB peak RSS
+Runs sd-scripts directly (not through copymachine). Measured: ~45-70 s and ~12 GB peak RSS
 (fp32 DiT, 2B parameters), after building the fixtures once (~3 min, ~11 GB peak, 5.6 GB on disk).
 """
 
