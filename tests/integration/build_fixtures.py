@@ -17,6 +17,8 @@ What it makes under ``--out`` (each skipped when it is already there and valid):
   (``save_stable_diffusion_checkpoint``), fp16.
 * with ``--sdxl``: ``tokenizers/laion_CLIP-ViT-bigG-14-laion2B-39B-b160k/`` and
   ``sdxl-random.safetensors`` (library/sdxl_model_util.py configs and saver), fp16.
+* with ``--anima``: ``anima/`` with a random Anima DiT, Qwen3-0.6B text encoder and Qwen-Image VAE,
+  bf16 (see build_anima.py; building peaks at ~11 GB RAM).
 
 Nothing is downloaded except, when open-clip-torch is not installed in this Python, its wheel from
 the package index (``pip download --no-deps open-clip-torch``) to read the BPE file out of it.
@@ -280,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sd-scripts", required=True, type=Path, help="sd-scripts checkout (its library/ is imported)")
     ap.add_argument("--out", required=True, type=Path, help="fixture cache directory")
     ap.add_argument("--sdxl", action="store_true", help="also build the SDXL checkpoint and second tokenizer")
+    ap.add_argument("--anima", action="store_true", help="build only the Anima files (DiT, Qwen3, VAE) under anima/")
     ap.add_argument("--tokenizers-only", action="store_true", help="build only the tokenizer directories")
     args = ap.parse_args(argv)
 
@@ -292,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.anima:
+        import build_anima  # next to this file
+
+        build_anima.build_all(out, sd, FIXTURE_VERSION, ensure_checkpoint)
+        return 0
     build_tokenizer(out, CLIP_L_ID, "<|endoftext|>")
     if args.sdxl:
         # laion's bigG tokenizer pads with "!" (id 0); sd-scripts forces pad_token_id = 0 anyway.

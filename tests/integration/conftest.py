@@ -109,6 +109,16 @@ def random_sdxl(sd_python: Path, sd_scripts_dir: Path, fixture_cache: Path, toke
 
 
 @pytest.fixture(scope="session")
+def random_anima(sd_python: Path, sd_scripts_dir: Path, fixture_cache: Path) -> dict[str, Path]:
+    """Random-weight Anima files {"dit", "qwen3", "vae"}: paths (bf16, 4.2 + 1.2 + 0.25 GB; building peaks at
+    ~11 GB RAM). The tokenizers are sd-scripts' own configs/qwen3_06b and configs/t5_old."""
+    _build(sd_python, sd_scripts_dir, fixture_cache, "--anima")
+    d = fixture_cache / "anima"
+    return {"dit": d / "anima-dit-random.safetensors", "qwen3": d / "qwen3-06b-random.safetensors",
+            "vae": d / "qwen-image-vae-random.safetensors"}
+
+
+@pytest.fixture(scope="session")
 def sd_env(sd_scripts_dir: Path) -> dict:
     """Environment for running sd-scripts: offline hub, its root importable, wide Rich console."""
     env = dict(os.environ)
