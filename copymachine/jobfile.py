@@ -59,7 +59,7 @@ def engine_argv(engine: dict[str, Any]) -> list[str]:
     return argv
 
 
-def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+def flatten_sets(table: dict[str, Any], at: str) -> dict[str, dict[str, Any]]:
     """`set` as a TOML table: `copy.network_dim = 32` and `effect.flat.epochs = 8` arrive nested;
     the section is every name but the last (`copy`, `effect.flat`)."""
     out: dict[str, dict[str, Any]] = {}
@@ -70,7 +70,7 @@ def flatten_sets(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]
             if isinstance(sub, dict):
                 walk(name, sub)
             elif not prefix:
-                raise InputError(f"{where}: set.{key} = … names no section; write section.key "
+                raise InputError(f"{at}set.{key} = … names no section; write section.key "
                                  "(e.g. set.copy.network_dim = 32)")
             else:
                 out.setdefault(prefix, {})[key] = sub
@@ -140,31 +140,33 @@ def _values(merged: dict[str, Any], keys: dict[str, str], overrides: dict[str, A
 
 def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides: dict[str, Any], folder: Path,
          source: str) -> Job:
-    where = f"{source}: job {index}"
+    # what a message names first ("jobs.toml: job 2: "); nothing for a job from no file (the web UI's)
+    where = f"{source}: job {index}" if source else ""
+    at = f"{where}: " if where else ""
     merged = {**defaults, **table}
     command_name = merged.pop("method", "train")
     if command_name not in METHODS:
-        raise InputError(f"{where}: method must be train or diff, not {command_name!r}")
+        raise InputError(f"{at}method must be train or diff, not {command_name!r}")
     keys = job_keys(command_name)
     unknown = sorted(k for k in merged if k not in keys and k not in EXTRA_KEYS)
     if unknown:
         other = "diff" if command_name == "train" else "train"
         hint = f" (an option of {other}, not of {command_name})" if unknown[0] in job_keys(other) else ""
-        raise InputError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}, gpus")
+        raise InputError(f"{at}unknown key {unknown[0]!r}{hint}; valid keys: method, set, {', '.join(keys)}, gpus")
     sets = merged.pop("set", None)
     gpus = merged.pop("gpus", 1)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise InputError(f"{where}: gpus must be a whole number from 1 (the GPUs an engine gives the job), "
+        raise InputError(f"{at}gpus must be a whole number from 1 (the GPUs an engine gives the job), "
                          f"not {gpus!r}")
     values = _values(merged, keys, overrides, folder)
     if "base" not in values:
-        raise InputError(f"{where}: base is required (here or in [defaults])")
+        raise InputError(f"{at}base is required (here or in [defaults])")
     if isinstance(sets, dict):
-        values["set_tables"] = flatten_sets(sets, where)
+        values["set_tables"] = flatten_sets(sets, at)
     elif sets is not None:
         items = sets if isinstance(sets, list) else [sets]
         if not all(isinstance(i, str) for i in items):
-            raise InputError(f"{where}: set must be a table (set.copy.network_dim = 32) or a list of "
+            raise InputError(f"{at}set must be a table (set.copy.network_dim = 32) or a list of "
                              "'section.key=value' strings")
         given = values.get("sets", [])
         values["sets"] = ([given] if isinstance(given, str) else list(given)) + items
@@ -199,6 +201,12 @@ def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
         if seen[job.label] > 1:
             job.label = f"{job.label} ({job.index})"
     return jobs
+
+
+def check_job(table: dict[str, Any], folder: Path, overrides: dict[str, Any] | None = None) -> Job:
+    """One job table checked as `load_jobs` checks a file's (relative paths from `folder`); its
+    messages name no file: the web UI's new job, before it is written to the queue."""
+    return _job(1, table, {}, overrides or {}, folder, "")
 
 
 def queue_folder(jobs_file: Path) -> Path:

@@ -23,7 +23,7 @@ import tomli_w
 
 from copymachine import events as ev
 from copymachine import jobfile
-from copymachine.errors import EXIT_INTERRUPTED, CopymachineError
+from copymachine.errors import EXIT_INTERRUPTED
 from copymachine.files import atomic_path, atomic_write_json
 from copymachine.runner import log_tail
 from copymachine.supervise import SUPERVISOR, Child
@@ -143,15 +143,11 @@ class JobStore:
         with self._lock:
             ids = self.ids()
             job_id = f"{int(ids[-1]) + 1 if ids else 1:04d}"
-            with atomic_path(JobFiles.of(self.folder, job_id).toml) as scratch:  # a refused job leaves no file
+            job = jobfile.check_job(table, self.folder, check_overrides)  # a refused job leaves no file
+            if check:
+                check(job)
+            with atomic_path(JobFiles.of(self.folder, job_id).toml) as scratch:
                 scratch.write_text(tomli_w.dumps({"job": [table]}), encoding="utf-8")
-                try:
-                    job = jobfile.load_jobs(scratch, check_overrides)[0]
-                except CopymachineError as e:  # the page's user wrote no file: the message without its name
-                    e.args = (e.message.removeprefix(f"{scratch}: ").removeprefix("job 1: "), *e.args[1:])
-                    raise
-                if check:
-                    check(job)
             self.set_state(job_id, status="queued", label=job.label, command=job.command, added=time.time())
             return job_id
 
