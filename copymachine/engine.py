@@ -142,11 +142,13 @@ class Engine:
         return env
 
     def launch_training(self, script: str, config: Path, mixed_precision: str,
-                        launcher: Path | None = None) -> list[str]:
+                        launcher: Path | None = None, network_module: str = "networks.lora") -> list[str]:
         """`accelerate launch` of a training script, with every launch option given so that no
         `accelerate config` file is needed and none is asked for. With `launcher`, accelerate runs
-        that file, which runs the training script (copymachine/sd_side/base_weights_launcher.py)."""
-        target = [str(p) for p in (launcher, self.script(script)) if p]
+        that file, which runs the training script (copymachine/sd_side/base_weights_launcher.py) and
+        wraps `network_module` (named only when it is not networks.lora, as older commands were)."""
+        module = [network_module] if launcher and network_module != "networks.lora" else []
+        target = [str(p) for p in (launcher, *module, self.script(script)) if p]
         return [self.python, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1",
                 "--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision,
                 "--dynamo_backend", "no", *target, "--config_file", str(config)]

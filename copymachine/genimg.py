@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from copymachine import minimal_render
 from copymachine.errors import EngineError
 from copymachine.files import atomic_write_text
 from copymachine.images import blank_colour
@@ -24,6 +25,7 @@ from copymachine.plan import OPTIONAL, StageParams
 from copymachine.stages import inputs_of
 
 if TYPE_CHECKING:
+    from copymachine.families import Family
     from copymachine.models import BaseOptions
 
 BASE_WEIGHT_PREFIX = "weights"
@@ -41,6 +43,13 @@ class RenderParams(StageParams):
     precision: str
     # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
     model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
+    # a family gen_img.py does not render (FLUX.1, SD3, Anima: copymachine.minimal_render); None: gen_img.py
+    family: Family | None = field(default=None, metadata=OPTIONAL)
+
+
+def render_family(family: Family) -> dict[str, Any]:
+    """RenderParams' fields that name the model's family: gen_img.py's flag, or the family itself."""
+    return {"family_flag": family.gen_flag, "family": None if family.renders_with_gen_img else family}
 
 
 def base_weight_input_name(i: int) -> str:
@@ -165,6 +174,8 @@ def render(ctx: Any, p: Any, checkpoint: Path, lines: list[PromptLine], prompt_f
     family flag, sampler, precision, model options), into `outdir` (the scratch folder by default).
     Returns the images' paths (renamed to the planned names on a gen_img.py without `--f`)."""
     outdir = outdir or ctx.scratch
+    if getattr(p, "family", None) is not None:
+        return minimal_render.render(ctx, p, p.family, checkpoint, lines, prompt_file, outdir, loras, multipliers)
     named = file_names_supported(ctx.settings)
     atomic_write_text(prompt_file, render_prompt_file(lines, file_names=named))
     args = gen_img_args(

@@ -78,6 +78,8 @@ class _Context:
         self.base = self.training_base = self.external(request.base)
         # memory route: LoRAs sd-scripts merges into training_base in memory (--base_weights), in order
         self.in_memory = request.recipe.merge.copy_model == "memory"
+        if not self.in_memory and request.family.no_file_merge:
+            raise InputError(f"--copy-model file: {request.family.no_file_merge}; leave merge.copy_model at memory")
         self.base_weights: list[WeightedLora] = []
         self.sources: list[SourcePlan] = []
         # clip skip, prediction type, SDXL's float32 VAE: every training and render
@@ -218,7 +220,7 @@ def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
     recipe's [copy_check] prompts, the copy LoRA at the merge ratio on the base)."""
     if c.request.copy_stop_at is None:
         return None
-    _, check, _ = copy_check.copy_check_plan(c.recipe.copy_check, c.family.gen_flag, sp.size, c.gen_precision, {},
+    _, check, _ = copy_check.copy_check_plan(c.recipe.copy_check, c.family, sp.size, c.gen_precision, {},
                                              None, c.base_weights, c.model)
     segment = c.recipe.watch.save_every_n_steps or MEMO.watch.save_every_n_steps
     return CopyStop(min_ssim=float(c.request.copy_stop_at), segment=segment,
@@ -256,7 +258,7 @@ def _copy_check(c: _Context, sp: SourcePlan, model: FileRef, lora: FileRef | Non
     if lora is not None:
         inputs["lora"] = lora
     weighted = WeightedLora(copy_lora, c.recipe.merge.ratio) if copy_lora is not None else None
-    inputs, params, outputs = copy_check.copy_check_plan(cc, c.family.gen_flag, sp.size, c.gen_precision, inputs,
+    inputs, params, outputs = copy_check.copy_check_plan(cc, c.family, sp.size, c.gen_precision, inputs,
                                                          weighted, c.base_weights, c.model)
     name = stage_name("copy-check", source=sp.id)
     c.add(name, "copy_check", f"{sp.source.prefix}copy check", inputs, params, outputs,
@@ -398,11 +400,23 @@ def _copy_machines(c: _Context) -> dict[str, list[FileRef]]:
     return effect_loras
 
 
+def _refuse_file_merge(c: _Context, combine: str | None) -> None:
+    if combine == "merge" and c.family.no_file_merge:
+        raise InputError(f"--combine merge writes a processed model: {c.family.no_file_merge}; use --combine svd")
+
+
+def _several(c: _Context) -> str:
+    """How several images' effect LoRAs are combined by default: the memo's merge route (steps 7-9), or
+    svd_merge_lora.py on a family whose models copymachine does not write to a file."""
+    return "svd" if c.family.no_file_merge else "merge"
+
+
 def plan_copy_machine(c: _Context) -> None:
     """Memo steps 1-5 per image, 6-9 when there are several, 9 (resize) always."""
-    effect_loras = _copy_machines(c)
     r = c.recipe
-    combine = c.request.combine or ("merge" if len(c.sources) > 1 else None)
+    combine = c.request.combine or (_several(c) if len(c.sources) > 1 else None)
+    _refuse_file_merge(c, combine)
+    effect_loras = _copy_machines(c)
     for effect in c.request.effects:
         training = r.effect_training(effect)
         loras = effect_loras[effect]
@@ -437,6 +451,7 @@ def plan_difference(c: _Context) -> None:
             w = sign * c.weight()
             terms_by_effect[effect] += [LoraTerm(lora_a, -w, f"{label}A"), LoraTerm(lora_b, w, f"{label}B")]
     combine, rank = c.request.combine or "svd", r.svd.rank
+    _refuse_file_merge(c, combine)
     for effect in effects:
         if combine == "svd":
             title = f"{effect}: difference B - A" if sign > 0 else f"{effect}: difference A - B, the memo's sign"

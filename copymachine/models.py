@@ -1,88 +1,20 @@
-"""Base models: which family a checkpoint is (from its keys) and what that means for sd-scripts.
-
-The family is one field of the plan, not a fork of the code: each family names its scripts and
-the options they need, and every stage asks the family.
-"""
+"""Base models: a checkpoint's family (copymachine/families/), what it predicts, and the options every
+training and render of it takes."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from copymachine.errors import InputError
+from copymachine.families import FAMILIES, SD1, SD2, SDXL, Family, detect_family, embedded_files, lora_family
 from copymachine.lorafile import read_safetensors
 
-
-@dataclass(frozen=True)
-class Family:
-    name: str  # short id, recorded in the manifest
-    label: str  # shown to the user
-    train_script: str  # relative to the sd-scripts root
-    merge_script: str
-    gen_flag: str  # gen_img.py's model-version flag (it otherwise guesses by file size)
-    base_model_version: str  # what sd-scripts writes to ss_base_model_version
-    v2: bool = False
-    supported: bool = True
-    # extra keys for the training TOML (e.g. SDXL's no_half_vae)
-    training_options: dict[str, Any] = field(default_factory=dict)
-    merge_options: tuple[str, ...] = ()  # extra merge script options
-    extract_options: tuple[str, ...] = ()  # extra extract_lora_from_models.py options
-    default_size: int = 512
-    # gen_img.py --no_half_vae for every render (SDXL: its VAE gives NaN/black images in fp16)
-    render_no_half_vae: bool = False
-    # folders sd-scripts looks for in --tokenizer_cache_dir (library/strategy_sd.py, strategy_sdxl.py)
-    tokenizers: tuple[str, ...] = ("openai_clip-vit-large-patch14",)
-
-    # what names or describes the family, or where sd-scripts finds its tokenizers: not in keys
-    # (render_no_half_vae reaches renders through BaseOptions, which is in their keys)
-    COSMETIC = ("label", "supported", "default_size", "tokenizers", "render_no_half_vae")
-
-    def as_key(self) -> dict[str, Any]:
-        """What of the family changes a stage's results, for stage keys (not its label: a new
-        wording must not invalidate every cache)."""
-        fields = [f.name for f in dataclasses.fields(self) if f.name not in self.COSMETIC]
-        values = {name: getattr(self, name) for name in fields}
-        return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
-
-
-SD1 = Family(name="sd1", label="Stable Diffusion 1.x", train_script="train_network.py",
-             merge_script="networks/merge_lora.py", gen_flag="--v1", base_model_version="sd_v1")
-
-# Recognised so that the message can name them; not trained by this version of copymachine.
-SD2 = Family(name="sd2", label="Stable Diffusion 2.x", train_script="train_network.py",
-             merge_script="networks/merge_lora.py", gen_flag="--v2", base_model_version="sd_v2", v2=True,
-             supported=False, merge_options=("--v2",), extract_options=("--v2",))
-# SDXL: sdxl_train_network.py / sdxl_merge_lora.py / gen_img.py --sdxl / extract --sdxl; the
-# LoRA tools (svd_merge_lora.py, resize_lora.py) work on its keys as they are. SDXL-specific
-# training choice: no_half_vae (the SDXL VAE overflows in fp16 and gives NaN latents; sd-scripts
-# issues #653, #881). The memo's numbers are unchanged; the resolution is the image's (1024).
-SDXL = Family(name="sdxl", label="SDXL", train_script="sdxl_train_network.py",
-              merge_script="networks/sdxl_merge_lora.py", gen_flag="--sdxl", base_model_version="sdxl_base_v1-0",
-              training_options={"no_half_vae": True}, extract_options=("--sdxl",), default_size=1024,
-              render_no_half_vae=True,
-              tokenizers=("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"))
-
-FAMILIES = {f.name: f for f in (SD1, SD2, SDXL)}
-
-# Marker keys of single-file checkpoints (original "LDM" layout that sd-scripts loads).
-_SD_UNET = "model.diffusion_model.input_blocks.0.0.weight"
-_MARKERS: list[tuple[str, str]] = [
-    ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl"),
-    ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", "sdxl"),
-    ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),
-    ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "sd1"),
-    ("cond_stage_model.transformer.embeddings.token_embedding.weight", "sd1"),
-]
-_OTHER_ARCHITECTURES = [
-    ("model.diffusion_model.joint_blocks.0.", "SD3"),
-    ("double_blocks.0.", "FLUX"),
-    ("model.diffusion_model.double_blocks.0.", "FLUX"),
-    ("transformer_blocks.0.", "a diffusers transformer (FLUX/SD3/other)"),
-    ("lora_unet_", "a LoRA, not a base model"),
-    ("lora_te", "a LoRA, not a base model"),
-]
+# the families' names, where modules imported them from before copymachine/families/ held them
+__all__ = ["FAMILIES", "SD1", "SD2", "SDXL", "BaseOptions", "Family", "ModelInfo", "Prediction", "base_options",
+           "choose_prediction", "detect_family", "inspect_base_model", "lora_clip_skip", "lora_family"]
 
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -100,6 +32,8 @@ class ModelInfo:
     tensor_count: int
     # marker tensors of the checkpoint that decide how it predicts (V_PRED_KEY, ZTSNR_KEY)
     markers: frozenset[str] = frozenset()
+    # the family's other files the checkpoint holds itself (SD3.5 with its text encoders)
+    embedded: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -150,7 +84,7 @@ MAX_CLIP_SKIP = 12  # CLIP ViT-L/14, SD1.x's text encoder, has 12 layers
 def lora_clip_skip(metadata: dict[str, str], family: Family) -> int:
     """The clip skip a LoRA was trained with (sd-scripts' ss_clip_skip; "None": 1); SDXL: 1."""
     text = metadata.get("ss_clip_skip", "")
-    if family.name == "sdxl" or not text.isdigit():
+    if not family.has_clip_skip or not text.isdigit():
         return 1
     return min(max(int(text), 1), MAX_CLIP_SKIP)
 
@@ -188,27 +122,18 @@ def base_options(family: Family, clip_skip: int, prediction: Prediction) -> Base
     """The options of every training and render of a run on a `family` base model. SDXL has no
     clip skip to choose: it always reads the penultimate layer (gen_img.py's default 2 for it),
     and sd-scripts' SDXL training ignores clip_skip, so a training and its renders would differ."""
-    if clip_skip != 1 and family.name == "sdxl":
+    if prediction.v_parameterization and not family.renders_with_gen_img:
+        raise InputError(f"v-prediction: {family.label} is a flow-matching model with no prediction type to choose; "
+                         "leave out --v-pred / --zero-terminal-snr")
+    if clip_skip != 1 and not family.has_clip_skip and family.renders_with_gen_img:
         raise InputError(f"clip skip {clip_skip}: {family.label} has no clip skip to choose (it always uses the text "
                          "encoders' penultimate layer, and sd-scripts' SDXL training ignores clip_skip); leave "
                          "model.clip_skip at 1")
+    if clip_skip != 1 and not family.has_clip_skip:
+        raise InputError(f"clip skip {clip_skip}: {family.label} has no clip skip to choose; leave model.clip_skip "
+                         "at 1")
     return BaseOptions(clip_skip=clip_skip, v_parameterization=prediction.v_parameterization,
                        zero_terminal_snr=prediction.zero_terminal_snr, no_half_vae=family.render_no_half_vae)
-
-
-def detect_family(keys: list[str] | set[str]) -> tuple[Family | None, str]:
-    """Return (family, description) from checkpoint keys; family None when not recognised."""
-    keyset = set(keys)
-    for marker, name in _MARKERS:
-        if marker in keyset:
-            if name != "sdxl" and _SD_UNET not in keyset:
-                return None, f"{FAMILIES[name].label} text encoder without a U-Net"
-            return FAMILIES[name], FAMILIES[name].label
-    for prefix, what in _OTHER_ARCHITECTURES:
-        if any(k.startswith(prefix) for k in keyset):
-            return None, what
-    sample = ", ".join(sorted(keyset)[:3]) or "no tensors"
-    return None, f"an unknown architecture (first keys: {sample})"
 
 
 def inspect_base_model(path: Path, for_training: bool = True) -> ModelInfo:
@@ -223,26 +148,11 @@ def inspect_base_model(path: Path, for_training: bool = True) -> ModelInfo:
     st = read_safetensors(path, "base model")
     family, what = detect_family(st.keys())
     if family is None:
-        raise InputError(f"base model is not a Stable Diffusion checkpoint copymachine knows: found {what}: {path}")
+        raise InputError(f"base model is not a checkpoint of a family copymachine knows (SD1.x/2.x, SDXL, FLUX.1, "
+                         f"SD3/3.5, Anima): found {what}: {path}")
     if for_training and not family.supported:
         raise InputError(f"base model is {family.label}, which this version of copymachine does not train yet "
                          f"(supported: {', '.join(f.label for f in FAMILIES.values() if f.supported)}): {path}")
     markers = frozenset(k for k in (V_PRED_KEY, ZTSNR_KEY) if k in st.tensors)
     return ModelInfo(path=path, family=family, size_bytes=path.stat().st_size, tensor_count=len(st.tensors),
-                     markers=markers)
-
-
-# ss_base_model_version values sd-scripts writes, by family
-_LORA_VERSIONS = {"sd_v1": "sd1", "sd_v1_v": "sd1", "sd_v2": "sd2", "sd_v2_v": "sd2", "sdxl_base_v1-0": "sdxl"}
-
-
-def lora_family(keys: list[str], metadata: dict[str, str]) -> Family | None:
-    """A LoRA's base family: from sd-scripts' metadata, else from its key prefixes."""
-    version = metadata.get("ss_base_model_version")
-    if version in _LORA_VERSIONS:
-        return FAMILIES[_LORA_VERSIONS[version]]
-    if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks_")) for k in keys):
-        return SDXL
-    if any(k.startswith(("lora_te_", "lora_unet_down_blocks_")) for k in keys):
-        return SD1 if metadata.get("ss_v2") != "True" else SD2
-    return None
+                     markers=markers, embedded=embedded_files(family, set(st.tensors)))

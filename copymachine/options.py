@@ -38,7 +38,8 @@ class RunOptions(BaseModel):
 
     effects: tuple[str, ...] = opt((), "outline, flat, contrast, posterize, jpeg, all, or custom (with --edited). "
         "Repeatable.", option="effect", metavar="EFFECT")
-    base: Path = opt(..., "Base model: a single-file SD checkpoint (.safetensors).")
+    base: Path = opt(..., "Base model: a single-file checkpoint (.safetensors) of SD1.x, SDXL, FLUX.1, SD3/3.5 or "
+        "Anima.")
     images: tuple[Path, ...] = opt((), "An original image; repeat for several (memo step 6). Default: generate one "
         "with the base model.", option="image")
     images_dir: Path | None = opt(None, "A folder of original images (instead of --image).", option="images")
@@ -84,6 +85,9 @@ class RunOptions(BaseModel):
         "before any work. Repeatable; recipe table [sd_args].", option="sd-arg", metavar="KEY=VALUE")
     absorb: tuple[str, ...] = opt((), "Merge a style LoRA into the base model first; every training uses the result "
         "(the memo's tip). Repeatable.", metavar="STYLE.safetensors[:RATIO]")
+    model_files: tuple[str, ...] = opt((), "One of the other files the base model's family needs: FLUX.1 clip_l, "
+        "t5xxl, ae; SD3/3.5 clip_l, clip_g, t5xxl (unless the checkpoint holds them); Anima qwen3, vae. Repeatable.",
+        option="model-file", metavar="NAME=FILE")
     cache_dir: Path | None = opt(None, "Where shared stages (copy LoRAs, LoRA A, copy models with --copy-model "
         "file) are kept. Default: $COPYMACHINE_CACHE, else <run folder>/../_cache.", path="dir")
     jobs: int | None = opt(None, "Trainings run side by side (several effects or images): one per GPU on a multi-GPU "

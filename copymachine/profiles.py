@@ -30,6 +30,16 @@ LOW_VRAM_OPTIMIZER = "AdamW8bit"
 # --low-vram, SDXL only: the text encoders' outputs cached once (then off the GPU) and the U-Net
 # trained alone (sd-scripts requires network_train_unet_only with cache_text_encoder_outputs)
 LOW_VRAM_SDXL_OPTIONS = {"cache_text_encoder_outputs": True, "network_train_unet_only": True}
+# --low-vram on the DiT families: sd-scripts' own settings for small GPUs (docs/flux_train_network.md 6.1: 12 GB
+# with 16 blocks swapped and 8-bit AdamW, fp8 base; docs/sd3_train_network.md; docs/anima_train_network.md 4.1:
+# Anima takes no fp8_base, its 28-block model swaps up to 26)
+LOW_VRAM_DIT_OPTIONS = {
+    **{name: {"fp8_base": True, "blocks_to_swap": 16} for name in ("flux-dev", "flux-schnell", "chroma")},
+    **{name: {"blocks_to_swap": 16} for name in ("sd3-medium", "sd3-5-large", "sd3-5-medium")},
+    "anima": {"blocks_to_swap": 12},
+}
+# A GPU's full profile on FLUX.1: the 11.9 B transformer in fp8 (22 GB in bf16 leaves nothing of a 24 GB card)
+DIT_OPTIONS = {name: {"fp8_base": True} for name in ("flux-dev", "flux-schnell", "chroma")}
 BF16_FROM = (8, 0)  # compute capability with native bf16 (Ampere)
 
 
@@ -86,4 +96,5 @@ def gpu_profile(bf16: bool, low_vram: bool = False, why: str = "") -> Profile:
     return Profile(name="gpu-low-vram" if low_vram else "gpu", device="cuda", why=why,
                    mixed_precision="bf16" if bf16 else "fp16", training_options=options, gen_options=("--sdpa",),
                    optimizer=LOW_VRAM_OPTIMIZER if low_vram else None,
-                   family_options={"sdxl": dict(LOW_VRAM_SDXL_OPTIONS)} if low_vram else {})
+                   family_options={"sdxl": dict(LOW_VRAM_SDXL_OPTIONS), **LOW_VRAM_DIT_OPTIONS} if low_vram
+                   else dict(DIT_OPTIONS))

@@ -14,6 +14,7 @@ from copymachine import effects as effect_registry
 from copymachine import preflight
 from copymachine.engine_setup import make_settings
 from copymachine.errors import InputError
+from copymachine.families import parse_model_files, with_files
 from copymachine.files import HashCache, require_file
 from copymachine.methods import CUSTOM, Request, images_in, make_sources, match_edits, plan, run_folders
 from copymachine.models import Family, ModelInfo, choose_prediction, inspect_base_model
@@ -171,15 +172,16 @@ def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None
                              require=require, low_vram=o.low_vram)
     if gpu is not None and settings.gpus:
         settings = dataclasses.replace(settings, pinned_gpu=gpu, gpus=1)
-    preflight.check_tokenizers(settings, model.family, reporter)
+    family = with_files(model.family, parse_model_files(o.model_files), model.embedded)
+    preflight.check_tokenizers(settings, family, reporter)
     # the options a Request takes as they are; the rest converted
     same = ("out", "name", "cache_dir", "amount", "resolution", "max_steps", "combine", "sign", "edit_in_place",
             "tensorboard", "copy_stop_at")
     request = Request(
-        method=method, base=o.base, family=model.family, effects=effects, recipe=recipe,
+        method=method, base=o.base, family=family, effects=effects, recipe=recipe,
         sources=make_sources(images, edited), effect_params=effect_sets, absorb=parse_absorb(o.absorb),
         prediction=choose_prediction(model, o.v_pred, o.zero_terminal_snr), samples=o.samples or 0,
-        **{key: getattr(o, key) for key in same}, **see_request(o, model.family),
+        **{key: getattr(o, key) for key in same}, **see_request(o, family),
     )
     return request, model, settings
 

@@ -28,19 +28,33 @@ MILLION = 10**6
 CUDA_CONTEXT = int(0.6 * GIB)  # per process: CUDA runtime, cuBLAS/cuDNN kernels (estimate)
 ALLOCATOR_MARGIN = 1.10  # PyTorch's caching allocator and fragmentation (estimate)
 
-# Parameters of the frozen model (millions): U-Net, text encoder(s), VAE
-UNET_PARAMS = {"sd1": 860, "sd2": 865, "sdxl": 2567}
-TEXT_ENCODER_PARAMS = {"sd1": 123, "sd2": 340, "sdxl": 123 + 695}
+# Parameters of the frozen model (millions): U-Net / transformer, text encoder(s), VAE. FLUX.1: 11.9 B transformer,
+# CLIP-L + T5-XXL encoder (4.76 B); SD3.5 large 8.1 B, SD3.5 medium 2.5 B, SD3 medium 2 B MMDiT, + CLIP-G and T5;
+# Anima 2 B DiT + Qwen3-0.6B (model cards). The DiT families train on cached text-encoder outputs (unet_only).
+_FLUX, _SD3_TE, _T5 = 11_900, 123 + 695 + 4_760, 4_760
+UNET_PARAMS = {"sd1": 860, "sd2": 865, "sdxl": 2567, "flux-dev": _FLUX, "flux-schnell": _FLUX, "chroma": 8_900,
+               "sd3-medium": 2_000, "sd3-5-large": 8_100, "sd3-5-medium": 2_500, "anima": 2_000}
+TEXT_ENCODER_PARAMS = {"sd1": 123, "sd2": 340, "sdxl": 123 + 695, "flux-dev": 123 + _T5, "flux-schnell": 123 + _T5,
+                       "chroma": _T5, "sd3-medium": _SD3_TE, "sd3-5-large": _SD3_TE, "sd3-5-medium": _SD3_TE,
+                       "anima": 600}
 VAE_PARAMS = 84
-# LoRA parameters per unit of network_dim (millions): U-Net modules, text-encoder modules
-LORA_PER_DIM_UNET = {"sd1": 0.424, "sd2": 0.432, "sdxl": 2.657}
+# LoRA parameters per unit of network_dim (millions): U-Net modules, text-encoder modules. The DiTs': the sum of
+# in + out features of the linear layers sd-scripts' lora_flux / lora_sd3 / lora_anima wrap (FLUX.1: 19 double
+# blocks x 135 k + 38 single blocks x 55 k; SD3.5 large: 38 joint blocks x 108 k; Anima: 28 blocks x ~50 k).
+LORA_PER_DIM_UNET = {"sd1": 0.424, "sd2": 0.432, "sdxl": 2.657, "flux-dev": 4.67, "flux-schnell": 4.67,
+                     "chroma": 4.2, "sd3-medium": 2.6, "sd3-5-large": 4.1, "sd3-5-medium": 2.7, "anima": 1.4}
 LORA_PER_DIM_TEXT = {"sd1": 0.166, "sd2": 0.424, "sdxl": 0.903}
 # Activations of one training step per 512x512 of training area, batch 1, sdpa (estimate: SDXL's
-# U-Net has no attention at the full latent size, so it holds less per pixel than SD1.5's)
-ACTIVATIONS = {"sd1": 3.0 * GIB, "sd2": 3.2 * GIB, "sdxl": 2.5 * GIB}
+# U-Net has no attention at the full latent size, so it holds less per pixel than SD1.5's; the DiTs: attention over
+# every latent patch, scaled from sd-scripts' docs/flux_train_network.md table: FLUX.1 LoRA with fp8_base at
+# 1024 px fits 24 GB at batch 2, 16 GB at batch 1 with block swap)
+ACTIVATIONS = {"sd1": 3.0 * GIB, "sd2": 3.2 * GIB, "sdxl": 2.5 * GIB, "flux-dev": 1.5 * GIB, "flux-schnell": 1.5 * GIB,
+               "chroma": 1.3 * GIB, "sd3-medium": 1.0 * GIB, "sd3-5-large": 1.5 * GIB, "sd3-5-medium": 1.0 * GIB,
+               "anima": 1.0 * GIB}
 CHECKPOINTED_SHARE = 0.3  # what gradient checkpointing keeps of them (estimate)
 # A render's working set per 512x512 of image area (estimate): U-Net at batch 2, VAE decode
 RENDER_UNET = {"sd1": 0.5 * GIB, "sd2": 0.6 * GIB, "sdxl": 0.25 * GIB}
+RENDER_DIT = 0.5 * GIB  # the DiT families (estimate)
 RENDER_VAE_FP16 = 0.3 * GIB  # the VAE decoder per 512x512 in fp16; twice in fp32 (SDXL: --no_half_vae)
 AREA = 512 * 512
 
@@ -65,10 +79,11 @@ def _bytes_per(precision: str) -> int:
 
 
 def training(family: str, size: tuple[int, int], dim: int, precision: str = "bf16", optimizer: str = "AdamW",
-             gradient_checkpointing: bool = False, unet_only: bool = False) -> Need:
+             gradient_checkpointing: bool = False, unet_only: bool = False, fp8_base: bool = False) -> Need:
     """A LoRA training's peak (after the latents and, with `unet_only`, the text-encoder outputs
-    are cached and the VAE / text encoders moved off the GPU, as sd-scripts does)."""
-    weight = _bytes_per(precision)
+    are cached and the VAE / text encoders moved off the GPU, as sd-scripts does; `fp8_base`: the
+    frozen transformer in 1 byte per weight)."""
+    weight = 1 if fp8_base else _bytes_per(precision)
     frozen = UNET_PARAMS[family] + (0 if unet_only else TEXT_ENCODER_PARAMS[family])
     lora = dim * (LORA_PER_DIM_UNET[family] + (0 if unet_only else LORA_PER_DIM_TEXT[family]))
     moments = 2 if "8bit" in optimizer.lower() else 8  # two moments, 1 byte each or fp32
@@ -87,7 +102,7 @@ def render(family: str, size: tuple[int, int], precision: str = "bf16") -> Need:
     weights = (UNET_PARAMS[family] + TEXT_ENCODER_PARAMS[family]) * MILLION * weight + VAE_PARAMS * MILLION * vae_bytes
     return Need(f"render at {size[0]}x{size[1]}", {
         "CUDA context": CUDA_CONTEXT, "model weights": int(weights),
-        "working set": int(RENDER_UNET[family] * area + RENDER_VAE_FP16 * area * vae_bytes / 2)})
+        "working set": int(RENDER_UNET.get(family, RENDER_DIT) * area + RENDER_VAE_FP16 * area * vae_bytes / 2)})
 
 
 def stage_need(stage, low_vram: bool = False) -> Need | None:
@@ -101,9 +116,11 @@ def stage_need(stage, low_vram: bool = False) -> Need | None:
         return training(family, tuple(spec.size), spec.training.network_dim, spec.mixed_precision,
                         "AdamW8bit" if low_vram else spec.training.optimizer,
                         gradient_checkpointing=low_vram or bool(options.get("gradient_checkpointing")),
-                        unet_only=(low_vram and family == "sdxl") or bool(options.get("network_train_unet_only")))
+                        unet_only=(low_vram and family == "sdxl") or bool(options.get("network_train_unet_only"))
+                        or bool(spec.family.training_options.get("network_train_unet_only")),
+                        fp8_base=bool(options.get("fp8_base")))
     if stage.kind in ("copy_check", "preview", "leakage", "generate_image"):
-        family = FAMILIES_BY_FLAG.get(spec.family_flag, "sd1")
+        family = spec.family.name if spec.family is not None else FAMILIES_BY_FLAG.get(spec.family_flag, "sd1")
         size = (spec.width, spec.height) if stage.kind == "generate_image" else tuple(spec.size)
         precision = "float" if spec.precision == "float" else "fp16"
         return render(family, size, precision)

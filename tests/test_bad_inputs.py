@@ -92,8 +92,10 @@ BASE_CASES = {
     "not safetensors": "base model is not a safetensors file (no valid header): ",
     "ckpt": "base model is a pickle file (.ckpt): ",
     "pickle named safetensors": "base model is a pickle file with a .safetensors suffix, not safetensors: ",
-    "unknown architecture": "base model is not a Stable Diffusion checkpoint copymachine knows: found FLUX: ",
-    "a LoRA": "base model is not a Stable Diffusion checkpoint copymachine knows: found a LoRA, not a base model: ",
+    "unknown architecture": "FLUX.1 schnell needs its other files beside the checkpoint: give --model-file clip_l=FILE "
+                            "--model-file t5xxl=FILE --model-file ae=FILE (clip_l: the CLIP-L text encoder",
+    "a LoRA": "base model is not a checkpoint of a family copymachine knows (SD1.x/2.x, SDXL, FLUX.1, SD3/3.5, Anima): "
+              "found a LoRA, not a base model: ",
 }
 
 
@@ -131,7 +133,7 @@ def test_base_model_of_a_family_not_trained_yet(fake_engine, image, tmp_path, fa
     base = fake_engine.make_checkpoint(tmp_path / f"{family.name}.safetensors", family="sd2")
     result = invoke(args(fake_engine, image, tmp_path / "run", base=base))
     assert result.exit_code == EXIT_INPUT
-    assert f"base model is {family.label}, which this version of copymachine does not train yet (supported: Stable Diffusion 1.x, SDXL)" in error_line(result)
+    assert f"base model is {family.label}, which this version of copymachine does not train yet (supported: Stable Diffusion 1.x, SDXL, FLUX.1 dev" in error_line(result)
 
 
 # --- images -------------------------------------------------------------------------------------

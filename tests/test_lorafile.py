@@ -111,7 +111,9 @@ def test_detect_family():
     assert detect_family(SD2_KEYS)[0].name == "sd2"
     assert detect_family(SDXL_KEYS)[0].name == "sdxl"
     fam, what = detect_family(["double_blocks.0.img_attn.qkv.weight"])
-    assert fam is None and "FLUX" in what
+    assert fam.name == "flux-schnell" and what == "FLUX.1 schnell"
+    fam, what = detect_family(["transformer_blocks.0.attn.to_q.weight", "single_transformer_blocks.0.x"])
+    assert fam is None and "FLUX.1 transformer in the diffusers layout" in what
     fam, what = detect_family(["lora_unet_x.lora_down.weight"])
     assert fam is None and "LoRA" in what
     fam, what = detect_family(["foo", "bar"])

@@ -23,6 +23,7 @@ from copymachine import capabilities, heavy, preflight, profiles, vram
 from copymachine import engine as engine_mod
 from copymachine.cli import cli
 from copymachine.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_OUTPUT, CopymachineError
+from copymachine.families import parse_model_files, with_files
 from copymachine.files import free_bytes
 from copymachine.methods import default_cache, training_size
 from copymachine.models import SD1, Family, ModelInfo, choose_prediction
@@ -103,9 +104,11 @@ def _vram(doc: Doctor, probe, family: Family) -> None:
     precision, _ = profiles.choose_precision(probe.compute, probe.bf16)
     side = family.default_size
     dim = max(t.network_dim for t in [MEMO.copy, MEMO.effect, *MEMO.effect_overrides.values()])
-    need = vram.training(family.name, (side, side), dim, precision).total
+    dit = bool(family.training_options.get("network_train_unet_only"))  # FLUX.1, SD3, Anima: the transformer alone
+    fp8 = bool(profiles.DIT_OPTIONS.get(family.name, {}).get("fp8_base"))
+    need = vram.training(family.name, (side, side), dim, precision, unet_only=dit, fp8_base=fp8).total
     low = vram.training(family.name, (side, side), dim, precision, "AdamW8bit", gradient_checkpointing=True,
-                        unet_only=family.name == "sdxl").total
+                        unet_only=dit or family.name == "sdxl", fp8_base=fp8).total
     free = min(f for f, _ in probe.vram)
     text = (f"training {family.label} at {side}x{side}, dim {dim}, needs ~{human(need)} by copymachine's "
             f"estimate (--low-vram: ~{human(low)}); {human(free)} free")
@@ -143,6 +146,12 @@ def _memory(doc: Doctor, family: str = SD1.name) -> None:
     route (--copy-model file, also --absorb and the several-images merge route with it) merges
     into a checkpoint, which peaks higher: a warning, since a default run does not need it."""
     mem = preflight.memory.memory_bytes()
+    if family not in preflight.memory.MERGE_PEAK_RAM:  # the DiT families: no file route
+        train = preflight.TRAINING_PEAK_RAM[family]
+        ok = preflight.ram_and_swap(mem) >= train
+        doc.add(OK if ok else WARN, "RAM", f"{human(mem['total'])}; training {family} peaks at ~{human(train)} on "
+                                           "the CPU (less with a GPU, which holds the model)")
+        return
     train, merge = preflight.TRAINING_PEAK_RAM[family], preflight.merge_ram(family)
     label = {"sd1": "SD1.5", "sd2": "SD2", "sdxl": "SDXL"}.get(family, family)
     total, available = mem["total"], mem["available"]
@@ -189,12 +198,26 @@ def _base_model(doc: Doctor, base: Path | None) -> tuple[ModelInfo | None, Copym
     except CopymachineError as e:
         doc.add(WARN, "base model", f"{e.message} (train/diff refuse it without --v-pred)")
         return model, None
-    clip = ("clip skip: none to choose (SDXL reads the penultimate layer)" if model.family.name == "sdxl"
+    clip = (f"clip skip: none to choose ({model.family.label})" if not model.family.has_clip_skip
             else "clip skip: the recipe's model.clip_skip (1; --clip-skip 2 for NovelAI-derived anime models)")
     hint = "" if prediction.v_parameterization else ("; --v-pred / --zero-terminal-snr for a v-prediction file without "
                                                      "the keys")
     doc.add(OK, "base model", f"{model.path.name}: {model.family.label}, {prediction.text()}{hint}; {clip}")
     return model, None
+
+
+def _model_files(doc: Doctor, model: ModelInfo, given: tuple[str, ...]) -> Family:
+    """The family's other files, checked as train checks them (copymachine.families.with_files)."""
+    try:
+        family = with_files(model.family, parse_model_files(given), model.embedded)
+    except CopymachineError as e:
+        doc.add(FAIL, "model files", e.message, e.exit_code)
+        return model.family
+    if family.needs:
+        held = [m.name for m in family.needs if m.name in model.embedded]
+        doc.add(OK, "model files", ", ".join([*(f"{n} {Path(p).name}" for n, p in family.files),
+                                              *(f"{n} in the checkpoint" for n in held)]))
+    return family
 
 
 def _folders(doc: Doctor, out: Path, cache: Path, model: ModelInfo | None, base_error: CopymachineError | None) -> None:
@@ -267,7 +290,10 @@ def _tokenizer(doc: Doctor, tokenizer_cache_dir: Path | None, family: Family) ->
               help="Size the disk check for this base model (default: SD1.5).")
 @click.option("--tokenizer-cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder with the CLIP tokenizer(s), for offline runs.")
-def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
+@click.option("--model-file", "model_files", multiple=True, metavar="NAME=FILE",
+              help="The other files --base's family needs (FLUX.1: clip_l, t5xxl, ae; Anima: qwen3, vae), as train "
+                   "takes them.")
+def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir, model_files):
     """Check that this machine can run copymachine: sd-scripts and its Python, torch and the
     GPU, RAM, disk space and write access. Exit 0 when nothing would stop a run."""
     cache = default_cache(Path(out) / "run", cache_dir)  # the cache of a run folder under --out
@@ -275,7 +301,7 @@ def doctor(sd_scripts, python, out, cache_dir, base, tokenizer_cache_dir):
     click.echo("copymachine doctor")
     probe = _engine(doc, sd_scripts, python)
     model, base_error = _base_model(doc, base)
-    family = model.family if model else SD1
+    family = _model_files(doc, model, model_files) if model else SD1
     _vram(doc, probe, family)
     _memory(doc, family.name)
     _training_size(doc, family)

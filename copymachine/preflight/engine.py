@@ -25,6 +25,8 @@ def engine_warning(engine: Engine) -> str | None:
 def tokenizer_problem(folder: Path | None, offline: bool, family: Family) -> tuple[bool, str] | None:
     """sd-scripts loads the family's CLIP tokenizer(s) from --tokenizer-cache-dir, else from the
     hub. Returns (whether it stops the run, what to say), or None when they will be found."""
+    if not family.tokenizers:  # sd-scripts ships them (Anima: configs/qwen3_06b)
+        return None
     if folder is None:
         if offline:
             return False, ("offline without --tokenizer-cache-dir: sd-scripts needs the tokenizer(s) "

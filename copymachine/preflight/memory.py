@@ -20,7 +20,11 @@ MERGE_PEAK_RAM_HALF = {"sdxl": int(22.7 * 2**30)}
 # (--base_weights, the default route), measured here at 64 px (SD1.5: 6.8 GiB, the copy LoRA
 # alike; on the merged copy model the effect LoRA peaked at 8.8 GiB): the largest need of a default run.
 # With a GPU the model sits in VRAM and RAM peaks lower.
-TRAINING_PEAK_RAM = {"sd1": int(6.8 * GB), "sd2": int(7.5 * GB), "sdxl": int(22.6 * GB)}
+# Anima: 12.2 GiB measured the same way (anima_train_network.py, fp32 DiT on the CPU, random weights). FLUX.1 and
+# SD3.5 are not measured (24 GB cannot hold them at float): their transformer plus T5-XXL at bf16, an estimate.
+TRAINING_PEAK_RAM = {"sd1": int(6.8 * GB), "sd2": int(7.5 * GB), "sdxl": int(22.6 * GB), "anima": int(12.2 * 2**30),
+                     "flux-dev": 34 * GB, "flux-schnell": 34 * GB, "chroma": 28 * GB, "sd3-medium": 16 * GB,
+                     "sd3-5-large": 28 * GB, "sd3-5-medium": 16 * GB}
 FP16_MERGE = "--set merge.precision=fp16 --set merge.save_precision=fp16"
 
 

@@ -1,7 +1,9 @@
 """Run an sd-scripts training script so that `--base_weights` gives what merge_lora.py gives.
 
 Run by sd-scripts' Python in place of the training script (copymachine's own process never imports
-it): `python -m accelerate.commands.launch ... base_weights_launcher.py train_network.py --config_file X`.
+it): `python -m accelerate.commands.launch ... base_weights_launcher.py [NETWORK_MODULE] train_network.py
+--config_file X` (NETWORK_MODULE: the training's LoRA module, networks.lora by default; networks.lora_flux,
+lora_sd3 and lora_anima have the same create_network_from_weights / merge_to / class-level target lists).
 `--base_weights COPY.safetensors --base_weights_multiplier 1` merges the copy LoRA into the model in
 memory: the sum merge_lora.py writes into a copy-model file (memo step 3), without the 4-13 GB file.
 As sd-scripts is (v0.8.7 to 48d368fa), three things make the trained LoRA differ from the one
@@ -33,12 +35,14 @@ def _target_lists(cls) -> dict[str, list]:
     return {name: list(value) for name, value in found if "TARGET_REPLACE_MODULE" in name and isinstance(value, list)}
 
 
-def install() -> None:
-    import networks.lora as lora
+def install(module: str = "networks.lora") -> None:
+    import importlib
+
     import torch
 
+    lora = importlib.import_module(module)
     if not hasattr(lora, "create_network_from_weights") or not hasattr(lora, "LoRANetwork"):
-        lacks = "networks/lora.py has no create_network_from_weights/LoRANetwork"
+        lacks = f"{module} has no create_network_from_weights/LoRANetwork"
         raise SystemExit(f"{MARKER} this sd-scripts' {lacks}; use --copy-model file")
     original = lora.create_network_from_weights
     network_class = lora.LoRANetwork
@@ -68,17 +72,19 @@ def install() -> None:
         print(f"{MARKER} merging {file} in float32; target modules and RNG state kept", flush=True)
         return network, weights_sd
 
-    lora.create_network_from_weights = create_network_from_weights
+    setattr(lora, "create_network_from_weights", create_network_from_weights)  # noqa: B010 (a module import)
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        raise SystemExit(f"usage: {os.path.basename(__file__)} TRAINING_SCRIPT [options]")
-    script = os.path.abspath(sys.argv[1])
+    args = sys.argv[1:]
+    module = args.pop(0) if args and not args[0].endswith(".py") else "networks.lora"
+    if not args:
+        raise SystemExit(f"usage: {os.path.basename(__file__)} [NETWORK_MODULE] TRAINING_SCRIPT [options]")
+    script = os.path.abspath(args[0])
     root = os.path.dirname(script)
-    sys.argv = [script, *sys.argv[2:]]
+    sys.argv = [script, *args[1:]]
     sys.path[0] = root  # as when the script itself is run: `library`, `networks` from its root
-    install()
+    install(module)
     runpy.run_path(script, run_name="__main__")
 
 

@@ -26,7 +26,7 @@ from copymachine import genimg
 from copymachine.files import atomic_write_json
 from copymachine.genimg import RenderParams, prompt_line, render
 from copymachine.images import load_rgb, save_png
-from copymachine.models import BaseOptions
+from copymachine.models import BaseOptions, Family
 from copymachine.plan import OPTIONAL, WeightedLora
 from copymachine.recipe import split_prompts
 from copymachine.sheet import contact_sheet
@@ -48,7 +48,7 @@ class CopyCheckParams(RenderParams):
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
 
 
-def copy_check_plan(recipe, family_flag: str, size: tuple[int, int], precision: str, inputs: dict[str, Any],
+def copy_check_plan(recipe, family: Family, size: tuple[int, int], precision: str, inputs: dict[str, Any],
                     copy_lora: WeightedLora | None = None, base_weights: Sequence[WeightedLora] = (),
                     model: BaseOptions | None = None) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
     """The stage's inputs, parameters and outputs from the recipe's [copy_check]. `inputs`: the
@@ -58,7 +58,7 @@ def copy_check_plan(recipe, family_flag: str, size: tuple[int, int], precision: 
               **{genimg.base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)}}
     prompts = split_prompts(recipe.prompts) or [CAPTION_PLACEHOLDER]
     params = CopyCheckParams(
-        family_flag=family_flag, prompts=[prompts[i % len(prompts)] for i in range(recipe.images)],
+        **genimg.render_family(family), prompts=[prompts[i % len(prompts)] for i in range(recipe.images)],
         seeds=[recipe.seed + i for i in range(recipe.images)], negative_prompt=recipe.negative_prompt,
         size=[int(size[0]), int(size[1])], steps=recipe.steps, sampler=recipe.sampler, scale=recipe.scale,
         precision=precision, lora_multiplier=copy_lora.ratio if copy_lora is not None else None,

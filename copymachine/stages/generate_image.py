@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from copymachine.files import atomic_write_text
-from copymachine.genimg import PromptLine, RenderParams, file_names_supported, refuse_blank, render
+from copymachine.genimg import PromptLine, RenderParams, file_names_supported, refuse_blank, render, render_family
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
 from copymachine.plan import StageParams
@@ -26,7 +26,7 @@ def generate_params(recipe, family, precision: str, model: BaseOptions | None = 
     """Stage parameters from the recipe's [generate]; a size of 0 is the family's own."""
     width, height = recipe.size(family.default_size)
     return GenerateParams(
-        family_flag=family.gen_flag, prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,
+        **render_family(family), prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,
         steps=recipe.steps, sampler=recipe.sampler, scale=recipe.scale, width=width, height=height,
         precision=precision, model=model.or_none() if model else None,
     )  # fmt: skip

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from copymachine.files import atomic_write_json
-from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render
+from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render, render_family
 from copymachine.images import load_rgb
 from copymachine.models import BaseOptions
 from copymachine.recipe import parse_number_list, split_prompts
@@ -49,7 +49,7 @@ def leakage_params(recipe, family, size: tuple[int, int], precision: str,
     prompts = split_prompts(recipe.prompts)
     strengths = [s for s in dict.fromkeys(float(v) for v in parse_number_list(recipe.strengths, float)) if s != 0]
     return LeakageParams(
-        family_flag=family.gen_flag, prompts=prompts, seeds=[recipe.seed + i for i in range(len(prompts))],
+        **render_family(family), prompts=prompts, seeds=[recipe.seed + i for i in range(len(prompts))],
         strengths=[0.0, *strengths], size=[int(size[0]), int(size[1])], steps=recipe.steps, sampler=recipe.sampler,
         scale=recipe.scale, negative_prompt=recipe.negative_prompt, threshold=recipe.threshold, precision=precision,
         model=model.or_none() if model else None,

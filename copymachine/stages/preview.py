@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render
+from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render, render_family
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
 from copymachine.recipe import parse_number_list, split_prompts
@@ -38,7 +38,7 @@ def preview_params(recipe, family, precision: str, model: BaseOptions | None = N
     seeds = overrides.get("seeds") or parse_number_list(recipe.seeds, int)
     side = overrides.get("size") or recipe.size or family.default_size
     return PreviewParams(
-        family_flag=family.gen_flag, strengths=list(dict.fromkeys(map(float, strengths))),
+        **render_family(family), strengths=list(dict.fromkeys(map(float, strengths))),
         prompts=list(dict.fromkeys(prompts)), seeds=list(dict.fromkeys(map(int, seeds))), size=[int(side), int(side)],
         steps=int(overrides.get("steps") or recipe.steps), sampler=recipe.sampler, scale=recipe.scale,
         negative_prompt=recipe.negative_prompt, precision=precision, model=model.or_none() if model else None,

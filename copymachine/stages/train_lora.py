@@ -83,6 +83,7 @@ OWN_KEYS: dict[str, str] = {
     "mixed_precision": "the device profile (bf16/fp16 on a GPU, fp32 on the CPU)",
     "v2": "the base model's family",
     "no_half_vae": "the base model's family (always on for SDXL)",
+    **dict.fromkeys(("clip_l", "clip_g", "t5xxl", "ae", "qwen3", "vae"), "--model-file NAME=FILE"),
     **dict.fromkeys((*trainstate.SAVE_KEYS, *trainstate.RESUME_KEYS),
                     "the recipe key watch.save_every_n_steps (0: no saved state)"),
     **dict.fromkeys(SAMPLE_KEYS, "--samples N (prompts, sampler: the recipe's [watch] keys)"),
@@ -118,7 +119,9 @@ def training_plan(
     if settings.profile.optimizer:  # the low-VRAM profile's 8-bit AdamW
         training = dataclasses.replace(training, optimizer=settings.profile.optimizer)
     options = settings.profile.training_options_for(family.name)
-    if options.get("cache_text_encoder_outputs"):
+    if training.network_module == MEMO.copy.network_module:  # the family's own LoRA module (networks.lora_flux)
+        training = dataclasses.replace(training, network_module=family.network_module)
+    if options.get("cache_text_encoder_outputs") or family.training_options.get("cache_text_encoder_outputs"):
         # sd-scripts refuses cached text-encoder outputs with shuffled captions (one output per caption)
         training = dataclasses.replace(training, shuffle_caption=False)
     inputs = {**inputs, **{base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)}}
@@ -258,18 +261,22 @@ class TrainLora(StageKind):
         merged = base_weight_inputs(stage)
         config = write_config(
             config_dir / f"{stage.slug}-training.toml", "training.toml.j2", stage=stage.name,
-            base_model=stage.input("base"), family=p.family, tokenizer_cache_dir=ctx.settings.tokenizer_cache_dir,
+            base_model=stage.input("base"), family=p.family, model_files=p.family.file_options(),
+            tokenizer_cache_dir=ctx.settings.tokenizer_cache_dir,
             training=p.training, warmup_steps=p.warmup_steps, dataset_config=dataset_config,
             resolution_text=f"{width},{height}", max_train_steps=max_train_steps,
             profile={"mixed_precision": p.mixed_precision, "training_options": options},
             base_weights=[str(w) for w in merged], base_weights_multipliers=p.base_weights_multipliers or [],
+            # where the family's model sits when sd-scripts merges (not with block swap: its model stays on the CPU)
+            base_weights_options={} if options.get("blocks_to_swap") else p.family.base_weights_options,
             model_options=p.model.training_keys() if p.model else {}, sd_args=p.sd_args or {},
             segment_options=p.training.segment_options(p.total_steps) if p.copy_stop else {},
             output_dir=ctx.scratch, output_name=out.stem, saving={**saving, **watch_options(stage, ctx, config_dir)},
             comment=f"copymachine {stage.name}",
         )  # fmt: skip
         launch = ctx.engine.launch_training(p.family.train_script, config, p.mixed_precision,
-                                           launcher=LAUNCHER if merged else None)
+                                           launcher=LAUNCHER if merged else None,
+                                           network_module=p.training.network_module)
         watch = (lambda: collect_samples(stage, ctx)) if p.sample_every_n_steps else None
         ctx.run(launch, Path(p.family.train_script).name, expected=[out], watch=watch)
 
