@@ -30,12 +30,17 @@ from copymachine.errors import EnvironmentProblem, InputError
 from copymachine.files import atomic_write_text
 from copymachine.runner import StreamWatcher
 
-FORMAT = 2  # of the cache files; bump when what is learnt changes (2: option names ASCII only)
+FORMAT = 3  # of the cache files; bump when what is learnt changes (2: option names ASCII only; 3: family scripts)
 
 # The scripts copymachine calls (relative to the sd-scripts root).
 SCRIPTS = ("train_network.py", "sdxl_train_network.py", "gen_img.py", "networks/merge_lora.py",
            "networks/sdxl_merge_lora.py", "networks/svd_merge_lora.py", "networks/resize_lora.py",
            "networks/extract_lora_from_models.py")
+
+# The scripts of the families after SDXL (copymachine/families/): learnt where this sd-scripts has them (v0.8.7 has
+# none of them); a run on such a family is refused when its trainer is absent (preflight.check_family_scripts).
+FAMILY_SCRIPTS = ("flux_train_network.py", "flux_minimal_inference.py", "sd3_train_network.py",
+                  "sd3_minimal_inference.py", "anima_train_network.py", "anima_minimal_inference.py")
 
 # Releases by commit (kohya-ss/sd-scripts tags), and the pinned commit.
 RELEASES = {
@@ -185,15 +190,17 @@ def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int
         pass  # a damaged cache entry is learnt again
     caps = Capabilities(identity=engine.identity, version=version, known=known, root=str(engine.root))
     progress = on_progress or (lambda done, total: None)
-    progress(0, len(SCRIPTS))
+    scripts = [*SCRIPTS, *(s for s in FAMILY_SCRIPTS if engine.script(s).is_file())]
+    progress(0, len(scripts))
     results: dict[str, list[str] | str] = {}
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for future in as_completed([pool.submit(_help, engine, s) for s in SCRIPTS]):
+        for future in as_completed([pool.submit(_help, engine, s) for s in scripts]):
             script, result = future.result()
             results[script] = result
-            progress(len(results), len(SCRIPTS))
-    caps.errors = {s: r for s in SCRIPTS if isinstance(r := results[s], str)}  # in SCRIPTS' order
-    caps.options = {s: r for s in SCRIPTS if not isinstance(r := results[s], str)}
+            progress(len(results), len(scripts))
+    # in SCRIPTS' order; a family script that fails its --help only stays unlearnt (an SD run does not need it)
+    caps.errors = {s: r for s in SCRIPTS if isinstance(r := results[s], str)}
+    caps.options = {s: r for s in scripts if not isinstance(r := results[s], str)}
     gen_img = engine.script("gen_img.py")
     if gen_img.is_file():
         caps.prompt_options = parse_prompt_options(gen_img.read_text(encoding="utf-8", errors="replace"))

@@ -52,6 +52,11 @@ def render_family(family: Family) -> dict[str, Any]:
     return {"family_flag": family.gen_flag, "family": None if family.renders_with_gen_img else family}
 
 
+def renderer(p: RenderParams) -> str:
+    """The script a stage renders with."""
+    return p.family.renderer if p.family is not None else "gen_img.py"
+
+
 def base_weight_input_name(i: int) -> str:
     """Input names of the LoRAs loaded before the stage's own (absorbed styles; --base_weights), in order."""
     return f"{BASE_WEIGHT_PREFIX}{i:03d}"

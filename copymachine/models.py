@@ -45,9 +45,12 @@ class Prediction:
     v_parameterization: bool = False
     zero_terminal_snr: bool = False
     why: str = "no v_pred key in the checkpoint"
+    flow: bool = False  # a flow-matching model (FLUX.1, SD3, Anima): nothing to choose
 
     @property
     def label(self) -> str:
+        if self.flow:
+            return "flow matching"
         if not self.v_parameterization:
             return "epsilon-prediction"
         return "v-prediction" + (" with zero terminal SNR" if self.zero_terminal_snr else "")
@@ -60,6 +63,11 @@ def choose_prediction(model: ModelInfo, v_pred: bool = False, zero_terminal_snr:
     """The prediction type of `model`: from its `v_pred` / `ztsnr` keys, or the user's
     --v-pred / --zero-terminal-snr for a file without them. Zero terminal SNR only exists
     with v-prediction (sd-scripts warns that training is then 'unexpected')."""
+    if not model.family.renders_with_gen_img:
+        if v_pred or zero_terminal_snr:
+            raise InputError(f"--v-pred / --zero-terminal-snr: {model.family.label} is a flow-matching model with no "
+                             "prediction type to choose")
+        return Prediction(flow=True, why=f"{model.family.label}'s own")
     has_v, has_z = V_PRED_KEY in model.markers, ZTSNR_KEY in model.markers
     v = has_v or v_pred
     z = has_z or zero_terminal_snr

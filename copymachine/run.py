@@ -174,6 +174,7 @@ def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None
         settings = dataclasses.replace(settings, pinned_gpu=gpu, gpus=1)
     family = with_files(model.family, parse_model_files(o.model_files), model.embedded)
     preflight.check_tokenizers(settings, family, reporter)
+    preflight.check_family_scripts(settings, family)
     # the options a Request takes as they are; the rest converted
     same = ("out", "name", "cache_dir", "amount", "resolution", "max_steps", "combine", "sign", "edit_in_place",
             "tensorboard", "copy_stop_at")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from copymachine.models import ModelInfo
 from copymachine.preflight.disk import MB, by_disk, check_space, disk_full, estimate_space, human, one_image_run_needs
-from copymachine.preflight.engine import check_tokenizers, engine_warning, tokenizer_problem
+from copymachine.preflight.engine import check_family_scripts, check_tokenizers, engine_warning, tokenizer_problem
 from copymachine.preflight.gpu import LOW_VRAM_TEXT, check_bitsandbytes, check_vram
 from copymachine.preflight.images import check_images
 from copymachine.preflight.memory import (
@@ -28,12 +28,39 @@ from copymachine.preflight.output import check_output, check_writable, existing_
 from copymachine.preflight.paths import WINDOWS_PATH_LIMIT, check_path_lengths, written_paths
 from copymachine.progress import Reporter
 
-__all__ = ["FP16_MERGE", "LOW_VRAM_TEXT", "MB", "TRAINING_PEAK_RAM", "WINDOWS_PATH_LIMIT", "by_disk",
-           "check_base_model", "check_bitsandbytes", "check_images", "check_output", "check_path_lengths",
-           "check_resources", "check_space", "check_tokenizers", "check_vram", "check_writable", "disk_full",
-           "engine_warning", "estimate_space", "existing_ancestor", "fp16_merge_fits", "human", "made_here",
-           "memory_bytes", "merge_ram", "model_parameters", "one_image_run_needs", "ram_and_swap", "tokenizer_problem",
-           "written_paths"]
+__all__ = [
+    "FP16_MERGE",
+    "LOW_VRAM_TEXT",
+    "MB",
+    "TRAINING_PEAK_RAM",
+    "WINDOWS_PATH_LIMIT",
+    "by_disk",
+    "check_base_model",
+    "check_bitsandbytes",
+    "check_family_scripts",
+    "check_images",
+    "check_output",
+    "check_path_lengths",
+    "check_resources",
+    "check_space",
+    "check_tokenizers",
+    "check_vram",
+    "check_writable",
+    "disk_full",
+    "engine_warning",
+    "estimate_space",
+    "existing_ancestor",
+    "fp16_merge_fits",
+    "human",
+    "made_here",
+    "memory_bytes",
+    "merge_ram",
+    "model_parameters",
+    "one_image_run_needs",
+    "ram_and_swap",
+    "tokenizer_problem",
+    "written_paths",
+]
 
 
 def check_resources(plan, model: ModelInfo, reporter: Reporter) -> None:

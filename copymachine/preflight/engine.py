@@ -53,3 +53,15 @@ def check_tokenizers(settings, family: Family, reporter: Reporter) -> None:
         raise EnvironmentProblem(text)
     reporter.warn(text)
 
+
+def check_family_scripts(settings, family: Family) -> None:
+    """Refuse, in one line, a family whose trainer or renderer this sd-scripts does not have (FLUX.1 and SD3 came
+    with v0.9.0's sd3 branch, Anima after v0.10.1)."""
+    engine = settings.engine
+    if engine is None or family.renders_with_gen_img:
+        return
+    for script in (family.train_script, family.renderer):
+        if not engine.script(script).is_file():
+            raise EnvironmentProblem(f"{family.label} needs sd-scripts' {script}, which the sd-scripts at "
+                                     f"{engine.root} lacks; use a newer sd-scripts (the pinned commit has it: "
+                                     "`copymachine setup`)")

@@ -24,7 +24,15 @@ from typing import Any
 from PIL import Image
 
 from copymachine.files import atomic_write_json
-from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render, render_family
+from copymachine.genimg import (
+    PromptLine,
+    RenderParams,
+    format_multiplier,
+    prompt_line,
+    render,
+    render_family,
+    renderer,
+)
 from copymachine.images import load_rgb
 from copymachine.models import BaseOptions
 from copymachine.recipe import parse_number_list, split_prompts
@@ -162,8 +170,8 @@ class Leakage(StageKind):
         p = stage.spec
         n = len(p.prompts) * len(p.strengths)
         strengths = ", ".join(f"{s:g}" for s in p.strengths)
-        return (f"{stage.title}: gen_img.py, {n} images ({len(p.prompts)} unrelated prompt(s) x strengths {strengths}) "
-                f"at {p.size[0]}x{p.size[1]}")
+        return (f"{stage.title}: {renderer(p)}, {n} images ({len(p.prompts)} unrelated prompt(s) x strengths "
+                f"{strengths}) at {p.size[0]}x{p.size[1]}")
 
 
 def stored(scores: dict[str, Any]) -> str:

@@ -13,7 +13,15 @@ from typing import Any
 
 from PIL import Image
 
-from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render, render_family
+from copymachine.genimg import (
+    PromptLine,
+    RenderParams,
+    format_multiplier,
+    prompt_line,
+    render,
+    render_family,
+    renderer,
+)
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
 from copymachine.recipe import parse_number_list, split_prompts
@@ -104,7 +112,7 @@ class Preview(StageKind):
     def describe(self, stage) -> str:
         p = stage.spec
         n = len(p.prompts) * len(p.seeds)
-        return f"{stage.title}: gen_img.py, {n} row(s) x {len(p.strengths)} strengths at {p.size[0]}x{p.size[1]}"
+        return f"{stage.title}: {renderer(p)}, {n} row(s) x {len(p.strengths)} strengths at {p.size[0]}x{p.size[1]}"
 
 
 KIND = Preview()
