@@ -129,6 +129,9 @@ def _path(value: Any, folder: Path) -> Any:
 def _values(merged: dict[str, Any], keys: dict[str, str], overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A job's keys as RunOptions' fields (paths relative to the jobs file; a recipe name stays one)."""
     values = {keys[k]: _path(v, folder) if keys[k] in PATHS else v for k, v in merged.items() if k in keys}
+    if isinstance(values.get("model_files"), list):  # NAME=FILE: the file relative to the jobs file
+        values["model_files"] = [f"{n}={_path(f, folder)}" if s else item for item in values["model_files"]
+                                 for n, s, f in [str(item).partition("=")]]
     recipe = merged.get("recipe")
     if isinstance(recipe, str) and (folder / recipe).is_file():
         values["recipe_file"] = str(folder / recipe)

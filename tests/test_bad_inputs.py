@@ -77,7 +77,7 @@ def _base_case(tmp_path, fake_engine, case: str) -> Path:
         path.write_bytes(b"PK\x03\x04" + os.urandom(64))  # a torch zip: never opened by copymachine
     elif case == "pickle named safetensors":
         path.write_bytes(b"\x80\x02}q\x00." + os.urandom(64))
-    elif case == "unknown architecture":
+    elif case == "FLUX.1 without its files":
         write_safetensors(path, {"double_blocks.0.img_attn.qkv.weight": np.zeros((4, 4), np.float16)})
     elif case == "a LoRA":
         write_safetensors(path, {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": np.zeros((4, 4), np.float16)})
@@ -92,7 +92,7 @@ BASE_CASES = {
     "not safetensors": "base model is not a safetensors file (no valid header): ",
     "ckpt": "base model is a pickle file (.ckpt): ",
     "pickle named safetensors": "base model is a pickle file with a .safetensors suffix, not safetensors: ",
-    "unknown architecture": "FLUX.1 schnell needs its other files beside the checkpoint: give --model-file clip_l=FILE "
+    "FLUX.1 without its files": "FLUX.1 schnell needs its other files beside the checkpoint: give --model-file clip_l=FILE "
                             "--model-file t5xxl=FILE --model-file ae=FILE (clip_l: the CLIP-L text encoder",
     "a LoRA": "base model is not a checkpoint of a family copymachine knows (SD1.x/2.x, SDXL, FLUX.1, SD3/3.5, Anima): "
               "found a LoRA, not a base model: ",

@@ -140,3 +140,12 @@ def test_rendered_images_are_moved_to_their_planned_names(tmp_path):
     (run_dir / "b.png").write_bytes(b"2")
     with pytest.raises(Exception, match="wrote 2 images"):
         minimal_render._take(run_dir, [_line(5, name="x.png")], out, "flux_minimal_inference.py")
+
+
+def test_a_jobs_files_model_files_are_relative_to_it():
+    from copymachine.jobfile import _values
+    from copymachine.options import job_keys
+
+    values = _values({"model-file": ["vae=v.safetensors", "qwen3=/abs/q.safetensors"]}, job_keys("train"), {},
+                     Path("/jobs"))
+    assert values == {"model_files": [f"vae={Path('/jobs') / 'v.safetensors'}", "qwen3=/abs/q.safetensors"]}
