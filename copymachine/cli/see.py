@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from copymachine import recipe as recipe_mod
 from copymachine.cli import cli
 from copymachine.cli.common import engine_options, make_settings
 from copymachine.errors import InputError
+from copymachine.families import parse_model_files, with_files
 from copymachine.files import HashCache
 from copymachine.images import image_info
 from copymachine.lorafile import summarize_lora
@@ -51,8 +53,11 @@ from copymachine.stages.preview import planned_outputs, preview_params
               help="The LoRA's training image: also measure leakage (see below). Default: original.png beside the LoRA "
               "when its sha256 is the one in the LoRA's metadata.")
 @click.option("--no-leakage", is_flag=True, help="Do not measure leakage.")
+@click.option("--model-file", "model_files", multiple=True, metavar="NAME=FILE",
+              help="The other files MODEL's family needs (FLUX.1: clip_l, t5xxl, ae; Anima: qwen3, vae), as train "
+                   "takes them.")
 @engine_options
-def preview(lora, model, strengths, prompts, seeds, size, steps, font, original, no_leakage,
+def preview(lora, model, strengths, prompts, seeds, size, steps, font, original, no_leakage, model_files,
             sd_scripts, python, device, tokenizer_cache_dir, offline, verbose):
     """Render a strength sweep of LORA on MODEL: a labelled contact sheet (rows: prompt x seed; columns: strengths; the
     0 column framed) written beside the LoRA as <name>-preview.png, and the single images in <name>-preview/.
@@ -74,6 +79,8 @@ def preview(lora, model, strengths, prompts, seeds, size, steps, font, original,
     reporter = Reporter(verbose=verbose)
     lora = lora.resolve()
     summary, checkpoint = _checked(lora, model, size, font)
+    checkpoint = dataclasses.replace(checkpoint, family=with_files(checkpoint.family, parse_model_files(model_files),
+                                                                   checkpoint.embedded))
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     precision = settings.mixed_precision if settings.mixed_precision != "no" else "float"
     # as the LoRA was trained: its clip skip (ss_clip_skip), the checkpoint's prediction type

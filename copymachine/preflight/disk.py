@@ -14,6 +14,7 @@ from copymachine.preflight.model import model_parameters
 from copymachine.preflight.output import existing_ancestor
 from copymachine.progress import Reporter
 from copymachine.stamps import sized_stamp
+from copymachine.vram import LORA_PER_DIM_UNET
 
 GB = 1024**3
 MB = 1024**2
@@ -23,7 +24,9 @@ MB = 1024**2
 # SD1.5: 1.07e9 parameters (the copy model at float is 4.27 GB, docs/engine-notes.md); its
 # dim-64 LoRA is 151 MB at float -> 590k parameters per rank. SDXL: 3.47e9 parameters
 # (6.94 GB at fp16); its LoRA ~3.4M parameters per rank.
-LORA_PARAMS_PER_RANK = {"sd1": 590_000, "sd2": 650_000, "sdxl": 3_400_000}
+# The DiT families train their transformer alone: copymachine.vram.LORA_PER_DIM_UNET.
+_SD = {"sd1": 590_000, "sd2": 650_000, "sdxl": 3_400_000}
+LORA_PARAMS_PER_RANK = {**{name: round(per * 1e6) for name, per in LORA_PER_DIM_UNET.items()}, **_SD}
 BYTES = {"float": 4, "fp32": 4, "fp16": 2, "bf16": 2}
 SMALL_STAGE_BYTES = 20 * MB  # images, captions, checks, configs, logs of one stage
 
