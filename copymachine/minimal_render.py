@@ -4,13 +4,14 @@ sd3_minimal_inference.py and anima_minimal_inference.py (copymachine.families: `
 They differ from gen_img.py in what a stage needs: FLUX.1 and SD3 render one prompt per run and name the
 image by the time of day (to the second), so each image is one run into a folder of its own; Anima reads a
 prompt file (`--from_file`, gen_img.py's --w/--h/--d/--s/--l/--n) with one LoRA multiplier for the whole run
-and names each image <time>_<seed>.png, so each run holds the lines of one multiplier with distinct seeds.
+and names each image <time>_<seed>_.png, so each run holds the lines of one multiplier with distinct seeds.
 Every image is then moved to the name the stage planned. The LoRAs are loaded unmerged, each at its
 multiplier; a line's own multiplier (gen_img.py's --am) is the stage's own LoRA's, the last one.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,7 +77,9 @@ def anima_args(family: Family, checkpoint: Path, prompt_file: Path, outdir: Path
 def _take(run_dir: Path, group: list[Any], outdir: Path, script: str) -> None:
     """Move what the renderer wrote into `run_dir` to the planned names (`collect`: before the check)."""
     for line in group:
-        found = sorted(run_dir.glob(f"*_{line.seed}.png" if script.startswith("anima") else "*.png"))
+        # Anima: <time>_<seed>_.png (save_images appends "_" + an empty base name); FLUX.1/SD3: <time>.png, alone
+        seed = re.compile(rf"_{line.seed}_?\.png$")
+        found = sorted(p for p in run_dir.glob("*.png") if not script.startswith("anima") or seed.search(p.name))
         if len(found) != 1:
             raise EngineError(f"{script} wrote {len(found)} images where copymachine expected one for {line.file_name}")
         outdir.mkdir(parents=True, exist_ok=True)

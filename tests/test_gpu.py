@@ -322,7 +322,7 @@ def test_learning_the_scripts_shows_progress_once(fake_engine, tmp_path, monkeyp
     root = fake_engine.tree_copy(tmp_path / "sd-scripts", commit="5" * 40)
     seen: list[tuple[int, int]] = []
     caps = capabilities.learn(engine.Engine(root=root, python=sys.executable, commit="5" * 40), on_progress=lambda d, t: seen.append((d, t)))
-    n = len(capabilities.SCRIPTS)
+    n = (len(capabilities.SCRIPTS) + len(capabilities.FAMILY_SCRIPTS))
     assert seen == [(i, n) for i in range(n + 1)] and not caps.errors
     again: list[tuple[int, int]] = []
     capabilities.learn(engine.Engine(root=root, python=sys.executable, commit="5" * 40), on_progress=lambda d, t: again.append((d, t)))
@@ -334,7 +334,7 @@ def test_the_first_run_prints_the_count(fake_engine, image, tmp_path, monkeypatc
     args = ["--base", str(fake_engine.base), "--image", str(image), "--resolution", "64", "--effect", "contrast"]
     first = train(fake_engine, *args, "--out", str(tmp_path / "a"))
     assert first.exit_code == 0, first.output
-    n = len(capabilities.SCRIPTS)
+    n = (len(capabilities.SCRIPTS) + len(capabilities.FAMILY_SCRIPTS))
     assert f"learning what this sd-scripts can do, once: 3/{n} scripts" in first.output
     assert first.output.index(f"once: 0/{n} scripts") < first.output.index(f"once: {n}/{n} scripts")
     second = train(fake_engine, *args, "--out", str(tmp_path / "b"))

@@ -122,7 +122,7 @@ def _checked(lora: Path, model: Path, size: int | None, font: Path | None):
     summary = summarize_lora(lora)
     lora_fam = lora_family(list(summary.modules), summary.metadata)
     checkpoint = inspect_base_model(model, for_training=False)
-    if lora_fam is not None and lora_fam.name != checkpoint.family.name:
+    if lora_fam is not None and lora_fam.base_model_version != checkpoint.family.base_model_version:
         raise InputError(f"{lora.name} is a {lora_fam.label} LoRA but --model is {checkpoint.family.label}")
     if size is not None and size % 64:
         raise InputError(f"--size must be a multiple of 64, not {size}")

@@ -47,7 +47,7 @@ def check_loras(items: tuple[str, ...], family: Family | None = None) -> list[tu
         path, ratio = parse_weighted(item)
         summary = summarize_lora(path)
         fam = lora_family(list(summary.modules), summary.metadata)
-        if family is not None and fam is not None and fam.name != family.name:
+        if family is not None and fam is not None and fam.base_model_version != family.base_model_version:
             raise InputError(f"{path} is a {fam.label} LoRA, but the others are {family.label}")
         family = family or fam
         out.append((path, ratio, max(summary.ranks)))
@@ -173,6 +173,9 @@ def extract(base, tuned, dim, precision, out, sd_scripts, python, device, tokeni
     b = inspect_base_model(tuned, for_training=False)
     if a.family.name != b.family.name:
         raise InputError(f"--base is {a.family.label} but --tuned is {b.family.label}: both must be of one family")
+    if not a.family.renders_with_gen_img:
+        raise InputError(f"--base is {a.family.label}: sd-scripts' extract_lora_from_models.py reads SD1.x/2.x and "
+                         "SDXL checkpoints only")
     settings = make_settings(sd_scripts, python, device, tokenizer_cache_dir, offline, reporter)
     params = ExtractParams(family=a.family, dim=dim, min_diff=MEMO.combine.min_diff, precision=precision,
                            device=settings.device, label=ToolLabel("extract"))

@@ -36,7 +36,7 @@ CHROMA = Family(name="chroma", label="Chroma (FLUX.1-based)", train_script="flux
                 merge_script="networks/flux_merge_lora.py", gen_flag="", base_model_version="chroma",
                 training_options={**_TRAINING, "model_type": "chroma", "guidance_scale": 0.0,
                                   "timestep_sampling": "sigmoid", "apply_t5_attn_mask": True},
-                default_size=1024, tokenizers=_TOKENIZERS[1:], network_module="networks.lora_flux",
+                default_size=1024, tokenizers=_TOKENIZERS, network_module="networks.lora_flux",
                 renderer="flux_minimal_inference.py",
                 render_options=("--model_type", "chroma", "--apply_t5_attn_mask", "--guidance", "0"),
                 needs=(T5XXL, AE), no_file_merge=_FILE_MERGE.format("Chroma"))

@@ -4,8 +4,14 @@ Run with the sd-scripts Python, whose environment has torch, accelerate and sd-s
 
     vendor/sd-scripts/venv/bin/python tests/fake_sdscripts/dump_options.py --sd-scripts vendor/sd-scripts
 
+or, to add scripts to the existing file without touching the others' entries (``--only`` with no names:
+the scripts of SCRIPTS the file lacks):
+
+    vendor/sd-scripts/venv/bin/python tests/fake_sdscripts/dump_options.py --sd-scripts vendor/sd-scripts --only
+
 It imports each script as a module (its ``__main__`` block does not run), calls its own
-``setup_parser()`` and writes every option of the resulting argparse parser to
+``setup_parser()`` (the minimal-inference scripts, which have none, run up to their ``parse_args()``
+call, which hands back the parser) and writes every option of the resulting argparse parser to
 ``tests/fake_sdscripts/options.json`` (or ``--out``). The JSON holds names of options and their
 argparse attributes, no code. The recording fake (tests/fake_sdscripts/_fake) parses argv against it.
 """
@@ -45,7 +51,16 @@ SCRIPTS = [
     "networks/svd_merge_lora.py",
     "networks/resize_lora.py",
     "networks/extract_lora_from_models.py",
+    "flux_train_network.py",
+    "sd3_train_network.py",
+    "anima_train_network.py",
+    "flux_minimal_inference.py",
+    "sd3_minimal_inference.py",
+    "anima_minimal_inference.py",
 ]
+# scripts without setup_parser(): their parser is built in the __main__ block (flux_/sd3_minimal_inference.py)
+# or in parse_args() (anima_minimal_inference.py); run_parser_of() runs that code up to parse_args()
+NO_SETUP_PARSER = {"flux_minimal_inference.py", "sd3_minimal_inference.py", "anima_minimal_inference.py"}
 
 
 def type_name(t) -> str | None:
@@ -100,6 +115,35 @@ def load_script(sd: Path, rel: str):
     return mod
 
 
+class _Parsed(Exception):
+    def __init__(self, parser):
+        super().__init__("parser captured")
+        self.parser = parser
+
+
+def run_parser_of(sd: Path, rel: str) -> argparse.ArgumentParser:
+    """The parser a script builds in its __main__ block / parse_args(): its code runs (as __main__) until
+    it calls parse_args(), which hands the parser back instead of parsing."""
+    import runpy
+
+    for d in (str(sd / Path(rel).parent), str(sd)):
+        if d not in sys.path:
+            sys.path.insert(0, d)
+
+    def capture(self, *a, **kw):
+        raise _Parsed(self)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        runpy.run_path(str(sd / rel), run_name="__main__")
+    except _Parsed as p:
+        return p.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    raise RuntimeError(f"{rel} did not call parse_args()")
+
+
 def dataset_schema(sd: Path) -> dict:
     """The keys ConfigSanitizer(True, True, False, True) allows, as train_network.py builds it."""
     from library import config_util
@@ -143,15 +187,41 @@ def dataset_schema(sd: Path) -> dict:
     }
 
 
+def describe_script(sd: Path, rel: str) -> dict:
+    if rel in NO_SETUP_PARSER:
+        return describe_parser(run_parser_of(sd, rel))
+    return describe_parser(load_script(sd, rel).setup_parser())
+
+
+def dump_only(sd: Path, out: Path, scripts: list[str], commit: str | None) -> int:
+    """Add or replace `scripts` in an existing options file; its commit must be the tree's (when known)."""
+    result = json.loads(out.read_text(encoding="utf-8"))
+    if commit and result.get("sd_scripts_commit") not in (None, commit):
+        raise SystemExit(f"{out} is from sd-scripts {result['sd_scripts_commit']}, {sd} is at {commit}: dump all")
+    scripts = scripts or [s for s in SCRIPTS if s not in result["scripts"]]
+    for rel in scripts:
+        result["scripts"][rel] = describe_script(sd, rel)
+    out.write_text(json.dumps(result, indent=1, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {out}: " + str({k: len(result['scripts'][k]['prog_options']) for k in scripts}))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sd-scripts", required=True, type=Path)
     ap.add_argument("--out", type=Path, default=HERE / "options.json")
+    ap.add_argument("--only", nargs="*", default=None, metavar="SCRIPT",
+                    help="dump only these scripts (and keep every other entry of --out as it is)")
     args = ap.parse_args()
     sd = args.sd_scripts.resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(sd)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=sd, capture_output=True, text=True).stdout.strip() or None
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=sd, capture_output=True, text=True).stdout.strip()
+    commit = None
+    if top and Path(top).resolve() == sd:  # a checkout of its own (an extracted tree inside another repo is not)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=sd, capture_output=True, text=True).stdout.strip() or None
+    if args.only is not None:
+        return dump_only(sd, args.out, args.only, commit)
 
     result = {
         "_about": "Options of the pinned kohya-ss sd-scripts scripts, dumped by tests/fake_sdscripts/dump_options.py from each script's own setup_parser(). Derived data; regenerate, do not edit.",
@@ -159,8 +229,7 @@ def main() -> int:
         "scripts": {},
     }
     for rel in SCRIPTS:
-        mod = load_script(sd, rel)
-        result["scripts"][rel] = describe_parser(mod.setup_parser())
+        result["scripts"][rel] = describe_script(sd, rel)
 
     import accelerate
     from accelerate.commands.launch import launch_command_parser

@@ -401,7 +401,8 @@ class BF16(np.ndarray):
 def as_precision(a: np.ndarray, precision: str | None) -> np.ndarray:
     dt = PRECISIONS[precision]
     if dt == "bf16":
-        return bf16_round(a.astype(np.float32)).view(BF16)
+        # (np.asarray: on a 0-d alpha, numpy's arithmetic gives a scalar, which would be saved as F32)
+        return np.asarray(bf16_round(a.astype(np.float32)), dtype=np.float32).view(BF16)
     return a.astype(dt)
 
 
