@@ -67,7 +67,7 @@ def test_copy_machine_on_anima(ws):
     run = _run(ws, "train", "--out", str(ws["root"] / "train"))
     stages = run["stages"]
     train = ws["root"] / "train"
-    assert run["manifest"]["family"] == "anima" or run["manifest"].get("info", {}).get("family") == "anima"
+    assert run["manifest"]["run"]["family"] == "anima"
     final = train / "train-custom.safetensors"
     _anima_lora(final, 8)  # resized from the memo's 64 to 8
     assert read_safetensors(final).metadata["ss_base_model_version"] == "anima"
