@@ -1,14 +1,17 @@
 """Resume mid-stage on the real sd-scripts (CPU, 64 px): a 6-step copy LoRA saving its state every
 2 steps is SIGKILLed once the state of step 4 is complete, and the same command resumes it at step 4
 (`resume` + `skip_until_initial_step`); it ends at step 6, and its LoRA is compared with an
-uninterrupted run's. Then --samples, --tensorboard and --copy-stop-at on the same engine.
+uninterrupted run's. Then --samples and --tensorboard on the same engine, and --copy-stop-at, which
+keeps the copy check's blank rule: the random fixture renders black at 64 px, so the first
+segment's check (step 2) ends the run with the blank-render error (exit 1).
 
-Wall time on 2 CPU cores (loaded): about 3 minutes for the first test (65 s uninterrupted, 101 s resumed), 8 for the second.
+Wall time on 2 CPU cores (loaded by other work): 235 s for the first test, 363 s for the second
+(measured; with the recipe's check of 4 images of 20 steps it took 456 s, the check's gen_img.py
+alone 301 s in one run).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -23,6 +26,7 @@ from PIL import Image, ImageEnhance
 from realkit import draw_original, run_cli
 
 from copymachine import trainstate
+from copymachine.files import read_toml
 from copymachine.lorafile import read_safetensors
 
 pytestmark = pytest.mark.integration
@@ -36,14 +40,15 @@ pytestmark = pytest.mark.integration
 MAX_DIFF = 1e-3
 
 
-def _argv(root: Path, name: str, sd_scripts_dir, sd_python, random_sd15, tokenizer_cache_dir, *extra: str) -> list[str]:
+def _argv(root: Path, name: str, sd_scripts_dir, sd_python, random_sd15, tokenizer_cache_dir, *extra: str,
+          cache: str | None = None) -> list[str]:
     original, edited = root / "original.png", root / "edited.png"
     if not original.exists():
         draw_original(original)
         ImageEnhance.Contrast(Image.open(original)).enhance(1.6).save(edited)
     return [
         "train", "--effect", "custom", "--image", str(original), "--edited", str(edited), "--base", str(random_sd15),
-        "--out", str(root / name), "--cache-dir", str(root / f"cache {name}"), "--sd-scripts", str(sd_scripts_dir),
+        "--out", str(root / name), "--cache-dir", str(root / f"cache {cache or name}"), "--sd-scripts", str(sd_scripts_dir),
         "--python", str(sd_python), "--tokenizer-cache-dir", str(tokenizer_cache_dir), "--offline", "--device", "cpu",
         "--resolution", "64", "--max-steps", "6", "--rank", "0", "--no-copy-check", "--set", "watch.save_every_n_steps=2", *extra,
     ]  # fmt: skip
@@ -91,16 +96,33 @@ def test_a_killed_training_resumes_at_step_4_and_ends_at_step_6(tmp_path, sd_scr
     assert not list((root / "cache killed").glob("copy-lora/*/.partial"))  # done: the states are gone
 
 
-def test_samples_tensorboard_and_copy_stop(tmp_path, sd_scripts_dir, sd_python, random_sd15, tokenizer_cache_dir):
+def test_samples_tensorboard_then_a_copy_stop_on_a_blank_check(tmp_path, sd_scripts_dir, sd_python, random_sd15, tokenizer_cache_dir):
     root = tmp_path / "watch"
     root.mkdir()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    argv = _argv(root, "run", sd_scripts_dir, sd_python, random_sd15, tokenizer_cache_dir, "--samples", "2", "--tensorboard", "--copy-stop-at", "0.99")
-    result = run_cli(argv, env)
+    args = (sd_scripts_dir, sd_python, random_sd15, tokenizer_cache_dir)
+    result = run_cli(_argv(root, "run", *args, "--samples", "2", "--tensorboard"), env)
     assert result.returncode == 0, result.stderr[-3000:]
     samples = sorted(p.name for p in (root / "run" / "samples" / "copy-lora").glob("*.png"))
     assert [re.search(r"_(\d{6})_00_", n).group(1) for n in samples] == ["000002", "000004", "000006"], samples
     assert list((root / "run" / "tensorboard").rglob("events.out.tfevents.*"))
-    # random weights copy nothing: checks at steps 2 and 4, then the ceiling
-    record = json.loads(read_safetensors(_copy_lora(root, "run")).metadata["copymachine_copy_stop"])
-    assert record["stopped_at"] == 6 and [c["step"] for c in record["checks"]] == [2, 4]
+
+    # --copy-stop-at keeps the copy check's blank rule, and the random fixture renders black at
+    # 64 px: the first segment's check (step 2) cannot score, and the run ends there with the copy
+    # check's one line and its exit code (1, docs/troubleshooting.md), not after training 6 steps.
+    # Same cache folder: the hashes of the inputs are reused; nothing before the copy LoRA is cached
+    # there, and stopping early is another copy LoRA key, so its 2 steps train anew.
+    # One check image of 2 sampling steps (the recipe's 4 of 20 took 301 s here): black all the same.
+    check = ("--set", "copy_check.images=1", "--set", "copy_check.steps=2")
+    stop = run_cli(_argv(root, "stop", *args, "--copy-stop-at", "0.99", *check, cache="run"), env)
+    assert stop.returncode == 1, stop.stderr[-3000:]
+    assert "copy LoRA (memo step 2): --copy-stop-at 0.99: segments ending at steps 2, 4, 6" in stop.stderr
+    error = "copymachine: error: stage 'copy LoRA (memo step 2)': gen_img.py rendered a blank image (black)"
+    assert error in stop.stderr, stop.stderr[-3000:]
+    assert "copy check at step" not in stop.stderr  # no check scored
+    # the failed attempt keeps its newest saved state: step 2's; no segment went on to step 4
+    (scratch,) = [p for p in (root / "cache run").glob("copy-lora/*/.partial/copy-lora") if p.is_dir()]
+    assert sorted(p.name for p in scratch.glob("*-state")) == ["copy-lora-step00000002-state"]
+    training = read_toml(scratch.parents[1] / "config" / "copy-lora-training.toml", "training config")
+    assert training["training"]["max_train_steps"] == 2  # the first segment's sd-scripts run, the last one started
+    assert (scratch.parents[1] / "config" / "copy-lora-stop-check.txt").is_file()  # the check's prompts
