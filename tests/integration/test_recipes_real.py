@@ -1,7 +1,11 @@
 """Issue 34, the fast recipe, against the real sd-scripts at the pinned commit, on the CPU at 64 px: every fast option
 (batch 2, dim 16 then 4, lr 5e-4 then 1e-4, cosine, min_snr_gamma 5, no warmup, the effect LoRA saved at fp16, no
-resize) is accepted, and --copy-stop-at's segments keep the cosine over the whole training (torch's
-CosineAnnealingLR, resumed from the saved state). 2 training steps a LoRA, random weights.
+resize) is accepted. 2 training steps a LoRA, random weights.
+
+--copy-stop-at's segments (the cosine kept over the whole training as torch's CosineAnnealingLR, resumed from the
+saved state) are not run here any more: the copy stop scores renders as the copy check does, refusing a blank one,
+and the random SD1.5 renders black at 64 px (test_train_state_real.py asserts that stop). The segments' options are
+tested against the fake (tests/test_recipe.py).
 """
 
 from __future__ import annotations
@@ -24,9 +28,7 @@ def test_the_real_scripts_accept_every_fast_option(tmp_path_factory, sd_scripts_
     args = [
         "train", "--recipe", "fast", "--effect", "contrast", "--base", str(random_sd15), "--out", str(out),
         "--image", str(draw_original(root / "original.png")), "--cache-dir", str(root / "cache"),
-        "--resolution", "64", "--max-steps", "2", "--copy-stop-at", "0.99", "--no-copy-check",
-        # segments of 1 step: one copy-stop check (1 image, 2 sampling steps) at step 1, resumed to step 2
-        "--set", "watch.save_every_n_steps=1", "--set", "copy_check.images=1", "--set", "copy_check.steps=2",
+        "--resolution", "64", "--max-steps", "2", "--no-copy-check",
         "--sd-scripts", str(sd_scripts_dir), "--python", str(sd_python), "--tokenizer-cache-dir", str(tokenizer_cache_dir),
         "--device", "cpu",
     ]  # fmt: skip
@@ -39,9 +41,8 @@ def test_the_real_scripts_accept_every_fast_option(tmp_path_factory, sd_scripts_
     assert md["ss_min_snr_gamma"] == "5.0" and float(md["ss_learning_rate"]) == 5e-4
     datasets = json.loads(md["ss_datasets"])
     assert datasets[0]["batch_size_per_device"] == 2, datasets
-    assert json.loads(md["copymachine_copy_stop"])["checks"][0]["step"] == 1  # one segment checked, then resumed
     configs = list((root / "cache" / "copy-lora").rglob("copy-lora-training.toml"))
-    assert 'lr_scheduler_type = "CosineAnnealingLR"' in configs[0].read_text(encoding="utf-8")
+    assert 'lr_scheduler = "cosine"' in configs[0].read_text(encoding="utf-8")
     final = out / "run-contrast.safetensors"
     final_md = read_safetensors(final).metadata
     assert (final_md["ss_network_dim"], final_md["ss_min_snr_gamma"], final_md["ss_lr_scheduler"]) == ("4", "5.0", "cosine")
