@@ -116,11 +116,13 @@ def test_the_token_in_the_address_becomes_a_strict_cookie(ui):
     assert "foreign Host" in refused(status, data)
 
 
-@pytest.mark.parametrize("key", ["base", "image", "out", "preview-model", "cache-dir"])
+@pytest.mark.parametrize("key", ["base", "image", "out", "preview-model", "cache-dir", "model-file"])
 def test_a_path_outside_the_folders_is_refused(ui, key, tmp_path, fake_engine):
+    """model-file: a family's text encoder or VAE (NAME=FILE), which a training loads, is a path like the others."""
     app, port = ui
     outside = tmp_path / "elsewhere" / "x.safetensors"
-    job = {"base": str(app.models / "base.safetensors"), "effect": ["outline"], key: [str(outside)] if key == "image" else str(outside)}
+    value = {"image": [str(outside)], "model-file": [f"vae={outside}"]}.get(key, str(outside))
+    job = {"base": str(app.models / "base.safetensors"), "effect": ["outline"], key: value}
     status, data, _ = call(port, "POST", "/api/jobs", json.dumps(job).encode(), own(app, port, **{"Content-Type": "application/json"}))
     message = json.loads(data)["error"]
     assert status == 400 and message.startswith(f"{key} ") and "must lie under the runs folder" in message, message

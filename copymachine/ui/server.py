@@ -44,7 +44,7 @@ from copymachine.ui.store import JobStore, Worker
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 # the job keys naming a model to read: a file linked into a models folder is the user's own choice
-MODEL_KEYS = ("base", "preview-model")
+MODEL_KEYS = ("base", "preview-model", "model-file")
 TOKEN_COOKIE = "copymachine_token"
 TOKEN_HEADER = "X-Copymachine-Token"
 # the content types a page of another origin may POST without asking (a CORS "simple" request)
@@ -172,6 +172,10 @@ class App:
         # a recipe is a name or a path: as a path, it too must lie under the folders
         paths = [key for key, name in job_keys(method).items() if name in PATHS or key == "recipe"]
         self.check_paths(table, paths)
+        # a family's other files (model-file NAME=FILE): files a training loads, so under the folders as well
+        files = table.get("model-file")
+        named = [str(v).partition("=")[2] for v in (files if isinstance(files, list) else [files]) if v]
+        self.check_paths({"model-file": named}, ["model-file"])
         if "base" not in table:
             raise InputError("give the base model (a path to a .safetensors checkpoint)")
         if not table.get("out"):
