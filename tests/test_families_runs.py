@@ -55,7 +55,7 @@ def _train_args(fake_engine, base, files, image, out, *extra):
             "--resolution", "64", "--max-steps", "3", *fake_engine.engine_args, *extra]  # fmt: skip
 
 
-# a FLUX.1 or SD3.5 dry run hashes its 10-24 GB (sparse) checkpoint, as a run hashes every input: 14-30 s here
+# slow: a FLUX.1 or SD3.5 dry run hashes its 10-24 GB (sparse) checkpoint, as a run hashes every input: 14-30 s here
 BIG = pytest.mark.slow
 
 
@@ -104,6 +104,7 @@ def test_what_flux_refuses(fake_engine, family_world, scene_path, tmp_path, opti
     assert result.exit_code == 3 and message in result.stderr, result.stderr
 
 
+@BIG  # 8-10 s each
 @pytest.mark.parametrize("method", ["train", "diff"])
 def test_anima_end_to_end_on_the_fake(fake_engine, family_world, scene_path, tmp_path, method):
     """Every stage on the fake: trainings, the copy check, leakage and the sweep through the Anima renderer (its
