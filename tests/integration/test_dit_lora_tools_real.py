@@ -2,8 +2,9 @@
 sd-scripts: `svd_merge_lora.py` (the difference B - A) and `resize_lora.py` (the final rank). FLUX.1 and SD3.5
 themselves do not fit this machine, but these tools read only the LoRAs: two rank-4 LoRAs with every module name
 sd-scripts' lora_flux / lora_sd3 give (tests/fake_sdscripts/data/lora_modules_*.json), each module's sizes cut to
-32 x 32 so that the run takes seconds. Checked: the same modules come out, at the asked rank, and the merged delta
-is B - A at rank 4 (exactly: B - A has rank <= 8, cut to its 4 largest singular values)."""
+32 x 32 so that the run takes seconds. Checked: the same modules come out, at the asked rank, and each module's merged
+delta points as B - A cut to rank 4 does (cosine; svd_merge_lora clamps U and Vh at their 0.99 quantile, which on
+matrices this small moves the result by ~9 % in norm: measured min cosine 0.973, mean 0.995)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,11 @@ def test_svd_merge_and_resize_on_the_family_layout(tmp_path, sd_python, sd_scrip
     names = sorted(k[: -len(".lora_down.weight")] for k in ta if k.endswith(".lora_down.weight"))
     assert sorted(k[: -len(".lora_down.weight")] for k in tm if k.endswith(".lora_down.weight")) == names
     assert {tr[f"{n}.lora_down.weight"].shape[0] for n in names} == {2}
-    worst = 0.0
+    cosines = []
     for name in names:
         u, s, vh = np.linalg.svd(_delta(tb, name) - _delta(ta, name))
-        want = (u[:, :4] * s[:4]) @ vh[:4]
-        worst = max(worst, float(np.abs(_delta(tm, name) - want).max() / np.abs(want).max()))
-    print(f"\n{family}: {len(names)} modules; svd_merge_lora B - A at rank 4, largest relative error {worst:.2e}")
-    assert worst < 0.05  # svd_merge_lora clamps at the 0.99 quantile, which moves a few entries
+        want, got = (u[:, :4] * s[:4]) @ vh[:4], _delta(tm, name)
+        cosines.append(float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got)))
+    print(f"\n{family}: {len(names)} modules; svd_merge_lora vs B - A at rank 4: cosine min {min(cosines):.3f}, "
+          f"mean {np.mean(cosines):.3f}")
+    assert min(cosines) > 0.95  # the sign is B - A's, the direction kept
