@@ -16,25 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realkit import draw_original
 from safetensors.numpy import load_file, save_file
-from test_anima_real import train_args
+from test_anima_real import train_args, write_dataset
 
 pytestmark = pytest.mark.integration
 LAUNCHER = Path(__file__).resolve().parents[2] / "copymachine" / "sd_side" / "base_weights_launcher.py"
-
-
-def _dataset(tmp_path: Path) -> Path:
-    images = tmp_path / "img"
-    images.mkdir()
-    draw_original(images / "cat.png", size=64)
-    (images / "cat.txt").write_text("a photo of a cat\n")
-    dataset = tmp_path / "dataset.toml"
-    dataset.write_text(
-        '[general]\ncaption_extension = ".txt"\nresolution = [64, 64]\nenable_bucket = false\n\n'
-        f"[[datasets]]\nbatch_size = 1\n\n  [[datasets.subsets]]\n  image_dir = {str(images)!r}\n  num_repeats = 1\n"
-    )
-    return dataset
 
 
 def _train(cmd: list[str], cwd: Path, env: dict, out: Path) -> dict[str, np.ndarray]:
@@ -50,7 +36,7 @@ def _largest_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> f
 
 
 def test_a_zero_lora_merged_in_memory_changes_nothing(tmp_path, sd_python, sd_scripts_dir, sd_env, random_anima):
-    dataset = _dataset(tmp_path)
+    dataset = write_dataset(tmp_path)
     plain = _train(train_args(sd_python, random_anima, dataset, tmp_path / "a"), sd_scripts_dir, sd_env, tmp_path / "a")
     zero = {k: (np.zeros_like(v) if ".lora_up." in k else v) for k, v in plain.items()}
     save_file(zero, str(tmp_path / "zero.safetensors"))

@@ -29,7 +29,8 @@ def train_args(python: Path, anima: dict[str, Path], dataset: Path, out: Path) -
     ]  # fmt: skip
 
 
-def test_anima_lora_trains_on_cpu(tmp_path, sd_python, sd_scripts_dir, sd_env, random_anima):
+def write_dataset(tmp_path: Path) -> Path:
+    """One 64 px drawn image and its caption, and the dataset TOML over them."""
     images = tmp_path / "img"
     images.mkdir()
     draw_original(images / "cat.png", size=64)
@@ -39,6 +40,11 @@ def test_anima_lora_trains_on_cpu(tmp_path, sd_python, sd_scripts_dir, sd_env, r
         '[general]\ncaption_extension = ".txt"\nresolution = [64, 64]\nenable_bucket = false\n\n'
         f"[[datasets]]\nbatch_size = 1\n\n  [[datasets.subsets]]\n  image_dir = {str(images)!r}\n  num_repeats = 1\n"
     )
+    return dataset
+
+
+def test_anima_lora_trains_on_cpu(tmp_path, sd_python, sd_scripts_dir, sd_env, random_anima):
+    dataset = write_dataset(tmp_path)
     out = tmp_path / "out"
     cmd = train_args(sd_python, random_anima, dataset, out)
     r = subprocess.run(cmd, cwd=sd_scripts_dir, env=sd_env, capture_output=True, text=True, timeout=1800)
