@@ -1,15 +1,6 @@
-"""Jobs files and the queue that runs them: `copymachine queue JOBS.toml` (and the web UI).
-
-A jobs file is TOML: an optional `[defaults]` table and one `[[job]]` table per job, whose keys are
-the long options of `train` / `diff` without the dashes, plus `method` (train or diff), `set` (a table,
-or a list of `section.key=value` strings as on the command line) and `gpus` (what an engine gives the
-whole job: Ray's num_gpus; default 1). docs/jobs.example.toml is a commented example.
-
-Nothing here plans or runs a stage: every key is converted and checked as its option of `train` /
-`diff` is (the keys are copymachine/options.py's RunOptions), and every job runs through
-`run.run_method`, the function behind `train` and `diff`. A re-run of the queue re-runs each job,
-which skips every stage that is done.
-"""
+"""Jobs files (`[defaults]`, `[[job]]` tables of train/diff options plus method, set, gpus; docs/jobs.example.toml)
+and the queue that runs them. Every key is checked as its option is (RunOptions) and every job runs through
+`run.run_method`, the function behind `train` and `diff`; a re-run skips every stage that is done."""
 
 from __future__ import annotations
 
@@ -46,8 +37,8 @@ def engine_keys(engine: dict[str, Any]) -> dict[str, Any]:
 
 
 def engine_argv(engine: dict[str, Any]) -> list[str]:
-    """The engine options given, as the command line of another `copymachine` (paths absolute; a
-    venv's python keeps its link, so it is made absolute only when it is a path)."""
+    """The engine options given as another `copymachine`'s argv (paths absolute; --python only when it is a path,
+    so that a venv's python keeps its link)."""
     argv: list[str] = []
     for key, value in engine_keys(engine).items():
         if value is True:
@@ -60,8 +51,7 @@ def engine_argv(engine: dict[str, Any]) -> list[str]:
 
 
 def flatten_sets(table: dict[str, Any], at: str) -> dict[str, dict[str, Any]]:
-    """`set` as a TOML table: `copy.network_dim = 32` and `effect.flat.epochs = 8` arrive nested;
-    the section is every name but the last (`copy`, `effect.flat`)."""
+    """`set` as a nested TOML table (`effect.flat.epochs = 8`): the section is every name but the last."""
     out: dict[str, dict[str, Any]] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -182,9 +172,8 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
 
 
 def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
-    """Read and check a jobs file: every job's options are converted and range-checked (as the
-    options of `train` / `diff` are: RunOptions) before any job runs. `overrides` are queue
-    command-line options (by key) used where neither the job nor [defaults] sets them."""
+    """A jobs file, every job checked as RunOptions before any runs; `overrides` (queue options by key) apply where
+    neither the job nor [defaults] sets them."""
     path = Path(path)
     data = read_toml(path, "jobs file")
     unknown = sorted(set(data) - {"defaults", "job"})
@@ -207,14 +196,12 @@ def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
 
 
 def check_job(table: dict[str, Any], folder: Path, overrides: dict[str, Any] | None = None) -> Job:
-    """One job table checked as `load_jobs` checks a file's (relative paths from `folder`); its
-    messages name no file: the web UI's new job, before it is written to the queue."""
+    """One job table checked as `load_jobs` does (paths relative to `folder`, messages name no file): the web UI's."""
     return _job(1, table, {}, overrides or {}, folder, "")
 
 
 def queue_folder(jobs_file: Path) -> Path:
-    """Where a queue keeps one file per job run on its own (`--only N`, an engine's task): the
-    events (`job-N.events.jsonl`) and the output (`job-N.log`); `<jobs file>.queue/` beside it."""
+    """`<jobs file>.queue/`: each `--only N` job's events (`job-N.events.jsonl`) and output (`job-N.log`)."""
     jobs_file = Path(jobs_file)
     return jobs_file.parent / f"{jobs_file.stem}.queue"
 
@@ -227,8 +214,7 @@ def only(jobs: list[Job], n: int, source: Path) -> Job:
 
 
 class Tee:
-    """A text stream that writes to `first` (the terminal) and to a log file: what one job's
-    `copymachine queue --only N` prints, also kept in the queue folder."""
+    """A text stream writing to `first` (the terminal) and a log file (`queue --only N`'s output)."""
 
     def __init__(self, first, log: Path):
         self.first = first
@@ -252,8 +238,7 @@ class Tee:
 
 
 class Queue:
-    """Runs jobs in file order, `slots` at a time, each through `run_method`; a job that fails
-    is reported and the others go on. Ctrl-C stops every running job as it stops `train`."""
+    """Runs jobs in file order, `slots` at a time; a failed job is reported and the others go on; Ctrl-C stops all."""
 
     def __init__(self, jobs: list[Job], reporter: Reporter, slots: int = 1, gpus: int = 0,
                  events: Callable[[ev._Event], None] | None = None, total: int | None = None):
@@ -339,7 +324,6 @@ class Queue:
 
 
 def job_end(result: JobResult) -> ev.JobEnd:
-    """A job's end as its event."""
     return ev.JobEnd(job=result.job.index, label=result.job.label, status=result.status, exit_code=result.exit_code,
                      finals=[str(p) for p in result.finals], message=result.error.message if result.error else None,
                      seconds=result.seconds, node=result.node)

@@ -1,10 +1,6 @@
-"""The options of one run of `train` / `diff`, defined once as a pydantic model (RunOptions). The rest
-derives from it: the click options and their help (cli/common.run_options), a jobs file's keys and
-their checks (jobfile.py), the web UI's check of a new job and its form limits (schema()).
-
-A field's option is `--` + its name with dashes (or its `option`); `commands` says which of train and
-diff take it; `path` says whether a path is a file or a folder (the option's metavar, FILE/DIRECTORY).
-One bad value gives one message, in click's words, whichever face it came through (problem())."""
+"""The options of one `train` / `diff` run, defined once (RunOptions): the click options (cli/common), a jobs file's
+keys (jobfile.py) and the web UI's checks derive from it. A field's option is `--` + its name with dashes (or its
+`option`); one bad value gives one message in click's words, whichever face it came through (problem())."""
 
 from __future__ import annotations
 
@@ -31,8 +27,7 @@ def opt(default: Any = None, help: str = "", *, option: str | None = None, metav
 
 
 class RunOptions(BaseModel):
-    """The options of one run: one field per option of `copymachine train` / `diff`, in --help order (defaults: the
-    CLI's), plus `set_tables` (a jobs file's parsed `set` table, {section: {key: value}}, applied before --set)."""
+    """One field per option of `train` / `diff`, in --help order, plus `set_tables` (a jobs file's `set` table)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
 
@@ -204,8 +199,7 @@ def schema() -> dict[str, Any]:
 
 
 def split_set_options(items: tuple[str, ...], tables: dict[str, dict] | None = None) -> tuple[dict, dict]:
-    """--set takes recipe keys (copy.network_dim=32) and effect parameters (outline.width=2);
-    `tables` holds more of them already parsed ({section: {key: value}}, a jobs file's `set`)."""
+    """--set items and parsed `tables` as recipe keys (copy.network_dim) and effect parameters (outline.width)."""
     parsed = parse_set_options(items)
     for section, values in (tables or {}).items():
         parsed.setdefault(section, {}).update(values)

@@ -1,13 +1,6 @@
-"""The recipe's schema: every key a recipe holds, its type, its range and the memo step it comes from.
-
-The numbers themselves are data, in the recipe files shipped with copymachine (copymachine/recipes/):
-`memo.toml`, the memo's numbers (the default, `MEMO`), and `fast.toml`, traintrain's Difference preset.
-Each number's source is cited there. A recipe is overridden, key by key, from a TOML file
-(`--recipe NAME|FILE`, same sections and keys) and from the command line (`--set section.key=value`
-and the shorthand options of `copymachine train`). The sections are pydantic dataclasses, so that
-`dataclasses.replace`/`asdict` keep working on them; a value is checked by pydantic's rules (booleans:
-true/false, yes/no, on/off, 1/0), and a bad one ends in one line naming the key and its range.
-"""
+"""The recipe's schema: every key, its type, range and memo step. The numbers are data (copymachine/recipes/:
+memo.toml, the default `MEMO`; fast.toml, traintrain's Difference preset), overridden by --recipe and --set.
+Sections are pydantic dataclasses (dataclasses.replace/asdict work); a bad value is one line naming key and range."""
 
 from __future__ import annotations
 
@@ -82,8 +75,7 @@ _CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 @dataclass(frozen=True, config=_CONFIG)
 class TrainingRecipe:
-    """One LoRA training: memo step 2 (the copy LoRA), step 5 (the effect LoRA), LoRAs A and B of the
-    difference extraction."""
+    """One LoRA training: memo steps 2 (copy LoRA) and 5 (effect LoRA), the difference's LoRAs A and B."""
 
     network_module: str = Field(description="sd-scripts network module (step 2: networks.lora)")
     network_dim: Rank = Field(description="LoRA rank (steps 2, 5)")
@@ -119,9 +111,8 @@ class TrainingRecipe:
         return self
 
     def segment_options(self, total: int) -> dict[str, Any]:
-        """Training TOML keys that keep this schedule when the run stops short of `total` and resumes
-        (--copy-stop-at's segments): sd-scripts builds a cosine over each run's own max_train_steps,
-        torch's CosineAnnealingLR over `total` (T_max) is the same curve and goes on where it was."""
+        """TOML keys keeping the schedule across --copy-stop-at's segments: sd-scripts' cosine spans each run's own
+        max_train_steps, torch's CosineAnnealingLR with T_max=`total` is the same curve and goes on where it was."""
         if self.lr_scheduler != "cosine" or self.warmup_steps:
             return {}
         return {"lr_scheduler_type": "CosineAnnealingLR", "lr_scheduler_args": [f"T_max={total}"]}
@@ -149,8 +140,7 @@ class ResizeRecipe:
 
 @dataclass(frozen=True, config=_CONFIG)
 class SvdMergeRecipe:
-    """Difference extraction, step 5: svd_merge_lora.py --ratios 1 -1 --new_rank 8 --precision float
-    --save_precision fp16 (also the exact route for combining LoRAs)."""
+    """Difference step 5: svd_merge_lora.py --ratios 1 -1 --new_rank 8 --precision float --save_precision fp16."""
 
     rank: Rank = Field(description="the difference's rank (difference step 5: 8)")
     precision: Literal["float"] = Field(description="dtype of the SVD (difference step 5: float)",
@@ -199,9 +189,8 @@ class CaptionRecipe:
 
 @dataclass(frozen=True, config=_CONFIG)
 class CopyCheckRecipe:
-    """Step 3, "it outputs exactly the original image, whatever the prompt": renders from the copy model
-    (seeds seed, seed+1, ...; "|"-separated prompts, "{caption}" the training caption), luma SSIM at
-    256 px to the original; the run stops below `min_ssim`. copymachine's choices."""
+    """Step 3, "it outputs exactly the original image": renders from the copy model (seeds seed, seed+1, ...;
+    "{caption}": the training caption), luma SSIM at 256 px to the original; the run stops below `min_ssim`."""
 
     images: Whole = Field(ge=1, le=64, description="renders")
     min_ssim: Fraction = Field(description="the bar the renders' mean SSIM must reach")
@@ -230,8 +219,7 @@ class PreviewRecipe:
 
 @dataclass(frozen=True, config=_CONFIG)
 class LeakageRecipe:
-    """Does the final LoRA draw its training image into unrelated prompts (the memo, difference method:
-    "at higher strength the training image came out")? copymachine's choices."""
+    """Does the final LoRA draw its training image into unrelated prompts (memo: "the training image came out")?"""
 
     strengths: Annotated[str, _text_list(float, Strength, refuse_zero=True)] = Field(
         description="comma-separated strengths, each compared with strength 0")
@@ -362,8 +350,8 @@ def _overrides_of(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_recipe_file(path: Path | str, base: Recipe | None = None) -> Recipe:
-    """A built-in recipe by name (`fast`), or a recipe TOML file's keys over `base` (the memo's by default, or the
-    built-in its top-level `base = "NAME"` names). The file's `name` (else its stem) names the result."""
+    """A built-in recipe by name, or a TOML file's keys over `base` (MEMO, or its `base = "NAME"`); its `name`
+    (else its stem) names the result."""
     p = Path(path)  # a bare name is a built-in one (also as a jobs file's folder/NAME: that file absent)
     if str(path) in built_in_names() or (not p.exists() and not p.suffix and p.name in built_in_names()):
         return built_in(p.name)
@@ -489,8 +477,7 @@ _SD_ARG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 def checked_sd_args(values: Any, source: str) -> dict[str, Any]:
-    """An [sd_args] table: option names of sd-scripts' training script (checked against its
-    --help later, with the engine) and TOML values (a string, number, boolean or array)."""
+    """An [sd_args] table: sd-scripts option names (checked against its --help later) and TOML values."""
     if not isinstance(values, dict):
         raise InputError(f"{source}: [{SD_ARGS}] must be a table of sd-scripts training options (noise_offset = 0.05)")
     out: dict[str, Any] = {}
@@ -509,8 +496,7 @@ def checked_sd_args(values: Any, source: str) -> dict[str, Any]:
 
 
 def parse_sd_args(items: tuple[str, ...] | list[str], source: str = "--sd-arg") -> dict[str, Any]:
-    """`--sd-arg KEY=VALUE` items: VALUE is read as a TOML value (0.05, true, ["conv_dim=8"]),
-    else as a string; `--sd-arg KEY` alone is KEY=true (a flag such as xformers)."""
+    """`--sd-arg KEY=VALUE` items: VALUE as TOML (0.05, true, [...]), else a string; KEY alone is KEY=true."""
     out: dict[str, Any] = {}
     for item in items:
         name, sep, text = str(item).partition("=")
@@ -524,7 +510,7 @@ def parse_sd_args(items: tuple[str, ...] | list[str], source: str = "--sd-arg") 
             except tomllib.TOMLDecodeError:
                 value = text.strip()
         out[name] = value
-    return checked_sd_args(out, f"{source}")
+    return checked_sd_args(out, source)
 
 
 # --- lists in a recipe's text keys, and LoRA strengths -------------------------------------------

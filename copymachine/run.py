@@ -1,7 +1,5 @@
-"""One run of `train` or `diff`: typed options in (RunOptions, copymachine/options.py), then the
-inputs checked, the recipe, the plan and its pre-flight, the pipeline. The one code path under every
-face: the CLI commands (cli/methods.py), the queue (jobfile.py), through it the web UI, and the
-engines that run the queue's jobs elsewhere. The engine set-up is copymachine/engine_setup.py."""
+"""One run of `train` or `diff` from RunOptions: inputs checked, recipe, plan, pre-flight, pipeline. The one code
+path under the CLI, the queue (jobfile.py), the web UI and the engines that run queued jobs elsewhere."""
 
 from __future__ import annotations
 
@@ -80,8 +78,7 @@ RECIPE_KEYS = {"prompt": "generate.prompt", "copy_model": "merge.copy_model", "c
 
 
 def shorthand_sets(method: str, o: RunOptions) -> dict[str, dict[str, Any]]:
-    """The recipe keys options stand for: RECIPE_KEYS, --rank, --sd-arg, and the caption's (--caption,
-    --caption-with, --tagger-dir)."""
+    """The recipe keys options stand for: RECIPE_KEYS, --rank, --sd-arg, --caption, --caption-with, --tagger-dir."""
     sets: dict[str, dict[str, Any]] = {}
     for option, key in RECIPE_KEYS.items():
         if getattr(o, option) is not None:
@@ -126,8 +123,7 @@ def leakage_scores(the_plan, effect: str) -> dict | None:
 
 
 def check_inputs(o: RunOptions, reporter: Reporter):
-    """The run's inputs, checked before anything else (files exist, effects, the base model, the
-    images): the first step of every run, and what the web UI checks when a job is added."""
+    """The run's inputs (files, effects, base model, images) checked first: every run's and the web UI's first step."""
     if o.images and o.images_dir:
         raise InputError("give --image or --images, not both")
     if o.edited and o.edited_dir:
@@ -147,8 +143,7 @@ def check_inputs(o: RunOptions, reporter: Reporter):
 
 
 def _recipe(method: str, o: RunOptions, effects: list[str]) -> tuple[Recipe, dict[str, dict]]:
-    """The recipe (memo, --recipe, --set and the options that are recipe keys) and the effects'
-    parameters (--set outline.width=2)."""
+    """The recipe (memo, --recipe, --set, the shorthand options) and the effects' parameters (--set outline.width=2)."""
     recipe = load_recipe_file(o.recipe_file, MEMO) if o.recipe_file else MEMO
     recipe_sets, effect_sets = split_set_options(o.sets, o.set_tables)
     for section, values in shorthand_sets(method, o).items():
@@ -163,9 +158,8 @@ def _recipe(method: str, o: RunOptions, effects: list[str]) -> tuple[Recipe, dic
 
 def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None,
                  require: bool = True) -> tuple[Request, ModelInfo, Settings]:
-    """The run asked for, from its options: inputs checked, the recipe, sd-scripts located (and
-    pinned to `gpu`), the tokenizers the base model's family needs. `require`: its Python must
-    answer and what its scripts can do is learnt (a run and a dry run; not a queue's planning)."""
+    """The Request, the base model and sd-scripts' Settings (pinned to `gpu`); `require`: its Python must answer
+    and its scripts' abilities are learnt (a run and a dry run, not a queue's planning)."""
     images, edited, effects, model = check_inputs(o, reporter)
     recipe, effect_sets = _recipe(method, o, effects)
     settings = make_settings(o.sd_scripts, o.python, o.device, o.tokenizer_cache_dir, o.offline, reporter,
@@ -189,8 +183,7 @@ def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None
 
 def check_run(request: Request, o: RunOptions, model: ModelInfo, settings: Settings,
               reporter: Reporter) -> tuple[Plan, HashCache]:
-    """Pre-flight of the planned run, a dry run's too: the output folders, disk space and RAM, the
-    edits' check; on the CPU, what the trainings will take."""
+    """Pre-flight of the planned run (a dry run's too): folders, disk, RAM, the edits; the CPU's time estimate."""
     folders = run_folders(request)
     preflight.check_writable({"cache folder": folders.cache})
     hashes = HashCache.for_host(folders.cache)
@@ -254,12 +247,8 @@ def run_jobs(the_plan: Plan, o: RunOptions, settings: Settings, hashes: HashCach
 
 def run_method(method: str, o: RunOptions, reporter: Reporter | None = None, on_pipeline=None,
                gpu: int | None = None) -> list[Path]:
-    """One run of `train` (COPY_MACHINE) or `diff` (DIFFERENCE): request, pre-flight, jobs.
-    The one code path of every face: the CLI commands, the queue (copymachine/jobfile.py) and
-    through it the web UI. Returns the final LoRAs' paths.
-
-    `on_pipeline(pipeline)` is called with the Pipeline before it runs (the queue stops it on
-    Ctrl-C); `gpu` pins every sd-scripts call of the run to that CUDA device."""
+    """One run of `train` or `diff`; returns the final LoRAs' paths. `on_pipeline` gets the Pipeline before it runs
+    (the queue stops it on Ctrl-C); `gpu` pins every sd-scripts call to that CUDA device."""
     reporter = reporter or Reporter(verbose=o.verbose)
     request, model, settings = make_request(method, o, reporter, gpu)
     the_plan, hashes = check_run(request, o, model, settings, reporter)
@@ -268,9 +257,8 @@ def run_method(method: str, o: RunOptions, reporter: Reporter | None = None, on_
 
 
 def plan_only(method: str, o: RunOptions, reporter: Reporter) -> tuple[Plan, HashCache]:
-    """The run's plan and nothing else (nothing written, nothing run; sd-scripts need not answer, unlike a dry run):
-    what a queue reads to order its jobs before it hands them to an engine. Keys made here are this host's (its engine,
-    its device's precision): compare them with each other, not with the keys a job computes where it runs."""
+    """The plan alone (nothing written or run; sd-scripts need not answer): how a queue orders jobs for an engine.
+    Its keys are this host's (engine, precision): compare them with each other, not with a job's where it runs."""
     o = o.model_copy(update={"dry_run": True})
     request, _model, settings = make_request(method, o, reporter, None, require=False)
     folders = run_folders(request)
