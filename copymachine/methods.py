@@ -1,12 +1,5 @@
-"""The methods of the memo as plans: which stages, in which order, with which parameters.
-
-- copy-machine (`copymachine train`): memo steps 1-5, the optional steps 6-9, and step 9's resize.
-- difference extraction (`copymachine diff`): LoRA A on the original, LoRA B on the edit, B - A.
-- the style-absorb tip (`--absorb`): style LoRAs merged into the base before any training.
-
-Data flows one way: the CLI builds a `Request` (copymachine.request), `plan()` turns it into a
-`Plan` of stages, the pipeline runs it.
-"""
+"""The memo's methods as plans (`plan()`: Request -> Plan): copy-machine (`train`, memo steps 1-9), difference
+extraction (`diff`: LoRA A on the original, B on the edit, B - A), and the style-absorb tip (`--absorb`)."""
 
 from __future__ import annotations
 
@@ -35,9 +28,8 @@ from copymachine.stages.edit_image import CUSTOM
 # the request's names the CLI imports from here
 __all__ = ["CUSTOM", "default_cache", "images_in", "make_sources", "match_edits", "plan", "run_folder", "training_size"]
 
-# The memo's step of each stage (by its name's last part), numbered as the memo numbers each method: every
-# stage title ends with it ("copy LoRA (memo step 2)"), as `train --help` and `diff --help` list them.
-# copymachine's own stages (the final LoRA, leakage, previews, combining by svd_merge_lora) have none.
+# The memo's step of each stage (by its name's last part), per method: every stage title ends with it ("copy LoRA
+# (memo step 2)"), as `train --help` and `diff --help` list them; copymachine's own stages have none.
 MEMO_STEPS = {
     COPY_MACHINE: {"generate": 1, "original": 1, "captions": 2, "copy-lora": 2, "copy-model": 3, "copy-check": 3,
                    "edit": 4, "effect-lora": 5, "processed-model": 7, "extract": 8, "resize": 9},
@@ -48,8 +40,7 @@ MEMO_STEPS = {
 
 @dataclass
 class SourcePlan:
-    """What the plan has of one source image: its original, the size it trains at (and why), its
-    captions stage, its edit per effect and its copy check."""
+    """One source image in the plan: its original, training size, captions stage, edit per effect, copy check."""
 
     source: Source
     original: FileRef
@@ -148,8 +139,7 @@ class _Context:
 
 
 def _absorb(c: _Context) -> None:
-    """The tip: style LoRAs merged into the base model; every training uses the result. In the memory route they are
-    each training's first --base_weights (and each render's first networks) instead of an absorbed-model file."""
+    """The tip: style LoRAs merged into the base model for every training (memory route: the first --base_weights)."""
     styles = [WeightedLora(c.external(a.path), a.ratio) for a in c.request.absorb]
     if styles and c.in_memory:
         c.base_weights = styles
@@ -216,8 +206,7 @@ def _prepare(c: _Context) -> None:
 
 
 def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
-    """--copy-stop-at: the copy LoRA's segments (the save interval) and the check after each (the
-    recipe's [copy_check] prompts, the copy LoRA at the merge ratio on the base)."""
+    """--copy-stop-at: the copy LoRA in segments of the save interval, [copy_check] after each (at the merge ratio)."""
     if c.request.copy_stop_at is None:
         return None
     _, check, _ = copy_check.copy_check_plan(c.recipe.copy_check, c.family, sp.size, c.gen_precision, {},
@@ -230,8 +219,7 @@ def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
 def _train(c: _Context, sp: SourcePlan, step: str, title: str, training: TrainingRecipe, base: FileRef,
            base_weights: list[WeightedLora], effect: str | None = None, copy_stop: CopyStop | None = None,
            **where: Any) -> FileRef:
-    """One training (`step`: its stage and file name) on the original, or with `effect` on its edit, in the
-    effect's folder; `base_weights` (LoRA, multiplier) are merged into `base` in memory first."""
+    """One training (`step`: stage and file name) on the original, or on `effect`'s edit; `base_weights` in memory."""
     image, caption = (sp.original, "original") if effect is None else (sp.edits[effect], "edited")
     if effect is not None:
         where["workdir"] = c.source_dir(sp.source) / effect
@@ -248,9 +236,8 @@ def _train(c: _Context, sp: SourcePlan, step: str, title: str, training: Trainin
 
 def _copy_check(c: _Context, sp: SourcePlan, model: FileRef, lora: FileRef | None = None,
                 copy_lora: FileRef | None = None) -> None:
-    """Does the copy machine copy? Images from it (the copy model; in the memory route the copy LoRA on the base model;
-    for difference extraction LoRA A on the base model) against the original; a failed check stops the run before the
-    next training. Not shared: its images belong in the run folder."""
+    """Does the copy machine (copy model, copy LoRA in memory, or LoRA A) copy? A failure stops the run before the next
+    training. Not shared: its images belong in the run folder."""
     if not c.request.copy_check:
         return
     cc = c.recipe.copy_check
@@ -283,10 +270,8 @@ def _svd_merge(c: _Context, effect: str, title: str, terms: list[LoraTerm], rank
 
 
 def _merge_route(c: _Context, effect: str, terms: list[LoraTerm], rank: int) -> FileRef:
-    """Memo steps 7-9: the LoRAs merged into the base model (the processed model), the LoRA of
-    base -> processed model extracted, then resized to `rank`. In the memory route with --absorb the base is
-    the plain base model: merging is linear, so (base + styles + effects) - (base + styles)
-    and (base + effects) - base are the same difference, and no absorbed model is written."""
+    """Memo steps 7-9: LoRAs merged into the base (the processed model), base -> processed extracted, resized to
+    `rank`. With --absorb in memory the base is the plain one: merging is linear, so the difference is the same."""
     workdir = c.run_dir / effect
     processed = c.merge(stage_name("processed-model", effect), f"{effect}: processed model", c.training_base,
                         list(terms), "processed-model.safetensors", workdir=workdir)
@@ -300,8 +285,7 @@ def _merge_route(c: _Context, effect: str, terms: list[LoraTerm], rank: int) -> 
 
 
 def _resize(c: _Context, effect: str, lora: FileRef, from_rank: int, rank: int, precision: str) -> FileRef:
-    """Memo step 9: resize_lora.py to `rank` (0 keeps the rank). It runs on the CPU: on CUDA
-    it has written corrupt files (sd-scripts issue #904)."""
+    """Memo step 9: resize_lora.py to `rank` (0 keeps it), on the CPU: on CUDA it wrote bad files (sd-scripts#904)."""
     if rank > from_rank:
         raise InputError(f"--rank {rank} is above the rank the LoRA has before the resize ({from_rank}): resize_lora.py"
                          f" cannot add rank; give --rank {from_rank} or less, or --rank 0 to keep rank {from_rank}")
@@ -338,8 +322,7 @@ def _finalize(c: _Context, effect: str, lora: FileRef, method: str, trainings: d
 
 
 def _leakage(c: _Context, effect: str, lora: FileRef) -> FileRef | None:
-    """With a preview model: does the LoRA drag its training image into unrelated pictures? Measured on the LoRA before
-    its metadata is added (the same weights), so the final LoRA can record the score (`copymachine.leakage`)."""
+    """Preview model: does the LoRA leak its training image? Measured before finalize, which records the score."""
     model = c.request.preview_model
     if model is None:
         return None
@@ -375,8 +358,7 @@ def _previews(c: _Context) -> None:
 
 
 def _copy_machines(c: _Context) -> dict[str, list[FileRef]]:
-    """Memo steps 2-5 per image: the copy LoRA, the copy model (a file, or in memory), its
-    check, and each effect's LoRA on it. Returns the effect LoRAs by effect."""
+    """Memo steps 2-5 per image: copy LoRA, copy model (file or memory), its check, each effect's LoRA (returned)."""
     effect_loras: dict[str, list[FileRef]] = {e: [] for e in c.request.effects}
     ratio = c.recipe.merge.ratio
     for sp in c.sources:
@@ -405,16 +387,12 @@ def _refuse_file_merge(c: _Context, combine: str | None) -> None:
         raise InputError(f"--combine merge writes a processed model: {c.family.no_file_merge}; use --combine svd")
 
 
-def _several(c: _Context) -> str:
-    """How several images' effect LoRAs are combined by default: the memo's merge route (steps 7-9), or
-    svd_merge_lora.py on a family whose models copymachine does not write to a file."""
-    return "svd" if c.family.no_file_merge else "merge"
-
-
 def plan_copy_machine(c: _Context) -> None:
     """Memo steps 1-5 per image, 6-9 when there are several, 9 (resize) always."""
     r = c.recipe
-    combine = c.request.combine or (_several(c) if len(c.sources) > 1 else None)
+    # several images: the memo's merge route (steps 7-9), or svd on a family whose models are not written to a file
+    several = "svd" if c.family.no_file_merge else "merge"
+    combine = c.request.combine or (several if len(c.sources) > 1 else None)
     _refuse_file_merge(c, combine)
     effect_loras = _copy_machines(c)
     for effect in c.request.effects:
@@ -435,8 +413,7 @@ def plan_copy_machine(c: _Context) -> None:
 
 
 def plan_difference(c: _Context) -> None:
-    """Difference extraction: A = copy LoRA of the original, B = copy LoRA of the edit, both on
-    the base model; the result is B - A (memo: A - B, `--sign memo`), by svd_merge_lora.py."""
+    """Difference extraction: LoRAs A (original) and B (edit) on the base; B - A (memo: A - B, `--sign memo`)."""
     sign, r, effects = SIGNS[c.request.sign], c.recipe, c.request.effects
     terms_by_effect: dict[str, list[LoraTerm]] = {e: [] for e in effects}
     for sp in c.sources:
@@ -465,8 +442,7 @@ def plan_difference(c: _Context) -> None:
 
 
 def plan(request: Request, settings: Settings, hashes: HashCache, folders: Folders | None = None) -> Plan:
-    """The request's Plan (in `folders`, by default `run_folders(request)`); the plan's info
-    records the run's identity (`run_identity`) for the manifest and the output checks."""
+    """The request's Plan (in `folders`, default `run_folders(request)`), its info holding the run's identity."""
     if request.combine not in (None, "merge", "svd"):
         raise InputError(f"--combine must be merge or svd, not {request.combine!r}")
     if request.sign not in SIGNS:
