@@ -1,12 +1,6 @@
-"""Plans: the stages of a run, each with its inputs, parameters and outputs.
-
-A stage's *key* is a hash of what determines its result: its kind, its parameters, the content
-(sha256) of external input files, the keys of the stages whose outputs it consumes, and for a
-stage sd-scripts computes, the engine (its commit or tree hash; stages.kind_versions). Keys are
-known before anything runs, so `--dry-run` prints real paths, and shared stages (the copy LoRA
-and copy model, which depend only on base + image + caption + recipe) live in the cache under
-their key, where every run and every effect finds them.
-"""
+"""Plans: a run's stages. A stage's key hashes its kind, parameters, external inputs' sha256, producers' keys and the
+engine (stages.kind_versions), known before anything runs: --dry-run prints real paths, and shared stages (the copy
+LoRA and copy model) live in the cache under their key, where every run and effect finds them."""
 
 from __future__ import annotations
 
@@ -17,22 +11,19 @@ from typing import Any
 
 from copymachine.files import HashCache, sha256_json
 
-# Field metadata of a StageParams field: left out of the key while it is None (an option added
-# later, so that the keys of stages without it stay as they were) ...
+# StageParams field metadata: left out of the key while None (an option added later: old keys stay) ...
 OPTIONAL = {"optional": True}
 # ... or never in the key: what only names or describes (it is kept in `StageParams.record`).
 COSMETIC = {"cosmetic": True}
 
 
 def stage_name(step: str, effect: str | None = None, source: str = "") -> str:
-    """A stage's name in the plan: `[source/][effect/]step` ("copy-lora", "outline/edit",
-    "girl/outline/effect-lora"); the one place stage names are made."""
+    """A stage's name: `[source/][effect/]step` ("girl/outline/effect-lora"); the one place stage names are made."""
     return "/".join(part for part in (source, effect, step) if part)
 
 
 class StageParams:
-    """Base of each stage kind's typed parameters (a dataclass in the kind's module). The planner
-    stores `as_key()` in `Stage.params`: what the stage key, the stamp and the manifest hold."""
+    """Base of each stage kind's typed parameters; `as_key()` is what the key, the stamp and the manifest hold."""
 
     def as_key(self) -> dict[str, Any]:
         return _serialise(self, for_key=True)
@@ -43,8 +34,7 @@ class StageParams:
 
 
 def _serialise(value: Any, for_key: bool) -> Any:
-    """JSON-able form: StageParams and other dataclasses field by field, a value with its own
-    `as_key()` (a Family: only what changes results) by that, tuples as lists."""
+    """JSON-able form: dataclasses field by field, a value with its own `as_key()` (a Family) by that."""
     if hasattr(value, "as_key") and not isinstance(value, StageParams):
         return _serialise(value.as_key(), for_key)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -79,8 +69,7 @@ class FileRef:
 
 @dataclass(frozen=True)
 class WeightedLora:
-    """A LoRA and the ratio it is applied at: merged into a model, in memory or into a file.
-    `lora` is a FileRef in a plan, a Path where a tool's inputs are still files."""
+    """A LoRA and its ratio in a merge; `lora` is a FileRef in a plan, a Path in a tool's inputs."""
 
     lora: Any
     ratio: float
@@ -88,8 +77,7 @@ class WeightedLora:
 
 @dataclass(frozen=True)
 class LoraTerm(WeightedLora):
-    """One term of a combination of LoRAs: the ratio carries the sign (B - A: A at -1); the
-    label (A, B, an image's id) only names it."""
+    """One term of a LoRA combination: the ratio carries the sign (B - A: A at -1); the label only names it."""
 
     label: str = ""
 
@@ -105,8 +93,7 @@ class Stage:
     outputs: dict[str, Path]
     shared: bool = False
     key: str = ""
-    # What decides whether the run goes on after this stage (a check's threshold): recorded in
-    # the manifest, not part of the key, so changing it re-judges without re-running.
+    # whether the run goes on after it (a check's threshold): not in the key, so a change re-judges without re-running
     gate: dict[str, Any] = field(default_factory=dict)
     spec: Any = None  # the kind's typed parameters (a StageParams), which the kind reads
 
@@ -120,8 +107,7 @@ class Stage:
 
 @dataclass
 class RunInfo:
-    """What the manifest records about the run (its "run" object): the planned run's description
-    (`methods`), its identity (`methods.run_identity`), and pre-flight's estimates."""
+    """The manifest's "run" object: the planned run (methods), its identity and pre-flight's estimates."""
 
     method: str | None = None
     base: str | None = None
@@ -194,8 +180,7 @@ class Planner:
     def add(self, name: str, kind: str, title: str, inputs: dict[str, FileRef], params: StageParams,
             outputs: dict[str, str], workdir: Path | None = None, shared_as: str | None = None,
             gate: dict[str, Any] | None = None) -> Stage:
-        """`outputs` maps output names to file names inside the stage's folder; `params` is the
-        kind's StageParams. A shared stage (`shared_as="copy-lora"`) lives in `<cache>/<shared_as>/<key>/`."""
+        """`outputs`: output name -> file name in its folder; a shared stage lives in <cache>/<shared_as>/<key>/."""
         if any(s.name == name for s in self.plan.stages):
             raise ValueError(f"stage {name} planned twice")
         as_key = params.as_key()

@@ -1,7 +1,5 @@
-"""What the user asks for (`Request`): the method, the base, the source images and their edits,
-and what follows from it before planning: the run and cache folders, the run's identity, the
-size each source trains at. Sign convention for every method: positive strength = more of the edit.
-"""
+"""What the user asks for (`Request`) and what follows before planning: folders, identity, training sizes.
+Sign convention for every method: positive strength = more of the edit."""
 
 from __future__ import annotations
 
@@ -80,10 +78,8 @@ class Request:
 
 
 def training_size(width: int, height: int, resolution: int) -> tuple[int, int]:
-    """The size a picture of `width` x `height` trains at, about `resolution`² pixels (sd-scripts'
-    bucket rule at that area): of the sizes whose sides are multiples of 64 and whose area is at
-    most `resolution`², the one whose aspect ratio is closest to the picture's (on a log scale;
-    a tie goes to the larger area, then the wider). 2048x1536 at 512 trains at 576x448."""
+    """sd-scripts' bucket rule at `resolution`²: of the sizes with sides multiples of 64 and at most that area, the
+    closest in log aspect (ties: larger area, then wider). 2048x1536 at 512 trains at 576x448."""
     area = resolution * resolution
     aspect = math.log(width / height)
     best: tuple[float, int, int] | None = None
@@ -111,9 +107,8 @@ class SizeChoice:
 
 def choose_training_size(picture: tuple[int, int], generated: bool, resolution: int | None, family: Family,
                          name: str = "") -> SizeChoice:
-    """The training size of a source: `--resolution N` trains at about N x N px; by default a
-    picture trains at the model family's native area (SD1.x/SD2 512x512, SDXL 1024x1024), its
-    aspect kept, and a generated original at its own size (it already is native)."""
+    """A source's training size: about N x N px with --resolution N, else the family's native area (aspect kept);
+    a generated original keeps its own (native) size."""
     width, height = picture
     native, rule = family.default_size, "aspect kept, sides multiples of 64"
     if resolution is not None:
@@ -204,8 +199,7 @@ def default_cache(run_dir: Path, option: Path | None) -> Path:
 
 @dataclass(frozen=True)
 class Folders:
-    """A run's folder and the cache its shared stages live in, resolved: computed once, by
-    `run_folders`, for the CLI's checks, the hash cache and the plan."""
+    """A run's folder and its cache of shared stages, resolved once (`run_folders`)."""
 
     run: Path
     cache: Path
@@ -217,9 +211,8 @@ def run_folders(request: Request) -> Folders:
 
 
 def run_identity(request: Request, hashes: HashCache) -> dict[str, Any]:
-    """What makes a run folder's results *this* run's: the method, the base model and the
-    original images (content, not names). Effects, edits and recipe numbers are parameters:
-    changing them re-runs stages in the same folder."""
+    """What makes a run folder this run's: method, base, original images (content). Effects, edits and recipe numbers
+    are parameters: changing them re-runs stages in the same folder."""
     images: list[Any] = []
     for source in request.sources:
         if source.image is None:

@@ -1,8 +1,5 @@
-"""The built-in image edits: one module per effect, registered here in a fixed order.
-
-Every effect is RGB in, RGB out, the same size, deterministic (same input → same bytes), and moves
-no pixel: the second LoRA must learn the edit, not a shift.
-"""
+"""The built-in image edits, one module each, in a fixed order. Each is RGB in and out, same size, deterministic, and
+moves no pixel: the second LoRA must learn the edit, not a shift."""
 
 from __future__ import annotations
 
@@ -37,8 +34,7 @@ def get(name: str) -> Effect:
 
 
 def resolve_params(name: str, overrides: dict[str, Value] | None = None) -> dict[str, Value]:
-    """The complete, checked, JSON-serialisable parameters of effect `name`: its defaults updated with
-    `overrides` (strings converted); InputError for an unknown effect, key or a bad value."""
+    """Effect `name`'s defaults updated with `overrides`, checked (InputError) and JSON-serialisable."""
     return get(name).resolve(dict(overrides or {}))
 
 

@@ -1,9 +1,5 @@
-"""What an effect is: a name, its parameters (with defaults, types and ranges) and a function.
-
-An effect function takes an RGB uint8 array (H×W×3) and the complete parameter dict and returns an
-RGB uint8 array of the same shape. It must not move a pixel: no resize, crop, warp or even-sized
-kernel (an even kernel shifts content by half a pixel).
-"""
+"""An effect: a name, its parameters and a function (RGB uint8 H×W×3, params) -> same shape. It must move no pixel:
+no resize, crop, warp or even-sized kernel (an even kernel shifts content by half a pixel)."""
 
 from __future__ import annotations
 
@@ -119,8 +115,7 @@ def to_uint8(values: Array) -> Array:
 
 
 def blend(base: Array, target: Array, weight: Array | float) -> Array:
-    """`base + weight × (target − base)` as uint8; `weight` is a scalar or one value per pixel.
-    Where the weight is 0 the result is `base`, bit for bit."""
+    """`base + weight × (target − base)` as uint8 (weight: scalar or per pixel; 0 gives `base` bit for bit)."""
     w = np.asarray(weight, dtype=np.float32)
     if w.ndim and w.ndim == base.ndim - 1:
         w = w[..., None]  # one weight per pixel, for all three channels
@@ -129,8 +124,7 @@ def blend(base: Array, target: Array, weight: Array | float) -> Array:
 
 
 def project_blend(original: Array, a: Array, b: Array) -> Array:
-    """Each `original` pixel projected onto the RGB line a..b (clamped to it), as that blend of a and b:
-    an antialiased step between two new colours keeps the coverage it had (float32 rows of N×3)."""
+    """Each `original` pixel projected onto the RGB line a..b as that blend: an antialiased step keeps its coverage."""
     span = b - a
     t = ((original.astype(np.float32) - a) * span).sum(axis=1) / np.maximum((span * span).sum(axis=1), 1e-6)
     return blend(a, b, np.clip(t, 0.0, 1.0))

@@ -1,9 +1,5 @@
-"""contrast: more contrast.
-
-linear (default): Pillow's ImageEnhance.Contrast: every channel pushed away from the image's mean
-grey by `factor` (whites and blacks clip). scurve: a sigmoid look-up table per channel, rescaled so
-0 and 255 stay put: a smooth roll-off into the highlights and shadows, no hard clipping.
-"""
+"""contrast: linear (Pillow's ImageEnhance.Contrast about the mean grey; clips) or scurve (a sigmoid table per channel
+rescaled so 0 and 255 stay put: no hard clipping)."""
 
 from __future__ import annotations
 

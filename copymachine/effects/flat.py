@@ -1,16 +1,6 @@
-"""flat: remove shading and texture, keep the line art.
-
-First the line art (line mask plus antialiased fringe) takes the colour of the nearest pixel beside
-it, so lines neither form regions of their own nor bleed into the fills. Then:
-regions (default): the regions bounded by the line art and by colour edges (colour_edges), each
-filled with the median colour of its own pixels: a smooth shading changes far less per pixel than
-the border between two fills, so a shaded ball inside its outline becomes one colour.
-segment: Felzenszwalb graph segmentation (scikit-image), each segment filled with its median.
-meanshift: OpenCV's mean-shift filtering (mild: removes grain and texture, keeps soft shadows).
-l0: L0 gradient minimisation (Xu et al. 2011): gradients collapse into a few flat steps.
-The steps between fills get the original's antialiased shades (antialias); last the line art is
-laid back with the coverage it had (keep_lines), so the lines neither vanish nor move.
-"""
+"""flat: remove shading and texture, keep the line art. The line art first takes the nearest colour beside it (so it
+neither forms regions nor bleeds into fills); regions (default) fills each region bounded by line art and colour edges
+with its median (a shading changes far less per pixel than a border); the line art is laid back last (keep_lines)."""
 
 from __future__ import annotations
 
@@ -49,8 +39,7 @@ THIN_MERGE_DISTANCE = 24.0  # mean |ΔR|+|ΔG|+|ΔB| (strip colour to the pixels
 
 
 def segment_medians(rgb: Array, labels: Array, use: Array) -> Array:
-    """Per-segment (lower) median colour (n×3 uint8) of the pixels where `use` is true (all its
-    pixels for a segment with none)."""
+    """Per-segment (lower) median colour (n×3 uint8) of its `use` pixels (all of them for a segment with none)."""
     n = int(labels.max()) + 1
     lab = labels.ravel()
     has_use = np.bincount(lab[use.ravel()], minlength=n) > 0
@@ -71,9 +60,8 @@ def segment_medians(rgb: Array, labels: Array, use: Array) -> Array:
 
 
 def restore_antialiasing(original: Array, flat: Array, labels: Array) -> Array:
-    """Where a fill meets another fill, put back the original's in-between (antialiased) shades:
-    each boundary pixel is projected onto the line from its own fill colour to the most different
-    fill colour among its 8 neighbours (inside a fill nothing changes)."""
+    """The original's antialiased shades back where fills meet: each boundary pixel projected onto the line from its
+    fill colour to the most different one among its 8 neighbours."""
     ys, xs = np.nonzero(label_edges(labels))
     padded = np.pad(flat, ((1, 1), (1, 1), (0, 0)), mode="edge")
     c1 = flat[ys, xs].astype(np.float32)
@@ -92,10 +80,8 @@ def label_edges(labels: Array, cross: bool = False) -> Array:
 
 
 def merge_thin_segments(image: Array, labels: Array) -> Array:
-    """Merge each segment only about 2 px wide into the neighbour it continues: Felzenszwalb's
-    pre-smoothing blurs sharp boundaries into thin strips that would draw a rim beside every line.
-    A thin segment joins the (not thin) neighbour whose pixels across the boundary are closest to its
-    mean colour, when closer than THIN_MERGE_DISTANCE; a thin detail (an eye's white rim) differs and stays."""
+    """Each ~2 px wide segment (Felzenszwalb's pre-smoothing blurs sharp boundaries into rims beside every line) joins
+    the not-thin neighbour closest to its mean colour, if nearer than THIN_MERGE_DISTANCE (an eye's rim stays)."""
     n = int(labels.max()) + 1
     same_h = labels[:, 1:] == labels[:, :-1]
     same_v = labels[1:, :] == labels[:-1, :]
@@ -129,8 +115,8 @@ def merge_thin_segments(image: Array, labels: Array) -> Array:
 
 
 def inner_half(labels: Array) -> Array:
-    """The pixels in the inner half of their segment (by distance to its boundary): the fill colour
-    comes from these, so the antialiased ramp around a highlight does not pull it towards the background."""
+    """The inner half of each segment: the fill colour comes from it, so a highlight's antialiased ramp does not pull
+    it towards the background."""
     depth = cv2.distanceTransform((~label_edges(labels)).astype(np.uint8), cv2.DIST_L2, 3)
     deepest = np.zeros(int(labels.max()) + 1, np.float32)
     np.maximum.at(deepest, labels.ravel(), depth.ravel())
@@ -159,9 +145,8 @@ _SOBEL_SCALE = 32.0  # int16 Sobel for Canny: 1/32 of a level per pixel
 
 
 def colour_edges(rgb: Array, edge: float) -> Array:
-    """Where regions end: 1 px Canny edges of the colour gradient (centred Sobel after a blur) above
-    `edge` levels per pixel, and the whole width of an edge above STRONG_EDGE x `edge` (it closes the
-    gaps Canny's thinning leaves where three edges meet). Thin, so that a 2 px highlight keeps an inside."""
+    """Where regions end: 1 px Canny edges of the blurred colour gradient above `edge`, and the full width of edges
+    above STRONG_EDGE x `edge` (closing Canny's gaps where three meet); thin, so a 2 px highlight keeps an inside."""
     blurred = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), EDGE_SIGMA, borderType=cv2.BORDER_REFLECT)
     gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
     gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
@@ -172,8 +157,8 @@ def colour_edges(rgb: Array, edge: float) -> Array:
 
 
 def region_labels(holes: Array, edges: Array, min_size: int) -> Array:
-    """Labels 0..n-1 of the areas between the line art and the edges (4-connected, so a diagonal
-    edge closes); the boundary pixels and regions under `min_size` join the nearest region."""
+    """Labels 0..n-1 of the areas between line art and edges (4-connected: a diagonal edge closes); the boundary and
+    regions under `min_size` join the nearest region."""
     n, labels = cv2.connectedComponents((~(holes | edges)).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     sizes = np.bincount(labels.ravel(), minlength=n)
     small = sizes < min_size

@@ -1,9 +1,5 @@
-"""jpeg: JPEG compression artefacts (8×8 blocking, ringing around lines, colour bleeding).
-
-single (default): one re-encode at `quality` with Pillow's libjpeg (blocks start at the top-left
-pixel, so nothing moves). passes: re-encodes at *different* qualities (repeating one quality
-changes almost nothing after the first pass; changing it stacks new artefacts).
-"""
+"""jpeg: JPEG artefacts, one re-encode (blocks start at the top-left pixel: nothing moves), or passes at *different*
+qualities (repeating one changes almost nothing after the first; changing it stacks new artefacts)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""The line-art mask shared by `outline` (which thickens it) and `flat` (which keeps it), and the
-helpers `flat` uses to take the line art off before flattening and lay it back on after.
-
-A pixel is line art when it is dark *and* belongs to a thin stroke. Thinness is measured with a
-black-hat (closing minus image) on the luma: a stroke narrower than the structuring element is
-filled by the closing and stands out, while a large dark fill (a pupil, dark hair) is not, so it
-stays out of the mask. Both tests ramp softly, so antialiased line edges get a partial weight.
-"""
+"""The line-art mask of `outline` and `flat`, and `flat`'s helpers to take line art off and lay it back. Line art is
+dark *and* thin: a black-hat on the luma marks strokes narrower than the element, not a large dark fill (a pupil);
+both tests ramp softly, so antialiased edges get a partial weight."""
 
 from __future__ import annotations
 
@@ -66,8 +61,7 @@ def nearest_fill(values: Array, holes: Array) -> Array:
 
 
 def line_holes(rgb: Array, mask: Array) -> Array:
-    """The pixels that belong to the line art: some ink in the mask, plus the antialiased fringe
-    beside it (a pixel within FRINGE_PX of a line that is darker than the clean colour beyond)."""
+    """The line art's pixels: some ink, plus the fringe (within FRINGE_PX of a line, darker than the clean colour)."""
     ink = mask > LINE_EPS
     beside = cv2.dilate(ink.astype(np.uint8), ellipse(FRINGE_PX)).astype(bool) & ~ink
     clean = nearest_fill(rgb, cv2.dilate(ink.astype(np.uint8), ellipse(FRINGE_PX + 1)).astype(bool))
@@ -76,8 +70,8 @@ def line_holes(rgb: Array, mask: Array) -> Array:
 
 
 def recomposite_lines(original: Array, background: Array, holes: Array, mask: Array) -> Array:
-    """The original line art over a new background: in `holes` the darkest nearby colour with the
-    coverage the original had over the new fill (soft edges stay soft); the dark core (`mask`) as it was."""
+    """The original line art over a new background: in `holes` the darkest nearby colour at the original's coverage
+    (soft edges stay soft), the dark core (`mask`) as it was."""
     out = background.copy()
     ys, xs = np.nonzero(holes)
     if len(ys):

@@ -1,11 +1,5 @@
-"""outline: thicker line art (default), or XDoG contour lines added at colour edges.
-
-thicken: the line mask (lineart.py) grown by an elliptical kernel of radius `width`, filled with the
-darkest colour nearby (a per-channel erosion), so a dark-red mouth line stays dark red; pixels
-farther than `width` from any line stay exactly as they were.
-xdog: eXtended Difference of Gaussians on the luma (Winnemöller 2012), ink where the response falls
-below `xdog_eps`: thin contours at colour edges (eye white/iris, highlight rims).
-"""
+"""outline: thicker line art (the mask grown by `width`, filled with the darkest nearby colour per channel, so a
+dark-red line stays dark red), or xdog: XDoG contour lines (Winnemöller 2012) at colour edges."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""posterize: fewer colours, in flat bands.
-
-levels (default): each channel mapped onto `levels` evenly spaced values that include 0 and 255, as
-Photoshop / GIMP / CSP do (Pillow's ImageOps.posterize keeps the top bits: white becomes 192).
-kmeans: a palette of `colors` colours by k-means in CIE Lab (k-means++ start, fixed seed), each
-pixel the nearest palette colour, chosen on a bilateral-filtered copy so band edges do not speckle.
-"""
+"""posterize: fewer colours in flat bands. levels: `levels` values per channel including 0 and 255, as Photoshop/GIMP
+do (Pillow's ImageOps.posterize keeps the top bits: white becomes 192); kmeans: a k-means palette in CIE Lab."""
 
 from __future__ import annotations
 
