@@ -136,8 +136,6 @@ class _Context:
 
 
 # --- the shared first steps: absorb, original, edits, captions
-
-
 def _absorb(c: _Context) -> None:
     """The tip: style LoRAs merged into the base model for every training (memory route: the first --base_weights)."""
     styles = [WeightedLora(c.external(a.path), a.ratio) for a in c.request.absorb]
@@ -192,19 +190,7 @@ def _caption(c: _Context, sp: SourcePlan) -> None:
           workdir=c.source_dir(source) / "captions")
 
 
-def _prepare(c: _Context) -> None:
-    _absorb(c)
-    for source in c.request.sources:
-        sp = _original(c, source)
-        c.sources.append(sp)
-        for effect in c.request.effects:
-            _edit(c, sp, effect)
-        _caption(c, sp)
-
-
 # --- trainings and the copy check
-
-
 def _copy_stop(c: _Context, sp: SourcePlan) -> CopyStop | None:
     """--copy-stop-at: the copy LoRA in segments of the save interval, [copy_check] after each (at the merge ratio)."""
     if c.request.copy_stop_at is None:
@@ -254,8 +240,6 @@ def _copy_check(c: _Context, sp: SourcePlan, model: FileRef, lora: FileRef | Non
 
 
 # --- combining and finishing
-
-
 def _svd_merge(c: _Context, effect: str, title: str, terms: list[LoraTerm], rank: int, output: str,
                term_rank: int) -> FileRef:
     """svd_merge_lora.py: the weighted sum of the LoRAs (each of rank `term_rank`), cut to `rank`."""
@@ -355,8 +339,6 @@ def _previews(c: _Context) -> None:
 
 
 # --- the methods
-
-
 def _copy_machines(c: _Context) -> dict[str, list[FileRef]]:
     """Memo steps 2-5 per image: copy LoRA, copy model (file or memory), its check, each effect's LoRA (returned)."""
     effect_loras: dict[str, list[FileRef]] = {e: [] for e in c.request.effects}
@@ -451,7 +433,13 @@ def plan(request: Request, settings: Settings, hashes: HashCache, folders: Folde
     if request.method not in methods:
         raise ValueError(request.method)
     c = _Context(request, settings, hashes, folders or run_folders(request))
-    _prepare(c)
+    _absorb(c)
+    for source in request.sources:
+        sp = _original(c, source)
+        c.sources.append(sp)
+        for effect in request.effects:
+            _edit(c, sp, effect)
+        _caption(c, sp)
     methods[request.method](c)
     _previews(c)
     c.describe(request.method)

@@ -472,7 +472,6 @@ def _number(value: Any) -> str:
 
 
 # --- sd-scripts options the recipe does not name ([sd_args], --sd-arg KEY=VALUE) ---------------
-
 _SD_ARG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -514,8 +513,6 @@ def parse_sd_args(items: tuple[str, ...] | list[str], source: str = "--sd-arg") 
 
 
 # --- lists in a recipe's text keys, and LoRA strengths -------------------------------------------
-
-
 @functools.cache
 def _adapter(alias: Any) -> TypeAdapter:
     return TypeAdapter(alias)
@@ -582,8 +579,6 @@ def split_prompts(text: str) -> list[str]:
 
 
 # --- reading and writing recipes -------------------------------------------------------------------
-
-
 def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
     """`--set section.key=value` items (section may be `effect.flat`) to override tables."""
     out: dict[str, dict[str, Any]] = {}

@@ -60,7 +60,7 @@ class Request:
     amount: float = 1.0
     resolution: int | None = None
     max_steps: int | None = None
-    absorb: list[StyleLora] = field(default_factory=list)  # (path, ratio) pairs are taken too
+    absorb: list[StyleLora] = field(default_factory=list)
     combine: str | None = None  # "merge" (memo steps 7-9) | "svd"; None: the method's default
     sign: str = "edit"
     copy_check: bool = True  # render from the copy machine and stop when it does not copy
@@ -72,9 +72,6 @@ class Request:
     samples: int = 0  # --samples N: sample images every N training steps (0: none)
     tensorboard: bool = False  # --tensorboard: sd-scripts' logging_dir under the run folder
     copy_stop_at: float | None = None  # --copy-stop-at SSIM: the copy LoRA stops when its check reaches it
-
-    def __post_init__(self) -> None:
-        self.absorb = [a if isinstance(a, StyleLora) else StyleLora(Path(a[0]), a[1]) for a in self.absorb]
 
 
 def training_size(width: int, height: int, resolution: int) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from copymachine.models import SD1, SDXL
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO
+from copymachine.request import StyleLora
 from copymachine.stages import Settings
 from copymachine.stages.train_lora import LAUNCHER
 
@@ -251,7 +252,7 @@ def test_difference_with_two_images_and_merge_route(env):
 def test_absorb(env):
     style = env["tmp"] / "style.safetensors"
     write_safetensors(style, {"lora_unet_a.lora_down.weight": np.zeros((4, 2), np.float16), "lora_unet_a.lora_up.weight": np.zeros((2, 4), np.float16)})
-    p = make(env, absorb=[(style, 0.7)], recipe=FILE)
+    p = make(env, absorb=[StyleLora(style, 0.7)], recipe=FILE)
     absorbed = p.stage("absorbed-model")
     assert absorbed.params["ratios"] == [0.7]
     assert absorbed.workdir.parent == env["tmp"] / "cache" / "absorbed-model"
@@ -260,7 +261,7 @@ def test_absorb(env):
     plain = make(env, out="plain", recipe=FILE)
     assert plain.stage("copy-lora").key != p.stage("copy-lora").key
     # in memory: the style is every training's and render's first --base_weights, no model written
-    m = make(env, absorb=[(style, 0.7)], out="memory")
+    m = make(env, absorb=[StyleLora(style, 0.7)], out="memory")
     assert "absorbed-model" not in names(m) and "copy-model" not in names(m)
     copy = m.stage("copy-lora")
     assert copy.inputs["base"].external and copy.inputs["weights000"].path == style.resolve() and copy.params["base_weights_multipliers"] == [0.7]
@@ -271,7 +272,7 @@ def test_absorb(env):
     assert check.inputs["weights000"].path == style.resolve() and check.params["base_weights_multipliers"] == [0.7]
     assert copy.key != make(env, out="plain-memory").stage("copy-lora").key
     # difference extraction: A and B on base + style, A checked on base + style
-    d = make(env, method=DIFFERENCE, absorb=[(style, 0.7)], out="diff")
+    d = make(env, method=DIFFERENCE, absorb=[StyleLora(style, 0.7)], out="diff")
     assert "absorbed-model" not in names(d)
     assert d.stage("outline/lora-b").params["base_weights_multipliers"] == [0.7] and d.stage("copy-check").inputs["lora"].producer == "lora-a"
 

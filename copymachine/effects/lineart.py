@@ -41,7 +41,6 @@ def line_mask(rgb: Array, params: dict) -> Array:
 
 
 # --- taking the line art off an image and putting it back (used by `flat`) --------------------
-
 LINE_EPS = 0.05  # line-mask level above which a pixel holds some ink
 FRINGE_PX = 2  # how far beside a line antialiasing can reach
 FRINGE_DARKER = 4  # luma: a pixel beside a line this much darker than the clean colour is line fringe
