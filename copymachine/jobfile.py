@@ -26,8 +26,7 @@ from copymachine.supervise import CancelToken
 
 METHODS = run.COMMANDS  # train -> copy-machine, diff -> difference-extraction
 EXTRA_KEYS = ("method", "set", "gpus")  # gpus: what an engine gives the job (Ray's num_gpus)
-# the engine options (`train`, `queue`, `ui`) that are also job keys: given to a queue, they apply to every job
-# that does not set them, and they go again to each job's own `copymachine queue`
+# engine options that are also job keys: given to a queue, they apply to every job not setting them (and its --only)
 ENGINE_KEYS = {name: option_name(name) for name in ENGINE}
 
 
@@ -82,10 +81,6 @@ class Job:
     @property
     def method(self) -> str:
         return METHODS[self.command]
-
-    @property
-    def sign(self) -> str:
-        return self.options.sign
 
 
 @dataclass

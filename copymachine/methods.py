@@ -73,6 +73,8 @@ class _Context:
             raise InputError(f"--copy-model file: {request.family.no_file_merge}; leave merge.copy_model at memory")
         self.base_weights: list[WeightedLora] = []
         self.sources: list[SourcePlan] = []
+        self.gen_precision = settings.profile.gen_precision
+        self.weight = 1.0 / len(request.sources) if self.recipe.combine.normalize else 1.0  # each image's LoRA
         # clip skip, prediction type, SDXL's float32 VAE: every training and render
         clip_skip = self.recipe.model.clip_skip
         self.model: BaseOptions = base_options(self.family, clip_skip, request.prediction)
@@ -100,13 +102,6 @@ class _Context:
 
     def source_dir(self, source: Source) -> Path:
         return self.run_dir / source.id if source.id else self.run_dir
-
-    @property
-    def gen_precision(self) -> str:
-        return self.settings.profile.gen_precision
-
-    def weight(self) -> float:
-        return 1.0 / len(self.request.sources) if self.recipe.combine.normalize else 1.0
 
     def merge(self, name: str, title: str, base: FileRef, loras: list[WeightedLora], output: str,
               **where: Any) -> FileRef:
@@ -380,7 +375,7 @@ def plan_copy_machine(c: _Context) -> None:
     for effect in c.request.effects:
         training = r.effect_training(effect)
         loras = effect_loras[effect]
-        terms = [LoraTerm(ref, c.weight(), sp.id or "effect") for ref, sp in zip(loras, c.sources)]
+        terms = [LoraTerm(ref, c.weight, sp.id or "effect") for ref, sp in zip(loras, c.sources)]
         if combine == "svd":  # svd_merge_lora.py makes the final rank itself
             rank = r.resize.rank or training.network_dim
             lora = _svd_merge(c, effect, f"{effect}: effect LoRAs combined (svd_merge_lora)", terms, rank,
@@ -407,7 +402,7 @@ def plan_difference(c: _Context) -> None:
         for effect in effects:
             lora_b = _train(c, sp, "lora-b", f"{effect}: LoRA B of the edited image", r.diff, c.training_base,
                             c.base_weights, effect)
-            w = sign * c.weight()
+            w = sign * c.weight
             terms_by_effect[effect] += [LoraTerm(lora_a, -w, f"{label}A"), LoraTerm(lora_b, w, f"{label}B")]
     combine, rank = c.request.combine or "svd", r.svd.rank
     _refuse_file_merge(c, combine)

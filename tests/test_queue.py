@@ -68,7 +68,7 @@ def test_the_example_jobs_file_loads_as_documented():
     assert second.effects == ("flat", "contrast") and second.amount == 0.8
     assert second.set_tables == {"effect.flat": {"epochs": 8}}
     assert custom.edited == (folder / "pictures/girl-inked.png",) and custom.edit_in_place is True and custom.name == "girl-inked"
-    assert diff.sets == ("svd.rank=8",) and len(diff.images) == 2 and jobs[3].sign == "edit"
+    assert diff.sets == ("svd.rank=8",) and len(diff.images) == 2 and jobs[3].options.sign == "edit"
     assert diff.preview_model == folder / "models/other-sd15.safetensors"
     # every key of the example is an option of its command, or method / set
     assert [j.label for j in jobs] == ["girl-outline", "girl-flat+contrast", "girl-inked", "girl-posterize"]

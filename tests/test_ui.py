@@ -148,7 +148,7 @@ def test_added_jobs_are_jobs_files_the_queue_reads(served, fake_engine, scene, t
     status, data = client.json("/api/jobs", job)
     assert status == 200 and data == {"id": "0001", "label": "girl-outline"}
     (loaded,) = jobfile.load_jobs(app.store.files("0001").toml)
-    assert loaded.command == "diff" and loaded.sign == "memo" and loaded.options.set_tables == {"outline": {"width": 2}}
+    assert loaded.command == "diff" and loaded.options.sign == "memo" and loaded.options.set_tables == {"outline": {"width": 2}}
     assert loaded.options.out == app.runs / "girl" and loaded.options.max_steps == 3
     # refused jobs: the queue's and the run's own messages; nothing is left in the queue
     for bad, message in [
