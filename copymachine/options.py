@@ -102,7 +102,7 @@ class RunOptions(BaseModel):
         "replacing what it writes there.")
     allow_pickle: bool = opt(False, "Accept a pickle checkpoint (.ckpt) as --base: copymachine does not open it "
         "(assumes SD1.x); sd-scripts loads it with torch. Only for files you trust.")
-    # the checks and previews (what they mean for a run: run.shorthand_sets, run.see_request)
+    # the checks and previews (what they mean for a run: run.shorthand_sets, run.make_request)
     no_copy_check: bool = opt(False, f"Do not check that the copy machine copies the original (default: "
         f"{MEMO.copy_check.images} images from it, stop when their mean SSIM is below {MEMO.copy_check.min_ssim:g}; "
         f"see [copy_check] in `copymachine recipe`).")

@@ -15,7 +15,7 @@ from copymachine.errors import InputError
 from copymachine.families import parse_model_files, with_files
 from copymachine.files import HashCache, require_file
 from copymachine.methods import CUSTOM, Request, images_in, make_sources, match_edits, plan, run_folders
-from copymachine.models import Family, ModelInfo, choose_prediction, inspect_base_model
+from copymachine.models import ModelInfo, choose_prediction, inspect_base_model
 from copymachine.options import RunOptions, split_set_options
 from copymachine.pipeline import Pipeline
 from copymachine.plan import Plan, stage_name
@@ -99,29 +99,6 @@ def shorthand_sets(method: str, o: RunOptions) -> dict[str, dict[str, Any]]:
     return sets
 
 
-def see_request(o: RunOptions, family: Family) -> dict[str, Any]:
-    """Request fields from the see options (checked: the preview model's family)."""
-    prediction = None
-    if o.preview_model is not None:
-        model = inspect_base_model(o.preview_model, for_training=False)
-        if model.family.name != family.name:
-            raise InputError(f"--preview-model is {model.family.label}, but the LoRA is trained on "
-                             f"{family.label}: preview it on a {family.label} model")
-        # its own v_pred / ztsnr keys (the --v-pred flags stand for a file without them)
-        prediction = choose_prediction(model, o.v_pred, o.zero_terminal_snr)
-    return {"copy_check": not o.no_copy_check, "preview_model": o.preview_model, "tagger_dir": o.tagger_dir,
-            "preview_prediction": prediction}
-
-
-def leakage_scores(the_plan, effect: str) -> dict | None:
-    """The leakage stage's scores of `effect`'s final LoRA, when the run measured them."""
-    try:
-        path = the_plan.stage(stage_name("leakage", effect)).outputs["scores"]
-    except KeyError:
-        return None
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def check_inputs(o: RunOptions, reporter: Reporter):
     """The run's inputs (files, effects, base model, images) checked first: every run's and the web UI's first step."""
     if o.images and o.images_dir:
@@ -169,14 +146,22 @@ def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None
     family = with_files(model.family, parse_model_files(o.model_files), model.embedded)
     preflight.check_tokenizers(settings, family, reporter)
     preflight.check_family_scripts(settings, family)
+    sources, absorb = make_sources(images, edited), parse_absorb(o.absorb)
+    prediction, preview_prediction = choose_prediction(model, o.v_pred, o.zero_terminal_snr), None
+    if o.preview_model is not None:  # checked: the preview model's family
+        preview = inspect_base_model(o.preview_model, for_training=False)
+        if preview.family.name != family.name:
+            raise InputError(f"--preview-model is {preview.family.label}, but the LoRA is trained on "
+                             f"{family.label}: preview it on a {family.label} model")
+        # its own v_pred / ztsnr keys (the --v-pred flags stand for a file without them)
+        preview_prediction = choose_prediction(preview, o.v_pred, o.zero_terminal_snr)
     # the options a Request takes as they are; the rest converted
     same = ("out", "name", "cache_dir", "amount", "resolution", "max_steps", "combine", "sign", "edit_in_place",
-            "tensorboard", "copy_stop_at")
+            "tensorboard", "copy_stop_at", "preview_model", "tagger_dir")
     request = Request(
         method=method, base=o.base, family=family, effects=effects, recipe=recipe,
-        sources=make_sources(images, edited), effect_params=effect_sets, absorb=parse_absorb(o.absorb),
-        prediction=choose_prediction(model, o.v_pred, o.zero_terminal_snr), samples=o.samples or 0,
-        **{key: getattr(o, key) for key in same}, **see_request(o, family),
+        sources=sources, effect_params=effect_sets, absorb=absorb, prediction=prediction, samples=o.samples or 0,
+        copy_check=not o.no_copy_check, preview_prediction=preview_prediction, **{key: getattr(o, key) for key in same},
     )
     return request, model, settings
 
@@ -236,10 +221,10 @@ def run_jobs(the_plan: Plan, o: RunOptions, settings: Settings, hashes: HashCach
             pipeline.manifest.data["dry_run"] = True
             pipeline.manifest.save()
         return []
-    for effect, path in the_plan.finals.items():
-        scores = leakage_scores(the_plan, effect)
-        if scores is not None:
-            reporter.info(f"{path.name}: {leakage_summary(scores)}")
+    for effect, path in the_plan.finals.items():  # the leakage scores, when the run measured them
+        scores = next((s.outputs["scores"] for s in the_plan.stages if s.name == stage_name("leakage", effect)), None)
+        if scores is not None and scores.is_file():
+            reporter.info(f"{path.name}: {leakage_summary(json.loads(scores.read_text(encoding='utf-8')))}")
     manifest = the_plan.run_dir / "manifest.json"
     reporter.info(f"done: {len(the_plan.finals)} LoRA(s) in {the_plan.run_dir}; manifest: {manifest}")
     return list(the_plan.finals.values())
