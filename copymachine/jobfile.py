@@ -167,8 +167,7 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
 
 
 def load_jobs(path: Path, overrides: dict[str, Any] | None = None) -> list[Job]:
-    """A jobs file, every job checked as RunOptions before any runs; `overrides` (queue options by key) apply where
-    neither the job nor [defaults] sets them."""
+    """A jobs file, every job checked before any runs; `overrides` (by key) fill what job and [defaults] leave."""
     path = Path(path)
     data = read_toml(path, "jobs file")
     unknown = sorted(set(data) - {"defaults", "job"})

@@ -189,8 +189,7 @@ class CaptionRecipe:
 
 @dataclass(frozen=True, config=_CONFIG)
 class CopyCheckRecipe:
-    """Step 3, "it outputs exactly the original image": renders from the copy model (seeds seed, seed+1, ...;
-    "{caption}": the training caption), luma SSIM at 256 px to the original; the run stops below `min_ssim`."""
+    """Step 3, "it outputs exactly the original image": renders' luma SSIM at 256 px to it; stops below `min_ssim`."""
 
     images: Whole = Field(ge=1, le=64, description="renders")
     min_ssim: Fraction = Field(description="the bar the renders' mean SSIM must reach")
@@ -350,8 +349,7 @@ def _overrides_of(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_recipe_file(path: Path | str, base: Recipe | None = None) -> Recipe:
-    """A built-in recipe by name, or a TOML file's keys over `base` (MEMO, or its `base = "NAME"`); its `name`
-    (else its stem) names the result."""
+    """A built-in recipe, or a TOML file over `base` (MEMO or its `base = "NAME"`), named by `name` or its stem."""
     p = Path(path)  # a bare name is a built-in one (also as a jobs file's folder/NAME: that file absent)
     if str(path) in built_in_names() or (not p.exists() and not p.suffix and p.name in built_in_names()):
         return built_in(p.name)

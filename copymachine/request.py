@@ -77,19 +77,10 @@ class Request:
 def training_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     """sd-scripts' bucket rule at `resolution`²: of the sizes with sides multiples of 64 and at most that area, the
     closest in log aspect (ties: larger area, then wider). 2048x1536 at 512 trains at 576x448."""
-    area = resolution * resolution
-    aspect = math.log(width / height)
-    best: tuple[float, int, int] | None = None
-    for w in range(MIN_SIDE, area // MIN_SIDE + 1, STEP):
-        h = (area // w) // STEP * STEP
-        if h < MIN_SIDE:
-            break
-        rank = (abs(math.log(w / h) - aspect), -w * h, -w)
-        if best is None or rank < best:
-            best = rank
-    assert best is not None  # resolution >= 64: 64x64 is always a candidate
-    w = -best[2]
-    return w, -best[1] // w
+    area, aspect = resolution * resolution, math.log(width / height)
+    sizes = [(w, area // w // STEP * STEP) for w in range(MIN_SIDE, area // MIN_SIDE + 1, STEP)]
+    return min(((w, h) for w, h in sizes if h >= MIN_SIDE),  # resolution >= 64: 64x64 is always one
+               key=lambda s: (abs(math.log(s[0] / s[1]) - aspect), -s[0] * s[1], -s[0]))
 
 
 @dataclass(frozen=True)
@@ -104,8 +95,7 @@ class SizeChoice:
 
 def choose_training_size(picture: tuple[int, int], generated: bool, resolution: int | None, family: Family,
                          name: str = "") -> SizeChoice:
-    """A source's training size: about N x N px with --resolution N, else the family's native area (aspect kept);
-    a generated original keeps its own (native) size."""
+    """About N x N px with --resolution N, else the family's native area; a generated original keeps its size."""
     width, height = picture
     native, rule = family.default_size, "aspect kept, sides multiples of 64"
     if resolution is not None:
@@ -208,8 +198,7 @@ def run_folders(request: Request) -> Folders:
 
 
 def run_identity(request: Request, hashes: HashCache) -> dict[str, Any]:
-    """What makes a run folder this run's: method, base, original images (content). Effects, edits and recipe numbers
-    are parameters: changing them re-runs stages in the same folder."""
+    """What makes a run folder this run's (method, base, images' content); other changes re-run stages in it."""
     images: list[Any] = []
     for source in request.sources:
         if source.image is None:

@@ -135,8 +135,7 @@ def _recipe(method: str, o: RunOptions, effects: list[str]) -> tuple[Recipe, dic
 
 def make_request(method: str, o: RunOptions, reporter: Reporter, gpu: int | None,
                  require: bool = True) -> tuple[Request, ModelInfo, Settings]:
-    """The Request, the base model and sd-scripts' Settings (pinned to `gpu`); `require`: its Python must answer
-    and its scripts' abilities are learnt (a run and a dry run, not a queue's planning)."""
+    """Request, base model, Settings (pinned to `gpu`); `require`: sd-scripts must answer (not for a queue's plan)."""
     images, edited, effects, model = check_inputs(o, reporter)
     recipe, effect_sets = _recipe(method, o, effects)
     settings = make_settings(o.sd_scripts, o.python, o.device, o.tokenizer_cache_dir, o.offline, reporter,
@@ -232,8 +231,7 @@ def run_jobs(the_plan: Plan, o: RunOptions, settings: Settings, hashes: HashCach
 
 def run_method(method: str, o: RunOptions, reporter: Reporter | None = None, on_pipeline=None,
                gpu: int | None = None) -> list[Path]:
-    """One run of `train` or `diff`; returns the final LoRAs' paths. `on_pipeline` gets the Pipeline before it runs
-    (the queue stops it on Ctrl-C); `gpu` pins every sd-scripts call to that CUDA device."""
+    """One run of `train` or `diff` -> the final LoRAs; `on_pipeline` gets the Pipeline (the queue's Ctrl-C)."""
     reporter = reporter or Reporter(verbose=o.verbose)
     request, model, settings = make_request(method, o, reporter, gpu)
     the_plan, hashes = check_run(request, o, model, settings, reporter)
