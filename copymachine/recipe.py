@@ -511,9 +511,7 @@ def parse_sd_args(items: tuple[str, ...] | list[str], source: str = "--sd-arg") 
 
 
 # --- lists in a recipe's text keys, and LoRA strengths -------------------------------------------
-@functools.cache
-def _adapter(alias: Any) -> TypeAdapter:
-    return TypeAdapter(alias)
+_adapter = functools.cache(TypeAdapter)
 
 
 def _problem_of(alias: Any, value: Any) -> str | None:

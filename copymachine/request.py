@@ -177,11 +177,7 @@ def run_folder(request: Request) -> Path:
 
 
 def default_cache(run_dir: Path, option: Path | None) -> Path:
-    if option:
-        return Path(option)
-    if os.environ.get("COPYMACHINE_CACHE"):
-        return Path(os.environ["COPYMACHINE_CACHE"])
-    return run_dir.parent / "_cache"
+    return Path(option or os.environ.get("COPYMACHINE_CACHE") or run_dir.parent / "_cache")
 
 
 @dataclass(frozen=True)
