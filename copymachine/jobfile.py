@@ -144,8 +144,7 @@ def _job(index: int, table: dict[str, Any], defaults: dict[str, Any], overrides:
     sets = merged.pop("set", None)
     gpus = merged.pop("gpus", 1)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise InputError(f"{at}gpus must be a whole number from 1 (the GPUs an engine gives the job), "
-                         f"not {gpus!r}")
+        raise InputError(f"{at}gpus must be a whole number from 1 (the GPUs an engine gives the job), not {gpus!r}")
     values = _values(merged, keys, overrides, folder)
     if "base" not in values:
         raise InputError(f"{at}base is required (here or in [defaults])")

@@ -110,7 +110,6 @@ class _Context:
         return self.add(name, "merge_model", title, inputs, params, {"model": output}, **where)
 
     def describe(self, method: str) -> None:
-        """The run as the manifest records it (the plan's info)."""
         r, info = self.request, self.plan.info
         info.method, info.base, info.family, info.effects = method, str(r.base), self.family.name, r.effects
         info.images = [str(s.image) if s.image else None for s in r.sources]

@@ -545,7 +545,6 @@ def strengths(text: str, where: str) -> list[float]:
 
 
 def seeds(text: str, where: str) -> list[int]:
-    """A comma-separated list of seeds, each in range."""
     return _listed(text, int, Seed, where)
 
 

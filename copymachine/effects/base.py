@@ -54,7 +54,6 @@ class Param:
         return kind, Field(self.default, ge=self.min, le=self.max, description=self.help, **limits)
 
     def problem(self, error: ErrorDetails) -> str:
-        """A pydantic error of this parameter, in words."""
         if error["type"] in ("greater_than_equal", "less_than_equal"):
             return f"must be {self.range_text()}"
         if error["type"] == "literal_error":
