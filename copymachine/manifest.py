@@ -36,8 +36,7 @@ def _record(stage: Stage) -> dict[str, Any]:
 
 
 class Manifest:
-    """The run's manifest, kept true to what is on disk: stages finish on worker threads, so
-    every change and write holds one lock."""
+    """The run's manifest: stages finish on worker threads, so every change and write holds one lock."""
 
     def __init__(self, plan: Plan, settings: Settings, argv: list[str]):
         self.path = plan.manifest_path
@@ -67,7 +66,6 @@ class Manifest:
             self.data["stages"].append(self._records[stage.name])
 
     def update(self, stage: Stage, status: str, stamp: dict[str, Any] | None = None, **extra: Any) -> None:
-        """Record a stage's status (and its stamp's facts), then write the manifest."""
         with self._lock:
             record = self._records[stage.name]
             facts = stamp or {}
