@@ -122,7 +122,6 @@ class Engine:
         return self.root / relative
 
     def env(self, offline: bool = False) -> dict[str, str]:
-        """Environment for every sd-scripts call."""
         env = dict(os.environ)
         # networks/*.py import `library` from the sd-scripts root.
         env["PYTHONPATH"] = os.pathsep.join([str(self.root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

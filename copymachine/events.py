@@ -121,11 +121,7 @@ Event = Annotated[
     | JobEnd | QueueStart | QueueEnd,
     Field(discriminator="event"),
 ]
-_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-
-
-def parse(data: dict[str, Any]) -> Event:
-    return _ADAPTER.validate_python(data)
+ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)  # an event from its fields or its JSON line
 
 
 class JsonLines:
@@ -156,7 +152,7 @@ def read_events(path: Path, latest: bool = True) -> list[Event]:
     events: list[Event] = []
     for line in lines:
         try:
-            events.append(_ADAPTER.validate_json(line))
+            events.append(ADAPTER.validate_json(line))
         except ValidationError:
             continue
     starts = [i for i, e in enumerate(events) if isinstance(e, QueueStart)]

@@ -103,9 +103,8 @@ def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
                 raise EngineError(f"stage '{stage.title}' finished without writing {path.name}. Log: {ctx.log_path}")
             produced[name] = (path, _validated(kind, stage, name, path, ctx))
     except BaseException:
-        # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept:
-        # the log holds what went wrong, and the next run starts the stage afresh (a training
-        # from its newest saved state)
+        # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept: the log holds what went
+        # wrong, and the next run starts the stage afresh (a training from its newest saved state)
         _drop_scratch(ctx, kind)
         raise
     outputs: dict[str, Any] = {}
@@ -135,13 +134,11 @@ def _conclude(manifest: Manifest, reporter: Reporter, stage: Stage, kind, stamp:
 
 
 class _Schedule:
-    """Which stage starts when: a stage starts when what it depends on is done, up to `jobs` at
-    once, each sd-scripts stage on a GPU of its own where there are several; a stage that depends
-    on a failed one is blocked, and one whose every result has failed already is not started."""
+    """A stage starts when what it depends on is done, up to `jobs` at once, each sd-scripts stage on a GPU of
+    its own where there are several; one that depends on a failed one, or whose every result failed, does not."""
 
     def __init__(self, plan: Plan, jobs: int, gpus: int, kinds: Mapping[str, StageKind]):
-        self.plan, self.kinds = plan, kinds
-        self.jobs = jobs
+        self.plan, self.kinds, self.jobs = plan, kinds, jobs
         self.deps = graph.dependencies(plan)
         self.reach = graph.results(plan, self.deps)
         self.state = {s.name: "pending" for s in plan.stages}
@@ -163,10 +160,9 @@ class _Schedule:
             name = stage.name
             if len(started) >= free:
                 break
-            if state[name] != "pending" or not all(state[d] == "done" for d in deps[name]):
+            ready = state[name] == "pending" and all(state[d] == "done" for d in deps[name])
+            if not ready or not (self.reach[name] - lost):  # nor when everything it leads to has failed already
                 continue
-            if not (self.reach[name] - lost):
-                continue  # everything it leads to has failed already
             state[name] = "running"
             gpu = self.free_gpus.pop(0) if self.free_gpus and self.kinds[stage.kind].needs_engine else None
             if gpu is not None:
@@ -206,8 +202,8 @@ class _Schedule:
 
 
 class _Held:
-    """What a run holds while it works: its folder locks and the sd-scripts children running now
-    (stages finish on worker threads, so one lock guards both). Its token's cancel stops them."""
+    """A run's folder locks and running sd-scripts children (stages finish on worker threads: one lock guards
+    both). Its token's cancel stops them."""
 
     def __init__(self, token: CancelToken) -> None:
         self.locks: list[FolderLock] = []

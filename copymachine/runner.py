@@ -115,12 +115,9 @@ class StreamWatcher:
             if self.on_progress:
                 self.on_progress(p)
             return
-        if _OOM.search(text):
-            self.oom = True
-        if _NO_SPACE.search(text):
-            self.no_space = True
-        if _NAN_LINE.search(text):
-            self.nan = True
+        for flag, pattern in (("oom", _OOM), ("no_space", _NO_SPACE), ("nan", _NAN_LINE)):
+            if pattern.search(text):
+                setattr(self, flag, True)
         self.tail.append(text)
 
     def _watch_traceback(self, segment: str, text: str) -> None:

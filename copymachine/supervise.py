@@ -36,19 +36,15 @@ class CancelToken:
     sd-scripts is asked to stop at the same moment, and a second Ctrl-C ends every child at once."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self.cancelled = False
         self._mutex = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
 
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
     def cancel(self) -> None:
         with self._mutex:
-            if self._event.is_set():
+            if self.cancelled:
                 return
-            self._event.set()
+            self.cancelled = True
             callbacks, self._callbacks = self._callbacks, []
         if len(callbacks) <= 1:
             for callback in callbacks:
@@ -67,7 +63,7 @@ class CancelToken:
     def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Run `callback` when cancelled; returns a function that unregisters it."""
         with self._mutex:
-            if not self._event.is_set():
+            if not self.cancelled:
                 self._callbacks.append(callback)
                 return lambda: self._forget(callback)
         callback()
@@ -180,7 +176,6 @@ class Win32:
         self._k32 = ctypes.WinDLL("kernel32", use_last_error=True)
         self._ntdll = ctypes.WinDLL("ntdll")
         self._k32.CreateJobObjectW.restype = wintypes.HANDLE
-        self._k32.OpenProcess.restype = wintypes.HANDLE
 
     def _check(self, ok: Any, what: str) -> Any:  # pragma: no cover - Windows
         if not ok:
@@ -198,13 +193,9 @@ class Win32:
                 ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
                 ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD), ("SchedulingClass", wintypes.DWORD)]
 
-        class IO(ctypes.Structure):
-            _fields_ = [
-                (n, ctypes.c_uint64) for n in ("Read", "Write", "Other", "ReadT", "WriteT", "OtherT")]
-
         class EXTENDED(ctypes.Structure):
             _fields_ = [
-                ("Basic", BASIC), ("Io", IO), ("ProcessMemoryLimit", ctypes.c_size_t),
+                ("Basic", BASIC), ("Io", ctypes.c_uint64 * 6), ("ProcessMemoryLimit", ctypes.c_size_t),
                 ("JobMemoryLimit", ctypes.c_size_t), ("PeakProcessMemoryUsed", ctypes.c_size_t),
                 ("PeakJobMemoryUsed", ctypes.c_size_t)]
 
