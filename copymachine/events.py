@@ -121,7 +121,12 @@ Event = Annotated[
     | JobEnd | QueueStart | QueueEnd,
     Field(discriminator="event"),
 ]
-ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)  # an event from its fields or its JSON line
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse(data: dict[str, Any]) -> Event:
+    """An event from its fields (`{"event": "stage_done", ...}`)."""
+    return _ADAPTER.validate_python(data)
 
 
 class JsonLines:
@@ -152,7 +157,7 @@ def read_events(path: Path, latest: bool = True) -> list[Event]:
     events: list[Event] = []
     for line in lines:
         try:
-            events.append(ADAPTER.validate_json(line))
+            events.append(_ADAPTER.validate_json(line))
         except ValidationError:
             continue
     starts = [i for i, e in enumerate(events) if isinstance(e, QueueStart)]

@@ -26,9 +26,8 @@ else:  # pragma: no cover
 
 _CHUNK = 8 * 1024 * 1024
 
-# A picture's name becomes a folder name two or three times in a run's paths
-# (runs/<stem>/<stem>/<effect>/.partial/<stem>--<effect>--effect-lora/...): capped, so that a
-# booru file name stays under Windows' 260 characters. The full name is in the manifest.
+# A picture's name is a folder name two or three times in a run's paths (runs/<stem>/<stem>/<effect>/.partial/
+# <stem>--<effect>--effect-lora/...): capped, so a booru file name stays under Windows' 260 characters.
 FOLDER_STEM_MAX = 32
 
 
@@ -88,25 +87,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(?:partial|tmp)$")
-# Temporary files older than this process were left by an earlier, killed one.
 _PROCESS_STARTED = time.time()
 
 
-def remove_stale_temps(folder: Path) -> int:
+def remove_stale_temps(folder: Path) -> None:
     """Remove the temporary files of killed writes in `folder` (atomic_path's, images.save_png's), when older than
     this process (a write under way in another thread is left alone). Only call it holding the folder's lock."""
-    removed = 0
     try:
         entries = list(os.scandir(folder))
     except OSError:
-        return 0
+        return
     for entry in entries:
         if _STALE_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
             with contextlib.suppress(OSError):
                 if entry.stat(follow_symlinks=False).st_mtime < _PROCESS_STARTED:
                     os.unlink(entry.path)
-                    removed += 1
-    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -80,7 +80,7 @@ class Reporter:
     def event(self, name: str, **facts: Any) -> None:
         """An event by its kind's name (`reporter.event("sample", path=...)`)."""
         if self.events is not None:
-            self.events(ev.ADAPTER.validate_python({"event": name, **facts}))
+            self.events(ev.parse({"event": name, **facts}))
 
     def plan(self, plan: Plan) -> None:
         self.emit(ev.PlanMade(run_dir=str(plan.run_dir), stages=[s.title for s in plan.stages],
