@@ -217,10 +217,8 @@ def tree_hash(root: Path) -> str:
 def find_sd_scripts(option: str | os.PathLike | None) -> Path:
     """In the order of the module text; a kohya_ss GUI folder means its `sd-scripts` submodule."""
     given = option or os.environ.get("SD_SCRIPTS")
-    if option:
-        candidates = [("--sd-scripts", Path(option))]
-    elif given:
-        candidates = [("$SD_SCRIPTS", Path(given))]
+    if given:
+        candidates = [("--sd-scripts" if option else "$SD_SCRIPTS", Path(given))]
     else:
         candidates = [("vendor/sd-scripts", base / "vendor" / "sd-scripts") for base in (_PACKAGE_ROOT, Path.cwd())]
     tried = []
