@@ -20,7 +20,6 @@ OOM_KILLER = " (the system's out-of-memory killer does this when RAM runs out: c
 
 
 def check_result(stage: Stage, what: str, result: RunResult, expected: list[Path]) -> None:
-    """Raise one clear message with the log's tail when the command failed or wrote nothing."""
     w = result.watcher
     where, log = f"stage '{stage.title}' ({what})", f"Log: {result.log_path}"
     tail = w.tail_lines(12)
@@ -51,9 +50,8 @@ def check_result(stage: Stage, what: str, result: RunResult, expected: list[Path
 
 
 def _root_cause(watcher: StreamWatcher, tail: list[str]) -> tuple[str, list[str]]:
-    """': <first exception>[; <usual fix>]' for the message, and the log excerpt with that
-    exception's frame and line above the tail unless the tail shows both (the launcher's
-    traceback pushes the child's out of the last lines)."""
+    """': <first exception>[; <usual fix>]', and the log excerpt with its frame and line above the tail unless
+    the tail shows both (the launcher's traceback pushes the child's out of the last lines)."""
     root = watcher.root_cause
     if root is None:
         return "", tail

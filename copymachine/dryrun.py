@@ -18,8 +18,7 @@ from copymachine.stamps import done_stamp
 
 def print_dry_run(plan: Plan, settings: Settings, reporter: Reporter, hashes: HashCache, out: TextIO | None = None,
                   kinds: Mapping[str, StageKind] | None = None) -> None:
-    """The training size of each source and why, then one `# [i/n]` line per stage, its configs, then its commands,
-    copy-pasteable (a stage copymachine does itself names its outputs instead)."""
+    """The training size of each source, then per stage a `# [i/n]` line, its configs and commands, copy-pasteable."""
     out = out or sys.stdout
     for source, choice in (plan.info.training_size or {}).items():
         picture = "x".join(str(v) for v in choice["picture"])

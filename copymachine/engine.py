@@ -80,8 +80,6 @@ print("COPYMACHINE_PROBE " + json.dumps(info))
 
 @dataclass
 class Probe:
-    """What the sd-scripts Python has."""
-
     python_version: str
     missing: list[str]
     broken: dict[str, str] = field(default_factory=dict)  # module -> "ImportError: ..." (found, fails to import)
@@ -95,8 +93,7 @@ class Probe:
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
-    def vram_free(self) -> int | None:
-        """Of GPU 0."""
+    def vram_free(self) -> int | None:  # of GPU 0
         return self.vram[0][0] if self.vram else None
 
     @property
@@ -117,16 +114,14 @@ class Engine:
 
     @functools.cached_property
     def identity(self) -> str:
-        """Which sd-scripts this is, for stage keys and the knowledge cache: `git:<commit>`, or
-        `tree:<sha256>` of its Python files when it is not a git checkout (an extracted release,
-        a copied folder). Another version, commit or edited file is another engine."""
+        """Which sd-scripts this is, for stage keys and the knowledge cache: `git:<commit>`, or `tree:<sha256>`
+        of its Python files when it is not a git checkout (an extracted release, a copied folder)."""
         return f"git:{self.commit}" if self.commit else f"tree:{tree_hash(self.root)}"
 
     def script(self, relative: str) -> Path:
         return self.root / relative
 
     def env(self, offline: bool = False) -> dict[str, str]:
-        """Environment for every sd-scripts call."""
         env = dict(os.environ)
         # networks/*.py import `library` from the sd-scripts root.
         env["PYTHONPATH"] = os.pathsep.join([str(self.root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -143,9 +138,8 @@ class Engine:
 
     def launch_training(self, script: str, config: Path, mixed_precision: str,
                         launcher: Path | None = None, network_module: str = "networks.lora") -> list[str]:
-        """`accelerate launch` of a training script, with every launch option given so that no
-        `accelerate config` file is needed and none is asked for. With `launcher`, accelerate runs
-        that file, which runs the training script (copymachine/sd_side/base_weights_launcher.py) and
+        """`accelerate launch` of a training script, every option given so that no `accelerate config` is needed.
+        With `launcher` (sd_side/base_weights_launcher.py), accelerate runs that file, which runs the script and
         wraps `network_module` (named only when it is not networks.lora, as older commands were)."""
         module = [network_module] if launcher and network_module != "networks.lora" else []
         target = [str(p) for p in (launcher, *module, self.script(script)) if p]
@@ -202,8 +196,8 @@ _TREE_HASHES: dict[tuple, str] = {}
 
 
 def tree_hash(root: Path) -> str:
-    """sha256 over the path and content of every .py file (and requirements.txt) of `root`,
-    remembered per process by the files' sizes and mtimes (a re-plan does not re-read them)."""
+    """sha256 over the path and content of every .py file (and requirements.txt) of `root`, remembered per
+    process by the files' sizes and mtimes."""
     files: list[tuple[str, os.stat_result]] = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in _TREE_SKIP and not (Path(folder) / d / "pyvenv.cfg").exists())
@@ -221,13 +215,10 @@ def tree_hash(root: Path) -> str:
 
 
 def find_sd_scripts(option: str | os.PathLike | None) -> Path:
-    """In the order of the module text (vendor/sd-scripts beside copymachine, or in the cwd); a
-    kohya_ss GUI folder given means its `sd-scripts` submodule."""
+    """In the order of the module text; a kohya_ss GUI folder means its `sd-scripts` submodule."""
     given = option or os.environ.get("SD_SCRIPTS")
-    if option:
-        candidates = [("--sd-scripts", Path(option))]
-    elif given:
-        candidates = [("$SD_SCRIPTS", Path(given))]
+    if given:
+        candidates = [("--sd-scripts" if option else "$SD_SCRIPTS", Path(given))]
     else:
         candidates = [("vendor/sd-scripts", base / "vendor" / "sd-scripts") for base in (_PACKAGE_ROOT, Path.cwd())]
     tried = []
@@ -262,12 +253,11 @@ def is_sd_scripts(folder: Path) -> bool:
 
 
 def is_kohya_ss(folder: Path) -> bool:
-    """A kohya_ss GUI install (bmaltais/kohya_ss, with sd-scripts as a submodule)."""
+    """A kohya_ss GUI install (bmaltais/kohya_ss, sd-scripts as a submodule)."""
     return (folder / "kohya_gui.py").is_file() or (folder / "kohya_gui").is_dir()
 
 
 def find_python_and_reason(option: str | None, root: Path) -> tuple[str, str]:
-    """The Python for sd-scripts and how it was found (the order in the module text)."""
     if option:
         return _absolute_python(str(option)), "given by --python"
     if os.environ.get("SD_SCRIPTS_PYTHON"):
@@ -294,7 +284,7 @@ def _git_dir(root: Path) -> Path | None:
 
 
 def read_git_commit(root: Path) -> str | None:
-    """HEAD of a git checkout without running git; None when `root` is not a git checkout."""
+    """HEAD of a git checkout without running git (None: not one)."""
     try:
         git_dir = _git_dir(root)
         if git_dir is None:

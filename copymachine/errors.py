@@ -1,8 +1,5 @@
-"""Errors a user can cause, each with its documented exit code.
-
-Every error the user can fix ends the command with one line on stderr and the exit code below;
-no traceback. The README's troubleshooting table lists them.
-"""
+"""Errors a user can cause: each ends the command with one line on stderr (no traceback) and its exit code,
+as the README's troubleshooting table lists them."""
 
 from __future__ import annotations
 
@@ -21,16 +18,13 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 class CopymachineError(Exception):
-    """An error with a one-line message for the user and an exit code."""
-
     exit_code = EXIT_INPUT
 
     def __init__(self, message: str, exit_code: int | None = None, details: list[str] | None = None):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
-        # Lines shown under the message (e.g. the last lines of an sd-scripts log).
-        self.details = list(details or [])
+        self.details = list(details or [])  # shown under the message (the last lines of a log)
 
     @property
     def message(self) -> str:
@@ -54,8 +48,7 @@ class OutputError(CopymachineError):
 
 
 class DiskFull(OutputError):
-    """sd-scripts (or a write of copymachine's own) met a full disk; the pipeline turns it into the
-    line that names the folder and what the stage needs there (preflight.disk_full)."""
+    """A full disk met; the pipeline turns it into the line that names the folder (preflight.disk_full)."""
 
     def __init__(self, message: str, folder, log=None):
         super().__init__(message)
@@ -64,7 +57,6 @@ class DiskFull(OutputError):
 
 
 def is_disk_full(error: BaseException) -> bool:
-    """An OSError of a full disk (or of a full quota)."""
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 

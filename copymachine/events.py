@@ -1,9 +1,5 @@
-"""The event stream: what a run and a queue tell their readers (the web UI, a queue on Ray or Slurm),
-one typed model per kind, written as JSON lines by `JsonLines` and read back by `read_events`.
-
-Stage events name their stage (`stage`, the plan's stage name) and its kind: readers key by those,
-never by a title. Events of a queue's job carry the job's number (`job`).
-"""
+"""The event stream of a run and a queue for their readers (the web UI, a queue on Ray or Slurm): one typed
+model per kind, as JSON lines. Readers key stage events by `stage` (the plan's name), never by a title."""
 
 from __future__ import annotations
 
@@ -134,7 +130,7 @@ def parse(data: dict[str, Any]) -> Event:
 
 
 class JsonLines:
-    """The writer: events as JSON lines, appended and flushed one at a time (read while written)."""
+    """Events appended and flushed one at a time (read while written)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -152,9 +148,8 @@ class JsonLines:
 
 
 def read_events(path: Path, latest: bool = True) -> list[Event]:
-    """The reader: the events of a JSON-lines file; with `latest`, those of its latest attempt (a
-    queue run again appends a new `queue_start`). A line being written, or of an unknown kind, is
-    passed over."""
+    """The events of a file; with `latest`, of its latest attempt (after the last `queue_start`). A line being
+    written, or of an unknown kind, is passed over."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -170,5 +165,4 @@ def read_events(path: Path, latest: bool = True) -> list[Event]:
 
 
 def last_job_end(path: Path) -> JobEnd | None:
-    """A job's own account of how it ended: the last `job_end` of its events."""
     return next((e for e in reversed(read_events(path)) if isinstance(e, JobEnd)), None)

@@ -26,16 +26,14 @@ else:  # pragma: no cover
 
 _CHUNK = 8 * 1024 * 1024
 
-# A picture's name becomes a folder name two or three times in a run's paths
-# (runs/<stem>/<stem>/<effect>/.partial/<stem>--<effect>--effect-lora/...): capped, so that a
-# booru file name stays under Windows' 260 characters. The full name is in the manifest.
+# A picture's name is a folder name two or three times in a run's paths (runs/<stem>/<stem>/<effect>/.partial/
+# <stem>--<effect>--effect-lora/...): capped, so a booru file name stays under Windows' 260 characters.
 FOLDER_STEM_MAX = 32
 
 
 def folder_stem(name: str, limit: int = FOLDER_STEM_MAX) -> str:
-    """`name` as a folder name: whole up to `limit` characters; a longer one is cut and ends in
-    8 hex digits of its hash, so two long names that start alike stay apart. No trailing dot or
-    space (Windows drops them from folder names)."""
+    """`name` as a folder name: a longer one is cut and ends in 8 hex digits of its hash, so two long names that
+    start alike stay apart. No trailing dot or space (Windows drops them from folder names)."""
     if len(name) <= limit:
         return name
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
@@ -72,8 +70,7 @@ def _fsync_dir(directory: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` that replaces it in one rename on success; a crash or error
-    leaves `path` as it was and no partial file."""
+    """A temporary path beside `path` that replaces it in one rename on success (else no partial file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -90,26 +87,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(?:partial|tmp)$")
-# Temporary files older than this process were left by an earlier, killed one.
 _PROCESS_STARTED = time.time()
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Remove the temporary files that writes killed mid-way left in `folder` (`.NAME.XXXXXXXX.partial`
-    of atomic_path, `.NAME.XXXXXXXX.tmp` of images.save_png), when older than this process (so a
-    write under way in another thread is left alone). Only call it holding the folder's lock."""
-    removed = 0
+def remove_stale_temps(folder: Path) -> None:
+    """Remove the temporary files of killed writes in `folder` (atomic_path's, images.save_png's), when older than
+    this process (a write under way in another thread is left alone). Only call it holding the folder's lock."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
-        return 0
+        return
     for entry in entries:
         if _STALE_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
             with contextlib.suppress(OSError):
                 if entry.stat(follow_symlinks=False).st_mtime < _PROCESS_STARTED:
                     os.unlink(entry.path)
-                    removed += 1
-    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -128,8 +120,7 @@ def move_into_place(src: Path, dst: Path) -> None:
     try:
         replace_file(src, dst)  # retried while held open
     except OSError:  # another device
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
+        copy_into_place(src, dst)
         src.unlink()
     _fsync_dir(dst.parent)
 
@@ -153,7 +144,7 @@ def sha256_json(data: Any) -> str:
 
 
 def host_name() -> str:
-    """This machine's name, safe in a file name (what per-host files are named by)."""
+    """This machine's name, safe in a file name."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
     return name[:64]
 
@@ -174,9 +165,8 @@ class HashCache:
 
     @classmethod
     def for_host(cls, folder: Path) -> HashCache:
-        """The hash cache of this host in `folder`: `hashes.<host>.json`, so that machines sharing
-        a cache folder (a cluster on a shared filesystem) do not overwrite each other's file (the
-        last writer would win). Seeded from a `hashes.json` of an earlier version."""
+        """`hashes.<host>.json` in `folder`: machines sharing a cache folder (a cluster) do not overwrite each
+        other's file. Seeded from a `hashes.json` of an earlier version."""
         cache = cls(Path(folder) / f"hashes.{host_name()}.json")
         legacy = Path(folder) / "hashes.json"
         if not cache._data and legacy.is_file():
@@ -220,7 +210,6 @@ def free_bytes(path: Path) -> int:
 
 
 def require_file(path: Path, what: str) -> None:
-    """A file the user named: one line when it is missing or a folder."""
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
     if not path.is_file():

@@ -6,8 +6,7 @@ from copymachine.plan import Plan
 
 
 def dependencies(plan: Plan) -> dict[str, set[str]]:
-    """What each stage waits for: the stages whose outputs it reads and every gate (a check)
-    planned before it — a failed check stops the trainings after it."""
+    """What each stage waits for: the stages whose outputs it reads and every gate (a check) planned before it."""
     names = {s.name for s in plan.stages}
     deps: dict[str, set[str]] = {}
     gates: list[str] = []

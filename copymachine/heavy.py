@@ -1,15 +1,8 @@
-"""Compiled modules imported when first used, not when copymachine starts.
+"""Compiled modules imported when first used (`from copymachine.heavy import cv2`), not when copymachine starts.
 
-OpenCV, NumPy, scikit-image and onnxruntime are built against one another's binary interfaces, and
-a venv can hold a pair that does not fit (numpy 2 beside an opencv built for numpy 1: `import cv2`
-fails with "numpy.core.multiarray failed to import"). `copymachine --help`, `doctor` and `inspect`
-must still start there, and the command that needs the module must end in one line naming it, the
-error and the usual fix. So modules import these through a proxy:
-
-    from copymachine.heavy import cv2     # nothing is imported yet
-    cv2.dilate(...)                       # imported here; a failure raises EnvironmentProblem
-
-`import_fix` gives the usual fix for a failed import; the probe of sd-scripts' Python uses it too.
+A venv can hold a pair that does not fit (numpy 2 beside an opencv built for numpy 1): `--help`, `doctor` and
+`inspect` must still start there, and the command that needs the module must end in one line naming it, the
+error and the usual fix (`import_fix`, which the probe of sd-scripts' Python uses too).
 """
 
 from __future__ import annotations
@@ -36,8 +29,7 @@ def known_import_failure(error: str) -> bool:
 
 
 def import_fix(module: str, error: str, where: str = "that venv") -> str:
-    """The usual fix for `import module` failing with `error` (text of the exception), to be done
-    in `where` (the venv whose import failed)."""
+    """The usual fix for `import module` failing with `error`, to be done in `where` (that venv)."""
     top = module.split(".")[0]
     package = DISTRIBUTIONS.get(top, top)
     if any(sign in error for sign in _NUMPY_ABI_SIGNS):

@@ -9,6 +9,7 @@ before it continues, so a resumed run never races a leftover training for the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 from filelock import FileLock, Timeout
 
 from copymachine.errors import BusyError
@@ -51,11 +53,10 @@ class FolderLock:
             if on_wait:
                 on_wait(holder)
             self.os_lock.acquire(poll_interval=1.0)
-        previous = self.holder()
-        # The previous holder is dead (we hold the lock); end what it left running.
+        previous = self.holder()  # dead, since we hold the lock: end what it left running
         owner = previous.get("pid")
         same_host = previous.get("host") in (None, socket.gethostname())  # pids mean nothing elsewhere
-        if owner and owner != os.getpid() and marker and same_host and not SUPERVISOR.process_alive(owner):
+        if owner and owner != os.getpid() and marker and same_host and not psutil.pid_exists(owner):
             SUPERVISOR.end_orphans(int(owner), [int(p) for p in previous.get("child_pgids", [])], marker)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "command": " ".join(sys.argv)}
@@ -67,10 +68,8 @@ class FolderLock:
             return
         known = set(self.info.get("child_pgids", []))
         self.info["child_pgids"] = sorted(known | {pgid} if alive else known - {pgid})
-        try:
+        with contextlib.suppress(OSError):  # a full disk: the record only helps a later run end orphans
             self._write()
-        except OSError:
-            pass  # a full disk: the record only helps a later run end orphans; the run goes on
 
     def _write(self) -> None:
         self.path.write_text(json.dumps(self.info), encoding="utf-8")
@@ -83,12 +82,6 @@ class FolderLock:
             self._write()
         finally:
             self.os_lock.release()
-
-    def __enter__(self) -> FolderLock:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def _describe(holder: dict) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from copymachine import __version__
 from copymachine.files import atomic_write_json
-from copymachine.plan import FileRef, Plan, Stage
+from copymachine.plan import Plan, Stage
 from copymachine.stages import Settings
 from copymachine.stamps import now
 
@@ -17,18 +17,12 @@ STAMP_FIELDS = ("inputs", "outputs", "commands", "argv", "configs", "log", "star
                 "peak_memory_gib", "sd_scripts_commit")
 
 
-def _ref(ref: FileRef) -> dict[str, Any]:
-    d: dict[str, Any] = {"path": str(ref.path)}
-    if ref.producer:
-        d["from"] = f"{ref.producer}:{ref.output}"
-    return d
-
-
 def _record(stage: Stage) -> dict[str, Any]:
     """A stage as the manifest lists it before it runs."""
     record = {"name": stage.name, "kind": stage.kind, "title": stage.title, "status": "pending", "key": stage.key,
               "shared": stage.shared, "workdir": str(stage.workdir), "params": stage.params,
-              "inputs": {n: _ref(r) for n, r in stage.inputs.items()},
+              "inputs": {n: {"path": str(r.path)} | ({"from": f"{r.producer}:{r.output}"} if r.producer else {})
+                         for n, r in stage.inputs.items()},
               "outputs": {n: {"path": str(p)} for n, p in stage.outputs.items()}}
     if stage.gate:
         record["gate"] = stage.gate
@@ -36,8 +30,7 @@ def _record(stage: Stage) -> dict[str, Any]:
 
 
 class Manifest:
-    """The run's manifest, kept true to what is on disk: stages finish on worker threads, so
-    every change and write holds one lock."""
+    """The run's manifest: stages finish on worker threads, so every change and write holds one lock."""
 
     def __init__(self, plan: Plan, settings: Settings, argv: list[str]):
         self.path = plan.manifest_path
@@ -67,7 +60,6 @@ class Manifest:
             self.data["stages"].append(self._records[stage.name])
 
     def update(self, stage: Stage, status: str, stamp: dict[str, Any] | None = None, **extra: Any) -> None:
-        """Record a stage's status (and its stamp's facts), then write the manifest."""
         with self._lock:
             record = self._records[stage.name]
             facts = stamp or {}

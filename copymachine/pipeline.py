@@ -1,10 +1,6 @@
-"""Running a plan: skip what is done (copymachine/stamps.py), run the rest in the order the
-stage graph allows (copymachine/graph.py), write every output atomically, keep the manifest
-(copymachine/manifest.py) true to what is on disk.
-
-A run killed at any moment resumes at the first stage that is not done, and a changed
-parameter re-runs that stage and what depends on it.
-"""
+"""Running a plan: skip what is done (stamps.py), run the rest in the order the stage graph allows,
+write every output atomically, keep the manifest true to what is on disk. A run killed at any moment
+resumes at the first stage not done; a changed parameter re-runs that stage and what depends on it."""
 
 from __future__ import annotations
 
@@ -47,20 +43,14 @@ def _validated(kind, stage: Stage, name: str, path: Path, ctx: StageContext) -> 
                           details=log_tail(ctx.log_path)) from None
 
 
-def _remove_if_empty(folder: Path) -> None:
-    """.partial/, when no other stage is under way there."""
-    with contextlib.suppress(OSError):
-        folder.rmdir()
-
-
 def _tidy(stage: Stage, kind, reporter: Reporter | None = None) -> None:
-    """What a run killed in this stage left behind (its lock is held): its scratch folder (but a
-    training's newest saved state of this stage key: copymachine/trainstate.py), a .partial
-    folder emptied but not removed, temporary files of interrupted writes."""
+    """What a run killed in this stage left behind (its lock is held): its scratch folder, an emptied
+    .partial folder, temporary files of interrupted writes."""
     scratch = stage.workdir / ".partial" / stage.slug
     if scratch.exists():
         _clear_scratch(scratch, stage, kind, reporter)
-    _remove_if_empty(scratch.parent)
+    with contextlib.suppress(OSError):
+        scratch.parent.rmdir()  # .partial/, when no other stage is under way there
     for folder in (stage.workdir, stage.workdir / ".stages", stage.workdir / "config"):
         remove_stale_temps(folder)
 
@@ -75,7 +65,7 @@ def _hashed_inputs(stage: Stage, hashes: HashCache) -> dict[str, Any]:
 
 
 def _clear_scratch(scratch: Path, stage: Stage, kind, reporter: Reporter | None = None) -> None:
-    """Empty a stage's scratch folder; a training keeps its newest saved state of this key."""
+    """Empty a stage's scratch folder; a training keeps its newest saved state of this key (trainstate.py)."""
     if not getattr(kind, "keeps_state", False):
         shutil.rmtree(scratch, ignore_errors=True)
         return
@@ -89,12 +79,12 @@ def _clear_scratch(scratch: Path, stage: Stage, kind, reporter: Reporter | None 
 def _drop_scratch(ctx: StageContext, kind=None) -> None:
     """After an attempt: its files go (a training's newest saved state stays when it failed)."""
     _clear_scratch(ctx.scratch, ctx.stage, kind, ctx.reporter)
-    _remove_if_empty(ctx.scratch.parent)
+    with contextlib.suppress(OSError):
+        ctx.scratch.parent.rmdir()
 
 
 def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
-    """Run one stage into its scratch folder, validate its outputs, move them into place, and
-    write its stamp last. Returns the stamp."""
+    """Run one stage into its scratch folder, validate its outputs, move them into place, write its stamp last."""
     remove_stamp(stage)  # what is at the final paths is not trusted until the new stamp
     if getattr(kind, "keeps_state", False) and ctx.scratch.is_dir():
         _clear_scratch(ctx.scratch, stage, kind, ctx.reporter)
@@ -113,9 +103,8 @@ def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
                 raise EngineError(f"stage '{stage.title}' finished without writing {path.name}. Log: {ctx.log_path}")
             produced[name] = (path, _validated(kind, stage, name, path, ctx))
     except BaseException:
-        # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept:
-        # the log holds what went wrong, and the next run starts the stage afresh (a training
-        # from its newest saved state)
+        # a failed attempt's files (a half-written 4 GB model, a NaN LoRA) are not kept: the log holds what went
+        # wrong, and the next run starts the stage afresh (a training from its newest saved state)
         _drop_scratch(ctx, kind)
         raise
     outputs: dict[str, Any] = {}
@@ -135,7 +124,6 @@ def _execute(stage: Stage, kind, ctx: StageContext) -> dict[str, Any]:
 
 
 def _conclude(manifest: Manifest, reporter: Reporter, stage: Stage, kind, stamp: dict[str, Any]) -> None:
-    """A stage's verdict (a check): recorded in the manifest; a failed one stops the run."""
     verdict = kind.conclude(stage, stamp, reporter)
     if verdict is None:
         return
@@ -146,13 +134,11 @@ def _conclude(manifest: Manifest, reporter: Reporter, stage: Stage, kind, stamp:
 
 
 class _Schedule:
-    """Which stage starts when: a stage starts when what it depends on is done, up to `jobs` at
-    once, each sd-scripts stage on a GPU of its own where there are several; a stage that depends
-    on a failed one is blocked, and one whose every result has failed already is not started."""
+    """A stage starts when what it depends on is done, up to `jobs` at once, each sd-scripts stage on a GPU of
+    its own where there are several; one that depends on a failed one, or whose every result failed, does not."""
 
     def __init__(self, plan: Plan, jobs: int, gpus: int, kinds: Mapping[str, StageKind]):
-        self.plan, self.kinds = plan, kinds
-        self.jobs = jobs
+        self.plan, self.kinds, self.jobs = plan, kinds, jobs
         self.deps = graph.dependencies(plan)
         self.reach = graph.results(plan, self.deps)
         self.state = {s.name: "pending" for s in plan.stages}
@@ -174,10 +160,9 @@ class _Schedule:
             name = stage.name
             if len(started) >= free:
                 break
-            if state[name] != "pending" or not all(state[d] == "done" for d in deps[name]):
+            ready = state[name] == "pending" and all(state[d] == "done" for d in deps[name])
+            if not ready or not (self.reach[name] - lost):  # nor when everything it leads to has failed already
                 continue
-            if not (self.reach[name] - lost):
-                continue  # everything it leads to has failed already
             state[name] = "running"
             gpu = self.free_gpus.pop(0) if self.free_gpus and self.kinds[stage.kind].needs_engine else None
             if gpu is not None:
@@ -202,7 +187,6 @@ class _Schedule:
             raise error
 
     def summary(self) -> list[tuple[str, str]]:
-        """One row per final LoRA: its path, or the failure that stopped it."""
         failed = {stage.name: error for stage, error in self.failures}
         rows = []
         for effect, path in self.plan.finals.items():
@@ -218,8 +202,8 @@ class _Schedule:
 
 
 class _Held:
-    """What a run holds while it works: its folder locks and the sd-scripts children running now
-    (stages finish on worker threads, so one lock guards both). Its token's cancel stops them."""
+    """A run's folder locks and running sd-scripts children (stages finish on worker threads: one lock guards
+    both). Its token's cancel stops them."""
 
     def __init__(self, token: CancelToken) -> None:
         self.locks: list[FolderLock] = []
@@ -244,11 +228,11 @@ class _Held:
         if alive and self.token.cancelled:
             # started by a stage that was already under way when the run was cancelled: stopped
             # too, on a thread of its own (this one must go on reading the child's output)
-            threading.Thread(target=SUPERVISOR.stop_id, args=(pgid,), name="stop-late-child", daemon=True).start()
+            threading.Thread(target=SUPERVISOR.stop_ids, args=([pgid],), name="stop-late-child", daemon=True).start()
 
     @contextlib.contextmanager
     def holding(self, lock: FolderLock) -> Iterator[None]:
-        """A cache entry's lock, held (and told of the children started) until the block ends."""
+        """A cache entry's lock, told of the children started until the block ends."""
         with self.mutex:
             self.locks.append(lock)
         try:
@@ -258,8 +242,7 @@ class _Held:
                 self.locks.remove(lock)
             lock.release()
 
-    def kill_children(self) -> None:
-        """A second Ctrl-C: the last word to every running sd-scripts at once."""
+    def kill_children(self) -> None:  # a second Ctrl-C
         SUPERVISOR.kill_ids(self._running())
 
 
@@ -286,11 +269,8 @@ class Pipeline:
         return str(self.settings.engine.root) if self.settings.engine else ""
 
     def run(self, dry_run: bool = False, wait: bool = True, jobs: int = 1) -> list[Stage]:
-        """Run every stage that is not done, up to `jobs` at once; returns the stages that ran.
-
-        A stage starts when what it depends on is done. A failed stage stops only what depends
-        on it: the other effects of the run go on, and the first failure is raised at the end
-        (after a summary, when the run makes several LoRAs)."""
+        """Run every stage not done, up to `jobs` at once; returns the stages that ran. A failed stage stops only
+        what depends on it; the first failure is raised at the end (after a summary of several LoRAs)."""
         if dry_run:
             print_dry_run(self.plan, self.settings, self.reporter, self.hashes, kinds=self.kinds)
             return []
@@ -325,8 +305,7 @@ class Pipeline:
         return schedule.ran
 
     def stop(self) -> None:
-        """Ctrl-C (or a crash) in copymachine, or the queue's stop: cancel the run's token, which stops
-        every running sd-scripts child cleanly (copymachine/supervise.py)."""
+        """Ctrl-C (or a crash), or the queue's stop: every running sd-scripts child is stopped cleanly."""
         self.token.cancel()
 
     def _run_locked(self, index: int, total: int, stage: Stage, wait: bool, gpu: int | None) -> bool:
@@ -339,9 +318,8 @@ class Pipeline:
             return self._run_stage(index, total, stage, gpu)
 
     def _run_stage(self, index: int, total: int, stage: Stage, gpu: int | None = None) -> bool:
-        """Skip the stage when it is done, else run it; then its verdict. True when it ran. A full
-        disk (sd-scripts' write or one of copymachine's) ends the stage with one line naming the
-        folder and what the stage needs there; its scratch files are gone, what is done is kept."""
+        """Skip the stage when done, else run it; then its verdict. True when it ran. A full disk ends the
+        stage with one line naming the folder and what the stage needs there."""
         try:
             return self._run_stage_here(index, total, stage, gpu)
         except DiskFull as e:
@@ -364,8 +342,7 @@ class Pipeline:
         return disk_full(folder, stage.title, needs, cause=cause, log=log)
 
     def _record(self, stage: Stage, status: str) -> None:
-        """A failed stage's status in the manifest; on a full disk that write may fail too (the
-        next run rewrites the manifest), which must not hide why the stage failed."""
+        """A failed stage's status; on a full disk that write may fail too, which must not hide why."""
         try:
             self.manifest.update(stage, status)
         except OSError as e:

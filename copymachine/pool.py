@@ -4,6 +4,7 @@ them (a second Ctrl-C: `kill`), and goes on up."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Hashable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -30,10 +31,8 @@ def side_by_side(workers: int, start: Callable[[], list[Task]], end: Callable[[H
         try:
             stop()
             for future in running:
-                try:
+                with contextlib.suppress(Exception):
                     future.result(timeout=60)
-                except Exception:
-                    pass
         except KeyboardInterrupt:  # a second Ctrl-C: nothing waits for the grace time
             if kill is None:
                 raise

@@ -1,12 +1,6 @@
-"""What the user sees while a run works: one line per stage and live training progress.
-
-Everything goes to stderr, so stdout carries only results (the final LoRA paths, --json output).
-On a terminal rich keeps one live line per stage running; on a pipe or in a log a line is printed
-every 10 % of a training, so CI logs and `| tee` stay readable.
-
-`events`, when given, receives the same facts as typed events (copymachine/events.py): the queue
-writes them as JSON lines (`copymachine queue --events FILE`) and the web UI reads them.
-"""
+"""What the user sees while a run works, on stderr (stdout carries only results): one line per stage and
+live training progress, on a terminal one live line per running stage (rich), on a pipe a line every 10 %.
+`events`, when given, receives the same facts as typed events (events.py) for the queue and the web UI."""
 
 from __future__ import annotations
 
@@ -66,7 +60,6 @@ class Reporter:
             self.stream.flush()
 
     def _draw(self) -> None:
-        """The live lines (rich redraws them under the printed ones); none left: the display ends."""
         if not self._lines:
             if self._live is not None:
                 self._live.stop()
@@ -127,7 +120,6 @@ class Reporter:
             self._print(f"      $ {command_line(argv)}")
 
     def progress(self, p: Progress, job: str = "") -> None:
-        """Live progress of one running stage (`job`): a line of its own on a terminal."""
         with self._lock:
             now = time.monotonic()
             key = (job, p.desc, p.step, p.loss is None)  # a new step, or its first loss, is always sent
@@ -146,8 +138,7 @@ class Reporter:
                 self._print(f"      {who}{describe(p)}")
 
     def counting(self, job: str, text: str, done: int, total: int) -> None:
-        """A count of something short that works before any stage ("...: 3/8 scripts"): a live line
-        on a terminal (printed when the count ends), one line per count on a pipe."""
+        """A count of something short before any stage ("...: 3/8 scripts"): a live line on a terminal."""
         with self._lock:
             self.emit(ev.ProgressMade(stage=job, desc=job, step=done, total=total, text=text))
             if self.live and done < total:
@@ -164,7 +155,6 @@ class Reporter:
             self._draw()
 
     def summary(self, rows: list[tuple[str, str]]) -> None:
-        """One line per result at the end of a run of several effects."""
         width = max(len(name) for name, _ in rows)
         self.emit(ev.Summary(rows=[list(r) for r in rows]))
         self._print("summary:")

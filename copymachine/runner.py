@@ -9,6 +9,7 @@ the failures sd-scripts does not turn into an exit code (NaN loss) and for out-o
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import re
 import shlex
@@ -37,13 +38,6 @@ _NO_SPACE = re.compile(r"No space left on device|\[Errno 28\]|os error 28|Storag
                        r"|PytorchStreamWriter failed writing file", re.I)
 
 
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 @dataclass
 class Progress:
     step: int
@@ -63,8 +57,7 @@ def _machinery(file_line: str) -> bool:
 
 @dataclass
 class Traceback:
-    """One Python traceback seen in the output: its frames ([`File ...` line, source line]) and
-    the exception line that ends it."""
+    """A Python traceback in the output: its frames ([`File ...` line, source line]) and its exception line."""
 
     frames: list[list[str]] = field(default_factory=list)
     exception: str = ""
@@ -77,8 +70,7 @@ class Traceback:
         return [line for line in frames[-1] if line] if frames else []
 
     def failed_module(self) -> str:
-        """For an ImportError: the module whose import failed (`No module named 'x'`, else the
-        innermost package `x/__init__.py` among the frames)."""
+        """For an ImportError: the module that failed (`No module named 'x'`, else the innermost `x/__init__.py`)."""
         if "No module named" in self.exception:
             return self.exception.split("No module named", 1)[1].strip().strip("'\"").split(".")[0]
         for file_line, _ in reversed(self.frames):
@@ -92,8 +84,6 @@ class Traceback:
 
 @dataclass
 class StreamWatcher:
-    """Reads sd-scripts' output segment by segment (split on CR and LF)."""
-
     on_progress: Callable[[Progress], None] | None = None
     tail: deque = field(default_factory=lambda: deque(maxlen=40))
     last_progress: Progress | None = None
@@ -113,7 +103,9 @@ class StreamWatcher:
         m = _TQDM.search(text)
         if m:
             lm = _LOSS.search(m.group("post") or "")
-            loss = _number(lm.group("loss")) if lm else None
+            loss = None
+            with contextlib.suppress(ValueError):
+                loss = float(lm.group("loss")) if lm else None
             if lm and (lm.group("loss").lower() in ("nan", "inf", "-inf") or (loss is not None and loss != loss)):
                 self.nan = True
             p = Progress(step=int(m.group("n")), total=int(m.group("total")), desc=(m.group("desc") or "").strip(),
@@ -123,12 +115,9 @@ class StreamWatcher:
             if self.on_progress:
                 self.on_progress(p)
             return
-        if _OOM.search(text):
-            self.oom = True
-        if _NO_SPACE.search(text):
-            self.no_space = True
-        if _NAN_LINE.search(text):
-            self.nan = True
+        for flag, pattern in (("oom", _OOM), ("no_space", _NO_SPACE), ("nan", _NAN_LINE)):
+            if pattern.search(text):
+                setattr(self, flag, True)
         self.tail.append(text)
 
     def _watch_traceback(self, segment: str, text: str) -> None:
@@ -196,19 +185,13 @@ def _wait(proc: subprocess.Popen) -> tuple[int, int | None]:
     return proc.returncode, usage.ru_maxrss * scale
 
 
-def _split_segments(buffer: str) -> tuple[list[str], str]:
-    *segments, rest = re.split(r"[\r\n]", buffer)
-    return segments, rest
-
-
 def _pump(proc: subprocess.Popen, watcher: StreamWatcher, write: Callable[[bytes], None]) -> None:
-    """The child's output, every byte to the log and each segment (split on CR and LF) to the watcher."""
     assert proc.stdout is not None
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
     while chunk := os.read(proc.stdout.fileno(), 65536):
         write(chunk)
-        segments, pending = _split_segments(pending + decoder.decode(chunk))
+        *segments, pending = re.split(r"[\r\n]", pending + decoder.decode(chunk))
         for seg in segments:
             watcher.feed(seg)
     pending += decoder.decode(b"", final=True)
@@ -226,8 +209,7 @@ def run_command(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
     log_error: list[OSError] = []
 
     def write(data: bytes) -> None:
-        """To the log, unbuffered; a write the disk refuses ends the log, not the command (sd-scripts
-        goes on, and its own error, read from the stream, says what happened)."""
+        """A write the disk refuses ends the log, not the command (sd-scripts' own error says what happened)."""
         if not log_error:
             try:
                 log.write(data)
@@ -258,8 +240,7 @@ def run_command(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Pa
 
 
 def log_tail(log_path: Path, n: int = 12, indent: bool = False) -> list[str]:
-    """The last `n` non-empty lines of a log (split on CR and LF, as the watcher does); `indent`:
-    their leading blanks kept (the UI's view of a log)."""
+    """The last `n` non-empty lines of a log (split on CR and LF); `indent`: leading blanks kept (the UI)."""
     try:
         with open(log_path, "rb") as f:
             f.seek(0, os.SEEK_END)

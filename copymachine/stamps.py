@@ -1,11 +1,6 @@
-"""Stamps: what a stage's run left on disk, and whether the stage is done.
-
-A stage is done when its stamp (`<workdir>/.stages/<stage>.json`, written last, after every
-output was renamed into place) has the stage's key, its outputs are there with the recorded
-size and sha256, and its inputs still have the sha256 they had when it ran. Pre-flight's
-estimates ask the cheap half of that (key and sizes, no hashing); the pipeline asks all of it
-before it skips a stage.
-"""
+"""Stamps: what a stage's run left on disk, and whether the stage is done: its stamp
+(`<workdir>/.stages/<stage>.json`, written last) has the stage's key, its outputs the recorded size and
+sha256, and its inputs still the sha256 they had when it ran."""
 
 from __future__ import annotations
 
@@ -35,18 +30,15 @@ def read_stamp(stage: Stage) -> dict[str, Any] | None:
 
 
 def write_stamp(stage: Stage, stamp: dict[str, Any]) -> None:
-    """Written last, after every output is in place: a stage is not done without it."""
     atomic_write_json(stamp_path(stage), stamp)
 
 
 def remove_stamp(stage: Stage) -> None:
-    """Before a stage runs: what is at its final paths is not trusted until the new stamp."""
     stamp_path(stage).unlink(missing_ok=True)
 
 
 def sized_stamp(stage: Stage) -> dict[str, Any] | None:
-    """The stage's stamp if it has the stage's key and its outputs have the recorded sizes (no
-    hashing: pre-flight's estimates of what is still to run)."""
+    """The stamp if it has the stage's key and its outputs the recorded sizes (no hashing: pre-flight's estimates)."""
     stamp = read_stamp(stage)
     if not stamp or stamp.get("key") != stage.key:
         return None
@@ -58,8 +50,7 @@ def sized_stamp(stage: Stage) -> dict[str, Any] | None:
 
 
 def done_stamp(stage: Stage, hashes: HashCache, check_inputs: bool = True) -> dict[str, Any] | None:
-    """The stage's stamp if it is done. `check_inputs=False` (dry runs, where upstream files
-    may not exist yet) trusts the key alone for the inputs."""
+    """The stamp if the stage is done. `check_inputs=False` (dry runs) trusts the key alone for the inputs."""
     stamp = sized_stamp(stage)
     if stamp is None:
         return None
@@ -75,8 +66,7 @@ def done_stamp(stage: Stage, hashes: HashCache, check_inputs: bool = True) -> di
 
 def new_stamp(stage: Stage, ctx: Any, inputs: dict[str, Any], outputs: dict[str, Any], started: str, seconds: float,
               commit: str | None) -> dict[str, Any]:
-    """What a stage's run records: its key, parameters, inputs and outputs (sha256), the commands, configs and log, when
-    it ran and how long, its peak memory and the engine's commit. `ctx` is the stage's StageContext."""
+    """What a stage's run records; `ctx` is its StageContext."""
     return {"key": stage.key, "name": stage.name, "kind": stage.kind, "params": stage.params, "inputs": inputs,
             "outputs": outputs, "argv": ctx.commands, "commands": [command_line(c) for c in ctx.commands],
             "configs": sorted(str(p) for p in (stage.workdir / "config").glob(f"{stage.slug}-*")),

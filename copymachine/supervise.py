@@ -1,17 +1,11 @@
-"""Stopping children: one supervisor for every sd-scripts (and `copymachine queue`) child, with a
-backend per platform, and the cancellation token that the pipeline, the queue and the UI worker share.
+"""Stopping children: one supervisor for every sd-scripts (and `copymachine queue`) child, a backend
+per platform, and the cancellation token that the pipeline, the queue and the UI worker share.
 
-- POSIX: each child leads a process group of its own (`start_new_session`); stopping sends SIGINT
-  to the group (sd-scripts stops as on Ctrl-C), then SIGTERM, then SIGKILL, and ends what is left of
-  the group once its leader is gone. An orphaned group (its copymachine was killed) is ended by id.
-- Windows: each child starts suspended in a console process group of its own
-  (`CREATE_NEW_PROCESS_GROUP`) and is put in a Job Object before it runs, so the job holds the whole
-  tree (`accelerate launch` and the training it starts). Stopping sends CTRL_BREAK_EVENT to the
-  group, then `TerminateJobObject`; the job is made with KILL_ON_JOB_CLOSE, so a copymachine that
-  dies takes its children with it and there are no orphans to end later. The Win32 calls are behind
-  `Win32`, one small seam a test replaces.
-
-Nothing outside `PosixBackend` sends a signal to a process group.
+- POSIX: each child leads its own process group; stopping sends SIGINT to the group (sd-scripts stops
+  as on Ctrl-C), then SIGTERM, then SIGKILL. An orphaned group (its copymachine was killed) is ended by id.
+- Windows: each child starts suspended in its own console process group and is put in a Job Object
+  (KILL_ON_JOB_CLOSE) before it runs, so the job holds the whole tree and dies with copymachine: no
+  orphans. Stopping sends CTRL_BREAK_EVENT, then `TerminateJobObject`; `Win32` is the seam a test replaces.
 """
 
 from __future__ import annotations
@@ -37,27 +31,20 @@ _POSIX_SIGNALS = {"interrupt": "SIGINT", "terminate": "SIGTERM", "kill": "SIGKIL
 
 
 class CancelToken:
-    """A cancellation shared by whoever runs work and whoever may stop it: the pipeline cancels
-    its running sd-scripts, the queue cancels its pipelines, the UI worker its `copymachine queue`.
-    Callbacks run once; one registered after the cancel runs at once. A single callback runs on
-    the thread that cancels; several (a queue's jobs side by side) run side by side, each on a
-    thread of its own, so that every job's sd-scripts is asked to stop at the same moment, and a
-    second Ctrl-C while the cancelling thread waits for them ends every child at once."""
+    """A cancellation shared by whoever runs work and whoever may stop it. Callbacks run once (one
+    registered after the cancel at once); several run each on a thread of its own, so every job's
+    sd-scripts is asked to stop at the same moment, and a second Ctrl-C ends every child at once."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self.cancelled = False
         self._mutex = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
 
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
     def cancel(self) -> None:
         with self._mutex:
-            if self._event.is_set():
+            if self.cancelled:
                 return
-            self._event.set()
+            self.cancelled = True
             callbacks, self._callbacks = self._callbacks, []
         if len(callbacks) <= 1:
             for callback in callbacks:
@@ -76,7 +63,7 @@ class CancelToken:
     def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Run `callback` when cancelled; returns a function that unregisters it."""
         with self._mutex:
-            if not self._event.is_set():
+            if not self.cancelled:
                 self._callbacks.append(callback)
                 return lambda: self._forget(callback)
         callback()
@@ -90,14 +77,11 @@ class CancelToken:
 
 @dataclass
 class Child:
-    """A child the supervisor started: its process, and on Windows the job that holds its tree."""
-
     proc: subprocess.Popen
     job: Any = None  # Windows: the Job Object's handle
 
     @property
-    def id(self) -> int:
-        """The number a lock records: the process group on POSIX (the child's pid)."""
+    def id(self) -> int:  # what a lock records: on POSIX the process group
         return self.proc.pid
 
     def wait(self, timeout: float) -> bool:
@@ -120,8 +104,7 @@ class PosixBackend:
     def steps(self, grace_s: float) -> list[tuple[str, float]]:
         return [("interrupt", grace_s), ("terminate", TERM_S), ("kill", KILL_S)]
 
-    def send(self, child: Child, step: str) -> bool:
-        """Signal the child's group; False when the group is gone."""
+    def send(self, child: Child, step: str) -> bool:  # False: the group is gone
         return self.signal_group(child.id, step)
 
     def signal_group(self, pgid: int, step: str) -> bool:
@@ -132,7 +115,7 @@ class PosixBackend:
         return True
 
     def kill(self, child: Child) -> None:
-        self.signal_group(child.id, "kill")
+        self.send(child, "kill")
 
     finish = kill  # the leader is gone; members of its group may still be winding down
 
@@ -149,12 +132,9 @@ class PosixBackend:
                 return False
             time.sleep(0.1)
 
-    # -- children a killed copymachine left behind (psutil names them) --
-
     def kill_orphaned_group(self, pgid: int, marker: str) -> bool:
-        """End a process group left behind by a killed copymachine, if it still runs sd-scripts.
-        `marker` (the sd-scripts root) must appear in the leader's command line, so an unrelated
-        process that happens to reuse the number is never touched."""
+        """End a group a killed copymachine left, if its leader's command line has `marker` (the
+        sd-scripts root): an unrelated process that reuses the number is never touched."""
         try:
             cmdline = " ".join(psutil.Process(pgid).cmdline())
         except psutil.Error:
@@ -162,8 +142,7 @@ class PosixBackend:
         return marker in cmdline and self.signal_group(pgid, "kill")
 
     def kill_orphans_of(self, owner_pid: int, marker: str, variable: str) -> list[int]:
-        """End the process groups of sd-scripts processes a dead copymachine (`owner_pid`) started:
-        those whose environment names it and whose command line names the sd-scripts root."""
+        """End the groups of sd-scripts processes whose environment names `owner_pid` (a dead copymachine)."""
         killed = []
         for proc in psutil.process_iter(["environ", "cmdline"]):
             environ, cmdline = proc.info["environ"] or {}, " ".join(proc.info["cmdline"] or [])
@@ -179,8 +158,6 @@ class PosixBackend:
 
 
 class Win32:
-    """The Win32 calls the Windows backend makes, and nothing else (tests replace this seam)."""
-
     CREATE_NEW_PROCESS_GROUP = 0x00000200
     CREATE_SUSPENDED = 0x00000004
     _k32: Any
@@ -199,7 +176,6 @@ class Win32:
         self._k32 = ctypes.WinDLL("kernel32", use_last_error=True)
         self._ntdll = ctypes.WinDLL("ntdll")
         self._k32.CreateJobObjectW.restype = wintypes.HANDLE
-        self._k32.OpenProcess.restype = wintypes.HANDLE
 
     def _check(self, ok: Any, what: str) -> Any:  # pragma: no cover - Windows
         if not ok:
@@ -207,7 +183,6 @@ class Win32:
         return ok
 
     def create_job(self) -> int:  # pragma: no cover - Windows
-        """A Job Object whose processes all end when its last handle closes."""
         import ctypes
         from ctypes import wintypes
 
@@ -218,13 +193,9 @@ class Win32:
                 ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
                 ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD), ("SchedulingClass", wintypes.DWORD)]
 
-        class IO(ctypes.Structure):
-            _fields_ = [
-                (n, ctypes.c_uint64) for n in ("Read", "Write", "Other", "ReadT", "WriteT", "OtherT")]
-
         class EXTENDED(ctypes.Structure):
             _fields_ = [
-                ("Basic", BASIC), ("Io", IO), ("ProcessMemoryLimit", ctypes.c_size_t),
+                ("Basic", BASIC), ("Io", ctypes.c_uint64 * 6), ("ProcessMemoryLimit", ctypes.c_size_t),
                 ("JobMemoryLimit", ctypes.c_size_t), ("PeakProcessMemoryUsed", ctypes.c_size_t),
                 ("PeakJobMemoryUsed", ctypes.c_size_t)]
 
@@ -290,8 +261,7 @@ class WindowsBackend:
             self.win32.terminate_job(child.job, self.EXIT_CODE)
         return True
 
-    def release(self, child: Child) -> None:
-        """End what is left in the job and close its handle (once)."""
+    def release(self, child: Child) -> None:  # end what is left in the job, close its handle (once)
         if child.job is None:
             return
         job, child.job = child.job, None
@@ -303,8 +273,6 @@ class WindowsBackend:
 
 @dataclass
 class Supervisor:
-    """Starts children so that they can be stopped, tracks the running ones, and stops them."""
-
     backend: Any = None
     children: dict[int, Child] = field(default_factory=dict)
 
@@ -314,7 +282,6 @@ class Supervisor:
         self._mutex = threading.Lock()
 
     def popen(self, argv: list[str], **kwargs: Any) -> Child:
-        """subprocess.Popen with the options that let this supervisor stop the child's whole tree."""
         proc = subprocess.Popen(argv, **kwargs, **self.backend.popen_options())
         child = self.backend.adopt(proc)
         with self._mutex:
@@ -322,21 +289,18 @@ class Supervisor:
         return child
 
     def forget(self, child: Child) -> None:
-        """The child has ended (and was waited for): let go of it (on Windows: of its job)."""
+        """The child has ended and was waited for: let go of it (on Windows: of its job)."""
         with self._mutex:
             self.children.pop(child.id, None)
         if isinstance(self.backend, WindowsBackend):
             self.backend.release(child)
 
     def stop(self, child: Child, grace_s: float = GRACE_S) -> None:
-        """Ask the child's tree to stop, then insist. A second Ctrl-C while it winds down ends it at
-        once: no child outlives copymachine."""
         self.stop_all([child], grace_s)
 
     def stop_all(self, children: list[Child], grace_s: float = GRACE_S) -> None:
-        """Stop several children side by side: each step goes to every child still running at once,
-        so all of them are asked within the same moment and all stop within one grace time (not one
-        after the other). A second Ctrl-C while they wind down ends every one of them at once."""
+        """Ask the children's trees to stop, then insist: each step goes to all still running at once, so
+        all stop within one grace time. A second Ctrl-C while they wind down ends them all at once."""
         try:
             running = list(children)
             for step, patience in self.backend.steps(grace_s):  # none left running: the later steps do nothing
@@ -362,16 +326,11 @@ class Supervisor:
             child.wait(KILL_S)
 
     def kill(self, child: Child) -> None:
-        """The last word at once (SIGKILL to the group / TerminateJobObject), then wait for it."""
         self.kill_all([child])
 
     def interrupt(self, child: Child) -> bool:
         """Only the polite stop (SIGINT / CTRL_BREAK_EVENT): what the UI's Cancel sends."""
         return self.backend.send(child, "interrupt")
-
-    def stop_id(self, child_id: int, grace_s: float = GRACE_S) -> None:
-        """Stop a running child by the number a lock records (another thread started it)."""
-        self.stop_ids([child_id], grace_s)
 
     def _ours(self, child_ids: list[int]) -> tuple[list[Child], list[int]]:
         """By the numbers a lock records: the children started here, and (POSIX) others' process groups."""
@@ -381,7 +340,7 @@ class Supervisor:
         return ours, others if isinstance(self.backend, PosixBackend) else []
 
     def stop_ids(self, child_ids: list[int], grace_s: float = GRACE_S) -> None:
-        """Stop running children by the numbers a lock records, side by side (stop_all)."""
+        """stop_all by the numbers a lock records (another thread may have started them)."""
         ours, others = self._ours(child_ids)
         for pgid in others:
             self._stop_group(pgid, grace_s)
@@ -389,7 +348,6 @@ class Supervisor:
             self.stop_all(ours, grace_s)
 
     def kill_ids(self, child_ids: list[int]) -> None:
-        """The last word at once to running children by the numbers a lock records."""
         ours, others = self._ours(child_ids)
         for pgid in others:
             self.backend.signal_group(pgid, "kill")
@@ -402,15 +360,11 @@ class Supervisor:
 
     def end_orphans(self, owner_pid: int, child_ids: list[int], marker: str,
                     variable: str = "COPYMACHINE_PARENT_PID") -> list[int]:
-        """End what a dead copymachine (`owner_pid`) left running. On Windows its Job Objects were
-        made to end with it (KILL_ON_JOB_CLOSE): nothing is left to end. Linux only otherwise."""
+        """End what a dead copymachine (`owner_pid`) left running: Linux only (on Windows its jobs died with it)."""
         if not isinstance(self.backend, PosixBackend) or not sys.platform.startswith("linux") or not marker:
             return []
         ended = [pgid for pgid in child_ids if self.backend.kill_orphaned_group(int(pgid), marker)]
         return ended + self.backend.kill_orphans_of(int(owner_pid), marker, variable)
-
-    def process_alive(self, pid: int) -> bool:
-        return pid > 0 and psutil.pid_exists(pid)
 
 
 SUPERVISOR = Supervisor()

@@ -186,7 +186,7 @@ def test_stop_by_id_stops_a_child_another_thread_started():
     sup = Supervisor(backend=PosixBackend())
     child = sup.popen([sys.executable, "-c", _TREE, ""], stdout=subprocess.PIPE, text=True)
     child.proc.stdout.readline()
-    sup.stop_id(child.id)
+    sup.stop_ids([child.id])
     assert child.proc.returncode == -2
 
 

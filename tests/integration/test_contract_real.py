@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from copymachine.models import SD1
 from copymachine.pipeline import Pipeline
 from copymachine.progress import Reporter
 from copymachine.recipe import MEMO
-from copymachine.runner import StreamWatcher, _split_segments
+from copymachine.runner import StreamWatcher
 
 pytestmark = pytest.mark.integration
 
@@ -103,8 +104,7 @@ def _watch(log: Path) -> dict:
     text = log.read_text(encoding="utf-8", errors="replace")
     body = "\n".join(line for line in text.split("\n") if not line.startswith(("$ ", "# cwd: ", "# started: ", "# exit code ")))
     watcher = StreamWatcher()
-    segments, rest = _split_segments(body)
-    for segment in [*segments, rest]:
+    for segment in re.split(r"[\r\n]", body):  # as the runner splits the stream
         watcher.feed(segment)
     p = watcher.last_progress
     return {
