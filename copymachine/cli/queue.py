@@ -142,7 +142,7 @@ def _write_slurm_script(jobs_file: Path, jobs, engine: dict, throttle: int | Non
         reporter.info(f"{len(split.rest)} job(s) share a copy LoRA with an earlier one: two arrays, "
                       f"jobs {rest} after {first}")
     reporter.info(f"wrote {script}: {len(jobs)} Slurm task(s); submit with:")
-    for line in cluster.sbatch_lines(script, jobs, split, throttle):
+    for line in cluster.sbatch_lines(script, split, throttle):
         click.echo(line)
 
 
