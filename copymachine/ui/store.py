@@ -1,11 +1,6 @@
-"""The web UI's queue on disk, and the worker that runs it.
-
-Every job is a jobs file (`<queue>/<id>.toml`, one [[job]]) with its state (`<id>.state.json`: queued,
-running, done, failed, cancelled), its events (`<id>.events.jsonl`) and output (`<id>.log`). The worker
-runs one job at a time as `copymachine queue <id>.toml --events <id>.events.jsonl` under the supervisor:
-cancel sends it Ctrl-C (SIGINT; CTRL_BREAK_EVENT on Windows: nothing lost, resumable); a UI that stops
-interrupts its job the same way and queues it again, so the next start resumes it (finished stages skipped).
-"""
+"""The web UI's queue on disk (`<queue>/<id>.toml`, one [[job]], with its .state.json, .events.jsonl and .log),
+and the worker that runs one job at a time as `copymachine queue <id>.toml`: cancel is its Ctrl-C (resumable);
+a UI that stops interrupts its job the same way and queues it again, so the next start resumes it."""
 
 from __future__ import annotations
 
@@ -30,11 +25,6 @@ from copymachine.supervise import SUPERVISOR, Child
 
 LOG_TAIL_LINES = 30
 LOSS_POINTS = 300
-
-
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last lines of a log; tqdm's carriage-return redraws count as lines."""
-    return log_tail(path, lines, indent=True)
 
 
 def seconds_per_step(rate: str) -> float | None:
@@ -194,8 +184,10 @@ class JobStore:
         for st in view["stages"]:
             if stopped and st["status"] in ("running", "interrupted"):
                 st["status"] = stopped
-        log_lines = tail(Path(view["log"])) if view["log"] and state.get("status") == "running" else []
-        return {"id": job_id, **state, **view, "log_tail": log_lines or tail(files.log),
+        running = view["log"] and state.get("status") == "running"
+        log_lines = log_tail(Path(view["log"]), LOG_TAIL_LINES, indent=True) if running else []
+        log_lines = log_lines or log_tail(files.log, LOG_TAIL_LINES, indent=True)
+        return {"id": job_id, **state, **view, "log_tail": log_lines,
                 "job": files.toml.read_text(encoding="utf-8"), "file": str(files.toml)}
 
 
@@ -254,7 +246,7 @@ class Worker(threading.Thread):
         cancelled = job_id in self._cancel and rc == EXIT_INTERRUPTED
         status = "done" if rc == 0 else "cancelled" if cancelled else "failed"
         if status == "failed" and not message:
-            lines = tail(files.log, 5)
+            lines = log_tail(files.log, 5, indent=True)
             last = lines[-1] if lines else f"exit code {rc}"
             message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), last)
         self._cancel.discard(job_id)
