@@ -46,9 +46,6 @@ def connect(address: str):
     return ray
 
 
-# --- on a node ----------------------------------------------------------------------------------
-
-
 def _child_setup() -> None:  # pragma: no cover -- runs in the child between fork and exec
     """Unblock SIGINT/SIGTERM (a Ray worker blocks them, and a child inherits the mask: it could not be
     stopped as Ctrl-C stops a run); on Linux, SIGTERM to the child when the task's worker dies, so it stops."""
@@ -106,9 +103,6 @@ def probe_folders(folders: list[str]) -> list[str]:
         except OSError as e:
             problems.append(f"{folder}: {e.strerror or e}")
     return problems
-
-
-# --- on the machine that runs `queue --ray` -----------------------------------------------------
 
 
 def job_folders(jobs_file: Path, jobs: list[Job], cwd: Path) -> list[str]:

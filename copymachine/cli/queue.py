@@ -115,8 +115,7 @@ def _run_queue(jobs_file, jobs, slots, events_file, engine, reporter: Reporter, 
 
 
 def _end(results, reporter: Reporter, events, interrupted: bool = False) -> None:
-    """The queue's end: the summary of the jobs that ended, its end in the events file, and (when it
-    ran to its end) the first failed job's exit code as the queue's."""
+    """The summary, the queue's end event, and (when it ran to its end) the first failed job's exit code."""
     if results:
         jobfile.print_summary(results, reporter)
     failed = [r for r in results if r.status != "done"]

@@ -1,7 +1,6 @@
-"""What the Results and Queue pages of `copymachine ui` do to files: a result moved to the trash
-(`<runs>/_trash/`, never unlinked), a result copied into a LoRA folder the UI knows, a job read back
-for the Make form. A request's paths are a stranger's input: a result is a final LoRA a finished job
-made, under the runs folder; a folder is one of the listed LoRA folders, exactly."""
+"""What the Results and Queue pages of `copymachine ui` do to files: trash a result, copy it to a LoRA folder, read
+a job back. A request's paths are a stranger's input: a result is a final LoRA a finished job made, under the
+runs folder; a folder is one of the listed LoRA folders, exactly."""
 
 from __future__ import annotations
 

@@ -44,9 +44,8 @@ def _result(job: dict[str, Any], path: Path, files: RunsFiles) -> dict[str, Any]
 
 
 def _sheets(run_dir: Path, final: Path, effect: str | None, files: RunsFiles) -> list[dict[str, str]]:
-    """The sheets of a final LoRA from the stamps its run's stages wrote (the pipeline's own
-    records; the manifest holds the latest command only, and jobs of other effects share the
-    run folder): the edit's compare sheet, the copy check, the strength sweep."""
+    """A final LoRA's sheets from its run's stamps (the manifest holds the latest command only, and jobs of
+    other effects share the run folder): the edit's compare sheet, the copy check, the strength sweep."""
     stamps = []
     for path in sorted(run_dir.rglob(".stages/*.json")):
         try:

@@ -67,8 +67,7 @@ def effect_catalogue() -> list[dict[str, Any]]:
 
 
 class App:
-    """What the handler needs: the folders and their files, the store, the worker, the engine
-    options; the previews and the jobs the Make and Queue pages ask for."""
+    """The folders, the store, the worker, the engine options; the previews and the jobs the pages ask for."""
 
     def __init__(self, runs: Path, models: Path | Sequence[Path] | None, queue_args: list[str],
                  auth: str | None = None, engine_overrides: dict[str, Any] | None = None, loras: Sequence[Path] = ()):
@@ -202,8 +201,7 @@ class App:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Basic authentication, the guard, JSON in and out, the one error shape; the routes: the page and its
-    static files, the API of the Make / Queue / Results pages, and the files under the runs folder."""
+    """Basic authentication, the guard, JSON in and out, the one error shape, and the routes."""
 
     server_version = f"copymachine/{__version__}"
     app: App  # set on the class made by make_server

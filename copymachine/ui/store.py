@@ -36,9 +36,8 @@ def seconds_per_step(rate: str) -> float | None:
 
 
 def whole_job(stages: list[dict[str, Any]], progress: dict[str, Any] | None) -> dict[str, Any]:
-    """The job's stages finished of the plan's, and the seconds left: the current training's steps
-    left × its measured s/it, each training to come as many steps at that pace, each other stage to
-    come as long as the measured mean of those done (None until something was measured)."""
+    """Stages finished, and seconds left: steps left × the measured s/it, each training to come as many steps,
+    each other stage the mean of those done (None until something was measured)."""
     finished = sum(st["status"] in ("done", "skipped") for st in stages)
     trained = [st for st in stages if st.get("steps") and st.get("spi")]
     spi = trained[-1]["spi"] if trained else None
@@ -128,8 +127,7 @@ class JobStore:
 
     def add(self, table: dict[str, Any], check_overrides: dict[str, Any] | None = None,
             check: Callable[[jobfile.Job], None] | None = None) -> str:
-        """Write a job file (checked as `copymachine queue` checks it: an error is the queue's
-        one-line message, then by `check`) and queue it."""
+        """Write a job file, checked as `copymachine queue` checks it, then by `check`, and queue it."""
         with self._lock:
             ids = self.ids()
             job_id = f"{int(ids[-1]) + 1 if ids else 1:04d}"
@@ -259,8 +257,7 @@ class Worker(threading.Thread):
             SUPERVISOR.interrupt(self.child)
 
     def cancel(self, job_id: str) -> None:
-        """A running job is interrupted as by Ctrl-C (sd-scripts stopped, finished stages kept); a
-        queued one is taken off the queue."""
+        """A running job is interrupted as by Ctrl-C (finished stages kept); a queued one taken off the queue."""
         with self._lock:
             running = self.current == job_id and self.child is not None
             if running:
