@@ -46,9 +46,6 @@ def header(r: Recipe) -> str:
     )
 
 
-HEADER = header(MEMO)
-
-
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--list", "list_all", is_flag=True, help="List the built-in recipes, one line each.")
