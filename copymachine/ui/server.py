@@ -200,8 +200,8 @@ class App:
         return self.model_files.listed()
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Basic authentication, the guard, JSON in and out, the one error shape, and the routes."""
+class JsonHandler(BaseHTTPRequestHandler):
+    """HTTP plumbing: basic authentication, the guard, JSON in and out, the one error shape."""
 
     server_version = f"copymachine/{__version__}"
     app: App  # set on the class made by make_server
@@ -290,6 +290,10 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(data, dict):
             raise InputError("the request is not a JSON object")
         return data
+
+
+class Handler(JsonHandler):
+    """The routes: the page and its static files, the API of the pages, the files under the runs folder."""
 
     def _handle(self, method: str) -> None:
         if not self._authorised():
