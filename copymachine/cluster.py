@@ -121,7 +121,5 @@ def sbatch_lines(script: Path, split: Waves, throttle: int | None) -> list[str]:
         return [f"sbatch {script_q}"]
     first = array_spec([j.index for j in split.first]) + cap
     rest = array_spec([j.index for j in split.rest]) + cap
-    return [
-        f"first=$(sbatch --parsable --array={first} {script_q})",
-        f'sbatch --array={rest} --dependency=afterok:"${{first%%;*}}" --kill-on-invalid-dep=yes {script_q}',
-    ]
+    return [f"first=$(sbatch --parsable --array={first} {script_q})",
+            f'sbatch --array={rest} --dependency=afterok:"${{first%%;*}}" --kill-on-invalid-dep=yes {script_q}']
