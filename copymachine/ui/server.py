@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 from copymachine import __version__
 from copymachine import effects as effect_registry
 from copymachine.errors import CopymachineError, InputError
+from copymachine.files import read_toml
 from copymachine.jobfile import ENGINE_KEYS as ENGINE_OPTIONS
 from copymachine.options import PATHS, job_keys, schema
 from copymachine.progress import Reporter
@@ -196,9 +197,6 @@ class App:
                 out.append(self.store.view(job_id))
         return out
 
-    def models_list(self) -> list[dict[str, str]]:
-        return self.model_files.listed()
-
 
 class JsonHandler(BaseHTTPRequestHandler):
     """HTTP plumbing: basic authentication, the guard, JSON in and out, the one error shape."""
@@ -329,7 +327,7 @@ class Handler(JsonHandler):
             ("GET", "/index.html"): lambda: self._static("index.html"),
             ("GET", "/api/info"): lambda: self._json({
                 "version": __version__, "effects": effect_catalogue(), "options": schema(),
-                "models": app.models_list(), "runs": str(app.runs),
+                "models": app.model_files.listed(), "runs": str(app.runs),
                 "model_folders": [str(m) for m in app.model_folders], "recovered": app.recovered,
                 "lora_folders": [str(m) for m in app.lora_folders]}),
             ("GET", "/api/jobs"): self._jobs,
@@ -343,7 +341,7 @@ class Handler(JsonHandler):
         if (method, path) in routes:
             return routes[method, path]()
         if method == "GET" and (m := re.fullmatch(r"/api/jobs/(\d+)/form", path)):
-            return self._json(actions.job_table(app.store.files(m.group(1)).toml))
+            return self._json(read_toml(app.store.files(m.group(1)).toml, "jobs file")["job"][0])
         if method == "POST" and path in ("/api/results/delete", "/api/results/copy"):
             body = self._json_body()
             lora = actions.result_file(body.get("path"), app.jobs(), app.files)
