@@ -1,11 +1,6 @@
-"""Whole jobs of a jobs file on an engine (Slurm here, Ray in rayqueue.py): each job runs as
-`copymachine queue JOBS.toml --only N` where the engine puts it, so the GPU probe, the plan and
-every stage run on that node (the head may have no GPU; precision is in the stage keys).
-
-The copy machine first: jobs that share a copy LoRA (the same cache key) would each hold a GPU
-while one of them trains it and the others wait on its lock, so `waves` puts one job per copy
-LoRA in a first wave and the others in a second, started once the first is done.
-"""
+"""Whole jobs of a jobs file on an engine (Slurm here, Ray in rayqueue.py), each as `copymachine queue JOBS.toml
+--only N` where the engine puts it: the GPU probe, the plan and every stage run on that node (the head may have
+no GPU; precision is in the stage keys)."""
 
 from __future__ import annotations
 
@@ -39,16 +34,10 @@ class Waves:
     same_folder: dict[int, int] = field(default_factory=dict)
 
 
-def copy_keys(the_plan, hashes) -> set[str]:
-    """Keys of the plan's copy LoRAs (LoRA A for diff) that are not done yet."""
-    return {s.key for s in the_plan.stages
-            if s.shared and s.workdir.parent.name == "copy-lora" and not done_stamp(s, hashes, check_inputs=False)}
-
-
 def waves(jobs: list[Job], reporter: Reporter) -> Waves:
-    """One job per copy-cache key first, in file order; a job whose every copy LoRA is trained by
-    an earlier first-wave job goes second. A job the user must fix is refused here, before
-    anything is submitted; when this host cannot plan (no sd-scripts here), one wave."""
+    """The copy machine first: one job per copy-cache key in a first wave, in file order; a job whose every
+    copy LoRA an earlier one trains goes second (else it would hold a GPU while it waits on the LoRA's lock).
+    A job the user must fix is refused here, before anything is submitted; no sd-scripts here: one wave."""
     split = Waves(first=[], rest=[])
     claimed: dict[str, int] = {}  # copy LoRA key -> the first-wave job that trains it
     folders: dict[Path, int] = {}
@@ -62,7 +51,9 @@ def waves(jobs: list[Job], reporter: Reporter) -> Waves:
             return Waves(first=list(jobs), rest=[])
         except CopymachineError as e:
             raise InputError(f"job {job.index} ({job.label}): {e.message}", details=e.details) from None
-        keys = copy_keys(the_plan, hashes)
+        # the plan's copy LoRAs (LoRA A for diff) not done yet
+        keys = {s.key for s in the_plan.stages if s.shared and s.workdir.parent.name == "copy-lora"
+                and not done_stamp(s, hashes, check_inputs=False)}
         run_dir = Path(the_plan.run_dir).resolve()
         if run_dir in folders:
             split.same_folder[job.index] = folders[run_dir]
@@ -91,10 +82,8 @@ def job_command(jobs_file: Path, index: str, engine: dict) -> list[str]:
 
 def slurm_script(jobs_file: Path, jobs: list[Job], engine: dict, throttle: int | None, sbatch: tuple[str, ...],
                  workdir: Path) -> str:
-    """The sbatch array script: one task per job (SLURM_ARRAY_TASK_ID = the job's number), one
-    GPU each, requeued when preempted or its node fails (a requeued task resumes: stamped stages
-    are skipped). `exec` makes copymachine the task's process, so scancel's SIGTERM reaches it
-    and it stops sd-scripts as Ctrl-C does, in STOP_S < Slurm's KillWait."""
+    """The sbatch array script: task N = job N, one GPU each, requeued when preempted (it resumes). `exec`
+    makes copymachine the task's process: scancel's SIGTERM reaches it, it stops in STOP_S < Slurm's KillWait."""
     jobs_file = Path(jobs_file).resolve()
     folder = queue_folder(jobs_file)
     array = f"1-{len(jobs)}" + (f"%{throttle}" if throttle else "")
@@ -124,16 +113,13 @@ def _directive(option: str) -> str:
     return option
 
 
-def sbatch_lines(script: Path, all_jobs: list[Job], split: Waves, throttle: int | None) -> list[str]:
-    """The command(s) to submit: one array, or (jobs sharing a copy LoRA) two, the second started
-    after the first with --dependency=afterok (and cancelled if a first-wave task fails)."""
+def sbatch_lines(script: Path, split: Waves, throttle: int | None) -> list[str]:
+    """One sbatch array, or two (jobs sharing a copy LoRA): the second after the first (afterok)."""
     script_q = shlex.quote(str(Path(script).resolve()))
     cap = f"%{throttle}" if throttle else ""
     if not split.rest:
         return [f"sbatch {script_q}"]
     first = array_spec([j.index for j in split.first]) + cap
     rest = array_spec([j.index for j in split.rest]) + cap
-    return [
-        f"first=$(sbatch --parsable --array={first} {script_q})",
-        f'sbatch --array={rest} --dependency=afterok:"${{first%%;*}}" --kill-on-invalid-dep=yes {script_q}',
-    ]
+    return [f"first=$(sbatch --parsable --array={first} {script_q})",
+            f'sbatch --array={rest} --dependency=afterok:"${{first%%;*}}" --kill-on-invalid-dep=yes {script_q}']

@@ -1,23 +1,6 @@
-"""`copymachine queue JOBS.toml --ray [ADDRESS]`: each job of a jobs file as a Ray task on a
-cluster (`ray start --head` on one machine, `ray start --address HEAD:6379` on the others) whose
-nodes share the jobs file, the run folders and the cache (a shared filesystem).
-
-- A task asks `num_gpus=1` (a job's `gpus` key asks for more) and runs `copymachine queue JOBS.toml
-  --only N` as a child on its node (cluster.py; Ray gives it its GPUs as CUDA_VISIBLE_DEVICES). The
-  child's events and output are the queue folder's `job-N.events.jsonl` / `job-N.log`; the task's
-  own record of each attempt (node, GPUs, what the child printed) is `job-N.task.log`.
-- The copy machine first (cluster.waves): a job that shares a copy LoRA with an earlier one is
-  submitted once that one has made it (its events say so) or has ended; a job writing the run
-  folder of an earlier job (whose lock that job holds for its whole run) once that one has ended.
-- Cancel (ray.cancel of the task; Ctrl-C of `queue --ray`, which cancels every task) stops the
-  child the way Ctrl-C stops a run: SIGINT to its process group, sd-scripts stopped, nothing
-  finished lost. A task whose node dies is retried by Ray elsewhere (MAX_RETRIES): the retry's
-  child skips every stamped stage. On Linux the child gets SIGTERM when its task's worker dies.
-- At the start, a task on every node writes and removes a file in each folder the jobs write to,
-  so a folder that is not shared (or not writable) there is named before any job runs.
-
-Ray is an optional extra (`pip install 'copymachine[ray]'`); nothing here imports it at module
-level.
+"""`copymachine queue JOBS.toml --ray [ADDRESS]`: each job as a Ray task running `copymachine queue JOBS.toml
+--only N` as a child on its node (cluster.py), the copy machine first (cluster.waves); every node shares the jobs
+file, run folders and cache. Ray is an optional extra (`pip install 'copymachine[ray]'`), imported when used.
 """
 
 from __future__ import annotations
@@ -30,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +31,7 @@ COPY_STAGES = ("copy-lora", "lora-a")  # the last part of the names of the stage
 
 
 def connect(address: str):
-    """ray.init to a running cluster: `auto` (the one `ray start` made on this machine) or the
-    head's address."""
+    """ray.init to a running cluster: `auto` (the one `ray start` made here) or the head's address."""
     try:
         import ray
     except ImportError:
@@ -64,14 +46,9 @@ def connect(address: str):
     return ray
 
 
-# --- on a node ----------------------------------------------------------------------------------
-
-
 def _child_setup() -> None:  # pragma: no cover -- runs in the child between fork and exec
-    """A Ray worker runs tasks with SIGINT and SIGTERM blocked, a mask a child inherits: unblock
-    them, or the child could not be stopped as Ctrl-C stops a run. On Linux, also SIGTERM to the
-    child when the task's worker dies (its node removed, the raylet killed): the child then stops
-    sd-scripts as on Ctrl-C instead of running on unowned."""
+    """Unblock SIGINT/SIGTERM (a Ray worker blocks them, and a child inherits the mask: it could not be
+    stopped as Ctrl-C stops a run); on Linux, SIGTERM to the child when the task's worker dies, so it stops."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if sys.platform.startswith("linux"):
         try:
@@ -82,15 +59,9 @@ def _child_setup() -> None:  # pragma: no cover -- runs in the child between for
             pass
 
 
-def passed_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """What a job's child gets from the queue's environment, whatever its node's is: copymachine's
-    own variables (COPYMACHINE_CACHE …), SD_SCRIPTS / SD_SCRIPTS_PYTHON and the HF_* ones."""
-    return {k: v for k, v in environ.items() if k.startswith(("COPYMACHINE_", "SD_SCRIPTS", "HF_"))}
-
-
 def run_job_task(argv: list[str], cwd: str, task_log: str, queue_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The body of a job's Ray task: `copymachine queue … --only N` as a child, watched until it
-    ends; a cancel (KeyboardInterrupt from ray.cancel) stops it as Ctrl-C does."""
+    """A job's Ray task: `copymachine queue … --only N` as a child (its record of each attempt in `task_log`);
+    a cancel (KeyboardInterrupt from ray.cancel) stops it as Ctrl-C does, nothing finished lost."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()
@@ -134,12 +105,8 @@ def probe_folders(folders: list[str]) -> list[str]:
     return problems
 
 
-# --- on the machine that runs `queue --ray` -----------------------------------------------------
-
-
 def job_folders(jobs_file: Path, jobs: list[Job], cwd: Path) -> list[str]:
-    """The folders the jobs write to, as every node must see them: the queue folder, each job's
-    run folder's parent and its cache folder when set."""
+    """The folders the jobs write to: the queue folder, each run folder's parent, each cache folder set."""
     folders = {queue_folder(Path(jobs_file).resolve())}
     for job in jobs:
         o = job.options
@@ -148,22 +115,6 @@ def job_folders(jobs_file: Path, jobs: list[Job], cwd: Path) -> list[str]:
         if o.cache_dir:
             folders.add(cwd / o.cache_dir)
     return sorted(str(f) for f in folders)
-
-
-def check_nodes(ray, folders: list[str]) -> None:
-    """A probe task on every alive node: each folder must be writable there (a shared filesystem)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    probe = ray.remote(probe_folders)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    on = {n["NodeID"]: NodeAffinitySchedulingStrategy(n["NodeID"], soft=False) for n in nodes}
-    refs = {node: probe.options(num_cpus=0, scheduling_strategy=how).remote(folders) for node, how in on.items()}
-    problems = []
-    for node, ref in refs.items():
-        problems += [f"node {node[:8]}: {p}" for p in ray.get(ref, timeout=120)]
-    if problems:
-        raise OutputError("--ray: a folder the jobs write to is not writable from every node (the run, cache and queue "
-                          f"folders must be on a filesystem every node shares): {problems[0]}", details=problems[1:])
 
 
 def _job_file(jobs_file: Path, job: Job, suffix: str) -> Path:
@@ -175,7 +126,9 @@ def submit(ray, job: Job, jobs_file: Path, engine: dict, cwd: Path):
     task = ray.remote(run_job_task).options(num_gpus=job.gpus, num_cpus=0, max_retries=MAX_RETRIES,
                                             retry_exceptions=False, name=f"copymachine job {job.index}: {job.label}")
     argv = cluster.job_command(jobs_file, str(job.index), engine)
-    return task.remote(argv, str(cwd), str(_job_file(jobs_file, job, "task.log")), passed_env())
+    # the queue's own variables (COPYMACHINE_*, SD_SCRIPTS*, HF_*) for the child, whatever its node's are
+    env = {k: v for k, v in os.environ.items() if k.startswith(("COPYMACHINE_", "SD_SCRIPTS", "HF_"))}
+    return task.remote(argv, str(cwd), str(_job_file(jobs_file, job, "task.log")), env)
 
 
 def copies_made(jobs_file: Path, job: Job) -> int:
@@ -204,15 +157,27 @@ def result_of(job: Job, outcome: dict[str, Any] | None, jobs_file: Path, seconds
 
 
 def _check_cluster(ray, jobs_file: Path, jobs: list[Job], cwd: Path, reporter: Reporter) -> None:
-    """The cluster can run the jobs: GPUs enough for each, every folder shared by every node."""
+    """GPUs enough for each job; a probe on every alive node, before any job: each folder the jobs write
+    to must be writable there (a shared filesystem)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     gpus = ray.cluster_resources().get("GPU", 0)
-    nodes = len([n for n in ray.nodes() if n.get("Alive")])
-    reporter.info(f"copymachine queue --ray: {len(jobs)} job(s) on {nodes} node(s), {gpus:g} GPU(s)")
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    reporter.info(f"copymachine queue --ray: {len(jobs)} job(s) on {len(nodes)} node(s), {gpus:g} GPU(s)")
     job = next((j for j in jobs if j.gpus > gpus), None)
     if job:
         raise EnvironmentProblem(f"job {job.index} ({job.label}) asks for {job.gpus} GPU(s); "
                                  f"the Ray cluster has {gpus:g}")
-    check_nodes(ray, job_folders(jobs_file, jobs, cwd))
+    folders = job_folders(jobs_file, jobs, cwd)
+    probe = ray.remote(probe_folders)
+    refs = {node: probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+            .remote(folders) for node in nodes}
+    problems = []
+    for node, ref in refs.items():
+        problems += [f"node {node[:8]}: {p}" for p in ray.get(ref, timeout=120)]
+    if problems:
+        raise OutputError("--ray: a folder the jobs write to is not writable from every node (the run, cache and queue "
+                          f"folders must be on a filesystem every node shares): {problems[0]}", details=problems[1:])
 
 
 def _cancel(ray, running: dict[Any, tuple[Job, float]], jobs_file: Path, results: dict[int, JobResult]) -> None:
@@ -229,12 +194,10 @@ def _cancel(ray, running: dict[Any, tuple[Job, float]], jobs_file: Path, results
 
 
 def run_queue(jobs_file: Path, jobs: list[Job], address: str, engine: dict, reporter: Reporter,
-              events: Callable[[ev._Event], None] | None = None, ray_module=None, cwd: Path | None = None,
-              ) -> list[JobResult]:
-    """Run the jobs as Ray tasks, the copy machine first; Ctrl-C cancels every task and waits for
-    their children to stop. Returns the jobs' results in file order."""
-    ray = ray_module or connect(address)
-    cwd = (cwd or Path.cwd()).resolve()
+              events: Callable[[ev._Event], None] | None = None) -> list[JobResult]:
+    """The jobs' results in file order; Ctrl-C cancels every task and waits for their children to stop."""
+    ray = connect(address)
+    cwd = Path.cwd().resolve()
     emit = events or (lambda e: None)
     _check_cluster(ray, jobs_file, jobs, cwd, reporter)
     split = cluster.waves(jobs, reporter)

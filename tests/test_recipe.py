@@ -91,12 +91,12 @@ def test_difference_extraction_numbers_are_the_memos():
 
 
 def test_the_recipe_header_names_every_section():
-    from copymachine.cli.recipe import HEADER, SECTION_NOTES
+    from copymachine.cli.recipe import SECTION_NOTES, header
 
     sections = [name for name, v in render_recipe_toml(MEMO).items() if isinstance(v, dict)]
     assert sorted(SECTION_NOTES) == sorted(sections)
     for name in sections:
-        assert f"# [{name}] " in HEADER
+        assert f"# [{name}] " in header(MEMO)
 
 
 def test_booleans_follow_pydantics_rule_and_numbers_refuse_them():

@@ -200,7 +200,7 @@ def test_a_model_linked_into_the_models_folder_is_the_users_and_nothing_more(ui,
         assert status == 400 and "must lie under the runs folder" in data["error"], (job, data)
     assert app.store.ids() == ["0001"]
     # the list offers the link, with each model's family from its header
-    listed = {m["path"]: m["family"] for m in app.models_list()}
+    listed = {m["path"]: m["family"] for m in app.model_files.listed()}
     assert listed[str(app.models / "mine.safetensors")] == listed[str(app.models / "base.safetensors")]
     assert listed[str(app.models / "base.safetensors")] == "Stable Diffusion 1.x"
     # and only what Add takes: nothing under the folder linked from outside

@@ -88,7 +88,3 @@ def main() -> None:
         if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _terminate)
     cli(prog_name="copymachine")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

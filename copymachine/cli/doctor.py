@@ -1,13 +1,5 @@
-"""`copymachine doctor`: is this machine ready for a run?
-
-Checks, in order: sd-scripts (found, commit, pinned or not), its Python (and how it was found)
-and the packages it imports, torch and the GPU it sees (and bf16 or fp16, by its compute
-capability), the GPU memory a training of the --base family needs (copymachine/vram.py), RAM and
-free disk against what a run needs, write access to the run and cache folders, the tokenizer for
-offline use, copymachine's own numpy/OpenCV/scikit-image. One line per check; exit 0 when
-nothing would stop a run (warnings allowed), else the exit code of the first blocking problem
-(4: sd-scripts, its Python or too little RAM; 5: disk space or write access; 3: a bad --base).
-"""
+"""`copymachine doctor`: is this machine ready for a run? One line per check; exit 0 when nothing would stop
+a run (warnings allowed), else the exit code of the first blocking problem."""
 
 from __future__ import annotations
 
@@ -97,8 +89,7 @@ def _gpu(doc: Doctor, probe: engine_mod.Probe) -> None:
 
 
 def _vram(doc: Doctor, probe, family: Family) -> None:
-    """The GPU memory a one-image run's largest training takes (copymachine/vram.py's estimate:
-    the family's native size, the memo's largest dim), against the free VRAM; and with --low-vram."""
+    """VRAM for a one-image run's largest training (vram.py: native size, the memo's largest dim), with --low-vram."""
     if not (probe and probe.cuda and probe.vram):
         return
     precision, _ = profiles.choose_precision(probe.compute, probe.bf16)
@@ -142,9 +133,8 @@ def _capabilities(doc: Doctor, engine) -> None:
 
 
 def _memory(doc: Doctor, family: str = SD1.name) -> None:
-    """A default run keeps the copy model in memory: its RAM peak is a training's. The memo's file
-    route (--copy-model file, also --absorb and the several-images merge route with it) merges
-    into a checkpoint, which peaks higher: a warning, since a default run does not need it."""
+    """RAM for a training (a default run keeps the copy model in memory); the file route (--copy-model file)
+    merges into a checkpoint and peaks higher: only a warning, since a default run does not need it."""
     mem = preflight.memory.memory_bytes()
     if family not in preflight.memory.MERGE_PEAK_RAM:  # the DiT families: no file route
         train = preflight.TRAINING_PEAK_RAM[family]
@@ -185,8 +175,7 @@ def _training_size(doc: Doctor, family: Family) -> None:
 
 
 def _base_model(doc: Doctor, base: Path | None) -> tuple[ModelInfo | None, CopymachineError | None]:
-    """The --base model as train checks it (a pickle accepted: doctor only sizes its checks), and
-    what a run on it trains and renders as: the prediction type and why, and clip skip."""
+    """--base as train checks it (a pickle accepted: doctor only sizes its checks), its prediction and clip skip."""
     if base is None:
         return None, None
     try:
@@ -264,8 +253,7 @@ def _own_modules(doc: Doctor) -> None:
 
 
 def _tokenizer(doc: Doctor, tokenizer_cache_dir: Path | None, family: Family) -> None:
-    """The tokenizer check train makes (the base model's family's tokenizers; offline when
-    HF_HUB_OFFLINE=1, as doctor has no --offline)."""
+    """The tokenizer check train makes (offline when HF_HUB_OFFLINE=1, as doctor has no --offline)."""
     problem = preflight.tokenizer_problem(tokenizer_cache_dir, os.environ.get("HF_HUB_OFFLINE") == "1", family)
     if problem is not None:
         fatal, text = problem

@@ -115,8 +115,7 @@ def _run_queue(jobs_file, jobs, slots, events_file, engine, reporter: Reporter, 
 
 
 def _end(results, reporter: Reporter, events, interrupted: bool = False) -> None:
-    """The queue's end: the summary of the jobs that ended, its end in the events file, and (when it
-    ran to its end) the first failed job's exit code as the queue's."""
+    """The summary, the queue's end event, and (when it ran to its end) the first failed job's exit code."""
     if results:
         jobfile.print_summary(results, reporter)
     failed = [r for r in results if r.status != "done"]
@@ -142,7 +141,7 @@ def _write_slurm_script(jobs_file: Path, jobs, engine: dict, throttle: int | Non
         reporter.info(f"{len(split.rest)} job(s) share a copy LoRA with an earlier one: two arrays, "
                       f"jobs {rest} after {first}")
     reporter.info(f"wrote {script}: {len(jobs)} Slurm task(s); submit with:")
-    for line in cluster.sbatch_lines(script, jobs, split, throttle):
+    for line in cluster.sbatch_lines(script, split, throttle):
         click.echo(line)
 
 

@@ -20,11 +20,8 @@ from copymachine.recipe import (
 )
 
 # One line per section of the recipe, from the schema's descriptions, in the order they are printed
-SECTION_NOTES: dict[str, str] = {
-    name: field.description or ""
-    for name, field in schema_fields(Recipe).items()
-    if name not in ("name", "description", "effect_overrides")
-}
+SECTION_NOTES: dict[str, str] = {name: field.description or "" for name, field in schema_fields(Recipe).items()
+                                 if name not in ("name", "description", "effect_overrides")}
 
 
 def steps_line(r: Recipe) -> str:
@@ -44,9 +41,6 @@ def header(r: Recipe) -> str:
         "# Keep only the keys you change: the others come from the recipe `base` names (default: memo).\n"
         + "".join(f"# {f'[{name}]':<15} {note}\n" for name, note in SECTION_NOTES.items())
     )
-
-
-HEADER = header(MEMO)
 
 
 @cli.command()

@@ -1,9 +1,5 @@
-"""`copymachine merge | svd-merge | extract | resize`: sd-scripts' LoRA tools with our checks.
-
-Each is a one-stage plan run by the same pipeline as `train` (written whole or not at all, its log and
-manifest in `<out folder>/.copymachine/`, nothing re-done for unchanged inputs); the LoRAs they write
-carry copymachine.* metadata (stages/finalize.py).
-"""
+"""`copymachine merge | svd-merge | extract | resize`: sd-scripts' LoRA tools with our checks, each a one-stage
+plan run by `train`'s pipeline (its log and manifest in `<out folder>/.copymachine/`)."""
 
 from __future__ import annotations
 

@@ -101,7 +101,6 @@ def ui(host, port, share_on_network, auth, runs_dir, models_dirs, lora_dirs, ray
 
 
 def queue_options(engine: dict, ray_address: str | None = None) -> tuple[list[str], dict]:
-    """The `copymachine queue` options the UI's worker gives every job (its engine, --ray), and
-    the job keys they stand for (what the UI checks a new job with)."""
+    """The `copymachine queue` options the worker gives every job, and the job keys they stand for."""
     ray = ["--ray", ray_address] if ray_address is not None else []
     return [*jobfile.engine_argv(engine), *ray], jobfile.engine_keys(engine)

@@ -1,7 +1,6 @@
-"""What the Results and Queue pages of `copymachine ui` do to files: a result moved to the trash
-(`<runs>/_trash/`, never unlinked), a result copied into a LoRA folder the UI knows, a job read back
-for the Make form. A request's paths are a stranger's input: a result is a final LoRA a finished job
-made, under the runs folder; a folder is one of the listed LoRA folders, exactly."""
+"""What the Results page of `copymachine ui` does to files: trash a result, copy it to a LoRA folder. A request's
+paths are a stranger's input: a result is a final LoRA a finished job made, under the runs folder; a folder is
+one of the listed LoRA folders, exactly."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from copymachine.errors import InputError
-from copymachine.files import copy_into_place, move_into_place, read_toml
+from copymachine.files import copy_into_place, move_into_place
 from copymachine.ui.files import RunsFiles
 
 TRASH = "_trash"
@@ -54,8 +53,3 @@ def copy_to(path: Path, raw: Any, folders: list[Path]) -> Path:
         raise InputError(f"{target} already exists: rename or remove it there first")
     copy_into_place(path, target)
     return target
-
-
-def job_table(job_file: Path) -> dict[str, Any]:
-    """A job's table as its jobs file holds it (the Make form's Duplicate)."""
-    return read_toml(job_file, "jobs file")["job"][0]

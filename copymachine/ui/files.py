@@ -1,6 +1,5 @@
-"""The files of `copymachine ui`: uploads (under `<runs>/_ui/uploads/`, by content), the images the
-previews decode (a small cache), and the one rule for what the page may read: files under the runs
-folder."""
+"""The files of `copymachine ui`: uploads (by content), the images the previews decode, the models listed, and the
+one rule for what the page may read: files under the runs folder."""
 
 from __future__ import annotations
 
@@ -111,8 +110,7 @@ def preview_image(path: Path) -> Image.Image:
 
 @functools.cache
 def checkpoint_family(path: Path, mtime: float) -> str:
-    """A checkpoint's family from its header (SD 1.x, SDXL …, v-pred when marked), or why not;
-    read once per version of the file (`mtime`)."""
+    """A checkpoint's family from its header (v-pred when marked), or why not; read once per `mtime`."""
     try:
         info = inspect_base_model(path, for_training=False)
     except CopymachineError:

@@ -44,18 +44,15 @@ def _result(job: dict[str, Any], path: Path, files: RunsFiles) -> dict[str, Any]
 
 
 def _sheets(run_dir: Path, final: Path, effect: str | None, files: RunsFiles) -> list[dict[str, str]]:
-    """The sheets of a final LoRA from the stamps its run's stages wrote (the pipeline's own
-    records; the manifest holds the latest command only, and jobs of other effects share the
-    run folder): the edit's compare sheet, the copy check, the strength sweep."""
-    stamps = []
-    for path in sorted(run_dir.rglob(".stages/*.json")):
-        try:
-            stamps.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            continue
+    """A final LoRA's sheets from its run's stamps (the manifest holds the latest command only, and jobs of
+    other effects share the run folder): the edit's compare sheet, the copy check, the strength sweep."""
     sheets = []
     edit = stage_name("edit", effect) if effect else None
-    for stamp in stamps:
+    for path in sorted(run_dir.rglob(".stages/*.json")):
+        try:
+            stamp = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
         outputs, kind, name = stamp.get("outputs", {}), stamp.get("kind"), stamp.get("name", "")
         lora = Path(stamp.get("inputs", {}).get("lora", {}).get("path", ""))
         if kind == "edit_image" and edit and (name == edit or name.endswith("/" + edit)) and "compare" in outputs:

@@ -1,8 +1,6 @@
-"""`copymachine ui`: a local web page over the same code as the CLI, served by the standard
-library (http.server: a few JSON routes need no framework) with a page of plain JavaScript (static/).
-The previews call the edit stage's own edit_and_check; a job is a jobs file run by `copymachine queue`
-(store.py); results.py and files.py serve the rest. Nothing here plans, trains or checks anything.
-"""
+"""`copymachine ui`: a local web page (plain JavaScript, static/) over the CLI's code, served by http.server (a
+few JSON routes need no framework): previews by the edit stage's edit_and_check, jobs run by `copymachine queue`
+(store.py), results.py and files.py for the rest."""
 
 from __future__ import annotations
 
@@ -19,7 +17,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partialmethod
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,11 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
-from PIL import Image
-
 from copymachine import __version__
 from copymachine import effects as effect_registry
 from copymachine.errors import CopymachineError, InputError
+from copymachine.files import read_toml
 from copymachine.jobfile import ENGINE_KEYS as ENGINE_OPTIONS
 from copymachine.options import PATHS, job_keys, schema
 from copymachine.progress import Reporter
@@ -61,12 +59,6 @@ class Refused(Exception):
     """A request the UI will not serve (403): from another origin, to another host, without the token."""
 
 
-def _png_data_url(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def effect_catalogue() -> list[dict[str, Any]]:
     """The effects and their parameters, as the registry declares them (the page's sliders)."""
     return [{"name": name, "help": effect.summary, "params": [
@@ -76,8 +68,7 @@ def effect_catalogue() -> list[dict[str, Any]]:
 
 
 class App:
-    """What the handler needs: the folders and their files, the store, the worker, the engine
-    options; the previews and the jobs the Make and Queue pages ask for."""
+    """The folders, the store, the worker, the engine options; the previews and the jobs the pages ask for."""
 
     def __init__(self, runs: Path, models: Path | Sequence[Path] | None, queue_args: list[str],
                  auth: str | None = None, engine_overrides: dict[str, Any] | None = None, loras: Sequence[Path] = ()):
@@ -152,7 +143,10 @@ class App:
             edited, report = edit_and_check(original, effect, params, amount)
             where = "edit"
         notes, warnings, refusal = verdict_lines(report, effect, where)
-        return {"effect": effect, "image": _png_data_url(edited) if effect != "custom" else None,
+        png = io.BytesIO()
+        edited.save(png, "PNG")
+        image = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+        return {"effect": effect, "image": image if effect != "custom" else None,
                 "verdict": report.verdict, "refusal": refusal, "warnings": warnings, "notes": notes,
                 "report": format_report(report, "original", "edited")}
 
@@ -202,9 +196,6 @@ class App:
             with contextlib.suppress(KeyError):  # removed meanwhile
                 out.append(self.store.view(job_id))
         return out
-
-    def models_list(self) -> list[dict[str, str]]:
-        return self.model_files.listed()
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -258,13 +249,6 @@ class JsonHandler(BaseHTTPRequestHandler):
             raise InputError(f"request larger than {limit // 2**20} MB")
         return self.rfile.read(length) if length else b""
 
-    def _token_given(self) -> str:
-        try:
-            cookie = SimpleCookie(self.headers.get("Cookie", ""))
-        except CookieError:
-            cookie = SimpleCookie()
-        return self.headers.get(TOKEN_HEADER) or (cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else "")
-
     def _guard(self, method: str, path: str, query: dict[str, str]) -> dict[str, str]:
         """Every request: its Host is this UI's, its Origin/Referer (when sent) this UI's page; an
         API call or a file carries the token (cookie or header); a POST is not a content type a
@@ -280,7 +264,12 @@ class JsonHandler(BaseHTTPRequestHandler):
         token = self.app.token
         if path in ("/", "/index.html") and hmac.compare_digest(query.get("token", "").encode(), token.encode()):
             return {"Set-Cookie": f"{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"}
-        if not hmac.compare_digest(self._token_given().encode(), token.encode()):
+        try:
+            cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:
+            cookie = SimpleCookie()
+        given = self.headers.get(TOKEN_HEADER) or (cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
             raise Refused("no valid token: open the address copymachine ui printed (http://…/?token=…)")
         if method == "POST":
             ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -302,8 +291,7 @@ class JsonHandler(BaseHTTPRequestHandler):
 
 
 class Handler(JsonHandler):
-    """The routes: the page and its static files, the API of the Make / Queue / Results pages,
-    and the files under the runs folder."""
+    """The routes: the page and its static files, the API of the pages, the files under the runs folder."""
 
     def _handle(self, method: str) -> None:
         if not self._authorised():
@@ -327,38 +315,33 @@ class Handler(JsonHandler):
         except BrokenPipeError:
             pass
 
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
+    do_GET = partialmethod(_handle, "GET")
+    do_POST = partialmethod(_handle, "POST")
 
     def _route(self, method: str, path: str, query: dict[str, str]) -> None:
         app = self.app
-        if method == "GET" and path in ("/", "/index.html"):
-            return self._static("index.html")
         if method == "GET" and path.startswith("/static/"):
             return self._static(path[len("/static/") :])
-        if method == "GET" and path == "/api/info":
-            return self._json({"version": __version__, "effects": effect_catalogue(), "options": schema(),
-                               "models": app.models_list(), "runs": str(app.runs),
-                               "model_folders": [str(m) for m in app.model_folders], "recovered": app.recovered,
-                               "lora_folders": [str(m) for m in app.lora_folders]})
-        if method == "GET" and path == "/api/jobs":
-            return self._jobs()
-        if method == "GET" and path == "/api/results":
-            return self._json({"results": results_page.results(app.jobs(), app.files)})
-        if method == "GET" and path == "/file":
-            return self._file(query.get("path", ""), bool(query.get("download")))
-        if method == "POST" and path == "/api/upload":
-            name = unquote(self.headers.get("X-Filename") or "upload.png")
-            return self._json(app.files.upload(Path(name).name, self._body()))
-        if method == "POST" and path == "/api/preview":
-            return self._json(app.preview(self._json_body()))
-        if method == "POST" and path == "/api/jobs":
-            return self._json(app.add_job(self._json_body()))
+        routes: dict[tuple[str, str], Callable[[], Any]] = {
+            ("GET", "/"): lambda: self._static("index.html"),
+            ("GET", "/index.html"): lambda: self._static("index.html"),
+            ("GET", "/api/info"): lambda: self._json({
+                "version": __version__, "effects": effect_catalogue(), "options": schema(),
+                "models": app.model_files.listed(), "runs": str(app.runs),
+                "model_folders": [str(m) for m in app.model_folders], "recovered": app.recovered,
+                "lora_folders": [str(m) for m in app.lora_folders]}),
+            ("GET", "/api/jobs"): self._jobs,
+            ("GET", "/api/results"): lambda: self._json({"results": results_page.results(app.jobs(), app.files)}),
+            ("GET", "/file"): lambda: self._file(query.get("path", ""), bool(query.get("download"))),
+            ("POST", "/api/upload"): lambda: self._json(app.files.upload(
+                Path(unquote(self.headers.get("X-Filename") or "upload.png")).name, self._body())),
+            ("POST", "/api/preview"): lambda: self._json(app.preview(self._json_body())),
+            ("POST", "/api/jobs"): lambda: self._json(app.add_job(self._json_body())),
+        }
+        if (method, path) in routes:
+            return routes[method, path]()
         if method == "GET" and (m := re.fullmatch(r"/api/jobs/(\d+)/form", path)):
-            return self._json(actions.job_table(app.store.files(m.group(1)).toml))
+            return self._json(read_toml(app.store.files(m.group(1)).toml, "jobs file")["job"][0])
         if method == "POST" and path in ("/api/results/delete", "/api/results/copy"):
             body = self._json_body()
             lora = actions.result_file(body.get("path"), app.jobs(), app.files)

@@ -1,11 +1,6 @@
-"""The web UI's queue on disk, and the worker that runs it.
-
-Every job is a jobs file (`<queue>/<id>.toml`, one [[job]]) with its state (`<id>.state.json`: queued,
-running, done, failed, cancelled), its events (`<id>.events.jsonl`) and output (`<id>.log`). The worker
-runs one job at a time as `copymachine queue <id>.toml --events <id>.events.jsonl` under the supervisor:
-cancel sends it Ctrl-C (SIGINT; CTRL_BREAK_EVENT on Windows: nothing lost, resumable); a UI that stops
-interrupts its job the same way and queues it again, so the next start resumes it (finished stages skipped).
-"""
+"""The web UI's queue on disk (`<queue>/<id>.toml`, one [[job]], with its .state.json, .events.jsonl and .log),
+and the worker that runs one job at a time as `copymachine queue <id>.toml`: cancel is its Ctrl-C (resumable);
+a UI that stops interrupts its job the same way and queues it again, so the next start resumes it."""
 
 from __future__ import annotations
 
@@ -32,11 +27,6 @@ LOG_TAIL_LINES = 30
 LOSS_POINTS = 300
 
 
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last lines of a log; tqdm's carriage-return redraws count as lines."""
-    return log_tail(path, lines, indent=True)
-
-
 def seconds_per_step(rate: str) -> float | None:
     """tqdm's rate (`1.25s/it`, `3.10it/s`) as seconds per step."""
     m = re.fullmatch(r"([\d.]+)\s*(s/it|it/s)", rate.strip())
@@ -46,9 +36,8 @@ def seconds_per_step(rate: str) -> float | None:
 
 
 def whole_job(stages: list[dict[str, Any]], progress: dict[str, Any] | None) -> dict[str, Any]:
-    """The job's stages finished of the plan's, and the seconds left: the current training's steps
-    left × its measured s/it, each training to come as many steps at that pace, each other stage to
-    come as long as the measured mean of those done (None until something was measured)."""
+    """Stages finished, and seconds left: steps left × the measured s/it, each training to come as many steps,
+    each other stage the mean of those done (None until something was measured)."""
     finished = sum(st["status"] in ("done", "skipped") for st in stages)
     trained = [st for st in stages if st.get("steps") and st.get("spi")]
     spi = trained[-1]["spi"] if trained else None
@@ -138,8 +127,7 @@ class JobStore:
 
     def add(self, table: dict[str, Any], check_overrides: dict[str, Any] | None = None,
             check: Callable[[jobfile.Job], None] | None = None) -> str:
-        """Write a job file (checked as `copymachine queue` checks it: an error is the queue's
-        one-line message, then by `check`) and queue it."""
+        """Write a job file, checked as `copymachine queue` checks it, then by `check`, and queue it."""
         with self._lock:
             ids = self.ids()
             job_id = f"{int(ids[-1]) + 1 if ids else 1:04d}"
@@ -194,8 +182,10 @@ class JobStore:
         for st in view["stages"]:
             if stopped and st["status"] in ("running", "interrupted"):
                 st["status"] = stopped
-        log_lines = tail(Path(view["log"])) if view["log"] and state.get("status") == "running" else []
-        return {"id": job_id, **state, **view, "log_tail": log_lines or tail(files.log),
+        running = view["log"] and state.get("status") == "running"
+        log_lines = log_tail(Path(view["log"]), LOG_TAIL_LINES, indent=True) if running else []
+        log_lines = log_lines or log_tail(files.log, LOG_TAIL_LINES, indent=True)
+        return {"id": job_id, **state, **view, "log_tail": log_lines,
                 "job": files.toml.read_text(encoding="utf-8"), "file": str(files.toml)}
 
 
@@ -254,7 +244,7 @@ class Worker(threading.Thread):
         cancelled = job_id in self._cancel and rc == EXIT_INTERRUPTED
         status = "done" if rc == 0 else "cancelled" if cancelled else "failed"
         if status == "failed" and not message:
-            lines = tail(files.log, 5)
+            lines = log_tail(files.log, 5, indent=True)
             last = lines[-1] if lines else f"exit code {rc}"
             message = next((ln for ln in reversed(lines) if ln.startswith("copymachine: error:")), last)
         self._cancel.discard(job_id)
@@ -267,8 +257,7 @@ class Worker(threading.Thread):
             SUPERVISOR.interrupt(self.child)
 
     def cancel(self, job_id: str) -> None:
-        """A running job is interrupted as by Ctrl-C (sd-scripts stopped, finished stages kept); a
-        queued one is taken off the queue."""
+        """A running job is interrupted as by Ctrl-C (finished stages kept); a queued one taken off the queue."""
         with self._lock:
             running = self.current == job_id and self.child is not None
             if running:
