@@ -1,11 +1,6 @@
-"""Pre-flight: everything that can be checked before the first stage runs, one module per thing checked.
-
-A run takes tens of minutes to hours; a wrong file, a full disk or an output path that holds something else
-must stop it at once, with one line that says what is wrong and what to do, and without touching anything.
-The CLI calls them in this order: the base model (model), the images (images), the output (output), the
-path lengths on Windows (paths), the disk space (disk) and the RAM (memory), sd-scripts and its tokenizers
-(engine), the GPU (gpu).
-"""
+"""Pre-flight: everything that can be checked before the first stage runs, one module per thing checked, so a
+wrong file, a full disk or a foreign output stops a run of hours at once, with one line, touching nothing. The CLI
+calls them in order: model, images, output, paths, disk, memory, engine, gpu."""
 
 from __future__ import annotations
 
@@ -28,44 +23,16 @@ from copymachine.preflight.output import check_output, check_writable, existing_
 from copymachine.preflight.paths import WINDOWS_PATH_LIMIT, check_path_lengths, written_paths
 from copymachine.progress import Reporter
 
-__all__ = [
-    "FP16_MERGE",
-    "LOW_VRAM_TEXT",
-    "MB",
-    "TRAINING_PEAK_RAM",
-    "WINDOWS_PATH_LIMIT",
-    "by_disk",
-    "check_base_model",
-    "check_bitsandbytes",
-    "check_family_scripts",
-    "check_images",
-    "check_output",
-    "check_path_lengths",
-    "check_resources",
-    "check_space",
-    "check_tokenizers",
-    "check_vram",
-    "check_writable",
-    "disk_full",
-    "engine_warning",
-    "estimate_space",
-    "existing_ancestor",
-    "fp16_merge_fits",
-    "human",
-    "made_here",
-    "memory_bytes",
-    "merge_ram",
-    "model_parameters",
-    "one_image_run_needs",
-    "ram_and_swap",
-    "tokenizer_problem",
-    "written_paths",
-]
+__all__ = ["FP16_MERGE", "LOW_VRAM_TEXT", "MB", "TRAINING_PEAK_RAM", "WINDOWS_PATH_LIMIT", "by_disk",
+           "check_base_model", "check_bitsandbytes", "check_family_scripts", "check_images", "check_output",
+           "check_path_lengths", "check_resources", "check_space", "check_tokenizers", "check_vram", "check_writable",
+           "disk_full", "engine_warning", "estimate_space", "existing_ancestor", "fp16_merge_fits", "human",
+           "made_here", "memory_bytes", "merge_ram", "model_parameters", "one_image_run_needs", "ram_and_swap",
+           "tokenizer_problem", "written_paths"]
 
 
 def check_resources(plan, model: ModelInfo, reporter: Reporter) -> None:
-    """Before a run: the disk space (refused when short; the estimate is recorded in the plan's
-    info, for the manifest) and the RAM a merge needs (a warning)."""
+    """Before a run: the disk space (refused when short; the estimate goes to the plan's info) and a merge's RAM."""
     needs = estimate_space(plan, model, model_parameters(model))
     plan.info.disk_space = check_space(plan, model, reporter, needs)
     # what each stage still to run writes: a stage that meets a full disk says what it needs
