@@ -1,14 +1,7 @@
-"""What the user's sd-scripts can do, learnt from it instead of assumed.
-
-copymachine runs the sd-scripts users have (their kohya_ss GUI's, or their own checkout, of any
-release from v0.8.7 on). Once per install (cached by its path and `Engine.identity`; see
-cache_path) it runs each script it calls with `--help` and keeps the options listed, and reads
-gen_img.py's per-prompt options from its own prompt-line parser (`re.match(r"w (\\d+)", parg, ...)`).
-Then a command or training TOML key the script does not know is refused before it runs (the TOML
-would ignore it silently); gen_img.py without the per-prompt file name `--f` (added in v0.9.0) runs
-with `--sequential_file_name` and its `im_000001.png`, ... are renamed to the planned names, and
-without either the run is refused; a version copymachine was not tested with gets a warning.
-`copymachine doctor` prints the version and these capabilities.
+"""What the user's sd-scripts (any release from v0.8.7 on) can do, learnt from it once per install: each script's
+`--help` options and gen_img.py's per-prompt options (from its prompt-line parser). An option or TOML key a script
+lacks is refused before it runs (the TOML would ignore it silently); gen_img.py without `--f` (v0.9.0) renders with
+`--sequential_file_name` and its files are renamed.
 """
 
 from __future__ import annotations

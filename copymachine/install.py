@@ -1,11 +1,6 @@
-"""Setting up sd-scripts for copymachine (`copymachine setup`, what `make setup` runs): the pinned
-sd-scripts (a checkout given, the repository's submodule, or a clone at the pinned commit), its
-own venv, torch, sd-scripts' requirements; the same argument lists (no shell) on every system.
-
-`setup --tokenizers DIR` makes the offline tokenizer folder from what is installed (no library
-makes it: transformers saves one only after fetching it, so the copy from the hub's cache and the
-build from CLIP's BPE file are ours).
-"""
+"""`copymachine setup`: the pinned sd-scripts (given, the submodule, or cloned), its venv, torch and requirements,
+with argument lists (no shell) on every system; and the offline tokenizer folder (`--tokenizers DIR`), copied from
+the hub's cache or built from CLIP's BPE file (transformers saves one only after fetching it)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,10 @@
-"""How much GPU memory a run's sd-scripts processes take: an estimate, before any work.
+"""How much GPU memory a run's sd-scripts processes take (each with its own CUDA context, renders beside trainings
+too): an estimate before any work, which sets the default --jobs and the pre-flight/doctor warnings.
 
-It sets how many trainings share one GPU (`--jobs` by default); pre-flight and `doctor` compare it
-with the free memory and say when a run will not fit (and what `--low-vram` would need). Every
-sd-scripts call is its own process with its own CUDA context, and the renders the schedule starts
-beside trainings (copy check, preview, leakage) count as well.
-
-None of the figures is measured on a GPU (the README says so):
-- computed from published parameter counts (model cards, the SDXL paper; they add up to
-  preflight.model.MODEL_PARAMS): the frozen model at the mixed precision (2 bytes), the LoRA's
-  trainable parameters in fp32 with gradients and AdamW's two fp32 moments (AdamW8bit: 1 byte each).
-  LoRA parameters per unit of dim are summed over the modules sd-scripts' networks/lora.py wraps:
-  0.59 M for SD1.5, which gives the 151 MB dim-64 LoRA measured with the real sd-scripts
-  (preflight.disk.LORA_PARAMS_PER_RANK counts alike), 0.86 M for SD2, 3.56 M for SDXL;
-- estimated: a training step's activations per 512x512 of area (batch 1, sdpa), the share
-  gradient checkpointing keeps, the CUDA context, a render's working set, the allocator's margin.
-  Calibrate these from a measured peak (`nvidia-smi --query-gpu=memory.used --format=csv -lms 200`).
+Not measured on a GPU: the weights, LoRA, gradients and AdamW moments come from published parameter counts (LoRA per
+dim summed over the modules networks/lora.py wraps: 0.59 M for SD1.5 gives the measured 151 MB dim-64 LoRA); the
+activations, checkpointing share, CUDA context, render working set and allocator margin are estimates to calibrate
+from a measured peak (`nvidia-smi --query-gpu=memory.used --format=csv -lms 200`).
 """
 
 from __future__ import annotations

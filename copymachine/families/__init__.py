@@ -1,8 +1,5 @@
-"""The base-model families, one module each; which one a checkpoint or a LoRA is; the user's other files.
-
-Adding a family: a module with its Family objects, `detect(keys)`, `lora_family(keys, metadata)` and
-`LORA_VERSIONS`, listed in MODULES.
-"""
+"""The base-model families, one module each (its Family objects, `detect`, `lora_family`, `LORA_VERSIONS`, listed
+in MODULES); which one a checkpoint or a LoRA is; the user's other files."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""What a base-model family is to copymachine: how sd-scripts trains it, renders with it and merges it.
-
-The family is one field of the plan, not a fork of the code: each family (one module each: sd.py, flux.py,
-sd3.py, anima.py) names its scripts, its LoRA network, the other files it needs and the options they take,
-and every stage asks the family.
-"""
+"""What a base-model family is to copymachine: how sd-scripts trains it, renders with it and merges it (one field
+of the plan, not a fork of the code: every stage asks the family)."""
 
 from __future__ import annotations
 

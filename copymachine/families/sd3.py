@@ -1,11 +1,6 @@
-"""Stable Diffusion 3 and 3.5 (large, medium): sd3_train_network.py with networks.lora_sd3,
-sd3_minimal_inference.py.
-
-The training options are sd-scripts' example's (docs/sd3_train_network.md): uniform weighting, the text
-encoders' outputs cached, the transformer trained alone. CLIP-L, CLIP-G and T5-XXL are separate files unless
-the checkpoint holds them (`text_encoders.clip_l.` ..., as sd3.5_large.safetensors does not and the
-"incl. clips" files do). sd-scripts has no SD3 merge script: the copy model stays in memory (--base_weights).
-"""
+"""Stable Diffusion 3 and 3.5: sd3_train_network.py with networks.lora_sd3, sd3_minimal_inference.py; training
+options from docs/sd3_train_network.md. The text encoders are separate files unless the checkpoint holds them
+("incl. clips" files); sd-scripts has no SD3 merge script: the copy model stays in memory (--base_weights)."""
 
 from __future__ import annotations
 
