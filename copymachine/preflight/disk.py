@@ -70,8 +70,7 @@ def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
 
 
 def by_disk(needs: list[SpaceNeed]) -> list[list[SpaceNeed]]:
-    """The needs grouped by the disk their folders are on (a folder not made yet: its nearest
-    existing parent's), in the order first named."""
+    """The needs grouped by the disk of their folders (or nearest existing parents), in the order first named."""
     groups: dict[int, list[SpaceNeed]] = {}
     for need in needs:
         groups.setdefault(os.stat(existing_ancestor(need.folder)).st_dev, []).append(need)
@@ -79,9 +78,8 @@ def by_disk(needs: list[SpaceNeed]) -> list[list[SpaceNeed]]:
 
 
 def one_image_run_needs(family: str, run_dir: Path, cache_dir: Path) -> list[SpaceNeed]:
-    """What a default one-image run writes, before there is a plan (doctor): the cache the copy
-    LoRA (the copy model stays in memory: the default route), the run folder the effect LoRA, its
-    resized copy and the final LoRA, each stage's small files too (as estimate_space counts them)."""
+    """What a default one-image run writes, without a plan (doctor): the cache the copy LoRA, the run folder the
+    effect LoRA, its resized copy and the final LoRA, each with its stage's small files."""
     lora = lora_bytes(family, 64, "float")
     return [SpaceNeed(run_dir, 3 * lora + 6 * SMALL_STAGE_BYTES, "run folders"),
             SpaceNeed(cache_dir, lora + 2 * SMALL_STAGE_BYTES, "cache")]
@@ -94,8 +92,7 @@ def human(n: int) -> str:
 
 
 def check_space(plan, model: ModelInfo, reporter: Reporter, needs: list[SpaceNeed] | None = None) -> dict[str, Any]:
-    """Refuse to start when a disk has less free space than what the stages still to run will
-    write there (with a 5 % + 200 MB margin). Returns the estimate (for the manifest)."""
+    """Refuse a disk with less free space than the stages still to run write there (+ 5 % + 200 MB); the estimate."""
     needs = estimate_space(plan, model, model_parameters(model)) if needs is None else needs
     summary = {}
     for items in by_disk(needs):
@@ -115,8 +112,7 @@ def check_space(plan, model: ModelInfo, reporter: Reporter, needs: list[SpaceNee
 
 def disk_full(folder: Path, stage_title: str, needed: int | None, cause: str = "",
               log: Path | None = None) -> OutputError:
-    """The error of a stage that met a full disk (sd-scripts' write or copymachine's own): one
-    line naming the folder, what the stage needs there and what is free, and how to go on."""
+    """The one-line error of a stage that met a full disk: the folder, its need, what is free, how to go on."""
     folder = Path(folder)
     try:
         free = f", {human(free_bytes(folder))} free"

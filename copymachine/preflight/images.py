@@ -1,5 +1,4 @@
-"""Pre-flight of the images: readable, one frame, not tiny; colour modes that are converted get a note
-saying what happens (the size a picture trains at, and its note, come with the plan: `methods.choose_training_size`)."""
+"""Pre-flight of the images: readable, one frame, not tiny; a note for each conversion."""
 
 from __future__ import annotations
 
@@ -21,9 +20,7 @@ _MODE_NOTES = {
 
 
 def check_image(path: Path, what: str, reporter: Reporter) -> tuple[int, int]:
-    """One image: readable, one frame, at least 64 px a side. Notes what copymachine converts.
-    Returns its size upright (after EXIF orientation). A picture of any larger size trains on a
-    copy resized to the training size (the plan says which and why)."""
+    """One image: readable, one frame, at least 64 px a side; notes what is converted. Returns its upright size."""
     path = Path(path)
     require_file(path, what)
     try:

@@ -1,5 +1,4 @@
-"""Pre-flight of the RAM: a merge into the checkpoint that will likely not fit in RAM (+ swap) is named
-before it starts (the kernel would kill sd-scripts minutes into the run)."""
+"""Pre-flight of the RAM: a merge into the checkpoint that will likely not fit in RAM + swap is named at once."""
 
 from __future__ import annotations
 
@@ -45,15 +44,13 @@ def merge_ram(family: str, half: bool = False) -> int:
 
 
 def fp16_merge_fits(family: str, have: int) -> int | None:
-    """The measured fp16 merge peak of `family` when it fits in `have` bytes (the way out of a
-    float merge that does not)."""
+    """The measured fp16 merge peak of `family` when it fits in `have` bytes (the way out of a float merge)."""
     half = MERGE_PEAK_RAM_HALF.get(family)
     return half if half and half <= have else None
 
 
 def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
-    """Say before starting when a merge into the checkpoint will likely not fit in RAM (+ swap):
-    the kernel then kills sd-scripts minutes into the run."""
+    """Warn of a merge that will likely not fit in RAM + swap (the kernel would kill it minutes in)."""
     have = ram_and_swap(memory_bytes())
     for stage in plan.stages:
         if stage.kind != "merge_model" or sized_stamp(stage) is not None:

@@ -16,20 +16,15 @@ MODEL_PARAMS = {"sd1": 1_066_000_000, "sd2": 1_300_000_000, "sdxl": 3_470_000_00
 
 
 def _looks_like_pickle(path: Path) -> bool:
-    """torch.save writes a zip (PK\\x03\\x04) since torch 1.6; older files are a bare pickle
-    (protocol 2+: 0x80 then the protocol number). Only the first bytes are read."""
+    """A torch zip (PK\\x03\\x04, torch 1.6 on) or a bare pickle (protocol 2+: 0x80 then the protocol number)."""
     with open(path, "rb") as f:
         head = f.read(4)
     return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def check_base_model(path: Path, reporter: Reporter, allow_pickle: bool = False) -> ModelInfo:
-    """The base model for train/diff: a safetensors checkpoint of a family copymachine trains.
-
-    A pickle checkpoint (.ckpt) is refused unless `allow_pickle`: copymachine never opens one
-    (unpickling can run code hidden in the file); with the flag it hands it to sd-scripts, which
-    loads it with torch, and assumes it is Stable Diffusion 1.x (it cannot read the keys).
-    """
+    """The base model for train/diff. A pickle is refused unless `allow_pickle` (unpickling can run code): then
+    copymachine never opens it, hands it to sd-scripts and assumes SD1.x (it cannot read the keys)."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
         if not allow_pickle:
@@ -53,8 +48,7 @@ def check_base_model(path: Path, reporter: Reporter, allow_pickle: bool = False)
 
 
 def model_parameters(model: ModelInfo) -> int:
-    """Number of parameters of the base model (from its safetensors header; a family's typical
-    count for a pickle, which copymachine does not open)."""
+    """The base model's parameter count, from its safetensors header (a pickle: its family's typical count)."""
     if model.tensor_count == 0:
         return MODEL_PARAMS.get(model.family.name, MODEL_PARAMS["sd1"])
     st = read_safetensors(model.path, "base model")

@@ -1,6 +1,5 @@
-"""Pre-flight of the output: the run folder holds this run or nothing (another run, or files copymachine did
-not make, need --force), a final LoRA path holds nothing copymachine did not make, and the run and cache
-folders are writable."""
+"""Pre-flight of the output: the run folder and the final LoRAs' paths hold this run or nothing (else --force),
+and the run and cache folders are writable."""
 
 from __future__ import annotations
 
@@ -30,9 +29,8 @@ def _differences(previous: dict[str, Any], current: dict[str, Any], prev_run: di
 
 
 def made_here(final: Path, run_dir: Path, manifest: dict[str, Any] | None, hashes: HashCache) -> bool:
-    """Did copymachine write this final LoRA in this run folder? Its stage's stamp records its
-    sha256; a run killed between moving it into place and writing the stamp still lists it in the
-    manifest's finals."""
+    """Did copymachine write this final LoRA here? A stamp records its sha256; a run killed between moving it into
+    place and writing the stamp still lists it in the manifest's finals."""
     digest = hashes.sha256(final)
     for stamp_file in (run_dir / ".stages").glob("*.json"):
         try:
@@ -46,8 +44,7 @@ def made_here(final: Path, run_dir: Path, manifest: dict[str, Any] | None, hashe
 
 
 def check_output(plan, identity: dict[str, Any], hashes: HashCache, force: bool) -> None:
-    """Refuse to write into a run folder that holds another run or files copymachine did not
-    make, unless --force. The same command run again (a resume) passes."""
+    """Refuse, unless --force, a run folder holding another run or foreign files; a resume passes."""
     run_dir: Path = plan.run_dir
     hint = "use another --out, or --force to replace"
     if run_dir.exists() and not run_dir.is_dir():

@@ -26,8 +26,7 @@ def _temp_of(path: PurePath) -> PurePath:
 
 
 def written_paths(plan) -> list[PurePath]:
-    """Every path the run writes that its plan can name: each stage's outputs and their temporary
-    names, its scratch folder's files, configs, dataset, stamp and log, the manifest."""
+    """Every path the run writes that its plan can name (outputs, temporary names, scratch, configs, stamps, logs)."""
     paths: list[PurePath] = [plan.manifest_path, _temp_of(plan.manifest_path)]
     for stage in plan.stages:
         scratch = stage.workdir / ".partial" / stage.slug
@@ -43,8 +42,7 @@ def written_paths(plan) -> list[PurePath]:
 
 
 def windows_long_paths_enabled() -> bool:
-    """Whether Windows lets programs past MAX_PATH (the registry's LongPathsEnabled; Python
-    declares itself long-path aware). The seam the tests replace."""
+    """The registry's LongPathsEnabled (Python declares itself long-path aware). The seam the tests replace."""
     import winreg
 
     try:
@@ -56,8 +54,7 @@ def windows_long_paths_enabled() -> bool:
 
 
 def check_path_lengths(plan, platform: str | None = None) -> None:
-    """On Windows without long paths, refuse before any work a run that would write a path
-    past WINDOWS_PATH_LIMIT characters (it would fail minutes in, at the first such file)."""
+    """Refuse a run that would write a path past WINDOWS_PATH_LIMIT (it would fail minutes in, at that file)."""
     if (platform or sys.platform) != "win32":
         return
     longest = max(written_paths(plan), key=lambda p: len(str(p)))
