@@ -116,8 +116,7 @@ def cache_dir() -> Path:
 
 
 def cache_path(engine: Engine) -> Path:
-    """Where what `engine` can do is kept: per install (its path) and version (its commit or tree), in the
-    user's cache, so `doctor`, dry runs and runs share it whatever their run or cache folders."""
+    """Per install (its path) and version (commit or tree), in the user's cache: doctor, dry runs and runs share it."""
     where = hashlib.sha256(str(Path(engine.root).resolve()).encode("utf-8")).hexdigest()[:12]
     return cache_dir() / f"{engine.identity.replace(':', '-')}-{where}.json"
 
@@ -170,9 +169,7 @@ def progress_text(done: int, total: int) -> str:
 
 
 def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int], None] | None = None) -> Capabilities:
-    """The capabilities of `engine`, from the cache or learnt now (each script's --help, in
-    parallel; about as long as one sd-scripts start per script, once per checkout). While it
-    learns, `on_progress(done, total)` is called before the first script and after each."""
+    """From the cache, or learnt now (each script's --help, in parallel), calling `on_progress(done, total)`."""
     path = cache_path(engine)
     version, known = name_version(engine)
     try:
@@ -235,8 +232,7 @@ def check_command(caps: Capabilities | None, version: str, script: str, argv: li
 
 
 def check_training_keys(caps: Capabilities | None, script: str, keys: list[str], what: str = "--sd-arg") -> bool:
-    """Refuse, before any work, a training option (`--sd-arg KEY=...`) that `script` does not list
-    in its --help, naming the closest ones it has. False: not checked (nothing learnt yet)."""
+    """Refuse a training option `script` does not list, naming the closest; False: not checked (nothing learnt)."""
     if caps is None or script not in caps.options:
         return False
     known = [o[2:] for o in caps.options[script]]

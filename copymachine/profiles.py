@@ -54,9 +54,8 @@ CPU = Profile(name="cpu", device="cpu", mixed_precision="no", training_options={
 
 
 def choose_precision(compute: list[tuple[int, int]], torch_bf16: bool) -> tuple[str, str]:
-    """bf16 only where every GPU has it natively (compute capability >= 8.0), else fp16; and why.
-    torch's `is_bf16_supported()` alone is not enough: recent torch says true on pre-Ampere
-    cards, which then train in slow emulated bf16."""
+    """bf16 only where every GPU has it natively (compute capability >= 8.0), else fp16; and why (recent torch's
+    `is_bf16_supported()` is true on pre-Ampere cards too, which then train in slow emulated bf16)."""
     if not compute:
         return "fp16", "the GPU's compute capability is unknown (bf16 needs 8.0 or later)"
     oldest = min(compute)
@@ -69,8 +68,7 @@ def choose_precision(compute: list[tuple[int, int]], torch_bf16: bool) -> tuple[
 
 
 def precision_caveat(gpus: list[str], precision: str) -> str | None:
-    """What to know about fp16 on the GPUs found: GTX 16xx cards (Turing without tensor cores)
-    are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293)."""
+    """GTX 16xx cards (Turing without tensor cores) are reported to give NaN losses in fp16."""
     if precision == "fp16" and any("GTX 16" in name for name in gpus):
         return ("GTX 16xx cards are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293), and have no native "
                 "bf16; if a training stops on NaN loss, train with --device cpu or on another GPU")

@@ -70,9 +70,8 @@ def _bytes_per(precision: str) -> int:
 
 def training(family: str, size: tuple[int, int], dim: int, precision: str = "bf16", optimizer: str = "AdamW",
              gradient_checkpointing: bool = False, unet_only: bool = False, fp8_base: bool = False) -> Need:
-    """A LoRA training's peak (after the latents and, with `unet_only`, the text-encoder outputs
-    are cached and the VAE / text encoders moved off the GPU, as sd-scripts does; `fp8_base`: the
-    frozen transformer in 1 byte per weight)."""
+    """A LoRA training's peak, once sd-scripts has cached the latents (and with `unet_only` the text-encoder
+    outputs) and moved the VAE / text encoders off the GPU; `fp8_base`: 1 byte per frozen weight."""
     weight = 1 if fp8_base else _bytes_per(precision)
     frozen = UNET_PARAMS[family] + (0 if unet_only else TEXT_ENCODER_PARAMS[family])
     lora = dim * (LORA_PER_DIM_UNET[family] + (0 if unet_only else LORA_PER_DIM_TEXT[family]))
@@ -96,9 +95,7 @@ def render(family: str, size: tuple[int, int], precision: str = "bf16") -> Need:
 
 
 def stage_need(stage, low_vram: bool = False) -> Need | None:
-    """The estimate for one planned stage that runs on the GPU; None for those that do not.
-    `low_vram`: as --low-vram would train it (gradient checkpointing, AdamW8bit, and for SDXL the
-    U-Net alone on cached text-encoder outputs)."""
+    """The estimate for a stage that runs on the GPU (else None); `low_vram`: as --low-vram would train it."""
     spec = stage.spec
     if stage.kind == "train_lora":
         options = spec.training_options
@@ -124,8 +121,7 @@ def largest(plan, low_vram: bool = False) -> list[tuple[Any, Need]]:
 
 
 def side_by_side(plan, jobs: int, low_vram: bool = False) -> int:
-    """The peak of `jobs` processes on one GPU at once: the `jobs` largest stages together (a
-    render may run beside trainings; each process has its own CUDA context)."""
+    """The peak of `jobs` processes on one GPU at once: the `jobs` largest stages together."""
     return sum(n.total for _, n in largest(plan, low_vram)[: max(1, jobs)])
 
 
@@ -138,8 +134,7 @@ def fitting_jobs(plan, free: int, limit: int) -> int:
 
 
 def default_jobs(plan, gpus: int, free: int | None, trainings: int) -> int:
-    """Parallel trainings: one per GPU on a multi-GPU machine; on one GPU as many as its free
-    memory holds by the estimate; never more than there are trainings to run; 1 on the CPU."""
+    """One per GPU on several, as many as the free memory holds on one, 1 on the CPU; at most `trainings`."""
     if gpus <= 0 or trainings <= 1:
         return 1
     if gpus > 1:

@@ -55,17 +55,11 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
     if not ranked:
         return jobs
     peak = vram.side_by_side(plan, per_gpu)
-    plan.info.vram = {
-        "estimate_bytes": peak,
-        "largest_stage": ranked[0][0].name,
-        "largest_bytes": ranked[0][1].total,
-        "parts": ranked[0][1].parts,
-        "side_by_side": per_gpu,
-        "free_bytes": free,
-        "total_bytes": total,
-        "basis": "estimate (copymachine/vram.py): weights and optimizer from parameter counts, activations and CUDA "
-                 "context not measured on a GPU",
-    }
+    stage, need = ranked[0]
+    plan.info.vram = {"estimate_bytes": peak, "largest_stage": stage.name, "largest_bytes": need.total,
+                      "parts": need.parts, "side_by_side": per_gpu, "free_bytes": free, "total_bytes": total,
+                      "basis": "estimate (copymachine/vram.py): weights and optimizer from parameter counts, "
+                               "activations and CUDA context not measured on a GPU"}
     if free is None:
         return jobs
     where = f"{which} has {human(free)} free of {human(total or 0)}"
@@ -77,7 +71,6 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
         reporter.warn(f"--jobs {jobs}: {per_gpu} stages side by side need ~{human(peak)} of GPU memory by "
                       f"copymachine's estimate; {where}: use --jobs {fits}")
     else:
-        stage, need = ranked[0]
         together = f"; {per_gpu} side by side ~{human(peak)}" if per_gpu > 1 else ""
         reporter.info(f"GPU memory by copymachine's estimate: the largest stage, '{stage.title}' ({need.what}), "
                       f"~{human(need.total)}{together}; {where}")
