@@ -44,9 +44,8 @@ RELEASES = {
     "ae72efb92babe89ff8e70f057e42db68440e8d61": "v0.10.1",
     "48d368fa557731ad0488c07304dfeba8c07910eb": "v0.10.1+5 (pinned)",
 }
-# The same releases extracted from their source archive (no .git): `tree:` identities
-# (engine.tree_hash of `git archive <tag>`, which is what GitHub's "Source code" download holds).
-# (`python -m copymachine.capabilities DIR` prints a folder's identity.)
+# The same releases extracted from their source archive (no .git, GitHub's "Source code"): engine.tree_hash of
+# `git archive <tag>` (`python -m copymachine.capabilities DIR` prints a folder's identity).
 RELEASE_TREES = {
     "tree:94f3ff593bd65a9e3694d07f63de45f7e53f5c1f575996b8042329aa5f78ef3f": "v0.8.7",
     "tree:a40f135d7d36794033dc55131edfb678e6aca56e4dc6c1bba28b242c77de7bd3": "v0.9.1",
@@ -185,8 +184,7 @@ def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int
     results: dict[str, list[str] | str] = {}
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for future in as_completed([pool.submit(_help, engine, s) for s in scripts]):
-            script, result = future.result()
-            results[script] = result
+            results.update([future.result()])
             progress(len(results), len(scripts))
     # in SCRIPTS' order; a family script that fails its --help only stays unlearnt (an SD run does not need it)
     caps.errors = {s: r for s in SCRIPTS if isinstance(r := results[s], str)}

@@ -51,12 +51,6 @@ def _frames(im: Image.Image) -> int:
     return int(getattr(im, "n_frames", 1) or 1)
 
 
-def _is_multiframe(im: Image.Image) -> bool:
-    # An MPO (phone/camera JPEG) stores the photo plus preview or stereo frames: the first frame
-    # is the picture itself, so it is not treated as an animation.
-    return _frames(im) > 1 and im.format != "MPO"
-
-
 def _bit_depth(path: Path, im: Image.Image) -> int:
     if im.format == "PNG":
         with open(path, "rb") as f:
@@ -117,7 +111,8 @@ def load_rgb(path: str | os.PathLike, background: RGB = WHITE) -> Image.Image:
     """An image as 8-bit RGB, upright, alpha composited onto `background`; InputError for a bad or animated file."""
     p = Path(path)
     with _open(p) as im:
-        if _is_multiframe(im):
+        # an MPO (phone/camera JPEG) holds the photo plus preview or stereo frames: the first is the picture
+        if _frames(im) > 1 and im.format != "MPO":
             raise InputError(f"{p}: has {_frames(im)} frames (animated); save the one frame you want as a PNG")
         try:
             im.load()

@@ -131,8 +131,8 @@ def base_options(family: Family, clip_skip: int, prediction: Prediction) -> Base
     if clip_skip != 1 and not family.has_clip_skip:
         why = (" (it always uses the text encoders' penultimate layer, and sd-scripts' SDXL training ignores "
                "clip_skip)") if family.renders_with_gen_img else ""
-        raise InputError(f"clip skip {clip_skip}: {family.label} has no clip skip to choose{why}; leave model.clip_skip "
-                         "at 1")
+        raise InputError(f"clip skip {clip_skip}: {family.label} has no clip skip to choose{why}; leave "
+                         "model.clip_skip at 1")
     return BaseOptions(clip_skip=clip_skip, v_parameterization=prediction.v_parameterization,
                        zero_terminal_snr=prediction.zero_terminal_snr, no_half_vae=family.render_no_half_vae)
 

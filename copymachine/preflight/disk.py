@@ -19,12 +19,9 @@ from copymachine.vram import LORA_PER_DIM_UNET
 GB = 1024**3
 MB = 1024**2
 
-# Parameters of a whole checkpoint (used when a pickle cannot be read) and of a networks.lora
-# LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
-# SD1.5: 1.07e9 parameters (the copy model at float is 4.27 GB, docs/engine-notes.md); its
-# dim-64 LoRA is 151 MB at float -> 590k parameters per rank. SDXL: 3.47e9 parameters
-# (6.94 GB at fp16); its LoRA ~3.4M parameters per rank.
-# The DiT families train their transformer alone: copymachine.vram.LORA_PER_DIM_UNET.
+# Parameters of a networks.lora LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
+# SD1.5 (1.07e9 parameters: 4.27 GB at float, docs/engine-notes.md): its dim-64 LoRA is 151 MB at float -> 590k
+# per rank. SDXL (3.47e9; 6.94 GB at fp16): ~3.4M per rank. The DiTs train their transformer alone: vram.py's.
 _SD = {"sd1": 590_000, "sd2": 650_000, "sdxl": 3_400_000}
 LORA_PARAMS_PER_RANK = {**{name: round(per * 1e6) for name, per in LORA_PER_DIM_UNET.items()}, **_SD}
 BYTES = {"float": 4, "fp32": 4, "fp16": 2, "bf16": 2}
