@@ -50,33 +50,30 @@ def check_output(plan, identity: dict[str, Any], hashes: HashCache, force: bool)
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"--out {run_dir} is a file, not a folder; give a folder for the run")
     manifest = None
-    if run_dir.is_dir():
-        manifest_path = run_dir / "manifest.json"
-        if manifest_path.is_file():
-            try:
-                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                manifest = None
-            if not isinstance(manifest, dict) or not isinstance(manifest.get("run"), dict):
-                if not force:
-                    raise OutputError(f"run folder {run_dir} has a manifest.json copymachine cannot read; {hint} it")
-                manifest = None
-            else:
-                previous = manifest["run"].get("identity")
-                if previous is None:  # written before identities were recorded: compare what it has
-                    previous = {"method": manifest["run"].get("method"), "base_sha256": identity["base_sha256"],
-                                "images": identity["images"]}
-                differs = _differences(previous, identity, manifest["run"])
-                if differs and not force:
-                    raise OutputError(f"run folder {run_dir} holds another run ({'; '.join(differs)}); {hint} its "
-                                      "results")
+    if (run_dir / "manifest.json").is_file():
+        try:
+            manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+        run = manifest.get("run") if isinstance(manifest, dict) else None
+        if not isinstance(run, dict):
+            if not force:
+                raise OutputError(f"run folder {run_dir} has a manifest.json copymachine cannot read; {hint} it")
+            manifest = None
         else:
-            allowed = _RUN_FOLDER_SCAFFOLD | ({plan.cache_dir.name} if plan.cache_dir.parent == run_dir else set())
-            foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in allowed)
-            if foreign and not force:
-                raise OutputError(f"--out {run_dir} is not empty and is not a copymachine run folder (no "
-                                  f"manifest.json; it holds {foreign[0]!r}); use a new or empty folder, or --force to "
-                                  "write into it")
+            previous = run.get("identity")
+            if previous is None:  # written before identities were recorded: compare what it has
+                previous = {"method": run.get("method"), "base_sha256": identity["base_sha256"],
+                            "images": identity["images"]}
+            differs = _differences(previous, identity, run)
+            if differs and not force:
+                raise OutputError(f"run folder {run_dir} holds another run ({'; '.join(differs)}); {hint} its results")
+    elif run_dir.is_dir():
+        allowed = _RUN_FOLDER_SCAFFOLD | ({plan.cache_dir.name} if plan.cache_dir.parent == run_dir else set())
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in allowed)
+        if foreign and not force:
+            raise OutputError(f"--out {run_dir} is not empty and is not a copymachine run folder (no manifest.json; "
+                              f"it holds {foreign[0]!r}); use a new or empty folder, or --force to write into it")
     for final in plan.finals.values():
         if final.exists() and not force:
             if final.is_dir():
