@@ -160,11 +160,8 @@ def _help(engine: Engine, script: str) -> tuple[str, list[str] | str]:
     return script, options
 
 
-LEARNING = "learning what this sd-scripts can do, once"
-
-
 def progress_text(done: int, total: int) -> str:
-    return f"{LEARNING}: {done}/{total} scripts"
+    return f"learning what this sd-scripts can do, once: {done}/{total} scripts"
 
 
 def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int], None] | None = None) -> Capabilities:

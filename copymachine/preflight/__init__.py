@@ -1,6 +1,6 @@
-"""Pre-flight: everything that can be checked before the first stage runs, one module per thing checked, so a
-wrong file, a full disk or a foreign output stops a run of hours at once, with one line, touching nothing. The CLI
-calls them in order: model, images, output, paths, disk, memory, engine, gpu."""
+"""Pre-flight: everything that can be checked before the first stage runs, so a wrong file, a full disk or a foreign
+output stops a run of hours at once, with one line, touching nothing. The CLI checks in order the inputs (model),
+the output (paths), the disk, the RAM (memory), sd-scripts (engine), the GPU (gpu)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from copymachine.models import ModelInfo
 from copymachine.preflight.disk import MB, by_disk, check_space, disk_full, estimate_space, human, one_image_run_needs
 from copymachine.preflight.engine import check_family_scripts, check_tokenizers, engine_warning, tokenizer_problem
 from copymachine.preflight.gpu import LOW_VRAM_TEXT, check_bitsandbytes, check_vram
-from copymachine.preflight.images import check_images
 from copymachine.preflight.memory import (
     FP16_MERGE,
     TRAINING_PEAK_RAM,
@@ -18,9 +17,16 @@ from copymachine.preflight.memory import (
     merge_ram,
     ram_and_swap,
 )
-from copymachine.preflight.model import check_base_model, model_parameters
-from copymachine.preflight.output import check_output, check_writable, existing_ancestor, made_here
-from copymachine.preflight.paths import WINDOWS_PATH_LIMIT, check_path_lengths, written_paths
+from copymachine.preflight.model import check_base_model, check_images, model_parameters
+from copymachine.preflight.paths import (
+    WINDOWS_PATH_LIMIT,
+    check_output,
+    check_path_lengths,
+    check_writable,
+    existing_ancestor,
+    made_here,
+    written_paths,
+)
 from copymachine.progress import Reporter
 
 __all__ = ["FP16_MERGE", "LOW_VRAM_TEXT", "MB", "TRAINING_PEAK_RAM", "WINDOWS_PATH_LIMIT", "by_disk",

@@ -11,7 +11,7 @@ from copymachine.errors import OutputError
 from copymachine.files import free_bytes
 from copymachine.models import ModelInfo
 from copymachine.preflight.model import model_parameters
-from copymachine.preflight.output import existing_ancestor
+from copymachine.preflight.paths import existing_ancestor
 from copymachine.progress import Reporter
 from copymachine.stamps import sized_stamp
 from copymachine.vram import LORA_PER_DIM_UNET

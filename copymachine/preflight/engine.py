@@ -26,10 +26,8 @@ def tokenizer_problem(folder: Path | None, offline: bool, family: Family) -> tup
     if not family.tokenizers:  # sd-scripts ships them (Anima: configs/qwen3_06b)
         return None
     if folder is None:
-        if offline:
-            return False, ("offline without --tokenizer-cache-dir: sd-scripts needs the tokenizer(s) "
-                           f"{', '.join(family.tokenizers)} in the Hugging Face cache, or it fails")
-        return None
+        return (False, "offline without --tokenizer-cache-dir: sd-scripts needs the tokenizer(s) "
+                f"{', '.join(family.tokenizers)} in the Hugging Face cache, or it fails") if offline else None
     missing = [name for name in family.tokenizers if not (Path(folder) / name).is_dir()]
     if missing and offline:
         return True, (f"--tokenizer-cache-dir {folder} lacks {', '.join(missing)} ({family.label} needs "
