@@ -37,8 +37,7 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Epsilon (SD1.x, most SDXL) or v-prediction, and zero terminal SNR or not: a v-pred model trained or rendered
-    as epsilon gives noise."""
+    """Epsilon or v-prediction, zero terminal SNR or not: a v-pred model trained or rendered as epsilon gives noise."""
 
     v_parameterization: bool = False
     zero_terminal_snr: bool = False

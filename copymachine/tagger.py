@@ -22,10 +22,8 @@ TAGS_FILE = "selected_tags.csv"
 RATING, GENERAL, CHARACTER = 9, 0, 4
 DEFAULT_SIZE = 448
 # Tags that are emoticons keep their underscores (SmilingWolf's list).
-KAOMOJI = {
-    "0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9", ">_o",
-    "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||",
-}  # fmt: skip
+KAOMOJI = {"0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9", ">_o", "@_@",
+           "^_^", "o_o", "u_u", "x_x", "|_|", "||_||"}
 INSTALL_HINT = "pip install 'copymachine[tagger]' (onnxruntime)"
 
 

@@ -40,8 +40,7 @@ _PREFIXES = ("", "model.diffusion_model.")
 
 
 def detect(keys: set[str]) -> tuple[Family | None, str] | None:
-    """A FLUX.1 transformer in BFL's layout (bare or ComfyUI's model.diffusion_model. prefix), as
-    flux_utils.analyze_checkpoint_state reads it; None when the keys are not FLUX's."""
+    """A FLUX.1 transformer in BFL's layout (bare or ComfyUI's prefix), as flux_utils.analyze_checkpoint_state reads."""
     for prefix in _PREFIXES:
         if f"{prefix}double_blocks.0.img_attn.qkv.weight" not in keys:
             continue

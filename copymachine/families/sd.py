@@ -31,8 +31,7 @@ _MARKERS = [
 
 
 def detect(keys: set[str]) -> tuple[Family | None, str] | None:
-    """(family, description) when the keys are an SD checkpoint's (family None: a text encoder
-    without its U-Net); None when they are not."""
+    """(family, description) of an SD checkpoint (family None: a text encoder without its U-Net); else None."""
     for marker, family in _MARKERS:
         if marker in keys:
             if family is not SDXL and _SD_UNET not in keys:

@@ -35,8 +35,7 @@ LORA_VERSIONS = {"medium": SD3_MEDIUM, "5-large": SD35_LARGE, "5-medium": SD35_M
 
 
 def detect(keys: set[str]) -> tuple[Family | None, str] | None:
-    """SD3/3.5 as sd3_utils.analyze_state_dict_state tells them apart: RMS q/k norms (3.5), and
-    self-attention in the x blocks (3.5 medium)."""
+    """As sd3_utils.analyze_state_dict_state: RMS q/k norms (3.5), self-attention in the x blocks (3.5 medium)."""
     if not any(k.startswith(f"{PREFIX}joint_blocks.0.") for k in keys):
         return None
     if f"{PREFIX}joint_blocks.0.context_block.attn.ln_k.weight" not in keys:

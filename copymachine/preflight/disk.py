@@ -75,8 +75,7 @@ def by_disk(needs: list[SpaceNeed]) -> list[list[SpaceNeed]]:
 
 
 def one_image_run_needs(family: str, run_dir: Path, cache_dir: Path) -> list[SpaceNeed]:
-    """What a default one-image run writes, without a plan (doctor): the cache the copy LoRA, the run folder the
-    effect LoRA, its resized copy and the final LoRA, each with its stage's small files."""
+    """What a default one-image run writes, without a plan (doctor): the copy LoRA; the effect, resized, final LoRA."""
     lora = lora_bytes(family, 64, "float")
     return [SpaceNeed(run_dir, 3 * lora + 6 * SMALL_STAGE_BYTES, "run folders"),
             SpaceNeed(cache_dir, lora + 2 * SMALL_STAGE_BYTES, "cache")]

@@ -41,8 +41,7 @@ def vram_advice(plan, free: int, low_vram: bool) -> str | None:
 
 
 def check_vram(plan, settings, requested_jobs: int | None, trainings: int, reporter: Reporter) -> int:
-    """How many stages share the GPU (--jobs, else what its free memory holds by vram.py's estimate, recorded in
-    the plan's info), with a warning when the run will likely not fit. Returns the jobs."""
+    """How many stages share the GPU (--jobs, else what its free memory holds), warning when it will not fit."""
     options = [s.spec.training_options for s in plan.stages if s.kind == "train_lora"]
     if any(o.get("network_train_unet_only") and o.get("cache_text_encoder_outputs") for o in options):
         reporter.note("--low-vram on SDXL: the text encoders' outputs are cached once and the U-Net trains alone, so "
