@@ -25,14 +25,12 @@ FLUX_DEV = Family(name="flux-dev", label="FLUX.1 dev", train_script="flux_train_
                   needs=(CLIP_L, T5XXL, AE), no_file_merge=_FILE_MERGE.format("FLUX.1"))
 # schnell: the same trainer (sd-scripts finds schnell by the missing guidance layer and sets it up itself)
 FLUX_SCHNELL = dataclasses.replace(FLUX_DEV, name="flux-schnell", label="FLUX.1 schnell")
-CHROMA = Family(name="chroma", label="Chroma (FLUX.1-based)", train_script="flux_train_network.py",
-                merge_script="networks/flux_merge_lora.py", gen_flag="", base_model_version="chroma",
-                training_options={**_TRAINING, "model_type": "chroma", "guidance_scale": 0.0,
-                                  "timestep_sampling": "sigmoid", "apply_t5_attn_mask": True},
-                default_size=1024, tokenizers=_TOKENIZERS, network_module="networks.lora_flux",
-                renderer="flux_minimal_inference.py",
-                render_options=("--model_type", "chroma", "--apply_t5_attn_mask", "--guidance", "0"),
-                needs=(T5XXL, AE), no_file_merge=_FILE_MERGE.format("Chroma"))
+CHROMA = dataclasses.replace(
+    FLUX_DEV, name="chroma", label="Chroma (FLUX.1-based)", base_model_version="chroma",
+    training_options={**_TRAINING, "model_type": "chroma", "guidance_scale": 0.0, "timestep_sampling": "sigmoid",
+                      "apply_t5_attn_mask": True},
+    render_options=("--model_type", "chroma", "--apply_t5_attn_mask", "--guidance", "0"), needs=(T5XXL, AE),
+    no_file_merge=_FILE_MERGE.format("Chroma"))
 FAMILIES = (FLUX_DEV, FLUX_SCHNELL, CHROMA)
 LORA_VERSIONS = {"flux1": FLUX_DEV, "chroma": CHROMA}
 
