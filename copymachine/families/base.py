@@ -76,9 +76,6 @@ class Family:
     def renders_with_gen_img(self) -> bool:
         return self.renderer == GEN_IMG
 
-    def file(self, name: str) -> str | None:
-        return dict(self.files).get(name)
-
     def file_options(self) -> dict[str, str]:
         """The training TOML keys of the user's other files (clip_l = "...", t5xxl = "...")."""
         by_name = {m.name: m for m in self.needs}
