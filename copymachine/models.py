@@ -31,8 +31,7 @@ class ModelInfo:
     size_bytes: int
     tensor_count: int
     markers: frozenset[str] = frozenset()  # V_PRED_KEY, ZTSNR_KEY when the checkpoint has them
-    # the family's other files the checkpoint holds itself (SD3.5 with its text encoders)
-    embedded: frozenset[str] = frozenset()
+    embedded: frozenset[str] = frozenset()  # the family's other files the checkpoint holds (SD3.5's text encoders)
 
 
 @dataclass(frozen=True)
