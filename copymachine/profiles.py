@@ -1,12 +1,9 @@
-"""How a machine runs the recipe: the CPU, GPU and opt-in low-VRAM profiles. A profile never changes the memo's
-numbers (steps, dim, alpha, learning rate, optimizer); it chooses how sd-scripts computes them.
+"""How a machine runs the recipe (CPU, GPU, opt-in low VRAM), never changing the memo's numbers.
 
-GPU: bf16 from compute capability 8.0 (choose_precision), sdpa, latents cached once (one image without augmentation
-gives the same latent every step), no data-loader workers (one cached image needs no loader, nothing re-spawned per
-epoch); svd_merge/extract on the GPU, resize_lora.py on the CPU (sd-scripts #904: corrupt output on CUDA).
-Low VRAM (`--low-vram`, 8 GB cards; opt-in, the memo trains with plain AdamW and both parts): gradient checkpointing,
-AdamW8bit, latents on disk; SDXL also caches the text encoders' outputs and trains the U-Net alone (no text-encoder
-part in the LoRAs, and no shuffled caption: sd-scripts refuses cached outputs with shuffle_caption).
+GPU: bf16 from compute capability 8.0, sdpa, latents cached once (one image without augmentation gives the same latent
+every step), no data-loader workers (one cached image needs none); resize_lora.py stays on the CPU (sd-scripts #904:
+corrupt output on CUDA). `--low-vram` (8 GB cards; opt-in: the memo trains with plain AdamW and both parts): gradient
+checkpointing, AdamW8bit, latents on disk; for SDXL the U-Net alone on cached text-encoder outputs (see below).
 """
 
 from __future__ import annotations

@@ -34,10 +34,9 @@ VAE_PARAMS = 84
 LORA_PER_DIM_UNET = {"sd1": 0.424, "sd2": 0.432, "sdxl": 2.657, "flux-dev": 4.67, "flux-schnell": 4.67,
                      "chroma": 4.2, "sd3-medium": 2.6, "sd3-5-large": 4.1, "sd3-5-medium": 2.7, "anima": 1.4}
 LORA_PER_DIM_TEXT = {"sd1": 0.166, "sd2": 0.424, "sdxl": 0.903}
-# Activations of one training step per 512x512 of training area, batch 1, sdpa (estimate: SDXL's
-# U-Net has no attention at the full latent size, so it holds less per pixel than SD1.5's; the DiTs: attention over
-# every latent patch, scaled from sd-scripts' docs/flux_train_network.md table: FLUX.1 LoRA with fp8_base at
-# 1024 px fits 24 GB at batch 2, 16 GB at batch 1 with block swap)
+# Activations of one training step per 512x512 of training area, batch 1, sdpa (estimate: SDXL's U-Net has no
+# attention at the full latent size, so it holds less per pixel than SD1.5's; the DiTs: attention over every latent
+# patch, scaled from docs/flux_train_network.md: FLUX.1 with fp8_base at 1024 px fits 24 GB at batch 2, 16 GB at 1)
 ACTIVATIONS = {"sd1": 3.0 * GIB, "sd2": 3.2 * GIB, "sdxl": 2.5 * GIB, "flux-dev": 1.5 * GIB, "flux-schnell": 1.5 * GIB,
                "chroma": 1.3 * GIB, "sd3-medium": 1.0 * GIB, "sd3-5-large": 1.5 * GIB, "sd3-5-medium": 1.0 * GIB,
                "anima": 1.0 * GIB}
