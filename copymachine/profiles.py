@@ -3,7 +3,8 @@
 GPU: bf16 from compute capability 8.0, sdpa, latents cached once (one image without augmentation gives the same latent
 every step), no data-loader workers (one cached image needs none); resize_lora.py stays on the CPU (sd-scripts #904:
 corrupt output on CUDA). `--low-vram` (8 GB cards; opt-in: the memo trains with plain AdamW and both parts): gradient
-checkpointing, AdamW8bit, latents on disk; for SDXL the U-Net alone on cached text-encoder outputs (see below).
+checkpointing, AdamW8bit, latents on disk; for SDXL the U-Net alone on cached text-encoder outputs (no
+text-encoder part in the LoRAs; sd-scripts then refuses shuffle_caption).
 """
 
 from __future__ import annotations
