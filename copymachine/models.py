@@ -64,8 +64,7 @@ def choose_prediction(model: ModelInfo, v_pred: bool = False, zero_terminal_snr:
                              "prediction type to choose")
         return Prediction(flow=True, why=f"{model.family.label}'s own")
     has_v, has_z = V_PRED_KEY in model.markers, ZTSNR_KEY in model.markers
-    v = has_v or v_pred
-    z = has_z or zero_terminal_snr
+    v, z = has_v or v_pred, has_z or zero_terminal_snr
     if z and not v:
         where = f"{model.path.name} has a {ZTSNR_KEY} key but no {V_PRED_KEY} key" if has_z else "--zero-terminal-snr"
         raise InputError(f"{where}: zero terminal SNR needs a v-prediction model; add --v-pred if {model.path.name} is "

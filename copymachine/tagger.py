@@ -4,9 +4,8 @@ SmilingWolf's layout, preprocessed as his demo does; the ONNX exports output pro
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from PIL import Image
 
@@ -27,8 +26,7 @@ KAOMOJI = {"0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", "
 INSTALL_HINT = "pip install 'copymachine[tagger]' (onnxruntime)"
 
 
-@dataclass(frozen=True)
-class Tag:
+class Tag(NamedTuple):
     name: str
     category: int
 
