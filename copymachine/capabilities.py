@@ -1,14 +1,7 @@
-"""What the user's sd-scripts can do, learnt from it instead of assumed.
-
-copymachine runs the sd-scripts users have (their kohya_ss GUI's, or their own checkout, of any
-release from v0.8.7 on). Once per install (cached by its path and `Engine.identity`; see
-cache_path) it runs each script it calls with `--help` and keeps the options listed, and reads
-gen_img.py's per-prompt options from its own prompt-line parser (`re.match(r"w (\\d+)", parg, ...)`).
-Then a command or training TOML key the script does not know is refused before it runs (the TOML
-would ignore it silently); gen_img.py without the per-prompt file name `--f` (added in v0.9.0) runs
-with `--sequential_file_name` and its `im_000001.png`, ... are renamed to the planned names, and
-without either the run is refused; a version copymachine was not tested with gets a warning.
-`copymachine doctor` prints the version and these capabilities.
+"""What the user's sd-scripts (any release from v0.8.7 on) can do, learnt from it once per install: each script's
+`--help` options and gen_img.py's per-prompt options (from its prompt-line parser). An option or TOML key a script
+lacks is refused before it runs (the TOML would ignore it silently); gen_img.py without `--f` (v0.9.0) renders with
+`--sequential_file_name` and its files are renamed.
 """
 
 from __future__ import annotations
@@ -51,9 +44,8 @@ RELEASES = {
     "ae72efb92babe89ff8e70f057e42db68440e8d61": "v0.10.1",
     "48d368fa557731ad0488c07304dfeba8c07910eb": "v0.10.1+5 (pinned)",
 }
-# The same releases extracted from their source archive (no .git): `tree:` identities
-# (engine.tree_hash of `git archive <tag>`, which is what GitHub's "Source code" download holds).
-# (`python -m copymachine.capabilities DIR` prints a folder's identity.)
+# The same releases extracted from their source archive (no .git, GitHub's "Source code"): engine.tree_hash of
+# `git archive <tag>` (`python -m copymachine.capabilities DIR` prints a folder's identity).
 RELEASE_TREES = {
     "tree:94f3ff593bd65a9e3694d07f63de45f7e53f5c1f575996b8042329aa5f78ef3f": "v0.8.7",
     "tree:a40f135d7d36794033dc55131edfb678e6aca56e4dc6c1bba28b242c77de7bd3": "v0.9.1",
@@ -123,8 +115,7 @@ def cache_dir() -> Path:
 
 
 def cache_path(engine: Engine) -> Path:
-    """Where what `engine` can do is kept: per install (its path) and version (its commit or tree), in the
-    user's cache, so `doctor`, dry runs and runs share it whatever their run or cache folders."""
+    """Per install (its path) and version (commit or tree), in the user's cache: doctor, dry runs and runs share it."""
     where = hashlib.sha256(str(Path(engine.root).resolve()).encode("utf-8")).hexdigest()[:12]
     return cache_dir() / f"{engine.identity.replace(':', '-')}-{where}.json"
 
@@ -169,17 +160,12 @@ def _help(engine: Engine, script: str) -> tuple[str, list[str] | str]:
     return script, options
 
 
-LEARNING = "learning what this sd-scripts can do, once"
-
-
 def progress_text(done: int, total: int) -> str:
-    return f"{LEARNING}: {done}/{total} scripts"
+    return f"learning what this sd-scripts can do, once: {done}/{total} scripts"
 
 
 def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int], None] | None = None) -> Capabilities:
-    """The capabilities of `engine`, from the cache or learnt now (each script's --help, in
-    parallel; about as long as one sd-scripts start per script, once per checkout). While it
-    learns, `on_progress(done, total)` is called before the first script and after each."""
+    """From the cache, or learnt now (each script's --help, in parallel), calling `on_progress(done, total)`."""
     path = cache_path(engine)
     version, known = name_version(engine)
     try:
@@ -195,8 +181,7 @@ def learn(engine: Engine, refresh: bool = False, on_progress: Callable[[int, int
     results: dict[str, list[str] | str] = {}
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for future in as_completed([pool.submit(_help, engine, s) for s in scripts]):
-            script, result = future.result()
-            results[script] = result
+            results.update([future.result()])
             progress(len(results), len(scripts))
     # in SCRIPTS' order; a family script that fails its --help only stays unlearnt (an SD run does not need it)
     caps.errors = {s: r for s in SCRIPTS if isinstance(r := results[s], str)}
@@ -242,8 +227,7 @@ def check_command(caps: Capabilities | None, version: str, script: str, argv: li
 
 
 def check_training_keys(caps: Capabilities | None, script: str, keys: list[str], what: str = "--sd-arg") -> bool:
-    """Refuse, before any work, a training option (`--sd-arg KEY=...`) that `script` does not list
-    in its --help, naming the closest ones it has. False: not checked (nothing learnt yet)."""
+    """Refuse a training option `script` does not list, naming the closest; False: not checked (nothing learnt)."""
     if caps is None or script not in caps.options:
         return False
     known = [o[2:] for o in caps.options[script]]

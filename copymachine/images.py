@@ -1,10 +1,5 @@
-"""Reading and writing the images copymachine works on.
-
-Everything downstream (the effects, the check, training) sees one kind of image: 8-bit RGB, the
-way it would look on screen (EXIF orientation applied, transparency composited onto a background),
-at the size it was stored at. Output is always an RGB PNG written atomically with bytes that depend
-only on the pixels.
-"""
+"""Reading and writing images: everything downstream sees 8-bit RGB as on screen (EXIF orientation applied,
+transparency composited onto a background); output is an RGB PNG, written atomically, its bytes the pixels'."""
 
 from __future__ import annotations
 
@@ -56,12 +51,6 @@ def _frames(im: Image.Image) -> int:
     return int(getattr(im, "n_frames", 1) or 1)
 
 
-def _is_multiframe(im: Image.Image) -> bool:
-    # An MPO (phone/camera JPEG) stores the photo plus preview or stereo frames: the first frame
-    # is the picture itself, so it is not treated as an animation.
-    return _frames(im) > 1 and im.format != "MPO"
-
-
 def _bit_depth(path: Path, im: Image.Image) -> int:
     if im.format == "PNG":
         with open(path, "rb") as f:
@@ -84,8 +73,7 @@ def _orientation(im: Image.Image) -> int:
 
 
 def image_info(path: str | os.PathLike) -> dict:
-    """What the file holds, without decoding all of it: `size` after EXIF orientation (what `load_rgb`
-    returns), `stored_size` as stored."""
+    """What the file holds, without decoding it: `size` after EXIF orientation, `stored_size` as stored."""
     p = Path(path)
     with _open(p) as im:
         w, h = im.size
@@ -120,11 +108,11 @@ def to_rgb(im: Image.Image, background: RGB = WHITE) -> Image.Image:
 
 
 def load_rgb(path: str | os.PathLike, background: RGB = WHITE) -> Image.Image:
-    """An image as 8-bit RGB, oriented as EXIF says, alpha composited onto `background`; one line
-    (InputError) when the file is missing, not an image, truncated or corrupt, or animated."""
+    """An image as 8-bit RGB, upright, alpha composited onto `background`; InputError for a bad or animated file."""
     p = Path(path)
     with _open(p) as im:
-        if _is_multiframe(im):
+        # an MPO (phone/camera JPEG) holds the photo plus preview or stereo frames: the first is the picture
+        if _frames(im) > 1 and im.format != "MPO":
             raise InputError(f"{p}: has {_frames(im)} frames (animated); save the one frame you want as a PNG")
         try:
             im.load()
@@ -153,8 +141,7 @@ def blank_colour(path: str | os.PathLike) -> tuple[int, ...] | None:
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
-    """`image` as an RGB PNG, written atomically with the usual permissions; the bytes depend only on
-    the pixels (no metadata, no timestamps)."""
+    """`image` as an RGB PNG, atomically, with the usual permissions; no metadata, no timestamps."""
     p = Path(path)
     rgb = to_rgb(image)
     clean = Image.frombytes("RGB", rgb.size, rgb.tobytes())

@@ -1,11 +1,6 @@
-"""Setting up sd-scripts for copymachine (`copymachine setup`, what `make setup` runs): the pinned
-sd-scripts (a checkout given, the repository's submodule, or a clone at the pinned commit), its
-own venv, torch, sd-scripts' requirements; the same argument lists (no shell) on every system.
-
-`setup --tokenizers DIR` makes the offline tokenizer folder from what is installed (no library
-makes it: transformers saves one only after fetching it, so the copy from the hub's cache and the
-build from CLIP's BPE file are ours).
-"""
+"""`copymachine setup`: the pinned sd-scripts (given, the submodule, or cloned), its venv, torch and requirements,
+with argument lists (no shell) on every system; and the offline tokenizer folder (`--tokenizers DIR`), copied from
+the hub's cache or built from CLIP's BPE file (transformers saves one only after fetching it)."""
 
 from __future__ import annotations
 
@@ -41,8 +36,7 @@ def venv_python(venv: PurePath, platform: str | None = None) -> PurePath:
 
 
 def run_step(argv: list[str], say: Say, what: str, cwd: Path | None = None) -> None:
-    """Run one step, its output passed on line by line (to stderr: stdout is for results); a
-    failure ends set-up with the command (its output is above, said once)."""
+    """Run one step, its output passed on to `say` line by line; a failure ends set-up naming the command."""
     say(f"  $ {command_line(argv)}")
     try:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -57,8 +51,7 @@ def run_step(argv: list[str], say: Say, what: str, cwd: Path | None = None) -> N
 
 
 def superproject_submodule(folder: Path, cwd: Path) -> Path | None:
-    """The git repository at `cwd` when `folder` is one of its submodules (copymachine's own
-    checkout, with vendor/sd-scripts), else None."""
+    """The git repository at `cwd` when `folder` is one of its submodules (copymachine's vendor/sd-scripts)."""
     gitmodules = cwd / ".gitmodules"
     if not gitmodules.is_file() or shutil.which("git") is None:
         return None
@@ -69,8 +62,7 @@ def superproject_submodule(folder: Path, cwd: Path) -> Path | None:
 
 
 def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL, commit: str = PINNED_COMMIT) -> None:
-    """Put the pinned sd-scripts at `folder`: `git submodule update --init` when it is the
-    submodule of the repository at `cwd`, else `git clone` + checkout of `commit`."""
+    """The pinned sd-scripts at `folder`: `git submodule update --init` for a submodule, else clone + checkout."""
     way_out = (f"give an sd-scripts you have with --sd-scripts DIR (make setup SD_SCRIPTS=DIR), or fetch it "
                f"yourself: git clone {url} DIR, then git -C DIR checkout {commit[:8]}")
     if shutil.which("git") is None:
@@ -93,8 +85,7 @@ def fetch_sd_scripts(folder: Path, say: Say, cwd: Path, url: str = SD_SCRIPTS_UR
 
 
 def sd_scripts_folder(option: Path | None, say: Say, cwd: Path, url: str = SD_SCRIPTS_URL) -> Path:
-    """The sd-scripts to set up: the one at `option` (default vendor/sd-scripts), fetched there
-    when the folder is absent or empty; a folder with other things in it is refused."""
+    """The sd-scripts at `option` (default vendor/sd-scripts), fetched into an absent or empty folder."""
     folder = cwd / Path(option or DEFAULT_SD_SCRIPTS).expanduser()  # an absolute path stays as it is
     if is_sd_scripts(folder):
         say(f"sd-scripts: {folder}")
@@ -127,9 +118,8 @@ def driver_cuda(report: str | None) -> tuple[int, int] | None:
 
 def torch_args(spec: str, say: Say, platform: str | None = None,
                report: Callable[[], str | None] | None = None) -> list[str] | None:
-    """pip's arguments for the torch `spec` ("torch==2.6.0 torchvision==0.21.0 --index-url ..."),
-    or None for --torch none. On Windows the index's default torch is CPU-only: a spec without
-    an index, on a machine whose nvidia-smi reports CUDA X.Y, is refused with the build to pick."""
+    """pip's arguments for the torch `spec`, None for --torch none. On Windows the index's torch is CPU-only: a spec
+    without an index, where nvidia-smi reports CUDA X.Y, is refused with the build to pick."""
     if spec.strip().lower() == NO_TORCH:
         say("torch: --torch none, not installed (doctor checks the one in the venv)")
         return None
@@ -154,8 +144,7 @@ def torch_args(spec: str, say: Say, platform: str | None = None,
 
 def setup(sd_scripts: Path | None, torch: str, say: Say, python: str | None = None, cwd: Path | None = None,
           url: str = SD_SCRIPTS_URL) -> tuple[Path, str]:
-    """sd-scripts (given or fetched), its venv (made with `python`, default this one), torch,
-    sd-scripts' requirements. Returns sd-scripts' folder and its venv's Python."""
+    """sd-scripts, its venv (made with `python`), torch, its requirements. Returns its folder and venv Python."""
     cwd = cwd or Path.cwd()
     torch_notes: list[str] = []
     pip_torch = torch_args(torch, torch_notes.append)  # a refused spec stops set-up before anything is fetched
@@ -251,8 +240,7 @@ def check_vocab(folder: Path) -> None:
 
 
 def make_tokenizer(folder: Path, python: str, say: Say, cache: Path) -> None:
-    """One tokenizer folder, from the first that has it: the folder itself, the hub's cache, CLIP's BPE
-    file in sd-scripts' Python (or copymachine's), the hub through sd-scripts' transformers (not offline)."""
+    """One tokenizer folder, from the first of: itself, the hub's cache, CLIP's BPE file, the hub (not offline)."""
     hub_id = folder.name.replace("_", "/", 1)
     snapshot, bpe = cached_tokenizer(hub_id, cache), None
     if (folder / "vocab.json").is_file():

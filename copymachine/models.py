@@ -30,17 +30,13 @@ class ModelInfo:
     family: Family
     size_bytes: int
     tensor_count: int
-    # marker tensors of the checkpoint that decide how it predicts (V_PRED_KEY, ZTSNR_KEY)
-    markers: frozenset[str] = frozenset()
-    # the family's other files the checkpoint holds itself (SD3.5 with its text encoders)
-    embedded: frozenset[str] = frozenset()
+    markers: frozenset[str] = frozenset()  # V_PRED_KEY, ZTSNR_KEY when the checkpoint has them
+    embedded: frozenset[str] = frozenset()  # the family's other files the checkpoint holds (SD3.5's text encoders)
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """What the base model predicts: epsilon (noise; SD1.x and most SDXL) or v (v-prediction,
-    sd-scripts' `v_parameterization`), and whether its noise schedule has zero terminal SNR
-    (`zero_terminal_snr`). A v-pred model trained or rendered as epsilon gives noise."""
+    """Epsilon or v-prediction, zero terminal SNR or not: a v-pred model trained or rendered as epsilon gives noise."""
 
     v_parameterization: bool = False
     zero_terminal_snr: bool = False
@@ -60,17 +56,15 @@ class Prediction:
 
 
 def choose_prediction(model: ModelInfo, v_pred: bool = False, zero_terminal_snr: bool = False) -> Prediction:
-    """The prediction type of `model`: from its `v_pred` / `ztsnr` keys, or the user's
-    --v-pred / --zero-terminal-snr for a file without them. Zero terminal SNR only exists
-    with v-prediction (sd-scripts warns that training is then 'unexpected')."""
+    """From the checkpoint's `v_pred` / `ztsnr` keys, else --v-pred / --zero-terminal-snr. Zero terminal SNR only
+    exists with v-prediction (sd-scripts warns that training is then 'unexpected')."""
     if not model.family.renders_with_gen_img:
         if v_pred or zero_terminal_snr:
             raise InputError(f"--v-pred / --zero-terminal-snr: {model.family.label} is a flow-matching model with no "
                              "prediction type to choose")
         return Prediction(flow=True, why=f"{model.family.label}'s own")
     has_v, has_z = V_PRED_KEY in model.markers, ZTSNR_KEY in model.markers
-    v = has_v or v_pred
-    z = has_z or zero_terminal_snr
+    v, z = has_v or v_pred, has_z or zero_terminal_snr
     if z and not v:
         where = f"{model.path.name} has a {ZTSNR_KEY} key but no {V_PRED_KEY} key" if has_z else "--zero-terminal-snr"
         raise InputError(f"{where}: zero terminal SNR needs a v-prediction model; add --v-pred if {model.path.name} is "
@@ -99,10 +93,9 @@ def lora_clip_skip(metadata: dict[str, str], family: Family) -> int:
 
 @dataclass(frozen=True)
 class BaseOptions:
-    """What the base model needs of every training and every render beyond its family: clip skip
-    (SD1.x; NovelAI-derived anime models are made for 2), the prediction type, and for SDXL
-    renders a float32 VAE (the SDXL VAE overflows in fp16: black/NaN images). Stages hold it
-    only when it differs from the default (`or_none`), so other runs' keys stay as they were."""
+    """What every training and render of the base model needs beyond its family: clip skip (NovelAI-derived anime
+    models are made for 2), the prediction type, SDXL renders' float32 VAE (fp16 overflows: black/NaN images).
+    Stages hold it only when it is not the default (`or_none`), so other runs' keys stay as they were."""
 
     clip_skip: int = 1
     v_parameterization: bool = False
@@ -127,26 +120,22 @@ class BaseOptions:
 
 
 def base_options(family: Family, clip_skip: int, prediction: Prediction) -> BaseOptions:
-    """The options of every training and render of a run on a `family` base model. SDXL has no
-    clip skip to choose: it always reads the penultimate layer (gen_img.py's default 2 for it),
-    and sd-scripts' SDXL training ignores clip_skip, so a training and its renders would differ."""
+    """The options of every training and render on a `family` base model. SDXL has no clip skip to choose (its
+    training ignores clip_skip, gen_img.py uses 2: they would differ)."""
     if prediction.v_parameterization and not family.renders_with_gen_img:
         raise InputError(f"v-prediction: {family.label} is a flow-matching model with no prediction type to choose; "
                          "leave out --v-pred / --zero-terminal-snr")
-    if clip_skip != 1 and not family.has_clip_skip and family.renders_with_gen_img:
-        raise InputError(f"clip skip {clip_skip}: {family.label} has no clip skip to choose (it always uses the text "
-                         "encoders' penultimate layer, and sd-scripts' SDXL training ignores clip_skip); leave "
-                         "model.clip_skip at 1")
     if clip_skip != 1 and not family.has_clip_skip:
-        raise InputError(f"clip skip {clip_skip}: {family.label} has no clip skip to choose; leave model.clip_skip "
-                         "at 1")
+        why = (" (it always uses the text encoders' penultimate layer, and sd-scripts' SDXL training ignores "
+               "clip_skip)") if family.renders_with_gen_img else ""
+        raise InputError(f"clip skip {clip_skip}: {family.label} has no clip skip to choose{why}; leave "
+                         "model.clip_skip at 1")
     return BaseOptions(clip_skip=clip_skip, v_parameterization=prediction.v_parameterization,
                        zero_terminal_snr=prediction.zero_terminal_snr, no_half_vae=family.render_no_half_vae)
 
 
 def inspect_base_model(path: Path, for_training: bool = True) -> ModelInfo:
-    """Check that `path` is a single-file checkpoint of a known family (one copymachine trains,
-    unless `for_training` is False: the merge/extract tools take any family sd-scripts does)."""
+    """`path` is a single-file checkpoint of a family copymachine trains (any known one unless `for_training`)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"base model is a folder: {path}; copymachine needs a single-file checkpoint (.safetensors)")

@@ -1,24 +1,10 @@
-"""How a machine runs the recipe: the CPU profile, the GPU profile and the opt-in low-VRAM profile.
+"""How a machine runs the recipe (CPU, GPU, opt-in low VRAM), never changing the memo's numbers.
 
-A profile never changes the memo's numbers (steps, dim, alpha, learning rate, optimizer); it chooses how sd-scripts
-computes them. The GPU profile (chosen when the sd-scripts Python's torch sees a CUDA GPU):
-
-- bf16 mixed precision on GPUs of compute capability 8.0 and up (Ampere: RTX 30xx, A100, and later), fp16 on older ones:
-  recent torch says `is_bf16_supported()` on a T4, V100, RTX 20xx or GTX 16xx too, where bf16 is emulated and slow
-  (choose_precision);
-- `sdpa` attention (PyTorch's scaled-dot-product kernels; no xformers needed);
-- latents cached once: one image without augmentation gives the same latent every step, so the VAE encodes it once
-  instead of 3072-5120 times;
-- no data-loader worker processes: one cached image needs no loader, and nothing is re-spawned at each of the 6-10
-  epochs (the same effect as persistent workers, at zero cost);
-- svd_merge_lora.py and extract_lora_from_models.py compute on the GPU; resize_lora.py stays on the CPU (sd-scripts
-  issue #904: corrupt output on CUDA; not re-checked on a GPU here).
-
-The low-VRAM profile (`--low-vram`, for 8 GB cards) adds gradient checkpointing, 8-bit AdamW (bitsandbytes) and latents
-cached on disk; for SDXL it also caches the text encoders' outputs and trains the U-Net only (the text encoders then
-leave the GPU; the LoRAs then carry no text-encoder part, unlike the memo's, and the caption is not shuffled: sd-scripts
-refuses cached outputs with shuffle_caption). It is opt-in because the memo trains with plain AdamW and both parts. How
-much VRAM a run takes, and so how many trainings share a GPU, is estimated in copymachine/vram.py.
+GPU: bf16 from compute capability 8.0, sdpa, latents cached once (one image without augmentation gives the same latent
+every step), no data-loader workers (one cached image needs none); resize_lora.py stays on the CPU (sd-scripts #904:
+corrupt output on CUDA). `--low-vram` (8 GB cards; opt-in: the memo trains with plain AdamW and both parts): gradient
+checkpointing, AdamW8bit, latents on disk; for SDXL the U-Net alone on cached text-encoder outputs (no
+text-encoder part in the LoRAs; sd-scripts then refuses shuffle_caption).
 """
 
 from __future__ import annotations
@@ -66,9 +52,8 @@ CPU = Profile(name="cpu", device="cpu", mixed_precision="no", training_options={
 
 
 def choose_precision(compute: list[tuple[int, int]], torch_bf16: bool) -> tuple[str, str]:
-    """bf16 only where every GPU has it natively (compute capability >= 8.0), else fp16; and why.
-    torch's `is_bf16_supported()` alone is not enough: recent torch says true on pre-Ampere
-    cards, which then train in slow emulated bf16."""
+    """bf16 only where every GPU has it natively (compute capability >= 8.0), else fp16; and why (recent torch's
+    `is_bf16_supported()` is true on pre-Ampere cards too, which then train in slow emulated bf16)."""
     if not compute:
         return "fp16", "the GPU's compute capability is unknown (bf16 needs 8.0 or later)"
     oldest = min(compute)
@@ -81,8 +66,7 @@ def choose_precision(compute: list[tuple[int, int]], torch_bf16: bool) -> tuple[
 
 
 def precision_caveat(gpus: list[str], precision: str) -> str | None:
-    """What to know about fp16 on the GPUs found: GTX 16xx cards (Turing without tensor cores)
-    are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293)."""
+    """GTX 16xx cards (Turing without tensor cores) are reported to give NaN losses in fp16."""
     if precision == "fp16" and any("GTX 16" in name for name in gpus):
         return ("GTX 16xx cards are reported to give NaN losses in fp16 (kohya-ss/sd-scripts#293), and have no native "
                 "bf16; if a training stops on NaN loss, train with --device cpu or on another GPU")

@@ -1,16 +1,11 @@
-"""WD14 tagging (the memo captioned with the WD14 tagger), offline, with onnxruntime on the CPU.
-
-The tagger is a local folder in SmilingWolf's layout: `model.onnx` and `selected_tags.csv` (columns
-tag_id,name,category,count). Preprocessing as SmilingWolf's own demo; the ONNX exports output
-probabilities (no sigmoid). onnxruntime is an optional extra; nothing here downloads.
-"""
+"""WD14 tagging (as the memo captioned), offline, with onnxruntime (an optional extra) on the CPU: a local folder in
+SmilingWolf's layout, preprocessed as his demo does; the ONNX exports output probabilities (no sigmoid)."""
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from PIL import Image
 
@@ -26,15 +21,12 @@ TAGS_FILE = "selected_tags.csv"
 RATING, GENERAL, CHARACTER = 9, 0, 4
 DEFAULT_SIZE = 448
 # Tags that are emoticons keep their underscores (SmilingWolf's list).
-KAOMOJI = {
-    "0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9", ">_o",
-    "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||",
-}  # fmt: skip
+KAOMOJI = {"0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9", ">_o", "@_@",
+           "^_^", "o_o", "u_u", "x_x", "|_|", "||_||"}
 INSTALL_HINT = "pip install 'copymachine[tagger]' (onnxruntime)"
 
 
-@dataclass(frozen=True)
-class Tag:
+class Tag(NamedTuple):
     name: str
     category: int
 
@@ -103,8 +95,7 @@ def tag_text(name: str) -> str:
 
 def select_tags(probabilities: ndarray, tags: list[Tag], general_threshold: float = 0.35,
                 character_threshold: float = 0.85, exclude: tuple[str, ...] = ()) -> list[str]:
-    """Character tags, then general tags, each by falling probability (ties in CSV order);
-    ratings are never written. Underscores become spaces except in emoticons."""
+    """Character tags, then general ones, by falling probability (ties in CSV order); never ratings."""
     probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if probs.size != len(tags):
         raise InputError(f"the tagger model gives {probs.size} scores but {TAGS_FILE} lists {len(tags)} tags: "

@@ -1,20 +1,10 @@
-"""How much GPU memory a run's sd-scripts processes take: an estimate, before any work.
+"""How much GPU memory a run's sd-scripts processes take (each with its own CUDA context, renders beside trainings
+too): an estimate before any work, which sets the default --jobs and the pre-flight/doctor warnings.
 
-It sets how many trainings share one GPU (`--jobs` by default); pre-flight and `doctor` compare it
-with the free memory and say when a run will not fit (and what `--low-vram` would need). Every
-sd-scripts call is its own process with its own CUDA context, and the renders the schedule starts
-beside trainings (copy check, preview, leakage) count as well.
-
-None of the figures is measured on a GPU (the README says so):
-- computed from published parameter counts (model cards, the SDXL paper; they add up to
-  preflight.model.MODEL_PARAMS): the frozen model at the mixed precision (2 bytes), the LoRA's
-  trainable parameters in fp32 with gradients and AdamW's two fp32 moments (AdamW8bit: 1 byte each).
-  LoRA parameters per unit of dim are summed over the modules sd-scripts' networks/lora.py wraps:
-  0.59 M for SD1.5, which gives the 151 MB dim-64 LoRA measured with the real sd-scripts
-  (preflight.disk.LORA_PARAMS_PER_RANK counts alike), 0.86 M for SD2, 3.56 M for SDXL;
-- estimated: a training step's activations per 512x512 of area (batch 1, sdpa), the share
-  gradient checkpointing keeps, the CUDA context, a render's working set, the allocator's margin.
-  Calibrate these from a measured peak (`nvidia-smi --query-gpu=memory.used --format=csv -lms 200`).
+Not measured on a GPU: the weights, LoRA, gradients and AdamW moments come from published parameter counts (LoRA per
+dim summed over the modules networks/lora.py wraps: 0.59 M for SD1.5 gives the measured 151 MB dim-64 LoRA); the
+activations, checkpointing share, CUDA context, render working set and allocator margin are estimates to calibrate
+from a measured peak (`nvidia-smi --query-gpu=memory.used --format=csv -lms 200`).
 """
 
 from __future__ import annotations
@@ -44,10 +34,9 @@ VAE_PARAMS = 84
 LORA_PER_DIM_UNET = {"sd1": 0.424, "sd2": 0.432, "sdxl": 2.657, "flux-dev": 4.67, "flux-schnell": 4.67,
                      "chroma": 4.2, "sd3-medium": 2.6, "sd3-5-large": 4.1, "sd3-5-medium": 2.7, "anima": 1.4}
 LORA_PER_DIM_TEXT = {"sd1": 0.166, "sd2": 0.424, "sdxl": 0.903}
-# Activations of one training step per 512x512 of training area, batch 1, sdpa (estimate: SDXL's
-# U-Net has no attention at the full latent size, so it holds less per pixel than SD1.5's; the DiTs: attention over
-# every latent patch, scaled from sd-scripts' docs/flux_train_network.md table: FLUX.1 LoRA with fp8_base at
-# 1024 px fits 24 GB at batch 2, 16 GB at batch 1 with block swap)
+# Activations of one training step per 512x512 of training area, batch 1, sdpa (estimate: SDXL's U-Net has no
+# attention at the full latent size, so it holds less per pixel than SD1.5's; the DiTs: attention over every latent
+# patch, scaled from docs/flux_train_network.md: FLUX.1 with fp8_base at 1024 px fits 24 GB at batch 2, 16 GB at 1)
 ACTIVATIONS = {"sd1": 3.0 * GIB, "sd2": 3.2 * GIB, "sdxl": 2.5 * GIB, "flux-dev": 1.5 * GIB, "flux-schnell": 1.5 * GIB,
                "chroma": 1.3 * GIB, "sd3-medium": 1.0 * GIB, "sd3-5-large": 1.5 * GIB, "sd3-5-medium": 1.0 * GIB,
                "anima": 1.0 * GIB}
@@ -80,9 +69,8 @@ def _bytes_per(precision: str) -> int:
 
 def training(family: str, size: tuple[int, int], dim: int, precision: str = "bf16", optimizer: str = "AdamW",
              gradient_checkpointing: bool = False, unet_only: bool = False, fp8_base: bool = False) -> Need:
-    """A LoRA training's peak (after the latents and, with `unet_only`, the text-encoder outputs
-    are cached and the VAE / text encoders moved off the GPU, as sd-scripts does; `fp8_base`: the
-    frozen transformer in 1 byte per weight)."""
+    """A LoRA training's peak, once sd-scripts has cached the latents (and with `unet_only` the text-encoder
+    outputs) and moved the VAE / text encoders off the GPU; `fp8_base`: 1 byte per frozen weight."""
     weight = 1 if fp8_base else _bytes_per(precision)
     frozen = UNET_PARAMS[family] + (0 if unet_only else TEXT_ENCODER_PARAMS[family])
     lora = dim * (LORA_PER_DIM_UNET[family] + (0 if unet_only else LORA_PER_DIM_TEXT[family]))
@@ -106,9 +94,7 @@ def render(family: str, size: tuple[int, int], precision: str = "bf16") -> Need:
 
 
 def stage_need(stage, low_vram: bool = False) -> Need | None:
-    """The estimate for one planned stage that runs on the GPU; None for those that do not.
-    `low_vram`: as --low-vram would train it (gradient checkpointing, AdamW8bit, and for SDXL the
-    U-Net alone on cached text-encoder outputs)."""
+    """The estimate for a stage that runs on the GPU (else None); `low_vram`: as --low-vram would train it."""
     spec = stage.spec
     if stage.kind == "train_lora":
         options = spec.training_options
@@ -134,8 +120,7 @@ def largest(plan, low_vram: bool = False) -> list[tuple[Any, Need]]:
 
 
 def side_by_side(plan, jobs: int, low_vram: bool = False) -> int:
-    """The peak of `jobs` processes on one GPU at once: the `jobs` largest stages together (a
-    render may run beside trainings; each process has its own CUDA context)."""
+    """The peak of `jobs` processes on one GPU at once: the `jobs` largest stages together."""
     return sum(n.total for _, n in largest(plan, low_vram)[: max(1, jobs)])
 
 
@@ -148,8 +133,7 @@ def fitting_jobs(plan, free: int, limit: int) -> int:
 
 
 def default_jobs(plan, gpus: int, free: int | None, trainings: int) -> int:
-    """Parallel trainings: one per GPU on a multi-GPU machine; on one GPU as many as its free
-    memory holds by the estimate; never more than there are trainings to run; 1 on the CPU."""
+    """One per GPU on several, as many as the free memory holds on one, 1 on the CPU; at most `trainings`."""
     if gpus <= 0 or trainings <= 1:
         return 1
     if gpus > 1:

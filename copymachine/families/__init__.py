@@ -1,8 +1,5 @@
-"""The base-model families, one module each; which one a checkpoint or a LoRA is; the user's other files.
-
-Adding a family: a module with its Family objects, `detect(keys)`, `lora_family(keys, metadata)` and
-`LORA_VERSIONS`, listed in MODULES.
-"""
+"""The base-model families, one module each (its Family objects, `detect`, `lora_family`, `LORA_VERSIONS`, listed
+in MODULES); which one a checkpoint or a LoRA is; the user's other files."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ from copymachine.families.base import GEN_IMG, Family, ModelFile
 
 MODULES = (sd, flux, sd3, anima)
 FAMILIES: dict[str, Family] = {f.name: f for m in MODULES for f in m.FAMILIES}
+_LORA_VERSIONS: dict[str, Family] = {v: f for m in MODULES for v, f in m.LORA_VERSIONS.items()}
 SD1, SD2, SDXL = sd.SD1, sd.SD2, sd.SDXL
 __all__ = ["FAMILIES", "GEN_IMG", "SD1", "SD2", "SDXL", "Family", "ModelFile", "detect_family", "embedded_files",
            "lora_family", "parse_model_files", "with_files"]
@@ -30,8 +28,7 @@ _OTHER = [
 def detect_family(keys: list[str] | set[str]) -> tuple[Family | None, str]:
     """Return (family, description) from checkpoint keys; family None when not recognised."""
     keyset = set(keys)
-    for module in MODULES:
-        found = module.detect(keyset)
+    for found in (module.detect(keyset) for module in MODULES):
         if found is not None:
             return found
     for prefix, what in _OTHER:
@@ -43,15 +40,8 @@ def detect_family(keys: list[str] | set[str]) -> tuple[Family | None, str]:
 
 def lora_family(keys: list[str], metadata: dict[str, str]) -> Family | None:
     """A LoRA's base family: from sd-scripts' metadata (ss_base_model_version), else from its key prefixes."""
-    version = metadata.get("ss_base_model_version", "")
-    for module in MODULES:
-        if version in module.LORA_VERSIONS:
-            return module.LORA_VERSIONS[version]
-    for module in MODULES:
-        family = module.lora_family(keys, metadata)
-        if family is not None:
-            return family
-    return None
+    by_version = _LORA_VERSIONS.get(metadata.get("ss_base_model_version", ""))
+    return by_version or next((f for m in MODULES if (f := m.lora_family(keys, metadata)) is not None), None)
 
 
 def parse_model_files(items: tuple[str, ...]) -> dict[str, Path]:
@@ -76,9 +66,8 @@ def embedded_files(family: Family, keys: set[str]) -> frozenset[str]:
 
 def with_files(family: Family, given: dict[str, Path], embedded: frozenset[str] = frozenset(),
                where: str = "--model-file") -> Family:
-    """The family with the user's other files (`given`: name -> path, from --model-file NAME=FILE): each
-    one the family needs is given, or held by the checkpoint (`embedded`); each given one exists and is one
-    it takes."""
+    """The family with the user's other files (`given`, from --model-file NAME=FILE): each one it needs is given or
+    in the checkpoint (`embedded`); each given one exists and is one it takes."""
     names = {m.name: m for m in family.needs}
     for name, path in given.items():
         if name not in names:

@@ -1,12 +1,6 @@
-"""Anima (a 2B DiT, the Qwen3-0.6B text encoder, the Qwen-Image VAE; an anime model):
-anima_train_network.py with networks.lora_anima, anima_minimal_inference.py.
-
-The training options are sd-scripts' example's (docs/anima_train_network.md): sigmoid timestep sampling with
-a flow shift of 1.0, the text encoder's outputs cached, the DiT trained alone. The tokenizers come with
-sd-scripts (configs/qwen3_06b, configs/t5_old): Anima runs offline without --tokenizer-cache-dir.
-sd-scripts has no Anima merge script: the copy model stays in memory (--base_weights). On a GPU, sd-scripts
-merges --base_weights into the DiT before moving it (it needs --lowram or block swap there; docs say so).
-"""
+"""Anima (a 2B DiT, Qwen3-0.6B, the Qwen-Image VAE): anima_train_network.py with networks.lora_anima,
+anima_minimal_inference.py; training options from docs/anima_train_network.md. Its tokenizers come with sd-scripts;
+no merge script: the copy model stays in memory (--base_weights)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""What a base-model family is to copymachine: how sd-scripts trains it, renders with it and merges it.
-
-The family is one field of the plan, not a fork of the code: each family (one module each: sd.py, flux.py,
-sd3.py, anima.py) names its scripts, its LoRA network, the other files it needs and the options they take,
-and every stage asks the family.
-"""
+"""What a base-model family is to copymachine: how sd-scripts trains it, renders with it and merges it (one field
+of the plan, not a fork of the code: every stage asks the family)."""
 
 from __future__ import annotations
 
@@ -21,15 +17,13 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class ModelFile:
-    """A file the family needs beside its checkpoint (a text encoder, the VAE/AE), given with
-    `--model-file NAME=FILE`; `option` is the sd-scripts training option that takes it."""
+    """A file the family needs beside its checkpoint (a text encoder, the VAE/AE): `--model-file NAME=FILE`."""
 
     name: str  # what the user writes before '=': clip_l, clip_g, t5xxl, ae, qwen3, vae
     label: str  # what it is: "the T5-XXL text encoder"
     option: str  # the training scripts' option (clip_l, t5xxl, ae, qwen3, vae)
     render_option: str  # the family renderer's option for it ("" when the renderer does not take it)
-    # the checkpoint key prefix that means the file is inside the checkpoint (SD3.5's text encoders)
-    embedded_prefix: str = ""
+    embedded_prefix: str = ""  # the key prefix of the file inside the checkpoint (SD3.5's text encoders)
 
 
 @dataclass(frozen=True)
@@ -42,13 +36,11 @@ class Family:
     base_model_version: str  # what sd-scripts writes to ss_base_model_version
     v2: bool = False
     supported: bool = True
-    # extra keys for the training TOML (SDXL's no_half_vae; FLUX's timestep sampling, guidance, ...)
-    training_options: dict[str, Any] = field(default_factory=dict)
+    training_options: dict[str, Any] = field(default_factory=dict)  # extra training TOML keys
     merge_options: tuple[str, ...] = ()  # extra merge script options
     extract_options: tuple[str, ...] = ()  # extra extract_lora_from_models.py options
     default_size: int = 512
-    # gen_img.py --no_half_vae for every render (SDXL: its VAE gives NaN/black images in fp16)
-    render_no_half_vae: bool = False
+    render_no_half_vae: bool = False  # gen_img.py --no_half_vae (SDXL: its VAE gives NaN/black images in fp16)
     # folders sd-scripts looks for in --tokenizer_cache_dir (library/strategy_*.py)
     tokenizers: tuple[str, ...] = ("openai_clip-vit-large-patch14",)
     # --- the families after SDXL (their defaults keep SD1/SDXL stage keys as they were)
@@ -57,7 +49,6 @@ class Family:
     render_options: tuple[str, ...] = ()  # the renderer's options every render takes (e.g. --model_type chroma)
     needs: tuple[ModelFile, ...] = ()  # the other files the family needs (ModelFile)
     files: tuple[tuple[str, str], ...] = ()  # the user's files for `needs`: (name, path), in `needs` order
-    # what the family cannot do with this version of copymachine or sd-scripts, said when asked for
     no_file_merge: str = ""  # why a copy model / processed model cannot be written to a file
     # training TOML keys with LoRAs merged in memory (--base_weights): Anima's merge needs lowram on a GPU
     base_weights_options: dict[str, Any] = field(default_factory=dict)
@@ -71,8 +62,7 @@ class Family:
     LATER = ("network_module", "renderer", "render_options", "files", "base_weights_options")
 
     def as_key(self) -> dict[str, Any]:
-        """What of the family changes a stage's results, for stage keys (not its label: a new
-        wording must not invalidate every cache)."""
+        """What of the family changes a stage's results (not its label: a new wording must not invalidate caches)."""
         values: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -86,9 +76,6 @@ class Family:
     def renders_with_gen_img(self) -> bool:
         return self.renderer == GEN_IMG
 
-    def file(self, name: str) -> str | None:
-        return dict(self.files).get(name)
-
     def file_options(self) -> dict[str, str]:
         """The training TOML keys of the user's other files (clip_l = "...", t5xxl = "...")."""
         by_name = {m.name: m for m in self.needs}
@@ -96,9 +83,5 @@ class Family:
 
     def render_file_args(self) -> list[str]:
         """The renderer's options for the user's other files."""
-        by_name = {m.name: m for m in self.needs}
-        args: list[str] = []
-        for name, path in self.files:
-            if by_name[name].render_option:
-                args += [f"--{by_name[name].render_option}", path]
-        return args
+        options = {m.name: m.render_option for m in self.needs}
+        return [arg for name, path in self.files if options[name] for arg in (f"--{options[name]}", path)]

@@ -1,15 +1,12 @@
 """FLUX.1 (dev, schnell) and Chroma: flux_train_network.py with networks.lora_flux, flux_minimal_inference.py.
 
-The training options are sd-scripts' recommended ones (docs/flux_train_network.md, its first example):
-guidance 1.0 (0.0 for Chroma, which refuses embedded guidance), `flux_shift` timestep sampling (sigmoid for
-Chroma), the raw model prediction, and the text encoders' outputs cached (the LoRA trains the transformer only:
-the copy machine copies a picture, the memo's networks train no text encoder either on these models). The
-memo's numbers (rank, steps, learning rate) stay the recipe's. FLUX needs three files beside the transformer:
-CLIP-L (not Chroma), T5-XXL and the AE. flux_merge_lora.py writes LoRAs into a checkpoint, but copymachine
-keeps the copy model in memory (--base_weights) on FLUX: a merged FLUX.1 is 23 GB.
+Training options from sd-scripts' docs/flux_train_network.md first example (Chroma refuses embedded guidance: 0.0,
+sigmoid sampling); the LoRA trains the transformer alone. The copy model stays in memory: a merged FLUX.1 is 23 GB.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from copymachine.families.base import Family, ModelFile
 
@@ -27,19 +24,13 @@ FLUX_DEV = Family(name="flux-dev", label="FLUX.1 dev", train_script="flux_train_
                   network_module="networks.lora_flux", renderer="flux_minimal_inference.py",
                   needs=(CLIP_L, T5XXL, AE), no_file_merge=_FILE_MERGE.format("FLUX.1"))
 # schnell: the same trainer (sd-scripts finds schnell by the missing guidance layer and sets it up itself)
-FLUX_SCHNELL = Family(name="flux-schnell", label="FLUX.1 schnell", train_script="flux_train_network.py",
-                      merge_script="networks/flux_merge_lora.py", gen_flag="", base_model_version="flux1",
-                      training_options=_TRAINING, default_size=1024, tokenizers=_TOKENIZERS,
-                      network_module="networks.lora_flux", renderer="flux_minimal_inference.py",
-                      needs=(CLIP_L, T5XXL, AE), no_file_merge=_FILE_MERGE.format("FLUX.1"))
-CHROMA = Family(name="chroma", label="Chroma (FLUX.1-based)", train_script="flux_train_network.py",
-                merge_script="networks/flux_merge_lora.py", gen_flag="", base_model_version="chroma",
-                training_options={**_TRAINING, "model_type": "chroma", "guidance_scale": 0.0,
-                                  "timestep_sampling": "sigmoid", "apply_t5_attn_mask": True},
-                default_size=1024, tokenizers=_TOKENIZERS, network_module="networks.lora_flux",
-                renderer="flux_minimal_inference.py",
-                render_options=("--model_type", "chroma", "--apply_t5_attn_mask", "--guidance", "0"),
-                needs=(T5XXL, AE), no_file_merge=_FILE_MERGE.format("Chroma"))
+FLUX_SCHNELL = dataclasses.replace(FLUX_DEV, name="flux-schnell", label="FLUX.1 schnell")
+CHROMA = dataclasses.replace(
+    FLUX_DEV, name="chroma", label="Chroma (FLUX.1-based)", base_model_version="chroma",
+    training_options={**_TRAINING, "model_type": "chroma", "guidance_scale": 0.0, "timestep_sampling": "sigmoid",
+                      "apply_t5_attn_mask": True},
+    render_options=("--model_type", "chroma", "--apply_t5_attn_mask", "--guidance", "0"), needs=(T5XXL, AE),
+    no_file_merge=_FILE_MERGE.format("Chroma"))
 FAMILIES = (FLUX_DEV, FLUX_SCHNELL, CHROMA)
 LORA_VERSIONS = {"flux1": FLUX_DEV, "chroma": CHROMA}
 
@@ -47,8 +38,7 @@ _PREFIXES = ("", "model.diffusion_model.")
 
 
 def detect(keys: set[str]) -> tuple[Family | None, str] | None:
-    """A FLUX.1 transformer in BFL's layout (bare or ComfyUI's model.diffusion_model. prefix), as
-    flux_utils.analyze_checkpoint_state reads it; None when the keys are not FLUX's."""
+    """A FLUX.1 transformer in BFL's layout (bare or ComfyUI's prefix), as flux_utils.analyze_checkpoint_state reads."""
     for prefix in _PREFIXES:
         if f"{prefix}double_blocks.0.img_attn.qkv.weight" not in keys:
             continue

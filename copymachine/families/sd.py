@@ -1,10 +1,5 @@
 """Stable Diffusion 1.x, 2.x and SDXL: train_network.py / sdxl_train_network.py, gen_img.py, merge_lora.py.
-
-SDXL: sdxl_train_network.py / sdxl_merge_lora.py / gen_img.py --sdxl / extract --sdxl; the LoRA tools
-(svd_merge_lora.py, resize_lora.py) work on its keys as they are. SDXL-specific training choice: no_half_vae
-(the SDXL VAE overflows in fp16 and gives NaN latents; sd-scripts issues #653, #881). The memo's numbers are
-unchanged; the resolution is the image's (1024).
-"""
+SDXL trains with no_half_vae: its VAE overflows in fp16 and gives NaN latents (sd-scripts issues #653, #881)."""
 
 from __future__ import annotations
 
@@ -36,8 +31,7 @@ _MARKERS = [
 
 
 def detect(keys: set[str]) -> tuple[Family | None, str] | None:
-    """(family, description) when the keys are an SD checkpoint's (family None: a text encoder
-    without its U-Net); None when they are not."""
+    """(family, description) of an SD checkpoint (family None: a text encoder without its U-Net); else None."""
     for marker, family in _MARKERS:
         if marker in keys:
             if family is not SDXL and _SD_UNET not in keys:

@@ -1,11 +1,6 @@
-"""Stable Diffusion 3 and 3.5 (large, medium): sd3_train_network.py with networks.lora_sd3,
-sd3_minimal_inference.py.
-
-The training options are sd-scripts' example's (docs/sd3_train_network.md): uniform weighting, the text
-encoders' outputs cached, the transformer trained alone. CLIP-L, CLIP-G and T5-XXL are separate files unless
-the checkpoint holds them (`text_encoders.clip_l.` ..., as sd3.5_large.safetensors does not and the
-"incl. clips" files do). sd-scripts has no SD3 merge script: the copy model stays in memory (--base_weights).
-"""
+"""Stable Diffusion 3 and 3.5: sd3_train_network.py with networks.lora_sd3, sd3_minimal_inference.py; training
+options from docs/sd3_train_network.md. The text encoders are separate files unless the checkpoint holds them
+("incl. clips" files); sd-scripts has no SD3 merge script: the copy model stays in memory (--base_weights)."""
 
 from __future__ import annotations
 
@@ -40,8 +35,7 @@ LORA_VERSIONS = {"medium": SD3_MEDIUM, "5-large": SD35_LARGE, "5-medium": SD35_M
 
 
 def detect(keys: set[str]) -> tuple[Family | None, str] | None:
-    """SD3/3.5 as sd3_utils.analyze_state_dict_state tells them apart: RMS q/k norms (3.5), and
-    self-attention in the x blocks (3.5 medium)."""
+    """As sd3_utils.analyze_state_dict_state: RMS q/k norms (3.5), self-attention in the x blocks (3.5 medium)."""
     if not any(k.startswith(f"{PREFIX}joint_blocks.0.") for k in keys):
         return None
     if f"{PREFIX}joint_blocks.0.context_block.attn.ln_k.weight" not in keys:

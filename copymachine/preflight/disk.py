@@ -11,7 +11,7 @@ from copymachine.errors import OutputError
 from copymachine.files import free_bytes
 from copymachine.models import ModelInfo
 from copymachine.preflight.model import model_parameters
-from copymachine.preflight.output import existing_ancestor
+from copymachine.preflight.paths import existing_ancestor
 from copymachine.progress import Reporter
 from copymachine.stamps import sized_stamp
 from copymachine.vram import LORA_PER_DIM_UNET
@@ -19,12 +19,9 @@ from copymachine.vram import LORA_PER_DIM_UNET
 GB = 1024**3
 MB = 1024**2
 
-# Parameters of a whole checkpoint (used when a pickle cannot be read) and of a networks.lora
-# LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
-# SD1.5: 1.07e9 parameters (the copy model at float is 4.27 GB, docs/engine-notes.md); its
-# dim-64 LoRA is 151 MB at float -> 590k parameters per rank. SDXL: 3.47e9 parameters
-# (6.94 GB at fp16); its LoRA ~3.4M parameters per rank.
-# The DiT families train their transformer alone: copymachine.vram.LORA_PER_DIM_UNET.
+# Parameters of a networks.lora LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
+# SD1.5 (1.07e9 parameters: 4.27 GB at float, docs/engine-notes.md): its dim-64 LoRA is 151 MB at float -> 590k
+# per rank. SDXL (3.47e9; 6.94 GB at fp16): ~3.4M per rank. The DiTs train their transformer alone: vram.py's.
 _SD = {"sd1": 590_000, "sd2": 650_000, "sdxl": 3_400_000}
 LORA_PARAMS_PER_RANK = {**{name: round(per * 1e6) for name, per in LORA_PER_DIM_UNET.items()}, **_SD}
 BYTES = {"float": 4, "fp32": 4, "fp16": 2, "bf16": 2}
@@ -70,8 +67,7 @@ def estimate_space(plan, model: ModelInfo, params: int) -> list[SpaceNeed]:
 
 
 def by_disk(needs: list[SpaceNeed]) -> list[list[SpaceNeed]]:
-    """The needs grouped by the disk their folders are on (a folder not made yet: its nearest
-    existing parent's), in the order first named."""
+    """The needs grouped by the disk of their folders (or nearest existing parents), in the order first named."""
     groups: dict[int, list[SpaceNeed]] = {}
     for need in needs:
         groups.setdefault(os.stat(existing_ancestor(need.folder)).st_dev, []).append(need)
@@ -79,9 +75,7 @@ def by_disk(needs: list[SpaceNeed]) -> list[list[SpaceNeed]]:
 
 
 def one_image_run_needs(family: str, run_dir: Path, cache_dir: Path) -> list[SpaceNeed]:
-    """What a default one-image run writes, before there is a plan (doctor): the cache the copy
-    LoRA (the copy model stays in memory: the default route), the run folder the effect LoRA, its
-    resized copy and the final LoRA, each stage's small files too (as estimate_space counts them)."""
+    """What a default one-image run writes, without a plan (doctor): the copy LoRA; the effect, resized, final LoRA."""
     lora = lora_bytes(family, 64, "float")
     return [SpaceNeed(run_dir, 3 * lora + 6 * SMALL_STAGE_BYTES, "run folders"),
             SpaceNeed(cache_dir, lora + 2 * SMALL_STAGE_BYTES, "cache")]
@@ -94,8 +88,7 @@ def human(n: int) -> str:
 
 
 def check_space(plan, model: ModelInfo, reporter: Reporter, needs: list[SpaceNeed] | None = None) -> dict[str, Any]:
-    """Refuse to start when a disk has less free space than what the stages still to run will
-    write there (with a 5 % + 200 MB margin). Returns the estimate (for the manifest)."""
+    """Refuse a disk with less free space than the stages still to run write there (+ 5 % + 200 MB); the estimate."""
     needs = estimate_space(plan, model, model_parameters(model)) if needs is None else needs
     summary = {}
     for items in by_disk(needs):
@@ -115,8 +108,7 @@ def check_space(plan, model: ModelInfo, reporter: Reporter, needs: list[SpaceNee
 
 def disk_full(folder: Path, stage_title: str, needed: int | None, cause: str = "",
               log: Path | None = None) -> OutputError:
-    """The error of a stage that met a full disk (sd-scripts' write or copymachine's own): one
-    line naming the folder, what the stage needs there and what is free, and how to go on."""
+    """The one-line error of a stage that met a full disk: the folder, its need, what is free, how to go on."""
     folder = Path(folder)
     try:
         free = f", {human(free_bytes(folder))} free"

@@ -12,8 +12,7 @@ from copymachine.progress import Reporter
 
 
 def engine_warning(engine: Engine) -> str | None:
-    """What to say about the sd-scripts checkout's commit (after "sd-scripts at "): not the
-    pinned one, or not a git checkout and not a release copymachine knows; None when it is fine."""
+    """What to say of an sd-scripts not at the pinned commit or not a known release; None when it is fine."""
     if engine.commit and not engine.pinned:
         return (f"{engine.root} is at commit {engine.commit[:8]}, not the pinned {PINNED_COMMIT[:8]}; copymachine is "
                 "tested against the pinned one")
@@ -23,15 +22,12 @@ def engine_warning(engine: Engine) -> str | None:
 
 
 def tokenizer_problem(folder: Path | None, offline: bool, family: Family) -> tuple[bool, str] | None:
-    """sd-scripts loads the family's CLIP tokenizer(s) from --tokenizer-cache-dir, else from the
-    hub. Returns (whether it stops the run, what to say), or None when they will be found."""
+    """(whether it stops the run, what to say) when sd-scripts will not find the family's tokenizers; else None."""
     if not family.tokenizers:  # sd-scripts ships them (Anima: configs/qwen3_06b)
         return None
     if folder is None:
-        if offline:
-            return False, ("offline without --tokenizer-cache-dir: sd-scripts needs the tokenizer(s) "
-                           f"{', '.join(family.tokenizers)} in the Hugging Face cache, or it fails")
-        return None
+        return (False, "offline without --tokenizer-cache-dir: sd-scripts needs the tokenizer(s) "
+                f"{', '.join(family.tokenizers)} in the Hugging Face cache, or it fails") if offline else None
     missing = [name for name in family.tokenizers if not (Path(folder) / name).is_dir()]
     if missing and offline:
         return True, (f"--tokenizer-cache-dir {folder} lacks {', '.join(missing)} ({family.label} needs "
@@ -43,8 +39,7 @@ def tokenizer_problem(folder: Path | None, offline: bool, family: Family) -> tup
 
 
 def check_tokenizers(settings, family: Family, reporter: Reporter) -> None:
-    """Name a missing tokenizer now instead of letting the hub error (or, offline, a misleading
-    protobuf ImportError) surface minutes later."""
+    """A missing tokenizer now, not the hub's error (offline: a misleading protobuf ImportError) minutes later."""
     problem = tokenizer_problem(settings.tokenizer_cache_dir, settings.offline, family)
     if problem is None:
         return
@@ -55,8 +50,7 @@ def check_tokenizers(settings, family: Family, reporter: Reporter) -> None:
 
 
 def check_family_scripts(settings, family: Family) -> None:
-    """Refuse, in one line, a family whose trainer or renderer this sd-scripts does not have (FLUX.1 and SD3 came
-    with v0.9.0's sd3 branch, Anima after v0.10.1)."""
+    """Refuse a family whose trainer or renderer this sd-scripts lacks (FLUX.1/SD3: v0.9.0; Anima after v0.10.1)."""
     engine = settings.engine
     if engine is None or family.renders_with_gen_img:
         return

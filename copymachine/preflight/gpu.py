@@ -1,5 +1,4 @@
-"""Pre-flight on the GPU: how many stages share it, whether the run's largest stage fits its free memory,
-and bitsandbytes for an 8-bit optimizer."""
+"""Pre-flight on the GPU: how many stages share it, whether the largest fits, bitsandbytes for 8-bit optimizers."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ LOW_VRAM_TEXT = ("gradient checkpointing, 8-bit AdamW; for SDXL also the text en
 
 
 def gpu_memory(settings) -> tuple[int | None, int | None, str]:
-    """(free, total, which GPU) of the GPU the run uses: the pinned one, else the one with the
-    least free memory (each parallel job may land on any)."""
+    """(free, total, which) of the pinned GPU, else the one with the least free memory (a job may land on any)."""
     probe = settings.probe
     vram = list(probe.vram) if probe is not None else []
     if not vram:
@@ -43,9 +41,7 @@ def vram_advice(plan, free: int, low_vram: bool) -> str | None:
 
 
 def check_vram(plan, settings, requested_jobs: int | None, trainings: int, reporter: Reporter) -> int:
-    """Before any work, on the GPU: how many stages share the GPU (--jobs, else what its free
-    memory holds by the estimate of copymachine/vram.py), and a warning when the run will likely
-    not fit. The estimate is recorded in the plan's info (the manifest). Returns the jobs."""
+    """How many stages share the GPU (--jobs, else what its free memory holds), warning when it will not fit."""
     options = [s.spec.training_options for s in plan.stages if s.kind == "train_lora"]
     if any(o.get("network_train_unet_only") and o.get("cache_text_encoder_outputs") for o in options):
         reporter.note("--low-vram on SDXL: the text encoders' outputs are cached once and the U-Net trains alone, so "
@@ -58,17 +54,11 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
     if not ranked:
         return jobs
     peak = vram.side_by_side(plan, per_gpu)
-    plan.info.vram = {
-        "estimate_bytes": peak,
-        "largest_stage": ranked[0][0].name,
-        "largest_bytes": ranked[0][1].total,
-        "parts": ranked[0][1].parts,
-        "side_by_side": per_gpu,
-        "free_bytes": free,
-        "total_bytes": total,
-        "basis": "estimate (copymachine/vram.py): weights and optimizer from parameter counts, activations and CUDA "
-                 "context not measured on a GPU",
-    }
+    stage, need = ranked[0]
+    plan.info.vram = {"estimate_bytes": peak, "largest_stage": stage.name, "largest_bytes": need.total,
+                      "parts": need.parts, "side_by_side": per_gpu, "free_bytes": free, "total_bytes": total,
+                      "basis": "estimate (copymachine/vram.py): weights and optimizer from parameter counts, "
+                               "activations and CUDA context not measured on a GPU"}
     if free is None:
         return jobs
     where = f"{which} has {human(free)} free of {human(total or 0)}"
@@ -80,7 +70,6 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
         reporter.warn(f"--jobs {jobs}: {per_gpu} stages side by side need ~{human(peak)} of GPU memory by "
                       f"copymachine's estimate; {where}: use --jobs {fits}")
     else:
-        stage, need = ranked[0]
         together = f"; {per_gpu} side by side ~{human(peak)}" if per_gpu > 1 else ""
         reporter.info(f"GPU memory by copymachine's estimate: the largest stage, '{stage.title}' ({need.what}), "
                       f"~{human(need.total)}{together}; {where}")
@@ -88,8 +77,7 @@ def check_vram(plan, settings, requested_jobs: int | None, trainings: int, repor
 
 
 def check_bitsandbytes(plan, settings) -> None:
-    """An 8-bit optimizer (--low-vram's AdamW8bit, or the recipe's) needs bitsandbytes in the
-    Python for sd-scripts: refused before any work when it is missing or fails to import."""
+    """An 8-bit optimizer needs bitsandbytes in sd-scripts' Python: refused when it is missing or broken."""
     optimizers = sorted({s.spec.training.optimizer for s in plan.stages if s.kind == "train_lora"
                          and "8bit" in s.spec.training.optimizer.lower()})
     if not optimizers or settings.engine is None:
@@ -119,8 +107,7 @@ def duration(seconds: float) -> str:
 
 
 def cpu_estimate(plan, cuda: bool) -> str:
-    """What a run on the CPU is in for: each training's steps at its size, timed by the 64 px CPU
-    figure scaled by pixel count, and the flags of a quick test of the set-up."""
+    """Each training's CPU time (the 64 px figure scaled by pixel count), and the flags of a quick test."""
     why = "its torch sees no CUDA GPU" if not cuda else "--device cpu"
     parts, total = [], 0.0
     for stage in plan.stages:

@@ -1,5 +1,4 @@
-"""Pre-flight of the RAM: a merge into the checkpoint that will likely not fit in RAM (+ swap) is named
-before it starts (the kernel would kill sd-scripts minutes into the run)."""
+"""Pre-flight of the RAM: a merge into the checkpoint that will likely not fit in RAM + swap is named at once."""
 
 from __future__ import annotations
 
@@ -10,16 +9,14 @@ from copymachine.preflight.disk import GB, human
 from copymachine.progress import Reporter
 from copymachine.stamps import sized_stamp
 
-# sd-scripts' peak memory while merging a LoRA into a model at float (measured here: 13.4 GB for
-# SD1.5; SDXL's float merge was killed by the kernel's out-of-memory killer on a 24 GB machine
-# while saving, so 28 GB is an estimate, 3.3x SD1.5's parameters). At fp16 SDXL's merge peaked at
-# 22.7 GiB (measured here, sdxl_merge_lora.py on the CPU).
+# sd-scripts' peak memory merging a LoRA into a model at float (measured here: 13.4 GB for SD1.5; SDXL's float merge
+# was killed by the out-of-memory killer on a 24 GB machine while saving, so 28 GB is an estimate, 3.3x SD1.5's
+# parameters). At fp16 SDXL's merge peaked at 22.7 GiB (measured here, sdxl_merge_lora.py on the CPU).
 MERGE_PEAK_RAM = {"sd1": int(13.4 * GB), "sd2": int(14 * GB), "sdxl": int(28 * GB)}
 MERGE_PEAK_RAM_HALF = {"sdxl": int(22.7 * 2**30)}
-# sd-scripts' peak RAM training an effect LoRA on the CPU with the copy LoRA merged in memory
-# (--base_weights, the default route), measured here at 64 px (SD1.5: 6.8 GiB, the copy LoRA
-# alike; on the merged copy model the effect LoRA peaked at 8.8 GiB): the largest need of a default run.
-# With a GPU the model sits in VRAM and RAM peaks lower.
+# sd-scripts' peak RAM training an effect LoRA on the CPU with the copy LoRA merged in memory (--base_weights, the
+# default route), measured here at 64 px (SD1.5: 6.8 GiB, the copy LoRA alike; on the merged copy model the effect
+# LoRA peaked at 8.8 GiB): the largest need of a default run. With a GPU the model sits in VRAM and RAM peaks lower.
 # Anima: 12.2 GiB measured the same way (anima_train_network.py, fp32 DiT on the CPU, random weights). FLUX.1 and
 # SD3.5 are not measured (24 GB cannot hold them at float): their transformer plus T5-XXL at bf16, an estimate.
 TRAINING_PEAK_RAM = {"sd1": int(6.8 * GB), "sd2": int(7.5 * GB), "sdxl": int(22.6 * GB), "anima": int(12.2 * 2**30),
@@ -45,15 +42,13 @@ def merge_ram(family: str, half: bool = False) -> int:
 
 
 def fp16_merge_fits(family: str, have: int) -> int | None:
-    """The measured fp16 merge peak of `family` when it fits in `have` bytes (the way out of a
-    float merge that does not)."""
+    """The measured fp16 merge peak of `family` when it fits in `have` bytes (the way out of a float merge)."""
     half = MERGE_PEAK_RAM_HALF.get(family)
     return half if half and half <= have else None
 
 
 def check_memory(plan, model: ModelInfo, reporter: Reporter) -> None:
-    """Say before starting when a merge into the checkpoint will likely not fit in RAM (+ swap):
-    the kernel then kills sd-scripts minutes into the run."""
+    """Warn of a merge that will likely not fit in RAM + swap (the kernel would kill it minutes in)."""
     have = ram_and_swap(memory_bytes())
     for stage in plan.stages:
         if stage.kind != "merge_model" or sized_stamp(stage) is not None:
