@@ -395,6 +395,17 @@ def test_out_is_a_folder_that_is_not_a_run_folder(fake_engine, image, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["beach.jpg"]
 
 
+def test_a_run_killed_before_its_manifest_resumes(fake_engine, image, tmp_path):
+    """Ctrl-C at a run's start leaves only its lock files (filelock keeps `.lock.flock`): the re-run resumes."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("{}", encoding="utf-8")
+    (out / ".lock.flock").write_bytes(b"")
+    result = invoke(args(fake_engine, image, out))
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.json").is_file()
+
+
 def test_dry_run_into_a_folder_that_is_not_a_run_folder(fake_engine, image, tmp_path):
     """A dry run writes configs: it passes the same output checks as the run, and writes nothing."""
     out = tmp_path / "holiday photos"

@@ -12,9 +12,10 @@ from typing import Any
 
 from copymachine.errors import OutputError
 from copymachine.files import HashCache
+from copymachine.locks import OS_LOCK_NAME
 
-# What a run folder holds before its manifest is first written (a run killed at its start).
-_RUN_FOLDER_SCAFFOLD = {".lock", ".stages", ".partial", "logs", "manifest.json"}
+# What a run folder holds before its manifest is first written (a run killed at its start: filelock leaves its file)
+_RUN_FOLDER_SCAFFOLD = {".lock", OS_LOCK_NAME, ".stages", ".partial", "logs", "manifest.json"}
 
 
 def _differences(previous: dict[str, Any], current: dict[str, Any], prev_run: dict[str, Any]) -> list[str]:
