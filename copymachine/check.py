@@ -245,7 +245,6 @@ def format_report(report: PairReport, original_name: str = "original", edited_na
     return "\n".join(lines)
 
 
-# The compare sheet
 SHEET_MARGIN = 12
 SHEET_BACKGROUND = (255, 255, 255)
 

@@ -27,7 +27,6 @@ class CopyStop(StageParams):
 
     min_ssim: float
     segment: int  # steps per segment (the save interval)
-    # the copy check's parameters: prompts, seeds, size, sampler, model options, the LoRAs' ratios
     check: CopyCheckParams
 
 

@@ -135,8 +135,6 @@ def copy_with_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
         os.fsync(fout.fileno())
 
 
-# --- LoRA files (kohya-ss networks.lora format) ---------------------------------------------
-
 _LORA_KEY = re.compile(r"^(lora_(?:unet|te\d?)_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
 

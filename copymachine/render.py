@@ -18,8 +18,6 @@ from copymachine.files import atomic_write_text
 def toml_value(value: Any) -> str:
     if isinstance(value, PurePath):
         value = str(value)
-    if isinstance(value, tuple):
-        value = list(value)
     if value is None:
         raise ValueError("TOML has no null: leave the key out instead")
     line = tomli_w.dumps({"v": value})

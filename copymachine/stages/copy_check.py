@@ -37,9 +37,8 @@ class CopyCheckParams(RenderParams):
     prompts: list[str]  # one image each ({caption}: the caption the copy LoRA was trained with)
     seeds: list[int]
     size: list[int]  # the training size: width, height
-    # the copy LoRA's ratio, when it is loaded onto the base model (the memory route, the copy stop)
+    # the copy LoRA's ratio on the base model, and the absorbed styles' loaded first (memory route, copy stop)
     lora_multiplier: float | None = field(default=None, metadata=OPTIONAL)
-    # the multipliers of the absorbed styles loaded first (inputs weights000, ...; memory route)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
 
 
@@ -71,11 +70,6 @@ def checked_loras(stage, p: CopyCheckParams, lora: Path | None = None) -> tuple[
     checked = [lora] if lora else [stage.input(name) for name in ("lora", "copy_lora") if name in stage.inputs]
     ratio = p.lora_multiplier if p.lora_multiplier is not None else 1.0
     return genimg.base_weight_inputs(stage) + checked, list(p.base_weights_multipliers or []) + [ratio] * len(checked)
-
-
-def subject(stage) -> str:
-    names = {"lora": "LoRA A on the base model", "copy_lora": "the copy LoRA on the base model"}
-    return next((text for name, text in names.items() if name in stage.inputs), "the copy model")
 
 
 def prompt_lines(p: CopyCheckParams, caption: str = "") -> list[genimg.PromptLine]:
@@ -168,7 +162,8 @@ class CopyCheck(StageKind):
         if "mean_ssim" not in facts:
             return None
         threshold = float(stage.gate.get("min_ssim", 0.0))
-        what = subject(stage)
+        names = {"lora": "LoRA A on the base model", "copy_lora": "the copy LoRA on the base model"}
+        what = next((text for name, text in names.items() if name in stage.inputs), "the copy model")
         scores = ", ".join(f"{s:.3f}" for s in facts["ssim"])
         lpips = [x for x in facts.get("lpips") or [] if x is not None]
         lpips_text = f"; LPIPS {', '.join(f'{x:.3f}' for x in lpips)}" if lpips else ""

@@ -70,8 +70,7 @@ class Preview(StageKind):
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
-        # the run's config folder (for `copymachine preview`, <LoRA folder>/.copymachine/config):
-        # nothing but the sheet and the images lands beside the user's LoRA
+        # the run's config folder: nothing but the sheet and the images lands beside the user's LoRA
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
         paths = render(ctx, p, stage.input("model"), prompt_lines(p), prompt_file, loras=[stage.input("lora")])
         if ctx.dry_run:

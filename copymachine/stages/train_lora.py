@@ -42,11 +42,8 @@ class TrainParams(StageParams):
     warmup_steps: int
     mixed_precision: str
     training_options: dict[str, Any]
-    # of the LoRAs merged into the base in memory (inputs weights000, ...)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
-    # a saved state every so many steps (recipe watch.save_every_n_steps; 0: none)
     save_every_n_steps: int = field(default=0, metadata=COSMETIC)
-    # --copy-stop-at: the copy LoRA trains in segments and stops when the copy check passes
     copy_stop: copystop.CopyStop | None = field(default=None, metadata=OPTIONAL)
     # --samples N, --tensorboard: not in the key (sd-scripts restores its RNG states after sampling)
     sample_every_n_steps: int = field(default=0, metadata=COSMETIC)
@@ -61,8 +58,7 @@ class TrainParams(StageParams):
         return self.max_train_steps or self.training.steps
 
 
-# Training TOML keys copymachine writes itself (templates/training.toml.j2, dataset.toml.j2, the
-# profiles), and what sets each: --sd-arg adds options, it does not replace the recipe's.
+# Training TOML keys copymachine writes itself, and what sets each: --sd-arg adds options, never replaces them.
 _RECIPE = "the recipe key {}.{} (--set {}.{}=..., for copy, effect or diff)"
 OWN_KEYS: dict[str, str] = {
     **{key: _RECIPE.format("copy", name, "copy", name) for key, name in (
