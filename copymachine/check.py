@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
 from copymachine.images import save_png, to_rgb
-from copymachine.sheet import Fonts, draw_fitted, line_height
+from copymachine.sheet import BACKGROUND, Fonts, draw_fitted, line_height
 
 if TYPE_CHECKING:
     from numpy import ndarray
@@ -246,7 +246,6 @@ def format_report(report: PairReport, original_name: str = "original", edited_na
 
 
 SHEET_MARGIN = 12
-SHEET_BACKGROUND = (255, 255, 255)
 
 
 def heat_map(original: ndarray, edited: ndarray) -> tuple[ndarray, float]:
@@ -270,7 +269,7 @@ def compare_sheet(original: Image.Image, edited: Image.Image, path: str | os.Pat
     size = max(12, min(24, w // 24))
     label_h = line_height(fonts.get(size)) + SHEET_MARGIN + 2
     title_h = label_h if title else 0
-    sheet = Image.new("RGB", (3 * w + 4 * SHEET_MARGIN, title_h + h + label_h + SHEET_MARGIN), SHEET_BACKGROUND)
+    sheet = Image.new("RGB", (3 * w + 4 * SHEET_MARGIN, title_h + h + label_h + SHEET_MARGIN), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     if title:
         draw_fitted(draw, fonts, (SHEET_MARGIN, 0, sheet.width - SHEET_MARGIN, title_h), [title], size)

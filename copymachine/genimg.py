@@ -1,7 +1,6 @@
-"""Calling sd-scripts' gen_img.py: one `--from_file` line per image with its own seed, file name (`--f`), size
-and LoRA multiplier (`--am`), so one run renders a whole sweep. Never passed: `--seed` (a one-line prompt file
-crashes with it) and `--network_merge` (it disables `--am`). Always passed: the family flag (gen_img.py would
-guess SDXL from the file size). Before v0.9.0 there is no `--f`: `--sequential_file_name`, then renamed.
+"""Calling sd-scripts' gen_img.py: one `--from_file` line per image (seed, `--f` file name, `--am` multiplier).
+Never passed: `--seed` (crashes with a one-line prompt file), `--network_merge` (disables `--am`). Always: the
+family flag (else gen_img.py guesses SDXL from the file size). Before v0.9.0 no `--f`: `--sequential_file_name`.
 """
 
 from __future__ import annotations

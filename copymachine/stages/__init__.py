@@ -66,8 +66,7 @@ class StageContext:
 
     def run(self, argv: list[str], what: str, expected: list[Path] | None = None,
             collect: Callable[[], None] | None = None, watch: Callable[[], None] | None = None) -> None:
-        """Run one sd-scripts command (a dry run only records it). `collect` runs before its outputs are checked;
-        `watch` on every progress line and once at the end."""
+        """Run one sd-scripts command (a dry run records it); `collect` runs before its outputs are checked."""
         self.commands.append(argv)
         if self.dry_run:
             return

@@ -45,8 +45,7 @@ class CopyCheckParams(RenderParams):
 def copy_check_plan(recipe, family: Family, size: tuple[int, int], precision: str, inputs: dict[str, Any],
                     copy_lora: WeightedLora | None = None, base_weights: Sequence[WeightedLora] = (),
                     model: BaseOptions | None = None) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
-    """The stage's inputs, parameters and outputs from the recipe's [copy_check]; `copy_lora` is loaded onto the
-    model at its ratio, after the absorbed `base_weights`."""
+    """From the recipe's [copy_check]; `copy_lora` is loaded at its ratio after the absorbed `base_weights`."""
     inputs = {**inputs, **({"copy_lora": copy_lora.lora} if copy_lora is not None else {}),
               **{genimg.base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)}}
     prompts = split_prompts(recipe.prompts) or [CAPTION_PLACEHOLDER]
@@ -96,8 +95,7 @@ class Copies:
 
 def score_copies(stage, ctx: StageContext, p: CopyCheckParams, checkpoint: Path, original: Path, outdir: Path,
                  prompt_file: Path, lora: Path | None = None, lpips: bool = False) -> Copies | None:
-    """The copy check's measure, for its stage and the copy stop: render, refuse a blank render, score each
-    image against the original at the training size. None on a dry run."""
+    """The copy check's measure, for its stage and the copy stop alike (None on a dry run)."""
     caption = ""
     if "caption" in stage.inputs:
         path = stage.input("caption")

@@ -81,8 +81,7 @@ def _user_file(ref: FileRef, stages: dict[str, Stage]) -> Path | None:
 
 
 def check_edits(plan: Plan, weak_ok: bool) -> None:
-    """Before the first stage (a dry run's too): refuse an edit of a user's image that is identical or too weak
-    (unless `--weak-edit-ok`); a generated original's edit is measured by its stage."""
+    """Before the first stage, a dry run's too: refuse a user's image's edit that is identical or too weak."""
     stages = {s.name: s for s in plan.stages}
     for stage in [s for s in plan.stages if s.kind == EditImage.kind]:
         paths = {name: _user_file(ref, stages) for name, ref in stage.inputs.items()}

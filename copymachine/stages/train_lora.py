@@ -101,8 +101,7 @@ def training_plan(
     sd_args: dict[str, Any] | None = None, save_every_n_steps: int = 0, samples: int = 0,
     watch: WatchRecipe | None = None, logging_dir: Path | None = None, copy_stop: copystop.CopyStop | None = None,
 ) -> tuple[dict[str, Any], TrainParams]:  # fmt: skip
-    """The stage's inputs (base, image, caption, LoRAs merged in memory) and parameters: the recipe's
-    training, shortened by `max_steps` with the same share of warmup, the profile's optimizer and options."""
+    """The stage's inputs and parameters; `max_steps` shortens the training with the same share of warmup."""
     max_train_steps = None
     warmup = training.warmup_steps
     if max_steps is not None and max_steps < training.steps:
@@ -130,8 +129,7 @@ def training_plan(
 
 
 def state_options(stage, ctx: StageContext, every: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """The TOML keys that save the state into the scratch folder and resume from the newest one of this
-    stage key (copymachine/trainstate.py); none when the recipe saves none or sd-scripts lacks an option."""
+    """The TOML keys that save the state and resume from this stage key's newest one (copymachine/trainstate.py)."""
     p = stage.spec
     every = every or p.save_every_n_steps
     if not every or every >= p.total_steps:
