@@ -1,20 +1,11 @@
-"""Is an edited image a usable training target for the effect LoRA?
+"""Is an edited image a usable training target? The effect LoRA learns every difference, so `check_pair`
+measures: size (identical, else refused); alignment (an affine ECC fit, coarse to fine, and how far it moves
+the corners; ECC ignores brightness and contrast, and no convergence means "not the same picture"); strength
+(PSNR, SSIM, the share of pixels with CIE76 ΔE > 2.3, about one just-noticeable difference).
 
-The effect LoRA learns everything that differs between the original and the edited image. So the
-edit must be the same picture at the same size, not moved by even a pixel, and different enough to
-learn from. `check_pair` measures:
-
-1. size: identical, or else refused (an exact multiple gets a hint how to reduce it exactly);
-2. alignment: an affine ECC fit (OpenCV findTransformECC, coarse to fine on an image pyramid) and
-   how far it moves the image corners; ECC's correlation ignores brightness and contrast changes,
-   so a tone edit does not disturb it. No convergence means "not the same picture";
-3. strength: PSNR, SSIM and the share of pixels whose colour changed noticeably (CIE76 ΔE > 2.3,
-   about one just-noticeable difference).
-
-The ECC fit weighs every pixel by how much it changed, so a strong *local* edit pulls it: lines
-thickened by 2 px or more read as the picture growing (the test scene at 512 px: outline width 2
-1.6 px, width 3 3.1 px, though no pixel moved). An edit known to keep every pixel in place (a
-built-in effect, or `--edit-in-place`) is checked with `in_place=True`: that reading is a note.
+The ECC fit weighs pixels by how much they changed, so a strong local edit pulls it: lines thickened by 2 px
+read as the picture growing (test scene at 512 px: outline width 2 1.6 px, width 3 3.1 px, no pixel moved).
+With `in_place=True` (a built-in effect, or `--edit-in-place`) that reading is a note.
 """
 
 from __future__ import annotations
@@ -29,21 +20,18 @@ from PIL import Image, ImageDraw
 from copymachine.heavy import cv2
 from copymachine.heavy import numpy as np
 from copymachine.images import save_png, to_rgb
-from copymachine.sheet import Fonts, draw_fitted, line_height
+from copymachine.sheet import BACKGROUND, Fonts, draw_fitted, line_height
 
 if TYPE_CHECKING:
     from numpy import ndarray
 
-# Alignment: the largest movement of an image corner under the fitted affine warp, in pixels,
-# compared after rounding to 0.1 px (the precision the fit is good to).
+# the largest corner movement under the fitted warp, px, rounded to 0.1 px (the fit's precision)
 SHIFT_WARN_PX = 1.0
 SHIFT_REFUSE_PX = 3.0
-# Strength.
 WEAK_PSNR_DB = 45.0  # above: the edit is too weak to learn
 WEAK_CHANGED_FRACTION = 0.005  # below: too few pixels changed
 DIFFERENT_SSIM = 0.5  # below: the edit changes the picture, not just a property of it
 CHANGED_DELTA_E = 2.3  # CIE76 ΔE above which a pixel counts as changed (≈ 1 JND)
-# The ECC fit.
 ECC_LEVELS = 3  # pyramid levels at most
 ECC_MIN_SIDE = 64  # px: no pyramid level smaller than this
 ECC_ITERATIONS = 100
@@ -72,7 +60,6 @@ class PairReport:
 
     @property
     def reads_as_moved(self) -> bool:
-        """The alignment fit reads the corners as moving at least SHIFT_WARN_PX (0.1 px precision)."""
         return self.corner_shift_px is not None and _rounded(self.corner_shift_px) >= SHIFT_WARN_PX
 
     def as_dict(self) -> dict:
@@ -108,14 +95,9 @@ def _ecc(template: ndarray, image: ndarray, warp: ndarray, motion: int) -> tuple
 
 
 def ecc_align(original: ndarray, edited: ndarray) -> tuple[ndarray, float] | None:
-    """Affine warp (2×3) mapping original pixel coordinates onto the edited image, and its ECC
-    correlation; None when no fit converges or the best one matches nothing.
-
-    On every pyramid level, coarse to fine, both a translation and a full affine fit start from
-    the previous level's result, and the affine one is kept only when it correlates at least as
-    well: on sparse pictures (a few thin lines on a flat ground) the affine fit alone can wander
-    off. A level where neither converges to a useful correlation passes its start on to the next.
-    """
+    """Affine warp (2×3) from the original onto the edited image and its ECC correlation; None: no match.
+    Each level tries a translation and an affine fit and keeps the affine one only when it correlates at least
+    as well: on sparse pictures (thin lines on a flat ground) the affine fit alone can wander off."""
     warp = np.eye(2, 3, dtype=np.float32)
     rho = None
     for i, (a, b) in enumerate(zip(_pyramid(_grey(original)), _pyramid(_grey(edited)))):
@@ -134,7 +116,6 @@ def ecc_align(original: ndarray, edited: ndarray) -> tuple[ndarray, float] | Non
 
 
 def corner_shift(warp: ndarray, width: int, height: int) -> float:
-    """How far the warp moves the outer corners of the image, at most, in pixels."""
     corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [-0.5, height - 0.5], [width - 0.5, height - 0.5]])
     moved = corners @ warp[:, :2].T.astype(np.float64) + warp[:, 2].astype(np.float64)
     return float(np.max(np.hypot(*(moved - corners).T)))
@@ -184,12 +165,7 @@ def _arrays(original: Image.Image, edited: Image.Image) -> tuple[ndarray, ndarra
 
 def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str = "EDITED.png",
                in_place: bool = False) -> PairReport:
-    """Compare an edited image with its original; see the module text for what is measured.
-
-    `edited_name` only appears in the hint printed for an edit at an exact multiple of the size.
-    `in_place`: the edit is known to keep every pixel where it is (a built-in effect, or the user
-    says so); a corner movement the fit reports is then a note (see the module text).
-    """
+    """Compare an edited image with its original (module text); `edited_name` only appears in a size hint."""
     a, b = _arrays(original, edited)
     if a.shape != b.shape:
         message = _size_message(original.size, edited.size, edited_name)
@@ -216,7 +192,6 @@ def check_pair(original: Image.Image, edited: Image.Image, *, edited_name: str =
 
 
 def _alignment(report: PairReport, a: ndarray, b: ndarray, in_place: bool, refuse: list[str], warn: list[str]) -> None:
-    """The alignment part of `check_pair`: the fit's corner movement, and what it says of the edit."""
     fit = ecc_align(a, b)
     if fit is None:
         refuse.append("not the same picture: the alignment fit found no match (an unrelated image, or an edit "
@@ -238,8 +213,7 @@ def _alignment(report: PairReport, a: ndarray, b: ndarray, in_place: bool, refus
 
 
 def weak_message(psnr_db: float, changed: float) -> str | None:
-    """What is said of an edit that changes too little to learn from (a warning of `check_pair`; a
-    run refuses it before its first stage unless --weak-edit-ok), else None."""
+    """The warning for an edit too weak to learn from (a run refuses it unless --weak-edit-ok), else None."""
     if math.isinf(psnr_db) or (psnr_db <= WEAK_PSNR_DB and changed >= WEAK_CHANGED_FRACTION):
         return None
     return (f"edit too weak: PSNR {psnr_db:.1f} dB, {changed:.2%} of pixels changed noticeably (want PSNR <= "
@@ -247,14 +221,12 @@ def weak_message(psnr_db: float, changed: float) -> str | None:
 
 
 def strength(original: Image.Image, edited: Image.Image) -> tuple[float, float] | None:
-    """PSNR and the share of noticeably changed pixels, the strength part of `check_pair` alone
-    (None when the sizes differ); cheap beside the alignment fit."""
+    """PSNR and the changed share alone (None when the sizes differ): cheap beside the alignment fit."""
     a, b = _arrays(original, edited)
     return None if a.shape != b.shape else (psnr(a, b), float(np.mean(delta_e(a, b) > CHANGED_DELTA_E)))
 
 
 def format_report(report: PairReport, original_name: str = "original", edited_name: str = "edited") -> str:
-    """The report as a user reads it: one measurement per line, then the verdict and its reasons."""
     (ow, oh), (ew, eh) = report.original_size, report.edited_size
     lines = [f"original   {original_name} ({ow}x{oh})", f"edited     {edited_name} ({ew}x{eh})",
              f"size       {'same' if report.size_ok else 'DIFFERENT'}"]
@@ -273,14 +245,11 @@ def format_report(report: PairReport, original_name: str = "original", edited_na
     return "\n".join(lines)
 
 
-# The compare sheet
 SHEET_MARGIN = 12
-SHEET_BACKGROUND = (255, 255, 255)
 
 
 def heat_map(original: ndarray, edited: ndarray) -> tuple[ndarray, float]:
-    """ΔE per pixel as an inferno heat map (black = unchanged) on a square-root scale up to the
-    99.5th percentile (at least 5), so small changes show; returns the image and the scale's top."""
+    """ΔE as an inferno heat map on a square-root scale up to the 99.5th percentile (at least 5); and that top."""
     de = delta_e(original, edited)
     top = max(5.0, float(np.percentile(de, 99.5)))
     level = np.sqrt(np.clip(de / top, 0.0, 1.0))
@@ -290,9 +259,7 @@ def heat_map(original: ndarray, edited: ndarray) -> tuple[ndarray, float]:
 
 def compare_sheet(original: Image.Image, edited: Image.Image, path: str | os.PathLike,
                   title: str | None = None) -> None:
-    """Write original | edit | difference heat map side by side, labelled, as a PNG (atomically).
-
-    Each label is shrunk (then shortened) to its panel's width, so none is cut at small sizes."""
+    """Write original | edit | difference heat map side by side, labelled, as a PNG (atomically)."""
     a, b = _arrays(original, edited)
     if a.shape != b.shape:
         raise ValueError(f"compare_sheet needs images of one size, got {original.size} and {edited.size}")
@@ -302,7 +269,7 @@ def compare_sheet(original: Image.Image, edited: Image.Image, path: str | os.Pat
     size = max(12, min(24, w // 24))
     label_h = line_height(fonts.get(size)) + SHEET_MARGIN + 2
     title_h = label_h if title else 0
-    sheet = Image.new("RGB", (3 * w + 4 * SHEET_MARGIN, title_h + h + label_h + SHEET_MARGIN), SHEET_BACKGROUND)
+    sheet = Image.new("RGB", (3 * w + 4 * SHEET_MARGIN, title_h + h + label_h + SHEET_MARGIN), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     if title:
         draw_fitted(draw, fonts, (SHEET_MARGIN, 0, sheet.width - SHEET_MARGIN, title_h), [title], size)

@@ -1,18 +1,8 @@
-"""`--copy-stop-at SSIM`: the copy LoRA trains in segments and stops when the copy copies.
-
-The memo's 3072 steps stay the default and the ceiling. With `--copy-stop-at`, each segment (the
-save interval, recipe watch.save_every_n_steps) is an sd-scripts run up to its last step, resumed
-from the previous segment's saved state (copymachine/trainstate.py), so the step count, optimizer
-and RNG go on; the first ends at the first multiple of the interval at or after the warmup. After
-each, the copy check's own scorer (`copy_check.score_copies`) measures the segment's LoRA on the
-base model at the merge ratio; the training stops at the first segment whose mean SSIM reaches the
-value (the same bar as copy_check.min_ssim). The ceiling is not checked here: the run's own copy
-check stage checks the LoRA it keeps. The checks so far are kept beside the saved state
-(`copy-stop.json`), so a killed run goes on with the next segment; the stamp and the LoRA's
-metadata (`copymachine_copy_stop`) record the step it stopped at and every check's scores.
-
-Each segment builds its scheduler for its own last step; the recipe's constant_with_warmup
-depends on the warmup only, so the learning rate per step is the memo's.
+"""`--copy-stop-at SSIM`: the copy LoRA trains in segments (the save interval; each an sd-scripts run resumed
+from the previous saved state) up to the memo's 3072 steps, and stops at the first segment whose LoRA the
+copy check's scorer passes. The checks so far are kept in `copy-stop.json`, so a killed run goes on. Each
+segment builds its scheduler for its own last step; constant_with_warmup depends on the warmup only, so the
+learning rate per step is the memo's.
 """
 
 from __future__ import annotations
@@ -37,13 +27,11 @@ class CopyStop(StageParams):
 
     min_ssim: float
     segment: int  # steps per segment (the save interval)
-    # the copy check's parameters: prompts, seeds, size, sampler, model options, the LoRAs' ratios
     check: CopyCheckParams
 
 
 def boundaries(total: int, warmup: int, segment: int) -> list[int]:
-    """The last step of each segment: multiples of `segment` from the first at or after `warmup`,
-    then `total` (the ceiling)."""
+    """Each segment's last step: multiples of `segment` from the first at or after `warmup`, then `total`."""
     segment = max(1, segment)
     first = max(segment, -(-warmup // segment) * segment)
     return [*range(first, total, segment), total]
@@ -64,13 +52,11 @@ def save(scratch: Path, checks: list[dict[str, Any]], stopped_at: int | None, to
 
 
 def step_lora(out: Path, step: int) -> Path:
-    """The LoRA sd-scripts saved with the state of `step`, beside the training's output `out`."""
     return out.with_name(f"{out.stem}-step{step:08d}{out.suffix}")
 
 
 def check_segment(stage, ctx, lora: Path, step: int, checks: list[dict[str, Any]], total: int) -> bool:
-    """The copy check on the LoRA of `step`, on the training's base model against its image: added
-    to `checks` and the state file, reported; whether it copies."""
+    """The copy check on the LoRA of `step` (added to `checks` and the state file, reported); whether it copies."""
     stop: CopyStop = stage.spec.copy_stop
     outdir = ctx.scratch / f"check-{step:08d}"
     outdir.mkdir(parents=True, exist_ok=True)
@@ -88,5 +74,4 @@ def check_segment(stage, ctx, lora: Path, step: int, checks: list[dict[str, Any]
 
 
 def record_in_lora(path: Path, data: dict[str, Any]) -> None:
-    """Add the copy-stop record to the LoRA's safetensors metadata (`copymachine_copy_stop`, JSON)."""
     add_metadata(path, {METADATA_KEY: json.dumps(data, separators=(",", ":"))})

@@ -1,13 +1,6 @@
-"""Calling sd-scripts' gen_img.py: prompt files and command lines.
-
-Every image is one line of a `--from_file` prompt file carrying its own seed (`--d`), file name
-(`--f`), size, steps, scale and, with a LoRA, multiplier (`--am`): one gen_img.py run loads the
-model (and the LoRA, unmerged) once and renders a whole sweep. Never passed: `--seed` (with a
-one-line prompt file it crashes gen_img.py) and `--network_merge` (it bakes one multiplier in and
-disables `--am`). Always passed: the family flag (`--v1`/`--v2`/`--sdxl`; gen_img.py otherwise
-guesses SDXL from the file size). gen_img.py before v0.9.0 has no `--f` (copymachine.capabilities):
-it then runs with `--sequential_file_name` (im_000001.png, ... in prompt-file order) and the
-images are renamed to the planned names.
+"""Calling sd-scripts' gen_img.py: one `--from_file` line per image (seed, `--f` file name, `--am` multiplier).
+Never passed: `--seed` (crashes with a one-line prompt file), `--network_merge` (disables `--am`). Always: the
+family flag (else gen_img.py guesses SDXL from the file size). Before v0.9.0 no `--f`: `--sequential_file_name`.
 """
 
 from __future__ import annotations
@@ -33,32 +26,27 @@ BASE_WEIGHT_PREFIX = "weights"
 
 @dataclass(frozen=True, kw_only=True)
 class RenderParams(StageParams):
-    """The parameters every gen_img.py stage renders with (`render`)."""
-
     family_flag: str
     negative_prompt: str
     steps: int
     sampler: str
     scale: float
     precision: str
-    # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions; None: defaults)
     model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
     # a family gen_img.py does not render (FLUX.1, SD3, Anima: copymachine.minimal_render); None: gen_img.py
     family: Family | None = field(default=None, metadata=OPTIONAL)
 
 
 def render_family(family: Family) -> dict[str, Any]:
-    """RenderParams' fields that name the model's family: gen_img.py's flag, or the family itself."""
     return {"family_flag": family.gen_flag, "family": None if family.renders_with_gen_img else family}
 
 
 def renderer(p: RenderParams) -> str:
-    """The script a stage renders with."""
     return p.family.renderer if p.family is not None else "gen_img.py"
 
 
 def base_weight_input_name(i: int) -> str:
-    """Input names of the LoRAs loaded before the stage's own (absorbed styles; --base_weights), in order."""
+    """The LoRAs loaded before the stage's own (absorbed styles; --base_weights), in order."""
     return f"{BASE_WEIGHT_PREFIX}{i:03d}"
 
 
@@ -100,7 +88,6 @@ def format_multiplier(m: float) -> str:
 
 
 def prompt_line(p: Any, prompt: str, file_name: str, seed: int, multiplier: float | None = None) -> PromptLine:
-    """A line at the stage parameters' (`p`) size, steps, scale and negative prompt."""
     width, height = p.size
     return PromptLine(prompt, file_name, width, height, seed, p.steps, p.scale, p.negative_prompt, multiplier)
 
@@ -116,8 +103,7 @@ def render_prompt_file(lines: list[PromptLine], file_names: bool = True) -> str:
 
 
 def collect_sequential(outdir: Path, names: list[str]) -> None:
-    """Rename what gen_img.py --sequential_file_name wrote (one image per line, its code:
-    `im_{step_first + i + 1:06d}.png`) to the planned names, in order."""
+    """Rename what --sequential_file_name wrote (`im_{step_first + i + 1:06d}.png`) to the planned names."""
     for index, name in enumerate(names):
         source = outdir / f"im_{index + 1:06d}.png"
         if source.is_file():
@@ -131,8 +117,7 @@ def file_names_supported(settings) -> bool:
 
 
 def refuse_blank(paths: list[Path], where: str, precision: str | None, model: BaseOptions | None) -> None:
-    """End the stage when gen_img.py rendered a black or one-colour image: never train on it
-    (the generated original) or score it (the copy check). The message names the likely cause."""
+    """End the stage on a black or one-colour render (never train on or score it), naming the likely cause."""
     for path in paths:
         colour = blank_colour(path)
         if colour is None:
@@ -155,8 +140,7 @@ def gen_img_args(checkpoint: Path, family_flag: str, outdir: Path, prompt_file: 
                  precision: str | None = None, tokenizer_cache_dir: Path | None = None, loras: list[Path] | None = None,
                  extra: tuple[str, ...] = (), multipliers: list[float] | None = None, sequential: bool = False,
                  model: BaseOptions | None = None) -> list[str]:
-    """gen_img.py's arguments for one run over `prompt_file` (LoRAs loaded unmerged, each at its
-    multiplier, 1.0 by default, unless a line's --am says otherwise)."""
+    """gen_img.py's arguments (LoRAs loaded unmerged at their multipliers unless a line's --am says otherwise)."""
     args = ["--ckpt", str(checkpoint), family_flag, "--outdir", str(outdir), "--from_file", str(prompt_file),
             "--sampler", sampler, "--images_per_prompt", "1", "--batch_size", "1"]
     if precision in ("fp16", "bf16"):
@@ -168,16 +152,14 @@ def gen_img_args(checkpoint: Path, family_flag: str, outdir: Path, prompt_file: 
         args += ["--network_mul", *[repr(float(m)) for m in (multipliers or [1.0] * len(loras))]]
     if sequential:
         args.append("--sequential_file_name")
-    if model is not None:  # clip skip, v-prediction, SDXL's float32 VAE (copymachine.models.BaseOptions)
+    if model is not None:
         args += model.gen_img_args()
     return args + list(extra)
 
 
 def render(ctx: Any, p: Any, checkpoint: Path, lines: list[PromptLine], prompt_file: Path, outdir: Path | None = None,
            loras: Sequence[Path] = (), multipliers: list[float] | None = None) -> list[Path]:
-    """One gen_img.py run of a stage (`ctx`) over `lines`, with its parameters' renderer options (`p`:
-    family flag, sampler, precision, model options), into `outdir` (the scratch folder by default).
-    Returns the images' paths (renamed to the planned names on a gen_img.py without `--f`)."""
+    """One render of `lines` into `outdir` (default: the scratch folder) with `p`'s options; the images' paths."""
     outdir = outdir or ctx.scratch
     if getattr(p, "family", None) is not None:
         return minimal_render.render(ctx, p, p.family, checkpoint, lines, prompt_file, outdir, loras, multipliers)

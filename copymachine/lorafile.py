@@ -1,9 +1,7 @@
-"""safetensors files through the safetensors library, and kohya LoRA validation.
-
-`safe_open` gives the keys, metadata, shapes and dtypes without loading a tensor. Own code only where the library
-does not fit: one tensor is read by its offsets (safe_open parses the whole header again for each, 20 ms on an SDXL
-LoRA, and numpy has no bfloat16), a metadata change copies the tensor bytes untouched (the library would load and
-write every tensor), and a file it refuses is read by hand once to say what is wrong with it.
+"""safetensors files through the safetensors library, and kohya LoRA validation. Own code only where it does not
+fit: one tensor read by its offsets (safe_open parses the whole header again for each, 20 ms on an SDXL LoRA,
+and numpy has no bfloat16), a metadata change copying the tensor bytes untouched, and a refused file read by
+hand to say what is wrong with it.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ if TYPE_CHECKING:
     from numpy import ndarray
 
 _MAX_HEADER = 100 * 1024 * 1024
-# numpy's names of safetensors' dtypes (BF16, which numpy lacks, is widened to float32 by hand)
+# BF16, which numpy lacks, is widened to float32 by hand
 _NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1",
           "BOOL": "?"}
 
@@ -50,7 +48,6 @@ class SafetensorsFile:
         return 8 + self._header[0]
 
     def read(self, name: str) -> ndarray:
-        """One tensor as a numpy array (BF16 widened to float32)."""
         dtype = self.tensors[name]["dtype"]
         if dtype != "BF16" and dtype not in _NUMPY:
             raise InputError(f"{self.path}: tensor {name} has unsupported dtype {dtype}")
@@ -65,7 +62,7 @@ class SafetensorsFile:
 
 
 def raw_header(path: Path, what: str = "file") -> tuple[int, dict[str, Any]]:
-    """(header length, header) read by hand: raises InputError naming what is wrong."""
+    """(header length, header) read by hand; InputError naming what is wrong."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -88,7 +85,6 @@ def raw_header(path: Path, what: str = "file") -> tuple[int, dict[str, Any]]:
 
 
 def _refused(path: Path, what: str, error: Exception) -> InputError:
-    """One line saying why safetensors refused the file: truncated, or not safetensors at all."""
     n, header = raw_header(path, what)
     missing = 8 + n + max((int(v["data_offsets"][1]) for v in header.values()), default=0) - path.stat().st_size
     if missing > 0:
@@ -97,7 +93,7 @@ def _refused(path: Path, what: str, error: Exception) -> InputError:
 
 
 def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
-    """A safetensors file's keys, shapes, dtypes and metadata; raises InputError naming the file and the problem."""
+    """Keys, shapes, dtypes and metadata; InputError naming the file and the problem."""
     path = Path(path)
     require_file(path, what)
     try:
@@ -111,7 +107,7 @@ def read_safetensors(path: Path, what: str = "file") -> SafetensorsFile:
 
 
 def write_safetensors(path: Path, tensors: dict[str, ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write numpy arrays as safetensors (synced to disk); the caller makes it atomic if needed."""
+    """Write numpy arrays as safetensors, synced (not atomic)."""
     from safetensors.numpy import save  # numpy, loaded when a file is written: `--help` starts without it
 
     data = save({k: np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v) for k, v in tensors.items()},
@@ -139,8 +135,6 @@ def copy_with_metadata(src: Path, dst: Path, extra: dict[str, str]) -> None:
         os.fsync(fout.fileno())
 
 
-# --- LoRA files (kohya-ss networks.lora format) ---------------------------------------------
-
 _LORA_KEY = re.compile(r"^(lora_(?:unet|te\d?)_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
 
@@ -164,13 +158,12 @@ class LoraSummary:
         return sum(1 for n in self.modules if n.startswith("lora_te"))
 
     def facts(self) -> dict[str, Any]:
-        """What the manifest records about a LoRA a stage wrote."""
         return {"ranks": self.ranks, "unet_modules": self.unet_modules,
                 "text_encoder_modules": self.text_encoder_modules}
 
 
 def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
-    """Read a kohya LoRA's structure from its header: modules, ranks, alphas (header + alphas)."""
+    """A kohya LoRA's modules with their ranks, alphas and dtypes."""
     st = read_safetensors(path, what)
     modules: dict[str, dict[str, Any]] = {}
     for key in st.tensors:
@@ -192,15 +185,9 @@ def summarize_lora(path: Path, what: str = "LoRA") -> LoraSummary:
 
 
 def write_uniform_rank(src: Path, dst: Path, extra: dict[str, str]) -> int:
-    """Copy a kohya LoRA giving every module the largest rank, adding metadata keys; returns how
-    many modules were padded (0: copied byte for byte).
-
-    resize_lora.py gives a module whose delta is all zero (one that got no gradient) rank 1, and
-    a LoRA of mixed ranks trips diffusers 0.32's loader, which then scales the whole U-Net by
-    alpha/rank wrongly (2x measured). A padded module gets zero rows in lora_down and zero
-    columns in lora_up (up @ down is unchanged) and alpha x R/r (alpha/rank unchanged): every
-    loader applies exactly the same delta, and sees one rank.
-    """
+    """Copy a LoRA giving every module the largest rank, adding metadata keys; how many were padded (0: copied
+    byte for byte). resize_lora.py gives a module with no gradient rank 1, and mixed ranks trip diffusers 0.32's
+    loader (the whole U-Net scaled wrongly, 2x measured). Zero rows/columns and alpha x R/r keep the delta."""
     summary = summarize_lora(src)
     common = max(m["rank"] for m in summary.modules.values())
     short = {name: m for name, m in summary.modules.items() if m["rank"] < common}

@@ -135,8 +135,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def leakage_text(value: str) -> str:
-    """`copymachine.leakage` in words: the SSIM gain towards the training image per strength and
-    where the LoRA starts to leak (see copymachine/stages/leakage.py)."""
+    """`copymachine.leakage` (copymachine/stages/leakage.py) in words."""
     try:
         data = json.loads(value)
         gains = ", ".join(f"{float(s):g}: {g:+.3f}" for s, g in data["ssim_gain"].items())

@@ -1,12 +1,7 @@
-"""Rendering with the families gen_img.py does not render: sd-scripts' flux_minimal_inference.py,
-sd3_minimal_inference.py and anima_minimal_inference.py (copymachine.families: `Family.renderer`).
-
-They differ from gen_img.py in what a stage needs: FLUX.1 and SD3 render one prompt per run and name the
-image by the time of day (to the second), so each image is one run into a folder of its own; Anima reads a
-prompt file (`--from_file`, gen_img.py's --w/--h/--d/--s/--l/--n) with one LoRA multiplier for the whole run
-and names each image <time>_<seed>_.png, so each run holds the lines of one multiplier with distinct seeds.
-Every image is then moved to the name the stage planned. The LoRAs are loaded unmerged, each at its
-multiplier; a line's own multiplier (gen_img.py's --am) is the stage's own LoRA's, the last one.
+"""Rendering with sd-scripts' flux/sd3/anima_minimal_inference.py (`Family.renderer`). FLUX.1 and SD3 render
+one prompt per run and name the image by the time of day, so each image is a run into its own folder; Anima
+reads a prompt file with one LoRA multiplier per run and names images <time>_<seed>_.png, so each run holds
+lines of one multiplier with distinct seeds. Images are then moved to the planned names.
 """
 
 from __future__ import annotations
@@ -35,7 +30,7 @@ def line_multipliers(line: Any, multipliers: Sequence[float]) -> list[float]:
 
 def single_args(family: Family, checkpoint: Path, line: Any, outdir: Path, precision: str | None,
                 loras: Sequence[Path], multipliers: Sequence[float]) -> list[str]:
-    """flux_minimal_inference.py / sd3_minimal_inference.py options for one image (`line`: a PromptLine)."""
+    """flux/sd3_minimal_inference.py options for one image."""
     args = ["--ckpt_path", str(checkpoint), *family.render_file_args(), *family.render_options,
             "--prompt", line.prompt, "--output_dir", str(outdir), "--seed", str(line.seed), "--steps", str(line.steps),
             "--width", str(line.width), "--height", str(line.height)]
@@ -75,7 +70,6 @@ def anima_args(family: Family, checkpoint: Path, prompt_file: Path, outdir: Path
 
 
 def _take(run_dir: Path, group: list[Any], outdir: Path, script: str) -> None:
-    """Move what the renderer wrote into `run_dir` to the planned names (`collect`: before the check)."""
     for line in group:
         # Anima: <time>_<seed>_.png (save_images appends "_" + an empty base name); FLUX.1/SD3: <time>.png, alone
         seed = re.compile(rf"_{line.seed}_?\.png$")
@@ -88,7 +82,6 @@ def _take(run_dir: Path, group: list[Any], outdir: Path, script: str) -> None:
 
 def render(ctx: Any, p: Any, family: Family, checkpoint: Path, lines: list[Any], prompt_file: Path, outdir: Path,
            loras: Sequence[Path] = (), multipliers: list[float] | None = None) -> list[Path]:
-    """The stage's images (`lines`), each at its planned name in `outdir`, through the family's renderer."""
     script = family.renderer
     weights = list(multipliers or [1.0] * len(loras))
     anima = script.startswith("anima")

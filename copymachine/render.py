@@ -1,9 +1,6 @@
-"""Rendering sd-scripts configs from the Jinja templates in templates/.
-
-Every value reaches the TOML through the `toml` filter and every key through `toml_key`, which
-write them with a TOML library (tomli-w): a Windows path such as G:\\sd\\x.safetensors, a quote, a
-newline or a Japanese name arrives at sd-scripts unchanged. Nothing is pasted into TOML as raw
-text (tests/test_security.py checks every template).
+"""sd-scripts configs from the Jinja templates in templates/. Every value and key goes through tomli-w (the
+`toml` and `toml_key` filters), so a Windows path, quote, newline or Japanese name arrives unchanged: nothing
+is pasted into TOML as raw text (tests/test_security.py checks every template).
 """
 
 from __future__ import annotations
@@ -19,11 +16,8 @@ from copymachine.files import atomic_write_text
 
 
 def toml_value(value: Any) -> str:
-    """One TOML value (string, number, bool, list, path) written by tomli-w."""
     if isinstance(value, PurePath):
         value = str(value)
-    if isinstance(value, tuple):
-        value = list(value)
     if value is None:
         raise ValueError("TOML has no null: leave the key out instead")
     line = tomli_w.dumps({"v": value})
@@ -53,6 +47,5 @@ def render(template: str, **context: Any) -> str:
 
 
 def write_config(path: Path, template: str, **context: Any) -> Path:
-    """Render `template` to `path` (written whole or not at all)."""
     atomic_write_text(path, render(template, **context))
     return path

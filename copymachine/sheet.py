@@ -1,7 +1,6 @@
-"""Contact sheets with Pillow only: a grid of images with a title, column headers, row labels and
-a frame around chosen columns (the strength-0 column of a preview). Labels use Pillow's built-in
-scalable font (Aileron, ASCII only: other text transliterated or "?", never boxes) unless a font
-file is given; each is shrunk, then shortened with "...", to fit its box, never cut off.
+"""Contact sheets with Pillow: a grid of images with a title, headers, row labels and framed columns. Labels
+use Pillow's built-in font (ASCII only: other text transliterated or "?", never boxes) unless a font file is
+given; each is shrunk, then shortened with "...", to fit its box.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 class Fonts:
-    """Fonts of one family at any size: the built-in one, or a TrueType/OpenType file."""
-
     def __init__(self, path: str | Path | None = None):
         self.path = str(path) if path else None
         self._cache: dict[int, Font] = {}
@@ -41,7 +38,6 @@ class Fonts:
         return self._cache[size]
 
     def text(self, text: str) -> str:
-        """What can be drawn: the built-in font has ASCII only."""
         return text if self.path else ascii_label(text)
 
 
@@ -63,8 +59,7 @@ def line_height(font: Font) -> int:
 
 
 def fit_text(fonts: Fonts, text: str, max_width: int, size: int, min_size: int = MIN_FONT) -> tuple[Font, str]:
-    """The largest font (at most `size`, at least `min_size`) at which `text` fits `max_width`;
-    if it does not fit even at `min_size`, the text is shortened with '...'."""
+    """The largest font from `size` down to `min_size` at which `text` fits; below that, shortened with '...'."""
     text = fonts.text(text)
     for s in range(int(size), int(min_size) - 1, -1):
         font = fonts.get(s)
@@ -77,8 +72,7 @@ def fit_text(fonts: Fonts, text: str, max_width: int, size: int, min_size: int =
 
 
 def wrap_text(fonts: Fonts, text: str, max_width: int, size: int, max_lines: int = 3) -> list[str]:
-    """Greedy word wrap at `size` into at most `max_lines` lines; what is left over joins the
-    last line (which `fit_text` then shrinks or shortens)."""
+    """Greedy word wrap into at most `max_lines` lines; the rest joins the last line (`fit_text` fits it)."""
     font = fonts.get(size)
     words = fonts.text(text).split()
     lines: list[str] = []
@@ -94,7 +88,6 @@ def wrap_text(fonts: Fonts, text: str, max_width: int, size: int, max_lines: int
 
 def draw_fitted(draw: ImageDraw.ImageDraw, fonts: Fonts, box: tuple[int, int, int, int], lines: Sequence[str],
                 size: int, pad: int = 4) -> None:
-    """Draw lines centred in `box`, one under the other, each shrunk/shortened to its width."""
     x0, y0, x1, y1 = box
     fitted = [fit_text(fonts, line, max(1, x1 - x0 - 2 * pad), size) for line in lines]
     heights = [line_height(f) for f, _ in fitted]
@@ -108,8 +101,6 @@ def draw_fitted(draw: ImageDraw.ImageDraw, fonts: Fonts, box: tuple[int, int, in
 
 @dataclass(frozen=True)
 class SheetLayout:
-    """Where everything goes on a sheet of `rows` x `cols` cells of `cell` pixels."""
-
     rows: int
     cols: int
     cell: tuple[int, int]
@@ -146,7 +137,6 @@ class SheetLayout:
         return self.margin, self.margin, self.size[0] - self.margin, self.margin + self.title_height
 
     def column_frame(self, col: int, width: int = 3) -> tuple[int, int, int, int]:
-        """The frame around a whole column (header included), `width` px outside the cells."""
         x0, y0, x1, _ = self.header_box(col)
         _, _, _, y1 = self.cell_box(self.rows - 1, col)
         o = width + 1
@@ -154,15 +144,11 @@ class SheetLayout:
 
     @property
     def size(self) -> tuple[int, int]:
-        gx, gy = self.grid_origin
-        w, h = self.cell
-        width = gx + self.cols * w + (self.cols - 1) * self.gap + self.margin
-        height = gy + self.rows * h + (self.rows - 1) * self.gap + self.margin
-        return width, height
+        _, _, right, bottom = self.cell_box(self.rows - 1, self.cols - 1)
+        return right + self.margin, bottom + self.margin
 
 
 def display_size(size: tuple[int, int], largest: int = 512, smallest: int = 128) -> tuple[int, int]:
-    """The size an image is shown at on a sheet: its own, scaled into [smallest, largest]."""
     w, h = size
     scale = min(largest, max(smallest, max(w, h))) / max(w, h)
     return max(1, round(w * scale)), max(1, round(h * scale))

@@ -1,10 +1,6 @@
-"""How close a generated image is to the original: SSIM always, LPIPS when installed.
-
-SSIM (scikit-image, 8-bit range; 1: identical, towards 0: unrelated) on the RGB image at full size
-for leakage (`ssim_score`), on the luma at 256 px on the long side for the copy check and the copy
-stop (`luma_ssim_score`: "is it the same picture", not pixel detail, and the same meaning at 512 and
-1024 px). LPIPS (AlexNet features; 0: identical) needs torch, so it is an optional extra
-(`pip install copymachine[lpips]`) imported only here and only when asked for.
+"""How close a generated image is to the original: SSIM (RGB at full size for leakage; luma at 256 px for the
+copy check: "the same picture", not pixel detail, alike at 512 and 1024 px), and LPIPS, an optional extra
+that needs torch, imported only here and only when asked for.
 """
 
 from __future__ import annotations
@@ -23,8 +19,7 @@ SSIM_WINDOW = 7  # px: scikit-image's default window; no side is scored below it
 
 
 def reference_at(original: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """The original as the LoRA saw it: resized to the training size the way the training
-    image is (Lanczos), so a generated image is compared at its own size."""
+    """The original resized to the training size as the training image is (Lanczos)."""
     image = to_rgb(original)
     return image if image.size == tuple(size) else image.resize(size, Image.Resampling.LANCZOS)
 
@@ -44,8 +39,7 @@ def ssim_score(reference: Image.Image, image: Image.Image) -> float:
 
 
 def score_size(size: tuple[int, int], side: int = SCORE_SIDE) -> tuple[int, int]:
-    """The size a `size` image is scored at: its long side `side` px (never enlarged, and no
-    side below SSIM's 7 px window), the aspect kept."""
+    """Long side `side` px, never enlarged, no side below SSIM's window, the aspect kept."""
     width, height = size
     scale = min(1.0, side / max(width, height))
     scale = min(1.0, max(scale, SSIM_WINDOW / min(width, height)))
@@ -53,7 +47,6 @@ def score_size(size: tuple[int, int], side: int = SCORE_SIDE) -> tuple[int, int]
 
 
 def luma(image: Image.Image, size: tuple[int, int]):
-    """The image's luma (ITU-R 601, Pillow's "L"), area-averaged down to `size`, as uint8."""
     grey = to_rgb(image).convert("L")
     if grey.size != tuple(size):
         grey = grey.resize(size, Image.Resampling.BOX)
@@ -61,8 +54,7 @@ def luma(image: Image.Image, size: tuple[int, int]):
 
 
 def luma_ssim_score(reference: Image.Image, image: Image.Image, side: int = SCORE_SIDE) -> float:
-    """SSIM of the two images' luma at `score_size` (256 px on the long side): the copy check's
-    score. The images must be the same size (the reference is resized first: `reference_at`)."""
+    """The copy check's score: SSIM of two same-size images' luma at `score_size`."""
     _same_size(reference, image)
     from skimage.metrics import structural_similarity
 
@@ -72,7 +64,7 @@ def luma_ssim_score(reference: Image.Image, image: Image.Image, side: int = SCOR
 
 @dataclass
 class Lpips:
-    """LPIPS distances, or why there are none (not installed, or its network did not load)."""
+    """LPIPS distances, or why there are none."""
 
     available: bool = False
     reason: str = ""

@@ -1,14 +1,7 @@
-"""A training's saved state (sd-scripts' `--save_state`), so a killed training resumes mid-way.
-
-sd-scripts saves its whole state (the network, optimizer, scheduler, RNG states and
-`train_state.json` with the step) every `save_every_n_steps` steps into
-`<output_dir>/<output_name>-step<NNNNNNNN>-state/`, and with `save_last_n_steps_state = 1`
-removes the previous one once the new one is written. The output folder is the stage's scratch
-folder (`.partial/<stage>/`), which the pipeline otherwise empties before and after every attempt:
-for a training it keeps the state folders instead, with the stage key they were trained for
-(`state-key.txt`). A re-run with the same key resumes from the newest complete state
-(`resume` + `skip_until_initial_step`, so the step count goes on from the state's step); a
-state of another key (a changed parameter or input) is removed, never resumed.
+"""A training's saved state (sd-scripts' `--save_state`, into `<output_name>-step<NNNNNNNN>-state/` of the
+stage's scratch folder), so a killed training resumes mid-way. The scratch folder keeps the newest state with
+the stage key it was trained for (`state-key.txt`); a re-run of that key resumes from it (`resume` +
+`skip_until_initial_step`), a state of another key is removed, never resumed.
 """
 
 from __future__ import annotations
@@ -24,10 +17,8 @@ from safetensors import SafetensorError, safe_open
 
 KEY_FILE = "state-key.txt"
 _STATE_DIR = re.compile(r"-step(\d{8})-state$")
-# what accelerate's save_state writes (the random states last); sd-scripts' pre-save hook writes
-# train_state.json first
+# accelerate's save_state writes the random states last; sd-scripts' pre-save hook train_state.json first
 _STATE_FILES = ("train_state.json", "optimizer.bin", "scheduler.bin", "random_states_0.pkl")
-# the training TOML keys of state saving and resuming, as train_network.py names them
 SAVE_KEYS = ("save_state", "save_every_n_steps", "save_last_n_steps_state", "save_last_n_steps")
 RESUME_KEYS = ("resume", "skip_until_initial_step")
 
@@ -59,8 +50,7 @@ def _whole(path: Path) -> bool:
 
 
 def _complete(folder: Path) -> bool:
-    """Every file of the state is there and whole (accelerate writes the RNG states last; a torch
-    file cut off by a kill lacks its zip directory): a state cut off by a kill is not resumed."""
+    """Every file of the state is there and whole: a state cut off by a kill is not resumed."""
     models = [p for p in folder.iterdir()
               if p.suffix in (".safetensors", ".bin") and p.name.startswith(("model", "pytorch_model"))]
     if not models or not all((folder / name).is_file() for name in _STATE_FILES):
@@ -75,7 +65,6 @@ def _complete(folder: Path) -> bool:
 
 
 def states(scratch: Path) -> list[SavedState]:
-    """The complete saved states in `scratch`, oldest first."""
     if not scratch.is_dir():
         return []
     found = []
@@ -87,9 +76,8 @@ def states(scratch: Path) -> list[SavedState]:
 
 
 def keep(scratch: Path, key: str) -> str | None:
-    """Before and after an attempt of a training: empty `scratch` except its newest complete state
-    of stage key `key`. A state of another key is removed whole. Returns what was removed, for
-    the progress line ("a saved state of other inputs", or None)."""
+    """Before and after a training attempt: empty `scratch` except its newest complete state of `key`; what
+    was removed, for the progress line, or None."""
     if not scratch.is_dir():
         return None
     saved_key = _saved_key(scratch)
@@ -118,14 +106,12 @@ def _saved_key(scratch: Path) -> str | None:
 
 
 def mark(scratch: Path, key: str) -> None:
-    """Say which stage key the states saved in `scratch` belong to (before sd-scripts saves any)."""
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / KEY_FILE).write_text(key + "\n", encoding="utf-8")
 
 
 def resumable(scratch: Path, key: str, total_steps: int) -> SavedState | None:
-    """The state a training of `key` resumes from: the newest complete one, before the last step
-    (sd-scripts refuses to resume at or past max_train_steps)."""
+    """The newest complete state of `key` before the last step (sd-scripts refuses to resume at or past it)."""
     if _saved_key(scratch) != key:
         return None
     usable = [s for s in states(scratch) if s.step < total_steps]

@@ -1,22 +1,15 @@
 """Run an sd-scripts training script so that `--base_weights` gives what merge_lora.py gives.
 
-Run by sd-scripts' Python in place of the training script (copymachine's own process never imports
-it): `python -m accelerate.commands.launch ... base_weights_launcher.py [NETWORK_MODULE] train_network.py
---config_file X` (NETWORK_MODULE: the training's LoRA module, networks.lora by default; networks.lora_flux,
-lora_sd3 and lora_anima have the same create_network_from_weights / merge_to / class-level target lists).
-`--base_weights COPY.safetensors --base_weights_multiplier 1` merges the copy LoRA into the model in
-memory: the sum merge_lora.py writes into a copy-model file (memo step 3), without the 4-13 GB file.
-As sd-scripts is (v0.8.7 to 48d368fa), three things make the trained LoRA differ from the one
-trained on the merged file; wrapping `networks.lora.create_network_from_weights` for the merge's
-networks (for_inference=True) undoes each, sd-scripts' own code untouched:
+Run by sd-scripts' Python in place of the training script: `... base_weights_launcher.py [NETWORK_MODULE]
+train_network.py --config_file X` (NETWORK_MODULE: networks.lora by default; lora_flux, lora_sd3 and
+lora_anima have the same API). It merges the copy LoRA in memory, without the 4-13 GB copy-model file. As
+sd-scripts is (v0.8.7 to 48d368fa), three things make the LoRA differ from one trained on the merged file;
+wrapping `create_network_from_weights` for the merge's networks (for_inference=True) undoes each:
 
-1. `LoRANetwork.__init__` extends the class-level `UNET_TARGET_REPLACE_MODULE` in place when built
-   from weights: every later network, the trained one included, would target 36 more U-Net
-   modules (SD1.5). The class-level target lists are put back.
-2. Building that network draws from torch's random generator (each `lora_down` is initialised):
-   the trained LoRA would start from another init. The generator's state (CPU, CUDA) is put back.
-3. `merge_to` casts the merged weights to the training's weight dtype (bf16 under mixed
-   precision), where merge_lora.py at float keeps float32: the merge is done in float32.
+1. `LoRANetwork.__init__` extends the class-level `UNET_TARGET_REPLACE_MODULE` in place: the trained
+   network would target 36 more U-Net modules (SD1.5). The class-level target lists are put back.
+2. Building that network draws from torch's RNG: the generator's state (CPU, CUDA) is put back.
+3. `merge_to` casts to the training's weight dtype (bf16), merge_lora.py keeps float32: merged in float32.
 
 Measured at the pinned commit (CPU, fp32): the effect LoRA is bit-identical to the file route's.
 """

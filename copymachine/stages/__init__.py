@@ -1,5 +1,4 @@
-"""Stage kinds, each knowing how to produce its outputs, and their registry (`kinds()`). A kind
-writes every output to `ctx.scratch_output(name)` (a scratch folder beside the final files), never
+"""Stage kinds and their registry (`kinds()`). A kind writes every output to `ctx.scratch_output(name)`, never
 to a final path: the pipeline checks each and moves it into place in one rename.
 """
 
@@ -57,7 +56,6 @@ class StageContext:
         return self.stage.workdir / ".partial" / self.stage.slug
 
     def scratch_output(self, name: str) -> Path:
-        """Where the kind writes output `name` (same file name as the final one)."""
         return self.scratch / self.stage.outputs[name].name
 
     @property
@@ -68,9 +66,7 @@ class StageContext:
 
     def run(self, argv: list[str], what: str, expected: list[Path] | None = None,
             collect: Callable[[], None] | None = None, watch: Callable[[], None] | None = None) -> None:
-        """Run one sd-scripts command, or in a dry run only record it. `collect` runs after the
-        command and before its outputs are checked (to rename what it named itself); `watch` on
-        every progress line and once at the end (to pick up what it writes on the way)."""
+        """Run one sd-scripts command (a dry run records it); `collect` runs before its outputs are checked."""
         self.commands.append(argv)
         if self.dry_run:
             return
@@ -107,8 +103,7 @@ class StageContext:
         check_result(self.stage, what, result, expected or [])
 
     def check_options(self, argv: list[str]) -> None:
-        """Refuse a command whose options, or training TOML keys (which sd-scripts would ignore
-        silently), the script does not list in its --help."""
+        """Refuse options or training TOML keys (sd-scripts would ignore those silently) not in the script's --help."""
         caps = self.settings.capabilities
         if caps is None:
             return
@@ -124,7 +119,6 @@ class StageContext:
 
 
 def _toml_keys(path: Path) -> list[str]:
-    """The keys sd-scripts reads from a training TOML: top-level scalars and one level of tables."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -133,12 +127,9 @@ def _toml_keys(path: Path) -> list[str]:
 
 
 class StageKind:
-    """What every kind provides: `execute`; `validate` checks one produced file before it is moved
-    into place and returns facts for the manifest; `describe`: its line in the plan listing;
-    `conclude`, after the stage is done (now or earlier), reports what it found and judges it
-    against `stage.gate`: a verdict for the manifest ({"passed": bool, "message": ...}; the
-    pipeline stops the run when it did not pass) or None. `version` goes into stage keys: bump it
-    when a kind starts producing different results for the same inputs."""
+    """`validate` checks a produced file and returns facts for the manifest; `conclude` judges a done stage
+    against `stage.gate` ({"passed": bool, "message": ...}; the run stops when not passed) or returns None.
+    Bump `version` (in stage keys) when a kind produces different results for the same inputs."""
 
     kind = ""
     version = 1
@@ -165,9 +156,7 @@ def kinds() -> Mapping[str, StageKind]:
 
 
 def kind_versions(engine: Engine | None = None) -> dict[str, Any]:
-    """What of the code decides each kind's results, for stage keys: the kind's version, and for a
-    kind that runs sd-scripts the engine too (`Engine.identity`: its commit or a hash of its tree),
-    so that another sd-scripts computes anew instead of reusing."""
+    """Each kind's version for stage keys, with the engine's identity for a kind that runs sd-scripts."""
     return {
         name: {"version": k.version, "engine": engine.identity} if k.needs_engine and engine is not None else k.version
         for name, k in kinds().items()
@@ -175,7 +164,6 @@ def kind_versions(engine: Engine | None = None) -> dict[str, Any]:
 
 
 def inputs_of(stage: Stage, prefix: str) -> list[Path]:
-    """The stage's inputs whose names start with `prefix` (lora000, lora001, ...), in name order."""
     return [stage.input(name) for name in sorted(stage.inputs) if name.startswith(prefix)]
 
 

@@ -1,10 +1,6 @@
-"""Stage: one caption file per training image, the same text for the original and the edit.
-
-The edit must not leak into the captions (a tag such as "flat color" on the edited image only
-would bind the effect to that tag), so the edited image gets the original's caption verbatim.
-The text is either fixed (recipe caption.text) or, as in the memo, the WD14 tagger's tags of the
-**original** image (`--caption-with wd14 --tagger-dir DIR`): the tagger's files are inputs of
-the stage, so another tagger model re-tags.
+"""Stage: one caption per training image, the original's for the edit too (a tag such as "flat color" on the
+edit only would bind the effect to it): fixed text, or the WD14 tags of the original (the tagger's files are
+inputs, so another tagger model re-tags).
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ class CaptionParams(StageParams):
 
 
 def caption_plan(recipe, original, tagger_dir: Path | None, planner) -> tuple[dict[str, Any], CaptionParams]:
-    """The stage's inputs and parameters for the recipe's [caption]."""
     if recipe.method != "wd14":
         return {}, CaptionParams(method="fixed", text=recipe.text)
     if tagger_dir is None:

@@ -1,14 +1,9 @@
-"""Stage: the copy check. Does the copy machine really copy?
+"""Stage: the copy check. Does the copy model output the original image whatever the prompt (memo step 3)?
 
-The method works only if the copy model "outputs exactly the original image, whatever the prompt"
-(memo step 3): then all the effect LoRA can learn is the edit. `score_copies` renders a few images
-from the copy model (each its own prompt and seed, one gen_img.py run at the training size, a
-deterministic sampler: an image depends on its seed and prompt only) and scores each against the
-original: luma SSIM at 256 px on the long side (LPIPS too with the `lpips` extra). The run stops
-when the mean SSIM is below the gate's `min_ssim` (recipe copy_check.min_ssim, default 0.8, not
-yet calibrated on real models), unless `--no-copy-check`; `--copy-stop-at` scores alike
-(copymachine/copystop.py). For difference extraction LoRA A is the copy machine, checked loaded
-on the base model at strength 1 (the weights a merge would give, without writing a 4 GB model).
+`score_copies` renders a few images (own prompt and seed each, one gen_img.py run at the training size) and
+scores each against the original by luma SSIM at 256 px (LPIPS too with the `lpips` extra); the run stops
+below the gate's `min_ssim` (default 0.8, not yet calibrated on real models) unless `--no-copy-check`. For
+difference extraction LoRA A is checked loaded on the base model at 1 (a merge's weights, without a 4 GB file).
 """
 
 from __future__ import annotations
@@ -42,18 +37,15 @@ class CopyCheckParams(RenderParams):
     prompts: list[str]  # one image each ({caption}: the caption the copy LoRA was trained with)
     seeds: list[int]
     size: list[int]  # the training size: width, height
-    # the copy LoRA's ratio, when it is loaded onto the base model (the memory route, the copy stop)
+    # the copy LoRA's ratio on the base model, and the absorbed styles' loaded first (memory route, copy stop)
     lora_multiplier: float | None = field(default=None, metadata=OPTIONAL)
-    # the multipliers of the absorbed styles loaded first (inputs weights000, ...; memory route)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
 
 
 def copy_check_plan(recipe, family: Family, size: tuple[int, int], precision: str, inputs: dict[str, Any],
                     copy_lora: WeightedLora | None = None, base_weights: Sequence[WeightedLora] = (),
                     model: BaseOptions | None = None) -> tuple[dict[str, Any], CopyCheckParams, dict[str, str]]:
-    """The stage's inputs, parameters and outputs from the recipe's [copy_check]. `inputs`: the
-    model, the original, the caption and, for difference extraction, LoRA A ("lora", at 1);
-    `copy_lora`: the copy LoRA loaded onto the model at its ratio, after the absorbed `base_weights`."""
+    """From the recipe's [copy_check]; `copy_lora` is loaded at its ratio after the absorbed `base_weights`."""
     inputs = {**inputs, **({"copy_lora": copy_lora.lora} if copy_lora is not None else {}),
               **{genimg.base_weight_input_name(i): w.lora for i, w in enumerate(base_weights)}}
     prompts = split_prompts(recipe.prompts) or [CAPTION_PLACEHOLDER]
@@ -68,23 +60,15 @@ def copy_check_plan(recipe, family: Family, size: tuple[int, int], precision: st
 
 
 def planned_outputs(n: int) -> dict[str, str]:
-    """The stage's outputs for `n` images (file names in its folder)."""
     images = {f"image{i:02d}": f"copy-{i + 1}.png" for i in range(n)}
     return {"sheet": "copy-check.png", "scores": "copy-check.json", **images}
 
 
 def checked_loras(stage, p: CopyCheckParams, lora: Path | None = None) -> tuple[list[Path], list[float]]:
-    """The networks gen_img.py loads unmerged onto the model, in order: absorbed styles (memory
-    route), then the copy machine's LoRA (LoRA A, the copy LoRA at the merge ratio, or `lora`:
-    the copy stop's LoRA of a step)."""
+    """The networks loaded unmerged, in order: absorbed styles, then LoRA A, the copy LoRA or `lora` (a step's)."""
     checked = [lora] if lora else [stage.input(name) for name in ("lora", "copy_lora") if name in stage.inputs]
     ratio = p.lora_multiplier if p.lora_multiplier is not None else 1.0
     return genimg.base_weight_inputs(stage) + checked, list(p.base_weights_multipliers or []) + [ratio] * len(checked)
-
-
-def subject(stage) -> str:
-    names = {"lora": "LoRA A on the base model", "copy_lora": "the copy LoRA on the base model"}
-    return next((text for name, text in names.items() if name in stage.inputs), "the copy model")
 
 
 def prompt_lines(p: CopyCheckParams, caption: str = "") -> list[genimg.PromptLine]:
@@ -111,10 +95,7 @@ class Copies:
 
 def score_copies(stage, ctx: StageContext, p: CopyCheckParams, checkpoint: Path, original: Path, outdir: Path,
                  prompt_file: Path, lora: Path | None = None, lpips: bool = False) -> Copies | None:
-    """The copy check's measure, for its stage and the copy stop alike: render `p`'s prompts (caption
-    filled in) with the checked LoRAs (`checked_loras`), refuse a blank render, score each image by
-    luma SSIM at 256 px against the original at the training size (and LPIPS when `lpips` and
-    installed). None on a dry run."""
+    """The copy check's measure, for its stage and the copy stop alike (None on a dry run)."""
     caption = ""
     if "caption" in stage.inputs:
         path = stage.input("caption")
@@ -179,7 +160,8 @@ class CopyCheck(StageKind):
         if "mean_ssim" not in facts:
             return None
         threshold = float(stage.gate.get("min_ssim", 0.0))
-        what = subject(stage)
+        names = {"lora": "LoRA A on the base model", "copy_lora": "the copy LoRA on the base model"}
+        what = next((text for name, text in names.items() if name in stage.inputs), "the copy model")
         scores = ", ".join(f"{s:.3f}" for s in facts["ssim"])
         lpips = [x for x in facts.get("lpips") or [] if x is not None]
         lpips_text = f"; LPIPS {', '.join(f'{x:.3f}' for x in lpips)}" if lpips else ""

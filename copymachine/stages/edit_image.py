@@ -1,8 +1,5 @@
-"""Stage (memo step 4): the edited image — a built-in effect, or the user's own edit, checked
-against the original before any training: same size, aligned to under a pixel, neither too weak nor
-a different picture (copymachine.check). A built-in effect keeps every pixel in place by
-construction, and so does a user's edit declared with `--edit-in-place`: for those the alignment
-reading is a note, never a refusal.
+"""Stage (memo step 4): the edited image (a built-in effect, or the user's edit), checked against the original
+before any training (copymachine.check); for a built-in effect or `--edit-in-place` the alignment is a note.
 """
 
 from __future__ import annotations
@@ -38,8 +35,6 @@ class EditParams(StageParams):
 def edit_plan(
     effect: str, original: Any, edited: Any | None, overrides: dict[str, Any], amount: float, in_place: bool
 ) -> tuple[dict[str, Any], EditParams]:
-    """The stage's inputs (the original; for effect custom the user's `edited`) and parameters:
-    a built-in effect's parameters and amount checked, for custom none."""
     inputs = {"original": original}
     if effect == CUSTOM:
         if edited is None:
@@ -54,8 +49,7 @@ def edit_and_check(
     original: Image.Image, effect: str, effect_params: dict, amount: float = 1.0, edited: Image.Image | None = None,
     in_place: bool = False,
 ) -> tuple[Image.Image, PairReport]:
-    """The edited image (a built-in effect applied, or the user's `edited`) and its check, as
-    the stage makes them; the web UI's live preview calls this too."""
+    """The edited image and its check, as the stage makes them (the web UI's live preview too)."""
     if effect != CUSTOM:
         edited = apply_effect(effect, original, effect_params, amount=amount)
     assert edited is not None
@@ -67,8 +61,7 @@ def _source(effect: str) -> str:
 
 
 def verdict_lines(report: PairReport, effect: str, where: Path | str) -> tuple[list[str], list[str], str | None]:
-    """What a run says about an edit: notes, warnings and, when it is refused, the one-line
-    refusal (the stage raises it; the web UI shows all three as the CLI prints them)."""
+    """Notes, warnings and the one-line refusal (or None) of an edit, for the stage and the web UI."""
     source = _source(effect)
     notes = [f"note: {source}: {note}" for note in report.notes]
     if report.verdict != "refuse":
@@ -81,7 +74,6 @@ def verdict_lines(report: PairReport, effect: str, where: Path | str) -> tuple[l
 
 
 def _user_file(ref: FileRef, stages: dict[str, Stage]) -> Path | None:
-    """The user's file behind an input (through the import stage); None for a generated original."""
     if ref.producer is None:
         return ref.path
     producer = stages[ref.producer]
@@ -89,10 +81,7 @@ def _user_file(ref: FileRef, stages: dict[str, Stage]) -> Path | None:
 
 
 def check_edits(plan: Plan, weak_ok: bool) -> None:
-    """Before the first stage, a dry run's too: each planned edit of a user's image made and its
-    strength measured (the stage checks the rest), refused when identical to the original or too
-    weak to learn from (`--weak-edit-ok` overrules the latter). A generated original's edit is
-    measured, and refused alike, by its stage."""
+    """Before the first stage, a dry run's too: refuse a user's image's edit that is identical or too weak."""
     stages = {s.name: s for s in plan.stages}
     for stage in [s for s in plan.stages if s.kind == EditImage.kind]:
         paths = {name: _user_file(ref, stages) for name, ref in stage.inputs.items()}

@@ -1,16 +1,7 @@
-"""The LoRAs that are products for the user, with copymachine's own metadata next to sd-scripts'
-ss_* keys (readable in A1111/ComfyUI metadata viewers): the final LoRA at `<out>/<name>.safetensors`
-(method, effect and its parameters, recipe, image hashes, sign, copy-check scores, versions) and
-the outputs of the `svd-merge`, `extract` and `resize` tools (the tool, its parameters, each
-input's name, sha256, ratio and own copymachine method/effect, versions; resize keeps its input's
-keys, as resize_lora.py does). Intermediates (copy, effect, A/B, combined, unresized LoRAs) stay
-byte for byte as sd-scripts wrote them: the manifest and their ss_training_comment say what they are.
-
-The stages that run one sd-scripts script (`ScriptStage`): merge_lora.py into a checkpoint (memo
-step 3, the copy model; step 7, the processed model; the style-absorb tip: exact and linear in the
-ratio, never used to merge LoRA into LoRA), svd_merge_lora.py (the exact weighted sum of LoRAs,
-re-factorised by SVD: difference extraction step 5), extract_lora_from_models.py (step 8: an SVD
-of base -> processed model) and resize_lora.py (step 9).
+"""The final LoRA with copymachine.* metadata beside sd-scripts' ss_* keys (method, effect, recipe, image
+hashes, sign, copy-check scores), the tool outputs labelled alike, and the stages that run one sd-scripts
+script: merge_lora.py, svd_merge_lora.py, extract_lora_from_models.py, resize_lora.py. Intermediates stay
+byte for byte as sd-scripts wrote them.
 """
 
 from __future__ import annotations
@@ -40,8 +31,7 @@ INPUT_KEYS = ("copymachine.method", "copymachine.effect", "copymachine.sign", "c
 
 @dataclass(frozen=True)
 class ToolLabel:
-    """In a tool stage's parameters (`copymachine svd-merge`, ...): its output is a product for
-    the user and carries copymachine.* keys naming the tool."""
+    """In a tool stage's parameters: its output is a product for the user, labelled with the tool."""
 
     tool: str
 
@@ -58,9 +48,7 @@ class FinalizeParams(StageParams):
     recipe: dict[str, Any]  # the trainings' recipes, as recorded
     absorbed: list[list[Any]]  # [file name, ratio] of each absorbed style LoRA
     sd_scripts_commit: str | None
-    # clip skip and prediction type the LoRA was trained with (None: the defaults), written as
-    # sd-scripts' own ss_clip_skip / ss_zero_terminal_snr / modelspec.prediction_type, which a
-    # combined or merged LoRA would otherwise lack
+    # written as sd-scripts' own ss_* / modelspec keys, which a combined or merged LoRA would otherwise lack
     model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
 
 
@@ -120,8 +108,7 @@ def add_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 
 def label_tool_output(stage, ctx: StageContext, path: Path) -> None:
-    """Add copymachine.* keys to a tool's output LoRA (in its scratch place, before the pipeline
-    moves it): stages whose params carry a ToolLabel are products for the user."""
+    """Add copymachine.* keys to a tool's output LoRA in its scratch place (stages whose params carry a ToolLabel)."""
     label = getattr(stage.spec, "label", None)
     if ctx.dry_run or label is None:
         return
@@ -209,8 +196,7 @@ def svd_merge_plan(terms: Sequence[LoraTerm], rank: int, precision: str, save_pr
 
 
 class ScriptStage(StageKind):
-    """A stage that runs one sd-scripts script (`command`) into its output `output`; a tool's
-    output LoRA is then labelled (`label_tool_output`) and checked at the spec's `rank_field`."""
+    """Runs one sd-scripts script (`command`) into `output`, labels a tool's LoRA, checks it at `rank_field`."""
 
     needs_engine = True
     output = "lora"

@@ -1,6 +1,5 @@
-"""Stages of the original image: generated with the base model through gen_img.py (memo step 1; one
-prompt-file line with its seed and file name, see copymachine.genimg), or the user's file
-normalised to an 8-bit RGB PNG (import_image)."""
+"""Stages of the original image: generated with the base model (memo step 1), or the user's file normalised
+to an 8-bit RGB PNG (import_image)."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ class GenerateParams(RenderParams):
 
 
 def generate_params(recipe, family, precision: str, model: BaseOptions | None = None) -> GenerateParams:
-    """Stage parameters from the recipe's [generate]; a size of 0 is the family's own."""
     width, height = recipe.size(family.default_size)
     return GenerateParams(
         **render_family(family), prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,

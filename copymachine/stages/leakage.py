@@ -1,17 +1,8 @@
-"""Stage: the leakage score. Does the LoRA drag its training image into unrelated pictures?
-
-The memo, on the difference method: "at higher strength the training image came out"; one preview
-does not show it. One gen_img.py run (the LoRA loaded once, unmerged, on the preview model, at the
-training size) renders each of the recipe's `[leakage]` prompts (unrelated to the caption, each
-its own seed) at strength 0 and at each leakage strength; each image is compared with the original
-training image (resized as for training) by SSIM, and LPIPS when installed.
-
-    gain(strength) = mean over prompts of SSIM(image at strength, original) - SSIM(same seed at 0, original)
-
-is how much closer to the training image the LoRA pulls an unrelated picture (0: not at all;
-unrelated pictures differ by a few hundredths; 1: it draws the training image). The LoRA leaks from
-the first strength whose gain reaches the recipe's threshold (0.1). With several training images
-the largest gain counts.
+"""Stage: the leakage score. Does the LoRA drag its training image into unrelated pictures (the memo: "at
+higher strength the training image came out")? The recipe's `[leakage]` prompts render at strength 0 and at
+each strength; gain(strength) = mean over prompts of SSIM(image, original) - SSIM(same seed at 0, original)
+(unrelated pictures differ by a few hundredths). It leaks from the first strength whose gain reaches the
+threshold; with several training images the largest gain counts.
 """
 
 from __future__ import annotations
@@ -24,15 +15,7 @@ from typing import Any
 from PIL import Image
 
 from copymachine.files import atomic_write_json
-from copymachine.genimg import (
-    PromptLine,
-    RenderParams,
-    format_multiplier,
-    prompt_line,
-    render,
-    render_family,
-    renderer,
-)
+from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render, render_family, renderer
 from copymachine.images import load_rgb
 from copymachine.models import BaseOptions
 from copymachine.recipe import parse_number_list, split_prompts
@@ -53,7 +36,7 @@ class LeakageParams(RenderParams):
 
 def leakage_params(recipe, family, size: tuple[int, int], precision: str,
                    model: BaseOptions | None = None) -> LeakageParams:
-    """Stage parameters from the recipe's [leakage]: strength 0 first, then the leakage strengths."""
+    """From the recipe's [leakage]: strength 0 first, then the leakage strengths."""
     prompts = split_prompts(recipe.prompts)
     strengths = [s for s in dict.fromkeys(float(v) for v in parse_number_list(recipe.strengths, float)) if s != 0]
     return LeakageParams(
@@ -78,7 +61,6 @@ def cells(p: LeakageParams) -> list[tuple[int, int]]:
 
 
 def planned_outputs(p: LeakageParams, folder: str = "") -> dict[str, str]:
-    """The scores and every image (file names in the stage's folder, under `folder`)."""
     images = {image_output(i, col): f"{folder}{image_file(p, i, col)}" for i, col in cells(p)}
     return {"scores": f"{folder}leakage.json", **images}
 
@@ -88,12 +70,10 @@ def prompt_lines(p: LeakageParams) -> list[PromptLine]:
 
 
 def leaks_at(gains: dict[str, float], threshold: float) -> float | None:
-    """The first (smallest) strength whose gain reaches `threshold`; None if none does."""
     return next((float(s) for s in sorted(gains, key=float) if gains[s] >= threshold), None)
 
 
 def summary(scores: dict[str, Any]) -> str:
-    """One line: the gain at each strength and where the LoRA starts to leak."""
     gains = ", ".join(f"{float(s):g}: {g:+.3f}" for s, g in scores["ssim_gain"].items())
     at = scores["leaks_at"]
     top = max(float(s) for s in scores["ssim_gain"])
@@ -104,7 +84,7 @@ def summary(scores: dict[str, Any]) -> str:
 
 
 def short_label(scores: dict[str, Any]) -> str:
-    """For the preview sheet: the gains and the verdict, short."""
+    """For the preview sheet."""
     gains = "  ".join(f"{float(s):g}: {g:+.2f}" for s, g in scores["ssim_gain"].items())
     at = scores["leaks_at"]
     verdict = f"LEAKS from {at:g}" if at is not None else "none"

@@ -1,8 +1,6 @@
-"""Stage: the strength-sweep preview of a LoRA on a model (the memo judged its LoRAs by eye, at
-several strengths, on a model they were not trained on). One gen_img.py run loads the model and
-the LoRA (unmerged) once; each cell is one prompt-file line with its own multiplier (`--am`) and
-seed (`--d`). The sheet (a row per prompt x seed, a column per strength, the strength-0 column
-framed) goes next to the LoRA as `<name>-preview.png`, the single images in `<name>-preview/`.
+"""Stage: the strength-sweep preview of a LoRA on a model (the memo judged its LoRAs so, by eye). The sheet
+(a row per prompt x seed, a column per strength, strength 0 framed) goes next to the LoRA as
+`<name>-preview.png`, the single images in `<name>-preview/`.
 """
 
 from __future__ import annotations
@@ -13,15 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from copymachine.genimg import (
-    PromptLine,
-    RenderParams,
-    format_multiplier,
-    prompt_line,
-    render,
-    render_family,
-    renderer,
-)
+from copymachine.genimg import PromptLine, RenderParams, format_multiplier, prompt_line, render, render_family, renderer
 from copymachine.images import load_rgb, save_png
 from copymachine.models import BaseOptions
 from copymachine.recipe import parse_number_list, split_prompts
@@ -39,8 +29,7 @@ class PreviewParams(RenderParams):
 
 
 def preview_params(recipe, family, precision: str, model: BaseOptions | None = None, **overrides) -> PreviewParams:
-    """Stage parameters from the recipe's [preview] (`overrides`: strengths, prompts, seeds,
-    size, steps as the preview command's options give them). Duplicates are dropped."""
+    """From the recipe's [preview] and the preview command's `overrides`; duplicates dropped."""
     strengths = overrides.get("strengths") or parse_number_list(recipe.strengths, float)
     prompts = overrides.get("prompts") or split_prompts(recipe.prompts) or [""]
     seeds = overrides.get("seeds") or parse_number_list(recipe.seeds, int)
@@ -66,7 +55,6 @@ def cell_file(p: PreviewParams, row: int, col: int) -> str:
 
 
 def planned_outputs(p: PreviewParams, stem: str) -> dict[str, str]:
-    """The stage's outputs: the sheet beside the LoRA, the cells in `<stem>-preview/`."""
     files = {f"cell-r{row:02d}-c{col:02d}": f"{stem}-preview/{cell_file(p, row, col)}" for row, col, _, _ in cells(p)}
     return {"sheet": f"{stem}-preview.png", **files}
 
@@ -82,8 +70,7 @@ class Preview(StageKind):
 
     def execute(self, stage, ctx: StageContext) -> None:
         p = stage.spec
-        # the run's config folder (for `copymachine preview`, <LoRA folder>/.copymachine/config):
-        # nothing but the sheet and the images lands beside the user's LoRA
+        # the run's config folder: nothing but the sheet and the images lands beside the user's LoRA
         prompt_file = ctx.plan.run_dir / "config" / f"{stage.slug}-prompts.txt"
         paths = render(ctx, p, stage.input("model"), prompt_lines(p), prompt_file, loras=[stage.input("lora")])
         if ctx.dry_run:

@@ -1,6 +1,5 @@
-"""Stage (memo steps 2 and 5): train a LoRA with sd-scripts on one image (and its caption), the
-configs rendered from templates/, run through `accelerate launch`. The copy LoRA trains on the
-base model; the effect LoRA on the copy model."""
+"""Stage (memo steps 2 and 5): train a LoRA with sd-scripts on one image and its caption, the configs
+rendered from templates/. The copy LoRA trains on the base model; the effect LoRA on the copy model."""
 
 from __future__ import annotations
 
@@ -43,18 +42,13 @@ class TrainParams(StageParams):
     warmup_steps: int
     mixed_precision: str
     training_options: dict[str, Any]
-    # the multipliers of the LoRAs merged into the base in memory (inputs weights000, ...)
     base_weights_multipliers: list[float] | None = field(default=None, metadata=OPTIONAL)
-    # a saved state every so many steps (recipe watch.save_every_n_steps; 0: none)
     save_every_n_steps: int = field(default=0, metadata=COSMETIC)
-    # --copy-stop-at: the copy LoRA trains in segments and stops when the copy check passes
     copy_stop: copystop.CopyStop | None = field(default=None, metadata=OPTIONAL)
-    # --samples N (0: none) with the recipe's [watch] prompts, --tensorboard: not in the key, they
-    # do not change the weights (sd-scripts restores its RNG states after sampling)
+    # --samples N, --tensorboard: not in the key (sd-scripts restores its RNG states after sampling)
     sample_every_n_steps: int = field(default=0, metadata=COSMETIC)
     watch: WatchRecipe = field(default_factory=lambda: MEMO.watch, metadata=COSMETIC)
     logging_dir: str | None = field(default=None, metadata=COSMETIC)
-    # clip skip and the prediction type (copymachine.models.BaseOptions; None: the defaults)
     model: BaseOptions | None = field(default=None, metadata=OPTIONAL)
     # sd-scripts options the recipe does not name ([sd_args], --sd-arg), in the TOML as they are
     sd_args: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
@@ -64,8 +58,7 @@ class TrainParams(StageParams):
         return self.max_train_steps or self.training.steps
 
 
-# Training TOML keys copymachine writes itself (templates/training.toml.j2, dataset.toml.j2, the
-# profiles), and what sets each: --sd-arg adds options, it does not replace the recipe's.
+# Training TOML keys copymachine writes itself, and what sets each: --sd-arg adds options, never replaces them.
 _RECIPE = "the recipe key {}.{} (--set {}.{}=..., for copy, effect or diff)"
 OWN_KEYS: dict[str, str] = {
     **{key: _RECIPE.format("copy", name, "copy", name) for key, name in (
@@ -108,9 +101,7 @@ def training_plan(
     sd_args: dict[str, Any] | None = None, save_every_n_steps: int = 0, samples: int = 0,
     watch: WatchRecipe | None = None, logging_dir: Path | None = None, copy_stop: copystop.CopyStop | None = None,
 ) -> tuple[dict[str, Any], TrainParams]:  # fmt: skip
-    """The stage's inputs (`inputs`: base, image, caption; plus the LoRAs merged into the base in
-    memory) and parameters: the recipe's training, shortened by `max_steps` with the same share of
-    warmup, the profile's optimizer and training options."""
+    """The stage's inputs and parameters; `max_steps` shortens the training with the same share of warmup."""
     max_train_steps = None
     warmup = training.warmup_steps
     if max_steps is not None and max_steps < training.steps:
@@ -138,9 +129,7 @@ def training_plan(
 
 
 def state_options(stage, ctx: StageContext, every: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """The training TOML keys that save the state every `save_every_n_steps` steps into the scratch
-    folder and resume from the newest one saved there for this stage key (copymachine/trainstate.py).
-    None when the recipe saves no state or this sd-scripts lacks an option (said in a note)."""
+    """The TOML keys that save the state and resume from this stage key's newest one (copymachine/trainstate.py)."""
     p = stage.spec
     every = every or p.save_every_n_steps
     if not every or every >= p.total_steps:
@@ -173,8 +162,7 @@ def _lacking(stage, ctx: StageContext, keys: Sequence[str], consequence: str) ->
 
 
 def sample_prompts(stage, caption: str) -> list[str]:
-    """sd-scripts' sample prompt lines (library/train_util.py line_to_prompt_dict): each prompt of
-    the recipe's [watch] at the training size, seeds sample_seed, sample_seed+1, ..."""
+    """sd-scripts' sample prompt lines (train_util.line_to_prompt_dict), seeds sample_seed, sample_seed+1, ..."""
     w = stage.spec.watch
     width, height = stage.spec.size
     prompts = split_prompts(w.sample_prompts.replace("{caption}", caption)) or [caption]
@@ -183,9 +171,7 @@ def sample_prompts(stage, caption: str) -> list[str]:
 
 
 def watch_options(stage, ctx: StageContext, config_dir: Path) -> dict[str, Any]:
-    """The training TOML keys of --samples (sample images every N steps, prompts written to a file
-    beside the config) and --tensorboard (logging_dir); each skipped with a note when this
-    sd-scripts lacks an option."""
+    """The TOML keys of --samples and --tensorboard; each skipped with a note when sd-scripts lacks one."""
     p = stage.spec
     options: dict[str, Any] = {}
     if p.sample_every_n_steps and not _lacking(stage, ctx, SAMPLE_KEYS, "renders no samples"):
@@ -204,9 +190,8 @@ def watch_options(stage, ctx: StageContext, config_dir: Path) -> dict[str, Any]:
 
 
 def collect_samples(stage, ctx: StageContext) -> None:
-    """Copy the sample images sd-scripts has rendered so far (into <output_dir>/sample/) to the
-    run folder's samples/<stage>/ (the UI serves files under its runs folder; a shared copy LoRA's own
-    folder is in the cache), each new one announced (the UI's queue page shows each)."""
+    """Copy each new sample image from <output_dir>/sample/ to the run folder's samples/<stage>/ (the UI serves
+    only its runs folder; a shared copy LoRA's folder is in the cache) and announce it."""
     rendered = ctx.scratch / "sample"
     if not rendered.is_dir():
         return
@@ -247,7 +232,6 @@ class TrainLora(StageKind):
 
     def _train(self, stage, ctx: StageContext, dataset_dir: Path, max_train_steps: int | None,
                saving: dict[str, Any]) -> None:
-        """One sd-scripts run of the training, up to `max_train_steps` (None: the recipe's epochs)."""
         p = stage.spec
         config_dir = stage.workdir / "config"
         out = ctx.scratch_output("lora")
