@@ -9,9 +9,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "copymachine"
 MAX_FUNCTION = 60
 MAX_CLASS = 150
-# issue 30 asks for 12,000; not reached yet (14,097 at stop 36; +638 for FLUX.1, SD3.5 and Anima, issue 33): a
-# ratchet, lowered as the package thins
-MAX_LINES = 14_740
+# issue 30 asks for 12,000; not reached (14,097 at stop 36; +638 for FLUX.1, SD3.5 and Anima, issue 33; 13,744 after
+# stop 38's thinning, which found no more to cut without dropping a feature): a ratchet, lowered as the package thins
+MAX_LINES = 13_750
 
 
 def _modules() -> dict[str, Path]:
