@@ -340,3 +340,16 @@ def test_the_first_run_prints_the_count(fake_engine, image, tmp_path, monkeypatc
     second = train(fake_engine, *args, "--out", str(tmp_path / "b"))
     assert "learning what this sd-scripts can do" not in second.output
     assert os.listdir(tmp_path / "engines")
+
+
+def test_disk_estimates_a_lora_as_vram_counts_it():
+    """One count of a LoRA's parameters per rank (U-Net + text encoders) for disk and VRAM: SD1.5's dim-64 LoRA at
+    float is 151 MB (measured); SDXL's text encoders add 0.903M per rank (12 layers 768 wide, 32 layers 1280 wide:
+    the disk table said 3.4M in all, vram.py 3.56M)."""
+    from copymachine.preflight.disk import lora_bytes
+    from copymachine.vram import LORA_PER_DIM_TEXT, LORA_PER_DIM_UNET
+
+    assert round(lora_bytes("sd1", 64, "float") / 1e6) == 151
+    assert round(lora_bytes("sdxl", 32, "fp16") / 2**20) == 217
+    for family, unet in LORA_PER_DIM_UNET.items():
+        assert lora_bytes(family, 1, "float") == round((unet + LORA_PER_DIM_TEXT.get(family, 0)) * 1e6) * 4

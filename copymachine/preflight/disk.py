@@ -14,16 +14,15 @@ from copymachine.preflight.model import model_parameters
 from copymachine.preflight.paths import existing_ancestor
 from copymachine.progress import Reporter
 from copymachine.stamps import sized_stamp
-from copymachine.vram import LORA_PER_DIM_UNET
+from copymachine.vram import LORA_PER_DIM_TEXT, LORA_PER_DIM_UNET
 
 GB = 1024**3
 MB = 1024**2
 
-# Parameters of a networks.lora LoRA per unit of rank (sd-scripts' default modules, U-Net + text encoder(s)).
-# SD1.5 (1.07e9 parameters: 4.27 GB at float, docs/engine-notes.md): its dim-64 LoRA is 151 MB at float -> 590k
-# per rank. SDXL (3.47e9; 6.94 GB at fp16): ~3.4M per rank. The DiTs train their transformer alone: vram.py's.
-_SD = {"sd1": 590_000, "sd2": 650_000, "sdxl": 3_400_000}
-LORA_PARAMS_PER_RANK = {**{name: round(per * 1e6) for name, per in LORA_PER_DIM_UNET.items()}, **_SD}
+# Parameters of a LoRA per unit of rank: vram.py's U-Net (DiT) and text-encoder figures, one table for both estimates
+# (SD1.5: 590k, its dim-64 LoRA 151 MB at float; the DiTs train their transformer alone)
+LORA_PARAMS_PER_RANK = {name: round((unet + LORA_PER_DIM_TEXT.get(name, 0)) * 1e6)
+                        for name, unet in LORA_PER_DIM_UNET.items()}
 BYTES = {"float": 4, "fp32": 4, "fp16": 2, "bf16": 2}
 SMALL_STAGE_BYTES = 20 * MB  # images, captions, checks, configs, logs of one stage
 
