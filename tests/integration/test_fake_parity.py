@@ -26,8 +26,10 @@ def test_options_json_matches_the_scripts(sd_python, sd_scripts_dir, sd_env, tmp
 
 
 def test_key_and_module_lists_match_the_scripts(sd_python, sd_scripts_dir, sd_env, tmp_path):
-    _dump(sd_python, sd_scripts_dir, sd_env, "dump_modules.py", tmp_path)
+    """Every file in data/: SD1/2/XL's from dump_modules.py, the DiT families' from dump_layouts.py."""
+    for script in ("dump_modules.py", "dump_layouts.py"):
+        _dump(sd_python, sd_scripts_dir, sd_env, script, tmp_path)
     for f in sorted((FAKE / "data").glob("*.json")):
         live, committed = json.loads((tmp_path / f.name).read_text()), json.loads(f.read_text())
         live.pop("_about"), committed.pop("_about")
-        assert live == committed, f"{f.name} differs: rerun tests/fake_sdscripts/dump_modules.py"
+        assert live == committed, f"{f.name} differs: rerun tests/fake_sdscripts/dump_modules.py or dump_layouts.py"
