@@ -197,11 +197,12 @@ def test_a1111_maps_every_module(tmp_path):
         assert all(set(w.w) == {"lora_up.weight", "lora_down.weight", "alpha"} for w in net.modules.values())
     # the control: a key A1111 has no module for is reported and left out (so none left out above means none)
     control = read_safetensors(loras["diff"])
-    control.tensors["lora_unet_no_such_block_to_q.lora_down.weight"] = control.tensors["lora_unet_mid_block_attentions_0_proj_in.lora_down.weight"]
+    control_sd = {k: control.read(k) for k in control.tensors}  # the file's tensors, plus one under a name no module has
+    control_sd["lora_unet_no_such_block_to_q.lora_down.weight"] = control_sd["lora_unet_mid_block_attentions_0_proj_in.lora_down.weight"]
     printed = []
     ns = dict(ns, print=printed.append, logging=SimpleNamespace(debug=printed.append, info=printed.append, warning=printed.append),
               shared=SimpleNamespace(sd_model=SimpleNamespace(**{k: v for k, v in vars(sd_model).items() if k != "network_layer_mapping"})),
-              sd_models=SimpleNamespace(read_state_dict=lambda f: {k: control.read(k) for k in control.tensors}))
+              sd_models=SimpleNamespace(read_state_dict=lambda f: control_sd))
     _a1111_functions(networks_py, ns)
     net = ns["load_network"]("control", SimpleNamespace(filename=str(loras["diff"])))
     assert len(net.modules) == 264 and len(printed) == 1 and "lora_unet_no_such_block_to_q.lora_down.weight" in str(printed[0]), printed
