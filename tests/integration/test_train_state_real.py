@@ -2,7 +2,7 @@
 2 steps is SIGKILLed once the state of step 4 is complete, and the same command resumes it at step 4
 (`resume` + `skip_until_initial_step`); it ends at step 6, and its LoRA is compared with an
 uninterrupted run's. Then --samples and --tensorboard on the same engine, and --copy-stop-at, which
-keeps the copy check's blank rule: the random fixture renders black at 64 px, so the first
+keeps the copy check's blank rule: on the fixture with a VAE decoder that outputs black, the first
 segment's check (step 2) ends the run with the blank-render error (exit 1).
 
 Wall time on 2 CPU cores (loaded by other work): 235 s for the first test, 363 s for the second
@@ -52,6 +52,22 @@ def _argv(root: Path, name: str, sd_scripts_dir, sd_python, random_sd15, tokeniz
         "--python", str(sd_python), "--tokenizer-cache-dir", str(tokenizer_cache_dir), "--offline", "--device", "cpu",
         "--resolution", "64", "--max-steps", "6", "--rank", "0", "--no-copy-check", "--set", "watch.save_every_n_steps=2", *extra,
     ]  # fmt: skip
+
+
+def _black_vae(src: Path, dst: Path) -> Path:
+    """The fixture with a VAE decoder whose last conv outputs -10 everywhere: every render is black, on any CPU.
+    (The random fixture itself rendered black on one machine and not on another: 0.053 SSIM, measured.)
+    Training encodes with the VAE's encoder only, so the copy LoRA trains as on the fixture."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(str(src), "np") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(src))
+    tensors["first_stage_model.decoder.conv_out.weight"][...] = 0
+    tensors["first_stage_model.decoder.conv_out.bias"][...] = -10
+    save_file(tensors, str(dst), metadata=metadata)
+    return dst
 
 
 def _copy_lora(root: Path, name: str) -> Path:
@@ -107,14 +123,15 @@ def test_samples_tensorboard_then_a_copy_stop_on_a_blank_check(tmp_path, sd_scri
     assert [re.search(r"_(\d{6})_00_", n).group(1) for n in samples] == ["000002", "000004", "000006"], samples
     assert list((root / "run" / "tensorboard").rglob("events.out.tfevents.*"))
 
-    # --copy-stop-at keeps the copy check's blank rule, and the random fixture renders black at
-    # 64 px: the first segment's check (step 2) cannot score, and the run ends there with the copy
-    # check's one line and its exit code (1, docs/troubleshooting.md), not after training 6 steps.
-    # Same cache folder: the hashes of the inputs are reused; nothing before the copy LoRA is cached
-    # there, and stopping early is another copy LoRA key, so its 2 steps train anew.
-    # One check image of 2 sampling steps (the recipe's 4 of 20 took 301 s here): black all the same.
+    # --copy-stop-at keeps the copy check's blank rule, and the black-VAE fixture renders black: the
+    # first segment's check (step 2) cannot score, and the run ends there with the copy check's one
+    # line and its exit code (1, docs/troubleshooting.md), not after training 6 steps. Same cache
+    # folder: the hashes of the images are reused; another base is another copy LoRA key, so its 2
+    # steps train anew. One check image of 2 sampling steps (the recipe's 4 of 20 took 301 s here).
     check = ("--set", "copy_check.images=1", "--set", "copy_check.steps=2")
-    stop = run_cli(_argv(root, "stop", *args, "--copy-stop-at", "0.99", *check, cache="run"), env)
+    black = _black_vae(random_sd15, tmp_path / "sd15-random-black-vae.safetensors")
+    stop = run_cli(_argv(root, "stop", sd_scripts_dir, sd_python, black, tokenizer_cache_dir, "--copy-stop-at", "0.99",
+                         *check, cache="run"), env)
     assert stop.returncode == 1, stop.stderr[-3000:]
     assert "copy LoRA (memo step 2): --copy-stop-at 0.99: segments ending at steps 2, 4, 6" in stop.stderr
     error = "copymachine: error: stage 'copy LoRA (memo step 2)': gen_img.py rendered a blank image (black)"
