@@ -6,8 +6,8 @@ keeps the copy check's blank rule: on the fixture with a VAE decoder that output
 segment's check (step 2) ends the run with the blank-render error (exit 1).
 
 Wall time on 2 CPU cores (loaded by other work): 235 s for the first test, 363 s for the second
-(measured; with the recipe's check of 4 images of 20 steps it took 456 s, the check's gen_img.py
-alone 301 s in one run).
+(measured; 530 s with the black-VAE copy, 2026-12-07; with the recipe's check of 4 images of 20 steps
+it took 456 s, the check's gen_img.py alone 301 s in one run).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 from realkit import draw_original, run_cli
+from safetensors.numpy import load_file, save_file
 
 from copymachine import trainstate
 from copymachine.files import read_toml
@@ -58,15 +59,10 @@ def _black_vae(src: Path, dst: Path) -> Path:
     """The fixture with a VAE decoder whose last conv outputs -10 everywhere: every render is black, on any CPU.
     (The random fixture itself rendered black on one machine and not on another: 0.053 SSIM, measured.)
     Training encodes with the VAE's encoder only, so the copy LoRA trains as on the fixture."""
-    from safetensors import safe_open
-    from safetensors.numpy import load_file, save_file
-
-    with safe_open(str(src), "np") as f:
-        metadata = f.metadata()
     tensors = load_file(str(src))
     tensors["first_stage_model.decoder.conv_out.weight"][...] = 0
     tensors["first_stage_model.decoder.conv_out.bias"][...] = -10
-    save_file(tensors, str(dst), metadata=metadata)
+    save_file(tensors, str(dst), metadata=read_safetensors(src).metadata or None)
     return dst
 
 
